@@ -1,0 +1,94 @@
+#include "common/checks.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+namespace torchquant {
+
+void check_float_input(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.defined(), "argument '", name, "' must be a tensor, got None");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "argument '", name,
+              "' must be a floating-point tensor, got dtype ", x.scalar_type());
+}
+
+void check_int8_input(const at::Tensor& q, const char* name) {
+  TORCH_CHECK(q.defined(), "argument '", name, "' must be a tensor, got None");
+  TORCH_CHECK(q.scalar_type() == at::kChar || q.scalar_type() == at::kByte, "argument '", name,
+              "' must be an int8 or uint8 tensor, got dtype ", q.scalar_type());
+}
+
+void check_qrange(int64_t qmin, int64_t qmax, at::ScalarType dtype) {
+  TORCH_CHECK(dtype == at::kChar || dtype == at::kByte,
+              "argument 'dtype' must be torch.int8 or torch.uint8, got ", dtype);
+  const int64_t lo = dtype == at::kChar ? -128 : 0, hi = dtype == at::kChar ? 127 : 255;
+  TORCH_CHECK(qmin >= lo && qmin <= hi, "argument 'qmin' must lie in [", lo, ", ", hi,
+              "] for ", dtype, ", got ", qmin);
+  TORCH_CHECK(qmax >= lo && qmax <= hi, "argument 'qmax' must lie in [", lo, ", ", hi,
+              "] for ", dtype, ", got ", qmax);
+  TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
+}
+
+void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                       const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), "argument '", name, "' is on ", t.device(),
+              " but '", ref_name, "' is on ", ref.device(), "; they must be on the same device");
+}
+
+int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const char* x_name) {
+  if (!axis.has_value()) return -1;
+  const int64_t dim = x.dim();
+  const int64_t a = *axis;
+  TORCH_CHECK(dim > 0 && a >= -dim && a < dim, "argument 'axis' must lie in [", -dim, ", ",
+              dim - 1, "] for '", x_name, "' with ", dim, " dimensions, got ", a);
+  return a < 0 ? a + dim : a;
+}
+
+QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
+                        const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin,
+                        int64_t qmax) {
+  TORCH_CHECK(scale.defined(), "argument 'scale' must be a tensor, got None");
+  TORCH_CHECK(zero_point.defined(), "argument 'zero_point' must be a tensor, got None");
+  TORCH_CHECK(at::isFloatingType(scale.scalar_type()),
+              "argument 'scale' must be a floating-point tensor, got dtype ", scale.scalar_type());
+  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false),
+              "argument 'zero_point' must be an integer tensor, got dtype ",
+              zero_point.scalar_type());
+  check_same_device(x, x_name, scale, "scale");
+  check_same_device(x, x_name, zero_point, "zero_point");
+  QParams p;
+  p.axis = normalize_axis(axis, x, x_name);
+  const int64_t channels = p.axis < 0 ? 1 : x.size(p.axis);
+  TORCH_CHECK(scale.numel() == channels, "argument 'scale' must have ", channels,
+              p.axis < 0 ? " element (per tensor)" : " elements (one per channel of axis ",
+              p.axis < 0 ? "" : std::to_string(p.axis), p.axis < 0 ? "" : ")", ", got ",
+              scale.numel());
+  TORCH_CHECK(zero_point.numel() == channels, "argument 'zero_point' must have ", channels,
+              " element(s), got ", zero_point.numel());
+  p.scale = scale.reshape({channels}).to(at::kFloat).contiguous();
+  p.zero_point = zero_point.reshape({channels}).to(at::kInt).contiguous();
+  if (scale.device().is_cpu()) {
+    const float* s = p.scale.data_ptr<float>();
+    const int32_t* z = p.zero_point.data_ptr<int32_t>();
+    const int64_t* z64 = zero_point.scalar_type() == at::kLong
+                             ? zero_point.contiguous().data_ptr<int64_t>() : nullptr;
+    for (int64_t c = 0; c < channels; ++c) {
+      TORCH_CHECK(std::isfinite(s[c]) && s[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
+                  s[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
+      const int64_t zc = z64 ? z64[c] : z[c];
+      TORCH_CHECK(zc >= qmin && zc <= qmax, "argument 'zero_point' must lie in [", qmin, ", ",
+                  qmax, "], got ", zc, channels > 1 ? " at channel " + std::to_string(c) : std::string());
+    }
+  }
+  p.inv_scale = at::reciprocal(p.scale);  // 1.0f / scale, correctly rounded in float32
+  return p;
+}
+
+void check_k_bound(int64_t K, const char* name) {
+  TORCH_CHECK(K <= kMaxK, "the inner dimension K of '", name, "' is ", K,
+              ", past the largest K (", kMaxK,
+              ") for which int32 accumulation of 8-bit products cannot overflow");
+}
+
+}  // namespace torchquant

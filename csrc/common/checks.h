@@ -1,0 +1,46 @@
+// Argument checks shared by every op: one helper per kind of argument, each error naming the
+// argument and the value it got.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+namespace torchquant {
+
+// x is a floating-point tensor (float32, float64, float16 or bfloat16).
+void check_float_input(const at::Tensor& x, const char* name);
+// q is an int8 or uint8 tensor.
+void check_int8_input(const at::Tensor& q, const char* name);
+// dtype is int8 or uint8 and qmin < qmax lie inside it.
+void check_qrange(int64_t qmin, int64_t qmax, at::ScalarType dtype);
+// Every tensor lies on the device of `ref`.
+void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                       const char* name);
+// Normalizes axis into [0, dim); per tensor (nullopt) gives -1.
+int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const char* x_name);
+
+// Quantization parameters ready for a kernel: float32 scale and 1/scale, int32 zero point,
+// contiguous, on x's device, one entry per channel (one for per tensor).
+struct QParams {
+  at::Tensor scale;      // float32
+  at::Tensor inv_scale;  // float32, 1.0f / scale computed in float32
+  at::Tensor zero_point; // int32
+  int64_t axis;          // -1 for per tensor
+};
+
+// Validates scale / zero_point against x, axis and [qmin, qmax] and converts them. Values are
+// checked (scale > 0 and finite, zero_point inside [qmin, qmax]) when they live on the CPU;
+// on an accelerator that check would cost a device sync, so kernels there clamp instead.
+QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
+                        const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin,
+                        int64_t qmax);
+
+// The largest inner dimension K for which an int32 accumulator of K products of a uint8/int8
+// activation (|a - zp| <= 255) and an int8 weight (|w| <= 128) cannot overflow:
+// K * 255 * 128 <= 2^31 - 1.
+constexpr int64_t kMaxK = 65793;
+void check_k_bound(int64_t K, const char* name);
+
+}  // namespace torchquant

@@ -1,0 +1,137 @@
+// Ops built from ATen ops, registered once for every device (CompositeExplicitAutograd):
+// they touch tiny tensors (qparams) or are off the hot path (learnable fake-quant gradients),
+// so a hand-written kernel per device would add code without adding speed.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cfloat>
+
+#include "common/checks.h"
+#include "ops.h"
+
+namespace torchquant {
+namespace {
+
+// scale/zero_point reshaped to broadcast against x along axis (or scalars for per tensor).
+at::Tensor broadcastable(const at::Tensor& t, const at::Tensor& x, int64_t axis) {
+  if (axis < 0) return t.reshape({});
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[axis] = x.size(axis);
+  return t.reshape(shape);
+}
+
+void check_learnable_args(const at::Tensor& x, const at::Tensor& scale,
+                          const at::Tensor& zero_point, int64_t axis, int64_t qmin, int64_t qmax) {
+  check_float_input(x, "x");
+  check_float_input(scale, "scale");
+  TORCH_CHECK(zero_point.defined(), "argument 'zero_point' must be a tensor, got None");
+  check_same_device(x, "x", scale, "scale");
+  check_same_device(x, "x", zero_point, "zero_point");
+  TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
+  const int64_t channels = axis < 0 ? 1 : x.size(axis);
+  TORCH_CHECK(scale.numel() == channels, "argument 'scale' must have ", channels,
+              " element(s), got ", scale.numel());
+  TORCH_CHECK(zero_point.numel() == channels, "argument 'zero_point' must have ", channels,
+              " element(s), got ", zero_point.numel());
+}
+
+at::Tensor rounded_zero_point(const at::Tensor& zero_point, int64_t qmin, int64_t qmax) {
+  return zero_point.to(at::kFloat).round().clamp(qmin, qmax);
+}
+
+}  // namespace
+
+at::Tensor fake_quantize_learnable(const at::Tensor& x, const at::Tensor& scale,
+                                   const at::Tensor& zero_point, std::optional<int64_t> axis,
+                                   int64_t qmin, int64_t qmax, double grad_factor) {
+  (void)grad_factor;  // used by the backward only
+  const int64_t a = normalize_axis(axis, x, "x");
+  check_learnable_args(x, scale, zero_point, a, qmin, qmax);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchquant::fake_quantize", "")
+                       .typed<decltype(fake_quantize)>();
+  return op.call(x, scale.detach(), rounded_zero_point(zero_point.detach(), qmin, qmax).to(at::kInt),
+                 axis, qmin, qmax);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin, int64_t qmax,
+    double grad_factor) {
+  const int64_t a = normalize_axis(axis, x, "x");
+  check_learnable_args(x, scale, zero_point, a, qmin, qmax);
+  const at::Tensor xf = x.to(at::kFloat), g = grad.to(at::kFloat);
+  const at::Tensor s = broadcastable(scale.to(at::kFloat), xf, a);
+  const at::Tensor zp = broadcastable(rounded_zero_point(zero_point, qmin, qmax), xf, a);
+  const at::Tensor inv = at::reciprocal(s);
+  // The same rounding as the forward: nearbyint(x * inv_scale) + zero_point.
+  const at::Tensor t = at::round(xf * inv) + zp;
+  const at::Tensor below = t < qmin, above = t > qmax;
+  const at::Tensor inside = at::logical_not(at::logical_or(below, above));
+  const at::Tensor gx = g * inside;
+  const at::Tensor xfq = (t.clamp(qmin, qmax) - zp) * s;
+  const float gf = static_cast<float>(grad_factor);
+  // d(fake)/d(scale): (xfq - x) / scale inside the range, (q_limit - zp) outside (LSQ).
+  const at::Tensor ds_el =
+      at::where(inside, (xfq - xf) * inv, at::where(below, qmin - zp, qmax - zp)) * g * gf;
+  // d(fake)/d(zero_point): 0 inside, -scale outside.
+  const at::Tensor dz_el = at::where(inside, at::zeros_like(xf), -s * at::ones_like(xf)) * g * gf;
+  at::Tensor ds, dz;
+  if (a < 0) {
+    ds = ds_el.sum();
+    dz = dz_el.sum();
+  } else {
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < x.dim(); ++d) if (d != a) dims.push_back(d);
+    ds = dims.empty() ? ds_el : ds_el.sum(dims);
+    dz = dims.empty() ? dz_el : dz_el.sum(dims);
+  }
+  return {gx.to(x.scalar_type()), ds.reshape(scale.sizes()).to(scale.scalar_type()),
+          dz.reshape(zero_point.sizes()).to(zero_point.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
+                                                  const at::Tensor& max_val, int64_t qmin,
+                                                  int64_t qmax, bool symmetric, double eps,
+                                                  int64_t symmetric_zero_point) {
+  check_float_input(min_val, "min_val");
+  check_float_input(max_val, "max_val");
+  check_same_device(min_val, "min_val", max_val, "max_val");
+  TORCH_CHECK(min_val.sizes() == max_val.sizes(), "arguments 'min_val' ", min_val.sizes(),
+              " and 'max_val' ", max_val.sizes(), " must have the same shape");
+  TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
+  TORCH_CHECK(eps > 0 && std::isfinite(eps), "argument 'eps' must be > 0 and finite, got ", eps);
+  TORCH_CHECK(!symmetric || (symmetric_zero_point >= qmin && symmetric_zero_point <= qmax),
+              "argument 'symmetric_zero_point' must lie in [", qmin, ", ", qmax, "], got ",
+              symmetric_zero_point);
+  // Non-finite statistics never reach the formulas: NaN counts as 0, +-Inf as +-FLT_MAX.
+  const at::Tensor lo = at::nan_to_num(min_val.to(at::kFloat), 0.0, FLT_MAX, -FLT_MAX);
+  const at::Tensor hi = at::nan_to_num(max_val.to(at::kFloat), 0.0, FLT_MAX, -FLT_MAX);
+  // torch.ao's _calculate_qparams, op for op, so the results are bit-identical with it.
+  const at::Tensor zero = at::zeros_like(lo);
+  const at::Tensor min_neg = at::minimum(lo, zero);
+  at::Tensor max_pos = at::maximum(hi, zero);
+  const at::Tensor eps_t = at::full({}, eps, lo.options());
+  at::Tensor scale, zp;
+  if (symmetric) {
+    max_pos = at::maximum(-min_neg, max_pos);
+    scale = at::maximum(max_pos / (static_cast<double>(qmax - qmin) / 2), eps_t);
+    scale = at::nan_to_num(scale, eps, FLT_MAX, eps);
+    zp = at::full(lo.sizes(), symmetric_zero_point, lo.options().dtype(at::kInt));
+  } else {
+    scale = at::maximum((max_pos - min_neg) / static_cast<double>(qmax - qmin), eps_t);
+    scale = at::nan_to_num(scale, eps, FLT_MAX, eps);
+    // |min_neg / scale| <= qmax - qmin here, so the float-to-int conversion is in range.
+    zp = (qmin - at::round(min_neg / scale).to(at::kInt)).clamp(qmin, qmax).to(at::kInt);
+  }
+  return {scale, zp};
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CompositeExplicitAutograd, m) {
+  m.impl("fake_quantize_learnable", &fake_quantize_learnable);
+  m.impl("fake_quantize_learnable_backward", &fake_quantize_learnable_backward);
+  m.impl("choose_qparams", &choose_qparams);
+}
+
+}  // namespace torchquant

@@ -1,0 +1,86 @@
+#include "cpu/isa.h"
+
+#include <atomic>
+#include <cstdlib>
+
+#include <c10/util/Exception.h>
+
+namespace torchquant {
+namespace {
+
+bool cpu_has(CpuIsa isa) {
+#if TQ_X86
+  switch (isa) {
+    case CpuIsa::Scalar:
+      return true;
+    case CpuIsa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case CpuIsa::Avx512Vnni:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+#else
+  return isa == CpuIsa::Scalar;
+#endif
+}
+
+CpuIsa parse(const std::string& name) {
+  if (name == "scalar") return CpuIsa::Scalar;
+  if (name == "avx2") return CpuIsa::Avx2;
+  if (name == "avx512vnni") return CpuIsa::Avx512Vnni;
+  TORCH_CHECK(false, "unknown CPU ISA '", name,
+              "' (argument 'isa'); expected one of auto, scalar, avx2, avx512vnni");
+}
+
+CpuIsa checked(CpuIsa isa, const std::string& name, const char* source) {
+  TORCH_CHECK(cpu_has(isa), "CPU ISA '", name, "' requested by ", source,
+              " but this CPU does not support it (best available: ",
+              cpu_isa_name(cpu_isa_detected()), ")");
+  return isa;
+}
+
+CpuIsa initial() {
+  const char* env = std::getenv("TORCHQUANT_CPU_ISA");
+  if (env == nullptr || std::string(env).empty() || std::string(env) == "auto") {
+    return cpu_isa_detected();
+  }
+  return checked(parse(env), env, "TORCHQUANT_CPU_ISA");
+}
+
+std::atomic<int>& current() {
+  static std::atomic<int> isa{static_cast<int>(initial())};
+  return isa;
+}
+
+}  // namespace
+
+CpuIsa cpu_isa_detected() {
+  static const CpuIsa best = cpu_has(CpuIsa::Avx512Vnni) ? CpuIsa::Avx512Vnni
+                             : cpu_has(CpuIsa::Avx2)     ? CpuIsa::Avx2
+                                                         : CpuIsa::Scalar;
+  return best;
+}
+
+CpuIsa cpu_isa() { return static_cast<CpuIsa>(current().load(std::memory_order_relaxed)); }
+
+void set_cpu_isa(const std::string& name) {
+  CpuIsa isa = name == "auto" ? cpu_isa_detected() : checked(parse(name), name, "set_cpu_isa");
+  current().store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Scalar:
+      return "scalar";
+    case CpuIsa::Avx2:
+      return "avx2";
+    case CpuIsa::Avx512Vnni:
+      return "avx512vnni";
+  }
+  return "unknown";
+}
+
+}  // namespace torchquant

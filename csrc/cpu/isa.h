@@ -1,0 +1,35 @@
+// Run-time choice of the CPU kernel variant.
+//
+// Every CPU kernel has a scalar version and SIMD versions with the same signature. The
+// SIMD code is compiled with per-function target attributes (see TQ_TARGET_* below), so the
+// whole library builds with the compiler's baseline flags and still runs on a CPU without
+// AVX2: a variant is only called after CPUID says the CPU has it.
+// TORCHQUANT_CPU_ISA=scalar|avx2|avx512vnni forces a variant (tests and benchmarks).
+#pragma once
+
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define TQ_X86 1
+#define TQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define TQ_TARGET_AVX512VNNI \
+  __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#else
+#define TQ_X86 0
+#define TQ_TARGET_AVX2
+#define TQ_TARGET_AVX512VNNI
+#endif
+
+namespace torchquant {
+
+enum class CpuIsa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2 };
+
+// The best variant this CPU supports.
+CpuIsa cpu_isa_detected();
+// The variant kernels use now: forced by set_cpu_isa / TORCHQUANT_CPU_ISA, else detected.
+CpuIsa cpu_isa();
+// Forces a variant; raises if the CPU lacks it. "auto" goes back to detection.
+void set_cpu_isa(const std::string& name);
+const char* cpu_isa_name(CpuIsa isa);
+
+}  // namespace torchquant

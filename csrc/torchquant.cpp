@@ -1,0 +1,91 @@
+// The one registry of torchquant ops: every schema is here, in one TORCH_LIBRARY block.
+// Backends add kernels with TORCH_LIBRARY_IMPL in their own files (cpu/, cuda/,
+// composite.cpp); fake (meta) kernels and autograd live in python/torchquant/_ops.py.
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+#include "ops.h"
+
+#ifndef TORCHQUANT_VERSION
+#define TORCHQUANT_VERSION "unknown"
+#endif
+
+namespace torchquant {
+
+std::string cpu_isa_op() { return cpu_isa_name(cpu_isa()); }
+void set_cpu_isa_op(const std::string& isa) { set_cpu_isa(isa); }
+
+std::string build_info() {
+  std::string info = std::string("torchquant ") + TORCHQUANT_VERSION;
+#ifdef TORCHQUANT_WITH_CUDA
+  info += " cuda=yes";
+#else
+  info += " cuda=no";
+#endif
+  info += std::string(" cpu_isa_detected=") + cpu_isa_name(cpu_isa_detected());
+  return info;
+}
+
+TORCH_LIBRARY(torchquant, m) {
+  // ---- utilities (plain functions, no tensors) ----
+  // The CPU kernel variant in use: "scalar", "avx2" or "avx512vnni".
+  m.def("cpu_isa() -> str", &cpu_isa_op);
+  // Forces a CPU kernel variant ("auto" returns to CPUID detection).
+  m.def("set_cpu_isa(str isa) -> ()", &set_cpu_isa_op);
+  m.def("build_info() -> str", &build_info);
+
+  // ---- quantize / dequantize ----
+  // float -> int8/uint8: q = clamp(nearbyint(x / scale) + zero_point, qmin, qmax).
+  // axis=None: per tensor (scale and zero_point hold one element); else one per x.size(axis).
+  m.def("quantize(Tensor x, Tensor scale, Tensor zero_point, int? axis, int qmin, int qmax, "
+        "ScalarType dtype) -> Tensor");
+  // int8/uint8 -> float: (q - zero_point) * scale; out_dtype defaults to float32.
+  m.def("dequantize(Tensor q, Tensor scale, Tensor zero_point, int? axis, "
+        "ScalarType? out_dtype=None) -> Tensor");
+
+  // ---- fake quantize (QAT) ----
+  // quantize then dequantize in float; autograd: straight-through inside [qmin, qmax].
+  m.def("fake_quantize(Tensor x, Tensor scale, Tensor zero_point, int? axis, int qmin, "
+        "int qmax) -> Tensor");
+  // grad where the rounded value lies in [qmin, qmax], 0 elsewhere.
+  m.def("fake_quantize_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, "
+        "int? axis, int qmin, int qmax) -> Tensor");
+  // Learnable scale and zero point (LSQ); zero_point is a float tensor rounded in the forward.
+  m.def("fake_quantize_learnable(Tensor x, Tensor scale, Tensor zero_point, int? axis, "
+        "int qmin, int qmax, float grad_factor=1.0) -> Tensor");
+  // Returns (grad_x, grad_scale, grad_zero_point), shaped like x, scale, zero_point.
+  m.def("fake_quantize_learnable_backward(Tensor grad, Tensor x, Tensor scale, "
+        "Tensor zero_point, int? axis, int qmin, int qmax, float grad_factor=1.0) "
+        "-> (Tensor, Tensor, Tensor)");
+
+  // ---- qparams ----
+  // (scale float32, zero_point int32) from observed min/max, with torch.ao's formulas.
+  m.def("choose_qparams(Tensor min_val, Tensor max_val, int qmin, int qmax, "
+        "bool symmetric=False, float eps=1.1920928955078125e-07, int symmetric_zero_point=0) "
+        "-> (Tensor, Tensor)");
+
+  // ---- int8 GEMM (cpu/gemm.cpp, cuda/gemm.cu) ----
+  // a: [M, K] int8, b: [K, N] int8 -> [M, N] int32, exact (torch._int_mm semantics, any shape).
+  m.def("int8_mm(Tensor a, Tensor b) -> Tensor");
+  // w: [N, K] int8 (nn.Linear layout) -> (packed, col_sums int32 [N]); the packed layout is the
+  // kernel's for w's device. col_sums[n] = sum_k w[n, k], for zero-point correction.
+  m.def("pack_weight(Tensor w) -> (Tensor, Tensor)");
+  // Static int8 Linear. x: [..., K] int8/uint8 with per-tensor x_scale/x_zero_point; weights
+  // symmetric per output channel (w_scale [N]); bias float [N]. out_dtype int8/uint8
+  // requantizes with out_scale/out_zero_point; float32 (default) dequantizes.
+  m.def("linear_int8(Tensor x, Tensor x_scale, Tensor x_zero_point, Tensor w_packed, "
+        "Tensor w_col_sums, Tensor w_scale, Tensor? bias, Tensor? out_scale, "
+        "Tensor? out_zero_point, bool relu=False, ScalarType? out_dtype=None) -> Tensor");
+  // Per-row affine quantization of x [..., K]: returns (q int8, scale float32 [rows],
+  // zero_point int32 [rows]).
+  m.def("quantize_rowwise(Tensor x, int qmin=-128, int qmax=127) -> (Tensor, Tensor, Tensor)");
+  // Dynamic int8 Linear: float x, per-row quantization fused in, float32 out.
+  m.def("linear_dynamic(Tensor x, Tensor w_packed, Tensor w_col_sums, Tensor w_scale, "
+        "Tensor? bias, bool relu=False) -> Tensor");
+
+  // ---- observers (cpu/observe.cpp, cuda/observe.cu) ----
+  // OBSERVER-SCHEMAS-BEGIN
+  // OBSERVER-SCHEMAS-END
+}
+
+}  // namespace torchquant

@@ -1,0 +1,128 @@
+"""Public functions with torch's names and signatures, running torchquant's kernels.
+
+Example::
+
+    >>> import torch, torchquant
+    >>> x = torch.randn(4, 8)
+    >>> y = torchquant.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127)
+    >>> torch.equal(y, torch.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127))
+    True
+    >>> q = torchquant.quantize_per_channel(x, torch.full((4,), 0.05), torch.zeros(4, dtype=torch.int32), 0, torch.qint8)
+    >>> q.int_repr().dtype
+    torch.int8
+"""
+from typing import Tuple, Union
+
+import torch
+
+from ._ops import ops
+from .qtensor import QTensor
+
+__all__ = [
+    "quantize_per_tensor",
+    "quantize_per_channel",
+    "dequantize",
+    "fake_quantize_per_tensor_affine",
+    "fake_quantize_per_channel_affine",
+    "fake_quantize_learnable_per_tensor_affine",
+    "fake_quantize_learnable_per_channel_affine",
+    "choose_qparams",
+    "storage_dtype",
+]
+
+_STORAGE = {
+    torch.qint8: torch.int8,
+    torch.quint8: torch.uint8,
+    torch.int8: torch.int8,
+    torch.uint8: torch.uint8,
+}
+
+Number = Union[float, int]
+
+
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """torch.qint8/torch.int8 -> torch.int8; torch.quint8/torch.uint8 -> torch.uint8."""
+    try:
+        return _STORAGE[dtype]
+    except KeyError:
+        raise ValueError(
+            f"argument 'dtype' must be torch.qint8, torch.quint8, torch.int8 or torch.uint8, got {dtype}"
+        ) from None
+
+
+def _as_tensor(v, dtype, device, name) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        if v.device != device:
+            raise ValueError(f"argument '{name}' is on {v.device} but the input is on {device}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"argument '{name}' must be a number or a tensor, got {type(v).__name__}")
+    return torch.tensor([v], dtype=dtype, device=device)
+
+
+def quantize_per_tensor(x: torch.Tensor, scale, zero_point, dtype: torch.dtype) -> QTensor:
+    """``torch.quantize_per_tensor`` returning a :class:`QTensor`.
+
+    >>> torchquant.quantize_per_tensor(torch.tensor([0.5, -1.0]), 0.01, 10, torch.quint8).int_repr()
+    tensor([60,  0], dtype=torch.uint8)
+    """
+    st = storage_dtype(dtype)
+    info = torch.iinfo(st)
+    s = _as_tensor(scale, torch.float32, x.device, "scale")
+    z = _as_tensor(zero_point, torch.int32, x.device, "zero_point")
+    data = ops.quantize(x, s, z, None, info.min, info.max, st)
+    return QTensor(data, s.reshape(1).float(), z.reshape(1).to(torch.int32), None, info.min, info.max)
+
+
+def quantize_per_channel(x: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, axis: int,
+                         dtype: torch.dtype) -> QTensor:
+    """``torch.quantize_per_channel`` returning a :class:`QTensor`."""
+    st = storage_dtype(dtype)
+    info = torch.iinfo(st)
+    data = ops.quantize(x, scales, zero_points, axis, info.min, info.max, st)
+    axis = axis + x.dim() if axis < 0 else axis
+    return QTensor(data, scales.float(), zero_points.to(torch.int32), axis, info.min, info.max)
+
+
+def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """float from a :class:`QTensor` (``torch.dequantize`` for torchquant's QTensor)."""
+    return q.dequantize(dtype)
+
+
+def fake_quantize_per_tensor_affine(x: torch.Tensor, scale, zero_point, quant_min: int, quant_max: int) -> torch.Tensor:
+    """Same signature and results as ``torch.fake_quantize_per_tensor_affine``; differentiable
+    (straight-through inside [quant_min, quant_max])."""
+    s = _as_tensor(scale, torch.float32, x.device, "scale")
+    z = _as_tensor(zero_point, torch.int32, x.device, "zero_point")
+    return ops.fake_quantize(x, s, z, None, quant_min, quant_max)
+
+
+def fake_quantize_per_channel_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
+                                     quant_min: int, quant_max: int) -> torch.Tensor:
+    """Same signature and results as ``torch.fake_quantize_per_channel_affine``."""
+    return ops.fake_quantize(x, scale, zero_point, axis, quant_min, quant_max)
+
+
+def fake_quantize_learnable_per_tensor_affine(x, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
+                                              quant_max: int, grad_factor: float = 1.0) -> torch.Tensor:
+    """``torch._fake_quantize_learnable_per_tensor_affine``: gradients flow to scale and
+    zero_point (LSQ)."""
+    return ops.fake_quantize_learnable(x, scale, zero_point, None, quant_min, quant_max, grad_factor)
+
+
+def fake_quantize_learnable_per_channel_affine(x, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
+                                               quant_min: int, quant_max: int, grad_factor: float = 1.0) -> torch.Tensor:
+    """``torch._fake_quantize_learnable_per_channel_affine``."""
+    return ops.fake_quantize_learnable(x, scale, zero_point, axis, quant_min, quant_max, grad_factor)
+
+
+def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, quant_min: int, quant_max: int,
+                   symmetric: bool = False, eps: float = torch.finfo(torch.float32).eps,
+                   symmetric_zero_point: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float32) and zero point (int32) from observed min/max, on their device, with
+    torch.ao's formulas.
+
+    >>> torchquant.choose_qparams(torch.tensor([-1.0]), torch.tensor([3.0]), 0, 255)
+    (tensor([0.0157]), tensor([64], dtype=torch.int32))
+    """
+    return ops.choose_qparams(min_val, max_val, quant_min, quant_max, symmetric, eps, symmetric_zero_point)

@@ -1,0 +1,42 @@
+"""Which CPU kernel variant runs: detected from CPUID, forced for tests and benchmarks.
+
+    >>> torchquant.cpu_isa()
+    'avx512vnni'
+    >>> with torchquant.force_cpu_isa("scalar"):
+    ...     ...  # every CPU kernel runs its scalar version here
+"""
+import contextlib
+
+import torch
+
+from . import _load  # noqa: F401
+
+__all__ = ["cpu_isa", "set_cpu_isa", "force_cpu_isa", "build_info", "ISAS"]
+
+ISAS = ("scalar", "avx2", "avx512vnni")
+
+
+def cpu_isa() -> str:
+    """The CPU kernel variant in use: 'scalar', 'avx2' or 'avx512vnni'."""
+    return torch.ops.torchquant.cpu_isa()
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Forces a variant for the whole process ('auto' returns to detection). Raises if the CPU
+    lacks it. The environment variable TORCHQUANT_CPU_ISA sets the initial choice."""
+    torch.ops.torchquant.set_cpu_isa(isa)
+
+
+@contextlib.contextmanager
+def force_cpu_isa(isa: str):
+    """Runs the block with the given CPU kernel variant, then restores the previous one."""
+    previous = cpu_isa()
+    set_cpu_isa(isa)
+    try:
+        yield
+    finally:
+        set_cpu_isa(previous)
+
+
+def build_info() -> str:
+    return torch.ops.torchquant.build_info()

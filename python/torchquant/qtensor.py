@@ -1,0 +1,180 @@
+"""QTensor: int8/uint8 data with its quantization parameters.
+
+A small Python class, not a torch.Tensor subclass: quantized modules take and return it, and
+``.dequantize()`` gives float back. Its tensors (data, scale, zero_point) stay on one device, so
+no operation needs a host sync. It is registered as a pytree node, so torch.compile and
+torch.export see through it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.utils._pytree as pytree
+
+__all__ = ["QTensor"]
+
+_QDTYPES = {torch.int8: torch.qint8, torch.uint8: torch.quint8}
+
+
+class QTensor:
+    """Quantized tensor: ``x ≈ (data - zero_point) * scale``.
+
+    Per tensor (``axis is None``): ``scale`` and ``zero_point`` hold one element. Per channel:
+    one element per ``data.size(axis)``.
+
+    Example::
+
+        >>> q = torchquant.quantize_per_tensor(torch.tensor([0.1, -0.5]), 0.01, 0, torch.qint8)
+        >>> q.int_repr()
+        tensor([ 10, -50], dtype=torch.int8)
+        >>> q.dequantize()
+        tensor([ 0.1000, -0.5000])
+    """
+
+    __slots__ = ("data", "scale", "zero_point", "axis", "qmin", "qmax")
+
+    def __init__(
+        self,
+        data: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        axis: Optional[int] = None,
+        qmin: Optional[int] = None,
+        qmax: Optional[int] = None,
+    ):
+        if data.dtype not in _QDTYPES:
+            raise TypeError(f"QTensor data must be int8 or uint8, got {data.dtype} (argument 'data')")
+        info = torch.iinfo(data.dtype)
+        self.data = data
+        self.scale = scale
+        self.zero_point = zero_point
+        self.axis = axis
+        self.qmin = info.min if qmin is None else int(qmin)
+        self.qmax = info.max if qmax is None else int(qmax)
+
+    # ---- torch quantized-tensor accessors ----
+    def int_repr(self) -> torch.Tensor:
+        return self.data
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.ops.torchquant.dequantize(self.data, self.scale, self.zero_point, self.axis, dtype)
+
+    def qscheme(self):
+        return torch.per_tensor_affine if self.axis is None else torch.per_channel_affine
+
+    def q_scale(self) -> float:
+        self._require_per_tensor("q_scale")
+        return float(self.scale.reshape(()))
+
+    def q_zero_point(self) -> int:
+        self._require_per_tensor("q_zero_point")
+        return int(self.zero_point.reshape(()))
+
+    def q_per_channel_scales(self) -> torch.Tensor:
+        self._require_per_channel("q_per_channel_scales")
+        return self.scale
+
+    def q_per_channel_zero_points(self) -> torch.Tensor:
+        self._require_per_channel("q_per_channel_zero_points")
+        return self.zero_point
+
+    def q_per_channel_axis(self) -> int:
+        self._require_per_channel("q_per_channel_axis")
+        return self.axis
+
+    # ---- shape and device ----
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def size(self, dim: Optional[int] = None):
+        return self.data.size() if dim is None else self.data.size(dim)
+
+    def dim(self) -> int:
+        return self.data.dim()
+
+    def numel(self) -> int:
+        return self.data.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """torch.qint8 or torch.quint8, as a torch quantized tensor reports."""
+        return _QDTYPES[self.data.dtype]
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.data.is_cuda
+
+    def to(self, device) -> "QTensor":
+        return QTensor(self.data.to(device), self.scale.to(device), self.zero_point.to(device),
+                       self.axis, self.qmin, self.qmax)
+
+    def cpu(self) -> "QTensor":
+        return self.to("cpu")
+
+    def cuda(self) -> "QTensor":
+        return self.to("cuda")
+
+    def _same_qparams(self, data: torch.Tensor) -> "QTensor":
+        return QTensor(data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
+
+    def _reshaping(self, name, fn, *args, **kwargs) -> "QTensor":
+        if self.axis is not None:
+            raise NotImplementedError(
+                f"QTensor.{name} is only defined for per-tensor quantization (this QTensor is "
+                f"per channel along axis {self.axis}); call .dequantize() first"
+            )
+        return self._same_qparams(fn(self.data, *args, **kwargs))
+
+    def reshape(self, *shape) -> "QTensor":
+        return self._reshaping("reshape", torch.Tensor.reshape, *shape)
+
+    def view(self, *shape) -> "QTensor":
+        return self._reshaping("view", torch.Tensor.view, *shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "QTensor":
+        return self._reshaping("flatten", torch.flatten, start_dim, end_dim)
+
+    def contiguous(self) -> "QTensor":
+        return self._same_qparams(self.data.contiguous())
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        if self.axis is None:
+            qp = f"scale={self.scale.reshape(()).item():.6g}, zero_point={int(self.zero_point.reshape(()).item())}"
+        else:
+            qp = f"axis={self.axis}, scales={tuple(self.scale.shape)}"
+        return (f"QTensor(shape={tuple(self.data.shape)}, dtype={self.dtype}, {qp}, "
+                f"qrange=[{self.qmin}, {self.qmax}], device={self.device})")
+
+    def _require_per_tensor(self, name):
+        if self.axis is not None:
+            raise RuntimeError(f"QTensor.{name}() needs a per-tensor QTensor; this one is per channel (axis {self.axis})")
+
+    def _require_per_channel(self, name):
+        if self.axis is None:
+            raise RuntimeError(f"QTensor.{name}() needs a per-channel QTensor; this one is per tensor")
+
+
+def _flatten(q: QTensor):
+    return [q.data, q.scale, q.zero_point], (q.axis, q.qmin, q.qmax)
+
+
+def _unflatten(children, context) -> QTensor:
+    axis, qmin, qmax = context
+    return QTensor(children[0], children[1], children[2], axis, qmin, qmax)
+
+
+pytree.register_pytree_node(
+    QTensor,
+    _flatten,
+    _unflatten,
+    serialized_type_name="torchquant.QTensor",
+)

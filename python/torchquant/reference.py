@@ -1,0 +1,124 @@
+"""Pure-PyTorch reference implementations: the oracle every kernel is tested against.
+
+Each function computes what the matching ``torch.ops.torchquant`` op must return, bit for bit,
+with plain torch ops (float32 where the contract says float32, int64/float64 where exactness
+needs the room). Nothing here is fast; everything here is obvious.
+
+Example::
+
+    >>> x = torch.tensor([0.004, 0.006, -1.0])
+    >>> reference.quantize(x, torch.tensor([0.004]), torch.tensor([0]), None, -128, 127, torch.int8)
+    tensor([   1,    2, -128], dtype=torch.int8)
+"""
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = [
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "fake_quantize_backward",
+    "fake_quantize_learnable",
+    "fake_quantize_learnable_backward",
+    "choose_qparams",
+]
+
+
+def _bcast(t: torch.Tensor, x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
+    if axis is None:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = x.shape[axis]
+    return t.reshape(shape)
+
+
+def _quantized_float(x, scale, zero_point, axis, qmin, qmax):
+    """The quantized value as float32: clamp(round_half_even(x * (1/scale)) + zp, qmin, qmax);
+    NaN gives zero_point."""
+    s = _bcast(scale.float(), x, axis)
+    zp = _bcast(zero_point.to(torch.int64), x, axis).float()
+    inv = torch.reciprocal(s)  # float32 1/scale
+    t = torch.round(x.float() * inv) + zp
+    t = torch.where(torch.isnan(t), zp.expand_as(t), t)
+    return t.clamp(qmin, qmax), s, zp, inv
+
+
+def quantize(x, scale, zero_point, axis, qmin, qmax, dtype) -> torch.Tensor:
+    t, *_ = _quantized_float(x, scale, zero_point, axis, qmin, qmax)
+    return t.to(torch.int64).to(dtype)
+
+
+def dequantize(q, scale, zero_point, axis, out_dtype=None) -> torch.Tensor:
+    s = _bcast(scale.float(), q, axis)
+    zp = _bcast(zero_point.to(torch.int64), q, axis)
+    return ((q.to(torch.int64) - zp).float() * s).to(out_dtype or torch.float32)
+
+
+def fake_quantize(x, scale, zero_point, axis, qmin, qmax) -> torch.Tensor:
+    t, s, zp, _ = _quantized_float(x, scale, zero_point, axis, qmin, qmax)
+    y = (t - zp) * s
+    return torch.where(torch.isnan(x), x.float(), y).to(x.dtype)
+
+
+def fake_quantize_backward(grad, x, scale, zero_point, axis, qmin, qmax) -> torch.Tensor:
+    s = _bcast(scale.float(), x, axis)
+    zp = _bcast(zero_point.to(torch.int64), x, axis).float()
+    t = torch.round(x.float() * torch.reciprocal(s)) + zp
+    inside = (t >= qmin) & (t <= qmax)
+    return torch.where(inside, grad.float(), torch.zeros_like(grad, dtype=torch.float32)).to(grad.dtype)
+
+
+def fake_quantize_learnable(x, scale, zero_point, axis, qmin, qmax, grad_factor=1.0):
+    zp = zero_point.float().round().clamp(qmin, qmax).to(torch.int32)
+    return fake_quantize(x, scale, zp, axis, qmin, qmax)
+
+
+def fake_quantize_learnable_backward(grad, x, scale, zero_point, axis, qmin, qmax, grad_factor=1.0):
+    """LSQ gradients (Esser et al. 2020), in float64 for the reductions."""
+    xf = x.double()
+    s = _bcast(scale.float(), x, axis)
+    zp = _bcast(zero_point.float().round().clamp(qmin, qmax), x, axis)
+    inv = torch.reciprocal(s)
+    t = (torch.round(x.float() * inv) + zp).double()
+    below, above = t < qmin, t > qmax
+    inside = ~(below | above)
+    g = grad.double()
+    gx = torch.where(inside, g, torch.zeros_like(g))
+    xfq = (t.clamp(qmin, qmax) - zp.double()) * s.double()
+    ds = torch.where(inside, (xfq - xf) * inv.double(), torch.where(below, qmin - zp.double(), qmax - zp.double())) * g * grad_factor
+    dz = torch.where(inside, torch.zeros_like(g), -s.double().expand_as(g)) * g * grad_factor
+    if axis is None:
+        ds, dz = ds.sum(), dz.sum()
+    else:
+        dims = [d for d in range(x.dim()) if d != axis]
+        ds, dz = (ds.sum(dims), dz.sum(dims)) if dims else (ds, dz)
+    return gx.to(x.dtype), ds.reshape(scale.shape).to(scale.dtype), dz.reshape(zero_point.shape).to(zero_point.dtype)
+
+
+def choose_qparams(min_val, max_val, qmin, qmax, symmetric=False, eps=torch.finfo(torch.float32).eps,
+                   symmetric_zero_point=0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """torch.ao's MinMaxObserver._calculate_qparams, with non-finite statistics made finite."""
+    big = torch.finfo(torch.float32).max
+    lo = torch.nan_to_num(min_val.float(), 0.0, big, -big)
+    hi = torch.nan_to_num(max_val.float(), 0.0, big, -big)
+    min_neg = torch.minimum(lo, torch.zeros_like(lo))
+    max_pos = torch.maximum(hi, torch.zeros_like(hi))
+    eps_t = torch.tensor(eps, dtype=torch.float32, device=lo.device)
+    if symmetric:
+        max_pos = torch.maximum(-min_neg, max_pos)
+        scale = torch.maximum(max_pos / (float(qmax - qmin) / 2), eps_t)
+        scale = torch.nan_to_num(scale, eps, big, eps)
+        zp = torch.full_like(lo, symmetric_zero_point, dtype=torch.int32)
+    else:
+        scale = torch.maximum((max_pos - min_neg) / float(qmax - qmin), eps_t)
+        scale = torch.nan_to_num(scale, eps, big, eps)
+        zp = (qmin - torch.round(min_neg / scale).to(torch.int32)).clamp(qmin, qmax).to(torch.int32)
+    return scale, zp
+
+
+# GEMM-REFERENCE-BEGIN
+# GEMM-REFERENCE-END
+
+# OBSERVER-REFERENCE-BEGIN
+# OBSERVER-REFERENCE-END

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs everything torchquant needs on a fresh machine and builds it against that torch.
+#   TORCHQUANT_TORCH   pip requirement for torch (default torch==2.14.1; an installed torch>=2.11 is kept)
+#   TORCHQUANT_CUDA    0 to skip the CUDA kernels (default: build them when nvcc is found)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! $PY -c 'import sys, torch; v = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 11))' 2>/dev/null; then
+  $PY -m pip install -q "${TORCHQUANT_TORCH:-torch==2.14.1}"
+fi
+$PY -m pip install -q setuptools wheel ninja numpy tqdm matplotlib pytest hypothesis nbclient nbformat ipykernel
+# A toolkit whose nvcc is a wrapper script leaves torch guessing CUDA_HOME; point it at the toolkit.
+if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda/include ]; then export CUDA_HOME=/usr/local/cuda; fi
+$PY -m pip install -q --no-build-isolation -e .
+if [ -f scripts/get_mnist.py ]; then $PY scripts/get_mnist.py; fi
+$PY -c 'import torchquant; print(torchquant.build_info())'

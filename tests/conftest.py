@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+import torchquant
+from torchquant.isa import ISAS
+
+
+def _supported_isas():
+    out = []
+    previous = torchquant.cpu_isa()
+    for isa in ISAS:
+        try:
+            torchquant.set_cpu_isa(isa)
+            out.append(isa)
+        except RuntimeError:
+            pass
+    torchquant.set_cpu_isa(previous)
+    return out
+
+
+SUPPORTED_ISAS = _supported_isas()
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+@pytest.fixture(params=SUPPORTED_ISAS)
+def isa(request):
+    """Runs the test once per CPU kernel variant this machine supports."""
+    with torchquant.force_cpu_isa(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)

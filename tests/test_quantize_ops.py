@@ -1,0 +1,300 @@
+"""quantize / dequantize / fake_quantize / choose_qparams: every CPU variant bit-exact with
+torchquant.reference and with torch's own functions."""
+import warnings
+
+import pytest
+import torch
+
+import torchquant
+from torchquant import reference
+
+ops = torch.ops.torchquant
+QRANGES = [(-128, 127, torch.int8), (0, 255, torch.uint8), (-8, 7, torch.int8), (0, 3, torch.uint8), (-127, 127, torch.int8)]
+
+
+def _tricky_input(shape, scale, zp, qmin, qmax, gen):
+    """Random floats mixed with exact ties ((k + 0.5) * s), values that saturate both ends,
+    exact multiples of the scale, zeros and signed zeros."""
+    n = 1
+    for d in shape:
+        n *= d
+    x = torch.randn(n, generator=gen) * scale * (qmax - qmin) / 3
+    k = torch.randint(qmin - zp - 4, qmax - zp + 4, (n,), generator=gen).float()
+    kind = torch.randint(0, 6, (n,), generator=gen)
+    x = torch.where(kind == 1, (k + 0.5) * scale, x)
+    x = torch.where(kind == 2, k * scale, x)
+    x = torch.where(kind == 3, torch.full_like(x, 1e6) * torch.sign(torch.randn(n, generator=gen)), x)
+    x = torch.where(kind == 4, torch.zeros_like(x) * torch.sign(torch.randn(n, generator=gen)), x)
+    return x.reshape(shape)
+
+
+def _pt_qparams(scale, zp):
+    return torch.tensor([scale]), torch.tensor([zp], dtype=torch.int32)
+
+
+@pytest.mark.parametrize("qmin,qmax,dtype", QRANGES)
+@pytest.mark.parametrize("n", [0, 1, 7, 31, 32, 33, 1000, 100003])
+def test_quantize_per_tensor_matches_reference(isa, qmin, qmax, dtype, n):
+    gen = torch.Generator().manual_seed(n + qmin)
+    for zp in (qmin, qmax, (qmin + qmax) // 2):
+        scale = 0.0173
+        x = _tricky_input((n,), scale, zp, qmin, qmax, gen)
+        s, z = _pt_qparams(scale, zp)
+        got = ops.quantize(x, s, z, None, qmin, qmax, dtype)
+        want = reference.quantize(x, s, z, None, qmin, qmax, dtype)
+        assert got.dtype == dtype and torch.equal(got, want)
+        deq = ops.dequantize(got, s, z, None)
+        assert torch.equal(deq, reference.dequantize(got, s, z, None))
+        fq = ops.fake_quantize(x, s, z, None, qmin, qmax)
+        assert torch.equal(fq, reference.fake_quantize(x, s, z, None, qmin, qmax))
+
+
+@pytest.mark.parametrize("shape,axis", [((5, 7), 0), ((5, 7), 1), ((3, 4, 70), 1), ((3, 4, 70), 2),
+                                        ((2, 3, 5, 2), -1), ((2, 33, 3), 1), ((1,), 0), ((0, 4), 1), ((4, 0), 0),
+                                        ((8, 130), 0), ((2, 3, 65), 1)])
+@pytest.mark.parametrize("qmin,qmax,dtype", QRANGES[:3])
+def test_per_channel_every_axis(isa, shape, axis, qmin, qmax, dtype):
+    gen = torch.Generator().manual_seed(len(shape) * 10 + axis)
+    C = shape[axis]
+    scale = torch.rand(C, generator=gen) * 0.1 + 0.001
+    zp = torch.randint(qmin, qmax + 1, (C,), generator=gen, dtype=torch.int32)
+    if C >= 2:
+        zp[0], zp[-1] = qmin, qmax
+    x = _tricky_input(shape, 0.05, 0, qmin, qmax, gen)
+    got = ops.quantize(x, scale, zp, axis, qmin, qmax, dtype)
+    assert torch.equal(got, reference.quantize(x, scale, zp, axis % len(shape), qmin, qmax, dtype))
+    assert torch.equal(ops.dequantize(got, scale, zp, axis), reference.dequantize(got, scale, zp, axis % len(shape)))
+    fq = ops.fake_quantize(x, scale, zp, axis, qmin, qmax)
+    assert torch.equal(fq, reference.fake_quantize(x, scale, zp, axis % len(shape), qmin, qmax))
+    g = torch.randn(shape, generator=gen)
+    assert torch.equal(ops.fake_quantize_backward(g, x, scale, zp, axis, qmin, qmax),
+                       reference.fake_quantize_backward(g, x, scale, zp, axis % len(shape), qmin, qmax))
+
+
+def test_matches_torch_functions(isa):
+    gen = torch.Generator().manual_seed(0)
+    x = _tricky_input((64, 129), 0.02, 5, -128, 127, gen)
+    x = x.clamp(-1e4, 1e4)  # torch's own AVX2 quantize misorders values past int32 range
+    assert torch.equal(torchquant.fake_quantize_per_tensor_affine(x, 0.02, 5, -128, 127),
+                       torch.fake_quantize_per_tensor_affine(x, 0.02, 5, -128, 127))
+    assert torch.equal(torchquant.fake_quantize_per_tensor_affine(x, 0.02, 5, 0, 15),
+                       torch.fake_quantize_per_tensor_affine(x, 0.02, 5, 0, 15))
+    for axis in (0, 1):
+        C = x.shape[axis]
+        s = torch.rand(C, generator=gen) * 0.05 + 0.005
+        z = torch.randint(-128, 128, (C,), generator=gen, dtype=torch.int32)
+        assert torch.equal(torchquant.fake_quantize_per_channel_affine(x, s, z, axis, -128, 127),
+                           torch.fake_quantize_per_channel_affine(x, s, z, axis, -128, 127))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tq = torch.quantize_per_channel(x, s.double(), z.long(), axis, torch.qint8)
+        ours = torchquant.quantize_per_channel(x, s, z, axis, torch.qint8)
+        assert torch.equal(ours.int_repr(), tq.int_repr())
+        assert torch.equal(ours.dequantize(), tq.dequantize())
+    for dtype, zp in ((torch.quint8, 200), (torch.qint8, -3)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tq = torch.quantize_per_tensor(x, 0.02, zp, dtype)
+        ours = torchquant.quantize_per_tensor(x, 0.02, zp, dtype)
+        assert torch.equal(ours.int_repr(), tq.int_repr())
+        assert torch.equal(ours.dequantize(), tq.dequantize())
+        assert ours.q_scale() == pytest.approx(0.02) and ours.q_zero_point() == zp
+
+
+def test_nan_and_inf_are_defined(isa):
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e38, -3e38, 0.0] * 7)
+    s, z = _pt_qparams(0.1, 3)
+    q = ops.quantize(x, s, z, None, -128, 127, torch.int8)
+    assert q[:6].tolist() == [3, 127, -128, 127, -128, 3]
+    fq = ops.fake_quantize(x, s, z, None, -128, 127)
+    assert torch.isnan(fq[0]) and fq[1] == pytest.approx(12.4) and fq[2] == pytest.approx(-13.1)
+    g = ops.fake_quantize_backward(torch.ones_like(x), x, s, z, None, -128, 127)
+    assert g[:6].tolist() == [0, 0, 0, 0, 0, 1]
+    assert torch.equal(q, reference.quantize(x, s, z, None, -128, 127, torch.int8))
+
+
+def test_non_contiguous_and_inputs_untouched(isa):
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(40, 66, generator=gen)
+    x = base.t()[::2]  # non-contiguous view
+    before = base.clone()
+    s = torch.rand(x.shape[1], generator=gen) * 0.05 + 0.01
+    z = torch.zeros(x.shape[1], dtype=torch.int32)
+    q = ops.quantize(x, s, z, 1, -128, 127, torch.int8)
+    assert torch.equal(q, reference.quantize(x.contiguous(), s, z, 1, -128, 127, torch.int8))
+    assert torch.equal(base, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes(dtype):
+    x = (torch.randn(100) * 2).to(dtype)
+    s, z = _pt_qparams(0.05, 0)
+    fq = ops.fake_quantize(x, s, z, None, -128, 127)
+    assert fq.dtype == dtype
+    assert torch.equal(fq, reference.fake_quantize(x.float(), s, z, None, -128, 127).to(dtype))
+
+
+def test_fake_quantize_autograd_straight_through():
+    x = torch.tensor([-100.0, -1.0, 0.0, 0.5, 1.0, 100.0], requires_grad=True)
+    y = torchquant.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+    y.sum().backward()
+    assert x.grad.tolist() == [0, 1, 1, 1, 1, 0]
+    xt = x.detach().clone().requires_grad_()
+    torch.fake_quantize_per_tensor_affine(xt, 0.1, 0, -128, 127).sum().backward()
+    assert torch.equal(x.grad, xt.grad)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_learnable_gradients_match_reference(axis):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(16, 12, generator=gen) * 2
+    C = 1 if axis is None else x.shape[axis]
+    scale = (torch.rand(C, generator=gen) * 0.05 + 0.02).requires_grad_()
+    zp = torch.randn(C, generator=gen).mul(3).requires_grad_()
+    xr = x.clone().requires_grad_()
+    y = ops.fake_quantize_learnable(xr, scale, zp, axis, -128, 127, 0.5)
+    assert torch.equal(y, reference.fake_quantize_learnable(x, scale.detach(), zp.detach(), axis, -128, 127))
+    g = torch.randn(y.shape, generator=gen)
+    y.backward(g)
+    gx, gs, gz = reference.fake_quantize_learnable_backward(g, x, scale.detach(), zp.detach(), axis, -128, 127, 0.5)
+    assert torch.equal(xr.grad, gx)
+    torch.testing.assert_close(scale.grad, gs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zp.grad, gz, rtol=1e-5, atol=1e-5)
+
+
+def test_learnable_matches_torch_per_tensor():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1000, generator=gen)
+    s = torch.tensor([0.013], requires_grad=True)
+    z = torch.tensor([2.0], requires_grad=True)
+    y = torchquant.fake_quantize_learnable_per_tensor_affine(x, s, z, -128, 127)
+    s2, z2 = s.detach().clone().requires_grad_(), z.detach().clone().requires_grad_()
+    y2 = torch._fake_quantize_learnable_per_tensor_affine(x, s2, z2, -128, 127, 1.0)
+    assert torch.equal(y, y2)
+    y.sum().backward()
+    y2.sum().backward()
+    torch.testing.assert_close(s.grad, s2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(z.grad, z2.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_choose_qparams_matches_torch_ao(symmetric):
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+    gen = torch.Generator().manual_seed(11)
+    for dtype, qmin, qmax in ((torch.quint8, 0, 255), (torch.qint8, -128, 127)):
+        x = torch.randn(64, 33, generator=gen) * 3 + 0.7
+        scheme = torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine
+        obs = MinMaxObserver(dtype=dtype, qscheme=scheme)
+        obs(x)
+        s_ao, z_ao = obs.calculate_qparams()
+        szp = 128 if (symmetric and dtype == torch.quint8) else 0
+        s, z = torchquant.choose_qparams(x.min().reshape(1), x.max().reshape(1), qmin, qmax, symmetric, symmetric_zero_point=szp)
+        assert torch.equal(s, s_ao.float()) and torch.equal(z.long(), z_ao.long())
+        scheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
+        pobs = PerChannelMinMaxObserver(ch_axis=1, dtype=dtype, qscheme=scheme)
+        pobs(x)
+        s_ao, z_ao = pobs.calculate_qparams()
+        s, z = torchquant.choose_qparams(x.amin(0), x.amax(0), qmin, qmax, symmetric, symmetric_zero_point=szp)
+        assert torch.equal(s, s_ao.float()) and torch.equal(z.long(), z_ao.long())
+        rs, rz = reference.choose_qparams(x.amin(0), x.amax(0), qmin, qmax, symmetric, symmetric_zero_point=szp)
+        assert torch.equal(s, rs) and torch.equal(z, rz)
+
+
+def test_choose_qparams_degenerate_ranges():
+    lo = torch.tensor([0.0, 2.0, float("nan"), -float("inf"), -1e-30])
+    hi = torch.tensor([0.0, 2.0, float("nan"), float("inf"), 1e-30])
+    s, z = torchquant.choose_qparams(lo, hi, -128, 127)
+    assert torch.isfinite(s).all() and (s > 0).all()
+    # zero stays exactly representable: dequantize(zero_point) == 0
+    assert ((z >= -128) & (z <= 127)).all()
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.quantize(torch.arange(4), torch.tensor([0.1]), torch.tensor([0]), None, -128, 127, torch.int8), "argument 'x' must be a floating-point"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([-0.5]), torch.tensor([0]), None, -128, 127, torch.int8), r"scale' must be > 0 and finite, got -0.5"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([float("nan")]), torch.tensor([0]), None, -128, 127, torch.int8), "scale' must be > 0 and finite, got nan"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([float("inf")]), torch.tensor([0]), None, -128, 127, torch.int8), "scale' must be > 0 and finite, got inf"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([300]), None, -128, 127, torch.int8), r"zero_point' must lie in \[-128, 127\], got 300"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, 5, 5, torch.int8), "qmin' must be < qmax"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, -1, 255, torch.uint8), r"qmin' must lie in \[0, 255\]"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, -128, 300, torch.int8), r"qmax' must lie in \[-128, 127\]"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, -128, 127, torch.int32), "dtype' must be torch.int8 or torch.uint8"),
+    (lambda: ops.quantize(torch.randn(4, 3), torch.tensor([0.1]), torch.tensor([0]), 2, -128, 127, torch.int8), "argument 'axis' must lie in"),
+    (lambda: ops.quantize(torch.randn(4, 3), torch.ones(4), torch.zeros(3, dtype=torch.int32), 1, -128, 127, torch.int8), "'scale' must have 3 elements"),
+    (lambda: ops.quantize(torch.randn(4, 3), torch.ones(3), torch.zeros(4, dtype=torch.int32), 1, -128, 127, torch.int8), "'zero_point' must have 3"),
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0.5]), None, -128, 127, torch.int8), "zero_point' must be an integer tensor"),
+    (lambda: ops.dequantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None), "argument 'q' must be an int8 or uint8"),
+    (lambda: ops.fake_quantize(torch.randn(4), torch.tensor([0.0]), torch.tensor([0]), None, -128, 127), "scale' must be > 0"),
+    (lambda: ops.fake_quantize_backward(torch.randn(3), torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, -128, 127), "argument 'grad' must have the shape"),
+    (lambda: torchquant.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.float32), "argument 'dtype' must be"),
+    (lambda: ops.choose_qparams(torch.zeros(2), torch.zeros(3), -128, 127), "must have the same shape"),
+    (lambda: torchquant.set_cpu_isa("sse9"), "unknown CPU ISA 'sse9'"),
+])
+def test_bad_input_errors_name_the_argument(call, match):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        call()
+
+
+# ---------------------------------------------------------------- torch integration
+def _opcheck_samples():
+    x = torch.randn(6, 5)
+    s, z = torch.tensor([0.05]), torch.tensor([2], dtype=torch.int32)
+    sc, zc = torch.rand(5) * 0.1 + 0.01, torch.zeros(5, dtype=torch.int32)
+    q = ops.quantize(x, s, z, None, -128, 127, torch.int8)
+    return [
+        (ops.quantize.default, (x, s, z, None, -128, 127, torch.int8)),
+        (ops.quantize.default, (x, sc, zc, 1, 0, 255, torch.uint8)),
+        (ops.dequantize.default, (q, s, z, None)),
+        (ops.fake_quantize.default, (x.requires_grad_(), s, z, None, -128, 127)),
+        (ops.fake_quantize.default, (torch.randn(6, 5, requires_grad=True), sc, zc, 1, -128, 127)),
+        (ops.fake_quantize_backward.default, (torch.randn(6, 5), x.detach(), s, z, None, -128, 127)),
+        (ops.fake_quantize_learnable.default, (torch.randn(6, 5, requires_grad=True), s.clone().requires_grad_(), torch.tensor([1.0], requires_grad=True), None, -128, 127, 1.0)),
+        (ops.choose_qparams.default, (torch.tensor([-1.0, 0.2]), torch.tensor([2.0, 3.0]), -128, 127, False, 1e-7, 0)),
+    ]
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_opcheck(i):
+    op, args = _opcheck_samples()[i]
+    torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(16, 8)
+            self.register_buffer("s", torch.tensor([0.02]))
+            self.register_buffer("z", torch.tensor([0], dtype=torch.int32))
+
+        def forward(self, x):
+            w = torchquant.fake_quantize_per_channel_affine(self.lin.weight, torch.full((8,), 0.01), torch.zeros(8, dtype=torch.int32), 0, -127, 127)
+            y = torch.nn.functional.linear(torchquant.fake_quantize_per_tensor_affine(x, self.s, self.z, -128, 127), w, self.lin.bias)
+            return y.relu()
+
+    torch.manual_seed(0)
+    m = M()
+    x = torch.randn(4, 16)
+    eager = m(x)
+    eager.sum().backward()
+    g_eager = m.lin.weight.grad.clone()
+    m.zero_grad()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.equal(out, eager)
+    assert torch.equal(m.lin.weight.grad, g_eager)
+
+
+def test_qtensor_api():
+    x = torch.randn(3, 4)
+    q = torchquant.quantize_per_channel(x, torch.full((4,), 0.05), torch.zeros(4, dtype=torch.int32), 1, torch.qint8)
+    assert q.shape == (3, 4) and q.dtype == torch.qint8 and q.q_per_channel_axis() == 1
+    assert q.q_per_channel_scales().shape == (4,) and q.q_per_channel_zero_points().dtype == torch.int32
+    assert q.to("cpu").int_repr() is not None
+    with pytest.raises(RuntimeError, match="per-tensor"):
+        q.q_scale()
+    qt = torchquant.quantize_per_tensor(x, 0.05, 3, torch.quint8)
+    assert qt.flatten().shape == (12,) and "QTensor" in repr(qt)
+    assert torch.allclose(qt.dequantize(), x.clamp(min=-0.15), atol=0.026)
