@@ -70,13 +70,13 @@ QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tenso
   p.zero_point = zero_point.reshape({channels}).to(at::kInt).contiguous();
   if (scale.device().is_cpu()) {
     const float* s = p.scale.data_ptr<float>();
-    const int32_t* z = p.zero_point.data_ptr<int32_t>();
-    const int64_t* z64 = zero_point.scalar_type() == at::kLong
-                             ? zero_point.contiguous().data_ptr<int64_t>() : nullptr;
+    // Range-check the caller's values before any narrowing to int32 could wrap them.
+    const at::Tensor z_orig = zero_point.reshape({channels}).to(at::kLong).contiguous();
+    const int64_t* z64 = z_orig.data_ptr<int64_t>();
     for (int64_t c = 0; c < channels; ++c) {
       TORCH_CHECK(std::isfinite(s[c]) && s[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
                   s[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
-      const int64_t zc = z64 ? z64[c] : z[c];
+      const int64_t zc = z64[c];
       TORCH_CHECK(zc >= qmin && zc <= qmax, "argument 'zero_point' must lie in [", qmin, ", ",
                   qmax, "], got ", zc, channels > 1 ? " at channel " + std::to_string(c) : std::string());
     }

@@ -1,0 +1,55 @@
+"""Timing helpers shared by the benchmarks: median of repeated runs after a warm-up, and the
+machine description printed with every table."""
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def timeit(fn, *, warmup=3, repeat=15, min_time=0.2):
+    """Median seconds per call of fn() (CPU; synchronizes CUDA if used)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start < min_time and len(times) < 10 * repeat):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    keep = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"]
+                    return " ".join(k for k in keep if k in flags)
+    except OSError:
+        pass
+    return ""
+
+
+def header(title):
+    import torchquant
+
+    return (f"# {title}\n# {cpu_name()} [{cpu_flags()}], {os.cpu_count()} cores, threads={torch.get_num_threads()}, "
+            f"torch {torch.__version__}, torchquant {torchquant.__version__} (cpu_isa={torchquant.cpu_isa()}), "
+            f"{time.strftime('%Y-%m-%d')}")
