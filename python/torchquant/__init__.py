@@ -33,4 +33,43 @@ except ImportError:  # pragma: no cover
 # OBSERVER-EXPORTS-BEGIN
 # OBSERVER-EXPORTS-END
 # EAGER-EXPORTS-BEGIN
+from . import nn  # noqa: E402
+from .fake_quantize import (  # noqa: E402
+    FakeQuantize,
+    FakeQuantizeBase,
+    LearnableFakeQuantize,
+    default_fake_quant,
+    default_per_channel_weight_fake_quant,
+    default_weight_fake_quant,
+    disable_fake_quant,
+    disable_observer,
+    enable_fake_quant,
+    enable_observer,
+)
+from .qconfig import (  # noqa: E402
+    QConfig,
+    QConfigDynamic,
+    default_dynamic_qconfig,
+    default_qat_qconfig,
+    default_qconfig,
+    get_default_qat_qconfig,
+    get_default_qconfig,
+    learnable_qat_qconfig,
+    per_channel_qconfig,
+    per_tensor_qconfig,
+)
+from .quantize import (  # noqa: E402
+    convert,
+    fuse_modules,
+    get_default_dynamic_quant_module_mappings,
+    get_default_qat_module_mappings,
+    get_default_static_quant_module_mappings,
+    prepare,
+    prepare_qat,
+    propagate_qconfig_,
+    quantize,
+    quantize_dynamic,
+    quantize_qat,
+)
+from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
 # EAGER-EXPORTS-END

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.utils._pytree as pytree
+import warnings
 
 __all__ = ["QTensor"]
 
@@ -154,6 +155,24 @@ class QTensor:
         return (f"QTensor(shape={tuple(self.data.shape)}, dtype={self.dtype}, {qp}, "
                 f"qrange=[{self.qmin}, {self.qmax}], device={self.device})")
 
+    # ---- torch functions ----
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """torch functions on a QTensor: the ones with an exact int8 meaning (flatten, reshape,
+        relu, dropout in inference) keep it int8; any other dequantizes its QTensor arguments,
+        runs in float and warns once per function."""
+        kwargs = kwargs or {}
+        impl = _INT8_FUNCTIONS.get(func)
+        if impl is not None:
+            return impl(*args, **kwargs)
+        name = getattr(func, "__name__", repr(func))
+        if name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn(f"{name} has no int8 implementation in torchquant: its QTensor arguments are dequantized "
+                          "and it runs in float", UserWarning, stacklevel=2)
+        args, kwargs = pytree.tree_map_only(QTensor, lambda q: q.dequantize(), (args, kwargs))
+        return func(*args, **kwargs)
+
     def _require_per_tensor(self, name):
         if self.axis is not None:
             raise RuntimeError(f"QTensor.{name}() needs a per-tensor QTensor; this one is per channel (axis {self.axis})")
@@ -161,6 +180,27 @@ class QTensor:
     def _require_per_channel(self, name):
         if self.axis is None:
             raise RuntimeError(f"QTensor.{name}() needs a per-channel QTensor; this one is per tensor")
+
+
+def _relu(q, inplace=False):
+    zp = q.zero_point.reshape([-1 if d == q.axis else 1 for d in range(q.dim())]) if q.axis is not None else q.zero_point.reshape(())
+    return q._same_qparams(torch.maximum(q.data, zp.to(q.data.dtype)))
+
+
+def _dropout(q, p=0.5, training=False, inplace=False):
+    if training:
+        raise RuntimeError("dropout in training mode on a QTensor is not defined; converted models run inference (model.eval())")
+    return q
+
+
+_WARNED = set()
+_INT8_FUNCTIONS = {
+    torch.flatten: lambda q, start_dim=0, end_dim=-1: q.flatten(start_dim, end_dim),
+    torch.reshape: lambda q, shape: q.reshape(shape),
+    torch.relu: _relu,
+    torch.nn.functional.relu: _relu,
+    torch.nn.functional.dropout: _dropout,
+}
 
 
 def _flatten(q: QTensor):

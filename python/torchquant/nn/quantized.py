@@ -1,0 +1,261 @@
+"""int8 modules that ``convert`` and ``quantize_dynamic`` swap in.
+
+They hold plain tensors only (int8 weight, float32 scales, int32 zero points, float bias), so
+``state_dict()`` loads with ``torch.load(..., weights_only=True)``. The kernel's packed weight is a
+non-persistent buffer, rebuilt for the device whenever the module moves (``.to()``) or loads a
+state dict.
+"""
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._ops import ops
+from ..qtensor import QTensor
+from . import intrinsic, qat
+
+__all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
+
+_STORAGE = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8, torch.int8: torch.int8}
+
+
+def _storage(dtype) -> torch.dtype:
+    try:
+        return _STORAGE[dtype]
+    except KeyError:
+        raise ValueError(f"torchquant's int8 modules support torch.quint8 and torch.qint8 activations, got {dtype}") from None
+
+
+def _activation_qparams(mod, what: str):
+    obs = getattr(mod, "activation_post_process", None)
+    if obs is None:
+        raise RuntimeError(f"{what} has no activation observer: was the model passed through prepare()?")
+    scale, zero_point = obs.calculate_qparams()
+    return scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), obs
+
+
+class Quantize(nn.Module):
+    """float -> QTensor with calibrated per-tensor qparams (what QuantStub becomes).
+
+    >>> q = Quantize(torch.tensor([0.02]), torch.tensor([128]), torch.quint8)(torch.randn(2, 3))
+    """
+
+    def __init__(self, scale, zero_point, dtype=torch.quint8):
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(1).clone())
+        self.register_buffer("zero_point", torch.as_tensor(zero_point).to(torch.int32).reshape(1).clone())
+        self.dtype = dtype
+        info = torch.iinfo(_storage(dtype))
+        self.qmin, self.qmax = info.min, info.max
+
+    def forward(self, x):
+        if isinstance(x, QTensor):
+            return x
+        data = ops.quantize(x, self.scale, self.zero_point, None, self.qmin, self.qmax, _storage(self.dtype))
+        return QTensor(data, self.scale, self.zero_point, None, self.qmin, self.qmax)
+
+    @classmethod
+    def from_float(cls, mod, name: str = "QuantStub"):
+        scale, zero_point, obs = _activation_qparams(mod, name)
+        return cls(scale, zero_point, obs.dtype)
+
+    def extra_repr(self):
+        return f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}, dtype={self.dtype}"
+
+
+class DeQuantize(nn.Module):
+    """QTensor -> float (what DeQuantStub becomes); float input passes through."""
+
+    def forward(self, x):
+        return x.dequantize() if isinstance(x, QTensor) else x
+
+    @classmethod
+    def from_float(cls, mod, name: str = "DeQuantStub"):
+        return cls()
+
+
+class Linear(nn.Module):
+    """Static int8 Linear: QTensor in, QTensor out, one kernel call (int32 accumulation, bias,
+    optional ReLU and requantization fused).
+
+    Weights are int8, symmetric (zero point 0), per output channel; activations uint8 or int8 per
+    tensor. A float input means a QuantStub is missing, and raises.
+    """
+
+    _relu = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.quint8):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("weight_zero_point", torch.zeros(out_features, dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+        self.register_buffer("_packed_weight", None, persistent=False)
+        self.register_buffer("_col_sums", None, persistent=False)
+        self.dtype = dtype
+        info = torch.iinfo(_storage(dtype))
+        self.qmin, self.qmax = info.min, info.max
+        self._repack()
+
+    @property
+    def weight(self) -> QTensor:
+        """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``).
+        Being no plain tensor also keeps fused fast paths that read ``.weight`` directly (such as
+        TransformerEncoderLayer's) off this module."""
+        return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+
+    def _repack(self):
+        self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
+
+    def _apply(self, fn, *args, **kwargs):
+        # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu().
+        super()._apply(fn, *args, **kwargs)
+        self._repack()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._repack()
+
+    def forward(self, x):
+        if not isinstance(x, QTensor):
+            raise TypeError(
+                f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
+                "quantized Linear takes a QTensor: add a torchquant.QuantStub() before it (or use "
+                "torchquant.quantize_dynamic for float in, float out)"
+            )
+        if x.axis is not None:
+            raise ValueError(f"quantized Linear needs per-tensor quantized input, got a QTensor quantized along axis {x.axis}")
+        y = ops.linear_int8(x.data, x.scale, x.zero_point, self._packed_weight, self._col_sums, self.weight_scale,
+                            self.bias, self.scale, self.zero_point, self._relu, _storage(self.dtype))
+        return QTensor(y, self.scale, self.zero_point, None, self.qmin, self.qmax)
+
+    @classmethod
+    def from_float(cls, mod, name: Optional[str] = None):
+        """Quantizes a prepared (observed) nn.Linear, fused LinearReLU or QAT Linear."""
+        name = name or type(mod).__name__
+        linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
+        w_scale, w_zp = _weight_qparams(mod, linear, name)
+        scale, zero_point, obs = _activation_qparams(mod, name)
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=obs.dtype)
+        _load_weight(q, linear, w_scale, w_zp)
+        q.scale.copy_(scale)
+        q.zero_point.copy_(zero_point)
+        return q.to(linear.weight.device)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}, dtype={self.dtype}")
+
+
+class LinearReLU(Linear):
+    """Static int8 Linear with ReLU fused into the kernel's epilogue."""
+
+    _relu = True
+
+
+def _weight_qparams(mod, linear, name):
+    wobs = getattr(mod, "weight_fake_quant", None)
+    if wobs is None:
+        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is None:
+            raise RuntimeError(f"{name} has no qconfig: was the model passed through prepare()?")
+        wobs = qconfig.weight()
+        wobs.to(linear.weight.device)
+        wobs(linear.weight.detach())
+    w_scale, w_zp = wobs.calculate_qparams()
+    w_scale = w_scale.float().reshape(-1).to(linear.weight.device)
+    w_zp = w_zp.to(torch.int32).reshape(-1).to(linear.weight.device)
+    if bool((w_zp != 0).any()):
+        raise ValueError(
+            f"{name}: torchquant's int8 Linear needs symmetric weights (zero point 0), but the weight observer "
+            f"{type(wobs).__name__} gave non-zero zero points; use qscheme=torch.per_channel_symmetric or "
+            "torch.per_tensor_symmetric with dtype=torch.qint8"
+        )
+    n = linear.out_features
+    if w_scale.numel() == 1:
+        w_scale, w_zp = w_scale.expand(n).contiguous(), w_zp.expand(n).contiguous()
+    return w_scale, w_zp
+
+
+def _load_weight(q, linear, w_scale, w_zp):
+    w = linear.weight.detach().float()
+    q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, -128, 127, torch.int8).cpu())
+    q.weight_scale.copy_(w_scale.cpu())
+    q.weight_zero_point.copy_(w_zp.cpu())
+    if linear.bias is not None:
+        q.bias.copy_(linear.bias.detach().float().cpu())
+    q._repack()
+
+
+class DynamicLinear(Linear):
+    """Dynamic int8 Linear: float in, float out. Each input row is quantized on the fly (its own
+    scale and zero point, inside the kernel); weights are int8 per output channel.
+
+    >>> m = torchquant.quantize_dynamic(nn.Sequential(nn.Linear(16, 8)), {nn.Linear})
+    """
+
+    def forward(self, x):
+        if isinstance(x, QTensor):
+            x = x.dequantize()
+        y = ops.linear_dynamic(x.float(), self._packed_weight, self._col_sums, self.weight_scale, self.bias, self._relu)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    @classmethod
+    def from_float(cls, mod, name: Optional[str] = None):
+        name = name or type(mod).__name__
+        linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
+        w_scale, w_zp = _weight_qparams(mod, linear, name)
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=torch.quint8)
+        q._relu = isinstance(mod, intrinsic.LinearReLU)
+        _load_weight(q, linear, w_scale, w_zp)
+        return q.to(linear.weight.device)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, relu={self._relu}"
+
+
+class ReLU(nn.ReLU):
+    """ReLU on a QTensor stays int8: max(q, zero_point) keeps the qparams and is exact."""
+
+    def forward(self, x):
+        if isinstance(x, QTensor):
+            if x.axis is not None:
+                zp = x.zero_point.reshape([-1 if d == x.axis else 1 for d in range(x.dim())])
+            else:
+                zp = x.zero_point.reshape(())
+            return x._same_qparams(torch.maximum(x.data, zp.to(x.data.dtype)))
+        return F.relu(x, inplace=self.inplace)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return cls(mod.inplace)
+
+
+class Dropout(nn.Dropout):
+    """Dropout passes a QTensor through unchanged (converted models run inference)."""
+
+    def forward(self, x):
+        return x if isinstance(x, QTensor) else super().forward(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return cls(mod.p, mod.inplace)
+
+
+class Flatten(nn.Flatten):
+    """Flatten keeps a per-tensor QTensor int8 (only the shape changes)."""
+
+    def forward(self, x):
+        return x.flatten(self.start_dim, self.end_dim) if isinstance(x, QTensor) else super().forward(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return cls(mod.start_dim, mod.end_dim)
+
+

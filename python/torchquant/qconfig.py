@@ -1,0 +1,106 @@
+"""QConfig and the default configurations, with torch.ao.quantization's names.
+
+A QConfig says how to observe (or fake-quantize) a module's activations and weights. Every
+backend name torch.ao knows ("x86", "fbgemm", "qnnpack", "onednn") is accepted and all of them
+run torchquant's kernels. One deliberate difference: torch.ao's "x86"/"fbgemm" defaults set
+``reduce_range=True`` (7-bit activations) because fbgemm's AVX2 kernel saturates int16 on full
+8-bit inputs; torchquant's kernels are exact for full 8-bit activations, so its defaults use the
+whole range (see docs/eager_api.md).
+
+    >>> model.qconfig = torchquant.get_default_qconfig("x86")       # per-channel weights
+    >>> model.qconfig = torchquant.per_tensor_qconfig               # per-tensor weights
+"""
+from collections import namedtuple
+
+import torch
+
+from . import observer as _obs
+from .fake_quantize import FakeQuantize, LearnableFakeQuantize
+
+__all__ = [
+    "QConfig",
+    "QConfigDynamic",
+    "get_default_qconfig",
+    "get_default_qat_qconfig",
+    "default_qconfig",
+    "per_channel_qconfig",
+    "per_tensor_qconfig",
+    "default_dynamic_qconfig",
+    "default_qat_qconfig",
+    "learnable_qat_qconfig",
+    "BACKENDS",
+]
+
+BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
+
+
+class QConfig(namedtuple("QConfig", ["activation", "weight"])):
+    """``QConfig(activation=..., weight=...)``: each field is an observer or FakeQuantize class
+    (or ``.with_args(...)`` of one), called once per module that needs it.
+
+    >>> QConfig(activation=HistogramObserver.with_args(reduce_range=False),
+    ...         weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, activation, weight):
+        if isinstance(activation, torch.nn.Module) or isinstance(weight, torch.nn.Module):
+            raise ValueError(
+                "QConfig received an observer instance; pass the class or Class.with_args(...) so that each "
+                "module gets its own observer"
+            )
+        return super().__new__(cls, activation, weight)
+
+
+QConfigDynamic = QConfig  # torch.ao keeps this alias for dynamic quantization configs
+
+_act_histogram = _obs.HistogramObserver.with_args(reduce_range=False)
+_act_minmax = _obs.MinMaxObserver.with_args(reduce_range=False)
+_weight_per_channel = _obs.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+_weight_per_tensor = _obs.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+
+per_channel_qconfig = QConfig(activation=_act_histogram, weight=_weight_per_channel)
+per_tensor_qconfig = QConfig(activation=_act_histogram, weight=_weight_per_tensor)
+default_qconfig = QConfig(activation=_act_minmax, weight=_weight_per_tensor)
+default_dynamic_qconfig = QConfig(activation=_obs.PlaceholderObserver.with_args(dtype=torch.quint8), weight=_weight_per_channel)
+
+_qat_activation = FakeQuantize.with_args(observer=_obs.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                         dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+_qat_weight_per_channel = FakeQuantize.with_args(observer=_obs.MovingAveragePerChannelMinMaxObserver, quant_min=-128,
+                                                 quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+_qat_weight_per_tensor = FakeQuantize.with_args(observer=_obs.MovingAverageMinMaxObserver, quant_min=-128,
+                                                quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+default_qat_qconfig = QConfig(activation=_qat_activation, weight=_qat_weight_per_channel)
+learnable_qat_qconfig = QConfig(
+    activation=LearnableFakeQuantize.with_args(observer=_obs.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                               dtype=torch.quint8, qscheme=torch.per_tensor_affine),
+    weight=LearnableFakeQuantize.with_args(observer=_obs.MovingAveragePerChannelMinMaxObserver, quant_min=-128,
+                                           quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
+)
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"argument 'backend' must be one of {BACKENDS}, got {backend!r}")
+
+
+def get_default_qconfig(backend: str = "x86", version: int = 0) -> QConfig:
+    """The static-quantization QConfig for a backend: HistogramObserver activations (uint8,
+    full range) and symmetric int8 weights, per channel except for "qnnpack" (per tensor, as
+    torch.ao's qnnpack default).
+
+    >>> model.qconfig = torchquant.get_default_qconfig("fbgemm")
+    """
+    _check_backend(backend)
+    return per_tensor_qconfig if backend == "qnnpack" else per_channel_qconfig
+
+
+def get_default_qat_qconfig(backend: str = "x86", version: int = 1) -> QConfig:
+    """The quantization-aware-training QConfig: moving-average min/max FakeQuantize on
+    activations (uint8) and weights (int8 symmetric, per channel except for "qnnpack").
+
+    >>> model.qconfig = torchquant.get_default_qat_qconfig("x86")
+    """
+    _check_backend(backend)
+    return QConfig(activation=_qat_activation, weight=_qat_weight_per_tensor if backend == "qnnpack" else _qat_weight_per_channel)
