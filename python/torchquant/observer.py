@@ -629,7 +629,8 @@ class PercentileObserver(HistogramObserver):
 class MSEObserver(HistogramObserver):
     """Clips outliers where that lowers the error: tries ``num_candidates`` ranges
     ``[a * min, a * max]`` for a in (0, 1] and keeps the one whose quantize-dequantize mean
-    squared error over the observed histogram (each bin's count at its centre) is least.
+    squared error over the observed histogram (each bin's count spread evenly over the bin,
+    the error integrated exactly) is least.
 
     >>> obs = MSEObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     >>> _ = obs(torch.cat([torch.randn(100000), torch.tensor([1000.0])]))
@@ -647,18 +648,28 @@ class MSEObserver(HistogramObserver):
         self.num_candidates = int(num_candidates)
 
     def _range(self):
-        hist = self.histogram.detach().float().cpu()
+        hist = self.histogram.detach().double().cpu()
         lo, hi = float(self.min_val), float(self.max_val)
         if lo == hi:
             return self.min_val, self.max_val
-        width = (hi - lo) / self.bins
-        centers = (lo + width * (torch.arange(self.bins, dtype=torch.float64) + 0.5)).float()
         a = torch.arange(1, self.num_candidates + 1, dtype=torch.float64) / self.num_candidates
         cand_lo, cand_hi = (a * lo).float(), (a * hi).float()
         scale, zp = self._qparams(cand_lo, cand_hi)
-        s, z = scale.cpu().unsqueeze(1), zp.cpu().float().unsqueeze(1)
-        q = torch.clamp(torch.round(centers * torch.reciprocal(s)) + z, self.quant_min, self.quant_max)
-        err = (((q - z) * s - centers).double() ** 2 * hist.double()).sum(1)
+        s, z = scale.cpu().double().unsqueeze(1), zp.cpu().double().unsqueeze(1)
+        # Each bin's count spread evenly over the bin, as torch.ao's L2 search assumes. F(x) is
+        # the integral of the squared quantize-dequantize error from the grid's bottom to x:
+        # inside the grid each step of width s contributes s^3/12, with the partial step's
+        # (u^3 + s^3/8)/3 where u = x - round(x/s)*s; past either end the error grows as the
+        # clip distance, (x - T)^3/3.
+        edges = lo + (hi - lo) / self.bins * torch.arange(self.bins + 1, dtype=torch.float64)
+        bottom, top = (self.quant_min - z) * s, (self.quant_max - z) * s
+        xc = torch.minimum(torch.maximum(edges, bottom), top)
+        k = torch.round(xc / s)
+        u = xc - k * s
+        F = k * s ** 3 / 12 + (u ** 3 + s ** 3 / 8) / 3
+        F = F + torch.clamp(edges - top, min=0) ** 3 / 3 - torch.clamp(bottom - edges, min=0) ** 3 / 3
+        density = hist / ((hi - lo) / self.bins)
+        err = (density * (F[:, 1:] - F[:, :-1])).sum(1)
         best = int(torch.argmin(err))
         dev = self.min_val.device
         return cand_lo[best].to(dev), cand_hi[best].to(dev)
