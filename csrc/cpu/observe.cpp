@@ -175,31 +175,38 @@ void check_histogram_args(const at::Tensor& hist, const at::Tensor& min_val,
 }
 
 // Moves the histogram `hist` of [lo, hi] onto the bins of [new_lo, new_hi] (which contains
-// it), as torch.ao's HistogramObserver does: each bin is split into `up` equal parts whose
-// centres are re-binned. A histogram of one point (lo == hi) moves whole.
+// it), with torch.ao's HistogramObserver's method: each bin is split into `up` equal parts,
+// each part's count (bin / up) goes to the new bin holding its centre. A histogram of one
+// point (lo == hi) moves whole. The positions are computed in float64 by plain loops (torch.ao
+// uses linspace + bucketize, whose rounding depends on the thread split; the few boundary
+// cases that differ are within a sub-bin of each other). Serial: at most bins * up steps.
 at::Tensor rebin(const at::Tensor& hist, float lo, float hi, float new_lo, float new_hi,
                  int64_t up) {
-  const int64_t bins = hist.numel();
-  const auto opts = hist.options();
+  const at::Tensor src = hist.to(at::kFloat).contiguous().cpu();
+  const int64_t bins = src.numel();
+  const float* h = src.data_ptr<float>();
+  std::vector<double> acc(bins, 0.0);
   if (lo == hi) {
-    at::Tensor out = at::zeros({bins}, opts);
     const float inv = static_cast<float>(static_cast<double>(bins) /
                                          (static_cast<double>(new_hi) - new_lo));
-    const int32_t b = new_hi > new_lo
+    const int64_t b = new_hi > new_lo
                           ? cpu::histogram_bin(lo, new_lo, inv, static_cast<int32_t>(bins))
-                          : static_cast<int32_t>(std::min<int64_t>(bins / 2, bins - 1));
-    out.narrow(0, b, 1).copy_(hist.sum().reshape({1}));
-    return out;
+                          : std::min<int64_t>(bins / 2, bins - 1);
+    for (int64_t i = 0; i < bins; ++i) acc[b] += h[i];
+  } else {
+    const double w = (static_cast<double>(hi) - lo) / static_cast<double>(bins * up);
+    const double to_bin = static_cast<double>(bins) / (static_cast<double>(new_hi) - new_lo);
+    for (int64_t j = 0; j < bins * up; ++j) {
+      const double centre = static_cast<double>(lo) + (static_cast<double>(j) + 0.5) * w;
+      double t = std::floor((centre - new_lo) * to_bin);
+      t = t < 0.0 ? 0.0 : (t > bins - 1 ? bins - 1 : t);
+      acc[static_cast<int64_t>(t)] += static_cast<double>(h[j / up]) / static_cast<double>(up);
+    }
   }
-  const at::Tensor h = hist.repeat_interleave(up) / static_cast<double>(up);
-  // float32 steps, as torch.ao computes them on its 0-dim float32 buffers.
-  const float bin_size = (hi - lo) / static_cast<float>(bins * up);
-  const at::Tensor mid =
-      at::linspace(lo, hi, bins * up + 1, opts).narrow(0, 0, bins * up) + 0.5f * bin_size;
-  const at::Tensor bounds = at::linspace(new_lo, new_hi, bins + 1, opts);
-  const at::Tensor assign =
-      (at::bucketize(mid, bounds, /*out_int32=*/false, /*right=*/true) - 1).clamp(0, bins - 1);
-  return at::bincount(assign, h, bins).to(at::kFloat);
+  at::Tensor out = at::empty({bins}, src.options());
+  float* po = out.data_ptr<float>();
+  for (int64_t i = 0; i < bins; ++i) po[i] = static_cast<float>(acc[i]);
+  return out.to(hist.device());
 }
 
 // The bin every value of a one-point range [v, v] goes to: the middle one, as torch.histc

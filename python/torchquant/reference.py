@@ -186,7 +186,8 @@ def histogram_bins(x: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Te
 
 
 def histogram_rebin(hist, min_val, max_val, new_min, new_max, upsample_rate=16) -> torch.Tensor:
-    """torch.ao HistogramObserver's _upscale_histogram (and its one-point case)."""
+    """torch.ao HistogramObserver's _upscale_histogram, positions in float64: every bin split in
+    upsample_rate parts, each part's count moved to the new bin holding its centre."""
     lo, hi, nlo, nhi = (float(t) for t in (min_val, max_val, new_min, new_max))
     bins = hist.numel()
     if lo == _INF or hi == -_INF:
@@ -194,18 +195,16 @@ def histogram_rebin(hist, min_val, max_val, new_min, new_max, upsample_rate=16) 
     if (lo, hi) == (nlo, nhi):
         return hist.clone()
     if lo == hi:
-        out = torch.zeros_like(hist)
+        out = torch.zeros(bins, dtype=torch.float64)
         b = int(histogram_bins(torch.tensor([lo]), nlo, nhi, bins).argmax())
-        out[b] = hist.sum()
-        return out
+        out[b] = hist.double().sum()
+        return out.float()
     up = upsample_rate
-    h = hist.repeat_interleave(up) / up
-    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
-    bin_size = (hi_t - lo_t) / (bins * up)
-    mid = torch.linspace(lo, hi, bins * up + 1)[:-1] + 0.5 * bin_size
-    bounds = torch.linspace(nlo, nhi, bins + 1)
-    assign = (torch.bucketize(mid, bounds, right=True) - 1).clamp(0, bins - 1)
-    return torch.bincount(assign, weights=h, minlength=bins).float()
+    w = (hi - lo) / (bins * up)
+    centre = lo + (torch.arange(bins * up, dtype=torch.float64) + 0.5) * w
+    t = torch.floor((centre - nlo) * (bins / (nhi - nlo))).clamp(0, bins - 1).to(torch.int64)
+    weights = hist.double().repeat_interleave(up) / up
+    return torch.bincount(t, weights=weights, minlength=bins).float()
 
 
 def histogram_(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16) -> None:
