@@ -39,4 +39,22 @@ std::string cpu_isa_op();
 void set_cpu_isa_op(const std::string& isa);
 std::string build_info();
 
+// OBSERVER-OPS-BEGIN
+// ---- observers (cpu/observe.cpp; the *_generic versions serve every other device) ----
+std::tuple<Tensor, Tensor> aminmax_cpu(const Tensor& x, std::optional<int64_t> axis);
+void observe_minmax_cpu(const Tensor& running_min, const Tensor& running_max,
+                        const Tensor& nonfinite_count, const Tensor& x,
+                        std::optional<int64_t> axis, std::optional<double> averaging_constant);
+void histogram_cpu(const Tensor& hist, const Tensor& min_val, const Tensor& max_val,
+                   const Tensor& nonfinite_count, const Tensor& x, int64_t upsample_rate);
+std::tuple<Tensor, Tensor> aminmax_generic(const Tensor& x, std::optional<int64_t> axis);
+void observe_minmax_generic(const Tensor& running_min, const Tensor& running_max,
+                            const Tensor& nonfinite_count, const Tensor& x,
+                            std::optional<int64_t> axis, std::optional<double> averaging_constant);
+void histogram_generic(const Tensor& hist, const Tensor& min_val, const Tensor& max_val,
+                       const Tensor& nonfinite_count, const Tensor& x, int64_t upsample_rate);
+Tensor histogram_rebin(const Tensor& hist, const Tensor& min_val, const Tensor& max_val,
+                       const Tensor& new_min, const Tensor& new_max, int64_t upsample_rate);
+// OBSERVER-OPS-END
+
 }  // namespace torchquant

@@ -85,6 +85,29 @@ TORCH_LIBRARY(torchquant, m) {
 
   // ---- observers (cpu/observe.cpp, cuda/observe.cu) ----
   // OBSERVER-SCHEMAS-BEGIN
+  // NaN-skipping (min, max) of x: per tensor (axis=None, 0-dim results) or per channel of
+  // axis ([C] results), float32. +-Inf count. Nothing to reduce (empty, all NaN) gives
+  // (+inf, -inf), the identities of min and max.
+  m.def("aminmax(Tensor x, int? axis=None) -> (Tensor, Tensor)");
+  // An observer's running update, one pass over x, no host sync. NaN and +-Inf are left out
+  // of the range and counted: nonfinite_count (int64 [2]) += (#NaN, #Inf). running_min/max
+  // (float32, 1 or C elements) equal to (+inf, -inf) mean "nothing seen": the first
+  // observation sets them. averaging_constant=None: running min/max; c in (0, 1]:
+  // torch.ao's moving average running + c * (current - running). A channel with nothing
+  // finite in x is left unchanged.
+  m.def("observe_minmax_(Tensor(a!) running_min, Tensor(b!) running_max, "
+        "Tensor(c!) nonfinite_count, Tensor x, int? axis=None, float? averaging_constant=None) "
+        "-> ()");
+  // Adds the finite values of x to hist (float32 [bins]) over [min_val, max_val] (float32,
+  // one element each; (+inf, -inf) = empty). The range grows to cover x as torch.ao's
+  // HistogramObserver grows it: the old counts move with histogram_rebin. NaN / +-Inf are
+  // counted into nonfinite_count and left out.
+  m.def("histogram_(Tensor(a!) hist, Tensor(b!) min_val, Tensor(c!) max_val, "
+        "Tensor(d!) nonfinite_count, Tensor x, int upsample_rate=16) -> ()");
+  // hist over [min_val, max_val] moved onto the same number of bins over [new_min, new_max]
+  // (which must contain it): each bin split in upsample_rate parts whose centres are re-binned.
+  m.def("histogram_rebin(Tensor hist, Tensor min_val, Tensor max_val, Tensor new_min, "
+        "Tensor new_max, int upsample_rate=16) -> Tensor");
   // OBSERVER-SCHEMAS-END
 }
 

@@ -31,6 +31,26 @@ except ImportError:  # pragma: no cover
 # GEMM-EXPORTS-BEGIN
 # GEMM-EXPORTS-END
 # OBSERVER-EXPORTS-BEGIN
+from . import observer  # noqa: F401
+from .calibrate import calibrate, sync_observers
+from .observer import (
+    FixedQParamsObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    MSEObserver,
+    NoopObserver,
+    ObserverBase,
+    PercentileObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+    RecordingObserver,
+    default_histogram_observer,
+    default_observer,
+    default_per_channel_weight_observer,
+    default_weight_observer,
+)
 # OBSERVER-EXPORTS-END
 # EAGER-EXPORTS-BEGIN
 from . import nn  # noqa: E402

@@ -87,4 +87,44 @@ torch.library.register_autograd(
 
 # ---------------------------------------------------------------- observers
 # OBSERVER-FAKES-BEGIN
+def _check_float(x, name):
+    torch._check(x.is_floating_point(), lambda: f"argument '{name}' must be a floating-point tensor, got {x.dtype}")
+
+
+def _channels(x, axis):
+    if axis is None:
+        return None
+    torch._check(x.dim() > 0 and -x.dim() <= axis < x.dim(),
+                 lambda: f"argument 'axis' must lie in [{-x.dim()}, {x.dim() - 1}] for 'x', got {axis}")
+    return x.shape[axis]
+
+
+@torch.library.register_fake("torchquant::aminmax")
+def _aminmax_fake(x, axis=None):
+    _check_float(x, "x")
+    c = _channels(x, axis)
+    shape = () if c is None else (c,)
+    return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("torchquant::observe_minmax_")
+def _observe_minmax_fake(running_min, running_max, nonfinite_count, x, axis=None, averaging_constant=None):
+    _check_float(x, "x")
+    c = _channels(x, axis)
+    torch._check(running_min.numel() == (1 if c is None else c),
+                 lambda: f"argument 'running_min' must have {1 if c is None else c} element(s), got {running_min.numel()}")
+    return None
+
+
+@torch.library.register_fake("torchquant::histogram_")
+def _histogram_fake(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16):
+    _check_float(x, "x")
+    torch._check(hist.dim() == 1, lambda: f"argument 'hist' must be 1-D, got shape {tuple(hist.shape)}")
+    return None
+
+
+@torch.library.register_fake("torchquant::histogram_rebin")
+def _histogram_rebin_fake(hist, min_val, max_val, new_min, new_max, upsample_rate=16):
+    torch._check(hist.dim() == 1, lambda: f"argument 'hist' must be 1-D, got shape {tuple(hist.shape)}")
+    return torch.empty_like(hist)
 # OBSERVER-FAKES-END

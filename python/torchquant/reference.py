@@ -22,6 +22,11 @@ __all__ = [
     "fake_quantize_learnable",
     "fake_quantize_learnable_backward",
     "choose_qparams",
+    "aminmax",
+    "observe_minmax_",
+    "histogram_bins",
+    "histogram_rebin",
+    "histogram_",
 ]
 
 
@@ -121,4 +126,103 @@ def choose_qparams(min_val, max_val, qmin, qmax, symmetric=False, eps=torch.finf
 # GEMM-REFERENCE-END
 
 # OBSERVER-REFERENCE-BEGIN
+_INF = float("inf")
+
+
+def _per_channel_rows(x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
+    x = x.float()
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def _masked_minmax(rows: torch.Tensor, skip: torch.Tensor):
+    if rows.numel() == 0:
+        n = rows.shape[0]
+        return torch.full((n,), _INF), torch.full((n,), -_INF)
+    return (torch.where(skip, torch.full_like(rows, _INF), rows).amin(1),
+            torch.where(skip, torch.full_like(rows, -_INF), rows).amax(1))
+
+
+def aminmax(x: torch.Tensor, axis: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of x with NaN left out; (+inf, -inf) where nothing is left."""
+    rows = _per_channel_rows(x, axis)
+    mn, mx = _masked_minmax(rows, torch.isnan(rows))
+    return (mn.reshape(()), mx.reshape(())) if axis is None else (mn, mx)
+
+
+def observe_minmax_(running_min, running_max, nonfinite_count, x, axis=None, averaging_constant=None) -> None:
+    """In place, like the op: running min/max (or moving average) of the finite values of x."""
+    rows = _per_channel_rows(x, axis)
+    nan, inf = torch.isnan(rows), torch.isinf(rows)
+    nonfinite_count += torch.stack([nan.sum(), inf.sum()]).reshape(nonfinite_count.shape)
+    cmn, cmx = _masked_minmax(rows, nan | inf)
+    rmn, rmx = running_min.reshape(-1), running_max.reshape(-1)
+    for c in range(cmn.numel()):
+        if not bool(cmn[c] <= cmx[c]):
+            continue
+        if bool(rmn[c] == _INF) and bool(rmx[c] == -_INF):
+            rmn[c], rmx[c] = cmn[c], cmx[c]
+        elif averaging_constant is None:
+            rmn[c], rmx[c] = torch.minimum(rmn[c], cmn[c]), torch.maximum(rmx[c], cmx[c])
+        else:
+            rmn[c] = rmn[c] + averaging_constant * (cmn[c] - rmn[c])
+            rmx[c] = rmx[c] + averaging_constant * (cmx[c] - rmx[c])
+
+
+def histogram_bins(x: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+    """Counts (float32 [bins]) of the finite values of x over [lo, hi]: bin
+    (int)clamp((x - lo) * inv, 0, bins - 1) in float32 with inv = float32(bins / (hi - lo)); a
+    one-point range puts everything in the middle bin, as torch.histc does."""
+    xf = x.float().reshape(-1)
+    xf = xf[torch.isfinite(xf)]
+    if lo == hi:
+        out = torch.zeros(bins)
+        out[min(bins // 2, bins - 1)] = xf.numel()
+        return out
+    inv = torch.tensor(bins / (float(hi) - float(lo)), dtype=torch.float32)
+    t = ((xf - torch.tensor(lo, dtype=torch.float32)) * inv).clamp(0, bins - 1)
+    return torch.bincount(t.to(torch.int64), minlength=bins).float()
+
+
+def histogram_rebin(hist, min_val, max_val, new_min, new_max, upsample_rate=16) -> torch.Tensor:
+    """torch.ao HistogramObserver's _upscale_histogram, positions in float64: every bin split in
+    upsample_rate parts, each part's count moved to the new bin holding its centre."""
+    lo, hi, nlo, nhi = (float(t) for t in (min_val, max_val, new_min, new_max))
+    bins = hist.numel()
+    if lo == _INF or hi == -_INF:
+        return torch.zeros_like(hist)
+    if (lo, hi) == (nlo, nhi):
+        return hist.clone()
+    if lo == hi:
+        out = torch.zeros(bins, dtype=torch.float64)
+        b = int(histogram_bins(torch.tensor([lo]), nlo, nhi, bins).argmax())
+        out[b] = hist.double().sum()
+        return out.float()
+    up = upsample_rate
+    w = (hi - lo) / (bins * up)
+    centre = lo + (torch.arange(bins * up, dtype=torch.float64) + 0.5) * w
+    t = torch.floor((centre - nlo) * (bins / (nhi - nlo))).clamp(0, bins - 1).to(torch.int64)
+    weights = hist.double().repeat_interleave(up) / up
+    return torch.bincount(t, weights=weights, minlength=bins).float()
+
+
+def histogram_(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16) -> None:
+    """In place, like the op: add x's finite values, growing the range to cover them."""
+    xf = x.float().reshape(-1)
+    nonfinite_count += torch.stack([torch.isnan(xf).sum(), torch.isinf(xf).sum()]).reshape(nonfinite_count.shape)
+    fin = xf[torch.isfinite(xf)]
+    if fin.numel() == 0:
+        return
+    xmn, xmx = float(fin.min()), float(fin.max())
+    lo, hi = float(min_val), float(max_val)
+    seen = not (lo == _INF or hi == -_INF)
+    nlo, nhi = (min(lo, xmn), max(hi, xmx)) if seen else (xmn, xmx)
+    if not seen:
+        hist.zero_()
+    elif (nlo, nhi) != (lo, hi):
+        hist.copy_(histogram_rebin(hist, min_val, max_val, torch.tensor(nlo), torch.tensor(nhi), upsample_rate))
+    hist += histogram_bins(fin, nlo, nhi, hist.numel())
+    min_val.fill_(nlo)
+    max_val.fill_(nhi)
 # OBSERVER-REFERENCE-END

@@ -1,0 +1,447 @@
+// Observer statistics: CPU adapters (argument checks, layout, threads, choice of kernel
+// variant) over the raw-pointer kernels of observe_scalar.cpp / observe_avx2.cpp, and the
+// same ops built from ATen ops for every other device (CompositeExplicitAutograd; a device
+// that registers its own kernel takes precedence).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/checks.h"
+#include "cpu/isa.h"
+#include "cpu/observe_kernels.h"
+#include "ops.h"
+
+namespace torchquant {
+namespace {
+
+constexpr int64_t kGrain = 65536;  // elements per task: amortizes a thread wake-up
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+struct Kernels {
+  decltype(&cpu::minmax__scalar) minmax;
+  decltype(&cpu::minmax_rows__scalar) minmax_rows;
+  decltype(&cpu::histogram_bins__scalar) histogram_bins;
+};
+
+const Kernels& kernels() {
+  static const Kernels scalar{cpu::minmax__scalar, cpu::minmax_rows__scalar,
+                              cpu::histogram_bins__scalar};
+  static const Kernels avx2{cpu::minmax__avx2, cpu::minmax_rows__avx2, cpu::histogram_bins__avx2};
+  // Reductions are bound by memory bandwidth: AVX-512 CPUs use the AVX2 kernels.
+  return cpu_isa() == CpuIsa::Scalar ? scalar : avx2;
+}
+
+// Per-channel (or per-tensor, C = 1) minima and maxima of x, and its NaN / Inf counts.
+struct MinMax {
+  std::vector<float> mn, mx;
+  int64_t nan = 0, inf = 0;
+};
+
+// Splits [0, work) into at most `max_chunks` ranges of at least `grain` units, runs them in
+// parallel; chunk k writes only its own partial result, so the merge needs no locks and does
+// not depend on which thread ran what.
+template <class F>
+int64_t for_each_chunk(int64_t work, int64_t grain, F f) {
+  if (work <= 0) return 0;
+  const int64_t max_chunks = std::max<int64_t>(1, 4 * at::get_num_threads());
+  const int64_t chunks = std::min<int64_t>(max_chunks, (work + grain - 1) / grain);
+  const int64_t per = (work + chunks - 1) / chunks;
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t lo = k * per, hi = std::min(work, lo + per);
+      if (lo < hi) f(k, lo, hi);
+    }
+  });
+  return chunks;
+}
+
+// x: float32, contiguous. axis < 0: one result.
+MinMax reduce_minmax_cpu(const at::Tensor& x, int64_t axis, bool skip_inf) {
+  const Kernels& k = kernels();
+  const float* px = x.data_ptr<float>();
+  const int64_t numel = x.numel();
+  int64_t C = 1, inner = 1;
+  if (axis >= 0) {
+    C = x.size(axis);
+    for (int64_t d = axis + 1; d < x.dim(); ++d) inner *= x.size(d);
+  }
+  MinMax r;
+  r.mn.assign(C, kInf);
+  r.mx.assign(C, -kInf);
+  if (numel == 0) return r;
+  const int64_t max_chunks = 4 * at::get_num_threads();
+  std::vector<int64_t> counts(2 * max_chunks, 0);
+  if (axis < 0) {
+    std::vector<float> pmn(max_chunks, kInf), pmx(max_chunks, -kInf);
+    const int64_t n = for_each_chunk(numel, kGrain, [&](int64_t c, int64_t b, int64_t e) {
+      k.minmax(px + b, e - b, skip_inf, &pmn[c], &pmx[c], &counts[2 * c]);
+    });
+    for (int64_t c = 0; c < n; ++c) {
+      r.mn[0] = std::min(r.mn[0], pmn[c]);
+      r.mx[0] = std::max(r.mx[0], pmx[c]);
+    }
+  } else if (inner >= 16) {
+    // Runs of `inner` elements share a channel: reduce each run to one value.
+    const int64_t outer = numel / (C * inner), blocks = outer * C;
+    std::vector<float> pmn(max_chunks * C, kInf), pmx(max_chunks * C, -kInf);
+    const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+    const int64_t n = for_each_chunk(blocks, grain, [&](int64_t c, int64_t b, int64_t e) {
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t ch = blk % C;
+        k.minmax(px + blk * inner, inner, skip_inf, &pmn[c * C + ch], &pmx[c * C + ch],
+                 &counts[2 * c]);
+      }
+    });
+    for (int64_t c = 0; c < n; ++c) {
+      for (int64_t ch = 0; ch < C; ++ch) {
+        r.mn[ch] = std::min(r.mn[ch], pmn[c * C + ch]);
+        r.mx[ch] = std::max(r.mx[ch], pmx[c * C + ch]);
+      }
+    }
+  } else {
+    // Short runs: fold whole rows of C * inner elements element-wise, so the vector kernel
+    // still sees long contiguous stretches, then fold the `inner` columns of each channel.
+    const int64_t width = C * inner, rows = numel / width;
+    std::vector<float> pmn(max_chunks * width, kInf), pmx(max_chunks * width, -kInf);
+    const int64_t grain = std::max<int64_t>(1, kGrain / width);
+    const int64_t n = for_each_chunk(rows, grain, [&](int64_t c, int64_t b, int64_t e) {
+      k.minmax_rows(px + b * width, e - b, width, skip_inf, &pmn[c * width], &pmx[c * width],
+                    &counts[2 * c]);
+    });
+    for (int64_t c = 0; c < n; ++c) {
+      for (int64_t j = 0; j < width; ++j) {
+        r.mn[j / inner] = std::min(r.mn[j / inner], pmn[c * width + j]);
+        r.mx[j / inner] = std::max(r.mx[j / inner], pmx[c * width + j]);
+      }
+    }
+  }
+  for (int64_t c = 0; c < max_chunks; ++c) {
+    r.nan += counts[2 * c];
+    r.inf += counts[2 * c + 1];
+  }
+  return r;
+}
+
+at::Tensor as_float_contiguous(const at::Tensor& x) {
+  return x.to(at::kFloat).contiguous();  // a copy where x is not float32-contiguous: x untouched
+}
+
+// ---- checks shared by the CPU and the generic implementations ----
+
+void check_running(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t C) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "argument '", name,
+              "' must be a float32 tensor, got dtype ", t.scalar_type());
+  check_same_device(x, "x", t, name);
+  TORCH_CHECK(t.numel() == C, "argument '", name, "' must have ", C,
+              C == 1 ? " element (per tensor)" : " elements (one per channel)", ", got ",
+              t.numel(), " (shape ", t.sizes(), ")");
+  TORCH_CHECK(t.is_contiguous(), "argument '", name, "' must be contiguous");
+}
+
+void check_counts(const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.defined(), "argument 'nonfinite_count' must be a tensor, got None");
+  TORCH_CHECK(t.scalar_type() == at::kLong,
+              "argument 'nonfinite_count' must be an int64 tensor, got dtype ", t.scalar_type());
+  check_same_device(x, "x", t, "nonfinite_count");
+  TORCH_CHECK(t.numel() == 2 && t.is_contiguous(),
+              "argument 'nonfinite_count' must be a contiguous tensor of 2 elements (NaN count, "
+              "Inf count), got shape ", t.sizes());
+}
+
+void check_averaging_constant(std::optional<double> c) {
+  TORCH_CHECK(!c.has_value() || (*c > 0.0 && *c <= 1.0),
+              "argument 'averaging_constant' must lie in (0, 1] or be None, got ", *c);
+}
+
+void check_histogram_args(const at::Tensor& hist, const at::Tensor& min_val,
+                          const at::Tensor& max_val, const at::Tensor& x, int64_t upsample_rate) {
+  TORCH_CHECK(hist.defined() && hist.scalar_type() == at::kFloat && hist.dim() == 1 &&
+                  hist.numel() >= 1 && hist.is_contiguous(),
+              "argument 'hist' must be a contiguous 1-D float32 tensor with at least one bin, got ",
+              hist.defined() ? c10::toString(hist.scalar_type()) : "None", " of shape ",
+              hist.defined() ? hist.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(hist.numel() <= std::numeric_limits<int32_t>::max() - 1,
+              "argument 'hist' has too many bins: ", hist.numel());
+  check_same_device(x, "x", hist, "hist");
+  check_running(min_val, "min_val", x, 1);
+  check_running(max_val, "max_val", x, 1);
+  TORCH_CHECK(upsample_rate >= 1, "argument 'upsample_rate' must be >= 1, got ", upsample_rate);
+}
+
+// Moves the histogram `hist` of [lo, hi] onto the bins of [new_lo, new_hi] (which contains
+// it), with torch.ao's HistogramObserver's method: each bin is split into `up` equal parts,
+// each part's count (bin / up) goes to the new bin holding its centre. A histogram of one
+// point (lo == hi) moves whole. The positions are computed in float64 by plain loops (torch.ao
+// uses linspace + bucketize, whose rounding depends on the thread split; the few boundary
+// cases that differ are within a sub-bin of each other). Serial: at most bins * up steps.
+at::Tensor rebin(const at::Tensor& hist, float lo, float hi, float new_lo, float new_hi,
+                 int64_t up) {
+  const at::Tensor src = hist.to(at::kFloat).contiguous().cpu();
+  const int64_t bins = src.numel();
+  const float* h = src.data_ptr<float>();
+  std::vector<double> acc(bins, 0.0);
+  if (lo == hi) {
+    const float inv = static_cast<float>(static_cast<double>(bins) /
+                                         (static_cast<double>(new_hi) - new_lo));
+    const int64_t b = new_hi > new_lo
+                          ? cpu::histogram_bin(lo, new_lo, inv, static_cast<int32_t>(bins))
+                          : std::min<int64_t>(bins / 2, bins - 1);
+    for (int64_t i = 0; i < bins; ++i) acc[b] += h[i];
+  } else {
+    const double w = (static_cast<double>(hi) - lo) / static_cast<double>(bins * up);
+    const double to_bin = static_cast<double>(bins) / (static_cast<double>(new_hi) - new_lo);
+    for (int64_t j = 0; j < bins * up; ++j) {
+      const double centre = static_cast<double>(lo) + (static_cast<double>(j) + 0.5) * w;
+      double t = std::floor((centre - new_lo) * to_bin);
+      t = t < 0.0 ? 0.0 : (t > bins - 1 ? bins - 1 : t);
+      acc[static_cast<int64_t>(t)] += static_cast<double>(h[j / up]) / static_cast<double>(up);
+    }
+  }
+  at::Tensor out = at::empty({bins}, src.options());
+  float* po = out.data_ptr<float>();
+  for (int64_t i = 0; i < bins; ++i) po[i] = static_cast<float>(acc[i]);
+  return out.to(hist.device());
+}
+
+// The bin every value of a one-point range [v, v] goes to: the middle one, as torch.histc
+// widens such a range to [v - 1, v + 1].
+int64_t middle_bin(int64_t bins) { return std::min<int64_t>(bins / 2, bins - 1); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- CPU
+
+std::tuple<at::Tensor, at::Tensor> aminmax_cpu(const at::Tensor& x, std::optional<int64_t> axis) {
+  check_float_input(x, "x");
+  const int64_t a = normalize_axis(axis, x, "x");
+  const MinMax r = reduce_minmax_cpu(as_float_contiguous(x), a, /*skip_inf=*/false);
+  const auto opts = x.options().dtype(at::kFloat);
+  if (a < 0) {
+    return {at::full({}, r.mn[0], opts), at::full({}, r.mx[0], opts)};
+  }
+  const int64_t C = x.size(a);
+  at::Tensor mn = at::empty({C}, opts), mx = at::empty({C}, opts);
+  std::copy(r.mn.begin(), r.mn.end(), mn.data_ptr<float>());
+  std::copy(r.mx.begin(), r.mx.end(), mx.data_ptr<float>());
+  return {mn, mx};
+}
+
+void observe_minmax_cpu(const at::Tensor& running_min, const at::Tensor& running_max,
+                        const at::Tensor& nonfinite_count, const at::Tensor& x,
+                        std::optional<int64_t> axis, std::optional<double> averaging_constant) {
+  check_float_input(x, "x");
+  const int64_t a = normalize_axis(axis, x, "x");
+  const int64_t C = a < 0 ? 1 : x.size(a);
+  check_running(running_min, "running_min", x, C);
+  check_running(running_max, "running_max", x, C);
+  check_counts(nonfinite_count, x);
+  check_averaging_constant(averaging_constant);
+  const MinMax r = reduce_minmax_cpu(as_float_contiguous(x), a, /*skip_inf=*/true);
+  float* rmn = running_min.data_ptr<float>();
+  float* rmx = running_max.data_ptr<float>();
+  int64_t* cnt = nonfinite_count.data_ptr<int64_t>();
+  cnt[0] += r.nan;
+  cnt[1] += r.inf;
+  const float c = static_cast<float>(averaging_constant.value_or(1.0));
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const float cmn = r.mn[ch], cmx = r.mx[ch];
+    if (!(cmn <= cmx)) continue;  // nothing finite in this channel of this batch
+    if (rmn[ch] == kInf && rmx[ch] == -kInf) {  // first observation
+      rmn[ch] = cmn;
+      rmx[ch] = cmx;
+    } else if (!averaging_constant.has_value()) {
+      rmn[ch] = std::min(rmn[ch], cmn);
+      rmx[ch] = std::max(rmx[ch], cmx);
+    } else {
+      // torch.ao's float32 steps: running + c * (current - running), nothing fused.
+      rmn[ch] = rmn[ch] + c * (cmn - rmn[ch]);
+      rmx[ch] = rmx[ch] + c * (cmx - rmx[ch]);
+    }
+  }
+}
+
+void histogram_cpu(const at::Tensor& hist, const at::Tensor& min_val, const at::Tensor& max_val,
+                   const at::Tensor& nonfinite_count, const at::Tensor& x, int64_t upsample_rate) {
+  check_float_input(x, "x");
+  check_histogram_args(hist, min_val, max_val, x, upsample_rate);
+  check_counts(nonfinite_count, x);
+  const at::Tensor xc = as_float_contiguous(x);
+  const MinMax r = reduce_minmax_cpu(xc, -1, /*skip_inf=*/true);
+  int64_t* cnt = nonfinite_count.data_ptr<int64_t>();
+  cnt[0] += r.nan;
+  cnt[1] += r.inf;
+  if (!(r.mn[0] <= r.mx[0])) return;  // nothing finite
+  float* plo = min_val.data_ptr<float>();
+  float* phi = max_val.data_ptr<float>();
+  const int64_t bins = hist.numel();
+  const bool seen = !(*plo == kInf || *phi == -kInf);
+  const float lo = seen ? std::min(*plo, r.mn[0]) : r.mn[0];
+  const float hi = seen ? std::max(*phi, r.mx[0]) : r.mx[0];
+  if (!seen) {
+    hist.zero_();
+  } else if (lo != *plo || hi != *phi) {
+    hist.copy_(rebin(hist, *plo, *phi, lo, hi, upsample_rate));
+  }
+  float* ph = hist.data_ptr<float>();
+  if (lo == hi) {
+    ph[middle_bin(bins)] += static_cast<float>(x.numel() - r.nan - r.inf);
+  } else {
+    const float inv = static_cast<float>(static_cast<double>(bins) /
+                                         (static_cast<double>(hi) - static_cast<double>(lo)));
+    const Kernels& k = kernels();
+    const float* px = xc.data_ptr<float>();
+    const int64_t max_chunks = 4 * at::get_num_threads();
+    std::vector<int64_t> counts(max_chunks * (bins + 1), 0);
+    const int64_t n = for_each_chunk(xc.numel(), kGrain, [&](int64_t c, int64_t b, int64_t e) {
+      k.histogram_bins(px + b, e - b, lo, inv, static_cast<int32_t>(bins),
+                       &counts[c * (bins + 1)]);
+    });
+    for (int64_t b = 0; b < bins; ++b) {
+      int64_t total = 0;
+      for (int64_t c = 0; c < n; ++c) total += counts[c * (bins + 1) + b];
+      ph[b] += static_cast<float>(total);
+    }
+  }
+  *plo = lo;
+  *phi = hi;
+}
+
+// ---------------------------------------------------------------- any device, from ATen ops
+
+namespace {
+
+// (min, max, counts[2]) of x, NaN skipped (and +-Inf with skip_inf); axis < 0: 0-dim results.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reduce_minmax_generic(const at::Tensor& x,
+                                                                     int64_t axis, bool skip_inf) {
+  at::Tensor xf = x.to(at::kFloat);
+  if (axis >= 0) xf = xf.movedim(axis, 0).reshape({x.size(axis), -1});
+  else xf = xf.reshape({1, -1});
+  const at::Tensor nan = at::isnan(xf), inf = at::isinf(xf);
+  const at::Tensor skip = skip_inf ? at::logical_or(nan, inf) : nan;
+  const at::Tensor mn = xf.numel() == 0 ? at::full({xf.size(0)}, kInf, xf.options())
+                                        : at::where(skip, kInf, xf).amin(1);
+  const at::Tensor mx = xf.numel() == 0 ? at::full({xf.size(0)}, -kInf, xf.options())
+                                        : at::where(skip, -kInf, xf).amax(1);
+  const at::Tensor counts = at::stack({nan.sum(), inf.sum()}).to(at::kLong);
+  if (axis < 0) return {mn.reshape({}), mx.reshape({}), counts};
+  return {mn, mx, counts};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> aminmax_generic(const at::Tensor& x,
+                                                   std::optional<int64_t> axis) {
+  check_float_input(x, "x");
+  const int64_t a = normalize_axis(axis, x, "x");
+  auto [mn, mx, counts] = reduce_minmax_generic(x, a, /*skip_inf=*/false);
+  return {mn, mx};
+}
+
+void observe_minmax_generic(const at::Tensor& running_min, const at::Tensor& running_max,
+                            const at::Tensor& nonfinite_count, const at::Tensor& x,
+                            std::optional<int64_t> axis, std::optional<double> averaging_constant) {
+  check_float_input(x, "x");
+  const int64_t a = normalize_axis(axis, x, "x");
+  const int64_t C = a < 0 ? 1 : x.size(a);
+  check_running(running_min, "running_min", x, C);
+  check_running(running_max, "running_max", x, C);
+  check_counts(nonfinite_count, x);
+  check_averaging_constant(averaging_constant);
+  auto [cmn, cmx, counts] = reduce_minmax_generic(x, a, /*skip_inf=*/true);
+  cmn = cmn.reshape(running_min.sizes());
+  cmx = cmx.reshape(running_max.sizes());
+  nonfinite_count.add_(counts.reshape(nonfinite_count.sizes()));
+  // Selections instead of branches: no host sync.
+  const at::Tensor has = cmn <= cmx;
+  const at::Tensor fresh = at::logical_and(running_min == kInf, running_max == -kInf);
+  at::Tensor nmn, nmx;
+  if (averaging_constant.has_value()) {
+    const double c = *averaging_constant;
+    nmn = running_min + c * (cmn - running_min);
+    nmx = running_max + c * (cmx - running_max);
+  } else {
+    nmn = at::minimum(running_min, cmn);
+    nmx = at::maximum(running_max, cmx);
+  }
+  nmn = at::where(fresh, cmn, nmn);
+  nmx = at::where(fresh, cmx, nmx);
+  running_min.copy_(at::where(has, nmn, running_min));
+  running_max.copy_(at::where(has, nmx, running_max));
+}
+
+void histogram_generic(const at::Tensor& hist, const at::Tensor& min_val,
+                       const at::Tensor& max_val, const at::Tensor& nonfinite_count,
+                       const at::Tensor& x, int64_t upsample_rate) {
+  check_float_input(x, "x");
+  check_histogram_args(hist, min_val, max_val, x, upsample_rate);
+  check_counts(nonfinite_count, x);
+  auto [cmn, cmx, counts] = reduce_minmax_generic(x, -1, /*skip_inf=*/true);
+  nonfinite_count.add_(counts.reshape(nonfinite_count.sizes()));
+  // The range logic reads a few scalars on the host, as torch.ao's observer does.
+  const float xmn = cmn.item<float>(), xmx = cmx.item<float>();
+  if (!(xmn <= xmx)) return;
+  const float plo = min_val.item<float>(), phi = max_val.item<float>();
+  const int64_t bins = hist.numel();
+  const bool seen = !(plo == kInf || phi == -kInf);
+  const float lo = seen ? std::min(plo, xmn) : xmn;
+  const float hi = seen ? std::max(phi, xmx) : xmx;
+  if (!seen) {
+    hist.zero_();
+  } else if (lo != plo || hi != phi) {
+    hist.copy_(rebin(hist, plo, phi, lo, hi, upsample_rate));
+  }
+  const at::Tensor xf = x.to(at::kFloat).reshape({-1});
+  const at::Tensor finite = xf.masked_select(at::isfinite(xf));
+  if (lo == hi) {
+    hist.narrow(0, middle_bin(bins), 1).add_(finite.numel());
+  } else {
+    const float inv = static_cast<float>(static_cast<double>(bins) /
+                                         (static_cast<double>(hi) - static_cast<double>(lo)));
+    const at::Tensor idx = ((finite - lo) * inv).clamp(0, bins - 1).to(at::kLong);
+    hist.add_(at::bincount(idx, {}, bins).to(at::kFloat));
+  }
+  min_val.fill_(lo);
+  max_val.fill_(hi);
+}
+
+at::Tensor histogram_rebin(const at::Tensor& hist, const at::Tensor& min_val,
+                           const at::Tensor& max_val, const at::Tensor& new_min,
+                           const at::Tensor& new_max, int64_t upsample_rate) {
+  TORCH_CHECK(hist.defined() && hist.scalar_type() == at::kFloat && hist.dim() == 1 &&
+                  hist.numel() >= 1,
+              "argument 'hist' must be a 1-D float32 tensor with at least one bin");
+  check_running(min_val, "min_val", hist, 1);
+  check_running(max_val, "max_val", hist, 1);
+  check_running(new_min, "new_min", hist, 1);
+  check_running(new_max, "new_max", hist, 1);
+  TORCH_CHECK(upsample_rate >= 1, "argument 'upsample_rate' must be >= 1, got ", upsample_rate);
+  const float lo = min_val.item<float>(), hi = max_val.item<float>();
+  const float nlo = new_min.item<float>(), nhi = new_max.item<float>();
+  if (lo == kInf || hi == -kInf) return at::zeros_like(hist);  // nothing seen: nothing to move
+  TORCH_CHECK(std::isfinite(nlo) && std::isfinite(nhi) && nlo <= lo && nhi >= hi,
+              "arguments 'new_min'/'new_max' must be finite and contain [", lo, ", ", hi,
+              "], got [", nlo, ", ", nhi, "]");
+  if (lo == nlo && hi == nhi) return hist.clone();
+  return rebin(hist.contiguous(), lo, hi, nlo, nhi, upsample_rate);
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CPU, m) {
+  m.impl("aminmax", &aminmax_cpu);
+  m.impl("observe_minmax_", &observe_minmax_cpu);
+  m.impl("histogram_", &histogram_cpu);
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CompositeExplicitAutograd, m) {
+  m.impl("aminmax", &aminmax_generic);
+  m.impl("observe_minmax_", &observe_minmax_generic);
+  m.impl("histogram_", &histogram_generic);
+  m.impl("histogram_rebin", &histogram_rebin);
+}
+
+}  // namespace torchquant

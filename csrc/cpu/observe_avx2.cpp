@@ -1,0 +1,159 @@
+// AVX2 observer kernels. Same signatures and results as observe_scalar.cpp:
+// - d = v - v is +0 for a finite lane and NaN for a NaN or +-Inf lane, so one unordered
+//   compare on d finds every non-finite lane; lanes it flags are recounted one by one (rare),
+//   so the NaN / Inf counts are exact.
+// - With skip_inf, w = v + d is v for a finite lane and NaN otherwise.
+// - _mm256_min_ps(w, acc) / _mm256_max_ps(w, acc) return their second operand when the first
+//   is NaN, so a NaN lane leaves the accumulator as it was: NaN-skipping without a blend. The
+//   accumulators start at +-inf and never become NaN.
+// - Min and max round nothing, so the lane order of the final reduction cannot change the
+//   result.
+// - Histogram bins use the same float32 subtract, multiply and clamps as histogram_bin(); the
+//   build uses -ffp-contract=off and no FMA intrinsic appears, so nothing is fused. After the
+//   clamps t lies in [0, bins - 1] (a NaN t, from a non-finite lane, becomes 0 in max_ps and is
+//   then redirected to the spare bin), so _mm256_cvttps_epi32 truncates exactly as the scalar
+//   cast does.
+// Tails shorter than a vector go through the scalar kernels.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "cpu/isa.h"
+#include "cpu/observe_kernels.h"
+
+namespace torchquant {
+namespace cpu {
+
+#if TQ_X86
+namespace {
+
+inline void count_lanes(const float* x, int64_t n, int64_t* counts) {
+  for (int64_t k = 0; k < n; ++k) {
+    if (std::isnan(x[k])) {
+      ++counts[0];
+    } else if (std::isinf(x[k])) {
+      ++counts[1];
+    }
+  }
+}
+
+TQ_TARGET_AVX2 inline float hmin(__m256 v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+TQ_TARGET_AVX2 inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+// One vector folded into (mn, mx); returns the unordered mask of v - v (non-finite lanes).
+template <bool kSkipInf>
+TQ_TARGET_AVX2 inline __m256 fold8(__m256 v, __m256& mn, __m256& mx) {
+  const __m256 d = _mm256_sub_ps(v, v);
+  const __m256 w = kSkipInf ? _mm256_add_ps(v, d) : v;
+  mn = _mm256_min_ps(w, mn);
+  mx = _mm256_max_ps(w, mx);
+  return _mm256_cmp_ps(d, d, _CMP_UNORD_Q);
+}
+
+template <bool kSkipInf>
+TQ_TARGET_AVX2 void minmax_impl(const float* x, int64_t n, float* mn, float* mx,
+                                int64_t* counts) {
+  __m256 mn0 = _mm256_set1_ps(*mn), mn1 = mn0, mn2 = mn0, mn3 = mn0;
+  __m256 mx0 = _mm256_set1_ps(*mx), mx1 = mx0, mx2 = mx0, mx3 = mx0;
+  int64_t i = 0;
+  // Four independent accumulator pairs hide the latency of min/max.
+  for (; i + 32 <= n; i += 32) {
+    const __m256 b0 = fold8<kSkipInf>(_mm256_loadu_ps(x + i), mn0, mx0);
+    const __m256 b1 = fold8<kSkipInf>(_mm256_loadu_ps(x + i + 8), mn1, mx1);
+    const __m256 b2 = fold8<kSkipInf>(_mm256_loadu_ps(x + i + 16), mn2, mx2);
+    const __m256 b3 = fold8<kSkipInf>(_mm256_loadu_ps(x + i + 24), mn3, mx3);
+    const __m256 bad = _mm256_or_ps(_mm256_or_ps(b0, b1), _mm256_or_ps(b2, b3));
+    if (__builtin_expect(_mm256_movemask_ps(bad) != 0, 0)) count_lanes(x + i, 32, counts);
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 bad = fold8<kSkipInf>(_mm256_loadu_ps(x + i), mn0, mx0);
+    if (_mm256_movemask_ps(bad) != 0) count_lanes(x + i, 8, counts);
+  }
+  *mn = hmin(_mm256_min_ps(_mm256_min_ps(mn0, mn1), _mm256_min_ps(mn2, mn3)));
+  *mx = hmax(_mm256_max_ps(_mm256_max_ps(mx0, mx1), _mm256_max_ps(mx2, mx3)));
+  minmax__scalar(x + i, n - i, kSkipInf, mn, mx, counts);
+}
+
+template <bool kSkipInf>
+TQ_TARGET_AVX2 void minmax_rows_impl(const float* x, int64_t rows, int64_t width, float* mn,
+                                     float* mx, int64_t* counts) {
+  const int64_t vec_end = width - width % 8;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * width;
+    for (int64_t j = 0; j < vec_end; j += 8) {
+      __m256 a = _mm256_loadu_ps(mn + j), b = _mm256_loadu_ps(mx + j);
+      const __m256 bad = fold8<kSkipInf>(_mm256_loadu_ps(row + j), a, b);
+      _mm256_storeu_ps(mn + j, a);
+      _mm256_storeu_ps(mx + j, b);
+      if (__builtin_expect(_mm256_movemask_ps(bad) != 0, 0)) count_lanes(row + j, 8, counts);
+    }
+    if (vec_end < width) {
+      minmax_rows__scalar(row + vec_end, 1, width - vec_end, kSkipInf, mn + vec_end,
+                          mx + vec_end, counts);
+    }
+  }
+}
+
+}  // namespace
+
+TQ_TARGET_AVX2 void minmax__avx2(const float* x, int64_t n, bool skip_inf, float* mn, float* mx,
+                                 int64_t* counts) {
+  if (skip_inf) {
+    minmax_impl<true>(x, n, mn, mx, counts);
+  } else {
+    minmax_impl<false>(x, n, mn, mx, counts);
+  }
+}
+
+TQ_TARGET_AVX2 void minmax_rows__avx2(const float* x, int64_t rows, int64_t width,
+                                      bool skip_inf, float* mn, float* mx, int64_t* counts) {
+  if (skip_inf) {
+    minmax_rows_impl<true>(x, rows, width, mn, mx, counts);
+  } else {
+    minmax_rows_impl<false>(x, rows, width, mn, mx, counts);
+  }
+}
+
+TQ_TARGET_AVX2 void histogram_bins__avx2(const float* x, int64_t n, float lo, float inv_width,
+                                         int32_t bins, int64_t* counts) {
+  const __m256 vlo = _mm256_set1_ps(lo), vinv = _mm256_set1_ps(inv_width),
+               zero = _mm256_setzero_ps(), top = _mm256_set1_ps(static_cast<float>(bins - 1));
+  const __m256i spare = _mm256_set1_epi32(bins);
+  alignas(32) int32_t idx[16];
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256 v = _mm256_loadu_ps(x + i + 8 * h);
+      const __m256 d = _mm256_sub_ps(v, v);
+      const __m256 bad = _mm256_cmp_ps(d, d, _CMP_UNORD_Q);
+      __m256 t = _mm256_mul_ps(_mm256_sub_ps(v, vlo), vinv);
+      t = _mm256_min_ps(_mm256_max_ps(t, zero), top);
+      const __m256i b =
+          _mm256_blendv_epi8(_mm256_cvttps_epi32(t), spare, _mm256_castps_si256(bad));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(idx + 8 * h), b);
+    }
+    for (int k = 0; k < 16; ++k) ++counts[idx[k]];
+  }
+  histogram_bins__scalar(x + i, n - i, lo, inv_width, bins, counts);
+}
+
+#else  // not x86: the dispatcher never selects AVX2; keep the symbols for one signature set.
+
+void minmax__avx2(const float* x, int64_t n, bool s, float* mn, float* mx, int64_t* c) { minmax__scalar(x, n, s, mn, mx, c); }
+void minmax_rows__avx2(const float* x, int64_t r, int64_t w, bool s, float* mn, float* mx, int64_t* c) { minmax_rows__scalar(x, r, w, s, mn, mx, c); }
+void histogram_bins__avx2(const float* x, int64_t n, float lo, float inv, int32_t b, int64_t* c) { histogram_bins__scalar(x, n, lo, inv, b, c); }
+#endif
+
+}  // namespace cpu
+}  // namespace torchquant

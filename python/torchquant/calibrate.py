@@ -1,0 +1,127 @@
+"""Calibration: run data through an observed model, and merge observers' statistics across
+torch.distributed ranks.
+
+    >>> prepared = torchquant.prepare(model)
+    >>> torchquant.calibrate(prepared, loader, num_batches=32)
+    >>> torchquant.sync_observers(prepared)        # with torch.distributed: every rank agrees
+    >>> quantized = torchquant.convert(prepared)
+"""
+import itertools
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from . import _ops  # noqa: F401
+from .observer import HistogramObserver, MinMaxObserver, ObserverBase, PerChannelMinMaxObserver
+
+__all__ = ["calibrate", "sync_observers"]
+
+ops = torch.ops.torchquant
+
+
+def _name_observers(model: nn.Module):
+    for name, mod in model.named_modules():
+        if isinstance(mod, ObserverBase) and mod.observer_name is None:
+            mod.observer_name = name or type(model).__name__
+
+
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return None
+
+
+def _to(x, device):
+    if device is None:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = None, progress: bool = True) -> nn.Module:
+    """Runs ``data`` through ``model`` under ``torch.no_grad()`` so that its observers record
+    statistics; returns the model. ``data`` yields tensors, or ``(input, target)`` tuples (the
+    target is ignored); inputs move to the model's device. ``num_batches`` stops early;
+    ``progress`` shows a tqdm bar. The model's train/eval mode is left as it is (calibrate in
+    eval mode, so that dropout and batch norm behave as at inference).
+
+    >>> model.eval()
+    >>> torchquant.calibrate(prepared, [torch.randn(8, 16) for _ in range(4)], progress=False)
+    """
+    if num_batches is not None and num_batches < 0:
+        raise ValueError(f"argument 'num_batches' must be >= 0 or None, got {num_batches}")
+    _name_observers(model)
+    device = _model_device(model)
+    batches = data if num_batches is None else itertools.islice(data, num_batches)
+    total = num_batches
+    if total is None and hasattr(data, "__len__"):
+        total = len(data)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+        if tqdm is not None:
+            batches = tqdm(batches, total=total, desc="calibrate", unit="batch")
+    with torch.no_grad():
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(_to(x, device))
+    return model
+
+
+def _minmax_observers(model):
+    return [m for m in model.modules() if isinstance(m, (MinMaxObserver, PerChannelMinMaxObserver))]
+
+
+def sync_observers(model: nn.Module, group=None) -> nn.Module:
+    """All-reduces every observer's statistics over the ranks of ``group`` (default: the world)
+    so that N ranks, each calibrated on its shard, hold the statistics of the union: min/max
+    buffers by MIN / MAX (moving averages too, which makes them the envelope of the ranks'),
+    NaN / Inf counts by SUM, histograms brought to the common range (the union of the ranks'
+    ranges, each rebinned as the observer's own range growth does) and then SUMmed. Every rank
+    must hold the same model; call it on all of them. Returns the model.
+
+    >>> torchquant.calibrate(prepared, my_shard)
+    >>> torchquant.sync_observers(prepared)
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("sync_observers needs an initialized torch.distributed process group "
+                           "(torch.distributed.init_process_group)")
+    _name_observers(model)
+    MIN, MAX, SUM = dist.ReduceOp.MIN, dist.ReduceOp.MAX, dist.ReduceOp.SUM
+    for obs in model.modules():
+        if isinstance(obs, PerChannelMinMaxObserver):
+            # A rank that saw no data holds no channel yet: agree on the count first.
+            channels = torch.tensor([obs.min_val.numel()], dtype=torch.int64, device=obs.min_val.device)
+            dist.all_reduce(channels, MAX, group=group)
+            c = int(channels)
+            if c and obs.min_val.numel() == 0:
+                obs._ensure_channels(c)
+            elif obs.min_val.numel() != c:
+                raise ValueError(f"{obs._describe()} has {obs.min_val.numel()} channels on this rank but {c} on "
+                                 "another")
+        if isinstance(obs, (MinMaxObserver, PerChannelMinMaxObserver)):
+            dist.all_reduce(obs.min_val, MIN, group=group)
+            dist.all_reduce(obs.max_val, MAX, group=group)
+            dist.all_reduce(obs.nonfinite_count, SUM, group=group)
+        elif isinstance(obs, HistogramObserver):
+            lo, hi = obs.min_val.clone(), obs.max_val.clone()
+            dist.all_reduce(lo, MIN, group=group)
+            dist.all_reduce(hi, MAX, group=group)
+            if bool(lo <= hi):
+                obs.histogram.copy_(ops.histogram_rebin(obs.histogram, obs.min_val, obs.max_val, lo, hi,
+                                                        obs.upsample_rate))
+                obs.min_val.copy_(lo)
+                obs.max_val.copy_(hi)
+            dist.all_reduce(obs.histogram, SUM, group=group)
+            dist.all_reduce(obs.nonfinite_count, SUM, group=group)
+    return model

@@ -1,0 +1,779 @@
+"""Observers: modules that watch tensors go by during calibration and turn what they saw into
+quantization parameters (scale float32, zero_point int32).
+
+The names, constructor arguments and defaults are torch.ao.quantization.observer's, so qconfigs
+written for torch.ao port over unchanged, and for the same data and arguments the min/max
+family gives torch.ao's qparams bit for bit (HistogramObserver: scale within 1%). The
+statistics are gathered by fused torchquant ops (one pass over the data, no host sync) and live
+in registered buffers, so they survive ``state_dict()`` / ``load_state_dict()`` and move with
+``.to(device)``.
+
+    >>> obs = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    >>> _ = obs(torch.tensor([-1.0, 0.5, 2.0]))
+    >>> obs.calculate_qparams()
+    (tensor([0.0157]), tensor([0], dtype=torch.int32))
+
+Differences from torch.ao, on purpose:
+
+- NaN in the data is skipped and counted (torch.ao lets it poison min/max), with one warning.
+- +-Inf is clipped: it does not widen the range (torch.ao's HistogramObserver ignores it too;
+  its min/max observers would give an infinite scale). At quantization an infinite value
+  saturates to quant_min / quant_max. It is counted, with one warning.
+- No data (nothing observed, or only NaN / Inf) raises at ``calculate_qparams()``, naming the
+  observer; torch.ao warns and returns scale 1.0, zero_point 0.
+- ``reduce_range`` is accepted and honoured, to give torch.ao's numbers, but torchquant's int8
+  kernels never saturate on full 8-bit activations, so it only costs precision here.
+"""
+import math
+import warnings
+from abc import ABC, abstractmethod
+from functools import partial
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _ops  # noqa: F401  (registers the ops)
+
+__all__ = [
+    "ObserverBase",
+    "UniformQuantizationObserverBase",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PerChannelMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+    "HistogramObserver",
+    "PercentileObserver",
+    "MSEObserver",
+    "PlaceholderObserver",
+    "NoopObserver",
+    "RecordingObserver",
+    "FixedQParamsObserver",
+    "default_observer",
+    "default_placeholder_observer",
+    "default_debug_observer",
+    "default_weight_observer",
+    "weight_observer_range_neg_127_to_127",
+    "default_histogram_observer",
+    "default_per_channel_weight_observer",
+    "per_channel_weight_observer_range_neg_127_to_127",
+    "default_dynamic_quant_observer",
+    "default_float_qparams_observer",
+    "default_float_qparams_observer_4bit",
+    "default_fixed_qparams_range_neg1to1_observer",
+    "default_fixed_qparams_range_0to1_observer",
+]
+
+ops = torch.ops.torchquant
+_INF = float("inf")
+_EPS = torch.finfo(torch.float32).eps
+
+
+class _PartialWrapper:
+    """A constructor with some arguments bound, as torch.ao's ``with_args`` returns: each call
+    builds a fresh instance."""
+
+    def __init__(self, p):
+        self.p = p
+        self.callable_args = {}
+
+    def __call__(self, *args, **keywords):
+        for name, fn in self.callable_args.items():
+            if name not in keywords:
+                keywords = {**keywords, name: fn()}
+        return self.p(*args, **keywords)
+
+    def __repr__(self):
+        return self.p.__repr__() + self.callable_args.__repr__()
+
+    def with_args(self, **kwargs):
+        return _with_args(self, **kwargs)
+
+    def with_callable_args(self, **kwargs):
+        result = _PartialWrapper(p=self.p)
+        result.callable_args = {**self.callable_args, **kwargs}
+        return result
+
+
+def _with_args(cls_or_self, **kwargs):
+    """``Observer.with_args(**kwargs)``: a factory of observers with these arguments.
+
+    >>> factory = MinMaxObserver.with_args(dtype=torch.qint8)
+    >>> factory() is factory()
+    False
+    """
+    return _PartialWrapper(partial(cls_or_self, **kwargs))
+
+
+def _with_callable_args(cls_or_self, **kwargs):
+    return _PartialWrapper(partial(cls_or_self)).with_callable_args(**kwargs)
+
+
+def _calculate_qmin_qmax(quant_min, quant_max, has_customized_qrange, dtype, reduce_range):
+    """torch.ao.quantization.utils.calculate_qmin_qmax, quirks included: a customized range is
+    halved by reduce_range too."""
+    if has_customized_qrange:
+        qrange_len = quant_max - quant_min + 1
+        if dtype in (torch.qint8, torch.int8) and not 0 < qrange_len <= 256:
+            raise ValueError(f"quant_min/quant_max span {qrange_len} values; at most 256 fit {dtype}")
+        if dtype in (torch.qint32, torch.int32) and not 0 < qrange_len <= 2**32:
+            raise ValueError(f"quant_min/quant_max span {qrange_len} values; at most 2**32 fit {dtype}")
+        if reduce_range:
+            quant_min, quant_max = quant_min // 2, quant_max // 2
+        return quant_min, quant_max
+    if dtype in (torch.qint8, torch.int8):
+        return (-64, 63) if reduce_range else (-128, 127)
+    if dtype in (torch.quint8, torch.uint8):
+        return (0, 127) if reduce_range else (0, 255)
+    if dtype in (torch.qint32, torch.int32):
+        return -(2**31), 2**31 - 1
+    if dtype == torch.uint16:
+        return 0, 2**16 - 1
+    if dtype == torch.int16:
+        return -(2**15), 2**15 - 1
+    return 0, 15
+
+
+_ALLOWED_DTYPES = (torch.qint8, torch.quint8, torch.quint4x2, torch.qint32, torch.int8, torch.uint8,
+                   torch.int16, torch.int32, torch.uint16)
+_PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
+_PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
+_SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+
+
+class ObserverBase(ABC, nn.Module):
+    """Base of every observer: ``forward(x)`` records statistics and returns x unchanged;
+    ``calculate_qparams()`` returns (scale, zero_point)."""
+
+    def __init__(self, dtype, is_dynamic: bool = False):
+        super().__init__()
+        self.dtype = dtype
+        self.is_dynamic = is_dynamic
+        # Set by torchquant.calibrate / sync_observers so errors can say which observer failed.
+        self.observer_name: Optional[str] = None
+
+    @abstractmethod
+    def forward(self, x):
+        pass
+
+    @abstractmethod
+    def calculate_qparams(self, **kwargs):
+        pass
+
+    def has_data(self) -> bool:
+        """True once the observer holds the statistics calculate_qparams needs."""
+        return False
+
+    def _describe(self) -> str:
+        name = type(self).__name__
+        return f"{name} '{self.observer_name}'" if self.observer_name else name
+
+    with_args = classmethod(_with_args)
+    with_callable_args = classmethod(_with_callable_args)
+
+
+class UniformQuantizationObserverBase(ObserverBase):
+    """Shared by the observers that compute an affine or symmetric uniform quantization:
+    checks the arguments as torch.ao does, owns ``eps`` and the NaN / Inf counters
+    (``nonfinite_count``, int64 [2]), and turns a (min, max) range into qparams with
+    ``torch.ops.torchquant.choose_qparams``."""
+
+    _version = 3  # torch.ao's state_dict version, so its checkpoints load here
+
+    def __init__(self, dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False,
+                 quant_min=None, quant_max=None, factory_kwargs=None, eps=_EPS, is_dynamic=False, **kwargs):
+        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic, **kwargs)
+        if qscheme not in _PER_TENSOR + _PER_CHANNEL:
+            raise ValueError(f"argument 'qscheme' must be one of {_PER_TENSOR + _PER_CHANNEL}, got {qscheme}")
+        if dtype not in _ALLOWED_DTYPES:
+            raise ValueError(f"argument 'dtype' must be one of {_ALLOWED_DTYPES}, got {dtype}")
+        self.qscheme = qscheme
+        self.reduce_range = reduce_range
+        self.register_buffer("eps", torch.tensor([eps], **factory_kwargs))
+        self.has_customized_qrange = quant_min is not None and quant_max is not None
+        if self.has_customized_qrange and not quant_min <= 0 <= quant_max:
+            raise ValueError(f"quant_min/quant_max must include 0, got [{quant_min}, {quant_max}]")
+        if self.has_customized_qrange and quant_min >= quant_max:
+            raise ValueError(f"quant_min must be < quant_max, got [{quant_min}, {quant_max}]")
+        self.quant_min, self.quant_max = _calculate_qmin_qmax(
+            quant_min, quant_max, self.has_customized_qrange, dtype, reduce_range)
+        if qscheme in _SYMMETRIC and reduce_range and dtype in (torch.quint8, torch.uint8):
+            # torch.ao refuses this too: the symmetric zero point 128 would lie outside [0, 127].
+            raise NotImplementedError("Cannot reduce range for symmetric quantization for quint8")
+        self.register_buffer("nonfinite_count", torch.zeros(2, dtype=torch.int64, device=factory_kwargs.get("device")))
+        self._warned_nonfinite = False
+
+    # torch.ao's zero point for symmetric schemes: 0 for signed types, the middle for unsigned.
+    def _symmetric_zero_point(self) -> int:
+        if self.dtype in (torch.quint8, torch.uint8):
+            return (self.quant_min + self.quant_max) // 2 if self.has_customized_qrange else 128
+        if self.dtype == torch.uint16:
+            return 2**15
+        return 0
+
+    def _qparams(self, min_val: torch.Tensor, max_val: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """torch.ao's _calculate_qparams on an observed range; per tensor results have shape [1]."""
+        if self.qscheme == torch.per_channel_affine_float_qparams:
+            # Embedding tables: a float zero point, as torch.ao returns it.
+            scale = (max_val - min_val) / float(self.quant_max - self.quant_min)
+            scale = torch.where(scale > self.eps, scale, torch.ones_like(scale))
+            return scale, -1 * min_val / scale
+        scale, zp = ops.choose_qparams(min_val, max_val, self.quant_min, self.quant_max,
+                                       self.qscheme in _SYMMETRIC, float(self.eps), self._symmetric_zero_point())
+        if scale.dim() == 0:
+            scale, zp = scale.reshape(1), zp.reshape(1)
+        return scale, zp
+
+    def _check_nonfinite(self):
+        if self._warned_nonfinite:
+            return
+        nan, inf = (int(v) for v in self.nonfinite_count.tolist())
+        if nan or inf:
+            self._warned_nonfinite = True
+            warnings.warn(
+                f"{self._describe()}: the calibration data held {nan} NaN and {inf} +-Inf values; they were "
+                "left out of the statistics (infinite values saturate at quantization)", RuntimeWarning, stacklevel=3)
+
+    def _after_forward(self):
+        # Reading the counters is free on the CPU; elsewhere it would cost a host sync, so the
+        # warning waits for calculate_qparams there.
+        if not self._warned_nonfinite and self.nonfinite_count.device.type == "cpu":
+            self._check_nonfinite()
+
+    def _no_data_error(self, detail: str = ""):
+        nan, inf = (int(v) for v in self.nonfinite_count.tolist())
+        seen = f" (it skipped {nan} NaN and {inf} +-Inf values)" if nan or inf else ""
+        return RuntimeError(
+            f"{self._describe()} has observed no finite data{seen}{detail}: run calibration data through the "
+            "model (torchquant.calibrate) before calculate_qparams() / convert")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        version = local_metadata.get("version", None)
+        if version is None or version == 1:
+            state_dict[prefix + "eps"] = torch.tensor([_EPS])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        # torch.ao's checkpoints have no NaN / Inf counters: start them at zero.
+        key = prefix + "nonfinite_count"
+        if key in missing_keys and key not in state_dict:
+            missing_keys.remove(key)
+
+    @staticmethod
+    def _as_float(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        return x if x.is_floating_point() else x.float()
+
+    def reset_min_max_vals(self):
+        raise NotImplementedError(f"{type(self).__name__} cannot reset its statistics")
+
+
+class MinMaxObserver(UniformQuantizationObserverBase):
+    """Running minimum and maximum of everything observed (torch.ao's MinMaxObserver).
+
+    Args: dtype, qscheme (per_tensor_affine / per_tensor_symmetric), reduce_range,
+    quant_min, quant_max, factory_kwargs, eps, is_dynamic: as in torch.ao.
+
+    >>> obs = MinMaxObserver()
+    >>> _ = obs(torch.tensor([-1.0, 3.0]))
+    >>> obs.calculate_qparams()
+    (tensor([0.0157]), tensor([64], dtype=torch.int32))
+    """
+
+    def __init__(self, dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False, quant_min=None,
+                 quant_max=None, factory_kwargs=None, eps=_EPS, is_dynamic=False, **kwargs):
+        if qscheme not in _PER_TENSOR:
+            raise NotImplementedError(f"{type(self).__name__} supports per_tensor_affine and per_tensor_symmetric, "
+                                      f"got {qscheme}")
+        super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
+                         quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, is_dynamic=is_dynamic, **kwargs)
+        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        self.register_buffer("min_val", torch.tensor(_INF, **factory_kwargs))
+        self.register_buffer("max_val", torch.tensor(-_INF, **factory_kwargs))
+
+    def _averaging_constant(self) -> Optional[float]:
+        return None
+
+    def forward(self, x_orig):
+        """Records the running min/max of ``x_orig``'s finite values; returns ``x_orig``."""
+        if x_orig.numel() == 0:
+            return x_orig
+        ops.observe_minmax_(self.min_val, self.max_val, self.nonfinite_count, self._as_float(x_orig), None,
+                            self._averaging_constant())
+        self._after_forward()
+        return x_orig
+
+    def has_data(self) -> bool:
+        return bool((self.min_val <= self.max_val).all()) and self.min_val.numel() > 0
+
+    def calculate_qparams(self):
+        """(scale float32 [1], zero_point int32 [1]). Raises if no finite data was observed."""
+        self._check_nonfinite()
+        if not self.has_data():
+            raise self._no_data_error()
+        return self._qparams(self.min_val, self.max_val)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+    def reset_min_max_vals(self):
+        self.min_val.fill_(_INF)
+        self.max_val.fill_(-_INF)
+        self.nonfinite_count.zero_()
+
+
+class MovingAverageMinMaxObserver(MinMaxObserver):
+    """Moving averages of the batches' minima and maxima: ``m += c * (batch_min - m)``, the
+    first batch setting them (torch.ao's MovingAverageMinMaxObserver).
+
+    >>> obs = MovingAverageMinMaxObserver(averaging_constant=0.5)
+    >>> _ = obs(torch.tensor([0.0, 2.0])); _ = obs(torch.tensor([0.0, 4.0]))
+    >>> obs.max_val
+    tensor(3.)
+    """
+
+    def __init__(self, averaging_constant=0.01, dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+                 reduce_range=False, quant_min=None, quant_max=None, eps=_EPS, is_dynamic=False, **kwargs):
+        if not 0.0 < averaging_constant <= 1.0:
+            raise ValueError(f"argument 'averaging_constant' must lie in (0, 1], got {averaging_constant}")
+        if is_dynamic and averaging_constant != 1:
+            raise NotImplementedError("MovingAverageMinMaxObserver supports dynamic quantization only with "
+                                      f"averaging_constant=1, got {averaging_constant}")
+        self.averaging_constant = averaging_constant
+        super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
+                         quant_max=quant_max, eps=eps, is_dynamic=is_dynamic, **kwargs)
+
+    def _averaging_constant(self):
+        return float(self.averaging_constant)
+
+
+class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
+    """Running min/max per channel of ``ch_axis`` (torch.ao's PerChannelMinMaxObserver). The
+    buffers hold no channel until the first batch (or a loaded state_dict) sets their length.
+
+    >>> obs = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    >>> _ = obs(torch.tensor([[1.0, -2.0], [0.5, 0.25]]))
+    >>> obs.calculate_qparams()[0]
+    tensor([0.0157, 0.0039])
+    """
+
+    def __init__(self, ch_axis=0, dtype=torch.quint8, qscheme=torch.per_channel_affine, reduce_range=False,
+                 quant_min=None, quant_max=None, factory_kwargs=None, eps=_EPS, is_dynamic=False, **kwargs):
+        if qscheme not in _PER_CHANNEL:
+            raise NotImplementedError(f"{type(self).__name__} supports {_PER_CHANNEL}, got {qscheme}")
+        if is_dynamic:
+            raise NotImplementedError(f"{type(self).__name__} doesn't support dynamic quantization")
+        super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
+                         quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, is_dynamic=is_dynamic, **kwargs)
+        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        self.ch_axis = ch_axis
+        self.register_buffer("min_val", torch.tensor([], **factory_kwargs))
+        self.register_buffer("max_val", torch.tensor([], **factory_kwargs))
+
+    def _averaging_constant(self) -> Optional[float]:
+        return None
+
+    def _ensure_channels(self, channels: int):
+        if self.min_val.numel() == 0:
+            self.min_val.resize_(channels).fill_(_INF)
+            self.max_val.resize_(channels).fill_(-_INF)
+        elif self.min_val.numel() != channels:
+            raise ValueError(f"{self._describe()} has statistics for {self.min_val.numel()} channels but its "
+                             f"input has {channels} along ch_axis={self.ch_axis}")
+
+    def forward(self, x_orig):
+        """Records per-channel running min/max of ``x_orig``'s finite values; returns ``x_orig``."""
+        if x_orig.numel() == 0:
+            return x_orig
+        if x_orig.dim() == 0 or not -x_orig.dim() <= self.ch_axis < x_orig.dim():
+            raise ValueError(f"{self._describe()}: ch_axis={self.ch_axis} is out of range for an input with "
+                             f"{x_orig.dim()} dimensions")
+        self._ensure_channels(x_orig.shape[self.ch_axis])
+        ops.observe_minmax_(self.min_val, self.max_val, self.nonfinite_count, self._as_float(x_orig), self.ch_axis,
+                            self._averaging_constant())
+        self._after_forward()
+        return x_orig
+
+    def has_data(self) -> bool:
+        return self.min_val.numel() > 0 and bool((self.min_val <= self.max_val).all())
+
+    def calculate_qparams(self):
+        """(scale float32 [C], zero_point int32 [C]). Raises if any channel saw no finite data."""
+        self._check_nonfinite()
+        if self.min_val.numel() == 0:
+            raise self._no_data_error()
+        empty = (~(self.min_val <= self.max_val)).nonzero().flatten().tolist()
+        if empty:
+            shown = ", ".join(str(c) for c in empty[:10]) + (", ..." if len(empty) > 10 else "")
+            raise self._no_data_error(f" in channel(s) {shown} of {self.min_val.numel()}")
+        return self._qparams(self.min_val, self.max_val)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+    def reset_min_max_vals(self):
+        self.min_val.resize_(0)
+        self.max_val.resize_(0)
+        self.nonfinite_count.zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        version = local_metadata.get("version")
+        old_names = version is not None and version < 3  # torch.ao once called them min_vals / max_vals
+        for name in ("min_val", "max_val"):
+            key = prefix + (name + "s" if old_names else name)
+            if key in state_dict:
+                if old_names:
+                    state_dict[prefix + name] = state_dict.pop(key)
+                # The buffers have as many channels as the data seen; take the checkpoint's.
+                getattr(self, name).resize_(state_dict[prefix + name].shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
+    """Per-channel moving averages of the batches' minima and maxima (torch.ao's
+    MovingAveragePerChannelMinMaxObserver).
+
+    >>> obs = MovingAveragePerChannelMinMaxObserver(averaging_constant=0.5, ch_axis=1)
+    >>> _ = obs(torch.randn(8, 4))
+    """
+
+    def __init__(self, averaging_constant=0.01, ch_axis=0, dtype=torch.quint8, qscheme=torch.per_channel_affine,
+                 reduce_range=False, quant_min=None, quant_max=None, eps=_EPS, is_dynamic=False, **kwargs):
+        if not 0.0 < averaging_constant <= 1.0:
+            raise ValueError(f"argument 'averaging_constant' must lie in (0, 1], got {averaging_constant}")
+        super().__init__(ch_axis=ch_axis, dtype=dtype, qscheme=qscheme, reduce_range=reduce_range,
+                         quant_min=quant_min, quant_max=quant_max, eps=eps, is_dynamic=is_dynamic, **kwargs)
+        self.averaging_constant = averaging_constant
+
+    def _averaging_constant(self):
+        return float(self.averaging_constant)
+
+
+class HistogramObserver(UniformQuantizationObserverBase):
+    """A histogram of everything observed, its range growing to cover new data as torch.ao's
+    does; ``calculate_qparams`` searches the (min, max) with the least L2 quantization error
+    (torch.ao's HistogramObserver; its scale within 1% here).
+
+    >>> obs = HistogramObserver(bins=256)
+    >>> _ = obs(torch.randn(10000))
+    >>> scale, zero_point = obs.calculate_qparams()
+    """
+
+    def __init__(self, bins: int = 2048, dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False,
+                 quant_min=None, quant_max=None, factory_kwargs=None, eps=_EPS, is_dynamic=False,
+                 upsample_rate: int = 16, **kwargs):
+        if qscheme not in _PER_TENSOR:
+            raise NotImplementedError(f"{type(self).__name__} supports per_tensor_affine and per_tensor_symmetric, "
+                                      f"got {qscheme}")
+        if is_dynamic:
+            raise NotImplementedError(f"{type(self).__name__} doesn't support dynamic quantization")
+        if int(bins) < 1:
+            raise ValueError(f"argument 'bins' must be >= 1, got {bins}")
+        super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
+                         quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, is_dynamic=is_dynamic, **kwargs)
+        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        self.bins = int(bins)
+        self.register_buffer("histogram", torch.zeros(self.bins, **factory_kwargs))
+        self.register_buffer("min_val", torch.tensor(_INF, **factory_kwargs))
+        self.register_buffer("max_val", torch.tensor(-_INF, **factory_kwargs))
+        self.dst_nbins = 2 ** torch.iinfo(self.dtype).bits
+        self.upsample_rate = upsample_rate
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        """Adds ``x_orig``'s finite values to the histogram; returns ``x_orig``."""
+        if x_orig.numel() == 0:
+            return x_orig
+        ops.histogram_(self.histogram, self.min_val, self.max_val, self.nonfinite_count, self._as_float(x_orig),
+                       self.upsample_rate)
+        self._after_forward()
+        return x_orig
+
+    def has_data(self) -> bool:
+        return bool(self.min_val <= self.max_val)
+
+    def _range(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (min, max) handed to choose_qparams."""
+        return self._non_linear_param_search()
+
+    def calculate_qparams(self):
+        """(scale float32 [1], zero_point int32 [1]). Raises if no finite data was observed."""
+        self._check_nonfinite()
+        if not self.has_data():
+            raise self._no_data_error()
+        if self.histogram.numel() != self.bins:
+            raise ValueError(f"{self._describe()}: the histogram has {self.histogram.numel()} bins, "
+                             f"expected bins={self.bins}")
+        new_min, new_max = self._range()
+        return self._qparams(new_min, new_max)
+
+    # ---- torch.ao's L2 search, step for step (float32 where torch.ao computes in float32);
+    # the cumulative sum is walked as a numpy array instead of one tensor index per step.
+    def _get_norm(self, delta_begin, delta_end, density):
+        norm = (delta_end * delta_end * delta_end - delta_begin * delta_begin * delta_begin) / 3
+        return density * norm
+
+    def _compute_quantization_error(self, hist, lo: float, hi: float, next_start_bin: int, next_end_bin: int):
+        bin_width = (hi - lo) / self.bins
+        dst_bin_width = bin_width * (next_end_bin - next_start_bin + 1) / self.dst_nbins
+        if dst_bin_width == 0.0:
+            return 0.0
+        src_bin = torch.arange(self.bins, device=hist.device)
+        src_bin_begin = (src_bin - next_start_bin) * bin_width
+        src_bin_end = src_bin_begin + bin_width
+        dst_bin_of_begin = torch.clamp(torch.div(src_bin_begin, dst_bin_width, rounding_mode="floor"), 0,
+                                       self.dst_nbins - 1)
+        dst_bin_of_begin_center = (dst_bin_of_begin + 0.5) * dst_bin_width
+        dst_bin_of_end = torch.clamp(torch.div(src_bin_end, dst_bin_width, rounding_mode="floor"), 0,
+                                     self.dst_nbins - 1)
+        density = hist / bin_width
+        norm = torch.zeros(self.bins, device=hist.device)
+        delta_begin = src_bin_begin - dst_bin_of_begin_center
+        delta_end = dst_bin_width / 2
+        norm += self._get_norm(delta_begin, torch.ones(self.bins, device=hist.device) * delta_end, density)
+        norm += (dst_bin_of_end - dst_bin_of_begin - 1) * self._get_norm(
+            torch.tensor(-dst_bin_width / 2), torch.tensor(dst_bin_width / 2), density)
+        dst_bin_of_end_center = dst_bin_of_end * dst_bin_width + dst_bin_width / 2
+        norm += self._get_norm(torch.tensor(-dst_bin_width / 2), src_bin_end - dst_bin_of_end_center, density)
+        return norm.sum().item()
+
+    def _non_linear_param_search(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        hist = self.histogram.detach().cpu()
+        lo, hi = float(self.min_val), float(self.max_val)
+        bin_width = (self.max_val - self.min_val) / self.bins
+        total = torch.sum(hist).item()
+        csum = torch.cumsum(hist, dim=0).numpy()
+        f32 = np.float32
+        stepsize, alpha, beta = 1e-5, 0.0, 1.0
+        start_bin, end_bin = 0, self.bins - 1
+        norm_min = _INF
+        while alpha < beta:
+            next_alpha, next_beta = alpha + stepsize, beta - stepsize
+            # torch compares a float32 element with a Python float in float32: so does this.
+            a_thr, b_thr = f32(next_alpha * total), f32(next_beta * total)
+            left, right = start_bin, end_bin
+            while left < end_bin and csum[left] < a_thr:
+                left += 1
+            while right > start_bin and csum[right] > b_thr:
+                right -= 1
+            next_start_bin, next_end_bin = start_bin, end_bin
+            if (left - start_bin) > (end_bin - right):
+                next_start_bin, alpha = left, next_alpha
+            else:
+                next_end_bin, beta = right, next_beta
+            if next_start_bin == start_bin and next_end_bin == end_bin:
+                continue
+            norm = self._compute_quantization_error(hist, lo, hi, next_start_bin, next_end_bin)
+            if norm > norm_min:
+                break
+            norm_min, start_bin, end_bin = norm, next_start_bin, next_end_bin
+        new_min = self.min_val + bin_width * start_bin
+        new_max = self.min_val + bin_width * (end_bin + 1)
+        return new_min, new_max
+
+    def extra_repr(self):
+        return f"bins={self.bins}, min_val={self.min_val}, max_val={self.max_val}"
+
+    def reset_min_max_vals(self):
+        self.histogram.zero_()
+        self.min_val.fill_(_INF)
+        self.max_val.fill_(-_INF)
+        self.nonfinite_count.zero_()
+
+
+class PercentileObserver(HistogramObserver):
+    """Clips outliers: the range runs from the ``(100 - percentile)``-th to the
+    ``percentile``-th percentile of the observed values, read from the histogram (linear
+    inside a bin). Symmetric schemes then take the larger magnitude of the two.
+
+    >>> obs = PercentileObserver(percentile=99.9, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    >>> _ = obs(torch.cat([torch.randn(100000), torch.tensor([1000.0])]))
+    >>> bool(obs.calculate_qparams()[0] < 0.05)  # the outlier does not set the scale
+    True
+    """
+
+    def __init__(self, percentile: float = 99.99, bins: int = 2048, dtype=torch.quint8,
+                 qscheme=torch.per_tensor_affine, reduce_range=False, quant_min=None, quant_max=None,
+                 factory_kwargs=None, eps=_EPS, **kwargs):
+        if not 50.0 < percentile <= 100.0:
+            raise ValueError(f"argument 'percentile' must lie in (50, 100], got {percentile}")
+        super().__init__(bins=bins, dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
+                         quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, **kwargs)
+        self.percentile = float(percentile)
+
+    def _quantile(self, csum: torch.Tensor, hist: torch.Tensor, q: float, lo: float, width: float) -> float:
+        target = q * float(csum[-1])
+        b = int(torch.searchsorted(csum, torch.tensor([target], dtype=csum.dtype)).clamp(max=self.bins - 1))
+        before = float(csum[b - 1]) if b > 0 else 0.0
+        inside = float(hist[b])
+        frac = (target - before) / inside if inside > 0 else 0.0
+        return lo + width * (b + min(max(frac, 0.0), 1.0))
+
+    def _range(self):
+        hist = self.histogram.detach().double().cpu()
+        lo, hi = float(self.min_val), float(self.max_val)
+        if lo == hi:
+            return self.min_val, self.max_val
+        csum = torch.cumsum(hist, 0)
+        width = (hi - lo) / self.bins
+        q = self.percentile / 100.0
+        new_lo = max(lo, self._quantile(csum, hist, 1.0 - q, lo, width))
+        new_hi = min(hi, self._quantile(csum, hist, q, lo, width))
+        dev = self.min_val.device
+        return torch.tensor(new_lo, device=dev), torch.tensor(max(new_hi, new_lo), device=dev)
+
+
+class MSEObserver(HistogramObserver):
+    """Clips outliers where that lowers the error: tries ``num_candidates`` ranges
+    ``[a * min, a * max]`` for a in (0, 1] and keeps the one whose quantize-dequantize mean
+    squared error over the observed histogram (each bin's count spread evenly over the bin,
+    the error integrated exactly) is least.
+
+    >>> obs = MSEObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    >>> _ = obs(torch.cat([torch.randn(100000), torch.tensor([1000.0])]))
+    >>> bool(obs.calculate_qparams()[0] < 1.0)
+    True
+    """
+
+    def __init__(self, num_candidates: int = 100, bins: int = 2048, dtype=torch.quint8,
+                 qscheme=torch.per_tensor_affine, reduce_range=False, quant_min=None, quant_max=None,
+                 factory_kwargs=None, eps=_EPS, **kwargs):
+        if int(num_candidates) < 1:
+            raise ValueError(f"argument 'num_candidates' must be >= 1, got {num_candidates}")
+        super().__init__(bins=bins, dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
+                         quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, **kwargs)
+        self.num_candidates = int(num_candidates)
+
+    def _range(self):
+        hist = self.histogram.detach().double().cpu()
+        lo, hi = float(self.min_val), float(self.max_val)
+        if lo == hi:
+            return self.min_val, self.max_val
+        a = torch.arange(1, self.num_candidates + 1, dtype=torch.float64) / self.num_candidates
+        cand_lo, cand_hi = (a * lo).float(), (a * hi).float()
+        scale, zp = self._qparams(cand_lo, cand_hi)
+        s, z = scale.cpu().double().unsqueeze(1), zp.cpu().double().unsqueeze(1)
+        # Each bin's count spread evenly over the bin, as torch.ao's L2 search assumes. F(x) is
+        # the integral of the squared quantize-dequantize error from the grid's bottom to x:
+        # inside the grid each step of width s contributes s^3/12, with the partial step's
+        # (u^3 + s^3/8)/3 where u = x - round(x/s)*s; past either end the error grows as the
+        # clip distance, (x - T)^3/3.
+        edges = lo + (hi - lo) / self.bins * torch.arange(self.bins + 1, dtype=torch.float64)
+        bottom, top = (self.quant_min - z) * s, (self.quant_max - z) * s
+        xc = torch.minimum(torch.maximum(edges, bottom), top)
+        k = torch.round(xc / s)
+        u = xc - k * s
+        F = k * s ** 3 / 12 + (u ** 3 + s ** 3 / 8) / 3
+        F = F + torch.clamp(edges - top, min=0) ** 3 / 3 - torch.clamp(bottom - edges, min=0) ** 3 / 3
+        density = hist / ((hi - lo) / self.bins)
+        err = (density * (F[:, 1:] - F[:, :-1])).sum(1)
+        best = int(torch.argmin(err))
+        dev = self.min_val.device
+        return cand_lo[best].to(dev), cand_hi[best].to(dev)
+
+
+class PlaceholderObserver(ObserverBase):
+    """Observes nothing; carries dtype / qscheme / range to conversion (e.g. float16, or
+    dynamic quantization), as torch.ao's PlaceholderObserver."""
+
+    def __init__(self, dtype=torch.float32, custom_op_name="", compute_dtype=None, quant_min=None, quant_max=None,
+                 qscheme=None, eps=None, is_dynamic=False):
+        if compute_dtype:
+            is_dynamic = True
+            warnings.warn("PlaceholderObserver: use is_dynamic instead of compute_dtype", DeprecationWarning,
+                          stacklevel=2)
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        self.qscheme = torch.per_tensor_affine if qscheme is None else qscheme
+        self.quant_min, self.quant_max = quant_min, quant_max
+        self.eps = _EPS if eps is None else eps
+        self.custom_op = custom_op_name
+
+    def forward(self, x):
+        return x
+
+    def extra_repr(self):
+        return f"dtype={self.dtype}, is_dynamic={self.is_dynamic}"
+
+    def calculate_qparams(self):
+        raise RuntimeError(f"calculate_qparams should not be called for {self._describe()}")
+
+
+class NoopObserver(ObserverBase):
+    """Observes nothing (float16 paths), as torch.ao's NoopObserver."""
+
+    def __init__(self, dtype=torch.float16, custom_op_name=""):
+        super().__init__(dtype=dtype, is_dynamic=False)
+        self.custom_op = custom_op_name
+
+    def forward(self, x):
+        return x
+
+    def calculate_qparams(self):
+        raise RuntimeError(f"calculate_qparams should not be called for {self._describe()}")
+
+
+class RecordingObserver(ObserverBase):
+    """Keeps a copy of every tensor observed (debugging), as torch.ao's RecordingObserver."""
+
+    def __init__(self, dtype=torch.quint8):
+        super().__init__(dtype=dtype, is_dynamic=False)
+        self.tensor_val = []
+
+    def forward(self, x):
+        self.tensor_val.append(x.clone())
+        return x
+
+    def get_tensor_value(self):
+        return self.tensor_val
+
+    def calculate_qparams(self):
+        raise RuntimeError(f"calculate_qparams should not be called for {self._describe()}")
+
+
+class FixedQParamsObserver(ObserverBase):
+    """Returns fixed qparams whatever it sees (outputs of sigmoid, tanh, ...), as torch.ao's."""
+
+    def __init__(self, scale, zero_point, dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0,
+                 quant_max=255, is_dynamic=False, **kwargs):
+        if is_dynamic:
+            raise NotImplementedError("FixedQParamsObserver doesn't support dynamic quantization")
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        self.quant_min, self.quant_max, self.qscheme = quant_min, quant_max, qscheme
+        self.register_buffer("scale", torch.tensor([scale], dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.int32))
+
+    def forward(self, x):
+        return x
+
+    def has_data(self) -> bool:
+        return True
+
+    def calculate_qparams(self):
+        return self.scale, self.zero_point
+
+
+# torch.ao's default observers, same names and arguments.
+default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)
+default_placeholder_observer = PlaceholderObserver
+default_debug_observer = RecordingObserver
+default_weight_observer = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+weight_observer_range_neg_127_to_127 = MinMaxObserver.with_args(
+    dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-127, quant_max=127, eps=2**-12)
+default_histogram_observer = HistogramObserver.with_args(quant_min=0, quant_max=127)
+default_per_channel_weight_observer = PerChannelMinMaxObserver.with_args(
+    dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+per_channel_weight_observer_range_neg_127_to_127 = PerChannelMinMaxObserver.with_args(
+    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-127, quant_max=127, eps=2**-12)
+default_dynamic_quant_observer = PlaceholderObserver.with_args(
+    dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)
+default_float_qparams_observer = PerChannelMinMaxObserver.with_args(
+    dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0)
+default_float_qparams_observer_4bit = PerChannelMinMaxObserver.with_args(
+    dtype=torch.quint4x2, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0)
+default_fixed_qparams_range_neg1to1_observer = FixedQParamsObserver.with_args(
+    scale=2.0 / 256.0, zero_point=128, dtype=torch.quint8, quant_min=0, quant_max=255)
+default_fixed_qparams_range_0to1_observer = FixedQParamsObserver.with_args(
+    scale=1.0 / 256.0, zero_point=0, dtype=torch.quint8, quant_min=0, quant_max=255)

@@ -1,0 +1,512 @@
+"""Observer ops (every CPU variant bit-exact with torchquant.reference), observer classes
+(torch.ao's qparams for the same data and arguments), state_dict, NaN / Inf, calibrate."""
+import warnings
+
+import pytest
+import torch
+
+import torchquant
+from torchquant import observer as tqo
+from torchquant import reference
+
+ops = torch.ops.torchquant
+INF, NAN = float("inf"), float("nan")
+
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torch.ao.quantization.observer as ao
+except ImportError:  # pragma: no cover
+    ao = None
+needs_ao = pytest.mark.skipif(ao is None, reason="torch.ao.quantization is not importable")
+
+
+def _data(shape, gen, special=True):
+    """Random floats with NaN, +-Inf, repeated extremes and signed zeros sprinkled in."""
+    n = 1
+    for d in shape:
+        n *= d
+    x = torch.randn(n, generator=gen) * 3
+    if special and n:
+        kind = torch.randint(0, 40, (n,), generator=gen)
+        x = torch.where(kind == 0, torch.full_like(x, NAN), x)
+        x = torch.where(kind == 1, torch.full_like(x, INF), x)
+        x = torch.where(kind == 2, torch.full_like(x, -INF), x)
+        x = torch.where(kind == 3, -torch.zeros_like(x), x)
+        x = torch.where(kind == 4, torch.full_like(x, 7.5), x)
+    return x.reshape(shape)
+
+
+def _fresh(c=None):
+    shape = () if c is None else (c,)
+    return torch.full(shape, INF), torch.full(shape, -INF), torch.zeros(2, dtype=torch.int64)
+
+
+SHAPES_AXES = [((0,), None), ((1,), None), ((7,), None), ((33,), 0), ((1000,), None), ((100003,), None),
+               ((5, 7), 0), ((5, 7), 1), ((3, 4, 70), 1), ((3, 4, 70), 2), ((3, 4, 70), 0), ((2, 3, 5, 2), -1),
+               ((2, 33, 3), 1), ((0, 4), 1), ((4, 0), 0), ((64, 300), 0), ((300, 64), 1), ((2, 9, 4000), 1)]
+
+
+# ---------------------------------------------------------------- ops vs reference
+@pytest.mark.parametrize("shape,axis", SHAPES_AXES)
+def test_aminmax_matches_reference(isa, shape, axis):
+    gen = torch.Generator().manual_seed(sum(shape) + (axis or 0))
+    x = _data(shape, gen)
+    got = ops.aminmax(x, axis)
+    want = reference.aminmax(x, axis)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    if x.numel() and axis is None and not torch.isnan(x).any():
+        assert torch.equal(got[0], torch.amin(x)) and torch.equal(got[1], torch.amax(x))
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES_AXES)
+@pytest.mark.parametrize("averaging_constant", [None, 0.25, 1.0])
+def test_observe_minmax_matches_reference(isa, shape, axis, averaging_constant):
+    gen = torch.Generator().manual_seed(len(shape) * 31 + (axis or 0))
+    c = None if axis is None else shape[axis]
+    got, want = _fresh(c), _fresh(c)
+    for step in range(3):
+        x = _data(shape, gen) * (1 + step)
+        x_before = x.clone()
+        ops.observe_minmax_(*got, x, axis, averaging_constant)
+        reference.observe_minmax_(*want, x, axis, averaging_constant)
+        assert torch.equal(x.nan_to_num(), x_before.nan_to_num())  # input untouched
+        for g, w in zip(got, want):
+            assert torch.equal(g, w), (step, g, w)
+
+
+def test_observe_minmax_non_contiguous_and_dtypes(isa):
+    gen = torch.Generator().manual_seed(3)
+    base = _data((40, 70), gen)
+    for x in (base.t(), base[:, ::3], base.to(torch.float64), base.to(torch.bfloat16), base.half()):
+        for axis in (None, 0, 1):
+            c = None if axis is None else x.shape[axis]
+            got, want = _fresh(c), _fresh(c)
+            ops.observe_minmax_(*got, x, axis, None)
+            reference.observe_minmax_(*want, x, axis, None)
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_observe_minmax_all_nan_leaves_channel_unchanged(isa):
+    x = torch.randn(3, 50)
+    x[1] = NAN
+    mn, mx, cnt = _fresh(3)
+    ops.observe_minmax_(mn, mx, cnt, x, 0, None)
+    assert mn[1] == INF and mx[1] == -INF and int(cnt[0]) == 50
+    assert torch.equal(mn[[0, 2]], x[[0, 2]].amin(1))
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1000, 200001])
+@pytest.mark.parametrize("bins", [1, 7, 256, 2048])
+def test_histogram_matches_reference(isa, n, bins):
+    gen = torch.Generator().manual_seed(n + bins)
+    got = (torch.zeros(bins),) + _fresh()
+    want = (torch.zeros(bins),) + _fresh()
+    for scale in (1.0, 2.5, 0.5, 4.0):  # the range grows, stays, grows again
+        x = _data((n,), gen) * scale
+        ops.histogram_(*got, x)
+        reference.histogram_(*want, x)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+    if n:
+        assert float(got[0].sum()) == 4 * n - int(got[3].sum())  # every finite value counted once
+
+
+def test_histogram_constant_then_growth(isa):
+    got = (torch.zeros(64),) + _fresh()
+    want = (torch.zeros(64),) + _fresh()
+    for x in (torch.full((100,), 2.0), torch.full((10,), 2.0), torch.linspace(-1, 5, 1000), torch.randn(77) * 9):
+        ops.histogram_(*got, x)
+        reference.histogram_(*want, x)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert float(got[0].sum()) == 100 + 10 + 1000 + 77
+
+
+def test_histogram_rebin_matches_reference():
+    gen = torch.Generator().manual_seed(0)
+    hist = torch.randint(0, 100, (128,), generator=gen).float()
+    args = (hist, torch.tensor(-1.0), torch.tensor(2.0), torch.tensor(-3.0), torch.tensor(2.5))
+    got = ops.histogram_rebin(*args)
+    assert torch.equal(got, reference.histogram_rebin(*args))
+    assert float(got.sum()) == float(hist.sum())
+    same = ops.histogram_rebin(hist, args[1], args[2], args[1], args[2])
+    assert torch.equal(same, hist)
+    with pytest.raises(RuntimeError, match="new_min"):
+        ops.histogram_rebin(hist, args[1], args[2], torch.tensor(0.0), args[2])
+
+
+def test_op_argument_errors():
+    mn, mx, cnt = _fresh()
+    x = torch.randn(10)
+    with pytest.raises(RuntimeError, match="argument 'x' must be a floating-point"):
+        ops.aminmax(torch.arange(3), None)
+    with pytest.raises(RuntimeError, match="argument 'axis' must lie in"):
+        ops.aminmax(x, 3)
+    with pytest.raises(RuntimeError, match="argument 'running_min' must have 10"):
+        ops.observe_minmax_(mn, mx, cnt, x.view(10, 1), 0, None)
+    with pytest.raises(RuntimeError, match="argument 'running_max' must be a float32"):
+        ops.observe_minmax_(mn, mx.double(), cnt, x, None, None)
+    with pytest.raises(RuntimeError, match="argument 'nonfinite_count' must be an int64"):
+        ops.observe_minmax_(mn, mx, cnt.float(), x, None, None)
+    with pytest.raises(RuntimeError, match="argument 'averaging_constant' must lie in"):
+        ops.observe_minmax_(mn, mx, cnt, x, None, 1.5)
+    with pytest.raises(RuntimeError, match="argument 'hist' must be a contiguous 1-D float32"):
+        ops.histogram_(torch.zeros(2, 2), mn, mx, cnt, x)
+    with pytest.raises(RuntimeError, match="argument 'upsample_rate' must be >= 1"):
+        ops.histogram_(torch.zeros(8), mn, mx, cnt, x, 0)
+
+
+def test_opcheck():
+    x = torch.randn(6, 40)
+    torch.library.opcheck(ops.aminmax, (x, None))
+    torch.library.opcheck(ops.aminmax, (x, 1))
+    mn, mx, cnt = _fresh(40)
+    torch.library.opcheck(ops.observe_minmax_, (mn, mx, cnt, x, 1, 0.5))
+    torch.library.opcheck(ops.observe_minmax_, (*_fresh(), x, None, None))
+    torch.library.opcheck(ops.histogram_, (torch.zeros(32), *_fresh(), x))
+    torch.library.opcheck(ops.histogram_rebin, (torch.ones(32), torch.tensor(0.0), torch.tensor(1.0),
+                                                torch.tensor(-1.0), torch.tensor(1.0)))
+
+
+def test_generic_implementation_matches_cpu():
+    """The ATen-built kernels that serve other devices, called directly, agree with the CPU ones."""
+    gen = torch.Generator().manual_seed(5)
+    x = _data((30, 50), gen)
+    for axis in (None, 0, 1):
+        c = None if axis is None else x.shape[axis]
+        a, b = _fresh(c), _fresh(c)
+        ops.observe_minmax_(*a, x, axis, 0.5)
+        ops.observe_minmax_.default.redispatch(torch._C.DispatchKeySet("CompositeExplicitAutograd"), *b, x, axis, 0.5)
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+        ops.observe_minmax_(*a, x * 2, axis, 0.5)
+        ops.observe_minmax_.default.redispatch(torch._C.DispatchKeySet("CompositeExplicitAutograd"), *b, x * 2, axis,
+                                               0.5)
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+    h1, h2 = (torch.zeros(64),) + _fresh(), (torch.zeros(64),) + _fresh()
+    for s in (1.0, 3.0):
+        ops.histogram_(*h1, x * s)
+        ops.histogram_.default.redispatch(torch._C.DispatchKeySet("CompositeExplicitAutograd"), *h2, x * s)
+        assert all(torch.equal(p, q) for p, q in zip(h1, h2))
+
+
+# ---------------------------------------------------------------- observers vs torch.ao
+PER_TENSOR_CONFIGS = [
+    dict(dtype=dt, qscheme=qs, reduce_range=rr, **qr)
+    for dt in (torch.quint8, torch.qint8, torch.uint8, torch.int8, torch.qint32)
+    for qs in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+    for rr in (False, True)
+    for qr in ({}, {"quant_min": 0, "quant_max": 15} if dt in (torch.quint8, torch.uint8) else {"quant_min": -8, "quant_max": 7})
+    if not (rr and qs == torch.per_tensor_symmetric and dt in (torch.quint8, torch.uint8))
+]
+
+
+def _batches(gen, shape=(16, 24), offset=0.7):
+    return [torch.randn(shape, generator=gen) * (1 + i) + offset * i for i in range(3)]
+
+
+def _assert_same_qparams(ours, theirs, exact=True):
+    s, z = ours
+    ts, tz = theirs
+    assert s.dtype == torch.float32 and s.shape == ts.reshape(-1).shape
+    if exact:
+        assert torch.equal(s, ts.reshape(-1)), (s, ts)
+        assert torch.equal(z.to(torch.int64), tz.reshape(-1).to(torch.int64)), (z, tz)
+    else:
+        assert torch.allclose(s, ts.reshape(-1), rtol=0.01)
+
+
+@needs_ao
+@pytest.mark.parametrize("cfg", PER_TENSOR_CONFIGS, ids=str)
+@pytest.mark.parametrize("name,extra", [("MinMaxObserver", {}), ("MovingAverageMinMaxObserver", {"averaging_constant": 0.3})])
+def test_per_tensor_minmax_matches_torch_ao(cfg, name, extra):
+    gen = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = getattr(ao, name)(**extra, **cfg)
+    ours = getattr(tqo, name)(**extra, **cfg)
+    assert (ours.quant_min, ours.quant_max) == (theirs.quant_min, theirs.quant_max)
+    for x in _batches(gen):
+        assert ours(x) is x
+        theirs(x)
+    assert torch.equal(ours.min_val, theirs.min_val) and torch.equal(ours.max_val, theirs.max_val)
+    _assert_same_qparams(ours.calculate_qparams(), theirs.calculate_qparams())
+
+
+@needs_ao
+@pytest.mark.parametrize("qscheme", [torch.per_channel_affine, torch.per_channel_symmetric])
+@pytest.mark.parametrize("dtype,reduce_range", [(torch.quint8, False), (torch.qint8, False), (torch.qint8, True),
+                                                (torch.quint8, True), (torch.int8, False)])
+@pytest.mark.parametrize("ch_axis", [0, 1, -1, 2])
+@pytest.mark.parametrize("name,extra", [("PerChannelMinMaxObserver", {}),
+                                        ("MovingAveragePerChannelMinMaxObserver", {"averaging_constant": 0.2})])
+def test_per_channel_minmax_matches_torch_ao(qscheme, dtype, reduce_range, ch_axis, name, extra):
+    if reduce_range and dtype == torch.quint8 and qscheme == torch.per_channel_symmetric:
+        pytest.skip("refused by torch.ao and torchquant alike")
+    gen = torch.Generator().manual_seed(2)
+    cfg = dict(qscheme=qscheme, dtype=dtype, reduce_range=reduce_range, ch_axis=ch_axis, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = getattr(ao, name)(**cfg)
+    ours = getattr(tqo, name)(**cfg)
+    for x in _batches(gen, (6, 5, 70)):
+        ours(x)
+        theirs(x)
+    _assert_same_qparams(ours.calculate_qparams(), theirs.calculate_qparams())
+
+
+@needs_ao
+def test_float_qparams_observer_matches_torch_ao():
+    x = torch.randn(10, 12)
+    ours, theirs = tqo.default_float_qparams_observer(), ao.default_float_qparams_observer()
+    ours(x), theirs(x)
+    for a, b in zip(ours.calculate_qparams(), theirs.calculate_qparams()):
+        assert torch.equal(a, b)
+
+
+@needs_ao
+@pytest.mark.parametrize("qscheme", [torch.per_tensor_affine, torch.per_tensor_symmetric])
+@pytest.mark.parametrize("dtype", [torch.quint8, torch.qint8])
+@pytest.mark.parametrize("bins", [256, 2048])
+def test_histogram_observer_within_one_percent_of_torch_ao(qscheme, dtype, bins):
+    gen = torch.Generator().manual_seed(bins)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = ao.HistogramObserver(bins=bins, dtype=dtype, qscheme=qscheme)
+    ours = tqo.HistogramObserver(bins=bins, dtype=dtype, qscheme=qscheme)
+    data = [torch.randn(4000, generator=gen) * 2 + 1, torch.randn(4000, generator=gen) * 4,
+            torch.rand(4000, generator=gen) * 3, torch.randn(4000, generator=gen) ** 3]
+    for x in data:
+        ours(x)
+        theirs(x)
+    _assert_same_qparams(ours.calculate_qparams(), theirs.calculate_qparams(), exact=False)
+    zp, tzp = ours.calculate_qparams()[1], theirs.calculate_qparams()[1]
+    assert abs(int(zp) - int(tzp)) <= 1
+
+
+@needs_ao
+def test_defaults_match_torch_ao():
+    names = ["default_observer", "default_weight_observer", "default_histogram_observer",
+             "default_per_channel_weight_observer", "weight_observer_range_neg_127_to_127",
+             "per_channel_weight_observer_range_neg_127_to_127"]
+    x = torch.randn(8, 16)
+    for name in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = getattr(ao, name)()
+        ours = getattr(tqo, name)()
+        assert type(ours).__name__ == type(theirs).__name__
+        assert (ours.dtype, ours.qscheme, ours.quant_min, ours.quant_max) == \
+            (theirs.dtype, theirs.qscheme, theirs.quant_min, theirs.quant_max)
+        ours(x), theirs(x)
+        _assert_same_qparams(ours.calculate_qparams(), theirs.calculate_qparams(), exact="histogram" not in name)
+
+
+def test_with_args_builds_fresh_instances():
+    factory = tqo.MinMaxObserver.with_args(dtype=torch.qint8).with_args(quant_min=-8, quant_max=7)
+    a, b = factory(), factory()
+    assert a is not b and a.dtype == torch.qint8 and (a.quant_min, a.quant_max) == (-8, 7)
+    counter = iter(range(10))
+    f = tqo.MovingAverageMinMaxObserver.with_callable_args(averaging_constant=lambda: 0.1 * (next(counter) + 1))
+    assert (f().averaging_constant, f().averaging_constant) == (0.1, 0.2)
+
+
+def test_constructor_errors():
+    with pytest.raises(NotImplementedError, match="per_tensor"):
+        tqo.MinMaxObserver(qscheme=torch.per_channel_affine)
+    with pytest.raises(ValueError, match="must include 0"):
+        tqo.MinMaxObserver(quant_min=1, quant_max=10)
+    with pytest.raises(ValueError, match="averaging_constant"):
+        tqo.MovingAverageMinMaxObserver(averaging_constant=0.0)
+    with pytest.raises(NotImplementedError, match="reduce range"):
+        tqo.MinMaxObserver(qscheme=torch.per_tensor_symmetric, reduce_range=True)
+    with pytest.raises(ValueError, match="percentile"):
+        tqo.PercentileObserver(percentile=20)
+
+
+# ---------------------------------------------------------------- data edge cases
+@pytest.mark.parametrize("cls", [tqo.MinMaxObserver, tqo.MovingAverageMinMaxObserver, tqo.HistogramObserver,
+                                 tqo.PerChannelMinMaxObserver, tqo.PercentileObserver, tqo.MSEObserver])
+def test_no_data_and_only_nan_raise_naming_the_observer(cls):
+    obs = cls()
+    assert not obs.has_data()
+    with pytest.raises(RuntimeError, match=f"{cls.__name__} has observed no finite data"):
+        obs.calculate_qparams()
+    obs(torch.empty(0, 3))
+    with pytest.warns(RuntimeWarning, match="4 NaN"):
+        obs(torch.full((2, 2), NAN))
+    assert not obs.has_data()
+    with pytest.raises(RuntimeError, match=r"observed no finite data \(it skipped 4 NaN"):
+        obs.calculate_qparams()
+    obs.observer_name = "encoder.fc1.activation_post_process"
+    with pytest.raises(RuntimeError, match="'encoder.fc1.activation_post_process'"):
+        obs.calculate_qparams()
+
+
+def test_per_channel_empty_channel_is_named():
+    obs = tqo.PerChannelMinMaxObserver(ch_axis=0)
+    x = torch.randn(4, 5)
+    x[2] = NAN
+    with pytest.warns(RuntimeWarning):
+        obs(x)
+    with pytest.raises(RuntimeError, match=r"channel\(s\) 2 of 4"):
+        obs.calculate_qparams()
+
+
+@pytest.mark.parametrize("cls", [tqo.MinMaxObserver, tqo.HistogramObserver, tqo.PerChannelMinMaxObserver,
+                                 tqo.MSEObserver, tqo.PercentileObserver])
+@pytest.mark.parametrize("value", [0.0, 3.0, -2.5])
+@pytest.mark.parametrize("dtype,qscheme", [(torch.quint8, "affine"), (torch.qint8, "symmetric")])
+def test_constant_tensor_gives_valid_scale_and_exact_zero(cls, value, dtype, qscheme):
+    per_channel = cls is tqo.PerChannelMinMaxObserver
+    qs = getattr(torch, ("per_channel_" if per_channel else "per_tensor_") + qscheme)
+    obs = cls(dtype=dtype, qscheme=qs)
+    obs(torch.full((4, 8), value))
+    scale, zp = obs.calculate_qparams()
+    assert torch.isfinite(scale).all() and (scale > 0).all()
+    assert ((zp >= obs.quant_min) & (zp <= obs.quant_max)).all()
+    # Real 0 maps to an integer exactly: dequantize(quantize(0)) == 0.
+    q = torch.clamp(torch.round(torch.zeros_like(scale) / scale) + zp, obs.quant_min, obs.quant_max)
+    assert torch.equal((q - zp) * scale, torch.zeros_like(scale))
+    # The constant itself is represented to within half a step.
+    qv = torch.clamp(torch.round(value / scale) + zp, obs.quant_min, obs.quant_max)
+    assert ((qv - zp) * scale - value).abs().max() <= scale.max() / 2 + 1e-6
+
+
+@pytest.mark.parametrize("cls", [tqo.MinMaxObserver, tqo.PerChannelMinMaxObserver, tqo.HistogramObserver])
+def test_inf_is_clipped_and_counted_with_one_warning(cls):
+    obs = cls()
+    x = torch.tensor([[-1.0, 2.0, INF], [-INF, 0.5, NAN]])
+    with pytest.warns(RuntimeWarning, match="1 NaN and 2 \\+-Inf"):
+        obs(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        obs(x)  # once only
+    assert obs.nonfinite_count.tolist() == [2, 4]
+    finite = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    ref = cls()
+    ref(finite)
+    for a, b in zip(obs.calculate_qparams(), ref.calculate_qparams()):
+        assert torch.equal(a, b)
+
+
+def _sym_int8(cls, **kw):
+    return cls(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, **kw)
+
+
+def _mse_of(x, scale):
+    q = torch.clamp(torch.round(x / scale), -128, 127)
+    return float(((q * scale - x) ** 2).mean())
+
+
+def test_percentile_clips_outliers():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200000, generator=gen), torch.tensor([80.0, -60.0])])
+    mm, pc = _sym_int8(tqo.MinMaxObserver), _sym_int8(tqo.PercentileObserver, percentile=99.99)
+    mm(x), pc(x)
+    s_mm, s_pc = mm.calculate_qparams()[0].item(), pc.calculate_qparams()[0].item()
+    assert s_mm == pytest.approx(80 / 127.5, rel=1e-6)
+    assert 3.0 / 127.5 < s_pc < 5.5 / 127.5  # the 99.99th percentile of |N(0,1)| is ~3.9
+    full = _sym_int8(tqo.PercentileObserver, percentile=100.0)  # percentile 100: the plain range
+    full(x)
+    assert full.calculate_qparams()[0].item() == pytest.approx(s_mm, rel=1e-6)
+
+
+def test_mse_clips_heavy_tails_where_that_lowers_the_error():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200000, generator=gen) ** 3  # heavy tails
+    mm, mse = _sym_int8(tqo.MinMaxObserver), _sym_int8(tqo.MSEObserver)
+    mm(x), mse(x)
+    s_mm, s_mse = mm.calculate_qparams()[0].item(), mse.calculate_qparams()[0].item()
+    assert s_mse < s_mm * 0.9
+    assert _mse_of(x, s_mse) < _mse_of(x, s_mm) * 0.9
+    # Its choice is the best of its candidates on the data too (to within the histogram's grain).
+    candidates = [s_mm * k / 100 for k in range(1, 101)]
+    best = min(_mse_of(x, s) for s in candidates)
+    assert _mse_of(x, s_mse) <= best * 1.05
+
+
+# ---------------------------------------------------------------- buffers
+@pytest.mark.parametrize("cls,kw", [(tqo.MinMaxObserver, {}), (tqo.PerChannelMinMaxObserver, {"ch_axis": 1}),
+                                    (tqo.MovingAveragePerChannelMinMaxObserver, {}), (tqo.HistogramObserver, {}),
+                                    (tqo.MSEObserver, {"bins": 64})])
+def test_state_dict_round_trip_into_fresh_observer(cls, kw):
+    a = cls(**kw)
+    a(torch.randn(6, 9))
+    a(torch.randn(6, 9) * 2)
+    sd = a.state_dict()
+    assert "nonfinite_count" in sd and "min_val" in sd
+    b = cls(**kw)
+    assert not b.has_data()
+    b.load_state_dict(sd)
+    assert b.has_data()
+    for x, y in zip(a.calculate_qparams(), b.calculate_qparams()):
+        assert torch.equal(x, y)
+    # It keeps observing from where it was.
+    x = torch.randn(6, 9) * 3
+    a(x), b(x)
+    for p, q in zip(a.calculate_qparams(), b.calculate_qparams()):
+        assert torch.equal(p, q)
+
+
+@needs_ao
+def test_loads_torch_ao_state_dict():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = ao.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    theirs(torch.randn(5, 7))
+    ours = tqo.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    ours.load_state_dict(theirs.state_dict())  # no nonfinite_count in it: strict load still works
+    _assert_same_qparams(ours.calculate_qparams(), theirs.calculate_qparams())
+
+
+def test_buffers_move_with_to_and_reset():
+    obs = tqo.PerChannelMinMaxObserver()
+    obs(torch.randn(3, 4))
+    names = {n for n, _ in obs.named_buffers()}
+    assert {"min_val", "max_val", "eps", "nonfinite_count"} <= names
+    obs.to(torch.float64)  # floating buffers follow, as for any module
+    obs.to(torch.float32)
+    obs.reset_min_max_vals()
+    assert not obs.has_data()
+
+
+def test_forward_returns_input_and_keeps_autograd():
+    x = torch.randn(4, 4, requires_grad=True)
+    for obs in (tqo.MinMaxObserver(), tqo.HistogramObserver(), tqo.PerChannelMinMaxObserver(),
+                tqo.PlaceholderObserver(), tqo.NoopObserver()):
+        assert obs(x) is x
+    (x * 2).sum().backward()
+    with pytest.raises(RuntimeError, match="should not be called"):
+        tqo.NoopObserver().calculate_qparams()
+
+
+# ---------------------------------------------------------------- calibrate
+def test_calibrate_accepts_tensors_and_tuples():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    obs = tqo.MinMaxObserver()
+    model.add_module("obs", obs)
+    data = [torch.randn(2, 4) for _ in range(5)]
+    torchquant.calibrate(model, data, progress=False)
+    want = tqo.MinMaxObserver()
+    with torch.no_grad():
+        for x in data:
+            want(model[0](x))
+    assert torch.equal(obs.min_val, want.min_val) and torch.equal(obs.max_val, want.max_val)
+    obs2 = tqo.MinMaxObserver()
+    model.obs = obs2
+    torchquant.calibrate(model, [(x, 0) for x in data], num_batches=2, progress=True)
+    assert obs2.has_data() and obs2.observer_name == "obs"
+    with pytest.raises(ValueError, match="num_batches"):
+        torchquant.calibrate(model, data, num_batches=-1)
+
+
+def test_calibrate_runs_without_grad():
+    seen = []
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return x
+
+    torchquant.calibrate(M(), iter([torch.randn(2)] * 3), progress=False)
+    assert seen == [False] * 3
