@@ -33,7 +33,7 @@ inline unsigned grid_for(int64_t work, int threads = kThreads) {
   return static_cast<unsigned>(g < 1 ? 1 : g);
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // V elements of T as one unit aligned to min(its size, 16 bytes), so that a load or store of it
 // compiles to 16-byte vector instructions (one for 4 floats or 16 int8, four for 16 floats).
