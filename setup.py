@@ -18,7 +18,28 @@ import shutil
 from setuptools import find_packages, setup
 
 import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _discover_cuda_home():
+    """torch guesses CUDA_HOME from the directory of `nvcc`; where nvcc is a wrapper script
+    (e.g. /usr/local/bin/nvcc) that guess is wrong, so point it at a real toolkit first. Must run
+    before torch.utils.cpp_extension is imported: it reads CUDA_HOME once, at import."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for c in candidates:
+        if os.path.exists(os.path.join(c, "bin", "nvcc")) and os.path.isdir(os.path.join(c, "include")):
+            os.environ["CUDA_HOME"] = c
+            return
+
+
+_discover_cuda_home()
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -47,6 +68,61 @@ def _want_cuda():
 
 WITH_CUDA = _want_cuda()
 
+
+def _find_cublaslt():
+    """(include_dir, lib_dir, lib_file) of the cuBLASLt that torch itself loads.
+
+    The CUDA toolkit may ship without cuBLAS; torch's wheels depend on the `nvidia-cublas` pip
+    package (site-packages/nvidia/cu13/ or nvidia/cublas/), so look there first, then in
+    CUDA_HOME. Linking the versioned soname (libcublasLt.so.13) makes the dynamic loader reuse
+    the copy torch has already loaded instead of finding a second one."""
+    roots = []
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels
+
+        for base in list(nvidia.__path__):
+            roots += sorted(glob.glob(os.path.join(base, "*")))
+    except ImportError:
+        pass
+    if CUDA_HOME:
+        roots += [CUDA_HOME, os.path.join(CUDA_HOME, "targets", "x86_64-linux"),
+                  os.path.join(CUDA_HOME, "targets", "sbsa-linux")]
+    for root in roots:
+        header = os.path.join(root, "include", "cublasLt.h")
+        if not os.path.exists(header):
+            continue
+        for libdir in (os.path.join(root, "lib"), os.path.join(root, "lib64")):
+            # The soname (libcublasLt.so.13) is what torch's own libraries name in DT_NEEDED.
+            sonames = sorted(glob.glob(os.path.join(libdir, "libcublasLt.so.[0-9]*")), key=len)
+            plain = glob.glob(os.path.join(libdir, "libcublasLt.so"))
+            if sonames or plain:
+                return os.path.join(root, "include"), libdir, os.path.basename((sonames or plain)[0])
+    raise RuntimeError(
+        "building the CUDA kernels needs cuBLASLt (cublasLt.h and libcublasLt.so*), found neither "
+        "in the nvidia-cublas pip package nor in CUDA_HOME; install nvidia-cublas or set "
+        "TORCHQUANT_CUDA=0 for a CPU-only build"
+    )
+
+
+
+def _cublas_only_include(include_dir):
+    """An include directory holding only the cuBLAS headers of `include_dir`.
+
+    The nvidia-cublas wheel's include/ also carries a full set of CUDA runtime headers; putting
+    it on the path would let them shadow the toolkit's own (nvcc's), which must match nvcc.
+    Symlinks to the few cuBLAS headers avoid that."""
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "include", "cublasLt.h")):
+        return os.path.join(CUDA_HOME, "include")
+    out = os.path.join(ROOT, "build", "cublas_include")
+    os.makedirs(out, exist_ok=True)
+    for name in ("cublasLt.h", "cublas_api.h"):
+        link = os.path.join(out, name)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.join(include_dir, name), link)
+    return out
+
+
 cxx_flags = ["-O3", "-ffp-contract=off", f'-DTORCHQUANT_VERSION="{VERSION}"']
 # nvcc: no contraction of a*b+c into FMA either, so float epilogues match the CPU bit for bit.
 nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr", f'-DTORCHQUANT_VERSION="{VERSION}"']
@@ -55,12 +131,15 @@ if WITH_CUDA:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     cxx_flags.append("-DTORCHQUANT_WITH_CUDA")
     nvcc_flags.append("-DTORCHQUANT_WITH_CUDA")
+    lt_include, lt_libdir, lt_lib = _find_cublaslt()
+    lt_include = _cublas_only_include(lt_include)
     ext = CUDAExtension(
         "torchquant._C",
         sources + _sources(".cu"),
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=[os.path.join(ROOT, "csrc"), lt_include],
+        library_dirs=[lt_libdir],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        libraries=["cublasLt"],
+        extra_link_args=[f"-l:{lt_lib}", f"-Wl,-rpath,{lt_libdir}"],
     )
 else:
     ext = CppExtension(

@@ -1,0 +1,133 @@
+"""CUDA benchmark of torchquant's kernels against anchors measured in the same process.
+
+Anchors: torch._int_mm (where its shape rules allow), a device-to-device copy (bandwidth),
+torch.fake_quantize_per_{tensor,channel}_affine. Prints one table: time (us), TOPS or GB/s,
+and the ratio to the anchor. Timing: triton.testing.do_bench when present, else CUDA events
+(median of repeated runs after warm-up).
+
+    python benchmarks/bench_gpu.py            # full table (~1 minute on an H100)
+    python benchmarks/bench_gpu.py --quick    # fewer shapes
+"""
+import argparse
+import statistics
+import sys
+
+import torch
+
+import torchquant  # noqa: F401  (loads the ops)
+
+ops = torch.ops.torchquant
+
+
+def bench_us(fn, reps=50):
+    try:
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+    except Exception:
+        pass
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e3)
+    return statistics.median(times)
+
+
+ROWS = []
+
+
+def row(name, us, amount, unit, anchor_us=None, anchor_name=""):
+    rate = amount / (us * 1e-6) / 1e12 if unit == "TOPS" else amount / (us * 1e-6) / 1e9
+    ratio = f"{anchor_us / us:6.2f}x vs {anchor_name}" if anchor_us else ""
+    ROWS.append((name, us, rate, unit, ratio))
+    print(f"{name:<44} {us:10.2f} us {rate:10.1f} {unit:<5} {ratio}", flush=True)
+
+
+def int_mm_ok(M, K, N):
+    return M > 16 and K % 8 == 0 and N % 8 == 0
+
+
+def bench_gemm(shapes):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for M, K, N in shapes:
+        a = torch.randint(-128, 128, (M, K), device="cuda", generator=g, dtype=torch.int8)
+        w = torch.randint(-127, 128, (N, K), device="cuda", generator=g, dtype=torch.int8)
+        b = w.t()  # [K, N] view of the row-major weight: no copy in int8_mm
+        ops_ = 2.0 * M * N * K
+        anchor = bench_us(lambda: torch._int_mm(a, b)) if int_mm_ok(M, K, N) else None
+        row(f"int8_mm {M}x{K}x{N}", bench_us(lambda: ops.int8_mm(a, b)), ops_, "TOPS", anchor, "_int_mm")
+        packed, sums = ops.pack_weight(w)
+        xs = torch.full((1,), 0.02, device="cuda")
+        xz = torch.full((1,), 3, device="cuda", dtype=torch.int32)
+        ws = torch.full((N,), 0.01, device="cuda")
+        bias = torch.randn(N, device="cuda")
+        os_ = torch.full((1,), 0.5, device="cuda")
+        row(f"linear_int8 int8-out {M}x{K}x{N}",
+            bench_us(lambda: ops.linear_int8(a, xs, xz, packed, sums, ws, bias, os_, xz, True, torch.int8)),
+            ops_, "TOPS", anchor, "_int_mm")
+        x = torch.randn(M, K, device="cuda")
+        row(f"linear_dynamic {M}x{K}x{N}",
+            bench_us(lambda: ops.linear_dynamic(x, packed, sums, ws, bias, False)), ops_, "TOPS", anchor, "_int_mm")
+        if not int_mm_ok(M, K, N):
+            # bf16 matmul as the anchor where _int_mm refuses the shape
+            xb, wb = x.bfloat16(), w.bfloat16()
+            anchor = bench_us(lambda: torch.nn.functional.linear(xb, wb))
+            row(f"  (anchor bf16 linear {M}x{K}x{N})", anchor, ops_, "TOPS")
+        del a, w, b, packed, x
+
+
+def bench_elementwise(n):
+    x = torch.randn(n, device="cuda")
+    copy_us = bench_us(lambda: x.clone())
+    row(f"copy float32 {n} (anchor)", copy_us, 8.0 * n, "GB/s")
+    s = torch.full((1,), 0.02, device="cuda")
+    z = torch.full((1,), 3, device="cuda", dtype=torch.int32)
+    row(f"quantize per tensor {n}", bench_us(lambda: ops.quantize(x, s, z, None, -128, 127, torch.int8)),
+        5.0 * n, "GB/s")
+    q = ops.quantize(x, s, z, None, -128, 127, torch.int8)
+    row(f"dequantize per tensor {n}", bench_us(lambda: ops.dequantize(q, s, z, None)), 5.0 * n, "GB/s")
+    anchor = bench_us(lambda: torch.fake_quantize_per_tensor_affine(x, s, z, -128, 127))
+    row(f"  torch fake_quantize per tensor {n}", anchor, 8.0 * n, "GB/s")
+    row(f"fake_quantize per tensor {n}", bench_us(lambda: ops.fake_quantize(x, s, z, None, -128, 127)),
+        8.0 * n, "GB/s", anchor, "torch")
+    x2 = x.reshape(-1, 4096)
+    C = x2.shape[0]
+    sc = torch.rand(C, device="cuda") * 0.1 + 0.01
+    zc = torch.zeros(C, device="cuda", dtype=torch.int32)
+    anchor = bench_us(lambda: torch.fake_quantize_per_channel_affine(x2, sc, zc, 0, -128, 127))
+    row(f"  torch fake_quantize per channel {n}", anchor, 8.0 * n, "GB/s")
+    row(f"fake_quantize per channel {n}", bench_us(lambda: ops.fake_quantize(x2, sc, zc, 0, -128, 127)),
+        8.0 * n, "GB/s", anchor, "torch")
+    g = torch.randn_like(x2)
+    row(f"fake_quantize_backward per channel {n}",
+        bench_us(lambda: ops.fake_quantize_backward(g, x2, sc, zc, 0, -128, 127)), 12.0 * n, "GB/s")
+    row(f"quantize_rowwise {C}x4096", bench_us(lambda: ops.quantize_rowwise(x2)), 5.0 * n, "GB/s")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device", file=sys.stderr)
+        return 1
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  {torchquant.build_info()}")
+    print(f"{'what':<44} {'time':>13} {'rate':>10}")
+    shapes = [(1, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096), (32, 4096, 4096), (4096, 4096, 4096),
+              (8192, 8192, 8192), (1, 4095, 4093), (100, 1000, 999)]
+    if args.quick:
+        shapes = [(1, 4096, 4096), (32, 4096, 4096), (4096, 4096, 4096)]
+    bench_gemm(shapes)
+    bench_elementwise(1 << 26 if not args.quick else 1 << 24)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-shot check on a machine with an NVIDIA GPU (no network needed): builds the extension in
+# place, runs the CUDA tests, runs the GPU benchmark and prints a summary table.
+# Logs go to $OUT (if set) or build/gpu_check/. Meant to finish in under 5 minutes on an H100.
+#   TORCH_CUDA_ARCH_LIST   defaults to the visible GPU's architecture (one arch: faster build)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LOG=${OUT:-build/gpu_check}
+mkdir -p "$LOG"
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  TORCH_CUDA_ARCH_LIST=$($PY -c 'import torch; p = torch.cuda.get_device_capability(); print(f"{p[0]}.{p[1]}")' 2>/dev/null || echo "8.0;9.0")
+  export TORCH_CUDA_ARCH_LIST
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$LOG/gpu.txt" 2>&1 || true
+
+t0=$(date +%s)
+TORCHQUANT_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace > "$LOG/build.log" 2>&1
+build_rc=$?
+t1=$(date +%s)
+if [ $build_rc -ne 0 ]; then
+  tail -n 60 "$LOG/build.log"
+  echo "BUILD FAILED (rc=$build_rc, $((t1 - t0)) s); log: $LOG/build.log"
+  exit 1
+fi
+
+PYTHONPATH=python timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$LOG/test_cuda.log" 2>&1
+test_rc=$?
+t2=$(date +%s)
+PYTHONPATH=python timeout 150 $PY benchmarks/bench_gpu.py > "$LOG/bench_gpu.log" 2>&1
+bench_rc=$?
+t3=$(date +%s)
+
+echo "== torchquant GPU check: $(cat "$LOG/gpu.txt" 2>/dev/null)"
+echo "build   rc=$build_rc  $((t1 - t0)) s  (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+echo "tests   rc=$test_rc  $((t2 - t1)) s  $(tail -n 1 "$LOG/test_cuda.log")"
+echo "bench   rc=$bench_rc  $((t3 - t2)) s"
+if [ $test_rc -ne 0 ]; then grep -E "^(FAILED|ERROR)|Error" "$LOG/test_cuda.log" | head -n 40; fi
+echo
+cat "$LOG/bench_gpu.log"
+[ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]
