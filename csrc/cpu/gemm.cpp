@@ -185,25 +185,50 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
   check_k_bound(K, "a");
   at::Tensor out = at::empty({M, N}, a.options().dtype(at::kInt));
   if (M == 0 || N == 0) return out;
-  // b is packed on every call (a fresh b each time is the common use); scratch is reused.
-  thread_local std::vector<int8_t> packed;
-  thread_local std::vector<int32_t> col_sums;
-  packed.resize(static_cast<size_t>(cpu::gemm_panels(N) * K * cpu::kPanel));
-  col_sums.resize(static_cast<size_t>(N));
-  cpu::gemm_pack_weight(b.const_data_ptr<int8_t>(), b.stride(1), b.stride(0), N, K, packed.data(),
-                        col_sums.data());
+  if (K == 0) return out.zero_();
+  // b changes from call to call, so it is packed here: each task packs the panels it owns into
+  // thread-local scratch (L2-sized for K = 4096) and multiplies them with every row right away,
+  // so b is read from memory once and the packed copy never leaves the cache.
   int64_t lda = 0;
   const at::Tensor ac = as_rows(a, K, &lda);
-  GemmProblem p;
-  p.M = M;
-  p.N = N;
-  p.K = K;
-  p.w = packed.data();
-  p.col_sums = col_sums.data();
-  p.out_kind = GemmOut::Int32;
-  p.out = out.data_ptr();
-  p.ldo = N;
-  run_gemm(p, ac.const_data_ptr(), lda);
+  const int8_t* pb = b.const_data_ptr<int8_t>();
+  const int64_t sb_k = b.stride(0), sb_n = b.stride(1);
+  const bool fast = sb_n == 1 && cpu_isa() != CpuIsa::Scalar;
+  const GemmKernels& k = gemm_kernels();
+  const int64_t panels = cpu::gemm_panels(N), nb = k.task_panels();
+  const int64_t n_blocks = (panels + nb - 1) / nb;
+  int32_t* po = out.data_ptr<int32_t>();
+  const void* pa = ac.const_data_ptr();
+  auto block = [&](int64_t nbk) {
+    thread_local std::vector<int8_t> packed;
+    thread_local std::vector<int32_t> col_sums;
+    const int64_t n0 = nbk * nb * cpu::kPanel, nn = std::min(N - n0, nb * cpu::kPanel);
+    const int64_t np = cpu::gemm_panels(nn);
+    packed.resize(static_cast<size_t>(np * K * cpu::kPanel));
+    col_sums.resize(static_cast<size_t>(nn));
+    if (fast) {
+      cpu::gemm_pack_weight_kn__avx2(pb + n0, sb_k, nn, K, 0, np, packed.data(), col_sums.data());
+    } else {
+      cpu::gemm_pack_weight(pb + n0 * sb_n, sb_n, sb_k, nn, K, packed.data(), col_sums.data());
+    }
+    GemmProblem p;
+    p.M = M;
+    p.N = nn;
+    p.K = K;
+    p.w = packed.data();
+    p.col_sums = col_sums.data();
+    p.out_kind = GemmOut::Int32;
+    p.out = po + n0;
+    p.ldo = N;
+    k.compute(p, pa, lda, 0, M, 0, np);
+  };
+  if (at::get_num_threads() <= 1 || M * N * K < kSerialWork) {
+    for (int64_t nbk = 0; nbk < n_blocks; ++nbk) block(nbk);
+  } else {
+    at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t nbk = b0; nbk < b1; ++nbk) block(nbk);
+    });
+  }
   return out;
 }
 

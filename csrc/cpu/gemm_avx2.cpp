@@ -4,11 +4,12 @@
 // unlike vpmaddubsw's int16 pair sums (2 * 255 * 127 > 32767). The accumulators wrap modulo
 // 2^32 and the corrected value is exact for K <= kMaxK.
 //
-// An activation tile (kMR = 6 rows) is widened once into int16, laid out [group][row][4 k], so
+// An activation tile (kMR = 4 rows) is widened once into int16, laid out [group][row][4 k], so
 // that the inner loop broadcasts a row's 4 values with one 64-bit load. A 16-byte slice of a
 // packed 4-k group is 4 channels x 4 k; widened, vpmaddwd gives each channel two partial sums
-// (k0 + k1, k2 + k3), which a horizontal add folds at the end. Register tile: 6 rows x 8
-// channels = 12 accumulators + 2 weight vectors + 1 broadcast of the 16 ymm registers.
+// (k0 + k1, k2 + k3), which a horizontal add folds at the end. Register tile: 4 rows x 8
+// channels = 8 accumulators + 2 weight vectors + broadcasts of the 16 ymm registers (with 6
+// rows GCC hoists the broadcasts and spills accumulators, which costs more than it gains).
 //
 // The epilogue repeats gemm_dequant / quantize_val with the same float32 operations in the same
 // order (no FMA), so outputs are bit-identical to the scalar oracle; the last N % 8 columns
@@ -27,7 +28,7 @@ namespace cpu {
 #if TQ_X86
 namespace {
 
-constexpr int kMR = 6;
+constexpr int kMR = 4;
 constexpr int64_t kGroup = 64;
 
 TQ_TARGET_AVX2 inline int64_t load8(const int16_t* p) {
@@ -66,52 +67,69 @@ TQ_TARGET_AVX2 void pack_tile(const uint8_t* a, int64_t lda, bool u, int rows, i
   }
 }
 
-// c[R][8] = accumulators of 8 channels whose 4-k groups start at b (stride 64 bytes), then
-// the zero-padded tail group tw when K % 4 != 0.
+// c[R][8] = accumulators of 8 channels whose 4-k groups start at b (stride 64 bytes). Named accumulators, not an array: GCC keeps
+// an array of vectors indexed in a loop in memory.
+#define TQ_AVX2_ROW(i, G)                                                            \
+  if constexpr (R > i) {                                                             \
+    const __m256i x = _mm256_set1_epi64x(load8(tile + ((G) * kMR + i) * 4));         \
+    acc##i##0 = _mm256_add_epi32(acc##i##0, _mm256_madd_epi16(w0, x));               \
+    acc##i##1 = _mm256_add_epi32(acc##i##1, _mm256_madd_epi16(w1, x));               \
+  }
+// hadd gives [c0 c1 c4 c5 | c2 c3 c6 c7] (64-bit pairs q0 q1 | q2 q3); 0xD8 orders q0 q2 q1 q3.
+#define TQ_AVX2_STORE(i)                                                             \
+  if constexpr (R > i) {                                                             \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i * 8),                       \
+                        _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc##i##0, acc##i##1), 0xD8)); \
+  }
+
 template <int R>
-TQ_TARGET_AVX2 void micro(const int16_t* tile, const int8_t* b, int64_t groups, const int8_t* tw,
-                          int32_t* c) {
-  __m256i acc[R][2];
-#pragma GCC unroll 6
-  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+TQ_TARGET_AVX2 void micro(const int16_t* tile, const int8_t* b, int64_t groups, int32_t* c) {
+  const __m256i z = _mm256_setzero_si256();
+  __m256i acc00 = z, acc01 = z, acc10 = z, acc11 = z, acc20 = z, acc21 = z, acc30 = z, acc31 = z,
+          acc40 = z, acc41 = z, acc50 = z, acc51 = z;
   for (int64_t g = 0; g < groups; ++g) {
     const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * kGroup)));
     const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * kGroup + 16)));
-#pragma GCC unroll 6
-    for (int i = 0; i < R; ++i) {
-      const __m256i x = _mm256_set1_epi64x(load8(tile + (g * kMR + i) * 4));
-      acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(w0, x));
-      acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(w1, x));
-    }
+    TQ_AVX2_ROW(0, g)
+    TQ_AVX2_ROW(1, g)
+    TQ_AVX2_ROW(2, g)
+    TQ_AVX2_ROW(3, g)
+    TQ_AVX2_ROW(4, g)
+    TQ_AVX2_ROW(5, g)
   }
-  if (tw != nullptr) {
-    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tw)));
-    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tw + 16)));
-#pragma GCC unroll 6
-    for (int i = 0; i < R; ++i) {
-      const __m256i x = _mm256_set1_epi64x(load8(tile + (groups * kMR + i) * 4));
-      acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(w0, x));
-      acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(w1, x));
-    }
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < R; ++i) {
-    // hadd gives [c0 c1 c4 c5 | c2 c3 c6 c7] (64-bit pairs q0 q1 | q2 q3); 0xD8 orders q0 q2 q1 q3.
-    const __m256i s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][0], acc[i][1]), 0xD8);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i * 8), s);
-  }
+  TQ_AVX2_STORE(0)
+  TQ_AVX2_STORE(1)
+  TQ_AVX2_STORE(2)
+  TQ_AVX2_STORE(3)
+  TQ_AVX2_STORE(4)
+  TQ_AVX2_STORE(5)
 }
 
-using MicroFn = void (*)(const int16_t*, const int8_t*, int64_t, const int8_t*, int32_t*);
+#undef TQ_AVX2_ROW
+#undef TQ_AVX2_STORE
+
+using MicroFn = void (*)(const int16_t*, const int8_t*, int64_t, int32_t*);
+
+// Adds the tail group (K % 4 != 0, tile group `g`, zero-padded weights tw) to c[rows][8].
+TQ_TARGET_AVX2 void tail_group(int rows, const int16_t* tile, int64_t g, const int8_t* tw,
+                               int32_t* c) {
+  const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tw)));
+  const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tw + 16)));
+  for (int i = 0; i < rows; ++i) {
+    const __m256i x = _mm256_set1_epi64x(load8(tile + (g * kMR + i) * 4));
+    const __m256i s = _mm256_permute4x64_epi64(
+        _mm256_hadd_epi32(_mm256_madd_epi16(w0, x), _mm256_madd_epi16(w1, x)), 0xD8);
+    __m256i* ci = reinterpret_cast<__m256i*>(c + i * 8);
+    _mm256_storeu_si256(ci, _mm256_add_epi32(_mm256_loadu_si256(ci), s));
+  }
+}
 
 MicroFn pick_micro(int rows) {
   switch (rows) {
     case 1: return &micro<1>;
     case 2: return &micro<2>;
     case 3: return &micro<3>;
-    case 4: return &micro<4>;
-    case 5: return &micro<5>;
-    default: return &micro<6>;
+    default: return &micro<4>;
   }
 }
 
@@ -200,7 +218,8 @@ TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int6
         const int64_t n0 = pp * kPanel + half * 8;
         if (n0 >= p.N) break;
         const int64_t ncols = p.N - n0 < 8 ? p.N - n0 : 8;
-        fn(tile, b + half * 32, groups, r != 0 ? tw + half * 32 : nullptr, c);
+        fn(tile, b + half * 32, groups, c);
+        if (r != 0) tail_group(rows, tile, groups, tw + half * 32, c);
         for (int i = 0; i < rows; ++i) {
           const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
           const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
@@ -263,6 +282,69 @@ TQ_TARGET_AVX2 void quantize_rows__avx2(const float* x, int64_t ldx, int64_t row
   }
 }
 
+TQ_TARGET_AVX2 void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t K,
+                                              int64_t p0, int64_t p1, int8_t* packed,
+                                              int32_t* col_sums) {
+  const int64_t groups = K / 4, r = K % 4, full_panels = N / kPanel;
+  // Rows of b are often a page or more apart: walking 64 groups (256 rows) of 4 adjacent panels
+  // (one 64-byte line per row) at a time keeps both the lines and their pages cached.
+  constexpr int64_t kPanelBlock = 4, kGroupBlock = 64;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t pend = p1 < full_panels ? p1 : full_panels;
+  for (int64_t pb = p0; pb < pend; pb += kPanelBlock) {
+    const int64_t pbe = pb + kPanelBlock < pend ? pb + kPanelBlock : pend;
+    alignas(32) int32_t sums[kPanelBlock * 16] = {};
+    for (int64_t g0 = 0; g0 < groups; g0 += kGroupBlock) {
+      const int64_t g1 = g0 + kGroupBlock < groups ? g0 + kGroupBlock : groups;
+      for (int64_t pp = pb; pp < pbe; ++pp) {
+        int8_t* panel = packed + pp * K * kPanel;
+        const int8_t* col = b + pp * kPanel;
+        __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                          _mm256_setzero_si256()};
+        for (int64_t g = g0; g < g1; ++g) {
+          const int8_t* row = col + 4 * g * ldb;
+          const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+          const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + ldb));
+          const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * ldb));
+          const __m128i r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 3 * ldb));
+          // Byte then 16-bit interleaves turn 4 rows x 16 channels into 16 channels x 4 rows.
+          const __m128i t0 = _mm_unpacklo_epi8(r0, r1), t1 = _mm_unpackhi_epi8(r0, r1);
+          const __m128i t2 = _mm_unpacklo_epi8(r2, r3), t3 = _mm_unpackhi_epi8(r2, r3);
+          const __m128i o[4] = {_mm_unpacklo_epi16(t0, t2), _mm_unpackhi_epi16(t0, t2),
+                                _mm_unpacklo_epi16(t1, t3), _mm_unpackhi_epi16(t1, t3)};
+          for (int j = 0; j < 4; ++j) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + g * kGroup + 16 * j), o[j]);
+            // Two int32 lanes per channel (rows 0+1, rows 2+3), each |sum| <= 256 per group.
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_cvtepi8_epi16(o[j]), ones));
+          }
+        }
+        int32_t* s = sums + (pp - pb) * 16;
+        const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[0], acc[1]), 0xD8);
+        const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[2], acc[3]), 0xD8);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(s),
+                           _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(s)), lo));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(s + 8),
+                           _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(s + 8)), hi));
+      }
+    }
+    for (int64_t pp = pb; pp < pbe; ++pp) {
+      int8_t* panel = packed + pp * K * kPanel;
+      int32_t* s = sums + (pp - pb) * 16;
+      for (int64_t ch = 0; ch < kPanel; ++ch) {
+        for (int64_t j = 0; j < r; ++j) {
+          const int8_t v = b[(4 * groups + j) * ldb + pp * kPanel + ch];
+          panel[groups * kGroup + ch * r + j] = v;
+          s[ch] += v;
+        }
+        col_sums[pp * kPanel + ch] = s[ch];
+      }
+    }
+  }
+  if (p1 > full_panels && N % kPanel != 0) {  // the partial last panel
+    gemm_pack_weight_cols(b, 1, ldb, N, K, full_panels * kPanel, N, packed, col_sums);
+  }
+}
+
 #else  // not x86: never selected; keep the symbols for one signature set.
 
 int gemm_mr__avx2() { return gemm_mr__scalar(); }
@@ -274,6 +356,11 @@ void gemm_compute__avx2(const GemmProblem& p, const void* a, int64_t lda, int64_
 void quantize_rows__avx2(const float* x, int64_t ldx, int64_t rows, int64_t K, int32_t qmin,
                          int32_t qmax, int8_t* q, int64_t ldq, float* scale, int32_t* zp) {
   quantize_rows__scalar(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
+}
+void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t K, int64_t p0,
+                               int64_t p1, int8_t* packed, int32_t* col_sums) {
+  const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
+  gemm_pack_weight_cols(b, 1, ldb, N, K, p0 * kPanel, n1, packed, col_sums);
 }
 #endif
 

@@ -37,41 +37,74 @@ TQ_TARGET_AVX512VNNI inline int32_t load4(const uint8_t* p) {
   return v;
 }
 
-// acc[R][NV] over `groups` full 4-k groups, then one tail group whose activations (ta, one
-// int32 per row) and weights (tw, 64 bytes per panel) were padded with zeros by the caller.
+// c[R][NV * 16] = accumulators over `groups` full 4-k groups. The accumulators are named variables, not an array: GCC keeps an array of vectors indexed
+// in a loop in memory, which costs a store per multiply-add.
+#define TQ_VNNI_ROW(i, X)                                                         \
+  if constexpr (R > i) {                                                          \
+    const __m512i x = X;                                                          \
+    acc##i##0 = _mm512_dpbusd_epi32(acc##i##0, x, w0);                            \
+    if constexpr (NV > 1) acc##i##1 = _mm512_dpbusd_epi32(acc##i##1, x, w1);      \
+    if constexpr (NV > 2) acc##i##2 = _mm512_dpbusd_epi32(acc##i##2, x, w2);      \
+    if constexpr (NV > 3) acc##i##3 = _mm512_dpbusd_epi32(acc##i##3, x, w3);      \
+  }
+#define TQ_VNNI_STORE(i)                                                          \
+  if constexpr (R > i) {                                                          \
+    _mm512_storeu_si512(c + i * kNV * 16, acc##i##0);                             \
+    if constexpr (NV > 1) _mm512_storeu_si512(c + i * kNV * 16 + 16, acc##i##1);  \
+    if constexpr (NV > 2) _mm512_storeu_si512(c + i * kNV * 16 + 32, acc##i##2);  \
+    if constexpr (NV > 3) _mm512_storeu_si512(c + i * kNV * 16 + 48, acc##i##3);  \
+  }
+
 template <int R, int NV>
 TQ_TARGET_AVX512VNNI void micro(const uint8_t* a, int64_t lda, uint32_t flip, const int8_t* b,
-                                int64_t pstride, int64_t groups, const int32_t* ta,
-                                const int8_t* tw, int32_t* c) {
-  __m512i acc[R][NV];
-  for (int i = 0; i < R; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_si512();
+                                int64_t pstride, int64_t groups, int32_t* c) {
+  const __m512i z = _mm512_setzero_si512();
+  __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
+          acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z,
+          acc40 = z, acc41 = z, acc42 = z, acc43 = z, acc50 = z, acc51 = z, acc52 = z, acc53 = z;
   const __m512i vflip = _mm512_set1_epi32(static_cast<int32_t>(flip));
+  __m512i w0 = z, w1 = z, w2 = z, w3 = z;
   for (int64_t g = 0; g < groups; ++g) {
-    __m512i w[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_si512(b + v * pstride + g * kGroup);
-#pragma GCC unroll 6
-    for (int i = 0; i < R; ++i) {
-      const __m512i x = _mm512_xor_si512(_mm512_set1_epi32(load4(a + i * lda + 4 * g)), vflip);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], x, w[v]);
-    }
+    const int8_t* bg = b + g * kGroup;
+    w0 = _mm512_loadu_si512(bg);
+    if constexpr (NV > 1) w1 = _mm512_loadu_si512(bg + pstride);
+    if constexpr (NV > 2) w2 = _mm512_loadu_si512(bg + 2 * pstride);
+    if constexpr (NV > 3) w3 = _mm512_loadu_si512(bg + 3 * pstride);
+    const uint8_t* ag = a + 4 * g;
+    TQ_VNNI_ROW(0, _mm512_xor_si512(_mm512_set1_epi32(load4(ag)), vflip))
+    TQ_VNNI_ROW(1, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + lda)), vflip))
+    TQ_VNNI_ROW(2, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 2 * lda)), vflip))
+    TQ_VNNI_ROW(3, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 3 * lda)), vflip))
+    TQ_VNNI_ROW(4, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 4 * lda)), vflip))
+    TQ_VNNI_ROW(5, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 5 * lda)), vflip))
   }
-  if (tw != nullptr) {
-    for (int i = 0; i < R; ++i) {
-      const __m512i x = _mm512_set1_epi32(ta[i]);
-      for (int v = 0; v < NV; ++v) {
-        acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], x, _mm512_loadu_si512(tw + v * kGroup));
-      }
-    }
-  }
-  for (int i = 0; i < R; ++i)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_si512(c + i * kNV * 16 + v * 16, acc[i][v]);
+  TQ_VNNI_STORE(0)
+  TQ_VNNI_STORE(1)
+  TQ_VNNI_STORE(2)
+  TQ_VNNI_STORE(3)
+  TQ_VNNI_STORE(4)
+  TQ_VNNI_STORE(5)
 }
 
+#undef TQ_VNNI_ROW
+#undef TQ_VNNI_STORE
+
 using MicroFn = void (*)(const uint8_t*, int64_t, uint32_t, const int8_t*, int64_t, int64_t,
-                         const int32_t*, const int8_t*, int32_t*);
+                         int32_t*);
+
+// Adds the tail group (K % 4 != 0) to c: activations ta (one zero-padded int32 per row) times
+// the zero-padded weights tw (64 bytes per panel).
+TQ_TARGET_AVX512VNNI void tail_group(int rows, int nv, const int32_t* ta, const int8_t* tw,
+                                     int32_t* c) {
+  for (int i = 0; i < rows; ++i) {
+    const __m512i x = _mm512_set1_epi32(ta[i]);
+    for (int v = 0; v < nv; ++v) {
+      int32_t* ci = c + i * kNV * 16 + v * 16;
+      _mm512_storeu_si512(ci, _mm512_dpbusd_epi32(_mm512_loadu_si512(ci), x,
+                                                  _mm512_loadu_si512(tw + v * kGroup)));
+    }
+  }
+}
 
 template <int R>
 constexpr MicroFn micro_for(int nv) {
@@ -169,8 +202,8 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
           ta[i] = static_cast<int32_t>(v ^ flip);  // padded bytes meet zero weights
         }
       }
-      pick_micro(rows, nv)(a8 + m * lda, lda, flip, b, pstride, groups, ta,
-                           r != 0 ? tw : nullptr, c);
+      pick_micro(rows, nv)(a8 + m * lda, lda, flip, b, pstride, groups, c);
+      if (r != 0) tail_group(rows, nv, ta, tw, c);
       for (int i = 0; i < rows; ++i) {
         const int32_t zp = (p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp) + zp_shift;
         const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;

@@ -92,6 +92,14 @@ inline void gemm_epilogue_one(const GemmProblem& p, int64_t m, int64_t n, int32_
 // writes col_sums[n] = sum_k w[n, k]. Same for every ISA.
 void gemm_pack_weight(const int8_t* w, int64_t stride_n, int64_t stride_k, int64_t N, int64_t K,
                       int8_t* packed, int32_t* col_sums);
+// The same for channels [n0, n1) only: panels holding them are written whole (zeros past N)
+// when n0 is a multiple of 16.
+void gemm_pack_weight_cols(const int8_t* w, int64_t stride_n, int64_t stride_k, int64_t N,
+                           int64_t K, int64_t n0, int64_t n1, int8_t* packed, int32_t* col_sums);
+// The same layout from a [K, N] matrix with unit stride along N (int8_mm's b), for channels
+// of panels [p0, p1); a 4 x 16 byte transpose per group instead of byte-wise gathers.
+void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t K, int64_t p0,
+                               int64_t p1, int8_t* packed, int32_t* col_sums);
 
 #define TQ_DECLARE_GEMM_KERNELS(SUFFIX)                                                         \
   /* Rows per register tile; the adapter aligns row blocks to it. */                            \

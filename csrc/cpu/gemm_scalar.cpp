@@ -7,11 +7,13 @@
 namespace torchquant {
 namespace cpu {
 
-void gemm_pack_weight(const int8_t* w, int64_t stride_n, int64_t stride_k, int64_t N, int64_t K,
-                      int8_t* packed, int32_t* col_sums) {
-  const int64_t panels = gemm_panels(N), full = K / 4 * 4, r = K - full;
-  std::memset(packed, 0, static_cast<size_t>(panels * K * kPanel));
-  for (int64_t n = 0; n < N; ++n) {
+void gemm_pack_weight_cols(const int8_t* w, int64_t stride_n, int64_t stride_k, int64_t N,
+                           int64_t K, int64_t n0, int64_t n1, int8_t* packed, int32_t* col_sums) {
+  const int64_t full = K / 4 * 4, r = K - full;
+  if (n0 % kPanel == 0 && n1 == N && N % kPanel != 0) {  // padding channels of the last panel
+    std::memset(packed + (N / kPanel) * K * kPanel, 0, static_cast<size_t>(K * kPanel));
+  }
+  for (int64_t n = n0; n < n1; ++n) {
     int8_t* panel = packed + (n / kPanel) * K * kPanel;
     const int64_t c = n % kPanel;
     const int8_t* wn = w + n * stride_n;
@@ -24,6 +26,11 @@ void gemm_pack_weight(const int8_t* w, int64_t stride_n, int64_t stride_k, int64
     }
     col_sums[n] = static_cast<int32_t>(sum);  // |sum| <= 128 * K, K <= kMaxK
   }
+}
+
+void gemm_pack_weight(const int8_t* w, int64_t stride_n, int64_t stride_k, int64_t N, int64_t K,
+                      int8_t* packed, int32_t* col_sums) {
+  gemm_pack_weight_cols(w, stride_n, stride_k, N, K, 0, N, packed, col_sums);
 }
 
 int gemm_mr__scalar() { return 1; }
