@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
     __version__ = "unknown"
 
 # GEMM-EXPORTS-BEGIN
+from .gemm import int8_mm, linear_dynamic, linear_int8, pack_weight, quantize_rowwise
 # GEMM-EXPORTS-END
 # OBSERVER-EXPORTS-BEGIN
 from . import observer  # noqa: F401

@@ -83,6 +83,77 @@ torch.library.register_autograd(
 
 # ---------------------------------------------------------------- int8 GEMM
 # GEMM-FAKES-BEGIN
+PANEL = 16  # output channels per packed panel (kPanel in csrc/cpu/gemm_kernels.h)
+
+
+def packed_weight_shape(n: int, k: int):
+    """Shape of the packed weight that ``pack_weight`` returns for an int8 weight [n, k]:
+    [ceil(n / 16), k, 16] (panels of 16 output channels; see csrc/cpu/gemm_kernels.h)."""
+    return ((n + PANEL - 1) // PANEL, k, PANEL)
+
+
+def _check_packed(x, w_packed, w_col_sums):
+    k = x.shape[-1]
+    for name, t in (("w_packed", w_packed), ("w_col_sums", w_col_sums)):
+        torch._check(t.device == x.device,
+                     lambda: f"argument '{name}' is on {t.device} but 'x' is on {x.device}; they must be on the same device")
+    torch._check(w_packed.dim() == 3 and w_packed.shape[2] == PANEL,
+                 lambda: f"argument 'w_packed' must have shape [ceil(N/16), K, 16], got {tuple(w_packed.shape)}")
+    torch._check(w_packed.shape[1] == k,
+                 lambda: f"argument 'w_packed' was packed for K = {w_packed.shape[1]} but 'x' has K = {k}")
+    torch._check(w_col_sums.dim() == 1 and w_col_sums.dtype == torch.int32,
+                 lambda: "argument 'w_col_sums' must be a 1-D int32 tensor")
+    n = w_col_sums.shape[0]
+    torch._check(w_packed.shape[0] == (n + PANEL - 1) // PANEL,
+                 lambda: f"argument 'w_packed' holds {w_packed.shape[0]} panels but 'w_col_sums' has N = {n}")
+    return n
+
+
+@torch.library.register_fake("torchquant::int8_mm")
+def _int8_mm_fake(a, b):
+    torch._check(a.dtype == torch.int8 and b.dtype == torch.int8,
+                 lambda: f"arguments 'a' and 'b' must be int8, got {a.dtype} and {b.dtype}")
+    torch._check(a.dim() == 2 and b.dim() == 2, lambda: "arguments 'a' and 'b' must be 2-D")
+    torch._check(a.shape[1] == b.shape[0],
+                 lambda: f"arguments 'a' and 'b' cannot be multiplied: {tuple(a.shape)} and {tuple(b.shape)}")
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.int32)
+
+
+@torch.library.register_fake("torchquant::pack_weight")
+def _pack_weight_fake(w):
+    torch._check(w.dtype == torch.int8 and w.dim() == 2,
+                 lambda: f"argument 'w' must be a 2-D int8 tensor, got {w.dtype} {tuple(w.shape)}")
+    n, k = w.shape
+    return w.new_empty(packed_weight_shape(n, k)), w.new_empty((n,), dtype=torch.int32)
+
+
+@torch.library.register_fake("torchquant::linear_int8")
+def _linear_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias=None,
+                      out_scale=None, out_zero_point=None, relu=False, out_dtype=None):
+    torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
+    n = _check_packed(x, w_packed, w_col_sums)
+    odt = out_dtype or torch.float32
+    torch._check(odt in (torch.float32, torch.int8, torch.uint8),
+                 lambda: f"argument 'out_dtype' must be torch.float32, torch.int8 or torch.uint8, got {odt}")
+    return x.new_empty((*x.shape[:-1], n), dtype=odt)
+
+
+@torch.library.register_fake("torchquant::quantize_rowwise")
+def _quantize_rowwise_fake(x, qmin=-128, qmax=127):
+    torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
+    _check_qrange(qmin, qmax)
+    rows = 1
+    for d in x.shape[:-1]:
+        rows = rows * d
+    return (torch.empty_like(x, dtype=torch.int8, memory_format=torch.contiguous_format),
+            x.new_empty((rows,), dtype=torch.float32), x.new_empty((rows,), dtype=torch.int32))
+
+
+@torch.library.register_fake("torchquant::linear_dynamic")
+def _linear_dynamic_fake(x, w_packed, w_col_sums, w_scale, bias=None, relu=False):
+    torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
+    n = _check_packed(x, w_packed, w_col_sums)
+    return x.new_empty((*x.shape[:-1], n), dtype=torch.float32)
 # GEMM-FAKES-END
 
 # ---------------------------------------------------------------- observers

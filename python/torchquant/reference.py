@@ -123,6 +123,83 @@ def choose_qparams(min_val, max_val, qmin, qmax, symmetric=False, eps=torch.finf
 
 
 # GEMM-REFERENCE-BEGIN
+# The int8 GEMM contract (docs/quantization.md, "Requantization"). Products are summed in
+# float64, exact here: every partial sum is an integer below K * 255 * 128 < 2^31 < 2^53.
+__all__ += ["int8_mm", "linear_int8", "quantize_rowwise", "linear_dynamic"]
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as [rows, K] (reshape(-1, K) is ambiguous when K = 0)."""
+    rows = 1
+    for d in x.shape[:-1]:
+        rows *= d
+    return x.reshape(rows, x.shape[-1])
+
+
+def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int8 [M, K] x int8 [K, N] -> exact int32 [M, N]."""
+    return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
+
+
+def _requantize(corr, a_scale, w_scale, bias, relu, out_scale, out_zero_point, out_dtype):
+    """corr: int32 [M, N]; a_scale: float32 [] or [M, 1]. Float32 steps in the contract's order."""
+    y = corr.to(torch.float32) * (a_scale * w_scale.float().reshape(1, -1))
+    if bias is not None:
+        y = y + bias.float().reshape(1, -1)
+    if relu:
+        y = torch.where(y > 0, y, torch.zeros_like(y))  # NaN -> +0
+    if out_dtype in (torch.int8, torch.uint8):
+        qmin, qmax = (-128, 127) if out_dtype == torch.int8 else (0, 255)
+        t, *_ = _quantized_float(y, out_scale.reshape(1), out_zero_point.reshape(1), None, qmin, qmax)
+        return t.to(torch.int64).to(out_dtype)
+    return y
+
+
+def linear_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, out_scale=None, out_zero_point=None,
+                relu=False, out_dtype=None) -> torch.Tensor:
+    """Static int8 Linear from the unpacked int8 weight w [N, K] (what linear_int8 computes
+    from pack_weight(w))."""
+    K, N = x.shape[-1], w.shape[0]
+    x2 = _rows(x)
+    acc = (x2.to(torch.float64) @ w.to(torch.float64).t()).to(torch.int64)
+    col_sums = w.to(torch.int64).sum(1)
+    corr = (acc - x_zero_point.to(torch.int64).reshape(()) * col_sums).to(torch.int32)
+    out = _requantize(corr, x_scale.float().reshape(()), w_scale, bias, relu, out_scale, out_zero_point, out_dtype)
+    return out.reshape(*x.shape[:-1], N)
+
+
+def quantize_rowwise(x, qmin=-128, qmax=127) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch.ao's affine choose_qparams per row of x [..., K], then quantize. NaN elements count
+    as 0 (ignored by min/max, quantized to the zero point)."""
+    K = x.shape[-1]
+    xf = _rows(x.float())
+    rows = xf.shape[0]
+    zero = torch.zeros(rows, dtype=torch.float32)
+    if K > 0:
+        xz = torch.nan_to_num(xf, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+        mn, mx = torch.minimum(xz.amin(1), zero), torch.maximum(xz.amax(1), zero)
+    else:
+        mn, mx = zero, zero.clone()
+    scale = (mx - mn) / torch.full_like(mx, float(qmax - qmin))
+    eps = torch.full_like(scale, torch.finfo(torch.float32).eps)
+    scale = torch.where(scale > eps, scale, eps)
+    z = float(qmin) - torch.round(mn / scale)
+    z = torch.where(z > qmin, z, torch.full_like(z, qmin))  # NaN (a row holding -inf) -> qmin
+    z = torch.where(z < qmax, z, torch.full_like(z, qmax))
+    zp = z.to(torch.int32)
+    t, *_ = _quantized_float(xf, scale, zp, 0, qmin, qmax)
+    return t.to(torch.int64).to(torch.int8).reshape(x.shape), scale, zp
+
+
+def linear_dynamic(x, w, w_scale, bias=None, relu=False) -> torch.Tensor:
+    """Dynamic int8 Linear from the unpacked int8 weight w [N, K]: per-row quantization of x,
+    exact int8 GEMM, float32 out."""
+    K, N = x.shape[-1], w.shape[0]
+    q, scale, zp = quantize_rowwise(x, -128, 127)
+    acc = (_rows(q).to(torch.float64) @ w.to(torch.float64).t()).to(torch.int64)
+    corr = (acc - zp.to(torch.int64).reshape(-1, 1) * w.to(torch.int64).sum(1)).to(torch.int32)
+    out = _requantize(corr, scale.reshape(-1, 1), w_scale, bias, relu, None, None, None)
+    return out.reshape(*x.shape[:-1], N)
 # GEMM-REFERENCE-END
 
 # OBSERVER-REFERENCE-BEGIN

@@ -1,0 +1,391 @@
+// CPU adapters of the int8 GEMM ops: argument checks, layout, the task grid over threads and
+// the choice of kernel variant. The kernels are raw-pointer code in gemm_scalar.cpp,
+// gemm_avx2.cpp and gemm_avx512.cpp; the packed weight layout is described in gemm_kernels.h
+// and the requantize contract in docs/quantization.md ("Requantization").
+//
+// Per-call cost matters at small sizes (a 64 x 256 x 10 layer is a few microseconds of
+// arithmetic), so the common path allocates only the output: qparams are read straight from
+// their tensors, float32 contiguous arguments are used in place, and scratch buffers are
+// thread-local and reused.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common/checks.h"
+#include "cpu/gemm_kernels.h"
+#include "cpu/isa.h"
+
+namespace torchquant {
+namespace {
+
+using cpu::GemmOut;
+using cpu::GemmProblem;
+
+struct GemmKernels {
+  decltype(&cpu::gemm_mr__scalar) mr;
+  decltype(&cpu::gemm_task_panels__scalar) task_panels;
+  decltype(&cpu::gemm_compute__scalar) compute;
+  decltype(&cpu::quantize_rows__scalar) quantize_rows;
+};
+
+const GemmKernels& gemm_kernels() {
+  static const GemmKernels scalar{cpu::gemm_mr__scalar, cpu::gemm_task_panels__scalar,
+                                  cpu::gemm_compute__scalar, cpu::quantize_rows__scalar};
+  static const GemmKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_task_panels__avx2,
+                                cpu::gemm_compute__avx2, cpu::quantize_rows__avx2};
+  static const GemmKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_task_panels__avx512vnni,
+                                cpu::gemm_compute__avx512vnni, cpu::quantize_rows__avx512vnni};
+  switch (cpu_isa()) {
+    case CpuIsa::Avx512Vnni: return vnni;
+    case CpuIsa::Avx2: return avx2;
+    default: return scalar;
+  }
+}
+
+// Below this many multiply-adds a thread wake-up costs more than it saves.
+constexpr int64_t kSerialWork = int64_t{1} << 21;
+
+// Splits the output into tasks of (row block, panel block) and runs them with at::parallel_for.
+// Panel blocks come first: a thread's consecutive tasks share one weight slice, and for one or
+// few rows (decode-style calls) threads read disjoint weights. Row blocks are added only
+// until there are a few tasks per thread.
+void run_gemm(const GemmProblem& p, const void* a, int64_t lda) {
+  if (p.M == 0 || p.N == 0) return;
+  const GemmKernels& k = gemm_kernels();
+  const int64_t panels = cpu::gemm_panels(p.N);
+  const int nt = at::get_num_threads();
+  const int64_t work = p.M * p.N * std::max<int64_t>(p.K, 16);
+  if (nt <= 1 || work < kSerialWork) {
+    k.compute(p, a, lda, 0, p.M, 0, panels);
+    return;
+  }
+  const int64_t mr = k.mr(), nb = k.task_panels();
+  const int64_t tiles = (p.M + mr - 1) / mr, n_blocks = (panels + nb - 1) / nb;
+  int64_t m_blocks = 1;
+  if (n_blocks < 4 * nt) m_blocks = std::min<int64_t>(tiles, (4 * nt + n_blocks - 1) / n_blocks);
+  at::parallel_for(0, n_blocks * m_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t nbk = t / m_blocks, mbk = t % m_blocks;
+      const int64_t m0 = mbk * tiles / m_blocks * mr;
+      const int64_t m1 = std::min(p.M, (mbk + 1) * tiles / m_blocks * mr);
+      const int64_t p0 = nbk * nb, p1 = std::min(panels, p0 + nb);
+      if (m0 < m1) k.compute(p, a, lda, m0, m1, p0, p1);
+    }
+  });
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "argument '", name, "' must be on the CPU, got ", t.device());
+}
+
+// A one-element floating tensor on the CPU, > 0 and finite.
+float read_scale(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+              "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
+              t.numel());
+  const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
+                                                : static_cast<float>(t.item<double>());
+  TORCH_CHECK(std::isfinite(v) && v > 0.0f, "argument '", name, "' must be > 0 and finite, got ", v);
+  return v;
+}
+
+// A one-element integer tensor on the CPU inside [lo, hi].
+int32_t read_zero_point(const at::Tensor& t, const char* name, int64_t lo, int64_t hi) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
+              "' must be an integer tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
+              t.numel());
+  const int64_t v = t.scalar_type() == at::kInt ? int64_t{*t.const_data_ptr<int32_t>()}
+                                                : t.item<int64_t>();
+  TORCH_CHECK(v >= lo && v <= hi, "argument '", name, "' must lie in [", lo, ", ", hi, "], got ", v);
+  return static_cast<int32_t>(v);
+}
+
+// float32 contiguous [n] view of a per-channel float argument (a copy only when it is not one).
+at::Tensor per_channel_float(const at::Tensor& t, const char* name, int64_t n) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+              "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == n, "argument '", name, "' must have ", n,
+              " elements (one per output channel), got ", t.numel());
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
+  return t.to(at::kFloat).contiguous();
+}
+
+// Checks w_packed / w_col_sums against each other and against the activations' K; returns N.
+int64_t check_packed_weight(const at::Tensor& x, const at::Tensor& w_packed,
+                            const at::Tensor& w_col_sums, int64_t K) {
+  TORCH_CHECK(w_packed.defined(), "argument 'w_packed' must be a tensor, got None");
+  TORCH_CHECK(w_col_sums.defined(), "argument 'w_col_sums' must be a tensor, got None");
+  check_same_device(x, "x", w_packed, "w_packed");
+  check_same_device(x, "x", w_col_sums, "w_col_sums");
+  TORCH_CHECK(w_col_sums.scalar_type() == at::kInt && w_col_sums.dim() == 1 &&
+                  w_col_sums.is_contiguous(),
+              "argument 'w_col_sums' must be a contiguous 1-D int32 tensor (from pack_weight), "
+              "got dtype ", w_col_sums.scalar_type(), " and shape ", w_col_sums.sizes());
+  const int64_t N = w_col_sums.size(0);
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.dim() == 3 &&
+                  w_packed.size(2) == cpu::kPanel && w_packed.is_contiguous(),
+              "argument 'w_packed' must be a contiguous int8 tensor of shape [ceil(N/16), K, 16] "
+              "from pack_weight on the CPU, got dtype ", w_packed.scalar_type(), " and shape ",
+              w_packed.sizes());
+  TORCH_CHECK(w_packed.size(1) == K, "argument 'w_packed' was packed for K = ", w_packed.size(1),
+              " but 'x' has K = ", K, " (its last dimension)");
+  TORCH_CHECK(w_packed.size(0) == cpu::gemm_panels(N), "argument 'w_packed' holds ",
+              w_packed.size(0), " panels of 16 channels but 'w_col_sums' has N = ", N,
+              " (needs ", cpu::gemm_panels(N), ")");
+  return N;
+}
+
+// The activations as rows with unit stride along K: in place when they already are.
+at::Tensor as_rows(const at::Tensor& x, int64_t K, int64_t* lda) {
+  if (x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= K) {
+    *lda = x.stride(0);
+    return x;
+  }
+  *lda = K;
+  return x.contiguous();
+}
+
+int64_t leading_rows(const at::Tensor& x) {
+  int64_t m = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) m *= x.size(d);
+  return m;
+}
+
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = N;
+  return s;
+}
+
+}  // namespace
+
+at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.defined() && b.defined(), "arguments 'a' and 'b' must be tensors");
+  TORCH_CHECK(a.scalar_type() == at::kChar, "argument 'a' must be an int8 tensor, got dtype ",
+              a.scalar_type());
+  TORCH_CHECK(b.scalar_type() == at::kChar, "argument 'b' must be an int8 tensor, got dtype ",
+              b.scalar_type());
+  TORCH_CHECK(a.dim() == 2, "argument 'a' must be 2-D [M, K], got shape ", a.sizes());
+  TORCH_CHECK(b.dim() == 2, "argument 'b' must be 2-D [K, N], got shape ", b.sizes());
+  check_same_device(a, "a", b, "b");
+  TORCH_CHECK(a.size(1) == b.size(0), "arguments 'a' and 'b' cannot be multiplied: a is ",
+              a.sizes(), " and b is ", b.sizes(), " (a.size(1) must equal b.size(0))");
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  check_k_bound(K, "a");
+  at::Tensor out = at::empty({M, N}, a.options().dtype(at::kInt));
+  if (M == 0 || N == 0) return out;
+  if (K == 0) return out.zero_();
+  // b changes from call to call, so it is packed here: each task packs the panels it owns into
+  // thread-local scratch (L2-sized for K = 4096) and multiplies them with every row right away,
+  // so b is read from memory once and the packed copy never leaves the cache.
+  int64_t lda = 0;
+  const at::Tensor ac = as_rows(a, K, &lda);
+  const int8_t* pb = b.const_data_ptr<int8_t>();
+  const int64_t sb_k = b.stride(0), sb_n = b.stride(1);
+  const bool fast = sb_n == 1 && cpu_isa() != CpuIsa::Scalar;
+  const GemmKernels& k = gemm_kernels();
+  const int64_t panels = cpu::gemm_panels(N), nb = k.task_panels();
+  const int64_t n_blocks = (panels + nb - 1) / nb;
+  int32_t* po = out.data_ptr<int32_t>();
+  const void* pa = ac.const_data_ptr();
+  auto block = [&](int64_t nbk) {
+    thread_local std::vector<int8_t> packed;
+    thread_local std::vector<int32_t> col_sums;
+    const int64_t n0 = nbk * nb * cpu::kPanel, nn = std::min(N - n0, nb * cpu::kPanel);
+    const int64_t np = cpu::gemm_panels(nn);
+    packed.resize(static_cast<size_t>(np * K * cpu::kPanel));
+    col_sums.resize(static_cast<size_t>(nn));
+    if (fast) {
+      cpu::gemm_pack_weight_kn__avx2(pb + n0, sb_k, nn, K, 0, np, packed.data(), col_sums.data());
+    } else {
+      cpu::gemm_pack_weight(pb + n0 * sb_n, sb_n, sb_k, nn, K, packed.data(), col_sums.data());
+    }
+    GemmProblem p;
+    p.M = M;
+    p.N = nn;
+    p.K = K;
+    p.w = packed.data();
+    p.col_sums = col_sums.data();
+    p.out_kind = GemmOut::Int32;
+    p.out = po + n0;
+    p.ldo = N;
+    k.compute(p, pa, lda, 0, M, 0, np);
+  };
+  if (at::get_num_threads() <= 1 || M * N * K < kSerialWork) {
+    for (int64_t nbk = 0; nbk < n_blocks; ++nbk) block(nbk);
+  } else {
+    at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t nbk = b0; nbk < b1; ++nbk) block(nbk);
+    });
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> pack_weight_cpu(const at::Tensor& w) {
+  TORCH_CHECK(w.defined(), "argument 'w' must be a tensor, got None");
+  TORCH_CHECK(w.scalar_type() == at::kChar, "argument 'w' must be an int8 tensor, got dtype ",
+              w.scalar_type());
+  TORCH_CHECK(w.dim() == 2, "argument 'w' must be 2-D [N, K] (nn.Linear layout), got shape ",
+              w.sizes());
+  const int64_t N = w.size(0), K = w.size(1);
+  check_k_bound(K, "w");
+  at::Tensor packed = at::empty({cpu::gemm_panels(N), K, cpu::kPanel}, w.options());
+  at::Tensor col_sums = at::empty({N}, w.options().dtype(at::kInt));
+  cpu::gemm_pack_weight(w.const_data_ptr<int8_t>(), w.stride(0), w.stride(1), N, K,
+                        packed.data_ptr<int8_t>(), col_sums.data_ptr<int32_t>());
+  return {packed, col_sums};
+}
+
+at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
+                           const at::Tensor& x_zero_point, const at::Tensor& w_packed,
+                           const at::Tensor& w_col_sums, const at::Tensor& w_scale,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& out_scale,
+                           const std::optional<at::Tensor>& out_zero_point, bool relu,
+                           std::optional<at::ScalarType> out_dtype) {
+  check_int8_input(x, "x");
+  TORCH_CHECK(x.dim() >= 1, "argument 'x' must have at least 1 dimension [..., K], got a scalar");
+  const int64_t K = x.size(-1);
+  check_k_bound(K, "x");
+  const int64_t N = check_packed_weight(x, w_packed, w_col_sums, K);
+  const bool u = x.scalar_type() == at::kByte;
+  GemmProblem p;
+  p.a_unsigned = u;
+  p.a_scale = read_scale(x_scale, "x_scale");
+  p.a_zp = read_zero_point(x_zero_point, "x_zero_point", u ? 0 : -128, u ? 255 : 127);
+  const at::Tensor ws = per_channel_float(w_scale, "w_scale", N);
+  const float* pws = ws.const_data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    TORCH_CHECK(std::isfinite(pws[n]) && pws[n] > 0.0f,
+                "argument 'w_scale' must be > 0 and finite, got ", pws[n], " at channel ", n);
+  }
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", N);
+  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  TORCH_CHECK(odt == at::kFloat || odt == at::kChar || odt == at::kByte,
+              "argument 'out_dtype' must be torch.float32, torch.int8 or torch.uint8, got ", odt);
+  p.out_kind = odt == at::kFloat ? GemmOut::Float : odt == at::kChar ? GemmOut::QInt8 : GemmOut::QUInt8;
+  if (odt != at::kFloat) {
+    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
+                "argument 'out_scale' is required when out_dtype is ", odt);
+    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
+                "argument 'out_zero_point' is required when out_dtype is ", odt);
+    p.out_inv_scale = 1.0f / read_scale(*out_scale, "out_scale");
+    p.out_zp = read_zero_point(*out_zero_point, "out_zero_point", odt == at::kByte ? 0 : -128,
+                               odt == at::kByte ? 255 : 127);
+  }
+  at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(odt));
+  p.M = leading_rows(x);
+  p.N = N;
+  p.K = K;
+  p.w = w_packed.const_data_ptr<int8_t>();
+  p.col_sums = w_col_sums.const_data_ptr<int32_t>();
+  p.w_scale = pws;
+  p.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  p.relu = relu;
+  p.out = out.data_ptr();
+  p.ldo = N;
+  if (p.M == 0 || N == 0) return out;
+  int64_t lda = 0;
+  const at::Tensor xc = as_rows(x.dim() == 1 ? x.unsqueeze(0) : x, K, &lda);
+  run_gemm(p, xc.const_data_ptr(), lda);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Tensor& x,
+                                                                    int64_t qmin, int64_t qmax) {
+  check_float_input(x, "x");
+  TORCH_CHECK(x.dim() >= 1, "argument 'x' must have at least 1 dimension [..., K], got a scalar");
+  check_qrange(qmin, qmax, at::kChar);
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t K = x.size(-1), rows = leading_rows(x);
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({rows}, x.options().dtype(at::kFloat));
+  at::Tensor zp = at::empty({rows}, x.options().dtype(at::kInt));
+  const auto fn = gemm_kernels().quantize_rows;
+  const float* px = xf.const_data_ptr<float>();
+  int8_t* pq = q.data_ptr<int8_t>();
+  float* ps = scale.data_ptr<float>();
+  int32_t* pz = zp.data_ptr<int32_t>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+    fn(px + b * K, K, e - b, K, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax),
+       pq + b * K, K, ps + b, pz + b);
+  });
+  return {q, scale, zp};
+}
+
+at::Tensor linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& w_packed,
+                              const at::Tensor& w_col_sums, const at::Tensor& w_scale,
+                              const std::optional<at::Tensor>& bias, bool relu) {
+  check_float_input(x, "x");
+  TORCH_CHECK(x.dim() >= 1, "argument 'x' must have at least 1 dimension [..., K], got a scalar");
+  const int64_t K = x.size(-1);
+  check_k_bound(K, "x");
+  const int64_t N = check_packed_weight(x, w_packed, w_col_sums, K);
+  const at::Tensor ws = per_channel_float(w_scale, "w_scale", N);
+  const float* pws = ws.const_data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    TORCH_CHECK(std::isfinite(pws[n]) && pws[n] > 0.0f,
+                "argument 'w_scale' must be > 0 and finite, got ", pws[n], " at channel ", n);
+  }
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", N);
+  at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(at::kFloat));
+  const int64_t M = leading_rows(x);
+  if (M == 0 || N == 0) return out;
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  // Row qparams and quantized rows live in scratch owned by this thread and reused across calls.
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> scale;
+  thread_local std::vector<int32_t> zp;
+  q.resize(static_cast<size_t>(M * K));
+  scale.resize(static_cast<size_t>(M));
+  zp.resize(static_cast<size_t>(M));
+  const GemmKernels& k = gemm_kernels();
+  const float* px = xf.const_data_ptr<float>();
+  int8_t* pq = q.data();
+  float* ps = scale.data();
+  int32_t* pz = zp.data();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K, 1));
+  at::parallel_for(0, M, grain, [&](int64_t b0, int64_t e0) {
+    k.quantize_rows(px + b0 * K, K, e0 - b0, K, -128, 127, pq + b0 * K, K, ps + b0, pz + b0);
+  });
+  GemmProblem p;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.w = w_packed.const_data_ptr<int8_t>();
+  p.col_sums = w_col_sums.const_data_ptr<int32_t>();
+  p.a_scale_row = ps;
+  p.a_zp_row = pz;
+  p.w_scale = pws;
+  p.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  p.relu = relu;
+  p.out_kind = GemmOut::Float;
+  p.out = out.data_ptr();
+  p.ldo = N;
+  run_gemm(p, pq, K);
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CPU, m) {
+  m.impl("int8_mm", &int8_mm_cpu);
+  m.impl("pack_weight", &pack_weight_cpu);
+  m.impl("linear_int8", &linear_int8_cpu);
+  m.impl("quantize_rowwise", &quantize_rowwise_cpu);
+  m.impl("linear_dynamic", &linear_dynamic_cpu);
+}
+
+}  // namespace torchquant

@@ -1,0 +1,368 @@
+// AVX2 int8 GEMM, exact for full 8-bit activations: both operands are widened to int16 and
+// multiplied with vpmaddwd, which adds two int16 x int16 products into an int32 lane. Each
+// product is at most 255 * 128 = 32640 in magnitude, so a pair sum (<= 65280) cannot saturate,
+// unlike vpmaddubsw's int16 pair sums (2 * 255 * 127 > 32767). The accumulators wrap modulo
+// 2^32 and the corrected value is exact for K <= kMaxK.
+//
+// An activation tile (kMR = 4 rows) is widened once into int16, laid out [group][row][4 k], so
+// that the inner loop broadcasts a row's 4 values with one 64-bit load. A 16-byte slice of a
+// packed 4-k group is 4 channels x 4 k; widened, vpmaddwd gives each channel two partial sums
+// (k0 + k1, k2 + k3), which a horizontal add folds at the end. Register tile: 4 rows x 8
+// channels = 8 accumulators + 2 weight vectors + broadcasts of the 16 ymm registers (with 6
+// rows GCC hoists the broadcasts and spills accumulators, which costs more than it gains).
+//
+// The epilogue repeats gemm_dequant / quantize_val with the same float32 operations in the same
+// order (no FMA), so outputs are bit-identical to the scalar oracle; the last N % 8 columns
+// go through the oracle itself.
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#include "cpu/gemm_kernels.h"
+#include "cpu/isa.h"
+
+namespace torchquant {
+namespace cpu {
+
+#if TQ_X86
+namespace {
+
+constexpr int kMR = 4;
+constexpr int64_t kGroup = 64;
+
+TQ_TARGET_AVX2 inline int64_t load8(const int16_t* p) {
+  int64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+// Widens `rows` rows of K activations into tile[g][i][j] = a[i][4g + j] as int16, the last
+// group padded with zeros.
+TQ_TARGET_AVX2 void pack_tile(const uint8_t* a, int64_t lda, bool u, int rows, int64_t K,
+                              int16_t* tile) {
+  const int64_t groups = K / 4, r = K % 4;
+  for (int i = 0; i < rows; ++i) {
+    const uint8_t* row = a + i * lda;
+    int64_t g = 0;
+    for (; g + 4 <= groups; g += 4) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 4 * g));
+      const __m256i w = u ? _mm256_cvtepu8_epi16(bytes) : _mm256_cvtepi8_epi16(bytes);
+      alignas(32) int64_t q[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(q), w);
+      for (int j = 0; j < 4; ++j) std::memcpy(tile + ((g + j) * kMR + i) * 4, &q[j], 8);
+    }
+    for (; g < groups; ++g) {
+      for (int j = 0; j < 4; ++j) {
+        const uint8_t b = row[4 * g + j];
+        tile[(g * kMR + i) * 4 + j] = u ? int16_t{b} : int16_t{static_cast<int8_t>(b)};
+      }
+    }
+    if (r != 0) {
+      for (int j = 0; j < 4; ++j) {
+        const uint8_t b = j < r ? row[4 * groups + j] : 0;
+        tile[(groups * kMR + i) * 4 + j] = u ? int16_t{b} : int16_t{static_cast<int8_t>(b)};
+      }
+    }
+  }
+}
+
+// c[R][8] = accumulators of 8 channels whose 4-k groups start at b (stride 64 bytes). Named accumulators, not an array: GCC keeps
+// an array of vectors indexed in a loop in memory.
+#define TQ_AVX2_ROW(i, G)                                                            \
+  if constexpr (R > i) {                                                             \
+    const __m256i x = _mm256_set1_epi64x(load8(tile + ((G) * kMR + i) * 4));         \
+    acc##i##0 = _mm256_add_epi32(acc##i##0, _mm256_madd_epi16(w0, x));               \
+    acc##i##1 = _mm256_add_epi32(acc##i##1, _mm256_madd_epi16(w1, x));               \
+  }
+// hadd gives [c0 c1 c4 c5 | c2 c3 c6 c7] (64-bit pairs q0 q1 | q2 q3); 0xD8 orders q0 q2 q1 q3.
+#define TQ_AVX2_STORE(i)                                                             \
+  if constexpr (R > i) {                                                             \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i * 8),                       \
+                        _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc##i##0, acc##i##1), 0xD8)); \
+  }
+
+template <int R>
+TQ_TARGET_AVX2 void micro(const int16_t* tile, const int8_t* b, int64_t groups, int32_t* c) {
+  const __m256i z = _mm256_setzero_si256();
+  __m256i acc00 = z, acc01 = z, acc10 = z, acc11 = z, acc20 = z, acc21 = z, acc30 = z, acc31 = z,
+          acc40 = z, acc41 = z, acc50 = z, acc51 = z;
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * kGroup)));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * kGroup + 16)));
+    TQ_AVX2_ROW(0, g)
+    TQ_AVX2_ROW(1, g)
+    TQ_AVX2_ROW(2, g)
+    TQ_AVX2_ROW(3, g)
+    TQ_AVX2_ROW(4, g)
+    TQ_AVX2_ROW(5, g)
+  }
+  TQ_AVX2_STORE(0)
+  TQ_AVX2_STORE(1)
+  TQ_AVX2_STORE(2)
+  TQ_AVX2_STORE(3)
+  TQ_AVX2_STORE(4)
+  TQ_AVX2_STORE(5)
+}
+
+#undef TQ_AVX2_ROW
+#undef TQ_AVX2_STORE
+
+using MicroFn = void (*)(const int16_t*, const int8_t*, int64_t, int32_t*);
+
+// Adds the tail group (K % 4 != 0, tile group `g`, zero-padded weights tw) to c[rows][8].
+TQ_TARGET_AVX2 void tail_group(int rows, const int16_t* tile, int64_t g, const int8_t* tw,
+                               int32_t* c) {
+  const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tw)));
+  const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tw + 16)));
+  for (int i = 0; i < rows; ++i) {
+    const __m256i x = _mm256_set1_epi64x(load8(tile + (g * kMR + i) * 4));
+    const __m256i s = _mm256_permute4x64_epi64(
+        _mm256_hadd_epi32(_mm256_madd_epi16(w0, x), _mm256_madd_epi16(w1, x)), 0xD8);
+    __m256i* ci = reinterpret_cast<__m256i*>(c + i * 8);
+    _mm256_storeu_si256(ci, _mm256_add_epi32(_mm256_loadu_si256(ci), s));
+  }
+}
+
+MicroFn pick_micro(int rows) {
+  switch (rows) {
+    case 1: return &micro<1>;
+    case 2: return &micro<2>;
+    case 3: return &micro<3>;
+    default: return &micro<4>;
+  }
+}
+
+TQ_TARGET_AVX2 void epilogue_row(const GemmProblem& p, const int32_t* acc, int64_t m, int64_t n0,
+                                 int64_t ncols, int32_t zp, float a_scale) {
+  const __m256i vzp = _mm256_set1_epi32(zp);
+  const __m256 vas = _mm256_set1_ps(a_scale), zero = _mm256_setzero_ps();
+  const bool u8 = p.out_kind == GemmOut::QUInt8;
+  const __m256 inv = _mm256_set1_ps(p.out_inv_scale),
+               ozp = _mm256_set1_ps(static_cast<float>(p.out_zp)),
+               lo = _mm256_set1_ps(u8 ? 0.0f : -128.0f), hi = _mm256_set1_ps(u8 ? 255.0f : 127.0f);
+  int64_t j = 0;
+  for (; j + 8 <= ncols; j += 8) {
+    const int64_t n = n0 + j, o = m * p.ldo + n;
+    const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.col_sums + n));
+    const __m256i corr = _mm256_sub_epi32(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j)), _mm256_mullo_epi32(vzp, cs));
+    if (p.out_kind == GemmOut::Int32) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(p.out) + o), corr);
+      continue;
+    }
+    const __m256 s = _mm256_mul_ps(vas, _mm256_loadu_ps(p.w_scale + n));
+    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
+    if (p.bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(p.bias + n));
+    if (p.relu) y = _mm256_max_ps(y, zero);  // y > 0 ? y : 0, NaN -> 0
+    if (p.out_kind == GemmOut::Float) {
+      _mm256_storeu_ps(static_cast<float*>(p.out) + o, y);
+      continue;
+    }
+    // quantize_val: round half to even, clamp (NaN lanes take the bound), NaN -> zp.
+    __m256 t = _mm256_add_ps(
+        _mm256_round_ps(_mm256_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), ozp);
+    const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+    t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, lo), hi), ozp, nan);
+    // Integers inside the 8-bit type: conversion and both packs are exact.
+    const __m256i q = _mm256_cvtps_epi32(t);
+    const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    const __m128i bytes = u8 ? _mm_packus_epi16(h, h) : _mm_packs_epi16(h, h);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(p.out) + o), bytes);
+  }
+  for (; j < ncols; ++j) {
+    gemm_epilogue_one(p, m, n0 + j, gemm_correct(acc[j], zp, p.col_sums[n0 + j]), a_scale);
+  }
+}
+
+TQ_TARGET_AVX2 inline __m256 quantize8(__m256 x, __m256 inv, __m256 zp, __m256 lo, __m256 hi) {
+  __m256 t = _mm256_add_ps(
+      _mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
+  const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, lo), hi), zp, nan);
+}
+
+}  // namespace
+
+int gemm_mr__avx2() { return kMR; }
+
+// The weight slice of a task (16 panels x K) is read once per activation tile, which is
+// widened once per task: wide tasks keep that widening rare.
+int64_t gemm_task_panels__avx2() { return 16; }
+
+TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int64_t lda,
+                                       int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
+  const int64_t padded_groups = groups + (r != 0 ? 1 : 0);
+  thread_local std::vector<int16_t> tile_buf;
+  if (tile_buf.size() < static_cast<size_t>(padded_groups * kMR * 4)) {
+    tile_buf.resize(static_cast<size_t>(padded_groups * kMR * 4));
+  }
+  int16_t* tile = tile_buf.data();
+  alignas(32) int32_t c[kMR * 8];
+  alignas(32) int8_t tw[kGroup];
+  const auto* a8 = static_cast<const uint8_t*>(a);
+  for (int64_t m = m0; m < m1; m += kMR) {
+    const int rows = static_cast<int>(m1 - m < kMR ? m1 - m : kMR);
+    pack_tile(a8 + m * lda, lda, p.a_unsigned, rows, K, tile);
+    const MicroFn fn = pick_micro(rows);
+    for (int64_t pp = p0; pp < p1; ++pp) {
+      const int8_t* b = p.w + pp * pstride;
+      if (r != 0) {  // the packed tail is [16][r]: spread it over a zero-padded 4-k group
+        std::memset(tw, 0, sizeof(tw));
+        const int8_t* src = b + groups * kGroup;
+        for (int64_t ch = 0; ch < kPanel; ++ch)
+          for (int64_t j = 0; j < r; ++j) tw[ch * 4 + j] = src[ch * r + j];
+      }
+      for (int64_t half = 0; half < 2; ++half) {
+        const int64_t n0 = pp * kPanel + half * 8;
+        if (n0 >= p.N) break;
+        const int64_t ncols = p.N - n0 < 8 ? p.N - n0 : 8;
+        fn(tile, b + half * 32, groups, c);
+        if (r != 0) tail_group(rows, tile, groups, tw + half * 32, c);
+        for (int i = 0; i < rows; ++i) {
+          const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
+          const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
+          epilogue_row(p, c + i * 8, m + i, n0, ncols, zp, s);
+        }
+      }
+    }
+  }
+}
+
+TQ_TARGET_AVX2 void quantize_rows__avx2(const float* x, int64_t ldx, int64_t rows, int64_t K,
+                                        int32_t qmin, int32_t qmax, int8_t* q, int64_t ldq,
+                                        float* scale, int32_t* zp) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * ldx;
+    // vminps(x, acc) returns acc when x is NaN, so NaN is ignored as in the scalar loop; acc
+    // starts at +0 and never becomes -0, so the result matches the scalar one exactly.
+    __m256 vmn = _mm256_setzero_ps(), vmx = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + k);
+      vmn = _mm256_min_ps(v, vmn);
+      vmx = _mm256_max_ps(v, vmx);
+    }
+    alignas(32) float lmn[8], lmx[8];
+    _mm256_store_ps(lmn, vmn);
+    _mm256_store_ps(lmx, vmx);
+    float mn = 0.0f, mx = 0.0f;
+    for (int j = 0; j < 8; ++j) {
+      mn = lmn[j] < mn ? lmn[j] : mn;
+      mx = lmx[j] > mx ? lmx[j] : mx;
+    }
+    for (; k < K; ++k) {
+      mn = xr[k] < mn ? xr[k] : mn;
+      mx = xr[k] > mx ? xr[k] : mx;
+    }
+    rowwise_qparams(mn, mx, qmin, qmax, &scale[i], &zp[i]);
+    const float inv_s = 1.0f / scale[i];
+    const __m256 inv = _mm256_set1_ps(inv_s), z = _mm256_set1_ps(static_cast<float>(zp[i])),
+                 lo = _mm256_set1_ps(static_cast<float>(qmin)),
+                 hi = _mm256_set1_ps(static_cast<float>(qmax));
+    int8_t* qr = q + i * ldq;
+    k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m256i ab = _mm256_packs_epi32(
+          _mm256_cvtps_epi32(quantize8(_mm256_loadu_ps(xr + k), inv, z, lo, hi)),
+          _mm256_cvtps_epi32(quantize8(_mm256_loadu_ps(xr + k + 8), inv, z, lo, hi)));
+      const __m256i cd = _mm256_packs_epi32(
+          _mm256_cvtps_epi32(quantize8(_mm256_loadu_ps(xr + k + 16), inv, z, lo, hi)),
+          _mm256_cvtps_epi32(quantize8(_mm256_loadu_ps(xr + k + 24), inv, z, lo, hi)));
+      const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd),
+                                                        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + k), bytes);
+    }
+    const float fzp = static_cast<float>(zp[i]), fl = static_cast<float>(qmin),
+                fh = static_cast<float>(qmax);
+    for (; k < K; ++k) {
+      qr[k] = static_cast<int8_t>(static_cast<int32_t>(quantize_val(xr[k], inv_s, fzp, fl, fh)));
+    }
+  }
+}
+
+TQ_TARGET_AVX2 void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t K,
+                                              int64_t p0, int64_t p1, int8_t* packed,
+                                              int32_t* col_sums) {
+  const int64_t groups = K / 4, r = K % 4, full_panels = N / kPanel;
+  // Rows of b are often a page or more apart: walking 64 groups (256 rows) of 4 adjacent panels
+  // (one 64-byte line per row) at a time keeps both the lines and their pages cached.
+  constexpr int64_t kPanelBlock = 4, kGroupBlock = 64;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t pend = p1 < full_panels ? p1 : full_panels;
+  for (int64_t pb = p0; pb < pend; pb += kPanelBlock) {
+    const int64_t pbe = pb + kPanelBlock < pend ? pb + kPanelBlock : pend;
+    alignas(32) int32_t sums[kPanelBlock * 16] = {};
+    for (int64_t g0 = 0; g0 < groups; g0 += kGroupBlock) {
+      const int64_t g1 = g0 + kGroupBlock < groups ? g0 + kGroupBlock : groups;
+      for (int64_t pp = pb; pp < pbe; ++pp) {
+        int8_t* panel = packed + pp * K * kPanel;
+        const int8_t* col = b + pp * kPanel;
+        __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                          _mm256_setzero_si256()};
+        for (int64_t g = g0; g < g1; ++g) {
+          const int8_t* row = col + 4 * g * ldb;
+          const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+          const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + ldb));
+          const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * ldb));
+          const __m128i r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 3 * ldb));
+          // Byte then 16-bit interleaves turn 4 rows x 16 channels into 16 channels x 4 rows.
+          const __m128i t0 = _mm_unpacklo_epi8(r0, r1), t1 = _mm_unpackhi_epi8(r0, r1);
+          const __m128i t2 = _mm_unpacklo_epi8(r2, r3), t3 = _mm_unpackhi_epi8(r2, r3);
+          const __m128i o[4] = {_mm_unpacklo_epi16(t0, t2), _mm_unpackhi_epi16(t0, t2),
+                                _mm_unpacklo_epi16(t1, t3), _mm_unpackhi_epi16(t1, t3)};
+          for (int j = 0; j < 4; ++j) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + g * kGroup + 16 * j), o[j]);
+            // Two int32 lanes per channel (rows 0+1, rows 2+3), each |sum| <= 256 per group.
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_cvtepi8_epi16(o[j]), ones));
+          }
+        }
+        int32_t* s = sums + (pp - pb) * 16;
+        const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[0], acc[1]), 0xD8);
+        const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[2], acc[3]), 0xD8);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(s),
+                           _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(s)), lo));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(s + 8),
+                           _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(s + 8)), hi));
+      }
+    }
+    for (int64_t pp = pb; pp < pbe; ++pp) {
+      int8_t* panel = packed + pp * K * kPanel;
+      int32_t* s = sums + (pp - pb) * 16;
+      for (int64_t ch = 0; ch < kPanel; ++ch) {
+        for (int64_t j = 0; j < r; ++j) {
+          const int8_t v = b[(4 * groups + j) * ldb + pp * kPanel + ch];
+          panel[groups * kGroup + ch * r + j] = v;
+          s[ch] += v;
+        }
+        col_sums[pp * kPanel + ch] = s[ch];
+      }
+    }
+  }
+  if (p1 > full_panels && N % kPanel != 0) {  // the partial last panel
+    gemm_pack_weight_cols(b, 1, ldb, N, K, full_panels * kPanel, N, packed, col_sums);
+  }
+}
+
+#else  // not x86: never selected; keep the symbols for one signature set.
+
+int gemm_mr__avx2() { return gemm_mr__scalar(); }
+int64_t gemm_task_panels__avx2() { return gemm_task_panels__scalar(); }
+void gemm_compute__avx2(const GemmProblem& p, const void* a, int64_t lda, int64_t m0, int64_t m1,
+                        int64_t p0, int64_t p1) {
+  gemm_compute__scalar(p, a, lda, m0, m1, p0, p1);
+}
+void quantize_rows__avx2(const float* x, int64_t ldx, int64_t rows, int64_t K, int32_t qmin,
+                         int32_t qmax, int8_t* q, int64_t ldq, float* scale, int32_t* zp) {
+  quantize_rows__scalar(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
+}
+void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t K, int64_t p0,
+                               int64_t p1, int8_t* packed, int32_t* col_sums) {
+  const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
+  gemm_pack_weight_cols(b, 1, ldb, N, K, p0 * kPanel, n1, packed, col_sums);
+}
+#endif
+
+}  // namespace cpu
+}  // namespace torchquant

@@ -1,0 +1,415 @@
+"""int8 GEMM ops: every CPU variant bit-exact with torchquant.reference (and int8_mm with an
+exact integer product), over odd shapes, extreme values, ties, non-contiguous and empty inputs;
+bad arguments raise errors that name them."""
+import pytest
+import torch
+
+import torchquant
+from torchquant import reference
+from torchquant._ops import packed_weight_shape
+
+ops = torch.ops.torchquant
+KMAX = 65793
+
+SHAPES = [(1, 1, 1), (5, 13, 7), (3, 4099, 33), (7, 67, 17), (6, 64, 16), (13, 100, 65),
+          (1, 257, 129), (25, 3, 300), (64, 784, 256), (2, 8, 10)]
+
+
+def _rand_x(shape, dtype, gen):
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    x = torch.randint(lo, hi + 1, shape, generator=gen, dtype=torch.int16)
+    # Extremes in a fair share of places: the values that stress int32 and the flip to uint8.
+    ext = torch.randint(0, 4, shape, generator=gen)
+    x = torch.where(ext == 0, torch.full_like(x, lo), torch.where(ext == 1, torch.full_like(x, hi), x))
+    return x.to(dtype)
+
+
+def _rand_w(n, k, gen):
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int16)
+    w = torch.where(torch.rand(n, k, generator=gen) < 0.2, torch.full_like(w, -128), w)
+    return w.to(torch.int8)
+
+
+def _exact_mm(a, b):
+    return (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32)
+
+
+# ---------------------------------------------------------------- int8_mm
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_int8_mm_exact(isa, M, K, N):
+    gen = torch.Generator().manual_seed(M * 1000 + K + N)
+    a = _rand_x((M, K), torch.int8, gen)
+    b = _rand_w(N, K, gen).t().contiguous()
+    got = ops.int8_mm(a, b)
+    assert got.dtype == torch.int32 and got.shape == (M, N)
+    assert torch.equal(got, _exact_mm(a, b))
+    assert torch.equal(got, reference.int8_mm(a, b))
+    # b with unit stride along K (a transposed weight) takes the other packing path
+    bt = _rand_w(N, K, gen)
+    assert torch.equal(ops.int8_mm(a, bt.t()), _exact_mm(a, bt.t()))
+
+
+def test_int8_mm_matches_torch_int_mm():
+    gen = torch.Generator().manual_seed(1)
+    a = _rand_x((32, 64), torch.int8, gen)
+    b = _rand_w(48, 64, gen).t().contiguous()
+    assert torch.equal(torchquant.int8_mm(a, b), torch._int_mm(a, b))
+
+
+def test_int8_mm_non_contiguous_and_untouched(isa):
+    gen = torch.Generator().manual_seed(2)
+    base_a = _rand_x((40, 90), torch.int8, gen)
+    base_b = _rand_w(70, 60, gen)
+    a = base_a[::2, 5:65]          # row stride 180, unit column stride
+    b = base_b.t()[:, ::3]         # [60, 24], strides (1, 180)
+    before = (base_a.clone(), base_b.clone())
+    assert torch.equal(ops.int8_mm(a, b), _exact_mm(a, b))
+    assert torch.equal(ops.int8_mm(a.t().contiguous().t(), b), _exact_mm(a, b))
+    assert torch.equal(base_a, before[0]) and torch.equal(base_b, before[1])
+
+
+@pytest.mark.parametrize("M,K,N", [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0)])
+def test_int8_mm_empty(isa, M, K, N):
+    a = torch.zeros(M, K, dtype=torch.int8)
+    b = torch.ones(K, N, dtype=torch.int8)
+    got = ops.int8_mm(a, b)
+    assert got.shape == (M, N) and got.dtype == torch.int32 and torch.equal(got, torch.zeros(M, N, dtype=torch.int32))
+
+
+def test_int8_mm_large_k_extremes(isa):
+    a = torch.full((2, KMAX), -128, dtype=torch.int8)
+    a[1, ::2] = 127
+    b = torch.full((KMAX, 3), -128, dtype=torch.int8)
+    b[1::3, 1] = 127
+    assert torch.equal(ops.int8_mm(a, b), _exact_mm(a, b))
+
+
+# ---------------------------------------------------------------- linear_int8
+def _linear_case(gen, M, K, N, xdtype, zp):
+    x = _rand_x((M, K), xdtype, gen)
+    w = _rand_w(N, K, gen)
+    # Power-of-two scales make y * (1 / out_scale) land on exact halves often: ties.
+    w_scale = torch.where(torch.rand(N, generator=gen) < 0.5, torch.full((N,), 0.5),
+                          torch.rand(N, generator=gen) * 0.02 + 1e-3)
+    bias = torch.randn(N, generator=gen) * 50
+    return x, torch.tensor([0.25]), torch.tensor([zp], dtype=torch.int32), w, w_scale, bias
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
+def test_linear_int8_every_isa_matches_reference(M, K, N, xdtype):
+    gen = torch.Generator().manual_seed(M + 7 * K + 13 * N)
+    lo, hi = (0, 255) if xdtype == torch.uint8 else (-128, 127)
+    from conftest import SUPPORTED_ISAS
+    for zp in (lo, hi, (lo + hi) // 2):
+        x, xs, xz, w, ws, bias = _linear_case(gen, M, K, N, xdtype, zp)
+        wp, cs = ops.pack_weight(w)
+        for out_dtype, os_, oz in ((None, None, None), (torch.int8, 3.0, -5), (torch.uint8, 1.0, 128),
+                                   (torch.int8, 1e-3, 0)):  # the last one saturates
+            os_t = None if os_ is None else torch.tensor([os_])
+            oz_t = None if oz is None else torch.tensor([oz], dtype=torch.int32)
+            for b, relu in ((None, False), (bias, True), (bias, False)):
+                want = reference.linear_int8(x, xs, xz, w, ws, b, os_t, oz_t, relu, out_dtype)
+                for isa in SUPPORTED_ISAS:
+                    with torchquant.force_cpu_isa(isa):
+                        got = ops.linear_int8(x, xs, xz, wp, cs, ws, b, os_t, oz_t, relu, out_dtype)
+                    assert got.dtype == (out_dtype or torch.float32)
+                    assert torch.equal(got, want), (isa, zp, out_dtype, relu, b is None)
+
+
+@pytest.mark.parametrize("xdtype,xval,zp,wval", [(torch.uint8, 255, 0, -128), (torch.int8, -128, 127, -128),
+                                                 (torch.uint8, 0, 255, -128), (torch.int8, 127, -128, -128),
+                                                 (torch.uint8, 255, 0, 127)])
+def test_linear_int8_k_at_bound_is_exact(isa, xdtype, xval, zp, wval):
+    """K = kMaxK with the largest |x - zp| and |w|: the int32 sum reaches +-(2^31 - 128)."""
+    x = torch.full((2, KMAX), xval, dtype=xdtype)
+    w = torch.full((3, KMAX), wval, dtype=torch.int8)
+    w[1, ::5] = 0
+    wp, cs = ops.pack_weight(w)
+    xs, xz, ws = torch.tensor([1.0]), torch.tensor([zp], dtype=torch.int32), torch.ones(3)
+    got = ops.linear_int8(x, xs, xz, wp, cs, ws, None, None, None, False, None)
+    exact = ((x.to(torch.int64) - zp) @ w.to(torch.int64).t())
+    assert exact.abs().max() > 2**31 - 2**8 or wval == 127
+    assert torch.equal(got, exact.to(torch.int32).float())
+    assert torch.equal(got, reference.linear_int8(x, xs, xz, w, ws))
+
+
+def test_linear_int8_leading_dims_and_non_contiguous(isa):
+    gen = torch.Generator().manual_seed(5)
+    w = _rand_w(40, 24, gen)
+    wp, cs = ops.pack_weight(w)
+    ws, xs, xz = torch.rand(40, generator=gen) * 0.01 + 1e-3, torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32)
+    base = _rand_x((3, 24, 10), torch.uint8, gen)
+    before = base.clone()
+    for x in (base.transpose(1, 2), base.transpose(1, 2)[:, ::2], base[0].t(), base.permute(2, 0, 1)[:, :, :24][0, :1].squeeze(0)):
+        got = ops.linear_int8(x, xs, xz, wp, cs, ws, None, None, None, False, None)
+        assert got.shape == (*x.shape[:-1], 40)
+        assert torch.equal(got, reference.linear_int8(x.contiguous(), xs, xz, w, ws))
+    x2 = _rand_x((9, 50), torch.uint8, gen)[:, 3:27]  # rows 50 apart, read in place
+    assert torch.equal(ops.linear_int8(x2, xs, xz, wp, cs, ws, None, None, None, False, None),
+                       reference.linear_int8(x2, xs, xz, w, ws))
+    assert torch.equal(base, before)
+    x1 = _rand_x((24,), torch.uint8, gen)
+    assert torch.equal(ops.linear_int8(x1, xs, xz, wp, cs, ws, None, None, None, False, None),
+                       reference.linear_int8(x1, xs, xz, w, ws))
+
+
+@pytest.mark.parametrize("M,K,N", [(0, 8, 5), (3, 0, 5), (3, 8, 0)])
+def test_linear_int8_empty(isa, M, K, N):
+    w = torch.ones(N, K, dtype=torch.int8)
+    wp, cs = ops.pack_weight(w)
+    assert wp.shape == packed_weight_shape(N, K)
+    x = torch.full((M, K), 7, dtype=torch.uint8)
+    bias = torch.arange(N, dtype=torch.float32)
+    got = ops.linear_int8(x, torch.tensor([0.5]), torch.tensor([2], dtype=torch.int32), wp, cs, torch.ones(N),
+                          bias, None, None, False, None)
+    assert got.shape == (M, N)
+    assert torch.equal(got, reference.linear_int8(x, torch.tensor([0.5]), torch.tensor([2], dtype=torch.int32), w,
+                                                  torch.ones(N), bias))
+
+
+def test_linear_int8_non_finite_bias_is_defined(isa):
+    w = torch.ones(18, 5, dtype=torch.int8)
+    wp, cs = ops.pack_weight(w)
+    x = torch.ones(2, 5, dtype=torch.uint8)
+    bias = torch.zeros(18)
+    bias[0], bias[1], bias[17] = float("nan"), float("inf"), -float("inf")
+    args = (x, torch.tensor([1.0]), torch.tensor([0], dtype=torch.int32), wp, cs, torch.ones(18), bias)
+    for relu in (False, True):
+        for od, s, z in ((None, None, None), (torch.int8, torch.tensor([1.0]), torch.tensor([3], dtype=torch.int32))):
+            got = ops.linear_int8(*args, s, z, relu, od)
+            want = reference.linear_int8(x, args[1], args[2], w, args[5], bias, s, z, relu, od)
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
+    q = ops.linear_int8(*args, torch.tensor([1.0]), torch.tensor([3], dtype=torch.int32), False, torch.int8)
+    assert q[0, :2].tolist() == [3, 127] and q[0, 17] == -128  # NaN -> zero point, +-inf saturate
+
+
+# ---------------------------------------------------------------- pack_weight
+@pytest.mark.parametrize("N,K", [(1, 1), (16, 4), (17, 5), (33, 130), (0, 3), (5, 0)])
+def test_pack_weight_shape_and_col_sums(N, K):
+    gen = torch.Generator().manual_seed(N + K)
+    w = _rand_w(N, K, gen)
+    wp, cs = ops.pack_weight(w)
+    assert wp.shape == packed_weight_shape(N, K) and wp.dtype == torch.int8
+    assert torch.equal(cs, w.to(torch.int64).sum(1).to(torch.int32))
+    wp2, cs2 = ops.pack_weight(w.t().contiguous().t())  # strided weight, same packing
+    assert torch.equal(wp, wp2) and torch.equal(cs, cs2)
+    fake = torch._subclasses.fake_tensor.FakeTensorMode()
+    with fake:
+        fwp, fcs = ops.pack_weight(fake.from_tensor(w))
+    assert fwp.shape == wp.shape and fcs.shape == cs.shape
+
+
+# ---------------------------------------------------------------- dynamic
+def _dyn_input(gen, shape):
+    x = torch.randn(shape, generator=gen) * 3
+    x = x + torch.randn(shape[:-1] + (1,), generator=gen)  # rows offset: zero points away from the middle
+    if shape[-1] > 2:
+        x[..., 1] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 13), (33, 67), (2, 3, 100), (64, 784), (5, 1000)])
+def test_quantize_rowwise_matches_reference_and_torch_ao(isa, shape):
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = _dyn_input(gen, shape)
+    x.view(-1)[:: 7] = torch.round(x.view(-1)[:: 7] * 4) / 4  # exact multiples: ties after scaling
+    q, s, z = ops.quantize_rowwise(x, -128, 127)
+    rq, rs, rz = reference.quantize_rowwise(x, -128, 127)
+    assert torch.equal(q, rq) and torch.equal(s, rs) and torch.equal(z, rz)
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+    obs = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_affine)
+    obs(x.reshape(-1, shape[-1]))
+    s_ao, z_ao = obs.calculate_qparams()
+    assert torch.equal(s, s_ao.float()) and torch.equal(z.long(), z_ao.long())
+    q7, s7, z7 = ops.quantize_rowwise(x, -64, 63)
+    rq7, rs7, rz7 = reference.quantize_rowwise(x, -64, 63)
+    assert torch.equal(q7, rq7) and torch.equal(s7, rs7) and torch.equal(z7, rz7)
+
+
+def test_quantize_rowwise_non_finite_rows_are_defined(isa):
+    x = torch.tensor([[1.0, float("nan"), -2.0, 0.5] * 5,
+                      [1.0, float("inf"), -2.0, 0.5] * 5,
+                      [1.0, -float("inf"), -2.0, 0.5] * 5,
+                      [0.0] * 20,
+                      [float("nan")] * 20])
+    q, s, z = ops.quantize_rowwise(x)
+    rq, rs, rz = reference.quantize_rowwise(x)
+    assert torch.equal(q, rq) and torch.equal(s, rs) and torch.equal(z, rz)
+    # NaN counts as 0: the NaN row quantizes like the row with 0 in its place
+    q0, s0, z0 = ops.quantize_rowwise(torch.nan_to_num(x[:1], nan=0.0))
+    assert torch.equal(q[:1], q0) and torch.equal(s[:1], s0) and torch.equal(z[:1], z0)
+    assert z[2] == -128 and torch.isinf(s[1]) and torch.isinf(s[2])
+    w = torch.ones(3, 20, dtype=torch.int8)
+    wp, cs = ops.pack_weight(w)
+    y = ops.linear_dynamic(x, wp, cs, torch.ones(3), None, False)
+    assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all() and torch.isnan(y[2]).all()
+    assert torch.equal(y[3], torch.zeros(3)) and torch.equal(y[4], torch.zeros(3))
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES[:8] + [(2, 3, 5)])
+def test_linear_dynamic_every_isa_matches_reference(M, K, N):
+    from conftest import SUPPORTED_ISAS
+    gen = torch.Generator().manual_seed(3 * M + K + N)
+    x = _dyn_input(gen, (M, K))
+    w = _rand_w(N, K, gen)
+    ws = torch.rand(N, generator=gen) * 0.01 + 1e-4
+    bias = torch.randn(N, generator=gen)
+    wp, cs = ops.pack_weight(w)
+    for b, relu in ((None, False), (bias, True)):
+        want = reference.linear_dynamic(x, w, ws, b, relu)
+        for isa in SUPPORTED_ISAS:
+            with torchquant.force_cpu_isa(isa):
+                got = ops.linear_dynamic(x, wp, cs, ws, b, relu)
+            assert torch.equal(got, want), isa
+    # the float model of the dequantized activations, up to float32 summation order
+    q, s, z = reference.quantize_rowwise(x)
+    xq = (q.double() - z[:, None]) * s[:, None].double()
+    y = ops.linear_dynamic(x, wp, cs, ws, bias, False)
+    torch.testing.assert_close(y.double(), xq @ (w.double() * ws[:, None]).t() + bias, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_dynamic_leading_dims_and_dtypes(isa):
+    gen = torch.Generator().manual_seed(9)
+    w = _rand_w(20, 30, gen)
+    wp, cs = ops.pack_weight(w)
+    ws = torch.rand(20, generator=gen) * 0.01 + 1e-3
+    x = _dyn_input(gen, (2, 5, 30))
+    got = ops.linear_dynamic(x, wp, cs, ws, None, False)
+    assert got.shape == (2, 5, 20) and torch.equal(got, reference.linear_dynamic(x, w, ws))
+    xt = x.transpose(0, 1)
+    assert torch.equal(ops.linear_dynamic(xt, wp, cs, ws, None, False), reference.linear_dynamic(xt.contiguous(), w, ws))
+    xd = x.double()
+    assert torch.equal(ops.linear_dynamic(xd, wp, cs, ws, None, False), reference.linear_dynamic(xd.float(), w, ws))
+    assert ops.linear_dynamic(torch.zeros(0, 30), wp, cs, ws, None, False).shape == (0, 20)
+
+
+# ---------------------------------------------------------------- bad input
+def _good_args():
+    w = torch.ones(20, 8, dtype=torch.int8)
+    wp, cs = ops.pack_weight(w)
+    return dict(x=torch.ones(3, 8, dtype=torch.uint8), x_scale=torch.tensor([0.1]),
+                x_zero_point=torch.tensor([3], dtype=torch.int32), w_packed=wp, w_col_sums=cs,
+                w_scale=torch.ones(20), bias=None, out_scale=torch.tensor([0.5]),
+                out_zero_point=torch.tensor([0], dtype=torch.int32), relu=False, out_dtype=torch.int8)
+
+
+def _call(**over):
+    a = _good_args()
+    a.update(over)
+    return ops.linear_int8(a["x"], a["x_scale"], a["x_zero_point"], a["w_packed"], a["w_col_sums"],
+                           a["w_scale"], a["bias"], a["out_scale"], a["out_zero_point"], a["relu"], a["out_dtype"])
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(x=torch.ones(3, 8)), "'x' must be an int8 or uint8"),
+    (dict(x=torch.ones(3, 9, dtype=torch.uint8)), "packed for K = 8 but 'x' has K = 9"),
+    (dict(x_scale=torch.tensor([0.0])), "'x_scale' must be > 0 and finite, got 0"),
+    (dict(x_scale=torch.tensor([-1.0])), "'x_scale' must be > 0"),
+    (dict(x_scale=torch.tensor([float("nan")])), "'x_scale' must be > 0 and finite, got nan"),
+    (dict(x_scale=torch.tensor([0.1, 0.2])), "'x_scale' must have one element"),
+    (dict(x_zero_point=torch.tensor([256], dtype=torch.int32)), r"'x_zero_point' must lie in \[0, 255\], got 256"),
+    (dict(x_zero_point=torch.tensor([-1])), r"'x_zero_point' must lie in \[0, 255\], got -1"),
+    (dict(x=torch.ones(3, 8, dtype=torch.int8), x_zero_point=torch.tensor([128], dtype=torch.int32)), r"\[-128, 127\], got 128"),
+    (dict(x_zero_point=torch.tensor([1.0])), "'x_zero_point' must be an integer tensor"),
+    (dict(w_scale=torch.ones(19)), "'w_scale' must have 20 elements"),
+    (dict(w_scale=torch.tensor([1.0] * 19 + [float("inf")])), "'w_scale' must be > 0 and finite, got inf at channel 19"),
+    (dict(w_scale=torch.tensor([1.0] * 5 + [-2.0] + [1.0] * 14)), "'w_scale' must be > 0 and finite, got -2 at channel 5"),
+    (dict(bias=torch.ones(21)), "'bias' must have 20 elements"),
+    (dict(out_scale=torch.tensor([float("inf")])), "'out_scale' must be > 0 and finite, got inf"),
+    (dict(out_zero_point=torch.tensor([200], dtype=torch.int32)), r"'out_zero_point' must lie in \[-128, 127\], got 200"),
+    (dict(out_zero_point=torch.tensor([-1], dtype=torch.int32), out_dtype=torch.uint8), r"\[0, 255\], got -1"),
+    (dict(out_scale=None), "'out_scale' is required"),
+    (dict(out_dtype=torch.float16), "'out_dtype' must be torch.float32, torch.int8 or torch.uint8"),
+    (dict(w_packed=torch.zeros(2, 8, 8, dtype=torch.int8)), "'w_packed' must be a contiguous int8 tensor of shape"),
+    (dict(w_packed=torch.zeros(2, 8, 16)), "'w_packed' must be a contiguous int8"),
+    (dict(w_packed=torch.zeros(3, 8, 16, dtype=torch.int8)), "holds 3 panels of 16 channels but 'w_col_sums' has N = 20"),
+    (dict(w_col_sums=torch.zeros(20)), "'w_col_sums' must be a contiguous 1-D int32"),
+])
+def test_linear_int8_bad_input(over, match):
+    with pytest.raises(RuntimeError, match=match):
+        _call(**over)
+
+
+def test_bad_input_other_ops():
+    wp, cs = ops.pack_weight(torch.ones(4, 8, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="'a' must be an int8 tensor, got dtype Int"):
+        ops.int8_mm(torch.ones(2, 3, dtype=torch.int32), torch.ones(3, 2, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="'b' must be an int8 tensor, got dtype Byte"):
+        ops.int8_mm(torch.ones(2, 3, dtype=torch.int8), torch.ones(3, 2, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match=r"a.size\(1\) must equal b.size\(0\)"):
+        ops.int8_mm(torch.ones(2, 3, dtype=torch.int8), torch.ones(4, 2, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="'b' must be 2-D"):
+        ops.int8_mm(torch.ones(2, 3, dtype=torch.int8), torch.ones(3, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="'w' must be an int8 tensor, got dtype Byte"):
+        ops.pack_weight(torch.ones(4, 8, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="'w' must be 2-D"):
+        ops.pack_weight(torch.ones(4, 8, 2, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="'x' must be a floating-point tensor"):
+        ops.linear_dynamic(torch.ones(2, 8, dtype=torch.int8), wp, cs, torch.ones(4), None, False)
+    with pytest.raises(RuntimeError, match="packed for K = 8 but 'x' has K = 7"):
+        ops.linear_dynamic(torch.ones(2, 7), wp, cs, torch.ones(4), None, False)
+    with pytest.raises(RuntimeError, match="'w_scale' must be > 0 and finite, got 0 at channel 0"):
+        ops.linear_dynamic(torch.ones(2, 8), wp, cs, torch.zeros(4), None, False)
+    with pytest.raises(RuntimeError, match="'qmin' must be < qmax"):
+        ops.quantize_rowwise(torch.ones(2, 8), 5, 5)
+    with pytest.raises(RuntimeError, match="'qmax' must lie in"):
+        ops.quantize_rowwise(torch.ones(2, 8), 0, 255)
+    with pytest.raises(RuntimeError, match="'x' must be a floating-point tensor"):
+        ops.quantize_rowwise(torch.ones(2, 8, dtype=torch.int32))
+
+
+def test_packed_weight_from_another_device():
+    wp, cs = ops.pack_weight(torch.ones(4, 8, dtype=torch.int8))
+    x = torch.ones(2, 8, dtype=torch.uint8)
+    args = (torch.tensor([1.0]), torch.tensor([0], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="'w_packed' is on meta but 'x' is on cpu"):
+        ops.linear_int8(x, *args, wp.to("meta"), cs, torch.ones(4), None, None, None, False, None)
+    if torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="'w_packed' is on cuda"):
+            ops.linear_int8(x, *args, wp.cuda(), cs, torch.ones(4), None, None, None, False, None)
+
+
+def test_k_past_the_bound():
+    k = KMAX + 1
+    with pytest.raises(RuntimeError, match=f"inner dimension K of 'a' is {k}, past the largest K \\({KMAX}\\)"):
+        ops.int8_mm(torch.ones(1, k, dtype=torch.int8), torch.ones(k, 1, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match=f"inner dimension K of 'w' is {k}"):
+        ops.pack_weight(torch.ones(1, k, dtype=torch.int8))
+    wp, cs = ops.pack_weight(torch.ones(1, KMAX, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match=f"inner dimension K of 'x' is {k}"):
+        ops.linear_int8(torch.ones(1, k, dtype=torch.uint8), torch.tensor([1.0]), torch.tensor([0]), wp, cs,
+                        torch.ones(1), None, None, None, False, None)
+    with pytest.raises(RuntimeError, match=f"inner dimension K of 'x' is {k}"):
+        ops.linear_dynamic(torch.ones(1, k), wp, cs, torch.ones(1), None, False)
+
+
+# ---------------------------------------------------------------- registration
+def test_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    w = _rand_w(20, 9, gen)
+    wp, cs = ops.pack_weight(w)
+    x = _rand_x((2, 3, 9), torch.uint8, gen)
+    xs, xz = torch.tensor([0.1]), torch.tensor([4], dtype=torch.int32)
+    ws, b = torch.rand(20, generator=gen) + 0.01, torch.randn(20, generator=gen)
+    torch.library.opcheck(ops.int8_mm, (_rand_x((5, 9), torch.int8, gen), w.t()))
+    torch.library.opcheck(ops.pack_weight, (w,))
+    torch.library.opcheck(ops.linear_int8, (x, xs, xz, wp, cs, ws, b, None, None, True, None))
+    torch.library.opcheck(ops.linear_int8, (x, xs, xz, wp, cs, ws, None, torch.tensor([0.2]),
+                                            torch.tensor([-3], dtype=torch.int32), False, torch.int8))
+    torch.library.opcheck(ops.quantize_rowwise, (torch.randn(4, 9, generator=gen), -128, 127))
+    torch.library.opcheck(ops.linear_dynamic, (torch.randn(2, 3, 9, generator=gen), wp, cs, ws, b, False))
+
+
+def test_public_wrappers_and_compile():
+    w = torch.randint(-128, 128, (4, 8), dtype=torch.int8)
+    wp, cs = torchquant.pack_weight(w)
+    x = torch.randint(0, 256, (2, 3, 8), dtype=torch.uint8)
+    ws = torch.full((4,), 0.01)
+    y = torchquant.linear_int8(x, 0.1, 128, wp, cs, ws, relu=True, out_scale=0.05, out_zero_point=0,
+                               out_dtype=torch.uint8)
+    assert torch.equal(y, reference.linear_int8(x, torch.tensor([0.1]), torch.tensor([128]), w, ws, None,
+                                                torch.tensor([0.05]), torch.tensor([0]), True, torch.uint8))
+    f = torch.compile(lambda x: torchquant.linear_dynamic(x, wp, cs, ws, relu=True), fullgraph=True)
+    xf = torch.randn(5, 8)
+    assert torch.equal(f(xf), reference.linear_dynamic(xf, w, ws, None, True))
