@@ -170,7 +170,8 @@ class QTensor:
             _WARNED.add(name)
             warnings.warn(f"{name} has no int8 implementation in torchquant: its QTensor arguments are dequantized "
                           "and it runs in float", UserWarning, stacklevel=2)
-        args, kwargs = pytree.tree_map_only(QTensor, lambda q: q.dequantize(), (args, kwargs))
+        args, kwargs = pytree.tree_map_only(QTensor, lambda q: q.dequantize(), (args, kwargs),
+                                             is_leaf=lambda v: isinstance(v, QTensor))
         return func(*args, **kwargs)
 
     def _require_per_tensor(self, name):

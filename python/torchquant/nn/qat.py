@@ -24,7 +24,7 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight_fake_quant(self.weight), self.bias)
 
     @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
+    def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
         qconfig = getattr(mod, "qconfig", None)
         if qconfig is None:
