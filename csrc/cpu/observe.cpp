@@ -110,8 +110,8 @@ MinMax reduce_minmax_cpu(const at::Tensor& x, int64_t axis, bool skip_inf) {
     std::vector<float> pmn(max_chunks * width, kInf), pmx(max_chunks * width, -kInf);
     const int64_t grain = std::max<int64_t>(1, kGrain / width);
     const int64_t n = for_each_chunk(rows, grain, [&](int64_t c, int64_t b, int64_t e) {
-      k.minmax_rows(px + b * width, e - b, width, skip_inf, &pmn[c * width], &pmx[c * width],
-                    &counts[2 * c]);
+      k.minmax_rows(px + b * width, e - b, width, width, skip_inf, &pmn[c * width],
+                    &pmx[c * width], &counts[2 * c]);
     });
     for (int64_t c = 0; c < n; ++c) {
       for (int64_t j = 0; j < width; ++j) {

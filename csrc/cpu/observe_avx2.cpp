@@ -86,11 +86,11 @@ TQ_TARGET_AVX2 void minmax_impl(const float* x, int64_t n, float* mn, float* mx,
 }
 
 template <bool kSkipInf>
-TQ_TARGET_AVX2 void minmax_rows_impl(const float* x, int64_t rows, int64_t width, float* mn,
-                                     float* mx, int64_t* counts) {
+TQ_TARGET_AVX2 void minmax_rows_impl(const float* x, int64_t rows, int64_t width, int64_t stride,
+                                     float* mn, float* mx, int64_t* counts) {
   const int64_t vec_end = width - width % 8;
   for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x + r * width;
+    const float* row = x + r * stride;
     for (int64_t j = 0; j < vec_end; j += 8) {
       __m256 a = _mm256_loadu_ps(mn + j), b = _mm256_loadu_ps(mx + j);
       const __m256 bad = fold8<kSkipInf>(_mm256_loadu_ps(row + j), a, b);
@@ -99,7 +99,7 @@ TQ_TARGET_AVX2 void minmax_rows_impl(const float* x, int64_t rows, int64_t width
       if (__builtin_expect(_mm256_movemask_ps(bad) != 0, 0)) count_lanes(row + j, 8, counts);
     }
     if (vec_end < width) {
-      minmax_rows__scalar(row + vec_end, 1, width - vec_end, kSkipInf, mn + vec_end,
+      minmax_rows__scalar(row + vec_end, 1, width - vec_end, stride, kSkipInf, mn + vec_end,
                           mx + vec_end, counts);
     }
   }
@@ -117,11 +117,12 @@ TQ_TARGET_AVX2 void minmax__avx2(const float* x, int64_t n, bool skip_inf, float
 }
 
 TQ_TARGET_AVX2 void minmax_rows__avx2(const float* x, int64_t rows, int64_t width,
-                                      bool skip_inf, float* mn, float* mx, int64_t* counts) {
+                                      int64_t stride, bool skip_inf, float* mn, float* mx,
+                                      int64_t* counts) {
   if (skip_inf) {
-    minmax_rows_impl<true>(x, rows, width, mn, mx, counts);
+    minmax_rows_impl<true>(x, rows, width, stride, mn, mx, counts);
   } else {
-    minmax_rows_impl<false>(x, rows, width, mn, mx, counts);
+    minmax_rows_impl<false>(x, rows, width, stride, mn, mx, counts);
   }
 }
 
@@ -151,7 +152,7 @@ TQ_TARGET_AVX2 void histogram_bins__avx2(const float* x, int64_t n, float lo, fl
 #else  // not x86: the dispatcher never selects AVX2; keep the symbols for one signature set.
 
 void minmax__avx2(const float* x, int64_t n, bool s, float* mn, float* mx, int64_t* c) { minmax__scalar(x, n, s, mn, mx, c); }
-void minmax_rows__avx2(const float* x, int64_t r, int64_t w, bool s, float* mn, float* mx, int64_t* c) { minmax_rows__scalar(x, r, w, s, mn, mx, c); }
+void minmax_rows__avx2(const float* x, int64_t r, int64_t w, int64_t st, bool s, float* mn, float* mx, int64_t* c) { minmax_rows__scalar(x, r, w, st, s, mn, mx, c); }
 void histogram_bins__avx2(const float* x, int64_t n, float lo, float inv, int32_t b, int64_t* c) { histogram_bins__scalar(x, n, lo, inv, b, c); }
 #endif
 

@@ -19,10 +19,10 @@ namespace cpu {
   /* mn/mx: one accumulator each, over x[0, n). */                                             \
   void minmax__##SUFFIX(const float* x, int64_t n, bool skip_inf, float* mn, float* mx,        \
                         int64_t* counts);                                                      \
-  /* x is rows x width, row-major; mn/mx hold width accumulators: column j folds            */ \
-  /* x[r * width + j] for every r.                                                          */ \
-  void minmax_rows__##SUFFIX(const float* x, int64_t rows, int64_t width, bool skip_inf,       \
-                             float* mn, float* mx, int64_t* counts);                           \
+  /* x is rows x width with rows `stride` floats apart; mn/mx hold width accumulators:       */ \
+  /* column j folds x[r * stride + j] for every r.                                          */ \
+  void minmax_rows__##SUFFIX(const float* x, int64_t rows, int64_t width, int64_t stride,      \
+                             bool skip_inf, float* mn, float* mx, int64_t* counts);            \
   /* counts[b] += #finite x with bin b = (int)clamp((x - lo) * inv_width, 0, bins - 1), the  */ \
   /* float32 product and clamp exactly as written; counts[bins] += #non-finite x. counts    */ \
   /* has bins + 1 entries.                                                                  */ \

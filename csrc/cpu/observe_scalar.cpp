@@ -30,10 +30,10 @@ void minmax__scalar(const float* x, int64_t n, bool skip_inf, float* mn, float* 
   *mx = hi;
 }
 
-void minmax_rows__scalar(const float* x, int64_t rows, int64_t width, bool skip_inf, float* mn,
-                         float* mx, int64_t* counts) {
+void minmax_rows__scalar(const float* x, int64_t rows, int64_t width, int64_t stride,
+                         bool skip_inf, float* mn, float* mx, int64_t* counts) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x + r * width;
+    const float* row = x + r * stride;
     for (int64_t j = 0; j < width; ++j) fold(row[j], skip_inf, mn[j], mx[j], counts);
   }
 }
