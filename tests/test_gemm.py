@@ -105,7 +105,8 @@ def test_linear_int8_every_isa_matches_reference(M, K, N, xdtype):
         x, xs, xz, w, ws, bias = _linear_case(gen, M, K, N, xdtype, zp)
         wp, cs = ops.pack_weight(w)
         for out_dtype, os_, oz in ((None, None, None), (torch.int8, 3.0, -5), (torch.uint8, 1.0, 128),
-                                   (torch.int8, 1e-3, 0)):  # the last one saturates
+                                   (torch.int8, 1e-3, 0),  # saturates
+                                   (torch.bfloat16, None, None), (torch.float16, None, None)):
             os_t = None if os_ is None else torch.tensor([os_])
             oz_t = None if oz is None else torch.tensor([oz], dtype=torch.int32)
             for b, relu in ((None, False), (bias, True), (bias, False)):
@@ -320,7 +321,7 @@ def _call(**over):
     (dict(out_zero_point=torch.tensor([200], dtype=torch.int32)), r"'out_zero_point' must lie in \[-128, 127\], got 200"),
     (dict(out_zero_point=torch.tensor([-1], dtype=torch.int32), out_dtype=torch.uint8), r"\[0, 255\], got -1"),
     (dict(out_scale=None), "'out_scale' is required"),
-    (dict(out_dtype=torch.float16), "'out_dtype' must be torch.float32, torch.int8 or torch.uint8"),
+    (dict(out_dtype=torch.float64), "'out_dtype' must be torch.float32, torch.bfloat16, torch.float16"),
     (dict(w_packed=torch.zeros(2, 8, 8, dtype=torch.int8)), "'w_packed' must be a contiguous int8 tensor of shape"),
     (dict(w_packed=torch.zeros(2, 8, 16)), "'w_packed' must be a contiguous int8"),
     (dict(w_packed=torch.zeros(3, 8, 16, dtype=torch.int8)), "holds 3 panels of 16 channels but 'w_col_sums' has N = 20"),

@@ -273,10 +273,12 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", N);
   const at::ScalarType odt = out_dtype.value_or(at::kFloat);
-  TORCH_CHECK(odt == at::kFloat || odt == at::kChar || odt == at::kByte,
-              "argument 'out_dtype' must be torch.float32, torch.int8 or torch.uint8, got ", odt);
-  p.out_kind = odt == at::kFloat ? GemmOut::Float : odt == at::kChar ? GemmOut::QInt8 : GemmOut::QUInt8;
-  if (odt != at::kFloat) {
+  const bool low_float = odt == at::kHalf || odt == at::kBFloat16;
+  TORCH_CHECK(odt == at::kFloat || low_float || odt == at::kChar || odt == at::kByte,
+              "argument 'out_dtype' must be torch.float32, torch.bfloat16, torch.float16, torch.int8 "
+              "or torch.uint8, got ", odt);
+  p.out_kind = odt == at::kChar ? GemmOut::QInt8 : odt == at::kByte ? GemmOut::QUInt8 : GemmOut::Float;
+  if (p.out_kind != GemmOut::Float) {
     TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
                 "argument 'out_scale' is required when out_dtype is ", odt);
     TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
@@ -285,7 +287,8 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
     p.out_zp = read_zero_point(*out_zero_point, "out_zero_point", odt == at::kByte ? 0 : -128,
                                odt == at::kByte ? 255 : 127);
   }
-  at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(odt));
+  // bfloat16 / float16: the float32 result rounded to nearest even, as the CUDA epilogue does.
+  at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(low_float ? at::kFloat : odt));
   p.M = leading_rows(x);
   p.N = N;
   p.K = K;
@@ -296,11 +299,11 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   p.relu = relu;
   p.out = out.data_ptr();
   p.ldo = N;
-  if (p.M == 0 || N == 0) return out;
+  if (p.M == 0 || N == 0) return low_float ? out.to(odt) : out;
   int64_t lda = 0;
   const at::Tensor xc = as_rows(x.dim() == 1 ? x.unsqueeze(0) : x, K, &lda);
   run_gemm(p, xc.const_data_ptr(), lda);
-  return out;
+  return low_float ? out.to(odt) : out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Tensor& x,

@@ -154,7 +154,7 @@ TQ_TARGET_AVX2 void epilogue_row(const GemmProblem& p, const int32_t* acc, int64
     const __m256 s = _mm256_mul_ps(vas, _mm256_loadu_ps(p.w_scale + n));
     __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
     if (p.bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(p.bias + n));
-    if (p.relu) y = _mm256_max_ps(y, zero);  // y > 0 ? y : 0, NaN -> 0
+    if (p.relu) y = _mm256_max_ps(zero, y);  // 0 > y ? 0 : y: NaN and -0 pass through
     if (p.out_kind == GemmOut::Float) {
       _mm256_storeu_ps(static_cast<float*>(p.out) + o, y);
       continue;

@@ -143,7 +143,7 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
     const __m512 s = _mm512_mul_ps(vas, _mm512_loadu_ps(p.w_scale + n));
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
     if (p.bias != nullptr) y = _mm512_add_ps(y, _mm512_loadu_ps(p.bias + n));
-    if (p.relu) y = _mm512_max_ps(y, zero);  // y > 0 ? y : 0, NaN -> 0
+    if (p.relu) y = _mm512_max_ps(zero, y);  // 0 > y ? 0 : y: NaN and -0 pass through
     if (p.out_kind == GemmOut::Float) {
       _mm512_storeu_ps(static_cast<float*>(p.out) + o, y);
       continue;

@@ -57,13 +57,13 @@ inline int32_t gemm_correct(int32_t acc, int32_t zp, int32_t col_sum) {
 }
 
 // The float part of the epilogue: (float)corr * (a_scale * w_scale), + bias, ReLU.
-// ReLU is `y > 0 ? y : +0`, so NaN becomes +0 (what vmaxps(y, 0) gives).
+// ReLU is `y < 0 ? 0 : y` (std::max(y, 0)): NaN and -0 pass through unchanged.
 inline float gemm_dequant(int32_t corr, float a_scale, float w_scale, const float* bias, int64_t n,
                           bool relu) {
   const float s = a_scale * w_scale;
   float y = static_cast<float>(corr) * s;
   if (bias != nullptr) y = y + bias[n];
-  if (relu) y = y > 0.0f ? y : 0.0f;
+  if (relu) y = y < 0.0f ? 0.0f : y;
   return y;
 }
 

@@ -86,9 +86,15 @@ torch.library.register_autograd(
 PANEL = 16  # output channels per packed panel (kPanel in csrc/cpu/gemm_kernels.h)
 
 
-def packed_weight_shape(n: int, k: int):
-    """Shape of the packed weight that ``pack_weight`` returns for an int8 weight [n, k]:
-    [ceil(n / 16), k, 16] (panels of 16 output channels; see csrc/cpu/gemm_kernels.h)."""
+CUDA_K_ALIGN = 16  # kKAlign in csrc/cuda/gemm.cu
+
+
+def packed_weight_shape(n: int, k: int, device="cpu"):
+    """Shape of the packed weight that ``pack_weight`` returns for an int8 weight [n, k] on
+    ``device``: on the CPU [ceil(n / 16), k, 16] (panels of 16 output channels, see
+    csrc/cpu/gemm_kernels.h); on CUDA [n, round_up(k, 16)] (csrc/cuda/gemm.cu)."""
+    if torch.device(device).type == "cuda":
+        return (n, (k + CUDA_K_ALIGN - 1) // CUDA_K_ALIGN * CUDA_K_ALIGN)
     return ((n + PANEL - 1) // PANEL, k, PANEL)
 
 
@@ -97,15 +103,13 @@ def _check_packed(x, w_packed, w_col_sums):
     for name, t in (("w_packed", w_packed), ("w_col_sums", w_col_sums)):
         torch._check(t.device == x.device,
                      lambda: f"argument '{name}' is on {t.device} but 'x' is on {x.device}; they must be on the same device")
-    torch._check(w_packed.dim() == 3 and w_packed.shape[2] == PANEL,
-                 lambda: f"argument 'w_packed' must have shape [ceil(N/16), K, 16], got {tuple(w_packed.shape)}")
-    torch._check(w_packed.shape[1] == k,
-                 lambda: f"argument 'w_packed' was packed for K = {w_packed.shape[1]} but 'x' has K = {k}")
     torch._check(w_col_sums.dim() == 1 and w_col_sums.dtype == torch.int32,
                  lambda: "argument 'w_col_sums' must be a 1-D int32 tensor")
     n = w_col_sums.shape[0]
-    torch._check(w_packed.shape[0] == (n + PANEL - 1) // PANEL,
-                 lambda: f"argument 'w_packed' holds {w_packed.shape[0]} panels but 'w_col_sums' has N = {n}")
+    want = packed_weight_shape(n, k, x.device)
+    torch._check(tuple(w_packed.shape) == want,
+                 lambda: f"argument 'w_packed' has shape {tuple(w_packed.shape)}, but a weight [N={n}, K={k}] "
+                         f"packed for {x.device.type} has shape {want}")
     return n
 
 
@@ -124,7 +128,7 @@ def _pack_weight_fake(w):
     torch._check(w.dtype == torch.int8 and w.dim() == 2,
                  lambda: f"argument 'w' must be a 2-D int8 tensor, got {w.dtype} {tuple(w.shape)}")
     n, k = w.shape
-    return w.new_empty(packed_weight_shape(n, k)), w.new_empty((n,), dtype=torch.int32)
+    return w.new_empty(packed_weight_shape(n, k, w.device)), w.new_empty((n,), dtype=torch.int32)
 
 
 @torch.library.register_fake("torchquant::linear_int8")
@@ -133,8 +137,8 @@ def _linear_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, b
     torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
     n = _check_packed(x, w_packed, w_col_sums)
     odt = out_dtype or torch.float32
-    torch._check(odt in (torch.float32, torch.int8, torch.uint8),
-                 lambda: f"argument 'out_dtype' must be torch.float32, torch.int8 or torch.uint8, got {odt}")
+    torch._check(odt in (torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.uint8),
+                 lambda: f"argument 'out_dtype' must be float32, bfloat16, float16, int8 or uint8, got {odt}")
     return x.new_empty((*x.shape[:-1], n), dtype=odt)
 
 

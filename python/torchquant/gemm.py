@@ -65,8 +65,9 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
     """Static int8 Linear: ``x`` [..., K] int8/uint8 with per-tensor ``x_scale`` /
     ``x_zero_point``; weights packed by ``pack_weight`` with symmetric per-output-channel
     ``w_scale`` [N]; optional float ``bias`` [N]; optional fused ReLU. Returns float32 [..., N]
-    by default, or int8/uint8 requantized with ``out_scale`` / ``out_zero_point`` when
-    ``out_dtype`` is torch.int8 / torch.uint8.
+    by default (bfloat16 / float16 if asked: the float32 result rounded to nearest even), or
+    int8/uint8 requantized with ``out_scale`` / ``out_zero_point`` when ``out_dtype`` is
+    torch.int8 / torch.uint8.
 
     >>> w = torch.randint(-128, 128, (4, 8), dtype=torch.int8)
     >>> wp, cs = torchquant.pack_weight(w)

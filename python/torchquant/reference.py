@@ -147,12 +147,12 @@ def _requantize(corr, a_scale, w_scale, bias, relu, out_scale, out_zero_point, o
     if bias is not None:
         y = y + bias.float().reshape(1, -1)
     if relu:
-        y = torch.where(y > 0, y, torch.zeros_like(y))  # NaN -> +0
+        y = torch.where(y < 0, torch.zeros_like(y), y)  # NaN and -0 pass through
     if out_dtype in (torch.int8, torch.uint8):
         qmin, qmax = (-128, 127) if out_dtype == torch.int8 else (0, 255)
         t, *_ = _quantized_float(y, out_scale.reshape(1), out_zero_point.reshape(1), None, qmin, qmax)
         return t.to(torch.int64).to(out_dtype)
-    return y
+    return y.to(out_dtype or torch.float32)
 
 
 def linear_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, out_scale=None, out_zero_point=None,

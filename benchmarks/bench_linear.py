@@ -1,0 +1,169 @@
+"""CPU int8 Linear: torchquant against its anchors, measured in one process.
+
+    python benchmarks/bench_linear.py [--threads 2] [--rounds 5] [--target-ms 40]
+
+Each implementation is timed as the 10th percentile of single-call times over about
+rounds * target_ms of calls, which is what survives a machine shared with other work. Ratios are
+anchor_time / torchquant_time (> 1: torchquant is faster). Anchors:
+  static   torch.ao.nn.quantized.Linear (quint8 in, quint8 out) on the x86 and fbgemm engines;
+           torch._int_mm + zero-point correction + requantize in torch ops; fp32 F.linear
+  int8_mm  torch._int_mm
+  dynamic  torchao Int8DynamicActivationInt8WeightConfig, torch.ao.quantization.quantize_dynamic
+"""
+import argparse
+import datetime
+import platform
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import torchquant
+
+warnings.filterwarnings("ignore")
+ops = torch.ops.torchquant
+
+SHAPES = [  # (M, K, N, label)
+    (64, 784, 256, "mnist fc1 b64"), (64, 256, 256, "mnist fc2 b64"), (64, 256, 10, "mnist fc3 b64"),
+    (1024, 784, 256, "mnist fc1 b1024"), (1024, 256, 256, "mnist fc2 b1024"), (1024, 256, 10, "mnist fc3 b1024"),
+    (1, 4096, 4096, "4096^2 M=1"), (32, 4096, 4096, "4096^2 M=32"), (256, 4096, 4096, "4096^2 M=256"),
+]
+
+
+def best_us(fn, rounds, target_ms):
+    """10th percentile of single-call times over about rounds * target_ms of calls: on a machine
+    shared with other work a call that was descheduled is an outlier, not a measurement."""
+    fn()
+    times = []
+    budget = rounds * target_ms / 1e3
+    start = time.perf_counter()
+    while time.perf_counter() - start < budget or len(times) < 5:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 10] * 1e6
+
+
+def ao_static_linear(engine, K, N, w_f, b_f, w_scale):
+    torch.backends.quantized.engine = engine
+    qw = torch.quantize_per_channel(w_f, w_scale.double(), torch.zeros(N, dtype=torch.long), 0, torch.qint8)
+    lin = torch.ao.nn.quantized.Linear(K, N)
+    lin.set_weight_bias(qw, b_f)
+    lin.scale, lin.zero_point = 0.05, 64
+    return lin
+
+
+def torchao_dynamic(K, N, w_f, b_f):
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except Exception as e:  # noqa: BLE001
+        return None, f"torchao import failed: {type(e).__name__}: {e}"
+    try:
+        m = torch.nn.Sequential(torch.nn.Linear(K, N))
+        with torch.no_grad():
+            m[0].weight.copy_(w_f)
+            m[0].bias.copy_(b_f)
+        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+        return m, None
+    except Exception as e:  # noqa: BLE001
+        return None, f"torchao quantize_ failed: {type(e).__name__}: {e}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--target-ms", type=float, default=40.0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"# {datetime.date.today()}  {cpu}  torch {torch.__version__}  threads {args.threads}  "
+          f"torchquant isa {torchquant.cpu_isa()}")
+    T = lambda fn: best_us(fn, args.rounds, args.target_ms)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for M, K, N, label in SHAPES:
+        x_f = torch.randn(M, K, generator=gen)
+        w_f = torch.randn(N, K, generator=gen) * 0.05
+        b_f = torch.randn(N, generator=gen) * 0.1
+        w_scale = (w_f.abs().amax(1) / 127).float()
+        w_q = torch.clamp(torch.round(w_f / w_scale[:, None]), -128, 127).to(torch.int8)
+        wp, cs = ops.pack_weight(w_q)
+        xs, xz = torch.tensor([0.02]), torch.tensor([128], dtype=torch.int32)
+        x_u8 = torch.randint(0, 256, (M, K), generator=gen, dtype=torch.uint8)
+        os_, oz = torch.tensor([0.05]), torch.tensor([64], dtype=torch.int32)
+        r = {"shape": label}
+
+        r["ours"] = T(lambda: ops.linear_int8(x_u8, xs, xz, wp, cs, w_scale, b_f, os_, oz, False, torch.uint8))
+        if M == 256 and K == 4096:
+            with torchquant.force_cpu_isa("avx2"):
+                r["ours_avx2"] = T(lambda: ops.linear_int8(x_u8, xs, xz, wp, cs, w_scale, b_f, os_, oz, False, torch.uint8))
+        r["fp32"] = T(lambda: F.linear(x_f, w_f, b_f))
+        qx = torch.quantize_per_tensor(x_f, 0.02, 128, torch.quint8)
+        for engine in ("x86", "fbgemm"):
+            lin = ao_static_linear(engine, K, N, w_f, b_f, w_scale)
+            r[f"ao_{engine}"] = T(lambda: lin(qx))
+        torch.backends.quantized.engine = "x86"
+        # torch._int_mm path: int8 activations (x - 128), int32 product, correction + requantize in torch ops.
+        x_s8 = (x_u8.to(torch.int16) - 128).to(torch.int8)
+        w_t = w_q.t().contiguous()
+        cs64 = w_q.to(torch.int32).sum(1)
+
+        def int_mm_requant():
+            acc = torch._int_mm(x_s8, w_t)
+            y = acc.float() * (0.02 * w_scale) + b_f
+            return torch.clamp(torch.round(y * 20.0) + 64, 0, 255).to(torch.uint8)
+        try:
+            r["int_mm_rq"] = T(int_mm_requant)
+            r["int_mm"] = T(lambda: torch._int_mm(x_s8, w_t))
+        except RuntimeError:
+            r["int_mm_rq"] = r["int_mm"] = float("nan")
+        del cs64
+        r["ours_mm"] = T(lambda: ops.int8_mm(x_s8, w_t))
+
+        r["ours_dyn"] = T(lambda: ops.linear_dynamic(x_f, wp, cs, w_scale, b_f, False))
+        m = torch.nn.Sequential(torch.nn.Linear(K, N))
+        with torch.no_grad():
+            m[0].weight.copy_(w_f)
+            m[0].bias.copy_(b_f)
+        dq = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+        r["ao_dyn"] = T(lambda: dq(x_f))
+        tao, err = torchao_dynamic(K, N, w_f, b_f)
+        if tao is not None:
+            with torch.no_grad():
+                r["torchao_dyn"] = T(lambda: tao(x_f))
+        else:
+            r["torchao_dyn"] = float("nan")
+            r["torchao_err"] = err
+        rows.append(r)
+        ratio = lambda a, b: r[a] / r[b]  # noqa: E731
+        print(f"{label:17s} ours {r['ours']:9.1f}us | vs ao-x86 {ratio('ao_x86', 'ours'):5.2f}x "
+              f"ao-fbgemm {ratio('ao_fbgemm', 'ours'):5.2f}x int_mm+rq {ratio('int_mm_rq', 'ours'):5.2f}x "
+              f"fp32 {ratio('fp32', 'ours'):5.2f}x"
+              + (f" (avx2: fp32 {r['fp32'] / r['ours_avx2']:.2f}x)" if "ours_avx2" in r else "")
+              + f" | int8_mm {r['ours_mm']:9.1f}us vs _int_mm {ratio('int_mm', 'ours_mm'):5.2f}x"
+              f" | dynamic {r['ours_dyn']:9.1f}us vs torchao {ratio('torchao_dyn', 'ours_dyn'):5.2f}x "
+              f"ao {ratio('ao_dyn', 'ours_dyn'):5.2f}x", flush=True)
+        if "torchao_err" in r:
+            print(f"    {r['torchao_err']}")
+    print("\n| shape | linear_int8 us | ao x86 us | ao fbgemm us | _int_mm+rq us | fp32 us | int8_mm us | _int_mm us "
+          "| linear_dynamic us | torchao dyn us | ao dyn us |")
+    print("|---|" + "---|" * 10)
+    for r in rows:
+        print(f"| {r['shape']} | " + " | ".join(f"{r[k]:.1f}" for k in (
+            "ours", "ao_x86", "ao_fbgemm", "int_mm_rq", "fp32", "ours_mm", "int_mm", "ours_dyn",
+            "torchao_dyn", "ao_dyn")) + " |")
+    avx2 = [r for r in rows if "ours_avx2" in r]
+    for r in avx2:
+        print(f"AVX2 forced, {r['shape']}: linear_int8 {r['ours_avx2']:.1f} us, {r['fp32'] / r['ours_avx2']:.2f}x fp32")
+
+
+if __name__ == "__main__":
+    main()
