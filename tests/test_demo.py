@@ -1,0 +1,157 @@
+"""torchquant.demo: the building blocks, and a reduced run of the whole command on the real
+MNIST (scripts/setup.sh fetches it; a missing copy fails here, it is not skipped)."""
+import io
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchquant import datasets, demo
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    data = demo.load_data(train_subset=5000)
+    return data
+
+
+def test_normalize_shape_and_values():
+    imgs = torch.tensor([[[0, 255] + [0] * 782]], dtype=torch.uint8).reshape(1, 28, 28)
+    x = demo.normalize(imgs)
+    assert x.shape == (1, 784) and x.dtype == torch.float32
+    assert x[0, 0] == pytest.approx((0 - datasets.MNIST_MEAN) / datasets.MNIST_STD)
+    assert x[0, 1] == pytest.approx((1 - datasets.MNIST_MEAN) / datasets.MNIST_STD)
+    assert imgs[0, 0, 1] == 255  # input untouched
+
+
+def test_load_data_subset_and_real_counts():
+    data = demo.load_data(train_subset=1000)
+    assert data.x_train.shape == (1000, 784) and data.y_train.shape == (1000,)
+    assert data.x_test.shape == (10000, 784) and data.y_test.dtype == torch.int64
+    assert abs(float(data.x_test.mean())) < 0.1 and abs(float(data.x_test.std()) - 1) < 0.1  # normalized
+    with pytest.raises(ValueError, match="train_subset"):
+        demo.load_data(train_subset=0)
+
+
+def test_real_mnist_is_complete():
+    x, y = datasets.mnist("train")
+    assert x.shape == (60000, 28, 28) and y.shape == (60000,)
+    assert torch.bincount(y).min() > 5000  # every digit well represented
+    x, y = datasets.mnist("test")
+    assert x.shape == (10000, 28, 28) and y[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_mlp_shape():
+    m = demo.MLP()
+    assert m(torch.randn(3, 784)).shape == (3, 10)
+    assert [n for n, _ in m.named_children()] == ["quant", "fc1", "relu1", "fc2", "relu2", "fc3", "dequant"]
+
+
+def test_train_is_deterministic_and_learns(mnist_small):
+    d = mnist_small
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(demo.train(demo.MLP(), d.x_train, d.y_train, epochs=1, seed=3, progress=False))
+    for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()):
+        assert torch.equal(a, b)
+    acc = demo.evaluate(runs[0], d.x_test[:2000], d.y_test[:2000], progress=False)
+    assert acc > 85.0
+
+
+def test_train_max_steps_caps_the_run():
+    x, y = torch.randn(100, 784), torch.randint(0, 10, (100,))
+    m = demo.MLP()
+    before = m.fc1.weight.detach().clone()
+    demo.train(m, x, y, epochs=0, max_steps=1, batch_size=10, progress=False)
+    assert not torch.equal(before, m.fc1.weight)
+
+
+def test_evaluate_counts_correctly():
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0].long(), 10).float()
+
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    y = torch.tensor([1, 2, 0, 4])
+    assert demo.evaluate(Fixed(), x, y, batch_size=3, progress=False) == 75.0
+
+
+def test_state_dict_size_is_what_torch_save_writes():
+    m = demo.MLP()
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    assert demo.state_dict_size(m) == len(buf.getvalue())
+    n_params = sum(p.numel() for p in m.parameters())
+    assert 4 * n_params < demo.state_dict_size(m) < 4 * n_params * 1.05
+
+
+def test_time_models_positive_and_ordered():
+    small, big = nn.Linear(16, 16), nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)])
+    t_small = demo.time_inference(small, torch.randn(64, 16), rounds=2, per_round=1)
+    t = demo.time_models([nn.Linear(256, 256), big], torch.randn(512, 256), rounds=3, per_round=2)
+    assert t_small > 0 and len(t) == 2 and 0 < t[0] < t[1]
+
+
+def test_format_table_ratios():
+    rows = [demo.Result("fp32", None, 97.5, 4000, 0.004), demo.Result("int8", None, 97.25, 1000, 0.001)]
+    table = demo.format_table(rows)
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["model", "test", "acc"]
+    assert "+0.25" in lines[3] and "4.00x" in lines[3] and "1.00" in lines[3]
+    assert "CUDA" not in table
+    assert "CUDA ms/batch" in demo.format_table(rows, with_cuda=True)
+
+
+def test_quantize_static_rejects_unknown_scheme():
+    with pytest.raises(ValueError, match="scheme.*'per_row'"):
+        demo.quantize_static(demo.MLP(), torch.randn(8, 784), "per_row", progress=False)
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--epochs", "--seed", "--device", "--data-root", "--plot-dir", "--no-progress", "--qat-steps"):
+        assert opt in out
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert demo.main(["--data-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "scripts/get_mnist.py" in err and str(tmp_path) in err
+
+
+@pytest.mark.slow
+def test_reduced_demo_prints_every_row(tmp_path, capsys):
+    rc = demo.main(["--train-subset", "5000", "--no-progress", "--qat-steps", "30", "--calib-size", "256",
+                    "--plot-dir", str(tmp_path), "--no-cuda-timing"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for row in ("fp32", "int8 static per-channel", "int8 static per-tensor", "int8 dynamic",
+                "int8 QAT per-tensor (30 steps)"):
+        assert any(line.startswith(row) for line in out.splitlines()), row
+    for layer in ("quant", "fc1", "fc2", "fc3"):
+        assert any(line.split()[:1] == [layer] for line in out.splitlines()), layer
+    assert "test acc %" in out and "state dict KiB" in out and "CPU ms/batch" in out
+    for f in ("per_layer_sqnr.png", "accuracy_size.png"):
+        assert os.path.getsize(tmp_path / f) > 1000
+
+
+@pytest.mark.slow
+def test_full_demo_meets_the_acceptance_figures():
+    """The real command's defaults: one fp32 epoch on all 60,000 images."""
+    import argparse
+
+    args = demo.build_parser().parse_args(["--no-progress", "--no-cuda-timing", "--qat-steps", "0"])
+    out = demo.run(args, print_fn=lambda s: None)
+    res = {r.name.split(" (")[0]: r for r in out["results"]}
+    fp32, pc = res["fp32"], res["int8 static per-channel"]
+    assert fp32.accuracy >= 97.0
+    assert fp32.accuracy - pc.accuracy <= 0.3
+    for name in ("int8 static per-channel", "int8 static per-tensor", "int8 dynamic"):
+        assert fp32.size_bytes / res[name].size_bytes >= 3.7, name
+    rep = out["report"]
+    assert all(l.sqnr_db > 25 for l in rep), rep.table()

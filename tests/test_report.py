@@ -1,0 +1,169 @@
+"""torchquant.report: per-layer SQNR and max abs error, matched by module name."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import torchquant  # noqa: E402
+from torchquant.report import report  # noqa: E402
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+class FakeQuantLinear(nn.Module):
+    """Linear whose weights and output go through torchquant's int8 quantization; returns a
+    QTensor, as a converted module does."""
+
+    def __init__(self, lin: nn.Linear, scale: float, per_channel_child: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(lin.weight.detach().clone())
+        self.bias = nn.Parameter(lin.bias.detach().clone())
+        self.scale = scale
+        if per_channel_child:
+            self.packed = nn.Module()  # converted modules may carry an internal child
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            x = x.dequantize()
+        y = nn.functional.linear(x, self.weight, self.bias)
+        return torchquant.quantize_per_tensor(y, self.scale, 0, torch.qint8)
+
+
+class Dequant(nn.Module):
+    def forward(self, q):
+        return q.dequantize() if not isinstance(q, torch.Tensor) else q
+
+
+def _quantized_twin(net, s1, s2, child=False):
+    q = nn.Module()
+    q.fc1 = FakeQuantLinear(net.fc1, s1, child)
+    q.relu = nn.Identity()  # a fused ReLU: skipped by the report
+    q.fc2 = FakeQuantLinear(net.fc2, s2, child)
+    q.out = Dequant()
+
+    def forward(x):
+        return q.out(q.fc2(torch.relu(q.fc1(x).dequantize())))
+
+    q.forward = forward
+    return q
+
+
+def _expected(f, q):
+    f, q = f.detach().double(), q.detach().double()
+    return 10 * math.log10(float((f * f).sum() / ((f - q) ** 2).sum())), float((f - q).abs().max())
+
+
+@pytest.mark.parametrize("child", [False, True])
+def test_sqnr_and_max_error_match_direct_computation(child):
+    torch.manual_seed(0)
+    net = Net().eval()
+    q = _quantized_twin(net, 0.05, 0.02, child)
+    x = torch.randn(64, 8)
+    r = report(net, q, x)
+    assert [l.name for l in r] == ["fc1", "fc2"]  # relu (Identity) skipped, 'out' absent from the float model
+    f1 = net.fc1(x)
+    q1 = q.fc1(x).dequantize()
+    sqnr, err = _expected(f1, q1)
+    assert r["fc1"].sqnr_db == pytest.approx(sqnr, rel=1e-9)
+    assert r["fc1"].max_abs_error == pytest.approx(err, rel=1e-9)
+    assert 0 < r["fc1"].max_abs_error <= 0.05 / 2 + 1e-6  # rounding error is at most half a step
+    assert r["fc1"].quantized_type == "FakeQuantLinear" and r["fc1"].float_type == "Linear"
+    f2 = net.fc2(torch.relu(f1))
+    q2 = q.fc2(torch.relu(q1)).dequantize()
+    assert r["fc2"].sqnr_db == pytest.approx(_expected(f2, q2)[0], rel=1e-9)
+
+
+def test_coarser_scale_lowers_sqnr_by_the_step_ratio():
+    torch.manual_seed(1)
+    net = Net().eval()
+    x = torch.randn(256, 8)
+    step = float(net.fc1(x).detach().abs().max()) / 100  # neither step saturates
+    fine = report(net, _quantized_twin(net, step, step), x)["fc1"].sqnr_db
+    coarse = report(net, _quantized_twin(net, 4 * step, 4 * step), x)["fc1"].sqnr_db
+    # 4x the step: the noise power grows 16x, i.e. about 12 dB
+    assert 10.0 < fine - coarse < 14.0
+
+
+def test_batches_accumulate_like_one_batch():
+    torch.manual_seed(2)
+    net = Net().eval()
+    q = _quantized_twin(net, 0.05, 0.05)
+    x = torch.randn(96, 8)
+    one = report(net, q, x)
+    many = report(net, q, [(x[:40], torch.zeros(40)), (x[40:], torch.zeros(56))])
+    for a, b in zip(one, many):
+        assert a.sqnr_db == pytest.approx(b.sqnr_db, rel=1e-9) and a.max_abs_error == pytest.approx(b.max_abs_error)
+        assert a.numel == b.numel
+
+
+def test_identical_models_give_infinite_sqnr_and_restore_modes():
+    net = Net().train()
+    twin = Net()
+    twin.load_state_dict(net.state_dict())
+    twin.train()
+    r = report(net, twin, torch.randn(8, 8))
+    assert all(math.isinf(l.sqnr_db) and l.max_abs_error == 0 for l in r)
+    assert net.training and twin.training  # flags restored
+    assert not any(m._forward_hooks for m in list(net.modules()) + list(twin.modules()))  # hooks removed
+    assert "inf" in r.table()
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+def test_torch_quantized_tensor_outputs_are_dequantized():
+    class TorchQ(nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x):
+            return torch.quantize_per_tensor(self.lin(x), 0.1, 0, torch.qint8)
+
+    net = Net().eval()
+    q = nn.Module()
+    q.fc1 = TorchQ(net.fc1)
+    q.forward = lambda x: q.fc1(x).dequantize()
+    r = report(net, q, torch.randn(16, 8))
+    assert [l.name for l in r] == ["fc1"] and 0 < r["fc1"].max_abs_error <= 0.05 + 1e-6
+
+
+def test_no_common_layer_is_an_error():
+    other = nn.Sequential(nn.Linear(8, 4))
+    with pytest.raises(ValueError, match="shares no module name"):
+        report(Net(), other, torch.randn(2, 8))
+
+
+def test_unknown_layer_name_lookup():
+    net = Net().eval()
+    r = report(net, _quantized_twin(net, 0.05, 0.05), torch.randn(4, 8))
+    with pytest.raises(KeyError, match="fc9"):
+        r["fc9"]
+
+
+def test_plot_returns_and_saves_a_figure(tmp_path):
+    net = Net().eval()
+    q = _quantized_twin(net, 0.05, 0.05)
+    path = tmp_path / "sqnr.png"
+    r = report(net, q, torch.randn(32, 8), plot=str(path))
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert r.figure is not None and len(r.figure.axes[0].patches) == 2
+    r2 = report(net, q, torch.randn(32, 8), plot=True)
+    assert r2.figure is not None
+    fig = r2.plot()
+    assert fig is r2.figure
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
