@@ -94,3 +94,5 @@ from .quantize import (  # noqa: E402
 )
 from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
 # EAGER-EXPORTS-END
+from . import datasets  # noqa: E402,F401
+from .report import report  # noqa: E402
