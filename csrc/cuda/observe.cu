@@ -299,7 +299,9 @@ Partials minmax_partials(const at::Tensor& x, int64_t axis, bool skip_inf, cudaS
     const int V = aligned ? 4 : 1;
     const int64_t m = W / std::gcd<int64_t>(W, V);  // P must be a multiple of m
     const int64_t nvec = n / V;
-    int64_t grid = grid_for(nvec);
+    // Each block writes W partials: at most n / 16 of them in all, so that the fold reads a
+    // small fraction of what the pass read; enough threads for one period m of columns.
+    int64_t grid = std::min<int64_t>(grid_for(nvec), std::max<int64_t>(1, n / (16 * W)));
     grid = std::max<int64_t>(grid, (m + kThreads - 1) / kThreads);
     const int64_t P = std::max<int64_t>(m, (grid * kThreads / m) * m);
     ptrs(grid * W, grid);
@@ -373,10 +375,20 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int64_t ch = warp0; ch < C; ch += warp_stride) {
     float mn = kInf, mx = -kInf;
-    for (int64_t k = lane; k < K; k += 32) {
-      const int64_t idx = (k / group) * group_stride + ch * channel_stride + k % group;
-      mn = fminf(mn, pmn[idx]);
-      mx = fmaxf(mx, pmx[idx]);
+    const int64_t base = ch * channel_stride;
+    if (K <= INT32_MAX && group <= INT32_MAX) {  // 32-bit division: several times cheaper
+      const uint32_t g = static_cast<uint32_t>(group);
+      for (uint32_t k = lane; k < static_cast<uint32_t>(K); k += 32) {
+        const int64_t idx = static_cast<int64_t>(k / g) * group_stride + base + k % g;
+        mn = fminf(mn, pmn[idx]);
+        mx = fmaxf(mx, pmx[idx]);
+      }
+    } else {
+      for (int64_t k = lane; k < K; k += 32) {
+        const int64_t idx = (k / group) * group_stride + base + k % group;
+        mn = fminf(mn, pmn[idx]);
+        mx = fmaxf(mx, pmx[idx]);
+      }
     }
     mn = warp_min(mn);
     mx = warp_max(mx);
