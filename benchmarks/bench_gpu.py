@@ -1,7 +1,8 @@
 """CUDA benchmark of torchquant's kernels against anchors measured in the same process.
 
 Anchors: torch._int_mm (where its shape rules allow), a device-to-device copy (bandwidth),
-torch.fake_quantize_per_{tensor,channel}_affine. Prints one table: time (us), TOPS or GB/s,
+torch.fake_quantize_per_{tensor,channel}_affine, torch.aminmax and torch.ao's HistogramObserver
+(observers: 16M elements). Prints one table: time (us), TOPS or GB/s,
 and the ratio to the anchor. Timing: triton.testing.do_bench when present, else CUDA events
 (median of repeated runs after warm-up).
 
@@ -111,6 +112,60 @@ def bench_elementwise(n):
     row(f"quantize_rowwise {C}x4096", bench_us(lambda: ops.quantize_rowwise(x2)), 5.0 * n, "GB/s")
 
 
+def bench_observers(n):
+    """Observers read x once (the histogram twice: range, then counts); the anchor column is the
+    fraction of copy bandwidth (a copy moves 8 bytes per element, an observer reads 4)."""
+    import torchquant.observer as tqo
+
+    x = torch.randn(n, device="cuda")
+    copy_us = bench_us(lambda: x.clone())
+    row(f"copy float32 {n} (anchor)", copy_us, 8.0 * n, "GB/s")
+    half_copy = copy_us / 2  # time a copy takes per 4 bytes per element
+
+    row(f"  torch.aminmax {n}", bench_us(lambda: torch.aminmax(x)), 4.0 * n, "GB/s", half_copy, "copy BW")
+    row(f"aminmax op {n}", bench_us(lambda: ops.aminmax(x, None)), 4.0 * n, "GB/s", half_copy, "copy BW")
+    obs = tqo.MinMaxObserver().cuda()
+    row(f"MinMaxObserver {n}", bench_us(lambda: obs(x)), 4.0 * n, "GB/s", half_copy, "copy BW")
+
+    for shape, axis in (((n // 4096, 4096), 0), ((n // 64, 64), 1), ((n // 4, 4), 1)):
+        x2 = x.reshape(shape)
+        other = 1 - axis
+        row(f"  torch.aminmax dim={other} {shape[0]}x{shape[1]}",
+            bench_us(lambda: torch.aminmax(x2, dim=other)), 4.0 * n, "GB/s", half_copy, "copy BW")
+        pobs = tqo.PerChannelMinMaxObserver(ch_axis=axis).cuda()
+        row(f"PerChannelMinMaxObserver ax={axis} {shape[0]}x{shape[1]}", bench_us(lambda: pobs(x2)), 4.0 * n,
+            "GB/s", half_copy, "copy BW")
+
+    try:
+        import warnings
+
+        from torch.ao.quantization import HistogramObserver as AoHistogramObserver
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ao = AoHistogramObserver().cuda()
+        ao_us = bench_us(lambda: ao(x))
+        row(f"  torch.ao HistogramObserver {n}", ao_us, 8.0 * n, "GB/s")
+    except Exception as e:  # torch.ao missing or failing on this device
+        print(f"  torch.ao HistogramObserver unavailable: {e}")
+        ao_us = None
+    hobs = tqo.HistogramObserver().cuda()
+    hist_us = bench_us(lambda: hobs(x))
+    row(f"HistogramObserver {n} (2 passes, 8 B/elem)", hist_us, 8.0 * n, "GB/s", copy_us, "copy BW")
+    if ao_us:
+        row(f"HistogramObserver {n} vs torch.ao", hist_us, 8.0 * n, "GB/s", ao_us, "torch.ao")
+    # Range growth: reset, observe x, then 2x (the second call rebins on the device).
+    x2 = x * 2
+
+    def grow():
+        hobs.reset_min_max_vals()
+        hobs(x)
+        hobs(x2)
+
+    row(f"HistogramObserver {n}, reset + x + 2x (rebin)", bench_us(grow), 16.0 * n, "GB/s", 2 * copy_us,
+        "copy BW")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -126,6 +181,7 @@ def main():
         shapes = [(1, 4096, 4096), (32, 4096, 4096), (4096, 4096, 4096)]
     bench_gemm(shapes)
     bench_elementwise(1 << 26 if not args.quick else 1 << 24)
+    bench_observers(1 << 24)
     return 0
 
 
