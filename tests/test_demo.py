@@ -60,12 +60,16 @@ def test_train_is_deterministic_and_learns(mnist_small):
     assert acc > 85.0
 
 
-def test_train_max_steps_caps_the_run():
+def test_train_steps_sets_the_length():
     x, y = torch.randn(100, 784), torch.randint(0, 10, (100,))
     m = demo.MLP()
     before = m.fc1.weight.detach().clone()
-    demo.train(m, x, y, epochs=0, max_steps=1, batch_size=10, progress=False)
+    demo.train(m, x, y, steps=1, batch_size=10, progress=False)
     assert not torch.equal(before, m.fc1.weight)
+    m0 = demo.MLP()
+    before = m0.fc1.weight.detach().clone()
+    demo.train(m0, x, y, steps=0, progress=False)
+    assert torch.equal(before, m0.fc1.weight)
 
 
 def test_evaluate_counts_correctly():
@@ -151,7 +155,10 @@ def test_full_demo_meets_the_acceptance_figures():
     fp32, pc = res["fp32"], res["int8 static per-channel"]
     assert fp32.accuracy >= 97.0
     assert fp32.accuracy - pc.accuracy <= 0.3
-    for name in ("int8 static per-channel", "int8 static per-tensor", "int8 dynamic"):
-        assert fp32.size_bytes / res[name].size_bytes >= 3.7, name
+    # interleaved best-of-rounds timing: load from elsewhere hits both alike
+    assert pc.cpu_s < fp32.cpu_s, (pc.cpu_s, fp32.cpu_s)
     rep = out["report"]
     assert all(l.sqnr_db > 25 for l in rep), rep.table()
+    for name in ("int8 static per-channel", "int8 static per-tensor", "int8 dynamic"):
+        ratio = fp32.size_bytes / res[name].size_bytes
+        assert ratio >= 3.8, f"{name}: state dict {res[name].size_bytes} bytes, only {ratio:.2f}x smaller than fp32"

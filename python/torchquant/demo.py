@@ -123,14 +123,14 @@ def _bar(iterable, progress: bool, **kw):
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float = 1.0, batch_size: int = 64,
-          lr: float = 3e-3, seed: int = 0, device: str = "cpu", max_steps: Optional[int] = None,
+          lr: float = 3e-3, seed: int = 0, device: str = "cpu", steps: Optional[int] = None,
           progress: bool = True, desc: str = "train fp32") -> nn.Module:
     """Adam + cross-entropy over shuffled mini-batches, in place; returns the model (on ``device``).
 
     The learning rate decays linearly from ``lr`` to 0 over the run: in one epoch that reaches
     about 97.5% where a constant 1e-3 stays near 96.5%. ``epochs`` may be fractional;
-    ``max_steps`` caps the number of optimizer steps (QAT fine-tuning uses it). The shuffle
-    order depends only on ``seed``.
+    ``steps``, when given, sets the number of optimizer steps instead (QAT fine-tuning uses it).
+    The shuffle order depends only on ``seed``.
 
     >>> model = train(MLP(), data.x_train, data.y_train, epochs=1, progress=False)
     """
@@ -139,9 +139,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float = 1.
     gen = torch.Generator().manual_seed(seed)
     n = x.shape[0]
     steps_per_epoch = (n + batch_size - 1) // batch_size
-    total = int(round(epochs * steps_per_epoch))
-    if max_steps is not None:
-        total = min(total, max_steps) if epochs else max_steps
+    total = int(round(epochs * steps_per_epoch)) if steps is None else steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / max(1, total))
     order = torch.empty(0, dtype=torch.int64)
     pos = 0
@@ -219,7 +217,7 @@ def qat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int 
     m = fuse(model).train()
     m.qconfig = tq.get_default_qat_qconfig(QCONFIG_BACKEND[scheme])
     tq.prepare_qat(m, inplace=True)
-    train(m, x, y, epochs=0, batch_size=batch_size, lr=lr, seed=seed, device="cpu", max_steps=steps,
+    train(m, x, y, batch_size=batch_size, lr=lr, seed=seed, device="cpu", steps=steps,
           progress=progress, desc="train QAT")
     return tq.convert(m.eval(), inplace=False)
 
@@ -388,9 +386,6 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> Di
 
     if args.plot_dir:
         os.makedirs(args.plot_dir, exist_ok=True)
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
         path = os.path.join(args.plot_dir, "per_layer_sqnr.png")
         fig = rep.plot(path, title="int8 per-channel vs fp32")
         summary = os.path.join(args.plot_dir, "accuracy_size.png")
