@@ -286,9 +286,9 @@ TQ_TARGET_AVX2 void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int6
                                               int64_t p0, int64_t p1, int8_t* packed,
                                               int32_t* col_sums) {
   const int64_t groups = K / 4, r = K % 4, full_panels = N / kPanel;
-  // Rows of b are often a page or more apart: walking 64 groups (256 rows) of 4 adjacent panels
-  // (one 64-byte line per row) at a time keeps both the lines and their pages cached.
-  constexpr int64_t kPanelBlock = 4, kGroupBlock = 64, kAhead = 16;
+  // Rows of b are often a page or more apart: walking 64 groups (256 rows) of 8 adjacent panels
+  // (two 64-byte lines per row) at a time keeps both the lines and their pages cached.
+  constexpr int64_t kPanelBlock = 8, kGroupBlock = 64, kAhead = 16;
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t pend = p1 < full_panels ? p1 : full_panels;
   for (int64_t pb = p0; pb < pend; pb += kPanelBlock) {
