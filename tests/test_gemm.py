@@ -118,6 +118,21 @@ def test_linear_int8_every_isa_matches_reference(M, K, N, xdtype):
                     assert torch.equal(got, want), (isa, zp, out_dtype, relu, b is None)
 
 
+def test_linear_int8_every_partial_column_chunk(isa):
+    """N = 1 .. 33: every width of the last (masked) 16- or 8-column chunk, every output kind."""
+    gen = torch.Generator().manual_seed(5)
+    for N in range(1, 34):
+        x, xs, xz, w, ws, bias = _linear_case(gen, 7, 37, N, torch.uint8, 100)
+        wp, cs = ops.pack_weight(w)
+        for out_dtype, os_t, oz_t in ((None, None, None),
+                                      (torch.uint8, torch.tensor([1.0]), torch.tensor([128], dtype=torch.int32))):
+            want = reference.linear_int8(x, xs, xz, w, ws, bias, os_t, oz_t, True, out_dtype)
+            got = ops.linear_int8(x, xs, xz, wp, cs, ws, bias, os_t, oz_t, True, out_dtype)
+            assert torch.equal(got, want), (N, out_dtype)
+        a = _rand_x((7, 37), torch.int8, gen)
+        assert torch.equal(ops.int8_mm(a, w.t().contiguous()), _exact_mm(a, w.t())), N
+
+
 @pytest.mark.parametrize("xdtype,xval,zp,wval", [(torch.uint8, 255, 0, -128), (torch.int8, -128, 127, -128),
                                                  (torch.uint8, 0, 255, -128), (torch.int8, 127, -128, -128),
                                                  (torch.uint8, 255, 0, 127)])

@@ -195,7 +195,9 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
   const int64_t sb_k = b.stride(0), sb_n = b.stride(1);
   const bool fast = sb_n == 1 && cpu_isa() != CpuIsa::Scalar;
   const GemmKernels& k = gemm_kernels();
-  const int64_t panels = cpu::gemm_panels(N), nb = k.task_panels();
+  // At least 8 panels (128 bytes of each row of b) per task: every row of b is its own page, and
+  // two lines per page visit halve the page walks of the packing.
+  const int64_t panels = cpu::gemm_panels(N), nb = std::max<int64_t>(k.task_panels(), 8);
   const int64_t n_blocks = (panels + nb - 1) / nb;
   int32_t* po = out.data_ptr<int32_t>();
   const void* pa = ac.const_data_ptr();

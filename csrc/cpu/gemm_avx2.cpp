@@ -286,14 +286,15 @@ TQ_TARGET_AVX2 void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int6
                                               int64_t p0, int64_t p1, int8_t* packed,
                                               int32_t* col_sums) {
   const int64_t groups = K / 4, r = K % 4, full_panels = N / kPanel;
-  // Rows of b are often a page or more apart: walking 64 groups (256 rows) of 4 adjacent panels
-  // (one 64-byte line per row) at a time keeps both the lines and their pages cached.
-  constexpr int64_t kPanelBlock = 4, kGroupBlock = 64;
+  // Rows of b are often a page or more apart: walking 64 groups (256 rows) of 8 adjacent panels
+  // (two 64-byte lines per row) at a time keeps both the lines and their pages cached.
+  constexpr int64_t kPanelBlock = 8, kGroupBlock = 64, kAhead = 16;
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t pend = p1 < full_panels ? p1 : full_panels;
   for (int64_t pb = p0; pb < pend; pb += kPanelBlock) {
     const int64_t pbe = pb + kPanelBlock < pend ? pb + kPanelBlock : pend;
     alignas(32) int32_t sums[kPanelBlock * 16] = {};
+    const int64_t span = (pbe - pb) * kPanel;  // bytes of one row of b in this block
     for (int64_t g0 = 0; g0 < groups; g0 += kGroupBlock) {
       const int64_t g1 = g0 + kGroupBlock < groups ? g0 + kGroupBlock : groups;
       for (int64_t pp = pb; pp < pbe; ++pp) {
@@ -303,6 +304,16 @@ TQ_TARGET_AVX2 void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int6
                           _mm256_setzero_si256()};
         for (int64_t g = g0; g < g1; ++g) {
           const int8_t* row = col + 4 * g * ldb;
+          // Each row is a new page, where the hardware prefetchers stop: without software
+          // prefetch every line is a demand miss and packing ran at a quarter of copy speed.
+          // The first panel of the block fetches the lines that the other three reuse.
+          if (pp == pb && g + kAhead < groups) {
+            const int8_t* f = row + 4 * kAhead * ldb;
+            for (int j = 0; j < 4; ++j) {
+              _mm_prefetch(reinterpret_cast<const char*>(f + j * ldb), _MM_HINT_T0);
+              _mm_prefetch(reinterpret_cast<const char*>(f + j * ldb + span - 1), _MM_HINT_T0);
+            }
+          }
           const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
           const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + ldb));
           const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * ldb));

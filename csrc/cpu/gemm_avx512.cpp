@@ -13,7 +13,7 @@
 // vectors and one broadcast out of 32 zmm registers. The epilogue is the float32 sequence of
 // gemm_dequant / quantize_val with the same IEEE operations in the same order (no FMA:
 // -ffp-contract=off and no fmadd intrinsic), so every output is bit-identical to the scalar
-// oracle; columns past the last multiple of 16 go through the oracle itself.
+// oracle, and a last partial chunk of columns runs the same sequence under a lane mask.
 #include <immintrin.h>
 
 #include <cstring>
@@ -37,6 +37,12 @@ TQ_TARGET_AVX512VNNI inline int32_t load4(const uint8_t* p) {
   return v;
 }
 
+template <bool Flip>
+TQ_TARGET_AVX512VNNI inline __m512i bcast(const uint8_t* p, __m512i vflip) {
+  const __m512i x = _mm512_set1_epi32(load4(p));
+  return Flip ? _mm512_xor_si512(x, vflip) : x;
+}
+
 // c[R][NV * 16] = accumulators over `groups` full 4-k groups. The accumulators are named variables, not an array: GCC keeps an array of vectors indexed
 // in a loop in memory, which costs a store per multiply-add.
 #define TQ_VNNI_ROW(i, X)                                                         \
@@ -55,14 +61,16 @@ TQ_TARGET_AVX512VNNI inline int32_t load4(const uint8_t* p) {
     if constexpr (NV > 3) _mm512_storeu_si512(c + i * kNV * 16 + 48, acc##i##3);  \
   }
 
-template <int R, int NV>
-TQ_TARGET_AVX512VNNI void micro(const uint8_t* a, int64_t lda, uint32_t flip, const int8_t* b,
-                                int64_t pstride, int64_t groups, int32_t* c) {
+// Flip: int8 activations, xor-ed to uint8 on the way in. uint8 ones skip the xor: one vector op
+// less per row and group, which matters when few panels share each broadcast (N <= 32).
+template <int R, int NV, bool Flip>
+TQ_TARGET_AVX512VNNI void micro(const uint8_t* a, int64_t lda, const int8_t* b, int64_t pstride,
+                                int64_t groups, int32_t* c) {
   const __m512i z = _mm512_setzero_si512();
   __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
           acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z,
           acc40 = z, acc41 = z, acc42 = z, acc43 = z, acc50 = z, acc51 = z, acc52 = z, acc53 = z;
-  const __m512i vflip = _mm512_set1_epi32(static_cast<int32_t>(flip));
+  const __m512i vflip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
   __m512i w0 = z, w1 = z, w2 = z, w3 = z;
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* bg = b + g * kGroup;
@@ -71,12 +79,12 @@ TQ_TARGET_AVX512VNNI void micro(const uint8_t* a, int64_t lda, uint32_t flip, co
     if constexpr (NV > 2) w2 = _mm512_loadu_si512(bg + 2 * pstride);
     if constexpr (NV > 3) w3 = _mm512_loadu_si512(bg + 3 * pstride);
     const uint8_t* ag = a + 4 * g;
-    TQ_VNNI_ROW(0, _mm512_xor_si512(_mm512_set1_epi32(load4(ag)), vflip))
-    TQ_VNNI_ROW(1, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + lda)), vflip))
-    TQ_VNNI_ROW(2, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 2 * lda)), vflip))
-    TQ_VNNI_ROW(3, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 3 * lda)), vflip))
-    TQ_VNNI_ROW(4, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 4 * lda)), vflip))
-    TQ_VNNI_ROW(5, _mm512_xor_si512(_mm512_set1_epi32(load4(ag + 5 * lda)), vflip))
+    TQ_VNNI_ROW(0, bcast<Flip>(ag, vflip))
+    TQ_VNNI_ROW(1, bcast<Flip>(ag + lda, vflip))
+    TQ_VNNI_ROW(2, bcast<Flip>(ag + 2 * lda, vflip))
+    TQ_VNNI_ROW(3, bcast<Flip>(ag + 3 * lda, vflip))
+    TQ_VNNI_ROW(4, bcast<Flip>(ag + 4 * lda, vflip))
+    TQ_VNNI_ROW(5, bcast<Flip>(ag + 5 * lda, vflip))
   }
   TQ_VNNI_STORE(0)
   TQ_VNNI_STORE(1)
@@ -89,8 +97,7 @@ TQ_TARGET_AVX512VNNI void micro(const uint8_t* a, int64_t lda, uint32_t flip, co
 #undef TQ_VNNI_ROW
 #undef TQ_VNNI_STORE
 
-using MicroFn = void (*)(const uint8_t*, int64_t, uint32_t, const int8_t*, int64_t, int64_t,
-                         int32_t*);
+using MicroFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*);
 
 // Adds the tail group (K % 4 != 0) to c: activations ta (one zero-padded int32 per row) times
 // the zero-padded weights tw (64 bytes per panel).
@@ -106,23 +113,32 @@ TQ_TARGET_AVX512VNNI void tail_group(int rows, int nv, const int32_t* ta, const 
   }
 }
 
-template <int R>
+template <int R, bool F>
 constexpr MicroFn micro_for(int nv) {
-  return nv == 1 ? &micro<R, 1> : nv == 2 ? &micro<R, 2> : nv == 3 ? &micro<R, 3> : &micro<R, 4>;
+  return nv == 1 ? &micro<R, 1, F> : nv == 2 ? &micro<R, 2, F> : nv == 3 ? &micro<R, 3, F>
+                                                                          : &micro<R, 4, F>;
 }
 
-MicroFn pick_micro(int rows, int nv) {
+template <bool F>
+MicroFn pick_micro_f(int rows, int nv) {
   switch (rows) {
-    case 1: return micro_for<1>(nv);
-    case 2: return micro_for<2>(nv);
-    case 3: return micro_for<3>(nv);
-    case 4: return micro_for<4>(nv);
-    case 5: return micro_for<5>(nv);
-    default: return micro_for<6>(nv);
+    case 1: return micro_for<1, F>(nv);
+    case 2: return micro_for<2, F>(nv);
+    case 3: return micro_for<3, F>(nv);
+    case 4: return micro_for<4, F>(nv);
+    case 5: return micro_for<5, F>(nv);
+    default: return micro_for<6, F>(nv);
   }
 }
 
-// One output row of ncols columns starting at n0, from its raw accumulators.
+MicroFn pick_micro(int rows, int nv, bool flip) {
+  return flip ? pick_micro_f<true>(rows, nv) : pick_micro_f<false>(rows, nv);
+}
+
+// One output row of ncols columns starting at n0, from its raw accumulators. A last chunk of
+// fewer than 16 columns runs the same vector sequence under a lane mask (masked loads read
+// nothing past N, masked stores write nothing past it): with N = 10 the whole output is such
+// a chunk, and going element by element through the oracle cost more than the multiply.
 TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc, int64_t m,
                                        int64_t n0, int64_t ncols, int32_t zp, float a_scale) {
   const __m512i vzp = _mm512_set1_epi32(zp);
@@ -131,21 +147,23 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
   const __m512 inv = _mm512_set1_ps(p.out_inv_scale),
                ozp = _mm512_set1_ps(static_cast<float>(p.out_zp)),
                lo = _mm512_set1_ps(u8 ? 0.0f : -128.0f), hi = _mm512_set1_ps(u8 ? 255.0f : 127.0f);
-  int64_t j = 0;
-  for (; j + 16 <= ncols; j += 16) {
+  for (int64_t j = 0; j < ncols; j += 16) {
+    const __mmask16 k = ncols - j >= 16 ? __mmask16(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (ncols - j)) - 1u);
     const int64_t n = n0 + j, o = m * p.ldo + n;
+    // acc holds 16 lanes per chunk (the register tile's width), so it is read whole.
     const __m512i corr = _mm512_sub_epi32(
-        _mm512_loadu_si512(acc + j), _mm512_mullo_epi32(vzp, _mm512_loadu_si512(p.col_sums + n)));
+        _mm512_loadu_si512(acc + j), _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n)));
     if (p.out_kind == GemmOut::Int32) {
-      _mm512_storeu_si512(static_cast<int32_t*>(p.out) + o, corr);
+      _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + o, k, corr);
       continue;
     }
-    const __m512 s = _mm512_mul_ps(vas, _mm512_loadu_ps(p.w_scale + n));
+    const __m512 s = _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n));
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
-    if (p.bias != nullptr) y = _mm512_add_ps(y, _mm512_loadu_ps(p.bias + n));
+    if (p.bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, p.bias + n));
     if (p.relu) y = _mm512_max_ps(zero, y);  // 0 > y ? 0 : y: NaN and -0 pass through
     if (p.out_kind == GemmOut::Float) {
-      _mm512_storeu_ps(static_cast<float*>(p.out) + o, y);
+      _mm512_mask_storeu_ps(static_cast<float*>(p.out) + o, k, y);
       continue;
     }
     // quantize_val: round half to even (roundscale, MXCSR not consulted), clamp, NaN -> zp.
@@ -156,11 +174,7 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
     t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
     t = _mm512_mask_blend_ps(nan, t, ozp);
     // Integer-valued and inside the 8-bit type: the conversion and the truncating pack are exact.
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(p.out) + o),
-                     _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t)));
-  }
-  for (; j < ncols; ++j) {
-    gemm_epilogue_one(p, m, n0 + j, gemm_correct(acc[j], zp, p.col_sums[n0 + j]), a_scale);
+    _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(p.out) + o, k, _mm512_cvtps_epi32(t));
   }
 }
 
@@ -202,7 +216,7 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
           ta[i] = static_cast<int32_t>(v ^ flip);  // padded bytes meet zero weights
         }
       }
-      pick_micro(rows, nv)(a8 + m * lda, lda, flip, b, pstride, groups, c);
+      pick_micro(rows, nv, flip != 0)(a8 + m * lda, lda, b, pstride, groups, c);
       if (r != 0) tail_group(rows, nv, ta, tw, c);
       for (int i = 0; i < rows; ++i) {
         const int32_t zp = (p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp) + zp_shift;
@@ -213,11 +227,57 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
   }
 }
 
-// Row quantization gains nothing from 512-bit vectors over the AVX2 version.
-void quantize_rows__avx512vnni(const float* x, int64_t ldx, int64_t rows, int64_t K,
-                               int32_t qmin, int32_t qmax, int8_t* q, int64_t ldq, float* scale,
-                               int32_t* zp) {
-  quantize_rows__avx2(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
+// Per-row quantization, the AVX2 sequence on 16 lanes with the K % 16 tail under a lane mask.
+// With N = 10 (MNIST fc3) this pass is most of linear_dynamic's time.
+TQ_TARGET_AVX512VNNI void quantize_rows__avx512vnni(const float* x, int64_t ldx, int64_t rows,
+                                                    int64_t K, int32_t qmin, int32_t qmax,
+                                                    int8_t* q, int64_t ldq, float* scale,
+                                                    int32_t* zp) {
+  const int64_t full = K / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (K - full)) - 1u);
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)),
+               hi = _mm512_set1_ps(static_cast<float>(qmax));
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * ldx;
+    // vminps(x, acc) returns acc when x is NaN, so NaN is ignored as in the scalar loop; acc
+    // starts at +0 and never becomes -0; masked-off tail lanes keep acc. So the reduction gives
+    // the scalar loop's mn and mx exactly.
+    __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+    for (int64_t k = 0; k < full; k += 16) {
+      const __m512 v = _mm512_loadu_ps(xr + k);
+      vmn = _mm512_min_ps(v, vmn);
+      vmx = _mm512_max_ps(v, vmx);
+    }
+    if (tail != 0) {
+      const __m512 v = _mm512_maskz_loadu_ps(tail, xr + full);
+      vmn = _mm512_mask_min_ps(vmn, tail, v, vmn);
+      vmx = _mm512_mask_max_ps(vmx, tail, v, vmx);
+    }
+    alignas(64) float lmn[16], lmx[16];
+    _mm512_store_ps(lmn, vmn);
+    _mm512_store_ps(lmx, vmx);
+    float mn = 0.0f, mx = 0.0f;
+    for (int j = 0; j < 16; ++j) {
+      mn = lmn[j] < mn ? lmn[j] : mn;
+      mx = lmx[j] > mx ? lmx[j] : mx;
+    }
+    rowwise_qparams(mn, mx, qmin, qmax, &scale[i], &zp[i]);
+    const __m512 inv = _mm512_set1_ps(1.0f / scale[i]),
+                 z = _mm512_set1_ps(static_cast<float>(zp[i]));
+    int8_t* qr = q + i * ldq;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 m = k < full ? __mmask16(0xFFFF) : tail;
+      // quantize_val: round half to even, + zp, NaN -> zp, clamp; integers inside [qmin, qmax]
+      // afterwards, so the conversion and the truncating byte store are exact.
+      __m512 t = _mm512_add_ps(
+          _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + k), inv),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+          z);
+      const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+      t = _mm512_mask_blend_ps(nan, _mm512_min_ps(_mm512_max_ps(t, lo), hi), z);
+      _mm512_mask_cvtepi32_storeu_epi8(qr + k, m, _mm512_cvtps_epi32(t));
+    }
+  }
 }
 
 #else  // not x86: never selected; keep the symbols for one signature set.
