@@ -123,7 +123,10 @@ def _cublas_only_include(include_dir):
     return out
 
 
-cxx_flags = ["-O3", "-ffp-contract=off", f'-DTORCHQUANT_VERSION="{VERSION}"']
+# -fopenmp: at::parallel_for is an inline template whose `#pragma omp parallel` compiles into
+# this library; without the flag the pragma is dropped and every "parallel" loop runs on one
+# thread. The OpenMP runtime is the one torch already loads (same soname, libgomp.so.1).
+cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp", f'-DTORCHQUANT_VERSION="{VERSION}"']
 # nvcc: no contraction of a*b+c into FMA either, so float epilogues match the CPU bit for bit.
 nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr", f'-DTORCHQUANT_VERSION="{VERSION}"']
 sources = _sources(".cpp")
@@ -139,7 +142,7 @@ if WITH_CUDA:
         include_dirs=[os.path.join(ROOT, "csrc"), lt_include],
         library_dirs=[lt_libdir],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        extra_link_args=[f"-l:{lt_lib}", f"-Wl,-rpath,{lt_libdir}"],
+        extra_link_args=["-fopenmp", f"-l:{lt_lib}", f"-Wl,-rpath,{lt_libdir}"],
     )
 else:
     ext = CppExtension(
@@ -147,6 +150,7 @@ else:
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
     )
 
 # Recorded so that a failed load can say which torch the library was built against.
