@@ -253,7 +253,7 @@ def test_nested_sequential_and_modulelist():
     with torch.no_grad():
         p(torch.randn(64, 16))
     q = torchquant.convert(p)
-    assert type(q[1].layers[0][0]) is nnq.Linear and type(q[3]) is nnq.Linear
+    assert type(q[1].layers[0][0]) is nnq.LinearReLU and type(q[3]) is nnq.Linear  # Linear+ReLU folded
     x = torch.randn(8, 16)
     torch.testing.assert_close(q(x), m(x), atol=0.05, rtol=0)
 
@@ -393,3 +393,18 @@ def test_converted_model_moves_to_cuda_with_same_int8_results():
     qc = q.to("cuda")
     assert torch.equal(qc.fc1(qi.to("cuda")).int_repr().cpu(), cpu)
     assert torch.equal(qc(x.cuda()).cpu(), q.to("cpu")(x))
+
+
+def test_linear_relu_in_sequential_is_folded_bit_identically():
+    torch.manual_seed(10)
+    m = nn.Sequential(torchquant.QuantStub(), nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8), torchquant.DeQuantStub()).eval()
+    m.qconfig = torchquant.per_channel_qconfig
+    p = torchquant.prepare(m)
+    p(torch.randn(128, 32))
+    q = torchquant.convert(p)
+    assert type(q[1]) is nnq.LinearReLU and type(q[2]) is nn.Identity
+    # The unfolded computation: the same int8 Linear, then the int8 ReLU.
+    unfolded = nnq.Linear.from_float(p[1])
+    x = torch.randn(16, 32)
+    qx = q[0](x)
+    assert torch.equal(q[1](qx).int_repr(), nnq.ReLU()(unfolded(qx)).int_repr())
