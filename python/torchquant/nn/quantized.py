@@ -131,9 +131,13 @@ class Linear(nn.Module):
             )
         if x.axis is not None:
             raise ValueError(f"quantized Linear needs per-tensor quantized input, got a QTensor quantized along axis {x.axis}")
-        y = ops.linear_int8(x.data, x.scale, x.zero_point, self._packed_weight, self._col_sums, self.weight_scale,
-                            self.bias, self.scale, self.zero_point, self._relu, _storage(self.dtype))
-        return QTensor(y, self.scale, self.zero_point, None, self.qmin, self.qmax)
+        # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
+        # part of a small-batch call.
+        b = self._buffers
+        scale, zero_point = b["scale"], b["zero_point"]
+        y = ops.linear_int8(x.data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
+                            b["bias"], scale, zero_point, self._relu, _storage(self.dtype))
+        return QTensor(y, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None):
