@@ -49,6 +49,38 @@ def test_int8_mm_exact(isa, M, K, N):
     assert torch.equal(ops.int8_mm(a, bt.t()), _exact_mm(a, bt.t()))
 
 
+# The unpacked path (AVX-512 VNNI, b with unit stride along N, M <= 64, N > 16) walks K in
+# chunks of 256 rows and N in blocks of 64 columns, with 4-row tiles (M <= 4) or 6-row tiles
+# over an interleaved buffer: every M up to 7 and around 64, K around the 4-row groups and the
+# chunk edge, N around the 16-lane quarters and the 64-column block; other ISAs check the same
+# shapes through the packing path.
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 63, 64, 65])
+def test_int8_mm_unpacked_shapes(isa, M):
+    gen = torch.Generator().manual_seed(M)
+    for K in (1, 2, 3, 4, 5, 7, 255, 256, 257, 259, 515):
+        for N in (17, 31, 48, 63, 64, 65, 130):
+            a = _rand_x((M, K), torch.int8, gen)
+            b = _rand_w(K, N, gen)
+            assert torch.equal(ops.int8_mm(a, b), _exact_mm(a, b)), (M, K, N)
+
+
+def test_int8_mm_unpacked_row_strided_b_and_extremes(isa):
+    gen = torch.Generator().manual_seed(3)
+    base_b = _rand_w(300, 200, gen)
+    b = base_b[::2, 7:150]            # [150, 143], strides (400, 1): rows of b far apart
+    a = _rand_x((9, 150), torch.int8, gen)[:, :]
+    before = base_b.clone()
+    assert torch.equal(ops.int8_mm(a, b), _exact_mm(a, b))
+    assert torch.equal(ops.int8_mm(a[1:4], b), _exact_mm(a[1:4], b))
+    assert torch.equal(base_b, before)
+    # Largest magnitudes: a = -128 against b = -128 (flipped to 0) and 127 (flipped to 255).
+    K = 1027
+    for av, bv in ((-128, -128), (-128, 127), (127, -128), (127, 127)):
+        a = torch.full((3, K), av, dtype=torch.int8)
+        b = torch.full((K, 40), bv, dtype=torch.int8)
+        assert torch.equal(ops.int8_mm(a, b), torch.full((3, 40), av * bv * K, dtype=torch.int32))
+
+
 def test_int8_mm_matches_torch_int_mm():
     gen = torch.Generator().manual_seed(1)
     a = _rand_x((32, 64), torch.int8, gen)

@@ -1,0 +1,313 @@
+// int8_mm without packing (AVX-512 VNNI): b is read where it lies, row-major [K, N] with unit
+// stride along N, and each group of 4 rows of b is turned into vpdpbusd's operand order in
+// registers (byte then 16-bit interleaves), used for a few rows of a, and dropped. Packing b
+// for torch._int_mm's signature cost a write and a re-read of all of b per call: at M = 1 that
+// was three times the product itself.
+//
+// vpdpbusd wants one operand unsigned. Here that is b, flipped to b + 128 (xor 0x80) right after
+// the interleave, so a is broadcast as it is; the flip adds 128 * sum_k a[m, k] to every output
+// of row m, which the store subtracts. Products are at most 255 * 128 in magnitude and the int32
+// lanes wrap modulo 2^32, so the corrected value, exact by K <= kMaxK, comes out right.
+//
+// In-lane interleaves leave interleaved vector j holding, in 128-bit block L, the 4 columns
+// 16L + 4j .. 16L + 4j + 3; a 4 x 4 transpose of 128-bit blocks puts the 4 accumulators of a
+// 64-column block back in column order.
+//
+// K is walked in chunks of kChunk rows, with the running sums kept in the int32 output between
+// chunks: one chunk of b for the task's columns stays in L2 while every row tile passes over it,
+// and rows of b are read in long runs (the hardware prefetchers follow them) instead of one
+// cache line per row and page.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "cpu/gemm_kernels.h"
+#include "cpu/isa.h"
+
+namespace torchquant {
+namespace cpu {
+
+#if TQ_X86
+namespace {
+
+constexpr int kMR = 4;     // rows per tile when b is interleaved in registers
+constexpr int kMRBuf = 6;  // rows per tile from an interleaved buffer
+constexpr int64_t kChunk = 256;  // rows of b (a multiple of 4); its interleave is 16 KiB
+
+TQ_TARGET_AVX512VNNI inline __m512i load_row(const int8_t* p, __mmask64 k) {
+  return _mm512_maskz_loadu_epi8(k, p);
+}
+
+// The 4 x 4 transpose of 128-bit blocks; its own inverse. A macro on named variables: an
+// inline function taking them by reference made GCC keep every accumulator in memory.
+#define TQ_MM_TRANSPOSE(x0, x1, x2, x3)                                                   \
+  do {                                                                                    \
+    const __m512i u0 = _mm512_shuffle_i32x4(x0, x1, 0x44);                                \
+    const __m512i u1 = _mm512_shuffle_i32x4(x2, x3, 0x44);                                \
+    const __m512i u2 = _mm512_shuffle_i32x4(x0, x1, 0xEE);                                \
+    const __m512i u3 = _mm512_shuffle_i32x4(x2, x3, 0xEE);                                \
+    x0 = _mm512_shuffle_i32x4(u0, u1, 0x88);                                              \
+    x1 = _mm512_shuffle_i32x4(u0, u1, 0xDD);                                              \
+    x2 = _mm512_shuffle_i32x4(u2, u3, 0x88);                                              \
+    x3 = _mm512_shuffle_i32x4(u2, u3, 0xDD);                                              \
+  } while (0)
+
+// 16-column lane masks of a block of nc <= 64 columns.
+TQ_TARGET_AVX512VNNI inline __mmask16 lane_mask(int64_t nc, int j) {
+  const int64_t left = nc - 16 * j;
+  return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1u);
+}
+
+#define TQ_MM_ROW(i)                                                                    \
+  if constexpr (R > i) {                                                                \
+    int32_t v;                                                                          \
+    std::memcpy(&v, a + i * lda + k, 4);                                                \
+    const __m512i x = _mm512_set1_epi32(v);                                             \
+    acc##i##0 = _mm512_dpbusd_epi32(acc##i##0, o0, x);                                  \
+    acc##i##1 = _mm512_dpbusd_epi32(acc##i##1, o1, x);                                  \
+    acc##i##2 = _mm512_dpbusd_epi32(acc##i##2, o2, x);                                  \
+    acc##i##3 = _mm512_dpbusd_epi32(acc##i##3, o3, x);                                  \
+  }
+#define TQ_MM_STORE(i)                                                                  \
+  if constexpr (R > i) {                                                                \
+    _mm512_store_si512(c + i * 64, acc##i##0);                                          \
+    _mm512_store_si512(c + i * 64 + 16, acc##i##1);                                     \
+    _mm512_store_si512(c + i * 64 + 32, acc##i##2);                                     \
+    _mm512_store_si512(c + i * 64 + 48, acc##i##3);                                     \
+  }
+
+// Rows k0 .. k0 + 4 * groups + r of b (r < 4 only in the last chunk) times R rows of a (row i at
+// a + i * lda, indexed by k), for one block of nc <= 64 columns of b starting at b (row k at
+// b + k * ldb): raw accumulators, in interleave order, into c[i * 64 ..]. The accumulators are
+// named variables stored once at the end: with loads and fix-ups of the output mixed in, GCC
+// kept them in memory.
+template <int R>
+TQ_TARGET_AVX512VNNI void block(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb,
+                                int64_t k0, int64_t groups, int64_t nc, int32_t* c) {
+  const __m512i z = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __mmask64 kb = nc >= 64 ? ~__mmask64(0) : (__mmask64(1) << nc) - 1;
+  __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
+          acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z;
+  int64_t k = k0;
+  for (int64_t g = 0; g < groups; ++g, k += 4) {
+    const int8_t* bk = b + k * ldb;
+    const __m512i r0 = load_row(bk, kb), r1 = load_row(bk + ldb, kb),
+                  r2 = load_row(bk + 2 * ldb, kb), r3 = load_row(bk + 3 * ldb, kb);
+    const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+    const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+    const __m512i o0 = _mm512_xor_si512(_mm512_unpacklo_epi16(t0, t2), flip);
+    const __m512i o1 = _mm512_xor_si512(_mm512_unpackhi_epi16(t0, t2), flip);
+    const __m512i o2 = _mm512_xor_si512(_mm512_unpacklo_epi16(t1, t3), flip);
+    const __m512i o3 = _mm512_xor_si512(_mm512_unpackhi_epi16(t1, t3), flip);
+    TQ_MM_ROW(0)
+    TQ_MM_ROW(1)
+    TQ_MM_ROW(2)
+    TQ_MM_ROW(3)
+  }
+  TQ_MM_STORE(0)
+  TQ_MM_STORE(1)
+  TQ_MM_STORE(2)
+  TQ_MM_STORE(3)
+}
+
+
+// The same product from b's block already interleaved and flipped into buf (64 bytes per
+// column quarter, 256 per group of 4 rows; the last group zero-padded past K, which the flip
+// made 128, facing zero-padded bytes of a), for up to 6 rows of a: once a block is shared by
+// several row tiles, its interleave is done once instead of per tile.
+template <int R>
+TQ_TARGET_AVX512VNNI void block_buf(const int8_t* a, int64_t lda, const int8_t* buf, int64_t k0,
+                                    int64_t groups, int32_t* c) {
+  const __m512i z = _mm512_setzero_si512();
+  __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
+          acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z,
+          acc40 = z, acc41 = z, acc42 = z, acc43 = z, acc50 = z, acc51 = z, acc52 = z, acc53 = z;
+  int64_t k = k0;
+  for (int64_t g = 0; g < groups; ++g, k += 4) {
+    const int8_t* bg = buf + g * 256;
+    const __m512i o0 = _mm512_load_si512(bg), o1 = _mm512_load_si512(bg + 64),
+                  o2 = _mm512_load_si512(bg + 128), o3 = _mm512_load_si512(bg + 192);
+    TQ_MM_ROW(0)
+    TQ_MM_ROW(1)
+    TQ_MM_ROW(2)
+    TQ_MM_ROW(3)
+    TQ_MM_ROW(4)
+    TQ_MM_ROW(5)
+  }
+  TQ_MM_STORE(0)
+  TQ_MM_STORE(1)
+  TQ_MM_STORE(2)
+  TQ_MM_STORE(3)
+  TQ_MM_STORE(4)
+  TQ_MM_STORE(5)
+}
+
+// Interleaves and flips rows k0 .. k0 + 4 * groups + r of one block of nc columns into buf.
+TQ_TARGET_AVX512VNNI void interleave(const int8_t* b, int64_t ldb, int64_t k0, int64_t groups,
+                                     int64_t r, int64_t nc, int8_t* buf) {
+  const __m512i z = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __mmask64 kb = nc >= 64 ? ~__mmask64(0) : (__mmask64(1) << nc) - 1;
+  const int64_t total = groups + (r != 0 ? 1 : 0);
+  for (int64_t g = 0; g < total; ++g) {
+    const int8_t* bk = b + (k0 + 4 * g) * ldb;
+    const int64_t rows = g < groups ? 4 : r;
+    const __m512i r0 = load_row(bk, kb);
+    const __m512i r1 = rows > 1 ? load_row(bk + ldb, kb) : z;
+    const __m512i r2 = rows > 2 ? load_row(bk + 2 * ldb, kb) : z;
+    const __m512i r3 = rows > 3 ? load_row(bk + 3 * ldb, kb) : z;
+    const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+    const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+    int8_t* bg = buf + g * 256;
+    _mm512_store_si512(bg, _mm512_xor_si512(_mm512_unpacklo_epi16(t0, t2), flip));
+    _mm512_store_si512(bg + 64, _mm512_xor_si512(_mm512_unpackhi_epi16(t0, t2), flip));
+    _mm512_store_si512(bg + 128, _mm512_xor_si512(_mm512_unpacklo_epi16(t1, t3), flip));
+    _mm512_store_si512(bg + 192, _mm512_xor_si512(_mm512_unpackhi_epi16(t1, t3), flip));
+  }
+}
+
+// Adds the last, partial group of 4 rows (r = K % 4 rows of b, interleaved and flipped into tb,
+// zero rows made 128 facing zero bytes of a) at row k of a to the raw accumulators c.
+TQ_TARGET_AVX512VNNI void tail_group(int rows, const int8_t* a, int64_t lda, int64_t k, int64_t r,
+                                     const int8_t* tb, int32_t* c) {
+  const __m512i o0 = _mm512_load_si512(tb), o1 = _mm512_load_si512(tb + 64),
+                o2 = _mm512_load_si512(tb + 128), o3 = _mm512_load_si512(tb + 192);
+  for (int i = 0; i < rows; ++i) {
+    uint32_t v = 0;
+    std::memcpy(&v, a + i * lda + k, static_cast<size_t>(r));
+    const __m512i x = _mm512_set1_epi32(static_cast<int32_t>(v));
+    int32_t* ci = c + i * 64;
+    _mm512_store_si512(ci, _mm512_dpbusd_epi32(_mm512_load_si512(ci), o0, x));
+    _mm512_store_si512(ci + 16, _mm512_dpbusd_epi32(_mm512_load_si512(ci + 16), o1, x));
+    _mm512_store_si512(ci + 32, _mm512_dpbusd_epi32(_mm512_load_si512(ci + 32), o2, x));
+    _mm512_store_si512(ci + 48, _mm512_dpbusd_epi32(_mm512_load_si512(ci + 48), o3, x));
+  }
+}
+
+// Puts `rows` rows of raw accumulators c (interleave order) into the output block (row i at
+// out + i * ldo, nc <= 64 columns): added to the running sums there unless `first`, less
+// corr[i] when `last`.
+TQ_TARGET_AVX512VNNI void finish(int rows, const int32_t* c, int64_t nc, bool first, bool last,
+                                 const int32_t* corr, int32_t* out, int64_t ldo) {
+  const __mmask16 m0 = lane_mask(nc, 0), m1 = lane_mask(nc, 1), m2 = lane_mask(nc, 2),
+                  m3 = lane_mask(nc, 3);
+  for (int i = 0; i < rows; ++i) {
+    __m512i x0 = _mm512_load_si512(c + i * 64), x1 = _mm512_load_si512(c + i * 64 + 16),
+            x2 = _mm512_load_si512(c + i * 64 + 32), x3 = _mm512_load_si512(c + i * 64 + 48);
+    TQ_MM_TRANSPOSE(x0, x1, x2, x3);
+    int32_t* o = out + i * ldo;
+    if (!first) {
+      x0 = _mm512_add_epi32(x0, _mm512_maskz_loadu_epi32(m0, o));
+      x1 = _mm512_add_epi32(x1, _mm512_maskz_loadu_epi32(m1, o + 16));
+      x2 = _mm512_add_epi32(x2, _mm512_maskz_loadu_epi32(m2, o + 32));
+      x3 = _mm512_add_epi32(x3, _mm512_maskz_loadu_epi32(m3, o + 48));
+    }
+    if (last) {
+      const __m512i s = _mm512_set1_epi32(corr[i]);
+      x0 = _mm512_sub_epi32(x0, s);
+      x1 = _mm512_sub_epi32(x1, s);
+      x2 = _mm512_sub_epi32(x2, s);
+      x3 = _mm512_sub_epi32(x3, s);
+    }
+    _mm512_mask_storeu_epi32(o, m0, x0);
+    _mm512_mask_storeu_epi32(o + 16, m1, x1);
+    _mm512_mask_storeu_epi32(o + 32, m2, x2);
+    _mm512_mask_storeu_epi32(o + 48, m3, x3);
+  }
+}
+
+#undef TQ_MM_ROW
+#undef TQ_MM_LOAD
+#undef TQ_MM_STORE
+#undef TQ_MM_TRANSPOSE
+
+using BlockFn = decltype(&block<1>);
+using BlockBufFn = decltype(&block_buf<1>);
+
+BlockBufFn pick_block_buf(int rows) {
+  switch (rows) {
+    case 1: return &block_buf<1>;
+    case 2: return &block_buf<2>;
+    case 3: return &block_buf<3>;
+    case 4: return &block_buf<4>;
+    case 5: return &block_buf<5>;
+    default: return &block_buf<6>;
+  }
+}
+
+BlockFn pick_block(int rows) {
+  switch (rows) {
+    case 1: return &block<1>;
+    case 2: return &block<2>;
+    case 3: return &block<3>;
+    default: return &block<4>;
+  }
+}
+
+}  // namespace
+
+TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t lda, int64_t M,
+                                                     const int8_t* b, int64_t ldb, int64_t K,
+                                                     int64_t n0, int64_t n1, int32_t* out,
+                                                     int64_t ldo) {
+  if (M <= 0 || n1 <= n0) return;
+  // 128 * sum_k a[m, k] per row, modulo 2^32 like the accumulators.
+  constexpr int64_t kRowsAtOnce = 64;
+  int32_t corr_buf[kRowsAtOnce];
+  alignas(64) int8_t buf[(kChunk / 4) * 256];
+  alignas(64) int32_t c[kMRBuf * 64];
+  for (int64_t mb = 0; mb < M; mb += kRowsAtOnce) {
+    const int64_t mrows = M - mb < kRowsAtOnce ? M - mb : kRowsAtOnce;
+    for (int64_t i = 0; i < mrows; ++i) {
+      const int8_t* row = a + (mb + i) * lda;
+      __m512i s = _mm512_setzero_si512();
+      const __m512i ones = _mm512_set1_epi8(1);
+      int64_t k = 0;
+      // vpdpbusd with all-ones unsigned bytes: 4 signed bytes of a summed per int32 lane.
+      for (; k + 64 <= K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(row + k));
+      if (k < K) {
+        const __mmask64 t = (__mmask64(1) << (K - k)) - 1;
+        s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(t, row + k));
+      }
+      corr_buf[i] = static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(s)) * 128u);
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      const int64_t kn = K - k0 < kChunk ? K - k0 : kChunk;
+      const bool first = k0 == 0, last = k0 + kn == K;
+      for (int64_t c0 = n0; c0 < n1; c0 += 64) {
+        const int64_t nc = n1 - c0 < 64 ? n1 - c0 : 64;
+        const int64_t groups = kn / 4, r = kn % 4, kt = k0 + 4 * groups;
+        if (mrows <= kMR) {
+          const int rows = static_cast<int>(mrows);
+          pick_block(rows)(a + mb * lda, lda, b + c0, ldb, k0, groups, nc, c);
+          if (r != 0) {
+            interleave(b + c0, ldb, kt, 0, r, nc, buf);
+            tail_group(rows, a + mb * lda, lda, kt, r, buf, c);
+          }
+          finish(rows, c, nc, first, last, corr_buf, out + mb * ldo + c0, ldo);
+          continue;
+        }
+        // Rows of b are ldb apart, often a multiple of 4 KiB, so a block of them shares a few L1
+        // sets and is evicted before the next row tile: each tile would re-read it from L2.
+        interleave(b + c0, ldb, k0, groups, r, nc, buf);
+        for (int64_t m = 0; m < mrows; m += kMRBuf) {
+          const int rows = static_cast<int>(mrows - m < kMRBuf ? mrows - m : kMRBuf);
+          const int8_t* am = a + (mb + m) * lda;
+          pick_block_buf(rows)(am, lda, buf, k0, groups, c);
+          if (r != 0) tail_group(rows, am, lda, kt, r, buf + groups * 256, c);
+          finish(rows, c, nc, first, last, corr_buf + m, out + (mb + m) * ldo + c0, ldo);
+        }
+      }
+    }
+  }
+}
+
+#else  // not x86: never selected.
+
+void gemm_mm_direct__avx512vnni(const int8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
+                                int64_t, int64_t, int32_t*, int64_t) {}
+#endif
+
+}  // namespace cpu
+}  // namespace torchquant
