@@ -113,10 +113,15 @@ MinMax reduce_minmax_cpu(const at::Tensor& x, int64_t axis, bool skip_inf) {
       k.minmax_rows(px + b * width, e - b, width, width, skip_inf, &pmn[c * width],
                     &pmx[c * width], &counts[2 * c]);
     });
+    // Same order of merges as an index j / inner per element, without the divisions.
     for (int64_t c = 0; c < n; ++c) {
-      for (int64_t j = 0; j < width; ++j) {
-        r.mn[j / inner] = std::min(r.mn[j / inner], pmn[c * width + j]);
-        r.mx[j / inner] = std::max(r.mx[j / inner], pmx[c * width + j]);
+      const float* cmn = &pmn[c * width];
+      const float* cmx = &pmx[c * width];
+      for (int64_t ch = 0; ch < C; ++ch) {
+        for (int64_t i = 0; i < inner; ++i) {
+          r.mn[ch] = std::min(r.mn[ch], cmn[ch * inner + i]);
+          r.mx[ch] = std::max(r.mx[ch], cmx[ch * inner + i]);
+        }
       }
     }
   }
