@@ -159,6 +159,19 @@ def test_histogram_rebin_matches_reference():
         ops.histogram_rebin(hist, args[1], args[2], torch.tensor(0.0), args[2])
 
 
+@pytest.mark.parametrize("up", [1, 3, 16, 128])
+def test_histogram_rebin_every_upsample_rate_and_growth(up):
+    # Slight growth (most old bins straddle a new boundary), large growth (many old bins per new
+    # bin), a shared edge (the top part lands exactly on the last bin), and fractional counts.
+    gen = torch.Generator().manual_seed(up)
+    for bins in (1, 5, 2048):
+        hist = torch.randint(0, 1000, (bins,), generator=gen).float() * torch.rand(bins, generator=gen)
+        lo, hi = torch.tensor(-1.25), torch.tensor(3.5)
+        for nlo, nhi in ((-1.2501, 3.5002), (-1000.0, 700.0), (-1.25, 9.0), (-7.0, 3.5)):
+            args = (hist, lo, hi, torch.tensor(nlo), torch.tensor(nhi), up)
+            assert torch.equal(ops.histogram_rebin(*args), reference.histogram_rebin(*args)), (bins, nlo, nhi)
+
+
 def test_op_argument_errors():
     mn, mx, cnt = _fresh()
     x = torch.randn(10)

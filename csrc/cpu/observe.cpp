@@ -201,12 +201,29 @@ at::Tensor rebin(const at::Tensor& hist, float lo, float hi, float new_lo, float
   } else {
     const double w = (static_cast<double>(hi) - lo) / static_cast<double>(bins * up);
     const double to_bin = static_cast<double>(bins) / (static_cast<double>(new_hi) - new_lo);
-    for (int64_t j = 0; j < bins * up; ++j) {
-      const double centre = static_cast<double>(lo) + (static_cast<double>(j) + 0.5) * w;
-      double t = std::floor((centre - new_lo) * to_bin);
-      t = t < 0.0 ? 0.0 : (t > bins - 1 ? bins - 1 : t);
-      acc[static_cast<int64_t>(t)] += static_cast<double>(h[j / up]) / static_cast<double>(up);
+    // Consecutive parts nearly always land in the same new bin: its sum stays in a register
+    // until the bin changes. The additions into each bin happen in the same order as
+    // acc[b] += part, one part at a time, so the sums are the same bit for bit.
+    int64_t cur = 0;
+    double run = acc[0];
+    for (int64_t i = 0; i < bins; ++i) {
+      const double part = static_cast<double>(h[i]) / static_cast<double>(up);
+      for (int64_t j = i * up; j < (i + 1) * up; ++j) {
+        const double centre = static_cast<double>(lo) + (static_cast<double>(j) + 0.5) * w;
+        // floor, then clamp to [0, bins - 1], without a call to floor(): below 0 and at or
+        // above `bins` the clamp decides, in between truncation is floor.
+        const double t = (centre - new_lo) * to_bin;
+        const int64_t b = t < 0.0 ? 0 : (t >= static_cast<double>(bins) ? bins - 1
+                                                                        : static_cast<int64_t>(t));
+        if (b != cur) {
+          acc[cur] = run;
+          cur = b;
+          run = acc[b];
+        }
+        run += part;
+      }
     }
+    acc[cur] = run;
   }
   at::Tensor out = at::empty({bins}, src.options());
   float* po = out.data_ptr<float>();
