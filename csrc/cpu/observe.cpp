@@ -201,29 +201,52 @@ at::Tensor rebin(const at::Tensor& hist, float lo, float hi, float new_lo, float
   } else {
     const double w = (static_cast<double>(hi) - lo) / static_cast<double>(bins * up);
     const double to_bin = static_cast<double>(bins) / (static_cast<double>(new_hi) - new_lo);
-    // Consecutive parts nearly always land in the same new bin: its sum stays in a register
-    // until the bin changes. The additions into each bin happen in the same order as
-    // acc[b] += part, one part at a time, so the sums are the same bit for bit.
-    int64_t cur = 0;
-    double run = acc[0];
-    for (int64_t i = 0; i < bins; ++i) {
-      const double part = static_cast<double>(h[i]) / static_cast<double>(up);
-      for (int64_t j = i * up; j < (i + 1) * up; ++j) {
-        const double centre = static_cast<double>(lo) + (static_cast<double>(j) + 0.5) * w;
-        // floor, then clamp to [0, bins - 1], without a call to floor(): below 0 and at or
-        // above `bins` the clamp decides, in between truncation is floor.
-        const double t = (centre - new_lo) * to_bin;
-        const int64_t b = t < 0.0 ? 0 : (t >= static_cast<double>(bins) ? bins - 1
-                                                                        : static_cast<int64_t>(t));
-        if (b != cur) {
-          acc[cur] = run;
-          cur = b;
-          run = acc[b];
+    const int64_t parts = bins * up;
+    auto bin_of = [&](int64_t j) -> int64_t {
+      const double centre = static_cast<double>(lo) + (static_cast<double>(j) + 0.5) * w;
+      // floor, then clamp to [0, bins - 1], without a call to floor(): below 0 and at or
+      // above `bins` the clamp decides, in between truncation is floor.
+      const double t = (centre - new_lo) * to_bin;
+      return t < 0.0 ? 0 : (t >= static_cast<double>(bins) ? bins - 1 : static_cast<int64_t>(t));
+    };
+    // Parts [a, e): consecutive parts nearly always land in the same new bin, whose sum stays
+    // in a register until the bin changes. The additions into each bin happen in the same
+    // order as acc[b] += part, one part at a time, so the sums are the same bit for bit.
+    auto move_parts = [&](int64_t a, int64_t e) {
+      if (a >= e) return;
+      int64_t cur = bin_of(a);
+      double run = acc[cur];
+      for (int64_t i = a / up, j = a; j < e; ++i) {
+        const double part = static_cast<double>(h[i]) / static_cast<double>(up);
+        for (const int64_t end = std::min(e, (i + 1) * up); j < end; ++j) {
+          const int64_t b = bin_of(j);
+          if (b != cur) {
+            acc[cur] = run;
+            cur = b;
+            run = acc[b];
+          }
+          run += part;
         }
-        run += part;
       }
+      acc[cur] = run;
+    };
+    // bin_of is non-decreasing in j (every step rounds monotonically and w, to_bin > 0), so
+    // cutting [0, parts) only where the bin changes gives pieces with disjoint sets of new
+    // bins, each bin's parts all in one piece and in order: the threads cannot change a sum.
+    const int64_t pieces = parts >= 16384 ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+    std::vector<int64_t> cut(pieces + 1, parts);
+    cut[0] = 0;
+    for (int64_t k = 1; k < pieces; ++k) {
+      int64_t j = std::max(cut[k - 1], k * parts / pieces);
+      if (j > 0) {
+        const int64_t prev = bin_of(j - 1);
+        while (j < parts && bin_of(j) == prev) ++j;
+      }
+      cut[k] = j;
     }
-    acc[cur] = run;
+    at::parallel_for(0, pieces, 1, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) move_parts(cut[k], cut[k + 1]);
+    });
   }
   at::Tensor out = at::empty({bins}, src.options());
   float* po = out.data_ptr<float>();
