@@ -46,9 +46,10 @@ struct MinMax {
 // parallel; chunk k writes only its own partial result, so the merge needs no locks and does
 // not depend on which thread ran what.
 template <class F>
-int64_t for_each_chunk(int64_t work, int64_t grain, F f) {
+int64_t for_each_chunk(int64_t work, int64_t grain, F f,
+                       int64_t max_chunks = 4 * at::get_num_threads()) {
   if (work <= 0) return 0;
-  const int64_t max_chunks = std::max<int64_t>(1, 4 * at::get_num_threads());
+  max_chunks = std::max<int64_t>(1, max_chunks);
   const int64_t chunks = std::min<int64_t>(max_chunks, (work + grain - 1) / grain);
   const int64_t per = (work + chunks - 1) / chunks;
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
@@ -341,12 +342,17 @@ void histogram_cpu(const at::Tensor& hist, const at::Tensor& min_val, const at::
                                          (static_cast<double>(hi) - static_cast<double>(lo)));
     const Kernels& k = kernels();
     const float* px = xc.data_ptr<float>();
-    const int64_t max_chunks = 4 * at::get_num_threads();
+    // One chunk per thread: at::parallel_for hands out chunks statically anyway, and every
+    // chunk costs a histogram of counts to clear and merge (integer sums: any split is exact).
+    const int64_t max_chunks = std::max<int64_t>(1, at::get_num_threads());
     std::vector<int64_t> counts(max_chunks * (bins + 1), 0);
-    const int64_t n = for_each_chunk(xc.numel(), kGrain, [&](int64_t c, int64_t b, int64_t e) {
-      k.histogram_bins(px + b, e - b, lo, inv, static_cast<int32_t>(bins),
-                       &counts[c * (bins + 1)]);
-    });
+    const int64_t n = for_each_chunk(
+        xc.numel(), kGrain,
+        [&](int64_t c, int64_t b, int64_t e) {
+          k.histogram_bins(px + b, e - b, lo, inv, static_cast<int32_t>(bins),
+                           &counts[c * (bins + 1)]);
+        },
+        max_chunks);
     for (int64_t b = 0; b < bins; ++b) {
       int64_t total = 0;
       for (int64_t c = 0; c < n; ++c) total += counts[c * (bins + 1) + b];
