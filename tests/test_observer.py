@@ -75,6 +75,30 @@ def test_observe_minmax_matches_reference(isa, shape, axis, averaging_constant):
             assert torch.equal(g, w), (step, g, w)
 
 
+def test_observe_minmax_last_axis_every_row_group_remainder(isa):
+    # The channels-last kernel folds rows in groups; every remainder of rows and of vector
+    # columns, specials in every position of a group, and several row chunks (4099 rows).
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(rows, width) for rows in range(1, 20) for width in (1, 7, 8, 9, 24, 37)]
+    shapes += [(4099, 64), (1030, 70)]
+    for shape in shapes:
+        x = _data(shape, gen)
+        for axis in (1, -1):
+            got, want = _fresh(shape[1]), _fresh(shape[1])
+            ops.observe_minmax_(*got, x, axis, None)
+            reference.observe_minmax_(*want, x, axis, None)
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), shape
+        amm = ops.aminmax(x, 1)
+        ref = reference.aminmax(x, 1)
+        assert torch.equal(amm[0], ref[0]) and torch.equal(amm[1], ref[1]), shape
+    x = torch.randn(16, 24)
+    x[5, 3], x[9, 3], x[15, 23] = NAN, INF, -INF  # inside groups and in the scalar column tail
+    mn, mx, cnt = _fresh(24)
+    ops.observe_minmax_(mn, mx, cnt, x, 1, None)
+    assert cnt.tolist() == [1, 2]
+    assert float(mn[3]) == float(torch.cat([x[:5, 3], x[6:9, 3], x[10:, 3]]).min())
+
+
 def test_observe_minmax_non_contiguous_and_dtypes(isa):
     gen = torch.Generator().manual_seed(3)
     base = _data((40, 70), gen)
@@ -133,6 +157,19 @@ def test_histogram_rebin_matches_reference():
     assert torch.equal(same, hist)
     with pytest.raises(RuntimeError, match="new_min"):
         ops.histogram_rebin(hist, args[1], args[2], torch.tensor(0.0), args[2])
+
+
+@pytest.mark.parametrize("up", [1, 3, 16, 128])
+def test_histogram_rebin_every_upsample_rate_and_growth(up):
+    # Slight growth (most old bins straddle a new boundary), large growth (many old bins per new
+    # bin), a shared edge (the top part lands exactly on the last bin), and fractional counts.
+    gen = torch.Generator().manual_seed(up)
+    for bins in (1, 5, 2048):
+        hist = torch.randint(0, 1000, (bins,), generator=gen).float() * torch.rand(bins, generator=gen)
+        lo, hi = torch.tensor(-1.25), torch.tensor(3.5)
+        for nlo, nhi in ((-1.2501, 3.5002), (-1000.0, 700.0), (-1.25, 9.0), (-7.0, 3.5)):
+            args = (hist, lo, hi, torch.tensor(nlo), torch.tensor(nhi), up)
+            assert torch.equal(ops.histogram_rebin(*args), reference.histogram_rebin(*args)), (bins, nlo, nhi)
 
 
 def test_op_argument_errors():

@@ -46,9 +46,10 @@ struct MinMax {
 // parallel; chunk k writes only its own partial result, so the merge needs no locks and does
 // not depend on which thread ran what.
 template <class F>
-int64_t for_each_chunk(int64_t work, int64_t grain, F f) {
+int64_t for_each_chunk(int64_t work, int64_t grain, F f,
+                       int64_t max_chunks = 4 * at::get_num_threads()) {
   if (work <= 0) return 0;
-  const int64_t max_chunks = std::max<int64_t>(1, 4 * at::get_num_threads());
+  max_chunks = std::max<int64_t>(1, max_chunks);
   const int64_t chunks = std::min<int64_t>(max_chunks, (work + grain - 1) / grain);
   const int64_t per = (work + chunks - 1) / chunks;
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
@@ -113,10 +114,15 @@ MinMax reduce_minmax_cpu(const at::Tensor& x, int64_t axis, bool skip_inf) {
       k.minmax_rows(px + b * width, e - b, width, width, skip_inf, &pmn[c * width],
                     &pmx[c * width], &counts[2 * c]);
     });
+    // Same order of merges as an index j / inner per element, without the divisions.
     for (int64_t c = 0; c < n; ++c) {
-      for (int64_t j = 0; j < width; ++j) {
-        r.mn[j / inner] = std::min(r.mn[j / inner], pmn[c * width + j]);
-        r.mx[j / inner] = std::max(r.mx[j / inner], pmx[c * width + j]);
+      const float* cmn = &pmn[c * width];
+      const float* cmx = &pmx[c * width];
+      for (int64_t ch = 0; ch < C; ++ch) {
+        for (int64_t i = 0; i < inner; ++i) {
+          r.mn[ch] = std::min(r.mn[ch], cmn[ch * inner + i]);
+          r.mx[ch] = std::max(r.mx[ch], cmx[ch * inner + i]);
+        }
       }
     }
   }
@@ -196,12 +202,52 @@ at::Tensor rebin(const at::Tensor& hist, float lo, float hi, float new_lo, float
   } else {
     const double w = (static_cast<double>(hi) - lo) / static_cast<double>(bins * up);
     const double to_bin = static_cast<double>(bins) / (static_cast<double>(new_hi) - new_lo);
-    for (int64_t j = 0; j < bins * up; ++j) {
+    const int64_t parts = bins * up;
+    auto bin_of = [&](int64_t j) -> int64_t {
       const double centre = static_cast<double>(lo) + (static_cast<double>(j) + 0.5) * w;
-      double t = std::floor((centre - new_lo) * to_bin);
-      t = t < 0.0 ? 0.0 : (t > bins - 1 ? bins - 1 : t);
-      acc[static_cast<int64_t>(t)] += static_cast<double>(h[j / up]) / static_cast<double>(up);
+      // floor, then clamp to [0, bins - 1], without a call to floor(): below 0 and at or
+      // above `bins` the clamp decides, in between truncation is floor.
+      const double t = (centre - new_lo) * to_bin;
+      return t < 0.0 ? 0 : (t >= static_cast<double>(bins) ? bins - 1 : static_cast<int64_t>(t));
+    };
+    // Parts [a, e): consecutive parts nearly always land in the same new bin, whose sum stays
+    // in a register until the bin changes. The additions into each bin happen in the same
+    // order as acc[b] += part, one part at a time, so the sums are the same bit for bit.
+    auto move_parts = [&](int64_t a, int64_t e) {
+      if (a >= e) return;
+      int64_t cur = bin_of(a);
+      double run = acc[cur];
+      for (int64_t i = a / up, j = a; j < e; ++i) {
+        const double part = static_cast<double>(h[i]) / static_cast<double>(up);
+        for (const int64_t end = std::min(e, (i + 1) * up); j < end; ++j) {
+          const int64_t b = bin_of(j);
+          if (b != cur) {
+            acc[cur] = run;
+            cur = b;
+            run = acc[b];
+          }
+          run += part;
+        }
+      }
+      acc[cur] = run;
+    };
+    // bin_of is non-decreasing in j (every step rounds monotonically and w, to_bin > 0), so
+    // cutting [0, parts) only where the bin changes gives pieces with disjoint sets of new
+    // bins, each bin's parts all in one piece and in order: the threads cannot change a sum.
+    const int64_t pieces = parts >= 16384 ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+    std::vector<int64_t> cut(pieces + 1, parts);
+    cut[0] = 0;
+    for (int64_t k = 1; k < pieces; ++k) {
+      int64_t j = std::max(cut[k - 1], k * parts / pieces);
+      if (j > 0) {
+        const int64_t prev = bin_of(j - 1);
+        while (j < parts && bin_of(j) == prev) ++j;
+      }
+      cut[k] = j;
     }
+    at::parallel_for(0, pieces, 1, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) move_parts(cut[k], cut[k + 1]);
+    });
   }
   at::Tensor out = at::empty({bins}, src.options());
   float* po = out.data_ptr<float>();
@@ -296,12 +342,17 @@ void histogram_cpu(const at::Tensor& hist, const at::Tensor& min_val, const at::
                                          (static_cast<double>(hi) - static_cast<double>(lo)));
     const Kernels& k = kernels();
     const float* px = xc.data_ptr<float>();
-    const int64_t max_chunks = 4 * at::get_num_threads();
+    // One chunk per thread: at::parallel_for hands out chunks statically anyway, and every
+    // chunk costs a histogram of counts to clear and merge (integer sums: any split is exact).
+    const int64_t max_chunks = std::max<int64_t>(1, at::get_num_threads());
     std::vector<int64_t> counts(max_chunks * (bins + 1), 0);
-    const int64_t n = for_each_chunk(xc.numel(), kGrain, [&](int64_t c, int64_t b, int64_t e) {
-      k.histogram_bins(px + b, e - b, lo, inv, static_cast<int32_t>(bins),
-                       &counts[c * (bins + 1)]);
-    });
+    const int64_t n = for_each_chunk(
+        xc.numel(), kGrain,
+        [&](int64_t c, int64_t b, int64_t e) {
+          k.histogram_bins(px + b, e - b, lo, inv, static_cast<int32_t>(bins),
+                           &counts[c * (bins + 1)]);
+        },
+        max_chunks);
     for (int64_t b = 0; b < bins; ++b) {
       int64_t total = 0;
       for (int64_t c = 0; c < n; ++c) total += counts[c * (bins + 1) + b];

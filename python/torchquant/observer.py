@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 ops = torch.ops.torchquant
+# The overloads the forwards call, resolved once (each call would look them up by name again).
+_observe_minmax_ = ops.observe_minmax_.default
+_histogram_ = ops.histogram_.default
 _INF = float("inf")
 _EPS = torch.finfo(torch.float32).eps
 
@@ -238,8 +241,12 @@ class UniformQuantizationObserverBase(ObserverBase):
 
     def _after_forward(self):
         # Reading the counters is free on the CPU; elsewhere it would cost a host sync, so the
-        # warning waits for calculate_qparams there.
-        if not self._warned_nonfinite and self.nonfinite_count.device.type == "cpu":
+        # warning waits for calculate_qparams there. Called on every forward: buffers are read
+        # from _buffers directly (nn.Module.__getattr__ costs about a microsecond each).
+        if self._warned_nonfinite:
+            return
+        counts = self._buffers["nonfinite_count"]
+        if counts.is_cpu and any(counts.tolist()):
             self._check_nonfinite()
 
     def _no_data_error(self, detail: str = ""):
@@ -300,8 +307,9 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         """Records the running min/max of ``x_orig``'s finite values; returns ``x_orig``."""
         if x_orig.numel() == 0:
             return x_orig
-        ops.observe_minmax_(self.min_val, self.max_val, self.nonfinite_count, self._as_float(x_orig), None,
-                            self._averaging_constant())
+        b = self._buffers
+        _observe_minmax_(b["min_val"], b["max_val"], b["nonfinite_count"], self._as_float(x_orig), None,
+                         self._averaging_constant())
         self._after_forward()
         return x_orig
 
@@ -391,8 +399,9 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
             raise ValueError(f"{self._describe()}: ch_axis={self.ch_axis} is out of range for an input with "
                              f"{x_orig.dim()} dimensions")
         self._ensure_channels(x_orig.shape[self.ch_axis])
-        ops.observe_minmax_(self.min_val, self.max_val, self.nonfinite_count, self._as_float(x_orig), self.ch_axis,
-                            self._averaging_constant())
+        b = self._buffers
+        _observe_minmax_(b["min_val"], b["max_val"], b["nonfinite_count"], self._as_float(x_orig), self.ch_axis,
+                         self._averaging_constant())
         self._after_forward()
         return x_orig
 
@@ -487,8 +496,9 @@ class HistogramObserver(UniformQuantizationObserverBase):
         """Adds ``x_orig``'s finite values to the histogram; returns ``x_orig``."""
         if x_orig.numel() == 0:
             return x_orig
-        ops.histogram_(self.histogram, self.min_val, self.max_val, self.nonfinite_count, self._as_float(x_orig),
-                       self.upsample_rate)
+        b = self._buffers
+        _histogram_(b["histogram"], b["min_val"], b["max_val"], b["nonfinite_count"], self._as_float(x_orig),
+                    self.upsample_rate)
         self._after_forward()
         return x_orig
 
