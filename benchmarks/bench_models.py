@@ -18,7 +18,14 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torchquant  # noqa: E402
-from common import header, timeit  # noqa: E402
+from common import header  # noqa: E402
+from torchquant.demo import time_models  # noqa: E402
+
+
+def _times(models, x, rounds=15):
+    """ms per call of each model: interleaved rounds, best round, so that load from elsewhere
+    (which only ever adds time) falls on every model alike."""
+    return [t * 1e3 for t in time_models(models, x, "cpu", rounds=rounds, per_round=5, warmup=3)]
 
 
 class MLP(nn.Module):
@@ -76,8 +83,7 @@ def main(argv=None):
         for b in batches:
             x = torch.randn(b, sizes[0])
             with torch.inference_mode():
-                t = {k: timeit(lambda m=m: m(x)) * 1e3 for k, m in
-                     (("fp", fp), ("ao", ao), ("tq", tq), ("aod", ao_dyn), ("tqd", tq_dyn))}
+                t = dict(zip(("fp", "ao", "tq", "aod", "tqd"), _times([fp, ao, tq, ao_dyn, tq_dyn], x)))
             print(f"{name:22s} {b:5d} {t['fp']:8.3f} {t['ao']:8.3f} {t['tq']:8.3f} {t['aod']:8.3f} {t['tqd']:8.3f} "
                   f"{t['fp'] / t['tq']:7.2f}x {t['ao'] / t['tq']:6.2f}x {t['aod'] / t['tqd']:10.2f}x")
     torch.manual_seed(0)
@@ -88,11 +94,11 @@ def main(argv=None):
         seq = 16
         x = torch.randn(max(1, b // seq), seq if b >= seq else b, 512)
         with torch.inference_mode():
-            t = {k: timeit(lambda m=m: m(x)) * 1e3 for k, m in (("fp", layer), ("tqd", tq_dyn))}
+            t = dict(zip(("fp", "tqd"), _times([layer, tq_dyn], x)))
             # torch.ao's dynamic Linear has weight() as a method, which crashes the layer's fused
             # inference path; that path is switched off for the anchor only.
             torch.backends.mha.set_fastpath_enabled(False)
-            t["aod"] = timeit(lambda: ao_dyn(x)) * 1e3
+            t["aod"] = _times([ao_dyn], x)[0]
             torch.backends.mha.set_fastpath_enabled(True)
         print(f"{'TransformerEncoderLayer':22s} {b:5d} {t['fp']:8.3f} {'-':>8s} {'-':>8s} {t['aod']:8.3f} {t['tqd']:8.3f} "
               f"{t['fp'] / t['tqd']:7.2f}x {'-':>7s} {t['aod'] / t['tqd']:10.2f}x")
