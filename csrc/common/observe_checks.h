@@ -1,0 +1,22 @@
+// Argument checks of the observer ops (aminmax, observe_minmax_, histogram_), shared by the
+// CPU, CUDA and generic implementations.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace torchquant {
+
+// A running statistic: float32, contiguous, C elements, on x's device.
+void check_running(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t C);
+// nonfinite_count: int64, contiguous, 2 elements (NaN count, Inf count), on x's device.
+void check_counts(const at::Tensor& t, const at::Tensor& x);
+// None, or a moving-average constant in (0, 1].
+void check_averaging_constant(std::optional<double> c);
+// hist: contiguous 1-D float32 with >= 1 bin; min_val/max_val one-element running statistics.
+void check_histogram_args(const at::Tensor& hist, const at::Tensor& min_val,
+                          const at::Tensor& max_val, const at::Tensor& x, int64_t upsample_rate);
+
+}  // namespace torchquant
