@@ -30,6 +30,19 @@ void check_qrange(int64_t qmin, int64_t qmax, at::ScalarType dtype) {
   TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
 }
 
+void check_fake_qrange(int64_t qmin, int64_t qmax) {
+  TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
+  TORCH_CHECK(qmin >= -(1 << 23) && qmax <= (1 << 23),
+              "arguments 'qmin'/'qmax' must lie in [-2^23, 2^23], got [", qmin, ", ", qmax, "]");
+}
+
+void check_grad_like(const at::Tensor& grad, const at::Tensor& x) {
+  check_float_input(grad, "grad");
+  TORCH_CHECK(grad.sizes() == x.sizes(), "argument 'grad' must have the shape of x ", x.sizes(),
+              ", got ", grad.sizes());
+  check_same_device(x, "x", grad, "grad");
+}
+
 void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                        const char* name) {
   TORCH_CHECK(t.device() == ref.device(), "argument '", name, "' is on ", t.device(),

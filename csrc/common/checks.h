@@ -15,6 +15,11 @@ void check_float_input(const at::Tensor& x, const char* name);
 void check_int8_input(const at::Tensor& q, const char* name);
 // dtype is int8 or uint8 and qmin < qmax lie inside it.
 void check_qrange(int64_t qmin, int64_t qmax, at::ScalarType dtype);
+// [qmin, qmax] of a fake-quantize (any integer range, not only 8-bit): qmin < qmax and both
+// within +-2^23, where every integer is exact in float32.
+void check_fake_qrange(int64_t qmin, int64_t qmax);
+// The incoming gradient of a fake-quantize: floating point, with x's shape and device.
+void check_grad_like(const at::Tensor& grad, const at::Tensor& x);
 // Every tensor lies on the device of `ref`.
 void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                        const char* name);

@@ -243,9 +243,7 @@ at::Tensor fake_quantize_cuda(const at::Tensor& x, const at::Tensor& scale,
                               const at::Tensor& zero_point, std::optional<int64_t> axis,
                               int64_t qmin, int64_t qmax) {
   check_float_input(x, "x");
-  TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
-  TORCH_CHECK(qmin >= -(1 << 23) && qmax <= (1 << 23),
-              "arguments 'qmin'/'qmax' must lie in [-2^23, 2^23], got [", qmin, ", ", qmax, "]");
+  check_fake_qrange(qmin, qmax);
   c10::cuda::CUDAGuard guard(x.device());
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
   const at::Tensor xc = as_float_contiguous(x);
@@ -262,14 +260,9 @@ at::Tensor fake_quantize_cuda(const at::Tensor& x, const at::Tensor& scale,
 at::Tensor fake_quantize_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
                                        const at::Tensor& scale, const at::Tensor& zero_point,
                                        std::optional<int64_t> axis, int64_t qmin, int64_t qmax) {
-  check_float_input(grad, "grad");
   check_float_input(x, "x");
-  TORCH_CHECK(grad.sizes() == x.sizes(), "argument 'grad' must have the shape of x ", x.sizes(),
-              ", got ", grad.sizes());
-  check_same_device(x, "x", grad, "grad");
-  TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
-  TORCH_CHECK(qmin >= -(1 << 23) && qmax <= (1 << 23),
-              "arguments 'qmin'/'qmax' must lie in [-2^23, 2^23], got [", qmin, ", ", qmax, "]");
+  check_grad_like(grad, x);
+  check_fake_qrange(qmin, qmax);
   c10::cuda::CUDAGuard guard(x.device());
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
   const at::Tensor xc = as_float_contiguous(x), gc = as_float_contiguous(grad);
