@@ -50,7 +50,7 @@ at::Tensor fake_quantize_learnable(const at::Tensor& x, const at::Tensor& scale,
   check_learnable_args(x, scale, zero_point, a, qmin, qmax);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchquant::fake_quantize", "")
-                       .typed<decltype(fake_quantize)>();
+                       .typed<decltype(fake_quantize_cpu)>();  // the op's signature
   return op.call(x, scale.detach(), rounded_zero_point(zero_point.detach(), qmin, qmax).to(at::kInt),
                  axis, qmin, qmax);
 }

@@ -1,5 +1,6 @@
-// C++ signatures of every torchquant op. The schemas live in torchquant.cpp; each backend
-// file implements the functions it registers.
+// C++ signatures of every torchquant op, as the CPU (and device-generic) implementations
+// define them. The schemas live in torchquant.cpp; each backend file registers its own
+// functions, and the CUDA ones (cuda/*.cu) have the same signatures with a _cuda suffix.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,13 +14,13 @@ namespace torchquant {
 using at::Tensor;
 
 // ---- quantize / dequantize / fake-quantize (cpu/quantize.cpp, cuda/quantize.cu) ----
-Tensor quantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
+Tensor quantize_cpu(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
                 std::optional<int64_t> axis, int64_t qmin, int64_t qmax, at::ScalarType dtype);
-Tensor dequantize(const Tensor& q, const Tensor& scale, const Tensor& zero_point,
+Tensor dequantize_cpu(const Tensor& q, const Tensor& scale, const Tensor& zero_point,
                   std::optional<int64_t> axis, std::optional<at::ScalarType> out_dtype);
-Tensor fake_quantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
+Tensor fake_quantize_cpu(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
                      std::optional<int64_t> axis, int64_t qmin, int64_t qmax);
-Tensor fake_quantize_backward(const Tensor& grad, const Tensor& x, const Tensor& scale,
+Tensor fake_quantize_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& scale,
                               const Tensor& zero_point, std::optional<int64_t> axis,
                               int64_t qmin, int64_t qmax);
 
@@ -39,7 +40,19 @@ std::string cpu_isa_op();
 void set_cpu_isa_op(const std::string& isa);
 std::string build_info();
 
-// OBSERVER-OPS-BEGIN
+// ---- int8 GEMM (cpu/gemm.cpp, cuda/gemm.cu) ----
+Tensor int8_mm_cpu(const Tensor& a, const Tensor& b);
+std::tuple<Tensor, Tensor> pack_weight_cpu(const Tensor& w);
+Tensor linear_int8_cpu(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_point,
+                       const Tensor& w_packed, const Tensor& w_col_sums, const Tensor& w_scale,
+                       const std::optional<Tensor>& bias, const std::optional<Tensor>& out_scale,
+                       const std::optional<Tensor>& out_zero_point, bool relu,
+                       std::optional<at::ScalarType> out_dtype);
+std::tuple<Tensor, Tensor, Tensor> quantize_rowwise_cpu(const Tensor& x, int64_t qmin,
+                                                        int64_t qmax);
+Tensor linear_dynamic_cpu(const Tensor& x, const Tensor& w_packed, const Tensor& w_col_sums,
+                          const Tensor& w_scale, const std::optional<Tensor>& bias, bool relu);
+
 // ---- observers (cpu/observe.cpp; the *_generic versions serve every other device) ----
 std::tuple<Tensor, Tensor> aminmax_cpu(const Tensor& x, std::optional<int64_t> axis);
 void observe_minmax_cpu(const Tensor& running_min, const Tensor& running_max,
@@ -55,6 +68,5 @@ void histogram_generic(const Tensor& hist, const Tensor& min_val, const Tensor& 
                        const Tensor& nonfinite_count, const Tensor& x, int64_t upsample_rate);
 Tensor histogram_rebin(const Tensor& hist, const Tensor& min_val, const Tensor& max_val,
                        const Tensor& new_min, const Tensor& new_max, int64_t upsample_rate);
-// OBSERVER-OPS-END
 
 }  // namespace torchquant

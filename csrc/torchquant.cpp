@@ -84,7 +84,6 @@ TORCH_LIBRARY(torchquant, m) {
         "Tensor? bias, bool relu=False) -> Tensor");
 
   // ---- observers (cpu/observe.cpp, cuda/observe.cu) ----
-  // OBSERVER-SCHEMAS-BEGIN
   // NaN-skipping (min, max) of x: per tensor (axis=None, 0-dim results) or per channel of
   // axis ([C] results), float32. +-Inf count. Nothing to reduce (empty, all NaN) gives
   // (+inf, -inf), the identities of min and max.
@@ -108,7 +107,6 @@ TORCH_LIBRARY(torchquant, m) {
   // (which must contain it): each bin split in upsample_rate parts whose centres are re-binned.
   m.def("histogram_rebin(Tensor hist, Tensor min_val, Tensor max_val, Tensor new_min, "
         "Tensor new_max, int upsample_rate=16) -> Tensor");
-  // OBSERVER-SCHEMAS-END
 }
 
 }  // namespace torchquant

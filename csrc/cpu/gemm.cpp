@@ -17,6 +17,7 @@
 #include "common/checks.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
+#include "ops.h"
 
 namespace torchquant {
 namespace {

@@ -28,10 +28,9 @@ try:
 except ImportError:  # pragma: no cover
     __version__ = "unknown"
 
-# GEMM-EXPORTS-BEGIN
+# ---- int8 GEMM
 from .gemm import int8_mm, linear_dynamic, linear_int8, pack_weight, quantize_rowwise
-# GEMM-EXPORTS-END
-# OBSERVER-EXPORTS-BEGIN
+# ---- observers
 from . import observer  # noqa: F401
 from .calibrate import calibrate, sync_observers
 from .observer import (
@@ -52,8 +51,7 @@ from .observer import (
     default_per_channel_weight_observer,
     default_weight_observer,
 )
-# OBSERVER-EXPORTS-END
-# EAGER-EXPORTS-BEGIN
+# ---- eager-mode API
 from . import nn  # noqa: E402
 from .fake_quantize import (  # noqa: E402
     FakeQuantize,
@@ -93,6 +91,5 @@ from .quantize import (  # noqa: E402
     quantize_qat,
 )
 from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
-# EAGER-EXPORTS-END
 from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402

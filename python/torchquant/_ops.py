@@ -82,7 +82,6 @@ torch.library.register_autograd(
 )
 
 # ---------------------------------------------------------------- int8 GEMM
-# GEMM-FAKES-BEGIN
 PANEL = 16  # output channels per packed panel (kPanel in csrc/cpu/gemm_kernels.h)
 
 
@@ -158,10 +157,8 @@ def _linear_dynamic_fake(x, w_packed, w_col_sums, w_scale, bias=None, relu=False
     torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
     n = _check_packed(x, w_packed, w_col_sums)
     return x.new_empty((*x.shape[:-1], n), dtype=torch.float32)
-# GEMM-FAKES-END
 
 # ---------------------------------------------------------------- observers
-# OBSERVER-FAKES-BEGIN
 def _check_float(x, name):
     torch._check(x.is_floating_point(), lambda: f"argument '{name}' must be a floating-point tensor, got {x.dtype}")
 
@@ -202,4 +199,3 @@ def _histogram_fake(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16
 def _histogram_rebin_fake(hist, min_val, max_val, new_min, new_max, upsample_rate=16):
     torch._check(hist.dim() == 1, lambda: f"argument 'hist' must be 1-D, got shape {tuple(hist.shape)}")
     return torch.empty_like(hist)
-# OBSERVER-FAKES-END

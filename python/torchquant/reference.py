@@ -122,7 +122,7 @@ def choose_qparams(min_val, max_val, qmin, qmax, symmetric=False, eps=torch.finf
     return scale, zp
 
 
-# GEMM-REFERENCE-BEGIN
+# ---- int8 GEMM
 # The int8 GEMM contract (docs/quantization.md, "Requantization"). Products are summed in
 # float64, exact here: every partial sum is an integer below K * 255 * 128 < 2^31 < 2^53.
 __all__ += ["int8_mm", "linear_int8", "quantize_rowwise", "linear_dynamic"]
@@ -200,9 +200,8 @@ def linear_dynamic(x, w, w_scale, bias=None, relu=False) -> torch.Tensor:
     corr = (acc - zp.to(torch.int64).reshape(-1, 1) * w.to(torch.int64).sum(1)).to(torch.int32)
     out = _requantize(corr, scale.reshape(-1, 1), w_scale, bias, relu, None, None, None)
     return out.reshape(*x.shape[:-1], N)
-# GEMM-REFERENCE-END
 
-# OBSERVER-REFERENCE-BEGIN
+# ---- observers
 _INF = float("inf")
 
 
@@ -302,4 +301,3 @@ def histogram_(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16) -> 
     hist += histogram_bins(fin, nlo, nhi, hist.numel())
     min_val.fill_(nlo)
     max_val.fill_(nhi)
-# OBSERVER-REFERENCE-END
