@@ -52,4 +52,18 @@ void check_histogram_args(const at::Tensor& hist, const at::Tensor& min_val,
   TORCH_CHECK(upsample_rate >= 1, "argument 'upsample_rate' must be >= 1, got ", upsample_rate);
 }
 
+int64_t check_observe_minmax_args(const at::Tensor& running_min, const at::Tensor& running_max,
+                                  const at::Tensor& nonfinite_count, const at::Tensor& x,
+                                  std::optional<int64_t> axis,
+                                  std::optional<double> averaging_constant) {
+  check_float_input(x, "x");
+  const int64_t a = normalize_axis(axis, x, "x");
+  const int64_t C = a < 0 ? 1 : x.size(a);
+  check_running(running_min, "running_min", x, C);
+  check_running(running_max, "running_max", x, C);
+  check_counts(nonfinite_count, x);
+  check_averaging_constant(averaging_constant);
+  return a;
+}
+
 }  // namespace torchquant

@@ -15,6 +15,11 @@ void check_running(const at::Tensor& t, const char* name, const at::Tensor& x, i
 void check_counts(const at::Tensor& t, const at::Tensor& x);
 // None, or a moving-average constant in (0, 1].
 void check_averaging_constant(std::optional<double> c);
+// Every argument of observe_minmax_; returns the axis normalized into [0, x.dim()), -1 for per tensor.
+int64_t check_observe_minmax_args(const at::Tensor& running_min, const at::Tensor& running_max,
+                                  const at::Tensor& nonfinite_count, const at::Tensor& x,
+                                  std::optional<int64_t> axis,
+                                  std::optional<double> averaging_constant);
 // hist: contiguous 1-D float32 with >= 1 bin; min_val/max_val one-element running statistics.
 void check_histogram_args(const at::Tensor& hist, const at::Tensor& min_val,
                           const at::Tensor& max_val, const at::Tensor& x, int64_t upsample_rate);

@@ -241,13 +241,9 @@ std::tuple<at::Tensor, at::Tensor> aminmax_cpu(const at::Tensor& x, std::optiona
 void observe_minmax_cpu(const at::Tensor& running_min, const at::Tensor& running_max,
                         const at::Tensor& nonfinite_count, const at::Tensor& x,
                         std::optional<int64_t> axis, std::optional<double> averaging_constant) {
-  check_float_input(x, "x");
-  const int64_t a = normalize_axis(axis, x, "x");
-  const int64_t C = a < 0 ? 1 : x.size(a);
-  check_running(running_min, "running_min", x, C);
-  check_running(running_max, "running_max", x, C);
-  check_counts(nonfinite_count, x);
-  check_averaging_constant(averaging_constant);
+  const int64_t a = check_observe_minmax_args(running_min, running_max, nonfinite_count, x, axis,
+                                              averaging_constant);
+  const int64_t C = running_min.numel();  // checked: one per channel
   const MinMax r = reduce_minmax_cpu(as_float_contiguous(x), a, /*skip_inf=*/true);
   float* rmn = running_min.data_ptr<float>();
   float* rmx = running_max.data_ptr<float>();
@@ -357,13 +353,8 @@ std::tuple<at::Tensor, at::Tensor> aminmax_generic(const at::Tensor& x,
 void observe_minmax_generic(const at::Tensor& running_min, const at::Tensor& running_max,
                             const at::Tensor& nonfinite_count, const at::Tensor& x,
                             std::optional<int64_t> axis, std::optional<double> averaging_constant) {
-  check_float_input(x, "x");
-  const int64_t a = normalize_axis(axis, x, "x");
-  const int64_t C = a < 0 ? 1 : x.size(a);
-  check_running(running_min, "running_min", x, C);
-  check_running(running_max, "running_max", x, C);
-  check_counts(nonfinite_count, x);
-  check_averaging_constant(averaging_constant);
+  const int64_t a = check_observe_minmax_args(running_min, running_max, nonfinite_count, x, axis,
+                                              averaging_constant);
   auto [cmn, cmx, counts] = reduce_minmax_generic(x, a, /*skip_inf=*/true);
   cmn = cmn.reshape(running_min.sizes());
   cmx = cmx.reshape(running_max.sizes());

@@ -671,13 +671,9 @@ std::tuple<at::Tensor, at::Tensor> aminmax_cuda(const at::Tensor& x, std::option
 void observe_minmax_cuda(const at::Tensor& running_min, const at::Tensor& running_max,
                          const at::Tensor& nonfinite_count, const at::Tensor& x,
                          std::optional<int64_t> axis, std::optional<double> averaging_constant) {
-  check_float_input(x, "x");
-  const int64_t a = normalize_axis(axis, x, "x");
-  const int64_t C = a < 0 ? 1 : x.size(a);
-  check_running(running_min, "running_min", x, C);
-  check_running(running_max, "running_max", x, C);
-  check_counts(nonfinite_count, x);
-  check_averaging_constant(averaging_constant);
+  const int64_t a = check_observe_minmax_args(running_min, running_max, nonfinite_count, x, axis,
+                                              averaging_constant);
+  const int64_t C = running_min.numel();  // checked: one per channel
   if (x.numel() == 0) return;
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
