@@ -159,6 +159,17 @@ at::Tensor per_channel_float(const at::Tensor& t, const char* name, int64_t n) {
   return t.to(at::kFloat).contiguous();
 }
 
+// The weight's per-channel scales as float32 [N], each > 0 and finite.
+at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t N) {
+  at::Tensor ws = per_channel_float(w_scale, "w_scale", N);
+  const float* pws = ws.const_data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    TORCH_CHECK(std::isfinite(pws[n]) && pws[n] > 0.0f,
+                "argument 'w_scale' must be > 0 and finite, got ", pws[n], " at channel ", n);
+  }
+  return ws;
+}
+
 // Checks w_packed / w_col_sums against each other and against the activations' K; returns N.
 int64_t check_packed_weight(const at::Tensor& x, const at::Tensor& w_packed,
                             const at::Tensor& w_col_sums, int64_t K) {
@@ -309,12 +320,8 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   p.a_unsigned = u;
   p.a_scale = read_scale(x_scale, "x_scale");
   p.a_zp = read_zero_point(x_zero_point, "x_zero_point", u ? 0 : -128, u ? 255 : 127);
-  const at::Tensor ws = per_channel_float(w_scale, "w_scale", N);
+  const at::Tensor ws = checked_w_scale(w_scale, N);
   const float* pws = ws.const_data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {
-    TORCH_CHECK(std::isfinite(pws[n]) && pws[n] > 0.0f,
-                "argument 'w_scale' must be > 0 and finite, got ", pws[n], " at channel ", n);
-  }
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", N);
   const at::ScalarType odt = out_dtype.value_or(at::kFloat);
@@ -382,12 +389,8 @@ at::Tensor linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& w_packed,
   const int64_t K = x.size(-1);
   check_k_bound(K, "x");
   const int64_t N = check_packed_weight(x, w_packed, w_col_sums, K);
-  const at::Tensor ws = per_channel_float(w_scale, "w_scale", N);
+  const at::Tensor ws = checked_w_scale(w_scale, N);
   const float* pws = ws.const_data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {
-    TORCH_CHECK(std::isfinite(pws[n]) && pws[n] > 0.0f,
-                "argument 'w_scale' must be > 0 and finite, got ", pws[n], " at channel ", n);
-  }
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", N);
   at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(at::kFloat));
