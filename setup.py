@@ -32,7 +32,9 @@ def _discover_cuda_home():
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
     for c in candidates:
-        if os.path.exists(os.path.join(c, "bin", "nvcc")) and os.path.isdir(os.path.join(c, "include")):
+        # A toolkit has the runtime's header; /usr/local (a wrapper in /usr/local/bin) does not.
+        if os.path.exists(os.path.join(c, "bin", "nvcc")) and os.path.exists(
+                os.path.join(c, "include", "cuda_runtime.h")):
             os.environ["CUDA_HOME"] = c
             return
 

@@ -10,8 +10,10 @@ and the ratio to the anchor. Timing: triton.testing.do_bench when present, else 
     python benchmarks/bench_gpu.py --quick    # fewer shapes
 """
 import argparse
+import os
 import statistics
 import sys
+import time
 
 import torch
 
@@ -55,6 +57,22 @@ def int_mm_ok(M, K, N):
     return M > 16 and K % 8 == 0 and N % 8 == 0
 
 
+def host_us(fn, calls=200):
+    """Wall-clock time per call of `calls` back-to-back calls, then one synchronize: what a
+    Python caller sees when launches, not the GPU, are the bottleneck (operands stay in L2)."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
 def bench_gemm(shapes):
     g = torch.Generator(device="cuda").manual_seed(0)
     for M, K, N in shapes:
@@ -63,7 +81,8 @@ def bench_gemm(shapes):
         b = w.t()  # [K, N] view of the row-major weight: no copy in int8_mm
         ops_ = 2.0 * M * N * K
         anchor = bench_us(lambda: torch._int_mm(a, b)) if int_mm_ok(M, K, N) else None
-        row(f"int8_mm {M}x{K}x{N}", bench_us(lambda: ops.int8_mm(a, b)), ops_, "TOPS", anchor, "_int_mm")
+        mm_us = bench_us(lambda: ops.int8_mm(a, b))
+        row(f"int8_mm {M}x{K}x{N}", mm_us, ops_, "TOPS", anchor, "_int_mm")
         packed, sums = ops.pack_weight(w)
         xs = torch.full((1,), 0.02, device="cuda")
         xz = torch.full((1,), 3, device="cuda", dtype=torch.int32)
@@ -72,16 +91,46 @@ def bench_gemm(shapes):
         os_ = torch.full((1,), 0.5, device="cuda")
         row(f"linear_int8 int8-out {M}x{K}x{N}",
             bench_us(lambda: ops.linear_int8(a, xs, xz, packed, sums, ws, bias, os_, xz, True, torch.int8)),
-            ops_, "TOPS", anchor, "_int_mm")
+            ops_, "TOPS", mm_us, "int8_mm")
+        row(f"linear_int8 float-out {M}x{K}x{N}",
+            bench_us(lambda: ops.linear_int8(a, xs, xz, packed, sums, ws, bias, None, None, False, None)),
+            ops_, "TOPS", mm_us, "int8_mm")
         x = torch.randn(M, K, device="cuda")
         row(f"linear_dynamic {M}x{K}x{N}",
-            bench_us(lambda: ops.linear_dynamic(x, packed, sums, ws, bias, False)), ops_, "TOPS", anchor, "_int_mm")
+            bench_us(lambda: ops.linear_dynamic(x, packed, sums, ws, bias, False)), ops_, "TOPS", mm_us, "int8_mm")
         if not int_mm_ok(M, K, N):
             # bf16 matmul as the anchor where _int_mm refuses the shape
             xb, wb = x.bfloat16(), w.bfloat16()
             anchor = bench_us(lambda: torch.nn.functional.linear(xb, wb))
             row(f"  (anchor bf16 linear {M}x{K}x{N})", anchor, ops_, "TOPS")
         del a, w, b, packed, x
+
+
+def bench_small_m(ms, K=4096, N=4096):
+    """Small M: each GEMM path forced in turn (GPU time, L2 flushed), then the time per call a
+    Python loop sees (host overhead included, the 16 MB weight warm in the 50 MB L2)."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    w = torch.randint(-127, 128, (N, K), device="cuda", generator=g, dtype=torch.int8)
+    b = w.t()
+    for M in ms:
+        a = torch.randint(-128, 128, (M, K), device="cuda", generator=g, dtype=torch.int8)
+        ops_ = 2.0 * M * N * K
+        times = {}
+        for path in ("gemv", "mma", "lt"):
+            if path == "gemv" and M > 32:
+                continue
+            os.environ["TORCHQUANT_CUDA_GEMM"] = path
+            times[path] = bench_us(lambda: ops.int8_mm(a, b))
+        os.environ["TORCHQUANT_CUDA_GEMM"] = "auto"
+        best = min(times.values())
+        for path, us in times.items():
+            row(f"int8_mm {M}x{K}x{N} path={path}", us, ops_, "TOPS", best, "best path")
+        anchor = host_us(lambda: torch._int_mm(a, b)) if int_mm_ok(M, K, N) else None
+        row(f"int8_mm {M}x{K}x{N} host loop (auto)", host_us(lambda: ops.int8_mm(a, b)), ops_, "TOPS", anchor,
+            "_int_mm loop")
+        if anchor:
+            row(f"  torch._int_mm {M}x{K}x{N} host loop", anchor, ops_, "TOPS")
+        os.environ.pop("TORCHQUANT_CUDA_GEMM", None)
 
 
 def bench_elementwise(n):
@@ -179,6 +228,7 @@ def main():
               (8192, 8192, 8192), (1, 4095, 4093), (100, 1000, 999)]
     if args.quick:
         shapes = [(1, 4096, 4096), (32, 4096, 4096), (4096, 4096, 4096)]
+    bench_small_m([1, 4, 8, 16, 32, 64] if not args.quick else [1, 32])
     bench_gemm(shapes)
     bench_elementwise(1 << 26 if not args.quick else 1 << 24)
     bench_observers(1 << 24)

@@ -25,7 +25,10 @@ if [ $build_rc -ne 0 ]; then
   exit 1
 fi
 
-PYTHONPATH=python timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$LOG/test_cuda.log" 2>&1
+XDIST=""
+if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 4"; fi
+PYTHONPATH=python timeout 180 $PY -m pytest -q -p no:cacheprovider $XDIST -m cuda \
+  tests/ > "$LOG/test_cuda.log" 2>&1
 test_rc=$?
 t2=$(date +%s)
 PYTHONPATH=python timeout 150 $PY benchmarks/bench_gpu.py > "$LOG/bench_gpu.log" 2>&1
@@ -36,7 +39,7 @@ echo "== torchquant GPU check: $(cat "$LOG/gpu.txt" 2>/dev/null)"
 echo "build   rc=$build_rc  $((t1 - t0)) s  (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
 echo "tests   rc=$test_rc  $((t2 - t1)) s  $(tail -n 1 "$LOG/test_cuda.log")"
 echo "bench   rc=$bench_rc  $((t3 - t2)) s"
-if [ $test_rc -ne 0 ]; then grep -E "^(FAILED|ERROR)|Error" "$LOG/test_cuda.log" | head -n 40; fi
+if [ $test_rc -ne 0 ]; then grep -E "^(FAILED|ERROR)" "$LOG/test_cuda.log" | cut -c1-300 | head -n 60; fi
 echo
 cat "$LOG/bench_gpu.log"
 [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -10,7 +10,7 @@ ops = torch.ops.torchquant
 pytestmark = pytest.mark.cuda
 
 QRANGES = [(-128, 127, torch.int8), (0, 255, torch.uint8), (-8, 7, torch.int8), (0, 3, torch.uint8)]
-PATHS = ["auto", "tiled", "lt"]
+PATHS = ["auto", "gemv", "mma", "lt", "tiled"]
 
 
 @pytest.fixture(params=PATHS)
@@ -204,7 +204,8 @@ def _rand_int8(shape, gen, lo=-128, hi=128):
 
 
 MKN = [(1, 1, 1), (1, 7, 5), (1, 4096, 64), (2, 33, 17), (5, 16, 24), (17, 100, 9), (32, 64, 130),
-       (33, 31, 65), (64, 128, 96), (100, 257, 33), (129, 96, 256), (0, 16, 8), (4, 0, 8), (3, 8, 0)]
+       (33, 31, 65), (64, 128, 96), (100, 257, 33), (129, 96, 256), (0, 16, 8), (4, 0, 8), (3, 8, 0),
+       (9, 1040, 23), (48, 777, 40), (64, 4096, 16)]
 
 
 @pytest.mark.parametrize("M,K,N", MKN)

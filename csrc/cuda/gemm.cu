@@ -5,11 +5,12 @@
 // that every row starts 16-byte aligned: the 16-byte loads of the own kernels and the IMMA
 // requirements of cuBLASLt (leading dimension a multiple of 4/16) hold for any K.
 //
-// Paths (docs/cuda.md): M <= 32: gemv.cu (epilogue fused); larger M: cuBLASLt IMMA into an
-// int32 buffer, then the epilogue kernel below; where cuBLASLt has no algorithm, the tiled
-// kernel below (epilogue fused). Every path computes the same exact int32 sums and runs the
-// same epilogue function, so the outputs are bit-identical whichever runs.
-// TORCHQUANT_CUDA_GEMM=auto|tiled|lt forces a path (for tests and benchmarks).
+// Paths (docs/cuda.md, path_for below): small M: gemv.cu's dp4a GEMV or tensor-core kernel
+// (epilogue fused); larger M: cuBLASLt IMMA into an int32 buffer, then the epilogue kernel
+// below; where cuBLASLt has no algorithm, the tiled kernel below (epilogue fused). Every path
+// computes the same exact int32 sums and runs the same epilogue function, so the outputs are
+// bit-identical whichever runs. TORCHQUANT_CUDA_GEMM=auto|gemv|mma|lt|tiled forces a path
+// (for tests and benchmarks).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -85,13 +86,19 @@ __global__ void __launch_bounds__(256)
 }
 
 // ------------------------------------------------------------------ epilogue after cuBLASLt
+// D is [M, ldd] int32 with ldd % 4 == 0 (gemm_lt's buffer): each thread takes 4 consecutive
+// columns with one 16-byte load and one index division; columns past N are padding.
 __global__ void __launch_bounds__(kThreads)
     epilogue_kernel(const int32_t* __restrict__ d, int64_t ldd, int64_t M, int64_t N, Epilogue e) {
-  const int64_t total = M * N;
+  const int64_t quads = ldd / 4, total = M * quads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = i / N, n = i - m * N;
-    epilogue_store(e, m, n, d[m * ldd + n]);
+    const int64_t m = i / quads, n = (i - m * quads) * 4;
+    const int4 v = *reinterpret_cast<const int4*>(d + m * ldd + n);
+    epilogue_store(e, m, n, v.x);
+    if (n + 1 < N) epilogue_store(e, m, n + 1, v.y);
+    if (n + 2 < N) epilogue_store(e, m, n + 2, v.z);
+    if (n + 3 < N) epilogue_store(e, m, n + 3, v.w);
   }
 }
 
@@ -217,17 +224,43 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ------------------------------------------------------------------ dispatch
-enum class Path { Auto, Tiled, Lt };
+enum class Path { Auto, Gemv, Mma, Lt, Tiled };
 
 Path forced_path() {
   const char* v = std::getenv("TORCHQUANT_CUDA_GEMM");
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Path::Auto;
-  if (std::strcmp(v, "tiled") == 0) return Path::Tiled;
+  if (std::strcmp(v, "gemv") == 0) return Path::Gemv;
+  if (std::strcmp(v, "mma") == 0) return Path::Mma;
   if (std::strcmp(v, "lt") == 0) return Path::Lt;
-  TORCH_CHECK(false, "environment variable TORCHQUANT_CUDA_GEMM must be auto, tiled or lt, got '",
+  if (std::strcmp(v, "tiled") == 0) return Path::Tiled;
+  TORCH_CHECK(false, "environment variable TORCHQUANT_CUDA_GEMM must be auto, gemv, mma, lt or tiled, got '",
               v, "'");
   return Path::Auto;
 }
+
+// The kernel that runs a problem of M rows. Auto: the dp4a GEMV for M <= kAutoGemvMaxM, the
+// tensor-core small-M kernel up to kMmaMaxM, cuBLASLt above. A forced small-M path applies
+// only where that kernel takes M; larger M goes to cuBLASLt.
+constexpr int64_t kAutoGemvMaxM = 4;
+Path path_for(int64_t M) {
+  const Path forced = forced_path();
+  const bool mma = M <= kMmaMaxM && mma_supported();
+  switch (forced) {
+    case Path::Tiled:
+    case Path::Lt:
+      return forced;
+    case Path::Gemv:
+      return M <= kGemvMaxM ? Path::Gemv : Path::Lt;
+    case Path::Mma:
+      return mma ? Path::Mma : Path::Lt;
+    default:
+      if (M <= kAutoGemvMaxM || (M <= kGemvMaxM && !mma)) return Path::Gemv;
+      return mma ? Path::Mma : Path::Lt;
+  }
+}
+
+// Whether the kernel of `path` reads uint8 activations itself (flipping their top bit).
+bool reads_uint8(Path path) { return path == Path::Gemv || path == Path::Mma; }
 
 void launch_tiled_checked(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
   TORCH_CHECK(!p.x_xor, "internal: the tiled kernel needs int8 activations");
@@ -239,18 +272,22 @@ void launch_tiled_checked(const GemmProblem& p, const Epilogue& e, cudaStream_t 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Runs X W^T with epilogue `e`. `x_owner` keeps a prepared copy of X alive. The problem's X
-// must already satisfy gemm.cuh's requirements; x_xor only for the gemv path.
-void run_gemm(const GemmProblem& p, const Epilogue& e, const at::Tensor& like) {
+// Runs X W^T with epilogue `e` on `path` (from path_for(M)). The problem's X must already
+// satisfy gemm.cuh's requirements; x_xor only for the paths that read uint8 themselves.
+void run_gemm(const GemmProblem& p, const Epilogue& e, const at::Tensor& like, Path path) {
   if (p.M == 0 || p.N == 0) return;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const Path path = forced_path();
+  TORCH_CHECK(!p.x_xor || reads_uint8(path), "internal: uint8 activations on a path that needs int8");
   if (path == Path::Tiled) {
     launch_tiled_checked(p, e, stream);
     return;
   }
-  if (p.M <= kGemvMaxM && path == Path::Auto) {
+  if (path == Path::Gemv) {
     launch_gemv(p, e, stream);
+    return;
+  }
+  if (path == Path::Mma) {
+    launch_gemv_mma(p, e, stream);
     return;
   }
   if (p.Kp > 0) {
@@ -262,8 +299,8 @@ void run_gemm(const GemmProblem& p, const Epilogue& e, const at::Tensor& like) {
     const int64_t ldd = round_up(p.N, 4);
     at::Tensor d = at::empty({p.M, ldd}, like.options().dtype(at::kInt));
     if (lt_gemm_s32(p, d.data_ptr<int32_t>(), ldd, stream)) {
-      epilogue_kernel<<<grid_for(p.M * p.N), kThreads, 0, stream>>>(d.data_ptr<int32_t>(), ldd,
-                                                                    p.M, p.N, e);
+      epilogue_kernel<<<grid_for(p.M * (ldd / 4)), kThreads, 0, stream>>>(d.data_ptr<int32_t>(), ldd,
+                                                                           p.M, p.N, e);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
@@ -409,6 +446,7 @@ at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b) {
     wp = wt.data_ptr<int8_t>();
     ldw = Kp;
   }
+  const Path path = path_for(M);
   const Activation x = prepare_activation(a, Kp, /*allow_xor=*/false);
   GemmProblem p;
   p.x = x.ptr;
@@ -422,7 +460,7 @@ at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b) {
   e.kind = OutKind::Int32;
   e.out = out.data_ptr<int32_t>();
   e.ldo = N;
-  run_gemm(p, e, a);
+  run_gemm(p, e, a, path);
   return out;
 }
 
@@ -504,8 +542,8 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
 
   const int64_t Kp = round_up(K, kKAlign);
   const at::Tensor x2d = x.reshape({M, K});
-  const bool small = M <= kGemvMaxM && forced_path() == Path::Auto;
-  const Activation a = prepare_activation(x2d, Kp, /*allow_xor=*/small);
+  const Path path = path_for(M);
+  const Activation a = prepare_activation(x2d, Kp, /*allow_xor=*/reads_uint8(path));
   const bool u = x.scalar_type() == at::kByte;
   GemmProblem p;
   p.x = a.ptr;
@@ -535,7 +573,7 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
     e.out_scale = os.data_ptr<float>();
     e.out_zp = ozp.data_ptr<int32_t>();
   }
-  run_gemm(p, e, x);
+  run_gemm(p, e, x, path);
   return out;
 }
 
@@ -611,7 +649,7 @@ at::Tensor linear_dynamic_cuda(const at::Tensor& x, const at::Tensor& w_packed,
   e.w_scale = ws.data_ptr<float>();
   e.bias = b.defined() ? b.data_ptr<float>() : nullptr;
   e.relu = relu;
-  run_gemm(p, e, x);
+  run_gemm(p, e, x, path_for(M));
   return out;
 }
 

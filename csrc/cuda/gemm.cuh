@@ -109,6 +109,12 @@ struct GemmProblem {
 constexpr int64_t kGemvMaxM = 32;
 void launch_gemv(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
 
+// gemv.cu: M <= kMmaMaxM on the tensor cores (mma.sync), epilogue fused. Handles x_xor.
+// Needs compute capability 8.0 (mma_supported()).
+constexpr int64_t kMmaMaxM = 64;
+bool mma_supported();
+void launch_gemv_mma(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
+
 // gemm.cu: any shape, epilogue fused. Requires !x_xor.
 void launch_gemm_tiled(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
 

@@ -22,7 +22,7 @@ namespace torchquant {
 namespace cuda {
 namespace {
 
-constexpr size_t kWorkspaceBytes = 32u << 20;  // what torch gives cuBLASLt on Hopper
+constexpr size_t kWorkspaceBytes = 64u << 20;  // some of the fastest IMMA algorithms want more than torch's 32 MB
 constexpr int kCandidates = 8;
 
 #define TQ_CUBLASLT_CHECK(expr)                                                               \

@@ -1,0 +1,150 @@
+"""The eager API on CUDA: models prepared, calibrated and converted on either device, moved with
+.to("cuda") / .cpu(), dynamic and QAT flows, state_dict across devices. The CUDA kernels are
+bit-identical to the CPU ones, so a converted model gives the same bits on both devices. All skip
+without a GPU."""
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchquant
+from torchquant.nn import quantized as nnq
+
+pytestmark = pytest.mark.cuda
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = torchquant.QuantStub()
+        self.fc1 = nn.Linear(84, 96)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(96, 64)
+        self.relu2 = nn.ReLU()
+        self.fc3 = nn.Linear(64, 10)
+        self.dequant = torchquant.DeQuantStub()
+
+    def forward(self, x):
+        x = self.quant(x)
+        x = self.relu1(self.fc1(x))
+        x = self.relu2(self.fc2(x))
+        return self.dequant(self.fc3(x))
+
+
+def _data(n, seed):
+    return torch.rand(n, 84, generator=torch.Generator().manual_seed(seed))
+
+
+def _convert(model, qconfig, device, batches=4):
+    model = copy.deepcopy(model).eval().to(device)
+    model.qconfig = qconfig
+    prepared = torchquant.prepare(model)
+    with torch.no_grad():
+        for i in range(batches):
+            prepared(_data(32, i).to(device))
+    return torchquant.convert(prepared)
+
+
+@pytest.mark.parametrize("qconfig_name", ["per_channel_qconfig", "per_tensor_qconfig"])
+def test_converted_on_cpu_then_moved_gives_the_same_bits(qconfig_name):
+    torch.manual_seed(0)
+    q_cpu = _convert(MLP(), getattr(torchquant, qconfig_name), "cpu")
+    q_gpu = copy.deepcopy(q_cpu).to("cuda")
+    assert q_gpu.fc1.qweight.is_cuda and type(q_gpu.fc1) is nnq.Linear
+    x = _data(37, 100)
+    with torch.no_grad():
+        want = q_cpu(x)
+        got = q_gpu(x.cuda())
+    assert got.is_cuda and got.dtype == torch.float32
+    assert torch.equal(got.cpu(), want)
+    # and back again
+    with torch.no_grad():
+        assert torch.equal(q_gpu.cpu()(x), want)
+
+
+def test_prepared_and_calibrated_on_cuda():
+    """MinMax observers record the same statistics on both devices, so the whole flow on CUDA
+    gives the CPU flow's model, bit for bit."""
+    torch.manual_seed(1)
+    m = MLP()
+    q_cpu = _convert(m, torchquant.per_channel_qconfig, "cpu")
+    q_gpu = _convert(m, torchquant.per_channel_qconfig, "cuda")
+    assert q_gpu.fc2.qweight.is_cuda
+    for name in ("fc1", "fc2", "fc3"):
+        a, b = getattr(q_cpu, name), getattr(q_gpu, name)
+        assert torch.equal(a.qweight, b.qweight.cpu()), name
+    x = _data(5, 7)
+    with torch.no_grad():
+        assert torch.equal(q_gpu(x.cuda()).cpu(), q_cpu(x))
+
+
+def test_default_qconfig_on_cuda_is_close_to_fp32():
+    torch.manual_seed(2)
+    m = MLP().eval()
+    q = _convert(m, torchquant.get_default_qconfig("x86"), "cuda")
+    x = _data(64, 3)
+    with torch.no_grad():
+        y = q(x.cuda()).cpu()
+        ref = m(x)
+    assert (y - ref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_quantize_dynamic_on_cuda_matches_cpu(batch):
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(84, 96), nn.ReLU(), nn.Linear(96, 10)).eval()
+    d_cpu = torchquant.quantize_dynamic(copy.deepcopy(m), {nn.Linear})
+    d_gpu = torchquant.quantize_dynamic(copy.deepcopy(m).cuda(), {nn.Linear})
+    x = _data(batch, 4)
+    with torch.no_grad():
+        want = d_cpu(x)
+        assert torch.equal(d_gpu(x.cuda()).cpu(), want)
+        assert torch.equal(copy.deepcopy(d_cpu).cuda()(x.cuda()).cpu(), want)
+
+
+def test_qat_on_cuda_trains_and_converts():
+    torch.manual_seed(4)
+    m = MLP().train().cuda()
+    m.qconfig = torchquant.get_default_qat_qconfig("x86")
+    qat = torchquant.prepare_qat(m)
+    opt = torch.optim.SGD(qat.parameters(), lr=0.05)
+    x = _data(64, 5).cuda()
+    target = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(6)).cuda()
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(qat(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    q = torchquant.convert(qat.eval())
+    assert type(q.fc1) is nnq.Linear and q.fc1.qweight.is_cuda
+    with torch.no_grad():
+        fq = qat(x)
+        y = q(x)
+    assert (y - fq).abs().max() < 0.1
+
+
+def test_state_dict_saved_on_cuda_loads_on_cpu():
+    torch.manual_seed(5)
+    q_gpu = _convert(MLP(), torchquant.per_channel_qconfig, "cuda")
+    buf = io.BytesIO()
+    torch.save(q_gpu.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True, map_location="cpu")
+    q_cpu = _convert(MLP(), torchquant.per_channel_qconfig, "cpu")
+    q_cpu.load_state_dict(sd)
+    x = _data(9, 8)
+    with torch.no_grad():
+        assert torch.equal(q_cpu(x), q_gpu(x.cuda()).cpu())
+
+
+def test_int8_mm_public_function_on_cuda_any_shape():
+    gen = torch.Generator().manual_seed(9)
+    for m, k, n in ((1, 3, 5), (3, 100, 7), (17, 64, 24)):
+        a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+        b = torch.randint(-128, 128, (k, n), generator=gen, dtype=torch.int8)
+        assert torch.equal(torchquant.int8_mm(a.cuda(), b.cuda()).cpu(), torchquant.int8_mm(a, b))
