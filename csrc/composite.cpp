@@ -108,7 +108,9 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
   // Non-finite statistics never reach the formulas: NaN counts as 0, +-Inf as +-FLT_MAX.
   const at::Tensor lo = at::nan_to_num(min_val.to(at::kFloat), 0.0, FLT_MAX, -FLT_MAX);
   const at::Tensor hi = at::nan_to_num(max_val.to(at::kFloat), 0.0, FLT_MAX, -FLT_MAX);
-  // torch.ao's _calculate_qparams, op for op, so the results are bit-identical with it.
+  // torch.ao's _calculate_qparams, op for op, so the results are bit-identical with it. The
+  // divisors are tensors, not scalars: ATen's CUDA division by a host scalar multiplies by its
+  // reciprocal (one rounding more), which would give other scales than the CPU.
   const at::Tensor zero = at::zeros_like(lo);
   const at::Tensor min_neg = at::minimum(lo, zero);
   at::Tensor max_pos = at::maximum(hi, zero);
@@ -116,11 +118,11 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
   at::Tensor scale, zp;
   if (symmetric) {
     max_pos = at::maximum(-min_neg, max_pos);
-    scale = at::maximum(max_pos / (static_cast<double>(qmax - qmin) / 2), eps_t);
+    scale = at::maximum(max_pos / at::full_like(max_pos, static_cast<double>(qmax - qmin) / 2), eps_t);
     scale = at::nan_to_num(scale, eps, FLT_MAX, eps);
     zp = at::full(lo.sizes(), symmetric_zero_point, lo.options().dtype(at::kInt));
   } else {
-    scale = at::maximum((max_pos - min_neg) / static_cast<double>(qmax - qmin), eps_t);
+    scale = at::maximum((max_pos - min_neg) / at::full_like(max_pos, static_cast<double>(qmax - qmin)), eps_t);
     scale = at::nan_to_num(scale, eps, FLT_MAX, eps);
     // |min_neg / scale| <= qmax - qmin here, so the float-to-int conversion is in range.
     zp = (qmin - at::round(min_neg / scale).to(at::kInt)).clamp(qmin, qmax).to(at::kInt);

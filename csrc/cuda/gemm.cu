@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
@@ -87,19 +88,36 @@ __global__ void __launch_bounds__(256)
 
 // ------------------------------------------------------------------ epilogue after cuBLASLt
 // D is [M, ldd] int32 with ldd % 4 == 0 (gemm_lt's buffer): each thread takes 4 consecutive
-// columns with one 16-byte load and one index division; columns past N are padding.
+// columns with one 16-byte load; rows come from the grid's y dimension, so no index division;
+// columns past N are padding. 1 / out_scale is computed once per thread.
 __global__ void __launch_bounds__(kThreads)
     epilogue_kernel(const int32_t* __restrict__ d, int64_t ldd, int64_t M, int64_t N, Epilogue e) {
-  const int64_t quads = ldd / 4, total = M * quads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = i / quads, n = (i - m * quads) * 4;
-    const int4 v = *reinterpret_cast<const int4*>(d + m * ldd + n);
-    epilogue_store(e, m, n, v.x);
-    if (n + 1 < N) epilogue_store(e, m, n + 1, v.y);
-    if (n + 2 < N) epilogue_store(e, m, n + 2, v.z);
-    if (n + 3 < N) epilogue_store(e, m, n + 3, v.w);
+  const int64_t quads = ldd / 4;
+  const float inv = epilogue_inv_out_scale(e);
+  for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
+    const int32_t* row = d + m * ldd;
+    for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads;
+         q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t n = q * 4;
+      const int4 v = *reinterpret_cast<const int4*>(row + n);
+      epilogue_store(e, m, n, v.x, inv);
+      if (n + 1 < N) epilogue_store(e, m, n + 1, v.y, inv);
+      if (n + 2 < N) epilogue_store(e, m, n + 2, v.z, inv);
+      if (n + 3 < N) epilogue_store(e, m, n + 3, v.w, inv);
+    }
   }
+}
+
+void launch_epilogue(const int32_t* d, int64_t ldd, int64_t M, int64_t N, const Epilogue& e,
+                     cudaStream_t stream) {
+  const int64_t quads = ldd / 4;
+  const int64_t gx = (quads + kThreads - 1) / kThreads;
+  // About 8 blocks per SM in all; rows beyond the grid's height loop.
+  const int64_t cap = static_cast<int64_t>(grid_for(int64_t{1} << 40));  // sms * 8
+  const int64_t gy = std::min<int64_t>(std::min<int64_t>(M, 65535), std::max<int64_t>(1, cap / gx));
+  dim3 grid(static_cast<unsigned>(std::min<int64_t>(gx, cap)), static_cast<unsigned>(gy));
+  epilogue_kernel<<<grid, kThreads, 0, stream>>>(d, ldd, M, N, e);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // ------------------------------------------------------------------ operand preparation
@@ -239,9 +257,10 @@ Path forced_path() {
 }
 
 // The kernel that runs a problem of M rows. Auto: the dp4a GEMV for M <= kAutoGemvMaxM, the
-// tensor-core small-M kernel up to kMmaMaxM, cuBLASLt above. A forced small-M path applies
+// tensor-core small-M kernel up to kAutoMmaMaxM (the GEMV without it), cuBLASLt above. A forced small-M path applies
 // only where that kernel takes M; larger M goes to cuBLASLt.
-constexpr int64_t kAutoGemvMaxM = 4;
+constexpr int64_t kAutoGemvMaxM = 1;
+constexpr int64_t kAutoMmaMaxM = 16;  // measured on an H100 (docs/benchmarks.md): cuBLASLt wins above
 Path path_for(int64_t M) {
   const Path forced = forced_path();
   const bool mma = M <= kMmaMaxM && mma_supported();
@@ -254,8 +273,9 @@ Path path_for(int64_t M) {
     case Path::Mma:
       return mma ? Path::Mma : Path::Lt;
     default:
-      if (M <= kAutoGemvMaxM || (M <= kGemvMaxM && !mma)) return Path::Gemv;
-      return mma ? Path::Mma : Path::Lt;
+      if (M <= kAutoGemvMaxM) return Path::Gemv;
+      if (M <= kAutoMmaMaxM) return mma ? Path::Mma : Path::Gemv;
+      return Path::Lt;
   }
 }
 
@@ -299,9 +319,7 @@ void run_gemm(const GemmProblem& p, const Epilogue& e, const at::Tensor& like, P
     const int64_t ldd = round_up(p.N, 4);
     at::Tensor d = at::empty({p.M, ldd}, like.options().dtype(at::kInt));
     if (lt_gemm_s32(p, d.data_ptr<int32_t>(), ldd, stream)) {
-      epilogue_kernel<<<grid_for(p.M * (ldd / 4)), kThreads, 0, stream>>>(d.data_ptr<int32_t>(), ldd,
-                                                                           p.M, p.N, e);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_epilogue(d.data_ptr<int32_t>(), ldd, p.M, p.N, e, stream);
       return;
     }
   }

@@ -58,8 +58,13 @@ __device__ __forceinline__ int32_t clamp_int(int32_t v, int32_t lo, int32_t hi) 
 //   float out: y; int8/uint8 out: clamp(nearbyint(y * (1.0f / out_scale)) + out_zp, full range).
 // With uint8 activations read as x - 128, acc' = acc - 128 * col_sums, so
 // corr = acc' - (x_zp - 128) * col_sums: the same integer.
+// 1 / out_scale, the same float whether computed once per thread or per element.
+__device__ __forceinline__ float epilogue_inv_out_scale(const Epilogue& e) {
+  return (e.kind == OutKind::Int8 || e.kind == OutKind::UInt8) ? 1.0f / e.out_scale[0] : 0.0f;
+}
+
 __device__ __forceinline__ void epilogue_store(const Epilogue& e, int64_t m, int64_t n,
-                                               int32_t acc) {
+                                               int32_t acc, float inv_out_scale) {
   const int64_t o = m * e.ldo + n;
   if (e.kind == OutKind::Int32) {
     static_cast<int32_t*>(e.out)[o] = acc;
@@ -87,13 +92,18 @@ __device__ __forceinline__ void epilogue_store(const Epilogue& e, int64_t m, int
     default: {
       const bool u = e.kind == OutKind::UInt8;
       const int32_t qmin = u ? 0 : -128, qmax = u ? 255 : 127;
-      const float inv = 1.0f / e.out_scale[0];
+      const float inv = inv_out_scale;
       const float ozp = static_cast<float>(clamp_int(e.out_zp[0], qmin, qmax));
       const float q = quantize_val(y, inv, ozp, static_cast<float>(qmin), static_cast<float>(qmax));
       // q is an integer inside the output type's range: the casts are exact.
       static_cast<uint8_t*>(e.out)[o] = static_cast<uint8_t>(static_cast<int32_t>(q));
     }
   }
+}
+
+__device__ __forceinline__ void epilogue_store(const Epilogue& e, int64_t m, int64_t n,
+                                               int32_t acc) {
+  epilogue_store(e, m, n, acc, epilogue_inv_out_scale(e));
 }
 
 struct GemmProblem {

@@ -105,7 +105,7 @@ __device__ Acc block_reduce(Acc a) {
 // ------------------------------------------------------------------ pass over x: partials
 
 // Per tensor: block b writes pmn[b], pmx[b], pcnt[2b], pcnt[2b + 1] (NaN, Inf). V = 16 (four
-// 16-byte loads per step) when x is 16-byte aligned, 1 otherwise.
+// 16-byte loads per step, grid-strided) when x is 16-byte aligned, 1 otherwise.
 template <bool kSkipInf, int V>
 __global__ void __launch_bounds__(kThreads)
     minmax_flat_kernel(const float* __restrict__ x, int64_t n, float* pmn, float* pmx, u64* pcnt) {
@@ -113,13 +113,32 @@ __global__ void __launch_bounds__(kThreads)
   uint32_t nan = 0, inf = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t nvec = n / V;
-  for (int64_t v = first; v < nvec; v += stride) {
-    const Vec<float, V> xv = load_vec<float, V>(x + v * V);
+  int64_t done = 0;
+  if (V > 1) {
+    // 16-byte vectors, consecutive lanes on consecutive vectors (each warp load is 512
+    // contiguous bytes), four independent loads in flight per thread per step.
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = n / 4;
+    for (int64_t q = first; q < n4; q += 4 * stride) {
+      float4 v[4];
 #pragma unroll
-    for (int j = 0; j < V; ++j) fold<kSkipInf>(xv.v[j], mn, mx, nan, inf);
+      for (int k = 0; k < 4; ++k) {
+        const int64_t qk = q + k * stride;
+        v[k] = qk < n4 ? x4[qk] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (q + k * stride < n4) {
+          fold<kSkipInf>(v[k].x, mn, mx, nan, inf);
+          fold<kSkipInf>(v[k].y, mn, mx, nan, inf);
+          fold<kSkipInf>(v[k].z, mn, mx, nan, inf);
+          fold<kSkipInf>(v[k].w, mn, mx, nan, inf);
+        }
+      }
+    }
+    done = n4 * 4;
   }
-  for (int64_t i = nvec * V + first; i < n; i += stride) fold<kSkipInf>(x[i], mn, mx, nan, inf);
+  for (int64_t i = done + first; i < n; i += stride) fold<kSkipInf>(x[i], mn, mx, nan, inf);
   const Acc a = block_reduce(Acc{mn, mx, nan, inf});
   if (threadIdx.x == 0) {
     pmn[blockIdx.x] = a.mn;
@@ -584,13 +603,30 @@ __global__ void __launch_bounds__(kHistThreads)
   };
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t nvec = n / V;
-  for (int64_t v = first; v < nvec; v += stride) {
-    const Vec<float, V> xv = load_vec<float, V>(x + v * V);
+  int64_t done = 0;
+  if (V > 1) {  // as minmax_flat_kernel: coalesced 16-byte vectors, four loads in flight
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = n / 4;
+    for (int64_t q = first; q < n4; q += 4 * stride) {
+      float4 v[4];
 #pragma unroll
-    for (int j = 0; j < V; ++j) add(xv.v[j]);
+      for (int k = 0; k < 4; ++k) {
+        const int64_t qk = q + k * stride;
+        v[k] = qk < n4 ? x4[qk] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (q + k * stride < n4) {
+          add(v[k].x);
+          add(v[k].y);
+          add(v[k].z);
+          add(v[k].w);
+        }
+      }
+    }
+    done = n4 * 4;
   }
-  for (int64_t i = nvec * V + first; i < n; i += stride) add(x[i]);
+  for (int64_t i = done + first; i < n; i += stride) add(x[i]);
   if (shared) {
     __syncthreads();
     for (int32_t b = threadIdx.x; b < bins; b += blockDim.x) {

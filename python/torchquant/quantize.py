@@ -103,17 +103,25 @@ def _device_of(mod: nn.Module):
     return None
 
 
+def _model_device(model: nn.Module):
+    """The one device of the model's parameters and buffers (None if none or several): where
+    observers of modules that hold no tensors themselves (QuantStub) go, as in torch.ao."""
+    devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
+    return devices.pop() if len(devices) == 1 else None
+
+
 def _add_observers(model: nn.Module) -> List[str]:
     """Adds ``activation_post_process`` and its forward hook to every observed module under a
     qconfig; returns the names of leaf modules under a qconfig that stay float."""
     unsupported = []
+    model_dev = _model_device(model)
     for name, mod in model.named_modules():
         qc = getattr(mod, "qconfig", None)
         if qc is None or _is_observer(mod):
             continue
         if type(mod) in _OBSERVED and not hasattr(mod, "activation_post_process"):
             obs = qc.activation()
-            dev = _device_of(mod)
+            dev = _device_of(mod) or model_dev
             if dev is not None:
                 obs.to(dev)
             mod.add_module("activation_post_process", obs)

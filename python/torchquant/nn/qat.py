@@ -19,6 +19,8 @@ class Linear(nn.Linear):
             raise ValueError("qat.Linear needs a qconfig (argument 'qconfig')")
         self.qconfig = qconfig
         self.weight_fake_quant = qconfig.weight()
+        if device is not None:
+            self.weight_fake_quant.to(device)
 
     def forward(self, x):
         return F.linear(x, self.weight_fake_quant(self.weight), self.bias)
