@@ -26,7 +26,7 @@ if [ $build_rc -ne 0 ]; then
 fi
 
 XDIST=""
-if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 4"; fi
+if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 8"; fi
 PYTHONPATH=python timeout 180 $PY -m pytest -q -p no:cacheprovider $XDIST -m cuda \
   tests/ > "$LOG/test_cuda.log" 2>&1
 test_rc=$?

@@ -404,3 +404,18 @@ def test_opcheck_gemm():
     x = torch.randn(8, 24, device="cuda")
     torch.library.opcheck(ops.quantize_rowwise.default, (x,))
     torch.library.opcheck(ops.linear_dynamic.default, (x, packed, sums, ws, None, False))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("qmin,qmax", [(-128, 127), (0, 255), (0, 15)])
+def test_choose_qparams_matches_cpu(symmetric, qmin, qmax):
+    """Scales and zero points are the CPU's bit for bit (the divisions are float32 divisions on
+    both devices, not a multiplication by a reciprocal)."""
+    gen = torch.Generator().manual_seed(11)
+    mn = -torch.rand(4096, generator=gen) * torch.logspace(-6, 3, 4096)
+    mx = torch.rand(4096, generator=gen) * torch.logspace(3, -6, 4096)
+    mn[:3] = torch.tensor([float("nan"), -float("inf"), 0.0])
+    mx[:3] = torch.tensor([1.0, float("inf"), 0.0])
+    want = ops.choose_qparams(mn, mx, qmin, qmax, symmetric, 1.1920929e-07)
+    got = ops.choose_qparams(mn.cuda(), mx.cuda(), qmin, qmax, symmetric, 1.1920929e-07)
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
