@@ -551,9 +551,12 @@ class HistogramObserver(UniformQuantizationObserverBase):
         return norm.sum().item()
 
     def _non_linear_param_search(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        # On the CPU whatever the observer's device: the search is sequential, and ATen's CUDA
+        # division by a Python number multiplies by its reciprocal, which would give other bits.
         hist = self.histogram.detach().cpu()
-        lo, hi = float(self.min_val), float(self.max_val)
-        bin_width = (self.max_val - self.min_val) / self.bins
+        mn, mx = self.min_val.detach().cpu(), self.max_val.detach().cpu()
+        lo, hi = float(mn), float(mx)
+        bin_width = (mx - mn) / self.bins
         total = torch.sum(hist).item()
         csum = torch.cumsum(hist, dim=0).numpy()
         f32 = np.float32
@@ -580,9 +583,9 @@ class HistogramObserver(UniformQuantizationObserverBase):
             if norm > norm_min:
                 break
             norm_min, start_bin, end_bin = norm, next_start_bin, next_end_bin
-        new_min = self.min_val + bin_width * start_bin
-        new_max = self.min_val + bin_width * (end_bin + 1)
-        return new_min, new_max
+        new_min = mn + bin_width * start_bin
+        new_max = mn + bin_width * (end_bin + 1)
+        return new_min.to(self.min_val.device), new_max.to(self.min_val.device)
 
     def extra_repr(self):
         return f"bins={self.bins}, min_val={self.min_val}, max_val={self.max_val}"
