@@ -13,6 +13,13 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   TORCH_CUDA_ARCH_LIST=$($PY -c 'import torch; p = torch.cuda.get_device_capability(); print(f"{p[0]}.{p[1]}")' 2>/dev/null || echo "8.0;9.0")
   export TORCH_CUDA_ARCH_LIST
 fi
+# The C++ compiler first in PATH on some CUDA images is a wrapper around the distribution's
+# compiler; an extension built with it crashed (SIGSEGV) whenever a check formatted an integer
+# into its error message. The distribution's compiler (the one torch's wheels are built with)
+# does not: prefer it when CC/CXX are not set. nvcc gets it through CC (-ccbin).
+if [ -z "${CXX:-}" ] && [ -z "${CC:-}" ] && [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$LOG/gpu.txt" 2>&1 || true
 
 t0=$(date +%s)
@@ -36,7 +43,7 @@ bench_rc=$?
 t3=$(date +%s)
 
 echo "== torchquant GPU check: $(cat "$LOG/gpu.txt" 2>/dev/null)"
-echo "build   rc=$build_rc  $((t1 - t0)) s  (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+echo "build   rc=$build_rc  $((t1 - t0)) s  (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, CXX=${CXX:-default})"
 echo "tests   rc=$test_rc  $((t2 - t1)) s  $(tail -n 1 "$LOG/test_cuda.log")"
 echo "bench   rc=$bench_rc  $((t3 - t2)) s"
 if [ $test_rc -ne 0 ]; then grep -E "^(FAILED|ERROR)" "$LOG/test_cuda.log" | cut -c1-300 | head -n 60; fi

@@ -65,8 +65,9 @@ def test_converted_on_cpu_then_moved_gives_the_same_bits(qconfig_name):
 
 
 def test_prepared_and_calibrated_on_cuda():
-    """MinMax observers record the same statistics on both devices, so the whole flow on CUDA
-    gives the CPU flow's model, bit for bit."""
+    """The whole flow on CUDA. Weights are quantized bit for bit as on the CPU; activation
+    ranges come from float Linear layers, whose CUDA and CPU results differ in the last bits,
+    so the outputs agree to within a couple of output quantization steps."""
     torch.manual_seed(1)
     m = MLP()
     q_cpu = _convert(m, torchquant.per_channel_qconfig, "cpu")
@@ -75,9 +76,13 @@ def test_prepared_and_calibrated_on_cuda():
     for name in ("fc1", "fc2", "fc3"):
         a, b = getattr(q_cpu, name), getattr(q_gpu, name)
         assert torch.equal(a.qweight, b.qweight.cpu()), name
+        assert torch.equal(a.weight_scale, b.weight_scale.cpu()), name
+    # The first observer sees the same input on both devices: the same qparams.
+    assert torch.equal(q_cpu.quant.scale, q_gpu.quant.scale.cpu())
     x = _data(5, 7)
     with torch.no_grad():
-        assert torch.equal(q_gpu(x.cuda()).cpu(), q_cpu(x))
+        y_gpu, y_cpu = q_gpu(x.cuda()).cpu(), q_cpu(x)
+    assert (y_gpu - y_cpu).abs().max() <= 2 * float(q_cpu.fc3.scale) + 1e-7
 
 
 def test_default_qconfig_on_cuda_is_close_to_fp32():
