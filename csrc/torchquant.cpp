@@ -70,7 +70,8 @@ TORCH_LIBRARY(torchquant, m) {
   // w: [N, K] int8 (nn.Linear layout) -> (packed, col_sums int32 [N]); the packed layout is the
   // kernel's for w's device. col_sums[n] = sum_k w[n, k], for zero-point correction.
   m.def("pack_weight(Tensor w) -> (Tensor, Tensor)");
-  // Static int8 Linear. x: [..., K] int8/uint8 with per-tensor x_scale/x_zero_point; weights
+  // Static int8 Linear. x: [..., K] int8/uint8; x_scale/x_zero_point hold 1 element (per
+  // tensor) or one per row of x (per row, rows = product of x's leading dimensions); weights
   // symmetric per output channel (w_scale [N]); bias float [N]. out_dtype int8/uint8
   // requantizes with out_scale/out_zero_point; float32 (default) dequantizes.
   m.def("linear_int8(Tensor x, Tensor x_scale, Tensor x_zero_point, Tensor w_packed, "

@@ -232,6 +232,163 @@ def test_linear_int8_non_finite_bias_is_defined(isa):
     assert q[0, :2].tolist() == [3, 127] and q[0, 17] == -128  # NaN -> zero point, +-inf saturate
 
 
+# ---------------------------------------------------------------- linear_int8, per-row qparams
+def _row_qparams(gen, rows, xdtype):
+    """Per-row scales (a quarter powers of two: ties downstream) and zero points, the ends of
+    the activation range in a fair share of rows."""
+    lo, hi = (0, 255) if xdtype == torch.uint8 else (-128, 127)
+    xs = torch.rand(rows, generator=gen) * 0.3 + 1e-3
+    xs = torch.where(torch.rand(rows, generator=gen) < 0.25, torch.full((rows,), 0.25), xs)
+    xz = torch.randint(lo, hi + 1, (rows,), generator=gen, dtype=torch.int32)
+    ext = torch.randint(0, 4, (rows,), generator=gen)
+    xz = torch.where(ext == 0, torch.full_like(xz, lo), torch.where(ext == 1, torch.full_like(xz, hi), xz))
+    return xs, xz
+
+
+OUT_KINDS = ((None, None, None), (torch.int8, torch.tensor([3.0]), torch.tensor([-5], dtype=torch.int32)),
+             (torch.uint8, torch.tensor([1.0]), torch.tensor([128], dtype=torch.int32)),
+             (torch.int8, torch.tensor([1e-3]), torch.tensor([0], dtype=torch.int32)),  # saturates
+             (torch.bfloat16, None, None), (torch.float16, None, None))
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (5, 13, 7), (7, 67, 17), (13, 100, 65), (25, 3, 300), (3, 4099, 33)])
+@pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
+def test_linear_int8_per_row_matches_reference(isa, M, K, N, xdtype):
+    gen = torch.Generator().manual_seed(M + 7 * K + 13 * N)
+    x, _, _, w, ws, bias = _linear_case(gen, M, K, N, xdtype, 0)
+    xs, xz = _row_qparams(gen, M, xdtype)
+    wp, cs = ops.pack_weight(w)
+    # per row in both, and per row in one with the other per tensor
+    for s, z in ((xs, xz), (xs, xz[:1]), (xs[:1], xz)):
+        before = (x.clone(), s.clone(), z.clone())
+        for out_dtype, os_t, oz_t in OUT_KINDS:
+            for b, relu in ((None, False), (bias, True), (bias, False)):
+                want = reference.linear_int8(x, s, z, w, ws, b, os_t, oz_t, relu, out_dtype)
+                got = ops.linear_int8(x, s, z, wp, cs, ws, b, os_t, oz_t, relu, out_dtype)
+                assert got.dtype == (out_dtype or torch.float32)
+                assert torch.equal(got, want), (isa, out_dtype, relu, b is None, s.numel(), z.numel())
+        assert torch.equal(x, before[0]) and torch.equal(s, before[1]) and torch.equal(z, before[2])
+
+
+def test_linear_int8_per_row_is_each_row_per_tensor(isa):
+    """Independent of the reference: row r of a per-row call is the per-tensor call on row r
+    with row r's qparams, for every output kind."""
+    gen = torch.Generator().manual_seed(11)
+    for xdtype in (torch.uint8, torch.int8):
+        x, _, _, w, ws, bias = _linear_case(gen, 9, 45, 37, xdtype, 0)
+        xs, xz = _row_qparams(gen, 9, xdtype)
+        wp, cs = ops.pack_weight(w)
+        for out_dtype, os_t, oz_t in OUT_KINDS[:3]:
+            got = ops.linear_int8(x, xs, xz, wp, cs, ws, bias, os_t, oz_t, True, out_dtype)
+            for r in range(9):
+                one = ops.linear_int8(x[r:r + 1], xs[r:r + 1], xz[r:r + 1], wp, cs, ws, bias, os_t, oz_t, True,
+                                      out_dtype)
+                assert torch.equal(got[r:r + 1], one), (xdtype, out_dtype, r)
+
+
+def test_linear_int8_per_row_from_quantize_rowwise_is_linear_dynamic(isa):
+    gen = torch.Generator().manual_seed(12)
+    x = _dyn_input(gen, (2, 7, 50))
+    w = _rand_w(30, 50, gen)
+    wp, cs = ops.pack_weight(w)
+    ws, bias = torch.rand(30, generator=gen) * 0.01 + 1e-3, torch.randn(30, generator=gen)
+    q, s, z = ops.quantize_rowwise(x, -128, 127)
+    for relu in (False, True):
+        assert torch.equal(ops.linear_int8(q, s, z, wp, cs, ws, bias, None, None, relu, None),
+                           ops.linear_dynamic(x, wp, cs, ws, bias, relu))
+
+
+def test_linear_int8_per_row_shapes_dtypes_and_strides(isa):
+    gen = torch.Generator().manual_seed(13)
+    w = _rand_w(40, 24, gen)
+    wp, cs = ops.pack_weight(w)
+    ws = torch.rand(40, generator=gen) * 0.01 + 1e-3
+    base = _rand_x((3, 24, 10), torch.uint8, gen)
+    before = base.clone()
+    x = base.transpose(1, 2)                      # [3, 10, 24], non-contiguous: 30 rows
+    xs, xz = _row_qparams(gen, 30, torch.uint8)
+    want = reference.linear_int8(x.contiguous(), xs, xz, w, ws)
+    # qparams shaped like x's leading dims (also with transposed strides), [rows, 1], other dtypes
+    for s, z in ((xs.reshape(3, 10), xz.reshape(3, 10)), (xs.reshape(30, 1), xz.reshape(30, 1)),
+                 (xs.reshape(3, 10).t().contiguous().t(), xz.reshape(3, 10).t().contiguous().t()),
+                 (xs.double(), xz.long()), (xs.double(), xz.to(torch.uint8)), (xs.half(), xz.to(torch.int16))):
+        y = ops.linear_int8(x, s, z, wp, cs, ws, None, None, None, False, None)
+        assert y.shape == (3, 10, 40)
+        assert torch.equal(y, reference.linear_int8(x.contiguous(), s, z, w, ws))
+    assert torch.equal(ops.linear_int8(x, xs, xz, wp, cs, ws, None, None, None, False, None), want)
+    strided_s = torch.stack([xs, torch.zeros(30)], 1)[:, 0]   # stride 2
+    strided_z = torch.stack([xz, torch.zeros(30, dtype=torch.int32)], 1)[:, 0]
+    assert torch.equal(ops.linear_int8(x, strided_s, strided_z, wp, cs, ws, None, None, None, False, None), want)
+    x2 = _rand_x((9, 50), torch.uint8, gen)[:, 3:27]  # rows 50 apart, read in place
+    s2, z2 = _row_qparams(gen, 9, torch.uint8)
+    assert torch.equal(ops.linear_int8(x2, s2, z2, wp, cs, ws, None, None, None, False, None),
+                       reference.linear_int8(x2, s2, z2, w, ws))
+    x1 = _rand_x((24,), torch.uint8, gen)  # 1-D x has one row
+    assert torch.equal(ops.linear_int8(x1, s2[:1], z2[:1], wp, cs, ws, None, None, None, False, None),
+                       reference.linear_int8(x1, s2[:1], z2[:1], w, ws))
+    assert torch.equal(base, before)
+
+
+@pytest.mark.parametrize("xshape,N", [((0, 8), 5), ((2, 0, 8), 5), ((3, 0), 5), ((4, 8), 0)])
+def test_linear_int8_per_row_empty(isa, xshape, N):
+    K = xshape[-1]
+    rows = 1
+    for d in xshape[:-1]:
+        rows *= d
+    w = torch.ones(N, K, dtype=torch.int8)
+    wp, cs = ops.pack_weight(w)
+    x = torch.full(xshape, 7, dtype=torch.uint8)
+    bias = torch.arange(N, dtype=torch.float32)
+    xs, xz = torch.full((rows,), 0.5), torch.arange(rows, dtype=torch.int32)
+    for s, z in ((xs, xz), (torch.tensor([0.5]), xz), (xs, torch.tensor([2], dtype=torch.int32))):
+        got = ops.linear_int8(x, s, z, wp, cs, torch.ones(N), bias, None, None, False, None)
+        assert got.shape == (*xshape[:-1], N)
+        assert torch.equal(got, reference.linear_int8(x, s, z, w, torch.ones(N), bias))
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(x_scale=torch.tensor([0.1, 0.2])), r"'x_scale' must have 1 element \(per tensor\) or 3 \(per row\), got 2"),
+    (dict(x_scale=torch.ones(4)), r"'x_scale' must have 1 element \(per tensor\) or 3 \(per row\), got 4"),
+    (dict(x_scale=torch.ones(0)), r"'x_scale' must have 1 element \(per tensor\) or 3 \(per row\), got 0"),
+    (dict(x_zero_point=torch.tensor([1, 2], dtype=torch.int32)),
+     r"'x_zero_point' must have 1 element \(per tensor\) or 3 \(per row\), got 2"),
+    (dict(x=torch.ones(2, 3, 8, dtype=torch.uint8), x_scale=torch.ones(3)),
+     r"'x_scale' must have 1 element \(per tensor\) or 6 \(per row\), got 3"),
+    (dict(x_scale=torch.tensor([0.1, 0.0, 0.3])), "'x_scale' must be > 0 and finite, got 0 at row 1"),
+    (dict(x_scale=torch.tensor([0.1, 0.2, float("inf")])), "'x_scale' must be > 0 and finite, got inf at row 2"),
+    (dict(x_scale=torch.tensor([float("nan"), 0.2, 0.3])), "'x_scale' must be > 0 and finite, got nan at row 0"),
+    (dict(x_scale=torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)), "'x_scale' must be > 0 and finite, got -0.2 at row 1"),
+    (dict(x_scale=torch.tensor([0.1, 1e300, 0.3], dtype=torch.float64)), "'x_scale' must be > 0 and finite, got inf at row 1"),
+    (dict(x_scale=torch.tensor([1, 2, 3])), "'x_scale' must be a floating-point tensor, got dtype Long"),
+    (dict(x_zero_point=torch.tensor([0, 255, 256], dtype=torch.int32)), r"'x_zero_point' must lie in \[0, 255\], got 256 at row 2"),
+    (dict(x_zero_point=torch.tensor([0, -1, 3])), r"'x_zero_point' must lie in \[0, 255\], got -1 at row 1"),
+    (dict(x_zero_point=torch.tensor([2**32 + 3, 0, 0])), r"'x_zero_point' must lie in \[0, 255\], got 4294967299 at row 0"),
+    (dict(x=torch.ones(3, 8, dtype=torch.int8), x_zero_point=torch.tensor([-128, 127, 128], dtype=torch.int32)),
+     r"'x_zero_point' must lie in \[-128, 127\], got 128 at row 2"),
+    (dict(x=torch.ones(3, 8, dtype=torch.int8), x_zero_point=torch.tensor([0, 200, 0], dtype=torch.uint8)),
+     r"'x_zero_point' must lie in \[-128, 127\], got 200 at row 1"),
+    (dict(x_zero_point=torch.tensor([1.0, 2.0, 3.0])), "'x_zero_point' must be an integer tensor, got dtype Float"),
+])
+def test_linear_int8_per_row_bad_input(over, match):
+    with pytest.raises(RuntimeError, match=match):
+        _call(**over)
+
+
+def test_linear_int8_per_row_fake_kernel():
+    w = torch.ones(20, 8, dtype=torch.int8)
+    wp, cs = ops.pack_weight(w)
+    x = torch.ones(2, 3, 8, dtype=torch.uint8)
+    fake = torch._subclasses.fake_tensor.FakeTensorMode()
+    with fake:
+        fx, fwp, fcs, fws = (fake.from_tensor(t) for t in (x, wp, cs, torch.ones(20)))
+        y = ops.linear_int8(fx, fake.from_tensor(torch.ones(6)), fake.from_tensor(torch.zeros(2, 3, dtype=torch.int32)),
+                            fwp, fcs, fws, None, None, None, False, None)
+        assert y.shape == (2, 3, 20) and y.dtype == torch.float32
+        with pytest.raises(RuntimeError, match=r"'x_zero_point' must have 1 element \(per tensor\) or 6 \(per row\), got 5"):
+            ops.linear_int8(fx, fake.from_tensor(torch.ones(1)), fake.from_tensor(torch.zeros(5, dtype=torch.int32)),
+                            fwp, fcs, fws, None, None, None, False, None)
+
+
 # ---------------------------------------------------------------- pack_weight
 @pytest.mark.parametrize("N,K", [(1, 1), (16, 4), (17, 5), (33, 130), (0, 3), (5, 0)])
 def test_pack_weight_shape_and_col_sums(N, K):
@@ -355,7 +512,6 @@ def _call(**over):
     (dict(x_scale=torch.tensor([0.0])), "'x_scale' must be > 0 and finite, got 0"),
     (dict(x_scale=torch.tensor([-1.0])), "'x_scale' must be > 0"),
     (dict(x_scale=torch.tensor([float("nan")])), "'x_scale' must be > 0 and finite, got nan"),
-    (dict(x_scale=torch.tensor([0.1, 0.2])), "'x_scale' must have one element"),
     (dict(x_zero_point=torch.tensor([256], dtype=torch.int32)), r"'x_zero_point' must lie in \[0, 255\], got 256"),
     (dict(x_zero_point=torch.tensor([-1])), r"'x_zero_point' must lie in \[0, 255\], got -1"),
     (dict(x=torch.ones(3, 8, dtype=torch.int8), x_zero_point=torch.tensor([128], dtype=torch.int32)), r"\[-128, 127\], got 128"),
@@ -445,6 +601,8 @@ def test_opcheck():
     torch.library.opcheck(ops.linear_int8, (x, xs, xz, wp, cs, ws, b, None, None, True, None))
     torch.library.opcheck(ops.linear_int8, (x, xs, xz, wp, cs, ws, None, torch.tensor([0.2]),
                                             torch.tensor([-3], dtype=torch.int32), False, torch.int8))
+    rs, rz = torch.rand(6, generator=gen) + 0.01, torch.randint(0, 256, (2, 3), generator=gen, dtype=torch.int32)
+    torch.library.opcheck(ops.linear_int8, (x, rs, rz, wp, cs, ws, b, None, None, True, None))
     torch.library.opcheck(ops.quantize_rowwise, (torch.randn(4, 9, generator=gen), -128, 127))
     torch.library.opcheck(ops.linear_dynamic, (torch.randn(2, 3, 9, generator=gen), wp, cs, ws, b, False))
 

@@ -119,12 +119,22 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "argument '", name, "' must be on the CPU, got ", t.device());
 }
 
-// A one-element floating tensor on the CPU, > 0 and finite.
-float read_scale(const at::Tensor& t, const char* name) {
+// Checks that a qparam argument is a CPU tensor of the right kind; its size is the caller's.
+void check_qparam(const at::Tensor& t, const char* name, bool floating) {
   TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
   check_cpu(t, name);
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
-              "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  if (floating) {
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+                "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  } else {
+    TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
+                "' must be an integer tensor, got dtype ", t.scalar_type());
+  }
+}
+
+// A one-element floating tensor on the CPU, > 0 and finite.
+float read_scale(const at::Tensor& t, const char* name) {
+  check_qparam(t, name, /*floating=*/true);
   TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
               t.numel());
   const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
@@ -135,16 +145,64 @@ float read_scale(const at::Tensor& t, const char* name) {
 
 // A one-element integer tensor on the CPU inside [lo, hi].
 int32_t read_zero_point(const at::Tensor& t, const char* name, int64_t lo, int64_t hi) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  check_cpu(t, name);
-  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
-              "' must be an integer tensor, got dtype ", t.scalar_type());
+  check_qparam(t, name, /*floating=*/false);
   TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
               t.numel());
   const int64_t v = t.scalar_type() == at::kInt ? int64_t{*t.const_data_ptr<int32_t>()}
                                                 : t.item<int64_t>();
   TORCH_CHECK(v >= lo && v <= hi, "argument '", name, "' must lie in [", lo, ", ", hi, "], got ", v);
   return static_cast<int32_t>(v);
+}
+
+// The activations' qparams, per tensor (one element) or per row (one per row of x, any shape):
+// the contract of the CUDA implementation. Per-row values are checked here like per-tensor
+// ones, and are read in place when already float32 / int32 and contiguous.
+struct ActQParams {
+  at::Tensor scale_rows, zp_rows;  // defined when per row (they own any converted copy)
+};
+
+void check_qparam_count(const at::Tensor& t, const char* name, int64_t rows) {
+  TORCH_CHECK(t.numel() == 1 || t.numel() == rows, "argument '", name,
+              "' must have 1 element (per tensor) or ", rows, " (per row), got ", t.numel());
+}
+
+ActQParams read_act_qparams(const at::Tensor& scale, const at::Tensor& zp, int64_t rows,
+                            int64_t lo, int64_t hi, GemmProblem* p) {
+  ActQParams q;
+  check_qparam(scale, "x_scale", /*floating=*/true);
+  check_qparam_count(scale, "x_scale", rows);
+  check_qparam(zp, "x_zero_point", /*floating=*/false);
+  check_qparam_count(zp, "x_zero_point", rows);
+  if (scale.numel() == 1) {
+    p->a_scale = read_scale(scale, "x_scale");
+  } else {
+    q.scale_rows = scale.scalar_type() == at::kFloat && scale.is_contiguous()
+                       ? scale
+                       : scale.to(at::kFloat).contiguous();
+    const float* ps = q.scale_rows.const_data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      TORCH_CHECK(std::isfinite(ps[r]) && ps[r] > 0.0f,
+                  "argument 'x_scale' must be > 0 and finite, got ", ps[r], " at row ", r);
+    }
+    p->a_scale_row = ps;
+  }
+  if (zp.numel() == 1) {
+    p->a_zp = read_zero_point(zp, "x_zero_point", lo, hi);
+  } else {
+    // Range checked before any narrowing to int32, which could wrap an out-of-range value in.
+    const bool in_place = zp.scalar_type() == at::kInt && zp.is_contiguous();
+    const at::Tensor wide = in_place ? zp : zp.to(at::kLong).contiguous();
+    const int32_t* p32 = in_place ? wide.const_data_ptr<int32_t>() : nullptr;
+    const int64_t* p64 = in_place ? nullptr : wide.const_data_ptr<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t v = in_place ? int64_t{p32[r]} : p64[r];
+      TORCH_CHECK(v >= lo && v <= hi, "argument 'x_zero_point' must lie in [", lo, ", ", hi,
+                  "], got ", v, " at row ", r);
+    }
+    q.zp_rows = in_place ? zp : wide.to(at::kInt);
+    p->a_zp_row = q.zp_rows.const_data_ptr<int32_t>();
+  }
+  return q;
 }
 
 // float32 contiguous [n] view of a per-channel float argument (a copy only when it is not one).
@@ -318,8 +376,9 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   const bool u = x.scalar_type() == at::kByte;
   GemmProblem p;
   p.a_unsigned = u;
-  p.a_scale = read_scale(x_scale, "x_scale");
-  p.a_zp = read_zero_point(x_zero_point, "x_zero_point", u ? 0 : -128, u ? 255 : 127);
+  p.M = leading_rows(x);
+  const ActQParams aq =
+      read_act_qparams(x_scale, x_zero_point, p.M, u ? 0 : -128, u ? 255 : 127, &p);
   const at::Tensor ws = checked_w_scale(w_scale, N);
   const float* pws = ws.const_data_ptr<float>();
   at::Tensor b;
@@ -341,7 +400,6 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   }
   // bfloat16 / float16: the float32 result rounded to nearest even, as the CUDA epilogue does.
   at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(low_float ? at::kFloat : odt));
-  p.M = leading_rows(x);
   p.N = N;
   p.K = K;
   p.w = w_packed.const_data_ptr<int8_t>();

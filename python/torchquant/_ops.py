@@ -135,6 +135,12 @@ def _linear_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, b
                       out_scale=None, out_zero_point=None, relu=False, out_dtype=None):
     torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
     n = _check_packed(x, w_packed, w_col_sums)
+    rows = 1
+    for d in x.shape[:-1]:
+        rows = rows * d
+    for name, t in (("x_scale", x_scale), ("x_zero_point", x_zero_point)):
+        torch._check(t.numel() == 1 or t.numel() == rows,
+                     lambda: f"argument '{name}' must have 1 element (per tensor) or {rows} (per row), got {t.numel()}")
     odt = out_dtype or torch.float32
     torch._check(odt in (torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.uint8),
                  lambda: f"argument 'out_dtype' must be float32, bfloat16, float16, int8 or uint8, got {odt}")

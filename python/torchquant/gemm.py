@@ -62,12 +62,14 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
                 out_scale: Optional[Union[torch.Tensor, float]] = None,
                 out_zero_point: Optional[Union[torch.Tensor, int]] = None, relu: bool = False,
                 out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Static int8 Linear: ``x`` [..., K] int8/uint8 with per-tensor ``x_scale`` /
-    ``x_zero_point``; weights packed by ``pack_weight`` with symmetric per-output-channel
-    ``w_scale`` [N]; optional float ``bias`` [N]; optional fused ReLU. Returns float32 [..., N]
-    by default (bfloat16 / float16 if asked: the float32 result rounded to nearest even), or
-    int8/uint8 requantized with ``out_scale`` / ``out_zero_point`` when ``out_dtype`` is
-    torch.int8 / torch.uint8.
+    """Static int8 Linear: ``x`` [..., K] int8/uint8 with ``x_scale`` (float, > 0) and
+    ``x_zero_point`` (integer, inside x's range), each either one value (per tensor) or one per
+    row of x (per row: rows = x.numel() // K elements, any shape, in the order of
+    ``x.reshape(-1, K)``, e.g. what ``quantize_rowwise`` returns), on CPU and CUDA alike; weights
+    packed by ``pack_weight`` with symmetric per-output-channel ``w_scale`` [N]; optional float
+    ``bias`` [N]; optional fused ReLU. Returns float32 [..., N] by default (bfloat16 / float16
+    if asked: the float32 result rounded to nearest even), or int8/uint8 requantized with
+    per-tensor ``out_scale`` / ``out_zero_point`` when ``out_dtype`` is torch.int8 / torch.uint8.
 
     >>> w = torch.randint(-128, 128, (4, 8), dtype=torch.int8)
     >>> wp, cs = torchquant.pack_weight(w)
@@ -75,6 +77,9 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
     >>> torchquant.linear_int8(x, 0.1, 128, wp, cs, torch.full((4,), 0.01), relu=True,
     ...                        out_scale=0.05, out_zero_point=0, out_dtype=torch.uint8).shape
     torch.Size([2, 3, 4])
+    >>> q, s, z = torchquant.quantize_rowwise(torch.randn(5, 8))      # per-row qparams
+    >>> torchquant.linear_int8(q, s, z, wp, cs, torch.full((4,), 0.01)).shape
+    torch.Size([5, 4])
     """
     x_scale = _as_tensor(x_scale, torch.float32, x)
     x_zero_point = _as_tensor(x_zero_point, torch.int32, x)

@@ -136,6 +136,11 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(rows, x.shape[-1])
 
 
+def _per_row(t: torch.Tensor) -> torch.Tensor:
+    """An activation qparam as [] (one element, per tensor) or [rows, 1] (per row)."""
+    return t.reshape(()) if t.numel() == 1 else t.reshape(-1, 1)
+
+
 def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """int8 [M, K] x int8 [K, N] -> exact int32 [M, N]."""
     return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
@@ -158,13 +163,14 @@ def _requantize(corr, a_scale, w_scale, bias, relu, out_scale, out_zero_point, o
 def linear_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, out_scale=None, out_zero_point=None,
                 relu=False, out_dtype=None) -> torch.Tensor:
     """Static int8 Linear from the unpacked int8 weight w [N, K] (what linear_int8 computes
-    from pack_weight(w))."""
+    from pack_weight(w)). x_scale / x_zero_point hold one element (per tensor) or one per row
+    of x (per row, in the order of x.reshape(-1, K))."""
     K, N = x.shape[-1], w.shape[0]
     x2 = _rows(x)
     acc = (x2.to(torch.float64) @ w.to(torch.float64).t()).to(torch.int64)
     col_sums = w.to(torch.int64).sum(1)
-    corr = (acc - x_zero_point.to(torch.int64).reshape(()) * col_sums).to(torch.int32)
-    out = _requantize(corr, x_scale.float().reshape(()), w_scale, bias, relu, out_scale, out_zero_point, out_dtype)
+    corr = (acc - _per_row(x_zero_point.to(torch.int64)) * col_sums).to(torch.int32)
+    out = _requantize(corr, _per_row(x_scale.float()), w_scale, bias, relu, out_scale, out_zero_point, out_dtype)
     return out.reshape(*x.shape[:-1], N)
 
 
