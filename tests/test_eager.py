@@ -369,6 +369,24 @@ def test_torch_compile_fullgraph_and_export():
     assert torch.equal(ep.module()(x), eager)
 
 
+def test_dynamic_linear_compiles_exports_and_takes_other_float_dtypes():
+    torch.manual_seed(9)
+    d = torchquant.quantize_dynamic(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval(), {nn.Linear},
+                                    dtype=torch.qint8)
+    x = torch.randn(5, 16)
+    eager = d(x)
+    assert torch.equal(torch.compile(d, fullgraph=True)(x), eager)
+    assert torch.equal(torch.export.export(d, (x,)).module()(x), eager)
+    # bfloat16 / float64 x: the kernel's float32 result, returned in x's dtype
+    lin = d[0]
+    for dt in (torch.bfloat16, torch.float64):
+        xd = x.to(dt)
+        want = torch.ops.torchquant.linear_dynamic(xd.float(), lin._packed_weight, lin._col_sums, lin.weight_scale,
+                                                   lin.bias, False).to(dt)
+        y = lin(xd)
+        assert y.dtype == dt and torch.equal(y, want)
+
+
 def test_enable_disable_observer_and_fake_quant():
     m = nn.Sequential(torchquant.QuantStub(), nn.Linear(4, 4), torchquant.DeQuantStub()).train()
     m.qconfig = torchquant.get_default_qat_qconfig()

@@ -216,6 +216,11 @@ def test_choose_qparams_degenerate_ranges():
     (lambda: ops.quantize(torch.randn(4), torch.tensor([float("nan")]), torch.tensor([0]), None, -128, 127, torch.int8), "scale' must be > 0 and finite, got nan"),
     (lambda: ops.quantize(torch.randn(4), torch.tensor([float("inf")]), torch.tensor([0]), None, -128, 127, torch.int8), "scale' must be > 0 and finite, got inf"),
     (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([300]), None, -128, 127, torch.int8), r"zero_point' must lie in \[-128, 127\], got 300"),
+    # float32 [C] scales with int32 zero points (a module's buffers) are read in place: same checks
+    (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([-129], dtype=torch.int32), None, -128, 127, torch.int8), r"zero_point' must lie in \[-128, 127\], got -129"),
+    (lambda: ops.dequantize(torch.zeros(4, dtype=torch.uint8), torch.tensor([0.1]), torch.tensor([256], dtype=torch.int32), None), r"zero_point' must lie in \[0, 255\], got 256"),
+    (lambda: ops.quantize(torch.randn(2, 3), torch.tensor([0.1, 0.1, 0.1]), torch.tensor([0, 0, 128], dtype=torch.int32), 1, -128, 127, torch.int8), r"zero_point' must lie in \[-128, 127\], got 128 at channel 2"),
+    (lambda: ops.quantize(torch.randn(2, 3), torch.tensor([0.1, 0.0, 0.1]), torch.zeros(3, dtype=torch.int32), 1, -128, 127, torch.int8), "scale' must be > 0 and finite, got 0 at channel 1"),
     (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, 5, 5, torch.int8), "qmin' must be < qmax"),
     (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, -1, 255, torch.uint8), r"qmin' must lie in \[0, 255\]"),
     (lambda: ops.quantize(torch.randn(4), torch.tensor([0.1]), torch.tensor([0]), None, -128, 300, torch.int8), r"qmax' must lie in \[-128, 127\]"),

@@ -79,22 +79,37 @@ QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tenso
               scale.numel());
   TORCH_CHECK(zero_point.numel() == channels, "argument 'zero_point' must have ", channels,
               " element(s), got ", zero_point.numel());
-  p.scale = scale.reshape({channels}).to(at::kFloat).contiguous();
-  p.zero_point = zero_point.reshape({channels}).to(at::kInt).contiguous();
+  // Tensors that already have the kernel's form (the usual case: a module's float32 [1] or
+  // [C] buffers) are used as they are. reshape / to / contiguous would return them unchanged
+  // too, but each is a dispatcher call, and at batch 1 those calls cost more than the kernel.
+  const bool s_ready = scale.scalar_type() == at::kFloat && scale.dim() == 1 && scale.is_contiguous();
+  const bool z_ready = zero_point.scalar_type() == at::kInt && zero_point.dim() == 1 &&
+                       zero_point.is_contiguous();
+  p.scale = s_ready ? scale : scale.reshape({channels}).to(at::kFloat).contiguous();
+  p.zero_point = z_ready ? zero_point : zero_point.reshape({channels}).to(at::kInt).contiguous();
   if (scale.device().is_cpu()) {
     const float* s = p.scale.data_ptr<float>();
-    // Range-check the caller's values before any narrowing to int32 could wrap them.
-    const at::Tensor z_orig = zero_point.reshape({channels}).to(at::kLong).contiguous();
-    const int64_t* z64 = z_orig.data_ptr<int64_t>();
+    // Range-check the caller's values before any narrowing to int32 could wrap them (int32
+    // zero points are read as they are: nothing was narrowed).
+    at::Tensor z_orig;
+    if (!z_ready) z_orig = zero_point.reshape({channels}).to(at::kLong).contiguous();
+    const int64_t* z64 = z_ready ? nullptr : z_orig.data_ptr<int64_t>();
+    const int32_t* z32 = z_ready ? p.zero_point.data_ptr<int32_t>() : nullptr;
     for (int64_t c = 0; c < channels; ++c) {
       TORCH_CHECK(std::isfinite(s[c]) && s[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
                   s[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
-      const int64_t zc = z64[c];
+      const int64_t zc = z_ready ? int64_t{z32[c]} : z64[c];
       TORCH_CHECK(zc >= qmin && zc <= qmax, "argument 'zero_point' must lie in [", qmin, ", ",
                   qmax, "], got ", zc, channels > 1 ? " at channel " + std::to_string(c) : std::string());
     }
+    // 1.0f / scale, correctly rounded in float32: what at::reciprocal computes, without its
+    // dispatch.
+    p.inv_scale = at::empty({channels}, p.scale.options());
+    float* inv = p.inv_scale.data_ptr<float>();
+    for (int64_t c = 0; c < channels; ++c) inv[c] = 1.0f / s[c];
+  } else {
+    p.inv_scale = at::reciprocal(p.scale);  // 1.0f / scale, correctly rounded in float32
   }
-  p.inv_scale = at::reciprocal(p.scale);  // 1.0f / scale, correctly rounded in float32
   return p;
 }
 

@@ -94,7 +94,10 @@ Layout layout(const at::Tensor& x, int64_t axis) {
 }
 
 at::Tensor as_float_contiguous(const at::Tensor& x) {
-  return x.to(at::kFloat).contiguous();  // a copy when x is not float32-contiguous: x untouched
+  // Float32 contiguous x is used in place without a call to to(), which would return x too
+  // but through the dispatcher. Otherwise a copy: x is never written.
+  if (x.scalar_type() == at::kFloat && x.is_contiguous()) return x;
+  return x.to(at::kFloat).contiguous();
 }
 
 }  // namespace

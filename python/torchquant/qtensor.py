@@ -16,6 +16,9 @@ import warnings
 __all__ = ["QTensor"]
 
 _QDTYPES = {torch.int8: torch.qint8, torch.uint8: torch.quint8}
+# (min, max) of each storage dtype: a dict lookup, where torch.iinfo would build an object on
+# every QTensor a quantized module returns.
+_QRANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
 
 
 class QTensor:
@@ -44,22 +47,22 @@ class QTensor:
         qmin: Optional[int] = None,
         qmax: Optional[int] = None,
     ):
-        if data.dtype not in _QDTYPES:
+        qrange = _QRANGE.get(data.dtype)
+        if qrange is None:
             raise TypeError(f"QTensor data must be int8 or uint8, got {data.dtype} (argument 'data')")
-        info = torch.iinfo(data.dtype)
         self.data = data
         self.scale = scale
         self.zero_point = zero_point
         self.axis = axis
-        self.qmin = info.min if qmin is None else int(qmin)
-        self.qmax = info.max if qmax is None else int(qmax)
+        self.qmin = qrange[0] if qmin is None else int(qmin)
+        self.qmax = qrange[1] if qmax is None else int(qmax)
 
     # ---- torch quantized-tensor accessors ----
     def int_repr(self) -> torch.Tensor:
         return self.data
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.ops.torchquant.dequantize(self.data, self.scale, self.zero_point, self.axis, dtype)
+        return torch.ops.torchquant.dequantize.default(self.data, self.scale, self.zero_point, self.axis, dtype)
 
     def qscheme(self):
         return torch.per_tensor_affine if self.axis is None else torch.per_channel_affine

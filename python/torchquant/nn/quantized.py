@@ -53,8 +53,10 @@ class Quantize(nn.Module):
     def forward(self, x):
         if isinstance(x, QTensor):
             return x
-        data = ops.quantize(x, self.scale, self.zero_point, None, self.qmin, self.qmax, _storage(self.dtype))
-        return QTensor(data, self.scale, self.zero_point, None, self.qmin, self.qmax)
+        b = self._buffers
+        scale, zero_point = b["scale"], b["zero_point"]
+        data = ops.quantize.default(x, scale, zero_point, None, self.qmin, self.qmax, _STORAGE[self.dtype])
+        return QTensor(data, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
     def from_float(cls, mod, name: str = "QuantStub"):
@@ -135,8 +137,8 @@ class Linear(nn.Module):
         # part of a small-batch call.
         b = self._buffers
         scale, zero_point = b["scale"], b["zero_point"]
-        y = ops.linear_int8(x.data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
-                            b["bias"], scale, zero_point, self._relu, _storage(self.dtype))
+        y = ops.linear_int8.default(x.data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"],
+                                    b["weight_scale"], b["bias"], scale, zero_point, self._relu, _STORAGE[self.dtype])
         return QTensor(y, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
@@ -207,7 +209,9 @@ class DynamicLinear(Linear):
     def forward(self, x):
         if isinstance(x, QTensor):
             x = x.dequantize()
-        y = ops.linear_dynamic(x.float(), self._packed_weight, self._col_sums, self.weight_scale, self.bias, self._relu)
+        # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
+        b = self._buffers
+        y = ops.linear_dynamic.default(x, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], self._relu)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     @classmethod
