@@ -257,8 +257,8 @@ Path forced_path() {
 }
 
 // The kernel that runs a problem of M rows. Auto: the dp4a GEMV for M <= kAutoGemvMaxM, the
-// tensor-core small-M kernel up to kAutoMmaMaxM (the GEMV without it), cuBLASLt above. A forced small-M path applies
-// only where that kernel takes M; larger M goes to cuBLASLt.
+// tensor-core small-M kernel up to kAutoMmaMaxM (the GEMV below sm_80), cuBLASLt above. A
+// forced small-M path applies only where that kernel takes M; larger M goes to cuBLASLt.
 constexpr int64_t kAutoGemvMaxM = 1;
 // Measured on an H100 (docs/benchmarks.md): up to M = 32 the tensor-core kernel gives the
 // shortest time per call seen from Python (less host work per call than cuBLASLt); above, cuBLASLt.
