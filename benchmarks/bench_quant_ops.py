@@ -1,12 +1,20 @@
 """quantize / fake-quantize throughput against torch's own functions and x.clone(), on 16M
 float32 elements, 2 threads. Prints GB/s (bytes read + written) and ratios.
 
-    python benchmarks/bench_quant_ops.py [--numel 16777216] [--threads 2]
+    python benchmarks/bench_quant_ops.py [--numel 16777216] [--threads 2] [--thp]
+
+Every op returns a fresh 64 MB tensor, and with torch's default CPU allocator each call pays
+the page faults of touching new memory: for the memory-bound ops that is most of the time.
+--thp sets THP_MEM_ALLOC_ENABLE=1 (torch's allocator option for 2 MB transparent huge pages on
+large allocations) before torch is imported; anchors and torchquant share the setting.
 """
 import argparse
 import os
 import sys
 import warnings
+
+if "--thp" in sys.argv[1:]:
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # read by torch's CPU allocator: set before the import
 
 import torch
 
@@ -19,6 +27,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--numel", type=int, default=1 << 24)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--thp", action="store_true", help="2 MB pages for large allocations (see above)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -45,7 +54,8 @@ def main(argv=None):
          lambda: torch.ops.torchquant.quantize(x, s_c, z_c, 0, -128, 127, torch.int8),
          lambda: torch.quantize_per_channel(x, s_c.double(), z_c.long(), 0, torch.qint8)),
     ]
-    print(header(f"quantize ops, {n} float32 elements"))
+    thp = " (THP_MEM_ALLOC_ENABLE=1)" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else ""
+    print(header(f"quantize ops, {n} float32 elements{thp}"))
     print(f"{'op':30s} {'torchquant GB/s':>16s} {'torch GB/s':>11s} {'vs torch':>9s} {'vs clone':>9s}")
     clone_bw = None
     for name, nbytes, ours, theirs in cases:
