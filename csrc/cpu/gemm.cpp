@@ -96,7 +96,7 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
     return;
   }
   const int64_t cblocks = (N + 63) / 64;
-  if (cblocks >= nt) {
+  if (cblocks >= nt && N >= M) {
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * cblocks / nt * 64, c1 = std::min(N, (t + 1) * cblocks / nt * 64);
