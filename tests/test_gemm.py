@@ -78,10 +78,11 @@ def test_int8_mm_narrow_n(isa, M):
 
 # Edges of the buffered path: K chunks of 1024 rows (running sums through the output), runs of
 # several 64-column blocks ending in a narrow block or a partial one, and the task splits over
-# threads (by columns, and by rows when N is narrow), with b's rows far apart and a transposed.
+# threads (by columns, and by rows when N is narrow or M > N), with b's rows far apart and a
+# transposed.
 @pytest.mark.parametrize("M,K,N", [(5, 1023, 300), (7, 1024, 257), (13, 1025, 273),
                                    (70, 2051, 130), (6, 4099, 80), (300, 1100, 10),
-                                   (130, 600, 1040), (64, 3000, 400)])
+                                   (301, 101, 130), (130, 600, 1040), (64, 3000, 400)])
 def test_int8_mm_buffered_edges(isa, M, K, N):
     gen = torch.Generator().manual_seed(M + K + N)
     a = _rand_x((M, K), torch.int8, gen)

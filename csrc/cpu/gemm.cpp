@@ -79,15 +79,17 @@ void run_gemm(const GemmProblem& p, const void* a, int64_t lda) {
 }
 
 // int8_mm without packing b (VNNI, b with unit stride along N): b is interleaved into
-// vpdpbusd's operand order one L2-sized chunk of a 64-column block at a time (in registers for
-// M <= 4), and every row of the task passes over it. Packing the whole of b into the weight
+// vpdpbusd's operand order a chunk of rows of a run of 64-column blocks at a time, into an
+// L2-sized buffer (in registers, block by block, for M <= 4), and every row of the task passes
+// over it. Packing the whole of b into the weight
 // layout on every call cost a write and a re-read of all of b: at M = 256, K = N = 4096 that was
 // a sixth of the call, and at M = 1 three times the product itself. The flip to uint8 is on b's
 // side, so the inner loop broadcasts a as it is, with one correction per row at the end.
 
-// Splits out into tasks: column ranges (whole 64-column blocks) when there are enough, so that
-// threads read disjoint parts of b, else row ranges (whole 12-row tiles; each task interleaves
-// its columns of b for itself, which is cheap when they are that few).
+// Splits out into tasks: column ranges (whole 64-column blocks) when there are enough and b is
+// at least as wide as a is tall, so that threads read disjoint parts of b; else row ranges
+// (whole 4-row tiles up to 64 rows, 12-row ones beyond), where each task interleaves all of b for
+// itself but sums and reads only its own rows of a.
 void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t ldb, int64_t N,
                int64_t K, int32_t* out) {
   const int64_t nt = at::get_num_threads();
