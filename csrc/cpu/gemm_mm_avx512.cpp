@@ -1,8 +1,8 @@
 // int8_mm without packing (AVX-512 VNNI): b is read where it lies, row-major [K, N] with unit
-// stride along N, and each group of 4 rows of b is turned into vpdpbusd's operand order in
-// registers (byte then 16-bit interleaves), used for a few rows of a, and dropped. Packing b
-// for torch._int_mm's signature cost a write and a re-read of all of b per call: at M = 1 that
-// was three times the product itself.
+// stride along N, and each group of 4 rows of b is turned into vpdpbusd's operand order (byte
+// then 16-bit interleaves), in registers for a few rows of a or into a small buffer shared by
+// many (see below). Packing the whole of b for torch._int_mm's signature cost a write and a
+// re-read of all of b per call: at M = 1 that was three times the product itself.
 //
 // vpdpbusd wants one operand unsigned. Here that is b, flipped to b + 128 (xor 0x80) right after
 // the interleave, so a is broadcast as it is; the flip adds 128 * sum_k a[m, k] to every output
