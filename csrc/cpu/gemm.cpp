@@ -78,14 +78,18 @@ void run_gemm(const GemmProblem& p, const void* a, int64_t lda) {
   });
 }
 
-// int8_mm without packing b (VNNI): while M is small, interleaving b in the cache for each call
-// costs less than writing and re-reading a packed copy of b (K = N = 4096, one thread: M = 32
-// 3.9 ms against 7.7 ms). Past 64 rows the packed kernel's larger register tile wins, and for
-// N <= 16 most of every 64-column block would be padding.
-bool use_direct(int64_t M, int64_t N) { return M <= 64 && N > 16; }
+// int8_mm without packing b (VNNI, b with unit stride along N): b is interleaved into
+// vpdpbusd's operand order a chunk of rows of a run of 64-column blocks at a time, into an
+// L2-sized buffer (in registers, block by block, for M <= 4), and every row of the task passes
+// over it. Packing the whole of b into the weight
+// layout on every call cost a write and a re-read of all of b: at M = 256, K = N = 4096 that was
+// a sixth of the call, and at M = 1 three times the product itself. The flip to uint8 is on b's
+// side, so the inner loop broadcasts a as it is, with one correction per row at the end.
 
-// Splits out into tasks: column ranges (whole 64-column blocks) when there are enough, so that
-// threads read disjoint parts of b, else row ranges.
+// Splits out into tasks: column ranges (whole 64-column blocks) when there are enough and b is
+// at least as wide as a is tall, so that threads read disjoint parts of b; else row ranges
+// (whole 4-row tiles up to 64 rows, 12-row ones beyond), where each task interleaves all of b for
+// itself but sums and reads only its own rows of a.
 void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t ldb, int64_t N,
                int64_t K, int32_t* out) {
   const int64_t nt = at::get_num_threads();
@@ -94,7 +98,7 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
     return;
   }
   const int64_t cblocks = (N + 63) / 64;
-  if (cblocks >= nt) {
+  if (cblocks >= nt && N >= M) {
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * cblocks / nt * 64, c1 = std::min(N, (t + 1) * cblocks / nt * 64);
@@ -103,10 +107,10 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
     });
     return;
   }
-  const int64_t tiles = (M + 3) / 4;
+  const int64_t tile = M <= 64 ? 4 : 12, tiles = (M + tile - 1) / tile;
   at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t m0 = t * tiles / nt * 4, m1 = std::min(M, (t + 1) * tiles / nt * 4);
+      const int64_t m0 = t * tiles / nt * tile, m1 = std::min(M, (t + 1) * tiles / nt * tile);
       if (m0 < m1) {
         cpu::gemm_mm_direct__avx512vnni(a + m0 * lda, lda, m1 - m0, b, ldb, K, 0, N, out + m0 * N,
                                         N);
@@ -295,7 +299,7 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
   if (K == 0) return out.zero_();
   int64_t lda = 0;
   const at::Tensor ac = as_rows(a, K, &lda);
-  if (b.stride(1) == 1 && cpu_isa() == CpuIsa::Avx512Vnni && use_direct(M, N)) {
+  if (b.stride(1) == 1 && cpu_isa() == CpuIsa::Avx512Vnni) {
     mm_direct(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(0), N, K,
               out.data_ptr<int32_t>());
     return out;

@@ -103,7 +103,8 @@ void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t 
 
 // int8_mm straight from b (AVX-512 VNNI only, gemm_mm_avx512.cpp): out[m, n] for rows [0, M) of a
 // (row m at a + m * lda, unit stride along K) and columns [n0, n1) of b ([K, N], row k at
-// b + k * ldb, unit stride along N); out row m at out + m * ldo, indexed by n. No packing.
+// b + k * ldb, unit stride along N); out row m at out + m * ldo, indexed by n. b is interleaved
+// chunk by chunk into thread-local scratch, never packed whole. Any M and N.
 void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t lda, int64_t M, const int8_t* b,
                                 int64_t ldb, int64_t K, int64_t n0, int64_t n1, int32_t* out,
                                 int64_t ldo);

@@ -1,8 +1,8 @@
 // int8_mm without packing (AVX-512 VNNI): b is read where it lies, row-major [K, N] with unit
-// stride along N, and each group of 4 rows of b is turned into vpdpbusd's operand order in
-// registers (byte then 16-bit interleaves), used for a few rows of a, and dropped. Packing b
-// for torch._int_mm's signature cost a write and a re-read of all of b per call: at M = 1 that
-// was three times the product itself.
+// stride along N, and each group of 4 rows of b is turned into vpdpbusd's operand order (byte
+// then 16-bit interleaves), in registers for a few rows of a or into a small buffer shared by
+// many (see below). Packing the whole of b for torch._int_mm's signature cost a write and a
+// re-read of all of b per call: at M = 1 that was three times the product itself.
 //
 // vpdpbusd wants one operand unsigned. Here that is b, flipped to b + 128 (xor 0x80) right after
 // the interleave, so a is broadcast as it is; the flip adds 128 * sum_k a[m, k] to every output
@@ -10,16 +10,23 @@
 // lanes wrap modulo 2^32, so the corrected value, exact by K <= kMaxK, comes out right.
 //
 // In-lane interleaves leave interleaved vector j holding, in 128-bit block L, the 4 columns
-// 16L + 4j .. 16L + 4j + 3; a 4 x 4 transpose of 128-bit blocks puts the 4 accumulators of a
-// 64-column block back in column order.
+// 16L + 4j .. 16L + 4j + 3; a 4 x 4 transpose of 128-bit blocks puts a 64-column block in column
+// order (on the accumulators when b is interleaved in registers, on b when it goes through the
+// buffer). Blocks of at most 16 columns (N <= 16, or the last columns) take one 16-lane vector
+// per group of 4 rows instead of four mostly empty ones.
 //
-// K is walked in chunks of kChunk rows, with the running sums kept in the int32 output between
-// chunks: one chunk of b for the task's columns stays in L2 while every row tile passes over it,
-// and rows of b are read in long runs (the hardware prefetchers follow them) instead of one
-// cache line per row and page.
+// K is walked in chunks, with the running sums kept in the int32 output between chunks. With a
+// few rows (M <= 4) a chunk is 256 rows and b is interleaved in registers, block by block: the
+// rows of a chunk stay in the TLB while each block reads its 64 bytes from them. With more rows
+// a chunk (up to 1024 rows) of a run of several blocks is interleaved into an L2-sized buffer
+// once, reading each row of b's run at once (one page visit for several lines), and every row
+// tile of the task passes over it: at M = 256, K = N = 4096 that costs about a tenth of the
+// product, where packing b into the weight layout cost a sixth.
 #include <immintrin.h>
 
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
@@ -32,7 +39,13 @@ namespace {
 
 constexpr int kMR = 4;     // rows per tile when b is interleaved in registers
 constexpr int kMRBuf = 6;  // rows per tile from an interleaved buffer
+constexpr int kMR16 = 12;  // rows per tile of a block of <= 16 columns
 constexpr int64_t kChunk = 256;  // rows of b (a multiple of 4); its interleave is 16 KiB
+// With more than kMR rows: rows of b per chunk (a multiple of 4), and the size of the buffer
+// that holds a chunk of several 64-column blocks. A longer chunk saves passes of the running sums
+// through the output; more blocks per chunk read more of each row of b per visit of its page.
+constexpr int64_t kChunkWide = 1024;
+constexpr int64_t kBufBytes = int64_t{256} << 10;
 
 TQ_TARGET_AVX512VNNI inline __m512i load_row(const int8_t* p, __mmask64 k) {
   return _mm512_maskz_loadu_epi8(k, p);
@@ -188,6 +201,7 @@ TQ_TARGET_AVX512VNNI void tail_group(int rows, const int8_t* a, int64_t lda, int
 // Puts `rows` rows of raw accumulators c (interleave order) into the output block (row i at
 // out + i * ldo, nc <= 64 columns): added to the running sums there unless `first`, less
 // corr[i] when `last`.
+template <bool Ordered>
 TQ_TARGET_AVX512VNNI void finish(int rows, const int32_t* c, int64_t nc, bool first, bool last,
                                  const int32_t* corr, int32_t* out, int64_t ldo) {
   const __mmask16 m0 = lane_mask(nc, 0), m1 = lane_mask(nc, 1), m2 = lane_mask(nc, 2),
@@ -195,7 +209,7 @@ TQ_TARGET_AVX512VNNI void finish(int rows, const int32_t* c, int64_t nc, bool fi
   for (int i = 0; i < rows; ++i) {
     __m512i x0 = _mm512_load_si512(c + i * 64), x1 = _mm512_load_si512(c + i * 64 + 16),
             x2 = _mm512_load_si512(c + i * 64 + 32), x3 = _mm512_load_si512(c + i * 64 + 48);
-    TQ_MM_TRANSPOSE(x0, x1, x2, x3);
+    if constexpr (!Ordered) TQ_MM_TRANSPOSE(x0, x1, x2, x3);
     int32_t* o = out + i * ldo;
     if (!first) {
       x0 = _mm512_add_epi32(x0, _mm512_maskz_loadu_epi32(m0, o));
@@ -217,13 +231,103 @@ TQ_TARGET_AVX512VNNI void finish(int rows, const int32_t* c, int64_t nc, bool fi
   }
 }
 
+
+// Blocks of at most 16 columns (N <= 16, or the last columns past a multiple of 64): one 16-lane
+// vector per group of 4 rows of b, in column order, so nothing is spent on the 48 padding
+// columns of a 64-column block and the accumulators need no transpose.
+#define TQ_MM_ROW16(i)                                                                  \
+  if constexpr (R > i) {                                                                \
+    int32_t v;                                                                          \
+    std::memcpy(&v, a + i * lda + k, 4);                                                \
+    acc##i = _mm512_dpbusd_epi32(acc##i, o, _mm512_set1_epi32(v));                      \
+  }
+#define TQ_MM_STORE16(i) \
+  if constexpr (R > i) _mm512_store_si512(c + i * 16, acc##i);
+
+// Rows k0 .. k0 + 4 * groups of one block of <= 16 columns interleaved and flipped into buf
+// (64 bytes per group) times R <= 12 rows of a: raw accumulators, in column order, into
+// c[i * 16 ..].
+template <int R>
+TQ_TARGET_AVX512VNNI void block16_buf(const int8_t* a, int64_t lda, const int8_t* buf, int64_t k0,
+                                      int64_t groups, int32_t* c) {
+  const __m512i z = _mm512_setzero_si512();
+  __m512i acc0 = z, acc1 = z, acc2 = z, acc3 = z, acc4 = z, acc5 = z, acc6 = z, acc7 = z,
+          acc8 = z, acc9 = z, acc10 = z, acc11 = z;
+  int64_t k = k0;
+  for (int64_t g = 0; g < groups; ++g, k += 4) {
+    const __m512i o = _mm512_load_si512(buf + g * 64);
+    TQ_MM_ROW16(0)
+    TQ_MM_ROW16(1)
+    TQ_MM_ROW16(2)
+    TQ_MM_ROW16(3)
+    TQ_MM_ROW16(4)
+    TQ_MM_ROW16(5)
+    TQ_MM_ROW16(6)
+    TQ_MM_ROW16(7)
+    TQ_MM_ROW16(8)
+    TQ_MM_ROW16(9)
+    TQ_MM_ROW16(10)
+    TQ_MM_ROW16(11)
+  }
+  TQ_MM_STORE16(0)
+  TQ_MM_STORE16(1)
+  TQ_MM_STORE16(2)
+  TQ_MM_STORE16(3)
+  TQ_MM_STORE16(4)
+  TQ_MM_STORE16(5)
+  TQ_MM_STORE16(6)
+  TQ_MM_STORE16(7)
+  TQ_MM_STORE16(8)
+  TQ_MM_STORE16(9)
+  TQ_MM_STORE16(10)
+  TQ_MM_STORE16(11)
+}
+
+// tail_group() and finish() for a block of nc <= 16 columns (c in column order, 16 per row).
+TQ_TARGET_AVX512VNNI void tail_group16(int rows, const int8_t* a, int64_t lda, int64_t k,
+                                       int64_t r, const int8_t* tb, int32_t* c) {
+  const __m512i o = _mm512_load_si512(tb);
+  for (int i = 0; i < rows; ++i) {
+    uint32_t v = 0;
+    std::memcpy(&v, a + i * lda + k, static_cast<size_t>(r));
+    const __m512i x = _mm512_set1_epi32(static_cast<int32_t>(v));
+    _mm512_store_si512(c + i * 16, _mm512_dpbusd_epi32(_mm512_load_si512(c + i * 16), o, x));
+  }
+}
+
+TQ_TARGET_AVX512VNNI void finish16(int rows, const int32_t* c, int64_t nc, bool first, bool last,
+                                   const int32_t* corr, int32_t* out, int64_t ldo) {
+  const __mmask16 m = lane_mask(nc, 0);
+  for (int i = 0; i < rows; ++i) {
+    __m512i x = _mm512_load_si512(c + i * 16);
+    int32_t* o = out + i * ldo;
+    if (!first) x = _mm512_add_epi32(x, _mm512_maskz_loadu_epi32(m, o));
+    if (last) x = _mm512_sub_epi32(x, _mm512_set1_epi32(corr[i]));
+    _mm512_mask_storeu_epi32(o, m, x);
+  }
+}
+
+#undef TQ_MM_ROW16
+#undef TQ_MM_STORE16
+
 #undef TQ_MM_ROW
 #undef TQ_MM_LOAD
 #undef TQ_MM_STORE
-#undef TQ_MM_TRANSPOSE
 
 using BlockFn = decltype(&block<1>);
 using BlockBufFn = decltype(&block_buf<1>);
+using Block16Fn = decltype(&block16_buf<1>);
+
+template <int... Rs>
+Block16Fn pick_block16_impl(int rows, std::integer_sequence<int, Rs...>) {
+  Block16Fn f = &block16_buf<12>;
+  ((rows == Rs + 1 ? (f = &block16_buf<Rs + 1>, 0) : 0), ...);
+  return f;
+}
+
+Block16Fn pick_block16(int rows) {
+  return pick_block16_impl(rows, std::make_integer_sequence<int, kMR16>{});
+}
 
 BlockBufFn pick_block_buf(int rows) {
   switch (rows) {
@@ -245,6 +349,70 @@ BlockFn pick_block(int rows) {
   }
 }
 
+
+// Interleaves and flips rows k0 .. k0 + 4 * groups + r of columns [s0, s1) of b, block by
+// block of 64 columns (the last one, when it has <= 16 columns, in interleave16's layout),
+// block j at buf + j * bstride. Each row's whole segment is read at once: rows of b are
+// usually a page or more apart, and a page visit (a TLB miss) costs several times the 64 bytes
+// that one block would take from it.
+TQ_TARGET_AVX512VNNI void interleave_wide(const int8_t* b, int64_t ldb, int64_t k0, int64_t groups,
+                                          int64_t r, int64_t s0, int64_t s1, int8_t* buf,
+                                          int64_t bstride) {
+  const __m512i z = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t nblk = (s1 - s0 + 63) / 64, last_nc = s1 - s0 - 64 * (nblk - 1);
+  const bool narrow_last = last_nc <= 16;
+  const int64_t wide = narrow_last ? nblk - 1 : nblk;
+  const __mmask64 kl = last_nc >= 64 ? ~__mmask64(0) : (__mmask64(1) << last_nc) - 1;
+  const int64_t total = groups + (r != 0 ? 1 : 0);
+  for (int64_t g = 0; g < total; ++g) {
+    const int8_t* bk = b + (k0 + 4 * g) * ldb + s0;
+    const int64_t rows = g < groups ? 4 : r;
+    for (int64_t j = 0; j < wide; ++j) {
+      const __mmask64 kb = j == nblk - 1 ? kl : ~__mmask64(0);
+      const int8_t* bj = bk + 64 * j;
+      const __m512i r0 = load_row(bj, kb);
+      const __m512i r1 = rows > 1 ? load_row(bj + ldb, kb) : z;
+      const __m512i r2 = rows > 2 ? load_row(bj + 2 * ldb, kb) : z;
+      const __m512i r3 = rows > 3 ? load_row(bj + 3 * ldb, kb) : z;
+      const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+      const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+      __m512i o0 = _mm512_xor_si512(_mm512_unpacklo_epi16(t0, t2), flip);
+      __m512i o1 = _mm512_xor_si512(_mm512_unpackhi_epi16(t0, t2), flip);
+      __m512i o2 = _mm512_xor_si512(_mm512_unpacklo_epi16(t1, t3), flip);
+      __m512i o3 = _mm512_xor_si512(_mm512_unpackhi_epi16(t1, t3), flip);
+      // Put into column order here, once per group of b, rather than in finish() once per
+      // row of the output.
+      TQ_MM_TRANSPOSE(o0, o1, o2, o3);
+      int8_t* bg = buf + j * bstride + g * 256;
+      _mm512_store_si512(bg, o0);
+      _mm512_store_si512(bg + 64, o1);
+      _mm512_store_si512(bg + 128, o2);
+      _mm512_store_si512(bg + 192, o3);
+    }
+    if (narrow_last) {
+      const __mmask16 kb = static_cast<__mmask16>(last_nc >= 16 ? 0xFFFFu : (1u << last_nc) - 1u);
+      const __m128i zx = _mm_setzero_si128();
+      const __m128i fx = _mm_set1_epi8(static_cast<char>(0x80));
+      const int8_t* bj = bk + 64 * wide;
+      const __m128i r0 = _mm_maskz_loadu_epi8(kb, bj);
+      const __m128i r1 = rows > 1 ? _mm_maskz_loadu_epi8(kb, bj + ldb) : zx;
+      const __m128i r2 = rows > 2 ? _mm_maskz_loadu_epi8(kb, bj + 2 * ldb) : zx;
+      const __m128i r3 = rows > 3 ? _mm_maskz_loadu_epi8(kb, bj + 3 * ldb) : zx;
+      const __m128i t0 = _mm_unpacklo_epi8(r0, r1), t1 = _mm_unpackhi_epi8(r0, r1);
+      const __m128i t2 = _mm_unpacklo_epi8(r2, r3), t3 = _mm_unpackhi_epi8(r2, r3);
+      auto* bg = reinterpret_cast<__m128i*>(buf + wide * bstride + g * 64);
+      _mm_store_si128(bg, _mm_xor_si128(_mm_unpacklo_epi16(t0, t2), fx));
+      _mm_store_si128(bg + 1, _mm_xor_si128(_mm_unpackhi_epi16(t0, t2), fx));
+      _mm_store_si128(bg + 2, _mm_xor_si128(_mm_unpacklo_epi16(t1, t3), fx));
+      _mm_store_si128(bg + 3, _mm_xor_si128(_mm_unpackhi_epi16(t1, t3), fx));
+    }
+  }
+}
+
+#undef TQ_MM_TRANSPOSE
+
+
 }  // namespace
 
 TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t lda, int64_t M,
@@ -252,51 +420,78 @@ TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t ld
                                                      int64_t n0, int64_t n1, int32_t* out,
                                                      int64_t ldo) {
   if (M <= 0 || n1 <= n0) return;
-  // 128 * sum_k a[m, k] per row, modulo 2^32 like the accumulators.
-  constexpr int64_t kRowsAtOnce = 64;
-  int32_t corr_buf[kRowsAtOnce];
-  alignas(64) int8_t buf[(kChunk / 4) * 256];
-  alignas(64) int32_t c[kMRBuf * 64];
-  for (int64_t mb = 0; mb < M; mb += kRowsAtOnce) {
-    const int64_t mrows = M - mb < kRowsAtOnce ? M - mb : kRowsAtOnce;
-    for (int64_t i = 0; i < mrows; ++i) {
-      const int8_t* row = a + (mb + i) * lda;
-      __m512i s = _mm512_setzero_si512();
-      const __m512i ones = _mm512_set1_epi8(1);
-      int64_t k = 0;
-      // vpdpbusd with all-ones unsigned bytes: 4 signed bytes of a summed per int32 lane.
-      for (; k + 64 <= K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(row + k));
-      if (k < K) {
-        const __mmask64 t = (__mmask64(1) << (K - k)) - 1;
-        s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(t, row + k));
-      }
-      corr_buf[i] = static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(s)) * 128u);
+  // More than kMR rows: K in chunks of up to kChunkWide rows (their running sums go through the
+  // output between chunks) and columns in runs of sb blocks of 64, the chunk of a run
+  // interleaved into the buffer at once (about kBufBytes, L2-sized) and then used by every row
+  // tile. Few rows: 64 columns at a time, interleaved in registers.
+  const int64_t kc = M <= kMR ? kChunk : (K <= kChunkWide ? K : kChunkWide);
+  int64_t sb = 1;
+  if (M > kMR) {
+    sb = kBufBytes / (64 * kc);
+    sb = sb < 1 ? 1 : sb > 16 ? 16 : sb;
+  }
+  const int64_t bstride = (kc / 4 + 1) * 256;
+  // Scratch reused across calls: 128 * sum_k a[m, k] per row (modulo 2^32 like the
+  // accumulators) and the interleaved chunk (one extra group per block for the K % 4 tail, 64
+  // bytes of slack to align it).
+  thread_local std::vector<int32_t> corr_buf;
+  thread_local std::vector<int8_t> buf_raw;
+  corr_buf.resize(static_cast<size_t>(M));
+  buf_raw.resize(static_cast<size_t>(sb * bstride + 64));
+  int8_t* buf = buf_raw.data() + ((64 - reinterpret_cast<uintptr_t>(buf_raw.data()) % 64) % 64);
+  int32_t* corr = corr_buf.data();
+  alignas(64) int32_t c[kMR16 * 16 > kMRBuf * 64 ? kMR16 * 16 : kMRBuf * 64];
+  for (int64_t i = 0; i < M; ++i) {
+    const int8_t* row = a + i * lda;
+    __m512i s = _mm512_setzero_si512();
+    const __m512i ones = _mm512_set1_epi8(1);
+    int64_t k = 0;
+    // vpdpbusd with all-ones unsigned bytes: 4 signed bytes of a summed per int32 lane.
+    for (; k + 64 <= K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(row + k));
+    if (k < K) {
+      const __mmask64 t = (__mmask64(1) << (K - k)) - 1;
+      s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(t, row + k));
     }
-    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-      const int64_t kn = K - k0 < kChunk ? K - k0 : kChunk;
-      const bool first = k0 == 0, last = k0 + kn == K;
-      for (int64_t c0 = n0; c0 < n1; c0 += 64) {
-        const int64_t nc = n1 - c0 < 64 ? n1 - c0 : 64;
-        const int64_t groups = kn / 4, r = kn % 4, kt = k0 + 4 * groups;
-        if (mrows <= kMR) {
-          const int rows = static_cast<int>(mrows);
-          pick_block(rows)(a + mb * lda, lda, b + c0, ldb, k0, groups, nc, c);
-          if (r != 0) {
-            interleave(b + c0, ldb, kt, 0, r, nc, buf);
-            tail_group(rows, a + mb * lda, lda, kt, r, buf, c);
+    corr[i] = static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(s)) * 128u);
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += kc) {
+    const int64_t kn = K - k0 < kc ? K - k0 : kc;
+    const bool first = k0 == 0, last = k0 + kn == K;
+    const int64_t groups = kn / 4, r = kn % 4, kt = k0 + 4 * groups;
+    for (int64_t s0 = n0; s0 < n1; s0 += 64 * sb) {
+      const int64_t s1 = n1 - s0 < 64 * sb ? n1 : s0 + 64 * sb;
+      if (M <= kMR && s1 - s0 > 16) {
+        // Few rows: the block is interleaved in registers, once per row tile anyway.
+        const int rows = static_cast<int>(M);
+        const int64_t nc = s1 - s0;
+        pick_block(rows)(a, lda, b + s0, ldb, k0, groups, nc, c);
+        if (r != 0) {
+          interleave(b + s0, ldb, kt, 0, r, nc, buf);
+          tail_group(rows, a, lda, kt, r, buf, c);
+        }
+        finish<false>(rows, c, nc, first, last, corr, out + s0, ldo);
+        continue;
+      }
+      interleave_wide(b, ldb, k0, groups, r, s0, s1, buf, bstride);
+      for (int64_t c0 = s0; c0 < s1; c0 += 64) {
+        const int64_t nc = s1 - c0 < 64 ? s1 - c0 : 64;
+        const int8_t* bb = buf + (c0 - s0) / 64 * bstride;
+        if (nc <= 16) {
+          for (int64_t m = 0; m < M; m += kMR16) {
+            const int rows = static_cast<int>(M - m < kMR16 ? M - m : kMR16);
+            const int8_t* am = a + m * lda;
+            pick_block16(rows)(am, lda, bb, k0, groups, c);
+            if (r != 0) tail_group16(rows, am, lda, kt, r, bb + groups * 64, c);
+            finish16(rows, c, nc, first, last, corr + m, out + m * ldo + c0, ldo);
           }
-          finish(rows, c, nc, first, last, corr_buf, out + mb * ldo + c0, ldo);
           continue;
         }
-        // Rows of b are ldb apart, often a multiple of 4 KiB, so a block of them shares a few L1
-        // sets and is evicted before the next row tile: each tile would re-read it from L2.
-        interleave(b + c0, ldb, k0, groups, r, nc, buf);
-        for (int64_t m = 0; m < mrows; m += kMRBuf) {
-          const int rows = static_cast<int>(mrows - m < kMRBuf ? mrows - m : kMRBuf);
-          const int8_t* am = a + (mb + m) * lda;
-          pick_block_buf(rows)(am, lda, buf, k0, groups, c);
-          if (r != 0) tail_group(rows, am, lda, kt, r, buf + groups * 256, c);
-          finish(rows, c, nc, first, last, corr_buf + m, out + (mb + m) * ldo + c0, ldo);
+        for (int64_t m = 0; m < M; m += kMRBuf) {
+          const int rows = static_cast<int>(M - m < kMRBuf ? M - m : kMRBuf);
+          const int8_t* am = a + m * lda;
+          pick_block_buf(rows)(am, lda, bb, k0, groups, c);
+          if (r != 0) tail_group(rows, am, lda, kt, r, bb + groups * 256, c);
+          finish<true>(rows, c, nc, first, last, corr + m, out + m * ldo + c0, ldo);
         }
       }
     }
