@@ -34,7 +34,7 @@ fi
 
 XDIST=""
 if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 8"; fi
-PYTHONPATH=python timeout 180 $PY -m pytest -q -p no:cacheprovider $XDIST -m cuda \
+PYTHONPATH=python timeout 300 $PY -m pytest -q -p no:cacheprovider $XDIST -m cuda \
   tests/ > "$LOG/test_cuda.log" 2>&1
 test_rc=$?
 t2=$(date +%s)

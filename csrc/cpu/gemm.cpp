@@ -322,8 +322,8 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
     thread_local std::vector<int32_t> col_sums;
     const int64_t n0 = nbk * nb * cpu::kPanel, nn = std::min(N - n0, nb * cpu::kPanel);
     const int64_t np = cpu::gemm_panels(nn);
-    packed.resize(static_cast<size_t>(np * K * cpu::kPanel));
-    col_sums.resize(static_cast<size_t>(nn));
+    cpu::scratch(packed, static_cast<size_t>(np * K * cpu::kPanel));
+    cpu::scratch(col_sums, static_cast<size_t>(nn));
     if (fast) {
       cpu::gemm_pack_weight_kn__avx2(pb + n0, sb_k, nn, K, 0, np, packed.data(), col_sums.data());
     } else {
@@ -463,9 +463,9 @@ at::Tensor linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& w_packed,
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> scale;
   thread_local std::vector<int32_t> zp;
-  q.resize(static_cast<size_t>(M * K));
-  scale.resize(static_cast<size_t>(M));
-  zp.resize(static_cast<size_t>(M));
+  cpu::scratch(q, static_cast<size_t>(M * K));
+  cpu::scratch(scale, static_cast<size_t>(M));
+  cpu::scratch(zp, static_cast<size_t>(M));
   const GemmKernels& k = gemm_kernels();
   const float* px = xf.const_data_ptr<float>();
   int8_t* pq = q.data();

@@ -436,10 +436,9 @@ TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t ld
   // bytes of slack to align it).
   thread_local std::vector<int32_t> corr_buf;
   thread_local std::vector<int8_t> buf_raw;
-  corr_buf.resize(static_cast<size_t>(M));
-  buf_raw.resize(static_cast<size_t>(sb * bstride + 64));
-  int8_t* buf = buf_raw.data() + ((64 - reinterpret_cast<uintptr_t>(buf_raw.data()) % 64) % 64);
-  int32_t* corr = corr_buf.data();
+  int32_t* corr = scratch(corr_buf, static_cast<size_t>(M));
+  int8_t* raw = scratch(buf_raw, static_cast<size_t>(sb * bstride + 64));
+  int8_t* buf = raw + ((64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64);
   alignas(64) int32_t c[kMR16 * 16 > kMRBuf * 64 ? kMR16 * 16 : kMRBuf * 64];
   for (int64_t i = 0; i < M; ++i) {
     const int8_t* row = a + i * lda;

@@ -110,6 +110,9 @@ __global__ void __launch_bounds__(kThreads)
 
 void launch_epilogue(const int32_t* d, int64_t ldd, int64_t M, int64_t N, const Epilogue& e,
                      cudaStream_t stream) {
+  // epilogue_kernel stores the first column of every quad unguarded: ldd must be N rounded up.
+  TORCH_CHECK(ldd % 4 == 0 && ldd >= N && ldd < N + 4, "internal: epilogue over ldd = ", ldd,
+              " for N = ", N);
   const int64_t quads = ldd / 4;
   const int64_t gx = (quads + kThreads - 1) / kThreads;
   // About 8 blocks per SM in all; rows beyond the grid's height loop.

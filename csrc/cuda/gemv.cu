@@ -214,7 +214,11 @@ bool mma_supported() {
   if (dev != cached_dev) {
     int major = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    ok = major >= 8;
+    // The code that runs must have been compiled for sm_80 or later too: a build for an older
+    // virtual architecture (PTX JIT-compiled on this device) holds the kernel's trap instead.
+    cudaFuncAttributes attr{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemv_mma_kernel<1, false>));
+    ok = major >= 8 && attr.ptxVersion >= 80 && attr.binaryVersion >= 80;
     cached_dev = dev;
   }
   return ok;

@@ -201,7 +201,8 @@ def _load_weight(q, linear, w_scale, w_zp):
 
 class DynamicLinear(Linear):
     """Dynamic int8 Linear: float in, float out. Each input row is quantized on the fly (its own
-    scale and zero point, inside the kernel); weights are int8 per output channel.
+    scale and zero point, inside the kernel); weights are int8 per output channel. Any floating
+    dtype is accepted (the output has the input's dtype); an integer tensor is an error.
 
     >>> m = torchquant.quantize_dynamic(nn.Sequential(nn.Linear(16, 8)), {nn.Linear})
     """
