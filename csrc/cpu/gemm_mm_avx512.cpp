@@ -51,6 +51,24 @@ TQ_TARGET_AVX512VNNI inline __m512i load_row(const int8_t* p, __mmask64 k) {
   return _mm512_maskz_loadu_epi8(k, p);
 }
 
+// Rows bk[0..rows) (rows <= 4, missing rows zero) of 64 columns (mask kb), interleaved four
+// bytes per column for vpdpbusd and flipped to unsigned (x ^ 0x80): o[0..3] in unpack order.
+TQ_TARGET_AVX512VNNI inline void interleave4(const int8_t* bk, int64_t ldb, int64_t rows,
+                                             __mmask64 kb, __m512i o[4]) {
+  const __m512i z = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i r0 = load_row(bk, kb);
+  const __m512i r1 = rows > 1 ? load_row(bk + ldb, kb) : z;
+  const __m512i r2 = rows > 2 ? load_row(bk + 2 * ldb, kb) : z;
+  const __m512i r3 = rows > 3 ? load_row(bk + 3 * ldb, kb) : z;
+  const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+  const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+  o[0] = _mm512_xor_si512(_mm512_unpacklo_epi16(t0, t2), flip);
+  o[1] = _mm512_xor_si512(_mm512_unpackhi_epi16(t0, t2), flip);
+  o[2] = _mm512_xor_si512(_mm512_unpacklo_epi16(t1, t3), flip);
+  o[3] = _mm512_xor_si512(_mm512_unpackhi_epi16(t1, t3), flip);
+}
+
 // The 4 x 4 transpose of 128-bit blocks; its own inverse. A macro on named variables: an
 // inline function taking them by reference made GCC keep every accumulator in memory.
 #define TQ_MM_TRANSPOSE(x0, x1, x2, x3)                                                   \
@@ -98,21 +116,14 @@ template <int R>
 TQ_TARGET_AVX512VNNI void block(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb,
                                 int64_t k0, int64_t groups, int64_t nc, int32_t* c) {
   const __m512i z = _mm512_setzero_si512();
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const __mmask64 kb = nc >= 64 ? ~__mmask64(0) : (__mmask64(1) << nc) - 1;
   __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
           acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z;
   int64_t k = k0;
   for (int64_t g = 0; g < groups; ++g, k += 4) {
-    const int8_t* bk = b + k * ldb;
-    const __m512i r0 = load_row(bk, kb), r1 = load_row(bk + ldb, kb),
-                  r2 = load_row(bk + 2 * ldb, kb), r3 = load_row(bk + 3 * ldb, kb);
-    const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
-    const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
-    const __m512i o0 = _mm512_xor_si512(_mm512_unpacklo_epi16(t0, t2), flip);
-    const __m512i o1 = _mm512_xor_si512(_mm512_unpackhi_epi16(t0, t2), flip);
-    const __m512i o2 = _mm512_xor_si512(_mm512_unpacklo_epi16(t1, t3), flip);
-    const __m512i o3 = _mm512_xor_si512(_mm512_unpackhi_epi16(t1, t3), flip);
+    __m512i o[4];
+    interleave4(b + k * ldb, ldb, 4, kb, o);
+    const __m512i o0 = o[0], o1 = o[1], o2 = o[2], o3 = o[3];
     TQ_MM_ROW(0)
     TQ_MM_ROW(1)
     TQ_MM_ROW(2)
@@ -159,24 +170,16 @@ TQ_TARGET_AVX512VNNI void block_buf(const int8_t* a, int64_t lda, const int8_t* 
 // Interleaves and flips rows k0 .. k0 + 4 * groups + r of one block of nc columns into buf.
 TQ_TARGET_AVX512VNNI void interleave(const int8_t* b, int64_t ldb, int64_t k0, int64_t groups,
                                      int64_t r, int64_t nc, int8_t* buf) {
-  const __m512i z = _mm512_setzero_si512();
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const __mmask64 kb = nc >= 64 ? ~__mmask64(0) : (__mmask64(1) << nc) - 1;
   const int64_t total = groups + (r != 0 ? 1 : 0);
   for (int64_t g = 0; g < total; ++g) {
-    const int8_t* bk = b + (k0 + 4 * g) * ldb;
-    const int64_t rows = g < groups ? 4 : r;
-    const __m512i r0 = load_row(bk, kb);
-    const __m512i r1 = rows > 1 ? load_row(bk + ldb, kb) : z;
-    const __m512i r2 = rows > 2 ? load_row(bk + 2 * ldb, kb) : z;
-    const __m512i r3 = rows > 3 ? load_row(bk + 3 * ldb, kb) : z;
-    const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
-    const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+    __m512i o[4];
+    interleave4(b + (k0 + 4 * g) * ldb, ldb, g < groups ? 4 : r, kb, o);
     int8_t* bg = buf + g * 256;
-    _mm512_store_si512(bg, _mm512_xor_si512(_mm512_unpacklo_epi16(t0, t2), flip));
-    _mm512_store_si512(bg + 64, _mm512_xor_si512(_mm512_unpackhi_epi16(t0, t2), flip));
-    _mm512_store_si512(bg + 128, _mm512_xor_si512(_mm512_unpacklo_epi16(t1, t3), flip));
-    _mm512_store_si512(bg + 192, _mm512_xor_si512(_mm512_unpackhi_epi16(t1, t3), flip));
+    _mm512_store_si512(bg, o[0]);
+    _mm512_store_si512(bg + 64, o[1]);
+    _mm512_store_si512(bg + 128, o[2]);
+    _mm512_store_si512(bg + 192, o[3]);
   }
 }
 
@@ -358,8 +361,6 @@ BlockFn pick_block(int rows) {
 TQ_TARGET_AVX512VNNI void interleave_wide(const int8_t* b, int64_t ldb, int64_t k0, int64_t groups,
                                           int64_t r, int64_t s0, int64_t s1, int8_t* buf,
                                           int64_t bstride) {
-  const __m512i z = _mm512_setzero_si512();
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const int64_t nblk = (s1 - s0 + 63) / 64, last_nc = s1 - s0 - 64 * (nblk - 1);
   const bool narrow_last = last_nc <= 16;
   const int64_t wide = narrow_last ? nblk - 1 : nblk;
@@ -370,17 +371,9 @@ TQ_TARGET_AVX512VNNI void interleave_wide(const int8_t* b, int64_t ldb, int64_t 
     const int64_t rows = g < groups ? 4 : r;
     for (int64_t j = 0; j < wide; ++j) {
       const __mmask64 kb = j == nblk - 1 ? kl : ~__mmask64(0);
-      const int8_t* bj = bk + 64 * j;
-      const __m512i r0 = load_row(bj, kb);
-      const __m512i r1 = rows > 1 ? load_row(bj + ldb, kb) : z;
-      const __m512i r2 = rows > 2 ? load_row(bj + 2 * ldb, kb) : z;
-      const __m512i r3 = rows > 3 ? load_row(bj + 3 * ldb, kb) : z;
-      const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
-      const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
-      __m512i o0 = _mm512_xor_si512(_mm512_unpacklo_epi16(t0, t2), flip);
-      __m512i o1 = _mm512_xor_si512(_mm512_unpackhi_epi16(t0, t2), flip);
-      __m512i o2 = _mm512_xor_si512(_mm512_unpacklo_epi16(t1, t3), flip);
-      __m512i o3 = _mm512_xor_si512(_mm512_unpackhi_epi16(t1, t3), flip);
+      __m512i o[4];
+      interleave4(bk + 64 * j, ldb, rows, kb, o);
+      __m512i o0 = o[0], o1 = o[1], o2 = o[2], o3 = o[3];
       // Put into column order here, once per group of b, rather than in finish() once per
       // row of the output.
       TQ_MM_TRANSPOSE(o0, o1, o2, o3);

@@ -102,21 +102,16 @@ __device__ Acc block_reduce(Acc a) {
   return a;
 }
 
-// ------------------------------------------------------------------ pass over x: partials
-
-// Per tensor: block b writes pmn[b], pmx[b], pcnt[2b], pcnt[2b + 1] (NaN, Inf). V = 16 (four
-// 16-byte loads per step, grid-strided) when x is 16-byte aligned, 1 otherwise.
-template <bool kSkipInf, int V>
-__global__ void __launch_bounds__(kThreads)
-    minmax_flat_kernel(const float* __restrict__ x, int64_t n, float* pmn, float* pmx, u64* pcnt) {
-  float mn = kInf, mx = -kInf;
-  uint32_t nan = 0, inf = 0;
+// Calls f(x[i]) for this thread's share of i < n in a grid-stride loop. kVec (x 16-byte
+// aligned): 16-byte vectors, consecutive lanes on consecutive vectors (each warp load is 512
+// contiguous bytes), four independent loads in flight per thread per step; then the tail (n % 4
+// elements) one at a time.
+template <bool kVec, class F>
+__device__ __forceinline__ void grid_stride_floats(const float* __restrict__ x, int64_t n, F&& f) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   int64_t done = 0;
-  if (V > 1) {
-    // 16-byte vectors, consecutive lanes on consecutive vectors (each warp load is 512
-    // contiguous bytes), four independent loads in flight per thread per step.
+  if (kVec) {
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const int64_t n4 = n / 4;
     for (int64_t q = first; q < n4; q += 4 * stride) {
@@ -129,16 +124,28 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         if (q + k * stride < n4) {
-          fold<kSkipInf>(v[k].x, mn, mx, nan, inf);
-          fold<kSkipInf>(v[k].y, mn, mx, nan, inf);
-          fold<kSkipInf>(v[k].z, mn, mx, nan, inf);
-          fold<kSkipInf>(v[k].w, mn, mx, nan, inf);
+          f(v[k].x);
+          f(v[k].y);
+          f(v[k].z);
+          f(v[k].w);
         }
       }
     }
     done = n4 * 4;
   }
-  for (int64_t i = done + first; i < n; i += stride) fold<kSkipInf>(x[i], mn, mx, nan, inf);
+  for (int64_t i = done + first; i < n; i += stride) f(x[i]);
+}
+
+// ------------------------------------------------------------------ pass over x: partials
+
+// Per tensor: block b writes pmn[b], pmx[b], pcnt[2b], pcnt[2b + 1] (NaN, Inf). V = 16 (four
+// 16-byte loads per step, grid-strided) when x is 16-byte aligned, 1 otherwise.
+template <bool kSkipInf, int V>
+__global__ void __launch_bounds__(kThreads)
+    minmax_flat_kernel(const float* __restrict__ x, int64_t n, float* pmn, float* pmx, u64* pcnt) {
+  float mn = kInf, mx = -kInf;
+  uint32_t nan = 0, inf = 0;
+  grid_stride_floats<(V > 1)>(x, n, [&](float v) { fold<kSkipInf>(v, mn, mx, nan, inf); });
   const Acc a = block_reduce(Acc{mn, mx, nan, inf});
   if (threadIdx.x == 0) {
     pmn[blockIdx.x] = a.mn;
@@ -601,32 +608,7 @@ __global__ void __launch_bounds__(kHistThreads)
       else atomicAdd(&counter[b], u64{1});
     }
   };
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  int64_t done = 0;
-  if (V > 1) {  // as minmax_flat_kernel: coalesced 16-byte vectors, four loads in flight
-    const float4* x4 = reinterpret_cast<const float4*>(x);
-    const int64_t n4 = n / 4;
-    for (int64_t q = first; q < n4; q += 4 * stride) {
-      float4 v[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int64_t qk = q + k * stride;
-        v[k] = qk < n4 ? x4[qk] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (q + k * stride < n4) {
-          add(v[k].x);
-          add(v[k].y);
-          add(v[k].z);
-          add(v[k].w);
-        }
-      }
-    }
-    done = n4 * 4;
-  }
-  for (int64_t i = done + first; i < n; i += stride) add(x[i]);
+  grid_stride_floats<(V > 1)>(x, n, add);
   if (shared) {
     __syncthreads();
     for (int32_t b = threadIdx.x; b < bins; b += blockDim.x) {
