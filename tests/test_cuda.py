@@ -146,57 +146,19 @@ def test_autograd_and_opcheck_quantize():
 
 
 # ---------------------------------------------------------------- int8 GEMM oracles
+# The oracles are torchquant.reference (plain torch, int64/float64 where needed) on CPU copies.
 def oracle_mm(a, b):
-    """int8 x int8 -> int32, exact (int64 matmul on the CPU)."""
-    return (a.cpu().long() @ b.cpu().long()).to(torch.int32)
+    return reference.int8_mm(a.cpu(), b.cpu())
 
 
 def oracle_linear(xq, x_scale, x_zp, w, w_scale, bias, out_scale, out_zp, relu, out_dtype):
-    """The requantize contract in plain float32/int64 torch ops: acc exact; corr = acc - x_zp *
-    col_sums; y = corr * (x_scale * w_scale) [scales first]; + bias; relu; then float out or
-    clamp(round_half_even(y * (1 / out_scale)) + out_zp) over the full dtype range."""
-    xq, w = xq.cpu(), w.cpu()
-    K = xq.shape[-1]
-    M = 1
-    for d in xq.shape[:-1]:
-        M *= d
-    x2 = xq.reshape(M, K).long()
-    acc = x2 @ w.long().t()
-    zp = x_zp.cpu().long().reshape(-1, 1) if x_zp.numel() > 1 else x_zp.cpu().long().reshape(())
-    corr = (acc - zp * w.long().sum(1)).to(torch.int32)
-    xs = x_scale.cpu().float().reshape(-1, 1) if x_scale.numel() > 1 else x_scale.cpu().float().reshape(())
-    s = xs * w_scale.cpu().float()  # float32 product, per element as the kernels do
-    y = corr.float() * s
-    if bias is not None:
-        y = y + bias.cpu().float()
-    if relu:
-        y = torch.where(y < 0, torch.zeros_like(y), y)
-    if out_dtype in (torch.int8, torch.uint8):
-        lo, hi = (-128, 127) if out_dtype == torch.int8 else (0, 255)
-        inv = torch.reciprocal(out_scale.cpu().float().reshape(()))
-        ozp = out_zp.cpu().long().reshape(()).float()
-        t = torch.round(y * inv) + ozp
-        t = torch.where(torch.isnan(t), ozp.expand_as(t), t).clamp(lo, hi)
-        out = t.long().to(out_dtype)
-    else:
-        out = y.to(out_dtype or torch.float32)
-    return out.reshape(*xq.shape[:-1], w.shape[0])
+    cpu = (lambda t: None if t is None else t.cpu())
+    return reference.linear_int8(xq.cpu(), x_scale.cpu(), x_zp.cpu(), w.cpu(), w_scale.cpu(), cpu(bias),
+                                 cpu(out_scale), cpu(out_zp), relu, out_dtype)
 
 
 def oracle_rowwise(x):
-    """The dynamic-quantization contract per row, float32 throughout (NaN-free input)."""
-    rows = 1
-    for d in x.shape[:-1]:
-        rows *= d
-    xf = x.cpu().float().reshape(rows, x.shape[-1])
-    zero = torch.zeros(xf.shape[0])
-    mn = torch.minimum(xf.min(1).values if xf.shape[1] else zero, zero)
-    mx = torch.maximum(xf.max(1).values if xf.shape[1] else zero, zero)
-    scale = torch.clamp_min((mx - mn) / 255.0, torch.finfo(torch.float32).eps)
-    zp = (-128 - torch.round(mn / scale).long()).clamp(-128, 127).to(torch.int32)
-    inv = torch.reciprocal(scale).reshape(-1, 1)
-    q = (torch.round(xf * inv) + zp.reshape(-1, 1).float()).clamp(-128, 127).long().to(torch.int8)
-    return q.reshape(x.shape), scale, zp  # scale/zp: one per row, flat
+    return reference.quantize_rowwise(x.cpu())
 
 
 def _rand_int8(shape, gen, lo=-128, hi=128):
