@@ -5,6 +5,7 @@ float32 elements, 2 threads. Prints GB/s (bytes read + written) and ratios.
 
 Every op returns a fresh 64 MB tensor, and with torch's default CPU allocator each call pays
 the page faults of touching new memory: for the memory-bound ops that is most of the time.
+torchquant advises its own large outputs onto huge pages (TORCHQUANT_HUGEPAGES=0 turns that off);
 --thp sets THP_MEM_ALLOC_ENABLE=1 (torch's allocator option for 2 MB transparent huge pages on
 large allocations) before torch is imported; anchors and torchquant share the setting.
 """

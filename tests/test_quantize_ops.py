@@ -125,6 +125,41 @@ def test_non_contiguous_and_inputs_untouched(isa):
     assert torch.equal(base, before)
 
 
+@pytest.mark.parametrize("hugepages", ["1", "0"])
+def test_large_outputs_huge_page_path(hugepages):
+    """Outputs of 4 MiB and more are advised onto huge pages (TORCHQUANT_HUGEPAGES=0 turns that
+    off; the setting is read once per process, so each runs in a fresh one): results must not
+    depend on it, at an odd size whose end is not on a 2 MiB boundary."""
+    code = """
+import torch, torchquant
+from torchquant import reference
+ops = torch.ops.torchquant
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1531, 1409, generator=g) * 3  # 8.2 MiB of float32
+s, z = torch.tensor([0.02]), torch.tensor([3], dtype=torch.int32)
+sc, zc = torch.rand(1409, generator=g) * 0.05 + 0.01, torch.randint(-9, 9, (1409,), dtype=torch.int32)
+for ss, zz, ax in ((s, z, None), (sc, zc, 1)):
+    q = ops.quantize(x, ss, zz, ax, -128, 127, torch.int8)
+    assert torch.equal(q, reference.quantize(x, ss, zz, ax, -128, 127, torch.int8))
+    assert torch.equal(ops.dequantize(q, ss, zz, ax), reference.dequantize(q, ss, zz, ax))
+    assert torch.equal(ops.fake_quantize(x, ss, zz, ax, -128, 127),
+                       reference.fake_quantize(x, ss, zz, ax, -128, 127))
+    gr = torch.randn(x.shape, generator=g)
+    assert torch.equal(ops.fake_quantize_backward(gr, x, ss, zz, ax, -128, 127),
+                       reference.fake_quantize_backward(gr, x, ss, zz, ax, -128, 127))
+a = torch.randint(-128, 128, (1031, 1100), dtype=torch.int8, generator=g)
+b = torch.randint(-128, 128, (1100, 1031), dtype=torch.int8, generator=g)
+assert torch.equal(torchquant.int8_mm(a, b), reference.int8_mm(a, b))
+print("ok")
+"""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TORCHQUANT_HUGEPAGES=hugepages)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_other_float_dtypes(dtype):
     x = (torch.randn(100) * 2).to(dtype)

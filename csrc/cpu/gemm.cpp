@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "cpu/alloc.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "ops.h"
@@ -294,7 +295,7 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
               a.sizes(), " and b is ", b.sizes(), " (a.size(1) must equal b.size(0))");
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   check_k_bound(K, "a");
-  at::Tensor out = at::empty({M, N}, a.options().dtype(at::kInt));
+  at::Tensor out = cpu::empty_output({M, N}, a.options().dtype(at::kInt));
   if (M == 0 || N == 0) return out;
   if (K == 0) return out.zero_();
   int64_t lda = 0;
@@ -403,7 +404,7 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
                                odt == at::kByte ? 255 : 127);
   }
   // bfloat16 / float16: the float32 result rounded to nearest even, as the CUDA epilogue does.
-  at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(low_float ? at::kFloat : odt));
+  at::Tensor out = cpu::empty_output(out_shape(x, N), x.options().dtype(low_float ? at::kFloat : odt));
   p.N = N;
   p.K = K;
   p.w = w_packed.const_data_ptr<int8_t>();
@@ -427,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Te
   check_qrange(qmin, qmax, at::kChar);
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const int64_t K = x.size(-1), rows = leading_rows(x);
-  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  at::Tensor q = cpu::empty_output(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor scale = at::empty({rows}, x.options().dtype(at::kFloat));
   at::Tensor zp = at::empty({rows}, x.options().dtype(at::kInt));
   const auto fn = gemm_kernels().quantize_rows;
@@ -455,7 +456,7 @@ at::Tensor linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& w_packed,
   const float* pws = ws.const_data_ptr<float>();
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", N);
-  at::Tensor out = at::empty(out_shape(x, N), x.options().dtype(at::kFloat));
+  at::Tensor out = cpu::empty_output(out_shape(x, N), x.options().dtype(at::kFloat));
   const int64_t M = leading_rows(x);
   if (M == 0 || N == 0) return out;
   const at::Tensor xf = x.to(at::kFloat).contiguous();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "cpu/alloc.h"
 #include "cpu/isa.h"
 #include "cpu/quantize_kernels.h"
 #include "ops.h"
@@ -109,7 +110,7 @@ at::Tensor quantize_cpu(const at::Tensor& x, const at::Tensor& scale, const at::
   check_qrange(qmin, qmax, dtype);
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
   const at::Tensor xc = as_float_contiguous(x);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(dtype));
   const Layout l = layout(x, p.axis);
   const float* px = xc.data_ptr<float>();
   auto* pq = static_cast<uint8_t*>(out.data_ptr());
@@ -138,7 +139,7 @@ at::Tensor dequantize_cpu(const at::Tensor& q, const at::Tensor& scale,
   const bool u = q.scalar_type() == at::kByte;
   const QParams p = prepare_qparams(q, "q", scale, zero_point, axis, u ? 0 : -128, u ? 255 : 127);
   const at::Tensor qc = q.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
+  at::Tensor out = cpu::empty_output(q.sizes(), q.options().dtype(at::kFloat));
   const Layout l = layout(q, p.axis);
   const auto* pq = static_cast<const uint8_t*>(qc.data_ptr());
   float* py = out.data_ptr<float>();
@@ -161,7 +162,7 @@ at::Tensor fake_quantize_cpu(const at::Tensor& x, const at::Tensor& scale,
   check_fake_qrange(qmin, qmax);
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
   const at::Tensor xc = as_float_contiguous(x);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);
   const float* px = xc.data_ptr<float>();
   float* py = out.data_ptr<float>();
@@ -188,7 +189,7 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   check_fake_qrange(qmin, qmax);
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
   const at::Tensor xc = as_float_contiguous(x), gc = as_float_contiguous(grad);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);
   const float* px = xc.data_ptr<float>();
   const float* pg = gc.data_ptr<float>();

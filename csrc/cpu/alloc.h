@@ -1,0 +1,19 @@
+// Output allocation for the memory-bound CPU ops.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace torchquant {
+namespace cpu {
+
+// at::empty, and for outputs of at least 4 MiB a request (madvise MADV_HUGEPAGE) that the
+// kernel back the 2 MiB-aligned interior of the fresh allocation with transparent huge pages.
+// A large output is freshly mapped memory, and with 4 KiB pages the page faults of its first
+// touch cost more than the op itself (docs/benchmarks.md, quantize ops). The advice is what
+// torch's own THP_MEM_ALLOC_ENABLE=1 gives every large allocation; here it is given only to
+// the outputs torchquant writes. TORCHQUANT_HUGEPAGES=0 turns it off; on systems where
+// transparent huge pages are "never", or off Linux, it does nothing.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+}  // namespace cpu
+}  // namespace torchquant
