@@ -30,6 +30,20 @@ def bench(fn, reps):
     return min(times) * 1e3
 
 
+def interleaved(fns, reps):
+    """10th-percentile microseconds of single calls of each of fns, called in turn."""
+    for f in fns:
+        f()
+        f()
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for f, ts in zip(fns, times):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+    return [sorted(ts)[len(ts) // 10] * 1e6 for ts in times]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
@@ -61,6 +75,18 @@ def main():
         print(f"{name}: torchquant {t_ours:.2f} ms ({gb / t_ours * 1e3:.1f} GB/s), torch.ao {t_ao:.2f} ms | "
               f"vs torch.ao {t_ao / t_ours:.2f}x, vs read {t_sum / t_ours * 100:.0f}%, "
               f"vs torch.aminmax {t_amm / t_ours * 100:.0f}%")
+
+    # Calibration-sized batches (the MNIST MLP's activations at batch 64 and 512, the input at
+    # batch 512, 1M, 4M), where the data sits in cache and per-call work counts. The three are
+    # timed interleaved, call by call, so a drift of the machine's speed hits all alike.
+    print("MinMaxObserver by size (interleaved, 10th percentile of single calls, us):")
+    for n in (64 * 256, 512 * 256, 512 * 784, 1 << 20, 1 << 22):
+        xs = torch.randn(n)
+        ours, theirs = tqo.MinMaxObserver(), ao.MinMaxObserver()
+        t_ours, t_ao, t_amm_n = interleaved([lambda: ours(xs), lambda: theirs(xs), lambda: torch.aminmax(xs)],
+                                            args.reps * 20)
+        print(f"  {n:>8} elements: torchquant {t_ours:7.1f}, torch.ao {t_ao:7.1f}, torch.aminmax {t_amm_n:7.1f} | "
+              f"vs torch.ao {t_ao / t_ours:.2f}x, vs torch.aminmax {t_amm_n / t_ours * 100:.0f}%")
 
     h = torch.randn(1 << 20)
     gbh = h.numel() * 4 / 1e9

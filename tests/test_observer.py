@@ -99,6 +99,36 @@ def test_observe_minmax_last_axis_every_row_group_remainder(isa):
     assert float(mn[3]) == float(torch.cat([x[:5, 3], x[6:9, 3], x[10:, 3]]).min())
 
 
+def test_minmax_sparse_specials_and_overflowing_sums(isa):
+    # The vector kernel folds clean blocks without per-vector checks and redoes a block whose
+    # running sum is not finite: specials alone in a block, at block edges and in the tail, and
+    # finite values large enough to overflow the sum, must all give the reference's result.
+    gen = torch.Generator().manual_seed(5)
+    n = 2048 * 9 + 37  # odd tail; x[:-1] splits into two channels of 9234
+    for case in range(6):
+        x = torch.randn(n, generator=gen)
+        if case == 1:
+            x[2047], x[4096], x[n - 1] = NAN, INF, -INF
+        elif case == 2:
+            x[3 * 2048 + 100] = NAN
+        elif case == 3:
+            x[5000:5010] = 3e38  # finite, but their sum is not
+            x[9000] = -3.3e38
+        elif case == 4:
+            x[2048 * 4 + 7] = -INF
+            x[:2048] = -0.0
+        elif case == 5:
+            x = x.abs() + 1e30
+        for axis, xx in ((None, x), (0, x[:-1].reshape(2, -1))):
+            c = None if axis is None else xx.shape[axis]
+            got, want = _fresh(c), _fresh(c)
+            ops.observe_minmax_(*got, xx, axis, None)
+            reference.observe_minmax_(*want, xx, axis, None)
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), (case, got, want)
+            amm, ref = ops.aminmax(xx, axis), reference.aminmax(xx, axis)
+            assert torch.equal(amm[0], ref[0]) and torch.equal(amm[1], ref[1]), case
+
+
 def test_observe_minmax_non_contiguous_and_dtypes(isa):
     gen = torch.Generator().manual_seed(3)
     base = _data((40, 70), gen)

@@ -3,6 +3,8 @@
 //   compare on d finds every non-finite lane; lanes it flags are recounted one by one (rare),
 //   so the NaN / Inf counts are exact.
 // - With skip_inf, w = v + d is v for a finite lane and NaN otherwise.
+// - minmax_impl folds blocks without these checks and redoes a block whose running sum is not
+//   finite (see there).
 // - _mm256_min_ps(w, acc) / _mm256_max_ps(w, acc) return their second operand when the first
 //   is NaN, so a NaN lane leaves the accumulator as it was: NaN-skipping without a blend. The
 //   accumulators start at +-inf and never become NaN.
@@ -61,14 +63,12 @@ TQ_TARGET_AVX2 inline __m256 fold8(__m256 v, __m256& mn, __m256& mx) {
   return _mm256_cmp_ps(d, d, _CMP_UNORD_Q);
 }
 
+// The exact loop: every vector checked for non-finite lanes as it is folded.
 template <bool kSkipInf>
-TQ_TARGET_AVX2 void minmax_impl(const float* x, int64_t n, float* mn, float* mx,
-                                int64_t* counts) {
-  __m256 mn0 = _mm256_set1_ps(*mn), mn1 = mn0, mn2 = mn0, mn3 = mn0;
-  __m256 mx0 = _mm256_set1_ps(*mx), mx1 = mx0, mx2 = mx0, mx3 = mx0;
-  int64_t i = 0;
-  // Four independent accumulator pairs hide the latency of min/max.
-  for (; i + 32 <= n; i += 32) {
+TQ_TARGET_AVX2 void minmax_exact(const float* x, int64_t n, __m256& mn0, __m256& mn1, __m256& mn2,
+                                 __m256& mn3, __m256& mx0, __m256& mx1, __m256& mx2, __m256& mx3,
+                                 int64_t* counts) {
+  for (int64_t i = 0; i + 32 <= n; i += 32) {
     const __m256 b0 = fold8<kSkipInf>(_mm256_loadu_ps(x + i), mn0, mx0);
     const __m256 b1 = fold8<kSkipInf>(_mm256_loadu_ps(x + i + 8), mn1, mx1);
     const __m256 b2 = fold8<kSkipInf>(_mm256_loadu_ps(x + i + 16), mn2, mx2);
@@ -76,6 +76,53 @@ TQ_TARGET_AVX2 void minmax_impl(const float* x, int64_t n, float* mn, float* mx,
     const __m256 bad = _mm256_or_ps(_mm256_or_ps(b0, b1), _mm256_or_ps(b2, b3));
     if (__builtin_expect(_mm256_movemask_ps(bad) != 0, 0)) count_lanes(x + i, 32, counts);
   }
+}
+
+// Blocks of kBlock floats go through a loop of three operations per vector: min, max, and a
+// running sum that only serves as a detector. The sum of a block is finite exactly when no lane
+// was NaN or +-Inf, barring an overflow of large finite values; when it is not finite, the
+// block's accumulators are restored and the block is folded again by the exact loop, which
+// counts and skips. Either way every finite value reaches min/max as itself, so the result is
+// the exact loop's. (NaN lanes never enter min/max: _mm256_min_ps returns its second operand.)
+template <bool kSkipInf>
+TQ_TARGET_AVX2 void minmax_impl(const float* x, int64_t n, float* mn, float* mx,
+                                int64_t* counts) {
+  constexpr int64_t kBlock = 2048;
+  __m256 mn0 = _mm256_set1_ps(*mn), mn1 = mn0, mn2 = mn0, mn3 = mn0;
+  __m256 mx0 = _mm256_set1_ps(*mx), mx1 = mx0, mx2 = mx0, mx3 = mx0;
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    const __m256 smn0 = mn0, smn1 = mn1, smn2 = mn2, smn3 = mn3;
+    const __m256 smx0 = mx0, smx1 = mx1, smx2 = mx2, smx3 = mx3;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    const float* b = x + i;
+    for (int64_t j = 0; j < kBlock; j += 32) {
+      const __m256 v0 = _mm256_loadu_ps(b + j), v1 = _mm256_loadu_ps(b + j + 8);
+      const __m256 v2 = _mm256_loadu_ps(b + j + 16), v3 = _mm256_loadu_ps(b + j + 24);
+      mn0 = _mm256_min_ps(v0, mn0);
+      mx0 = _mm256_max_ps(v0, mx0);
+      s0 = _mm256_add_ps(s0, v0);
+      mn1 = _mm256_min_ps(v1, mn1);
+      mx1 = _mm256_max_ps(v1, mx1);
+      s1 = _mm256_add_ps(s1, v1);
+      mn2 = _mm256_min_ps(v2, mn2);
+      mx2 = _mm256_max_ps(v2, mx2);
+      s2 = _mm256_add_ps(s2, v2);
+      mn3 = _mm256_min_ps(v3, mn3);
+      mx3 = _mm256_max_ps(v3, mx3);
+      s3 = _mm256_add_ps(s3, v3);
+    }
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    const __m256 d = _mm256_sub_ps(s, s);  // NaN in a lane whose sum is not finite
+    if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(d, d, _CMP_UNORD_Q)) != 0, 0)) {
+      mn0 = smn0, mn1 = smn1, mn2 = smn2, mn3 = smn3;
+      mx0 = smx0, mx1 = smx1, mx2 = smx2, mx3 = smx3;
+      minmax_exact<kSkipInf>(b, kBlock, mn0, mn1, mn2, mn3, mx0, mx1, mx2, mx3, counts);
+    }
+  }
+  const int64_t tail32 = (n - i) - (n - i) % 32;
+  minmax_exact<kSkipInf>(x + i, tail32, mn0, mn1, mn2, mn3, mx0, mx1, mx2, mx3, counts);
+  i += tail32;
   for (; i + 8 <= n; i += 8) {
     const __m256 bad = fold8<kSkipInf>(_mm256_loadu_ps(x + i), mn0, mx0);
     if (_mm256_movemask_ps(bad) != 0) count_lanes(x + i, 8, counts);
