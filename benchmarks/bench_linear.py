@@ -3,7 +3,8 @@
     python benchmarks/bench_linear.py [--threads 2] [--rounds 5] [--target-ms 40]
 
 Each implementation is timed as the 10th percentile of single-call times over about
-rounds * target_ms of calls, which is what survives a machine shared with other work. Ratios are
+rounds * target_ms of calls: in each of `rounds` rounds every implementation of a shape runs
+target_ms of back-to-back calls, so that a drift of a shared machine's speed falls on all alike. Ratios are
 anchor_time / torchquant_time (> 1: torchquant is faster). Anchors:
   static   torch.ao.nn.quantized.Linear (quint8 in, quint8 out) on the x86 and fbgemm engines;
            torch._int_mm + zero-point correction + requantize in torch ops; fp32 F.linear
@@ -31,19 +32,27 @@ SHAPES = [  # (M, K, N, label)
 ]
 
 
-def best_us(fn, rounds, target_ms):
-    """10th percentile of single-call times over about rounds * target_ms of calls: on a machine
-    shared with other work a call that was descheduled is an outlier, not a measurement."""
-    fn()
-    times = []
-    budget = rounds * target_ms / 1e3
-    start = time.perf_counter()
-    while time.perf_counter() - start < budget or len(times) < 5:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 10] * 1e6
+def interleaved_us(fns, rounds, target_ms):
+    """{name: 10th-percentile microseconds of single calls} for a dict of callables, timed in
+    `rounds` rounds; in each round every callable runs for about target_ms of back-to-back calls
+    (so its data is as warm as a loop over one layer keeps it), in an order rotated from round to
+    round. A drift of the machine's speed (this is a shared machine) then falls on anchors and
+    torchquant alike instead of on whichever ran during it; a descheduled call is an outlier
+    that the percentile drops."""
+    names = list(fns)
+    for n in names:
+        fns[n]()
+    times = {n: [] for n in names}
+    for k in range(rounds):
+        for n in names[k % len(names):] + names[:k % len(names)]:
+            start = time.perf_counter()
+            calls = 0
+            while time.perf_counter() - start < target_ms / 1e3 or calls < 3:
+                t0 = time.perf_counter()
+                fns[n]()
+                times[n].append(time.perf_counter() - t0)
+                calls += 1
+    return {n: sorted(ts)[len(ts) // 10] * 1e6 for n, ts in times.items()}
 
 
 def ao_static_linear(engine, K, N, w_f, b_f, w_scale):
@@ -86,7 +95,6 @@ def main():
         pass
     print(f"# {datetime.date.today()}  {cpu}  torch {torch.__version__}  threads {args.threads}  "
           f"torchquant isa {torchquant.cpu_isa()}")
-    T = lambda fn: best_us(fn, args.rounds, args.target_ms)  # noqa: E731
     gen = torch.Generator().manual_seed(0)
     rows = []
     for M, K, N, label in SHAPES:
@@ -100,16 +108,20 @@ def main():
         x_u8 = torch.randint(0, 256, (M, K), generator=gen, dtype=torch.uint8)
         os_, oz = torch.tensor([0.05]), torch.tensor([64], dtype=torch.int32)
         r = {"shape": label}
+        fns = {}
 
-        r["ours"] = T(lambda: ops.linear_int8(x_u8, xs, xz, wp, cs, w_scale, b_f, os_, oz, False, torch.uint8))
+        fns["ours"] = (lambda: ops.linear_int8(x_u8, xs, xz, wp, cs, w_scale, b_f, os_, oz, False, torch.uint8))
         if M == 256 and K == 4096:
-            with torchquant.force_cpu_isa("avx2"):
-                r["ours_avx2"] = T(lambda: ops.linear_int8(x_u8, xs, xz, wp, cs, w_scale, b_f, os_, oz, False, torch.uint8))
-        r["fp32"] = T(lambda: F.linear(x_f, w_f, b_f))
+            def ours_avx2():
+                with torchquant.force_cpu_isa("avx2"):
+                    return ops.linear_int8(x_u8, xs, xz, wp, cs, w_scale, b_f, os_, oz, False, torch.uint8)
+            fns["ours_avx2"] = ours_avx2
+        fns["fp32"] = lambda: F.linear(x_f, w_f, b_f)
         qx = torch.quantize_per_tensor(x_f, 0.02, 128, torch.quint8)
+        # The packed weight, made under each engine, decides the kernel a call runs.
         for engine in ("x86", "fbgemm"):
             lin = ao_static_linear(engine, K, N, w_f, b_f, w_scale)
-            r[f"ao_{engine}"] = T(lambda: lin(qx))
+            fns[f"ao_{engine}"] = lambda lin=lin: lin(qx)
         torch.backends.quantized.engine = "x86"
         # torch._int_mm path: int8 activations (x - 128), int32 product, correction + requantize in torch ops.
         x_s8 = (x_u8.to(torch.int16) - 128).to(torch.int8)
@@ -121,27 +133,31 @@ def main():
             y = acc.float() * (0.02 * w_scale) + b_f
             return torch.clamp(torch.round(y * 20.0) + 64, 0, 255).to(torch.uint8)
         try:
-            r["int_mm_rq"] = T(int_mm_requant)
-            r["int_mm"] = T(lambda: torch._int_mm(x_s8, w_t))
+            int_mm_requant()
+            fns["int_mm_rq"] = int_mm_requant
+            fns["int_mm"] = lambda: torch._int_mm(x_s8, w_t)
         except RuntimeError:
             r["int_mm_rq"] = r["int_mm"] = float("nan")
         del cs64
-        r["ours_mm"] = T(lambda: ops.int8_mm(x_s8, w_t))
+        fns["ours_mm"] = lambda: ops.int8_mm(x_s8, w_t)
 
-        r["ours_dyn"] = T(lambda: ops.linear_dynamic(x_f, wp, cs, w_scale, b_f, False))
+        fns["ours_dyn"] = lambda: ops.linear_dynamic(x_f, wp, cs, w_scale, b_f, False)
         m = torch.nn.Sequential(torch.nn.Linear(K, N))
         with torch.no_grad():
             m[0].weight.copy_(w_f)
             m[0].bias.copy_(b_f)
         dq = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
-        r["ao_dyn"] = T(lambda: dq(x_f))
+        fns["ao_dyn"] = lambda: dq(x_f)
         tao, err = torchao_dynamic(K, N, w_f, b_f)
         if tao is not None:
-            with torch.no_grad():
-                r["torchao_dyn"] = T(lambda: tao(x_f))
+            def torchao_call():
+                with torch.no_grad():
+                    return tao(x_f)
+            fns["torchao_dyn"] = torchao_call
         else:
             r["torchao_dyn"] = float("nan")
             r["torchao_err"] = err
+        r.update(interleaved_us(fns, args.rounds, args.target_ms))
         rows.append(r)
         ratio = lambda a, b: r[a] / r[b]  # noqa: E731
         print(f"{label:17s} ours {r['ours']:9.1f}us | vs ao-x86 {ratio('ao_x86', 'ours'):5.2f}x "
