@@ -202,6 +202,21 @@ def test_histogram_rebin_every_upsample_rate_and_growth(up):
             assert torch.equal(ops.histogram_rebin(*args), reference.histogram_rebin(*args)), (bins, nlo, nhi)
 
 
+@pytest.mark.parametrize("up", [3, 7, 128])
+def test_histogram_rebin_counts_of_every_magnitude(up):
+    # Runs of parts are added in one step only where no addition of the one-by-one sum could
+    # round; counts from 1e-17 to 1e17 in neighbouring bins (and parts like c / 3, which use all
+    # 53 bits) take the one-by-one path, and the results must not tell the two apart.
+    gen = torch.Generator().manual_seed(up)
+    for bins in (7, 2048):
+        hist = torch.exp(torch.randn(bins, generator=gen) * 13).float()
+        hist[::5] = torch.randint(0, 1 << 24, (hist[::5].numel(),), generator=gen).float()
+        lo, hi = torch.tensor(-2.0), torch.tensor(1.5)
+        for nlo, nhi in ((-2.0003, 1.5001), (-40.0, 30.0), (-2.0, 1.5 + 2 ** -10)):
+            args = (hist, lo, hi, torch.tensor(nlo), torch.tensor(nhi), up)
+            assert torch.equal(ops.histogram_rebin(*args), reference.histogram_rebin(*args)), (bins, nlo, nhi)
+
+
 def test_op_argument_errors():
     mn, mx, cnt = _fresh()
     x = torch.randn(10)

@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -140,12 +142,46 @@ at::Tensor as_float_contiguous(const at::Tensor& x) {
 
 // ---- helpers shared by the CPU and the generic implementations (argument checks: common/observe_checks.h) ----
 
+// The exponent of the lowest set bit of a finite, nonzero double: d is an integer multiple of
+// 2^lowest_bit(d).
+int lowest_bit(double d) {
+  uint64_t bits;
+  std::memcpy(&bits, &d, sizeof bits);
+  const int ex = static_cast<int>((bits >> 52) & 0x7ff);
+  const uint64_t mant = bits & ((uint64_t{1} << 52) - 1);
+  if (ex == 0) return -1074 + __builtin_ctzll(mant);  // subnormal: mant * 2^-1074
+  return ex - 1075 + __builtin_ctzll(mant | (uint64_t{1} << 52));
+}
+
+// `run` after k times `run += part` in float64. Where no addition can round, that is
+// run + k * part, computed exactly: run and part are multiples of 2^q (q the lower of their
+// lowest set bits), and so is every partial sum, which stays under 2^(52 + q) in magnitude
+// (the bound is checked with a factor of two to spare for the rounding of the check itself):
+// each is representable, so each addition, and k * part and the final sum, are exact.
+// Otherwise the k additions are made one by one.
+double add_repeated(double run, double part, int64_t k) {
+  // Adding a zero twice gives what adding it once gives (empty bins: most of a histogram's tails).
+  if (part == 0.0) return k > 0 ? run + part : run;
+  if (k > 4 && std::isfinite(part) && std::isfinite(run)) {
+    const int q = run == 0.0 ? lowest_bit(part) : std::min(lowest_bit(run), lowest_bit(part));
+    if (q + 51 >= -1022 && q + 51 <= 1023) {
+      const uint64_t bound_bits = static_cast<uint64_t>(q + 51 + 1023) << 52;
+      double bound;
+      std::memcpy(&bound, &bound_bits, sizeof bound);  // 2^(51 + q)
+      const double span = std::fabs(run) + static_cast<double>(k) * std::fabs(part);
+      if (span < bound) return run + static_cast<double>(k) * part;
+    }
+  }
+  for (int64_t c = 0; c < k; ++c) run += part;
+  return run;
+}
+
 // Moves the histogram `hist` of [lo, hi] onto the bins of [new_lo, new_hi] (which contains
 // it), with torch.ao's HistogramObserver's method: each bin is split into `up` equal parts,
 // each part's count (bin / up) goes to the new bin holding its centre. A histogram of one
 // point (lo == hi) moves whole. The positions are computed in float64 by plain loops (torch.ao
 // uses linspace + bucketize, whose rounding depends on the thread split; the few boundary
-// cases that differ are within a sub-bin of each other). Serial: at most bins * up steps.
+// cases that differ are within a sub-bin of each other).
 at::Tensor rebin(const at::Tensor& hist, float lo, float hi, float new_lo, float new_hi,
                  int64_t up) {
   const at::Tensor src = hist.to(at::kFloat).contiguous().cpu();
@@ -170,23 +206,55 @@ at::Tensor rebin(const at::Tensor& hist, float lo, float hi, float new_lo, float
       const double t = (centre - new_lo) * to_bin;
       return t < 0.0 ? 0 : (t >= static_cast<double>(bins) ? bins - 1 : static_cast<int64_t>(t));
     };
+    // The first part after j in (j, last] whose bin is past b, given bin_of(j) == b <
+    // bin_of(last): guessed from where the centre crosses the edge of bin b + 1, confirmed
+    // (or moved) with a few evaluations of bin_of, and found by bisection if the guess is off.
+    auto run_end = [&](int64_t j, int64_t last, int64_t b) -> int64_t {
+      const double edge = static_cast<double>(new_lo) + static_cast<double>(b + 1) / to_bin;
+      const double guess = (edge - static_cast<double>(lo)) / w - 0.5;
+      int64_t g = guess <= static_cast<double>(j + 1)
+                      ? j + 1
+                      : (guess >= static_cast<double>(last) ? last : static_cast<int64_t>(guess));
+      for (int step = 0; step < 3; ++step) {
+        if (bin_of(g) == b) {
+          if (g + 1 > last || bin_of(g + 1) != b) return g + 1;
+          ++g;
+        } else {
+          if (g - 1 <= j || bin_of(g - 1) == b) return g;
+          --g;
+        }
+      }
+      int64_t in = j, out = last;  // bin_of(in) == b < bin_of(out)
+      while (out - in > 1) {
+        const int64_t mid = in + (out - in) / 2;
+        (bin_of(mid) == b ? in : out) = mid;
+      }
+      return out;
+    };
     // Parts [a, e): consecutive parts nearly always land in the same new bin, whose sum stays
-    // in a register until the bin changes. The additions into each bin happen in the same
-    // order as acc[b] += part, one part at a time, so the sums are the same bit for bit.
+    // in a register until the bin changes. The parts of one old bin are walked as runs that
+    // share a new bin (bin_of is non-decreasing: run_end finds where a run stops), and a
+    // run of k parts is added with add_repeated, which equals k additions of `part` one at a
+    // time. So the sums are those of acc[b] += part, part by part, bit for bit.
     auto move_parts = [&](int64_t a, int64_t e) {
       if (a >= e) return;
       int64_t cur = bin_of(a);
       double run = acc[cur];
       for (int64_t i = a / up, j = a; j < e; ++i) {
         const double part = static_cast<double>(h[i]) / static_cast<double>(up);
-        for (const int64_t end = std::min(e, (i + 1) * up); j < end; ++j) {
+        const int64_t end = std::min(e, (i + 1) * up);
+        const int64_t b_end = bin_of(end - 1);
+        while (j < end) {
           const int64_t b = bin_of(j);
+          int64_t stop = end;  // first part past the run of bin b
+          if (b != b_end) stop = run_end(j, end - 1, b);
           if (b != cur) {
             acc[cur] = run;
             cur = b;
             run = acc[b];
           }
-          run += part;
+          run = add_repeated(run, part, stop - j);
+          j = stop;
         }
       }
       acc[cur] = run;
