@@ -52,7 +52,7 @@ def test_int8_mm_exact(isa, M, K, N):
 # The unpacked path (AVX-512 VNNI, b with unit stride along N) walks N in blocks of 64 columns
 # (a last block of <= 16 columns on its own) with 4-row tiles interleaved in registers and
 # K chunks of 256 rows (M <= 4), or 6-row tiles (12 for the narrow blocks) over a buffer that
-# holds K chunks of up to 1024 rows of runs of blocks: every M up to 7 and around 64, K around
+# holds K chunks of up to 2048 rows of runs of blocks: every M up to 7 and around 64, K around
 # the 4-row groups and the chunk edge, N around the 16-lane quarters and the 64-column block;
 # other ISAs check the same shapes through the packing path.
 @pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 63, 64, 65])
@@ -76,13 +76,14 @@ def test_int8_mm_narrow_n(isa, M):
             assert torch.equal(ops.int8_mm(a, b), _exact_mm(a, b)), (M, K, N)
 
 
-# Edges of the buffered path: K chunks of 1024 rows (running sums through the output), runs of
+# Edges of the buffered path: K chunks of 2048 rows (running sums through the output), runs of
 # several 64-column blocks ending in a narrow block or a partial one, and the task splits over
 # threads (by columns, and by rows when N is narrow or M > N), with b's rows far apart and a
 # transposed.
 @pytest.mark.parametrize("M,K,N", [(5, 1023, 300), (7, 1024, 257), (13, 1025, 273),
                                    (70, 2051, 130), (6, 4099, 80), (300, 1100, 10),
-                                   (301, 101, 130), (130, 600, 1040), (64, 3000, 400)])
+                                   (301, 101, 130), (130, 600, 1040), (64, 3000, 400),
+                                   (9, 2047, 70), (7, 2048, 257), (13, 2049, 273)])
 def test_int8_mm_buffered_edges(isa, M, K, N):
     gen = torch.Generator().manual_seed(M + K + N)
     a = _rand_x((M, K), torch.int8, gen)

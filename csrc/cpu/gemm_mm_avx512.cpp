@@ -18,7 +18,7 @@
 // K is walked in chunks, with the running sums kept in the int32 output between chunks. With a
 // few rows (M <= 4) a chunk is 256 rows and b is interleaved in registers, block by block: the
 // rows of a chunk stay in the TLB while each block reads its 64 bytes from them. With more rows
-// a chunk (up to 1024 rows) of a run of several blocks is interleaved into an L2-sized buffer
+// a chunk (up to 2048 rows) of a run of several blocks is interleaved into an L2-sized buffer
 // once, reading each row of b's run at once (one page visit for several lines), and every row
 // tile of the task passes over it: at M = 256, K = N = 4096 that costs about a tenth of the
 // product, where packing b into the weight layout cost a sixth.
@@ -44,8 +44,8 @@ constexpr int64_t kChunk = 256;  // rows of b (a multiple of 4); its interleave 
 // With more than kMR rows: rows of b per chunk (a multiple of 4), and the size of the buffer
 // that holds a chunk of several 64-column blocks. A longer chunk saves passes of the running sums
 // through the output; more blocks per chunk read more of each row of b per visit of its page.
-constexpr int64_t kChunkWide = 1024;
-constexpr int64_t kBufBytes = int64_t{256} << 10;
+constexpr int64_t kChunkWide = 2048;
+constexpr int64_t kBufBytes = int64_t{512} << 10;
 
 TQ_TARGET_AVX512VNNI inline __m512i load_row(const int8_t* p, __mmask64 k) {
   return _mm512_maskz_loadu_epi8(k, p);
