@@ -62,7 +62,9 @@ class QTensor:
         return self.data
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.ops.torchquant.dequantize.default(self.data, self.scale, self.zero_point, self.axis, dtype)
+        # float32 is the op's default: passing None skips a dtype conversion per call (batch 1).
+        return torch.ops.torchquant.dequantize.default(self.data, self.scale, self.zero_point, self.axis,
+                                                       None if dtype is torch.float32 else dtype)
 
     def qscheme(self):
         return torch.per_tensor_affine if self.axis is None else torch.per_channel_affine
