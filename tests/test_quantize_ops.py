@@ -270,6 +270,21 @@ def test_choose_qparams_degenerate_ranges():
     (lambda: torchquant.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.float32), "argument 'dtype' must be"),
     (lambda: ops.choose_qparams(torch.zeros(2), torch.zeros(3), -128, 127), "must have the same shape"),
     (lambda: torchquant.set_cpu_isa("sse9"), "unknown CPU ISA 'sse9'"),
+    # learnable fake-quantize: the backward broadcast a mis-shaped grad, and read a zero or
+    # NaN scale into gradients; a NaN zero point was reported as -2147483648
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(1), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127), r"argument 'grad' must have the shape of x \[4, 5\], got \[1\]"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127), r"argument 'grad' must have the shape of x"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5, dtype=torch.int64), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127), "argument 'grad' must be a floating-point tensor, got dtype Long"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.0]), torch.tensor([0.0]), None, -128, 127), "argument 'scale' must be > 0 and finite, got 0"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1, -1.0, 0.1, 0.1, 0.1]), torch.zeros(5), 1, -128, 127), "argument 'scale' must be > 0 and finite, got -1 at channel 1"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -2 ** 40, 2 ** 40), r"arguments 'qmin'/'qmax' must lie in \[-2\^23, 2\^23\]"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127, float("nan")), "argument 'grad_factor' must be finite, got nan"),
+    (lambda: ops.fake_quantize_learnable(torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([float("nan")]), None, -128, 127), "argument 'zero_point' must not be NaN"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([float("nan")]), None, -128, 127), "argument 'zero_point' must not be NaN"),
+    # choose_qparams: zero points are int32; eps becomes a float32 tensor
+    (lambda: ops.choose_qparams(torch.tensor([-1.0]), torch.tensor([2.0]), -2 ** 40, 2 ** 40), r"arguments 'qmin'/'qmax' must lie in \[-2\^31, 2\^31 - 1\]"),
+    (lambda: ops.choose_qparams(torch.tensor([-1.0]), torch.tensor([2.0]), 0, 2 ** 31), r"arguments 'qmin'/'qmax' must lie in \[-2\^31, 2\^31 - 1\]"),
+    (lambda: ops.choose_qparams(torch.tensor([-1.0]), torch.tensor([2.0]), 0, 255, False, 1e300), r"argument 'eps' must be > 0 and finite in float32, got 1e\+300"),
 ])
 def test_bad_input_errors_name_the_argument(call, match):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
