@@ -319,6 +319,28 @@ def test_in_place_arguments_must_not_share_memory():
     assert buf.tolist() == [-1.0, 2.0]
 
 
+@pytest.mark.parametrize("meta", ["running_min", "running_max", "nonfinite_count", "hist", "min_val", "max_val", "new_min"])
+def test_one_meta_argument_is_an_error(meta):
+    # A meta tensor among CPU ones sends the call to the fake kernel (Meta outranks CPU): the
+    # in-place ops returned having updated nothing.
+    x = torch.randn(10)
+    if meta in ("running_min", "running_max", "nonfinite_count"):
+        a = dict(zip(("running_min", "running_max", "nonfinite_count"), _fresh()))
+        a[meta] = a[meta].to("meta")
+        with pytest.raises(RuntimeError, match=f"argument '{meta}' is on meta but 'x' is on cpu"):
+            ops.observe_minmax_(a["running_min"], a["running_max"], a["nonfinite_count"], x, None, None)
+        return
+    mn, mx, cnt = _fresh()
+    a = dict(hist=torch.zeros(8), min_val=mn, max_val=mx, new_min=torch.tensor(-1.0))
+    a[meta] = a[meta].to("meta")
+    if meta != "new_min":
+        with pytest.raises(RuntimeError, match=f"argument '{meta}' is on meta but 'x' is on cpu"):
+            ops.histogram_(a["hist"], a["min_val"], a["max_val"], cnt, x)
+    if meta != "hist":
+        with pytest.raises(RuntimeError, match=f"argument '{meta}' is on meta but 'hist' is on cpu"):
+            ops.histogram_rebin(a["hist"], a["min_val"], a["max_val"], a["new_min"], torch.tensor(1.0))
+
+
 def test_opcheck():
     x = torch.randn(6, 40)
     torch.library.opcheck(ops.aminmax, (x, None))

@@ -291,6 +291,27 @@ def test_bad_input_errors_name_the_argument(call, match):
         call()
 
 
+@pytest.mark.parametrize("meta", ["scale", "zero_point", "grad"])
+def test_one_meta_argument_is_an_error(meta):
+    # A meta tensor among CPU ones sends the call to the fake kernel (Meta outranks CPU), which
+    # returned an uninitialized CPU tensor as the result.
+    args = dict(x=torch.randn(4, 5), scale=torch.tensor([0.1]), zero_point=torch.tensor([0], dtype=torch.int32),
+                grad=torch.randn(4, 5))
+    args[meta] = args[meta].to("meta")
+    x, s, z, g = args["x"], args["scale"], args["zero_point"], args["grad"]
+    match = f"argument '{meta}' is on meta but '(x|q)' is on cpu"
+    with pytest.raises(RuntimeError, match=match):
+        ops.fake_quantize_backward(g, x, s, z, None, -128, 127)
+    if meta == "grad":
+        return
+    with pytest.raises(RuntimeError, match=match):
+        ops.quantize(x, s, z, None, -128, 127, torch.int8)
+    with pytest.raises(RuntimeError, match=match):
+        ops.dequantize(torch.zeros(4, 5, dtype=torch.int8), s, z, None)
+    with pytest.raises(RuntimeError, match=match):
+        ops.fake_quantize(x, s, z, None, -128, 127)
+
+
 # ---------------------------------------------------------------- torch integration
 def _opcheck_samples():
     x = torch.randn(6, 5)
