@@ -508,6 +508,22 @@ def test_constructor_errors():
         tqo.PercentileObserver(percentile=20)
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(scale=0.0, zero_point=0), "argument 'scale' must be > 0 and finite, got 0.0"),
+    (dict(scale=float("nan"), zero_point=0), "argument 'scale' must be > 0 and finite, got nan"),
+    (dict(scale=-0.5, zero_point=0), "argument 'scale' must be > 0 and finite, got -0.5"),
+    (dict(scale=0.1, zero_point=1000), r"argument 'zero_point' must lie in \[0, 255\], got 1000"),
+    (dict(scale=0.1, zero_point=0.5), "argument 'zero_point' must be an integer, got 0.5"),
+    (dict(scale=0.1, zero_point=0, quant_min=10, quant_max=0), "quant_min must be < quant_max"),
+])
+def test_fixed_qparams_observer_checks_its_qparams(kw, match):
+    # They were returned as given: a zero or NaN scale out of an observer.
+    with pytest.raises(ValueError, match=match):
+        tqo.FixedQParamsObserver(**kw)
+    obs = tqo.FixedQParamsObserver(scale=2.0 / 256.0, zero_point=128)
+    assert obs.calculate_qparams()[1].item() == 128
+
+
 # ---------------------------------------------------------------- data edge cases
 @pytest.mark.parametrize("cls", [tqo.MinMaxObserver, tqo.MovingAverageMinMaxObserver, tqo.HistogramObserver,
                                  tqo.PerChannelMinMaxObserver, tqo.PercentileObserver, tqo.MSEObserver])

@@ -291,6 +291,33 @@ def test_bad_input_errors_name_the_argument(call, match):
         call()
 
 
+def test_python_number_qparams_are_checked():
+    # An integer argument given a float was truncated (zero_point 0.5 became 0); one past int32
+    # failed inside torch.tensor without naming the argument.
+    x = torch.randn(4, 5)
+    with pytest.raises(TypeError, match="argument 'zero_point' must be an integer or a tensor, got float 0.5"):
+        torchquant.quantize_per_tensor(x, 0.1, 0.5, torch.qint8)
+    with pytest.raises(TypeError, match="argument 'zero_point' must be an integer or a tensor, got float 2.0"):
+        torchquant.fake_quantize_per_tensor_affine(x, 0.1, 2.0, -128, 127)
+    with pytest.raises(TypeError, match="argument 'zero_point' must be an integer or a tensor, got bool"):
+        torchquant.quantize_per_tensor(x, 0.1, True, torch.quint8)
+    for zp in (2 ** 40, 2 ** 63):
+        with pytest.raises(ValueError, match=f"argument 'zero_point' must lie in the int32 range, got {zp}"):
+            torchquant.quantize_per_tensor(x, 0.1, zp, torch.qint8)
+    w = torch.ones(4, 8, dtype=torch.int8)
+    wp, cs = torchquant.pack_weight(w)
+    q = torch.ones(2, 8, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="argument 'x_zero_point' must be an integer or a tensor, got float 3.5"):
+        torchquant.linear_int8(q, 0.1, 3.5, wp, cs, torch.ones(4))
+    with pytest.raises(TypeError, match="argument 'out_zero_point' must be an integer or a tensor, got float 1.5"):
+        torchquant.linear_int8(q, 0.1, 3, wp, cs, torch.ones(4), out_scale=0.1, out_zero_point=1.5,
+                               out_dtype=torch.uint8)
+    with pytest.raises(TypeError, match="argument 'x_scale' must be a number or a tensor, got str"):
+        torchquant.linear_int8(q, "0.1", 3, wp, cs, torch.ones(4))
+    # integral values of either type still work
+    assert torchquant.quantize_per_tensor(x, 1, 3, torch.qint8).q_zero_point() == 3
+
+
 @pytest.mark.parametrize("meta", ["scale", "zero_point", "grad"])
 def test_one_meta_argument_is_an_error(meta):
     # A meta tensor among CPU ones sends the call to the fake kernel (Meta outranks CPU), which
