@@ -6,6 +6,9 @@
 #include <torch/library.h>
 
 #include <cfloat>
+#include <cmath>
+#include <limits>
+#include <string>
 
 #include "common/checks.h"
 #include "ops.h"
@@ -21,19 +24,46 @@ at::Tensor broadcastable(const at::Tensor& t, const at::Tensor& x, int64_t axis)
   return t.reshape(shape);
 }
 
+// Values can be read without a device sync: CPU tensors with data (not the FakeTensors that
+// torch.compile traces with, which carry the Python dispatch key).
+bool values_on_host(const at::Tensor& t) {
+  return t.device().is_cpu() && !t.key_set().has(c10::DispatchKey::Python);
+}
+
 void check_learnable_args(const at::Tensor& x, const at::Tensor& scale,
-                          const at::Tensor& zero_point, int64_t axis, int64_t qmin, int64_t qmax) {
+                          const at::Tensor& zero_point, int64_t axis, int64_t qmin, int64_t qmax,
+                          double grad_factor) {
   check_float_input(x, "x");
   check_float_input(scale, "scale");
   TORCH_CHECK(zero_point.defined(), "argument 'zero_point' must be a tensor, got None");
   check_same_device(x, "x", scale, "scale");
   check_same_device(x, "x", zero_point, "zero_point");
-  TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
+  check_fake_qrange(qmin, qmax);
+  TORCH_CHECK(std::isfinite(grad_factor), "argument 'grad_factor' must be finite, got ", grad_factor);
   const int64_t channels = axis < 0 ? 1 : x.size(axis);
   TORCH_CHECK(scale.numel() == channels, "argument 'scale' must have ", channels,
               " element(s), got ", scale.numel());
   TORCH_CHECK(zero_point.numel() == channels, "argument 'zero_point' must have ", channels,
               " element(s), got ", zero_point.numel());
+  // The forward's fake_quantize checks the scale too, but the backward divides by it, and a NaN
+  // zero point would reach a float-to-int conversion. Checked on the CPU only, as
+  // prepare_qparams does: elsewhere a check would cost a device sync.
+  if (values_on_host(scale)) {
+    const at::Tensor s = scale.detach().to(at::kFloat).contiguous();
+    const float* ps = s.const_data_ptr<float>();
+    for (int64_t c = 0; c < channels; ++c) {
+      TORCH_CHECK(std::isfinite(ps[c]) && ps[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
+                  ps[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
+    }
+  }
+  if (values_on_host(zero_point) && at::isFloatingType(zero_point.scalar_type())) {
+    const at::Tensor z = zero_point.detach().to(at::kFloat).contiguous();
+    const float* pz = z.const_data_ptr<float>();
+    for (int64_t c = 0; c < channels; ++c) {
+      TORCH_CHECK(!std::isnan(pz[c]), "argument 'zero_point' must not be NaN, got ", pz[c],
+                  channels > 1 ? " at channel " + std::to_string(c) : std::string());
+    }
+  }
 }
 
 at::Tensor rounded_zero_point(const at::Tensor& zero_point, int64_t qmin, int64_t qmax) {
@@ -45,9 +75,8 @@ at::Tensor rounded_zero_point(const at::Tensor& zero_point, int64_t qmin, int64_
 at::Tensor fake_quantize_learnable(const at::Tensor& x, const at::Tensor& scale,
                                    const at::Tensor& zero_point, std::optional<int64_t> axis,
                                    int64_t qmin, int64_t qmax, double grad_factor) {
-  (void)grad_factor;  // used by the backward only
   const int64_t a = normalize_axis(axis, x, "x");
-  check_learnable_args(x, scale, zero_point, a, qmin, qmax);
+  check_learnable_args(x, scale, zero_point, a, qmin, qmax, grad_factor);  // grad_factor: backward
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchquant::fake_quantize", "")
                        .typed<decltype(fake_quantize_cpu)>();  // the op's signature
@@ -60,7 +89,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward(
     const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin, int64_t qmax,
     double grad_factor) {
   const int64_t a = normalize_axis(axis, x, "x");
-  check_learnable_args(x, scale, zero_point, a, qmin, qmax);
+  check_learnable_args(x, scale, zero_point, a, qmin, qmax, grad_factor);
+  check_grad_like(grad, x);
   const at::Tensor xf = x.to(at::kFloat), g = grad.to(at::kFloat);
   const at::Tensor s = broadcastable(scale.to(at::kFloat), xf, a);
   const at::Tensor zp = broadcastable(rounded_zero_point(zero_point, qmin, qmax), xf, a);
@@ -101,7 +131,12 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
   TORCH_CHECK(min_val.sizes() == max_val.sizes(), "arguments 'min_val' ", min_val.sizes(),
               " and 'max_val' ", max_val.sizes(), " must have the same shape");
   TORCH_CHECK(qmin < qmax, "argument 'qmin' must be < qmax, got qmin=", qmin, " qmax=", qmax);
-  TORCH_CHECK(eps > 0 && std::isfinite(eps), "argument 'eps' must be > 0 and finite, got ", eps);
+  // The zero point is int32; past that range the int32 tensor arithmetic below would wrap.
+  TORCH_CHECK(qmin >= std::numeric_limits<int32_t>::min() && qmax <= std::numeric_limits<int32_t>::max(),
+              "arguments 'qmin'/'qmax' must lie in [-2^31, 2^31 - 1] (zero points are int32), got [",
+              qmin, ", ", qmax, "]");
+  // eps becomes a float32 tensor: a larger one would be +inf.
+  TORCH_CHECK(eps > 0 && eps <= FLT_MAX, "argument 'eps' must be > 0 and finite in float32, got ", eps);
   TORCH_CHECK(!symmetric || (symmetric_zero_point >= qmin && symmetric_zero_point <= qmax),
               "argument 'symmetric_zero_point' must lie in [", qmin, ", ", qmax, "], got ",
               symmetric_zero_point);

@@ -234,6 +234,54 @@ def test_fuse_modules_linear_relu():
         torchquant.fuse_modules(m, ["relu1", "fc2"])
 
 
+def test_fuse_modules_index_out_of_range_names_the_group():
+    m = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(ValueError, match=r"fuse_modules: cannot find module .*index 5.* in group \['0', '5'\]"):
+        torchquant.fuse_modules(m, ["0", "5"])
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_linear_with_no_inputs_or_no_outputs_converts():
+    # An empty weight has nothing to quantize: its observer saw no data and convert raised
+    # "run calibration data through the model", which no calibration could satisfy.
+    for k, n in ((0, 3), (4, 0)):
+        m = nn.Sequential(nn.Linear(k, n)).eval()
+        x = torch.randn(2, k)
+        d = torchquant.quantize_dynamic(m)
+        assert type(d[0]) is nnq.DynamicLinear
+        torch.testing.assert_close(d(x), m(x))  # in_features=0: the bias alone
+        # per-tensor weights too
+        d = torchquant.quantize_dynamic(m, {nn.Linear: torchquant.default_qconfig})
+        torch.testing.assert_close(d(x), m(x))
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_fake_quantize_passes_empty_batches(learnable):
+    # An empty batch has no statistics: FakeQuantize raised "observed no finite data" on it in
+    # training (an empty last batch, or a layer that saw no tokens), or a shape error later.
+    cls = torchquant.LearnableFakeQuantize if learnable else torchquant.FakeQuantize
+    for kw in ({}, dict(observer=torchquant.observer.MovingAveragePerChannelMinMaxObserver, quant_min=-128,
+                        quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=1)):
+        fq = cls(**kw)
+        for shape in ((0, 5), (5, 0)):
+            x = torch.zeros(shape, requires_grad=True)
+            y = fq(x)
+            assert y.shape == x.shape
+            y.sum().backward()
+        x = torch.randn(4, 5)
+        assert fq(x).shape == x.shape  # and data afterwards still works
+        assert fq(torch.zeros(0, 5)).shape == (0, 5)
+
+
+def test_learnable_fake_quantize_quant_max_zero():
+    # LSQ's gradient scale 1 / sqrt(numel * quant_max) divided by zero for quant_max = 0.
+    fq = torchquant.LearnableFakeQuantize(quant_min=-128, quant_max=0, dtype=torch.qint8)
+    x = torch.randn(8, 4) - 2
+    y = fq(x)
+    y.sum().backward()
+    assert torch.isfinite(fq.scale.grad).all()
+
+
 def test_nested_sequential_and_modulelist():
     torch.manual_seed(4)
 

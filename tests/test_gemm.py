@@ -604,6 +604,28 @@ def test_packed_weight_from_another_device():
             ops.linear_int8(x, *args, wp.cuda(), cs, torch.ones(4), None, None, None, False, None)
 
 
+@pytest.mark.parametrize("meta", ["x_scale", "x_zero_point", "w_scale", "bias", "out_scale", "out_zero_point", "b"])
+def test_one_meta_argument_is_an_error(meta):
+    # A meta tensor among CPU ones sends the call to the fake kernel (Meta outranks CPU): it
+    # returned an uninitialized CPU tensor as the result, or nothing at all for the in-place ops.
+    wp, cs = ops.pack_weight(torch.ones(4, 8, dtype=torch.int8))
+    args = dict(x=torch.ones(2, 8, dtype=torch.uint8), x_scale=torch.tensor([1.0]),
+                x_zero_point=torch.tensor([0], dtype=torch.int32), w_scale=torch.ones(4), bias=torch.ones(4),
+                out_scale=torch.tensor([1.0]), out_zero_point=torch.tensor([0], dtype=torch.int32))
+    match = f"argument '{meta}' is on meta but '(x|a)' is on cpu"
+    if meta == "b":
+        with pytest.raises(RuntimeError, match=match):
+            ops.int8_mm(torch.ones(2, 8, dtype=torch.int8), torch.ones(8, 3, dtype=torch.int8, device="meta"))
+        return
+    args[meta] = args[meta].to("meta")
+    with pytest.raises(RuntimeError, match=match):
+        ops.linear_int8(args["x"], args["x_scale"], args["x_zero_point"], wp, cs, args["w_scale"], args["bias"],
+                        args["out_scale"], args["out_zero_point"], False, torch.uint8)
+    if meta in ("w_scale", "bias"):
+        with pytest.raises(RuntimeError, match=match):
+            ops.linear_dynamic(torch.ones(2, 8), wp, cs, args["w_scale"], args["bias"], False)
+
+
 def test_k_past_the_bound():
     k = KMAX + 1
     with pytest.raises(RuntimeError, match=f"inner dimension K of 'a' is {k}, past the largest K \\({KMAX}\\)"):

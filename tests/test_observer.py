@@ -238,6 +238,109 @@ def test_op_argument_errors():
         ops.histogram_(torch.zeros(8), mn, mx, cnt, x, 0)
 
 
+_GENERIC = torch._C.DispatchKeySet("CompositeExplicitAutograd")
+
+
+@pytest.mark.parametrize("bins", [1, 7, 2048])
+def test_histogram_range_too_narrow_for_float32(isa, bins):
+    # bins / (hi - lo) overflows float32 for a range of a few subnormals: inv_width is +inf and
+    # the value at lo gives 0 * inf = NaN, which goes to bin 0 (converting it to an int would
+    # be undefined behaviour: an index far outside the histogram). Also reached through a
+    # rebin from a one-point range onto such a range.
+    for first in (None, torch.tensor([0.0, 0.0])):
+        got = (torch.zeros(bins),) + _fresh()
+        want = (torch.zeros(bins),) + _fresh()
+        gen = (torch.zeros(bins),) + _fresh()
+        for x in ([first] if first is not None else []) + [torch.tensor([0.0, 1e-40, 5e-41] * 7 + [1e-45])]:
+            ops.histogram_(*got, x)
+            reference.histogram_(*want, x)
+            ops.histogram_.default.redispatch(_GENERIC, *gen, x)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert all(torch.equal(g, w) for g, w in zip(gen, want))
+        assert float(got[0].sum()) == 22 + (2 if first is not None else 0)
+    obs = tqo.HistogramObserver()
+    obs(torch.tensor([0.0, 1e-40, 5e-41]))
+    scale, _ = obs.calculate_qparams()
+    assert torch.isfinite(scale).all() and (scale > 0).all()
+
+
+@pytest.mark.parametrize("lo,hi", [(NAN, 1.0), (0.0, NAN), (-INF, 1.0), (0.0, INF), (5.0, -5.0)])
+def test_histogram_corrupt_range_is_an_error(lo, hi):
+    # Anything but (+inf, -inf) or a finite lo <= hi cannot be a histogram's range: a NaN or an
+    # infinite end would reach the rebin's float-to-int conversions.
+    hist = torch.ones(8)
+    for call in (ops.histogram_, lambda *a: ops.histogram_.default.redispatch(_GENERIC, *a)):
+        state = (hist.clone(), torch.tensor(lo), torch.tensor(hi), torch.zeros(2, dtype=torch.int64))
+        with pytest.raises(RuntimeError, match=r"arguments 'min_val'/'max_val' must hold a finite range"):
+            call(*state, torch.tensor([0.0, 2.0]))
+        assert torch.equal(state[0], hist) and state[3].tolist() == [0, 0]  # nothing written
+    with pytest.raises(RuntimeError, match=r"arguments 'min_val'/'max_val' must hold a finite range"):
+        ops.histogram_rebin(hist, torch.tensor(lo), torch.tensor(hi), torch.tensor(-10.0), torch.tensor(10.0))
+
+
+def test_upsample_rate_bound():
+    # bins * upsample_rate parts: past 2^31 - 1 the count overflowed int64 (a histogram of zeros
+    # came back) or the rebin ran for minutes.
+    hist = torch.ones(4)
+    args = (hist, torch.tensor(0.0), torch.tensor(1.0), torch.tensor(-1.0), torch.tensor(1.0))
+    for up in (2 ** 62, 2 ** 40, 2 ** 31 // 4 + 1):
+        with pytest.raises(RuntimeError, match=r"argument 'upsample_rate' must be at most 536870911 for 4 bins"):
+            ops.histogram_rebin(*args, up)
+        state = (torch.zeros(4),) + _fresh()
+        ops.histogram_(*state, torch.tensor([0.0, 1.0]))
+        with pytest.raises(RuntimeError, match=r"argument 'upsample_rate' must be at most"):
+            ops.histogram_(*state, torch.tensor([-3.0, 2.0]), up)
+    assert float(ops.histogram_rebin(*args, 2 ** 31 // 4 - 1).sum()) == 4.0
+
+
+def test_in_place_arguments_must_not_share_memory():
+    # A shared buffer made the second write overwrite the first (running_min == running_max ==
+    # max), or cleared x before it was counted (hist is x).
+    x = torch.tensor([-1.0, 2.0])
+    t = torch.tensor([INF])
+    with pytest.raises(RuntimeError, match="arguments 'running_min' and 'running_max' share memory"):
+        ops.observe_minmax_(t, t, torch.zeros(2, dtype=torch.int64), x, None, None)
+    buf = torch.tensor([INF, -INF])
+    with pytest.raises(RuntimeError, match="arguments 'running_min' and 'x' share memory"):
+        ops.observe_minmax_(buf[:1], torch.tensor([-INF]), torch.zeros(2, dtype=torch.int64), buf, None, None)
+    for call in (ops.histogram_, lambda *a: ops.histogram_.default.redispatch(_GENERIC, *a)):
+        h = torch.arange(8.0)
+        with pytest.raises(RuntimeError, match="arguments 'hist' and 'x' share memory"):
+            call(h, torch.tensor(INF), torch.tensor(-INF), torch.zeros(2, dtype=torch.int64), h)
+        with pytest.raises(RuntimeError, match="arguments 'hist' and 'x' share memory"):
+            call(h, torch.tensor(INF), torch.tensor(-INF), torch.zeros(2, dtype=torch.int64), h[::2])
+        assert torch.equal(h, torch.arange(8.0))
+        m = torch.tensor(INF)
+        with pytest.raises(RuntimeError, match="arguments 'min_val' and 'max_val' share memory"):
+            call(torch.zeros(8), m, m, torch.zeros(2, dtype=torch.int64), x)
+    # Separate tensors, and views of one buffer that do not overlap, are fine.
+    buf = torch.tensor([INF, -INF])
+    ops.observe_minmax_(buf[:1], buf[1:], torch.zeros(2, dtype=torch.int64), x, None, None)
+    assert buf.tolist() == [-1.0, 2.0]
+
+
+@pytest.mark.parametrize("meta", ["running_min", "running_max", "nonfinite_count", "hist", "min_val", "max_val", "new_min"])
+def test_one_meta_argument_is_an_error(meta):
+    # A meta tensor among CPU ones sends the call to the fake kernel (Meta outranks CPU): the
+    # in-place ops returned having updated nothing.
+    x = torch.randn(10)
+    if meta in ("running_min", "running_max", "nonfinite_count"):
+        a = dict(zip(("running_min", "running_max", "nonfinite_count"), _fresh()))
+        a[meta] = a[meta].to("meta")
+        with pytest.raises(RuntimeError, match=f"argument '{meta}' is on meta but 'x' is on cpu"):
+            ops.observe_minmax_(a["running_min"], a["running_max"], a["nonfinite_count"], x, None, None)
+        return
+    mn, mx, cnt = _fresh()
+    a = dict(hist=torch.zeros(8), min_val=mn, max_val=mx, new_min=torch.tensor(-1.0))
+    a[meta] = a[meta].to("meta")
+    if meta != "new_min":
+        with pytest.raises(RuntimeError, match=f"argument '{meta}' is on meta but 'x' is on cpu"):
+            ops.histogram_(a["hist"], a["min_val"], a["max_val"], cnt, x)
+    if meta != "hist":
+        with pytest.raises(RuntimeError, match=f"argument '{meta}' is on meta but 'hist' is on cpu"):
+            ops.histogram_rebin(a["hist"], a["min_val"], a["max_val"], a["new_min"], torch.tensor(1.0))
+
+
 def test_opcheck():
     x = torch.randn(6, 40)
     torch.library.opcheck(ops.aminmax, (x, None))
@@ -403,6 +506,22 @@ def test_constructor_errors():
         tqo.MinMaxObserver(qscheme=torch.per_tensor_symmetric, reduce_range=True)
     with pytest.raises(ValueError, match="percentile"):
         tqo.PercentileObserver(percentile=20)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(scale=0.0, zero_point=0), "argument 'scale' must be > 0 and finite, got 0.0"),
+    (dict(scale=float("nan"), zero_point=0), "argument 'scale' must be > 0 and finite, got nan"),
+    (dict(scale=-0.5, zero_point=0), "argument 'scale' must be > 0 and finite, got -0.5"),
+    (dict(scale=0.1, zero_point=1000), r"argument 'zero_point' must lie in \[0, 255\], got 1000"),
+    (dict(scale=0.1, zero_point=0.5), "argument 'zero_point' must be an integer, got 0.5"),
+    (dict(scale=0.1, zero_point=0, quant_min=10, quant_max=0), "quant_min must be < quant_max"),
+])
+def test_fixed_qparams_observer_checks_its_qparams(kw, match):
+    # They were returned as given: a zero or NaN scale out of an observer.
+    with pytest.raises(ValueError, match=match):
+        tqo.FixedQParamsObserver(**kw)
+    obs = tqo.FixedQParamsObserver(scale=2.0 / 256.0, zero_point=128)
+    assert obs.calculate_qparams()[1].item() == 128
 
 
 # ---------------------------------------------------------------- data edge cases

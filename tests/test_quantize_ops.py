@@ -270,10 +270,73 @@ def test_choose_qparams_degenerate_ranges():
     (lambda: torchquant.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.float32), "argument 'dtype' must be"),
     (lambda: ops.choose_qparams(torch.zeros(2), torch.zeros(3), -128, 127), "must have the same shape"),
     (lambda: torchquant.set_cpu_isa("sse9"), "unknown CPU ISA 'sse9'"),
+    # learnable fake-quantize: the backward broadcast a mis-shaped grad, and read a zero or
+    # NaN scale into gradients; a NaN zero point was reported as -2147483648
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(1), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127), r"argument 'grad' must have the shape of x \[4, 5\], got \[1\]"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127), r"argument 'grad' must have the shape of x"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5, dtype=torch.int64), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127), "argument 'grad' must be a floating-point tensor, got dtype Long"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.0]), torch.tensor([0.0]), None, -128, 127), "argument 'scale' must be > 0 and finite, got 0"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1, -1.0, 0.1, 0.1, 0.1]), torch.zeros(5), 1, -128, 127), "argument 'scale' must be > 0 and finite, got -1 at channel 1"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -2 ** 40, 2 ** 40), r"arguments 'qmin'/'qmax' must lie in \[-2\^23, 2\^23\]"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([0.0]), None, -128, 127, float("nan")), "argument 'grad_factor' must be finite, got nan"),
+    (lambda: ops.fake_quantize_learnable(torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([float("nan")]), None, -128, 127), "argument 'zero_point' must not be NaN"),
+    (lambda: ops.fake_quantize_learnable_backward(torch.ones(4, 5), torch.randn(4, 5), torch.tensor([0.1]), torch.tensor([float("nan")]), None, -128, 127), "argument 'zero_point' must not be NaN"),
+    # choose_qparams: zero points are int32; eps becomes a float32 tensor
+    (lambda: ops.choose_qparams(torch.tensor([-1.0]), torch.tensor([2.0]), -2 ** 40, 2 ** 40), r"arguments 'qmin'/'qmax' must lie in \[-2\^31, 2\^31 - 1\]"),
+    (lambda: ops.choose_qparams(torch.tensor([-1.0]), torch.tensor([2.0]), 0, 2 ** 31), r"arguments 'qmin'/'qmax' must lie in \[-2\^31, 2\^31 - 1\]"),
+    (lambda: ops.choose_qparams(torch.tensor([-1.0]), torch.tensor([2.0]), 0, 255, False, 1e300), r"argument 'eps' must be > 0 and finite in float32, got 1e\+300"),
 ])
 def test_bad_input_errors_name_the_argument(call, match):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
         call()
+
+
+def test_python_number_qparams_are_checked():
+    # An integer argument given a float was truncated (zero_point 0.5 became 0); one past int32
+    # failed inside torch.tensor without naming the argument.
+    x = torch.randn(4, 5)
+    with pytest.raises(TypeError, match="argument 'zero_point' must be an integer or a tensor, got float 0.5"):
+        torchquant.quantize_per_tensor(x, 0.1, 0.5, torch.qint8)
+    with pytest.raises(TypeError, match="argument 'zero_point' must be an integer or a tensor, got float 2.0"):
+        torchquant.fake_quantize_per_tensor_affine(x, 0.1, 2.0, -128, 127)
+    with pytest.raises(TypeError, match="argument 'zero_point' must be an integer or a tensor, got bool"):
+        torchquant.quantize_per_tensor(x, 0.1, True, torch.quint8)
+    for zp in (2 ** 40, 2 ** 63):
+        with pytest.raises(ValueError, match=f"argument 'zero_point' must lie in the int32 range, got {zp}"):
+            torchquant.quantize_per_tensor(x, 0.1, zp, torch.qint8)
+    w = torch.ones(4, 8, dtype=torch.int8)
+    wp, cs = torchquant.pack_weight(w)
+    q = torch.ones(2, 8, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="argument 'x_zero_point' must be an integer or a tensor, got float 3.5"):
+        torchquant.linear_int8(q, 0.1, 3.5, wp, cs, torch.ones(4))
+    with pytest.raises(TypeError, match="argument 'out_zero_point' must be an integer or a tensor, got float 1.5"):
+        torchquant.linear_int8(q, 0.1, 3, wp, cs, torch.ones(4), out_scale=0.1, out_zero_point=1.5,
+                               out_dtype=torch.uint8)
+    with pytest.raises(TypeError, match="argument 'x_scale' must be a number or a tensor, got str"):
+        torchquant.linear_int8(q, "0.1", 3, wp, cs, torch.ones(4))
+    # integral values of either type still work
+    assert torchquant.quantize_per_tensor(x, 1, 3, torch.qint8).q_zero_point() == 3
+
+
+@pytest.mark.parametrize("meta", ["scale", "zero_point", "grad"])
+def test_one_meta_argument_is_an_error(meta):
+    # A meta tensor among CPU ones sends the call to the fake kernel (Meta outranks CPU), which
+    # returned an uninitialized CPU tensor as the result.
+    args = dict(x=torch.randn(4, 5), scale=torch.tensor([0.1]), zero_point=torch.tensor([0], dtype=torch.int32),
+                grad=torch.randn(4, 5))
+    args[meta] = args[meta].to("meta")
+    x, s, z, g = args["x"], args["scale"], args["zero_point"], args["grad"]
+    match = f"argument '{meta}' is on meta but '(x|q)' is on cpu"
+    with pytest.raises(RuntimeError, match=match):
+        ops.fake_quantize_backward(g, x, s, z, None, -128, 127)
+    if meta == "grad":
+        return
+    with pytest.raises(RuntimeError, match=match):
+        ops.quantize(x, s, z, None, -128, 127, torch.int8)
+    with pytest.raises(RuntimeError, match=match):
+        ops.dequantize(torch.zeros(4, 5, dtype=torch.int8), s, z, None)
+    with pytest.raises(RuntimeError, match=match):
+        ops.fake_quantize(x, s, z, None, -128, 127)
 
 
 # ---------------------------------------------------------------- torch integration

@@ -3,8 +3,10 @@
 #include "common/observe_checks.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <limits>
 
 #include "common/checks.h"
@@ -49,7 +51,47 @@ void check_histogram_args(const at::Tensor& hist, const at::Tensor& min_val,
   check_same_device(x, "x", hist, "hist");
   check_running(min_val, "min_val", x, 1);
   check_running(max_val, "max_val", x, 1);
+  check_upsample_rate(upsample_rate, hist.numel());
+}
+
+void check_upsample_rate(int64_t upsample_rate, int64_t bins) {
   TORCH_CHECK(upsample_rate >= 1, "argument 'upsample_rate' must be >= 1, got ", upsample_rate);
+  constexpr int64_t kMaxParts = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(upsample_rate <= kMaxParts / bins, "argument 'upsample_rate' must be at most ",
+              kMaxParts / bins, " for ", bins, " bins (bins * upsample_rate <= 2^31 - 1), got ",
+              upsample_rate);
+}
+
+void check_histogram_range(float lo, float hi) {
+  const float inf = std::numeric_limits<float>::infinity();
+  TORCH_CHECK(lo == inf || hi == -inf || (std::isfinite(lo) && std::isfinite(hi) && lo <= hi),
+              "arguments 'min_val'/'max_val' must hold a finite range with min_val <= max_val, or "
+              "(+inf, -inf) for an empty histogram, got [", lo, ", ", hi, "]");
+}
+
+void check_no_overlap(const at::Tensor& out, const char* out_name, const at::Tensor& other,
+                      const char* other_name) {
+  const at::MemOverlapStatus s = at::get_overlap_status(out, other);
+  // TooHard: a layout ATen does not compare (non-dense); sharing a storage then counts as overlap.
+  const bool overlap = s == at::MemOverlapStatus::Full || s == at::MemOverlapStatus::Partial ||
+                       (s == at::MemOverlapStatus::TooHard && out.storage().is_alias_of(other.storage()));
+  TORCH_CHECK(!overlap, "arguments '", out_name, "' and '", other_name, "' share memory; '",
+              out_name, "' is written by this op and must not overlap any other argument");
+}
+
+void check_histogram_no_overlap(const at::Tensor& hist, const at::Tensor& min_val,
+                                const at::Tensor& max_val, const at::Tensor& nonfinite_count,
+                                const at::Tensor& x) {
+  check_no_overlap(hist, "hist", min_val, "min_val");
+  check_no_overlap(hist, "hist", max_val, "max_val");
+  check_no_overlap(hist, "hist", nonfinite_count, "nonfinite_count");
+  check_no_overlap(hist, "hist", x, "x");
+  check_no_overlap(min_val, "min_val", max_val, "max_val");
+  check_no_overlap(min_val, "min_val", nonfinite_count, "nonfinite_count");
+  check_no_overlap(min_val, "min_val", x, "x");
+  check_no_overlap(max_val, "max_val", nonfinite_count, "nonfinite_count");
+  check_no_overlap(max_val, "max_val", x, "x");
+  check_no_overlap(nonfinite_count, "nonfinite_count", x, "x");
 }
 
 int64_t check_observe_minmax_args(const at::Tensor& running_min, const at::Tensor& running_max,
@@ -63,6 +105,12 @@ int64_t check_observe_minmax_args(const at::Tensor& running_min, const at::Tenso
   check_running(running_max, "running_max", x, C);
   check_counts(nonfinite_count, x);
   check_averaging_constant(averaging_constant);
+  check_no_overlap(running_min, "running_min", running_max, "running_max");
+  check_no_overlap(running_min, "running_min", nonfinite_count, "nonfinite_count");
+  check_no_overlap(running_min, "running_min", x, "x");
+  check_no_overlap(running_max, "running_max", nonfinite_count, "nonfinite_count");
+  check_no_overlap(running_max, "running_max", x, "x");
+  check_no_overlap(nonfinite_count, "nonfinite_count", x, "x");
   return a;
 }
 

@@ -341,14 +341,16 @@ void histogram_cpu(const at::Tensor& hist, const at::Tensor& min_val, const at::
   check_float_input(x, "x");
   check_histogram_args(hist, min_val, max_val, x, upsample_rate);
   check_counts(nonfinite_count, x);
+  check_histogram_no_overlap(hist, min_val, max_val, nonfinite_count, x);
+  float* plo = min_val.data_ptr<float>();
+  float* phi = max_val.data_ptr<float>();
+  check_histogram_range(*plo, *phi);
   const at::Tensor xc = as_float_contiguous(x);
   const MinMax r = reduce_minmax_cpu(xc, -1, /*skip_inf=*/true);
   int64_t* cnt = nonfinite_count.data_ptr<int64_t>();
   cnt[0] += r.nan;
   cnt[1] += r.inf;
   if (!(r.mn[0] <= r.mx[0])) return;  // nothing finite
-  float* plo = min_val.data_ptr<float>();
-  float* phi = max_val.data_ptr<float>();
   const int64_t bins = hist.numel();
   const bool seen = !(*plo == kInf || *phi == -kInf);
   const float lo = seen ? std::min(*plo, r.mn[0]) : r.mn[0];
@@ -451,12 +453,14 @@ void histogram_generic(const at::Tensor& hist, const at::Tensor& min_val,
   check_float_input(x, "x");
   check_histogram_args(hist, min_val, max_val, x, upsample_rate);
   check_counts(nonfinite_count, x);
+  check_histogram_no_overlap(hist, min_val, max_val, nonfinite_count, x);
+  // The range logic reads a few scalars on the host, as torch.ao's observer does.
+  const float plo = min_val.item<float>(), phi = max_val.item<float>();
+  check_histogram_range(plo, phi);
   auto [cmn, cmx, counts] = reduce_minmax_generic(x, -1, /*skip_inf=*/true);
   nonfinite_count.add_(counts.reshape(nonfinite_count.sizes()));
-  // The range logic reads a few scalars on the host, as torch.ao's observer does.
   const float xmn = cmn.item<float>(), xmx = cmx.item<float>();
   if (!(xmn <= xmx)) return;
-  const float plo = min_val.item<float>(), phi = max_val.item<float>();
   const int64_t bins = hist.numel();
   const bool seen = !(plo == kInf || phi == -kInf);
   const float lo = seen ? std::min(plo, xmn) : xmn;
@@ -473,7 +477,8 @@ void histogram_generic(const at::Tensor& hist, const at::Tensor& min_val,
   } else {
     const float inv = static_cast<float>(static_cast<double>(bins) /
                                          (static_cast<double>(hi) - static_cast<double>(lo)));
-    const at::Tensor idx = ((finite - lo) * inv).clamp(0, bins - 1).to(at::kLong);
+    // NaN (0 * inf: a range too narrow for float32's inv) to bin 0, as cpu::histogram_bin.
+    const at::Tensor idx = ((finite - lo) * inv).nan_to_num(0.0).clamp(0, bins - 1).to(at::kLong);
     hist.add_(at::bincount(idx, {}, bins).to(at::kFloat));
   }
   min_val.fill_(lo);
@@ -490,9 +495,10 @@ at::Tensor histogram_rebin(const at::Tensor& hist, const at::Tensor& min_val,
   check_running(max_val, "max_val", hist, 1);
   check_running(new_min, "new_min", hist, 1);
   check_running(new_max, "new_max", hist, 1);
-  TORCH_CHECK(upsample_rate >= 1, "argument 'upsample_rate' must be >= 1, got ", upsample_rate);
+  check_upsample_rate(upsample_rate, hist.numel());
   const float lo = min_val.item<float>(), hi = max_val.item<float>();
   const float nlo = new_min.item<float>(), nhi = new_max.item<float>();
+  check_histogram_range(lo, hi);
   if (lo == kInf || hi == -kInf) return at::zeros_like(hist);  // nothing seen: nothing to move
   TORCH_CHECK(std::isfinite(nlo) && std::isfinite(nhi) && nlo <= lo && nhi >= hi,
               "arguments 'new_min'/'new_max' must be finite and contain [", lo, ", ", hi,

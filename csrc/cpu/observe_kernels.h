@@ -24,8 +24,8 @@ namespace cpu {
   void minmax_rows__##SUFFIX(const float* x, int64_t rows, int64_t width, int64_t stride,      \
                              bool skip_inf, float* mn, float* mx, int64_t* counts);            \
   /* counts[b] += #finite x with bin b = (int)clamp((x - lo) * inv_width, 0, bins - 1), the  */ \
-  /* float32 product and clamp exactly as written; counts[bins] += #non-finite x. counts    */ \
-  /* has bins + 1 entries.                                                                  */ \
+  /* float32 product and clamp exactly as written (a NaN product, 0 * inf, clamps to 0);     */ \
+  /* counts[bins] += #non-finite x. counts has bins + 1 entries.                            */ \
   void histogram_bins__##SUFFIX(const float* x, int64_t n, float lo, float inv_width,          \
                                 int32_t bins, int64_t* counts);
 
@@ -37,7 +37,10 @@ TQ_DECLARE_OBSERVE_KERNELS(avx2)
 // The one-element bin rule shared by every variant.
 inline int32_t histogram_bin(float x, float lo, float inv_width, int32_t bins) {
   float t = (x - lo) * inv_width;  // >= 0 since lo <= x; +inf only if x - lo overflows
-  t = t < 0.0f ? 0.0f : t;
+  // NaN (x == lo with an infinite inv_width: a range too narrow for float32, hi - lo below
+  // bins / FLT_MAX) goes to bin 0 as the AVX2 kernel's max_ps sends it; converting it would
+  // be undefined behaviour.
+  t = t > 0.0f ? t : 0.0f;
   const float top = static_cast<float>(bins - 1);
   t = t > top ? top : t;
   return static_cast<int32_t>(t);  // t in [0, bins - 1]: the conversion is exact truncation

@@ -17,9 +17,21 @@ def _check_qrange(qmin, qmax):
     torch._check(qmin < qmax, lambda: f"argument 'qmin' must be < qmax, got qmin={qmin} qmax={qmax}")
 
 
+def _check_devices(ref_name, ref, **tensors):
+    """Every tensor argument lies on ref's device, as the real kernels require. A fake kernel
+    also runs when one meta tensor sits among CPU ones (Meta outranks CPU in dispatch): without
+    this check it would hand back an uninitialized CPU tensor, or update nothing in place."""
+    for name, t in tensors.items():
+        if t is not None:
+            torch._check(t.device == ref.device,
+                         lambda: f"argument '{name}' is on {t.device} but '{ref_name}' is on {ref.device}; "
+                                 "they must be on the same device")
+
+
 # ---------------------------------------------------------------- quantize / dequantize
 @torch.library.register_fake("torchquant::quantize")
 def _quantize_fake(x, scale, zero_point, axis, qmin, qmax, dtype):
+    _check_devices("x", x, scale=scale, zero_point=zero_point)
     torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
     _check_qrange(qmin, qmax)
     return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
@@ -27,6 +39,7 @@ def _quantize_fake(x, scale, zero_point, axis, qmin, qmax, dtype):
 
 @torch.library.register_fake("torchquant::dequantize")
 def _dequantize_fake(q, scale, zero_point, axis, out_dtype=None):
+    _check_devices("q", q, scale=scale, zero_point=zero_point)
     torch._check(q.dtype in (torch.int8, torch.uint8), lambda: f"argument 'q' must be int8 or uint8, got {q.dtype}")
     return torch.empty_like(q, dtype=out_dtype or torch.float32, memory_format=torch.contiguous_format)
 
@@ -34,6 +47,7 @@ def _dequantize_fake(q, scale, zero_point, axis, out_dtype=None):
 # ---------------------------------------------------------------- fake quantize
 @torch.library.register_fake("torchquant::fake_quantize")
 def _fake_quantize_fake(x, scale, zero_point, axis, qmin, qmax):
+    _check_devices("x", x, scale=scale, zero_point=zero_point)
     torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
     _check_qrange(qmin, qmax)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -41,6 +55,7 @@ def _fake_quantize_fake(x, scale, zero_point, axis, qmin, qmax):
 
 @torch.library.register_fake("torchquant::fake_quantize_backward")
 def _fake_quantize_backward_fake(grad, x, scale, zero_point, axis, qmin, qmax):
+    _check_devices("x", x, grad=grad, scale=scale, zero_point=zero_point)
     torch._check(grad.shape == x.shape, lambda: f"argument 'grad' must have the shape of x {tuple(x.shape)}")
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
@@ -99,9 +114,7 @@ def packed_weight_shape(n: int, k: int, device="cpu"):
 
 def _check_packed(x, w_packed, w_col_sums):
     k = x.shape[-1]
-    for name, t in (("w_packed", w_packed), ("w_col_sums", w_col_sums)):
-        torch._check(t.device == x.device,
-                     lambda: f"argument '{name}' is on {t.device} but 'x' is on {x.device}; they must be on the same device")
+    _check_devices("x", x, w_packed=w_packed, w_col_sums=w_col_sums)
     torch._check(w_col_sums.dim() == 1 and w_col_sums.dtype == torch.int32,
                  lambda: "argument 'w_col_sums' must be a 1-D int32 tensor")
     n = w_col_sums.shape[0]
@@ -114,6 +127,7 @@ def _check_packed(x, w_packed, w_col_sums):
 
 @torch.library.register_fake("torchquant::int8_mm")
 def _int8_mm_fake(a, b):
+    _check_devices("a", a, b=b)
     torch._check(a.dtype == torch.int8 and b.dtype == torch.int8,
                  lambda: f"arguments 'a' and 'b' must be int8, got {a.dtype} and {b.dtype}")
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "arguments 'a' and 'b' must be 2-D")
@@ -135,6 +149,8 @@ def _linear_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, b
                       out_scale=None, out_zero_point=None, relu=False, out_dtype=None):
     torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
     n = _check_packed(x, w_packed, w_col_sums)
+    _check_devices("x", x, x_scale=x_scale, x_zero_point=x_zero_point, w_scale=w_scale, bias=bias,
+                   out_scale=out_scale, out_zero_point=out_zero_point)
     rows = 1
     for d in x.shape[:-1]:
         rows = rows * d
@@ -162,6 +178,7 @@ def _quantize_rowwise_fake(x, qmin=-128, qmax=127):
 def _linear_dynamic_fake(x, w_packed, w_col_sums, w_scale, bias=None, relu=False):
     torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
     n = _check_packed(x, w_packed, w_col_sums)
+    _check_devices("x", x, w_scale=w_scale, bias=bias)
     return x.new_empty((*x.shape[:-1], n), dtype=torch.float32)
 
 # ---------------------------------------------------------------- observers
@@ -187,6 +204,7 @@ def _aminmax_fake(x, axis=None):
 
 @torch.library.register_fake("torchquant::observe_minmax_")
 def _observe_minmax_fake(running_min, running_max, nonfinite_count, x, axis=None, averaging_constant=None):
+    _check_devices("x", x, running_min=running_min, running_max=running_max, nonfinite_count=nonfinite_count)
     _check_float(x, "x")
     c = _channels(x, axis)
     torch._check(running_min.numel() == (1 if c is None else c),
@@ -196,6 +214,7 @@ def _observe_minmax_fake(running_min, running_max, nonfinite_count, x, axis=None
 
 @torch.library.register_fake("torchquant::histogram_")
 def _histogram_fake(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16):
+    _check_devices("x", x, hist=hist, min_val=min_val, max_val=max_val, nonfinite_count=nonfinite_count)
     _check_float(x, "x")
     torch._check(hist.dim() == 1, lambda: f"argument 'hist' must be 1-D, got shape {tuple(hist.shape)}")
     return None
@@ -203,5 +222,6 @@ def _histogram_fake(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16
 
 @torch.library.register_fake("torchquant::histogram_rebin")
 def _histogram_rebin_fake(hist, min_val, max_val, new_min, new_max, upsample_rate=16):
+    _check_devices("hist", hist, min_val=min_val, max_val=max_val, new_min=new_min, new_max=new_max)
     torch._check(hist.dim() == 1, lambda: f"argument 'hist' must be 1-D, got shape {tuple(hist.shape)}")
     return torch.empty_like(hist)

@@ -91,6 +91,9 @@ class FakeQuantize(FakeQuantizeBase):
         return self.activation_post_process.calculate_qparams()
 
     def forward(self, x):
+        if x.numel() == 0:
+            # Nothing to observe or round; the qparams (and their shape) wait for real data.
+            return x.clone()
         if self.observer_enabled[0] == 1:
             self.activation_post_process(x.detach())
             scale, zero_point = self.calculate_qparams()
@@ -139,6 +142,8 @@ class LearnableFakeQuantize(FakeQuantize):
         return scale, zp
 
     def forward(self, x):
+        if x.numel() == 0:
+            return x.clone()  # as FakeQuantize: nothing to observe or round
         if self.observer_enabled[0] == 1:
             self.activation_post_process(x.detach())
             scale, zero_point = self.activation_post_process.calculate_qparams()
@@ -150,8 +155,10 @@ class LearnableFakeQuantize(FakeQuantize):
                 self.zero_point.copy_(zero_point.float())
         if self.fake_quant_enabled[0] == 1:
             axis = self.ch_axis if self.is_per_channel else None
-            # Gradient scaling of LSQ: 1 / sqrt(numel * qmax) keeps scale updates in step with weights.
-            grad_factor = 1.0 / (x.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling and x.numel() else 1.0
+            # Gradient scaling of LSQ: 1 / sqrt(numel * Q_P) keeps scale updates in step with weights;
+            # Q_P is quant_max (torch.ao's), or -quant_min when the range has no positive level.
+            qp = self.quant_max if self.quant_max > 0 else -self.quant_min
+            grad_factor = 1.0 / (x.numel() * qp) ** 0.5 if self.use_grad_scaling else 1.0
             self.scale.data.abs_().clamp_(min=torch.finfo(torch.float32).eps)
             x = ops.fake_quantize_learnable(x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max, grad_factor)
         return x

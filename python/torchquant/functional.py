@@ -55,8 +55,21 @@ def _as_tensor(v, dtype, device, name) -> torch.Tensor:
         if v.device != device:
             raise ValueError(f"argument '{name}' is on {v.device} but the input is on {device}")
         return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"argument '{name}' must be a number or a tensor, got {type(v).__name__}")
+    return _number_tensor(v, dtype, device, name)
+
+
+def _number_tensor(v, dtype, device, name) -> torch.Tensor:
+    """A Python number as a one-element tensor of dtype. An integer dtype takes only an int (a
+    float would be truncated: zero_point 0.5 would become 0) inside the int32 range."""
+    if dtype.is_floating_point:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"argument '{name}' must be a number or a tensor, got {type(v).__name__}")
+    else:
+        if isinstance(v, bool) or not isinstance(v, int):
+            got = f"float {v}" if isinstance(v, float) else type(v).__name__
+            raise TypeError(f"argument '{name}' must be an integer or a tensor, got {got}")
+        if not -2 ** 31 <= v < 2 ** 31:
+            raise ValueError(f"argument '{name}' must lie in the int32 range, got {v}")
     return torch.tensor([v], dtype=dtype, device=device)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from . import _ops  # noqa: F401  (registers the fake kernels)
 from ._ops import packed_weight_shape
+from .functional import _number_tensor
 
 __all__ = ["int8_mm", "pack_weight", "linear_int8", "quantize_rowwise", "linear_dynamic",
            "packed_weight_shape"]
@@ -26,10 +27,10 @@ ops = torch.ops.torchquant
 Number = Union[int, float]
 
 
-def _as_tensor(v, dtype, like: torch.Tensor) -> torch.Tensor:
+def _as_tensor(v, dtype, like: torch.Tensor, name: str) -> torch.Tensor:
     if isinstance(v, torch.Tensor):
         return v
-    return torch.tensor([v], dtype=dtype, device=like.device)
+    return _number_tensor(v, dtype, like.device, name)
 
 
 def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -81,12 +82,12 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
     >>> torchquant.linear_int8(q, s, z, wp, cs, torch.full((4,), 0.01)).shape
     torch.Size([5, 4])
     """
-    x_scale = _as_tensor(x_scale, torch.float32, x)
-    x_zero_point = _as_tensor(x_zero_point, torch.int32, x)
+    x_scale = _as_tensor(x_scale, torch.float32, x, "x_scale")
+    x_zero_point = _as_tensor(x_zero_point, torch.int32, x, "x_zero_point")
     if out_scale is not None:
-        out_scale = _as_tensor(out_scale, torch.float32, x)
+        out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
     if out_zero_point is not None:
-        out_zero_point = _as_tensor(out_zero_point, torch.int32, x)
+        out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
     return ops.linear_int8(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale,
                            out_zero_point, relu, out_dtype)
 

@@ -753,6 +753,16 @@ class FixedQParamsObserver(ObserverBase):
                  quant_max=255, is_dynamic=False, **kwargs):
         if is_dynamic:
             raise NotImplementedError("FixedQParamsObserver doesn't support dynamic quantization")
+        # Observers never hand out a zero, negative or non-finite scale, nor a zero point outside
+        # the range (torch.ao returns these as given).
+        if not quant_min < quant_max:
+            raise ValueError(f"quant_min must be < quant_max, got [{quant_min}, {quant_max}]")
+        if not (math.isfinite(float(scale)) and float(scale) > 0):
+            raise ValueError(f"argument 'scale' must be > 0 and finite, got {float(scale)}")
+        if not float(zero_point).is_integer():
+            raise ValueError(f"argument 'zero_point' must be an integer, got {float(zero_point)}")
+        if not quant_min <= zero_point <= quant_max:
+            raise ValueError(f"argument 'zero_point' must lie in [{quant_min}, {quant_max}], got {zero_point}")
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
         self.quant_min, self.quant_max, self.qscheme = quant_min, quant_max, qscheme
         self.register_buffer("scale", torch.tensor([scale], dtype=torch.float32))

@@ -334,8 +334,8 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
     for group in groups:
         try:
             mods = [_get(model, n) for n in group]
-        except AttributeError as e:
-            raise ValueError(f"fuse_modules: cannot find module {e} in group {list(group)}") from None
+        except (AttributeError, IndexError) as e:
+            raise ValueError(f"fuse_modules: cannot find module ({e}) in group {list(group)}") from None
         fuse = _FUSIONS.get(tuple(type(m) for m in mods))
         if fuse is None:
             raise ValueError(f"fuse_modules: cannot fuse {[type(m).__name__ for m in mods]} (group {list(group)}); "

@@ -263,7 +263,8 @@ def histogram_bins(x: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Te
         out[min(bins // 2, bins - 1)] = xf.numel()
         return out
     inv = torch.tensor(bins / (float(hi) - float(lo)), dtype=torch.float32)
-    t = ((xf - torch.tensor(lo, dtype=torch.float32)) * inv).clamp(0, bins - 1)
+    # nan_to_num: a NaN product (0 * inf, a range too narrow for float32's inv) goes to bin 0.
+    t = ((xf - torch.tensor(lo, dtype=torch.float32)) * inv).nan_to_num(0.0).clamp(0, bins - 1)
     return torch.bincount(t.to(torch.int64), minlength=bins).float()
 
 

@@ -166,6 +166,11 @@ class LinearReLU(Linear):
 
 
 def _weight_qparams(mod, linear, name):
+    n = linear.out_features
+    if linear.weight.numel() == 0:
+        # in_features or out_features 0: no weight value to quantize, so any scale is exact.
+        dev = linear.weight.device
+        return torch.ones(n, device=dev), torch.zeros(n, dtype=torch.int32, device=dev)
     wobs = getattr(mod, "weight_fake_quant", None)
     if wobs is None:
         qconfig = getattr(mod, "qconfig", None)
@@ -183,7 +188,6 @@ def _weight_qparams(mod, linear, name):
             f"{type(wobs).__name__} gave non-zero zero points; use qscheme=torch.per_channel_symmetric or "
             "torch.per_tensor_symmetric with dtype=torch.qint8"
         )
-    n = linear.out_features
     if w_scale.numel() == 1:
         w_scale, w_zp = w_scale.expand(n).contiguous(), w_zp.expand(n).contiguous()
     return w_scale, w_zp
