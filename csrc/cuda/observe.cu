@@ -712,6 +712,7 @@ void histogram_cuda(const at::Tensor& hist, const at::Tensor& min_val, const at:
   check_float_input(x, "x");
   check_histogram_args(hist, min_val, max_val, x, upsample_rate);
   check_counts(nonfinite_count, x);
+  check_histogram_no_overlap(hist, min_val, max_val, nonfinite_count, x);
   if (x.numel() == 0) return;
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -770,7 +771,7 @@ at::Tensor histogram_rebin_cuda(const at::Tensor& hist, const at::Tensor& min_va
   check_running(max_val, "max_val", hist, 1);
   check_running(new_min, "new_min", hist, 1);
   check_running(new_max, "new_max", hist, 1);
-  TORCH_CHECK(upsample_rate >= 1, "argument 'upsample_rate' must be >= 1, got ", upsample_rate);
+  check_upsample_rate(upsample_rate, hist.numel());
   c10::cuda::CUDAGuard guard(hist.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor h = hist.contiguous();
