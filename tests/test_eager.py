@@ -325,6 +325,43 @@ def test_quantize_dynamic_sequential_and_transformer_layer():
         torchquant.quantize_dynamic(seq, {nn.Linear}, dtype=torch.float16)
 
 
+def test_a_module_shared_by_two_names_stays_shared():
+    # One Linear under two names of one Sequential, and one Sequential under two names of a model:
+    # every name must get the int8 module (named_children lists a shared module once), and
+    # the sharing survives (one int8 copy per float copy).
+    torch.manual_seed(8)
+    lin = nn.Linear(16, 16)
+    seq = nn.Sequential(lin, nn.ReLU(), lin)
+    dq = torchquant.quantize_dynamic(seq, {nn.Linear}, dtype=torch.qint8)
+    assert type(dq[0]) is nnq.DynamicLinear and dq[2] is dq[0]
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(dq(x), dq[2](torch.relu(dq[0](x))))
+    torch.testing.assert_close(dq(x), seq(x), atol=0.05, rtol=0.05)
+
+    inner = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.first, self.second = torchquant.QuantStub(), inner, inner
+            self.dequant = torchquant.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.second(self.first(self.quant(x))))
+
+    m = Twice().eval()
+    m.qconfig = torchquant.get_default_qconfig("x86")
+    p = torchquant.prepare(m)
+    with torch.no_grad():
+        p(torch.randn(64, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no module may be left in float
+        q = torchquant.convert(p)
+        y = q(torch.randn(4, 8))
+    assert isinstance(q.first[0], nnq.Linear) and q.second is q.first
+    assert y.shape == (4, 8)
+
+
 def test_qat_trains_and_converts():
     torch.manual_seed(6)
     m = MNISTMLP().train()

@@ -156,10 +156,19 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     return model
 
 
-def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qconfig: bool = True) -> None:
-    for name, child in list(model.named_children()):
+def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qconfig: bool = True,
+          memo: Optional[Dict[int, nn.Module]] = None) -> None:
+    # Children are walked through _modules, not named_children(), which lists a module held
+    # under two names once: the second name would keep the float module. `memo` maps each float
+    # module to its replacement, so a module shared by several names or parents stays one
+    # shared module after the swap (one copy of the int8 weights, as there was one float copy).
+    memo = {} if memo is None else memo
+    for name, child in list(model._modules.items()):
+        if child is None or _is_observer(child):
+            continue
         full = f"{prefix}.{name}" if prefix else name
-        if _is_observer(child):
+        if id(child) in memo:
+            setattr(model, name, memo[id(child)])
             continue
         target = mapping.get(type(child))
         if target is not None and (getattr(child, "qconfig", None) is not None or not require_qconfig):
@@ -169,9 +178,11 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
                 raise RuntimeError(f"convert: module '{full}' ({type(child).__name__}) could not be quantized: {e}") from e
             if hasattr(child, "training"):
                 new.train(child.training)
+            memo[id(child)] = new
             setattr(model, name, new)
         else:
-            _swap(child, mapping, full, require_qconfig)
+            memo[id(child)] = child
+            _swap(child, mapping, full, require_qconfig, memo)
 
 
 _warned_fallback = set()
