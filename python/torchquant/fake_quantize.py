@@ -13,9 +13,22 @@ __all__ = [
     "FakeQuantizeBase",
     "FakeQuantize",
     "LearnableFakeQuantize",
+    "FixedQParamsFakeQuantize",
+    "FusedMovingAvgObsFakeQuantize",
     "default_fake_quant",
     "default_weight_fake_quant",
     "default_per_channel_weight_fake_quant",
+    "default_dynamic_fake_quant",
+    "default_histogram_fake_quant",
+    "default_fixed_qparams_range_neg1to1_fake_quant",
+    "default_fixed_qparams_range_0to1_fake_quant",
+    "default_symmetric_fixed_qparams_fake_quant",
+    "default_affine_fixed_qparams_fake_quant",
+    "default_fused_act_fake_quant",
+    "default_fused_wt_fake_quant",
+    "default_fused_per_channel_wt_fake_quant",
+    "fused_wt_fake_quant_range_neg_127_to_127",
+    "fused_per_channel_wt_fake_quant_range_neg_127_to_127",
     "enable_fake_quant",
     "disable_fake_quant",
     "enable_observer",
@@ -36,6 +49,25 @@ class _PartialWithRepr:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
         return f"{self.cls.__name__}.with_args({args})"
+
+
+def _check_quant_range(observer, quant_min, quant_max, observer_kwargs):
+    """torch.ao's FakeQuantize checks: quant_min <= quant_max, both within the dtype (read from
+    the keyword arguments or the observer's ``with_args``, quint8 if neither gives it). Without
+    them quant_max=255 with dtype=qint8 would fake-quantize to a range int8 cannot store."""
+    if quant_min > quant_max:
+        raise ValueError(f"quant_min must be <= quant_max, got quant_min={quant_min}, quant_max={quant_max}")
+    dtype = observer_kwargs.get("dtype", torch.quint8)
+    keywords = getattr(getattr(observer, "p", None), "keywords", None)
+    if keywords is not None:
+        dtype = keywords.get("dtype", dtype)
+    try:
+        info = torch.iinfo(dtype)
+    except TypeError:  # float dtypes (placeholders) and sub-byte types have no range to check here
+        return
+    if quant_min < info.min or quant_max > info.max:
+        raise ValueError(f"quant_min={quant_min}, quant_max={quant_max} do not fit dtype {dtype} "
+                         f"([{info.min}, {info.max}])")
 
 
 class FakeQuantizeBase(nn.Module):
@@ -74,6 +106,8 @@ class FakeQuantize(FakeQuantizeBase):
 
     def __init__(self, observer=_obs.MovingAverageMinMaxObserver, quant_min=None, quant_max=None, **observer_kwargs):
         super().__init__()
+        if quant_min is not None and quant_max is not None:
+            _check_quant_range(observer, quant_min, quant_max, observer_kwargs)
         if quant_min is not None:
             observer_kwargs["quant_min"] = quant_min
         if quant_max is not None:
@@ -82,6 +116,7 @@ class FakeQuantize(FakeQuantizeBase):
         app = self.activation_post_process
         self.quant_min, self.quant_max = app.quant_min, app.quant_max
         self.dtype, self.qscheme = app.dtype, app.qscheme
+        self.is_dynamic = app.is_dynamic
         self.ch_axis = getattr(app, "ch_axis", -1)
         self.is_per_channel = self.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float32))
@@ -164,6 +199,65 @@ class LearnableFakeQuantize(FakeQuantize):
         return x
 
 
+class FixedQParamsFakeQuantize(FakeQuantize):
+    """Fake-quantize with the fixed qparams of a FixedQParamsObserver (outputs of sigmoid, tanh,
+    ...), as torch.ao's FixedQParamsFakeQuantize: ``scale`` and ``zero_point`` are the
+    observer's own buffers.
+
+    >>> fq = FixedQParamsFakeQuantize(observer=default_fixed_qparams_range_0to1_observer)
+    >>> fq(torch.tensor([0.5, 2.0]))
+    tensor([0.5000, 0.9961])
+    """
+
+    def __init__(self, observer):
+        super().__init__(observer=observer)
+        app = self.activation_post_process
+        if type(app) is not _obs.FixedQParamsObserver:
+            raise ValueError("argument 'observer' of FixedQParamsFakeQuantize must build a FixedQParamsObserver, "
+                             f"got {type(app).__name__}")
+        if self.qscheme not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            raise ValueError(f"FixedQParamsFakeQuantize supports per-tensor qschemes only, got {self.qscheme}")
+        self._observer_ctr = observer
+        self.scale = app.scale
+        self.zero_point = app.zero_point
+
+    def calculate_qparams(self):
+        return self.scale, self.zero_point
+
+
+class FusedMovingAvgObsFakeQuantize(FakeQuantize):
+    """torch.ao's default QAT fake-quant class: a FakeQuantize whose observer is a
+    MovingAverageMinMaxObserver or MovingAveragePerChannelMinMaxObserver, with quant_min=0,
+    quant_max=255 by default and int64 enable flags, as torch.ao's.
+
+    >>> fq = FusedMovingAvgObsFakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255)
+    >>> y = fq(torch.randn(8, 4))
+
+    One difference, on purpose: torch.ao runs it as one fused kernel that picks its training-time
+    qparams by another rule than its observer's ``calculate_qparams`` (which convert uses): for
+    symmetric int8 weights that scale is about 0.4% larger (a 255-level grid laid over
+    [-128, 127] steps), and an affine scale can differ in its last bit. Here training
+    fake-quantizes with the observer's qparams, the ones the int8 model will use, so the output
+    equals torch.ao's FakeQuantize with the same observer bit for bit; the running min/max and
+    ``calculate_qparams()`` equal torch.ao's fused module's.
+    """
+
+    def __init__(self, observer=_obs.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, **observer_kwargs):
+        super().__init__(observer, quant_min, quant_max, **observer_kwargs)
+        app = self.activation_post_process
+        if not isinstance(app, (_obs.MovingAverageMinMaxObserver, _obs.MovingAveragePerChannelMinMaxObserver)):
+            raise ValueError("argument 'observer' of FusedMovingAvgObsFakeQuantize must build a "
+                             "MovingAverageMinMaxObserver or MovingAveragePerChannelMinMaxObserver, "
+                             f"got {type(app).__name__}")
+        # torch.ao keeps these flags as int64; the same dtype lets its state_dicts load unchanged.
+        self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.long))
+        self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.long))
+        self.is_symmetric_quant = self.qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", reduce_range={self.activation_post_process.reduce_range}"
+
+
 default_fake_quant = FakeQuantize.with_args(
     observer=_obs.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
     qscheme=torch.per_tensor_affine)
@@ -173,6 +267,36 @@ default_weight_fake_quant = FakeQuantize.with_args(
 default_per_channel_weight_fake_quant = FakeQuantize.with_args(
     observer=_obs.MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
     qscheme=torch.per_channel_symmetric, ch_axis=0)
+
+default_dynamic_fake_quant = FakeQuantize.with_args(
+    observer=_obs.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, is_dynamic=True, dtype=torch.quint8,
+    averaging_constant=1)
+# torch.ao sets reduce_range=True here (7-bit activations, for fbgemm's AVX2 kernel); torchquant's
+# kernels are exact on full 8-bit activations, so its activation defaults use the whole range, as
+# default_fake_quant above.
+default_histogram_fake_quant = FakeQuantize.with_args(
+    observer=_obs.HistogramObserver, quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+default_fixed_qparams_range_neg1to1_fake_quant = FixedQParamsFakeQuantize.with_args(
+    observer=_obs.default_fixed_qparams_range_neg1to1_observer)
+default_fixed_qparams_range_0to1_fake_quant = FixedQParamsFakeQuantize.with_args(
+    observer=_obs.default_fixed_qparams_range_0to1_observer)
+# torch.ao's older names for the two above.
+default_symmetric_fixed_qparams_fake_quant = default_fixed_qparams_range_neg1to1_fake_quant
+default_affine_fixed_qparams_fake_quant = default_fixed_qparams_range_0to1_fake_quant
+default_fused_act_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=_obs.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8)
+default_fused_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=_obs.MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+    qscheme=torch.per_tensor_symmetric)
+default_fused_per_channel_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=_obs.MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+    qscheme=torch.per_channel_symmetric)
+fused_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=_obs.MovingAverageMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+    qscheme=torch.per_tensor_symmetric, eps=2**-12)
+fused_per_channel_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=_obs.MovingAveragePerChannelMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+    qscheme=torch.per_channel_symmetric, eps=2**-12)
 
 
 def _apply_to_fake_quants(fn):
