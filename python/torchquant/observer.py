@@ -50,6 +50,7 @@ __all__ = [
     "NoopObserver",
     "RecordingObserver",
     "FixedQParamsObserver",
+    "ReuseInputObserver",
     "default_observer",
     "default_placeholder_observer",
     "default_debug_observer",
@@ -63,6 +64,9 @@ __all__ = [
     "default_float_qparams_observer_4bit",
     "default_fixed_qparams_range_neg1to1_observer",
     "default_fixed_qparams_range_0to1_observer",
+    "default_symmetric_fixed_qparams_observer",
+    "default_affine_fixed_qparams_observer",
+    "default_reuse_input_observer",
 ]
 
 ops = torch.ops.torchquant
@@ -778,6 +782,26 @@ class FixedQParamsObserver(ObserverBase):
         return self.scale, self.zero_point
 
 
+class ReuseInputObserver(ObserverBase):
+    """Observes nothing, as torch.ao's ReuseInputObserver. In torch.ao's FX mode it marks an
+    output (of reshape, say) that reuses its input's observer; eager mode, torch.ao's and
+    torchquant's, has no such sharing, so here it is a placeholder whose qparams cannot be asked
+    for.
+
+    >>> ReuseInputObserver()(torch.ones(2))
+    tensor([1., 1.])
+    """
+
+    def __init__(self):
+        super().__init__(torch.quint8, is_dynamic=False)
+
+    def forward(self, x):
+        return x
+
+    def calculate_qparams(self):
+        raise RuntimeError(f"calculate_qparams should not be called for {self._describe()}")
+
+
 # torch.ao's default observers, same names and arguments.
 default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)
 default_placeholder_observer = PlaceholderObserver
@@ -800,3 +824,7 @@ default_fixed_qparams_range_neg1to1_observer = FixedQParamsObserver.with_args(
     scale=2.0 / 256.0, zero_point=128, dtype=torch.quint8, quant_min=0, quant_max=255)
 default_fixed_qparams_range_0to1_observer = FixedQParamsObserver.with_args(
     scale=1.0 / 256.0, zero_point=0, dtype=torch.quint8, quant_min=0, quant_max=255)
+# torch.ao's older names for the two above.
+default_symmetric_fixed_qparams_observer = default_fixed_qparams_range_neg1to1_observer
+default_affine_fixed_qparams_observer = default_fixed_qparams_range_0to1_observer
+default_reuse_input_observer = ReuseInputObserver

@@ -11,15 +11,18 @@ whole range (see docs/eager_api.md).
     >>> model.qconfig = torchquant.per_tensor_qconfig               # per-tensor weights
 """
 from collections import namedtuple
+from typing import Optional
 
 import torch
 
 from . import observer as _obs
-from .fake_quantize import FakeQuantize, LearnableFakeQuantize
+from .fake_quantize import FakeQuantize, LearnableFakeQuantize, _PartialWithRepr
 
 __all__ = [
     "QConfig",
     "QConfigDynamic",
+    "QConfigAny",
+    "qconfig_equals",
     "get_default_qconfig",
     "get_default_qat_qconfig",
     "default_qconfig",
@@ -54,6 +57,37 @@ class QConfig(namedtuple("QConfig", ["activation", "weight"])):
 
 
 QConfigDynamic = QConfig  # torch.ao keeps this alias for dynamic quantization configs
+QConfigAny = Optional[QConfig]
+
+
+def _ctr_key(ctr):
+    """What a ``with_args`` constructor builds, as a comparable value: the class, its bound
+    positional and keyword arguments, nested wrappers (an ``observer=`` argument, a with_args of
+    a with_args) unwrapped the same way. Anything else compares as itself."""
+    if isinstance(ctr, _obs._PartialWrapper):
+        return ("with_args", _ctr_key(ctr.p.func), ctr.p.args,
+                {k: _ctr_key(v) for k, v in ctr.p.keywords.items()}, dict(ctr.callable_args))
+    if isinstance(ctr, _PartialWithRepr):
+        return ("with_args", ctr.cls, (), {k: _ctr_key(v) for k, v in ctr.kwargs.items()}, {})
+    return ctr
+
+
+def qconfig_equals(q1: QConfigAny, q2: QConfigAny) -> bool:
+    """True if two qconfigs build the same observers / fake-quants: the same classes with the
+    same ``with_args`` arguments (``with_args`` returns a new object each call, so ``==`` would
+    compare identities). As torch.ao's qconfig_equals; it also sees through nested with_args,
+    which torch.ao compares by identity.
+
+    >>> qconfig_equals(QConfig(MinMaxObserver.with_args(dtype=torch.quint8), default_weight_observer),
+    ...                QConfig(MinMaxObserver.with_args(dtype=torch.quint8), default_weight_observer))
+    True
+    """
+    if q1 is None or q2 is None:
+        return q1 == q2
+    try:
+        return _ctr_key(q1.activation) == _ctr_key(q2.activation) and _ctr_key(q1.weight) == _ctr_key(q2.weight)
+    except AttributeError:
+        return q1 == q2
 
 _act_histogram = _obs.HistogramObserver.with_args(reduce_range=False)
 _act_minmax = _obs.MinMaxObserver.with_args(reduce_range=False)

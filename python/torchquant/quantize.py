@@ -10,8 +10,11 @@
 Differences from torch.ao are listed in docs/eager_api.md.
 """
 import copy
+import enum
+import inspect
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import nn
@@ -22,7 +25,7 @@ from .nn import quantized as nnq
 from .observer import ObserverBase
 from .qconfig import QConfig, default_dynamic_qconfig
 from .qtensor import QTensor
-from .stubs import DeQuantStub, QuantStub
+from .stubs import DeQuantStub, QuantStub, QuantWrapper
 
 __all__ = [
     "propagate_qconfig_",
@@ -33,9 +36,22 @@ __all__ = [
     "quantize_qat",
     "quantize_dynamic",
     "fuse_modules",
+    "fuse_modules_qat",
+    "add_quant_dequant",
+    "swap_module",
+    "default_eval_fn",
+    "QuantType",
+    "ObserverOrFakeQuantize",
+    "get_observer_state_dict",
+    "load_observer_state_dict",
+    "get_combined_dict",
     "get_default_static_quant_module_mappings",
     "get_default_qat_module_mappings",
     "get_default_dynamic_quant_module_mappings",
+    "get_default_qconfig_propagation_list",
+    "get_static_quant_module_class",
+    "get_dynamic_quant_module_class",
+    "no_observer_set",
 ]
 
 # Exact types, as torch.ao: subclasses (e.g. MultiheadAttention's NonDynamicallyQuantizableLinear,
@@ -69,6 +85,88 @@ def get_default_qat_module_mappings() -> Dict[type, type]:
 
 def get_default_dynamic_quant_module_mappings() -> Dict[type, type]:
     return dict(_DYNAMIC)
+
+
+class QuantType(enum.IntEnum):
+    """The kinds of quantization, with torch.ao's names and values.
+
+    >>> QuantType.STATIC, int(QuantType.QAT)
+    (<QuantType.STATIC: 1>, 2)
+    """
+
+    DYNAMIC = 0
+    STATIC = 1
+    QAT = 2
+    WEIGHT_ONLY = 3
+
+
+# What prepare inserts and convert reads, for type hints (torch.ao's alias).
+ObserverOrFakeQuantize = Union[ObserverBase, FakeQuantizeBase]
+
+
+def get_combined_dict(default_dict: Dict[Any, Any], additional_dict: Dict[Any, Any]) -> Dict[Any, Any]:
+    """A copy of ``default_dict`` updated with ``additional_dict`` (torch.ao's helper for
+    extending the module mappings).
+
+    >>> mapping = get_combined_dict(get_default_static_quant_module_mappings(), {MyLinear: nnq.Linear})
+    """
+    combined = dict(default_dict)
+    combined.update(additional_dict)
+    return combined
+
+
+def get_default_qconfig_propagation_list() -> Set[type]:
+    """The module types torch.ao's ``propagate_qconfig_`` gives a qconfig to by default: those
+    of the static, QAT and dynamic mappings, and nn.Sequential. torchquant's propagate_qconfig_
+    gives every module its qconfig; this list is for code that passes it on (``allow_list``).
+
+    >>> nn.Linear in get_default_qconfig_propagation_list()
+    True
+    """
+    return set(_STATIC) | set(_QAT) | set(_DYNAMIC) | {nn.Sequential}
+
+
+def _module_class(kind: str, default: Dict[type, type], float_module_class, additional):
+    mapping = get_combined_dict(default, additional or {})
+    target = mapping.get(float_module_class)
+    if target is None:
+        known = sorted(t.__name__ for t in mapping)
+        raise ValueError(f"argument 'float_module_class' {float_module_class} has no {kind} quantized module class; "
+                         f"torchquant has them for {known}")
+    return target
+
+
+def get_static_quant_module_class(float_module_class, additional_static_quant_mapping: Optional[dict] = None,
+                                  is_reference: bool = False):
+    """The int8 module class ``convert`` swaps a float module class for.
+
+    >>> get_static_quant_module_class(nn.Linear)
+    <class 'torchquant.nn.quantized.Linear'>
+    """
+    if is_reference:
+        raise NotImplementedError("torchquant has no reference quantized modules (argument 'is_reference'=True); "
+                                  "its int8 modules run the real kernels")
+    return _module_class("static", _STATIC, float_module_class, additional_static_quant_mapping)
+
+
+def get_dynamic_quant_module_class(float_module_class, additional_dynamic_quant_mapping: Optional[dict] = None):
+    """The dynamic int8 module class ``quantize_dynamic`` swaps a float module class for.
+
+    >>> get_dynamic_quant_module_class(nn.Linear)
+    <class 'torchquant.nn.quantized.DynamicLinear'>
+    """
+    return _module_class("dynamic", _DYNAMIC, float_module_class, additional_dynamic_quant_mapping)
+
+
+def no_observer_set() -> Set[type]:
+    """Module types that ``prepare`` gives no output observer because they observe themselves.
+    torch.ao lists its quantizable LSTM and MultiheadAttention; torchquant has no such module,
+    so the set is empty.
+
+    >>> no_observer_set()
+    set()
+    """
+    return set()
 
 
 def _is_observer(m) -> bool:
@@ -268,6 +366,116 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
     return prepare(model, inplace=True)
 
 
+def add_quant_dequant(module: nn.Module) -> nn.Module:
+    """Wraps every leaf module that has a qconfig in a QuantWrapper (QuantStub, module,
+    DeQuantStub), as torch.ao's add_quant_dequant: each then takes and returns float tensors.
+    Modifies ``module``'s children in place; returns ``module``, or a new QuantWrapper when
+    ``module`` itself is such a leaf.
+
+    >>> model.qconfig = torchquant.default_qconfig
+    >>> torchquant.propagate_qconfig_(model)
+    >>> model = torchquant.add_quant_dequant(model)
+    """
+    if _has_no_children(module) and getattr(module, "qconfig", None):
+        return QuantWrapper(module)
+    for name, child in list(module.named_children()):
+        module._modules[name] = add_quant_dequant(child)
+    return module
+
+
+def _has_no_children(module: nn.Module) -> bool:
+    # A parametrized module holds its parametrizations as a child; they do not make it a parent.
+    return all(name == "parametrizations" for name in module._modules)
+
+
+def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_mapping: Optional[dict] = None,
+                use_precomputed_fake_quant: bool = False) -> nn.Module:
+    """``mod``'s quantized replacement if it has a qconfig and its exact type is in ``mapping``
+    (or in ``custom_module_class_mapping``, whose classes build it with ``from_observed``), else
+    ``mod`` itself: the step ``convert`` takes for each module, as torch.ao's swap_module. The
+    new module keeps ``mod``'s forward pre-hooks and forward hooks, except the observer's.
+
+    >>> qlinear = swap_module(prepared.fc1, get_default_static_quant_module_mappings(), {})
+    """
+    if getattr(mod, "qconfig", None) is None:
+        return mod
+    custom = custom_module_class_mapping or {}
+    if type(mod) in custom:
+        new = custom[type(mod)].from_observed(mod)
+    elif type(mod) in mapping:
+        target = mapping[type(mod)]
+        if "use_precomputed_fake_quant" in inspect.signature(target.from_float).parameters:
+            new = target.from_float(mod, use_precomputed_fake_quant=use_precomputed_fake_quant)
+        else:
+            new = target.from_float(mod)
+    else:
+        return mod
+    for hook in mod._forward_pre_hooks.values():
+        new.register_forward_pre_hook(hook)
+    for hook in mod._forward_hooks.values():
+        if hook is not _observer_hook:
+            new.register_forward_hook(hook)
+    devices = {t.device for t in list(mod.parameters()) + list(mod.buffers())} - {torch.device("meta")}
+    if len(devices) > 1:
+        raise ValueError(f"swap_module: {type(mod).__name__} holds tensors on several devices {sorted(map(str, devices))}")
+    if devices:
+        new.to(devices.pop())
+    return new
+
+
+def default_eval_fn(model: nn.Module, calib_data) -> None:
+    """Runs ``model`` on the inputs of ``calib_data`` (an iterable of (input, target) pairs,
+    targets ignored): torch.ao's stock ``run_fn`` for :func:`quantize`.
+
+    >>> int8_model = torchquant.quantize(model, torchquant.default_eval_fn, [loader])
+    """
+    for data, _target in calib_data:
+        model(data)
+
+
+def get_observer_state_dict(mod: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The observers' statistics of a prepared model: the entries of its state_dict under an
+    ``activation_post_process`` (torch.ao's rule), with the state_dict's version metadata, so
+    calibration can be saved and loaded into another copy of the prepared model.
+
+    >>> torch.save(torchquant.get_observer_state_dict(prepared), "observers.pt")
+    """
+    state = mod.state_dict()
+    observers = OrderedDict((k, v) for k, v in state.items() if "activation_post_process" in k)
+    observers._metadata = getattr(state, "_metadata", None)
+    return observers
+
+
+def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) -> None:
+    """Loads :func:`get_observer_state_dict`'s statistics (torchquant's or torch.ao's) into the
+    observers and fake-quants of a prepared model. Raises naming the keys if an observer's
+    entry is missing, or an entry under an observer is not one of its buffers.
+
+    >>> torchquant.load_observer_state_dict(prepared, torch.load("observers.pt"))
+
+    Unlike torch.ao's, it also raises on shape mismatches, does not require the keys of a QAT
+    weight fake-quant's flags that get_observer_state_dict does not save, and a dict without
+    version metadata is read as written by this version (torch.ao reads it as version 1 and
+    resets every observer's eps).
+    """
+    metadata = getattr(obs_dict, "_metadata", None) or {}
+    # _load_from_state_dict may add entries (an old checkpoint's eps): to a copy, not the caller's dict.
+    state = OrderedDict(obs_dict)
+    missing: List[str] = []
+    unexpected: List[str] = []
+    errors: List[str] = []
+    for name, module in mod.named_modules():
+        if not _is_observer(module):
+            continue
+        local = metadata.get(name, {"version": getattr(module, "_version", None)})
+        module._load_from_state_dict(state, name + "." if name else "", local, True, missing, unexpected, errors)
+    missing = [k for k in missing if "activation_post_process" in k]
+    if missing or unexpected or errors:
+        parts = ([f"missing keys for observers: {missing}"] if missing else []) + \
+                ([f"unexpected keys under observers: {unexpected}"] if unexpected else []) + errors
+        raise RuntimeError("load_observer_state_dict: " + "; ".join(parts))
+
+
 def quantize(model: nn.Module, run_fn, run_args, mapping=None, inplace: bool = False) -> nn.Module:
     """prepare, ``run_fn(model, *run_args)`` to calibrate, convert (torch.ao.quantization.quantize)."""
     if not inplace:
@@ -361,3 +569,16 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
             ident.train(mods[0].training)
             _set(model, n, ident)
     return model
+
+
+def fuse_modules_qat(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]],
+                     inplace: bool = False, fuser_func=None, fuse_custom_config_dict=None) -> nn.Module:
+    """The QAT version of :func:`fuse_modules` (torch.ao.quantization.fuse_modules_qat). Its one
+    pattern, [Linear, ReLU], fuses the same way for training and inference (torch.ao's differ
+    only for BatchNorm patterns), into a LinearReLU that prepare_qat turns into
+    ``torchquant.nn.qat.LinearReLU``.
+
+    >>> model = torchquant.fuse_modules_qat(model.train(), [["fc1", "relu1"]])
+    """
+    return fuse_modules(model, modules_to_fuse, inplace=inplace, fuser_func=fuser_func,
+                        fuse_custom_config_dict=fuse_custom_config_dict)
