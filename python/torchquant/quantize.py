@@ -400,24 +400,25 @@ def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_m
     if getattr(mod, "qconfig", None) is None:
         return mod
     custom = custom_module_class_mapping or {}
+    if type(mod) not in custom and type(mod) not in mapping:
+        return mod
+    devices = {t.device for t in list(mod.parameters()) + list(mod.buffers())} - {torch.device("meta")}
+    if len(devices) > 1:
+        raise ValueError(f"swap_module: {type(mod).__name__} holds tensors on several devices "
+                         f"{sorted(map(str, devices))}; move it to one first")
     if type(mod) in custom:
         new = custom[type(mod)].from_observed(mod)
-    elif type(mod) in mapping:
+    else:
         target = mapping[type(mod)]
         if "use_precomputed_fake_quant" in inspect.signature(target.from_float).parameters:
             new = target.from_float(mod, use_precomputed_fake_quant=use_precomputed_fake_quant)
         else:
             new = target.from_float(mod)
-    else:
-        return mod
     for hook in mod._forward_pre_hooks.values():
         new.register_forward_pre_hook(hook)
     for hook in mod._forward_hooks.values():
         if hook is not _observer_hook:
             new.register_forward_hook(hook)
-    devices = {t.device for t in list(mod.parameters()) + list(mod.buffers())} - {torch.device("meta")}
-    if len(devices) > 1:
-        raise ValueError(f"swap_module: {type(mod).__name__} holds tensors on several devices {sorted(map(str, devices))}")
     if devices:
         new.to(devices.pop())
     return new
@@ -453,10 +454,10 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) 
 
     >>> torchquant.load_observer_state_dict(prepared, torch.load("observers.pt"))
 
-    Unlike torch.ao's, it also raises on shape mismatches, does not require the keys of a QAT
-    weight fake-quant's flags that get_observer_state_dict does not save, and a dict without
-    version metadata is read as written by this version (torch.ao reads it as version 1 and
-    resets every observer's eps).
+    Unlike torch.ao's (which passes no version metadata and loads non-strictly), it keeps each
+    observer's eps (torch.ao resets it to the default, in the caller's dict too), never writes
+    to ``obs_dict``, and reports missing entries and shape mismatches; a dict without version
+    metadata is read as written by this version.
     """
     metadata = getattr(obs_dict, "_metadata", None) or {}
     # _load_from_state_dict may add entries (an old checkpoint's eps): to a copy, not the caller's dict.

@@ -1,0 +1,536 @@
+"""torch.ao.quantization's eager names on torchquant: each one behaves as torch.ao's (same
+qparams, same fake-quant output on the same data), and the names torchquant leaves out are
+exactly the ones docs/eager_api.md lists as not provided."""
+import copy
+import pathlib
+import re
+import typing
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchquant as tq
+from torchquant.nn import intrinsic, qat
+from torchquant.nn import quantized as nnq
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated
+    taq = pytest.importorskip("torch.ao.quantization")
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "eager_api.md"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_torch_ao():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
+        yield
+
+
+def _documented_not_provided():
+    text = DOC.read_text()
+    section = text.split("## Not provided", 1)[1].split("\n## ", 1)[0]
+    names = []
+    for line in section.splitlines():
+        if not line.startswith("- `"):
+            continue
+        listed, sep, reason = line[2:].partition(": ")
+        assert sep and reason.strip(), f"no reason given on: {line}"
+        names += re.findall(r"`([A-Za-z_0-9]+)`", listed)
+    return names
+
+
+def test_torch_ao_names_torchquant_lacks_are_the_documented_list():
+    missing = {n for n in taq.__all__ if not hasattr(tq, n)}
+    documented = _documented_not_provided()
+    assert len(documented) == len(set(documented)), "a name is listed twice"
+    assert missing == set(documented), (sorted(missing - set(documented)), sorted(set(documented) - missing))
+
+
+def _data(seed, shape=(6, 37), offset=0.0, spread=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * spread + offset
+
+
+def _same_qparams(ours, theirs):
+    (s1, z1), (s2, z2) = ours, theirs
+    assert torch.equal(s1.float(), s2.float()), (s1, s2)
+    assert torch.equal(z1.to(z2.dtype), z2), (z1, z2)
+
+
+@pytest.mark.parametrize("name", [
+    "weight_observer_range_neg_127_to_127",
+    "per_channel_weight_observer_range_neg_127_to_127",
+    "default_float_qparams_observer",
+    "default_float_qparams_observer_4bit",
+    "default_fixed_qparams_range_0to1_observer",
+    "default_fixed_qparams_range_neg1to1_observer",
+    "default_symmetric_fixed_qparams_observer",
+    "default_affine_fixed_qparams_observer",
+])
+def test_default_observers_give_torch_ao_qparams(name):
+    ours, theirs = getattr(tq, name)(), getattr(taq, name)()
+    assert isinstance(ours, tq.ObserverBase) and not isinstance(ours, taq.ObserverBase)
+    for attr in ("dtype", "qscheme", "quant_min", "quant_max"):
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+    for seed in range(3):
+        x = _data(seed, offset=seed - 1.0)
+        ours(x)
+        theirs(x)
+    _same_qparams(ours.calculate_qparams(), theirs.calculate_qparams())
+
+
+@pytest.mark.parametrize("name", ["default_placeholder_observer", "default_dynamic_quant_observer",
+                                  "default_reuse_input_observer", "default_debug_observer"])
+def test_placeholder_observers_match_torch_ao(name):
+    ours, theirs = getattr(tq, name)(), getattr(taq, name)()
+    for attr in ("dtype", "is_dynamic", "quant_min", "quant_max", "qscheme"):
+        assert getattr(ours, attr, None) == getattr(theirs, attr, None), attr
+    x = _data(0)
+    assert ours(x) is x and theirs(x) is x
+    if name == "default_debug_observer":
+        assert [torch.equal(a, b) for a, b in zip(ours.get_tensor_value(), theirs.get_tensor_value())] == [True]
+        return
+    for obs in (ours, theirs):
+        with pytest.raises(Exception, match="calculate_qparams should not be called"):
+            obs.calculate_qparams()
+
+
+def test_reuse_input_observer_is_torchquants():
+    assert tq.default_reuse_input_observer is tq.ReuseInputObserver
+    assert isinstance(tq.ReuseInputObserver(), tq.ObserverBase)
+
+
+def test_uniform_quantization_observer_base_is_exported_with_torch_ao_hierarchy():
+    assert tq.UniformQuantizationObserverBase is tq.observer.UniformQuantizationObserverBase
+    for name in ("MinMaxObserver", "MovingAverageMinMaxObserver", "PerChannelMinMaxObserver",
+                 "MovingAveragePerChannelMinMaxObserver", "HistogramObserver", "FixedQParamsObserver",
+                 "PlaceholderObserver", "NoopObserver", "RecordingObserver", "ReuseInputObserver"):
+        assert issubclass(getattr(tq, name), tq.UniformQuantizationObserverBase) == \
+            issubclass(getattr(taq, name), taq.UniformQuantizationObserverBase), name
+
+
+# ---------------------------------------------------------------- fake-quants
+FUSED = ["default_fused_act_fake_quant", "default_fused_wt_fake_quant", "default_fused_per_channel_wt_fake_quant",
+         "fused_wt_fake_quant_range_neg_127_to_127", "fused_per_channel_wt_fake_quant_range_neg_127_to_127"]
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_fake_quants_train_on_the_qparams_torch_ao_converts_with(name):
+    ours, theirs_fused = getattr(tq, name)(), getattr(taq, name)()
+    # torch.ao's FakeQuantize with the same observer: what the fused module computes here.
+    theirs = taq.FakeQuantize(**getattr(taq, name).p.keywords)
+    assert type(ours) is tq.FusedMovingAvgObsFakeQuantize
+    assert ours.fake_quant_enabled.dtype == theirs_fused.fake_quant_enabled.dtype == torch.long
+    for attr in ("dtype", "qscheme", "quant_min", "quant_max", "ch_axis", "is_per_channel", "is_symmetric_quant"):
+        assert getattr(ours, attr) == getattr(theirs_fused, attr), attr
+    for seed in range(6):
+        x = _data(seed, offset=0.5 * seed if "act" in name else 0.0).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        y = ours(x)
+        y_ref = theirs(x2)
+        theirs_fused(x.detach())
+        assert torch.equal(y, y_ref)
+        y.sum().backward()
+        y_ref.sum().backward()
+        assert torch.equal(x.grad, x2.grad)
+        app, fapp = ours.activation_post_process, theirs_fused.activation_post_process
+        assert torch.equal(app.min_val, fapp.min_val) and torch.equal(app.max_val, fapp.max_val)
+        _same_qparams(ours.calculate_qparams(), theirs_fused.calculate_qparams())
+        _same_qparams((ours.scale, ours.zero_point), theirs_fused.calculate_qparams())
+
+
+def test_fused_fake_quant_accepts_moving_average_observers_only():
+    with pytest.raises(ValueError, match="observer.*MovingAverageMinMaxObserver.*got MinMaxObserver"):
+        tq.FusedMovingAvgObsFakeQuantize(observer=tq.MinMaxObserver)
+    with pytest.raises(AssertionError):
+        taq.FusedMovingAvgObsFakeQuantize(observer=taq.MinMaxObserver)
+    fq = tq.FusedMovingAvgObsFakeQuantize()
+    assert (fq.quant_min, fq.quant_max, fq.dtype) == (0, 255, torch.quint8)
+
+
+def test_fake_quantize_checks_its_range_against_the_dtype_as_torch_ao():
+    for kwargs in (dict(quant_min=0, quant_max=255, dtype=torch.qint8),
+                   dict(observer=tq.MovingAverageMinMaxObserver.with_args(dtype=torch.qint8), quant_min=-128,
+                        quant_max=128),
+                   dict(quant_min=5, quant_max=4)):
+        with pytest.raises(ValueError, match="quant_m"):
+            tq.FakeQuantize(**kwargs)
+        theirs = dict(kwargs)
+        if "observer" in theirs:
+            theirs["observer"] = taq.MovingAverageMinMaxObserver.with_args(dtype=torch.qint8)
+        with pytest.raises(AssertionError):
+            taq.FakeQuantize(**theirs)
+
+
+def test_dynamic_fake_quant_matches_torch_ao():
+    ours, theirs = tq.default_dynamic_fake_quant(), taq.default_dynamic_fake_quant()
+    assert ours.is_dynamic and theirs.is_dynamic
+    assert ours.activation_post_process.averaging_constant == theirs.activation_post_process.averaging_constant == 1
+    for seed in range(4):
+        x = _data(seed, offset=seed)
+        assert torch.equal(ours(x), theirs(x))
+        _same_qparams((ours.scale, ours.zero_point), (theirs.scale, theirs.zero_point))
+
+
+def test_histogram_fake_quant_uses_the_full_range():
+    ours = tq.default_histogram_fake_quant()
+    # torch.ao's default halves the range (reduce_range=True); the same observer at full range:
+    theirs = taq.FakeQuantize(observer=taq.HistogramObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                              qscheme=torch.per_tensor_affine, reduce_range=False)
+    assert (taq.default_histogram_fake_quant().quant_max, ours.quant_max, theirs.quant_max) == (127, 255, 255)
+    for seed in range(3):
+        x = _data(seed, shape=(64, 32), offset=0.3)
+        y = ours(x)
+        theirs(x)
+        assert torch.equal(y, torch.fake_quantize_per_tensor_affine(x, float(ours.scale), int(ours.zero_point), 0, 255))
+        torch.testing.assert_close(ours.scale, theirs.scale, rtol=0.01, atol=0)
+
+
+@pytest.mark.parametrize("name", ["default_fixed_qparams_range_0to1_fake_quant",
+                                  "default_fixed_qparams_range_neg1to1_fake_quant",
+                                  "default_affine_fixed_qparams_fake_quant",
+                                  "default_symmetric_fixed_qparams_fake_quant"])
+def test_fixed_qparams_fake_quants_match_torch_ao(name):
+    ours, theirs = getattr(tq, name)(), getattr(taq, name)()
+    assert type(ours) is tq.FixedQParamsFakeQuantize
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = torch.linspace(-1.5, 1.5, 1001)
+    assert torch.equal(ours(x), theirs(x))
+    _same_qparams(ours.calculate_qparams(), theirs.calculate_qparams())
+    assert ours.scale is ours.activation_post_process.scale
+    # torch.ao's state_dict loads unchanged.
+    fresh = getattr(tq, name)()
+    fresh.load_state_dict(theirs.state_dict())
+    assert torch.equal(fresh(x), theirs(x))
+
+
+def test_fixed_qparams_fake_quant_needs_a_fixed_qparams_observer():
+    with pytest.raises(ValueError, match="FixedQParamsObserver, got MovingAverageMinMaxObserver"):
+        tq.FixedQParamsFakeQuantize(observer=tq.MovingAverageMinMaxObserver)
+
+
+def _spec(ctr):
+    """A with_args constructor of either library as (class name, keywords), classes by name."""
+    if hasattr(ctr, "p"):
+        cls, kwargs = ctr.p.func, ctr.p.keywords
+    elif hasattr(ctr, "cls"):
+        cls, kwargs = ctr.cls, ctr.kwargs
+    else:
+        return ctr.__name__
+    return cls.__name__, {k: _spec(v) if callable(v) else v for k, v in kwargs.items()}
+
+
+class QATNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.fc1 = nn.Linear(32, 64)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(64, 4)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.fc2(self.relu1(self.fc1(self.quant(x)))))
+
+
+def test_qat_with_torch_aos_default_qat_qconfig_trains_and_converts():
+    # torch.ao's get_default_qat_qconfig("x86") (version 1), spelled with torchquant's names.
+    qconfig = tq.QConfig(
+        activation=tq.FusedMovingAvgObsFakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0,
+                                                              quant_max=255, reduce_range=True),
+        weight=tq.default_fused_per_channel_wt_fake_quant)
+    ao = taq.get_default_qat_qconfig("x86")
+    assert _spec(qconfig.activation) == _spec(ao.activation) and _spec(qconfig.weight) == _spec(ao.weight)
+
+    torch.manual_seed(0)
+    m = QATNet().train()
+    m.qconfig = qconfig
+    m = tq.fuse_modules_qat(m, [["fc1", "relu1"]])
+    p = tq.prepare_qat(m)
+    assert type(p.fc1) is qat.LinearReLU and type(p.fc2) is qat.Linear
+    assert type(p.fc1.weight_fake_quant) is tq.FusedMovingAvgObsFakeQuantize
+    x = torch.randn(256, 32)
+    target = x[:, :4].argmax(1)
+    opt = torch.optim.SGD(p.parameters(), lr=0.2)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(p(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    p.eval()
+    p.apply(tq.disable_observer)
+    q = tq.convert(p)
+    assert type(q.fc1) is nnq.LinearReLU and type(q.fc2) is nnq.Linear and type(q.quant) is nnq.Quantize
+    assert torch.equal(q.fc2.scale, p.fc2.activation_post_process.calculate_qparams()[0])
+    assert torch.equal(q.fc1.weight_scale, p.fc1.weight_fake_quant.calculate_qparams()[0])
+    with torch.no_grad():
+        # The QAT model fake-quantizes with the qparams convert uses, so the outputs agree to
+        # within a step (float vs int32 accumulation) once the int8 output is clipped to the
+        # fake-quant's range: with reduce_range=True that is [0, 127], while the quint8 output
+        # keeps [0, 255], as torch.ao's quantized Linear does.
+        fq = p.fc2.activation_post_process
+        lo, hi = ((torch.tensor([fq.quant_min, fq.quant_max]) - fq.zero_point) * fq.scale).tolist()
+        diff = (q(x[:64]).clamp(lo, hi) - p(x[:64])).abs().max()
+    assert (fq.quant_min, fq.quant_max) == (0, 127)
+    assert diff <= 1.01 * q.fc2.scale.item(), diff
+
+
+# ---------------------------------------------------------------- qconfig helpers
+def _pairs(lib):
+    o = lib
+    fq = lib.FakeQuantize.with_args(observer=o.MovingAverageMinMaxObserver.with_args(averaging_constant=0.1),
+                                    quant_min=0, quant_max=255)
+    fq_same = lib.FakeQuantize.with_args(observer=o.MovingAverageMinMaxObserver.with_args(averaging_constant=0.1),
+                                         quant_min=0, quant_max=255)
+    fq_other = lib.FakeQuantize.with_args(observer=o.MovingAverageMinMaxObserver.with_args(averaging_constant=0.2),
+                                          quant_min=0, quant_max=255)
+    act = o.MinMaxObserver.with_args(dtype=torch.quint8)
+    act_same = o.MinMaxObserver.with_args(dtype=torch.quint8)
+    act_other = o.MinMaxObserver.with_args(dtype=torch.qint8)
+    w = o.default_per_channel_weight_observer
+    Q = lib.QConfig
+    return [
+        (Q(act, w), Q(act_same, w)),
+        (Q(act, w), Q(act_other, w)),
+        (Q(act, w), Q(act, o.default_weight_observer)),
+        (Q(fq, w), Q(fq_same, w)),
+        (Q(fq, w), Q(fq_other, w)),
+        (Q(o.MinMaxObserver, w), Q(o.MinMaxObserver, w)),
+        (Q(act, w), None),
+        (None, None),
+    ]
+
+
+def test_qconfig_equals_answers_as_torch_ao():
+    ours = [tq.qconfig_equals(a, b) for a, b in _pairs(tq)]
+    theirs = [taq.qconfig_equals(a, b) for a, b in _pairs(taq)]
+    assert ours == theirs == [True, False, False, True, False, True, False, True]
+    assert tq.qconfig_equals(tq.get_default_qat_qconfig("x86"), tq.default_qat_qconfig)
+    assert not tq.qconfig_equals(tq.get_default_qat_qconfig("qnnpack"), tq.default_qat_qconfig)
+
+
+def test_type_aliases_and_quant_type():
+    assert typing.get_args(tq.QConfigAny) == (tq.QConfig, type(None))
+    assert set(typing.get_args(tq.ObserverOrFakeQuantize)) == {tq.ObserverBase, tq.FakeQuantizeBase}
+    assert [(t.name, int(t)) for t in tq.QuantType] == [(t.name, int(t)) for t in taq.QuantType]
+
+
+# ---------------------------------------------------------------- model-level helpers
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def test_add_quant_dequant_wraps_leaves_as_torch_ao():
+    torch.manual_seed(1)
+    base = Plain().eval()
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours.qconfig = tq.default_qconfig
+    theirs.qconfig = taq.default_qconfig
+    tq.propagate_qconfig_(ours)
+    taq.propagate_qconfig_(theirs)
+    ours.relu.qconfig = theirs.relu.qconfig = None
+    ours = tq.add_quant_dequant(ours)
+    theirs = taq.add_quant_dequant(theirs)
+    structure = lambda m: [(n, type(c).__name__) for n, c in m.named_modules()]  # noqa: E731
+    assert structure(ours) == structure(theirs)
+    assert type(ours.fc1) is tq.QuantWrapper and type(ours.relu) is nn.ReLU
+    prepared = tq.prepare(ours)
+    x = torch.randn(64, 16)
+    prepared(x)
+    q = tq.convert(prepared)
+    assert type(q.fc1.module) is nnq.Linear and type(q.fc1.quant) is nnq.Quantize
+    y = q(x)
+    assert type(y) is torch.Tensor
+    torch.testing.assert_close(y, base(x), atol=0.05, rtol=0)
+    # A leaf with a qconfig comes back wrapped.
+    leaf = nn.Linear(4, 4)
+    leaf.qconfig = tq.default_qconfig
+    assert type(tq.add_quant_dequant(leaf)) is tq.QuantWrapper
+
+
+def _prepared(seed=2, qconfig=None):
+    torch.manual_seed(seed)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4), tq.DeQuantStub()).eval()
+    m.qconfig = qconfig or tq.default_qconfig
+    p = tq.prepare(m)
+    p(torch.randn(32, 16))
+    return p
+
+
+def test_swap_module_is_converts_step_and_keeps_user_hooks():
+    p = _prepared()
+    calls = []
+    p[3].register_forward_hook(lambda mod, inp, out: calls.append(type(mod).__name__))
+    mapping = tq.get_default_static_quant_module_mappings()
+    new = tq.swap_module(p[3], mapping, {})
+    assert type(new) is nnq.Linear
+    q = tq.convert(p)
+    h = q[2](q[1](q[0](torch.randn(5, 16))))
+    assert torch.equal(new(h).dequantize(), q[3](h).dequantize())
+    assert calls == ["Linear"]  # the user's hook moved to the int8 module; the observer's did not
+    relu = nn.ReLU()
+    assert tq.swap_module(relu, mapping, {}) is relu  # no qconfig
+    conv = nn.Conv1d(2, 2, 1)
+    conv.qconfig = tq.default_qconfig
+    assert tq.swap_module(conv, mapping, {}) is conv  # nothing to swap it for
+
+    class Custom(nn.Module):
+        @classmethod
+        def from_observed(cls, mod):
+            out = cls()
+            out.source = mod
+            return out
+
+    conv_out = tq.swap_module(conv, mapping, {nn.Conv1d: Custom})
+    assert type(conv_out) is Custom and conv_out.source is conv
+
+
+@pytest.mark.cuda
+def test_swap_module_keeps_the_device_and_refuses_two():
+    p = _prepared().to("cuda")
+    new = tq.swap_module(p[3], tq.get_default_static_quant_module_mappings(), {})
+    assert type(new) is nnq.Linear and new.qweight.device.type == "cuda"
+    p[3].bias.data = p[3].bias.data.cpu()
+    with pytest.raises(ValueError, match=r"several devices \['cpu', 'cuda:0'\]"):
+        tq.swap_module(p[3], tq.get_default_static_quant_module_mappings(), {})
+
+
+def test_default_eval_fn_calibrates_as_a_loop():
+    torch.manual_seed(3)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), tq.DeQuantStub()).eval()
+    m.qconfig = tq.default_qconfig
+    batches = [(torch.randn(8, 16), torch.zeros(8)) for _ in range(3)]
+    a = tq.quantize(m, tq.default_eval_fn, [batches])
+    p = tq.prepare(m)
+    for x, _ in batches:
+        p(x)
+    b = tq.convert(p)
+    x = torch.randn(4, 16)
+    assert torch.equal(a(x), b(x))
+    seen_ours, seen_theirs = [], []
+    tq.default_eval_fn(seen_ours.append, batches)
+    taq.default_eval_fn(seen_theirs.append, batches)
+    assert len(seen_ours) == len(seen_theirs) == 3 and all(s is t for s, t in zip(seen_ours, seen_theirs))
+
+
+def test_observer_state_dict_round_trips_and_reads_torch_aos():
+    ours = _prepared(qconfig=tq.QConfig(activation=tq.MinMaxObserver.with_args(eps=2**-12),
+                                        weight=tq.default_weight_observer))
+    # The same model and data through torch.ao.
+    torch.manual_seed(2)
+    m = nn.Sequential(taq.QuantStub(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4), taq.DeQuantStub()).eval()
+    m.qconfig = taq.QConfig(activation=taq.MinMaxObserver.with_args(eps=2**-12), weight=taq.default_weight_observer)
+    theirs = taq.prepare(m)
+    theirs(torch.randn(32, 16))
+
+    sd = tq.get_observer_state_dict(ours)
+    ao_sd = taq.get_observer_state_dict(theirs)
+    assert set(sd) == set(ao_sd) | {k.replace("min_val", "nonfinite_count") for k in ao_sd if k.endswith("min_val")}
+    assert all(torch.equal(sd[k], ao_sd[k]) for k in ao_sd)
+
+    kept = {k: v.clone() for k, v in sd.items()}
+    fresh = tq.prepare(_unprepared())
+    tq.load_observer_state_dict(fresh, sd)
+    assert all(torch.equal(sd[k], kept[k]) for k in kept)  # the dict is not written to
+    assert float(fresh[1].activation_post_process.eps) == 2**-12
+    _same_qparams(fresh[3].activation_post_process.calculate_qparams(),
+                  ours[3].activation_post_process.calculate_qparams())
+
+    from_ao = tq.prepare(_unprepared())
+    tq.load_observer_state_dict(from_ao, ao_sd)
+    for i in (0, 1, 3):
+        _same_qparams(from_ao[i].activation_post_process.calculate_qparams(),
+                      theirs[i].activation_post_process.calculate_qparams())
+
+    partial = {k: v for k, v in sd.items() if not k.startswith("3.")}
+    with pytest.raises(RuntimeError, match=r"missing keys.*3\.activation_post_process\.min_val"):
+        tq.load_observer_state_dict(tq.prepare(_unprepared()), partial)
+    extra = {**sd, "1.activation_post_process.bogus": torch.zeros(1)}
+    with pytest.raises(RuntimeError, match=r"unexpected keys.*1\.activation_post_process\.bogus"):
+        tq.load_observer_state_dict(tq.prepare(_unprepared()), extra)
+
+
+def _unprepared():
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(eps=2**-12), weight=tq.default_weight_observer)
+    return m
+
+
+def test_observer_state_dict_of_a_qat_model_loads():
+    torch.manual_seed(4)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), tq.DeQuantStub()).train()
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    a, b = tq.prepare_qat(m), tq.prepare_qat(m)
+    a(torch.randn(8, 16))
+    tq.load_observer_state_dict(b, tq.get_observer_state_dict(a))
+    for name in ("0.activation_post_process", "1.activation_post_process", "1.weight_fake_quant"):
+        ma, mb = a.get_submodule(name), b.get_submodule(name)
+        _same_qparams(mb.calculate_qparams(), ma.calculate_qparams())
+
+
+def test_module_class_getters():
+    assert tq.get_static_quant_module_class(nn.Linear) is nnq.Linear
+    assert tq.get_static_quant_module_class(tq.QuantStub) is nnq.Quantize
+    assert tq.get_static_quant_module_class(intrinsic.LinearReLU) is nnq.LinearReLU
+    assert tq.get_dynamic_quant_module_class(nn.Linear) is nnq.DynamicLinear
+
+    class MyLinear(nn.Linear):
+        pass
+
+    assert tq.get_static_quant_module_class(MyLinear, {MyLinear: nnq.Linear}) is nnq.Linear
+    with pytest.raises(ValueError, match="float_module_class.*Conv2d"):
+        tq.get_static_quant_module_class(nn.Conv2d)
+    with pytest.raises(ValueError, match="float_module_class.*MyLinear"):
+        tq.get_dynamic_quant_module_class(MyLinear)
+    with pytest.raises(NotImplementedError, match="is_reference"):
+        tq.get_static_quant_module_class(nn.Linear, is_reference=True)
+    # torch.ao's answer for the same float class has the same role.
+    assert taq.get_static_quant_module_class(nn.Linear).__name__ == "Linear"
+    with pytest.raises(AssertionError):
+        taq.get_static_quant_module_class(MyLinear)
+
+
+def test_combined_dict_propagation_list_and_no_observer_set():
+    d, extra = {1: "a", 2: "b"}, {2: "c", 3: "d"}
+    from torch.ao.quantization.utils import get_combined_dict  # in torch.ao's __all__, not its namespace
+
+    assert tq.get_combined_dict(d, extra) == get_combined_dict(d, extra) == {1: "a", 2: "c", 3: "d"}
+    assert d == {1: "a", 2: "b"}
+    ours = tq.get_default_qconfig_propagation_list()
+    assert {nn.Linear, nn.Sequential, tq.QuantStub, tq.DeQuantStub, intrinsic.LinearReLU} <= ours
+    assert {nn.Linear, nn.Sequential} <= taq.get_default_qconfig_propagation_list()
+    assert tq.no_observer_set() == set()
+    # Empty is the truth: torchquant swaps none of the modules torch.ao lets observe themselves.
+    mapped = set(tq.get_default_static_quant_module_mappings()) | set(tq.get_default_qat_module_mappings()) \
+        | set(tq.get_default_dynamic_quant_module_mappings())
+    assert taq.no_observer_set() and not (taq.no_observer_set() & mapped)
+
+
+def test_fuse_modules_qat_as_torch_ao():
+    torch.manual_seed(5)
+    base = Plain().train()
+    ours = tq.fuse_modules_qat(base, [["fc1", "relu"]])
+    theirs = taq.fuse_modules_qat(base, [["fc1", "relu"]])
+    assert type(base.fc1) is nn.Linear  # not in place
+    assert [type(c).__name__ for c in ours.children()] == [type(c).__name__ for c in theirs.children()]
+    assert type(ours.fc1) is intrinsic.LinearReLU and ours.fc1.training
+    x = torch.randn(4, 16)
+    assert torch.equal(ours(x), theirs(x))
+    ours.qconfig = tq.default_qat_qconfig
+    p = tq.prepare_qat(ours)
+    assert type(p.fc1) is qat.LinearReLU
