@@ -1,0 +1,23 @@
+"""The README's Python examples run as printed (a README that drifts from the API fails here)."""
+import pathlib
+import re
+
+import torch
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_python_examples_run():
+    blocks = _python_blocks()
+    assert blocks, "the README has no python example"
+    for code in blocks:
+        scope = {}
+        exec(compile(code, str(README), "exec"), scope)  # noqa: S102 - the project's own README
+    # The ten-line example ends with an int8 model's float output.
+    y = scope["y"]
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == (16, 10)
+    assert type(scope["int8_model"][1]).__module__.startswith("torchquant.")
