@@ -166,6 +166,30 @@ def test_histogram_matches_reference(isa, n, bins):
         assert float(got[0].sum()) == 4 * n - int(got[3].sum())  # every finite value counted once
 
 
+@pytest.mark.parametrize("bins", [2048, 70000])
+def test_histogram_long_runs_of_one_bin(isa, bins):
+    # Long inputs count into sub-histograms (one per lane pair, flushed every 2^22 values) unless
+    # the histogram is wide: ReLU-like data (half exact zeros, runs of one bin) on one thread, so
+    # one chunk spans several flushes, must count exactly what the reference counts.
+    gen = torch.Generator().manual_seed(bins)
+    n = (1 << 22) * 2 + 4099
+    x = torch.randn(n, generator=gen).relu()
+    x[1000:300000] = 0.25
+    x[n - 20:] = float("nan")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = (torch.zeros(bins),) + _fresh()
+        ops.histogram_(*got, x)
+    finally:
+        torch.set_num_threads(threads)
+    want = (torch.zeros(bins),) + _fresh()
+    reference.histogram_(*want, x)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    assert float(got[0].sum()) == n - 20
+
+
 def test_histogram_constant_then_growth(isa):
     got = (torch.zeros(64),) + _fresh()
     want = (torch.zeros(64),) + _fresh()
