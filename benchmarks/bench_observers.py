@@ -93,12 +93,15 @@ def main():
     t_sum_h = bench(lambda: h.sum(), args.reps * 4)
     # Growing range: each batch is wider than the last, so every forward rebins the histogram.
     growing = [h * (1.001 ** i) for i in range(1, args.reps * 4 + 4)]
-    for label, batches in (("steady range", None), ("growing range", growing)):
+    # ReLU'd data: the output of a LinearReLU, half of it in one bin.
+    relu = h.relu()
+    for label, batches in (("steady range", None), ("growing range", growing), ("ReLU'd, steady", relu)):
         ours, theirs = tqo.HistogramObserver(), ao.HistogramObserver()
-        ours(h), theirs(h)
-        if batches is None:
-            t_ours = bench(lambda: ours(h), args.reps * 4)
-            t_ao = bench(lambda: theirs(h), args.reps * 4)
+        data = relu if batches is relu else h
+        ours(data), theirs(data)
+        if batches is None or batches is relu:
+            t_ours = bench(lambda: ours(data), args.reps * 4)
+            t_ao = bench(lambda: theirs(data), args.reps * 4)
         else:
             it_ours, it_ao = iter(batches), iter(batches)
             t_ours = bench(lambda: ours(next(it_ours)), args.reps * 4)
