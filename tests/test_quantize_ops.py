@@ -401,3 +401,28 @@ def test_qtensor_api():
     qt = torchquant.quantize_per_tensor(x, 0.05, 3, torch.quint8)
     assert qt.flatten().shape == (12,) and "QTensor" in repr(qt)
     assert torch.allclose(qt.dequantize(), x.clamp(min=-0.15), atol=0.026)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(qmin=5, qmax=4), ValueError, "qmin <= qmax"),
+    (dict(qmin=-129), ValueError, "-128 <= qmin"),
+    (dict(qmax=128), ValueError, "qmax <= 127"),
+    (dict(qmin=-3.5), TypeError, "argument 'qmin' must be an integer"),
+    (dict(axis=1.0), TypeError, "argument 'axis' must be an integer"),
+    (dict(axis=2), ValueError, "argument 'axis'"),
+    (dict(axis=-3), ValueError, "argument 'axis'"),
+    (dict(scale=0.1), TypeError, "argument 'scale'"),
+    (dict(zero_point=0), TypeError, "argument 'zero_point'"),
+    (dict(data=[1, 2]), TypeError, "argument 'data'"),
+    (dict(data=torch.zeros(2, 3)), TypeError, "int8 or uint8"),
+])
+def test_qtensor_constructor_checks_its_arguments(kwargs, exc, match):
+    from torchquant.qtensor import QTensor
+    args = dict(data=torch.zeros(2, 3, dtype=torch.int8), scale=torch.tensor([0.1]),
+                zero_point=torch.tensor([0], dtype=torch.int32), axis=None, qmin=None, qmax=None)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        QTensor(**args)
+    ok = QTensor(torch.zeros(2, 3, dtype=torch.int8), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32),
+                 -1, -8, 7)
+    assert (ok.axis, ok.qmin, ok.qmax) == (-1, -8, 7)

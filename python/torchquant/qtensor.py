@@ -7,11 +7,12 @@ torch.export see through it.
 """
 from __future__ import annotations
 
+import operator
+import warnings
 from typing import Optional
 
 import torch
 import torch.utils._pytree as pytree
-import warnings
 
 __all__ = ["QTensor"]
 
@@ -19,6 +20,14 @@ _QDTYPES = {torch.int8: torch.qint8, torch.uint8: torch.quint8}
 # (min, max) of each storage dtype: a dict lookup, where torch.iinfo would build an object on
 # every QTensor a quantized module returns.
 _QRANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+
+
+def _int_arg(name: str, v) -> int:
+    """v as an int; a float (which int() would truncate) or anything else is a TypeError naming it."""
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"QTensor: argument '{name}' must be an integer, got {v!r} ({type(v).__name__})") from None
 
 
 class QTensor:
@@ -47,15 +56,43 @@ class QTensor:
         qmin: Optional[int] = None,
         qmax: Optional[int] = None,
     ):
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"QTensor: argument 'data' must be a tensor, got {type(data).__name__}")
         qrange = _QRANGE.get(data.dtype)
         if qrange is None:
             raise TypeError(f"QTensor data must be int8 or uint8, got {data.dtype} (argument 'data')")
+        for name, t in (("scale", scale), ("zero_point", zero_point)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"QTensor: argument '{name}' must be a tensor, got {type(t).__name__}")
+        lo = qrange[0] if qmin is None else _int_arg("qmin", qmin)
+        hi = qrange[1] if qmax is None else _int_arg("qmax", qmax)
+        if not qrange[0] <= lo <= hi <= qrange[1]:
+            raise ValueError(f"QTensor: arguments 'qmin' and 'qmax' must satisfy {qrange[0]} <= qmin <= qmax <= "
+                             f"{qrange[1]} for {data.dtype} data, got qmin={lo}, qmax={hi}")
+        if axis is not None:
+            axis = _int_arg("axis", axis)
+            if not -data.dim() <= axis < max(data.dim(), 1):
+                raise ValueError(f"QTensor: argument 'axis' must lie in [{-data.dim()}, {data.dim() - 1}] for data of "
+                                 f"shape {tuple(data.shape)}, got {axis}")
         self.data = data
         self.scale = scale
         self.zero_point = zero_point
         self.axis = axis
-        self.qmin = qrange[0] if qmin is None else int(qmin)
-        self.qmax = qrange[1] if qmax is None else int(qmax)
+        self.qmin = lo
+        self.qmax = hi
+
+    @classmethod
+    def _make(cls, data, scale, zero_point, axis, qmin, qmax) -> "QTensor":
+        """The constructor without its checks, for values that come from a QTensor or a quantized
+        module already (a small-batch forward builds one per module)."""
+        self = object.__new__(cls)
+        self.data = data
+        self.scale = scale
+        self.zero_point = zero_point
+        self.axis = axis
+        self.qmin = qmin
+        self.qmax = qmax
+        return self
 
     # ---- torch quantized-tensor accessors ----
     def int_repr(self) -> torch.Tensor:
@@ -117,8 +154,8 @@ class QTensor:
         return self.data.is_cuda
 
     def to(self, device) -> "QTensor":
-        return QTensor(self.data.to(device), self.scale.to(device), self.zero_point.to(device),
-                       self.axis, self.qmin, self.qmax)
+        return QTensor._make(self.data.to(device), self.scale.to(device), self.zero_point.to(device),
+                             self.axis, self.qmin, self.qmax)
 
     def cpu(self) -> "QTensor":
         return self.to("cpu")
@@ -127,7 +164,7 @@ class QTensor:
         return self.to("cuda")
 
     def _same_qparams(self, data: torch.Tensor) -> "QTensor":
-        return QTensor(data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
+        return QTensor._make(data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
 
     def _reshaping(self, name, fn, *args, **kwargs) -> "QTensor":
         if self.axis is not None:
@@ -215,7 +252,7 @@ def _flatten(q: QTensor):
 
 def _unflatten(children, context) -> QTensor:
     axis, qmin, qmax = context
-    return QTensor(children[0], children[1], children[2], axis, qmin, qmax)
+    return QTensor._make(children[0], children[1], children[2], axis, qmin, qmax)
 
 
 pytree.register_pytree_node(

@@ -56,7 +56,7 @@ class Quantize(nn.Module):
         b = self._buffers
         scale, zero_point = b["scale"], b["zero_point"]
         data = ops.quantize.default(x, scale, zero_point, None, self.qmin, self.qmax, _STORAGE[self.dtype])
-        return QTensor(data, scale, zero_point, None, self.qmin, self.qmax)
+        return QTensor._make(data, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
     def from_float(cls, mod, name: str = "QuantStub"):
@@ -139,7 +139,7 @@ class Linear(nn.Module):
         scale, zero_point = b["scale"], b["zero_point"]
         y = ops.linear_int8.default(x.data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"],
                                     b["weight_scale"], b["bias"], scale, zero_point, self._relu, _STORAGE[self.dtype])
-        return QTensor(y, scale, zero_point, None, self.qmin, self.qmax)
+        return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None):
