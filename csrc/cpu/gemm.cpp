@@ -400,6 +400,7 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
     TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
                 "argument 'out_zero_point' is required when out_dtype is ", odt);
     p.out_inv_scale = 1.0f / read_scale(*out_scale, "out_scale");
+    p.nan_free = std::isfinite(p.out_inv_scale);
     p.out_zp = read_zero_point(*out_zero_point, "out_zero_point", odt == at::kByte ? 0 : -128,
                                odt == at::kByte ? 255 : 127);
   }
@@ -411,6 +412,9 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   p.col_sums = w_col_sums.const_data_ptr<int32_t>();
   p.w_scale = pws;
   p.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  if (p.nan_free && p.bias != nullptr) {
+    for (int64_t n = 0; n < N && p.nan_free; ++n) p.nan_free = std::isfinite(p.bias[n]);
+  }
   p.relu = relu;
   p.out = out.data_ptr();
   p.ldo = N;

@@ -135,12 +135,18 @@ MicroFn pick_micro(int rows, int nv, bool flip) {
   return flip ? pick_micro_f<true>(rows, nv) : pick_micro_f<false>(rows, nv);
 }
 
-// One output row of ncols columns starting at n0, from its raw accumulators. A last chunk of
+// One output row of ncols columns starting at n0, from its raw accumulators. zc[j] is the
+// zero-point correction zp * col_sums[n0 + j] and sc[j] the scale a_scale * w_scale[n0 + j] of
+// column n0 + j (the same int32 and float32 operations as the oracle's, made once per panel
+// group for per-tensor activations, or here per row when they are per row). A last chunk of
 // fewer than 16 columns runs the same vector sequence under a lane mask (masked loads read
 // nothing past N, masked stores write nothing past it): with N = 10 the whole output is such
 // a chunk, and going element by element through the oracle cost more than the multiply.
+// nan_free: no NaN can reach the requantize (see GemmProblem), so its NaN -> zp step is skipped.
+template <bool kPre>
 TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc, int64_t m,
-                                       int64_t n0, int64_t ncols, int32_t zp, float a_scale) {
+                                       int64_t n0, int64_t ncols, int32_t zp, float a_scale,
+                                       const int32_t* zc, const float* sc) {
   const __m512i vzp = _mm512_set1_epi32(zp);
   const __m512 vas = _mm512_set1_ps(a_scale), zero = _mm512_setzero_ps();
   const bool u8 = p.out_kind == GemmOut::QUInt8;
@@ -151,14 +157,17 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
     const __mmask16 k = ncols - j >= 16 ? __mmask16(0xFFFF)
                                         : static_cast<__mmask16>((1u << (ncols - j)) - 1u);
     const int64_t n = n0 + j, o = m * p.ldo + n;
-    // acc holds 16 lanes per chunk (the register tile's width), so it is read whole.
+    // acc (and zc, sc) hold 16 lanes per chunk (the register tile's width): read whole.
     const __m512i corr = _mm512_sub_epi32(
-        _mm512_loadu_si512(acc + j), _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n)));
+        _mm512_loadu_si512(acc + j),
+        kPre ? _mm512_loadu_si512(zc + j)
+             : _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n)));
     if (p.out_kind == GemmOut::Int32) {
       _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + o, k, corr);
       continue;
     }
-    const __m512 s = _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n));
+    const __m512 s =
+        kPre ? _mm512_loadu_ps(sc + j) : _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n));
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
     if (p.bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, p.bias + n));
     if (p.relu) y = _mm512_max_ps(zero, y);  // 0 > y ? 0 : y: NaN and -0 pass through
@@ -170,9 +179,13 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
     __m512 t = _mm512_add_ps(
         _mm512_roundscale_ps(_mm512_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
         ozp);
-    const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
-    t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
-    t = _mm512_mask_blend_ps(nan, t, ozp);
+    if (p.nan_free) {
+      t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+    } else {
+      const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+      t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+      t = _mm512_mask_blend_ps(nan, t, ozp);
+    }
     // Integer-valued and inside the 8-bit type: the conversion and the truncating pack are exact.
     _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(p.out) + o, k, _mm512_cvtps_epi32(t));
   }
@@ -192,6 +205,9 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
   const int32_t zp_shift = p.a_unsigned ? 0 : 128;
   alignas(64) int32_t c[kMR * kNV * 16];
   alignas(64) int8_t tw[kNV * kGroup];
+  alignas(64) int32_t zc[kNV * 16];
+  alignas(64) float sc[kNV * 16];
+  const bool per_tensor = p.a_zp_row == nullptr && p.a_scale_row == nullptr;
   int32_t ta[kMR];
   const auto* a8 = static_cast<const uint8_t*>(a);
   for (int64_t pp = p0; pp < p1; pp += kNV) {
@@ -207,6 +223,22 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
     }
     const int64_t n0 = pp * kPanel;
     const int64_t ncols = (p.N - n0) < nv * kPanel ? (p.N - n0) : nv * kPanel;
+    if (per_tensor) {
+      // The group's corrections and scales, once for all its row tiles (lanes past N: zero).
+      const __m512i vzp = _mm512_set1_epi32(p.a_zp + zp_shift);
+      const __m512 vas = _mm512_set1_ps(p.a_scale);
+      for (int64_t j = 0; j < kNV * 16; j += 16) {
+        const int64_t left = ncols - j;
+        const __mmask16 k = left >= 16 ? __mmask16(0xFFFF)
+                                       : left <= 0 ? __mmask16(0)
+                                                   : static_cast<__mmask16>((1u << left) - 1u);
+        _mm512_store_si512(zc + j, _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n0 + j)));
+        // int32 output (int8_mm's packing path) has no scales.
+        if (p.out_kind != GemmOut::Int32) {
+          _mm512_store_ps(sc + j, _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n0 + j)));
+        }
+      }
+    }
     for (int64_t m = m0; m < m1; m += kMR) {
       const int rows = static_cast<int>(m1 - m < kMR ? m1 - m : kMR);
       if (r != 0) {
@@ -219,9 +251,13 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
       pick_micro(rows, nv, flip != 0)(a8 + m * lda, lda, b, pstride, groups, c);
       if (r != 0) tail_group(rows, nv, ta, tw, c);
       for (int i = 0; i < rows; ++i) {
-        const int32_t zp = (p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp) + zp_shift;
-        const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
-        epilogue_row(p, c + i * kNV * 16, m + i, n0, ncols, zp, s);
+        if (per_tensor) {
+          epilogue_row<true>(p, c + i * kNV * 16, m + i, n0, ncols, 0, 0.0f, zc, sc);
+        } else {
+          const int32_t zp = (p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp) + zp_shift;
+          const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
+          epilogue_row<false>(p, c + i * kNV * 16, m + i, n0, ncols, zp, s, nullptr, nullptr);
+        }
       }
     }
   }
