@@ -262,6 +262,23 @@ def test_linear_int8_non_finite_bias_is_defined(isa):
     assert q[0, :2].tolist() == [3, 127] and q[0, 17] == -128  # NaN -> zero point, +-inf saturate
 
 
+def test_linear_int8_subnormal_out_scale(isa):
+    # 1 / out_scale overflows to inf: a zero result times inf is NaN (-> zero point), the others
+    # saturate. The kernels skip the NaN step only where no NaN can arise; this must not be one.
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randint(-3, 4, (40, 9), dtype=torch.int8, generator=gen)
+    wp, cs = ops.pack_weight(w)
+    x = torch.randint(0, 4, (7, 9), dtype=torch.uint8, generator=gen)
+    x[0] = 2  # with zero point 2: row 0 is all zero
+    xs, xz = torch.tensor([0.5]), torch.tensor([2], dtype=torch.int32)
+    os_, oz = torch.tensor([1e-40]), torch.tensor([5], dtype=torch.int32)
+    for relu in (False, True):
+        got = ops.linear_int8(x, xs, xz, wp, cs, torch.ones(40), None, os_, oz, relu, torch.int8)
+        want = reference.linear_int8(x, xs, xz, w, torch.ones(40), None, os_, oz, relu, torch.int8)
+        assert torch.equal(got, want)
+        assert (got[0] == 5).all()
+
+
 # ---------------------------------------------------------------- linear_int8, per-row qparams
 def _row_qparams(gen, rows, xdtype):
     """Per-row scales (a quarter powers of two: ties downstream) and zero points, the ends of
