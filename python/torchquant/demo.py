@@ -226,7 +226,7 @@ def state_dict_size(model: nn.Module) -> int:
     """Bytes that ``torch.save(model.state_dict(), f)`` writes.
 
     >>> state_dict_size(MLP())
-    1078...
+    1080...
     """
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)

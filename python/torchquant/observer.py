@@ -469,7 +469,9 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
 class HistogramObserver(UniformQuantizationObserverBase):
     """A histogram of everything observed, its range growing to cover new data as torch.ao's
     does; ``calculate_qparams`` searches the (min, max) with the least L2 quantization error
-    (torch.ao's HistogramObserver; its scale within 1% here).
+    (torch.ao's HistogramObserver; its scale within 1% here). ``upsample_rate`` (>= 1, with
+    ``bins * upsample_rate <= 2**31 - 1``) is the number of parts each bin is split into when
+    the range grows; a value outside that bound is an error at the first ``forward`` with data.
 
     >>> obs = HistogramObserver(bins=256)
     >>> _ = obs(torch.randn(10000))
@@ -650,8 +652,8 @@ class MSEObserver(HistogramObserver):
     the error integrated exactly) is least.
 
     >>> obs = MSEObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
-    >>> _ = obs(torch.cat([torch.randn(100000), torch.tensor([1000.0])]))
-    >>> bool(obs.calculate_qparams()[0] < 1.0)
+    >>> _ = obs(torch.cat([torch.randn(100000), torch.tensor([10.0])]))
+    >>> bool(obs.calculate_qparams()[0] < 0.07)  # the full range would give 10 / 127.5 = 0.078
     True
     """
 

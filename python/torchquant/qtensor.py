@@ -36,6 +36,12 @@ class QTensor:
     Per tensor (``axis is None``): ``scale`` and ``zero_point`` hold one element. Per channel:
     one element per ``data.size(axis)``.
 
+    The constructor checks that ``data`` is an int8 or uint8 tensor, ``scale`` and
+    ``zero_point`` are tensors, ``qmin`` and ``qmax`` are integers with ``qmin <= qmax`` inside
+    data's dtype (default: its whole range) and ``axis`` is an integer inside data's
+    dimensions; a TypeError or ValueError names the argument at fault. The qparams' shapes,
+    dtypes and devices are not checked.
+
     Example::
 
         >>> q = torchquant.quantize_per_tensor(torch.tensor([0.1, -0.5]), 0.01, 0, torch.qint8)
