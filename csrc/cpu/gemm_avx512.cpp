@@ -278,8 +278,25 @@ TQ_TARGET_AVX512VNNI void quantize_rows__avx512vnni(const float* x, int64_t ldx,
     // vminps(x, acc) returns acc when x is NaN, so NaN is ignored as in the scalar loop; acc
     // starts at +0 and never becomes -0; masked-off tail lanes keep acc. So the reduction gives
     // the scalar loop's mn and mx exactly.
+    // Four accumulator pairs hide min/max latency. Min and max round nothing and the
+    // accumulators hold neither NaN nor -0, so the order in which lanes and accumulators are
+    // combined (here and in the horizontal reductions) cannot change the result.
     __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
-    for (int64_t k = 0; k < full; k += 16) {
+    __m512 vmn1 = vmn, vmx1 = vmx, vmn2 = vmn, vmx2 = vmx, vmn3 = vmn, vmx3 = vmx;
+    int64_t k = 0;
+    for (; k + 64 <= full; k += 64) {
+      const __m512 v0 = _mm512_loadu_ps(xr + k), v1 = _mm512_loadu_ps(xr + k + 16);
+      const __m512 v2 = _mm512_loadu_ps(xr + k + 32), v3 = _mm512_loadu_ps(xr + k + 48);
+      vmn = _mm512_min_ps(v0, vmn);
+      vmx = _mm512_max_ps(v0, vmx);
+      vmn1 = _mm512_min_ps(v1, vmn1);
+      vmx1 = _mm512_max_ps(v1, vmx1);
+      vmn2 = _mm512_min_ps(v2, vmn2);
+      vmx2 = _mm512_max_ps(v2, vmx2);
+      vmn3 = _mm512_min_ps(v3, vmn3);
+      vmx3 = _mm512_max_ps(v3, vmx3);
+    }
+    for (; k < full; k += 16) {
       const __m512 v = _mm512_loadu_ps(xr + k);
       vmn = _mm512_min_ps(v, vmn);
       vmx = _mm512_max_ps(v, vmx);
@@ -289,14 +306,9 @@ TQ_TARGET_AVX512VNNI void quantize_rows__avx512vnni(const float* x, int64_t ldx,
       vmn = _mm512_mask_min_ps(vmn, tail, v, vmn);
       vmx = _mm512_mask_max_ps(vmx, tail, v, vmx);
     }
-    alignas(64) float lmn[16], lmx[16];
-    _mm512_store_ps(lmn, vmn);
-    _mm512_store_ps(lmx, vmx);
-    float mn = 0.0f, mx = 0.0f;
-    for (int j = 0; j < 16; ++j) {
-      mn = lmn[j] < mn ? lmn[j] : mn;
-      mx = lmx[j] > mx ? lmx[j] : mx;
-    }
+    vmn = _mm512_min_ps(_mm512_min_ps(vmn, vmn1), _mm512_min_ps(vmn2, vmn3));
+    vmx = _mm512_max_ps(_mm512_max_ps(vmx, vmx1), _mm512_max_ps(vmx2, vmx3));
+    const float mn = _mm512_reduce_min_ps(vmn), mx = _mm512_reduce_max_ps(vmx);
     rowwise_qparams(mn, mx, qmin, qmax, &scale[i], &zp[i]);
     const __m512 inv = _mm512_set1_ps(1.0f / scale[i]),
                  z = _mm512_set1_ps(static_cast<float>(zp[i]));
