@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 
 #include "common/checks.h"
@@ -69,29 +70,38 @@ void check_histogram_range(float lo, float hi) {
               "(+inf, -inf) for an empty histogram, got [", lo, ", ", hi, "]");
 }
 
-void check_no_overlap(const at::Tensor& out, const char* out_name, const at::Tensor& other,
-                      const char* other_name) {
-  const at::MemOverlapStatus s = at::get_overlap_status(out, other);
-  // TooHard: a layout ATen does not compare (non-dense); sharing a storage then counts as overlap.
-  const bool overlap = s == at::MemOverlapStatus::Full || s == at::MemOverlapStatus::Partial ||
-                       (s == at::MemOverlapStatus::TooHard && out.storage().is_alias_of(other.storage()));
-  TORCH_CHECK(!overlap, "arguments '", out_name, "' and '", other_name, "' share memory; '",
-              out_name, "' is written by this op and must not overlap any other argument");
+namespace {
+
+struct NamedTensor {
+  const at::Tensor& t;
+  const char* name;
+};
+
+// No two of args share memory. Every argument but the last is written by the op (the last, x,
+// is only read), so each pair has a written side, named first in the error: a write through
+// one would change what is read through the other.
+void check_none_overlap(std::initializer_list<NamedTensor> args) {
+  for (auto out = args.begin(); out + 1 != args.end(); ++out) {
+    for (auto other = out + 1; other != args.end(); ++other) {
+      const at::MemOverlapStatus s = at::get_overlap_status(out->t, other->t);
+      // TooHard: a layout ATen does not compare (non-dense); sharing a storage then counts as
+      // overlap.
+      const bool overlap =
+          s == at::MemOverlapStatus::Full || s == at::MemOverlapStatus::Partial ||
+          (s == at::MemOverlapStatus::TooHard && out->t.storage().is_alias_of(other->t.storage()));
+      TORCH_CHECK(!overlap, "arguments '", out->name, "' and '", other->name, "' share memory; '",
+                  out->name, "' is written by this op and must not overlap any other argument");
+    }
+  }
 }
+
+}  // namespace
 
 void check_histogram_no_overlap(const at::Tensor& hist, const at::Tensor& min_val,
                                 const at::Tensor& max_val, const at::Tensor& nonfinite_count,
                                 const at::Tensor& x) {
-  check_no_overlap(hist, "hist", min_val, "min_val");
-  check_no_overlap(hist, "hist", max_val, "max_val");
-  check_no_overlap(hist, "hist", nonfinite_count, "nonfinite_count");
-  check_no_overlap(hist, "hist", x, "x");
-  check_no_overlap(min_val, "min_val", max_val, "max_val");
-  check_no_overlap(min_val, "min_val", nonfinite_count, "nonfinite_count");
-  check_no_overlap(min_val, "min_val", x, "x");
-  check_no_overlap(max_val, "max_val", nonfinite_count, "nonfinite_count");
-  check_no_overlap(max_val, "max_val", x, "x");
-  check_no_overlap(nonfinite_count, "nonfinite_count", x, "x");
+  check_none_overlap({{hist, "hist"}, {min_val, "min_val"}, {max_val, "max_val"},
+                      {nonfinite_count, "nonfinite_count"}, {x, "x"}});
 }
 
 int64_t check_observe_minmax_args(const at::Tensor& running_min, const at::Tensor& running_max,
@@ -105,12 +115,8 @@ int64_t check_observe_minmax_args(const at::Tensor& running_min, const at::Tenso
   check_running(running_max, "running_max", x, C);
   check_counts(nonfinite_count, x);
   check_averaging_constant(averaging_constant);
-  check_no_overlap(running_min, "running_min", running_max, "running_max");
-  check_no_overlap(running_min, "running_min", nonfinite_count, "nonfinite_count");
-  check_no_overlap(running_min, "running_min", x, "x");
-  check_no_overlap(running_max, "running_max", nonfinite_count, "nonfinite_count");
-  check_no_overlap(running_max, "running_max", x, "x");
-  check_no_overlap(nonfinite_count, "nonfinite_count", x, "x");
+  check_none_overlap({{running_min, "running_min"}, {running_max, "running_max"},
+                      {nonfinite_count, "nonfinite_count"}, {x, "x"}});
   return a;
 }
 

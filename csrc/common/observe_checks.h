@@ -30,10 +30,6 @@ void check_upsample_rate(int64_t upsample_rate, int64_t bins);
 // A histogram's range [lo, hi]: empty (lo = +inf or hi = -inf, as a fresh observer's), or
 // finite with lo <= hi. Anything else (NaN, one infinite end, lo > hi) is corrupt state.
 void check_histogram_range(float lo, float hi);
-// `out` (written by the op) shares no memory with `other`: a write through one would change
-// what is read through the other.
-void check_no_overlap(const at::Tensor& out, const char* out_name, const at::Tensor& other,
-                      const char* other_name);
 // No two of histogram_'s arguments share memory (hist, min_val, max_val, nonfinite_count are
 // written; x is read after hist is).
 void check_histogram_no_overlap(const at::Tensor& hist, const at::Tensor& min_val,
