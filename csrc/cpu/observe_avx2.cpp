@@ -22,9 +22,9 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/gemm_kernels.h"  // scratch()
 #include "cpu/isa.h"
 #include "cpu/observe_kernels.h"
+#include "cpu/scratch.h"
 
 namespace torchquant {
 namespace cpu {
