@@ -488,6 +488,12 @@ def test_quantize_rowwise_non_finite_rows_are_defined(isa):
     q, s, z = ops.quantize_rowwise(x)
     rq, rs, rz = reference.quantize_rowwise(x)
     assert torch.equal(q, rq) and torch.equal(s, rs) and torch.equal(z, rz)
+    # K = 83: the specials land in every accumulator of the vector kernels' 64-wide blocks,
+    # in a 16-wide step and in the tail.
+    wide = torch.cat([x.repeat(1, 4), x[:, :3]], dim=1)
+    wq, ws_, wz = ops.quantize_rowwise(wide)
+    rq, rs, rz = reference.quantize_rowwise(wide)
+    assert torch.equal(wq, rq) and torch.equal(ws_, rs) and torch.equal(wz, rz)
     # NaN counts as 0: the NaN row quantizes like the row with 0 in its place
     q0, s0, z0 = ops.quantize_rowwise(torch.nan_to_num(x[:1], nan=0.0))
     assert torch.equal(q[:1], q0) and torch.equal(s[:1], s0) and torch.equal(z[:1], z0)
