@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 import torch.utils._pytree as pytree
 
+from . import _fastcall
+
 __all__ = ["QTensor"]
 
 _QDTYPES = {torch.int8: torch.qint8, torch.uint8: torch.quint8}
@@ -106,8 +108,9 @@ class QTensor:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         # float32 is the op's default: passing None skips a dtype conversion per call (batch 1).
-        return torch.ops.torchquant.dequantize.default(self.data, self.scale, self.zero_point, self.axis,
-                                                       None if dtype is torch.float32 else dtype)
+        d, s, z = self.data, self.scale, self.zero_point
+        f = _fastcall.dequantize if _fastcall.usable(d, s, z) else torch.ops.torchquant.dequantize.default
+        return f(d, s, z, self.axis, None if dtype is torch.float32 else dtype)
 
     def qscheme(self):
         return torch.per_tensor_affine if self.axis is None else torch.per_channel_affine

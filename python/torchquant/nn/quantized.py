@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _fastcall
 from .._ops import ops
 from ..qtensor import QTensor
 from . import intrinsic, qat
@@ -55,7 +56,10 @@ class Quantize(nn.Module):
             return x
         b = self._buffers
         scale, zero_point = b["scale"], b["zero_point"]
-        data = ops.quantize.default(x, scale, zero_point, None, self.qmin, self.qmax, _STORAGE[self.dtype])
+        if _fastcall.usable(x, scale, zero_point):
+            data = _fastcall.quantize(x, scale, zero_point, None, self.qmin, self.qmax, _STORAGE[self.dtype])
+        else:
+            data = ops.quantize.default(x, scale, zero_point, None, self.qmin, self.qmax, _STORAGE[self.dtype])
         return QTensor._make(data, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
@@ -137,8 +141,10 @@ class Linear(nn.Module):
         # part of a small-batch call.
         b = self._buffers
         scale, zero_point = b["scale"], b["zero_point"]
-        y = ops.linear_int8.default(x.data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"],
-                                    b["weight_scale"], b["bias"], scale, zero_point, self._relu, _STORAGE[self.dtype])
+        xd, xs, xz = x.data, x.scale, x.zero_point
+        f = _fastcall.linear_int8 if _fastcall.usable(xd, xs, xz) else ops.linear_int8.default
+        y = f(xd, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], scale, zero_point,
+              self._relu, _STORAGE[self.dtype])
         return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
@@ -216,7 +222,9 @@ class DynamicLinear(Linear):
             x = x.dequantize()
         # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
         b = self._buffers
-        y = ops.linear_dynamic.default(x, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], self._relu)
+        w = b["_packed_weight"]
+        f = _fastcall.linear_dynamic if _fastcall.usable(x, w, w) else ops.linear_dynamic.default
+        y = f(x, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     @classmethod

@@ -1,0 +1,103 @@
+// Typed Python entry points into four torchquant ops, for the quantized modules' forward.
+//
+// `torch.ops.torchquant.<op>(...)` reaches the dispatcher through torch's generic path: every
+// call boxes its Python arguments into a stack of IValues against the schema and looks up the
+// namespace by name, about 2 us per call on top of the op for the module-sized argument lists,
+// more than a batch-1 Linear computes. These bindings take the same arguments already typed
+// (pybind11 casters) and call the same registered op through a typed dispatcher handle, the
+// way torch's own generated bindings call its built-in ops: every kernel the op has (CPU,
+// CUDA, Meta, the Python fake kernel, autograd, dispatch modes) is reached exactly as through
+// torch.ops; nothing is re-implemented here. What they skip is the Python-level
+// __torch_function__ handling, so the callers (python/torchquant/_fastcall.py) use them only
+// where that has nothing to do: outside torch.compile / torch.export tracing, with no torch
+// function mode active, and with plain tensors.
+//
+// Built into the same library as the ops by setup.py; the CMake build (for C++ programs, no
+// Python) leaves this directory out.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/extension.h>
+
+#include <optional>
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// The signatures must match the schemas in csrc/torchquant.cpp exactly: typed() checks them
+// at the first call and raises if they drift apart.
+using QuantizeSig = Tensor(const Tensor&, const Tensor&, const Tensor&, std::optional<int64_t>,
+                           int64_t, int64_t, at::ScalarType);
+using DequantizeSig = Tensor(const Tensor&, const Tensor&, const Tensor&, std::optional<int64_t>,
+                             std::optional<at::ScalarType>);
+using LinearInt8Sig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                             const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
+                             const OptTensor&, bool, std::optional<at::ScalarType>);
+using LinearDynamicSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const OptTensor&, bool);
+
+// Errors and warnings reach Python as through torch.ops: c10::ValueError as ValueError,
+// TORCH_WARN as a Python warning (HANDLE_TH_ERRORS installs the warning handler). The GIL is
+// released around the op, as torch.ops releases it.
+Tensor quantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
+                std::optional<int64_t> axis, int64_t qmin, int64_t qmax, at::ScalarType dtype) {
+  HANDLE_TH_ERRORS
+  static const auto op = typed_op<QuantizeSig>("torchquant::quantize");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(x, scale, zero_point, axis, qmin, qmax, dtype);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+Tensor dequantize(const Tensor& q, const Tensor& scale, const Tensor& zero_point,
+                  std::optional<int64_t> axis, std::optional<at::ScalarType> out_dtype) {
+  HANDLE_TH_ERRORS
+  static const auto op = typed_op<DequantizeSig>("torchquant::dequantize");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(q, scale, zero_point, axis, out_dtype);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+Tensor linear_int8(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_point,
+                   const Tensor& w_packed, const Tensor& w_col_sums, const Tensor& w_scale,
+                   const OptTensor& bias, const OptTensor& out_scale,
+                   const OptTensor& out_zero_point, bool relu,
+                   std::optional<at::ScalarType> out_dtype) {
+  HANDLE_TH_ERRORS
+  static const auto op = typed_op<LinearInt8Sig>("torchquant::linear_int8");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale,
+                 out_zero_point, relu, out_dtype);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+Tensor linear_dynamic(const Tensor& x, const Tensor& w_packed, const Tensor& w_col_sums,
+                      const Tensor& w_scale, const OptTensor& bias, bool relu) {
+  HANDLE_TH_ERRORS
+  static const auto op = typed_op<LinearDynamicSig>("torchquant::linear_dynamic");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(x, w_packed, w_col_sums, w_scale, bias, relu);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "torchquant's op library; typed entry points for the quantized modules' forward";
+  namespace py = pybind11;
+  m.def("quantize", &quantize, py::arg("x"), py::arg("scale"), py::arg("zero_point"),
+        py::arg("axis").none(true), py::arg("qmin"), py::arg("qmax"), py::arg("dtype"));
+  m.def("dequantize", &dequantize, py::arg("q"), py::arg("scale"), py::arg("zero_point"),
+        py::arg("axis").none(true), py::arg("out_dtype").none(true));
+  m.def("linear_int8", &linear_int8, py::arg("x"), py::arg("x_scale"), py::arg("x_zero_point"),
+        py::arg("w_packed"), py::arg("w_col_sums"), py::arg("w_scale"), py::arg("bias").none(true),
+        py::arg("out_scale").none(true), py::arg("out_zero_point").none(true), py::arg("relu"),
+        py::arg("out_dtype").none(true));
+  m.def("linear_dynamic", &linear_dynamic, py::arg("x"), py::arg("w_packed"),
+        py::arg("w_col_sums"), py::arg("w_scale"), py::arg("bias").none(true), py::arg("relu"));
+}

@@ -1,0 +1,213 @@
+"""The typed entry points (torchquant._C, used by the quantized modules' forward) against the
+same ops called through torch.ops: same results bit for bit, same errors, and used only where
+Python's __torch_function__ handling has nothing to do."""
+import pytest
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+import torchquant
+from torchquant import _fastcall
+
+ops = torch.ops.torchquant
+
+
+def _linear_args(device, m, k, n, xdtype, per_row, bias, out_dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (0, 256) if xdtype == torch.uint8 else (-128, 128)
+    x = torch.randint(lo, hi, (m, k), generator=g, dtype=torch.int32).to(xdtype)
+    rows = m if per_row else 1
+    x_scale = torch.rand(rows, generator=g) * 0.05 + 0.001
+    x_zp = torch.randint(lo, hi, (rows,), generator=g, dtype=torch.int32)
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int32).to(torch.int8)
+    w_scale = torch.rand(n, generator=g) * 0.01 + 1e-4
+    b = torch.randn(n, generator=g) if bias else None
+    out_scale = out_zp = None
+    if out_dtype in (torch.int8, torch.uint8):
+        out_scale = torch.tensor([0.05])
+        out_zp = torch.tensor([3 if out_dtype == torch.int8 else 130], dtype=torch.int32)
+    w_packed, col_sums = ops.pack_weight(w.to(device))
+    t = lambda v: None if v is None else v.to(device)  # noqa: E731
+    return (t(x), t(x_scale), t(x_zp), w_packed, col_sums, t(w_scale), t(b), t(out_scale), t(out_zp))
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 5), (3, 33, 17), (64, 128, 48), (0, 16, 8)])
+@pytest.mark.parametrize("case", ["u8_int8out_relu", "s8_floatout", "u8_perrow_nobias_u8out"])
+def test_linear_int8_typed_equals_torch_ops(isa, device, shape, case):
+    xdtype = torch.int8 if case.startswith("s8") else torch.uint8
+    out_dtype = {"u8_int8out_relu": torch.int8, "s8_floatout": None, "u8_perrow_nobias_u8out": torch.uint8}[case]
+    args = _linear_args(device, *shape, xdtype, "perrow" in case, "nobias" not in case, out_dtype, sum(shape))
+    relu = "relu" in case
+    want = ops.linear_int8.default(*args, relu, out_dtype)
+    got = _fastcall.linear_int8(*args, relu, out_dtype)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 5), (5, 33, 17), (0, 16, 8)])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
+def test_linear_dynamic_typed_equals_torch_ops(isa, device, shape, bias, relu):
+    m, k, n = shape
+    g = torch.Generator().manual_seed(m * 100 + k)
+    x = (torch.randn(m, k, generator=g) * 3).to(device)
+    x[:, 0] = 0.5  # ties of the row quantizer's rounding
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int32).to(torch.int8).to(device)
+    w_scale = (torch.rand(n, generator=g) * 0.01 + 1e-4).to(device)
+    b = torch.randn(n, generator=g).to(device) if bias else None
+    wp, cs = ops.pack_weight(w)
+    want = ops.linear_dynamic.default(x, wp, cs, w_scale, b, relu)
+    assert torch.equal(_fastcall.linear_dynamic(x, wp, cs, w_scale, b, relu), want)
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+@pytest.mark.parametrize("dtype,qmin,qmax", [(torch.uint8, 0, 255), (torch.int8, -128, 127), (torch.int8, -8, 7)])
+def test_quantize_dequantize_typed_equal_torch_ops(isa, device, axis, dtype, qmin, qmax):
+    g = torch.Generator().manual_seed(qmax)
+    x = torch.randn(6, 37, generator=g) * 4
+    x[0, :5] = torch.tensor([0.5, 1.5, -0.5, 1e9, -1e9]) * 0.05  # ties and saturation
+    x = x.to(device)[:, ::2]  # non-contiguous
+    c = 1 if axis is None else x.shape[axis]
+    scale = (torch.rand(c, generator=g) * 0.1 + 0.01).to(device)
+    zp = torch.randint(qmin, qmax + 1, (c,), generator=g, dtype=torch.int32).to(device)
+    want_q = ops.quantize.default(x, scale, zp, axis, qmin, qmax, dtype)
+    q = _fastcall.quantize(x, scale, zp, axis, qmin, qmax, dtype)
+    assert q.dtype == dtype and torch.equal(q, want_q)
+    for out_dtype in (None, torch.float64):
+        want = ops.dequantize.default(q, scale, zp, axis, out_dtype)
+        got = _fastcall.dequantize(q, scale, zp, axis, out_dtype)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def _error(f, *args):
+    with pytest.raises(Exception) as info:
+        f(*args)
+    return info.value
+
+
+def test_typed_errors_equal_torch_ops():
+    x = torch.randn(4, 8)
+    s, z = torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32)
+    w = torch.randint(-128, 128, (5, 8), dtype=torch.int8)
+    wp, cs = ops.pack_weight(w)
+    ws = torch.full((5,), 0.01)
+    xq = torch.randint(0, 256, (4, 8), dtype=torch.uint8)
+    cases = [
+        ("quantize", (x, torch.tensor([0.0]), z, None, 0, 255, torch.uint8)),  # scale 0
+        ("quantize", (x, s, torch.tensor([300], dtype=torch.int32), None, 0, 255, torch.uint8)),  # zp out of range
+        ("quantize", (x, s, z, 5, 0, 255, torch.uint8)),  # axis out of range
+        ("quantize", (x, s, z, None, 0, 255, torch.float32)),  # dtype
+        ("dequantize", (x, s, z, None, None)),  # float q
+        ("linear_int8", (xq[:, :7], s, z, wp, cs, ws, None, None, None, False, None)),  # K mismatch
+        ("linear_int8", (xq, s, z, wp, cs, ws[:4], None, None, None, False, None)),  # w_scale length
+        ("linear_int8", (xq, s, z, wp, cs, ws, None, None, None, False, torch.uint8)),  # no out qparams
+        ("linear_dynamic", (xq, wp, cs, ws, None, False)),  # integer x
+        ("linear_dynamic", (x[:, :3], wp, cs, ws, None, False)),  # K mismatch
+    ]
+    for name, args in cases:
+        want = _error(getattr(ops, name).default, *args)
+        got = _error(getattr(_fastcall, name), *args)
+        assert type(got) is type(want), (name, type(got), type(want), str(want))
+        assert str(got) == str(want), (name, str(got), str(want))
+
+
+def _model():
+    torch.manual_seed(0)
+    m = nn.Sequential(torchquant.QuantStub(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8),
+                      torchquant.DeQuantStub()).eval()
+    m.qconfig = torchquant.per_channel_qconfig
+    p = torchquant.prepare(m)
+    with torch.no_grad():
+        p(torch.randn(64, 16))
+    static = torchquant.convert(p)
+    dynamic = torchquant.quantize_dynamic(
+        nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval(), {nn.Linear}, dtype=torch.qint8)
+    return static, dynamic
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the typed calls the modules make."""
+    calls = []
+    for name in ("quantize", "dequantize", "linear_int8", "linear_dynamic"):
+        f = getattr(_fastcall, name)
+
+        def wrapped(*args, _f=f, _name=name):
+            calls.append(_name)
+            return _f(*args)
+
+        monkeypatch.setattr(_fastcall, name, wrapped)
+    return calls
+
+
+def test_modules_take_the_typed_path_and_agree_with_torch_ops(counted, monkeypatch):
+    static, dynamic = _model()
+    x = torch.randn(3, 16)
+    ys, yd = static(x), dynamic(x)
+    assert counted == ["quantize", "linear_int8", "linear_int8", "dequantize", "linear_dynamic", "linear_dynamic"]
+    counted.clear()
+    monkeypatch.setattr(_fastcall, "enabled", False)
+    assert torch.equal(static(x), ys) and torch.equal(dynamic(x), yd)
+    assert counted == []
+
+
+def test_torch_function_modes_and_subclasses_see_torch_ops_calls(counted):
+    static, dynamic = _model()
+    x = torch.randn(3, 16)
+    ys, yd = static(x), dynamic(x)
+    counted.clear()
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as mode:
+        assert torch.equal(static(x), ys) and torch.equal(dynamic(x), yd)
+    assert counted == []
+    for op in ("quantize", "linear_int8", "dequantize", "linear_dynamic"):
+        assert f"torchquant.{op}.default" in mode.seen, (op, mode.seen)
+
+    class Tagged(torch.Tensor):
+        seen = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            cls.seen.append(str(func))
+            return super().__torch_function__(func, types, args, kwargs)
+
+    xt = x.as_subclass(Tagged)
+    static(xt)
+    dynamic(xt)
+    # torch.Tensor.__torch_function__ hands back the subclass, so it reaches every later op too
+    assert counted == []
+    for op in ("quantize", "linear_int8", "dequantize", "linear_dynamic"):
+        assert f"torchquant.{op}.default" in Tagged.seen, (op, Tagged.seen)
+
+
+def test_compile_and_export_trace_torch_ops(counted):
+    static, dynamic = _model()
+    x = torch.randn(3, 16)
+    for model in (static, dynamic):
+        eager = model(x)
+        counted.clear()
+        assert torch.equal(torch.compile(model, fullgraph=True, backend="aot_eager")(x), eager)
+        ep = torch.export.export(model, (x,))
+        targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+        assert any(t.startswith("torchquant.") for t in targets), targets
+        assert torch.equal(ep.module()(x), eager)
+        assert counted == []  # tracing went through torch.ops
+
+
+def test_fastcall_env_switch_read_at_import():
+    import subprocess
+    import sys
+
+    code = "import torchquant._fastcall as f; print(f.enabled)"
+    for value, want in (("0", "False"), ("off", "False"), ("1", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "TORCHQUANT_FASTCALL": value})
+        assert out.stdout.strip() == want
