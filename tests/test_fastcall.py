@@ -211,3 +211,16 @@ def test_fastcall_env_switch_read_at_import():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**__import__("os").environ, "TORCHQUANT_FASTCALL": value})
         assert out.stdout.strip() == want
+
+
+def test_qtensor_dequantize_dtype_is_checked_before_either_path(monkeypatch):
+    q = torchquant.QTensor(torch.randint(0, 256, (3, 4), dtype=torch.uint8), torch.tensor([0.1]),
+                           torch.tensor([3], dtype=torch.int32), None, 0, 255)
+    for enabled in (True, False):
+        monkeypatch.setattr(_fastcall, "enabled", enabled)
+        for bad in ("float16", 3):
+            with pytest.raises(TypeError, match="argument 'dtype' must be a torch.dtype, got"):
+                q.dequantize(bad)
+        with pytest.raises(RuntimeError, match="argument 'out_dtype' must be a floating-point dtype, got Int"):
+            q.dequantize(torch.int32)
+        assert q.dequantize(torch.float16).dtype == torch.float16

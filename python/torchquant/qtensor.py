@@ -108,9 +108,13 @@ class QTensor:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         # float32 is the op's default: passing None skips a dtype conversion per call (batch 1).
+        if dtype is torch.float32:
+            dtype = None
+        elif not isinstance(dtype, torch.dtype):
+            raise TypeError(f"argument 'dtype' must be a torch.dtype, got {dtype!r}")
         d, s, z = self.data, self.scale, self.zero_point
         f = _fastcall.dequantize if _fastcall.usable(d, s, z) else torch.ops.torchquant.dequantize.default
-        return f(d, s, z, self.axis, None if dtype is torch.float32 else dtype)
+        return f(d, s, z, self.axis, dtype)
 
     def qscheme(self):
         return torch.per_tensor_affine if self.axis is None else torch.per_channel_affine
