@@ -1,0 +1,50 @@
+"""Regression tests for defects found reviewing the eager API: each failed before its fix."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchquant as tq
+import torchquant.nn.quantized as nnq
+from torchquant.quantize import _observer_hook
+
+
+def _static_model():
+    torch.manual_seed(0)
+    return nn.Sequential(tq.QuantStub(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), tq.DeQuantStub())
+
+
+def _converted(model=None):
+    model = model or _static_model()
+    model.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(model)
+    prepared(torch.randn(64, 4))
+    return tq.convert(prepared)
+
+
+# ---------------------------------------------------------------- hooks survive the swap
+def test_convert_keeps_user_hooks_on_swapped_modules():
+    calls = []
+    model = _static_model()
+    model[1].register_forward_pre_hook(lambda m, args: calls.append(("pre", type(m).__name__)))
+    model[1].register_forward_hook(lambda m, args, out: calls.append(("post", type(m).__name__)))
+    model[3].register_forward_hook(lambda m, args, kwargs, out: calls.append(("kw", type(m).__name__)),
+                                   with_kwargs=True)
+    q = _converted(model)
+    calls.clear()
+    q(torch.randn(2, 4))
+    # torch.ao's convert keeps them too (its swap_module copies them onto the new module).
+    assert calls == [("pre", "LinearReLU"), ("post", "LinearReLU"), ("kw", "Linear")]
+    assert all(h is not _observer_hook for h in q[1]._forward_hooks.values())
+
+
+def test_quantize_dynamic_keeps_user_hooks():
+    calls = []
+    model = nn.Sequential(nn.Linear(4, 3))
+    model[0].register_forward_pre_hook(lambda m, args: calls.append("pre"))
+    model[0].register_forward_hook(lambda m, args, out: calls.append("post"))
+    q = tq.quantize_dynamic(model)
+    calls.clear()
+    q(torch.randn(2, 4))
+    assert isinstance(q[0], nnq.DynamicLinear) and calls == ["pre", "post"]
