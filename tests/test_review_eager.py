@@ -48,3 +48,14 @@ def test_quantize_dynamic_keeps_user_hooks():
     calls.clear()
     q(torch.randn(2, 4))
     assert isinstance(q[0], nnq.DynamicLinear) and calls == ["pre", "post"]
+
+
+# ---------------------------------------------------------------- QTensor.to
+def test_qtensor_to_dtype_is_a_clear_error():
+    q = tq.quantize_per_tensor(torch.tensor([0.1, -0.5]), 0.01, 0, torch.qint8)
+    for dt in (torch.float32, torch.float64, torch.int32, torch.uint8):
+        with pytest.raises(TypeError, match=r"argument 'device'.*dequantize"):
+            q.to(dt)
+    moved = q.to(torch.device("cpu"))
+    assert torch.equal(moved.int_repr(), q.int_repr()) and moved.dtype == torch.qint8
+    assert q.to("cpu").device == torch.device("cpu")
