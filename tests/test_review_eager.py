@@ -59,3 +59,44 @@ def test_qtensor_to_dtype_is_a_clear_error():
     moved = q.to(torch.device("cpu"))
     assert torch.equal(moved.int_repr(), q.int_repr()) and moved.dtype == torch.qint8
     assert q.to("cpu").device == torch.device("cpu")
+
+
+# ---------------------------------------------------------------- dtype casts of observers
+_OBSERVERS = [tq.MinMaxObserver, tq.MovingAverageMinMaxObserver, tq.PerChannelMinMaxObserver,
+              tq.MovingAveragePerChannelMinMaxObserver, tq.HistogramObserver]
+
+
+@pytest.mark.parametrize("cls", _OBSERVERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_observer_statistics_stay_float32_under_a_dtype_cast(cls, dtype):
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(4, 6) * 3, torch.randn(4, 6)
+    cast, plain = cls(), cls()
+    cast(x1), plain(x1)
+    cast.to(dtype)  # used to turn the buffers into `dtype`, after which forward raised
+    for name, buf in cast.named_buffers():
+        assert buf.dtype == dict(plain.named_buffers())[name].dtype, name
+        assert torch.equal(buf, dict(plain.named_buffers())[name]), name  # no rounding through `dtype`
+    cast(x2), plain(x2)
+    for a, b in zip(cast.calculate_qparams(), plain.calculate_qparams()):
+        assert torch.equal(a, b)
+
+
+def test_prepared_model_cast_to_float64_calibrates_and_converts():
+    model = _static_model()
+    model.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(model).double()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    prepared(x)
+    q = tq.convert(prepared)
+    assert q(x).dtype == torch.float32
+
+
+def test_qat_model_cast_to_float64_trains():
+    model = _static_model().train()
+    model.qconfig = tq.get_default_qat_qconfig("x86")
+    prepared = tq.prepare_qat(model).double()
+    assert prepared[1].weight_fake_quant.scale.dtype == torch.float32
+    y = prepared(torch.randn(8, 4, dtype=torch.float64))
+    y.sum().backward()
+    assert y.dtype == torch.float64 and prepared[1].weight.grad is not None
