@@ -100,3 +100,18 @@ def test_qat_model_cast_to_float64_trains():
     y = prepared(torch.randn(8, 4, dtype=torch.float64))
     y.sum().backward()
     assert y.dtype == torch.float64 and prepared[1].weight.grad is not None
+
+
+# ---------------------------------------------------------------- dtype casts of int8 modules
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_converted_model_cast_keeps_its_qparams_and_output(dtype):
+    q = _converted()
+    d = tq.quantize_dynamic(_static_model()[1:4])
+    x = torch.randn(5, 4)
+    before, before_d = q(x), d(x)
+    q.to(dtype), d.to(dtype)
+    for name, buf in list(q.named_buffers()) + list(d.named_buffers()):
+        assert buf is None or buf.dtype != dtype, name
+    # .half() used to round the scales and bias through float16: a different output.
+    assert torch.equal(q(x), before)
+    assert torch.equal(d(x), before_d)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import _fastcall
 from .._ops import ops
+from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor
 from . import intrinsic, qat
 
@@ -50,6 +51,10 @@ class Quantize(nn.Module):
         self.dtype = dtype
         info = torch.iinfo(_storage(dtype))
         self.qmin, self.qmax = info.min, info.max
+
+    def _apply(self, fn, *args, **kwargs):
+        # As Linear's: the scale stays float32 under a dtype cast of the model.
+        return _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
 
     def forward(self, x):
         if isinstance(x, QTensor):
@@ -119,8 +124,11 @@ class Linear(nn.Module):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
 
     def _apply(self, fn, *args, **kwargs):
-        # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu().
-        super()._apply(fn, *args, **kwargs)
+        # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu(). A dtype
+        # cast (.half(), .double()) leaves the float32 scales and bias as they are: they are
+        # part of the int8 computation (torch.ao keeps them in its packed params, which no cast
+        # reaches), and rounding them through float16 would change every output.
+        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
         self._repack()
         return self
 
