@@ -115,3 +115,49 @@ def test_converted_model_cast_keeps_its_qparams_and_output(dtype):
     # .half() used to round the scales and bias through float16: a different output.
     assert torch.equal(q(x), before)
     assert torch.equal(d(x), before_d)
+
+
+# ---------------------------------------------------------------- custom weight ranges
+def _four_bit_weight_model():
+    model = nn.Sequential(tq.QuantStub(), nn.Linear(3, 2, bias=False), tq.DeQuantStub())
+    with torch.no_grad():
+        # Channel 0's largest magnitude is positive: its symmetric level is 1.5 / (1.5 / 7.5) = 7.5,
+        # which rounds to 8 unless clamped to the 4-bit range [-8, 7].
+        model[1].weight.copy_(torch.tensor([[1.5, -0.2, 0.1], [-1.0, 0.3, 0.5]]))
+    return model
+
+
+def test_convert_clamps_weights_to_the_weight_observers_range():
+    model = _four_bit_weight_model()
+    model.qconfig = tq.QConfig(tq.MinMaxObserver, tq.PerChannelMinMaxObserver.with_args(
+        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-8, quant_max=7))
+    prepared = tq.prepare(model)
+    prepared(torch.randn(8, 3))
+    q = tq.convert(prepared)
+    assert int(q[1].qweight.max()) == 7 and int(q[1].qweight.min()) >= -8
+    d = tq.quantize_dynamic(_four_bit_weight_model(), {nn.Linear: model.qconfig})
+    assert torch.equal(d[1].qweight, q[1].qweight)
+
+
+def test_qat_model_and_its_conversion_use_the_same_weights():
+    model = _four_bit_weight_model().train()
+    model.qconfig = tq.QConfig(tq.default_fake_quant, tq.FakeQuantize.with_args(
+        observer=tq.MovingAveragePerChannelMinMaxObserver, quant_min=-8, quant_max=7, dtype=torch.qint8,
+        qscheme=torch.per_channel_symmetric))
+    prepared = tq.prepare_qat(model)
+    prepared(torch.randn(8, 3))
+    prepared.apply(tq.disable_observer)
+    lin = prepared[1]
+    trained = lin.weight_fake_quant(lin.weight).detach()
+    q = tq.convert(prepared.eval())
+    assert torch.equal(q[1].qweight.float() * q[1].weight_scale[:, None], trained)
+
+
+def test_weight_observer_range_outside_int8_is_a_clear_error():
+    model = nn.Sequential(tq.QuantStub(), nn.Linear(3, 2), tq.DeQuantStub())
+    model.qconfig = tq.QConfig(tq.MinMaxObserver, tq.MinMaxObserver.with_args(
+        dtype=torch.qint32, qscheme=torch.per_tensor_symmetric))
+    prepared = tq.prepare(model)
+    prepared(torch.randn(8, 3))
+    with pytest.raises(ValueError, match=r"1: the weight observer MinMaxObserver has quant_min=-2147483648, quant_max=2147483647"):
+        tq.convert(prepared)

@@ -160,10 +160,10 @@ class Linear(nn.Module):
         """Quantizes a prepared (observed) nn.Linear, fused LinearReLU or QAT Linear."""
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        w_scale, w_zp = _weight_qparams(mod, linear, name)
+        w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         scale, zero_point, obs = _activation_qparams(mod, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=obs.dtype)
-        _load_weight(q, linear, w_scale, w_zp)
+        _load_weight(q, linear, w_scale, w_zp, w_range)
         q.scale.copy_(scale)
         q.zero_point.copy_(zero_point)
         return q.to(linear.weight.device)
@@ -184,7 +184,7 @@ def _weight_qparams(mod, linear, name):
     if linear.weight.numel() == 0:
         # in_features or out_features 0: no weight value to quantize, so any scale is exact.
         dev = linear.weight.device
-        return torch.ones(n, device=dev), torch.zeros(n, dtype=torch.int32, device=dev)
+        return torch.ones(n, device=dev), torch.zeros(n, dtype=torch.int32, device=dev), (-128, 127)
     wobs = getattr(mod, "weight_fake_quant", None)
     if wobs is None:
         qconfig = getattr(mod, "qconfig", None)
@@ -204,12 +204,26 @@ def _weight_qparams(mod, linear, name):
         )
     if w_scale.numel() == 1:
         w_scale, w_zp = w_scale.expand(n).contiguous(), w_zp.expand(n).contiguous()
-    return w_scale, w_zp
+    return w_scale, w_zp, _weight_range(wobs, name)
 
 
-def _load_weight(q, linear, w_scale, w_zp):
+def _weight_range(wobs, name):
+    """The integer range the weight observer's qparams were chosen for (a 4-bit
+    quant_min=-8, quant_max=7, or -127..127): the int8 weight is clamped to it, as its
+    fake-quant clamps during QAT, so the converted Linear computes with the weights QAT trained."""
+    lo, hi = getattr(wobs, "quant_min", None), getattr(wobs, "quant_max", None)
+    if lo is None or hi is None:
+        return -128, 127
+    lo, hi = int(lo), int(hi)
+    if not -128 <= lo <= hi <= 127:
+        raise ValueError(f"{name}: the weight observer {type(wobs).__name__} has quant_min={lo}, quant_max={hi}, "
+                         "outside the int8 weights' range [-128, 127]; use dtype=torch.qint8 for weights")
+    return lo, hi
+
+
+def _load_weight(q, linear, w_scale, w_zp, w_range=(-128, 127)):
     w = linear.weight.detach().float()
-    q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, -128, 127, torch.int8).cpu())
+    q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8).cpu())
     q.weight_scale.copy_(w_scale.cpu())
     q.weight_zero_point.copy_(w_zp.cpu())
     if linear.bias is not None:
@@ -239,10 +253,10 @@ class DynamicLinear(Linear):
     def from_float(cls, mod, name: Optional[str] = None):
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        w_scale, w_zp = _weight_qparams(mod, linear, name)
+        w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=torch.quint8)
         q._relu = isinstance(mod, intrinsic.LinearReLU)
-        _load_weight(q, linear, w_scale, w_zp)
+        _load_weight(q, linear, w_scale, w_zp, w_range)
         return q.to(linear.weight.device)
 
     def extra_repr(self):
