@@ -161,3 +161,23 @@ def test_weight_observer_range_outside_int8_is_a_clear_error():
     prepared(torch.randn(8, 3))
     with pytest.raises(ValueError, match=r"1: the weight observer MinMaxObserver has quant_min=-2147483648, quant_max=2147483647"):
         tq.convert(prepared)
+
+
+# ---------------------------------------------------------------- quantize_dynamic's qconfig_spec
+@pytest.mark.parametrize("spec", [nn.Linear, "fc", 3])
+def test_quantize_dynamic_rejects_a_bare_type_or_name(spec):
+    # A bare type used to raise "'type' object is not iterable"; a bare string was read as a set
+    # of one-letter module names, silently quantizing nothing.
+    with pytest.raises(TypeError, match="argument 'qconfig_spec'"):
+        tq.quantize_dynamic(nn.Sequential(nn.Linear(4, 4)), spec)
+
+
+def test_quantize_dynamic_warns_for_types_it_leaves_in_float():
+    model = nn.Sequential(nn.LSTM(4, 4), nn.Linear(4, 4))
+    with pytest.warns(UserWarning, match=r"\['LSTM'\] in argument 'qconfig_spec' have no dynamic int8 module"):
+        q = tq.quantize_dynamic(model, {nn.LSTM, nn.Linear})
+    assert type(q[0]) is nn.LSTM and isinstance(q[1], nnq.DynamicLinear)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tq.quantize_dynamic(model, {nn.Linear})
+        tq.quantize_dynamic(model, {"1"})

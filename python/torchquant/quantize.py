@@ -519,7 +519,16 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if qconfig_spec is None:
         qconfig_spec = {nn.Linear: default_dynamic_qconfig, intrinsic.LinearReLU: default_dynamic_qconfig}
     elif not isinstance(qconfig_spec, dict):
+        if isinstance(qconfig_spec, (str, type)) or not isinstance(qconfig_spec, Iterable):
+            raise TypeError("quantize_dynamic: argument 'qconfig_spec' must be a set (or list) of module types or "
+                            f"names, or a dict of them to qconfigs, got {qconfig_spec!r}; e.g. {{nn.Linear}}")
         qconfig_spec = {k: default_dynamic_qconfig for k in qconfig_spec}
+    targets = mapping or _DYNAMIC
+    missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets)
+    if missing:
+        warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and stay "
+                      f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
+                      stacklevel=2)
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
