@@ -71,6 +71,12 @@ def _check_quant_range(observer, quant_min, quant_max, observer_kwargs):
 
 
 class FakeQuantizeBase(nn.Module):
+    """Base of the fake-quant modules: enable flags; float32 buffers (scale) stay float32 when
+    the model is cast to another dtype, as its observer's do."""
+
+    def _apply(self, fn, *args, **kwargs):
+        return _obs._apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
+
     def __init__(self):
         super().__init__()
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))

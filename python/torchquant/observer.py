@@ -149,9 +149,28 @@ _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
 
 
+def _apply_keeping_float32(module: nn.Module, apply, fn, *args, **kwargs):
+    """``apply(fn, ...)`` (nn.Module._apply) with the module's own float32 buffers kept float32:
+    they are statistics and qparams that torchquant's ops read and write as float32 only, so a
+    cast of the whole model (``.double()``, ``.half()``, ``.to(torch.bfloat16)``) moves them to
+    the new device but leaves their dtype, and their values, as they were (torch.ao's
+    observers, computing in Python, run in any dtype)."""
+    kept = {k: b for k, b in module._buffers.items() if b is not None and b.dtype == torch.float32}
+    apply(fn, *args, **kwargs)
+    for k, before in kept.items():
+        after = module._buffers.get(k)
+        if after is not None and after.dtype != torch.float32:
+            module._buffers[k] = before.to(after.device)
+    return module
+
+
 class ObserverBase(ABC, nn.Module):
     """Base of every observer: ``forward(x)`` records statistics and returns x unchanged;
-    ``calculate_qparams()`` returns (scale, zero_point)."""
+    ``calculate_qparams()`` returns (scale, zero_point). Its float32 buffers stay float32 when
+    the model is cast to another dtype."""
+
+    def _apply(self, fn, *args, **kwargs):
+        return _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
 
     def __init__(self, dtype, is_dynamic: bool = False):
         super().__init__()

@@ -167,6 +167,14 @@ class QTensor:
         return self.data.is_cuda
 
     def to(self, device) -> "QTensor":
+        """The QTensor on ``device`` (its data and qparams moved together).
+
+        >>> q.to("cuda")
+        """
+        if isinstance(device, torch.dtype):
+            # Tensor.to(dtype) would turn the int8 data into other values with the qparams kept.
+            raise TypeError(f"QTensor.to takes a device, got dtype {device} (argument 'device'); use "
+                            f".dequantize({device}) for a floating-point tensor")
         return QTensor._make(self.data.to(device), self.scale.to(device), self.zero_point.to(device),
                              self.axis, self.qmin, self.qmax)
 

@@ -276,11 +276,25 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
                 raise RuntimeError(f"convert: module '{full}' ({type(child).__name__}) could not be quantized: {e}") from e
             if hasattr(child, "training"):
                 new.train(child.training)
+            _copy_hooks(child, new)
             memo[id(child)] = new
             setattr(model, name, new)
         else:
             memo[id(child)] = child
             _swap(child, mapping, full, require_qconfig, memo)
+
+
+def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
+    """Gives ``new`` the user's forward pre-hooks and forward hooks of the module it replaces
+    (as torch.ao's swap_module does), with their kwargs / always_call flags; prepare's observer
+    hook is left behind, the int8 module computing its output qparams itself."""
+    for hid, hook in old._forward_pre_hooks.items():
+        new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
+    for hid, hook in old._forward_hooks.items():
+        if hook is _observer_hook:
+            continue
+        new.register_forward_hook(hook, with_kwargs=hid in old._forward_hooks_with_kwargs,
+                                  always_call=hid in old._forward_hooks_always_called)
 
 
 _warned_fallback = set()
@@ -414,11 +428,7 @@ def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_m
             new = target.from_float(mod, use_precomputed_fake_quant=use_precomputed_fake_quant)
         else:
             new = target.from_float(mod)
-    for hook in mod._forward_pre_hooks.values():
-        new.register_forward_pre_hook(hook)
-    for hook in mod._forward_hooks.values():
-        if hook is not _observer_hook:
-            new.register_forward_hook(hook)
+    _copy_hooks(mod, new)
     if devices:
         new.to(devices.pop())
     return new
@@ -509,7 +519,16 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if qconfig_spec is None:
         qconfig_spec = {nn.Linear: default_dynamic_qconfig, intrinsic.LinearReLU: default_dynamic_qconfig}
     elif not isinstance(qconfig_spec, dict):
+        if isinstance(qconfig_spec, (str, type)) or not isinstance(qconfig_spec, Iterable):
+            raise TypeError("quantize_dynamic: argument 'qconfig_spec' must be a set (or list) of module types or "
+                            f"names, or a dict of them to qconfigs, got {qconfig_spec!r}; e.g. {{nn.Linear}}")
         qconfig_spec = {k: default_dynamic_qconfig for k in qconfig_spec}
+    targets = mapping or _DYNAMIC
+    missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets)
+    if missing:
+        warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and stay "
+                      f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
+                      stacklevel=2)
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)

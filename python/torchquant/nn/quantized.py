@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import _fastcall
 from .._ops import ops
+from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor
 from . import intrinsic, qat
 
@@ -50,6 +51,10 @@ class Quantize(nn.Module):
         self.dtype = dtype
         info = torch.iinfo(_storage(dtype))
         self.qmin, self.qmax = info.min, info.max
+
+    def _apply(self, fn, *args, **kwargs):
+        # As Linear's: the scale stays float32 under a dtype cast of the model.
+        return _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
 
     def forward(self, x):
         if isinstance(x, QTensor):
@@ -119,8 +124,11 @@ class Linear(nn.Module):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
 
     def _apply(self, fn, *args, **kwargs):
-        # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu().
-        super()._apply(fn, *args, **kwargs)
+        # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu(). A dtype
+        # cast (.half(), .double()) leaves the float32 scales and bias as they are: they are
+        # part of the int8 computation (torch.ao keeps them in its packed params, which no cast
+        # reaches), and rounding them through float16 would change every output.
+        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
         self._repack()
         return self
 
@@ -152,10 +160,10 @@ class Linear(nn.Module):
         """Quantizes a prepared (observed) nn.Linear, fused LinearReLU or QAT Linear."""
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        w_scale, w_zp = _weight_qparams(mod, linear, name)
+        w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         scale, zero_point, obs = _activation_qparams(mod, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=obs.dtype)
-        _load_weight(q, linear, w_scale, w_zp)
+        _load_weight(q, linear, w_scale, w_zp, w_range)
         q.scale.copy_(scale)
         q.zero_point.copy_(zero_point)
         return q.to(linear.weight.device)
@@ -176,7 +184,7 @@ def _weight_qparams(mod, linear, name):
     if linear.weight.numel() == 0:
         # in_features or out_features 0: no weight value to quantize, so any scale is exact.
         dev = linear.weight.device
-        return torch.ones(n, device=dev), torch.zeros(n, dtype=torch.int32, device=dev)
+        return torch.ones(n, device=dev), torch.zeros(n, dtype=torch.int32, device=dev), (-128, 127)
     wobs = getattr(mod, "weight_fake_quant", None)
     if wobs is None:
         qconfig = getattr(mod, "qconfig", None)
@@ -196,12 +204,26 @@ def _weight_qparams(mod, linear, name):
         )
     if w_scale.numel() == 1:
         w_scale, w_zp = w_scale.expand(n).contiguous(), w_zp.expand(n).contiguous()
-    return w_scale, w_zp
+    return w_scale, w_zp, _weight_range(wobs, name)
 
 
-def _load_weight(q, linear, w_scale, w_zp):
+def _weight_range(wobs, name):
+    """The integer range the weight observer's qparams were chosen for (a 4-bit
+    quant_min=-8, quant_max=7, or -127..127): the int8 weight is clamped to it, as its
+    fake-quant clamps during QAT, so the converted Linear computes with the weights QAT trained."""
+    lo, hi = getattr(wobs, "quant_min", None), getattr(wobs, "quant_max", None)
+    if lo is None or hi is None:
+        return -128, 127
+    lo, hi = int(lo), int(hi)
+    if not -128 <= lo <= hi <= 127:
+        raise ValueError(f"{name}: the weight observer {type(wobs).__name__} has quant_min={lo}, quant_max={hi}, "
+                         "outside the int8 weights' range [-128, 127]; use dtype=torch.qint8 for weights")
+    return lo, hi
+
+
+def _load_weight(q, linear, w_scale, w_zp, w_range=(-128, 127)):
     w = linear.weight.detach().float()
-    q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, -128, 127, torch.int8).cpu())
+    q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8).cpu())
     q.weight_scale.copy_(w_scale.cpu())
     q.weight_zero_point.copy_(w_zp.cpu())
     if linear.bias is not None:
@@ -231,10 +253,10 @@ class DynamicLinear(Linear):
     def from_float(cls, mod, name: Optional[str] = None):
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        w_scale, w_zp = _weight_qparams(mod, linear, name)
+        w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=torch.quint8)
         q._relu = isinstance(mod, intrinsic.LinearReLU)
-        _load_weight(q, linear, w_scale, w_zp)
+        _load_weight(q, linear, w_scale, w_zp, w_range)
         return q.to(linear.weight.device)
 
     def extra_repr(self):
