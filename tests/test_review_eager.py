@@ -181,3 +181,25 @@ def test_quantize_dynamic_warns_for_types_it_leaves_in_float():
         warnings.simplefilter("error")
         tq.quantize_dynamic(model, {nn.Linear})
         tq.quantize_dynamic(model, {"1"})
+
+
+def test_unused_torch_ao_arguments_are_named_in_a_warning():
+    def model():
+        m = nn.Sequential(tq.QuantStub(), nn.Linear(4, 4), nn.ReLU(), tq.DeQuantStub()).eval()
+        m.qconfig = tq.get_default_qconfig("x86")
+        return m
+
+    with pytest.warns(UserWarning, match=r"prepare: argument\(s\) 'allow_list', 'prepare_custom_config_dict' are accepted"):
+        p = tq.prepare(model(), allow_list={nn.Linear}, prepare_custom_config_dict={"a": 1})
+    p(torch.randn(8, 4))
+    with pytest.warns(UserWarning, match=r"convert: argument\(s\) 'convert_custom_config_dict'"):
+        tq.convert(p, convert_custom_config_dict={"a": 1})
+    with pytest.warns(UserWarning, match=r"fuse_modules: argument\(s\) 'fuser_func'"):
+        tq.fuse_modules(model(), ["1", "2"], fuser_func=lambda *a: a)
+    # None and empty values (what torch.ao code passes by default) say nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = tq.prepare(model(), allow_list=None, prepare_custom_config_dict={})
+        p(torch.randn(8, 4))
+        tq.convert(p, convert_custom_config_dict=None)
+        tq.fuse_modules(model(), ["1", "2"], fuse_custom_config_dict={})

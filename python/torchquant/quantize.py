@@ -234,12 +234,23 @@ def _has_any_qconfig(model) -> bool:
     return any(getattr(m, "qconfig", None) is not None for m in model.modules())
 
 
+def _warn_unused(fn: str, **kwargs) -> None:
+    """torch.ao's arguments for custom module swaps and fusers, which torchquant accepts so that
+    torch.ao code runs, but does not use: a value given is named in a warning."""
+    given = sorted(k for k, v in kwargs.items() if v is not None and not (hasattr(v, "__len__") and len(v) == 0))
+    if given:
+        warnings.warn(f"{fn}: argument(s) {', '.join(repr(k) for k in given)} are accepted for torch.ao "
+                      "compatibility but not used by torchquant", UserWarning, stacklevel=3)
+
+
 def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_non_leaf_module_list=None,
             prepare_custom_config_dict=None) -> nn.Module:
     """Inserts observers into a float model (torch.ao.quantization.prepare): every Linear (or
     fused LinearReLU) and QuantStub under a qconfig records its output range during the forward
     passes that follow. Returns the prepared model (a copy unless ``inplace``).
     """
+    _warn_unused("prepare", allow_list=allow_list, observer_non_leaf_module_list=observer_non_leaf_module_list,
+                 prepare_custom_config_dict=prepare_custom_config_dict)
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model)
@@ -353,6 +364,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     Inside an nn.Sequential, a Linear followed by a ReLU runs as one fused call (bit-identical).
     Raises, naming the module, if an observer has seen no data.
     """
+    _warn_unused("convert", convert_custom_config_dict=convert_custom_config_dict)
     if not inplace:
         module = copy.deepcopy(module)
     _swap(module, mapping or _STATIC, "")
@@ -567,6 +579,7 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
 
     >>> model = torchquant.fuse_modules(model, [["fc1", "relu1"], ["fc2", "relu2"]])
     """
+    _warn_unused("fuse_modules", fuser_func=fuser_func, fuse_custom_config_dict=fuse_custom_config_dict)
     if not inplace:
         model = copy.deepcopy(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
