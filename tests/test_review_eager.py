@@ -203,3 +203,16 @@ def test_unused_torch_ao_arguments_are_named_in_a_warning():
         p(torch.randn(8, 4))
         tq.convert(p, convert_custom_config_dict=None)
         tq.fuse_modules(model(), ["1", "2"], fuse_custom_config_dict={})
+
+
+def test_qtensor_indexing_per_tensor_is_exact_and_per_channel_raises():
+    data = torch.randint(0, 256, (4, 6), dtype=torch.uint8)
+    q = tq.QTensor(data, torch.tensor([0.1]), torch.tensor([7], dtype=torch.int32), None, 0, 255)
+    for index in (0, -1, slice(1, 3), (slice(None), 2), (slice(None), slice(1, None, 2)), torch.tensor([2, 0])):
+        sub = q[index]
+        assert isinstance(sub, tq.QTensor) and torch.equal(sub.int_repr(), data[index])
+        assert torch.equal(sub.dequantize(), q.dequantize()[index])
+    assert [torch.equal(row.int_repr(), data[i]) for i, row in enumerate(q)] == [True] * 4
+    pc = tq.QTensor(data.to(torch.int8) // 2, torch.full((6,), 0.1), torch.zeros(6, dtype=torch.int32), 1, -128, 127)
+    with pytest.raises(NotImplementedError, match="only defined for per-tensor quantization .* axis 1"):
+        pc[0]

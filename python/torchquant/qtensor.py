@@ -210,6 +210,14 @@ class QTensor:
     def __len__(self) -> int:
         return len(self.data)
 
+    def __getitem__(self, index) -> "QTensor":
+        """Indexing and slicing of a per-tensor QTensor: the selected int8 values with the same
+        qparams (exact). A per-channel QTensor raises: an index can drop or move its axis.
+
+        >>> q[0], q[:, 1:3]
+        """
+        return self._reshaping("__getitem__", torch.Tensor.__getitem__, index)
+
     def __repr__(self) -> str:
         if self.axis is None:
             qp = f"scale={self.scale.reshape(()).item():.6g}, zero_point={int(self.zero_point.reshape(()).item())}"
