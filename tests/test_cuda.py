@@ -349,6 +349,29 @@ def test_algorithm_cache_and_stream():
     assert torch.equal(first, second) and torch.equal(first.cpu(), oracle_mm(a, b))
 
 
+def test_lt_operands_aligned_to_16_bytes_only(monkeypatch):
+    """Operands that are 16-byte but not 256-byte aligned (row slices of a larger tensor) on the
+    cuBLASLt path, before and after the same shape was cached with aligned operands: cuBLASLt's
+    heuristic assumes 256-byte alignment unless it is told the real one."""
+    monkeypatch.setenv("TORCHQUANT_CUDA_GEMM", "lt")
+    gen = torch.Generator().manual_seed(13)
+    M, K, N = 64, 48, 64
+    big_a = _rand_int8((M + 16, K), gen).cuda()
+    big_w = _rand_int8((N + 16, K), gen).cuda()
+    for off in (16, 1, 0, 2, 3, 5):  # off * 48 bytes: aligned to 256, 16, 256, 32, 16, 16 bytes
+        a = big_a[off:off + M]
+        bt = big_w[off:off + N].t()  # [K, N], the in-place weight path at the same offset
+        want = oracle_mm(a.cpu(), bt.cpu())
+        assert torch.equal(ops.int8_mm(a, bt).cpu(), want), off
+        assert torch.equal(ops.int8_mm(a, bt.contiguous()).cpu(), want), off
+        w = big_w[:N].cpu()
+        packed, sums = ops.pack_weight(w.cuda())
+        xs, xz, ws = torch.tensor([0.02]), torch.tensor([-3], dtype=torch.int32), torch.full((N,), 0.01)
+        got = ops.linear_int8(a, xs.cuda(), xz.cuda(), packed, sums, ws.cuda(), None, None, None, False, None)
+        want = oracle_linear(a.cpu(), xs, xz, w, ws, None, None, None, False, torch.float32)
+        assert torch.equal(got.cpu(), want), off
+
+
 def test_opcheck_gemm():
     names = ["int8_mm", "pack_weight", "linear_int8", "quantize_rowwise", "linear_dynamic"]
     missing = [n for n in names if not _has_fake(n)]
