@@ -418,6 +418,13 @@ int64_t check_packed(const at::Tensor& w_packed, const at::Tensor& col_sums,
   return N;
 }
 
+// The packed weight as the kernels read it: rows with 16-byte loads from a 16-byte aligned
+// base. A packed tensor that is a view at another offset (carved out of a flat buffer, say) is
+// copied once; reading it in place would fault on a misaligned address.
+at::Tensor aligned_packed(const at::Tensor& w_packed) {
+  return aligned16(w_packed.data_ptr()) ? w_packed : w_packed.clone(at::MemoryFormat::Contiguous);
+}
+
 at::Tensor bias_float(const std::optional<at::Tensor>& bias, int64_t N, const at::Tensor& x) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
   check_float_input(*bias, "bias");
@@ -572,7 +579,8 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   p.x = a.ptr;
   p.ldx = a.ld;
   p.x_xor = a.x_xor;
-  p.w = w_packed.data_ptr<int8_t>();
+  const at::Tensor wp = aligned_packed(w_packed);
+  p.w = wp.data_ptr<int8_t>();
   p.ldw = Kp;
   p.M = M;
   p.N = N;
@@ -655,7 +663,8 @@ at::Tensor linear_dynamic_cuda(const at::Tensor& x, const at::Tensor& w_packed,
   GemmProblem p;
   p.x = q.data_ptr<int8_t>();
   p.ldx = Kp;
-  p.w = w_packed.data_ptr<int8_t>();
+  const at::Tensor wp = aligned_packed(w_packed);
+  p.w = wp.data_ptr<int8_t>();
   p.ldw = Kp;
   p.M = M;
   p.N = N;
