@@ -327,6 +327,12 @@ def test_gemm_errors(monkeypatch):
         ops.linear_int8(x, torch.ones(3, device="cuda"), zero, packed, sums, ws, None, None, None, False, None)
     with pytest.raises(RuntimeError, match="same device"):
         ops.linear_int8(x, one.cpu(), zero, packed, sums, ws, None, None, None, False, None)
+    with pytest.raises(RuntimeError, match="'x_zero_point' must be an integer tensor, got dtype Float"):
+        ops.linear_int8(x, one, zero.float(), packed, sums, ws, None, None, None, False, None)
+    with pytest.raises(RuntimeError, match="'out_zero_point' must be an integer tensor, got dtype Float"):
+        ops.linear_int8(x, one, zero, packed, sums, ws, None, one, zero.float(), False, torch.int8)
+    with pytest.raises(RuntimeError, match="'out_zero_point' must have 1 element, got 2"):
+        ops.linear_int8(x, one, zero, packed, sums, ws, None, one, zero.repeat(2), False, torch.int8)
     with pytest.raises(RuntimeError, match="'b' .* cannot be multiplied|cannot be multiplied"):
         ops.int8_mm(x, _rand_int8((5, 3), gen).cuda())
     with pytest.raises(RuntimeError, match="past the largest K"):

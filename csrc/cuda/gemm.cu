@@ -532,9 +532,10 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   TORCH_CHECK(x_scale.numel() == 1 || x_scale.numel() == rows,
               "argument 'x_scale' must have 1 element (per tensor) or ", rows,
               " (per row), got ", x_scale.numel());
-  TORCH_CHECK(x_zero_point.defined() &&
-                  at::isIntegralType(x_zero_point.scalar_type(), /*includeBool=*/false),
-              "argument 'x_zero_point' must be an integer tensor");
+  TORCH_CHECK(x_zero_point.defined(), "argument 'x_zero_point' must be a tensor, got None");
+  TORCH_CHECK(at::isIntegralType(x_zero_point.scalar_type(), /*includeBool=*/false),
+              "argument 'x_zero_point' must be an integer tensor, got dtype ",
+              x_zero_point.scalar_type());
   TORCH_CHECK(x_zero_point.numel() == 1 || x_zero_point.numel() == rows,
               "argument 'x_zero_point' must have 1 element (per tensor) or ", rows,
               " (per row), got ", x_zero_point.numel());
@@ -551,9 +552,11 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
     check_float_input(*out_scale, "out_scale");
     TORCH_CHECK(out_scale->numel() == 1, "argument 'out_scale' must have 1 element, got ",
                 out_scale->numel());
-    TORCH_CHECK(at::isIntegralType(out_zero_point->scalar_type(), false) &&
-                    out_zero_point->numel() == 1,
-                "argument 'out_zero_point' must be an integer tensor of 1 element");
+    TORCH_CHECK(at::isIntegralType(out_zero_point->scalar_type(), /*includeBool=*/false),
+                "argument 'out_zero_point' must be an integer tensor, got dtype ",
+                out_zero_point->scalar_type());
+    TORCH_CHECK(out_zero_point->numel() == 1,
+                "argument 'out_zero_point' must have 1 element, got ", out_zero_point->numel());
     check_same_device(x, "x", *out_scale, "out_scale");
     check_same_device(x, "x", *out_zero_point, "out_zero_point");
   }
