@@ -199,6 +199,24 @@ def test_histogram_views_and_huge_growth():
             assert _equal(got, cpu)
 
 
+def test_histogram_range_too_narrow_for_float32():
+    """A range of a few subnormals: bins / (hi - lo) overflows float32, so (x - lo) * inv is
+    0 * inf = NaN for x == lo, which goes to bin 0 as on the CPU (in the count, and in the
+    rebinning of a one-point histogram)."""
+    tiny = 1e-45  # the smallest subnormal
+    for bins in (7, 2048, 13000):
+        got, cpu = _hist_state(bins, DEV), _hist_state(bins, "cpu")
+        for x in (torch.zeros(3), torch.tensor([0.0, tiny, 0.0, 2 * tiny, tiny]), torch.tensor([tiny, 0.0])):
+            ops.histogram_(*got, x.to(DEV))
+            ops.histogram_(*cpu, x)
+            assert _equal(got, cpu), (bins, x)
+        hist = torch.arange(bins, dtype=torch.float32)
+        args = [torch.tensor(v) for v in (0.0, 0.0, 0.0, tiny)]
+        want = ops.histogram_rebin(hist, *args, 4)
+        got = ops.histogram_rebin(hist.to(DEV), *[a.to(DEV) for a in args], 4)
+        assert torch.equal(got.cpu(), want), bins
+
+
 def test_histogram_rebin_matches_cpu():
     gen = torch.Generator().manual_seed(0)
     for bins, up in ((128, 16), (7, 3), (2048, 16), (1, 1)):

@@ -458,7 +458,9 @@ void finish_minmax(const Partials& p, int64_t C, float* out_mn, float* out_mx, i
 // cpu::histogram_bin (cpu/observe_kernels.h), the same float32 steps.
 __device__ __forceinline__ int32_t histogram_bin(float x, float lo, float inv_width, int32_t bins) {
   float t = __fmul_rn(__fsub_rn(x, lo), inv_width);
-  t = t < 0.0f ? 0.0f : t;
+  // NaN (x == lo with an infinite inv_width: a range too narrow for float32) goes to bin 0, as
+  // on the CPU; kept as NaN it would reach the conversion below, which is undefined for NaN.
+  t = t > 0.0f ? t : 0.0f;
   const float top = static_cast<float>(bins - 1);
   t = t > top ? top : t;
   return static_cast<int32_t>(t);
