@@ -233,6 +233,25 @@ def test_histogram_rebin_matches_cpu():
     assert bool(bad.isnan().all())
 
 
+def test_histogram_rebin_most_bins():
+    """2^31 - 2 bins, the most a histogram may have: the per-bin loops' index plus the grid's
+    stride passes INT32_MAX, so it must not be an int32 (16 GiB of GPU memory)."""
+    bins = 2**31 - 2
+    free, _ = torch.cuda.mem_get_info()
+    if free < 20 * 2**30:
+        pytest.skip("needs 20 GiB of free GPU memory")
+    hist = torch.empty(bins, device=DEV)
+    hist[: 2**30] = 1.0
+    hist[2**30:] = 2.0
+    hist[-3:] = torch.tensor([3.0, 4.0, 5.0], device=DEV)
+    r = [torch.tensor(v, device=DEV) for v in (0.0, 1.0, 0.0, 1.0)]  # the same range: a copy
+    out = ops.histogram_rebin(hist, *r, 1)
+    torch.cuda.synchronize()
+    assert out[: 2**30].eq(1.0).all() and out[2**30:-3].eq(2.0).all()
+    assert out[-3:].tolist() == [3.0, 4.0, 5.0] and hist[-3:].tolist() == [3.0, 4.0, 5.0]
+    assert hist[:2**30].eq(1.0).all() and hist[2**30:-3].eq(2.0).all()
+
+
 # ---------------------------------------------------------------- errors, opcheck
 def test_argument_errors_name_the_argument():
     mn, mx, cnt = _fresh(device=DEV)
