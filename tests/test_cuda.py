@@ -327,6 +327,12 @@ def test_gemm_errors(monkeypatch):
         ops.linear_int8(x, torch.ones(3, device="cuda"), zero, packed, sums, ws, None, None, None, False, None)
     with pytest.raises(RuntimeError, match="same device"):
         ops.linear_int8(x, one.cpu(), zero, packed, sums, ws, None, None, None, False, None)
+    with pytest.raises(RuntimeError, match="'x_zero_point' must be an integer tensor, got dtype Float"):
+        ops.linear_int8(x, one, zero.float(), packed, sums, ws, None, None, None, False, None)
+    with pytest.raises(RuntimeError, match="'out_zero_point' must be an integer tensor, got dtype Float"):
+        ops.linear_int8(x, one, zero, packed, sums, ws, None, one, zero.float(), False, torch.int8)
+    with pytest.raises(RuntimeError, match="'out_zero_point' must have 1 element, got 2"):
+        ops.linear_int8(x, one, zero, packed, sums, ws, None, one, zero.repeat(2), False, torch.int8)
     with pytest.raises(RuntimeError, match="'b' .* cannot be multiplied|cannot be multiplied"):
         ops.int8_mm(x, _rand_int8((5, 3), gen).cuda())
     with pytest.raises(RuntimeError, match="past the largest K"):
@@ -347,6 +353,54 @@ def test_algorithm_cache_and_stream():
         second = ops.int8_mm(a, b)
     s.synchronize()
     assert torch.equal(first, second) and torch.equal(first.cpu(), oracle_mm(a, b))
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 64, 24), (8, 48, 24), (64, 48, 40)])
+def test_packed_weight_at_unaligned_offset(gemm_path, M, K, N):
+    """A packed weight that is a contiguous view at an offset that is not a multiple of 16 bytes
+    (carved out of a flat buffer): the same results as the packed weight itself, not a
+    misaligned-address fault of the kernels' 16-byte loads; the view is left as it was."""
+    gen = torch.Generator().manual_seed(M + K + N)
+    xq, x_scale, x_zp, w, w_scale, bias = _linear_case(M, K, N, torch.int8, gen)
+    x = torch.randn(M, K, generator=gen)
+    packed, sums = ops.pack_weight(w.cuda())
+    for off in (1, 8):
+        flat = torch.zeros(packed.numel() + off, dtype=torch.int8, device="cuda")
+        moved = flat[off:].view(packed.shape)
+        moved.copy_(packed)
+        assert moved.is_contiguous() and moved.data_ptr() % 16 == off
+        got = ops.linear_int8(xq.cuda(), x_scale.cuda(), x_zp.cuda(), moved, sums, w_scale.cuda(), bias.cuda(),
+                              None, None, False, None)
+        want = oracle_linear(xq, x_scale, x_zp, w, w_scale, bias, None, None, False, torch.float32)
+        assert torch.equal(got.cpu(), want), off
+        got = ops.linear_dynamic(x.cuda(), moved, sums, w_scale.cuda(), bias.cuda(), True)
+        q, s, z = oracle_rowwise(x)
+        want = oracle_linear(q, s, z, w, w_scale, bias, None, None, True, torch.float32)
+        assert torch.equal(got.cpu(), want), off
+        assert torch.equal(moved, packed)
+
+
+def test_lt_operands_aligned_to_16_bytes_only(monkeypatch):
+    """Operands that are 16-byte but not 256-byte aligned (row slices of a larger tensor) on the
+    cuBLASLt path, before and after the same shape was cached with aligned operands: cuBLASLt's
+    heuristic assumes 256-byte alignment unless it is told the real one."""
+    monkeypatch.setenv("TORCHQUANT_CUDA_GEMM", "lt")
+    gen = torch.Generator().manual_seed(13)
+    M, K, N = 64, 48, 64
+    big_a = _rand_int8((M + 16, K), gen).cuda()
+    big_w = _rand_int8((N + 16, K), gen).cuda()
+    for off in (16, 1, 0, 2, 3, 5):  # off * 48 bytes: aligned to 256, 16, 256, 32, 16, 16 bytes
+        a = big_a[off:off + M]
+        bt = big_w[off:off + N].t()  # [K, N], the in-place weight path at the same offset
+        want = oracle_mm(a.cpu(), bt.cpu())
+        assert torch.equal(ops.int8_mm(a, bt).cpu(), want), off
+        assert torch.equal(ops.int8_mm(a, bt.contiguous()).cpu(), want), off
+        w = big_w[:N].cpu()
+        packed, sums = ops.pack_weight(w.cuda())
+        xs, xz, ws = torch.tensor([0.02]), torch.tensor([-3], dtype=torch.int32), torch.full((N,), 0.01)
+        got = ops.linear_int8(a, xs.cuda(), xz.cuda(), packed, sums, ws.cuda(), None, None, None, False, None)
+        want = oracle_linear(a.cpu(), xs, xz, w, ws, None, None, None, False, torch.float32)
+        assert torch.equal(got.cpu(), want), off
 
 
 def test_opcheck_gemm():

@@ -199,6 +199,24 @@ def test_histogram_views_and_huge_growth():
             assert _equal(got, cpu)
 
 
+def test_histogram_range_too_narrow_for_float32():
+    """A range of a few subnormals: bins / (hi - lo) overflows float32, so (x - lo) * inv is
+    0 * inf = NaN for x == lo, which goes to bin 0 as on the CPU (in the count, and in the
+    rebinning of a one-point histogram)."""
+    tiny = 1e-45  # the smallest subnormal
+    for bins in (7, 2048, 13000):
+        got, cpu = _hist_state(bins, DEV), _hist_state(bins, "cpu")
+        for x in (torch.zeros(3), torch.tensor([0.0, tiny, 0.0, 2 * tiny, tiny]), torch.tensor([tiny, 0.0])):
+            ops.histogram_(*got, x.to(DEV))
+            ops.histogram_(*cpu, x)
+            assert _equal(got, cpu), (bins, x)
+        hist = torch.arange(bins, dtype=torch.float32)
+        args = [torch.tensor(v) for v in (0.0, 0.0, 0.0, tiny)]
+        want = ops.histogram_rebin(hist, *args, 4)
+        got = ops.histogram_rebin(hist.to(DEV), *[a.to(DEV) for a in args], 4)
+        assert torch.equal(got.cpu(), want), bins
+
+
 def test_histogram_rebin_matches_cpu():
     gen = torch.Generator().manual_seed(0)
     for bins, up in ((128, 16), (7, 3), (2048, 16), (1, 1)):
@@ -213,6 +231,25 @@ def test_histogram_rebin_matches_cpu():
     # A new range that does not contain the old one is not validated on the device: NaN.
     bad = ops.histogram_rebin(hist.to(DEV), *[torch.tensor(v, device=DEV) for v in (-1.0, 2.0, 0.0, 2.0)])
     assert bool(bad.isnan().all())
+
+
+def test_histogram_rebin_most_bins():
+    """2^31 - 2 bins, the most a histogram may have: the per-bin loops' index plus the grid's
+    stride passes INT32_MAX, so it must not be an int32 (16 GiB of GPU memory)."""
+    bins = 2**31 - 2
+    free, _ = torch.cuda.mem_get_info()
+    if free < 20 * 2**30:
+        pytest.skip("needs 20 GiB of free GPU memory")
+    hist = torch.empty(bins, device=DEV)
+    hist[: 2**30] = 1.0
+    hist[2**30:] = 2.0
+    hist[-3:] = torch.tensor([3.0, 4.0, 5.0], device=DEV)
+    r = [torch.tensor(v, device=DEV) for v in (0.0, 1.0, 0.0, 1.0)]  # the same range: a copy
+    out = ops.histogram_rebin(hist, *r, 1)
+    torch.cuda.synchronize()
+    assert out[: 2**30].eq(1.0).all() and out[2**30:-3].eq(2.0).all()
+    assert out[-3:].tolist() == [3.0, 4.0, 5.0] and hist[-3:].tolist() == [3.0, 4.0, 5.0]
+    assert hist[:2**30].eq(1.0).all() and hist[2**30:-3].eq(2.0).all()
 
 
 # ---------------------------------------------------------------- errors, opcheck

@@ -418,6 +418,13 @@ int64_t check_packed(const at::Tensor& w_packed, const at::Tensor& col_sums,
   return N;
 }
 
+// The packed weight as the kernels read it: rows with 16-byte loads from a 16-byte aligned
+// base. A packed tensor that is a view at another offset (carved out of a flat buffer, say) is
+// copied once; reading it in place would fault on a misaligned address.
+at::Tensor aligned_packed(const at::Tensor& w_packed) {
+  return aligned16(w_packed.data_ptr()) ? w_packed : w_packed.clone(at::MemoryFormat::Contiguous);
+}
+
 at::Tensor bias_float(const std::optional<at::Tensor>& bias, int64_t N, const at::Tensor& x) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
   check_float_input(*bias, "bias");
@@ -525,9 +532,10 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   TORCH_CHECK(x_scale.numel() == 1 || x_scale.numel() == rows,
               "argument 'x_scale' must have 1 element (per tensor) or ", rows,
               " (per row), got ", x_scale.numel());
-  TORCH_CHECK(x_zero_point.defined() &&
-                  at::isIntegralType(x_zero_point.scalar_type(), /*includeBool=*/false),
-              "argument 'x_zero_point' must be an integer tensor");
+  TORCH_CHECK(x_zero_point.defined(), "argument 'x_zero_point' must be a tensor, got None");
+  TORCH_CHECK(at::isIntegralType(x_zero_point.scalar_type(), /*includeBool=*/false),
+              "argument 'x_zero_point' must be an integer tensor, got dtype ",
+              x_zero_point.scalar_type());
   TORCH_CHECK(x_zero_point.numel() == 1 || x_zero_point.numel() == rows,
               "argument 'x_zero_point' must have 1 element (per tensor) or ", rows,
               " (per row), got ", x_zero_point.numel());
@@ -544,9 +552,11 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
     check_float_input(*out_scale, "out_scale");
     TORCH_CHECK(out_scale->numel() == 1, "argument 'out_scale' must have 1 element, got ",
                 out_scale->numel());
-    TORCH_CHECK(at::isIntegralType(out_zero_point->scalar_type(), false) &&
-                    out_zero_point->numel() == 1,
-                "argument 'out_zero_point' must be an integer tensor of 1 element");
+    TORCH_CHECK(at::isIntegralType(out_zero_point->scalar_type(), /*includeBool=*/false),
+                "argument 'out_zero_point' must be an integer tensor, got dtype ",
+                out_zero_point->scalar_type());
+    TORCH_CHECK(out_zero_point->numel() == 1,
+                "argument 'out_zero_point' must have 1 element, got ", out_zero_point->numel());
     check_same_device(x, "x", *out_scale, "out_scale");
     check_same_device(x, "x", *out_zero_point, "out_zero_point");
   }
@@ -572,7 +582,8 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   p.x = a.ptr;
   p.ldx = a.ld;
   p.x_xor = a.x_xor;
-  p.w = w_packed.data_ptr<int8_t>();
+  const at::Tensor wp = aligned_packed(w_packed);
+  p.w = wp.data_ptr<int8_t>();
   p.ldw = Kp;
   p.M = M;
   p.N = N;
@@ -655,7 +666,8 @@ at::Tensor linear_dynamic_cuda(const at::Tensor& x, const at::Tensor& w_packed,
   GemmProblem p;
   p.x = q.data_ptr<int8_t>();
   p.ldx = Kp;
-  p.w = w_packed.data_ptr<int8_t>();
+  const at::Tensor wp = aligned_packed(w_packed);
+  p.w = wp.data_ptr<int8_t>();
   p.ldw = Kp;
   p.M = M;
   p.N = N;

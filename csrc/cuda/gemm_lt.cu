@@ -3,7 +3,7 @@
 // Row-major X [M, K] and W [N, K] are, read column-major, the "TN" problem cuBLASLt's IMMA
 // kernels want: D^T [N, M] = (W as K x N)^T * (X as K x M), D stored row-major [M, ldd].
 //
-// The algorithm is chosen once per (device, shape, leading dimensions): the heuristic's
+// The algorithm is chosen once per (device, shape, leading dimensions, pointer alignments): the heuristic's
 // candidates are each timed on the real operands and the fastest is cached with its matmul and
 // layout descriptors, so later calls cost one map lookup and one cublasLtMatmul. Timing needs
 // one host synchronization, once per shape; under CUDA graph capture (where it is not allowed)
@@ -53,9 +53,9 @@ struct Plan {
 };
 
 struct Key {
-  int64_t v[7];
+  int64_t v[10];
   bool operator==(const Key& o) const {
-    for (int i = 0; i < 7; ++i)
+    for (int i = 0; i < 10; ++i)
       if (v[i] != o.v[i]) return false;
     return true;
   }
@@ -81,6 +81,16 @@ const Entry* find_entry(const Key& key) {
   for (const Entry& e : cache())
     if (e.key == key) return &e;
   return nullptr;
+}
+
+// The largest power of two up to 256 that divides the address. cuBLASLt's heuristic assumes
+// 256-byte aligned operands unless told otherwise, and may return algorithms that fail on (or
+// misread) an operand that is only 16-byte aligned, such as a row slice of an activation.
+uint32_t alignment_of(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 256;
+  while (al > 1 && a % al != 0) al >>= 1;
+  return al;
 }
 
 void make_descriptors(Plan& plan, const GemmProblem& p, int64_t ldd) {
@@ -159,7 +169,9 @@ bool lt_gemm_s32(const GemmProblem& p, int32_t* d, int64_t ldd, cudaStream_t str
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   const cublasLtHandle_t h = handle_for(device);
-  const Key key{{device, p.M, p.N, p.Kp, p.ldx, p.ldw, ldd}};
+  // cuBLASLt's A is W, B is X, C and D are d.
+  const uint32_t align_a = alignment_of(p.w), align_b = alignment_of(p.x), align_d = alignment_of(d);
+  const Key key{{device, p.M, p.N, p.Kp, p.ldx, p.ldw, ldd, align_a, align_b, align_d}};
   bool cached = false;
   Plan hit;  // descriptors are immutable once cached: a copy of the handles is safe to use
   {
@@ -184,6 +196,14 @@ bool lt_gemm_s32(const GemmProblem& p, int32_t* d, int64_t ldd, cudaStream_t str
   const uint64_t max_ws = kWorkspaceBytes;
   TQ_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws, sizeof(max_ws)));
+  TQ_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
+  TQ_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
+  TQ_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+  TQ_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
   cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
   int count = 0;
   const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(

@@ -458,7 +458,9 @@ void finish_minmax(const Partials& p, int64_t C, float* out_mn, float* out_mx, i
 // cpu::histogram_bin (cpu/observe_kernels.h), the same float32 steps.
 __device__ __forceinline__ int32_t histogram_bin(float x, float lo, float inv_width, int32_t bins) {
   float t = __fmul_rn(__fsub_rn(x, lo), inv_width);
-  t = t < 0.0f ? 0.0f : t;
+  // NaN (x == lo with an infinite inv_width: a range too narrow for float32) goes to bin 0, as
+  // on the CPU; kept as NaN it would reach the conversion below, which is undefined for NaN.
+  t = t > 0.0f ? t : 0.0f;
   const float top = static_cast<float>(bins - 1);
   t = t > top ? top : t;
   return static_cast<int32_t>(t);
@@ -571,15 +573,19 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Per bin: the rebinned old counts (into `moved`, as hist is still being read), and a zeroed
-// counter for this call.
+// counter for this call. The per-bin loops count in 64 bits: bins may be up to 2^31 - 2, and a
+// last index plus the grid's stride would pass INT32_MAX.
 __global__ void __launch_bounds__(kThreads)
     histogram_prepare_kernel(const float* __restrict__ hist, int32_t bins, int64_t up,
                              const HistState* st, float* moved, u64* counter) {
   const HistState s = *st;
   if (s.mode == kNothing) return;
-  for (int32_t b = blockIdx.x * blockDim.x + threadIdx.x; b < bins; b += gridDim.x * blockDim.x) {
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < bins;
+       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     counter[b] = 0;
-    if (s.base == kRebin) moved[b] = rebin_bin(hist, bins, s.old_lo, s.old_hi, s.lo, s.hi, up, b);
+    if (s.base == kRebin) {
+      moved[b] = rebin_bin(hist, bins, s.old_lo, s.old_hi, s.lo, s.hi, up, static_cast<int32_t>(b));
+    }
   }
 }
 
@@ -625,7 +631,8 @@ __global__ void __launch_bounds__(kThreads)
   const HistState s = *st;
   if (s.mode == kNothing) return;
   const int32_t mid = middle_bin(bins);
-  for (int32_t b = blockIdx.x * blockDim.x + threadIdx.x; b < bins; b += gridDim.x * blockDim.x) {
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < bins;
+       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float base = s.base == kKeep ? hist[b] : (s.base == kZero ? 0.0f : moved[b]);
     if (s.mode == kSpread) {
       hist[b] = __fadd_rn(base, static_cast<float>(counter[b]));
@@ -643,7 +650,8 @@ __global__ void __launch_bounds__(kThreads)
                            const float* ph, const float* pnl, const float* pnh, int64_t up,
                            float* out) {
   const float lo = *pl, hi = *ph, nlo = *pnl, nhi = *pnh;
-  for (int32_t b = blockIdx.x * blockDim.x + threadIdx.x; b < bins; b += gridDim.x * blockDim.x) {
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < bins;
+       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float r;
     if (lo == kInf || hi == -kInf) {
       r = 0.0f;
@@ -652,7 +660,7 @@ __global__ void __launch_bounds__(kThreads)
     } else if (lo == nlo && hi == nhi) {
       r = hist[b];
     } else {
-      r = rebin_bin(hist, bins, lo, hi, nlo, nhi, up, b);
+      r = rebin_bin(hist, bins, lo, hi, nlo, nhi, up, static_cast<int32_t>(b));
     }
     out[b] = r;
   }
