@@ -191,6 +191,21 @@ def test_int8_mm(gemm_path, M, K, N):
         assert torch.equal(got.cpu(), ops.int8_mm(a, b))
 
 
+@pytest.mark.parametrize("M,K,N", [(1, 32, 24), (8, 48, 40), (64, 64, 96), (64, 48, 1)])
+def test_int8_mm_expanded_and_single_column_b(gemm_path, M, K, N):
+    """b with stride 0 along N (an expanded column) or one column with any stride: as a
+    transposed [N, K] it has rows closer than K apart, so it is copied, not handed to the
+    kernels (or cuBLASLt, as a leading dimension smaller than K) in place."""
+    gen = torch.Generator().manual_seed(M + K + N)
+    a = _rand_int8((M, K), gen)
+    col = _rand_int8((K, 1), gen)
+    b = col.cuda().expand(K, N)
+    assert b.stride(1) == 0
+    assert torch.equal(ops.int8_mm(a.cuda(), b).cpu(), oracle_mm(a, col.expand(K, N)))
+    wide = _rand_int8((K, 32), gen).cuda()[:, 5:6]  # one column, row stride 32
+    assert torch.equal(ops.int8_mm(a.cuda(), wide).cpu(), oracle_mm(a, wide.cpu()))
+
+
 def test_int8_mm_matches_torch_int_mm():
     gen = torch.Generator().manual_seed(1)
     a, b = _rand_int8((64, 128), gen).cuda(), _rand_int8((128, 96), gen).cuda()

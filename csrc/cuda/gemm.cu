@@ -460,13 +460,16 @@ at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b) {
   if (M == 0 || N == 0) return out;
   if (K == 0) return out.zero_();
   const int64_t Kp = round_up(K, kKAlign);
-  // W = b^T [N, K]: used in place when b is the transpose of an aligned row-major [N, Kp].
+  // W = b^T [N, K]: used in place when b is the transpose of an aligned row-major [N, Kp]
+  // (rows of W at least Kp apart, as for activations: an expanded b, stride 0, would hand
+  // cuBLASLt a leading dimension smaller than K).
   at::Tensor wt;
   const int8_t* wp;
   int64_t ldw;
-  if (K == Kp && b.stride(0) == 1 && b.stride(1) % 16 == 0 && aligned16(b.data_ptr())) {
+  const bool w_rows_ok = N <= 1 || (b.stride(1) % 16 == 0 && b.stride(1) >= Kp);
+  if (K == Kp && b.stride(0) == 1 && w_rows_ok && aligned16(b.data_ptr())) {
     wp = b.data_ptr<int8_t>();
-    ldw = b.stride(1);
+    ldw = N <= 1 ? Kp : b.stride(1);
   } else {
     wt = at::empty({N, Kp}, b.options());
     pad_copy_kernel<<<grid_for(N * (Kp / 16)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
