@@ -159,8 +159,11 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
   } else {
     scale = at::maximum((max_pos - min_neg) / at::full_like(max_pos, static_cast<double>(qmax - qmin)), eps_t);
     scale = at::nan_to_num(scale, eps, FLT_MAX, eps);
-    // |min_neg / scale| <= qmax - qmin here, so the float-to-int conversion is in range.
-    zp = (qmin - at::round(min_neg / scale).to(at::kInt)).clamp(qmin, qmax).to(at::kInt);
+    // |min_neg / scale| <= qmax - qmin (up to rounding), which is below 2^33 but not below
+    // 2^31 for ranges wider than int32's half: the integer steps are made in int64, where
+    // neither the conversion nor qmin - q can wrap; the clamp brings the result into int32.
+    // Where int32 does not wrap (every 8- and 16-bit range) this is torch.ao's value.
+    zp = (qmin - at::round(min_neg / scale).to(at::kLong)).clamp(qmin, qmax).to(at::kInt);
   }
   return {scale, zp};
 }

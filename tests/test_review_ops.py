@@ -1,0 +1,33 @@
+"""Edge cases of the CPU ops found by review: each test failed before its fix."""
+import pytest
+import torch
+
+import torchquant  # noqa: F401  (loads the ops)
+from torchquant import reference
+
+ops = torch.ops.torchquant
+INT32_MAX = 2 ** 31 - 1
+
+
+def _expected_zero_point(min_neg, scale, qmin, qmax):
+    """qmin - round(min_neg / scale), clamped, with the quotient rounded in float32 as the op
+    does but the subtraction in Python integers (no wrap)."""
+    q = torch.round(torch.tensor([min_neg], dtype=torch.float32) / scale)
+    return max(qmin, min(qmax, qmin - int(q.item())))
+
+
+@pytest.mark.parametrize("lo,qmin,qmax", [
+    (-1e6, 0, INT32_MAX),              # min / scale rounds to -2^31 in float32
+    (-1000.0, -2 ** 31, INT32_MAX),    # min / scale is about -2^32
+    (-3.0, -2 ** 31 + 5, INT32_MAX - 7),
+    (-1.0, -128, 127),
+])
+def test_choose_qparams_zero_point_of_wide_int32_ranges(lo, qmin, qmax):
+    # The zero point's integer steps were made in int32, where round(min / scale) can reach
+    # 2^31 or more for ranges wider than int32's half: it wrapped to a wrong zero point (0).
+    mn, mx = torch.tensor([lo]), torch.tensor([0.0])
+    for fn in (ops.choose_qparams, reference.choose_qparams):
+        s, z = fn(mn, mx, qmin, qmax)
+        assert z.dtype == torch.int32
+        assert z.item() == _expected_zero_point(lo, s, qmin, qmax), (fn, s, z)
+    assert torch.equal(ops.choose_qparams(mn, mx, qmin, qmax)[1], reference.choose_qparams(mn, mx, qmin, qmax)[1])
