@@ -135,8 +135,11 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
   TORCH_CHECK(qmin >= std::numeric_limits<int32_t>::min() && qmax <= std::numeric_limits<int32_t>::max(),
               "arguments 'qmin'/'qmax' must lie in [-2^31, 2^31 - 1] (zero points are int32), got [",
               qmin, ", ", qmax, "]");
-  // eps becomes a float32 tensor: a larger one would be +inf.
-  TORCH_CHECK(eps > 0 && eps <= FLT_MAX, "argument 'eps' must be > 0 and finite in float32, got ", eps);
+  // eps becomes a float32 tensor: a larger one would be +inf, one below half the smallest
+  // float32 subnormal 0 (a zero scale).
+  TORCH_CHECK(eps > 0 && eps <= FLT_MAX && static_cast<float>(eps) > 0.0f,
+              "argument 'eps' must be > 0 and finite in float32, got ", eps,
+              static_cast<float>(eps) == 0.0f && eps > 0 ? " (0 in float32)" : "");
   TORCH_CHECK(!symmetric || (symmetric_zero_point >= qmin && symmetric_zero_point <= qmax),
               "argument 'symmetric_zero_point' must lie in [", qmin, ", ", qmax, "], got ",
               symmetric_zero_point);

@@ -31,3 +31,17 @@ def test_choose_qparams_zero_point_of_wide_int32_ranges(lo, qmin, qmax):
         assert z.dtype == torch.int32
         assert z.item() == _expected_zero_point(lo, s, qmin, qmax), (fn, s, z)
     assert torch.equal(ops.choose_qparams(mn, mx, qmin, qmax)[1], reference.choose_qparams(mn, mx, qmin, qmax)[1])
+
+
+@pytest.mark.parametrize("eps", [1e-50, 5e-46])
+def test_choose_qparams_rejects_eps_that_is_zero_in_float32(eps):
+    # eps > 0 as a double but 0 in float32 gave a zero scale (and a -0.0 one, symmetric).
+    with pytest.raises(RuntimeError, match=r"argument 'eps' must be > 0 and finite in float32, got "):
+        ops.choose_qparams(torch.tensor([0.0]), torch.tensor([0.0]), -128, 127, False, eps)
+    with pytest.raises(RuntimeError, match=r"argument 'eps'"):
+        ops.choose_qparams(torch.tensor([0.0]), torch.tensor([0.0]), -128, 127, True, eps)
+
+
+def test_choose_qparams_smallest_float32_eps_gives_positive_scale():
+    s, _ = ops.choose_qparams(torch.tensor([0.0]), torch.tensor([0.0]), -128, 127, True, 1.4e-45)
+    assert s.item() > 0 and not torch.signbit(s).item()
