@@ -53,7 +53,7 @@ void check_learnable_args(const at::Tensor& x, const at::Tensor& scale,
     const float* ps = s.const_data_ptr<float>();
     for (int64_t c = 0; c < channels; ++c) {
       TORCH_CHECK(std::isfinite(ps[c]) && ps[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
-                  ps[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
+                  scale_value(scale.detach(), c, ps[c]), channels > 1 ? " at channel " + std::to_string(c) : std::string());
     }
   }
   if (values_on_host(zero_point) && at::isFloatingType(zero_point.scalar_type())) {

@@ -45,3 +45,38 @@ def test_choose_qparams_rejects_eps_that_is_zero_in_float32(eps):
 def test_choose_qparams_smallest_float32_eps_gives_positive_scale():
     s, _ = ops.choose_qparams(torch.tensor([0.0]), torch.tensor([0.0]), -128, 127, True, 1.4e-45)
     assert s.item() > 0 and not torch.signbit(s).item()
+
+
+def _packed(n=3, k=4):
+    return ops.pack_weight(torch.zeros(n, k, dtype=torch.int8))
+
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.quantize(torch.randn(3), torch.tensor([1e-200], dtype=F64), torch.tensor([0]), None, -128, 127, torch.int8),
+     r"argument 'scale' must be > 0 and finite, got 1e-200 \(0 in float32\)"),
+    (lambda: ops.dequantize(torch.zeros(3, dtype=torch.int8), torch.tensor([1e40], dtype=F64), torch.tensor([0]), None),
+     r"argument 'scale' must be > 0 and finite, got 1e\+40 \(inf in float32\)"),
+    (lambda: ops.fake_quantize(torch.randn(3, 2), torch.tensor([0.1, 1e40], dtype=F64), torch.tensor([0, 0]), 1, -128, 127),
+     r"got 1e\+40 \(inf in float32\) at channel 1"),
+    (lambda: ops.fake_quantize_learnable(torch.randn(3), torch.tensor([1e-200], dtype=F64), torch.tensor([0.0]), None, -128, 127),
+     r"argument 'scale' must be > 0 and finite, got 1e-200 \(0 in float32\)"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1e-200], dtype=F64), torch.tensor([0]), *_packed(), torch.ones(3), None, None, None, False, None),
+     r"argument 'x_scale' must be > 0 and finite, got 1e-200 \(0 in float32\)"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1.0, 1e-200], dtype=F64), torch.tensor([0]), *_packed(), torch.ones(3), None, None, None, False, None),
+     r"argument 'x_scale' must be > 0 and finite, got 1e-200 \(0 in float32\) at row 1"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1.0]), torch.tensor([0]), *_packed(), torch.tensor([1, 1, 1e39], dtype=F64), None, None, None, False, None),
+     r"argument 'w_scale' must be > 0 and finite, got 1e\+39 \(inf in float32\) at channel 2"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1.0]), torch.tensor([0]), *_packed(), torch.ones(3), None, torch.tensor([1e39], dtype=F64), torch.tensor([0]), False, torch.int8),
+     r"argument 'out_scale' must be > 0 and finite, got 1e\+39 \(inf in float32\)"),
+    # float32 values are shown as they are
+    (lambda: ops.quantize(torch.randn(3), torch.tensor([-2.5]), torch.tensor([0]), None, -128, 127, torch.int8),
+     r"argument 'scale' must be > 0 and finite, got -2.5$"),
+])
+def test_scale_errors_show_the_value_given_not_its_float32_rounding(call, match):
+    # A float64 scale out of float32's range was reported as the converted value ("got 0",
+    # "got inf"), which is not what the caller passed.
+    with pytest.raises(RuntimeError, match=match):
+        call()

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <limits>
+#include <sstream>
 
 namespace torchquant {
 
@@ -58,6 +59,18 @@ int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const c
   return a < 0 ? a + dim : a;
 }
 
+std::string scale_value(const at::Tensor& t, int64_t i, float v) {
+  std::ostringstream os;
+  if (t.scalar_type() == at::kFloat) {
+    os << v;
+    return os.str();
+  }
+  const double d = t.reshape({-1})[i].item<double>();
+  os << d;
+  if (static_cast<double>(v) != d) os << " (" << v << " in float32)";
+  return os.str();
+}
+
 QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
                         const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin,
                         int64_t qmax) {
@@ -97,7 +110,7 @@ QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tenso
     const int32_t* z32 = z_ready ? p.zero_point.data_ptr<int32_t>() : nullptr;
     for (int64_t c = 0; c < channels; ++c) {
       TORCH_CHECK(std::isfinite(s[c]) && s[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
-                  s[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
+                  scale_value(scale, c, s[c]), channels > 1 ? " at channel " + std::to_string(c) : std::string());
       const int64_t zc = z_ready ? int64_t{z32[c]} : z64[c];
       TORCH_CHECK(zc >= qmin && zc <= qmax, "argument 'zero_point' must lie in [", qmin, ", ",
                   qmax, "], got ", zc, channels > 1 ? " at channel " + std::to_string(c) : std::string());
