@@ -71,7 +71,9 @@ F64 = torch.float64
      r"argument 'w_scale' must be > 0 and finite, got 1e\+39 \(inf in float32\) at channel 2"),
     (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1.0]), torch.tensor([0]), *_packed(), torch.ones(3), None, torch.tensor([1e39], dtype=F64), torch.tensor([0]), False, torch.int8),
      r"argument 'out_scale' must be > 0 and finite, got 1e\+39 \(inf in float32\)"),
-    # float32 values are shown as they are
+    # float32 values, and float64 ones that float32 shows alike, are shown as they are
+    (lambda: ops.quantize(torch.randn(3), torch.tensor([-0.2], dtype=F64), torch.tensor([0]), None, -128, 127, torch.int8),
+     r"argument 'scale' must be > 0 and finite, got -0.2$"),
     (lambda: ops.quantize(torch.randn(3), torch.tensor([-2.5]), torch.tensor([0]), None, -128, 127, torch.int8),
      r"argument 'scale' must be > 0 and finite, got -2.5$"),
 ])

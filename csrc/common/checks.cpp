@@ -65,10 +65,11 @@ std::string scale_value(const at::Tensor& t, int64_t i, float v) {
     os << v;
     return os.str();
   }
-  const double d = t.reshape({-1})[i].item<double>();
-  os << d;
-  if (static_cast<double>(v) != d) os << " (" << v << " in float32)";
-  return os.str();
+  std::ostringstream given;
+  given << t.reshape({-1})[i].item<double>();
+  os << v;
+  // Only where the conversion shows (0, inf, a rounded digit), not for every float64 value.
+  return given.str() == os.str() ? os.str() : given.str() + " (" + os.str() + " in float32)";
 }
 
 QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
