@@ -53,7 +53,7 @@ void check_learnable_args(const at::Tensor& x, const at::Tensor& scale,
     const float* ps = s.const_data_ptr<float>();
     for (int64_t c = 0; c < channels; ++c) {
       TORCH_CHECK(std::isfinite(ps[c]) && ps[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
-                  ps[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
+                  scale_value(scale.detach(), c, ps[c]), channels > 1 ? " at channel " + std::to_string(c) : std::string());
     }
   }
   if (values_on_host(zero_point) && at::isFloatingType(zero_point.scalar_type())) {
@@ -135,8 +135,11 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
   TORCH_CHECK(qmin >= std::numeric_limits<int32_t>::min() && qmax <= std::numeric_limits<int32_t>::max(),
               "arguments 'qmin'/'qmax' must lie in [-2^31, 2^31 - 1] (zero points are int32), got [",
               qmin, ", ", qmax, "]");
-  // eps becomes a float32 tensor: a larger one would be +inf.
-  TORCH_CHECK(eps > 0 && eps <= FLT_MAX, "argument 'eps' must be > 0 and finite in float32, got ", eps);
+  // eps becomes a float32 tensor: a larger one would be +inf, one below half the smallest
+  // float32 subnormal 0 (a zero scale).
+  TORCH_CHECK(eps > 0 && eps <= FLT_MAX && static_cast<float>(eps) > 0.0f,
+              "argument 'eps' must be > 0 and finite in float32, got ", eps,
+              static_cast<float>(eps) == 0.0f && eps > 0 ? " (0 in float32)" : "");
   TORCH_CHECK(!symmetric || (symmetric_zero_point >= qmin && symmetric_zero_point <= qmax),
               "argument 'symmetric_zero_point' must lie in [", qmin, ", ", qmax, "], got ",
               symmetric_zero_point);
@@ -159,8 +162,11 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& min_val,
   } else {
     scale = at::maximum((max_pos - min_neg) / at::full_like(max_pos, static_cast<double>(qmax - qmin)), eps_t);
     scale = at::nan_to_num(scale, eps, FLT_MAX, eps);
-    // |min_neg / scale| <= qmax - qmin here, so the float-to-int conversion is in range.
-    zp = (qmin - at::round(min_neg / scale).to(at::kInt)).clamp(qmin, qmax).to(at::kInt);
+    // |min_neg / scale| <= qmax - qmin (up to rounding), which is below 2^33 but not below
+    // 2^31 for ranges wider than int32's half: the integer steps are made in int64, where
+    // neither the conversion nor qmin - q can wrap; the clamp brings the result into int32.
+    // Where int32 does not wrap (every 8- and 16-bit range) this is torch.ao's value.
+    zp = (qmin - at::round(min_neg / scale).to(at::kLong)).clamp(qmin, qmax).to(at::kInt);
   }
   return {scale, zp};
 }

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <limits>
+#include <sstream>
 
 namespace torchquant {
 
@@ -58,6 +59,19 @@ int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const c
   return a < 0 ? a + dim : a;
 }
 
+std::string scale_value(const at::Tensor& t, int64_t i, float v) {
+  std::ostringstream os;
+  if (t.scalar_type() == at::kFloat) {
+    os << v;
+    return os.str();
+  }
+  std::ostringstream given;
+  given << t.reshape({-1})[i].item<double>();
+  os << v;
+  // Only where the conversion shows (0, inf, a rounded digit), not for every float64 value.
+  return given.str() == os.str() ? os.str() : given.str() + " (" + os.str() + " in float32)";
+}
+
 QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
                         const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin,
                         int64_t qmax) {
@@ -97,7 +111,7 @@ QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tenso
     const int32_t* z32 = z_ready ? p.zero_point.data_ptr<int32_t>() : nullptr;
     for (int64_t c = 0; c < channels; ++c) {
       TORCH_CHECK(std::isfinite(s[c]) && s[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
-                  s[c], channels > 1 ? " at channel " + std::to_string(c) : std::string());
+                  scale_value(scale, c, s[c]), channels > 1 ? " at channel " + std::to_string(c) : std::string());
       const int64_t zc = z_ready ? int64_t{z32[c]} : z64[c];
       TORCH_CHECK(zc >= qmin && zc <= qmax, "argument 'zero_point' must lie in [", qmin, ", ",
                   qmax, "], got ", zc, channels > 1 ? " at channel " + std::to_string(c) : std::string());

@@ -6,6 +6,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <string>
 
 namespace torchquant {
 
@@ -25,6 +26,12 @@ void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Te
                        const char* name);
 // Normalizes axis into [0, dim); per tensor (nullopt) gives -1.
 int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const char* x_name);
+
+// Element i of the floating-point tensor `t` (flattened), whose float32 value is v, as an
+// error message shows it: the value given, and v too where float32 changed it (1e-320 in
+// float64 is 0 in float32, 1e39 is inf). Reads t on the host: call it only on CPU tensors, on
+// an error path.
+std::string scale_value(const at::Tensor& t, int64_t i, float v);
 
 // Quantization parameters ready for a kernel: float32 scale and 1/scale, int32 zero point,
 // contiguous, on x's device, one entry per channel (one for per tensor).

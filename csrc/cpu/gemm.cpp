@@ -144,7 +144,8 @@ float read_scale(const at::Tensor& t, const char* name) {
               t.numel());
   const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
                                                 : static_cast<float>(t.item<double>());
-  TORCH_CHECK(std::isfinite(v) && v > 0.0f, "argument '", name, "' must be > 0 and finite, got ", v);
+  TORCH_CHECK(std::isfinite(v) && v > 0.0f, "argument '", name, "' must be > 0 and finite, got ",
+              scale_value(t, 0, v));
   return v;
 }
 
@@ -187,7 +188,8 @@ ActQParams read_act_qparams(const at::Tensor& scale, const at::Tensor& zp, int64
     const float* ps = q.scale_rows.const_data_ptr<float>();
     for (int64_t r = 0; r < rows; ++r) {
       TORCH_CHECK(std::isfinite(ps[r]) && ps[r] > 0.0f,
-                  "argument 'x_scale' must be > 0 and finite, got ", ps[r], " at row ", r);
+                  "argument 'x_scale' must be > 0 and finite, got ", scale_value(scale, r, ps[r]),
+                  " at row ", r);
     }
     p->a_scale_row = ps;
   }
@@ -228,7 +230,8 @@ at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t N) {
   const float* pws = ws.const_data_ptr<float>();
   for (int64_t n = 0; n < N; ++n) {
     TORCH_CHECK(std::isfinite(pws[n]) && pws[n] > 0.0f,
-                "argument 'w_scale' must be > 0 and finite, got ", pws[n], " at channel ", n);
+                "argument 'w_scale' must be > 0 and finite, got ", scale_value(w_scale, n, pws[n]),
+                " at channel ", n);
   }
   return ws;
 }

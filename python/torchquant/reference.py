@@ -118,7 +118,8 @@ def choose_qparams(min_val, max_val, qmin, qmax, symmetric=False, eps=torch.finf
     else:
         scale = torch.maximum((max_pos - min_neg) / float(qmax - qmin), eps_t)
         scale = torch.nan_to_num(scale, eps, big, eps)
-        zp = (qmin - torch.round(min_neg / scale).to(torch.int32)).clamp(qmin, qmax).to(torch.int32)
+        # int64: for int32-wide ranges round(min_neg / scale) can pass 2^31 (torch.ao's int32 wraps).
+        zp = (qmin - torch.round(min_neg / scale).to(torch.int64)).clamp(qmin, qmax).to(torch.int32)
     return scale, zp
 
 
