@@ -82,3 +82,25 @@ def test_scale_errors_show_the_value_given_not_its_float32_rounding(call, match)
     # "got inf"), which is not what the caller passed.
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+def test_fake_kernels_check_dtype_and_qrange_as_the_kernels_do():
+    """Under tracing (fake tensors) quantize / dequantize raise where the real kernels raise."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(4, 3)
+    s, z = torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32)
+    q = torch.zeros(4, 3, dtype=torch.int8)
+    cases = [
+        (torch.ops.torchquant.quantize, (x, s, z, None, 0, 255, torch.float32), "argument 'dtype' must be torch.int8 or torch.uint8"),
+        (torch.ops.torchquant.quantize, (x, s, z, None, -129, 127, torch.int8), r"argument 'qmin' must lie in \[-128, 127\]"),
+        (torch.ops.torchquant.quantize, (x, s, z, None, 0, 256, torch.uint8), r"argument 'qmax' must lie in \[0, 255\]"),
+        (torch.ops.torchquant.dequantize, (q, s, z, None, torch.int32), "argument 'out_dtype' must be a floating-point dtype"),
+    ]
+    for op, args, msg in cases:
+        with pytest.raises(RuntimeError, match=msg):
+            op(*args)
+        with FakeTensorMode() as mode:
+            fargs = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            with pytest.raises(RuntimeError, match=msg):
+                op(*fargs)

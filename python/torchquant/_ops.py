@@ -33,6 +33,12 @@ def _check_devices(ref_name, ref, **tensors):
 def _quantize_fake(x, scale, zero_point, axis, qmin, qmax, dtype):
     _check_devices("x", x, scale=scale, zero_point=zero_point)
     torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
+    # As the kernels' check_qrange (csrc/common/checks.cpp): the same errors under tracing.
+    torch._check(dtype in (torch.int8, torch.uint8),
+                 lambda: f"argument 'dtype' must be torch.int8 or torch.uint8, got {dtype}")
+    lo, hi = (-128, 127) if dtype == torch.int8 else (0, 255)
+    for name, v in (("qmin", qmin), ("qmax", qmax)):
+        torch._check(lo <= v <= hi, lambda: f"argument '{name}' must lie in [{lo}, {hi}] for {dtype}, got {v}")
     _check_qrange(qmin, qmax)
     return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
 
@@ -41,6 +47,8 @@ def _quantize_fake(x, scale, zero_point, axis, qmin, qmax, dtype):
 def _dequantize_fake(q, scale, zero_point, axis, out_dtype=None):
     _check_devices("q", q, scale=scale, zero_point=zero_point)
     torch._check(q.dtype in (torch.int8, torch.uint8), lambda: f"argument 'q' must be int8 or uint8, got {q.dtype}")
+    torch._check(out_dtype is None or out_dtype.is_floating_point,
+                 lambda: f"argument 'out_dtype' must be a floating-point dtype, got {out_dtype}")
     return torch.empty_like(q, dtype=out_dtype or torch.float32, memory_format=torch.contiguous_format)
 
 
