@@ -20,7 +20,7 @@ def _supported_isas():
 
 SUPPORTED_ISAS = _supported_isas()
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+DEVICES = ["cpu", "cuda"]
 
 
 @pytest.fixture(params=SUPPORTED_ISAS)
@@ -30,7 +30,9 @@ def isa(request):
         yield request.param
 
 
-@pytest.fixture(params=DEVICES)
+# The CUDA case carries the cuda marker: skipped without a GPU (below), and selected by
+# `pytest -m cuda` (scripts/gpu_check.sh) along with the tests/test_cuda*.py files.
+@pytest.fixture(params=[pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES])
 def device(request):
     return request.param
 
