@@ -394,7 +394,10 @@ def test_learnable_qat_qconfig_gets_gradients():
     m.qconfig = torchquant.learnable_qat_qconfig
     p = torchquant.prepare_qat(m)
     p(torch.randn(16, 8)).sum().backward()
-    assert p[1].weight_fake_quant.scale.grad is not None
+    for fq in (p[1].weight_fake_quant, p[1].activation_post_process):
+        g = fq.scale.grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, type(fq).__name__
+    assert p[1].weight.grad.abs().sum() > 0
 
 
 def test_matches_torch_ao_within_one_step():

@@ -395,12 +395,15 @@ def test_qtensor_api():
     q = torchquant.quantize_per_channel(x, torch.full((4,), 0.05), torch.zeros(4, dtype=torch.int32), 1, torch.qint8)
     assert q.shape == (3, 4) and q.dtype == torch.qint8 and q.q_per_channel_axis() == 1
     assert q.q_per_channel_scales().shape == (4,) and q.q_per_channel_zero_points().dtype == torch.int32
-    assert q.to("cpu").int_repr() is not None
+    want = reference.quantize(x, torch.full((4,), 0.05), torch.zeros(4, dtype=torch.int32), 1, -128, 127, torch.int8)
+    assert torch.equal(q.int_repr(), want) and torch.equal(q.to("cpu").int_repr(), want)
     with pytest.raises(RuntimeError, match="per-tensor"):
         q.q_scale()
     qt = torchquant.quantize_per_tensor(x, 0.05, 3, torch.quint8)
     assert qt.flatten().shape == (12,) and "QTensor" in repr(qt)
-    assert torch.allclose(qt.dequantize(), x.clamp(min=-0.15), atol=0.026)
+    s3, z3 = torch.tensor([0.05]), torch.tensor([3], dtype=torch.int32)
+    assert torch.equal(qt.dequantize(), reference.fake_quantize(x, s3, z3, None, 0, 255))
+    assert torch.allclose(qt.dequantize(), x.clamp(min=-0.15), atol=0.025 + 1e-6)  # |error| <= scale / 2
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [

@@ -161,7 +161,7 @@ def test_plot_returns_and_saves_a_figure(tmp_path):
     assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
     assert r.figure is not None and len(r.figure.axes[0].patches) == 2
     r2 = report(net, q, torch.randn(32, 8), plot=True)
-    assert r2.figure is not None
+    assert r2.figure is not None and len(r2.figure.axes[0].patches) == 2
     fig = r2.plot()
     assert fig is r2.figure
     import matplotlib.pyplot as plt

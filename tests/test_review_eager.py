@@ -100,6 +100,8 @@ def test_qat_model_cast_to_float64_trains():
     y = prepared(torch.randn(8, 4, dtype=torch.float64))
     y.sum().backward()
     assert y.dtype == torch.float64 and prepared[1].weight.grad is not None
+    g = prepared[1].weight.grad
+    assert g.dtype == torch.float64 and torch.isfinite(g).all() and g.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- dtype casts of int8 modules
