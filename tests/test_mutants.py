@@ -134,3 +134,17 @@ def test_quantized_modules_route_subclass_qparams_through_torch_ops(monkeypatch)
                                 None, 0, 255)
     assert torch.equal(tagged.dequantize().as_subclass(torch.Tensor), want)
     assert calls == [1]
+
+
+def test_histogram_rebin_run_addition_exactness_bound():
+    """The rebin adds a run of k equal parts in one step only where no one-by-one addition could
+    round. Here the one-by-one sum rounds: 2^49 + 2^25 (a float32 rounding tie) plus sixteen
+    parts of 1/16, each a half-ulp tie that leaves the sum unchanged, so the new bin holds
+    2^49 + 2^25 and rounds to 2^49 in float32; adding 16 * (1/16) at once would give
+    2^49 + 2^25 + 1, which rounds to 2^49 + 2^26. A looser bound on the one-step path fails
+    here."""
+    hist = torch.tensor([2.0**49, 2.0**25, 1.0, 0.0])
+    args = (hist, torch.tensor(0.0), torch.tensor(1.0), torch.tensor(0.0), torch.tensor(1000.0), 16)
+    want = reference.histogram_rebin(*args)
+    assert want[0].item() == 2.0**49
+    assert torch.equal(torch.ops.torchquant.histogram_rebin(*args), want)
