@@ -140,13 +140,43 @@ TQ_TARGET_AVX512VNNI void block(const int8_t* a, int64_t lda, const int8_t* b, i
 // column quarter, 256 per group of 4 rows; the last group zero-padded past K, which the flip
 // made 128, facing zero-padded bytes of a), for up to 6 rows of a: once a block is shared by
 // several row tiles, its interleave is done once instead of per tile.
-template <int R>
+//
+// kDirect: the whole K in one chunk with no K % 4 tail (the usual case up to K = 2048) and a
+// full block of 64 columns; the accumulators start at -corr[i] (sums wrap modulo 2^32 alike)
+// and, already in column order, go straight to the output rows (dst + i * ld), without the
+// round trip through c and finish() (at K = 256 that round trip was a few percent of the
+// tile). Otherwise they start at 0 and go to c (ld = 64). Plain stores either way: masked
+// stores of a fix-up there made GCC keep every accumulator in memory inside the loop.
+#define TQ_MM_INIT(i)                                                                   \
+  if constexpr (R > i && kDirect) {                                                     \
+    const __m512i s = _mm512_set1_epi32(                                                \
+        static_cast<int32_t>(0u - static_cast<uint32_t>(corr[i])));                     \
+    acc##i##0 = s;                                                                      \
+    acc##i##1 = s;                                                                      \
+    acc##i##2 = s;                                                                      \
+    acc##i##3 = s;                                                                      \
+  }
+#define TQ_MM_STORE_TO(i)                                                               \
+  if constexpr (R > i) {                                                                \
+    _mm512_storeu_si512(dst + i * ld, acc##i##0);                                       \
+    _mm512_storeu_si512(dst + i * ld + 16, acc##i##1);                                  \
+    _mm512_storeu_si512(dst + i * ld + 32, acc##i##2);                                  \
+    _mm512_storeu_si512(dst + i * ld + 48, acc##i##3);                                  \
+  }
+template <int R, bool kDirect>
 TQ_TARGET_AVX512VNNI void block_buf(const int8_t* a, int64_t lda, const int8_t* buf, int64_t k0,
-                                    int64_t groups, int32_t* c) {
+                                    int64_t groups, const int32_t* corr, int32_t* dst,
+                                    int64_t ld) {
   const __m512i z = _mm512_setzero_si512();
   __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
           acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z,
           acc40 = z, acc41 = z, acc42 = z, acc43 = z, acc50 = z, acc51 = z, acc52 = z, acc53 = z;
+  TQ_MM_INIT(0)
+  TQ_MM_INIT(1)
+  TQ_MM_INIT(2)
+  TQ_MM_INIT(3)
+  TQ_MM_INIT(4)
+  TQ_MM_INIT(5)
   int64_t k = k0;
   for (int64_t g = 0; g < groups; ++g, k += 4) {
     const int8_t* bg = buf + g * 256;
@@ -159,71 +189,15 @@ TQ_TARGET_AVX512VNNI void block_buf(const int8_t* a, int64_t lda, const int8_t* 
     TQ_MM_ROW(4)
     TQ_MM_ROW(5)
   }
-  TQ_MM_STORE(0)
-  TQ_MM_STORE(1)
-  TQ_MM_STORE(2)
-  TQ_MM_STORE(3)
-  TQ_MM_STORE(4)
-  TQ_MM_STORE(5)
+  TQ_MM_STORE_TO(0)
+  TQ_MM_STORE_TO(1)
+  TQ_MM_STORE_TO(2)
+  TQ_MM_STORE_TO(3)
+  TQ_MM_STORE_TO(4)
+  TQ_MM_STORE_TO(5)
 }
-
-// block_buf for a whole K in one chunk with no K % 4 tail (the usual case up to K = 2048) and a
-// full block of 64 columns: the accumulators start at -corr[i] (sums wrap modulo 2^32 alike)
-// and, already in column order, are stored straight to the output, without the round trip
-// through c and finish() (at K = 256 that round trip was a few percent of the tile). Plain
-// stores at the end, as block_buf's: masked stores of a fix-up there made GCC keep every
-// accumulator in memory inside the loop.
-#define TQ_MM_INIT_OUT(i)                                                               \
-  if constexpr (R > i) {                                                                \
-    const __m512i s = _mm512_set1_epi32(                                                \
-        static_cast<int32_t>(0u - static_cast<uint32_t>(corr[i])));                     \
-    acc##i##0 = s;                                                                      \
-    acc##i##1 = s;                                                                      \
-    acc##i##2 = s;                                                                      \
-    acc##i##3 = s;                                                                      \
-  }
-#define TQ_MM_STORE_OUT(i)                                                              \
-  if constexpr (R > i) {                                                                \
-    _mm512_storeu_si512(out + i * ldo, acc##i##0);                                      \
-    _mm512_storeu_si512(out + i * ldo + 16, acc##i##1);                                 \
-    _mm512_storeu_si512(out + i * ldo + 32, acc##i##2);                                 \
-    _mm512_storeu_si512(out + i * ldo + 48, acc##i##3);                                 \
-  }
-template <int R>
-TQ_TARGET_AVX512VNNI void block_buf_out(const int8_t* a, int64_t lda, const int8_t* buf,
-                                        int64_t groups, const int32_t* corr, int32_t* out,
-                                        int64_t ldo) {
-  const __m512i z = _mm512_setzero_si512();
-  __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
-          acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z,
-          acc40 = z, acc41 = z, acc42 = z, acc43 = z, acc50 = z, acc51 = z, acc52 = z, acc53 = z;
-  TQ_MM_INIT_OUT(0)
-  TQ_MM_INIT_OUT(1)
-  TQ_MM_INIT_OUT(2)
-  TQ_MM_INIT_OUT(3)
-  TQ_MM_INIT_OUT(4)
-  TQ_MM_INIT_OUT(5)
-  int64_t k = 0;
-  for (int64_t g = 0; g < groups; ++g, k += 4) {
-    const int8_t* bg = buf + g * 256;
-    const __m512i o0 = _mm512_load_si512(bg), o1 = _mm512_load_si512(bg + 64),
-                  o2 = _mm512_load_si512(bg + 128), o3 = _mm512_load_si512(bg + 192);
-    TQ_MM_ROW(0)
-    TQ_MM_ROW(1)
-    TQ_MM_ROW(2)
-    TQ_MM_ROW(3)
-    TQ_MM_ROW(4)
-    TQ_MM_ROW(5)
-  }
-  TQ_MM_STORE_OUT(0)
-  TQ_MM_STORE_OUT(1)
-  TQ_MM_STORE_OUT(2)
-  TQ_MM_STORE_OUT(3)
-  TQ_MM_STORE_OUT(4)
-  TQ_MM_STORE_OUT(5)
-}
-#undef TQ_MM_INIT_OUT
-#undef TQ_MM_STORE_OUT
+#undef TQ_MM_INIT
+#undef TQ_MM_STORE_TO
 
 // Interleaves and flips rows k0 .. k0 + 4 * groups + r of one block of nc columns into buf.
 TQ_TARGET_AVX512VNNI void interleave(const int8_t* b, int64_t ldb, int64_t k0, int64_t groups,
@@ -376,7 +350,7 @@ TQ_TARGET_AVX512VNNI void finish16(int rows, const int32_t* c, int64_t nc, bool 
 #undef TQ_MM_STORE
 
 using BlockFn = decltype(&block<1>);
-using BlockBufFn = decltype(&block_buf<1>);
+using BlockBufFn = decltype(&block_buf<1, false>);
 using Block16Fn = decltype(&block16_buf<1>);
 
 template <int... Rs>
@@ -390,27 +364,15 @@ Block16Fn pick_block16(int rows) {
   return pick_block16_impl(rows, std::make_integer_sequence<int, kMR16>{});
 }
 
+template <bool kDirect>
 BlockBufFn pick_block_buf(int rows) {
   switch (rows) {
-    case 1: return &block_buf<1>;
-    case 2: return &block_buf<2>;
-    case 3: return &block_buf<3>;
-    case 4: return &block_buf<4>;
-    case 5: return &block_buf<5>;
-    default: return &block_buf<6>;
-  }
-}
-
-using BlockBufOutFn = decltype(&block_buf_out<1>);
-
-BlockBufOutFn pick_block_buf_out(int rows) {
-  switch (rows) {
-    case 1: return &block_buf_out<1>;
-    case 2: return &block_buf_out<2>;
-    case 3: return &block_buf_out<3>;
-    case 4: return &block_buf_out<4>;
-    case 5: return &block_buf_out<5>;
-    default: return &block_buf_out<6>;
+    case 1: return &block_buf<1, kDirect>;
+    case 2: return &block_buf<2, kDirect>;
+    case 3: return &block_buf<3, kDirect>;
+    case 4: return &block_buf<4, kDirect>;
+    case 5: return &block_buf<5, kDirect>;
+    default: return &block_buf<6, kDirect>;
   }
 }
 
@@ -553,10 +515,10 @@ TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t ld
           const int rows = static_cast<int>(M - m < kMRBuf ? M - m : kMRBuf);
           const int8_t* am = a + m * lda;
           if (first && last && r == 0 && nc == 64) {
-            pick_block_buf_out(rows)(am, lda, bb, groups, corr + m, out + m * ldo + c0, ldo);
+            pick_block_buf<true>(rows)(am, lda, bb, k0, groups, corr + m, out + m * ldo + c0, ldo);
             continue;
           }
-          pick_block_buf(rows)(am, lda, bb, k0, groups, c);
+          pick_block_buf<false>(rows)(am, lda, bb, k0, groups, nullptr, c, 64);
           if (r != 0) tail_group(rows, am, lda, kt, r, bb + groups * 256, c);
           finish<true>(rows, c, nc, first, last, corr + m, out + m * ldo + c0, ldo);
         }
