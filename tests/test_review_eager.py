@@ -218,3 +218,26 @@ def test_qtensor_indexing_per_tensor_is_exact_and_per_channel_raises():
     pc = tq.QTensor(data.to(torch.int8) // 2, torch.full((6,), 0.1), torch.zeros(6, dtype=torch.int32), 1, -128, 127)
     with pytest.raises(NotImplementedError, match="only defined for per-tensor quantization .* axis 1"):
         pc[0]
+
+
+def test_qtensor_saves_and_loads_with_weights_only_through_its_checks():
+    import io
+    import pickle
+
+    data = torch.randint(0, 256, (3, 4), dtype=torch.uint8)
+    q = tq.QTensor(data, torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32), None, 2, 250)
+    pc = tq.QTensor(data.to(torch.int8) // 2, torch.full((4,), 0.1), torch.zeros(4, dtype=torch.int32), 1)
+    buf = io.BytesIO()
+    torch.save({"q": q, "pc": pc}, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True)
+    for a, b in ((q, back["q"]), (pc, back["pc"])):
+        assert isinstance(b, tq.QTensor) and (b.axis, b.qmin, b.qmax) == (a.axis, a.qmin, a.qmax)
+        assert torch.equal(b.int_repr(), a.int_repr()) and torch.equal(b.dequantize(), a.dequantize())
+    # unpickling runs the constructor's checks: a payload with float data is refused
+    broken = tq.QTensor.__new__(tq.QTensor)
+    for name in ("data", "scale", "zero_point", "axis", "qmin", "qmax"):
+        setattr(broken, name, getattr(q, name))
+    broken.data = torch.zeros(3)
+    with pytest.raises(TypeError, match="QTensor data must be int8 or uint8"):
+        pickle.loads(pickle.dumps(broken))

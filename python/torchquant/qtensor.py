@@ -102,6 +102,12 @@ class QTensor:
         self.qmax = qmax
         return self
 
+    def __reduce__(self):
+        # Pickling stores the constructor's arguments, so unpickling (torch.load with
+        # weights_only=True included: QTensor is on torch's list of safe globals) goes through
+        # the constructor's checks.
+        return (QTensor, (self.data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax))
+
     # ---- torch quantized-tensor accessors ----
     def int_repr(self) -> torch.Tensor:
         return self.data
@@ -283,6 +289,10 @@ def _unflatten(children, context) -> QTensor:
     axis, qmin, qmax = context
     return QTensor._make(children[0], children[1], children[2], axis, qmin, qmax)
 
+
+# torch.load(..., weights_only=True) reads a saved QTensor (its reduce is the checking
+# constructor over tensors and integers).
+torch.serialization.add_safe_globals([QTensor])
 
 pytree.register_pytree_node(
     QTensor,
