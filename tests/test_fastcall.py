@@ -224,3 +224,31 @@ def test_qtensor_dequantize_dtype_is_checked_before_either_path(monkeypatch):
         with pytest.raises(RuntimeError, match="argument 'out_dtype' must be a floating-point dtype, got Int"):
             q.dequantize(torch.int32)
         assert q.dequantize(torch.float16).dtype == torch.float16
+
+
+def test_dispatch_modes_see_the_typed_calls(counted):
+    """A __torch_dispatch__ mode (a profiler, a logging mode) sits behind the dispatcher, which
+    the typed path goes through: it sees every torchquant op, with the GIL released around the
+    call and taken back for the mode's Python code."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    static, dynamic = _model()
+    x = torch.randn(3, 16)
+    ys, yd = static(x), dynamic(x)
+    counted.clear()
+    with Log() as mode:
+        assert torch.equal(static(x), ys) and torch.equal(dynamic(x), yd)
+    assert counted == ["quantize", "linear_int8", "linear_int8", "dequantize", "linear_dynamic", "linear_dynamic"]
+    seen = [o for o in mode.ops if o.startswith("torchquant.")]
+    assert seen == ["torchquant.quantize.default", "torchquant.linear_int8.default", "torchquant.linear_int8.default",
+                    "torchquant.dequantize.default", "torchquant.linear_dynamic.default",
+                    "torchquant.linear_dynamic.default"]
