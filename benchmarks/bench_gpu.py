@@ -17,7 +17,7 @@ import time
 
 import torch
 
-import torchquant  # noqa: F401  (loads the ops)
+import torchquant
 
 ops = torch.ops.torchquant
 
@@ -128,6 +128,9 @@ def bench_small_m(ms, K=4096, N=4096):
         anchor = host_us(lambda: torch._int_mm(a, b)) if int_mm_ok(M, K, N) else None
         row(f"int8_mm {M}x{K}x{N} host loop (auto)", host_us(lambda: ops.int8_mm(a, b)), ops_, "TOPS", anchor,
             "_int_mm loop")
+        # The public function takes the typed binding (no argument boxing): what user code calls.
+        row(f"torchquant.int8_mm {M}x{K}x{N} host loop", host_us(lambda: torchquant.int8_mm(a, b)), ops_, "TOPS",
+            anchor, "_int_mm loop")
         if anchor:
             row(f"  torch._int_mm {M}x{K}x{N} host loop", anchor, ops_, "TOPS")
         os.environ.pop("TORCHQUANT_CUDA_GEMM", None)

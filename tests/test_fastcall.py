@@ -102,6 +102,8 @@ def test_typed_errors_equal_torch_ops():
         ("linear_int8", (xq, s, z, wp, cs, ws, None, None, None, False, torch.uint8)),  # no out qparams
         ("linear_dynamic", (xq, wp, cs, ws, None, False)),  # integer x
         ("linear_dynamic", (x[:, :3], wp, cs, ws, None, False)),  # K mismatch
+        ("int8_mm", (w, w)),  # K mismatch
+        ("int8_mm", (xq, w.t())),  # uint8 a
     ]
     for name, args in cases:
         want = _error(getattr(ops, name).default, *args)
@@ -128,7 +130,7 @@ def _model():
 def counted(monkeypatch):
     """Counts the typed calls the modules make."""
     calls = []
-    for name in ("quantize", "dequantize", "linear_int8", "linear_dynamic"):
+    for name in ("quantize", "dequantize", "int8_mm", "linear_int8", "linear_dynamic"):
         f = getattr(_fastcall, name)
 
         def wrapped(*args, _f=f, _name=name):
@@ -252,3 +254,54 @@ def test_dispatch_modes_see_the_typed_calls(counted):
     assert seen == ["torchquant.quantize.default", "torchquant.linear_int8.default", "torchquant.linear_int8.default",
                     "torchquant.dequantize.default", "torchquant.linear_dynamic.default",
                     "torchquant.linear_dynamic.default"]
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 5), (6, 64, 64), (33, 100, 17), (0, 8, 4)])
+def test_int8_mm_typed_equals_torch_ops(isa, device, shape):
+    m, k, n = shape
+    g = torch.Generator().manual_seed(m + k + n)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int32).to(torch.int8).to(device)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int32).to(torch.int8).to(device)
+    want = ops.int8_mm.default(a, b)
+    assert torch.equal(_fastcall.int8_mm(a, b), want)
+    assert torch.equal(_fastcall.int8_mm(a, b.t().contiguous().t()), want)
+
+
+def test_public_gemm_functions_take_the_typed_path_outside_modes(counted):
+    g = torch.Generator().manual_seed(5)
+    a = torch.randint(-128, 128, (3, 8), generator=g, dtype=torch.int32).to(torch.int8)
+    w = torch.randint(-128, 128, (4, 8), generator=g, dtype=torch.int32).to(torch.int8)
+    wp, cs = torchquant.pack_weight(w)
+    ws = torch.full((4,), 0.01)
+    xq = torch.randint(0, 256, (3, 8), generator=g, dtype=torch.int32).to(torch.uint8)
+    x = torch.randn(3, 8, generator=g)
+    calls = [lambda: torchquant.int8_mm(a, w.t()),
+             lambda: torchquant.linear_int8(xq, 0.1, 128, wp, cs, ws, None, 0.05, 3, True, torch.uint8),
+             lambda: torchquant.linear_dynamic(x, wp, cs, ws, torch.ones(4))]
+    want = [ops.int8_mm(a, w.t()),
+            ops.linear_int8(xq, torch.tensor([0.1]), torch.tensor([128], dtype=torch.int32), wp, cs, ws, None,
+                            torch.tensor([0.05]), torch.tensor([3], dtype=torch.int32), True, torch.uint8),
+            ops.linear_dynamic(x, wp, cs, ws, torch.ones(4), False)]
+    for f, y in zip(calls, want):
+        assert torch.equal(f(), y)
+    assert counted == ["int8_mm", "linear_int8", "linear_dynamic"]
+    counted.clear()
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as mode:
+        for f, y in zip(calls, want):
+            assert torch.equal(f(), y)
+    assert counted == []
+    for op in ("int8_mm", "linear_int8", "linear_dynamic"):
+        assert any(s in (f"torchquant.{op}", f"torchquant.{op}.default") for s in mode.seen), (op, mode.seen)
+    # a tensor subclass among the weights' tensors goes through torch.ops as well
+    torchquant.linear_dynamic(x, wp, cs, torch.nn.Parameter(ws, requires_grad=False))
+    assert counted == []

@@ -1,4 +1,6 @@
-// Typed Python entry points into four torchquant ops, for the quantized modules' forward.
+// Typed Python entry points into the torchquant ops called once per forward or per GEMM call:
+// quantize, dequantize, int8_mm, linear_int8, linear_dynamic (the quantized modules and the
+// public GEMM functions of python/torchquant/gemm.py use them).
 //
 // `torch.ops.torchquant.<op>(...)` reaches the dispatcher through torch's generic path: every
 // call boxes its Python arguments into a stack of IValues against the schema and looks up the
@@ -39,6 +41,7 @@ using DequantizeSig = Tensor(const Tensor&, const Tensor&, const Tensor&, std::o
 using LinearInt8Sig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                              const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
                              const OptTensor&, bool, std::optional<at::ScalarType>);
+using Int8MmSig = Tensor(const Tensor&, const Tensor&);
 using LinearDynamicSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const OptTensor&, bool);
 
@@ -60,6 +63,14 @@ Tensor dequantize(const Tensor& q, const Tensor& scale, const Tensor& zero_point
   static const auto op = typed_op<DequantizeSig>("torchquant::dequantize");
   pybind11::gil_scoped_release no_gil;
   return op.call(q, scale, zero_point, axis, out_dtype);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+Tensor int8_mm(const Tensor& a, const Tensor& b) {
+  HANDLE_TH_ERRORS
+  static const auto op = typed_op<Int8MmSig>("torchquant::int8_mm");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(a, b);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
@@ -94,6 +105,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("axis").none(true), py::arg("qmin"), py::arg("qmax"), py::arg("dtype"));
   m.def("dequantize", &dequantize, py::arg("q"), py::arg("scale"), py::arg("zero_point"),
         py::arg("axis").none(true), py::arg("out_dtype").none(true));
+  m.def("int8_mm", &int8_mm, py::arg("a"), py::arg("b"));
   m.def("linear_int8", &linear_int8, py::arg("x"), py::arg("x_scale"), py::arg("x_zero_point"),
         py::arg("w_packed"), py::arg("w_col_sums"), py::arg("w_scale"), py::arg("bias").none(true),
         py::arg("out_scale").none(true), py::arg("out_zero_point").none(true), py::arg("relu"),

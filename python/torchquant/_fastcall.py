@@ -1,8 +1,9 @@
-"""Typed entry points into the ops the quantized modules call on every forward.
+"""Typed entry points into the ops the quantized modules call on every forward (and the
+public GEMM functions on every call).
 
 ``torch.ops.torchquant.<op>(...)`` boxes its arguments against the op's schema on every call:
 about 2 us more per call than the op itself at the argument counts of a quantized Linear, which
-at batch 1 is more than the Linear's arithmetic. ``torchquant._C`` binds the same four ops with
+at batch 1 is more than the Linear's arithmetic. ``torchquant._C`` binds the same ops with
 typed arguments and calls them through the same dispatcher (csrc/python/fastcall.cpp), so
 every registered kernel, fake kernel and dispatch mode applies as before. What the typed path
 leaves out is Python's ``__torch_function__`` handling, so :func:`usable` sends a call there
@@ -24,6 +25,7 @@ from . import _C
 
 quantize = _C.quantize
 dequantize = _C.dequantize
+int8_mm = _C.int8_mm
 linear_int8 = _C.linear_int8
 linear_dynamic = _C.linear_dynamic
 
@@ -39,3 +41,13 @@ def usable(a, b, c) -> bool:
     # is_compiling() first: under tracing it is a constant and nothing after it is traced.
     return (not _is_compiling() and enabled and type(a) is _Tensor and type(b) is _Tensor
             and type(c) is _Tensor and not _function_mode_enabled())
+
+
+def usable_all(*tensors) -> bool:
+    """usable() for any number of arguments, None (an absent optional tensor) allowed."""
+    if _is_compiling() or not enabled or _function_mode_enabled():
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not _Tensor:
+            return False
+    return True

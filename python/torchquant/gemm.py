@@ -16,6 +16,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from . import _fastcall
 from . import _ops  # noqa: F401  (registers the fake kernels)
 from ._ops import packed_weight_shape
 from .functional import _number_tensor
@@ -42,6 +43,8 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     >>> torch.equal(torchquant.int8_mm(a, b), (a.long() @ b.long()).int())
     True
     """
+    if _fastcall.usable(a, b, b):
+        return _fastcall.int8_mm(a, b)
     return ops.int8_mm(a, b)
 
 
@@ -88,8 +91,9 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
         out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
     if out_zero_point is not None:
         out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
-    return ops.linear_int8(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale,
-                           out_zero_point, relu, out_dtype)
+    args = (x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale, out_zero_point)
+    f = _fastcall.linear_int8 if _fastcall.usable_all(*args) else ops.linear_int8
+    return f(*args, relu, out_dtype)
 
 
 def quantize_rowwise(x: torch.Tensor, qmin: int = -128,
@@ -117,4 +121,6 @@ def linear_dynamic(x: torch.Tensor, w_packed: torch.Tensor, w_col_sums: torch.Te
     >>> torchquant.linear_dynamic(torch.randn(5, 8), wp, cs, torch.full((4,), 0.01)).shape
     torch.Size([5, 4])
     """
-    return ops.linear_dynamic(x, w_packed, w_col_sums, w_scale, bias, relu)
+    args = (x, w_packed, w_col_sums, w_scale, bias)
+    f = _fastcall.linear_dynamic if _fastcall.usable_all(*args) else ops.linear_dynamic
+    return f(*args, relu)
