@@ -305,3 +305,17 @@ def test_public_gemm_functions_take_the_typed_path_outside_modes(counted):
     # a tensor subclass among the weights' tensors goes through torch.ops as well
     torchquant.linear_dynamic(x, wp, cs, torch.nn.Parameter(ws, requires_grad=False))
     assert counted == []
+
+
+def test_quantize_functions_take_the_typed_path_and_check_axis(counted):
+    x = torch.randn(3, 4)
+    q = torchquant.quantize_per_tensor(x, 0.1, 3, torch.quint8)
+    qc = torchquant.quantize_per_channel(x, torch.full((4,), 0.1), torch.zeros(4, dtype=torch.int32), -1, torch.qint8)
+    assert counted == ["quantize", "quantize"]
+    assert torch.equal(q.int_repr(), ops.quantize(x, torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32), None,
+                                                  0, 255, torch.uint8))
+    assert qc.axis == 1
+    for bad in (1.5, "1", None):
+        with pytest.raises(TypeError, match="quantize_per_channel: argument 'axis' must be an integer"):
+            torchquant.quantize_per_channel(x, torch.full((4,), 0.1), torch.zeros(4, dtype=torch.int32), bad,
+                                            torch.qint8)

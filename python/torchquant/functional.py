@@ -11,10 +11,12 @@ Example::
     >>> q.int_repr().dtype
     torch.int8
 """
+import operator
 from typing import Tuple, Union
 
 import torch
 
+from . import _fastcall
 from ._ops import ops
 from .qtensor import QTensor
 
@@ -83,7 +85,8 @@ def quantize_per_tensor(x: torch.Tensor, scale, zero_point, dtype: torch.dtype) 
     info = torch.iinfo(st)
     s = _as_tensor(scale, torch.float32, x.device, "scale")
     z = _as_tensor(zero_point, torch.int32, x.device, "zero_point")
-    data = ops.quantize(x, s, z, None, info.min, info.max, st)
+    f = _fastcall.quantize if _fastcall.usable(x, s, z) else ops.quantize
+    data = f(x, s, z, None, info.min, info.max, st)
     return QTensor(data, s.reshape(1).float(), z.reshape(1).to(torch.int32), None, info.min, info.max)
 
 
@@ -92,7 +95,12 @@ def quantize_per_channel(x: torch.Tensor, scales: torch.Tensor, zero_points: tor
     """``torch.quantize_per_channel`` returning a :class:`QTensor`."""
     st = storage_dtype(dtype)
     info = torch.iinfo(st)
-    data = ops.quantize(x, scales, zero_points, axis, info.min, info.max, st)
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"quantize_per_channel: argument 'axis' must be an integer, got {axis!r}") from None
+    f = _fastcall.quantize if _fastcall.usable(x, scales, zero_points) else ops.quantize
+    data = f(x, scales, zero_points, axis, info.min, info.max, st)
     axis = axis + x.dim() if axis < 0 else axis
     return QTensor(data, scales.float(), zero_points.to(torch.int32), axis, info.min, info.max)
 
