@@ -43,11 +43,17 @@ def usable(a, b, c) -> bool:
             and type(c) is _Tensor and not _function_mode_enabled())
 
 
-def usable_all(*tensors) -> bool:
-    """usable() for any number of arguments, None (an absent optional tensor) allowed."""
+def usable_all(required, optional) -> bool:
+    """usable() for any number of arguments: each of ``required`` a plain tensor, each of
+    ``optional`` one or None (an absent optional tensor). A None where the schema requires a
+    tensor goes to torch.ops, whose error names the argument; pybind11 would reject it with a
+    TypeError listing the binding's signature."""
     if _is_compiling() or not enabled or _function_mode_enabled():
         return False
-    for t in tensors:
+    for t in required:
+        if type(t) is not _Tensor:
+            return False
+    for t in optional:
         if t is not None and type(t) is not _Tensor:
             return False
     return True
