@@ -1,6 +1,8 @@
 """The typed entry points (torchquant._C, used by the quantized modules' forward) against the
 same ops called through torch.ops: same results bit for bit, same errors, and used only where
 Python's __torch_function__ handling has nothing to do."""
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -367,3 +369,29 @@ def test_public_functions_odd_arguments_same_either_way(monkeypatch):
         typed = outcome(f)
         monkeypatch.setattr(_fastcall, "enabled", False)
         assert typed == outcome(f), (i, typed)
+
+
+def test_cpp_warnings_inside_the_op_same_either_way(monkeypatch):
+    """A TORCH_WARN raised inside the op's call (here vmap's batching fallback, which warns that
+    linear_dynamic has no batching rule) is handled alike on both paths: torch.ops installs no
+    Python warning handler, so the typed path must not either (it turned the warning into a
+    Python warning, an error under -W error, on the typed path only)."""
+    from torch.func import vmap
+
+    set_fallback_warning = getattr(torch._C._functorch, "_set_vmap_fallback_warning_enabled", None)
+    if set_fallback_warning is not None:
+        set_fallback_warning(True)
+    g = torch.Generator().manual_seed(4)
+    w = torch.randint(-128, 128, (4, 8), generator=g, dtype=torch.int32).to(torch.int8)
+    wp, cs = torchquant.pack_weight(w)
+    ws = torch.full((4,), 0.01)
+    x = torch.randn(3, 2, 8, generator=g)
+    seen = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_fastcall, "enabled", enabled)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            y = vmap(lambda t: torchquant.linear_dynamic(t, wp, cs, ws))(x)
+        seen.append([str(r.message) for r in rec])
+        assert torch.equal(y, torch.stack([ops.linear_dynamic(t, wp, cs, ws, None) for t in x]))
+    assert seen[0] == seen[1], seen
