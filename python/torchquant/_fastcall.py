@@ -11,7 +11,8 @@ only where that handling has nothing to do:
 
 * not while torch.compile or torch.export traces (they must see ``torch.ops`` calls);
 * no torch function mode active;
-* the tensors that could carry a ``__torch_function__`` are plain ``torch.Tensor``.
+* the tensors the caller hands in are plain ``torch.Tensor`` (a quantized Linear checks its
+  input's, not its own weight, scale and bias buffers).
 
 Everywhere else the modules call ``torch.ops``. ``TORCHQUANT_FASTCALL=0`` (read at import) or
 ``torchquant._fastcall.enabled = False`` sends every call through ``torch.ops``.
