@@ -1,6 +1,8 @@
 """The typed entry points (torchquant._C, used by the quantized modules' forward) against the
 same ops called through torch.ops: same results bit for bit, same errors, and used only where
 Python's __torch_function__ handling has nothing to do."""
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -319,3 +321,77 @@ def test_quantize_functions_take_the_typed_path_and_check_axis(counted):
         with pytest.raises(TypeError, match="quantize_per_channel: argument 'axis' must be an integer"):
             torchquant.quantize_per_channel(x, torch.full((4,), 0.1), torch.zeros(4, dtype=torch.int32), bad,
                                             torch.qint8)
+
+
+def test_public_functions_odd_arguments_same_either_way(monkeypatch):
+    """None where a tensor is required, relu / out_dtype / axis of other types: the public
+    functions answer as torch.ops does (same value, or same error type and message) whether the
+    typed path is enabled or not; pybind11 rejected some of them with its own TypeError, and
+    refused an out_dtype given as an int that torch.ops takes."""
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(11)
+    w = torch.randint(-128, 128, (4, 8), generator=g, dtype=torch.int32).to(torch.int8)
+    wp, cs = torchquant.pack_weight(w)
+    ws = torch.full((4,), 0.01)
+    xq = torch.randint(0, 256, (3, 8), generator=g, dtype=torch.int32).to(torch.uint8)
+    x = torch.randn(3, 8, generator=g)
+    sc, zp = torch.full((8,), 0.1), torch.zeros(8, dtype=torch.int32)
+    s1, z1 = torch.tensor([0.1]), torch.tensor([128], dtype=torch.int32)
+    L, D = torchquant.linear_int8, torchquant.linear_dynamic
+    calls = [
+        lambda: L(None, s1, z1, wp, cs, ws),
+        lambda: L(xq, 0.1, 128, None, cs, ws),
+        lambda: L(xq, 0.1, 128, wp, None, ws),
+        lambda: L(xq, 0.1, 128, wp, cs, None),
+        lambda: L(xq, 0.1, 128, wp, cs, ws, relu="yes"),
+        lambda: L(xq, 0.1, 128, wp, cs, ws, relu=np.bool_(True)),
+        lambda: L(xq, 0.1, 128, wp, cs, ws, relu=1),
+        lambda: L(xq, 0.1, 128, wp, cs, ws, out_dtype="float16"),
+        lambda: L(xq, 0.1, 128, wp, cs, ws, out_dtype=5),  # torch.float16's ScalarType number
+        lambda: D(None, wp, cs, ws),
+        lambda: D(x, None, cs, ws),
+        lambda: D(x, wp, cs, ws, relu="yes"),
+        lambda: D(x, wp, cs, ws, relu=np.bool_(True)),
+        lambda: torchquant.quantize_per_channel(x, sc, zp, 2 ** 70, torch.qint8),
+        lambda: torchquant.quantize_per_channel(x, sc, zp, np.int64(1), torch.qint8),
+    ]
+
+    def outcome(f):
+        try:
+            y = f()
+        except Exception as e:  # noqa: BLE001  (the error itself is what is compared)
+            return type(e), str(e)
+        y = y.int_repr() if isinstance(y, torchquant.QTensor) else y
+        return y.dtype, y.tolist()
+
+    for i, f in enumerate(calls):
+        monkeypatch.setattr(_fastcall, "enabled", True)
+        typed = outcome(f)
+        monkeypatch.setattr(_fastcall, "enabled", False)
+        assert typed == outcome(f), (i, typed)
+
+
+def test_cpp_warnings_inside_the_op_same_either_way(monkeypatch):
+    """A TORCH_WARN raised inside the op's call (here vmap's batching fallback, which warns that
+    linear_dynamic has no batching rule) is handled alike on both paths: torch.ops installs no
+    Python warning handler, so the typed path must not either (it turned the warning into a
+    Python warning, an error under -W error, on the typed path only)."""
+    from torch.func import vmap
+
+    set_fallback_warning = getattr(torch._C._functorch, "_set_vmap_fallback_warning_enabled", None)
+    if set_fallback_warning is not None:
+        set_fallback_warning(True)
+    g = torch.Generator().manual_seed(4)
+    w = torch.randint(-128, 128, (4, 8), generator=g, dtype=torch.int32).to(torch.int8)
+    wp, cs = torchquant.pack_weight(w)
+    ws = torch.full((4,), 0.01)
+    x = torch.randn(3, 2, 8, generator=g)
+    seen = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_fastcall, "enabled", enabled)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            y = vmap(lambda t: torchquant.linear_dynamic(t, wp, cs, ws))(x)
+        seen.append([str(r.message) for r in rec])
+        assert torch.equal(y, torch.stack([ops.linear_dynamic(t, wp, cs, ws, None) for t in x]))
+    assert seen[0] == seen[1], seen

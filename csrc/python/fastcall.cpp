@@ -45,33 +45,49 @@ using Int8MmSig = Tensor(const Tensor&, const Tensor&);
 using LinearDynamicSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const OptTensor&, bool);
 
-// Errors and warnings reach Python as through torch.ops: c10::ValueError as ValueError,
-// TORCH_WARN as a Python warning (HANDLE_TH_ERRORS installs the warning handler). The GIL is
-// released around the op, as torch.ops releases it.
+// Errors and warnings reach Python as through torch.ops: c10::ValueError as ValueError (and
+// so on, by torch's translation), a Python exception raised inside (a dispatch mode, a Python
+// kernel) as itself; a TORCH_WARN inside the op goes to c10's warning handler, as from
+// torch.ops, which installs no Python warning handler (HANDLE_TH_ERRORS would install one, and
+// turn the warning into a Python warning on this path only). The GIL is released around the
+// op, as torch.ops releases it.
+#define TQ_TRY try {
+#define TQ_CATCH                                                    \
+  }                                                                 \
+  catch (pybind11::error_already_set&) {                            \
+    throw;                                                          \
+  }                                                                 \
+  catch (pybind11::builtin_exception&) {                            \
+    throw;                                                          \
+  }                                                                 \
+  catch (const std::exception&) {                                   \
+    torch::translate_exception_to_python(std::current_exception()); \
+    throw pybind11::error_already_set();                            \
+  }
 Tensor quantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
                 std::optional<int64_t> axis, int64_t qmin, int64_t qmax, at::ScalarType dtype) {
-  HANDLE_TH_ERRORS
+  TQ_TRY
   static const auto op = typed_op<QuantizeSig>("torchquant::quantize");
   pybind11::gil_scoped_release no_gil;
   return op.call(x, scale, zero_point, axis, qmin, qmax, dtype);
-  END_HANDLE_TH_ERRORS_PYBIND
+  TQ_CATCH
 }
 
 Tensor dequantize(const Tensor& q, const Tensor& scale, const Tensor& zero_point,
                   std::optional<int64_t> axis, std::optional<at::ScalarType> out_dtype) {
-  HANDLE_TH_ERRORS
+  TQ_TRY
   static const auto op = typed_op<DequantizeSig>("torchquant::dequantize");
   pybind11::gil_scoped_release no_gil;
   return op.call(q, scale, zero_point, axis, out_dtype);
-  END_HANDLE_TH_ERRORS_PYBIND
+  TQ_CATCH
 }
 
 Tensor int8_mm(const Tensor& a, const Tensor& b) {
-  HANDLE_TH_ERRORS
+  TQ_TRY
   static const auto op = typed_op<Int8MmSig>("torchquant::int8_mm");
   pybind11::gil_scoped_release no_gil;
   return op.call(a, b);
-  END_HANDLE_TH_ERRORS_PYBIND
+  TQ_CATCH
 }
 
 Tensor linear_int8(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_point,
@@ -79,22 +95,25 @@ Tensor linear_int8(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_
                    const OptTensor& bias, const OptTensor& out_scale,
                    const OptTensor& out_zero_point, bool relu,
                    std::optional<at::ScalarType> out_dtype) {
-  HANDLE_TH_ERRORS
+  TQ_TRY
   static const auto op = typed_op<LinearInt8Sig>("torchquant::linear_int8");
   pybind11::gil_scoped_release no_gil;
   return op.call(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale,
                  out_zero_point, relu, out_dtype);
-  END_HANDLE_TH_ERRORS_PYBIND
+  TQ_CATCH
 }
 
 Tensor linear_dynamic(const Tensor& x, const Tensor& w_packed, const Tensor& w_col_sums,
                       const Tensor& w_scale, const OptTensor& bias, bool relu) {
-  HANDLE_TH_ERRORS
+  TQ_TRY
   static const auto op = typed_op<LinearDynamicSig>("torchquant::linear_dynamic");
   pybind11::gil_scoped_release no_gil;
   return op.call(x, w_packed, w_col_sums, w_scale, bias, relu);
-  END_HANDLE_TH_ERRORS_PYBIND
+  TQ_CATCH
 }
+
+#undef TQ_TRY
+#undef TQ_CATCH
 
 }  // namespace
 

@@ -11,7 +11,8 @@ only where that handling has nothing to do:
 
 * not while torch.compile or torch.export traces (they must see ``torch.ops`` calls);
 * no torch function mode active;
-* the tensors that could carry a ``__torch_function__`` are plain ``torch.Tensor``.
+* the tensors the caller hands in are plain ``torch.Tensor`` (a quantized Linear checks its
+  input's, not its own weight, scale and bias buffers).
 
 Everywhere else the modules call ``torch.ops``. ``TORCHQUANT_FASTCALL=0`` (read at import) or
 ``torchquant._fastcall.enabled = False`` sends every call through ``torch.ops``.
@@ -43,11 +44,17 @@ def usable(a, b, c) -> bool:
             and type(c) is _Tensor and not _function_mode_enabled())
 
 
-def usable_all(*tensors) -> bool:
-    """usable() for any number of arguments, None (an absent optional tensor) allowed."""
+def usable_all(required, optional) -> bool:
+    """usable() for any number of arguments: each of ``required`` a plain tensor, each of
+    ``optional`` one or None (an absent optional tensor). A None where the schema requires a
+    tensor goes to torch.ops, whose error names the argument; pybind11 would reject it with a
+    TypeError listing the binding's signature."""
     if _is_compiling() or not enabled or _function_mode_enabled():
         return False
-    for t in tensors:
+    for t in required:
+        if type(t) is not _Tensor:
+            return False
+    for t in optional:
         if t is not None and type(t) is not _Tensor:
             return False
     return True

@@ -99,7 +99,9 @@ def quantize_per_channel(x: torch.Tensor, scales: torch.Tensor, zero_points: tor
         axis = operator.index(axis)
     except TypeError:
         raise TypeError(f"quantize_per_channel: argument 'axis' must be an integer, got {axis!r}") from None
-    f = _fastcall.quantize if _fastcall.usable(x, scales, zero_points) else ops.quantize
+    # An axis past int64 goes to torch.ops too, so that its error is the same either way.
+    typed = -2 ** 63 <= axis < 2 ** 63 and _fastcall.usable(x, scales, zero_points)
+    f = _fastcall.quantize if typed else ops.quantize
     data = f(x, scales, zero_points, axis, info.min, info.max, st)
     axis = axis + x.dim() if axis < 0 else axis
     return QTensor(data, scales.float(), zero_points.to(torch.int32), axis, info.min, info.max)

@@ -92,7 +92,11 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
     if out_zero_point is not None:
         out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
     args = (x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale, out_zero_point)
-    f = _fastcall.linear_int8 if _fastcall.usable_all(*args) else ops.linear_int8
+    # relu and out_dtype of another type (1, np.bool_, a dtype given as an int) go to torch.ops,
+    # which converts or rejects them in its own words; pybind11 would word it otherwise.
+    typed = (type(relu) is bool and (out_dtype is None or type(out_dtype) is torch.dtype)
+             and _fastcall.usable_all(args[:6], args[6:]))
+    f = _fastcall.linear_int8 if typed else ops.linear_int8
     return f(*args, relu, out_dtype)
 
 
@@ -122,5 +126,6 @@ def linear_dynamic(x: torch.Tensor, w_packed: torch.Tensor, w_col_sums: torch.Te
     torch.Size([5, 4])
     """
     args = (x, w_packed, w_col_sums, w_scale, bias)
-    f = _fastcall.linear_dynamic if _fastcall.usable_all(*args) else ops.linear_dynamic
+    typed = type(relu) is bool and _fastcall.usable_all(args[:4], args[4:])  # as in linear_int8
+    f = _fastcall.linear_dynamic if typed else ops.linear_dynamic
     return f(*args, relu)
