@@ -395,3 +395,9 @@ def test_cpp_warnings_inside_the_op_same_either_way(monkeypatch):
         seen.append([str(r.message) for r in rec])
         assert torch.equal(y, torch.stack([ops.linear_dynamic(t, wp, cs, ws, None) for t in x]))
     assert seen[0] == seen[1], seen
+
+
+def test_quantize_per_tensor_names_a_non_tensor_x():
+    for bad in (None, [0.5, 1.0]):
+        with pytest.raises(TypeError, match="quantize_per_tensor: argument 'x' must be a tensor, got"):
+            torchquant.quantize_per_tensor(bad, 0.1, 0, torch.qint8)

@@ -81,6 +81,8 @@ def quantize_per_tensor(x: torch.Tensor, scale, zero_point, dtype: torch.dtype) 
     >>> torchquant.quantize_per_tensor(torch.tensor([0.5, -1.0]), 0.01, 10, torch.quint8).int_repr()
     tensor([60,  0], dtype=torch.uint8)
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"quantize_per_tensor: argument 'x' must be a tensor, got {type(x).__name__}")
     st = storage_dtype(dtype)
     info = torch.iinfo(st)
     s = _as_tensor(scale, torch.float32, x.device, "scale")
