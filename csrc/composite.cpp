@@ -50,11 +50,8 @@ void check_learnable_args(const at::Tensor& x, const at::Tensor& scale,
   // prepare_qparams does: elsewhere a check would cost a device sync.
   if (values_on_host(scale)) {
     const at::Tensor s = scale.detach().to(at::kFloat).contiguous();
-    const float* ps = s.const_data_ptr<float>();
-    for (int64_t c = 0; c < channels; ++c) {
-      TORCH_CHECK(std::isfinite(ps[c]) && ps[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
-                  scale_value(scale.detach(), c, ps[c]), channels > 1 ? " at channel " + std::to_string(c) : std::string());
-    }
+    check_scale_values(scale, s.const_data_ptr<float>(), channels, "scale",
+                       channels > 1 ? "channel" : nullptr);
   }
   if (values_on_host(zero_point) && at::isFloatingType(zero_point.scalar_type())) {
     const at::Tensor z = zero_point.detach().to(at::kFloat).contiguous();

@@ -59,17 +59,28 @@ int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const c
   return a < 0 ? a + dim : a;
 }
 
+namespace {
+
+// Element i of `t` as an error message shows it: the value given, and v (its float32 value)
+// too where the conversion shows (0, inf, a rounded digit), not for every float64 value.
 std::string scale_value(const at::Tensor& t, int64_t i, float v) {
   std::ostringstream os;
-  if (t.scalar_type() == at::kFloat) {
-    os << v;
-    return os.str();
-  }
-  std::ostringstream given;
-  given << t.reshape({-1})[i].item<double>();
   os << v;
-  // Only where the conversion shows (0, inf, a rounded digit), not for every float64 value.
+  if (t.scalar_type() == at::kFloat) return os.str();
+  std::ostringstream given;
+  given << t.detach().reshape({-1})[i].item<double>();
   return given.str() == os.str() ? os.str() : given.str() + " (" + os.str() + " in float32)";
+}
+
+}  // namespace
+
+void check_scale_values(const at::Tensor& given, const float* v, int64_t n, const char* name,
+                        const char* where) {
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(std::isfinite(v[i]) && v[i] > 0.0f, "argument '", name,
+                "' must be > 0 and finite, got ", scale_value(given, i, v[i]),
+                where != nullptr ? std::string(" at ") + where + " " + std::to_string(i) : std::string());
+  }
 }
 
 QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
@@ -109,9 +120,8 @@ QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tenso
     if (!z_ready) z_orig = zero_point.reshape({channels}).to(at::kLong).contiguous();
     const int64_t* z64 = z_ready ? nullptr : z_orig.data_ptr<int64_t>();
     const int32_t* z32 = z_ready ? p.zero_point.data_ptr<int32_t>() : nullptr;
+    check_scale_values(scale, s, channels, "scale", channels > 1 ? "channel" : nullptr);
     for (int64_t c = 0; c < channels; ++c) {
-      TORCH_CHECK(std::isfinite(s[c]) && s[c] > 0.0f, "argument 'scale' must be > 0 and finite, got ",
-                  scale_value(scale, c, s[c]), channels > 1 ? " at channel " + std::to_string(c) : std::string());
       const int64_t zc = z_ready ? int64_t{z32[c]} : z64[c];
       TORCH_CHECK(zc >= qmin && zc <= qmax, "argument 'zero_point' must lie in [", qmin, ", ",
                   qmax, "], got ", zc, channels > 1 ? " at channel " + std::to_string(c) : std::string());

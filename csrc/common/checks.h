@@ -27,11 +27,13 @@ void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Te
 // Normalizes axis into [0, dim); per tensor (nullopt) gives -1.
 int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const char* x_name);
 
-// Element i of the floating-point tensor `t` (flattened), whose float32 value is v, as an
-// error message shows it: the value given, and v too where float32 changed it (1e-320 in
-// float64 is 0 in float32, 1e39 is inf). Reads t on the host: call it only on CPU tensors, on
-// an error path.
-std::string scale_value(const at::Tensor& t, int64_t i, float v);
+// Each of the n float32 values v[i], element i of the floating-point tensor `given` (flattened)
+// as the kernels read it, is > 0 and finite. Otherwise the error names the argument, the value
+// given, v[i] too where float32 changed it ("got 1e-200 (0 in float32)"), and, with `where`
+// ("channel", "row"), the index: "... at channel 3". `given` is read only on that error path,
+// on the host: v must come from a CPU tensor.
+void check_scale_values(const at::Tensor& given, const float* v, int64_t n, const char* name,
+                        const char* where);
 
 // Quantization parameters ready for a kernel: float32 scale and 1/scale, int32 zero point,
 // contiguous, on x's device, one entry per channel (one for per tensor).

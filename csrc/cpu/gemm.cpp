@@ -144,8 +144,7 @@ float read_scale(const at::Tensor& t, const char* name) {
               t.numel());
   const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
                                                 : static_cast<float>(t.item<double>());
-  TORCH_CHECK(std::isfinite(v) && v > 0.0f, "argument '", name, "' must be > 0 and finite, got ",
-              scale_value(t, 0, v));
+  check_scale_values(t, &v, 1, name, nullptr);
   return v;
 }
 
@@ -186,11 +185,7 @@ ActQParams read_act_qparams(const at::Tensor& scale, const at::Tensor& zp, int64
                        ? scale
                        : scale.to(at::kFloat).contiguous();
     const float* ps = q.scale_rows.const_data_ptr<float>();
-    for (int64_t r = 0; r < rows; ++r) {
-      TORCH_CHECK(std::isfinite(ps[r]) && ps[r] > 0.0f,
-                  "argument 'x_scale' must be > 0 and finite, got ", scale_value(scale, r, ps[r]),
-                  " at row ", r);
-    }
+    check_scale_values(scale, ps, rows, "x_scale", "row");
     p->a_scale_row = ps;
   }
   if (zp.numel() == 1) {
@@ -227,12 +222,7 @@ at::Tensor per_channel_float(const at::Tensor& t, const char* name, int64_t n) {
 // The weight's per-channel scales as float32 [N], each > 0 and finite.
 at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t N) {
   at::Tensor ws = per_channel_float(w_scale, "w_scale", N);
-  const float* pws = ws.const_data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {
-    TORCH_CHECK(std::isfinite(pws[n]) && pws[n] > 0.0f,
-                "argument 'w_scale' must be > 0 and finite, got ", scale_value(w_scale, n, pws[n]),
-                " at channel ", n);
-  }
+  check_scale_values(w_scale, ws.const_data_ptr<float>(), N, "w_scale", "channel");
   return ws;
 }
 

@@ -25,8 +25,6 @@
 namespace torchquant {
 namespace cpu {
 
-
-
 constexpr int64_t kPanel = 16;
 
 inline int64_t gemm_panels(int64_t N) { return (N + kPanel - 1) / kPanel; }
