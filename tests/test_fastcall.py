@@ -14,6 +14,18 @@ from torchquant import _fastcall
 ops = torch.ops.torchquant
 
 
+class Record(TorchFunctionMode):
+    """Records the name of every function that reaches __torch_function__."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def _linear_args(device, m, k, n, xdtype, per_row, bias, out_dtype, seed):
     g = torch.Generator().manual_seed(seed)
     lo, hi = (0, 256) if xdtype == torch.uint8 else (-128, 128)
@@ -160,15 +172,6 @@ def test_torch_function_modes_and_subclasses_see_torch_ops_calls(counted):
     ys, yd = static(x), dynamic(x)
     counted.clear()
 
-    class Record(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     with Record() as mode:
         assert torch.equal(static(x), ys) and torch.equal(dynamic(x), yd)
     assert counted == []
@@ -288,15 +291,6 @@ def test_public_gemm_functions_take_the_typed_path_outside_modes(counted):
         assert torch.equal(f(), y)
     assert counted == ["int8_mm", "linear_int8", "linear_dynamic"]
     counted.clear()
-
-    class Record(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
 
     with Record() as mode:
         for f, y in zip(calls, want):
