@@ -420,7 +420,8 @@ int64_t check_packed(const at::Tensor& w_packed, const at::Tensor& col_sums,
 
 // The packed weight as the kernels read it: rows with 16-byte loads from a 16-byte aligned
 // base. A packed tensor that is a view at another offset (carved out of a flat buffer, say) is
-// copied once; reading it in place would fault on a misaligned address.
+// copied, on each call (pack_weight never makes such a view); reading it in place would fault
+// on a misaligned address.
 at::Tensor aligned_packed(const at::Tensor& w_packed) {
   return aligned16(w_packed.data_ptr()) ? w_packed : w_packed.clone(at::MemoryFormat::Contiguous);
 }
