@@ -524,6 +524,11 @@ def test_constructor_errors():
         tqo.MinMaxObserver(qscheme=torch.per_channel_affine)
     with pytest.raises(ValueError, match="must include 0"):
         tqo.MinMaxObserver(quant_min=1, quant_max=10)
+    # min > max is the fault to name, though 0 lies outside [10, 5] too
+    with pytest.raises(ValueError, match="quant_min must be < quant_max, got quant_min=10, quant_max=5"):
+        tqo.MinMaxObserver(quant_min=10, quant_max=5)
+    with pytest.raises(ValueError, match="quant_min must be < quant_max, got quant_min=10, quant_max=5"):
+        tqo.PerChannelMinMaxObserver(quant_min=10, quant_max=5)
     with pytest.raises(ValueError, match="averaging_constant"):
         tqo.MovingAverageMinMaxObserver(averaging_constant=0.0)
     with pytest.raises(NotImplementedError, match="reduce range"):
@@ -536,6 +541,7 @@ def test_constructor_errors():
     (dict(scale=0.0, zero_point=0), "argument 'scale' must be > 0 and finite, got 0.0"),
     (dict(scale=float("nan"), zero_point=0), "argument 'scale' must be > 0 and finite, got nan"),
     (dict(scale=-0.5, zero_point=0), "argument 'scale' must be > 0 and finite, got -0.5"),
+    (dict(scale=1e-50, zero_point=0), r"argument 'scale' must be > 0 and finite, got 1e-50 \(0.0 in float32\)"),
     (dict(scale=0.1, zero_point=1000), r"argument 'zero_point' must lie in \[0, 255\], got 1000"),
     (dict(scale=0.1, zero_point=0.5), "argument 'zero_point' must be an integer, got 0.5"),
     (dict(scale=0.1, zero_point=0, quant_min=10, quant_max=0), "quant_min must be < quant_max"),

@@ -429,3 +429,23 @@ def test_qtensor_constructor_checks_its_arguments(kwargs, exc, match):
     ok = QTensor(torch.zeros(2, 3, dtype=torch.int8), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32),
                  -1, -8, 7)
     assert (ok.axis, ok.qmin, ok.qmax) == (-1, -8, 7)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, s: torchquant.quantize_per_tensor(x, s, 0, torch.qint8),
+    lambda x, s: torchquant.fake_quantize_per_tensor_affine(x, s, 0, -128, 127),
+    lambda x, s: torchquant.linear_int8(torch.zeros(2, 3, dtype=torch.int8), s, 0,
+                                        *torchquant.pack_weight(torch.zeros(4, 3, dtype=torch.int8)), torch.ones(4)),
+])
+@pytest.mark.parametrize("scale,shown", [(1e-50, r"1e-50 \(0 in float32\)"), (1e39, r"1e\+39 \(inf in float32\)")])
+def test_python_number_scale_error_shows_the_value_given(fn, scale, shown):
+    # A Python float scale was made a float32 tensor first, so 1e-50 was reported as "got 0".
+    with pytest.raises(RuntimeError, match=r"must be > 0 and finite, got " + shown):
+        fn(torch.randn(4, 3), scale)
+
+
+def test_python_number_scale_near_float32_limits_still_works():
+    x = torch.randn(5)
+    for s in (1.5e-38, 2e38):
+        got = torchquant.fake_quantize_per_tensor_affine(x, s, 0, -128, 127)
+        assert torch.equal(got, torch.fake_quantize_per_tensor_affine(x, s, 0, -128, 127))

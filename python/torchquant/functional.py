@@ -11,6 +11,7 @@ Example::
     >>> q.int_repr().dtype
     torch.int8
 """
+import math
 import operator
 from typing import Tuple, Union
 
@@ -72,6 +73,10 @@ def _number_tensor(v, dtype, device, name) -> torch.Tensor:
             raise TypeError(f"argument '{name}' must be an integer or a tensor, got {got}")
         if not -2 ** 31 <= v < 2 ** 31:
             raise ValueError(f"argument '{name}' must lie in the int32 range, got {v}")
+    if dtype == torch.float32 and v != 0 and not 1e-38 < abs(v) < 3e38 and math.isfinite(v):
+        # Outside float32's normal range the value may round to 0 or inf; handed over as float64
+        # the kernel's check reports the value given ("got 1e-50 (0 in float32)"), not "got 0".
+        dtype = torch.float64
     return torch.tensor([v], dtype=dtype, device=device)
 
 

@@ -219,10 +219,11 @@ class UniformQuantizationObserverBase(ObserverBase):
         self.reduce_range = reduce_range
         self.register_buffer("eps", torch.tensor([eps], **factory_kwargs))
         self.has_customized_qrange = quant_min is not None and quant_max is not None
+        # Order first: for [10, 5] the fault is min > max, not that 0 lies outside.
+        if self.has_customized_qrange and quant_min >= quant_max:
+            raise ValueError(f"quant_min must be < quant_max, got quant_min={quant_min}, quant_max={quant_max}")
         if self.has_customized_qrange and not quant_min <= 0 <= quant_max:
             raise ValueError(f"quant_min/quant_max must include 0, got [{quant_min}, {quant_max}]")
-        if self.has_customized_qrange and quant_min >= quant_max:
-            raise ValueError(f"quant_min must be < quant_max, got [{quant_min}, {quant_max}]")
         self.quant_min, self.quant_max = _calculate_qmin_qmax(
             quant_min, quant_max, self.has_customized_qrange, dtype, reduce_range)
         if qscheme in _SYMMETRIC and reduce_range and dtype in (torch.quint8, torch.uint8):
@@ -781,9 +782,13 @@ class FixedQParamsObserver(ObserverBase):
         # Observers never hand out a zero, negative or non-finite scale, nor a zero point outside
         # the range (torch.ao returns these as given).
         if not quant_min < quant_max:
-            raise ValueError(f"quant_min must be < quant_max, got [{quant_min}, {quant_max}]")
+            raise ValueError(f"quant_min must be < quant_max, got quant_min={quant_min}, quant_max={quant_max}")
         if not (math.isfinite(float(scale)) and float(scale) > 0):
             raise ValueError(f"argument 'scale' must be > 0 and finite, got {float(scale)}")
+        scale32 = float(torch.tensor(float(scale), dtype=torch.float32))
+        if not (math.isfinite(scale32) and scale32 > 0):
+            # The buffer is float32: 1e-50 would be stored as 0, 1e39 as inf.
+            raise ValueError(f"argument 'scale' must be > 0 and finite, got {float(scale)} ({scale32} in float32)")
         if not float(zero_point).is_integer():
             raise ValueError(f"argument 'zero_point' must be an integer, got {float(zero_point)}")
         if not quant_min <= zero_point <= quant_max:
