@@ -514,3 +514,47 @@ def test_linear_relu_in_sequential_is_folded_bit_identically():
     x = torch.randn(16, 32)
     qx = q[0](x)
     assert torch.equal(q[1](qx).int_repr(), nnq.ReLU()(unfolded(qx)).int_repr())
+
+
+@pytest.mark.parametrize("qconfig,match", [
+    ("x86", r"the 'qconfig' of the model must be a torchquant.QConfig or None, got str 'x86'; .*get_default_qconfig\('x86'\)"),
+    (5, r"the 'qconfig' of the model must be a torchquant.QConfig or None, got int 5"),
+])
+def test_prepare_names_a_qconfig_that_is_not_one(qconfig, match):
+    # model.qconfig = "x86" gave AttributeError: 'str' object has no attribute 'activation'.
+    model = nn.Sequential(torchquant.QuantStub(), nn.Linear(4, 4), torchquant.DeQuantStub())
+    model.qconfig = qconfig
+    with pytest.raises(TypeError, match=match):
+        torchquant.prepare(model)
+    model.train()
+    with pytest.raises(TypeError, match=match):
+        torchquant.prepare_qat(model)
+
+
+def test_prepare_names_the_submodule_whose_qconfig_is_wrong():
+    model = nn.Sequential(torchquant.QuantStub(), nn.Linear(4, 4), torchquant.DeQuantStub())
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    model[1].qconfig = "fbgemm"
+    with pytest.raises(TypeError, match=r"the 'qconfig' of module '1' must be"):
+        torchquant.prepare(model)
+
+
+@pytest.mark.parametrize("activation,weight,name", [
+    (None, None, "activation"), (torchquant.MinMaxObserver, None, "weight"), ("x86", torchquant.MinMaxObserver, "activation")])
+def test_qconfig_fields_must_be_observer_constructors(activation, weight, name):
+    # QConfig(None, None) was accepted, then prepare failed with "'NoneType' object is not callable".
+    with pytest.raises(TypeError, match=rf"QConfig: argument '{name}' must be an observer or FakeQuantize class"):
+        torchquant.QConfig(activation, weight)
+
+
+@pytest.mark.parametrize("data,match", [
+    (5, r"calibrate: argument 'data' must be an iterable of batches .*got int$"),
+    (torch.randn(3, 4), r"got Tensor \(wrap a single batch in a list: \[x\]\)"),
+])
+def test_calibrate_names_data_that_is_not_batches(data, match):
+    # torchquant.calibrate(model, 5) said "'int' object is not iterable".
+    model = nn.Sequential(torchquant.QuantStub(), nn.Linear(4, 4), torchquant.DeQuantStub())
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    prepared = torchquant.prepare(model)
+    with pytest.raises(TypeError, match=match):
+        torchquant.calibrate(prepared, data)

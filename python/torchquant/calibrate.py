@@ -56,6 +56,11 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
     """
     if num_batches is not None and num_batches < 0:
         raise ValueError(f"argument 'num_batches' must be >= 0 or None, got {num_batches}")
+    if isinstance(data, (torch.Tensor, str, bytes)) or not hasattr(data, "__iter__"):
+        # A tensor would be iterated row by row, each row run as a batch: refuse it too.
+        raise TypeError("calibrate: argument 'data' must be an iterable of batches (a DataLoader, or a list of "
+                        f"tensors or (input, target) tuples), got {type(data).__name__}"
+                        + (" (wrap a single batch in a list: [x])" if isinstance(data, torch.Tensor) else ""))
     _name_observers(model)
     device = _model_device(model)
     batches = data if num_batches is None else itertools.islice(data, num_batches)

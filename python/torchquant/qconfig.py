@@ -53,6 +53,10 @@ class QConfig(namedtuple("QConfig", ["activation", "weight"])):
                 "QConfig received an observer instance; pass the class or Class.with_args(...) so that each "
                 "module gets its own observer"
             )
+        for name, ctr in (("activation", activation), ("weight", weight)):
+            if not callable(ctr):
+                raise TypeError(f"QConfig: argument '{name}' must be an observer or FakeQuantize class, or "
+                                f"Class.with_args(...), got {type(ctr).__name__} {ctr!r}")
         return super().__new__(cls, activation, weight)
 
 

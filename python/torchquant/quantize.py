@@ -173,16 +173,32 @@ def _is_observer(m) -> bool:
     return isinstance(m, (ObserverBase, FakeQuantizeBase))
 
 
+def _check_qconfig(qc, where: str) -> None:
+    """A qconfig is None or has callable ``activation`` and ``weight`` (a QConfig, torch.ao's
+    too); anything else would fail later with an AttributeError far from its cause."""
+    if qc is None or (callable(getattr(qc, "activation", None)) and callable(getattr(qc, "weight", None))):
+        return
+    owner = f"module '{where}'" if where else "the model"
+    hint = (f"; for a backend name use torchquant.get_default_qconfig({qc!r})"
+            if isinstance(qc, str) else "; e.g. torchquant.get_default_qconfig('x86')")
+    raise TypeError(f"the 'qconfig' of {owner} must be a torchquant.QConfig or None, got "
+                    f"{type(qc).__name__} {qc!r}{hint}")
+
+
 def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None) -> None:
     """Gives every submodule a ``qconfig``: its own if set (``None`` switches quantization off
     for it and its children), else the one for its type or name in ``qconfig_dict``, else its
     parent's."""
     qconfig_dict = qconfig_dict or {}
+    checked = set()
 
     def visit(mod, parent_qconfig, prefix):
         qc = qconfig_dict.get(type(mod), parent_qconfig)
         qc = qconfig_dict.get(prefix, qc)
         qc = getattr(mod, "qconfig", qc)
+        if id(qc) not in checked:
+            _check_qconfig(qc, prefix)
+            checked.add(id(qc))
         mod.qconfig = qc
         for name, child in mod.named_children():
             if not _is_observer(child):
