@@ -558,3 +558,48 @@ def test_calibrate_names_data_that_is_not_batches(data, match):
     prepared = torchquant.prepare(model)
     with pytest.raises(TypeError, match=match):
         torchquant.calibrate(prepared, data)
+
+
+def _quantized_linear_model():
+    model = nn.Sequential(torchquant.QuantStub(), nn.Linear(4, 3), torchquant.DeQuantStub())
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    prepared = torchquant.prepare(model)
+    torchquant.calibrate(prepared, [torch.randn(8, 4)], progress=False)
+    return torchquant.convert(prepared)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("1.weight_zero_point", torch.tensor([0, 3, 0], dtype=torch.int32),
+     r"1.weight_zero_point: the quantized Linear's int8 weights are symmetric \(zero point 0\), got non-zero "
+     r"values at channel\(s\) 1"),
+    ("1.weight_zero_point", torch.zeros(3), r"1.weight_zero_point: must be an integer tensor, got dtype torch.float32"),
+    ("1.qweight", torch.full((3, 4), 0.7), r"1.qweight: the quantized Linear's weight must be torch.int8, got dtype "
+                                            r"torch.float32"),
+    ("1.qweight", torch.ones(3, 4, dtype=torch.uint8), r"1.qweight: .* got dtype torch.uint8"),
+])
+def test_quantized_linear_load_state_dict_refuses_what_it_would_ignore_or_cast(key, value, match):
+    # A non-zero weight_zero_point was loaded and then ignored; a float qweight cast to int8
+    # without a word (0.7 -> 0).
+    model = _quantized_linear_model()
+    sd = model.state_dict()
+    before = {k: v.clone() for k, v in sd.items()}
+    sd[key] = value
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=match):
+            model.load_state_dict(sd, strict=strict)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model.load_state_dict(before)  # a good state dict still loads
+
+
+def test_convert_warns_when_the_model_was_never_prepared():
+    model = nn.Sequential(torchquant.QuantStub(), nn.Linear(4, 3), torchquant.DeQuantStub())
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    with pytest.warns(UserWarning, match=r"convert: the model has a qconfig but no observers, so nothing was "
+                                         r"quantized.*call torchquant.prepare"):
+        out = torchquant.convert(model)
+    assert isinstance(out[1], nn.Linear)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _quantized_linear_model()  # prepared models convert without it
+        torchquant.convert(nn.Sequential(nn.Linear(4, 3)))  # no qconfig: nothing to say

@@ -383,7 +383,14 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     _warn_unused("convert", convert_custom_config_dict=convert_custom_config_dict)
     if not inplace:
         module = copy.deepcopy(module)
+    before = {id(m) for m in module.modules()}
     _swap(module, mapping or _STATIC, "")
+    if ({id(m) for m in module.modules()} == before and _has_any_qconfig(module)
+            and not any(_is_observer(m) for m in module.modules())):
+        # torch.ao returns the float model silently here; a forgotten prepare() is the usual cause.
+        warnings.warn("convert: the model has a qconfig but no observers, so nothing was quantized and it stays "
+                      "in float; call torchquant.prepare(model) and calibrate it before convert", UserWarning,
+                      stacklevel=2)
     if mapping is None:
         _fold_relus(module)
     if remove_qconfig:

@@ -133,6 +133,24 @@ class Linear(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # copy_ into the buffers would cast a float qweight to int8 (0.7 -> 0) and keep a zero
+        # point the kernel never reads: refuse both, naming the key, and load nothing of this module.
+        errors = []
+        qw = state_dict.get(prefix + "qweight")
+        if isinstance(qw, torch.Tensor) and qw.dtype != torch.int8:
+            errors.append(f"{prefix}qweight: the quantized Linear's weight must be torch.int8, got dtype {qw.dtype}")
+        zp = state_dict.get(prefix + "weight_zero_point")
+        if isinstance(zp, torch.Tensor):
+            if zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool:
+                errors.append(f"{prefix}weight_zero_point: must be an integer tensor, got dtype {zp.dtype}")
+            elif bool((zp != 0).any()):
+                bad = (zp.reshape(-1) != 0).nonzero().flatten().tolist()
+                shown = ", ".join(str(c) for c in bad[:10]) + (", ..." if len(bad) > 10 else "")
+                errors.append(f"{prefix}weight_zero_point: the quantized Linear's int8 weights are symmetric (zero "
+                              f"point 0), got non-zero values at channel(s) {shown}")
+        if errors:
+            error_msgs.extend(errors)
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
