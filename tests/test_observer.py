@@ -1,5 +1,6 @@
 """Observer ops (every CPU variant bit-exact with torchquant.reference), observer classes
 (torch.ao's qparams for the same data and arguments), state_dict, NaN / Inf, calibrate."""
+import threading
 import warnings
 
 import pytest
@@ -741,3 +742,95 @@ def test_calibrate_runs_without_grad():
 
     torchquant.calibrate(M(), iter([torch.randn(2)] * 3), progress=False)
     assert seen == [False] * 3
+
+
+# ---- one observer shared by threads ----
+
+def _run_threads(n, fn):
+    barrier = threading.Barrier(n)
+    errors = []
+
+    def body(i):
+        try:
+            barrier.wait()
+            fn(i)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_histogram_observer_shared_by_threads_loses_no_count():
+    torch.manual_seed(0)
+    batches = [torch.randn(256) * (1 + i % 5) for i in range(8 * 8)]
+    for trial in range(5):
+        obs = tqo.HistogramObserver(bins=256)
+
+        def feed(i):
+            for x in batches[i::8]:
+                obs(x)
+
+        _run_threads(8, feed)
+        # Rebinning spreads counts fractionally: the total is exact up to float32 rounding.
+        assert abs(obs.histogram.double().sum().item() - 256 * len(batches)) < 0.5, trial
+        assert obs.min_val.item() == min(b.min().item() for b in batches)
+        assert obs.max_val.item() == max(b.max().item() for b in batches)
+
+
+def test_per_channel_observer_shared_by_threads_sets_its_channels_once():
+    torch.manual_seed(1)
+    batches = [torch.randn(64, 32) for _ in range(16)]
+    expect_min = torch.stack([b.amin(0) for b in batches]).amin(0)
+    expect_max = torch.stack([b.amax(0) for b in batches]).amax(0)
+    for trial in range(40):
+        obs = tqo.PerChannelMinMaxObserver(ch_axis=1)
+        _run_threads(8, lambda i: [obs(b) for b in batches[i::8]])
+        assert torch.equal(obs.min_val, expect_min) and torch.equal(obs.max_val, expect_max), trial
+
+
+def test_fake_quantize_shared_by_threads_matches_one_thread():
+    torch.manual_seed(2)
+    batches = [torch.randn(64, 16) for _ in range(16)]
+    fq = torchquant.FakeQuantize(observer=tqo.MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                                 dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=1,
+                                 averaging_constant=1.0)
+    _run_threads(8, lambda i: [fq(b) for b in batches[i::8]])
+    # averaging_constant=1: each batch replaces the statistics, so the qparams are those of some
+    # batch seen last, whole (not a mix of two batches' halves).
+    scale, _ = fq.calculate_qparams()
+    candidates = []
+    for b in batches:
+        ref = tqo.PerChannelMinMaxObserver(ch_axis=1, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        ref(b)
+        candidates.append(ref.calculate_qparams()[0])
+    assert any(torch.equal(scale, c) for c in candidates)
+    assert torch.equal(fq.scale, scale)
+
+
+@pytest.mark.parametrize("make", [lambda: tqo.HistogramObserver(bins=64), lambda: tqo.PerChannelMinMaxObserver(),
+                                  lambda: torchquant.FakeQuantize()])
+def test_observer_lock_stays_out_of_state_dict_copies_and_pickles(make):
+    import copy
+    import io
+    import pickle
+
+    obs = make()
+    obs(torch.randn(4, 3))  # the lock exists from here on
+    assert "_tq_update_lock" in obs.__dict__
+    keys = set(obs.state_dict())
+    assert not any("lock" in k for k in keys)
+    for other in (copy.deepcopy(obs), pickle.loads(pickle.dumps(obs))):
+        assert "_tq_update_lock" not in other.__dict__
+        other(torch.randn(4, 3))  # and makes its own
+        assert other.__dict__["_tq_update_lock"] is not obs.__dict__["_tq_update_lock"]
+        assert set(other.state_dict()) == keys
+    buf = io.BytesIO()
+    torch.save(obs, buf)
+    buf.seek(0)
+    torch.load(buf, weights_only=False)(torch.randn(4, 3))

@@ -70,7 +70,7 @@ def _check_quant_range(observer, quant_min, quant_max, observer_kwargs):
                          f"([{info.min}, {info.max}])")
 
 
-class FakeQuantizeBase(nn.Module):
+class FakeQuantizeBase(_obs._LockedState, nn.Module):
     """Base of the fake-quant modules: enable flags; float32 buffers (scale) stay float32 when
     the model is cast to another dtype, as its observer's do."""
 

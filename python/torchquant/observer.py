@@ -24,7 +24,9 @@ Differences from torch.ao, on purpose:
 - ``reduce_range`` is accepted and honoured, to give torch.ao's numbers, but torchquant's int8
   kernels never saturate on full 8-bit activations, so it only costs precision here.
 """
+import functools
 import math
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from functools import partial
@@ -164,10 +166,61 @@ def _apply_keeping_float32(module: nn.Module, apply, fn, *args, **kwargs):
     return module
 
 
-class ObserverBase(ABC, nn.Module):
+def _update_lock(module: nn.Module) -> threading.RLock:
+    """The module's own lock, made at first use. It lives in ``__dict__`` (not a buffer, so not
+    in the state dict) and is left out by ``_LockedState.__getstate__`` (a lock cannot be
+    pickled or deep-copied; the copy makes its own)."""
+    lock = module.__dict__.get("_tq_update_lock")
+    if lock is None:
+        # dict.setdefault is atomic: two threads racing here end up with the same lock.
+        lock = module.__dict__.setdefault("_tq_update_lock", threading.RLock())
+    return lock
+
+
+def _synchronized(fn):
+    """Runs a method under its module's lock. torch.ops calls release the GIL, so two threads in
+    one observer's forward interleave its read-modify-write of the statistics (a histogram lost
+    counts, a per-channel observer's two-step resize was seen half done). Reentrant, so that a
+    locked method may call another. Not taken while torch.compile traces: a graph has no lock."""
+
+    @functools.wraps(fn)
+    def locked(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return fn(self, *args, **kwargs)
+        with _update_lock(self):
+            return fn(self, *args, **kwargs)
+
+    locked._tq_synchronized = True
+    return locked
+
+
+class _LockedState:
+    """Mixin: ``forward``, ``calculate_qparams``, ``reset_min_max_vals`` and state-dict loading,
+    wherever a subclass defines them, run under one lock per instance, so that calls on one
+    shared observer from several threads do not interleave."""
+
+    _SYNCHRONIZED = ("forward", "calculate_qparams", "reset_min_max_vals", "_load_from_state_dict")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._SYNCHRONIZED:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_tq_synchronized", False):
+                setattr(cls, name, _synchronized(fn))
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop("_tq_update_lock", None)
+        return state
+
+
+class ObserverBase(_LockedState, ABC, nn.Module):
     """Base of every observer: ``forward(x)`` records statistics and returns x unchanged;
     ``calculate_qparams()`` returns (scale, zero_point). Its float32 buffers stay float32 when
-    the model is cast to another dtype."""
+    the model is cast to another dtype. One instance may be shared by threads: each call of
+    ``forward`` / ``calculate_qparams`` / ``reset_min_max_vals`` / ``load_state_dict`` on it is
+    atomic with respect to the others (a lock per observer)."""
 
     def _apply(self, fn, *args, **kwargs):
         return _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
