@@ -10,7 +10,9 @@ namespace cpu {
 void gemm_pack_weight_cols(const int8_t* w, int64_t stride_n, int64_t stride_k, int64_t N,
                            int64_t K, int64_t n0, int64_t n1, int8_t* packed, int32_t* col_sums) {
   const int64_t full = K / 4 * 4, r = K - full;
-  if (n0 % kPanel == 0 && n1 == N && N % kPanel != 0) {  // padding channels of the last panel
+  // Padding channels of the last panel. With K = 0 there is nothing to pad and `packed` may be
+  // null (an empty tensor's data): memset of a null pointer is undefined even for 0 bytes.
+  if (K > 0 && n0 % kPanel == 0 && n1 == N && N % kPanel != 0) {
     std::memset(packed + (N / kPanel) * K * kPanel, 0, static_cast<size_t>(K * kPanel));
   }
   for (int64_t n = n0; n < n1; ++n) {
