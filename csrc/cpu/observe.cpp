@@ -48,12 +48,17 @@ struct MinMax {
 // Splits [0, work) into at most `max_chunks` ranges of at least `grain` units, runs them in
 // parallel; chunk k writes only its own partial result, so the merge needs no locks and does
 // not depend on which thread ran what.
+// The number of ranges for_each_chunk splits `work` into: size per-chunk scratch with it.
+int64_t chunk_count(int64_t work, int64_t grain, int64_t max_chunks = 4 * at::get_num_threads()) {
+  if (work <= 0) return 0;
+  return std::min<int64_t>(std::max<int64_t>(1, max_chunks), (work + grain - 1) / grain);
+}
+
 template <class F>
 int64_t for_each_chunk(int64_t work, int64_t grain, F f,
                        int64_t max_chunks = 4 * at::get_num_threads()) {
   if (work <= 0) return 0;
-  max_chunks = std::max<int64_t>(1, max_chunks);
-  const int64_t chunks = std::min<int64_t>(max_chunks, (work + grain - 1) / grain);
+  const int64_t chunks = chunk_count(work, grain, max_chunks);
   const int64_t per = (work + chunks - 1) / chunks;
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
@@ -78,13 +83,16 @@ MinMax reduce_minmax_cpu(const at::Tensor& x, int64_t axis, bool skip_inf) {
   r.mn.assign(C, kInf);
   r.mx.assign(C, -kInf);
   if (numel == 0) return r;
+  // Scratch is sized by the chunks that actually run (chunk_count), not by the thread count:
+  // one chunk must not pay for 4 x threads partial results.
   const int64_t max_chunks = 4 * at::get_num_threads();
   std::vector<int64_t> counts(2 * max_chunks, 0);
   if (axis < 0) {
-    std::vector<float> pmn(max_chunks, kInf), pmx(max_chunks, -kInf);
+    const int64_t chunks = chunk_count(numel, kGrain, max_chunks);
+    std::vector<float> pmn(chunks, kInf), pmx(chunks, -kInf);
     const int64_t n = for_each_chunk(numel, kGrain, [&](int64_t c, int64_t b, int64_t e) {
       k.minmax(px + b, e - b, skip_inf, &pmn[c], &pmx[c], &counts[2 * c]);
-    });
+    }, max_chunks);
     for (int64_t c = 0; c < n; ++c) {
       r.mn[0] = std::min(r.mn[0], pmn[c]);
       r.mx[0] = std::max(r.mx[0], pmx[c]);
@@ -92,15 +100,16 @@ MinMax reduce_minmax_cpu(const at::Tensor& x, int64_t axis, bool skip_inf) {
   } else if (inner >= 16) {
     // Runs of `inner` elements share a channel: reduce each run to one value.
     const int64_t outer = numel / (C * inner), blocks = outer * C;
-    std::vector<float> pmn(max_chunks * C, kInf), pmx(max_chunks * C, -kInf);
     const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+    const int64_t chunks = chunk_count(blocks, grain, max_chunks);
+    std::vector<float> pmn(chunks * C, kInf), pmx(chunks * C, -kInf);
     const int64_t n = for_each_chunk(blocks, grain, [&](int64_t c, int64_t b, int64_t e) {
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t ch = blk % C;
         k.minmax(px + blk * inner, inner, skip_inf, &pmn[c * C + ch], &pmx[c * C + ch],
                  &counts[2 * c]);
       }
-    });
+    }, max_chunks);
     for (int64_t c = 0; c < n; ++c) {
       for (int64_t ch = 0; ch < C; ++ch) {
         r.mn[ch] = std::min(r.mn[ch], pmn[c * C + ch]);
@@ -111,12 +120,32 @@ MinMax reduce_minmax_cpu(const at::Tensor& x, int64_t axis, bool skip_inf) {
     // Short runs: fold whole rows of C * inner elements element-wise, so the vector kernel
     // still sees long contiguous stretches, then fold the `inner` columns of each channel.
     const int64_t width = C * inner, rows = numel / width;
-    std::vector<float> pmn(max_chunks * width, kInf), pmx(max_chunks * width, -kInf);
-    const int64_t grain = std::max<int64_t>(1, kGrain / width);
-    const int64_t n = for_each_chunk(rows, grain, [&](int64_t c, int64_t b, int64_t e) {
-      k.minmax_rows(px + b * width, e - b, width, width, skip_inf, &pmn[c * width],
-                    &pmx[c * width], &counts[2 * c]);
-    });
+    const int64_t wanted = chunk_count(numel, kGrain, max_chunks);
+    std::vector<float> pmn, pmx;
+    int64_t n;
+    if (width >= 16 * wanted) {
+      // Wide rows ([4, 2e6] with ch_axis=1): split the columns. Each chunk folds all rows of
+      // its columns into one set of accumulators, so the scratch is one row (width floats),
+      // not one row per chunk. Column j still folds its rows in order, as one thread would.
+      pmn.assign(width, kInf);
+      pmx.assign(width, -kInf);
+      const int64_t grain = std::max<int64_t>(16, kGrain / rows);
+      for_each_chunk(width, grain, [&](int64_t c, int64_t b, int64_t e) {
+        k.minmax_rows(px + b, rows, e - b, width, skip_inf, &pmn[b], &pmx[b], &counts[2 * c]);
+      }, max_chunks);
+      n = 1;
+    } else {
+      // Narrow rows: split the rows, one partial row per chunk that runs (width < 16 * chunks
+      // here, so at most 16 * chunks^2 floats).
+      const int64_t grain = std::max<int64_t>(1, kGrain / width);
+      const int64_t chunks = chunk_count(rows, grain, max_chunks);
+      pmn.assign(chunks * width, kInf);
+      pmx.assign(chunks * width, -kInf);
+      n = for_each_chunk(rows, grain, [&](int64_t c, int64_t b, int64_t e) {
+        k.minmax_rows(px + b * width, e - b, width, width, skip_inf, &pmn[c * width],
+                      &pmx[c * width], &counts[2 * c]);
+      }, max_chunks);
+    }
     // Same order of merges as an index j / inner per element, without the divisions.
     for (int64_t c = 0; c < n; ++c) {
       const float* cmn = &pmn[c * width];
