@@ -42,12 +42,18 @@ CpuIsa checked(CpuIsa isa, const std::string& name, const char* source) {
   return isa;
 }
 
+// The environment variable's choice. A value that is no ISA, or one this CPU lacks, must not
+// make the static below throw: its initialization would be retried, and fail, in every op and
+// in set_cpu_isa too. Detection is used instead; torchquant/isa.py reports the value with one
+// warning at import (a TORCH_WARN here would reach C++'s stderr, not Python's warnings).
 CpuIsa initial() {
   const char* env = std::getenv("TORCHQUANT_CPU_ISA");
-  if (env == nullptr || std::string(env).empty() || std::string(env) == "auto") {
-    return cpu_isa_detected();
+  if (env == nullptr) return cpu_isa_detected();
+  const std::string name(env);
+  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+    if (name == cpu_isa_name(isa) && cpu_has(isa)) return isa;
   }
-  return checked(parse(env), env, "TORCHQUANT_CPU_ISA");
+  return cpu_isa_detected();
 }
 
 std::atomic<int>& current() {

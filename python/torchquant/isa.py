@@ -6,6 +6,8 @@
     ...     ...  # every CPU kernel runs its scalar version here
 """
 import contextlib
+import os
+import warnings
 
 import torch
 
@@ -36,6 +38,25 @@ def force_cpu_isa(isa: str):
         yield
     finally:
         set_cpu_isa(previous)
+
+
+def _check_environment() -> None:
+    """TORCHQUANT_CPU_ISA is read by the library once; a value that is no ISA, or one this CPU
+    lacks, is ignored there (detection is used) and reported here, at import, with one warning
+    naming the variable."""
+    value = os.environ.get("TORCHQUANT_CPU_ISA")
+    if value is None or value in ("", "auto"):
+        return
+    used = cpu_isa()
+    if value not in ISAS:
+        warnings.warn(f"environment variable TORCHQUANT_CPU_ISA={value!r} is not one of auto, {', '.join(ISAS)}; "
+                      f"ignoring it and using the detected {used!r}", RuntimeWarning, stacklevel=3)
+    elif used != value:
+        warnings.warn(f"environment variable TORCHQUANT_CPU_ISA={value!r} asks for an ISA this CPU does not "
+                      f"support; ignoring it and using the detected {used!r}", RuntimeWarning, stacklevel=3)
+
+
+_check_environment()
 
 
 def build_info() -> str:
