@@ -125,6 +125,27 @@ def _cublas_only_include(include_dir):
     return out
 
 
+def persistent_build_temp(build_temp: str, root: str) -> str:
+    """Where the objects and ninja's build file go. ``pip install -e .`` (setuptools' editable
+    wheel) hands build_ext a fresh temporary directory ("...build-temp") on every run, so ninja
+    found no earlier objects and recompiled the whole extension each time (scripts/test.sh after
+    scripts/demo.sh rebuilt it all). That directory is replaced by the one ``python setup.py
+    build_ext`` uses by default, in the source tree: unchanged sources are then not recompiled,
+    only relinked. Any other directory (``build_ext -t DIR``) is kept as given."""
+    if not os.path.basename(os.path.normpath(build_temp)).endswith(".build-temp"):
+        return build_temp
+    import sys
+    import sysconfig
+
+    return os.path.join(root, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
+class _BuildExt(BuildExtension.with_options(use_ninja=True)):
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = persistent_build_temp(self.build_temp, ROOT)
+
+
 # -fopenmp: at::parallel_for is an inline template whose `#pragma omp parallel` compiles into
 # this library; without the flag the pragma is dropped and every "parallel" loop runs on one
 # thread. The OpenMP runtime is the one torch already loads (same soname, libgomp.so.1).
@@ -170,6 +191,6 @@ setup(
     package_dir={"": "python"},
     packages=find_packages("python"),
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExt},
     entry_points={"console_scripts": ["torchquant-mnist=torchquant.demo:main"]},
 )
