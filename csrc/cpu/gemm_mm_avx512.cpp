@@ -527,10 +527,103 @@ TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t ld
   }
 }
 
+// ---- int8_mm with b = w.t() (unit stride along K), few rows of a ----
+// Dot products of rows of a with rows of w, both read in place, 64 k per vector: nothing is
+// packed, so w (the whole cost at M = 1) is read once and never written. w's bytes are flipped
+// to uint8 for vpdpbusd (x ^ 0x80 = x + 128), which adds 128 * sum_k a[m, k] to out[m, n]; the
+// store subtracts it. Each int32 lane sums 4 products per step and wraps modulo 2^32 like the
+// packed kernels' lanes; the horizontal sum wraps alike, and the corrected value is exact by
+// K <= kMaxK. A last partial vector loads under a byte mask: a's zeros there face w's 0x80.
+namespace {
+
+template <int MR, int NR>
+TQ_TARGET_AVX512VNNI void dot_tile(const int8_t* a, int64_t lda, const int8_t* w, int64_t ldw,
+                                   int64_t K, const int32_t* corr, int32_t* out, int64_t ldo) {
+  __m512i acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+  const __mmask64 tail = K % 64 == 0 ? 0 : (__mmask64{1} << (K % 64)) - 1;
+  const int64_t full = K - K % 64;
+  for (int64_t k = 0; k <= full; k += 64) {
+    const __mmask64 km = k < full ? ~__mmask64{0} : tail;
+    if (km == 0) break;
+    __m512i wv[NR];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j)
+      wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, w + j * ldw + k), flip);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_maskz_loadu_epi8(km, a + i * lda + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j)
+      out[i * ldo + j] = static_cast<int32_t>(
+          static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[i][j])) - static_cast<uint32_t>(corr[i]));
+}
+
+using DotFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, const int32_t*,
+                       int32_t*, int64_t);
+
+template <int MR>
+DotFn dot_for(int64_t nr) {
+  return nr == 1 ? &dot_tile<MR, 1> : nr == 2 ? &dot_tile<MR, 2> : nr == 3 ? &dot_tile<MR, 3>
+                                                                           : &dot_tile<MR, 4>;
+}
+
+DotFn pick_dot(int64_t mr, int64_t nr) {
+  return mr == 1 ? dot_for<1>(nr) : mr == 2 ? dot_for<2>(nr) : mr == 3 ? dot_for<3>(nr)
+                                                                       : dot_for<4>(nr);
+}
+
+}  // namespace
+
+TQ_TARGET_AVX512VNNI void gemm_mm_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M,
+                                                 const int8_t* w, int64_t ldw, int64_t K,
+                                                 int64_t n0, int64_t n1, int32_t* out,
+                                                 int64_t ldo) {
+  if (M <= 0 || n1 <= n0) return;
+  thread_local std::vector<int32_t> corr_buf;
+  int32_t* corr = scratch(corr_buf, static_cast<size_t>(M));
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t i = 0; i < M; ++i) {  // 128 * sum_k a[i, k], modulo 2^32
+    const int8_t* row = a + i * lda;
+    __m512i s = _mm512_setzero_si512();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(row + k));
+    if (k < K) {
+      s = _mm512_dpbusd_epi32(s, ones,
+                              _mm512_maskz_loadu_epi8((__mmask64{1} << (K - k)) - 1, row + k));
+    }
+    corr[i] = static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(s)) * 128u);
+  }
+  // Blocks of 16 rows of w (64 KiB at K = 4096: L2) shared by every row tile of a.
+  constexpr int64_t kNB = 16, kDotMR = 4, kDotNR = 4;
+  for (int64_t nb = n0; nb < n1; nb += kNB) {
+    const int64_t ne = n1 - nb < kNB ? n1 : nb + kNB;
+    for (int64_t m = 0; m < M; m += kDotMR) {
+      const int64_t mr = M - m < kDotMR ? M - m : kDotMR;
+      for (int64_t n = nb; n < ne; n += kDotNR) {
+        const int64_t nr = ne - n < kDotNR ? ne - n : kDotNR;
+        pick_dot(mr, nr)(a + m * lda, lda, w + n * ldw, ldw, K, corr + m, out + m * ldo + n, ldo);
+      }
+    }
+  }
+}
+
 #else  // not x86: never selected.
 
 void gemm_mm_direct__avx512vnni(const int8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
                                 int64_t, int64_t, int32_t*, int64_t) {}
+void gemm_mm_nk__avx512vnni(const int8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
+                            int64_t, int64_t, int32_t*, int64_t) {}
 #endif
 
 }  // namespace cpu
