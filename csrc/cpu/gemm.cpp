@@ -91,11 +91,14 @@ void run_gemm(const GemmProblem& p, const void* a, int64_t lda) {
 // at least as wide as a is tall, so that threads read disjoint parts of b; else row ranges
 // (whole 4-row tiles up to 64 rows, 12-row ones beyond), where each task interleaves all of b for
 // itself but sums and reads only its own rows of a.
+// b = w.t() (unit stride along K) takes the same path with `kernel` =
+// gemm_mm_direct_nk__avx512vnni and b, ldb = w, w's row stride.
 void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t ldb, int64_t N,
-               int64_t K, int32_t* out) {
+               int64_t K, int32_t* out,
+               decltype(&cpu::gemm_mm_direct__avx512vnni) kernel = cpu::gemm_mm_direct__avx512vnni) {
   const int64_t nt = at::get_num_threads();
   if (nt <= 1 || M * N * K < kSerialWork) {
-    cpu::gemm_mm_direct__avx512vnni(a, lda, M, b, ldb, K, 0, N, out, N);
+    kernel(a, lda, M, b, ldb, K, 0, N, out, N);
     return;
   }
   const int64_t cblocks = (N + 63) / 64;
@@ -103,7 +106,7 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * cblocks / nt * 64, c1 = std::min(N, (t + 1) * cblocks / nt * 64);
-        cpu::gemm_mm_direct__avx512vnni(a, lda, M, b, ldb, K, c0, c1, out, N);
+        kernel(a, lda, M, b, ldb, K, c0, c1, out, N);
       }
     });
     return;
@@ -113,8 +116,7 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t m0 = t * tiles / nt * tile, m1 = std::min(M, (t + 1) * tiles / nt * tile);
       if (m0 < m1) {
-        cpu::gemm_mm_direct__avx512vnni(a + m0 * lda, lda, m1 - m0, b, ldb, K, 0, N, out + m0 * N,
-                                        N);
+        kernel(a + m0 * lda, lda, m1 - m0, b, ldb, K, 0, N, out + m0 * N, N);
       }
     }
   });
@@ -329,9 +331,14 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
               out.data_ptr<int32_t>());
     return out;
   }
-  if (b.stride(0) == 1 && M <= kDotMaxM && cpu_isa() == CpuIsa::Avx512Vnni) {
-    mm_nk(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(1), N, K,
-          out.data_ptr<int32_t>());
+  if (b.stride(0) == 1 && cpu_isa() == CpuIsa::Avx512Vnni) {
+    if (M <= kDotMaxM) {
+      mm_nk(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(1), N, K,
+            out.data_ptr<int32_t>());
+    } else {
+      mm_direct(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(1), N, K,
+                out.data_ptr<int32_t>(), cpu::gemm_mm_direct_nk__avx512vnni);
+    }
     return out;
   }
   // b changes from call to call, so it is packed here: each task packs the panels it owns into

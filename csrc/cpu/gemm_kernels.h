@@ -130,6 +130,12 @@ void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t lda, int64_t M, const i
 void gemm_mm_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M, const int8_t* w, int64_t ldw,
                             int64_t K, int64_t n0, int64_t n1, int32_t* out, int64_t ldo);
 
+// gemm_mm_direct__avx512vnni's buffered path with b = w.t() given as w [N, K] (row n at
+// w + n * ldw, unit stride along K); any M and N.
+void gemm_mm_direct_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M, const int8_t* w,
+                                   int64_t ldw, int64_t K, int64_t n0, int64_t n1, int32_t* out,
+                                   int64_t ldo);
+
 #define TQ_DECLARE_GEMM_KERNELS(SUFFIX)                                                         \
   /* Rows per register tile; the adapter aligns row blocks to it. */                            \
   int gemm_mr__##SUFFIX();                                                                      \
