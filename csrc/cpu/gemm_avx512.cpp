@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "cpu/gemm_kernels.h"
+#include "cpu/gemm_transpose_avx512.h"
 #include "cpu/isa.h"
 
 namespace torchquant {
@@ -349,52 +350,20 @@ TQ_TARGET_AVX512VNNI void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64
       const int64_t ng = groups - g0 < 16 ? groups - g0 : 16;
       const __mmask64 km = ng == 16 ? ~__mmask64{0} : (__mmask64{1} << (4 * ng)) - 1;
       const int8_t* s = src + 4 * g0;
-      // Row c of the panel, or zeros (mask 0 reads nothing) past N.
-#define TQ_LD(c) \
-  const __m512i v##c = _mm512_maskz_loadu_epi8(c < rows ? km : 0, s + (c < rows ? c : 0) * ldw);
-      TQ_LD(0) TQ_LD(1) TQ_LD(2) TQ_LD(3) TQ_LD(4) TQ_LD(5) TQ_LD(6) TQ_LD(7)
-      TQ_LD(8) TQ_LD(9) TQ_LD(10) TQ_LD(11) TQ_LD(12) TQ_LD(13) TQ_LD(14) TQ_LD(15)
-#undef TQ_LD
-      // Within each 128-bit block L: 32-bit then 64-bit interleaves leave u(4q + j) holding
-      // group 4L + j of rows 4q .. 4q + 3.
-      const __m512i t0 = _mm512_unpacklo_epi32(v0, v1), t1 = _mm512_unpackhi_epi32(v0, v1);
-      const __m512i t2 = _mm512_unpacklo_epi32(v2, v3), t3 = _mm512_unpackhi_epi32(v2, v3);
-      const __m512i t4 = _mm512_unpacklo_epi32(v4, v5), t5 = _mm512_unpackhi_epi32(v4, v5);
-      const __m512i t6 = _mm512_unpacklo_epi32(v6, v7), t7 = _mm512_unpackhi_epi32(v6, v7);
-      const __m512i t8 = _mm512_unpacklo_epi32(v8, v9), t9 = _mm512_unpackhi_epi32(v8, v9);
-      const __m512i t10 = _mm512_unpacklo_epi32(v10, v11), t11 = _mm512_unpackhi_epi32(v10, v11);
-      const __m512i t12 = _mm512_unpacklo_epi32(v12, v13), t13 = _mm512_unpackhi_epi32(v12, v13);
-      const __m512i t14 = _mm512_unpacklo_epi32(v14, v15), t15 = _mm512_unpackhi_epi32(v14, v15);
-      const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
-      const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
-      const __m512i u4 = _mm512_unpacklo_epi64(t4, t6), u5 = _mm512_unpackhi_epi64(t4, t6);
-      const __m512i u6 = _mm512_unpacklo_epi64(t5, t7), u7 = _mm512_unpackhi_epi64(t5, t7);
-      const __m512i u8 = _mm512_unpacklo_epi64(t8, t10), u9 = _mm512_unpackhi_epi64(t8, t10);
-      const __m512i u10 = _mm512_unpacklo_epi64(t9, t11), u11 = _mm512_unpackhi_epi64(t9, t11);
-      const __m512i u12 = _mm512_unpacklo_epi64(t12, t14), u13 = _mm512_unpackhi_epi64(t12, t14);
-      const __m512i u14 = _mm512_unpacklo_epi64(t13, t15), u15 = _mm512_unpackhi_epi64(t13, t15);
-      // 128-bit block shuffles: 0x88 takes blocks 0, 2 of each operand, 0xDD blocks 1, 3.
-      const __m512i x0 = _mm512_shuffle_i32x4(u0, u4, 0x88), x1 = _mm512_shuffle_i32x4(u1, u5, 0x88);
-      const __m512i x2 = _mm512_shuffle_i32x4(u2, u6, 0x88), x3 = _mm512_shuffle_i32x4(u3, u7, 0x88);
-      const __m512i x4 = _mm512_shuffle_i32x4(u0, u4, 0xDD), x5 = _mm512_shuffle_i32x4(u1, u5, 0xDD);
-      const __m512i x6 = _mm512_shuffle_i32x4(u2, u6, 0xDD), x7 = _mm512_shuffle_i32x4(u3, u7, 0xDD);
-      const __m512i x8 = _mm512_shuffle_i32x4(u8, u12, 0x88), x9 = _mm512_shuffle_i32x4(u9, u13, 0x88);
-      const __m512i x10 = _mm512_shuffle_i32x4(u10, u14, 0x88), x11 = _mm512_shuffle_i32x4(u11, u15, 0x88);
-      const __m512i x12 = _mm512_shuffle_i32x4(u8, u12, 0xDD), x13 = _mm512_shuffle_i32x4(u9, u13, 0xDD);
-      const __m512i x14 = _mm512_shuffle_i32x4(u10, u14, 0xDD), x15 = _mm512_shuffle_i32x4(u11, u15, 0xDD);
+      // Row c of the panel, or zeros (mask 0 reads nothing) past N; then group g in v[g].
+      __m512i v[16];
+#pragma GCC unroll 16
+      for (int c = 0; c < 16; ++c)
+        v[c] = _mm512_maskz_loadu_epi8(c < rows ? km : 0, s + (c < rows ? c : 0) * ldw);
+      transpose16_epi32(v);
       int8_t* d = panel + g0 * kGroup;
-      // Packed group g of the chunk: g < ng only (the rest is the next chunk's or the tail's).
-#define TQ_ST(g, X, Y, IMM)                                                 \
-  if (g < ng) {                                                             \
-    const __m512i o = _mm512_shuffle_i32x4(X, Y, IMM);                      \
-    _mm512_storeu_si512(d + g * kGroup, o);                                 \
-    sum = _mm512_dpbusd_epi32(sum, ones, o);                                \
-  }
-      TQ_ST(0, x0, x8, 0x88) TQ_ST(1, x1, x9, 0x88) TQ_ST(2, x2, x10, 0x88) TQ_ST(3, x3, x11, 0x88)
-      TQ_ST(4, x4, x12, 0x88) TQ_ST(5, x5, x13, 0x88) TQ_ST(6, x6, x14, 0x88) TQ_ST(7, x7, x15, 0x88)
-      TQ_ST(8, x0, x8, 0xDD) TQ_ST(9, x1, x9, 0xDD) TQ_ST(10, x2, x10, 0xDD) TQ_ST(11, x3, x11, 0xDD)
-      TQ_ST(12, x4, x12, 0xDD) TQ_ST(13, x5, x13, 0xDD) TQ_ST(14, x6, x14, 0xDD) TQ_ST(15, x7, x15, 0xDD)
-#undef TQ_ST
+#pragma GCC unroll 16
+      for (int g = 0; g < 16; ++g) {
+        if (g < ng) {  // the rest belongs to the next chunk or the tail
+          _mm512_storeu_si512(d + g * kGroup, v[g]);
+          sum = _mm512_dpbusd_epi32(sum, ones, v[g]);
+        }
+      }
     }
     alignas(64) int32_t s[kPanel];
     _mm512_store_si512(s, sum);
