@@ -8,7 +8,8 @@ target_ms of back-to-back calls, so that a drift of a shared machine's speed fal
 anchor_time / torchquant_time (> 1: torchquant is faster). Anchors:
   static   torch.ao.nn.quantized.Linear (quint8 in, quint8 out) on the x86 and fbgemm engines;
            torch._int_mm + zero-point correction + requantize in torch ops; fp32 F.linear
-  int8_mm  torch._int_mm
+  int8_mm  torch._int_mm, with b in both layouts: contiguous [K, N], and b = w.t() of a row-major
+           [N, K] weight (unit stride along K), the way torch._int_mm is usually called
   dynamic  torchao Int8DynamicActivationInt8WeightConfig, torch.ao.quantization.quantize_dynamic
 """
 import argparse
@@ -132,14 +133,17 @@ def main():
             acc = torch._int_mm(x_s8, w_t)
             y = acc.float() * (0.02 * w_scale) + b_f
             return torch.clamp(torch.round(y * 20.0) + 64, 0, 255).to(torch.uint8)
+        w_tv = w_q.t()  # the transposed view: stride (1, K)
         try:
             int_mm_requant()
             fns["int_mm_rq"] = int_mm_requant
             fns["int_mm"] = lambda: torch._int_mm(x_s8, w_t)
+            fns["int_mm_t"] = lambda: torch._int_mm(x_s8, w_tv)
         except RuntimeError:
-            r["int_mm_rq"] = r["int_mm"] = float("nan")
+            r["int_mm_rq"] = r["int_mm"] = r["int_mm_t"] = float("nan")
         del cs64
         fns["ours_mm"] = lambda: ops.int8_mm(x_s8, w_t)
+        fns["ours_mm_t"] = lambda: ops.int8_mm(x_s8, w_tv)
 
         fns["ours_dyn"] = lambda: ops.linear_dynamic(x_f, wp, cs, w_scale, b_f, False)
         m = torch.nn.Sequential(torch.nn.Linear(K, N))
@@ -165,17 +169,18 @@ def main():
               f"fp32 {ratio('fp32', 'ours'):5.2f}x"
               + (f" (avx2: fp32 {r['fp32'] / r['ours_avx2']:.2f}x)" if "ours_avx2" in r else "")
               + f" | int8_mm {r['ours_mm']:9.1f}us vs _int_mm {ratio('int_mm', 'ours_mm'):5.2f}x"
+              f", b=w.t() {r['ours_mm_t']:9.1f}us vs _int_mm {ratio('int_mm_t', 'ours_mm_t'):5.2f}x"
               f" | dynamic {r['ours_dyn']:9.1f}us vs torchao {ratio('torchao_dyn', 'ours_dyn'):5.2f}x "
               f"ao {ratio('ao_dyn', 'ours_dyn'):5.2f}x", flush=True)
         if "torchao_err" in r:
             print(f"    {r['torchao_err']}")
     print("\n| shape | linear_int8 us | ao x86 us | ao fbgemm us | _int_mm+rq us | fp32 us | int8_mm us | _int_mm us "
-          "| linear_dynamic us | torchao dyn us | ao dyn us |")
-    print("|---|" + "---|" * 10)
+          "| int8_mm b=w.t() us | _int_mm b=w.t() us | linear_dynamic us | torchao dyn us | ao dyn us |")
+    print("|---|" + "---|" * 12)
     for r in rows:
         print(f"| {r['shape']} | " + " | ".join(f"{r[k]:.1f}" for k in (
-            "ours", "ao_x86", "ao_fbgemm", "int_mm_rq", "fp32", "ours_mm", "int_mm", "ours_dyn",
-            "torchao_dyn", "ao_dyn")) + " |")
+            "ours", "ao_x86", "ao_fbgemm", "int_mm_rq", "fp32", "ours_mm", "int_mm", "ours_mm_t",
+            "int_mm_t", "ours_dyn", "torchao_dyn", "ao_dyn")) + " |")
     avx2 = [r for r in rows if "ours_avx2" in r]
     for r in avx2:
         print(f"AVX2 forced, {r['shape']}: linear_int8 {r['ours_avx2']:.1f} us, {r['fp32'] / r['ours_avx2']:.2f}x fp32")

@@ -206,6 +206,31 @@ def test_int8_mm_expanded_and_single_column_b(gemm_path, M, K, N):
     assert torch.equal(ops.int8_mm(a.cuda(), wide).cpu(), oracle_mm(a, wide.cpu()))
 
 
+@pytest.mark.parametrize("M", [1, 32, 200])
+def test_int8_mm_transposed_b_is_not_copied(gemm_path, M):
+    """b = w.t() of a row-major w [N, K] (K % 16 == 0) is every path's weight operand as it lies
+    (for cuBLASLt the "TN" problem: W transposed, X not): the call allocates its output and at
+    most cuBLASLt's workspace (<= 64 MiB), never a copy of w (96 MiB here)."""
+    gen = torch.Generator().manual_seed(M)
+    K, N = 8192, 12288
+    a = _rand_int8((M, K), gen).cuda()
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8, device="cuda")
+    w[:, 0] = -128
+    b = w.t()
+    assert b.stride() == (1, K)
+    got = ops.int8_mm(a, b)  # warm-up: cuBLASLt's algorithm choice allocates once per shape
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    got = ops.int8_mm(a, b)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < M * N * 4 + (66 << 20) < N * K, extra
+    assert torch.equal(got, ops.int8_mm(a, b.contiguous()))  # the copying path, checked elsewhere
+    if M > 16:
+        assert torch.equal(got, torch._int_mm(a, b))
+
+
 def test_int8_mm_matches_torch_int_mm():
     gen = torch.Generator().manual_seed(1)
     a, b = _rand_int8((64, 128), gen).cuda(), _rand_int8((128, 96), gen).cuda()

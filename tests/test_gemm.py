@@ -146,6 +146,110 @@ def test_int8_mm_large_k_extremes(isa):
     assert torch.equal(ops.int8_mm(a, b), _exact_mm(a, b))
 
 
+# ------------------------------------------- int8_mm with b = w.t() (unit stride along K)
+# torch._int_mm's usual call: b is the transpose of a row-major weight w [N, K]. Up to 4 rows
+# of a (AVX-512 VNNI) it is read as dot products of rows (64 k per vector, 4 x 4 tiles); else
+# its panels are packed straight from w's rows (16 x 16 / 8 x 8 transposes of 4-byte groups on
+# AVX-512 / AVX2): every M around the row tiles, K around the 4-k groups, the 64-byte vectors,
+# the 16-group (AVX-512) and 8-group (AVX2) chunks and the K % 4 tail, N around the 4-column
+# tiles, the 16-channel panels and the 8-panel blocks, against torch._int_mm and the exact
+# product.
+@pytest.mark.parametrize("M", [0, 1, 2, 3, 4, 5, 6, 7, 13, 64, 65])
+def test_int8_mm_transposed_b_shapes(isa, M):
+    gen = torch.Generator().manual_seed(700 + M)
+    for K in (0, 1, 2, 3, 4, 5, 7, 31, 32, 33, 63, 64, 65, 67, 127, 257, 1025):
+        for N in (1, 9, 15, 16, 17, 31, 33, 129, 130):
+            a = _rand_x((M, K), torch.int8, gen)
+            w = _rand_w(N, K, gen)
+            b = w.t()
+            assert b.stride() == (1, K) or K <= 1
+            got = ops.int8_mm(a, b)
+            assert got.dtype == torch.int32 and got.shape == (M, N)
+            assert torch.equal(got, _exact_mm(a, b)), (M, K, N)
+            if K != 1:  # torch 2.14's CPU _int_mm misreads a [1, N] b with strides (1, 1)
+                assert torch.equal(got, torch._int_mm(a, b)), (M, K, N)
+
+
+# Several panel blocks over the threads (M * N * K above the serial limit), K % 4 != 0.
+@pytest.mark.parametrize("M,K,N", [(64, 601, 300), (3, 4099, 257), (300, 130, 1040), (1, 4096, 4096)])
+def test_int8_mm_transposed_b_threaded(isa, M, K, N):
+    gen = torch.Generator().manual_seed(M + K + N)
+    a = _rand_x((M, K), torch.int8, gen)
+    w = _rand_w(N, K, gen)
+    want = torch._int_mm(a, w.t())
+    assert torch.equal(want, _exact_mm(a, w.t()))
+    assert torch.equal(ops.int8_mm(a, w.t()), want)
+    assert torch.equal(torchquant.int8_mm(a, w.t()), want)
+
+
+def test_int8_mm_transposed_b_extremes(isa):
+    """Saturating magnitudes: -128 * -128 summed over the largest K, and every sign pair, with
+    the K % 4 tail and a partial panel."""
+    for M in (3, 7):  # the dot-product kernel (VNNI, M <= 4) and the packing path
+        for av, bv in ((-128, -128), (-128, 127), (127, -128), (127, 127)):
+            for K in (4096 + 3, KMAX):
+                a = torch.full((M, K), av, dtype=torch.int8)
+                w = torch.full((19, K), bv, dtype=torch.int8)
+                assert torch.equal(ops.int8_mm(a, w.t()), torch.full((M, 19), av * bv * K, dtype=torch.int32))
+        a = torch.full((M, KMAX), -128, dtype=torch.int8)
+        a[1, ::2] = 127
+        w = torch.full((17, KMAX), -128, dtype=torch.int8)
+        w[1::3, 5::7] = 127
+        assert torch.equal(ops.int8_mm(a, w.t()), _exact_mm(a, w.t()))
+
+
+def test_int8_mm_strided_b_layouts_and_untouched(isa):
+    """b = w.t() of a w whose rows are further apart than K (a column slice, every other row, an
+    expanded row), and b with no unit stride at all: all exact; nothing passed in is written."""
+    gen = torch.Generator().manual_seed(11)
+    base = _rand_w(90, 300, gen)
+    a = _rand_x((21, 131), torch.int8, gen)
+    before = (base.clone(), a.clone())
+    cases = [
+        base[:40, 5:136].t(),                 # strides (1, 300)
+        base[::2, 100:231].t(),               # strides (1, 600)
+        base[7, 11:142].expand(33, 131).t(),  # strides (1, 0): one row for every channel
+        base[:, :131].t()[:, :0],             # N = 0
+        base.t()[:131:1, ::3],                # strides (1, 900), N = 30
+        base[:, :262].reshape(90, 131, 2)[:, :, 1].t(),  # strides (2, 300): no unit stride
+    ]
+    for b in cases:
+        assert b.shape[0] == 131
+        assert torch.equal(ops.int8_mm(a, b), _exact_mm(a, b)), b.stride()
+        assert torch.equal(ops.int8_mm(a[3:4], b), _exact_mm(a[3:4], b)), b.stride()
+    assert torch.equal(base, before[0]) and torch.equal(a, before[1])
+
+
+def _packed_oracle(w):
+    """The packed weight layout of gemm_kernels.h in torch ops: [ceil(N/16), K, 16] int8 holding,
+    per panel, full 4-k groups of 16 channels x 4 bytes, then the K % 4 tail channel by channel."""
+    N, K = w.shape
+    P = (N + 15) // 16
+    wp = torch.zeros(P * 16, K, dtype=torch.int8)
+    wp[:N] = w
+    wp = wp.reshape(P, 16, K)
+    full = K // 4 * 4
+    groups = wp[:, :, :full].reshape(P, 16, K // 4, 4).permute(0, 2, 1, 3).reshape(P, -1)
+    tail = wp[:, :, full:].reshape(P, -1)
+    return torch.cat([groups, tail], 1).reshape(P, K, 16)
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (16, 64), (17, 67), (15, 3), (33, 130), (40, 1031), (130, 257)])
+def test_pack_weight_layout(isa, N, K):
+    """pack_weight (rows with unit stride along K take the transposing packer on AVX2 / AVX-512)
+    writes the documented layout, zeros past N, on every ISA and for strided rows."""
+    gen = torch.Generator().manual_seed(N * K)
+    w = _rand_w(N, K, gen)
+    want = _packed_oracle(w)
+    cs_want = w.to(torch.int64).sum(1).to(torch.int32)
+    wide = _rand_w(N, K + 9, gen)
+    wide[:, 4:K + 4] = w
+    for src in (w, wide[:, 4:K + 4], w.t().contiguous().t()):
+        wp, cs = ops.pack_weight(src)
+        assert torch.equal(wp, want), src.stride()
+        assert torch.equal(cs, cs_want), src.stride()
+
+
 # ---------------------------------------------------------------- linear_int8
 def _linear_case(gen, M, K, N, xdtype, zp):
     x = _rand_x((M, K), xdtype, gen)

@@ -91,11 +91,14 @@ void run_gemm(const GemmProblem& p, const void* a, int64_t lda) {
 // at least as wide as a is tall, so that threads read disjoint parts of b; else row ranges
 // (whole 4-row tiles up to 64 rows, 12-row ones beyond), where each task interleaves all of b for
 // itself but sums and reads only its own rows of a.
+// b = w.t() (unit stride along K) takes the same path with `kernel` =
+// gemm_mm_direct_nk__avx512vnni and b, ldb = w, w's row stride.
 void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t ldb, int64_t N,
-               int64_t K, int32_t* out) {
+               int64_t K, int32_t* out,
+               decltype(&cpu::gemm_mm_direct__avx512vnni) kernel = cpu::gemm_mm_direct__avx512vnni) {
   const int64_t nt = at::get_num_threads();
   if (nt <= 1 || M * N * K < kSerialWork) {
-    cpu::gemm_mm_direct__avx512vnni(a, lda, M, b, ldb, K, 0, N, out, N);
+    kernel(a, lda, M, b, ldb, K, 0, N, out, N);
     return;
   }
   const int64_t cblocks = (N + 63) / 64;
@@ -103,7 +106,7 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * cblocks / nt * 64, c1 = std::min(N, (t + 1) * cblocks / nt * 64);
-        cpu::gemm_mm_direct__avx512vnni(a, lda, M, b, ldb, K, c0, c1, out, N);
+        kernel(a, lda, M, b, ldb, K, c0, c1, out, N);
       }
     });
     return;
@@ -113,9 +116,39 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t m0 = t * tiles / nt * tile, m1 = std::min(M, (t + 1) * tiles / nt * tile);
       if (m0 < m1) {
-        cpu::gemm_mm_direct__avx512vnni(a + m0 * lda, lda, m1 - m0, b, ldb, K, 0, N, out + m0 * N,
-                                        N);
+        kernel(a + m0 * lda, lda, m1 - m0, b, ldb, K, 0, N, out + m0 * N, N);
       }
+    }
+  });
+}
+
+// The packer from rows with unit stride along K for the ISA in use; null for scalar, whose
+// generic packer reads such rows contiguously anyway.
+decltype(&cpu::gemm_pack_weight_nk__avx2) nk_packer() {
+  switch (cpu_isa()) {
+    case CpuIsa::Avx512Vnni: return cpu::gemm_pack_weight_nk__avx512vnni;
+    case CpuIsa::Avx2: return cpu::gemm_pack_weight_nk__avx2;
+    default: return nullptr;
+  }
+}
+
+// int8_mm with b = w.t() and few rows of a (VNNI): dot products straight from w's rows, the
+// columns split over threads in blocks of 16 channels so that each thread reads its own rows.
+// Up to this many rows of a; beyond, packing w's panels (whose cost is shared by all rows)
+// and the register-tiled kernel are faster.
+constexpr int64_t kDotMaxM = 4;
+
+void mm_nk(const int8_t* a, int64_t lda, int64_t M, const int8_t* w, int64_t ldw, int64_t N,
+           int64_t K, int32_t* out) {
+  const int64_t nt = at::get_num_threads(), blocks = (N + 15) / 16;
+  if (nt <= 1 || M * N * K < kSerialWork || blocks < 2) {
+    cpu::gemm_mm_nk__avx512vnni(a, lda, M, w, ldw, K, 0, N, out, N);
+    return;
+  }
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = t * blocks / nt * 16, c1 = std::min(N, (t + 1) * blocks / nt * 16);
+      if (c0 < c1) cpu::gemm_mm_nk__avx512vnni(a, lda, M, w, ldw, K, c0, c1, out, N);
     }
   });
 }
@@ -298,12 +331,27 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
               out.data_ptr<int32_t>());
     return out;
   }
+  if (b.stride(0) == 1 && cpu_isa() == CpuIsa::Avx512Vnni) {
+    if (M <= kDotMaxM) {
+      mm_nk(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(1), N, K,
+            out.data_ptr<int32_t>());
+    } else {
+      mm_direct(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(1), N, K,
+                out.data_ptr<int32_t>(), cpu::gemm_mm_direct_nk__avx512vnni);
+    }
+    return out;
+  }
   // b changes from call to call, so it is packed here: each task packs the panels it owns into
   // thread-local scratch (L2-sized for K = 4096) and multiplies them with every row right away,
-  // so b is read from memory once and the packed copy never leaves the cache.
+  // so b is read from memory once and the packed copy never leaves the cache. A b with unit
+  // stride along K (b = w.t() of a row-major weight w [N, K], as torch._int_mm is usually
+  // called) already holds each channel's K values together, as the panels do: its packer only
+  // transposes 4-byte groups in registers.
   const int8_t* pb = b.const_data_ptr<int8_t>();
   const int64_t sb_k = b.stride(0), sb_n = b.stride(1);
   const bool fast = sb_n == 1 && cpu_isa() != CpuIsa::Scalar;
+  const auto pack_nk = nk_packer();
+  const bool by_rows = !fast && sb_k == 1 && pack_nk != nullptr;
   const GemmKernels& k = gemm_kernels();
   // At least 8 panels (128 bytes of each row of b) per task: every row of b is its own page, and
   // two lines per page visit halve the page walks of the packing.
@@ -320,6 +368,8 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
     cpu::scratch(col_sums, static_cast<size_t>(nn));
     if (fast) {
       cpu::gemm_pack_weight_kn__avx2(pb + n0, sb_k, nn, K, 0, np, packed.data(), col_sums.data());
+    } else if (by_rows) {
+      pack_nk(pb + n0 * sb_n, sb_n, nn, K, 0, np, packed.data(), col_sums.data());
     } else {
       cpu::gemm_pack_weight(pb + n0 * sb_n, sb_n, sb_k, nn, K, packed.data(), col_sums.data());
     }
@@ -354,8 +404,14 @@ std::tuple<at::Tensor, at::Tensor> pack_weight_cpu(const at::Tensor& w) {
   check_k_bound(K, "w");
   at::Tensor packed = at::empty({cpu::gemm_panels(N), K, cpu::kPanel}, w.options());
   at::Tensor col_sums = at::empty({N}, w.options().dtype(at::kInt));
-  cpu::gemm_pack_weight(w.const_data_ptr<int8_t>(), w.stride(0), w.stride(1), N, K,
-                        packed.data_ptr<int8_t>(), col_sums.data_ptr<int32_t>());
+  const auto pack_nk = nk_packer();
+  if (w.stride(1) == 1 && pack_nk != nullptr && N > 0 && K > 0) {
+    pack_nk(w.const_data_ptr<int8_t>(), w.stride(0), N, K, 0, cpu::gemm_panels(N),
+            packed.data_ptr<int8_t>(), col_sums.data_ptr<int32_t>());
+  } else {
+    cpu::gemm_pack_weight(w.const_data_ptr<int8_t>(), w.stride(0), w.stride(1), N, K,
+                          packed.data_ptr<int8_t>(), col_sums.data_ptr<int32_t>());
+  }
   return {packed, col_sums};
 }
 

@@ -356,6 +356,71 @@ TQ_TARGET_AVX2 void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int6
   }
 }
 
+// The weight layout from w [N, K] read in place (row n at w + n * ldw, unit stride along K), for
+// panels [p0, p1): each half panel of 8 rows is loaded 32 bytes (8 groups of 4 k) at a time and
+// an 8 x 8 transpose of int32 lanes gives 8 half groups. Rows past N pack as zeros; a last chunk
+// of fewer than 8 groups loads under an int32 lane mask.
+TQ_TARGET_AVX2 void gemm_pack_weight_nk__avx2(const int8_t* w, int64_t ldw, int64_t N, int64_t K,
+                                              int64_t p0, int64_t p1, int8_t* packed,
+                                              int32_t* col_sums) {
+  const int64_t groups = K / 4, r = K % 4;
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), zero = _mm256_setzero_si256();
+  for (int64_t pp = p0; pp < p1; ++pp) {
+    const int64_t c0 = pp * kPanel;
+    const int64_t rows = N - c0 < kPanel ? N - c0 : kPanel;
+    int8_t* panel = packed + pp * K * kPanel;
+    alignas(32) int32_t s[kPanel];
+    for (int64_t h = 0; h < 2; ++h) {
+      const int64_t hr = rows - 8 * h;  // rows of this half inside N (may be <= 0)
+      const int8_t* src = w + (c0 + 8 * h) * ldw;
+      __m256i sum = zero;
+      for (int64_t g0 = 0; g0 < groups; g0 += 8) {
+        const int64_t ng = groups - g0 < 8 ? groups - g0 : 8;
+        const int8_t* sg = src + 4 * g0;
+        const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(ng)), lane);
+        // Row c of the half, or zeros past N; a full chunk takes plain loads.
+#define TQ_LD(c)                                                                                   \
+  const __m256i v##c =                                                                             \
+      c >= hr ? zero                                                                               \
+      : ng == 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + c * ldw))               \
+                : _mm256_maskload_epi32(reinterpret_cast<const int*>(sg + c * ldw), km);
+        TQ_LD(0) TQ_LD(1) TQ_LD(2) TQ_LD(3) TQ_LD(4) TQ_LD(5) TQ_LD(6) TQ_LD(7)
+#undef TQ_LD
+        // Per 128-bit half L: t/u interleaves leave u(4q + j) = group 4L + j of rows 4q .. 4q + 3.
+        const __m256i t0 = _mm256_unpacklo_epi32(v0, v1), t1 = _mm256_unpackhi_epi32(v0, v1);
+        const __m256i t2 = _mm256_unpacklo_epi32(v2, v3), t3 = _mm256_unpackhi_epi32(v2, v3);
+        const __m256i t4 = _mm256_unpacklo_epi32(v4, v5), t5 = _mm256_unpackhi_epi32(v4, v5);
+        const __m256i t6 = _mm256_unpacklo_epi32(v6, v7), t7 = _mm256_unpackhi_epi32(v6, v7);
+        const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+        const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+        int8_t* d = panel + g0 * kGroup + 32 * h;
+#define TQ_ST(g, X, Y, IMM)                                                                  \
+  if (g < ng) {                                                                              \
+    const __m256i o = _mm256_permute2x128_si256(X, Y, IMM);                                  \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + g * kGroup), o);                      \
+    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, o), ones16)); \
+  }
+        TQ_ST(0, u0, u4, 0x20) TQ_ST(1, u1, u5, 0x20) TQ_ST(2, u2, u6, 0x20) TQ_ST(3, u3, u7, 0x20)
+        TQ_ST(4, u0, u4, 0x31) TQ_ST(5, u1, u5, 0x31) TQ_ST(6, u2, u6, 0x31) TQ_ST(7, u3, u7, 0x31)
+#undef TQ_ST
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(s + 8 * h), sum);
+    }
+    const int8_t* src = w + c0 * ldw;
+    for (int64_t c = 0; c < kPanel; ++c) {  // the K % 4 tail: channel c's r values at c * r
+      for (int64_t j = 0; j < r; ++j) {
+        const int8_t v = c < rows ? src[c * ldw + 4 * groups + j] : int8_t{0};
+        panel[groups * kGroup + c * r + j] = v;
+        s[c] += v;
+      }
+      if (c < rows) col_sums[c0 + c] = s[c];
+    }
+  }
+}
+
 #else  // not x86: never selected; keep the symbols for one signature set.
 
 int gemm_mr__avx2() { return gemm_mr__scalar(); }
@@ -372,6 +437,11 @@ void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t 
                                int64_t p1, int8_t* packed, int32_t* col_sums) {
   const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
   gemm_pack_weight_cols(b, 1, ldb, N, K, p0 * kPanel, n1, packed, col_sums);
+}
+void gemm_pack_weight_nk__avx2(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t p0,
+                               int64_t p1, int8_t* packed, int32_t* col_sums) {
+  const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
+  gemm_pack_weight_cols(w, ldw, 1, N, K, p0 * kPanel, n1, packed, col_sums);
 }
 #endif
 

@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "cpu/gemm_kernels.h"
+#include "cpu/gemm_transpose_avx512.h"
 #include "cpu/isa.h"
 
 namespace torchquant {
@@ -328,6 +329,55 @@ TQ_TARGET_AVX512VNNI void quantize_rows__avx512vnni(const float* x, int64_t ldx,
   }
 }
 
+// Packs panels [p0, p1) of w [N, K] read in place (row n at w + n * ldw, unit stride along K: a
+// b = w.t() of int8_mm, or nn.Linear's weight): 16 rows of a panel are loaded 64 bytes (16
+// groups of 4 k) at a time, and a 16 x 16 transpose of their int32 lanes gives the 16 packed
+// groups, one vector each. Rows past N load nothing and pack as zeros; a last chunk of fewer
+// than 16 groups loads under a byte mask. col_sums come from the packed vectors (vpdpbusd with
+// ones: one lane per channel).
+TQ_TARGET_AVX512VNNI void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64_t ldw, int64_t N,
+                                                          int64_t K, int64_t p0, int64_t p1,
+                                                          int8_t* packed, int32_t* col_sums) {
+  const int64_t groups = K / 4, r = K % 4;
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t pp = p0; pp < p1; ++pp) {
+    const int64_t c0 = pp * kPanel;
+    const int64_t rows = N - c0 < kPanel ? N - c0 : kPanel;
+    const int8_t* src = w + c0 * ldw;
+    int8_t* panel = packed + pp * K * kPanel;
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+      const int64_t ng = groups - g0 < 16 ? groups - g0 : 16;
+      const __mmask64 km = ng == 16 ? ~__mmask64{0} : (__mmask64{1} << (4 * ng)) - 1;
+      const int8_t* s = src + 4 * g0;
+      // Row c of the panel, or zeros (mask 0 reads nothing) past N; then group g in v[g].
+      __m512i v[16];
+#pragma GCC unroll 16
+      for (int c = 0; c < 16; ++c)
+        v[c] = _mm512_maskz_loadu_epi8(c < rows ? km : 0, s + (c < rows ? c : 0) * ldw);
+      transpose16_epi32(v);
+      int8_t* d = panel + g0 * kGroup;
+#pragma GCC unroll 16
+      for (int g = 0; g < 16; ++g) {
+        if (g < ng) {  // the rest belongs to the next chunk or the tail
+          _mm512_storeu_si512(d + g * kGroup, v[g]);
+          sum = _mm512_dpbusd_epi32(sum, ones, v[g]);
+        }
+      }
+    }
+    alignas(64) int32_t s[kPanel];
+    _mm512_store_si512(s, sum);
+    for (int64_t c = 0; c < kPanel; ++c) {  // the K % 4 tail: channel c's r values at c * r
+      for (int64_t j = 0; j < r; ++j) {
+        const int8_t v = c < rows ? src[c * ldw + 4 * groups + j] : int8_t{0};
+        panel[groups * kGroup + c * r + j] = v;
+        s[c] += v;
+      }
+      if (c < rows) col_sums[c0 + c] = s[c];
+    }
+  }
+}
+
 #else  // not x86: never selected; keep the symbols for one signature set.
 
 int gemm_mr__avx512vnni() { return gemm_mr__scalar(); }
@@ -340,6 +390,11 @@ void quantize_rows__avx512vnni(const float* x, int64_t ldx, int64_t rows, int64_
                                int32_t qmin, int32_t qmax, int8_t* q, int64_t ldq, float* scale,
                                int32_t* zp) {
   quantize_rows__scalar(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
+}
+void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64_t ldw, int64_t N, int64_t K,
+                                     int64_t p0, int64_t p1, int8_t* packed, int32_t* col_sums) {
+  const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
+  gemm_pack_weight_cols(w, ldw, 1, N, K, p0 * kPanel, n1, packed, col_sums);
 }
 #endif
 

@@ -107,6 +107,14 @@ void gemm_pack_weight_cols(const int8_t* w, int64_t stride_n, int64_t stride_k, 
 void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t K, int64_t p0,
                                int64_t p1, int8_t* packed, int32_t* col_sums);
 
+// The same layout from w [N, K] with unit stride along K (row n at w + n * ldw: nn.Linear's
+// weight, or int8_mm's b = w.t()), for channels of panels [p0, p1); transposes of 4-byte groups
+// in registers instead of byte-wise scatters. Bit-identical to gemm_pack_weight.
+void gemm_pack_weight_nk__avx2(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t p0,
+                               int64_t p1, int8_t* packed, int32_t* col_sums);
+void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64_t ldw, int64_t N, int64_t K,
+                                     int64_t p0, int64_t p1, int8_t* packed, int32_t* col_sums);
+
 // int8_mm straight from b (AVX-512 VNNI only, gemm_mm_avx512.cpp): out[m, n] for rows [0, M) of a
 // (row m at a + m * lda, unit stride along K) and columns [n0, n1) of b ([K, N], row k at
 // b + k * ldb, unit stride along N); out row m at out + m * ldo, indexed by n. b is interleaved
@@ -114,6 +122,19 @@ void gemm_pack_weight_kn__avx2(const int8_t* b, int64_t ldb, int64_t N, int64_t 
 void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t lda, int64_t M, const int8_t* b,
                                 int64_t ldb, int64_t K, int64_t n0, int64_t n1, int32_t* out,
                                 int64_t ldo);
+
+// int8_mm with b = w.t() straight from w (AVX-512 VNNI only, gemm_mm_avx512.cpp): out[m, n] for
+// rows [0, M) of a (as above) and channels [n0, n1) of w [N, K] (row n at w + n * ldw, unit
+// stride along K), as dot products of rows. For few rows of a, where packing w would cost
+// more than the product.
+void gemm_mm_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M, const int8_t* w, int64_t ldw,
+                            int64_t K, int64_t n0, int64_t n1, int32_t* out, int64_t ldo);
+
+// gemm_mm_direct__avx512vnni's buffered path with b = w.t() given as w [N, K] (row n at
+// w + n * ldw, unit stride along K); any M and N.
+void gemm_mm_direct_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M, const int8_t* w,
+                                   int64_t ldw, int64_t K, int64_t n0, int64_t n1, int32_t* out,
+                                   int64_t ldo);
 
 #define TQ_DECLARE_GEMM_KERNELS(SUFFIX)                                                         \
   /* Rows per register tile; the adapter aligns row blocks to it. */                            \

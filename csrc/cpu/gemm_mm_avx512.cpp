@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "cpu/gemm_kernels.h"
+#include "cpu/gemm_transpose_avx512.h"
 #include "cpu/isa.h"
 
 namespace torchquant {
@@ -438,21 +439,61 @@ TQ_TARGET_AVX512VNNI void interleave_wide(const int8_t* b, int64_t ldb, int64_t 
 
 #undef TQ_MM_TRANSPOSE
 
+// interleave_wide's buffer from w [N, K] with unit stride along K (row n at w + n * ldw: b =
+// w.t()): for channels [s0, s1) and rows k0 .. k0 + 4 * groups + r of b, i.e. those bytes of
+// each row of w. In column order, 16 columns of a group are one packed-panel vector, so each
+// slice of 16 rows of w is loaded 64 bytes (16 groups) at a time, transposed in registers and
+// flipped; bytes past K and rows past s1 load as zeros (flipped to 128, facing zeros of a or
+// never stored).
+TQ_TARGET_AVX512VNNI void interleave_wide_nk(const int8_t* w, int64_t ldw, int64_t k0,
+                                             int64_t groups, int64_t r, int64_t s0, int64_t s1,
+                                             int8_t* buf, int64_t bstride) {
+  const int64_t nblk = (s1 - s0 + 63) / 64, last_nc = s1 - s0 - 64 * (nblk - 1);
+  const bool narrow_last = last_nc <= 16;
+  const int64_t wide = narrow_last ? nblk - 1 : nblk;
+  const int64_t total = groups + (r != 0 ? 1 : 0), kend = k0 + 4 * groups + r;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t cb = s0; cb < s1; cb += 16) {
+    const int64_t t = (cb - s0) / 16, j = t / 4, q = t % 4;
+    const int64_t rows = s1 - cb < 16 ? s1 - cb : 16;
+    // Group g of this slice: 256 bytes per group in a wide block, 64 in the narrow last one.
+    int8_t* dst = j < wide ? buf + j * bstride + q * 64 : buf + wide * bstride;
+    const int64_t gstride = j < wide ? 256 : 64;
+    const int8_t* src = w + cb * ldw;
+    for (int64_t g0 = 0; g0 < total; g0 += 16) {
+      const int64_t kb = k0 + 4 * g0, nbytes = kend - kb < 64 ? kend - kb : 64;
+      const __mmask64 km = nbytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << nbytes) - 1;
+      __m512i v[16];
+#pragma GCC unroll 16
+      for (int c = 0; c < 16; ++c)
+        v[c] = _mm512_maskz_loadu_epi8(c < rows ? km : 0, src + (c < rows ? c : 0) * ldw + kb);
+      transpose16_epi32(v);
+      const int64_t ng = total - g0 < 16 ? total - g0 : 16;
+      int8_t* d = dst + g0 * gstride;
+#pragma GCC unroll 16
+      for (int g = 0; g < 16; ++g)
+        if (g < ng) _mm512_store_si512(d + g * gstride, _mm512_xor_si512(v[g], flip));
+    }
+  }
+}
 
-}  // namespace
 
-TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t lda, int64_t M,
-                                                     const int8_t* b, int64_t ldb, int64_t K,
-                                                     int64_t n0, int64_t n1, int32_t* out,
-                                                     int64_t ldo) {
+
+// The driver of both entries below. NK: b is given as w (row n at b + n * ldb, unit stride
+// along K), always through the buffer.
+template <bool NK>
+TQ_TARGET_AVX512VNNI void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b,
+                                    int64_t ldb, int64_t K, int64_t n0, int64_t n1, int32_t* out,
+                                    int64_t ldo) {
   if (M <= 0 || n1 <= n0) return;
+  const bool few = !NK && M <= kMR;
   // More than kMR rows: K in chunks of up to kChunkWide rows (their running sums go through the
   // output between chunks) and columns in runs of sb blocks of 64, the chunk of a run
   // interleaved into the buffer at once (about kBufBytes, L2-sized) and then used by every row
   // tile. Few rows: 64 columns at a time, interleaved in registers.
-  const int64_t kc = M <= kMR ? kChunk : (K <= kChunkWide ? K : kChunkWide);
+  const int64_t kc = few ? kChunk : (K <= kChunkWide ? K : kChunkWide);
   int64_t sb = 1;
-  if (M > kMR) {
+  if (!few) {
     sb = kBufBytes / (64 * kc);
     sb = sb < 1 ? 1 : sb > 16 ? 16 : sb;
   }
@@ -485,7 +526,7 @@ TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t ld
     const int64_t groups = kn / 4, r = kn % 4, kt = k0 + 4 * groups;
     for (int64_t s0 = n0; s0 < n1; s0 += 64 * sb) {
       const int64_t s1 = n1 - s0 < 64 * sb ? n1 : s0 + 64 * sb;
-      if (M <= kMR && s1 - s0 > 16) {
+      if (few && s1 - s0 > 16) {
         // Few rows: the block is interleaved in registers, once per row tile anyway.
         const int rows = static_cast<int>(M);
         const int64_t nc = s1 - s0;
@@ -497,7 +538,11 @@ TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t ld
         finish<false>(rows, c, nc, first, last, corr, out + s0, ldo);
         continue;
       }
-      interleave_wide(b, ldb, k0, groups, r, s0, s1, buf, bstride);
+      if constexpr (NK) {
+        interleave_wide_nk(b, ldb, k0, groups, r, s0, s1, buf, bstride);
+      } else {
+        interleave_wide(b, ldb, k0, groups, r, s0, s1, buf, bstride);
+      }
       for (int64_t c0 = s0; c0 < s1; c0 += 64) {
         const int64_t nc = s1 - c0 < 64 ? s1 - c0 : 64;
         const int8_t* bb = buf + (c0 - s0) / 64 * bstride;
@@ -527,10 +572,138 @@ TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t ld
   }
 }
 
+}  // namespace
+
+TQ_TARGET_AVX512VNNI void gemm_mm_direct__avx512vnni(const int8_t* a, int64_t lda, int64_t M,
+                                                     const int8_t* b, int64_t ldb, int64_t K,
+                                                     int64_t n0, int64_t n1, int32_t* out,
+                                                     int64_t ldo) {
+  mm_direct<false>(a, lda, M, b, ldb, K, n0, n1, out, ldo);
+}
+
+TQ_TARGET_AVX512VNNI void gemm_mm_direct_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M,
+                                                        const int8_t* w, int64_t ldw, int64_t K,
+                                                        int64_t n0, int64_t n1, int32_t* out,
+                                                        int64_t ldo) {
+  mm_direct<true>(a, lda, M, w, ldw, K, n0, n1, out, ldo);
+}
+
+// ---- int8_mm with b = w.t() (unit stride along K), few rows of a ----
+// Dot products of rows of a with rows of w, both read in place, 64 k per vector: nothing is
+// packed, so w (the whole cost at M = 1) is read once and never written. w's bytes are flipped
+// to uint8 for vpdpbusd (x ^ 0x80 = x + 128), which adds 128 * sum_k a[m, k] to out[m, n]; the
+// store subtracts it. Each int32 lane sums 4 products per step and wraps modulo 2^32 like the
+// packed kernels' lanes; the horizontal sum wraps alike, and the corrected value is exact by
+// K <= kMaxK. A last partial vector loads under a byte mask: a's zeros there face w's 0x80.
+namespace {
+
+constexpr int64_t kDotAhead = 512;  // bytes of prefetch distance along a row of w
+
+template <int MR, int NR>
+TQ_TARGET_AVX512VNNI void dot_tile(const int8_t* a, int64_t lda, const int8_t* w, int64_t ldw,
+                                   int64_t K, const int32_t* corr, int32_t* out, int64_t ldo) {
+  __m512i acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+  const __mmask64 tail = K % 64 == 0 ? 0 : (__mmask64{1} << (K % 64)) - 1;
+  const int64_t full = K - K % 64;
+  for (int64_t k = 0; k <= full; k += 64) {
+    const __mmask64 km = k < full ? ~__mmask64{0} : tail;
+    if (km == 0) break;
+    __m512i wv[NR];
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      // The rows of w are short streams (K bytes each), where the hardware prefetchers barely
+      // ramp up before the tile moves on.
+      _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + k + kDotAhead), _MM_HINT_T0);
+      wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, w + j * ldw + k), flip);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_maskz_loadu_epi8(km, a + i * lda + k);
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j)
+      out[i * ldo + j] = static_cast<int32_t>(
+          static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[i][j])) - static_cast<uint32_t>(corr[i]));
+}
+
+using DotFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, const int32_t*,
+                       int32_t*, int64_t);
+
+// Up to 8 columns per tile for 1 or 2 rows of a (more rows of w in flight; 16 accumulators at
+// most), 4 for 3 or 4 rows.
+template <int MR>
+DotFn dot_for(int64_t nr) {
+  if constexpr (MR <= 2) {
+    switch (nr) {
+      case 5: return &dot_tile<MR, 5>;
+      case 6: return &dot_tile<MR, 6>;
+      case 7: return &dot_tile<MR, 7>;
+      case 8: return &dot_tile<MR, 8>;
+      default: break;
+    }
+  }
+  return nr == 1 ? &dot_tile<MR, 1> : nr == 2 ? &dot_tile<MR, 2> : nr == 3 ? &dot_tile<MR, 3>
+                                                                           : &dot_tile<MR, 4>;
+}
+
+DotFn pick_dot(int64_t mr, int64_t nr) {
+  return mr == 1 ? dot_for<1>(nr) : mr == 2 ? dot_for<2>(nr) : mr == 3 ? dot_for<3>(nr)
+                                                                       : dot_for<4>(nr);
+}
+
+}  // namespace
+
+TQ_TARGET_AVX512VNNI void gemm_mm_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M,
+                                                 const int8_t* w, int64_t ldw, int64_t K,
+                                                 int64_t n0, int64_t n1, int32_t* out,
+                                                 int64_t ldo) {
+  if (M <= 0 || n1 <= n0) return;
+  thread_local std::vector<int32_t> corr_buf;
+  int32_t* corr = scratch(corr_buf, static_cast<size_t>(M));
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t i = 0; i < M; ++i) {  // 128 * sum_k a[i, k], modulo 2^32
+    const int8_t* row = a + i * lda;
+    __m512i s = _mm512_setzero_si512();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(row + k));
+    if (k < K) {
+      s = _mm512_dpbusd_epi32(s, ones,
+                              _mm512_maskz_loadu_epi8((__mmask64{1} << (K - k)) - 1, row + k));
+    }
+    corr[i] = static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(s)) * 128u);
+  }
+  // Blocks of 16 rows of w (64 KiB at K = 4096: L2) shared by every row tile of a.
+  constexpr int64_t kNB = 16, kDotMR = 4;
+  for (int64_t nb = n0; nb < n1; nb += kNB) {
+    const int64_t ne = n1 - nb < kNB ? n1 : nb + kNB;
+    for (int64_t m = 0; m < M; m += kDotMR) {
+      const int64_t mr = M - m < kDotMR ? M - m : kDotMR, tn = mr <= 2 ? 8 : 4;
+      for (int64_t n = nb; n < ne; n += tn) {
+        const int64_t nr = ne - n < tn ? ne - n : tn;
+        pick_dot(mr, nr)(a + m * lda, lda, w + n * ldw, ldw, K, corr + m, out + m * ldo + n, ldo);
+      }
+    }
+  }
+}
+
 #else  // not x86: never selected.
 
 void gemm_mm_direct__avx512vnni(const int8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
                                 int64_t, int64_t, int32_t*, int64_t) {}
+void gemm_mm_nk__avx512vnni(const int8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
+                            int64_t, int64_t, int32_t*, int64_t) {}
+void gemm_mm_direct_nk__avx512vnni(const int8_t*, int64_t, int64_t, const int8_t*, int64_t,
+                                   int64_t, int64_t, int64_t, int32_t*, int64_t) {}
 #endif
 
 }  // namespace cpu
