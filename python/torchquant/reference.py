@@ -27,6 +27,7 @@ __all__ = [
     "histogram_bins",
     "histogram_rebin",
     "histogram_",
+    "conv_int8",
 ]
 
 
@@ -309,3 +310,30 @@ def histogram_(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16) -> 
     hist += histogram_bins(fin, nlo, nhi, hist.numel())
     min_val.fill_(nlo)
     max_val.fill_(nhi)
+
+
+# ---- conv
+def conv_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, stride=1, padding=0, dilation=1, groups=1,
+              out_scale=None, out_zero_point=None, relu=False, out_dtype=None) -> torch.Tensor:
+    """Static int8 convolution from the unpacked int8 weight w [Cout, Cin / groups, *kernel]
+    (what ``conv_int8`` computes from ``pack_conv_weight(w, groups)``): zero padding, where a
+    padded position holds x_zero_point; exact integer sums (float64 convolution of integers
+    below 2^53), then linear_int8's epilogue. x_scale / x_zero_point hold one element."""
+    nsp = w.dim() - 2
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[nsp - 1]
+
+    def tup(v):
+        return [v] * nsp if isinstance(v, int) else (list(v) * nsp if len(v) == 1 else list(v))
+
+    zp = int(x_zero_point.reshape(-1)[0])
+    pad = []
+    for p in reversed(tup(padding)):
+        pad += [p, p]
+    xc = x.to(torch.float64) - zp
+    xc = torch.nn.functional.pad(xc, pad)  # (x - zp) of a padded position is 0
+    corr = conv(xc, w.to(torch.float64), None, tup(stride), 0, tup(dilation), groups).to(torch.int32)
+    cout = w.shape[0]
+    rows = corr.movedim(1, -1).reshape(-1, cout)
+    out = _requantize(rows, x_scale.float().reshape(()), w_scale, bias, relu, out_scale, out_zero_point, out_dtype)
+    shape = (corr.shape[0], *corr.shape[2:], cout)
+    return out.reshape(shape).movedim(-1, 1)

@@ -12,3 +12,9 @@ class LinearReLU(nn.Sequential):
         if type(linear) is not nn.Linear or not isinstance(relu, nn.ReLU):
             raise TypeError(f"LinearReLU fuses nn.Linear and nn.ReLU, got {type(linear).__name__} and {type(relu).__name__}")
         super().__init__(linear, relu)
+
+
+from .intrinsic_conv import *  # noqa: E402,F401,F403  (fused convolution modules)
+from .intrinsic_conv import __all__ as _conv_all  # noqa: E402
+
+__all__ = __all__ + _conv_all

@@ -320,3 +320,9 @@ class Flatten(nn.Flatten):
         return cls(mod.start_dim, mod.end_dim)
 
 
+
+
+from .quantized_conv import *  # noqa: E402,F401,F403  (int8 convolutions)
+from .quantized_conv import __all__ as _conv_all  # noqa: E402
+
+__all__ = __all__ + _conv_all

@@ -1,0 +1,176 @@
+// AVX2 depthwise int8 convolution. Memory-bound: each output pixel reads taps x C activations
+// and does taps multiply-adds per channel, so the loop is direct (no GEMM), vectorised across
+// 16 channels at a time in channels-last layout. A product of an 8-bit activation
+// (|x| <= 255) and an int8 weight (|w| <= 128) fits int16 exactly (|x * w| <= 32640), so the
+// products are vpmullw and the sums widen to int32 lanes. Padded taps read the zero point.
+// The epilogue is epilogue_row of gemm_avx2.cpp's sequence (the same float32 operations in the
+// same order as gemm_epilogue_one), so the outputs are bit-identical to the scalar variant.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/conv_kernels.h"
+#include "cpu/isa.h"
+#include "cpu/scratch.h"
+
+namespace torchquant {
+namespace cpu {
+
+#if TQ_X86
+namespace {
+
+// The epilogue's per-channel constants of 8 channels.
+struct Consts8 {
+  __m256i zp_cs;  // a_zp * col_sums[c] (int32, wrapping as the scalar gemm_correct)
+  __m256 s;       // a_scale * w_scale[c]
+  __m256 bias;
+};
+
+TQ_TARGET_AVX2 inline Consts8 consts8(const GemmProblem& e, int64_t c) {
+  Consts8 k;
+  k.zp_cs = _mm256_mullo_epi32(_mm256_set1_epi32(e.a_zp),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.col_sums + c)));
+  k.s = _mm256_mul_ps(_mm256_set1_ps(e.a_scale), _mm256_loadu_ps(e.w_scale + c));
+  k.bias = e.bias != nullptr ? _mm256_loadu_ps(e.bias + c) : _mm256_setzero_ps();
+  return k;
+}
+
+// 8 output channels [c, c + 8) of one pixel from their int32 accumulators.
+TQ_TARGET_AVX2 inline void epilogue8(const GemmProblem& e, const Consts8& k, __m256i acc, int64_t c,
+                                     void* out) {
+  const __m256i corr = _mm256_sub_epi32(acc, k.zp_cs);
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), k.s);
+  if (e.bias != nullptr) y = _mm256_add_ps(y, k.bias);
+  if (e.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // 0 > y ? 0 : y: NaN and -0 pass
+  if (e.out_kind == GemmOut::Float) {
+    _mm256_storeu_ps(static_cast<float*>(out) + c, y);
+    return;
+  }
+  const bool u8 = e.out_kind == GemmOut::QUInt8;
+  const __m256 inv = _mm256_set1_ps(e.out_inv_scale), ozp = _mm256_set1_ps(static_cast<float>(e.out_zp));
+  const __m256 lo = _mm256_set1_ps(u8 ? 0.0f : -128.0f), hi = _mm256_set1_ps(u8 ? 255.0f : 127.0f);
+  __m256 t = _mm256_add_ps(
+      _mm256_round_ps(_mm256_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), ozp);
+  const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+  t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, lo), hi), ozp, nan);
+  const __m256i q = _mm256_cvtps_epi32(t);
+  const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+  const __m128i bytes = u8 ? _mm_packus_epi16(h, h) : _mm_packs_epi16(h, h);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + c), bytes);
+}
+
+template <bool U>
+TQ_TARGET_AVX2 inline __m256i widen(const void* p) {
+  const __m128i v = _mm_loadu_si128(static_cast<const __m128i*>(p));
+  return U ? _mm256_cvtepu8_epi16(v) : _mm256_cvtepi8_epi16(v);
+}
+
+TQ_TARGET_AVX2 inline void mac(__m256i xv, __m256i wv, __m256i* a0, __m256i* a1) {
+  const __m256i prod = _mm256_mullo_epi16(xv, wv);
+  *a0 = _mm256_add_epi32(*a0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(prod)));
+  *a1 = _mm256_add_epi32(*a1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(prod, 1)));
+}
+
+template <bool U>
+TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
+  const ConvGeometry& g = p.g;
+  const int64_t C = g.C, OW = g.out[2], W = g.in[2], KW = g.k[2], taps = g.taps();
+  const int64_t sw = g.stride[2], pw = g.pad[2], dw = g.dil[2];
+  const int64_t ob = gemm_out_bytes(p.e.out_kind);
+  const int64_t cv = C / 16 * 16;
+  // Output columns whose taps all lie inside the row: [ow_lo, ow_hi).
+  const int64_t ow_lo = std::min(OW, (pw + sw - 1) / sw);
+  const int64_t last = W - 1 + pw - (KW - 1) * dw;
+  const int64_t ow_hi = last < 0 ? 0 : std::min(OW, last / sw + 1);
+  thread_local std::vector<int16_t> wv;       // the taps' weights of a channel block, widened
+  thread_local std::vector<int64_t> tap_off;  // input offset of tap t from the output column's origin
+  thread_local std::vector<int64_t> tap_kw;   // column offset of tap t: kw * dilation - padding
+  thread_local std::vector<char> tap_in;      // tap t's input row (d, h) lies inside the input
+  scratch(wv, static_cast<size_t>(taps * 16));
+  scratch(tap_off, static_cast<size_t>(taps));
+  scratch(tap_kw, static_cast<size_t>(taps));
+  scratch(tap_in, static_cast<size_t>(taps));
+  const __m256i vzp = _mm256_set1_epi16(static_cast<int16_t>(p.e.a_zp));
+  const uint8_t* x = static_cast<const uint8_t*>(p.x);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t oh = r % g.out[1], od = (r / g.out[1]) % g.out[0], n = r / (g.out[1] * g.out[0]);
+    char* orow = static_cast<char*>(p.out_base) + r * OW * C * ob;
+    bool rows_inside = true;
+    int64_t t = 0;
+    for (int64_t kd = 0; kd < g.k[0]; ++kd) {
+      const int64_t id = od * g.stride[0] - g.pad[0] + kd * g.dil[0];
+      for (int64_t kh = 0; kh < g.k[1]; ++kh) {
+        const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
+        const bool in = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1];
+        rows_inside = rows_inside && in;
+        for (int64_t kw = 0; kw < KW; ++kw, ++t) {
+          tap_kw[t] = kw * dw - pw;
+          tap_in[t] = in;
+          tap_off[t] = in ? (((n * g.in[0] + id) * g.in[1] + ih) * W + kw * dw - pw) * C : 0;
+        }
+      }
+    }
+    for (int64_t c = 0; c < cv; c += 16) {
+      for (int64_t k = 0; k < taps; ++k) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wv.data() + k * 16), widen<false>(p.w + k * C + c));
+      }
+      const Consts8 k0 = consts8(p.e, c), k1 = consts8(p.e, c + 8);
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        const int64_t base = ow * sw * C + c;
+        if (rows_inside && ow >= ow_lo && ow < ow_hi) {
+          for (int64_t k = 0; k < taps; ++k) {
+            mac(widen<U>(x + (tap_off[k] + base)),
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv.data() + k * 16)), &a0, &a1);
+          }
+        } else {
+          for (int64_t k = 0; k < taps; ++k) {
+            const int64_t iw = ow * sw + tap_kw[k];
+            const bool in = tap_in[k] && iw >= 0 && iw < W;
+            mac(in ? widen<U>(x + (tap_off[k] + base)) : vzp,
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv.data() + k * 16)), &a0, &a1);
+          }
+        }
+        void* opix = orow + ow * C * ob;
+        epilogue8(p.e, k0, a0, c, opix);
+        epilogue8(p.e, k1, a1, c + 8, opix);
+      }
+    }
+    if (cv == C) continue;
+    GemmProblem e = p.e;
+    e.ldo = C;
+    e.out = orow;
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      for (int64_t c = cv; c < C; ++c) {
+        int32_t acc = 0;
+        for (int64_t k = 0; k < taps; ++k) {
+          const int64_t iw = ow * sw + tap_kw[k];
+          int32_t xv = p.e.a_zp;
+          if (tap_in[k] && iw >= 0 && iw < W) {
+            const uint8_t b = x[tap_off[k] + ow * sw * C + c];
+            xv = U ? int32_t{b} : int32_t{static_cast<int8_t>(b)};
+          }
+          acc += xv * p.w[k * C + c];
+        }
+        gemm_epilogue_one(e, ow, c, gemm_correct(acc, p.e.a_zp, p.e.col_sums[c]), p.e.a_scale);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void conv_dw__avx2(const DwProblem& p, int64_t r0, int64_t r1) {
+  if (p.e.a_unsigned) {
+    dw_rows<true>(p, r0, r1);
+  } else {
+    dw_rows<false>(p, r0, r1);
+  }
+}
+#else
+void conv_dw__avx2(const DwProblem& p, int64_t r0, int64_t r1) { conv_dw__scalar(p, r0, r1); }
+#endif
+
+}  // namespace cpu
+}  // namespace torchquant
