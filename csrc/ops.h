@@ -69,4 +69,21 @@ void histogram_generic(const Tensor& hist, const Tensor& min_val, const Tensor& 
 Tensor histogram_rebin(const Tensor& hist, const Tensor& min_val, const Tensor& max_val,
                        const Tensor& new_min, const Tensor& new_max, int64_t upsample_rate);
 
+// ---- elementwise (cpu/elementwise.cpp, cuda/elementwise.cu) ----
+Tensor add_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point, const Tensor& b,
+               const Tensor& b_scale, const Tensor& b_zero_point, const Tensor& out_scale,
+               const Tensor& out_zero_point, bool relu, std::optional<at::ScalarType> out_dtype);
+Tensor mul_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point, const Tensor& b,
+               const Tensor& b_scale, const Tensor& b_zero_point, const Tensor& out_scale,
+               const Tensor& out_zero_point, bool relu, std::optional<at::ScalarType> out_dtype);
+Tensor add_scalar_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point,
+                      double other, const Tensor& out_scale, const Tensor& out_zero_point,
+                      std::optional<at::ScalarType> out_dtype);
+Tensor mul_scalar_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point,
+                      double other, const Tensor& out_scale, const Tensor& out_zero_point,
+                      std::optional<at::ScalarType> out_dtype);
+Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
+               int64_t dim, const Tensor& out_scale, const Tensor& out_zero_point,
+               std::optional<at::ScalarType> out_dtype);
+
 }  // namespace torchquant
