@@ -12,3 +12,5 @@ class LinearReLU(nn.Sequential):
         if type(linear) is not nn.Linear or not isinstance(relu, nn.ReLU):
             raise TypeError(f"LinearReLU fuses nn.Linear and nn.ReLU, got {type(linear).__name__} and {type(relu).__name__}")
         super().__init__(linear, relu)
+
+from .intrinsic_bn import BNReLU2d, BNReLU3d  # noqa: E402,F401

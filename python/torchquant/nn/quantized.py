@@ -302,3 +302,9 @@ class Flatten(nn.Flatten):
         return cls(mod.start_dim, mod.end_dim)
 
 
+
+# CNN modules: FloatFunctional / QFunctional, normalization and activations (quantized_ops.py).
+from .quantized_ops import *  # noqa: E402,F401,F403
+from .quantized_ops import __all__ as _cnn_all  # noqa: E402
+
+__all__ += _cnn_all
