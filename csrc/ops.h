@@ -78,5 +78,21 @@ Tensor conv_int8_cpu(const Tensor& x, const Tensor& x_scale, const Tensor& x_zer
                      int64_t groups, const std::optional<Tensor>& out_scale,
                      const std::optional<Tensor>& out_zero_point, bool relu,
                      std::optional<at::ScalarType> out_dtype);
+// ---- elementwise (cpu/elementwise.cpp, cuda/elementwise.cu) ----
+Tensor add_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point, const Tensor& b,
+               const Tensor& b_scale, const Tensor& b_zero_point, const Tensor& out_scale,
+               const Tensor& out_zero_point, bool relu, std::optional<at::ScalarType> out_dtype);
+Tensor mul_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point, const Tensor& b,
+               const Tensor& b_scale, const Tensor& b_zero_point, const Tensor& out_scale,
+               const Tensor& out_zero_point, bool relu, std::optional<at::ScalarType> out_dtype);
+Tensor add_scalar_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point,
+                      double other, const Tensor& out_scale, const Tensor& out_zero_point,
+                      std::optional<at::ScalarType> out_dtype);
+Tensor mul_scalar_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point,
+                      double other, const Tensor& out_scale, const Tensor& out_zero_point,
+                      std::optional<at::ScalarType> out_dtype);
+Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
+               int64_t dim, const Tensor& out_scale, const Tensor& out_zero_point,
+               std::optional<at::ScalarType> out_dtype);
 
 }  // namespace torchquant

@@ -126,6 +126,29 @@ TORCH_LIBRARY(torchquant, m) {
         "Tensor w_col_sums, Tensor w_scale, Tensor? bias, int[] kernel_size, int[] stride, "
         "int[] padding, int[] dilation, int groups, Tensor? out_scale, Tensor? out_zero_point, "
         "bool relu=False, ScalarType? out_dtype=None) -> Tensor");
+  // ---- elementwise (cpu/elementwise.cpp, cuda/elementwise.cu) ----
+  // Quantized elementwise ops with requantize. Inputs int8/uint8 with per-tensor qparams
+  // (scale float, zero_point integer, one element each); the output is requantized with
+  // out_scale/out_zero_point over the full range of out_dtype (default: the first input's
+  // dtype). Arithmetic (float32, docs/quantization.md "Elementwise ops"):
+  //   add: (a - a_zp) * a_scale + (b - b_zp) * b_scale, then ReLU if relu; a and b broadcast.
+  //   mul: float((a - a_zp) * (b - b_zp)) * float32(a_scale * b_scale), then ReLU if relu.
+  m.def("add(Tensor a, Tensor a_scale, Tensor a_zero_point, Tensor b, Tensor b_scale, "
+        "Tensor b_zero_point, Tensor out_scale, Tensor out_zero_point, bool relu=False, "
+        "ScalarType? out_dtype=None) -> Tensor");
+  m.def("mul(Tensor a, Tensor a_scale, Tensor a_zero_point, Tensor b, Tensor b_scale, "
+        "Tensor b_zero_point, Tensor out_scale, Tensor out_zero_point, bool relu=False, "
+        "ScalarType? out_dtype=None) -> Tensor");
+  //   add_scalar: (a - a_zp) * a_scale + float32(other).
+  m.def("add_scalar(Tensor a, Tensor a_scale, Tensor a_zero_point, float other, Tensor out_scale, "
+        "Tensor out_zero_point, ScalarType? out_dtype=None) -> Tensor");
+  //   mul_scalar: (a - a_zp) * float32(a_scale * float32(other)).
+  m.def("mul_scalar(Tensor a, Tensor a_scale, Tensor a_zero_point, float other, Tensor out_scale, "
+        "Tensor out_zero_point, ScalarType? out_dtype=None) -> Tensor");
+  //   cat: each input requantized, (x - zp_i) * scale_i, then concatenated along dim (inputs
+  //   whose qparams and dtype equal the output's are copied: the same values).
+  m.def("cat(Tensor[] tensors, Tensor[] scales, Tensor[] zero_points, int dim, Tensor out_scale, "
+        "Tensor out_zero_point, ScalarType? out_dtype=None) -> Tensor");
 }
 
 }  // namespace torchquant

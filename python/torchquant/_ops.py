@@ -304,3 +304,53 @@ def _conv_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bia
     # Channels-last memory: [N, *out, Cout] contiguous, seen as [N, Cout, *out].
     y = x.new_empty((x.shape[0], *out_sp, cout), dtype=odt)
     return y.movedim(-1, 1)
+# ---------------------------------------------------------------- elementwise
+def _check_q8(name, t):
+    torch._check(t.dtype in (torch.int8, torch.uint8), lambda: f"argument '{name}' must be an int8 or uint8 tensor, got dtype {t.dtype}")
+
+
+def _ew_out_dtype(out_dtype, fallback):
+    odt = fallback if out_dtype is None else out_dtype
+    torch._check(odt in (torch.int8, torch.uint8), lambda: f"argument 'out_dtype' must be torch.int8 or torch.uint8, got {odt}")
+    return odt
+
+
+def _ew_binary_fake(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point, relu=False,
+                    out_dtype=None):
+    _check_q8("a", a)
+    _check_q8("b", b)
+    _check_devices("a", a, b=b, a_scale=a_scale, a_zero_point=a_zero_point, b_scale=b_scale,
+                   b_zero_point=b_zero_point, out_scale=out_scale, out_zero_point=out_zero_point)
+    odt = _ew_out_dtype(out_dtype, a.dtype)
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    # The output follows the layout of the input that has the output's shape (channels-last kept).
+    like = a if tuple(a.shape) == tuple(shape) else b if tuple(b.shape) == tuple(shape) else None
+    if like is None:
+        return a.new_empty(shape, dtype=odt)
+    return torch.empty_like(like, dtype=odt)
+
+
+torch.library.register_fake("torchquant::add")(_ew_binary_fake)
+torch.library.register_fake("torchquant::mul")(_ew_binary_fake)
+
+
+def _ew_scalar_fake(a, a_scale, a_zero_point, other, out_scale, out_zero_point, out_dtype=None):
+    _check_q8("a", a)
+    _check_devices("a", a, a_scale=a_scale, a_zero_point=a_zero_point, out_scale=out_scale,
+                   out_zero_point=out_zero_point)
+    return torch.empty_like(a, dtype=_ew_out_dtype(out_dtype, a.dtype))
+
+
+torch.library.register_fake("torchquant::add_scalar")(_ew_scalar_fake)
+torch.library.register_fake("torchquant::mul_scalar")(_ew_scalar_fake)
+
+
+@torch.library.register_fake("torchquant::cat")
+def _cat_fake(tensors, scales, zero_points, dim, out_scale, out_zero_point, out_dtype=None):
+    torch._check(len(tensors) > 0, lambda: "argument 'tensors' must hold at least one tensor, got none")
+    torch._check(len(scales) == len(tensors) and len(zero_points) == len(tensors),
+                 lambda: "arguments 'scales' and 'zero_points' must hold one tensor per input")
+    for i, t in enumerate(tensors):
+        _check_q8(f"tensors[{i}]", t)
+    odt = _ew_out_dtype(out_dtype, tensors[0].dtype)
+    return torch.cat([torch.empty_like(t, dtype=odt) for t in tensors], dim)

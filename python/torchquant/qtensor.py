@@ -300,3 +300,7 @@ pytree.register_pytree_node(
     _unflatten,
     serialized_type_name="torchquant.QTensor",
 )
+
+# torch functions that keep a QTensor int8 beyond the few above: pooling, averaging, upsampling,
+# activations, shape functions, cat (python/torchquant/_qfunctions.py).
+from . import _qfunctions  # noqa: E402,F401

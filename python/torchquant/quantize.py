@@ -211,6 +211,13 @@ def _observer_hook(module, inputs, output):
     return module.activation_post_process(output)
 
 
+def _fallback_observer_hook(module, inputs, output):
+    # A module with no int8 version may return anything: only a float tensor is observed.
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        return module.activation_post_process(output)
+    return None
+
+
 def _device_of(mod: nn.Module):
     for t in list(mod.parameters()) + list(mod.buffers()):
         return t.device
@@ -241,9 +248,25 @@ def _add_observers(model: nn.Module) -> List[str]:
                 obs.to(dev)
             mod.add_module("activation_post_process", obs)
             mod.register_forward_hook(_observer_hook)
+        elif isinstance(mod, _FLOAT_FUNCTIONALS):
+            # Its methods call activation_post_process on their results (torch.ao's rule).
+            if isinstance(getattr(mod, "activation_post_process", None), nn.Identity):
+                obs = qc.activation()
+                dev = _device_of(mod) or model_dev
+                if dev is not None:
+                    obs.to(dev)
+                mod.activation_post_process = obs
         elif (not any(True for _ in mod.children()) and not isinstance(mod, _PASSTHROUGH)
               and type(mod) not in _OBSERVED and mod is not model):
             unsupported.append(f"{name} ({type(mod).__name__})")
+            # Observed too: where it runs inside the quantized part of the model, convert
+            # quantizes its float output with these qparams (docs/eager_api.md).
+            obs = qc.activation()
+            dev = _device_of(mod) or model_dev
+            if dev is not None:
+                obs.to(dev)
+            mod.add_module("activation_post_process", obs)
+            mod.register_forward_hook(_fallback_observer_hook)
     return unsupported
 
 
@@ -329,7 +352,9 @@ _warned_fallback = set()
 
 
 def _float_fallback_hook(module, args, kwargs):
-    if not any(isinstance(a, QTensor) for a in list(args) + list(kwargs.values())):
+    quantized_input = any(isinstance(a, QTensor) for a in list(args) + list(kwargs.values()))
+    module._tq_quantized_input = quantized_input
+    if not quantized_input:
         return None
     key = id(module)
     if key not in _warned_fallback:
@@ -340,18 +365,50 @@ def _float_fallback_hook(module, args, kwargs):
     return tuple(unwrap(a) for a in args), {k: unwrap(v) for k, v in kwargs.items()}
 
 
+def _float_fallback_output_hook(module, args, output):
+    """Quantizes the float output of a module that stayed float, with the qparams its observer
+    saw at calibration, when its input was a QTensor (it runs inside the quantized part of the
+    model, so the next module expects a QTensor). Outside that part its output stays float."""
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        return None
+    # The pre-hook has already turned the QTensor inputs into float: look at what was passed in.
+    if not getattr(module, "_tq_quantized_input", False):
+        return None
+    return module.output_quant(output)
+
+
+def _fallback_output_quant(mod):
+    """An nnq.Quantize with the qparams mod's observer saw, or None if it saw no data (mod ran
+    only outside the quantized part, or never)."""
+    obs = mod.activation_post_process
+    stats = obs.activation_post_process if hasattr(obs, "activation_post_process") else obs
+    mn = getattr(stats, "min_val", None)
+    if mn is not None and (mn.numel() == 0 or not bool(torch.isfinite(mn).all())):
+        return None
+    try:
+        return nnq.Quantize.from_float(mod, name=type(mod).__name__)
+    except (RuntimeError, ValueError):
+        return None
+
+
 def _clean(model: nn.Module) -> None:
     """Removes observers, their hooks and qconfigs left on modules that were not swapped; float
     leaf modules under a qconfig get a hook that dequantizes QTensor inputs (with a warning)."""
-    for mod in model.modules():
+    for mod in list(model.modules()):
+        out_quant = None
         if hasattr(mod, "activation_post_process") and not isinstance(mod, (nnq.Linear, nnq.Quantize)):
             for k, hook in list(mod._forward_hooks.items()):
-                if hook is _observer_hook:
+                if hook is _observer_hook or hook is _fallback_observer_hook:
+                    if hook is _fallback_observer_hook:
+                        out_quant = _fallback_output_quant(mod)
                     del mod._forward_hooks[k]
             del mod.activation_post_process
         if getattr(mod, "qconfig", None) is not None and not any(True for _ in mod.children()) \
-                and not type(mod).__module__.startswith("torchquant.") and not isinstance(mod, nn.Identity):
+                and not type(mod).__module__.startswith("torchquant.") and not isinstance(mod, _PASSTHROUGH):
             mod.register_forward_pre_hook(_float_fallback_hook, with_kwargs=True)
+            if out_quant is not None:
+                mod.add_module("output_quant", out_quant)
+                mod.register_forward_hook(_float_fallback_output_hook)
         if hasattr(mod, "qconfig"):
             del mod.qconfig
 
@@ -658,3 +715,48 @@ _OBSERVED = _OBSERVED + tuple(_conv_flow.static_mappings())
 _FUSED = (intrinsic.LinearReLU,) + _conv_flow.fused_types()
 _FUSIONS.update(_conv_flow.fusions())
 _RELU_FOLDS = {nnq.Linear: nnq.LinearReLU, **_conv_flow.relu_folds()}
+
+
+# ---------------------------------------------------------------- CNN modules
+# FloatFunctional / QFunctional, BatchNorm, BN-ReLU, activations and normalizations
+# (torchquant.nn.quantized_ops); torch.ao's own FloatFunctional and BNReLU modules are accepted
+# too (torchvision's quantizable models and fuse_model() make them).
+from .nn import intrinsic_bn as _ibn  # noqa: E402
+from .nn import quantized_ops as _nqo  # noqa: E402
+
+_FLOAT_FUNCTIONALS = _nqo.FLOAT_FUNCTIONAL_TYPES
+_CNN_STATIC = {t: _nqo.QFunctional for t in _FLOAT_FUNCTIONALS}
+_CNN_STATIC.update({
+    nn.BatchNorm2d: _nqo.BatchNorm2d,
+    nn.BatchNorm3d: _nqo.BatchNorm3d,
+    _ibn.BNReLU2d: _nqo.BNReLU2d,
+    _ibn.BNReLU3d: _nqo.BNReLU3d,
+    nn.ReLU6: _nqo.ReLU6,
+    nn.Hardswish: _nqo.Hardswish,
+    nn.ELU: _nqo.ELU,
+    nn.LeakyReLU: _nqo.LeakyReLU,
+    nn.Sigmoid: _nqo.Sigmoid,
+    nn.LayerNorm: _nqo.LayerNorm,
+    nn.GroupNorm: _nqo.GroupNorm,
+    nn.InstanceNorm1d: _nqo.InstanceNorm1d,
+    nn.InstanceNorm2d: _nqo.InstanceNorm2d,
+    nn.InstanceNorm3d: _nqo.InstanceNorm3d,
+})
+try:
+    import torch.ao.nn.intrinsic as _ao_intrinsic
+
+    _CNN_STATIC[_ao_intrinsic.BNReLU2d] = _nqo.BNReLU2d
+    _CNN_STATIC[_ao_intrinsic.BNReLU3d] = _nqo.BNReLU3d
+except ImportError:  # a torch without torch.ao
+    pass
+_STATIC.update(_CNN_STATIC)
+_OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC if t is not nn.ReLU6 and t not in _FLOAT_FUNCTIONALS)
+_PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,)
+
+
+def _fuse_bn_relu(bn, relu, is_qat=False):
+    return (_ibn.BNReLU2d if type(bn) is nn.BatchNorm2d else _ibn.BNReLU3d)(bn, relu)
+
+
+_FUSIONS[(nn.BatchNorm2d, nn.ReLU)] = _fuse_bn_relu
+_FUSIONS[(nn.BatchNorm3d, nn.ReLU)] = _fuse_bn_relu

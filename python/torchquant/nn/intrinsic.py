@@ -18,3 +18,4 @@ from .intrinsic_conv import *  # noqa: E402,F401,F403  (fused convolution module
 from .intrinsic_conv import __all__ as _conv_all  # noqa: E402
 
 __all__ = __all__ + _conv_all
+from .intrinsic_bn import BNReLU2d, BNReLU3d  # noqa: E402,F401

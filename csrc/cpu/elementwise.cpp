@@ -1,0 +1,200 @@
+// CPU adapters for the quantized elementwise ops (add, mul, add_scalar, mul_scalar, cat):
+// argument checks, broadcasting and layout (TensorIterator: any strides, the output in the
+// inputs' memory format, channels-last kept), threads, and the choice of kernel variant. The
+// kernels are raw-pointer loops in elementwise_scalar.cpp and elementwise_avx2.cpp.
+#include <ATen/ATen.h>
+#include <ATen/TensorIterator.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/elementwise_checks.h"
+#include "cpu/elementwise_kernels.h"
+#include "cpu/isa.h"
+#include "ops.h"
+
+namespace torchquant {
+namespace {
+
+constexpr int64_t kGrain = 32768;
+
+struct Kernels {
+  decltype(&cpu::ew_binary__scalar) binary;
+  decltype(&cpu::ew_unary__scalar) unary;
+};
+
+const Kernels& kernels() {
+  static const Kernels scalar{cpu::ew_binary__scalar, cpu::ew_unary__scalar};
+  static const Kernels avx2{cpu::ew_binary__avx2, cpu::ew_unary__avx2};
+  // Memory-bound: AVX-512 CPUs use the AVX2 kernels.
+  return cpu_isa() == CpuIsa::Scalar ? scalar : avx2;
+}
+
+cpu::EwParams out_params(at::ScalarType odt, const EwQParams& po, bool relu) {
+  cpu::EwParams p;
+  const auto r = full_range(odt);
+  p.qmin = r.first;
+  p.qmax = r.second;
+  p.out_unsigned = odt == at::kByte;
+  p.out_zp = po.zero_point;
+  p.inv_out = 1.0f / po.scale;
+  p.relu = relu;
+  return p;
+}
+
+at::Tensor binary(cpu::EwOp op, const at::Tensor& a, const at::Tensor& a_scale,
+                  const at::Tensor& a_zero_point, const at::Tensor& b, const at::Tensor& b_scale,
+                  const at::Tensor& b_zero_point, const at::Tensor& out_scale,
+                  const at::Tensor& out_zero_point, bool relu,
+                  std::optional<at::ScalarType> out_dtype) {
+  check_int8_input(a, "a");
+  check_int8_input(b, "b");
+  check_same_device(a, "a", b, "b");
+  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
+  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
+  const EwQParams qb = ew_qparams(a, "a", b_scale, "b_scale", b_zero_point, "b_zero_point", b.scalar_type());
+  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
+  cpu::EwParams p = out_params(odt, qo, relu);
+  p.a_scale = qa.scale;
+  p.b_scale = qb.scale;
+  p.m = qa.scale * qb.scale;
+  p.a_zp = qa.zero_point;
+  p.b_zp = qb.zero_point;
+  p.a_unsigned = a.scalar_type() == at::kByte;
+  p.b_unsigned = b.scalar_type() == at::kByte;
+  at::Tensor undefined;  // TensorIterator allocates the output, in the inputs' layout
+  at::TensorIterator iter = at::TensorIteratorConfig()
+                                .add_output(undefined)
+                                .add_const_input(a)
+                                .add_const_input(b)
+                                .check_all_same_dtype(false)
+                                .declare_static_dtype_and_device(odt, a.device())
+                                .build();
+  const Kernels& k = kernels();
+  iter.for_each(
+      [&](char** data, const int64_t* strides, int64_t n0, int64_t n1) {
+        for (int64_t j = 0; j < n1; ++j) {
+          k.binary(op, data[1] + j * strides[4], strides[1], data[2] + j * strides[5], strides[2],
+                   data[0] + j * strides[3], strides[0], n0, p);
+        }
+      },
+      kGrain);
+  return iter.output();
+}
+
+// y = float(a - a_zp) * m + c, requantized, written into `out` (any strides, a's shape).
+void unary_into(const at::Tensor& out, const at::Tensor& a, const cpu::EwParams& p) {
+  at::TensorIterator iter = at::TensorIteratorConfig()
+                                .add_output(out)
+                                .add_const_input(a)
+                                .check_all_same_dtype(false)
+                                .build();
+  const Kernels& k = kernels();
+  iter.for_each(
+      [&](char** data, const int64_t* strides, int64_t n0, int64_t n1) {
+        for (int64_t j = 0; j < n1; ++j) {
+          k.unary(data[1] + j * strides[3], strides[1], data[0] + j * strides[2], strides[0], n0, p);
+        }
+      },
+      kGrain);
+}
+
+at::Tensor unary(const at::Tensor& a, const EwQParams& qa, float m, float c, const EwQParams& qo,
+                 at::ScalarType odt) {
+  cpu::EwParams p = out_params(odt, qo, false);
+  p.a_zp = qa.zero_point;
+  p.a_unsigned = a.scalar_type() == at::kByte;
+  p.m = m;
+  p.c = c;
+  at::Tensor out = at::empty_like(a, a.options().dtype(odt));
+  unary_into(out, a, p);
+  return out;
+}
+
+// Scales for which requantizing with the same qparams is provably the identity (the product
+// (q - zp) * scale and 1 / scale are normal floats): cat copies such inputs.
+bool copy_is_exact(float s) { return s >= 0x1p-100f && s <= 0x1p100f; }
+
+}  // namespace
+
+at::Tensor add_cpu(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& a_zero_point,
+                   const at::Tensor& b, const at::Tensor& b_scale, const at::Tensor& b_zero_point,
+                   const at::Tensor& out_scale, const at::Tensor& out_zero_point, bool relu,
+                   std::optional<at::ScalarType> out_dtype) {
+  return binary(cpu::EwOp::Add, a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale,
+                out_zero_point, relu, out_dtype);
+}
+
+at::Tensor mul_cpu(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& a_zero_point,
+                   const at::Tensor& b, const at::Tensor& b_scale, const at::Tensor& b_zero_point,
+                   const at::Tensor& out_scale, const at::Tensor& out_zero_point, bool relu,
+                   std::optional<at::ScalarType> out_dtype) {
+  return binary(cpu::EwOp::Mul, a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale,
+                out_zero_point, relu, out_dtype);
+}
+
+at::Tensor add_scalar_cpu(const at::Tensor& a, const at::Tensor& a_scale,
+                          const at::Tensor& a_zero_point, double other,
+                          const at::Tensor& out_scale, const at::Tensor& out_zero_point,
+                          std::optional<at::ScalarType> out_dtype) {
+  check_int8_input(a, "a");
+  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
+  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
+  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
+  return unary(a, qa, qa.scale, static_cast<float>(other), qo, odt);
+}
+
+at::Tensor mul_scalar_cpu(const at::Tensor& a, const at::Tensor& a_scale,
+                          const at::Tensor& a_zero_point, double other,
+                          const at::Tensor& out_scale, const at::Tensor& out_zero_point,
+                          std::optional<at::ScalarType> out_dtype) {
+  check_int8_input(a, "a");
+  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
+  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
+  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
+  return unary(a, qa, qa.scale * static_cast<float>(other), 0.0f, qo, odt);
+}
+
+at::Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
+                   int64_t dim, const at::Tensor& out_scale, const at::Tensor& out_zero_point,
+                   std::optional<at::ScalarType> out_dtype) {
+  TORCH_CHECK(!tensors.empty(), "argument 'tensors' must hold at least one tensor, got none");
+  TORCH_CHECK(scales.size() == tensors.size() && zero_points.size() == tensors.size(),
+              "arguments 'scales' and 'zero_points' must hold one tensor per input (",
+              tensors.size(), "), got ", scales.size(), " and ", zero_points.size());
+  const at::Tensor& first = tensors[0];
+  check_int8_input(first, "tensors[0]");
+  const at::ScalarType odt = ew_out_dtype(out_dtype, first.scalar_type());
+  const EwQParams qo = ew_qparams(first, "tensors[0]", out_scale, "out_scale", out_zero_point,
+                                  "out_zero_point", odt);
+  std::vector<at::Tensor> parts;
+  parts.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::string name = "tensors[" + std::to_string(i) + "]";
+    const at::Tensor& x = tensors[i];
+    check_int8_input(x, name.c_str());
+    check_same_device(first, "tensors[0]", x, name.c_str());
+    const EwQParams qx = ew_qparams(x, name.c_str(), scales[i], "scales[" + std::to_string(i) + "]",
+                                    zero_points[i], "zero_points[" + std::to_string(i) + "]",
+                                    x.scalar_type());
+    if (x.scalar_type() == odt && qx.scale == qo.scale && qx.zero_point == qo.zero_point &&
+        copy_is_exact(qx.scale)) {
+      parts.push_back(x);
+    } else {
+      parts.push_back(unary(x, qx, qx.scale, 0.0f, qo, odt));
+    }
+  }
+  return at::cat(parts, dim);
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CPU, m) {
+  m.impl("add", &add_cpu);
+  m.impl("mul", &mul_cpu);
+  m.impl("add_scalar", &add_scalar_cpu);
+  m.impl("mul_scalar", &mul_scalar_cpu);
+  m.impl("cat", &cat_cpu);
+}
+
+}  // namespace torchquant

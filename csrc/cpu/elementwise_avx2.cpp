@@ -1,0 +1,144 @@
+// AVX2 elementwise kernels. The same float32 steps as elementwise_scalar.cpp, one IEEE operation
+// each (no FMA intrinsic; the build passes -ffp-contract=off), so the results are bit-identical:
+// - (a - a_zp) and (a - a_zp) * (b - b_zp) are exact int32 values (|.| <= 65025), converted to
+//   float exactly;
+// - relu: _mm256_max_ps(y, 0) differs from the oracle's (y < 0 ? 0 : y) only for NaN and -0,
+//   which both quantize to the zero point anyway;
+// - the quantize step is quant_math.h's formula: round half to even, NaN lanes replaced by the
+//   zero point, clamp while still float, then exact conversions and non-saturating packs.
+// These ops are memory-bound: 32 elements per iteration, tails through the scalar oracle.
+#include <immintrin.h>
+
+#include "cpu/elementwise_kernels.h"
+#include "cpu/isa.h"
+
+namespace torchquant {
+namespace cpu {
+
+#if TQ_X86
+namespace {
+
+struct Vp {
+  __m256 a_scale, b_scale, m, c, inv, zp, lo, hi, zero;
+  __m256i a_zp, b_zp;
+};
+
+TQ_TARGET_AVX2 inline Vp vparams(const EwParams& p) {
+  Vp v;
+  v.a_scale = _mm256_set1_ps(p.a_scale);
+  v.b_scale = _mm256_set1_ps(p.b_scale);
+  v.m = _mm256_set1_ps(p.m);
+  v.c = _mm256_set1_ps(p.c);
+  v.inv = _mm256_set1_ps(p.inv_out);
+  v.zp = _mm256_set1_ps(static_cast<float>(p.out_zp));
+  v.lo = _mm256_set1_ps(static_cast<float>(p.qmin));
+  v.hi = _mm256_set1_ps(static_cast<float>(p.qmax));
+  v.zero = _mm256_setzero_ps();
+  v.a_zp = _mm256_set1_epi32(p.a_zp);
+  v.b_zp = _mm256_set1_epi32(p.b_zp);
+  return v;
+}
+
+// 8 elements as int32, or one element broadcast (stride 0).
+TQ_TARGET_AVX2 inline __m256i load8(const uint8_t* q, int64_t stride, bool is_unsigned) {
+  if (stride == 0) {
+    return _mm256_set1_epi32(is_unsigned ? static_cast<int32_t>(*q)
+                                         : static_cast<int32_t>(static_cast<int8_t>(*q)));
+  }
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q));
+  return is_unsigned ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b);
+}
+
+TQ_TARGET_AVX2 inline __m256 finish8(__m256 y, const Vp& v, bool relu) {
+  if (relu) y = _mm256_max_ps(y, v.zero);
+  __m256 t = _mm256_add_ps(
+      _mm256_round_ps(_mm256_mul_ps(y, v.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v.zp);
+  const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+  t = _mm256_min_ps(_mm256_max_ps(t, v.lo), v.hi);
+  return _mm256_blendv_ps(t, v.zp, nan);
+}
+
+// Four vectors of integer-valued floats inside the output type -> 32 bytes.
+TQ_TARGET_AVX2 inline void store32(uint8_t* dst, __m256 a, __m256 b, __m256 c, __m256 d,
+                                   bool is_unsigned) {
+  const __m256i ab = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b));
+  const __m256i cd = _mm256_packs_epi32(_mm256_cvtps_epi32(c), _mm256_cvtps_epi32(d));
+  const __m256i bytes = is_unsigned ? _mm256_packus_epi16(ab, cd) : _mm256_packs_epi16(ab, cd);
+  const __m256i ordered =
+      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), ordered);
+}
+
+TQ_TARGET_AVX2 inline __m256 binary8(EwOp op, const uint8_t* a, int64_t sa, const uint8_t* b,
+                                     int64_t sb, const Vp& v, const EwParams& p) {
+  const __m256i x = _mm256_sub_epi32(load8(a, sa, p.a_unsigned), v.a_zp);
+  const __m256i z = _mm256_sub_epi32(load8(b, sb, p.b_unsigned), v.b_zp);
+  __m256 y;
+  if (op == EwOp::Add) {
+    y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), v.a_scale),
+                      _mm256_mul_ps(_mm256_cvtepi32_ps(z), v.b_scale));
+  } else {
+    y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(x, z)), v.m);
+  }
+  return finish8(y, v, p.relu);
+}
+
+TQ_TARGET_AVX2 inline __m256 unary8(const uint8_t* a, const Vp& v, const EwParams& p) {
+  const __m256i x = _mm256_sub_epi32(load8(a, 1, p.a_unsigned), v.a_zp);
+  return finish8(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), v.m), v.c), v, p.relu);
+}
+
+}  // namespace
+
+TQ_TARGET_AVX2 void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const void* b, int64_t sb,
+                                    void* out, int64_t so, int64_t n, const EwParams& p) {
+  if ((sa != 0 && sa != 1) || (sb != 0 && sb != 1) || so != 1) {
+    ew_binary__scalar(op, a, sa, b, sb, out, so, n, p);
+    return;
+  }
+  const auto* pa = static_cast<const uint8_t*>(a);
+  const auto* pb = static_cast<const uint8_t*>(b);
+  auto* po = static_cast<uint8_t*>(out);
+  const Vp v = vparams(p);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    store32(po + i, binary8(op, pa + i * sa, sa, pb + i * sb, sb, v, p),
+            binary8(op, pa + (i + 8) * sa, sa, pb + (i + 8) * sb, sb, v, p),
+            binary8(op, pa + (i + 16) * sa, sa, pb + (i + 16) * sb, sb, v, p),
+            binary8(op, pa + (i + 24) * sa, sa, pb + (i + 24) * sb, sb, v, p), p.out_unsigned);
+  }
+  ew_binary__scalar(op, pa + i * sa, sa, pb + i * sb, sb, po + i, 1, n - i, p);
+}
+
+TQ_TARGET_AVX2 void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t so, int64_t n,
+                                   const EwParams& p) {
+  if (sa != 1 || so != 1) {
+    ew_unary__scalar(a, sa, out, so, n, p);
+    return;
+  }
+  const auto* pa = static_cast<const uint8_t*>(a);
+  auto* po = static_cast<uint8_t*>(out);
+  const Vp v = vparams(p);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    store32(po + i, unary8(pa + i, v, p), unary8(pa + i + 8, v, p), unary8(pa + i + 16, v, p),
+            unary8(pa + i + 24, v, p), p.out_unsigned);
+  }
+  ew_unary__scalar(pa + i, 1, po + i, 1, n - i, p);
+}
+
+#else  // not x86: the scalar kernels serve
+
+void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const void* b, int64_t sb, void* out,
+                     int64_t so, int64_t n, const EwParams& p) {
+  ew_binary__scalar(op, a, sa, b, sb, out, so, n, p);
+}
+void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t so, int64_t n,
+                    const EwParams& p) {
+  ew_unary__scalar(a, sa, out, so, n, p);
+}
+
+#endif
+
+}  // namespace cpu
+}  // namespace torchquant

@@ -1,0 +1,426 @@
+"""Quantized modules for CNNs besides the GEMM ones: FloatFunctional / QFunctional (add, mul,
+cat with requantize), normalization and activation modules with torch.ao's names.
+
+The elementwise ops run torchquant's int8 kernels (``torch.ops.torchquant.add`` ...). The
+normalization and activation modules compute in float inside: dequantize, the float op,
+quantize with the module's own output qparams (what their observers saw at calibration).
+ReLU6 and Hardtanh keep their input's qparams and clamp the int8 codes (exact).
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._ops import ops
+from ..qtensor import QTensor, _QRANGE
+
+__all__ = [
+    "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
+    "ReLU6", "Hardswish", "ELU", "LeakyReLU", "Sigmoid", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d",
+]
+
+
+# ---------------------------------------------------------------- FloatFunctional
+class FloatFunctional(nn.Module):
+    """Float elementwise ops whose output ``prepare`` observes (torch.ao.nn.quantized.FloatFunctional):
+    call its methods instead of ``+``, ``*``, ``torch.cat`` so that ``convert`` can swap it for a
+    :class:`QFunctional` with the observed qparams.
+
+    >>> self.skip_add = torchquant.nn.quantized.FloatFunctional()
+    >>> out = self.skip_add.add(x, identity)
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.activation_post_process = nn.Identity()
+
+    def forward(self, x):
+        raise RuntimeError("FloatFunctional is not called directly: use its methods (add, mul, cat, ...)")
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.activation_post_process(torch.add(x, y))
+
+    def add_scalar(self, x: torch.Tensor, y: float) -> torch.Tensor:
+        # Not observed, as torch.ao: the quantized version derives its qparams from x's.
+        return torch.add(x, y)
+
+    def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.activation_post_process(torch.mul(x, y))
+
+    def mul_scalar(self, x: torch.Tensor, y: float) -> torch.Tensor:
+        return torch.mul(x, y)
+
+    def cat(self, x: List[torch.Tensor], dim: int = 0) -> torch.Tensor:
+        return self.activation_post_process(torch.cat(x, dim=dim))
+
+    def add_relu(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.activation_post_process(F.relu(torch.add(x, y)))
+
+    def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.activation_post_process(torch.matmul(x, y))
+
+
+def _float_functional_types():
+    """torchquant's FloatFunctional and torch.ao's (torchvision's quantizable models use the latter)."""
+    types = [FloatFunctional]
+    try:
+        from torch.ao.nn.quantized import FloatFunctional as AoFloatFunctional
+        types.append(AoFloatFunctional)
+    except ImportError:  # a torch without torch.ao
+        pass
+    return tuple(types)
+
+
+FLOAT_FUNCTIONAL_TYPES = _float_functional_types()
+
+
+def _qparams_buffers(mod: nn.Module, scale, zero_point, dtype):
+    mod.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(1).clone())
+    mod.register_buffer("zero_point", torch.as_tensor(zero_point).to(torch.int32).reshape(1).clone())
+    mod.dtype = dtype
+    mod._storage = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8,
+                    torch.int8: torch.int8}[dtype]
+    mod.qmin, mod.qmax = _QRANGE[mod._storage]
+
+
+def _observed_qparams(mod, what):
+    obs = getattr(mod, "activation_post_process", None)
+    if obs is None or isinstance(obs, nn.Identity):
+        raise RuntimeError(f"{what} has no activation observer: was the model passed through prepare()?")
+    scale, zero_point = obs.calculate_qparams()
+    return scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), obs.dtype
+
+
+def _device(mod):
+    for t in list(mod.parameters()) + list(mod.buffers()):
+        return t.device
+    return None
+
+
+class _QuantizedOutput(nn.Module):
+    """Common part of the modules below: output qparams as buffers, float input quantized."""
+
+    def _out(self, data: torch.Tensor) -> QTensor:
+        return QTensor._make(data, self.scale, self.zero_point, None, self.qmin, self.qmax)
+
+    def _quantize(self, y: torch.Tensor) -> QTensor:
+        return self._out(ops.quantize.default(y.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
+                                              self._storage))
+
+    def _as_qtensor(self, x) -> QTensor:
+        """A float operand (from a module that stayed float) is quantized with this module's
+        output qparams."""
+        if isinstance(x, QTensor):
+            if x.axis is not None:
+                raise ValueError(f"{type(self).__name__} needs per-tensor quantized input, got a QTensor quantized "
+                                 f"along axis {x.axis}")
+            return x
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} takes QTensors (or float tensors), got {type(x).__name__}")
+        return self._quantize(x)
+
+    def extra_repr(self):
+        return f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}, dtype={self.dtype}"
+
+
+class QFunctional(_QuantizedOutput):
+    """int8 elementwise ops with requantize to the calibrated output qparams
+    (torch.ao.nn.quantized.QFunctional): what ``convert`` makes of a FloatFunctional.
+
+    add / add_relu / mul / cat run torchquant's kernels (``docs/quantization.md``, "Elementwise
+    ops"); add_scalar and mul_scalar derive their output qparams from the input's, as torch.ao's do.
+    """
+
+    def __init__(self, scale=1.0, zero_point=0, dtype=torch.quint8):
+        super().__init__()
+        _qparams_buffers(self, scale, zero_point, dtype)
+
+    def forward(self, x):
+        raise RuntimeError("QFunctional is not called directly: use its methods (add, mul, cat, ...)")
+
+    def _binary(self, op, x, y, relu=False):
+        x, y = self._as_qtensor(x), self._as_qtensor(y)
+        return self._out(op(x.data, x.scale, x.zero_point, y.data, y.scale, y.zero_point, self.scale,
+                            self.zero_point, relu, self._storage))
+
+    def add(self, x, y) -> QTensor:
+        return self._binary(ops.add.default, x, y)
+
+    def add_relu(self, x, y) -> QTensor:
+        return self._binary(ops.add.default, x, y, relu=True)
+
+    def mul(self, x, y) -> QTensor:
+        return self._binary(ops.mul.default, x, y)
+
+    def cat(self, x, dim: int = 0) -> QTensor:
+        xs = [self._as_qtensor(t) for t in x]
+        return self._out(ops.cat.default([t.data for t in xs], [t.scale for t in xs], [t.zero_point for t in xs],
+                                         dim, self.scale, self.zero_point, self._storage))
+
+    def add_scalar(self, x, c: float) -> QTensor:
+        """x + c. Output qparams: x's scale with the zero point moved by round(c / scale) when it
+        stays in range (then the codes are unchanged), else a range covering x's shifted by c."""
+        x = self._as_qtensor(x)
+        s = float(x.scale.reshape(()))
+        z = int(x.zero_point.reshape(())) - round(c / s)
+        lo, hi = _QRANGE[x.data.dtype]
+        if lo <= z <= hi:
+            scale, zp = x.scale.reshape(1).float(), torch.tensor([z], dtype=torch.int32, device=x.data.device)
+        else:
+            zx = float(x.zero_point.reshape(()))
+            mn = torch.tensor([(lo - zx) * s + c], dtype=torch.float32)
+            mx = torch.tensor([(hi - zx) * s + c], dtype=torch.float32)
+            scale, zp = ops.choose_qparams(mn, mx, lo, hi)
+            scale, zp = scale.float().to(x.data.device), zp.to(torch.int32).to(x.data.device)
+        data = ops.add_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
+        return QTensor._make(data, scale, zp, None, lo, hi)
+
+    def mul_scalar(self, x, c: float) -> QTensor:
+        """x * c. Output qparams: scale * |c| (the codes are mirrored for c < 0); for c == 0,
+        scale 1 and zero point 0 (all codes 0)."""
+        x = self._as_qtensor(x)
+        lo, hi = _QRANGE[x.data.dtype]
+        dev = x.data.device
+        if c == 0:
+            scale, zp = torch.ones(1, device=dev), torch.zeros(1, dtype=torch.int32, device=dev)
+        else:
+            m = (x.scale.reshape(1).float().cpu() * torch.tensor([abs(float(c))], dtype=torch.float32))
+            z = int(x.zero_point.reshape(()))
+            scale = m.to(dev)
+            zp = torch.tensor([z if c > 0 else lo + hi - z], dtype=torch.int32, device=dev)
+        data = ops.mul_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
+        return QTensor._make(data, scale, zp, None, lo, hi)
+
+    @classmethod
+    def from_float(cls, mod, name: Optional[str] = None):
+        scale, zero_point, dtype = _observed_qparams(mod, name or type(mod).__name__)
+        q = cls(scale, zero_point, dtype)
+        dev = zero_point.device
+        return q.to(dev)
+
+
+# ---------------------------------------------------------------- float-computing modules
+class _FloatInside(_QuantizedOutput):
+    """dequantize -> the float op -> quantize with the module's output qparams."""
+
+    def _float_op(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x):
+        xf = x.dequantize() if isinstance(x, QTensor) else x
+        return self._quantize(self._float_op(xf))
+
+
+def _from_float_with(cls, mod, name, build):
+    scale, zero_point, dtype = _observed_qparams(mod, name or type(mod).__name__)
+    q = build()
+    _qparams_buffers(q, scale, zero_point, dtype)
+    dev = _device(mod)
+    return q.to(dev) if dev is not None else q
+
+
+class BatchNorm2d(_FloatInside):
+    """Quantized BatchNorm2d (torch.ao.nn.quantized.BatchNorm2d): the running statistics' affine
+    map in float, requantized to the calibrated output qparams."""
+
+    _dims = 4
+    _relu = False
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        for n, v in (("weight", torch.ones(num_features)), ("bias", torch.zeros(num_features)),
+                     ("running_mean", torch.zeros(num_features)), ("running_var", torch.ones(num_features))):
+            self.register_buffer(n, v)
+
+    def _float_op(self, x):
+        if x.dim() != self._dims:
+            raise ValueError(f"{type(self).__name__} expects a {self._dims}-D input, got {x.dim()}-D")
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return F.relu(y) if self._relu else y
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        bn = mod[0] if isinstance(mod, nn.Sequential) else mod
+
+        def build():
+            q = cls(bn.num_features, bn.eps, bn.momentum)
+            for n in ("weight", "bias"):
+                t = getattr(bn, n)
+                if t is not None:
+                    getattr(q, n).copy_(t.detach().float())
+            for n in ("running_mean", "running_var"):
+                t = getattr(bn, n)
+                if t is not None:
+                    getattr(q, n).copy_(t.detach().float())
+            return q
+
+        return _from_float_with(cls, mod, name, build)
+
+
+class BatchNorm3d(BatchNorm2d):
+    """Quantized BatchNorm3d (torch.ao.nn.quantized.BatchNorm3d)."""
+
+    _dims = 5
+
+
+class BNReLU2d(BatchNorm2d):
+    """Quantized BatchNorm2d + ReLU (torch.ao.nn.intrinsic.quantized.BNReLU2d)."""
+
+    _relu = True
+
+
+class BNReLU3d(BatchNorm3d):
+    """Quantized BatchNorm3d + ReLU (torch.ao.nn.intrinsic.quantized.BNReLU3d)."""
+
+    _relu = True
+
+
+class ReLU6(nn.ReLU6):
+    """ReLU6 on a QTensor: the codes clamped to [zero_point, quantize(6)], qparams kept (exact;
+    torch.ao.nn.quantized.ReLU6)."""
+
+    def forward(self, x):
+        return F.relu6(x) if isinstance(x, QTensor) else super().forward(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return cls(mod.inplace)
+
+
+class Hardswish(_FloatInside):
+    """Quantized Hardswish (torch.ao.nn.quantized.Hardswish)."""
+
+    def _float_op(self, x):
+        return F.hardswish(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return _from_float_with(cls, mod, name, cls)
+
+
+class ELU(_FloatInside):
+    """Quantized ELU (torch.ao.nn.quantized.ELU)."""
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = alpha
+
+    def _float_op(self, x):
+        return F.elu(x, self.alpha)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return _from_float_with(cls, mod, name, lambda: cls(mod.alpha))
+
+
+class LeakyReLU(_FloatInside):
+    """Quantized LeakyReLU (torch.ao.nn.quantized.LeakyReLU)."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def _float_op(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return _from_float_with(cls, mod, name, lambda: cls(mod.negative_slope))
+
+
+class Sigmoid(_FloatInside):
+    """Quantized Sigmoid (torch.ao.nn.quantized.Sigmoid), with calibrated output qparams."""
+
+    def _float_op(self, x):
+        return torch.sigmoid(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return _from_float_with(cls, mod, name, cls)
+
+
+class _AffineNorm(_FloatInside):
+    def _copy_affine(self, mod):
+        for n in ("weight", "bias"):
+            t = getattr(mod, n, None)
+            if t is not None:
+                self.register_buffer(n, t.detach().float().clone())
+            else:
+                self.register_buffer(n, None)
+        return self
+
+
+class LayerNorm(_AffineNorm):
+    """Quantized LayerNorm (torch.ao.nn.quantized.LayerNorm)."""
+
+    def __init__(self, normalized_shape, eps=1e-5):
+        super().__init__()
+        self.normalized_shape, self.eps = tuple(normalized_shape), eps
+
+    def _float_op(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return _from_float_with(cls, mod, name, lambda: cls(mod.normalized_shape, mod.eps)._copy_affine(mod))
+
+
+class GroupNorm(_AffineNorm):
+    """Quantized GroupNorm (torch.ao.nn.quantized.GroupNorm)."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5):
+        super().__init__()
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+
+    def _float_op(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return _from_float_with(cls, mod, name, lambda: cls(mod.num_groups, mod.num_channels, mod.eps)._copy_affine(mod))
+
+
+class InstanceNorm1d(_AffineNorm):
+    """Quantized InstanceNorm1d (torch.ao.nn.quantized.InstanceNorm1d); uses the input's own
+    statistics (running statistics, if the float module tracked them, as the float module in eval)."""
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.register_buffer("running_mean", None)
+        self.register_buffer("running_var", None)
+
+    def _float_op(self, x):
+        use_input_stats = self.running_mean is None
+        return F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
+                               0.0, self.eps)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        def build():
+            q = cls(mod.num_features, mod.eps)._copy_affine(mod)
+            if mod.track_running_stats and mod.running_mean is not None:
+                q.running_mean = mod.running_mean.detach().float().clone()
+                q.running_var = mod.running_var.detach().float().clone()
+            return q
+
+        return _from_float_with(cls, mod, name, build)
+
+
+class InstanceNorm2d(InstanceNorm1d):
+    """Quantized InstanceNorm2d (torch.ao.nn.quantized.InstanceNorm2d)."""
+
+
+class InstanceNorm3d(InstanceNorm1d):
+    """Quantized InstanceNorm3d (torch.ao.nn.quantized.InstanceNorm3d)."""
+
+
+# Float modules that run on QTensors as they are: their forward calls torch functions that
+# QTensor answers in int8 with the input's qparams (python/torchquant/_qfunctions.py), so
+# prepare gives them no observer and convert leaves them in place.
+QTENSOR_NATIVE = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool2d,
+                  nn.AdaptiveAvgPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.Hardsigmoid, nn.Hardtanh,
+                  nn.Identity)

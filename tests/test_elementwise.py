@@ -1,0 +1,180 @@
+"""Quantized elementwise ops (add, mul, add_scalar, mul_scalar, cat): bit-identical with
+torchquant.reference on every CPU kernel variant and on CUDA, and checked arguments."""
+import pytest
+import torch
+
+import torchquant  # noqa: F401
+from torchquant import reference
+
+ops = torch.ops.torchquant
+DT = [torch.uint8, torch.int8]
+
+
+def _q(shape, dtype, gen, device="cpu"):
+    lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
+    return torch.randint(lo, hi, shape, dtype=dtype, generator=gen).to(device)
+
+
+def _qp(scale, zp, device="cpu"):
+    return torch.tensor([scale], dtype=torch.float32, device=device), torch.tensor([zp], dtype=torch.int32, device=device)
+
+
+# (a_scale, b_scale, out_scale): exact halves (ties at every odd sum), a tiny output scale
+# (saturation), and scales with no exact binary form.
+SCALES = [(0.5, 0.25, 1.0), (0.5, 0.5, 0.001), (0.0731, 0.0193, 0.0517), (3.0, 0.01, 0.25)]
+SHAPES = [((2, 3, 5, 7), (2, 3, 5, 7)), ((2, 3, 5, 7), (2, 3, 1, 1)), ((1, 3, 1, 1), (4, 3, 6, 5)),
+          ((70,), ()), ((0, 3), (1, 3)), ((33,), (33,)), ((2, 67), (67,))]
+
+
+def _zps(dtype):
+    return [0, 3, 255] if dtype == torch.uint8 else [0, -5, 127]
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+@pytest.mark.parametrize("a_dt", DT)
+@pytest.mark.parametrize("b_dt", DT)
+@pytest.mark.parametrize("relu", [False, True])
+def test_binary_matches_reference(isa, op, a_dt, b_dt, relu):
+    gen = torch.Generator().manual_seed(0)
+    for (sa, sb, so) in SCALES:
+        for (shape_a, shape_b) in SHAPES:
+            for za, zb in zip(_zps(a_dt), _zps(b_dt)):
+                for out_dt in (None, torch.int8, torch.uint8):
+                    a, b = _q(shape_a, a_dt, gen), _q(shape_b, b_dt, gen)
+                    zo = 7 if out_dt != torch.int8 else -7
+                    args = (a, *_qp(sa, za), b, *_qp(sb, zb), *_qp(so, zo), relu, out_dt)
+                    got = getattr(ops, op)(*args)
+                    want = getattr(reference, op)(*args)
+                    assert got.dtype == (out_dt or a_dt) and got.shape == want.shape
+                    assert torch.equal(got, want), (op, sa, sb, so, shape_a, shape_b, za, zb, out_dt)
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_binary_layouts(isa, op):
+    """Channels-last, transposed, sliced (strided) inputs and mixed layouts: the same values as
+    on contiguous copies; the output keeps channels-last."""
+    gen = torch.Generator().manual_seed(1)
+    a = _q((2, 16, 9, 11), torch.uint8, gen)
+    b = _q((2, 16, 9, 11), torch.int8, gen)
+    qp = (*_qp(0.05, 10), )
+    cl = torch.channels_last
+    cases = [(a.contiguous(memory_format=cl), b.contiguous(memory_format=cl)),
+             (a.contiguous(memory_format=cl), b),
+             (a.transpose(2, 3), b.transpose(2, 3)),
+             (a[:, ::2], b[:, 1::2]),
+             (a.contiguous(memory_format=cl), b[:, :, :, :1])]
+    for x, y in cases:
+        args = (x, *qp, y, *_qp(0.03, -4), *_qp(0.08, 100), False, None)
+        got = getattr(ops, op)(*args)
+        want = getattr(reference, op)(x.contiguous(), *qp, y.contiguous(), *_qp(0.03, -4), *_qp(0.08, 100), False, None)
+        assert torch.equal(got, want)
+    out = ops.add(a.contiguous(memory_format=cl), *qp, b.contiguous(memory_format=cl), *qp, *qp)
+    assert out.is_contiguous(memory_format=cl)
+
+
+@pytest.mark.parametrize("op", ["add_scalar", "mul_scalar"])
+@pytest.mark.parametrize("dt", DT)
+def test_scalar_ops_match_reference(isa, op, dt):
+    gen = torch.Generator().manual_seed(2)
+    for s, z in [(0.5, 0), (0.0731, 3 if dt == torch.uint8 else -3), (0.25, 255 if dt == torch.uint8 else 127)]:
+        for c in [0.0, 0.25, -1.5, 3.7, 1e6, -0.1234567]:
+            for shape in [(0,), (5,), (67,), (2, 3, 40)]:
+                a = _q(shape, dt, gen)
+                for x in (a, a.transpose(0, -1) if a.dim() > 1 else a[::2]):
+                    for out_dt in (None, torch.int8):
+                        args = (x, *_qp(s, z), c, *_qp(0.03, 1), out_dt)
+                        got, want = getattr(ops, op)(*args), getattr(reference, op)(*args)
+                        assert torch.equal(got, want), (op, s, z, c, shape, out_dt)
+
+
+@pytest.mark.parametrize("dt", DT)
+def test_cat_matches_reference(isa, dt):
+    gen = torch.Generator().manual_seed(3)
+    cl = torch.channels_last
+    xs = [_q((2, c, 5, 6), d, gen).contiguous(memory_format=cl) for c, d in [(3, dt), (16, torch.int8), (0, dt), (33, torch.uint8)]]
+    qps = [_qp(0.05, 7 if dt == torch.uint8 else -7), _qp(0.5, 0), _qp(1.0, 0), _qp(0.0371, 200)]
+    for out_qp in [qps[0], _qp(0.5, 3), _qp(0.001, 0)]:
+        for out_dt in (None, torch.int8, torch.uint8):
+            lo, hi = (0, 255) if (out_dt or dt) == torch.uint8 else (-128, 127)
+            if not lo <= int(out_qp[1]) <= hi:
+                continue
+            for dim in (1, -3):
+                args = (xs, [q[0] for q in qps], [q[1] for q in qps], dim, *out_qp, out_dt)
+                got, want = ops.cat(*args), reference.cat(*args)
+                assert torch.equal(got, want)
+    # Inputs that share the output's qparams come through unchanged, channels-last kept.
+    s, z = _qp(0.05, 7 if dt == torch.uint8 else -7)
+    out = ops.cat([xs[0], xs[0]], [s, s], [z, z], 1, s, z)
+    assert torch.equal(out, torch.cat([xs[0], xs[0]], 1)) and out.is_contiguous(memory_format=cl)
+    # non-contiguous inputs
+    a = _q((4, 9), dt, gen).t()
+    args = ([a, a[:, ::2]], [s, s], [z, z], 1, *_qp(0.2, 0), None)
+    assert torch.equal(ops.cat(*args), reference.cat(*args))
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_binary_on_device(device, op):
+    gen = torch.Generator().manual_seed(4)
+    a, b = _q((3, 8, 5, 5), torch.uint8, gen), _q((3, 8, 1, 1), torch.int8, gen)
+    args = (a, *_qp(0.0731, 9), b, *_qp(0.5, -3), *_qp(0.0517, 5), True, None)
+    want = getattr(reference, op)(*args)
+    dev_args = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in args)
+    assert torch.equal(getattr(ops, op)(*dev_args).cpu(), want)
+
+
+def test_unary_and_cat_on_device(device):
+    gen = torch.Generator().manual_seed(5)
+    a = _q((4, 6, 7), torch.int8, gen).to(device)
+    s, z = _qp(0.0731, -9, device)
+    so, zo = _qp(0.05, 3, device)
+    for op in ("add_scalar", "mul_scalar"):
+        got = getattr(ops, op)(a, s, z, -0.75, so, zo, torch.uint8)
+        want = getattr(reference, op)(a.cpu(), s.cpu(), z.cpu(), -0.75, so.cpu(), zo.cpu(), torch.uint8)
+        assert torch.equal(got.cpu(), want)
+    got = ops.cat([a, a[:, :2]], [s, so], [z, zo], 1, so, zo, None)
+    want = reference.cat([a.cpu(), a[:, :2].cpu()], [s.cpu(), so.cpu()], [z.cpu(), zo.cpu()], 1, so.cpu(), zo.cpu(), None)
+    assert torch.equal(got.cpu(), want)
+
+
+def test_bad_arguments():
+    a = torch.zeros(2, 3, dtype=torch.uint8)
+    s, z = _qp(0.1, 0)
+    with pytest.raises(RuntimeError, match="argument 'a' must be an int8 or uint8 tensor"):
+        ops.add(a.float(), s, z, a, s, z, s, z)
+    with pytest.raises(RuntimeError, match="argument 'b_scale' must be > 0 and finite, got -1"):
+        ops.add(a, s, z, a, torch.tensor([-1.0]), z, s, z)
+    with pytest.raises(RuntimeError, match=r"argument 'out_zero_point' must lie in \[-128, 127\]"):
+        ops.mul(a, s, z, a, s, z, s, torch.tensor([200]), False, torch.int8)
+    with pytest.raises(RuntimeError, match="argument 'a_scale' must have 1 element"):
+        ops.add_scalar(a, torch.ones(3), z, 1.0, s, z)
+    with pytest.raises(RuntimeError, match="argument 'out_dtype' must be torch.int8 or torch.uint8"):
+        ops.mul_scalar(a, s, z, 2.0, s, z, torch.float32)
+    with pytest.raises(RuntimeError, match="size of tensor a"):
+        ops.add(a, s, z, torch.zeros(2, 4, dtype=torch.uint8), s, z, s, z)
+    with pytest.raises(RuntimeError, match="argument 'tensors' must hold at least one tensor"):
+        ops.cat([], [], [], 0, s, z)
+    with pytest.raises(RuntimeError, match=r"argument 'tensors\[1\]' must be an int8 or uint8"):
+        ops.cat([a, a.float()], [s, s], [z, z], 0, s, z)
+    with pytest.raises(RuntimeError, match=r"argument 'scales\[1\]' must be > 0"):
+        ops.cat([a, a], [s, torch.tensor([0.0])], [z, z], 0, s, z)
+    # nothing the caller passed in is modified
+    a2 = a.clone()
+    ops.add(a, s, z, a, s, z, s, z)
+    assert torch.equal(a, a2)
+
+
+def test_fake_kernels_under_compile():
+    def f(a, b, s, z):
+        return ops.add(a, s, z, b, s, z, s, z, True, None), ops.cat([a, b], [s, s], [z, z], 1, s, z)
+
+    a = torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    s, z = _qp(0.1, 3)
+    got = torch.compile(f, backend="eager", fullgraph=True)(a, a, s, z)
+    want = f(a, a, s, z)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as m:
+        fa = m.from_tensor(a)
+        out = ops.add(fa, m.from_tensor(s), m.from_tensor(z), fa, m.from_tensor(s), m.from_tensor(z),
+                      m.from_tensor(s), m.from_tensor(z))
+        assert out.shape == a.shape and out.dtype == torch.uint8

@@ -1,0 +1,123 @@
+"""torch functions on QTensors that stay int8 (pooling, averaging, upsampling, activations,
+shape functions, cat): equal to torch.ao's quantized kernels on the same int data."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchquant
+from torchquant import QTensor
+
+CL = torch.channels_last
+
+
+def _pair(shape, dtype, zp, gen, scale=0.1, memory_format=CL):
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    data = torch.randint(lo, hi + 1, shape, dtype=dtype, generator=gen)
+    if len(shape) == 4:
+        data = data.contiguous(memory_format=memory_format)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's quantized tensors are deprecated
+        ref = torch._make_per_tensor_quantized_tensor(data, scale, zp)
+    return QTensor(data, torch.tensor([scale]), torch.tensor([zp], dtype=torch.int32)), ref
+
+
+def _same(got, ref, tol=0):
+    assert isinstance(got, QTensor)
+    assert got.shape == ref.shape
+    diff = (got.data.int() - ref.int_repr().int()).abs()
+    assert int(diff.max()) <= tol if diff.numel() else True
+    assert got.q_zero_point() == ref.q_zero_point()
+    assert abs(got.q_scale() - ref.q_scale()) <= 1e-7 * ref.q_scale()
+
+
+FUNCTIONS = {
+    "max_pool2d": lambda x: F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True),
+    "max_pool2d_module": lambda x: nn.MaxPool2d(2)(x),
+    "avg_pool2d_pad": lambda x: F.avg_pool2d(x, 3, stride=1, padding=1),
+    "avg_pool2d_nopad": lambda x: F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False),
+    "avg_pool2d_ceil": lambda x: F.avg_pool2d(x, 2, stride=2, ceil_mode=True),
+    "avg_pool2d_divisor": lambda x: F.avg_pool2d(x, 3, 2, 1, divisor_override=5),
+    "adaptive_avg_pool2d_1": lambda x: F.adaptive_avg_pool2d(x, 1),
+    "adaptive_avg_pool2d_module": lambda x: nn.AdaptiveAvgPool2d((3, 2))(x),
+    "interpolate_nearest": lambda x: F.interpolate(x, scale_factor=2),
+    "upsample_size": lambda x: nn.Upsample(size=(7, 5))(x),
+    "relu": F.relu,
+    "relu_inplace": lambda x: F.relu(x, inplace=True),
+    "relu6": F.relu6,
+    "relu6_module": lambda x: nn.ReLU6()(x),
+    "hardtanh": lambda x: F.hardtanh(x, -0.5, 0.7),
+    "hardsigmoid": F.hardsigmoid,
+    "hardsigmoid_module": lambda x: nn.Hardsigmoid()(x),
+    "sigmoid": torch.sigmoid,
+    "flatten": lambda x: torch.flatten(x, 1),
+    "channel_shuffle": lambda x: torch.transpose(x.view(x.size(0), 2, -1, x.shape[2], x.shape[3]), 1, 2)
+    .contiguous().view(x.size(0), -1, x.shape[2], x.shape[3]),
+    "permute": lambda x: x.permute(0, 2, 3, 1).reshape(x.size(0), -1),
+    "chunk0": lambda x: x.chunk(2, dim=1)[0],
+    "chunk1": lambda x: torch.chunk(x, 2, 1)[1],
+    "split": lambda x: torch.split(x, [1, 3], 1)[1],
+    "cat_same_qparams": lambda x: torch.cat([x, x], 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+@pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format])
+def test_matches_torch_ao(name, dtype, memory_format):
+    fn = FUNCTIONS[name]
+    if memory_format is torch.contiguous_format and name.startswith(("avg_pool", "adaptive")):
+        pytest.skip("torch.ao's NCHW averaging kernel rounds differently from its channels-last one; "
+                    "torchquant follows the channels-last one (the layout of its convolutions)")
+    gen = torch.Generator().manual_seed(hash(name) % 1000)
+    for shape in [(2, 4, 9, 11), (1, 4, 5, 5), (3, 4, 1, 7)]:
+        for zp in ((0, 3, 255) if dtype == torch.uint8 else (-128, -5, 0, 127)):
+            if name.startswith(("avg_pool", "max_pool2d")) and min(shape[2:]) < 3:
+                continue
+            q, ref = _pair(shape, dtype, zp, gen, memory_format=memory_format)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                want = fn(ref)
+            got = fn(q)
+            _same(got, want)
+
+
+def test_mean_is_within_one_code_of_torch_ao():
+    """torch.ao's quantized mean dequantizes, averages in float and requantizes, as torchquant
+    does; their float summation orders differ, so a rounding tie can land one code apart."""
+    gen = torch.Generator().manual_seed(7)
+    for dtype, zp in [(torch.uint8, 17), (torch.int8, -3)]:
+        q, ref = _pair((2, 8, 7, 9), dtype, zp, gen)
+        for dims, keep in [([2, 3], True), ([2, 3], False), (1, False)]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                want = torch.mean(ref, dims, keepdim=keep)
+            _same(torch.mean(q, dims, keepdim=keep), want, tol=1)
+            _same(q.mean(dims, keep), want, tol=1)
+
+
+def test_cat_with_different_qparams_requantizes():
+    gen = torch.Generator().manual_seed(8)
+    a, _ = _pair((2, 3, 4, 4), torch.uint8, 10, gen, scale=0.05)
+    b, _ = _pair((2, 5, 4, 4), torch.uint8, 200, gen, scale=0.2)
+    out = torch.cat([a, b], 1)
+    assert isinstance(out, QTensor) and out.shape == (2, 8, 4, 4)
+    want = torch.cat([a.dequantize(), b.dequantize()], 1)
+    assert float((out.dequantize() - want).abs().max()) <= out.q_scale() / 2 + 1e-6
+    with pytest.raises(TypeError, match="element 1 of argument 'tensors'"):
+        torch.cat([a, torch.zeros(2, 5, 4, 4)], 1)
+
+
+def test_per_channel_qtensor_is_refused_by_pooling():
+    q = torchquant.quantize_per_channel(torch.randn(2, 3, 4, 4), torch.full((3,), 0.1), torch.zeros(3, dtype=torch.int32), 1, torch.qint8)
+    with pytest.raises(NotImplementedError, match="per-tensor quantization"):
+        F.max_pool2d(q, 2)
+
+
+def test_channels_last_is_kept():
+    gen = torch.Generator().manual_seed(9)
+    q, _ = _pair((2, 8, 6, 6), torch.uint8, 3, gen)
+    for fn in (lambda x: F.max_pool2d(x, 2), lambda x: F.avg_pool2d(x, 3, 1, 1), F.relu6, lambda x: F.interpolate(x, scale_factor=2)):
+        assert fn(q).data.is_contiguous(memory_format=CL)
