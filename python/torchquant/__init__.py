@@ -135,3 +135,5 @@ from .quantize import (  # noqa: E402
 from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
 from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402
+# ---- sequence models: weight-only embedding qconfigs ----
+from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit  # noqa: E402,F401
