@@ -94,5 +94,36 @@ Tensor mul_scalar_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_ze
 Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
                int64_t dim, const Tensor& out_scale, const Tensor& out_zero_point,
                std::optional<at::ScalarType> out_dtype);
+// ---- sequence models (cpu/rnn.cpp, cuda/rnn.cu) ----
+std::tuple<Tensor, Tensor> lstm_cell_update_cpu(const Tensor& igates, const Tensor& hgates,
+                                                const Tensor& c);
+Tensor gru_cell_update_cpu(const Tensor& igates, const Tensor& hgates, const Tensor& h);
+// The argument checks both devices share; returns (B, H).
+std::pair<int64_t, int64_t> check_cell_update_args(const Tensor& igates, const Tensor& hgates,
+                                                   const Tensor& state, int64_t gates,
+                                                   const char* state_name, const char* op);
+
+// ---- embedding (cpu/embedding.cpp, cuda/embedding.cu) ----
+// Bytes of one packed row: the values (8 or 4 bits each) padded to 4 bytes, then scale and
+// zero point (float32).
+int64_t embedding_row_stride(int64_t dim, int64_t bits);
+struct EmbeddingBagArgs {
+  int64_t N = 0, row_stride = 0, bags = 0, n = 0, padding_idx = -1;
+};
+// The checks of the arguments' types, shapes and devices that both devices share.
+EmbeddingBagArgs check_embedding_bag_args(const Tensor& packed, int64_t bits, int64_t dim,
+                                          const Tensor& indices,
+                                          const std::optional<Tensor>& offsets, int64_t mode,
+                                          const std::optional<Tensor>& per_sample_weights,
+                                          bool include_last_offset,
+                                          std::optional<int64_t> padding_idx);
+// The checks of the index and offset values (host memory): every index in [0, N), offsets[0]
+// == 0, non-decreasing, the last <= n.
+void check_embedding_bag_values(const int64_t* idx, int64_t n, const int64_t* off, int64_t n_off,
+                                int64_t N);
+Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t embedding_dim,
+                                 const Tensor& indices, const std::optional<Tensor>& offsets,
+                                 int64_t mode, const std::optional<Tensor>& per_sample_weights,
+                                 bool include_last_offset, std::optional<int64_t> padding_idx);
 
 }  // namespace torchquant

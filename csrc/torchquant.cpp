@@ -149,6 +149,26 @@ TORCH_LIBRARY(torchquant, m) {
   //   whose qparams and dtype equal the output's are copied: the same values).
   m.def("cat(Tensor[] tensors, Tensor[] scales, Tensor[] zero_points, int dim, Tensor out_scale, "
         "Tensor out_zero_point, ScalarType? out_dtype=None) -> Tensor");
+  // ---- sequence models (cpu/rnn.cpp, cuda/rnn.cu) ----
+  // One LSTM step's gate nonlinearities and state update, fused. igates / hgates: [B, 4H]
+  // float32 pre-activations of the input and recurrent projections (biases included, gates
+  // i, f, g, o); c: [B, H]. Returns (h', c'): c' = sig(f) c + sig(i) tanh(g), h' = sig(o) tanh(c').
+  m.def("lstm_cell_update(Tensor igates, Tensor hgates, Tensor c) -> (Tensor, Tensor)");
+  // One GRU step: igates / hgates [B, 3H] (gates r, z, n; hgates includes b_hn), h [B, H].
+  // Returns h' = (h - n) z + n with r = sig(.), z = sig(.), n = tanh(ig_n + r hg_n).
+  m.def("gru_cell_update(Tensor igates, Tensor hgates, Tensor h) -> Tensor");
+
+  // ---- embedding ----
+  // Row-wise quantized embedding bag (cpu/embedding.cpp, cuda/embedding.cu). packed: uint8
+  // [N, row_stride], each row its 8-bit (or two-per-byte 4-bit) values, padded to 4 bytes, then
+  // float32 scale and zero point; a row's value is (q - zero_point) * scale. indices int64/int32:
+  // 1-D with offsets (bag b = indices[offsets[b] : offsets[b + 1]], the last one to the end
+  // unless include_last_offset), or 2-D [bags, entries] without. mode 0 sum, 1 mean, 2 max;
+  // per_sample_weights (sum only) scale each entry; entries equal to padding_idx are skipped.
+  // Every index and offset is checked before any row is read. Returns float32 [bags, dim].
+  m.def("embedding_bag_rowwise(Tensor packed, int bits, int embedding_dim, Tensor indices, "
+        "Tensor? offsets=None, int mode=0, Tensor? per_sample_weights=None, "
+        "bool include_last_offset=False, int? padding_idx=None) -> Tensor");
 }
 
 }  // namespace torchquant

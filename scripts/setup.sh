@@ -10,6 +10,8 @@ if ! $PY -c 'import sys, torch; v = tuple(int(p) for p in torch.__version__.spli
   $PY -m pip install -q "${TORCHQUANT_TORCH:-torch==2.14.1}"
 fi
 $PY -m pip install -q setuptools wheel ninja numpy tqdm matplotlib pytest hypothesis nbclient nbformat ipykernel
+# Test dependency: Hugging Face models built from small configs (tests/test_hf_dynamic.py).
+$PY -m pip install -q transformers
 # A toolkit whose nvcc is a wrapper script leaves torch guessing CUDA_HOME; point it at the toolkit.
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda/include ]; then export CUDA_HOME=/usr/local/cuda; fi
 $PY -m pip install -q --no-build-isolation -e .

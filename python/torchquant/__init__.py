@@ -137,3 +137,5 @@ from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
 from ._conv_flow import fuse_conv_bn, fuse_conv_bn_relu, fuse_linear_bn  # noqa: E402
 from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402
+# ---- sequence models: weight-only embedding qconfigs ----
+from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit  # noqa: E402,F401

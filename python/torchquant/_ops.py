@@ -354,3 +354,43 @@ def _cat_fake(tensors, scales, zero_points, dim, out_scale, out_zero_point, out_
         _check_q8(f"tensors[{i}]", t)
     odt = _ew_out_dtype(out_dtype, tensors[0].dtype)
     return torch.cat([torch.empty_like(t, dtype=odt) for t in tensors], dim)
+# ---------------------------------------------------------------- sequence models
+def _check_cell_update(igates, hgates, state, gates, state_name):
+    _check_devices("igates", igates, hgates=hgates, **{state_name: state})
+    for name, t in (("igates", igates), ("hgates", hgates), (state_name, state)):
+        torch._check(t.dtype == torch.float32, lambda: f"argument '{name}' must be a float32 tensor, got {t.dtype}")
+        torch._check(t.dim() == 2, lambda: f"argument '{name}' must be 2-D [batch, features], got shape {tuple(t.shape)}")
+    b, h = state.shape
+    torch._check(tuple(igates.shape) == (b, gates * h),
+                 lambda: f"argument 'igates' must have shape [{b}, {gates * h}], got {tuple(igates.shape)}")
+    torch._check(hgates.shape == igates.shape,
+                 lambda: f"argument 'hgates' must have the shape of igates {tuple(igates.shape)}, got {tuple(hgates.shape)}")
+    return b, h
+
+
+@torch.library.register_fake("torchquant::lstm_cell_update")
+def _lstm_cell_update_fake(igates, hgates, c):
+    b, h = _check_cell_update(igates, hgates, c, 4, "c")
+    return c.new_empty((b, h)), c.new_empty((b, h))
+
+
+@torch.library.register_fake("torchquant::gru_cell_update")
+def _gru_cell_update_fake(igates, hgates, h):
+    b, hh = _check_cell_update(igates, hgates, h, 3, "h")
+    return h.new_empty((b, hh))
+
+
+# ---------------------------------------------------------------- embedding
+@torch.library.register_fake("torchquant::embedding_bag_rowwise")
+def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=None, mode=0, per_sample_weights=None,
+                                include_last_offset=False, padding_idx=None):
+    _check_devices("packed", packed, indices=indices, offsets=offsets, per_sample_weights=per_sample_weights)
+    torch._check(bits in (8, 4), lambda: f"argument 'bits' must be 8 or 4, got {bits}")
+    torch._check(packed.dtype == torch.uint8 and packed.dim() == 2,
+                 lambda: f"argument 'packed' must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    if offsets is not None:
+        bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+    else:
+        torch._check(indices.dim() == 2, lambda: "argument 'indices' must be 2-D [bags, entries] without offsets")
+        bags = indices.shape[0]
+    return packed.new_empty((bags, embedding_dim), dtype=torch.float32)

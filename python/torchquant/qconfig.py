@@ -142,3 +142,11 @@ def get_default_qat_qconfig(backend: str = "x86", version: int = 1) -> QConfig:
     """
     _check_backend(backend)
     return QConfig(activation=_qat_activation, weight=_qat_weight_per_tensor if backend == "qnnpack" else _qat_weight_per_channel)
+
+# ---- sequence models: weight-only embedding tables (torch.ao's qconfigs of the same names) ----
+# One float scale and zero point per row; 8-bit (quint8) or 4-bit (quint4x2, two per byte) values.
+float_qparams_weight_only_qconfig = QConfig(activation=_obs.PlaceholderObserver,
+                                            weight=_obs.default_float_qparams_observer)
+float_qparams_weight_only_qconfig_4bit = QConfig(activation=_obs.PlaceholderObserver,
+                                                 weight=_obs.default_float_qparams_observer_4bit)
+__all__ += ["float_qparams_weight_only_qconfig", "float_qparams_weight_only_qconfig_4bit"]

@@ -22,6 +22,8 @@ from torch import nn
 from .fake_quantize import FakeQuantizeBase
 from .nn import intrinsic, qat
 from .nn import quantized as nnq
+from .nn import quantized_dynamic as nnqd
+from .nn import quantized_embedding as nnqe
 from .observer import ObserverBase
 from .qconfig import QConfig, default_dynamic_qconfig
 from .qtensor import QTensor
@@ -69,10 +71,21 @@ _STATIC = {
 }
 _QAT = {nn.Linear: qat.Linear, intrinsic.LinearReLU: qat.LinearReLU}
 _DYNAMIC = {nn.Linear: nnq.DynamicLinear, intrinsic.LinearReLU: nnq.DynamicLinear}
+# ---- sequence models: dynamic recurrent modules (torch.ao's default dynamic mappings) ----
+_DYNAMIC_RNN = {nn.LSTM: nnqd.LSTM, nn.GRU: nnqd.GRU, nn.LSTMCell: nnqd.LSTMCell, nn.GRUCell: nnqd.GRUCell,
+                nn.RNNCell: nnqd.RNNCell}
+_DYNAMIC.update(_DYNAMIC_RNN)
 # Modules whose output is observed: their int8 version needs output qparams.
 _OBSERVED = (nn.Linear, intrinsic.LinearReLU, qat.Linear, qat.LinearReLU, QuantStub)
 # Modules that need no observer: int8 in, int8 out with the same qparams (or no tensors at all).
 _PASSTHROUGH = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity, DeQuantStub)
+
+# ---- sequence models: weight-only quantized embeddings (float_qparams_weight_only_qconfig) ----
+# Weight-only: no activation observer; the weight observer runs at convert.
+_EMBEDDING = {nn.Embedding: nnqe.Embedding, nn.EmbeddingBag: nnqe.EmbeddingBag}
+_STATIC.update(_EMBEDDING)
+_DYNAMIC.update(_EMBEDDING)
+_PASSTHROUGH = _PASSTHROUGH + tuple(_EMBEDDING)
 
 
 def get_default_static_quant_module_mappings() -> Dict[type, type]:
@@ -604,6 +617,11 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                      mapping: Optional[Dict[type, type]] = None, inplace: bool = False) -> nn.Module:
     """Swaps Linear layers for dynamic int8 ones (float in, float out; activations quantized per
     row inside the kernel, weights int8 per channel), as torch.ao.quantization.quantize_dynamic.
+    LSTM, GRU, LSTMCell, GRUCell and RNNCell become ``torchquant.nn.quantized.dynamic``'s
+    modules. Beyond torch.ao, an entry for nn.Linear also covers its subclasses (such as
+    MultiheadAttention's NonDynamicallyQuantizableLinear) and Hugging Face's
+    ``transformers.pytorch_utils.Conv1D`` (its weight is transposed once, at convert); Conv1D
+    can also be named on its own.
 
     >>> qmodel = torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     """
@@ -611,13 +629,16 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
         raise ValueError(f"quantize_dynamic supports dtype=torch.qint8, got {dtype}")
     if qconfig_spec is None:
         qconfig_spec = {nn.Linear: default_dynamic_qconfig, intrinsic.LinearReLU: default_dynamic_qconfig}
+        qconfig_spec.update({k: default_dynamic_qconfig for k in _DYNAMIC_RNN})
     elif not isinstance(qconfig_spec, dict):
         if isinstance(qconfig_spec, (str, type)) or not isinstance(qconfig_spec, Iterable):
             raise TypeError("quantize_dynamic: argument 'qconfig_spec' must be a set (or list) of module types or "
                             f"names, or a dict of them to qconfigs, got {qconfig_spec!r}; e.g. {{nn.Linear}}")
         qconfig_spec = {k: default_dynamic_qconfig for k in qconfig_spec}
     targets = mapping or _DYNAMIC
-    missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets)
+    qconfig_spec, targets = _extend_dynamic(model, qconfig_spec, targets)
+    missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets
+                     and not _dynamic_by_kind(k, targets))
     if missing:
         warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and stay "
                       f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
@@ -625,11 +646,56 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
-    _swap(model, mapping or _DYNAMIC, "")
+    _keep_mha_out_proj_float(model, mapping or _DYNAMIC)
+    _swap(model, targets, "")
     for mod in model.modules():
         if hasattr(mod, "qconfig"):
             del mod.qconfig
     return model
+
+
+# ---------------------------------------------------------------- dynamic: Linear subclasses, HF Conv1D
+def _dynamic_by_kind(cls, targets):
+    """The dynamic target of a module type not in ``targets`` by its exact type: Hugging Face's
+    Conv1D (a Linear with its weight stored [in, out]) and subclasses of a mapped nn.Linear (as
+    MultiheadAttention's NonDynamicallyQuantizableLinear) map like an nn.Linear. torchquant's
+    own modules are never matched."""
+    if not isinstance(cls, type) or cls.__module__.startswith("torchquant."):
+        return None
+    if nnqd.is_hf_conv1d(cls):
+        return nnqd.Conv1DAsLinear if nn.Linear in targets else None
+    if issubclass(cls, nn.Linear) and nn.Linear in targets:
+        return targets[nn.Linear]
+    return None
+
+
+def _keep_mha_out_proj_float(model, explicit):
+    """MultiheadAttention reads ``out_proj.weight`` and ``.bias`` directly (its fused kernel and
+    F.multi_head_attention_forward): an int8 out_proj would run in float on a dequantized weight
+    there. Its out_proj stays float unless its exact type is in the mapping given."""
+    for mod in model.modules():
+        if isinstance(mod, nn.MultiheadAttention) and type(mod.out_proj) not in explicit:
+            mod.out_proj.qconfig = None
+
+
+def _extend_dynamic(model, qconfig_spec, targets):
+    """``qconfig_spec`` and ``targets`` completed for the module types of ``model`` matched by
+    :func:`_dynamic_by_kind`: such a type gets the qconfig of the first spec entry it is a
+    subclass of (a Conv1D the entry for nn.Linear, unless it has its own)."""
+    spec, targets = dict(qconfig_spec), dict(targets)
+    for cls in {type(m) for m in model.modules()}:
+        if cls in targets:
+            continue
+        target = _dynamic_by_kind(cls, targets)
+        if target is None:
+            continue
+        targets[cls] = target
+        if cls not in spec:
+            for key, qc in qconfig_spec.items():
+                if isinstance(key, type) and (issubclass(cls, key) or (nnqd.is_hf_conv1d(cls) and key is nn.Linear)):
+                    spec[cls] = qc
+                    break
+    return spec, targets
 
 
 # ---------------------------------------------------------------- fusion

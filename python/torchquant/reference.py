@@ -387,3 +387,30 @@ def cat(tensors, scales, zero_points, dim, out_scale, out_zero_point, out_dtype=
     parts = [_ew_requantize(_centered(x, z).float() * s.float().reshape(()), out_scale, out_zero_point, out_dtype)
              for x, s, z in zip(tensors, scales, zero_points)]
     return torch.cat(parts, dim)
+# ---------------------------------------------------------------- sequence models
+__all__ += ["lstm_cell_update", "gru_cell_update", "CELL_UPDATE_ATOL", "CELL_UPDATE_RTOL"]
+
+# The fused cell updates compute sigmoid and tanh with their own approximations (the C
+# library's expf / tanhf on the scalar CPU path and on CUDA, Cephes polynomials on AVX2), not
+# torch's; everything else rounds as written here. Each output element lies within
+# CELL_UPDATE_ATOL + CELL_UPDATE_RTOL * |ref| of this reference (tests/test_rnn.py).
+CELL_UPDATE_ATOL = 2e-6
+CELL_UPDATE_RTOL = 2e-6
+
+
+def lstm_cell_update(igates, hgates, c) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(h', c') of one LSTM step from the gate pre-activations [B, 4H] (gates i, f, g, o)."""
+    g = igates.float() + hgates.float()
+    i, f, gg, o = g.chunk(4, 1)
+    cy = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(gg)
+    return torch.sigmoid(o) * torch.tanh(cy), cy
+
+
+def gru_cell_update(igates, hgates, h) -> torch.Tensor:
+    """h' of one GRU step from the gate pre-activations [B, 3H] (gates r, z, n)."""
+    ir, iz, in_ = igates.float().chunk(3, 1)
+    hr, hz, hn = hgates.float().chunk(3, 1)
+    r = torch.sigmoid(ir + hr)
+    z = torch.sigmoid(iz + hz)
+    n = torch.tanh(in_ + r * hn)
+    return (h.float() - n) * z + n

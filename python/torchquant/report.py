@@ -98,6 +98,11 @@ class QuantReport:
 
 
 def _as_float(out) -> Optional[torch.Tensor]:
+    # A recurrent module returns (output, state): its output is compared (a PackedSequence's data).
+    if isinstance(out, nn.utils.rnn.PackedSequence):
+        return _as_float(out.data)
+    if isinstance(out, tuple) and out and not hasattr(out, "int_repr"):
+        return _as_float(out[0])
     if isinstance(out, torch.Tensor):
         return out.dequantize() if out.is_quantized else out
     if hasattr(out, "dequantize") and hasattr(out, "int_repr"):  # torchquant.QTensor

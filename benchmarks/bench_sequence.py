@@ -1,0 +1,141 @@
+"""Sequence models on the CPU: torchquant against torch.ao's dynamic quantization and fp32, in one
+process.
+
+    python benchmarks/bench_sequence.py [--threads 2] [--rounds 5] [--target-ms 200] [--only lstm,bert,bag]
+
+  lstm  the word-language-model of PyTorch's dynamic quantization tutorial: embedding 512,
+        2 LSTM layers of 512, sequence 35, batch 20 and batch 1 (the LSTM part timed)
+  bert  BERT-base-sized encoder layers (hidden 768, 12 heads, FFN 3072; nn.TransformerEncoderLayer
+        with its Linear layers quantized dynamically), sequence 128, batch 1 and 8
+  bag   EmbeddingBag, 1M rows x 64, 512 bags of 80 random lookups, sum: 8-bit and 4-bit rows vs
+        torch.ao's embedding_bag_byte_rowwise_offsets / embedding_bag_4bit_rowwise_offsets, with
+        the bandwidth of the bytes each reads (rows, their qparams, indices)
+
+Times are the 10th percentile of single calls, implementations interleaved in rounds (see
+bench_linear.py). Ratios are anchor_time / torchquant_time (> 1: torchquant is faster).
+"""
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+import torchquant as tq  # noqa: E402
+from common import header  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def interleaved_us(fns, rounds, target_ms):
+    names = list(fns)
+    for n in names:
+        fns[n]()
+    times = {n: [] for n in names}
+    for k in range(rounds):
+        for n in names[k % len(names):] + names[:k % len(names)]:
+            start = time.perf_counter()
+            calls = 0
+            while time.perf_counter() - start < target_ms / 1e3 or calls < 3:
+                t0 = time.perf_counter()
+                fns[n]()
+                times[n].append(time.perf_counter() - t0)
+                calls += 1
+    return {n: sorted(ts)[len(ts) // 10] * 1e6 for n, ts in times.items()}
+
+
+def _ao_dynamic(model, types):
+    torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    return torch.ao.quantization.quantize_dynamic(model, types, dtype=torch.qint8)
+
+
+def bench_lstm(args):
+    rows = []
+    torch.manual_seed(0)
+    lstm = nn.LSTM(512, 512, num_layers=2, dropout=0.5).eval()
+    q = tq.quantize_dynamic(lstm, {nn.LSTM})
+    ao = _ao_dynamic(lstm, {nn.LSTM})
+    for batch in (20, 1):
+        x = torch.randn(35, batch, 512)
+        with torch.no_grad():
+            fns = {"fp32": lambda: lstm(x), "torch.ao": lambda: ao(x), "torchquant": lambda: q(x)}
+            us = interleaved_us(fns, args.rounds, args.target_ms)
+        rows.append((f"LSTM 2x512 seq35 b{batch}", us))
+    return rows
+
+
+def bench_bert(args):
+    rows = []
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(768, 12, 3072, dropout=0.0, batch_first=True, activation="gelu").eval()
+    q = tq.quantize_dynamic(layer, {nn.Linear})
+    ao = _ao_dynamic(layer, {nn.Linear})
+    for batch in (1, 8):
+        x = torch.randn(batch, 128, 768)
+        with torch.no_grad():
+            fns = {"fp32": lambda: layer(x), "torch.ao": lambda: ao(x), "torchquant": lambda: q(x)}
+            us = interleaved_us(fns, args.rounds, args.target_ms)
+        rows.append((f"BERT-base layer seq128 b{batch}", us))
+    return rows
+
+
+def bench_bag(args):
+    rows = []
+    torch.manual_seed(0)
+    n, d, bags, per = 1_000_000, 64, 512, 80
+    w = torch.randn(n, d)
+    idx = torch.randint(0, n, (bags * per,))
+    off = torch.arange(0, bags * per, per)
+    for bits in (8, 4):
+        emb = nn.EmbeddingBag(n, d, mode="sum")
+        emb.weight.data = w
+        emb.qconfig = tq.float_qparams_weight_only_qconfig if bits == 8 else tq.float_qparams_weight_only_qconfig_4bit
+        q = tq.nn.quantized.EmbeddingBag.from_float(emb)
+        if bits == 8:
+            packed = torch.ops.quantized.embedding_bag_byte_prepack(w)
+            fn = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+        else:
+            packed = torch.ops.quantized.embedding_bag_4bit_prepack(w)
+            fn = torch.ops.quantized.embedding_bag_4bit_rowwise_offsets
+        fns = {"torch.ao": lambda: fn(packed, idx, off, False, 0, False, None, None, False),
+               "torchquant": lambda: q(idx, off)}
+        us = interleaved_us(fns, args.rounds, args.target_ms)
+        # Bytes read per lookup: the row's values and qparams (cache lines touched are more), an index.
+        ours_bytes = bags * per * (q.packed_weight.shape[1] + 8)
+        ao_bytes = bags * per * (packed.shape[1] + 8)
+        bw = {"torchquant": ours_bytes / us["torchquant"] / 1e3, "torch.ao": ao_bytes / us["torch.ao"] / 1e3}
+        rows.append((f"EmbeddingBag {bits}-bit 1Mx64 512x80", us, bw))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--target-ms", type=float, default=200)
+    ap.add_argument("--only", default="lstm,bert,bag")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(header("sequence models: torchquant vs torch.ao dynamic vs fp32"))
+    parts = args.only.split(",")
+    print(f"{'case':38} {'fp32 ms':>9} {'torch.ao ms':>12} {'torchquant ms':>14} {'vs ao':>7} {'vs fp32':>8}")
+    for part, fn in (("lstm", bench_lstm), ("bert", bench_bert), ("bag", bench_bag)):
+        if part not in parts:
+            continue
+        for row in fn(args):
+            name, us = row[0], row[1]
+            fp = us.get("fp32")
+            line = (f"{name:38} {fp / 1e3 if fp else float('nan'):9.3f} {us['torch.ao'] / 1e3:12.3f} "
+                    f"{us['torchquant'] / 1e3:14.3f} {us['torch.ao'] / us['torchquant']:6.2f}x "
+                    f"{(fp / us['torchquant']) if fp else float('nan'):7.2f}x")
+            if len(row) > 2:
+                bw = row[2]
+                line += f"   GB/s read: torchquant {bw['torchquant']:.1f}, torch.ao {bw['torch.ao']:.1f}"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Weight-only quantized Embedding and EmbeddingBag (torch.ao's ``nn.quantized.Embedding`` /
+``EmbeddingBag``): each row of the table quantized with its own float scale and zero point
+(``float_qparams_weight_only_qconfig``: 8 bits; ``float_qparams_weight_only_qconfig_4bit``:
+4 bits, two per byte), looked up by the ``embedding_bag_rowwise`` kernel.
+
+The table is one uint8 buffer ``packed_weight`` [num_embeddings, row_stride]: each row's
+values, padded to 4 bytes, then its float32 scale and zero point (the kernel reads a row and its
+qparams from one place). It is a plain tensor: ``torch.load(weights_only=True)`` reads it.
+
+    >>> emb.qconfig = torchquant.float_qparams_weight_only_qconfig
+    >>> qemb = torchquant.convert(torchquant.prepare(emb))
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._ops import ops
+
+__all__ = ["Embedding", "EmbeddingBag", "pack_rowwise", "unpack_rowwise"]
+
+_BITS = {torch.quint8: 8, torch.quint4x2: 4}
+_MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+def _row_stride(dim: int, bits: int) -> int:
+    data = (dim * bits + 7) // 8
+    return (data + 3) // 4 * 4 + 8
+
+
+def pack_rowwise(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """The packed table of ``embedding_bag_rowwise`` from quantized rows ``q`` (uint8 [N, dim]
+    for 8 bits; for 4 bits uint8 [N, ceil(dim / 2)], two values per byte, low nibble first) and
+    per-row float ``scale`` / ``zero_point`` [N]."""
+    n = q.shape[0]
+    data = (dim * bits + 7) // 8
+    if q.dtype != torch.uint8 or tuple(q.shape) != (n, data):
+        raise ValueError(f"argument 'q' must be uint8 of shape [{n}, {data}] for {bits}-bit rows of {dim} values, "
+                         f"got {q.dtype} {tuple(q.shape)}")
+    stride = _row_stride(dim, bits)
+    pad = q.new_zeros((n, stride - 8 - data))
+    qp = torch.stack([scale.float().reshape(n), zero_point.float().reshape(n)], 1).contiguous().view(torch.uint8)
+    return torch.cat([q, pad, qp.to(q.device)], 1).contiguous()
+
+
+def unpack_rowwise(packed: torch.Tensor, bits: int, dim: int):
+    """(values int64 [N, dim], scale float32 [N], zero_point float32 [N]) of a packed table."""
+    n = packed.shape[0]
+    data = (dim * bits + 7) // 8
+    qp = packed[:, -8:].contiguous().view(torch.float32)
+    raw = packed[:, :data].to(torch.int64)
+    if bits == 4:
+        raw = torch.stack([raw & 15, raw >> 4], 2).reshape(n, -1)[:, :dim]
+    return raw, qp[:, 0].contiguous(), qp[:, 1].contiguous()
+
+
+def _weight_observer(mod, name: str):
+    """The weight observer of ``mod``'s qconfig, checked to be a float_qparams one."""
+    qconfig = getattr(mod, "qconfig", None)
+    if qconfig is None:
+        raise RuntimeError(f"{name} has no qconfig: set float_qparams_weight_only_qconfig (or its _4bit version)")
+    obs = qconfig.weight()
+    dtype = getattr(obs, "dtype", None)
+    if getattr(obs, "qscheme", None) != torch.per_channel_affine_float_qparams or dtype not in _BITS:
+        raise ValueError(f"{name}: embedding quantization needs a weight observer with "
+                         "qscheme=torch.per_channel_affine_float_qparams and dtype torch.quint8 or torch.quint4x2 "
+                         "(torchquant.float_qparams_weight_only_qconfig or float_qparams_weight_only_qconfig_4bit), "
+                         f"got {getattr(obs, 'qscheme', None)} / {dtype}")
+    return obs
+
+
+def _quantize_table(weight: torch.Tensor, obs, name: str):
+    """(packed table, bits) of a float weight [N, D] under a float_qparams weight observer,
+    quantized as torch.ao's quantize_per_channel quantizes it."""
+    dtype = obs.dtype
+    w = weight.detach().float().cpu()
+    obs(w)
+    scale, zp = obs.calculate_qparams()
+    bits = _BITS[dtype]
+    scale, zp = scale.float(), zp.float()
+    # torch's quantize_val_float_qparams (what torch.ao's quantize_per_channel runs for these
+    # qparams), without its deprecated quantized tensors: q = clamp(rint(x * (1 / scale) + zp)).
+    inv = torch.where(scale == 0, torch.ones_like(scale), 1.0 / scale)
+    v = torch.round(w * inv[:, None] + zp[:, None]).clamp(0, (1 << bits) - 1).to(torch.uint8)
+    if bits == 8:
+        q = v
+    else:
+        if v.shape[1] % 2:
+            v = torch.cat([v, v.new_zeros((v.shape[0], 1))], 1)
+        q = v[:, 0::2] | (v[:, 1::2] << 4)
+    return pack_rowwise(q.to(torch.uint8).contiguous(), scale, zp, bits, weight.shape[1]).to(weight.device), bits
+
+
+class _EmbeddingBase(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype=torch.quint8):
+        super().__init__()
+        if dtype not in _BITS:
+            raise ValueError(f"argument 'dtype' must be torch.quint8 or torch.quint4x2, got {dtype}")
+        self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
+        self.bits = _BITS[dtype]
+        self.register_buffer("packed_weight",
+                             torch.zeros(num_embeddings, _row_stride(embedding_dim, self.bits), dtype=torch.uint8))
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        """The quantized values, int64 [num_embeddings, embedding_dim] (unpacked copy)."""
+        return unpack_rowwise(self.packed_weight, self.bits, self.embedding_dim)[0]
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        return unpack_rowwise(self.packed_weight, self.bits, self.embedding_dim)[1]
+
+    @property
+    def weight_zero_point(self) -> torch.Tensor:
+        return unpack_rowwise(self.packed_weight, self.bits, self.embedding_dim)[2]
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float table the kernel computes with: (q - zero_point) * scale per row."""
+        q, s, z = unpack_rowwise(self.packed_weight, self.bits, self.embedding_dim)
+        return (q.float() - z[:, None]) * s[:, None]
+
+    def _lookup(self, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
+        return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, indices, offsets,
+                                                 mode, per_sample_weights, include_last_offset, padding_idx)
+
+    def _load(self, mod, name):
+        packed, bits = _quantize_table(mod.weight, _weight_observer(mod, name), name)
+        if bits != self.bits:
+            raise ValueError(f"{name}: qconfig gives {bits}-bit rows, module built for {self.bits}")
+        self.packed_weight = packed
+
+
+class Embedding(_EmbeddingBase):
+    """Weight-only quantized ``nn.Embedding`` (8-bit or 4-bit rows): ``forward(indices)`` returns
+    float32 [*indices.shape, embedding_dim], the dequantized rows.
+
+    >>> emb = nn.Embedding(1000, 64); emb.qconfig = torchquant.float_qparams_weight_only_qconfig
+    >>> q = Embedding.from_float(emb); q(torch.tensor([[1, 2], [3, 4]])).shape
+    torch.Size([2, 2, 64])
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None, max_norm=None,
+                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False, _weight=None,
+                 dtype=torch.quint8):
+        super().__init__(num_embeddings, embedding_dim, dtype)
+        if max_norm is not None:
+            raise NotImplementedError("torchquant's quantized Embedding has no max_norm (the table is read-only)")
+        self.padding_idx = padding_idx
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"argument 'indices' must be a Tensor, got {type(indices).__name__}")
+        flat = indices.reshape(-1, 1)
+        out = self._lookup(flat, None, 0, None, False, None)
+        return out.reshape(*indices.shape, self.embedding_dim)
+
+    @classmethod
+    def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
+        """Quantizes an ``nn.Embedding`` with its qconfig (float_qparams_weight_only_qconfig or
+        float_qparams_weight_only_qconfig_4bit)."""
+        name = name or type(mod).__name__
+        if mod.max_norm is not None:
+            raise NotImplementedError(f"{name}: an Embedding with max_norm renormalizes rows on lookup; a quantized "
+                                      "table cannot")
+        dtype = _weight_observer(mod, name).dtype
+        q = cls(mod.num_embeddings, mod.embedding_dim, padding_idx=mod.padding_idx, dtype=dtype)
+        q._load(mod, name)
+        return q
+
+    def extra_repr(self):
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, dtype={self.dtype}"
+
+    def _get_name(self):
+        return "QuantizedEmbedding"
+
+
+class EmbeddingBag(_EmbeddingBase):
+    """Weight-only quantized ``nn.EmbeddingBag`` (8-bit or 4-bit rows): sum / mean / max bags,
+    offsets or 2-D indices, include_last_offset, per_sample_weights (sum), padding_idx.
+
+    >>> bag = nn.EmbeddingBag(1000, 64, mode="sum"); bag.qconfig = torchquant.float_qparams_weight_only_qconfig_4bit
+    >>> q = EmbeddingBag.from_float(bag); q(torch.tensor([1, 2, 3]), torch.tensor([0, 2])).shape
+    torch.Size([2, 64])
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm=None, norm_type: float = 2.0,
+                 scale_grad_by_freq: bool = False, mode: str = "sum", sparse: bool = False, _weight=None,
+                 include_last_offset: bool = False, dtype=torch.quint8, padding_idx: Optional[int] = None):
+        super().__init__(num_embeddings, embedding_dim, dtype)
+        if mode not in _MODES:
+            raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
+        if max_norm is not None:
+            raise NotImplementedError("torchquant's quantized EmbeddingBag has no max_norm (the table is read-only)")
+        if padding_idx is not None:
+            if padding_idx < 0:
+                padding_idx += num_embeddings
+            if not 0 <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx must be within num_embeddings, got {padding_idx}")
+        self.mode, self.include_last_offset, self.padding_idx = mode, include_last_offset, padding_idx
+
+    def forward(self, indices: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+                per_sample_weights: Optional[torch.Tensor] = None,
+                compressed_indices_mapping: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if compressed_indices_mapping is not None:
+            raise NotImplementedError("compressed_indices_mapping (pruned tables) is not supported")
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"argument 'indices' must be a Tensor, got {type(indices).__name__}")
+        if indices.dim() == 2 and offsets is not None:
+            raise ValueError("if input is 2D, then offsets has to be None, as input is treated is a mini-batch of "
+                             "fixed length sequences.")
+        if indices.dim() == 1 and offsets is None:
+            raise ValueError("offsets has to be a 1D Tensor but got None")
+        if indices.dim() not in (1, 2):
+            raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {indices.dim()}")
+        if per_sample_weights is not None and per_sample_weights.dtype != torch.float32 \
+                and per_sample_weights.is_floating_point():
+            per_sample_weights = per_sample_weights.float()
+        return self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights, self.include_last_offset,
+                            self.padding_idx)
+
+    @classmethod
+    def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
+        """Quantizes an ``nn.EmbeddingBag`` with its qconfig (float_qparams_weight_only_qconfig or
+        float_qparams_weight_only_qconfig_4bit)."""
+        name = name or type(mod).__name__
+        if mod.max_norm is not None:
+            raise NotImplementedError(f"{name}: an EmbeddingBag with max_norm renormalizes rows on lookup; a "
+                                      "quantized table cannot")
+        dtype = _weight_observer(mod, name).dtype
+        q = cls(mod.num_embeddings, mod.embedding_dim, mode=mod.mode, include_last_offset=mod.include_last_offset,
+                dtype=dtype, padding_idx=mod.padding_idx)
+        q._load(mod, name)
+        return q
+
+    def extra_repr(self):
+        return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, mode={self.mode!r}, "
+                f"include_last_offset={self.include_last_offset}, dtype={self.dtype}")
+
+    def _get_name(self):
+        return "QuantizedEmbeddingBag"

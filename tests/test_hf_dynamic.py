@@ -1,0 +1,152 @@
+"""quantize_dynamic on Hugging Face transformers models (built from small configs, random init,
+nothing downloaded) and on nn.Linear subclasses."""
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchquant as tq
+from torchquant.nn import quantized as nnq
+
+transformers = pytest.importorskip("transformers")
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _bert():
+    cfg = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=64)
+    return transformers.BertModel(cfg)
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                 bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2Model(cfg)
+
+
+def _llama():
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaModel(cfg)
+
+
+MODELS = {"bert": _bert, "gpt2": _gpt2, "llama": _llama}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_hf_model_last_hidden_state_within_2_percent(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    ids = torch.randint(0, 128, (2, 24))
+    with torch.no_grad():
+        ref = model(input_ids=ids).last_hidden_state
+    q = tq.quantize_dynamic(model, {nn.Linear, Conv1D})
+    kinds = {type(m) for m in q.modules()}
+    assert nn.Linear not in kinds and Conv1D not in kinds
+    n_int8 = sum(isinstance(m, nnq.DynamicLinear) for m in q.modules())
+    n_float = sum(isinstance(m, (nn.Linear, Conv1D)) for m in model.modules())
+    assert n_int8 == n_float > 0
+    with torch.no_grad():
+        out = q(input_ids=ids).last_hidden_state
+    err = _rel(out, ref)
+    assert 0 < err < 0.02, err
+    # The float model is untouched (a copy was quantized).
+    assert any(isinstance(m, (nn.Linear, Conv1D)) for m in model.modules())
+
+
+def test_gpt2_conv1d_maps_to_dynamic_linear_transposed():
+    torch.manual_seed(1)
+    conv = Conv1D(24, 40)  # nf=24 outputs, nx=40 inputs; weight [40, 24]
+    nn.init.normal_(conv.bias)
+    model = nn.Sequential(conv)
+    q = tq.quantize_dynamic(model, {Conv1D})
+    ql = q[0]
+    assert type(ql) is nnq.DynamicLinear
+    assert (ql.in_features, ql.out_features) == (40, 24)
+    lin = nn.Linear(40, 24)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.t())
+        lin.bias.copy_(conv.bias)
+    ref = tq.quantize_dynamic(nn.Sequential(lin), {nn.Linear})[0]
+    assert torch.equal(ql.qweight, ref.qweight) and torch.equal(ql.weight_scale, ref.weight_scale)
+    x = torch.randn(3, 5, 40)
+    assert torch.equal(ql(x), ref(x))
+    assert _rel(ql(x), conv(x)) < 0.02
+    # Conv1D's weight is left as it was.
+    assert conv.weight.shape == (40, 24)
+
+
+def test_conv1d_follows_the_linear_entry_and_its_qconfig():
+    model = nn.Sequential(Conv1D(8, 16))
+    assert type(tq.quantize_dynamic(model, {nn.Linear})[0]) is nnq.DynamicLinear
+    assert type(tq.quantize_dynamic(model, {nn.Linear: tq.default_dynamic_qconfig})[0]) is nnq.DynamicLinear
+    # Not asked for: stays float.
+    with pytest.warns(UserWarning, match="ReLU"):
+        assert type(tq.quantize_dynamic(nn.Sequential(Conv1D(8, 16), nn.ReLU()), {nn.ReLU})[0]) is Conv1D
+
+
+def test_linear_subclass_is_quantized():
+    class MyLinear(nn.Linear):
+        pass
+
+    torch.manual_seed(2)
+    model = nn.Sequential(MyLinear(16, 8), nn.ReLU(), nn.modules.linear.NonDynamicallyQuantizableLinear(8, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = tq.quantize_dynamic(model, {nn.Linear})
+    assert type(q[0]) is nnq.DynamicLinear and type(q[2]) is nnq.DynamicLinear
+    x = torch.randn(5, 16)
+    assert _rel(q(x), model(x)) < 0.02
+
+
+def test_multihead_attention_keeps_its_out_proj_float_unless_mapped_explicitly():
+    torch.manual_seed(3)
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(2, 6, 32)
+    ref, _ = mha(x, x, x)
+    # MHA reads out_proj.weight directly: an int8 out_proj would run in float there.
+    q = tq.quantize_dynamic(nn.Sequential(mha), {nn.Linear})[0]
+    assert type(q.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    # Named explicitly, it is swapped; MHA then runs in float on its dequantized weight (warning).
+    ndql = nn.modules.linear.NonDynamicallyQuantizableLinear
+    q = tq.quantize_dynamic(nn.Sequential(mha), {nn.Linear, ndql},
+                            mapping={**tq.get_default_dynamic_quant_module_mappings(), ndql: nnq.DynamicLinear})[0]
+    assert type(q.out_proj) is nnq.DynamicLinear
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, _ = q(x, x, x)
+    assert _rel(out, ref) < 0.02
+
+
+def test_hf_quantized_state_dict_loads_weights_only():
+    torch.manual_seed(4)
+    q = tq.quantize_dynamic(_gpt2().eval(), {nn.Linear, Conv1D})
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert any(k.endswith("c_attn.qweight") for k in sd)
+    q2 = tq.quantize_dynamic(_gpt2().eval(), {nn.Linear, Conv1D})
+    q2.load_state_dict(sd)
+    ids = torch.randint(0, 128, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(q(input_ids=ids).last_hidden_state, q2(input_ids=ids).last_hidden_state)
+
+
+def test_torch_compile_of_quantized_gpt2_runs():
+    torch.manual_seed(5)
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=0,
+                                 eos_token_id=0)
+    model = transformers.GPT2Model(cfg).eval()
+    q = tq.quantize_dynamic(model, {nn.Linear, Conv1D})
+    ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        eager = q(input_ids=ids).last_hidden_state
+        compiled = torch.compile(q, backend="eager", fullgraph=False)(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(compiled, eager)

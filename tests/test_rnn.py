@@ -1,0 +1,362 @@
+"""Dynamic int8 LSTM / GRU / cells: the fused cell-update ops against the plain-torch reference
+(every CPU variant), the modules against fp32 and against torch.ao's dynamic modules on the same
+weights, every option of the float modules, state dicts and bad input."""
+import io
+import itertools
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import torchquant as tq
+from torchquant import reference
+from torchquant.nn.quantized import dynamic as nnqd
+
+ops = torch.ops.torchquant
+
+
+def _q(f, cls):
+    """quantize_dynamic swaps children (as torch.ao's): the module is wrapped."""
+    return tq.quantize_dynamic(nn.Sequential(f), {cls})[0]
+
+
+def _close_to_ref(got, want):
+    bound = reference.CELL_UPDATE_ATOL + reference.CELL_UPDATE_RTOL * want.abs()
+    err = (got - want).abs()
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item():.3g}"
+
+
+# ---------------------------------------------------------------- fused cell-update ops
+@pytest.mark.parametrize("B,H", [(1, 1), (3, 7), (2, 8), (5, 9), (4, 33), (0, 5), (2, 0), (17, 64)])
+@pytest.mark.parametrize("scale", [0.5, 4.0, 40.0])
+def test_lstm_cell_update_matches_reference(isa, B, H, scale):
+    g = torch.Generator().manual_seed(B * 100 + H)
+    ig = torch.randn(B, 4 * H, generator=g) * scale
+    hg = torch.randn(B, 4 * H, generator=g) * scale
+    c = torch.randn(B, H, generator=g) * scale
+    if B and H:  # ties at zero, saturation, exact values
+        ig[0, 0] = 0.0
+        hg[0, 0] = 0.0
+        ig[-1, -1] = 200.0
+        ig[0, -1] = -200.0
+    h2, c2 = ops.lstm_cell_update(ig, hg, c)
+    rh, rc = reference.lstm_cell_update(ig, hg, c)
+    _close_to_ref(h2, rh)
+    _close_to_ref(c2, rc)
+    assert h2.shape == (B, H) and c2.shape == (B, H)
+
+
+@pytest.mark.parametrize("B,H", [(1, 1), (3, 7), (2, 8), (5, 9), (4, 33), (0, 5), (17, 64)])
+@pytest.mark.parametrize("scale", [0.5, 4.0, 40.0])
+def test_gru_cell_update_matches_reference(isa, B, H, scale):
+    g = torch.Generator().manual_seed(B * 100 + H + 1)
+    ig = torch.randn(B, 3 * H, generator=g) * scale
+    hg = torch.randn(B, 3 * H, generator=g) * scale
+    h = torch.randn(B, H, generator=g)
+    got = ops.gru_cell_update(ig, hg, h)
+    _close_to_ref(got, reference.gru_cell_update(ig, hg, h))
+
+
+def test_cell_update_variants_agree_and_take_non_contiguous_inputs(isa):
+    g = torch.Generator().manual_seed(7)
+    big = torch.randn(6, 2 * 4 * 13, generator=g) * 3
+    ig, hg = big[:, ::2], big[:, 1::2]  # non-contiguous
+    c = torch.randn(13, 6, generator=g).t()
+    h2, c2 = ops.lstm_cell_update(ig, hg, c)
+    rh, rc = reference.lstm_cell_update(ig, hg, c)
+    _close_to_ref(h2, rh)
+    _close_to_ref(c2, rc)
+    # Inputs untouched.
+    assert torch.equal(big, torch.randn(6, 2 * 4 * 13, generator=torch.Generator().manual_seed(7)) * 3)
+
+
+def test_cell_update_propagates_nan(isa):
+    ig = torch.zeros(1, 16)
+    ig[0, 0] = float("nan")
+    h, c = ops.lstm_cell_update(ig, torch.zeros(1, 16), torch.zeros(1, 4))
+    assert torch.isnan(h[0, 0]) and torch.isnan(c[0, 0]) and not torch.isnan(h[0, 1:]).any()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(ig=torch.zeros(2, 12)), "argument 'igates' must have shape \\[2, 16\\]"),
+    (dict(hg=torch.zeros(2, 12)), "argument 'hgates' must have the shape of igates"),
+    (dict(c=torch.zeros(2, 4, dtype=torch.float64)), "argument 'c' must be a float32 tensor"),
+    (dict(ig=torch.zeros(2, 16, 1)), "argument 'igates' must be 2-D"),
+    (dict(hg=torch.zeros(2, 16, dtype=torch.int32)), "argument 'hgates' must be a float32 tensor"),
+])
+def test_cell_update_bad_arguments(bad, match):
+    a = dict(ig=torch.zeros(2, 16), hg=torch.zeros(2, 16), c=torch.zeros(2, 4))
+    a.update(bad)
+    with pytest.raises(RuntimeError, match=match):
+        ops.lstm_cell_update(a["ig"], a["hg"], a["c"])
+
+
+def test_gru_cell_update_bad_shape():
+    with pytest.raises(RuntimeError, match="argument 'igates' must have shape \\[2, 12\\]"):
+        ops.gru_cell_update(torch.zeros(2, 16), torch.zeros(2, 16), torch.zeros(2, 4))
+
+
+# ---------------------------------------------------------------- modules vs fp32 and torch.ao
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def _flat(out):
+    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
+        return out.data
+    if isinstance(out, (tuple, list)):
+        return torch.cat([_flat(o).reshape(-1) for o in out if o is not None])
+    return out.reshape(-1)
+
+
+def _ao(mod, types):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(nn.Sequential(mod), types, dtype=torch.qint8)[0]
+    assert type(q).__module__.startswith("torch.ao"), type(q)
+    return q
+
+
+# The int8 modules' output (and final states) against fp32, relative L2 error, for the sizes
+# below (hidden 32, 3 layers at most, sequence 9): measured 0.2-0.8 %; bound 3 %.
+REL_BOUND_FP32 = 0.03
+
+
+LSTM_OPTIONS = list(itertools.product([1, 2], [False, True], [False, True], [True, False], [0, 12]))
+
+
+@pytest.mark.parametrize("layers,bidir,batch_first,bias,proj", LSTM_OPTIONS)
+def test_lstm_options_vs_fp32_and_torch_ao(layers, bidir, batch_first, bias, proj):
+    torch.manual_seed(layers * 31 + bidir * 7 + batch_first * 3 + bias + proj)
+    f = nn.LSTM(20, 32, num_layers=layers, bidirectional=bidir, batch_first=batch_first, bias=bias,
+                proj_size=proj, dropout=0.3 if layers > 1 else 0.0).eval()
+    q = _q(f, nn.LSTM)
+    assert type(q) is nnqd.LSTM
+    x = torch.randn(5, 9, 20) if batch_first else torch.randn(9, 5, 20)
+    D = 2 if bidir else 1
+    h0 = torch.randn(layers * D, 5, proj or 32) * 0.5
+    c0 = torch.randn(layers * D, 5, 32) * 0.5
+    for hx in (None, (h0, c0)):
+        with torch.no_grad():
+            want = f(x, hx)
+            got = q(x, hx)
+        assert got[0].shape == want[0].shape
+        assert got[1][0].shape == want[1][0].shape and got[1][1].shape == want[1][1].shape
+        err = _rel(_flat(got), _flat(want))
+        assert 0 < err < REL_BOUND_FP32, err
+        if proj == 0 and bias:  # torch.ao's dynamic LSTM has neither bias=False nor proj_size
+            ao = _ao(f, {nn.LSTM})
+            with torch.no_grad():
+                ao_err = _rel(_flat(ao(x, hx)), _flat(want))
+            assert err <= ao_err * 1.05 + 1e-4, (err, ao_err)
+
+
+GRU_OPTIONS = list(itertools.product([1, 3], [False, True], [False, True], [True, False]))
+
+
+@pytest.mark.parametrize("layers,bidir,batch_first,bias", GRU_OPTIONS)
+def test_gru_options_vs_fp32_and_torch_ao(layers, bidir, batch_first, bias):
+    torch.manual_seed(layers * 31 + bidir * 7 + batch_first * 3 + bias + 100)
+    f = nn.GRU(20, 32, num_layers=layers, bidirectional=bidir, batch_first=batch_first, bias=bias).eval()
+    q = _q(f, nn.GRU)
+    assert type(q) is nnqd.GRU
+    x = torch.randn(4, 9, 20) if batch_first else torch.randn(9, 4, 20)
+    D = 2 if bidir else 1
+    for hx in (None, torch.randn(layers * D, 4, 32) * 0.5):
+        with torch.no_grad():
+            want = f(x, hx)
+            got = q(x, hx)
+        err = _rel(_flat(got), _flat(want))
+        assert 0 < err < REL_BOUND_FP32, err
+        if bias:  # torch.ao's dynamic GRU has no bias=False
+            ao = _ao(f, {nn.GRU})
+            with torch.no_grad():
+                ao_err = _rel(_flat(ao(x, hx)), _flat(want))
+            assert err <= ao_err * 1.05 + 1e-4, (err, ao_err)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidir", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_sequence_input(mode, bidir, enforce_sorted):
+    torch.manual_seed(11)
+    f = getattr(nn, mode)(12, 16, num_layers=2, bidirectional=bidir).eval()
+    q = _q(f, type(f))
+    lengths = torch.tensor([7, 5, 5, 2, 1]) if enforce_sorted else torch.tensor([2, 7, 1, 5, 5])
+    x = torch.randn(7, 5, 12)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    D = 2 if bidir else 1
+    hx = torch.randn(2 * D, 5, 16) * 0.5
+    hx = (hx, torch.randn(2 * D, 5, 16) * 0.5) if mode == "LSTM" else hx
+    for h in (None, hx):
+        with torch.no_grad():
+            want_out, want_h = f(packed, h)
+            got_out, got_h = q(packed, h)
+        assert torch.equal(got_out.batch_sizes, want_out.batch_sizes)
+        assert torch.equal(got_out.unsorted_indices, want_out.unsorted_indices) if not enforce_sorted else True
+        assert _rel(got_out.data, want_out.data) < REL_BOUND_FP32
+        assert _rel(_flat(got_h), _flat(want_h)) < REL_BOUND_FP32
+        # Same as running each sequence alone, unpadded.
+        padded, lens = pad_packed_sequence(got_out)
+        with torch.no_grad():
+            for i in (0, 2):
+                hi = None
+                if h is not None:
+                    hi = tuple(t[:, i:i + 1] for t in h) if mode == "LSTM" else h[:, i:i + 1]
+                alone, _ = q(x[: lengths[i], i:i + 1], hi)
+                torch.testing.assert_close(padded[: lengths[i], i:i + 1], alone, atol=1e-5, rtol=1e-5)
+        ao = _ao(f, {type(f)})
+        with torch.no_grad():
+            ao_err = _rel(ao(packed, h)[0].data, want_out.data)
+        assert _rel(got_out.data, want_out.data) <= ao_err * 1.05 + 1e-4
+
+
+@pytest.mark.parametrize("cls,kw", [(nn.LSTMCell, {}), (nn.GRUCell, {}), (nn.RNNCell, {"nonlinearity": "tanh"}),
+                                    (nn.RNNCell, {"nonlinearity": "relu"})])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cells_vs_fp32_and_torch_ao(cls, kw, bias):
+    torch.manual_seed(5)
+    f = cls(20, 24, bias=bias, **kw).eval()
+    q = tq.quantize_dynamic(nn.Sequential(f), {cls})[0]
+    assert type(q).__name__ == cls.__name__ and type(q).__module__.startswith("torchquant")
+    x = torch.randn(6, 20)
+    states = (torch.randn(6, 24), torch.randn(6, 24)) if cls is nn.LSTMCell else torch.randn(6, 24)
+    ao = _ao(f, {cls}) if bias else None  # torch.ao's dynamic cells have no bias=False
+    for hx in (None, states):
+        with torch.no_grad():
+            want, got = f(x, hx), q(x, hx)
+        err = _rel(_flat(got), _flat(want))
+        assert 0 < err < REL_BOUND_FP32
+        if ao is not None:
+            with torch.no_grad():
+                assert err <= _rel(_flat(ao(x, hx)), _flat(want)) * 1.05 + 1e-4
+    # Unbatched input.
+    with torch.no_grad():
+        un = q(x[0])
+        bat = q(x[:1])
+    assert _flat(un).shape == _flat(bat).shape
+    torch.testing.assert_close(_flat(un), _flat(bat))
+
+
+def test_unbatched_input_and_float64():
+    torch.manual_seed(3)
+    f = nn.LSTM(8, 16, 2).eval()
+    q = _q(f, nn.LSTM)
+    x = torch.randn(6, 8)
+    with torch.no_grad():
+        out, (h, c) = q(x)
+        out_b, (hb, cb) = q(x.unsqueeze(1))
+        out64, _ = q(x.double())
+    assert out.shape == (6, 16) and h.shape == (2, 16)
+    torch.testing.assert_close(out, out_b.squeeze(1))
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out)
+
+
+def test_dropout_applies_in_training_only():
+    torch.manual_seed(4)
+    q = _q(nn.LSTM(8, 16, 3, dropout=0.5).eval(), nn.LSTM)
+    x = torch.randn(5, 2, 8)
+    a, b = q(x)[0], q(x)[0]
+    assert torch.equal(a, b)
+    q.train()
+    torch.manual_seed(0)
+    t1 = q(x)[0]
+    assert not torch.equal(t1, a)
+
+
+def test_flatten_parameters_is_a_no_op_and_repr():
+    q = _q(nn.LSTM(8, 16, 2, bidirectional=True, proj_size=4), nn.LSTM)
+    x = torch.randn(3, 2, 8)
+    before = q(x)[0]
+    q.flatten_parameters()
+    assert torch.equal(q(x)[0], before)
+    assert q.extra_repr() == "8, 16, proj_size=4, num_layers=2, bidirectional=True, dtype=torch.qint8"
+    assert repr(q).startswith("DynamicQuantizedLSTM(")
+
+
+def test_state_dict_plain_tensors_weights_only_roundtrip():
+    torch.manual_seed(8)
+    model = nn.Sequential()
+    model.add_module("lstm", nn.LSTM(8, 16, 2, bidirectional=True, proj_size=4))
+    q = _q(model, nn.LSTM)
+    sd = q.state_dict()
+    assert all(type(v) is torch.Tensor for v in sd.values())
+    assert sd["lstm.ih_l0.qweight"].dtype == torch.int8 and sd["lstm.hr_l1_reverse.qweight"].shape == (4, 16)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    q2 = tq.quantize_dynamic(nn.Sequential(), {nn.LSTM})
+    q2.add_module("lstm", nnqd.LSTM(8, 16, 2, bidirectional=True, proj_size=4))
+    q2.load_state_dict(loaded)
+    x = torch.randn(4, 3, 8)
+    assert torch.equal(q(x)[0], q2(x)[0])
+
+
+def test_report_compares_lstm_outputs():
+    torch.manual_seed(9)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x)[0])
+
+    f = M().eval()
+    q = tq.quantize_dynamic(f, {nn.LSTM, nn.Linear})
+    r = tq.report(f, q, torch.randn(6, 3, 8))
+    assert r["lstm"].quantized_type == "LSTM" and r["lstm"].sqnr_db > 30
+    assert r["lstm"].numel == 6 * 3 * 16
+
+
+# ---------------------------------------------------------------- bad input
+def test_wrong_input_size_gives_torchs_error():
+    f = nn.LSTM(8, 16)
+    q = _q(f, nn.LSTM)
+    x = torch.randn(3, 2, 7)
+    with pytest.raises(RuntimeError) as ef:
+        f(x)
+    with pytest.raises(RuntimeError) as eq:
+        q(x)
+    assert str(eq.value) == str(ef.value)
+    cell = nn.GRUCell(8, 16)
+    qc = tq.quantize_dynamic(nn.Sequential(cell), {nn.GRUCell})[0]
+    with pytest.raises(RuntimeError, match="input has inconsistent input_size: got 7 expected 8"):
+        qc(torch.randn(2, 7))
+
+
+def test_wrong_hidden_size_gives_torchs_error():
+    f = nn.GRU(8, 16, 2)
+    q = _q(f, nn.GRU)
+    x, h = torch.randn(3, 2, 8), torch.randn(2, 3, 16)
+    with pytest.raises(RuntimeError) as ef:
+        f(x, h)
+    with pytest.raises(RuntimeError) as eq:
+        q(x, h)
+    assert str(eq.value) == str(ef.value)
+
+
+def test_unsorted_lengths_with_enforce_sorted_raise_as_in_torch():
+    with pytest.raises(RuntimeError, match="must be sorted in decreasing order"):
+        pack_padded_sequence(torch.randn(5, 3, 8), torch.tensor([2, 5, 3]), enforce_sorted=True)
+
+
+def test_integer_input_is_a_clear_error():
+    q = _q(nn.LSTM(8, 16), nn.LSTM)
+    with pytest.raises(TypeError, match="argument 'input' must be a floating-point tensor"):
+        q(torch.zeros(3, 2, 8, dtype=torch.int64))
+
+
+def test_torch_compile_of_quantized_lstm():
+    torch.manual_seed(10)
+    q = _q(nn.LSTM(8, 16), nn.LSTM)
+    x = torch.randn(4, 2, 8)
+    eager = q(x)[0]
+    compiled = torch.compile(q, backend="eager")(x)[0]
+    torch.testing.assert_close(compiled, eager)
