@@ -69,4 +69,14 @@ void histogram_generic(const Tensor& hist, const Tensor& min_val, const Tensor& 
 Tensor histogram_rebin(const Tensor& hist, const Tensor& min_val, const Tensor& max_val,
                        const Tensor& new_min, const Tensor& new_max, int64_t upsample_rate);
 
+// ---- int4 (cpu/int4.cpp, cuda/int4.cu) ----
+int64_t check_int4_format(const Tensor& qweight, const Tensor& scale, const Tensor& zero_point,
+                          int64_t in_features, int64_t group_size);
+std::tuple<Tensor, Tensor, Tensor> int4_pack_weight_cpu(const Tensor& qweight, const Tensor& scale,
+                                                        const Tensor& zero_point,
+                                                        int64_t in_features, int64_t group_size);
+Tensor linear_int4_cpu(const Tensor& x, const Tensor& w_packed, const Tensor& w_qp,
+                       const Tensor& w_scale, const std::optional<Tensor>& bias,
+                       int64_t in_features, int64_t out_features, int64_t group_size);
+
 }  // namespace torchquant

@@ -135,3 +135,6 @@ from .quantize import (  # noqa: E402
 from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
 from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402
+# ---- int4 weight-only
+from . import int4  # noqa: E402,F401
+from .weight_only import quantize_weight_only  # noqa: E402

@@ -302,3 +302,5 @@ class Flatten(nn.Flatten):
         return cls(mod.start_dim, mod.end_dim)
 
 
+# int4 group-wise weight-only Linear (torchquant.nn.quantized_int4).
+from .quantized_int4 import LinearWeightOnlyInt4  # noqa: E402,F401
