@@ -27,11 +27,11 @@ import torchquant  # noqa: E402
 @dataclass
 class Config:
     d: int = 128
-    layers: int = 4
+    layers: int = 2
     heads: int = 4
     ctx: int = 128
-    steps: int = 700
-    batch: int = 32
+    steps: int = 500
+    batch: int = 16
     lr: float = 3e-3
     group_size: int = 32
     calib_seqs: int = 128
@@ -39,8 +39,8 @@ class Config:
     max_train_bytes: int = 4_000_000
 
 
-QUICK = Config(d=64, layers=2, heads=2, ctx=64, steps=250, batch=32, lr=4e-3, group_size=32, calib_seqs=64,
-               eval_seqs=128, max_train_bytes=1_000_000)
+QUICK = Config(d=64, layers=2, heads=2, ctx=64, steps=150, batch=16, lr=5e-3, group_size=32, calib_seqs=64,
+               eval_seqs=96, max_train_bytes=1_000_000)
 
 
 def load_corpus(max_train_bytes: int):

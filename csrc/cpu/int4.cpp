@@ -53,7 +53,7 @@ int64_t check_int4_format(const at::Tensor& qweight, const at::Tensor& scale,
                           const at::Tensor& zero_point, int64_t in_features, int64_t group_size) {
   TORCH_CHECK(group_size >= cpu::kInt4Block && group_size <= cpu::kInt4MaxGroup &&
                   group_size % cpu::kInt4Block == 0,
-              "argument 'group_size' must be a multiple of 8 in [8, 4096] (32, 64 and 128 are "
+              "argument 'group_size' must be a multiple of 8 in [8, 2048] (32, 64 and 128 are "
               "the usual ones), got ", group_size);
   TORCH_CHECK(in_features >= 0, "argument 'in_features' must be >= 0, got ", in_features);
   TORCH_CHECK(qweight.defined() && scale.defined() && zero_point.defined(),
@@ -99,10 +99,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cpu(
   const uint8_t* pq = qw.const_data_ptr<uint8_t>();
   const int64_t ldq = qw.size(1);
   at::Tensor packed = at::zeros({P, Kp / cpu::kInt4Block, 64}, qweight.options());
-  at::Tensor qp = at::zeros({P, G, 32}, qweight.options().dtype(at::kInt));
+  at::Tensor qp = at::zeros({P, G, 32}, qweight.options().dtype(at::kShort));
   at::Tensor ws = at::ones({P, G, cpu::kInt4Panel}, qweight.options().dtype(at::kFloat));
   uint8_t* pp = packed.data_ptr<uint8_t>();
-  int32_t* pqp = qp.data_ptr<int32_t>();
+  int16_t* pqp = qp.data_ptr<int16_t>();
   float* pws = ws.data_ptr<float>();
   const float* ps = s.const_data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
@@ -118,8 +118,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cpu(
           uint8_t& byte = pp[(pi * (Kp / cpu::kInt4Block) + b) * 64 + 4 * c + (j & 3)];
           byte = static_cast<uint8_t>(byte | (v << (j < 4 ? 0 : 4)));
         }
-        pqp[(pi * G + g) * 32 + c] = zg;
-        pqp[(pi * G + g) * 32 + 16 + c] = wz;
+        pqp[(pi * G + g) * 32 + c] = static_cast<int16_t>(zg);
+        pqp[(pi * G + g) * 32 + 16 + c] = static_cast<int16_t>(wz);
         pws[(pi * G + g) * cpu::kInt4Panel + c] = ps[n * G + g];
       }
     }
@@ -138,7 +138,7 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
               " (its last dimension) but the weight was packed for in_features = ", in_features);
   TORCH_CHECK(group_size >= cpu::kInt4Block && group_size <= cpu::kInt4MaxGroup &&
                   group_size % cpu::kInt4Block == 0,
-              "argument 'group_size' must be a multiple of 8 in [8, 4096], got ", group_size);
+              "argument 'group_size' must be a multiple of 8 in [8, 2048], got ", group_size);
   TORCH_CHECK(N >= 0, "argument 'out_features' must be >= 0, got ", N);
   const int64_t G = ceil_div(K, group_size), Kp = G * group_size, P = ceil_div(N, cpu::kInt4Panel);
   for (auto [t, name] : {std::pair<const at::Tensor*, const char*>{&w_packed, "w_packed"},
@@ -151,9 +151,9 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
               "argument 'w_packed' must be a uint8 tensor of shape [", P, ", ", Kp / cpu::kInt4Block,
               ", 64] (int4_pack_weight on the CPU for N = ", N, ", K = ", K, ", group_size = ",
               group_size, "), got dtype ", w_packed.scalar_type(), " and shape ", w_packed.sizes());
-  TORCH_CHECK(w_qp.scalar_type() == at::kInt && w_qp.dim() == 3 && w_qp.size(0) == P &&
+  TORCH_CHECK(w_qp.scalar_type() == at::kShort && w_qp.dim() == 3 && w_qp.size(0) == P &&
                   w_qp.size(1) == G && w_qp.size(2) == 32,
-              "argument 'w_qp' must be an int32 tensor of shape [", P, ", ", G, ", 32], got dtype ",
+              "argument 'w_qp' must be an int16 tensor of shape [", P, ", ", G, ", 32], got dtype ",
               w_qp.scalar_type(), " and shape ", w_qp.sizes());
   TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 3 && w_scale.size(0) == P &&
                   w_scale.size(1) == G && w_scale.size(2) == cpu::kInt4Panel,
@@ -214,7 +214,7 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
   p.G = G;
   p.group_size = group_size;
   p.w = w_packed.const_data_ptr<uint8_t>();
-  p.qp = w_qp.const_data_ptr<int32_t>();
+  p.qp = w_qp.const_data_ptr<int16_t>();
   p.ws = w_scale.const_data_ptr<float>();
   p.xq = pxq;
   p.xsum = pxsum;

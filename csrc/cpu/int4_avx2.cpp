@@ -52,11 +52,11 @@ TQ_TARGET_AVX2 void tile(const Int4Problem& p, int64_t m, int64_t pi) {
         }
       }
     }
-    const int32_t* qp = p.qp + (pi * p.G + g) * 32;
+    const int16_t* qp = p.qp + (pi * p.G + g) * 32;
     const float* sp = p.ws + (pi * p.G + g) * kInt4Panel;
     for (int h = 0; h < 2; ++h) {
-      const __m256i z = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + 8 * h));
-      const __m256i wz = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + 16 + 8 * h));
+      const __m256i z = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qp + 8 * h)));
+      const __m256i wz = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qp + 16 + 8 * h)));
       const __m256 s = _mm256_loadu_ps(sp + 8 * h);
       for (int r = 0; r < MR; ++r) {
         __m256i corr = _mm256_sub_epi32(acc[r][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(p.xsum[(m + r) * p.G + g])));

@@ -49,9 +49,9 @@ TQ_TARGET_AVX512VNNI void tile(const Int4Problem& p, int64_t m, int64_t pi) {
         a1[r] = _mm512_dpbusd_epi32(a1[r], hi, bcast4(xb + 4));
       }
     }
-    const int32_t* qp = p.qp + (pi * p.G + g) * 32;
-    const __m512i z = _mm512_loadu_si512(qp);
-    const __m512i wz = _mm512_loadu_si512(qp + 16);
+    const int16_t* qp = p.qp + (pi * p.G + g) * 32;
+    const __m512i z = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp)));
+    const __m512i wz = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + 16)));
     const __m512 s = _mm512_loadu_ps(p.ws + (pi * p.G + g) * kInt4Panel);
     for (int r = 0; r < MR; ++r) {
       __m512i corr = _mm512_add_epi32(a0[r], a1[r]);

@@ -8,8 +8,8 @@
 //             (channel c of the panel, j = 0..3) holds q[16p + c, k0 + j] in its low nibble and
 //             q[16p + c, k0 + 4 + j] in its high nibble. Padded k hold q = z (they add nothing).
 //             Four low nibbles of a channel are one int32 lane of vpdpbusd's unsigned operand.
-//   w_qp      int32 [P, G, 32]: z[n, g] for the panel's 16 channels, then
-//             wz[n, g] = sum over the group of (q - z).
+//   w_qp      int16 [P, G, 32]: z[n, g] for the panel's 16 channels, then
+//             wz[n, g] = sum over the group of (q - z) (|wz| <= 15 * group_size fits int16).
 //   w_scale   float32 [P, G, 16]: s[n, g].
 //
 // Activations are quantized per row with the dynamic path's affine int8 qparams (x_scale[m],
@@ -20,7 +20,7 @@
 //          = sum_{k in g} (xq - x_zp) * (q - z)
 //   y = 0; for g = 0 .. G-1: y = y + (float)corr_g * s[n, g]      (float32, multiply then add)
 //   y = y * x_scale[m];  y = y + bias[n] (when given)
-// |corr_g| <= 255 * 15 * group_size < 2^24 (group_size <= 4096), so (float)corr_g is exact and
+// |corr_g| <= 255 * 15 * group_size < 2^24 (group_size <= 2048), so (float)corr_g is exact and
 // every variant computes the same float32 operations in the same order: bit-identical results.
 #pragma once
 
@@ -31,12 +31,12 @@ namespace cpu {
 
 constexpr int64_t kInt4Panel = 16;
 constexpr int64_t kInt4Block = 8;          // k per 64-byte block
-constexpr int64_t kInt4MaxGroup = 4096;    // keeps |corr_g| < 2^24
+constexpr int64_t kInt4MaxGroup = 2048;    // keeps |wz| <= 15 * 2048 in int16, |corr_g| < 2^24
 
 struct Int4Problem {
   int64_t M = 0, N = 0, Kp = 0, G = 0, group_size = 0;
   const uint8_t* w = nullptr;        // [P, Kp / 8, 64]
-  const int32_t* qp = nullptr;       // [P, G, 32]
+  const int16_t* qp = nullptr;       // [P, G, 32]
   const float* ws = nullptr;         // [P, G, 16]
   const int8_t* xq = nullptr;        // [M, Kp]
   const int32_t* xsum = nullptr;     // [M, G]

@@ -27,7 +27,7 @@ void int4_compute__scalar(const Int4Problem& p, int64_t m0, int64_t m1, int64_t 
             acc[c] += a;
           }
         }
-        const int32_t* qp = p.qp + (pi * p.G + g) * 32;
+        const int16_t* qp = p.qp + (pi * p.G + g) * 32;
         const float* s = p.ws + (pi * p.G + g) * kInt4Panel;
         const int32_t xs = p.xsum[m * p.G + g];
         for (int c = 0; c < kInt4Panel; ++c)

@@ -172,8 +172,8 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
   const int64_t K = x.size(-1), N = out_features;
   TORCH_CHECK(K == in_features, "argument 'x' has K = ", K,
               " (its last dimension) but the weight was packed for in_features = ", in_features);
-  TORCH_CHECK(group_size >= 8 && group_size <= 4096 && group_size % 8 == 0,
-              "argument 'group_size' must be a multiple of 8 in [8, 4096], got ", group_size);
+  TORCH_CHECK(group_size >= 8 && group_size <= 2048 && group_size % 8 == 0,
+              "argument 'group_size' must be a multiple of 8 in [8, 2048], got ", group_size);
   const int64_t G = ceil_div(K, group_size), Kp = G * group_size;
   check_same_device(x, "x", w_packed, "w_packed");
   check_same_device(x, "x", w_qp, "w_qp");

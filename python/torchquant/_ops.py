@@ -237,8 +237,8 @@ def _histogram_rebin_fake(hist, min_val, max_val, new_min, new_max, upsample_rat
 
 # ---------------------------------------------------------------- int4
 def _int4_dims(in_features, out_features, group_size):
-    torch._check(group_size >= 8 and group_size <= 4096 and group_size % 8 == 0,
-                 lambda: f"argument 'group_size' must be a multiple of 8 in [8, 4096], got {group_size}")
+    torch._check(group_size >= 8 and group_size <= 2048 and group_size % 8 == 0,
+                 lambda: f"argument 'group_size' must be a multiple of 8 in [8, 2048], got {group_size}")
     G = (in_features + group_size - 1) // group_size
     return G, G * group_size, (out_features + 15) // 16
 
@@ -253,7 +253,7 @@ def _int4_pack_weight_fake(qweight, scale, zero_point, in_features, group_size):
     if qweight.device.type == "cuda":  # cuda/int4.cu: the portable layout padded to whole groups
         return (qweight.new_empty((N, Kp // 2)), qweight.new_empty((N, G), dtype=torch.int32),
                 qweight.new_empty((N, G), dtype=torch.float32))
-    return (qweight.new_empty((P, Kp // 8, 64)), qweight.new_empty((P, G, 32), dtype=torch.int32),
+    return (qweight.new_empty((P, Kp // 8, 64)), qweight.new_empty((P, G, 32), dtype=torch.int16),
             qweight.new_empty((P, G, 16), dtype=torch.float32))
 
 

@@ -34,9 +34,9 @@ def check_bits(bits) -> int:
 
 
 def check_group_size(group_size) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 8 or group_size > 4096 \
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 8 or group_size > 2048 \
             or group_size % 8:
-        raise ValueError(f"argument 'group_size' must be a multiple of 8 in [8, 4096] (32, 64 and 128 are the "
+        raise ValueError(f"argument 'group_size' must be a multiple of 8 in [8, 2048] (32, 64 and 128 are the "
                          f"usual ones), got {group_size!r}")
     return group_size
 
