@@ -125,5 +125,14 @@ Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t emb
                                  const Tensor& indices, const std::optional<Tensor>& offsets,
                                  int64_t mode, const std::optional<Tensor>& per_sample_weights,
                                  bool include_last_offset, std::optional<int64_t> padding_idx);
+// ---- int4 (cpu/int4.cpp, cuda/int4.cu) ----
+int64_t check_int4_format(const Tensor& qweight, const Tensor& scale, const Tensor& zero_point,
+                          int64_t in_features, int64_t group_size);
+std::tuple<Tensor, Tensor, Tensor> int4_pack_weight_cpu(const Tensor& qweight, const Tensor& scale,
+                                                        const Tensor& zero_point,
+                                                        int64_t in_features, int64_t group_size);
+Tensor linear_int4_cpu(const Tensor& x, const Tensor& w_packed, const Tensor& w_qp,
+                       const Tensor& w_scale, const std::optional<Tensor>& bias,
+                       int64_t in_features, int64_t out_features, int64_t group_size);
 
 }  // namespace torchquant

@@ -169,6 +169,18 @@ TORCH_LIBRARY(torchquant, m) {
   m.def("embedding_bag_rowwise(Tensor packed, int bits, int embedding_dim, Tensor indices, "
         "Tensor? offsets=None, int mode=0, Tensor? per_sample_weights=None, "
         "bool include_last_offset=False, int? padding_idx=None) -> Tensor");
+  // ---- int4 ----
+  // int4 group-wise weight-only Linear (cpu/int4*.cpp, cuda/int4.cu; docs/quantization.md,
+  // "int4 weight-only"). Portable weight: qweight uint8 [N, ceil(K/2)] (k even in the low
+  // nibble), scale float [N, G] and zero_point integer [N, G] in [0, 15], G = ceil(K/group_size):
+  // w[n, k] = scale[n, k // group_size] * (q[n, k] - zero_point[n, k // group_size]).
+  // Returns the kernel layout of w's device (w_packed, w_qp, w_scale).
+  m.def("int4_pack_weight(Tensor qweight, Tensor scale, Tensor zero_point, int in_features, "
+        "int group_size) -> (Tensor, Tensor, Tensor)");
+  // Float x [..., K] (float32 / bfloat16 / float16) -> [..., N] in x's dtype. CPU: per-row int8
+  // activations and exact integer group sums; CUDA: float dequantization in registers.
+  m.def("linear_int4(Tensor x, Tensor w_packed, Tensor w_qp, Tensor w_scale, Tensor? bias, "
+        "int in_features, int out_features, int group_size) -> Tensor");
 }
 
 }  // namespace torchquant

@@ -139,3 +139,6 @@ from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402
 # ---- sequence models: weight-only embedding qconfigs ----
 from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit  # noqa: E402,F401
+# ---- int4 weight-only
+from . import int4  # noqa: E402,F401
+from .weight_only import quantize_weight_only  # noqa: E402

@@ -394,3 +394,33 @@ def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=No
         torch._check(indices.dim() == 2, lambda: "argument 'indices' must be 2-D [bags, entries] without offsets")
         bags = indices.shape[0]
     return packed.new_empty((bags, embedding_dim), dtype=torch.float32)
+# ---------------------------------------------------------------- int4
+def _int4_dims(in_features, out_features, group_size):
+    torch._check(group_size >= 8 and group_size <= 2048 and group_size % 8 == 0,
+                 lambda: f"argument 'group_size' must be a multiple of 8 in [8, 2048], got {group_size}")
+    G = (in_features + group_size - 1) // group_size
+    return G, G * group_size, (out_features + 15) // 16
+
+
+@torch.library.register_fake("torchquant::int4_pack_weight")
+def _int4_pack_weight_fake(qweight, scale, zero_point, in_features, group_size):
+    _check_devices("qweight", qweight, scale=scale, zero_point=zero_point)
+    torch._check(qweight.dtype == torch.uint8 and qweight.dim() == 2,
+                 lambda: f"argument 'qweight' must be a 2-D uint8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
+    N = qweight.shape[0]
+    G, Kp, P = _int4_dims(in_features, N, group_size)
+    if qweight.device.type == "cuda":  # cuda/int4.cu: the portable layout padded to whole groups
+        return (qweight.new_empty((N, Kp // 2)), qweight.new_empty((N, G), dtype=torch.int32),
+                qweight.new_empty((N, G), dtype=torch.float32))
+    return (qweight.new_empty((P, Kp // 8, 64)), qweight.new_empty((P, G, 32), dtype=torch.int16),
+            qweight.new_empty((P, G, 16), dtype=torch.float32))
+
+
+@torch.library.register_fake("torchquant::linear_int4")
+def _linear_int4_fake(x, w_packed, w_qp, w_scale, bias, in_features, out_features, group_size):
+    _check_devices("x", x, w_packed=w_packed, w_qp=w_qp, w_scale=w_scale, bias=bias)
+    torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
+    torch._check(x.dim() >= 1 and x.shape[-1] == in_features,
+                 lambda: f"argument 'x' must have K = {in_features} in its last dimension, got shape {tuple(x.shape)}")
+    _int4_dims(in_features, out_features, group_size)
+    return x.new_empty((*x.shape[:-1], out_features))

@@ -35,14 +35,18 @@ class LayerError:
     sqnr_db: float
     max_abs_error: float
     numel: int
+    # Bytes of each module's state dict (weights, qparams, buffers): what quantization saves.
+    float_bytes: int = 0
+    quantized_bytes: int = 0
 
 
 class QuantReport:
     """Rows of :class:`LayerError`, printable as a table; ``plot()`` draws a bar chart of SQNR."""
 
-    def __init__(self, layers: List[LayerError]):
+    def __init__(self, layers: List[LayerError], show_size: bool = False):
         self.layers = layers
         self.figure = None
+        self.show_size = show_size
 
     def __iter__(self):
         return iter(self.layers)
@@ -61,8 +65,14 @@ class QuantReport:
         rows = [(l.name, l.float_type, l.quantized_type,
                  "inf" if math.isinf(l.sqnr_db) else f"{l.sqnr_db:.1f}", f"{l.max_abs_error:.4g}")
                 for l in self.layers]
-        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
         align = ["<", "<", "<", ">", ">"]
+        if self.show_size:
+            head += ("float KiB", "quant KiB", "smaller")
+            rows = [r + (f"{l.float_bytes / 1024:.1f}", f"{l.quantized_bytes / 1024:.1f}",
+                         f"{l.float_bytes / l.quantized_bytes:.2f}x" if l.quantized_bytes else "-")
+                    for r, l in zip(rows, self.layers)]
+            align += [">", ">", ">"]
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
         fmt = "  ".join(f"{{:{a}{w}}}" for a, w in zip(align, widths))
         return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
@@ -133,7 +143,12 @@ def _matched_layers(float_model: nn.Module, quantized_model: nn.Module):
             if not any(c.startswith(n + ".") for c in names) and not isinstance(m, nn.Identity)]
 
 
-def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union[bool, str, os.PathLike] = False) -> QuantReport:
+def _state_bytes(m: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in m.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union[bool, str, os.PathLike] = False,
+           show_size: bool = False) -> QuantReport:
     """Per-layer SQNR (dB) and max abs error of ``quantized_model`` against ``float_model``.
 
     Layers are matched by name: the innermost modules that both models have under the same name
@@ -144,6 +159,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     inputs). Statistics accumulate over all batches. Both models run in eval mode under
     ``torch.no_grad()`` on the inputs' device; their training flags are restored afterwards.
     ``plot``: ``True`` draws the bar chart (``report.figure``), a path also saves it there.
+    Each row also holds the bytes of both modules' state dicts (``float_bytes``,
+    ``quantized_bytes``); ``show_size=True`` prints them as columns of the table.
 
     >>> r = torchquant.report(fused_float, int8_model, x_test[:1024])
     >>> r["fc1"].sqnr_db > 30
@@ -206,8 +223,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
             sqnr = -math.inf
         else:
             sqnr = 10.0 * math.log10(signal / noise)
-        layers.append(LayerError(n, type(float_modules[n]).__name__, type(m).__name__, sqnr, max_err, numel))
-    result = QuantReport(layers)
+        layers.append(LayerError(n, type(float_modules[n]).__name__, type(m).__name__, sqnr, max_err, numel,
+                                 _state_bytes(float_modules[n]), _state_bytes(m)))
+    result = QuantReport(layers, show_size)
     if plot:
         result.plot(None if plot is True else os.fspath(plot))
     return result

@@ -331,3 +331,5 @@ from .quantized_ops import *  # noqa: E402,F401,F403
 from .quantized_ops import __all__ as _cnn_all  # noqa: E402
 
 __all__ += _cnn_all
+# int4 group-wise weight-only Linear (torchquant.nn.quantized_int4).
+from .quantized_int4 import LinearWeightOnlyInt4  # noqa: E402,F401

@@ -1,0 +1,241 @@
+// CUDA int4 weight-only Linear (docs/quantization.md, "int4 weight-only"). Float activations
+// (float32 / bfloat16 / float16) are multiplied in float32 by weights dequantized in registers,
+// w = (q - z) * s; no activation rounding, so the result is within the float-rounding part of
+// torchquant.int4.reference.error_bound of dequantize-then-matmul (it is not the CPU kernels'
+// int8-activation result).
+//
+// Layout on the GPU (int4_pack_weight_cuda): w_packed uint8 [N, Kp / 2], the portable layout
+// padded to whole groups (Kp = G * group_size; padded values q = z add nothing); w_qp int32
+// [N, G] zero points; w_scale float32 [N, G].
+//
+// Kernels: for M <= 8 a GEMV-style kernel, one warp per output channel streaming its row of
+// packed weights once (4 bytes = 8 weights per lane per step, coalesced) against all M rows;
+// for larger M a shared-memory tiled kernel (64 x 64 outputs per block) that dequantizes a
+// 32-wide K slice of the weight tile once and reuses it for 64 rows.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "cuda/common.cuh"
+#include "ops.h"
+
+namespace torchquant {
+namespace cuda {
+namespace {
+
+template <class T>
+__device__ __forceinline__ float to_f(T v);
+template <>
+__device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_f<at::Half>(at::Half v) { return __half2float(*reinterpret_cast<const __half*>(&v)); }
+template <>
+__device__ __forceinline__ float to_f<at::BFloat16>(at::BFloat16 v) {
+  return __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(&v));
+}
+
+constexpr int kMaxGemvRows = 8;
+
+template <class T, int MR>
+__global__ void int4_gemv_kernel(const T* __restrict__ x, int64_t ldx, const uint8_t* __restrict__ w,
+                                 const int32_t* __restrict__ zp, const float* __restrict__ scale,
+                                 const float* __restrict__ bias, float* __restrict__ out, int M, int64_t N,
+                                 int64_t K, int64_t Kp, int64_t G, int64_t gs) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const uint32_t* wrow = reinterpret_cast<const uint32_t*>(w + n * (Kp / 2));
+  const int64_t words = Kp / 8;
+  float acc[MR];
+#pragma unroll
+  for (int r = 0; r < MR; ++r) acc[r] = 0.0f;
+  for (int64_t i = lane; i < words; i += 32) {
+    const uint32_t v = __ldg(wrow + i);
+    const int64_t k0 = i * 8;
+    const int64_t g = k0 / gs;
+    const float s = __ldg(scale + n * G + g);
+    const float z = static_cast<float>(__ldg(zp + n * G + g));
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int64_t k = k0 + j;
+      if (k >= K) break;
+      const float wv = (static_cast<float>((v >> (4 * j)) & 0xF) - z) * s;
+#pragma unroll
+      for (int r = 0; r < MR; ++r)
+        if (r < M) acc[r] = __fmaf_rn(to_f<T>(x[r * ldx + k]), wv, acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < MR; ++r) {
+    float a = acc[r];
+    for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+    if (lane == 0 && r < M) out[r * N + n] = bias != nullptr ? a + bias[n] : a;
+  }
+}
+
+constexpr int kTM = 64, kTN = 64, kTK = 32;
+
+// 256 threads, each 4 x 4 outputs of a 64 x 64 tile.
+template <class T>
+__global__ void int4_tiled_kernel(const T* __restrict__ x, int64_t ldx, const uint8_t* __restrict__ w,
+                                  const int32_t* __restrict__ zp, const float* __restrict__ scale,
+                                  const float* __restrict__ bias, float* __restrict__ out, int64_t M, int64_t N,
+                                  int64_t K, int64_t Kp, int64_t G, int64_t gs) {
+  __shared__ float xs[kTK][kTM + 1];
+  __shared__ float ws[kTK][kTN + 1];
+  const int tid = threadIdx.x;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTM, n0 = static_cast<int64_t>(blockIdx.x) * kTN;
+  const int tm = (tid / 16) * 4, tn = (tid % 16) * 4;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += kTK) {
+    for (int e = tid; e < kTM * kTK; e += blockDim.x) {
+      const int mm = e / kTK, kk = e % kTK;
+      const int64_t m = m0 + mm, k = k0 + kk;
+      xs[kk][mm] = (m < M && k < K) ? to_f<T>(x[m * ldx + k]) : 0.0f;
+    }
+    for (int e = tid; e < kTN * kTK; e += blockDim.x) {
+      const int nn = e / kTK, kk = e % kTK;
+      const int64_t n = n0 + nn, k = k0 + kk;
+      float v = 0.0f;
+      if (n < N && k < K) {
+        const uint8_t b = w[n * (Kp / 2) + k / 2];
+        const int q = (k & 1) ? (b >> 4) : (b & 0xF);
+        const int64_t g = k / gs;
+        v = static_cast<float>(q - zp[n * G + g]) * scale[n * G + g];
+      }
+      ws[kk][nn] = v;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < kTK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = xs[kk][tm + i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = ws[kk][tn + j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + tm + i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tn + j;
+      if (n < N) out[m * N + n] = bias != nullptr ? acc[i][j] + bias[n] : acc[i][j];
+    }
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cuda(const at::Tensor& qweight,
+                                                                     const at::Tensor& scale,
+                                                                     const at::Tensor& zero_point,
+                                                                     int64_t in_features, int64_t group_size) {
+  const int64_t G = check_int4_format(qweight, scale, zero_point, in_features, group_size);
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  const int64_t N = qweight.size(0), K = in_features, Kp = G * group_size;
+  const at::Tensor s = scale.to(at::kFloat).contiguous();
+  const at::Tensor z = zero_point.to(at::kInt).contiguous();
+  // Packing happens once per load: a host sync for the value checks is affordable here.
+  TORCH_CHECK(!(s.le(0) | s.isinf() | s.isnan()).any().item<bool>(),
+              "argument 'scale' must hold values > 0 and finite");
+  TORCH_CHECK(!(z.lt(0) | z.gt(15)).any().item<bool>(), "argument 'zero_point' must lie in [0, 15]");
+  const at::Tensor qw = qweight.contiguous();
+  at::Tensor q = at::stack({qw.bitwise_and(0x0F), qw.bitwise_right_shift(4)}, -1).reshape({N, -1});
+  q = q.narrow(1, 0, K);
+  if (Kp > K) {
+    const at::Tensor zfull = z.to(at::kByte).repeat_interleave(group_size, 1).narrow(1, K, Kp - K);
+    q = at::cat({q, zfull}, 1);
+  }
+  at::Tensor packed = q.slice(1, 0, Kp, 2).bitwise_or(q.slice(1, 1, Kp, 2).bitwise_left_shift(4)).contiguous();
+  return {packed, z, s};
+}
+
+at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_qp,
+                            const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                            int64_t in_features, int64_t out_features, int64_t group_size) {
+  TORCH_CHECK(x.defined() && at::isFloatingType(x.scalar_type()), "argument 'x' must be a floating-point tensor");
+  TORCH_CHECK(x.dim() >= 1, "argument 'x' must have at least 1 dimension [..., K], got a scalar");
+  const int64_t K = x.size(-1), N = out_features;
+  TORCH_CHECK(K == in_features, "argument 'x' has K = ", K,
+              " (its last dimension) but the weight was packed for in_features = ", in_features);
+  TORCH_CHECK(group_size >= 8 && group_size <= 2048 && group_size % 8 == 0,
+              "argument 'group_size' must be a multiple of 8 in [8, 2048], got ", group_size);
+  const int64_t G = ceil_div(K, group_size), Kp = G * group_size;
+  check_same_device(x, "x", w_packed, "w_packed");
+  check_same_device(x, "x", w_qp, "w_qp");
+  check_same_device(x, "x", w_scale, "w_scale");
+  TORCH_CHECK(w_packed.scalar_type() == at::kByte && w_packed.dim() == 2 && w_packed.size(0) == N &&
+                  w_packed.size(1) == Kp / 2 && w_packed.is_contiguous(),
+              "argument 'w_packed' must be a contiguous uint8 tensor [", N, ", ", Kp / 2,
+              "] (int4_pack_weight on the GPU), got shape ", w_packed.sizes());
+  TORCH_CHECK(w_qp.scalar_type() == at::kInt && w_qp.dim() == 2 && w_qp.size(0) == N && w_qp.size(1) == G &&
+                  w_qp.is_contiguous(),
+              "argument 'w_qp' must be a contiguous int32 tensor [", N, ", ", G, "], got shape ", w_qp.sizes());
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 2 && w_scale.size(0) == N &&
+                  w_scale.size(1) == G && w_scale.is_contiguous(),
+              "argument 'w_scale' must be a contiguous float32 tensor [", N, ", ", G, "], got shape ",
+              w_scale.sizes());
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    check_same_device(x, "x", *bias, "bias");
+    TORCH_CHECK(bias->numel() == N, "argument 'bias' must have ", N, " elements, got ", bias->numel());
+    b = bias->to(at::kFloat).contiguous();
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  const at::ScalarType odt = x.scalar_type();
+  at::Tensor xc = x;
+  if (odt != at::kFloat && odt != at::kHalf && odt != at::kBFloat16) xc = x.to(at::kFloat);
+  xc = xc.contiguous();
+  int64_t M = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
+  at::Tensor out = at::empty(shape, x.options().dtype(at::kFloat));
+  if (M == 0 || N == 0) return out.to(odt);
+  if (K == 0) {
+    if (b.defined()) out.copy_(b.expand_as(out)); else out.zero_();
+    return out.to(odt);
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const float* pb = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "linear_int4_cuda", [&] {
+    const scalar_t* px = xc.const_data_ptr<scalar_t>();
+    if (M <= kMaxGemvRows) {
+      constexpr int warps = 8;
+      const unsigned grid = static_cast<unsigned>(ceil_div(N, warps));
+      int4_gemv_kernel<scalar_t, kMaxGemvRows><<<grid, warps * 32, 0, stream>>>(
+          px, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
+          w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>(), static_cast<int>(M), N, K, Kp, G,
+          group_size);
+    } else {
+      const dim3 grid(static_cast<unsigned>(ceil_div(N, kTN)), static_cast<unsigned>(ceil_div(M, kTM)));
+      int4_tiled_kernel<scalar_t><<<grid, 256, 0, stream>>>(
+          px, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
+          w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>(), M, N, K, Kp, G, group_size);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return odt == at::kFloat ? out : out.to(odt);
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CUDA, m) {
+  m.impl("int4_pack_weight", &int4_pack_weight_cuda);
+  m.impl("linear_int4", &linear_int4_cuda);
+}
+
+}  // namespace cuda
+}  // namespace torchquant

@@ -1,0 +1,51 @@
+"""AWQ (Lin et al. 2023) for the int4 group format: scale each input channel k of a Linear's
+weight up by ``s_k`` before rounding (and the input down by ``1 / s_k``), so that the channels
+whose activations are large, and whose weights therefore matter most, lose less to rounding.
+
+``s = mean|x|^alpha`` (normalized by ``sqrt(max(s) * min(s))``), with alpha chosen on a grid of
+``grid`` points in [0, 1) to minimize the output error ``||X W^T - (X / s) Q(W * s)^T||^2`` on
+the calibration rows, for all the Linears that read the same input together (they must share
+one ``s`` when it is folded into the op that produces that input). alpha = 0 is plain
+round-to-nearest, so the chosen scale never does worse than RTN on the calibration rows.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .format import choose_group_qparams, dequantize_groups, quantize_groups
+
+__all__ = ["awq_candidate_scales", "awq_search", "rtn_fake"]
+
+
+def rtn_fake(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Round-to-nearest int4 of w [N, K], dequantized (float32)."""
+    s, z = choose_group_qparams(w, group_size)
+    return dequantize_groups(quantize_groups(w, s, z, group_size), s, z, group_size)
+
+
+def awq_candidate_scales(x_abs_mean: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The per-input-channel scale of one grid point."""
+    s = x_abs_mean.float().clamp(min=1e-4).pow(alpha)
+    s = s / (s.max() * s.min()).sqrt()
+    return s
+
+
+def awq_search(x: torch.Tensor, weights: Sequence[torch.Tensor], group_size: int, grid: int = 20
+               ) -> Tuple[torch.Tensor, float, List[float]]:
+    """Best per-input-channel scale s [K] for the Linears ``weights`` (each [N_i, K]) reading
+    the rows x [n, K]. Returns (s, alpha, loss per grid point)."""
+    x = x.detach().float().reshape(-1, x.shape[-1])
+    w = torch.cat([wi.detach().float() for wi in weights], 0)
+    x_abs_mean = x.abs().mean(0)
+    y_ref = x @ w.t()
+    losses = []
+    best = (float("inf"), None, 0.0)
+    for i in range(grid):
+        alpha = i / grid
+        s = awq_candidate_scales(x_abs_mean, alpha)
+        wq = torch.cat([rtn_fake(wi.detach().float() * s, group_size) for wi in weights], 0) / s
+        loss = float(((x @ wq.t() - y_ref) ** 2).mean())
+        losses.append(loss)
+        if loss < best[0]:
+            best = (loss, s, alpha)
+    return best[1], best[2], losses

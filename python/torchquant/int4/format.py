@@ -1,0 +1,102 @@
+"""The int4 weight format: asymmetric 4-bit values in groups along K.
+
+A weight ``w [N, K]`` is cut into ``G = ceil(K / group_size)`` groups of ``group_size``
+consecutive input channels per output channel; the last group is shorter when ``group_size``
+does not divide K (no padding is stored, nothing is rejected). Each group has a float32 scale
+``s`` and an integer zero point ``z`` in ``[0, 15]``::
+
+    q = clamp(nearbyint(w * (1 / s)) + z, 0, 15)          (uint4)
+    w ~ s * (q - z)
+
+with ``s = max((max(w_g, 0) - min(w_g, 0)) / 15, eps)`` and ``z = clamp(-nearbyint(min(w_g, 0) / s), 0, 15)``
+for round-to-nearest (torch.ao's affine ``choose_qparams`` on each group; GPTQ and AWQ choose the
+values of ``q`` differently but store them the same way).
+
+Storage (the state dict, portable across devices): ``qweight`` uint8 ``[N, ceil(K / 2)]`` with
+``k`` even in the low nibble and ``k + 1`` in the high nibble (0 past K), ``weight_scale``
+float32 ``[N, G]``, ``weight_zero_point`` uint8 ``[N, G]``.
+"""
+from typing import Tuple
+
+import torch
+
+__all__ = ["num_groups", "choose_group_qparams", "quantize_groups", "dequantize_groups", "pack_int4",
+           "unpack_int4", "check_group_size", "check_bits", "QMAX"]
+
+QMAX = 15
+_EPS = torch.finfo(torch.float32).eps
+
+
+def check_bits(bits) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (4, 8):
+        raise ValueError(f"argument 'bits' must be 4 or 8, got {bits!r}")
+    return bits
+
+
+def check_group_size(group_size) -> int:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 8 or group_size > 2048 \
+            or group_size % 8:
+        raise ValueError(f"argument 'group_size' must be a multiple of 8 in [8, 2048] (32, 64 and 128 are the "
+                         f"usual ones), got {group_size!r}")
+    return group_size
+
+
+def num_groups(in_features: int, group_size: int) -> int:
+    return (in_features + group_size - 1) // group_size
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """w [N, K] as [N, G, group_size], the last group padded with NaN (ignored by the min/max)."""
+    N, K = w.shape
+    G = num_groups(K, group_size)
+    pad = G * group_size - K
+    if pad:
+        w = torch.cat([w, w.new_full((N, pad), float("nan"))], 1)
+    return w.reshape(N, G, group_size)
+
+
+def choose_group_qparams(w: torch.Tensor, group_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest qparams of each group of w [N, K]: (scale float32 [N, G], zero_point
+    int64 [N, G]); the range is widened to contain 0, as torch.ao's (and GPTQ's) affine one."""
+    wg = _grouped(w.detach().float(), group_size)
+    zero = torch.zeros((), dtype=torch.float32, device=w.device)
+    mn = torch.minimum(torch.nan_to_num(wg, nan=float("inf")).amin(-1), zero)
+    mx = torch.maximum(torch.nan_to_num(wg, nan=float("-inf")).amax(-1), zero)
+    scale = (mx - mn) / torch.full_like(mx, float(QMAX))
+    scale = torch.where(scale > _EPS, scale, torch.full_like(scale, _EPS))
+    z = torch.clamp(-torch.round(mn / scale), 0, QMAX)
+    return scale, z.to(torch.int64)
+
+
+def _expand(t: torch.Tensor, K: int, group_size: int) -> torch.Tensor:
+    return t.repeat_interleave(group_size, dim=-1)[..., :K]
+
+
+def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int) -> torch.Tensor:
+    """uint4 values (as uint8 [N, K]) of w with the given group qparams:
+    ``clamp(nearbyint(w * (1 / s)) + z, 0, 15)`` in float32."""
+    K = w.shape[-1]
+    inv = torch.ones_like(scale) / scale
+    q = torch.round(w.float() * _expand(inv, K, group_size)) + _expand(zero_point.float(), K, group_size)
+    return torch.clamp(torch.nan_to_num(q, nan=0.0), 0, QMAX).to(torch.uint8)
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int) -> torch.Tensor:
+    """float32 ``s * (q - z)`` of uint4 values q [N, K]."""
+    K = q.shape[-1]
+    return (q.float() - _expand(zero_point.float(), K, group_size)) * _expand(scale.float(), K, group_size)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint4 values [N, K] (uint8 0..15) -> two per byte, uint8 [N, ceil(K / 2)], k even low."""
+    N, K = q.shape
+    if K % 2:
+        q = torch.cat([q, q.new_zeros(N, 1)], 1)
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: uint8 [N, ceil(K / 2)] -> uint8 values [N, K]."""
+    lo, hi = packed & 0x0F, packed >> 4
+    return torch.stack([lo, hi], -1).reshape(packed.shape[0], 2 * packed.shape[1])[:, :in_features]

@@ -1,0 +1,156 @@
+"""GPTQ (Frantar et al. 2022) for the int4 group format: quantize a Linear's weight one input
+column at a time and spread each column's rounding error over the columns not yet quantized,
+weighted by the inverse Hessian ``H = 2/n * X^T X`` of the layer's calibration inputs.
+
+:func:`gptq_quantize` works on one weight and its Hessian (memory: the K x K Hessian, its
+Cholesky factor, and the weight); :class:`HessianAccumulator` builds the Hessian from the rows
+a forward hook sees. Blocked ("lazy batch") updates: columns are processed in blocks of
+``blocksize``; inside a block the error updates the block only, and the block's accumulated
+error updates the rest of the weight in one matrix product.
+"""
+import math
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from .format import QMAX, choose_group_qparams, num_groups
+
+__all__ = ["HessianAccumulator", "gptq_quantize", "gptq_reference"]
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n * sum_rows x x^T`` (float64) of the rows a Linear sees."""
+
+    def __init__(self, in_features: int, device=None):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.rows = 0
+
+    def add(self, x: torch.Tensor):
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.H.device, torch.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
+        total = self.rows + n
+        self.H.mul_(self.rows / total)
+        self.H.addmm_(x.t(), x, alpha=2.0 / total)
+        self.rows = total
+
+
+def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> Tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + damp I)^-1; damp starts at percdamp * mean(diag H) and grows
+    tenfold until the factorization succeeds (a Hessian that is not positive definite after
+    dampening: rank-deficient with rounding below zero, or indefinite)."""
+    K = H.shape[0]
+    mean_diag = float(torch.diag(H).mean()) if K else 1.0
+    if not math.isfinite(mean_diag) or mean_diag <= 0:
+        mean_diag = 1.0
+    damp = percdamp * mean_diag
+    eye = torch.eye(K, dtype=H.dtype, device=H.device)
+    for attempt in range(12):
+        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0 and bool(torch.isfinite(U).all()):
+                if attempt:
+                    warnings.warn(f"GPTQ: the Hessian of {name} is not positive definite with dampening "
+                                  f"{percdamp:g} * mean(diag); used {damp / mean_diag:.3g} * mean(diag)",
+                                  RuntimeWarning, stacklevel=3)
+                return U, damp
+        damp *= 10.0
+    raise torch.linalg.LinAlgError(f"GPTQ: the Hessian of {name} could not be factorized even with dampening "
+                                   f"{damp / mean_diag:.3g} * mean(diag)")
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: float = 0.01,
+                  blocksize: int = 128, act_order: bool = False, rows: Optional[int] = None,
+                  name: str = "the layer") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ of W [N, K] with Hessian H [K, K]: returns (q uint8 [N, K] in 0..15, scale float32
+    [N, G], zero_point int64 [N, G]) of the int4 group format.
+
+    ``act_order`` visits columns by decreasing Hessian diagonal; the groups stay contiguous in
+    the original K order (their qparams are then chosen up front from W: "static groups").
+    Without it, a group's qparams are chosen from the error-updated weights when its first
+    column is reached, as in the reference implementation. ``rows``: how many calibration rows
+    built H; fewer than K (a rank-deficient Hessian) warns with H's condition number.
+    """
+    W = W.detach().to(torch.float64).clone()
+    N, K = W.shape
+    H = H.detach().to(torch.float64).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    if rows is not None and rows < K:
+        mean_diag = float(torch.diag(H).mean())
+        cond = float(torch.linalg.cond(H + percdamp * mean_diag * torch.eye(K, dtype=H.dtype, device=H.device)))
+        warnings.warn(f"GPTQ: {name} saw {rows} calibration rows for K = {K} inputs: its Hessian has rank "
+                      f"<= {rows} and condition number {cond:.3g} after dampening {percdamp:g}; pass more "
+                      "calibration data", RuntimeWarning, stacklevel=2)
+    G = num_groups(K, group_size)
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        scale_all, zero_all = choose_group_qparams(W.float(), group_size)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+    else:
+        perm = torch.arange(K, device=W.device)
+        scale_all = torch.empty(N, G, dtype=torch.float32, device=W.device)
+        zero_all = torch.empty(N, G, dtype=torch.int64, device=W.device)
+    Hinv, _ = _inverse_cholesky(H, percdamp, name)
+    Q = torch.empty(N, K, dtype=torch.float64, device=W.device)
+    for i1 in range(0, K, blocksize):
+        i2 = min(i1 + blocksize, K)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])
+            g = col // group_size
+            if not act_order and col % group_size == 0:
+                # qparams from the error-updated weights of this group (columns col.. are in W1 / W).
+                upd = torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :min(group_size, K - col)]
+                s, z = choose_group_qparams(upd.float(), group_size)
+                scale_all[:, g], zero_all[:, g] = s[:, 0], z[:, 0]
+            s = scale_all[:, g].double()
+            z = zero_all[:, g].double()
+            w = W1[:, i]
+            q = torch.clamp(torch.round(w.float() * (1.0 / scale_all[:, g])).double() + z, 0, QMAX)
+            dq = (q - z) * s
+            Q[:, i1 + i] = q
+            err = (w - dq) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    q = torch.empty_like(Q)
+    q[:, perm] = Q
+    return q.to(torch.uint8), scale_all, zero_all
+
+
+def gptq_reference(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: float = 0.01):
+    """Unblocked GPTQ in the textbook form (no lazy batches, no act-order): after quantizing
+    column i, ``W[:, j] -= (w_i - dq_i) / [H^-1]_ii * [H^-1]_ij`` for j > i, then H^-1 loses row
+    and column i (the Schur complement). The test compares :func:`gptq_quantize` with it."""
+    W = W.detach().double().clone()
+    N, K = W.shape
+    H = H.detach().double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H = H + percdamp * torch.diag(H).mean() * torch.eye(K, dtype=H.dtype)
+    Hinv = torch.linalg.inv(H)
+    G = num_groups(K, group_size)
+    scale = torch.empty(N, G)
+    zero = torch.empty(N, G, dtype=torch.int64)
+    q = torch.empty(N, K, dtype=torch.uint8)
+    for i in range(K):
+        g = i // group_size
+        if i % group_size == 0:
+            s, z = choose_group_qparams(W[:, i:i + group_size].float(), group_size)
+            scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+        qi = torch.clamp(torch.round(W[:, i].float() * (1.0 / scale[:, g])).double() + zero[:, g], 0, QMAX)
+        q[:, i] = qi.to(torch.uint8)
+        err = (W[:, i] - (qi - zero[:, g]) * scale[:, g].double()) / Hinv[i, i]
+        W[:, i + 1:] -= err.unsqueeze(1) * Hinv[i, i + 1:].unsqueeze(0)
+        Hinv[i + 1:, i + 1:] -= Hinv[i + 1:, i:i + 1] @ Hinv[i:i + 1, i + 1:] / Hinv[i, i]
+    return q, scale, zero

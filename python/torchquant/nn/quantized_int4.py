@@ -1,0 +1,130 @@
+"""int4 group-wise weight-only Linear: float activations in and out, 4-bit weights.
+
+The state dict holds the portable format of :mod:`torchquant.int4.format` (plain tensors:
+``qweight`` uint8 [N, ceil(K/2)], ``weight_scale`` float32 [N, G], ``weight_zero_point`` uint8
+[N, G], ``bias``, and for AWQ without a foldable previous op an ``input_scale`` float32 [K]), so
+it loads with ``torch.load(weights_only=True)``. The kernel layout (``int4_pack_weight``) is a
+set of non-persistent buffers rebuilt for the module's device on ``.to()`` and after
+``load_state_dict``.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._ops import ops
+from ..observer import _apply_keeping_float32
+from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
+                           quantize_groups, unpack_int4)
+
+__all__ = ["LinearWeightOnlyInt4"]
+
+_FLOAT_OUT = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class LinearWeightOnlyInt4(nn.Module):
+    """nn.Linear with int4 weights in groups of ``group_size`` along K (asymmetric, one float32
+    scale and one 4-bit zero point per group) and float activations (float32, bfloat16,
+    float16; the output has the input's dtype).
+
+    On the CPU each input row is quantized to int8 on the fly (the dynamic path's per-row
+    affine qparams) and multiplied exactly against the 4-bit weights (AVX-512 VNNI / AVX2 /
+    scalar); on CUDA the weights are dequantized in registers and multiplied in float32.
+    ``torchquant.int4.reference`` holds both semantics in plain torch.
+
+    >>> q = LinearWeightOnlyInt4.from_float(nn.Linear(256, 64), group_size=128)
+    >>> y = q(torch.randn(3, 256))
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
+                 input_scale: bool = False):
+        super().__init__()
+        check_group_size(group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        G = num_groups(in_features, group_size)
+        self.register_buffer("qweight", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(out_features, G, dtype=torch.float32))
+        self.register_buffer("weight_zero_point", torch.zeros(out_features, G, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
+        for name in ("_w_packed", "_w_qp", "_w_scale"):
+            self.register_buffer(name, None, persistent=False)
+        self._repack()
+
+    # ---- construction
+    @classmethod
+    def from_qparams(cls, qvalues: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                     bias: Optional[torch.Tensor], group_size: int, input_scale: Optional[torch.Tensor] = None):
+        """From uint4 values [N, K] (uint8 0..15) and group qparams [N, G]: ``w = s * (q - z)``,
+        applied to ``x * input_scale`` when input_scale is given."""
+        N, K = qvalues.shape
+        m = cls(K, N, bias is not None, group_size, input_scale is not None)
+        if qvalues.numel() and int(qvalues.max()) > 15:
+            raise ValueError(f"argument 'qvalues' must hold 4-bit values in [0, 15], got max {int(qvalues.max())}")
+        m.qweight.copy_(pack_int4(qvalues.cpu()))
+        m.weight_scale.copy_(scale.detach().float().cpu())
+        m.weight_zero_point.copy_(zero_point.cpu().to(torch.uint8))
+        if bias is not None:
+            m.bias.copy_(bias.detach().float().cpu())
+        if input_scale is not None:
+            m.input_scale.copy_(input_scale.detach().float().cpu())
+        m._repack()
+        return m.to(qvalues.device)
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, group_size: int = 128):
+        """Round-to-nearest int4 of an nn.Linear's weight (``torchquant.quantize_weight_only``
+        runs GPTQ or AWQ instead)."""
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"argument 'mod' must be an nn.Linear, got {type(mod).__name__}")
+        check_group_size(group_size)
+        w = mod.weight.detach().float()
+        scale, zp = choose_group_qparams(w, group_size)
+        q = quantize_groups(w, scale, zp, group_size)
+        return cls.from_qparams(q, scale, zp, mod.bias, group_size)
+
+    # ---- the weight
+    def qvalues(self) -> torch.Tensor:
+        """The uint4 values as uint8 [N, K]."""
+        return unpack_int4(self.qweight, self.in_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """``s * (q - z)`` as float32 [N, K] (the effective weight on ``x * input_scale``)."""
+        return dequantize_groups(self.qvalues(), self.weight_scale, self.weight_zero_point, self.group_size)
+
+    def _repack(self):
+        self._w_packed, self._w_qp, self._w_scale = ops.int4_pack_weight(
+            self.qweight, self.weight_scale, self.weight_zero_point, self.in_features, self.group_size)
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moves follow the device; dtype casts (.half()) leave the float32 qparams, bias and
+        # input scale as they are (they are part of the int4 computation), then repack.
+        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
+        self._repack()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._repack()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} takes a floating-point tensor, got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        b = self._buffers
+        odt = x.dtype
+        if odt not in _FLOAT_OUT:
+            x = x.float()
+        if b["input_scale"] is not None:
+            x = x * b["input_scale"].to(x.dtype)
+        y = ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"], self.in_features,
+                            self.out_features, self.group_size)
+        return y if y.dtype == odt else y.to(odt)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the persistent state (qweight, qparams, bias, input scale)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"group_size={self.group_size}, input_scale={self.input_scale is not None}")

@@ -1,0 +1,371 @@
+"""Whole-model int4 weight-only quantization: :func:`quantize_weight_only`.
+
+Every ``nn.Linear`` (exactly that type, as torch.ao's ``quantize_dynamic`` by default; not, say,
+``nn.MultiheadAttention``'s ``out_proj``, which its owner reads directly) is replaced by
+:class:`torchquant.nn.quantized.LinearWeightOnlyInt4` (bits=4) or by torchquant's int8
+``DynamicLinear`` (bits=8, per output channel). The 4-bit values come from round-to-nearest,
+GPTQ or AWQ; the two calibrated methods visit the layers in the order the model runs them and
+gather one layer's statistics at a time (forward hooks on the calibration batches), with the
+layers before it already quantized, so that each layer corrects for the error of those before
+it and memory holds one layer's Hessian (GPTQ) or input rows (AWQ) at a time.
+"""
+import copy
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .int4 import awq as _awq
+from .int4 import gptq as _gptq
+from .int4.format import (check_bits, check_group_size, choose_group_qparams, dequantize_groups,
+                          quantize_groups)
+from .nn.quantized_int4 import LinearWeightOnlyInt4
+
+__all__ = ["quantize_weight_only"]
+
+_METHODS = ("rtn", "gptq", "awq")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency; stay usable without it
+        return items
+    return tqdm(items, desc=desc, unit="layer")
+
+
+def _run(model: nn.Module, batch):
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    if isinstance(batch, dict):
+        return model(**batch)
+    return model(batch)
+
+
+def _calib_batches(calib_data, method: str) -> List[Any]:
+    if calib_data is None:
+        raise ValueError(f"method={method!r} needs calib_data: an iterable of input batches (or one tensor)")
+    batches = [calib_data] if isinstance(calib_data, torch.Tensor) else list(calib_data)
+    if not batches:
+        raise ValueError(f"argument 'calib_data' holds no batches (method={method!r} needs some)")
+    return batches
+
+
+def _forward_all(model, batches, stop_on: Optional[nn.Module] = None):
+    with torch.no_grad():
+        for b in batches:
+            try:
+                _run(model, b)
+            except _Stop:
+                pass
+
+
+def _execution_order(model, linears: Dict[str, nn.Linear], batches) -> Tuple[List[str], Dict[str, int]]:
+    """Names of the Linears in the order the first batch calls them, and how often each is called."""
+    order, calls = [], {}
+    handles = []
+    for name, m in linears.items():
+        def hook(mod, args, name=name):
+            calls[name] = calls.get(name, 0) + 1
+            if name not in order:
+                order.append(name)
+        handles.append(m.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            _run(model, batches[0])
+    finally:
+        for h in handles:
+            h.remove()
+    never = [n for n in linears if n not in order]
+    return order + never, calls
+
+
+def _capture_inputs(model, batches, module: nn.Module, fn, stop: bool):
+    """Runs the batches, handing each input of `module` to fn; stops each forward right after
+    `module` when `stop` (nothing later can change what it sees)."""
+    def hook(mod, args):
+        fn(args[0])
+        if stop:
+            raise _Stop
+    h = module.register_forward_pre_hook(hook)
+    try:
+        _forward_all(model, batches)
+    finally:
+        h.remove()
+
+
+def _set_fake_weight(linear: nn.Linear, w: torch.Tensor):
+    with torch.no_grad():
+        linear.weight.copy_(w.to(linear.weight.dtype))
+
+
+def _producers(model: nn.Module, names: Sequence[str]) -> Dict[str, Tuple[str, List[str]]]:
+    """For AWQ folding: {linear: (producer, [linears sharing its output])} where a Linear's input
+    is the output of a LayerNorm or Linear module whose every user is one of `names` (from a
+    torch.fx trace; an untraceable model folds nothing)."""
+    try:
+        import torch.fx as fx
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        return {}
+    mods = dict(model.named_modules())
+    calls: Dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    wanted = set(names)
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in wanted or not node.args:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src.op != "call_module" or calls.get(src.target) != 1:
+            continue
+        pm = mods.get(src.target)
+        if not isinstance(pm, (nn.LayerNorm, nn.Linear)) or (isinstance(pm, nn.LayerNorm) and not pm.elementwise_affine):
+            continue
+        users = list(src.users)
+        if all(u.op == "call_module" and u.target in wanted and calls.get(u.target) == 1 and len(u.args) == 1
+               and u.args[0] is src and not u.kwargs for u in users):
+            out[node.target] = (src.target, [u.target for u in users])
+    return out
+
+
+def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128, method: str = "rtn",
+                         calib_data: Optional[Iterable] = None, *, inplace: bool = False,
+                         exclude: Sequence[str] = (), percdamp: float = 0.01, blocksize: int = 128,
+                         act_order: bool = False, awq_grid: int = 20, awq_fold: bool = True,
+                         awq_max_rows: int = 4096, progress: bool = True) -> nn.Module:
+    """Weight-only quantization of every ``nn.Linear`` of ``model``: float activations in and out.
+
+    ``bits=4``: int4 in groups of ``group_size`` input channels (asymmetric, float32 scale and
+    4-bit zero point per group; ``docs/quantization.md``), by ``method``:
+
+    - ``"rtn"``: round to nearest; needs no data.
+    - ``"gptq"``: GPTQ with the Hessian of each layer's calibration inputs (``percdamp``: damping
+      as a fraction of the mean diagonal, raised tenfold while the Hessian is not positive
+      definite; ``blocksize``: columns per lazy-batch update; ``act_order``: visit columns by
+      decreasing Hessian diagonal). Fewer calibration rows than a layer's K warns with the
+      Hessian's condition number.
+    - ``"awq"``: AWQ's activation-aware per-input-channel scales (``awq_grid`` points); the scale
+      is folded into the LayerNorm or Linear that produces the input when every user of that
+      output is quantized here (``awq_fold``, found by a torch.fx trace), else the module keeps
+      it as an ``input_scale``.
+
+    ``bits=8``: int8 per output channel (torchquant's dynamic ``DynamicLinear``), RTN or GPTQ.
+
+    ``calib_data``: batches the model is called on (``model(*b)`` for a tuple, ``model(**b)`` for
+    a dict, else ``model(b)``); a few hundred to a few thousand rows (tokens) per layer input.
+    ``exclude``: module names left in float (an LM head, say). Returns the quantized model (a
+    copy unless ``inplace``); a tqdm bar shows progress over layers (``progress=False`` hides it).
+    """
+    check_bits(bits)
+    if method not in _METHODS:
+        raise ValueError(f"argument 'method' must be one of {_METHODS}, got {method!r}")
+    if bits == 4:
+        check_group_size(group_size)
+    elif method == "awq":
+        raise ValueError("method='awq' is implemented for bits=4 only (int8 per channel rarely needs it)")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    excluded = set(exclude)
+    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
+    unknown = excluded - {n for n, _ in model.named_modules()}
+    if unknown:
+        raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
+    training = model.training
+    model.eval()
+    results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
+    gs = group_size if bits == 4 else None
+
+    def rtn(w):
+        if bits == 8:
+            return _int8_rtn(w)
+        s, z = choose_group_qparams(w, group_size)
+        return quantize_groups(w, s, z, group_size), s, z
+
+    if method == "rtn":
+        for name in _progress(list(linears), progress, "int4 rtn" if bits == 4 else "int8 rtn"):
+            q, s, z = rtn(linears[name].weight.detach().float())
+            results[name] = (q, s, z, None)
+    else:
+        batches = _calib_batches(calib_data, method)
+        order, calls = _execution_order(model, linears, batches)
+        originals = {n: linears[n].weight.detach().clone() for n in order}
+        try:
+            if method == "gptq":
+                _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize,
+                          act_order, progress)
+            else:
+                _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
+                         awq_max_rows, progress)
+        finally:
+            with torch.no_grad():
+                for n, w in originals.items():
+                    linears[n].weight.copy_(w)
+    _swap(model, linears, results, bits, gs)
+    model.train(training)
+    return model
+
+
+def _int8_rtn(w):
+    amax = w.abs().amax(1).clamp(min=torch.finfo(torch.float32).eps)
+    s = (amax / 127.5).reshape(-1, 1)
+    q = torch.clamp(torch.round(w * (1.0 / s)), -128, 127)
+    return q.to(torch.int8), s, torch.zeros_like(s, dtype=torch.int64)
+
+
+def _fake(q, s, z, bits, group_size):
+    if bits == 8:
+        return q.float() * s
+    return dequantize_groups(q, s, z, group_size)
+
+
+def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize, act_order,
+              progress):
+    for name in _progress(order, progress, f"int{bits} gptq"):
+        lin = linears[name]
+        acc = _gptq.HessianAccumulator(lin.in_features, device=lin.weight.device)
+        _capture_inputs(model, batches, lin, acc.add, stop=calls.get(name, 0) == 1)
+        W = lin.weight.detach().float()
+        if acc.rows == 0:
+            warnings.warn(f"GPTQ: {name} was not called on the calibration data; rounded to nearest", RuntimeWarning)
+            q, s, z = (_int8_rtn(W) if bits == 8 else
+                       (lambda s_z: (quantize_groups(W, *s_z, group_size), *s_z))(choose_group_qparams(W, group_size)))
+        elif bits == 8:
+            q, s, z = _gptq_int8(W, acc, percdamp, blocksize, act_order, name)
+        else:
+            q, s, z = _gptq.gptq_quantize(W, acc.H, group_size, percdamp, blocksize, act_order, rows=acc.rows,
+                                          name=name)
+        fake = _fake(q, s, z, bits, group_size)
+        if not torch.isfinite(fake).all():  # cannot happen with finite weights; never hand out NaN
+            raise FloatingPointError(f"GPTQ produced non-finite weights for {name}")
+        _set_fake_weight(lin, fake)
+        results[name] = (q, s, z, None)
+        del acc
+
+
+def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
+    # int8 per channel = the int4 machinery with one group spanning K on a symmetric grid is not
+    # what gptq_quantize does; run it with group_size = K and re-express: the asymmetric 4-bit grid
+    # does not apply, so use GPTQ's column loop with the int8 per-channel quantizer instead.
+    N, K = W.shape
+    q8, s8, _ = _int8_rtn(W)
+    Wd = W.double().clone()
+    H = acc.H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    Wd[:, dead] = 0
+    U, _ = _gptq._inverse_cholesky(H, percdamp, name)
+    s = s8.double().reshape(-1)
+    Q = torch.empty(N, K, dtype=torch.int8)
+    for i1 in range(0, K, blocksize):
+        i2 = min(i1 + blocksize, K)
+        W1 = Wd[:, i1:i2].clone()
+        E = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            q = torch.clamp(torch.round(w.float() * (1.0 / s8.reshape(-1))), -128, 127).double()
+            Q[:, i1 + i] = q.to(torch.int8)
+            err = (w - q * s) / U[i1 + i, i1 + i]
+            W1[:, i:] -= err.unsqueeze(1) * U[i1 + i, i1 + i:i2].unsqueeze(0)
+            E[:, i] = err
+        Wd[:, i2:] -= E @ U[i1:i2, i2:]
+    return Q, s8, torch.zeros_like(s8, dtype=torch.int64)
+
+
+def _run_awq(model, batches, linears, order, calls, results, group_size, grid, fold, max_rows, progress):
+    producers = _producers(model, order) if fold else {}
+    mods = dict(model.named_modules())
+    done = set()
+    groups = []
+    for name in order:
+        if name in done:
+            continue
+        if name in producers:
+            prod, users = producers[name]
+            members = [u for u in order if u in users]
+        else:
+            prod, members = None, [name]
+        done.update(members)
+        groups.append((prod, members))
+    gen = torch.Generator().manual_seed(0)
+    for prod, members in _progress(groups, progress, "int4 awq"):
+        first = linears[members[0]]
+        rows: List[torch.Tensor] = []
+        _capture_inputs(model, batches, first, lambda x: rows.append(x.detach().reshape(-1, x.shape[-1]).float()),
+                        stop=all(calls.get(m, 0) == 1 for m in members))
+        if not rows:
+            warnings.warn(f"AWQ: {members} not called on the calibration data; rounded to nearest", RuntimeWarning)
+            for m in members:
+                W = linears[m].weight.detach().float()
+                s_, z_ = choose_group_qparams(W, group_size)
+                results[m] = (quantize_groups(W, s_, z_, group_size), s_, z_, None)
+            continue
+        X = torch.cat(rows, 0)
+        if X.shape[0] > max_rows:
+            X = X[torch.randperm(X.shape[0], generator=gen)[:max_rows].to(X.device)]
+        weights = [linears[m].weight.detach().float() for m in members]
+        s, alpha, _ = _awq.awq_search(X, weights, group_size, grid)
+        for m, W in zip(members, weights):
+            Ws = W * s
+            sc, zp = choose_group_qparams(Ws, group_size)
+            q = quantize_groups(Ws, sc, zp, group_size)
+            fake = dequantize_groups(q, sc, zp, group_size)
+            if prod is None:
+                results[m] = (q, sc, zp, 1.0 / s)
+                _set_fake_weight(linears[m], fake / s)
+            else:
+                results[m] = (q, sc, zp, None)
+                _set_fake_weight(linears[m], fake)
+        if prod is not None:
+            _fold_into(mods[prod], prod, s, results)
+
+
+def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tuple]):
+    """Divides the output channels of the producer by s (its consumers' weights were multiplied)."""
+    with torch.no_grad():
+        if isinstance(pm, nn.LayerNorm):
+            pm.weight.div_(s.to(pm.weight.dtype))
+            if pm.bias is not None:
+                pm.bias.div_(s.to(pm.bias.dtype))
+            return
+        # A Linear: its float weight (the stand-in while later layers calibrate) and bias; when it
+        # is itself quantized here, its group scales (exact: row n of s_g * (q - z) divides by s[n]).
+        pm.weight.div_(s.to(pm.weight.dtype).reshape(-1, 1))
+        if pm.bias is not None:
+            pm.bias.div_(s.to(pm.bias.dtype))
+        if name in results:
+            q, sc, zp, inp = results[name]
+            results[name] = (q, sc / s.reshape(-1, 1).to(sc.dtype), zp, inp)
+
+
+def _swap(model, linears, results, bits, group_size):
+    from .nn.quantized import DynamicLinear
+    for name, (q, s, z, inp) in results.items():
+        lin = linears[name]
+        # the bias is the module's current one (AWQ may have folded a scale into it)
+        if bits == 4:
+            new = LinearWeightOnlyInt4.from_qparams(q, s, z, lin.bias, group_size, inp)
+        else:
+            new = DynamicLinear(lin.in_features, lin.out_features, lin.bias is not None)
+            with torch.no_grad():
+                new.qweight.copy_(q.cpu())
+                new.weight_scale.copy_(s.reshape(-1).float().cpu())
+                new.weight_zero_point.zero_()
+                if lin.bias is not None:
+                    new.bias.copy_(lin.bias.detach().float().cpu())
+            new._repack()
+            new = new.to(lin.weight.device)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)

@@ -1,0 +1,275 @@
+"""int4 weight-only: the format (pack / unpack, round-to-nearest), the CPU kernels of every ISA
+bit-exact with the plain-torch oracle torchquant.int4.reference.linear_int4 and within the
+documented bound of dequantize-then-matmul, the module (dtypes, state dict, AWQ input scale),
+bad arguments."""
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import torchquant
+from torchquant.int4 import format as fmt
+from torchquant.int4 import reference as ref
+from torchquant.nn.quantized import LinearWeightOnlyInt4
+
+ops = torch.ops.torchquant
+
+
+def _rand_weight(N, K, group_size, gen):
+    q = torch.randint(0, 16, (N, K), generator=gen, dtype=torch.uint8)
+    # extremes in a fair share of places
+    ext = torch.rand(N, K, generator=gen)
+    q = torch.where(ext < 0.1, torch.zeros_like(q), torch.where(ext > 0.9, torch.full_like(q, 15), q))
+    G = fmt.num_groups(K, group_size)
+    scale = torch.rand(N, G, generator=gen) * 0.02 + 1e-3
+    zp = torch.randint(0, 16, (N, G), generator=gen, dtype=torch.uint8)
+    return fmt.pack_int4(q), scale, zp
+
+
+def _rand_x(shape, gen):
+    x = torch.randn(shape, generator=gen) * 3
+    # exact ties of the activation grid and outliers
+    if x.numel():
+        x.view(-1)[:: 7] = torch.round(x.view(-1)[:: 7]) + 0.5
+        x.view(-1)[:: 31] *= 40
+    return x
+
+
+SHAPES = [  # M, K, N, group_size
+    (1, 128, 16, 128), (1, 4096, 64, 128), (3, 130, 17, 128), (5, 67, 33, 32), (1, 1, 1, 8),
+    (7, 257, 50, 64), (0, 64, 16, 32), (4, 64, 0, 32), (9, 200, 31, 16), (33, 96, 48, 32), (2, 8, 5, 8),
+]
+
+
+@pytest.mark.parametrize("M,K,N,gs", SHAPES)
+def test_linear_int4_exact(isa, M, K, N, gs):
+    gen = torch.Generator().manual_seed(M * 7919 + K * 31 + N + gs)
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    bias = torch.randn(N, generator=gen)
+    x = _rand_x((M, K), gen)
+    packed = ops.int4_pack_weight(qw, scale, zp, K, gs)
+    for b in (bias, None):
+        got = ops.linear_int4(x, *packed, b, K, N, gs)
+        want = ref.linear_int4(x, qw, scale, zp, b, K, gs)
+        assert got.dtype == torch.float32 and got.shape == (M, N)
+        assert torch.equal(got, want), (got - want).abs().max()
+        # and within the documented bound of dequantize-then-matmul
+        exact = ref.linear_int4_dequant(x, qw, scale, zp, b, K, gs)
+        bound = ref.error_bound(x, qw, scale, zp, K, gs)
+        assert ((got.double() - exact).abs() <= bound).all()
+
+
+def test_linear_int4_bound_is_tight_enough():
+    # The bound is no blanket: the kernel's error uses a fair part of it, and a wrong
+    # weight (one group's scale doubled) breaks it.
+    gen = torch.Generator().manual_seed(1)
+    K, N, gs = 512, 64, 128
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    x = torch.randn(8, K, generator=gen)
+    got = ops.linear_int4(x, *ops.int4_pack_weight(qw, scale, zp, K, gs), None, K, N, gs).double()
+    exact = ref.linear_int4_dequant(x, qw, scale, zp, None, K, gs)
+    bound = ref.error_bound(x, qw, scale, zp, K, gs)
+    assert (got - exact).abs().max() > 1e-3 * bound.max()
+    bad = scale.clone()
+    bad[3, 1] *= 2
+    got_bad = ops.linear_int4(x, *ops.int4_pack_weight(qw, bad, zp, K, gs), None, K, N, gs).double()
+    assert ((got_bad - exact).abs() > bound).any()
+
+
+def test_linear_int4_isas_agree_on_large_m():
+    gen = torch.Generator().manual_seed(2)
+    M, K, N, gs = 37, 1000, 70, 64
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    x = _rand_x((M, K), gen)
+    packed = ops.int4_pack_weight(qw, scale, zp, K, gs)
+    want = ref.linear_int4(x, qw, scale, zp, None, K, gs)
+    from conftest import SUPPORTED_ISAS
+    for isa in SUPPORTED_ISAS:
+        with torchquant.force_cpu_isa(isa):
+            assert torch.equal(ops.linear_int4(x, *packed, None, K, N, gs), want), isa
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linear_int4_low_precision(isa, dtype):
+    gen = torch.Generator().manual_seed(3)
+    M, K, N, gs = 4, 192, 24, 64
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    got = ops.linear_int4(x, *ops.int4_pack_weight(qw, scale, zp, K, gs), None, K, N, gs)
+    assert got.dtype == dtype
+    # the float32 result rounded once to the output dtype
+    assert torch.equal(got, ref.linear_int4(x.float(), qw, scale, zp, None, K, gs).to(dtype))
+
+
+def test_linear_int4_noncontiguous_and_batched(isa):
+    gen = torch.Generator().manual_seed(4)
+    K, N, gs = 96, 20, 32
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    packed = ops.int4_pack_weight(qw, scale, zp, K, gs)
+    x = torch.randn(2, 3, 2 * K, generator=gen)[..., ::2]
+    assert not x.is_contiguous()
+    got = ops.linear_int4(x, *packed, None, K, N, gs)
+    assert got.shape == (2, 3, N)
+    assert torch.equal(got, ref.linear_int4(x.contiguous(), qw, scale, zp, None, K, gs))
+
+
+def test_linear_int4_nonfinite_rows():
+    # A NaN element counts as 0 and an inf row gives NaN outputs (the dynamic path's rules);
+    # never a crash and other rows unaffected.
+    gen = torch.Generator().manual_seed(5)
+    K, N, gs = 64, 16, 32
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    x = torch.randn(3, K, generator=gen)
+    x[0, 5] = float("nan")
+    x[1, 7] = float("inf")
+    got = ops.linear_int4(x, *ops.int4_pack_weight(qw, scale, zp, K, gs), None, K, N, gs)
+    assert torch.equal(got[0], ref.linear_int4(x[:1], qw, scale, zp, None, K, gs)[0])
+    assert torch.equal(got[2], ref.linear_int4(x[2:], qw, scale, zp, None, K, gs)[0])
+
+
+# ---------------------------------------------------------------- the format
+def test_pack_unpack_roundtrip():
+    gen = torch.Generator().manual_seed(6)
+    for K in (1, 2, 7, 128, 131):
+        q = torch.randint(0, 16, (5, K), generator=gen, dtype=torch.uint8)
+        p = fmt.pack_int4(q)
+        assert p.shape == (5, (K + 1) // 2) and p.dtype == torch.uint8
+        assert torch.equal(fmt.unpack_int4(p, K), q)
+        # k even in the low nibble
+        assert int(p[0, 0]) & 0x0F == int(q[0, 0])
+
+
+def test_rtn_matches_loop_reference():
+    gen = torch.Generator().manual_seed(7)
+    N, K, gs = 6, 77, 32
+    w = torch.randn(N, K, generator=gen)
+    w[0, :32] = 0.0  # an all-zero group
+    w[1, 32:64] = torch.rand(32, generator=gen) + 0.1  # one-sided: range widened to 0
+    s, z = fmt.choose_group_qparams(w, gs)
+    q = fmt.quantize_groups(w, s, z, gs)
+    eps = torch.finfo(torch.float32).eps
+    for n in range(N):
+        for g in range(fmt.num_groups(K, gs)):
+            seg = w[n, g * gs:(g + 1) * gs]
+            mn, mx = min(float(seg.min()), 0.0), max(float(seg.max()), 0.0)
+            sc = torch.tensor((mx - mn) / 15, dtype=torch.float32)
+            sc = torch.clamp(sc, min=eps)
+            zz = int(min(max(-round(float(torch.tensor(mn, dtype=torch.float32) / sc)), 0), 15))
+            assert float(s[n, g]) == pytest.approx(float(sc), rel=1e-6)
+            assert int(z[n, g]) == zz
+            qq = torch.clamp(torch.round(seg * (1.0 / s[n, g])) + zz, 0, 15)
+            assert torch.equal(q[n, g * gs:(g + 1) * gs].float(), qq)
+            # the round trip is within half a step inside the range
+            dq = (qq - zz) * s[n, g]
+            assert (dq - seg).abs().max() <= s[n, g] / 2 + 1e-6
+
+
+# ---------------------------------------------------------------- the module
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_module_from_float(dtype):
+    torch.manual_seed(0)
+    lin = nn.Linear(300, 40)  # K not a multiple of the group: the last group is shorter
+    q = LinearWeightOnlyInt4.from_float(lin, group_size=128)
+    assert q.weight_scale.shape == (40, 3)
+    x = torch.randn(5, 300).to(dtype)
+    y = q(x)
+    assert y.dtype == dtype and y.shape == (5, 40)
+    want = ref.linear_int4(x.float(), q.qweight, q.weight_scale, q.weight_zero_point, lin.bias, 300, 128)
+    assert torch.equal(y, want.to(dtype))
+    # close to the float layer (4-bit weights)
+    yf = lin(x.float())
+    assert (y.float() - yf).norm() / yf.norm() < 0.1
+
+
+def test_module_state_dict_weights_only(tmp_path):
+    torch.manual_seed(1)
+    lin = nn.Linear(256, 64)
+    q = LinearWeightOnlyInt4.from_float(lin, group_size=64)
+    sd = q.state_dict()
+    assert set(sd) == {"qweight", "weight_scale", "weight_zero_point", "bias"}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    q2 = LinearWeightOnlyInt4(256, 64, True, group_size=64)
+    q2.load_state_dict(loaded)
+    x = torch.randn(3, 256)
+    assert torch.equal(q2(x), q(x))
+    # size: 4 bits per weight plus 5 bytes per group of 64
+    assert sum(t.numel() * t.element_size() for t in sd.values()) == 64 * 128 + 64 * 4 * 5 + 64 * 4
+    # dtype casts keep the float32 qparams (part of the int4 computation)
+    q3 = q2.half()
+    assert q3.weight_scale.dtype == torch.float32
+    assert torch.equal(q3(x.half()), q(x.half().float()).half())
+
+
+def test_module_input_scale():
+    torch.manual_seed(2)
+    qv = torch.randint(0, 16, (8, 64), dtype=torch.uint8)
+    scale = torch.rand(8, 2) * 0.1 + 0.01
+    zp = torch.randint(0, 16, (8, 2))
+    inp = torch.rand(64) + 0.5
+    m = LinearWeightOnlyInt4.from_qparams(qv, scale, zp, None, 32, input_scale=inp)
+    x = torch.randn(4, 64)
+    want = ref.linear_int4(x * inp, m.qweight, scale, zp, None, 64, 32)
+    assert torch.equal(m(x), want)
+    assert "input_scale" in m.state_dict()
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_arguments():
+    gen = torch.Generator().manual_seed(8)
+    qw, scale, zp = _rand_weight(16, 64, 32, gen)
+    with pytest.raises(RuntimeError, match="group_size"):
+        ops.int4_pack_weight(qw, scale, zp, 64, 12)
+    with pytest.raises(RuntimeError, match="qweight"):
+        ops.int4_pack_weight(qw, scale, zp, 70, 32)
+    with pytest.raises(RuntimeError, match="zero_point.*16"):
+        ops.int4_pack_weight(qw, scale, torch.full_like(zp, 16), 64, 32)
+    with pytest.raises(RuntimeError, match="scale"):
+        ops.int4_pack_weight(qw, torch.zeros_like(scale), zp, 64, 32)
+    with pytest.raises(RuntimeError, match="scale"):
+        ops.int4_pack_weight(qw, scale[:, :1], zp, 64, 32)
+    packed = ops.int4_pack_weight(qw, scale, zp, 64, 32)
+    with pytest.raises(RuntimeError, match="in_features = 64"):
+        ops.linear_int4(torch.randn(2, 65), *packed, None, 64, 16, 32)
+    with pytest.raises(RuntimeError, match="floating-point"):
+        ops.linear_int4(torch.ones(2, 64, dtype=torch.int32), *packed, None, 64, 16, 32)
+    with pytest.raises(RuntimeError, match="w_packed"):
+        ops.linear_int4(torch.randn(2, 64), packed[0][:, :4], packed[1], packed[2], None, 64, 16, 32)
+    with pytest.raises(RuntimeError, match="bias"):
+        ops.linear_int4(torch.randn(2, 64), *packed, torch.zeros(3), 64, 16, 32)
+    with pytest.raises(ValueError, match="group_size"):
+        LinearWeightOnlyInt4(64, 16, group_size=100)
+    with pytest.raises(ValueError, match="bits"):
+        torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 16)), bits=3)
+    with pytest.raises(ValueError, match="method"):
+        torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 16)), method="smooth")
+    with pytest.raises(ValueError, match="calib_data"):
+        torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 16)), method="gptq")
+
+
+def test_fake_kernels_match():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    gen = torch.Generator().manual_seed(9)
+    K, N, gs = 100, 20, 32
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    real = ops.int4_pack_weight(qw, scale, zp, K, gs)
+    x = torch.randn(3, K)
+    y = ops.linear_int4(x, *real, None, K, N, gs)
+    with FakeTensorMode() as mode:
+        fq, fs, fz = (mode.from_tensor(t) for t in (qw, scale, zp))
+        fake = ops.int4_pack_weight(fq, fs, fz, K, gs)
+        for a, b in zip(fake, real):
+            assert a.shape == b.shape and a.dtype == b.dtype
+        fy = ops.linear_int4(mode.from_tensor(x), *fake, None, K, N, gs)
+        assert fy.shape == y.shape and fy.dtype == y.dtype
+
+
+def test_torch_compile_module():
+    torch.manual_seed(3)
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(64, 32), group_size=32)
+    x = torch.randn(4, 64)
+    compiled = torch.compile(q, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x), q(x))

@@ -1,0 +1,229 @@
+"""RTN, GPTQ and AWQ for the int4 format, each against a small plain-torch reference, and the
+whole-model entry point quantize_weight_only (calibration by layer, AWQ folding, report)."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchquant
+from torchquant.int4 import awq, gptq
+from torchquant.int4 import format as fmt
+from torchquant.int4 import reference as ref
+from torchquant.nn.quantized import DynamicLinear, LinearWeightOnlyInt4
+
+
+def _correlated_x(n, K, gen):
+    # activations with a few large channels and correlated inputs, as in real layers
+    base = torch.randn(n, K // 4, generator=gen)
+    x = torch.cat([base, base + 0.1 * torch.randn(n, K // 4, generator=gen),
+                   torch.randn(n, K - K // 2, generator=gen)], 1)
+    x[:, :3] *= 8
+    return x
+
+
+def _h_err(W, Wq, H):
+    D = (W - Wq).double()
+    return float(torch.einsum("nk,kl,nl->", D, H.double(), D))
+
+
+def _dq(q, s, z, gs):
+    return fmt.dequantize_groups(q, s, z, gs)
+
+
+# ---------------------------------------------------------------- GPTQ
+@pytest.mark.parametrize("blocksize", [32, 64, 128])
+def test_gptq_matches_unblocked_reference(blocksize):
+    gen = torch.Generator().manual_seed(0)
+    N, K, gs = 12, 96, 32
+    W = torch.randn(N, K, generator=gen)
+    X = _correlated_x(400, K, gen)
+    acc = gptq.HessianAccumulator(K)
+    for chunk in X.split(100):
+        acc.add(chunk)
+    assert acc.rows == 400
+    assert torch.allclose(acc.H, 2 * X.double().t() @ X.double() / 400)
+    q, s, z = gptq.gptq_quantize(W, acc.H, gs, blocksize=blocksize)
+    q_ref, s_ref, z_ref = gptq.gptq_reference(W, acc.H, gs)
+    # Same algorithm, different float association: all but (rare) near-ties agree.
+    assert (q == q_ref).float().mean() > 0.995
+    assert torch.allclose(s, s_ref, rtol=1e-4) and torch.equal(z, z_ref) or (z != z_ref).float().mean() < 0.02
+
+
+def test_gptq_beats_rtn_on_the_layer_output():
+    gen = torch.Generator().manual_seed(1)
+    N, K, gs = 32, 128, 32
+    W = torch.randn(N, K, generator=gen)
+    X = _correlated_x(1000, K, gen)
+    acc = gptq.HessianAccumulator(K)
+    acc.add(X)
+    s0, z0 = fmt.choose_group_qparams(W, gs)
+    rtn = _dq(fmt.quantize_groups(W, s0, z0, gs), s0, z0, gs)
+    for act_order in (False, True):
+        q, s, z = gptq.gptq_quantize(W, acc.H, gs, act_order=act_order)
+        assert q.max() <= 15
+        g = _dq(q, s, z, gs)
+        assert _h_err(W, g, acc.H) < 0.7 * _h_err(W, rtn, acc.H), act_order
+
+
+def test_gptq_too_little_data_warns_with_condition():
+    gen = torch.Generator().manual_seed(2)
+    W = torch.randn(8, 64, generator=gen)
+    acc = gptq.HessianAccumulator(64)
+    acc.add(torch.randn(10, 64, generator=gen))
+    with pytest.warns(RuntimeWarning, match="10 calibration rows for K = 64.*condition number"):
+        q, s, z = gptq.gptq_quantize(W, acc.H, 32, rows=acc.rows)
+    assert torch.isfinite(_dq(q, s, z, 32)).all()
+
+
+@pytest.mark.parametrize("kind", ["indefinite", "zero", "nan_free_tiny"])
+def test_gptq_non_positive_definite_hessian(kind):
+    gen = torch.Generator().manual_seed(3)
+    K = 64
+    W = torch.randn(8, K, generator=gen)
+    if kind == "indefinite":
+        A = torch.randn(K, K, generator=gen, dtype=torch.float64)
+        H = A + A.t()  # eigenvalues of both signs
+    elif kind == "zero":
+        H = torch.zeros(K, K, dtype=torch.float64)  # every input dead
+    else:
+        H = torch.full((K, K), 1e-30, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q, s, z = gptq.gptq_quantize(W, H, 32)
+    dq = _dq(q, s, z, 32)
+    assert torch.isfinite(dq).all() and torch.isfinite(s).all()
+    if kind == "indefinite":
+        with pytest.warns(RuntimeWarning, match="not positive definite"):
+            gptq.gptq_quantize(W, H, 32)
+
+
+# ---------------------------------------------------------------- AWQ
+def test_awq_search_matches_brute_force():
+    gen = torch.Generator().manual_seed(4)
+    K, gs = 64, 32
+    X = _correlated_x(256, K, gen)
+    Ws = [torch.randn(16, K, generator=gen), torch.randn(8, K, generator=gen)]
+    s, alpha, losses = awq.awq_search(X, Ws, gs, grid=10)
+    # brute force, written out
+    xm = X.abs().mean(0)
+    y = X @ torch.cat(Ws).t()
+    brute = []
+    for i in range(10):
+        a = i / 10
+        sc = xm.clamp(min=1e-4) ** a
+        sc = sc / (sc.max() * sc.min()).sqrt()
+        wq = []
+        for W in Ws:
+            Wsc = W * sc
+            gs_s, gs_z = fmt.choose_group_qparams(Wsc, gs)
+            wq.append(_dq(fmt.quantize_groups(Wsc, gs_s, gs_z, gs), gs_s, gs_z, gs) / sc)
+        brute.append(float(((X @ torch.cat(wq).t() - y) ** 2).mean()))
+    assert losses == pytest.approx(brute, rel=1e-5)
+    assert alpha == pytest.approx(brute.index(min(brute)) / 10)
+    assert losses[0] >= min(losses)  # alpha = 0 is RTN: never better than the choice
+    assert min(losses) < 0.9 * losses[0]  # with outlier channels the scales pay
+
+
+# ---------------------------------------------------------------- whole models
+class Block(nn.Module):
+    def __init__(self, d=64):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = x + self.fc2(self.act(self.fc1(self.ln(x))))
+        return self.head(x)
+
+
+def _data(gen, n=8, d=64):
+    return [_correlated_x(64, d, gen) for _ in range(n)]
+
+
+def _mse(model, ref_model, data):
+    with torch.no_grad():
+        return sum(float(((model(x) - ref_model(x)) ** 2).mean()) for x in data)
+
+
+def test_quantize_weight_only_methods():
+    torch.manual_seed(5)
+    gen = torch.Generator().manual_seed(5)
+    model = Block().eval()
+    calib, test = _data(gen), _data(gen)
+    errs = {}
+    for method in ("rtn", "gptq", "awq"):
+        q = torchquant.quantize_weight_only(model, group_size=32, method=method, calib_data=calib, progress=False)
+        assert all(isinstance(getattr(q, n), LinearWeightOnlyInt4) for n in ("fc1", "fc2", "head"))
+        errs[method] = _mse(q, model, test)
+    assert errs["gptq"] < errs["rtn"] and errs["awq"] < errs["rtn"], errs
+    # the original is untouched
+    assert isinstance(model.fc1, nn.Linear)
+
+
+def test_awq_folds_into_layernorm_and_keeps_input_scale_elsewhere():
+    torch.manual_seed(6)
+    gen = torch.Generator().manual_seed(6)
+    model = Block().eval()
+    calib = _data(gen)
+    q = torchquant.quantize_weight_only(model, group_size=32, method="awq", calib_data=calib, progress=False)
+    assert q.fc1.input_scale is None  # folded into ln
+    assert not torch.equal(q.ln.weight, model.ln.weight)
+    assert q.fc2.input_scale is not None  # after GELU: nothing to fold into
+    # the quantized model is exactly its modules: check fc1's output against the oracle
+    x = calib[0]
+    with torch.no_grad():
+        h = q.ln(x)
+        want = ref.linear_int4(h, q.fc1.qweight, q.fc1.weight_scale, q.fc1.weight_zero_point, q.fc1.bias, 64, 32)
+        assert torch.equal(q.fc1(h), want)
+    unfolded = torchquant.quantize_weight_only(model, group_size=32, method="awq", calib_data=calib,
+                                               awq_fold=False, progress=False)
+    assert unfolded.fc1.input_scale is not None and torch.equal(unfolded.ln.weight, model.ln.weight)
+
+
+def test_quantize_weight_only_gptq_layer_by_layer_sees_quantized_inputs():
+    # fc2's Hessian must come from fc1's quantized output: compare with a manual two-step run.
+    torch.manual_seed(7)
+    gen = torch.Generator().manual_seed(7)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16)).eval()
+    calib = _data(gen, 4, 32)
+    q = torchquant.quantize_weight_only(model, group_size=32, method="gptq", calib_data=calib, progress=False)
+    acc0 = gptq.HessianAccumulator(32)
+    for x in calib:
+        acc0.add(x)
+    q0, s0, z0 = gptq.gptq_quantize(model[0].weight, acc0.H, 32)
+    assert torch.equal(q[0].qvalues(), q0)
+    w0 = _dq(q0, s0, z0, 32)
+    acc1 = gptq.HessianAccumulator(64)
+    for x in calib:
+        acc1.add(torch.relu(x @ w0.t() + model[0].bias))
+    q1, _, _ = gptq.gptq_quantize(model[2].weight, acc1.H, 32)
+    assert (q[2].qvalues() == q1).float().mean() > 0.995
+
+
+def test_quantize_weight_only_bits8_and_exclude_and_report():
+    torch.manual_seed(8)
+    gen = torch.Generator().manual_seed(8)
+    model = Block().eval()
+    calib = _data(gen)
+    q8 = torchquant.quantize_weight_only(model, bits=8, method="gptq", calib_data=calib, exclude=["head"],
+                                         progress=False)
+    assert isinstance(q8.fc1, DynamicLinear) and isinstance(q8.head, nn.Linear)
+    assert _mse(q8, model, calib) < 1e-3
+    q4 = torchquant.quantize_weight_only(model, group_size=64, method="rtn")
+    r = torchquant.report(model, q4, calib, show_size=True)
+    fc1 = r["fc1"]
+    assert fc1.sqnr_db > 15 and fc1.float_bytes == (64 * 256 + 256) * 4
+    assert fc1.float_bytes / fc1.quantized_bytes > 5
+    assert "quant KiB" in r.table()
+
+
+def test_quantize_weight_only_warns_on_few_rows():
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(128, 8))
+    with pytest.warns(RuntimeWarning, match="condition number"):
+        torchquant.quantize_weight_only(model, group_size=32, method="gptq", calib_data=[torch.randn(20, 128)],
+                                        progress=False)
