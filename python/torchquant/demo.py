@@ -1,4 +1,4 @@
-"""MNIST end to end: train an fp32 MLP, quantize it four ways, compare accuracy, size and speed.
+"""MNIST end to end: train an fp32 MLP and a small CNN, quantize them, compare accuracy, size and speed.
 
     python -m torchquant.demo            # or: torchquant-mnist
     python -m torchquant.demo --help
@@ -16,6 +16,12 @@ DeQuantStub at its ends). It is trained one epoch in fp32 with a fixed seed, the
 One table compares test accuracy, the drop from fp32 in percentage points, the size of the
 ``torch.save``-d state dict and inference time per batch of 1024 (CPU, and CUDA when present).
 Then a per-layer report (SQNR, max abs error) of the per-channel model against the float one.
+
+Then the same for a small CNN (:class:`CNN`: two conv-bn-relu blocks with max pooling and a
+Linear): trained one epoch in fp32, its BatchNorms folded into the convolutions by
+``fuse_modules``, quantized static per channel and per tensor, and fine-tuned with QAT
+(``ConvBnReLU2d`` modules that train BatchNorm with fake-quantized weights, then fold it at
+``convert``). ``--no-cnn`` skips it.
 
 The functions (``train``, ``evaluate``, ``quantize_static``, ``state_dict_size``,
 ``time_inference``, ...) are public so that notebooks and tests reuse them::
@@ -46,12 +52,13 @@ from . import datasets
 from .report import report as layer_report
 
 __all__ = [
-    "MLP", "MNISTData", "load_data", "normalize", "train", "evaluate", "fuse", "quantize_static",
+    "MLP", "CNN", "MNISTData", "load_data", "normalize", "train", "evaluate", "fuse", "quantize_static",
     "quantize_dynamic_model", "qat_finetune", "state_dict_size", "time_inference", "time_models", "Result",
     "format_table", "run", "main",
 ]
 
 FUSE_PATTERN = [["fc1", "relu1"], ["fc2", "relu2"]]
+CNN_FUSE_PATTERN = [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"]]
 # torch.ao's backend names stand for observer choices here: "fbgemm" observes weights per
 # output channel, "qnnpack" one scale per weight tensor. Both are symmetric int8 weights and
 # affine uint8 activations.
@@ -66,6 +73,8 @@ class MLP(nn.Module):
     >>> MLP()(torch.randn(2, 784)).shape
     torch.Size([2, 10])
     """
+
+    fuse_pattern = FUSE_PATTERN
 
     def __init__(self, hidden: int = 256):
         super().__init__()
@@ -82,6 +91,43 @@ class MLP(nn.Module):
         x = self.relu1(self.fc1(x))
         x = self.relu2(self.fc2(x))
         x = self.fc3(x)
+        return self.dequant(x)
+
+
+class CNN(nn.Module):
+    """Two conv-bn-relu blocks (3x3, 8 then 16 channels, each followed by 2x2 max pooling) and
+    a Linear: ``[N, 784]`` normalized images in (reshaped to ``[N, 1, 28, 28]``), logits out.
+
+    The modules are the ones torchvision's quantizable models use (``nn.MaxPool2d``,
+    ``nn.Flatten`` between quantized layers), so the int8 model shows the same flow: the pooling
+    and flattening run on int8 activations unchanged.
+
+    >>> CNN()(torch.randn(2, 784)).shape
+    torch.Size([2, 10])
+    """
+
+    fuse_pattern = CNN_FUSE_PATTERN
+
+    def __init__(self, c1: int = 8, c2: int = 16):
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c2 * 7 * 7, 10)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x):
+        x = self.quant(x.reshape(-1, 1, 28, 28))
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
+        x = self.fc(self.flatten(x))
         return self.dequant(x)
 
 
@@ -176,9 +222,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def fuse(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) with Linear+ReLU pairs fused: the same function, and the
-    float twin that per-layer reports compare a converted model with."""
-    return tq.fuse_modules(copy.deepcopy(model).cpu().eval(), FUSE_PATTERN)
+    """A copy of ``model`` (eval mode) with its ``fuse_pattern`` fused (Linear+ReLU pairs of the
+    MLP; conv-bn-relu of the CNN, BatchNorm folded): the same function, and the float twin that
+    per-layer reports compare a converted model with."""
+    return tq.fuse_modules(copy.deepcopy(model).cpu().eval(), _fuse_pattern(model))
+
+
+def _fuse_pattern(model: nn.Module):
+    return getattr(model, "fuse_pattern", FUSE_PATTERN)
 
 
 def _calibration_batches(x: torch.Tensor, calib_size: int, batch_size: int = 64) -> List[torch.Tensor]:
@@ -214,7 +265,9 @@ def qat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int 
     """Quantization-aware fine-tuning: fuse, ``prepare_qat`` (fake quantization of weights and
     activations in the forward pass, straight-through gradients), ``steps`` Adam steps on CPU,
     ``convert``. Returns the int8 model; the input model is not modified."""
-    m = fuse(model).train()
+    # fuse_modules_qat keeps BatchNorm as a module of ConvBnReLU2d (trained with the fake-quantized
+    # weights, folded at convert); for the MLP it is the same fusion as fuse().
+    m = tq.fuse_modules_qat(copy.deepcopy(model).cpu().train(), _fuse_pattern(model))
     m.qconfig = tq.get_default_qat_qconfig(QCONFIG_BACKEND[scheme])
     tq.prepare_qat(m, inplace=True)
     train(m, x, y, batch_size=batch_size, lr=lr, seed=seed, device="cpu", steps=steps,
@@ -323,8 +376,43 @@ def _resolve_device(name: str) -> str:
     return name
 
 
+def _time_results(results: List[Result], bench_x: torch.Tensor, with_cuda: bool, progress: bool,
+                  print_fn: Callable[[str], None]) -> List[str]:
+    """Fills ``cpu_s`` (and ``cuda_s``) of every result; returns notes on models that cannot run
+    on CUDA."""
+    notes = []
+    if progress:
+        print_fn("timing inference ...")
+    for r, t in zip(results, time_models([r.model for r in results], bench_x, "cpu")):
+        r.cpu_s = t
+    if with_cuda:
+        on_cuda = []
+        for r in results:
+            m, why = _to_cuda(r.model, bench_x)
+            if m is None:
+                notes.append(f"{r.name}: no CUDA timing ({why})")
+            else:
+                on_cuda.append((r, m))
+        for (r, _), t in zip(on_cuda, time_models([m for _, m in on_cuda], bench_x, "cuda", rounds=10, per_round=10)):
+            r.cuda_s = t
+    return notes
+
+
+def _print_table(title: str, results: List[Result], notes: List[str], with_cuda: bool, batch: int,
+                 print_fn: Callable[[str], None]) -> str:
+    table = format_table(results, with_cuda)
+    print_fn("")
+    print_fn(f"{title}: accuracy on the 10,000 test images; size of torch.save(state_dict); "
+             f"inference time per batch of {batch}; ratios vs fp32.")
+    print_fn(table)
+    for n in notes:
+        print_fn(f"  note: {n}")
+    return table
+
+
 def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> Dict[str, object]:
-    """The whole demo for parsed arguments; returns the results, the report and the table."""
+    """The whole demo for parsed arguments; returns the results, the report and the table (and,
+    unless ``--no-cnn``, the CNN's under ``cnn_results`` / ``cnn_report`` / ``cnn_table``)."""
     t_start = time.perf_counter()
     progress = not args.no_progress
     device = _resolve_device(args.device)
@@ -354,35 +442,38 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> Di
 
     bench_x = data.x_test[:args.bench_batch]
     with_cuda = torch.cuda.is_available() and not args.no_cuda_timing
-    notes = []
-    if progress:
-        print_fn("timing inference ...")
-    for r, t in zip(results, time_models([r.model for r in results], bench_x, "cpu")):
-        r.cpu_s = t
-    if with_cuda:
-        on_cuda = []
-        for r in results:
-            m, why = _to_cuda(r.model, bench_x)
-            if m is None:
-                notes.append(f"{r.name}: no CUDA timing ({why})")
-            else:
-                on_cuda.append((r, m))
-        for (r, _), t in zip(on_cuda, time_models([m for _, m in on_cuda], bench_x, "cuda", rounds=10, per_round=10)):
-            r.cuda_s = t
-
-    table = format_table(results, with_cuda)
-    print_fn("")
-    print_fn(f"Accuracy on the 10,000 test images; size of torch.save(state_dict); "
-             f"inference time per batch of {bench_x.shape[0]}; ratios vs fp32.")
-    print_fn(table)
-    for n in notes:
-        print_fn(f"  note: {n}")
+    notes = _time_results(results, bench_x, with_cuda, progress, print_fn)
+    table = _print_table("MLP", results, notes, with_cuda, bench_x.shape[0], print_fn)
 
     float_twin = fuse(fp32)
     rep = layer_report(float_twin, per_channel, data.x_test[:args.bench_batch])
     print_fn("")
-    print_fn("Per-layer error of int8 static per-channel vs fp32 (1024 test images):")
+    print_fn(f"Per-layer error of int8 static per-channel vs fp32 ({bench_x.shape[0]} test images):")
     print_fn(rep.table())
+    out = {"results": results, "report": rep, "table": table, "data": data}
+
+    if not args.no_cnn:
+        torch.manual_seed(args.seed)
+        cnn = train(CNN(), data.x_train, data.y_train, epochs=args.cnn_epochs, batch_size=args.batch_size,
+                    lr=args.lr, seed=args.seed, device=device, progress=progress, desc="train CNN fp32").cpu()
+        cnn_models = [("fp32", cnn),
+                      ("int8 static per-channel", quantize_static(cnn, data.x_train, "per_channel",
+                                                                  args.calib_size, progress)),
+                      ("int8 static per-tensor", quantize_static(cnn, data.x_train, "per_tensor",
+                                                                 args.calib_size, progress))]
+        if args.qat_steps > 0:
+            cnn_models.append((f"int8 QAT per-channel ({args.qat_steps} steps)",
+                               qat_finetune(cnn, data.x_train, data.y_train, steps=args.qat_steps,
+                                            batch_size=args.batch_size, seed=args.seed + 1,
+                                            scheme="per_channel", progress=progress)))
+        cnn_results = [Result(name, m, acc(m, f"CNN {name}"), state_dict_size(m)) for name, m in cnn_models]
+        cnn_notes = _time_results(cnn_results, bench_x, with_cuda, progress, print_fn)
+        out["cnn_table"] = _print_table("CNN", cnn_results, cnn_notes, with_cuda, bench_x.shape[0], print_fn)
+        out["cnn_results"] = cnn_results
+        out["cnn_report"] = layer_report(fuse(cnn), cnn_models[1][1], data.x_test[:args.bench_batch])
+        print_fn("")
+        print_fn(f"Per-layer error of the CNN's int8 static per-channel vs fp32 ({bench_x.shape[0]} test images):")
+        print_fn(out["cnn_report"].table())
 
     if args.plot_dir:
         os.makedirs(args.plot_dir, exist_ok=True)
@@ -396,7 +487,7 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> Di
         print_fn(f"plots written to {path} and {summary}")
 
     print_fn(f"total {time.perf_counter() - t_start:.1f} s")
-    return {"results": results, "report": rep, "table": table, "data": data}
+    return out
 
 
 def _plot_summary(results: Sequence[Result], path: str) -> None:
@@ -419,8 +510,8 @@ def _plot_summary(results: Sequence[Result], path: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m torchquant.demo",
-        description="Train an MLP on MNIST in fp32, quantize it to int8 (static per-channel, static "
-                    "per-tensor, dynamic, QAT) and compare test accuracy, state-dict size and inference "
+        description="Train an MLP and a small CNN on MNIST in fp32, quantize them to int8 (static per-channel, "
+                    "static per-tensor, dynamic, QAT) and compare test accuracy, state-dict size and inference "
                     "time. Needs MNIST on disk: run `python scripts/get_mnist.py` once.",
     )
     p.add_argument("--epochs", type=float, default=1.0, help="fp32 training epochs (default 1)")
@@ -443,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the first N training images only (quick runs)")
     p.add_argument("--bench-batch", type=int, default=1024, help="batch size for timing and the report (default 1024)")
     p.add_argument("--no-cuda-timing", action="store_true", help="do not time on CUDA even when a GPU is present")
+    p.add_argument("--no-cnn", action="store_true", help="skip the CNN part (MLP only)")
+    p.add_argument("--cnn-epochs", type=float, default=1.0, help="fp32 training epochs of the CNN (default 1)")
     return p
 
 
