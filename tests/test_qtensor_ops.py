@@ -121,3 +121,16 @@ def test_channels_last_is_kept():
     q, _ = _pair((2, 8, 6, 6), torch.uint8, 3, gen)
     for fn in (lambda x: F.max_pool2d(x, 2), lambda x: F.avg_pool2d(x, 3, 1, 1), F.relu6, lambda x: F.interpolate(x, scale_factor=2)):
         assert fn(q).data.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8])
+def test_max_pool2d_channels_last_past_the_dtype_range(dtype):
+    """torch's channels-last integer max_pool2d refuses an input of more pixels than the dtype's
+    largest value (its bound is checked in the data's own type): a 28 x 28 activation of a
+    quantized conv (channels-last) must still pool, equal to torch.ao's quantized max_pool2d."""
+    gen = torch.Generator().manual_seed(11)
+    q, ref = _pair((2, 8, 28, 28), dtype, 3, gen)
+    assert q.data.is_contiguous(memory_format=CL)
+    got = F.max_pool2d(q, 2)
+    _same(got, F.max_pool2d(ref, 2))
+    assert got.data.is_contiguous(memory_format=CL)

@@ -48,7 +48,14 @@ def _max_pool(fn, name):
             out, idx = fn(_as_float_codes(q), *args, return_indices=True, **kwargs)
             return _back(q, out), idx
         if fn is F.max_pool2d and q.data.device.type == "cpu":
-            return q._same_qparams(fn(q.data, *args, **kwargs))  # integer kernel on the CPU
+            # torch's integer kernel on the CPU. Its channels-last variant rejects any input of
+            # more than 127 (int8) or 255 (uint8) pixels (a bound checked in the data's own
+            # type), so channels-last data is pooled in NCHW order and laid back out.
+            if q.data.dim() == 4 and not q.data.is_contiguous() and q.data.is_contiguous(
+                    memory_format=torch.channels_last):
+                out = fn(q.data.contiguous(), *args, **kwargs)
+                return q._same_qparams(out.contiguous(memory_format=torch.channels_last))
+            return q._same_qparams(fn(q.data, *args, **kwargs))
         return _back(q, fn(_as_float_codes(q), *args, **kwargs))
 
     return impl
