@@ -41,11 +41,27 @@ t2=$(date +%s)
 PYTHONPATH=python timeout 150 $PY benchmarks/bench_gpu.py > "$LOG/bench_gpu.log" 2>&1
 bench_rc=$?
 t3=$(date +%s)
+# compute-sanitizer over the CUDA op tests: memcheck on every kernel family, racecheck and
+# initcheck on the files whose kernels use shared memory. Bounded so the whole script stays
+# under 5 minutes; a refused device (some runtimes) is reported, not fatal.
+SAN_RC=skipped
+if command -v compute-sanitizer > /dev/null 2>&1; then
+  SAN_RC=""
+  for spec in "memcheck:80:tests/test_cuda.py tests/test_conv.py tests/test_elementwise.py tests/test_embedding.py tests/test_rnn.py tests/test_int4.py" \
+              "racecheck:40:tests/test_cuda.py tests/test_cuda_observe.py" "initcheck:40:tests/test_cuda.py"; do
+    tool=${spec%%:*}; rest=${spec#*:}; limit=${rest%%:*}; files=${rest#*:}
+    PYTHONPATH=python timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      $PY -m pytest -q -x -p no:cacheprovider -m cuda $files > "$LOG/sanitizer_$tool.log" 2>&1
+    SAN_RC="$SAN_RC $tool=$?"
+  done
+fi
+t4=$(date +%s)
 
 echo "== torchquant GPU check: $(cat "$LOG/gpu.txt" 2>/dev/null)"
 echo "build   rc=$build_rc  $((t1 - t0)) s  (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, CXX=${CXX:-default})"
 echo "tests   rc=$test_rc  $((t2 - t1)) s  $(tail -n 1 "$LOG/test_cuda.log")"
 echo "bench   rc=$bench_rc  $((t3 - t2)) s"
+echo "sanitizer $SAN_RC  $((t4 - t3)) s  (logs: $LOG/sanitizer_*.log; rc 99 = a finding, 124 = time limit)"
 if [ $test_rc -ne 0 ]; then grep -E "^(FAILED|ERROR)" "$LOG/test_cuda.log" | cut -c1-300 | head -n 60; fi
 echo
 cat "$LOG/bench_gpu.log"

@@ -139,6 +139,11 @@ def test_reduced_demo_prints_every_row(tmp_path, capsys):
         assert any(line.startswith(row) for line in out.splitlines()), row
     for layer in ("quant", "fc1", "fc2", "fc3"):
         assert any(line.split()[:1] == [layer] for line in out.splitlines()), layer
+    cnn = out[out.index("CNN: accuracy"):]
+    for row in ("fp32", "int8 static per-channel", "int8 static per-tensor", "int8 QAT per-channel (30 steps)"):
+        assert any(line.startswith(row) for line in cnn.splitlines()), row
+    for layer in ("conv1", "conv2", "fc"):
+        assert any(line.split()[:1] == [layer] for line in cnn.splitlines()), layer
     assert "test acc %" in out and "state dict KiB" in out and "CPU ms/batch" in out
     for f in ("per_layer_sqnr.png", "accuracy_size.png"):
         assert os.path.getsize(tmp_path / f) > 1000
@@ -162,3 +167,17 @@ def test_full_demo_meets_the_acceptance_figures():
     for name in ("int8 static per-channel", "int8 static per-tensor", "int8 dynamic"):
         ratio = fp32.size_bytes / res[name].size_bytes
         assert ratio >= 3.8, f"{name}: state dict {res[name].size_bytes} bytes, only {ratio:.2f}x smaller than fp32"
+    # The CNN: fp32 >= 98.5 %, static per-channel int8 within 0.2 pp.
+    cnn = {r.name: r for r in out["cnn_results"]}
+    assert cnn["fp32"].accuracy >= 98.5, cnn["fp32"].accuracy
+    assert cnn["fp32"].accuracy - cnn["int8 static per-channel"].accuracy <= 0.2
+    assert all(l.sqnr_db > 20 for l in out["cnn_report"]), out["cnn_report"].table()
+
+
+def test_cnn_shape_and_fusion():
+    m = demo.CNN()
+    assert m(torch.randn(3, 784)).shape == (3, 10)
+    fused = demo.fuse(m)
+    assert type(fused.conv1).__name__ == "ConvReLU2d" and isinstance(fused.bn1, nn.Identity)
+    x = torch.randn(5, 784)
+    torch.testing.assert_close(fused(x), m.eval()(x), rtol=1e-4, atol=1e-5)
