@@ -22,6 +22,10 @@
 // once, reading each row of b's run at once (one page visit for several lines), and every row
 // tile of the task passes over it: at M = 256, K = N = 4096 that costs about a tenth of the
 // product, where packing b into the weight layout cost a sixth.
+//
+// b = w.t() of a row-major w [N, K] (unit stride along K) is read as w's rows: the buffered
+// path's buffer is then filled by 16 x 16 int32 transposes of 16 rows of w (interleave_wide_nk),
+// and for up to 4 rows of a the product is dot products of rows (gemm_mm_nk__avx512vnni).
 #include <immintrin.h>
 
 #include <cstdint>
