@@ -170,8 +170,10 @@ def test_int8_mm_transposed_b_shapes(isa, M):
                 assert torch.equal(got, torch._int_mm(a, b)), (M, K, N)
 
 
-# Several panel blocks over the threads (M * N * K above the serial limit), K % 4 != 0.
-@pytest.mark.parametrize("M,K,N", [(64, 601, 300), (3, 4099, 257), (300, 130, 1040), (1, 4096, 4096)])
+# Several panel blocks over the threads (M * N * K above the serial limit), K % 4 != 0; on VNNI
+# also K chunks of 2048 rows with a K % 4 tail (9 x 4099), and the split by rows (300 x 100).
+@pytest.mark.parametrize("M,K,N", [(64, 601, 300), (3, 4099, 257), (300, 130, 1040), (1, 4096, 4096),
+                                   (9, 4099, 200), (300, 521, 100)])
 def test_int8_mm_transposed_b_threaded(isa, M, K, N):
     gen = torch.Generator().manual_seed(M + K + N)
     a = _rand_x((M, K), torch.int8, gen)

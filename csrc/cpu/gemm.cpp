@@ -331,6 +331,8 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
               out.data_ptr<int32_t>());
     return out;
   }
+  // b = w.t() of a row-major w [N, K] (unit stride along K; torch._int_mm's usual call): read
+  // as w's rows, by dot products for few rows of a, else through the same buffered path.
   if (b.stride(0) == 1 && cpu_isa() == CpuIsa::Avx512Vnni) {
     if (M <= kDotMaxM) {
       mm_nk(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(1), N, K,

@@ -22,8 +22,13 @@
 // once, reading each row of b's run at once (one page visit for several lines), and every row
 // tile of the task passes over it: at M = 256, K = N = 4096 that costs about a tenth of the
 // product, where packing b into the weight layout cost a sixth.
+//
+// b = w.t() of a row-major w [N, K] (unit stride along K) is read as w's rows: the buffered
+// path's buffer is then filled by 16 x 16 int32 transposes of 16 rows of w (interleave_wide_nk),
+// and for up to 4 rows of a the product is dot products of rows (gemm_mm_nk__avx512vnni).
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -613,12 +618,17 @@ TQ_TARGET_AVX512VNNI void dot_tile(const int8_t* a, int64_t lda, const int8_t* w
   for (int64_t k = 0; k <= full; k += 64) {
     const __mmask64 km = k < full ? ~__mmask64{0} : tail;
     if (km == 0) break;
+    // An address, never dereferenced: formed as an integer, since it may lie past w.
+    const uintptr_t pf = reinterpret_cast<uintptr_t>(w) +
+                         static_cast<uintptr_t>(k + kDotAhead < K ? k + kDotAhead
+                                                                  : NR * ldw + (k + kDotAhead - K));
     __m512i wv[NR];
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
       // The rows of w are short streams (K bytes each), where the hardware prefetchers barely
-      // ramp up before the tile moves on.
-      _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + k + kDotAhead), _MM_HINT_T0);
+      // ramp up before the tile moves on: fetched kDotAhead bytes ahead, and near a row's end
+      // the next tile's row (prefetches past the end of w are harmless, they never fault).
+      _mm_prefetch(reinterpret_cast<const char*>(pf + static_cast<uintptr_t>(j * ldw)), _MM_HINT_T0);
       wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, w + j * ldw + k), flip);
     }
 #pragma GCC unroll 4
