@@ -1,6 +1,6 @@
 // CPU adapter of the row-wise quantized embedding bag (embedding_bag_rowwise): argument checks
 // (every index and offset, before any row is read), bags split over threads, choice of kernel
-// variant. The kernels are in embedding_scalar.cpp and embedding_avx2.cpp.
+// variant. The kernels are in embedding_scalar.cpp, embedding_avx2.cpp and embedding_avx512.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -85,9 +85,15 @@ EmbeddingBagArgs check_embedding_bag_args(const Tensor& packed, int64_t bits, in
 
 void check_embedding_bag_values(const int64_t* idx, int64_t n, const int64_t* off, int64_t n_off,
                                 int64_t N) {
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "embedding_bag_rowwise: argument 'indices' holds ", idx[i],
-                " at position ", i, ", outside [0, ", N, ") (the table's rows)");
+  // One branch-free pass (as an unsigned value, a negative index is out of range too); the
+  // position is looked for only on the error path.
+  uint64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint64_t>(idx[i] >= N) | static_cast<uint64_t>(idx[i] < 0);
+  if (bad) {
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "embedding_bag_rowwise: argument 'indices' holds ", idx[i],
+                  " at position ", i, ", outside [0, ", N, ") (the table's rows)");
+    }
   }
   if (off == nullptr) return;
   TORCH_CHECK(n_off == 0 || off[0] == 0, "embedding_bag_rowwise: offsets[0] has to be 0, i.e., the first "
@@ -130,7 +136,10 @@ Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t emb
   t.qparams_offset = a.row_stride - 8;
   t.dim = embedding_dim;
   t.bits = static_cast<int>(bits);
-  const auto kernel = cpu_isa() == CpuIsa::Scalar ? cpu::embedding_bag__scalar : cpu::embedding_bag__avx2;
+  const CpuIsa isa = cpu_isa();
+  const auto kernel = isa == CpuIsa::Scalar ? cpu::embedding_bag__scalar
+                      : isa == CpuIsa::Avx2 ? cpu::embedding_bag__avx2
+                                            : cpu::embedding_bag__avx512;
   const auto bag_mode = static_cast<cpu::BagMode>(mode);
   const int64_t fixed = po ? 0 : (a.bags ? a.n / a.bags : 0);
   const int64_t n_off = po ? off.numel() : 0;

@@ -35,15 +35,28 @@ TQ_TARGET_AVX2 inline __m256 load8(const uint8_t* row, int64_t d) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
 }
 
-// Columns [d0, d0 + 8 * V) of one bag, V vectors in registers.
-template <int kBits, int V>
+// Columns [d0, d0 + 8 * V) of one bag, V vectors in registers. kMode and kWeighted are
+// template parameters so that the loop over a bag's rows carries no branch but the padding test.
+template <int kBits, int V, BagMode kMode, bool kWeighted>
 TQ_TARGET_AVX2 inline void bag_block(const EmbeddingTable& t, const int64_t* idx, int64_t n,
-                                     const float* weights, int64_t padding_idx, BagMode mode,
-                                     int64_t d0, float* out) {
+                                     const float* weights, int64_t padding_idx, int64_t d0,
+                                     float* out) {
   __m256 acc[V];
   for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
-  bool first = true;
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+  if (kMode == BagMode::Max) {
+    // The first counted row initializes the accumulator.
+    for (; i < n; ++i) {
+      if (idx[i] == padding_idx) continue;
+      const uint8_t* row = t.data + idx[i] * t.row_stride;
+      const __m256 s = _mm256_set1_ps(row_scale(t, row));
+      const __m256 z = _mm256_set1_ps(row_zero_point(t, row));
+      for (int v = 0; v < V; ++v) acc[v] = _mm256_mul_ps(_mm256_sub_ps(load8<kBits>(row, d0 + 8 * v), z), s);
+      ++i;
+      break;
+    }
+  }
+  for (; i < n; ++i) {
     if (i + kAhead < n) {
       const uint8_t* ahead = t.data + idx[i + kAhead] * t.row_stride;
       _mm_prefetch(reinterpret_cast<const char*>(ahead + d0 * kBits / 8), _MM_HINT_T0);
@@ -53,12 +66,12 @@ TQ_TARGET_AVX2 inline void bag_block(const EmbeddingTable& t, const int64_t* idx
     const uint8_t* row = t.data + idx[i] * t.row_stride;
     const __m256 s = _mm256_set1_ps(row_scale(t, row));
     const __m256 z = _mm256_set1_ps(row_zero_point(t, row));
-    if (mode == BagMode::Max) {
+    if (kMode == BagMode::Max) {
       for (int v = 0; v < V; ++v) {
         const __m256 x = _mm256_mul_ps(_mm256_sub_ps(load8<kBits>(row, d0 + 8 * v), z), s);
-        acc[v] = first ? x : _mm256_max_ps(x, acc[v]);  // x > acc ? x : acc, as the scalar
+        acc[v] = _mm256_max_ps(x, acc[v]);  // x > acc ? x : acc, as the scalar
       }
-    } else if (weights != nullptr) {
+    } else if (kWeighted) {
       const __m256 w = _mm256_set1_ps(weights[i]);
       for (int v = 0; v < V; ++v) {
         const __m256 x = _mm256_mul_ps(_mm256_sub_ps(load8<kBits>(row, d0 + 8 * v), z), s);
@@ -70,9 +83,21 @@ TQ_TARGET_AVX2 inline void bag_block(const EmbeddingTable& t, const int64_t* idx
         acc[v] = _mm256_add_ps(acc[v], x);
       }
     }
-    first = false;
   }
   for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + d0 + 8 * v, acc[v]);
+}
+
+template <int kBits, int V>
+TQ_TARGET_AVX2 inline void bag_block(const EmbeddingTable& t, const int64_t* idx, int64_t n,
+                                     const float* weights, int64_t padding_idx, BagMode mode,
+                                     int64_t d0, float* out) {
+  if (mode == BagMode::Max) {
+    bag_block<kBits, V, BagMode::Max, false>(t, idx, n, weights, padding_idx, d0, out);
+  } else if (weights != nullptr) {
+    bag_block<kBits, V, BagMode::Sum, true>(t, idx, n, weights, padding_idx, d0, out);
+  } else {
+    bag_block<kBits, V, BagMode::Sum, false>(t, idx, n, weights, padding_idx, d0, out);
+  }
 }
 
 template <int kBits>

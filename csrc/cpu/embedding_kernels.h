@@ -1,5 +1,5 @@
 // Raw-pointer kernels of the row-wise quantized embedding-bag lookup, one signature per ISA
-// (scalar, avx2), declared together so that dispatch and tests can swap them freely.
+// (scalar, avx2, avx512), declared together so that dispatch and tests can swap them freely.
 //
 // Packed table (one layout for every ISA and device): row r of the [N, row_stride] uint8 table
 // holds the row's quantized values, then, at byte offset qparams_offset (4-byte aligned), its
@@ -37,6 +37,7 @@ struct EmbeddingTable {
 
 TQ_DECLARE_EMBEDDING_KERNELS(scalar)
 TQ_DECLARE_EMBEDDING_KERNELS(avx2)
+TQ_DECLARE_EMBEDDING_KERNELS(avx512)
 
 #undef TQ_DECLARE_EMBEDDING_KERNELS
 
