@@ -20,7 +20,17 @@ namespace cpu {
 #if TQ_X86
 namespace {
 
-// The epilogue's per-channel constants of 8 channels.
+// The epilogue's constants: per output (inv, ozp, lo, hi) and, per 8 channels, zp_cs / s / bias.
+struct OutConsts {
+  __m256 inv, ozp, lo, hi;
+};
+
+TQ_TARGET_AVX2 inline OutConsts out_consts(const GemmProblem& e) {
+  const bool u8 = e.out_kind == GemmOut::QUInt8;
+  return {_mm256_set1_ps(e.out_inv_scale), _mm256_set1_ps(static_cast<float>(e.out_zp)),
+          _mm256_set1_ps(u8 ? 0.0f : -128.0f), _mm256_set1_ps(u8 ? 255.0f : 127.0f)};
+}
+
 struct Consts8 {
   __m256i zp_cs;  // a_zp * col_sums[c] (int32, wrapping as the scalar gemm_correct)
   __m256 s;       // a_scale * w_scale[c]
@@ -36,28 +46,42 @@ TQ_TARGET_AVX2 inline Consts8 consts8(const GemmProblem& e, int64_t c) {
   return k;
 }
 
-// 8 output channels [c, c + 8) of one pixel from their int32 accumulators.
-TQ_TARGET_AVX2 inline void epilogue8(const GemmProblem& e, const Consts8& k, __m256i acc, int64_t c,
-                                     void* out) {
-  const __m256i corr = _mm256_sub_epi32(acc, k.zp_cs);
-  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), k.s);
+// y of 8 channels: (float)corr * s, + bias, ReLU (0 > y ? 0 : y: NaN and -0 pass).
+TQ_TARGET_AVX2 inline __m256 dequant8(const GemmProblem& e, const Consts8& k, __m256i acc) {
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, k.zp_cs)), k.s);
   if (e.bias != nullptr) y = _mm256_add_ps(y, k.bias);
-  if (e.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // 0 > y ? 0 : y: NaN and -0 pass
+  if (e.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);
+  return y;
+}
+
+// quantize_val of 8 values as int32: round half to even, clamp, NaN -> zero point.
+TQ_TARGET_AVX2 inline __m256i quant8(const GemmProblem& e, const OutConsts& o, __m256 y) {
+  __m256 t = _mm256_add_ps(
+      _mm256_round_ps(_mm256_mul_ps(y, o.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), o.ozp);
+  if (e.nan_free) {
+    t = _mm256_min_ps(_mm256_max_ps(t, o.lo), o.hi);
+  } else {  // a NaN lane takes the bound in the clamp, then the zero point
+    const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+    t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, o.lo), o.hi), o.ozp, nan);
+  }
+  return _mm256_cvtps_epi32(t);
+}
+
+// 16 output channels [c, c + 16) of one pixel from their int32 accumulators.
+TQ_TARGET_AVX2 inline void epilogue16(const GemmProblem& e, const OutConsts& o, const Consts8& k0,
+                                      const Consts8& k1, __m256i a0, __m256i a1, int64_t c, void* out) {
+  const __m256 y0 = dequant8(e, k0, a0), y1 = dequant8(e, k1, a1);
   if (e.out_kind == GemmOut::Float) {
-    _mm256_storeu_ps(static_cast<float*>(out) + c, y);
+    _mm256_storeu_ps(static_cast<float*>(out) + c, y0);
+    _mm256_storeu_ps(static_cast<float*>(out) + c + 8, y1);
     return;
   }
-  const bool u8 = e.out_kind == GemmOut::QUInt8;
-  const __m256 inv = _mm256_set1_ps(e.out_inv_scale), ozp = _mm256_set1_ps(static_cast<float>(e.out_zp));
-  const __m256 lo = _mm256_set1_ps(u8 ? 0.0f : -128.0f), hi = _mm256_set1_ps(u8 ? 255.0f : 127.0f);
-  __m256 t = _mm256_add_ps(
-      _mm256_round_ps(_mm256_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), ozp);
-  const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
-  t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, lo), hi), ozp, nan);
-  const __m256i q = _mm256_cvtps_epi32(t);
-  const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-  const __m128i bytes = u8 ? _mm_packus_epi16(h, h) : _mm_packs_epi16(h, h);
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + c), bytes);
+  // Integers inside the 8-bit type: the packs are exact. packs_epi32 interleaves 128-bit
+  // halves, so the 16-bit lanes come out as q0[0:4] q1[0:4] q0[4:8] q1[4:8].
+  const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(quant8(e, o, y0), quant8(e, o, y1)), 0xD8);
+  const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+  const __m128i bytes = e.out_kind == GemmOut::QUInt8 ? _mm_packus_epi16(lo, hi) : _mm_packs_epi16(lo, hi);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + c), bytes);
 }
 
 template <bool U>
@@ -92,6 +116,7 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
   scratch(tap_kw, static_cast<size_t>(taps));
   scratch(tap_in, static_cast<size_t>(taps));
   const __m256i vzp = _mm256_set1_epi16(static_cast<int16_t>(p.e.a_zp));
+  const OutConsts oc = out_consts(p.e);
   const uint8_t* x = static_cast<const uint8_t*>(p.x);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t oh = r % g.out[1], od = (r / g.out[1]) % g.out[0], n = r / (g.out[1] * g.out[0]);
@@ -132,9 +157,7 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv.data() + k * 16)), &a0, &a1);
           }
         }
-        void* opix = orow + ow * C * ob;
-        epilogue8(p.e, k0, a0, c, opix);
-        epilogue8(p.e, k1, a1, c + 8, opix);
+        epilogue16(p.e, oc, k0, k1, a0, a1, c, orow + ow * C * ob);
       }
     }
     if (cv == C) continue;
