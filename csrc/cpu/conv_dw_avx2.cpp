@@ -1,8 +1,8 @@
 // AVX2 depthwise int8 convolution. Memory-bound: each output pixel reads taps x C activations
 // and does taps multiply-adds per channel, so the loop is direct (no GEMM), vectorised across
-// 16 channels at a time in channels-last layout. A product of an 8-bit activation
-// (|x| <= 255) and an int8 weight (|w| <= 128) fits int16 exactly (|x * w| <= 32640), so the
-// products are vpmullw and the sums widen to int32 lanes. Padded taps read the zero point.
+// 16 channels at a time in channels-last layout. Activations and weights are widened to int16
+// and two taps at a time go through vpmaddwd, which adds the two products of each channel into
+// an int32 lane: exact, as |x * w| <= 255 * 128. Padded taps read the zero point.
 // The epilogue is epilogue_row of gemm_avx2.cpp's sequence (the same float32 operations in the
 // same order as gemm_epilogue_one), so the outputs are bit-identical to the scalar variant.
 #include <immintrin.h>
@@ -90,12 +90,6 @@ TQ_TARGET_AVX2 inline __m256i widen(const void* p) {
   return U ? _mm256_cvtepu8_epi16(v) : _mm256_cvtepi8_epi16(v);
 }
 
-TQ_TARGET_AVX2 inline void mac(__m256i xv, __m256i wv, __m256i* a0, __m256i* a1) {
-  const __m256i prod = _mm256_mullo_epi16(xv, wv);
-  *a0 = _mm256_add_epi32(*a0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(prod)));
-  *a1 = _mm256_add_epi32(*a1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(prod, 1)));
-}
-
 template <bool U>
 TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
   const ConvGeometry& g = p.g;
@@ -107,14 +101,15 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
   const int64_t ow_lo = std::min(OW, (pw + sw - 1) / sw);
   const int64_t last = W - 1 + pw - (KW - 1) * dw;
   const int64_t ow_hi = last < 0 ? 0 : std::min(OW, last / sw + 1);
-  thread_local std::vector<int16_t> wv;       // the taps' weights of a channel block, widened
+  const int64_t pairs = (taps + 1) / 2;
+  thread_local std::vector<int16_t> wv;       // a channel block's weights, two taps interleaved
   thread_local std::vector<int64_t> tap_off;  // input offset of tap t from the output column's origin
   thread_local std::vector<int64_t> tap_kw;   // column offset of tap t: kw * dilation - padding
   thread_local std::vector<char> tap_in;      // tap t's input row (d, h) lies inside the input
-  scratch(wv, static_cast<size_t>(taps * 16));
-  scratch(tap_off, static_cast<size_t>(taps));
-  scratch(tap_kw, static_cast<size_t>(taps));
-  scratch(tap_in, static_cast<size_t>(taps));
+  scratch(wv, static_cast<size_t>(pairs * 32));
+  scratch(tap_off, static_cast<size_t>(pairs * 2));
+  scratch(tap_kw, static_cast<size_t>(pairs * 2));
+  scratch(tap_in, static_cast<size_t>(pairs * 2));
   const __m256i vzp = _mm256_set1_epi16(static_cast<int16_t>(p.e.a_zp));
   const OutConsts oc = out_consts(p.e);
   const uint8_t* x = static_cast<const uint8_t*>(p.x);
@@ -136,27 +131,44 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
         }
       }
     }
+    if (taps % 2 != 0) {  // the odd tap out has a zero weight: it reads tap 0's input
+      tap_kw[taps] = tap_kw[0];
+      tap_in[taps] = tap_in[0];
+      tap_off[taps] = tap_off[0];
+    }
     for (int64_t c = 0; c < cv; c += 16) {
-      for (int64_t k = 0; k < taps; ++k) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wv.data() + k * 16), widen<false>(p.w + k * C + c));
+      for (int64_t q = 0; q < pairs; ++q) {
+        const __m256i w0 = widen<false>(p.w + 2 * q * C + c);
+        const __m256i w1 = 2 * q + 1 < taps ? widen<false>(p.w + (2 * q + 1) * C + c) : _mm256_setzero_si256();
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wv.data() + q * 32), _mm256_unpacklo_epi16(w0, w1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wv.data() + q * 32 + 16), _mm256_unpackhi_epi16(w0, w1));
       }
       const Consts8 k0 = consts8(p.e, c), k1 = consts8(p.e, c + 8);
       for (int64_t ow = 0; ow < OW; ++ow) {
-        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        // Two taps per vpmaddwd: their int16 activations interleaved per channel meet the
+        // weights interleaved the same way, and each int32 lane gets the two products' sum
+        // (exact). unpacklo/hi work within 128-bit lanes: lo holds channels 0-3 and 8-11, hi
+        // 4-7 and 12-15, put back in order once per pixel.
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
         const int64_t base = ow * sw * C + c;
-        if (rows_inside && ow >= ow_lo && ow < ow_hi) {
-          for (int64_t k = 0; k < taps; ++k) {
-            mac(widen<U>(x + (tap_off[k] + base)),
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv.data() + k * 16)), &a0, &a1);
+        const bool inside = rows_inside && ow >= ow_lo && ow < ow_hi;
+        for (int64_t q = 0; q < pairs; ++q) {
+          const int64_t t0 = 2 * q, t1 = 2 * q + 1;
+          __m256i x0, x1;
+          if (inside) {
+            x0 = widen<U>(x + (tap_off[t0] + base));
+            x1 = widen<U>(x + (tap_off[t1] + base));
+          } else {
+            const int64_t iw0 = ow * sw + tap_kw[t0], iw1 = ow * sw + tap_kw[t1];
+            x0 = tap_in[t0] && iw0 >= 0 && iw0 < W ? widen<U>(x + (tap_off[t0] + base)) : vzp;
+            x1 = tap_in[t1] && iw1 >= 0 && iw1 < W ? widen<U>(x + (tap_off[t1] + base)) : vzp;
           }
-        } else {
-          for (int64_t k = 0; k < taps; ++k) {
-            const int64_t iw = ow * sw + tap_kw[k];
-            const bool in = tap_in[k] && iw >= 0 && iw < W;
-            mac(in ? widen<U>(x + (tap_off[k] + base)) : vzp,
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv.data() + k * 16)), &a0, &a1);
-          }
+          const __m256i* wq = reinterpret_cast<const __m256i*>(wv.data() + q * 32);
+          lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), _mm256_loadu_si256(wq)));
+          hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), _mm256_loadu_si256(wq + 1)));
         }
+        const __m256i a0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+        const __m256i a1 = _mm256_permute2x128_si256(lo, hi, 0x31);
         epilogue16(p.e, oc, k0, k1, a0, a1, c, orow + ow * C * ob);
       }
     }
