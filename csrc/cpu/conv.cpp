@@ -39,8 +39,12 @@ const ConvKernels& conv_kernels() {
   static const ConvKernels scalar{cpu::gemm_mr__scalar, cpu::gemm_compute__scalar,
                                   cpu::conv_dw__scalar};
   static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2};
+  // Depthwise: the AVX2 kernel on AVX-512 machines too. Measured on the 2-core AMD EPYC
+  // (docs/benchmarks.md), 512-bit versions (vpmullw on 32 channels; vpdpbusd on four interleaved
+  // taps) took 1.5x the AVX2 kernel's time: the work is widening and shuffles, which run at
+  // half rate on 512-bit registers there, not multiply-adds.
   static const ConvKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
-                                cpu::conv_dw__avx512vnni};
+                                cpu::conv_dw__avx2};
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return vnni;
     case CpuIsa::Avx2: return avx2;
