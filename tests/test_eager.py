@@ -742,10 +742,10 @@ def test_quantize_dynamic_rejects_a_bare_type_or_name(spec):
 
 
 def test_quantize_dynamic_warns_for_types_it_leaves_in_float():
-    model = nn.Sequential(nn.LSTM(4, 4), nn.Linear(4, 4))
-    with pytest.warns(UserWarning, match=r"\['LSTM'\] in argument 'qconfig_spec' have no dynamic int8 module"):
-        q = tq.quantize_dynamic(model, {nn.LSTM, nn.Linear})
-    assert type(q[0]) is nn.LSTM and isinstance(q[1], nnq.DynamicLinear)
+    model = nn.Sequential(nn.RNN(4, 4), nn.Linear(4, 4))
+    with pytest.warns(UserWarning, match=r"\['RNN'\] in argument 'qconfig_spec' have no dynamic int8 module"):
+        q = tq.quantize_dynamic(model, {nn.RNN, nn.Linear})
+    assert type(q[0]) is nn.RNN and isinstance(q[1], nnq.DynamicLinear)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tq.quantize_dynamic(model, {nn.Linear})
