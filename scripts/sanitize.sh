@@ -8,7 +8,7 @@
 # report aborts the run, so it cannot scroll by unnoticed. Reports go to the log (pytest runs
 # with --capture=sys: it does not swallow the sanitizers' stderr) and are searched for too.
 #   PYTHON     interpreter (default python3)
-#   MAX_JOBS   parallel compile jobs (default 2)
+#   MAX_JOBS   parallel compile jobs (default: the number of CPUs, at most 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,7 +25,7 @@ saved=""
 if [ -f "$config" ]; then saved=$(cat "$config"); fi
 restore() { if [ -n "$saved" ]; then printf '%s\n' "$saved" > "$config"; fi; }
 trap restore EXIT
-if ! TORCHQUANT_CUDA=0 TORCHQUANT_EXTRA_CFLAGS="$FLAGS" MAX_JOBS=${MAX_JOBS:-2} \
+if ! TORCHQUANT_CUDA=0 TORCHQUANT_EXTRA_CFLAGS="$FLAGS" MAX_JOBS=${MAX_JOBS:-$(n=$(nproc); echo $(( n < 8 ? n : 8 )))} \
     $PY setup.py build_ext -t "$OUT/temp" -b "$OUT/lib" > "$OUT/build.log" 2>&1; then
   tail -n 60 "$OUT/build.log"
   echo "sanitize: BUILD FAILED; log: $OUT/build.log"
