@@ -13,6 +13,7 @@ Install against the torch that is already installed:
 """
 import glob
 import os
+import shlex
 import shutil
 
 from setuptools import find_packages, setup
@@ -152,6 +153,10 @@ class _BuildExt(BuildExtension.with_options(use_ninja=True)):
 cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp", f'-DTORCHQUANT_VERSION="{VERSION}"']
 # nvcc: no contraction of a*b+c into FMA either, so float epilogues match the CPU bit for bit.
 nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr", f'-DTORCHQUANT_VERSION="{VERSION}"']
+# Extra flags for the C++ sources and the link (scripts/sanitize.sh passes -fsanitize=...).
+# They come after Python's own flags, so they can undo one (-fno-wrapv).
+extra_flags = shlex.split(os.environ.get("TORCHQUANT_EXTRA_CFLAGS", ""))
+cxx_flags += extra_flags
 sources = _sources(".cpp")
 if WITH_CUDA:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -165,7 +170,7 @@ if WITH_CUDA:
         include_dirs=[os.path.join(ROOT, "csrc"), lt_include],
         library_dirs=[lt_libdir],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        extra_link_args=["-fopenmp", f"-l:{lt_lib}", f"-Wl,-rpath,{lt_libdir}"],
+        extra_link_args=["-fopenmp", f"-l:{lt_lib}", f"-Wl,-rpath,{lt_libdir}"] + extra_flags,
     )
 else:
     ext = CppExtension(
@@ -173,7 +178,7 @@ else:
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + extra_flags,
     )
 
 # Recorded so that a failed load can say which torch the library was built against.

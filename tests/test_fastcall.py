@@ -395,3 +395,43 @@ def test_quantize_per_tensor_names_a_non_tensor_x():
     for bad in (None, [0.5, 1.0]):
         with pytest.raises(TypeError, match="quantize_per_tensor: argument 'x' must be a tensor, got"):
             torchquant.quantize_per_tensor(bad, 0.1, 0, torch.qint8)
+
+
+# ---------------------------------------------------------------- cases that small deliberate bugs got through
+class _Tagged(torch.Tensor):
+    pass
+
+
+class _Mode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_fastcall_usable_checks_every_argument():
+    """Mutant: usable() not checking the type of its third tensor (a tensor subclass given as a
+    zero point or weight would skip its __torch_function__)."""
+    t = torch.ones(2)
+    sub = t.as_subclass(_Tagged)
+    assert _fastcall.usable(t, t, t) == _fastcall.enabled
+    for args in ((sub, t, t), (t, sub, t), (t, t, sub), (torch.nn.Parameter(t), t, t)):
+        assert not _fastcall.usable(*args), [type(a).__name__ for a in args]
+    with _Mode():
+        assert not _fastcall.usable(t, t, t)
+
+
+def test_quantized_modules_route_subclass_qparams_through_torch_ops(monkeypatch):
+    """The same through a module: a DeQuantize of a QTensor whose zero point is a subclass must
+    take torch.ops (which honours the subclass), not the typed path."""
+    calls = []
+    f = _fastcall.dequantize
+    monkeypatch.setattr(_fastcall, "dequantize", lambda *a: calls.append(1) or f(*a))
+    monkeypatch.setattr(_fastcall, "enabled", True)
+    data = torch.randint(0, 256, (3, 4), dtype=torch.uint8)
+    plain = torchquant.QTensor(data, torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32), None, 0, 255)
+    dq = torchquant.nn.quantized.DeQuantize()
+    want = dq(plain)
+    assert calls == [1]
+    tagged = torchquant.QTensor(data, torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32).as_subclass(_Tagged),
+                                None, 0, 255)
+    assert torch.equal(dq(tagged).as_subclass(torch.Tensor), want)
+    assert calls == [1]

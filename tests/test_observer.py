@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import torchquant
+import torchquant as tq
 from torchquant import observer as tqo
 from torchquant import reference
 
@@ -896,3 +897,40 @@ def test_per_channel_observer_scratch_is_bounded_by_the_work():
     out = subprocess.run([sys.executable, "-c", _PEAK_PROBE], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) < 64, out.stdout
+
+
+# ---------------------------------------------------------------- eager-flow edge cases (hooks, dtype casts, weight ranges, qconfig_spec, QTensor)
+# ---------------------------------------------------------------- dtype casts of observers
+_OBSERVERS = [tq.MinMaxObserver, tq.MovingAverageMinMaxObserver, tq.PerChannelMinMaxObserver,
+              tq.MovingAveragePerChannelMinMaxObserver, tq.HistogramObserver]
+
+
+@pytest.mark.parametrize("cls", _OBSERVERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_observer_statistics_stay_float32_under_a_dtype_cast(cls, dtype):
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(4, 6) * 3, torch.randn(4, 6)
+    cast, plain = cls(), cls()
+    cast(x1), plain(x1)
+    cast.to(dtype)  # used to turn the buffers into `dtype`, after which forward raised
+    for name, buf in cast.named_buffers():
+        assert buf.dtype == dict(plain.named_buffers())[name].dtype, name
+        assert torch.equal(buf, dict(plain.named_buffers())[name]), name  # no rounding through `dtype`
+    cast(x2), plain(x2)
+    for a, b in zip(cast.calculate_qparams(), plain.calculate_qparams()):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- cases that small deliberate bugs got through
+def test_histogram_rebin_run_addition_exactness_bound():
+    """The rebin adds a run of k equal parts in one step only where no one-by-one addition could
+    round. Here the one-by-one sum rounds: 2^49 + 2^25 (a float32 rounding tie) plus sixteen
+    parts of 1/16, each a half-ulp tie that leaves the sum unchanged, so the new bin holds
+    2^49 + 2^25 and rounds to 2^49 in float32; adding 16 * (1/16) at once would give
+    2^49 + 2^25 + 1, which rounds to 2^49 + 2^26. A looser bound on the one-step path fails
+    here."""
+    hist = torch.tensor([2.0**49, 2.0**25, 1.0, 0.0])
+    args = (hist, torch.tensor(0.0), torch.tensor(1.0), torch.tensor(0.0), torch.tensor(1000.0), 16)
+    want = reference.histogram_rebin(*args)
+    assert want[0].item() == 2.0**49
+    assert torch.equal(torch.ops.torchquant.histogram_rebin(*args), want)

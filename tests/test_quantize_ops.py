@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import torchquant
+import torchquant as tq
 from torchquant import reference
 
 ops = torch.ops.torchquant
@@ -449,3 +450,213 @@ def test_python_number_scale_near_float32_limits_still_works():
     for s in (1.5e-38, 2e38):
         got = torchquant.fake_quantize_per_tensor_affine(x, s, 0, -128, 127)
         assert torch.equal(got, torch.fake_quantize_per_tensor_affine(x, s, 0, -128, 127))
+
+
+# ---------------------------------------------------------------- edge cases of the CPU ops (choose_qparams, scale errors, fake kernels)
+INT32_MAX = 2 ** 31 - 1
+
+
+def _expected_zero_point(min_neg, scale, qmin, qmax):
+    """qmin - round(min_neg / scale), clamped, with the quotient rounded in float32 as the op
+    does but the subtraction in Python integers (no wrap)."""
+    q = torch.round(torch.tensor([min_neg], dtype=torch.float32) / scale)
+    return max(qmin, min(qmax, qmin - int(q.item())))
+
+
+@pytest.mark.parametrize("lo,qmin,qmax", [
+    (-1e6, 0, INT32_MAX),              # min / scale rounds to -2^31 in float32
+    (-1000.0, -2 ** 31, INT32_MAX),    # min / scale is about -2^32
+    (-3.0, -2 ** 31 + 5, INT32_MAX - 7),
+    (-1.0, -128, 127),
+])
+def test_choose_qparams_zero_point_of_wide_int32_ranges(lo, qmin, qmax):
+    # The zero point's integer steps were made in int32, where round(min / scale) can reach
+    # 2^31 or more for ranges wider than int32's half: it wrapped to a wrong zero point (0).
+    mn, mx = torch.tensor([lo]), torch.tensor([0.0])
+    for fn in (ops.choose_qparams, reference.choose_qparams):
+        s, z = fn(mn, mx, qmin, qmax)
+        assert z.dtype == torch.int32
+        assert z.item() == _expected_zero_point(lo, s, qmin, qmax), (fn, s, z)
+    assert torch.equal(ops.choose_qparams(mn, mx, qmin, qmax)[1], reference.choose_qparams(mn, mx, qmin, qmax)[1])
+
+
+@pytest.mark.parametrize("eps", [1e-50, 5e-46])
+def test_choose_qparams_rejects_eps_that_is_zero_in_float32(eps):
+    # eps > 0 as a double but 0 in float32 gave a zero scale (and a -0.0 one, symmetric).
+    with pytest.raises(RuntimeError, match=r"argument 'eps' must be > 0 and finite in float32, got "):
+        ops.choose_qparams(torch.tensor([0.0]), torch.tensor([0.0]), -128, 127, False, eps)
+    with pytest.raises(RuntimeError, match=r"argument 'eps'"):
+        ops.choose_qparams(torch.tensor([0.0]), torch.tensor([0.0]), -128, 127, True, eps)
+
+
+def test_choose_qparams_smallest_float32_eps_gives_positive_scale():
+    s, _ = ops.choose_qparams(torch.tensor([0.0]), torch.tensor([0.0]), -128, 127, True, 1.4e-45)
+    assert s.item() > 0 and not torch.signbit(s).item()
+
+
+def _packed(n=3, k=4):
+    return ops.pack_weight(torch.zeros(n, k, dtype=torch.int8))
+
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.quantize(torch.randn(3), torch.tensor([1e-200], dtype=F64), torch.tensor([0]), None, -128, 127, torch.int8),
+     r"argument 'scale' must be > 0 and finite, got 1e-200 \(0 in float32\)"),
+    (lambda: ops.dequantize(torch.zeros(3, dtype=torch.int8), torch.tensor([1e40], dtype=F64), torch.tensor([0]), None),
+     r"argument 'scale' must be > 0 and finite, got 1e\+40 \(inf in float32\)"),
+    (lambda: ops.fake_quantize(torch.randn(3, 2), torch.tensor([0.1, 1e40], dtype=F64), torch.tensor([0, 0]), 1, -128, 127),
+     r"got 1e\+40 \(inf in float32\) at channel 1"),
+    (lambda: ops.fake_quantize_learnable(torch.randn(3), torch.tensor([1e-200], dtype=F64), torch.tensor([0.0]), None, -128, 127),
+     r"argument 'scale' must be > 0 and finite, got 1e-200 \(0 in float32\)"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1e-200], dtype=F64), torch.tensor([0]), *_packed(), torch.ones(3), None, None, None, False, None),
+     r"argument 'x_scale' must be > 0 and finite, got 1e-200 \(0 in float32\)"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1.0, 1e-200], dtype=F64), torch.tensor([0]), *_packed(), torch.ones(3), None, None, None, False, None),
+     r"argument 'x_scale' must be > 0 and finite, got 1e-200 \(0 in float32\) at row 1"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1.0]), torch.tensor([0]), *_packed(), torch.tensor([1, 1, 1e39], dtype=F64), None, None, None, False, None),
+     r"argument 'w_scale' must be > 0 and finite, got 1e\+39 \(inf in float32\) at channel 2"),
+    (lambda: ops.linear_int8(torch.zeros(2, 4, dtype=torch.int8), torch.tensor([1.0]), torch.tensor([0]), *_packed(), torch.ones(3), None, torch.tensor([1e39], dtype=F64), torch.tensor([0]), False, torch.int8),
+     r"argument 'out_scale' must be > 0 and finite, got 1e\+39 \(inf in float32\)"),
+    # float32 values, and float64 ones that float32 shows alike, are shown as they are
+    (lambda: ops.quantize(torch.randn(3), torch.tensor([-0.2], dtype=F64), torch.tensor([0]), None, -128, 127, torch.int8),
+     r"argument 'scale' must be > 0 and finite, got -0.2$"),
+    (lambda: ops.quantize(torch.randn(3), torch.tensor([-2.5]), torch.tensor([0]), None, -128, 127, torch.int8),
+     r"argument 'scale' must be > 0 and finite, got -2.5$"),
+])
+def test_scale_errors_show_the_value_given_not_its_float32_rounding(call, match):
+    # A float64 scale out of float32's range was reported as the converted value ("got 0",
+    # "got inf"), which is not what the caller passed.
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+def test_fake_kernels_check_dtype_and_qrange_as_the_kernels_do():
+    """Under tracing (fake tensors) quantize / dequantize raise where the real kernels raise."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(4, 3)
+    s, z = torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32)
+    q = torch.zeros(4, 3, dtype=torch.int8)
+    cases = [
+        (torch.ops.torchquant.quantize, (x, s, z, None, 0, 255, torch.float32), "argument 'dtype' must be torch.int8 or torch.uint8"),
+        (torch.ops.torchquant.quantize, (x, s, z, None, -129, 127, torch.int8), r"argument 'qmin' must lie in \[-128, 127\]"),
+        (torch.ops.torchquant.quantize, (x, s, z, None, 0, 256, torch.uint8), r"argument 'qmax' must lie in \[0, 255\]"),
+        (torch.ops.torchquant.dequantize, (q, s, z, None, torch.int32), "argument 'out_dtype' must be a floating-point dtype"),
+    ]
+    for op, args, msg in cases:
+        with pytest.raises(RuntimeError, match=msg):
+            op(*args)
+        with FakeTensorMode() as mode:
+            fargs = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            with pytest.raises(RuntimeError, match=msg):
+                op(*fargs)
+
+
+# ---------------------------------------------------------------- eager-flow edge cases (hooks, dtype casts, weight ranges, qconfig_spec, QTensor)
+# ---------------------------------------------------------------- QTensor.to
+def test_qtensor_to_dtype_is_a_clear_error():
+    q = tq.quantize_per_tensor(torch.tensor([0.1, -0.5]), 0.01, 0, torch.qint8)
+    for dt in (torch.float32, torch.float64, torch.int32, torch.uint8):
+        with pytest.raises(TypeError, match=r"argument 'device'.*dequantize"):
+            q.to(dt)
+    moved = q.to(torch.device("cpu"))
+    assert torch.equal(moved.int_repr(), q.int_repr()) and moved.dtype == torch.qint8
+    assert q.to("cpu").device == torch.device("cpu")
+
+
+def test_qtensor_indexing_per_tensor_is_exact_and_per_channel_raises():
+    data = torch.randint(0, 256, (4, 6), dtype=torch.uint8)
+    q = tq.QTensor(data, torch.tensor([0.1]), torch.tensor([7], dtype=torch.int32), None, 0, 255)
+    for index in (0, -1, slice(1, 3), (slice(None), 2), (slice(None), slice(1, None, 2)), torch.tensor([2, 0])):
+        sub = q[index]
+        assert isinstance(sub, tq.QTensor) and torch.equal(sub.int_repr(), data[index])
+        assert torch.equal(sub.dequantize(), q.dequantize()[index])
+    assert [torch.equal(row.int_repr(), data[i]) for i, row in enumerate(q)] == [True] * 4
+    pc = tq.QTensor(data.to(torch.int8) // 2, torch.full((6,), 0.1), torch.zeros(6, dtype=torch.int32), 1, -128, 127)
+    with pytest.raises(NotImplementedError, match="only defined for per-tensor quantization .* axis 1"):
+        pc[0]
+
+
+def test_qtensor_saves_and_loads_with_weights_only_through_its_checks():
+    import io
+    import pickle
+
+    data = torch.randint(0, 256, (3, 4), dtype=torch.uint8)
+    q = tq.QTensor(data, torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32), None, 2, 250)
+    pc = tq.QTensor(data.to(torch.int8) // 2, torch.full((4,), 0.1), torch.zeros(4, dtype=torch.int32), 1)
+    buf = io.BytesIO()
+    torch.save({"q": q, "pc": pc}, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True)
+    for a, b in ((q, back["q"]), (pc, back["pc"])):
+        assert isinstance(b, tq.QTensor) and (b.axis, b.qmin, b.qmax) == (a.axis, a.qmin, a.qmax)
+        assert torch.equal(b.int_repr(), a.int_repr()) and torch.equal(b.dequantize(), a.dequantize())
+    # unpickling runs the constructor's checks: a payload with float data is refused
+    broken = tq.QTensor.__new__(tq.QTensor)
+    for name in ("data", "scale", "zero_point", "axis", "qmin", "qmax"):
+        setattr(broken, name, getattr(q, name))
+    broken.data = torch.zeros(3)
+    with pytest.raises(TypeError, match="QTensor data must be int8 or uint8"):
+        pickle.loads(pickle.dumps(broken))
+
+
+# ---------------------------------------------------------------- cases that small deliberate bugs got through
+NAN, INF = float("nan"), float("inf")
+
+
+def _same(a, b):
+    """Bit-exact equality that also accepts NaN where the other has NaN (and checks -0)."""
+    return (a.dtype == b.dtype and a.shape == b.shape and torch.equal(torch.isnan(a), torch.isnan(b))
+            and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+            and torch.equal(torch.signbit(a), torch.signbit(b)))
+
+
+def _per_channel_case(shape, axis, qmin, qmax, gen):
+    """Per-channel qparams with power-of-two scales (so (k + 0.5) * scale[c] is an exact tie
+    after the multiply by 1 / scale) and x mixing ties, saturating values, NaN, +-Inf and -0
+    in every channel."""
+    C = shape[axis]
+    scale = 2.0 ** -torch.randint(1, 9, (C,), generator=gen).float()
+    zp = torch.randint(qmin, qmax + 1, (C,), generator=gen, dtype=torch.int32)
+    view = [1] * len(shape)
+    view[axis] = C
+    s, z = scale.reshape(view), zp.reshape(view).float()
+    k = torch.randint(qmin - 3, qmax + 3, shape, generator=gen).float() - z
+    x = (k + 0.5) * s                                  # ties, some past the range
+    kind = torch.randint(0, 10, shape, generator=gen)
+    x = torch.where(kind == 0, torch.randn(shape, generator=gen) * 3, x)
+    x = torch.where(kind == 1, torch.full(shape, NAN), x)
+    x = torch.where(kind == 2, torch.full(shape, INF), x)
+    x = torch.where(kind == 3, torch.full(shape, -INF), x)
+    x = torch.where(kind == 4, torch.full(shape, -0.0), x)
+    x = torch.where(kind == 5, k * s, x)               # exact multiples
+    return x, scale, zp
+
+
+# Per-channel layouts: inner < 64 takes the per-channel vector kernels (rows of C * inner with
+# one qparam per element, a vector body and a scalar tail), inner >= 64 the per-tensor ones.
+PC_LAYOUTS = [((7, 37), 1), ((3, 5, 13), 1), ((4, 3, 8), 2), ((2, 70), 0), ((9, 40), -1)]
+
+
+@pytest.mark.parametrize("shape,axis", PC_LAYOUTS)
+@pytest.mark.parametrize("qmin,qmax,dtype", [(-128, 127, torch.int8), (0, 255, torch.uint8), (-8, 7, torch.int8)])
+def test_per_channel_ties_nan_inf_every_path(isa, shape, axis, qmin, qmax, dtype):
+    """Mutants: per-channel quantize rounding half up instead of half to even (the per-channel
+    tests had random scales, so no exact ties); fake_quantize per channel returning the
+    quantized value for NaN instead of NaN (no per-channel test had NaN input)."""
+    gen = torch.Generator().manual_seed(len(shape) * 100 + axis + qmin)
+    x, scale, zp = _per_channel_case(shape, axis, qmin, qmax, gen)
+    ax = axis % len(shape)
+    ties = torch.isfinite(x) & (torch.frac(x / scale.reshape([-1 if d == ax else 1 for d in range(len(shape))])).abs() == 0.5)
+    assert ties.sum() >= x.numel() // 4 and torch.isnan(x).any()
+    q = ops.quantize(x, scale, zp, axis, qmin, qmax, dtype)
+    assert torch.equal(q, reference.quantize(x, scale, zp, ax, qmin, qmax, dtype))
+    assert _same(ops.dequantize(q, scale, zp, axis), reference.dequantize(q, scale, zp, ax))
+    fq = ops.fake_quantize(x, scale, zp, axis, qmin, qmax)
+    want = reference.fake_quantize(x, scale, zp, ax, qmin, qmax)
+    assert _same(fq, want)
+    assert torch.equal(torch.isnan(fq), torch.isnan(x))  # NaN in, NaN out
+    g = torch.randn(shape, generator=gen)
+    assert _same(ops.fake_quantize_backward(g, x, scale, zp, axis, qmin, qmax),
+                 reference.fake_quantize_backward(g, x, scale, zp, ax, qmin, qmax))
