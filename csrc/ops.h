@@ -69,6 +69,16 @@ void histogram_generic(const Tensor& hist, const Tensor& min_val, const Tensor& 
 Tensor histogram_rebin(const Tensor& hist, const Tensor& min_val, const Tensor& max_val,
                        const Tensor& new_min, const Tensor& new_max, int64_t upsample_rate);
 
+// ---- conv (cpu/conv.cpp, cuda/conv.cu) ----
+std::tuple<Tensor, Tensor> pack_conv_weight_cpu(const Tensor& w, int64_t groups);
+Tensor conv_int8_cpu(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_point,
+                     const Tensor& w_packed, const Tensor& w_col_sums, const Tensor& w_scale,
+                     const std::optional<Tensor>& bias, at::IntArrayRef kernel_size,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                     int64_t groups, const std::optional<Tensor>& out_scale,
+                     const std::optional<Tensor>& out_zero_point, bool relu,
+                     std::optional<at::ScalarType> out_dtype);
+
 // ---- elementwise (cpu/elementwise.cpp, cuda/elementwise.cu) ----
 Tensor add_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_zero_point, const Tensor& b,
                const Tensor& b_scale, const Tensor& b_zero_point, const Tensor& out_scale,

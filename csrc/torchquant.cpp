@@ -109,6 +109,24 @@ TORCH_LIBRARY(torchquant, m) {
   m.def("histogram_rebin(Tensor hist, Tensor min_val, Tensor max_val, Tensor new_min, "
         "Tensor new_max, int upsample_rate=16) -> Tensor");
 
+  // ---- conv ----
+  // w: [Cout, Cin / groups, *kernel_size] int8 (1, 2 or 3 spatial dimensions), symmetric per
+  // output channel -> (packed, col_sums int32 [Cout]); col_sums[n] = sum of w[n]. The packed
+  // layout is the kernels' for w's device: depthwise weights (Cin / groups = 1 and
+  // Cout = groups) [taps, Cout]; others on the CPU [groups, ceil(Cout/groups/16), K, 16] (K =
+  // taps * Cin / groups, taps-major), on CUDA [groups, K, Cout / groups].
+  m.def("pack_conv_weight(Tensor w, int groups=1) -> (Tensor, Tensor)");
+  // Static int8 convolution (zero padding: padded positions hold x_zero_point). x: int8/uint8
+  // [N, Cin, *spatial] in any layout (channels-last is read in place), per-tensor qparams;
+  // weights from pack_conv_weight with per-channel w_scale [Cout]; bias float [Cout]. One or
+  // len(kernel_size) values for stride / padding / dilation. The epilogue is linear_int8's:
+  // out_dtype int8/uint8 requantizes with out_scale/out_zero_point, float32 (default),
+  // bfloat16, float16 dequantize. The output [N, Cout, *out] is channels-last in memory.
+  m.def("conv_int8(Tensor x, Tensor x_scale, Tensor x_zero_point, Tensor w_packed, "
+        "Tensor w_col_sums, Tensor w_scale, Tensor? bias, int[] kernel_size, int[] stride, "
+        "int[] padding, int[] dilation, int groups, Tensor? out_scale, Tensor? out_zero_point, "
+        "bool relu=False, ScalarType? out_dtype=None) -> Tensor");
+
   // ---- elementwise (cpu/elementwise.cpp, cuda/elementwise.cu) ----
   // Quantized elementwise ops with requantize. Inputs int8/uint8 with per-tensor qparams
   // (scale float, zero_point integer, one element each); the output is requantized with

@@ -10,6 +10,9 @@ if ! $PY -c 'import sys, torch; v = tuple(int(p) for p in torch.__version__.spli
   $PY -m pip install -q "${TORCHQUANT_TORCH:-torch==2.14.1}"
 fi
 $PY -m pip install -q setuptools wheel ninja numpy tqdm matplotlib pytest hypothesis nbclient nbformat ipykernel
+# torchvision (test dependency: its quantizable models), the release matched to the installed torch.
+TV=$($PY -c 'import torch; v = torch.__version__.split("+")[0].split("."); print("0.%d.*" % (int(v[1]) + 15))')
+$PY -m pip install -q "torchvision==$TV"
 # A toolkit whose nvcc is a wrapper script leaves torch guessing CUDA_HOME; point it at the toolkit.
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda/include ]; then export CUDA_HOME=/usr/local/cuda; fi
 $PY -m pip install -q --no-build-isolation -e .

@@ -386,7 +386,7 @@ def test_swap_module_is_converts_step_and_keeps_user_hooks():
     assert calls == ["Linear", "Linear"]
     relu = nn.ReLU()
     assert tq.swap_module(relu, mapping, {}) is relu  # no qconfig
-    conv = nn.Conv1d(2, 2, 1)
+    conv = nn.GRU(2, 2)  # a module type with no int8 version
     conv.qconfig = tq.default_qconfig
     assert tq.swap_module(conv, mapping, {}) is conv  # nothing to swap it for
 
@@ -397,7 +397,7 @@ def test_swap_module_is_converts_step_and_keeps_user_hooks():
             out.source = mod
             return out
 
-    conv_out = tq.swap_module(conv, mapping, {nn.Conv1d: Custom})
+    conv_out = tq.swap_module(conv, mapping, {nn.GRU: Custom})
     assert type(conv_out) is Custom and conv_out.source is conv
 
 
@@ -494,8 +494,8 @@ def test_module_class_getters():
         pass
 
     assert tq.get_static_quant_module_class(MyLinear, {MyLinear: nnq.Linear}) is nnq.Linear
-    with pytest.raises(ValueError, match="float_module_class.*Conv2d"):
-        tq.get_static_quant_module_class(nn.Conv2d)
+    with pytest.raises(ValueError, match="float_module_class.*LSTM"):
+        tq.get_static_quant_module_class(nn.LSTM)
     with pytest.raises(ValueError, match="float_module_class.*MyLinear"):
         tq.get_dynamic_quant_module_class(MyLinear)
     with pytest.raises(NotImplementedError, match="is_reference"):

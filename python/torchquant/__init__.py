@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover
 
 # ---- int8 GEMM
 from .gemm import int8_mm, linear_dynamic, linear_int8, pack_weight, quantize_rowwise
+from .conv import conv_int8, pack_conv_weight  # noqa: E402
 # ---- observers
 from . import observer  # noqa: F401
 from .calibrate import calibrate, sync_observers
@@ -133,5 +134,6 @@ from .quantize import (  # noqa: E402
     swap_module,
 )
 from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
+from ._conv_flow import fuse_conv_bn, fuse_conv_bn_relu, fuse_linear_bn  # noqa: E402
 from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402

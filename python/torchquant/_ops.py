@@ -235,6 +235,76 @@ def _histogram_rebin_fake(hist, min_val, max_val, new_min, new_max, upsample_rat
     return torch.empty_like(hist)
 
 
+# ---------------------------------------------------------------- conv
+def conv_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
+    """Shape of the packed weight that ``pack_conv_weight`` returns for an int8 conv weight of
+    shape ``w_shape`` [Cout, Cin / groups, *kernel_size] on ``device``: depthwise (Cin / groups
+    = 1, Cout = groups) [taps, Cout] everywhere; otherwise on the CPU [groups,
+    ceil(Cout / groups / 16), K, 16] and on CUDA [groups, K, Cout / groups], with K = taps * Cin /
+    groups."""
+    cout, cg = w_shape[0], w_shape[1]
+    taps = 1
+    for k in w_shape[2:]:
+        taps = taps * k
+    ng = cout // groups
+    if cg == 1 and ng == 1:
+        return (taps, cout)
+    if torch.device(device).type == "cuda":
+        return (groups, taps * cg, ng)
+    return (groups, (ng + PANEL - 1) // PANEL, taps * cg, PANEL)
+
+
+@torch.library.register_fake("torchquant::pack_conv_weight")
+def _pack_conv_weight_fake(w, groups=1):
+    torch._check(w.dtype == torch.int8 and 3 <= w.dim() <= 5,
+                 lambda: f"argument 'w' must be a 3-D, 4-D or 5-D int8 conv weight, got {w.dtype} {tuple(w.shape)}")
+    torch._check(groups >= 1 and w.shape[0] % groups == 0,
+                 lambda: f"argument 'groups' ({groups}) must divide the output channels of 'w' ({w.shape[0]})")
+    return (w.new_empty(conv_packed_weight_shape(tuple(w.shape), groups, w.device)),
+            w.new_empty((w.shape[0],), dtype=torch.int32))
+
+
+def _expand(v, n, name):
+    v = list(v)
+    torch._check(len(v) in (1, n), lambda: f"argument '{name}' must have 1 or {n} elements, got {v}")
+    return v * n if len(v) == 1 else v
+
+
+def conv_output_size(in_sizes, kernel_size, stride, padding, dilation):
+    """The spatial output sizes of a convolution (torch's formula)."""
+    n = len(kernel_size)
+    st, pd, dl = _expand(stride, n, "stride"), _expand(padding, n, "padding"), _expand(dilation, n, "dilation")
+    return [(i + 2 * p - d * (k - 1) - 1) // s + 1 for i, k, s, p, d in zip(in_sizes, kernel_size, st, pd, dl)]
+
+
+@torch.library.register_fake("torchquant::conv_int8")
+def _conv_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, kernel_size, stride, padding,
+                    dilation, groups, out_scale=None, out_zero_point=None, relu=False, out_dtype=None):
+    torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
+    nsp = len(kernel_size)
+    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must have 1, 2 or 3 elements, got {kernel_size}")
+    torch._check(x.dim() == nsp + 2,
+                 lambda: f"Expected {nsp + 2}D (batched) input to conv{nsp}d, but got input of size: {list(x.shape)}")
+    _check_devices("x", x, x_scale=x_scale, x_zero_point=x_zero_point, w_packed=w_packed, w_col_sums=w_col_sums,
+                   w_scale=w_scale, bias=bias, out_scale=out_scale, out_zero_point=out_zero_point)
+    torch._check(groups >= 1 and x.shape[1] % groups == 0,
+                 lambda: f"argument 'groups' ({groups}) must divide the input channels of 'x' ({x.shape[1]})")
+    cout = w_col_sums.shape[0]
+    torch._check(cout % groups == 0,
+                 lambda: f"argument 'groups' ({groups}) must divide the output channels ({cout})")
+    w_shape = (cout, x.shape[1] // groups, *kernel_size)
+    want = conv_packed_weight_shape(w_shape, groups, x.device)
+    torch._check(tuple(w_packed.shape) == want,
+                 lambda: f"argument 'w_packed' has shape {tuple(w_packed.shape)}, but a weight {list(w_shape)} with "
+                         f"groups={groups} packed for {x.device.type} has shape {want}")
+    odt = out_dtype or torch.float32
+    torch._check(odt in (torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.uint8),
+                 lambda: f"argument 'out_dtype' must be float32, bfloat16, float16, int8 or uint8, got {odt}")
+    out_sp = conv_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
+    # Channels-last memory: [N, *out, Cout] contiguous, seen as [N, Cout, *out].
+    y = x.new_empty((x.shape[0], *out_sp, cout), dtype=odt)
+    return y.movedim(-1, 1)
+
 # ---------------------------------------------------------------- elementwise
 def _check_q8(name, t):
     torch._check(t.dtype in (torch.int8, torch.uint8), lambda: f"argument '{name}' must be an int8 or uint8 tensor, got dtype {t.dtype}")

@@ -47,8 +47,8 @@ def _max_pool(fn, name):
         if return_indices:
             out, idx = fn(_as_float_codes(q), *args, return_indices=True, **kwargs)
             return _back(q, out), idx
-        if fn is F.max_pool2d and q.data.device.type == "cpu":
-            return q._same_qparams(fn(q.data, *args, **kwargs))  # integer kernel on the CPU
+        # On float codes: torch's uint8 max_pool2d rejects channels-last input (an index-type
+        # check that fails for every size), and CUDA has no integer max pooling.
         return _back(q, fn(_as_float_codes(q), *args, **kwargs))
 
     return impl

@@ -220,9 +220,10 @@ def _add_observers(model: nn.Module) -> List[str]:
     qconfig; returns the names of leaf modules under a qconfig that stay float."""
     unsupported = []
     model_dev = _model_device(model)
+    inside_fused = {id(c) for m in model.modules() if isinstance(m, _FUSED) for c in m.modules() if c is not m}
     for name, mod in model.named_modules():
         qc = getattr(mod, "qconfig", None)
-        if qc is None or _is_observer(mod):
+        if qc is None or _is_observer(mod) or id(mod) in inside_fused:
             continue
         if type(mod) in _OBSERVED and not hasattr(mod, "activation_post_process"):
             obs = qc.activation()
@@ -407,8 +408,8 @@ def _fold_relus(model: nn.Module) -> None:
         names = list(mod._modules.keys())
         for a, b in zip(names[:-1], names[1:]):
             lin, relu = mod._modules[a], mod._modules[b]
-            if type(lin) is nnq.Linear and type(relu) is nnq.ReLU:
-                lin.__class__ = nnq.LinearReLU
+            if type(lin) in _RELU_FOLDS and type(relu) is nnq.ReLU:
+                lin.__class__ = _RELU_FOLDS[type(lin)]
                 ident = nn.Identity()
                 ident.train(relu.training)
                 mod._modules[b] = ident
@@ -609,7 +610,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
 
 
 # ---------------------------------------------------------------- fusion
-def _fuse_linear_relu(linear, relu):
+def _fuse_linear_relu(linear, relu, is_qat=False):
     return intrinsic.LinearReLU(linear, relu)
 
 
@@ -632,11 +633,18 @@ def _set(model, path, new):
 def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]], inplace: bool = False,
                  fuser_func=None, fuse_custom_config_dict=None) -> nn.Module:
     """Fuses groups of modules given by name (torch.ao.quantization.fuse_modules): the first
-    becomes the fused module, the others nn.Identity. Supported: [Linear, ReLU].
+    becomes the fused module, the others nn.Identity. Supported: [Linear, ReLU], [Linear,
+    BatchNorm1d], and for Conv1d/2d/3d [Conv, ReLU], [Conv, BatchNorm] and [Conv, BatchNorm,
+    ReLU]; BatchNorm is folded into the weight and bias (torch's fuse_conv_bn_eval), which
+    needs the modules in eval mode.
 
     >>> model = torchquant.fuse_modules(model, [["fc1", "relu1"], ["fc2", "relu2"]])
     """
     _warn_unused("fuse_modules", fuser_func=fuser_func, fuse_custom_config_dict=fuse_custom_config_dict)
+    return _fuse(model, modules_to_fuse, inplace, is_qat=False)
+
+
+def _fuse(model, modules_to_fuse, inplace, is_qat):
     if not inplace:
         model = copy.deepcopy(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
@@ -649,7 +657,7 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
         if fuse is None:
             raise ValueError(f"fuse_modules: cannot fuse {[type(m).__name__ for m in mods]} (group {list(group)}); "
                              f"supported patterns: {[[t.__name__ for t in k] for k in _FUSIONS]}")
-        fused = fuse(*mods)
+        fused = fuse(*mods, is_qat=is_qat)
         fused.train(mods[0].training)
         if hasattr(mods[0], "qconfig"):
             fused.qconfig = mods[0].qconfig
@@ -663,15 +671,27 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
 
 def fuse_modules_qat(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]],
                      inplace: bool = False, fuser_func=None, fuse_custom_config_dict=None) -> nn.Module:
-    """The QAT version of :func:`fuse_modules` (torch.ao.quantization.fuse_modules_qat). Its one
-    pattern, [Linear, ReLU], fuses the same way for training and inference (torch.ao's differ
-    only for BatchNorm patterns), into a LinearReLU that prepare_qat turns into
-    ``torchquant.nn.qat.LinearReLU``.
+    """The QAT version of :func:`fuse_modules` (torch.ao.quantization.fuse_modules_qat): the
+    same patterns, but a BatchNorm is kept, not folded: [Conv, BatchNorm(, ReLU)] becomes a
+    ``torchquant.nn.intrinsic.ConvBn*`` / ``ConvBnReLU*`` that prepare_qat turns into its QAT
+    module (BatchNorm folded into the fake-quantized weight at each step, folded for good at
+    convert). [Linear, ReLU] and [Conv, ReLU] fuse as for inference.
 
-    >>> model = torchquant.fuse_modules_qat(model.train(), [["fc1", "relu1"]])
+    >>> model = torchquant.fuse_modules_qat(model.train(), [["conv1", "bn1", "relu1"]])
     """
-    return fuse_modules(model, modules_to_fuse, inplace=inplace, fuser_func=fuser_func,
-                        fuse_custom_config_dict=fuse_custom_config_dict)
+    _warn_unused("fuse_modules_qat", fuser_func=fuser_func, fuse_custom_config_dict=fuse_custom_config_dict)
+    return _fuse(model, modules_to_fuse, inplace, is_qat=True)
+
+
+# ---------------------------------------------------------------- convolutions
+from . import _conv_flow  # noqa: E402
+
+_STATIC.update(_conv_flow.static_mappings())
+_QAT.update(_conv_flow.qat_mappings())
+_OBSERVED = _OBSERVED + tuple(_conv_flow.static_mappings())
+_FUSED = (intrinsic.LinearReLU,) + _conv_flow.fused_types()
+_FUSIONS.update(_conv_flow.fusions())
+_RELU_FOLDS = {nnq.Linear: nnq.LinearReLU, **_conv_flow.relu_folds()}
 
 
 # ---------------------------------------------------------------- CNN modules
@@ -699,19 +719,27 @@ _CNN_STATIC.update({
     nn.InstanceNorm2d: _nqo.InstanceNorm2d,
     nn.InstanceNorm3d: _nqo.InstanceNorm3d,
 })
+_AO_STUBS = ()
 try:
     import torch.ao.nn.intrinsic as _ao_intrinsic
+    from torch.ao.quantization import DeQuantStub as _AoDeQuantStub
+    from torch.ao.quantization import QuantStub as _AoQuantStub
 
     _CNN_STATIC[_ao_intrinsic.BNReLU2d] = _nqo.BNReLU2d
     _CNN_STATIC[_ao_intrinsic.BNReLU3d] = _nqo.BNReLU3d
+    # torch.ao's stubs (torchvision's quantizable models hold them) convert as torchquant's.
+    _CNN_STATIC[_AoQuantStub] = nnq.Quantize
+    _CNN_STATIC[_AoDeQuantStub] = nnq.DeQuantize
+    _AO_STUBS = (_AoDeQuantStub,)
 except ImportError:  # a torch without torch.ao
     pass
 _STATIC.update(_CNN_STATIC)
-_OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC if t is not nn.ReLU6 and t not in _FLOAT_FUNCTIONALS)
-_PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,)
+_OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC
+                              if t not in (nn.ReLU6, nnq.DeQuantize) and t not in _AO_STUBS and t not in _FLOAT_FUNCTIONALS)
+_PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,) + _AO_STUBS
 
 
-def _fuse_bn_relu(bn, relu):
+def _fuse_bn_relu(bn, relu, is_qat=False):
     return (_ibn.BNReLU2d if type(bn) is nn.BatchNorm2d else _ibn.BNReLU3d)(bn, relu)
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "histogram_bins",
     "histogram_rebin",
     "histogram_",
+    "conv_int8",
 ]
 
 
@@ -311,53 +312,79 @@ def histogram_(hist, min_val, max_val, nonfinite_count, x, upsample_rate=16) -> 
     max_val.fill_(nhi)
 
 
+# ---- conv
+def conv_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, stride=1, padding=0, dilation=1, groups=1,
+              out_scale=None, out_zero_point=None, relu=False, out_dtype=None) -> torch.Tensor:
+    """Static int8 convolution from the unpacked int8 weight w [Cout, Cin / groups, *kernel]
+    (what ``conv_int8`` computes from ``pack_conv_weight(w, groups)``): zero padding, where a
+    padded position holds x_zero_point; exact integer sums (float64 convolution of integers
+    below 2^53), then linear_int8's epilogue. x_scale / x_zero_point hold one element."""
+    nsp = w.dim() - 2
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[nsp - 1]
+
+    def tup(v):
+        return [v] * nsp if isinstance(v, int) else (list(v) * nsp if len(v) == 1 else list(v))
+
+    zp = int(x_zero_point.reshape(-1)[0])
+    pad = []
+    for p in reversed(tup(padding)):
+        pad += [p, p]
+    xc = x.to(torch.float64) - zp
+    xc = torch.nn.functional.pad(xc, pad)  # (x - zp) of a padded position is 0
+    corr = conv(xc, w.to(torch.float64), None, tup(stride), 0, tup(dilation), groups).to(torch.int32)
+    cout = w.shape[0]
+    rows = corr.movedim(1, -1).reshape(-1, cout)
+    out = _requantize(rows, x_scale.float().reshape(()), w_scale, bias, relu, out_scale, out_zero_point, out_dtype)
+    shape = (corr.shape[0], *corr.shape[2:], cout)
+    return out.reshape(shape).movedim(-1, 1)
+
 # ---- elementwise
 # The elementwise contract (docs/quantization.md, "Elementwise ops"): float32 steps in a fixed
 # order, then the quantize formula with the output's qparams over its dtype's full range.
 __all__ += ["add", "mul", "add_scalar", "mul_scalar", "cat"]
 
-_FULL = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+_EW_FULL = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
 
 
-def _centered(q, zero_point):
+def _ew_centered(q, zero_point):
     return q.to(torch.int64) - zero_point.reshape(()).to(torch.int64)
 
 
-def _requantize(y, out_scale, out_zero_point, out_dtype, relu=False):
+def _ew_requantize(y, out_scale, out_zero_point, out_dtype, relu=False):
     if relu:
         y = torch.where(y < 0, torch.zeros_like(y), y)
-    lo, hi = _FULL[out_dtype]
+    lo, hi = _EW_FULL[out_dtype]
     return quantize(y, out_scale.reshape(1), out_zero_point.reshape(1), None, lo, hi, out_dtype)
 
 
 def add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point, relu=False,
         out_dtype=None) -> torch.Tensor:
-    y = _centered(a, a_zero_point).float() * a_scale.float().reshape(()) + \
-        _centered(b, b_zero_point).float() * b_scale.float().reshape(())
-    return _requantize(y, out_scale, out_zero_point, out_dtype or a.dtype, relu)
+    y = _ew_centered(a, a_zero_point).float() * a_scale.float().reshape(()) + \
+        _ew_centered(b, b_zero_point).float() * b_scale.float().reshape(())
+    return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype, relu)
 
 
 def mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point, relu=False,
         out_dtype=None) -> torch.Tensor:
     m = a_scale.float().reshape(()) * b_scale.float().reshape(())  # rounded to float32 first
-    y = (_centered(a, a_zero_point) * _centered(b, b_zero_point)).float() * m
-    return _requantize(y, out_scale, out_zero_point, out_dtype or a.dtype, relu)
+    y = (_ew_centered(a, a_zero_point) * _ew_centered(b, b_zero_point)).float() * m
+    return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype, relu)
 
 
 def add_scalar(a, a_scale, a_zero_point, other, out_scale, out_zero_point, out_dtype=None) -> torch.Tensor:
     c = torch.tensor(other, dtype=torch.float32)
-    y = _centered(a, a_zero_point).float() * a_scale.float().reshape(()) + c
-    return _requantize(y, out_scale, out_zero_point, out_dtype or a.dtype)
+    y = _ew_centered(a, a_zero_point).float() * a_scale.float().reshape(()) + c
+    return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype)
 
 
 def mul_scalar(a, a_scale, a_zero_point, other, out_scale, out_zero_point, out_dtype=None) -> torch.Tensor:
     m = a_scale.float().reshape(()).cpu() * torch.tensor(other, dtype=torch.float32)
-    y = _centered(a, a_zero_point).float() * m.to(a.device)
-    return _requantize(y, out_scale, out_zero_point, out_dtype or a.dtype)
+    y = _ew_centered(a, a_zero_point).float() * m.to(a.device)
+    return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype)
 
 
 def cat(tensors, scales, zero_points, dim, out_scale, out_zero_point, out_dtype=None) -> torch.Tensor:
     out_dtype = out_dtype or tensors[0].dtype
-    parts = [_requantize(_centered(x, z).float() * s.float().reshape(()), out_scale, out_zero_point, out_dtype)
+    parts = [_ew_requantize(_ew_centered(x, z).float() * s.float().reshape(()), out_scale, out_zero_point, out_dtype)
              for x, s, z in zip(tensors, scales, zero_points)]
     return torch.cat(parts, dim)

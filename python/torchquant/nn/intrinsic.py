@@ -13,4 +13,10 @@ class LinearReLU(nn.Sequential):
             raise TypeError(f"LinearReLU fuses nn.Linear and nn.ReLU, got {type(linear).__name__} and {type(relu).__name__}")
         super().__init__(linear, relu)
 
+
+from .intrinsic_conv import *  # noqa: E402,F401,F403  (fused convolution modules)
+from .intrinsic_conv import __all__ as _conv_all  # noqa: E402
+
+__all__ = __all__ + _conv_all
+
 from .intrinsic_bn import BNReLU2d, BNReLU3d  # noqa: E402,F401

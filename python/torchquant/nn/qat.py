@@ -51,3 +51,9 @@ class LinearReLU(Linear):
 
     def forward(self, x):
         return F.relu(F.linear(x, self.weight_fake_quant(self.weight), self.bias))
+
+
+from .qat_conv import *  # noqa: E402,F401,F403  (QAT convolutions)
+from .qat_conv import __all__ as _conv_all  # noqa: E402
+
+__all__ = __all__ + _conv_all

@@ -303,6 +303,12 @@ class Flatten(nn.Flatten):
 
 
 
+
+from .quantized_conv import *  # noqa: E402,F401,F403  (int8 convolutions)
+from .quantized_conv import __all__ as _conv_all  # noqa: E402
+
+__all__ = __all__ + _conv_all
+
 # CNN modules: FloatFunctional / QFunctional, normalization and activations (quantized_ops.py).
 from .quantized_ops import *  # noqa: E402,F401,F403
 from .quantized_ops import __all__ as _cnn_all  # noqa: E402

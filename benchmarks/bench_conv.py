@@ -1,0 +1,112 @@
+"""CPU int8 convolution: torchquant against torch.ao's x86 int8 conv and fp32 F.conv2d, per
+layer shape of ResNet-18 and MobileNetV2 at 224x224, measured in one process.
+
+    python benchmarks/bench_conv.py [--threads 2] [--rounds 5] [--target-ms 40] [--batch 1]
+
+Each implementation is timed as the 10th percentile of single-call times, interleaved in
+rounds (bench_linear.interleaved_us). All take and give their natural activation format:
+  torchquant    ops.conv_int8, uint8 channels-last in, uint8 channels-last out (requantized)
+  torch.ao      torch.ao.nn.quantized.Conv2d on a quint8 channels-last tensor (x86 engine),
+                quint8 out
+  fp32          F.conv2d, float32 channels-last (oneDNN)
+Ratios are anchor_time / torchquant_time (> 1: torchquant is faster).
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_linear import interleaved_us  # noqa: E402
+from common import header  # noqa: E402
+
+import torchquant  # noqa: E402
+
+warnings.filterwarnings("ignore")
+ops = torch.ops.torchquant
+
+# (label, Cin, Cout, H (= W) of the input, kernel, stride, padding, groups)
+SHAPES = [
+    ("r18 conv1 7x7/2", 3, 64, 224, 7, 2, 3, 1),
+    ("r18 l1 3x3 64", 64, 64, 56, 3, 1, 1, 1),
+    ("r18 l2 3x3/2 64-128", 64, 128, 56, 3, 2, 1, 1),
+    ("r18 l2 1x1/2 down", 64, 128, 56, 1, 2, 0, 1),
+    ("r18 l2 3x3 128", 128, 128, 28, 3, 1, 1, 1),
+    ("r18 l3 3x3 256", 256, 256, 14, 3, 1, 1, 1),
+    ("r18 l4 3x3 512", 512, 512, 7, 3, 1, 1, 1),
+    ("mv2 stem 3x3/2", 3, 32, 224, 3, 2, 1, 1),
+    ("mv2 dw 3x3 32 @112", 32, 32, 112, 3, 1, 1, 32),
+    ("mv2 dw 3x3/2 96 @112", 96, 96, 112, 3, 2, 1, 96),
+    ("mv2 dw 3x3 144 @56", 144, 144, 56, 3, 1, 1, 144),
+    ("mv2 dw 3x3 576 @14", 576, 576, 14, 3, 1, 1, 576),
+    ("mv2 1x1 expand 24-144 @56", 24, 144, 56, 1, 1, 0, 1),
+    ("mv2 1x1 project 144-24 @56", 144, 24, 56, 1, 1, 0, 1),
+    ("mv2 1x1 320-1280 @7", 320, 1280, 7, 1, 1, 0, 1),
+]
+
+
+def bench_shape(label, cin, cout, hw, k, s, p, g, batch, rounds, target_ms):
+    torch.manual_seed(0)
+    x = torch.randn(batch, cin, hw, hw)
+    w = torch.randn(cout, cin // g, k, k) * 0.1
+    bias = torch.randn(cout) * 0.1
+    w_scale = w.abs().amax(dim=(1, 2, 3)) / 127
+    x_scale, x_zp = 0.03, 128
+    out_scale, out_zp = 0.05, 128
+    # torchquant
+    qw = torch.round(w / w_scale.reshape(-1, 1, 1, 1)).clamp(-128, 127).to(torch.int8)
+    wp, cs = ops.pack_conv_weight(qw, g)
+    qx = torch.clamp(torch.round(x / x_scale) + x_zp, 0, 255).to(torch.uint8).contiguous(
+        memory_format=torch.channels_last)
+    xs, xz = torch.tensor([x_scale]), torch.tensor([x_zp], dtype=torch.int32)
+    os_, oz = torch.tensor([out_scale]), torch.tensor([out_zp], dtype=torch.int32)
+    geo = ([k, k], [s, s], [p, p], [1, 1])
+
+    def tq():
+        return ops.conv_int8(qx, xs, xz, wp, cs, w_scale, bias, *geo, g, os_, oz, False, torch.uint8)
+
+    # torch.ao x86
+    torch.backends.quantized.engine = "x86"
+    aoq = torch.ao.nn.quantized.Conv2d(cin, cout, k, s, p, groups=g)
+    aoq.set_weight_bias(torch.quantize_per_channel(w, w_scale.double(), torch.zeros(cout, dtype=torch.long), 0,
+                                                   torch.qint8), bias)
+    aoq.scale, aoq.zero_point = out_scale, out_zp
+    ax = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8).contiguous(memory_format=torch.channels_last)
+
+    def ao():
+        return aoq(ax)
+
+    xf = x.contiguous(memory_format=torch.channels_last)
+    wf = w.contiguous(memory_format=torch.channels_last)
+
+    def fp32():
+        return F.conv2d(xf, wf, bias, s, p, 1, g)
+
+    t = interleaved_us({"tq": tq, "ao": ao, "fp32": fp32}, rounds, target_ms)
+    return t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--target-ms", type=float, default=40)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--only", default=None, help="substring of the shape labels to run")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(header(f"int8 conv per layer, batch {a.batch}, uint8 in / uint8 out"))
+    print(f"{'layer':<28} {'torchquant us':>13} {'torch.ao us':>11} {'fp32 us':>9} {'vs ao':>7} {'vs fp32':>8}")
+    for shape in SHAPES:
+        if a.only and a.only not in shape[0]:
+            continue
+        t = bench_shape(*shape, a.batch, a.rounds, a.target_ms)
+        print(f"{shape[0]:<28} {t['tq']:13.1f} {t['ao']:11.1f} {t['fp32']:9.1f} {t['ao'] / t['tq']:6.2f}x "
+              f"{t['fp32'] / t['tq']:7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+// Argument checks and layout helpers of the int8 convolution ops, shared by the CPU and CUDA
+// implementations so that both reject the same input with the same message.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "common/conv_shape.h"
+
+namespace torchquant {
+
+struct ConvSetup {
+  ConvGeometry g;
+  int nsp = 0;             // spatial dimensions: 1, 2 or 3
+  int64_t groups = 1;
+  int64_t Cout = 0;        // output channels
+  int64_t Cg = 0, Ng = 0;  // input / output channels per group
+  int64_t Kg = 0;          // GEMM depth per group: taps * Cg
+  bool depthwise = false;  // Cg == 1 and Ng == 1: the depthwise kernels and packing
+};
+
+// Checks x (int8/uint8 [N, C, *spatial]), w_col_sums (int32 [Cout]) and the geometry; the
+// error names the argument and the value.
+ConvSetup conv_setup(const at::Tensor& x, const at::Tensor& w_col_sums,
+                     at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The weight [Cout, Cin / groups, *kernel] of pack_conv_weight: int8, 3-5 dimensions, groups
+// dividing Cout, K within the int32 bound. Returns the setup with N = 0 and no input sizes.
+ConvSetup conv_weight_setup(const at::Tensor& w, int64_t groups);
+
+// x as a contiguous [N, *spatial, C] tensor (a view when x is channels-last already).
+at::Tensor conv_channels_last_input(const at::Tensor& x);
+
+// An empty output [N, Cout, *out] whose memory is channels-last ([N, *out, Cout] contiguous),
+// as the CPU's huge-page-advised output when `cpu_output`.
+at::Tensor conv_empty_output(const ConvSetup& s, const at::TensorOptions& options, bool cpu_output);
+
+}  // namespace torchquant

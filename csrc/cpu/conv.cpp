@@ -1,0 +1,324 @@
+// CPU adapters of the int8 convolution ops: argument checks, layout, the task grid over threads
+// and the choice of kernel variant.
+//
+// General convolutions run on the packed GEMM micro-kernels (gemm_compute__<isa>): per group,
+// the output pixels are cut into tiles of a few hundred rows; a task copies the receptive
+// fields of its tile into thread-local scratch (im2col of that tile only: [rows, taps * Cg]
+// bytes, tens of KiB) and multiplies it with the group's packed weight. A 1x1 convolution with
+// stride 1 and no padding reads the channels-last activations in place. Depthwise convolutions
+// have direct kernels of their own (conv_dw_*.cpp). Every path ends in the requantize epilogue
+// of linear_int8 (docs/quantization.md, "Convolution").
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/conv_checks.h"
+#include "cpu/conv_kernels.h"
+#include "cpu/isa.h"
+#include "ops.h"
+
+namespace torchquant {
+namespace {
+
+using cpu::GemmOut;
+using cpu::GemmProblem;
+
+struct ConvKernels {
+  decltype(&cpu::gemm_mr__scalar) mr;
+  decltype(&cpu::gemm_compute__scalar) compute;
+  decltype(&cpu::conv_dw__scalar) dw;
+};
+
+const ConvKernels& conv_kernels() {
+  static const ConvKernels scalar{cpu::gemm_mr__scalar, cpu::gemm_compute__scalar,
+                                  cpu::conv_dw__scalar};
+  static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2};
+  static const ConvKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
+                                cpu::conv_dw__avx512vnni};
+  switch (cpu_isa()) {
+    case CpuIsa::Avx512Vnni: return vnni;
+    case CpuIsa::Avx2: return avx2;
+    default: return scalar;
+  }
+}
+
+// Below this many multiply-adds a thread wake-up costs more than it saves.
+constexpr int64_t kSerialWork = int64_t{1} << 20;
+// Bytes of one im2col tile: well inside L2 next to the weight panels it meets.
+constexpr int64_t kTileBytes = int64_t{96} << 10;
+constexpr int64_t kMaxTileRows = 240;
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "argument '", name, "' must be on the CPU, got ", t.device());
+}
+
+float read_scale(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+              "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
+              t.numel());
+  const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
+                                                : static_cast<float>(t.item<double>());
+  check_scale_values(t, &v, 1, name, nullptr);
+  return v;
+}
+
+int32_t read_zero_point(const at::Tensor& t, const char* name, int64_t lo, int64_t hi) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
+              "' must be an integer tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
+              t.numel());
+  const int64_t v = t.scalar_type() == at::kInt ? int64_t{*t.const_data_ptr<int32_t>()}
+                                                : t.item<int64_t>();
+  TORCH_CHECK(v >= lo && v <= hi, "argument '", name, "' must lie in [", lo, ", ", hi, "], got ", v);
+  return static_cast<int32_t>(v);
+}
+
+at::Tensor per_channel_float(const at::Tensor& t, const char* name, int64_t n) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+              "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == n, "argument '", name, "' must have ", n,
+              " elements (one per output channel), got ", t.numel());
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
+  return t.to(at::kFloat).contiguous();
+}
+
+// Copies the receptive fields of output pixels [m0, m1) of group g into a (row i at
+// a + i * Kg, taps in (kd, kh, kw) order, Cg channels each); padded taps hold the zero point.
+void im2col_tile(const ConvSetup& s, const uint8_t* x, int64_t g, int64_t m0, int64_t m1,
+                 uint8_t zp, uint8_t* a) {
+  const ConvGeometry& G = s.g;
+  const int64_t Cg = s.Cg, C = G.C;
+  int64_t ow = m0 % G.out[2], oh = (m0 / G.out[2]) % G.out[1];
+  int64_t od = (m0 / (G.out[2] * G.out[1])) % G.out[0], n = m0 / (G.out[2] * G.out[1] * G.out[0]);
+  for (int64_t m = m0; m < m1; ++m) {
+    uint8_t* row = a + (m - m0) * s.Kg;
+    for (int64_t kd = 0; kd < G.k[0]; ++kd) {
+      const int64_t id = od * G.stride[0] - G.pad[0] + kd * G.dil[0];
+      const bool din = id >= 0 && id < G.in[0];
+      for (int64_t kh = 0; kh < G.k[1]; ++kh) {
+        const int64_t ih = oh * G.stride[1] - G.pad[1] + kh * G.dil[1];
+        const bool hin = din && ih >= 0 && ih < G.in[1];
+        const uint8_t* xrow = x + ((n * G.in[0] + id) * G.in[1] + ih) * G.in[2] * C + g * Cg;
+        for (int64_t kw = 0; kw < G.k[2]; ++kw) {
+          const int64_t iw = ow * G.stride[2] - G.pad[2] + kw * G.dil[2];
+          if (hin && iw >= 0 && iw < G.in[2]) {
+            std::memcpy(row, xrow + iw * C, static_cast<size_t>(Cg));
+          } else {
+            std::memset(row, zp, static_cast<size_t>(Cg));
+          }
+          row += Cg;
+        }
+      }
+    }
+    if (++ow == G.out[2]) {
+      ow = 0;
+      if (++oh == G.out[1]) {
+        oh = 0;
+        if (++od == G.out[0]) {
+          od = 0;
+          ++n;
+        }
+      }
+    }
+  }
+}
+
+void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x, char* out,
+                   const int8_t* packed) {
+  const ConvKernels& k = conv_kernels();
+  const ConvGeometry& G = s.g;
+  const int64_t M = G.out_pixels(), C = G.C, Kg = s.Kg;
+  const int64_t ob = cpu::gemm_out_bytes(base.out_kind);
+  const int64_t panels = cpu::gemm_panels(s.Ng);
+  const bool direct = G.taps() == 1 && G.stride[0] == 1 && G.stride[1] == 1 && G.stride[2] == 1 &&
+                      G.pad[0] == 0 && G.pad[1] == 0 && G.pad[2] == 0;
+  const int64_t mr = k.mr();
+  int64_t rows = std::max<int64_t>(mr, std::min<int64_t>(kMaxTileRows, kTileBytes / std::max<int64_t>(Kg, 1)));
+  rows = std::max<int64_t>(mr, rows / mr * mr);
+  const int64_t tiles = (M + rows - 1) / rows;
+  const int nt = at::get_num_threads();
+  const bool serial = nt <= 1 || M * s.Cout * std::max<int64_t>(Kg, 16) < kSerialWork;
+  // Tasks are (group, tile, panel block); panel blocks split a tile only when there are too few
+  // tiles to keep every thread busy (late layers at batch 1).
+  int64_t nblocks = 1;
+  if (!serial && s.groups * tiles < 4 * nt) {
+    nblocks = std::min<int64_t>(panels, (4 * nt + s.groups * tiles - 1) / (s.groups * tiles));
+  }
+  const int64_t tasks = s.groups * tiles * nblocks;
+  const uint8_t zp = static_cast<uint8_t>(base.a_zp);
+  auto run = [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<uint8_t> buf;
+    int64_t have_g = -1, have_tile = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
+      const int64_t m0 = tile * rows, m1 = std::min(M, m0 + rows);
+      const int64_t p0 = nb * panels / nblocks, p1 = (nb + 1) * panels / nblocks;
+      if (p0 >= p1) continue;
+      GemmProblem p = base;
+      p.M = m1 - m0;
+      p.N = s.Ng;
+      p.K = Kg;
+      p.w = packed + g * panels * Kg * cpu::kPanel;
+      p.col_sums = base.col_sums + g * s.Ng;
+      p.w_scale = base.w_scale + g * s.Ng;
+      p.bias = base.bias != nullptr ? base.bias + g * s.Ng : nullptr;
+      p.out = out + (m0 * s.Cout + g * s.Ng) * ob;
+      p.ldo = s.Cout;
+      if (direct) {
+        k.compute(p, x + m0 * C + g * s.Cg, C, 0, p.M, p0, p1);
+        continue;
+      }
+      uint8_t* a = cpu::scratch(buf, static_cast<size_t>(rows * Kg));
+      if (g != have_g || tile != have_tile) {
+        im2col_tile(s, x, g, m0, m1, zp, a);
+        have_g = g;
+        have_tile = tile;
+      }
+      k.compute(p, a, Kg, 0, p.M, p0, p1);
+    }
+  };
+  if (serial) {
+    run(0, tasks);
+  } else {
+    at::parallel_for(0, tasks, 1, run);
+  }
+}
+
+void run_conv_dw(const ConvSetup& s, const GemmProblem& base, const void* x, void* out,
+                 const int8_t* w) {
+  cpu::DwProblem p;
+  p.g = s.g;
+  p.x = x;
+  p.w = w;
+  p.e = base;
+  p.out_base = out;
+  const auto fn = conv_kernels().dw;
+  const int64_t rows = s.g.N * s.g.out[0] * s.g.out[1];
+  const int64_t per_row = std::max<int64_t>(1, s.g.out[2] * s.g.C * s.g.taps());
+  if (at::get_num_threads() <= 1 || rows * per_row < kSerialWork / 4) {
+    fn(p, 0, rows);
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / per_row);
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) { fn(p, r0, r1); });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cpu(const at::Tensor& w, int64_t groups) {
+  const ConvSetup s = conv_weight_setup(w, groups);
+  const int64_t taps = s.g.taps();
+  if (s.depthwise) {
+    // [taps, C]: the channels of one tap contiguous, as the depthwise kernels read them.
+    at::Tensor packed = w.reshape({s.Cout, taps}).t().contiguous();
+    at::Tensor col_sums = w.reshape({s.Cout, taps}).sum(1, /*keepdim=*/false, at::kInt);
+    return {packed, col_sums};
+  }
+  // Per group, the weight as a [Ng, taps * Cg] GEMM operand (tap-major, channels inner: the
+  // order of the channels-last im2col rows), packed into 16-channel panels.
+  const at::Tensor wk = w.reshape({groups, s.Ng, s.Cg, taps}).permute({0, 1, 3, 2}).contiguous();
+  const int64_t panels = cpu::gemm_panels(s.Ng);
+  at::Tensor packed = at::empty({groups, panels, s.Kg, cpu::kPanel}, w.options());
+  at::Tensor col_sums = at::empty({s.Cout}, w.options().dtype(at::kInt));
+  const int8_t* pw = wk.const_data_ptr<int8_t>();
+  int8_t* pp = packed.data_ptr<int8_t>();
+  int32_t* pc = col_sums.data_ptr<int32_t>();
+  for (int64_t g = 0; g < groups; ++g) {
+    cpu::gemm_pack_weight(pw + g * s.Ng * s.Kg, s.Kg, 1, s.Ng, s.Kg, pp + g * panels * s.Kg * cpu::kPanel,
+                          pc + g * s.Ng);
+  }
+  return {packed, col_sums};
+}
+
+at::Tensor conv_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
+                         const at::Tensor& x_zero_point, const at::Tensor& w_packed,
+                         const at::Tensor& w_col_sums, const at::Tensor& w_scale,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                         int64_t groups, const std::optional<at::Tensor>& out_scale,
+                         const std::optional<at::Tensor>& out_zero_point, bool relu,
+                         std::optional<at::ScalarType> out_dtype) {
+  const ConvSetup s = conv_setup(x, w_col_sums, kernel_size, stride, padding, dilation, groups);
+  check_cpu(x, "x");
+  TORCH_CHECK(w_packed.defined(), "argument 'w_packed' must be a tensor, got None");
+  check_same_device(x, "x", w_packed, "w_packed");
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.is_contiguous(),
+              "argument 'w_packed' must be a contiguous int8 tensor from pack_conv_weight, got dtype ",
+              w_packed.scalar_type());
+  if (s.depthwise) {
+    TORCH_CHECK(w_packed.dim() == 2 && w_packed.size(0) == s.g.taps() && w_packed.size(1) == s.Cout,
+                "argument 'w_packed' must be the depthwise packing [taps, C] = [", s.g.taps(), ", ",
+                s.Cout, "] (pack_conv_weight of a [", s.Cout, ", 1, *kernel_size] weight with groups=",
+                groups, "), got shape ", w_packed.sizes());
+  } else {
+    const int64_t panels = cpu::gemm_panels(s.Ng);
+    TORCH_CHECK(w_packed.dim() == 4 && w_packed.size(0) == groups && w_packed.size(1) == panels &&
+                    w_packed.size(2) == s.Kg && w_packed.size(3) == cpu::kPanel,
+                "argument 'w_packed' must be [groups, ceil(Cout/groups/16), taps * Cin/groups, 16] = [",
+                groups, ", ", panels, ", ", s.Kg, ", 16] for this input, kernel_size and groups "
+                "(pack_conv_weight on the CPU), got shape ", w_packed.sizes());
+  }
+  const bool u = x.scalar_type() == at::kByte;
+  GemmProblem p;
+  p.a_unsigned = u;
+  p.a_scale = read_scale(x_scale, "x_scale");
+  p.a_zp = read_zero_point(x_zero_point, "x_zero_point", u ? 0 : -128, u ? 255 : 127);
+  const at::Tensor ws = per_channel_float(w_scale, "w_scale", s.Cout);
+  check_scale_values(w_scale, ws.const_data_ptr<float>(), s.Cout, "w_scale", "channel");
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", s.Cout);
+  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  const bool low_float = odt == at::kHalf || odt == at::kBFloat16;
+  TORCH_CHECK(odt == at::kFloat || low_float || odt == at::kChar || odt == at::kByte,
+              "argument 'out_dtype' must be torch.float32, torch.bfloat16, torch.float16, torch.int8 "
+              "or torch.uint8, got ", odt);
+  p.out_kind = odt == at::kChar ? GemmOut::QInt8 : odt == at::kByte ? GemmOut::QUInt8 : GemmOut::Float;
+  if (p.out_kind != GemmOut::Float) {
+    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
+                "argument 'out_scale' is required when out_dtype is ", odt);
+    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
+                "argument 'out_zero_point' is required when out_dtype is ", odt);
+    p.out_inv_scale = 1.0f / read_scale(*out_scale, "out_scale");
+    p.out_zp = read_zero_point(*out_zero_point, "out_zero_point", odt == at::kByte ? 0 : -128,
+                               odt == at::kByte ? 255 : 127);
+  }
+  p.col_sums = w_col_sums.const_data_ptr<int32_t>();
+  p.w_scale = ws.const_data_ptr<float>();
+  p.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  p.nan_free = p.out_kind != GemmOut::Float && std::isfinite(p.out_inv_scale);
+  if (p.nan_free && p.bias != nullptr) {
+    for (int64_t n = 0; n < s.Cout && p.nan_free; ++n) p.nan_free = std::isfinite(p.bias[n]);
+  }
+  p.relu = relu;
+  at::Tensor out = conv_empty_output(s, x.options().dtype(low_float ? at::kFloat : odt), true);
+  if (out.numel() == 0) return low_float ? out.to(odt) : out;
+  const at::Tensor xc = conv_channels_last_input(x);
+  // out is [N, Cout, *spatial] over channels-last memory: its data pointer is the [M, Cout] matrix.
+  char* po = static_cast<char*>(out.data_ptr());
+  if (s.depthwise) {
+    run_conv_dw(s, p, xc.const_data_ptr(), po, w_packed.const_data_ptr<int8_t>());
+  } else {
+    run_conv_gemm(s, p, static_cast<const uint8_t*>(xc.const_data_ptr()), po,
+                  w_packed.const_data_ptr<int8_t>());
+  }
+  return low_float ? out.to(odt) : out;
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CPU, m) {
+  m.impl("pack_conv_weight", &pack_conv_weight_cpu);
+  m.impl("conv_int8", &conv_int8_cpu);
+}
+
+}  // namespace torchquant

@@ -1,0 +1,250 @@
+// CUDA int8 convolution: direct kernels, one thread per output element, that read the
+// channels-last activations in place (padded taps read the zero point) and end in the GEMM's
+// epilogue_store (gemm.cuh), the same device function as linear_int8's, so the results equal the
+// CPU's bit for bit. General convolutions use the packed weight [groups, K, Cout / groups]
+// (K = taps * Cin / groups, taps-major): consecutive threads take consecutive output channels
+// of one pixel, so their weight reads are contiguous and their activation reads one broadcast.
+// Depthwise convolutions use [taps, C], with consecutive threads on consecutive channels.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/conv_checks.h"
+#include "cuda/common.cuh"
+#include "cuda/gemm.cuh"
+
+namespace torchquant {
+namespace cuda {
+namespace {
+
+struct ConvDev {
+  ConvGeometry g;
+  int64_t Cout = 0, Cg = 0, Ng = 0, Kg = 0;
+};
+
+__device__ __forceinline__ void pixel_of(const ConvGeometry& g, int64_t m, int64_t* n, int64_t* od,
+                                         int64_t* oh, int64_t* ow) {
+  *ow = m % g.out[2];
+  *oh = (m / g.out[2]) % g.out[1];
+  *od = (m / (g.out[2] * g.out[1])) % g.out[0];
+  *n = m / (g.out[2] * g.out[1] * g.out[0]);
+}
+
+template <bool U>
+__device__ __forceinline__ int32_t load_x(const void* x, int64_t at) {
+  return U ? int32_t{static_cast<const uint8_t*>(x)[at]} : int32_t{static_cast<const int8_t*>(x)[at]};
+}
+
+template <bool U>
+__global__ void conv_general_kernel(const void* __restrict__ x, const int8_t* __restrict__ w,
+                                    ConvDev c, Epilogue e, int64_t total) {
+  const ConvGeometry& g = c.g;
+  const int32_t zp = clamp_int(e.x_zp[0], e.x_zp_lo, e.x_zp_hi);
+  const float inv = epilogue_inv_out_scale(e);
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = idx / c.Cout, ch = idx % c.Cout, grp = ch / c.Ng, j = ch % c.Ng;
+    int64_t n, od, oh, ow;
+    pixel_of(g, m, &n, &od, &oh, &ow);
+    const int8_t* wg = w + grp * c.Kg * c.Ng + j;
+    int32_t acc = 0;
+    int64_t k = 0;
+    for (int64_t kd = 0; kd < g.k[0]; ++kd) {
+      const int64_t id = od * g.stride[0] - g.pad[0] + kd * g.dil[0];
+      for (int64_t kh = 0; kh < g.k[1]; ++kh) {
+        const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
+        for (int64_t kw = 0; kw < g.k[2]; ++kw) {
+          const int64_t iw = ow * g.stride[2] - g.pad[2] + kw * g.dil[2];
+          const bool in = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1] && iw >= 0 && iw < g.in[2];
+          if (in) {
+            const int64_t base = (((n * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * g.C + grp * c.Cg;
+            for (int64_t ci = 0; ci < c.Cg; ++ci, ++k) acc += load_x<U>(x, base + ci) * wg[k * c.Ng];
+          } else {
+            for (int64_t ci = 0; ci < c.Cg; ++ci, ++k) acc += zp * wg[k * c.Ng];
+          }
+        }
+      }
+    }
+    epilogue_store(e, m, ch, acc, inv);
+  }
+}
+
+template <bool U>
+__global__ void conv_dw_kernel(const void* __restrict__ x, const int8_t* __restrict__ w, ConvDev c,
+                               Epilogue e, int64_t total) {
+  const ConvGeometry& g = c.g;
+  const int32_t zp = clamp_int(e.x_zp[0], e.x_zp_lo, e.x_zp_hi);
+  const float inv = epilogue_inv_out_scale(e);
+  const int64_t C = g.C;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = idx / C, ch = idx % C;
+    int64_t n, od, oh, ow;
+    pixel_of(g, m, &n, &od, &oh, &ow);
+    int32_t acc = 0;
+    int64_t t = 0;
+    for (int64_t kd = 0; kd < g.k[0]; ++kd) {
+      const int64_t id = od * g.stride[0] - g.pad[0] + kd * g.dil[0];
+      for (int64_t kh = 0; kh < g.k[1]; ++kh) {
+        const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
+        for (int64_t kw = 0; kw < g.k[2]; ++kw, ++t) {
+          const int64_t iw = ow * g.stride[2] - g.pad[2] + kw * g.dil[2];
+          const bool in = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1] && iw >= 0 && iw < g.in[2];
+          const int32_t xv =
+              in ? load_x<U>(x, (((n * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * C + ch) : zp;
+          acc += xv * w[t * C + ch];
+        }
+      }
+    }
+    epilogue_store(e, m, ch, acc, inv);
+  }
+}
+
+OutKind conv_out_kind(at::ScalarType odt) {
+  switch (odt) {
+    case at::kFloat: return OutKind::Float;
+    case at::kBFloat16: return OutKind::BFloat16;
+    case at::kHalf: return OutKind::Half;
+    case at::kChar: return OutKind::Int8;
+    case at::kByte: return OutKind::UInt8;
+    default:
+      TORCH_CHECK(false, "argument 'out_dtype' must be torch.float32, torch.bfloat16, torch.float16, "
+                  "torch.int8 or torch.uint8, got ", odt);
+  }
+  return OutKind::Float;
+}
+
+at::Tensor one_element(const at::Tensor& t, const char* name, bool floating, const at::Tensor& x) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  if (floating) {
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+                "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  } else {
+    TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
+                "' must be an integer tensor, got dtype ", t.scalar_type());
+  }
+  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
+              t.numel());
+  check_same_device(x, "x", t, name);
+  return t.reshape({1}).to(floating ? at::kFloat : at::kInt).contiguous();
+}
+
+at::Tensor per_channel(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& x) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+              "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == n, "argument '", name, "' must have ", n,
+              " elements (one per output channel), got ", t.numel());
+  check_same_device(x, "x", t, name);
+  return t.reshape({n}).to(at::kFloat).contiguous();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cuda(const at::Tensor& w, int64_t groups) {
+  const ConvSetup s = conv_weight_setup(w, groups);
+  c10::cuda::CUDAGuard guard(w.device());
+  const int64_t taps = s.g.taps();
+  const at::Tensor col_sums = w.reshape({s.Cout, s.Kg}).sum(1, /*keepdim=*/false, at::kInt);
+  if (s.depthwise) return {w.reshape({s.Cout, taps}).t().contiguous(), col_sums};
+  // [groups, taps * Cg, Ng]: k = tap * Cg + c, output channel innermost.
+  at::Tensor packed = w.reshape({groups, s.Ng, s.Cg, taps}).permute({0, 3, 2, 1}).contiguous();
+  return {packed.reshape({groups, s.Kg, s.Ng}), col_sums};
+}
+
+at::Tensor conv_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
+                          const at::Tensor& x_zero_point, const at::Tensor& w_packed,
+                          const at::Tensor& w_col_sums, const at::Tensor& w_scale,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                          int64_t groups, const std::optional<at::Tensor>& out_scale,
+                          const std::optional<at::Tensor>& out_zero_point, bool relu,
+                          std::optional<at::ScalarType> out_dtype) {
+  const ConvSetup s = conv_setup(x, w_col_sums, kernel_size, stride, padding, dilation, groups);
+  TORCH_CHECK(w_packed.defined(), "argument 'w_packed' must be a tensor, got None");
+  check_same_device(x, "x", w_packed, "w_packed");
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.is_contiguous(),
+              "argument 'w_packed' must be a contiguous int8 tensor from pack_conv_weight, got dtype ",
+              w_packed.scalar_type());
+  if (s.depthwise) {
+    TORCH_CHECK(w_packed.dim() == 2 && w_packed.size(0) == s.g.taps() && w_packed.size(1) == s.Cout,
+                "argument 'w_packed' must be the depthwise packing [taps, C] = [", s.g.taps(), ", ",
+                s.Cout, "], got shape ", w_packed.sizes());
+  } else {
+    TORCH_CHECK(w_packed.dim() == 3 && w_packed.size(0) == groups && w_packed.size(1) == s.Kg &&
+                    w_packed.size(2) == s.Ng,
+                "argument 'w_packed' must be [groups, taps * Cin/groups, Cout/groups] = [", groups,
+                ", ", s.Kg, ", ", s.Ng, "] for this input, kernel_size and groups (pack_conv_weight "
+                "on CUDA), got shape ", w_packed.sizes());
+  }
+  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  const OutKind kind = conv_out_kind(odt);
+  const bool quant_out = kind == OutKind::Int8 || kind == OutKind::UInt8;
+  const at::Tensor xs = one_element(x_scale, "x_scale", true, x);
+  const at::Tensor xz = one_element(x_zero_point, "x_zero_point", false, x);
+  const at::Tensor ws = per_channel(w_scale, "w_scale", s.Cout, x);
+  at::Tensor b, os, ozp;
+  if (bias.has_value() && bias->defined()) b = per_channel(*bias, "bias", s.Cout, x);
+  if (quant_out) {
+    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
+                "argument 'out_scale' is required when out_dtype is ", odt);
+    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
+                "argument 'out_zero_point' is required when out_dtype is ", odt);
+    os = one_element(*out_scale, "out_scale", true, x);
+    ozp = one_element(*out_zero_point, "out_zero_point", false, x);
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = conv_empty_output(s, x.options().dtype(odt), false);
+  if (out.numel() == 0) return out;
+  const at::Tensor xc = conv_channels_last_input(x);
+  const bool u = x.scalar_type() == at::kByte;
+  Epilogue e;
+  e.kind = kind;
+  e.out = out.data_ptr();
+  e.ldo = s.Cout;
+  e.col_sums = w_col_sums.data_ptr<int32_t>();
+  e.x_zp = xz.data_ptr<int32_t>();
+  e.x_zp_lo = u ? 0 : -128;
+  e.x_zp_hi = u ? 255 : 127;
+  e.zp_shift = 0;
+  e.x_scale = xs.data_ptr<float>();
+  e.w_scale = ws.data_ptr<float>();
+  e.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  e.relu = relu;
+  if (quant_out) {
+    e.out_scale = os.data_ptr<float>();
+    e.out_zp = ozp.data_ptr<int32_t>();
+  }
+  ConvDev c;
+  c.g = s.g;
+  c.Cout = s.Cout;
+  c.Cg = s.Cg;
+  c.Ng = s.Ng;
+  c.Kg = s.Kg;
+  const int64_t total = s.g.out_pixels() * s.Cout;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index());
+  const unsigned grid = grid_for(total);
+  const void* px = xc.data_ptr();
+  const int8_t* pw = w_packed.data_ptr<int8_t>();
+  if (s.depthwise) {
+    if (u) {
+      conv_dw_kernel<true><<<grid, kThreads, 0, stream>>>(px, pw, c, e, total);
+    } else {
+      conv_dw_kernel<false><<<grid, kThreads, 0, stream>>>(px, pw, c, e, total);
+    }
+  } else if (u) {
+    conv_general_kernel<true><<<grid, kThreads, 0, stream>>>(px, pw, c, e, total);
+  } else {
+    conv_general_kernel<false><<<grid, kThreads, 0, stream>>>(px, pw, c, e, total);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(torchquant, CUDA, m) {
+  m.impl("pack_conv_weight", &pack_conv_weight_cuda);
+  m.impl("conv_int8", &conv_int8_cuda);
+}
+
+}  // namespace cuda
+}  // namespace torchquant

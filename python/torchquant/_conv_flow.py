@@ -1,0 +1,135 @@
+"""The convolution entries of the eager flow: module mappings for prepare / prepare_qat /
+convert, and the fusion patterns conv-bn, conv-bn-relu, conv-relu and linear-bn of
+``fuse_modules`` / ``fuse_modules_qat``. torch.ao's own fused modules (what
+``torch.ao.quantization.fuse_modules`` makes, e.g. through torchvision's ``fuse_model()``) map
+to the same torchquant modules as torchquant's."""
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from .nn import intrinsic, qat
+from .nn import quantized as nnq
+
+try:  # torch.ao's fused modules, where torch still ships them
+    import torch.ao.nn.intrinsic as _ao_nni
+except ImportError:  # pragma: no cover
+    _ao_nni = None
+
+_DIMS = (1, 2, 3)
+
+
+def _ours_and_ao(name):
+    out = [getattr(intrinsic, name)]
+    if _ao_nni is not None and hasattr(_ao_nni, name):
+        out.append(getattr(_ao_nni, name))
+    return out
+
+
+def static_mappings():
+    """float / fused / QAT convolution type -> int8 module type."""
+    m = {}
+    for d in _DIMS:
+        conv, conv_relu = getattr(nnq, f"Conv{d}d"), getattr(nnq, f"ConvReLU{d}d")
+        m[getattr(nn, f"Conv{d}d")] = conv
+        m[getattr(qat, f"Conv{d}d")] = conv
+        m[getattr(qat, f"ConvReLU{d}d")] = conv_relu
+        m[getattr(qat, f"ConvBn{d}d")] = conv
+        m[getattr(qat, f"ConvBnReLU{d}d")] = conv_relu
+        for t in _ours_and_ao(f"ConvReLU{d}d"):
+            m[t] = conv_relu
+        # A ConvBn left unfolded (fused in training mode) is folded with its running statistics.
+        for t in _ours_and_ao(f"ConvBn{d}d"):
+            m[t] = conv
+        for t in _ours_and_ao(f"ConvBnReLU{d}d"):
+            m[t] = conv_relu
+    return m
+
+
+def qat_mappings():
+    """float / fused convolution type -> QAT module type."""
+    m = {}
+    for d in _DIMS:
+        m[getattr(nn, f"Conv{d}d")] = getattr(qat, f"Conv{d}d")
+        for name in ("ConvReLU", "ConvBn", "ConvBnReLU"):
+            for t in _ours_and_ao(f"{name}{d}d"):
+                m[t] = getattr(qat, f"{name}{d}d")
+    return m
+
+
+def fused_types():
+    """Fused module types whose children prepare leaves alone (the fused module is observed)."""
+    out = []
+    for d in _DIMS:
+        for name in ("ConvReLU", "ConvBn", "ConvBnReLU"):
+            out += _ours_and_ao(f"{name}{d}d")
+        out += [getattr(qat, f"ConvBn{d}d"), getattr(qat, f"ConvBnReLU{d}d")]  # their BatchNorm child
+    return tuple(out)
+
+
+def _check_eval(mods, is_qat, what):
+    if not is_qat and any(m.training for m in mods):
+        raise ValueError(f"fuse_modules: {what} folds the BatchNorm with its running statistics, in eval mode only; "
+                         "call model.eval() first, or use fuse_modules_qat to train with it")
+
+
+def _conv_bn(conv, bn, is_qat=False):
+    if is_qat:
+        return getattr(intrinsic, f"ConvBn{conv.weight.dim() - 2}d")(conv, bn)
+    _check_eval((conv, bn), is_qat, "[Conv, BatchNorm]")
+    return fuse_conv_bn_eval(conv, bn)
+
+
+def _conv_bn_relu(conv, bn, relu, is_qat=False):
+    d = conv.weight.dim() - 2
+    if is_qat:
+        return getattr(intrinsic, f"ConvBnReLU{d}d")(conv, bn, relu)
+    _check_eval((conv, bn), is_qat, "[Conv, BatchNorm, ReLU]")
+    return getattr(intrinsic, f"ConvReLU{d}d")(fuse_conv_bn_eval(conv, bn), relu)
+
+
+def _conv_relu(conv, relu, is_qat=False):
+    return getattr(intrinsic, f"ConvReLU{conv.weight.dim() - 2}d")(conv, relu)
+
+
+def _linear_bn(linear, bn, is_qat=False):
+    if is_qat:
+        raise ValueError("fuse_modules_qat: [Linear, BatchNorm1d] has no QAT module in torchquant; fuse it with "
+                         "fuse_modules in eval mode (the BatchNorm is folded into the Linear)")
+    _check_eval((linear, bn), is_qat, "[Linear, BatchNorm1d]")
+    return fuse_linear_bn_eval(linear, bn)
+
+
+def fusions():
+    """(module types) -> fuser(*modules, is_qat)."""
+    f = {(nn.Linear, nn.BatchNorm1d): _linear_bn}
+    for d in _DIMS:
+        conv, bn = getattr(nn, f"Conv{d}d"), getattr(nn, f"BatchNorm{d}d")
+        f[(conv, bn)] = _conv_bn
+        f[(conv, bn, nn.ReLU)] = _conv_bn_relu
+        f[(conv, nn.ReLU)] = _conv_relu
+    return f
+
+
+def relu_folds():
+    """int8 module type -> its ReLU-fused type, for convert's folding of a following ReLU."""
+    return {getattr(nnq, f"Conv{d}d"): getattr(nnq, f"ConvReLU{d}d") for d in _DIMS}
+
+
+def fuse_conv_bn(is_qat, conv, bn):
+    """[Conv, BatchNorm] fused (torch.ao.quantization.fuse_conv_bn): for QAT a
+    ``torchquant.nn.intrinsic.ConvBn*d``, else the conv with the BatchNorm folded in (eval mode).
+
+    >>> fused = torchquant.fuse_conv_bn(False, conv.eval(), bn.eval())
+    """
+    return _conv_bn(conv, bn, is_qat=is_qat)
+
+
+def fuse_conv_bn_relu(is_qat, conv, bn, relu):
+    """[Conv, BatchNorm, ReLU] fused (torch.ao.quantization.fuse_conv_bn_relu): for QAT a
+    ``ConvBnReLU*d``, else a ``ConvReLU*d`` of the folded conv (eval mode)."""
+    return _conv_bn_relu(conv, bn, relu, is_qat=is_qat)
+
+
+def fuse_linear_bn(is_qat, linear, bn):
+    """[Linear, BatchNorm1d] folded into one Linear, eval mode (torch.ao.quantization.fuse_linear_bn);
+    there is no QAT version (``is_qat=True`` raises)."""
+    return _linear_bn(linear, bn, is_qat=is_qat)

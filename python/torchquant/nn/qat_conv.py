@@ -1,0 +1,241 @@
+"""Quantization-aware-training convolutions (torch.ao.nn.qat / torch.ao.nn.intrinsic.qat names):
+Conv1d/2d/3d and ConvReLU* with fake-quantized weights, and ConvBn* / ConvBnReLU* that fold
+BatchNorm into the weight before its fake-quant, with torch.ao's ``freeze_bn_stats`` /
+``update_bn_stats`` semantics. ``convert`` folds the BatchNorm's running statistics into the
+int8 weight and bias."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn import init
+
+from . import intrinsic_conv as fused
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "ConvBn1d", "ConvBn2d",
+           "ConvBn3d", "ConvBnReLU1d", "ConvBnReLU2d", "ConvBnReLU3d", "freeze_bn_stats", "update_bn_stats"]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+def _need_qconfig(qconfig, name):
+    if qconfig is None:
+        raise ValueError(f"{name} needs a qconfig (argument 'qconfig')")
+    return qconfig
+
+
+def _conv_args(conv):
+    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size,
+                stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                bias=conv.bias is not None, padding_mode=conv.padding_mode)
+
+
+def _float_parts(mod):
+    """(conv, bn or None, has_relu) of a float conv, or of a fused one (torchquant's or torch.ao's)."""
+    if isinstance(mod, nn.Sequential):
+        mods = list(mod)
+        bn = next((m for m in mods[1:] if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
+        return mods[0], bn, any(isinstance(m, nn.ReLU) for m in mods[1:])
+    return mod, None, False
+
+
+class _QATConv:
+    """Mixin of the QAT convolutions: the weight passes through ``weight_fake_quant``."""
+
+    _RELU = False
+
+    def _init_qat(self, qconfig, device):
+        self.qconfig = _need_qconfig(qconfig, type(self).__name__)
+        self.weight_fake_quant = qconfig.weight()
+        if device is not None:
+            self.weight_fake_quant.to(device)
+
+    def forward(self, x):
+        y = self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
+        return F.relu(y) if self._RELU else y
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
+        """The QAT module for a float Conv (or fused ConvReLU) that carries a qconfig."""
+        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is None:
+            raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
+        conv, _, _ = _float_parts(mod)
+        qat = cls(**_conv_args(conv), qconfig=qconfig, device=conv.weight.device, dtype=conv.weight.dtype)
+        qat.weight = conv.weight
+        qat.bias = conv.bias
+        return qat
+
+    def to_float(self):
+        conv = _CONV[self._NSP](**_conv_args(self))
+        conv.weight = self.weight
+        conv.bias = self.bias
+        return conv
+
+
+def _make_conv(nsp, relu, float_module):
+    base = _CONV[nsp]
+
+    class QATConv(_QATConv, base):
+        _NSP = nsp
+        _RELU = relu
+        _FLOAT_MODULE = float_module
+
+        def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                     bias=True, padding_mode="zeros", qconfig=None, device=None, dtype=None):
+            base.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                          padding_mode, device=device, dtype=dtype)
+            self._init_qat(qconfig, device)
+
+    return QATConv
+
+
+class _ConvBn(_QATConv):
+    """Mixin of ConvBn* / ConvBnReLU*: BatchNorm folded into the weight before its fake-quant
+    (torch.ao's approximate fused forward), BatchNorm statistics updated unless frozen."""
+
+    def _init_bn(self, eps, momentum, freeze_bn, qconfig, device, dtype):
+        self._init_qat(qconfig, device)
+        self.freeze_bn = freeze_bn if self.training else True
+        self.bn = _BN[self._NSP](self.out_channels, eps, momentum, True, True, device=device, dtype=dtype)
+        self.bn.reset_running_stats()
+        init.uniform_(self.bn.weight)
+        init.zeros_(self.bn.bias)
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
+        if self.training and not freeze_bn:
+            self.update_bn_stats()
+        else:
+            self.freeze_bn_stats()
+
+    def update_bn_stats(self):
+        self.freeze_bn = False
+        self.bn.training = True
+        return self
+
+    def freeze_bn_stats(self):
+        self.freeze_bn = True
+        self.bn.training = False
+        return self
+
+    def train(self, mode=True):
+        # A frozen BatchNorm stays in eval mode (running statistics fixed), as torch.ao's.
+        self.training = mode
+        if not self.freeze_bn:
+            for module in self.children():
+                module.train(mode)
+        return self
+
+    def forward(self, x):
+        running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
+        scale_factor = self.bn.weight / running_std
+        wshape = [-1] + [1] * (self.weight.dim() - 1)
+        bshape = [1, -1] + [1] * (self.weight.dim() - 2)
+        scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(wshape))
+        zero_bias = torch.zeros(self.out_channels, device=scaled_weight.device, dtype=x.dtype)
+        conv = self._conv_forward(x, scaled_weight, zero_bias)
+        conv_orig = conv / scale_factor.reshape(bshape)
+        if self.bias is not None:
+            conv_orig = conv_orig + self.bias.reshape(bshape)
+        y = self.bn(conv_orig)
+        return F.relu(y) if self._RELU else y
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
+        """The QAT module for a fused float ConvBn / ConvBnReLU (torchquant's or torch.ao's)."""
+        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is None:
+            raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
+        conv, bn, _ = _float_parts(mod)
+        qat = cls(**_conv_args(conv), eps=bn.eps, momentum=bn.momentum, freeze_bn=False, qconfig=qconfig,
+                  device=conv.weight.device, dtype=conv.weight.dtype)
+        qat.weight = conv.weight
+        qat.bias = conv.bias
+        qat.bn.weight = bn.weight
+        qat.bn.bias = bn.bias
+        qat.bn.running_mean = bn.running_mean
+        qat.bn.running_var = bn.running_var
+        qat.bn.num_batches_tracked = bn.num_batches_tracked
+        return qat
+
+    def folded_weight_bias(self):
+        """(weight, bias) with the BatchNorm's running statistics folded in (what convert
+        quantizes), with torch's fuse_conv_bn_weights."""
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+        return fuse_conv_bn_weights(self.weight, self.bias, self.bn.running_mean, self.bn.running_var,
+                                    self.bn.eps, self.bn.weight, self.bn.bias)
+
+    def to_float(self):
+        w, b = self.folded_weight_bias()
+        conv = _CONV[self._NSP](**dict(_conv_args(self), bias=True))
+        conv.weight, conv.bias = w, b
+        return nn.Sequential(conv, nn.ReLU()) if self._RELU else conv
+
+
+def _make_convbn(nsp, relu, float_module):
+    base = _CONV[nsp]
+
+    class QATConvBn(_ConvBn, base):
+        _NSP = nsp
+        _RELU = relu
+        _FLOAT_MODULE = float_module
+
+        def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                     bias=None, padding_mode="zeros", eps=1e-05, momentum=0.1, freeze_bn=False, qconfig=None,
+                     device=None, dtype=None):
+            base.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                          bool(bias), padding_mode, device=device, dtype=dtype)
+            self._init_bn(eps, momentum, freeze_bn, qconfig, device, dtype)
+
+    return QATConvBn
+
+
+def _named(cls, name, doc):
+    cls.__name__ = cls.__qualname__ = name
+    cls.__doc__ = doc
+    return cls
+
+
+Conv1d = _named(_make_conv(1, False, nn.Conv1d), "Conv1d", "nn.Conv1d with fake-quantized weights (torch.ao.nn.qat.Conv1d).")
+Conv2d = _named(_make_conv(2, False, nn.Conv2d), "Conv2d", "nn.Conv2d with fake-quantized weights (torch.ao.nn.qat.Conv2d).")
+Conv3d = _named(_make_conv(3, False, nn.Conv3d), "Conv3d", "nn.Conv3d with fake-quantized weights (torch.ao.nn.qat.Conv3d).")
+ConvReLU1d = _named(_make_conv(1, True, fused.ConvReLU1d), "ConvReLU1d",
+                    "Fused Conv1d + ReLU with fake-quantized weights (torch.ao.nn.intrinsic.qat.ConvReLU1d).")
+ConvReLU2d = _named(_make_conv(2, True, fused.ConvReLU2d), "ConvReLU2d",
+                    "Fused Conv2d + ReLU with fake-quantized weights (torch.ao.nn.intrinsic.qat.ConvReLU2d).")
+ConvReLU3d = _named(_make_conv(3, True, fused.ConvReLU3d), "ConvReLU3d",
+                    "Fused Conv3d + ReLU with fake-quantized weights (torch.ao.nn.intrinsic.qat.ConvReLU3d).")
+ConvBn1d = _named(_make_convbn(1, False, fused.ConvBn1d), "ConvBn1d",
+                  "Conv1d + BatchNorm1d folded for QAT (torch.ao.nn.intrinsic.qat.ConvBn1d).")
+ConvBn2d = _named(_make_convbn(2, False, fused.ConvBn2d), "ConvBn2d",
+                  "Conv2d + BatchNorm2d folded for QAT (torch.ao.nn.intrinsic.qat.ConvBn2d).")
+ConvBn3d = _named(_make_convbn(3, False, fused.ConvBn3d), "ConvBn3d",
+                  "Conv3d + BatchNorm3d folded for QAT (torch.ao.nn.intrinsic.qat.ConvBn3d).")
+ConvBnReLU1d = _named(_make_convbn(1, True, fused.ConvBnReLU1d), "ConvBnReLU1d",
+                      "Conv1d + BatchNorm1d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU1d).")
+ConvBnReLU2d = _named(_make_convbn(2, True, fused.ConvBnReLU2d), "ConvBnReLU2d",
+                      "Conv2d + BatchNorm2d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU2d).")
+ConvBnReLU3d = _named(_make_convbn(3, True, fused.ConvBnReLU3d), "ConvBnReLU3d",
+                      "Conv3d + BatchNorm3d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU3d).")
+
+for _c in (Conv1d, Conv2d, Conv3d, ConvReLU1d, ConvReLU2d, ConvReLU3d, ConvBn1d, ConvBn2d, ConvBn3d, ConvBnReLU1d,
+           ConvBnReLU2d, ConvBnReLU3d):
+    _c.__module__ = "torchquant.nn.qat"
+
+
+def freeze_bn_stats(mod):
+    """Fixes the BatchNorm statistics of a QAT ConvBn module (for ``model.apply``; other modules
+    are left alone), as torch.ao.nn.intrinsic.qat.freeze_bn_stats."""
+    if isinstance(mod, _ConvBn):
+        mod.freeze_bn_stats()
+
+
+def update_bn_stats(mod):
+    """Lets a QAT ConvBn module update its BatchNorm statistics again (for ``model.apply``), as
+    torch.ao.nn.intrinsic.qat.update_bn_stats."""
+    if isinstance(mod, _ConvBn):
+        mod.update_bn_stats()

@@ -1,0 +1,226 @@
+"""Static int8 convolutions that ``convert`` swaps in (torch.ao.nn.quantized.Conv1d/2d/3d and
+torch.ao.nn.intrinsic.quantized.ConvReLU1d/2d/3d): QTensor in, QTensor out, one kernel call
+(int32 accumulation, bias, optional ReLU and requantization fused).
+
+Activations stay channels-last: the int8 data of the QTensor a quantized conv returns is an
+[N, C, *spatial] tensor in torch.channels_last (channels_last_3d) memory, which the next conv
+reads in place. Plain-tensor state dict (``qweight`` int8 [Cout, Cin / groups, *kernel],
+``weight_scale``, ``weight_zero_point``, ``bias``, ``scale``, ``zero_point``), loadable with
+``torch.load(..., weights_only=True)``; the packed weight is rebuilt on ``.to()`` and on load.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _ntuple
+
+from ..observer import _apply_keeping_float32
+from ..qtensor import QTensor
+from . import qat_conv
+from .quantized import _STORAGE, _activation_qparams, _storage, _weight_range
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
+
+ops = torch.ops.torchquant
+
+
+def _same_padding(kernel_size, dilation, nsp):
+    pad = []
+    for k, d in zip(kernel_size, dilation):
+        total = d * (k - 1)
+        if total % 2:
+            raise ValueError(f"padding='same' with kernel_size={tuple(kernel_size)} and dilation={tuple(dilation)} "
+                             "needs asymmetric padding, which torchquant's int8 convolution does not support; "
+                             "give the padding as numbers")
+        pad.append(total // 2)
+    return tuple(pad)
+
+
+class _ConvNd(nn.Module):
+    _NSP = 2
+    _relu = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=torch.quint8):
+        super().__init__()
+        tup = _ntuple(self._NSP)
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups != 0:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups != 0:
+            raise ValueError("out_channels must be divisible by groups")
+        if padding_mode != "zeros":
+            raise ValueError(f"torchquant's int8 convolutions support padding_mode='zeros' only (as torch.ao's), "
+                             f"got padding_mode={padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = 0
+            elif padding == "same":
+                if any(s != 1 for s in self.stride):
+                    raise ValueError("padding='same' is not supported for strided convolutions")
+                padding = _same_padding(self.kernel_size, self.dilation, self._NSP)
+            else:
+                raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+        self.padding = tup(padding)
+        self.padding_mode = padding_mode
+        self.transposed, self.output_padding = False, tup(0)
+        self.register_buffer("qweight", torch.zeros(out_channels, in_channels // groups, *self.kernel_size,
+                                                    dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32))
+        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
+        self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+        self.register_buffer("_packed_weight", None, persistent=False)
+        self.register_buffer("_col_sums", None, persistent=False)
+        self.dtype = dtype
+        info = torch.iinfo(_storage(dtype))
+        self.qmin, self.qmax = info.min, info.max
+        # The op's list arguments, built once.
+        self._geometry = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
+        self._repack()
+
+    @property
+    def weight(self) -> QTensor:
+        """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``)."""
+        return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+
+    def _repack(self):
+        self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)
+
+    def _apply(self, fn, *args, **kwargs):
+        # As the quantized Linear's: scales and bias stay float32 under a dtype cast; the packed
+        # layout is per device and rebuilt.
+        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
+        self._repack()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._repack()
+
+    def forward(self, x):
+        if not isinstance(x, QTensor):
+            raise TypeError(
+                f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
+                "quantized convolution takes a QTensor: add a torchquant.QuantStub() before it")
+        if x.axis is not None:
+            raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
+                             f"quantized along axis {x.axis}")
+        data = x.data
+        nsp = self._NSP
+        unbatched = data.dim() == nsp + 1
+        if data.dim() != nsp + 2 and not unbatched:
+            raise RuntimeError(f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to conv{nsp}d, but "
+                               f"got input of size: {list(data.shape)}")
+        if unbatched:
+            data = data.unsqueeze(0)
+        b = self._buffers
+        scale, zero_point = b["scale"], b["zero_point"]
+        k, s, p, d = self._geometry
+        y = ops.conv_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
+                          b["bias"], k, s, p, d, self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
+        if unbatched:
+            y = y.squeeze(0)
+        return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
+
+    @classmethod
+    def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
+        """Quantizes a prepared (observed) float Conv, fused ConvReLU (torchquant's or
+        torch.ao's) or QAT Conv / ConvReLU / ConvBn / ConvBnReLU (BatchNorm folded in)."""
+        name = name or type(mod).__name__
+        weight, bias, conv = _float_weight_bias(mod)
+        w_scale, w_zp, w_range = _conv_weight_qparams(mod, weight, name)
+        scale, zero_point, obs = _activation_qparams(mod, name)
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, bias is not None, conv.padding_mode, dtype=obs.dtype)
+        w = weight.detach().float()
+        q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8).cpu())
+        q.weight_scale.copy_(w_scale.cpu())
+        q.weight_zero_point.copy_(w_zp.cpu())
+        if bias is not None:
+            q.bias.copy_(bias.detach().float().cpu())
+        q.scale.copy_(scale)
+        q.zero_point.copy_(zero_point)
+        q._repack()
+        return q.to(weight.device)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}")
+        if self.padding != (0,) * self._NSP:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self._NSP:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + f", dtype={self.dtype}"
+
+
+def _float_weight_bias(mod):
+    """(weight, bias, conv) of what convert quantizes: the conv's own, or with a QAT
+    ConvBn's BatchNorm folded in."""
+    if isinstance(mod, qat_conv._ConvBn):
+        w, b = mod.folded_weight_bias()
+        return w, b, mod
+    conv, bn, _ = qat_conv._float_parts(mod)
+    if bn is not None:  # a ConvBn fused for training but calibrated as it is: fold its running statistics
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                    bn.bias)
+        return w, b, conv
+    return conv.weight, conv.bias, conv
+
+
+def _conv_weight_qparams(mod, weight, name):
+    n = weight.shape[0]
+    dev = weight.device
+    if weight.numel() == 0:
+        return torch.ones(n, device=dev), torch.zeros(n, dtype=torch.int32, device=dev), (-128, 127)
+    wobs = getattr(mod, "weight_fake_quant", None)
+    if wobs is None:
+        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is None:
+            raise RuntimeError(f"{name} has no qconfig: was the model passed through prepare()?")
+        wobs = qconfig.weight()
+        wobs.to(dev)
+        wobs(weight.detach())
+    elif isinstance(mod, qat_conv._ConvBn):
+        # As torch.ao's convert: the weight observer sees the folded weight once more.
+        with torch.no_grad():
+            wobs(weight.detach())
+    w_scale, w_zp = wobs.calculate_qparams()
+    w_scale = w_scale.float().reshape(-1).to(dev)
+    w_zp = w_zp.to(torch.int32).reshape(-1).to(dev)
+    if bool((w_zp != 0).any()):
+        raise ValueError(
+            f"{name}: torchquant's int8 convolution needs symmetric weights (zero point 0), but the weight observer "
+            f"{type(wobs).__name__} gave non-zero zero points; use qscheme=torch.per_channel_symmetric or "
+            "torch.per_tensor_symmetric with dtype=torch.qint8")
+    if w_scale.numel() == 1:
+        w_scale, w_zp = w_scale.expand(n).contiguous(), w_zp.expand(n).contiguous()
+    return w_scale, w_zp, _weight_range(wobs, name)
+
+
+def _make(nsp, relu, name, doc):
+    cls = type(name, (_ConvNd,), {"_NSP": nsp, "_relu": relu, "__doc__": doc, "__module__": "torchquant.nn.quantized"})
+    return cls
+
+
+Conv1d = _make(1, False, "Conv1d", "Static int8 Conv1d (torch.ao.nn.quantized.Conv1d).")
+Conv2d = _make(2, False, "Conv2d", "Static int8 Conv2d (torch.ao.nn.quantized.Conv2d).")
+Conv3d = _make(3, False, "Conv3d", "Static int8 Conv3d (torch.ao.nn.quantized.Conv3d).")
+ConvReLU1d = _make(1, True, "ConvReLU1d", "Static int8 Conv1d with ReLU fused into the epilogue "
+                   "(torch.ao.nn.intrinsic.quantized.ConvReLU1d).")
+ConvReLU2d = _make(2, True, "ConvReLU2d", "Static int8 Conv2d with ReLU fused into the epilogue "
+                   "(torch.ao.nn.intrinsic.quantized.ConvReLU2d).")
+ConvReLU3d = _make(3, True, "ConvReLU3d", "Static int8 Conv3d with ReLU fused into the epilogue "
+                   "(torch.ao.nn.intrinsic.quantized.ConvReLU3d).")

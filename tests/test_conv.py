@@ -1,0 +1,283 @@
+"""int8 convolution ops: bit-identical with torchquant.reference.conv_int8 on every CPU kernel
+variant (isa fixture) and on CUDA (device fixture), for 1-d / 2-d / 3-d, groups, depthwise,
+stride / padding / dilation, odd sizes, batch 0 and 1, int8 / uint8 in and out, float out,
+ReLU, non-contiguous input, saturation and ties; and the errors bad input gets."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchquant
+from torchquant import reference
+
+ops = torch.ops.torchquant
+
+# (spatial input sizes, Cin, Cout, kernel, stride, padding, dilation, groups)
+CASES = [
+    ((9,), 5, 7, (3,), (1,), (1,), (1,), 1),                      # conv1d, odd
+    ((17,), 8, 6, (4,), (3,), (2,), (2,), 2),                     # conv1d strided, dilated, grouped
+    ((11,), 6, 6, (5,), (2,), (2,), (1,), 6),                     # conv1d depthwise
+    ((7, 9), 3, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),           # RGB stem-like, Cout past a panel
+    ((8, 8), 16, 33, (1, 1), (1, 1), (0, 0), (1, 1), 1),          # pointwise, read in place
+    ((9, 7), 16, 8, (1, 1), (2, 2), (0, 0), (1, 1), 1),           # strided 1x1 (downsample)
+    ((10, 11), 12, 18, (3, 2), (2, 1), (1, 0), (1, 2), 3),        # grouped, asymmetric
+    ((9, 9), 40, 40, (3, 3), (1, 1), (1, 1), (1, 1), 40),         # depthwise 3x3 (tail lanes)
+    ((12, 10), 24, 24, (3, 3), (2, 2), (1, 1), (1, 1), 24),       # depthwise strided
+    ((8, 9), 17, 17, (5, 3), (1, 2), (2, 1), (2, 1), 17),         # depthwise odd, dilated
+    ((7, 7), 8, 16, (3, 3), (1, 1), (1, 1), (1, 1), 8),           # depthwise with multiplier 2
+    ((6, 5), 4, 4, (7, 7), (1, 1), (3, 3), (1, 1), 1),            # kernel larger than the input
+    ((5, 6, 7), 4, 9, (3, 3, 3), (1, 2, 1), (1, 1, 0), (1, 1, 2), 1),  # conv3d
+    ((4, 5, 6), 6, 6, (3, 1, 3), (2, 1, 1), (1, 0, 1), (1, 1, 1), 6),  # conv3d depthwise
+    ((4, 4, 4), 8, 12, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1), 2),  # conv3d pointwise grouped
+]
+
+
+def _ids(case):
+    sp, cin, cout, k, s, p, d, g = case
+    return f"{len(sp)}d-{'x'.join(map(str, sp))}-c{cin}-o{cout}-k{'x'.join(map(str, k))}-s{s[0]}-p{p[0]}-d{d[-1]}-g{g}"
+
+
+def _make(case, batch, xdtype, seed, device="cpu", saturate=False):
+    sp, cin, cout, k, s, p, d, g = case
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = (0, 256) if xdtype == torch.uint8 else (-128, 128)
+    x = torch.randint(lo, hi, (batch, cin, *sp), generator=gen).to(xdtype)
+    w = torch.randint(-128, 128, (cout, cin // g, *k), generator=gen).to(torch.int8)
+    if saturate:
+        # Extreme values everywhere: |x - zp| = 255 against w = -128 is the largest product.
+        x = torch.full_like(x, hi - 1 if xdtype == torch.uint8 else -128)
+        w = torch.full_like(w, -128)
+    zp = int(torch.randint(lo, hi, (1,), generator=gen))
+    x_scale = torch.tensor([0.02 + 0.01 * torch.rand(1, generator=gen).item()])
+    w_scale = (torch.rand(cout, generator=gen) * 0.01 + 0.001).float()
+    bias = torch.randn(cout, generator=gen)
+    to = lambda t: t.to(device)  # noqa: E731
+    return to(x), to(x_scale), to(torch.tensor([zp], dtype=torch.int32)), to(w), to(w_scale), to(bias)
+
+
+def _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, out_scale=None, out_zp=None):
+    sp, cin, cout, k, s, p, d, g = case
+    wp, cs = ops.pack_conv_weight(w, g)
+    got = ops.conv_int8(x, xs, xz, wp, cs, ws, bias, list(k), list(s), list(p), list(d), g, out_scale, out_zp,
+                        relu, out_dtype)
+    want = reference.conv_int8(x.cpu(), xs.cpu(), xz.cpu(), w.cpu(), ws.cpu(), None if bias is None else bias.cpu(),
+                               list(s), list(p), list(d), g, None if out_scale is None else out_scale.cpu(),
+                               None if out_zp is None else out_zp.cpu(), relu, out_dtype)
+    return got, want
+
+
+def _assert_same(got, want):
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == want.dtype
+    got = got.cpu()
+    if got.dtype == torch.float32:
+        assert torch.equal(got.contiguous().view(torch.int32), want.contiguous().view(torch.int32)), \
+            (got - want).abs().max()
+    else:
+        assert torch.equal(got, want), (got.int() - want.int()).abs().max()
+
+
+def _out_qparams(out_dtype, device, scale=0.05):
+    if out_dtype in (torch.int8, torch.uint8):
+        zp = 3 if out_dtype == torch.int8 else 100
+        return torch.tensor([scale], device=device), torch.tensor([zp], dtype=torch.int32, device=device)
+    return None, None
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
+@pytest.mark.parametrize("out_dtype,relu", [(torch.float32, False), (torch.uint8, True), (torch.int8, False),
+                                            (torch.int8, True)])
+def test_conv_matches_reference(isa, case, xdtype, out_dtype, relu):
+    for batch in (1, 2):
+        x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=batch + 7 * CASES.index(case))
+        os_, oz = _out_qparams(out_dtype, "cpu")
+        got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, os_, oz)
+        _assert_same(got, want)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv_cuda_matches_reference(device, case):
+    for xdtype in (torch.uint8, torch.int8):
+        for out_dtype, relu in ((torch.float32, True), (torch.uint8, False), (torch.int8, True)):
+            x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=3, device=device)
+            os_, oz = _out_qparams(out_dtype, device)
+            got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, os_, oz)
+            assert got.device.type == device
+            _assert_same(got, want)
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[12]], ids=_ids)
+def test_conv_saturation_and_ties(isa, device, case):
+    """Largest products (no int32 wrap), saturating requantization, and exact .5 ties (integer
+    results halved by out_scale = 2: round half to even)."""
+    for xdtype in (torch.uint8, torch.int8):
+        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=5, device=device, saturate=True)
+        xz.fill_(0 if xdtype == torch.uint8 else 127)
+        for out_dtype in (torch.int8, torch.uint8, torch.float32):
+            os_, oz = _out_qparams(out_dtype, device, scale=1e-3)
+            got, want = _run(case, x, xs, xz, w, ws, None, out_dtype, False, os_, oz)
+            _assert_same(got, want)
+        # Ties: scales of 1 make y the integer corr; out_scale 2 puts half of them on .5.
+        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=6, device=device)
+        xs.fill_(1.0)
+        ws = torch.ones_like(ws)
+        w = torch.randint(-2, 3, w.shape, generator=torch.Generator().manual_seed(1)).to(torch.int8).to(device)
+        x = (x.int().clamp(-3, 3) if xdtype == torch.int8 else x.int().clamp(0, 6)).to(xdtype)
+        xz.fill_(0 if xdtype == torch.int8 else 3)
+        os_ = torch.tensor([2.0], device=device)
+        for out_dtype in (torch.int8, torch.uint8):
+            oz = torch.tensor([0 if out_dtype == torch.int8 else 128], dtype=torch.int32, device=device)
+            got, want = _run(case, x, xs, xz, w, ws, None, out_dtype, False, os_, oz)
+            _assert_same(got, want)
+            corr = reference.conv_int8(x.cpu(), xs.cpu(), xz.cpu(), w.cpu(), ws.cpu(), None, list(case[4]),
+                                       list(case[5]), list(case[6]), case[7])
+            assert ((corr.abs() % 2) == 1).any(), "the test data must hold ties"
+
+
+def test_conv_batch0_and_empty(isa, device):
+    case = CASES[6]
+    x, xs, xz, w, ws, bias = _make(case, 0, torch.uint8, seed=1, device=device)
+    got, want = _run(case, x, xs, xz, w, ws, bias, torch.float32, False)
+    assert got.shape == want.shape == (0, 18, 5, 9)
+    # No output channels.
+    x, xs, xz, w, ws, bias = _make(CASES[0], 2, torch.uint8, seed=1, device=device)
+    w0 = w[:0]
+    wp, cs = ops.pack_conv_weight(w0, 1)
+    y = ops.conv_int8(x, xs, xz, wp, cs, ws[:0], None, [3], [1], [1], [1], 1, None, None, False, None)
+    assert y.shape == (2, 0, 9)
+
+
+def test_conv_noncontiguous_and_layouts(isa, device):
+    """Any input layout gives the same bits; the output is channels-last; the input is not
+    modified."""
+    case = CASES[6]
+    x, xs, xz, w, ws, bias = _make(case, 2, torch.int8, seed=2, device=device)
+    big = torch.randint(-128, 128, (2, 12, 20, 22), dtype=torch.int8, device=device)
+    views = [big[:, :, ::2, ::2], x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)]
+    for v in views:
+        before = v.clone()
+        got, want = _run(case, v, xs, xz, w, ws, bias, torch.uint8, True, *_out_qparams(torch.uint8, device))
+        _assert_same(got, want)
+        assert torch.equal(v, before)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    # 3-d: channels_last_3d.
+    case3 = CASES[12]
+    x, xs, xz, w, ws, bias = _make(case3, 2, torch.uint8, seed=2, device=device)
+    got, want = _run(case3, x, xs, xz, w, ws, bias, torch.float32, False)
+    _assert_same(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_conv_low_float_out(isa):
+    case = CASES[3]
+    x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=4)
+    for dt in (torch.bfloat16, torch.float16):
+        got, want = _run(case, x, xs, xz, w, ws, bias, dt, True)
+        assert got.dtype == dt
+        assert torch.equal(got, want)
+
+
+def test_conv_large_layer_tiles(isa):
+    """A layer with many output pixels and a deep K: several im2col tiles and panel blocks, and
+    several threads."""
+    case = ((30, 30), 64, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=9)
+    got, want = _run(case, x, xs, xz, w, ws, bias, torch.uint8, True, *_out_qparams(torch.uint8, "cpu"))
+    _assert_same(got, want)
+    case = ((30, 30), 64, 64, (3, 3), (2, 2), (1, 1), (1, 1), 64)
+    x, xs, xz, w, ws, bias = _make(case, 2, torch.int8, seed=9)
+    got, want = _run(case, x, xs, xz, w, ws, bias, torch.int8, False, *_out_qparams(torch.int8, "cpu"))
+    _assert_same(got, want)
+
+
+def test_reference_matches_float_conv():
+    """The oracle itself: with small integers the float convolution of the dequantized input is
+    exact, so the reference must equal F.conv2d of (x - zp) * scale."""
+    x = torch.randint(0, 10, (2, 4, 6, 6), dtype=torch.uint8)
+    w = torch.randint(-3, 4, (6, 2, 3, 3), dtype=torch.int8)
+    got = reference.conv_int8(x, torch.tensor([1.0]), torch.tensor([4]), w, torch.ones(6), None, 2, 1, 1, 2)
+    want = F.conv2d(x.float() - 4, w.float(), None, 2, 1, 1, 2)
+    assert torch.equal(got, want)
+
+
+def test_public_functions():
+    w = torch.randint(-128, 128, (8, 3, 3, 3), dtype=torch.int8)
+    wp, cs = torchquant.pack_conv_weight(w)
+    x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    y = torchquant.conv_int8(x, 0.02, 128, wp, cs, torch.full((8,), 0.01), [3, 3], padding=1)
+    want = reference.conv_int8(x, torch.tensor([0.02]), torch.tensor([128]), w, torch.full((8,), 0.01), None, 1, 1)
+    assert torch.equal(y, want)
+    y = torchquant.conv_int8(x, 0.02, 128, wp, cs, torch.full((8,), 0.01), 3, padding=1)
+    assert torch.equal(y, want)
+
+
+def test_fake_kernels_match():
+    """torch.compile's fake kernels give the real kernels' shapes, dtypes and strides."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for case in (CASES[2], CASES[6], CASES[7], CASES[12]):
+        sp, cin, cout, k, s, p, d, g = case
+        x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=1)
+        wp, cs = ops.pack_conv_weight(w, g)
+        real = ops.conv_int8(x, xs, xz, wp, cs, ws, bias, list(k), list(s), list(p), list(d), g, None, None, False,
+                             torch.float32)
+        with FakeTensorMode() as mode:
+            fw = mode.from_tensor(w)
+            fwp, fcs = ops.pack_conv_weight(fw, g)
+            assert fwp.shape == wp.shape and fcs.shape == cs.shape
+            fx = mode.from_tensor(x)
+            fake = ops.conv_int8(fx, mode.from_tensor(xs), mode.from_tensor(xz), fwp, fcs, mode.from_tensor(ws),
+                                 mode.from_tensor(bias), list(k), list(s), list(p), list(d), g, None, None, False,
+                                 torch.float32)
+        assert fake.shape == real.shape and fake.dtype == real.dtype and fake.stride() == real.stride()
+
+
+def _args(x=None, w=None, groups=1, k=(3, 3), **kw):
+    x = torch.randint(0, 256, (1, 4, 6, 6), dtype=torch.uint8) if x is None else x
+    w = torch.randint(-128, 128, (6, 4 // groups, *k), dtype=torch.int8) if w is None else w
+    wp, cs = ops.pack_conv_weight(w, groups)
+    a = dict(x=x, x_scale=torch.tensor([0.1]), x_zero_point=torch.tensor([3]), w_packed=wp, w_col_sums=cs,
+             w_scale=torch.full((w.shape[0],), 0.01), bias=None, kernel_size=list(k), stride=[1], padding=[1],
+             dilation=[1], groups=groups, out_scale=None, out_zero_point=None, relu=False, out_dtype=None)
+    a.update(kw)
+    return a
+
+
+def _call(a):
+    return ops.conv_int8(*a.values())
+
+
+def test_conv_bad_input():
+    with pytest.raises(RuntimeError, match="argument 'groups' \\(3\\) must divide the output channels of 'w'"):
+        ops.pack_conv_weight(torch.zeros(4, 2, 3, 3, dtype=torch.int8), 3)
+    with pytest.raises(RuntimeError, match="argument 'w' must be a 3-D, 4-D or 5-D"):
+        ops.pack_conv_weight(torch.zeros(4, 2, dtype=torch.int8), 1)
+    with pytest.raises(RuntimeError, match="argument 'w' must be an int8"):
+        ops.pack_conv_weight(torch.zeros(4, 2, 3, 3), 1)
+    with pytest.raises(RuntimeError, match="Expected 3D \\(batched\\) input to conv1d"):
+        _call(_args(k=(3,)))  # a 4-D x with a 1-d kernel
+    with pytest.raises(RuntimeError, match="argument 'groups' \\(3\\) must divide the input channels of 'x' \\(4\\)"):
+        a = _args()
+        a["groups"] = 3
+        _call(a)
+    with pytest.raises(RuntimeError, match="argument 'w_packed' must be"):
+        a = _args(x=torch.randint(0, 256, (1, 2, 6, 6), dtype=torch.uint8))  # weight packed for Cin = 4
+        _call(a)
+    with pytest.raises(RuntimeError, match="argument 'stride' must hold values >= 1"):
+        _call(_args(stride=[0]))
+    with pytest.raises(RuntimeError, match="argument 'padding' must have 1 or 2 elements"):
+        _call(_args(padding=[1, 1, 1]))
+    with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
+        _call(_args(padding=[0], dilation=[4]))
+    with pytest.raises(RuntimeError, match="argument 'x_zero_point' must lie in \\[0, 255\\], got 300"):
+        _call(_args(x_zero_point=torch.tensor([300])))
+    with pytest.raises(RuntimeError, match="argument 'x_scale' must be > 0 and finite"):
+        _call(_args(x_scale=torch.tensor([0.0])))
+    with pytest.raises(RuntimeError, match="argument 'w_scale' must have 6 elements"):
+        _call(_args(w_scale=torch.ones(5)))
+    with pytest.raises(RuntimeError, match="argument 'out_scale' is required"):
+        _call(_args(out_dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="argument 'x' must be an int8 or uint8 tensor"):
+        _call(_args(x=torch.zeros(1, 4, 6, 6)))
+    with pytest.raises(RuntimeError, match="argument 'kernel_size' must have 1, 2 or 3 elements"):
+        _call(_args(kernel_size=[3, 3, 3, 3]))

@@ -1,0 +1,348 @@
+"""Quantized convolution modules and their eager flow: fusion (BN folding as torch.ao's),
+prepare / convert / prepare_qat for Conv1d/2d/3d, ConvReLU, ConvBn, ConvBnReLU (torchquant's
+and torch.ao's fused modules), against torch.ao's converted modules (same weights, same
+calibration data: within 1 LSB), state dicts, errors."""
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchquant as tq
+from torchquant import reference
+from torchquant.nn import intrinsic as tqi
+from torchquant.nn import qat as tqat
+from torchquant.nn import quantized as tqq
+
+ao = pytest.importorskip("torch.ao.quantization")
+import torch.ao.nn.intrinsic as ao_nni  # noqa: E402
+import torch.ao.nn.intrinsic.qat as ao_nniqat  # noqa: E402
+
+
+def _qconfigs():
+    """The same recipe for both: per-tensor uint8 activations with reduce_range (fbgemm's kernels
+    saturate without it), symmetric per-channel int8 weights."""
+    ours = tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True),
+                      weight=tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                                    qscheme=torch.per_channel_symmetric))
+    theirs = ao.QConfig(activation=ao.MinMaxObserver.with_args(reduce_range=True),
+                        weight=ao.PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                                      qscheme=torch.per_channel_symmetric))
+    return ours, theirs
+
+
+CONVS = [
+    lambda: nn.Conv1d(6, 10, 3, stride=2, padding=1),
+    lambda: nn.Conv2d(3, 16, 3, padding=1),
+    lambda: nn.Conv2d(16, 24, 3, stride=2, padding=1, groups=4),
+    lambda: nn.Conv2d(24, 24, 3, padding=2, dilation=2, groups=24),
+    lambda: nn.Conv2d(24, 40, 1, bias=False),
+    lambda: nn.Conv3d(4, 8, 3, padding=1),
+]
+INPUTS = {1: (2, 6, 15), 2: None, 3: (2, 4, 5, 6, 7)}
+
+
+def _input(conv, seed):
+    g = torch.Generator().manual_seed(seed)
+    nsp = conv.weight.dim() - 2
+    shape = INPUTS[nsp] or (2, conv.in_channels, 13, 11)
+    return torch.randn(shape, generator=g)
+
+
+def _wrap(conv, relu, stub_mod):
+    layers = [stub_mod.QuantStub(), conv] + ([nn.ReLU()] if relu else []) + [stub_mod.DeQuantStub()]
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("make", CONVS, ids=["1d", "2d", "2d-grouped-strided", "2d-depthwise-dilated", "1x1", "3d"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_matches_torch_ao_within_1_lsb(make, relu):
+    torch.manual_seed(0)
+    conv = make()
+    ours_qc, theirs_qc = _qconfigs()
+    calib = [_input(conv, s) for s in range(4)]
+    x = _input(conv, 99)
+
+    ours = _wrap(copy.deepcopy(conv), relu, tq)
+    if relu:
+        ours = tq.fuse_modules(ours, [["1", "2"]])
+    ours.qconfig = ours_qc
+    ours = tq.prepare(ours)
+    for c in calib:
+        ours(c)
+    ours = tq.convert(ours)
+
+    theirs = _wrap(copy.deepcopy(conv), relu, ao)
+    if relu:
+        theirs = ao.fuse_modules(theirs, [["1", "2"]])
+    theirs.qconfig = theirs_qc
+    prev = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    try:
+        theirs = ao.prepare(theirs)
+        for c in calib:
+            theirs(c)
+        theirs = ao.convert(theirs)
+        want = theirs(x)
+    finally:
+        torch.backends.quantized.engine = prev
+
+    qmod = ours[1]
+    assert type(qmod).__name__ == ("ConvReLU" if relu else "Conv") + f"{conv.weight.dim() - 2}d"
+    assert float(qmod.scale) == pytest.approx(float(theirs[1].scale), rel=1e-6)
+    assert int(qmod.zero_point) == int(theirs[1].zero_point)
+    got = ours(x)
+    lsb = float(qmod.scale)
+    assert (got - want).abs().max().item() <= lsb * 1.001
+    # And bit-identical with the reference on the int8 weights the module holds.
+    q = ours[0](x)
+    ref = reference.conv_int8(q.data, q.scale, q.zero_point, qmod.qweight, qmod.weight_scale, qmod.bias,
+                              list(qmod.stride), list(qmod.padding), list(qmod.dilation), qmod.groups, qmod.scale,
+                              qmod.zero_point, relu, torch.uint8)
+    assert torch.equal(qmod(q).data, ref)
+
+
+def _conv_bn(d=2, relu=False):
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[d](4, 6, 3, padding=1)
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[d](6)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    mods = [conv, bn] + ([nn.ReLU()] if relu else [])
+    return nn.Sequential(*mods).eval()
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("relu", [False, True])
+def test_bn_folding_equals_torch_ao(d, relu):
+    m = _conv_bn(d, relu)
+    names = ["0", "1", "2"] if relu else ["0", "1"]
+    ours = tq.fuse_modules(m, [names])
+    theirs = ao.fuse_modules(m, [names])
+    oc = ours[0][0] if relu else ours[0]
+    tc = theirs[0][0] if relu else theirs[0]
+    assert type(ours[0]).__name__ == (f"ConvReLU{d}d" if relu else f"Conv{d}d")
+    assert torch.equal(oc.weight, tc.weight) and torch.equal(oc.bias, tc.bias)
+    assert isinstance(ours[1], nn.Identity)
+
+
+def test_linear_bn_folding_equals_torch_ao():
+    m = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7)).eval()
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-1, 1)
+        m[1].running_var.uniform_(0.5, 2)
+    ours, theirs = tq.fuse_modules(m, [["0", "1"]]), ao.fuse_modules(m, [["0", "1"]])
+    assert torch.equal(ours[0].weight, theirs[0].weight) and torch.equal(ours[0].bias, theirs[0].bias)
+
+
+def test_fusion_needs_eval_for_bn():
+    with pytest.raises(ValueError, match="eval mode"):
+        tq.fuse_modules(_conv_bn().train(), [["0", "1"]])
+    fused = tq.fuse_modules_qat(_conv_bn(relu=True).train(), [["0", "1", "2"]])
+    assert type(fused[0]) is tqi.ConvBnReLU2d
+
+
+class _Net(nn.Module):
+    def __init__(self, stub):
+        super().__init__()
+        self.quant = stub.QuantStub()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(8, 4, 1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+        self.dequant = stub.DeQuantStub()
+
+    def forward(self, x):
+        x = self.quant(x)
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.dequant(self.fc(self.flatten(self.conv3(x))))
+
+
+FUSE = [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"]]
+
+
+def _sqnr(ref, got):
+    return (10 * torch.log10(ref.pow(2).mean() / (ref - got).pow(2).mean())).item()
+
+
+def test_issue_example_runs():
+    """The model of the report: Conv2d, ReLU, Flatten, Linear between stubs."""
+    model = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 10),
+                          tq.DeQuantStub()).eval()
+    model.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepared = tq.prepare(model)
+    for _ in range(4):
+        prepared(torch.randn(8, 3, 8, 8))
+    q = tq.convert(prepared)
+    assert type(q[1]) is tqq.ConvReLU2d  # the ReLU folded into the conv's epilogue
+    x = torch.randn(4, 3, 8, 8)
+    assert _sqnr(model(x), q(x)) > 25
+
+
+def test_static_flow_with_torch_ao_fused_modules():
+    """torchvision's fuse_model() calls torch.ao's fuse_modules: prepare takes its fused modules."""
+    torch.manual_seed(0)
+    net = _Net(tq).eval()
+    fused = ao.fuse_modules(net, FUSE)
+    assert type(fused.conv1) is ao_nni.ConvReLU2d
+    fused.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(fused)
+    for _ in range(4):
+        prepared(torch.randn(4, 3, 8, 8))
+    q = tq.convert(prepared)
+    assert type(q.conv1) is tqq.ConvReLU2d and type(q.conv2) is tqq.ConvReLU2d and type(q.conv3) is tqq.Conv2d
+    x = torch.randn(4, 3, 8, 8)
+    assert _sqnr(net(x), q(x)) > 20
+    # Same with torchquant's own fusion: the same int8 model, bit for bit.
+    fused2 = tq.fuse_modules(net, FUSE)
+    fused2.qconfig = tq.get_default_qconfig("x86")
+    prepared2 = tq.prepare(fused2)
+    torch.manual_seed(0)
+    for _ in range(4):
+        prepared2(torch.randn(4, 3, 8, 8))
+    torch.manual_seed(0)
+    prepared3 = tq.prepare(fused)
+    for _ in range(4):
+        prepared3(torch.randn(4, 3, 8, 8))
+    assert torch.equal(tq.convert(prepared2)(x), tq.convert(prepared3)(x))
+
+
+def test_activations_stay_channels_last():
+    net = _Net(tq).eval()
+    fused = tq.fuse_modules(net, FUSE)
+    fused.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(fused)
+    prepared(torch.randn(2, 3, 8, 8))
+    q = tq.convert(prepared)
+    a = q.quant(torch.randn(2, 3, 8, 8))
+    b = q.conv1(a)
+    assert b.data.is_contiguous(memory_format=torch.channels_last)
+    assert q.conv2(b).data.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_qat_convbn_matches_torch_ao_and_converts():
+    torch.manual_seed(0)
+    net = _Net(tq).train()
+    ours = tq.fuse_modules_qat(net, FUSE)
+    ours.qconfig = tq.QConfig(
+        activation=tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, reduce_range=False),
+        weight=tq.FakeQuantize.with_args(observer=tq.MovingAveragePerChannelMinMaxObserver, dtype=torch.qint8,
+                                         qscheme=torch.per_channel_symmetric, quant_min=-128, quant_max=127, ch_axis=0))
+    ours = tq.prepare_qat(ours)
+    assert type(ours.conv1) is tqat.ConvBnReLU2d and type(ours.conv3) is tqat.Conv2d
+
+    twin = _Net(ao).train()  # torch.ao's own stubs, which its prepare_qat observes
+    twin.load_state_dict(net.state_dict())
+    theirs = ao.fuse_modules_qat(twin, FUSE)
+    theirs.qconfig = ao.QConfig(
+        activation=ao.FakeQuantize.with_args(observer=ao.MovingAverageMinMaxObserver, reduce_range=False),
+        weight=ao.FakeQuantize.with_args(observer=ao.MovingAveragePerChannelMinMaxObserver, dtype=torch.qint8,
+                                         qscheme=torch.per_channel_symmetric, quant_min=-128, quant_max=127, ch_axis=0))
+    theirs = ao.prepare_qat(theirs)
+    assert type(theirs.conv1) is ao_nniqat.ConvBnReLU2d
+
+    opt_o = torch.optim.SGD(ours.parameters(), lr=0.01)
+    opt_t = torch.optim.SGD(theirs.parameters(), lr=0.01)
+    for step in range(4):
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        yo, yt = ours(x), theirs(x)
+        torch.testing.assert_close(yo, yt, rtol=1e-4, atol=1e-4)
+        for y, opt in ((yo, opt_o), (yt, opt_t)):
+            opt.zero_grad()
+            y.square().mean().backward()
+            opt.step()
+    torch.testing.assert_close(ours.conv1.bn.running_mean, theirs.conv1.bn.running_mean)
+
+    # freeze_bn_stats: running statistics stay put in training mode; update_bn_stats resumes.
+    ours.apply(tqat.freeze_bn_stats)
+    before = ours.conv1.bn.running_mean.clone()
+    ours(torch.randn(4, 3, 8, 8))
+    assert torch.equal(before, ours.conv1.bn.running_mean) and not ours.conv1.bn.training
+    ours.train()
+    assert not ours.conv1.bn.training  # a frozen BN stays frozen under .train()
+    ours.apply(tqat.update_bn_stats)
+    ours(torch.randn(4, 3, 8, 8))
+    assert not torch.equal(before, ours.conv1.bn.running_mean)
+    ours.apply(tqat.freeze_bn_stats)
+
+    ours.eval()
+    x = torch.randn(4, 3, 8, 8)
+    y_qat = ours(x)
+    q = tq.convert(ours)
+    assert type(q.conv1) is tqq.ConvReLU2d and type(q.conv3) is tqq.Conv2d
+    assert _sqnr(y_qat, q(x)) > 25
+
+
+def test_state_dict_weights_only_and_repr(tmp_path):
+    net = _Net(tq).eval()
+    fused = tq.fuse_modules(net, FUSE)
+    fused.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(fused)
+    prepared(torch.randn(2, 3, 8, 8))
+    q = tq.convert(prepared)
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert set(k for k in sd if k.startswith("conv1.")) == {
+        "conv1.qweight", "conv1.weight_scale", "conv1.weight_zero_point", "conv1.bias", "conv1.scale",
+        "conv1.zero_point"}
+    p2 = tq.prepare(fused)
+    p2(torch.randn(2, 3, 8, 8) * 3)  # other qparams, replaced by the load
+    q2 = tq.convert(p2)
+    q2.load_state_dict(sd)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(q(x), q2(x))
+    r = repr(q.conv2)
+    assert r.startswith("ConvReLU2d(8, 8, kernel_size=(3, 3), stride=(1, 1), scale=") and "groups=8" in r
+    assert "padding=(1, 1)" in r
+
+
+def test_unbatched_input_and_bad_input():
+    net = nn.Sequential(tq.QuantStub(), nn.Conv1d(4, 6, 3), tq.DeQuantStub()).eval()
+    net.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(net)
+    p(torch.randn(2, 4, 10))
+    q = tq.convert(p)
+    x = torch.randn(4, 10)
+    assert torch.equal(q(x), q(x.unsqueeze(0)).squeeze(0))
+    with pytest.raises(RuntimeError, match=r"Expected 2D \(unbatched\) or 3D \(batched\) input to conv1d"):
+        q(torch.randn(1, 4, 10, 3))
+    with pytest.raises(TypeError, match="add a torchquant.QuantStub"):
+        q[1](torch.randn(1, 4, 10))
+    with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
+        tqq.Conv2d(3, 8, 3, groups=2)
+    with pytest.raises(ValueError, match="padding_mode='zeros' only.*'reflect'"):
+        tqq.Conv2d(4, 8, 3, padding_mode="reflect")
+    net = nn.Sequential(tq.QuantStub(), nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), tq.DeQuantStub()).eval()
+    net.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(net)
+    p(torch.randn(2, 4, 6, 6))
+    with pytest.raises(ValueError, match="padding_mode"):
+        tq.convert(p)
+
+
+def test_module_to_and_conv3d_flow():
+    net = nn.Sequential(tq.QuantStub(), nn.Conv3d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv3d(5, 5, 1),
+                        tq.DeQuantStub()).eval()
+    net.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(net)
+    for _ in range(3):
+        p(torch.randn(2, 3, 4, 5, 6))
+    q = tq.convert(p)
+    x = torch.randn(2, 3, 4, 5, 6)
+    y = q(x)
+    assert _sqnr(net(x), y) > 25
+    assert torch.equal(copy.deepcopy(q).to("cpu")(x), y)
