@@ -174,3 +174,67 @@ def test_module_without_int8_version_stays_float_and_the_model_runs():
     with torch.no_grad():
         ref = m(x)
     assert float((y - ref).abs().max()) < 0.05
+
+
+def test_float_functional_under_qat():
+    torch.manual_seed(4)
+    m = Residual(torch.ao.nn.quantized.FloatFunctional).train()
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m)
+    assert isinstance(p.ff.activation_post_process, tq.FakeQuantize)
+    opt = torch.optim.SGD(p.parameters(), lr=0.01)
+    for _ in range(3):
+        loss = p(torch.randn(8, 16)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q = tq.convert(p.eval())
+    assert type(q.ff) is nnq.QFunctional
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        assert float((q(x) - p(x)).abs().max()) < 0.1
+
+
+def test_uncalibrated_qfunctional_raises_when_called():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = tq.QuantStub()
+            self.unused = nnq.FloatFunctional()
+            self.dequant = tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.quant(x))
+
+    q = _calibrate_convert(M().eval(), [torch.randn(2, 3)])
+    assert type(q.unused) is nnq.QFunctional
+    a = q.quant(torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match="'unused'.*never called during calibration"):
+        q.unused.add(a, a)
+
+
+def test_module_never_run_in_calibration_stays_float():
+    """An auxiliary head that runs only in training (googlenet's aux1/aux2) has empty observers:
+    convert leaves it float with a warning naming it; with no calibration at all, convert raises."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = tq.QuantStub()
+            self.fc = nn.Linear(4, 4)
+            self.aux = nn.Linear(4, 2)
+            self.dequant = tq.DeQuantStub()
+
+        def forward(self, x):
+            y = self.fc(self.quant(x))
+            return self.dequant(self.aux(y) if self.training else y)
+
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    with pytest.raises(RuntimeError, match="could not be quantized"):
+        tq.convert(p)
+    p(torch.randn(8, 4))
+    with pytest.warns(UserWarning, match=r"never ran during calibration and stay in float: aux \(Linear\)"):
+        q = tq.convert(p)
+    assert type(q.fc) is nnq.Linear and type(q.aux) is nn.Linear
+    assert q(torch.randn(2, 4)).shape == (2, 4)
