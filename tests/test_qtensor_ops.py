@@ -121,3 +121,12 @@ def test_channels_last_is_kept():
     q, _ = _pair((2, 8, 6, 6), torch.uint8, 3, gen)
     for fn in (lambda x: F.max_pool2d(x, 2), lambda x: F.avg_pool2d(x, 3, 1, 1), F.relu6, lambda x: F.interpolate(x, scale_factor=2)):
         assert fn(q).data.is_contiguous(memory_format=CL)
+
+
+def test_bilinear_interpolate_keeps_qparams_and_is_close_to_torch_ao():
+    gen = torch.Generator().manual_seed(10)
+    q, ref = _pair((1, 3, 5, 6), torch.uint8, 20, gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = F.interpolate(ref, scale_factor=2, mode="bilinear", align_corners=False)
+    _same(F.interpolate(q, scale_factor=2, mode="bilinear", align_corners=False), want, tol=1)

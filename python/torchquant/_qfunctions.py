@@ -144,8 +144,12 @@ def _interpolate(q, size=None, scale_factor=None, mode="nearest", align_corners=
                  antialias=False):
     _per_tensor(q, "interpolate")
     if mode not in ("nearest", "nearest-exact"):
-        raise NotImplementedError(f"interpolate on a QTensor supports mode='nearest' and 'nearest-exact' (exact on "
-                                  f"int8 codes), got mode={mode!r}; call .dequantize() first")
+        # Interpolating modes: in float, requantized with the input's qparams (torch.ao's quantized
+        # bilinear upsampling keeps them too; a bicubic overshoot saturates).
+        y = F.interpolate(q.dequantize(), size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                          recompute_scale_factor=recompute_scale_factor, antialias=antialias)
+        return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
+                                                             q.data.dtype))
     out = F.interpolate(_as_float_codes(q), size=size, scale_factor=scale_factor, mode=mode,
                         recompute_scale_factor=recompute_scale_factor)
     return _back(q, out)
