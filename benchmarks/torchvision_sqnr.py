@@ -29,11 +29,31 @@ def sqnr(ref: torch.Tensor, y: torch.Tensor) -> float:
     return float(10 * torch.log10(ref.double().pow(2).sum() / noise.clamp_min(1e-30)))
 
 
-def build(name: str, seed: int = 0) -> torch.nn.Module:
+def set_bn_statistics(model: torch.nn.Module, size: int, batches: int = 3, seed: int = 100) -> torch.nn.Module:
+    """BatchNorm running statistics from a few random batches (cumulative average): with random
+    weights and the default statistics (mean 0, var 1) the activations of a deep model vanish or
+    explode (MobileNetV2's logits are ~1e-10), and any SQNR is meaningless. With statistics of
+    its own activations the random model is normalized as a trained one is."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.rand(4, 3, size, size, generator=gen))
+    return model.eval()
+
+
+def build(name: str, size: int, seed: int = 0) -> torch.nn.Module:
+    """A torchvision quantizable model, random init, BatchNorm statistics set on random data."""
     import torchvision.models.quantization as tvq
     torch.manual_seed(seed)
     kwargs = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    return getattr(tvq, name)(weights=None, quantize=False, **kwargs).eval()
+    if name in ("googlenet", "inception_v3"):
+        kwargs["aux_logits"] = True
+    return set_bn_statistics(getattr(tvq, name)(weights=None, quantize=False, **kwargs), size)
 
 
 def quantize_with(flow: str, model: torch.nn.Module, calib) -> torch.nn.Module:
@@ -60,7 +80,7 @@ def quantize_with(flow: str, model: torch.nn.Module, calib) -> torch.nn.Module:
 
 def compare(name: str, size: int, batch: int, batches: int, seed: int = 0):
     """(sqnr torchquant, sqnr torch.ao, seconds) for one model."""
-    model = build(name, seed)
+    model = build(name, size, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     calib = [torch.rand(batch, 3, size, size, generator=gen) for _ in range(batches)]
     test = torch.rand(batch, 3, size, size, generator=gen)
@@ -84,7 +104,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads; input {args.batch}x3x{args.size}x{args.size}, "
-          f"{args.batches} calibration batches of torch.rand, random init")
+          f"{args.batches} calibration batches of torch.rand, random init with BatchNorm statistics of random data")
     print(f"{'model':<20} {'torchquant SQNR dB':>19} {'torch.ao SQNR dB':>17} {'difference':>11}  {'s':>6}")
     worst = float("inf")
     for name in args.models:
