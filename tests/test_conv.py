@@ -281,3 +281,19 @@ def test_conv_bad_input():
         _call(_args(x=torch.zeros(1, 4, 6, 6)))
     with pytest.raises(RuntimeError, match="argument 'kernel_size' must have 1, 2 or 3 elements"):
         _call(_args(kernel_size=[3, 3, 3, 3]))
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[9], CASES[13]], ids=_ids)
+def test_conv_nonfinite_bias(isa, device, case):
+    """A NaN / inf bias makes y NaN / inf: requantized to the zero point / saturated, as
+    linear_int8 does (the kernels' NaN path, not taken when everything is finite)."""
+    x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=8, device=device)
+    bias[0], bias[1 % bias.numel()] = float("nan"), float("inf")
+    bias[-1] = float("-inf")
+    for out_dtype in (torch.uint8, torch.int8, torch.float32):
+        for relu in (False, True):
+            got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, *_out_qparams(out_dtype, device))
+            if out_dtype == torch.float32:
+                assert torch.equal(got.isnan().cpu(), want.isnan())
+                got, want = torch.nan_to_num(got.cpu()), torch.nan_to_num(want)
+            _assert_same(got, want)

@@ -1,12 +1,13 @@
 // AVX2 depthwise int8 convolution. Memory-bound: each output pixel reads taps x C activations
 // and does taps multiply-adds per channel, so the loop is direct (no GEMM), vectorised across
-// 16 channels at a time in channels-last layout. A product of an 8-bit activation
-// (|x| <= 255) and an int8 weight (|w| <= 128) fits int16 exactly (|x * w| <= 32640), so the
-// products are vpmullw and the sums widen to int32 lanes. Padded taps read the zero point.
+// 16 channels at a time in channels-last layout. Activations and weights are widened to int16
+// and two taps at a time go through vpmaddwd, which adds the two products of each channel into
+// an int32 lane: exact, as |x * w| <= 255 * 128. Padded taps read the zero point.
 // The epilogue is epilogue_row of gemm_avx2.cpp's sequence (the same float32 operations in the
 // same order as gemm_epilogue_one), so the outputs are bit-identical to the scalar variant.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu/conv_kernels.h"
@@ -19,29 +20,68 @@ namespace cpu {
 #if TQ_X86
 namespace {
 
-// 8 output channels [c, c + 8) of one pixel from their int32 accumulators.
-TQ_TARGET_AVX2 inline void epilogue8(const GemmProblem& e, __m256i acc, int64_t c, void* out) {
+// The epilogue's constants: per output (inv, ozp, lo, hi) and, per 8 channels, zp_cs / s / bias.
+struct OutConsts {
+  __m256 inv, ozp, lo, hi;
+};
+
+TQ_TARGET_AVX2 inline OutConsts out_consts(const GemmProblem& e) {
   const bool u8 = e.out_kind == GemmOut::QUInt8;
-  const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.col_sums + c));
-  const __m256i corr = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(e.a_zp), cs));
-  const __m256 s = _mm256_mul_ps(_mm256_set1_ps(e.a_scale), _mm256_loadu_ps(e.w_scale + c));
-  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
-  if (e.bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(e.bias + c));
-  if (e.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // 0 > y ? 0 : y: NaN and -0 pass
+  return {_mm256_set1_ps(e.out_inv_scale), _mm256_set1_ps(static_cast<float>(e.out_zp)),
+          _mm256_set1_ps(u8 ? 0.0f : -128.0f), _mm256_set1_ps(u8 ? 255.0f : 127.0f)};
+}
+
+struct Consts8 {
+  __m256i zp_cs;  // a_zp * col_sums[c] (int32, wrapping as the scalar gemm_correct)
+  __m256 s;       // a_scale * w_scale[c]
+  __m256 bias;
+};
+
+TQ_TARGET_AVX2 inline Consts8 consts8(const GemmProblem& e, int64_t c) {
+  Consts8 k;
+  k.zp_cs = _mm256_mullo_epi32(_mm256_set1_epi32(e.a_zp),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.col_sums + c)));
+  k.s = _mm256_mul_ps(_mm256_set1_ps(e.a_scale), _mm256_loadu_ps(e.w_scale + c));
+  k.bias = e.bias != nullptr ? _mm256_loadu_ps(e.bias + c) : _mm256_setzero_ps();
+  return k;
+}
+
+// y of 8 channels: (float)corr * s, + bias, ReLU (0 > y ? 0 : y: NaN and -0 pass).
+TQ_TARGET_AVX2 inline __m256 dequant8(const GemmProblem& e, const Consts8& k, __m256i acc) {
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, k.zp_cs)), k.s);
+  if (e.bias != nullptr) y = _mm256_add_ps(y, k.bias);
+  if (e.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);
+  return y;
+}
+
+// quantize_val of 8 values as int32: round half to even, clamp, NaN -> zero point.
+TQ_TARGET_AVX2 inline __m256i quant8(const GemmProblem& e, const OutConsts& o, __m256 y) {
+  __m256 t = _mm256_add_ps(
+      _mm256_round_ps(_mm256_mul_ps(y, o.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), o.ozp);
+  if (e.nan_free) {
+    t = _mm256_min_ps(_mm256_max_ps(t, o.lo), o.hi);
+  } else {  // a NaN lane takes the bound in the clamp, then the zero point
+    const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+    t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, o.lo), o.hi), o.ozp, nan);
+  }
+  return _mm256_cvtps_epi32(t);
+}
+
+// 16 output channels [c, c + 16) of one pixel from their int32 accumulators.
+TQ_TARGET_AVX2 inline void epilogue16(const GemmProblem& e, const OutConsts& o, const Consts8& k0,
+                                      const Consts8& k1, __m256i a0, __m256i a1, int64_t c, void* out) {
+  const __m256 y0 = dequant8(e, k0, a0), y1 = dequant8(e, k1, a1);
   if (e.out_kind == GemmOut::Float) {
-    _mm256_storeu_ps(static_cast<float*>(out) + c, y);
+    _mm256_storeu_ps(static_cast<float*>(out) + c, y0);
+    _mm256_storeu_ps(static_cast<float*>(out) + c + 8, y1);
     return;
   }
-  const __m256 inv = _mm256_set1_ps(e.out_inv_scale), ozp = _mm256_set1_ps(static_cast<float>(e.out_zp));
-  const __m256 lo = _mm256_set1_ps(u8 ? 0.0f : -128.0f), hi = _mm256_set1_ps(u8 ? 255.0f : 127.0f);
-  __m256 t = _mm256_add_ps(
-      _mm256_round_ps(_mm256_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), ozp);
-  const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
-  t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, lo), hi), ozp, nan);
-  const __m256i q = _mm256_cvtps_epi32(t);
-  const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-  const __m128i bytes = u8 ? _mm_packus_epi16(h, h) : _mm_packs_epi16(h, h);
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + c), bytes);
+  // Integers inside the 8-bit type: the packs are exact. packs_epi32 interleaves 128-bit
+  // halves, so the 16-bit lanes come out as q0[0:4] q1[0:4] q0[4:8] q1[4:8].
+  const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(quant8(e, o, y0), quant8(e, o, y1)), 0xD8);
+  const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+  const __m128i bytes = e.out_kind == GemmOut::QUInt8 ? _mm_packus_epi16(lo, hi) : _mm_packs_epi16(lo, hi);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + c), bytes);
 }
 
 template <bool U>
@@ -53,50 +93,100 @@ TQ_TARGET_AVX2 inline __m256i widen(const void* p) {
 template <bool U>
 TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
   const ConvGeometry& g = p.g;
-  const int64_t C = g.C, OW = g.out[2], taps = g.taps();
+  const int64_t C = g.C, OW = g.out[2], W = g.in[2], KW = g.k[2], taps = g.taps();
+  const int64_t sw = g.stride[2], pw = g.pad[2], dw = g.dil[2];
   const int64_t ob = gemm_out_bytes(p.e.out_kind);
   const int64_t cv = C / 16 * 16;
-  thread_local std::vector<const uint8_t*> src;
-  scratch(src, static_cast<size_t>(taps));
+  // Output columns whose taps all lie inside the row: [ow_lo, ow_hi).
+  const int64_t ow_lo = std::min(OW, (pw + sw - 1) / sw);
+  const int64_t last = W - 1 + pw - (KW - 1) * dw;
+  const int64_t ow_hi = last < 0 ? 0 : std::min(OW, last / sw + 1);
+  const int64_t pairs = (taps + 1) / 2;
+  thread_local std::vector<int16_t> wv;       // a channel block's weights, two taps interleaved
+  thread_local std::vector<int64_t> tap_off;  // input offset of tap t from the output column's origin
+  thread_local std::vector<int64_t> tap_kw;   // column offset of tap t: kw * dilation - padding
+  thread_local std::vector<char> tap_in;      // tap t's input row (d, h) lies inside the input
+  scratch(wv, static_cast<size_t>(pairs * 32));
+  scratch(tap_off, static_cast<size_t>(pairs * 2));
+  scratch(tap_kw, static_cast<size_t>(pairs * 2));
+  scratch(tap_in, static_cast<size_t>(pairs * 2));
   const __m256i vzp = _mm256_set1_epi16(static_cast<int16_t>(p.e.a_zp));
+  const OutConsts oc = out_consts(p.e);
   const uint8_t* x = static_cast<const uint8_t*>(p.x);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t oh = r % g.out[1], od = (r / g.out[1]) % g.out[0], n = r / (g.out[1] * g.out[0]);
+    char* orow = static_cast<char*>(p.out_base) + r * OW * C * ob;
+    bool rows_inside = true;
+    int64_t t = 0;
+    for (int64_t kd = 0; kd < g.k[0]; ++kd) {
+      const int64_t id = od * g.stride[0] - g.pad[0] + kd * g.dil[0];
+      for (int64_t kh = 0; kh < g.k[1]; ++kh) {
+        const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
+        const bool in = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1];
+        rows_inside = rows_inside && in;
+        for (int64_t kw = 0; kw < KW; ++kw, ++t) {
+          tap_kw[t] = kw * dw - pw;
+          tap_in[t] = in;
+          tap_off[t] = in ? (((n * g.in[0] + id) * g.in[1] + ih) * W + kw * dw - pw) * C : 0;
+        }
+      }
+    }
+    if (taps % 2 != 0) {  // the odd tap out has a zero weight: it reads tap 0's input
+      tap_kw[taps] = tap_kw[0];
+      tap_in[taps] = tap_in[0];
+      tap_off[taps] = tap_off[0];
+    }
+    for (int64_t c = 0; c < cv; c += 16) {
+      for (int64_t q = 0; q < pairs; ++q) {
+        const __m256i w0 = widen<false>(p.w + 2 * q * C + c);
+        const __m256i w1 = 2 * q + 1 < taps ? widen<false>(p.w + (2 * q + 1) * C + c) : _mm256_setzero_si256();
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wv.data() + q * 32), _mm256_unpacklo_epi16(w0, w1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wv.data() + q * 32 + 16), _mm256_unpackhi_epi16(w0, w1));
+      }
+      const Consts8 k0 = consts8(p.e, c), k1 = consts8(p.e, c + 8);
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        // Two taps per vpmaddwd: their int16 activations interleaved per channel meet the
+        // weights interleaved the same way, and each int32 lane gets the two products' sum
+        // (exact). unpacklo/hi work within 128-bit lanes: lo holds channels 0-3 and 8-11, hi
+        // 4-7 and 12-15, put back in order once per pixel.
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        const int64_t base = ow * sw * C + c;
+        const bool inside = rows_inside && ow >= ow_lo && ow < ow_hi;
+        for (int64_t q = 0; q < pairs; ++q) {
+          const int64_t t0 = 2 * q, t1 = 2 * q + 1;
+          __m256i x0, x1;
+          if (inside) {
+            x0 = widen<U>(x + (tap_off[t0] + base));
+            x1 = widen<U>(x + (tap_off[t1] + base));
+          } else {
+            const int64_t iw0 = ow * sw + tap_kw[t0], iw1 = ow * sw + tap_kw[t1];
+            x0 = tap_in[t0] && iw0 >= 0 && iw0 < W ? widen<U>(x + (tap_off[t0] + base)) : vzp;
+            x1 = tap_in[t1] && iw1 >= 0 && iw1 < W ? widen<U>(x + (tap_off[t1] + base)) : vzp;
+          }
+          const __m256i* wq = reinterpret_cast<const __m256i*>(wv.data() + q * 32);
+          lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), _mm256_loadu_si256(wq)));
+          hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), _mm256_loadu_si256(wq + 1)));
+        }
+        const __m256i a0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+        const __m256i a1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+        epilogue16(p.e, oc, k0, k1, a0, a1, c, orow + ow * C * ob);
+      }
+    }
+    if (cv == C) continue;
     GemmProblem e = p.e;
     e.ldo = C;
-    char* orow = static_cast<char*>(p.out_base) + r * OW * C * ob;
     e.out = orow;
     for (int64_t ow = 0; ow < OW; ++ow) {
-      int64_t tap = 0;
-      for (int64_t kd = 0; kd < g.k[0]; ++kd) {
-        const int64_t id = od * g.stride[0] - g.pad[0] + kd * g.dil[0];
-        for (int64_t kh = 0; kh < g.k[1]; ++kh) {
-          const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
-          for (int64_t kw = 0; kw < g.k[2]; ++kw, ++tap) {
-            const int64_t iw = ow * g.stride[2] - g.pad[2] + kw * g.dil[2];
-            const bool in = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1] && iw >= 0 && iw < g.in[2];
-            src[tap] = in ? x + (((n * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * C : nullptr;
-          }
-        }
-      }
-      void* opix = orow + ow * C * ob;
-      for (int64_t c = 0; c < cv; c += 16) {
-        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-        for (int64_t t = 0; t < taps; ++t) {
-          const __m256i xv = src[t] != nullptr ? widen<U>(src[t] + c) : vzp;
-          const __m256i prod = _mm256_mullo_epi16(xv, widen<false>(p.w + t * C + c));
-          a0 = _mm256_add_epi32(a0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(prod)));
-          a1 = _mm256_add_epi32(a1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(prod, 1)));
-        }
-        epilogue8(e, a0, c, opix);
-        epilogue8(e, a1, c + 8, opix);
-      }
       for (int64_t c = cv; c < C; ++c) {
         int32_t acc = 0;
-        for (int64_t t = 0; t < taps; ++t) {
-          const int32_t xv = src[t] == nullptr ? p.e.a_zp
-                             : U ? int32_t{src[t][c]} : int32_t{static_cast<int8_t>(src[t][c])};
-          acc += xv * p.w[t * C + c];
+        for (int64_t k = 0; k < taps; ++k) {
+          const int64_t iw = ow * sw + tap_kw[k];
+          int32_t xv = p.e.a_zp;
+          if (tap_in[k] && iw >= 0 && iw < W) {
+            const uint8_t b = x[tap_off[k] + ow * sw * C + c];
+            xv = U ? int32_t{b} : int32_t{static_cast<int8_t>(b)};
+          }
+          acc += xv * p.w[k * C + c];
         }
         gemm_epilogue_one(e, ow, c, gemm_correct(acc, p.e.a_zp, p.e.col_sums[c]), p.e.a_scale);
       }
