@@ -346,3 +346,16 @@ def test_module_to_and_conv3d_flow():
     y = q(x)
     assert _sqnr(net(x), y) > 25
     assert torch.equal(copy.deepcopy(q).to("cpu")(x), y)
+
+
+def test_converted_conv_model_exports():
+    """torch.export traces the int8 convolutions through their fake kernels: same output."""
+    net = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, groups=8, padding=1), tq.DeQuantStub()).eval()
+    net.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(net)
+    p(torch.randn(2, 3, 8, 8))
+    q = tq.convert(p)
+    x = torch.randn(2, 3, 8, 8)
+    ep = torch.export.export(q, (x,))
+    assert torch.equal(ep.module()(x), q(x))
