@@ -11,7 +11,11 @@ if ! $PY -c 'import sys, torch; v = tuple(int(p) for p in torch.__version__.spli
 fi
 $PY -m pip install -q setuptools wheel ninja numpy tqdm matplotlib pytest hypothesis nbclient nbformat ipykernel
 # Test dependency: Hugging Face models built from small configs (tests/test_hf_dynamic.py).
-$PY -m pip install -q transformers
+$PY -m pip install -q transformers "torch==$($PY -c 'import torch; print(torch.__version__.split("+")[0])')"
+# torchvision (test dependency: its quantizable models), the release matched to the installed torch.
+TV=$($PY -c 'import torch; v = torch.__version__.split("+")[0].split("."); print("0.%d.*" % (int(v[1]) + 15))')
+# torch pinned to the installed version, so that pip never swaps it for the torchvision release.
+$PY -m pip install -q "torchvision==$TV" "torch==$($PY -c 'import torch; print(torch.__version__.split("+")[0])')"
 # A toolkit whose nvcc is a wrapper script leaves torch guessing CUDA_HOME; point it at the toolkit.
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda/include ]; then export CUDA_HOME=/usr/local/cuda; fi
 $PY -m pip install -q --no-build-isolation -e .

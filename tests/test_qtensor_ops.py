@@ -134,3 +134,10 @@ def test_max_pool2d_channels_last_past_the_dtype_range(dtype):
     got = F.max_pool2d(q, 2)
     _same(got, F.max_pool2d(ref, 2))
     assert got.data.is_contiguous(memory_format=CL)
+def test_bilinear_interpolate_keeps_qparams_and_is_close_to_torch_ao():
+    gen = torch.Generator().manual_seed(10)
+    q, ref = _pair((1, 3, 5, 6), torch.uint8, 20, gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = F.interpolate(ref, scale_factor=2, mode="bilinear", align_corners=False)
+    _same(F.interpolate(q, scale_factor=2, mode="bilinear", align_corners=False), want, tol=1)

@@ -26,6 +26,20 @@ EwQParams ew_qparams(const at::Tensor& ref, const char* ref_name, const at::Tens
   check_same_device(ref, ref_name, scale, scale_name.c_str());
   check_same_device(ref, ref_name, zero_point, zp_name.c_str());
   EwQParams p;
+  if (ref.device().is_cpu() && scale.scalar_type() == at::kFloat &&
+      (zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong)) {
+    // The usual case (a QTensor's float32 / int32 qparams): read in place, no tensor made; at
+    // small sizes those conversions cost more than the op.
+    p.scale = *scale.const_data_ptr<float>();
+    check_scale_values(scale, &p.scale, 1, scale_name.c_str(), nullptr);
+    const int64_t z = zero_point.scalar_type() == at::kInt ? int64_t{*zero_point.const_data_ptr<int32_t>()}
+                                                           : *zero_point.const_data_ptr<int64_t>();
+    const auto r = full_range(dtype);
+    TORCH_CHECK(z >= r.first && z <= r.second, "argument '", zp_name, "' must lie in [", r.first,
+                ", ", r.second, "] for ", dtype, ", got ", z);
+    p.zero_point = static_cast<int32_t>(z);
+    return p;
+  }
   p.scale_t = scale.reshape({1}).to(at::kFloat).contiguous();
   if (!ref.device().is_cpu()) {
     p.zero_point_t = zero_point.reshape({1}).to(at::kInt).contiguous();

@@ -69,18 +69,56 @@ TQ_TARGET_AVX2 inline void store32(uint8_t* dst, __m256 a, __m256 b, __m256 c, _
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), ordered);
 }
 
-TQ_TARGET_AVX2 inline __m256 binary8(EwOp op, const uint8_t* a, int64_t sa, const uint8_t* b,
-                                     int64_t sb, const Vp& v, const EwParams& p) {
-  const __m256i x = _mm256_sub_epi32(load8(a, sa, p.a_unsigned), v.a_zp);
-  const __m256i z = _mm256_sub_epi32(load8(b, sb, p.b_unsigned), v.b_zp);
+// One vector of the binary op, with strides, signedness, op and relu fixed at compile time so
+// that the loop carries no branch.
+template <int SA, int SB, bool AU, bool BU, int OP, bool RELU>
+TQ_TARGET_AVX2 inline __m256 binary8(const uint8_t* a, const uint8_t* b, const Vp& v) {
+  const __m256i x = _mm256_sub_epi32(load8(a, SA, AU), v.a_zp);
+  const __m256i z = _mm256_sub_epi32(load8(b, SB, BU), v.b_zp);
   __m256 y;
-  if (op == EwOp::Add) {
+  if (OP == 0) {
     y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), v.a_scale),
                       _mm256_mul_ps(_mm256_cvtepi32_ps(z), v.b_scale));
   } else {
     y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(x, z)), v.m);
   }
-  return finish8(y, v, p.relu);
+  return finish8(y, v, RELU);
+}
+
+template <int SA, int SB, bool AU, bool BU, int OP, bool RELU>
+TQ_TARGET_AVX2 int64_t binary_loop(const uint8_t* pa, const uint8_t* pb, uint8_t* po, int64_t n,
+                                   const Vp& v, bool out_unsigned) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    store32(po + i, binary8<SA, SB, AU, BU, OP, RELU>(pa + i * SA, pb + i * SB, v),
+            binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 8) * SA, pb + (i + 8) * SB, v),
+            binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 16) * SA, pb + (i + 16) * SB, v),
+            binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 24) * SA, pb + (i + 24) * SB, v), out_unsigned);
+  }
+  return i;
+}
+
+template <int SA, int SB, bool AU, bool BU>
+TQ_TARGET_AVX2 int64_t binary_dispatch_op(EwOp op, bool relu, const uint8_t* pa, const uint8_t* pb,
+                                          uint8_t* po, int64_t n, const Vp& v, bool ou) {
+  if (op == EwOp::Add) {
+    return relu ? binary_loop<SA, SB, AU, BU, 0, true>(pa, pb, po, n, v, ou)
+                : binary_loop<SA, SB, AU, BU, 0, false>(pa, pb, po, n, v, ou);
+  }
+  return relu ? binary_loop<SA, SB, AU, BU, 1, true>(pa, pb, po, n, v, ou)
+              : binary_loop<SA, SB, AU, BU, 1, false>(pa, pb, po, n, v, ou);
+}
+
+template <int SA, int SB>
+TQ_TARGET_AVX2 int64_t binary_dispatch(EwOp op, const uint8_t* pa, const uint8_t* pb, uint8_t* po,
+                                       int64_t n, const Vp& v, const EwParams& p) {
+  const bool ou = p.out_unsigned;
+  if (p.a_unsigned) {
+    return p.b_unsigned ? binary_dispatch_op<SA, SB, true, true>(op, p.relu, pa, pb, po, n, v, ou)
+                        : binary_dispatch_op<SA, SB, true, false>(op, p.relu, pa, pb, po, n, v, ou);
+  }
+  return p.b_unsigned ? binary_dispatch_op<SA, SB, false, true>(op, p.relu, pa, pb, po, n, v, ou)
+                      : binary_dispatch_op<SA, SB, false, false>(op, p.relu, pa, pb, po, n, v, ou);
 }
 
 TQ_TARGET_AVX2 inline __m256 unary8(const uint8_t* a, const Vp& v, const EwParams& p) {
@@ -100,12 +138,11 @@ TQ_TARGET_AVX2 void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const vo
   const auto* pb = static_cast<const uint8_t*>(b);
   auto* po = static_cast<uint8_t*>(out);
   const Vp v = vparams(p);
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    store32(po + i, binary8(op, pa + i * sa, sa, pb + i * sb, sb, v, p),
-            binary8(op, pa + (i + 8) * sa, sa, pb + (i + 8) * sb, sb, v, p),
-            binary8(op, pa + (i + 16) * sa, sa, pb + (i + 16) * sb, sb, v, p),
-            binary8(op, pa + (i + 24) * sa, sa, pb + (i + 24) * sb, sb, v, p), p.out_unsigned);
+  int64_t i;
+  if (sa == 1) {
+    i = sb == 1 ? binary_dispatch<1, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<1, 0>(op, pa, pb, po, n, v, p);
+  } else {
+    i = sb == 1 ? binary_dispatch<0, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<0, 0>(op, pa, pb, po, n, v, p);
   }
   ew_binary__scalar(op, pa + i * sa, sa, pb + i * sb, sb, po + i, 1, n - i, p);
 }

@@ -47,15 +47,8 @@ def _max_pool(fn, name):
         if return_indices:
             out, idx = fn(_as_float_codes(q), *args, return_indices=True, **kwargs)
             return _back(q, out), idx
-        if fn is F.max_pool2d and q.data.device.type == "cpu":
-            # torch's integer kernel on the CPU. Its channels-last variant rejects any input of
-            # more than 127 (int8) or 255 (uint8) pixels (a bound checked in the data's own
-            # type), so channels-last data is pooled in NCHW order and laid back out.
-            if q.data.dim() == 4 and not q.data.is_contiguous() and q.data.is_contiguous(
-                    memory_format=torch.channels_last):
-                out = fn(q.data.contiguous(), *args, **kwargs)
-                return q._same_qparams(out.contiguous(memory_format=torch.channels_last))
-            return q._same_qparams(fn(q.data, *args, **kwargs))
+        # On float codes: torch's uint8 max_pool2d rejects channels-last input (an index-type
+        # check that fails for every size), and CUDA has no integer max pooling.
         return _back(q, fn(_as_float_codes(q), *args, **kwargs))
 
     return impl
@@ -151,8 +144,12 @@ def _interpolate(q, size=None, scale_factor=None, mode="nearest", align_corners=
                  antialias=False):
     _per_tensor(q, "interpolate")
     if mode not in ("nearest", "nearest-exact"):
-        raise NotImplementedError(f"interpolate on a QTensor supports mode='nearest' and 'nearest-exact' (exact on "
-                                  f"int8 codes), got mode={mode!r}; call .dequantize() first")
+        # Interpolating modes: in float, requantized with the input's qparams (torch.ao's quantized
+        # bilinear upsampling keeps them too; a bicubic overshoot saturates).
+        y = F.interpolate(q.dequantize(), size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                          recompute_scale_factor=recompute_scale_factor, antialias=antialias)
+        return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
+                                                             q.data.dtype))
     out = F.interpolate(_as_float_codes(q), size=size, scale_factor=scale_factor, mode=mode,
                         recompute_scale_factor=recompute_scale_factor)
     return _back(q, out)

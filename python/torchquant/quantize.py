@@ -449,13 +449,15 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     """Swaps observed float modules for int8 ones (torch.ao.quantization.convert): Linear and
     LinearReLU run torchquant's int8 GEMM, QuantStub/DeQuantStub become Quantize/DeQuantize.
     Inside an nn.Sequential, a Linear followed by a ReLU runs as one fused call (bit-identical).
-    Raises, naming the module, if an observer has seen no data.
+    Raises, naming the module, if no observer has seen data; modules whose observers saw none
+    while others did (never run during calibration, as an auxiliary head that runs only in
+    training) stay float, with a warning naming them.
     """
     _warn_unused("convert", convert_custom_config_dict=convert_custom_config_dict)
     if not inplace:
         module = copy.deepcopy(module)
     before = {id(m) for m in module.modules()}
-    _swap(module, mapping or _STATIC, "")
+    _swap(module, mapping or _STATIC, "", memo=_unrun_modules(module, mapping or _STATIC))
     if ({id(m) for m in module.modules()} == before and _has_any_qconfig(module)
             and not any(_is_observer(m) for m in module.modules())):
         # torch.ao returns the float model silently here; a forgotten prepare() is the usual cause.
@@ -467,6 +469,34 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     if remove_qconfig:
         _clean(module)
     return module
+
+
+def _saw_data(obs) -> Optional[bool]:
+    """Whether an observer (or a fake-quant's observer) has recorded anything; None if unknown."""
+    stats = getattr(obs, "activation_post_process", obs)
+    mn = getattr(stats, "min_val", None)
+    if not isinstance(mn, torch.Tensor):
+        return None
+    return mn.numel() > 0 and bool(torch.isfinite(mn).all())
+
+
+def _unrun_modules(model: nn.Module, mapping) -> Dict[int, nn.Module]:
+    """convert's memo entries for the observed modules that calibration never ran while others
+    ran: they are left as they are (float), with one warning naming them. When no module ran,
+    none is skipped, and the first swap raises naming its module."""
+    observed, unrun = 0, []
+    for name, mod in model.named_modules():
+        obs = getattr(mod, "activation_post_process", None)
+        if type(mod) not in mapping or obs is None or not _is_observer(obs) or isinstance(mod, _FLOAT_FUNCTIONALS):
+            continue  # an unrun FloatFunctional becomes a QFunctional that raises if called
+        observed += 1
+        if _saw_data(obs) is False:
+            unrun.append((name, mod))
+    if not unrun or len(unrun) == observed:
+        return {}
+    warnings.warn("convert: these modules never ran during calibration and stay in float: "
+                  + ", ".join(f"{n} ({type(m).__name__})" for n, m in unrun), UserWarning, stacklevel=3)
+    return {id(m): m for _, m in unrun}
 
 
 def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, inplace: bool = False) -> nn.Module:
@@ -808,16 +838,24 @@ _CNN_STATIC.update({
     nn.InstanceNorm2d: _nqo.InstanceNorm2d,
     nn.InstanceNorm3d: _nqo.InstanceNorm3d,
 })
+_AO_STUBS = ()
 try:
     import torch.ao.nn.intrinsic as _ao_intrinsic
+    from torch.ao.quantization import DeQuantStub as _AoDeQuantStub
+    from torch.ao.quantization import QuantStub as _AoQuantStub
 
     _CNN_STATIC[_ao_intrinsic.BNReLU2d] = _nqo.BNReLU2d
     _CNN_STATIC[_ao_intrinsic.BNReLU3d] = _nqo.BNReLU3d
+    # torch.ao's stubs (torchvision's quantizable models hold them) convert as torchquant's.
+    _CNN_STATIC[_AoQuantStub] = nnq.Quantize
+    _CNN_STATIC[_AoDeQuantStub] = nnq.DeQuantize
+    _AO_STUBS = (_AoDeQuantStub,)
 except ImportError:  # a torch without torch.ao
     pass
 _STATIC.update(_CNN_STATIC)
-_OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC if t is not nn.ReLU6 and t not in _FLOAT_FUNCTIONALS)
-_PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,)
+_OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC
+                              if t not in (nn.ReLU6, nnq.DeQuantize) and t not in _AO_STUBS and t not in _FLOAT_FUNCTIONALS)
+_PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,) + _AO_STUBS
 
 
 def _fuse_bn_relu(bn, relu, is_qat=False):

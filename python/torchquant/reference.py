@@ -342,49 +342,49 @@ def conv_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, stride=1, padding
 # order, then the quantize formula with the output's qparams over its dtype's full range.
 __all__ += ["add", "mul", "add_scalar", "mul_scalar", "cat"]
 
-_FULL = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+_EW_FULL = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
 
 
-def _centered(q, zero_point):
+def _ew_centered(q, zero_point):
     return q.to(torch.int64) - zero_point.reshape(()).to(torch.int64)
 
 
 def _ew_requantize(y, out_scale, out_zero_point, out_dtype, relu=False):
     if relu:
         y = torch.where(y < 0, torch.zeros_like(y), y)
-    lo, hi = _FULL[out_dtype]
+    lo, hi = _EW_FULL[out_dtype]
     return quantize(y, out_scale.reshape(1), out_zero_point.reshape(1), None, lo, hi, out_dtype)
 
 
 def add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point, relu=False,
         out_dtype=None) -> torch.Tensor:
-    y = _centered(a, a_zero_point).float() * a_scale.float().reshape(()) + \
-        _centered(b, b_zero_point).float() * b_scale.float().reshape(())
+    y = _ew_centered(a, a_zero_point).float() * a_scale.float().reshape(()) + \
+        _ew_centered(b, b_zero_point).float() * b_scale.float().reshape(())
     return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype, relu)
 
 
 def mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point, relu=False,
         out_dtype=None) -> torch.Tensor:
     m = a_scale.float().reshape(()) * b_scale.float().reshape(())  # rounded to float32 first
-    y = (_centered(a, a_zero_point) * _centered(b, b_zero_point)).float() * m
+    y = (_ew_centered(a, a_zero_point) * _ew_centered(b, b_zero_point)).float() * m
     return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype, relu)
 
 
 def add_scalar(a, a_scale, a_zero_point, other, out_scale, out_zero_point, out_dtype=None) -> torch.Tensor:
     c = torch.tensor(other, dtype=torch.float32)
-    y = _centered(a, a_zero_point).float() * a_scale.float().reshape(()) + c
+    y = _ew_centered(a, a_zero_point).float() * a_scale.float().reshape(()) + c
     return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype)
 
 
 def mul_scalar(a, a_scale, a_zero_point, other, out_scale, out_zero_point, out_dtype=None) -> torch.Tensor:
     m = a_scale.float().reshape(()).cpu() * torch.tensor(other, dtype=torch.float32)
-    y = _centered(a, a_zero_point).float() * m.to(a.device)
+    y = _ew_centered(a, a_zero_point).float() * m.to(a.device)
     return _ew_requantize(y, out_scale, out_zero_point, out_dtype or a.dtype)
 
 
 def cat(tensors, scales, zero_points, dim, out_scale, out_zero_point, out_dtype=None) -> torch.Tensor:
     out_dtype = out_dtype or tensors[0].dtype
-    parts = [_ew_requantize(_centered(x, z).float() * s.float().reshape(()), out_scale, out_zero_point, out_dtype)
+    parts = [_ew_requantize(_ew_centered(x, z).float() * s.float().reshape(()), out_scale, out_zero_point, out_dtype)
              for x, s, z in zip(tensors, scales, zero_points)]
     return torch.cat(parts, dim)
 # ---------------------------------------------------------------- sequence models

@@ -141,6 +141,7 @@ class QFunctional(_QuantizedOutput):
         raise RuntimeError("QFunctional is not called directly: use its methods (add, mul, cat, ...)")
 
     def _binary(self, op, x, y, relu=False):
+        self._check_calibrated()
         x, y = self._as_qtensor(x), self._as_qtensor(y)
         return self._out(op(x.data, x.scale, x.zero_point, y.data, y.scale, y.zero_point, self.scale,
                             self.zero_point, relu, self._storage))
@@ -155,6 +156,7 @@ class QFunctional(_QuantizedOutput):
         return self._binary(ops.mul.default, x, y)
 
     def cat(self, x, dim: int = 0) -> QTensor:
+        self._check_calibrated()
         xs = [self._as_qtensor(t) for t in x]
         return self._out(ops.cat.default([t.data for t in xs], [t.scale for t in xs], [t.zero_point for t in xs],
                                          dim, self.scale, self.zero_point, self._storage))
@@ -193,9 +195,28 @@ class QFunctional(_QuantizedOutput):
         data = ops.mul_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
         return QTensor._make(data, scale, zp, None, lo, hi)
 
+    _uncalibrated: Optional[str] = None
+
+    def _check_calibrated(self):
+        if self._uncalibrated is not None:
+            raise RuntimeError(f"QFunctional '{self._uncalibrated}': its FloatFunctional was never called during "
+                               "calibration, so it has no output qparams; run data through that path before convert")
+
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None):
-        scale, zero_point, dtype = _observed_qparams(mod, name or type(mod).__name__)
+        """The QFunctional for a prepared FloatFunctional. One that calibration never called
+        (torchvision's MobileNetV2 holds a skip_add in blocks without a skip connection) converts
+        too, and raises if it is ever called."""
+        name = name or type(mod).__name__
+        try:
+            scale, zero_point, dtype = _observed_qparams(mod, name)
+        except RuntimeError:
+            obs = getattr(mod, "activation_post_process", None)
+            if obs is None or isinstance(obs, nn.Identity):
+                raise
+            q = cls(1.0, 0, obs.dtype)
+            q._uncalibrated = name
+            return q
         q = cls(scale, zero_point, dtype)
         dev = zero_point.device
         return q.to(dev)

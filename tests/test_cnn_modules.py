@@ -1,0 +1,240 @@
+"""CNN modules besides convolution: FloatFunctional -> QFunctional (torchquant's and torch.ao's
+FloatFunctional), quantized BatchNorm / BN-ReLU / activations / norms, bn-relu fusion, and a
+module with no int8 version staying float inside a quantized model."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchquant as tq
+from torchquant import QTensor, reference
+from torchquant.nn import quantized as nnq
+
+
+def _calibrate_convert(model, batches, qconfig=None):
+    model.qconfig = qconfig or tq.get_default_qconfig("x86")
+    p = tq.prepare(model)
+    with torch.no_grad():
+        for x in batches:
+            p(x)
+    return tq.convert(p)
+
+
+class Residual(nn.Module):
+    def __init__(self, ff_cls):
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.ff = ff_cls()
+        self.ff2 = ff_cls()
+        self.ff3 = ff_cls()
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x):
+        x = self.quant(x)
+        y = self.ff.add_relu(self.fc1(x), x)
+        z = self.ff2.mul(self.fc2(y), y)
+        return self.dequant(self.ff3.cat([y, z], 1))
+
+
+@pytest.mark.parametrize("ff_cls", [nnq.FloatFunctional, torch.ao.nn.quantized.FloatFunctional])
+def test_float_functional_becomes_qfunctional(ff_cls):
+    torch.manual_seed(0)
+    m = Residual(ff_cls).eval()
+    batches = [torch.randn(32, 16) for _ in range(4)]
+    q = _calibrate_convert(m, batches)
+    assert type(q.ff) is nnq.QFunctional and type(q.ff3) is nnq.QFunctional
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        ref, y = m(x), q(x)
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    sq = 10 * torch.log10(ref.pow(2).sum() / (ref - y).pow(2).sum())
+    assert sq > 25, float(sq)
+    # The QFunctional's add is the kernel's: the same bytes as the oracle.
+    a = q.quant(x)
+    b = q.fc1(a)
+    got = q.ff.add_relu(b, a)
+    want = reference.add(b.data, b.scale, b.zero_point, a.data, a.scale, a.zero_point, q.ff.scale, q.ff.zero_point, True)
+    assert torch.equal(got.data, want)
+
+
+def test_qfunctional_scalar_ops():
+    q = tq.quantize_per_tensor(torch.linspace(-2, 3, 50), 0.05, 60, torch.quint8)
+    f = nnq.QFunctional(0.1, 0, torch.quint8)
+    for c in (0.5, -0.25, 10.0, 0.0):
+        y = f.add_scalar(q, c)
+        assert isinstance(y, QTensor)
+        assert float((y.dequantize() - (q.dequantize() + c)).abs().max()) <= y.q_scale() / 2 + 1e-6
+        z = f.mul_scalar(q, c)
+        assert float((z.dequantize() - q.dequantize() * c).abs().max()) <= max(z.q_scale(), 1e-6) / 2 + 1e-6
+    # add_scalar by a multiple of the scale keeps the codes (the zero point moves)
+    y = f.add_scalar(q, 0.5)
+    assert torch.equal(y.data, q.data) and y.q_zero_point() == 50
+
+
+def test_qfunctional_quantizes_float_operands():
+    f = nnq.QFunctional(0.02, 128, torch.quint8)
+    q = tq.quantize_per_tensor(torch.randn(4, 5), 0.02, 128, torch.quint8)
+    y = f.add(q, torch.ones(4, 5))
+    assert torch.allclose(y.dequantize(), (q.dequantize() + 1).clamp(max=(255 - 128) * 0.02), atol=0.021)
+
+
+@pytest.mark.parametrize("float_mod, qcls", [
+    (nn.BatchNorm2d(6), nnq.BatchNorm2d), (nn.Hardswish(), nnq.Hardswish), (nn.ELU(0.7), nnq.ELU),
+    (nn.LeakyReLU(0.2), nnq.LeakyReLU), (nn.Sigmoid(), nnq.Sigmoid), (nn.LayerNorm([6, 5, 5]), nnq.LayerNorm),
+    (nn.GroupNorm(3, 6), nnq.GroupNorm), (nn.InstanceNorm2d(6, affine=True), nnq.InstanceNorm2d),
+    (nn.ReLU6(), nnq.ReLU6), (nn.Dropout(0.3), nnq.Dropout),
+])
+def test_float_computing_modules(float_mod, qcls):
+    torch.manual_seed(1)
+    if isinstance(float_mod, nn.BatchNorm2d):
+        float_mod.running_mean.uniform_(-1, 1)
+        float_mod.running_var.uniform_(0.5, 2)
+        float_mod.weight.data.uniform_(0.5, 1.5)
+    m = nn.Sequential(tq.QuantStub(), float_mod, tq.DeQuantStub()).eval()
+    batches = [torch.randn(4, 6, 5, 5) for _ in range(3)]
+    q = _calibrate_convert(m, batches)
+    assert type(q[1]) is qcls
+    x = batches[0]
+    with torch.no_grad():
+        y = q(x)
+        ref = m(x)
+    out = q[1](q[0](x))
+    assert isinstance(out, QTensor)
+    # within the two roundings (input and output quantization) plus the op's slope
+    tol = 3 * (q[0].scale.item() + (out.q_scale()))
+    assert float((y - ref).abs().max()) <= tol
+
+
+def test_bn_relu_fusion_and_torch_ao_bn_relu():
+    torch.manual_seed(2)
+    m = nn.Sequential(tq.QuantStub(), nn.BatchNorm2d(4), nn.ReLU(), tq.DeQuantStub()).eval()
+    m[1].running_mean.uniform_(-1, 1)
+    fused = tq.fuse_modules(m, [["1", "2"]])
+    assert type(fused[1]) is tq.nn.intrinsic.BNReLU2d and type(fused[2]) is nn.Identity
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.equal(fused(x), m(x))
+    q = _calibrate_convert(fused, [torch.randn(2, 4, 3, 3)])
+    assert type(q[1]) is nnq.BNReLU2d
+    assert float(q(x).min()) >= 0
+    ao_fused = torch.ao.quantization.fuse_modules(m, [["1", "2"]])
+    q2 = _calibrate_convert(ao_fused, [torch.randn(2, 4, 3, 3)])
+    assert type(q2[1]) is nnq.BNReLU2d
+
+
+def test_pooling_modules_stay_and_run_int8():
+    m = nn.Sequential(tq.QuantStub(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2),
+                      tq.DeQuantStub()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "stays in float" warning for pooling
+        q = _calibrate_convert(m, [torch.randn(2, 3, 8, 8)])
+        assert type(q[1]) is nn.MaxPool2d
+        y = q(torch.randn(2, 3, 8, 8))
+    assert y.shape == (2, 2)
+
+
+class WithFloatModule(nn.Module):
+    """quant -> fc -> Softmax (no int8 version) -> fc -> dequant, and a float-region module."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Tanh()
+        self.quant = tq.QuantStub()
+        self.fc1 = nn.Linear(8, 8)
+        self.soft = nn.Softmax(-1)
+        self.fc2 = nn.Linear(8, 4)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.fc2(self.soft(self.fc1(self.quant(self.pre(x))))))
+
+
+def test_module_without_int8_version_stays_float_and_the_model_runs():
+    torch.manual_seed(3)
+    m = WithFloatModule().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with pytest.warns(UserWarning, match=r"stay in float: pre \(Tanh\), soft \(Softmax\)") as rec:
+        p = tq.prepare(m)
+    assert len([w for w in rec if "stay in float" in str(w.message)]) == 1
+    for _ in range(3):
+        p(torch.randn(16, 8))
+    q = tq.convert(p)
+    assert type(q.soft) is nn.Softmax and type(q.fc2) is nnq.Linear
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = q(x)
+        # before the QuantStub the Tanh gets float and returns float; inside, Softmax's output is quantized
+        assert isinstance(q.pre(x), torch.Tensor)
+        mid = q.soft(q.fc1(q.quant(x)))
+    assert isinstance(mid, QTensor)
+    with torch.no_grad():
+        ref = m(x)
+    assert float((y - ref).abs().max()) < 0.05
+
+
+def test_float_functional_under_qat():
+    torch.manual_seed(4)
+    m = Residual(torch.ao.nn.quantized.FloatFunctional).train()
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m)
+    assert isinstance(p.ff.activation_post_process, tq.FakeQuantize)
+    opt = torch.optim.SGD(p.parameters(), lr=0.01)
+    for _ in range(3):
+        loss = p(torch.randn(8, 16)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q = tq.convert(p.eval())
+    assert type(q.ff) is nnq.QFunctional
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        assert float((q(x) - p(x)).abs().max()) < 0.1
+
+
+def test_uncalibrated_qfunctional_raises_when_called():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = tq.QuantStub()
+            self.unused = nnq.FloatFunctional()
+            self.dequant = tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.quant(x))
+
+    q = _calibrate_convert(M().eval(), [torch.randn(2, 3)])
+    assert type(q.unused) is nnq.QFunctional
+    a = q.quant(torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match="'unused'.*never called during calibration"):
+        q.unused.add(a, a)
+
+
+def test_module_never_run_in_calibration_stays_float():
+    """An auxiliary head that runs only in training (googlenet's aux1/aux2) has empty observers:
+    convert leaves it float with a warning naming it; with no calibration at all, convert raises."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = tq.QuantStub()
+            self.fc = nn.Linear(4, 4)
+            self.aux = nn.Linear(4, 2)
+            self.dequant = tq.DeQuantStub()
+
+        def forward(self, x):
+            y = self.fc(self.quant(x))
+            return self.dequant(self.aux(y) if self.training else y)
+
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    with pytest.raises(RuntimeError, match="could not be quantized"):
+        tq.convert(p)
+    p(torch.randn(8, 4))
+    with pytest.warns(UserWarning, match=r"never ran during calibration and stay in float: aux \(Linear\)"):
+        q = tq.convert(p)
+    assert type(q.fc) is nnq.Linear and type(q.aux) is nn.Linear
+    assert q(torch.randn(2, 4)).shape == (2, 4)
