@@ -32,6 +32,8 @@ __device__ __forceinline__ float to_f(T v);
 template <>
 __device__ __forceinline__ float to_f<float>(float v) { return v; }
 template <>
+__device__ __forceinline__ float to_f<double>(double v) { return static_cast<float>(v); }
+template <>
 __device__ __forceinline__ float to_f<at::Half>(at::Half v) { return __half2float(*reinterpret_cast<const __half*>(&v)); }
 template <>
 __device__ __forceinline__ float to_f<at::BFloat16>(at::BFloat16 v) {

@@ -187,15 +187,9 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
     gs = group_size if bits == 4 else None
 
-    def rtn(w):
-        if bits == 8:
-            return _int8_rtn(w)
-        s, z = choose_group_qparams(w, group_size)
-        return quantize_groups(w, s, z, group_size), s, z
-
     if method == "rtn":
         for name in _progress(list(linears), progress, "int4 rtn" if bits == 4 else "int8 rtn"):
-            q, s, z = rtn(linears[name].weight.detach().float())
+            q, s, z = _rtn(linears[name].weight.detach().float(), bits, group_size)
             results[name] = (q, s, z, None)
     else:
         batches = _calib_batches(calib_data, method)
@@ -215,6 +209,13 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     _swap(model, linears, results, bits, gs)
     model.train(training)
     return model
+
+
+def _rtn(w, bits, group_size):
+    if bits == 8:
+        return _int8_rtn(w)
+    s, z = choose_group_qparams(w, group_size)
+    return quantize_groups(w, s, z, group_size), s, z
 
 
 def _int8_rtn(w):
@@ -239,8 +240,7 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
         W = lin.weight.detach().float()
         if acc.rows == 0:
             warnings.warn(f"GPTQ: {name} was not called on the calibration data; rounded to nearest", RuntimeWarning)
-            q, s, z = (_int8_rtn(W) if bits == 8 else
-                       (lambda s_z: (quantize_groups(W, *s_z, group_size), *s_z))(choose_group_qparams(W, group_size)))
+            q, s, z = _rtn(W, bits, group_size)
         elif bits == 8:
             q, s, z = _gptq_int8(W, acc, percdamp, blocksize, act_order, name)
         else:
@@ -255,9 +255,8 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
 
 
 def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
-    # int8 per channel = the int4 machinery with one group spanning K on a symmetric grid is not
-    # what gptq_quantize does; run it with group_size = K and re-express: the asymmetric 4-bit grid
-    # does not apply, so use GPTQ's column loop with the int8 per-channel quantizer instead.
+    """GPTQ's column loop on the int8 grid of DynamicLinear (symmetric, per output channel, scales
+    from the original weight); act_order does not apply to a per-channel grid and is ignored."""
     N, K = W.shape
     q8, s8, _ = _int8_rtn(W)
     Wd = W.double().clone()

@@ -1,0 +1,55 @@
+"""CUDA int4 weight-only Linear: the GEMV (M <= 8) and tiled kernels within the float-rounding
+bound of dequantize-then-matmul (torchquant.int4.reference), on odd K, M = 1, empty batches and
+bfloat16 / float16 / float32 activations; the module moving between devices. All skip without
+a GPU."""
+import pytest
+import torch
+from torch import nn
+
+from torchquant.int4 import format as fmt
+from torchquant.int4 import reference as ref
+from torchquant.nn.quantized import LinearWeightOnlyInt4
+
+pytestmark = pytest.mark.cuda
+ops = torch.ops.torchquant
+
+
+def _rand_weight(N, K, gs, gen):
+    q = torch.randint(0, 16, (N, K), generator=gen, dtype=torch.uint8)
+    G = fmt.num_groups(K, gs)
+    return fmt.pack_int4(q), torch.rand(N, G, generator=gen) * 0.02 + 1e-3, torch.randint(0, 16, (N, G), generator=gen,
+                                                                                          dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("M,K,N,gs", [(1, 4096, 256, 128), (1, 130, 17, 128), (3, 67, 33, 32), (8, 257, 50, 64),
+                                      (9, 257, 50, 64), (65, 200, 130, 16), (0, 64, 16, 32), (4, 64, 0, 32),
+                                      (1, 8, 1, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_linear_int4_cuda_within_bound(M, K, N, gs, dtype):
+    gen = torch.Generator().manual_seed(M * 131 + K + N)
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    bias = torch.randn(N, generator=gen)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    packed = ops.int4_pack_weight(qw.cuda(), scale.cuda(), zp.cuda(), K, gs)
+    got = ops.linear_int4(x.cuda(), *packed, bias.cuda(), K, N, gs)
+    assert got.dtype == dtype and got.shape == (M, N)
+    exact = ref.linear_int4_dequant(x.float(), qw, scale, zp, bias, K, gs)
+    bound = ref.error_bound(x.float(), qw, scale, zp, K, gs, cpu=False)
+    if dtype != torch.float32:
+        bound = bound + exact.abs() * 2.0 ** -7  # the output's own rounding
+    assert ((got.cpu().double() - exact).abs() <= bound + 1e-6).all()
+
+
+def test_module_moves_between_devices():
+    torch.manual_seed(0)
+    lin = nn.Linear(300, 40)
+    q = LinearWeightOnlyInt4.from_float(lin, group_size=64)
+    x = torch.randn(5, 300)
+    yc = q(x)
+    qg = q.cuda()
+    assert qg._w_packed.device.type == "cuda" and qg._w_packed.shape == (40, 320 // 2)
+    yg = qg(x.cuda()).cpu()
+    # CPU: int8 activations; CUDA: float. Both near the float layer with the quantized weight.
+    exact = x.double() @ q.cpu().dequantized_weight().double().t() + lin.bias.double()
+    assert (yg.double() - exact).abs().max() < 1e-3
+    assert (yc.double() - exact).abs().max() < 0.05
