@@ -95,7 +95,7 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Two conv-bn-relu blocks (3x3, 8 then 16 channels, each followed by 2x2 max pooling) and
+    """Two conv-bn-relu blocks (3x3, 16 then 32 channels, each followed by 2x2 max pooling) and
     a Linear: ``[N, 784]`` normalized images in (reshaped to ``[N, 1, 28, 28]``), logits out.
 
     The modules are the ones torchvision's quantizable models use (``nn.MaxPool2d``,
@@ -108,7 +108,7 @@ class CNN(nn.Module):
 
     fuse_pattern = CNN_FUSE_PATTERN
 
-    def __init__(self, c1: int = 8, c2: int = 16):
+    def __init__(self, c1: int = 16, c2: int = 32):
         super().__init__()
         self.quant = tq.QuantStub()
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
