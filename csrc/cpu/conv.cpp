@@ -20,6 +20,7 @@
 #include "common/checks.h"
 #include "common/conv_checks.h"
 #include "cpu/conv_kernels.h"
+#include "cpu/gemm_args.h"
 #include "cpu/isa.h"
 #include "ops.h"
 
@@ -28,6 +29,10 @@ namespace {
 
 using cpu::GemmOut;
 using cpu::GemmProblem;
+using cpu::check_cpu;
+using cpu::per_channel_float;
+using cpu::read_scale;
+using cpu::read_zero_point;
 
 struct ConvKernels {
   decltype(&cpu::gemm_mr__scalar) mr;
@@ -58,46 +63,9 @@ constexpr int64_t kSerialWork = int64_t{1} << 20;
 constexpr int64_t kTileBytes = int64_t{96} << 10;
 constexpr int64_t kMaxTileRows = 240;
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "argument '", name, "' must be on the CPU, got ", t.device());
-}
 
-float read_scale(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  check_cpu(t, name);
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
-              "' must be a floating-point tensor, got dtype ", t.scalar_type());
-  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
-              t.numel());
-  const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
-                                                : static_cast<float>(t.item<double>());
-  check_scale_values(t, &v, 1, name, nullptr);
-  return v;
-}
 
-int32_t read_zero_point(const at::Tensor& t, const char* name, int64_t lo, int64_t hi) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  check_cpu(t, name);
-  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
-              "' must be an integer tensor, got dtype ", t.scalar_type());
-  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
-              t.numel());
-  const int64_t v = t.scalar_type() == at::kInt ? int64_t{*t.const_data_ptr<int32_t>()}
-                                                : t.item<int64_t>();
-  TORCH_CHECK(v >= lo && v <= hi, "argument '", name, "' must lie in [", lo, ", ", hi, "], got ", v);
-  return static_cast<int32_t>(v);
-}
 
-at::Tensor per_channel_float(const at::Tensor& t, const char* name, int64_t n) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  check_cpu(t, name);
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
-              "' must be a floating-point tensor, got dtype ", t.scalar_type());
-  TORCH_CHECK(t.numel() == n, "argument '", name, "' must have ", n,
-              " elements (one per output channel), got ", t.numel());
-  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
-  return t.to(at::kFloat).contiguous();
-}
 
 // Copies the receptive fields of output pixels [m0, m1) of group g into a (row i at
 // a + i * Kg, taps in (kd, kh, kw) order, Cg channels each); padded taps hold the zero point.
@@ -297,28 +265,12 @@ at::Tensor conv_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   check_scale_values(w_scale, ws.const_data_ptr<float>(), s.Cout, "w_scale", "channel");
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", s.Cout);
-  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  const at::ScalarType odt = cpu::read_gemm_output(p, out_scale, out_zero_point, out_dtype);
   const bool low_float = odt == at::kHalf || odt == at::kBFloat16;
-  TORCH_CHECK(odt == at::kFloat || low_float || odt == at::kChar || odt == at::kByte,
-              "argument 'out_dtype' must be torch.float32, torch.bfloat16, torch.float16, torch.int8 "
-              "or torch.uint8, got ", odt);
-  p.out_kind = odt == at::kChar ? GemmOut::QInt8 : odt == at::kByte ? GemmOut::QUInt8 : GemmOut::Float;
-  if (p.out_kind != GemmOut::Float) {
-    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
-                "argument 'out_scale' is required when out_dtype is ", odt);
-    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
-                "argument 'out_zero_point' is required when out_dtype is ", odt);
-    p.out_inv_scale = 1.0f / read_scale(*out_scale, "out_scale");
-    p.out_zp = read_zero_point(*out_zero_point, "out_zero_point", odt == at::kByte ? 0 : -128,
-                               odt == at::kByte ? 255 : 127);
-  }
   p.col_sums = w_col_sums.const_data_ptr<int32_t>();
   p.w_scale = ws.const_data_ptr<float>();
   p.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  p.nan_free = p.out_kind != GemmOut::Float && std::isfinite(p.out_inv_scale);
-  if (p.nan_free && p.bias != nullptr) {
-    for (int64_t n = 0; n < s.Cout && p.nan_free; ++n) p.nan_free = std::isfinite(p.bias[n]);
-  }
+  cpu::set_nan_free(p, s.Cout);
   p.relu = relu;
   at::Tensor out = conv_empty_output(s, x.options().dtype(low_float ? at::kFloat : odt), true);
   if (out.numel() == 0) return low_float ? out.to(odt) : out;

@@ -16,15 +16,101 @@
 
 #include "common/checks.h"
 #include "cpu/alloc.h"
+#include "cpu/gemm_args.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "ops.h"
 
 namespace torchquant {
+namespace cpu {
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "argument '", name, "' must be on the CPU, got ", t.device());
+}
+
+// Checks that a qparam argument is a CPU tensor of the right kind; its size is the caller's.
+void check_qparam(const at::Tensor& t, const char* name, bool floating) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  if (floating) {
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+                "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  } else {
+    TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
+                "' must be an integer tensor, got dtype ", t.scalar_type());
+  }
+}
+
+float read_scale(const at::Tensor& t, const char* name) {
+  check_qparam(t, name, /*floating=*/true);
+  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
+              t.numel());
+  const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
+                                                : static_cast<float>(t.item<double>());
+  check_scale_values(t, &v, 1, name, nullptr);
+  return v;
+}
+
+int32_t read_zero_point(const at::Tensor& t, const char* name, int64_t lo, int64_t hi) {
+  check_qparam(t, name, /*floating=*/false);
+  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
+              t.numel());
+  const int64_t v = t.scalar_type() == at::kInt ? int64_t{*t.const_data_ptr<int32_t>()}
+                                                : t.item<int64_t>();
+  TORCH_CHECK(v >= lo && v <= hi, "argument '", name, "' must lie in [", lo, ", ", hi, "], got ", v);
+  return static_cast<int32_t>(v);
+}
+
+at::Tensor per_channel_float(const at::Tensor& t, const char* name, int64_t n) {
+  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
+  check_cpu(t, name);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
+              "' must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.numel() == n, "argument '", name, "' must have ", n,
+              " elements (one per output channel), got ", t.numel());
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
+  return t.to(at::kFloat).contiguous();
+}
+
+at::ScalarType read_gemm_output(GemmProblem& p, const std::optional<at::Tensor>& out_scale,
+                                const std::optional<at::Tensor>& out_zero_point,
+                                std::optional<at::ScalarType> out_dtype) {
+  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  TORCH_CHECK(odt == at::kFloat || odt == at::kHalf || odt == at::kBFloat16 || odt == at::kChar ||
+                  odt == at::kByte,
+              "argument 'out_dtype' must be torch.float32, torch.bfloat16, torch.float16, torch.int8 "
+              "or torch.uint8, got ", odt);
+  p.out_kind = odt == at::kChar ? GemmOut::QInt8 : odt == at::kByte ? GemmOut::QUInt8 : GemmOut::Float;
+  if (p.out_kind != GemmOut::Float) {
+    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
+                "argument 'out_scale' is required when out_dtype is ", odt);
+    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
+                "argument 'out_zero_point' is required when out_dtype is ", odt);
+    p.out_inv_scale = 1.0f / read_scale(*out_scale, "out_scale");
+    p.out_zp = read_zero_point(*out_zero_point, "out_zero_point", odt == at::kByte ? 0 : -128,
+                               odt == at::kByte ? 255 : 127);
+  }
+  return odt;
+}
+
+void set_nan_free(GemmProblem& p, int64_t n) {
+  p.nan_free = p.out_kind != GemmOut::Float && std::isfinite(p.out_inv_scale);
+  if (p.nan_free && p.bias != nullptr) {
+    for (int64_t i = 0; i < n && p.nan_free; ++i) p.nan_free = std::isfinite(p.bias[i]);
+  }
+}
+
+}  // namespace cpu
+
 namespace {
 
 using cpu::GemmOut;
 using cpu::GemmProblem;
+using cpu::check_cpu;
+using cpu::check_qparam;
+using cpu::per_channel_float;
+using cpu::read_scale;
+using cpu::read_zero_point;
 
 struct GemmKernels {
   decltype(&cpu::gemm_mr__scalar) mr;
@@ -153,44 +239,11 @@ void mm_nk(const int8_t* a, int64_t lda, int64_t M, const int8_t* w, int64_t ldw
   });
 }
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "argument '", name, "' must be on the CPU, got ", t.device());
-}
 
-// Checks that a qparam argument is a CPU tensor of the right kind; its size is the caller's.
-void check_qparam(const at::Tensor& t, const char* name, bool floating) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  check_cpu(t, name);
-  if (floating) {
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
-                "' must be a floating-point tensor, got dtype ", t.scalar_type());
-  } else {
-    TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
-                "' must be an integer tensor, got dtype ", t.scalar_type());
-  }
-}
 
 // A one-element floating tensor on the CPU, > 0 and finite.
-float read_scale(const at::Tensor& t, const char* name) {
-  check_qparam(t, name, /*floating=*/true);
-  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
-              t.numel());
-  const float v = t.scalar_type() == at::kFloat ? *t.const_data_ptr<float>()
-                                                : static_cast<float>(t.item<double>());
-  check_scale_values(t, &v, 1, name, nullptr);
-  return v;
-}
 
 // A one-element integer tensor on the CPU inside [lo, hi].
-int32_t read_zero_point(const at::Tensor& t, const char* name, int64_t lo, int64_t hi) {
-  check_qparam(t, name, /*floating=*/false);
-  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
-              t.numel());
-  const int64_t v = t.scalar_type() == at::kInt ? int64_t{*t.const_data_ptr<int32_t>()}
-                                                : t.item<int64_t>();
-  TORCH_CHECK(v >= lo && v <= hi, "argument '", name, "' must lie in [", lo, ", ", hi, "], got ", v);
-  return static_cast<int32_t>(v);
-}
 
 // The activations' qparams, per tensor (one element) or per row (one per row of x, any shape):
 // the contract of the CUDA implementation. Per-row values are checked here like per-tensor
@@ -241,16 +294,6 @@ ActQParams read_act_qparams(const at::Tensor& scale, const at::Tensor& zp, int64
 }
 
 // float32 contiguous [n] view of a per-channel float argument (a copy only when it is not one).
-at::Tensor per_channel_float(const at::Tensor& t, const char* name, int64_t n) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  check_cpu(t, name);
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
-              "' must be a floating-point tensor, got dtype ", t.scalar_type());
-  TORCH_CHECK(t.numel() == n, "argument '", name, "' must have ", n,
-              " elements (one per output channel), got ", t.numel());
-  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
-  return t.to(at::kFloat).contiguous();
-}
 
 // The weight's per-channel scales as float32 [N], each > 0 and finite.
 at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t N) {
@@ -439,22 +482,8 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   const float* pws = ws.const_data_ptr<float>();
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = per_channel_float(*bias, "bias", N);
-  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  const at::ScalarType odt = cpu::read_gemm_output(p, out_scale, out_zero_point, out_dtype);
   const bool low_float = odt == at::kHalf || odt == at::kBFloat16;
-  TORCH_CHECK(odt == at::kFloat || low_float || odt == at::kChar || odt == at::kByte,
-              "argument 'out_dtype' must be torch.float32, torch.bfloat16, torch.float16, torch.int8 "
-              "or torch.uint8, got ", odt);
-  p.out_kind = odt == at::kChar ? GemmOut::QInt8 : odt == at::kByte ? GemmOut::QUInt8 : GemmOut::Float;
-  if (p.out_kind != GemmOut::Float) {
-    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
-                "argument 'out_scale' is required when out_dtype is ", odt);
-    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
-                "argument 'out_zero_point' is required when out_dtype is ", odt);
-    p.out_inv_scale = 1.0f / read_scale(*out_scale, "out_scale");
-    p.nan_free = std::isfinite(p.out_inv_scale);
-    p.out_zp = read_zero_point(*out_zero_point, "out_zero_point", odt == at::kByte ? 0 : -128,
-                               odt == at::kByte ? 255 : 127);
-  }
   // bfloat16 / float16: the float32 result rounded to nearest even, as the CUDA epilogue does.
   at::Tensor out = cpu::empty_output(out_shape(x, N), x.options().dtype(low_float ? at::kFloat : odt));
   p.N = N;
@@ -463,9 +492,7 @@ at::Tensor linear_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   p.col_sums = w_col_sums.const_data_ptr<int32_t>();
   p.w_scale = pws;
   p.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  if (p.nan_free && p.bias != nullptr) {
-    for (int64_t n = 0; n < N && p.nan_free; ++n) p.nan_free = std::isfinite(p.bias[n]);
-  }
+  cpu::set_nan_free(p, N);
   p.relu = relu;
   p.out = out.data_ptr();
   p.ldo = N;
