@@ -58,7 +58,9 @@ def bench_lstm(args):
     torch.manual_seed(0)
     lstm = nn.LSTM(512, 512, num_layers=2, dropout=0.5).eval()
     q = tq.quantize_dynamic(lstm, {nn.LSTM})
-    ao = _ao_dynamic(lstm, {nn.LSTM})
+    # torch.ao swaps only submodules: a bare LSTM would come back in float.
+    ao = _ao_dynamic(nn.ModuleDict({"lstm": lstm}), {nn.LSTM})["lstm"]
+    assert type(q).__module__.startswith("torchquant.") and "quantized" in type(ao).__module__, (type(q), type(ao))
     for batch in (20, 1):
         x = torch.randn(35, batch, 512)
         with torch.no_grad():

@@ -98,6 +98,16 @@ Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList zer
 std::tuple<Tensor, Tensor> lstm_cell_update_cpu(const Tensor& igates, const Tensor& hgates,
                                                 const Tensor& c);
 Tensor gru_cell_update_cpu(const Tensor& igates, const Tensor& hgates, const Tensor& h);
+// Whole layers, every device (rnn_layer.cpp).
+std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
+    const Tensor& igates, const Tensor& h0, const Tensor& c0, const Tensor& hh_w,
+    const Tensor& hh_col_sums, const Tensor& hh_scale, const std::optional<Tensor>& hh_bias,
+    const std::optional<Tensor>& hr_w, const std::optional<Tensor>& hr_col_sums,
+    const std::optional<Tensor>& hr_scale, bool reverse);
+std::tuple<Tensor, Tensor> gru_layer_dynamic(const Tensor& igates, const Tensor& h0,
+                                             const Tensor& hh_w, const Tensor& hh_col_sums,
+                                             const Tensor& hh_scale,
+                                             const std::optional<Tensor>& hh_bias, bool reverse);
 // The argument checks both devices share; returns (B, H).
 std::pair<int64_t, int64_t> check_cell_update_args(const Tensor& igates, const Tensor& hgates,
                                                    const Tensor& state, int64_t gates,

@@ -157,6 +157,17 @@ TORCH_LIBRARY(torchquant, m) {
   // One GRU step: igates / hgates [B, 3H] (gates r, z, n; hgates includes b_hn), h [B, H].
   // Returns h' = (h - n) z + n with r = sig(.), z = sig(.), n = tanh(ig_n + r hg_n).
   m.def("gru_cell_update(Tensor igates, Tensor hgates, Tensor h) -> Tensor");
+  // A whole layer, one direction, padded input (rnn_layer.cpp, every device): igates [T, B, 4H]
+  // (the input projection of the sequence, biases included), h0 / c0 [B, H]; per step t
+  // (T-1 down to 0 if reverse): hgates = linear_dynamic(h, hh_*), (h, c) = lstm_cell_update,
+  // then h = linear_dynamic(h, hr_*) if the projection is given. Returns (out [T, B, H'], h, c),
+  // bit-identical to those calls made one by one.
+  m.def("lstm_layer_dynamic(Tensor igates, Tensor h0, Tensor c0, Tensor hh_w, Tensor hh_col_sums, "
+        "Tensor hh_scale, Tensor? hh_bias, Tensor? hr_w, Tensor? hr_col_sums, Tensor? hr_scale, "
+        "bool reverse=False) -> (Tensor, Tensor, Tensor)");
+  // The same for a GRU layer: igates [T, B, 3H], h0 [B, H]. Returns (out [T, B, H], h).
+  m.def("gru_layer_dynamic(Tensor igates, Tensor h0, Tensor hh_w, Tensor hh_col_sums, Tensor hh_scale, "
+        "Tensor? hh_bias, bool reverse=False) -> (Tensor, Tensor)");
 
   // ---- embedding ----
   // Row-wise quantized embedding bag (cpu/embedding.cpp, cuda/embedding.cu). packed: uint8

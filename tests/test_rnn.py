@@ -360,3 +360,69 @@ def test_torch_compile_of_quantized_lstm():
     eager = q(x)[0]
     compiled = torch.compile(q, backend="eager")(x)[0]
     torch.testing.assert_close(compiled, eager)
+
+
+# ---------------------------------------------------------------- the layer ops (time loop in C++)
+@pytest.mark.parametrize("mode,proj,reverse,T,B", [
+    ("LSTM", 0, False, 6, 3), ("LSTM", 0, True, 5, 1), ("LSTM", 5, False, 4, 2), ("LSTM", 5, True, 3, 2),
+    ("GRU", 0, False, 6, 3), ("GRU", 0, True, 5, 1), ("LSTM", 0, False, 0, 2), ("GRU", 0, True, 0, 2),
+    ("LSTM", 0, False, 3, 0)])
+def test_layer_op_is_bit_identical_to_the_step_loop(isa, mode, proj, reverse, T, B):
+    torch.manual_seed(11)
+    kw = {"proj_size": proj} if proj else {}
+    q = _q(getattr(nn, mode)(7, 9, **kw), getattr(nn, mode))
+    from torchquant.nn.quantized_dynamic_rnn import _linear_args
+    hh = _linear_args(q.hh_l0)
+    hr = _linear_args(q.hr_l0) if proj else None
+    igates = torch.randn(T, B, (4 if mode == "LSTM" else 3) * 9) * 3
+    h0 = torch.randn(B, proj or 9)
+    c0 = torch.randn(B, 9) if mode == "LSTM" else None
+    h0_copy, c0_copy = h0.clone(), (c0.clone() if c0 is not None else None)
+    got = q._run_padded(igates, h0, c0, hh, hr, reverse)
+    want = q._run_padded_steps(igates, h0, c0, hh, hr, reverse)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+        else:
+            assert g.shape == w.shape and torch.equal(g, w)
+    # Nothing the caller passed is modified, and no output aliases an input.
+    assert torch.equal(h0, h0_copy) and (c0 is None or torch.equal(c0, c0_copy))
+    assert all(g is None or g.data_ptr() not in (h0.data_ptr(), igates.data_ptr()) or g.numel() == 0 for g in got)
+
+
+def test_layer_ops_pass_opcheck():
+    torch.manual_seed(12)
+    from torchquant.nn.quantized_dynamic_rnn import _linear_args
+    lstm = _q(nn.LSTM(6, 8, proj_size=4), nn.LSTM)
+    hh, hr = _linear_args(lstm.hh_l0), _linear_args(lstm.hr_l0)
+    args = (torch.randn(3, 2, 32), torch.randn(2, 4), torch.randn(2, 8), *hh, *hr[:3], True)
+    torch.library.opcheck(ops.lstm_layer_dynamic.default, args)
+    gru = _q(nn.GRU(6, 8), nn.GRU)
+    torch.library.opcheck(ops.gru_layer_dynamic.default, (torch.randn(3, 2, 24), torch.randn(2, 8),
+                                                          *_linear_args(gru.hh_l0), False))
+
+
+def test_layer_op_bad_arguments():
+    from torchquant.nn.quantized_dynamic_rnn import _linear_args
+    gru = _q(nn.GRU(6, 8), nn.GRU)
+    hh = _linear_args(gru.hh_l0)
+    with pytest.raises(RuntimeError, match="argument 'igates' must be 3-D"):
+        ops.gru_layer_dynamic(torch.randn(2, 24), torch.randn(2, 8), *hh, False)
+    with pytest.raises(RuntimeError, match="argument 'igates' has batch 3 but 'h0' has batch 2"):
+        ops.gru_layer_dynamic(torch.randn(4, 3, 24), torch.randn(2, 8), *hh, False)
+
+
+# ---------------------------------------------------------------- the model itself swapped
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.LSTMCell, nn.Linear])
+def test_quantize_dynamic_swaps_a_bare_module(cls):
+    """torch.ao swaps only submodules and returns a bare nn.LSTM in float; torchquant swaps it."""
+    torch.manual_seed(13)
+    f = cls(8, 16).eval()
+    q = tq.quantize_dynamic(f, {cls})
+    assert type(q).__module__.startswith("torchquant.nn"), type(q)
+    assert type(f) is cls  # not inplace: the float module is untouched
+    x = torch.randn(5, 8)
+    out_q, out_f = _flat(q(x)), _flat(f(x))
+    assert _rel(out_q, out_f) < 0.02
+    wrapped = tq.quantize_dynamic(nn.Sequential(f), {cls})[0]
+    torch.testing.assert_close(_flat(wrapped(x)), out_q, rtol=0, atol=0)

@@ -380,6 +380,30 @@ def _gru_cell_update_fake(igates, hgates, h):
     return h.new_empty((b, hh))
 
 
+def _check_layer(igates, h0, gates, op):
+    torch._check(igates.dim() == 3, lambda: f"{op}: argument 'igates' must be 3-D [time, batch, {gates} * hidden], "
+                 f"got shape {tuple(igates.shape)}")
+    torch._check(h0.dim() == 2, lambda: f"{op}: argument 'h0' must be 2-D [batch, hidden], got shape {tuple(h0.shape)}")
+    torch._check(igates.shape[1] == h0.shape[0],
+                 lambda: f"{op}: argument 'igates' has batch {igates.shape[1]} but 'h0' has batch {h0.shape[0]}")
+
+
+@torch.library.register_fake("torchquant::lstm_layer_dynamic")
+def _lstm_layer_dynamic_fake(igates, h0, c0, hh_w, hh_col_sums, hh_scale, hh_bias, hr_w, hr_col_sums, hr_scale,
+                             reverse=False):
+    _check_layer(igates, h0, 4, "lstm_layer_dynamic")
+    t, b = igates.shape[0], igates.shape[1]
+    out_h = h0.shape[1]
+    return h0.new_empty((t, b, out_h)), h0.new_empty((b, out_h)), c0.new_empty((b, c0.shape[1]))
+
+
+@torch.library.register_fake("torchquant::gru_layer_dynamic")
+def _gru_layer_dynamic_fake(igates, h0, hh_w, hh_col_sums, hh_scale, hh_bias, reverse=False):
+    _check_layer(igates, h0, 3, "gru_layer_dynamic")
+    t, b = igates.shape[0], igates.shape[1]
+    return h0.new_empty((t, b, h0.shape[1])), h0.new_empty((b, h0.shape[1]))
+
+
 # ---------------------------------------------------------------- embedding
 @torch.library.register_fake("torchquant::embedding_bag_rowwise")
 def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=None, mode=0, per_sample_weights=None,

@@ -651,7 +651,9 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     modules. Beyond torch.ao, an entry for nn.Linear also covers its subclasses (such as
     MultiheadAttention's NonDynamicallyQuantizableLinear) and Hugging Face's
     ``transformers.pytorch_utils.Conv1D`` (its weight is transposed once, at convert); Conv1D
-    can also be named on its own.
+    can also be named on its own. Also beyond torch.ao (which swaps only submodules), a model
+    whose own type is mapped is swapped: ``quantize_dynamic(nn.LSTM(...), {nn.LSTM})`` returns
+    the int8 LSTM; use the returned module, with ``inplace=True`` as well.
 
     >>> qmodel = torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     """
@@ -677,11 +679,30 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
         model = copy.deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
     _keep_mha_out_proj_float(model, mapping or _DYNAMIC)
-    _swap(model, targets, "")
+    model = _swap_root(model, targets)
     for mod in model.modules():
         if hasattr(mod, "qconfig"):
             del mod.qconfig
     return model
+
+
+def _swap_root(model: nn.Module, mapping: Dict[type, type]) -> nn.Module:
+    """:func:`_swap` that also swaps ``model`` itself when its own type is mapped: torch.ao's
+    quantize_dynamic only swaps children, so ``quantize_dynamic(nn.LSTM(...), {nn.LSTM})`` there
+    returns the float LSTM unchanged, silently. The quantized root is returned (with
+    ``inplace=True`` too: an object cannot change its class in place)."""
+    target = mapping.get(type(model))
+    if target is None or getattr(model, "qconfig", None) is None:
+        _swap(model, mapping, "")
+        return model
+    name = type(model).__name__
+    try:
+        new = target.from_float(model, name=name)
+    except RuntimeError as e:
+        raise RuntimeError(f"convert: module '{name}' (the model itself) could not be quantized: {e}") from e
+    new.train(model.training)
+    _copy_hooks(model, new)
+    return new
 
 
 # ---------------------------------------------------------------- dynamic: Linear subclasses, HF Conv1D

@@ -271,6 +271,16 @@ class _RNNBase(nn.Module):
         return ops.gru_cell_update.default(ig, hg, h), None
 
     def _run_padded(self, igates, h, c, hh, hr, reverse):
+        # The time loop in one op (csrc/rnn_layer.cpp): the same calls as _cell's, bit for bit.
+        if self._mode == "LSTM":
+            return ops.lstm_layer_dynamic.default(igates, h, c, *hh, *(hr[:3] if hr is not None else (None,) * 3),
+                                                  reverse)
+        if self._mode == "GRU":
+            out, h = ops.gru_layer_dynamic.default(igates, h, *hh, reverse)
+            return out, h, None
+        return self._run_padded_steps(igates, h, c, hh, hr, reverse)
+
+    def _run_padded_steps(self, igates, h, c, hh, hr, reverse):
         T = igates.shape[0]
         hs = [None] * T
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
