@@ -14,14 +14,18 @@ anchor_time / torchquant_time (> 1: torchquant is faster). Anchors:
 """
 import argparse
 import datetime
+import os
 import platform
-import time
+import sys
 import warnings
 
 import torch
 import torch.nn.functional as F
 
 import torchquant
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import interleaved_us  # noqa: E402
 
 warnings.filterwarnings("ignore")
 ops = torch.ops.torchquant
@@ -31,29 +35,6 @@ SHAPES = [  # (M, K, N, label)
     (1024, 784, 256, "mnist fc1 b1024"), (1024, 256, 256, "mnist fc2 b1024"), (1024, 256, 10, "mnist fc3 b1024"),
     (1, 4096, 4096, "4096^2 M=1"), (32, 4096, 4096, "4096^2 M=32"), (256, 4096, 4096, "4096^2 M=256"),
 ]
-
-
-def interleaved_us(fns, rounds, target_ms):
-    """{name: 10th-percentile microseconds of single calls} for a dict of callables, timed in
-    `rounds` rounds; in each round every callable runs for about target_ms of back-to-back calls
-    (so its data is as warm as a loop over one layer keeps it), in an order rotated from round to
-    round. A drift of the machine's speed (this is a shared machine) then falls on anchors and
-    torchquant alike instead of on whichever ran during it; a descheduled call is an outlier
-    that the percentile drops."""
-    names = list(fns)
-    for n in names:
-        fns[n]()
-    times = {n: [] for n in names}
-    for k in range(rounds):
-        for n in names[k % len(names):] + names[:k % len(names)]:
-            start = time.perf_counter()
-            calls = 0
-            while time.perf_counter() - start < target_ms / 1e3 or calls < 3:
-                t0 = time.perf_counter()
-                fns[n]()
-                times[n].append(time.perf_counter() - t0)
-                calls += 1
-    return {n: sorted(ts)[len(ts) // 10] * 1e6 for n, ts in times.items()}
 
 
 def ao_static_linear(engine, K, N, w_f, b_f, w_scale):

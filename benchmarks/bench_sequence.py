@@ -18,7 +18,6 @@ bench_linear.py). Ratios are anchor_time / torchquant_time (> 1: torchquant is f
 import argparse
 import os
 import sys
-import time
 import warnings
 
 import torch
@@ -26,26 +25,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torchquant as tq  # noqa: E402
-from common import header  # noqa: E402
+from common import header, interleaved_us  # noqa: E402
 
 warnings.filterwarnings("ignore")
-
-
-def interleaved_us(fns, rounds, target_ms):
-    names = list(fns)
-    for n in names:
-        fns[n]()
-    times = {n: [] for n in names}
-    for k in range(rounds):
-        for n in names[k % len(names):] + names[:k % len(names)]:
-            start = time.perf_counter()
-            calls = 0
-            while time.perf_counter() - start < target_ms / 1e3 or calls < 3:
-                t0 = time.perf_counter()
-                fns[n]()
-                times[n].append(time.perf_counter() - t0)
-                calls += 1
-    return {n: sorted(ts)[len(ts) // 10] * 1e6 for n, ts in times.items()}
 
 
 def _ao_dynamic(model, types):

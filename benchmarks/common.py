@@ -1,5 +1,6 @@
-"""Timing helpers shared by the benchmarks: median of repeated runs after a warm-up, and the
-machine description printed with every table."""
+"""Timing helpers shared by the benchmarks: median of repeated runs after a warm-up, interleaved
+percentile timing of several implementations, and the machine description printed with every
+table."""
 import os
 import platform
 import statistics
@@ -53,3 +54,26 @@ def header(title):
     return (f"# {title}\n# {cpu_name()} [{cpu_flags()}], {os.cpu_count()} cores, threads={torch.get_num_threads()}, "
             f"torch {torch.__version__}, torchquant {torchquant.__version__} (cpu_isa={torchquant.cpu_isa()}), "
             f"{time.strftime('%Y-%m-%d')}")
+
+
+def interleaved_us(fns, rounds, target_ms):
+    """{name: 10th-percentile microseconds of single calls} for a dict of callables, timed in
+    `rounds` rounds; in each round every callable runs for about target_ms of back-to-back calls
+    (so its data is as warm as a loop over one layer keeps it), in an order rotated from round to
+    round. A drift of the machine's speed (this is a shared machine) then falls on anchors and
+    torchquant alike instead of on whichever ran during it; a descheduled call is an outlier
+    that the percentile drops."""
+    names = list(fns)
+    for n in names:
+        fns[n]()
+    times = {n: [] for n in names}
+    for k in range(rounds):
+        for n in names[k % len(names):] + names[:k % len(names)]:
+            start = time.perf_counter()
+            calls = 0
+            while time.perf_counter() - start < target_ms / 1e3 or calls < 3:
+                t0 = time.perf_counter()
+                fns[n]()
+                times[n].append(time.perf_counter() - t0)
+                calls += 1
+    return {n: sorted(ts)[len(ts) // 10] * 1e6 for n, ts in times.items()}
