@@ -141,7 +141,7 @@ Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t emb
   // Indices past the last bag (include_last_offset) belong to none, and are checked here.
   check_embedding_bag_offsets(po, n_off, a.n);
   const int64_t covered = po ? (a.bags > 0 ? (a.bags < n_off ? po[a.bags] : a.n) : 0) : a.n;
-  check_embedding_bag_indices(pi + covered, a.n - covered, a.N);
+  if (cpu::first_bad_index(pi + covered, a.n - covered, a.N) >= 0) check_embedding_bag_indices(pi, a.n, a.N);
   Tensor out = at::empty({a.bags, embedding_dim}, packed.options().dtype(at::kFloat));
   if (a.bags == 0) return out;
   if (embedding_dim == 0) {
