@@ -1,6 +1,7 @@
 """Row-wise quantized Embedding / EmbeddingBag: the embedding_bag_rowwise kernel (every CPU
 variant) bit-exact against a plain-torch reference, against torch.ao's quantized embedding-bag
 ops, the static prepare/convert flow with torch.ao's qconfigs, bounds checks, state dicts."""
+import contextlib
 import io
 
 import pytest
@@ -238,9 +239,25 @@ def test_pack_unpack_roundtrip():
     assert torch.equal(v[:, 0], (q4[:, 0] & 15).long()) and torch.equal(v[:, 1], (q4[:, 0] >> 4).long())
 
 
+@contextlib.contextmanager
+def _threads(k):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _reference_batched(packed, bits, dim, indices, offsets, mode, psw, padding_idx):
     """_reference, vectorized over bags (entry k of every bag at once, k in order): the same
-    float32 operations in the same order per element, for problems too large for the loop."""
+    float32 operations in the same order per element, for problems too large for the loop. On
+    one thread: its many small ops would each open a parallel region otherwise."""
+    with _threads(1):
+        return _reference_batched_impl(packed, bits, dim, indices, offsets, mode, psw, padding_idx)
+
+
+def _reference_batched_impl(packed, bits, dim, indices, offsets, mode, psw, padding_idx):
     q, s, z = unpack_rowwise(packed, bits, dim)
     table = (q.float() - z[:, None]) * s[:, None]
     n, nb = indices.numel(), offsets.numel()
@@ -305,17 +322,16 @@ def test_batched_reference_matches_loop():
                            _reference(packed, 8, 24, idx, offsets, mode, w, False, pad))
 
 
-@pytest.fixture
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+def _on_threads(k, *args):
+    # Only the op runs on k threads: the references' many small torch ops would each open a
+    # parallel region, which on a loaded machine waits for its second thread.
+    with _threads(k):
+        return ops.embedding_bag_rowwise(*args)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("dim", [64, 72])
-def test_threads_split_by_indices_bit_exact(isa, two_threads, bits, dim):
+def test_threads_split_by_indices_bit_exact(isa, bits, dim):
     # Enough work for two threads; bags of very different sizes (empty ones, one of 600), so
     # that splitting by indices and by bags differ; every bag must come out as on one thread.
     packed = _random_table(5000, dim, bits, seed=7)
@@ -328,20 +344,18 @@ def test_threads_split_by_indices_bit_exact(isa, two_threads, bits, dim):
     idx = torch.randint(0, 5000, (n,), generator=g)
     psw = torch.randn(n, generator=g)
     for mode, w, pad in ((0, None, None), (0, psw, int(idx[3])), (1, None, int(idx[3])), (2, None, None)):
-        got = ops.embedding_bag_rowwise(packed, bits, dim, idx, offsets, mode, w, False, pad)
-        torch.set_num_threads(1)
-        one = ops.embedding_bag_rowwise(packed, bits, dim, idx, offsets, mode, w, False, pad)
-        torch.set_num_threads(2)
+        got = _on_threads(2, packed, bits, dim, idx, offsets, mode, w, False, pad)
+        one = _on_threads(1, packed, bits, dim, idx, offsets, mode, w, False, pad)
         assert torch.equal(got, one)
         assert torch.equal(got, _reference_batched(packed, bits, dim, idx, offsets, mode, w, pad))
     # 2-D indices (bags of equal size), also split over the threads.
     idx2 = torch.randint(0, 5000, (200, 50), generator=g)
-    got = ops.embedding_bag_rowwise(packed, bits, dim, idx2, None, 0)
+    got = _on_threads(2, packed, bits, dim, idx2, None, 0)
     assert torch.equal(got, _reference_batched(packed, bits, dim, idx2.reshape(-1), torch.arange(0, 10000, 50),
                                                0, None, None))
 
 
-def test_bad_index_reported_at_first_position_with_threads(isa, two_threads):
+def test_bad_index_reported_at_first_position_with_threads(isa):
     packed = _random_table(1000, 64, 8, seed=2)
     idx = torch.randint(0, 1000, (20000,))
     offsets = torch.arange(0, 20000, 50)
@@ -351,7 +365,7 @@ def test_bad_index_reported_at_first_position_with_threads(isa, two_threads):
             bad[p] = v
         with pytest.raises(RuntimeError, match=f"argument 'indices' holds {int(bad[positions[0]])} at position "
                                                f"{positions[0]}, outside"):
-            ops.embedding_bag_rowwise(packed, 8, 64, bad, offsets, 0)
+            _on_threads(2, packed, 8, 64, bad, offsets, 0)
     # Indices after the last bag (include_last_offset) belong to no bag and are still checked.
     short = torch.tensor([1, 2, 3, 1000])
     with pytest.raises(RuntimeError, match="argument 'indices' holds 1000 at position 3"):
@@ -361,10 +375,10 @@ def test_bad_index_reported_at_first_position_with_threads(isa, two_threads):
         ops.embedding_bag_rowwise(_random_table(1000, 0, 8, seed=0), 8, 0, short, torch.tensor([0, 2]), 0)
 
 
-def test_small_problem_one_thread_same_result(isa, two_threads):
+def test_small_problem_one_thread_same_result(isa):
     # Below the per-thread work threshold the call runs on the calling thread: same results.
     packed = _random_table(200, 64, 4, seed=3)
     idx = torch.randint(0, 200, (300,))
     offsets = torch.arange(0, 300, 30)
-    got = ops.embedding_bag_rowwise(packed, 4, 64, idx, offsets, 0)
+    got = _on_threads(2, packed, 4, 64, idx, offsets, 0)
     assert torch.equal(got, _reference(packed, 4, 64, idx, offsets, 0, None, False, None))

@@ -3,8 +3,8 @@
 // (across bag boundaries: a random row of a large table is a cache miss, which is what this
 // kernel waits on). Same float operations, each rounded once, as the scalar kernel:
 // bit-identical results. As in the AVX-512 kernel, the subtraction of the zero point and the
-// accumulation are issued as fma(x, 1, y), which rounds x + y once as an addition does, to move
-// them off the add pipes that the int-to-float conversion occupies.
+// accumulation are issued as fmsub(x, 1, z) / fma(x, 1, y), which round x - z / x + y once as a
+// subtraction / addition does, and 4-bit rows are read by looking their 16 possible values up.
 #include <cstring>
 
 #include "cpu/embedding_kernels.h"
@@ -59,13 +59,47 @@ TQ_TARGET_AVX2 inline __m256 load8(const uint8_t* row, int64_t d) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
 }
 
-// Columns [d0, d0 + 8 V) of a row: (q - z) * s.
+// One of the 16 values of a 4-bit row, by the low 4 bits of each lane of k: vpermps picks by
+// the low 3 bits from the table of k = 0..7 or 8..15, bit 3 (moved to the sign) chooses.
+TQ_TARGET_AVX2 inline __m256 lookup16(__m256 lo, __m256 hi, __m256i k) {
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, k), _mm256_permutevar8x32_ps(hi, k),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(k, 28)));
+}
+
+// Columns [d0, d0 + 8 V) of a row: (q - z) * s. 4-bit with V even: the row's 16 possible values
+// computed once and looked up (as in the AVX-512 kernel); for each 16 columns, the even ones,
+// then the odd ones (see store_block).
 template <int kBits, int V>
 TQ_TARGET_AVX2 inline void row_values(const EmbeddingTable& t, const uint8_t* row, int64_t d0, __m256 one,
                                       __m256* x) {
   const __m256 s = _mm256_set1_ps(row_scale(t, row));
   const __m256 z = _mm256_set1_ps(row_zero_point(t, row));
-  for (int v = 0; v < V; ++v) x[v] = _mm256_mul_ps(_mm256_fmsub_ps(load8<kBits>(row, d0 + 8 * v), one, z), s);
+  if (kBits == 4 && V % 2 == 0) {
+    const __m256 lo = _mm256_mul_ps(_mm256_fmsub_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), one, z), s);
+    const __m256 hi = _mm256_mul_ps(_mm256_fmsub_ps(_mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15), one, z), s);
+    for (int v = 0; v < V; v += 2) {
+      const __m256i q =
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + (d0 + 8 * v) / 2)));
+      x[v] = lookup16(lo, hi, q);
+      x[v + 1] = lookup16(lo, hi, _mm256_srli_epi32(q, 4));
+    }
+  } else {
+    for (int v = 0; v < V; ++v) x[v] = _mm256_mul_ps(_mm256_fmsub_ps(load8<kBits>(row, d0 + 8 * v), one, z), s);
+  }
+}
+
+template <int kBits, int V>
+TQ_TARGET_AVX2 inline void store_block(const __m256* acc, float* out) {
+  if (kBits == 4 && V % 2 == 0) {
+    for (int v = 0; v < V; v += 2) {
+      const __m256 a = _mm256_unpacklo_ps(acc[v], acc[v + 1]);  // e0 o0 e1 o1 | e4 o4 e5 o5
+      const __m256 b = _mm256_unpackhi_ps(acc[v], acc[v + 1]);  // e2 o2 e3 o3 | e6 o6 e7 o7
+      _mm256_storeu_ps(out + 8 * v, _mm256_permute2f128_ps(a, b, 0x20));
+      _mm256_storeu_ps(out + 8 * v + 8, _mm256_permute2f128_ps(a, b, 0x31));
+    }
+  } else {
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + 8 * v, acc[v]);
+  }
 }
 
 // Columns [d0, d0 + 8 V) of one bag of n entries; the indices up to ahead (>= n) may be
@@ -104,7 +138,7 @@ TQ_TARGET_AVX2 inline void bag_block(const EmbeddingTable& t, const int64_t* idx
       for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(x[v], one, acc[v]);
     }
   }
-  for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + d0 + 8 * v, acc[v]);
+  store_block<kBits, V>(acc, out + d0);
 }
 
 template <int kBits, int V>
