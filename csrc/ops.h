@@ -128,7 +128,9 @@ EmbeddingBagArgs check_embedding_bag_args(const Tensor& packed, int64_t bits, in
                                           bool include_last_offset,
                                           std::optional<int64_t> padding_idx);
 // The checks of the index and offset values (host memory): every index in [0, N), offsets[0]
-// == 0, non-decreasing, the last <= n.
+// == 0, non-decreasing, the last <= n. The two halves apart: the indices, the offsets.
+void check_embedding_bag_indices(const int64_t* idx, int64_t n, int64_t N);
+void check_embedding_bag_offsets(const int64_t* off, int64_t n_off, int64_t n);
 void check_embedding_bag_values(const int64_t* idx, int64_t n, const int64_t* off, int64_t n_off,
                                 int64_t N);
 Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t embedding_dim,

@@ -1,6 +1,7 @@
 """Row-wise quantized Embedding / EmbeddingBag: the embedding_bag_rowwise kernel (every CPU
 variant) bit-exact against a plain-torch reference, against torch.ao's quantized embedding-bag
 ops, the static prepare/convert flow with torch.ao's qconfigs, bounds checks, state dicts."""
+import contextlib
 import io
 
 import pytest
@@ -236,3 +237,148 @@ def test_pack_unpack_roundtrip():
     q4 = torch.randint(0, 256, (5, 4), dtype=torch.uint8)
     v, _, _ = unpack_rowwise(pack_rowwise(q4, s, z, 4, 7), 4, 7)
     assert torch.equal(v[:, 0], (q4[:, 0] & 15).long()) and torch.equal(v[:, 1], (q4[:, 0] >> 4).long())
+
+
+@contextlib.contextmanager
+def _threads(k):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _reference_batched(packed, bits, dim, indices, offsets, mode, psw, padding_idx):
+    """_reference, vectorized over bags (entry k of every bag at once, k in order): the same
+    float32 operations in the same order per element, for problems too large for the loop. On
+    one thread: its many small ops would each open a parallel region otherwise."""
+    with _threads(1):
+        return _reference_batched_impl(packed, bits, dim, indices, offsets, mode, psw, padding_idx)
+
+
+def _reference_batched_impl(packed, bits, dim, indices, offsets, mode, psw, padding_idx):
+    q, s, z = unpack_rowwise(packed, bits, dim)
+    table = (q.float() - z[:, None]) * s[:, None]
+    n, nb = indices.numel(), offsets.numel()
+    ends = torch.cat([offsets[1:], torch.tensor([n])])
+    lengths = ends - offsets
+    out = torch.zeros(nb, dim)
+    count = torch.zeros(nb, dtype=torch.long)
+    for k in range(int(lengths.max()) if nb else 0):
+        live = lengths > k
+        pos = offsets[live] + k
+        r = indices[pos]
+        keep = r != padding_idx if padding_idx is not None else torch.ones_like(r, dtype=torch.bool)
+        bags = live.nonzero().squeeze(1)[keep]
+        pos, r = pos[keep], r[keep]
+        v = table[r]
+        if mode == 2:
+            first = count[bags] == 0
+            out[bags] = torch.where(first[:, None] | (v > out[bags]), v, out[bags])
+        else:
+            out[bags] = out[bags] + (v * psw[pos][:, None] if psw is not None else v)
+        count[bags] += 1
+    if mode == 1:
+        out = torch.where(count[:, None] > 0, out / count.clamp(min=1)[:, None].float(), out)
+    return out
+
+
+def _random_table(n, dim, bits, seed):
+    """Packed rows with arbitrary float qparams (negative, fractional, large zero points; scales
+    from 1e-3 to 10), not only those an observer gives."""
+    g = torch.Generator().manual_seed(seed)
+    data = (dim * bits + 7) // 8
+    q = torch.randint(0, 256, (n, data), generator=g, dtype=torch.uint8)
+    s = torch.exp(torch.empty(n).uniform_(-7, 2.3, generator=g))
+    z = torch.randn(n, generator=g) * 100
+    z[: n // 4] = torch.randint(0, 1 << bits, (n // 4,), generator=g).float() + 0.5  # ties with q - z
+    return pack_rowwise(q, s, z, bits, dim)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dim", [16, 32, 48, 64, 80, 128, 136])
+def test_kernel_bit_exact_random_qparams(isa, bits, dim):
+    packed = _random_table(64, dim, bits, seed=dim * bits)
+    g = torch.Generator().manual_seed(dim)
+    idx = torch.randint(0, 64, (100,), generator=g)
+    offsets = torch.tensor([0, 3, 3, 40, 41, 90])
+    psw = torch.randn(100, generator=g)
+    for mode in (0, 1, 2):
+        for w in ([None, psw] if mode == 0 else [None]):
+            for pad in (None, int(idx[5])):
+                got = ops.embedding_bag_rowwise(packed, bits, dim, idx, offsets, mode, w, False, pad)
+                want = _reference(packed, bits, dim, idx, offsets, mode, w, False, pad)
+                assert torch.equal(got, want), (mode, w is not None, pad)
+
+
+def test_batched_reference_matches_loop():
+    packed = _random_table(30, 24, 8, seed=1)
+    idx = torch.randint(0, 30, (50,))
+    offsets = torch.tensor([0, 0, 7, 20, 21])
+    psw = torch.randn(50)
+    for mode, w, pad in ((0, None, None), (0, psw, 3), (1, None, 3), (2, None, None), (2, None, 3)):
+        assert torch.equal(_reference_batched(packed, 8, 24, idx, offsets, mode, w, pad),
+                           _reference(packed, 8, 24, idx, offsets, mode, w, False, pad))
+
+
+def _on_threads(k, *args):
+    # Only the op runs on k threads: the references' many small torch ops would each open a
+    # parallel region, which on a loaded machine waits for its second thread.
+    with _threads(k):
+        return ops.embedding_bag_rowwise(*args)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dim", [64, 72])
+def test_threads_split_by_indices_bit_exact(isa, bits, dim):
+    # Enough work for two threads; bags of very different sizes (empty ones, one of 600), so
+    # that splitting by indices and by bags differ; every bag must come out as on one thread.
+    packed = _random_table(5000, dim, bits, seed=7)
+    g = torch.Generator().manual_seed(bits + dim)
+    sizes = torch.randint(0, 80, (300,), generator=g)
+    sizes[10] = 600
+    sizes[::17] = 0
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
+    n = int(sizes.sum())
+    idx = torch.randint(0, 5000, (n,), generator=g)
+    psw = torch.randn(n, generator=g)
+    for mode, w, pad in ((0, None, None), (0, psw, int(idx[3])), (1, None, int(idx[3])), (2, None, None)):
+        got = _on_threads(2, packed, bits, dim, idx, offsets, mode, w, False, pad)
+        one = _on_threads(1, packed, bits, dim, idx, offsets, mode, w, False, pad)
+        assert torch.equal(got, one)
+        assert torch.equal(got, _reference_batched(packed, bits, dim, idx, offsets, mode, w, pad))
+    # 2-D indices (bags of equal size), also split over the threads.
+    idx2 = torch.randint(0, 5000, (200, 50), generator=g)
+    got = _on_threads(2, packed, bits, dim, idx2, None, 0)
+    assert torch.equal(got, _reference_batched(packed, bits, dim, idx2.reshape(-1), torch.arange(0, 10000, 50),
+                                               0, None, None))
+
+
+def test_bad_index_reported_at_first_position_with_threads(isa):
+    packed = _random_table(1000, 64, 8, seed=2)
+    idx = torch.randint(0, 1000, (20000,))
+    offsets = torch.arange(0, 20000, 50)
+    for positions in ([19990], [15000, 19990], [30, 19990], [0]):
+        bad = idx.clone()
+        for p, v in zip(positions, (1000, -5)):
+            bad[p] = v
+        with pytest.raises(RuntimeError, match=f"argument 'indices' holds {int(bad[positions[0]])} at position "
+                                               f"{positions[0]}, outside"):
+            _on_threads(2, packed, 8, 64, bad, offsets, 0)
+    # Indices after the last bag (include_last_offset) belong to no bag and are still checked.
+    short = torch.tensor([1, 2, 3, 1000])
+    with pytest.raises(RuntimeError, match="argument 'indices' holds 1000 at position 3"):
+        ops.embedding_bag_rowwise(packed, 8, 64, short, torch.tensor([0, 2, 3]), 0, None, True)
+    # ... as are the indices of a table of zero columns.
+    with pytest.raises(RuntimeError, match="argument 'indices' holds 1000 at position 3"):
+        ops.embedding_bag_rowwise(_random_table(1000, 0, 8, seed=0), 8, 0, short, torch.tensor([0, 2]), 0)
+
+
+def test_small_problem_one_thread_same_result(isa):
+    # Below the per-thread work threshold the call runs on the calling thread: same results.
+    packed = _random_table(200, 64, 4, seed=3)
+    idx = torch.randint(0, 200, (300,))
+    offsets = torch.arange(0, 300, 30)
+    got = _on_threads(2, packed, 4, 64, idx, offsets, 0)
+    assert torch.equal(got, _reference(packed, 4, 64, idx, offsets, 0, None, False, None))

@@ -1,6 +1,10 @@
 // CPU adapter of the row-wise quantized embedding bag (embedding_bag_rowwise): argument checks
-// (every index and offset, before any row is read), bags split over threads, choice of kernel
-// variant. The kernels are in embedding_scalar.cpp, embedding_avx2.cpp and embedding_avx512.cpp.
+// (the offsets here, each bag's indices by the kernels before they read its rows), bags split
+// over threads by their numbers of indices, choice of kernel variant. The kernels are in
+// embedding_scalar.cpp, embedding_avx2.cpp and embedding_avx512.cpp.
+#include <algorithm>
+#include <atomic>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -83,18 +87,15 @@ EmbeddingBagArgs check_embedding_bag_args(const Tensor& packed, int64_t bits, in
   return a;
 }
 
-void check_embedding_bag_values(const int64_t* idx, int64_t n, const int64_t* off, int64_t n_off,
-                                int64_t N) {
-  // One branch-free pass (as an unsigned value, a negative index is out of range too); the
-  // position is looked for only on the error path.
-  uint64_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint64_t>(idx[i] >= N) | static_cast<uint64_t>(idx[i] < 0);
-  if (bad) {
-    for (int64_t i = 0; i < n; ++i) {
-      TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "embedding_bag_rowwise: argument 'indices' holds ", idx[i],
-                  " at position ", i, ", outside [0, ", N, ") (the table's rows)");
-    }
+void check_embedding_bag_indices(const int64_t* idx, int64_t n, int64_t N) {
+  if (cpu::first_bad_index(idx, n, N) < 0) return;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "embedding_bag_rowwise: argument 'indices' holds ", idx[i],
+                " at position ", i, ", outside [0, ", N, ") (the table's rows)");
   }
+}
+
+void check_embedding_bag_offsets(const int64_t* off, int64_t n_off, int64_t n) {
   if (off == nullptr) return;
   TORCH_CHECK(n_off == 0 || off[0] == 0, "embedding_bag_rowwise: offsets[0] has to be 0, i.e., the first "
               "sequence in the mini-batch has to start from position 0. However, got ", off[0]);
@@ -105,6 +106,21 @@ void check_embedding_bag_values(const int64_t* idx, int64_t n, const int64_t* of
   TORCH_CHECK(n_off == 0 || off[n_off - 1] <= n, "embedding_bag_rowwise: argument 'offsets' holds ",
               n_off ? off[n_off - 1] : 0, " at position ", n_off - 1, ", past the ", n, " indices");
 }
+
+void check_embedding_bag_values(const int64_t* idx, int64_t n, const int64_t* off, int64_t n_off,
+                                int64_t N) {
+  check_embedding_bag_indices(idx, n, N);
+  check_embedding_bag_offsets(off, n_off, n);
+}
+
+namespace {
+
+// Below this many row-vector operations (lookups x 16-column vectors; 1 to 2 ns each) a thread
+// of its own costs more than it saves: starting a parallel region and waiting for its threads
+// takes microseconds on an idle machine and far more on a loaded one.
+constexpr int64_t kMinWorkPerThread = int64_t{1} << 14;
+
+}  // namespace
 
 Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t embedding_dim,
                                  const Tensor& indices, const std::optional<Tensor>& offsets,
@@ -120,45 +136,75 @@ Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t emb
     off = offsets->to(at::kLong).contiguous();
     po = off.data_ptr<int64_t>();
   }
-  check_embedding_bag_values(pi, a.n, po, po ? off.numel() : 0, a.N);
+  const int64_t n_off = po ? off.numel() : 0;
+  // The offsets here; the indices each kernel checks, bag by bag, before it reads their rows.
+  // Indices past the last bag (include_last_offset) belong to none, and are checked here.
+  check_embedding_bag_offsets(po, n_off, a.n);
+  const int64_t covered = po ? (a.bags > 0 ? (a.bags < n_off ? po[a.bags] : a.n) : 0) : a.n;
+  if (cpu::first_bad_index(pi + covered, a.n - covered, a.N) >= 0) check_embedding_bag_indices(pi, a.n, a.N);
   Tensor out = at::empty({a.bags, embedding_dim}, packed.options().dtype(at::kFloat));
-  if (a.bags == 0 || embedding_dim == 0) return out;
+  if (a.bags == 0) return out;
+  if (embedding_dim == 0) {
+    check_embedding_bag_indices(pi, a.n, a.N);
+    return out;
+  }
   const Tensor table = packed.contiguous();
   Tensor w;
-  const float* pw = nullptr;
+  cpu::EmbeddingBags b;
   if (per_sample_weights.has_value()) {
     w = per_sample_weights->contiguous();
-    pw = w.data_ptr<float>();
+    b.weights = w.data_ptr<float>();
   }
   cpu::EmbeddingTable t;
   t.data = table.data_ptr<uint8_t>();
+  t.rows = a.N;
   t.row_stride = a.row_stride;
   t.qparams_offset = a.row_stride - 8;
   t.dim = embedding_dim;
   t.bits = static_cast<int>(bits);
+  b.idx = pi;
+  b.n = a.n;
+  b.offsets = po;
+  b.n_offsets = n_off;
+  b.fixed = po ? 0 : a.n / a.bags;
+  b.padding_idx = a.padding_idx;
+  b.mode = static_cast<cpu::BagMode>(mode);
+  b.out = out.data_ptr<float>();
   const CpuIsa isa = cpu_isa();
-  const auto kernel = isa == CpuIsa::Scalar ? cpu::embedding_bag__scalar
-                      : isa == CpuIsa::Avx2 ? cpu::embedding_bag__avx2
-                                            : cpu::embedding_bag__avx512;
-  const auto bag_mode = static_cast<cpu::BagMode>(mode);
-  const int64_t fixed = po ? 0 : (a.bags ? a.n / a.bags : 0);
-  const int64_t n_off = po ? off.numel() : 0;
-  float* pout = out.data_ptr<float>();
-  const int64_t per_bag = std::max<int64_t>(1, a.bags ? a.n / a.bags : 1);
-  const int64_t grain = std::max<int64_t>(1, 2048 / (per_bag * std::max<int64_t>(1, embedding_dim / 16)));
-  at::parallel_for(0, a.bags, grain, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t s, e;
-      if (po) {
-        s = po[b];
-        e = b + 1 < n_off ? po[b + 1] : a.n;
-      } else {
-        s = b * fixed;
-        e = s + fixed;
+  const auto kernel = isa == CpuIsa::Scalar ? cpu::embedding_bags__scalar
+                      : isa == CpuIsa::Avx2 ? cpu::embedding_bags__avx2
+                                            : cpu::embedding_bags__avx512;
+  // Threads get equal numbers of indices (not of bags, which may differ in size), and a small
+  // problem runs on the calling thread without a parallel region.
+  const int64_t work = (a.n + a.bags) * ((embedding_dim + 15) / 16);
+  const int64_t parts = std::min<int64_t>({at::get_num_threads(), std::max<int64_t>(1, work / kMinWorkPerThread),
+                                           a.bags});
+  int64_t bad = -1;
+  if (parts <= 1) {
+    bad = kernel(t, b, 0, a.bags);
+  } else {
+    // First bag of part p: the first bag starting at or after index p * n / parts.
+    const auto part_begin = [&](int64_t p) -> int64_t {
+      if (p >= parts) return a.bags;
+      if (!po) return p * a.bags / parts;
+      const int64_t target = p * a.n / parts;
+      return std::lower_bound(po, po + a.bags, target) - po;
+    };
+    std::atomic<int64_t> first_bad{-1};
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r = kernel(t, b, part_begin(p), part_begin(p + 1));
+        if (r >= 0) first_bad.store(r);
       }
-      kernel(t, pi + s, e - s, pw ? pw + s : nullptr, a.padding_idx, bag_mode, pout + b * embedding_dim);
-    }
-  });
+    });
+    bad = first_bad.load();
+  }
+  if (bad >= 0) {
+    // The message names the first index out of range, wherever a kernel stopped.
+    check_embedding_bag_indices(pi, a.n, a.N);
+    TORCH_INTERNAL_ASSERT(false, "embedding_bag_rowwise: a kernel reported index position ", bad,
+                          " out of range, the check found none");
+  }
   return out;
 }
 

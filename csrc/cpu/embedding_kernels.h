@@ -12,8 +12,14 @@
 //   sum:  acc = acc + v (or acc + v * w with per-sample weights), from 0;
 //   mean: the sum divided by the number of entries counted;
 //   max:  acc = max(acc, v), from the first entry; 0 for an empty bag.
-// Entries equal to padding_idx (>= 0) are skipped and not counted. Indices are checked by the
-// caller (every index in [0, N)); the kernels read only the rows they are given.
+// Entries equal to padding_idx (>= 0) are skipped and not counted. Each float operation above
+// is rounded once, whatever instruction computes it: a SIMD kernel may compute a - b or a + b as
+// fma(a, 1, -b) / fma(a, 1, b), which rounds the same exact value once, but never fuses a
+// product into a sum. So every variant and the plain-torch reference agree bit for bit.
+//
+// The kernels check each bag's indices (every one in [0, rows)) before they read its rows, and
+// stop at the first bag holding one outside: no row outside the table is ever read. The offsets
+// are checked by the caller (offsets[0] == 0, non-decreasing, the last <= n).
 #pragma once
 
 #include <cstdint>
@@ -25,15 +31,39 @@ enum class BagMode : int { Sum = 0, Mean = 1, Max = 2 };
 
 struct EmbeddingTable {
   const uint8_t* data = nullptr;
+  int64_t rows = 0;            // N: valid indices are [0, rows)
   int64_t row_stride = 0;      // bytes per packed row
   int64_t qparams_offset = 0;  // byte offset of (scale, zero_point) in a row
   int64_t dim = 0;             // embedding_dim
   int bits = 8;                // 8 or 4
 };
 
-#define TQ_DECLARE_EMBEDDING_KERNELS(SUFFIX)                                                      \
-  void embedding_bag__##SUFFIX(const EmbeddingTable& t, const int64_t* idx, int64_t n,          \
-                               const float* weights, int64_t padding_idx, BagMode mode, float* out);
+// The bags of one call: bag b holds idx[offsets[b], offsets[b + 1]) (the last one up to n), or,
+// without offsets, idx[b * fixed, (b + 1) * fixed).
+struct EmbeddingBags {
+  const int64_t* idx = nullptr;      // contiguous int64
+  int64_t n = 0;                     // number of indices
+  const int64_t* offsets = nullptr;  // nullptr: bags of `fixed` entries
+  int64_t n_offsets = 0;
+  int64_t fixed = 0;
+  const float* weights = nullptr;    // per-sample weights (one per index), or nullptr
+  int64_t padding_idx = -1;          // < 0: none
+  BagMode mode = BagMode::Sum;
+  float* out = nullptr;              // [bags, dim], row b written by bag b
+};
+
+inline int64_t bag_begin(const EmbeddingBags& a, int64_t b) {
+  return a.offsets ? a.offsets[b] : b * a.fixed;
+}
+inline int64_t bag_end(const EmbeddingBags& a, int64_t b) {
+  if (a.offsets) return b + 1 < a.n_offsets ? a.offsets[b + 1] : a.n;
+  return (b + 1) * a.fixed;
+}
+
+// Bags [b0, b1) into a.out. Returns -1, or the position (into a.idx) of an index outside
+// [0, t.rows): then the bags from the one holding it on are left unwritten.
+#define TQ_DECLARE_EMBEDDING_KERNELS(SUFFIX) \
+  int64_t embedding_bags__##SUFFIX(const EmbeddingTable& t, const EmbeddingBags& a, int64_t b0, int64_t b1);
 
 TQ_DECLARE_EMBEDDING_KERNELS(scalar)
 TQ_DECLARE_EMBEDDING_KERNELS(avx2)
@@ -55,6 +85,44 @@ inline int row_value(const EmbeddingTable& t, const uint8_t* row, int64_t d) {
   if (t.bits == 8) return row[d];
   const uint8_t b = row[d >> 1];
   return (d & 1) ? (b >> 4) : (b & 0x0F);
+}
+
+// Position of the first of idx[0, n) outside [0, rows), or -1 (as an unsigned value a negative
+// index is out of range too). The branch-free pass vectorizes; the position is looked for only
+// on the error path.
+inline int64_t first_bad_index(const int64_t* idx, int64_t n, int64_t rows) {
+  uint64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint64_t>(idx[i]) >= static_cast<uint64_t>(rows);
+  if (!bad) return -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (static_cast<uint64_t>(idx[i]) >= static_cast<uint64_t>(rows)) return i;
+  }
+  return -1;
+}
+
+// The scalar formula for columns [d0, D) of one bag (the scalar kernel, and the SIMD kernels'
+// last columns). Writes out[d0, D); returns the number of entries counted.
+inline int64_t bag_columns_scalar(const EmbeddingTable& t, const int64_t* idx, int64_t n, const float* weights,
+                                  int64_t padding_idx, BagMode mode, int64_t d0, float* out) {
+  const int64_t D = t.dim;
+  for (int64_t d = d0; d < D; ++d) out[d] = 0.0f;
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (idx[i] == padding_idx) continue;
+    const uint8_t* row = t.data + idx[i] * t.row_stride;
+    const float s = row_scale(t, row), z = row_zero_point(t, row);
+    for (int64_t d = d0; d < D; ++d) {
+      float v = (static_cast<float>(row_value(t, row, d)) - z) * s;
+      if (mode == BagMode::Max) {
+        out[d] = (count == 0 || v > out[d]) ? v : out[d];
+      } else {
+        if (weights != nullptr) v = v * weights[i];
+        out[d] = out[d] + v;
+      }
+    }
+    ++count;
+  }
+  return count;
 }
 
 }  // namespace cpu

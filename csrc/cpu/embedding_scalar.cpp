@@ -1,35 +1,25 @@
 // Scalar row-wise quantized embedding bag: the one-element formulas of embedding_kernels.h.
-#include <vector>
-
 #include "cpu/embedding_kernels.h"
 
 namespace torchquant {
 namespace cpu {
 
-void embedding_bag__scalar(const EmbeddingTable& t, const int64_t* idx, int64_t n,
-                           const float* weights, int64_t padding_idx, BagMode mode, float* out) {
+int64_t embedding_bags__scalar(const EmbeddingTable& t, const EmbeddingBags& a, int64_t b0, int64_t b1) {
   const int64_t D = t.dim;
-  for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (idx[i] == padding_idx) continue;
-    const uint8_t* row = t.data + idx[i] * t.row_stride;
-    const float s = row_scale(t, row), z = row_zero_point(t, row);
-    for (int64_t d = 0; d < D; ++d) {
-      float v = (static_cast<float>(row_value(t, row, d)) - z) * s;
-      if (mode == BagMode::Max) {
-        out[d] = (count == 0 || v > out[d]) ? v : out[d];
-      } else {
-        if (weights != nullptr) v = v * weights[i];
-        out[d] = out[d] + v;
-      }
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = bag_begin(a, b), n = bag_end(a, b) - s;
+    const int64_t* idx = a.idx + s;
+    const int64_t bad = first_bad_index(idx, n, t.rows);
+    if (bad >= 0) return s + bad;
+    float* out = a.out + b * D;
+    const int64_t count = bag_columns_scalar(t, idx, n, a.weights ? a.weights + s : nullptr, a.padding_idx,
+                                             a.mode, 0, out);
+    if (a.mode == BagMode::Mean && count > 0) {
+      const float c = static_cast<float>(count);
+      for (int64_t d = 0; d < D; ++d) out[d] = out[d] / c;
     }
-    ++count;
   }
-  if (mode == BagMode::Mean && count > 0) {
-    const float c = static_cast<float>(count);
-    for (int64_t d = 0; d < D; ++d) out[d] = out[d] / c;
-  }
+  return -1;
 }
 
 }  // namespace cpu
