@@ -57,13 +57,15 @@ TQ_TARGET_AVX512VNNI void tile(const Int4Problem& p, int64_t m, int64_t pi) {
     const int64_t k0 = g * p.group_size;
     const int8_t* xb[MR];
     int64_t b = 0;
-    for (; b + 2 <= bpg; b += 2) {
-      for (int r = 0; r < MR; ++r) xb[r] = x[r] + k0 + b * kInt4Block;
-      block<MR>(rec.w + b * 64, xb, lo0, hi0, low, high);
-      for (int r = 0; r < MR; ++r) xb[r] += kInt4Block;
-      block<MR>(rec.w + b * 64 + 64, xb, lo1, hi1, low, high);
+    if constexpr (MR <= 2) {  // with 3 and 4 rows, the rows' chains overlap already
+      for (; b + 2 <= bpg; b += 2) {
+        for (int r = 0; r < MR; ++r) xb[r] = x[r] + k0 + b * kInt4Block;
+        block<MR>(rec.w + b * 64, xb, lo0, hi0, low, high);
+        for (int r = 0; r < MR; ++r) xb[r] += kInt4Block;
+        block<MR>(rec.w + b * 64 + 64, xb, lo1, hi1, low, high);
+      }
     }
-    if (b < bpg) {
+    for (; b < bpg; ++b) {
       for (int r = 0; r < MR; ++r) xb[r] = x[r] + k0 + b * kInt4Block;
       block<MR>(rec.w + b * 64, xb, lo0, hi0, low, high);
     }
