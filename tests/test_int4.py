@@ -39,6 +39,8 @@ def _rand_x(shape, gen):
 SHAPES = [  # M, K, N, group_size
     (1, 128, 16, 128), (1, 4096, 64, 128), (3, 130, 17, 128), (5, 67, 33, 32), (1, 1, 1, 8),
     (7, 257, 50, 64), (0, 64, 16, 32), (4, 64, 0, 32), (9, 200, 31, 16), (33, 96, 48, 32), (2, 8, 5, 8),
+    # odd numbers of 8-k blocks per group (the AVX-512 kernel pairs blocks): 3 and 5
+    (1, 100, 20, 24), (6, 130, 33, 40),
 ]
 
 
@@ -75,6 +77,49 @@ def test_linear_int4_bound_is_tight_enough():
     bad[3, 1] *= 2
     got_bad = ops.linear_int4(x, *ops.int4_pack_weight(qw, bad, zp, K, gs), None, K, N, gs).double()
     assert ((got_bad - exact).abs() > bound).any()
+
+
+@pytest.mark.parametrize("hugepages", ["1", "0"])
+def test_linear_int4_large_weight_huge_page_path(hugepages):
+    """A packed weight of 2 MiB and more is a fresh 2 MiB-aligned mapping advised onto huge pages
+    (TORCHQUANT_HUGEPAGES=0: at::zeros; read once per process, so each runs in a fresh one):
+    results must not depend on it, at a size whose end is not on a 2 MiB boundary, on every
+    ISA; the mapping is released with the tensor (memory does not grow over many packs)."""
+    code = """
+import resource, torch, torchquant
+from torchquant.int4 import format as fmt, reference as ref
+ops = torch.ops.torchquant
+g = torch.Generator().manual_seed(0)
+N, K, gs = 2000, 2100, 128
+q = torch.randint(0, 16, (N, K), generator=g, dtype=torch.uint8)
+G = fmt.num_groups(K, gs)
+scale = torch.rand(N, G, generator=g) * 0.02 + 1e-3
+zp = torch.randint(0, 16, (N, G), generator=g, dtype=torch.uint8)
+qw = fmt.pack_int4(q)
+packed = ops.int4_pack_weight(qw, scale, zp, K, gs)
+assert packed[0].numel() > 2 * 2 ** 20 and packed[0].numel() % (2 * 2 ** 20)
+for isa in ("scalar", "avx2", "avx512vnni"):
+    try:
+        torchquant.set_cpu_isa(isa)
+    except RuntimeError:
+        continue
+    for M in (1, 3):
+        x = torch.randn(M, K, generator=g)
+        assert torch.equal(ops.linear_int4(x, *packed, None, K, N, gs), ref.linear_int4(x, qw, scale, zp, None, K, gs))
+torchquant.set_cpu_isa("auto")
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for _ in range(60):  # 60 x 2.5 MiB
+    p = ops.int4_pack_weight(qw, scale, zp, K, gs)
+    del p
+assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 60 * 1024, "packed weights leak"
+print("ok")
+"""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TORCHQUANT_HUGEPAGES=hugepages)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
 def test_linear_int4_isas_agree_on_large_m():
@@ -237,7 +282,20 @@ def test_bad_arguments():
     with pytest.raises(RuntimeError, match="floating-point"):
         ops.linear_int4(torch.ones(2, 64, dtype=torch.int32), *packed, None, 64, 16, 32)
     with pytest.raises(RuntimeError, match="w_packed"):
-        ops.linear_int4(torch.randn(2, 64), packed[0][:, :4], packed[1], packed[2], None, 64, 16, 32)
+        ops.linear_int4(torch.randn(2, 64), packed[0][:, :1], packed[1], packed[2], None, 64, 16, 32)
+    with pytest.raises(RuntimeError, match="w_packed"):  # the layout of another group size
+        ops.linear_int4(torch.randn(2, 64), *ops.int4_pack_weight(qw, scale[:, :1], zp[:, :1], 64, 64), None,
+                        64, 16, 32)
+    with pytest.raises(RuntimeError, match="w_qp"):
+        ops.linear_int4(torch.randn(2, 64), packed[0], torch.zeros(2, dtype=torch.int16), packed[2], None,
+                        64, 16, 32)
+    with pytest.raises(RuntimeError, match="w_scale"):
+        ops.linear_int4(torch.randn(2, 64), packed[0], packed[1], torch.ones(1), None, 64, 16, 32)
+    # the float32 scales inside w_packed are read in place: a misaligned copy is refused
+    odd = torch.empty(packed[0].numel() + 1, dtype=torch.uint8)[1:].view(packed[0].shape)
+    odd.copy_(packed[0])
+    with pytest.raises(RuntimeError, match="w_packed.*aligned"):
+        ops.linear_int4(torch.randn(2, 64), odd, packed[1], packed[2], None, 64, 16, 32)
     with pytest.raises(RuntimeError, match="bias"):
         ops.linear_int4(torch.randn(2, 64), *packed, torch.zeros(3), 64, 16, 32)
     with pytest.raises(ValueError, match="group_size"):

@@ -40,5 +40,31 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   return out;
 }
 
+at::Tensor zeros_streamed(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  int64_t numel = 1;
+  for (const int64_t d : sizes) numel *= d;
+  const size_t bytes = static_cast<size_t>(numel) * at::elementSize(at::typeMetaToScalarType(options.dtype()));
+  if (options.device().is_cpu() && bytes >= kHugePage && hugepages_enabled()) {
+    // Over-map by 2 MiB, then unmap the unaligned head and the excess tail.
+    const size_t span = bytes + kHugePage;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw != MAP_FAILED) {
+      const auto begin = reinterpret_cast<uintptr_t>(raw);
+      const uintptr_t lo = (begin + kHugePage - 1) & ~(kHugePage - 1);
+      const size_t page = 4096;
+      const size_t len = (bytes + page - 1) & ~(page - 1);
+      if (lo > begin) munmap(raw, lo - begin);
+      if (begin + span > lo + len) munmap(reinterpret_cast<void*>(lo + len), begin + span - (lo + len));
+      void* p = reinterpret_cast<void*>(lo);
+      madvise(p, len, MADV_HUGEPAGE);  // advice only: ordinary pages where it is refused
+      // Anonymous mappings read as zeros.
+      return at::from_blob(p, sizes, [len](void* q) { munmap(q, len); }, options);
+    }
+  }
+#endif
+  return at::zeros(sizes, options);
+}
+
 }  // namespace cpu
 }  // namespace torchquant

@@ -15,5 +15,12 @@ namespace cpu {
 // transparent huge pages are "never", or off Linux, it does nothing.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// A CPU tensor for long-lived data a kernel streams from memory (packed weights): a fresh
+// anonymous mapping at a 2 MiB-aligned address, advised MADV_HUGEPAGE before its first touch, so
+// every whole 2 MiB of it can be a huge page (at::empty's memory may be reused heap pages,
+// already backed by 4 KiB ones, and starts at an arbitrary offset). Zero-filled. Below 2 MiB,
+// with TORCHQUANT_HUGEPAGES=0, or off Linux: at::zeros.
+at::Tensor zeros_streamed(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 }  // namespace cpu
 }  // namespace torchquant

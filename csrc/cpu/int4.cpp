@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cpu(
   check_cpu_arg(qweight, "qweight");
   const int64_t G = check_int4_format(qweight, scale, zero_point, in_features, group_size);
   const int64_t N = qweight.size(0), K = in_features;
-  const int64_t Kp = G * group_size, P = ceil_div(N, cpu::kInt4Panel);
+  const int64_t P = ceil_div(N, cpu::kInt4Panel);
   const at::Tensor s = scale.to(at::kFloat).contiguous();
   check_scale_values(scale, s.const_data_ptr<float>(), s.numel(), "scale", nullptr);
   const at::Tensor z = zero_point.to(at::kLong).contiguous();
@@ -98,32 +98,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cpu(
   const at::Tensor qw = qweight.contiguous();
   const uint8_t* pq = qw.const_data_ptr<uint8_t>();
   const int64_t ldq = qw.size(1);
-  at::Tensor packed = at::zeros({P, Kp / cpu::kInt4Block, 64}, qweight.options());
-  at::Tensor qp = at::zeros({P, G, 32}, qweight.options().dtype(at::kShort));
-  at::Tensor ws = at::ones({P, G, cpu::kInt4Panel}, qweight.options().dtype(at::kFloat));
+  const int64_t R = cpu::int4_record_bytes(group_size), bpg = group_size / cpu::kInt4Block;
+  // Huge pages where the system grants them: the M = 1 kernel streams this tensor from memory,
+  // and with 4 KiB pages the hardware prefetchers stop at every page boundary (4096 x 4096 at
+  // M = 1: 38 -> 59 GB/s with 2 threads in a stand-alone test; in the op, 1 thread: 604 -> 384 us
+  // per 4096 x 4096 g128 layer; 2 threads on an idle machine: both layouts at ~35 GB/s, the
+  // memory's limit there).
+  at::Tensor packed = cpu::zeros_streamed({P, G, R}, qweight.options());
   uint8_t* pp = packed.data_ptr<uint8_t>();
-  int16_t* pqp = qp.data_ptr<int16_t>();
-  float* pws = ws.data_ptr<float>();
   const float* ps = s.const_data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const int64_t pi = n / cpu::kInt4Panel, c = n % cpu::kInt4Panel;
       for (int64_t g = 0; g < G; ++g) {
+        uint8_t* rec = pp + (pi * G + g) * R;
         const int32_t zg = static_cast<int32_t>(pz[n * G + g]);
         int32_t wz = 0;
-        for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) {
+        for (int64_t j = 0; j < group_size; ++j) {
+          const int64_t k = g * group_size + j;
           const int32_t v = k < K ? (pq[n * ldq + k / 2] >> (4 * (k & 1))) & 0x0F : zg;
           wz += v - zg;
-          const int64_t b = k / cpu::kInt4Block, j = k % cpu::kInt4Block;
-          uint8_t& byte = pp[(pi * (Kp / cpu::kInt4Block) + b) * 64 + 4 * c + (j & 3)];
-          byte = static_cast<uint8_t>(byte | (v << (j < 4 ? 0 : 4)));
+          const int64_t b = j / cpu::kInt4Block, jj = j % cpu::kInt4Block;
+          uint8_t& byte = rec[b * 64 + 4 * c + (jj & 3)];
+          byte = static_cast<uint8_t>(byte | (v << (jj < 4 ? 0 : 4)));
         }
-        pqp[(pi * G + g) * 32 + c] = static_cast<int16_t>(zg);
-        pqp[(pi * G + g) * 32 + 16 + c] = static_cast<int16_t>(wz);
-        pws[(pi * G + g) * cpu::kInt4Panel + c] = ps[n * G + g];
+        uint8_t* qpart = rec + bpg * 64;
+        reinterpret_cast<float*>(qpart)[c] = ps[n * G + g];
+        reinterpret_cast<int16_t*>(qpart + 64)[c] = static_cast<int16_t>(zg);
+        reinterpret_cast<int16_t*>(qpart + 96)[c] = static_cast<int16_t>(wz);
       }
     }
   });
+  // The qparams live in w_packed's records; the other two outputs keep the op's signature.
+  at::Tensor qp = at::empty({0}, qweight.options().dtype(at::kShort));
+  at::Tensor ws = at::empty({0}, qweight.options().dtype(at::kFloat));
   return {packed, qp, ws};
 }
 
@@ -146,19 +154,22 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
     check_cpu_arg(*t, name);
     TORCH_CHECK(t->is_contiguous(), "argument '", name, "' must be contiguous (from int4_pack_weight)");
   }
+  const int64_t R = cpu::int4_record_bytes(group_size);
   TORCH_CHECK(w_packed.scalar_type() == at::kByte && w_packed.dim() == 3 && w_packed.size(0) == P &&
-                  w_packed.size(1) == Kp / cpu::kInt4Block && w_packed.size(2) == 64,
-              "argument 'w_packed' must be a uint8 tensor of shape [", P, ", ", Kp / cpu::kInt4Block,
-              ", 64] (int4_pack_weight on the CPU for N = ", N, ", K = ", K, ", group_size = ",
+                  w_packed.size(1) == G && w_packed.size(2) == R,
+              "argument 'w_packed' must be a uint8 tensor of shape [", P, ", ", G, ", ", R,
+              "] (int4_pack_weight on the CPU for N = ", N, ", K = ", K, ", group_size = ",
               group_size, "), got dtype ", w_packed.scalar_type(), " and shape ", w_packed.sizes());
-  TORCH_CHECK(w_qp.scalar_type() == at::kShort && w_qp.dim() == 3 && w_qp.size(0) == P &&
-                  w_qp.size(1) == G && w_qp.size(2) == 32,
-              "argument 'w_qp' must be an int16 tensor of shape [", P, ", ", G, ", 32], got dtype ",
-              w_qp.scalar_type(), " and shape ", w_qp.sizes());
-  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 3 && w_scale.size(0) == P &&
-                  w_scale.size(1) == G && w_scale.size(2) == cpu::kInt4Panel,
-              "argument 'w_scale' must be a float32 tensor of shape [", P, ", ", G, ", 16], got dtype ",
-              w_scale.scalar_type(), " and shape ", w_scale.sizes());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(w_packed.const_data_ptr()) % 4 == 0,
+              "argument 'w_packed' must start at a 4-byte aligned address (its float32 scales are "
+              "read in place), got a storage offset of ", w_packed.storage_offset(), " bytes");
+  TORCH_CHECK(w_qp.scalar_type() == at::kShort && w_qp.dim() == 1 && w_qp.numel() == 0,
+              "argument 'w_qp' must be the empty int16 tensor of int4_pack_weight on the CPU (the "
+              "qparams are in w_packed), got dtype ", w_qp.scalar_type(), " and shape ", w_qp.sizes());
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.numel() == 0,
+              "argument 'w_scale' must be the empty float32 tensor of int4_pack_weight on the CPU "
+              "(the scales are in w_packed), got dtype ", w_scale.scalar_type(), " and shape ",
+              w_scale.sizes());
   at::Tensor b;
   if (bias.has_value() && bias->defined()) {
     check_cpu_arg(*bias, "bias");
@@ -214,8 +225,7 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
   p.G = G;
   p.group_size = group_size;
   p.w = w_packed.const_data_ptr<uint8_t>();
-  p.qp = w_qp.const_data_ptr<int16_t>();
-  p.ws = w_scale.const_data_ptr<float>();
+  p.R = R;
   p.xq = pxq;
   p.xsum = pxsum;
   p.x_scale = pxs;

@@ -28,7 +28,6 @@ TQ_TARGET_AVX2 inline __m256i bcast4(const int8_t* p) {
 template <int MR>
 TQ_TARGET_AVX2 void tile(const Int4Problem& p, int64_t m, int64_t pi) {
   const int64_t bpg = p.group_size / kInt4Block;
-  const uint8_t* wp = p.w + pi * (p.Kp / kInt4Block) * 64;
   const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* x[MR];
@@ -36,28 +35,26 @@ TQ_TARGET_AVX2 void tile(const Int4Problem& p, int64_t m, int64_t pi) {
   __m256 y[MR][2];
   for (int r = 0; r < MR; ++r) y[r][0] = y[r][1] = _mm256_setzero_ps();
   for (int64_t g = 0; g < p.G; ++g) {
+    const Int4Record rec = int4_record(p, pi, g);
     __m256i acc[MR][2];
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-    const int64_t b0 = g * bpg, b1 = b0 + bpg;
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = 0; b < bpg; ++b) {
       for (int h = 0; h < 2; ++h) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + b * 64 + 32 * h));
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec.w + b * 64 + 32 * h));
         const __m256i lo = _mm256_and_si256(w, low);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
         for (int r = 0; r < MR; ++r) {
-          const int8_t* xb = x[r] + b * kInt4Block;
+          const int8_t* xb = x[r] + g * p.group_size + b * kInt4Block;
           const __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4(xb)),
                                              _mm256_maddubs_epi16(hi, bcast4(xb + 4)));
           acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(t, ones));
         }
       }
     }
-    const int16_t* qp = p.qp + (pi * p.G + g) * 32;
-    const float* sp = p.ws + (pi * p.G + g) * kInt4Panel;
     for (int h = 0; h < 2; ++h) {
-      const __m256i z = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qp + 8 * h)));
-      const __m256i wz = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qp + 16 + 8 * h)));
-      const __m256 s = _mm256_loadu_ps(sp + 8 * h);
+      const __m256i z = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec.z + 8 * h)));
+      const __m256i wz = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec.wz + 8 * h)));
+      const __m256 s = _mm256_loadu_ps(rec.s + 8 * h);
       for (int r = 0; r < MR; ++r) {
         __m256i corr = _mm256_sub_epi32(acc[r][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(p.xsum[(m + r) * p.G + g])));
         corr = _mm256_sub_epi32(corr, _mm256_mullo_epi32(_mm256_set1_epi32(p.x_zp[m + r]), wz));

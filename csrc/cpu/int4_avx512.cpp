@@ -1,10 +1,13 @@
-// AVX-512 VNNI int4 weight-only Linear. One 64-byte block holds 8 k of 16 channels; a shift
-// and two ANDs give two vectors of 4 unsigned 4-bit values per int32 lane (k0..k0+3 and
-// k0+4..k0+7), and vpdpbusd multiplies each by 4 broadcast int8 activations and adds into one
-// int32 lane per channel: 128 multiply-adds for 1 load, 3 unpack and 2 vpdpbusd per row.
-// The unpacked block is reused across up to kMR rows. The per-group epilogue and the output
-// are the float32 operations of int4_kernels.h in the same order (no FMA), so results are
-// bit-identical to the scalar oracle.
+// AVX-512 VNNI int4 weight-only Linear. One 64-byte block holds 8 k of 16 channels. An AND
+// keeps the low nibbles (k0..k0+3: four unsigned 4-bit values per int32 lane) and another
+// the high ones in place, i.e. 16 times the values of k0+4..k0+7: vpdpbusd multiplies each by
+// 4 broadcast int8 activations and adds into one int32 lane per channel, and the high sums are
+// divided by 16 (an exact arithmetic shift: |sum| <= 4 * 240 * 128 * 256 < 2^31 over a group of
+// at most 2048) once per group. Per block and row: 1 load, 2 logic ops, 2 vpdpbusd. Even and odd
+// blocks use separate accumulators, so the vpdpbusd chains overlap at M = 1, and the unpacked
+// block is reused across up to kMR rows. The per-group epilogue and the output are the float32
+// operations of int4_kernels.h in the same order (no FMA), so results are bit-identical to the
+// scalar oracle.
 #include <immintrin.h>
 
 #include <cstring>
@@ -27,34 +30,51 @@ TQ_TARGET_AVX512VNNI inline __m512i bcast4(const int8_t* p) {
 }
 
 template <int MR>
+TQ_TARGET_AVX512VNNI inline void block(const uint8_t* blk, const int8_t* const* xb, __m512i* lo_acc,
+                                       __m512i* hi_acc, __m512i low, __m512i high) {
+  const __m512i w = _mm512_loadu_si512(blk);
+  const __m512i lo = _mm512_and_si512(w, low);
+  const __m512i hi16 = _mm512_and_si512(w, high);
+  for (int r = 0; r < MR; ++r) {
+    lo_acc[r] = _mm512_dpbusd_epi32(lo_acc[r], lo, bcast4(xb[r]));
+    hi_acc[r] = _mm512_dpbusd_epi32(hi_acc[r], hi16, bcast4(xb[r] + 4));
+  }
+}
+
+template <int MR>
 TQ_TARGET_AVX512VNNI void tile(const Int4Problem& p, int64_t m, int64_t pi) {
   const int64_t bpg = p.group_size / kInt4Block;
-  const uint8_t* wp = p.w + pi * (p.Kp / kInt4Block) * 64;
   const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i high = _mm512_set1_epi8(static_cast<char>(0xF0));
   const int8_t* x[MR];
   for (int r = 0; r < MR; ++r) x[r] = p.xq + (m + r) * p.Kp;
   __m512 y[MR];
   for (int r = 0; r < MR; ++r) y[r] = _mm512_setzero_ps();
   for (int64_t g = 0; g < p.G; ++g) {
-    __m512i a0[MR], a1[MR];
-    for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm512_setzero_si512();
-    const int64_t b0 = g * bpg, b1 = b0 + bpg;
-    for (int64_t b = b0; b < b1; ++b) {
-      const __m512i w = _mm512_loadu_si512(wp + b * 64);
-      const __m512i lo = _mm512_and_si512(w, low);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
-      for (int r = 0; r < MR; ++r) {
-        const int8_t* xb = x[r] + b * kInt4Block;
-        a0[r] = _mm512_dpbusd_epi32(a0[r], lo, bcast4(xb));
-        a1[r] = _mm512_dpbusd_epi32(a1[r], hi, bcast4(xb + 4));
+    const Int4Record rec = int4_record(p, pi, g);
+    __m512i lo0[MR], hi0[MR], lo1[MR], hi1[MR];
+    for (int r = 0; r < MR; ++r) lo0[r] = hi0[r] = lo1[r] = hi1[r] = _mm512_setzero_si512();
+    const int64_t k0 = g * p.group_size;
+    const int8_t* xb[MR];
+    int64_t b = 0;
+    if constexpr (MR <= 2) {  // with 3 and 4 rows, the rows' chains overlap already
+      for (; b + 2 <= bpg; b += 2) {
+        for (int r = 0; r < MR; ++r) xb[r] = x[r] + k0 + b * kInt4Block;
+        block<MR>(rec.w + b * 64, xb, lo0, hi0, low, high);
+        for (int r = 0; r < MR; ++r) xb[r] += kInt4Block;
+        block<MR>(rec.w + b * 64 + 64, xb, lo1, hi1, low, high);
       }
     }
-    const int16_t* qp = p.qp + (pi * p.G + g) * 32;
-    const __m512i z = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp)));
-    const __m512i wz = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + 16)));
-    const __m512 s = _mm512_loadu_ps(p.ws + (pi * p.G + g) * kInt4Panel);
+    for (; b < bpg; ++b) {
+      for (int r = 0; r < MR; ++r) xb[r] = x[r] + k0 + b * kInt4Block;
+      block<MR>(rec.w + b * 64, xb, lo0, hi0, low, high);
+    }
+    const __m512i z = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec.z)));
+    const __m512i wz = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec.wz)));
+    const __m512 s = _mm512_loadu_ps(rec.s);
     for (int r = 0; r < MR; ++r) {
-      __m512i corr = _mm512_add_epi32(a0[r], a1[r]);
+      __m512i corr = _mm512_add_epi32(_mm512_add_epi32(lo0[r], lo1[r]),
+                                      _mm512_srai_epi32(_mm512_add_epi32(hi0[r], hi1[r]), 4));
       corr = _mm512_sub_epi32(corr, _mm512_mullo_epi32(z, _mm512_set1_epi32(p.xsum[(m + r) * p.G + g])));
       corr = _mm512_sub_epi32(corr, _mm512_mullo_epi32(_mm512_set1_epi32(p.x_zp[m + r]), wz));
       y[r] = _mm512_add_ps(y[r], _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s));

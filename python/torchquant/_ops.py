@@ -436,8 +436,9 @@ def _int4_pack_weight_fake(qweight, scale, zero_point, in_features, group_size):
     if qweight.device.type == "cuda":  # cuda/int4.cu: the portable layout padded to whole groups
         return (qweight.new_empty((N, Kp // 2)), qweight.new_empty((N, G), dtype=torch.int32),
                 qweight.new_empty((N, G), dtype=torch.float32))
-    return (qweight.new_empty((P, Kp // 8, 64)), qweight.new_empty((P, G, 32), dtype=torch.int16),
-            qweight.new_empty((P, G, 16), dtype=torch.float32))
+    # cpu/int4_kernels.h: one record of weights and qparams per (panel, group)
+    return (qweight.new_empty((P, G, 8 * group_size + 128)), qweight.new_empty((0,), dtype=torch.int16),
+            qweight.new_empty((0,), dtype=torch.float32))
 
 
 @torch.library.register_fake("torchquant::linear_int4")
