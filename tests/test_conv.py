@@ -28,6 +28,12 @@ CASES = [
     ((5, 6, 7), 4, 9, (3, 3, 3), (1, 2, 1), (1, 1, 0), (1, 1, 2), 1),  # conv3d
     ((4, 5, 6), 6, 6, (3, 1, 3), (2, 1, 1), (1, 0, 1), (1, 1, 1), 6),  # conv3d depthwise
     ((4, 4, 4), 8, 12, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1), 2),  # conv3d pointwise grouped
+    # Kernel rows padded to a multiple of 4 bytes in the CPU packing (KW * Cg = 21, 15, 9, 6):
+    ((13, 11), 3, 17, (7, 7), (2, 2), (3, 3), (1, 1), 1),        # 7x7/2 stem, odd sizes
+    ((9, 8), 5, 16, (3, 3), (2, 2), (1, 1), (1, 1), 1),           # 15-byte rows, strided
+    ((10, 9), 3, 8, (3, 3), (1, 1), (2, 3), (2, 2), 1),           # 9-byte rows, dilated, wide padding
+    ((9, 10), 6, 12, (3, 3), (1, 2), (1, 0), (1, 1), 3),          # grouped, 6-byte rows
+    ((5, 4, 6), 3, 5, (2, 3, 3), (1, 1, 2), (1, 1, 1), (1, 1, 1), 1),  # conv3d, 9-byte rows
 ]
 
 
@@ -230,6 +236,26 @@ def test_fake_kernels_match():
                                  mode.from_tensor(bias), list(k), list(s), list(p), list(d), g, None, None, False,
                                  torch.float32)
         assert fake.shape == real.shape and fake.dtype == real.dtype and fake.stride() == real.stride()
+
+
+@pytest.mark.parametrize("w_shape,groups", [((17, 3, 7, 7), 1), ((8, 3, 3, 3), 1), ((6, 2, 3, 3), 3),
+                                            ((4, 5, 3), 1), ((4, 3, 1, 7), 1), ((4, 70, 3, 1), 1),
+                                            ((4, 3, 2, 3, 3), 1), ((4, 4, 3, 3), 1), ((9, 1, 3, 3), 9)])
+def test_packed_weight_shape(w_shape, groups):
+    """conv_packed_weight_shape (the fake kernel's shape) is what the CPU packing returns,
+    kernel-row padding included, and the padding holds zero weights only."""
+    w = torch.randint(-128, 128, w_shape, dtype=torch.int8)
+    wp, cs = ops.pack_conv_weight(w, groups)
+    assert tuple(wp.shape) == torchquant.conv.conv_packed_weight_shape(w_shape, groups)
+    assert torch.equal(cs, w.reshape(w_shape[0], -1).sum(1, dtype=torch.int32))
+    taps = 1
+    for k in w_shape[2:]:
+        taps *= k
+    if wp.dim() == 4:
+        row, rows = w_shape[-1] * w_shape[1], taps // w_shape[-1]
+        padded = row % 4 != 0 and row < 64 and rows > 1
+        assert wp.shape[2] == rows * ((row + 3) // 4 * 4 if padded else row)
+        assert int(wp.ne(0).sum()) == int(w.ne(0).sum())
 
 
 def _args(x=None, w=None, groups=1, k=(3, 3), **kw):
