@@ -34,6 +34,11 @@ CASES = [
     ((10, 9), 3, 8, (3, 3), (1, 1), (2, 3), (2, 2), 1),           # 9-byte rows, dilated, wide padding
     ((9, 10), 6, 12, (3, 3), (1, 2), (1, 0), (1, 1), 3),          # grouped, 6-byte rows
     ((5, 4, 6), 3, 5, (2, 3, 3), (1, 1, 2), (1, 1, 1), (1, 1, 1), 1),  # conv3d, 9-byte rows
+    # The implicit GEMM (AVX-512 VNNI: kernel rows read in place from the input, padded or not):
+    ((9, 9), 3, 16, (3, 3), (1, 1), (0, 0), (1, 1), 1),           # padded rows, no padding
+    ((10, 9), 8, 12, (3, 3), (2, 1), (2, 1), (2, 1), 1),          # dilated along H only
+    ((3, 6, 7), 4, 8, (1, 3, 3), (2, 1, 2), (0, 1, 1), (1, 2, 1), 1),  # conv3d of depth-1 kernel
+    ((7, 8), 8, 70, (2, 5), (3, 1), (0, 2), (1, 1), 1),           # rows split over output rows, 5 panels
 ]
 
 
@@ -194,6 +199,24 @@ def test_conv_large_layer_tiles(isa):
     x, xs, xz, w, ws, bias = _make(case, 2, torch.int8, seed=9)
     got, want = _run(case, x, xs, xz, w, ws, bias, torch.int8, False, *_out_qparams(torch.int8, "cpu"))
     _assert_same(got, want)
+
+
+@pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
+def test_conv_stem_two_threads(isa, xdtype):
+    """The 7x7/2 RGB stem at 160x96 (odd output width), batch 2, on two threads: the padded input
+    copy is split over threads, tiles cross output rows, padded kernel rows read past the last tap."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        case = ((160, 97), 3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 1)
+        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=11)
+        got, want = _run(case, x, xs, xz, w, ws, bias, torch.uint8, True, *_out_qparams(torch.uint8, "cpu"))
+        _assert_same(got, want)
+        case = ((160, 97), 3, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1)
+        got, want = _run(case, x, xs, xz, w[:32, :, :3, :3].contiguous(), ws[:32], bias[:32], torch.float32, False)
+        _assert_same(got, want)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_reference_matches_float_conv():

@@ -38,18 +38,20 @@ struct ConvKernels {
   decltype(&cpu::gemm_mr__scalar) mr;
   decltype(&cpu::gemm_compute__scalar) compute;
   decltype(&cpu::conv_dw__scalar) dw;
+  decltype(&cpu::gemm_compute_segs__avx512vnni) segs;  // implicit GEMM, or null
 };
 
 const ConvKernels& conv_kernels() {
   static const ConvKernels scalar{cpu::gemm_mr__scalar, cpu::gemm_compute__scalar,
-                                  cpu::conv_dw__scalar};
-  static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2};
+                                  cpu::conv_dw__scalar, nullptr};
+  static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2,
+                                nullptr};
   // Depthwise: the AVX2 kernel on AVX-512 machines too. Measured on the 2-core AMD EPYC
   // (docs/benchmarks.md), 512-bit versions (vpmullw on 32 channels; vpdpbusd on four interleaved
   // taps) took 1.5x the AVX2 kernel's time: the work is widening and shuffles, which run at
   // half rate on 512-bit registers there, not multiply-adds.
   static const ConvKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
-                                cpu::conv_dw__avx2};
+                                cpu::conv_dw__avx2, cpu::gemm_compute_segs__avx512vnni};
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return vnni;
     case CpuIsa::Avx2: return avx2;
@@ -147,16 +149,55 @@ void im2col_tile(const ConvSetup& s, const uint8_t* x, const uint8_t* x_end, int
   }
 }
 
+// The input with its spatial padding made real (zero-point bytes) for the implicit GEMM:
+// [planes, H + 2 * pad_h, W + 2 * pad_w, C] and 64 bytes of slack (zero point) after it, which
+// the last receptive field's padded kernel row may read. One pass over the input, against the
+// taps-fold copy of im2col.
+const uint8_t* pad_input(const ConvSetup& s, const uint8_t* x, uint8_t zp, int64_t Hp, int64_t Wp,
+                         std::vector<uint8_t>& buf) {
+  const ConvGeometry& G = s.g;
+  const int64_t C = G.C, H = G.in[1], W = G.in[2], ph = G.pad[1], pw = G.pad[2];
+  const int64_t planes = G.N * G.in[0], rowb = Wp * C, n = planes * Hp;
+  uint8_t* xp = cpu::scratch(buf, static_cast<size_t>(n * rowb + 64));
+  std::memset(xp + n * rowb, zp, 64);
+  auto fill = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      uint8_t* d = xp + r * rowb;
+      const int64_t plane = r / Hp, ih = r % Hp - ph;
+      if (ih < 0 || ih >= H) {
+        std::memset(d, zp, static_cast<size_t>(rowb));
+        continue;
+      }
+      std::memset(d, zp, static_cast<size_t>(pw * C));
+      std::memcpy(d + pw * C, x + (plane * H + ih) * W * C, static_cast<size_t>(W * C));
+      std::memset(d + (pw + W) * C, zp, static_cast<size_t>((Wp - W - pw) * C));
+    }
+  };
+  if (at::get_num_threads() <= 1 || n * rowb < (int64_t{1} << 18)) {
+    fill(0, n);
+  } else {
+    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / rowb), fill);
+  }
+  return xp;
+}
+
 void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x, char* out,
                    const int8_t* packed) {
   const uint8_t* x_end = x + s.g.N * s.g.in[0] * s.g.in[1] * s.g.in[2] * s.g.C;
   const ConvKernels& k = conv_kernels();
   const ConvGeometry& G = s.g;
-  const int64_t M = G.out_pixels(), C = G.C, Kg = packed_depth(s);
+  const int64_t M = G.out_pixels(), C = G.C, Kg = packed_depth(s), rb = row_bytes(s);
   const int64_t ob = cpu::gemm_out_bytes(base.out_kind);
   const int64_t panels = cpu::gemm_panels(s.Ng);
   const bool direct = G.taps() == 1 && G.stride[0] == 1 && G.stride[1] == 1 && G.stride[2] == 1 &&
                       G.pad[0] == 0 && G.pad[1] == 0 && G.pad[2] == 0;
+  // Implicit GEMM (AVX-512 VNNI): no im2col. Each kernel row of a receptive field is a
+  // contiguous run of the (padded) input when there is one group and no dilation along W, so
+  // the micro-kernel reads it in place, row by row, through per-pixel pointers. Needs 2-d
+  // kernels (a kernel of depth 1 and no depth padding: 3-d inputs are then planes) and kernel
+  // rows of whole 4-byte groups.
+  const bool implicit = !direct && k.segs != nullptr && s.groups == 1 && G.k[0] == 1 &&
+                        G.pad[0] == 0 && G.dil[2] == 1 && rb % 4 == 0;
   const int64_t mr = k.mr();
   int64_t rows = std::max<int64_t>(mr, std::min<int64_t>(kMaxTileRows, kTileBytes / std::max<int64_t>(Kg, 1)));
   rows = std::max<int64_t>(mr, rows / mr * mr);
@@ -171,8 +212,19 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x
   }
   const int64_t tasks = s.groups * tiles * nblocks;
   const uint8_t zp = static_cast<uint8_t>(base.a_zp);
+  // The implicit GEMM's view of the input: in place, or padded when the kernel reaches past its
+  // border or reads padded kernel rows (which run up to 3 bytes past the last tap).
+  const uint8_t* src = x;
+  int64_t Hp = G.in[1], Wp = G.in[2];
+  if (implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C)) {
+    thread_local std::vector<uint8_t> pbuf;
+    Hp += 2 * G.pad[1];
+    Wp += 2 * G.pad[2];
+    src = pad_input(s, x, zp, Hp, Wp, pbuf);
+  }
   auto run = [&](int64_t t0, int64_t t1) {
     thread_local std::vector<uint8_t> buf;
+    thread_local std::vector<const uint8_t*> rp;
     int64_t have_g = -1, have_tile = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
@@ -191,6 +243,37 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x
       p.ldo = s.Cout;
       if (direct) {
         k.compute(p, x + m0 * C + g * s.Cg, C, 0, p.M, p0, p1);
+        continue;
+      }
+      if (implicit) {
+        const uint8_t** r = cpu::scratch(rp, static_cast<size_t>(p.M));
+        if (tile != have_tile) {
+          // Counters, not divisions per pixel (a 64-bit division costs as much as a few groups).
+          int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
+          q /= G.out[1];
+          int64_t od = q % G.out[0], n = q / G.out[0];
+          const int64_t step = G.stride[2] * C;
+          const uint8_t* rowp = nullptr;
+          for (int64_t m = m0; m < m1; ++m) {
+            if (m == m0 || ow == 0) {
+              const int64_t plane = n * G.in[0] + od * G.stride[0];
+              rowp = src + (plane * Hp + oh * G.stride[1]) * Wp * C;
+            }
+            r[m - m0] = rowp + ow * step;
+            if (++ow == G.out[2]) {
+              ow = 0;
+              if (++oh == G.out[1]) {
+                oh = 0;
+                if (++od == G.out[0]) {
+                  od = 0;
+                  ++n;
+                }
+              }
+            }
+          }
+          have_tile = tile;
+        }
+        k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1);
         continue;
       }
       // 32 bytes of slack: im2col's block copies run past the last row.

@@ -188,11 +188,147 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
       t = _mm512_mask_blend_ps(nan, t, ozp);
     }
     // Integer-valued and inside the 8-bit type: the conversion and the truncating pack are exact.
-    _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(p.out) + o, k, _mm512_cvtps_epi32(t));
+    // A whole chunk packs in a register and stores plainly: the masked narrowing store
+    // (vpmovdb to memory) was the slowest instruction of the epilogue on AMD Zen 4.
+    uint8_t* dst = static_cast<uint8_t*>(p.out) + o;
+    if (k == __mmask16(0xFFFF)) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t)));
+    } else {
+      _mm512_mask_cvtepi32_storeu_epi8(dst, k, _mm512_cvtps_epi32(t));
+    }
+  }
+}
+
+// micro's loop with row i of the activations at rows[i] (not a + i * lda), its K bytes in
+// segs runs of 4 * gps bytes, run j at rows[i] + j * sstride: a convolution's receptive field
+// read in place, one run per kernel row.
+#define TQ_VNNI_SROW(i)                                                           \
+  if constexpr (R > i) {                                                          \
+    const __m512i x = bcast<Flip>(a##i + 4 * g, vflip);                           \
+    acc##i##0 = _mm512_dpbusd_epi32(acc##i##0, x, w0);                            \
+    if constexpr (NV > 1) acc##i##1 = _mm512_dpbusd_epi32(acc##i##1, x, w1);      \
+    if constexpr (NV > 2) acc##i##2 = _mm512_dpbusd_epi32(acc##i##2, x, w2);      \
+    if constexpr (NV > 3) acc##i##3 = _mm512_dpbusd_epi32(acc##i##3, x, w3);      \
+  }
+#define TQ_VNNI_STORE(i)                                                          \
+  if constexpr (R > i) {                                                          \
+    _mm512_storeu_si512(c + i * kNV * 16, acc##i##0);                             \
+    if constexpr (NV > 1) _mm512_storeu_si512(c + i * kNV * 16 + 16, acc##i##1);  \
+    if constexpr (NV > 2) _mm512_storeu_si512(c + i * kNV * 16 + 32, acc##i##2);  \
+    if constexpr (NV > 3) _mm512_storeu_si512(c + i * kNV * 16 + 48, acc##i##3);  \
+  }
+
+template <int R, int NV, bool Flip>
+TQ_TARGET_AVX512VNNI void micro_seg(const uint8_t* const* rows, const int8_t* b, int64_t pstride,
+                                    int64_t segs, int64_t gps, int64_t sstride, int32_t* c) {
+  const __m512i z = _mm512_setzero_si512();
+  __m512i acc00 = z, acc01 = z, acc02 = z, acc03 = z, acc10 = z, acc11 = z, acc12 = z, acc13 = z,
+          acc20 = z, acc21 = z, acc22 = z, acc23 = z, acc30 = z, acc31 = z, acc32 = z, acc33 = z,
+          acc40 = z, acc41 = z, acc42 = z, acc43 = z, acc50 = z, acc51 = z, acc52 = z, acc53 = z;
+  const __m512i vflip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+  __m512i w0 = z, w1 = z, w2 = z, w3 = z;
+  const uint8_t *a0 = rows[0], *a1 = R > 1 ? rows[1] : a0, *a2 = R > 2 ? rows[2] : a0,
+                *a3 = R > 3 ? rows[3] : a0, *a4 = R > 4 ? rows[4] : a0, *a5 = R > 5 ? rows[5] : a0;
+  for (int64_t sg = 0; sg < segs; ++sg) {
+    for (int64_t g = 0; g < gps; ++g) {
+      const int8_t* bg = b + g * kGroup;
+      w0 = _mm512_loadu_si512(bg);
+      if constexpr (NV > 1) w1 = _mm512_loadu_si512(bg + pstride);
+      if constexpr (NV > 2) w2 = _mm512_loadu_si512(bg + 2 * pstride);
+      if constexpr (NV > 3) w3 = _mm512_loadu_si512(bg + 3 * pstride);
+      TQ_VNNI_SROW(0)
+      TQ_VNNI_SROW(1)
+      TQ_VNNI_SROW(2)
+      TQ_VNNI_SROW(3)
+      TQ_VNNI_SROW(4)
+      TQ_VNNI_SROW(5)
+    }
+    b += gps * kGroup;
+    a0 += sstride;
+    if constexpr (R > 1) a1 += sstride;
+    if constexpr (R > 2) a2 += sstride;
+    if constexpr (R > 3) a3 += sstride;
+    if constexpr (R > 4) a4 += sstride;
+    if constexpr (R > 5) a5 += sstride;
+  }
+  TQ_VNNI_STORE(0)
+  TQ_VNNI_STORE(1)
+  TQ_VNNI_STORE(2)
+  TQ_VNNI_STORE(3)
+  TQ_VNNI_STORE(4)
+  TQ_VNNI_STORE(5)
+}
+
+#undef TQ_VNNI_SROW
+#undef TQ_VNNI_STORE
+
+using SegFn = void (*)(const uint8_t* const*, const int8_t*, int64_t, int64_t, int64_t, int64_t,
+                       int32_t*);
+
+template <int R, bool F>
+constexpr SegFn seg_for(int nv) {
+  return nv == 1 ? &micro_seg<R, 1, F> : nv == 2 ? &micro_seg<R, 2, F>
+                                       : nv == 3 ? &micro_seg<R, 3, F> : &micro_seg<R, 4, F>;
+}
+
+template <bool F>
+SegFn pick_seg_f(int rows, int nv) {
+  switch (rows) {
+    case 1: return seg_for<1, F>(nv);
+    case 2: return seg_for<2, F>(nv);
+    case 3: return seg_for<3, F>(nv);
+    case 4: return seg_for<4, F>(nv);
+    case 5: return seg_for<5, F>(nv);
+    default: return seg_for<6, F>(nv);
+  }
+}
+
+// The group's zero-point corrections and scales of columns [n0, n0 + ncols) (lanes past N: zero),
+// once for all its row tiles: per-tensor activation qparams only.
+TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t ncols,
+                                       int32_t zp_shift, int32_t* zc, float* sc) {
+  const __m512i vzp = _mm512_set1_epi32(p.a_zp + zp_shift);
+  const __m512 vas = _mm512_set1_ps(p.a_scale);
+  for (int64_t j = 0; j < kNV * 16; j += 16) {
+    const int64_t left = ncols - j;
+    const __mmask16 k = left >= 16 ? __mmask16(0xFFFF)
+                                   : left <= 0 ? __mmask16(0)
+                                               : static_cast<__mmask16>((1u << left) - 1u);
+    _mm512_store_si512(zc + j, _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n0 + j)));
+    if (p.out_kind != GemmOut::Int32) {
+      _mm512_store_ps(sc + j, _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n0 + j)));
+    }
   }
 }
 
 }  // namespace
+
+TQ_TARGET_AVX512VNNI void gemm_compute_segs__avx512vnni(const GemmProblem& p,
+                                                        const uint8_t* const* rows, int64_t segs,
+                                                        int64_t sstride, int64_t m0, int64_t m1,
+                                                        int64_t p0, int64_t p1) {
+  const int64_t gps = p.K / segs / 4, pstride = p.K * kPanel;
+  const bool flip = !p.a_unsigned;
+  const int32_t zp_shift = p.a_unsigned ? 0 : 128;
+  alignas(64) int32_t c[kMR * kNV * 16];
+  alignas(64) int32_t zc[kNV * 16];
+  alignas(64) float sc[kNV * 16];
+  for (int64_t pp = p0; pp < p1; pp += kNV) {
+    const int nv = static_cast<int>(p1 - pp < kNV ? p1 - pp : kNV);
+    const int8_t* b = p.w + pp * pstride;
+    const int64_t n0 = pp * kPanel;
+    const int64_t ncols = (p.N - n0) < nv * kPanel ? (p.N - n0) : nv * kPanel;
+    panel_consts(p, n0, ncols, zp_shift, zc, sc);
+    for (int64_t m = m0; m < m1; m += kMR) {
+      const int nr = static_cast<int>(m1 - m < kMR ? m1 - m : kMR);
+      (flip ? pick_seg_f<true>(nr, nv) : pick_seg_f<false>(nr, nv))(rows + (m - m0), b, pstride,
+                                                                     segs, gps, sstride, c);
+      for (int i = 0; i < nr; ++i) {
+        epilogue_row<true>(p, c + i * kNV * 16, m + i, n0, ncols, 0, 0.0f, zc, sc);
+      }
+    }
+  }
+}
 
 int gemm_mr__avx512vnni() { return kMR; }
 
@@ -391,6 +527,8 @@ void quantize_rows__avx512vnni(const float* x, int64_t ldx, int64_t rows, int64_
                                int32_t* zp) {
   quantize_rows__scalar(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
 }
+void gemm_compute_segs__avx512vnni(const GemmProblem&, const uint8_t* const*, int64_t, int64_t,
+                                   int64_t, int64_t, int64_t, int64_t) {}
 void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64_t ldw, int64_t N, int64_t K,
                                      int64_t p0, int64_t p1, int8_t* packed, int32_t* col_sums) {
   const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
