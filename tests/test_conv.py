@@ -219,6 +219,28 @@ def test_conv_stem_two_threads(isa, xdtype):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 9, 13])
+def test_depthwise_edge_columns(isa, width):
+    """Depthwise 3x3 / 5x3 rows of every width from 1 pixel up, stride 1 and 2, padding 0 to 2:
+    the interior runs in blocks of several pixels, the border columns and the rest one by one;
+    int8 / uint8 out with and without ReLU (each has a kernel of its own), 16-channel blocks and
+    tail channels, ties and saturating outputs, batch 1 and 2."""
+    gen = torch.Generator().manual_seed(width)
+    for (kh, kw), s, p, c in (((3, 3), 1, 1, 32), ((3, 3), 2, 1, 19), ((5, 3), 1, 2, 16), ((3, 3), 1, 0, 48),
+                              ((3, 3), 2, 2, 17)):
+        if width + 2 * p < kw:
+            continue
+        case = ((5, width), c, c, (kh, kw), (s, s), (p, p), (1, 1), c)
+        for batch, xdtype in ((1, torch.uint8), (2, torch.int8)):
+            x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=int(torch.randint(0, 1000, (1,), generator=gen)))
+            for out_dtype, relu in ((torch.uint8, False), (torch.uint8, True), (torch.int8, False), (torch.int8, True)):
+                # A small out_scale saturates many outputs; a larger one keeps most in range.
+                for scale in (0.002, 0.2):
+                    os_, oz = _out_qparams(out_dtype, "cpu", scale=scale)
+                    got, want = _run(case, x, xs, xz, w, ws, bias if scale < 0.1 else None, out_dtype, relu, os_, oz)
+                    _assert_same(got, want)
+
+
 def test_reference_matches_float_conv():
     """The oracle itself: with small integers the float convolution of the dequantized input is
     exact, so the reference must equal F.conv2d of (x - zp) * scale."""
