@@ -241,6 +241,25 @@ def test_depthwise_edge_columns(isa, width):
                     _assert_same(got, want)
 
 
+@pytest.mark.parametrize("case", [((6, 7), 8, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # implicit GEMM
+                                  ((5, 6), 16, 128, (1, 1), (1, 1), (0, 0), (1, 1), 1),   # direct 1x1
+                                  ((6, 5), 6, 64, (3, 3), (1, 2), (1, 1), (2, 1), 1),     # im2col (dilated W)
+                                  ((5, 5), 8, 136, (2, 2), (2, 2), (0, 0), (1, 1), 2)],   # 64 + 4 per group
+                         ids=["implicit", "direct", "im2col", "groups"])
+def test_conv_requantize_full_panels(isa, case):
+    """Requantized outputs over whole groups of 64 channels (the AVX-512 epilogue's branch-free
+    kernels): int8 / uint8, with and without ReLU and bias, saturating and in-range, int8 and
+    uint8 in."""
+    for xdtype in (torch.uint8, torch.int8):
+        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=13)
+        for out_dtype in (torch.uint8, torch.int8):
+            for relu in (False, True):
+                for scale, b in ((0.01, bias), (2.0, None), (1e4, bias)):
+                    os_, oz = _out_qparams(out_dtype, "cpu", scale=scale)
+                    got, want = _run(case, x, xs, xz, w, ws, b, out_dtype, relu, os_, oz)
+                    _assert_same(got, want)
+
+
 def test_reference_matches_float_conv():
     """The oracle itself: with small integers the float convolution of the dequantized input is
     exact, so the reference must equal F.conv2d of (x - zp) * scale."""

@@ -199,6 +199,70 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
   }
 }
 
+// The requantized epilogue (int8 / uint8 out, nan_free, per-tensor activation qparams) of
+// `rows` rows of a register tile whose 64 columns are all real, without run-time branches:
+// t = round(y * inv) (integer-valued; the clamp at 2^30 keeps the conversion in range, and
+// -inf or anything below -2^31 converts to INT32_MIN), then int16 saturation, a saturating
+// + zero point and the byte pack's saturation give clamp(t + zp, lo, hi) as quantize_val does
+// (whatever saturates at int16 lies far outside [lo, hi] either way). ReLU folds into the clamp:
+// y < 0 gives t <= 0, so max(t + zp, zp) = zp, the output of y = 0; y >= 0 leaves t + zp >= zp
+// unchanged. bc holds the biases or +0.0, which changes at most the sign of a zero y and no
+// output. Two packs interleave the four 16-column chunks by 128-bit lane; one dword
+// permutation puts the 64 bytes back in column order. Bit-identical to gemm_epilogue_one.
+template <bool U8, bool Relu>
+TQ_TARGET_AVX512VNNI void epilogue_rows64(const GemmProblem& p, const int32_t* c, int64_t m,
+                                          int rows, int64_t n0, const int32_t* zc,
+                                          const float* sc, const float* bc) {
+  const __m512 inv = _mm512_set1_ps(p.out_inv_scale), big = _mm512_set1_ps(1073741824.0f);
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.out_zp));
+  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i z0 = _mm512_load_si512(zc), z1 = _mm512_load_si512(zc + 16),
+                z2 = _mm512_load_si512(zc + 32), z3 = _mm512_load_si512(zc + 48);
+  const __m512 s0 = _mm512_load_ps(sc), s1 = _mm512_load_ps(sc + 16), s2 = _mm512_load_ps(sc + 32),
+               s3 = _mm512_load_ps(sc + 48);
+  const __m512 b0 = _mm512_load_ps(bc), b1 = _mm512_load_ps(bc + 16), b2 = _mm512_load_ps(bc + 32),
+               b3 = _mm512_load_ps(bc + 48);
+  auto q = [&](const int32_t* a, __m512i z, __m512 s, __m512 b) TQ_TARGET_AVX512VNNI {
+    const __m512 y = _mm512_add_ps(
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(a), z)), s), b);
+    const __m512 u = _mm512_min_ps(_mm512_mul_ps(y, inv), big);
+    return _mm512_cvtps_epi32(
+        _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  };
+  for (int i = 0; i < rows; ++i) {
+    const int32_t* a = c + i * kNV * 16;
+    __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(q(a, z0, s0, b0), q(a + 16, z1, s1, b1)), zp16);
+    __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(q(a + 32, z2, s2, b2), q(a + 48, z3, s3, b3)), zp16);
+    if (Relu) {
+      w01 = _mm512_max_epi16(w01, zp16);
+      w23 = _mm512_max_epi16(w23, zp16);
+    }
+    const __m512i bytes = U8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+    _mm512_storeu_si512(static_cast<uint8_t*>(p.out) + (m + i) * p.ldo + n0,
+                        _mm512_permutexvar_epi32(perm, bytes));
+  }
+}
+
+// The per-tensor epilogue of a register tile: epilogue_rows64 where it applies, else row by row.
+TQ_TARGET_AVX512VNNI inline void epilogue_tile(const GemmProblem& p, const int32_t* c, int64_t m,
+                                               int rows, int64_t n0, int64_t ncols,
+                                               const int32_t* zc, const float* sc,
+                                               const float* bc) {
+  const bool q = p.nan_free && (p.out_kind == GemmOut::QInt8 || p.out_kind == GemmOut::QUInt8);
+  if (q && ncols == kNV * 16) {
+    const bool u8 = p.out_kind == GemmOut::QUInt8;
+    if (u8) {
+      p.relu ? epilogue_rows64<true, true>(p, c, m, rows, n0, zc, sc, bc)
+             : epilogue_rows64<true, false>(p, c, m, rows, n0, zc, sc, bc);
+    } else {
+      p.relu ? epilogue_rows64<false, true>(p, c, m, rows, n0, zc, sc, bc)
+             : epilogue_rows64<false, false>(p, c, m, rows, n0, zc, sc, bc);
+    }
+    return;
+  }
+  for (int i = 0; i < rows; ++i) epilogue_row<true>(p, c + i * kNV * 16, m + i, n0, ncols, 0, 0.0f, zc, sc);
+}
+
 // micro's loop with row i of the activations at rows[i] (not a + i * lda), its K bytes in
 // segs runs of 4 * gps bytes, run j at rows[i] + j * sstride: a convolution's receptive field
 // read in place, one run per kernel row.
@@ -286,7 +350,7 @@ SegFn pick_seg_f(int rows, int nv) {
 // The group's zero-point corrections and scales of columns [n0, n0 + ncols) (lanes past N: zero),
 // once for all its row tiles: per-tensor activation qparams only.
 TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t ncols,
-                                       int32_t zp_shift, int32_t* zc, float* sc) {
+                                       int32_t zp_shift, int32_t* zc, float* sc, float* bc) {
   const __m512i vzp = _mm512_set1_epi32(p.a_zp + zp_shift);
   const __m512 vas = _mm512_set1_ps(p.a_scale);
   for (int64_t j = 0; j < kNV * 16; j += 16) {
@@ -297,6 +361,8 @@ TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t
     _mm512_store_si512(zc + j, _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n0 + j)));
     if (p.out_kind != GemmOut::Int32) {
       _mm512_store_ps(sc + j, _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n0 + j)));
+      _mm512_store_ps(bc + j, p.bias != nullptr ? _mm512_maskz_loadu_ps(k, p.bias + n0 + j)
+                                                : _mm512_setzero_ps());
     }
   }
 }
@@ -313,19 +379,18 @@ TQ_TARGET_AVX512VNNI void gemm_compute_segs__avx512vnni(const GemmProblem& p,
   alignas(64) int32_t c[kMR * kNV * 16];
   alignas(64) int32_t zc[kNV * 16];
   alignas(64) float sc[kNV * 16];
+  alignas(64) float bc[kNV * 16];
   for (int64_t pp = p0; pp < p1; pp += kNV) {
     const int nv = static_cast<int>(p1 - pp < kNV ? p1 - pp : kNV);
     const int8_t* b = p.w + pp * pstride;
     const int64_t n0 = pp * kPanel;
     const int64_t ncols = (p.N - n0) < nv * kPanel ? (p.N - n0) : nv * kPanel;
-    panel_consts(p, n0, ncols, zp_shift, zc, sc);
+    panel_consts(p, n0, ncols, zp_shift, zc, sc, bc);
     for (int64_t m = m0; m < m1; m += kMR) {
       const int nr = static_cast<int>(m1 - m < kMR ? m1 - m : kMR);
       (flip ? pick_seg_f<true>(nr, nv) : pick_seg_f<false>(nr, nv))(rows + (m - m0), b, pstride,
                                                                      segs, gps, sstride, c);
-      for (int i = 0; i < nr; ++i) {
-        epilogue_row<true>(p, c + i * kNV * 16, m + i, n0, ncols, 0, 0.0f, zc, sc);
-      }
+      epilogue_tile(p, c, m, nr, n0, ncols, zc, sc, bc);
     }
   }
 }
@@ -344,6 +409,7 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
   alignas(64) int8_t tw[kNV * kGroup];
   alignas(64) int32_t zc[kNV * 16];
   alignas(64) float sc[kNV * 16];
+  alignas(64) float bc[kNV * 16];
   const bool per_tensor = p.a_zp_row == nullptr && p.a_scale_row == nullptr;
   int32_t ta[kMR];
   const auto* a8 = static_cast<const uint8_t*>(a);
@@ -360,22 +426,9 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
     }
     const int64_t n0 = pp * kPanel;
     const int64_t ncols = (p.N - n0) < nv * kPanel ? (p.N - n0) : nv * kPanel;
-    if (per_tensor) {
-      // The group's corrections and scales, once for all its row tiles (lanes past N: zero).
-      const __m512i vzp = _mm512_set1_epi32(p.a_zp + zp_shift);
-      const __m512 vas = _mm512_set1_ps(p.a_scale);
-      for (int64_t j = 0; j < kNV * 16; j += 16) {
-        const int64_t left = ncols - j;
-        const __mmask16 k = left >= 16 ? __mmask16(0xFFFF)
-                                       : left <= 0 ? __mmask16(0)
-                                                   : static_cast<__mmask16>((1u << left) - 1u);
-        _mm512_store_si512(zc + j, _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n0 + j)));
-        // int32 output (int8_mm's packing path) has no scales.
-        if (p.out_kind != GemmOut::Int32) {
-          _mm512_store_ps(sc + j, _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n0 + j)));
-        }
-      }
-    }
+    // The group's corrections, scales and biases, once for all its row tiles (lanes past N:
+    // zero; int32 output, int8_mm's packing path, has no scales).
+    if (per_tensor) panel_consts(p, n0, ncols, zp_shift, zc, sc, bc);
     for (int64_t m = m0; m < m1; m += kMR) {
       const int rows = static_cast<int>(m1 - m < kMR ? m1 - m : kMR);
       if (r != 0) {
@@ -387,10 +440,12 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
       }
       pick_micro(rows, nv, flip != 0)(a8 + m * lda, lda, b, pstride, groups, c);
       if (r != 0) tail_group(rows, nv, ta, tw, c);
+      if (per_tensor) {
+        epilogue_tile(p, c, m, rows, n0, ncols, zc, sc, bc);
+        continue;
+      }
       for (int i = 0; i < rows; ++i) {
-        if (per_tensor) {
-          epilogue_row<true>(p, c + i * kNV * 16, m + i, n0, ncols, 0, 0.0f, zc, sc);
-        } else {
+        {
           const int32_t zp = (p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp) + zp_shift;
           const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
           epilogue_row<false>(p, c + i * kNV * 16, m + i, n0, ncols, zp, s, nullptr, nullptr);
