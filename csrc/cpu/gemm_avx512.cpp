@@ -209,10 +209,14 @@ TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const int32_t* acc,
 // unchanged. bc holds the biases or +0.0, which changes at most the sign of a zero y and no
 // output. Two packs interleave the four 16-column chunks by 128-bit lane; one dword
 // permutation puts the 64 bytes back in column order. Bit-identical to gemm_epilogue_one.
-template <bool U8, bool Relu>
+// A tile of fewer columns (Half: at most 32) runs the same sequence on its chunks (lanes past
+// N hold zero accumulators, corrections, scales and biases: no NaN) and stores the first
+// ncols bytes under a byte mask.
+template <bool U8, bool Relu, bool Half>
 TQ_TARGET_AVX512VNNI void epilogue_rows64(const GemmProblem& p, const int32_t* c, int64_t m,
-                                          int rows, int64_t n0, const int32_t* zc,
+                                          int rows, int64_t n0, int64_t ncols, const int32_t* zc,
                                           const float* sc, const float* bc) {
+  const __mmask64 keep = ncols >= 64 ? ~__mmask64{0} : (__mmask64{1} << ncols) - 1;
   const __m512 inv = _mm512_set1_ps(p.out_inv_scale), big = _mm512_set1_ps(1073741824.0f);
   const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.out_zp));
   const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -232,33 +236,42 @@ TQ_TARGET_AVX512VNNI void epilogue_rows64(const GemmProblem& p, const int32_t* c
   for (int i = 0; i < rows; ++i) {
     const int32_t* a = c + i * kNV * 16;
     __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(q(a, z0, s0, b0), q(a + 16, z1, s1, b1)), zp16);
-    __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(q(a + 32, z2, s2, b2), q(a + 48, z3, s3, b3)), zp16);
+    __m512i w23 = zp16;
+    if (!Half) w23 = _mm512_adds_epi16(_mm512_packs_epi32(q(a + 32, z2, s2, b2), q(a + 48, z3, s3, b3)), zp16);
     if (Relu) {
       w01 = _mm512_max_epi16(w01, zp16);
       w23 = _mm512_max_epi16(w23, zp16);
     }
-    const __m512i bytes = U8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
-    _mm512_storeu_si512(static_cast<uint8_t*>(p.out) + (m + i) * p.ldo + n0,
-                        _mm512_permutexvar_epi32(perm, bytes));
+    const __m512i bytes = _mm512_permutexvar_epi32(
+        perm, U8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23));
+    uint8_t* dst = static_cast<uint8_t*>(p.out) + (m + i) * p.ldo + n0;
+    if (ncols >= 64) {
+      _mm512_storeu_si512(dst, bytes);
+    } else {
+      _mm512_mask_storeu_epi8(dst, keep, bytes);
+    }
   }
 }
 
-// The per-tensor epilogue of a register tile: epilogue_rows64 where it applies, else row by row.
+// The per-tensor epilogue of a register tile: epilogue_rows64 where it applies (16 columns or
+// more), else row by row.
 TQ_TARGET_AVX512VNNI inline void epilogue_tile(const GemmProblem& p, const int32_t* c, int64_t m,
                                                int rows, int64_t n0, int64_t ncols,
                                                const int32_t* zc, const float* sc,
                                                const float* bc) {
   const bool q = p.nan_free && (p.out_kind == GemmOut::QInt8 || p.out_kind == GemmOut::QUInt8);
-  if (q && ncols == kNV * 16) {
-    const bool u8 = p.out_kind == GemmOut::QUInt8;
-    if (u8) {
-      p.relu ? epilogue_rows64<true, true>(p, c, m, rows, n0, zc, sc, bc)
-             : epilogue_rows64<true, false>(p, c, m, rows, n0, zc, sc, bc);
-    } else {
-      p.relu ? epilogue_rows64<false, true>(p, c, m, rows, n0, zc, sc, bc)
-             : epilogue_rows64<false, false>(p, c, m, rows, n0, zc, sc, bc);
+  if (q && ncols >= 16) {
+    const int md = (p.out_kind == GemmOut::QUInt8 ? 4 : 0) + (p.relu ? 2 : 0) + (ncols <= 32 ? 1 : 0);
+    switch (md) {
+      case 0: return epilogue_rows64<false, false, false>(p, c, m, rows, n0, ncols, zc, sc, bc);
+      case 1: return epilogue_rows64<false, false, true>(p, c, m, rows, n0, ncols, zc, sc, bc);
+      case 2: return epilogue_rows64<false, true, false>(p, c, m, rows, n0, ncols, zc, sc, bc);
+      case 3: return epilogue_rows64<false, true, true>(p, c, m, rows, n0, ncols, zc, sc, bc);
+      case 4: return epilogue_rows64<true, false, false>(p, c, m, rows, n0, ncols, zc, sc, bc);
+      case 5: return epilogue_rows64<true, false, true>(p, c, m, rows, n0, ncols, zc, sc, bc);
+      case 6: return epilogue_rows64<true, true, false>(p, c, m, rows, n0, ncols, zc, sc, bc);
+      default: return epilogue_rows64<true, true, true>(p, c, m, rows, n0, ncols, zc, sc, bc);
     }
-    return;
   }
   for (int i = 0; i < rows; ++i) epilogue_row<true>(p, c + i * kNV * 16, m + i, n0, ncols, 0, 0.0f, zc, sc);
 }
@@ -376,7 +389,7 @@ TQ_TARGET_AVX512VNNI void gemm_compute_segs__avx512vnni(const GemmProblem& p,
   const int64_t gps = p.K / segs / 4, pstride = p.K * kPanel;
   const bool flip = !p.a_unsigned;
   const int32_t zp_shift = p.a_unsigned ? 0 : 128;
-  alignas(64) int32_t c[kMR * kNV * 16];
+  alignas(64) int32_t c[kMR * kNV * 16] = {};  // zeroed: epilogue_rows64 may read unused panels (masked off)
   alignas(64) int32_t zc[kNV * 16];
   alignas(64) float sc[kNV * 16];
   alignas(64) float bc[kNV * 16];
@@ -405,7 +418,7 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
   const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
   const uint32_t flip = p.a_unsigned ? 0u : 0x80808080u;
   const int32_t zp_shift = p.a_unsigned ? 0 : 128;
-  alignas(64) int32_t c[kMR * kNV * 16];
+  alignas(64) int32_t c[kMR * kNV * 16] = {};  // zeroed: epilogue_rows64 may read unused panels (masked off)
   alignas(64) int8_t tw[kNV * kGroup];
   alignas(64) int32_t zc[kNV * 16];
   alignas(64) float sc[kNV * 16];
