@@ -28,6 +28,17 @@ CASES = [
     ((5, 6, 7), 4, 9, (3, 3, 3), (1, 2, 1), (1, 1, 0), (1, 1, 2), 1),  # conv3d
     ((4, 5, 6), 6, 6, (3, 1, 3), (2, 1, 1), (1, 0, 1), (1, 1, 1), 6),  # conv3d depthwise
     ((4, 4, 4), 8, 12, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1), 2),  # conv3d pointwise grouped
+    # Kernel rows padded to a multiple of 4 bytes in the CPU packing (KW * Cg = 21, 15, 9, 6):
+    ((13, 11), 3, 17, (7, 7), (2, 2), (3, 3), (1, 1), 1),        # 7x7/2 stem, odd sizes
+    ((9, 8), 5, 16, (3, 3), (2, 2), (1, 1), (1, 1), 1),           # 15-byte rows, strided
+    ((10, 9), 3, 8, (3, 3), (1, 1), (2, 3), (2, 2), 1),           # 9-byte rows, dilated, wide padding
+    ((9, 10), 6, 12, (3, 3), (1, 2), (1, 0), (1, 1), 3),          # grouped, 6-byte rows
+    ((5, 4, 6), 3, 5, (2, 3, 3), (1, 1, 2), (1, 1, 1), (1, 1, 1), 1),  # conv3d, 9-byte rows
+    # The implicit GEMM (AVX-512 VNNI: kernel rows read in place from the input, padded or not):
+    ((9, 9), 3, 16, (3, 3), (1, 1), (0, 0), (1, 1), 1),           # padded rows, no padding
+    ((10, 9), 8, 12, (3, 3), (2, 1), (2, 1), (2, 1), 1),          # dilated along H only
+    ((3, 6, 7), 4, 8, (1, 3, 3), (2, 1, 2), (0, 1, 1), (1, 2, 1), 1),  # conv3d of depth-1 kernel
+    ((7, 8), 8, 70, (2, 5), (3, 1), (0, 2), (1, 1), 1),           # rows split over output rows, 5 panels
 ]
 
 
@@ -190,6 +201,65 @@ def test_conv_large_layer_tiles(isa):
     _assert_same(got, want)
 
 
+@pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
+def test_conv_stem_two_threads(isa, xdtype):
+    """The 7x7/2 RGB stem at 160x96 (odd output width), batch 2, on two threads: the padded input
+    copy is split over threads, tiles cross output rows, padded kernel rows read past the last tap."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        case = ((160, 97), 3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 1)
+        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=11)
+        got, want = _run(case, x, xs, xz, w, ws, bias, torch.uint8, True, *_out_qparams(torch.uint8, "cpu"))
+        _assert_same(got, want)
+        case = ((160, 97), 3, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1)
+        got, want = _run(case, x, xs, xz, w[:32, :, :3, :3].contiguous(), ws[:32], bias[:32], torch.float32, False)
+        _assert_same(got, want)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 9, 13])
+def test_depthwise_edge_columns(isa, width):
+    """Depthwise 3x3 / 5x3 rows of every width from 1 pixel up, stride 1 and 2, padding 0 to 2:
+    the interior runs in blocks of several pixels, the border columns and the rest one by one;
+    int8 / uint8 out with and without ReLU (each has a kernel of its own), 16-channel blocks and
+    tail channels, ties and saturating outputs, batch 1 and 2."""
+    gen = torch.Generator().manual_seed(width)
+    for (kh, kw), s, p, c in (((3, 3), 1, 1, 32), ((3, 3), 2, 1, 19), ((5, 3), 1, 2, 16), ((3, 3), 1, 0, 48),
+                              ((3, 3), 2, 2, 17)):
+        if width + 2 * p < kw:
+            continue
+        case = ((5, width), c, c, (kh, kw), (s, s), (p, p), (1, 1), c)
+        for batch, xdtype in ((1, torch.uint8), (2, torch.int8)):
+            x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=int(torch.randint(0, 1000, (1,), generator=gen)))
+            for out_dtype, relu in ((torch.uint8, False), (torch.uint8, True), (torch.int8, False), (torch.int8, True)):
+                # A small out_scale saturates many outputs; a larger one keeps most in range.
+                for scale in (0.002, 0.2):
+                    os_, oz = _out_qparams(out_dtype, "cpu", scale=scale)
+                    got, want = _run(case, x, xs, xz, w, ws, bias if scale < 0.1 else None, out_dtype, relu, os_, oz)
+                    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("case", [((6, 7), 8, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # implicit GEMM
+                                  ((5, 6), 16, 128, (1, 1), (1, 1), (0, 0), (1, 1), 1),   # direct 1x1
+                                  ((6, 5), 6, 64, (3, 3), (1, 2), (1, 1), (2, 1), 1),     # im2col (dilated W)
+                                  ((5, 5), 8, 136, (2, 2), (2, 2), (0, 0), (1, 1), 2)],   # 64 + 4 per group
+                         ids=["implicit", "direct", "im2col", "groups"])
+def test_conv_requantize_full_panels(isa, case):
+    """Requantized outputs over whole groups of 64 channels (the AVX-512 epilogue's branch-free
+    kernels): int8 / uint8, with and without ReLU and bias, saturating and in-range, int8 and
+    uint8 in."""
+    for xdtype in (torch.uint8, torch.int8):
+        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=13)
+        for out_dtype in (torch.uint8, torch.int8):
+            for relu in (False, True):
+                for scale, b in ((0.01, bias), (2.0, None), (1e4, bias)):
+                    os_, oz = _out_qparams(out_dtype, "cpu", scale=scale)
+                    got, want = _run(case, x, xs, xz, w, ws, b, out_dtype, relu, os_, oz)
+                    _assert_same(got, want)
+
+
 def test_reference_matches_float_conv():
     """The oracle itself: with small integers the float convolution of the dequantized input is
     exact, so the reference must equal F.conv2d of (x - zp) * scale."""
@@ -230,6 +300,26 @@ def test_fake_kernels_match():
                                  mode.from_tensor(bias), list(k), list(s), list(p), list(d), g, None, None, False,
                                  torch.float32)
         assert fake.shape == real.shape and fake.dtype == real.dtype and fake.stride() == real.stride()
+
+
+@pytest.mark.parametrize("w_shape,groups", [((17, 3, 7, 7), 1), ((8, 3, 3, 3), 1), ((6, 2, 3, 3), 3),
+                                            ((4, 5, 3), 1), ((4, 3, 1, 7), 1), ((4, 70, 3, 1), 1),
+                                            ((4, 3, 2, 3, 3), 1), ((4, 4, 3, 3), 1), ((9, 1, 3, 3), 9)])
+def test_packed_weight_shape(w_shape, groups):
+    """conv_packed_weight_shape (the fake kernel's shape) is what the CPU packing returns,
+    kernel-row padding included, and the padding holds zero weights only."""
+    w = torch.randint(-128, 128, w_shape, dtype=torch.int8)
+    wp, cs = ops.pack_conv_weight(w, groups)
+    assert tuple(wp.shape) == torchquant.conv.conv_packed_weight_shape(w_shape, groups)
+    assert torch.equal(cs, w.reshape(w_shape[0], -1).sum(1, dtype=torch.int32))
+    taps = 1
+    for k in w_shape[2:]:
+        taps *= k
+    if wp.dim() == 4:
+        row, rows = w_shape[-1] * w_shape[1], taps // w_shape[-1]
+        padded = row % 4 != 0 and row < 64 and rows > 1
+        assert wp.shape[2] == rows * ((row + 3) // 4 * 4 if padded else row)
+        assert int(wp.ne(0).sum()) == int(w.ne(0).sum())
 
 
 def _args(x=None, w=None, groups=1, k=(3, 3), **kw):

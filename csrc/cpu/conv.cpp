@@ -38,18 +38,20 @@ struct ConvKernels {
   decltype(&cpu::gemm_mr__scalar) mr;
   decltype(&cpu::gemm_compute__scalar) compute;
   decltype(&cpu::conv_dw__scalar) dw;
+  decltype(&cpu::gemm_compute_segs__avx512vnni) segs;  // implicit GEMM, or null
 };
 
 const ConvKernels& conv_kernels() {
   static const ConvKernels scalar{cpu::gemm_mr__scalar, cpu::gemm_compute__scalar,
-                                  cpu::conv_dw__scalar};
-  static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2};
+                                  cpu::conv_dw__scalar, nullptr};
+  static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2,
+                                nullptr};
   // Depthwise: the AVX2 kernel on AVX-512 machines too. Measured on the 2-core AMD EPYC
   // (docs/benchmarks.md), 512-bit versions (vpmullw on 32 channels; vpdpbusd on four interleaved
   // taps) took 1.5x the AVX2 kernel's time: the work is widening and shuffles, which run at
   // half rate on 512-bit registers there, not multiply-adds.
   static const ConvKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
-                                cpu::conv_dw__avx2};
+                                cpu::conv_dw__avx2, cpu::gemm_compute_segs__avx512vnni};
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return vnni;
     case CpuIsa::Avx2: return avx2;
@@ -67,45 +69,71 @@ constexpr int64_t kMaxTileRows = 240;
 
 
 
+// Bytes of one kernel row (KW taps x Cg channels) in the packed weight and in the im2col rows.
+// A short row whose size is not a multiple of 4 (the 3-channel stems: 7 x 3 = 21 and 3 x 3 = 9
+// bytes) is padded with zero weights to the next one: the GEMM then runs whole 4-byte groups
+// only (no K % 4 tail, whose extra pass over the accumulators cost as much as several groups),
+// and im2col copies each row as one fixed-size block. A padded byte meets a zero weight, so
+// whatever it holds adds nothing. Only when there are several rows: a lone row's padding is the
+// tail itself. Depends on the weight's shape alone (pack_conv_weight sees nothing else);
+// conv_packed_weight_shape in python/torchquant/_ops.py mirrors it.
+int64_t row_bytes(const ConvSetup& s) {
+  const int64_t r = s.g.k[2] * s.Cg;
+  const bool pad = r % 4 != 0 && r < 64 && s.g.k[0] * s.g.k[1] > 1;
+  return pad ? (r + 3) / 4 * 4 : r;
+}
+
+// GEMM depth per group as packed: kernel rows x row_bytes.
+int64_t packed_depth(const ConvSetup& s) { return s.g.k[0] * s.g.k[1] * row_bytes(s); }
+
 // Copies the receptive fields of output pixels [m0, m1) of group g into a (row i at
-// a + i * Kg, taps in (kd, kh, kw) order, Cg channels each); padded taps hold the zero point.
-void im2col_tile(const ConvSetup& s, const uint8_t* x, int64_t g, int64_t m0, int64_t m1,
-                 uint8_t zp, uint8_t* a) {
+// a + i * Kp, taps in (kd, kh, kw) order, Cg channels each, each kernel row of taps rb bytes
+// long); padded taps hold the zero point. x_end: one past the input's last byte.
+void im2col_tile(const ConvSetup& s, const uint8_t* x, const uint8_t* x_end, int64_t g, int64_t m0,
+                 int64_t m1, uint8_t zp, uint8_t* a) {
   const ConvGeometry& G = s.g;
-  const int64_t Cg = s.Cg, C = G.C;
+  const int64_t Cg = s.Cg, C = G.C, rb = row_bytes(s), Kp = packed_depth(s);
+  const int64_t KW = G.k[2], rlen = KW * Cg;
   const bool run = Cg == C && G.dil[2] == 1;
+  // A padded row of at most 32 bytes inside the input is one 32-byte copy: its bytes past rb
+  // land in the next kernel row (written after it) or in the scratch's slack, and the bytes
+  // read past the row are other input bytes (never past x_end), which meet zero weights.
+  const bool block = run && rb != rlen && rb <= 32;
   int64_t ow = m0 % G.out[2], oh = (m0 / G.out[2]) % G.out[1];
   int64_t od = (m0 / (G.out[2] * G.out[1])) % G.out[0], n = m0 / (G.out[2] * G.out[1] * G.out[0]);
   for (int64_t m = m0; m < m1; ++m) {
-    uint8_t* row = a + (m - m0) * s.Kg;
+    uint8_t* row = a + (m - m0) * Kp;
     for (int64_t kd = 0; kd < G.k[0]; ++kd) {
       const int64_t id = od * G.stride[0] - G.pad[0] + kd * G.dil[0];
       const bool din = id >= 0 && id < G.in[0];
-      for (int64_t kh = 0; kh < G.k[1]; ++kh) {
+      for (int64_t kh = 0; kh < G.k[1]; ++kh, row += rb) {
         const int64_t ih = oh * G.stride[1] - G.pad[1] + kh * G.dil[1];
         const bool hin = din && ih >= 0 && ih < G.in[1];
         const uint8_t* xrow = hin ? x + ((n * G.in[0] + id) * G.in[1] + ih) * G.in[2] * C + g * Cg : x;
         if (run) {
           // One group, no dilation along W: the row's taps are one contiguous run of the input
           // row, copied at once, with zero-point fill where it hangs over the border.
-          const int64_t KW = G.k[2], iw0 = ow * G.stride[2] - G.pad[2];
+          const int64_t iw0 = ow * G.stride[2] - G.pad[2];
           const int64_t lo = hin ? std::min(KW, std::max<int64_t>(0, -iw0)) : KW;
           const int64_t hi = hin ? std::max(lo, std::min(KW, G.in[2] - iw0)) : KW;
+          if (block && lo == 0 && hi == KW && xrow + iw0 * C + 32 <= x_end) {
+            std::memcpy(row, xrow + iw0 * C, 32);
+            continue;
+          }
           if (lo > 0) std::memset(row, zp, static_cast<size_t>(lo * C));
           if (hi > lo) std::memcpy(row + lo * C, xrow + (iw0 + lo) * C, static_cast<size_t>((hi - lo) * C));
           if (hi < KW) std::memset(row + hi * C, zp, static_cast<size_t>((KW - hi) * C));
-          row += KW * C;
-          continue;
-        }
-        for (int64_t kw = 0; kw < G.k[2]; ++kw) {
-          const int64_t iw = ow * G.stride[2] - G.pad[2] + kw * G.dil[2];
-          if (hin && iw >= 0 && iw < G.in[2]) {
-            std::memcpy(row, xrow + iw * C, static_cast<size_t>(Cg));
-          } else {
-            std::memset(row, zp, static_cast<size_t>(Cg));
+        } else {
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            const int64_t iw = ow * G.stride[2] - G.pad[2] + kw * G.dil[2];
+            if (hin && iw >= 0 && iw < G.in[2]) {
+              std::memcpy(row + kw * Cg, xrow + iw * C, static_cast<size_t>(Cg));
+            } else {
+              std::memset(row + kw * Cg, zp, static_cast<size_t>(Cg));
+            }
           }
-          row += Cg;
         }
+        if (rb > rlen) std::memset(row + rlen, zp, static_cast<size_t>(rb - rlen));
       }
     }
     if (++ow == G.out[2]) {
@@ -121,15 +149,55 @@ void im2col_tile(const ConvSetup& s, const uint8_t* x, int64_t g, int64_t m0, in
   }
 }
 
+// The input with its spatial padding made real (zero-point bytes) for the implicit GEMM:
+// [planes, H + 2 * pad_h, W + 2 * pad_w, C] and 64 bytes of slack (zero point) after it, which
+// the last receptive field's padded kernel row may read. One pass over the input, against the
+// taps-fold copy of im2col.
+const uint8_t* pad_input(const ConvSetup& s, const uint8_t* x, uint8_t zp, int64_t Hp, int64_t Wp,
+                         std::vector<uint8_t>& buf) {
+  const ConvGeometry& G = s.g;
+  const int64_t C = G.C, H = G.in[1], W = G.in[2], ph = G.pad[1], pw = G.pad[2];
+  const int64_t planes = G.N * G.in[0], rowb = Wp * C, n = planes * Hp;
+  uint8_t* xp = cpu::scratch(buf, static_cast<size_t>(n * rowb + 64));
+  std::memset(xp + n * rowb, zp, 64);
+  auto fill = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      uint8_t* d = xp + r * rowb;
+      const int64_t plane = r / Hp, ih = r % Hp - ph;
+      if (ih < 0 || ih >= H) {
+        std::memset(d, zp, static_cast<size_t>(rowb));
+        continue;
+      }
+      std::memset(d, zp, static_cast<size_t>(pw * C));
+      std::memcpy(d + pw * C, x + (plane * H + ih) * W * C, static_cast<size_t>(W * C));
+      std::memset(d + (pw + W) * C, zp, static_cast<size_t>((Wp - W - pw) * C));
+    }
+  };
+  if (at::get_num_threads() <= 1 || n * rowb < (int64_t{1} << 18)) {
+    fill(0, n);
+  } else {
+    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / rowb), fill);
+  }
+  return xp;
+}
+
 void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x, char* out,
                    const int8_t* packed) {
+  const uint8_t* x_end = x + s.g.N * s.g.in[0] * s.g.in[1] * s.g.in[2] * s.g.C;
   const ConvKernels& k = conv_kernels();
   const ConvGeometry& G = s.g;
-  const int64_t M = G.out_pixels(), C = G.C, Kg = s.Kg;
+  const int64_t M = G.out_pixels(), C = G.C, Kg = packed_depth(s), rb = row_bytes(s);
   const int64_t ob = cpu::gemm_out_bytes(base.out_kind);
   const int64_t panels = cpu::gemm_panels(s.Ng);
   const bool direct = G.taps() == 1 && G.stride[0] == 1 && G.stride[1] == 1 && G.stride[2] == 1 &&
                       G.pad[0] == 0 && G.pad[1] == 0 && G.pad[2] == 0;
+  // Implicit GEMM (AVX-512 VNNI): no im2col. Each kernel row of a receptive field is a
+  // contiguous run of the (padded) input when there is one group and no dilation along W, so
+  // the micro-kernel reads it in place, row by row, through per-pixel pointers. Needs 2-d
+  // kernels (a kernel of depth 1 and no depth padding: 3-d inputs are then planes) and kernel
+  // rows of whole 4-byte groups.
+  const bool implicit = !direct && k.segs != nullptr && s.groups == 1 && G.k[0] == 1 &&
+                        G.pad[0] == 0 && G.dil[2] == 1 && rb % 4 == 0;
   const int64_t mr = k.mr();
   int64_t rows = std::max<int64_t>(mr, std::min<int64_t>(kMaxTileRows, kTileBytes / std::max<int64_t>(Kg, 1)));
   rows = std::max<int64_t>(mr, rows / mr * mr);
@@ -144,8 +212,19 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x
   }
   const int64_t tasks = s.groups * tiles * nblocks;
   const uint8_t zp = static_cast<uint8_t>(base.a_zp);
+  // The implicit GEMM's view of the input: in place, or padded when the kernel reaches past its
+  // border or reads padded kernel rows (which run up to 3 bytes past the last tap).
+  const uint8_t* src = x;
+  int64_t Hp = G.in[1], Wp = G.in[2];
+  if (implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C)) {
+    thread_local std::vector<uint8_t> pbuf;
+    Hp += 2 * G.pad[1];
+    Wp += 2 * G.pad[2];
+    src = pad_input(s, x, zp, Hp, Wp, pbuf);
+  }
   auto run = [&](int64_t t0, int64_t t1) {
     thread_local std::vector<uint8_t> buf;
+    thread_local std::vector<const uint8_t*> rp;
     int64_t have_g = -1, have_tile = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
@@ -166,9 +245,41 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x
         k.compute(p, x + m0 * C + g * s.Cg, C, 0, p.M, p0, p1);
         continue;
       }
-      uint8_t* a = cpu::scratch(buf, static_cast<size_t>(rows * Kg));
+      if (implicit) {
+        const uint8_t** r = cpu::scratch(rp, static_cast<size_t>(p.M));
+        if (tile != have_tile) {
+          // Counters, not divisions per pixel (a 64-bit division costs as much as a few groups).
+          int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
+          q /= G.out[1];
+          int64_t od = q % G.out[0], n = q / G.out[0];
+          const int64_t step = G.stride[2] * C;
+          const uint8_t* rowp = nullptr;
+          for (int64_t m = m0; m < m1; ++m) {
+            if (m == m0 || ow == 0) {
+              const int64_t plane = n * G.in[0] + od * G.stride[0];
+              rowp = src + (plane * Hp + oh * G.stride[1]) * Wp * C;
+            }
+            r[m - m0] = rowp + ow * step;
+            if (++ow == G.out[2]) {
+              ow = 0;
+              if (++oh == G.out[1]) {
+                oh = 0;
+                if (++od == G.out[0]) {
+                  od = 0;
+                  ++n;
+                }
+              }
+            }
+          }
+          have_tile = tile;
+        }
+        k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1);
+        continue;
+      }
+      // 32 bytes of slack: im2col's block copies run past the last row.
+      uint8_t* a = cpu::scratch(buf, static_cast<size_t>(rows * Kg + 32));
       if (g != have_g || tile != have_tile) {
-        im2col_tile(s, x, g, m0, m1, zp, a);
+        im2col_tile(s, x, x_end, g, m0, m1, zp, a);
         have_g = g;
         have_tile = tile;
       }
@@ -213,16 +324,21 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cpu(const at::Tensor& w, int
     return {packed, col_sums};
   }
   // Per group, the weight as a [Ng, taps * Cg] GEMM operand (tap-major, channels inner: the
-  // order of the channels-last im2col rows), packed into 16-channel panels.
-  const at::Tensor wk = w.reshape({groups, s.Ng, s.Cg, taps}).permute({0, 1, 3, 2}).contiguous();
+  // order of the channels-last im2col rows), each kernel row zero-padded to row_bytes, packed
+  // into 16-channel panels.
+  const int64_t rb = row_bytes(s), Kp = packed_depth(s), rlen = s.g.k[2] * s.Cg;
+  at::Tensor wk = w.reshape({groups, s.Ng, s.Cg, taps}).permute({0, 1, 3, 2}).contiguous();
+  if (rb != rlen) {
+    wk = at::constant_pad_nd(wk.reshape({groups, s.Ng, Kp / rb, rlen}), {0, rb - rlen}, 0).contiguous();
+  }
   const int64_t panels = cpu::gemm_panels(s.Ng);
-  at::Tensor packed = at::empty({groups, panels, s.Kg, cpu::kPanel}, w.options());
+  at::Tensor packed = at::empty({groups, panels, Kp, cpu::kPanel}, w.options());
   at::Tensor col_sums = at::empty({s.Cout}, w.options().dtype(at::kInt));
   const int8_t* pw = wk.const_data_ptr<int8_t>();
   int8_t* pp = packed.data_ptr<int8_t>();
   int32_t* pc = col_sums.data_ptr<int32_t>();
   for (int64_t g = 0; g < groups; ++g) {
-    cpu::gemm_pack_weight(pw + g * s.Ng * s.Kg, s.Kg, 1, s.Ng, s.Kg, pp + g * panels * s.Kg * cpu::kPanel,
+    cpu::gemm_pack_weight(pw + g * s.Ng * Kp, Kp, 1, s.Ng, Kp, pp + g * panels * Kp * cpu::kPanel,
                           pc + g * s.Ng);
   }
   return {packed, col_sums};
@@ -251,9 +367,9 @@ at::Tensor conv_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   } else {
     const int64_t panels = cpu::gemm_panels(s.Ng);
     TORCH_CHECK(w_packed.dim() == 4 && w_packed.size(0) == groups && w_packed.size(1) == panels &&
-                    w_packed.size(2) == s.Kg && w_packed.size(3) == cpu::kPanel,
-                "argument 'w_packed' must be [groups, ceil(Cout/groups/16), taps * Cin/groups, 16] = [",
-                groups, ", ", panels, ", ", s.Kg, ", 16] for this input, kernel_size and groups "
+                    w_packed.size(2) == packed_depth(s) && w_packed.size(3) == cpu::kPanel,
+                "argument 'w_packed' must be [groups, ceil(Cout/groups/16), K, 16] = [",
+                groups, ", ", panels, ", ", packed_depth(s), ", 16] for this input, kernel_size and groups "
                 "(pack_conv_weight on the CPU), got shape ", w_packed.sizes());
   }
   const bool u = x.scalar_type() == at::kByte;

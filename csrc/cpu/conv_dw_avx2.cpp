@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/conv_kernels.h"
@@ -84,13 +85,47 @@ TQ_TARGET_AVX2 inline void epilogue16(const GemmProblem& e, const OutConsts& o, 
   _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + c), bytes);
 }
 
+// Epilogue modes: kGeneric follows every field of the problem at run time; the others are the
+// requantized outputs with nan_free set (int8 / uint8, with or without ReLU), compiled apart so
+// that the pixel loop carries no branches on the output kind.
+enum Mode : int { kGeneric = 0, kS8 = 1, kS8Relu = 2, kU8 = 3, kU8Relu = 4 };
+
+// The requantized epilogue of 16 channels when no NaN can occur (nan_free), in the integer
+// domain after the rounding: t = round(y * inv) (integer-valued, the float clamp at 2^30 keeps
+// the conversion in range; -inf and below -2^31 convert to INT32_MIN), then int16 saturation,
+// a saturating + zero point and the byte pack's saturation give clamp(t + zp, lo, hi) exactly
+// as quantize_val does (whatever saturates at int16 lies far outside [lo, hi] either way). ReLU
+// folds into the clamp: y < 0 gives t <= 0 and so max(t + zp, zp) = zp, the output of y = 0;
+// y >= 0 leaves t + zp >= zp unchanged. A missing bias adds +0.0, which changes at most the sign
+// of a zero y, and no output. Bit-identical to gemm_epilogue_one.
+template <bool U8, bool Relu>
+TQ_TARGET_AVX2 inline void epilogue16_q(const OutConsts& o, const Consts8& k0, const Consts8& k1,
+                                        __m256i a0, __m256i a1, __m256i zp16, uint8_t* out) {
+  const __m256 big = _mm256_set1_ps(1073741824.0f);
+  __m256 y0 = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a0, k0.zp_cs)), k0.s), k0.bias);
+  __m256 y1 = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a1, k1.zp_cs)), k1.s), k1.bias);
+  y0 = _mm256_min_ps(_mm256_mul_ps(y0, o.inv), big);
+  y1 = _mm256_min_ps(_mm256_mul_ps(y1, o.inv), big);
+  const __m256i t0 = _mm256_cvtps_epi32(_mm256_round_ps(y0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __m256i t1 = _mm256_cvtps_epi32(_mm256_round_ps(y1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  // packs_epi32 interleaves 128-bit halves: q0[0:4] q1[0:4] q0[4:8] q1[4:8], put back in order.
+  __m256i w = _mm256_adds_epi16(_mm256_packs_epi32(t0, t1), zp16);
+  if (Relu) w = _mm256_max_epi16(w, zp16);
+  w = _mm256_permute4x64_epi64(w, 0xD8);
+  const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), U8 ? _mm_packus_epi16(lo, hi) : _mm_packs_epi16(lo, hi));
+}
+
 template <bool U>
 TQ_TARGET_AVX2 inline __m256i widen(const void* p) {
   const __m128i v = _mm_loadu_si128(static_cast<const __m128i*>(p));
   return U ? _mm256_cvtepu8_epi16(v) : _mm256_cvtepi8_epi16(v);
 }
 
-template <bool U>
+// Output pixels per step of the interior loop.
+constexpr int kPix = 4;
+
+template <bool U, int Md>
 TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
   const ConvGeometry& g = p.g;
   const int64_t C = g.C, OW = g.out[2], W = g.in[2], KW = g.k[2], taps = g.taps();
@@ -112,6 +147,7 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
   scratch(tap_in, static_cast<size_t>(pairs * 2));
   const __m256i vzp = _mm256_set1_epi16(static_cast<int16_t>(p.e.a_zp));
   const OutConsts oc = out_consts(p.e);
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(p.e.out_zp));
   const uint8_t* x = static_cast<const uint8_t*>(p.x);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t oh = r % g.out[1], od = (r / g.out[1]) % g.out[0], n = r / (g.out[1] * g.out[0]);
@@ -145,6 +181,37 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
       }
       const Consts8 k0 = consts8(p.e, c), k1 = consts8(p.e, c + 8);
       for (int64_t ow = 0; ow < OW; ++ow) {
+        if constexpr (Md != kGeneric) {
+          // Two pixels at a time inside the input: the loop below is one long dependency chain
+          // per pixel (taps, then the epilogue), and two independent chains side by side let
+          // the core overlap them (measured 1.3x on C = 144 at 56x56).
+          if (rows_inside && ow >= ow_lo && ow + kPix - 1 < ow_hi) {
+            __m256i lo[kPix], hi[kPix];
+#pragma GCC unroll 4
+            for (int i = 0; i < kPix; ++i) lo[i] = hi[i] = _mm256_setzero_si256();
+            const uint8_t* xb = x + ow * sw * C + c;
+            for (int64_t q = 0; q < pairs; ++q) {
+              const int64_t o0 = tap_off[2 * q], o1 = tap_off[2 * q + 1];
+              const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv.data() + q * 32));
+              const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wv.data() + q * 32 + 16));
+#pragma GCC unroll 4
+              for (int i = 0; i < kPix; ++i) {
+                const __m256i xa0 = widen<U>(xb + i * sw * C + o0), xa1 = widen<U>(xb + i * sw * C + o1);
+                lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(_mm256_unpacklo_epi16(xa0, xa1), w0));
+                hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(_mm256_unpackhi_epi16(xa0, xa1), w1));
+              }
+            }
+            constexpr bool u8 = Md >= kU8, relu = Md == kS8Relu || Md == kU8Relu;
+            uint8_t* o = reinterpret_cast<uint8_t*>(orow) + ow * C + c;
+#pragma GCC unroll 4
+            for (int i = 0; i < kPix; ++i) {
+              epilogue16_q<u8, relu>(oc, k0, k1, _mm256_permute2x128_si256(lo[i], hi[i], 0x20),
+                                     _mm256_permute2x128_si256(lo[i], hi[i], 0x31), zp16, o + i * C);
+            }
+            ow += kPix - 1;
+            continue;
+          }
+        }
         // Two taps per vpmaddwd: their int16 activations interleaved per channel meet the
         // weights interleaved the same way, and each int32 lane gets the two products' sum
         // (exact). unpacklo/hi work within 128-bit lanes: lo holds channels 0-3 and 8-11, hi
@@ -169,7 +236,12 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
         }
         const __m256i a0 = _mm256_permute2x128_si256(lo, hi, 0x20);
         const __m256i a1 = _mm256_permute2x128_si256(lo, hi, 0x31);
-        epilogue16(p.e, oc, k0, k1, a0, a1, c, orow + ow * C * ob);
+        if constexpr (Md == kGeneric) {
+          epilogue16(p.e, oc, k0, k1, a0, a1, c, orow + ow * C * ob);
+        } else {
+          epilogue16_q<Md >= kU8, Md == kS8Relu || Md == kU8Relu>(oc, k0, k1, a0, a1, zp16,
+                                                                  reinterpret_cast<uint8_t*>(orow) + ow * C + c);
+        }
       }
     }
     if (cv == C) continue;
@@ -197,10 +269,24 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
 }  // namespace
 
 void conv_dw__avx2(const DwProblem& p, int64_t r0, int64_t r1) {
+  const GemmOut k = p.e.out_kind;
+  const int md = !p.e.nan_free || (k != GemmOut::QInt8 && k != GemmOut::QUInt8)
+                     ? kGeneric
+                     : (k == GemmOut::QUInt8 ? kU8 : kS8) + (p.e.relu ? 1 : 0);
+  auto run = [&](auto u) {
+    constexpr bool U = decltype(u)::value;
+    switch (md) {
+      case kS8: return dw_rows<U, kS8>(p, r0, r1);
+      case kS8Relu: return dw_rows<U, kS8Relu>(p, r0, r1);
+      case kU8: return dw_rows<U, kU8>(p, r0, r1);
+      case kU8Relu: return dw_rows<U, kU8Relu>(p, r0, r1);
+      default: return dw_rows<U, kGeneric>(p, r0, r1);
+    }
+  };
   if (p.e.a_unsigned) {
-    dw_rows<true>(p, r0, r1);
+    run(std::true_type{});
   } else {
-    dw_rows<false>(p, r0, r1);
+    run(std::false_type{});
   }
 }
 #else
