@@ -183,7 +183,9 @@ def test_conv_transpose_low_float_out(isa):
     ((20, 24), 32, 16, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 1),    # UNet upsampling, many pixels
     ((3, 3), 24, 600, (3, 3), (1, 1), (0, 0), (0, 0), (1, 1), 1),     # columns over several panel chunks
     ((12, 12), 48, 40, (5, 5), (1, 1), (2, 2), (0, 0), (1, 1), 4),    # stride 1: bands share input rows
-], ids=["dcgan", "unet", "wide", "s1"])
+    ((3, 3), 128, 128, (4, 4), (2, 2), (1, 1), (1, 1), (1, 1), 2),  # channel blocks split among tasks
+    ((3, 4, 4), 16, 32, (3, 2, 2), (2, 2, 2), (1, 0, 0), (0, 1, 0), (1, 1, 1), 1),  # 3-d, depth taps
+], ids=["dcgan", "unet", "wide", "s1", "grouped-split", "3d"])
 def test_conv_transpose_large_layer_tiles(isa, case):
     """Layers with many output pixels, columns or taps: several bands, GEMM chunks and
     threads, at batch 1 (bands split for the threads) and 2."""

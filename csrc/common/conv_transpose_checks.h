@@ -19,8 +19,12 @@ struct ConvTransposeSetup {
   int64_t Cout = 0;        // output channels
   int64_t Cg = 0, Ng = 0;  // input / output channels per group
   int64_t khw = 1;         // taps per depth slice: k[1] * k[2]
-  // The weight of one group and depth tap as a GEMM operand: [khw * Ng, Cg] (columns (kh, kw, j)).
+  // The weight of one group and depth tap as a GEMM operand: [khw * Ng, Cg], its columns in
+  // (channel block, kh, kw, channel in the block) order: blocks of 16 output channels when
+  // Ng % 16 == 0 (a block's columns are whole panels, so tasks can split the channels), else
+  // one block of Ng.
   int64_t cols() const { return khw * Ng; }
+  int64_t channel_block() const { return Ng % 16 == 0 && Ng > 0 ? 16 : Ng; }
 };
 
 // The weight [Cin, Cout / groups, *kernel] of pack_conv_transpose_weight: int8, 3-5

@@ -73,25 +73,35 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
   const ConvGeometry& G = s.g;
   const int64_t ID = G.in[0], IH = G.in[1], IW = G.in[2];
   const int64_t OD = G.out[0], OH = G.out[1], OW = G.out[2];
-  const int64_t KD = G.k[0], KH = G.k[1], KW = G.k[2];
+  const int64_t KD = G.k[0], KH = G.k[1], KW = G.k[2], khw = s.khw;
   const int64_t C = G.C, Cg = s.Cg, Ng = s.Ng, Cout = s.Cout, groups = s.groups;
+  const int64_t cb = s.channel_block(), nblk = Ng / cb, run = khw * cb;  // a block's columns
   const int64_t cols = s.cols(), panels = cpu::gemm_panels(cols);
   const int64_t ob = cpu::gemm_out_bytes(base.out_kind);
   const int64_t mr = k.mr();
-  // Output rows per task: an int32 tile of kAccBytes, at least one row.
-  int64_t band = std::max<int64_t>(1, std::min<int64_t>(OH, kAccBytes / std::max<int64_t>(1, OW * Ng * 4)));
   const int64_t outer = G.N * groups * OD;
   const int nt = at::get_num_threads();
   const int64_t work = G.N * ID * IH * IW * C * Ng * G.taps();
   const bool serial = nt <= 1 || work < kSerialWork;
+  // Output rows per task: an int32 tile of kAccBytes, at least one row; a multiple of the stride
+  // where it can be, so that a band starts where an input row's taps start (no input row is
+  // then shared by two bands when the kernel is no larger than the stride).
+  const int64_t sh = G.stride[1];
+  int64_t band = std::max<int64_t>(1, std::min<int64_t>(OH, kAccBytes / std::max<int64_t>(1, OW * Ng * 4)));
+  if (band < OH && band >= sh) band = band / sh * sh;
+  // Too few tasks to keep every thread busy (batch 1, small images): split the output channels
+  // first (free: each task computes other columns), then the bands (recomputing the input rows
+  // two bands share).
+  int64_t csplit = 1;
   if (!serial && outer * ceil_div(OH, band) < 2 * nt) {
-    // Too few tasks to keep every thread busy (batch 1): thinner bands, at the cost of
-    // recomputing the input rows that two bands share.
-    const int64_t want = ceil_div(2 * nt, std::max<int64_t>(outer, 1));
-    band = std::max<int64_t>(1, std::min(band, ceil_div(OH, want)));
+    csplit = std::min(nblk, ceil_div(2 * nt, outer * ceil_div(OH, band)));
+    if (outer * csplit * ceil_div(OH, band) < 2 * nt) {
+      const int64_t want = ceil_div(2 * nt, std::max<int64_t>(outer * csplit, 1));
+      band = std::max<int64_t>(1, std::min(band, ceil_div(OH, want)));
+    }
   }
   const int64_t nbands = ceil_div(OH, band);
-  const int64_t tasks = outer * nbands;
+  const int64_t tasks = outer * csplit * nbands;
   // A GEMM chunk: up to kMaxColPanels panels of columns, rows to fill kColBytes.
   const int64_t pchunk = std::max<int64_t>(1, std::min(panels, kMaxColPanels));
   const int64_t ccols = pchunk * cpu::kPanel;
@@ -103,20 +113,29 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t % nbands;
       int64_t r = t / nbands;
+      const int64_t cs_i = r % csplit;
+      r /= csplit;
       const int64_t od = r % OD;
       r /= OD;
       const int64_t g = r % groups, n = r / groups;
       const int64_t oh0 = b * band, oh1 = std::min(OH, oh0 + band), T = oh1 - oh0;
-      int32_t* acc = cpu::scratch(acc_buf, static_cast<size_t>(T * OW * Ng));
-      std::memset(acc, 0, static_cast<size_t>(T * OW * Ng) * sizeof(int32_t));
+      // The task's output channels [ch0, ch0 + tch) of the group: whole blocks, whose columns
+      // [c_lo, c_hi) are whole panels unless there is one block only.
+      const int64_t jb0 = cs_i * nblk / csplit, jb1 = (cs_i + 1) * nblk / csplit;
+      if (jb0 >= jb1) continue;
+      const int64_t ch0 = jb0 * cb, tch = (jb1 - jb0) * cb;
+      const int64_t c_lo = jb0 * run, c_hi = jb1 * run;
+      const int64_t p_lo = c_lo / cpu::kPanel, p_hi = cpu::gemm_panels(c_hi);
+      int32_t* acc = cpu::scratch(acc_buf, static_cast<size_t>(T * OW * tch));
+      std::memset(acc, 0, static_cast<size_t>(T * OW * tch) * sizeof(int32_t));
       int32_t* col = cpu::scratch(col_buf, static_cast<size_t>(rows * ccols));
       for (int64_t kd = 0; kd < KD && Cg > 0; ++kd) {
         const int64_t td = od + G.pad[0] - kd * G.dil[0];
         if (td < 0 || td % G.stride[0] != 0 || td / G.stride[0] >= ID) continue;
         const int64_t id = td / G.stride[0];
         // The input rows whose taps reach output rows [oh0, oh1).
-        const int64_t ih_lo = std::max<int64_t>(0, ceil_div(oh0 + G.pad[1] - (KH - 1) * G.dil[1], G.stride[1]));
-        const int64_t ih_hi = std::min<int64_t>(IH - 1, floor_div(oh1 - 1 + G.pad[1], G.stride[1]));
+        const int64_t ih_lo = std::max<int64_t>(0, ceil_div(oh0 + G.pad[1] - (KH - 1) * G.dil[1], sh));
+        const int64_t ih_hi = std::min<int64_t>(IH - 1, floor_div(oh1 - 1 + G.pad[1], sh));
         if (ih_lo > ih_hi) continue;
         const int64_t npix = (ih_hi - ih_lo + 1) * IW;
         const uint8_t* a = x + (((n * ID + id) * IH + ih_lo) * IW) * C + g * Cg;
@@ -125,8 +144,8 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
         const int32_t* cs = col_sums + wi * cols;
         for (int64_t m0 = 0; m0 < npix; m0 += rows) {
           const int64_t mrows = std::min(rows, npix - m0);
-          for (int64_t pp = 0; pp < panels; pp += pchunk) {
-            const int64_t pe = std::min(panels, pp + pchunk);
+          for (int64_t pp = p_lo; pp < p_hi; pp += pchunk) {
+            const int64_t pe = std::min(p_hi, pp + pchunk);
             const int64_t c0 = pp * cpu::kPanel, c1 = std::min(cols, pe * cpu::kPanel), width = c1 - c0;
             GemmProblem p = base;
             p.M = mrows;
@@ -140,18 +159,20 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
             p.bias = nullptr;
             p.relu = false;
             k.compute(p, a + m0 * C, C, 0, mrows, 0, pe - pp);
-            // col2im: each column run (one tap, its output channels) into its output pixel.
+            // col2im: each run of a block's channels (one tap) into its output pixel.
             for (int64_t i = 0; i < mrows; ++i) {
               const int64_t pix = m0 + i, ih = ih_lo + pix / IW, iw = pix % IW;
               const int32_t* src = col + i * width;
-              for (int64_t tap = c0 / Ng; tap * Ng < c1; ++tap) {
+              for (int64_t q = c0 / cb; q * cb < c1; ++q) {
+                const int64_t tap = q % khw;
                 const int64_t kh = tap / KW, kw = tap % KW;
-                const int64_t oh = ih * G.stride[1] - G.pad[1] + kh * G.dil[1];
+                const int64_t oh = ih * sh - G.pad[1] + kh * G.dil[1];
                 if (oh < oh0 || oh >= oh1) continue;
                 const int64_t ow = iw * G.stride[2] - G.pad[2] + kw * G.dil[2];
                 if (ow < 0 || ow >= OW) continue;
-                const int64_t j0 = std::max(c0, tap * Ng), j1 = std::min(c1, (tap + 1) * Ng);
-                int32_t* dst = acc + ((oh - oh0) * OW + ow) * Ng + (j0 - tap * Ng);
+                const int64_t j0 = std::max(c0, q * cb), j1 = std::min(c1, (q + 1) * cb);
+                const int64_t ch = (q / khw) * cb + (j0 - q * cb) - ch0;
+                int32_t* dst = acc + ((oh - oh0) * OW + ow) * tch + ch;
                 const int32_t* sp = src + (j0 - c0);
                 for (int64_t j = 0; j < j1 - j0; ++j) dst[j] += sp[j];
               }
@@ -160,11 +181,11 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
         }
       }
       GemmProblem e = base;
-      e.w_scale = base.w_scale + g * Ng;
-      e.bias = base.bias != nullptr ? base.bias + g * Ng : nullptr;
-      e.out = out + ((((n * OD + od) * OH + oh0) * OW) * Cout + g * Ng) * ob;
+      e.w_scale = base.w_scale + g * Ng + ch0;
+      e.bias = base.bias != nullptr ? base.bias + g * Ng + ch0 : nullptr;
+      e.out = out + ((((n * OD + od) * OH + oh0) * OW) * Cout + g * Ng + ch0) * ob;
       e.ldo = Cout;
-      k.epilogue(e, acc, Ng, T * OW, Ng);
+      k.epilogue(e, acc, tch, T * OW, tch);
     }
   };
   if (serial) {
@@ -181,9 +202,12 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_transpose_weight_cpu(const at::Tens
   const ConvTransposeSetup s = conv_transpose_weight_setup(w, groups);
   cpu::check_cpu(w, "w");
   const int64_t KD = s.g.k[0], cols = s.cols(), panels = cpu::gemm_panels(cols), Cg = s.Cg;
-  // [groups, KD, kh * kw, Ng, Cg]: per (group, depth tap) the [cols, Cg] GEMM operand.
-  const at::Tensor wk =
-      w.reshape({groups, Cg, s.Ng, KD, s.khw}).permute({0, 3, 4, 2, 1}).contiguous();
+  // [groups, KD, Ng / cb, kh * kw, cb, Cg]: per (group, depth tap) the [cols, Cg] GEMM operand,
+  // columns in (channel block, tap, channel) order.
+  const int64_t cb = std::max<int64_t>(1, s.channel_block());
+  const at::Tensor wk = w.reshape({groups, Cg, s.Ng / cb, cb, KD, s.khw})
+                            .permute({0, 4, 2, 5, 3, 1})
+                            .contiguous();
   at::Tensor packed = at::empty({groups, KD, panels, Cg, cpu::kPanel}, w.options());
   at::Tensor col_sums = at::empty({groups * KD * cols}, w.options().dtype(at::kInt));
   const int8_t* pw = wk.const_data_ptr<int8_t>();

@@ -120,9 +120,15 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_transpose_weight_cuda(const at::Ten
   c10::cuda::CUDAGuard guard(w.device());
   const int64_t taps = s.g.taps();
   const at::Tensor wr = w.reshape({groups, s.Cg, s.Ng, taps});
-  // The CPU's col_sums ([groups, taps, Ng]: sums over the group's input channels), for the
-  // same shape everywhere; the kernel corrects the zero point term by term instead.
-  const at::Tensor col_sums = wr.sum(1, /*keepdim=*/false, at::kInt).permute({0, 2, 1}).reshape({-1}).contiguous();
+  // The CPU's col_sums (sums over the group's input channels, in [groups, kD, Ng / cb, kH * kW,
+  // cb] order), for the same values everywhere; the kernel corrects the zero point term by term
+  // instead.
+  const int64_t cb = std::max<int64_t>(1, s.channel_block());
+  const at::Tensor col_sums = wr.sum(1, /*keepdim=*/false, at::kInt)
+                                  .reshape({groups, s.Ng / cb, cb, s.g.k[0], s.khw})
+                                  .permute({0, 3, 1, 4, 2})
+                                  .reshape({-1})
+                                  .contiguous();
   return {wr.permute({0, 3, 1, 2}).contiguous(), col_sums};
 }
 
