@@ -25,6 +25,8 @@ CASES = [
     ((3, 4), 40, 36, (3, 3), (1, 1), (2, 2), (0, 0), (2, 2), 2),            # padding eats the border
     ((3, 4, 5), 4, 9, (3, 3, 2), (2, 1, 2), (1, 1, 0), (1, 0, 1), (1, 1, 1), 1),  # 3-d
     ((2, 3, 3), 6, 4, (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1), 2),  # 3-d grouped upsampling
+    ((5, 7), 8, 32, (3, 3), (3, 3), (1, 1), (0, 0), (1, 1), 2),             # kernel = stride, cropped
+    ((9,), 6, 20, (2,), (2,), (0,), (0,), (3,), 2),                         # kernel = stride, dilated
 ]
 
 
@@ -185,7 +187,10 @@ def test_conv_transpose_low_float_out(isa):
     ((12, 12), 48, 40, (5, 5), (1, 1), (2, 2), (0, 0), (1, 1), 4),    # stride 1: bands share input rows
     ((3, 3), 128, 128, (4, 4), (2, 2), (1, 1), (1, 1), (1, 1), 2),  # channel blocks split among tasks
     ((3, 4, 4), 16, 32, (3, 2, 2), (2, 2, 2), (1, 0, 0), (0, 1, 0), (1, 1, 1), 1),  # 3-d, depth taps
-], ids=["dcgan", "unet", "wide", "s1", "grouped-split", "3d"])
+    ((3, 200), 24, 48, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 1),   # kernel = stride, rows past a chunk
+    ((3, 3), 64, 128, (3, 3), (3, 3), (1, 1), (0, 0), (1, 1), 2),    # kernel = stride, channel blocks split
+    ((3, 4, 5), 16, 40, (2, 2, 2), (2, 2, 2), (1, 0, 0), (0, 0, 0), (1, 1, 1), 1),  # 3-d kernel = stride
+], ids=["dcgan", "unet", "wide", "s1", "grouped-split", "3d", "once-long-rows", "once-split", "once-3d"])
 def test_conv_transpose_large_layer_tiles(isa, case):
     """Layers with many output pixels, columns or taps: several bands, GEMM chunks and
     threads, at batch 1 (bands split for the threads) and 2."""

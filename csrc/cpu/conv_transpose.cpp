@@ -67,6 +67,113 @@ constexpr int64_t kMaxChunkRows = 192;
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
+// Kernel size equal to the stride (no dilation, no output_padding) in every dimension, as in
+// UNet's 2x2 stride-2 upsampling: every output pixel is reached by exactly one (input pixel,
+// tap), so there is nothing to add up. A task takes one input row of one group (and a range of
+// channel blocks); the GEMM's int32 columns of each tap go through the epilogue straight into
+// the output pixels they reach (stride * Cout apart), with no int32 tile and no col2im.
+bool reached_once(const ConvTransposeSetup& s) {
+  const ConvGeometry& G = s.g;
+  if (s.Cg == 0) return false;  // no input channels: every output is its bias (the tile path)
+  for (int e = 0; e < 3; ++e) {
+    if (G.k[e] != G.stride[e] || s.out_pad[e] != 0 || (G.k[e] != 1 && G.dil[e] != 1)) return false;
+  }
+  return true;
+}
+
+void run_conv_transpose_once(const ConvTransposeSetup& s, const GemmProblem& base, const uint8_t* x,
+                             char* out, const int8_t* packed, const int32_t* col_sums) {
+  const CtKernels& k = ct_kernels();
+  const ConvGeometry& G = s.g;
+  const int64_t ID = G.in[0], IH = G.in[1], IW = G.in[2];
+  const int64_t OD = G.out[0], OH = G.out[1], OW = G.out[2];
+  const int64_t KD = G.k[0], KW = G.k[2], khw = s.khw;
+  const int64_t C = G.C, Cg = s.Cg, Ng = s.Ng, Cout = s.Cout, groups = s.groups;
+  const int64_t cb = s.channel_block(), nblk = Ng / cb, run = khw * cb;
+  const int64_t cols = s.cols(), panels = cpu::gemm_panels(cols);
+  const int64_t ob = cpu::gemm_out_bytes(base.out_kind);
+  const int64_t mr = k.mr();
+  const int64_t outer = G.N * ID * IH * groups;
+  const int nt = at::get_num_threads();
+  const int64_t work = G.N * ID * IH * IW * C * Ng * G.taps();
+  const bool serial = nt <= 1 || work < kSerialWork;
+  const int64_t csplit = serial || outer >= 2 * nt ? 1 : std::min(nblk, ceil_div(2 * nt, outer));
+  const int64_t tasks = outer * csplit;
+  const int64_t pchunk = std::max<int64_t>(1, std::min(panels, kMaxColPanels));
+  const int64_t ccols = pchunk * cpu::kPanel;
+  int64_t rows = std::min<int64_t>(kMaxChunkRows, kColBytes / (4 * ccols));
+  rows = std::max<int64_t>(mr, rows / mr * mr);
+
+  auto body = [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<int32_t> col_buf;
+    int32_t* col = cpu::scratch(col_buf, static_cast<size_t>(rows * ccols));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t cs_i = t % csplit;
+      int64_t r = t / csplit;
+      const int64_t g = r % groups;
+      r /= groups;
+      const int64_t ih = r % IH;
+      r /= IH;
+      const int64_t id = r % ID, n = r / ID;
+      const int64_t jb0 = cs_i * nblk / csplit, jb1 = (cs_i + 1) * nblk / csplit;
+      if (jb0 >= jb1) continue;
+      const int64_t c_lo = jb0 * run, c_hi = jb1 * run;
+      const int64_t p_lo = c_lo / cpu::kPanel, p_hi = cpu::gemm_panels(c_hi);
+      const uint8_t* a = x + (((n * ID + id) * IH + ih) * IW) * C + g * Cg;
+      for (int64_t kd = 0; kd < KD; ++kd) {
+        const int64_t od = id * G.stride[0] - G.pad[0] + kd;
+        if (od < 0 || od >= OD) continue;
+        const int64_t wi = g * KD + kd;
+        const int8_t* wk = packed + wi * panels * Cg * cpu::kPanel;
+        const int32_t* cs = col_sums + wi * cols;
+        for (int64_t m0 = 0; m0 < IW; m0 += rows) {
+          const int64_t mrows = std::min(rows, IW - m0);
+          for (int64_t pp = p_lo; pp < p_hi; pp += pchunk) {
+            const int64_t pe = std::min(p_hi, pp + pchunk);
+            const int64_t c0 = pp * cpu::kPanel, c1 = std::min(cols, pe * cpu::kPanel), width = c1 - c0;
+            GemmProblem p = base;
+            p.M = mrows;
+            p.N = width;
+            p.K = Cg;
+            p.w = wk + pp * Cg * cpu::kPanel;
+            p.col_sums = cs + c0;
+            p.out_kind = GemmOut::Int32;
+            p.out = col;
+            p.ldo = width;
+            p.bias = nullptr;
+            p.relu = false;
+            k.compute(p, a + m0 * C, C, 0, mrows, 0, pe - pp);
+            for (int64_t q = c0 / cb; q * cb < c1; ++q) {
+              const int64_t tap = q % khw, blk = q / khw, kh = tap / KW, kw = tap % KW;
+              const int64_t oh = ih * G.stride[1] - G.pad[1] + kh;
+              if (oh < 0 || oh >= OH) continue;
+              // Input pixels [m0 + i_lo, m0 + i_hi) of the chunk land inside the output row.
+              const int64_t sw = G.stride[2], off = kw - G.pad[2];
+              const int64_t i_lo = std::max<int64_t>(0, ceil_div(-off, sw) - m0);
+              const int64_t i_hi = std::min<int64_t>(mrows, floor_div(OW - 1 - off, sw) + 1 - m0);
+              if (i_lo >= i_hi) continue;
+              const int64_t j0 = std::max(c0, q * cb), j1 = std::min(c1, (q + 1) * cb);
+              const int64_t ch = g * Ng + blk * cb + (j0 - q * cb);
+              const int64_t ow = (m0 + i_lo) * sw + off;
+              GemmProblem e = base;
+              e.w_scale = base.w_scale + ch;
+              e.bias = base.bias != nullptr ? base.bias + ch : nullptr;
+              e.out = out + ((((n * OD + od) * OH + oh) * OW + ow) * Cout + ch) * ob;
+              e.ldo = sw * Cout;
+              k.epilogue(e, col + i_lo * width + (j0 - c0), width, i_hi - i_lo, j1 - j0);
+            }
+          }
+        }
+      }
+    }
+  };
+  if (serial) {
+    body(0, tasks);
+  } else {
+    at::parallel_for(0, tasks, 1, body);
+  }
+}
+
 void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, const uint8_t* x,
                         char* out, const int8_t* packed, const int32_t* col_sums) {
   const CtKernels& k = ct_kernels();
@@ -110,6 +217,8 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
 
   auto body = [&](int64_t t0, int64_t t1) {
     thread_local std::vector<int32_t> acc_buf, col_buf;
+    thread_local std::vector<int64_t> dst_buf;
+    int64_t* dst_of = cpu::scratch(dst_buf, static_cast<size_t>(khw));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t % nbands;
       int64_t r = t / nbands;
@@ -160,21 +269,36 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
             p.relu = false;
             k.compute(p, a + m0 * C, C, 0, mrows, 0, pe - pp);
             // col2im: each run of a block's channels (one tap) into its output pixel.
+            const int64_t q0 = c0 / cb;
+            int64_t ih = ih_lo + m0 / IW, iw = m0 % IW;
             for (int64_t i = 0; i < mrows; ++i) {
-              const int64_t pix = m0 + i, ih = ih_lo + pix / IW, iw = pix % IW;
-              const int32_t* src = col + i * width;
-              for (int64_t q = c0 / cb; q * cb < c1; ++q) {
-                const int64_t tap = q % khw;
-                const int64_t kh = tap / KW, kw = tap % KW;
+              // Where each tap of this input pixel lands in the tile (-1: outside it).
+              for (int64_t kh = 0; kh < KH; ++kh) {
                 const int64_t oh = ih * sh - G.pad[1] + kh * G.dil[1];
-                if (oh < oh0 || oh >= oh1) continue;
-                const int64_t ow = iw * G.stride[2] - G.pad[2] + kw * G.dil[2];
-                if (ow < 0 || ow >= OW) continue;
-                const int64_t j0 = std::max(c0, q * cb), j1 = std::min(c1, (q + 1) * cb);
-                const int64_t ch = (q / khw) * cb + (j0 - q * cb) - ch0;
-                int32_t* dst = acc + ((oh - oh0) * OW + ow) * tch + ch;
-                const int32_t* sp = src + (j0 - c0);
-                for (int64_t j = 0; j < j1 - j0; ++j) dst[j] += sp[j];
+                for (int64_t kw = 0; kw < KW; ++kw) {
+                  const int64_t ow = iw * G.stride[2] - G.pad[2] + kw * G.dil[2];
+                  dst_of[kh * KW + kw] = oh >= oh0 && oh < oh1 && ow >= 0 && ow < OW
+                                             ? ((oh - oh0) * OW + ow) * tch
+                                             : -1;
+                }
+              }
+              const int32_t* src = col + i * width;
+              int64_t tap = q0 % khw, blk = q0 / khw;
+              for (int64_t q = q0; q * cb < c1; ++q) {
+                if (dst_of[tap] >= 0) {
+                  const int64_t j0 = std::max(c0, q * cb), j1 = std::min(c1, (q + 1) * cb);
+                  int32_t* dst = acc + dst_of[tap] + blk * cb - ch0 + (j0 - q * cb);
+                  const int32_t* sp = src + (j0 - c0);
+                  for (int64_t j = 0; j < j1 - j0; ++j) dst[j] += sp[j];
+                }
+                if (++tap == khw) {
+                  tap = 0;
+                  ++blk;
+                }
+              }
+              if (++iw == IW) {
+                iw = 0;
+                ++ih;
               }
             }
           }
@@ -265,9 +389,9 @@ at::Tensor conv_transpose_int8_cpu(const at::Tensor& x, const at::Tensor& x_scal
       conv_transpose_empty_output(s, x.options().dtype(low_float ? at::kFloat : odt), true);
   if (out.numel() == 0) return low_float ? out.to(odt) : out;
   const at::Tensor xc = x.movedim(1, -1).contiguous();
-  run_conv_transpose(s, p, static_cast<const uint8_t*>(xc.const_data_ptr()),
-                     static_cast<char*>(out.data_ptr()), w_packed.const_data_ptr<int8_t>(),
-                     w_col_sums.const_data_ptr<int32_t>());
+  (reached_once(s) ? run_conv_transpose_once : run_conv_transpose)(
+      s, p, static_cast<const uint8_t*>(xc.const_data_ptr()), static_cast<char*>(out.data_ptr()),
+      w_packed.const_data_ptr<int8_t>(), w_col_sums.const_data_ptr<int32_t>());
   return low_float ? out.to(odt) : out;
 }
 
