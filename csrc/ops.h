@@ -146,5 +146,16 @@ std::tuple<Tensor, Tensor, Tensor> int4_pack_weight_cpu(const Tensor& qweight, c
 Tensor linear_int4_cpu(const Tensor& x, const Tensor& w_packed, const Tensor& w_qp,
                        const Tensor& w_scale, const std::optional<Tensor>& bias,
                        int64_t in_features, int64_t out_features, int64_t group_size);
+// ---- conv transpose (cpu/conv_transpose.cpp, cuda/conv_transpose.cu) ----
+std::tuple<Tensor, Tensor> pack_conv_transpose_weight_cpu(const Tensor& w, int64_t groups);
+Tensor conv_transpose_int8_cpu(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_point,
+                               const Tensor& w_packed, const Tensor& w_col_sums,
+                               const Tensor& w_scale, const std::optional<Tensor>& bias,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef output_padding,
+                               at::IntArrayRef dilation, int64_t groups,
+                               const std::optional<Tensor>& out_scale,
+                               const std::optional<Tensor>& out_zero_point, bool relu,
+                               std::optional<at::ScalarType> out_dtype);
 
 }  // namespace torchquant

@@ -192,6 +192,22 @@ TORCH_LIBRARY(torchquant, m) {
   // activations and exact integer group sums; CUDA: float dequantization in registers.
   m.def("linear_int4(Tensor x, Tensor w_packed, Tensor w_qp, Tensor w_scale, Tensor? bias, "
         "int in_features, int out_features, int group_size) -> Tensor");
+  // ---- conv transpose ----
+  // Static int8 transposed convolution (cpu/conv_transpose.cpp, cuda/conv_transpose.cu;
+  // docs/quantization.md, "Transposed convolution"). w: [Cin, Cout / groups, *kernel_size] int8
+  // (nn.ConvTranspose*d's layout), symmetric per output channel -> (packed, col_sums int32
+  // [groups * taps * Cout / groups]). The packed layout is the kernels' for w's device: on the
+  // CPU [groups, kD, ceil(kH * kW * Cout/groups / 16), Cin/groups, 16], on CUDA [groups, taps,
+  // Cin/groups, Cout/groups].
+  m.def("pack_conv_transpose_weight(Tensor w, int groups=1) -> (Tensor, Tensor)");
+  // x: int8/uint8 [N, Cin, *spatial], any layout, per-tensor qparams; w_scale [Cout]; bias
+  // float [Cout]. Output sizes (in - 1) * stride - 2 * padding + dilation * (kernel - 1) +
+  // output_padding + 1, as torch's conv_transpose*d. The sums are exact int32; the epilogue is
+  // conv_int8's (linear_int8's). The output [N, Cout, *out] is channels-last in memory.
+  m.def("conv_transpose_int8(Tensor x, Tensor x_scale, Tensor x_zero_point, Tensor w_packed, "
+        "Tensor w_col_sums, Tensor w_scale, Tensor? bias, int[] kernel_size, int[] stride, "
+        "int[] padding, int[] output_padding, int[] dilation, int groups, Tensor? out_scale, "
+        "Tensor? out_zero_point, bool relu=False, ScalarType? out_dtype=None) -> Tensor");
 }
 
 }  // namespace torchquant

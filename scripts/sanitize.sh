@@ -16,7 +16,8 @@ OUT=build/sanitize
 mkdir -p "$OUT"
 FLAGS="-fsanitize=address,undefined -fno-wrapv -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1"
 # The op-level tests: kernels, their argument checks and the observers that drive them.
-TESTS=(tests/test_quantize_ops.py tests/test_observer.py tests/test_gemm.py tests/test_conv.py tests/test_elementwise.py
+TESTS=(tests/test_quantize_ops.py tests/test_observer.py tests/test_gemm.py tests/test_conv.py tests/test_conv_transpose.py
+       tests/test_elementwise.py
        tests/test_embedding.py tests/test_int4.py)
 
 t0=$(date +%s)

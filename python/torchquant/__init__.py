@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover
 # ---- int8 GEMM
 from .gemm import int8_mm, linear_dynamic, linear_int8, pack_weight, quantize_rowwise
 from .conv import conv_int8, pack_conv_weight  # noqa: E402
+from .conv_transpose import conv_transpose_int8, pack_conv_transpose_weight  # noqa: E402
 # ---- observers
 from . import observer  # noqa: F401
 from .calibrate import calibrate, sync_observers

@@ -41,6 +41,8 @@ def static_mappings():
             m[t] = conv
         for t in _ours_and_ao(f"ConvBnReLU{d}d"):
             m[t] = conv_relu
+        # Transposed convolutions: static only, as torch.ao's (no QAT or fused modules).
+        m[getattr(nn, f"ConvTranspose{d}d")] = getattr(nnq, f"ConvTranspose{d}d")
     return m
 
 

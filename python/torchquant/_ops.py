@@ -455,3 +455,88 @@ def _linear_int4_fake(x, w_packed, w_qp, w_scale, bias, in_features, out_feature
                  lambda: f"argument 'x' must have K = {in_features} in its last dimension, got shape {tuple(x.shape)}")
     _int4_dims(in_features, out_features, group_size)
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+# ---------------------------------------------------------------- conv transpose
+def conv_transpose_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
+    """Shape of the packed weight that ``pack_conv_transpose_weight`` returns for an int8
+    transposed-conv weight of shape ``w_shape`` [Cin, Cout / groups, *kernel_size] on
+    ``device``: on the CPU [groups, kD, ceil(kH * kW * Cout / groups / 16), Cin / groups, 16]
+    (kD = kH = 1 where the kernel has fewer dimensions), on CUDA [groups, taps, Cin / groups,
+    Cout / groups]."""
+    cin, ng, ks = w_shape[0], w_shape[1], list(w_shape[2:])
+    cg = cin // groups
+    taps = 1
+    for k in ks:
+        taps = taps * k
+    if torch.device(device).type == "cuda":
+        return (groups, taps, cg, ng)
+    kd = ks[0] if len(ks) == 3 else 1
+    khw = taps // kd
+    return (groups, kd, (khw * ng + PANEL - 1) // PANEL, cg, PANEL)
+
+
+def conv_transpose_output_size(in_sizes, kernel_size, stride, padding, output_padding, dilation):
+    """The spatial output sizes of a transposed convolution (torch's formula)."""
+    n = len(kernel_size)
+    st, pd = _expand(stride, n, "stride"), _expand(padding, n, "padding")
+    op, dl = _expand(output_padding, n, "output_padding"), _expand(dilation, n, "dilation")
+    return [(i - 1) * s - 2 * p + d * (k - 1) + o + 1
+            for i, k, s, p, o, d in zip(in_sizes, kernel_size, st, pd, op, dl)]
+
+
+@torch.library.register_fake("torchquant::pack_conv_transpose_weight")
+def _pack_conv_transpose_weight_fake(w, groups=1):
+    torch._check(w.dtype == torch.int8 and 3 <= w.dim() <= 5,
+                 lambda: f"argument 'w' must be a 3-D, 4-D or 5-D int8 transposed conv weight, got {w.dtype} "
+                         f"{tuple(w.shape)}")
+    torch._check(groups >= 1 and w.shape[0] % groups == 0,
+                 lambda: f"argument 'groups' ({groups}) must divide the input channels of 'w' ({w.shape[0]}, its "
+                         "first dimension)")
+    taps = 1
+    for k in w.shape[2:]:
+        taps = taps * k
+    return (w.new_empty(conv_transpose_packed_weight_shape(tuple(w.shape), groups, w.device)),
+            w.new_empty((groups * taps * w.shape[1],), dtype=torch.int32))
+
+
+@torch.library.register_fake("torchquant::conv_transpose_int8")
+def _conv_transpose_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, kernel_size, stride,
+                              padding, output_padding, dilation, groups, out_scale=None, out_zero_point=None,
+                              relu=False, out_dtype=None):
+    torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
+    nsp = len(kernel_size)
+    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must have 1, 2 or 3 elements, got {kernel_size}")
+    torch._check(x.dim() == nsp + 2,
+                 lambda: f"Expected {nsp + 2}D (batched) input to conv_transpose{nsp}d, but got input of size: "
+                         f"{list(x.shape)}")
+    _check_devices("x", x, x_scale=x_scale, x_zero_point=x_zero_point, w_packed=w_packed, w_col_sums=w_col_sums,
+                   w_scale=w_scale, bias=bias, out_scale=out_scale, out_zero_point=out_zero_point)
+    torch._check(groups >= 1 and x.shape[1] % groups == 0,
+                 lambda: f"argument 'groups' ({groups}) must divide the input channels of 'x' ({x.shape[1]})")
+    taps = 1
+    for k in kernel_size:
+        taps = taps * k
+    torch._check(w_col_sums.shape[0] % (taps * groups) == 0,
+                 lambda: f"argument 'w_col_sums' must have groups * taps * Cout / groups elements, got "
+                         f"{w_col_sums.shape[0]}")
+    ng = w_col_sums.shape[0] // (taps * groups)
+    cout = ng * groups
+    w_shape = (x.shape[1], ng, *kernel_size)
+    want = conv_transpose_packed_weight_shape(w_shape, groups, x.device)
+    torch._check(tuple(w_packed.shape) == want,
+                 lambda: f"argument 'w_packed' has shape {tuple(w_packed.shape)}, but a weight {list(w_shape)} with "
+                         f"groups={groups} packed for {x.device.type} has shape {want}")
+    odt = out_dtype or torch.float32
+    torch._check(odt in (torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.uint8),
+                 lambda: f"argument 'out_dtype' must be float32, bfloat16, float16, int8 or uint8, got {odt}")
+    st, op, dl = _expand(stride, nsp, "stride"), _expand(output_padding, nsp, "output_padding"), \
+        _expand(dilation, nsp, "dilation")
+    for o, s, d in zip(op, st, dl):
+        torch._check(o < s or o < d, lambda: f"argument 'output_padding' must be smaller than either stride or "
+                                             f"dilation, got output_padding={list(output_padding)}, "
+                                             f"stride={list(stride)}, dilation={list(dilation)}")
+    out_sp = conv_transpose_output_size(x.shape[2:], kernel_size, stride, padding, output_padding, dilation)
+    # Channels-last memory: [N, *out, Cout] contiguous, seen as [N, Cout, *out].
+    y = x.new_empty((x.shape[0], *out_sp, cout), dtype=odt)
+    return y.movedim(-1, 1)

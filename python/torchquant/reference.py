@@ -28,6 +28,7 @@ __all__ = [
     "histogram_rebin",
     "histogram_",
     "conv_int8",
+    "conv_transpose_int8",
 ]
 
 
@@ -333,6 +334,32 @@ def conv_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, stride=1, padding
     xc = torch.nn.functional.pad(xc, pad)  # (x - zp) of a padded position is 0
     corr = conv(xc, w.to(torch.float64), None, tup(stride), 0, tup(dilation), groups).to(torch.int32)
     cout = w.shape[0]
+    rows = corr.movedim(1, -1).reshape(-1, cout)
+    out = _requantize(rows, x_scale.float().reshape(()), w_scale, bias, relu, out_scale, out_zero_point, out_dtype)
+    shape = (corr.shape[0], *corr.shape[2:], cout)
+    return out.reshape(shape).movedim(-1, 1)
+
+
+def conv_transpose_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, stride=1, padding=0, output_padding=0,
+                        dilation=1, groups=1, out_scale=None, out_zero_point=None, relu=False,
+                        out_dtype=None) -> torch.Tensor:
+    """Static int8 transposed convolution from the unpacked int8 weight w [Cin, Cout / groups,
+    *kernel] (what ``conv_transpose_int8`` computes from ``pack_conv_transpose_weight(w,
+    groups)``): exact integer sums of (x - x_zero_point) * w (float64 transposed convolution
+    of integers below 2^53), then linear_int8's epilogue. x_scale / x_zero_point hold one
+    element."""
+    nsp = w.dim() - 2
+    conv = (torch.nn.functional.conv_transpose1d, torch.nn.functional.conv_transpose2d,
+            torch.nn.functional.conv_transpose3d)[nsp - 1]
+
+    def tup(v):
+        return [v] * nsp if isinstance(v, int) else (list(v) * nsp if len(v) == 1 else list(v))
+
+    zp = int(x_zero_point.reshape(-1)[0])
+    xc = x.to(torch.float64) - zp
+    corr = conv(xc, w.to(torch.float64), None, tup(stride), tup(padding), tup(output_padding), groups,
+                tup(dilation)).to(torch.int32)
+    cout = corr.shape[1]
     rows = corr.movedim(1, -1).reshape(-1, cout)
     out = _requantize(rows, x_scale.float().reshape(()), w_scale, bias, relu, out_scale, out_zero_point, out_dtype)
     shape = (corr.shape[0], *corr.shape[2:], cout)

@@ -326,6 +326,10 @@ from .quantized_conv import *  # noqa: E402,F401,F403  (int8 convolutions)
 from .quantized_conv import __all__ as _conv_all  # noqa: E402
 
 __all__ = __all__ + _conv_all
+from .quantized_conv_transpose import *  # noqa: E402,F401,F403  (int8 transposed convolutions)
+from .quantized_conv_transpose import __all__ as _conv_transpose_all  # noqa: E402
+
+__all__ = __all__ + _conv_transpose_all
 # CNN modules: FloatFunctional / QFunctional, normalization and activations (quantized_ops.py).
 from .quantized_ops import *  # noqa: E402,F401,F403
 from .quantized_ops import __all__ as _cnn_all  # noqa: E402

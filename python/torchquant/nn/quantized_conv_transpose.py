@@ -1,0 +1,211 @@
+"""Static int8 transposed convolutions that ``convert`` swaps in for nn.ConvTranspose1d/2d/3d
+(torch.ao.nn.quantized.ConvTranspose1d/2d/3d): QTensor in, QTensor out, one kernel call (exact
+int32 sums, bias and requantization fused).
+
+Weights are symmetric int8 per output channel. The weight observer of the qconfig sees the
+weight in Conv's layout [Cout, Cin / groups, *kernel] (output channel first), so the default
+per-channel qconfigs (``ch_axis=0``) give one scale per output channel, and per-tensor
+observers one scale for all (torch.ao's x86 / fbgemm choice for ConvTranspose: its eager flow
+rejects per-channel weight observers here). Plain-tensor state dict (``qweight`` int8 [Cin,
+Cout / groups, *kernel], nn.ConvTranspose's layout; ``weight_scale``, ``weight_zero_point``,
+``bias``, ``scale``, ``zero_point``), loadable with ``torch.load(..., weights_only=True)``; the
+packed weight is rebuilt on ``.to()`` and on load. The output's int8 data is channels-last.
+"""
+from typing import List, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _ntuple
+
+from ..observer import _apply_keeping_float32
+from ..qtensor import QTensor
+from .quantized import _STORAGE, _activation_qparams, _storage
+from .quantized_conv import _conv_weight_qparams
+
+__all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+
+ops = torch.ops.torchquant
+
+
+def _to_conv_layout(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """[Cin, Cout / groups, *k] -> [Cout, Cin / groups, *k] (output channel g * Ng + j first)."""
+    cin, ng, k = w.shape[0], w.shape[1], w.shape[2:]
+    return w.reshape(groups, cin // groups, ng, *k).transpose(1, 2).reshape(groups * ng, cin // groups, *k)
+
+
+def _from_conv_layout(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of _to_conv_layout."""
+    cout, cg, k = w.shape[0], w.shape[1], w.shape[2:]
+    return w.reshape(groups, cout // groups, cg, *k).transpose(1, 2).reshape(groups * cg, cout // groups, *k)
+
+
+_PER_CHANNEL = (torch.per_channel_symmetric, torch.per_channel_affine, torch.per_channel_affine_float_qparams)
+
+
+def _per_channel_axis(mod) -> Optional[int]:
+    """ch_axis of the qconfig's weight observer (or FakeQuantize) when it is per channel."""
+    qconfig = getattr(mod, "qconfig", None)
+    if qconfig is None or getattr(qconfig, "weight", None) is None:
+        return None
+    wobs = qconfig.weight()
+    if getattr(wobs, "qscheme", None) not in _PER_CHANNEL:
+        return None
+    return int(getattr(wobs, "ch_axis", 0))
+
+
+class _ConvTransposeNd(nn.Module):
+    _NSP = 2
+    _FLOAT_MODULE = nn.ConvTranspose2d
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None,
+                 dtype=torch.quint8):
+        super().__init__()
+        tup = _ntuple(self._NSP)
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups != 0:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups != 0:
+            raise ValueError("out_channels must be divisible by groups")
+        if padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}, got '
+                             f"padding_mode={padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
+        self.padding, self.output_padding = tup(padding), tup(output_padding)
+        for o, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if not (o < s or o < d):
+                raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                                 f"output_padding={self.output_padding}, stride={self.stride}, "
+                                 f"dilation={self.dilation}")
+        self.padding_mode = padding_mode
+        self.transposed = True
+        self.register_buffer("qweight", torch.zeros(in_channels, out_channels // groups, *self.kernel_size,
+                                                    dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32))
+        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
+        self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+        self.register_buffer("_packed_weight", None, persistent=False)
+        self.register_buffer("_col_sums", None, persistent=False)
+        self.dtype = dtype
+        info = torch.iinfo(_storage(dtype))
+        self.qmin, self.qmax = info.min, info.max
+        self._geometry = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
+        self._repack()
+
+    @property
+    def weight(self) -> QTensor:
+        """The int8 weight [Cin, Cout / groups, *kernel] with its per-output-channel scales, as a
+        QTensor in Conv's layout [Cout, Cin / groups, *kernel] (quantized along axis 0)."""
+        return QTensor(_to_conv_layout(self.qweight, self.groups), self.weight_scale, self.weight_zero_point, 0,
+                       -128, 127)
+
+    def _repack(self):
+        self._packed_weight, self._col_sums = ops.pack_conv_transpose_weight(self.qweight, self.groups)
+
+    def _apply(self, fn, *args, **kwargs):
+        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
+        self._repack()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._repack()
+
+    def _output_padding(self, data, output_size: Optional[List[int]]):
+        if output_size is None:
+            return list(self.output_padding)
+        k, s, p, d = self._geometry
+        # nn.ConvTranspose*d's rule (and its errors) for the output_size argument.
+        return nn.modules.conv._ConvTransposeNd._output_padding(self, data, list(output_size), s, p, k, self._NSP, d)
+
+    def forward(self, x, output_size: Optional[List[int]] = None):
+        if not isinstance(x, QTensor):
+            raise TypeError(
+                f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
+                "quantized transposed convolution takes a QTensor: add a torchquant.QuantStub() before it")
+        if x.axis is not None:
+            raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
+                             f"quantized along axis {x.axis}")
+        data = x.data
+        nsp = self._NSP
+        unbatched = data.dim() == nsp + 1
+        if data.dim() != nsp + 2 and not unbatched:
+            raise RuntimeError(f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to "
+                               f"conv_transpose{nsp}d, but got input of size: {list(data.shape)}")
+        op = self._output_padding(data, output_size)
+        if unbatched:
+            data = data.unsqueeze(0)
+        b = self._buffers
+        scale, zero_point = b["scale"], b["zero_point"]
+        k, s, p, d = self._geometry
+        y = ops.conv_transpose_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"],
+                                    b["weight_scale"], b["bias"], k, s, p, op, d, self.groups, scale, zero_point,
+                                    False, _STORAGE[self.dtype])
+        if unbatched:
+            y = y.squeeze(0)
+        return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
+
+    @classmethod
+    def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
+        """Quantizes a prepared (observed) float nn.ConvTranspose*d: weights symmetric int8 per
+        output channel (per-channel observers; the observer sees the weight as [Cout, Cin /
+        groups, *kernel]) or per tensor, activations with the calibrated output qparams."""
+        name = name or type(mod).__name__
+        if not isinstance(mod, cls._FLOAT_MODULE):
+            raise TypeError(f"{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, got "
+                            f"{type(mod).__name__}")
+        g = mod.groups
+        weight = mod.weight.detach().float()
+        wc = _to_conv_layout(weight, g)
+        ch_axis = _per_channel_axis(mod)
+        if ch_axis is not None and ch_axis not in (0, -wc.dim()):
+            raise ValueError(f"{name}: a per-channel weight observer of a quantized ConvTranspose must have "
+                             f"ch_axis=0 (it sees the weight as [Cout, Cin / groups, *kernel]), got ch_axis={ch_axis}")
+        w_scale, w_zp, w_range = _conv_weight_qparams(mod, wc, name)
+        if w_scale.numel() != mod.out_channels:
+            raise ValueError(f"{name}: the weight observer gave {w_scale.numel()} scales, but a quantized "
+                             f"ConvTranspose needs one or one per output channel ({mod.out_channels})")
+        scale, zero_point, obs = _activation_qparams(mod, name)
+        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.output_padding,
+                mod.groups, mod.bias is not None, mod.dilation, mod.padding_mode, dtype=obs.dtype)
+        qc = ops.quantize(wc, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8)
+        q.qweight.copy_(_from_conv_layout(qc, g).cpu())
+        q.weight_scale.copy_(w_scale.cpu())
+        q.weight_zero_point.copy_(w_zp.cpu())
+        if mod.bias is not None:
+            q.bias.copy_(mod.bias.detach().float().cpu())
+        q.scale.copy_(scale)
+        q.zero_point.copy_(zero_point)
+        q._repack()
+        return q.to(weight.device)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}")
+        if self.padding != (0,) * self._NSP:
+            s += f", padding={self.padding}"
+        if self.output_padding != (0,) * self._NSP:
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != (1,) * self._NSP:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + f", dtype={self.dtype}"
+
+
+def _make(nsp, name, doc):
+    return type(name, (_ConvTransposeNd,), {"_NSP": nsp, "_FLOAT_MODULE": getattr(nn, name), "__doc__": doc,
+                                            "__module__": "torchquant.nn.quantized"})
+
+
+ConvTranspose1d = _make(1, "ConvTranspose1d", "Static int8 ConvTranspose1d (torch.ao.nn.quantized.ConvTranspose1d).")
+ConvTranspose2d = _make(2, "ConvTranspose2d", "Static int8 ConvTranspose2d (torch.ao.nn.quantized.ConvTranspose2d).")
+ConvTranspose3d = _make(3, "ConvTranspose3d", "Static int8 ConvTranspose3d (torch.ao.nn.quantized.ConvTranspose3d).")
