@@ -32,6 +32,25 @@
 namespace torchquant {
 namespace {
 
+// The GEMM of one chunk of input pixels by a run of weight panels into an int32 tile (width
+// columns per row); col2im and the epilogue come after.
+cpu::GemmProblem int32_tile(const cpu::GemmProblem& base, int64_t rows, int64_t width, int64_t K, const int8_t* w,
+                       const int32_t* col_sums, int32_t* out) {
+  cpu::GemmProblem p = base;
+  p.M = rows;
+  p.N = width;
+  p.K = K;
+  p.w = w;
+  p.col_sums = col_sums;
+  p.out_kind = cpu::GemmOut::Int32;
+  p.out = out;
+  p.ldo = width;
+  p.bias = nullptr;
+  p.relu = false;
+  return p;
+}
+
+
 using cpu::GemmOut;
 using cpu::GemmProblem;
 
@@ -131,17 +150,7 @@ void run_conv_transpose_once(const ConvTransposeSetup& s, const GemmProblem& bas
           for (int64_t pp = p_lo; pp < p_hi; pp += pchunk) {
             const int64_t pe = std::min(p_hi, pp + pchunk);
             const int64_t c0 = pp * cpu::kPanel, c1 = std::min(cols, pe * cpu::kPanel), width = c1 - c0;
-            GemmProblem p = base;
-            p.M = mrows;
-            p.N = width;
-            p.K = Cg;
-            p.w = wk + pp * Cg * cpu::kPanel;
-            p.col_sums = cs + c0;
-            p.out_kind = GemmOut::Int32;
-            p.out = col;
-            p.ldo = width;
-            p.bias = nullptr;
-            p.relu = false;
+            const GemmProblem p = int32_tile(base, mrows, width, Cg, wk + pp * Cg * cpu::kPanel, cs + c0, col);
             k.compute(p, a + m0 * C, C, 0, mrows, 0, pe - pp);
             for (int64_t q = c0 / cb; q * cb < c1; ++q) {
               const int64_t tap = q % khw, blk = q / khw, kh = tap / KW, kw = tap % KW;
@@ -256,17 +265,7 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
           for (int64_t pp = p_lo; pp < p_hi; pp += pchunk) {
             const int64_t pe = std::min(p_hi, pp + pchunk);
             const int64_t c0 = pp * cpu::kPanel, c1 = std::min(cols, pe * cpu::kPanel), width = c1 - c0;
-            GemmProblem p = base;
-            p.M = mrows;
-            p.N = width;
-            p.K = Cg;
-            p.w = wk + pp * Cg * cpu::kPanel;
-            p.col_sums = cs + c0;
-            p.out_kind = GemmOut::Int32;
-            p.out = col;
-            p.ldo = width;
-            p.bias = nullptr;
-            p.relu = false;
+            const GemmProblem p = int32_tile(base, mrows, width, Cg, wk + pp * Cg * cpu::kPanel, cs + c0, col);
             k.compute(p, a + m0 * C, C, 0, mrows, 0, pe - pp);
             // col2im: each run of a block's channels (one tap) into its output pixel.
             const int64_t q0 = c0 / cb;
