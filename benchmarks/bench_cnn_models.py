@@ -8,6 +8,13 @@ at batch 1.
 
     python benchmarks/bench_cnn_models.py
     python benchmarks/bench_cnn_models.py --cases resnet18:1 --rounds 3
+    python benchmarks/bench_cnn_models.py --cases mobilenet_v2:8 --per-layer
+
+--per-layer times every leaf module of both converted models on the activations it receives in
+the model (captured by forward hooks): the same layer of torch.ao and torchquant, interleaved,
+10th percentile of single calls. This is where a whole-model gap comes from; per-layer shapes on
+synthetic data (bench_conv.py) can hide it, as the activations' zero points, the layouts and the
+cache state differ from the model's.
 """
 import argparse
 import os
@@ -18,7 +25,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import cpu_name  # noqa: E402
+from common import cpu_name, interleaved_us  # noqa: E402
 from torchvision_sqnr import build, quantize_with  # noqa: E402
 
 import torchquant  # noqa: E402
@@ -42,6 +49,46 @@ def best_times(models, x, rounds: int, per_round: int):
     return best
 
 
+def leaf_inputs(model, x):
+    """{name: (module, args)} of every leaf module as called in one forward of model on x."""
+    seen = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if next(mod.children(), None) is None:
+            hooks.append(mod.register_forward_hook(
+                lambda mod, args, out, name=name: seen.setdefault(name, (mod, args)) and None))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@torch.no_grad()
+def per_layer(ao_model, tq_model, x, rounds: int):
+    """Prints torch.ao's and torchquant's time for each leaf module both models have (skipping
+    those under 3 us in both: identities), and the sums."""
+    ao_in, tq_in = leaf_inputs(ao_model, x), leaf_inputs(tq_model, x)
+    total_ao = total_tq = 0.0
+    print(f"  {'module':<30} {'torchquant type':<20} {'torch.ao us':>11} {'torchquant us':>13} {'tq/ao':>7}")
+    for name, (tq_mod, tq_args) in tq_in.items():
+        if name not in ao_in:
+            print(f"  {name:<30} {type(tq_mod).__name__:<20} (no torch.ao module of this name)")
+            continue
+        ao_mod, ao_args = ao_in[name]
+        t = interleaved_us({"ao": lambda: ao_mod(*ao_args), "tq": lambda: tq_mod(*tq_args)}, rounds, 10)
+        if max(t.values()) < 3:
+            continue
+        total_ao += t["ao"]
+        total_tq += t["tq"]
+        print(f"  {name:<30} {type(tq_mod).__name__:<20} {t['ao']:>11.1f} {t['tq']:>13.1f} "
+              f"{t['ao'] / t['tq']:>6.2f}x", flush=True)
+    print(f"  {'sum of the modules above':<51} {total_ao:>11.1f} {total_tq:>13.1f} "
+          f"{total_ao / total_tq:>6.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="*", default=CASES, help="model:batch pairs")
@@ -49,6 +96,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=3)
+    ap.add_argument("--per-layer", action="store_true",
+                    help="also time each leaf module of both int8 models on its in-model inputs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()}, torch {torch.__version__}, torchquant cpu_isa={torchquant.cpu_isa()}, "
@@ -69,6 +118,8 @@ def main():
         t_fp, t_ao, t_tq = best_times([model, ao_model, tq_model], x, args.rounds, args.per_round)
         print(f"{name:<14} {batch:>5} {t_fp * 1e3:>9.2f} {t_ao * 1e3:>9.2f} {t_tq * 1e3:>10.2f} "
               f"{t_ao / t_tq:>6.2f}x {t_fp / t_tq:>7.2f}x", flush=True)
+        if args.per_layer:
+            per_layer(ao_model, tq_model, x, rounds=3)
 
 
 if __name__ == "__main__":
