@@ -37,4 +37,19 @@ at::Tensor conv_channels_last_input(const at::Tensor& x);
 // as the CPU's huge-page-advised output when `cpu_output`.
 at::Tensor conv_empty_output(const ConvSetup& s, const at::TensorOptions& options, bool cpu_output);
 
+// Shared with the transposed convolution's checks (conv_transpose_checks.cpp).
+
+// A list argument of nsp values; one value is repeated (as torch's conv functions allow). Each
+// must be >= min. `op` names the operation in the message ("convolution").
+std::vector<int64_t> conv_list_arg(at::IntArrayRef v, int nsp, const char* name, int64_t min,
+                                   const char* op);
+
+// w_col_sums: a contiguous 1-D int32 tensor on x's device; `packer` names the op that makes it.
+void check_w_col_sums(const at::Tensor& x, const at::Tensor& w_col_sums, const char* packer);
+
+// The empty channels-last output of an nsp-d convolution-like op: sizes [N, Cout, *out] where
+// out[3 - nsp ..] are the spatial sizes (ConvGeometry's 3-d convention).
+at::Tensor conv_like_empty_output(int nsp, int64_t N, const int64_t* out, int64_t Cout,
+                                  const at::TensorOptions& options, bool cpu_output);
+
 }  // namespace torchquant

@@ -5,26 +5,9 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "cpu/alloc.h"
+#include "common/conv_checks.h"
 
 namespace torchquant {
-
-namespace {
-
-// A list argument of nsp values; one value is repeated (as torch's conv functions allow).
-std::vector<int64_t> expand_arg(at::IntArrayRef v, int nsp, const char* name, int64_t min) {
-  TORCH_CHECK(v.size() == static_cast<size_t>(nsp) || v.size() == 1, "argument '", name,
-              "' must have 1 or ", nsp, " elements for a ", nsp,
-              "-d transposed convolution, got ", v);
-  std::vector<int64_t> out(nsp, v[0]);
-  if (v.size() != 1) out.assign(v.begin(), v.end());
-  for (int64_t e : out) {
-    TORCH_CHECK(e >= min, "argument '", name, "' must hold values >= ", min, ", got ", v);
-  }
-  return out;
-}
-
-}  // namespace
 
 ConvTransposeSetup conv_transpose_weight_setup(const at::Tensor& w, int64_t groups) {
   TORCH_CHECK(w.defined(), "argument 'w' must be a tensor, got None");
@@ -59,20 +42,14 @@ ConvTransposeSetup conv_transpose_setup(const at::Tensor& x, const at::Tensor& w
   s.nsp = static_cast<int>(nk);
   TORCH_CHECK(x.dim() == nk + 2, "Expected ", nk + 2, "D (batched) input to conv_transpose", nk,
               "d (argument 'x' [N, C, *spatial]), but got input of size: ", x.sizes());
-  const auto ks = expand_arg(kernel_size, s.nsp, "kernel_size", 1);
-  const auto st = expand_arg(stride, s.nsp, "stride", 1);
-  const auto pd = expand_arg(padding, s.nsp, "padding", 0);
-  const auto op = expand_arg(output_padding, s.nsp, "output_padding", 0);
-  const auto dl = expand_arg(dilation, s.nsp, "dilation", 1);
+  const auto ks = conv_list_arg(kernel_size, s.nsp, "kernel_size", 1, "transposed convolution");
+  const auto st = conv_list_arg(stride, s.nsp, "stride", 1, "transposed convolution");
+  const auto pd = conv_list_arg(padding, s.nsp, "padding", 0, "transposed convolution");
+  const auto op = conv_list_arg(output_padding, s.nsp, "output_padding", 0, "transposed convolution");
+  const auto dl = conv_list_arg(dilation, s.nsp, "dilation", 1, "transposed convolution");
   TORCH_CHECK(groups >= 1, "argument 'groups' must be >= 1, got ", groups);
   s.groups = groups;
-  TORCH_CHECK(w_col_sums.defined(), "argument 'w_col_sums' must be a tensor, got None");
-  check_same_device(x, "x", w_col_sums, "w_col_sums");
-  TORCH_CHECK(w_col_sums.scalar_type() == at::kInt && w_col_sums.dim() == 1 &&
-                  w_col_sums.is_contiguous(),
-              "argument 'w_col_sums' must be a contiguous 1-D int32 tensor (from "
-              "pack_conv_transpose_weight), got dtype ", w_col_sums.scalar_type(), " and shape ",
-              w_col_sums.sizes());
+  check_w_col_sums(x, w_col_sums, "pack_conv_transpose_weight");
   s.g.N = x.size(0);
   s.g.C = x.size(1);
   TORCH_CHECK(s.g.C % groups == 0, "argument 'groups' (", groups,
@@ -112,15 +89,7 @@ ConvTransposeSetup conv_transpose_setup(const at::Tensor& x, const at::Tensor& w
 
 at::Tensor conv_transpose_empty_output(const ConvTransposeSetup& s, const at::TensorOptions& options,
                                        bool cpu_output) {
-  std::vector<int64_t> sizes{s.g.N};
-  std::vector<int64_t> perm{0, s.nsp + 1};
-  for (int d = 0; d < s.nsp; ++d) {
-    sizes.push_back(s.g.out[3 - s.nsp + d]);
-    perm.push_back(1 + d);
-  }
-  sizes.push_back(s.Cout);
-  at::Tensor out = cpu_output ? cpu::empty_output(sizes, options) : at::empty(sizes, options);
-  return out.permute(perm);
+  return conv_like_empty_output(s.nsp, s.g.N, s.g.out, s.Cout, options, cpu_output);
 }
 
 }  // namespace torchquant
