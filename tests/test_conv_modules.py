@@ -359,3 +359,26 @@ def test_converted_conv_model_exports():
     x = torch.randn(2, 3, 8, 8)
     ep = torch.export.export(q, (x,))
     assert torch.equal(ep.module()(x), q(x))
+
+
+@pytest.mark.parametrize("make", [lambda: tqq.Conv2d(4, 6, 3), lambda: tqq.ConvReLU1d(4, 6, 3, groups=2),
+                                  lambda: tqq.ConvTranspose2d(4, 6, 3)], ids=["conv2d", "convrelu1d", "convt2d"])
+@pytest.mark.parametrize("key,value,match", [
+    ("weight_zero_point", lambda sd: torch.tensor([0, 3, 0, 0, 0, 0], dtype=torch.int32),
+     r"weight_zero_point: the quantized \w+'s int8 weights are symmetric \(zero point 0\), got non-zero "
+     r"values at channel\(s\) 1"),
+    ("qweight", lambda sd: torch.full(sd["qweight"].shape, 0.7),
+     r"qweight: the quantized \w+'s weight must be torch.int8, got dtype torch.float32"),
+])
+def test_quantized_conv_load_state_dict_refuses_what_it_would_ignore_or_cast(make, key, value, match):
+    # As the quantized Linear's: a float qweight was cast to int8 (0.7 -> 0) and a non-zero
+    # weight zero point kept though the kernel never reads it.
+    m = make()
+    sd = m.state_dict()
+    before = {k: v.clone() for k, v in sd.items()}
+    sd[key] = value(sd)
+    with pytest.raises(RuntimeError, match=match):
+        m.load_state_dict(sd)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    m.load_state_dict(before)

@@ -87,23 +87,16 @@ class DeQuantize(nn.Module):
         return cls()
 
 
-class Linear(nn.Module):
-    """Static int8 Linear: QTensor in, QTensor out, one kernel call (int32 accumulation, bias,
-    optional ReLU and requantization fused).
+class _Int8WeightModule(nn.Module):
+    """What the static int8 modules with a packed weight share (Linear, Conv, ConvTranspose): the
+    plain-tensor buffers, the rebuild of the packed weight on ``.to()`` and on load, the checks
+    of a loaded state dict, and of the input."""
 
-    Weights are int8, symmetric (zero point 0), per output channel; activations uint8 or int8 per
-    tensor. A float input means a QuantStub is missing, and raises.
-    """
-
-    _relu = False
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.quint8):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
-        self.register_buffer("weight_zero_point", torch.zeros(out_features, dtype=torch.int32))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+    def _init_int8_buffers(self, qweight_shape, out_channels: int, bias: bool, dtype):
+        self.register_buffer("qweight", torch.zeros(*qweight_shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32))
+        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
         self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
         self.register_buffer("_packed_weight", None, persistent=False)
@@ -111,17 +104,9 @@ class Linear(nn.Module):
         self.dtype = dtype
         info = torch.iinfo(_storage(dtype))
         self.qmin, self.qmax = info.min, info.max
-        self._repack()
-
-    @property
-    def weight(self) -> QTensor:
-        """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``).
-        Being no plain tensor also keeps fused fast paths that read ``.weight`` directly (such as
-        TransformerEncoderLayer's) off this module."""
-        return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
 
     def _repack(self):
-        self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
+        raise NotImplementedError
 
     def _apply(self, fn, *args, **kwargs):
         # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu(). A dtype
@@ -136,9 +121,10 @@ class Linear(nn.Module):
         # copy_ into the buffers would cast a float qweight to int8 (0.7 -> 0) and keep a zero
         # point the kernel never reads: refuse both, naming the key, and load nothing of this module.
         errors = []
+        what = f"the quantized {type(self).__name__}"
         qw = state_dict.get(prefix + "qweight")
         if isinstance(qw, torch.Tensor) and qw.dtype != torch.int8:
-            errors.append(f"{prefix}qweight: the quantized Linear's weight must be torch.int8, got dtype {qw.dtype}")
+            errors.append(f"{prefix}qweight: {what}'s weight must be torch.int8, got dtype {qw.dtype}")
         zp = state_dict.get(prefix + "weight_zero_point")
         if isinstance(zp, torch.Tensor):
             if zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool:
@@ -146,7 +132,7 @@ class Linear(nn.Module):
             elif bool((zp != 0).any()):
                 bad = (zp.reshape(-1) != 0).nonzero().flatten().tolist()
                 shown = ", ".join(str(c) for c in bad[:10]) + (", ..." if len(bad) > 10 else "")
-                errors.append(f"{prefix}weight_zero_point: the quantized Linear's int8 weights are symmetric (zero "
+                errors.append(f"{prefix}weight_zero_point: {what}'s int8 weights are symmetric (zero "
                               f"point 0), got non-zero values at channel(s) {shown}")
         if errors:
             error_msgs.extend(errors)
@@ -154,15 +140,45 @@ class Linear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
-    def forward(self, x):
+    def _check_input(self, x, what: str, hint: str = ""):
+        """x must be a per-tensor QTensor; `what` names the operation in the error."""
         if not isinstance(x, QTensor):
             raise TypeError(
                 f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
-                "quantized Linear takes a QTensor: add a torchquant.QuantStub() before it (or use "
-                "torchquant.quantize_dynamic for float in, float out)"
-            )
+                f"quantized {what} takes a QTensor: add a torchquant.QuantStub() before it{hint}")
         if x.axis is not None:
-            raise ValueError(f"quantized Linear needs per-tensor quantized input, got a QTensor quantized along axis {x.axis}")
+            raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
+                             f"quantized along axis {x.axis}")
+
+
+class Linear(_Int8WeightModule):
+    """Static int8 Linear: QTensor in, QTensor out, one kernel call (int32 accumulation, bias,
+    optional ReLU and requantization fused).
+
+    Weights are int8, symmetric (zero point 0), per output channel; activations uint8 or int8 per
+    tensor. A float input means a QuantStub is missing, and raises.
+    """
+
+    _relu = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.quint8):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_int8_buffers((out_features, in_features), out_features, bias, dtype)
+        self._repack()
+
+    @property
+    def weight(self) -> QTensor:
+        """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``).
+        Being no plain tensor also keeps fused fast paths that read ``.weight`` directly (such as
+        TransformerEncoderLayer's) off this module."""
+        return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+
+    def _repack(self):
+        self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
+
+    def forward(self, x):
+        self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
         # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
         # part of a small-batch call.
         b = self._buffers

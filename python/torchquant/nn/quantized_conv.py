@@ -11,13 +11,11 @@ reads in place. Plain-tensor state dict (``qweight`` int8 [Cout, Cin / groups, *
 from typing import Optional
 
 import torch
-from torch import nn
 from torch.nn.modules.utils import _ntuple
 
-from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor
 from . import qat_conv
-from .quantized import _STORAGE, _activation_qparams, _storage, _weight_range
+from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams, _weight_range
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
 
@@ -36,7 +34,7 @@ def _same_padding(kernel_size, dilation, nsp):
     return tuple(pad)
 
 
-class _ConvNd(nn.Module):
+class _ConvNd(_Int8WeightModule):
     _NSP = 2
     _relu = False
 
@@ -67,18 +65,7 @@ class _ConvNd(nn.Module):
         self.padding = tup(padding)
         self.padding_mode = padding_mode
         self.transposed, self.output_padding = False, tup(0)
-        self.register_buffer("qweight", torch.zeros(out_channels, in_channels // groups, *self.kernel_size,
-                                                    dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32))
-        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
-        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
-        self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
-        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
-        self.register_buffer("_packed_weight", None, persistent=False)
-        self.register_buffer("_col_sums", None, persistent=False)
-        self.dtype = dtype
-        info = torch.iinfo(_storage(dtype))
-        self.qmin, self.qmax = info.min, info.max
+        self._init_int8_buffers((out_channels, in_channels // groups, *self.kernel_size), out_channels, bias, dtype)
         # The op's list arguments, built once.
         self._geometry = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
         self._repack()
@@ -91,27 +78,8 @@ class _ConvNd(nn.Module):
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)
 
-    def _apply(self, fn, *args, **kwargs):
-        # As the quantized Linear's: scales and bias stay float32 under a dtype cast; the packed
-        # layout is per device and rebuilt.
-        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
-        self._repack()
-        return self
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        self._repack()
-
     def forward(self, x):
-        if not isinstance(x, QTensor):
-            raise TypeError(
-                f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
-                "quantized convolution takes a QTensor: add a torchquant.QuantStub() before it")
-        if x.axis is not None:
-            raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
-                             f"quantized along axis {x.axis}")
+        self._check_input(x, "convolution")
         data = x.data
         nsp = self._NSP
         unbatched = data.dim() == nsp + 1

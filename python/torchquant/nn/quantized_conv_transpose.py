@@ -17,9 +17,8 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
-from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor
-from .quantized import _STORAGE, _activation_qparams, _storage
+from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams
 from .quantized_conv import _conv_weight_qparams
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
@@ -53,7 +52,7 @@ def _per_channel_axis(mod) -> Optional[int]:
     return int(getattr(wobs, "ch_axis", 0))
 
 
-class _ConvTransposeNd(nn.Module):
+class _ConvTransposeNd(_Int8WeightModule):
     _NSP = 2
     _FLOAT_MODULE = nn.ConvTranspose2d
 
@@ -81,18 +80,7 @@ class _ConvTransposeNd(nn.Module):
                                  f"dilation={self.dilation}")
         self.padding_mode = padding_mode
         self.transposed = True
-        self.register_buffer("qweight", torch.zeros(in_channels, out_channels // groups, *self.kernel_size,
-                                                    dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32))
-        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
-        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
-        self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
-        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
-        self.register_buffer("_packed_weight", None, persistent=False)
-        self.register_buffer("_col_sums", None, persistent=False)
-        self.dtype = dtype
-        info = torch.iinfo(_storage(dtype))
-        self.qmin, self.qmax = info.min, info.max
+        self._init_int8_buffers((in_channels, out_channels // groups, *self.kernel_size), out_channels, bias, dtype)
         self._geometry = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
         self._repack()
 
@@ -106,17 +94,6 @@ class _ConvTransposeNd(nn.Module):
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_transpose_weight(self.qweight, self.groups)
 
-    def _apply(self, fn, *args, **kwargs):
-        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
-        self._repack()
-        return self
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        self._repack()
-
     def _output_padding(self, data, output_size: Optional[List[int]]):
         if output_size is None:
             return list(self.output_padding)
@@ -125,13 +102,7 @@ class _ConvTransposeNd(nn.Module):
         return nn.modules.conv._ConvTransposeNd._output_padding(self, data, list(output_size), s, p, k, self._NSP, d)
 
     def forward(self, x, output_size: Optional[List[int]] = None):
-        if not isinstance(x, QTensor):
-            raise TypeError(
-                f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
-                "quantized transposed convolution takes a QTensor: add a torchquant.QuantStub() before it")
-        if x.axis is not None:
-            raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
-                             f"quantized along axis {x.axis}")
+        self._check_input(x, "transposed convolution")
         data = x.data
         nsp = self._NSP
         unbatched = data.dim() == nsp + 1
