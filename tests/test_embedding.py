@@ -226,6 +226,11 @@ def test_state_dict_weights_only_and_sizes():
     q2.load_state_dict(torch.load(buf, weights_only=True))
     idx, off = torch.randint(0, 1000, (30,)), torch.tensor([0, 10])
     assert torch.equal(q(idx, off), q2(idx, off))
+    # Another dtype is refused, naming the key, rather than cast (a float 0.7 -> 0).
+    with pytest.raises(RuntimeError, match=r"packed_weight: the quantized EmbeddingBag's packed_weight must be "
+                                           r"torch.uint8, got dtype torch.float32"):
+        q2.load_state_dict({"packed_weight": sd["packed_weight"].float()})
+    assert torch.equal(q(idx, off), q2(idx, off))
 
 
 def test_pack_unpack_roundtrip():

@@ -241,6 +241,13 @@ def test_module_state_dict_weights_only(tmp_path):
     q2.load_state_dict(loaded)
     x = torch.randn(3, 256)
     assert torch.equal(q2(x), q(x))
+    # Integer buffers of another dtype are refused, naming the key, rather than cast.
+    for key in ("qweight", "weight_zero_point"):
+        bad = dict(sd, **{key: sd[key].float() + 0.7})
+        with pytest.raises(RuntimeError, match=rf"{key}: the quantized LinearWeightOnlyInt4's .* must be "
+                                               rf"torch.uint8, got dtype torch.float32"):
+            q2.load_state_dict(bad)
+    assert torch.equal(q2(x), q(x))
     # size: 4 bits per weight plus 5 bytes per group of 64
     assert sum(t.numel() * t.element_size() for t in sd.values()) == 64 * 128 + 64 * 4 * 5 + 64 * 4
     # dtype casts keep the float32 qparams (part of the int4 computation)

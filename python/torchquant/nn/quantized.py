@@ -16,6 +16,7 @@ from .. import _fastcall
 from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor
+from ._state_dict import integer_load_errors
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
@@ -120,11 +121,8 @@ class _Int8WeightModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # copy_ into the buffers would cast a float qweight to int8 (0.7 -> 0) and keep a zero
         # point the kernel never reads: refuse both, naming the key, and load nothing of this module.
-        errors = []
         what = f"the quantized {type(self).__name__}"
-        qw = state_dict.get(prefix + "qweight")
-        if isinstance(qw, torch.Tensor) and qw.dtype != torch.int8:
-            errors.append(f"{prefix}qweight: {what}'s weight must be torch.int8, got dtype {qw.dtype}")
+        errors = integer_load_errors(self, state_dict, prefix, ("qweight",))
         zp = state_dict.get(prefix + "weight_zero_point")
         if isinstance(zp, torch.Tensor):
             if zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool:

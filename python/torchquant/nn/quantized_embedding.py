@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._ops import ops
+from ._state_dict import integer_load_errors
 
 __all__ = ["Embedding", "EmbeddingBag", "pack_rowwise", "unpack_rowwise"]
 
@@ -118,6 +119,14 @@ class _EmbeddingBase(nn.Module):
         """The float table the kernel computes with: (q - zero_point) * scale per row."""
         q, s, z = unpack_rowwise(self.packed_weight, self.bits, self.embedding_dim)
         return (q.float() - z[:, None]) * s[:, None]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # The packed rows are uint8 (values and qparam bytes): another dtype would be cast silently.
+        errors = integer_load_errors(self, state_dict, prefix, ("packed_weight",))
+        if errors:
+            error_msgs.extend(errors)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _lookup(self, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
         return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, indices, offsets,

@@ -14,6 +14,7 @@ from torch import nn
 
 from .._ops import ops
 from ..observer import _apply_keeping_float32
+from ._state_dict import integer_load_errors
 from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
                            quantize_groups, unpack_int4)
 
@@ -104,6 +105,11 @@ class LinearWeightOnlyInt4(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # The packed nibbles and the zero points are uint8: another dtype would be cast silently.
+        errors = integer_load_errors(self, state_dict, prefix, ("qweight", "weight_zero_point"))
+        if errors:
+            error_msgs.extend(errors)
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
