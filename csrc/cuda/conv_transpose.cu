@@ -11,6 +11,7 @@
 #include "common/checks.h"
 #include "common/conv_transpose_checks.h"
 #include "cuda/common.cuh"
+#include "cuda/args.h"
 #include "cuda/gemm.cuh"
 
 namespace torchquant {
@@ -73,45 +74,6 @@ __global__ void conv_transpose_kernel(const void* __restrict__ x, const int8_t* 
   }
 }
 
-OutKind out_kind_of(at::ScalarType odt) {
-  switch (odt) {
-    case at::kFloat: return OutKind::Float;
-    case at::kBFloat16: return OutKind::BFloat16;
-    case at::kHalf: return OutKind::Half;
-    case at::kChar: return OutKind::Int8;
-    case at::kByte: return OutKind::UInt8;
-    default:
-      TORCH_CHECK(false, "argument 'out_dtype' must be torch.float32, torch.bfloat16, torch.float16, "
-                  "torch.int8 or torch.uint8, got ", odt);
-  }
-  return OutKind::Float;
-}
-
-at::Tensor one_element(const at::Tensor& t, const char* name, bool floating, const at::Tensor& x) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  if (floating) {
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
-                "' must be a floating-point tensor, got dtype ", t.scalar_type());
-  } else {
-    TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), "argument '", name,
-                "' must be an integer tensor, got dtype ", t.scalar_type());
-  }
-  TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
-              t.numel());
-  check_same_device(x, "x", t, name);
-  return t.reshape({1}).to(floating ? at::kFloat : at::kInt).contiguous();
-}
-
-at::Tensor per_channel(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& x) {
-  TORCH_CHECK(t.defined(), "argument '", name, "' must be a tensor, got None");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "argument '", name,
-              "' must be a floating-point tensor, got dtype ", t.scalar_type());
-  TORCH_CHECK(t.numel() == n, "argument '", name, "' must have ", n,
-              " elements (one per output channel), got ", t.numel());
-  check_same_device(x, "x", t, name);
-  return t.reshape({n}).to(at::kFloat).contiguous();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pack_conv_transpose_weight_cuda(const at::Tensor& w,
@@ -156,7 +118,7 @@ at::Tensor conv_transpose_int8_cuda(const at::Tensor& x, const at::Tensor& x_sca
               taps, ", ", s.Cg, ", ", s.Ng, "] for this input, kernel_size and groups "
               "(pack_conv_transpose_weight on CUDA), got shape ", w_packed.sizes());
   const at::ScalarType odt = out_dtype.value_or(at::kFloat);
-  const OutKind kind = out_kind_of(odt);
+  const OutKind kind = out_kind(odt);
   const bool quant_out = kind == OutKind::Int8 || kind == OutKind::UInt8;
   const at::Tensor xs = one_element(x_scale, "x_scale", true, x);
   const at::Tensor xz = one_element(x_zero_point, "x_zero_point", false, x);

@@ -22,6 +22,7 @@
 #include "common/checks.h"
 #include "common/quant_math.h"
 #include "cuda/common.cuh"
+#include "cuda/args.h"
 #include "cuda/gemm.cuh"
 #include "ops.h"
 
@@ -375,19 +376,6 @@ int64_t leading_rows(const at::Tensor& x) {
   int64_t M = 1;
   for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
   return M;
-}
-
-OutKind out_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return OutKind::Float;
-    case at::kBFloat16: return OutKind::BFloat16;
-    case at::kHalf: return OutKind::Half;
-    case at::kChar: return OutKind::Int8;
-    case at::kByte: return OutKind::UInt8;
-    default:
-      TORCH_CHECK(false, "argument 'out_dtype' must be float32, bfloat16, float16, int8 or uint8, got ", t);
-  }
-  return OutKind::Float;
 }
 
 // Checks a packed CUDA weight against K and returns N.
