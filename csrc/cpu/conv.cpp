@@ -198,36 +198,25 @@ void gather_row(const uint8_t* xr, const InStrides& st, int64_t W, int64_t C, ui
   }
 }
 
-// The input with its spatial padding made real (zero-point bytes) for the implicit GEMM:
-// [planes, H + 2 * pad_h, W + 2 * pad_w, C] and 64 bytes of slack (zero point) after it, which
-// the last receptive field's padded kernel row may read. One pass over the input (in any
-// layout), against the taps-fold copy of im2col.
-const uint8_t* pad_input(const ConvSetup& s, const uint8_t* x, const InStrides& st, uint8_t zp,
-                         int64_t Hp, int64_t Wp, std::vector<uint8_t>& buf) {
+// Rows [r0, r1) of the input with its spatial padding made real (zero-point bytes), in the
+// implicit GEMM's padded view [planes, H + 2 * pad_h, W + 2 * pad_w, C] (row r: plane r / Hp,
+// padded row r % Hp), into dst (row r0 first), read from the input in any layout.
+void fill_padded_rows(const ConvSetup& s, const uint8_t* x, const InStrides& st, uint8_t zp,
+                      int64_t Hp, int64_t Wp, int64_t r0, int64_t r1, uint8_t* dst) {
   const ConvGeometry& G = s.g;
   const int64_t C = G.C, D = G.in[0], H = G.in[1], W = G.in[2], ph = G.pad[1], pw = G.pad[2];
-  const int64_t planes = G.N * D, rowb = Wp * C, n = planes * Hp;
-  uint8_t* xp = cpu::scratch(buf, static_cast<size_t>(n * rowb + 64));
-  std::memset(xp + n * rowb, zp, 64);
-  auto fill = [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      uint8_t* d = xp + r * rowb;
-      const int64_t plane = r / Hp, ih = r % Hp - ph;
-      if (ih < 0 || ih >= H) {
-        std::memset(d, zp, static_cast<size_t>(rowb));
-        continue;
-      }
-      std::memset(d, zp, static_cast<size_t>(pw * C));
-      gather_row(x + (plane / D) * st.n + (plane % D) * st.d + ih * st.h, st, W, C, d + pw * C);
-      std::memset(d + (pw + W) * C, zp, static_cast<size_t>((Wp - W - pw) * C));
+  const int64_t rowb = Wp * C;
+  for (int64_t r = r0; r < r1; ++r) {
+    uint8_t* d = dst + (r - r0) * rowb;
+    const int64_t plane = r / Hp, ih = r % Hp - ph;
+    if (ih < 0 || ih >= H) {
+      std::memset(d, zp, static_cast<size_t>(rowb));
+      continue;
     }
-  };
-  if (at::get_num_threads() <= 1 || n * rowb < (int64_t{1} << 18)) {
-    fill(0, n);
-  } else {
-    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / rowb), fill);
+    std::memset(d, zp, static_cast<size_t>(pw * C));
+    gather_row(x + (plane / D) * st.n + (plane % D) * st.d + ih * st.h, st, W, C, d + pw * C);
+    std::memset(d + (pw + W) * C, zp, static_cast<size_t>((Wp - W - pw) * C));
   }
-  return xp;
 }
 
 struct ConvGrid {
@@ -310,15 +299,21 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   // border or reads padded kernel rows (which run up to 3 bytes past the last tap).
   // The padded copy reads the input in whatever layout it comes; the other paths read it
   // channels-last (a view when it is so already).
+  // Each task pads the input rows its tile reads into thread-local scratch (the rows two tiles
+  // share are copied twice) instead of one padded copy of the whole input before the GEMM: that
+  // copy ran on one thread below 256 KiB (every layer of resnet18 at batch 1) while the other
+  // waited, and above it cost a parallel region of its own; here the copy is split like the
+  // GEMM and its rows are in L2 when the GEMM reads them.
   at::Tensor xc;
   const uint8_t *x = nullptr, *src = nullptr;
   int64_t Hp = G.in[1], Wp = G.in[2];
-  if (implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C)) {
-    thread_local std::vector<uint8_t> pbuf;
+  const bool tile_pad = implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C);
+  InStrides st{};
+  if (tile_pad) {
     Hp += 2 * G.pad[1];
     Wp += 2 * G.pad[2];
-    src = pad_input(s, static_cast<const uint8_t*>(xt.const_data_ptr()), in_strides(xt, s.nsp), zp,
-                    Hp, Wp, pbuf);
+    src = static_cast<const uint8_t*>(xt.const_data_ptr());
+    st = in_strides(xt, s.nsp);
   } else {
     xc = conv_channels_last_input(xt);
     x = static_cast<const uint8_t*>(xc.const_data_ptr());
@@ -326,7 +321,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   }
   const uint8_t* x_end = x != nullptr ? x + s.g.N * s.g.in[0] * s.g.in[1] * s.g.in[2] * s.g.C : nullptr;
   auto run = [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<uint8_t> buf;
+    thread_local std::vector<uint8_t> buf, pbuf;
     thread_local std::vector<const uint8_t*> rp;
     int64_t have_g = -1, have_tile = -1;
     for (int64_t t = t0; t < t1; ++t) {
@@ -355,12 +350,29 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
           q /= G.out[1];
           int64_t od = q % G.out[0], n = q / G.out[0];
-          const int64_t step = G.stride[2] * C;
+          const int64_t step = G.stride[2] * C, rowb = Wp * C;
+          // The view's rows [lo, hi) that the tile's receptive fields cover (from the first
+          // pixel's top row to the last pixel's bottom one): padded into pbuf (64 bytes of
+          // zero-point slack after them, which the last padded kernel row may read), or read
+          // in place.
+          const uint8_t* view = src;
+          int64_t lo = 0;
+          if (tile_pad) {
+            const int64_t q1 = (m1 - 1) / G.out[2], oh1 = q1 % G.out[1], od1 = (q1 / G.out[1]) % G.out[0];
+            const int64_t n1 = q1 / (G.out[1] * G.out[0]);
+            lo = (n * G.in[0] + od * G.stride[0]) * Hp + oh * G.stride[1];
+            const int64_t hi = (n1 * G.in[0] + od1 * G.stride[0]) * Hp + oh1 * G.stride[1] +
+                               (G.k[1] - 1) * G.dil[1] + 1;
+            uint8_t* pb = cpu::scratch(pbuf, static_cast<size_t>((hi - lo) * rowb + 64));
+            fill_padded_rows(s, src, st, zp, Hp, Wp, lo, hi, pb);
+            std::memset(pb + (hi - lo) * rowb, zp, 64);
+            view = pb;
+          }
           const uint8_t* rowp = nullptr;
           for (int64_t m = m0; m < m1; ++m) {
             if (m == m0 || ow == 0) {
               const int64_t plane = n * G.in[0] + od * G.stride[0];
-              rowp = src + (plane * Hp + oh * G.stride[1]) * Wp * C;
+              rowp = view + ((plane * Hp + oh * G.stride[1]) - lo) * rowb;
             }
             r[m - m0] = rowp + ow * step;
             if (++ow == G.out[2]) {
