@@ -226,9 +226,10 @@ def test_conv_stem_two_threads(isa, xdtype):
     ((9, 9), 64, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # 2 panels: rows split instead
     ((11, 13), 128, 72, (1, 1), (1, 1), (0, 0), (1, 1), 1),   # direct 1x1, M = 143
     ((7, 9), 36, 136, (3, 3), (1, 1), (1, 1), (1, 2), 1),     # im2col (dilated W), small M
-    ((40, 37), 160, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # 3 tiles made 4 (batch 1)
+    ((40, 37), 320, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # 3 tiles made 4 (batch 1, AVX-512)
     ((9, 8), 36, 138, (3, 3), (1, 1), (1, 1), (1, 1), 3),     # groups: tasks of several groups
-], ids=["one-tile", "one-tile-s2", "two-panels", "direct", "im2col", "many-tiles", "groups"])
+    ((7, 7), 256, 136, (1, 1), (1, 1), (0, 0), (1, 1), 1),    # direct 1x1, one tile, panels split
+], ids=["one-tile", "one-tile-s2", "two-panels", "direct", "im2col", "many-tiles", "groups", "direct-panels"])
 def test_conv_task_grid(isa, case, threads):
     """The task grid over threads: a single tile of all rows with the panels split between
     threads (small M, odd M and N), tiles split evenly (their number a multiple of the threads),

@@ -226,20 +226,25 @@ struct ConvGrid {
 // The task grid of run_conv_gemm: per group, `tiles` tiles of output pixels (split evenly) x
 // `blocks` blocks of weight panels.
 ConvGrid conv_grid(const ConvSetup& s, int64_t M, int64_t Kg, int64_t panels, int64_t mr, int nt,
-                   bool serial, bool direct, bool implicit) {
+                   bool serial, bool direct, bool implicit, bool vnni) {
   const ConvGeometry& G = s.g;
   // Rows per tile: a tile's activations are re-read for every group of panels, so they should
   // stay in L2. im2col: its [rows, Kg] copy. 1x1 direct: [rows, C] read in place. Implicit
   // GEMM: the input rows its receptive fields cover (about stride_h * Wp * C bytes per output
   // row of OW pixels, overlapping fields read once), far less than rows * Kg: a 7x7x512 layer's
   // 49 pixels cover 41 KB of input against 225 KB of receptive fields.
-  int64_t per_row = std::max<int64_t>(Kg, 1);
+  // On AVX-512 VNNI machines (L2 of 1 MiB or more) the tiles read in place may be twice as
+  // large: late layers at batch 1 are then one tile whose panels the threads split (resnet50's
+  // 7x7 1x1 2048->512 layer: 49 rows of 2 KiB; in two tiles of 24 rows, each thread streamed
+  // the whole 1 MiB weight).
+  int64_t per_row = std::max<int64_t>(Kg, 1), bytes = kTileBytes;
   if (direct) per_row = G.C;
   if (implicit) {
     const int64_t wp = G.in[2] + 2 * G.pad[2];
     per_row = std::max<int64_t>(1, G.stride[1] * wp * G.C / std::max<int64_t>(1, G.out[2]));
   }
-  const int64_t limit = std::max<int64_t>(mr, kTileBytes / per_row);
+  if ((direct || implicit) && vnni) bytes *= 2;
+  const int64_t limit = std::max<int64_t>(mr, bytes / per_row);
   int64_t tiles = (M + limit - 1) / limit;
   if (serial) return {tiles, 1};
   // at::parallel_for hands each thread one contiguous chunk of ceil(tasks / nt) tasks, so the
@@ -290,7 +295,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   const int64_t mr = k.mr();
   const int nt = at::get_num_threads();
   const bool serial = nt <= 1 || M * s.Cout * std::max<int64_t>(Kg, 16) < kSerialWork;
-  const ConvGrid grid = conv_grid(s, M, Kg, panels, mr, nt, serial, direct, implicit);
+  const ConvGrid grid = conv_grid(s, M, Kg, panels, mr, nt, serial, direct, implicit, k.segs != nullptr);
   const int64_t tiles = grid.tiles, nblocks = grid.blocks;
   const int64_t rows = (M + tiles - 1) / tiles;  // the largest tile's (scratch)
   const int64_t tasks = s.groups * tiles * nblocks;
