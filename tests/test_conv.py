@@ -219,6 +219,60 @@ def test_conv_stem_two_threads(isa, xdtype):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", [
+    ((7, 7), 64, 136, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # M = 49 in one tile, 9 panels split 4 + 5
+    ((7, 7), 48, 200, (3, 3), (2, 2), (1, 1), (1, 1), 1),     # M = 16, 13 panels, stride 2
+    ((9, 9), 64, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # 2 panels: rows split instead
+    ((11, 13), 128, 72, (1, 1), (1, 1), (0, 0), (1, 1), 1),   # direct 1x1, M = 143
+    ((7, 9), 36, 136, (3, 3), (1, 1), (1, 1), (1, 2), 1),     # im2col (dilated W), small M
+    ((40, 37), 320, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # 3 tiles made 4 (batch 1, AVX-512)
+    ((9, 8), 36, 138, (3, 3), (1, 1), (1, 1), (1, 1), 3),     # groups: tasks of several groups
+    ((7, 7), 256, 136, (1, 1), (1, 1), (0, 0), (1, 1), 1),    # direct 1x1, one tile, panels split
+], ids=["one-tile", "one-tile-s2", "two-panels", "direct", "im2col", "many-tiles", "groups", "direct-panels"])
+def test_conv_task_grid(isa, case, threads):
+    """The task grid over threads: a single tile of all rows with the panels split between
+    threads (small M, odd M and N), tiles split evenly (their number a multiple of the threads),
+    rows split when there are too few panels; batch 1 and 3."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch, xdtype in ((1, torch.uint8), (3, torch.int8)):
+            x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=21 + batch)
+            for out_dtype, relu in ((torch.uint8, True), (torch.float32, False)):
+                got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, *_out_qparams(out_dtype, "cpu"))
+                _assert_same(got, want)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("case", [((13, 11), 3, 17, (7, 7), (2, 2), (3, 3), (1, 1), 1),   # 7x7/2 stem
+                                  ((10, 9), 3, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1),    # 3x3/2 stem
+                                  ((8, 7), 8, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # 3x3, 8 channels
+                                  ((3, 6, 7), 4, 8, (1, 3, 3), (2, 1, 2), (0, 1, 1), (1, 2, 1), 1)],  # conv3d
+                         ids=["stem7", "stem3", "c8", "3d"])
+def test_conv_padded_copy_layouts(isa, case):
+    """The implicit GEMM's padded copy of the input reads it through its strides: contiguous
+    NC(D)HW (3 channels and others), channels-last, every dimension strided, H and W swapped in
+    memory, a view at an offset; batch 2, on two threads; the input is not modified."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=31)
+        big = torch.randint(0, 256, (5, x.shape[1] * 2 + 1, *[2 * n + 1 for n in x.shape[2:]]), dtype=torch.uint8)
+        nd = x.dim()
+        views = [x, big[1:5:2, 1::2, *[slice(1, None, 2)] * (nd - 2)], x.movedim(1, -1).contiguous().movedim(-1, 1),
+                 x.transpose(-1, -2).contiguous().transpose(-1, -2), big[2:4, : x.shape[1], *[slice(0, n) for n in x.shape[2:]]]]
+        for v in views:
+            assert v.shape == x.shape
+            before = v.clone()
+            got, want = _run(case, v, xs, xz, w, ws, bias, torch.uint8, True, *_out_qparams(torch.uint8, "cpu"))
+            _assert_same(got, want)
+            assert torch.equal(v, before)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 9, 13])
 def test_depthwise_edge_columns(isa, width):
     """Depthwise 3x3 / 5x3 rows of every width from 1 pixel up, stride 1 and 2, padding 0 to 2:

@@ -2,7 +2,7 @@
 // and the choice of kernel variant.
 //
 // General convolutions run on the packed GEMM micro-kernels (gemm_compute__<isa>): per group,
-// the output pixels are cut into tiles of a few hundred rows; a task copies the receptive
+// the output pixels are cut into equal tiles (conv_grid); a task copies the receptive
 // fields of its tile into thread-local scratch (im2col of that tile only: [rows, taps * Cg]
 // bytes, tens of KiB) and multiplies it with the group's packed weight. A 1x1 convolution with
 // stride 1 and no padding reads the channels-last activations in place. Depthwise convolutions
@@ -63,7 +63,6 @@ const ConvKernels& conv_kernels() {
 constexpr int64_t kSerialWork = int64_t{1} << 20;
 // Bytes of one im2col tile: well inside L2 next to the weight panels it meets.
 constexpr int64_t kTileBytes = int64_t{96} << 10;
-constexpr int64_t kMaxTileRows = 240;
 
 
 
@@ -149,41 +148,136 @@ void im2col_tile(const ConvSetup& s, const uint8_t* x, const uint8_t* x_end, int
   }
 }
 
-// The input with its spatial padding made real (zero-point bytes) for the implicit GEMM:
-// [planes, H + 2 * pad_h, W + 2 * pad_w, C] and 64 bytes of slack (zero point) after it, which
-// the last receptive field's padded kernel row may read. One pass over the input, against the
-// taps-fold copy of im2col.
-const uint8_t* pad_input(const ConvSetup& s, const uint8_t* x, uint8_t zp, int64_t Hp, int64_t Wp,
-                         std::vector<uint8_t>& buf) {
-  const ConvGeometry& G = s.g;
-  const int64_t C = G.C, H = G.in[1], W = G.in[2], ph = G.pad[1], pw = G.pad[2];
-  const int64_t planes = G.N * G.in[0], rowb = Wp * C, n = planes * Hp;
-  uint8_t* xp = cpu::scratch(buf, static_cast<size_t>(n * rowb + 64));
-  std::memset(xp + n * rowb, zp, 64);
-  auto fill = [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      uint8_t* d = xp + r * rowb;
-      const int64_t plane = r / Hp, ih = r % Hp - ph;
-      if (ih < 0 || ih >= H) {
-        std::memset(d, zp, static_cast<size_t>(rowb));
-        continue;
-      }
-      std::memset(d, zp, static_cast<size_t>(pw * C));
-      std::memcpy(d + pw * C, x + (plane * H + ih) * W * C, static_cast<size_t>(W * C));
-      std::memset(d + (pw + W) * C, zp, static_cast<size_t>((Wp - W - pw) * C));
-    }
-  };
-  if (at::get_num_threads() <= 1 || n * rowb < (int64_t{1} << 18)) {
-    fill(0, n);
-  } else {
-    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / rowb), fill);
-  }
-  return xp;
+// Element strides of the input [N, C, *spatial] as (n, c, d, h, w); missing dimensions: 0.
+struct InStrides {
+  int64_t n, c, d, h, w;
+};
+
+InStrides in_strides(const at::Tensor& x, int nsp) {
+  InStrides st{x.stride(0), x.stride(1), 0, 0, 0};
+  if (nsp == 3) st.d = x.stride(2);
+  if (nsp >= 2) st.h = x.stride(x.dim() - 2);
+  st.w = x.stride(x.dim() - 1);
+  return st;
 }
 
-void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x, char* out,
+// Row (n, d, ih) of the input into the channels-last dst [W, C], read through its strides.
+// Channels-last input is one copy. A contiguous [N, C, H, W] input (what a QuantStub gives the
+// stem) is transposed here instead of by a separate channels-last copy of the whole input:
+// movedim(1, -1).contiguous() of a uint8 8x3x224x224 batch took 1050 us (2 threads) against
+// 800 us for the whole stem convolution after it.
+template <int kC>
+void gather_row_planar(const uint8_t* xr, int64_t sc, int64_t W, int64_t C, uint8_t* dst) {
+  if constexpr (kC == 3) {
+    const uint8_t *x0 = xr, *x1 = xr + sc, *x2 = xr + 2 * sc;
+    for (int64_t w = 0; w < W; ++w) {
+      dst[3 * w] = x0[w];
+      dst[3 * w + 1] = x1[w];
+      dst[3 * w + 2] = x2[w];
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const uint8_t* xc = xr + c * sc;
+      for (int64_t w = 0; w < W; ++w) dst[w * C + c] = xc[w];
+    }
+  }
+}
+
+void gather_row(const uint8_t* xr, const InStrides& st, int64_t W, int64_t C, uint8_t* dst) {
+  if (st.c == 1 && st.w == C) {
+    std::memcpy(dst, xr, static_cast<size_t>(W * C));
+  } else if (st.w == 1) {
+    if (C == 3) {
+      gather_row_planar<3>(xr, st.c, W, C, dst);
+    } else {
+      gather_row_planar<0>(xr, st.c, W, C, dst);
+    }
+  } else {
+    for (int64_t w = 0; w < W; ++w)
+      for (int64_t c = 0; c < C; ++c) dst[w * C + c] = xr[w * st.w + c * st.c];
+  }
+}
+
+// Rows [r0, r1) of the input with its spatial padding made real (zero-point bytes), in the
+// implicit GEMM's padded view [planes, H + 2 * pad_h, W + 2 * pad_w, C] (row r: plane r / Hp,
+// padded row r % Hp), into dst (row r0 first), read from the input in any layout.
+void fill_padded_rows(const ConvSetup& s, const uint8_t* x, const InStrides& st, uint8_t zp,
+                      int64_t Hp, int64_t Wp, int64_t r0, int64_t r1, uint8_t* dst) {
+  const ConvGeometry& G = s.g;
+  const int64_t C = G.C, D = G.in[0], H = G.in[1], W = G.in[2], ph = G.pad[1], pw = G.pad[2];
+  const int64_t rowb = Wp * C;
+  for (int64_t r = r0; r < r1; ++r) {
+    uint8_t* d = dst + (r - r0) * rowb;
+    const int64_t plane = r / Hp, ih = r % Hp - ph;
+    if (ih < 0 || ih >= H) {
+      std::memset(d, zp, static_cast<size_t>(rowb));
+      continue;
+    }
+    std::memset(d, zp, static_cast<size_t>(pw * C));
+    gather_row(x + (plane / D) * st.n + (plane % D) * st.d + ih * st.h, st, W, C, d + pw * C);
+    std::memset(d + (pw + W) * C, zp, static_cast<size_t>((Wp - W - pw) * C));
+  }
+}
+
+struct ConvGrid {
+  int64_t tiles, blocks;
+};
+
+// The task grid of run_conv_gemm: per group, `tiles` tiles of output pixels (split evenly) x
+// `blocks` blocks of weight panels.
+ConvGrid conv_grid(const ConvSetup& s, int64_t M, int64_t Kg, int64_t panels, int64_t mr, int nt,
+                   bool serial, bool direct, bool implicit, bool vnni) {
+  const ConvGeometry& G = s.g;
+  // Rows per tile: a tile's activations are re-read for every group of panels, so they should
+  // stay in L2. im2col: its [rows, Kg] copy. 1x1 direct: [rows, C] read in place. Implicit
+  // GEMM: the input rows its receptive fields cover (about stride_h * Wp * C bytes per output
+  // row of OW pixels, overlapping fields read once), far less than rows * Kg: a 7x7x512 layer's
+  // 49 pixels cover 41 KB of input against 225 KB of receptive fields.
+  // On AVX-512 VNNI machines (L2 of 1 MiB or more) the tiles read in place may be twice as
+  // large: late layers at batch 1 are then one tile whose panels the threads split (resnet50's
+  // 7x7 1x1 2048->512 layer: 49 rows of 2 KiB; in two tiles of 24 rows, each thread streamed
+  // the whole 1 MiB weight).
+  int64_t per_row = std::max<int64_t>(Kg, 1), bytes = kTileBytes;
+  if (direct) per_row = G.C;
+  if (implicit) {
+    const int64_t wp = G.in[2] + 2 * G.pad[2];
+    per_row = std::max<int64_t>(1, G.stride[1] * wp * G.C / std::max<int64_t>(1, G.out[2]));
+  }
+  if ((direct || implicit) && vnni) bytes *= 2;
+  const int64_t limit = std::max<int64_t>(mr, bytes / per_row);
+  int64_t tiles = (M + limit - 1) / limit;
+  if (serial) return {tiles, 1};
+  // at::parallel_for hands each thread one contiguous chunk of ceil(tasks / nt) tasks, so the
+  // tasks must be of equal cost and their number a multiple of nt: 9 tasks on 2 threads run
+  // as 5 + 4 (11% idle), and the old grid's unequal tiles (84, 84 and 28 rows for a 3x3
+  // stride-2 128->256 layer at 28x28) gave one thread 2.3x the other's work.
+  const int64_t max_tiles = std::max<int64_t>(1, (M + mr - 1) / mr);
+  auto even = [&](int64_t t) { return (s.groups * t) % nt == 0; };
+  if (s.groups * tiles >= nt) {
+    int64_t t = tiles;
+    while (!even(t) && t < max_tiles) ++t;
+    return {even(t) ? t : tiles, 1};
+  }
+  // Fewer tiles than threads (small M: late layers at batch 1). Split the panels when each
+  // thread then gets a whole register tile of them (4 panels): every weight byte is read once,
+  // by one thread, where splitting the rows has every thread stream the whole weight (2.4 MB
+  // for a 3x3 512->512 layer, past L2). im2col splits rows instead when its copy of the tile
+  // (done by each thread that works on it) outweighs half the tile's weights.
+  const int64_t need = (nt + s.groups * tiles - 1) / (s.groups * tiles);
+  const int64_t kNV = 4;
+  const bool panels_ok = panels >= need * kNV && (direct || implicit || M / tiles < 8 * panels);
+  if (panels_ok) {
+    int64_t b = need;
+    while ((s.groups * tiles * b) % nt != 0 && b < panels / kNV) ++b;
+    return {tiles, b};
+  }
+  int64_t t = std::min(max_tiles, tiles * need);
+  while (!even(t) && t < max_tiles) ++t;
+  return {t, 1};
+}
+
+void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor& xt, char* out,
                    const int8_t* packed) {
-  const uint8_t* x_end = x + s.g.N * s.g.in[0] * s.g.in[1] * s.g.in[2] * s.g.C;
   const ConvKernels& k = conv_kernels();
   const ConvGeometry& G = s.g;
   const int64_t M = G.out_pixels(), C = G.C, Kg = packed_depth(s), rb = row_bytes(s);
@@ -199,36 +293,45 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x
   const bool implicit = !direct && k.segs != nullptr && s.groups == 1 && G.k[0] == 1 &&
                         G.pad[0] == 0 && G.dil[2] == 1 && rb % 4 == 0;
   const int64_t mr = k.mr();
-  int64_t rows = std::max<int64_t>(mr, std::min<int64_t>(kMaxTileRows, kTileBytes / std::max<int64_t>(Kg, 1)));
-  rows = std::max<int64_t>(mr, rows / mr * mr);
-  const int64_t tiles = (M + rows - 1) / rows;
   const int nt = at::get_num_threads();
   const bool serial = nt <= 1 || M * s.Cout * std::max<int64_t>(Kg, 16) < kSerialWork;
-  // Tasks are (group, tile, panel block); panel blocks split a tile only when there are too few
-  // tiles to keep every thread busy (late layers at batch 1).
-  int64_t nblocks = 1;
-  if (!serial && s.groups * tiles < 4 * nt) {
-    nblocks = std::min<int64_t>(panels, (4 * nt + s.groups * tiles - 1) / (s.groups * tiles));
-  }
+  const ConvGrid grid = conv_grid(s, M, Kg, panels, mr, nt, serial, direct, implicit, k.segs != nullptr);
+  const int64_t tiles = grid.tiles, nblocks = grid.blocks;
+  const int64_t rows = (M + tiles - 1) / tiles;  // the largest tile's (scratch)
   const int64_t tasks = s.groups * tiles * nblocks;
   const uint8_t zp = static_cast<uint8_t>(base.a_zp);
   // The implicit GEMM's view of the input: in place, or padded when the kernel reaches past its
   // border or reads padded kernel rows (which run up to 3 bytes past the last tap).
-  const uint8_t* src = x;
+  // The padded copy reads the input in whatever layout it comes; the other paths read it
+  // channels-last (a view when it is so already).
+  // Each task pads the input rows its tile reads into thread-local scratch (the rows two tiles
+  // share are copied twice) instead of one padded copy of the whole input before the GEMM: that
+  // copy ran on one thread below 256 KiB (every layer of resnet18 at batch 1) while the other
+  // waited, and above it cost a parallel region of its own; here the copy is split like the
+  // GEMM and its rows are in L2 when the GEMM reads them.
+  at::Tensor xc;
+  const uint8_t *x = nullptr, *src = nullptr;
   int64_t Hp = G.in[1], Wp = G.in[2];
-  if (implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C)) {
-    thread_local std::vector<uint8_t> pbuf;
+  const bool tile_pad = implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C);
+  InStrides st{};
+  if (tile_pad) {
     Hp += 2 * G.pad[1];
     Wp += 2 * G.pad[2];
-    src = pad_input(s, x, zp, Hp, Wp, pbuf);
+    src = static_cast<const uint8_t*>(xt.const_data_ptr());
+    st = in_strides(xt, s.nsp);
+  } else {
+    xc = conv_channels_last_input(xt);
+    x = static_cast<const uint8_t*>(xc.const_data_ptr());
+    src = x;
   }
+  const uint8_t* x_end = x != nullptr ? x + s.g.N * s.g.in[0] * s.g.in[1] * s.g.in[2] * s.g.C : nullptr;
   auto run = [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<uint8_t> buf;
+    thread_local std::vector<uint8_t> buf, pbuf;
     thread_local std::vector<const uint8_t*> rp;
     int64_t have_g = -1, have_tile = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
-      const int64_t m0 = tile * rows, m1 = std::min(M, m0 + rows);
+      const int64_t m0 = tile * M / tiles, m1 = (tile + 1) * M / tiles;
       const int64_t p0 = nb * panels / nblocks, p1 = (nb + 1) * panels / nblocks;
       if (p0 >= p1) continue;
       GemmProblem p = base;
@@ -252,12 +355,29 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const uint8_t* x
           int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
           q /= G.out[1];
           int64_t od = q % G.out[0], n = q / G.out[0];
-          const int64_t step = G.stride[2] * C;
+          const int64_t step = G.stride[2] * C, rowb = Wp * C;
+          // The view's rows [lo, hi) that the tile's receptive fields cover (from the first
+          // pixel's top row to the last pixel's bottom one): padded into pbuf (64 bytes of
+          // zero-point slack after them, which the last padded kernel row may read), or read
+          // in place.
+          const uint8_t* view = src;
+          int64_t lo = 0;
+          if (tile_pad) {
+            const int64_t q1 = (m1 - 1) / G.out[2], oh1 = q1 % G.out[1], od1 = (q1 / G.out[1]) % G.out[0];
+            const int64_t n1 = q1 / (G.out[1] * G.out[0]);
+            lo = (n * G.in[0] + od * G.stride[0]) * Hp + oh * G.stride[1];
+            const int64_t hi = (n1 * G.in[0] + od1 * G.stride[0]) * Hp + oh1 * G.stride[1] +
+                               (G.k[1] - 1) * G.dil[1] + 1;
+            uint8_t* pb = cpu::scratch(pbuf, static_cast<size_t>((hi - lo) * rowb + 64));
+            fill_padded_rows(s, src, st, zp, Hp, Wp, lo, hi, pb);
+            std::memset(pb + (hi - lo) * rowb, zp, 64);
+            view = pb;
+          }
           const uint8_t* rowp = nullptr;
           for (int64_t m = m0; m < m1; ++m) {
             if (m == m0 || ow == 0) {
               const int64_t plane = n * G.in[0] + od * G.stride[0];
-              rowp = src + (plane * Hp + oh * G.stride[1]) * Wp * C;
+              rowp = view + ((plane * Hp + oh * G.stride[1]) - lo) * rowb;
             }
             r[m - m0] = rowp + ow * step;
             if (++ow == G.out[2]) {
@@ -390,14 +510,13 @@ at::Tensor conv_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
   p.relu = relu;
   at::Tensor out = conv_empty_output(s, x.options().dtype(low_float ? at::kFloat : odt), true);
   if (out.numel() == 0) return low_float ? out.to(odt) : out;
-  const at::Tensor xc = conv_channels_last_input(x);
   // out is [N, Cout, *spatial] over channels-last memory: its data pointer is the [M, Cout] matrix.
   char* po = static_cast<char*>(out.data_ptr());
   if (s.depthwise) {
+    const at::Tensor xc = conv_channels_last_input(x);
     run_conv_dw(s, p, xc.const_data_ptr(), po, w_packed.const_data_ptr<int8_t>());
   } else {
-    run_conv_gemm(s, p, static_cast<const uint8_t*>(xc.const_data_ptr()), po,
-                  w_packed.const_data_ptr<int8_t>());
+    run_conv_gemm(s, p, x, po, w_packed.const_data_ptr<int8_t>());
   }
   return low_float ? out.to(odt) : out;
 }
