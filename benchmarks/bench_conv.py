@@ -10,6 +10,11 @@ rounds (bench_linear.interleaved_us). All take and give their natural activation
                 quint8 out
   fp32          F.conv2d, float32 channels-last (oneDNN)
 Ratios are anchor_time / torchquant_time (> 1: torchquant is faster).
+
+Rows marked "relu zp0 bN" are layers as they run inside a converted model: the input follows a
+ReLU (activation zero point 0, values >= 0), the conv has its ReLU fused (torch.ao's ConvReLU2d,
+output zero point 0) and the batch is N whatever --batch says. torch.ao's depthwise kernel takes
+a faster path for a zero activation zero point, so the zp-128 rows alone misjudge the model.
 """
 import argparse
 import os
@@ -42,13 +47,23 @@ SHAPES = [
     ("mv2 dw 3x3/2 96 @112", 96, 96, 112, 3, 2, 1, 96),
     ("mv2 dw 3x3 144 @56", 144, 144, 56, 3, 1, 1, 144),
     ("mv2 dw 3x3 576 @14", 576, 576, 14, 3, 1, 1, 576),
+    # MobileNetV2's depthwise layers as the model runs them (features.1, .2, .3, .4, .8, .16).
+    ("mv2 dw 32 @112 relu zp0 b8", 32, 32, 112, 3, 1, 1, 32, {"batch": 8, "relu": True}),
+    ("mv2 dw/2 96 @112 relu zp0 b8", 96, 96, 112, 3, 2, 1, 96, {"batch": 8, "relu": True}),
+    ("mv2 dw 144 @56 relu zp0 b8", 144, 144, 56, 3, 1, 1, 144, {"batch": 8, "relu": True}),
+    ("mv2 dw/2 144 @56 relu zp0 b8", 144, 144, 56, 3, 2, 1, 144, {"batch": 8, "relu": True}),
+    ("mv2 dw 384 @14 relu zp0 b8", 384, 384, 14, 3, 1, 1, 384, {"batch": 8, "relu": True}),
+    ("mv2 dw 960 @7 relu zp0 b8", 960, 960, 7, 3, 1, 1, 960, {"batch": 8, "relu": True}),
+    ("mv2 dw 960 @7 relu zp0 b1", 960, 960, 7, 3, 1, 1, 960, {"batch": 1, "relu": True}),
     ("mv2 1x1 expand 24-144 @56", 24, 144, 56, 1, 1, 0, 1),
     ("mv2 1x1 project 144-24 @56", 144, 24, 56, 1, 1, 0, 1),
     ("mv2 1x1 320-1280 @7", 320, 1280, 7, 1, 1, 0, 1),
 ]
 
 
-def bench_shape(label, cin, cout, hw, k, s, p, g, batch, rounds, target_ms):
+def bench_shape(label, cin, cout, hw, k, s, p, g, opts, batch, rounds, target_ms):
+    relu = opts.get("relu", False)
+    batch = opts.get("batch", batch)
     torch.manual_seed(0)
     x = torch.randn(batch, cin, hw, hw)
     w = torch.randn(cout, cin // g, k, k) * 0.1
@@ -56,6 +71,10 @@ def bench_shape(label, cin, cout, hw, k, s, p, g, batch, rounds, target_ms):
     w_scale = w.abs().amax(dim=(1, 2, 3)) / 127
     x_scale, x_zp = 0.03, 128
     out_scale, out_zp = 0.05, 128
+    if relu:  # after a ReLU, into a fused ConvReLU: zero points 0
+        x = x.clamp(min=0)
+        x_scale, x_zp = 0.015, 0
+        out_scale, out_zp = 0.02, 0
     # torchquant
     qw = torch.round(w / w_scale.reshape(-1, 1, 1, 1)).clamp(-128, 127).to(torch.int8)
     wp, cs = ops.pack_conv_weight(qw, g)
@@ -66,11 +85,12 @@ def bench_shape(label, cin, cout, hw, k, s, p, g, batch, rounds, target_ms):
     geo = ([k, k], [s, s], [p, p], [1, 1])
 
     def tq():
-        return ops.conv_int8(qx, xs, xz, wp, cs, w_scale, bias, *geo, g, os_, oz, False, torch.uint8)
+        return ops.conv_int8(qx, xs, xz, wp, cs, w_scale, bias, *geo, g, os_, oz, relu, torch.uint8)
 
     # torch.ao x86
     torch.backends.quantized.engine = "x86"
-    aoq = torch.ao.nn.quantized.Conv2d(cin, cout, k, s, p, groups=g)
+    ao_cls = torch.ao.nn.intrinsic.quantized.ConvReLU2d if relu else torch.ao.nn.quantized.Conv2d
+    aoq = ao_cls(cin, cout, k, s, p, groups=g)
     aoq.set_weight_bias(torch.quantize_per_channel(w, w_scale.double(), torch.zeros(cout, dtype=torch.long), 0,
                                                    torch.qint8), bias)
     aoq.scale, aoq.zero_point = out_scale, out_zp
@@ -83,7 +103,8 @@ def bench_shape(label, cin, cout, hw, k, s, p, g, batch, rounds, target_ms):
     wf = w.contiguous(memory_format=torch.channels_last)
 
     def fp32():
-        return F.conv2d(xf, wf, bias, s, p, 1, g)
+        y = F.conv2d(xf, wf, bias, s, p, 1, g)
+        return F.relu(y) if relu else y
 
     t = interleaved_us({"tq": tq, "ao": ao, "fp32": fp32}, rounds, target_ms)
     return t
@@ -103,7 +124,8 @@ def main():
     for shape in SHAPES:
         if a.only and a.only not in shape[0]:
             continue
-        t = bench_shape(*shape, a.batch, a.rounds, a.target_ms)
+        opts = shape[8] if len(shape) > 8 else {}
+        t = bench_shape(*shape[:8], opts, a.batch, a.rounds, a.target_ms)
         print(f"{shape[0]:<28} {t['tq']:13.1f} {t['ao']:11.1f} {t['fp32']:9.1f} {t['ao'] / t['tq']:6.2f}x "
               f"{t['fp32'] / t['tq']:7.2f}x", flush=True)
 

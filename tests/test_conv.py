@@ -441,3 +441,30 @@ def test_conv_nonfinite_bias(isa, device, case):
                 assert torch.equal(got.isnan().cpu(), want.isnan())
                 got, want = torch.nan_to_num(got.cpu()), torch.nan_to_num(want)
             _assert_same(got, want)
+
+
+@pytest.mark.parametrize("case", [
+    ((6, 150), 33, 33, (3, 3), (1, 1), (1, 1), (1, 1), 33),      # rows longer than a column pass, 1-ch tail
+    ((5, 261), 16, 16, (3, 3), (2, 2), (1, 1), (1, 1), 16),      # strided passes, half a block
+    ((7, 9), 64, 64, (4, 3), (1, 1), (2, 1), (1, 1), 64),        # four kernel rows in one group
+    ((6, 8), 70, 70, (1, 3), (1, 2), (0, 1), (1, 1), 70),        # one kernel row
+    ((9, 11), 24, 24, (5, 5), (2, 1), (2, 2), (1, 2), 24),       # two row groups, dilated along W
+    ((4, 5, 6), 8, 8, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 8),  # 3-d: nine rows, three groups
+    ((8, 8), 1, 1, (3, 3), (1, 1), (0, 0), (1, 1), 1),           # one channel, no padding
+], ids=["wide", "wide-s2", "k4x3", "k1x3", "k5x5", "3d", "c1"])
+@pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
+def test_depthwise_blocks_groups_and_zero_points(isa, case, xdtype):
+    """Depthwise kernels' paths: input columns in several passes, channel counts that are not a
+    multiple of the 16 / 32-channel blocks, one to four kernel rows per group and several groups,
+    3-d kernels; the activation zero point at 0 (what follows a ReLU in a model), at the type's
+    extremes and random; every output kind, ReLU on and off, batch 0, 1 and 3."""
+    lo, hi = (0, 255) if xdtype == torch.uint8 else (-128, 127)
+    for seed, batch in ((1, 3), (2, 0), (3, 1)):
+        x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=seed)
+        for zp in (0 if xdtype == torch.uint8 else -5, lo, hi, int(xz)) if batch != 1 else (int(xz),):
+            xz = torch.tensor([zp], dtype=torch.int32)
+            for out_dtype, relu in ((torch.uint8, True), (torch.int8, False), (torch.float32, True),
+                                    (torch.float32, False)):
+                os_, oz = _out_qparams(out_dtype, "cpu", scale=0.5)
+                got, want = _run(case, x, xs, xz, w, ws, bias if zp != hi else None, out_dtype, relu, os_, oz)
+                _assert_same(got, want)

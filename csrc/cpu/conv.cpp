@@ -46,12 +46,9 @@ const ConvKernels& conv_kernels() {
                                   cpu::conv_dw__scalar, nullptr};
   static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2,
                                 nullptr};
-  // Depthwise: the AVX2 kernel on AVX-512 machines too. Measured on the 2-core AMD EPYC
-  // (docs/benchmarks.md), 512-bit versions (vpmullw on 32 channels; vpdpbusd on four interleaved
-  // taps) took 1.5x the AVX2 kernel's time: the work is widening and shuffles, which run at
-  // half rate on 512-bit registers there, not multiply-adds.
+  // Depthwise: vpdpbusd on 256-bit registers over columns of kernel rows (conv_dw_avx512.cpp).
   static const ConvKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
-                                cpu::conv_dw__avx2, cpu::gemm_compute_segs__avx512vnni};
+                                cpu::conv_dw__avx512vnni, cpu::gemm_compute_segs__avx512vnni};
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return vnni;
     case CpuIsa::Avx2: return avx2;

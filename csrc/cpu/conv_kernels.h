@@ -37,7 +37,8 @@ struct DwProblem {
   void conv_dw__##SUFFIX(const DwProblem& p, int64_t r0, int64_t r1);
 
 TQ_DECLARE_DW_KERNELS(scalar)
-TQ_DECLARE_DW_KERNELS(avx2)  // also what the avx512vnni variant runs (conv.cpp says why)
+TQ_DECLARE_DW_KERNELS(avx2)
+TQ_DECLARE_DW_KERNELS(avx512vnni)  // 256-bit registers (conv_dw_avx512.cpp says why)
 
 #undef TQ_DECLARE_DW_KERNELS
 
