@@ -100,9 +100,14 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
   }
 
   int64_t max_taps = 1;
+  g.kind = kind;
+  g.count_include_pad = count_include_pad;
   for (int64_t j = 0; j < 3; ++j) {
     g.out[j] = osz[j];
     g.step[j] = dil[j];
+    g.kernel[j] = k[j];
+    g.stride[j] = s[j];
+    g.pad[j] = pad[j];
     const int64_t in = g.in[j];
     g.first[j].resize(osz[j]);
     g.taps[j].resize(osz[j]);

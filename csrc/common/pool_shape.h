@@ -23,6 +23,10 @@ struct PoolGeometry {
   int64_t in[3] = {1, 1, 1};   // D, H, W
   int64_t out[3] = {1, 1, 1};  // OD, OH, OW
   int64_t step[3] = {1, 1, 1}; // distance between taps (max pooling's dilation)
+  // The arguments the tables come from (the CUDA kernel recomputes the windows from them).
+  int64_t kernel[3] = {1, 1, 1}, stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0};
+  PoolKind kind = PoolKind::Max;
+  bool count_include_pad = true;
   // Per dimension j, per output index o: first valid input index, valid tap count, divisor
   // factor (averages; count_include_pad counts the covered padding too).
   std::vector<int32_t> first[3], taps[3], div[3];
