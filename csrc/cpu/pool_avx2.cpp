@@ -132,8 +132,20 @@ TQ_TARGET_AVX2 void pool_cl(const PoolArgs& a, int64_t p0, int64_t p1, int64_t c
   const int64_t C = a.C, D = a.in[0], H = a.in[1], W = a.in[2];
   const int64_t OD = a.out[0], OH = a.out[1], OW = a.out[2];
   const float lo = U ? 0.0f : -128.0f, hi = U ? 255.0f : 127.0f;
+  // The pixel's coordinates, divided out once and then counted up (a division per pixel
+  // costs more than a small window's loads).
+  int64_t ow = p0 % OW, oh = (p0 / OW) % OH, od = (p0 / (OW * OH)) % OD, n = p0 / (OW * OH * OD);
   for (int64_t p = p0; p < p1; ++p) {
-    const int64_t ow = p % OW, oh = (p / OW) % OH, od = (p / (OW * OH)) % OD, n = p / (OW * OH * OD);
+    if (p != p0 && ++ow == OW) {
+      ow = 0;
+      if (++oh == OH) {
+        oh = 0;
+        if (++od == OD) {
+          od = 0;
+          ++n;
+        }
+      }
+    }
     const uint8_t* xn = a.x + n * D * H * W * C;
     uint8_t* y = a.y + p * C;
     const Window w = window_of(a, od, oh, ow);
@@ -150,6 +162,7 @@ TQ_TARGET_AVX2 void pool_cl(const PoolArgs& a, int64_t p0, int64_t p1, int64_t c
     int64_t c = c0;
     if (MAX) {
       for (; c + 128 <= c1; c += 128) max_block<U, 4>(a, w, xn, y, c);
+      for (; c + 64 <= c1; c += 64) max_block<U, 2>(a, w, xn, y, c);
       for (; c + 32 <= c1; c += 32) max_block<U, 1>(a, w, xn, y, c);
       if (c < c1) max_block<U, 1>(a, w, xn, y, c1 - 32);
     } else {
