@@ -157,5 +157,13 @@ Tensor conv_transpose_int8_cpu(const Tensor& x, const Tensor& x_scale, const Ten
                                const std::optional<Tensor>& out_scale,
                                const std::optional<Tensor>& out_zero_point, bool relu,
                                std::optional<at::ScalarType> out_dtype);
+// ---- pooling (cpu/pool.cpp, cuda/pool.cu) ----
+Tensor max_pool_int8_cpu(const Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+Tensor avg_pool_int8_cpu(const Tensor& x, const Tensor& zero_point, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                         bool count_include_pad, std::optional<int64_t> divisor_override);
+Tensor adaptive_avg_pool_int8_cpu(const Tensor& x, const Tensor& zero_point,
+                                  at::IntArrayRef output_size);
 
 }  // namespace torchquant

@@ -208,6 +208,26 @@ TORCH_LIBRARY(torchquant, m) {
         "Tensor w_col_sums, Tensor w_scale, Tensor? bias, int[] kernel_size, int[] stride, "
         "int[] padding, int[] output_padding, int[] dilation, int groups, Tensor? out_scale, "
         "Tensor? out_zero_point, bool relu=False, ScalarType? out_dtype=None) -> Tensor");
+
+  // ---- pooling ----
+  // int8 pooling of the codes of a per-tensor quantized tensor, the qparams kept (cpu/pool*.cpp,
+  // cuda/pool.cu; docs/quantization.md, "Pooling"). x: int8/uint8 [N, C, *spatial] or unbatched
+  // [C, *spatial], 1 to 3 spatial dimensions (len(kernel_size) / len(output_size)); the output
+  // has x's dtype and memory format (channels-last stays channels-last). stride (empty: the
+  // kernel size), padding and dilation take one value per spatial dimension or one for all;
+  // output sizes and errors follow torch's float pooling.
+  // Max pooling: exact; a window of padding only gives the dtype's minimum.
+  m.def("max_pool_int8(Tensor x, int[] kernel_size, int[] stride=[], int[] padding=[0], "
+        "int[] dilation=[1], bool ceil_mode=False) -> Tensor");
+  // Average pooling with x's zero point (int, one element): S = sum of (q - zero_point) over the
+  // window's valid taps (exact), count as torch's avg_pool (count_include_pad, divisor_override),
+  // y = clamp(nearbyint(float(S) * float32(1 / count)) + zero_point) to the dtype's range.
+  m.def("avg_pool_int8(Tensor x, Tensor zero_point, int[] kernel_size, int[] stride=[], "
+        "int[] padding=[0], bool ceil_mode=False, bool count_include_pad=True, "
+        "int? divisor_override=None) -> Tensor");
+  // Adaptive average pooling (torch's windows: floor(i * in / out) to ceil((i + 1) * in / out)),
+  // rounded as avg_pool_int8. output_size [1, 1] is the global average of a classifier's head.
+  m.def("adaptive_avg_pool_int8(Tensor x, Tensor zero_point, int[] output_size) -> Tensor");
 }
 
 }  // namespace torchquant

@@ -1,6 +1,7 @@
 // Typed Python entry points into the torchquant ops called once per forward or per GEMM call:
 // quantize, dequantize, int8_mm, linear_int8, linear_dynamic (the quantized modules and the
-// public GEMM functions of python/torchquant/gemm.py use them).
+// public GEMM functions of python/torchquant/gemm.py use them) and the int8 pooling ops (the
+// float pooling modules on QTensors).
 //
 // `torch.ops.torchquant.<op>(...)` reaches the dispatcher through torch's generic path: every
 // call boxes its Python arguments into a stack of IValues against the schema and looks up the
@@ -44,6 +45,11 @@ using LinearInt8Sig = Tensor(const Tensor&, const Tensor&, const Tensor&, const 
 using Int8MmSig = Tensor(const Tensor&, const Tensor&);
 using LinearDynamicSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const OptTensor&, bool);
+using MaxPoolSig = Tensor(const Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                          at::IntArrayRef, bool);
+using AvgPoolSig = Tensor(const Tensor&, const Tensor&, at::IntArrayRef, at::IntArrayRef,
+                          at::IntArrayRef, bool, bool, std::optional<int64_t>);
+using AdaptiveAvgPoolSig = Tensor(const Tensor&, const Tensor&, at::IntArrayRef);
 
 // Errors and warnings reach Python as through torch.ops: c10::ValueError as ValueError (and
 // so on, by torch's translation), a Python exception raised inside (a dispatch mode, a Python
@@ -112,6 +118,35 @@ Tensor linear_dynamic(const Tensor& x, const Tensor& w_packed, const Tensor& w_c
   TQ_CATCH
 }
 
+// Pooling: what nn.MaxPool2d / nn.AdaptiveAvgPool2d on a QTensor call once per forward.
+Tensor max_pool_int8(const Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  TQ_TRY
+  static const auto op = typed_op<MaxPoolSig>("torchquant::max_pool_int8");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(x, kernel_size, stride, padding, dilation, ceil_mode);
+  TQ_CATCH
+}
+
+Tensor avg_pool_int8(const Tensor& x, const Tensor& zero_point, at::IntArrayRef kernel_size,
+                     at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                     bool count_include_pad, std::optional<int64_t> divisor_override) {
+  TQ_TRY
+  static const auto op = typed_op<AvgPoolSig>("torchquant::avg_pool_int8");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(x, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                 divisor_override);
+  TQ_CATCH
+}
+
+Tensor adaptive_avg_pool_int8(const Tensor& x, const Tensor& zero_point, at::IntArrayRef output_size) {
+  TQ_TRY
+  static const auto op = typed_op<AdaptiveAvgPoolSig>("torchquant::adaptive_avg_pool_int8");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(x, zero_point, output_size);
+  TQ_CATCH
+}
+
 #undef TQ_TRY
 #undef TQ_CATCH
 
@@ -131,4 +166,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out_dtype").none(true));
   m.def("linear_dynamic", &linear_dynamic, py::arg("x"), py::arg("w_packed"),
         py::arg("w_col_sums"), py::arg("w_scale"), py::arg("bias").none(true), py::arg("relu"));
+  m.def("max_pool_int8", &max_pool_int8, py::arg("x"), py::arg("kernel_size"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("ceil_mode"));
+  m.def("avg_pool_int8", &avg_pool_int8, py::arg("x"), py::arg("zero_point"), py::arg("kernel_size"),
+        py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"), py::arg("count_include_pad"),
+        py::arg("divisor_override").none(true));
+  m.def("adaptive_avg_pool_int8", &adaptive_avg_pool_int8, py::arg("x"), py::arg("zero_point"),
+        py::arg("output_size"));
 }

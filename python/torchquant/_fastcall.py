@@ -29,6 +29,9 @@ dequantize = _C.dequantize
 int8_mm = _C.int8_mm
 linear_int8 = _C.linear_int8
 linear_dynamic = _C.linear_dynamic
+max_pool_int8 = _C.max_pool_int8
+avg_pool_int8 = _C.avg_pool_int8
+adaptive_avg_pool_int8 = _C.adaptive_avg_pool_int8
 
 enabled = os.environ.get("TORCHQUANT_FASTCALL", "1").strip().lower() not in ("0", "off", "false", "no")
 

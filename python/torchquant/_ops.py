@@ -540,3 +540,68 @@ def _conv_transpose_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_
     # Channels-last memory: [N, *out, Cout] contiguous, seen as [N, Cout, *out].
     y = x.new_empty((x.shape[0], *out_sp, cout), dtype=odt)
     return y.movedim(-1, 1)
+
+
+# ---- pooling ----
+def pool_output_size(in_size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """torch's pooled size of one spatial dimension (ceil_mode: the last window starts inside
+    the input or its left padding)."""
+    span = in_size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
+    out = span // s + 1
+    if ceil_mode and out > 0 and (out - 1) * s >= in_size + p:
+        out -= 1
+    return out
+
+
+def _pool_like(x, out_spatial):
+    """An empty result of x's batch and channels with the given spatial sizes, in x's layout."""
+    torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
+    nsp = len(out_spatial)
+    torch._check(x.dim() in (nsp + 1, nsp + 2),
+                 lambda: f"argument 'x' must be {nsp + 1}-d (unbatched) or {nsp + 2}-d (batched), got shape "
+                         f"{tuple(x.shape)}")
+    unbatched = x.dim() == nsp + 1
+    xb = x.unsqueeze(0) if unbatched else x
+    shape = (xb.shape[0], xb.shape[1], *out_spatial)
+    if xb.dim() in (4, 5) and xb.shape[1] > 1:
+        from torch._prims_common import suggest_memory_format  # the rule of the C++ adapter
+        y = torch.empty(shape, dtype=xb.dtype, device=xb.device, memory_format=suggest_memory_format(xb))
+    elif xb.dim() == 3 and xb.shape[1] > 1 and xb.shape[2] > 1 and xb.stride(1) == 1 and xb.stride(2) == xb.shape[1]:
+        y = xb.new_empty((shape[0], shape[2], shape[1])).transpose(1, 2)
+    else:
+        y = xb.new_empty(shape)
+    return y.squeeze(0) if unbatched else y
+
+
+def _pool_spatial(x, nsp):
+    return x.shape[-nsp:]
+
+
+@torch.library.register_fake("torchquant::max_pool_int8")
+def _max_pool_int8_fake(x, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
+    nsp = len(kernel_size)
+    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must hold 1, 2 or 3 values, got {kernel_size}")
+    st = list(kernel_size) if len(stride) == 0 else _expand(stride, nsp, "stride")
+    pd, dl = _expand(padding, nsp, "padding"), _expand(dilation, nsp, "dilation")
+    return _pool_like(x, [pool_output_size(i, k, s, p, d, ceil_mode)
+                          for i, k, s, p, d in zip(_pool_spatial(x, nsp), kernel_size, st, pd, dl)])
+
+
+@torch.library.register_fake("torchquant::avg_pool_int8")
+def _avg_pool_int8_fake(x, zero_point, kernel_size, stride=(), padding=(0,), ceil_mode=False, count_include_pad=True,
+                        divisor_override=None):
+    nsp = len(kernel_size)
+    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must hold 1, 2 or 3 values, got {kernel_size}")
+    _check_devices("x", x, zero_point=zero_point)
+    st = list(kernel_size) if len(stride) == 0 else _expand(stride, nsp, "stride")
+    pd = _expand(padding, nsp, "padding")
+    return _pool_like(x, [pool_output_size(i, k, s, p, 1, ceil_mode)
+                          for i, k, s, p in zip(_pool_spatial(x, nsp), kernel_size, st, pd)])
+
+
+@torch.library.register_fake("torchquant::adaptive_avg_pool_int8")
+def _adaptive_avg_pool_int8_fake(x, zero_point, output_size):
+    torch._check(1 <= len(output_size) <= 3,
+                 lambda: f"argument 'output_size' must hold 1, 2 or 3 values, got {output_size}")
+    _check_devices("x", x, zero_point=zero_point)
+    return _pool_like(x, list(output_size))

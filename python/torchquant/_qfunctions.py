@@ -2,21 +2,25 @@
 quantizable model (and torch.ao's eager flow generally) applies to activations between modules.
 
 Each function works on the int8/uint8 data of a per-tensor QTensor and returns a QTensor.
-Pooling, shape functions, nearest upsampling, relu and hardtanh keep the qparams (torch.ao's
+Pooling runs torchquant's int8 pooling ops (max, average, adaptive average; 1-d to 3-d), whose
+results keep the input's memory format. Pooling, shape functions, nearest upsampling, relu and hardtanh keep the qparams (torch.ao's
 semantics); cat requantizes when its inputs' qparams differ. Where torch.ao has a quantized
 kernel (max/avg/adaptive pooling, upsample, hardtanh, hardsigmoid, cat) the results equal its
 results on the same int data (tests/test_qtensor_ops.py); the averaging rounds as torch's
-channels-last kernels do: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``.
+channels-last kernels do: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``
+(sums exact in integers).
 """
-import math
 from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from . import _fastcall
 from .qtensor import QTensor, _QRANGE, _INT8_FUNCTIONS
 
 __all__: List[str] = []
+
+_ops = torch.ops.torchquant
 
 
 def _per_tensor(q: QTensor, name: str) -> QTensor:
@@ -40,82 +44,90 @@ def _back(q: QTensor, codes: torch.Tensor) -> QTensor:
     return q._same_qparams(codes.to(q.data.dtype))
 
 
-# ---------------------------------------------------------------- max pooling (exact)
-def _max_pool(fn, name):
-    def impl(q, *args, return_indices=False, **kwargs):
+# ---------------------------------------------------------------- pooling
+# The int8 pooling ops (csrc/cpu/pool*.cpp, csrc/cuda/pool.cu) on the codes; their plain-torch
+# oracles are reference.max_pool_int8 / avg_pool_int8 / adaptive_avg_pool_int8.
+def _ints(v, n: int, name: str, fn_name: str) -> List[int]:
+    """An int or a sequence of 1 or n ints as a list of n ints (torch's pooling arguments)."""
+    if isinstance(v, int):
+        return [v] * n
+    v = [int(e) for e in v]
+    if len(v) == 1:
+        return v * n
+    if len(v) != n:
+        raise RuntimeError(f"{fn_name}: argument '{name}' must be a single int or a tuple of {n} ints, got {v}")
+    return v
+
+
+def _max_pool(fn, nsp: int, name: str):
+    def impl(q, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+        """torch's max pooling on the int8 codes (exact), qparams and memory format kept.
+        return_indices=True runs torch's float pooling on the codes (the indices need it)."""
         _per_tensor(q, name)
         if return_indices:
-            out, idx = fn(_as_float_codes(q), *args, return_indices=True, **kwargs)
+            out, idx = fn(_as_float_codes(q), kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                          return_indices=True)
             return _back(q, out), idx
-        # On float codes: torch's uint8 max_pool2d rejects channels-last input (an index-type
-        # check that fails for every size), and CUDA has no integer max pooling.
-        return _back(q, fn(_as_float_codes(q), *args, **kwargs))
+        d = q.data
+        args = (d, _ints(kernel_size, nsp, "kernel_size", name),
+                [] if stride is None else _ints(stride, nsp, "stride", name),
+                _ints(padding, nsp, "padding", name), _ints(dilation, nsp, "dilation", name), bool(ceil_mode))
+        f = _fastcall.max_pool_int8 if _fastcall.usable_all((d,), ()) else _ops.max_pool_int8.default
+        return q._same_qparams(f(*args))
 
+    impl.__name__ = name
     return impl
 
 
-# ---------------------------------------------------------------- average pooling
-def _round_average(q: QTensor, sums: torch.Tensor, counts: torch.Tensor) -> QTensor:
-    """nearbyint(sum * float32(1/count)) + zp, clamped: torch's quantized average rounding."""
-    lo, hi = _QRANGE[q.data.dtype]
-    inv = torch.reciprocal(counts.to(torch.float32))
-    t = torch.round(sums * inv) + _zp(q)
-    return _back(q, t.clamp_(lo, hi))
-
-
-def _avg_pool(fn, name):
-    def impl(q, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+def _with_indices(fn, name: str):
+    def impl(q, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=True):
+        """max pooling with indices: torch's float pooling on the codes (exact values)."""
         _per_tensor(q, name)
-        centered = _as_float_codes(q) - _zp(q)  # exact: |value| <= 255
-        kw = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                  count_include_pad=count_include_pad)
-        # Window sums, exact in float32 (at most 255 * window < 2^24).
-        sums = fn(centered, divisor_override=1, **kw)
-        if divisor_override is not None:
-            counts = torch.tensor(float(divisor_override))
-        else:
-            # The divisor per window, as torch's kernel takes it: counted from a tensor of ones.
-            ones = torch.ones_like(centered[:1, :1])
-            covered = fn(ones, divisor_override=1, **kw)
-            counts = torch.round(covered / fn(ones, **kw))
-        return _round_average(q, sums, counts)
+        out, idx = fn(_as_float_codes(q), kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                      return_indices=True)
+        return _back(q, out), idx
 
     return impl
 
 
-def _adaptive_bounds(size: int, out: int):
-    starts = [(i * size) // out for i in range(out)]
-    ends = [-((-(i + 1) * size) // out) for i in range(out)]
-    return starts, ends
+def _avg_pool(nsp: int, name: str):
+    def impl(q, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+        """torch's average pooling on the int8 codes, qparams and memory format kept, rounded as
+        torch's quantized kernels: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``."""
+        _per_tensor(q, name)
+        d, z = q.data, q.zero_point
+        args = (d, z, _ints(kernel_size, nsp, "kernel_size", name),
+                [] if stride is None else _ints(stride, nsp, "stride", name),
+                _ints(padding, nsp, "padding", name), bool(ceil_mode), bool(count_include_pad),
+                None if divisor_override is None else int(divisor_override))
+        f = _fastcall.avg_pool_int8 if _fastcall.usable_all((d, z), ()) else _ops.avg_pool_int8.default
+        return q._same_qparams(f(*args))
+
+    impl.__name__ = name
+    return impl
 
 
-def _adaptive_avg_pool(q, output_size, dims: int, name: str):
+def _adaptive_avg_pool(q, output_size, nsp: int, name: str):
+    """torch's adaptive average pooling on the int8 codes, rounded as :func:`_avg_pool`."""
     _per_tensor(q, name)
-    spatial = q.data.shape[-dims:]
-    if isinstance(output_size, int) or output_size is None:
-        output_size = (output_size,) * dims
-    output_size = [spatial[i] if o is None else int(o) for i, o in enumerate(output_size)]
-    centered = _as_float_codes(q) - _zp(q)
-    if all(o == 1 for o in output_size):
-        sums = centered.sum(dim=tuple(range(-dims, 0)), keepdim=True)
-        return _round_average(q, sums, torch.tensor(float(math.prod(spatial))))
-    # Window sums from an integral image (float64: exact, whatever the plane size).
-    integral = centered.to(torch.float64)
-    for d in range(-dims, 0):
-        integral = F.pad(integral.cumsum(d), [0, 0] * (-d - 1) + [1, 0])
-    sums, counts = integral, torch.ones((), dtype=torch.float64)
-    for k, d in enumerate(range(-dims, 0)):
-        starts, ends = _adaptive_bounds(spatial[k], output_size[k])
-        s = torch.tensor(starts, device=q.data.device)
-        e = torch.tensor(ends, device=q.data.device)
-        sums = sums.index_select(d, e) - sums.index_select(d, s)
-        shape = [1] * dims
-        shape[k] = output_size[k]
-        counts = counts * (e - s).to(torch.float64).cpu().reshape(shape)
-    out = _round_average(q, sums.to(torch.float32), counts.to(q.data.device))
-    mf = torch.channels_last if dims == 2 and q.data.dim() == 4 and q.data.is_contiguous(memory_format=torch.channels_last) \
-        else torch.contiguous_format
-    return out._same_qparams(out.data.contiguous(memory_format=mf))
+    d, z = q.data, q.zero_point
+    if isinstance(output_size, int):
+        size = [output_size] * nsp
+    else:
+        size = list(output_size)
+        if len(size) == 1:
+            size = size * nsp
+        if len(size) != nsp:
+            raise RuntimeError(f"{name}: argument 'output_size' must be a single int or a tuple of {nsp} ints, "
+                               f"got {size}")
+        spatial = d.shape[-nsp:]
+        size = [spatial[i] if o is None else int(o) for i, o in enumerate(size)]
+    f = _fastcall.adaptive_avg_pool_int8 if _fastcall.usable_all((d, z), ()) else _ops.adaptive_avg_pool_int8.default
+    return q._same_qparams(f(d, z, size))
+
+
+def _adaptive_avg_pool1d(q, output_size):
+    return _adaptive_avg_pool(q, output_size, 1, "adaptive_avg_pool1d")
 
 
 def _adaptive_avg_pool2d(q, output_size):
@@ -127,11 +139,20 @@ def _adaptive_avg_pool3d(q, output_size):
 
 
 def _mean(q, dim=None, keepdim=False, *, dtype=None):
-    """mean over dims, qparams kept: dequantize, float mean, quantize (torch.ao's quantized mean
-    does the same; its float summation order may differ, by one code at a rounding tie)."""
+    """mean over dims, qparams kept. Over all the spatial dimensions of a 3-d to 5-d tensor
+    (``x.mean((2, 3))``, a classifier head) it is the int8 global average pool, rounded as
+    torch's quantized average pooling: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``.
+    Other dims: dequantize, float mean, quantize (torch.ao's quantized mean does that; its float
+    summation order may differ, by one code at a rounding tie)."""
     _per_tensor(q, "mean")
     if dtype is not None:
         raise TypeError("mean of a QTensor takes no dtype (argument 'dtype'); call .dequantize() first")
+    n = q.data.dim()
+    if dim is not None and 3 <= n <= 5:
+        dims = [dim] if isinstance(dim, int) else list(dim)
+        if sorted(d % n for d in dims) == list(range(2, n)) and len(dims) == n - 2:
+            out = _adaptive_avg_pool(q, [1] * (n - 2), n - 2, "mean")
+            return out if keepdim else out._same_qparams(out.data.reshape(out.data.shape[:2]))
     x = q.dequantize()
     y = x.mean() if dim is None and not keepdim else x.mean(dim=tuple(range(x.dim())) if dim is None else dim,
                                                              keepdim=keepdim)
@@ -242,11 +263,17 @@ def _torch_cat(tensors, dim=0, *, out=None):
 
 
 _FUNCTIONS = {
-    F.max_pool1d: _max_pool(F.max_pool1d, "max_pool1d"),
-    F.max_pool2d: _max_pool(F.max_pool2d, "max_pool2d"),
-    F.max_pool3d: _max_pool(F.max_pool3d, "max_pool3d"),
-    F.avg_pool2d: _avg_pool(F.avg_pool2d, "avg_pool2d"),
-    F.avg_pool3d: _avg_pool(F.avg_pool3d, "avg_pool3d"),
+    F.max_pool1d: _max_pool(F.max_pool1d, 1, "max_pool1d"),
+    F.max_pool2d: _max_pool(F.max_pool2d, 2, "max_pool2d"),
+    F.max_pool3d: _max_pool(F.max_pool3d, 3, "max_pool3d"),
+    # F.max_poolNd(..., return_indices=True) reaches __torch_function__ as these.
+    F.max_pool1d_with_indices: _with_indices(F.max_pool1d, "max_pool1d"),
+    F.max_pool2d_with_indices: _with_indices(F.max_pool2d, "max_pool2d"),
+    F.max_pool3d_with_indices: _with_indices(F.max_pool3d, "max_pool3d"),
+    F.avg_pool1d: _avg_pool(1, "avg_pool1d"),
+    F.avg_pool2d: _avg_pool(2, "avg_pool2d"),
+    F.avg_pool3d: _avg_pool(3, "avg_pool3d"),
+    F.adaptive_avg_pool1d: _adaptive_avg_pool1d,
     F.adaptive_avg_pool2d: _adaptive_avg_pool2d,
     F.adaptive_avg_pool3d: _adaptive_avg_pool3d,
     torch.mean: _mean,

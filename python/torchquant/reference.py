@@ -10,9 +10,11 @@ Example::
     >>> reference.quantize(x, torch.tensor([0.004]), torch.tensor([0]), None, -128, 127, torch.int8)
     tensor([   1,    2, -128], dtype=torch.int8)
 """
+import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "quantize",
@@ -441,3 +443,99 @@ def gru_cell_update(igates, hgates, h) -> torch.Tensor:
     z = torch.sigmoid(iz + hz)
     n = torch.tanh(in_ + r * hn)
     return (h.float() - n) * z + n
+
+
+# ---------------------------------------------------------------- pooling
+__all__ += ["max_pool_int8", "avg_pool_int8", "adaptive_avg_pool_int8"]
+
+_Q8_RANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+
+
+def _pool_args(x: torch.Tensor, nsp: int):
+    """x as a batched float64 tensor of 2 or 3 spatial dimensions (1-d pooling as 2-d with a
+    unit height), and the function that undoes it."""
+    unbatched = x.dim() == nsp + 1
+    t = (x.unsqueeze(0) if unbatched else x).to(torch.float64)
+    if nsp == 1:
+        t = t.unsqueeze(-2)
+
+    def back(y):
+        y = y.squeeze(-2) if nsp == 1 else y
+        return y.squeeze(0) if unbatched else y
+
+    return t, back
+
+
+def _pool_list(v, nsp, fallback=None, unit=1):
+    v = list(v) if v is not None else []
+    if not v:
+        v = list(fallback)
+    v = v * nsp if len(v) == 1 else v
+    return [unit] + v if nsp == 1 else v
+
+
+def _round_average(sums: torch.Tensor, counts: torch.Tensor, zp: int, dtype: torch.dtype) -> torch.Tensor:
+    """nearbyint(float32(sum) * float32(1 / count)) + zp, clamped to the dtype: torch's quantized
+    average rounding, every step in float32."""
+    lo, hi = _Q8_RANGE[dtype]
+    inv = torch.reciprocal(counts.to(torch.float32))
+    t = torch.round(sums.to(torch.float32) * inv) + zp
+    return t.clamp_(lo, hi).to(dtype)
+
+
+def max_pool_int8(x, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False) -> torch.Tensor:
+    """torch's float max pooling of the codes (exact); a window of padding only (possible with
+    dilation) gives the dtype's minimum, as torch.ao's quantized kernel."""
+    nsp = len(kernel_size)
+    t, back = _pool_args(x, nsp)
+    fn = F.max_pool3d if nsp == 3 else F.max_pool2d
+    y = fn(t, _pool_list(kernel_size, nsp), _pool_list(stride, nsp, kernel_size), _pool_list(padding, nsp, unit=0),
+           _pool_list(dilation, nsp), ceil_mode)
+    lo, hi = _Q8_RANGE[x.dtype]
+    return back(y.clamp(lo, hi).to(x.dtype))
+
+
+def avg_pool_int8(x, zero_point, kernel_size, stride=(), padding=(0,), ceil_mode=False, count_include_pad=True,
+                  divisor_override=None) -> torch.Tensor:
+    """Window sums of (q - zero_point) (float64: exact) and torch's divisors, rounded by
+    :func:`_round_average`."""
+    nsp = len(kernel_size)
+    zp = int(zero_point.reshape(()))
+    t, back = _pool_args(x, nsp)
+    fn = F.avg_pool3d if nsp == 3 else F.avg_pool2d
+    kw = dict(kernel_size=_pool_list(kernel_size, nsp), stride=_pool_list(stride, nsp, kernel_size),
+              padding=_pool_list(padding, nsp, unit=0), ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    sums = fn(t - zp, divisor_override=1, **kw)
+    if divisor_override is not None:
+        counts = torch.tensor(float(divisor_override), dtype=torch.float64)
+    else:
+        # The divisor per window, as torch's kernel takes it: counted from a tensor of ones.
+        ones = torch.ones_like(t[:1, :1])
+        counts = torch.round(fn(ones, divisor_override=1, **kw) / fn(ones, **kw))
+    return back(_round_average(sums, counts.to(sums.device), zp, x.dtype))
+
+
+def adaptive_avg_pool_int8(x, zero_point, output_size) -> torch.Tensor:
+    """Sums of (q - zero_point) over torch's adaptive windows (floor(i * n / out) to
+    ceil((i + 1) * n / out)) from an integral image (float64: exact), rounded by
+    :func:`_round_average`."""
+    nsp = len(output_size)
+    zp = int(zero_point.reshape(()))
+    centered = x.to(torch.float64) - zp
+    spatial = x.shape[-nsp:]
+    if all(o == 1 for o in output_size):
+        sums = centered.sum(dim=tuple(range(-nsp, 0)), keepdim=True)
+        return _round_average(sums, torch.tensor(float(math.prod(spatial)), dtype=torch.float64), zp, x.dtype)
+    integral = centered
+    for d in range(-nsp, 0):
+        integral = F.pad(integral.cumsum(d), [0, 0] * (-d - 1) + [1, 0])
+    sums, counts = integral, torch.ones((), dtype=torch.float64)
+    for k, d in enumerate(range(-nsp, 0)):
+        size, out = spatial[k], int(output_size[k])
+        s = torch.tensor([(i * size) // out for i in range(out)], dtype=torch.long, device=x.device)
+        e = torch.tensor([-((-(i + 1) * size) // out) for i in range(out)], dtype=torch.long, device=x.device)
+        sums = sums.index_select(d, e) - sums.index_select(d, s)
+        shape = [1] * nsp
+        shape[k] = out
+        counts = counts * (e - s).to(torch.float64).cpu().reshape(shape)
+    return _round_average(sums, counts.to(x.device), zp, x.dtype)
