@@ -5,7 +5,9 @@
 // the output pixels are cut into equal tiles (conv_grid); a task copies the receptive
 // fields of its tile into thread-local scratch (im2col of that tile only: [rows, taps * Cg]
 // bytes, tens of KiB) and multiplies it with the group's packed weight. A 1x1 convolution with
-// stride 1 and no padding reads the channels-last activations in place. Depthwise convolutions
+// stride 1 and no padding reads the channels-last activations in place; on AVX-512 VNNI most
+// others do too (implicit GEMM: kernel rows read through per-pixel pointers, from the input or
+// from a padded copy of the tile's input rows). Depthwise convolutions
 // have direct kernels of their own (conv_dw_*.cpp). Every path ends in the requantize epilogue
 // of linear_int8 (docs/quantization.md, "Convolution").
 #include <ATen/ATen.h>

@@ -230,8 +230,10 @@ TQ_TARGET_AVX512VNNI void epilogue_rows64(const GemmProblem& p, const int32_t* c
     const __m512 y = _mm512_add_ps(
         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(a), z)), s), b);
     const __m512 u = _mm512_min_ps(_mm512_mul_ps(y, inv), big);
-    return _mm512_cvtps_epi32(
-        _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // One conversion with embedded round-to-nearest-even (MXCSR not consulted): the same
+    // integer as roundscale then an exact conversion, one instruction less per 16 outputs (the
+    // epilogue is half of the 3x3/2 RGB stem's time: K = 36 against 32 columns).
+    return _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   };
   for (int i = 0; i < rows; ++i) {
     const int32_t* a = c + i * kNV * 16;
