@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "common/pool_shape.h"
+#include "cpu/alloc.h"
 #include "cpu/isa.h"
 #include "cpu/pool_kernels.h"
 #include "ops.h"
@@ -43,9 +44,9 @@ at::Tensor run(const PoolProblem& p, bool is_max, int32_t zp) {
     a.in[j] = g.in[j];
     a.out[j] = g.out[j];
     a.step[j] = g.step[j];
-    a.first[j] = g.first[j].data();
-    a.taps[j] = g.taps[j].data();
-    a.div[j] = g.div[j].data();
+    a.first[j] = g.first[j];
+    a.taps[j] = g.taps[j];
+    a.div[j] = g.div[j];
   }
   a.divisor_override = g.divisor_override;
   a.zp = zp;
