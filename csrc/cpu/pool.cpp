@@ -14,7 +14,7 @@ namespace torchquant {
 namespace {
 
 // Bytes of input a thread should read at least before another one is worth waking.
-constexpr int64_t kGrainBytes = 32768;
+constexpr int64_t kGrainBytes = 65536;
 
 struct Kernels {
   decltype(&cpu::max_pool_cl__scalar) max_cl, avg_cl;
