@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include "common/pool_shape.h"
-#include "cpu/alloc.h"
 #include "cpu/isa.h"
 #include "cpu/pool_kernels.h"
 #include "ops.h"
