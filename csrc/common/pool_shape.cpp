@@ -9,14 +9,16 @@
 namespace torchquant {
 namespace {
 
-std::string op_name(PoolKind kind, int64_t rank) {
-  const char* base = kind == PoolKind::Max ? "max_pool" : kind == PoolKind::Avg ? "avg_pool" : "adaptive_avg_pool";
-  return std::string(base) + std::to_string(rank) + "d";
+const char* op_name(PoolKind kind, int64_t rank) {
+  static const char* names[3][3] = {{"max_pool1d", "max_pool2d", "max_pool3d"},
+                                    {"avg_pool1d", "avg_pool2d", "avg_pool3d"},
+                                    {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"}};
+  return names[static_cast<int>(kind)][rank - 1];
 }
 
 // A list argument as `rank` values: given with `rank` entries or one (repeated); `fallback`
 // when empty (stride: the kernel size).
-std::vector<int64_t> expand(const std::string& op, const char* name, at::IntArrayRef v, int64_t rank,
+std::vector<int64_t> expand(const char* op, const char* name, at::IntArrayRef v, int64_t rank,
                             at::IntArrayRef fallback) {
   if (v.empty() && !fallback.empty()) return fallback.vec();
   TORCH_CHECK(static_cast<int64_t>(v.size()) == rank || v.size() == 1, op, ": argument '", name,
@@ -45,7 +47,7 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
   TORCH_CHECK(rank >= 1 && rank <= 3, "int8 pooling: argument '", adaptive ? "output_size" : "kernel_size",
               "' must hold 1, 2 or 3 values (the spatial dimensions), got ",
               adaptive ? output_size : kernel_size);
-  const std::string op = op_name(kind, rank);
+  const char* op = op_name(kind, rank);
   check_int8_input(x_in, "x");
   TORCH_CHECK(x_in.dim() == rank + 1 || x_in.dim() == rank + 2, op, ": argument 'x' must be ",
               rank + 1, "-d (unbatched) or ", rank + 2, "-d (batched), got shape ", x_in.sizes());
@@ -61,7 +63,7 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
   g.C = x.size(1);
   for (int64_t j = 0; j < rank; ++j) g.in[3 - rank + j] = x.size(2 + j);
 
-  std::vector<int64_t> k(3, 1), s(3, 1), pad(3, 0), dil(3, 1), osz(3, 1);
+  int64_t k[3] = {1, 1, 1}, s[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dil[3] = {1, 1, 1}, osz[3] = {1, 1, 1};
   if (adaptive) {
     for (int64_t j = 0; j < rank; ++j) {
       TORCH_CHECK(output_size[j] >= 0, op, ": argument 'output_size' must hold sizes >= 0, got ",
@@ -90,9 +92,9 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
     bool empty = false;
     for (int64_t j = 0; j < 3; ++j) empty |= osz[j] <= 0;
     TORCH_CHECK(!empty, op, ": given input of shape ", x_in.sizes(), " the calculated output size is ",
-                at::IntArrayRef(osz).slice(3 - rank), ": too small (kernel_size=", kernel_size,
-                ", padding=", at::IntArrayRef(pad).slice(3 - rank), ", dilation=",
-                at::IntArrayRef(dil).slice(3 - rank), ")");
+                at::IntArrayRef(osz, 3).slice(3 - rank), ": too small (kernel_size=", kernel_size,
+                ", padding=", at::IntArrayRef(pad, 3).slice(3 - rank), ", dilation=",
+                at::IntArrayRef(dil, 3).slice(3 - rank), ")");
     if (divisor_override.has_value()) {
       TORCH_CHECK(*divisor_override != 0, op, ": argument 'divisor_override' must not be 0");
       g.divisor_override = *divisor_override;
@@ -100,6 +102,16 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
   }
 
   int64_t max_taps = 1;
+  g.tables.resize(3 * (osz[0] + osz[1] + osz[2]));
+  {
+    int32_t* t = g.tables.data();
+    for (int64_t j = 0; j < 3; ++j) {
+      g.first[j] = t;
+      g.taps[j] = t + osz[j];
+      g.div[j] = t + 2 * osz[j];
+      t += 3 * osz[j];
+    }
+  }
   g.kind = kind;
   g.count_include_pad = count_include_pad;
   for (int64_t j = 0; j < 3; ++j) {
@@ -109,9 +121,9 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
     g.stride[j] = s[j];
     g.pad[j] = pad[j];
     const int64_t in = g.in[j];
-    g.first[j].resize(osz[j]);
-    g.taps[j].resize(osz[j]);
-    g.div[j].resize(osz[j]);
+    int32_t* t_first = const_cast<int32_t*>(g.first[j]);
+    int32_t* t_taps = const_cast<int32_t*>(g.taps[j]);
+    int32_t* t_div = const_cast<int32_t*>(g.div[j]);
     int64_t most = 0;
     for (int64_t o = 0; o < osz[j]; ++o) {
       int64_t first, n, div;
@@ -135,9 +147,9 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
         first = lo;
         div = count_include_pad ? end - start : n;
       }
-      g.first[j][o] = static_cast<int32_t>(first);
-      g.taps[j][o] = static_cast<int32_t>(n);
-      g.div[j][o] = static_cast<int32_t>(div);
+      t_first[o] = static_cast<int32_t>(first);
+      t_taps[o] = static_cast<int32_t>(n);
+      t_div[o] = static_cast<int32_t>(div);
       most = std::max(most, n);
     }
     max_taps *= most;
@@ -149,11 +161,16 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
   if (x.dim() == 4 || x.dim() == 5) {
     const auto mf = x.suggest_memory_format();
     g.channels_last = mf != at::MemoryFormat::Contiguous && g.C > 1;
-    p.x5 = x.contiguous(g.channels_last ? mf : at::MemoryFormat::Contiguous);
+    const auto want = g.channels_last ? mf : at::MemoryFormat::Contiguous;
+    p.x5 = x.is_contiguous(want) ? x : x.contiguous(want);
   } else {
     g.channels_last = g.C > 1 && x.size(2) > 1 && x.stride(1) == 1 && x.stride(2) == g.C;
     p.x5 = g.channels_last ? x.transpose(1, 2).contiguous().transpose(1, 2) : x.contiguous();
   }
+  p.out_channels_last = g.channels_last;
+  // One input pixel and one output pixel per image: both layouts are the same bytes, and the
+  // channels-last kernels walk them along C.
+  if (g.in[0] * g.in[1] * g.in[2] == 1 && g.out[0] * g.out[1] * g.out[2] == 1) g.channels_last = true;
   p.out_shape = {g.N, g.C};
   for (int64_t j = 0; j < rank; ++j) p.out_shape.push_back(osz[3 - rank + j]);
   return p;
@@ -162,7 +179,7 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
 at::Tensor pool_output5(const PoolProblem& p) {
   const auto opts = p.x5.options();
   const auto& shape = p.out_shape;
-  if (!p.g.channels_last) return at::empty(shape, opts);
+  if (!p.out_channels_last) return at::empty(shape, opts);
   if (shape.size() == 4) return at::empty(shape, opts.memory_format(at::MemoryFormat::ChannelsLast));
   if (shape.size() == 5) return at::empty(shape, opts.memory_format(at::MemoryFormat::ChannelsLast3d));
   return at::empty({shape[0], shape[2], shape[1]}, opts).transpose(1, 2);

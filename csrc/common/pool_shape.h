@@ -29,20 +29,27 @@ struct PoolGeometry {
   bool count_include_pad = true;
   // Per dimension j, per output index o: first valid input index, valid tap count, divisor
   // factor (averages; count_include_pad counts the covered padding too).
-  std::vector<int32_t> first[3], taps[3], div[3];
+  // (Pointers into `tables`, one allocation.)
+  const int32_t *first[3] = {}, *taps[3] = {}, *div[3] = {};
+  std::vector<int32_t> tables;
   int64_t divisor_override = 0;  // 0: none
   int64_t max_taps = 0;          // the largest window's valid tap count
-  bool channels_last = false;    // the input (and output) has C innermost
+  bool channels_last = false;    // the kernels read and write C innermost
 };
 
-// The input as a 5-d tensor [N, C, D, H, W] in a dense layout (channels-last when x is, else
-// contiguous; a copy only for other strides), with the geometry and the output's shape.
+// The input (batched) in a dense layout (channels-last when x is, else contiguous; a copy only
+// for other strides), with the geometry and the output's shape. Not copyable: the geometry's
+// table pointers point into its own vector (a move keeps them valid).
 // `name` is the op's name for the error messages ("max_pool2d", ...).
 struct PoolProblem {
-  at::Tensor x5;                     // [N, C, D, H, W], dense
+  at::Tensor x5;                     // x (batched), dense in the layout the kernels read
   PoolGeometry g;
   std::vector<int64_t> out_shape;    // the output's shape, in x's dimensions
+  bool out_channels_last = false;    // the output's allocation (x's memory format)
   bool unbatched = false;
+  PoolProblem() = default;
+  PoolProblem(PoolProblem&&) = default;
+  PoolProblem(const PoolProblem&) = delete;
 };
 
 PoolProblem pool_problem(const at::Tensor& x, PoolKind kind, at::IntArrayRef kernel_size,

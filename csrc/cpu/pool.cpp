@@ -13,7 +13,7 @@ namespace torchquant {
 namespace {
 
 // Bytes of input a thread should read at least before another one is worth waking.
-constexpr int64_t kGrainBytes = 32768;
+constexpr int64_t kGrainBytes = 65536;
 
 struct Kernels {
   decltype(&cpu::max_pool_cl__scalar) max_cl, avg_cl;
@@ -43,9 +43,9 @@ at::Tensor run(const PoolProblem& p, bool is_max, int32_t zp) {
     a.in[j] = g.in[j];
     a.out[j] = g.out[j];
     a.step[j] = g.step[j];
-    a.first[j] = g.first[j].data();
-    a.taps[j] = g.taps[j].data();
-    a.div[j] = g.div[j].data();
+    a.first[j] = g.first[j];
+    a.taps[j] = g.taps[j];
+    a.div[j] = g.div[j];
   }
   a.divisor_override = g.divisor_override;
   a.zp = zp;

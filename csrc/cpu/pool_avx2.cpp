@@ -2,8 +2,8 @@
 // per output pixel with the accumulators in registers (up to 128 channels at a time for max,
 // 64 for the averages).
 // - max: vpmaxub / vpmaxsb, exact;
-// - avg: the codes widened to int16 and summed (at most 128 taps before the int16 sums are
-//   added into int32 ones: 128 * 255 < 2^15), S = sum - taps * zp in int32 (exact: the adapter
+// - avg: the codes widened to int16 (in-lane unpacks) and summed (at most 128 taps before the
+//   int16 sums are added into int32 ones: 128 * 255 < 2^15), S = sum - taps * zp in int32 (exact: the adapter
 //   sends windows of more than kPoolMaxTapsInt32 taps to the scalar kernels), then the scalar
 //   kernel's float32 steps, one IEEE operation each (-ffp-contract=off): cvtdq2ps is exact
 //   below 2^24 and rounds to nearest even above, as the scalar int64 -> float conversion does.
@@ -34,9 +34,13 @@ TQ_TARGET_AVX2 inline __m256i vmax(__m256i a, __m256i b) {
   return U ? _mm256_max_epu8(a, b) : _mm256_max_epi8(a, b);
 }
 
+// 32 codes widened to int16 within each 128-bit lane: lo holds channels 0-7 and 16-23, hi
+// 8-15 and 24-31 (flush16 puts them back in order).
 template <bool U>
-TQ_TARGET_AVX2 inline __m256i widen16(__m128i b) {
-  return U ? _mm256_cvtepu8_epi16(b) : _mm256_cvtepi8_epi16(b);
+TQ_TARGET_AVX2 inline void widen16(__m256i b, __m256i& lo, __m256i& hi) {
+  const __m256i ext = U ? _mm256_setzero_si256() : _mm256_cmpgt_epi8(_mm256_setzero_si256(), b);
+  lo = _mm256_unpacklo_epi8(b, ext);
+  hi = _mm256_unpackhi_epi8(b, ext);
 }
 
 // NV vectors of channels at xn + c: the window's max into y.
@@ -83,20 +87,21 @@ TQ_TARGET_AVX2 inline void store32(uint8_t* dst, const __m256i* s, const AvgCons
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), ordered);
 }
 
-// int16 sums (two vectors per 32 channels, channel order) added into int32 ones.
+// int16 sums (two vectors per 32 channels, widen16's order) added into int32 ones in channel
+// order: s32[4v + i] holds channels 8i to 8i + 7 of block v.
 TQ_TARGET_AVX2 inline void flush16(__m256i* s32, __m256i* s16, int nv) {
   for (int v = 0; v < nv; ++v) {
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < 2; ++h) {  // h = 0: channels 0-7 | 16-23; h = 1: 8-15 | 24-31
       const __m256i t = s16[2 * v + h];
-      s32[4 * v + 2 * h] = _mm256_add_epi32(s32[4 * v + 2 * h], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(t)));
-      s32[4 * v + 2 * h + 1] =
-          _mm256_add_epi32(s32[4 * v + 2 * h + 1], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(t, 1)));
+      s32[4 * v + h] = _mm256_add_epi32(s32[4 * v + h], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(t)));
+      s32[4 * v + 2 + h] =
+          _mm256_add_epi32(s32[4 * v + 2 + h], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(t, 1)));
       s16[2 * v + h] = _mm256_setzero_si256();
     }
   }
 }
 
-template <bool U, int NV>
+template <bool U, int NV, bool FLUSH>
 TQ_TARGET_AVX2 inline void avg_block(const PoolArgs& a, const Window& w, const AvgConsts& k, const uint8_t* xn,
                                      uint8_t* y, int64_t c) {
   const int64_t C = a.C, pix_h = a.in[2] * C, pix_d = a.in[1] * a.in[2] * C;
@@ -112,11 +117,12 @@ TQ_TARGET_AVX2 inline void avg_block(const PoolArgs& a, const Window& w, const A
       const uint8_t* pw = ph;
       for (int64_t tw = 0; tw < w.nw; ++tw, pw += sw) {
         for (int v = 0; v < NV; ++v) {
-          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pw + 32 * v));
-          s16[2 * v] = _mm256_add_epi16(s16[2 * v], widen16<U>(_mm256_castsi256_si128(b)));
-          s16[2 * v + 1] = _mm256_add_epi16(s16[2 * v + 1], widen16<U>(_mm256_extracti128_si256(b, 1)));
+          __m256i lo, hi;
+          widen16<U>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pw + 32 * v)), lo, hi);
+          s16[2 * v] = _mm256_add_epi16(s16[2 * v], lo);
+          s16[2 * v + 1] = _mm256_add_epi16(s16[2 * v + 1], hi);
         }
-        if (++pending == 128) {
+        if (FLUSH && ++pending == 128) {
           flush16(s32, s16, NV);
           pending = 0;
         }
@@ -166,9 +172,15 @@ TQ_TARGET_AVX2 void pool_cl(const PoolArgs& a, int64_t p0, int64_t p1, int64_t c
       for (; c + 32 <= c1; c += 32) max_block<U, 1>(a, w, xn, y, c);
       if (c < c1) max_block<U, 1>(a, w, xn, y, c1 - 32);
     } else {
-      for (; c + 64 <= c1; c += 64) avg_block<U, 2>(a, w, k, xn, y, c);
-      for (; c + 32 <= c1; c += 32) avg_block<U, 1>(a, w, k, xn, y, c);
-      if (c < c1) avg_block<U, 1>(a, w, k, xn, y, c1 - 32);
+      if (w.nd * w.nh * w.nw <= 128) {  // the int16 sums cannot overflow
+        for (; c + 64 <= c1; c += 64) avg_block<U, 2, false>(a, w, k, xn, y, c);
+        for (; c + 32 <= c1; c += 32) avg_block<U, 1, false>(a, w, k, xn, y, c);
+        if (c < c1) avg_block<U, 1, false>(a, w, k, xn, y, c1 - 32);
+      } else {
+        for (; c + 64 <= c1; c += 64) avg_block<U, 2, true>(a, w, k, xn, y, c);
+        for (; c + 32 <= c1; c += 32) avg_block<U, 1, true>(a, w, k, xn, y, c);
+        if (c < c1) avg_block<U, 1, true>(a, w, k, xn, y, c1 - 32);
+      }
     }
   }
 }
