@@ -109,6 +109,19 @@ class _Int8WeightModule(nn.Module):
     def _repack(self):
         raise NotImplementedError
 
+    def _set_int8(self, qweight, w_scale, w_zp, bias, scale=None, zero_point=None):
+        """Fills the buffers (kept on the CPU until the caller's .to()) and repacks: what every
+        from_float ends with. scale / zero_point: the output qparams (static modules only)."""
+        self.qweight.copy_(qweight.cpu())
+        self.weight_scale.copy_(w_scale.cpu())
+        self.weight_zero_point.copy_(w_zp.cpu())
+        if bias is not None:
+            self.bias.copy_(bias.detach().float().cpu())
+        if scale is not None:
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zero_point)
+        self._repack()
+
     def _apply(self, fn, *args, **kwargs):
         # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu(). A dtype
         # cast (.half(), .double()) leaves the float32 scales and bias as they are: they are
@@ -255,12 +268,7 @@ def _weight_range(wobs, name):
 
 def _load_weight(q, linear, w_scale, w_zp, w_range=(-128, 127)):
     w = linear.weight.detach().float()
-    q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8).cpu())
-    q.weight_scale.copy_(w_scale.cpu())
-    q.weight_zero_point.copy_(w_zp.cpu())
-    if linear.bias is not None:
-        q.bias.copy_(linear.bias.detach().float().cpu())
-    q._repack()
+    q._set_int8(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8), w_scale, w_zp, linear.bias)
 
 
 class DynamicLinear(Linear):

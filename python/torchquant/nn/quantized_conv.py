@@ -108,14 +108,8 @@ class _ConvNd(_Int8WeightModule):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.groups, bias is not None, conv.padding_mode, dtype=obs.dtype)
         w = weight.detach().float()
-        q.qweight.copy_(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8).cpu())
-        q.weight_scale.copy_(w_scale.cpu())
-        q.weight_zero_point.copy_(w_zp.cpu())
-        if bias is not None:
-            q.bias.copy_(bias.detach().float().cpu())
-        q.scale.copy_(scale)
-        q.zero_point.copy_(zero_point)
-        q._repack()
+        q._set_int8(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8), w_scale, w_zp, bias,
+                    scale, zero_point)
         return q.to(weight.device)
 
     def extra_repr(self):

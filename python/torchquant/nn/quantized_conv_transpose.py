@@ -146,14 +146,7 @@ class _ConvTransposeNd(_Int8WeightModule):
         q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.output_padding,
                 mod.groups, mod.bias is not None, mod.dilation, mod.padding_mode, dtype=obs.dtype)
         qc = ops.quantize(wc, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8)
-        q.qweight.copy_(_from_conv_layout(qc, g).cpu())
-        q.weight_scale.copy_(w_scale.cpu())
-        q.weight_zero_point.copy_(w_zp.cpu())
-        if mod.bias is not None:
-            q.bias.copy_(mod.bias.detach().float().cpu())
-        q.scale.copy_(scale)
-        q.zero_point.copy_(zero_point)
-        q._repack()
+        q._set_int8(_from_conv_layout(qc, g), w_scale, w_zp, mod.bias, scale, zero_point)
         return q.to(weight.device)
 
     def extra_repr(self):
