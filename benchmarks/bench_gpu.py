@@ -2,7 +2,8 @@
 
 Anchors: torch._int_mm (where its shape rules allow), a device-to-device copy (bandwidth),
 torch.fake_quantize_per_{tensor,channel}_affine, torch.aminmax and torch.ao's HistogramObserver
-(observers: 16M elements). Prints one table: time (us), TOPS or GB/s,
+(observers: 16M elements), bf16 F.linear (int4 weight-only), bf16 channels-last
+F.conv2d / ResNet-50 (int8 convolution). Prints one table: time (us), TOPS or GB/s,
 and the ratio to the anchor. Timing: triton.testing.do_bench when present, else CUDA events
 (median of repeated runs after warm-up).
 
@@ -136,6 +137,102 @@ def bench_small_m(ms, K=4096, N=4096):
         os.environ.pop("TORCHQUANT_CUDA_GEMM", None)
 
 
+def bench_int4(ms, K=4096, N=4096, gs=128):
+    """int4 weight-only Linear, bf16 activations: each kernel forced in turn against bf16
+    F.linear on the same shape; at M = 1 the weight-streaming rate (packed bytes + qparams per
+    call) against the device-to-device copy rate."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    G = (K + gs - 1) // gs
+    qw = torch.randint(0, 256, (N, (K + 1) // 2), device="cuda", generator=g, dtype=torch.uint8)
+    scale = torch.rand(N, G, device="cuda", generator=g) * 0.02 + 1e-3
+    zp = torch.randint(0, 16, (N, G), device="cuda", generator=g, dtype=torch.uint8)
+    packed = ops.int4_pack_weight(qw, scale, zp, K, gs)
+    wb = torch.randn(N, K, device="cuda", generator=g).bfloat16()
+    weight_bytes = sum(t.numel() * t.element_size() for t in packed)
+    src = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_rate = 2.0 * src.numel() / (bench_us(lambda: dst.copy_(src)) * 1e-6) / 1e9
+    print(f"  (device-to-device copy: {copy_rate:.0f} GB/s)")
+    del src, dst
+    for M in ms:
+        x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
+        anchor = bench_us(lambda: torch.nn.functional.linear(x, wb))
+        ops_ = 2.0 * M * N * K
+        for path in ("gemv", "tiled", "mma"):
+            if path == "gemv" and M > 8:
+                continue
+            os.environ["TORCHQUANT_CUDA_INT4"] = path
+            us = bench_us(lambda: ops.linear_int4(x, *packed, None, K, N, gs))
+            if M == 1:
+                row(f"linear_int4 bf16 {M}x{K}x{N} g{gs} path={path}", us, weight_bytes, "GB/s", anchor,
+                    "bf16 linear")
+            else:
+                row(f"linear_int4 bf16 {M}x{K}x{N} g{gs} path={path}", us, ops_, "TOPS", anchor, "bf16 linear")
+        os.environ.pop("TORCHQUANT_CUDA_INT4", None)
+        row(f"  (anchor bf16 F.linear {M}x{K}x{N})", anchor, ops_, "TOPS")
+
+
+# ResNet-50 at 224^2: (Cin, Cout, H=W, kernel, stride) of its main convolution shapes.
+RESNET50_CONVS = [(64, 64, 56, 1, 1), (64, 64, 56, 3, 1), (64, 256, 56, 1, 1), (256, 128, 56, 1, 1),
+                  (128, 128, 28, 3, 1), (512, 256, 28, 1, 1), (256, 256, 14, 3, 1), (1024, 512, 14, 1, 1),
+                  (512, 512, 7, 3, 1), (512, 2048, 7, 1, 1), (3, 64, 224, 7, 2)]
+
+
+def bench_conv(batch=64):
+    """int8 convolution (uint8 activations, uint8 out, ReLU), the direct and tensor-core kernels
+    against bf16 channels-last F.conv2d (cuDNN) on ResNet-50's shapes; then the whole ResNet-50
+    converted by torchquant against the bf16 channels-last model, when torchvision is there."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    for cin, cout, hw, k, st in RESNET50_CONVS:
+        x = torch.randint(0, 256, (batch, cin, hw, hw), device="cuda", generator=g, dtype=torch.uint8)
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randint(-127, 128, (cout, cin, k, k), device="cuda", generator=g, dtype=torch.int8)
+        wp, cs = ops.pack_conv_weight(w, 1)
+        xs = torch.full((1,), 0.02, device="cuda")
+        xz = torch.full((1,), 3, device="cuda", dtype=torch.int32)
+        ws = torch.full((cout,), 0.01, device="cuda")
+        os_ = torch.full((1,), 0.5, device="cuda")
+        oz = torch.full((1,), 0, device="cuda", dtype=torch.int32)
+        pad = k // 2
+        xb = x.bfloat16().contiguous(memory_format=torch.channels_last)
+        wb = w.bfloat16().contiguous(memory_format=torch.channels_last)
+        anchor = bench_us(lambda: torch.nn.functional.conv2d(xb, wb, None, st, pad))
+        oh = (hw + 2 * pad - k) // st + 1
+        ops_ = 2.0 * batch * oh * oh * cout * cin * k * k
+        name = f"conv {cin}->{cout} {k}x{k}/{st} @{hw} b{batch}"
+        for path in ("direct", "mma"):
+            os.environ["TORCHQUANT_CUDA_CONV"] = path
+            us = bench_us(lambda: ops.conv_int8(x, xs, xz, wp, cs, ws, None, [k, k], [st, st], [pad, pad], [1, 1],
+                                                1, os_, oz, True, torch.uint8))
+            row(f"{name} {path}", us, ops_, "TOPS", anchor, "bf16 cuDNN")
+        os.environ.pop("TORCHQUANT_CUDA_CONV", None)
+        row(f"  (anchor bf16 F.conv2d {name})", anchor, ops_, "TOPS")
+        del x, xb
+    try:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from torchvision_sqnr import build, quantize_with
+    except Exception as exc:  # torchvision missing
+        print(f"  (whole ResNet-50 skipped: {exc})")
+        return
+    import warnings
+    model = build("resnet50", 224).eval()
+    calib = [torch.rand(2, 3, 224, 224) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_with("torchquant", model, calib).cuda()
+    fb = model.cuda().bfloat16().to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, 224, 224, device="cuda")
+    xb = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        anchor = bench_us(lambda: fb(xb))
+        for path in ("direct", "mma"):
+            os.environ["TORCHQUANT_CUDA_CONV"] = path
+            row(f"resnet50 224^2 b{batch} int8 {path}", bench_us(lambda: q(x)), 2 * 4.1e9 * batch, "TOPS", anchor,
+                "bf16 cuDNN model")
+        os.environ.pop("TORCHQUANT_CUDA_CONV", None)
+    row(f"  (anchor resnet50 bf16 channels-last b{batch})", anchor, 2 * 4.1e9 * batch, "TOPS")
+
+
 def bench_elementwise(n):
     x = torch.randn(n, device="cuda")
     copy_us = bench_us(lambda: x.clone())
@@ -233,8 +330,10 @@ def main():
         shapes = [(1, 4096, 4096), (32, 4096, 4096), (4096, 4096, 4096)]
     bench_small_m([1, 4, 8, 16, 32, 64] if not args.quick else [1, 32])
     bench_gemm(shapes)
+    bench_int4([1, 8, 32, 128, 2048] if not args.quick else [1, 128])
     bench_elementwise(1 << 26 if not args.quick else 1 << 24)
     bench_observers(1 << 24)
+    bench_conv()  # last: its whole-model rows take the longest
     return 0
 
 

@@ -47,8 +47,8 @@ t3=$(date +%s)
 SAN_RC=skipped
 if command -v compute-sanitizer > /dev/null 2>&1; then
   SAN_RC=""
-  for spec in "memcheck:80:tests/test_cuda.py tests/test_conv.py tests/test_elementwise.py tests/test_embedding.py tests/test_rnn.py tests/test_int4.py" \
-              "racecheck:40:tests/test_cuda.py tests/test_cuda_observe.py" "initcheck:40:tests/test_cuda.py"; do
+  for spec in "memcheck:80:tests/test_cuda.py tests/test_conv.py tests/test_elementwise.py tests/test_embedding.py tests/test_rnn.py tests/test_int4.py tests/test_cuda_int4.py tests/test_cuda_conv_mma.py" \
+              "racecheck:40:tests/test_cuda.py tests/test_cuda_observe.py tests/test_cuda_conv_mma.py tests/test_cuda_int4.py" "initcheck:40:tests/test_cuda.py"; do
     tool=${spec%%:*}; rest=${spec#*:}; limit=${rest%%:*}; files=${rest#*:}
     PYTHONPATH=python timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
       $PY -m pytest -q -x -p no:cacheprovider -m cuda $files > "$LOG/sanitizer_$tool.log" 2>&1

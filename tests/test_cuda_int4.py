@@ -1,7 +1,7 @@
-"""CUDA int4 weight-only Linear: the GEMV (M <= 8) and tiled kernels within the float-rounding
-bound of dequantize-then-matmul (torchquant.int4.reference), on odd K, M = 1, empty batches and
-bfloat16 / float16 / float32 activations; the module moving between devices. All skip without
-a GPU."""
+"""CUDA int4 weight-only Linear: each kernel (GEMV for M <= 8, tiled, tensor-core; forced in turn
+through TORCHQUANT_CUDA_INT4) within the float-rounding bound of dequantize-then-matmul
+(torchquant.int4.reference), on odd K, M = 1, empty batches and bfloat16 / float16 / float32
+activations; the module moving between devices. All skip without a GPU."""
 import pytest
 import torch
 from torch import nn
@@ -21,11 +21,20 @@ def _rand_weight(N, K, gs, gen):
                                                                                           dtype=torch.uint8)
 
 
+@pytest.fixture(params=["auto", "gemv", "tiled", "mma"])
+def int4_path(request, monkeypatch):
+    """Runs the test once per CUDA int4 kernel (the op reads TORCHQUANT_CUDA_INT4 per call; a
+    kernel that does not apply to a case falls back to the tiled one)."""
+    monkeypatch.setenv("TORCHQUANT_CUDA_INT4", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("M,K,N,gs", [(1, 4096, 256, 128), (1, 130, 17, 128), (3, 67, 33, 32), (8, 257, 50, 64),
                                       (9, 257, 50, 64), (65, 200, 130, 16), (0, 64, 16, 32), (4, 64, 0, 32),
-                                      (1, 8, 1, 8)])
+                                      (1, 8, 1, 8), (17, 129, 65, 64), (100, 300, 70, 32), (130, 1024, 200, 128),
+                                      (64, 96, 64, 32)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_linear_int4_cuda_within_bound(M, K, N, gs, dtype):
+def test_linear_int4_cuda_within_bound(M, K, N, gs, dtype, int4_path):
     gen = torch.Generator().manual_seed(M * 131 + K + N)
     qw, scale, zp = _rand_weight(N, K, gs, gen)
     bias = torch.randn(N, generator=gen)
@@ -38,6 +47,31 @@ def test_linear_int4_cuda_within_bound(M, K, N, gs, dtype):
     if dtype != torch.float32:
         bound = bound + exact.abs() * 2.0 ** -7  # the output's own rounding
     assert ((got.cpu().double() - exact).abs() <= bound + 1e-6).all()
+
+
+def test_linear_int4_cuda_unaligned_input(int4_path):
+    """The tensor-core kernel's 16-byte activation loads apply only to aligned rows: an input
+    whose data starts off a 16-byte boundary takes the element-wise loads, within the same bound."""
+    gen = torch.Generator().manual_seed(7)
+    K, N, gs = 264, 48, 32
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    flat = torch.randn(40 * K + 1, generator=gen).to(torch.bfloat16).cuda()
+    xg = flat[1:].view(40, K)  # contiguous, but starting one element past a 16-byte boundary
+    x = xg.cpu()
+    packed = ops.int4_pack_weight(qw.cuda(), scale.cuda(), zp.cuda(), K, gs)
+    got = ops.linear_int4(xg, *packed, None, K, N, gs)
+    exact = ref.linear_int4_dequant(x.float(), qw, scale, zp, None, K, gs)
+    bound = ref.error_bound(x.float(), qw, scale, zp, K, gs, cpu=False) + exact.abs() * 2.0 ** -7
+    assert ((got.cpu().double() - exact).abs() <= bound + 1e-6).all()
+
+
+def test_linear_int4_cuda_path_env_checked(monkeypatch):
+    monkeypatch.setenv("TORCHQUANT_CUDA_INT4", "bogus")
+    gen = torch.Generator().manual_seed(0)
+    qw, scale, zp = _rand_weight(8, 32, 32, gen)
+    packed = ops.int4_pack_weight(qw.cuda(), scale.cuda(), zp.cuda(), 32, 32)
+    with pytest.raises(RuntimeError, match="TORCHQUANT_CUDA_INT4"):
+        ops.linear_int4(torch.randn(2, 32, device="cuda"), *packed, None, 32, 8, 32)
 
 
 def test_module_moves_between_devices():

@@ -12,6 +12,7 @@
 #include "common/conv_checks.h"
 #include "cuda/common.cuh"
 #include "cuda/args.h"
+#include "cuda/conv_mma.h"
 #include "cuda/gemm.cuh"
 
 namespace torchquant {
@@ -188,6 +189,18 @@ at::Tensor conv_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   const unsigned grid = grid_for(total);
   const void* px = xc.data_ptr();
   const int8_t* pw = w_packed.data_ptr<int8_t>();
+  if (!s.depthwise && conv_path() == ConvPath::Mma) {
+    ConvMmaArgs a;
+    a.g = s.g;
+    a.groups = groups;
+    a.Cg = s.Cg;
+    a.Ng = s.Ng;
+    a.Kg = s.Kg;
+    if (conv_mma_applies(a)) {
+      launch_conv_mma(px, u, pw, a, e, stream);
+      return out;
+    }
+  }
   if (s.depthwise) {
     if (u) {
       conv_dw_kernel<true><<<grid, kThreads, 0, stream>>>(px, pw, c, e, total);

@@ -11,7 +11,11 @@
 // Kernels: for M <= 8 a GEMV-style kernel, one warp per output channel streaming its row of
 // packed weights once (4 bytes = 8 weights per lane per step, coalesced) against all M rows;
 // for larger M a shared-memory tiled kernel (64 x 64 outputs per block) that dequantizes a
-// 32-wide K slice of the weight tile once and reuses it for 64 rows.
+// 32-wide K slice of the weight tile once and reuses it for 64 rows; and, for bfloat16 / float16
+// activations with group_size % 32 == 0 on sm_80 and later, a tensor-core kernel (int4_mma_kernel,
+// below). TORCHQUANT_CUDA_INT4=auto|gemv|tiled|mma (read per call) forces a kernel where it
+// applies (the others fall back to the tiled kernel); auto keeps the tiled kernel for M > 8 until
+// the tensor-core one has been measured on a GPU (docs/cuda.md).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -19,8 +23,12 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "common/checks.h"
 #include "cuda/common.cuh"
+#include "cuda/gemm.cuh"
 #include "ops.h"
 
 namespace torchquant {
@@ -138,7 +146,203 @@ __global__ void int4_tiled_kernel(const T* __restrict__ x, int64_t ldx, const ui
   }
 }
 
+// ------------------------------------------------------------------ tensor-core kernel
+// mma.sync m16n8k16 with bfloat16 / float16 inputs and float32 accumulation (sm_80 and later).
+// The weights enter the MMA as (q - z), an integer in [-15, 15] that both 16-bit formats hold
+// exactly, and the activations as given, so every product is exact; the group's partial sums
+// (one 32-wide K slice lies in one group: group_size % 32 == 0) are scaled once per group,
+// total = fma(partial, s, total). Dequantization happens once per weight per block, when the
+// slice is written to shared memory.
+//
+// Block: 64 activation rows x 64 output channels, 4 warps in a 2 x 2 grid, each 32 x 32 outputs
+// (2 m16 x 4 n8 MMA tiles). Fragment layouts (PTX ISA, m16n8k16, 16-bit inputs), with
+// g = lane / 4 and t = lane % 4: A a0 = (row g, k 2t..2t+1), a1 = (row g+8, same k), a2 = (row g,
+// k 2t+8..2t+9), a3 = (row g+8, k 2t+8..); B b0 = (k 2t..2t+1, col g), b1 = (k 2t+8..2t+9, col g);
+// C c0, c1 = (row g, col 2t, 2t+1), c2, c3 = (row g+8, col 2t, 2t+1). Shared rows are padded by 8
+// elements (80 bytes) so that the eight rows a fragment load touches fall in distinct banks.
+constexpr int kMM = 64, kMN = 64, kMK = 32, kMPad = kMK + 8;
+
+template <class T>
+struct MmaType;
+template <>
+struct MmaType<at::BFloat16> {
+  __device__ static __forceinline__ uint16_t from_int(int v) {
+    const __nv_bfloat16 h = __float2bfloat16_rn(static_cast<float>(v));
+    return *reinterpret_cast<const uint16_t*>(&h);
+  }
+  __device__ static __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // the host picks this kernel only on compute capability 8.0 and later
+#endif
+  }
+};
+template <>
+struct MmaType<at::Half> {
+  __device__ static __forceinline__ uint16_t from_int(int v) {
+    const __half h = __int2half_rn(v);
+    return *reinterpret_cast<const uint16_t*>(&h);
+  }
+  __device__ static __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+  }
+};
+
+__device__ __forceinline__ uint32_t lds32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// kVec: x's rows start 16-byte aligned and K % 8 == 0, so 8 activations load as one 16-byte unit.
+template <class T, bool kVec>
+__global__ void __launch_bounds__(128)
+    int4_mma_kernel(const T* __restrict__ x, int64_t ldx, const uint8_t* __restrict__ w,
+                    const int32_t* __restrict__ zp, const float* __restrict__ scale,
+                    const float* __restrict__ bias, float* __restrict__ out, int64_t M, int64_t N, int64_t K,
+                    int64_t Kp, int64_t G, int64_t gs) {
+  __shared__ __align__(16) uint16_t xs[kMM][kMPad];
+  __shared__ __align__(16) uint16_t ws[kMN][kMPad];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kMM, n0 = static_cast<int64_t>(blockIdx.x) * kMN;
+  const uint16_t* xr = reinterpret_cast<const uint16_t*>(x);
+  float part[2][4][4], total[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) part[i][j][c] = total[i][j][c] = 0.0f;
+
+  for (int64_t k0 = 0; k0 < K; k0 += kMK) {
+    // Activations: 64 rows x 32 k, zeros outside [0, M) x [0, K).
+    if (kVec) {
+      for (int e = tid; e < kMM * (kMK / 8); e += blockDim.x) {
+        const int mm = e / (kMK / 8), kk = (e % (kMK / 8)) * 8;
+        const int64_t m = m0 + mm, k = k0 + kk;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (m < M && k < K) v = *reinterpret_cast<const uint4*>(xr + m * ldx + k);
+        *reinterpret_cast<uint4*>(&xs[mm][kk]) = v;
+      }
+    } else {
+      for (int e = tid; e < kMM * kMK; e += blockDim.x) {
+        const int mm = e / kMK, kk = e % kMK;
+        const int64_t m = m0 + mm, k = k0 + kk;
+        xs[mm][kk] = (m < M && k < K) ? xr[m * ldx + k] : static_cast<uint16_t>(0);
+      }
+    }
+    // Weights: 64 channels x 32 k = 16 packed bytes per channel (16-byte aligned: Kp % 32 == 0),
+    // written as (q - z); channels outside [0, N) as 0. Values past K are padding q = z: 0.
+    const int64_t grp = k0 / gs;
+    if (tid < kMN) {
+      const int64_t n = n0 + tid;
+      if (n < N) {
+        const uint4 p = __ldg(reinterpret_cast<const uint4*>(w + n * (Kp / 2) + k0 / 2));
+        const int z = __ldg(zp + n * G + grp);
+        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+            ws[tid][b * 8 + j] = MmaType<T>::from_int(static_cast<int>((words[b] >> (4 * j)) & 0xF) - z);
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < kMK; ++kk) ws[tid][kk] = 0;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kMK; kk += 16) {
+      uint32_t a[2][4], b[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = wm + i * 16 + g;
+        a[i][0] = lds32(&xs[r][kk + 2 * t]);
+        a[i][1] = lds32(&xs[r + 8][kk + 2 * t]);
+        a[i][2] = lds32(&xs[r][kk + 2 * t + 8]);
+        a[i][3] = lds32(&xs[r + 8][kk + 2 * t + 8]);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int c = wn + j * 8 + g;
+        b[j][0] = lds32(&ws[c][kk + 2 * t]);
+        b[j][1] = lds32(&ws[c][kk + 2 * t + 8]);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) MmaType<T>::mma(part[i][j], a[i], b[j][0], b[j][1]);
+    }
+    __syncthreads();  // the next slice overwrites xs / ws
+    if ((k0 + kMK) % gs == 0 || k0 + kMK >= K) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t n = n0 + wn + j * 8 + 2 * t;
+        const float s0 = n < N ? __ldg(scale + n * G + grp) : 0.0f;
+        const float s1 = n + 1 < N ? __ldg(scale + (n + 1) * G + grp) : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          total[i][j][0] = __fmaf_rn(part[i][j][0], s0, total[i][j][0]);
+          total[i][j][1] = __fmaf_rn(part[i][j][1], s1, total[i][j][1]);
+          total[i][j][2] = __fmaf_rn(part[i][j][2], s0, total[i][j][2]);
+          total[i][j][3] = __fmaf_rn(part[i][j][3], s1, total[i][j][3]);
+#pragma unroll
+          for (int c = 0; c < 4; ++c) part[i][j][c] = 0.0f;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t m = m0 + wm + i * 16 + g + (c >= 2 ? 8 : 0);
+        const int64_t n = n0 + wn + j * 8 + 2 * t + (c & 1);
+        if (m < M && n < N) out[m * N + n] = bias != nullptr ? total[i][j][c] + bias[n] : total[i][j][c];
+      }
+    }
+  }
+}
+
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+enum class Int4Path { Auto, Gemv, Tiled, Mma };
+
+Int4Path forced_int4_path() {
+  const char* v = std::getenv("TORCHQUANT_CUDA_INT4");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Int4Path::Auto;
+  if (std::strcmp(v, "gemv") == 0) return Int4Path::Gemv;
+  if (std::strcmp(v, "tiled") == 0) return Int4Path::Tiled;
+  if (std::strcmp(v, "mma") == 0) return Int4Path::Mma;
+  TORCH_CHECK(false, "environment variable TORCHQUANT_CUDA_INT4 must be auto, gemv, tiled or mma, got '", v, "'");
+  return Int4Path::Auto;
+}
+
+// The kernel for M rows of `dtype` activations: the GEMV for M <= kMaxGemvRows (auto, or forced
+// gemv); the tensor-core kernel when forced and it applies (16-bit activations, group_size a
+// multiple of 32, sm_80+); the tiled kernel otherwise.
+Int4Path int4_path_for(int64_t M, at::ScalarType dtype, int64_t group_size) {
+  const Int4Path forced = forced_int4_path();
+  if (forced == Int4Path::Tiled) return Int4Path::Tiled;
+  if (forced == Int4Path::Mma) {
+    const bool ok = (dtype == at::kBFloat16 || dtype == at::kHalf) && group_size % kMK == 0 && mma_supported();
+    return ok ? Int4Path::Mma : Int4Path::Tiled;
+  }
+  return M <= kMaxGemvRows ? Int4Path::Gemv : Int4Path::Tiled;
+}
 
 }  // namespace
 
@@ -214,9 +418,23 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
   }
   auto stream = c10::cuda::getCurrentCUDAStream();
   const float* pb = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  const Int4Path path = int4_path_for(M, xc.scalar_type(), group_size);
+  if (path == Int4Path::Mma) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, kMN)), static_cast<unsigned>(ceil_div(M, kMM)));
+    const bool vec = K % 8 == 0 && aligned16(xc.const_data_ptr());
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(xc.scalar_type(), "linear_int4_cuda_mma", [&] {
+      const scalar_t* px = xc.const_data_ptr<scalar_t>();
+      auto kernel = vec ? int4_mma_kernel<scalar_t, true> : int4_mma_kernel<scalar_t, false>;
+      kernel<<<grid, 128, 0, stream>>>(px, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
+                                       w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>(), M, N, K, Kp, G,
+                                       group_size);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return out.to(odt);
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "linear_int4_cuda", [&] {
     const scalar_t* px = xc.const_data_ptr<scalar_t>();
-    if (M <= kMaxGemvRows) {
+    if (path == Int4Path::Gemv) {
       constexpr int warps = 8;
       const unsigned grid = static_cast<unsigned>(ceil_div(N, warps));
       int4_gemv_kernel<scalar_t, kMaxGemvRows><<<grid, warps * 32, 0, stream>>>(
