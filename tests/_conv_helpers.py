@@ -4,6 +4,7 @@ tests (tests/test_conv.py, tests/test_conv_transpose.py).
 The checks take the test file's `make(case, batch, xdtype, seed, device=..., saturate=...)` and
 `run(case, x, xs, xz, w, ws, bias, out_dtype, relu, out_scale=None, out_zp=None)`, which know the
 op and the layout of its case tuples and weights."""
+import pytest
 import torch
 
 
@@ -122,3 +123,35 @@ def check_low_float_out(make, run, case):
         got, want = run(case, x, xs, xz, w, ws, bias, dt, True)
         assert got.dtype == dt
         assert torch.equal(got, want)
+
+
+def check_shared_bad_input(pack, call, args, fn):
+    """The argument errors that conv_int8 and conv_transpose_int8 (and their packing ops) word
+    alike. args(**kw) gives the arguments of a valid call (x [1, 4, 6, 6], a 3x3 kernel, 6
+    output channels) with kw replaced, call(a) runs the op, fn names torch's function ("conv")."""
+    with pytest.raises(RuntimeError, match="argument 'w' must be a 3-D, 4-D or 5-D"):
+        pack(torch.zeros(4, 2, dtype=torch.int8), 1)
+    with pytest.raises(RuntimeError, match="argument 'w' must be an int8"):
+        pack(torch.zeros(4, 2, 3, 3), 1)
+    with pytest.raises(RuntimeError, match=f"Expected 3D \\(batched\\) input to {fn}1d"):
+        call(args(k=(3,)))  # a 4-D x with a 1-d kernel
+    with pytest.raises(RuntimeError, match="argument 'groups' \\(3\\) must divide the input channels of 'x' \\(4\\)"):
+        a = args()
+        a["groups"] = 3
+        call(a)
+    with pytest.raises(RuntimeError, match="argument 'stride' must hold values >= 1"):
+        call(args(stride=[0]))
+    with pytest.raises(RuntimeError, match="argument 'padding' must have 1 or 2 elements"):
+        call(args(padding=[1, 1, 1]))
+    with pytest.raises(RuntimeError, match="argument 'x_zero_point' must lie in \\[0, 255\\], got 300"):
+        call(args(x_zero_point=torch.tensor([300])))
+    with pytest.raises(RuntimeError, match="argument 'x_scale' must be > 0 and finite"):
+        call(args(x_scale=torch.tensor([0.0])))
+    with pytest.raises(RuntimeError, match="argument 'w_scale' must have 6 elements"):
+        call(args(w_scale=torch.ones(5)))
+    with pytest.raises(RuntimeError, match="argument 'out_scale' is required"):
+        call(args(out_dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="argument 'x' must be an int8 or uint8 tensor"):
+        call(args(x=torch.zeros(1, 4, 6, 6)))
+    with pytest.raises(RuntimeError, match="argument 'kernel_size' must have 1, 2 or 3 elements"):
+        call(args(kernel_size=[3, 3, 3, 3]))
