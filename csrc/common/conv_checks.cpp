@@ -37,6 +37,14 @@ std::vector<int64_t> conv_list_arg(at::IntArrayRef v, int nsp, const char* name,
   return out;
 }
 
+void check_w_packed(const at::Tensor& x, const at::Tensor& w_packed, const char* packer) {
+  TORCH_CHECK(w_packed.defined(), "argument 'w_packed' must be a tensor, got None");
+  check_same_device(x, "x", w_packed, "w_packed");
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.is_contiguous(),
+              "argument 'w_packed' must be a contiguous int8 tensor from ", packer, ", got dtype ",
+              w_packed.scalar_type());
+}
+
 at::Tensor conv_like_empty_output(int nsp, int64_t N, const int64_t* out, int64_t Cout,
                                   const at::TensorOptions& options, bool cpu_output) {
   std::vector<int64_t> sizes{N};

@@ -68,6 +68,10 @@ int conv_like_input_checks(const at::Tensor& x, const at::Tensor& w_col_sums,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            const ConvLikeNames& names, ConvGeometry& g);
 
+// w_packed: a contiguous int8 tensor on x's device; `packer` names the op that makes it. Its
+// shape is the backend's to check.
+void check_w_packed(const at::Tensor& x, const at::Tensor& w_packed, const char* packer);
+
 // The empty channels-last output of an nsp-d convolution-like op: sizes [N, Cout, *out] where
 // out[3 - nsp ..] are the spatial sizes (ConvGeometry's 3-d convention).
 at::Tensor conv_like_empty_output(int nsp, int64_t N, const int64_t* out, int64_t Cout,
