@@ -14,7 +14,6 @@ rounds (bench_linear.interleaved_us). All take and give their natural activation
   fp32          F.conv_transpose2d, float32 (oneDNN)
 Ratios are anchor_time / torchquant_time (> 1: torchquant is faster).
 """
-import argparse
 import os
 import sys
 import warnings
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_linear import interleaved_us  # noqa: E402
-from common import header  # noqa: E402
+from common import run_layers  # noqa: E402
 
 import torchquant  # noqa: E402,F401
 
@@ -80,22 +79,8 @@ def bench_shape(label, cin, cout, hw, k, s, p, batch, rounds, target_ms):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--target-ms", type=float, default=40)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--only", default=None, help="substring of the shape labels to run")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    print(header(f"int8 ConvTranspose2d per layer, batch {a.batch}, uint8 in / uint8 out"))
-    print(f"{'layer':<26} {'torchquant us':>13} {'torch.ao us':>11} {'fp32 us':>9} {'vs ao':>7} {'vs fp32':>8}")
-    for shape in SHAPES:
-        if a.only and a.only not in shape[0]:
-            continue
-        t = bench_shape(*shape, a.batch, a.rounds, a.target_ms)
-        print(f"{shape[0]:<26} {t['tq']:13.1f} {t['ao']:11.1f} {t['fp32']:9.1f} {t['ao'] / t['tq']:6.2f}x "
-              f"{t['fp32'] / t['tq']:7.2f}x", flush=True)
+    run_layers("int8 ConvTranspose2d per layer, batch {batch}, uint8 in / uint8 out", SHAPES,
+               lambda shape, *run: bench_shape(*shape, *run), 26)
 
 
 if __name__ == "__main__":

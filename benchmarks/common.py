@@ -1,6 +1,7 @@
 """Timing helpers shared by the benchmarks: median of repeated runs after a warm-up, interleaved
 percentile timing of several implementations, and the machine description printed with every
-table."""
+table; the command line and table of the per-layer benchmarks."""
+import argparse
 import os
 import platform
 import statistics
@@ -77,3 +78,27 @@ def interleaved_us(fns, rounds, target_ms):
                 times[n].append(time.perf_counter() - t0)
                 calls += 1
     return {n: sorted(ts)[len(ts) // 10] * 1e6 for n, ts in times.items()}
+
+
+def run_layers(title, shapes, bench, label_width):
+    """The main of a per-layer benchmark (bench_conv.py, bench_conv_transpose.py). Options
+    --threads, --rounds, --target-ms, --batch, --only (a substring of the shape labels). Prints
+    the header (title.format(batch=...)) and one row per shape: bench(shape, batch, rounds,
+    target_ms) gives {"tq", "ao", "fp32"} in microseconds; shape[0] is its label."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--target-ms", type=float, default=40)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--only", default=None, help="substring of the shape labels to run")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(header(title.format(batch=a.batch)))
+    print(f"{'layer':<{label_width}} {'torchquant us':>13} {'torch.ao us':>11} {'fp32 us':>9} {'vs ao':>7} "
+          f"{'vs fp32':>8}")
+    for shape in shapes:
+        if a.only and a.only not in shape[0]:
+            continue
+        t = bench(shape, a.batch, a.rounds, a.target_ms)
+        print(f"{shape[0]:<{label_width}} {t['tq']:13.1f} {t['ao']:11.1f} {t['fp32']:9.1f} {t['ao'] / t['tq']:6.2f}x "
+              f"{t['fp32'] / t['tq']:7.2f}x", flush=True)

@@ -10,6 +10,10 @@ import torch.nn.functional as F
 import torchquant
 from torchquant import reference
 
+from _conv_helpers import (assert_same, check_device_matches_reference, check_low_float_out, check_matches_reference,
+                           check_noncontiguous_and_layouts, check_saturation_and_ties, check_shared_bad_input, make_data,
+                           out_qparams)
+
 ops = torch.ops.torchquant
 
 # (spatial input sizes, Cin, Cout, kernel, stride, padding, output_padding, dilation, groups)
@@ -38,19 +42,7 @@ def _ids(case):
 
 def _make(case, batch, xdtype, seed, device="cpu", saturate=False):
     sp, cin, cout, k, s, p, op, d, g = case
-    gen = torch.Generator().manual_seed(seed)
-    lo, hi = (0, 256) if xdtype == torch.uint8 else (-128, 128)
-    x = torch.randint(lo, hi, (batch, cin, *sp), generator=gen).to(xdtype)
-    w = torch.randint(-128, 128, (cin, cout // g, *k), generator=gen).to(torch.int8)
-    if saturate:
-        x = torch.full_like(x, hi - 1 if xdtype == torch.uint8 else -128)
-        w = torch.full_like(w, -128)
-    zp = int(torch.randint(lo, hi, (1,), generator=gen))
-    x_scale = torch.tensor([0.02 + 0.01 * torch.rand(1, generator=gen).item()])
-    w_scale = (torch.rand(cout, generator=gen) * 0.01 + 0.001).float()
-    bias = torch.randn(cout, generator=gen)
-    to = lambda t: t.to(device)  # noqa: E731
-    return to(x), to(x_scale), to(torch.tensor([zp], dtype=torch.int32)), to(w), to(w_scale), to(bias)
+    return make_data(sp, cin, cout, (cin, cout // g, *k), batch, xdtype, seed, device, saturate)
 
 
 def _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, out_scale=None, out_zp=None):
@@ -64,72 +56,23 @@ def _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, out_scale=None, out_zp=N
     return got, want
 
 
-def _assert_same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert got.dtype == want.dtype
-    got = got.cpu()
-    if got.dtype == torch.float32:
-        assert torch.equal(got.contiguous().view(torch.int32), want.contiguous().view(torch.int32)), \
-            (got - want).abs().max()
-    else:
-        assert torch.equal(got, want), (got.int() - want.int()).abs().max()
-
-
-def _out_qparams(out_dtype, device, scale=0.05):
-    if out_dtype in (torch.int8, torch.uint8):
-        zp = 3 if out_dtype == torch.int8 else 100
-        return torch.tensor([scale], device=device), torch.tensor([zp], dtype=torch.int32, device=device)
-    return None, None
-
-
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 @pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
 @pytest.mark.parametrize("out_dtype,relu", [(torch.float32, False), (torch.uint8, True), (torch.int8, False)])
 def test_conv_transpose_matches_reference(isa, case, xdtype, out_dtype, relu):
-    for batch in (1, 2):
-        x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=batch + 7 * CASES.index(case))
-        os_, oz = _out_qparams(out_dtype, "cpu")
-        got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, os_, oz)
-        _assert_same(got, want)
+    check_matches_reference(_make, _run, case, xdtype, out_dtype, relu, CASES.index(case))
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_conv_transpose_cuda_matches_reference(device, case):
-    for xdtype in (torch.uint8, torch.int8):
-        for out_dtype, relu in ((torch.float32, True), (torch.uint8, False), (torch.int8, True)):
-            x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=3, device=device)
-            os_, oz = _out_qparams(out_dtype, device)
-            got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, os_, oz)
-            assert got.device.type == device
-            _assert_same(got, want)
+    check_device_matches_reference(_make, _run, case, device)
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[9]], ids=_ids)
 def test_conv_transpose_saturation_and_ties(isa, device, case):
-    """Largest products (no int32 wrap), saturating requantization, and exact .5 ties (integer
-    results halved by out_scale = 2: round half to even)."""
-    for xdtype in (torch.uint8, torch.int8):
-        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=5, device=device, saturate=True)
-        xz.fill_(0 if xdtype == torch.uint8 else 127)
-        for out_dtype in (torch.int8, torch.uint8, torch.float32):
-            os_, oz = _out_qparams(out_dtype, device, scale=1e-3)
-            got, want = _run(case, x, xs, xz, w, ws, None, out_dtype, False, os_, oz)
-            _assert_same(got, want)
-        x, xs, xz, w, ws, bias = _make(case, 2, xdtype, seed=6, device=device)
-        xs.fill_(1.0)
-        ws = torch.ones_like(ws)
-        w = torch.randint(-2, 3, w.shape, generator=torch.Generator().manual_seed(1)).to(torch.int8).to(device)
-        x = (x.int().clamp(-3, 3) if xdtype == torch.int8 else x.int().clamp(0, 6)).to(xdtype)
-        xz.fill_(0 if xdtype == torch.int8 else 3)
-        os_ = torch.tensor([2.0], device=device)
-        for out_dtype in (torch.int8, torch.uint8):
-            oz = torch.tensor([0 if out_dtype == torch.int8 else 128], dtype=torch.int32, device=device)
-            got, want = _run(case, x, xs, xz, w, ws, None, out_dtype, False, os_, oz)
-            _assert_same(got, want)
-            sp, cin, cout, k, s, p, op, d, g = case
-            corr = reference.conv_transpose_int8(x.cpu(), xs.cpu(), xz.cpu(), w.cpu(), ws.cpu(), None, list(s),
-                                                 list(p), list(op), list(d), g)
-            assert ((corr.abs() % 2) == 1).any(), "the test data must hold ties"
+    sp, cin, cout, k, s, p, op, d, g = case
+    check_saturation_and_ties(_make, _run, lambda x, xs, xz, w, ws: reference.conv_transpose_int8(
+        x, xs, xz, w, ws, None, list(s), list(p), list(op), list(d), g), case, device)
 
 
 def test_conv_transpose_batch0_and_empty(isa, device):
@@ -151,33 +94,11 @@ def test_conv_transpose_batch0_and_empty(isa, device):
 
 
 def test_conv_transpose_noncontiguous_and_layouts(isa, device):
-    """Any input layout gives the same bits; the output is channels-last; the input is not
-    modified."""
-    case = CASES[6]
-    x, xs, xz, w, ws, bias = _make(case, 2, torch.int8, seed=2, device=device)
-    big = torch.randint(-128, 128, (2, 12, 12, 14), dtype=torch.int8, device=device)
-    views = [big[:, :, ::2, ::2], x.contiguous(memory_format=torch.channels_last),
-             x.transpose(2, 3).contiguous().transpose(2, 3)]
-    for v in views:
-        before = v.clone()
-        got, want = _run(case, v, xs, xz, w, ws, bias, torch.uint8, True, *_out_qparams(torch.uint8, device))
-        _assert_same(got, want)
-        assert torch.equal(v, before)
-        assert got.is_contiguous(memory_format=torch.channels_last)
-    case3 = CASES[9]
-    x, xs, xz, w, ws, bias = _make(case3, 2, torch.uint8, seed=2, device=device)
-    got, want = _run(case3, x, xs, xz, w, ws, bias, torch.float32, False)
-    _assert_same(got, want)
-    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    check_noncontiguous_and_layouts(_make, _run, CASES[6], (2, 12, 12, 14), CASES[9], device)
 
 
 def test_conv_transpose_low_float_out(isa):
-    case = CASES[3]
-    x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=4)
-    for dt in (torch.bfloat16, torch.float16):
-        got, want = _run(case, x, xs, xz, w, ws, bias, dt, True)
-        assert got.dtype == dt
-        assert torch.equal(got, want)
+    check_low_float_out(_make, _run, CASES[3])
 
 
 @pytest.mark.parametrize("case", [
@@ -196,10 +117,10 @@ def test_conv_transpose_large_layer_tiles(isa, case):
     threads, at batch 1 (bands split for the threads) and 2."""
     for batch in (1, 2):
         x, xs, xz, w, ws, bias = _make(case, batch, torch.uint8, seed=9)
-        got, want = _run(case, x, xs, xz, w, ws, bias, torch.uint8, True, *_out_qparams(torch.uint8, "cpu"))
-        _assert_same(got, want)
+        got, want = _run(case, x, xs, xz, w, ws, bias, torch.uint8, True, *out_qparams(torch.uint8, "cpu"))
+        assert_same(got, want)
         got, want = _run(case, x, xs, xz, w, ws, bias, torch.float32, False)
-        _assert_same(got, want)
+        assert_same(got, want)
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7]], ids=_ids)
@@ -211,11 +132,11 @@ def test_conv_transpose_nonfinite_bias(isa, device, case):
     bias[-1] = float("-inf")
     for out_dtype in (torch.uint8, torch.int8, torch.float32):
         for relu in (False, True):
-            got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, *_out_qparams(out_dtype, device))
+            got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, *out_qparams(out_dtype, device))
             if out_dtype == torch.float32:
                 assert torch.equal(got.isnan().cpu(), want.isnan())
                 got, want = torch.nan_to_num(got.cpu()), torch.nan_to_num(want)
-            _assert_same(got, want)
+            assert_same(got, want)
 
 
 def test_reference_matches_float_conv_transpose():
@@ -292,43 +213,18 @@ def _call(a):
 
 
 def test_conv_transpose_bad_input():
+    check_shared_bad_input(ops.pack_conv_transpose_weight, _call, _args, "conv_transpose")
     with pytest.raises(RuntimeError, match="argument 'groups' \\(3\\) must divide the input channels of 'w' \\(4"):
         ops.pack_conv_transpose_weight(torch.zeros(4, 2, 3, 3, dtype=torch.int8), 3)
-    with pytest.raises(RuntimeError, match="argument 'w' must be a 3-D, 4-D or 5-D"):
-        ops.pack_conv_transpose_weight(torch.zeros(4, 2, dtype=torch.int8), 1)
-    with pytest.raises(RuntimeError, match="argument 'w' must be an int8"):
-        ops.pack_conv_transpose_weight(torch.zeros(4, 2, 3, 3), 1)
-    with pytest.raises(RuntimeError, match="Expected 3D \\(batched\\) input to conv_transpose1d"):
-        _call(_args(k=(3,)))  # a 4-D x with a 1-d kernel
-    with pytest.raises(RuntimeError, match="argument 'groups' \\(3\\) must divide the input channels of 'x' \\(4\\)"):
-        a = _args()
-        a["groups"] = 3
-        _call(a)
     with pytest.raises(RuntimeError, match="argument 'w_packed' must be"):
         _call(_args(x=torch.randint(0, 256, (1, 8, 6, 6), dtype=torch.uint8)))  # weight packed for Cin = 4
     with pytest.raises(RuntimeError, match="argument 'output_padding' must be smaller than either stride or dilation"):
         _call(_args(output_padding=[2]))
     with pytest.raises(RuntimeError, match="argument 'output_padding' must be smaller than either stride or dilation"):
         _call(_args(stride=[1], output_padding=[1]))
-    with pytest.raises(RuntimeError, match="argument 'stride' must hold values >= 1"):
-        _call(_args(stride=[0]))
-    with pytest.raises(RuntimeError, match="argument 'padding' must have 1 or 2 elements"):
-        _call(_args(padding=[1, 1, 1]))
     with pytest.raises(RuntimeError, match="padding is too large"):
         _call(_args(x=torch.randint(0, 256, (1, 4, 1, 1), dtype=torch.uint8), stride=[1], padding=[2]))
     with pytest.raises(RuntimeError, match="non-zero spatial sizes"):
         _call(_args(x=torch.randint(0, 256, (1, 4, 0, 3), dtype=torch.uint8)))
-    with pytest.raises(RuntimeError, match="argument 'x_zero_point' must lie in \\[0, 255\\], got 300"):
-        _call(_args(x_zero_point=torch.tensor([300])))
-    with pytest.raises(RuntimeError, match="argument 'x_scale' must be > 0 and finite"):
-        _call(_args(x_scale=torch.tensor([0.0])))
-    with pytest.raises(RuntimeError, match="argument 'w_scale' must have 6 elements"):
-        _call(_args(w_scale=torch.ones(5)))
     with pytest.raises(RuntimeError, match="argument 'w_col_sums' must have groups \\* taps"):
         _call(_args(w_col_sums=torch.zeros(7, dtype=torch.int32)))
-    with pytest.raises(RuntimeError, match="argument 'out_scale' is required"):
-        _call(_args(out_dtype=torch.int8))
-    with pytest.raises(RuntimeError, match="argument 'x' must be an int8 or uint8 tensor"):
-        _call(_args(x=torch.zeros(1, 4, 6, 6)))
-    with pytest.raises(RuntimeError, match="argument 'kernel_size' must have 1, 2 or 3 elements"):
-        _call(_args(kernel_size=[3, 3, 3, 3]))

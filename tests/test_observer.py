@@ -243,11 +243,11 @@ def test_histogram_rebin_counts_of_every_magnitude(up):
             assert torch.equal(ops.histogram_rebin(*args), reference.histogram_rebin(*args)), (bins, nlo, nhi)
 
 
-def test_op_argument_errors():
-    mn, mx, cnt = _fresh()
-    x = torch.randn(10)
+def test_op_argument_errors(device):
+    mn, mx, cnt = (t.to(device) for t in _fresh())
+    x = torch.randn(10, device=device)
     with pytest.raises(RuntimeError, match="argument 'x' must be a floating-point"):
-        ops.aminmax(torch.arange(3), None)
+        ops.aminmax(torch.arange(3, device=device), None)
     with pytest.raises(RuntimeError, match="argument 'axis' must lie in"):
         ops.aminmax(x, 3)
     with pytest.raises(RuntimeError, match="argument 'running_min' must have 10"):
@@ -258,10 +258,15 @@ def test_op_argument_errors():
         ops.observe_minmax_(mn, mx, cnt.float(), x, None, None)
     with pytest.raises(RuntimeError, match="argument 'averaging_constant' must lie in"):
         ops.observe_minmax_(mn, mx, cnt, x, None, 1.5)
+    if device != "cpu":
+        with pytest.raises(RuntimeError, match="running_min"):
+            ops.observe_minmax_(mn.cpu(), mx, cnt, x, None, None)
     with pytest.raises(RuntimeError, match="argument 'hist' must be a contiguous 1-D float32"):
-        ops.histogram_(torch.zeros(2, 2), mn, mx, cnt, x)
+        ops.histogram_(torch.zeros(2, 2, device=device), mn, mx, cnt, x)
     with pytest.raises(RuntimeError, match="argument 'upsample_rate' must be >= 1"):
-        ops.histogram_(torch.zeros(8), mn, mx, cnt, x, 0)
+        ops.histogram_(torch.zeros(8, device=device), mn, mx, cnt, x, 0)
+    with pytest.raises(RuntimeError, match="argument 'upsample_rate' must be >= 1"):
+        ops.histogram_rebin(torch.zeros(8, device=device), mn, mx, mn, mx, 0)
 
 
 _GENERIC = torch._C.DispatchKeySet("CompositeExplicitAutograd")

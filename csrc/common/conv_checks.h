@@ -39,13 +39,38 @@ at::Tensor conv_empty_output(const ConvSetup& s, const at::TensorOptions& option
 
 // Shared with the transposed convolution's checks (conv_transpose_checks.cpp).
 
+// How the messages name a convolution-like op.
+struct ConvLikeNames {
+  const char* fn;         // torch's function, before "1d": "conv"
+  const char* variants;   // its 1-d / 2-d / 3-d functions: "conv1d, conv2d, conv3d"
+  const char* op;         // the operation: "convolution"
+  const char* packer;     // the op packing the weight: "pack_conv_weight"
+  const char* weight;     // the weight's layout: "conv weight [Cout, Cin / groups, *kernel_size]"
+};
+
 // A list argument of nsp values; one value is repeated (as torch's conv functions allow). Each
 // must be >= min. `op` names the operation in the message ("convolution").
 std::vector<int64_t> conv_list_arg(at::IntArrayRef v, int nsp, const char* name, int64_t min,
                                    const char* op);
 
-// w_col_sums: a contiguous 1-D int32 tensor on x's device; `packer` names the op that makes it.
-void check_w_col_sums(const at::Tensor& x, const at::Tensor& w_col_sums, const char* packer);
+// The checks of a packing op's weight: int8, 3-5 dimensions, groups >= 1. Sets g.k from the
+// weight's kernel sizes; returns the number of spatial dimensions.
+int conv_like_weight_checks(const at::Tensor& w, int64_t groups, const ConvLikeNames& names,
+                            ConvGeometry& g);
+
+// The checks of an op's x, geometry lists, groups and w_col_sums, in this order: x int8 / uint8
+// [N, C, *spatial] with one spatial dimension per kernel_size element (1 to 3), kernel_size /
+// stride / padding / dilation lists of as many values, groups >= 1, w_col_sums a contiguous 1-D
+// int32 tensor on x's device, groups dividing C. Sets g's N, C, in, k, stride, pad and dil;
+// returns the number of spatial dimensions.
+int conv_like_input_checks(const at::Tensor& x, const at::Tensor& w_col_sums,
+                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                           const ConvLikeNames& names, ConvGeometry& g);
+
+// w_packed: a contiguous int8 tensor on x's device; `packer` names the op that makes it. Its
+// shape is the backend's to check.
+void check_w_packed(const at::Tensor& x, const at::Tensor& w_packed, const char* packer);
 
 // The empty channels-last output of an nsp-d convolution-like op: sizes [N, Cout, *out] where
 // out[3 - nsp ..] are the spatial sizes (ConvGeometry's 3-d convention).

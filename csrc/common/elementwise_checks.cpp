@@ -62,4 +62,58 @@ at::ScalarType ew_out_dtype(std::optional<at::ScalarType> out_dtype, at::ScalarT
   return odt;
 }
 
+EwBinaryArgs ew_binary_args(const at::Tensor& a, const at::Tensor& a_scale,
+                            const at::Tensor& a_zero_point, const at::Tensor& b,
+                            const at::Tensor& b_scale, const at::Tensor& b_zero_point,
+                            const at::Tensor& out_scale, const at::Tensor& out_zero_point,
+                            std::optional<at::ScalarType> out_dtype) {
+  check_int8_input(a, "a");
+  check_int8_input(b, "b");
+  check_same_device(a, "a", b, "b");
+  EwBinaryArgs r;
+  r.odt = ew_out_dtype(out_dtype, a.scalar_type());
+  r.a = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
+  r.b = ew_qparams(a, "a", b_scale, "b_scale", b_zero_point, "b_zero_point", b.scalar_type());
+  r.out = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", r.odt);
+  return r;
+}
+
+EwScalarArgs ew_scalar_args(const at::Tensor& a, const at::Tensor& a_scale,
+                            const at::Tensor& a_zero_point, const at::Tensor& out_scale,
+                            const at::Tensor& out_zero_point,
+                            std::optional<at::ScalarType> out_dtype) {
+  check_int8_input(a, "a");
+  EwScalarArgs r;
+  r.odt = ew_out_dtype(out_dtype, a.scalar_type());
+  r.a = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
+  r.out = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", r.odt);
+  return r;
+}
+
+EwCatArgs ew_cat_args(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
+                      const at::Tensor& out_scale, const at::Tensor& out_zero_point,
+                      std::optional<at::ScalarType> out_dtype) {
+  TORCH_CHECK(!tensors.empty(), "argument 'tensors' must hold at least one tensor, got none");
+  TORCH_CHECK(scales.size() == tensors.size() && zero_points.size() == tensors.size(),
+              "arguments 'scales' and 'zero_points' must hold one tensor per input (",
+              tensors.size(), "), got ", scales.size(), " and ", zero_points.size());
+  const at::Tensor& first = tensors[0];
+  check_int8_input(first, "tensors[0]");
+  EwCatArgs r;
+  r.odt = ew_out_dtype(out_dtype, first.scalar_type());
+  r.out = ew_qparams(first, "tensors[0]", out_scale, "out_scale", out_zero_point, "out_zero_point",
+                     r.odt);
+  r.in.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::string name = "tensors[" + std::to_string(i) + "]";
+    const at::Tensor& x = tensors[i];
+    check_int8_input(x, name.c_str());
+    check_same_device(first, "tensors[0]", x, name.c_str());
+    r.in.push_back(ew_qparams(x, name.c_str(), scales[i], "scales[" + std::to_string(i) + "]",
+                              zero_points[i], "zero_points[" + std::to_string(i) + "]",
+                              x.scalar_type()));
+  }
+  return r;
+}
+
 }  // namespace torchquant

@@ -5,6 +5,7 @@
 #include <c10/util/Optional.h>
 
 #include <string>
+#include <vector>
 
 namespace torchquant {
 
@@ -28,5 +29,40 @@ EwQParams ew_qparams(const at::Tensor& ref, const char* ref_name, const at::Tens
 
 // out_dtype, defaulting to `fallback`: int8 or uint8.
 at::ScalarType ew_out_dtype(std::optional<at::ScalarType> out_dtype, at::ScalarType fallback);
+
+// The checked arguments of add / mul: a and b int8 / uint8 tensors on one device, the qparams
+// of a, b and the output, out_dtype (a's dtype by default).
+struct EwBinaryArgs {
+  at::ScalarType odt;
+  EwQParams a, b, out;
+};
+EwBinaryArgs ew_binary_args(const at::Tensor& a, const at::Tensor& a_scale,
+                            const at::Tensor& a_zero_point, const at::Tensor& b,
+                            const at::Tensor& b_scale, const at::Tensor& b_zero_point,
+                            const at::Tensor& out_scale, const at::Tensor& out_zero_point,
+                            std::optional<at::ScalarType> out_dtype);
+
+// The checked arguments of add_scalar / mul_scalar: a an int8 / uint8 tensor, the qparams of a
+// and the output, out_dtype (a's dtype by default).
+struct EwScalarArgs {
+  at::ScalarType odt;
+  EwQParams a, out;
+};
+EwScalarArgs ew_scalar_args(const at::Tensor& a, const at::Tensor& a_scale,
+                            const at::Tensor& a_zero_point, const at::Tensor& out_scale,
+                            const at::Tensor& out_zero_point,
+                            std::optional<at::ScalarType> out_dtype);
+
+// The checked arguments of cat: at least one tensor, one scale and zero point per tensor, each
+// an int8 / uint8 tensor on tensors[0]'s device; the qparams of each input (in) and of the
+// output, out_dtype (tensors[0]'s dtype by default).
+struct EwCatArgs {
+  at::ScalarType odt;
+  EwQParams out;
+  std::vector<EwQParams> in;
+};
+EwCatArgs ew_cat_args(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
+                      const at::Tensor& out_scale, const at::Tensor& out_zero_point,
+                      std::optional<at::ScalarType> out_dtype);
 
 }  // namespace torchquant

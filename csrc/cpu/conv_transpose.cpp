@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/conv_checks.h"
 #include "common/conv_transpose_checks.h"
 #include "cpu/conv_kernels.h"
 #include "cpu/conv_transpose_kernels.h"
@@ -356,11 +357,7 @@ at::Tensor conv_transpose_int8_cpu(const at::Tensor& x, const at::Tensor& x_scal
   const ConvTransposeSetup s = conv_transpose_setup(x, w_col_sums, kernel_size, stride, padding,
                                                     output_padding, dilation, groups);
   cpu::check_cpu(x, "x");
-  TORCH_CHECK(w_packed.defined(), "argument 'w_packed' must be a tensor, got None");
-  check_same_device(x, "x", w_packed, "w_packed");
-  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.is_contiguous(),
-              "argument 'w_packed' must be a contiguous int8 tensor from pack_conv_transpose_weight, "
-              "got dtype ", w_packed.scalar_type());
+  check_w_packed(x, w_packed, "pack_conv_transpose_weight");
   const int64_t panels = cpu::gemm_panels(s.cols());
   TORCH_CHECK(w_packed.dim() == 5 && w_packed.size(0) == groups && w_packed.size(1) == s.g.k[0] &&
                   w_packed.size(2) == panels && w_packed.size(3) == s.Cg &&
@@ -387,7 +384,7 @@ at::Tensor conv_transpose_int8_cpu(const at::Tensor& x, const at::Tensor& x_scal
   at::Tensor out =
       conv_transpose_empty_output(s, x.options().dtype(low_float ? at::kFloat : odt), true);
   if (out.numel() == 0) return low_float ? out.to(odt) : out;
-  const at::Tensor xc = x.movedim(1, -1).contiguous();
+  const at::Tensor xc = conv_channels_last_input(x);
   (reached_once(s) ? run_conv_transpose_once : run_conv_transpose)(
       s, p, static_cast<const uint8_t*>(xc.const_data_ptr()), static_cast<char*>(out.data_ptr()),
       w_packed.const_data_ptr<int8_t>(), w_col_sums.const_data_ptr<int32_t>());

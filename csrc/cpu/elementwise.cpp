@@ -49,13 +49,10 @@ at::Tensor binary(cpu::EwOp op, const at::Tensor& a, const at::Tensor& a_scale,
                   const at::Tensor& b_zero_point, const at::Tensor& out_scale,
                   const at::Tensor& out_zero_point, bool relu,
                   std::optional<at::ScalarType> out_dtype) {
-  check_int8_input(a, "a");
-  check_int8_input(b, "b");
-  check_same_device(a, "a", b, "b");
-  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
-  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
-  const EwQParams qb = ew_qparams(a, "a", b_scale, "b_scale", b_zero_point, "b_zero_point", b.scalar_type());
-  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
+  const EwBinaryArgs args = ew_binary_args(a, a_scale, a_zero_point, b, b_scale, b_zero_point,
+                                           out_scale, out_zero_point, out_dtype);
+  const at::ScalarType odt = args.odt;
+  const EwQParams &qa = args.a, &qb = args.b, &qo = args.out;
   cpu::EwParams p = out_params(odt, qo, relu);
   p.a_scale = qa.scale;
   p.b_scale = qb.scale;
@@ -139,51 +136,32 @@ at::Tensor add_scalar_cpu(const at::Tensor& a, const at::Tensor& a_scale,
                           const at::Tensor& a_zero_point, double other,
                           const at::Tensor& out_scale, const at::Tensor& out_zero_point,
                           std::optional<at::ScalarType> out_dtype) {
-  check_int8_input(a, "a");
-  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
-  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
-  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
-  return unary(a, qa, qa.scale, static_cast<float>(other), qo, odt);
+  const EwScalarArgs q = ew_scalar_args(a, a_scale, a_zero_point, out_scale, out_zero_point, out_dtype);
+  return unary(a, q.a, q.a.scale, static_cast<float>(other), q.out, q.odt);
 }
 
 at::Tensor mul_scalar_cpu(const at::Tensor& a, const at::Tensor& a_scale,
                           const at::Tensor& a_zero_point, double other,
                           const at::Tensor& out_scale, const at::Tensor& out_zero_point,
                           std::optional<at::ScalarType> out_dtype) {
-  check_int8_input(a, "a");
-  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
-  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
-  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
-  return unary(a, qa, qa.scale * static_cast<float>(other), 0.0f, qo, odt);
+  const EwScalarArgs q = ew_scalar_args(a, a_scale, a_zero_point, out_scale, out_zero_point, out_dtype);
+  return unary(a, q.a, q.a.scale * static_cast<float>(other), 0.0f, q.out, q.odt);
 }
 
 at::Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
                    int64_t dim, const at::Tensor& out_scale, const at::Tensor& out_zero_point,
                    std::optional<at::ScalarType> out_dtype) {
-  TORCH_CHECK(!tensors.empty(), "argument 'tensors' must hold at least one tensor, got none");
-  TORCH_CHECK(scales.size() == tensors.size() && zero_points.size() == tensors.size(),
-              "arguments 'scales' and 'zero_points' must hold one tensor per input (",
-              tensors.size(), "), got ", scales.size(), " and ", zero_points.size());
-  const at::Tensor& first = tensors[0];
-  check_int8_input(first, "tensors[0]");
-  const at::ScalarType odt = ew_out_dtype(out_dtype, first.scalar_type());
-  const EwQParams qo = ew_qparams(first, "tensors[0]", out_scale, "out_scale", out_zero_point,
-                                  "out_zero_point", odt);
+  const EwCatArgs q = ew_cat_args(tensors, scales, zero_points, out_scale, out_zero_point, out_dtype);
   std::vector<at::Tensor> parts;
   parts.reserve(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const std::string name = "tensors[" + std::to_string(i) + "]";
     const at::Tensor& x = tensors[i];
-    check_int8_input(x, name.c_str());
-    check_same_device(first, "tensors[0]", x, name.c_str());
-    const EwQParams qx = ew_qparams(x, name.c_str(), scales[i], "scales[" + std::to_string(i) + "]",
-                                    zero_points[i], "zero_points[" + std::to_string(i) + "]",
-                                    x.scalar_type());
-    if (x.scalar_type() == odt && qx.scale == qo.scale && qx.zero_point == qo.zero_point &&
+    const EwQParams& qx = q.in[i];
+    if (x.scalar_type() == q.odt && qx.scale == q.out.scale && qx.zero_point == q.out.zero_point &&
         copy_is_exact(qx.scale)) {
       parts.push_back(x);
     } else {
-      parts.push_back(unary(x, qx, qx.scale, 0.0f, qo, odt));
+      parts.push_back(unary(x, qx, qx.scale, 0.0f, q.out, q.odt));
     }
   }
   return at::cat(parts, dim);

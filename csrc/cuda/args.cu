@@ -46,5 +46,47 @@ at::Tensor per_channel(const at::Tensor& t, const char* name, int64_t n, const a
   return t.reshape({n}).to(at::kFloat).contiguous();
 }
 
+ChannelQParams channel_qparams(const at::Tensor& x, const at::Tensor& x_scale,
+                               const at::Tensor& x_zero_point, const at::Tensor& w_scale,
+                               const std::optional<at::Tensor>& bias, int64_t n,
+                               const std::optional<at::Tensor>& out_scale,
+                               const std::optional<at::Tensor>& out_zero_point,
+                               std::optional<at::ScalarType> out_dtype) {
+  ChannelQParams q;
+  q.odt = out_dtype.value_or(at::kFloat);
+  q.kind = out_kind(q.odt);
+  const bool quant_out = q.kind == OutKind::Int8 || q.kind == OutKind::UInt8;
+  q.xs = one_element(x_scale, "x_scale", true, x);
+  q.xz = one_element(x_zero_point, "x_zero_point", false, x);
+  q.ws = per_channel(w_scale, "w_scale", n, x);
+  if (bias.has_value() && bias->defined()) q.b = per_channel(*bias, "bias", n, x);
+  if (quant_out) {
+    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
+                "argument 'out_scale' is required when out_dtype is ", q.odt);
+    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
+                "argument 'out_zero_point' is required when out_dtype is ", q.odt);
+    q.os = one_element(*out_scale, "out_scale", true, x);
+    q.ozp = one_element(*out_zero_point, "out_zero_point", false, x);
+  }
+  return q;
+}
+
+Epilogue ChannelQParams::epilogue(const at::Tensor& out, int64_t ldo, bool relu) const {
+  Epilogue e;
+  e.kind = kind;
+  e.out = out.data_ptr();
+  e.ldo = ldo;
+  e.zp_shift = 0;
+  e.x_scale = xs.data_ptr<float>();
+  e.w_scale = ws.data_ptr<float>();
+  e.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  e.relu = relu;
+  if (os.defined()) {
+    e.out_scale = os.data_ptr<float>();
+    e.out_zp = ozp.data_ptr<int32_t>();
+  }
+  return e;
+}
+
 }  // namespace cuda
 }  // namespace torchquant

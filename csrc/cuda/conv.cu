@@ -124,11 +124,7 @@ at::Tensor conv_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
                           const std::optional<at::Tensor>& out_zero_point, bool relu,
                           std::optional<at::ScalarType> out_dtype) {
   const ConvSetup s = conv_setup(x, w_col_sums, kernel_size, stride, padding, dilation, groups);
-  TORCH_CHECK(w_packed.defined(), "argument 'w_packed' must be a tensor, got None");
-  check_same_device(x, "x", w_packed, "w_packed");
-  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.is_contiguous(),
-              "argument 'w_packed' must be a contiguous int8 tensor from pack_conv_weight, got dtype ",
-              w_packed.scalar_type());
+  check_w_packed(x, w_packed, "pack_conv_weight");
   if (s.depthwise) {
     TORCH_CHECK(w_packed.dim() == 2 && w_packed.size(0) == s.g.taps() && w_packed.size(1) == s.Cout,
                 "argument 'w_packed' must be the depthwise packing [taps, C] = [", s.g.taps(), ", ",
@@ -140,44 +136,18 @@ at::Tensor conv_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
                 ", ", s.Kg, ", ", s.Ng, "] for this input, kernel_size and groups (pack_conv_weight "
                 "on CUDA), got shape ", w_packed.sizes());
   }
-  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
-  const OutKind kind = out_kind(odt);
-  const bool quant_out = kind == OutKind::Int8 || kind == OutKind::UInt8;
-  const at::Tensor xs = one_element(x_scale, "x_scale", true, x);
-  const at::Tensor xz = one_element(x_zero_point, "x_zero_point", false, x);
-  const at::Tensor ws = per_channel(w_scale, "w_scale", s.Cout, x);
-  at::Tensor b, os, ozp;
-  if (bias.has_value() && bias->defined()) b = per_channel(*bias, "bias", s.Cout, x);
-  if (quant_out) {
-    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
-                "argument 'out_scale' is required when out_dtype is ", odt);
-    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
-                "argument 'out_zero_point' is required when out_dtype is ", odt);
-    os = one_element(*out_scale, "out_scale", true, x);
-    ozp = one_element(*out_zero_point, "out_zero_point", false, x);
-  }
+  const ChannelQParams q = channel_qparams(x, x_scale, x_zero_point, w_scale, bias, s.Cout, out_scale,
+                                           out_zero_point, out_dtype);
   c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out = conv_empty_output(s, x.options().dtype(odt), false);
+  at::Tensor out = conv_empty_output(s, x.options().dtype(q.odt), false);
   if (out.numel() == 0) return out;
   const at::Tensor xc = conv_channels_last_input(x);
   const bool u = x.scalar_type() == at::kByte;
-  Epilogue e;
-  e.kind = kind;
-  e.out = out.data_ptr();
-  e.ldo = s.Cout;
+  Epilogue e = q.epilogue(out, s.Cout, relu);
   e.col_sums = w_col_sums.data_ptr<int32_t>();
-  e.x_zp = xz.data_ptr<int32_t>();
+  e.x_zp = q.xz.data_ptr<int32_t>();
   e.x_zp_lo = u ? 0 : -128;
   e.x_zp_hi = u ? 255 : 127;
-  e.zp_shift = 0;
-  e.x_scale = xs.data_ptr<float>();
-  e.w_scale = ws.data_ptr<float>();
-  e.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-  e.relu = relu;
-  if (quant_out) {
-    e.out_scale = os.data_ptr<float>();
-    e.out_zp = ozp.data_ptr<int32_t>();
-  }
   ConvDev c;
   c.g = s.g;
   c.Cout = s.Cout;

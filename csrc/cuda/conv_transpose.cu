@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/conv_checks.h"
 #include "common/conv_transpose_checks.h"
 #include "cuda/common.cuh"
 #include "cuda/args.h"
@@ -106,56 +107,26 @@ at::Tensor conv_transpose_int8_cuda(const at::Tensor& x, const at::Tensor& x_sca
                                     std::optional<at::ScalarType> out_dtype) {
   const ConvTransposeSetup s = conv_transpose_setup(x, w_col_sums, kernel_size, stride, padding,
                                                     output_padding, dilation, groups);
-  TORCH_CHECK(w_packed.defined(), "argument 'w_packed' must be a tensor, got None");
-  check_same_device(x, "x", w_packed, "w_packed");
-  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.is_contiguous(),
-              "argument 'w_packed' must be a contiguous int8 tensor from pack_conv_transpose_weight, "
-              "got dtype ", w_packed.scalar_type());
+  check_w_packed(x, w_packed, "pack_conv_transpose_weight");
   const int64_t taps = s.g.taps();
   TORCH_CHECK(w_packed.dim() == 4 && w_packed.size(0) == groups && w_packed.size(1) == taps &&
                   w_packed.size(2) == s.Cg && w_packed.size(3) == s.Ng,
               "argument 'w_packed' must be [groups, taps, Cin/groups, Cout/groups] = [", groups, ", ",
               taps, ", ", s.Cg, ", ", s.Ng, "] for this input, kernel_size and groups "
               "(pack_conv_transpose_weight on CUDA), got shape ", w_packed.sizes());
-  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
-  const OutKind kind = out_kind(odt);
-  const bool quant_out = kind == OutKind::Int8 || kind == OutKind::UInt8;
-  const at::Tensor xs = one_element(x_scale, "x_scale", true, x);
-  const at::Tensor xz = one_element(x_zero_point, "x_zero_point", false, x);
-  const at::Tensor ws = per_channel(w_scale, "w_scale", s.Cout, x);
-  at::Tensor b, os, ozp;
-  if (bias.has_value() && bias->defined()) b = per_channel(*bias, "bias", s.Cout, x);
-  if (quant_out) {
-    TORCH_CHECK(out_scale.has_value() && out_scale->defined(),
-                "argument 'out_scale' is required when out_dtype is ", odt);
-    TORCH_CHECK(out_zero_point.has_value() && out_zero_point->defined(),
-                "argument 'out_zero_point' is required when out_dtype is ", odt);
-    os = one_element(*out_scale, "out_scale", true, x);
-    ozp = one_element(*out_zero_point, "out_zero_point", false, x);
-  }
+  const ChannelQParams q = channel_qparams(x, x_scale, x_zero_point, w_scale, bias, s.Cout, out_scale,
+                                           out_zero_point, out_dtype);
   c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out = conv_transpose_empty_output(s, x.options().dtype(odt), false);
+  at::Tensor out = conv_transpose_empty_output(s, x.options().dtype(q.odt), false);
   if (out.numel() == 0) return out;
-  const at::Tensor xc = x.movedim(1, -1).contiguous();
+  const at::Tensor xc = conv_channels_last_input(x);
   const bool u = x.scalar_type() == at::kByte;
   const at::Tensor zero = at::zeros({s.Cout}, x.options().dtype(at::kInt));
-  Epilogue e;
-  e.kind = kind;
-  e.out = out.data_ptr();
-  e.ldo = s.Cout;
+  Epilogue e = q.epilogue(out, s.Cout, relu);
   e.col_sums = zero.data_ptr<int32_t>();
   e.x_zp = zero.data_ptr<int32_t>();
   e.x_zp_lo = 0;
   e.x_zp_hi = 0;
-  e.zp_shift = 0;
-  e.x_scale = xs.data_ptr<float>();
-  e.w_scale = ws.data_ptr<float>();
-  e.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-  e.relu = relu;
-  if (quant_out) {
-    e.out_scale = os.data_ptr<float>();
-    e.out_zp = ozp.data_ptr<int32_t>();
-  }
   ConvTDev c;
   c.g = s.g;
   c.Cout = s.Cout;
@@ -166,7 +137,7 @@ at::Tensor conv_transpose_int8_cuda(const at::Tensor& x, const at::Tensor& x_sca
   const unsigned grid = grid_for(total);
   const void* px = xc.data_ptr();
   const int8_t* pw = w_packed.data_ptr<int8_t>();
-  const int32_t* pz = xz.data_ptr<int32_t>();
+  const int32_t* pz = q.xz.data_ptr<int32_t>();
   if (u) {
     conv_transpose_kernel<true><<<grid, kThreads, 0, stream>>>(px, pw, pz, 0, 255, c, e, total);
   } else {

@@ -105,14 +105,11 @@ at::Tensor binary(int op, const at::Tensor& a, const at::Tensor& a_scale, const 
                   const at::Tensor& b, const at::Tensor& b_scale, const at::Tensor& b_zero_point,
                   const at::Tensor& out_scale, const at::Tensor& out_zero_point, bool relu,
                   std::optional<at::ScalarType> out_dtype) {
-  check_int8_input(a, "a");
-  check_int8_input(b, "b");
-  check_same_device(a, "a", b, "b");
+  const EwBinaryArgs args = ew_binary_args(a, a_scale, a_zero_point, b, b_scale, b_zero_point,
+                                           out_scale, out_zero_point, out_dtype);
   c10::cuda::CUDAGuard guard(a.device());
-  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
-  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
-  const EwQParams qb = ew_qparams(a, "a", b_scale, "b_scale", b_zero_point, "b_zero_point", b.scalar_type());
-  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
+  const at::ScalarType odt = args.odt;
+  const EwQParams &qa = args.a, &qb = args.b, &qo = args.out;
   const std::vector<int64_t> shape = at::infer_size(a.sizes(), b.sizes());
   const at::Tensor& like = a.sizes() == at::IntArrayRef(shape) ? a : b;
   const auto mf = like.sizes() == at::IntArrayRef(shape) ? like.suggest_memory_format()
@@ -167,12 +164,9 @@ namespace {
 at::Tensor scalar_op(int op, const at::Tensor& a, const at::Tensor& a_scale,
                      const at::Tensor& a_zero_point, double other, const at::Tensor& out_scale,
                      const at::Tensor& out_zero_point, std::optional<at::ScalarType> out_dtype) {
-  check_int8_input(a, "a");
+  const EwScalarArgs q = ew_scalar_args(a, a_scale, a_zero_point, out_scale, out_zero_point, out_dtype);
   c10::cuda::CUDAGuard guard(a.device());
-  const at::ScalarType odt = ew_out_dtype(out_dtype, a.scalar_type());
-  const EwQParams qa = ew_qparams(a, "a", a_scale, "a_scale", a_zero_point, "a_zero_point", a.scalar_type());
-  const EwQParams qo = ew_qparams(a, "a", out_scale, "out_scale", out_zero_point, "out_zero_point", odt);
-  return unary(op, a, qa, other, qo, odt);
+  return unary(op, a, q.a, other, q.out, q.odt);
 }
 }  // namespace
 
@@ -193,30 +187,13 @@ at::Tensor mul_scalar_cuda(const at::Tensor& a, const at::Tensor& a_scale,
 at::Tensor cat_cuda(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
                     int64_t dim, const at::Tensor& out_scale, const at::Tensor& out_zero_point,
                     std::optional<at::ScalarType> out_dtype) {
-  TORCH_CHECK(!tensors.empty(), "argument 'tensors' must hold at least one tensor, got none");
-  TORCH_CHECK(scales.size() == tensors.size() && zero_points.size() == tensors.size(),
-              "arguments 'scales' and 'zero_points' must hold one tensor per input (",
-              tensors.size(), "), got ", scales.size(), " and ", zero_points.size());
-  const at::Tensor& first = tensors[0];
-  check_int8_input(first, "tensors[0]");
-  c10::cuda::CUDAGuard guard(first.device());
-  const at::ScalarType odt = ew_out_dtype(out_dtype, first.scalar_type());
-  const EwQParams qo = ew_qparams(first, "tensors[0]", out_scale, "out_scale", out_zero_point,
-                                  "out_zero_point", odt);
+  const EwCatArgs q = ew_cat_args(tensors, scales, zero_points, out_scale, out_zero_point, out_dtype);
+  c10::cuda::CUDAGuard guard(tensors[0].device());
   // Every input is requantized (with equal qparams that is the identity for the scales the
   // CPU copies; comparing them here would need a host sync).
   std::vector<at::Tensor> parts;
   parts.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const std::string name = "tensors[" + std::to_string(i) + "]";
-    const at::Tensor& x = tensors[i];
-    check_int8_input(x, name.c_str());
-    check_same_device(first, "tensors[0]", x, name.c_str());
-    const EwQParams qx = ew_qparams(x, name.c_str(), scales[i], "scales[" + std::to_string(i) + "]",
-                                    zero_points[i], "zero_points[" + std::to_string(i) + "]",
-                                    x.scalar_type());
-    parts.push_back(unary(4, x, qx, 0.0, qo, odt));
-  }
+  for (size_t i = 0; i < tensors.size(); ++i) parts.push_back(unary(4, tensors[i], q.in[i], 0.0, q.out, q.odt));
   return at::cat(parts, dim);
 }
 

@@ -34,6 +34,26 @@ def _ints(v: IntOrSeq, name: str):
     return out
 
 
+def _qparam_tensors(x, x_scale, x_zero_point, out_scale, out_zero_point):
+    """(x_scale, x_zero_point, out_scale, out_zero_point) of a conv op as tensors on x's
+    device: numbers converted (float32 / int32), tensors and None passed through."""
+    x_scale = _as_tensor(x_scale, torch.float32, x, "x_scale")
+    x_zero_point = _as_tensor(x_zero_point, torch.int32, x, "x_zero_point")
+    if out_scale is not None:
+        out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
+    if out_zero_point is not None:
+        out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
+    return x_scale, x_zero_point, out_scale, out_zero_point
+
+
+def _kernel_size(kernel_size: IntOrSeq, x):
+    """kernel_size as a list; an int means the same size along each of x's spatial dimensions."""
+    kernel_size = _ints(kernel_size, "kernel_size")
+    if isinstance(x, torch.Tensor) and len(kernel_size) == 1 and x.dim() > 3:
+        kernel_size = kernel_size * (x.dim() - 2)
+    return kernel_size
+
+
 def pack_conv_weight(w: torch.Tensor, groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
     """Packs an int8 conv weight [Cout, Cin / groups, *kernel_size] for :func:`conv_int8` on w's
     device. Returns ``(packed, col_sums)`` with col_sums[n] = sum of w[n] (int32). Call it once
@@ -63,14 +83,8 @@ def conv_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float], x_zero_point
     :func:`torchquant.linear_int8`. The output's memory is channels-last (as is what the
     kernels read best: a channels-last ``x`` is used in place, any other layout is copied).
     """
-    x_scale = _as_tensor(x_scale, torch.float32, x, "x_scale")
-    x_zero_point = _as_tensor(x_zero_point, torch.int32, x, "x_zero_point")
-    if out_scale is not None:
-        out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
-    if out_zero_point is not None:
-        out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
-    kernel_size = _ints(kernel_size, "kernel_size")
-    if isinstance(x, torch.Tensor) and len(kernel_size) == 1 and x.dim() > 3:
-        kernel_size = kernel_size * (x.dim() - 2)  # an int kernel_size: the same along every spatial dimension
+    x_scale, x_zero_point, out_scale, out_zero_point = _qparam_tensors(x, x_scale, x_zero_point, out_scale,
+                                                                       out_zero_point)
+    kernel_size = _kernel_size(kernel_size, x)
     return ops.conv_int8(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, kernel_size, _ints(stride, "stride"), _ints(padding, "padding"),
                          _ints(dilation, "dilation"), groups, out_scale, out_zero_point, relu, out_dtype)

@@ -17,8 +17,7 @@ import torch
 
 from . import _ops  # noqa: F401  (registers the fake kernels)
 from ._ops import conv_transpose_output_size, conv_transpose_packed_weight_shape
-from .conv import IntOrSeq, _ints
-from .gemm import _as_tensor
+from .conv import IntOrSeq, _ints, _kernel_size, _qparam_tensors
 
 __all__ = ["pack_conv_transpose_weight", "conv_transpose_int8", "conv_transpose_packed_weight_shape",
            "conv_transpose_output_size"]
@@ -51,15 +50,9 @@ def conv_transpose_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float], x_
     requantized with ``out_scale`` / ``out_zero_point``, with the arithmetic of
     :func:`torchquant.conv_int8`. The output's memory is channels-last.
     """
-    x_scale = _as_tensor(x_scale, torch.float32, x, "x_scale")
-    x_zero_point = _as_tensor(x_zero_point, torch.int32, x, "x_zero_point")
-    if out_scale is not None:
-        out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
-    if out_zero_point is not None:
-        out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
-    kernel_size = _ints(kernel_size, "kernel_size")
-    if isinstance(x, torch.Tensor) and len(kernel_size) == 1 and x.dim() > 3:
-        kernel_size = kernel_size * (x.dim() - 2)  # an int kernel_size: the same along every spatial dimension
+    x_scale, x_zero_point, out_scale, out_zero_point = _qparam_tensors(x, x_scale, x_zero_point, out_scale,
+                                                                       out_zero_point)
+    kernel_size = _kernel_size(kernel_size, x)
     return ops.conv_transpose_int8(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, kernel_size,
                                    _ints(stride, "stride"), _ints(padding, "padding"),
                                    _ints(output_padding, "output_padding"), _ints(dilation, "dilation"), groups,

@@ -25,6 +25,14 @@ def _need_qconfig(qconfig, name):
     return qconfig
 
 
+def _prepared_qconfig(mod):
+    """The qconfig prepare_qat gave the float module mod (an error if it has none)."""
+    qconfig = getattr(mod, "qconfig", None)
+    if qconfig is None:
+        raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
+    return qconfig
+
+
 def _conv_args(conv):
     return dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size,
                 stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
@@ -58,9 +66,7 @@ class _QATConv:
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
         """The QAT module for a float Conv (or fused ConvReLU) that carries a qconfig."""
-        qconfig = getattr(mod, "qconfig", None)
-        if qconfig is None:
-            raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
+        qconfig = _prepared_qconfig(mod)
         conv, _, _ = _float_parts(mod)
         qat = cls(**_conv_args(conv), qconfig=qconfig, device=conv.weight.device, dtype=conv.weight.dtype)
         qat.weight = conv.weight
@@ -146,9 +152,7 @@ class _ConvBn(_QATConv):
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
         """The QAT module for a fused float ConvBn / ConvBnReLU (torchquant's or torch.ao's)."""
-        qconfig = getattr(mod, "qconfig", None)
-        if qconfig is None:
-            raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
+        qconfig = _prepared_qconfig(mod)
         conv, bn, _ = _float_parts(mod)
         qat = cls(**_conv_args(conv), eps=bn.eps, momentum=bn.momentum, freeze_bn=False, qconfig=qconfig,
                   device=conv.weight.device, dtype=conv.weight.dtype)
@@ -194,37 +198,31 @@ def _make_convbn(nsp, relu, float_module):
     return QATConvBn
 
 
-def _named(cls, name, doc):
-    cls.__name__ = cls.__qualname__ = name
-    cls.__doc__ = doc
-    return cls
+def _family(make, relu, kind, floats, doc):
+    """The 1-d, 2-d and 3-d QAT classes of one kind ("Conv", "ConvBnReLU", ...): make(nsp, relu,
+    float module) builds each, the float module being floats.<kind><n>d; {n} in doc stands for
+    the dimension."""
+    out = []
+    for n in (1, 2, 3):
+        cls = make(n, relu, getattr(floats, f"{kind}{n}d"))
+        cls.__name__ = cls.__qualname__ = f"{kind}{n}d"
+        cls.__doc__ = doc.format(n=n)
+        cls.__module__ = "torchquant.nn.qat"
+        out.append(cls)
+    return out
 
 
-Conv1d = _named(_make_conv(1, False, nn.Conv1d), "Conv1d", "nn.Conv1d with fake-quantized weights (torch.ao.nn.qat.Conv1d).")
-Conv2d = _named(_make_conv(2, False, nn.Conv2d), "Conv2d", "nn.Conv2d with fake-quantized weights (torch.ao.nn.qat.Conv2d).")
-Conv3d = _named(_make_conv(3, False, nn.Conv3d), "Conv3d", "nn.Conv3d with fake-quantized weights (torch.ao.nn.qat.Conv3d).")
-ConvReLU1d = _named(_make_conv(1, True, fused.ConvReLU1d), "ConvReLU1d",
-                    "Fused Conv1d + ReLU with fake-quantized weights (torch.ao.nn.intrinsic.qat.ConvReLU1d).")
-ConvReLU2d = _named(_make_conv(2, True, fused.ConvReLU2d), "ConvReLU2d",
-                    "Fused Conv2d + ReLU with fake-quantized weights (torch.ao.nn.intrinsic.qat.ConvReLU2d).")
-ConvReLU3d = _named(_make_conv(3, True, fused.ConvReLU3d), "ConvReLU3d",
-                    "Fused Conv3d + ReLU with fake-quantized weights (torch.ao.nn.intrinsic.qat.ConvReLU3d).")
-ConvBn1d = _named(_make_convbn(1, False, fused.ConvBn1d), "ConvBn1d",
-                  "Conv1d + BatchNorm1d folded for QAT (torch.ao.nn.intrinsic.qat.ConvBn1d).")
-ConvBn2d = _named(_make_convbn(2, False, fused.ConvBn2d), "ConvBn2d",
-                  "Conv2d + BatchNorm2d folded for QAT (torch.ao.nn.intrinsic.qat.ConvBn2d).")
-ConvBn3d = _named(_make_convbn(3, False, fused.ConvBn3d), "ConvBn3d",
-                  "Conv3d + BatchNorm3d folded for QAT (torch.ao.nn.intrinsic.qat.ConvBn3d).")
-ConvBnReLU1d = _named(_make_convbn(1, True, fused.ConvBnReLU1d), "ConvBnReLU1d",
-                      "Conv1d + BatchNorm1d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU1d).")
-ConvBnReLU2d = _named(_make_convbn(2, True, fused.ConvBnReLU2d), "ConvBnReLU2d",
-                      "Conv2d + BatchNorm2d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU2d).")
-ConvBnReLU3d = _named(_make_convbn(3, True, fused.ConvBnReLU3d), "ConvBnReLU3d",
-                      "Conv3d + BatchNorm3d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU3d).")
-
-for _c in (Conv1d, Conv2d, Conv3d, ConvReLU1d, ConvReLU2d, ConvReLU3d, ConvBn1d, ConvBn2d, ConvBn3d, ConvBnReLU1d,
-           ConvBnReLU2d, ConvBnReLU3d):
-    _c.__module__ = "torchquant.nn.qat"
+Conv1d, Conv2d, Conv3d = _family(_make_conv, False, "Conv", nn,
+                                 "nn.Conv{n}d with fake-quantized weights (torch.ao.nn.qat.Conv{n}d).")
+ConvReLU1d, ConvReLU2d, ConvReLU3d = _family(
+    _make_conv, True, "ConvReLU", fused,
+    "Fused Conv{n}d + ReLU with fake-quantized weights (torch.ao.nn.intrinsic.qat.ConvReLU{n}d).")
+ConvBn1d, ConvBn2d, ConvBn3d = _family(
+    _make_convbn, False, "ConvBn", fused,
+    "Conv{n}d + BatchNorm{n}d folded for QAT (torch.ao.nn.intrinsic.qat.ConvBn{n}d).")
+ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d = _family(
+    _make_convbn, True, "ConvBnReLU", fused,
+    "Conv{n}d + BatchNorm{n}d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU{n}d).")
 
 
 def freeze_bn_stats(mod):

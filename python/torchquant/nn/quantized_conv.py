@@ -34,7 +34,47 @@ def _same_padding(kernel_size, dilation, nsp):
     return tuple(pad)
 
 
-class _ConvNd(_Int8WeightModule):
+class _ConvLikeNd(_Int8WeightModule):
+    """What the quantized Conv and ConvTranspose modules share: the channel / groups checks, the
+    input's optional batch dimension and the repr."""
+
+    _NSP = 2
+
+    def _init_channels(self, in_channels: int, out_channels: int, groups: int):
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups != 0:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups != 0:
+            raise ValueError("out_channels must be divisible by groups")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+
+    def _unbatched(self, data, fn: str) -> bool:
+        """Whether data is one sample [C, *spatial] rather than a batch [N, C, *spatial]; torch's
+        error for any other rank (fn names torch's function: "conv", "conv_transpose")."""
+        nsp = self._NSP
+        if data.dim() not in (nsp + 1, nsp + 2):
+            raise RuntimeError(f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to {fn}{nsp}d, but "
+                               f"got input of size: {list(data.shape)}")
+        return data.dim() == nsp + 1
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}")
+        if self.padding != (0,) * self._NSP:
+            s += f", padding={self.padding}"
+        if self.output_padding != (0,) * self._NSP:
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != (1,) * self._NSP:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + f", dtype={self.dtype}"
+
+
+class _ConvNd(_ConvLikeNd):
     _NSP = 2
     _relu = False
 
@@ -42,16 +82,10 @@ class _ConvNd(_Int8WeightModule):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=torch.quint8):
         super().__init__()
         tup = _ntuple(self._NSP)
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
-        if in_channels % groups != 0:
-            raise ValueError("in_channels must be divisible by groups")
-        if out_channels % groups != 0:
-            raise ValueError("out_channels must be divisible by groups")
+        self._init_channels(in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise ValueError(f"torchquant's int8 convolutions support padding_mode='zeros' only (as torch.ao's), "
                              f"got padding_mode={padding_mode!r}")
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
         if isinstance(padding, str):
             if padding == "valid":
@@ -81,11 +115,7 @@ class _ConvNd(_Int8WeightModule):
     def forward(self, x):
         self._check_input(x, "convolution")
         data = x.data
-        nsp = self._NSP
-        unbatched = data.dim() == nsp + 1
-        if data.dim() != nsp + 2 and not unbatched:
-            raise RuntimeError(f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to conv{nsp}d, but "
-                               f"got input of size: {list(data.shape)}")
+        unbatched = self._unbatched(data, "conv")
         if unbatched:
             data = data.unsqueeze(0)
         b = self._buffers
@@ -111,19 +141,6 @@ class _ConvNd(_Int8WeightModule):
         q._set_int8(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8), w_scale, w_zp, bias,
                     scale, zero_point)
         return q.to(weight.device)
-
-    def extra_repr(self):
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}")
-        if self.padding != (0,) * self._NSP:
-            s += f", padding={self.padding}"
-        if self.dilation != (1,) * self._NSP:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s + f", dtype={self.dtype}"
 
 
 def _float_weight_bias(mod):

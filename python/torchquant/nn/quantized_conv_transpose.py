@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.modules.utils import _ntuple
 
 from ..qtensor import QTensor
-from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams
-from .quantized_conv import _conv_weight_qparams
+from .quantized import _STORAGE, _activation_qparams
+from .quantized_conv import _ConvLikeNd, _conv_weight_qparams
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
@@ -52,7 +52,7 @@ def _per_channel_axis(mod) -> Optional[int]:
     return int(getattr(wobs, "ch_axis", 0))
 
 
-class _ConvTransposeNd(_Int8WeightModule):
+class _ConvTransposeNd(_ConvLikeNd):
     _NSP = 2
     _FLOAT_MODULE = nn.ConvTranspose2d
 
@@ -61,16 +61,10 @@ class _ConvTransposeNd(_Int8WeightModule):
                  dtype=torch.quint8):
         super().__init__()
         tup = _ntuple(self._NSP)
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
-        if in_channels % groups != 0:
-            raise ValueError("in_channels must be divisible by groups")
-        if out_channels % groups != 0:
-            raise ValueError("out_channels must be divisible by groups")
+        self._init_channels(in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}, got '
                              f"padding_mode={padding_mode!r}")
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
         self.padding, self.output_padding = tup(padding), tup(output_padding)
         for o, s, d in zip(self.output_padding, self.stride, self.dilation):
@@ -104,11 +98,7 @@ class _ConvTransposeNd(_Int8WeightModule):
     def forward(self, x, output_size: Optional[List[int]] = None):
         self._check_input(x, "transposed convolution")
         data = x.data
-        nsp = self._NSP
-        unbatched = data.dim() == nsp + 1
-        if data.dim() != nsp + 2 and not unbatched:
-            raise RuntimeError(f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to "
-                               f"conv_transpose{nsp}d, but got input of size: {list(data.shape)}")
+        unbatched = self._unbatched(data, "conv_transpose")
         op = self._output_padding(data, output_size)
         if unbatched:
             data = data.unsqueeze(0)
@@ -148,21 +138,6 @@ class _ConvTransposeNd(_Int8WeightModule):
         qc = ops.quantize(wc, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8)
         q._set_int8(_from_conv_layout(qc, g), w_scale, w_zp, mod.bias, scale, zero_point)
         return q.to(weight.device)
-
-    def extra_repr(self):
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}")
-        if self.padding != (0,) * self._NSP:
-            s += f", padding={self.padding}"
-        if self.output_padding != (0,) * self._NSP:
-            s += f", output_padding={self.output_padding}"
-        if self.dilation != (1,) * self._NSP:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s + f", dtype={self.dtype}"
 
 
 def _make(nsp, name, doc):
