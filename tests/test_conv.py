@@ -363,3 +363,33 @@ def test_depthwise_blocks_groups_and_zero_points(isa, case, xdtype):
                 os_, oz = out_qparams(out_dtype, "cpu", scale=0.5)
                 got, want = _run(case, x, xs, xz, w, ws, bias if zp != hi else None, out_dtype, relu, os_, oz)
                 assert_same(got, want)
+
+
+@pytest.mark.parametrize("case,batch", [
+    (((7, 5), 32, 16, (1, 1), (1, 1), (0, 0), (1, 1), 1), 2),   # N = 16: four rows per pack, 64-byte stores
+    (((7, 5), 16, 96, (1, 1), (1, 1), (0, 0), (1, 1), 1), 1),   # K = 16, 64 + 32 columns
+    (((5, 3), 5, 10, (1, 1), (1, 1), (0, 0), (1, 1), 1), 2),    # K % 4 = 1 in the micro-kernel, N < 16
+    (((3, 3), 7, 17, (1, 1), (1, 1), (0, 0), (1, 1), 1), 1),    # K % 4 = 3, N = 17
+    (((1, 1), 24, 48, (1, 1), (1, 1), (0, 0), (1, 1), 1), 1),   # M = 1
+    (((9, 7), 16, 40, (1, 1), (2, 2), (0, 0), (1, 1), 1), 1),   # strided 1x1 (implicit GEMM)
+    (((6, 7), 8, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1), 1),    # implicit GEMM, padded
+    (((8, 7), 32, 32, (1, 1), (1, 1), (0, 0), (1, 1), 2), 1),   # 16 channels per group: row by row stores
+    (((11,), 4, 16, (1,), (1,), (0,), (1,), 1), 3),             # conv1d, K = 4
+    (((5, 5), 4, 16, (1, 1), (1, 1), (0, 0), (1, 1), 1), 0),    # batch 0
+], ids=["n16", "k16", "k5", "k7n17", "m1", "strided", "implicit", "groups", "conv1d", "batch0"])
+def test_conv_small_k_fused_requantize(isa, case, batch):
+    """Small-K convolutions (the AVX-512 micro-kernel requantizes its accumulators in registers):
+    K not a multiple of 4, N not a multiple of 16, M = 1 and odd spatial sizes, batch 0, zero
+    points 0 and not, ReLU or not, int8 / uint8 / float out, with and without bias."""
+    for xdtype in (torch.uint8, torch.int8):
+        x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=21)
+        for zp in (0, int(xz)):
+            xz = torch.tensor([zp], dtype=torch.int32)
+            for out_dtype in (torch.uint8, torch.int8, torch.float32):
+                for relu in (False, True):
+                    for scale, b in ((0.01, bias), (0.5, None)):
+                        os_, oz = out_qparams(out_dtype, "cpu", scale=scale)
+                        if oz is not None and relu:
+                            oz = torch.zeros_like(oz)  # a fused ConvReLU's output zero point
+                        got, want = _run(case, x, xs, xz, w, ws, b, out_dtype, relu, os_, oz)
+                        assert_same(got, want)
