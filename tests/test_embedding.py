@@ -476,3 +476,32 @@ def test_same_table_as_torch_ao_within_bound(isa, weighted):
     bound = 2 * (2 * per + 1) * 2.0 ** -24 * mag.reshape(20, per, dim).sum(1)
     assert bool(((ours.double() - theirs.double()).abs() <= bound).all())
     assert not torch.equal(ours, theirs) or weighted  # a bound that is used, not a copy
+
+
+def test_modules_take_the_typed_path_same_results_and_errors(monkeypatch):
+    from torchquant import _fastcall
+
+    calls = []
+    typed = _fastcall.embedding_bag_rowwise
+    monkeypatch.setattr(_fastcall, "embedding_bag_rowwise", lambda *a: calls.append(1) or typed(*a))
+    bag = nnq.EmbeddingBag.from_float(_table(40, 24, 8, seed=4))
+    bag.padding_idx = 3
+    emb = nnq.Embedding.from_float(_table(40, 24, 4, seed=5))
+    idx, off, psw = torch.randint(0, 40, (30,)), torch.tensor([0, 4, 4, 20]), torch.randn(30)
+    outs = [bag(idx, off), bag(idx, off, per_sample_weights=psw), emb(idx.reshape(5, 6))]
+    assert len(calls) == 3
+    with pytest.raises(RuntimeError, match="argument 'indices' holds 40 at position 1") as typed_err:
+        bag(torch.tensor([1, 40]), torch.tensor([0]))
+    monkeypatch.setattr(_fastcall, "enabled", False)
+    again = [bag(idx, off), bag(idx, off, per_sample_weights=psw), emb(idx.reshape(5, 6))]
+    assert len(calls) == 4 and all(torch.equal(a, b) for a, b in zip(outs, again))
+    with pytest.raises(RuntimeError) as ops_err:
+        bag(torch.tensor([1, 40]), torch.tensor([0]))
+    assert str(ops_err.value) == str(typed_err.value)
+    # A tensor subclass goes through torch.ops (its __torch_function__ sees the call).
+    monkeypatch.setattr(_fastcall, "enabled", True)
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert torch.equal(bag(idx.as_subclass(Sub), off), outs[0]) and len(calls) == 4

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import _fastcall
 from .._ops import ops
 from ._state_dict import integer_load_errors
 
@@ -133,6 +134,10 @@ class _EmbeddingBase(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _lookup(self, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
+        if _fastcall.usable_all((indices,), (offsets, per_sample_weights)):
+            return _fastcall.embedding_bag_rowwise(self.packed_weight, self.bits, self.embedding_dim, indices,
+                                                   offsets, mode, per_sample_weights, include_last_offset,
+                                                   padding_idx)
         return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, indices, offsets,
                                                  mode, per_sample_weights, include_last_offset, padding_idx)
 
