@@ -7,6 +7,7 @@ from torch import nn
 
 import torchquant as tq
 from torchquant import reference
+from torchquant.nn.quantized_embedding import pack_rowwise
 
 pytestmark = pytest.mark.cuda
 ops = torch.ops.torchquant
@@ -39,9 +40,34 @@ def test_embedding_bag_cuda_equals_cpu(bits, mode):
     gpu = ops.embedding_bag_rowwise(q.packed_weight.cuda(), bits, 37, idx.cuda(), off.cuda(), mode,
                                     psw.cuda() if psw is not None else None, False, 5)
     assert torch.equal(gpu.cpu(), cpu)
+    assert torch.equal(cpu, reference.embedding_bag_rowwise(q.packed_weight, bits, 37, idx, off, mode, psw, False, 5))
     with pytest.raises(RuntimeError, match="argument 'indices' holds 300"):
         ops.embedding_bag_rowwise(q.packed_weight.cuda(), bits, 37, torch.tensor([1, 300]).cuda(),
                                   torch.tensor([0]).cuda(), mode)
+
+
+def test_embedding_bag_cuda_fma_halfway_cases():
+    # acc + q * s lands within half a float64 ulp of a float32 halfway point (see
+    # tests/test_embedding.py::_halfway_cases): only a correctly rounded fma gives the oracle's bits.
+    acc = [2.0 ** 30 + 128 * 5, 2.0 ** 30 + 128 * 6, 2.0 ** 31 + 256 * 3]
+    q = [233, 59, 65]
+    s = [2304167 * 2.0 ** -23, 9099507 * 2.0 ** -23, 16519105 * 2.0 ** -23]
+    dim = 19
+    vals = torch.ones(6, dim, dtype=torch.uint8)
+    vals[1::2] = torch.tensor(q, dtype=torch.uint8)[:, None]
+    scales = torch.tensor([x for pair in zip(acc, s) for x in pair], dtype=torch.float32)
+    packed = pack_rowwise(vals, scales, torch.zeros(6), 8, dim)
+    idx, off = torch.arange(6), torch.tensor([0, 2, 4])
+    want = reference.embedding_bag_rowwise(packed, 8, dim, idx, off, 0)
+    naive = (torch.tensor(q).double() * torch.tensor(s).double() + torch.tensor(acc).double()).float()
+    assert not torch.equal(want[:, 0], naive)
+    got = ops.embedding_bag_rowwise(packed.cuda(), 8, dim, idx.cuda(), off.cuda(), 0).cpu()
+    assert torch.equal(got, want)
+    # The plain Embedding on CUDA: the row values of the contract.
+    qe = tq.nn.quantized.Embedding(6, dim)
+    qe.packed_weight = packed
+    assert torch.equal(qe.cuda()(idx.cuda().reshape(2, 3)).cpu(),
+                       reference.embedding_row_values(packed, 8, dim)[idx.reshape(2, 3)])
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])

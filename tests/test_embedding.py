@@ -2,7 +2,10 @@
 variant) bit-exact against a plain-torch reference, against torch.ao's quantized embedding-bag
 ops, the static prepare/convert flow with torch.ao's qconfigs, bounds checks, state dicts."""
 import contextlib
+import ctypes
+import ctypes.util
 import io
+import math
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchquant as tq
+from torchquant import reference
 from torchquant.nn import quantized as nnq
 from torchquant.nn.quantized_embedding import pack_rowwise, unpack_rowwise
 
@@ -27,34 +31,8 @@ def _table(n, d, bits, seed=0):
 
 
 def _reference(packed, bits, dim, indices, offsets, mode, psw, include_last_offset, padding_idx):
-    """The contract in plain torch: dequantized rows, accumulated in index order in float32."""
-    q, s, z = unpack_rowwise(packed, bits, dim)
-    table = (q.float() - z[:, None]) * s[:, None]
-    if offsets is None:
-        bags = [(i * indices.shape[1], (i + 1) * indices.shape[1]) for i in range(indices.shape[0])]
-        indices = indices.reshape(-1)
-        psw = psw.reshape(-1) if psw is not None else None
-    else:
-        off = offsets.tolist()
-        nb = len(off) - 1 if include_last_offset else len(off)
-        bags = [(off[b], off[b + 1] if b + 1 < len(off) else indices.numel()) for b in range(nb)]
-    out = torch.zeros(len(bags), dim)
-    for b, (s0, e0) in enumerate(bags):
-        acc, count = torch.zeros(dim), 0
-        for i in range(s0, e0):
-            r = int(indices[i])
-            if padding_idx is not None and r == padding_idx:
-                continue
-            v = table[r]
-            if mode == 2:
-                acc = v.clone() if count == 0 else torch.where(v > acc, v, acc)
-            else:
-                acc = acc + (v * psw[i] if psw is not None else v)
-            count += 1
-        if mode == 1 and count:
-            acc = acc / count
-        out[b] = acc
-    return out
+    return reference.embedding_bag_rowwise(packed, bits, dim, indices, offsets, mode, psw, include_last_offset,
+                                           padding_idx)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -255,38 +233,10 @@ def _threads(k):
 
 
 def _reference_batched(packed, bits, dim, indices, offsets, mode, psw, padding_idx):
-    """_reference, vectorized over bags (entry k of every bag at once, k in order): the same
-    float32 operations in the same order per element, for problems too large for the loop. On
-    one thread: its many small ops would each open a parallel region otherwise."""
+    """The reference on one thread: its many small ops would each open a parallel region
+    otherwise."""
     with _threads(1):
-        return _reference_batched_impl(packed, bits, dim, indices, offsets, mode, psw, padding_idx)
-
-
-def _reference_batched_impl(packed, bits, dim, indices, offsets, mode, psw, padding_idx):
-    q, s, z = unpack_rowwise(packed, bits, dim)
-    table = (q.float() - z[:, None]) * s[:, None]
-    n, nb = indices.numel(), offsets.numel()
-    ends = torch.cat([offsets[1:], torch.tensor([n])])
-    lengths = ends - offsets
-    out = torch.zeros(nb, dim)
-    count = torch.zeros(nb, dtype=torch.long)
-    for k in range(int(lengths.max()) if nb else 0):
-        live = lengths > k
-        pos = offsets[live] + k
-        r = indices[pos]
-        keep = r != padding_idx if padding_idx is not None else torch.ones_like(r, dtype=torch.bool)
-        bags = live.nonzero().squeeze(1)[keep]
-        pos, r = pos[keep], r[keep]
-        v = table[r]
-        if mode == 2:
-            first = count[bags] == 0
-            out[bags] = torch.where(first[:, None] | (v > out[bags]), v, out[bags])
-        else:
-            out[bags] = out[bags] + (v * psw[pos][:, None] if psw is not None else v)
-        count[bags] += 1
-    if mode == 1:
-        out = torch.where(count[:, None] > 0, out / count.clamp(min=1)[:, None].float(), out)
-    return out
+        return reference.embedding_bag_rowwise(packed, bits, dim, indices, offsets, mode, psw, False, padding_idx)
 
 
 def _random_table(n, dim, bits, seed):
@@ -315,16 +265,6 @@ def test_kernel_bit_exact_random_qparams(isa, bits, dim):
                 got = ops.embedding_bag_rowwise(packed, bits, dim, idx, offsets, mode, w, False, pad)
                 want = _reference(packed, bits, dim, idx, offsets, mode, w, False, pad)
                 assert torch.equal(got, want), (mode, w is not None, pad)
-
-
-def test_batched_reference_matches_loop():
-    packed = _random_table(30, 24, 8, seed=1)
-    idx = torch.randint(0, 30, (50,))
-    offsets = torch.tensor([0, 0, 7, 20, 21])
-    psw = torch.randn(50)
-    for mode, w, pad in ((0, None, None), (0, psw, 3), (1, None, 3), (2, None, None), (2, None, 3)):
-        assert torch.equal(_reference_batched(packed, 8, 24, idx, offsets, mode, w, pad),
-                           _reference(packed, 8, 24, idx, offsets, mode, w, False, pad))
 
 
 def _on_threads(k, *args):
@@ -387,3 +327,181 @@ def test_small_problem_one_thread_same_result(isa):
     offsets = torch.arange(0, 300, 30)
     got = _on_threads(2, packed, 4, 64, idx, offsets, 0)
     assert torch.equal(got, _reference(packed, 4, 64, idx, offsets, 0, None, False, None))
+
+
+# ---- the 8-bit contract's fma: oracle against C, kernels on halfway cases, torch.ao on the same table ----
+
+def _libm_fmaf():
+    """C's fmaf through ctypes (the correctly rounded float32 fma of the C library)."""
+    name = ctypes.util.find_library("m") or "libm.so.6"
+    try:
+        f = ctypes.CDLL(name).fmaf
+    except (OSError, AttributeError):
+        pytest.skip("no C library fmaf to compare with")
+    f.restype = ctypes.c_float
+    f.argtypes = [ctypes.c_float] * 3
+    return lambda a, b, c: torch.tensor([f(x, y, z) for x, y, z in zip(a.tolist(), b.tolist(), c.tolist())],
+                                        dtype=torch.float32)
+
+
+def _halfway_cases(n, seed):
+    """(q, s, acc) float32 [n] where q * s + acc lies within half a float64 ulp of a float32
+    halfway point without being on it: fl64(q * s + acc) is that halfway point, so rounding it to
+    float32 (to even) is wrong about half the time, and a correctly rounded fma is needed.
+
+    acc = 2^E + k 2^(E - 23) (E = 30..32, a float32 whose halfway points are 2^(E - 24) apart);
+    q * s = 2^(E - 24) + sign * c * 2^-23 with q * m = 2^(E - 1) + sign * c, s = m * 2^-23,
+    q < 256, m < 2^24; all scaled by a random power of two."""
+    base = []
+    for e in (30, 31, 32):
+        for sign in (1, -1):
+            for c in range(1, 2 ** (e - 30) + 1 if e > 30 else 2):
+                big = 2 ** (e - 1) + sign * c
+                base += [(e, q, big // q) for q in range(1, 256) if big % q == 0 and big // q < 2 ** 24]
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, len(base), (n,), generator=g).tolist()
+    k = torch.randint(0, 2 ** 23, (n,), generator=g).tolist()
+    j = torch.randint(-40, 20, (n,), generator=g).tolist()
+    q = torch.tensor([float(base[p][1]) for p in pick])
+    s = torch.tensor([math.ldexp(base[p][2], jj - 23) for p, jj in zip(pick, j)], dtype=torch.float32)
+    acc = torch.tensor([math.ldexp(2 ** 23 + kk, base[p][0] - 23 + jj) for p, kk, jj in zip(pick, k, j)],
+                       dtype=torch.float32)
+    sign = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1  # both signs of the whole sum
+    return q, s * sign, acc * sign
+
+
+def test_fma32_is_correctly_rounded():
+    fmaf = _libm_fmaf()
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g).float())
+    b = torch.randn(n, generator=g)
+    c = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g).float())
+    a[:100] = torch.randint(0, 256, (100,), generator=g).float()  # the kernels' q
+    c[100:200] = -a[100:200] * b[100:200]  # cancellation: the product's rounding error alone
+    c[200:210] = 0.0
+    a[210:220] = torch.ldexp(torch.ones(10), torch.full((10,), -140))  # subnormal results
+    got = reference.fma32(a, b, c)
+    assert torch.equal(got.view(torch.int32), fmaf(a, b, c).view(torch.int32))
+    q, s, acc = _halfway_cases(3000, seed=1)
+    got = reference.fma32(q, s, acc)
+    want = fmaf(q, s, acc)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    # These are the cases where rounding the float64 sum to float32 is wrong: the test can fail.
+    naive = (q.double() * s.double() + acc.double()).float()
+    assert int((naive != want).sum()) > 1000
+    # Broadcasting, and a float64 product's exactness for any two float32 values.
+    x = torch.tensor([[3.0], [0.1]])
+    assert torch.equal(reference.fma32(x, torch.tensor([1.0 + 2 ** -23]), torch.tensor(-1.0)),
+                       fmaf(x.reshape(-1), torch.full((2,), 1.0 + 2 ** -23), torch.full((2,), -1.0)).reshape(2, 1))
+
+
+def _halfway_table(dim, seed):
+    """Rows 2 j and 2 j + 1: all values 1 with scale acc_j, all values q_j with scale s_j (a
+    few random values), zero points 0; the bag [2 j, 2 j + 1] sums fma(q_j, s_j, acc_j)."""
+    q, s, acc = _halfway_cases(40, seed)
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.ones(80, dim, dtype=torch.uint8)
+    vals[1::2] = q.to(torch.uint8)[:, None]
+    vals[1::2, ::5] = torch.randint(0, 256, (40, (dim + 4) // 5), generator=g, dtype=torch.uint8)
+    scales = torch.stack([acc, s], 1).reshape(-1)
+    return pack_rowwise(vals, scales, torch.zeros(80), 8, dim), q, s, acc
+
+
+@pytest.mark.parametrize("dim", [5, 16, 37, 64, 80])
+def test_kernel_halfway_fma_cases_bit_exact(isa, dim):
+    fmaf = _libm_fmaf()
+    packed, q, s, acc = _halfway_table(dim, seed=dim)
+    idx = torch.arange(80)
+    off = torch.arange(0, 80, 2)
+    got = ops.embedding_bag_rowwise(packed, 8, dim, idx, off, 0)
+    assert torch.equal(got, reference.embedding_bag_rowwise(packed, 8, dim, idx, off, 0))
+    want = fmaf(q, s, acc)
+    assert torch.equal(got[:, 1], want)  # column 1: q_j in every bag
+    naive = (q.double() * s.double() + acc.double()).float()
+    assert bool((naive != want).any())
+    # Weights of 1 keep the scales; mean halves exactly; 2-D indices are the same bags.
+    ones = torch.ones(80)
+    assert torch.equal(ops.embedding_bag_rowwise(packed, 8, dim, idx, off, 0, ones), got)
+    assert torch.equal(ops.embedding_bag_rowwise(packed, 8, dim, idx, off, 1), got / 2)
+    assert torch.equal(ops.embedding_bag_rowwise(packed, 8, dim, idx.reshape(40, 2), None, 0), got)
+    w = torch.randn(80)
+    for mode, psw in ((0, w), (2, None)):
+        assert torch.equal(ops.embedding_bag_rowwise(packed, 8, dim, idx, off, mode, psw),
+                           reference.embedding_bag_rowwise(packed, 8, dim, idx, off, mode, psw))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_embedding_lookup_is_row_value_within_bound_of_dequantized(isa, bits):
+    dim = 37
+    packed = _random_table(300, dim, bits, seed=11)
+    qe = nnq.Embedding(300, dim, dtype=torch.quint8 if bits == 8 else torch.quint4x2)
+    qe.packed_weight = packed
+    idx = torch.randint(0, 300, (7, 9))
+    values = reference.embedding_row_values(packed, bits, dim)
+    assert torch.equal(qe(idx), values[idx])
+    assert torch.equal(qe.dequantized_weight(), values)
+    q, s, z = unpack_rowwise(packed, bits, dim)
+    exact = (q.double() - z.double()[:, None]) * s.double()[:, None]
+    if bits == 4:
+        assert torch.equal(values, (q.float() - z[:, None]) * s[:, None])
+        return
+    # 8-bit: fma(q, s, b), b = -(z * s) rounded: half an ulp of |z s| plus half an ulp of the value.
+    ulp = lambda t: torch.ldexp(torch.ones_like(t), torch.frexp(t.float()).exponent.double() - 24)  # noqa: E731
+    bound = 0.5 * ulp((z * s).abs().double())[:, None] + 0.5 * ulp(values.double().abs())
+    assert bool(((values.double() - exact).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_same_table_as_torch_ao_within_bound(isa, weighted):
+    """torch.ao's 8-bit op on the same rows (its packed format holds a float32 scale and bias:
+    ours, b = -(z * s)). fbgemm adds each row's bias to its accumulators (q * s + b per row),
+    torchquant sums the biases apart: two orders of the same 2n terms, each rounded, so they
+    differ by at most 2 (2n + 1) 2^-24 times the sum of the terms' magnitudes."""
+    dim, n_rows = 64, 500
+    packed = _random_table(n_rows, dim, 8, seed=21)
+    q, s, z = unpack_rowwise(packed, 8, dim)
+    b = -(z * s)
+    ao_packed = torch.cat([q.to(torch.uint8), torch.stack([s, b], 1).contiguous().view(torch.uint8)], 1)
+    g = torch.Generator().manual_seed(3)
+    per = 40
+    idx = torch.randint(0, n_rows, (per * 20,), generator=g)
+    off = torch.arange(0, per * 20, per)
+    psw = torch.rand(per * 20, generator=g) * 2 - 0.5 if weighted else None
+    ours = ops.embedding_bag_rowwise(packed, 8, dim, idx, off, 0, psw)
+    theirs = torch.ops.quantized.embedding_bag_byte_rowwise_offsets(ao_packed, idx, off, False, 0, False, psw,
+                                                                    None, False)
+    w = psw.abs().double() if weighted else torch.ones(idx.numel(), dtype=torch.float64)
+    mag = (q[idx].double() * s[idx].double()[:, None] + b[idx].double().abs()[:, None]) * w[:, None]
+    bound = 2 * (2 * per + 1) * 2.0 ** -24 * mag.reshape(20, per, dim).sum(1)
+    assert bool(((ours.double() - theirs.double()).abs() <= bound).all())
+    assert not torch.equal(ours, theirs) or weighted  # a bound that is used, not a copy
+
+
+def test_modules_take_the_typed_path_same_results_and_errors(monkeypatch):
+    from torchquant import _fastcall
+
+    calls = []
+    typed = _fastcall.embedding_bag_rowwise
+    monkeypatch.setattr(_fastcall, "embedding_bag_rowwise", lambda *a: calls.append(1) or typed(*a))
+    bag = nnq.EmbeddingBag.from_float(_table(40, 24, 8, seed=4))
+    bag.padding_idx = 3
+    emb = nnq.Embedding.from_float(_table(40, 24, 4, seed=5))
+    idx, off, psw = torch.randint(0, 40, (30,)), torch.tensor([0, 4, 4, 20]), torch.randn(30)
+    outs = [bag(idx, off), bag(idx, off, per_sample_weights=psw), emb(idx.reshape(5, 6))]
+    assert len(calls) == 3
+    with pytest.raises(RuntimeError, match="argument 'indices' holds 40 at position 1") as typed_err:
+        bag(torch.tensor([1, 40]), torch.tensor([0]))
+    monkeypatch.setattr(_fastcall, "enabled", False)
+    again = [bag(idx, off), bag(idx, off, per_sample_weights=psw), emb(idx.reshape(5, 6))]
+    assert len(calls) == 4 and all(torch.equal(a, b) for a, b in zip(outs, again))
+    with pytest.raises(RuntimeError) as ops_err:
+        bag(torch.tensor([1, 40]), torch.tensor([0]))
+    assert str(ops_err.value) == str(typed_err.value)
+    # A tensor subclass goes through torch.ops (its __torch_function__ sees the call).
+    monkeypatch.setattr(_fastcall, "enabled", True)
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert torch.equal(bag(idx.as_subclass(Sub), off), outs[0]) and len(calls) == 4

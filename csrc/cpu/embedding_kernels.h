@@ -3,25 +3,39 @@
 //
 // Packed table (one layout for every ISA and device): row r of the [N, row_stride] uint8 table
 // holds the row's quantized values, then, at byte offset qparams_offset (4-byte aligned), its
-// float32 scale and float32 zero point (torch.ao's per_channel_affine_float_qparams):
+// float32 scale s and float32 zero point z (torch.ao's per_channel_affine_float_qparams):
 //   bits = 8: value d is byte d;
 //   bits = 4: value d is the low nibble of byte d / 2 for even d, the high nibble for odd d
 //             (torch.quint4x2's order).
-// A row's float value is (q - zero_point) * scale, in float32: the dequantized weight, as
-// torch.ao dequantizes it. A bag's result, element by element and in index order:
-//   sum:  acc = acc + v (or acc + v * w with per-sample weights), from 0;
-//   mean: the sum divided by the number of entries counted;
-//   max:  acc = max(acc, v), from the first entry; 0 for an empty bag.
-// Entries equal to padding_idx (>= 0) are skipped and not counted. Each float operation above
-// is rounded once, whatever instruction computes it: a SIMD kernel may compute a - b or a + b as
-// fma(a, 1, -b) / fma(a, 1, b), which rounds the same exact value once, but never fuses a
-// product into a sum. So every variant and the plain-torch reference agree bit for bit.
+// Entries equal to padding_idx (>= 0) are skipped and not counted; mean divides a bag's sum by
+// the number of entries counted; an empty bag gives 0. Every float32 operation below is rounded
+// once (round to nearest even), fma(a, b, c) being a * b + c rounded once; in index order:
+//
+// 8-bit rows (q * s plus a per-row bias, as torch.ao's fbgemm kernel computes, not (q - z) * s):
+//   per row, b = -(z * s) (one rounding: the product);
+//   sum, mean: with per-sample weight w, s' = s * w and b' = b * w (one rounding each), else
+//     s' = s, b' = b; acc_d = fma(q_d, s', acc_d) from acc_d = 0, and one scalar B = B + b'
+//     from B = 0; the bag's sum is acc_d + B;
+//   max: v_d = fma(q_d, s, b), acc_d = max(acc_d, v_d) from the first entry counted.
+//   A row's value (max, and the plain Embedding lookup, a max over one entry) is fma(q, s, b):
+//   within half an ulp of |z * s| plus half an ulp of the result from the exactly dequantized
+//   (q - z) * s. A sum is q * s summed apart from the biases, so the inner loop is one
+//   conversion and one FMA per value.
+// 4-bit rows (the exactly dequantized weight, looked up from the row's 16 possible values):
+//   v_d = (q_d - z) * s (two roundings);
+//   sum, mean: acc_d = acc_d + v_d, or acc_d + v_d * w with a per-sample weight, from 0;
+//   max: acc_d = max(acc_d, v_d) from the first entry counted.
+// max(a, v) is v > a ? v : a. A SIMD kernel may issue a - b / a + b as fma(a, 1, -b) /
+// fma(a, 1, b), which round the same exact value once, but fuses no product into a sum but the
+// fma()s above. So every variant and the plain-torch reference (torchquant.reference.
+// embedding_bag_rowwise, whose fma is exact) agree bit for bit.
 //
 // The kernels check each bag's indices (every one in [0, rows)) before they read its rows, and
 // stop at the first bag holding one outside: no row outside the table is ever read. The offsets
 // are checked by the caller (offsets[0] == 0, non-decreasing, the last <= n).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace torchquant {
@@ -100,27 +114,54 @@ inline int64_t first_bad_index(const int64_t* idx, int64_t n, int64_t rows) {
   return -1;
 }
 
-// The scalar formula for columns [d0, D) of one bag (the scalar kernel, and the SIMD kernels'
-// last columns). Writes out[d0, D); returns the number of entries counted.
+// The per-row bias of an 8-bit row: b = -(z * s).
+inline float row_bias(float scale, float zero_point) { return -(zero_point * scale); }
+
+// The scalar formulas for columns [d0, D) of one bag (the scalar kernel, and the SIMD kernels'
+// last columns): the bag's sum (not yet divided for mean) or max into out[d0, D). Returns the
+// number of entries counted.
 inline int64_t bag_columns_scalar(const EmbeddingTable& t, const int64_t* idx, int64_t n, const float* weights,
                                   int64_t padding_idx, BagMode mode, int64_t d0, float* out) {
   const int64_t D = t.dim;
   for (int64_t d = d0; d < D; ++d) out[d] = 0.0f;
+  const bool biased = t.bits == 8 && mode != BagMode::Max;
+  float bias = 0.0f;  // B of an 8-bit sum
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (idx[i] == padding_idx) continue;
     const uint8_t* row = t.data + idx[i] * t.row_stride;
-    const float s = row_scale(t, row), z = row_zero_point(t, row);
-    for (int64_t d = d0; d < D; ++d) {
-      float v = (static_cast<float>(row_value(t, row, d)) - z) * s;
+    float s = row_scale(t, row);
+    const float z = row_zero_point(t, row);
+    if (t.bits == 8) {
+      float b = row_bias(s, z);
       if (mode == BagMode::Max) {
-        out[d] = (count == 0 || v > out[d]) ? v : out[d];
+        for (int64_t d = d0; d < D; ++d) {
+          const float v = std::fma(static_cast<float>(row[d]), s, b);
+          out[d] = (count == 0 || v > out[d]) ? v : out[d];
+        }
       } else {
-        if (weights != nullptr) v = v * weights[i];
-        out[d] = out[d] + v;
+        if (weights != nullptr) {
+          s = s * weights[i];
+          b = b * weights[i];
+        }
+        bias = bias + b;
+        for (int64_t d = d0; d < D; ++d) out[d] = std::fma(static_cast<float>(row[d]), s, out[d]);
+      }
+    } else {
+      for (int64_t d = d0; d < D; ++d) {
+        float v = (static_cast<float>(row_value(t, row, d)) - z) * s;
+        if (mode == BagMode::Max) {
+          out[d] = (count == 0 || v > out[d]) ? v : out[d];
+        } else {
+          if (weights != nullptr) v = v * weights[i];
+          out[d] = out[d] + v;
+        }
       }
     }
     ++count;
+  }
+  if (biased) {
+    for (int64_t d = d0; d < D; ++d) out[d] = out[d] + bias;
   }
   return count;
 }

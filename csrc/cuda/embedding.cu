@@ -1,6 +1,7 @@
 // CUDA row-wise quantized embedding bag (embedding_bag_rowwise): one block per bag, one thread
-// per column, the one-element formulas of csrc/cpu/embedding_kernels.h in the same order (built
-// with -fmad=false), so results equal the CPU's bit for bit.
+// per column, the one-element formulas of csrc/cpu/embedding_kernels.h in the same order, each
+// operation written with its rounding (__fmaf_rn where the contract has an fma, __fadd_rn /
+// __fmul_rn elsewhere, and -fmad=false), so results equal the CPU's bit for bit.
 //
 // Index and offset values are checked on the host before the kernel runs (a copy of indices and
 // offsets to the host, so a device sync): an out-of-range index is a clear error, never a read
@@ -36,25 +37,43 @@ __global__ void embedding_bag_kernel(const uint8_t* __restrict__ table, int64_t 
     e = s + fixed;
   }
   const int64_t qp = row_stride - 8;
+  const bool biased = bits == 8 && mode != 2;  // 8-bit sum / mean: fma(q, s', acc), biases summed apart
   for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-    float acc = 0.0f;
+    float acc = 0.0f, bias = 0.0f;
     int64_t count = 0;
     for (int64_t i = s; i < e; ++i) {
       const int64_t r = idx[i];
       if (r == padding_idx) continue;
       const uint8_t* row = table + r * row_stride;
-      const float sc = *reinterpret_cast<const float*>(row + qp);
+      float sc = *reinterpret_cast<const float*>(row + qp);
       const float zp = *reinterpret_cast<const float*>(row + qp + 4);
-      float v = (static_cast<float>(row_value_dev(row, d, bits)) - zp) * sc;
-      if (mode == 2) {
-        acc = (count == 0 || v > acc) ? v : acc;
+      const float q = static_cast<float>(row_value_dev(row, d, bits));
+      if (bits == 8) {
+        float bi = -__fmul_rn(zp, sc);
+        if (mode == 2) {
+          const float v = __fmaf_rn(q, sc, bi);
+          acc = (count == 0 || v > acc) ? v : acc;
+        } else {
+          if (weights != nullptr) {
+            sc = __fmul_rn(sc, weights[i]);
+            bi = __fmul_rn(bi, weights[i]);
+          }
+          bias = __fadd_rn(bias, bi);
+          acc = __fmaf_rn(q, sc, acc);
+        }
       } else {
-        if (weights != nullptr) v = v * weights[i];
-        acc = acc + v;
+        float v = __fmul_rn(__fsub_rn(q, zp), sc);
+        if (mode == 2) {
+          acc = (count == 0 || v > acc) ? v : acc;
+        } else {
+          if (weights != nullptr) v = __fmul_rn(v, weights[i]);
+          acc = __fadd_rn(acc, v);
+        }
       }
       ++count;
     }
-    if (mode == 1 && count > 0) acc = acc / static_cast<float>(count);
+    if (biased) acc = __fadd_rn(acc, bias);
+    if (mode == 1 && count > 0) acc = __fdiv_rn(acc, static_cast<float>(count));
     out[b * dim + d] = acc;
   }
 }

@@ -1,7 +1,8 @@
 // Typed Python entry points into the torchquant ops called once per forward or per GEMM call:
 // quantize, dequantize, int8_mm, linear_int8, linear_dynamic (the quantized modules and the
-// public GEMM functions of python/torchquant/gemm.py use them) and the int8 pooling ops (the
-// float pooling modules on QTensors).
+// public GEMM functions of python/torchquant/gemm.py use them), the int8 pooling ops (the
+// float pooling modules on QTensors) and embedding_bag_rowwise (the quantized Embedding /
+// EmbeddingBag).
 //
 // `torch.ops.torchquant.<op>(...)` reaches the dispatcher through torch's generic path: every
 // call boxes its Python arguments into a stack of IValues against the schema and looks up the
@@ -50,6 +51,8 @@ using MaxPoolSig = Tensor(const Tensor&, at::IntArrayRef, at::IntArrayRef, at::I
 using AvgPoolSig = Tensor(const Tensor&, const Tensor&, at::IntArrayRef, at::IntArrayRef,
                           at::IntArrayRef, bool, bool, std::optional<int64_t>);
 using AdaptiveAvgPoolSig = Tensor(const Tensor&, const Tensor&, at::IntArrayRef);
+using EmbeddingBagSig = Tensor(const Tensor&, int64_t, int64_t, const Tensor&, const OptTensor&, int64_t,
+                               const OptTensor&, bool, std::optional<int64_t>);
 
 // Errors and warnings reach Python as through torch.ops: c10::ValueError as ValueError (and
 // so on, by torch's translation), a Python exception raised inside (a dispatch mode, a Python
@@ -118,6 +121,18 @@ Tensor linear_dynamic(const Tensor& x, const Tensor& w_packed, const Tensor& w_c
   TQ_CATCH
 }
 
+// What the quantized Embedding / EmbeddingBag call once per forward.
+Tensor embedding_bag_rowwise(const Tensor& packed, int64_t bits, int64_t embedding_dim, const Tensor& indices,
+                             const OptTensor& offsets, int64_t mode, const OptTensor& per_sample_weights,
+                             bool include_last_offset, std::optional<int64_t> padding_idx) {
+  TQ_TRY
+  static const auto op = typed_op<EmbeddingBagSig>("torchquant::embedding_bag_rowwise");
+  pybind11::gil_scoped_release no_gil;
+  return op.call(packed, bits, embedding_dim, indices, offsets, mode, per_sample_weights, include_last_offset,
+                 padding_idx);
+  TQ_CATCH
+}
+
 // Pooling: what nn.MaxPool2d / nn.AdaptiveAvgPool2d on a QTensor call once per forward.
 Tensor max_pool_int8(const Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
@@ -171,6 +186,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("avg_pool_int8", &avg_pool_int8, py::arg("x"), py::arg("zero_point"), py::arg("kernel_size"),
         py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"), py::arg("count_include_pad"),
         py::arg("divisor_override").none(true));
+  m.def("embedding_bag_rowwise", &embedding_bag_rowwise, py::arg("packed"), py::arg("bits"),
+        py::arg("embedding_dim"), py::arg("indices"), py::arg("offsets"), py::arg("mode"),
+        py::arg("per_sample_weights"), py::arg("include_last_offset"), py::arg("padding_idx"));
   m.def("adaptive_avg_pool_int8", &adaptive_avg_pool_int8, py::arg("x"), py::arg("zero_point"),
         py::arg("output_size"));
 }

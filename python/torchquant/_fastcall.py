@@ -32,6 +32,7 @@ linear_dynamic = _C.linear_dynamic
 max_pool_int8 = _C.max_pool_int8
 avg_pool_int8 = _C.avg_pool_int8
 adaptive_avg_pool_int8 = _C.adaptive_avg_pool_int8
+embedding_bag_rowwise = _C.embedding_bag_rowwise
 
 enabled = os.environ.get("TORCHQUANT_FASTCALL", "1").strip().lower() not in ("0", "off", "false", "no")
 

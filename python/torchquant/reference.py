@@ -539,3 +539,107 @@ def adaptive_avg_pool_int8(x, zero_point, output_size) -> torch.Tensor:
         shape[k] = out
         counts = counts * (e - s).to(torch.float64).cpu().reshape(shape)
     return _round_average(sums, counts.to(x.device), zp, x.dtype)
+
+
+# ---------------------------------------------------------------- embedding
+__all__ += ["fma32", "embedding_row_values", "embedding_bag_rowwise"]
+
+
+def fma32(a, b, c) -> torch.Tensor:
+    """``a * b + c`` of float32 tensors (broadcast), rounded once to float32 (round to nearest
+    even), as C's ``fmaf`` / ``_mm512_fmadd_ps`` / CUDA's ``__fmaf_rn``; for finite results.
+
+    The product of two float32 values is exact in float64 (24 + 24 significant bits), and
+    TwoSum gives ``r = fl64(p + c)`` and its exact error ``e``. Rounding ``r`` to float32 is then
+    right except when ``r`` lies exactly halfway between two float32 values and ``e != 0``: the
+    exact sum is past the halfway point on the side of ``e``, so the neighbour on that side is
+    the answer (a plain ``.float()`` would round the tie to even)."""
+    a, b, c = (torch.as_tensor(t, dtype=torch.float32) for t in (a, b, c))
+    a, b, c = torch.broadcast_tensors(a, b, c)
+    p = a.double() * b.double()
+    cd = c.double()
+    r = p + cd
+    bv = r - p
+    e = (p - (r - bv)) + (cd - bv)
+    r32 = r.float()
+    rd = r32.double()
+    inf = torch.full_like(r32, math.inf)
+    other = torch.nextafter(r32, torch.where(rd < r, inf, -inf))  # the float32 on r's other side
+    tie = (rd != r) & ((rd + other.double()) * 0.5 == r) & (e != 0)
+    fixed = torch.where(e > 0, torch.maximum(r32, other), torch.minimum(r32, other))
+    return torch.where(tie, fixed, r32)
+
+
+def _embedding_unpack(packed, bits, dim):
+    """(values float32 [N, dim], scale [N], zero point [N], 8-bit bias -(z * s) [N])."""
+    from .nn.quantized_embedding import unpack_rowwise
+
+    q, s, z = unpack_rowwise(packed.cpu(), bits, dim)
+    return q.float(), s, z, -(z * s)
+
+
+def embedding_row_values(packed, bits: int, embedding_dim: int) -> torch.Tensor:
+    """The value of each table element as ``embedding_bag_rowwise`` defines it (max mode, and
+    the plain Embedding lookup), float32 [N, embedding_dim]: 8-bit rows fma(q, s, -(z * s)),
+    4-bit rows (q - z) * s."""
+    q, s, z, b = _embedding_unpack(packed, bits, embedding_dim)
+    if bits == 8:
+        return fma32(q, s[:, None], b[:, None])
+    return (q - z[:, None]) * s[:, None]
+
+
+def embedding_bag_rowwise(packed, bits: int, embedding_dim: int, indices, offsets=None, mode: int = 0,
+                          per_sample_weights=None, include_last_offset: bool = False,
+                          padding_idx: Optional[int] = None) -> torch.Tensor:
+    """``embedding_bag_rowwise``: bags of a packed row-wise quantized table (contract in
+    csrc/cpu/embedding_kernels.h). Entry k of every bag at once, k in order, so each output
+    element sees the same float32 operations in the same order as in the kernels.
+
+    8-bit sum / mean: acc = fma(q, s', acc) and, apart, B = B + b' (s' = s * w, b' = -(z * s) * w
+    with a per-sample weight w), the bag's sum acc + B; max: max of fma(q, s, -(z * s)).
+    4-bit: v = (q - z) * s, acc + v (or acc + v * w), max of v. Mean: the sum / the count."""
+    q, s, z, bias_row = _embedding_unpack(packed, bits, embedding_dim)
+    values = embedding_row_values(packed, bits, embedding_dim)
+    idx = indices.cpu().long()
+    psw = per_sample_weights.cpu().float() if per_sample_weights is not None else None
+    if offsets is None:
+        nb, per = idx.shape
+        starts = torch.arange(nb) * per
+        ends = starts + per
+        idx = idx.reshape(-1)
+        psw = psw.reshape(-1) if psw is not None else None
+    else:
+        off = offsets.cpu().long()
+        nb = off.numel() - 1 if include_last_offset else off.numel()
+        starts = off[:nb]
+        ends = torch.cat([off[1:], torch.tensor([idx.numel()])])[:nb]
+    lengths = ends - starts
+    acc = torch.zeros(nb, embedding_dim)
+    bias = torch.zeros(nb)
+    count = torch.zeros(nb, dtype=torch.long)
+    split_bias = bits == 8 and mode != 2
+    for k in range(int(lengths.max()) if nb else 0):
+        bags = (lengths > k).nonzero().squeeze(1)
+        pos = starts[bags] + k
+        r = idx[pos]
+        if padding_idx is not None:
+            keep = r != padding_idx
+            bags, pos, r = bags[keep], pos[keep], r[keep]
+        if split_bias:
+            si, bi = s[r], bias_row[r]
+            if psw is not None:
+                si, bi = si * psw[pos], bi * psw[pos]
+            acc[bags] = fma32(q[r], si[:, None], acc[bags])
+            bias[bags] = bias[bags] + bi
+        elif mode == 2:
+            v, cur = values[r], acc[bags]
+            acc[bags] = torch.where((count[bags] == 0)[:, None] | (v > cur), v, cur)
+        else:
+            v = values[r]
+            acc[bags] = acc[bags] + (v * psw[pos][:, None] if psw is not None else v)
+        count[bags] += 1
+    if split_bias:
+        acc = acc + bias[:, None]
+    if mode == 1:
+        acc = torch.where(count[:, None] > 0, acc / count.clamp(min=1)[:, None].float(), acc)
+    return acc

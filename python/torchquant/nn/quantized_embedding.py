@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import _fastcall
 from .._ops import ops
 from ._state_dict import integer_load_errors
 
@@ -116,9 +117,13 @@ class _EmbeddingBase(nn.Module):
         return unpack_rowwise(self.packed_weight, self.bits, self.embedding_dim)[2]
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The float table the kernel computes with: (q - zero_point) * scale per row."""
-        q, s, z = unpack_rowwise(self.packed_weight, self.bits, self.embedding_dim)
-        return (q.float() - z[:, None]) * s[:, None]
+        """The float table the kernel looks up, float32 [num_embeddings, embedding_dim]: each
+        row's values as ``Embedding`` returns them (8-bit rows: fma(q, scale, -(zero_point *
+        scale)), rounded once, within an ulp or so of (q - zero_point) * scale; 4-bit rows:
+        (q - zero_point) * scale). Computed by the kernel itself (a max over each row alone)."""
+        rows = torch.arange(self.num_embeddings, device=self.packed_weight.device).reshape(-1, 1)
+        return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, rows, None, 2,
+                                                 None, False, None)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # The packed rows are uint8 (values and qparam bytes): another dtype would be cast silently.
@@ -129,6 +134,10 @@ class _EmbeddingBase(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _lookup(self, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
+        if _fastcall.usable_all((indices,), (offsets, per_sample_weights)):
+            return _fastcall.embedding_bag_rowwise(self.packed_weight, self.bits, self.embedding_dim, indices,
+                                                   offsets, mode, per_sample_weights, include_last_offset,
+                                                   padding_idx)
         return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, indices, offsets,
                                                  mode, per_sample_weights, include_last_offset, padding_idx)
 
@@ -141,7 +150,7 @@ class _EmbeddingBase(nn.Module):
 
 class Embedding(_EmbeddingBase):
     """Weight-only quantized ``nn.Embedding`` (8-bit or 4-bit rows): ``forward(indices)`` returns
-    float32 [*indices.shape, embedding_dim], the dequantized rows.
+    float32 [*indices.shape, embedding_dim], the rows of ``dequantized_weight()``.
 
     >>> emb = nn.Embedding(1000, 64); emb.qconfig = torchquant.float_qparams_weight_only_qconfig
     >>> q = Embedding.from_float(emb); q(torch.tensor([[1, 2], [3, 4]])).shape
@@ -159,8 +168,10 @@ class Embedding(_EmbeddingBase):
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         if not isinstance(indices, torch.Tensor):
             raise TypeError(f"argument 'indices' must be a Tensor, got {type(indices).__name__}")
+        # A bag of one in max mode is the row's value itself, fma(q, s, b) rounded once for 8-bit
+        # rows (a sum of one would round q * s and then add b).
         flat = indices.reshape(-1, 1)
-        out = self._lookup(flat, None, 0, None, False, None)
+        out = self._lookup(flat, None, 2, None, False, None)
         return out.reshape(*indices.shape, self.embedding_dim)
 
     @classmethod
