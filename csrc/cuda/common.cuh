@@ -9,7 +9,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include <c10/util/Exception.h>
+
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <string>
 
 namespace torchquant {
 namespace cuda {
@@ -50,6 +56,24 @@ __device__ __forceinline__ Vec<T, V> load_vec(const T* p) {
 template <class T, int V>
 __device__ __forceinline__ void store_vec(T* p, const Vec<T, V>& v) {
   *reinterpret_cast<Vec<T, V>*>(p) = v;
+}
+
+// The kernel choice an environment variable forces (read per call, so that tests can switch it):
+// the position of its value in `choices`, 0 (the first choice, "auto") when unset or empty; any
+// other value is an error naming the variable and the choices.
+inline int env_choice(const char* var, std::initializer_list<const char*> choices) {
+  const char* v = std::getenv(var);
+  if (v == nullptr || *v == '\0') return 0;
+  int i = 0;
+  std::string names;
+  for (const char* c : choices) {
+    if (std::strcmp(v, c) == 0) return i;
+    names += (i == 0 ? "" : (i + 1 == static_cast<int>(choices.size()) ? " or " : ", "));
+    names += c;
+    ++i;
+  }
+  TORCH_CHECK(false, "environment variable ", var, " must be ", names, ", got '", v, "'");
+  return 0;
 }
 
 }  // namespace cuda

@@ -24,14 +24,6 @@ struct ConvDev {
   int64_t Cout = 0, Cg = 0, Ng = 0, Kg = 0;
 };
 
-__device__ __forceinline__ void pixel_of(const ConvGeometry& g, int64_t m, int64_t* n, int64_t* od,
-                                         int64_t* oh, int64_t* ow) {
-  *ow = m % g.out[2];
-  *oh = (m / g.out[2]) % g.out[1];
-  *od = (m / (g.out[2] * g.out[1])) % g.out[0];
-  *n = m / (g.out[2] * g.out[1] * g.out[0]);
-}
-
 template <bool U>
 __device__ __forceinline__ int32_t load_x(const void* x, int64_t at) {
   return U ? int32_t{static_cast<const uint8_t*>(x)[at]} : int32_t{static_cast<const int8_t*>(x)[at]};
@@ -47,7 +39,7 @@ __global__ void conv_general_kernel(const void* __restrict__ x, const int8_t* __
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t m = idx / c.Cout, ch = idx % c.Cout, grp = ch / c.Ng, j = ch % c.Ng;
     int64_t n, od, oh, ow;
-    pixel_of(g, m, &n, &od, &oh, &ow);
+    conv_pixel_of(g, m, &n, &od, &oh, &ow);
     const int8_t* wg = w + grp * c.Kg * c.Ng + j;
     int32_t acc = 0;
     int64_t k = 0;
@@ -57,7 +49,7 @@ __global__ void conv_general_kernel(const void* __restrict__ x, const int8_t* __
         const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
         for (int64_t kw = 0; kw < g.k[2]; ++kw) {
           const int64_t iw = ow * g.stride[2] - g.pad[2] + kw * g.dil[2];
-          const bool in = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1] && iw >= 0 && iw < g.in[2];
+          const bool in = conv_inside(g, id, ih, iw);
           if (in) {
             const int64_t base = (((n * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * g.C + grp * c.Cg;
             for (int64_t ci = 0; ci < c.Cg; ++ci, ++k) acc += load_x<U>(x, base + ci) * wg[k * c.Ng];
@@ -82,7 +74,7 @@ __global__ void conv_dw_kernel(const void* __restrict__ x, const int8_t* __restr
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t m = idx / C, ch = idx % C;
     int64_t n, od, oh, ow;
-    pixel_of(g, m, &n, &od, &oh, &ow);
+    conv_pixel_of(g, m, &n, &od, &oh, &ow);
     int32_t acc = 0;
     int64_t t = 0;
     for (int64_t kd = 0; kd < g.k[0]; ++kd) {
@@ -91,7 +83,7 @@ __global__ void conv_dw_kernel(const void* __restrict__ x, const int8_t* __restr
         const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
         for (int64_t kw = 0; kw < g.k[2]; ++kw, ++t) {
           const int64_t iw = ow * g.stride[2] - g.pad[2] + kw * g.dil[2];
-          const bool in = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1] && iw >= 0 && iw < g.in[2];
+          const bool in = conv_inside(g, id, ih, iw);
           const int32_t xv =
               in ? load_x<U>(x, (((n * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * C + ch) : zp;
           acc += xv * w[t * C + ch];

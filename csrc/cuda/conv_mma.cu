@@ -20,9 +20,6 @@
 // B b0 = (k 4t..4t+3, col g), b1 = (k 4t+16..4t+19, col g); C c0, c1 = (row g, cols 2t, 2t+1),
 // c2, c3 = (row g+8, cols 2t, 2t+1). Shared rows are 48 bytes, so the eight rows one fragment
 // load touches fall in distinct banks.
-#include <cstdlib>
-#include <cstring>
-
 #include "cuda/conv_mma.h"
 
 namespace torchquant {
@@ -30,14 +27,6 @@ namespace cuda {
 namespace {
 
 constexpr int kCM = 64, kCN = 64, kCK = 32, kCRow = kCK + 16;
-
-__device__ __forceinline__ void pixel_coords(const ConvGeometry& g, int64_t m, int64_t* n, int64_t* od,
-                                             int64_t* oh, int64_t* ow) {
-  *ow = m % g.out[2];
-  *oh = (m / g.out[2]) % g.out[1];
-  *od = (m / (g.out[2] * g.out[1])) % g.out[0];
-  *n = m / (g.out[2] * g.out[1] * g.out[0]);
-}
 
 template <bool U>
 __device__ __forceinline__ void mma_x8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -62,11 +51,6 @@ __device__ __forceinline__ void mma_x8(int32_t (&d)[4], const uint32_t (&a)[4], 
 
 __device__ __forceinline__ uint32_t lds32(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-// Whether input position (id, ih, iw) lies inside the input (else: a padded tap).
-__device__ __forceinline__ bool inside(const ConvGeometry& g, int64_t id, int64_t ih, int64_t iw) {
-  return id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1] && iw >= 0 && iw < g.in[2];
-}
-
 template <bool U, bool kFast>
 __global__ void __launch_bounds__(128)
     conv_mma_kernel(const uint8_t* __restrict__ x, const int8_t* __restrict__ w, ConvMmaArgs c, Epilogue e) {
@@ -90,7 +74,7 @@ __global__ void __launch_bounds__(128)
   const int my_row = tid >> 1, my_half = tid & 1;
   int64_t pn = 0, pod = 0, poh = 0, pow_ = 0;
   const bool pvalid = m0 + my_row < P;
-  if (kFast && pvalid) pixel_coords(g, m0 + my_row, &pn, &pod, &poh, &pow_);
+  if (kFast && pvalid) conv_pixel_of(g, m0 + my_row, &pn, &pod, &poh, &pow_);
 
   int32_t acc[2][4][4];
 #pragma unroll
@@ -109,7 +93,7 @@ __global__ void __launch_bounds__(128)
         const int64_t id = pod * g.stride[0] - g.pad[0] + kd * g.dil[0];
         const int64_t ih = poh * g.stride[1] - g.pad[1] + kh * g.dil[1];
         const int64_t iw = pow_ * g.stride[2] - g.pad[2] + kw * g.dil[2];
-        if (inside(g, id, ih, iw)) {
+        if (conv_inside(g, id, ih, iw)) {
           const int64_t at = (((pn * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * g.C + cbase + ci;
           v = __ldg(reinterpret_cast<const uint4*>(x + at));
         }
@@ -122,13 +106,13 @@ __global__ void __launch_bounds__(128)
         uint8_t v = 0;  // rows past the last pixel and k past Kg multiply zero weights
         if (m < P && k < c.Kg) {
           int64_t n, od, oh, ow;
-          pixel_coords(g, m, &n, &od, &oh, &ow);
+          conv_pixel_of(g, m, &n, &od, &oh, &ow);
           const int64_t tap = k / c.Cg, ci = k % c.Cg;
           const int64_t kw = tap % g.k[2], kh = (tap / g.k[2]) % g.k[1], kd = tap / (g.k[2] * g.k[1]);
           const int64_t id = od * g.stride[0] - g.pad[0] + kd * g.dil[0];
           const int64_t ih = oh * g.stride[1] - g.pad[1] + kh * g.dil[1];
           const int64_t iw = ow * g.stride[2] - g.pad[2] + kw * g.dil[2];
-          v = inside(g, id, ih, iw) ? x[(((n * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * g.C + cbase + ci]
+          v = conv_inside(g, id, ih, iw) ? x[(((n * g.in[0] + id) * g.in[1] + ih) * g.in[2] + iw) * g.C + cbase + ci]
                                     : zb;
         }
         xs[mm][kk] = v;
@@ -182,12 +166,7 @@ __global__ void __launch_bounds__(128)
 }  // namespace
 
 ConvPath conv_path() {
-  const char* v = std::getenv("TORCHQUANT_CUDA_CONV");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return ConvPath::Auto;
-  if (std::strcmp(v, "direct") == 0) return ConvPath::Direct;
-  if (std::strcmp(v, "mma") == 0) return ConvPath::Mma;
-  TORCH_CHECK(false, "environment variable TORCHQUANT_CUDA_CONV must be auto, direct or mma, got '", v, "'");
-  return ConvPath::Auto;
+  return static_cast<ConvPath>(env_choice("TORCHQUANT_CUDA_CONV", {"auto", "direct", "mma"}));
 }
 
 bool conv_mma_applies(const ConvMmaArgs& c) {

@@ -1,5 +1,6 @@
 // The tensor-core implicit-GEMM int8 convolution (conv_mma.cu), called by conv_int8's CUDA
-// driver (conv.cu) for grouped and ordinary convolutions on sm_80 and later.
+// driver (conv.cu) for grouped and ordinary convolutions on sm_80 and later, and the geometry
+// helpers both files' kernels use.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -13,6 +14,21 @@
 
 namespace torchquant {
 namespace cuda {
+
+// Output pixel m (flat over N, OD, OH, OW) as coordinates; shared by the direct kernels (conv.cu)
+// and the tensor-core one.
+__device__ __forceinline__ void conv_pixel_of(const ConvGeometry& g, int64_t m, int64_t* n, int64_t* od,
+                                              int64_t* oh, int64_t* ow) {
+  *ow = m % g.out[2];
+  *oh = (m / g.out[2]) % g.out[1];
+  *od = (m / (g.out[2] * g.out[1])) % g.out[0];
+  *n = m / (g.out[2] * g.out[1] * g.out[0]);
+}
+
+// Whether input position (id, ih, iw) lies inside the input (else a padded tap: the zero point).
+__device__ __forceinline__ bool conv_inside(const ConvGeometry& g, int64_t id, int64_t ih, int64_t iw) {
+  return id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1] && iw >= 0 && iw < g.in[2];
+}
 
 // One convolution's GEMM shape: per group, Kg = taps * Cg rows of the packed weight
 // [groups, Kg, Ng] (k = tap * Cg + c, output channel innermost).

@@ -249,15 +249,7 @@ __global__ void __launch_bounds__(kThreads)
 enum class Path { Auto, Gemv, Mma, Lt, Tiled };
 
 Path forced_path() {
-  const char* v = std::getenv("TORCHQUANT_CUDA_GEMM");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Path::Auto;
-  if (std::strcmp(v, "gemv") == 0) return Path::Gemv;
-  if (std::strcmp(v, "mma") == 0) return Path::Mma;
-  if (std::strcmp(v, "lt") == 0) return Path::Lt;
-  if (std::strcmp(v, "tiled") == 0) return Path::Tiled;
-  TORCH_CHECK(false, "environment variable TORCHQUANT_CUDA_GEMM must be auto, gemv, mma, lt or tiled, got '",
-              v, "'");
-  return Path::Auto;
+  return static_cast<Path>(env_choice("TORCHQUANT_CUDA_GEMM", {"auto", "gemv", "mma", "lt", "tiled"}));
 }
 
 // The kernel that runs a problem of M rows. Auto: the dp4a GEMV for M <= kAutoGemvMaxM, the

@@ -23,9 +23,6 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "common/checks.h"
 #include "cuda/common.cuh"
 #include "cuda/gemm.cuh"
@@ -322,13 +319,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 enum class Int4Path { Auto, Gemv, Tiled, Mma };
 
 Int4Path forced_int4_path() {
-  const char* v = std::getenv("TORCHQUANT_CUDA_INT4");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Int4Path::Auto;
-  if (std::strcmp(v, "gemv") == 0) return Int4Path::Gemv;
-  if (std::strcmp(v, "tiled") == 0) return Int4Path::Tiled;
-  if (std::strcmp(v, "mma") == 0) return Int4Path::Mma;
-  TORCH_CHECK(false, "environment variable TORCHQUANT_CUDA_INT4 must be auto, gemv, tiled or mma, got '", v, "'");
-  return Int4Path::Auto;
+  return static_cast<Int4Path>(env_choice("TORCHQUANT_CUDA_INT4", {"auto", "gemv", "tiled", "mma"}));
 }
 
 // The kernel for M rows of `dtype` activations: the GEMV for M <= kMaxGemvRows (auto, or forced
