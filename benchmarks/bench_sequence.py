@@ -10,7 +10,8 @@ process.
         (torch.ao's quantize_dynamic breaks nn.TransformerEncoderLayer: it swaps MHA's out_proj)
   bag   EmbeddingBag, 1M rows x 64, 512 bags of 80 random lookups, sum: 8-bit and 4-bit rows vs
         torch.ao's embedding_bag_byte_rowwise_offsets / embedding_bag_4bit_rowwise_offsets, with
-        the bandwidth of the bytes each reads (rows, their qparams, indices)
+        the bandwidth of the bytes each reads (rows, their qparams, indices); torchquant's table
+        is on transparent huge pages, and torch.ao is also timed with its table copied onto them
 
 Times are the 10th percentile of single calls, implementations interleaved in rounds (see
 bench_linear.py). Ratios are anchor_time / torchquant_time (> 1: torchquant is faster).
@@ -89,7 +90,12 @@ def bench_bag(args):
         else:
             packed = torch.ops.quantized.embedding_bag_4bit_prepack(w)
             fn = torch.ops.quantized.embedding_bag_4bit_rowwise_offsets
+        # torchquant keeps its table on transparent huge pages (torchquant::streamed_copy), so a
+        # random row costs no TLB miss; torch.ao's table is where torch's allocator put it. The
+        # third timing gives torch.ao the same pages, to show what the kernels alone do.
+        packed_huge = torch.ops.torchquant.streamed_copy(packed)
         fns = {"torch.ao": lambda: fn(packed, idx, off, False, 0, False, None, None, False),
+               "torch.ao huge pages": lambda: fn(packed_huge, idx, off, False, 0, False, None, None, False),
                "torchquant": lambda: q(idx, off)}
         us = interleaved_us(fns, args.rounds, args.target_ms)
         # Bytes read per lookup: the row's values and qparams (cache lines touched are more), an index.
@@ -123,6 +129,9 @@ def main():
             if len(row) > 2:
                 bw = row[2]
                 line += f"   GB/s read: torchquant {bw['torchquant']:.1f}, torch.ao {bw['torch.ao']:.1f}"
+            if "torch.ao huge pages" in us:
+                line += (f"   torch.ao on huge pages {us['torch.ao huge pages'] / 1e3:.3f} ms: "
+                         f"{us['torch.ao huge pages'] / us['torchquant']:.2f}x")
             print(line, flush=True)
 
 

@@ -172,6 +172,8 @@ TORCH_LIBRARY_IMPL(torchquant, CompositeExplicitAutograd, m) {
   m.impl("fake_quantize_learnable", &fake_quantize_learnable);
   m.impl("fake_quantize_learnable_backward", &fake_quantize_learnable_backward);
   m.impl("choose_qparams", &choose_qparams);
+  // Other devices than the CPU (cpu/alloc.cpp): a plain contiguous copy.
+  m.impl("streamed_copy", [](const at::Tensor& x) { return x.clone(at::MemoryFormat::Contiguous); });
 }
 
 }  // namespace torchquant

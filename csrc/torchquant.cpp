@@ -180,6 +180,10 @@ TORCH_LIBRARY(torchquant, m) {
   m.def("embedding_bag_rowwise(Tensor packed, int bits, int embedding_dim, Tensor indices, "
         "Tensor? offsets=None, int mode=0, Tensor? per_sample_weights=None, "
         "bool include_last_offset=False, int? padding_idx=None) -> Tensor");
+  // A contiguous copy of x for long-lived data that a kernel reads at random or streams from
+  // memory (a packed embedding table): on the CPU in fresh memory advised onto transparent huge
+  // pages (cpu/alloc.h), where a random row costs no TLB miss; elsewhere a plain copy.
+  m.def("streamed_copy(Tensor x) -> Tensor");
   // ---- int4 ----
   // int4 group-wise weight-only Linear (cpu/int4*.cpp, cuda/int4.cu; docs/quantization.md,
   // "int4 weight-only"). Portable weight: qweight uint8 [N, ceil(K/2)] (k even in the low

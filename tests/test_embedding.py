@@ -505,3 +505,62 @@ def test_modules_take_the_typed_path_same_results_and_errors(monkeypatch):
         pass
 
     assert torch.equal(bag(idx.as_subclass(Sub), off), outs[0]) and len(calls) == 4
+
+
+def test_bad_index_in_runs_of_small_bags(isa):
+    # Indices are checked in chunks spanning many small bags: a bad one anywhere in a chunk, at a
+    # chunk's edge or in the last partial chunk is reported at its position, before any row is read.
+    packed = _random_table(1000, 64, 8, seed=4)
+    idx = torch.randint(0, 1000, (5000,))
+    offsets = torch.arange(0, 5000)
+    for p in (0, 2047, 2048, 2049, 4095, 4999):
+        bad = idx.clone()
+        bad[p] = 1000 + p
+        for threads in (1, 2):
+            with pytest.raises(RuntimeError, match=f"argument 'indices' holds {1000 + p} at position {p}, outside"):
+                _on_threads(threads, packed, 8, 64, bad, offsets, 0)
+    got = _on_threads(2, packed, 8, 64, idx, offsets, 0)
+    assert torch.equal(got, _reference(packed, 8, 64, idx, offsets, 0, None, False, None))
+
+
+def test_streamed_copy():
+    # A contiguous copy with the same values, whatever the input's layout; the input is untouched.
+    ops_ = torch.ops.torchquant
+    for x in (torch.arange(60, dtype=torch.uint8).reshape(6, 10)[:, ::3], torch.randn(3, 0), torch.randn(5, 7).t(),
+              torch.randint(0, 255, (3 * 2 ** 20 + 17,), dtype=torch.uint8)):
+        before = x.clone()
+        y = ops_.streamed_copy(x)
+        assert y.is_contiguous() and y.dtype == x.dtype and y.shape == x.shape and torch.equal(y, x)
+        assert torch.equal(x, before) and (x.numel() == 0 or y.data_ptr() != x.data_ptr())
+    m = ops_.streamed_copy(torch.empty(4, 3, device="meta"))
+    assert m.device.type == "meta" and m.shape == (4, 3)
+
+
+@pytest.mark.parametrize("hugepages", ["1", "0"])
+def test_table_on_huge_pages(hugepages):
+    """A table of 2 MiB and more sits at a 2 MiB-aligned address advised onto huge pages, after
+    from_float and after load_state_dict (TORCHQUANT_HUGEPAGES=0: ordinary memory; read once per
+    process, so each runs in a fresh one); lookups are the same either way."""
+    code = """
+import torch, torchquant as tq
+from torch import nn
+torch.manual_seed(0)
+emb = nn.EmbeddingBag(40000, 64, mode="sum")
+emb.qconfig = tq.float_qparams_weight_only_qconfig
+q = tq.nn.quantized.EmbeddingBag.from_float(emb)
+q2 = tq.nn.quantized.EmbeddingBag(40000, 64)
+q2.load_state_dict(q.state_dict())
+idx, off = torch.randint(0, 40000, (800,)), torch.arange(0, 800, 10)
+assert torch.equal(q(idx, off), q2(idx, off))
+assert torch.equal(q(idx, off), torchquant_ref(q, idx, off))
+print(int(q.packed_weight.data_ptr() % (2 << 20) == 0), int(q2.packed_weight.data_ptr() % (2 << 20) == 0))
+""".replace("torchquant_ref(q, idx, off)", "tq.reference.embedding_bag_rowwise(q.packed_weight, 8, 64, idx, off)")
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TORCHQUANT_HUGEPAGES=hugepages)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    aligned = r.stdout.split()
+    if hugepages == "1" and sys.platform.startswith("linux"):
+        assert aligned == ["1", "1"], r.stdout

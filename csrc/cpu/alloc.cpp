@@ -1,5 +1,7 @@
 #include "cpu/alloc.h"
 
+#include <torch/library.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -67,4 +69,17 @@ at::Tensor zeros_streamed(at::IntArrayRef sizes, const at::TensorOptions& option
 }
 
 }  // namespace cpu
+
+namespace {
+
+at::Tensor streamed_copy_cpu(const at::Tensor& x) {
+  at::Tensor out = cpu::zeros_streamed(x.sizes(), x.options());
+  out.copy_(x);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchquant, CPU, m) { m.impl("streamed_copy", &streamed_copy_cpu); }
+
 }  // namespace torchquant

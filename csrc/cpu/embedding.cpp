@@ -118,7 +118,7 @@ namespace {
 // Below this many row-vector operations (lookups x 16-column vectors; 1 to 2 ns each) a thread
 // of its own costs more than it saves: starting a parallel region and waiting for its threads
 // takes microseconds on an idle machine and far more on a loaded one.
-constexpr int64_t kMinWorkPerThread = int64_t{1} << 14;
+constexpr int64_t kMinWorkPerThread = int64_t{1} << 12;
 
 }  // namespace
 

@@ -21,6 +21,8 @@
 #error "define TQ_EMBEDDING_TARGET before including cpu/embedding_driver.h"
 #endif
 
+#include <algorithm>
+
 #include "cpu/embedding_kernels.h"
 
 namespace torchquant {
@@ -152,14 +154,24 @@ TQ_EMBEDDING_TARGET void bag(const EmbeddingTable& t, const int64_t* idx, int64_
   }
 }
 
+// Indices checked at a time: a run of small bags is checked in one pass of whole vectors (a
+// check per bag costs a masked tail each, as much as a one-row bag's lookup), and the indices
+// are still in the L1 cache when their rows are read.
+constexpr int64_t kCheckChunk = 2048;
+
 template <class K, int kBits>
 TQ_EMBEDDING_TARGET int64_t bags(const EmbeddingTable& t, const EmbeddingBags& a, int64_t b0, int64_t b1) {
   if (b0 >= b1) return -1;
   const int64_t end = bag_end(a, b1 - 1);  // prefetching stops at the last index of these bags
+  int64_t checked = bag_begin(a, b0);      // the indices before it are in range
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = bag_begin(a, b), n = bag_end(a, b) - s;
-    const int64_t bad = K::first_bad(a.idx + s, n, t.rows);
-    if (bad >= 0) return s + bad;
+    if (s + n > checked) {
+      const int64_t upto = std::min(end, std::max(s + n, checked + kCheckChunk));
+      const int64_t bad = K::first_bad(a.idx + checked, upto - checked, t.rows);
+      if (bad >= 0) return checked + bad;
+      checked = upto;
+    }
     bag<K, kBits>(t, a.idx + s, n, end - s, a.weights ? a.weights + s : nullptr, a.padding_idx, a.mode,
                   a.out + b * t.dim);
   }

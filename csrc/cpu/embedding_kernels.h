@@ -75,7 +75,8 @@ inline int64_t bag_end(const EmbeddingBags& a, int64_t b) {
 }
 
 // Bags [b0, b1) into a.out. Returns -1, or the position (into a.idx) of an index outside
-// [0, t.rows): then the bags from the one holding it on are left unwritten.
+// [0, t.rows): then some bags, the one holding it among them, are left unwritten (the caller
+// raises; no row of an index outside the table is ever read).
 #define TQ_DECLARE_EMBEDDING_KERNELS(SUFFIX) \
   int64_t embedding_bags__##SUFFIX(const EmbeddingTable& t, const EmbeddingBags& a, int64_t b0, int64_t b1);
 

@@ -424,6 +424,11 @@ def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=No
         torch._check(indices.dim() == 2, lambda: "argument 'indices' must be 2-D [bags, entries] without offsets")
         bags = indices.shape[0]
     return packed.new_empty((bags, embedding_dim), dtype=torch.float32)
+@torch.library.register_fake("torchquant::streamed_copy")
+def _streamed_copy_fake(x):
+    return x.new_empty(x.shape)
+
+
 # ---------------------------------------------------------------- int4
 def _int4_dims(in_features, out_features, group_size):
     torch._check(group_size >= 8 and group_size <= 2048 and group_size % 8 == 0,

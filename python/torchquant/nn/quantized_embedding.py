@@ -132,6 +132,8 @@ class _EmbeddingBase(nn.Module):
             error_msgs.extend(errors)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + "packed_weight" in state_dict and self.packed_weight.is_contiguous():
+            self.packed_weight = ops.streamed_copy.default(self.packed_weight)
 
     def _lookup(self, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
         if _fastcall.usable_all((indices,), (offsets, per_sample_weights)):
@@ -145,7 +147,7 @@ class _EmbeddingBase(nn.Module):
         packed, bits = _quantize_table(mod.weight, _weight_observer(mod, name), name)
         if bits != self.bits:
             raise ValueError(f"{name}: qconfig gives {bits}-bit rows, module built for {self.bits}")
-        self.packed_weight = packed
+        self.packed_weight = ops.streamed_copy.default(packed)
 
 
 class Embedding(_EmbeddingBase):
