@@ -393,3 +393,32 @@ def test_conv_small_k_fused_requantize(isa, case, batch):
                             oz = torch.zeros_like(oz)  # a fused ConvReLU's output zero point
                         got, want = _run(case, x, xs, xz, w, ws, b, out_dtype, relu, os_, oz)
                         assert_same(got, want)
+
+
+@pytest.mark.parametrize("case", [
+    ((7, 7), 64, 72, (3, 3), (1, 1), (1, 1), (1, 1), 1),          # resnet's late 3x3 (7x7, a border row = 7 px)
+    ((6, 12), 16, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),         # border rows of 12 px: two whole tiles
+    ((9, 5), 8, 16, (5, 3), (2, 1), (2, 1), (1, 1), 1),           # 5 kernel rows, 2 padded at each end
+    ((10, 8), 8, 12, (3, 3), (1, 1), (3, 1), (2, 1), 1),          # dilated along H, padding past the reach
+    ((4, 9), 4, 8, (3, 3), (1, 1), (4, 1), (1, 1), 1),            # output rows whose every kernel row is padding
+    ((8, 8), 8, 8, (1, 3), (1, 1), (0, 1), (1, 1), 1),            # no H padding: nothing to skip
+    ((3, 6, 7), 4, 8, (1, 3, 3), (2, 1, 2), (0, 1, 1), (1, 2, 1), 1),  # conv3d of depth-1 kernel
+], ids=["7x7", "wide", "k5", "dilated", "all-pad", "no-hpad", "3d"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_zero_point0_skips_padded_kernel_rows(isa, case, threads):
+    """uint8 activations of zero point 0 (after a ReLU): the implicit GEMM skips the kernel rows
+    that fall in the top / bottom padding of every pixel of a register tile. Bit-identical with
+    the reference on every ISA, whatever the tile boundaries (batch 1 to 3), for every output kind."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in (1, 2, 3):
+            x, xs, xz, w, ws, bias = _make(case, batch, torch.uint8, seed=41 + batch)
+            x = torch.where(torch.rand(x.shape, generator=torch.Generator().manual_seed(batch)) < 0.4,
+                            torch.zeros_like(x), x)
+            xz = torch.zeros_like(xz)
+            for out_dtype, relu in ((torch.uint8, True), (torch.int8, False), (torch.float32, False)):
+                got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, *out_qparams(out_dtype, "cpu"))
+                assert_same(got, want)
+    finally:
+        torch.set_num_threads(old)

@@ -312,6 +312,12 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   const uint8_t *x = nullptr, *src = nullptr;
   int64_t Hp = G.in[1], Wp = G.in[2];
   const bool tile_pad = implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C);
+  // Kernel rows that fall in the top or bottom padding of every pixel of a register tile are
+  // skipped where the padding adds nothing: unsigned activations of zero point 0 (after a ReLU:
+  // most of a ResNet's 3x3 layers), whose zero-point correction is zero too. torch.ao's
+  // kernels skip padded taps as well; a 7x7 layer's 3x3 taps are 18 % padding.
+  const bool skip_pad = tile_pad && G.pad[1] != 0 && base.a_unsigned && base.a_zp == 0 &&
+                        base.a_zp_row == nullptr;
   InStrides st{};
   if (tile_pad) {
     Hp += 2 * G.pad[1];
@@ -327,6 +333,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   auto run = [&](int64_t t0, int64_t t1) {
     thread_local std::vector<uint8_t> buf, pbuf;
     thread_local std::vector<const uint8_t*> rp;
+    thread_local std::vector<int32_t> srp;
     int64_t have_g = -1, have_tile = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
@@ -349,6 +356,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
       }
       if (implicit) {
         const uint8_t** r = cpu::scratch(rp, static_cast<size_t>(p.M));
+        int32_t* sr = skip_pad ? cpu::scratch(srp, static_cast<size_t>(2 * p.M)) : nullptr;
         if (tile != have_tile) {
           // Counters, not divisions per pixel (a 64-bit division costs as much as a few groups).
           int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
@@ -373,12 +381,27 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
             view = pb;
           }
           const uint8_t* rowp = nullptr;
+          int32_t kh_lo = 0, kh_hi = 0;
           for (int64_t m = m0; m < m1; ++m) {
             if (m == m0 || ow == 0) {
               const int64_t plane = n * G.in[0] + od * G.stride[0];
               rowp = view + ((plane * Hp + oh * G.stride[1]) - lo) * rowb;
+              if (skip_pad) {
+                // The kernel rows kh whose input row oh * stride + kh * dil - pad is inside.
+                const int64_t top = G.pad[1] - oh * G.stride[1], d = G.dil[1];
+                const int64_t first = top <= 0 ? 0 : (top + d - 1) / d;
+                const int64_t last_num = G.in[1] - 1 + top;  // kh * d <= last_num
+                const int64_t end = last_num < 0 ? 0 : std::min<int64_t>(G.k[1], last_num / d + 1);
+                // None inside: (KH, 0), which leaves a tile's union of ranges as it was.
+                kh_lo = static_cast<int32_t>(first < end ? first : G.k[1]);
+                kh_hi = static_cast<int32_t>(first < end ? end : 0);
+              }
             }
             r[m - m0] = rowp + ow * step;
+            if (skip_pad) {
+              sr[2 * (m - m0)] = kh_lo;
+              sr[2 * (m - m0) + 1] = kh_hi;
+            }
             if (++ow == G.out[2]) {
               ow = 0;
               if (++oh == G.out[1]) {
@@ -392,7 +415,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           }
           have_tile = tile;
         }
-        k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1);
+        k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, sr);
         continue;
       }
       // 32 bytes of slack: im2col's block copies run past the last row.

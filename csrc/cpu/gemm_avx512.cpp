@@ -147,6 +147,7 @@ struct MicroArgs {
   const uint8_t* const* rows = nullptr;
   const uint8_t* a = nullptr;
   int64_t lda = 0, segs = 1, gps = 0, sstride = 0;
+  int64_t a_off = 0;          // added to each rows[i] (the first run this tile reads)
   const int8_t* b = nullptr;  // the first panel's packed weights
   int64_t pstride = 0;        // bytes between panels
   // The K % 4 tail or null: per row one int32 of zero-padded (and, for int8, flipped)
@@ -190,7 +191,7 @@ TQ_TARGET_AVX512VNNI void micro(const MicroArgs& s) {
   __m512i w0 = z, w1 = z, w2 = z, w3 = z;
   const int64_t lda = s.lda, gps = s.gps, pstride = s.pstride, sstride = s.sstride;
   const uint8_t* const* rows = s.rows;
-  auto row = [&](int i) { return rows != nullptr ? rows[i] : s.a + i * lda; };
+  auto row = [&](int i) { return rows != nullptr ? rows[i] + s.a_off : s.a + i * lda; };
   const uint8_t *a0 = row(0), *a1 = R > 1 ? row(1) : a0, *a2 = R > 2 ? row(2) : a0,
                 *a3 = R > 3 ? row(3) : a0, *a4 = R > 4 ? row(4) : a0, *a5 = R > 5 ? row(5) : a0;
   const int8_t* b = s.b;
@@ -333,8 +334,11 @@ TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t
 
 // Output rows [m0, m1) x panels [p0, p1) on the micro-kernels: s describes row m0's activations
 // (rows: one pointer per row from m0 on; or a, advanced here by lda per row).
+// seg_range (implicit GEMM, or null): per row from m0 on, the runs [lo, hi) it needs; a register
+// tile reads the runs that any of its rows needs, and skips those no row needs (kernel rows
+// that fall in the padding of every pixel of the tile, whose bytes are zeros that add nothing).
 TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_t m0, int64_t m1,
-                                       int64_t p0, int64_t p1) {
+                                       int64_t p0, int64_t p1, const int32_t* seg_range = nullptr) {
   const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
   const uint32_t flip = p.a_unsigned ? 0u : 0x80808080u;
   const int32_t zp_shift = p.a_unsigned ? 0 : 128;
@@ -398,6 +402,18 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
         }
       }
       qt.out = static_cast<uint8_t*>(p.out) + m * p.ldo + n0;
+      if (seg_range != nullptr) {
+        const int32_t* sr = seg_range + 2 * (m - m0);
+        int32_t lo = sr[0], hi = sr[1];
+        for (int i = 1; i < nr; ++i) {
+          lo = sr[2 * i] < lo ? sr[2 * i] : lo;
+          hi = sr[2 * i + 1] > hi ? sr[2 * i + 1] : hi;
+        }
+        if (hi < lo) hi = lo;  // every row's range empty (all padding): no run
+        s.segs = hi - lo;
+        s.a_off = lo * s.sstride;
+        s.b = p.w + pp * pstride + lo * s.gps * kGroup;
+      }
       pick_micro(nr, nv, flip != 0, fuse)(s);
       if (fuse) continue;
       for (int i = 0; i < nr; ++i) {
@@ -418,13 +434,14 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
 TQ_TARGET_AVX512VNNI void gemm_compute_segs__avx512vnni(const GemmProblem& p,
                                                         const uint8_t* const* rows, int64_t segs,
                                                         int64_t sstride, int64_t m0, int64_t m1,
-                                                        int64_t p0, int64_t p1) {
+                                                        int64_t p0, int64_t p1,
+                                                        const int32_t* seg_range) {
   MicroArgs s;
   s.rows = rows;
   s.segs = segs;
   s.gps = p.K / segs / 4;
   s.sstride = sstride;
-  compute_rows(p, s, m0, m1, p0, p1);
+  compute_rows(p, s, m0, m1, p0, p1, seg_range);
 }
 
 int gemm_mr__avx512vnni() { return kMR; }
@@ -569,7 +586,7 @@ void quantize_rows__avx512vnni(const float* x, int64_t ldx, int64_t rows, int64_
   quantize_rows__scalar(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
 }
 void gemm_compute_segs__avx512vnni(const GemmProblem&, const uint8_t* const*, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, int64_t) {}
+                                   int64_t, int64_t, int64_t, int64_t, const int32_t*) {}
 void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64_t ldw, int64_t N, int64_t K,
                                      int64_t p0, int64_t p1, int8_t* packed, int32_t* col_sums) {
   const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
