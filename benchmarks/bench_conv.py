@@ -54,6 +54,12 @@ SHAPES = [
     ("mv2 dw 384 @14 relu zp0 b8", 384, 384, 14, 3, 1, 1, 384, {"batch": 8, "relu": True}),
     ("mv2 dw 960 @7 relu zp0 b8", 960, 960, 7, 3, 1, 1, 960, {"batch": 8, "relu": True}),
     ("mv2 dw 960 @7 relu zp0 b1", 960, 960, 7, 3, 1, 1, 960, {"batch": 1, "relu": True}),
+    # ResNet-18's late 3x3 layers as the model runs them (after a ReLU: zero point 0, where the
+    # kernel rows in the padding are skipped).
+    ("r18 l3 3x3 256 relu zp0 b1", 256, 256, 14, 3, 1, 1, 1, {"batch": 1, "relu": True}),
+    ("r18 l4 3x3 512 relu zp0 b1", 512, 512, 7, 3, 1, 1, 1, {"batch": 1, "relu": True}),
+    ("r18 l3 3x3 256 relu zp0 b8", 256, 256, 14, 3, 1, 1, 1, {"batch": 8, "relu": True}),
+    ("r18 l4 3x3 512 relu zp0 b8", 512, 512, 7, 3, 1, 1, 1, {"batch": 8, "relu": True}),
     ("mv2 1x1 expand 24-144 @56", 24, 144, 56, 1, 1, 0, 1),
     ("mv2 1x1 project 144-24 @56", 144, 24, 56, 1, 1, 0, 1),
     ("mv2 1x1 320-1280 @7", 320, 1280, 7, 1, 1, 0, 1),
