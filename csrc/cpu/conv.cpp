@@ -415,7 +415,19 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           }
           have_tile = tile;
         }
-        k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, sr);
+        if (skip_pad) {
+          // Register tiles start afresh at each image (plane of output pixels): its first and
+          // last output rows then fill whole tiles that skip their padded kernel rows, where
+          // tiles running on from the last image would straddle them.
+          const int64_t plane = G.out[1] * G.out[2];
+          for (int64_t a = 0; a < p.M;) {
+            const int64_t b = std::min<int64_t>(p.M, ((m0 + a) / plane + 1) * plane - m0);
+            k.segs(p, r + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, sr + 2 * a);
+            a = b;
+          }
+        } else {
+          k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, nullptr);
+        }
         continue;
       }
       // 32 bytes of slack: im2col's block copies run past the last row.
