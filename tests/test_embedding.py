@@ -564,3 +564,32 @@ print(int(q.packed_weight.data_ptr() % (2 << 20) == 0), int(q2.packed_weight.dat
     aligned = r.stdout.split()
     if hugepages == "1" and sys.platform.startswith("linux"):
         assert aligned == ["1", "1"], r.stdout
+
+
+@pytest.mark.parametrize("dim", [16, 64, 72])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_bags_of_one_row_bit_exact(isa, dim, mode):
+    # Bags of one row (one-hot features) take a path of their own for 8-bit rows (unweighted, no
+    # padding_idx, dim a multiple of the vector width); with weights, padding_idx, 4-bit rows or
+    # other widths the general one. Same bits as the reference either way, mixed with longer bags,
+    # with offsets and as 2-d [bags, 1] indices; split over two threads, the same bits as on one.
+    for bits in (8, 4):
+        emb = _table(300, dim, bits, seed=dim + bits)
+        q = nnq.EmbeddingBag.from_float(emb)
+        g = torch.Generator().manual_seed(dim * 3 + mode)
+        idx = torch.randint(0, 300, (400,), generator=g)
+        idx[10] = idx[11] = 0  # the constant row
+        ones = torch.arange(0, 400)
+        mixed = torch.cat([torch.arange(0, 300), torch.tensor([300, 303, 310, 350])])
+        cases = [(idx, ones, None, None), (idx, mixed, None, None), (idx, ones, None, int(idx[5])),
+                 (idx[:200].reshape(-1, 1), None, None, None)]
+        if mode == 0:
+            cases.append((idx, ones, torch.randn(400, generator=g), None))
+        for ix, off, psw, pad in cases:
+            got = _on_threads(1, q.packed_weight, bits, dim, ix, off, mode, psw, False, pad)
+            want = _reference(q.packed_weight, bits, dim, ix, off, mode, psw, False, pad)
+            assert torch.equal(got, want), (bits, off is None, psw is not None, pad)
+        big = torch.randint(0, 300, (4000,), generator=g)  # enough work for two threads
+        one = _on_threads(1, q.packed_weight, bits, dim, big, torch.arange(0, 4000), mode)
+        two = _on_threads(2, q.packed_weight, bits, dim, big, torch.arange(0, 4000), mode)
+        assert torch.equal(one, two), bits

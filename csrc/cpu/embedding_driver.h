@@ -159,11 +159,39 @@ TQ_EMBEDDING_TARGET void bag(const EmbeddingTable& t, const int64_t* idx, int64_
 // are still in the L1 cache when their rows are read.
 constexpr int64_t kCheckChunk = 2048;
 
+// An 8-bit bag of one row, unweighted, without padding_idx, D a multiple of kLanes: the
+// operations of bag_block for n = 1 (sum and mean: fma(q, s, 0) + (0 + b), the mean's division
+// by 1 exact; max: fma(q, s, b)) without its set-up. One-hot features (a bag per lookup) pay
+// mostly that set-up otherwise.
+template <class K>
+TQ_EMBEDDING_TARGET inline void one_row_bag8(const EmbeddingTable& t, int64_t j, BagMode mode, float* out) {
+  using vec = typename K::vec;
+  constexpr int L = K::kLanes;
+  const uint8_t* row = t.data + j * t.row_stride;
+  const float s = row_scale(t, row), z = row_zero_point(t, row);
+  const float b = row_bias(s, z);
+  const vec sv = K::set1(s);
+  if (mode == BagMode::Max) {
+    const vec bv = K::set1(b);
+    for (int64_t d = 0; d < t.dim; d += L) {
+      const vec v = K::fma(K::q8(row + d), sv, bv);
+      K::template store<8, 1>(&v, out + d);
+    }
+  } else {
+    const vec bv = K::set1(0.0f + b), zero = K::zero();
+    for (int64_t d = 0; d < t.dim; d += L) {
+      const vec v = K::add(K::fma(K::q8(row + d), sv, zero), bv);
+      K::template store<8, 1>(&v, out + d);
+    }
+  }
+}
+
 template <class K, int kBits>
 TQ_EMBEDDING_TARGET int64_t bags(const EmbeddingTable& t, const EmbeddingBags& a, int64_t b0, int64_t b1) {
   if (b0 >= b1) return -1;
   const int64_t end = bag_end(a, b1 - 1);  // prefetching stops at the last index of these bags
   int64_t checked = bag_begin(a, b0);      // the indices before it are in range
+  const bool one_row_ok = kBits == 8 && a.weights == nullptr && a.padding_idx < 0 && t.dim % K::kLanes == 0;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = bag_begin(a, b), n = bag_end(a, b) - s;
     if (s + n > checked) {
@@ -171,6 +199,18 @@ TQ_EMBEDDING_TARGET int64_t bags(const EmbeddingTable& t, const EmbeddingBags& a
       const int64_t bad = K::first_bad(a.idx + checked, upto - checked, t.rows);
       if (bad >= 0) return checked + bad;
       checked = upto;
+    }
+    if (n == 1 && one_row_ok) {
+      if (s + kAhead < end) {
+        // The whole row ahead (bag_block prefetches a block's first line and the qparams).
+        const int64_t j = a.idx[s + kAhead];
+        const uint64_t r = static_cast<uint64_t>(j) < static_cast<uint64_t>(t.rows) ? static_cast<uint64_t>(j) : 0;
+        const char* p = reinterpret_cast<const char*>(t.data + r * t.row_stride);
+        for (int64_t o = 0; o < t.row_stride; o += 64) __builtin_prefetch(p + o, 0, 3);
+        __builtin_prefetch(p + t.row_stride - 1, 0, 3);
+      }
+      one_row_bag8<K>(t, a.idx[s], a.mode, a.out + b * t.dim);
+      continue;
     }
     bag<K, kBits>(t, a.idx + s, n, end - s, a.weights ? a.weights + s : nullptr, a.padding_idx, a.mode,
                   a.out + b * t.dim);
