@@ -16,7 +16,7 @@ import torch
 
 from . import _ops  # noqa: F401  (registers the fake kernels)
 from ._ops import conv_output_size, conv_packed_weight_shape
-from .gemm import _as_tensor
+from .gemm import _qparam_tensors
 
 __all__ = ["pack_conv_weight", "conv_int8", "conv_packed_weight_shape", "conv_output_size"]
 
@@ -32,18 +32,6 @@ def _ints(v: IntOrSeq, name: str):
     except TypeError:
         raise TypeError(f"argument '{name}' must be an int or a sequence of ints, got {v!r}") from None
     return out
-
-
-def _qparam_tensors(x, x_scale, x_zero_point, out_scale, out_zero_point):
-    """(x_scale, x_zero_point, out_scale, out_zero_point) of a conv op as tensors on x's
-    device: numbers converted (float32 / int32), tensors and None passed through."""
-    x_scale = _as_tensor(x_scale, torch.float32, x, "x_scale")
-    x_zero_point = _as_tensor(x_zero_point, torch.int32, x, "x_zero_point")
-    if out_scale is not None:
-        out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
-    if out_zero_point is not None:
-        out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
-    return x_scale, x_zero_point, out_scale, out_zero_point
 
 
 def _kernel_size(kernel_size: IntOrSeq, x):

@@ -17,7 +17,8 @@ import torch
 
 from . import _ops  # noqa: F401  (registers the fake kernels)
 from ._ops import conv_transpose_output_size, conv_transpose_packed_weight_shape
-from .conv import IntOrSeq, _ints, _kernel_size, _qparam_tensors
+from .conv import IntOrSeq, _ints, _kernel_size
+from .gemm import _qparam_tensors
 
 __all__ = ["pack_conv_transpose_weight", "conv_transpose_int8", "conv_transpose_packed_weight_shape",
            "conv_transpose_output_size"]

@@ -34,6 +34,18 @@ def _as_tensor(v, dtype, like: torch.Tensor, name: str) -> torch.Tensor:
     return _number_tensor(v, dtype, like.device, name)
 
 
+def _qparam_tensors(x, x_scale, x_zero_point, out_scale, out_zero_point):
+    """(x_scale, x_zero_point, out_scale, out_zero_point) of a linear / conv op as tensors on
+    x's device: numbers converted (float32 / int32), tensors and None passed through."""
+    x_scale = _as_tensor(x_scale, torch.float32, x, "x_scale")
+    x_zero_point = _as_tensor(x_zero_point, torch.int32, x, "x_zero_point")
+    if out_scale is not None:
+        out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
+    if out_zero_point is not None:
+        out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
+    return x_scale, x_zero_point, out_scale, out_zero_point
+
+
 def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact int8 x int8 -> int32 matrix product, like ``torch._int_mm`` but for any shape
     (M, K, N >= 0) and any strides. K is limited to 65793 (no int32 overflow possible).
@@ -85,12 +97,8 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
     >>> torchquant.linear_int8(q, s, z, wp, cs, torch.full((4,), 0.01)).shape
     torch.Size([5, 4])
     """
-    x_scale = _as_tensor(x_scale, torch.float32, x, "x_scale")
-    x_zero_point = _as_tensor(x_zero_point, torch.int32, x, "x_zero_point")
-    if out_scale is not None:
-        out_scale = _as_tensor(out_scale, torch.float32, x, "out_scale")
-    if out_zero_point is not None:
-        out_zero_point = _as_tensor(out_zero_point, torch.int32, x, "out_zero_point")
+    x_scale, x_zero_point, out_scale, out_zero_point = _qparam_tensors(x, x_scale, x_zero_point, out_scale,
+                                                                       out_zero_point)
     args = (x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale, out_zero_point)
     # relu and out_dtype of another type (1, np.bool_, a dtype given as an int) go to torch.ops,
     # which converts or rejects them in its own words; pybind11 would word it otherwise.
