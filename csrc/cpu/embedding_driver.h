@@ -33,12 +33,23 @@ namespace {
 // operations per 16 columns (16 before it; 32 no better, 8 and 48 slower).
 constexpr int64_t kAhead = 24;
 
-// The row of an index of a later bag, not checked yet: an index outside the table prefetches
-// row 0 instead. Its first bytes of this block's columns, and its last (the qparams).
-TQ_EMBEDDING_TARGET inline void prefetch_row(const EmbeddingTable& t, int64_t j, int64_t first_byte) {
+// The row of an index of a later bag, not checked yet: an index outside the table gives row 0.
+TQ_EMBEDDING_TARGET inline const char* ahead_row(const EmbeddingTable& t, int64_t j) {
   const uint64_t r = static_cast<uint64_t>(j) < static_cast<uint64_t>(t.rows) ? static_cast<uint64_t>(j) : 0;
-  const char* p = reinterpret_cast<const char*>(t.data + r * t.row_stride);
+  return reinterpret_cast<const char*>(t.data + r * t.row_stride);
+}
+
+// Prefetches of that row: its first bytes of this block's columns, and its last (the qparams).
+TQ_EMBEDDING_TARGET inline void prefetch_row(const EmbeddingTable& t, int64_t j, int64_t first_byte) {
+  const char* p = ahead_row(t, j);
   __builtin_prefetch(p + first_byte, 0, 3);
+  __builtin_prefetch(p + t.row_stride - 1, 0, 3);
+}
+
+// ... or all of it (a bag of one row reads every column at once).
+TQ_EMBEDDING_TARGET inline void prefetch_whole_row(const EmbeddingTable& t, int64_t j) {
+  const char* p = ahead_row(t, j);
+  for (int64_t o = 0; o < t.row_stride; o += 64) __builtin_prefetch(p + o, 0, 3);
   __builtin_prefetch(p + t.row_stride - 1, 0, 3);
 }
 
@@ -201,14 +212,7 @@ TQ_EMBEDDING_TARGET int64_t bags(const EmbeddingTable& t, const EmbeddingBags& a
       checked = upto;
     }
     if (n == 1 && one_row_ok) {
-      if (s + kAhead < end) {
-        // The whole row ahead (bag_block prefetches a block's first line and the qparams).
-        const int64_t j = a.idx[s + kAhead];
-        const uint64_t r = static_cast<uint64_t>(j) < static_cast<uint64_t>(t.rows) ? static_cast<uint64_t>(j) : 0;
-        const char* p = reinterpret_cast<const char*>(t.data + r * t.row_stride);
-        for (int64_t o = 0; o < t.row_stride; o += 64) __builtin_prefetch(p + o, 0, 3);
-        __builtin_prefetch(p + t.row_stride - 1, 0, 3);
-      }
+      if (s + kAhead < end) prefetch_whole_row(t, a.idx[s + kAhead]);
       one_row_bag8<K>(t, a.idx[s], a.mode, a.out + b * t.dim);
       continue;
     }

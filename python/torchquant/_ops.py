@@ -424,6 +424,8 @@ def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=No
         torch._check(indices.dim() == 2, lambda: "argument 'indices' must be 2-D [bags, entries] without offsets")
         bags = indices.shape[0]
     return packed.new_empty((bags, embedding_dim), dtype=torch.float32)
+
+
 @torch.library.register_fake("torchquant::streamed_copy")
 def _streamed_copy_fake(x):
     return x.new_empty(x.shape)

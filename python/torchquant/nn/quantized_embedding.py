@@ -132,7 +132,7 @@ class _EmbeddingBase(nn.Module):
             error_msgs.extend(errors)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if prefix + "packed_weight" in state_dict and self.packed_weight.is_contiguous():
+        if prefix + "packed_weight" in state_dict:  # the loaded table, onto huge pages (from_float's too)
             self.packed_weight = ops.streamed_copy.default(self.packed_weight)
 
     def _lookup(self, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
