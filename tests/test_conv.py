@@ -403,12 +403,18 @@ def test_conv_small_k_fused_requantize(isa, case, batch):
     ((4, 9), 4, 8, (3, 3), (1, 1), (4, 1), (1, 1), 1),            # output rows whose every kernel row is padding
     ((8, 8), 8, 8, (1, 3), (1, 1), (0, 1), (1, 1), 1),            # no H padding: nothing to skip
     ((3, 6, 7), 4, 8, (1, 3, 3), (2, 1, 2), (0, 1, 1), (1, 2, 1), 1),  # conv3d of depth-1 kernel
-], ids=["7x7", "wide", "k5", "dilated", "all-pad", "no-hpad", "3d"])
+    ((7, 7), 6, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),            # C % 4 != 0: rows skipped, not columns
+    ((5, 9), 8, 8, (3, 3), (1, 1), (1, 4), (1, 1), 1),            # output columns whose every kernel column is padding
+    ((8, 11), 12, 16, (3, 5), (1, 2), (1, 2), (1, 1), 1),         # strided along W, 2 padded columns each side
+    ((14, 14), 32, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),        # resnet's 3x3 at 14x14: 9 padding classes
+], ids=["7x7", "wide", "k5", "dilated", "all-pad", "no-hpad", "3d", "c6", "all-pad-cols", "w-stride",
+        "14x14"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_conv_zero_point0_skips_padded_kernel_rows(isa, case, threads):
     """uint8 activations of zero point 0 (after a ReLU): the implicit GEMM skips the kernel rows
-    that fall in the top / bottom padding of every pixel of a register tile. Bit-identical with
-    the reference on every ISA, whatever the tile boundaries (batch 1 to 3), for every output kind."""
+    and columns that fall in the padding of every pixel of a register tile, whose pixels are
+    gathered by padding class. Bit-identical with the reference on every ISA, whatever the tile
+    boundaries (batch 1 to 3), for every output kind."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

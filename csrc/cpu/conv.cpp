@@ -275,6 +275,57 @@ ConvGrid conv_grid(const ConvSetup& s, int64_t M, int64_t Kg, int64_t panels, in
   return {t, 1};
 }
 
+// The implicit GEMM's rows [0, M) of a tile (pointers r, ranges sr: four int32 per row, see
+// gemm_compute_segs__avx512vnni) reordered by padding class into ro, sro, with perm[i] the
+// raster row that row i is. Pixels skipping the same kernel columns come together (one run per
+// column class; cuts: the runs' bounds, 0 first and M last); within a run, the classes of
+// kernel rows go largest first, each in raster order. A register tile of six rows then mostly
+// holds pixels of one class, so it skips what they all skip: a 7x7 layer's pixels are 25
+// interior ones, 20 on edges and 4 corners, and six consecutive pixels in raster order nearly
+// always include an edge. Any order gives the same sums: only what is skipped changes.
+void padding_order(int64_t M, const uint8_t* const* r, const int32_t* sr, int32_t gps, int64_t KH,
+                   const uint8_t** ro, int32_t* sro, int32_t* perm, std::vector<int32_t>& cuts) {
+  thread_local std::vector<int64_t> keys;
+  thread_local std::vector<int32_t> order;
+  struct Run {
+    int64_t start, len, col;
+  };
+  thread_local std::vector<Run> runs;
+  keys.resize(static_cast<size_t>(M));
+  order.resize(static_cast<size_t>(M));
+  const int64_t rows_key = (KH + 1) * (KH + 1), cols_key_n = int64_t{gps} + 1;
+  for (int64_t i = 0; i < M; ++i) {
+    const int32_t* q = sr + 4 * i;
+    const int64_t col = int64_t{q[2]} * cols_key_n + q[3];
+    keys[i] = col * rows_key + int64_t{q[0]} * (KH + 1) + q[1];
+    order[i] = static_cast<int32_t>(i);
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return keys[a] < keys[b]; });
+  runs.clear();
+  for (int64_t i = 0; i < M;) {
+    int64_t j = i + 1;
+    while (j < M && keys[order[j]] == keys[order[i]]) ++j;
+    runs.push_back({i, j - i, keys[order[i]] / rows_key});
+    i = j;
+  }
+  std::stable_sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) {
+    return a.col != b.col ? a.col < b.col : a.len > b.len;
+  });
+  cuts.clear();
+  int64_t o = 0;
+  for (size_t c = 0; c < runs.size(); ++c) {
+    if (c == 0 || runs[c].col != runs[c - 1].col) cuts.push_back(static_cast<int32_t>(o));
+    for (int64_t t = 0; t < runs[c].len; ++t, ++o) {
+      const int32_t i = order[runs[c].start + t];
+      perm[o] = i;
+      ro[o] = r[i];
+      std::memcpy(sro + 4 * o, sr + 4 * int64_t{i}, 4 * sizeof(int32_t));
+    }
+  }
+  cuts.push_back(static_cast<int32_t>(M));
+}
+
 void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor& xt, char* out,
                    const int8_t* packed) {
   const ConvKernels& k = conv_kernels();
@@ -312,12 +363,17 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   const uint8_t *x = nullptr, *src = nullptr;
   int64_t Hp = G.in[1], Wp = G.in[2];
   const bool tile_pad = implicit && (G.pad[1] != 0 || G.pad[2] != 0 || rb != G.k[2] * C);
-  // Kernel rows that fall in the top or bottom padding of every pixel of a register tile are
+  // Kernel rows and columns that fall in the padding of every pixel of a register tile are
   // skipped where the padding adds nothing: unsigned activations of zero point 0 (after a ReLU:
   // most of a ResNet's 3x3 layers), whose zero-point correction is zero too. torch.ao's
-  // kernels skip padded taps as well; a 7x7 layer's 3x3 taps are 18 % padding.
-  const bool skip_pad = tile_pad && G.pad[1] != 0 && base.a_unsigned && base.a_zp == 0 &&
-                        base.a_zp_row == nullptr;
+  // kernels skip padded taps as well; a 7x7 layer's 3x3 taps are 18 % padding. Columns are
+  // skipped where each kernel column of a run is whole 4-byte groups (C a multiple of 4).
+  // A tile's pixels are then gathered by padding class (padding_order) so that its rows share
+  // what they skip.
+  const bool zp0 = tile_pad && base.a_unsigned && base.a_zp == 0 && base.a_zp_row == nullptr;
+  const bool skip_cols = zp0 && G.pad[2] != 0 && C % 4 == 0 && rb == G.k[2] * C;
+  const bool skip_pad = zp0 && (G.pad[1] != 0 || skip_cols);
+  const int32_t gps = static_cast<int32_t>(rb / 4);
   InStrides st{};
   if (tile_pad) {
     Hp += 2 * G.pad[1];
@@ -333,7 +389,9 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   auto run = [&](int64_t t0, int64_t t1) {
     thread_local std::vector<uint8_t> buf, pbuf;
     thread_local std::vector<const uint8_t*> rp;
-    thread_local std::vector<int32_t> srp;
+    thread_local std::vector<int32_t> srp, permp, cuts;
+    thread_local std::vector<const uint8_t*> rp_raster;
+    thread_local std::vector<int32_t> srp_raster;
     int64_t have_g = -1, have_tile = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
@@ -355,8 +413,10 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
         continue;
       }
       if (implicit) {
-        const uint8_t** r = cpu::scratch(rp, static_cast<size_t>(p.M));
-        int32_t* sr = skip_pad ? cpu::scratch(srp, static_cast<size_t>(2 * p.M)) : nullptr;
+        // Pointers and ranges in raster order; with skip_pad, r and sr are then reordered by
+        // padding class (perm: each row's output row).
+        const uint8_t** r = cpu::scratch(skip_pad ? rp_raster : rp, static_cast<size_t>(p.M));
+        int32_t* sr = skip_pad ? cpu::scratch(srp_raster, static_cast<size_t>(4 * p.M)) : nullptr;
         if (tile != have_tile) {
           // Counters, not divisions per pixel (a 64-bit division costs as much as a few groups).
           int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
@@ -382,6 +442,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           }
           const uint8_t* rowp = nullptr;
           int32_t kh_lo = 0, kh_hi = 0;
+          const int64_t wtop0 = G.pad[2], in_w = G.in[2], KW = G.k[2];
           for (int64_t m = m0; m < m1; ++m) {
             if (m == m0 || ow == 0) {
               const int64_t plane = n * G.in[0] + od * G.stride[0];
@@ -399,8 +460,20 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
             }
             r[m - m0] = rowp + ow * step;
             if (skip_pad) {
-              sr[2 * (m - m0)] = kh_lo;
-              sr[2 * (m - m0) + 1] = kh_hi;
+              int32_t* q = sr + 4 * (m - m0);
+              q[0] = kh_lo;
+              q[1] = kh_hi;
+              q[2] = 0;
+              q[3] = gps;
+              if (skip_cols) {
+                // The kernel columns kw whose input column ow * stride + kw - pad is inside, as
+                // groups of the run (none inside: (gps, 0), as for rows).
+                const int64_t left = wtop0 - ow * G.stride[2];
+                const int64_t first = left <= 0 ? 0 : left;
+                const int64_t end = std::min<int64_t>(KW, in_w + left);
+                q[2] = first < end ? static_cast<int32_t>(first * C / 4) : gps;
+                q[3] = first < end ? static_cast<int32_t>(end * C / 4) : 0;
+              }
             }
             if (++ow == G.out[2]) {
               ow = 0;
@@ -413,20 +486,24 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
               }
             }
           }
+          if (skip_pad) {
+            padding_order(p.M, r, sr, gps, G.k[1], cpu::scratch(rp, static_cast<size_t>(p.M)),
+                          cpu::scratch(srp, static_cast<size_t>(4 * p.M)),
+                          cpu::scratch(permp, static_cast<size_t>(p.M)), cuts);
+          }
           have_tile = tile;
         }
         if (skip_pad) {
-          // Register tiles start afresh at each image (plane of output pixels): its first and
-          // last output rows then fill whole tiles that skip their padded kernel rows, where
-          // tiles running on from the last image would straddle them.
-          const int64_t plane = G.out[1] * G.out[2];
-          for (int64_t a = 0; a < p.M;) {
-            const int64_t b = std::min<int64_t>(p.M, ((m0 + a) / plane + 1) * plane - m0);
-            k.segs(p, r + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, sr + 2 * a);
-            a = b;
+          // One call per column class: its register tiles never mix pixels that skip different
+          // kernel columns.
+          const uint8_t* const* rs = rp.data();
+          for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+            const int64_t a = cuts[c], b = cuts[c + 1];
+            k.segs(p, rs + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, srp.data() + 4 * a,
+                   permp.data() + a);
           }
         } else {
-          k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, nullptr);
+          k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, nullptr, nullptr);
         }
         continue;
       }

@@ -60,8 +60,11 @@ struct QTile {
   const int32_t* zc;  // [64] zero-point corrections of the tile's columns (past N: 0)
   const float* sc;    // [64] scales a_scale * w_scale (past N: 0)
   const float* bc;    // [64] biases, or +0.0 (past N: 0)
-  uint8_t* out;       // the tile's row 0, column 0
+  uint8_t* out;       // the tile's column 0 in output row 0 of the problem
   int64_t ldo;        // bytes between output rows
+  int64_t roff[kMR];  // tile row i's output row at out + roff[i] (any rows: implicit GEMM tiles
+                      // gather pixels of one padding class)
+  bool dense;         // roff[i] = (first row + i) * ldo
   __mmask64 keep;     // the tile's real columns
   float inv;          // 1 / out_scale
   int16_t zp;         // out_zero_point
@@ -110,7 +113,7 @@ TQ_TARGET_AVX512VNNI TQ_INLINE void q_row(const QTile& e, int i, __m512i a0, __m
   const __m512i z = _mm512_setzero_si512();
   const __m512i bytes = q_pack(e, q16(e, a0, 0), q16(e, a1, 16), NV > 2 ? q16(e, a2, 32) : z,
                                NV > 3 ? q16(e, a3, 48) : z);
-  uint8_t* dst = e.out + i * e.ldo;
+  uint8_t* dst = e.out + e.roff[i];
   if (e.keep == ~__mmask64{0}) {
     _mm512_storeu_si512(dst, bytes);
   } else {
@@ -127,28 +130,28 @@ TQ_TARGET_AVX512VNNI TQ_INLINE void q_rows1(const QTile& e, int i, __m512i r0, _
   const __m512i z = _mm512_setzero_si512();
   const __m512i bytes = q_pack(e, q16(e, r0, 0), N > 1 ? q16(e, r1, 0) : z,
                                N > 2 ? q16(e, r2, 0) : z, N > 3 ? q16(e, r3, 0) : z);
-  uint8_t* dst = e.out + i * e.ldo;
   const __mmask16 k = static_cast<__mmask16>(e.keep);
-  if (N == 4 && e.ldo == 16 && k == __mmask16(0xFFFF)) {
-    _mm512_storeu_si512(dst, bytes);
+  if (N == 4 && e.dense && e.ldo == 16 && k == __mmask16(0xFFFF)) {
+    _mm512_storeu_si512(e.out + e.roff[i], bytes);
     return;
   }
-  _mm_mask_storeu_epi8(dst, k, _mm512_castsi512_si128(bytes));
-  if (N > 1) _mm_mask_storeu_epi8(dst + e.ldo, k, _mm512_extracti32x4_epi32(bytes, 1));
-  if (N > 2) _mm_mask_storeu_epi8(dst + 2 * e.ldo, k, _mm512_extracti32x4_epi32(bytes, 2));
-  if (N > 3) _mm_mask_storeu_epi8(dst + 3 * e.ldo, k, _mm512_extracti32x4_epi32(bytes, 3));
+  _mm_mask_storeu_epi8(e.out + e.roff[i], k, _mm512_castsi512_si128(bytes));
+  if (N > 1) _mm_mask_storeu_epi8(e.out + e.roff[i + 1], k, _mm512_extracti32x4_epi32(bytes, 1));
+  if (N > 2) _mm_mask_storeu_epi8(e.out + e.roff[i + 2], k, _mm512_extracti32x4_epi32(bytes, 2));
+  if (N > 3) _mm_mask_storeu_epi8(e.out + e.roff[i + 3], k, _mm512_extracti32x4_epi32(bytes, 3));
 }
 
 // What one micro-kernel call multiplies and where its results go.
 struct MicroArgs {
   // Row i of the activations: rows[i], or a + i * lda when rows is null. Its K bytes are segs
   // runs of 4 * gps bytes, run j at row + j * sstride: one run for a plain GEMM, one per kernel
-  // row for a convolution's receptive field read in place (implicit GEMM).
+  // row for a convolution's receptive field read in place (implicit GEMM). The tile reads the
+  // first gn groups of each run (gn < gps: kernel columns in the padding of all its pixels).
   const uint8_t* const* rows = nullptr;
   const uint8_t* a = nullptr;
-  int64_t lda = 0, segs = 1, gps = 0, sstride = 0;
-  int64_t a_off = 0;          // added to each rows[i] (the first run this tile reads)
-  const int8_t* b = nullptr;  // the first panel's packed weights
+  int64_t lda = 0, segs = 1, gps = 0, gn = 0, sstride = 0;
+  int64_t a_off = 0;          // added to each rows[i] (the first byte this tile reads)
+  const int8_t* b = nullptr;  // the first panel's packed weights (of the first group read)
   int64_t pstride = 0;        // bytes between panels
   // The K % 4 tail or null: per row one int32 of zero-padded (and, for int8, flipped)
   // activations, and per panel a zero-padded 4-k group of weights (64 bytes).
@@ -189,14 +192,14 @@ TQ_TARGET_AVX512VNNI void micro(const MicroArgs& s) {
           acc40 = z, acc41 = z, acc42 = z, acc43 = z, acc50 = z, acc51 = z, acc52 = z, acc53 = z;
   const __m512i vflip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
   __m512i w0 = z, w1 = z, w2 = z, w3 = z;
-  const int64_t lda = s.lda, gps = s.gps, pstride = s.pstride, sstride = s.sstride;
+  const int64_t lda = s.lda, gps = s.gps, gn = s.gn, pstride = s.pstride, sstride = s.sstride;
   const uint8_t* const* rows = s.rows;
   auto row = [&](int i) { return rows != nullptr ? rows[i] + s.a_off : s.a + i * lda; };
   const uint8_t *a0 = row(0), *a1 = R > 1 ? row(1) : a0, *a2 = R > 2 ? row(2) : a0,
                 *a3 = R > 3 ? row(3) : a0, *a4 = R > 4 ? row(4) : a0, *a5 = R > 5 ? row(5) : a0;
   const int8_t* b = s.b;
   for (int64_t sg = 0; sg < s.segs; ++sg) {
-    for (int64_t g = 0; g < gps; ++g) {
+    for (int64_t g = 0; g < gn; ++g) {
       const int8_t* bg = b + g * kGroup;
       w0 = _mm512_loadu_si512(bg);
       if constexpr (NV > 1) w1 = _mm512_loadu_si512(bg + pstride);
@@ -334,11 +337,15 @@ TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t
 
 // Output rows [m0, m1) x panels [p0, p1) on the micro-kernels: s describes row m0's activations
 // (rows: one pointer per row from m0 on; or a, advanced here by lda per row).
-// seg_range (implicit GEMM, or null): per row from m0 on, the runs [lo, hi) it needs; a register
-// tile reads the runs that any of its rows needs, and skips those no row needs (kernel rows
-// that fall in the padding of every pixel of the tile, whose bytes are zeros that add nothing).
+// seg_range (implicit GEMM, or null): per row from m0 on, the runs [lo, hi) and the groups
+// [glo, ghi) of each run it needs; a register tile reads the runs and groups that any of its
+// rows needs, and skips those no row needs (kernel rows and columns that fall in the padding
+// of every pixel of the tile, whose bytes are zeros that add nothing).
+// perm (or null): per row from m0 on, the output row it computes (rows gathered by padding
+// class); otherwise row m is output row m.
 TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_t m0, int64_t m1,
-                                       int64_t p0, int64_t p1, const int32_t* seg_range = nullptr) {
+                                       int64_t p0, int64_t p1, const int32_t* seg_range = nullptr,
+                                       const int32_t* perm = nullptr) {
   const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
   const uint32_t flip = p.a_unsigned ? 0u : 0x80808080u;
   const int32_t zp_shift = p.a_unsigned ? 0 : 128;
@@ -362,8 +369,11 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
   qt.u8 = p.out_kind == GemmOut::QUInt8;
   qt.relu = p.relu;
   s.pstride = pstride;
+  s.gn = s.gps;
   s.c = c;
   s.q = &qt;
+  qt.dense = perm == nullptr;
+  int64_t om[kMR];  // the tile's output rows
   if (r != 0) {
     s.ta = ta;
     s.tw = tw;
@@ -401,28 +411,36 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
           ta[i] = static_cast<int32_t>(v ^ flip);  // padded bytes meet zero weights
         }
       }
-      qt.out = static_cast<uint8_t*>(p.out) + m * p.ldo + n0;
+      qt.out = static_cast<uint8_t*>(p.out) + n0;
+      for (int i = 0; i < nr; ++i) {
+        om[i] = perm != nullptr ? perm[m - m0 + i] : m + i;
+        qt.roff[i] = om[i] * p.ldo;
+      }
       if (seg_range != nullptr) {
-        const int32_t* sr = seg_range + 2 * (m - m0);
-        int32_t lo = sr[0], hi = sr[1];
+        const int32_t* sr = seg_range + 4 * (m - m0);
+        int32_t lo = sr[0], hi = sr[1], glo = sr[2], ghi = sr[3];
         for (int i = 1; i < nr; ++i) {
-          lo = sr[2 * i] < lo ? sr[2 * i] : lo;
-          hi = sr[2 * i + 1] > hi ? sr[2 * i + 1] : hi;
+          lo = sr[4 * i] < lo ? sr[4 * i] : lo;
+          hi = sr[4 * i + 1] > hi ? sr[4 * i + 1] : hi;
+          glo = sr[4 * i + 2] < glo ? sr[4 * i + 2] : glo;
+          ghi = sr[4 * i + 3] > ghi ? sr[4 * i + 3] : ghi;
         }
         if (hi < lo) hi = lo;  // every row's range empty (all padding): no run
+        if (ghi < glo) ghi = glo;
         s.segs = hi - lo;
-        s.a_off = lo * s.sstride;
-        s.b = p.w + pp * pstride + lo * s.gps * kGroup;
+        s.gn = ghi - glo;
+        s.a_off = lo * s.sstride + 4 * glo;
+        s.b = p.w + pp * pstride + (lo * s.gps + glo) * kGroup;
       }
       pick_micro(nr, nv, flip != 0, fuse)(s);
       if (fuse) continue;
       for (int i = 0; i < nr; ++i) {
         if (per_tensor) {
-          epilogue_row<true>(p, e, c + i * kNV * 16, m + i, n0, ncols, 0, 0.0f, zc, sc);
+          epilogue_row<true>(p, e, c + i * kNV * 16, om[i], n0, ncols, 0, 0.0f, zc, sc);
         } else {
-          const int32_t zp = (p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp) + zp_shift;
-          const float as = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
-          epilogue_row<false>(p, e, c + i * kNV * 16, m + i, n0, ncols, zp, as, nullptr, nullptr);
+          const int32_t zp = (p.a_zp_row ? p.a_zp_row[om[i]] : p.a_zp) + zp_shift;
+          const float as = p.a_scale_row ? p.a_scale_row[om[i]] : p.a_scale;
+          epilogue_row<false>(p, e, c + i * kNV * 16, om[i], n0, ncols, zp, as, nullptr, nullptr);
         }
       }
     }
@@ -435,13 +453,14 @@ TQ_TARGET_AVX512VNNI void gemm_compute_segs__avx512vnni(const GemmProblem& p,
                                                         const uint8_t* const* rows, int64_t segs,
                                                         int64_t sstride, int64_t m0, int64_t m1,
                                                         int64_t p0, int64_t p1,
-                                                        const int32_t* seg_range) {
+                                                        const int32_t* seg_range,
+                                                        const int32_t* perm) {
   MicroArgs s;
   s.rows = rows;
   s.segs = segs;
   s.gps = p.K / segs / 4;
   s.sstride = sstride;
-  compute_rows(p, s, m0, m1, p0, p1, seg_range);
+  compute_rows(p, s, m0, m1, p0, p1, seg_range, perm);
 }
 
 int gemm_mr__avx512vnni() { return kMR; }
@@ -586,7 +605,8 @@ void quantize_rows__avx512vnni(const float* x, int64_t ldx, int64_t rows, int64_
   quantize_rows__scalar(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
 }
 void gemm_compute_segs__avx512vnni(const GemmProblem&, const uint8_t* const*, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, int64_t, const int32_t*) {}
+                                   int64_t, int64_t, int64_t, int64_t, const int32_t*,
+                                   const int32_t*) {}
 void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64_t ldw, int64_t N, int64_t K,
                                      int64_t p0, int64_t p1, int8_t* packed, int32_t* col_sums) {
   const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;
