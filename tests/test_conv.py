@@ -407,8 +407,11 @@ def test_conv_small_k_fused_requantize(isa, case, batch):
     ((5, 9), 8, 8, (3, 3), (1, 1), (1, 4), (1, 1), 1),            # output columns whose every kernel column is padding
     ((8, 11), 12, 16, (3, 5), (1, 2), (1, 2), (1, 1), 1),         # strided along W, 2 padded columns each side
     ((14, 14), 32, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),        # resnet's 3x3 at 14x14: 9 padding classes
+    ((30, 30), 8, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),         # 2 % of taps in side padding: raster order
+    ((12, 12), 4, 8, (9, 9), (1, 1), (4, 4), (1, 1), 1),          # 81 padding classes
+    ((18, 18), 4, 8, (17, 17), (1, 1), (8, 8), (1, 1), 1),        # 289 classes: raster order
 ], ids=["7x7", "wide", "k5", "dilated", "all-pad", "no-hpad", "3d", "c6", "all-pad-cols", "w-stride",
-        "14x14"])
+        "14x14", "30x30", "k9", "k17"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_conv_zero_point0_skips_padded_kernel_rows(isa, case, threads):
     """uint8 activations of zero point 0 (after a ReLU): the implicit GEMM skips the kernel rows

@@ -15,8 +15,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -275,55 +277,107 @@ ConvGrid conv_grid(const ConvSetup& s, int64_t M, int64_t Kg, int64_t panels, in
   return {t, 1};
 }
 
-// The implicit GEMM's rows [0, M) of a tile (pointers r, ranges sr: four int32 per row, see
-// gemm_compute_segs__avx512vnni) reordered by padding class into ro, sro, with perm[i] the
-// raster row that row i is. Pixels skipping the same kernel columns come together (one run per
-// column class; cuts: the runs' bounds, 0 first and M last); within a run, the classes of
-// kernel rows go largest first, each in raster order. A register tile of six rows then mostly
-// holds pixels of one class, so it skips what they all skip: a 7x7 layer's pixels are 25
-// interior ones, 20 on edges and 4 corners, and six consecutive pixels in raster order nearly
-// always include an edge. Any order gives the same sums: only what is skipped changes.
-void padding_order(int64_t M, const uint8_t* const* r, const int32_t* sr, int32_t gps, int64_t KH,
-                   const uint8_t** ro, int32_t* sro, int32_t* perm, std::vector<int32_t>& cuts) {
-  thread_local std::vector<int64_t> keys;
-  thread_local std::vector<int32_t> order;
-  struct Run {
-    int64_t start, len, col;
+// The kernel rows or columns [first, end) of one output row or column whose input position
+// o * stride - pad + k * dil is inside [0, n) (none: (K, 0), which leaves a union of ranges as
+// it was).
+std::pair<int32_t, int32_t> inside_taps(int64_t o, int64_t stride, int64_t pad, int64_t dil,
+                                        int64_t K, int64_t n) {
+  const int64_t top = pad - o * stride;
+  const int64_t first = top <= 0 ? 0 : (top + dil - 1) / dil;
+  const int64_t last_num = n - 1 + top;  // k * dil <= last_num
+  const int64_t end = last_num < 0 ? 0 : std::min<int64_t>(K, last_num / dil + 1);
+  if (first >= end) return {static_cast<int32_t>(K), 0};
+  return {static_cast<int32_t>(first), static_cast<int32_t>(end)};
+}
+
+// The padding classes of the implicit GEMM's output pixels (zero point 0): per output row oh
+// and column ow, the index of its range of kernel rows (kh) and of kernel columns (as 4-byte
+// groups of a run), and the ranges themselves.
+struct PadClasses {
+  std::vector<int32_t> row_of, col_of;  // class per oh / per ow
+  std::vector<std::pair<int32_t, int32_t>> rows, cols;
+  double col_waste = 0;  // the share of all taps that lie in the left / right padding
+  // Per row class rc and output column ow, at rc * OW + ow: the pixel's four ranges
+  // [lo, hi, glo, ghi) and its class (column class * rows.size() + rc).
+  std::vector<std::array<int32_t, 4>> ranges;
+  std::vector<int32_t> cls;
+};
+
+PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps) {
+  PadClasses pc;
+  auto classify = [](std::vector<std::pair<int32_t, int32_t>>& list, std::pair<int32_t, int32_t> v) {
+    for (size_t i = 0; i < list.size(); ++i)
+      if (list[i] == v) return static_cast<int32_t>(i);
+    list.push_back(v);
+    return static_cast<int32_t>(list.size() - 1);
   };
-  thread_local std::vector<Run> runs;
-  keys.resize(static_cast<size_t>(M));
-  order.resize(static_cast<size_t>(M));
-  const int64_t rows_key = (KH + 1) * (KH + 1), cols_key_n = int64_t{gps} + 1;
-  for (int64_t i = 0; i < M; ++i) {
-    const int32_t* q = sr + 4 * i;
-    const int64_t col = int64_t{q[2]} * cols_key_n + q[3];
-    keys[i] = col * rows_key + int64_t{q[0]} * (KH + 1) + q[1];
-    order[i] = static_cast<int32_t>(i);
+  for (int64_t oh = 0; oh < G.out[1]; ++oh)
+    pc.row_of.push_back(classify(pc.rows, inside_taps(oh, G.stride[1], G.pad[1], G.dil[1], G.k[1], G.in[1])));
+  int64_t padded = 0;
+  const int64_t C = G.C;
+  for (int64_t ow = 0; ow < G.out[2]; ++ow) {
+    std::pair<int32_t, int32_t> g{0, gps};
+    if (skip_cols) {
+      const auto t = inside_taps(ow, G.stride[2], G.pad[2], 1, G.k[2], G.in[2]);
+      padded += G.k[2] - std::max(0, t.second - t.first);
+      g = t.first < t.second ? std::pair<int32_t, int32_t>{static_cast<int32_t>(t.first * C / 4),
+                                                           static_cast<int32_t>(t.second * C / 4)}
+                             : std::pair<int32_t, int32_t>{gps, 0};
+    }
+    pc.col_of.push_back(classify(pc.cols, g));
   }
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int32_t a, int32_t b) { return keys[a] < keys[b]; });
-  runs.clear();
-  for (int64_t i = 0; i < M;) {
-    int64_t j = i + 1;
-    while (j < M && keys[order[j]] == keys[order[i]]) ++j;
-    runs.push_back({i, j - i, keys[order[i]] / rows_key});
-    i = j;
-  }
-  std::stable_sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) {
-    return a.col != b.col ? a.col < b.col : a.len > b.len;
-  });
-  cuts.clear();
-  int64_t o = 0;
-  for (size_t c = 0; c < runs.size(); ++c) {
-    if (c == 0 || runs[c].col != runs[c - 1].col) cuts.push_back(static_cast<int32_t>(o));
-    for (int64_t t = 0; t < runs[c].len; ++t, ++o) {
-      const int32_t i = order[runs[c].start + t];
-      perm[o] = i;
-      ro[o] = r[i];
-      std::memcpy(sro + 4 * o, sr + 4 * int64_t{i}, 4 * sizeof(int32_t));
+  pc.col_waste = static_cast<double>(padded) / static_cast<double>(std::max<int64_t>(1, G.out[2] * G.k[2]));
+  const int64_t OW = G.out[2], nrow = static_cast<int64_t>(pc.rows.size());
+  pc.ranges.resize(static_cast<size_t>(nrow * OW));
+  pc.cls.resize(static_cast<size_t>(nrow * OW));
+  for (int64_t rc = 0; rc < nrow; ++rc) {
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const auto& c = pc.cols[pc.col_of[ow]];
+      pc.ranges[rc * OW + ow] = {pc.rows[rc].first, pc.rows[rc].second, c.first, c.second};
+      pc.cls[rc * OW + ow] = static_cast<int32_t>(pc.col_of[ow] * nrow + rc);
     }
   }
+  return pc;
+}
+
+// Rows [0, M) of an implicit GEMM tile (pointers r, ranges sr: four int32 per row, see
+// gemm_compute_segs__avx512vnni; cls: each row's class, col * nrow + row) reordered by padding
+// class into ro, sro, with perm[i] the raster row that row i is (a counting sort). Pixels
+// skipping the same kernel columns come together (one run per column class; cuts: the runs'
+// bounds, 0 first and M last); within a run, the classes of kernel rows go largest first, each
+// in raster order. A register tile of six rows then mostly holds pixels of one class and skips
+// what they all skip: a 7x7 layer's pixels are 25 interior ones, 20 on edges and 4 corners, and
+// six consecutive pixels in raster order nearly always include an edge. Any order gives the
+// same sums: only what is skipped changes.
+void padding_order(int64_t M, const uint8_t* const* r, const int32_t* sr, const int32_t* cls,
+                   int32_t ncol, int32_t nrow, const uint8_t** ro, int32_t* sro, int32_t* perm,
+                   std::vector<int32_t>& cuts) {
+  thread_local std::vector<int32_t> count, next, rank;
+  const int32_t ncls = ncol * nrow;
+  count.assign(static_cast<size_t>(ncls), 0);
+  next.assign(static_cast<size_t>(ncls), 0);
+  rank.resize(static_cast<size_t>(nrow));
+  for (int64_t i = 0; i < M; ++i) ++count[cls[i]];
+  cuts.clear();
+  int32_t o = 0;
+  for (int32_t c = 0; c < ncol; ++c) {
+    const int32_t* cc = count.data() + c * nrow;
+    for (int32_t j = 0; j < nrow; ++j) rank[j] = j;
+    std::stable_sort(rank.begin(), rank.end(), [&](int32_t a, int32_t b) { return cc[a] > cc[b]; });
+    const int32_t begin = o;
+    for (int32_t j = 0; j < nrow; ++j) {
+      next[c * nrow + rank[j]] = o;
+      o += cc[rank[j]];
+    }
+    if (o > begin) cuts.push_back(begin);
+  }
   cuts.push_back(static_cast<int32_t>(M));
+  for (int64_t i = 0; i < M; ++i) {
+    const int32_t d = next[cls[i]]++;
+    perm[d] = static_cast<int32_t>(i);
+    ro[d] = r[i];
+    std::memcpy(sro + 4 * int64_t{d}, sr + 4 * i, 4 * sizeof(int32_t));
+  }
 }
 
 void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor& xt, char* out,
@@ -368,12 +422,19 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   // most of a ResNet's 3x3 layers), whose zero-point correction is zero too. torch.ao's
   // kernels skip padded taps as well; a 7x7 layer's 3x3 taps are 18 % padding. Columns are
   // skipped where each kernel column of a run is whole 4-byte groups (C a multiple of 4).
-  // A tile's pixels are then gathered by padding class (padding_order) so that its rows share
-  // what they skip.
   const bool zp0 = tile_pad && base.a_unsigned && base.a_zp == 0 && base.a_zp_row == nullptr;
-  const bool skip_cols = zp0 && G.pad[2] != 0 && C % 4 == 0 && rb == G.k[2] * C;
-  const bool skip_pad = zp0 && (G.pad[1] != 0 || skip_cols);
+  const bool cols_ok = zp0 && G.pad[2] != 0 && C % 4 == 0 && rb == G.k[2] * C;
   const int32_t gps = static_cast<int32_t>(rb / 4);
+  const PadClasses pc = zp0 && (G.pad[1] != 0 || cols_ok) ? pad_classes(G, cols_ok, gps) : PadClasses{};
+  // Columns are skipped only where a tile's pixels are gathered by padding class
+  // (padding_order): in raster order nearly every tile of six holds a border pixel and skips no
+  // column. Gathering pays where the left / right padding is a large enough share of the taps
+  // (9.5 % of a 7x7 layer's 3x3 taps, 1.2 % at 56x56); below that, the reordering and the
+  // column ranges cost more than they save, and tiles run in raster order, afresh at each image.
+  const int32_t ncol = static_cast<int32_t>(pc.cols.size()), nrow = static_cast<int32_t>(pc.rows.size());
+  const bool by_class = cols_ok && ncol > 1 && ncol * nrow <= 256 && pc.col_waste >= 0.04;
+  const bool skip_pad = zp0 && (G.pad[1] != 0 || by_class);
+  const int64_t sr_ints = by_class ? 4 : 2;  // per pixel: kernel rows [, groups of a run]
   InStrides st{};
   if (tile_pad) {
     Hp += 2 * G.pad[1];
@@ -389,9 +450,8 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   auto run = [&](int64_t t0, int64_t t1) {
     thread_local std::vector<uint8_t> buf, pbuf;
     thread_local std::vector<const uint8_t*> rp;
-    thread_local std::vector<int32_t> srp, permp, cuts;
+    thread_local std::vector<int32_t> srp, srp_raster, permp, cuts, clsp;
     thread_local std::vector<const uint8_t*> rp_raster;
-    thread_local std::vector<int32_t> srp_raster;
     int64_t have_g = -1, have_tile = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
@@ -413,10 +473,16 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
         continue;
       }
       if (implicit) {
-        // Pointers and ranges in raster order; with skip_pad, r and sr are then reordered by
-        // padding class (perm: each row's output row).
-        const uint8_t** r = cpu::scratch(skip_pad ? rp_raster : rp, static_cast<size_t>(p.M));
-        int32_t* sr = skip_pad ? cpu::scratch(srp_raster, static_cast<size_t>(4 * p.M)) : nullptr;
+        // Pointers and ranges in raster order; by_class: then reordered by padding class
+        // (perm: each row's output row).
+        const uint8_t** r = cpu::scratch(by_class ? rp_raster : rp, static_cast<size_t>(p.M));
+        int32_t* sr = nullptr;
+        int32_t* cls = nullptr;
+        if (skip_pad) {
+          std::vector<int32_t>& v = by_class ? srp_raster : srp;
+          sr = cpu::scratch(v, static_cast<size_t>(sr_ints * p.M));
+        }
+        if (by_class) cls = cpu::scratch(clsp, static_cast<size_t>(p.M));
         if (tile != have_tile) {
           // Counters, not divisions per pixel (a 64-bit division costs as much as a few groups).
           int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
@@ -441,39 +507,30 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
             view = pb;
           }
           const uint8_t* rowp = nullptr;
-          int32_t kh_lo = 0, kh_hi = 0;
-          const int64_t wtop0 = G.pad[2], in_w = G.in[2], KW = G.k[2];
+          // Per pixel: the kernel rows whose input row is inside, and the kernel columns (as
+          // groups of a run) whose input column is; by_class: its class.
+          const int32_t* row_of = pc.row_of.data();
+          const std::array<int32_t, 4>* ranges = pc.ranges.data();
+          const int32_t* cls_of = pc.cls.data();
+          int64_t rbase = 0;  // the output row's class * OW
+          int32_t kh[2] = {0, 0};
           for (int64_t m = m0; m < m1; ++m) {
             if (m == m0 || ow == 0) {
               const int64_t plane = n * G.in[0] + od * G.stride[0];
               rowp = view + ((plane * Hp + oh * G.stride[1]) - lo) * rowb;
               if (skip_pad) {
-                // The kernel rows kh whose input row oh * stride + kh * dil - pad is inside.
-                const int64_t top = G.pad[1] - oh * G.stride[1], d = G.dil[1];
-                const int64_t first = top <= 0 ? 0 : (top + d - 1) / d;
-                const int64_t last_num = G.in[1] - 1 + top;  // kh * d <= last_num
-                const int64_t end = last_num < 0 ? 0 : std::min<int64_t>(G.k[1], last_num / d + 1);
-                // None inside: (KH, 0), which leaves a tile's union of ranges as it was.
-                kh_lo = static_cast<int32_t>(first < end ? first : G.k[1]);
-                kh_hi = static_cast<int32_t>(first < end ? end : 0);
+                rbase = row_of[oh] * G.out[2];
+                kh[0] = pc.rows[row_of[oh]].first;
+                kh[1] = pc.rows[row_of[oh]].second;
               }
             }
             r[m - m0] = rowp + ow * step;
-            if (skip_pad) {
-              int32_t* q = sr + 4 * (m - m0);
-              q[0] = kh_lo;
-              q[1] = kh_hi;
-              q[2] = 0;
-              q[3] = gps;
-              if (skip_cols) {
-                // The kernel columns kw whose input column ow * stride + kw - pad is inside, as
-                // groups of the run (none inside: (gps, 0), as for rows).
-                const int64_t left = wtop0 - ow * G.stride[2];
-                const int64_t first = left <= 0 ? 0 : left;
-                const int64_t end = std::min<int64_t>(KW, in_w + left);
-                q[2] = first < end ? static_cast<int32_t>(first * C / 4) : gps;
-                q[3] = first < end ? static_cast<int32_t>(end * C / 4) : 0;
-              }
+            if (by_class) {
+              std::memcpy(sr + 4 * (m - m0), ranges[rbase + ow].data(), 4 * sizeof(int32_t));
+              cls[m - m0] = cls_of[rbase + ow];
+            } else if (skip_pad) {
+              sr[2 * (m - m0)] = kh[0];
+              sr[2 * (m - m0) + 1] = kh[1];
             }
             if (++ow == G.out[2]) {
               ow = 0;
@@ -486,24 +543,35 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
               }
             }
           }
-          if (skip_pad) {
-            padding_order(p.M, r, sr, gps, G.k[1], cpu::scratch(rp, static_cast<size_t>(p.M)),
+          if (by_class) {
+            padding_order(p.M, r, sr, cls, ncol, nrow, cpu::scratch(rp, static_cast<size_t>(p.M)),
                           cpu::scratch(srp, static_cast<size_t>(4 * p.M)),
                           cpu::scratch(permp, static_cast<size_t>(p.M)), cuts);
           }
           have_tile = tile;
         }
-        if (skip_pad) {
+        if (by_class) {
           // One call per column class: its register tiles never mix pixels that skip different
           // kernel columns.
           const uint8_t* const* rs = rp.data();
           for (size_t c = 0; c + 1 < cuts.size(); ++c) {
             const int64_t a = cuts[c], b = cuts[c + 1];
-            k.segs(p, rs + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, srp.data() + 4 * a,
-                   permp.data() + a);
+            const cpu::SegSkip sk{srp.data() + 4 * a, true, permp.data() + a};
+            k.segs(p, rs + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, &sk);
+          }
+        } else if (skip_pad) {
+          // Register tiles start afresh at each image (plane of output pixels): its first and
+          // last output rows then fill whole tiles that skip their padded kernel rows, where
+          // tiles running on from the last image would straddle them.
+          const int64_t plane = G.out[1] * G.out[2];
+          for (int64_t a = 0; a < p.M;) {
+            const int64_t b = std::min<int64_t>(p.M, ((m0 + a) / plane + 1) * plane - m0);
+            const cpu::SegSkip sk{sr + sr_ints * a, false, nullptr};
+            k.segs(p, r + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, &sk);
+            a = b;
           }
         } else {
-          k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, nullptr, nullptr);
+          k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, nullptr);
         }
         continue;
       }

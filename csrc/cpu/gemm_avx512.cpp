@@ -113,7 +113,7 @@ TQ_TARGET_AVX512VNNI TQ_INLINE void q_row(const QTile& e, int i, __m512i a0, __m
   const __m512i z = _mm512_setzero_si512();
   const __m512i bytes = q_pack(e, q16(e, a0, 0), q16(e, a1, 16), NV > 2 ? q16(e, a2, 32) : z,
                                NV > 3 ? q16(e, a3, 48) : z);
-  uint8_t* dst = e.out + e.roff[i];
+  uint8_t* dst = e.out + (e.dense ? i * e.ldo : e.roff[i]);
   if (e.keep == ~__mmask64{0}) {
     _mm512_storeu_si512(dst, bytes);
   } else {
@@ -337,12 +337,14 @@ TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t
 
 // Output rows [m0, m1) x panels [p0, p1) on the micro-kernels: s describes row m0's activations
 // (rows: one pointer per row from m0 on; or a, advanced here by lda per row).
-// seg_range (implicit GEMM, or null): per row from m0 on, the runs [lo, hi) and the groups
-// [glo, ghi) of each run it needs; a register tile reads the runs and groups that any of its
-// rows needs, and skips those no row needs (kernel rows and columns that fall in the padding
-// of every pixel of the tile, whose bytes are zeros that add nothing).
-// perm (or null): per row from m0 on, the output row it computes (rows gathered by padding
-// class); otherwise row m is output row m.
+// kSkip (implicit GEMM): seg_range holds per row from m0 on the runs [lo, hi) and (kCols) the
+// groups [glo, ghi) of each run it needs; a register tile reads the runs and groups that any
+// of its rows needs, and skips those no row needs (kernel rows and columns that fall in the
+// padding of every pixel of the tile, whose bytes are zeros that add nothing). kPerm: perm
+// holds per row from m0 on the output row it computes (rows gathered by padding class);
+// otherwise row m is output row m. Templates, not flags: at a few groups per tile (a 3-channel
+// stem) each of these per-tile steps is a visible share of the tile's time.
+template <bool kSkip, bool kCols, bool kPerm>
 TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_t m0, int64_t m1,
                                        int64_t p0, int64_t p1, const int32_t* seg_range = nullptr,
                                        const int32_t* perm = nullptr) {
@@ -372,8 +374,8 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
   s.gn = s.gps;
   s.c = c;
   s.q = &qt;
-  qt.dense = perm == nullptr;
-  int64_t om[kMR];  // the tile's output rows
+  qt.dense = !kPerm;
+  for (int i = 0; i < kMR; ++i) qt.roff[i] = i * p.ldo;  // consecutive rows (kPerm: per tile)
   if (r != 0) {
     s.ta = ta;
     s.tw = tw;
@@ -411,22 +413,31 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
           ta[i] = static_cast<int32_t>(v ^ flip);  // padded bytes meet zero weights
         }
       }
-      qt.out = static_cast<uint8_t*>(p.out) + n0;
-      for (int i = 0; i < nr; ++i) {
-        om[i] = perm != nullptr ? perm[m - m0 + i] : m + i;
-        qt.roff[i] = om[i] * p.ldo;
+      if constexpr (!kPerm) {
+        qt.out = static_cast<uint8_t*>(p.out) + m * p.ldo + n0;
+      } else {
+        qt.out = static_cast<uint8_t*>(p.out) + n0;
+        for (int i = 0; i < nr; ++i) qt.roff[i] = perm[m - m0 + i] * p.ldo;
       }
-      if (seg_range != nullptr) {
-        const int32_t* sr = seg_range + 4 * (m - m0);
-        int32_t lo = sr[0], hi = sr[1], glo = sr[2], ghi = sr[3];
+      if constexpr (kSkip) {
+        // The union of the rows' ranges.
+        constexpr int kW = kCols ? 4 : 2;  // int32 per row
+        const int32_t* sr = seg_range + kW * (m - m0);
+        int32_t lo = sr[0], hi = sr[1], glo = 0, ghi = static_cast<int32_t>(s.gps);
         for (int i = 1; i < nr; ++i) {
-          lo = sr[4 * i] < lo ? sr[4 * i] : lo;
-          hi = sr[4 * i + 1] > hi ? sr[4 * i + 1] : hi;
-          glo = sr[4 * i + 2] < glo ? sr[4 * i + 2] : glo;
-          ghi = sr[4 * i + 3] > ghi ? sr[4 * i + 3] : ghi;
+          lo = sr[kW * i] < lo ? sr[kW * i] : lo;
+          hi = sr[kW * i + 1] > hi ? sr[kW * i + 1] : hi;
+        }
+        if constexpr (kCols) {
+          glo = sr[2];
+          ghi = sr[3];
+          for (int i = 1; i < nr; ++i) {
+            glo = sr[4 * i + 2] < glo ? sr[4 * i + 2] : glo;
+            ghi = sr[4 * i + 3] > ghi ? sr[4 * i + 3] : ghi;
+          }
+          if (ghi < glo) ghi = glo;
         }
         if (hi < lo) hi = lo;  // every row's range empty (all padding): no run
-        if (ghi < glo) ghi = glo;
         s.segs = hi - lo;
         s.gn = ghi - glo;
         s.a_off = lo * s.sstride + 4 * glo;
@@ -435,12 +446,13 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
       pick_micro(nr, nv, flip != 0, fuse)(s);
       if (fuse) continue;
       for (int i = 0; i < nr; ++i) {
+        const int64_t mi = kPerm ? perm[m - m0 + i] : m + i;  // its output row
         if (per_tensor) {
-          epilogue_row<true>(p, e, c + i * kNV * 16, om[i], n0, ncols, 0, 0.0f, zc, sc);
+          epilogue_row<true>(p, e, c + i * kNV * 16, mi, n0, ncols, 0, 0.0f, zc, sc);
         } else {
-          const int32_t zp = (p.a_zp_row ? p.a_zp_row[om[i]] : p.a_zp) + zp_shift;
-          const float as = p.a_scale_row ? p.a_scale_row[om[i]] : p.a_scale;
-          epilogue_row<false>(p, e, c + i * kNV * 16, om[i], n0, ncols, zp, as, nullptr, nullptr);
+          const int32_t zp = (p.a_zp_row ? p.a_zp_row[mi] : p.a_zp) + zp_shift;
+          const float as = p.a_scale_row ? p.a_scale_row[mi] : p.a_scale;
+          epilogue_row<false>(p, e, c + i * kNV * 16, mi, n0, ncols, zp, as, nullptr, nullptr);
         }
       }
     }
@@ -453,14 +465,25 @@ TQ_TARGET_AVX512VNNI void gemm_compute_segs__avx512vnni(const GemmProblem& p,
                                                         const uint8_t* const* rows, int64_t segs,
                                                         int64_t sstride, int64_t m0, int64_t m1,
                                                         int64_t p0, int64_t p1,
-                                                        const int32_t* seg_range,
-                                                        const int32_t* perm) {
+                                                        const SegSkip* skip) {
   MicroArgs s;
   s.rows = rows;
   s.segs = segs;
   s.gps = p.K / segs / 4;
   s.sstride = sstride;
-  compute_rows(p, s, m0, m1, p0, p1, seg_range, perm);
+  if (skip == nullptr || skip->range == nullptr) {
+    compute_rows<false, false, false>(p, s, m0, m1, p0, p1);
+  } else if (skip->perm != nullptr) {
+    if (skip->cols) {
+      compute_rows<true, true, true>(p, s, m0, m1, p0, p1, skip->range, skip->perm);
+    } else {
+      compute_rows<true, false, true>(p, s, m0, m1, p0, p1, skip->range, skip->perm);
+    }
+  } else if (skip->cols) {
+    compute_rows<true, true, false>(p, s, m0, m1, p0, p1, skip->range);
+  } else {
+    compute_rows<true, false, false>(p, s, m0, m1, p0, p1, skip->range);
+  }
 }
 
 int gemm_mr__avx512vnni() { return kMR; }
@@ -474,7 +497,7 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
   s.a = static_cast<const uint8_t*>(a) + m0 * lda;
   s.lda = lda;
   s.gps = p.K / 4;
-  compute_rows(p, s, m0, m1, p0, p1);
+  compute_rows<false, false, false>(p, s, m0, m1, p0, p1);
 }
 
 // Per-row quantization, the AVX2 sequence on 16 lanes with the K % 16 tail under a lane mask.
@@ -605,8 +628,7 @@ void quantize_rows__avx512vnni(const float* x, int64_t ldx, int64_t rows, int64_
   quantize_rows__scalar(x, ldx, rows, K, qmin, qmax, q, ldq, scale, zp);
 }
 void gemm_compute_segs__avx512vnni(const GemmProblem&, const uint8_t* const*, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, int64_t, const int32_t*,
-                                   const int32_t*) {}
+                                   int64_t, int64_t, int64_t, int64_t, const SegSkip*) {}
 void gemm_pack_weight_nk__avx512vnni(const int8_t* w, int64_t ldw, int64_t N, int64_t K,
                                      int64_t p0, int64_t p1, int8_t* packed, int32_t* col_sums) {
   const int64_t n1 = p1 * kPanel < N ? p1 * kPanel : N;

@@ -136,20 +136,26 @@ void gemm_mm_direct_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M, cons
                                    int64_t ldw, int64_t K, int64_t n0, int64_t n1, int32_t* out,
                                    int64_t ldo);
 
+// What an implicit GEMM's register tiles may skip, per row from m0 on (see below).
+struct SegSkip {
+  // Per row [lo, hi, glo, ghi) (cols) or [lo, hi): the only runs [lo, hi) and 4-byte groups
+  // [glo, ghi) of each run that may hold nonzero bytes (lo >= hi or glo >= ghi: none; without
+  // cols, every run's groups). The others are zero padding, which adds nothing: only for
+  // unsigned activations of zero point 0.
+  const int32_t* range = nullptr;
+  bool cols = false;
+  const int32_t* perm = nullptr;  // or null: row m0 + i computes output row perm[i]
+};
+
 // Implicit GEMM of a convolution (AVX-512 VNNI only; never selected elsewhere): output rows
 // [m0, m1) with per-tensor activation qparams, row m's K activations in segs runs of K / segs
 // bytes (a multiple of 4), run j at rows[m - m0] + j * sstride (the kernel rows of a receptive
-// field, read in place). seg_range, or null: per row four int32 [lo, hi, glo, ghi): the only
-// runs [lo, hi) and 4-byte groups [glo, ghi) of each run that may hold nonzero bytes (lo >= hi
-// or glo >= ghi: none; the others are zero padding, which adds nothing: only for unsigned
-// activations of zero point 0); a register tile skips the runs and groups none of its rows
-// needs (the weights' alike). perm, or null: per row the output row it computes (row m0 + i
-// of the tile's pointers computes output row perm[i]), otherwise row m is output row m.
-// Otherwise as gemm_compute.
+// field, read in place). skip, or null: a register tile skips the runs and groups none of its
+// rows needs (the weights' alike), and writes row m0 + i's output to row perm[i] where there is
+// a perm (rows gathered by padding class), else to row m0 + i. Otherwise as gemm_compute.
 void gemm_compute_segs__avx512vnni(const GemmProblem& p, const uint8_t* const* rows, int64_t segs,
                                    int64_t sstride, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
-                                   const int32_t* seg_range = nullptr,
-                                   const int32_t* perm = nullptr);
+                                   const SegSkip* skip = nullptr);
 
 #define TQ_DECLARE_GEMM_KERNELS(SUFFIX)                                                         \
   /* Rows per register tile; the adapter aligns row blocks to it. */                            \
