@@ -3,6 +3,8 @@ variant (isa fixture) and on CUDA (device fixture), for 1-d / 2-d / 3-d, groups,
 stride / padding / dilation, odd sizes, batch 0 and 1, int8 / uint8 in and out, float out,
 ReLU, non-contiguous input, saturation and ties; and the errors bad input gets."""
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -431,3 +433,54 @@ def test_conv_zero_point0_skips_padded_kernel_rows(isa, case, threads):
                 assert_same(got, want)
     finally:
         torch.set_num_threads(old)
+
+
+@st.composite
+def _conv_geometries(draw):
+    """A random convolution: 1-d to 3-d, dense / grouped / depthwise, kernel 1-5, stride 1-3,
+    padding 0-3 (up to past the kernel's reach), dilation 1-2, odd and tiny sizes, batch 0-3."""
+    nd = draw(st.sampled_from([1, 2, 2, 2, 3]))
+    kind = draw(st.sampled_from(["dense", "dense", "dense", "grouped", "depthwise"]))
+    # Channel counts that are multiples of 4 often: kernel columns of whole 4-byte groups.
+    cin_g = 1 if kind == "depthwise" else draw(st.sampled_from([1, 2, 3, 4, 4, 5, 8, 8, 12, 16]))
+    groups = 1 if kind == "dense" else draw(st.integers(2, 4)) if kind == "grouped" else draw(st.integers(1, 40))
+    cout_g = draw(st.integers(1, 2)) if kind == "depthwise" else draw(st.integers(1, 24))
+    big = 14 if nd < 3 else 6
+    k, s, p, d, sp = [], [], [], [], []
+    for _ in range(nd):
+        kk, dd = draw(st.integers(1, 5)), draw(st.sampled_from([1, 1, 2]))
+        pp = draw(st.integers(0, 3))
+        reach = dd * (kk - 1) + 1
+        sp.append(draw(st.integers(max(1, reach - 2 * pp), max(1, reach - 2 * pp) + big)))
+        k.append(kk)
+        d.append(dd)
+        p.append(pp)
+        s.append(draw(st.integers(1, 3)))
+    case = (tuple(sp), cin_g * groups, cout_g * groups, tuple(k), tuple(s), tuple(p), tuple(d), groups)
+    return case, draw(st.integers(0, 3))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(geo=_conv_geometries(), xdtype=st.sampled_from([torch.uint8, torch.int8]),
+       zp0=st.sampled_from([False, True, True]), out=st.sampled_from([(torch.uint8, True), (torch.int8, False), (torch.float32, False),
+                                              (torch.float32, True)]),
+       threads=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_conv_random_geometries_match_reference(isa, geo, xdtype, zp0, out, threads, seed):
+    """Property test over random geometries: every kernel path (implicit GEMM with and without
+    padding skip and gathering by padding class, im2col tiles, 1x1 in place, depthwise) is
+    bit-identical to the reference. zp0: unsigned input of zero point 0 with many zeros (the
+    input after a ReLU, where padded taps are skipped)."""
+    case, batch = geo
+    x, xs, xz, w, ws, bias = _make(case, batch, xdtype, seed=seed)
+    if zp0 and xdtype == torch.uint8:
+        xz = torch.zeros_like(xz)
+        x = torch.where(x < 100, torch.zeros_like(x), x)
+    out_dtype, relu = out
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, *out_qparams(out_dtype, "cpu"))
+    finally:
+        torch.set_num_threads(old)
+    assert_same(got, want)
