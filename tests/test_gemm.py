@@ -2,6 +2,8 @@
 exact integer product), over odd shapes, extreme values, ties, non-contiguous and empty inputs;
 bad arguments raise errors that name them."""
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 
 import torchquant
@@ -811,3 +813,56 @@ def test_linear_int8_with_k_zero_is_the_bias(isa, N):
     y = ops.linear_int8(torch.zeros(3, 0, dtype=torch.uint8), torch.tensor([0.5]), torch.tensor([7], dtype=torch.int32),
                         wp, cs, torch.ones(N), bias, None, None, False, None)
     assert torch.equal(y, bias.expand(3, N))
+
+
+# ---------------------------------------------------------------- property tests
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(M=st.integers(0, 300), K=st.integers(1, 600), N=st.integers(1, 200),
+       xdtype=st.sampled_from([torch.uint8, torch.int8]), per_row=st.booleans(),
+       out=st.sampled_from(range(len(OUT_KINDS))), bias=st.booleans(), relu=st.booleans(),
+       threads=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_linear_int8_random_shapes_match_reference(isa, M, K, N, xdtype, per_row, out, bias, relu, threads, seed):
+    """Property test over random shapes (M = 0 included; K and N across the 4-byte group, the
+    16-column panel and the register tile's boundaries), per-tensor or per-row activation
+    qparams, every output kind, 1 or 2 threads: bit-identical to the reference on each ISA."""
+    gen = torch.Generator().manual_seed(seed)
+    zp = int(torch.randint(0, 256 if xdtype == torch.uint8 else 128, (1,), generator=gen))
+    x, xs, xz, w, ws, b = _linear_case(gen, M, K, N, xdtype, zp if xdtype == torch.uint8 else zp - 64)
+    if per_row and M > 0:
+        xs, xz = _row_qparams(gen, M, xdtype)
+    out_dtype, os_t, oz_t = OUT_KINDS[out]
+    b = b if bias else None
+    wp, cs = ops.pack_weight(w)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = ops.linear_int8(x, xs, xz, wp, cs, ws, b, os_t, oz_t, relu, out_dtype)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, reference.linear_int8(x, xs, xz, w, ws, b, os_t, oz_t, relu, out_dtype))
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(M=st.integers(0, 300), K=st.integers(0, 600), N=st.integers(0, 200),
+       b_layout=st.sampled_from(["contiguous", "w.t()", "strided"]), threads=st.integers(1, 2),
+       seed=st.integers(0, 2**16))
+def test_int8_mm_random_shapes_exact(isa, M, K, N, b_layout, threads, seed):
+    """Property test: int8_mm of random shapes (empty ones included) and b layouts is the exact
+    integer product on each ISA."""
+    gen = torch.Generator().manual_seed(seed)
+    a = _rand_x((M, K), torch.int8, gen)
+    if b_layout == "contiguous":
+        b = _rand_w(K, N, gen)
+    elif b_layout == "w.t()":
+        b = _rand_w(N, K, gen).t()
+    else:
+        b = _rand_w(K, 2 * N + 1, gen)[:, 1::2]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = ops.int8_mm(a, b)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, _exact_mm(a, b))
