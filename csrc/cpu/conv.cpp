@@ -303,7 +303,9 @@ struct PadClasses {
   std::vector<int32_t> cls;
 };
 
-PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps) {
+// The classes of rows and (skip_cols) columns, and the share of taps in the side padding; the
+// per-pixel tables only with tables (where the tiles are gathered by class).
+PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps, bool tables) {
   PadClasses pc;
   auto classify = [](std::vector<std::pair<int32_t, int32_t>>& list, std::pair<int32_t, int32_t> v) {
     for (size_t i = 0; i < list.size(); ++i)
@@ -327,6 +329,7 @@ PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps) {
     pc.col_of.push_back(classify(pc.cols, g));
   }
   pc.col_waste = static_cast<double>(padded) / static_cast<double>(std::max<int64_t>(1, G.out[2] * G.k[2]));
+  if (!tables) return pc;
   const int64_t OW = G.out[2], nrow = static_cast<int64_t>(pc.rows.size());
   pc.ranges.resize(static_cast<size_t>(nrow * OW));
   pc.cls.resize(static_cast<size_t>(nrow * OW));
@@ -341,7 +344,7 @@ PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps) {
 }
 
 // Rows [0, M) of an implicit GEMM tile (pointers r, ranges sr: four int32 per row, see
-// gemm_compute_segs__avx512vnni; cls: each row's class, col * nrow + row) reordered by padding
+// SegSkip; cls: each row's class, col * nrow + row) reordered by padding
 // class into ro, sro, with perm[i] the raster row that row i is (a counting sort). Pixels
 // skipping the same kernel columns come together (one run per column class; cuts: the runs'
 // bounds, 0 first and M last); within a run, the classes of kernel rows go largest first, each
@@ -425,14 +428,16 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   const bool zp0 = tile_pad && base.a_unsigned && base.a_zp == 0 && base.a_zp_row == nullptr;
   const bool cols_ok = zp0 && G.pad[2] != 0 && C % 4 == 0 && rb == G.k[2] * C;
   const int32_t gps = static_cast<int32_t>(rb / 4);
-  const PadClasses pc = zp0 && (G.pad[1] != 0 || cols_ok) ? pad_classes(G, cols_ok, gps) : PadClasses{};
+  PadClasses pc = zp0 && (G.pad[1] != 0 || cols_ok) ? pad_classes(G, cols_ok, gps, false) : PadClasses{};
   // Columns are skipped only where a tile's pixels are gathered by padding class
   // (padding_order): in raster order nearly every tile of six holds a border pixel and skips no
   // column. Gathering pays where the left / right padding is a large enough share of the taps
   // (9.5 % of a 7x7 layer's 3x3 taps, 1.2 % at 56x56); below that, the reordering and the
-  // column ranges cost more than they save, and tiles run in raster order, afresh at each image.
+  // column ranges cost more than they save, and tiles run in raster order (afresh at each
+  // image where rows are skipped).
   const int32_t ncol = static_cast<int32_t>(pc.cols.size()), nrow = static_cast<int32_t>(pc.rows.size());
-  const bool by_class = cols_ok && ncol > 1 && ncol * nrow <= 256 && pc.col_waste >= 0.04;
+  const bool by_class = cols_ok && ncol > 1 && int64_t{ncol} * nrow <= 256 && pc.col_waste >= 0.04;
+  if (by_class) pc = pad_classes(G, true, gps, true);
   const bool skip_pad = zp0 && (G.pad[1] != 0 || by_class);
   const int64_t sr_ints = by_class ? 4 : 2;  // per pixel: kernel rows [, groups of a run]
   InStrides st{};

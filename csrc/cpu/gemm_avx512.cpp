@@ -60,11 +60,11 @@ struct QTile {
   const int32_t* zc;  // [64] zero-point corrections of the tile's columns (past N: 0)
   const float* sc;    // [64] scales a_scale * w_scale (past N: 0)
   const float* bc;    // [64] biases, or +0.0 (past N: 0)
-  uint8_t* out;       // the tile's column 0 in output row 0 of the problem
+  uint8_t* out;       // column 0 of the tile's row 0 (dense) or of the problem's row 0
   int64_t ldo;        // bytes between output rows
-  int64_t roff[kMR];  // tile row i's output row at out + roff[i] (any rows: implicit GEMM tiles
+  int64_t roff[kMR];  // tile row i's output at out + roff[i] (any rows: implicit GEMM tiles
                       // gather pixels of one padding class)
-  bool dense;         // roff[i] = (first row + i) * ldo
+  bool dense;         // roff[i] = i * ldo: the tile's rows are consecutive
   __mmask64 keep;     // the tile's real columns
   float inv;          // 1 / out_scale
   int16_t zp;         // out_zero_point
@@ -145,8 +145,9 @@ TQ_TARGET_AVX512VNNI TQ_INLINE void q_rows1(const QTile& e, int i, __m512i r0, _
 struct MicroArgs {
   // Row i of the activations: rows[i], or a + i * lda when rows is null. Its K bytes are segs
   // runs of 4 * gps bytes, run j at row + j * sstride: one run for a plain GEMM, one per kernel
-  // row for a convolution's receptive field read in place (implicit GEMM). The tile reads the
-  // first gn groups of each run (gn < gps: kernel columns in the padding of all its pixels).
+  // row for a convolution's receptive field read in place (implicit GEMM). The tile reads gn
+  // groups of each run from a_off on (gn < gps: kernel columns in the padding of all its
+  // pixels; a_off and b then start at the first group read).
   const uint8_t* const* rows = nullptr;
   const uint8_t* a = nullptr;
   int64_t lda = 0, segs = 1, gps = 0, gn = 0, sstride = 0;

@@ -144,7 +144,8 @@ struct SegSkip {
   // unsigned activations of zero point 0.
   const int32_t* range = nullptr;
   bool cols = false;
-  const int32_t* perm = nullptr;  // or null: row m0 + i computes output row perm[i]
+  // Or null: row m0 + i computes output row perm[i]. Only with range (ignored without).
+  const int32_t* perm = nullptr;
 };
 
 // Implicit GEMM of a convolution (AVX-512 VNNI only; never selected elsewhere): output rows
