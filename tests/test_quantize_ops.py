@@ -1,8 +1,11 @@
 """quantize / dequantize / fake_quantize / choose_qparams: every CPU variant bit-exact with
 torchquant.reference and with torch's own functions."""
+import math
 import warnings
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 
 import torchquant
@@ -660,3 +663,65 @@ def test_per_channel_ties_nan_inf_every_path(isa, shape, axis, qmin, qmax, dtype
     g = torch.randn(shape, generator=gen)
     assert _same(ops.fake_quantize_backward(g, x, scale, zp, axis, qmin, qmax),
                  reference.fake_quantize_backward(g, x, scale, zp, ax, qmin, qmax))
+
+
+@st.composite
+def _quant_cases(draw):
+    """A random shape (empty dims included), optionally a per-channel axis, a quantized range,
+    and a layout: contiguous, transposed or sliced with a step."""
+    nd = draw(st.integers(1, 4))
+    dims = draw(st.lists(st.sampled_from([0, 1, 2, 3, 5, 8, 16, 17, 33, 64, 65, 130]), min_size=nd, max_size=nd))
+    while math.prod(dims) > 20000:  # small enough for the reference: halve the largest dim
+        i = dims.index(max(dims))
+        dims[i] = dims[i] // 2 + 1
+    shape = tuple(dims)
+    axis = draw(st.one_of(st.none(), st.integers(-nd, nd - 1)))
+    qrange = draw(st.sampled_from(QRANGES))
+    layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
+    return shape, axis, qrange, layout
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_quant_cases(), seed=st.integers(0, 2**16))
+def test_random_shapes_layouts_match_reference(isa, case, seed):
+    """Property test: quantize, dequantize, fake_quantize and its backward on random shapes
+    (empty ones included), per tensor or per channel on any axis, every quantized range, on
+    contiguous, transposed and strided inputs with ties, saturation, NaN, +-Inf and -0: the same
+    bits as the reference on each ISA, and the inputs untouched."""
+    shape, axis, (qmin, qmax, dtype), layout = case
+    gen = torch.Generator().manual_seed(seed)
+    if axis is None:
+        C = 1
+        ax = None
+    else:
+        ax = axis % len(shape)
+        C = shape[ax]
+    if C == 0:  # no qparams to give
+        return
+    big = list(shape)
+    if layout == "strided":
+        big[-1] = 2 * shape[-1]
+    x = torch.randn(big, generator=gen) * 3
+    kind = torch.randint(0, 8, big, generator=gen)
+    x = torch.where(kind == 1, torch.full(big, NAN), x)
+    x = torch.where(kind == 2, torch.full(big, INF), x)
+    x = torch.where(kind == 3, torch.full(big, -0.0), x)
+    x = torch.where(kind == 4, torch.round(x * 8) / 8 + 1 / 16, x)  # ties at power-of-two scales
+    x = torch.where(kind == 5, x * 1e4, x)                             # saturates
+    if layout == "strided":
+        x = x[..., ::2]
+    elif layout == "transposed" and len(shape) >= 2:
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)
+    scale = 2.0 ** -torch.randint(1, 6, (C,), generator=gen).float()
+    zp = torch.randint(qmin, qmax + 1, (C,), dtype=torch.int32, generator=gen)
+    before = x.clone()
+    q = ops.quantize(x, scale, zp, axis, qmin, qmax, dtype)
+    assert torch.equal(q, reference.quantize(x, scale, zp, ax, qmin, qmax, dtype))
+    assert _same(ops.dequantize(q, scale, zp, axis), reference.dequantize(q, scale, zp, ax))
+    assert _same(ops.fake_quantize(x, scale, zp, axis, qmin, qmax),
+                 reference.fake_quantize(x, scale, zp, ax, qmin, qmax))
+    g = torch.randn(shape, generator=gen)
+    assert _same(ops.fake_quantize_backward(g, x, scale, zp, axis, qmin, qmax),
+                 reference.fake_quantize_backward(g, x, scale, zp, ax, qmin, qmax))
+    assert _same(x, before)
