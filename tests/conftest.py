@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -19,6 +21,17 @@ def _supported_isas():
 
 
 SUPPORTED_ISAS = _supported_isas()
+
+
+@contextlib.contextmanager
+def num_threads(k):
+    """torch's intra-op thread count set to k inside the block, restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", "cuda"]
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchquant
 from torchquant import reference
 
+from conftest import num_threads
 from _conv_helpers import (assert_same, check_device_matches_reference, check_low_float_out, check_matches_reference,
                            check_noncontiguous_and_layouts, check_saturation_and_ties, check_shared_bad_input, make_data,
                            out_qparams)
@@ -479,10 +480,6 @@ def test_conv_random_geometries_match_reference(isa, case, seed):
         xz = torch.zeros_like(xz)
         x = torch.where(x < 100, torch.zeros_like(x), x)
     out_dtype, relu = out
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         got, want = _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, *out_qparams(out_dtype, "cpu"))
-    finally:
-        torch.set_num_threads(old)
     assert_same(got, want)

@@ -1,7 +1,6 @@
 """Row-wise quantized Embedding / EmbeddingBag: the embedding_bag_rowwise kernel (every CPU
 variant) bit-exact against a plain-torch reference, against torch.ao's quantized embedding-bag
 ops, the static prepare/convert flow with torch.ao's qconfigs, bounds checks, state dicts."""
-import contextlib
 import ctypes
 import ctypes.util
 import io
@@ -19,6 +18,8 @@ import torchquant as tq
 from torchquant import reference
 from torchquant.nn import quantized as nnq
 from torchquant.nn.quantized_embedding import pack_rowwise, unpack_rowwise
+
+from conftest import num_threads
 
 ops = torch.ops.torchquant
 
@@ -234,14 +235,7 @@ def test_pack_unpack_roundtrip():
     assert torch.equal(v[:, 0], (q4[:, 0] & 15).long()) and torch.equal(v[:, 1], (q4[:, 0] >> 4).long())
 
 
-@contextlib.contextmanager
-def _threads(k):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(k)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+_threads = num_threads
 
 
 def _reference_batched(packed, bits, dim, indices, offsets, mode, psw, padding_idx):

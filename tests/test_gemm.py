@@ -12,6 +12,8 @@ import torchquant
 from torchquant import reference
 from torchquant._ops import packed_weight_shape
 
+from conftest import num_threads
+
 ops = torch.ops.torchquant
 KMAX = 65793
 
@@ -837,12 +839,8 @@ def test_linear_int8_random_shapes_match_reference(isa, M, K, N, seed):
     out_dtype, os_t, oz_t = OUT_KINDS[out]
     b = b if bias else None
     wp, cs = ops.pack_weight(w)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         got = ops.linear_int8(x, xs, xz, wp, cs, ws, b, os_t, oz_t, relu, out_dtype)
-    finally:
-        torch.set_num_threads(old)
     assert torch.equal(got, reference.linear_int8(x, xs, xz, w, ws, b, os_t, oz_t, relu, out_dtype))
 
 
@@ -862,10 +860,6 @@ def test_int8_mm_random_shapes_exact(isa, M, K, N, seed):
         b = _rand_w(N, K, gen).t()
     else:
         b = _rand_w(K, 2 * N + 1, gen)[:, 1::2]
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         got = ops.int8_mm(a, b)
-    finally:
-        torch.set_num_threads(old)
     assert torch.equal(got, _exact_mm(a, b))

@@ -303,9 +303,9 @@ struct PadClasses {
   std::vector<int32_t> cls;
 };
 
-// The classes of rows and (skip_cols) columns, and the share of taps in the side padding; the
-// per-pixel tables only with tables (where the tiles are gathered by class).
-PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps, bool tables) {
+// The classes of rows and (skip_cols) columns, and the share of taps in the side padding (the
+// per-pixel tables: pad_tables).
+PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps) {
   PadClasses pc;
   auto classify = [](std::vector<std::pair<int32_t, int32_t>>& list, std::pair<int32_t, int32_t> v) {
     for (size_t i = 0; i < list.size(); ++i)
@@ -329,8 +329,12 @@ PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps, bool 
     pc.col_of.push_back(classify(pc.cols, g));
   }
   pc.col_waste = static_cast<double>(padded) / static_cast<double>(std::max<int64_t>(1, G.out[2] * G.k[2]));
-  if (!tables) return pc;
-  const int64_t OW = G.out[2], nrow = static_cast<int64_t>(pc.rows.size());
+  return pc;
+}
+
+// pc's per-pixel tables (ranges, cls) for OW output columns: where tiles are gathered by class.
+void pad_tables(PadClasses& pc, int64_t OW) {
+  const int64_t nrow = static_cast<int64_t>(pc.rows.size());
   pc.ranges.resize(static_cast<size_t>(nrow * OW));
   pc.cls.resize(static_cast<size_t>(nrow * OW));
   for (int64_t rc = 0; rc < nrow; ++rc) {
@@ -340,7 +344,6 @@ PadClasses pad_classes(const ConvGeometry& G, bool skip_cols, int32_t gps, bool 
       pc.cls[rc * OW + ow] = static_cast<int32_t>(pc.col_of[ow] * nrow + rc);
     }
   }
-  return pc;
 }
 
 // Rows [0, M) of an implicit GEMM tile (pointers r, ranges sr: four int32 per row, see
@@ -428,7 +431,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   const bool zp0 = tile_pad && base.a_unsigned && base.a_zp == 0 && base.a_zp_row == nullptr;
   const bool cols_ok = zp0 && G.pad[2] != 0 && C % 4 == 0 && rb == G.k[2] * C;
   const int32_t gps = static_cast<int32_t>(rb / 4);
-  PadClasses pc = zp0 && (G.pad[1] != 0 || cols_ok) ? pad_classes(G, cols_ok, gps, false) : PadClasses{};
+  PadClasses pc = zp0 && (G.pad[1] != 0 || cols_ok) ? pad_classes(G, cols_ok, gps) : PadClasses{};
   // Columns are skipped only where a tile's pixels are gathered by padding class
   // (padding_order): in raster order nearly every tile of six holds a border pixel and skips no
   // column. Gathering pays where the left / right padding is a large enough share of the taps
@@ -437,7 +440,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   // image where rows are skipped).
   const int32_t ncol = static_cast<int32_t>(pc.cols.size()), nrow = static_cast<int32_t>(pc.rows.size());
   const bool by_class = cols_ok && ncol > 1 && int64_t{ncol} * nrow <= 256 && pc.col_waste >= 0.04;
-  if (by_class) pc = pad_classes(G, true, gps, true);
+  if (by_class) pad_tables(pc, G.out[2]);
   const bool skip_pad = zp0 && (G.pad[1] != 0 || by_class);
   const int64_t sr_ints = by_class ? 4 : 2;  // per pixel: kernel rows [, groups of a run]
   InStrides st{};
@@ -561,7 +564,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           const uint8_t* const* rs = rp.data();
           for (size_t c = 0; c + 1 < cuts.size(); ++c) {
             const int64_t a = cuts[c], b = cuts[c + 1];
-            const cpu::SegSkip sk{srp.data() + 4 * a, true, permp.data() + a};
+            const cpu::SegSkip sk{srp.data() + 4 * a, permp.data() + a};
             k.segs(p, rs + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, &sk);
           }
         } else if (skip_pad) {
@@ -571,7 +574,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           const int64_t plane = G.out[1] * G.out[2];
           for (int64_t a = 0; a < p.M;) {
             const int64_t b = std::min<int64_t>(p.M, ((m0 + a) / plane + 1) * plane - m0);
-            const cpu::SegSkip sk{sr + sr_ints * a, false, nullptr};
+            const cpu::SegSkip sk{sr + 2 * a, nullptr};
             k.segs(p, r + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, &sk);
             a = b;
           }

@@ -64,7 +64,7 @@ struct QTile {
   int64_t ldo;        // bytes between output rows
   int64_t roff[kMR];  // tile row i's output at out + roff[i] (any rows: implicit GEMM tiles
                       // gather pixels of one padding class)
-  bool dense;         // roff[i] = i * ldo: the tile's rows are consecutive
+  bool dense;         // roff[i] = i * ldo: the tile's rows are consecutive (one store for 4)
   __mmask64 keep;     // the tile's real columns
   float inv;          // 1 / out_scale
   int16_t zp;         // out_zero_point
@@ -113,7 +113,7 @@ TQ_TARGET_AVX512VNNI TQ_INLINE void q_row(const QTile& e, int i, __m512i a0, __m
   const __m512i z = _mm512_setzero_si512();
   const __m512i bytes = q_pack(e, q16(e, a0, 0), q16(e, a1, 16), NV > 2 ? q16(e, a2, 32) : z,
                                NV > 3 ? q16(e, a3, 48) : z);
-  uint8_t* dst = e.out + (e.dense ? i * e.ldo : e.roff[i]);
+  uint8_t* dst = e.out + e.roff[i];
   if (e.keep == ~__mmask64{0}) {
     _mm512_storeu_si512(dst, bytes);
   } else {
@@ -338,14 +338,14 @@ TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t
 
 // Output rows [m0, m1) x panels [p0, p1) on the micro-kernels: s describes row m0's activations
 // (rows: one pointer per row from m0 on; or a, advanced here by lda per row).
-// kSkip (implicit GEMM): seg_range holds per row from m0 on the runs [lo, hi) and (kCols) the
+// kSkip (implicit GEMM): seg_range holds per row from m0 on the runs [lo, hi) and (kPerm) the
 // groups [glo, ghi) of each run it needs; a register tile reads the runs and groups that any
 // of its rows needs, and skips those no row needs (kernel rows and columns that fall in the
 // padding of every pixel of the tile, whose bytes are zeros that add nothing). kPerm: perm
 // holds per row from m0 on the output row it computes (rows gathered by padding class);
 // otherwise row m is output row m. Templates, not flags: at a few groups per tile (a 3-channel
 // stem) each of these per-tile steps is a visible share of the tile's time.
-template <bool kSkip, bool kCols, bool kPerm>
+template <bool kSkip, bool kPerm>
 TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_t m0, int64_t m1,
                                        int64_t p0, int64_t p1, const int32_t* seg_range = nullptr,
                                        const int32_t* perm = nullptr) {
@@ -422,14 +422,14 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
       }
       if constexpr (kSkip) {
         // The union of the rows' ranges.
-        constexpr int kW = kCols ? 4 : 2;  // int32 per row
+        constexpr int kW = kPerm ? 4 : 2;  // int32 per row
         const int32_t* sr = seg_range + kW * (m - m0);
         int32_t lo = sr[0], hi = sr[1], glo = 0, ghi = static_cast<int32_t>(s.gps);
         for (int i = 1; i < nr; ++i) {
           lo = sr[kW * i] < lo ? sr[kW * i] : lo;
           hi = sr[kW * i + 1] > hi ? sr[kW * i + 1] : hi;
         }
-        if constexpr (kCols) {
+        if constexpr (kPerm) {
           glo = sr[2];
           ghi = sr[3];
           for (int i = 1; i < nr; ++i) {
@@ -473,17 +473,11 @@ TQ_TARGET_AVX512VNNI void gemm_compute_segs__avx512vnni(const GemmProblem& p,
   s.gps = p.K / segs / 4;
   s.sstride = sstride;
   if (skip == nullptr || skip->range == nullptr) {
-    compute_rows<false, false, false>(p, s, m0, m1, p0, p1);
+    compute_rows<false, false>(p, s, m0, m1, p0, p1);
   } else if (skip->perm != nullptr) {
-    if (skip->cols) {
-      compute_rows<true, true, true>(p, s, m0, m1, p0, p1, skip->range, skip->perm);
-    } else {
-      compute_rows<true, false, true>(p, s, m0, m1, p0, p1, skip->range, skip->perm);
-    }
-  } else if (skip->cols) {
-    compute_rows<true, true, false>(p, s, m0, m1, p0, p1, skip->range);
+    compute_rows<true, true>(p, s, m0, m1, p0, p1, skip->range, skip->perm);
   } else {
-    compute_rows<true, false, false>(p, s, m0, m1, p0, p1, skip->range);
+    compute_rows<true, false>(p, s, m0, m1, p0, p1, skip->range);
   }
 }
 
@@ -498,7 +492,7 @@ TQ_TARGET_AVX512VNNI void gemm_compute__avx512vnni(const GemmProblem& p, const v
   s.a = static_cast<const uint8_t*>(a) + m0 * lda;
   s.lda = lda;
   s.gps = p.K / 4;
-  compute_rows<false, false, false>(p, s, m0, m1, p0, p1);
+  compute_rows<false, false>(p, s, m0, m1, p0, p1);
 }
 
 // Per-row quantization, the AVX2 sequence on 16 lanes with the K % 16 tail under a lane mask.

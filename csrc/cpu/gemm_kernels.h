@@ -138,13 +138,13 @@ void gemm_mm_direct_nk__avx512vnni(const int8_t* a, int64_t lda, int64_t M, cons
 
 // What an implicit GEMM's register tiles may skip, per row from m0 on (see below).
 struct SegSkip {
-  // Per row [lo, hi, glo, ghi) (cols) or [lo, hi): the only runs [lo, hi) and 4-byte groups
-  // [glo, ghi) of each run that may hold nonzero bytes (lo >= hi or glo >= ghi: none; without
-  // cols, every run's groups). The others are zero padding, which adds nothing: only for
-  // unsigned activations of zero point 0.
+  // Per row [lo, hi) without perm, [lo, hi, glo, ghi) with it: the only runs [lo, hi) and 4-byte
+  // groups [glo, ghi) of each run that may hold nonzero bytes (lo >= hi or glo >= ghi: none;
+  // without perm, every run's groups). The others are zero padding, which adds nothing: only
+  // for unsigned activations of zero point 0.
   const int32_t* range = nullptr;
-  bool cols = false;
-  // Or null: row m0 + i computes output row perm[i]. Only with range (ignored without).
+  // Or null: row m0 + i computes output row perm[i] (rows gathered by padding class, which is
+  // what makes skipping columns pay). Only with range (ignored without).
   const int32_t* perm = nullptr;
 };
 
