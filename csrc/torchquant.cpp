@@ -92,7 +92,7 @@ TORCH_LIBRARY(torchquant, m) {
   // An observer's running update, one pass over x, no host sync. NaN and +-Inf are left out
   // of the range and counted: nonfinite_count (int64 [2]) += (#NaN, #Inf). running_min/max
   // (float32, 1 or C elements) equal to (+inf, -inf) mean "nothing seen": the first
-  // observation sets them. averaging_constant=None: running min/max; c in (0, 1]:
+  // observation sets them. averaging_constant=None: running min/max; c in [0, 1]:
   // torch.ao's moving average running + c * (current - running). A channel with nothing
   // finite in x is left unchanged.
   m.def("observe_minmax_(Tensor(a!) running_min, Tensor(b!) running_max, "

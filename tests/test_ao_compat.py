@@ -44,8 +44,17 @@ def _documented_not_provided():
     return names
 
 
+def _torch_ao_public_names():
+    """torch.ao.quantization's __all__, and the named qconfigs and module-mapping dicts it exports
+    outside __all__ (code imports them by name: ``tq.per_channel_dynamic_qconfig``)."""
+    extra = {n for n in dir(taq) if not n.startswith("_") and not isinstance(getattr(taq, n), type(taq))
+             and (n.endswith("_qconfig") or "_qconfig_" in n or n.endswith("_MAPPINGS")
+                  or n == "DEFAULT_MODULE_TO_ACT_POST_PROCESS")}
+    return set(taq.__all__) | extra
+
+
 def test_torch_ao_names_torchquant_lacks_are_the_documented_list():
-    missing = {n for n in taq.__all__ if not hasattr(tq, n)}
+    missing = {n for n in _torch_ao_public_names() if not hasattr(tq, n)}
     documented = _documented_not_provided()
     assert len(documented) == len(set(documented)), "a name is listed twice"
     assert missing == set(documented), (sorted(missing - set(documented)), sorted(set(documented) - missing))
@@ -535,3 +544,48 @@ def test_fuse_modules_qat_as_torch_ao():
     ours.qconfig = tq.default_qat_qconfig
     p = tq.prepare_qat(ours)
     assert type(p.fc1) is qat.LinearReLU
+
+
+def test_fake_quantize_with_float_qparams_observer_matches_torch_ao():
+    # torch.ao's embedding fake-quant: per-row float scale and zero point.
+    x = _data(11, (10, 6)) * 2
+    kw = dict(qscheme=torch.per_channel_affine_float_qparams, dtype=torch.quint8, quant_min=0, quant_max=255,
+              ch_axis=0)
+    ours = tq.FakeQuantize(observer=tq.PerChannelMinMaxObserver, **kw)
+    theirs = taq.FakeQuantize(observer=taq.PerChannelMinMaxObserver, **kw)
+    assert torch.equal(ours(x), theirs(x))
+    assert ours.zero_point.dtype == theirs.zero_point.dtype == torch.float32
+    assert torch.equal(ours.zero_point, theirs.zero_point) and torch.equal(ours.scale, theirs.scale.float())
+
+
+@pytest.mark.parametrize("name", [
+    "default_symmetric_qnnpack_qconfig",
+    "default_per_channel_symmetric_qnnpack_qconfig",
+    "default_symmetric_qnnpack_qat_qconfig",
+    "default_per_channel_symmetric_qnnpack_qat_qconfig",
+    "per_channel_dynamic_qconfig",
+])
+def test_named_qconfigs_observe_as_torch_aos(name):
+    ours, theirs = getattr(tq, name), getattr(taq, name)
+    fields = ("weight",) if name == "per_channel_dynamic_qconfig" else ("activation", "weight")
+    for field in fields:
+        a, b = getattr(ours, field)(), getattr(theirs, field)()
+        x = _data(3, (8, 37), spread=2.0)
+        a(x)
+        b(x)
+        _same_qparams(a.calculate_qparams(), b.calculate_qparams())
+
+
+def test_named_qconfigs_with_deliberate_differences():
+    # Full 8-bit activations and per-channel weights, as torchquant's default_qconfig / default_qat_qconfig.
+    x = _data(4, (8, 37), spread=2.0)
+    act = tq.default_per_channel_qconfig.activation()
+    act(x)
+    assert (act.quant_min, act.quant_max) == (0, 255)
+    assert tq.default_per_channel_qconfig.weight().qscheme == torch.per_channel_symmetric
+    assert tq.default_qat_qconfig_v2.weight().qscheme == torch.per_channel_symmetric
+    assert isinstance(tq.default_qat_qconfig_v2.activation(), tq.FusedMovingAvgObsFakeQuantize)
+    assert tq.DEFAULT_STATIC_QUANT_MODULE_MAPPINGS[nn.Linear] is nnq.Linear
+    assert tq.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS[nn.LSTM] is tq.nn.quantized.dynamic.LSTM
+    assert tq.DEFAULT_QAT_MODULE_MAPPINGS[nn.Linear] is qat.Linear
+    assert set(tq.get_embedding_static_quant_module_mappings()) == {nn.Embedding, nn.EmbeddingBag}

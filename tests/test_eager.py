@@ -1,5 +1,6 @@
 """The eager-mode API: torch.ao's names and flow on torchquant's int8 kernels."""
 import io
+import math
 import warnings
 
 import pytest
@@ -553,6 +554,7 @@ def test_qconfig_fields_must_be_observer_constructors(activation, weight, name):
 @pytest.mark.parametrize("data,match", [
     (5, r"calibrate: argument 'data' must be an iterable of batches .*got int$"),
     (torch.randn(3, 4), r"got Tensor \(wrap a single batch in a list: \[x\]\)"),
+    ({"x": torch.randn(3, 4)}, r"got dict \(wrap a single batch in a list: \[x\]\)"),
 ])
 def test_calibrate_names_data_that_is_not_batches(data, match):
     # torchquant.calibrate(model, 5) said "'int' object is not iterable".
@@ -579,6 +581,9 @@ def _quantized_linear_model():
     ("1.qweight", torch.full((3, 4), 0.7), r"1.qweight: the quantized Linear's weight must be torch.int8, got dtype "
                                             r"torch.float32"),
     ("1.qweight", torch.ones(3, 4, dtype=torch.uint8), r"1.qweight: .* got dtype torch.uint8"),
+    ("1.weight_scale", torch.tensor([0.1, -0.2, 0.1]), r"1.weight_scale: the quantized Linear's weight_scale must be "
+                                                       r"> 0 and finite, got -0.2"),
+    ("1.scale", torch.tensor([float("inf")]), r"1.scale: the quantized Linear's scale must be > 0 and finite, got inf"),
 ])
 def test_quantized_linear_load_state_dict_refuses_what_it_would_ignore_or_cast(key, value, match):
     # A non-zero weight_zero_point was loaded and then ignored; a float qweight cast to int8
@@ -803,3 +808,77 @@ def test_learnable_fake_quantize_module_gradients(per_channel, use_grad_scaling,
     assert gs.abs().sum() > 0 and gz.abs().sum() > 0
     torch.testing.assert_close(fq.scale.grad, gs, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(fq.zero_point.grad, gz, rtol=1e-5, atol=1e-7)
+
+
+def test_linear_subclass_with_its_own_forward_stays_float_with_a_warning():
+    # A router returning a tuple, a scaled Linear: a DynamicLinear would drop the forward.
+    class ScaledLinear(nn.Linear):
+        def forward(self, x):
+            return 0.5 * super().forward(x) + 1
+
+    class Marker(nn.Linear):  # nn.Linear's forward: swapped
+        pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ScaledLinear(8, 8), Marker(8, 4))
+    with pytest.warns(UserWarning, match=r"\['ScaledLinear'\] subclass nn.Linear but have a forward\(\) of their own"):
+        q = torchquant.quantize_dynamic(model, {nn.Linear})
+    assert type(q[0]) is ScaledLinear and type(q[1]) is nnq.DynamicLinear
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(q[0](x), model[0](x))
+    mapping = torchquant.get_default_dynamic_quant_module_mappings()
+    mapping[ScaledLinear] = nnq.DynamicLinear  # named explicitly: swapped
+    assert type(torchquant.quantize_dynamic(model, {nn.Linear, ScaledLinear}, mapping=mapping)[0]) is nnq.DynamicLinear
+
+
+@pytest.mark.parametrize("dtype,bits", [(torch.quint8, 8), (torch.quint4x2, 4)])
+def test_quantize_dynamic_embedding_dtypes_as_torch_ao(dtype, bits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(50, 16, mode="sum"), nn.Linear(16, 4))
+    q = torchquant.quantize_dynamic(model, dtype=dtype)  # torch.ao's default spec for the dtype: the tables
+    assert type(q[0]) is torchquant.nn.quantized.EmbeddingBag and q[0].bits == bits
+    assert type(q[1]) is nn.Linear
+    ref = torchquant.quantize_dynamic(model, {nn.EmbeddingBag: torchquant.float_qparams_weight_only_qconfig if bits == 8
+                                              else torchquant.float_qparams_weight_only_qconfig_4bit})
+    idx = torch.randint(0, 50, (3, 5))
+    assert torch.equal(q[0](idx), ref[0](idx))
+    assert type(torchquant.quantize_dynamic(model, {nn.EmbeddingBag}, dtype=dtype)[0]) is type(q[0])
+    with pytest.raises(ValueError, match=r"\['Linear'\] in argument 'qconfig_spec' need dtype=torch.qint8"):
+        torchquant.quantize_dynamic(model, {nn.EmbeddingBag, nn.Linear}, dtype=dtype)
+
+
+def test_float16_qconfigs_are_a_clear_error():
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"module '0' \(Linear\) has a qconfig whose weight dtype is torch.float16"):
+        torchquant.quantize_dynamic(model, {nn.Linear: torchquant.float16_dynamic_qconfig})
+    model.qconfig = torchquant.float16_static_qconfig
+    with pytest.raises(ValueError, match="dtype is torch.float16"):
+        torchquant.prepare(model)
+    with pytest.raises(ValueError, match="argument 'dtype' must be torch.qint8.*got torch.float16"):
+        torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.float16)
+
+
+class _KwargsModel(nn.Module):
+    """A model called with keyword arguments, as a Hugging Face model takes a tokenizer's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.fc, self.dequant = torchquant.QuantStub(), nn.Linear(4, 3), torchquant.DeQuantStub()
+
+    def forward(self, input_ids, attention_mask=None):
+        x = input_ids if attention_mask is None else input_ids * attention_mask
+        return self.dequant(self.fc(self.quant(x)))
+
+
+def test_calibrate_and_report_take_dict_batches_as_keyword_arguments():
+    torch.manual_seed(0)
+    model = _KwargsModel().eval()
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    batches = [{"input_ids": torch.randn(2, 4), "attention_mask": torch.ones(2, 4)} for _ in range(3)]
+    a = torchquant.calibrate(torchquant.prepare(model), batches, progress=False)
+    b = torchquant.calibrate(torchquant.prepare(model), [b["input_ids"] for b in batches], progress=False)
+    assert torch.equal(a.quant.activation_post_process.min_val, b.quant.activation_post_process.min_val)
+    q = torchquant.convert(a)
+    r1 = torchquant.report(model, q, batches[0])  # one mapping: one batch
+    r2 = torchquant.report(model, q, [batches[0]["input_ids"]])
+    assert r1["fc"].sqnr_db == r2["fc"].sqnr_db and math.isfinite(r1["fc"].sqnr_db)

@@ -315,6 +315,58 @@ def test_bad_arguments():
         torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 16)), method="gptq")
 
 
+@pytest.mark.parametrize("N", [4, 16, 20])
+def test_linear_int4_out_features_must_be_the_packed_n(N):
+    # The CPU layout pads N to panels of 16 channels: out_features inside the last panel was taken,
+    # giving zero columns (or dropping some) without a word.
+    gen = torch.Generator().manual_seed(10)
+    qw, scale, zp = _rand_weight(N, 32, 16, gen)
+    packed = ops.int4_pack_weight(qw, scale, zp, 32, 16)
+    x = torch.randn(2, 32)
+    assert ops.linear_int4(x, *packed, None, 32, N, 16).shape == (2, N)
+    for wrong in (N - 1, N + 1, (N + 15) // 16 * 16 + (N % 16 == 0)):
+        if wrong == N or wrong > (N + 15) // 16 * 16:
+            continue
+        with pytest.raises(RuntimeError, match=rf"argument 'out_features' must be the number of output channels "
+                                               rf"'w_packed' was packed for \(int4_pack_weight\), {N}, got {wrong}"):
+            ops.linear_int4(x, *packed, None, 32, wrong, 16)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(method="gptq", blocksize=0), r"argument 'blocksize' must be an int >= 1, got 0"),
+    (dict(method="gptq", blocksize=-1), r"argument 'blocksize' must be an int >= 1, got -1"),
+    (dict(method="gptq", percdamp=-1.0), r"argument 'percdamp' must be a finite number > 0 .*got -1.0"),
+    (dict(method="gptq", percdamp=float("nan")), r"argument 'percdamp' must be a finite number > 0 .*got nan"),
+    (dict(method="awq", awq_grid=0), r"argument 'awq_grid' must be an int >= 1, got 0"),
+    (dict(method="awq", awq_max_rows=0), r"argument 'awq_max_rows' must be an int >= 1, got 0"),
+])
+def test_quantize_weight_only_names_bad_tuning_arguments(kw, match):
+    model = nn.Sequential(nn.Linear(64, 16))
+    with pytest.raises(ValueError, match=match):
+        torchquant.quantize_weight_only(model, group_size=32, calib_data=[torch.randn(8, 64)], **kw)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("weight_scale", lambda s: -s, r"weight_scale: the quantized LinearWeightOnlyInt4's weight_scale must be > 0 "
+                                   r"and finite, got -"),
+    ("weight_scale", lambda s: s.clone().fill_(float("nan")), r"weight_scale: .* must be > 0 and finite, got nan"),
+    ("weight_zero_point", lambda z: z + 16, r"weight_zero_point: 4-bit zero points lie in \[0, 15\], got"),
+])
+def test_int4_load_state_dict_refuses_bad_qparams_and_loads_nothing(key, value, match):
+    torch.manual_seed(0)
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(64, 8), group_size=32)
+    x = torch.randn(2, 64)
+    y = q(x)
+    sd = {k: v.clone() for k, v in q.state_dict().items()}
+    bad = dict(sd)
+    bad[key] = value(sd[key])
+    with pytest.raises(RuntimeError, match=match):
+        q.load_state_dict(bad)
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    assert torch.equal(q(x), y)
+
+
 def test_fake_kernels_match():
     from torch._subclasses.fake_tensor import FakeTensorMode
     gen = torch.Generator().manual_seed(9)

@@ -62,7 +62,7 @@ def test_aminmax_matches_reference(isa, shape, axis):
 
 
 @pytest.mark.parametrize("shape,axis", SHAPES_AXES)
-@pytest.mark.parametrize("averaging_constant", [None, 0.25, 1.0])
+@pytest.mark.parametrize("averaging_constant", [None, 0.0, 0.25, 1.0])
 def test_observe_minmax_matches_reference(isa, shape, axis, averaging_constant):
     gen = torch.Generator().manual_seed(len(shape) * 31 + (axis or 0))
     c = None if axis is None else shape[axis]
@@ -536,8 +536,10 @@ def test_constructor_errors():
         tqo.MinMaxObserver(quant_min=10, quant_max=5)
     with pytest.raises(ValueError, match="quant_min must be < quant_max, got quant_min=10, quant_max=5"):
         tqo.PerChannelMinMaxObserver(quant_min=10, quant_max=5)
-    with pytest.raises(ValueError, match="averaging_constant"):
-        tqo.MovingAverageMinMaxObserver(averaging_constant=0.0)
+    with pytest.raises(ValueError, match=r"argument 'averaging_constant' must lie in \[0, 1\], got -0.1"):
+        tqo.MovingAverageMinMaxObserver(averaging_constant=-0.1)
+    with pytest.raises(ValueError, match=r"argument 'averaging_constant' must lie in \[0, 1\], got 1.5"):
+        tqo.MovingAveragePerChannelMinMaxObserver(averaging_constant=1.5)
     with pytest.raises(NotImplementedError, match="reduce range"):
         tqo.MinMaxObserver(qscheme=torch.per_tensor_symmetric, reduce_range=True)
     with pytest.raises(ValueError, match="percentile"):

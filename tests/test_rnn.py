@@ -342,6 +342,36 @@ def test_wrong_hidden_size_gives_torchs_error():
     assert str(eq.value) == str(ef.value)
 
 
+@pytest.mark.parametrize("cls,hx", [
+    (nn.LSTMCell, lambda: (torch.randn(3, 12), torch.randn(3, 12))),   # batch of hidden0
+    (nn.LSTMCell, lambda: (torch.randn(4, 12), torch.randn(3, 12))),   # batch of hidden1
+    (nn.LSTMCell, lambda: (torch.randn(4, 11), torch.randn(4, 12))),   # hidden_size
+    (nn.GRUCell, lambda: torch.randn(4, 11)),
+    (nn.RNNCell, lambda: torch.randn(5, 12)),
+])
+def test_cells_wrong_hidden_state_give_torchs_error(cls, hx):
+    f = cls(8, 12)
+    q = tq.quantize_dynamic(nn.Sequential(f), {cls})[0]
+    x, h = torch.randn(4, 8), hx()
+    with pytest.raises(RuntimeError) as ef:
+        f(x, h)
+    with pytest.raises(RuntimeError) as eq:
+        q(x, h)
+    assert str(eq.value) == str(ef.value)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_empty_sequence_gives_torchs_error(cls):
+    f = cls(8, 12)
+    q = _q(f, cls)
+    x = torch.randn(0, 3, 8)
+    with pytest.raises(RuntimeError) as ef:
+        f(x)
+    with pytest.raises(RuntimeError) as eq:
+        q(x)
+    assert str(eq.value) == str(ef.value)
+
+
 def test_unsorted_lengths_with_enforce_sorted_raise_as_in_torch():
     with pytest.raises(RuntimeError, match="must be sorted in decreasing order"):
         pack_padded_sequence(torch.randn(5, 3, 8), torch.tensor([2, 5, 3]), enforce_sorted=True)

@@ -36,8 +36,8 @@ void check_counts(const at::Tensor& t, const at::Tensor& x) {
 }
 
 void check_averaging_constant(std::optional<double> c) {
-  TORCH_CHECK(!c.has_value() || (*c > 0.0 && *c <= 1.0),
-              "argument 'averaging_constant' must lie in (0, 1] or be None, got ", *c);
+  TORCH_CHECK(!c.has_value() || (*c >= 0.0 && *c <= 1.0),
+              "argument 'averaging_constant' must lie in [0, 1] or be None, got ", *c);
 }
 
 void check_histogram_args(const at::Tensor& hist, const at::Tensor& min_val,

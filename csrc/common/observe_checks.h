@@ -13,7 +13,7 @@ namespace torchquant {
 void check_running(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t C);
 // nonfinite_count: int64, contiguous, 2 elements (NaN count, Inf count), on x's device.
 void check_counts(const at::Tensor& t, const at::Tensor& x);
-// None, or a moving-average constant in (0, 1].
+// None, or a moving-average constant in [0, 1] (0: the first batch sets the statistics for good).
 void check_averaging_constant(std::optional<double> c);
 // Every argument of observe_minmax_; returns the axis normalized into [0, x.dim()), -1 for per tensor.
 int64_t check_observe_minmax_args(const at::Tensor& running_min, const at::Tensor& running_max,

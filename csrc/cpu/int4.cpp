@@ -170,6 +170,18 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
               "argument 'w_scale' must be the empty float32 tensor of int4_pack_weight on the CPU "
               "(the scales are in w_packed), got dtype ", w_scale.scalar_type(), " and shape ",
               w_scale.sizes());
+  // w_packed's shape gives N only to a panel of 16 channels; its scales give it exactly: a
+  // packed channel's scales are > 0 (int4_pack_weight checks them), a padding channel's are 0.
+  if (N > 0 && G > 0) {
+    const float* sc = reinterpret_cast<const float*>(w_packed.const_data_ptr<uint8_t>() + (P - 1) * G * R +
+                                                     group_size / cpu::kInt4Block * 64);
+    int64_t packed_n = (P - 1) * cpu::kInt4Panel;
+    while (packed_n - (P - 1) * cpu::kInt4Panel < cpu::kInt4Panel &&
+           sc[packed_n - (P - 1) * cpu::kInt4Panel] > 0.0f)
+      ++packed_n;
+    TORCH_CHECK(packed_n == N, "argument 'out_features' must be the number of output channels 'w_packed' was "
+                "packed for (int4_pack_weight), ", packed_n, ", got ", N);
+  }
   at::Tensor b;
   if (bias.has_value() && bias->defined()) {
     check_cpu_arg(*bias, "bias");

@@ -140,6 +140,24 @@ from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402
 # ---- sequence models: weight-only embedding qconfigs ----
 from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit  # noqa: E402,F401
+# ---- torch.ao's other named qconfigs and its module-mapping dicts ----
+from .qconfig import (  # noqa: E402,F401
+    default_per_channel_qconfig,
+    default_per_channel_symmetric_qnnpack_qat_qconfig,
+    default_per_channel_symmetric_qnnpack_qconfig,
+    default_qat_qconfig_v2,
+    default_symmetric_qnnpack_qat_qconfig,
+    default_symmetric_qnnpack_qconfig,
+    float16_dynamic_qconfig,
+    float16_static_qconfig,
+    per_channel_dynamic_qconfig,
+)
+from .quantize import (  # noqa: E402,F401
+    DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS,
+    DEFAULT_QAT_MODULE_MAPPINGS,
+    DEFAULT_STATIC_QUANT_MODULE_MAPPINGS,
+    get_embedding_static_quant_module_mappings,
+)
 # ---- int4 weight-only
 from . import int4  # noqa: E402,F401
 from .weight_only import quantize_weight_only  # noqa: E402

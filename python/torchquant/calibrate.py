@@ -7,6 +7,7 @@ torch.distributed ranks.
     >>> quantized = torchquant.convert(prepared)
 """
 import itertools
+from collections.abc import Mapping
 from typing import Iterable, Optional
 
 import torch
@@ -44,10 +45,20 @@ def _to(x, device):
     return x
 
 
+def _call(model: nn.Module, batch, device=None):
+    """``model`` on one batch: a mapping (a Hugging Face tokenizer's output) as keyword
+    arguments, an ``(input, target)`` tuple or list by its input, anything else as the input."""
+    if isinstance(batch, Mapping):
+        return model(**_to(dict(batch), device))
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return model(_to(x, device))
+
+
 def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = None, progress: bool = True) -> nn.Module:
     """Runs ``data`` through ``model`` under ``torch.no_grad()`` so that its observers record
-    statistics; returns the model. ``data`` yields tensors, or ``(input, target)`` tuples (the
-    target is ignored); inputs move to the model's device. ``num_batches`` stops early;
+    statistics; returns the model. ``data`` yields tensors, ``(input, target)`` tuples (the
+    target is ignored), or mappings passed as keyword arguments (a Hugging Face tokenizer's
+    output: ``model(**batch)``); inputs move to the model's device. ``num_batches`` stops early;
     ``progress`` shows a tqdm bar. The model's train/eval mode is left as it is (calibrate in
     eval mode, so that dropout and batch norm behave as at inference).
 
@@ -56,11 +67,11 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
     """
     if num_batches is not None and num_batches < 0:
         raise ValueError(f"argument 'num_batches' must be >= 0 or None, got {num_batches}")
-    if isinstance(data, (torch.Tensor, str, bytes)) or not hasattr(data, "__iter__"):
+    if isinstance(data, (torch.Tensor, str, bytes, Mapping)) or not hasattr(data, "__iter__"):
         # A tensor would be iterated row by row, each row run as a batch: refuse it too.
         raise TypeError("calibrate: argument 'data' must be an iterable of batches (a DataLoader, or a list of "
-                        f"tensors or (input, target) tuples), got {type(data).__name__}"
-                        + (" (wrap a single batch in a list: [x])" if isinstance(data, torch.Tensor) else ""))
+                        f"tensors, (input, target) tuples or dicts of keyword arguments), got {type(data).__name__}"
+                        + (" (wrap a single batch in a list: [x])" if isinstance(data, (torch.Tensor, Mapping)) else ""))
     _name_observers(model)
     device = _model_device(model)
     batches = data if num_batches is None else itertools.islice(data, num_batches)
@@ -76,8 +87,7 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
             batches = tqdm(batches, total=total, desc="calibrate", unit="batch")
     with torch.no_grad():
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(_to(x, device))
+            _call(model, batch, device)
     return model
 
 

@@ -124,9 +124,14 @@ class FakeQuantize(FakeQuantizeBase):
         self.dtype, self.qscheme = app.dtype, app.qscheme
         self.is_dynamic = app.is_dynamic
         self.ch_axis = getattr(app, "ch_axis", -1)
-        self.is_per_channel = self.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+        # Float qparams (per-row float scale and zero point: embedding tables, as torch.ao's
+        # default_embedding_fake_quant) round x / s + z with a float z.
+        self.is_float_qparams = self.qscheme == torch.per_channel_affine_float_qparams
+        self.is_per_channel = self.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine,
+                                               torch.per_channel_affine_float_qparams)
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float32))
-        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
+        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.float32 if self.is_float_qparams
+                                                        else torch.int32))
 
     def calculate_qparams(self):
         return self.activation_post_process.calculate_qparams()
@@ -145,6 +150,9 @@ class FakeQuantize(FakeQuantizeBase):
             self.scale.copy_(scale)
             self.zero_point.copy_(zero_point)
         if self.fake_quant_enabled[0] == 1:
+            if self.is_float_qparams:  # torch's kernel: torchquant's ops take integer zero points
+                return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.ch_axis,
+                                                              self.quant_min, self.quant_max)
             axis = self.ch_axis if self.is_per_channel else None
             x = ops.fake_quantize(x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max)
         return x

@@ -421,8 +421,8 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
 
     def __init__(self, averaging_constant=0.01, dtype=torch.quint8, qscheme=torch.per_tensor_affine,
                  reduce_range=False, quant_min=None, quant_max=None, eps=_EPS, is_dynamic=False, **kwargs):
-        if not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(f"argument 'averaging_constant' must lie in (0, 1], got {averaging_constant}")
+        if not 0.0 <= averaging_constant <= 1.0:
+            raise ValueError(f"argument 'averaging_constant' must lie in [0, 1], got {averaging_constant}")
         if is_dynamic and averaging_constant != 1:
             raise NotImplementedError("MovingAverageMinMaxObserver supports dynamic quantization only with "
                                       f"averaging_constant=1, got {averaging_constant}")
@@ -529,8 +529,8 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
 
     def __init__(self, averaging_constant=0.01, ch_axis=0, dtype=torch.quint8, qscheme=torch.per_channel_affine,
                  reduce_range=False, quant_min=None, quant_max=None, eps=_EPS, is_dynamic=False, **kwargs):
-        if not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(f"argument 'averaging_constant' must lie in (0, 1], got {averaging_constant}")
+        if not 0.0 <= averaging_constant <= 1.0:
+            raise ValueError(f"argument 'averaging_constant' must lie in [0, 1], got {averaging_constant}")
         super().__init__(ch_axis=ch_axis, dtype=dtype, qscheme=qscheme, reduce_range=reduce_range,
                          quant_min=quant_min, quant_max=quant_max, eps=eps, is_dynamic=is_dynamic, **kwargs)
         self.averaging_constant = averaging_constant

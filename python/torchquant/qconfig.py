@@ -150,3 +150,38 @@ float_qparams_weight_only_qconfig = QConfig(activation=_obs.PlaceholderObserver,
 float_qparams_weight_only_qconfig_4bit = QConfig(activation=_obs.PlaceholderObserver,
                                                  weight=_obs.default_float_qparams_observer_4bit)
 __all__ += ["float_qparams_weight_only_qconfig", "float_qparams_weight_only_qconfig_4bit"]
+
+# ---- the rest of torch.ao's named qconfigs (not in its __all__, but imported by name) ----
+from . import fake_quantize as _fq  # noqa: E402
+
+# Static per-channel weights with min/max activations: default_qconfig's per-channel twin.
+default_per_channel_qconfig = QConfig(activation=_act_minmax, weight=_weight_per_channel)
+# Dynamic per-channel weights: what default_dynamic_qconfig already is here.
+per_channel_dynamic_qconfig = QConfig(activation=_obs.PlaceholderObserver.with_args(dtype=torch.quint8),
+                                      weight=_weight_per_channel)
+# The fused-observer QAT qconfig (torch.ao's "v2"), per-channel weights as default_qat_qconfig.
+default_qat_qconfig_v2 = QConfig(activation=_fq.default_fused_act_fake_quant,
+                                 weight=_fq.default_fused_per_channel_wt_fake_quant)
+# Symmetric int8 activations (qint8, eps 2**-12) with weights in [-127, 127], as torch.ao's.
+_act_symmetric_int8 = _obs.HistogramObserver.with_args(dtype=torch.qint8, reduce_range=False, eps=2 ** -12)
+default_symmetric_qnnpack_qconfig = QConfig(activation=_act_symmetric_int8,
+                                            weight=_obs.weight_observer_range_neg_127_to_127)
+default_per_channel_symmetric_qnnpack_qconfig = QConfig(activation=_act_symmetric_int8,
+                                                        weight=_obs.per_channel_weight_observer_range_neg_127_to_127)
+_qat_act_symmetric_int8 = _fq.FusedMovingAvgObsFakeQuantize.with_args(
+    observer=_obs.MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8, reduce_range=False,
+    eps=2 ** -12)
+default_symmetric_qnnpack_qat_qconfig = QConfig(activation=_qat_act_symmetric_int8,
+                                                weight=_fq.fused_wt_fake_quant_range_neg_127_to_127)
+default_per_channel_symmetric_qnnpack_qat_qconfig = QConfig(
+    activation=_qat_act_symmetric_int8, weight=_fq.fused_per_channel_wt_fake_quant_range_neg_127_to_127)
+# float16 "quantization" (torch.ao's fp16 weights): the names exist so that code naming them
+# gets torchquant's clear error at convert / quantize_dynamic, not an AttributeError.
+float16_dynamic_qconfig = QConfig(activation=_obs.PlaceholderObserver.with_args(dtype=torch.float16, is_dynamic=True),
+                                  weight=_obs.PlaceholderObserver.with_args(dtype=torch.float16))
+float16_static_qconfig = QConfig(activation=_obs.PlaceholderObserver.with_args(dtype=torch.float16),
+                                 weight=_obs.PlaceholderObserver.with_args(dtype=torch.float16))
+__all__ += ["default_per_channel_qconfig", "per_channel_dynamic_qconfig", "default_qat_qconfig_v2",
+            "default_symmetric_qnnpack_qconfig", "default_per_channel_symmetric_qnnpack_qconfig",
+            "default_symmetric_qnnpack_qat_qconfig", "default_per_channel_symmetric_qnnpack_qat_qconfig",
+            "float16_dynamic_qconfig", "float16_static_qconfig"]

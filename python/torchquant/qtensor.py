@@ -112,6 +112,11 @@ class QTensor:
     def int_repr(self) -> torch.Tensor:
         return self.data
 
+    def __call__(self) -> "QTensor":
+        """The QTensor itself: a quantized module's ``.weight`` also reads as torch.ao's method
+        form ``weight()`` (``model.fc.weight().int_repr()``)."""
+        return self
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         # float32 is the op's default: passing None skips a dtype conversion per call (batch 1).
         if dtype is torch.float32:

@@ -100,6 +100,22 @@ def get_default_dynamic_quant_module_mappings() -> Dict[type, type]:
     return dict(_DYNAMIC)
 
 
+def get_embedding_static_quant_module_mappings() -> Dict[type, type]:
+    """The weight-only quantized embedding modules ``convert`` swaps in under
+    ``float_qparams_weight_only_qconfig`` (and its 4-bit twin).
+
+    >>> get_embedding_static_quant_module_mappings()[nn.EmbeddingBag]
+    <class 'torchquant.nn.quantized_embedding.EmbeddingBag'>
+    """
+    return dict(_EMBEDDING)
+
+
+# torch.ao's module-level mapping dicts, under its names (the getters above return copies).
+DEFAULT_STATIC_QUANT_MODULE_MAPPINGS = _STATIC
+DEFAULT_QAT_MODULE_MAPPINGS = _QAT
+DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS = _DYNAMIC
+
+
 class QuantType(enum.IntEnum):
     """The kinds of quantization, with torch.ao's names and values.
 
@@ -296,6 +312,34 @@ def _warn_unused(fn: str, **kwargs) -> None:
                       "compatibility but not used by torchquant", UserWarning, stacklevel=3)
 
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _refuse_float_qconfigs(model: nn.Module, fn: str) -> None:
+    """A ValueError naming the first module whose qconfig asks for float16 (torch.ao's
+    ``float16_dynamic_qconfig`` / ``float16_static_qconfig``: fp16 weights, which torch.ao calls
+    quantization): torchquant's modules are int8 (or int4 weight-only), so such a module would
+    otherwise fail deep inside convert."""
+    seen = set()
+    for name, mod in model.named_modules():
+        qc = getattr(mod, "qconfig", None)
+        if qc is None or id(qc) in seen:
+            continue
+        seen.add(id(qc))
+        for field in ("weight", "activation"):
+            ctr = getattr(qc, field, None)
+            try:
+                dtype = getattr(ctr(), "dtype", None) if callable(ctr) else None
+            except Exception:  # an observer that cannot be built alone is checked where it is used
+                continue
+            if dtype in _FLOAT_DTYPES:
+                raise ValueError(
+                    f"{fn}: module '{name or type(mod).__name__}' ({type(mod).__name__}) has a qconfig whose {field} "
+                    f"dtype is {dtype} (such as float16_dynamic_qconfig): torchquant quantizes to int8 (or int4 "
+                    "weight-only), and has no float16 modules; use an int8 qconfig, or qconfig=None to keep the "
+                    "module in float")
+
+
 def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_non_leaf_module_list=None,
             prepare_custom_config_dict=None) -> nn.Module:
     """Inserts observers into a float model (torch.ao.quantization.prepare): every Linear (or
@@ -307,6 +351,7 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model)
+    _refuse_float_qconfigs(model, "prepare")
     if not _has_any_qconfig(model):
         warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
                       "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=2)
@@ -648,8 +693,10 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     """Swaps Linear layers for dynamic int8 ones (float in, float out; activations quantized per
     row inside the kernel, weights int8 per channel), as torch.ao.quantization.quantize_dynamic.
     LSTM, GRU, LSTMCell, GRUCell and RNNCell become ``torchquant.nn.quantized.dynamic``'s
-    modules. Beyond torch.ao, an entry for nn.Linear also covers its subclasses (such as
-    MultiheadAttention's NonDynamicallyQuantizableLinear) and Hugging Face's
+    modules; ``dtype=torch.quint8`` / ``torch.quint4x2`` quantize the rows of Embedding /
+    EmbeddingBag tables instead, as torch.ao's. Beyond torch.ao, an entry for nn.Linear also
+    covers its subclasses that keep nn.Linear's forward (such as MultiheadAttention's
+    NonDynamicallyQuantizableLinear; one with its own forward stays float, with a warning) and Hugging Face's
     ``transformers.pytorch_utils.Conv1D`` (its weight is transposed once, at convert); Conv1D
     can also be named on its own. Also beyond torch.ao (which swaps only submodules), a model
     whose own type is mapped is swapped: ``quantize_dynamic(nn.LSTM(...), {nn.LSTM})`` returns
@@ -657,20 +704,45 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
 
     >>> qmodel = torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     """
-    if dtype != torch.qint8:
-        raise ValueError(f"quantize_dynamic supports dtype=torch.qint8, got {dtype}")
+    from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit
+    by_dtype = {torch.qint8: default_dynamic_qconfig, torch.quint8: float_qparams_weight_only_qconfig,
+                torch.quint4x2: float_qparams_weight_only_qconfig_4bit}
+    if dtype not in by_dtype:
+        raise ValueError("quantize_dynamic: argument 'dtype' must be torch.qint8 (int8 Linear and recurrent "
+                         "layers), torch.quint8 or torch.quint4x2 (8- or 4-bit rows of Embedding / EmbeddingBag "
+                         f"tables), got {dtype}" + ("; torchquant has no float16 modules" if dtype == torch.float16
+                                                    else ""))
+    default = by_dtype[dtype]
     if qconfig_spec is None:
-        qconfig_spec = {nn.Linear: default_dynamic_qconfig, intrinsic.LinearReLU: default_dynamic_qconfig}
-        qconfig_spec.update({k: default_dynamic_qconfig for k in _DYNAMIC_RNN})
+        if dtype == torch.qint8:
+            qconfig_spec = {nn.Linear: default, intrinsic.LinearReLU: default}
+            qconfig_spec.update({k: default for k in _DYNAMIC_RNN})
+        else:  # torch.ao's defaults for these dtypes: the embedding tables (4-bit: EmbeddingBag only)
+            qconfig_spec = {nn.EmbeddingBag: default}
+            if dtype == torch.quint8:
+                qconfig_spec[nn.Embedding] = default
     elif not isinstance(qconfig_spec, dict):
         if isinstance(qconfig_spec, (str, type)) or not isinstance(qconfig_spec, Iterable):
             raise TypeError("quantize_dynamic: argument 'qconfig_spec' must be a set (or list) of module types or "
                             f"names, or a dict of them to qconfigs, got {qconfig_spec!r}; e.g. {{nn.Linear}}")
-        qconfig_spec = {k: default_dynamic_qconfig for k in qconfig_spec}
+        qconfig_spec = list(qconfig_spec)
+        if dtype != torch.qint8:
+            wrong = [k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in _EMBEDDING]
+            if wrong:
+                raise ValueError(f"quantize_dynamic: dtype={dtype} quantizes the rows of nn.Embedding / "
+                                 f"nn.EmbeddingBag tables; {wrong} in argument 'qconfig_spec' need dtype=torch.qint8")
+        qconfig_spec = {k: default for k in qconfig_spec}
     targets = mapping or _DYNAMIC
     qconfig_spec, targets = _extend_dynamic(model, qconfig_spec, targets)
     missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets
                      and not _dynamic_by_kind(k, targets))
+    own_forward = sorted({type(m).__name__ for m in model.modules()
+                          if type(m) not in targets and isinstance(m, nn.Linear) and _overrides_forward(type(m))
+                          and nn.Linear in qconfig_spec and not type(m).__module__.startswith("torchquant.")})
+    if own_forward:
+        warnings.warn(f"quantize_dynamic: {own_forward} subclass nn.Linear but have a forward() of their own, which "
+                      "a dynamic int8 Linear would not run; they stay in float (name the class in arguments "
+                      "'qconfig_spec' and 'mapping' to swap it anyway)", UserWarning, stacklevel=2)
     if missing:
         warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and stay "
                       f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
@@ -678,6 +750,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
+    _refuse_float_qconfigs(model, "quantize_dynamic")
     _keep_mha_out_proj_float(model, mapping or _DYNAMIC)
     model = _swap_root(model, targets)
     for mod in model.modules():
@@ -715,9 +788,15 @@ def _dynamic_by_kind(cls, targets):
         return None
     if nnqd.is_hf_conv1d(cls):
         return nnqd.Conv1DAsLinear if nn.Linear in targets else None
-    if issubclass(cls, nn.Linear) and nn.Linear in targets:
+    if issubclass(cls, nn.Linear) and nn.Linear in targets and not _overrides_forward(cls):
         return targets[nn.Linear]
     return None
+
+
+def _overrides_forward(cls) -> bool:
+    """True for an nn.Linear subclass with a forward of its own (a router returning a tuple, a
+    scaled or masked Linear): swapped for a DynamicLinear it would lose it, so it stays float."""
+    return cls.forward is not nn.Linear.forward
 
 
 def _keep_mha_out_proj_float(model, explicit):

@@ -16,11 +16,14 @@ Example::
 """
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Union
 
 import torch
 import torch.nn as nn
+
+from .calibrate import _call
 
 __all__ = ["report", "QuantReport", "LayerError"]
 
@@ -121,15 +124,9 @@ def _as_float(out) -> Optional[torch.Tensor]:
 
 
 def _batches(data) -> Iterable:
-    if isinstance(data, torch.Tensor):
+    if isinstance(data, (torch.Tensor, Mapping)):
         return [data]
     return data
-
-
-def _first_input(batch):
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    return batch
 
 
 def _matched_layers(float_model: nn.Module, quantized_model: nn.Module):
@@ -156,7 +153,7 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     ``fc1`` means Linear+ReLU on both sides.
 
     ``data``: a batch of inputs, or an iterable of batches (a ``(inputs, targets)`` pair uses its
-    inputs). Statistics accumulate over all batches. Both models run in eval mode under
+    inputs; a mapping, such as a Hugging Face tokenizer's output, is passed as keyword arguments). Statistics accumulate over all batches. Both models run in eval mode under
     ``torch.no_grad()`` on the inputs' device; their training flags are restored afterwards.
     ``plot``: ``True`` draws the bar chart (``report.figure``), a path also saves it there.
     Each row also holds the bytes of both modules' state dicts (``float_bytes``,
@@ -191,11 +188,10 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     try:
         with torch.no_grad():
             for batch in _batches(data):
-                x = _first_input(batch)
                 captured["float"].clear()
                 captured["quant"].clear()
-                float_model(x)
-                quantized_model(x)
+                _call(float_model, batch)
+                _call(quantized_model, batch)
                 for n, _ in pairs:
                     f, q = captured["float"].get(n), captured["quant"].get(n)
                     if f is None or q is None or f.shape != q.shape:

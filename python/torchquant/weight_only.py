@@ -10,6 +10,7 @@ layers before it already quantized, so that each layer corrects for the error of
 it and memory holds one layer's Hessian (GPTQ) or input rows (AWQ) at a time.
 """
 import copy
+import math
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -175,6 +176,12 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
         raise ValueError("method='awq' is implemented for bits=4 only (int8 per channel rarely needs it)")
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
+    if not (isinstance(percdamp, (int, float)) and math.isfinite(percdamp) and percdamp > 0):
+        raise ValueError(f"argument 'percdamp' must be a finite number > 0 (a fraction of the Hessian's mean "
+                         f"diagonal, e.g. 0.01), got {percdamp!r}")
+    for arg, value in (("blocksize", blocksize), ("awq_grid", awq_grid), ("awq_max_rows", awq_max_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")
     if not inplace:
         model = copy.deepcopy(model)
     excluded = set(exclude)

@@ -16,7 +16,7 @@ from .. import _fastcall
 from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor
-from ._state_dict import integer_load_errors
+from ._state_dict import integer_load_errors, positive_load_errors
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
@@ -136,6 +136,7 @@ class _Int8WeightModule(nn.Module):
         # point the kernel never reads: refuse both, naming the key, and load nothing of this module.
         what = f"the quantized {type(self).__name__}"
         errors = integer_load_errors(self, state_dict, prefix, ("qweight",))
+        errors += positive_load_errors(self, state_dict, prefix, ("weight_scale", "scale"))
         zp = state_dict.get(prefix + "weight_zero_point")
         if isinstance(zp, torch.Tensor):
             if zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool:
@@ -177,6 +178,11 @@ class Linear(_Int8WeightModule):
         self.in_features, self.out_features = in_features, out_features
         self._init_int8_buffers((out_features, in_features), out_features, bias, dtype)
         self._repack()
+
+    def _weight_bias(self):
+        """(weight, bias): torch.ao's accessor of a quantized module's int8 weight (a QTensor
+        here) and float bias (None without one)."""
+        return self.weight, self.bias
 
     @property
     def weight(self) -> QTensor:

@@ -104,6 +104,11 @@ class _ConvNd(_ConvLikeNd):
         self._geometry = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
         self._repack()
 
+    def _weight_bias(self):
+        """(weight, bias): torch.ao's accessor of a quantized module's int8 weight (a QTensor
+        here) and float bias (None without one)."""
+        return self.weight, self.bias
+
     @property
     def weight(self) -> QTensor:
         """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``)."""

@@ -185,6 +185,8 @@ class _RNNBase(nn.Module):
         if x.shape[-1] != self.input_size:
             raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {x.shape[-1]}")
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         out_dtype = x.dtype
         x = x.float()
         h0, c0 = self._initial_state(hx, max_batch, batched, x, sorted_indices)
@@ -418,6 +420,11 @@ class _CellBase(nn.Module):
                 s = torch.zeros(x.shape[0], self.hidden_size, device=x.device)
             else:
                 s = s if batched else s.unsqueeze(0)
+                if s.dim() == 2 and s.shape[0] != x.shape[0]:  # torch's messages, then ours for the rank
+                    raise RuntimeError(f"Input batch size {x.shape[0]} doesn't match hidden{i} batch size {s.shape[0]}")
+                if s.dim() == 2 and s.shape[1] != self.hidden_size:
+                    raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {s.shape[1]}, expected "
+                                       f"{self.hidden_size}")
                 if tuple(s.shape) != (x.shape[0], self.hidden_size):
                     raise RuntimeError(f"hidden{i if self._n_states > 1 else ''} has inconsistent hidden_size or "
                                        f"batch: got {list(s.shape if batched else s.shape[1:])}, expected "

@@ -14,7 +14,7 @@ from torch import nn
 
 from .._ops import ops
 from ..observer import _apply_keeping_float32
-from ._state_dict import integer_load_errors
+from ._state_dict import integer_load_errors, positive_load_errors
 from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
                            quantize_groups, unpack_int4)
 
@@ -107,6 +107,10 @@ class LinearWeightOnlyInt4(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # The packed nibbles and the zero points are uint8: another dtype would be cast silently.
         errors = integer_load_errors(self, state_dict, prefix, ("qweight", "weight_zero_point"))
+        errors += positive_load_errors(self, state_dict, prefix, ("weight_scale", "input_scale"))
+        zp = state_dict.get(prefix + "weight_zero_point")
+        if isinstance(zp, torch.Tensor) and zp.dtype == torch.uint8 and bool((zp > 15).any()):
+            errors.append(f"{prefix}weight_zero_point: 4-bit zero points lie in [0, 15], got {int(zp.max())}")
         if errors:
             error_msgs.extend(errors)
             return
