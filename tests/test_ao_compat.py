@@ -292,6 +292,72 @@ def test_qat_with_torch_aos_default_qat_qconfig_trains_and_converts():
     assert diff <= 1.01 * q.fc2.scale.item(), diff
 
 
+class _LinearBnNet(nn.Module):
+    def __init__(self, lib):
+        super().__init__()
+        self.quant, self.fc1, self.bn1 = lib.QuantStub(), nn.Linear(16, 32), nn.BatchNorm1d(32)
+        self.fc2, self.dequant = nn.Linear(32, 4), lib.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.fc2(self.bn1(self.fc1(self.quant(x)))))
+
+
+def test_qat_linear_bn_trains_as_torch_aos_and_converts_with_the_batchnorm_folded():
+    # fuse_modules_qat [Linear, BatchNorm1d] -> LinearBn1d -> QAT LinearBn1d -> int8 Linear.
+    def run(lib, steps=6):
+        torch.manual_seed(0)
+        m = _LinearBnNet(lib).train()
+        m = lib.fuse_modules_qat(m, [["fc1", "bn1"]])
+        # The same qconfig spelled with each library's names (FakeQuantize, not the fused one,
+        # whose qparams rule differs on purpose: docs/eager_api.md).
+        m.qconfig = lib.QConfig(
+            activation=lib.FakeQuantize.with_args(observer=lib.MovingAverageMinMaxObserver, quant_min=0,
+                                                  quant_max=255),
+            weight=lib.default_weight_fake_quant)
+        p = lib.prepare_qat(m)
+        opt = torch.optim.SGD(p.parameters(), lr=0.05)
+        g = torch.Generator().manual_seed(1)
+        outs = []
+        for i in range(steps):
+            if i == steps - 2:
+                p.apply(lib.disable_observer if lib is tq else taq.disable_observer)
+                p.fc1.freeze_bn_stats()  # torch.ao's freeze_bn_stats function skips LinearBn1d
+            x = torch.randn(64, 16, generator=g)
+            y = p(x)
+            outs.append(y.detach())
+            loss = y.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return p, outs
+
+    p, ours = run(tq)
+    p_ao, theirs = run(taq)
+    assert type(p.fc1) is qat.LinearBn1d and type(p_ao.fc1).__name__ == "LinearBn1d"
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert p.fc1.freeze_bn and not p.fc1.bn.training
+    p.fc1.update_bn_stats()
+    p.apply(qat.freeze_bn_stats)  # torchquant's function covers it
+    assert p.fc1.freeze_bn and not p.fc1.bn.training
+    p.eval()
+    q = tq.convert(p)
+    assert type(q.fc1) is nnq.Linear
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = p(x)
+        got = q(x)
+    assert (got - want).abs().max() <= 2.01 * q.fc2.scale.item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q_ao = taq.convert(p_ao.eval())
+    # The folded weight, quantized on the observer's range as torch.ao's convert does (within a
+    # step: the two trainings agree to float rounding, not bit for bit).
+    step = q.fc1.weight_scale.max().item()
+    torch.testing.assert_close(q.fc1.weight.dequantize(), q_ao.fc1.weight().dequantize(), atol=1.01 * step, rtol=0)
+    torch.testing.assert_close(q.fc1.bias, q_ao.fc1.bias().detach(), atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------- qconfig helpers
 def _pairs(lib):
     o = lib

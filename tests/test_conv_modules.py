@@ -382,3 +382,65 @@ def test_quantized_conv_load_state_dict_refuses_what_it_would_ignore_or_cast(mak
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
     m.load_state_dict(before)
+
+
+def _converted(float_conv, x):
+    m = nn.Sequential(tq.QuantStub(), float_conv, tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    tq.calibrate(p, [x], progress=False)
+    return tq.convert(p)
+
+
+@pytest.mark.parametrize("conv,good,bad", [
+    (lambda: nn.Conv2d(3, 8, 3), (1, 3, 9, 9), (1, 4, 9, 9)),  # 3 and 4 channels pack alike at 3x3
+    (lambda: nn.Conv2d(3, 8, 3), (3, 9, 9), (4, 9, 9)),        # unbatched
+    (lambda: nn.Conv3d(3, 8, 3), (1, 3, 5, 5, 5), (1, 4, 5, 5, 5)),
+    (lambda: nn.Conv1d(6, 4, 1), (2, 6, 7), (2, 5, 7)),
+    (lambda: nn.Conv2d(4, 8, 3, groups=2), (1, 4, 9, 9), (1, 6, 9, 9)),
+    (lambda: nn.ConvTranspose2d(3, 8, 3), (1, 3, 5, 5), (1, 4, 5, 5)),
+])
+def test_wrong_input_channels_give_torchs_error(conv, good, bad):
+    # A converted 3x3 conv of 3 channels ran on 4 and returned wrong values without an error.
+    torch.manual_seed(0)
+    f = conv().eval()
+    q = _converted(f, torch.randn(good))
+    x = torch.randn(bad)
+    with pytest.raises(RuntimeError) as ef:
+        f(x)
+    with pytest.raises(RuntimeError) as eq:
+        q(x)
+    assert str(eq.value) == str(ef.value)
+
+
+@pytest.mark.parametrize("conv,shape,fmt", [
+    (lambda: nn.ConvTranspose2d(4, 8, 3), (1, 4, 5, 5), torch.channels_last),  # a 5-D packed weight
+    (lambda: nn.Conv3d(4, 8, 3), (1, 4, 5, 5, 5), torch.channels_last_3d),      # a 4-D packed weight
+    (lambda: nn.Conv2d(4, 8, 3), (1, 4, 6, 6), torch.channels_last),
+])
+def test_to_memory_format_keeps_the_outputs(conv, shape, fmt):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    q = _converted(conv().eval(), x)
+    want = q(x)
+    moved = copy.deepcopy(q).to(memory_format=fmt)
+    assert torch.equal(moved(x.contiguous(memory_format=fmt)), want)
+
+
+def test_torch_ao_observer_switches_act_on_torchquant_fake_quants():
+    # A torch.ao QAT script after the import swap calls torch.ao's functions on torchquant's modules.
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), tq.DeQuantStub()).train()
+    m = tq.fuse_modules_qat(m, [["1", "2"]])
+    m.qconfig = tq.get_default_qat_qconfig()
+    p = tq.prepare_qat(m)
+    fqs = [x for x in p.modules() if isinstance(x, tq.FakeQuantizeBase)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p.apply(torch.ao.quantization.disable_observer)
+        assert fqs and all(int(f.observer_enabled[0]) == 0 for f in fqs)
+        p.apply(torch.ao.quantization.disable_fake_quant)
+        assert all(int(f.fake_quant_enabled[0]) == 0 for f in fqs)
+    p.apply(tq.freeze_bn_stats)
+    assert p[1].freeze_bn and not p[1].bn.training
+    p.apply(tq.update_bn_stats)
+    assert not p[1].freeze_bn

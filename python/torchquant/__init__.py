@@ -152,6 +152,7 @@ from .qconfig import (  # noqa: E402,F401
     float16_static_qconfig,
     per_channel_dynamic_qconfig,
 )
+from .nn.qat import freeze_bn_stats, update_bn_stats  # noqa: E402,F401  (QAT BatchNorm switches)
 from .quantize import (  # noqa: E402,F401
     DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS,
     DEFAULT_QAT_MODULE_MAPPINGS,

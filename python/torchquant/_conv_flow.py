@@ -43,6 +43,7 @@ def static_mappings():
             m[t] = conv_relu
         # Transposed convolutions: static only, as torch.ao's (no QAT or fused modules).
         m[getattr(nn, f"ConvTranspose{d}d")] = getattr(nnq, f"ConvTranspose{d}d")
+    m[qat.LinearBn1d] = nnq.Linear  # its BatchNorm folded in
     return m
 
 
@@ -54,6 +55,8 @@ def qat_mappings():
         for name in ("ConvReLU", "ConvBn", "ConvBnReLU"):
             for t in _ours_and_ao(f"{name}{d}d"):
                 m[t] = getattr(qat, f"{name}{d}d")
+    for t in _ours_and_ao("LinearBn1d"):
+        m[t] = qat.LinearBn1d
     return m
 
 
@@ -64,7 +67,7 @@ def fused_types():
         for name in ("ConvReLU", "ConvBn", "ConvBnReLU"):
             out += _ours_and_ao(f"{name}{d}d")
         out += [getattr(qat, f"ConvBn{d}d"), getattr(qat, f"ConvBnReLU{d}d")]  # their BatchNorm child
-    return tuple(out)
+    return tuple(out + _ours_and_ao("LinearBn1d") + [qat.LinearBn1d])
 
 
 def _check_eval(mods, is_qat, what):
@@ -94,8 +97,7 @@ def _conv_relu(conv, relu, is_qat=False):
 
 def _linear_bn(linear, bn, is_qat=False):
     if is_qat:
-        raise ValueError("fuse_modules_qat: [Linear, BatchNorm1d] has no QAT module in torchquant; fuse it with "
-                         "fuse_modules in eval mode (the BatchNorm is folded into the Linear)")
+        return intrinsic.LinearBn1d(linear, bn)
     _check_eval((linear, bn), is_qat, "[Linear, BatchNorm1d]")
     return fuse_linear_bn_eval(linear, bn)
 
@@ -133,5 +135,5 @@ def fuse_conv_bn_relu(is_qat, conv, bn, relu):
 
 def fuse_linear_bn(is_qat, linear, bn):
     """[Linear, BatchNorm1d] folded into one Linear, eval mode (torch.ao.quantization.fuse_linear_bn);
-    there is no QAT version (``is_qat=True`` raises)."""
+    for QAT a ``torchquant.nn.intrinsic.LinearBn1d``."""
     return _linear_bn(linear, bn, is_qat=is_qat)

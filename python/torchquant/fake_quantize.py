@@ -338,3 +338,15 @@ def enable_observer(mod):
 def disable_observer(mod):
     """``model.apply(torchquant.disable_observer)``"""
     _apply_to_fake_quants(lambda m: m.disable_observer())(mod)
+
+
+# torch.ao's QAT switches (``model.apply(torch.ao.quantization.disable_observer)``, as its
+# tutorials write) test isinstance(mod, torch.ao's FakeQuantizeBase): registered as a virtual
+# subclass of it (an ABC), torchquant's fake-quants are switched by them too, instead of silently
+# not at all in a script whose import was swapped.
+try:
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase as _AoFakeQuantizeBase
+
+    _AoFakeQuantizeBase.register(FakeQuantizeBase)
+except ImportError:  # pragma: no cover - a torch without torch.ao
+    pass

@@ -2,7 +2,7 @@
 call (the ReLU becomes part of the GEMM epilogue)."""
 from torch import nn
 
-__all__ = ["LinearReLU"]
+__all__ = ["LinearReLU", "LinearBn1d"]
 
 
 class LinearReLU(nn.Sequential):
@@ -12,6 +12,17 @@ class LinearReLU(nn.Sequential):
         if type(linear) is not nn.Linear or not isinstance(relu, nn.ReLU):
             raise TypeError(f"LinearReLU fuses nn.Linear and nn.ReLU, got {type(linear).__name__} and {type(relu).__name__}")
         super().__init__(linear, relu)
+
+
+class LinearBn1d(nn.Sequential):
+    """Linear followed by BatchNorm1d, kept apart for QAT (torch.ao.nn.intrinsic.LinearBn1d):
+    ``fuse_modules_qat`` makes it, ``prepare_qat`` turns it into ``torchquant.nn.qat.LinearBn1d``."""
+
+    def __init__(self, linear: nn.Linear, bn: nn.BatchNorm1d):
+        if type(linear) is not nn.Linear or not isinstance(bn, nn.BatchNorm1d):
+            raise TypeError(f"LinearBn1d fuses nn.Linear and nn.BatchNorm1d, got {type(linear).__name__} and "
+                            f"{type(bn).__name__}")
+        super().__init__(linear, bn)
 
 
 from .intrinsic_conv import *  # noqa: E402,F401,F403  (fused convolution modules)

@@ -1,11 +1,12 @@
 """Quantization-aware-training modules: float modules whose weight goes through a
 FakeQuantize in every forward, so training sees the int8 rounding."""
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import intrinsic
 
-__all__ = ["Linear", "LinearReLU"]
+__all__ = ["Linear", "LinearReLU", "LinearBn1d"]
 
 
 class Linear(nn.Linear):
@@ -51,6 +52,88 @@ class LinearReLU(Linear):
 
     def forward(self, x):
         return F.relu(F.linear(x, self.weight_fake_quant(self.weight), self.bias))
+
+
+class LinearBn1d(nn.Linear):
+    """Linear + BatchNorm1d for QAT (torch.ao.nn.intrinsic.qat.LinearBn1d): the BatchNorm's scale
+    is folded into the weight before its fake-quant, the Linear's output unscaled and passed
+    through the BatchNorm, whose statistics update unless frozen (``freeze_bn_stats`` /
+    ``update_bn_stats``, as the QAT ConvBn modules). ``convert`` folds the running statistics
+    into the int8 weight and bias (an int8 ``Linear``)."""
+
+    _FLOAT_MODULE = intrinsic.LinearBn1d
+
+    def __init__(self, in_features, out_features, bias=True, eps=1e-05, momentum=0.1, freeze_bn=False,
+                 qconfig=None, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        if qconfig is None:
+            raise ValueError("qat.LinearBn1d needs a qconfig (argument 'qconfig')")
+        self.qconfig = qconfig
+        self.weight_fake_quant = qconfig.weight()
+        if device is not None:
+            self.weight_fake_quant.to(device)
+        self.bn = nn.BatchNorm1d(out_features, eps, momentum, True, True, device=device, dtype=dtype)
+        self.freeze_bn = freeze_bn if self.training else True
+        if self.training and not freeze_bn:
+            self.update_bn_stats()
+        else:
+            self.freeze_bn_stats()
+
+    def update_bn_stats(self):
+        self.freeze_bn = False
+        self.bn.training = True
+        return self
+
+    def freeze_bn_stats(self):
+        self.freeze_bn = True
+        self.bn.training = False
+        return self
+
+    def train(self, mode=True):
+        # A frozen BatchNorm stays in eval mode (running statistics fixed), as torch.ao's.
+        self.training = mode
+        if not self.freeze_bn:
+            for module in self.children():
+                module.train(mode)
+        return self
+
+    def forward(self, x):
+        running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
+        scale_factor = self.bn.weight / running_std
+        scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(-1, 1))
+        out = F.linear(x, scaled_weight, torch.zeros_like(scale_factor, dtype=x.dtype)) / scale_factor
+        if self.bias is not None:
+            out = out + self.bias
+        return self.bn(out)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
+        """The QAT module for a fused LinearBn1d (torchquant's or torch.ao's)."""
+        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is None:
+            raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
+        linear, bn = mod[0], mod[1]
+        qat = cls(linear.in_features, linear.out_features, linear.bias is not None, bn.eps, bn.momentum,
+                  qconfig=qconfig, device=linear.weight.device, dtype=linear.weight.dtype)
+        qat.weight, qat.bias = linear.weight, linear.bias
+        qat.bn.weight, qat.bn.bias = bn.weight, bn.bias
+        qat.bn.running_mean, qat.bn.running_var = bn.running_mean, bn.running_var
+        qat.bn.num_batches_tracked = bn.num_batches_tracked
+        return qat
+
+    def folded_weight_bias(self):
+        """(weight, bias) with the BatchNorm's running statistics folded in (what convert
+        quantizes), with torch's fuse_linear_bn_weights."""
+        from torch.nn.utils.fusion import fuse_linear_bn_weights
+
+        return fuse_linear_bn_weights(self.weight, self.bias, self.bn.running_mean, self.bn.running_var,
+                                      self.bn.eps, self.bn.weight, self.bn.bias)
+
+    def to_float(self):
+        w, b = self.folded_weight_bias()
+        lin = nn.Linear(self.in_features, self.out_features)
+        lin.weight, lin.bias = w, b
+        return lin
 
 
 from .qat_conv import *  # noqa: E402,F401,F403  (QAT convolutions)

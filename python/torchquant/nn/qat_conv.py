@@ -225,15 +225,21 @@ ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d = _family(
     "Conv{n}d + BatchNorm{n}d + ReLU for QAT (torch.ao.nn.intrinsic.qat.ConvBnReLU{n}d).")
 
 
+def _has_bn_stats(mod):
+    from .qat import LinearBn1d
+
+    return isinstance(mod, (_ConvBn, LinearBn1d))
+
+
 def freeze_bn_stats(mod):
-    """Fixes the BatchNorm statistics of a QAT ConvBn module (for ``model.apply``; other modules
-    are left alone), as torch.ao.nn.intrinsic.qat.freeze_bn_stats."""
-    if isinstance(mod, _ConvBn):
+    """Fixes the BatchNorm statistics of a QAT ConvBn / LinearBn1d module (for ``model.apply``;
+    other modules are left alone), as torch.ao.nn.intrinsic.qat.freeze_bn_stats."""
+    if _has_bn_stats(mod):
         mod.freeze_bn_stats()
 
 
 def update_bn_stats(mod):
-    """Lets a QAT ConvBn module update its BatchNorm statistics again (for ``model.apply``), as
-    torch.ao.nn.intrinsic.qat.update_bn_stats."""
-    if isinstance(mod, _ConvBn):
+    """Lets a QAT ConvBn / LinearBn1d module update its BatchNorm statistics again (for
+    ``model.apply``), as torch.ao.nn.intrinsic.qat.update_bn_stats."""
+    if _has_bn_stats(mod):
         mod.update_bn_stats()

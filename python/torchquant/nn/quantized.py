@@ -127,6 +127,12 @@ class _Int8WeightModule(nn.Module):
         # cast (.half(), .double()) leaves the float32 scales and bias as they are: they are
         # part of the int8 computation (torch.ao keeps them in its packed params, which no cast
         # reaches), and rounding them through float16 would change every output.
+        # The packed buffers are derived and rebuilt below: kept out of fn, which may not take
+        # their shape (.to(memory_format=torch.channels_last) on a 5-D packed ConvTranspose2d
+        # weight, channels_last_3d on a Conv3d's 4-D one).
+        for k in ("_packed_weight", "_col_sums"):
+            if k in self._buffers:
+                self._buffers[k] = None
         _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
         self._repack()
         return self
@@ -208,9 +214,15 @@ class Linear(_Int8WeightModule):
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None):
-        """Quantizes a prepared (observed) nn.Linear, fused LinearReLU or QAT Linear."""
+        """Quantizes a prepared (observed) nn.Linear, fused LinearReLU, QAT Linear or QAT LinearBn1d."""
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
+        if hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
+            w, b = mod.folded_weight_bias()
+            linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
+            linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
+            with torch.no_grad():  # as torch.ao's convert: the weight observer sees the folded weight once more
+                mod.weight_fake_quant(linear.weight)
         w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         scale, zero_point, obs = _activation_qparams(mod, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=obs.dtype)
@@ -299,6 +311,12 @@ class DynamicLinear(Linear):
     def from_float(cls, mod, name: Optional[str] = None):
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
+        if hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
+            w, b = mod.folded_weight_bias()
+            linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
+            linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
+            with torch.no_grad():  # as torch.ao's convert: the weight observer sees the folded weight once more
+                mod.weight_fake_quant(linear.weight)
         w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=torch.quint8)
         q._relu = isinstance(mod, intrinsic.LinearReLU)

@@ -56,7 +56,19 @@ class _ConvLikeNd(_Int8WeightModule):
         if data.dim() not in (nsp + 1, nsp + 2):
             raise RuntimeError(f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to {fn}{nsp}d, but "
                                f"got input of size: {list(data.shape)}")
-        return data.dim() == nsp + 1
+        unbatched = data.dim() == nsp + 1
+        c = data.shape[0 if unbatched else 1]
+        if c != self.in_channels:
+            # torch's message. The op cannot always tell: its packed weight pads the channels of a
+            # small kernel (3 and 4 channels of a 3x3 one pack alike).
+            shape = [1, *data.shape] if unbatched else list(data.shape)
+            if self.transposed:
+                what = f"transposed=1, weight of size {[self.in_channels, self.out_channels // self.groups, *self.kernel_size]}"
+            else:
+                what = f"groups={self.groups}, weight of size {[self.out_channels, self.in_channels // self.groups, *self.kernel_size]}"
+            raise RuntimeError(f"Given {what}, expected input{shape} to have {self.in_channels} channels, but got {c} "
+                               "channels instead")
+        return unbatched
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
