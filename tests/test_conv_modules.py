@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import torchquant as tq
@@ -324,14 +325,30 @@ def test_unbatched_input_and_bad_input():
         q[1](torch.randn(1, 4, 10))
     with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
         tqq.Conv2d(3, 8, 3, groups=2)
-    with pytest.raises(ValueError, match="padding_mode='zeros' only.*'reflect'"):
-        tqq.Conv2d(4, 8, 3, padding_mode="reflect")
-    net = nn.Sequential(tq.QuantStub(), nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), tq.DeQuantStub()).eval()
-    net.qconfig = tq.get_default_qconfig("x86")
-    p = tq.prepare(net)
-    p(torch.randn(2, 4, 6, 6))
-    with pytest.raises(ValueError, match="padding_mode"):
-        tq.convert(p)
+    with pytest.raises(ValueError, match=r"padding_mode must be one of \('zeros', 'reflect', 'replicate', "
+                                         r"'circular'\), but got padding_mode='mirror'"):
+        tqq.Conv2d(4, 8, 3, padding_mode="mirror")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("d,shape", [(1, (2, 4, 9)), (2, (2, 4, 7, 6)), (3, (1, 4, 5, 6, 4)), (2, (4, 7, 6))])
+def test_padding_modes_pad_the_codes_then_convolve(mode, d, shape):
+    # torch.ao converts reflect-padded Conv1d/2d (not Conv3d); torchquant pads the int8 codes with
+    # the mode (exact copies) and runs the kernel unpadded: bit-identical to padding by hand.
+    torch.manual_seed(0)
+    conv = getattr(nn, f"Conv{d}d")(4, 6, 3, padding=(1,) * (d - 1) + (2,), padding_mode=mode)
+    x = torch.randn(shape)
+    q = _converted(conv.eval(), x)
+    assert q[1].padding_mode == mode
+    plain = getattr(tqq, f"Conv{d}d")(4, 6, 3, padding=0)
+    plain.load_state_dict(q[1].state_dict())
+    qx = q[0](x)
+    pad = [p for k in reversed(conv.padding) for p in (k, k)]
+    want = plain(F.pad(qx if qx.dim() == d + 2 else qx.unsqueeze(0), pad, mode))
+    got = q[1](qx)
+    assert torch.equal(got.data, (want.data if qx.dim() == d + 2 else want.data.squeeze(0)))
+    ref = conv(x)
+    assert _sqnr(ref, q(x)) > 25
 
 
 def test_module_to_and_conv3d_flow():

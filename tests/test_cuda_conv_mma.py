@@ -4,6 +4,8 @@ gather (Cin/groups a multiple of 32, 16-byte aligned channels-last rows) and the
 one (stems, small groups, misaligned input), 1-d/2-d/3-d, stride/padding/dilation, groups,
 uint8/int8 activations, every output kind, ReLU, saturation, batch 0, pixel and channel counts
 off the 64 x 64 block. All skip without a GPU."""
+import zlib
+
 import pytest
 import torch
 
@@ -78,7 +80,7 @@ def _same(got, want):
 @pytest.mark.parametrize("out_dtype,relu", [(torch.float32, False), (torch.uint8, True), (torch.int8, False),
                                             (torch.bfloat16, True)])
 def test_conv_mma_matches_reference(case, xdtype, out_dtype, relu, monkeypatch):
-    args = _make(case, 2, xdtype, seed=hash((case, str(xdtype))) % 1000)
+    args = _make(case, 2, xdtype, seed=zlib.crc32(f"{case}{xdtype}".encode()) % 1000)  # str hash() varies per process
     got = _conv_cuda(case, *args, out_dtype, relu, "mma", monkeypatch)
     _same(got, _want(case, *args, out_dtype, relu))
 

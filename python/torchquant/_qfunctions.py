@@ -270,6 +270,82 @@ def _torch_cat(tensors, dim=0, *, out=None):
     return cat(tensors, dim)
 
 
+def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
+    """torch.stack of per-tensor QTensors: :func:`cat` of them each unsqueezed at ``dim``."""
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, QTensor):
+            raise TypeError(f"torch.stack of QTensors: element {i} of argument 'tensors' is a {type(t).__name__}; "
+                            "quantize it first (or dequantize every element)")
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    d = dim if dim >= 0 else dim + tensors[0].dim() + 1
+    return cat([t.unsqueeze(d) for t in tensors], d)
+
+
+def _torch_stack(tensors, dim=0, *, out=None):
+    if out is not None:
+        raise TypeError("torch.stack of QTensors takes no 'out' argument")
+    return stack(tensors, dim)
+
+
+def _pad(q, pad, mode="constant", value=None):
+    """F.pad on the codes, qparams kept: a constant pad is the code of ``value`` (0: the zero
+    point), reflect / replicate / circular copy codes (exact)."""
+    _per_tensor(q, "pad")
+    if mode == "constant":
+        return q._same_qparams(F.pad(q.data, pad, mode, _quantize_value(q, 0.0 if value is None else value)))
+    return _back(q, F.pad(_as_float_codes(q), pad, mode))
+
+
+def _clamp(q, min=None, max=None):
+    """clamp of the codes to the quantized bounds; qparams kept (torch.ao's quantized clamp)."""
+    _per_tensor(q, "clamp")
+    if isinstance(min, torch.Tensor) or isinstance(max, torch.Tensor):
+        raise NotImplementedError("clamp of a QTensor takes number bounds; call .dequantize() for tensor bounds")
+    lo = _quantize_value(q, min) if min is not None else None
+    hi = _quantize_value(q, max) if max is not None else None
+    return q._same_qparams(q.data.clamp(lo, hi))
+
+
+def _requantized(fn, name):
+    """Functions computed in float on the dequantized values and quantized back with the
+    input's qparams (torch.ao's quantized leaky_relu and elu keep them too)."""
+    def impl(q, *args, **kwargs):
+        _per_tensor(q, name)
+        kwargs.pop("inplace", None)
+        y = fn(q.dequantize(), *args, **kwargs)
+        return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
+                                                             q.data.dtype))
+
+    return impl
+
+
+def _tanh(q):
+    """tanh with torch.ao's fixed qparams for [-1, 1]: scale 2/256, zero point 128 (quint8) or 0
+    (qint8); computed in float."""
+    y = torch.tanh(q.dequantize())
+    zp = 128 if q.data.dtype == torch.uint8 else 0
+    lo, hi = _QRANGE[q.data.dtype]
+    scale = torch.full((1,), 2.0 / 256.0, dtype=torch.float32, device=y.device)
+    zero_point = torch.full((1,), zp, dtype=torch.int32, device=y.device)
+    data = torch.ops.torchquant.quantize(y, scale, zero_point, None, lo, hi, q.data.dtype)
+    return QTensor._make(data, scale, zero_point, None, lo, hi)
+
+
+def _values_indices(fn, name):
+    """max / min / topk / sort: the values a QTensor with the same qparams (order is the same on
+    the codes, the scale being positive), the indices as they are."""
+    def impl(q, *args, **kwargs):
+        _per_tensor(q, name)
+        out = fn(q.data, *args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return q._same_qparams(out)
+        return type(out)((q._same_qparams(out[0]), out[1]))
+
+    return impl
+
+
 _FUNCTIONS = {
     F.max_pool1d: _max_pool(F.max_pool1d, 1, "max_pool1d"),
     F.max_pool2d: _max_pool(F.max_pool2d, 2, "max_pool2d"),
@@ -305,6 +381,34 @@ _FUNCTIONS = {
     torch.squeeze: _shape_fn(torch.squeeze, "squeeze"),
     torch.unsqueeze: _shape_fn(torch.unsqueeze, "unsqueeze"),
     torch.narrow: _shape_fn(torch.narrow, "narrow"),
+    # Data movement (exact, qparams kept).
+    torch.flip: _shape_fn(torch.flip, "flip"),
+    torch.roll: _shape_fn(torch.roll, "roll"),
+    torch.movedim: _shape_fn(torch.movedim, "movedim"),
+    torch.unbind: _shape_fn(torch.unbind, "unbind"),
+    torch.select: _shape_fn(torch.select, "select"),
+    torch.t: _shape_fn(torch.t, "t"),
+    torch.tile: _shape_fn(torch.tile, "tile"),
+    torch.unflatten: _shape_fn(torch.unflatten, "unflatten"),
+    torch.clone: _shape_fn(torch.clone, "clone"),
+    torch.swapaxes: _shape_fn(torch.swapaxes, "swapaxes"),
+    torch.swapdims: _shape_fn(torch.swapdims, "swapdims"),
+    F.pixel_shuffle: _shape_fn(F.pixel_shuffle, "pixel_shuffle"),
+    F.pixel_unshuffle: _shape_fn(F.pixel_unshuffle, "pixel_unshuffle"),
+    F.channel_shuffle: _shape_fn(F.channel_shuffle, "channel_shuffle"),
+    torch.channel_shuffle: _shape_fn(torch.channel_shuffle, "channel_shuffle"),
+    torch.stack: _torch_stack,
+    F.pad: _pad,
+    torch.clamp: _clamp,
+    torch.clip: _clamp,
+    F.leaky_relu: _requantized(F.leaky_relu, "leaky_relu"),
+    F.elu: _requantized(F.elu, "elu"),
+    torch.tanh: _tanh,
+    F.tanh: _tanh,
+    torch.max: _values_indices(torch.max, "max"),
+    torch.min: _values_indices(torch.min, "min"),
+    torch.topk: _values_indices(torch.topk, "topk"),
+    torch.sort: _values_indices(torch.sort, "sort"),
 }
 _INT8_FUNCTIONS.update(_FUNCTIONS)
 
@@ -322,8 +426,30 @@ def _method(fn, name):
 
 
 for _name in ("transpose", "permute", "chunk", "split", "squeeze", "unsqueeze", "narrow", "expand", "repeat",
-              ):
+              "flip", "roll", "movedim", "unbind", "select", "t", "tile", "unflatten", "clone", "swapaxes",
+              "swapdims", "unfold", "expand_as"):
     setattr(QTensor, _name, _method(getattr(torch.Tensor, _name), _name))
+
+
+def _bound(impl, name, doc):
+    def method(self, *args, **kwargs):
+        return impl(self, *args, **kwargs)
+
+    method.__name__, method.__doc__ = name, doc
+    return method
+
+
+for _name, _impl, _doc in (
+        ("clamp", _clamp, "torch.clamp: the codes clamped to the quantized bounds; qparams kept."),
+        ("clip", _clamp, "torch.clip: as clamp."),
+        ("sigmoid", _FUNCTIONS[torch.sigmoid], "torch.sigmoid with torch.ao's fixed qparams for [0, 1]."),
+        ("tanh", _tanh, "torch.tanh with torch.ao's fixed qparams for [-1, 1]."),
+        ("max", _FUNCTIONS[torch.max], "torch.max: values keep the qparams; indices as they are."),
+        ("min", _FUNCTIONS[torch.min], "torch.min: values keep the qparams; indices as they are."),
+        ("topk", _FUNCTIONS[torch.topk], "torch.topk: values keep the qparams; indices as they are."),
+        ("sort", _FUNCTIONS[torch.sort], "torch.sort: values keep the qparams; indices as they are."),
+):
+    setattr(QTensor, _name, _bound(_impl, _name, _doc))
 QTensor.mean = lambda self, dim=None, keepdim=False: _mean(self, dim, keepdim)
 QTensor.mean.__doc__ = "torch.mean with torch's quantized averaging: nearbyint(sum * float32(1/count)) + zp."
 QTensor.relu = lambda self: _relu(self)

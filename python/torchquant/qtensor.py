@@ -215,8 +215,29 @@ class QTensor:
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "QTensor":
         return self._reshaping("flatten", torch.flatten, start_dim, end_dim)
 
-    def contiguous(self) -> "QTensor":
-        return self._same_qparams(self.data.contiguous())
+    def contiguous(self, memory_format=torch.contiguous_format) -> "QTensor":
+        return self._same_qparams(self.data.contiguous(memory_format=memory_format))
+
+    def detach(self) -> "QTensor":
+        """The QTensor itself with detached codes (int8 codes carry no gradient)."""
+        return self._same_qparams(self.data.detach())
+
+    @property
+    def ndim(self) -> int:
+        return self.data.dim()
+
+    @property
+    def is_quantized(self) -> bool:
+        """True, as for torch.ao's quantized tensors."""
+        return True
+
+    @property
+    def mT(self) -> "QTensor":
+        return self._reshaping("mT", lambda t: t.mT)
+
+    @property
+    def T(self) -> "QTensor":
+        return self._reshaping("T", lambda t: t.permute(*range(t.dim() - 1, -1, -1)))
 
     def __len__(self) -> int:
         return len(self.data)

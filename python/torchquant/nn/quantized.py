@@ -163,7 +163,9 @@ class _Int8WeightModule(nn.Module):
         if not isinstance(x, QTensor):
             raise TypeError(
                 f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
-                f"quantized {what} takes a QTensor: add a torchquant.QuantStub() before it{hint}")
+                f"quantized {what} takes a QTensor: add a torchquant.QuantStub() before it{hint} (if a function "
+                "before it warned that it has no int8 implementation and runs in float, the QuantStub goes after "
+                "that function)")
         if x.axis is not None:
             raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
                              f"quantized along axis {x.axis}")

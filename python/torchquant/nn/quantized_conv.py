@@ -11,6 +11,7 @@ reads in place. Plain-tensor state dict (``qweight`` int8 [Cout, Cin / groups, *
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch.nn.modules.utils import _ntuple
 
 from ..qtensor import QTensor
@@ -86,6 +87,10 @@ class _ConvLikeNd(_Int8WeightModule):
         return s + f", dtype={self.dtype}"
 
 
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 class _ConvNd(_ConvLikeNd):
     _NSP = 2
     _relu = False
@@ -95,9 +100,8 @@ class _ConvNd(_ConvLikeNd):
         super().__init__()
         tup = _ntuple(self._NSP)
         self._init_channels(in_channels, out_channels, groups)
-        if padding_mode != "zeros":
-            raise ValueError(f"torchquant's int8 convolutions support padding_mode='zeros' only (as torch.ao's), "
-                             f"got padding_mode={padding_mode!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, but got padding_mode='{padding_mode}'")
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
         if isinstance(padding, str):
             if padding == "valid":
@@ -110,6 +114,9 @@ class _ConvNd(_ConvLikeNd):
                 raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
         self.padding = tup(padding)
         self.padding_mode = padding_mode
+        # reflect / replicate / circular: the codes are padded (exact copies), then the kernel runs
+        # unpadded; F.pad's order is last dimension first.
+        self._pad = [p for q in reversed(self.padding) for p in (q, q)] if padding_mode != "zeros" else None
         self.transposed, self.output_padding = False, tup(0)
         self._init_int8_buffers((out_channels, in_channels // groups, *self.kernel_size), out_channels, bias, dtype)
         # The op's list arguments, built once.
@@ -138,6 +145,10 @@ class _ConvNd(_ConvLikeNd):
         b = self._buffers
         scale, zero_point = b["scale"], b["zero_point"]
         k, s, p, d = self._geometry
+        if self._pad is not None:
+            fmt = _CHANNELS_LAST.get(data.dim(), torch.contiguous_format)
+            data = F.pad(data.float(), self._pad, self.padding_mode).to(data.dtype).contiguous(memory_format=fmt)
+            p = [0] * self._NSP
         y = ops.conv_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
                           b["bias"], k, s, p, d, self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
         if unbatched:
