@@ -219,17 +219,7 @@ class Linear(_Int8WeightModule):
         """Quantizes a prepared (observed) nn.Linear, fused LinearReLU, QAT Linear or QAT LinearBn1d."""
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        if isinstance(mod, nn.Sequential) and type(mod).__name__ == "LinearBn1d":  # torchquant's or torch.ao's
-            # A LinearBn1d fused for QAT but prepared for static quantization: the running
-            # statistics folded in (as an unfolded ConvBn's).
-            from torch.nn.utils.fusion import fuse_linear_bn_weights
-
-            lin, bn = mod[0], mod[1]
-            w, b = fuse_linear_bn_weights(lin.weight, lin.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
-                                          bn.bias)
-            linear = nn.Linear(lin.in_features, lin.out_features, device=w.device, dtype=w.dtype)
-            linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
-        elif hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
+        if hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
             w, b = mod.folded_weight_bias()
             linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
             linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
@@ -323,17 +313,7 @@ class DynamicLinear(Linear):
     def from_float(cls, mod, name: Optional[str] = None):
         name = name or type(mod).__name__
         linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        if isinstance(mod, nn.Sequential) and type(mod).__name__ == "LinearBn1d":  # torchquant's or torch.ao's
-            # A LinearBn1d fused for QAT but prepared for static quantization: the running
-            # statistics folded in (as an unfolded ConvBn's).
-            from torch.nn.utils.fusion import fuse_linear_bn_weights
-
-            lin, bn = mod[0], mod[1]
-            w, b = fuse_linear_bn_weights(lin.weight, lin.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
-                                          bn.bias)
-            linear = nn.Linear(lin.in_features, lin.out_features, device=w.device, dtype=w.dtype)
-            linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
-        elif hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
+        if hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
             w, b = mod.folded_weight_bias()
             linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
             linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
