@@ -218,13 +218,7 @@ class Linear(_Int8WeightModule):
     def from_float(cls, mod, name: Optional[str] = None):
         """Quantizes a prepared (observed) nn.Linear, fused LinearReLU, QAT Linear or QAT LinearBn1d."""
         name = name or type(mod).__name__
-        linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        if hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
-            w, b = mod.folded_weight_bias()
-            linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
-            linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
-            with torch.no_grad():  # as torch.ao's convert: the weight observer sees the folded weight once more
-                mod.weight_fake_quant(linear.weight)
+        linear = _float_linear(mod)
         w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         scale, zero_point, obs = _activation_qparams(mod, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=obs.dtype)
@@ -242,6 +236,22 @@ class LinearReLU(Linear):
     """Static int8 Linear with ReLU fused into the kernel's epilogue."""
 
     _relu = True
+
+
+def _float_linear(mod) -> nn.Linear:
+    """The Linear whose weight and bias ``from_float`` quantizes: a fused LinearReLU's Linear, a
+    QAT LinearBn1d's with its BatchNorm folded in (its weight observer sees the folded weight
+    once more, as in torch.ao's convert), else the module itself."""
+    if isinstance(mod, intrinsic.LinearReLU):
+        return mod[0]
+    if hasattr(mod, "folded_weight_bias"):
+        w, b = mod.folded_weight_bias()
+        linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
+        linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
+        with torch.no_grad():
+            mod.weight_fake_quant(linear.weight)
+        return linear
+    return mod
 
 
 def _weight_qparams(mod, linear, name):
@@ -312,13 +322,7 @@ class DynamicLinear(Linear):
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None):
         name = name or type(mod).__name__
-        linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
-        if hasattr(mod, "folded_weight_bias"):  # a QAT LinearBn1d: its BatchNorm folded in
-            w, b = mod.folded_weight_bias()
-            linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
-            linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
-            with torch.no_grad():  # as torch.ao's convert: the weight observer sees the folded weight once more
-                mod.weight_fake_quant(linear.weight)
+        linear = _float_linear(mod)
         w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=torch.quint8)
         q._relu = isinstance(mod, intrinsic.LinearReLU)
