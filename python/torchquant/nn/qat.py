@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import intrinsic
+from .qat_conv import _BnStats
 
 __all__ = ["Linear", "LinearReLU", "LinearBn1d"]
 
@@ -54,7 +55,7 @@ class LinearReLU(Linear):
         return F.relu(F.linear(x, self.weight_fake_quant(self.weight), self.bias))
 
 
-class LinearBn1d(nn.Linear):
+class LinearBn1d(_BnStats, nn.Linear):
     """Linear + BatchNorm1d for QAT (torch.ao.nn.intrinsic.qat.LinearBn1d): the BatchNorm's scale
     is folded into the weight before its fake-quant, the Linear's output unscaled and passed
     through the BatchNorm, whose statistics update unless frozen (``freeze_bn_stats`` /
@@ -78,24 +79,6 @@ class LinearBn1d(nn.Linear):
             self.update_bn_stats()
         else:
             self.freeze_bn_stats()
-
-    def update_bn_stats(self):
-        self.freeze_bn = False
-        self.bn.training = True
-        return self
-
-    def freeze_bn_stats(self):
-        self.freeze_bn = True
-        self.bn.training = False
-        return self
-
-    def train(self, mode=True):
-        # A frozen BatchNorm stays in eval mode (running statistics fixed), as torch.ao's.
-        self.training = mode
-        if not self.freeze_bn:
-            for module in self.children():
-                module.train(mode)
-        return self
 
     def forward(self, x):
         running_std = torch.sqrt(self.bn.running_var + self.bn.eps)

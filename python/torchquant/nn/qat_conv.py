@@ -97,25 +97,9 @@ def _make_conv(nsp, relu, float_module):
     return QATConv
 
 
-class _ConvBn(_QATConv):
-    """Mixin of ConvBn* / ConvBnReLU*: BatchNorm folded into the weight before its fake-quant
-    (torch.ao's approximate fused forward), BatchNorm statistics updated unless frozen."""
-
-    def _init_bn(self, eps, momentum, freeze_bn, qconfig, device, dtype):
-        self._init_qat(qconfig, device)
-        self.freeze_bn = freeze_bn if self.training else True
-        self.bn = _BN[self._NSP](self.out_channels, eps, momentum, True, True, device=device, dtype=dtype)
-        self.bn.reset_running_stats()
-        init.uniform_(self.bn.weight)
-        init.zeros_(self.bn.bias)
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            init.uniform_(self.bias, -bound, bound)
-        if self.training and not freeze_bn:
-            self.update_bn_stats()
-        else:
-            self.freeze_bn_stats()
+class _BnStats:
+    """Mixin of the QAT modules holding a BatchNorm ``bn`` (ConvBn*, LinearBn1d): torch.ao's
+    ``freeze_bn_stats`` / ``update_bn_stats``, and ``train`` keeping a frozen BatchNorm in eval mode."""
 
     def update_bn_stats(self):
         self.freeze_bn = False
@@ -134,6 +118,27 @@ class _ConvBn(_QATConv):
             for module in self.children():
                 module.train(mode)
         return self
+
+
+class _ConvBn(_BnStats, _QATConv):
+    """Mixin of ConvBn* / ConvBnReLU*: BatchNorm folded into the weight before its fake-quant
+    (torch.ao's approximate fused forward), BatchNorm statistics updated unless frozen."""
+
+    def _init_bn(self, eps, momentum, freeze_bn, qconfig, device, dtype):
+        self._init_qat(qconfig, device)
+        self.freeze_bn = freeze_bn if self.training else True
+        self.bn = _BN[self._NSP](self.out_channels, eps, momentum, True, True, device=device, dtype=dtype)
+        self.bn.reset_running_stats()
+        init.uniform_(self.bn.weight)
+        init.zeros_(self.bn.bias)
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
+        if self.training and not freeze_bn:
+            self.update_bn_stats()
+        else:
+            self.freeze_bn_stats()
 
     def forward(self, x):
         running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
@@ -226,9 +231,7 @@ ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d = _family(
 
 
 def _has_bn_stats(mod):
-    from .qat import LinearBn1d
-
-    return isinstance(mod, (_ConvBn, LinearBn1d))
+    return isinstance(mod, _BnStats)
 
 
 def freeze_bn_stats(mod):
