@@ -44,6 +44,8 @@ def static_mappings():
         # Transposed convolutions: static only, as torch.ao's (no QAT or fused modules).
         m[getattr(nn, f"ConvTranspose{d}d")] = getattr(nnq, f"ConvTranspose{d}d")
     m[qat.LinearBn1d] = nnq.Linear  # its BatchNorm folded in
+    for t in _ours_and_ao("LinearBn1d"):  # fused for QAT but calibrated as it is: running statistics folded
+        m[t] = nnq.Linear
     return m
 
 

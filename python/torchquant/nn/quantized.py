@@ -240,10 +240,22 @@ class LinearReLU(Linear):
 
 def _float_linear(mod) -> nn.Linear:
     """The Linear whose weight and bias ``from_float`` quantizes: a fused LinearReLU's Linear, a
+    fused (not yet QAT) LinearBn1d's with its running statistics folded in, a
     QAT LinearBn1d's with its BatchNorm folded in (its weight observer sees the folded weight
     once more, as in torch.ao's convert), else the module itself."""
     if isinstance(mod, intrinsic.LinearReLU):
         return mod[0]
+    if isinstance(mod, nn.Sequential) and type(mod).__name__ == "LinearBn1d":  # torchquant's or torch.ao's
+        # Fused for QAT but prepared for static quantization: the running statistics folded in
+        # (as an unfolded ConvBn's); the model's own modules are left as they are.
+        from torch.nn.utils.fusion import fuse_linear_bn_weights
+
+        lin, bn = mod[0], mod[1]
+        w, b = fuse_linear_bn_weights(lin.weight, lin.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                      bn.bias)
+        linear = nn.Linear(lin.in_features, lin.out_features, device=w.device, dtype=w.dtype)
+        linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
+        return linear
     if hasattr(mod, "folded_weight_bias"):
         w, b = mod.folded_weight_bias()
         linear = nn.Linear(mod.in_features, mod.out_features, device=w.device, dtype=w.dtype)
