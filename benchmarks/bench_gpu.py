@@ -2,8 +2,8 @@
 
 Anchors: torch._int_mm (where its shape rules allow), a device-to-device copy (bandwidth),
 torch.fake_quantize_per_{tensor,channel}_affine, torch.aminmax and torch.ao's HistogramObserver
-(observers: 16M elements), bf16 F.linear (int4 weight-only), bf16 channels-last
-F.conv2d / ResNet-50 (int8 convolution). Prints one table: time (us), TOPS or GB/s,
+(observers: 16M elements), bf16 F.linear and torch's tinygemm int4 kernel (int4 weight-only),
+bf16 channels-last F.conv2d / ResNet-50 (int8 convolution). Prints one table: time (us), TOPS or GB/s,
 and the ratio to the anchor. Timing: triton.testing.do_bench when present, else CUDA events
 (median of repeated runs after warm-up).
 
@@ -137,6 +137,26 @@ def bench_small_m(ms, K=4096, N=4096):
         os.environ.pop("TORCHQUANT_CUDA_GEMM", None)
 
 
+def tinygemm_weights(w, gs):
+    """torch's CUDA int4 format (the tinygemm kernel that torchao's int4 weight-only Linear calls
+    on CUDA) for w [N, K]: asymmetric per group, w = (q - 8) * scale + zero; (None if this torch
+    or shape has none)."""
+    N, K = w.shape
+    if K % gs or K % 1024 or N % 8:
+        return None
+    try:
+        wg = w.reshape(N, K // gs, gs)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        scale = ((hi - lo) / 15).clamp(min=1e-8)
+        q = torch.clamp(torch.round((wg - lo[..., None]) / scale[..., None]), 0, 15).to(torch.int32).reshape(N, K)
+        packed = torch.ops.aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), 8)
+        sz = torch.stack([scale.t(), (lo + 8 * scale).t()], -1).to(torch.bfloat16).contiguous()
+        return packed, sz
+    except Exception as exc:  # noqa: BLE001 — an anchor this torch lacks is reported, not fatal
+        print(f"  (tinygemm anchor unavailable: {exc})")
+        return None
+
+
 def bench_int4(ms, K=4096, N=4096, gs=128):
     """int4 weight-only Linear, bf16 activations: each kernel forced in turn against bf16
     F.linear on the same shape; at M = 1 the weight-streaming rate (packed bytes + qparams per
@@ -154,6 +174,7 @@ def bench_int4(ms, K=4096, N=4096, gs=128):
     copy_rate = 2.0 * src.numel() / (bench_us(lambda: dst.copy_(src)) * 1e-6) / 1e9
     print(f"  (device-to-device copy: {copy_rate:.0f} GB/s)")
     del src, dst
+    tiny = tinygemm_weights(wb.float(), gs)
     for M in ms:
         x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
         anchor = bench_us(lambda: torch.nn.functional.linear(x, wb))
@@ -170,6 +191,11 @@ def bench_int4(ms, K=4096, N=4096, gs=128):
                 row(f"linear_int4 bf16 {M}x{K}x{N} g{gs} path={path}", us, ops_, "TOPS", anchor, "bf16 linear")
         os.environ.pop("TORCHQUANT_CUDA_INT4", None)
         row(f"  (anchor bf16 F.linear {M}x{K}x{N})", anchor, ops_, "TOPS")
+        if tiny is not None:
+            t_us = bench_us(lambda: torch.ops.aten._weight_int4pack_mm(x, tiny[0], gs, tiny[1]))
+            us = bench_us(lambda: ops.linear_int4(x, *packed, None, K, N, gs))
+            row(f"linear_int4 bf16 {M}x{K}x{N} g{gs} (auto path)", us, ops_, "TOPS", t_us, "tinygemm")
+            row(f"  (anchor tinygemm {M}x{K}x{N}, torchao's int4 kernel)", t_us, ops_, "TOPS")
 
 
 # ResNet-50 at 224^2: (Cin, Cout, H=W, kernel, stride) of its main convolution shapes.
@@ -331,6 +357,7 @@ def main():
     bench_small_m([1, 4, 8, 16, 32, 64] if not args.quick else [1, 32])
     bench_gemm(shapes)
     bench_int4([1, 8, 32, 128, 2048] if not args.quick else [1, 128])
+    bench_int4([1, 16], K=8192, N=8192)  # issue 16's CUDA targets
     bench_elementwise(1 << 26 if not args.quick else 1 << 24)
     bench_observers(1 << 24)
     bench_conv()  # last: its whole-model rows take the longest

@@ -40,6 +40,9 @@ test_rc=$?
 t2=$(date +%s)
 PYTHONPATH=python timeout 150 $PY benchmarks/bench_gpu.py > "$LOG/bench_gpu.log" 2>&1
 bench_rc=$?
+# Model-level figures (LSTM b64, EmbeddingBag, Llama decode int4 vs bf16): their own time limit.
+PYTHONPATH=python timeout 150 $PY benchmarks/bench_gpu_models.py > "$LOG/bench_gpu_models.log" 2>&1
+models_rc=$?
 t3=$(date +%s)
 # compute-sanitizer over the CUDA op tests: memcheck on every kernel family, racecheck and
 # initcheck on the files whose kernels use shared memory. Bounded so the whole script stays
@@ -60,9 +63,11 @@ t4=$(date +%s)
 echo "== torchquant GPU check: $(cat "$LOG/gpu.txt" 2>/dev/null)"
 echo "build   rc=$build_rc  $((t1 - t0)) s  (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, CXX=${CXX:-default})"
 echo "tests   rc=$test_rc  $((t2 - t1)) s  $(tail -n 1 "$LOG/test_cuda.log")"
-echo "bench   rc=$bench_rc  $((t3 - t2)) s"
+echo "bench   rc=$bench_rc models rc=$models_rc  $((t3 - t2)) s"
 echo "sanitizer $SAN_RC  $((t4 - t3)) s  (logs: $LOG/sanitizer_*.log; rc 99 = a finding, 124 = time limit)"
 if [ $test_rc -ne 0 ]; then grep -E "^(FAILED|ERROR)" "$LOG/test_cuda.log" | cut -c1-300 | head -n 60; fi
 echo
 cat "$LOG/bench_gpu.log"
+echo
+cat "$LOG/bench_gpu_models.log"
 [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

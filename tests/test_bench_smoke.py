@@ -1,0 +1,21 @@
+"""The GPU model benchmark's code paths, at tiny sizes on the CPU (--smoke), so that the script a
+GPU run depends on does not rot between runs. Figures from it are meaningless and not checked."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_gpu_models_smoke_runs_every_section():
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu_models.py"), "--smoke"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout
+    for what in ("LSTM 2x32", "EmbeddingBag 8-bit", "EmbeddingBag 4-bit", "decode, eager step, int4"):
+        assert what in out, out
+    assert "FAILED" not in out and "not measured" not in out, out
