@@ -321,8 +321,15 @@ def test_unbatched_input_and_bad_input():
     assert torch.equal(q(x), q(x.unsqueeze(0)).squeeze(0))
     with pytest.raises(RuntimeError, match=r"Expected 2D \(unbatched\) or 3D \(batched\) input to conv1d"):
         q(torch.randn(1, 4, 10, 3))
+    # A float tensor: quantized with the input range the conv saw at calibration (with one
+    # warning); a conv that saw none (built directly) names the QuantStub it needs.
+    xf = torch.randn(1, 4, 10)
+    with pytest.warns(UserWarning, match="Conv1d received a float tensor"):
+        y = q[1](xf)
+    ref = q[1](q[0](xf)).dequantize()
+    assert (y.dequantize() - ref).abs().max() <= 0.1 * ref.abs().max() + 0.1
     with pytest.raises(TypeError, match="add a torchquant.QuantStub"):
-        q[1](torch.randn(1, 4, 10))
+        tqq.Conv1d(4, 6, 3)(xf)
     with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
         tqq.Conv2d(3, 8, 3, groups=2)
     with pytest.raises(ValueError, match=r"padding_mode must be one of \('zeros', 'reflect', 'replicate', "

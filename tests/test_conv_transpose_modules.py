@@ -237,8 +237,13 @@ def test_bad_input():
     net, q = _converted(nn.ConvTranspose1d(4, 6, 3), (2, 4, 10))
     with pytest.raises(RuntimeError, match=r"Expected 2D \(unbatched\) or 3D \(batched\) input to conv_transpose1d"):
         q(torch.randn(1, 4, 10, 3))
+    xf = torch.randn(1, 4, 10)
+    with pytest.warns(UserWarning, match="ConvTranspose1d received a float tensor"):
+        y = q[1](xf)
+    ref = q[1](q[0](xf)).dequantize()
+    assert (y.dequantize() - ref).abs().max() <= 0.1 * ref.abs().max() + 0.1
     with pytest.raises(TypeError, match="add a torchquant.QuantStub"):
-        q[1](torch.randn(1, 4, 10))
+        tqq.ConvTranspose1d(4, 6, 3)(xf)
     with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
         tqq.ConvTranspose2d(3, 8, 3, groups=2)
     with pytest.raises(ValueError, match="out_channels must be divisible by groups"):

@@ -1,4 +1,5 @@
 """The eager-mode API: torch.ao's names and flow on torchquant's int8 kernels."""
+import copy
 import io
 import math
 import warnings
@@ -202,14 +203,34 @@ def test_unsupported_modules_warn_and_fall_back_to_float():
     assert y.dtype == torch.float32 and y.shape == (4, 8)
 
 
-def test_float_into_quantized_linear_says_add_a_quantstub():
-    m = nn.Sequential(nn.Linear(8, 4)).eval()
+def test_float_into_quantized_linear_is_quantized_with_its_calibration_input_range():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 4)).eval()  # no QuantStub
     m.qconfig = torchquant.per_channel_qconfig
     p = torchquant.prepare(m)
-    p(torch.randn(4, 8))
+    calib = torch.randn(64, 8)
+    p(calib)
     q = torchquant.convert(p)
+    x = torch.randn(2, 8)
+    with pytest.warns(UserWarning, match="Linear received a float tensor .*no QuantStub before it"):
+        y = q(x)
+    # Exactly what a QuantStub with a MinMaxObserver (the qconfig's dtype and range) would give.
+    stub = nn.Sequential(torchquant.QuantStub(), copy.deepcopy(m[0]), torchquant.DeQuantStub()).eval()
+    stub.qconfig = torchquant.QConfig(activation=torchquant.MinMaxObserver.with_args(dtype=torch.quint8),
+                                      weight=torchquant.per_channel_qconfig.weight)
+    ps = torchquant.prepare(stub)
+    ps(calib)
+    qs = torchquant.convert(ps)
+    assert torch.equal(y.int_repr(), qs[1](qs[0](x)).int_repr())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per module
+        q(x)
+    # The recorded range is not part of the state dict; a module without one raises as before.
+    q2 = torchquant.nn.quantized.Linear(8, 4)
+    q2.load_state_dict(q[0].state_dict())
     with pytest.raises(TypeError, match="add a torchquant.QuantStub"):
-        q(torch.randn(2, 8))
+        q2(x)
+    assert set(q[0].state_dict()) == set(q2.state_dict())
 
 
 def test_qtensor_through_torch_functions():

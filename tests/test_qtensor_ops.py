@@ -203,3 +203,22 @@ def test_pad_reflect_copies_codes_and_stack_of_different_qparams_requantizes():
     assert s.shape == (2, 1, 4, 5, 6)
     torch.testing.assert_close(s.dequantize(), torch.stack([q.dequantize(), other.dequantize()]),
                                atol=s.q_scale() / 2 + 1e-6, rtol=0)
+
+
+def test_python_arithmetic_operators_dequantize_as_torch_functions():
+    g = torch.Generator().manual_seed(5)
+    a = torchquant.quantize_per_tensor(torch.randn(3, 4, generator=g), 0.05, 128, torch.quint8)
+    b = torchquant.quantize_per_tensor(torch.randn(3, 4, generator=g), 0.03, 120, torch.quint8)
+    t = torch.randn(3, 4, generator=g)
+    fa, fb = a.dequantize(), b.dequantize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "<op> has no int8 implementation", once per op
+        cases = [(a + b, fa + fb), (a + 1.5, fa + 1.5), (2.0 + a, 2.0 + fa), (t + a, t + fa), (a - b, fa - fb),
+                 (1.0 - a, 1.0 - fa), (a * b, fa * fb), (t * a, t * fa), (3 * a, 3 * fa), (a / 2, fa / 2),
+                 (1 / (a + 10), 1 / (fa + 10)), (-a, -fa), (a @ b.t(), fa @ fb.t()), (t @ a.t(), t @ fa.t())]
+        c = a
+        c += b  # no __iadd__: rebinds c to the float sum, a stays as it was
+    cases.append((c, fa + fb))
+    for got, want in cases:
+        assert type(got) is torch.Tensor and torch.equal(got, want)
+    assert isinstance(a, QTensor) and torch.equal(a.dequantize(), fa)

@@ -67,3 +67,36 @@ def test_torchvision_model_sqnr_matches_torch_ao(name):
     from torch.ao.nn.quantized import FloatFunctional
     left = [type(m).__name__ for m in q.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, FloatFunctional))]
     assert not left, left
+
+
+@pytest.mark.parametrize("name", ["mnasnet0_5", "regnet_x_400mf"])
+def test_plain_torchvision_model_with_functional_residuals_converts_and_runs(name):
+    # Not one of the quantizable models: residuals are written `a + b`, so the float adds run
+    # between int8 convolutions (docs/eager_api.md, "Modules with no int8 version").
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for s in range(2):
+            model(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(200 + s)))
+    model.eval()
+    wrapped = torch.nn.Sequential(tq.QuantStub(), model, tq.DeQuantStub()).eval()
+    wrapped.qconfig = tq.get_default_qconfig("x86")
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.rand(2, 3, 64, 64, generator=gen) for _ in range(2)]
+    test = torch.rand(2, 3, 64, 64, generator=gen)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = tq.prepare(wrapped)
+        for x in calib:
+            p(x)
+        q = tq.convert(p)
+        ref, y = wrapped(test), q(test)
+    assert float(ref.abs().mean()) > 1e-2
+    assert _sqnr(ref, y) > 3.0, _sqnr(ref, y)
+    assert not [n for n, m in q.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]

@@ -277,6 +277,43 @@ class QTensor:
                                              is_leaf=lambda v: isinstance(v, QTensor))
         return func(*args, **kwargs)
 
+    # ---- Python's arithmetic operators: as torch's functions of the same meaning (a QTensor
+    # operand is dequantized and the result is float, with the warning above). Without them,
+    # `a + b` of two QTensors (a residual written with `+` instead of FloatFunctional) would be
+    # a TypeError; the int8 module after it quantizes the float result (docs/eager_api.md).
+    def __add__(self, other):
+        return torch.add(self, other)
+
+    def __radd__(self, other):
+        return torch.add(other, self)
+
+    def __sub__(self, other):
+        return torch.sub(self, other)
+
+    def __rsub__(self, other):
+        return torch.sub(other, self)
+
+    def __mul__(self, other):
+        return torch.mul(self, other)
+
+    def __rmul__(self, other):
+        return torch.mul(other, self)
+
+    def __truediv__(self, other):
+        return torch.div(self, other)
+
+    def __rtruediv__(self, other):
+        return torch.div(other, self)
+
+    def __matmul__(self, other):
+        return torch.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return torch.matmul(other, self)
+
+    def __neg__(self):
+        return torch.neg(self)
+
     def _require_per_tensor(self, name):
         if self.axis is not None:
             raise RuntimeError(f"QTensor.{name}() needs a per-tensor QTensor; this one is per channel (axis {self.axis})")

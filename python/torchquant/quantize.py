@@ -240,6 +240,45 @@ def _observer_hook(module, inputs, output):
     return module.activation_post_process(output)
 
 
+def _input_range_hook(module, inputs):
+    """Records the range of a float input (min and max, on its device, no host sync) of a module
+    that becomes an int8 Linear / Conv: where a float function runs between modules, the int8
+    module receives a float tensor and quantizes it with qparams from this range."""
+    x = inputs[0] if inputs else None
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(x.detach())
+    seen = module.__dict__.get("_tq_input_range")
+    if seen is not None and seen[0].device == lo.device:
+        lo, hi = torch.minimum(seen[0], lo), torch.maximum(seen[1], hi)
+    module.__dict__["_tq_input_range"] = (lo, hi)
+    return None
+
+
+def _set_input_fallback(old: nn.Module, new: nn.Module) -> None:
+    """Gives an int8 Linear / Conv the Quantize its float inputs go through (see
+    _input_range_hook), from the range its float module saw and its qconfig's activation
+    observer's rule (dtype, range, scheme); none where the range is unknown or not finite."""
+    seen = old.__dict__.get("_tq_input_range")
+    qc = getattr(old, "qconfig", None)
+    if seen is None or qc is None or not isinstance(new, nnq._Int8WeightModule):
+        return
+    lo, hi = (t.detach().float().cpu() for t in seen)
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+        return
+    try:
+        act = qc.activation()
+        obs = getattr(act, "activation_post_process", act)
+        if not hasattr(obs, "_qparams") or obs.qscheme not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            return
+        scale, zero_point = obs._qparams(lo.reshape(()), hi.reshape(()))
+        quant = nnq.Quantize(scale, zero_point, obs.dtype)
+    except (RuntimeError, ValueError, TypeError):
+        return
+    dev = next((t.device for t in new.buffers()), None)
+    new.__dict__["_fallback_input_quant"] = quant.to(dev) if dev is not None else quant
+
+
 def _fallback_observer_hook(module, inputs, output):
     # A module with no int8 version may return anything: only a float tensor is observed.
     if isinstance(output, torch.Tensor) and output.is_floating_point():
@@ -277,6 +316,9 @@ def _add_observers(model: nn.Module) -> List[str]:
                 obs.to(dev)
             mod.add_module("activation_post_process", obs)
             mod.register_forward_hook(_observer_hook)
+            target = _STATIC.get(type(mod))
+            if isinstance(target, type) and issubclass(target, nnq._Int8WeightModule):
+                mod.register_forward_pre_hook(_input_range_hook)
         elif isinstance(mod, _FLOAT_FUNCTIONALS):
             # Its methods call activation_post_process on their results (torch.ao's rule).
             if isinstance(getattr(mod, "activation_post_process", None), nn.Identity):
@@ -385,6 +427,7 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
                 raise RuntimeError(f"convert: module '{full}' ({type(child).__name__}) could not be quantized: {e}") from e
             if hasattr(child, "training"):
                 new.train(child.training)
+            _set_input_fallback(child, new)
             _copy_hooks(child, new)
             memo[id(child)] = new
             setattr(model, name, new)
@@ -398,6 +441,8 @@ def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
     (as torch.ao's swap_module does), with their kwargs / always_call flags; prepare's observer
     hook is left behind, the int8 module computing its output qparams itself."""
     for hid, hook in old._forward_pre_hooks.items():
+        if hook is _input_range_hook:
+            continue
         new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
     for hid, hook in old._forward_hooks.items():
         if hook is _observer_hook:
@@ -454,6 +499,10 @@ def _clean(model: nn.Module) -> None:
     leaf modules under a qconfig get a hook that dequantizes QTensor inputs (with a warning)."""
     for mod in list(model.modules()):
         out_quant = None
+        for k, hook in list(mod._forward_pre_hooks.items()):
+            if hook is _input_range_hook:
+                del mod._forward_pre_hooks[k]
+        mod.__dict__.pop("_tq_input_range", None)
         if hasattr(mod, "activation_post_process") and not isinstance(mod, (nnq.Linear, nnq.Quantize)):
             for k, hook in list(mod._forward_hooks.items()):
                 if hook is _observer_hook or hook is _fallback_observer_hook:

@@ -159,8 +159,13 @@ class _Int8WeightModule(nn.Module):
         self._repack()
 
     def _check_input(self, x, what: str, hint: str = ""):
-        """x must be a per-tensor QTensor; `what` names the operation in the error."""
+        """x must be a per-tensor QTensor; `what` names the operation in the error. Returns x, or,
+        for a float tensor where convert recorded this module's calibration input range (a
+        function between modules ran in float), x quantized with qparams from that range."""
         if not isinstance(x, QTensor):
+            fallback = self.__dict__.get("_fallback_input_quant")
+            if fallback is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
+                return self._quantize_float_input(fallback, x)
             raise TypeError(
                 f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
                 f"quantized {what} takes a QTensor: add a torchquant.QuantStub() before it{hint} (if a function "
@@ -169,6 +174,19 @@ class _Int8WeightModule(nn.Module):
         if x.axis is not None:
             raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
                              f"quantized along axis {x.axis}")
+        return x
+
+    def _quantize_float_input(self, fallback: "Quantize", x: torch.Tensor) -> QTensor:
+        if not self.__dict__.get("_warned_float_input", False):
+            self.__dict__["_warned_float_input"] = True
+            warnings.warn(
+                f"{type(self).__module__}.{type(self).__name__} received a float tensor (no QuantStub before it, or a "
+                "function before it has no int8 implementation and ran in float): it is quantized with the input range this module saw at "
+                f"calibration (scale={fallback.scale.item():.6g}, zero_point={int(fallback.zero_point.item())}); "
+                "a QuantStub or FloatFunctional there would keep the model int8", UserWarning, stacklevel=4)
+        if fallback.scale.device != x.device:
+            fallback.to(x.device)
+        return fallback(x)
 
 
 class Linear(_Int8WeightModule):
@@ -203,7 +221,7 @@ class Linear(_Int8WeightModule):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
 
     def forward(self, x):
-        self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
+        x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
         # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
         # part of a small-batch call.
         b = self._buffers

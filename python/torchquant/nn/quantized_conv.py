@@ -137,7 +137,7 @@ class _ConvNd(_ConvLikeNd):
         self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)
 
     def forward(self, x):
-        self._check_input(x, "convolution")
+        x = self._check_input(x, "convolution")
         data = x.data
         unbatched = self._unbatched(data, "conv")
         if unbatched:

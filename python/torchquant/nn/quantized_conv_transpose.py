@@ -101,7 +101,7 @@ class _ConvTransposeNd(_ConvLikeNd):
         return nn.modules.conv._ConvTransposeNd._output_padding(self, data, list(output_size), s, p, k, self._NSP, d)
 
     def forward(self, x, output_size: Optional[List[int]] = None):
-        self._check_input(x, "transposed convolution")
+        x = self._check_input(x, "transposed convolution")
         data = x.data
         unbatched = self._unbatched(data, "conv_transpose")
         op = self._output_padding(data, output_size)
