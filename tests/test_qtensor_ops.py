@@ -124,8 +124,16 @@ def test_cat_with_different_qparams_requantizes():
     assert isinstance(out, QTensor) and out.shape == (2, 8, 4, 4)
     want = torch.cat([a.dequantize(), b.dequantize()], 1)
     assert float((out.dequantize() - want).abs().max()) <= out.q_scale() / 2 + 1e-6
-    with pytest.raises(TypeError, match="element 1 of argument 'tensors'"):
-        torch.cat([a, torch.zeros(2, 5, 4, 4)], 1)
+    # With a float tensor among them (a ViT's class token): all in float, with one warning.
+    f = torch.randn(2, 5, 4, 4, generator=gen)
+    with pytest.warns(UserWarning, match="cat of QTensors and float tensors has no int8 implementation"):
+        mixed = torch.cat([a, f], 1)
+    assert type(mixed) is torch.Tensor and torch.equal(mixed, torch.cat([a.dequantize(), f], 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(torch.stack([f[:, :3], a]), torch.stack([f[:, :3], a.dequantize()]))
+    with pytest.raises(TypeError, match="element 1"):  # torch's own argument check
+        torch.cat([a, 3], 1)
 
 
 def test_per_channel_qtensor_is_refused_by_pooling():
@@ -222,3 +230,21 @@ def test_python_arithmetic_operators_dequantize_as_torch_functions():
     for got, want in cases:
         assert type(got) is torch.Tensor and torch.equal(got, want)
     assert isinstance(a, QTensor) and torch.equal(a.dequantize(), fa)
+
+
+def test_tensor_methods_without_an_int8_meaning_run_on_the_dequantized_tensor():
+    g = torch.Generator().manual_seed(6)
+    q = torchquant.quantize_per_tensor(torch.randn(2, 3, generator=g), 0.05, 128, torch.quint8)
+    f = q.dequantize()
+    with pytest.warns(UserWarning, match="new_zeros has no int8 implementation"):
+        z = q.new_zeros((4, 5))
+    assert z.shape == (4, 5) and z.dtype == torch.float32 and not bool(z.any())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(q.masked_fill(f > 0, 1.0), f.masked_fill(f > 0, 1.0))
+        assert torch.equal(q.softmax(-1), f.softmax(-1))
+    assert q.requires_grad is False and q.layout == torch.strided
+    with pytest.raises(AttributeError, match="no attribute 'not_a_tensor_method'"):
+        q.not_a_tensor_method
+    with pytest.raises(AttributeError, match="no attribute '_private'"):
+        q._private

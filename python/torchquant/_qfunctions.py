@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _fastcall
-from .qtensor import QTensor, _QRANGE, _INT8_FUNCTIONS
+from .qtensor import QTensor, _QRANGE, _INT8_FUNCTIONS, _run_in_float
 
 __all__: List[str] = []
 
@@ -242,10 +242,13 @@ def cat(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
     otherwise each is requantized onto qparams covering all their ranges (torch.ao requires
     equal qparams and raises instead)."""
     tensors = list(tensors)
+    if any(isinstance(t, torch.Tensor) for t in tensors):
+        # QTensors with float tensors (a class token before patch embeddings): all in float.
+        return _run_in_float(torch.cat, (tensors, dim), {}, label="cat of QTensors and float tensors")
     for i, t in enumerate(tensors):
         if not isinstance(t, QTensor):
-            raise TypeError(f"torch.cat of QTensors: element {i} of argument 'tensors' is a {type(t).__name__}; "
-                            "quantize it first (or dequantize every element)")
+            raise TypeError(f"torch.cat of QTensors: element {i} of argument 'tensors' is a {type(t).__name__}, "
+                            "not a tensor")
         _per_tensor(t, "cat")
     first = tensors[0]
     same = all(t.data.dtype == first.data.dtype and t.qmin == first.qmin and t.qmax == first.qmax
@@ -273,10 +276,12 @@ def _torch_cat(tensors, dim=0, *, out=None):
 def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
     """torch.stack of per-tensor QTensors: :func:`cat` of them each unsqueezed at ``dim``."""
     tensors = list(tensors)
+    if any(isinstance(t, torch.Tensor) for t in tensors):
+        return _run_in_float(torch.stack, (tensors, dim), {}, label="stack of QTensors and float tensors")
     for i, t in enumerate(tensors):
         if not isinstance(t, QTensor):
-            raise TypeError(f"torch.stack of QTensors: element {i} of argument 'tensors' is a {type(t).__name__}; "
-                            "quantize it first (or dequantize every element)")
+            raise TypeError(f"torch.stack of QTensors: element {i} of argument 'tensors' is a {type(t).__name__}, "
+                            "not a tensor")
     if not tensors:
         raise RuntimeError("stack expects a non-empty TensorList")
     d = dim if dim >= 0 else dim + tensors[0].dim() + 1

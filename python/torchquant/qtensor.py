@@ -268,14 +268,21 @@ class QTensor:
         impl = _INT8_FUNCTIONS.get(func)
         if impl is not None:
             return impl(*args, **kwargs)
-        name = getattr(func, "__name__", repr(func))
-        if name not in _WARNED:
-            _WARNED.add(name)
-            warnings.warn(f"{name} has no int8 implementation in torchquant: its QTensor arguments are dequantized "
-                          "and it runs in float", UserWarning, stacklevel=2)
-        args, kwargs = pytree.tree_map_only(QTensor, lambda q: q.dequantize(), (args, kwargs),
-                                             is_leaf=lambda v: isinstance(v, QTensor))
-        return func(*args, **kwargs)
+        return _run_in_float(func, args, kwargs, stacklevel=3)
+
+    def __getattr__(self, name):
+        """torch.Tensor's other methods (``new_zeros``, ``masked_fill``, ``softmax``, ...) as on
+        the dequantized tensor, through the float fallback of ``__torch_function__`` (one
+        warning per method); its other public attributes (``requires_grad``, ``layout``, ...) read
+        off the dequantized tensor."""
+        if name.startswith("_"):
+            raise AttributeError(f"'QTensor' object has no attribute '{name}'")
+        attr = getattr(torch.Tensor, name, None)
+        if attr is None:
+            raise AttributeError(f"'QTensor' object has no attribute '{name}'")
+        if callable(attr):
+            return lambda *args, **kwargs: QTensor.__torch_function__(attr, (QTensor,), (self,) + args, kwargs)
+        return getattr(self.dequantize(), name)
 
     # ---- Python's arithmetic operators: as torch's functions of the same meaning (a QTensor
     # operand is dequantized and the result is float, with the warning above). Without them,
@@ -321,6 +328,19 @@ class QTensor:
     def _require_per_channel(self, name):
         if self.axis is None:
             raise RuntimeError(f"QTensor.{name}() needs a per-channel QTensor; this one is per tensor")
+
+
+def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
+    """func on args with every QTensor dequantized, warning once per function that it has no
+    int8 implementation: the rule for whatever has no int8 meaning."""
+    name = label or getattr(func, "__name__", repr(func))
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"{name} has no int8 implementation in torchquant: its QTensor arguments are dequantized "
+                      "and it runs in float", UserWarning, stacklevel=stacklevel + 1)
+    args, kwargs = pytree.tree_map_only(QTensor, lambda q: q.dequantize(), (args, kwargs),
+                                         is_leaf=lambda v: isinstance(v, QTensor))
+    return func(*args, **kwargs)
 
 
 def _relu(q, inplace=False):
