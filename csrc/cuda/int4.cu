@@ -351,7 +351,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cuda(const at::T
               "argument 'scale' must hold values > 0 and finite");
   TORCH_CHECK(!(z.lt(0) | z.gt(15)).any().item<bool>(), "argument 'zero_point' must lie in [0, 15]");
   const at::Tensor qw = qweight.contiguous();
-  at::Tensor q = at::stack({qw.bitwise_and(0x0F), qw.bitwise_right_shift(4)}, -1).reshape({N, -1});
+  // Explicit sizes: reshape({N, -1}) of an empty weight (N = 0) is ambiguous and raises.
+  at::Tensor q = at::stack({qw.bitwise_and(0x0F), qw.bitwise_right_shift(4)}, -1).reshape({N, 2 * qw.size(1)});
   q = q.narrow(1, 0, K);
   if (Kp > K) {
     const at::Tensor zfull = z.to(at::kByte).repeat_interleave(group_size, 1).narrow(1, K, Kp - K);
