@@ -415,6 +415,13 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
   }
   auto stream = c10::cuda::getCurrentCUDAStream();
   const float* pb = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  // The GEMV reads w_packed's rows as 4-byte words and the tensor-core kernel as 16-byte units
+  // (rows of Kp / 2 bytes, a multiple of 4, and of 16 where group_size % 32 == 0): both assume
+  // the data starts 16-byte aligned. A contiguous view starting elsewhere (an offset into a
+  // larger buffer) is copied once to a fresh, aligned allocation.
+  const at::Tensor wp =
+      aligned16(w_packed.const_data_ptr()) ? w_packed : w_packed.clone(at::MemoryFormat::Contiguous);
+  const uint8_t* pw = wp.const_data_ptr<uint8_t>();
   const Int4Path path = int4_path_for(M, xc.scalar_type(), group_size);
   if (path == Int4Path::Mma) {
     const bool vec = K % 8 == 0 && aligned16(xc.const_data_ptr());
@@ -426,9 +433,9 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
       for (int64_t mb = 0; mb < M; mb += kMaxRowsPerLaunch) {
         const int64_t mr = std::min<int64_t>(M - mb, kMaxRowsPerLaunch);
         const dim3 grid(static_cast<unsigned>(ceil_div(N, kMN)), static_cast<unsigned>(ceil_div(mr, kMM)));
-        kernel<<<grid, 128, 0, stream>>>(px + mb * K, K, w_packed.const_data_ptr<uint8_t>(),
-                                         w_qp.const_data_ptr<int32_t>(), w_scale.const_data_ptr<float>(), pb,
-                                         out.data_ptr<float>() + mb * N, mr, N, K, Kp, G, group_size);
+        kernel<<<grid, 128, 0, stream>>>(px + mb * K, K, pw, w_qp.const_data_ptr<int32_t>(),
+                                         w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>() + mb * N, mr,
+                                         N, K, Kp, G, group_size);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
@@ -440,7 +447,7 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
       constexpr int warps = 8;
       const unsigned grid = static_cast<unsigned>(ceil_div(N, warps));
       int4_gemv_kernel<scalar_t, kMaxGemvRows><<<grid, warps * 32, 0, stream>>>(
-          px, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
+          px, K, pw, w_qp.const_data_ptr<int32_t>(),
           w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>(), static_cast<int>(M), N, K, Kp, G,
           group_size);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -450,7 +457,7 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
         const int64_t mr = std::min<int64_t>(M - mb, kMaxRowsPerLaunch);
         const dim3 grid(static_cast<unsigned>(ceil_div(N, kTN)), static_cast<unsigned>(ceil_div(mr, kTM)));
         int4_tiled_kernel<scalar_t><<<grid, 256, 0, stream>>>(
-            px + mb * K, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
+            px + mb * K, K, pw, w_qp.const_data_ptr<int32_t>(),
             w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>() + mb * N, mr, N, K, Kp, G, group_size);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
