@@ -99,7 +99,13 @@ Tensor embedding_bag_rowwise_cuda(const Tensor& packed, int64_t bits, int64_t em
   }
   Tensor out = at::empty({a.bags, embedding_dim}, packed.options().dtype(at::kFloat));
   if (a.bags == 0 || embedding_dim == 0) return out;
-  const Tensor table = packed.contiguous();
+  // The kernel reads each row's scale and zero point as float32 loads at byte offset
+  // row_stride - 8 (row_stride is a multiple of 4): the table's data must start 4-byte aligned.
+  // A contiguous view starting elsewhere (an offset into a larger uint8 buffer) is copied once.
+  Tensor table = packed.contiguous();
+  if (reinterpret_cast<uintptr_t>(table.const_data_ptr()) % alignof(float) != 0) {
+    table = table.clone(at::MemoryFormat::Contiguous);
+  }
   Tensor w;
   if (per_sample_weights.has_value()) w = per_sample_weights->contiguous();
   const int threads = static_cast<int>(std::min<int64_t>(256, (embedding_dim + 31) / 32 * 32));
