@@ -316,6 +316,11 @@ __global__ void __launch_bounds__(128)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The most activation rows one launch of the tiled / tensor-core kernel takes: 65535 (the largest
+// grid.y) row tiles of 64.
+static_assert(kTM == kMM, "the tiled and tensor-core kernels share the row slicing");
+constexpr int64_t kMaxRowsPerLaunch = int64_t{65535} * kTM;
+
 enum class Int4Path { Auto, Gemv, Tiled, Mma };
 
 Int4Path forced_int4_path() {
@@ -351,7 +356,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cuda(const at::T
               "argument 'scale' must hold values > 0 and finite");
   TORCH_CHECK(!(z.lt(0) | z.gt(15)).any().item<bool>(), "argument 'zero_point' must lie in [0, 15]");
   const at::Tensor qw = qweight.contiguous();
-  at::Tensor q = at::stack({qw.bitwise_and(0x0F), qw.bitwise_right_shift(4)}, -1).reshape({N, -1});
+  // Explicit sizes: reshape({N, -1}) of an empty weight (N = 0) is ambiguous and raises.
+  at::Tensor q = at::stack({qw.bitwise_and(0x0F), qw.bitwise_right_shift(4)}, -1).reshape({N, 2 * qw.size(1)});
   q = q.narrow(1, 0, K);
   if (Kp > K) {
     const at::Tensor zfull = z.to(at::kByte).repeat_interleave(group_size, 1).narrow(1, K, Kp - K);
@@ -409,17 +415,29 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
   }
   auto stream = c10::cuda::getCurrentCUDAStream();
   const float* pb = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  // The GEMV reads w_packed's rows as 4-byte words and the tensor-core kernel as 16-byte units
+  // (rows of Kp / 2 bytes, a multiple of 4, and of 16 where group_size % 32 == 0): both assume
+  // the data starts 16-byte aligned. A contiguous view starting elsewhere (an offset into a
+  // larger buffer) is copied once to a fresh, aligned allocation.
+  const at::Tensor wp =
+      aligned16(w_packed.const_data_ptr()) ? w_packed : w_packed.clone(at::MemoryFormat::Contiguous);
+  const uint8_t* pw = wp.const_data_ptr<uint8_t>();
   const Int4Path path = int4_path_for(M, xc.scalar_type(), group_size);
   if (path == Int4Path::Mma) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(N, kMN)), static_cast<unsigned>(ceil_div(M, kMM)));
     const bool vec = K % 8 == 0 && aligned16(xc.const_data_ptr());
     AT_DISPATCH_REDUCED_FLOATING_TYPES(xc.scalar_type(), "linear_int4_cuda_mma", [&] {
       const scalar_t* px = xc.const_data_ptr<scalar_t>();
       auto kernel = vec ? int4_mma_kernel<scalar_t, true> : int4_mma_kernel<scalar_t, false>;
-      kernel<<<grid, 128, 0, stream>>>(px, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
-                                       w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>(), M, N, K, Kp, G,
-                                       group_size);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      // Row tiles on grid.y (at most 65535): M past kMaxRowsPerLaunch runs in slices of rows
+      // (mb * K elements keep x's 16-byte alignment: vec needs K % 8 == 0).
+      for (int64_t mb = 0; mb < M; mb += kMaxRowsPerLaunch) {
+        const int64_t mr = std::min<int64_t>(M - mb, kMaxRowsPerLaunch);
+        const dim3 grid(static_cast<unsigned>(ceil_div(N, kMN)), static_cast<unsigned>(ceil_div(mr, kMM)));
+        kernel<<<grid, 128, 0, stream>>>(px + mb * K, K, pw, w_qp.const_data_ptr<int32_t>(),
+                                         w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>() + mb * N, mr,
+                                         N, K, Kp, G, group_size);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     });
     return out.to(odt);
   }
@@ -429,16 +447,21 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
       constexpr int warps = 8;
       const unsigned grid = static_cast<unsigned>(ceil_div(N, warps));
       int4_gemv_kernel<scalar_t, kMaxGemvRows><<<grid, warps * 32, 0, stream>>>(
-          px, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
+          px, K, pw, w_qp.const_data_ptr<int32_t>(),
           w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>(), static_cast<int>(M), N, K, Kp, G,
           group_size);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      const dim3 grid(static_cast<unsigned>(ceil_div(N, kTN)), static_cast<unsigned>(ceil_div(M, kTM)));
-      int4_tiled_kernel<scalar_t><<<grid, 256, 0, stream>>>(
-          px, K, w_packed.const_data_ptr<uint8_t>(), w_qp.const_data_ptr<int32_t>(),
-          w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>(), M, N, K, Kp, G, group_size);
+      // As the tensor-core kernel: row tiles on grid.y, in slices of at most 65535 tiles.
+      for (int64_t mb = 0; mb < M; mb += kMaxRowsPerLaunch) {
+        const int64_t mr = std::min<int64_t>(M - mb, kMaxRowsPerLaunch);
+        const dim3 grid(static_cast<unsigned>(ceil_div(N, kTN)), static_cast<unsigned>(ceil_div(mr, kTM)));
+        int4_tiled_kernel<scalar_t><<<grid, 256, 0, stream>>>(
+            px + mb * K, K, pw, w_qp.const_data_ptr<int32_t>(),
+            w_scale.const_data_ptr<float>(), pb, out.data_ptr<float>() + mb * N, mr, N, K, Kp, G, group_size);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return odt == at::kFloat ? out : out.to(odt);
 }
