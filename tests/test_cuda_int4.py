@@ -65,6 +65,36 @@ def test_linear_int4_cuda_unaligned_input(int4_path):
     assert ((got.cpu().double() - exact).abs() <= bound + 1e-6).all()
 
 
+def test_linear_int4_cuda_unaligned_packed_weight(int4_path):
+    """A packed weight that is a contiguous view starting off a 16-byte boundary (the GEMV's
+    4-byte and the tensor-core kernel's 16-byte weight loads): copied once, same results."""
+    gen = torch.Generator().manual_seed(8)
+    K, N, gs = 256, 40, 64
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    w, qp, sc = ops.int4_pack_weight(qw.cuda(), scale.cuda(), zp.cuda(), K, gs)
+    flat = torch.empty(w.numel() + 1, dtype=w.dtype, device="cuda")
+    flat[1:].copy_(w.reshape(-1))
+    w_off = flat[1:].view(w.shape)
+    assert w_off.is_contiguous() and w_off.data_ptr() % 16 != 0
+    for M in (1, 5, 33):
+        x = torch.randn(M, K, generator=gen).to(torch.bfloat16).cuda()
+        assert torch.equal(ops.linear_int4(x, w_off, qp, sc, None, K, N, gs), ops.linear_int4(x, w, qp, sc, None, K, N, gs))
+
+
+def test_linear_int4_cuda_rows_past_the_grid_limit(int4_path):
+    """More than 65535 row tiles of 64 (grid.y's limit): launched in slices, each row's result
+    equal to the same rows run alone."""
+    gen = torch.Generator().manual_seed(9)
+    K, N, gs = 16, 8, 16
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    packed = ops.int4_pack_weight(qw.cuda(), scale.cuda(), zp.cuda(), K, gs)
+    M = 65536 * 64 + 3
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    got = ops.linear_int4(x, *packed, None, K, N, gs)
+    for rows in (slice(0, 70), slice(M - 70, M), slice(65535 * 64 - 5, 65535 * 64 + 5)):
+        assert torch.equal(got[rows], ops.linear_int4(x[rows].contiguous(), *packed, None, K, N, gs))
+
+
 def test_linear_int4_cuda_path_env_checked(monkeypatch):
     monkeypatch.setenv("TORCHQUANT_CUDA_INT4", "bogus")
     gen = torch.Generator().manual_seed(0)

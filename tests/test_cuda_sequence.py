@@ -46,6 +46,22 @@ def test_embedding_bag_cuda_equals_cpu(bits, mode):
                                   torch.tensor([0]).cuda(), mode)
 
 
+def test_embedding_bag_cuda_unaligned_table():
+    """A packed table that is a contiguous view starting one byte past an aligned address (the
+    kernel reads each row's float scale and bias): copied once, equal to the CPU."""
+    torch.manual_seed(3)
+    emb = nn.EmbeddingBag(50, 13, mode="sum")
+    emb.qconfig = tq.float_qparams_weight_only_qconfig
+    table = tq.nn.quantized.EmbeddingBag.from_float(emb).packed_weight
+    flat = torch.empty(table.numel() + 1, dtype=table.dtype, device="cuda")
+    flat[1:].copy_(table.reshape(-1).cuda())
+    t_off = flat[1:].view(table.shape)
+    assert t_off.is_contiguous() and t_off.data_ptr() % 4 != 0
+    idx, off = torch.randint(0, 50, (30,)), torch.tensor([0, 7, 20])
+    want = ops.embedding_bag_rowwise(table, 8, 13, idx, off, 0)
+    assert torch.equal(ops.embedding_bag_rowwise(t_off, 8, 13, idx.cuda(), off.cuda(), 0).cpu(), want)
+
+
 def test_embedding_bag_cuda_fma_halfway_cases():
     # acc + q * s lands within half a float64 ulp of a float32 halfway point (see
     # tests/test_embedding.py::_halfway_cases): only a correctly rounded fma gives the oracle's bits.
