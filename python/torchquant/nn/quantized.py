@@ -180,10 +180,10 @@ class _Int8WeightModule(nn.Module):
         if not self.__dict__.get("_warned_float_input", False):
             self.__dict__["_warned_float_input"] = True
             warnings.warn(
-                f"{type(self).__module__}.{type(self).__name__} received a float tensor (no QuantStub before it, or a "
-                "function before it has no int8 implementation and ran in float): it is quantized with the input range this module saw at "
-                f"calibration (scale={fallback.scale.item():.6g}, zero_point={int(fallback.zero_point.item())}); "
-                "a QuantStub or FloatFunctional there would keep the model int8", UserWarning, stacklevel=4)
+                f"{type(self).__module__}.{type(self).__name__} received a float tensor (no QuantStub before it, "
+                "or a function before it has no int8 implementation and ran in float): it is quantized with the "
+                "input range the module saw at calibration; a QuantStub or FloatFunctional there would keep the "
+                "model int8", UserWarning, stacklevel=4)
         if fallback.scale.device != x.device:
             fallback.to(x.device)
         return fallback(x)
