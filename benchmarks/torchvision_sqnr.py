@@ -4,6 +4,7 @@ same calibration data (both with their x86 default qconfig). Random init (nothin
 
     python benchmarks/torchvision_sqnr.py                 # all eight
     python benchmarks/torchvision_sqnr.py resnet18 googlenet --size 160
+    python benchmarks/torchvision_sqnr.py --plain --size 96   # the other classifiers, wrapped in stubs
 """
 import argparse
 import copy
@@ -94,15 +95,78 @@ def compare(name: str, size: int, batch: int, batches: int, seed: int = 0):
     return sqnr(ref, y_tq), sqnr(ref, y_ao), time.perf_counter() - t0
 
 
+# torchvision classifiers that are not among the quantizable eight: their residuals, gates and
+# class tokens are plain `+`, `*` and `torch.cat`, so they are wrapped in stubs as they are.
+PLAIN = ["resnet18", "mnasnet0_5", "regnet_y_400mf", "efficientnet_b0", "efficientnet_v2_s", "mobilenet_v3_small",
+         "convnext_tiny", "densenet121", "squeezenet1_1", "vgg11_bn", "swin_t", "vit_b_16"]
+
+
+def build_plain(name: str, size: int, seed: int = 0) -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = set_bn_statistics(torchvision.models.get_model(name, weights=None), size)
+    if name == "vit_b_16":  # torchvision zero-initialises the head: logits would be all zero
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+def compare_plain(name: str, size: int, batch: int, batches: int, seed: int = 0):
+    """(sqnr torchquant, what torch.ao gave: an SQNR or its error's type, seconds) for a plain
+    torchvision model in nn.Sequential(QuantStub(), model, DeQuantStub())."""
+    import torch.ao.quantization as ao
+
+    model = build_plain(name, size, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    calib = [torch.rand(batch, 3, size, size, generator=gen) for _ in range(batches)]
+    test = torch.rand(batch, 3, size, size, generator=gen)
+    t0 = time.perf_counter()
+    out = []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = model(test)
+        for lib, stubs in ((tq, (tq.QuantStub, tq.DeQuantStub)), (ao, (ao.QuantStub, ao.DeQuantStub))):
+            m = torch.nn.Sequential(stubs[0](), copy.deepcopy(model), stubs[1]()).eval()
+            if lib is ao:
+                torch.backends.quantized.engine = "x86"
+            m.qconfig = lib.get_default_qconfig("x86")
+            try:
+                p = lib.prepare(m)
+                for x in calib:
+                    p(x)
+                out.append(sqnr(ref, lib.convert(p)(test)))
+            except Exception as exc:  # noqa: BLE001 — torch.ao stops at the first `+` of QTensors
+                out.append(type(exc).__name__)
+    return out[0], out[1], time.perf_counter() - t0
+
+
+def main_plain(args):
+    print(f"{'model (plain, in stubs)':<24} {'torchquant SQNR dB':>19} {'torch.ao':>22}  {'s':>6}")
+    for name in args.models or PLAIN:
+        size = 224 if name in ("vit_b_16", "swin_t") else args.size
+        s_tq, s_ao, secs = compare_plain(name, size, args.batch, args.batches)
+        ao_text = f"{s_ao:.2f}" if isinstance(s_ao, float) else f"fails: {s_ao}"
+        tq_text = f"{s_tq:.2f}" if isinstance(s_tq, float) else f"fails: {s_tq}"
+        print(f"{name + f' @{size}':<24} {tq_text:>19} {ao_text:>22}  {secs:>6.1f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="*", default=MODELS)
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--plain", action="store_true",
+                    help="torchvision's other classifiers, wrapped in stubs as they are (no fuse_model, no "
+                         "FloatFunctional): whether each converts and runs, and its SQNR")
     ap.add_argument("--size", type=int, default=224, help="input height and width (inception_v3: at least 299)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--batches", type=int, default=4, help="calibration batches")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.plain:
+        print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads; input {args.batch}x3x{args.size}x"
+              f"{args.size} (ViT / Swin: 224), {args.batches} calibration batches, random init")
+        return main_plain(args)
+    args.models = args.models or MODELS
     print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads; input {args.batch}x3x{args.size}x{args.size}, "
           f"{args.batches} calibration batches of torch.rand, random init with BatchNorm statistics of random data")
     print(f"{'model':<20} {'torchquant SQNR dB':>19} {'torch.ao SQNR dB':>17} {'difference':>11}  {'s':>6}")
