@@ -96,7 +96,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward(
   const at::Tensor t = at::round(xf * inv) + zp;
   const at::Tensor below = t < qmin, above = t > qmax;
   const at::Tensor inside = at::logical_not(at::logical_or(below, above));
-  const at::Tensor gx = g * inside;
+  // where, not g * inside: a negative grad outside the range gives +0, as fake_quantize_backward.
+  const at::Tensor gx = at::where(inside, g, at::zeros_like(g));
   const at::Tensor xfq = (t.clamp(qmin, qmax) - zp) * s;
   const float gf = static_cast<float>(grad_factor);
   // d(fake)/d(scale): (xfq - x) / scale inside the range, (q_limit - zp) outside (LSQ).

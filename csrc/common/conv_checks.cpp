@@ -1,6 +1,7 @@
 #include "common/conv_checks.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
 
 #include <vector>
 
@@ -92,6 +93,7 @@ int conv_like_input_checks(const at::Tensor& x, const at::Tensor& w_col_sums,
   g.C = x.size(1);
   TORCH_CHECK(g.C % groups == 0, "argument 'groups' (", groups,
               ") must divide the input channels of 'x' (", g.C, ")");
+  int64_t taps = 1;
   for (int d = 0; d < nsp; ++d) {
     const int e = 3 - nsp + d;
     g.in[e] = x.size(2 + d);
@@ -99,6 +101,9 @@ int conv_like_input_checks(const at::Tensor& x, const at::Tensor& w_col_sums,
     g.stride[e] = st[d];
     g.pad[e] = pd[d];
     g.dil[e] = dl[d];
+    // The shape arithmetic is int64: a product past it (signed overflow) would wrap.
+    TORCH_CHECK(!c10::mul_overflows(taps, ks[d], &taps), "argument 'kernel_size' must hold "
+                "fewer than 2^63 taps in all, got ", kernel_size);
   }
   return nsp;
 }
@@ -132,12 +137,25 @@ ConvSetup conv_setup(const at::Tensor& x, const at::Tensor& w_col_sums,
   s.Ng = s.Cout / groups;
   for (int d = 0; d < s.nsp; ++d) {
     const int e = 3 - s.nsp + d;
-    const int64_t span = s.g.dil[e] * (s.g.k[e] - 1) + 1, padded = s.g.in[e] + 2 * s.g.pad[e];
+    // dil * (k - 1) + 1 and in + 2 * pad, in int64: values past it are errors, not wrapped
+    // sizes (which gave outputs of made-up sizes, and out-of-bounds reads).
+    int64_t span = 0, padded = 0;
+    TORCH_CHECK(!c10::mul_overflows(s.g.dil[e], s.g.k[e] - 1, &span) &&
+                    !c10::add_overflows(span, int64_t{1}, &span),
+                "argument 'dilation' is too large: the dilated kernel (dilation ", s.g.dil[e],
+                ", kernel size ", s.g.k[e], ") overflows int64 in spatial dimension ", d,
+                ", got dilation=", dilation, " and kernel_size=", kernel_size);
+    TORCH_CHECK(!c10::mul_overflows(s.g.pad[e], int64_t{2}, &padded) &&
+                    !c10::add_overflows(padded, s.g.in[e], &padded),
+                "argument 'padding' is too large: the padded input overflows int64 in spatial "
+                "dimension ", d, ", got padding=", padding);
     TORCH_CHECK(padded >= span, "the padded input of 'x' (size ", padded, " in spatial dimension ",
                 d, ") is smaller than the dilated kernel (size ", span, ")");
     s.g.out[e] = (padded - span) / s.g.stride[e] + 1;
   }
-  s.Kg = s.g.taps() * s.Cg;
+  TORCH_CHECK(!c10::mul_overflows(s.g.taps(), s.Cg, &s.Kg), "the inner dimension K of 'x' (",
+              s.g.taps(), " kernel taps times ", s.Cg, " channels per group) is past the largest K (",
+              kMaxK, ")");
   check_k_bound(s.Kg, "x");
   s.depthwise = s.Cg == 1 && s.Ng == 1;
   return s;

@@ -1,6 +1,7 @@
 #include "common/conv_transpose_checks.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
 
 #include <vector>
 
@@ -52,21 +53,38 @@ ConvTransposeSetup conv_transpose_setup(const at::Tensor& x, const at::Tensor& w
                 stride, ", dilation=", dilation);
     TORCH_CHECK(s.g.in[e] >= 1, "argument 'x' must have non-zero spatial sizes (as torch's "
                 "conv_transpose", nk, "d), got input of size: ", x.sizes());
-    s.g.out[e] = (s.g.in[e] - 1) * st - 2 * pd + dl * (ks - 1) + op[d] + 1;
+    // (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1, every
+    // step in int64 without overflow (a wrapped size could pass the check below).
+    int64_t grown = 0, reach = 0, cut = 0;
+    const bool overflow = c10::mul_overflows(s.g.in[e] - 1, st, &grown) ||
+                          c10::mul_overflows(dl, ks - 1, &reach) ||
+                          c10::add_overflows(grown, reach, &grown) ||
+                          c10::add_overflows(grown, op[d] + 1, &grown) ||
+                          c10::mul_overflows(pd, int64_t{2}, &cut);
+    TORCH_CHECK(!overflow, "the output of conv_transpose", nk, "d would have a size past int64 in "
+                "spatial dimension ", d, " (input size ", s.g.in[e], ", kernel_size ", ks, ", stride ",
+                st, ", padding ", pd, ", output_padding ", op[d], ", dilation ", dl,
+                "): argument 'stride', 'padding' or 'dilation' is too large");
+    s.g.out[e] = grown - cut;
     TORCH_CHECK(s.g.out[e] >= 1, "the output of conv_transpose", nk,
                 "d would have size ", s.g.out[e], " in spatial dimension ", d, " (input size ",
                 s.g.in[e], ", kernel_size ", ks, ", stride ", st, ", padding ", pd,
                 ", output_padding ", op[d], ", dilation ", dl, "): padding is too large");
   }
   s.khw = s.g.k[1] * s.g.k[2];
-  const int64_t taps = s.g.taps();
-  TORCH_CHECK(w_col_sums.numel() % (taps * groups) == 0,
+  const int64_t taps = s.g.taps();  // no overflow: conv_like_input_checks
+  int64_t taps_groups = 0;
+  const bool many = c10::mul_overflows(taps, groups, &taps_groups);  // then no numel is a multiple
+  TORCH_CHECK(!many && w_col_sums.numel() % taps_groups == 0,
               "argument 'w_col_sums' must have groups * taps * Cout / groups elements (from "
               "pack_conv_transpose_weight with this kernel_size and groups), got ",
               w_col_sums.numel(), " elements for kernel_size ", kernel_size, " and groups ", groups);
-  s.Ng = w_col_sums.numel() / (taps * groups);
+  s.Ng = w_col_sums.numel() / taps_groups;
   s.Cout = s.Ng * groups;
-  check_k_bound(taps * s.Cg, "x");
+  int64_t K = 0;
+  TORCH_CHECK(!c10::mul_overflows(taps, s.Cg, &K), "the inner dimension K of 'x' (", taps,
+              " kernel taps times ", s.Cg, " channels per group) is past the largest K (", kMaxK, ")");
+  check_k_bound(K, "x");
   return s;
 }
 

@@ -79,6 +79,16 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
       TORCH_CHECK(kk[j] > 0, op, ": argument 'kernel_size' must be positive, got ", kernel_size);
       TORCH_CHECK(ss[j] > 0, op, ": argument 'stride' must be positive, got ", at::IntArrayRef(ss));
       TORCH_CHECK(dd[j] > 0, op, ": argument 'dilation' must be positive, got ", at::IntArrayRef(dd));
+      // torch's 2-d / 3-d pooling takes these as int ("value cannot be converted to type int
+      // without overflow"); past it the window arithmetic below (and its int32 tables) would
+      // overflow: a dilation of 2^63 - 1 gave an output larger than the input.
+      constexpr int64_t kIntMax = 2147483647;
+      TORCH_CHECK(kk[j] <= kIntMax, op, ": argument 'kernel_size' must hold values below 2^31, got ",
+                  kernel_size);
+      TORCH_CHECK(ss[j] <= kIntMax, op, ": argument 'stride' must hold values below 2^31, got ",
+                  at::IntArrayRef(ss));
+      TORCH_CHECK(dd[j] <= kIntMax, op, ": argument 'dilation' must hold values below 2^31, got ",
+                  at::IntArrayRef(dd));
       TORCH_CHECK(pp[j] >= 0 && pp[j] <= kk[j] / 2, op,
                   ": argument 'padding' must be at least 0 and at most half of kernel_size, got padding=",
                   at::IntArrayRef(pp), " and kernel_size=", kernel_size);
