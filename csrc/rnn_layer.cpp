@@ -35,12 +35,45 @@ c10::TypedOperatorHandle<Fn> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
-void check_layer_args(const Tensor& igates, const Tensor& h0, int64_t gates, const char* op) {
+// The layer's own arguments, checked before the time loop (so that an empty sequence checks
+// them too, and a fault is named as the layer's argument, not as one step's). H: the cell's
+// units (c0's for an LSTM, h0's for a GRU); h0 holds the projection's P units where an LSTM has
+// one. Every float tensor is float32 on igates' device, as the cell update needs.
+void check_layer_args(const Tensor& igates, const Tensor& h0, const Tensor* c0, int64_t gates,
+                      const Tensor& hh_col_sums, const Tensor& hh_scale,
+                      const std::optional<Tensor>& hr_col_sums, const char* op) {
   TORCH_CHECK(igates.dim() == 3, op, ": argument 'igates' must be 3-D [time, batch, ", gates,
               " * hidden], got shape ", igates.sizes());
   TORCH_CHECK(h0.dim() == 2, op, ": argument 'h0' must be 2-D [batch, hidden], got shape ", h0.sizes());
-  TORCH_CHECK(igates.size(1) == h0.size(0), op, ": argument 'igates' has batch ", igates.size(1),
-              " but 'h0' has batch ", h0.size(0));
+  if (c0 != nullptr)
+    TORCH_CHECK(c0->dim() == 2, op, ": argument 'c0' must be 2-D [batch, hidden], got shape ", c0->sizes());
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&igates, "igates"},
+                                {&h0, "h0"},
+                                {c0, "c0"}}) {
+    if (t == nullptr) continue;
+    TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": argument '", name, "' must be a float32 tensor, got ",
+                t->scalar_type());
+    TORCH_CHECK(t->device() == igates.device(), op, ": argument '", name, "' is on ", t->device(),
+                " but 'igates' is on ", igates.device(), "; they must be on the same device");
+  }
+  const int64_t B = igates.size(1);
+  TORCH_CHECK(h0.size(0) == B, op, ": argument 'igates' has batch ", B, " but 'h0' has batch ", h0.size(0));
+  if (c0 != nullptr)
+    TORCH_CHECK(c0->size(0) == B, op, ": argument 'igates' has batch ", B, " but 'c0' has batch ", c0->size(0));
+  const int64_t H = c0 != nullptr ? c0->size(1) : h0.size(1);
+  const bool proj = hr_col_sums.has_value();
+  if (c0 != nullptr && !proj)
+    TORCH_CHECK(h0.size(1) == H, op, ": arguments 'h0' and 'c0' must have the same hidden size without a "
+                "projection, got ", h0.size(1), " and ", H);
+  if (proj)
+    TORCH_CHECK(hr_col_sums->numel() == h0.size(1), op, ": argument 'hr_col_sums' has ", hr_col_sums->numel(),
+                " elements but 'h0' has ", h0.size(1), " units (the projection's outputs)");
+  TORCH_CHECK(igates.size(2) == gates * H, op, ": argument 'igates' must have ", gates * H, " features (",
+              gates, " gates of the ", H, " units of '", c0 != nullptr ? "c0" : "h0", "'), got shape ",
+              igates.sizes());
+  TORCH_CHECK(hh_col_sums.numel() == gates * H && hh_scale.numel() == gates * H, op,
+              ": arguments 'hh_col_sums' and 'hh_scale' must have ", gates * H, " elements (", gates,
+              " gates of ", H, " units), got ", hh_col_sums.numel(), " and ", hh_scale.numel());
 }
 
 }  // namespace
@@ -50,11 +83,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
     const Tensor& hh_col_sums, const Tensor& hh_scale, const std::optional<Tensor>& hh_bias,
     const std::optional<Tensor>& hr_w, const std::optional<Tensor>& hr_col_sums,
     const std::optional<Tensor>& hr_scale, bool reverse) {
-  check_layer_args(igates, h0, 4, "lstm_layer_dynamic");
   const bool proj = hr_w.has_value();
   TORCH_CHECK(proj == hr_col_sums.has_value() && proj == hr_scale.has_value(),
               "lstm_layer_dynamic: arguments 'hr_w', 'hr_col_sums' and 'hr_scale' must be given "
               "together or not at all");
+  check_layer_args(igates, h0, &c0, 4, hh_col_sums, hh_scale, hr_col_sums, "lstm_layer_dynamic");
   const auto& linear = linear_dynamic_op();
   static const auto cell = find_op<LstmCellFn>("torchquant::lstm_cell_update");
   const std::optional<Tensor> no_bias;
@@ -77,7 +110,7 @@ std::tuple<Tensor, Tensor> gru_layer_dynamic(const Tensor& igates, const Tensor&
                                              const Tensor& hh_w, const Tensor& hh_col_sums,
                                              const Tensor& hh_scale,
                                              const std::optional<Tensor>& hh_bias, bool reverse) {
-  check_layer_args(igates, h0, 3, "gru_layer_dynamic");
+  check_layer_args(igates, h0, nullptr, 3, hh_col_sums, hh_scale, std::nullopt, "gru_layer_dynamic");
   const auto& linear = linear_dynamic_op();
   static const auto cell = find_op<GruCellFn>("torchquant::gru_cell_update");
   const int64_t T = igates.size(0);

@@ -7,9 +7,9 @@ caller's tensors are left unchanged (`_run` checks every tensor argument after e
 CPU kernel variant runs through the `isa` fixture; the CUDA case of each test carries the
 `device` fixture (skipped without a GPU). Seeds are fixed.
 
-Two tests cover defects fixed alongside: geometry whose int64 shape arithmetic overflowed
-(crash, made-up output sizes) and fake_quantize_learnable_backward's -0.0. Three strict xfails
-record argument checks the recurrent layer ops lack (not fixed)."""
+Tests also cover defects fixed alongside: geometry whose int64 shape arithmetic overflowed
+(crash, made-up output sizes), fake_quantize_learnable_backward's -0.0, and the recurrent layer
+ops' own argument checks (an empty sequence accepted any c0 or weights)."""
 import pytest
 import torch
 
@@ -482,17 +482,13 @@ def test_layer_ops_views_equal_the_step_loop(isa, device, mode, reverse):
     assert all(torch.equal(t, b) for t, b in zip((ig, h0, c0), before))  # nothing modified
 
 
-# Findings (not fixed here; csrc/rnn_layer.cpp checks only igates' rank, h0's rank and the batch
-# before its time loop, and leaves the rest to the ops it calls per step). Strict xfail: each
-# turns into a failure once the op checks its arguments, so the marker is then removed.
+# The layer ops check their own arguments before the time loop (an empty sequence included),
+# naming the layer's argument rather than one step's.
 def _lstm_weights(H, K):
     wp, cs = ops.pack_weight(torch.ones(4 * H, K, dtype=torch.int8))
     return wp, cs, torch.ones(4 * H), None, None, None, None
 
 
-@pytest.mark.xfail(strict=True, raises=(pytest.fail.Exception, AssertionError),
-                   reason="lstm_layer_dynamic / gru_layer_dynamic with T = 0 return without checking c0, "
-                          "igates' width or the weights: bad input is accepted silently")
 def test_layer_ops_check_their_arguments_when_the_sequence_is_empty():
     with pytest.raises(RuntimeError, match="c0"):
         ops.lstm_layer_dynamic(torch.randn(0, 3, 16), torch.randn(3, 4), torch.randn(7, 9), *_lstm_weights(4, 4), False)
@@ -501,21 +497,22 @@ def test_layer_ops_check_their_arguments_when_the_sequence_is_empty():
                               torch.ones(12), None, False)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a c0 of the wrong hidden size is reported by lstm_cell_update as argument 'igates' "
-                          "with the shape of one time step, not as the layer's argument 'c0'")
 def test_layer_op_error_names_the_layer_argument():
     with pytest.raises(RuntimeError, match="'c0'"):
         ops.lstm_layer_dynamic(torch.randn(2, 3, 16), torch.randn(3, 4), torch.randn(3, 5), *_lstm_weights(4, 4), False)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="lstm_layer_dynamic with a float64 h0 returns out in float64 (h0's dtype) but h and c "
-                          "in float32; gru_layer_dynamic raises for the same h0 (naming its cell's 'h')")
-def test_lstm_layer_float64_h0_out_dtype_is_h_dtype():
-    out, h, c = ops.lstm_layer_dynamic(torch.randn(2, 3, 16), torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4),
-                                       *_lstm_weights(4, 4), False)
-    assert out.dtype == h.dtype
+def test_layer_ops_refuse_non_float32_states():
+    with pytest.raises(RuntimeError, match="argument 'h0' must be a float32 tensor, got Double"):
+        ops.lstm_layer_dynamic(torch.randn(2, 3, 16), torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4),
+                               *_lstm_weights(4, 4), False)
+    with pytest.raises(RuntimeError, match="argument 'h0' must be a float32 tensor"):
+        ops.gru_layer_dynamic(torch.randn(2, 3, 12), torch.randn(3, 4, dtype=torch.float64),
+                              *ops.pack_weight(torch.ones(12, 4, dtype=torch.int8)), torch.ones(12), None, False)
+    with pytest.raises(RuntimeError, match="'hh_col_sums' and 'hh_scale' must have 16 elements"):
+        ops.lstm_layer_dynamic(torch.randn(0, 3, 16), torch.randn(3, 4), torch.randn(3, 4),
+                               *ops.pack_weight(torch.ones(12, 4, dtype=torch.int8)), torch.ones(12), None, None, None,
+                               None, False)
 
 
 # ============================================================ conv / conv_transpose: packing from views, Cin = 0
