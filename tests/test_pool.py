@@ -231,6 +231,7 @@ def test_bad_arguments():
         (lambda: ops.avg_pool_int8(x, torch.tensor([1, 2]), [2, 2]), r"argument 'zero_point' must have 1 element"),
         (lambda: ops.avg_pool_int8(x, torch.tensor([1.0]), [2, 2]), r"argument 'zero_point' must be an integer tensor"),
         (lambda: ops.adaptive_avg_pool_int8(x, z, [-1, 2]), r"argument 'output_size' must hold sizes >= 0"),
+        (lambda: ops.adaptive_avg_pool_int8(x, z, [2 ** 40, 2]), r"argument 'output_size' must hold sizes below 2\^31"),
         (lambda: ops.adaptive_avg_pool_int8(x[:, :, :0], z, [1, 1]), r"argument 'x' must have non-zero sizes"),
     ]
     for fn, match in cases:

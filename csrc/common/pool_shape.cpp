@@ -68,6 +68,9 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
     for (int64_t j = 0; j < rank; ++j) {
       TORCH_CHECK(output_size[j] >= 0, op, ": argument 'output_size' must hold sizes >= 0, got ",
                   output_size);
+      // Each output position's window lives in int32 tables (as torch takes sizes as int).
+      TORCH_CHECK(output_size[j] <= 2147483647, op,
+                  ": argument 'output_size' must hold sizes below 2^31, got ", output_size);
       osz[3 - rank + j] = output_size[j];
     }
   } else {
