@@ -167,3 +167,19 @@ def test_plot_returns_and_saves_a_figure(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_float_output_changed_in_place_by_the_next_module_is_recorded_as_returned():
+    # BatchNorm followed by ReLU(inplace=True), as in torchvision's ResNet: the BatchNorm's row
+    # compares its own output, not the ReLU's, which overwrote the same tensor.
+    torch.manual_seed(0)
+    net = nn.Sequential(torchquant.QuantStub(), nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                        torchquant.DeQuantStub()).eval()
+    net[2].running_mean.normal_()
+    net.qconfig = torchquant.get_default_qconfig("x86")
+    p = torchquant.prepare(net)
+    x = torch.rand(4, 3, 12, 12)
+    p(x)
+    q = torchquant.convert(p)
+    r = torchquant.report(net, q, x)
+    assert r["2"].sqnr_db > 30, r["2"].sqnr_db

@@ -117,7 +117,9 @@ def _as_float(out) -> Optional[torch.Tensor]:
     if isinstance(out, tuple) and out and not hasattr(out, "int_repr"):
         return _as_float(out[0])
     if isinstance(out, torch.Tensor):
-        return out.dequantize() if out.is_quantized else out
+        # A copy: the next module may work in place on it (torchvision's ReLU(inplace=True) after a
+        # BatchNorm would otherwise turn the BatchNorm's recorded float output into the ReLU's).
+        return out.dequantize() if out.is_quantized else out.detach().clone()
     if hasattr(out, "dequantize") and hasattr(out, "int_repr"):  # torchquant.QTensor
         return out.dequantize()
     return None
