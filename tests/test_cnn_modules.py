@@ -280,3 +280,64 @@ def test_functional_arithmetic_between_int8_modules_runs():
     assert sqnr > 25, float(sqnr)
     # The same block before this support raised TypeError at `+`; torch.ao's converted model
     # cannot run it either (its quantized tensors have no add).
+
+
+class _Block(nn.Module):
+    """A ResNet basic block: one ReLU module after the first BatchNorm and after the add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + x)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.block = _Block()
+        self.tap = nn.Conv2d(4, 4, 1)  # its output feeds two modules: not fused with either
+        self.bn_a, self.bn_b = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 64, 8), nn.ReLU())
+
+    def forward(self, x):
+        x = self.block(self.stem(x))
+        t = self.tap(x)
+        return self.head(self.bn_a(t) + self.bn_b(t))
+
+
+def test_find_fusable_modules_follows_the_calls():
+    torch.manual_seed(0)
+    model = _Net().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    groups = tq.find_fusable_modules(model)
+    assert groups == [["stem.0", "stem.1", "stem.2"], ["block.conv1", "block.bn1"], ["block.conv2", "block.bn2"],
+                      ["head.1", "head.2"]]
+    assert type(model.block.relu) is nn.ReLU  # the model is not changed
+    fused = tq.fuse_modules(model, groups)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), model(x), atol=1e-5)
+    assert type(fused.block.relu) is nn.ReLU  # still there for the residual
+
+
+def test_find_fusable_modules_names_what_it_cannot_trace():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x  # data-dependent: torch.fx cannot trace it
+
+    with pytest.raises(RuntimeError, match="find_fusable_modules: torch.fx could not trace the model"):
+        tq.find_fusable_modules(Branchy())

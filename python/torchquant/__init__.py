@@ -114,6 +114,7 @@ from .quantize import (  # noqa: E402
     add_quant_dequant,
     convert,
     default_eval_fn,
+    find_fusable_modules,
     fuse_modules,
     fuse_modules_qat,
     get_combined_dict,

@@ -951,6 +951,66 @@ def fuse_modules_qat(model: nn.Module, modules_to_fuse: Union[Sequence[str], Seq
     return _fuse(model, modules_to_fuse, inplace, is_qat=True)
 
 
+def find_fusable_modules(model: nn.Module) -> List[List[str]]:
+    """The groups of module names that :func:`fuse_modules` takes, found by tracing ``model``
+    with ``torch.fx``: each chain [Conv, BatchNorm, ReLU], [Conv, BatchNorm], [Conv, ReLU],
+    [Linear, BatchNorm1d], [Linear, ReLU] or [BatchNorm, ReLU] in which each module is called
+    once, on the previous one's output and on nothing else, and that output has no other user.
+    A module called more than once (a ResNet block's one ``relu`` after both its second
+    BatchNorm and its residual add) is left out: fusing it would drop it from its other call.
+    torch.ao's eager API has no such search (its FX API fuses while it traces); the model is
+    not changed, and the groups can be read, edited and passed on.
+
+    >>> groups = torchquant.find_fusable_modules(model)   # [['conv1', 'bn1', 'relu'], ...]
+    >>> model = torchquant.fuse_modules(model.eval(), groups)
+    """
+    import torch.fx
+
+    try:
+        graph = torch.fx.Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 — data-dependent control flow and the like
+        raise RuntimeError(
+            f"find_fusable_modules: torch.fx could not trace the model ({type(exc).__name__}: {exc}); "
+            "name the groups to fuse_modules by hand") from exc
+    modules = dict(model.named_modules())
+    calls: Dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    patterns = set(_FUSIONS)
+
+    def next_in_chain(node):
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        u = users[0]
+        if u.op != "call_module" or len(u.args) != 1 or u.args[0] is not node or u.kwargs:
+            return None
+        return u
+
+    groups, taken = [], set()
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target in taken:
+            continue
+        chain = [node]
+        while len(chain) < 3:
+            nxt = next_in_chain(chain[-1])
+            if nxt is None:
+                break
+            chain.append(nxt)
+        for length in (3, 2):
+            part = chain[:length]
+            if len(part) < length:
+                continue
+            names = [n.target for n in part]
+            if (tuple(type(modules[n]) for n in names) in patterns and all(calls[n] == 1 for n in names)
+                    and not taken.intersection(names)):
+                groups.append(names)
+                taken.update(names)
+                break
+    return groups
+
+
 # ---------------------------------------------------------------- convolutions
 from . import _conv_flow  # noqa: E402
 
