@@ -657,13 +657,17 @@ def test_named_qconfigs_with_deliberate_differences():
     assert set(tq.get_embedding_static_quant_module_mappings()) == {nn.Embedding, nn.EmbeddingBag}
 
 
-def test_linear_bn_fused_for_qat_but_prepared_static_folds_its_running_statistics():
+@pytest.mark.parametrize("fuser", ["torchquant", "torch.ao"])
+def test_linear_bn_fused_for_qat_but_prepared_static_folds_its_running_statistics(fuser):
+    import torch.ao.quantization as ao
+
     torch.manual_seed(0)
     m = _LinearBnNet(tq)
     m.train()
     m(torch.randn(32, 16))  # running statistics away from their initial values
     m.eval()
-    f = tq.fuse_modules_qat(m, [["fc1", "bn1"]])
+    f = (tq if fuser == "torchquant" else ao).fuse_modules_qat(m, [["fc1", "bn1"]])
+    assert type(f.fc1).__module__.startswith("torch.ao" if fuser == "torch.ao" else "torchquant")
     f.qconfig = tq.get_default_qconfig("x86")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no module left in float
@@ -676,26 +680,3 @@ def test_linear_bn_fused_for_qat_but_prepared_static_folds_its_running_statistic
     with torch.no_grad():
         assert (q(x) - folded(x)).abs().max() < 0.1
     assert m.fc1.training is False and m.bn1.training is False
-
-
-def test_torch_ao_linear_bn_fused_for_qat_but_prepared_static_converts_folded():
-    import torch.ao.quantization as ao
-
-    torch.manual_seed(0)
-    m = _LinearBnNet(tq)
-    m.train()
-    m(torch.randn(32, 16))
-    m.eval()
-    f = ao.fuse_modules_qat(m, [["fc1", "bn1"]])
-    assert type(f.fc1).__module__.startswith("torch.ao")
-    f.qconfig = tq.get_default_qconfig("x86")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        p = tq.prepare(f)
-    tq.calibrate(p, [torch.randn(64, 16)], progress=False)
-    q = tq.convert(p)
-    assert type(q.fc1) is nnq.Linear
-    folded = tq.fuse_modules(m, [["fc1", "bn1"]])
-    x = torch.randn(8, 16)
-    with torch.no_grad():
-        assert (q(x) - folded(x)).abs().max() < 0.1

@@ -16,6 +16,20 @@ def _sqnr(ref, y):
     return float(10 * torch.log10(ref.double().pow(2).sum() / (ref.double() - y.double()).pow(2).sum().clamp_min(1e-30)))
 
 
+def _with_bn_statistics(model, batches, seed):
+    """Random weights with the default BatchNorm statistics give vanishing activations (logits
+    ~1e-10 for MobileNetV2); statistics of its own activations (cumulative average over a few
+    random 64x64 batches) normalize it as training would. Returns the model in eval mode."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for s in range(batches):
+            model(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed + s)))
+    return model.eval()
+
+
 def _quantize(model, calib, flow):
     m = copy.deepcopy(model)
     if flow == "torchquant":
@@ -38,17 +52,7 @@ def _quantize(model, calib, flow):
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x1_0"])
 def test_torchvision_model_sqnr_matches_torch_ao(name):
     torch.manual_seed(0)
-    model = getattr(tvq, name)(weights=None, quantize=False)
-    # Random weights with the default BatchNorm statistics give vanishing activations (logits
-    # ~1e-10 for MobileNetV2); statistics of its own activations normalize it as training would.
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for s in range(3):
-            model(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(100 + s)))
-    model.eval()
+    model = _with_bn_statistics(getattr(tvq, name)(weights=None, quantize=False), batches=3, seed=100)
     gen = torch.Generator().manual_seed(1)
     calib = [torch.rand(2, 3, 64, 64, generator=gen) for _ in range(2)]
     test = torch.rand(2, 3, 64, 64, generator=gen)
@@ -76,15 +80,7 @@ def test_plain_torchvision_model_with_functional_residuals_converts_and_runs(nam
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for s in range(2):
-            model(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(200 + s)))
-    model.eval()
+    model = _with_bn_statistics(torchvision.models.get_model(name, weights=None), batches=2, seed=200)
     wrapped = torch.nn.Sequential(tq.QuantStub(), model, tq.DeQuantStub()).eval()
     wrapped.qconfig = tq.get_default_qconfig("x86")
     gen = torch.Generator().manual_seed(1)
