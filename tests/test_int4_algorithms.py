@@ -227,3 +227,40 @@ def test_quantize_weight_only_warns_on_few_rows():
     with pytest.warns(RuntimeWarning, match="condition number"):
         torchquant.quantize_weight_only(model, group_size=32, method="gptq", calib_data=[torch.randn(20, 128)],
                                         progress=False)
+
+
+def test_quantize_weight_only_hf_conv1d_as_linear():
+    # GPT-2's layers are transformers' Conv1D (weight stored [in, out]): each becomes the
+    # equivalent Linear, then int4; RTN's output equals the float model with each Conv1D's weight
+    # replaced by its dequantized transpose, and GPTQ beats RTN.
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+    torch.manual_seed(10)
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=1, n_head=2, n_positions=32, bos_token_id=0,
+                                  eos_token_id=0)
+    model = transformers.GPT2Model(cfg).eval()
+    ids = torch.randint(0, 64, (4, 32))
+    calib = [ids[:2], ids[2:]]
+    conv_names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    assert len(conv_names) == 4
+    q = torchquant.quantize_weight_only(model, group_size=32, method="rtn", exclude=[conv_names[-1]], progress=False)
+    assert all(isinstance(q.get_submodule(n), LinearWeightOnlyInt4) for n in conv_names[:-1])
+    assert isinstance(q.get_submodule(conv_names[-1]), Conv1D)  # excluded: left as it is
+    assert all(isinstance(m, Conv1D) for n, m in model.named_modules() if n in conv_names)  # original untouched
+    fake = __import__("copy").deepcopy(model)
+    with torch.no_grad():
+        for n in conv_names[:-1]:
+            qm = q.get_submodule(n)
+            w = qm.dequantized_weight()
+            assert w.shape == fake.get_submodule(n).weight.t().shape
+            fake.get_submodule(n).weight.copy_(w.t())
+        want, got = fake(ids).last_hidden_state, q(ids).last_hidden_state
+        base = model(ids).last_hidden_state
+    # the CPU kernel rounds activations to int8 (docs/quantization.md): far below the int4 error
+    assert float((got - want).pow(2).mean()) < 0.02 * float((want - base).pow(2).mean())
+    with torch.no_grad():
+        err = {}
+        for method in ("rtn", "gptq"):
+            qm = torchquant.quantize_weight_only(model, group_size=32, method=method, calib_data=calib, progress=False)
+            err[method] = float((qm(ids).last_hidden_state - base).pow(2).mean())
+    assert err["gptq"] < err["rtn"], err

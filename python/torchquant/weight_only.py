@@ -1,7 +1,8 @@
 """Whole-model int4 weight-only quantization: :func:`quantize_weight_only`.
 
 Every ``nn.Linear`` (exactly that type, as torch.ao's ``quantize_dynamic`` by default; not, say,
-``nn.MultiheadAttention``'s ``out_proj``, which its owner reads directly) is replaced by
+``nn.MultiheadAttention``'s ``out_proj``, which its owner reads directly) and every Hugging Face
+``Conv1D`` (GPT-2's layers, turned into the equivalent Linear first) is replaced by
 :class:`torchquant.nn.quantized.LinearWeightOnlyInt4` (bits=4) or by torchquant's int8
 ``DynamicLinear`` (bits=8, per output channel). The 4-bit values come from round-to-nearest,
 GPTQ or AWQ; the two calibrated methods visit the layers in the order the model runs them and
@@ -144,7 +145,9 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
                          exclude: Sequence[str] = (), percdamp: float = 0.01, blocksize: int = 128,
                          act_order: bool = False, awq_grid: int = 20, awq_fold: bool = True,
                          awq_max_rows: int = 4096, progress: bool = True) -> nn.Module:
-    """Weight-only quantization of every ``nn.Linear`` of ``model``: float activations in and out.
+    """Weight-only quantization of every ``nn.Linear`` of ``model`` (and of every Hugging Face
+    ``transformers.pytorch_utils.Conv1D``, GPT-2's Linear with its weight stored transposed):
+    float activations in and out.
 
     ``bits=4``: int4 in groups of ``group_size`` input channels (asymmetric, float32 scale and
     4-bit zero point per group; ``docs/quantization.md``), by ``method``:
@@ -185,10 +188,11 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     if not inplace:
         model = copy.deepcopy(model)
     excluded = set(exclude)
-    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
     unknown = excluded - {n for n, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
+    _conv1d_to_linear(model, excluded)
+    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
     training = model.training
     model.eval()
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
@@ -216,6 +220,28 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     _swap(model, linears, results, bits, gs)
     model.train(training)
     return model
+
+
+def _conv1d_to_linear(model: nn.Module, excluded) -> None:
+    """Replaces each Hugging Face ``Conv1D`` (GPT-2's layers: ``y = x @ W + b`` with W stored
+    [in, out]) by the equivalent ``nn.Linear`` (weight transposed once), so that every method
+    treats it as one; the quantized module that replaces it computes the same function."""
+    from .nn.quantized_dynamic import is_hf_conv1d
+    for name, m in list(model.named_modules()):
+        if name in excluded or not is_hf_conv1d(type(m)):
+            continue
+        w = m.weight
+        if w.dim() != 2:
+            raise ValueError(f"{name}: expected a Conv1D weight [in, out] of 2 dimensions, got shape {tuple(w.shape)}")
+        lin = nn.Linear(w.shape[0], w.shape[1], bias=m.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w.detach().t())
+            if m.bias is not None:
+                lin.bias.copy_(m.bias.detach())
+        lin.train(m.training)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, lin)
 
 
 def _rtn(w, bits, group_size):
