@@ -261,3 +261,46 @@ def test_bad_input():
     p(torch.randn(2, 4, 5, 5))
     with pytest.raises(ValueError, match="ch_axis=0"):
         tq.convert(p)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("groups,bias", [(1, True), (1, False), (2, True), (3, False)])
+def test_fuse_convtranspose_bn(dims, groups, bias):
+    # [ConvTranspose, BatchNorm] folds for inference (torch.ao's fuse_convtranspose_bn), also with
+    # groups > 1, where torch's fuse_conv_bn_eval(transpose=True) scales the wrong weight columns
+    torch.manual_seed(dims * 10 + groups)
+    CT, BN = getattr(nn, f"ConvTranspose{dims}d"), getattr(nn, f"BatchNorm{dims}d")
+    m = nn.Sequential(tq.QuantStub(), CT(6, 12, 3, stride=2, groups=groups, bias=bias), BN(12),
+                      tq.DeQuantStub()).eval()
+    with torch.no_grad():
+        m[2].running_mean.normal_()
+        m[2].running_var.uniform_(0.25, 4)
+        m[2].weight.normal_()
+        m[2].bias.normal_()
+    x = torch.randn(2, 6, *([5] * dims))
+    want = m(x)
+    groups_found = tq.find_fusable_modules(m)
+    assert groups_found == [["1", "2"]] and tq.find_fusable_modules(m, qat=True) == []
+    before = copy.deepcopy(m.state_dict())
+    fused = tq.fuse_modules(m, groups_found)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # the original untouched
+    assert type(fused[1]) is CT and isinstance(fused[2], nn.Identity)
+    torch.testing.assert_close(fused(x), want, rtol=1e-5, atol=1e-5)
+    direct = tq.fuse_convtranspose_bn(False, m[1], m[2])
+    assert torch.equal(direct.weight, fused[1].weight) and torch.equal(direct.bias, fused[1].bias)
+    if groups == 1:  # torch's own fold, bit for bit
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+        t = fuse_conv_bn_eval(m[1], m[2], transpose=True)
+        assert torch.equal(t.weight, fused[1].weight) and torch.equal(t.bias, fused[1].bias)
+    fused.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(fused)
+    prepared(x)
+    q = tq.convert(prepared)
+    assert isinstance(q[1], getattr(tqq, f"ConvTranspose{dims}d"))
+    assert float((q(x) - want).norm() / want.norm()) < 0.02
+    with pytest.raises(ValueError, match="cannot be fused for QAT"):
+        tq.fuse_modules_qat(m.train(), [["1", "2"]])
+    with pytest.raises(ValueError, match="eval mode"):
+        tq.fuse_modules(m.train(), [["1", "2"]])
+    with pytest.raises(ValueError, match="running statistics"):
+        tq.fuse_convtranspose_bn(False, m[1].eval(), BN(12, track_running_stats=False).eval())

@@ -136,7 +136,7 @@ from .quantize import (  # noqa: E402
     swap_module,
 )
 from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402
-from ._conv_flow import fuse_conv_bn, fuse_conv_bn_relu, fuse_linear_bn  # noqa: E402
+from ._conv_flow import fuse_conv_bn, fuse_conv_bn_relu, fuse_convtranspose_bn, fuse_linear_bn  # noqa: E402
 from . import datasets  # noqa: E402,F401
 from .report import report  # noqa: E402
 # ---- sequence models: weight-only embedding qconfigs ----

@@ -1,8 +1,11 @@
 """The convolution entries of the eager flow: module mappings for prepare / prepare_qat /
-convert, and the fusion patterns conv-bn, conv-bn-relu, conv-relu and linear-bn of
+convert, and the fusion patterns conv-bn, conv-bn-relu, conv-relu, linear-bn and convtranspose-bn of
 ``fuse_modules`` / ``fuse_modules_qat``. torch.ao's own fused modules (what
 ``torch.ao.quantization.fuse_modules`` makes, e.g. through torchvision's ``fuse_model()``) map
 to the same torchquant modules as torchquant's."""
+import copy
+
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -104,6 +107,46 @@ def _linear_bn(linear, bn, is_qat=False):
     return fuse_linear_bn_eval(linear, bn)
 
 
+def _convtranspose_bn(convt, bn, is_qat=False):
+    if is_qat:
+        raise ValueError(f"fuse_modules_qat: [{type(convt).__name__}, {type(bn).__name__}] cannot be fused for QAT "
+                         "(no QAT ConvTranspose-BatchNorm module, as in torch.ao); fuse it for inference with "
+                         "fuse_modules on the eval-mode model, or leave the BatchNorm unfused "
+                         "(find_fusable_modules(model, qat=True) leaves it out)")
+    if convt.training or bn.training:
+        raise ValueError(f"fuse_modules: [{type(convt).__name__}, {type(bn).__name__}] folds the BatchNorm with its "
+                         "running statistics, in eval mode only; call model.eval() first")
+    return _fold_bn_into_convtranspose(convt, bn)
+
+
+def _fold_bn_into_convtranspose(convt, bn):
+    """torch's ``fuse_conv_bn_eval(convt, bn, transpose=True)`` (the same arithmetic, in the same
+    order), for any ``groups``: torch's scales weight column j by the BatchNorm's channel j, which
+    is right only for groups=1 (the weight is [Cin, Cout / groups, *kernel]; output channel
+    ``(i // (Cin / groups)) * (Cout / groups) + j``) and a shape error otherwise."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"fuse_modules: {type(bn).__name__} has no running statistics (track_running_stats=False) "
+                         "to fold into the ConvTranspose")
+    w = convt.weight
+    groups, cin, cout_g = convt.groups, w.shape[0], w.shape[1]
+    if bn.num_features != groups * cout_g:
+        raise ValueError(f"fuse_modules: {type(bn).__name__}({bn.num_features}) after a {type(convt).__name__} with "
+                         f"{groups * cout_g} output channels")
+    fused = copy.deepcopy(convt)
+    with torch.no_grad():
+        rm, rv = bn.running_mean, bn.running_var
+        bw = bn.weight if bn.weight is not None else torch.ones_like(rm)
+        bb = bn.bias if bn.bias is not None else torch.zeros_like(rm)
+        cb = convt.bias if convt.bias is not None else torch.zeros_like(rm)
+        rsqrt = torch.rsqrt(rv + bn.eps)
+        factor = (bw * rsqrt).reshape(groups, 1, cout_g, *([1] * (w.dim() - 2)))
+        fw = (w.reshape(groups, cin // groups, cout_g, *w.shape[2:]) * factor).reshape(w.shape).to(w.dtype)
+        fb = ((cb - rm) * rsqrt * bw + bb).to(cb.dtype)
+    fused.weight = nn.Parameter(fw, w.requires_grad)
+    fused.bias = nn.Parameter(fb, convt.bias is not None and convt.bias.requires_grad)
+    return fused
+
+
 def fusions():
     """(module types) -> fuser(*modules, is_qat)."""
     f = {(nn.Linear, nn.BatchNorm1d): _linear_bn}
@@ -112,7 +155,14 @@ def fusions():
         f[(conv, bn)] = _conv_bn
         f[(conv, bn, nn.ReLU)] = _conv_bn_relu
         f[(conv, nn.ReLU)] = _conv_relu
+    for pattern in qat_unfusable():
+        f[pattern] = _convtranspose_bn
     return f
+
+
+def qat_unfusable():
+    """Patterns fuse_modules folds for inference but fuse_modules_qat rejects."""
+    return {(getattr(nn, f"ConvTranspose{d}d"), getattr(nn, f"BatchNorm{d}d")) for d in _DIMS}
 
 
 def relu_folds():
@@ -133,6 +183,14 @@ def fuse_conv_bn_relu(is_qat, conv, bn, relu):
     """[Conv, BatchNorm, ReLU] fused (torch.ao.quantization.fuse_conv_bn_relu): for QAT a
     ``ConvBnReLU*d``, else a ``ConvReLU*d`` of the folded conv (eval mode)."""
     return _conv_bn_relu(conv, bn, relu, is_qat=is_qat)
+
+
+def fuse_convtranspose_bn(is_qat, convt, bn):
+    """[ConvTranspose, BatchNorm] -> the ConvTranspose with the BatchNorm's running statistics
+    folded into its weight and bias (torch.ao.quantization.fuse_convtranspose_bn; torch's
+    ``fuse_conv_bn_eval(..., transpose=True)``), eval mode; QAT has no such module (a ValueError,
+    as torch.ao's)."""
+    return _convtranspose_bn(convt, bn, is_qat=is_qat)
 
 
 def fuse_linear_bn(is_qat, linear, bn):

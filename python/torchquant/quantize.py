@@ -902,8 +902,8 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
                  fuser_func=None, fuse_custom_config_dict=None) -> nn.Module:
     """Fuses groups of modules given by name (torch.ao.quantization.fuse_modules): the first
     becomes the fused module, the others nn.Identity. Supported: [Linear, ReLU], [Linear,
-    BatchNorm1d], and for Conv1d/2d/3d [Conv, ReLU], [Conv, BatchNorm] and [Conv, BatchNorm,
-    ReLU]; BatchNorm is folded into the weight and bias (torch's fuse_conv_bn_eval), which
+    BatchNorm1d], for Conv1d/2d/3d [Conv, ReLU], [Conv, BatchNorm] and [Conv, BatchNorm,
+    ReLU], [BatchNorm2d/3d, ReLU], and [ConvTranspose1d/2d/3d, BatchNorm]; BatchNorm is folded into the weight and bias (torch's fuse_conv_bn_eval), which
     needs the modules in eval mode.
 
     >>> model = torchquant.fuse_modules(model, [["fc1", "relu1"], ["fc2", "relu2"]])
@@ -951,10 +951,11 @@ def fuse_modules_qat(model: nn.Module, modules_to_fuse: Union[Sequence[str], Seq
     return _fuse(model, modules_to_fuse, inplace, is_qat=True)
 
 
-def find_fusable_modules(model: nn.Module) -> List[List[str]]:
+def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]:
     """The groups of module names that :func:`fuse_modules` takes, found by tracing ``model``
     with ``torch.fx``: each chain [Conv, BatchNorm, ReLU], [Conv, BatchNorm], [Conv, ReLU],
-    [Linear, BatchNorm1d], [Linear, ReLU] or [BatchNorm, ReLU] in which each module is called
+    [Linear, BatchNorm1d], [Linear, ReLU], [BatchNorm, ReLU] or [ConvTranspose, BatchNorm] (not
+    with ``qat=True``: the groups for :func:`fuse_modules_qat`) in which each module is called
     once, on the previous one's output and on nothing else, and that output has no other user.
     A module called more than once (a ResNet block's one ``relu`` after both its second
     BatchNorm and its residual add) is left out: fusing it would drop it from its other call.
@@ -977,7 +978,7 @@ def find_fusable_modules(model: nn.Module) -> List[List[str]]:
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    patterns = set(_FUSIONS)
+    patterns = set(_FUSIONS) - (_QAT_UNFUSABLE if qat else set())
 
     def next_in_chain(node):
         users = list(node.users)
@@ -1073,3 +1074,5 @@ def _fuse_bn_relu(bn, relu, is_qat=False):
 
 _FUSIONS[(nn.BatchNorm2d, nn.ReLU)] = _fuse_bn_relu
 _FUSIONS[(nn.BatchNorm3d, nn.ReLU)] = _fuse_bn_relu
+
+_QAT_UNFUSABLE = _conv_flow.qat_unfusable()
