@@ -98,3 +98,25 @@ def test_recurrent_modules_on_cuda_match_cpu(cls):
     # The int8 GEMMs are exact on both devices; the gates' sigmoid / tanh differ within the
     # documented bound, which can move a quantized hidden state by one step.
     assert ((out_gpu - out_cpu).norm() / out_cpu.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_embedding_qat_on_cuda_converts_to_the_cpu_table(bits):
+    # prepare_qat with the embedding mapping on a CUDA model: the fake-quant lives on the GPU and
+    # convert observes the table there; the packed rows equal those of the same flow on the CPU.
+    qc = tq.default_embedding_qat_qconfig if bits == 8 else tq.default_embedding_qat_qconfig_4bit
+    torch.manual_seed(bits)
+    tables = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(bits)
+        model = nn.Sequential(nn.EmbeddingBag(64, 24, mode="sum")).train()
+        model[0].qconfig = qc
+        prepared = tq.prepare_qat(model, mapping=tq.get_embedding_qat_module_mappings()).to(device)
+        idx, off = torch.randint(0, 64, (30,)).to(device), torch.tensor([0, 10, 20]).to(device)
+        prepared(idx, off).sum().backward()
+        converted = tq.convert(prepared.eval())
+        assert converted[0].packed_weight.device.type == device
+        tables.append(converted[0].packed_weight.cpu())
+        out = converted(idx, off)
+        assert out.device.type == device and torch.isfinite(out).all()
+    assert torch.equal(tables[0], tables[1])

@@ -630,3 +630,105 @@ def test_kernel_random_bags_bit_exact(isa, seed):
     with _threads(1):
         want = _reference(packed, bits, dim, idx, offsets, mode, psw, last, pad_idx)
     assert torch.equal(got, want), (bits, dim, rows, sizes, mode, weighted, pad, last, threads)
+
+
+class _EmbModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 16, padding_idx=3)
+        self.bag = nn.EmbeddingBag(50, 16, mode="sum")
+        self.quant = tq.QuantStub()
+        self.fc = nn.Linear(32, 4)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, i, j, o, w=None):
+        x = torch.cat([self.emb(i).mean(1), self.bag(j, o, per_sample_weights=w)], 1)
+        return self.dequant(self.fc(self.quant(x)))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_embedding_qat_flow_matches_torch_ao(bits):
+    # default_embedding_qat_qconfig + get_embedding_qat_module_mappings(): the tables train with
+    # per-row fake-quantized rows (torch.ao's nnqat.Embedding / EmbeddingBag, the same forward bit
+    # for bit), and convert gives the weight-only quantized modules with torch.ao's rows.
+    torch.manual_seed(bits)
+    ours_qc = tq.default_embedding_qat_qconfig if bits == 8 else tq.default_embedding_qat_qconfig_4bit
+    ao_qc = torch.ao.quantization.default_embedding_qat_qconfig if bits == 8 else \
+        torch.ao.quantization.default_embedding_qat_qconfig_4bit
+    model = _EmbModel().train()
+    model.qconfig = tq.get_default_qat_qconfig("x86")
+    model.emb.qconfig = model.bag.qconfig = ours_qc
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = tq.prepare_qat(model, mapping=tq.get_embedding_qat_module_mappings())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert isinstance(prepared.emb, tq.nn.qat.Embedding) and isinstance(prepared.bag, tq.nn.qat.EmbeddingBag)
+    assert not hasattr(prepared.emb, "activation_post_process")  # the float lookups are not observed
+    ao_emb = torch.ao.nn.qat.Embedding(100, 16, padding_idx=3, qconfig=ao_qc)
+    ao_bag = torch.ao.nn.qat.EmbeddingBag(50, 16, mode="sum", qconfig=ao_qc)
+    i = torch.randint(0, 100, (8, 5))
+    i[0, 0] = 3
+    j = torch.randint(0, 50, (20,))
+    o = torch.tensor([0, 5, 9, 12, 15, 16, 18, 19])
+    psw = torch.rand(20)
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.5)
+    for _ in range(3):
+        with torch.no_grad():
+            ao_emb.weight.copy_(prepared.emb.weight)
+            ao_bag.weight.copy_(prepared.bag.weight)
+        assert torch.equal(prepared.emb(i), ao_emb(i))
+        assert torch.equal(prepared.bag(j, o, per_sample_weights=psw), ao_bag(j, o, per_sample_weights=psw))
+        loss = prepared(i, j, o, psw).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        assert prepared.emb.weight.grad.abs().sum() > 0 and prepared.bag.weight.grad.abs().sum() > 0
+        opt.step()
+    prepared.eval()
+    fq_emb, fq_bag = prepared.emb(i), prepared.bag(j, o, per_sample_weights=psw)
+    with torch.no_grad():
+        ao_emb.weight.copy_(prepared.emb.weight)
+        ao_bag.weight.copy_(prepared.bag.weight)
+    ao_emb(i), ao_bag(j, o)  # the fake-quants observe the final tables, as ours did
+    converted = tq.convert(prepared)
+    assert isinstance(converted.emb, nnq.Embedding) and isinstance(converted.bag, nnq.EmbeddingBag)
+    assert converted.emb.bits == bits and converted.bag.bits == bits
+    ao_q_emb = torch.ao.nn.quantized.Embedding.from_float(ao_emb)
+    ao_q_bag = torch.ao.nn.quantized.EmbeddingBag.from_float(ao_bag)
+    for q, aoq in ((converted.emb, ao_q_emb), (converted.bag, ao_q_bag)):
+        aw = aoq.weight()
+        qv, sc, zp = unpack_rowwise(q.packed_weight, bits, 16)
+        assert torch.equal(sc, aw.q_per_channel_scales().float())
+        assert torch.equal(zp, aw.q_per_channel_zero_points().float())
+        raw = aw.int_repr().to(torch.int64)
+        if bits == 4:  # torch.ao's quint4x2 rows: two values per byte, the first in the low nibble
+            raw = torch.stack([raw & 15, raw >> 4], 1).reshape(qv.shape[0], -1)[:, :16]
+        assert torch.equal(qv, raw)
+        torch.testing.assert_close(q.dequantized_weight(), aw.dequantize(), rtol=0, atol=1e-6)
+    # the int8 / int4 lookups are what training saw (within the 8-bit rows' fma rounding)
+    torch.testing.assert_close(converted.emb(i), fq_emb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(converted.bag(j, o, per_sample_weights=psw), fq_bag, rtol=1e-5, atol=1e-5)
+    out = converted(i, j, o, psw)
+    assert out.shape == (8, 4) and torch.isfinite(out).all()
+
+
+def test_embedding_qat_default_mapping_and_bad_qconfig():
+    # Without the embedding mapping the tables train in float and quantize at convert (torch.ao's
+    # default QAT mapping has no embeddings either); a QAT embedding with an integer-qparams
+    # weight fake-quant is refused, naming the qscheme.
+    model = _EmbModel().train()
+    model.qconfig = tq.get_default_qat_qconfig("x86")
+    model.emb.qconfig = model.bag.qconfig = tq.default_embedding_qat_qconfig
+    prepared = tq.prepare_qat(model)
+    assert type(prepared.emb) is nn.Embedding and type(prepared.bag) is nn.EmbeddingBag
+    prepared(torch.randint(0, 100, (4, 3)), torch.randint(0, 50, (6,)), torch.tensor([0, 2, 3, 5]))
+    converted = tq.convert(prepared.eval())
+    assert isinstance(converted.emb, nnq.Embedding) and converted.emb.bits == 8
+    with pytest.raises(ValueError, match="per_channel_affine_float_qparams"):
+        tq.nn.qat.Embedding(10, 4, qconfig=tq.get_default_qat_qconfig("x86"))
+    bad = nn.EmbeddingBag(10, 4)
+    bad.qconfig = tq.get_default_qat_qconfig("x86")
+    with pytest.raises(ValueError, match="per_channel_affine_float_qparams"):
+        tq.nn.qat.EmbeddingBag.from_float(bad)
+    with pytest.raises(TypeError, match="takes an nn.Embedding"):
+        tq.nn.qat.Embedding.from_float(bad)
+    back = tq.nn.qat.Embedding.from_float(model.emb).to_float()
+    assert type(back) is nn.Embedding and back.weight is model.emb.weight and back.padding_idx == 3

@@ -77,6 +77,8 @@ from .fake_quantize import (  # noqa: E402
     LearnableFakeQuantize,
     default_affine_fixed_qparams_fake_quant,
     default_dynamic_fake_quant,
+    default_embedding_fake_quant,
+    default_embedding_fake_quant_4bit,
     default_fake_quant,
     default_fixed_qparams_range_0to1_fake_quant,
     default_fixed_qparams_range_neg1to1_fake_quant,
@@ -143,6 +145,8 @@ from .report import report  # noqa: E402
 from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit  # noqa: E402,F401
 # ---- torch.ao's other named qconfigs and its module-mapping dicts ----
 from .qconfig import (  # noqa: E402,F401
+    default_embedding_qat_qconfig,
+    default_embedding_qat_qconfig_4bit,
     default_per_channel_qconfig,
     default_per_channel_symmetric_qnnpack_qat_qconfig,
     default_per_channel_symmetric_qnnpack_qconfig,
@@ -158,6 +162,7 @@ from .quantize import (  # noqa: E402,F401
     DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS,
     DEFAULT_QAT_MODULE_MAPPINGS,
     DEFAULT_STATIC_QUANT_MODULE_MAPPINGS,
+    get_embedding_qat_module_mappings,
     get_embedding_static_quant_module_mappings,
 )
 # ---- int4 weight-only

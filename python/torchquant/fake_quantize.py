@@ -28,6 +28,8 @@ __all__ = [
     "default_fused_wt_fake_quant",
     "default_fused_per_channel_wt_fake_quant",
     "fused_wt_fake_quant_range_neg_127_to_127",
+    "default_embedding_fake_quant",
+    "default_embedding_fake_quant_4bit",
     "fused_per_channel_wt_fake_quant_range_neg_127_to_127",
     "enable_fake_quant",
     "disable_fake_quant",
@@ -281,6 +283,15 @@ default_weight_fake_quant = FakeQuantize.with_args(
 default_per_channel_weight_fake_quant = FakeQuantize.with_args(
     observer=_obs.MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
     qscheme=torch.per_channel_symmetric, ch_axis=0)
+
+# Embedding tables for QAT (torch.ao's): one float scale and zero point per row, from the row's
+# current min / max (averaging_constant=1), 8-bit or 4-bit values.
+default_embedding_fake_quant = FakeQuantize.with_args(
+    observer=_obs.MovingAveragePerChannelMinMaxObserver, qscheme=torch.per_channel_affine_float_qparams,
+    dtype=torch.quint8, quant_min=0, quant_max=255, ch_axis=0, averaging_constant=1)
+default_embedding_fake_quant_4bit = FakeQuantize.with_args(
+    observer=_obs.MovingAveragePerChannelMinMaxObserver, qscheme=torch.per_channel_affine_float_qparams,
+    dtype=torch.quint4x2, ch_axis=0, averaging_constant=1)
 
 default_dynamic_fake_quant = FakeQuantize.with_args(
     observer=_obs.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, is_dynamic=True, dtype=torch.quint8,

@@ -181,6 +181,13 @@ float16_dynamic_qconfig = QConfig(activation=_obs.PlaceholderObserver.with_args(
                                   weight=_obs.PlaceholderObserver.with_args(dtype=torch.float16))
 float16_static_qconfig = QConfig(activation=_obs.PlaceholderObserver.with_args(dtype=torch.float16),
                                  weight=_obs.PlaceholderObserver.with_args(dtype=torch.float16))
+# QAT of embedding tables (torch.ao's): the table fake-quantized per row in training, the
+# lookups' float output not observed; prepare_qat with get_embedding_qat_module_mappings().
+default_embedding_qat_qconfig = QConfig(activation=_obs.NoopObserver.with_args(dtype=torch.float32),
+                                        weight=_fq.default_embedding_fake_quant)
+default_embedding_qat_qconfig_4bit = QConfig(activation=_obs.NoopObserver.with_args(dtype=torch.float32),
+                                             weight=_fq.default_embedding_fake_quant_4bit)
+__all__ += ["default_embedding_qat_qconfig", "default_embedding_qat_qconfig_4bit"]
 __all__ += ["default_per_channel_qconfig", "per_channel_dynamic_qconfig", "default_qat_qconfig_v2",
             "default_symmetric_qnnpack_qconfig", "default_per_channel_symmetric_qnnpack_qconfig",
             "default_symmetric_qnnpack_qat_qconfig", "default_per_channel_symmetric_qnnpack_qat_qconfig",

@@ -86,6 +86,10 @@ _EMBEDDING = {nn.Embedding: nnqe.Embedding, nn.EmbeddingBag: nnqe.EmbeddingBag}
 _STATIC.update(_EMBEDDING)
 _DYNAMIC.update(_EMBEDDING)
 _PASSTHROUGH = _PASSTHROUGH + tuple(_EMBEDDING)
+# QAT of the tables (default_embedding_qat_qconfig): not in the default QAT mapping, as in torch.ao;
+# prepare_qat(model, mapping=get_embedding_qat_module_mappings()) swaps them in.
+_EMBEDDING_QAT = {nn.Embedding: qat.Embedding, nn.EmbeddingBag: qat.EmbeddingBag}
+_STATIC.update({qat.Embedding: nnqe.Embedding, qat.EmbeddingBag: nnqe.EmbeddingBag})
 
 
 def get_default_static_quant_module_mappings() -> Dict[type, type]:
@@ -98,6 +102,19 @@ def get_default_qat_module_mappings() -> Dict[type, type]:
 
 def get_default_dynamic_quant_module_mappings() -> Dict[type, type]:
     return dict(_DYNAMIC)
+
+
+def get_embedding_qat_module_mappings() -> Dict[type, type]:
+    """The QAT mapping with the embedding tables' QAT modules added (torch.ao's function of this
+    name): pass it to ``prepare_qat`` to train ``nn.Embedding`` / ``nn.EmbeddingBag`` that carry
+    ``default_embedding_qat_qconfig`` (or its 4-bit twin) with their rows fake-quantized.
+
+    >>> model.emb.qconfig = torchquant.default_embedding_qat_qconfig
+    >>> prepared = torchquant.prepare_qat(model, mapping=torchquant.get_embedding_qat_module_mappings())
+    """
+    m = dict(_QAT)
+    m.update(_EMBEDDING_QAT)
+    return m
 
 
 def get_embedding_static_quant_module_mappings() -> Dict[type, type]:

@@ -7,7 +7,7 @@ from torch import nn
 from . import intrinsic
 from .qat_conv import _BnStats
 
-__all__ = ["Linear", "LinearReLU", "LinearBn1d"]
+__all__ = ["Linear", "LinearReLU", "LinearBn1d", "Embedding", "EmbeddingBag"]
 
 
 class Linear(nn.Linear):
@@ -123,3 +123,105 @@ from .qat_conv import *  # noqa: E402,F401,F403  (QAT convolutions)
 from .qat_conv import __all__ as _conv_all  # noqa: E402
 
 __all__ = __all__ + _conv_all
+
+
+def _check_embedding_qconfig(qconfig, name):
+    if not qconfig:
+        raise ValueError(f"qat.{name} needs a qconfig (argument 'qconfig'): "
+                         "torchquant.default_embedding_qat_qconfig or default_embedding_qat_qconfig_4bit")
+    qscheme = getattr(qconfig.weight(), "qscheme", None)
+    if qscheme != torch.per_channel_affine_float_qparams:
+        raise ValueError(f"qat.{name}: embedding weights need a weight fake-quant with qscheme="
+                         f"torch.per_channel_affine_float_qparams (torchquant.default_embedding_qat_qconfig), "
+                         f"got {qscheme}")
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding whose table goes through a per-row float-qparams FakeQuantize in every forward
+    (torch.ao.nn.qat.Embedding); ``convert`` turns it into the weight-only quantized
+    ``torchquant.nn.quantized.Embedding`` with the fake-quant's qparams' rule.
+
+    >>> emb = nn.Embedding(1000, 64); emb.qconfig = torchquant.default_embedding_qat_qconfig
+    >>> qat_emb = Embedding.from_float(emb)
+    """
+
+    _FLOAT_MODULE = nn.Embedding
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
+                 scale_grad_by_freq=False, sparse=False, _weight=None, device=None, dtype=None, qconfig=None):
+        super().__init__(num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+                         _weight, device=device, dtype=dtype)
+        _check_embedding_qconfig(qconfig, "Embedding")
+        self.qconfig = qconfig
+        self.weight_fake_quant = qconfig.weight()
+        if device is not None:
+            self.weight_fake_quant.to(device)
+
+    def forward(self, input):
+        return F.embedding(input, self.weight_fake_quant(self.weight), self.padding_idx, self.max_norm,
+                           self.norm_type, self.scale_grad_by_freq, self.sparse)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
+        if type(mod) is not cls._FLOAT_MODULE:
+            raise TypeError(f"qat.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
+                            f"got {type(mod).__name__}")
+        qconfig = getattr(mod, "qconfig", None)
+        _check_embedding_qconfig(qconfig, cls.__name__)
+        qat = cls(mod.num_embeddings, mod.embedding_dim, mod.padding_idx, mod.max_norm, mod.norm_type,
+                  mod.scale_grad_by_freq, mod.sparse, qconfig=qconfig, device=mod.weight.device,
+                  dtype=mod.weight.dtype)
+        qat.weight = mod.weight
+        return qat
+
+    def to_float(self):
+        emb = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+        emb.weight = self.weight
+        emb.train(self.training)
+        return emb
+
+
+class EmbeddingBag(nn.EmbeddingBag):
+    """nn.EmbeddingBag whose table goes through a per-row float-qparams FakeQuantize in every
+    forward (torch.ao.nn.qat.EmbeddingBag); ``convert`` turns it into the weight-only quantized
+    ``torchquant.nn.quantized.EmbeddingBag``."""
+
+    _FLOAT_MODULE = nn.EmbeddingBag
+
+    def __init__(self, num_embeddings, embedding_dim, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+                 mode="mean", sparse=False, _weight=None, include_last_offset=False, padding_idx=None,
+                 device=None, dtype=None, qconfig=None):
+        super().__init__(num_embeddings, embedding_dim, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+                         _weight, include_last_offset, padding_idx, device=device, dtype=dtype)
+        _check_embedding_qconfig(qconfig, "EmbeddingBag")
+        self.qconfig = qconfig
+        self.weight_fake_quant = qconfig.weight()
+        if device is not None:
+            self.weight_fake_quant.to(device)
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        return F.embedding_bag(input, self.weight_fake_quant(self.weight), offsets, self.max_norm, self.norm_type,
+                               self.scale_grad_by_freq, self.mode, self.sparse, per_sample_weights,
+                               self.include_last_offset, self.padding_idx)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
+        if type(mod) is not cls._FLOAT_MODULE:
+            raise TypeError(f"qat.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
+                            f"got {type(mod).__name__}")
+        qconfig = getattr(mod, "qconfig", None)
+        _check_embedding_qconfig(qconfig, cls.__name__)
+        qat = cls(mod.num_embeddings, mod.embedding_dim, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq,
+                  mod.mode, mod.sparse, include_last_offset=mod.include_last_offset, padding_idx=mod.padding_idx,
+                  qconfig=qconfig, device=mod.weight.device, dtype=mod.weight.dtype)
+        qat.weight = mod.weight
+        return qat
+
+    def to_float(self):
+        bag = nn.EmbeddingBag(self.num_embeddings, self.embedding_dim, self.max_norm, self.norm_type,
+                              self.scale_grad_by_freq, self.mode, self.sparse, None, self.include_last_offset,
+                              self.padding_idx)
+        bag.weight = self.weight
+        bag.train(self.training)
+        return bag

@@ -57,11 +57,14 @@ def unpack_rowwise(packed: torch.Tensor, bits: int, dim: int):
 
 
 def _weight_observer(mod, name: str):
-    """The weight observer of ``mod``'s qconfig, checked to be a float_qparams one."""
+    """The weight observer of ``mod``'s qconfig, checked to be a float_qparams one; a QAT
+    module's own ``weight_fake_quant`` (trained with the table; it observes the final table once
+    more at convert, as torch.ao's)."""
+    fq = getattr(mod, "weight_fake_quant", None)
     qconfig = getattr(mod, "qconfig", None)
-    if qconfig is None:
+    if fq is None and qconfig is None:
         raise RuntimeError(f"{name} has no qconfig: set float_qparams_weight_only_qconfig (or its _4bit version)")
-    obs = qconfig.weight()
+    obs = fq if fq is not None else qconfig.weight()
     dtype = getattr(obs, "dtype", None)
     if getattr(obs, "qscheme", None) != torch.per_channel_affine_float_qparams or dtype not in _BITS:
         raise ValueError(f"{name}: embedding quantization needs a weight observer with "
@@ -76,10 +79,12 @@ def _quantize_table(weight: torch.Tensor, obs, name: str):
     quantized as torch.ao's quantize_per_channel quantizes it."""
     dtype = obs.dtype
     w = weight.detach().float().cpu()
-    obs(w)
+    # observed where the observer's state lives (a QAT module's fake-quant moves with the model)
+    dev = next((b.device for b in obs.buffers()), torch.device("cpu")) if isinstance(obs, nn.Module) else w.device
+    obs(w.to(dev))
     scale, zp = obs.calculate_qparams()
     bits = _BITS[dtype]
-    scale, zp = scale.float(), zp.float()
+    scale, zp = scale.float().cpu(), zp.float().cpu()
     # torch's quantize_val_float_qparams (what torch.ao's quantize_per_channel runs for these
     # qparams), without its deprecated quantized tensors: q = clamp(rint(x * (1 / scale) + zp)).
     inv = torch.where(scale == 0, torch.ones_like(scale), 1.0 / scale)
