@@ -203,6 +203,34 @@ def test_unsupported_modules_warn_and_fall_back_to_float():
     assert y.dtype == torch.float32 and y.shape == (4, 8)
 
 
+def test_empty_containers_are_identities_not_float_modules():
+    # ShuffleNet's stride-1 blocks hold an empty nn.Sequential (branch1): no "stays in float"
+    # warning, no observer, no dequantize / requantize around it; the QTensor passes through.
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = torchquant.QuantStub()
+            self.fc = nn.Linear(8, 8)
+            self.branch = nn.Sequential()
+            self.extra = nn.ModuleList()
+            self.dequant = torchquant.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.branch(self.fc(self.quant(x))))
+
+    m = M().eval()
+    m.qconfig = torchquant.per_channel_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = torchquant.prepare(m)
+        p(torch.randn(16, 8))
+        q = torchquant.convert(p)
+        x = torch.randn(4, 8)
+        y = q(x)
+    assert not hasattr(q.branch, "activation_post_process") and not hasattr(q.branch, "output_quant")
+    assert torch.equal(y, q.dequant(q.fc(q.quant(x))))
+
+
 def test_float_into_quantized_linear_is_quantized_with_its_calibration_input_range():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 4)).eval()  # no QuantStub

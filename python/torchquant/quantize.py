@@ -78,7 +78,10 @@ _DYNAMIC.update(_DYNAMIC_RNN)
 # Modules whose output is observed: their int8 version needs output qparams.
 _OBSERVED = (nn.Linear, intrinsic.LinearReLU, qat.Linear, qat.LinearReLU, QuantStub)
 # Modules that need no observer: int8 in, int8 out with the same qparams (or no tensors at all).
-_PASSTHROUGH = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity, DeQuantStub)
+# An empty container (ShuffleNet's stride-1 ``branch1 = nn.Sequential()``) is the identity; the
+# tuple is only consulted for modules without children.
+_PASSTHROUGH = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity, DeQuantStub, nn.Sequential, nn.ModuleList,
+                nn.ModuleDict)
 
 # ---- sequence models: weight-only quantized embeddings (float_qparams_weight_only_qconfig) ----
 # Weight-only: no activation observer; the weight observer runs at convert.
