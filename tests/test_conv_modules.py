@@ -358,6 +358,44 @@ def test_padding_modes_pad_the_codes_then_convolve(mode, d, shape):
     assert _sqnr(ref, q(x)) > 25
 
 
+@pytest.mark.parametrize("d,kernel,dilation,mode,shape", [
+    (1, 4, 1, "zeros", (2, 4, 9)),
+    (1, 2, 3, "zeros", (4, 9)),             # unbatched
+    (2, 2, 1, "zeros", (2, 4, 7, 6)),
+    (2, (2, 3), (1, 2), "zeros", (2, 4, 7, 6)),
+    (2, 3, 1, "zeros", (2, 4, 7, 6)),        # symmetric: the kernel pads
+    (2, 4, 1, "reflect", (2, 4, 7, 6)),
+    (3, (2, 3, 4), 1, "zeros", (1, 4, 5, 6, 4)),
+])
+def test_padding_same_with_even_kernels(d, kernel, dilation, mode, shape):
+    # padding='same' that needs one more on the right (torch's rule) pads the codes with the zero
+    # point (the real 0), or with the mode, then runs the kernel unpadded: bit-identical to
+    # padding by hand, and the output has the input's size.
+    torch.manual_seed(1)
+    conv = getattr(nn, f"Conv{d}d")(4, 6, kernel, padding="same", dilation=dilation, padding_mode=mode)
+    x = torch.randn(shape)
+    q = _converted(conv.eval(), x)
+    assert q[1](q[0](x)).shape == conv(x).shape
+    plain = getattr(tqq, f"Conv{d}d")(4, 6, kernel, padding=0, dilation=dilation)
+    plain.load_state_dict(q[1].state_dict())
+    qx = q[0](x)
+    batched = qx if qx.dim() == d + 2 else qx.unsqueeze(0)
+    pad = list(conv._reversed_padding_repeated_twice)
+    if mode == "zeros":
+        zp = float(batched.zero_point)
+        codes = (F.pad(batched.data.float() - zp, pad) + zp).to(batched.data.dtype)
+        padded = tq.QTensor(codes, batched.scale, batched.zero_point, None, batched.qmin, batched.qmax)
+    else:
+        padded = F.pad(batched, pad, mode)
+    want = plain(padded).data
+    got = q[1](qx).data
+    assert torch.equal(got, want if qx.dim() == d + 2 else want.squeeze(0))
+    assert _sqnr(conv(x), q(x)) > 25
+    if conv._reversed_padding_repeated_twice[0::2] != conv._reversed_padding_repeated_twice[1::2]:
+        assert q[1].padding == "same" and "padding=same" in repr(q[1])
+    torch.testing.assert_close(torch.export.export(q, (x,)).module()(x), q(x), rtol=0, atol=0)
+
+
 def test_module_to_and_conv3d_flow():
     net = nn.Sequential(tq.QuantStub(), nn.Conv3d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv3d(5, 5, 1),
                         tq.DeQuantStub()).eval()

@@ -23,16 +23,16 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d
 ops = torch.ops.torchquant
 
 
-def _same_padding(kernel_size, dilation, nsp):
-    pad = []
+def _same_padding(kernel_size, dilation):
+    """padding='same' as torch computes it: ``dilation * (kernel - 1)`` in all per dimension,
+    half on the left and the rest (one more for an odd total) on the right. Returns (left pads,
+    F.pad's list for the whole, last dimension first)."""
+    left, pad = [], []
     for k, d in zip(kernel_size, dilation):
         total = d * (k - 1)
-        if total % 2:
-            raise ValueError(f"padding='same' with kernel_size={tuple(kernel_size)} and dilation={tuple(dilation)} "
-                             "needs asymmetric padding, which torchquant's int8 convolution does not support; "
-                             "give the padding as numbers")
-        pad.append(total // 2)
-    return tuple(pad)
+        left.append(total // 2)
+        pad = [total // 2, total - total // 2] + pad
+    return tuple(left), pad
 
 
 class _ConvLikeNd(_Int8WeightModule):
@@ -103,24 +103,32 @@ class _ConvNd(_ConvLikeNd):
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, but got padding_mode='{padding_mode}'")
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
+        asym_pad = None
         if isinstance(padding, str):
             if padding == "valid":
                 padding = 0
             elif padding == "same":
                 if any(s != 1 for s in self.stride):
                     raise ValueError("padding='same' is not supported for strided convolutions")
-                padding = _same_padding(self.kernel_size, self.dilation, self._NSP)
+                padding, same_pad = _same_padding(self.kernel_size, self.dilation)
+                if same_pad[0::2] != same_pad[1::2]:
+                    asym_pad = same_pad
             else:
                 raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
-        self.padding = tup(padding)
+        self.padding = tup(padding) if asym_pad is None else "same"
         self.padding_mode = padding_mode
-        # reflect / replicate / circular: the codes are padded (exact copies), then the kernel runs
-        # unpadded; F.pad's order is last dimension first.
-        self._pad = [p for q in reversed(self.padding) for p in (q, q)] if padding_mode != "zeros" else None
+        # reflect / replicate / circular, and padding='same' with more on the right (an even
+        # kernel): the codes are padded (exact copies of codes, or the zero point, which is the
+        # real 0), then the kernel runs unpadded; F.pad's order is last dimension first.
+        if asym_pad is not None:
+            self._pad = asym_pad
+        else:
+            self._pad = [p for q in reversed(self.padding) for p in (q, q)] if padding_mode != "zeros" else None
         self.transposed, self.output_padding = False, tup(0)
         self._init_int8_buffers((out_channels, in_channels // groups, *self.kernel_size), out_channels, bias, dtype)
         # The op's list arguments, built once.
-        self._geometry = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
+        kernel_pad = [0] * self._NSP if self._pad is not None else list(self.padding)
+        self._geometry = (list(self.kernel_size), list(self.stride), kernel_pad, list(self.dilation))
         self._repack()
 
     def _weight_bias(self):
@@ -147,8 +155,12 @@ class _ConvNd(_ConvLikeNd):
         k, s, p, d = self._geometry
         if self._pad is not None:
             fmt = _CHANNELS_LAST.get(data.dim(), torch.contiguous_format)
-            data = F.pad(data.float(), self._pad, self.padding_mode).to(data.dtype).contiguous(memory_format=fmt)
-            p = [0] * self._NSP
+            if self.padding_mode == "zeros":
+                zp = x.zero_point.float()  # codes minus the zero point are exact in float32
+                padded = F.pad(data.float() - zp, self._pad) + zp
+            else:
+                padded = F.pad(data.float(), self._pad, self.padding_mode)
+            data = padded.to(data.dtype).contiguous(memory_format=fmt)
         y = ops.conv_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
                           b["bias"], k, s, p, d, self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
         if unbatched:
