@@ -341,3 +341,90 @@ def test_find_fusable_modules_names_what_it_cannot_trace():
 
     with pytest.raises(RuntimeError, match="find_fusable_modules: torch.fx could not trace the model"):
         tq.find_fusable_modules(Branchy())
+
+
+class _Arith(nn.Module):
+    """Arithmetic between modules as plain models write it, and some that must stay as it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 1)
+        self.relu = nn.ReLU()
+        self.pos = nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        a = self.relu(self.conv1(x))
+        b = self.conv2(a)
+        b += a                          # in place, followed by the shared ReLU module: add_relu
+        b = self.relu(b)
+        c = F.relu(self.conv3(b) + b)   # add_relu through F.relu
+        d = c * 0.5 + 1.0               # mul_scalar, add_scalar
+        e = 2 * d                       # a number on the left
+        f = torch.cat([e, c], 1)        # cat
+        g = f[:, :8] * f[:, 8:]         # mul
+        h = g + self.pos                # a parameter: left as it is
+        n = h.size(1) + 1               # shape arithmetic: left as it is
+        k = h - c                       # sub: no FloatFunctional method, left as it is
+        pooled = torch.cat([k.mean((2, 3)), h.amax((2, 3))], 1)
+        return self.fc(pooled) * (n - 8)
+
+
+def test_make_quantizable_rewrites_functional_arithmetic():
+    torch.manual_seed(0)
+    model = _Arith().eval()
+    x = torch.randn(2, 4, 6, 6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gm = tq.make_quantizable(model, x)
+    assert isinstance(model, _Arith) and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert set(gm.state_dict()) == set(before)  # the same names: a checkpoint loads into either
+    methods = sorted(n.target for n in gm.graph.nodes if n.op == "call_method"
+                     and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"
+                     and isinstance(gm.get_submodule(n.args[0].target), tq.nn.quantized.FloatFunctional))
+    assert methods == ["add_relu", "add_relu", "add_scalar", "cat", "cat", "mul", "mul_scalar", "mul_scalar"]
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(__import__("operator").sub) == 2  # h - c, n - 8
+    assert sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == "relu") == 1  # the first use
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))  # float: the same ops
+    wrapped = nn.Sequential(tq.QuantStub(), gm, tq.DeQuantStub()).eval()
+    wrapped.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(wrapped)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        prepared(torch.randn(8, 4, 6, 6, generator=gen))
+    q = tq.convert(prepared)
+    functionals = [m for m in q.modules() if isinstance(m, nnq.QFunctional)]
+    assert len(functionals) == 8  # one per rewritten call
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = q(x)
+    fallbacks = {str(w.message).split(" ")[0] for w in caught if "no int8 implementation" in str(w.message)}
+    # left in float: the parameter add, sub, amax, and the product with a traced int (n - 8)
+    assert fallbacks <= {"add", "sub", "amax", "mean", "mul"}  # each warns once per process
+    ref = model(x)
+    assert (10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 15
+
+
+def test_make_quantizable_keeps_training_state_and_statistics():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    model[1].eval()  # a frozen BatchNorm stays frozen
+    stats = model[1].running_mean.clone()
+    gm = tq.make_quantizable(model, torch.randn(2, 3, 5, 5))
+    assert gm.training and gm.get_submodule("0").training and not gm.get_submodule("1").training
+    assert torch.equal(gm.get_submodule("1").running_mean, stats) and torch.equal(model[1].running_mean, stats)
+
+
+def test_make_quantizable_names_what_it_cannot_trace_or_run():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x + 1 if x.sum() > 0 else x
+
+    with pytest.raises(RuntimeError, match="make_quantizable: torch.fx could not trace"):
+        tq.make_quantizable(Branchy(), torch.randn(2))
+    with pytest.raises(RuntimeError, match="make_quantizable: running the traced model"):
+        tq.make_quantizable(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 5))
+    with pytest.raises(TypeError, match="argument 'model' must be an nn.Module"):
+        tq.make_quantizable(lambda x: x, torch.randn(2))

@@ -168,3 +168,4 @@ from .quantize import (  # noqa: E402,F401
 # ---- int4 weight-only
 from . import int4  # noqa: E402,F401
 from .weight_only import quantize_weight_only  # noqa: E402
+from .quantizable import make_quantizable  # noqa: E402
