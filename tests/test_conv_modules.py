@@ -506,3 +506,90 @@ def test_torch_ao_observer_switches_act_on_torchquant_fake_quants():
     assert p[1].freeze_bn and not p[1].bn.training
     p.apply(tq.update_bn_stats)
     assert not p[1].freeze_bn
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("with_bn", [True, False])
+def test_conv_relu6_fuses_into_the_kernels_relu(d, with_bn):
+    # [Conv, (BatchNorm,) ReLU6] fuses into ConvReLU: observed after the ReLU6, the output qparams
+    # cannot represent more than 6, so the kernel's ReLU with them is exactly the ReLU6 on the
+    # codes of the same conv (bit for bit), and finer than the unfused conv's pre-activation range.
+    torch.manual_seed(d)
+    conv = getattr(nn, f"Conv{d}d")(4, 8, 3, padding=1)
+    mods = [conv] + ([getattr(nn, f"BatchNorm{d}d")(8)] if with_bn else []) + [nn.ReLU6()]
+    m = nn.Sequential(tq.QuantStub(), *mods, tq.DeQuantStub()).eval()
+    with torch.no_grad():
+        conv.weight.mul_(4)
+    if with_bn:
+        with torch.no_grad():
+            m[2].running_var.uniform_(0.5, 2)
+            m[2].weight.uniform_(1, 3)
+            m[2].bias.normal_(2, 2)
+    x = torch.randn(2, 4, *([6] * d)) * 3
+    groups = tq.find_fusable_modules(m)
+    assert groups == [[str(i) for i in range(1, len(mods) + 1)]] and tq.find_fusable_modules(m, qat=True) == groups
+    fused = tq.fuse_modules(m, groups)
+    assert isinstance(fused[1], getattr(tqi, f"ConvReLU{d}d")) and isinstance(fused[1][1], nn.ReLU6)
+    torch.testing.assert_close(fused(x), m(x))
+    fused.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(fused)
+    p(x)
+    q = tq.convert(p)
+    assert type(q[1]) is getattr(tqq, f"ConvReLU{d}d")
+    qx = q[0](x)
+    plain = getattr(tqq, f"Conv{d}d")(4, 8, 3, padding=1)
+    plain.load_state_dict(q[1].state_dict())
+    want = F.relu6(plain(qx))
+    got = q[1](qx)
+    assert torch.equal(got.data, want.data) and float(got.dequantize().max()) <= 6.0
+    assert float((m(x) >= 6).float().mean()) > 0  # some outputs saturate at 6
+    unfused = copy.deepcopy(m)
+    unfused.qconfig = tq.get_default_qconfig("x86")
+    pu = tq.prepare(unfused)
+    pu(x)
+    assert _sqnr(m(x), q(x)) > _sqnr(m(x), tq.convert(pu)(x))
+
+
+def test_conv_relu6_with_reduced_range_keeps_a_relu6_on_the_codes():
+    # reduce_range (7-bit) output qparams represent up to 2x the observed max: the kernel's ReLU
+    # alone would not clamp at 6, so a ReLU6 on the codes follows it
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 6, 3), nn.ReLU6(), tq.DeQuantStub()).eval()
+    f = tq.fuse_modules(m, [["1", "2"]])
+    f.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True),
+                           weight=tq.default_per_channel_weight_observer)
+    p = tq.prepare(f)
+    x = torch.randn(2, 3, 7, 7) * 4
+    p(x)
+    q = tq.convert(p)
+    assert isinstance(q[1], nn.Sequential) and type(q[1][0]) is tqq.ConvReLU2d
+    y = q[1](q[0](x))
+    assert torch.equal(y.data, F.relu6(q[1][0](q[0](x))).data) and float(y.dequantize().max()) <= 6.0
+
+
+def test_qat_conv_bn_relu6():
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), tq.DeQuantStub()).train()
+    with torch.no_grad():
+        m[2].weight.fill_(4.0)
+        m[2].bias.fill_(3.0)
+    tq.fuse_modules_qat(m, tq.find_fusable_modules(m, qat=True), inplace=True)
+    assert isinstance(m[1], tqi.ConvBnReLU2d)
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m)
+    assert isinstance(p[1], tqat.ConvBnReLU2d) and p[1]._relu6
+    x = torch.randn(4, 3, 8, 8) * 3
+    for _ in range(3):
+        y = p(x)
+        y.sum().backward()
+    assert float(y.max()) <= 6.0 + 1e-6 and float((y >= 6 - 0.05).float().mean()) > 0
+    p.eval()
+    fq = p(x)
+    q = tq.convert(p)
+    assert type(q[1]) is tqq.ConvReLU2d
+    assert _sqnr(fq, q(x)) > 30
+    relu_only = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.ReLU6(), tq.DeQuantStub()).train()
+    tq.fuse_modules_qat(relu_only, [["1", "2"]], inplace=True)
+    relu_only.qconfig = tq.get_default_qat_qconfig("x86")
+    pr = tq.prepare_qat(relu_only)
+    assert isinstance(pr[1], tqat.ConvReLU2d) and pr[1]._relu6 and float(pr(x * 10).max()) <= 6.0 + 1e-6

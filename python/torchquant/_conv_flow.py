@@ -155,6 +155,8 @@ def fusions():
         f[(conv, bn)] = _conv_bn
         f[(conv, bn, nn.ReLU)] = _conv_bn_relu
         f[(conv, nn.ReLU)] = _conv_relu
+        f[(conv, bn, nn.ReLU6)] = _conv_bn_relu
+        f[(conv, nn.ReLU6)] = _conv_relu
     for pattern in qat_unfusable():
         f[pattern] = _convtranspose_bn
     return f

@@ -1,6 +1,6 @@
 """Fused float convolution modules made by ``fuse_modules`` / ``fuse_modules_qat``
 (torch.ao.nn.intrinsic's names): Conv + ReLU, Conv + BatchNorm, Conv + BatchNorm + ReLU, for
-1-d, 2-d and 3-d. ``convert`` turns ConvReLU into one int8 kernel call (the ReLU in the
+1-d, 2-d and 3-d (the ReLU may be a ReLU6). ``convert`` turns ConvReLU into one int8 kernel call (the ReLU in the
 epilogue); ``prepare_qat`` turns each into its torchquant.nn.qat version."""
 from torch import nn
 
@@ -9,7 +9,9 @@ __all__ = ["ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "ConvBn1d", "ConvBn2d", "Co
 
 
 def _check(name, mods, kinds):
-    if len(mods) != len(kinds) or any(type(m) is not k and not (k is nn.ReLU and isinstance(m, nn.ReLU))
+    # The activation may be a ReLU6 too: the fused module runs it, and convert folds it into the
+    # int8 kernel's ReLU where the output qparams make the clamp at 6 implicit (docs/eager_api.md).
+    if len(mods) != len(kinds) or any(type(m) is not k and not (k is nn.ReLU and isinstance(m, (nn.ReLU, nn.ReLU6)))
                                       for m, k in zip(mods, kinds)):
         raise TypeError(f"{name} fuses {[k.__name__ for k in kinds]}, got {[type(m).__name__ for m in mods]}")
 

@@ -40,18 +40,27 @@ def _conv_args(conv):
 
 
 def _float_parts(mod):
-    """(conv, bn or None, has_relu) of a float conv, or of a fused one (torchquant's or torch.ao's)."""
+    """(conv, bn or None, has_relu) of a float conv, or of a fused one (torchquant's or torch.ao's);
+    a ReLU6 counts as a ReLU (see :func:`has_relu6`)."""
     if isinstance(mod, nn.Sequential):
         mods = list(mod)
         bn = next((m for m in mods[1:] if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
-        return mods[0], bn, any(isinstance(m, nn.ReLU) for m in mods[1:])
+        return mods[0], bn, any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in mods[1:])
     return mod, None, False
+
+
+def has_relu6(mod) -> bool:
+    """Whether a fused float conv (its last module) or a QAT conv clamps at 6 (ReLU6)."""
+    if isinstance(mod, nn.Sequential):
+        return any(isinstance(m, nn.ReLU6) for m in list(mod)[1:])
+    return bool(getattr(mod, "_relu6", False))
 
 
 class _QATConv:
     """Mixin of the QAT convolutions: the weight passes through ``weight_fake_quant``."""
 
     _RELU = False
+    _relu6 = False  # set on instances fused with a ReLU6 (from_float)
 
     def _init_qat(self, qconfig, device):
         self.qconfig = _need_qconfig(qconfig, type(self).__name__)
@@ -61,7 +70,9 @@ class _QATConv:
 
     def forward(self, x):
         y = self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
-        return F.relu(y) if self._RELU else y
+        if not self._RELU:
+            return y
+        return F.relu6(y) if self._relu6 else F.relu(y)
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
@@ -71,6 +82,8 @@ class _QATConv:
         qat = cls(**_conv_args(conv), qconfig=qconfig, device=conv.weight.device, dtype=conv.weight.dtype)
         qat.weight = conv.weight
         qat.bias = conv.bias
+        if cls._RELU and has_relu6(mod):
+            qat._relu6 = True
         return qat
 
     def to_float(self):
@@ -152,7 +165,9 @@ class _ConvBn(_BnStats, _QATConv):
         if self.bias is not None:
             conv_orig = conv_orig + self.bias.reshape(bshape)
         y = self.bn(conv_orig)
-        return F.relu(y) if self._RELU else y
+        if not self._RELU:
+            return y
+        return F.relu6(y) if self._relu6 else F.relu(y)
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
@@ -168,6 +183,8 @@ class _ConvBn(_BnStats, _QATConv):
         qat.bn.running_mean = bn.running_mean
         qat.bn.running_var = bn.running_var
         qat.bn.num_batches_tracked = bn.num_batches_tracked
+        if cls._RELU and has_relu6(mod):
+            qat._relu6 = True
         return qat
 
     def folded_weight_bias(self):

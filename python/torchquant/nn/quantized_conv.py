@@ -180,7 +180,21 @@ class _ConvNd(_ConvLikeNd):
         w = weight.detach().float()
         q._set_int8(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8), w_scale, w_zp, bias,
                     scale, zero_point)
-        return q.to(weight.device)
+        q = q.to(weight.device)
+        if cls._relu and qat_conv.has_relu6(mod):
+            return _fold_relu6(q)
+        return q
+
+
+def _fold_relu6(q):
+    """A conv fused with a ReLU6: the kernel's ReLU alone is exact when the output qparams cannot
+    represent more than 6 (every y >= 6 saturates at qmax: ``(qmax - zp) * scale <= 6``, with a
+    quarter step of slack for the scale's float32 rounding), which holds for the ReLU6 output's
+    own observed range [0, <= 6]; else (reduced range, fixed qparams) a ReLU6 on the codes follows."""
+    s, z = float(q.scale.reshape(())), int(q.zero_point.reshape(()))
+    if (q.qmax - z) * s <= 6.0 + s / 4:
+        return q
+    return torch.nn.Sequential(q, torch.nn.ReLU6())
 
 
 def _float_weight_bias(mod):
