@@ -1,5 +1,6 @@
-"""The GPU model benchmark's code paths, at tiny sizes on the CPU (--smoke), so that the script a
-GPU run depends on does not rot between runs. Figures from it are meaningless and not checked."""
+"""Benchmarks' code paths at tiny sizes on the CPU (the GPU model benchmark with --smoke, so that
+the script a GPU run depends on does not rot between runs; the plain-model benchmark at 32x32).
+Figures from them are meaningless and not checked."""
 import os
 import subprocess
 import sys
@@ -19,3 +20,13 @@ def test_bench_gpu_models_smoke_runs_every_section():
     for what in ("LSTM 2x32", "EmbeddingBag 8-bit", "EmbeddingBag 4-bit", "decode, eager step, int4"):
         assert what in out, out
     assert "FAILED" not in out and "not measured" not in out, out
+
+
+def test_bench_plain_models_smoke():
+    pytest.importorskip("torchvision")
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_plain_models.py"), "resnet18",
+                        "--size", "32", "--rounds", "1", "--per-round", "1"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "resnet18" in r.stdout.splitlines()[-1], r.stdout
