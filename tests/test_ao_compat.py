@@ -654,7 +654,9 @@ def test_named_qconfigs_with_deliberate_differences():
     assert tq.DEFAULT_STATIC_QUANT_MODULE_MAPPINGS[nn.Linear] is nnq.Linear
     assert tq.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS[nn.LSTM] is tq.nn.quantized.dynamic.LSTM
     assert tq.DEFAULT_QAT_MODULE_MAPPINGS[nn.Linear] is qat.Linear
-    assert set(tq.get_embedding_static_quant_module_mappings()) == {nn.Embedding, nn.EmbeddingBag}
+    emb = tq.get_embedding_static_quant_module_mappings()  # torch.ao's: the static mapping plus the QAT tables
+    assert emb[nn.Linear] is nnq.Linear and emb[nn.Embedding] is tq.nn.quantized.Embedding
+    assert emb[qat.Embedding] is tq.nn.quantized.Embedding and emb[qat.EmbeddingBag] is tq.nn.quantized.EmbeddingBag
 
 
 @pytest.mark.parametrize("fuser", ["torchquant", "torch.ao"])

@@ -267,7 +267,9 @@ def test_bad_input():
 @pytest.mark.parametrize("groups,bias", [(1, True), (1, False), (2, True), (3, False)])
 def test_fuse_convtranspose_bn(dims, groups, bias):
     # [ConvTranspose, BatchNorm] folds for inference (torch.ao's fuse_convtranspose_bn), also with
-    # groups > 1, where torch's fuse_conv_bn_eval(transpose=True) scales the wrong weight columns
+    # groups > 1, where torch's fuse_conv_bn_eval(transpose=True) broadcasts the BatchNorm's scale
+    # over the weight's [Cin, Cout / groups] as if it were [Cin, Cout]: a shape error, or a weight of
+    # the wrong shape where Cout / groups == 1
     torch.manual_seed(dims * 10 + groups)
     CT, BN = getattr(nn, f"ConvTranspose{dims}d"), getattr(nn, f"BatchNorm{dims}d")
     m = nn.Sequential(tq.QuantStub(), CT(6, 12, 3, stride=2, groups=groups, bias=bias), BN(12),
@@ -304,3 +306,15 @@ def test_fuse_convtranspose_bn(dims, groups, bias):
         tq.fuse_modules(m.train(), [["1", "2"]])
     with pytest.raises(ValueError, match="running statistics"):
         tq.fuse_convtranspose_bn(False, m[1].eval(), BN(12, track_running_stats=False).eval())
+
+
+def test_fuse_convtranspose_bn_dtypes_as_torchs():
+    # no bias, bfloat16 weights, a float32 BatchNorm: the folded bias takes the weight's dtype
+    convt = nn.ConvTranspose2d(4, 6, 3, bias=False).to(torch.bfloat16).eval()
+    bn = nn.BatchNorm2d(6).eval()
+    fused = tq.fuse_convtranspose_bn(False, convt, bn)
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    t = fuse_conv_bn_eval(convt, bn, transpose=True)
+    assert fused.weight.dtype == fused.bias.dtype == torch.bfloat16
+    assert torch.equal(t.weight, fused.weight) and torch.equal(t.bias, fused.bias)
+    fused(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16))

@@ -732,3 +732,28 @@ def test_embedding_qat_default_mapping_and_bad_qconfig():
         tq.nn.qat.Embedding.from_float(bad)
     back = tq.nn.qat.Embedding.from_float(model.emb).to_float()
     assert type(back) is nn.Embedding and back.weight is model.emb.weight and back.padding_idx == 3
+
+
+def test_embedding_qat_review_cases():
+    # convert with torch.ao-style get_embedding_static_quant_module_mappings() takes the QAT tables
+    # too; an observer (not a fake-quant) and max_norm are refused at prepare_qat, naming the module.
+    model = _EmbModel().train()
+    model.qconfig = tq.get_default_qat_qconfig("x86")
+    model.emb.qconfig = model.bag.qconfig = tq.default_embedding_qat_qconfig
+    prepared = tq.prepare_qat(model, mapping=tq.get_embedding_qat_module_mappings())
+    prepared(torch.randint(0, 100, (4, 3)), torch.randint(0, 50, (6,)), torch.tensor([0, 2, 3, 5]))
+    converted = tq.convert(prepared.eval(), mapping=tq.get_embedding_static_quant_module_mappings())
+    assert isinstance(converted.emb, nnq.Embedding) and isinstance(converted.bag, nnq.EmbeddingBag)
+    assert isinstance(converted.fc, nnq.Linear)
+    observer_only = _EmbModel().train()
+    observer_only.emb.qconfig = tq.float_qparams_weight_only_qconfig
+    with pytest.raises(ValueError, match=r"emb: QAT needs a weight FakeQuantize .*PerChannelMinMaxObserver"):
+        tq.prepare_qat(observer_only, mapping=tq.get_embedding_qat_module_mappings())
+    normed = nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)).train()
+    normed[0].qconfig = tq.default_embedding_qat_qconfig
+    with pytest.raises(ValueError, match="0: max_norm"):
+        tq.prepare_qat(normed, mapping=tq.get_embedding_qat_module_mappings())
+    # torch.ao's argument order: qconfig before device and dtype
+    bag = tq.nn.qat.EmbeddingBag(10, 4, None, 2.0, False, "sum", False, None, False, None,
+                                 tq.default_embedding_qat_qconfig)
+    assert bag.qconfig is tq.default_embedding_qat_qconfig

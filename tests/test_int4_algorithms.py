@@ -264,3 +264,34 @@ def test_quantize_weight_only_hf_conv1d_as_linear():
             qm = torchquant.quantize_weight_only(model, group_size=32, method=method, calib_data=calib, progress=False)
             err[method] = float((qm(ids).last_hidden_state - base).pow(2).mean())
     assert err["gptq"] < err["rtn"], err
+
+
+def test_quantize_weight_only_aliases_root_layers_and_failed_inplace_call():
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = Conv1D(64, 32)   # 32 -> 64
+            self.alias = self.a       # the same layer under a second name
+            self.lin = nn.Linear(64, 64)
+            self.lin2 = self.lin
+
+        def forward(self, x):
+            return self.lin2(self.lin(self.a(x)))
+
+    torch.manual_seed(11)
+    m = M()
+    with pytest.raises(ValueError, match="needs calib_data"):
+        torchquant.quantize_weight_only(m, method="gptq", calib_data=None, inplace=True)
+    assert isinstance(m.a, Conv1D) and type(m.lin) is nn.Linear  # nothing changed by the refused call
+    q = torchquant.quantize_weight_only(m, group_size=32, progress=False)
+    assert isinstance(q.a, LinearWeightOnlyInt4) and q.alias is q.a and q.lin2 is q.lin
+    x = torch.randn(3, 32)
+    assert float((q(x) - m(x)).norm() / m(x).norm()) < 0.1
+    root = torchquant.quantize_weight_only(nn.Linear(64, 8), group_size=32, progress=False)
+    assert isinstance(root, LinearWeightOnlyInt4) and not dict(root.named_children())
+    root = torchquant.quantize_weight_only(Conv1D(8, 64), group_size=32, method="gptq",
+                                           calib_data=[torch.randn(200, 64)], progress=False)
+    assert isinstance(root, LinearWeightOnlyInt4) and root(torch.randn(2, 64)).shape == (2, 8)

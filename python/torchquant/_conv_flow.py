@@ -138,10 +138,11 @@ def _fold_bn_into_convtranspose(convt, bn):
         bw = bn.weight if bn.weight is not None else torch.ones_like(rm)
         bb = bn.bias if bn.bias is not None else torch.zeros_like(rm)
         cb = convt.bias if convt.bias is not None else torch.zeros_like(rm)
+        bias_dtype = cb.dtype if convt.bias is not None else w.dtype  # as torch's
         rsqrt = torch.rsqrt(rv + bn.eps)
         factor = (bw * rsqrt).reshape(groups, 1, cout_g, *([1] * (w.dim() - 2)))
         fw = (w.reshape(groups, cin // groups, cout_g, *w.shape[2:]) * factor).reshape(w.shape).to(w.dtype)
-        fb = ((cb - rm) * rsqrt * bw + bb).to(cb.dtype)
+        fb = ((cb - rm) * rsqrt * bw + bb).to(bias_dtype)
     fused.weight = nn.Parameter(fw, w.requires_grad)
     fused.bias = nn.Parameter(fb, convt.bias is not None and convt.bias.requires_grad)
     return fused

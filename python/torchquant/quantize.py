@@ -121,13 +121,18 @@ def get_embedding_qat_module_mappings() -> Dict[type, type]:
 
 
 def get_embedding_static_quant_module_mappings() -> Dict[type, type]:
-    """The weight-only quantized embedding modules ``convert`` swaps in under
-    ``float_qparams_weight_only_qconfig`` (and its 4-bit twin).
+    """The static mapping including the embedding tables' QAT modules (torch.ao's function of
+    this name): ``convert(prepared, mapping=...)`` with it swaps ``nn.Embedding`` /
+    ``nn.EmbeddingBag`` and their QAT versions for the weight-only quantized modules, and every
+    other module as the default mapping does.
 
-    >>> get_embedding_static_quant_module_mappings()[nn.EmbeddingBag]
+    >>> get_embedding_static_quant_module_mappings()[torchquant.nn.qat.EmbeddingBag]
     <class 'torchquant.nn.quantized_embedding.EmbeddingBag'>
     """
-    return dict(_EMBEDDING)
+    m = dict(_STATIC)
+    m.update({qat.Embedding: nnqe.Embedding, qat.EmbeddingBag: nnqe.EmbeddingBag})
+    m.update(_EMBEDDING)
+    return m
 
 
 # torch.ao's module-level mapping dicts, under its names (the getters above return copies).

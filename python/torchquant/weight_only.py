@@ -185,13 +185,14 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     for arg, value in (("blocksize", blocksize), ("awq_grid", awq_grid), ("awq_max_rows", awq_max_rows)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")
-    if not inplace:
-        model = copy.deepcopy(model)
+    batches = None if method == "rtn" else _calib_batches(calib_data, method)
     excluded = set(exclude)
     unknown = excluded - {n for n, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
-    _conv1d_to_linear(model, excluded)
+    if not inplace:
+        model = copy.deepcopy(model)
+    model = _conv1d_to_linear(model, excluded)
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
     training = model.training
     model.eval()
@@ -203,7 +204,6 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
             q, s, z = _rtn(linears[name].weight.detach().float(), bits, group_size)
             results[name] = (q, s, z, None)
     else:
-        batches = _calib_batches(calib_data, method)
         order, calls = _execution_order(model, linears, batches)
         originals = {n: linears[n].weight.detach().clone() for n in order}
         try:
@@ -217,31 +217,39 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
             with torch.no_grad():
                 for n, w in originals.items():
                     linears[n].weight.copy_(w)
-    _swap(model, linears, results, bits, gs)
+    model = _swap(model, linears, results, bits, gs)
     model.train(training)
     return model
 
 
-def _conv1d_to_linear(model: nn.Module, excluded) -> None:
+def _conv1d_to_linear(model: nn.Module, excluded) -> nn.Module:
     """Replaces each Hugging Face ``Conv1D`` (GPT-2's layers: ``y = x @ W + b`` with W stored
-    [in, out]) by the equivalent ``nn.Linear`` (weight transposed once), so that every method
-    treats it as one; the quantized module that replaces it computes the same function."""
+    [in, out]) by the equivalent ``nn.Linear`` (weight transposed once), under every name it is
+    registered as, so that every method treats it as one; the quantized module that replaces it
+    computes the same function. Returns the model (the new Linear where the model is a Conv1D)."""
     from .nn.quantized_dynamic import is_hf_conv1d
-    for name, m in list(model.named_modules()):
+    new: Dict[int, nn.Linear] = {}
+    for name, m in list(model.named_modules(remove_duplicate=False)):
         if name in excluded or not is_hf_conv1d(type(m)):
             continue
-        w = m.weight
-        if w.dim() != 2:
-            raise ValueError(f"{name}: expected a Conv1D weight [in, out] of 2 dimensions, got shape {tuple(w.shape)}")
-        lin = nn.Linear(w.shape[0], w.shape[1], bias=m.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w.detach().t())
+        if id(m) not in new:
+            w = m.weight
+            if w.dim() != 2:
+                raise ValueError(f"{name}: expected a Conv1D weight [in, out] of 2 dimensions, got shape "
+                                 f"{tuple(w.shape)}")
+            # built on the meta device: no table allocated only to be overwritten
+            lin = nn.Linear(w.shape[0], w.shape[1], bias=m.bias is not None, device="meta", dtype=w.dtype)
+            lin.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=w.requires_grad)
             if m.bias is not None:
-                lin.bias.copy_(m.bias.detach())
-        lin.train(m.training)
+                lin.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=m.bias.requires_grad)
+            lin.train(m.training)
+            new[id(m)] = lin
+        if not name:
+            return new[id(m)]
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, lin)
+        setattr(parent, child, new[id(m)])
+    return model
 
 
 def _rtn(w, bits, group_size):
@@ -383,6 +391,9 @@ def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tup
 
 def _swap(model, linears, results, bits, group_size):
     from .nn.quantized import DynamicLinear
+    aliases: Dict[int, List[str]] = {}  # a layer registered under several names is replaced under each
+    for n, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(n)
     for name, (q, s, z, inp) in results.items():
         lin = linears[name]
         # the bias is the module's current one (AWQ may have folded a scale into it)
@@ -398,6 +409,10 @@ def _swap(model, linears, results, bits, group_size):
                     new.bias.copy_(lin.bias.detach().float().cpu())
             new._repack()
             new = new.to(lin.weight.device)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
+        if not name:  # the model is the one layer
+            return new
+        for alias in aliases.get(id(lin), [name]):
+            parent_name, _, child = alias.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, new)
+    return model

@@ -127,19 +127,32 @@ __all__ = __all__ + _conv_all
 
 def _check_embedding_qconfig(qconfig, name):
     if not qconfig:
-        raise ValueError(f"qat.{name} needs a qconfig (argument 'qconfig'): "
+        raise ValueError(f"{name} needs a qconfig (argument 'qconfig'): "
                          "torchquant.default_embedding_qat_qconfig or default_embedding_qat_qconfig_4bit")
-    qscheme = getattr(qconfig.weight(), "qscheme", None)
+    fq = qconfig.weight()
+    qscheme = getattr(fq, "qscheme", None)
     if qscheme != torch.per_channel_affine_float_qparams:
-        raise ValueError(f"qat.{name}: embedding weights need a weight fake-quant with qscheme="
+        raise ValueError(f"{name}: embedding weights need a weight fake-quant with qscheme="
                          f"torch.per_channel_affine_float_qparams (torchquant.default_embedding_qat_qconfig), "
                          f"got {qscheme}")
+    if not hasattr(fq, "fake_quant_enabled"):
+        # An observer (float_qparams_weight_only_qconfig) would train on the float table and
+        # convert with the min / max of every step's table.
+        raise ValueError(f"{name}: QAT needs a weight FakeQuantize (torchquant.default_embedding_qat_qconfig), got "
+                         f"the observer {type(fq).__name__}; float_qparams_weight_only_qconfig is for "
+                         "post-training quantization (prepare / convert, no prepare_qat)")
+
+
+def _check_max_norm(max_norm, name):
+    if max_norm is not None:
+        raise ValueError(f"{name}: max_norm renormalizes rows on lookup, which the quantized table cannot; an "
+                         "embedding with max_norm is not quantized (give it qconfig None)")
 
 
 class Embedding(nn.Embedding):
     """nn.Embedding whose table goes through a per-row float-qparams FakeQuantize in every forward
-    (torch.ao.nn.qat.Embedding); ``convert`` turns it into the weight-only quantized
-    ``torchquant.nn.quantized.Embedding`` with the fake-quant's qparams' rule.
+    (torch.ao.nn.qat.Embedding, the same arguments); ``convert`` turns it into the weight-only
+    quantized ``torchquant.nn.quantized.Embedding`` with that fake-quant's qparams.
 
     >>> emb = nn.Embedding(1000, 64); emb.qconfig = torchquant.default_embedding_qat_qconfig
     >>> qat_emb = Embedding.from_float(emb)
@@ -149,9 +162,10 @@ class Embedding(nn.Embedding):
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
                  scale_grad_by_freq=False, sparse=False, _weight=None, device=None, dtype=None, qconfig=None):
+        _check_max_norm(max_norm, "qat.Embedding")
+        _check_embedding_qconfig(qconfig, "qat.Embedding")
         super().__init__(num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
                          _weight, device=device, dtype=dtype)
-        _check_embedding_qconfig(qconfig, "Embedding")
         self.qconfig = qconfig
         self.weight_fake_quant = qconfig.weight()
         if device is not None:
@@ -163,20 +177,23 @@ class Embedding(nn.Embedding):
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
+        name = name or f"qat.{cls.__name__}"
         if type(mod) is not cls._FLOAT_MODULE:
-            raise TypeError(f"qat.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
+            raise TypeError(f"{name}: qat.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
                             f"got {type(mod).__name__}")
         qconfig = getattr(mod, "qconfig", None)
-        _check_embedding_qconfig(qconfig, cls.__name__)
+        _check_max_norm(mod.max_norm, name)
+        _check_embedding_qconfig(qconfig, name)
+        # _weight: the table is the float module's (no fresh one allocated and discarded)
         qat = cls(mod.num_embeddings, mod.embedding_dim, mod.padding_idx, mod.max_norm, mod.norm_type,
-                  mod.scale_grad_by_freq, mod.sparse, qconfig=qconfig, device=mod.weight.device,
-                  dtype=mod.weight.dtype)
+                  mod.scale_grad_by_freq, mod.sparse, _weight=mod.weight.detach(), device=mod.weight.device,
+                  dtype=mod.weight.dtype, qconfig=qconfig)
         qat.weight = mod.weight
         return qat
 
     def to_float(self):
         emb = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
+                           self.scale_grad_by_freq, self.sparse, _weight=self.weight.detach())
         emb.weight = self.weight
         emb.train(self.training)
         return emb
@@ -184,17 +201,18 @@ class Embedding(nn.Embedding):
 
 class EmbeddingBag(nn.EmbeddingBag):
     """nn.EmbeddingBag whose table goes through a per-row float-qparams FakeQuantize in every
-    forward (torch.ao.nn.qat.EmbeddingBag); ``convert`` turns it into the weight-only quantized
-    ``torchquant.nn.quantized.EmbeddingBag``."""
+    forward (torch.ao.nn.qat.EmbeddingBag, the same arguments); ``convert`` turns it into the
+    weight-only quantized ``torchquant.nn.quantized.EmbeddingBag``."""
 
     _FLOAT_MODULE = nn.EmbeddingBag
 
     def __init__(self, num_embeddings, embedding_dim, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
                  mode="mean", sparse=False, _weight=None, include_last_offset=False, padding_idx=None,
-                 device=None, dtype=None, qconfig=None):
+                 qconfig=None, device=None, dtype=None):
+        _check_max_norm(max_norm, "qat.EmbeddingBag")
+        _check_embedding_qconfig(qconfig, "qat.EmbeddingBag")
         super().__init__(num_embeddings, embedding_dim, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
                          _weight, include_last_offset, padding_idx, device=device, dtype=dtype)
-        _check_embedding_qconfig(qconfig, "EmbeddingBag")
         self.qconfig = qconfig
         self.weight_fake_quant = qconfig.weight()
         if device is not None:
@@ -207,21 +225,23 @@ class EmbeddingBag(nn.EmbeddingBag):
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
+        name = name or f"qat.{cls.__name__}"
         if type(mod) is not cls._FLOAT_MODULE:
-            raise TypeError(f"qat.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
+            raise TypeError(f"{name}: qat.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
                             f"got {type(mod).__name__}")
         qconfig = getattr(mod, "qconfig", None)
-        _check_embedding_qconfig(qconfig, cls.__name__)
+        _check_max_norm(mod.max_norm, name)
+        _check_embedding_qconfig(qconfig, name)
         qat = cls(mod.num_embeddings, mod.embedding_dim, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq,
-                  mod.mode, mod.sparse, include_last_offset=mod.include_last_offset, padding_idx=mod.padding_idx,
-                  qconfig=qconfig, device=mod.weight.device, dtype=mod.weight.dtype)
+                  mod.mode, mod.sparse, _weight=mod.weight.detach(), include_last_offset=mod.include_last_offset,
+                  padding_idx=mod.padding_idx, qconfig=qconfig, device=mod.weight.device, dtype=mod.weight.dtype)
         qat.weight = mod.weight
         return qat
 
     def to_float(self):
         bag = nn.EmbeddingBag(self.num_embeddings, self.embedding_dim, self.max_norm, self.norm_type,
-                              self.scale_grad_by_freq, self.mode, self.sparse, None, self.include_last_offset,
-                              self.padding_idx)
+                              self.scale_grad_by_freq, self.mode, self.sparse, self.weight.detach(),
+                              self.include_last_offset, self.padding_idx)
         bag.weight = self.weight
         bag.train(self.training)
         return bag
