@@ -94,6 +94,7 @@ Tensor mul_scalar_cpu(const Tensor& a, const Tensor& a_scale, const Tensor& a_ze
 Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList zero_points,
                int64_t dim, const Tensor& out_scale, const Tensor& out_zero_point,
                std::optional<at::ScalarType> out_dtype);
+Tensor lookup_table_cpu(const Tensor& a, const Tensor& table);
 // ---- sequence models (cpu/rnn.cpp, cuda/rnn.cu) ----
 std::tuple<Tensor, Tensor> lstm_cell_update_cpu(const Tensor& igates, const Tensor& hgates,
                                                 const Tensor& c);

@@ -149,6 +149,10 @@ TORCH_LIBRARY(torchquant, m) {
   //   whose qparams and dtype equal the output's are copied: the same values).
   m.def("cat(Tensor[] tensors, Tensor[] scales, Tensor[] zero_points, int dim, Tensor out_scale, "
         "Tensor out_zero_point, ScalarType? out_dtype=None) -> Tensor");
+  //   lookup_table: any elementwise function of one int8 / uint8 tensor, as a table of its 256
+  //   results: out[i] = table[a[i] - qmin(a)] (qmin -128 for int8, 0 for uint8); table int8 or
+  //   uint8 [256] on a's device, whose dtype is the output's; the output keeps a's memory format.
+  m.def("lookup_table(Tensor a, Tensor table) -> Tensor");
   // ---- sequence models (cpu/rnn.cpp, cuda/rnn.cu) ----
   // One LSTM step's gate nonlinearities and state update, fused. igates / hgates: [B, 4H]
   // float32 pre-activations of the input and recurrent projections (biases included, gates

@@ -1,6 +1,7 @@
 """CNN modules besides convolution: FloatFunctional -> QFunctional (torchquant's and torch.ao's
 FloatFunctional), quantized BatchNorm / BN-ReLU / activations / norms, bn-relu fusion, and a
 module with no int8 version staying float inside a quantized model."""
+import copy
 import warnings
 
 import pytest
@@ -141,7 +142,7 @@ class WithFloatModule(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.pre = nn.Tanh()
+        self.pre = nn.PReLU()
         self.quant = tq.QuantStub()
         self.fc1 = nn.Linear(8, 8)
         self.soft = nn.Softmax(-1)
@@ -156,7 +157,7 @@ def test_module_without_int8_version_stays_float_and_the_model_runs():
     torch.manual_seed(3)
     m = WithFloatModule().eval()
     m.qconfig = tq.get_default_qconfig("x86")
-    with pytest.warns(UserWarning, match=r"stay in float: pre \(Tanh\), soft \(Softmax\)") as rec:
+    with pytest.warns(UserWarning, match=r"stay in float: pre \(PReLU\), soft \(Softmax\)") as rec:
         p = tq.prepare(m)
     assert len([w for w in rec if "stay in float" in str(w.message)]) == 1
     for _ in range(3):
@@ -167,7 +168,7 @@ def test_module_without_int8_version_stays_float_and_the_model_runs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         y = q(x)
-        # before the QuantStub the Tanh gets float and returns float; inside, Softmax's output is quantized
+        # before the QuantStub the PReLU gets float and returns float; inside, Softmax's output is quantized
         assert isinstance(q.pre(x), torch.Tensor)
         mid = q.soft(q.fc1(q.quant(x)))
     assert isinstance(mid, QTensor)
@@ -428,3 +429,62 @@ def test_make_quantizable_names_what_it_cannot_trace_or_run():
         tq.make_quantizable(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 5))
     with pytest.raises(TypeError, match="argument 'model' must be an nn.Module"):
         tq.make_quantizable(lambda x: x, torch.randn(2))
+
+
+@pytest.mark.parametrize("act", [nn.SiLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.Mish(), nn.Tanh(),
+                                 nn.Softplus(beta=2.0), nn.CELU(0.5), nn.Hardswish(), nn.ELU(0.7),
+                                 nn.LeakyReLU(0.2), nn.Sigmoid()], ids=lambda m: repr(m))
+@pytest.mark.parametrize("act_dtype", [torch.quint8, torch.qint8])
+def test_elementwise_activations_are_one_table_lookup(act, act_dtype):
+    # An elementwise activation converts to a module that looks each code up in a 256-entry
+    # table: bit for bit the dequantize -> float function -> quantize of the same qparams.
+    torch.manual_seed(2)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 6, 3), act, nn.Conv2d(6, 4, 1), tq.DeQuantStub()).eval()
+    observer = tq.MinMaxObserver.with_args(dtype=act_dtype, qscheme=torch.per_tensor_affine)
+    m.qconfig = tq.QConfig(activation=observer, weight=tq.default_per_channel_weight_observer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "stays in float" warning, no float fallback
+        p = tq.prepare(m)
+        for _ in range(3):
+            p(torch.randn(2, 3, 12, 12) * 2)
+        q = tq.convert(p)
+        x = torch.randn(2, 3, 12, 12) * 2
+        y = q(x)
+    lookup = q[2]
+    assert isinstance(lookup, (nnq.LookupActivation, nnq.Hardswish, nnq.ELU, nnq.LeakyReLU, nnq.Sigmoid))
+    qx = q[1](q[0](x))
+    got = lookup(qx)
+    lo, hi = (0, 255) if act_dtype == torch.quint8 else (-128, 127)
+    want = torch.ops.torchquant.quantize(act(qx.dequantize()), lookup.scale, lookup.zero_point, None, lo, hi,
+                                         qx.data.dtype)
+    assert torch.equal(got.data, want) and got.data.is_contiguous(memory_format=torch.channels_last)
+    ref = m(x)
+    assert float(10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 25
+    # the table is built once per input qparams, and again when they change in place
+    table = lookup._table
+    lookup(qx)
+    assert lookup._table is table
+    with torch.no_grad():
+        q[1].scale.mul_(1.5)  # the producing conv's output scale, as a load_state_dict would change it
+    qx2 = q[1](q[0](x))
+    want2 = torch.ops.torchquant.quantize(act(qx2.dequantize()), lookup.scale, lookup.zero_point, None, lo, hi,
+                                          qx2.data.dtype)
+    assert torch.equal(lookup(qx2).data, want2) and lookup._table is not table
+    assert torch.equal(copy.deepcopy(q)(x), q(x))
+    assert torch.equal(torch.export.export(q, (x,)).module()(x), q(x))
+
+
+def test_lookup_activation_state_dict_and_repr():
+    m = nn.Sequential(tq.QuantStub(), nn.SiLU(), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(8, 5))
+    q = tq.convert(p)
+    assert set(q[1].state_dict()) == {"scale", "zero_point"} and "SiLU" in repr(q[1])
+    q(torch.randn(3, 5))
+    fresh = copy.deepcopy(q)
+    fresh[1].load_state_dict(q[1].state_dict())
+    assert fresh[1]._table is None  # the cache is not copied
+    # in a float part of the model (before the QuantStub) it is the float function
+    x = torch.randn(3, 5)
+    assert torch.equal(q[1](x), F.silu(x))

@@ -178,3 +178,39 @@ def test_fake_kernels_under_compile():
         out = ops.add(fa, m.from_tensor(s), m.from_tensor(z), fa, m.from_tensor(s), m.from_tensor(z),
                       m.from_tensor(s), m.from_tensor(z))
         assert out.shape == a.shape and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("a_dt", DT)
+@pytest.mark.parametrize("t_dt", DT)
+def test_lookup_table_matches_reference(device, a_dt, t_dt):
+    # every code of both dtypes, channels-last, non-contiguous, empty; output in the table's dtype
+    gen = torch.Generator().manual_seed(6)
+    table = _q((256,), t_dt, gen).to(device)
+    lo = -128 if a_dt == torch.int8 else 0
+    every = torch.arange(lo, lo + 256, dtype=torch.int16).to(a_dt).to(device)
+    got = ops.lookup_table(every, table)
+    assert got.dtype == t_dt and torch.equal(got.cpu(), table.cpu())  # code c -> entry c - qmin
+    cases = [_q((3, 5, 7, 9), a_dt, gen).to(device).contiguous(memory_format=torch.channels_last),
+             _q((4, 70001), a_dt, gen).to(device)[:, ::3], _q((0, 4), a_dt, gen).to(device),
+             _q((), a_dt, gen).to(device)]
+    for a in cases:
+        out = ops.lookup_table(a, table)
+        assert out.shape == a.shape and torch.equal(out.cpu(), reference.lookup_table(a.cpu(), table.cpu()))
+    assert ops.lookup_table(cases[0], table).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_lookup_table_bad_arguments():
+    a = torch.zeros(2, 3, dtype=torch.uint8)
+    table = torch.zeros(256, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="argument 'a' must be .*int8.*got .*Float"):
+        ops.lookup_table(a.float(), table)
+    with pytest.raises(RuntimeError, match=r"argument 'table' must be 1-D with 256 elements .*\[255\]"):
+        ops.lookup_table(a, table[:255])
+    with pytest.raises(RuntimeError, match=r"argument 'table' must be 1-D with 256 elements .*\[2, 128\]"):
+        ops.lookup_table(a, table.reshape(2, 128))
+    with pytest.raises(RuntimeError, match="argument 'table' must be an int8 or uint8 tensor, got dtype Float"):
+        ops.lookup_table(a, table.float())
+    with pytest.raises(RuntimeError, match="argument 'table'"):
+        ops.lookup_table(a, table.to("meta"))
+    out = torch.compile(lambda x, t: ops.lookup_table(x, t), fullgraph=True)(a, table)
+    assert torch.equal(out, reference.lookup_table(a, table))

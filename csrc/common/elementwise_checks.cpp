@@ -116,4 +116,14 @@ EwCatArgs ew_cat_args(at::TensorList tensors, at::TensorList scales, at::TensorL
   return r;
 }
 
+void check_lookup_table_args(const at::Tensor& a, const at::Tensor& table) {
+  check_int8_input(a, "a");
+  TORCH_CHECK(table.defined(), "argument 'table' must be a tensor, got None");
+  TORCH_CHECK(table.scalar_type() == at::kChar || table.scalar_type() == at::kByte,
+              "argument 'table' must be an int8 or uint8 tensor, got dtype ", table.scalar_type());
+  TORCH_CHECK(table.dim() == 1 && table.numel() == 256,
+              "argument 'table' must be 1-D with 256 elements (one per code), got shape ", table.sizes());
+  check_same_device(a, "a", table, "table");
+}
+
 }  // namespace torchquant

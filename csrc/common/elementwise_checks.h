@@ -65,4 +65,7 @@ EwCatArgs ew_cat_args(at::TensorList tensors, at::TensorList scales, at::TensorL
                       const at::Tensor& out_scale, const at::Tensor& out_zero_point,
                       std::optional<at::ScalarType> out_dtype);
 
+// lookup_table's arguments: a int8 / uint8; table int8 / uint8, 1-D of 256 elements on a's device.
+void check_lookup_table_args(const at::Tensor& a, const at::Tensor& table);
+
 }  // namespace torchquant

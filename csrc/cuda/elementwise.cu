@@ -197,9 +197,40 @@ at::Tensor cat_cuda(at::TensorList tensors, at::TensorList scales, at::TensorLis
   return at::cat(parts, dim);
 }
 
+namespace {
+// out[i] = table[a[i] ^ flip]: the 256-byte table in shared memory, a grid-stride loop.
+__global__ void lookup_table_kernel(const uint8_t* __restrict__ a, const uint8_t* __restrict__ table,
+                                    uint8_t* __restrict__ out, int64_t n, uint8_t flip) {
+  __shared__ uint8_t lut[256];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) lut[i] = table[i];
+  __syncthreads();
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    out[i] = lut[a[i] ^ flip];
+  }
+}
+}  // namespace
+
+at::Tensor lookup_table_cuda(const at::Tensor& a, const at::Tensor& table) {
+  check_lookup_table_args(a, table);
+  c10::cuda::CUDAGuard guard(a.device());
+  const auto mf = a.suggest_memory_format();
+  const at::Tensor ac = a.contiguous(mf);
+  const at::Tensor t = table.contiguous();
+  at::Tensor out = at::empty(a.sizes(), a.options().dtype(table.scalar_type()).memory_format(mf));
+  const int64_t n = ac.numel();
+  if (n == 0) return out;
+  lookup_table_kernel<<<grid_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      static_cast<const uint8_t*>(ac.data_ptr()), static_cast<const uint8_t*>(t.data_ptr()),
+      static_cast<uint8_t*>(out.data_ptr()), n, a.scalar_type() == at::kChar ? 0x80 : 0x00);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(torchquant, CUDA, m) {
+  m.impl("lookup_table", &cuda::lookup_table_cuda);
   m.impl("add", &cuda::add_cuda);
   m.impl("mul", &cuda::mul_cuda);
   m.impl("add_scalar", &cuda::add_scalar_cuda);

@@ -351,6 +351,16 @@ torch.library.register_fake("torchquant::add_scalar")(_ew_scalar_fake)
 torch.library.register_fake("torchquant::mul_scalar")(_ew_scalar_fake)
 
 
+@torch.library.register_fake("torchquant::lookup_table")
+def _lookup_table_fake(a, table):
+    _check_q8("a", a)
+    _check_q8("table", table)
+    torch._check(table.dim() == 1 and table.numel() == 256,
+                 lambda: f"argument 'table' must be 1-D with 256 elements (one per code), got shape {list(table.shape)}")
+    _check_devices("a", a, table=table)
+    return torch.empty_like(a, dtype=table.dtype)
+
+
 @torch.library.register_fake("torchquant::cat")
 def _cat_fake(tensors, scales, zero_points, dim, out_scale, out_zero_point, out_dtype=None):
     torch._check(len(tensors) > 0, lambda: "argument 'tensors' must hold at least one tensor, got none")

@@ -1073,6 +1073,7 @@ _CNN_STATIC.update({
     nn.InstanceNorm2d: _nqo.InstanceNorm2d,
     nn.InstanceNorm3d: _nqo.InstanceNorm3d,
 })
+_CNN_STATIC.update({t: _nqo.LookupActivation for t in _nqo.LOOKUP_ACTIVATIONS})
 _AO_STUBS = ()
 try:
     import torch.ao.nn.intrinsic as _ao_intrinsic

@@ -369,7 +369,7 @@ def conv_transpose_int8(x, x_scale, x_zero_point, w, w_scale, bias=None, stride=
 # ---- elementwise
 # The elementwise contract (docs/quantization.md, "Elementwise ops"): float32 steps in a fixed
 # order, then the quantize formula with the output's qparams over its dtype's full range.
-__all__ += ["add", "mul", "add_scalar", "mul_scalar", "cat"]
+__all__ += ["add", "mul", "add_scalar", "mul_scalar", "cat", "lookup_table"]
 
 _EW_FULL = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
 
@@ -643,3 +643,11 @@ def embedding_bag_rowwise(packed, bits: int, embedding_dim: int, indices, offset
     if mode == 1:
         acc = torch.where(count[:, None] > 0, acc / count.clamp(min=1)[:, None].float(), acc)
     return acc
+
+
+def lookup_table(a: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """torchquant::lookup_table: ``table[a - qmin]`` (qmin -128 for int8, 0 for uint8), the
+    output in table's dtype and a's shape."""
+    idx = a.to(torch.int64) - (-128 if a.dtype == torch.int8 else 0)
+    return table[idx]
+

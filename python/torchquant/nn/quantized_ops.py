@@ -17,7 +17,7 @@ from ..qtensor import QTensor, _QRANGE
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
-    "ReLU6", "Hardswish", "ELU", "LeakyReLU", "Sigmoid", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+    "ReLU6", "Hardswish", "ELU", "LeakyReLU", "Sigmoid", "LookupActivation", "LayerNorm", "GroupNorm", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d",
 ]
 
@@ -234,6 +234,50 @@ class _FloatInside(_QuantizedOutput):
         return self._quantize(self._float_op(xf))
 
 
+class _LookupInside(_FloatInside):
+    """An elementwise float function on a per-tensor QTensor: one table lookup per element
+    (``torchquant::lookup_table``), the table being the function of each of the 256 codes,
+    ``quantize(float_op(dequantize(code)))`` with the input's qparams and the module's output
+    ones: the dequantize -> float op -> quantize of _FloatInside, element for element, without the
+    float tensor. The table is built once per input qparams (the producing module's buffers, so
+    once per model in practice) and rebuilt when they or the output qparams change."""
+
+    _table_key = None
+    _table = None
+
+    def forward(self, x):
+        if isinstance(x, QTensor) and x.axis is None:
+            return self._out(ops.lookup_table.default(x.data, self._table_for(x)))
+        return super().forward(x)
+
+    def _build_table(self, x: QTensor) -> torch.Tensor:
+        lo = _QRANGE[x.data.dtype][0]
+        codes = torch.arange(lo, lo + 256, dtype=torch.int16, device=x.data.device).to(x.data.dtype)
+        xf = ops.dequantize.default(codes, x.scale, x.zero_point, None)
+        y = self._float_op(xf)
+        return ops.quantize.default(y.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
+                                    self._storage)
+
+    def _table_for(self, x: QTensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # traced: the table is part of the graph
+            return self._build_table(x)
+        key = (x.scale, x.scale._version, x.zero_point, x.zero_point._version, x.data.dtype,
+               self.scale, self.scale._version, self.zero_point, self.zero_point._version)
+        old = self._table_key
+        if old is None or len(old) != len(key) or not all(a is b or (not isinstance(a, torch.Tensor) and a == b)
+                                                          for a, b in zip(old, key)):
+            self._table = self._build_table(x)
+            self._table_key = key
+        return self._table
+
+    def __getstate__(self):  # the cache holds other modules' tensors: not pickled / deep-copied
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_table_key", None)
+        state.pop("_table", None)
+        return state
+
+
 def _from_float_with(cls, mod, name, build):
     scale, zero_point, dtype = _observed_qparams(mod, name or type(mod).__name__)
     q = build()
@@ -311,7 +355,7 @@ class ReLU6(nn.ReLU6):
         return cls(mod.inplace)
 
 
-class Hardswish(_FloatInside):
+class Hardswish(_LookupInside):
     """Quantized Hardswish (torch.ao.nn.quantized.Hardswish)."""
 
     def _float_op(self, x):
@@ -322,7 +366,7 @@ class Hardswish(_FloatInside):
         return _from_float_with(cls, mod, name, cls)
 
 
-class ELU(_FloatInside):
+class ELU(_LookupInside):
     """Quantized ELU (torch.ao.nn.quantized.ELU)."""
 
     def __init__(self, alpha=1.0):
@@ -337,7 +381,7 @@ class ELU(_FloatInside):
         return _from_float_with(cls, mod, name, lambda: cls(mod.alpha))
 
 
-class LeakyReLU(_FloatInside):
+class LeakyReLU(_LookupInside):
     """Quantized LeakyReLU (torch.ao.nn.quantized.LeakyReLU)."""
 
     def __init__(self, negative_slope=0.01):
@@ -352,7 +396,7 @@ class LeakyReLU(_FloatInside):
         return _from_float_with(cls, mod, name, lambda: cls(mod.negative_slope))
 
 
-class Sigmoid(_FloatInside):
+class Sigmoid(_LookupInside):
     """Quantized Sigmoid (torch.ao.nn.quantized.Sigmoid), with calibrated output qparams."""
 
     def _float_op(self, x):
@@ -361,6 +405,54 @@ class Sigmoid(_FloatInside):
     @classmethod
     def from_float(cls, mod, name=None):
         return _from_float_with(cls, mod, name, cls)
+
+
+class LookupActivation(_LookupInside):
+    """Any elementwise activation module with no int8 kernel of its own (SiLU, GELU, Mish, Tanh,
+    Softplus, ...) on int8 codes, beyond torch.ao (which leaves them in float): the float module's
+    function of each of the 256 input codes, requantized to the calibrated output qparams, as one
+    table lookup per element (``torchquant::lookup_table``). Holds the float module as ``fn``; a
+    float input gives ``fn``'s float output.
+
+    >>> act = LookupActivation(nn.SiLU(), scale=0.02, zero_point=14)   # convert makes these
+    """
+
+    def __init__(self, fn: nn.Module, scale=1.0, zero_point=0, dtype=torch.quint8):
+        super().__init__()
+        self.fn = fn
+        _qparams_buffers(self, scale, zero_point, dtype)
+
+    def _float_op(self, x):
+        return self.fn(x)
+
+    def forward(self, x):
+        # A float input (the module sits in a float part of the model: before the QuantStub, or
+        # after a module that ran in float) gives the float function's float output, as the float
+        # fallback it replaces did.
+        if not isinstance(x, QTensor):
+            return self.fn(x)
+        return super().forward(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        import copy
+
+        fn = copy.deepcopy(mod)
+        for n in ("activation_post_process",):
+            if n in fn._modules:
+                del fn._modules[n]
+        fn._forward_hooks.clear()
+        fn._forward_pre_hooks.clear()
+        return _from_float_with(cls, mod, name, lambda: cls(fn))
+
+    def extra_repr(self):
+        return f"{type(self.fn).__name__}, " + super().extra_repr()
+
+
+# Elementwise activation modules that convert to LookupActivation (each output element a
+# function of the same input element alone; no parameters).
+LOOKUP_ACTIVATIONS = (nn.SiLU, nn.GELU, nn.Mish, nn.Softplus, nn.Tanh, nn.CELU, nn.SELU, nn.Softsign, nn.LogSigmoid,
+                      nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Threshold)
 
 
 class _AffineNorm(_FloatInside):
