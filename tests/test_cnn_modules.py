@@ -2,6 +2,7 @@
 FloatFunctional), quantized BatchNorm / BN-ReLU / activations / norms, bn-relu fusion, and a
 module with no int8 version staying float inside a quantized model."""
 import copy
+import operator
 import warnings
 
 import pytest
@@ -461,17 +462,56 @@ def test_elementwise_activations_are_one_table_lookup(act, act_dtype):
     ref = m(x)
     assert float(10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 25
     # the table is built once per input qparams, and again when they change in place
-    table = lookup._table
+    table = lookup._table_cache[2]
     lookup(qx)
-    assert lookup._table is table
+    assert lookup._table_cache[2] is table
     with torch.no_grad():
         q[1].scale.mul_(1.5)  # the producing conv's output scale, as a load_state_dict would change it
     qx2 = q[1](q[0](x))
     want2 = torch.ops.torchquant.quantize(act(qx2.dequantize()), lookup.scale, lookup.zero_point, None, lo, hi,
                                           qx2.data.dtype)
-    assert torch.equal(lookup(qx2).data, want2) and lookup._table is not table
+    assert torch.equal(lookup(qx2).data, want2) and lookup._table_cache[2] is not table
     assert torch.equal(copy.deepcopy(q)(x), q(x))
     assert torch.equal(torch.export.export(q, (x,)).module()(x), q(x))
+    # under inference_mode (qparams that are inference tensors: no version counter), same codes
+    y_now = q(x)
+    with torch.inference_mode():
+        assert torch.equal(q(x), y_now)
+        qx3 = q[1](q[0](x))
+        qx3 = QTensor._make(qx3.data, qx3.scale.clone(), qx3.zero_point.clone(), None, qx3.qmin, qx3.qmax)
+        assert qx3.scale.is_inference() and torch.equal(lookup(qx3).data, want2)
+    # qparams swapped through .data (no version bump) rebuild the table too
+    s_old = q[1].scale.detach().clone()
+    q[1].scale.data = s_old * 0.5
+    qx4 = q[1](q[0](x))
+    want4 = torch.ops.torchquant.quantize(act(qx4.dequantize()), lookup.scale, lookup.zero_point, None, lo, hi,
+                                          qx4.data.dtype)
+    assert torch.equal(lookup(qx4).data, want4)
+
+
+def test_lookup_table_follows_the_function_settings_and_any_layout():
+    torch.manual_seed(0)
+    q = nnq.LookupActivation(nn.ELU(1.0), scale=0.03, zero_point=60)
+    x = torch.randn(2, 5, 7, 3) * 2
+    qx = tq.quantize_per_tensor(x, 0.02, 128, torch.quint8)
+    def want(mod):
+        return torch.ops.torchquant.quantize(mod.fn(qx.dequantize()), mod.scale, mod.zero_point, None, 0, 255,
+                                             torch.uint8)
+    assert torch.equal(q(qx).data, want(q))
+    q.fn.alpha = 0.3  # the function's setting changes: the table follows
+    assert torch.equal(q(qx).data, want(q))
+    lrelu = nnq.LeakyReLU(0.1)
+    lrelu.negative_slope = 0.5
+    assert lrelu._fn_key() == (("negative_slope", 0.5),)
+    # any input layout: output strides as empty_like's (what the fake kernel gives), same codes
+    table = torch.randint(0, 256, (256,), dtype=torch.uint8)
+    a = torch.randint(0, 256, (4, 6, 5, 3), dtype=torch.uint8)
+    for view in (a, a.transpose(1, 3), a[:, ::2], a.permute(0, 2, 3, 1), a[..., 1], a.contiguous(memory_format=torch.channels_last)):
+        got = torch.ops.torchquant.lookup_table(view, table)
+        assert torch.equal(got, table[view.long()]) and got.stride() == torch.empty_like(view).stride()
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = torch.ops.torchquant.lookup_table(mode.from_tensor(view), mode.from_tensor(table))
+        assert fake.stride() == got.stride()
 
 
 def test_lookup_activation_state_dict_and_repr():
@@ -484,7 +524,135 @@ def test_lookup_activation_state_dict_and_repr():
     q(torch.randn(3, 5))
     fresh = copy.deepcopy(q)
     fresh[1].load_state_dict(q[1].state_dict())
-    assert fresh[1]._table is None  # the cache is not copied
+    assert fresh[1]._table_cache is None  # the cache is not copied
     # in a float part of the model (before the QuantStub) it is the float function
     x = torch.randn(3, 5)
     assert torch.equal(q[1](x), F.silu(x))
+
+
+class _InPlace(nn.Module):
+    """In-place arithmetic, which torch.fx traces as out of place: harmless for `b += a` (nothing
+    else reads b), not when a view of the operand or the caller's input sees the write."""
+
+    def __init__(self, case):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.case = case
+
+    def forward(self, x):
+        a = self.conv(x)
+        b = self.relu(self.bn(self.conv(x)))
+        b += a                 # nothing else reads b (or bn's output): fine out of place
+        if self.case == "view":
+            v = a[:, :2]
+            a += x             # v sees the write in the model, not in the trace
+            return torch.cat([v, b], 1)
+        if self.case == "input":
+            x += 1.0           # the caller's input changes in the model, not in the trace
+        return b
+
+
+@pytest.mark.parametrize("case", ["local", "view", "input"])
+def test_make_quantizable_refuses_inplace_ops_the_trace_would_change(case):
+    torch.manual_seed(0)
+    model = _InPlace(case).eval()
+    x = torch.randn(2, 4, 5, 5)
+    if case != "local":
+        with pytest.raises(RuntimeError, match="in-place op"):
+            tq.make_quantizable(model, x)
+        return
+    gm = tq.make_quantizable(model, x)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_method"] == ["add"]
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))
+
+
+class _PlainBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)) + x)
+
+
+class _PlainNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        self.blocks = nn.Sequential(_PlainBlock(), _PlainBlock())
+        self.unused = nn.Linear(2, 2)  # in the state dict, never called
+        self.register_buffer("table", torch.arange(3.0))  # never read
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x):
+        h = self.blocks(self.stem(x))
+        return self.head(torch.cat([h.mean((2, 3))], 1))
+
+
+def test_make_quantizable_keeps_the_model_whole_and_pickles():
+    import io
+
+    torch.manual_seed(0)
+    model = _PlainNet().eval()
+    model.blocks[1].train()          # a mode of its own, kept
+    model.stem.qconfig = None        # a container's qconfig, kept
+    fused = tq.fuse_modules(copy.deepcopy(model), [["stem.0", "stem.1"]])
+    x = torch.randn(2, 3, 8, 8)
+    gm = tq.make_quantizable(fused, x)
+    assert set(gm.state_dict()) == set(fused.state_dict())
+    gm.load_state_dict(fused.state_dict(), strict=True)
+    assert type(gm.stem) is nn.Sequential and gm.stem.qconfig is None and isinstance(gm.unused, nn.Linear)
+    assert type(gm.stem[0]).__name__ == "ConvReLU2d"  # a fused module stays one call
+    assert any(n.op == "call_module" and n.target == "stem.0" for n in gm.graph.nodes)
+    assert not gm.training and gm.blocks[1].training and not gm.blocks[0].training
+    # each block's add + ReLU lives in the block, named as a module of its own
+    assert isinstance(gm.blocks[0].functional_add_relu, tq.nn.quantized.FloatFunctional)
+    assert gm.blocks[1].functional_add_relu.training
+    gm.blocks[1].eval()
+    with torch.no_grad():
+        want = fused.eval()(x)
+        assert torch.equal(gm(x), want)
+    # a GraphModule pickles (torch.save traces its code again on load): float, then converted
+    buf = io.BytesIO()
+    torch.save(gm, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    assert isinstance(again.blocks[0].functional_add_relu, tq.nn.quantized.FloatFunctional)
+    wrapped = nn.Sequential(tq.QuantStub(), again, tq.DeQuantStub()).eval()
+    wrapped.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(wrapped)
+    p(x)
+    q = tq.convert(p)
+    assert isinstance(q[1].blocks[0].functional_add_relu, nnq.QFunctional)
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), q(x))
+
+
+def test_make_quantizable_takes_torch_ao_float_functionals():
+    # torch.ao's FloatFunctional (torchvision's quantizable blocks hold them) is recorded as a call,
+    # not traced through, and becomes torchquant's
+    from torch.ao.nn.quantized import FloatFunctional as AoFF
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.skip = AoFF()
+
+        def forward(self, x):
+            return self.skip.add_relu(self.conv(x), x) * 2.0
+
+    model = M().eval()
+    x = torch.randn(1, 3, 4, 4)
+    gm = tq.make_quantizable(model, x)
+    assert type(gm.skip) is tq.nn.quantized.FloatFunctional and type(model.skip) is AoFF
+    calls = sorted(n.target for n in gm.graph.nodes if n.op == "call_method")
+    assert calls == ["add_relu", "mul_scalar"]
+    assert torch.equal(gm(x), model(x))

@@ -550,21 +550,37 @@ def test_conv_relu6_fuses_into_the_kernels_relu(d, with_bn):
     assert _sqnr(m(x), q(x)) > _sqnr(m(x), tq.convert(pu)(x))
 
 
-def test_conv_relu6_with_reduced_range_keeps_a_relu6_on_the_codes():
+def test_conv_relu6_clamps_at_6_whatever_the_output_qparams():
     # reduce_range (7-bit) output qparams represent up to 2x the observed max: the kernel's ReLU
-    # alone would not clamp at 6, so a ReLU6 on the codes follows it
+    # alone would not clamp at 6, so the module clamps the codes at quantize(6) after it, exactly as
+    # a quantized ReLU6 on the codes; the same holds for qparams loaded later (a larger scale).
     torch.manual_seed(0)
     m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 6, 3), nn.ReLU6(), tq.DeQuantStub()).eval()
-    f = tq.fuse_modules(m, [["1", "2"]])
-    f.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True),
-                           weight=tq.default_per_channel_weight_observer)
-    p = tq.prepare(f)
     x = torch.randn(2, 3, 7, 7) * 4
-    p(x)
-    q = tq.convert(p)
-    assert isinstance(q[1], nn.Sequential) and type(q[1][0]) is tqq.ConvReLU2d
-    y = q[1](q[0](x))
-    assert torch.equal(y.data, F.relu6(q[1][0](q[0](x))).data) and float(y.dequantize().max()) <= 6.0
+    for reduce_range in (True, False):
+        f = tq.fuse_modules(copy.deepcopy(m), [["1", "2"]])
+        f.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=reduce_range),
+                               weight=tq.default_per_channel_weight_observer)
+        p = tq.prepare(f)
+        p(x)
+        q = tq.convert(p)
+        assert type(q[1]) is tqq.ConvReLU2d and q[1]._relu6 and "relu6=True" in repr(q[1])
+        qx = q[0](x)
+        relu_only = copy.deepcopy(q[1])
+        relu_only._relu6 = False
+        y = q[1](qx)
+        assert torch.equal(y.data, F.relu6(relu_only(qx)).data)
+        assert float(y.dequantize().max()) <= 6.0 + float(q[1].scale) / 2
+        assert torch.equal(q[1](qx).data, y.data)  # the cached bound, reused
+        # qparams loaded afterwards that reach past 6: still clamped at 6
+        sd = q[1].state_dict()
+        sd["scale"] = sd["scale"] * 3
+        q[1].load_state_dict(sd)
+        relu_only.load_state_dict(sd)
+        y3 = q[1](qx)
+        half_step = float(sd["scale"]) / 2  # quantize(6) is the nearest code to 6
+        assert float(y3.dequantize().max()) <= 6.0 + half_step and float(relu_only(qx).dequantize().max()) > 6.5
+        assert torch.equal(y3.data, F.relu6(relu_only(qx)).data)
 
 
 def test_qat_conv_bn_relu6():
@@ -593,3 +609,27 @@ def test_qat_conv_bn_relu6():
     relu_only.qconfig = tq.get_default_qat_qconfig("x86")
     pr = tq.prepare_qat(relu_only)
     assert isinstance(pr[1], tqat.ConvReLU2d) and pr[1]._relu6 and float(pr(x * 10).max()) <= 6.0 + 1e-6
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+def test_qat_conv_to_float_keeps_the_fused_activation(relu6):
+    # to_float of a QAT ConvReLU / ConvBnReLU gives torch.ao's fused float ConvReLU with the same
+    # activation (a ReLU6 stays a ReLU6) and the same float function as the QAT module's float math
+    torch.manual_seed(0)
+    act = nn.ReLU6() if relu6 else nn.ReLU()
+    for with_bn in (False, True):
+        mods = [nn.Conv2d(3, 8, 3)] + ([nn.BatchNorm2d(8)] if with_bn else []) + [act]
+        m = nn.Sequential(tq.QuantStub(), *mods, tq.DeQuantStub()).train()
+        with torch.no_grad():
+            mods[0].weight.mul_(6)
+        tq.fuse_modules_qat(m, [[str(i) for i in range(1, len(mods) + 1)]], inplace=True)
+        m.qconfig = tq.get_default_qat_qconfig("x86")
+        p = tq.prepare_qat(m)
+        assert p[1]._relu6 == relu6 and ("relu6=True" in repr(p[1])) == relu6
+        x = torch.randn(2, 3, 8, 8) * 3
+        p(x)
+        p.eval()
+        back = p[1].to_float()
+        assert type(back) is tqi.ConvReLU2d and type(back[1]) is type(act)
+        y = back(x)
+        assert (float(y.max()) <= 6.0) if relu6 else (float(y.max()) > 6.0)

@@ -170,10 +170,11 @@ at::Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList
 
 at::Tensor lookup_table_cpu(const at::Tensor& a, const at::Tensor& table) {
   check_lookup_table_args(a, table);
-  const auto mf = a.suggest_memory_format();
-  const at::Tensor ac = a.contiguous(mf);
+  // The output's layout is empty_like's (a's strides where a is dense, as the fake kernel
+  // gives); the input is read in that same element order, copied into it where a is not dense.
+  at::Tensor out = at::empty_like(a, a.options().dtype(table.scalar_type()));
+  const at::Tensor ac = a.strides() == out.strides() ? a : at::empty_like(out, a.options()).copy_(a);
   const at::Tensor t = table.contiguous();
-  at::Tensor out = at::empty(a.sizes(), a.options().dtype(table.scalar_type()).memory_format(mf));
   const uint8_t* src = static_cast<const uint8_t*>(ac.data_ptr());
   const uint8_t* lut = static_cast<const uint8_t*>(t.data_ptr());
   uint8_t* dst = static_cast<uint8_t*>(out.data_ptr());

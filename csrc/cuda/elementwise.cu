@@ -214,10 +214,10 @@ __global__ void lookup_table_kernel(const uint8_t* __restrict__ a, const uint8_t
 at::Tensor lookup_table_cuda(const at::Tensor& a, const at::Tensor& table) {
   check_lookup_table_args(a, table);
   c10::cuda::CUDAGuard guard(a.device());
-  const auto mf = a.suggest_memory_format();
-  const at::Tensor ac = a.contiguous(mf);
+  // Layout as the CPU kernel's and the fake's: empty_like, a read in the output's element order.
+  at::Tensor out = at::empty_like(a, a.options().dtype(table.scalar_type()));
+  const at::Tensor ac = a.strides() == out.strides() ? a : at::empty_like(out, a.options()).copy_(a);
   const at::Tensor t = table.contiguous();
-  at::Tensor out = at::empty(a.sizes(), a.options().dtype(table.scalar_type()).memory_format(mf));
   const int64_t n = ac.numel();
   if (n == 0) return out;
   lookup_table_kernel<<<grid_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(

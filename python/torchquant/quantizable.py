@@ -7,10 +7,11 @@ import operator
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.quantized_ops import FLOAT_FUNCTIONAL_TYPES, FloatFunctional
+from .nn.quantized_ops import FloatFunctional
 
 __all__ = ["make_quantizable"]
 
@@ -20,22 +21,16 @@ _CAT = (torch.cat, torch.concat)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
 
 
-class _Tracer:
-    """torch.fx's Tracer that keeps torchquant's and torch.ao's modules (stubs, FloatFunctional,
-    fused and quantized modules) as leaves, as it keeps torch.nn's."""
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's Tracer that keeps torchquant's and torch.ao's modules (stubs, fused and quantized
+    modules) as leaves, as it keeps torch.nn's. FloatFunctional's methods record themselves as
+    calls on the module (``_fx_leaf_method``). Module-level, so that a GraphModule pickles."""
 
-    @staticmethod
-    def make():
-        import torch.fx
-
-        class Tracer(torch.fx.Tracer):
-            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-                mod = type(m).__module__
-                if mod.startswith("torchquant.") or mod.startswith("torch.ao."):
-                    return not isinstance(m, nn.Sequential)
-                return super().is_leaf_module(m, qualname)
-
-        return Tracer()
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        mod = type(m).__module__
+        if mod.startswith("torchquant.") or mod.startswith("torch.ao."):
+            return True  # fused modules subclass nn.Sequential: kept whole too
+        return super().is_leaf_module(m, qualname)
 
 
 def _tensor_meta(node):
@@ -100,34 +95,62 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     >>> model = torchquant.fuse_modules(model, torchquant.find_fusable_modules(model))
     >>> wrapped = nn.Sequential(torchquant.QuantStub(), model, torchquant.DeQuantStub())
     """
-    import torch.fx
+    import copy
+
     from torch.fx.passes.shape_prop import ShapeProp
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
     args: Tuple = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    root = copy.deepcopy(model)
+    _own_float_functionals(root)
     try:
-        graph = _Tracer.make().trace(model)
+        graph = _Tracer().trace(root)
     except Exception as exc:  # noqa: BLE001 — data-dependent control flow and the like
         raise RuntimeError(
             f"make_quantizable: torch.fx could not trace the model ({type(exc).__name__}: {exc}); "
             "call torchquant.nn.quantized.FloatFunctional's methods in its forward by hand") from exc
-    import copy
-    gm = torch.fx.GraphModule(copy.deepcopy(model), graph, class_name=type(model).__name__)
-    modes = {name: m.training for name, m in gm.named_modules()}
+    gm = torch.fx.GraphModule(root, graph, class_name=type(model).__name__)
+    # GraphModule keeps only what the graph reads, under bare containers: put the model's own
+    # children, parameters and buffers back (unused ones too: the same state dict, strict loads,
+    # a qconfig set on a container), the graph's targets resolving through them as before.
+    for name, child in root.named_children():
+        gm._modules[name] = child
+    for name, p in root._parameters.items():
+        gm._parameters[name] = p
+    for name, b in root._buffers.items():
+        gm._buffers[name] = b
+    gm._non_persistent_buffers_set = set(root._non_persistent_buffers_set)
+    if hasattr(root, "qconfig"):
+        gm.qconfig = root.qconfig
+    modes = {name: m.training for name, m in root.named_modules()}
     try:
-        gm.eval()
+        root.eval()
         with torch.no_grad():
-            ShapeProp(gm).propagate(*args)
+            # torch.fx records `a += b` as `a + b` (a Proxy has no in-place operators), which
+            # differs where a, or a view of it, is read elsewhere (or is an input): the model and
+            # its trace run on copies of the inputs and must agree, outputs and inputs alike.
+            rng = torch.get_rng_state()
+            eager_in = _clone_tree(args)
+            eager_out = root(*eager_in)
+            torch.set_rng_state(rng)
+            traced_in = _clone_tree(args)
+            traced_out = ShapeProp(gm).propagate(*traced_in)
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(f"make_quantizable: running the traced model on 'example_inputs' failed "
                            f"({type(exc).__name__}: {exc})") from exc
     finally:
-        for name, m in gm.named_modules():
-            m.training = modes.get(name, m.training)
+        gm.training = model.training
+        for name, m in root.named_modules():
+            m.training = modes[name]
+    if not _same_tree((eager_out, eager_in), (traced_out, traced_in)):
+        raise RuntimeError(
+            "make_quantizable: torch.fx's trace of the model computes something else than the model on "
+            "'example_inputs'; an in-place op (a += b, x *= c) on a tensor that is read elsewhere (a view of "
+            "it, an input) is traced as out of place: write it out of place, or call "
+            "torchquant.nn.quantized.FloatFunctional's methods in the model's forward by hand")
 
     modules = dict(gm.named_modules())
-    count = 0
     for node in list(gm.graph.nodes):
         kind = _kind(node)
         if kind is None or _tensor_meta(node) is None or not _tensor_meta(node).dtype.is_floating_point:
@@ -157,12 +180,22 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
             user = next(iter(node.users))
             if _is_relu(user, modules) and user.args[0] is node:
                 relu, method = user, "add_relu"
-        name = f"functional_{node.name}"
-        while hasattr(gm, name):
-            name += "_"
-        gm.add_submodule(name, FloatFunctional())
+        # The new module lives in the module whose forward did the arithmetic (a ResNet block's
+        # add is layer1.0.functional_add_relu), as torchvision's quantizable models name theirs.
+        owner = _owner_path(node, modules)
+        parent = modules[owner]
+        name = f"functional_{method}"
+        i = 0
+        while hasattr(parent, name if i == 0 else f"{name}_{i}"):
+            i += 1
+        name = name if i == 0 else f"{name}_{i}"
+        ff = FloatFunctional()
+        ff.training = parent.training
+        parent.add_module(name, ff)
+        qualname = f"{owner}.{name}" if owner else name
+        modules[qualname] = ff
         with gm.graph.inserting_before(node):
-            mod_node = gm.graph.get_attr(name)
+            mod_node = gm.graph.get_attr(qualname)
             new = gm.graph.call_method(method, (mod_node,) + tuple(call_args))
         new.meta = dict(node.meta)
         last = relu if relu is not None else node
@@ -170,11 +203,58 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
         if relu is not None:
             gm.graph.erase_node(relu)
         gm.graph.erase_node(node)
-        count += 1
     gm.graph.lint()
     gm.recompile()
-    gm.train(model.training)
-    for name, m in gm.named_modules():
-        if name in modes:
-            m.training = modes[name]
     return gm
+
+
+def _clone_tree(tree):
+    from torch.utils._pytree import tree_map
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _same_tree(a, b) -> bool:
+    from torch.utils._pytree import tree_flatten
+    fa, sa = tree_flatten(a)
+    fb, sb = tree_flatten(b)
+    if sa != sb or len(fa) != len(fb):
+        return False
+    for x, y in zip(fa, fb):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return False
+            if not torch.equal(x, y) and not (x.is_floating_point() and torch.allclose(
+                    x, y, rtol=1e-5, atol=1e-6 * float(x.abs().max()) if x.numel() else 0.0, equal_nan=True)):
+                return False
+        elif isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+    return True
+
+
+def _owner_path(node, modules: Dict[str, nn.Module]) -> str:
+    """The qualified name of the innermost module whose forward produced node ("" for the root)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for value in reversed(list(stack.values())):
+        path = value[0] if isinstance(value, tuple) else value
+        if isinstance(path, str) and path in modules:
+            return path
+    return ""
+
+
+def _own_float_functionals(root: nn.Module) -> None:
+    """torch.ao's FloatFunctional modules in the model (torchvision's quantizable models hold them)
+    become torchquant's, which torch.fx records as calls (and convert maps alike)."""
+    try:
+        from torch.ao.nn.quantized import FloatFunctional as AoFloatFunctional
+    except ImportError:
+        return
+    for parent in list(root.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is AoFloatFunctional:
+                ff = FloatFunctional()
+                ff.activation_post_process = child.activation_post_process
+                ff.training = child.training
+                for attr in ("qconfig",):
+                    if hasattr(child, attr):
+                        setattr(ff, attr, getattr(child, attr))
+                parent._modules[name] = ff

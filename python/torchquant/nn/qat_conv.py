@@ -86,11 +86,26 @@ class _QATConv:
             qat._relu6 = True
         return qat
 
+    def _float_activation(self):
+        """The float module of the fused activation: ReLU6 where fused from one, else ReLU."""
+        return nn.ReLU6() if self._relu6 else nn.ReLU()
+
+    def _with_activation(self, conv):
+        """to_float's result: the conv, or with the activation the fused float ConvReLU (torch.ao's)."""
+        if not self._RELU:
+            return conv
+        from . import intrinsic_conv
+        return getattr(intrinsic_conv, f"ConvReLU{self._NSP}d")(conv, self._float_activation())
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + ", relu6=True" if self._relu6 else s
+
     def to_float(self):
         conv = _CONV[self._NSP](**_conv_args(self))
         conv.weight = self.weight
         conv.bias = self.bias
-        return conv
+        return self._with_activation(conv)
 
 
 def _make_conv(nsp, relu, float_module):
@@ -199,7 +214,7 @@ class _ConvBn(_BnStats, _QATConv):
         w, b = self.folded_weight_bias()
         conv = _CONV[self._NSP](**dict(_conv_args(self), bias=True))
         conv.weight, conv.bias = w, b
-        return nn.Sequential(conv, nn.ReLU()) if self._RELU else conv
+        return self._with_activation(conv)
 
 
 def _make_convbn(nsp, relu, float_module):

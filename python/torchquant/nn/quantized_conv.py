@@ -84,6 +84,8 @@ class _ConvLikeNd(_Int8WeightModule):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if getattr(self, "_relu6", False):
+            s += ", relu6=True"
         return s + f", dtype={self.dtype}"
 
 
@@ -94,6 +96,10 @@ _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 class _ConvNd(_ConvLikeNd):
     _NSP = 2
     _relu = False
+    # A ConvReLU fused from a ReLU6 (set by from_float): the codes are clamped at quantize(6) too,
+    # which is a no-op (and skipped) where the output qparams cannot represent more than 6.
+    _relu6 = False
+    _relu6_cache = None
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=torch.quint8):
@@ -163,9 +169,35 @@ class _ConvNd(_ConvLikeNd):
             data = padded.to(data.dtype).contiguous(memory_format=fmt)
         y = ops.conv_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
                           b["bias"], k, s, p, d, self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
+        if self._relu6:
+            hi = self._relu6_code(scale, zero_point)
+            if hi < self.qmax:
+                y.clamp_(max=hi)
         if unbatched:
             y = y.squeeze(0)
         return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
+
+    def _relu6_code(self, scale, zero_point) -> int:
+        """quantize(6) with the output qparams, as the quantized ReLU6 clamps the codes (kept while
+        the same buffers hold the same values: reading them would synchronize a GPU)."""
+        from .._qfunctions import _quantize_value
+
+        if scale.is_inference() or zero_point.is_inference():
+            key = None
+        else:
+            key = (scale, zero_point, scale._version, zero_point._version, scale.data_ptr(), zero_point.data_ptr())
+            cache = self._relu6_cache
+            if cache is not None and cache[0][0] is scale and cache[0][1] is zero_point and cache[0][2:] == key[2:]:
+                return cache[1]
+        hi = _quantize_value(QTensor._make(torch.zeros((), dtype=_STORAGE[self.dtype]), scale, zero_point, None, self.qmin, self.qmax), 6.0)
+        if key is not None:
+            self._relu6_cache = (key, hi)
+        return hi
+
+    def __getstate__(self):
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_relu6_cache", None)
+        return state
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
@@ -182,19 +214,8 @@ class _ConvNd(_ConvLikeNd):
                     scale, zero_point)
         q = q.to(weight.device)
         if cls._relu and qat_conv.has_relu6(mod):
-            return _fold_relu6(q)
+            q._relu6 = True
         return q
-
-
-def _fold_relu6(q):
-    """A conv fused with a ReLU6: the kernel's ReLU alone is exact when the output qparams cannot
-    represent more than 6 (every y >= 6 saturates at qmax: ``(qmax - zp) * scale <= 6``, with a
-    quarter step of slack for the scale's float32 rounding), which holds for the ReLU6 output's
-    own observed range [0, <= 6]; else (reduced range, fixed qparams) a ReLU6 on the codes follows."""
-    s, z = float(q.scale.reshape(())), int(q.zero_point.reshape(()))
-    if (q.qmax - z) * s <= 6.0 + s / 4:
-        return q
-    return torch.nn.Sequential(q, torch.nn.ReLU6())
 
 
 def _float_weight_bias(mod):

@@ -6,9 +6,11 @@ normalization and activation modules compute in float inside: dequantize, the fl
 quantize with the module's own output qparams (what their observers saw at calibration).
 ReLU6 and Hardtanh keep their input's qparams and clamp the int8 codes (exact).
 """
+import functools
 from typing import List, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,6 +25,37 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- FloatFunctional
+def _first_proxy(args, kwargs):
+    """The first torch.fx Proxy among the arguments (in a list too, for cat), or None."""
+    for a in list(args) + list(kwargs.values()):
+        for t in a if isinstance(a, (list, tuple)) else (a,):
+            if isinstance(t, torch.fx.Proxy):
+                return t
+    return None
+
+
+def _fx_leaf_method(fn):
+    """A FloatFunctional / QFunctional method that torch.fx records as one ``call_method`` on the
+    module (as it records a leaf module's call) instead of tracing through it: what
+    ``make_quantizable`` emits, and what a GraphModule's unpickling traces again."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        proxy = _first_proxy(args, kwargs)
+        if proxy is not None:
+            tracer = proxy.tracer
+            try:
+                path = tracer.path_of_module(self)
+            except NameError:  # not a submodule of the traced root: traced through
+                return fn(self, *args, **kwargs)
+            module = tracer.create_proxy("get_attr", path, (), {})
+            return tracer.create_proxy("call_method", name, (module,) + tuple(args), kwargs)
+        return fn(self, *args, **kwargs)
+
+    return method
+
+
 class FloatFunctional(nn.Module):
     """Float elementwise ops whose output ``prepare`` observes (torch.ao.nn.quantized.FloatFunctional):
     call its methods instead of ``+``, ``*``, ``torch.cat`` so that ``convert`` can swap it for a
@@ -39,25 +72,32 @@ class FloatFunctional(nn.Module):
     def forward(self, x):
         raise RuntimeError("FloatFunctional is not called directly: use its methods (add, mul, cat, ...)")
 
+    @_fx_leaf_method
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.activation_post_process(torch.add(x, y))
 
+    @_fx_leaf_method
     def add_scalar(self, x: torch.Tensor, y: float) -> torch.Tensor:
         # Not observed, as torch.ao: the quantized version derives its qparams from x's.
         return torch.add(x, y)
 
+    @_fx_leaf_method
     def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.activation_post_process(torch.mul(x, y))
 
+    @_fx_leaf_method
     def mul_scalar(self, x: torch.Tensor, y: float) -> torch.Tensor:
         return torch.mul(x, y)
 
+    @_fx_leaf_method
     def cat(self, x: List[torch.Tensor], dim: int = 0) -> torch.Tensor:
         return self.activation_post_process(torch.cat(x, dim=dim))
 
+    @_fx_leaf_method
     def add_relu(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.activation_post_process(F.relu(torch.add(x, y)))
 
+    @_fx_leaf_method
     def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.activation_post_process(torch.matmul(x, y))
 
@@ -146,21 +186,26 @@ class QFunctional(_QuantizedOutput):
         return self._out(op(x.data, x.scale, x.zero_point, y.data, y.scale, y.zero_point, self.scale,
                             self.zero_point, relu, self._storage))
 
+    @_fx_leaf_method
     def add(self, x, y) -> QTensor:
         return self._binary(ops.add.default, x, y)
 
+    @_fx_leaf_method
     def add_relu(self, x, y) -> QTensor:
         return self._binary(ops.add.default, x, y, relu=True)
 
+    @_fx_leaf_method
     def mul(self, x, y) -> QTensor:
         return self._binary(ops.mul.default, x, y)
 
+    @_fx_leaf_method
     def cat(self, x, dim: int = 0) -> QTensor:
         self._check_calibrated()
         xs = [self._as_qtensor(t) for t in x]
         return self._out(ops.cat.default([t.data for t in xs], [t.scale for t in xs], [t.zero_point for t in xs],
                                          dim, self.scale, self.zero_point, self._storage))
 
+    @_fx_leaf_method
     def add_scalar(self, x, c: float) -> QTensor:
         """x + c. Output qparams: x's scale with the zero point moved by round(c / scale) when it
         stays in range (then the codes are unchanged), else a range covering x's shifted by c."""
@@ -179,6 +224,7 @@ class QFunctional(_QuantizedOutput):
         data = ops.add_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
         return QTensor._make(data, scale, zp, None, lo, hi)
 
+    @_fx_leaf_method
     def mul_scalar(self, x, c: float) -> QTensor:
         """x * c. Output qparams: scale * |c| (the codes are mirrored for c < 0); for c == 0,
         scale 1 and zero point 0 (all codes 0)."""
@@ -242,8 +288,7 @@ class _LookupInside(_FloatInside):
     float tensor. The table is built once per input qparams (the producing module's buffers, so
     once per model in practice) and rebuilt when they or the output qparams change."""
 
-    _table_key = None
-    _table = None
+    _table_cache = None  # (qparam tensors, key, table): one attribute, replaced whole (threads see one or the other)
 
     def forward(self, x):
         if isinstance(x, QTensor) and x.axis is None:
@@ -258,23 +303,31 @@ class _LookupInside(_FloatInside):
         return ops.quantize.default(y.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
                                     self._storage)
 
+    def _fn_key(self) -> tuple:
+        """The float function's own settings (alpha, negative_slope, ...): a change rebuilds the table."""
+        return tuple((k, v) for k, v in sorted(vars(self).items())
+                     if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str)))
+
     def _table_for(self, x: QTensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # traced: the table is part of the graph
             return self._build_table(x)
-        key = (x.scale, x.scale._version, x.zero_point, x.zero_point._version, x.data.dtype,
-               self.scale, self.scale._version, self.zero_point, self.zero_point._version)
-        old = self._table_key
-        if old is None or len(old) != len(key) or not all(a is b or (not isinstance(a, torch.Tensor) and a == b)
-                                                          for a, b in zip(old, key)):
-            self._table = self._build_table(x)
-            self._table_key = key
-        return self._table
+        tensors = (x.scale, x.zero_point, self.scale, self.zero_point)
+        if any(t.is_inference() for t in tensors):  # no version counter to tell a change by
+            return self._build_table(x)
+        # The qparams are tensors (reading their values would synchronize a GPU): a table is
+        # reused while the same tensors hold the same data, unchanged in place.
+        key = tuple((t._version, t.data_ptr()) for t in tensors) + (x.data.dtype, self._fn_key())
+        cache = self._table_cache
+        if cache is not None and all(a is b for a, b in zip(cache[0], tensors)) and cache[1] == key:
+            return cache[2]
+        table = self._build_table(x)
+        self._table_cache = (tensors, key, table)
+        return table
 
     def __getstate__(self):  # the cache holds other modules' tensors: not pickled / deep-copied
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
-        state.pop("_table_key", None)
-        state.pop("_table", None)
+        state.pop("_table_cache", None)
         return state
 
 
@@ -424,6 +477,11 @@ class LookupActivation(_LookupInside):
 
     def _float_op(self, x):
         return self.fn(x)
+
+    def _fn_key(self) -> tuple:
+        fn = self.fn
+        return (id(fn),) + tuple((k, v) for k, v in sorted(vars(fn).items())
+                                 if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str)))
 
     def forward(self, x):
         # A float input (the module sits in a float part of the model: before the QuantStub, or
