@@ -23,7 +23,8 @@ def _qp(scale, zp, device="cpu"):
 # (saturation), and scales with no exact binary form.
 SCALES = [(0.5, 0.25, 1.0), (0.5, 0.5, 0.001), (0.0731, 0.0193, 0.0517), (3.0, 0.01, 0.25)]
 SHAPES = [((2, 3, 5, 7), (2, 3, 5, 7)), ((2, 3, 5, 7), (2, 3, 1, 1)), ((1, 3, 1, 1), (4, 3, 6, 5)),
-          ((70,), ()), ((0, 3), (1, 3)), ((33,), (33,)), ((2, 67), (67,))]
+          ((70,), ()), ((0, 3), (1, 3)), ((33,), (33,)), ((2, 67), (67,)),
+          ((41,), (41,)), ((5, 24), (24,)), ((3, 1, 16), (3, 7, 16))]  # the 8-wide steps
 
 
 def _zps(dtype):
@@ -197,6 +198,22 @@ def test_lookup_table_matches_reference(device, a_dt, t_dt):
         out = ops.lookup_table(a, table)
         assert out.shape == a.shape and torch.equal(out.cpu(), reference.lookup_table(a.cpu(), table.cpu()))
     assert ops.lookup_table(cases[0], table).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("a_dt", DT)
+def test_lookup_table_kernel_variants_match_reference(isa, a_dt):
+    # every SIMD width's tail (sizes around 16, 32, 64 and the thread split at 65536), every code,
+    # offsets that misalign the rows, each against the plain-torch oracle
+    gen = torch.Generator().manual_seed(11)
+    table = _q((256,), torch.int8, gen)
+    lo = -128 if a_dt == torch.int8 else 0
+    every = torch.arange(lo, lo + 256, dtype=torch.int16).to(a_dt)
+    assert torch.equal(ops.lookup_table(every, table), table)
+    big = _q((200_003,), a_dt, gen)
+    for n in (0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 1000, 65_535, 65_536, 65_537, 200_000):
+        for off in (0, 1, 3):
+            a = big[off:off + n]
+            assert torch.equal(ops.lookup_table(a, table), reference.lookup_table(a, table)), (n, off)
 
 
 def test_lookup_table_bad_arguments():

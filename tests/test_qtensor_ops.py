@@ -248,3 +248,24 @@ def test_tensor_methods_without_an_int8_meaning_run_on_the_dequantized_tensor():
         q.not_a_tensor_method
     with pytest.raises(AttributeError, match="no attribute '_private'"):
         q._private
+
+
+@pytest.mark.parametrize("fn", [F.hardsigmoid, torch.sigmoid])
+def test_fixed_output_functions_are_a_table_lookup_that_follows_the_qparams(fn):
+    # sigmoid / hardsigmoid on a QTensor: one lookup per element in a table built per input
+    # qparams tensors, equal to the float function quantized to torch.ao's fixed 1/256 qparams,
+    # and rebuilt when those tensors change in place
+    gen = torch.Generator().manual_seed(3)
+    q, _ = _pair((2, 4, 9, 11), torch.uint8, 100, gen)
+
+    def want(x):
+        y = fn(x.dequantize())
+        return torch.clamp(torch.round(y * 256), 0, 255).to(torch.uint8)
+
+    assert torch.equal(fn(q).data, want(q)) and torch.equal(fn(q).data, want(q))
+    with torch.no_grad():
+        q.scale.mul_(3.0)
+    assert torch.equal(fn(q).data, want(q))
+    with torch.inference_mode():
+        qi = QTensor._make(q.data, q.scale.clone(), q.zero_point.clone(), None, 0, 255)
+        assert torch.equal(fn(qi).data, want(q))

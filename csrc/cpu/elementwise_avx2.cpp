@@ -6,7 +6,7 @@
 //   which both quantize to the zero point anyway;
 // - the quantize step is quant_math.h's formula: round half to even, NaN lanes replaced by the
 //   zero point, clamp while still float, then exact conversions and non-saturating packs.
-// These ops are memory-bound: 32 elements per iteration, tails through the scalar oracle.
+// These ops are memory-bound: 32 elements per iteration, then 8, tails through the scalar oracle.
 #include <immintrin.h>
 
 #include "cpu/elementwise_kernels.h"
@@ -69,6 +69,15 @@ TQ_TARGET_AVX2 inline void store32(uint8_t* dst, __m256 a, __m256 b, __m256 c, _
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), ordered);
 }
 
+// One vector of integer-valued floats inside the output type -> 8 bytes (the rows of a
+// broadcast whose length is a multiple of 8 but not of 32: 16, 24, 72 channels).
+TQ_TARGET_AVX2 inline void store8(uint8_t* dst, __m256 a, bool is_unsigned) {
+  const __m256i i32 = _mm256_cvtps_epi32(a);
+  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+  const __m128i bytes = is_unsigned ? _mm_packus_epi16(w, w) : _mm_packs_epi16(w, w);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), bytes);
+}
+
 // One vector of the binary op, with strides, signedness, op and relu fixed at compile time so
 // that the loop carries no branch.
 template <int SA, int SB, bool AU, bool BU, int OP, bool RELU>
@@ -94,6 +103,9 @@ TQ_TARGET_AVX2 int64_t binary_loop(const uint8_t* pa, const uint8_t* pb, uint8_t
             binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 8) * SA, pb + (i + 8) * SB, v),
             binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 16) * SA, pb + (i + 16) * SB, v),
             binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 24) * SA, pb + (i + 24) * SB, v), out_unsigned);
+  }
+  for (; i + 8 <= n; i += 8) {
+    store8(po + i, binary8<SA, SB, AU, BU, OP, RELU>(pa + i * SA, pb + i * SB, v), out_unsigned);
   }
   return i;
 }
@@ -161,10 +173,40 @@ TQ_TARGET_AVX2 void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t
     store32(po + i, unary8(pa + i, v, p), unary8(pa + i + 8, v, p), unary8(pa + i + 16, v, p),
             unary8(pa + i + 24, v, p), p.out_unsigned);
   }
+  for (; i + 8 <= n; i += 8) store8(po + i, unary8(pa + i, v, p), p.out_unsigned);
   ew_unary__scalar(pa + i, 1, po + i, 1, n - i, p);
 }
 
+// 32 codes per step: for each 16-entry slice k of the table, the codes whose high nibble is k
+// get index (code ^ 16k) in [0, 15], which a saturating add of 0x70 keeps below 0x80 with its low
+// nibble intact, while every other code reaches 0x80 or more, which vpshufb turns into 0: so the
+// OR over the sixteen slices is the table entry.
+TQ_TARGET_AVX2 void lookup_table__avx2(const uint8_t* a, const uint8_t* table, uint8_t* out, int64_t n,
+                                       uint8_t flip) {
+  __m256i slice[16];
+  for (int k = 0; k < 16; ++k) {
+    slice[k] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(table + 16 * k)));
+  }
+  const __m256i vflip = _mm256_set1_epi8(static_cast<char>(flip));
+  const __m256i bias = _mm256_set1_epi8(0x70);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)), vflip);
+    __m256i acc = _mm256_setzero_si256();
+    for (int k = 0; k < 16; ++k) {
+      const __m256i idx = _mm256_adds_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(k << 4))), bias);
+      acc = _mm256_or_si256(acc, _mm256_shuffle_epi8(slice[k], idx));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), acc);
+  }
+  lookup_table__scalar(a + i, table, out + i, n - i, flip);
+}
+
 #else  // not x86: the scalar kernels serve
+
+void lookup_table__avx2(const uint8_t* a, const uint8_t* table, uint8_t* out, int64_t n, uint8_t flip) {
+  lookup_table__scalar(a, table, out, n, flip);
+}
 
 void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const void* b, int64_t sb, void* out,
                      int64_t so, int64_t n, const EwParams& p) {

@@ -41,5 +41,15 @@ TQ_DECLARE_EW_KERNELS(avx2)
 
 #undef TQ_DECLARE_EW_KERNELS
 
+// lookup_table: out[i] = table[a[i] ^ flip] for n contiguous bytes (flip 0x80 turns an int8
+// code into its table index, 0 for uint8). The scalar loop is the oracle; the AVX2 one selects
+// among sixteen 16-byte slices of the table with vpshufb; the AVX-512 one (CPUs with VBMI) picks
+// from 128 bytes per vpermi2b, two of them and a blend on the index's top bit.
+void lookup_table__scalar(const uint8_t* a, const uint8_t* table, uint8_t* out, int64_t n, uint8_t flip);
+void lookup_table__avx2(const uint8_t* a, const uint8_t* table, uint8_t* out, int64_t n, uint8_t flip);
+void lookup_table__avx512vbmi(const uint8_t* a, const uint8_t* table, uint8_t* out, int64_t n, uint8_t flip);
+// Whether this CPU runs lookup_table__avx512vbmi.
+bool cpu_has_avx512vbmi();
+
 }  // namespace cpu
 }  // namespace torchquant

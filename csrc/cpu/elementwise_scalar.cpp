@@ -45,5 +45,9 @@ void ew_unary__scalar(const void* a, int64_t sa, void* out, int64_t so, int64_t 
   }
 }
 
+void lookup_table__scalar(const uint8_t* a, const uint8_t* table, uint8_t* out, int64_t n, uint8_t flip) {
+  for (int64_t i = 0; i < n; ++i) out[i] = table[a[i] ^ flip];
+}
+
 }  // namespace cpu
 }  // namespace torchquant

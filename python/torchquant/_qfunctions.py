@@ -208,18 +208,49 @@ def _relu(q, inplace=False):
     return q._same_qparams(torch.maximum(q.data, zp.to(q.data.dtype)))
 
 
+# (function name, id(scale), id(zero_point)) -> (scale, zero_point, versions, table, out scale,
+# out zero point): the tables of _fixed_output, per input qparams tensors (kept referenced, so
+# their ids stay theirs), emptied past 256 entries.
+_FIXED_TABLES: dict = {}
+
+
 def _fixed_output(fn, name):
     """Functions with a fixed output range (sigmoid, hardsigmoid: [0, 1]): torch.ao's fixed qparams,
-    scale 1/256 with zero point 0 (quint8) or -128 (qint8); computed in float."""
-    def impl(q, *args, **kwargs):
-        kwargs.pop("inplace", None)
+    scale 1/256 with zero point 0 (quint8) or -128 (qint8); the float function quantized, as one
+    lookup per element in a table of the 256 codes' results (built once per input qparams)."""
+    def fixed_qparams(dtype, device):
+        zp = 0 if dtype == torch.uint8 else -128
+        scale = torch.full((1,), 1.0 / 256.0, dtype=torch.float32, device=device)
+        return scale, torch.full((1,), zp, dtype=torch.int32, device=device)
+
+    def in_float(q, *args, **kwargs):
         y = fn(q.dequantize(), *args, **kwargs)
-        zp = 0 if q.data.dtype == torch.uint8 else -128
         lo, hi = _QRANGE[q.data.dtype]
-        scale = torch.full((1,), 1.0 / 256.0, dtype=torch.float32, device=y.device)
-        zero_point = torch.full((1,), zp, dtype=torch.int32, device=y.device)
+        scale, zero_point = fixed_qparams(q.data.dtype, y.device)
         data = torch.ops.torchquant.quantize(y, scale, zero_point, None, lo, hi, q.data.dtype)
         return QTensor._make(data, scale, zero_point, None, lo, hi)
+
+    def impl(q, *args, **kwargs):
+        kwargs.pop("inplace", None)
+        if args or kwargs or q.axis is not None or torch.compiler.is_compiling():
+            return in_float(q, *args, **kwargs)
+        s, z = q.scale, q.zero_point
+        try:
+            versions = (s._version, s.data_ptr(), z._version, z.data_ptr(), q.data.dtype)
+        except RuntimeError:  # inference tensors: no version counter to tell a change by
+            return in_float(q)
+        key = (name, id(s), id(z))
+        hit = _FIXED_TABLES.get(key)
+        if hit is None or hit[0] is not s or hit[1] is not z or hit[2] != versions:
+            lo = _QRANGE[q.data.dtype][0]
+            codes = torch.arange(lo, lo + 256, dtype=torch.int16, device=q.data.device).to(q.data.dtype)
+            table = in_float(QTensor._make(codes, s, z, None, q.qmin, q.qmax))
+            if len(_FIXED_TABLES) >= 256:
+                _FIXED_TABLES.clear()
+            hit = (s, z, versions, table.data, table.scale, table.zero_point)
+            _FIXED_TABLES[key] = hit
+        lo, hi = _QRANGE[q.data.dtype]
+        return QTensor._make(torch.ops.torchquant.lookup_table(q.data, hit[3]), hit[4], hit[5], None, lo, hi)
 
     return impl
 

@@ -280,6 +280,18 @@ class _FloatInside(_QuantizedOutput):
         return self._quantize(self._float_op(xf))
 
 
+def _settings(m: nn.Module) -> tuple:
+    """((name, value), ...) of a module's plain settings (numbers, strings: ELU's alpha, GELU's
+    approximate), the names found once per module (then a read of each per call)."""
+    d = m.__dict__
+    names = d.get("_tq_setting_names")
+    if names is None:
+        names = tuple(sorted(k for k, v in d.items()
+                             if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))))
+        d["_tq_setting_names"] = names
+    return tuple((k, d.get(k)) for k in names)
+
+
 class _LookupInside(_FloatInside):
     """An elementwise float function on a per-tensor QTensor: one table lookup per element
     (``torchquant::lookup_table``), the table being the function of each of the 256 codes,
@@ -305,23 +317,26 @@ class _LookupInside(_FloatInside):
 
     def _fn_key(self) -> tuple:
         """The float function's own settings (alpha, negative_slope, ...): a change rebuilds the table."""
-        return tuple((k, v) for k, v in sorted(vars(self).items())
-                     if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str)))
+        return _settings(self)
 
     def _table_for(self, x: QTensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # traced: the table is part of the graph
             return self._build_table(x)
-        tensors = (x.scale, x.zero_point, self.scale, self.zero_point)
-        if any(t.is_inference() for t in tensors):  # no version counter to tell a change by
-            return self._build_table(x)
+        xs, xz, s, z = x.scale, x.zero_point, self.scale, self.zero_point
         # The qparams are tensors (reading their values would synchronize a GPU): a table is
         # reused while the same tensors hold the same data, unchanged in place.
-        key = tuple((t._version, t.data_ptr()) for t in tensors) + (x.data.dtype, self._fn_key())
+        try:
+            key = (xs._version, xs.data_ptr(), xz._version, xz.data_ptr(), s._version, s.data_ptr(), z._version,
+                   z.data_ptr(), x.data.dtype, self._fn_key())
+        except RuntimeError:  # inference tensors have no version counter to tell a change by
+            return self._build_table(x)
         cache = self._table_cache
-        if cache is not None and all(a is b for a, b in zip(cache[0], tensors)) and cache[1] == key:
-            return cache[2]
+        if cache is not None:
+            ts, old, table = cache
+            if ts[0] is xs and ts[1] is xz and ts[2] is s and ts[3] is z and old == key:
+                return table
         table = self._build_table(x)
-        self._table_cache = (tensors, key, table)
+        self._table_cache = ((xs, xz, s, z), key, table)
         return table
 
     def __getstate__(self):  # the cache holds other modules' tensors: not pickled / deep-copied
@@ -479,9 +494,7 @@ class LookupActivation(_LookupInside):
         return self.fn(x)
 
     def _fn_key(self) -> tuple:
-        fn = self.fn
-        return (id(fn),) + tuple((k, v) for k, v in sorted(vars(fn).items())
-                                 if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str)))
+        return (id(self.fn),) + _settings(self.fn)
 
     def forward(self, x):
         # A float input (the module sits in a float part of the model: before the QuantStub, or
