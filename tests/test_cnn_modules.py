@@ -656,3 +656,28 @@ def test_make_quantizable_takes_torch_ao_float_functionals():
     calls = sorted(n.target for n in gm.graph.nodes if n.op == "call_method")
     assert calls == ["add_relu", "mul_scalar"]
     assert torch.equal(gm(x), model(x))
+
+
+def test_float_functional_with_qconfig_none_stays_float_and_runs():
+    # a FloatFunctional excluded from quantization (qconfig None, as one would leave a
+    # transformer's residual adds in float) keeps working after convert: its add takes the int8
+    # operands' float values
+    torch.manual_seed(0)
+    block = _PlainBlock()
+    model = tq.make_quantizable(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), block).eval(), torch.randn(1, 3, 6, 6))
+    ff = model.get_submodule("1.functional_add_relu")
+    ff.qconfig = None
+    wrapped = nn.Sequential(tq.QuantStub(), model, tq.DeQuantStub()).eval()
+    wrapped.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(wrapped)
+    x = torch.randn(2, 3, 6, 6)
+    p(x)
+    q = tq.convert(p)
+    kept = q[1].get_submodule("1.functional_add_relu")
+    assert type(kept) is tq.nn.quantized.FloatFunctional and isinstance(kept.activation_post_process, nn.Identity)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = q(x)
+    ref = wrapped(x)
+    assert type(y) is torch.Tensor and y.shape == ref.shape
+    assert float(10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 20

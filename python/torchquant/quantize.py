@@ -534,7 +534,11 @@ def _clean(model: nn.Module) -> None:
                     if hook is _fallback_observer_hook:
                         out_quant = _fallback_output_quant(mod)
                     del mod._forward_hooks[k]
-            del mod.activation_post_process
+            if isinstance(mod, _nqo.FLOAT_FUNCTIONAL_TYPES):
+                # a FloatFunctional left in float (qconfig None) calls it in its methods
+                mod.activation_post_process = nn.Identity()
+            else:
+                del mod.activation_post_process
         if getattr(mod, "qconfig", None) is not None and not any(True for _ in mod.children()) \
                 and not type(mod).__module__.startswith("torchquant.") and not isinstance(mod, _PASSTHROUGH):
             mod.register_forward_pre_hook(_float_fallback_hook, with_kwargs=True)
