@@ -681,3 +681,26 @@ def test_float_functional_with_qconfig_none_stays_float_and_runs():
     ref = wrapped(x)
     assert type(y) is torch.Tensor and y.shape == ref.shape
     assert float(10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 20
+
+
+def test_make_quantizable_takes_list_dict_and_non_finite_outputs():
+    # the model / trace comparison looks at the leaves: torch.fx's immutable list and dict equal
+    # the model's list and dict; NaN and inf in the outputs (log of negatives) compare equal
+    class Pyramid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            p = self.a(x)
+            q = self.b(p) + p
+            return {"out": [p, q], "log": torch.log(q) + p, "inf": q / 0.0}
+
+    torch.manual_seed(0)
+    model = Pyramid().eval()
+    x = torch.randn(2, 3, 4, 4)
+    gm = tq.make_quantizable(model, x)
+    got, want = gm(x), model(x)
+    assert set(got) == {"out", "log", "inf"} and torch.equal(got["out"][1], want["out"][1])
+    assert torch.isnan(want["log"]).any()
+    assert sorted(n.target for n in gm.graph.nodes if n.op == "call_method") == ["add", "add"]

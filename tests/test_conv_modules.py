@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchquant as tq
-from torchquant import reference
+from torchquant import QTensor, reference
 from torchquant.nn import intrinsic as tqi
 from torchquant.nn import qat as tqat
 from torchquant.nn import quantized as tqq
@@ -581,6 +581,18 @@ def test_conv_relu6_clamps_at_6_whatever_the_output_qparams():
         half_step = float(sd["scale"]) / 2  # quantize(6) is the nearest code to 6
         assert float(y3.dequantize().max()) <= 6.0 + half_step and float(relu_only(qx).dequantize().max()) > 6.5
         assert torch.equal(y3.data, F.relu6(relu_only(qx)).data)
+        # the bound is a Python int: the module exports and compiles without graph breaks
+        class Run(nn.Module):
+            def __init__(self, conv):
+                super().__init__()
+                self.conv = conv
+
+            def forward(self, data):
+                return self.conv(QTensor._make(data, qx.scale, qx.zero_point, None, qx.qmin, qx.qmax)).data
+
+        run = Run(q[1])
+        assert torch.equal(torch.export.export(run, (qx.data,)).module()(qx.data), y3.data)
+        assert torch.equal(torch.compile(run, fullgraph=True)(qx.data), y3.data)
 
 
 def test_qat_conv_bn_relu6():

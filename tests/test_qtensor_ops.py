@@ -269,3 +269,21 @@ def test_fixed_output_functions_are_a_table_lookup_that_follows_the_qparams(fn):
     with torch.inference_mode():
         qi = QTensor._make(q.data, q.scale.clone(), q.zero_point.clone(), None, 0, 255)
         assert torch.equal(fn(qi).data, want(q))
+
+
+def test_fixed_output_tables_die_with_their_qparams():
+    import gc
+    import weakref
+
+    from torchquant import _qfunctions
+
+    gen = torch.Generator().manual_seed(4)
+    refs = []
+    for _ in range(5):
+        q, _ = _pair((2, 4, 3, 3), torch.uint8, 7, gen)
+        torch.sigmoid(q)
+        refs.append(weakref.ref(q.scale))
+        del q
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert not any(r() is not None and r() in _qfunctions._FIXED_TABLES for r in refs)

@@ -10,6 +10,7 @@ results on the same int data (tests/test_qtensor_ops.py); the averaging rounds a
 channels-last kernels do: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``
 (sums exact in integers).
 """
+import weakref
 from typing import List, Sequence
 
 import torch
@@ -208,10 +209,10 @@ def _relu(q, inplace=False):
     return q._same_qparams(torch.maximum(q.data, zp.to(q.data.dtype)))
 
 
-# (function name, id(scale), id(zero_point)) -> (scale, zero_point, versions, table, out scale,
-# out zero point): the tables of _fixed_output, per input qparams tensors (kept referenced, so
-# their ids stay theirs), emptied past 256 entries.
-_FIXED_TABLES: dict = {}
+# input scale tensor -> {function name: (zero point tensor, versions, table, out scale, out zero
+# point)}: the tables of _fixed_output, held as long as the scale tensor lives (a module's buffer:
+# the model's life) and no longer.
+_FIXED_TABLES = None
 
 
 def _fixed_output(fn, name):
@@ -239,18 +240,23 @@ def _fixed_output(fn, name):
             versions = (s._version, s.data_ptr(), z._version, z.data_ptr(), q.data.dtype)
         except RuntimeError:  # inference tensors: no version counter to tell a change by
             return in_float(q)
-        key = (name, id(s), id(z))
-        hit = _FIXED_TABLES.get(key)
-        if hit is None or hit[0] is not s or hit[1] is not z or hit[2] != versions:
+        global _FIXED_TABLES
+        if _FIXED_TABLES is None:
+            from torch.utils.weak import WeakIdKeyDictionary
+            _FIXED_TABLES = WeakIdKeyDictionary()
+        per_scale = _FIXED_TABLES.get(s)
+        hit = per_scale.get(name) if per_scale is not None else None
+        if hit is None or hit[0]() is not z or hit[1] != versions:
             lo = _QRANGE[q.data.dtype][0]
             codes = torch.arange(lo, lo + 256, dtype=torch.int16, device=q.data.device).to(q.data.dtype)
             table = in_float(QTensor._make(codes, s, z, None, q.qmin, q.qmax))
-            if len(_FIXED_TABLES) >= 256:
-                _FIXED_TABLES.clear()
-            hit = (s, z, versions, table.data, table.scale, table.zero_point)
-            _FIXED_TABLES[key] = hit
+            hit = (weakref.ref(z), versions, table.data, table.scale, table.zero_point)
+            if per_scale is None:
+                per_scale = {}
+                _FIXED_TABLES[s] = per_scale
+            per_scale[name] = hit
         lo, hi = _QRANGE[q.data.dtype]
-        return QTensor._make(torch.ops.torchquant.lookup_table(q.data, hit[3]), hit[4], hit[5], None, lo, hi)
+        return QTensor._make(torch.ops.torchquant.lookup_table(q.data, hit[2]), hit[3], hit[4], None, lo, hi)
 
     return impl
 

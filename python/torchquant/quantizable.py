@@ -85,8 +85,10 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     with a Python number -> ``add_scalar`` / ``mul_scalar``, ``torch.cat`` -> ``cat``. Only float
     tensors that the model computes are rewritten: shape arithmetic, integer tensors and operands
     read from parameters or buffers (a positional embedding) are left as they are.
-    ``example_inputs`` (a tensor or a tuple of ``forward``'s arguments) is run once, in eval mode
-    without gradients, to tell tensors from numbers.
+    ``example_inputs`` (a tensor or a tuple of ``forward``'s arguments) runs, in eval mode
+    without gradients, through the model and through its trace: to tell tensors from numbers,
+    and to check that the two agree (torch.fx traces ``a += b`` as ``a + b``, which differs where
+    a view of ``a`` or the caller's input sees the write: then a RuntimeError says so).
 
     After it, ``prepare`` observes each new module's output and ``convert`` makes it a
     ``QFunctional``, so a residual add runs on int8 codes instead of falling back to float.
@@ -131,9 +133,12 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
             # differs where a, or a view of it, is read elsewhere (or is an input): the model and
             # its trace run on copies of the inputs and must agree, outputs and inputs alike.
             rng = torch.get_rng_state()
+            cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
             eager_in = _clone_tree(args)
             eager_out = root(*eager_in)
             torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
             traced_in = _clone_tree(args)
             traced_out = ShapeProp(gm).propagate(*traced_in)
     except Exception as exc:  # noqa: BLE001
@@ -213,20 +218,42 @@ def _clone_tree(tree):
     return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
 
 
-def _same_tree(a, b) -> bool:
-    from torch.utils._pytree import tree_flatten
-    fa, sa = tree_flatten(a)
-    fb, sb = tree_flatten(b)
-    if sa != sb or len(fa) != len(fb):
+def _close(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """The same values up to float rounding of the dtype (kernels may sum in another order):
+    non-finite values where the other has the same, finite ones within 16 ulps of the largest."""
+    if x.shape != y.shape or x.dtype != y.dtype:
         return False
-    for x, y in zip(fa, fb):
-        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-            if x.shape != y.shape or x.dtype != y.dtype:
-                return False
-            if not torch.equal(x, y) and not (x.is_floating_point() and torch.allclose(
-                    x, y, rtol=1e-5, atol=1e-6 * float(x.abs().max()) if x.numel() else 0.0, equal_nan=True)):
-                return False
-        elif isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+    if torch.equal(x, y):
+        return True
+    if not (x.is_floating_point() or x.is_complex()):
+        return False
+    x, y = x.detach().cpu(), y.detach().cpu()
+    fx, fy = torch.isfinite(x), torch.isfinite(y)
+    if not torch.equal(fx, fy):
+        return False
+    odd = ~fx
+    if odd.any() and not bool(((x[odd] == y[odd]) | (torch.isnan(x[odd]) & torch.isnan(y[odd]))).all()):
+        return False
+    xs, ys = x[fx].double(), y[fx].double()
+    if xs.numel() == 0:
+        return True
+    eps = torch.finfo(x.real.dtype if x.is_complex() else x.dtype).eps
+    tol = 16 * eps * float(xs.abs().max())
+    return bool(((xs - ys).abs() <= tol).all())
+
+
+def _same_tree(a, b) -> bool:
+    """Whether two nests of outputs hold the same leaves (torch.fx returns its own immutable
+    list / dict types where the model returns list / dict: the leaves are compared, not the
+    containers' types)."""
+    from torch.utils._pytree import tree_leaves
+    la, lb = tree_leaves(a), tree_leaves(b)
+    if len(la) != len(lb):
+        return False
+    for x, y in zip(la, lb):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor) and not _close(x, y):
             return False
     return True
 

@@ -97,9 +97,11 @@ class _ConvNd(_ConvLikeNd):
     _NSP = 2
     _relu = False
     # A ConvReLU fused from a ReLU6 (set by from_float): the codes are clamped at quantize(6) too,
-    # which is a no-op (and skipped) where the output qparams cannot represent more than 6.
+    # which is a no-op (and skipped) where the output qparams cannot represent more than 6. The
+    # bound is a Python int computed from the output qparams at convert, on load_state_dict and
+    # on .to() (with the packed weight), so forward reads no tensor value (export, compile).
     _relu6 = False
-    _relu6_cache = None
+    _relu6_hi = None
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=torch.quint8):
@@ -149,6 +151,18 @@ class _ConvNd(_ConvLikeNd):
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)
+        self._update_relu6_bound()
+
+    def _update_relu6_bound(self):
+        """quantize(6) with the output qparams, as the quantized ReLU6 clamps the codes."""
+        from .._qfunctions import _quantize_value
+
+        if not self._relu6:
+            self._relu6_hi = None
+            return
+        scale, zero_point = self._buffers["scale"], self._buffers["zero_point"]
+        codes = torch.zeros((), dtype=_STORAGE[self.dtype])
+        self._relu6_hi = _quantize_value(QTensor._make(codes, scale, zero_point, None, self.qmin, self.qmax), 6.0)
 
     def forward(self, x):
         x = self._check_input(x, "convolution")
@@ -169,35 +183,11 @@ class _ConvNd(_ConvLikeNd):
             data = padded.to(data.dtype).contiguous(memory_format=fmt)
         y = ops.conv_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
                           b["bias"], k, s, p, d, self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
-        if self._relu6:
-            hi = self._relu6_code(scale, zero_point)
-            if hi < self.qmax:
-                y.clamp_(max=hi)
+        if self._relu6 and self._relu6_hi is not None and self._relu6_hi < self.qmax:
+            y.clamp_(max=self._relu6_hi)
         if unbatched:
             y = y.squeeze(0)
         return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
-
-    def _relu6_code(self, scale, zero_point) -> int:
-        """quantize(6) with the output qparams, as the quantized ReLU6 clamps the codes (kept while
-        the same buffers hold the same values: reading them would synchronize a GPU)."""
-        from .._qfunctions import _quantize_value
-
-        if scale.is_inference() or zero_point.is_inference():
-            key = None
-        else:
-            key = (scale, zero_point, scale._version, zero_point._version, scale.data_ptr(), zero_point.data_ptr())
-            cache = self._relu6_cache
-            if cache is not None and cache[0][0] is scale and cache[0][1] is zero_point and cache[0][2:] == key[2:]:
-                return cache[1]
-        hi = _quantize_value(QTensor._make(torch.zeros((), dtype=_STORAGE[self.dtype]), scale, zero_point, None, self.qmin, self.qmax), 6.0)
-        if key is not None:
-            self._relu6_cache = (key, hi)
-        return hi
-
-    def __getstate__(self):
-        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
-        state.pop("_relu6_cache", None)
-        return state
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
@@ -215,6 +205,7 @@ class _ConvNd(_ConvLikeNd):
         q = q.to(weight.device)
         if cls._relu and qat_conv.has_relu6(mod):
             q._relu6 = True
+            q._update_relu6_bound()
         return q
 
 

@@ -494,6 +494,9 @@ class LookupActivation(_LookupInside):
         return self.fn(x)
 
     def _fn_key(self) -> tuple:
+        # The function module's own plain settings (GELU's approximate, Softplus's beta): what the
+        # elementwise activations this module is made for hold. A setting kept in a tensor or a
+        # child module is not followed: rebuild the table with ``_table_cache = None``.
         return (id(self.fn),) + _settings(self.fn)
 
     def forward(self, x):
