@@ -704,3 +704,50 @@ def test_make_quantizable_takes_list_dict_and_non_finite_outputs():
     assert set(got) == {"out", "log", "inf"} and torch.equal(got["out"][1], want["out"][1])
     assert torch.isnan(want["log"]).any()
     assert sorted(n.target for n in gm.graph.nodes if n.op == "call_method") == ["add", "add"]
+
+
+class _Activations(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(4, 4, 1) for _ in range(8))
+
+    def forward(self, x):
+        c = self.convs
+        h = F.silu(c[0](x))
+        h = F.gelu(c[1](h), approximate="tanh")
+        h = c[2](h).sigmoid()
+        h = torch.tanh(c[3](h))
+        h = F.leaky_relu(c[4](h), 0.2)
+        h = F.elu(c[5](h), alpha=0.5)
+        h = F.softplus(c[6](h), 2.0)
+        return c[7](h) * torch.sigmoid(x)  # the input's sigmoid: in the graph too
+
+
+def test_make_quantizable_turns_activation_functions_into_modules():
+    # elementwise activations called as functions become modules (so that prepare observes them
+    # and convert makes them int8 table lookups), with the function's settings
+    torch.manual_seed(0)
+    model = _Activations().eval()
+    x = torch.randn(2, 4, 5, 5)
+    gm = tq.make_quantizable(model, x)
+    acts = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"
+            and not isinstance(gm.get_submodule(n.target), nn.Conv2d)]
+    assert [type(a).__name__ for a in acts] == ["SiLU", "GELU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "Softplus",
+                                                "Sigmoid"]
+    assert acts[1].approximate == "tanh" and acts[4].negative_slope == 0.2 and acts[5].alpha == 0.5
+    assert acts[6].beta == 2.0
+    assert isinstance(gm.activation_silu, nn.SiLU)  # registered where the call was made (the root)
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))
+    wrapped = nn.Sequential(tq.QuantStub(), gm, tq.DeQuantStub()).eval()
+    wrapped.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left in float
+        p = tq.prepare(wrapped)
+        p(x)
+        q = tq.convert(p)
+        y = q(x)
+    lookups = [m for m in q.modules() if isinstance(m, (nnq.LookupActivation, nnq.Sigmoid, nnq.ELU, nnq.LeakyReLU))]
+    assert len(lookups) == 8
+    ref = model(x)
+    assert float(10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 15

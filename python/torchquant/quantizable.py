@@ -157,6 +157,16 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
 
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
+        act = _activation_module(node)
+        if act is not None:
+            owner = _owner_path(node, modules)
+            qualname = _add_module(modules, owner, f"activation_{type(act).__name__.lower()}", act)
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(qualname, (node.args[0],))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            continue
         kind = _kind(node)
         if kind is None or _tensor_meta(node) is None or not _tensor_meta(node).dtype.is_floating_point:
             continue
@@ -187,18 +197,7 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
                 relu, method = user, "add_relu"
         # The new module lives in the module whose forward did the arithmetic (a ResNet block's
         # add is layer1.0.functional_add_relu), as torchvision's quantizable models name theirs.
-        owner = _owner_path(node, modules)
-        parent = modules[owner]
-        name = f"functional_{method}"
-        i = 0
-        while hasattr(parent, name if i == 0 else f"{name}_{i}"):
-            i += 1
-        name = name if i == 0 else f"{name}_{i}"
-        ff = FloatFunctional()
-        ff.training = parent.training
-        parent.add_module(name, ff)
-        qualname = f"{owner}.{name}" if owner else name
-        modules[qualname] = ff
+        qualname = _add_module(modules, _owner_path(node, modules), f"functional_{method}", FloatFunctional())
         with gm.graph.inserting_before(node):
             mod_node = gm.graph.get_attr(qualname)
             new = gm.graph.call_method(method, (mod_node,) + tuple(call_args))
@@ -256,6 +255,66 @@ def _same_tree(a, b) -> bool:
         if isinstance(x, torch.Tensor) and not _close(x, y):
             return False
     return True
+
+
+def _add_module(modules: Dict[str, nn.Module], owner: str, name: str, module: nn.Module) -> str:
+    """Registers module in the module named owner under name (name_1, name_2, ... when taken), in
+    its training mode; returns its qualified name."""
+    parent = modules[owner]
+    i = 0
+    while hasattr(parent, name if i == 0 else f"{name}_{i}"):
+        i += 1
+    name = name if i == 0 else f"{name}_{i}"
+    module.train(parent.training)
+    parent.add_module(name, module)
+    qualname = f"{owner}.{name}" if owner else name
+    modules[qualname] = module
+    return qualname
+
+
+def _activation_table():
+    """{function: (module class, the function's parameters the module takes)}: elementwise
+    activations called as functions, which become modules so that prepare observes them and
+    convert makes them int8 (a table lookup; docs/eager_api.md)."""
+    return {
+        F.silu: (nn.SiLU, ("inplace",)), F.gelu: (nn.GELU, ("approximate",)), F.mish: (nn.Mish, ("inplace",)),
+        F.softplus: (nn.Softplus, ("beta", "threshold")), F.hardswish: (nn.Hardswish, ("inplace",)),
+        F.elu: (nn.ELU, ("alpha", "inplace")), F.celu: (nn.CELU, ("alpha", "inplace")),
+        F.selu: (nn.SELU, ("inplace",)), torch.selu: (nn.SELU, ()),
+        F.leaky_relu: (nn.LeakyReLU, ("negative_slope", "inplace")), F.tanh: (nn.Tanh, ()), torch.tanh: (nn.Tanh, ()),
+        F.sigmoid: (nn.Sigmoid, ()), torch.sigmoid: (nn.Sigmoid, ()), F.softsign: (nn.Softsign, ()),
+        F.logsigmoid: (nn.LogSigmoid, ()), F.tanhshrink: (nn.Tanhshrink, ()), F.hardshrink: (nn.Hardshrink, ("lambd",)),
+        F.softshrink: (nn.Softshrink, ("lambd",)),
+    }
+
+
+_ACTIVATION_METHODS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def _activation_module(node) -> Optional[nn.Module]:
+    """The module equivalent to node when it is an elementwise activation function of a float
+    activation (F.silu(x), F.gelu(x, approximate="tanh"), x.sigmoid(), ...), else None."""
+    if node.op == "call_method" and node.target in _ACTIVATION_METHODS:
+        if len(node.args) == 1 and not node.kwargs and _is_float_activation(node.args[0]):
+            return _ACTIVATION_METHODS[node.target]()
+        return None
+    if node.op != "call_function":
+        return None
+    entry = _activation_table().get(node.target)
+    if entry is None or not node.args or not _is_float_activation(node.args[0]):
+        return None
+    cls, names = entry
+    # The function's arguments after the input, in its order (F.elu(x, alpha, inplace)).
+    if len(node.args) - 1 > len(names):
+        return None
+    extra = dict(zip(names, node.args[1:]))
+    for k, v in node.kwargs.items():
+        if k not in names or k in extra:
+            return None
+        extra[k] = v
+    if any(isinstance(v, torch.fx.Node) for v in extra.values()):
+        return None  # a setting the model computes
+    return cls(**extra)
 
 
 def _owner_path(node, modules: Dict[str, nn.Module]) -> str:
