@@ -21,7 +21,8 @@ def _qp(scale, zp, device="cpu"):
 
 # (a_scale, b_scale, out_scale): exact halves (ties at every odd sum), a tiny output scale
 # (saturation), and scales with no exact binary form.
-SCALES = [(0.5, 0.25, 1.0), (0.5, 0.5, 0.001), (0.0731, 0.0193, 0.0517), (3.0, 0.01, 0.25)]
+SCALES = [(0.5, 0.25, 1.0), (0.5, 0.5, 0.001), (0.0731, 0.0193, 0.0517), (3.0, 0.01, 0.25),
+          (3e38, 3e38, 1.0)]  # overflow: inf - inf is NaN, which quantizes to the zero point
 SHAPES = [((2, 3, 5, 7), (2, 3, 5, 7)), ((2, 3, 5, 7), (2, 3, 1, 1)), ((1, 3, 1, 1), (4, 3, 6, 5)),
           ((70,), ()), ((0, 3), (1, 3)), ((33,), (33,)), ((2, 67), (67,)),
           ((41,), (41,)), ((5, 24), (24,)), ((3, 1, 16), (3, 7, 16))]  # the 8-wide steps
@@ -78,7 +79,7 @@ def test_binary_layouts(isa, op):
 def test_scalar_ops_match_reference(isa, op, dt):
     gen = torch.Generator().manual_seed(2)
     for s, z in [(0.5, 0), (0.0731, 3 if dt == torch.uint8 else -3), (0.25, 255 if dt == torch.uint8 else 127)]:
-        for c in [0.0, 0.25, -1.5, 3.7, 1e6, -0.1234567]:
+        for c in [0.0, 0.25, -1.5, 3.7, 1e6, -0.1234567, 3e38, float("inf")]:
             for shape in [(0,), (5,), (67,), (2, 3, 40)]:
                 a = _q(shape, dt, gen)
                 for x in (a, a.transpose(0, -1) if a.dim() > 1 else a[::2]):
@@ -111,6 +112,19 @@ def test_cat_matches_reference(isa, dt):
     a = _q((4, 9), dt, gen).t()
     args = ([a, a[:, ::2]], [s, s], [z, z], 1, *_qp(0.2, 0), None)
     assert torch.equal(ops.cat(*args), reference.cat(*args))
+    # each input is written into its slice of the output: torch.cat's shape and layout (mixed
+    # layouts, a legacy empty [0] input, the last dim, copies next to requantized inputs)
+    b = _q((2, 4, 3, 5), dt, gen)
+    cases = [([b, b[:, :3].contiguous(memory_format=cl)], 1), ([b, b.contiguous(memory_format=cl)], 1),
+             ([b, torch.empty(0, dtype=dt), b], 0), ([b, b[..., :2]], -1), ([b[:, :, :1], b], 2)]
+    for tensors, dim in cases:
+        n = len(tensors)
+        qp_list = [_qp(0.05, 3 if dt == torch.uint8 else -3), _qp(0.5, 0), _qp(0.05, 3 if dt == torch.uint8 else -3)][:n]
+        args = (tensors, [q[0] for q in qp_list], [q[1] for q in qp_list], dim, *qp_list[0], None)
+        got, want = ops.cat(*args), reference.cat(*args)
+        assert torch.equal(got, want) and got.stride() == want.stride(), (dim, got.stride(), want.stride())
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+        ops.cat([b, xs[0]], [s, s], [z, z], 0, s, z)
 
 
 @pytest.mark.parametrize("op", ["add", "mul"])

@@ -99,21 +99,65 @@ void unary_into(const at::Tensor& out, const at::Tensor& a, const cpu::EwParams&
       kGrain);
 }
 
-at::Tensor unary(const at::Tensor& a, const EwQParams& qa, float m, float c, const EwQParams& qo,
-                 at::ScalarType odt) {
+cpu::EwParams unary_params(const at::Tensor& a, const EwQParams& qa, float m, float c, const EwQParams& qo,
+                           at::ScalarType odt) {
   cpu::EwParams p = out_params(odt, qo, false);
   p.a_zp = qa.zero_point;
   p.a_unsigned = a.scalar_type() == at::kByte;
   p.m = m;
   p.c = c;
+  return p;
+}
+
+at::Tensor unary(const at::Tensor& a, const EwQParams& qa, float m, float c, const EwQParams& qo,
+                 at::ScalarType odt) {
   at::Tensor out = at::empty_like(a, a.options().dtype(odt));
-  unary_into(out, a, p);
+  unary_into(out, a, unary_params(a, qa, m, c, qo, odt));
   return out;
 }
 
 // Scales for which requantizing with the same qparams is provably the identity (the product
 // (q - zp) * scale and 1 / scale are normal floats): cat copies such inputs.
 bool copy_is_exact(float s) { return s >= 0x1p-100f && s <= 0x1p100f; }
+
+// torch.cat's output for these inputs in dtype odt: a 1-D empty input is skipped (legacy), the
+// others agree in rank and in every size but dim's; the memory format is the inputs' common
+// suggested one, else contiguous (ATen's cat_compute_output_memory_format).
+at::Tensor cat_output(at::TensorList tensors, int64_t dim, at::ScalarType odt) {
+  auto skip = [](const at::Tensor& t) { return t.dim() == 1 && t.size(0) == 0; };
+  int64_t ref = -1;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!skip(tensors[i])) {
+      ref = static_cast<int64_t>(i);
+      break;
+    }
+  }
+  if (ref < 0) return at::empty({0}, tensors[0].options().dtype(odt));
+  const at::Tensor& first = tensors[ref];
+  const int64_t d = at::maybe_wrap_dim(dim, first.dim());
+  std::vector<int64_t> sizes(first.sizes().begin(), first.sizes().end());
+  sizes[d] = 0;
+  std::optional<at::MemoryFormat> format;
+  bool contiguous = false;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    const at::MemoryFormat f = t.suggest_memory_format();
+    if (f == at::MemoryFormat::Contiguous || (format.has_value() && *format != f)) contiguous = true;
+    format = f;
+    if (skip(t)) continue;
+    TORCH_CHECK(t.dim() == first.dim(), "Tensors must have same number of dimensions: got ", first.dim(), " and ",
+                t.dim());
+    for (int64_t k = 0; k < first.dim(); ++k) {
+      if (k == d) continue;
+      TORCH_CHECK(t.size(k) == first.size(k), "Sizes of tensors must match except in dimension ", d,
+                  ". Expected size ", first.size(k), " but got size ", t.size(k), " for tensor number ", i,
+                  " in the list.");
+    }
+    sizes[d] += t.size(d);
+  }
+  const at::MemoryFormat fmt = contiguous ? at::MemoryFormat::Contiguous : *format;
+  return at::empty(sizes, tensors[0].options().dtype(odt).memory_format(fmt));
+}
 
 }  // namespace
 
@@ -153,19 +197,29 @@ at::Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList
                    int64_t dim, const at::Tensor& out_scale, const at::Tensor& out_zero_point,
                    std::optional<at::ScalarType> out_dtype) {
   const EwCatArgs q = ew_cat_args(tensors, scales, zero_points, out_scale, out_zero_point, out_dtype);
-  std::vector<at::Tensor> parts;
-  parts.reserve(tensors.size());
+  // The output as at::cat makes it (shape, memory format, torch's checks and messages); each
+  // input is then requantized (or copied, where its qparams are the output's) straight into its
+  // slice: one pass, no temporaries.
+  at::Tensor out = cat_output(tensors, dim, q.odt);
+  if (out.numel() == 0) return out;
+  const int64_t d = at::maybe_wrap_dim(dim, out.dim());
+  int64_t offset = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& x = tensors[i];
+    if (x.dim() == 1 && x.size(0) == 0 && out.dim() != 1) continue;  // at::cat skips a legacy empty [0]
+    const int64_t len = x.size(d);
+    at::Tensor slice = out.narrow(d, offset, len);
+    offset += len;
+    if (x.numel() == 0) continue;
     const EwQParams& qx = q.in[i];
     if (x.scalar_type() == q.odt && qx.scale == q.out.scale && qx.zero_point == q.out.zero_point &&
         copy_is_exact(qx.scale)) {
-      parts.push_back(x);
+      slice.copy_(x);
     } else {
-      parts.push_back(unary(x, qx, qx.scale, 0.0f, q.out, q.odt));
+      unary_into(slice, x, unary_params(x, qx, qx.scale, 0.0f, q.out, q.odt));
     }
   }
-  return at::cat(parts, dim);
+  return out;
 }
 
 at::Tensor lookup_table_cpu(const at::Tensor& a, const at::Tensor& table) {

@@ -9,6 +9,9 @@
 // These ops are memory-bound: 32 elements per iteration, then 8, tails through the scalar oracle.
 #include <immintrin.h>
 
+#include <cmath>
+#include <initializer_list>
+
 #include "cpu/elementwise_kernels.h"
 #include "cpu/isa.h"
 
@@ -49,13 +52,40 @@ TQ_TARGET_AVX2 inline __m256i load8(const uint8_t* q, int64_t stride, bool is_un
   return is_unsigned ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b);
 }
 
-TQ_TARGET_AVX2 inline __m256 finish8(__m256 y, const Vp& v, bool relu) {
-  if (relu) y = _mm256_max_ps(y, v.zero);
+// NF ("NaN-free"): the caller has checked that no lane can be NaN (finite scales whose products
+// with the largest codes stay far below FLT_MAX, see nan_free_*), so the NaN -> zero point
+// replacement, a no-op there, is skipped.
+template <bool RELU, bool NF>
+TQ_TARGET_AVX2 inline __m256 finish8(__m256 y, const Vp& v) {
+  if (RELU) y = _mm256_max_ps(y, v.zero);
   __m256 t = _mm256_add_ps(
       _mm256_round_ps(_mm256_mul_ps(y, v.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v.zp);
+  if (NF) return _mm256_min_ps(_mm256_max_ps(t, v.lo), v.hi);
   const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
   t = _mm256_min_ps(_mm256_max_ps(t, v.lo), v.hi);
   return _mm256_blendv_ps(t, v.zp, nan);
+}
+
+// Whether every lane of a kernel call is finite before the clamp: the largest |y / out_scale|
+// the codes allow (|code - zp| <= 255, products <= 65025) is below 1e37 with finite factors.
+inline bool finite_all(std::initializer_list<float> xs) {
+  for (float x : xs) {
+    if (!std::isfinite(x)) return false;
+  }
+  return true;
+}
+inline bool nan_free_binary(EwOp op, const EwParams& p) {
+  const double inv = std::fabs(static_cast<double>(p.inv_out));
+  if (op == EwOp::Add) {
+    return finite_all({p.a_scale, p.b_scale, p.inv_out}) &&
+           255.0 * (std::fabs(static_cast<double>(p.a_scale)) + std::fabs(static_cast<double>(p.b_scale))) * inv < 1e37;
+  }
+  return finite_all({p.m, p.inv_out}) && 65025.0 * std::fabs(static_cast<double>(p.m)) * inv < 1e37;
+}
+inline bool nan_free_unary(const EwParams& p) {
+  return finite_all({p.m, p.c, p.inv_out}) &&
+         (255.0 * std::fabs(static_cast<double>(p.m)) + std::fabs(static_cast<double>(p.c))) *
+                 std::fabs(static_cast<double>(p.inv_out)) < 1e37;
 }
 
 // Four vectors of integer-valued floats inside the output type -> 32 bytes.
@@ -80,7 +110,7 @@ TQ_TARGET_AVX2 inline void store8(uint8_t* dst, __m256 a, bool is_unsigned) {
 
 // One vector of the binary op, with strides, signedness, op and relu fixed at compile time so
 // that the loop carries no branch.
-template <int SA, int SB, bool AU, bool BU, int OP, bool RELU>
+template <int SA, int SB, bool AU, bool BU, int OP, bool RELU, bool NF>
 TQ_TARGET_AVX2 inline __m256 binary8(const uint8_t* a, const uint8_t* b, const Vp& v) {
   const __m256i x = _mm256_sub_epi32(load8(a, SA, AU), v.a_zp);
   const __m256i z = _mm256_sub_epi32(load8(b, SB, BU), v.b_zp);
@@ -91,51 +121,79 @@ TQ_TARGET_AVX2 inline __m256 binary8(const uint8_t* a, const uint8_t* b, const V
   } else {
     y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(x, z)), v.m);
   }
-  return finish8(y, v, RELU);
+  return finish8<RELU, NF>(y, v);
 }
 
-template <int SA, int SB, bool AU, bool BU, int OP, bool RELU>
+template <int SA, int SB, bool AU, bool BU, int OP, bool RELU, bool NF>
 TQ_TARGET_AVX2 int64_t binary_loop(const uint8_t* pa, const uint8_t* pb, uint8_t* po, int64_t n,
                                    const Vp& v, bool out_unsigned) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    store32(po + i, binary8<SA, SB, AU, BU, OP, RELU>(pa + i * SA, pb + i * SB, v),
-            binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 8) * SA, pb + (i + 8) * SB, v),
-            binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 16) * SA, pb + (i + 16) * SB, v),
-            binary8<SA, SB, AU, BU, OP, RELU>(pa + (i + 24) * SA, pb + (i + 24) * SB, v), out_unsigned);
+    store32(po + i, binary8<SA, SB, AU, BU, OP, RELU, NF>(pa + i * SA, pb + i * SB, v),
+            binary8<SA, SB, AU, BU, OP, RELU, NF>(pa + (i + 8) * SA, pb + (i + 8) * SB, v),
+            binary8<SA, SB, AU, BU, OP, RELU, NF>(pa + (i + 16) * SA, pb + (i + 16) * SB, v),
+            binary8<SA, SB, AU, BU, OP, RELU, NF>(pa + (i + 24) * SA, pb + (i + 24) * SB, v), out_unsigned);
   }
   for (; i + 8 <= n; i += 8) {
-    store8(po + i, binary8<SA, SB, AU, BU, OP, RELU>(pa + i * SA, pb + i * SB, v), out_unsigned);
+    store8(po + i, binary8<SA, SB, AU, BU, OP, RELU, NF>(pa + i * SA, pb + i * SB, v), out_unsigned);
   }
   return i;
 }
 
-template <int SA, int SB, bool AU, bool BU>
+template <int SA, int SB, bool AU, bool BU, bool NF>
 TQ_TARGET_AVX2 int64_t binary_dispatch_op(EwOp op, bool relu, const uint8_t* pa, const uint8_t* pb,
                                           uint8_t* po, int64_t n, const Vp& v, bool ou) {
   if (op == EwOp::Add) {
-    return relu ? binary_loop<SA, SB, AU, BU, 0, true>(pa, pb, po, n, v, ou)
-                : binary_loop<SA, SB, AU, BU, 0, false>(pa, pb, po, n, v, ou);
+    return relu ? binary_loop<SA, SB, AU, BU, 0, true, NF>(pa, pb, po, n, v, ou)
+                : binary_loop<SA, SB, AU, BU, 0, false, NF>(pa, pb, po, n, v, ou);
   }
-  return relu ? binary_loop<SA, SB, AU, BU, 1, true>(pa, pb, po, n, v, ou)
-              : binary_loop<SA, SB, AU, BU, 1, false>(pa, pb, po, n, v, ou);
+  return relu ? binary_loop<SA, SB, AU, BU, 1, true, NF>(pa, pb, po, n, v, ou)
+              : binary_loop<SA, SB, AU, BU, 1, false, NF>(pa, pb, po, n, v, ou);
+}
+
+template <int SA, int SB, bool NF>
+TQ_TARGET_AVX2 int64_t binary_dispatch_nf(EwOp op, const uint8_t* pa, const uint8_t* pb, uint8_t* po,
+                                          int64_t n, const Vp& v, const EwParams& p) {
+  const bool ou = p.out_unsigned;
+  if (p.a_unsigned) {
+    return p.b_unsigned ? binary_dispatch_op<SA, SB, true, true, NF>(op, p.relu, pa, pb, po, n, v, ou)
+                        : binary_dispatch_op<SA, SB, true, false, NF>(op, p.relu, pa, pb, po, n, v, ou);
+  }
+  return p.b_unsigned ? binary_dispatch_op<SA, SB, false, true, NF>(op, p.relu, pa, pb, po, n, v, ou)
+                      : binary_dispatch_op<SA, SB, false, false, NF>(op, p.relu, pa, pb, po, n, v, ou);
 }
 
 template <int SA, int SB>
 TQ_TARGET_AVX2 int64_t binary_dispatch(EwOp op, const uint8_t* pa, const uint8_t* pb, uint8_t* po,
                                        int64_t n, const Vp& v, const EwParams& p) {
-  const bool ou = p.out_unsigned;
-  if (p.a_unsigned) {
-    return p.b_unsigned ? binary_dispatch_op<SA, SB, true, true>(op, p.relu, pa, pb, po, n, v, ou)
-                        : binary_dispatch_op<SA, SB, true, false>(op, p.relu, pa, pb, po, n, v, ou);
-  }
-  return p.b_unsigned ? binary_dispatch_op<SA, SB, false, true>(op, p.relu, pa, pb, po, n, v, ou)
-                      : binary_dispatch_op<SA, SB, false, false>(op, p.relu, pa, pb, po, n, v, ou);
+  return nan_free_binary(op, p) ? binary_dispatch_nf<SA, SB, true>(op, pa, pb, po, n, v, p)
+                                : binary_dispatch_nf<SA, SB, false>(op, pa, pb, po, n, v, p);
 }
 
-TQ_TARGET_AVX2 inline __m256 unary8(const uint8_t* a, const Vp& v, const EwParams& p) {
-  const __m256i x = _mm256_sub_epi32(load8(a, 1, p.a_unsigned), v.a_zp);
-  return finish8(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), v.m), v.c), v, p.relu);
+template <bool AU, bool RELU, bool NF>
+TQ_TARGET_AVX2 inline __m256 unary8(const uint8_t* a, const Vp& v) {
+  const __m256i x = _mm256_sub_epi32(load8(a, 1, AU), v.a_zp);
+  return finish8<RELU, NF>(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), v.m), v.c), v);
+}
+
+template <bool AU, bool RELU, bool NF>
+TQ_TARGET_AVX2 int64_t unary_loop(const uint8_t* pa, uint8_t* po, int64_t n, const Vp& v, bool ou) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    store32(po + i, unary8<AU, RELU, NF>(pa + i, v), unary8<AU, RELU, NF>(pa + i + 8, v),
+            unary8<AU, RELU, NF>(pa + i + 16, v), unary8<AU, RELU, NF>(pa + i + 24, v), ou);
+  }
+  for (; i + 8 <= n; i += 8) store8(po + i, unary8<AU, RELU, NF>(pa + i, v), ou);
+  return i;
+}
+
+template <bool AU>
+TQ_TARGET_AVX2 int64_t unary_dispatch(const uint8_t* pa, uint8_t* po, int64_t n, const Vp& v, const EwParams& p) {
+  const bool nf = nan_free_unary(p), ou = p.out_unsigned;
+  if (p.relu) {
+    return nf ? unary_loop<AU, true, true>(pa, po, n, v, ou) : unary_loop<AU, true, false>(pa, po, n, v, ou);
+  }
+  return nf ? unary_loop<AU, false, true>(pa, po, n, v, ou) : unary_loop<AU, false, false>(pa, po, n, v, ou);
 }
 
 }  // namespace
@@ -168,12 +226,7 @@ TQ_TARGET_AVX2 void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t
   const auto* pa = static_cast<const uint8_t*>(a);
   auto* po = static_cast<uint8_t*>(out);
   const Vp v = vparams(p);
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    store32(po + i, unary8(pa + i, v, p), unary8(pa + i + 8, v, p), unary8(pa + i + 16, v, p),
-            unary8(pa + i + 24, v, p), p.out_unsigned);
-  }
-  for (; i + 8 <= n; i += 8) store8(po + i, unary8(pa + i, v, p), p.out_unsigned);
+  const int64_t i = p.a_unsigned ? unary_dispatch<true>(pa, po, n, v, p) : unary_dispatch<false>(pa, po, n, v, p);
   ew_unary__scalar(pa + i, 1, po + i, 1, n - i, p);
 }
 
