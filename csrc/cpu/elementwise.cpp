@@ -22,13 +22,13 @@ namespace {
 constexpr int64_t kGrain = 32768;
 
 struct Kernels {
-  decltype(&cpu::ew_binary__scalar) binary;
-  decltype(&cpu::ew_unary__scalar) unary;
+  decltype(&cpu::ew_binary_rows__scalar) binary;
+  decltype(&cpu::ew_unary_rows__scalar) unary;
 };
 
 const Kernels& kernels() {
-  static const Kernels scalar{cpu::ew_binary__scalar, cpu::ew_unary__scalar};
-  static const Kernels avx2{cpu::ew_binary__avx2, cpu::ew_unary__avx2};
+  static const Kernels scalar{cpu::ew_binary_rows__scalar, cpu::ew_unary_rows__scalar};
+  static const Kernels avx2{cpu::ew_binary_rows__avx2, cpu::ew_unary_rows__avx2};
   // Memory-bound: AVX-512 CPUs use the AVX2 kernels.
   return cpu_isa() == CpuIsa::Scalar ? scalar : avx2;
 }
@@ -73,10 +73,8 @@ at::Tensor binary(cpu::EwOp op, const at::Tensor& a, const at::Tensor& a_scale,
   const Kernels& k = kernels();
   iter.for_each(
       [&](char** data, const int64_t* strides, int64_t n0, int64_t n1) {
-        for (int64_t j = 0; j < n1; ++j) {
-          k.binary(op, data[1] + j * strides[4], strides[1], data[2] + j * strides[5], strides[2],
-                   data[0] + j * strides[3], strides[0], n0, p);
-        }
+        k.binary(op, data[1], strides[1], strides[4], data[2], strides[2], strides[5], data[0], strides[0],
+                 strides[3], n0, n1, p);
       },
       kGrain);
   return iter.output();
@@ -92,9 +90,7 @@ void unary_into(const at::Tensor& out, const at::Tensor& a, const cpu::EwParams&
   const Kernels& k = kernels();
   iter.for_each(
       [&](char** data, const int64_t* strides, int64_t n0, int64_t n1) {
-        for (int64_t j = 0; j < n1; ++j) {
-          k.unary(data[1] + j * strides[3], strides[1], data[0] + j * strides[2], strides[0], n0, p);
-        }
+        k.unary(data[1], strides[1], strides[3], data[0], strides[0], strides[2], n0, n1, p);
       },
       kGrain);
 }

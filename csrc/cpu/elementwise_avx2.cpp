@@ -217,6 +217,44 @@ TQ_TARGET_AVX2 void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const vo
   ew_binary__scalar(op, pa + i * sa, sa, pb + i * sb, sb, po + i, 1, n - i, p);
 }
 
+TQ_TARGET_AVX2 void ew_binary_rows__avx2(EwOp op, const char* a, int64_t sa, int64_t a_row, const char* b,
+                                         int64_t sb, int64_t b_row, char* out, int64_t so, int64_t out_row,
+                                         int64_t n, int64_t rows, const EwParams& p) {
+  if ((sa != 0 && sa != 1) || (sb != 0 && sb != 1) || so != 1) {
+    ew_binary_rows__scalar(op, a, sa, a_row, b, sb, b_row, out, so, out_row, n, rows, p);
+    return;
+  }
+  const Vp v = vparams(p);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto* pa = reinterpret_cast<const uint8_t*>(a + r * a_row);
+    const auto* pb = reinterpret_cast<const uint8_t*>(b + r * b_row);
+    auto* po = reinterpret_cast<uint8_t*>(out + r * out_row);
+    int64_t i;
+    if (sa == 1) {
+      i = sb == 1 ? binary_dispatch<1, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<1, 0>(op, pa, pb, po, n, v, p);
+    } else {
+      i = sb == 1 ? binary_dispatch<0, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<0, 0>(op, pa, pb, po, n, v, p);
+    }
+    if (i < n) ew_binary__scalar(op, pa + i * sa, sa, pb + i * sb, sb, po + i, 1, n - i, p);
+  }
+}
+
+TQ_TARGET_AVX2 void ew_unary_rows__avx2(const char* a, int64_t sa, int64_t a_row, char* out, int64_t so,
+                                        int64_t out_row, int64_t n, int64_t rows, const EwParams& p) {
+  if (sa != 1 || so != 1) {
+    ew_unary_rows__scalar(a, sa, a_row, out, so, out_row, n, rows, p);
+    return;
+  }
+  const Vp v = vparams(p);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto* pa = reinterpret_cast<const uint8_t*>(a + r * a_row);
+    auto* po = reinterpret_cast<uint8_t*>(out + r * out_row);
+    const int64_t i =
+        p.a_unsigned ? unary_dispatch<true>(pa, po, n, v, p) : unary_dispatch<false>(pa, po, n, v, p);
+    if (i < n) ew_unary__scalar(pa + i, 1, po + i, 1, n - i, p);
+  }
+}
+
 TQ_TARGET_AVX2 void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t so, int64_t n,
                                    const EwParams& p) {
   if (sa != 1 || so != 1) {
@@ -268,6 +306,15 @@ void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const void* b, int64_t 
 void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t so, int64_t n,
                     const EwParams& p) {
   ew_unary__scalar(a, sa, out, so, n, p);
+}
+void ew_binary_rows__avx2(EwOp op, const char* a, int64_t sa, int64_t a_row, const char* b, int64_t sb,
+                          int64_t b_row, char* out, int64_t so, int64_t out_row, int64_t n, int64_t rows,
+                          const EwParams& p) {
+  ew_binary_rows__scalar(op, a, sa, a_row, b, sb, b_row, out, so, out_row, n, rows, p);
+}
+void ew_unary_rows__avx2(const char* a, int64_t sa, int64_t a_row, char* out, int64_t so, int64_t out_row,
+                         int64_t n, int64_t rows, const EwParams& p) {
+  ew_unary_rows__scalar(a, sa, a_row, out, so, out_row, n, rows, p);
 }
 
 #endif

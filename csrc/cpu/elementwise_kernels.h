@@ -30,11 +30,20 @@ struct EwParams {
 
 enum class EwOp : int { Add = 0, Mul = 1 };
 
+// The _rows forms run `rows` such rows, row r at byte offsets r * a_row / b_row / out_row (a
+// TensorIterator's 2-D loop), with the per-call setup done once.
 #define TQ_DECLARE_EW_KERNELS(SUFFIX)                                                          \
   void ew_binary__##SUFFIX(EwOp op, const void* a, int64_t sa, const void* b, int64_t sb,    \
                            void* out, int64_t so, int64_t n, const EwParams& p);             \
   void ew_unary__##SUFFIX(const void* a, int64_t sa, void* out, int64_t so, int64_t n,       \
-                          const EwParams& p);
+                          const EwParams& p);                                                \
+  void ew_binary_rows__##SUFFIX(EwOp op, const char* a, int64_t sa, int64_t a_row,           \
+                                const char* b, int64_t sb, int64_t b_row, char* out,         \
+                                int64_t so, int64_t out_row, int64_t n, int64_t rows,        \
+                                const EwParams& p);                                          \
+  void ew_unary_rows__##SUFFIX(const char* a, int64_t sa, int64_t a_row, char* out,          \
+                               int64_t so, int64_t out_row, int64_t n, int64_t rows,         \
+                               const EwParams& p);
 
 TQ_DECLARE_EW_KERNELS(scalar)
 TQ_DECLARE_EW_KERNELS(avx2)

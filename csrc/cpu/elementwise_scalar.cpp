@@ -45,6 +45,19 @@ void ew_unary__scalar(const void* a, int64_t sa, void* out, int64_t so, int64_t 
   }
 }
 
+void ew_binary_rows__scalar(EwOp op, const char* a, int64_t sa, int64_t a_row, const char* b, int64_t sb,
+                            int64_t b_row, char* out, int64_t so, int64_t out_row, int64_t n, int64_t rows,
+                            const EwParams& p) {
+  for (int64_t r = 0; r < rows; ++r) {
+    ew_binary__scalar(op, a + r * a_row, sa, b + r * b_row, sb, out + r * out_row, so, n, p);
+  }
+}
+
+void ew_unary_rows__scalar(const char* a, int64_t sa, int64_t a_row, char* out, int64_t so, int64_t out_row,
+                           int64_t n, int64_t rows, const EwParams& p) {
+  for (int64_t r = 0; r < rows; ++r) ew_unary__scalar(a + r * a_row, sa, out + r * out_row, so, n, p);
+}
+
 void lookup_table__scalar(const uint8_t* a, const uint8_t* table, uint8_t* out, int64_t n, uint8_t flip) {
   for (int64_t i = 0; i < n; ++i) out[i] = table[a[i] ^ flip];
 }
