@@ -22,7 +22,8 @@ def _qp(scale, zp, device="cpu"):
 # (a_scale, b_scale, out_scale): exact halves (ties at every odd sum), a tiny output scale
 # (saturation), and scales with no exact binary form.
 SCALES = [(0.5, 0.25, 1.0), (0.5, 0.5, 0.001), (0.0731, 0.0193, 0.0517), (3.0, 0.01, 0.25),
-          (3e38, 3e38, 1.0)]  # overflow: inf - inf is NaN, which quantizes to the zero point
+          (3e38, 3e38, 1.0),   # overflow: inf - inf is NaN, which quantizes to the zero point
+          (1e37, 1e37, 1e38)]  # the same NaN behind a large output scale
 SHAPES = [((2, 3, 5, 7), (2, 3, 5, 7)), ((2, 3, 5, 7), (2, 3, 1, 1)), ((1, 3, 1, 1), (4, 3, 6, 5)),
           ((70,), ()), ((0, 3), (1, 3)), ((33,), (33,)), ((2, 67), (67,)),
           ((41,), (41,)), ((5, 24), (24,)), ((3, 1, 16), (3, 7, 16))]  # the 8-wide steps
@@ -123,6 +124,8 @@ def test_cat_matches_reference(isa, dt):
         args = (tensors, [q[0] for q in qp_list], [q[1] for q in qp_list], dim, *qp_list[0], None)
         got, want = ops.cat(*args), reference.cat(*args)
         assert torch.equal(got, want) and got.stride() == want.stride(), (dim, got.stride(), want.stride())
+    with pytest.raises(RuntimeError, match=r"zero-dimensional tensor \(at position 0\) cannot be concatenated"):
+        ops.cat([b[0, 0, 0, 0], b[0, 0, 0, 0]], [s, s], [z, z], 0, s, z)
     with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
         ops.cat([b, xs[0]], [s, s], [z, z], 0, s, z)
 

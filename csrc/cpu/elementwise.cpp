@@ -120,6 +120,9 @@ bool copy_is_exact(float s) { return s >= 0x1p-100f && s <= 0x1p100f; }
 // others agree in rank and in every size but dim's; the memory format is the inputs' common
 // suggested one, else contiguous (ATen's cat_compute_output_memory_format).
 at::Tensor cat_output(at::TensorList tensors, int64_t dim, at::ScalarType odt) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].dim() > 0, "zero-dimensional tensor (at position ", i, ") cannot be concatenated");
+  }
   auto skip = [](const at::Tensor& t) { return t.dim() == 1 && t.size(0) == 0; };
   int64_t ref = -1;
   for (size_t i = 0; i < tensors.size(); ++i) {

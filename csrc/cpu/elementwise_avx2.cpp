@@ -52,8 +52,8 @@ TQ_TARGET_AVX2 inline __m256i load8(const uint8_t* q, int64_t stride, bool is_un
   return is_unsigned ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b);
 }
 
-// NF ("NaN-free"): the caller has checked that no lane can be NaN (finite scales whose products
-// with the largest codes stay far below FLT_MAX, see nan_free_*), so the NaN -> zero point
+// NF ("NaN-free"): the caller has checked that no lane can be NaN (y finite for every code and
+// 1 / out_scale finite, see nan_free_*), so the NaN -> zero point
 // replacement, a no-op there, is skipped.
 template <bool RELU, bool NF>
 TQ_TARGET_AVX2 inline __m256 finish8(__m256 y, const Vp& v) {
@@ -66,8 +66,9 @@ TQ_TARGET_AVX2 inline __m256 finish8(__m256 y, const Vp& v) {
   return _mm256_blendv_ps(t, v.zp, nan);
 }
 
-// Whether every lane of a kernel call is finite before the clamp: the largest |y / out_scale|
-// the codes allow (|code - zp| <= 255, products <= 65025) is below 1e37 with finite factors.
+// Whether no lane of a kernel call can be NaN: y (before the multiplication by 1 / out_scale) is
+// finite whatever the codes (|code - zp| <= 255, products <= 65025) and 1 / out_scale is finite,
+// so y / out_scale is finite or infinite (clamped), never NaN (no inf - inf, no inf * 0).
 inline bool finite_all(std::initializer_list<float> xs) {
   for (float x : xs) {
     if (!std::isfinite(x)) return false;
@@ -75,17 +76,15 @@ inline bool finite_all(std::initializer_list<float> xs) {
   return true;
 }
 inline bool nan_free_binary(EwOp op, const EwParams& p) {
-  const double inv = std::fabs(static_cast<double>(p.inv_out));
   if (op == EwOp::Add) {
     return finite_all({p.a_scale, p.b_scale, p.inv_out}) &&
-           255.0 * (std::fabs(static_cast<double>(p.a_scale)) + std::fabs(static_cast<double>(p.b_scale))) * inv < 1e37;
+           255.0 * (std::fabs(static_cast<double>(p.a_scale)) + std::fabs(static_cast<double>(p.b_scale))) < 1e38;
   }
-  return finite_all({p.m, p.inv_out}) && 65025.0 * std::fabs(static_cast<double>(p.m)) * inv < 1e37;
+  return finite_all({p.m, p.inv_out}) && 65025.0 * std::fabs(static_cast<double>(p.m)) < 1e38;
 }
 inline bool nan_free_unary(const EwParams& p) {
   return finite_all({p.m, p.c, p.inv_out}) &&
-         (255.0 * std::fabs(static_cast<double>(p.m)) + std::fabs(static_cast<double>(p.c))) *
-                 std::fabs(static_cast<double>(p.inv_out)) < 1e37;
+         255.0 * std::fabs(static_cast<double>(p.m)) + std::fabs(static_cast<double>(p.c)) < 1e38;
 }
 
 // Four vectors of integer-valued floats inside the output type -> 32 bytes.
