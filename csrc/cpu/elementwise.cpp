@@ -116,6 +116,9 @@ at::Tensor unary(const at::Tensor& a, const EwQParams& qa, float m, float c, con
 // (q - zp) * scale and 1 / scale are normal floats): cat copies such inputs.
 bool copy_is_exact(float s) { return s >= 0x1p-100f && s <= 0x1p100f; }
 
+// torch.cat skips a 1-D empty input (legacy): it takes no part in the checks or the output.
+bool cat_skips(const at::Tensor& t) { return t.dim() == 1 && t.size(0) == 0; }
+
 // torch.cat's output for these inputs in dtype odt: a 1-D empty input is skipped (legacy), the
 // others agree in rank and in every size but dim's; the memory format is the inputs' common
 // suggested one, else contiguous (ATen's cat_compute_output_memory_format).
@@ -123,10 +126,9 @@ at::Tensor cat_output(at::TensorList tensors, int64_t dim, at::ScalarType odt) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     TORCH_CHECK(tensors[i].dim() > 0, "zero-dimensional tensor (at position ", i, ") cannot be concatenated");
   }
-  auto skip = [](const at::Tensor& t) { return t.dim() == 1 && t.size(0) == 0; };
   int64_t ref = -1;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (!skip(tensors[i])) {
+    if (!cat_skips(tensors[i])) {
       ref = static_cast<int64_t>(i);
       break;
     }
@@ -143,7 +145,7 @@ at::Tensor cat_output(at::TensorList tensors, int64_t dim, at::ScalarType odt) {
     const at::MemoryFormat f = t.suggest_memory_format();
     if (f == at::MemoryFormat::Contiguous || (format.has_value() && *format != f)) contiguous = true;
     format = f;
-    if (skip(t)) continue;
+    if (cat_skips(t)) continue;
     TORCH_CHECK(t.dim() == first.dim(), "Tensors must have same number of dimensions: got ", first.dim(), " and ",
                 t.dim());
     for (int64_t k = 0; k < first.dim(); ++k) {
@@ -205,7 +207,7 @@ at::Tensor cat_cpu(at::TensorList tensors, at::TensorList scales, at::TensorList
   int64_t offset = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& x = tensors[i];
-    if (x.dim() == 1 && x.size(0) == 0 && out.dim() != 1) continue;  // at::cat skips a legacy empty [0]
+    if (cat_skips(x)) continue;
     const int64_t len = x.size(d);
     at::Tensor slice = out.narrow(d, offset, len);
     offset += len;

@@ -163,10 +163,10 @@ TQ_TARGET_AVX2 int64_t binary_dispatch_nf(EwOp op, const uint8_t* pa, const uint
 }
 
 template <int SA, int SB>
-TQ_TARGET_AVX2 int64_t binary_dispatch(EwOp op, const uint8_t* pa, const uint8_t* pb, uint8_t* po,
+TQ_TARGET_AVX2 int64_t binary_dispatch(EwOp op, bool nf, const uint8_t* pa, const uint8_t* pb, uint8_t* po,
                                        int64_t n, const Vp& v, const EwParams& p) {
-  return nan_free_binary(op, p) ? binary_dispatch_nf<SA, SB, true>(op, pa, pb, po, n, v, p)
-                                : binary_dispatch_nf<SA, SB, false>(op, pa, pb, po, n, v, p);
+  return nf ? binary_dispatch_nf<SA, SB, true>(op, pa, pb, po, n, v, p)
+            : binary_dispatch_nf<SA, SB, false>(op, pa, pb, po, n, v, p);
 }
 
 template <bool AU, bool RELU, bool NF>
@@ -187,8 +187,9 @@ TQ_TARGET_AVX2 int64_t unary_loop(const uint8_t* pa, uint8_t* po, int64_t n, con
 }
 
 template <bool AU>
-TQ_TARGET_AVX2 int64_t unary_dispatch(const uint8_t* pa, uint8_t* po, int64_t n, const Vp& v, const EwParams& p) {
-  const bool nf = nan_free_unary(p), ou = p.out_unsigned;
+TQ_TARGET_AVX2 int64_t unary_dispatch(bool nf, const uint8_t* pa, uint8_t* po, int64_t n, const Vp& v,
+                                      const EwParams& p) {
+  const bool ou = p.out_unsigned;
   if (p.relu) {
     return nf ? unary_loop<AU, true, true>(pa, po, n, v, ou) : unary_loop<AU, true, false>(pa, po, n, v, ou);
   }
@@ -196,25 +197,6 @@ TQ_TARGET_AVX2 int64_t unary_dispatch(const uint8_t* pa, uint8_t* po, int64_t n,
 }
 
 }  // namespace
-
-TQ_TARGET_AVX2 void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const void* b, int64_t sb,
-                                    void* out, int64_t so, int64_t n, const EwParams& p) {
-  if ((sa != 0 && sa != 1) || (sb != 0 && sb != 1) || so != 1) {
-    ew_binary__scalar(op, a, sa, b, sb, out, so, n, p);
-    return;
-  }
-  const auto* pa = static_cast<const uint8_t*>(a);
-  const auto* pb = static_cast<const uint8_t*>(b);
-  auto* po = static_cast<uint8_t*>(out);
-  const Vp v = vparams(p);
-  int64_t i;
-  if (sa == 1) {
-    i = sb == 1 ? binary_dispatch<1, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<1, 0>(op, pa, pb, po, n, v, p);
-  } else {
-    i = sb == 1 ? binary_dispatch<0, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<0, 0>(op, pa, pb, po, n, v, p);
-  }
-  ew_binary__scalar(op, pa + i * sa, sa, pb + i * sb, sb, po + i, 1, n - i, p);
-}
 
 TQ_TARGET_AVX2 void ew_binary_rows__avx2(EwOp op, const char* a, int64_t sa, int64_t a_row, const char* b,
                                          int64_t sb, int64_t b_row, char* out, int64_t so, int64_t out_row,
@@ -224,15 +206,16 @@ TQ_TARGET_AVX2 void ew_binary_rows__avx2(EwOp op, const char* a, int64_t sa, int
     return;
   }
   const Vp v = vparams(p);
+  const bool nf = nan_free_binary(op, p);
   for (int64_t r = 0; r < rows; ++r) {
     const auto* pa = reinterpret_cast<const uint8_t*>(a + r * a_row);
     const auto* pb = reinterpret_cast<const uint8_t*>(b + r * b_row);
     auto* po = reinterpret_cast<uint8_t*>(out + r * out_row);
     int64_t i;
     if (sa == 1) {
-      i = sb == 1 ? binary_dispatch<1, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<1, 0>(op, pa, pb, po, n, v, p);
+      i = sb == 1 ? binary_dispatch<1, 1>(op, nf, pa, pb, po, n, v, p) : binary_dispatch<1, 0>(op, nf, pa, pb, po, n, v, p);
     } else {
-      i = sb == 1 ? binary_dispatch<0, 1>(op, pa, pb, po, n, v, p) : binary_dispatch<0, 0>(op, pa, pb, po, n, v, p);
+      i = sb == 1 ? binary_dispatch<0, 1>(op, nf, pa, pb, po, n, v, p) : binary_dispatch<0, 0>(op, nf, pa, pb, po, n, v, p);
     }
     if (i < n) ew_binary__scalar(op, pa + i * sa, sa, pb + i * sb, sb, po + i, 1, n - i, p);
   }
@@ -245,26 +228,25 @@ TQ_TARGET_AVX2 void ew_unary_rows__avx2(const char* a, int64_t sa, int64_t a_row
     return;
   }
   const Vp v = vparams(p);
+  const bool nf = nan_free_unary(p);
   for (int64_t r = 0; r < rows; ++r) {
     const auto* pa = reinterpret_cast<const uint8_t*>(a + r * a_row);
     auto* po = reinterpret_cast<uint8_t*>(out + r * out_row);
     const int64_t i =
-        p.a_unsigned ? unary_dispatch<true>(pa, po, n, v, p) : unary_dispatch<false>(pa, po, n, v, p);
+        p.a_unsigned ? unary_dispatch<true>(nf, pa, po, n, v, p) : unary_dispatch<false>(nf, pa, po, n, v, p);
     if (i < n) ew_unary__scalar(pa + i, 1, po + i, 1, n - i, p);
   }
 }
 
-TQ_TARGET_AVX2 void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t so, int64_t n,
-                                   const EwParams& p) {
-  if (sa != 1 || so != 1) {
-    ew_unary__scalar(a, sa, out, so, n, p);
-    return;
-  }
-  const auto* pa = static_cast<const uint8_t*>(a);
-  auto* po = static_cast<uint8_t*>(out);
-  const Vp v = vparams(p);
-  const int64_t i = p.a_unsigned ? unary_dispatch<true>(pa, po, n, v, p) : unary_dispatch<false>(pa, po, n, v, p);
-  ew_unary__scalar(pa + i, 1, po + i, 1, n - i, p);
+// One row: the 2-D forms with rows = 1.
+void ew_binary__avx2(EwOp op, const void* a, int64_t sa, const void* b, int64_t sb, void* out, int64_t so,
+                     int64_t n, const EwParams& p) {
+  ew_binary_rows__avx2(op, static_cast<const char*>(a), sa, 0, static_cast<const char*>(b), sb, 0,
+                       static_cast<char*>(out), so, 0, n, 1, p);
+}
+
+void ew_unary__avx2(const void* a, int64_t sa, void* out, int64_t so, int64_t n, const EwParams& p) {
+  ew_unary_rows__avx2(static_cast<const char*>(a), sa, 0, static_cast<char*>(out), so, 0, n, 1, p);
 }
 
 // 32 codes per step: for each 16-entry slice k of the table, the codes whose high nibble is k

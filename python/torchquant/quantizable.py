@@ -3,6 +3,7 @@
 ``torch.fx`` trace, so that ``prepare`` observes those outputs and ``convert`` runs them on int8
 kernels: what torchvision's quantizable models do by hand, for a model written without
 quantization in mind."""
+import functools
 import operator
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -272,6 +273,7 @@ def _add_module(modules: Dict[str, nn.Module], owner: str, name: str, module: nn
     return qualname
 
 
+@functools.lru_cache(maxsize=None)
 def _activation_table():
     """{function: (module class, the function's parameters the module takes)}: elementwise
     activations called as functions, which become modules so that prepare observes them and
