@@ -37,6 +37,9 @@ def main():
         qa = torch.quantize_per_tensor(fa, 0.05, 10, torch.quint8)
         qb = torch.quantize_per_tensor(fb, 0.05, 10, torch.quint8)
         a, b = qa.int_repr(), qb.int_repr()
+        codes = torch.arange(256, dtype=torch.uint8)
+        table = ops.quantize(torch.nn.functional.hardswish(ops.dequantize(codes, s, z, None)), so, zo, None, 0, 255,
+                             torch.uint8)
         cases = [
             ("add", lambda: ops.add(a, s, z, b, s, z, so, zo, False, None),
              lambda: torch.ops.quantized.add(qa, qb, 0.07, 3), lambda: fa + fb),
@@ -46,6 +49,10 @@ def main():
              lambda: torch.ops.quantized.mul(qa, qb, 0.07, 3), lambda: fa * fb),
             ("cat", lambda: ops.cat([a, b], [s, s], [z, z], 1, so, zo, None),
              lambda: torch.ops.quantized.cat([qa, qb], 1, 0.07, 3), lambda: torch.cat([fa, fb], 1)),
+            # an activation as torchquant's table lookup (nnq.Hardswish, LookupActivation) against
+            # torch.ao's quantized hardswish kernel
+            ("hswish", lambda: ops.lookup_table(a, table),
+             lambda: torch.ops.quantized.hardswish(qa, 0.07, 3), lambda: torch.nn.functional.hardswish(fa)),
         ]
         for name, ours, theirs, fp in cases:
             t_ours, t_ao, t_fp = (min(timeit(f) for _ in range(3)) for f in (ours, theirs, fp))
