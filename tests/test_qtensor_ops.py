@@ -287,3 +287,140 @@ def test_fixed_output_tables_die_with_their_qparams():
     gc.collect()
     assert all(r() is None for r in refs)
     assert not any(r() is not None and r() in _qfunctions._FIXED_TABLES for r in refs)
+
+
+def _ties_input(dtype):
+    # Values on half-code ties and past the range on both sides, in a non-trivial shape.
+    x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(3)) * 4
+    x[0, 0, 0, :4] = torch.tensor([0.025, -0.075, 1e4, -1e4])
+    return torchquant.quantize_per_tensor(x, 0.05, 3 if dtype == torch.qint8 else 60, dtype)
+
+
+EXACT_IN_PLACE = [
+    ("F.relu(inplace=True)", lambda q: F.relu(q, inplace=True), lambda q: F.relu(q)),
+    ("F.relu(q, True)", lambda q: F.relu(q, True), lambda q: F.relu(q)),
+    ("torch.relu_", torch.relu_, lambda q: F.relu(q)),
+    ("F.relu_", F.relu_, lambda q: F.relu(q)),
+    ("q.relu_()", lambda q: q.relu_(), lambda q: F.relu(q)),
+    ("F.relu6(inplace=True)", lambda q: F.relu6(q, inplace=True), F.relu6),
+    ("F.hardtanh(inplace=True)", lambda q: F.hardtanh(q, -1.0, 2.0, inplace=True), lambda q: F.hardtanh(q, -1.0, 2.0)),
+    ("F.hardtanh_", lambda q: F.hardtanh_(q, -1.0, 2.0), lambda q: F.hardtanh(q, -1.0, 2.0)),
+    ("q.clamp_", lambda q: q.clamp_(-1.0, 2.0), lambda q: torch.clamp(q, -1.0, 2.0)),
+    ("torch.clamp_", lambda q: torch.clamp_(q, -1.0, 2.0), lambda q: torch.clamp(q, -1.0, 2.0)),
+    ("q.clip_", lambda q: q.clip_(max=2.0), lambda q: torch.clamp(q, None, 2.0)),
+    ("F.leaky_relu(inplace=True)", lambda q: F.leaky_relu(q, 0.1, True), lambda q: F.leaky_relu(q, 0.1)),
+    ("nn ReLU(inplace=True)", torchquant.nn.quantized.ReLU(inplace=True), F.relu),
+    ("nn ReLU6(inplace=True)", torchquant.nn.quantized.ReLU6(inplace=True), F.relu6),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.qint8, torch.quint8])
+@pytest.mark.parametrize("name,inplace,outofplace", EXACT_IN_PLACE, ids=[c[0] for c in EXACT_IN_PLACE])
+def test_in_place_functions_change_the_codes_of_the_qtensor_and_its_views(name, inplace, outofplace, dtype):
+    torch.manual_seed(0)
+    q = _ties_input(dtype)
+    expected = outofplace(_ties_input(dtype))
+    assert not torch.equal(expected.data, q.data)  # the function changes something
+    scale, zero_point, data = q.scale, q.zero_point, q.data
+    view = q.transpose(1, 3)  # a view made before the call sees the change, as for a float tensor
+    out = inplace(q)
+    assert out is q and q.data is data and q.scale is scale and q.zero_point is zero_point
+    assert torch.equal(q.data, expected.data)
+    assert torch.equal(view.data, expected.data.transpose(1, 3))
+    # On a non-contiguous QTensor: the base's codes change.
+    base = _ties_input(dtype)
+    out = inplace(base.transpose(1, 3))
+    assert torch.equal(base.data, expected.data) and out.data.data_ptr() == base.data.data_ptr()
+
+
+def test_in_place_relu_on_a_per_channel_qtensor():
+    x = torch.randn(2, 4, 3) * 3
+    scale, zp = torch.rand(4) * 0.1 + 0.01, torch.tensor([0, 3, -5, 9], dtype=torch.int32)
+    q = torchquant.quantize_per_channel(x, scale, zp, 1, torch.qint8)
+    expected = F.relu(torchquant.quantize_per_channel(x, scale, zp, 1, torch.qint8))
+    assert F.relu(q, inplace=True) is q and torch.equal(q.data, expected.data)
+    assert torch.equal(q.data, torch.maximum(expected.data, zp.view(1, 4, 1).to(torch.int8)))
+
+
+@pytest.mark.parametrize("name,call,fn", [
+    ("add_", lambda q: q.add_(1.0), lambda x: x + 1.0),
+    ("mul_", lambda q: q.mul_(4.0), lambda x: x * 4.0),  # saturates: the qparams stay
+    ("F.silu(inplace=True)", lambda q: F.silu(q, inplace=True), F.silu),
+    ("F.silu(q, True)", lambda q: F.silu(q, True), F.silu),
+    ("F.hardsigmoid(inplace=True)", lambda q: F.hardsigmoid(q, inplace=True), F.hardsigmoid),
+    ("sigmoid_", lambda q: q.sigmoid_(), torch.sigmoid),
+    ("fill_", lambda q: q.fill_(0.5), lambda x: torch.full_like(x, 0.5)),
+])
+def test_other_in_place_functions_requantize_into_the_qtensor_with_its_own_qparams(name, call, fn, monkeypatch):
+    import torchquant.qtensor as qtensor_module
+    monkeypatch.setattr(qtensor_module, "_WARNED_IN_PLACE", set())  # each case warns (once per function)
+    q = _ties_input(torch.qint8)
+    original = q.dequantize()
+    data = q.data
+    with pytest.warns(UserWarning, match="in place on a QTensor"):
+        out = call(q)
+    assert out is q and q.data is data
+    expected = torch.ops.torchquant.quantize(fn(original), q.scale, q.zero_point, None, -128, 127, torch.int8)
+    assert torch.equal(q.data, expected)
+
+
+def test_in_place_shape_changes_are_refused_and_leave_the_qtensor_as_it_was():
+    q = _ties_input(torch.qint8)
+    before = q.data.clone()
+    for call in (lambda: q.unsqueeze_(0), lambda: q.transpose_(0, 1)):
+        with pytest.raises(RuntimeError, match="changes the shape of a QTensor in place"):
+            call()
+        assert torch.equal(q.data, before) and q.shape == before.shape
+
+
+def test_converted_model_keeps_the_in_place_effect_of_an_inplace_relu():
+    # The float model reads the conv's output again after an inplace ReLU changed it: the
+    # converted model does the same (before, its int8 ReLU wrote a new tensor and the model's
+    # first output was the conv's output unrectified).
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = torchquant.QuantStub(), torchquant.DeQuantStub()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            y = self.conv(self.quant(x))
+            z = self.relu(y)
+            return self.dequant(y), self.dequant(z)
+
+    torch.manual_seed(0)
+    m = M().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref_y, ref_z = m(x)
+    assert torch.equal(ref_y, ref_z)  # y was rectified in place
+    m.qconfig = torchquant.get_default_qconfig("x86")
+    p = torchquant.prepare(m)
+    p(x)
+    q = torchquant.convert(p)
+    y, z = q(x)
+    assert torch.equal(y, z) and (y >= 0).all()
+    assert torch.allclose(y, ref_y, atol=0.05 * float(ref_y.abs().max()))
+    q.relu.inplace = False  # what the int8 ReLU did before: a new tensor, y stays unrectified
+    y, z = q(x)
+    assert (y < 0).any() and torch.equal(F.relu(y), z)
+
+
+def test_in_place_functions_trace_with_torch_compile():
+    relu = torchquant.nn.quantized.ReLU(inplace=True)
+
+    def run(d, s, z):
+        q = QTensor(d, s, z)
+        y = relu(q)
+        F.hardtanh(q, -1.0, 1.0, inplace=True)
+        return q.data, y.data
+
+    d = torch.randint(-128, 128, (4, 5), dtype=torch.int8)
+    s, z = torch.tensor([0.05]), torch.tensor([3], dtype=torch.int32)
+    eager = run(d.clone(), s, z)
+    d2 = d.clone()
+    compiled = torch.compile(run, fullgraph=True)(d2, s, z)
+    assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
+    assert torch.equal(d2, eager[0])  # the input's codes changed in place under compile too
+    assert not torch.equal(d, eager[0])

@@ -409,7 +409,9 @@ _FUNCTIONS = {
     F.relu6: _relu6,
     torch.relu: _relu,
     torch.relu_: _relu,
+    torch.Tensor.relu_: _relu,
     F.relu: _relu,
+    torch._C._nn.hardtanh_: _hardtanh,
     F.hardsigmoid: _fixed_output(F.hardsigmoid, "hardsigmoid"),
     torch.sigmoid: _fixed_output(torch.sigmoid, "sigmoid"),
     F.sigmoid: _fixed_output(torch.sigmoid, "sigmoid"),
@@ -443,6 +445,10 @@ _FUNCTIONS = {
     F.pad: _pad,
     torch.clamp: _clamp,
     torch.clip: _clamp,
+    torch.clamp_: _clamp,
+    torch.clip_: _clamp,
+    torch.Tensor.clamp_: _clamp,
+    torch.Tensor.clip_: _clamp,
     F.leaky_relu: _requantized(F.leaky_relu, "leaky_relu"),
     F.elu: _requantized(F.elu, "elu"),
     torch.tanh: _tanh,
@@ -495,4 +501,7 @@ for _name, _impl, _doc in (
 QTensor.mean = lambda self, dim=None, keepdim=False: _mean(self, dim, keepdim)
 QTensor.mean.__doc__ = "torch.mean with torch's quantized averaging: nearbyint(sum * float32(1/count)) + zp."
 QTensor.relu = lambda self: _relu(self)
-QTensor.relu_ = QTensor.relu
+# In place, as torch's relu_ / clamp_: the codes change, the QTensor and its qparams stay.
+QTensor.relu_ = lambda self: QTensor.__torch_function__(torch.Tensor.relu_, (QTensor,), (self,))
+QTensor.clamp_ = lambda self, min=None, max=None: QTensor.__torch_function__(torch.Tensor.clamp_, (QTensor,), (self, min, max))
+QTensor.clip_ = QTensor.clamp_

@@ -7,6 +7,7 @@ torch.export see through it.
 """
 from __future__ import annotations
 
+import inspect
 import operator
 import warnings
 from typing import Optional
@@ -266,6 +267,8 @@ class QTensor:
         runs in float and warns once per function."""
         kwargs = kwargs or {}
         impl = _INT8_FUNCTIONS.get(func)
+        if args and isinstance(args[0], QTensor) and _in_place(func, args, kwargs):
+            return _write_in_place(func, impl, args, kwargs)
         if impl is not None:
             return impl(*args, **kwargs)
         return _run_in_float(func, args, kwargs, stacklevel=3)
@@ -343,6 +346,97 @@ def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
     return func(*args, **kwargs)
 
 
+def _in_place_table():
+    """{function: None (works in place by torch's naming rule: ``relu_``, ``add_``, ``clamp_``;
+    not dunders) or the position of its ``inplace`` argument (F.silu(x, True),
+    F.leaky_relu(x, 0.1, True); -1 where it takes it by keyword only)}, over torch.Tensor's
+    methods and torch's, torch.nn.functional's and torch._C._nn's functions. Built once, so that
+    the check per call is one dict lookup (torch.compile traces it)."""
+    table = {}
+    for owner in (torch.Tensor, torch, torch.nn.functional, torch._C._nn):
+        for name in dir(owner):
+            if name.startswith("_"):
+                continue
+            fn = getattr(owner, name, None)
+            if not callable(fn) or isinstance(fn, type):
+                continue
+            try:
+                hash(fn)
+            except TypeError:
+                continue
+            if name.endswith("_"):
+                table[fn] = None
+                continue
+            try:
+                params = list(inspect.signature(fn).parameters.values())
+            except (TypeError, ValueError):  # builtins without a Python signature
+                continue
+            for i, p in enumerate(params):
+                if p.name == "inplace":
+                    table[fn] = i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else -1
+    return table
+
+
+_MISSING = object()
+
+
+def _in_place(func, args, kwargs) -> bool:
+    """Whether func works in place on its first argument."""
+    pos = _IN_PLACE.get(func, _MISSING)
+    if pos is _MISSING:
+        return False
+    if pos is None or kwargs.get("inplace", False):
+        return True
+    return 0 <= pos < len(args) and bool(args[pos])
+
+
+def _write_in_place(func, impl, args, kwargs):
+    """A function that works in place on a QTensor writes its result into that QTensor's codes, as
+    torch's in-place ops on quantized tensors do: the QTensor object and its data tensor stay the
+    same (views of it see the change), and so do its qparams. An int8 function that keeps the
+    qparams (relu, relu6, hardtanh, clamp, leaky_relu, elu, dropout in inference) gives its codes,
+    exactly; any other runs in float on the dequantized values, and its result is quantized with
+    the QTensor's own qparams (values outside their range saturate), with a warning once per
+    function. A result of another shape (``unsqueeze_``, ``t_``) is an error."""
+    q = args[0]
+    if impl is not None:
+        out = impl(*args, **kwargs)
+        if out is q:
+            return q
+        if isinstance(out, QTensor) and out.scale is q.scale and out.zero_point is q.zero_point \
+                and out.axis == q.axis and out.data.dtype == q.data.dtype:
+            codes = out.data
+        else:
+            codes = None
+    else:
+        codes = None
+    if codes is None:
+        name = getattr(func, "__name__", repr(func))
+        fargs, fkwargs = pytree.tree_map_only(QTensor, lambda t: t.dequantize(), (args, kwargs),
+                                               is_leaf=lambda v: isinstance(v, QTensor))
+        y = func(*fargs, **fkwargs)
+        if isinstance(y, QTensor):
+            y = y.dequantize()
+        if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+            raise RuntimeError(f"{name} on a QTensor in place: its float result is not a floating-point tensor "
+                               f"({type(y).__name__}); call .dequantize() first")
+        if y.shape != q.data.shape:
+            raise RuntimeError(f"{name} changes the shape of a QTensor in place (from {tuple(q.data.shape)} to "
+                               f"{tuple(y.shape)}); QTensors change shape out of place (x = x.{name[:-1]}(...))")
+        if name not in _WARNED_IN_PLACE:
+            _WARNED_IN_PLACE.add(name)
+            warnings.warn(f"{name} works in place on a QTensor: it runs in float on the dequantized values and its "
+                          "result is quantized into the QTensor with the QTensor's own scale and zero point (values "
+                          "outside their range saturate)", UserWarning, stacklevel=4)
+        codes = torch.ops.torchquant.quantize(y.float(), q.scale, q.zero_point, q.axis, q.qmin, q.qmax, q.data.dtype)
+    if codes.shape != q.data.shape:
+        raise RuntimeError(f"{getattr(func, '__name__', repr(func))} changes the shape of a QTensor in place (from "
+                           f"{tuple(q.data.shape)} to {tuple(codes.shape)}); QTensors change shape out of place")
+    if codes is not q.data:
+        q.data.copy_(codes)
+    return q
+
+
 def _relu(q, inplace=False):
     zp = q.zero_point.reshape([-1 if d == q.axis else 1 for d in range(q.dim())]) if q.axis is not None else q.zero_point.reshape(())
     return q._same_qparams(torch.maximum(q.data, zp.to(q.data.dtype)))
@@ -355,6 +449,8 @@ def _dropout(q, p=0.5, training=False, inplace=False):
 
 
 _WARNED = set()
+_WARNED_IN_PLACE = set()
+_IN_PLACE = _in_place_table()
 _INT8_FUNCTIONS = {
     torch.flatten: lambda q, start_dim=0, end_dim=-1: q.flatten(start_dim, end_dim),
     torch.reshape: lambda q, shape: q.reshape(shape),

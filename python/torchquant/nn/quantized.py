@@ -372,6 +372,9 @@ class ReLU(nn.ReLU):
                 zp = x.zero_point.reshape([-1 if d == x.axis else 1 for d in range(x.dim())])
             else:
                 zp = x.zero_point.reshape(())
+            if self.inplace:  # as the float module: the input's codes change (its qparams stay)
+                torch.maximum(x.data, zp.to(x.data.dtype), out=x.data)
+                return x
             return x._same_qparams(torch.maximum(x.data, zp.to(x.data.dtype)))
         return F.relu(x, inplace=self.inplace)
 

@@ -416,7 +416,7 @@ class ReLU6(nn.ReLU6):
     torch.ao.nn.quantized.ReLU6)."""
 
     def forward(self, x):
-        return F.relu6(x) if isinstance(x, QTensor) else super().forward(x)
+        return F.relu6(x, inplace=self.inplace) if isinstance(x, QTensor) else super().forward(x)
 
     @classmethod
     def from_float(cls, mod, name=None):
