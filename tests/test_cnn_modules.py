@@ -706,6 +706,33 @@ def test_make_quantizable_takes_list_dict_and_non_finite_outputs():
     assert sorted(n.target for n in gm.graph.nodes if n.op == "call_method") == ["add", "add"]
 
 
+def test_make_quantizable_takes_keyword_example_inputs():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x, gate=None, scale: float = 2.0):
+            h = self.a(x)
+            if gate is not None:
+                h = h * self.b(gate)
+            return h * scale
+
+    torch.manual_seed(0)
+    model = Gated().eval()
+    x, g = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    gm = tq.make_quantizable(model, (x,), example_kwargs={"gate": g})
+    assert torch.equal(gm(x, gate=g), model(x, gate=g))
+    # h * gate-conv becomes an int8 mul; `scale` is an input (a placeholder), left as it is
+    assert [n.target for n in gm.graph.nodes if n.op == "call_method"] == ["mul"]
+    gm = tq.make_quantizable(model, example_kwargs={"x": x, "gate": g, "scale": 3.0})
+    assert torch.equal(gm(x, g), model(x, g))
+    with pytest.raises(TypeError, match="example_kwargs.*Gated.forward.*unexpected keyword argument 'gat'"):
+        tq.make_quantizable(model, (x,), example_kwargs={"gat": g})
+    with pytest.raises(TypeError, match="'example_kwargs' must be a dict"):
+        tq.make_quantizable(model, (x,), example_kwargs=[g])
+
+
 class _Activations(nn.Module):
     def __init__(self):
         super().__init__()

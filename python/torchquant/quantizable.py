@@ -4,6 +4,7 @@
 kernels: what torchvision's quantizable models do by hand, for a model written without
 quantization in mind."""
 import functools
+import inspect
 import operator
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -78,7 +79,27 @@ def _is_relu(node, modules: Dict[str, nn.Module]) -> bool:
     return False
 
 
-def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence[Any]]):
+def _forward_args(model: nn.Module, args: Tuple, kwargs: Dict[str, Any]) -> Tuple:
+    """args and kwargs of ``model.forward`` as the positional arguments of its trace (one per
+    parameter of forward, defaults filled in: torch.fx makes each a placeholder)."""
+    if not kwargs:
+        return args
+    sig = inspect.signature(model.forward)
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        raise TypeError(f"make_quantizable: argument 'example_kwargs' needs a forward with named parameters; "
+                        f"{type(model).__name__}.forward{sig} takes *args or **kwargs: pass its inputs in "
+                        "'example_inputs'")
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"make_quantizable: 'example_inputs' and 'example_kwargs' do not match "
+                        f"{type(model).__name__}.forward{sig}: {exc}") from None
+    bound.apply_defaults()
+    return tuple(bound.arguments[name] for name in sig.parameters)
+
+
+def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence[Any]] = (), *,
+                     example_kwargs: Optional[Dict[str, Any]] = None):
     """A copy of ``model`` (a ``torch.fx.GraphModule`` holding the same submodules under the same
     names, so the same state dict) in which the arithmetic between modules calls
     ``torchquant.nn.quantized.FloatFunctional`` modules: ``a + b`` -> ``add``, ``a + b`` followed by
@@ -86,7 +107,8 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     with a Python number -> ``add_scalar`` / ``mul_scalar``, ``torch.cat`` -> ``cat``. Only float
     tensors that the model computes are rewritten: shape arithmetic, integer tensors and operands
     read from parameters or buffers (a positional embedding) are left as they are.
-    ``example_inputs`` (a tensor or a tuple of ``forward``'s arguments) runs, in eval mode
+    ``example_inputs`` (a tensor or a tuple of ``forward``'s arguments; keyword arguments in
+    ``example_kwargs``, as torch.export's ``args`` / ``kwargs``) runs, in eval mode
     without gradients, through the model and through its trace: to tell tensors from numbers,
     and to check that the two agree (torch.fx traces ``a += b`` as ``a + b``, which differs where
     a view of ``a`` or the caller's input sees the write: then a RuntimeError says so).
@@ -105,6 +127,10 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
     args: Tuple = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if example_kwargs is not None and not isinstance(example_kwargs, dict):
+        raise TypeError(f"make_quantizable: argument 'example_kwargs' must be a dict of forward's keyword "
+                        f"arguments, got {type(example_kwargs).__name__}")
+    args = _forward_args(model, args, example_kwargs or {})
     root = copy.deepcopy(model)
     _own_float_functionals(root)
     try:
