@@ -757,3 +757,26 @@ def test_embedding_qat_review_cases():
     bag = tq.nn.qat.EmbeddingBag(10, 4, None, 2.0, False, "sum", False, None, False, None,
                                  tq.default_embedding_qat_qconfig)
     assert bag.qconfig is tq.default_embedding_qat_qconfig
+
+
+@pytest.mark.parametrize("bits_from,dim_from,bits_to,dim_to", [(8, 8, 8, 6), (8, 6, 8, 8), (4, 8, 4, 7), (8, 8, 4, 16)])
+def test_state_dict_of_another_width_or_bits_with_the_same_row_stride_is_refused(bits_from, dim_from, bits_to, dim_to):
+    # Widths that pack to the same row stride would load silently (columns dropped or read from
+    # padding): the state dict's metadata names its rows' width and bits, through torch.save too.
+    dtypes = {8: torch.quint8, 4: torch.quint4x2}
+    src = nnq.EmbeddingBag(10, dim_from, dtype=dtypes[bits_from])
+    dst = nnq.EmbeddingBag(10, dim_to, dtype=dtypes[bits_to])
+    assert src.packed_weight.shape == dst.packed_weight.shape
+    buf = io.BytesIO()
+    torch.save(src.state_dict(), buf)
+    buf.seek(0)
+    for sd in (src.state_dict(), torch.load(buf, weights_only=True)):
+        before = dst.packed_weight.clone()
+        with pytest.raises(RuntimeError, match="size mismatch for packed_weight: its rows hold"):
+            dst.load_state_dict(sd)
+        assert torch.equal(dst.packed_weight, before)
+    same = nnq.EmbeddingBag(10, dim_from, dtype=dtypes[bits_from])
+    same.load_state_dict(src.state_dict())
+    same.load_state_dict(dict(src.state_dict()))  # no metadata (built by hand): taken by its shape
+    emb = nnq.Embedding(10, dim_from, dtype=dtypes[bits_from])
+    emb.load_state_dict(src.state_dict())

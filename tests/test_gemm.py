@@ -683,7 +683,9 @@ def _call(**over):
     (dict(x_zero_point=torch.tensor([-1])), r"'x_zero_point' must lie in \[0, 255\], got -1"),
     (dict(x=torch.ones(3, 8, dtype=torch.int8), x_zero_point=torch.tensor([128], dtype=torch.int32)), r"\[-128, 127\], got 128"),
     (dict(x_zero_point=torch.tensor([1.0])), "'x_zero_point' must be an integer tensor"),
-    (dict(w_scale=torch.ones(19)), "'w_scale' must have 20 elements"),
+    (dict(w_scale=torch.ones(19)), "'w_scale' has 19 elements but 'w_col_sums' has 20"),
+    (dict(w_col_sums=torch.zeros(2, dtype=torch.int32)), "'w_col_sums' has 2 elements .* but 'w_packed' holds 2 panels"),
+    (dict(w_col_sums=torch.zeros(0, dtype=torch.int32)), "'w_col_sums' has 0 elements .* packed for 17 to 32"),
     (dict(w_scale=torch.tensor([1.0] * 19 + [float("inf")])), "'w_scale' must be > 0 and finite, got inf at channel 19"),
     (dict(w_scale=torch.tensor([1.0] * 5 + [-2.0] + [1.0] * 14)), "'w_scale' must be > 0 and finite, got -2 at channel 5"),
     (dict(bias=torch.ones(21)), "'bias' must have 20 elements"),
@@ -694,7 +696,7 @@ def _call(**over):
     (dict(out_dtype=torch.float64), "'out_dtype' must be torch.float32, torch.bfloat16, torch.float16"),
     (dict(w_packed=torch.zeros(2, 8, 8, dtype=torch.int8)), "'w_packed' must be a contiguous int8 tensor of shape"),
     (dict(w_packed=torch.zeros(2, 8, 16)), "'w_packed' must be a contiguous int8"),
-    (dict(w_packed=torch.zeros(3, 8, 16, dtype=torch.int8)), "holds 3 panels of 16 channels but 'w_col_sums' has N = 20"),
+    (dict(w_packed=torch.zeros(3, 8, 16, dtype=torch.int8)), "'w_col_sums' has 20 elements .* but 'w_packed' holds 3 panels of 16 channels, packed for 33 to 48"),
     (dict(w_col_sums=torch.zeros(20)), "'w_col_sums' must be a contiguous 1-D int32"),
 ])
 def test_linear_int8_bad_input(over, match):

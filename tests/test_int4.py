@@ -390,3 +390,30 @@ def test_torch_compile_module():
     x = torch.randn(4, 64)
     compiled = torch.compile(q, backend="eager", fullgraph=True)
     assert torch.equal(compiled(x), q(x))
+
+
+def test_from_qparams_refuses_values_and_shapes_it_would_pack_wrongly():
+    zp1, s1 = torch.zeros(1, 1, dtype=torch.uint8), torch.ones(1, 1)
+    # signed int4 values would spill into the neighbouring nibble; 15.7 would be truncated
+    with pytest.raises(ValueError, match=r"'qvalues' must hold unsigned 4-bit values in \[0, 15\], got values in "
+                                         r"\[-8, 7\] \(signed int4"):
+        LinearWeightOnlyInt4.from_qparams(torch.tensor([[-1, 3, -8, 7, 0, 1, 2, 3]]), s1, zp1, None, group_size=8)
+    with pytest.raises(ValueError, match=r"got values in \[0, 15.7\]$"):
+        LinearWeightOnlyInt4.from_qparams(torch.tensor([[15.7, 3, 2, 1, 0, 1, 2, 3]]), s1, zp1, None, group_size=8)
+    with pytest.raises(ValueError, match="non-integer"):
+        LinearWeightOnlyInt4.from_qparams(torch.tensor([[1.5, 3, 2, 1, 0, 1, 2, 3]]), s1, zp1, None, group_size=8)
+    q = torch.zeros(4, 8, dtype=torch.uint8)
+    s4, zp4 = torch.ones(4, 1), torch.zeros(4, 1, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"'scale' must have shape \(4, 1\) .* got \(1, 1\)"):
+        LinearWeightOnlyInt4.from_qparams(q, s1, zp4, None, group_size=8)
+    with pytest.raises(ValueError, match=r"'zero_point' must have shape \(4, 1\)"):
+        LinearWeightOnlyInt4.from_qparams(q, s4, zp1, None, group_size=8)
+    with pytest.raises(ValueError, match=r"'bias' must have shape \(4,\) .* got \(1,\)"):
+        LinearWeightOnlyInt4.from_qparams(q, s4, zp4, torch.zeros(1), group_size=8)
+    with pytest.raises(ValueError, match=r"'input_scale' must have shape \(8,\)"):
+        LinearWeightOnlyInt4.from_qparams(q, s4, zp4, None, group_size=8, input_scale=torch.ones(4))
+    with pytest.raises(ValueError, match="'qvalues' must be a 2-D tensor"):
+        LinearWeightOnlyInt4.from_qparams(q.reshape(-1), s4, zp4, None, group_size=8)
+    # integral values in any dtype are taken
+    m = LinearWeightOnlyInt4.from_qparams(torch.tensor([[15.0, 3, 2, 1, 0, 1, 2, 3]]), s1, zp1, None, group_size=8)
+    assert m.qvalues().tolist() == [[15, 3, 2, 1, 0, 1, 2, 3]]

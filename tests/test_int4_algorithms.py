@@ -295,3 +295,30 @@ def test_quantize_weight_only_aliases_root_layers_and_failed_inplace_call():
     root = torchquant.quantize_weight_only(Conv1D(8, 64), group_size=32, method="gptq",
                                            calib_data=[torch.randn(200, 64)], progress=False)
     assert isinstance(root, LinearWeightOnlyInt4) and root(torch.randn(2, 64)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_calibrating_methods_take_a_linear_called_with_a_keyword_input(method):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc(input=x)  # valid for nn.Linear
+
+    torch.manual_seed(0)
+    m = M()
+    x = torch.randn(64, 16)
+    q = torchquant.quantize_weight_only(m, group_size=8, method=method, calib_data=[x], progress=False)
+    assert isinstance(q.fc, LinearWeightOnlyInt4)
+    rel = (q(x) - m(x)).norm() / m(x).norm()
+    assert rel < 0.2
+
+
+def test_exclude_takes_one_name_as_a_string():
+    m = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
+    q = torchquant.quantize_weight_only(m, group_size=8, exclude="1", progress=False)
+    assert isinstance(q[0], LinearWeightOnlyInt4) and type(q[1]) is nn.Linear
+    with pytest.raises(ValueError, match=r"does not have: \['lm_head'\]"):
+        torchquant.quantize_weight_only(m, group_size=8, exclude="lm_head", progress=False)

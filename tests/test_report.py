@@ -183,3 +183,14 @@ def test_float_output_changed_in_place_by_the_next_module_is_recorded_as_returne
     q = torchquant.convert(p)
     r = torchquant.report(net, q, x)
     assert r["2"].sqnr_db > 30, r["2"].sqnr_db
+
+
+def test_an_inputs_targets_tuple_given_as_data_is_one_batch():
+    # The targets (another shape-compatible tensor here) are not run as a second batch.
+    torch.manual_seed(3)
+    net = Net().eval()
+    q = _quantized_twin(net, 0.05, 0.05)
+    x, y = torch.randn(16, 8), 100 * torch.randn(16, 8)
+    alone, pair = report(net, q, x), report(net, q, (x, y))
+    for a, b in zip(alone, pair):
+        assert a.max_abs_error == b.max_abs_error and a.numel == b.numel

@@ -297,6 +297,8 @@ ActQParams read_act_qparams(const at::Tensor& scale, const at::Tensor& zp, int64
 
 // The weight's per-channel scales as float32 [N], each > 0 and finite.
 at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t N) {
+  TORCH_CHECK(!w_scale.defined() || w_scale.numel() == N, "argument 'w_scale' has ", w_scale.numel(),
+              " elements but 'w_col_sums' has ", N, " (one of each per output channel)");
   at::Tensor ws = per_channel_float(w_scale, "w_scale", N);
   check_scale_values(w_scale, ws.const_data_ptr<float>(), N, "w_scale", "channel");
   return ws;
@@ -321,9 +323,10 @@ int64_t check_packed_weight(const at::Tensor& x, const at::Tensor& w_packed,
               w_packed.sizes());
   TORCH_CHECK(w_packed.size(1) == K, "argument 'w_packed' was packed for K = ", w_packed.size(1),
               " but 'x' has K = ", K, " (its last dimension)");
-  TORCH_CHECK(w_packed.size(0) == cpu::gemm_panels(N), "argument 'w_packed' holds ",
-              w_packed.size(0), " panels of 16 channels but 'w_col_sums' has N = ", N,
-              " (needs ", cpu::gemm_panels(N), ")");
+  TORCH_CHECK(w_packed.size(0) == cpu::gemm_panels(N), "argument 'w_col_sums' has ", N,
+              " elements (one per output channel) but 'w_packed' holds ", w_packed.size(0),
+              " panels of ", cpu::kPanel, " channels, packed for ", std::max<int64_t>(0, (w_packed.size(0) - 1) * cpu::kPanel + 1),
+              " to ", w_packed.size(0) * cpu::kPanel, " output channels");
   return N;
 }
 

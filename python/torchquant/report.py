@@ -126,7 +126,9 @@ def _as_float(out) -> Optional[torch.Tensor]:
 
 
 def _batches(data) -> Iterable:
-    if isinstance(data, (torch.Tensor, Mapping)):
+    # A tuple is one (inputs, targets) batch, as calibrate's batches are; a list or any other
+    # iterable holds batches.
+    if isinstance(data, (torch.Tensor, Mapping, tuple)):
         return [data]
     return data
 
@@ -154,8 +156,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     (an ``nn.Identity`` left by fusion is skipped: its row would repeat the fused layer's). Compare a fused model with a float model fused the same way, so that
     ``fc1`` means Linear+ReLU on both sides.
 
-    ``data``: a batch of inputs, or an iterable of batches (a ``(inputs, targets)`` pair uses its
-    inputs; a mapping, such as a Hugging Face tokenizer's output, is passed as keyword arguments). Statistics accumulate over all batches. Both models run in eval mode under
+    ``data``: a batch of inputs, or an iterable of batches (a list, a DataLoader). A tuple is
+    one ``(inputs, targets)`` batch, whether given as ``data`` or as one of its batches, and
+    uses its inputs; a mapping, such as a Hugging Face tokenizer's output, is passed as keyword arguments). Statistics accumulate over all batches. Both models run in eval mode under
     ``torch.no_grad()`` on the inputs' device; their training flags are restored afterwards.
     ``plot``: ``True`` draws the bar chart (``report.figure``), a path also saves it there.
     Each row also holds the bytes of both modules' state dicts (``float_bytes``,

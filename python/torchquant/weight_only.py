@@ -92,11 +92,12 @@ def _execution_order(model, linears: Dict[str, nn.Linear], batches) -> Tuple[Lis
 def _capture_inputs(model, batches, module: nn.Module, fn, stop: bool):
     """Runs the batches, handing each input of `module` to fn; stops each forward right after
     `module` when `stop` (nothing later can change what it sees)."""
-    def hook(mod, args):
-        fn(args[0])
+    def hook(mod, args, kwargs):
+        # nn.Linear's input, given by position or as `input=` (as the float module takes it)
+        fn(args[0] if args else kwargs["input"])
         if stop:
             raise _Stop
-    h = module.register_forward_pre_hook(hook)
+    h = module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         _forward_all(model, batches)
     finally:
@@ -186,7 +187,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")
     batches = None if method == "rtn" else _calib_batches(calib_data, method)
-    excluded = set(exclude)
+    excluded = {exclude} if isinstance(exclude, str) else set(exclude)  # one name, or several
     unknown = excluded - {n for n, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")

@@ -98,6 +98,13 @@ def _quantize_table(weight: torch.Tensor, obs, name: str):
     return pack_rowwise(q.to(torch.uint8).contiguous(), scale, zp, bits, weight.shape[1]).to(weight.device), bits
 
 
+def _record_row_format(module, state_dict, prefix, local_metadata):
+    """state_dict hook: the rows' width and bits in the module's metadata (kept by torch.save and
+    torch.load(weights_only=True)), checked on load."""
+    local_metadata["embedding_dim"] = module.embedding_dim
+    local_metadata["bits"] = module.bits
+
+
 class _EmbeddingBase(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype=torch.quint8):
         super().__init__()
@@ -107,6 +114,7 @@ class _EmbeddingBase(nn.Module):
         self.bits = _BITS[dtype]
         self.register_buffer("packed_weight",
                              torch.zeros(num_embeddings, _row_stride(embedding_dim, self.bits), dtype=torch.uint8))
+        self.register_state_dict_post_hook(_record_row_format)
 
     @property
     def qweight(self) -> torch.Tensor:
@@ -133,6 +141,14 @@ class _EmbeddingBase(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # The packed rows are uint8 (values and qparam bytes): another dtype would be cast silently.
         errors = integer_load_errors(self, state_dict, prefix, ("packed_weight",))
+        # Several widths share a row stride (8-bit rows of 5 to 8 values are 16 bytes): the
+        # state dict's metadata says which width and bits its rows hold (a state dict without
+        # them, built by hand, is taken by its shape alone).
+        for key, mine in (("embedding_dim", self.embedding_dim), ("bits", self.bits)):
+            theirs = (local_metadata or {}).get(key)
+            if theirs is not None and theirs != mine:
+                errors.append(f"size mismatch for {prefix}packed_weight: its rows hold {key}={theirs}, this "
+                              f"{type(self).__name__} has {key}={mine}")
         if errors:
             error_msgs.extend(errors)
             return

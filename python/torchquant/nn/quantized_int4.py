@@ -58,10 +58,28 @@ class LinearWeightOnlyInt4(nn.Module):
                      bias: Optional[torch.Tensor], group_size: int, input_scale: Optional[torch.Tensor] = None):
         """From uint4 values [N, K] (uint8 0..15) and group qparams [N, G]: ``w = s * (q - z)``,
         applied to ``x * input_scale`` when input_scale is given."""
+        if not isinstance(qvalues, torch.Tensor) or qvalues.dim() != 2:
+            raise ValueError(f"argument 'qvalues' must be a 2-D tensor [out_features, in_features], got "
+                             f"{tuple(qvalues.shape) if isinstance(qvalues, torch.Tensor) else type(qvalues).__name__}")
         N, K = qvalues.shape
         m = cls(K, N, bias is not None, group_size, input_scale is not None)
-        if qvalues.numel() and int(qvalues.max()) > 15:
-            raise ValueError(f"argument 'qvalues' must hold 4-bit values in [0, 15], got max {int(qvalues.max())}")
+        if qvalues.dtype == torch.bool or qvalues.is_complex():
+            raise TypeError(f"argument 'qvalues' must hold integers in [0, 15], got dtype {qvalues.dtype}")
+        if qvalues.numel():
+            lo, hi = (float(v) for v in torch.aminmax(qvalues.detach().to(torch.float64)))
+            if lo < 0 or hi > 15:
+                hint = " (signed int4 values q in [-8, 7] are q + 8, with zero points + 8)" if lo < 0 else ""
+                raise ValueError(f"argument 'qvalues' must hold unsigned 4-bit values in [0, 15], got values in "
+                                 f"[{lo:g}, {hi:g}]{hint}")
+            if qvalues.is_floating_point() and not torch.equal(qvalues, torch.round(qvalues)):
+                raise ValueError("argument 'qvalues' must hold integers in [0, 15], got non-integer values")
+        for name, t, shape in (("scale", scale, m.weight_scale.shape), ("zero_point", zero_point,
+                                                                         m.weight_zero_point.shape),
+                               ("bias", bias, (N,)), ("input_scale", input_scale, (K,))):
+            if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape)):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"argument '{name}' must have shape {tuple(shape)} for qvalues of shape {(N, K)} "
+                                 f"and group_size={group_size}, got {got}")
         m.qweight.copy_(pack_int4(qvalues.cpu()))
         m.weight_scale.copy_(scale.detach().float().cpu())
         m.weight_zero_point.copy_(zero_point.cpu().to(torch.uint8))
@@ -117,7 +135,8 @@ class LinearWeightOnlyInt4(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's name: fc(input=x) works too
+        x = input
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{type(self).__name__} takes a floating-point tensor, got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
