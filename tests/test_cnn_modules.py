@@ -778,3 +778,71 @@ def test_make_quantizable_turns_activation_functions_into_modules():
     assert len(lookups) == 8
     ref = model(x)
     assert float(10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 15
+
+
+@pytest.mark.parametrize("bn_cls,conv_cls,shape", [(nn.BatchNorm2d, nn.Conv2d, (2, 3, 8, 8)),
+                                                   (nn.BatchNorm3d, nn.Conv3d, (2, 3, 4, 6, 6))])
+def test_batchnorm_with_batch_statistics_stays_float(bn_cls, conv_cls, shape):
+    # track_running_stats=False: the BatchNorm normalizes with each batch's statistics, in eval
+    # mode too. It has no int8 form (an int8 BatchNorm with its default buffers would not
+    # normalize at all): it stays float, named in prepare's warning, and is not folded.
+    torch.manual_seed(0)
+    base = nn.Sequential(conv_cls(3, 4, 3), bn_cls(4, track_running_stats=False), nn.ReLU(), conv_cls(4, 4, 1)).eval()
+    assert tq.find_fusable_modules(base) == [["1", "2"]]
+    with pytest.raises(ValueError, match=r"'1' \(%s\) has track_running_stats=False" % bn_cls.__name__):
+        tq.fuse_modules(base, [["0", "1", "2"]])
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want = base(x)
+    for fuse in (False, True):
+        model = tq.fuse_modules(base, tq.find_fusable_modules(base)) if fuse else copy.deepcopy(base)
+        model = nn.Sequential(tq.QuantStub(), model, tq.DeQuantStub()).eval()
+        model.qconfig = tq.get_default_qconfig("x86")
+        with pytest.warns(UserWarning, match=r"stay in float: 1\.1(\.0)? \(%s: track_running_stats=False" % bn_cls.__name__):
+            p = tq.prepare(model)
+        for _ in range(4):
+            p(torch.randn(*shape))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = tq.convert(p)
+            with torch.no_grad():
+                got = q(x)
+        bn = q[1][1][0] if fuse else q[1][1]
+        assert type(bn) is bn_cls
+        assert isinstance(q[1][0], (nnq.Conv2d, nnq.Conv3d))
+        sqnr = 10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum())
+        assert sqnr > 20  # an int8 BatchNorm with default statistics (no normalization) gave ~0 dB
+
+
+def test_casting_a_converted_model_keeps_the_float32_buffers_of_every_int8_module():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.elu, self.silu = nn.ELU(), nn.SiLU()
+            self.add = nnq.FloatFunctional()
+            self.bn, self.ln, self.gn = nn.BatchNorm2d(4), nn.LayerNorm(8), nn.GroupNorm(2, 4)
+            self.inorm = nn.InstanceNorm2d(4, affine=True)
+
+        def forward(self, x):
+            x = self.quant(x)
+            y = self.add.add(self.silu(self.elu(self.conv(x))), x)
+            return self.dequant(self.inorm(self.gn(self.ln(self.bn(y)))))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    m.bn.running_mean.uniform_(-1, 1)
+    m.bn.running_var.uniform_(0.5, 2)
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    for _ in range(4):
+        p(torch.randn(2, 4, 8, 8))
+    q = tq.convert(p)
+    x = torch.randn(2, 4, 8, 8)
+    want = q(x)
+    for cast in (lambda mod: mod.half(), lambda mod: mod.double(), lambda mod: mod.to(torch.bfloat16)):
+        c = cast(copy.deepcopy(q))
+        for name, b in c.named_buffers():
+            assert b.dtype in (torch.float32, torch.int32, torch.int8, torch.uint8, torch.int64), (name, b.dtype)
+        assert torch.equal(c(x), want)

@@ -424,3 +424,19 @@ def test_in_place_functions_trace_with_torch_compile():
     assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
     assert torch.equal(d2, eager[0])  # the input's codes changed in place under compile too
     assert not torch.equal(d, eager[0])
+
+
+def test_elementwise_max_min_of_a_qtensor_and_a_tensor_run_in_float():
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(4))
+    q = torchquant.quantize_per_tensor(x, 0.05, 10, torch.quint8)
+    zeros = torch.zeros(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fn in (torch.max, torch.min):
+            for got in (fn(q, zeros), fn(zeros, q), fn(q, other=zeros), getattr(q, fn.__name__)(zeros)):
+                assert isinstance(got, torch.Tensor) and torch.equal(got, fn(q.dequantize(), zeros))
+            assert torch.equal(fn(q, q), q.dequantize())
+    # the reductions keep the qparams
+    assert isinstance(torch.max(q), QTensor) and float(torch.max(q).dequantize()) == float(q.dequantize().max())
+    values, indices = torch.max(q, 1)
+    assert torch.equal(values.dequantize(), q.dequantize().max(1).values) and torch.equal(indices, q.data.max(1).indices)

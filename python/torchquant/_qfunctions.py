@@ -379,6 +379,10 @@ def _values_indices(fn, name):
     """max / min / topk / sort: the values a QTensor with the same qparams (order is the same on
     the codes, the scale being positive), the indices as they are."""
     def impl(q, *args, **kwargs):
+        if not isinstance(q, QTensor) or any(isinstance(a, (torch.Tensor, QTensor)) for a in
+                                             list(args) + list(kwargs.values())):
+            # the elementwise forms (torch.max(a, b), torch.min(q, other=t)): in float
+            return _run_in_float(fn, (q,) + args, kwargs, label=f"{name} of two tensors", stacklevel=3)
         _per_tensor(q, name)
         out = fn(q.data, *args, **kwargs)
         if isinstance(out, torch.Tensor):

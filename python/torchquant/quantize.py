@@ -324,17 +324,39 @@ def _model_device(model: nn.Module):
     return devices.pop() if len(devices) == 1 else None
 
 
+def _batch_stats_bn(mod: nn.Module) -> bool:
+    """A BatchNorm with no running statistics (``track_running_stats=False``): it normalizes with
+    each batch's own statistics, in eval mode too, so it has no fixed affine map to fold into a
+    convolution or to run as an int8 BatchNorm."""
+    return isinstance(mod, nn.modules.batchnorm._BatchNorm) and (mod.running_mean is None or mod.running_var is None)
+
+
+def _float_only(mod: nn.Module) -> bool:
+    """A module of a mapped type that has no int8 form as configured: a BatchNorm, or a fused
+    [BatchNorm, ReLU], that normalizes with batch statistics. It stays float, as modules with no
+    int8 implementation do (dequantize before it, quantize after it)."""
+    if isinstance(mod, nn.Sequential) and len(mod) > 0:
+        mod = mod[0]
+    return _batch_stats_bn(mod)
+
+
 def _add_observers(model: nn.Module) -> List[str]:
     """Adds ``activation_post_process`` and its forward hook to every observed module under a
     qconfig; returns the names of leaf modules under a qconfig that stay float."""
     unsupported = []
     model_dev = _model_device(model)
-    inside_fused = {id(c) for m in model.modules() if isinstance(m, _FUSED) for c in m.modules() if c is not m}
+    # A fused module that stays float (a [BatchNorm, ReLU] with batch statistics) is not one
+    # module: its BatchNorm is observed and stays float as a leaf, its ReLU is int8.
+    inside_fused = {id(c) for m in model.modules() if isinstance(m, _FUSED) and not _float_only(m)
+                    for c in m.modules() if c is not m}
     for name, mod in model.named_modules():
         qc = getattr(mod, "qconfig", None)
         if qc is None or _is_observer(mod) or id(mod) in inside_fused:
             continue
-        if type(mod) in _OBSERVED and not hasattr(mod, "activation_post_process"):
+        float_only = _float_only(mod)
+        if float_only and any(True for _ in mod.children()):
+            continue
+        if type(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
             obs = qc.activation()
             dev = _device_of(mod) or model_dev
             if dev is not None:
@@ -352,9 +374,12 @@ def _add_observers(model: nn.Module) -> List[str]:
                 if dev is not None:
                     obs.to(dev)
                 mod.activation_post_process = obs
-        elif (not any(True for _ in mod.children()) and not isinstance(mod, _PASSTHROUGH)
-              and type(mod) not in _OBSERVED and mod is not model):
-            unsupported.append(f"{name} ({type(mod).__name__})")
+        elif ((float_only or (not any(True for _ in mod.children()) and not isinstance(mod, _PASSTHROUGH)
+                              and type(mod) not in _OBSERVED))
+              and mod is not model and not hasattr(mod, "activation_post_process")):
+            unsupported.append(f"{name} ({type(mod).__name__}"
+                               + (": track_running_stats=False, it normalizes with batch statistics)" if float_only
+                                  else ")"))
             # Observed too: where it runs inside the quantized part of the model, convert
             # quantizes its float output with these qparams (docs/eager_api.md).
             obs = qc.activation()
@@ -445,6 +470,10 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
             setattr(model, name, memo[id(child)])
             continue
         target = mapping.get(type(child))
+        if target is not None and _float_only(child):
+            target = None  # stays float (prepare said so); its children are left as they are
+            memo[id(child)] = child
+            continue
         if target is not None and (getattr(child, "qconfig", None) is not None or not require_qconfig):
             try:
                 new = target.from_float(child, name=full)
@@ -954,6 +983,11 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
         if fuse is None:
             raise ValueError(f"fuse_modules: cannot fuse {[type(m).__name__ for m in mods]} (group {list(group)}); "
                              f"supported patterns: {[[t.__name__ for t in k] for k in _FUSIONS]}")
+        for n, m in zip(group[1:], mods[1:]):
+            if _batch_stats_bn(m):
+                raise ValueError(f"fuse_modules: cannot fuse group {list(group)}: '{n}' ({type(m).__name__}) has "
+                                 "track_running_stats=False, so it normalizes with each batch's statistics and has no "
+                                 "fixed scale and shift to fold into the layer before it; leave it out of the group")
         fused = fuse(*mods, is_qat=is_qat)
         fused.train(mods[0].training)
         if hasattr(mods[0], "qconfig"):
@@ -1034,7 +1068,7 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
                 continue
             names = [n.target for n in part]
             if (tuple(type(modules[n]) for n in names) in patterns and all(calls[n] == 1 for n in names)
-                    and not taken.intersection(names)):
+                    and not taken.intersection(names) and not any(_batch_stats_bn(modules[n]) for n in names[1:])):
                 groups.append(names)
                 taken.update(names)
                 break

@@ -16,6 +16,7 @@ from torch import nn
 
 from .._ops import ops
 from ..qtensor import QTensor, _QRANGE
+from ..observer import _apply_keeping_float32
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
@@ -141,6 +142,12 @@ def _device(mod):
 
 class _QuantizedOutput(nn.Module):
     """Common part of the modules below: output qparams as buffers, float input quantized."""
+
+    def _apply(self, fn, *args, **kwargs):
+        # A cast of the model (.half(), .double(), .to(torch.bfloat16)) moves the float32 buffers
+        # (output scale, norms' weight, bias and statistics) but keeps them float32, as the int8
+        # Linear / Conv do: the outputs stay bit for bit those of the float32 buffers.
+        return _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
 
     def _out(self, data: torch.Tensor) -> QTensor:
         return QTensor._make(data, self.scale, self.zero_point, None, self.qmin, self.qmax)
