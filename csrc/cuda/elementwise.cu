@@ -111,11 +111,22 @@ at::Tensor binary(int op, const at::Tensor& a, const at::Tensor& a_scale, const 
   const at::ScalarType odt = args.odt;
   const EwQParams &qa = args.a, &qb = args.b, &qo = args.out;
   const std::vector<int64_t> shape = at::infer_size(a.sizes(), b.sizes());
-  const at::Tensor& like = a.sizes() == at::IntArrayRef(shape) ? a : b;
-  const auto mf = like.sizes() == at::IntArrayRef(shape) ? like.suggest_memory_format()
-                                                        : at::MemoryFormat::Contiguous;
-  at::Tensor out = at::empty(shape, a.options().dtype(odt).memory_format(mf));
-  const at::Tensor ae = a.expand(shape).contiguous(mf), be = b.expand(shape).contiguous(mf);
+  const at::IntArrayRef sh(shape);
+  // The output's layout is the fake kernel's (_ew_binary_fake: empty_like of the input that has
+  // the output's shape, else contiguous), as on the CPU. (It was empty(shape, suggested memory
+  // format): a dense permuted input, e.g. x.transpose(2, 3), gave a contiguous CUDA output where
+  // the fake and the CPU give x's strides.) Each operand is read in the output's element order:
+  // in place when it has the output's sizes and strides, else expanded into a copy laid out as
+  // the output (empty_like of the dense output keeps its strides).
+  const at::Tensor* like = a.sizes() == sh ? &a : (b.sizes() == sh ? &b : nullptr);
+  at::Tensor out = like != nullptr ? at::empty_like(*like, a.options().dtype(odt))
+                                   : at::empty(shape, a.options().dtype(odt));
+  auto in_out_order = [&](const at::Tensor& t) {
+    return t.sizes() == sh && t.strides() == out.strides()
+               ? t
+               : at::empty_like(out, t.options()).copy_(t.expand(shape));
+  };
+  const at::Tensor ae = in_out_order(a), be = in_out_order(b);
   EwArgs e = base_args(ae, qa, qo, odt);
   e.b = static_cast<const uint8_t*>(be.data_ptr());
   e.b_scale = qb.scale_t.data_ptr<float>();
@@ -131,9 +142,11 @@ at::Tensor binary(int op, const at::Tensor& a, const at::Tensor& a_scale, const 
 // op 2 (add_scalar), 3 (mul_scalar) or 4 (requantize), into a new tensor in a's layout.
 at::Tensor unary(int op, const at::Tensor& a, const EwQParams& qa, double other, const EwQParams& qo,
                  at::ScalarType odt) {
-  const auto mf = a.suggest_memory_format();
-  const at::Tensor ac = a.contiguous(mf);
-  at::Tensor out = at::empty(a.sizes(), a.options().dtype(odt).memory_format(mf));
+  // Layout as the CPU kernel's and the fake's (empty_like(a)): a dense a's strides are kept (it
+  // was empty(sizes, suggested memory format), contiguous for a dense permuted a such as a.t()),
+  // and a is read in the output's element order, copied into that layout where it differs.
+  at::Tensor out = at::empty_like(a, a.options().dtype(odt));
+  const at::Tensor ac = a.strides() == out.strides() ? a : at::empty_like(out, a.options()).copy_(a);
   EwArgs e = base_args(ac, qa, qo, odt);
   e.out = static_cast<uint8_t*>(out.data_ptr());
   e.op = op;

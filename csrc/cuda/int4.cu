@@ -349,8 +349,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cuda(const at::T
   const int64_t G = check_int4_format(qweight, scale, zero_point, in_features, group_size);
   const c10::cuda::CUDAGuard guard(qweight.device());
   const int64_t N = qweight.size(0), K = in_features, Kp = G * group_size;
-  const at::Tensor s = scale.to(at::kFloat).contiguous();
-  const at::Tensor z = zero_point.to(at::kInt).contiguous();
+  // Always fresh copies (copy=true): s and z are returned, and the schema's outputs may not
+  // alias its inputs; .to() / .contiguous() would return `scale` itself for a contiguous float32
+  // scale (an int32 zero_point likewise), so w_scale / w_qp would share the caller's storage.
+  const at::Tensor s = scale.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
+  const at::Tensor z = zero_point.to(at::kInt, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
   // Packing happens once per load: a host sync for the value checks is affordable here.
   TORCH_CHECK(!(s.le(0) | s.isinf() | s.isnan()).any().item<bool>(),
               "argument 'scale' must hold values > 0 and finite");
