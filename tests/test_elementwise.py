@@ -154,6 +154,42 @@ def test_unary_and_cat_on_device(device):
     assert torch.equal(got.cpu(), want)
 
 
+def test_output_layout_on_device_is_the_cpu_kernels_and_the_fake_kernels(device):
+    # Dense permuted, channels-last, sliced and broadcast operands: the values and the output's
+    # strides equal the CPU kernels' (and so the fake kernels', which torch.compile trusts).
+    gen = torch.Generator().manual_seed(6)
+    base = _q((3, 8, 5, 6), torch.uint8, gen)
+    other = _q((3, 8, 5, 6), torch.int8, gen)
+    layouts = {
+        "transposed": (base.transpose(2, 3), other.transpose(2, 3)),
+        "channels_last": (base.contiguous(memory_format=torch.channels_last), other),
+        "sliced": (base[:, ::2], other[:, 1::2]),
+        "broadcast": (base.transpose(2, 3), other[:1, :, :1, :1]),
+        "permuted both": (base.permute(3, 1, 0, 2), other.permute(3, 1, 0, 2)),
+    }
+    qa, qb, qo = _qp(0.0731, 9), _qp(0.5, -3), _qp(0.0517, 5)
+    for name, (a, b) in layouts.items():
+        cpu = {
+            "add": ops.add(a, *qa, b, *qb, *qo, False, None),
+            "mul": ops.mul(a, *qa, b, *qb, *qo, True, torch.int8),
+            "add_scalar": ops.add_scalar(a, *qa, 0.25, *qo, torch.uint8),
+            "mul_scalar": ops.mul_scalar(b, *qb, -0.5, *qo, torch.int8),
+        }
+        d = lambda t: t.to(device) if device == "cpu" else torch.empty_strided(  # noqa: E731
+            t.size(), t.stride(), dtype=t.dtype, device=device).copy_(t)
+        dqa, dqb, dqo = (tuple(t.to(device) for t in q) for q in (qa, qb, qo))
+        da, db = d(a), d(b)
+        got = {
+            "add": ops.add(da, *dqa, db, *dqb, *dqo, False, None),
+            "mul": ops.mul(da, *dqa, db, *dqb, *dqo, True, torch.int8),
+            "add_scalar": ops.add_scalar(da, *dqa, 0.25, *dqo, torch.uint8),
+            "mul_scalar": ops.mul_scalar(db, *dqb, -0.5, *dqo, torch.int8),
+        }
+        for op, want in cpu.items():
+            assert torch.equal(got[op].cpu(), want), (name, op)
+            assert got[op].stride() == want.stride(), (name, op, got[op].stride(), want.stride())
+
+
 def test_bad_arguments():
     a = torch.zeros(2, 3, dtype=torch.uint8)
     s, z = _qp(0.1, 0)
