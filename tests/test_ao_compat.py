@@ -682,3 +682,87 @@ def test_linear_bn_fused_for_qat_but_prepared_static_folds_its_running_statistic
     with torch.no_grad():
         assert (q(x) - folded(x)).abs().max() < 0.1
     assert m.fc1.training is False and m.bn1.training is False
+
+
+@pytest.mark.parametrize("cls", [tq.MinMaxObserver, tq.HistogramObserver])
+@pytest.mark.parametrize("dtype,qmin,qmax", [(torch.quint8, 0, 1023), (torch.qint8, 0, 255), (torch.qint8, -200, 50),
+                                             (torch.quint4x2, 0, 255)])
+def test_observer_refuses_a_range_its_dtype_cannot_hold(cls, dtype, qmin, qmax):
+    # torch.ao accepts these and the int8 model saturates (or fails at its first call)
+    if cls is tq.HistogramObserver and dtype == torch.quint4x2:
+        pytest.skip("the histogram observer is for activations")
+    with pytest.raises(ValueError, match=rf"quant_min={qmin}, quant_max={qmax} do not fit dtype {dtype}"):
+        cls(dtype=dtype, quant_min=qmin, quant_max=qmax)
+
+
+def test_per_channel_observer_refuses_statistics_of_mismatched_shapes():
+    o = tq.PerChannelMinMaxObserver()
+    o(torch.randn(3, 4))
+    for key, bad, match in (("min_val", torch.zeros(6), "min_val has 6 channels and max_val 3"),
+                            ("max_val", torch.zeros(3, 1), r"max_val has shape \(3, 1\)")):
+        sd = o.state_dict()
+        sd[key] = bad
+        fresh = tq.PerChannelMinMaxObserver()
+        with pytest.raises(RuntimeError, match=match):
+            fresh.load_state_dict(sd)
+        assert fresh.min_val.numel() == 0  # left as it was
+
+
+def test_learnable_fake_quant_holds_a_symmetric_zero_point_and_converts():
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), tq.DeQuantStub()).train()
+    m.qconfig = tq.learnable_qat_qconfig
+    p = tq.prepare_qat(m)
+    opt = torch.optim.Adam(p.parameters(), lr=0.05)
+    x, t = torch.randn(64, 16), torch.randn(64, 8)
+    p(x)
+    p.apply(tq.disable_observer)
+    first = float(((p(x) - t) ** 2).mean())
+    for _ in range(100):
+        opt.zero_grad()
+        ((p(x) - t) ** 2).mean().backward()
+        opt.step()
+    assert float(((p(x) - t) ** 2).mean()) < first
+    wfq = p[1].weight_fake_quant
+    assert wfq.qscheme == torch.per_channel_symmetric and torch.equal(wfq.zero_point.detach(), torch.zeros(8))
+    assert wfq.zero_point.grad is None  # not trained
+    assert p[0].activation_post_process.zero_point.grad is not None  # the affine one is
+    q = tq.convert(copy.deepcopy(p).eval())
+    assert isinstance(q[1], tq.nn.quantized.Linear)
+    # a checkpoint of the trained (per-channel) model loads into a freshly prepared one
+    torch.manual_seed(0)
+    fresh = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), tq.DeQuantStub()).train()
+    fresh.qconfig = tq.learnable_qat_qconfig
+    fresh = tq.prepare_qat(fresh)
+    fresh.load_state_dict(p.state_dict())
+    assert torch.equal(fresh(x), p(x))
+
+
+def test_torch_ao_qat_qconfig_in_torchquant_prepare_qat():
+    # torch.ao's fake-quants are not walked into (no observer on their observer) and
+    # torchquant's switches reach them.
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), tq.DeQuantStub()).train()
+    m.qconfig = taq.get_default_qat_qconfig("x86")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = tq.prepare_qat(m)
+    assert not [w for w in caught if "no int8 implementation" in str(w.message)]
+    assert not [k for k in p.state_dict() if "weight_fake_quant.activation_post_process.activation_post_process" in k]
+    p(torch.randn(4, 16))
+    p.apply(tq.disable_observer)
+    p.apply(tq.disable_fake_quant)
+    for fq in (p[0].activation_post_process, p[1].weight_fake_quant):
+        assert int(fq.observer_enabled) == 0 and int(fq.fake_quant_enabled) == 0
+    p.apply(tq.enable_fake_quant)
+    assert int(p[1].weight_fake_quant.fake_quant_enabled) == 1
+    assert isinstance(tq.convert(p.eval())[1], tq.nn.quantized.Linear)
+
+
+def test_fake_quant_with_args_takes_positional_and_callable_arguments():
+    fq = tq.FakeQuantize.with_args(quant_min=0, quant_max=255)(tq.MinMaxObserver)
+    assert isinstance(fq.activation_post_process, tq.MinMaxObserver) and fq.quant_max == 255
+    calls = []
+    ctr = tq.FakeQuantize.with_args(observer=tq.MinMaxObserver).with_callable_args(
+        quant_min=lambda: calls.append(1) or 0, quant_max=lambda: 127)
+    assert ctr().quant_max == 127 and ctr(quant_max=63).quant_max == 63 and len(calls) == 2
+    assert tq.FakeQuantize.with_callable_args(quant_min=lambda: 0, quant_max=lambda: 15)().quant_max == 15

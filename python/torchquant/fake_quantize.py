@@ -39,14 +39,27 @@ __all__ = [
 
 
 class _PartialWithRepr:
+    """``FakeQuantize.with_args(...)``: a constructor with bound keyword arguments, called with
+    more (positional ones too, as torch.ao's partial wrapper: ``with_args(...)(MinMaxObserver)``);
+    ``with_callable_args`` binds arguments computed afresh at each call, as torch.ao's."""
+
     def __init__(self, cls, **kwargs):
         self.cls, self.kwargs = cls, kwargs
+        self.callable_args = {}
 
-    def __call__(self, **kwargs):
-        return self.cls(**{**self.kwargs, **kwargs})
+    def __call__(self, *args, **kwargs):
+        computed = {name: fn() for name, fn in self.callable_args.items() if name not in kwargs}
+        return self.cls(*args, **{**self.kwargs, **computed, **kwargs})
 
     def with_args(self, **kwargs):
-        return _PartialWithRepr(self.cls, **{**self.kwargs, **kwargs})
+        result = _PartialWithRepr(self.cls, **{**self.kwargs, **kwargs})
+        result.callable_args = dict(self.callable_args)
+        return result
+
+    def with_callable_args(self, **kwargs):
+        result = _PartialWithRepr(self.cls, **self.kwargs)
+        result.callable_args = {**self.callable_args, **kwargs}
+        return result
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -88,6 +101,11 @@ class FakeQuantizeBase(_obs._LockedState, nn.Module):
     def with_args(cls, **kwargs):
         """A constructor with preset arguments, for QConfig (as torch.ao's with_args)."""
         return _PartialWithRepr(cls, **kwargs)
+
+    @classmethod
+    def with_callable_args(cls, **kwargs):
+        """A constructor whose arguments are computed at each call (as torch.ao's)."""
+        return _PartialWithRepr(cls).with_callable_args(**kwargs)
 
     def enable_fake_quant(self, enabled: bool = True):
         self.fake_quant_enabled[0] = 1 if enabled else 0
@@ -164,7 +182,12 @@ class FakeQuantize(FakeQuantizeBase):
         for name in ("scale", "zero_point"):
             key = prefix + name
             if key in state_dict:
-                getattr(self, name).resize_(state_dict[key].shape)
+                t = getattr(self, name)
+                if t.shape != state_dict[key].shape:
+                    if isinstance(t, nn.Parameter):  # LearnableFakeQuantize's: a new tensor, no resize_
+                        t.data = torch.empty(state_dict[key].shape, dtype=t.dtype, device=t.device)
+                    else:
+                        t.resize_(state_dict[key].shape)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self):
@@ -187,9 +210,21 @@ class LearnableFakeQuantize(FakeQuantize):
         self.zero_point = nn.Parameter(torch.tensor([0.0]))
         self.use_grad_scaling = use_grad_scaling
 
+    def _symmetric_zero_point(self):
+        """For a symmetric qscheme, the zero point its observer gives (0 for signed dtypes), held
+        fixed: training moves the scale only, as torch.ao's _LearnableFakeQuantize, which resets
+        the zero point every step (a trained one would make the weights asymmetric, which
+        convert refuses for symmetric qconfigs). None for affine schemes."""
+        if self.qscheme not in (torch.per_tensor_symmetric, torch.per_channel_symmetric):
+            return None
+        fixed = getattr(self.activation_post_process, "_symmetric_zero_point", None)
+        return fixed() if fixed is not None else 0
+
     def calculate_qparams(self):
         scale = self.scale.detach().abs().clamp(min=torch.finfo(torch.float32).eps)
-        zp = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max).to(torch.int32)
+        fixed = self._symmetric_zero_point()
+        zp = self.zero_point.detach() if fixed is None else torch.full_like(self.zero_point.detach(), fixed)
+        zp = zp.round().clamp(self.quant_min, self.quant_max).to(torch.int32)
         return scale, zp
 
     def forward(self, x):
@@ -211,7 +246,12 @@ class LearnableFakeQuantize(FakeQuantize):
             qp = self.quant_max if self.quant_max > 0 else -self.quant_min
             grad_factor = 1.0 / (x.numel() * qp) ** 0.5 if self.use_grad_scaling else 1.0
             self.scale.data.abs_().clamp_(min=torch.finfo(torch.float32).eps)
-            x = ops.fake_quantize_learnable(x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max, grad_factor)
+            zero_point = self.zero_point
+            fixed = self._symmetric_zero_point()
+            if fixed is not None:  # held, and not trained (no gradient reaches it)
+                self.zero_point.data.fill_(fixed)
+                zero_point = self.zero_point.detach()
+            x = ops.fake_quantize_learnable(x, self.scale, zero_point, axis, self.quant_min, self.quant_max, grad_factor)
         return x
 
 
@@ -324,9 +364,21 @@ fused_per_channel_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuan
     qscheme=torch.per_channel_symmetric, eps=2**-12)
 
 
+def _fake_quant_types():
+    """torchquant's fake-quant base and torch.ao's (a torch.ao QAT qconfig kept from an older
+    script builds torch.ao fake-quants, which these switches must reach too)."""
+    try:
+        from torch.ao.quantization.fake_quantize import FakeQuantizeBase as _AoFakeQuantizeBase
+    except ImportError:  # pragma: no cover
+        return (FakeQuantizeBase,)
+    return (FakeQuantizeBase, _AoFakeQuantizeBase)
+
+
 def _apply_to_fake_quants(fn):
+    types = _fake_quant_types()
+
     def visit(module):
-        if isinstance(module, FakeQuantizeBase):
+        if isinstance(module, types):
             fn(module)
     return visit
 

@@ -146,6 +146,10 @@ def _calculate_qmin_qmax(quant_min, quant_max, has_customized_qrange, dtype, red
 
 _ALLOWED_DTYPES = (torch.qint8, torch.quint8, torch.quint4x2, torch.qint32, torch.int8, torch.uint8,
                    torch.int16, torch.int32, torch.uint16)
+# The values each dtype stores: a custom [quant_min, quant_max] must lie inside.
+_DTYPE_RANGE = {torch.qint8: (-128, 127), torch.int8: (-128, 127), torch.quint8: (0, 255), torch.uint8: (0, 255),
+                torch.quint4x2: (0, 15), torch.qint32: (-(2**31), 2**31 - 1), torch.int32: (-(2**31), 2**31 - 1),
+                torch.int16: (-(2**15), 2**15 - 1), torch.uint16: (0, 2**16 - 1)}
 _PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
@@ -277,6 +281,11 @@ class UniformQuantizationObserverBase(ObserverBase):
             raise ValueError(f"quant_min must be < quant_max, got quant_min={quant_min}, quant_max={quant_max}")
         if self.has_customized_qrange and not quant_min <= 0 <= quant_max:
             raise ValueError(f"quant_min/quant_max must include 0, got [{quant_min}, {quant_max}]")
+        lo_hi = _DTYPE_RANGE.get(dtype)
+        if self.has_customized_qrange and lo_hi is not None and not lo_hi[0] <= quant_min <= quant_max <= lo_hi[1]:
+            # (torch.ao accepts these and converts to codes the dtype cannot hold)
+            raise ValueError(f"quant_min={quant_min}, quant_max={quant_max} do not fit dtype {dtype} "
+                             f"([{lo_hi[0]}, {lo_hi[1]}])")
         self.quant_min, self.quant_max = _calculate_qmin_qmax(
             quant_min, quant_max, self.has_customized_qrange, dtype, reduce_range)
         if qscheme in _SYMMETRIC and reduce_range and dtype in (torch.quint8, torch.uint8):
@@ -508,6 +517,17 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
                               error_msgs):
         version = local_metadata.get("version")
         old_names = version is not None and version < 3  # torch.ao once called them min_vals / max_vals
+        got = {name: state_dict.get(prefix + (name + "s" if old_names else name)) for name in ("min_val", "max_val")}
+        bad = [f"{prefix}{n} has shape {tuple(t.shape)}" for n, t in got.items()
+               if isinstance(t, torch.Tensor) and t.dim() != 1]
+        if not bad and all(isinstance(t, torch.Tensor) for t in got.values()) \
+                and got["min_val"].shape != got["max_val"].shape:
+            bad = [f"{prefix}min_val has {got['min_val'].numel()} channels and {prefix}max_val "
+                   f"{got['max_val'].numel()}"]
+        if bad:  # one entry per channel in both, or the module is left as it was
+            error_msgs.append(f"{type(self).__name__}: per-channel statistics must be 1-D with one entry per "
+                              f"channel in both min_val and max_val: " + "; ".join(bad))
+            return
         for name in ("min_val", "max_val"):
             key = prefix + (name + "s" if old_names else name)
             if key in state_dict:

@@ -72,7 +72,8 @@ def _ctr_key(ctr):
         return ("with_args", _ctr_key(ctr.p.func), ctr.p.args,
                 {k: _ctr_key(v) for k, v in ctr.p.keywords.items()}, dict(ctr.callable_args))
     if isinstance(ctr, _PartialWithRepr):
-        return ("with_args", ctr.cls, (), {k: _ctr_key(v) for k, v in ctr.kwargs.items()}, {})
+        return ("with_args", ctr.cls, (), {k: _ctr_key(v) for k, v in ctr.kwargs.items()},
+                dict(ctr.callable_args))
     return ctr
 
 

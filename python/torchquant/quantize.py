@@ -223,8 +223,23 @@ def no_observer_set() -> Set[type]:
     return set()
 
 
+def _observer_types() -> tuple:
+    """torchquant's observer and fake-quant bases, and torch.ao's (a torch.ao qconfig builds
+    those): the modules prepare neither observes nor walks into."""
+    types = (ObserverBase, FakeQuantizeBase)
+    try:
+        from torch.ao.quantization.fake_quantize import FakeQuantizeBase as _AoFakeQuantizeBase
+        from torch.ao.quantization.observer import ObserverBase as _AoObserverBase
+    except ImportError:  # pragma: no cover
+        return types
+    return types + (_AoObserverBase, _AoFakeQuantizeBase)
+
+
+_OBSERVER_TYPES = _observer_types()
+
+
 def _is_observer(m) -> bool:
-    return isinstance(m, (ObserverBase, FakeQuantizeBase))
+    return isinstance(m, _OBSERVER_TYPES)
 
 
 def _check_qconfig(qc, where: str) -> None:
