@@ -63,6 +63,24 @@ void check_learnable_args(const at::Tensor& x, const at::Tensor& scale,
   }
 }
 
+// Sums of each row of a [C, R] tensor in one fixed order: float64, pairwise halving (element j
+// plus element j + R/2, R padded to a power of two with zeros), each step an elementwise add.
+// The same bits for any thread count, ISA and device (at::sum's float order follows how the
+// work is split across threads).
+at::Tensor fixed_order_row_sums(const at::Tensor& rows) {
+  at::Tensor v = rows.to(at::kDouble);
+  const int64_t r = v.size(1);
+  if (r == 0) return at::zeros({v.size(0)}, v.options());
+  int64_t p = 1;
+  while (p < r) p <<= 1;
+  if (p != r) v = at::constant_pad_nd(v, {0, p - r});
+  while (v.size(1) > 1) {
+    const int64_t h = v.size(1) / 2;
+    v = v.narrow(1, 0, h) + v.narrow(1, h, h);
+  }
+  return v.select(1, 0);
+}
+
 at::Tensor rounded_zero_point(const at::Tensor& zero_point, int64_t qmin, int64_t qmax) {
   return zero_point.to(at::kFloat).round().clamp(qmin, qmax);
 }
@@ -105,16 +123,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward(
       at::where(inside, (xfq - xf) * inv, at::where(below, qmin - zp, qmax - zp)) * g * gf;
   // d(fake)/d(zero_point): 0 inside, -scale outside.
   const at::Tensor dz_el = at::where(inside, at::zeros_like(xf), -s * at::ones_like(xf)) * g * gf;
-  at::Tensor ds, dz;
-  if (a < 0) {
-    ds = ds_el.sum();
-    dz = dz_el.sum();
-  } else {
-    std::vector<int64_t> dims;
-    for (int64_t d = 0; d < x.dim(); ++d) if (d != a) dims.push_back(d);
-    ds = dims.empty() ? ds_el : ds_el.sum(dims);
-    dz = dims.empty() ? dz_el : dz_el.sum(dims);
-  }
+  // Reduced over everything but the channel axis in a fixed order (float64), then rounded once
+  // to the qparams' dtype: the same gradient for any number of threads.
+  auto rows = [&](const at::Tensor& el) {
+    return a < 0 ? el.reshape({1, -1}) : el.movedim(a, 0).reshape({el.size(a), -1});
+  };
+  const at::Tensor ds = fixed_order_row_sums(rows(ds_el)), dz = fixed_order_row_sums(rows(dz_el));
   return {gx.to(x.scalar_type()), ds.reshape(scale.sizes()).to(scale.scalar_type()),
           dz.reshape(zero_point.sizes()).to(zero_point.scalar_type())};
 }

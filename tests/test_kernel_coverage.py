@@ -886,3 +886,43 @@ _S, _Z = torch.tensor([0.1]), torch.tensor([0])
 def test_more_bad_arguments_name_the_argument(call, match):
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+# ============================================================ signed zeros in observed ranges, gradients per thread count
+@pytest.mark.parametrize("n", [8, 64, 2048, 5000])
+def test_observers_keep_a_negative_zero_extreme(isa, n):
+    # -0.0 as the minimum (and as the maximum of an all -0.0 input): the SIMD fold that skips
+    # non-finite lanes once added +0 to every lane, which turned -0.0 into +0.0.
+    inf = float("inf")
+    for x in (torch.cat([torch.full((n - 1,), -0.0), torch.tensor([5.0])]), torch.full((n,), -0.0),
+              torch.cat([torch.full((n - 2,), -0.0), torch.tensor([float("nan"), 5.0])])):
+        for axis, xx in ((None, x), (0, x.reshape(2, -1) if n % 2 == 0 else x.reshape(1, -1))):
+            c = [] if axis is None else [xx.shape[0]]
+            got = [torch.full(c, inf), torch.full(c, -inf), torch.zeros(2, dtype=torch.int64)]
+            want = [t.clone() for t in got]
+            ops.observe_minmax_(*got, xx, axis, None)
+            reference.observe_minmax_(*want, xx, axis, None)
+            for g, w in zip(got, want):
+                assert torch.equal(g, w) and torch.equal(torch.signbit(g), torch.signbit(w)), (axis, got, want)
+        h = [torch.zeros(8), torch.tensor(inf), torch.tensor(-inf), torch.zeros(2, dtype=torch.int64)]
+        hr = [t.clone() for t in h]
+        ops.histogram_(*h, x, 16)
+        reference.histogram_(*hr, x, 16)
+        for g, w in zip(h, hr):
+            assert torch.equal(g, w) and torch.equal(torch.signbit(g), torch.signbit(w))
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_learnable_fake_quant_gradients_are_the_same_for_any_thread_count(axis):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 513, generator=gen) * 5
+    grad = torch.randn(1000, 513, generator=gen)
+    c = 1 if axis is None else x.shape[axis]
+    scale = torch.rand(c, generator=gen) * 0.05 + 0.02
+    zp = torch.randn(c, generator=gen).mul(3).round()
+    results = []
+    for k in (1, 2, 3):
+        with num_threads(k):
+            results.append(ops.fake_quantize_learnable_backward(grad, x, scale, zp, axis, -128, 127, 1.0))
+    for r in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(r, results[0]))

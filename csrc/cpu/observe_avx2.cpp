@@ -2,7 +2,8 @@
 // - d = v - v is +0 for a finite lane and NaN for a NaN or +-Inf lane, so one unordered
 //   compare on d finds every non-finite lane; lanes it flags are recounted one by one (rare),
 //   so the NaN / Inf counts are exact.
-// - With skip_inf, w = v + d is v for a finite lane and NaN otherwise.
+// - With skip_inf, w = v | d (bitwise) is v for a finite lane (d's bits are all zero) and NaN
+//   otherwise (d's NaN sets the exponent and the quiet bit). (v + d would turn -0.0 into +0.0.)
 // - minmax_impl folds blocks without these checks and redoes a block whose running sum is not
 //   finite (see there).
 // - _mm256_min_ps(w, acc) / _mm256_max_ps(w, acc) return their second operand when the first
@@ -60,7 +61,7 @@ TQ_TARGET_AVX2 inline float hmax(__m256 v) {
 template <bool kSkipInf>
 TQ_TARGET_AVX2 inline __m256 fold8(__m256 v, __m256& mn, __m256& mx) {
   const __m256 d = _mm256_sub_ps(v, v);
-  const __m256 w = kSkipInf ? _mm256_add_ps(v, d) : v;
+  const __m256 w = kSkipInf ? _mm256_or_ps(v, d) : v;
   mn = _mm256_min_ps(w, mn);
   mx = _mm256_max_ps(w, mx);
   return _mm256_cmp_ps(d, d, _CMP_UNORD_Q);
