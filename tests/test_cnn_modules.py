@@ -846,3 +846,59 @@ def test_casting_a_converted_model_keeps_the_float32_buffers_of_every_int8_modul
         for name, b in c.named_buffers():
             assert b.dtype in (torch.float32, torch.int32, torch.int8, torch.uint8, torch.int64), (name, b.dtype)
         assert torch.equal(c(x), want)
+
+
+class _SEGate(nn.Module):
+    # MobileNetV3's squeeze-excitation: Hardsigmoid gate, FloatFunctional mul, scalar ops, and a
+    # cat of two branches with their own qparams.
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.conv, self.side = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.fc = nn.Conv2d(4, 4, 1)
+        self.gate = nn.Hardsigmoid()
+        self.mul, self.shift, self.scale = nnq.FloatFunctional(), nnq.FloatFunctional(), nnq.FloatFunctional()
+
+    def forward(self, x):
+        x = self.quant(x)
+        h = self.conv(x)
+        g = self.gate(self.fc(F.adaptive_avg_pool2d(h, 1)))
+        h = self.mul.mul(h, g)
+        h = self.scale.mul_scalar(self.shift.add_scalar(h, 0.5), -2.0)
+        return self.dequant(torch.cat([h, self.side(x)], 1))
+
+
+def test_converted_se_block_compiles_fullgraph_and_exports():
+    torch.manual_seed(0)
+    m = _SEGate().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    for _ in range(3):
+        p(torch.randn(2, 3, 6, 6))
+    q = tq.convert(p)
+    assert type(q.gate) is nnq.Hardsigmoid
+    x = torch.randn(2, 3, 6, 6)
+    want = q(x)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(q, fullgraph=True, backend="eager")(x), want)
+    assert torch.equal(torch.export.export(q, (x,)).module()(x), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.quint8, torch.qint8])
+def test_add_scalar_qparams_traced_equal_the_eager_ones(dtype):
+    import random
+
+    from torchquant.nn.quantized_ops import _add_scalar_qparams_traced
+
+    rng = random.Random(0)
+    ff = nnq.QFunctional()
+    lo, hi = (0, 255) if dtype == torch.quint8 else (-128, 127)
+    for _ in range(200):
+        q = tq.quantize_per_tensor(torch.randn(3, 5) * 3, rng.choice([0.05, 0.013, 1e-3, 0.7, 3.0]),
+                                   rng.randint(lo, hi), dtype)
+        c = rng.choice([0.5, -0.75, 2.0, 100.0, -1e3, 0.025, 0.0125, 1e-9, 7.5, 0.0])
+        eager = ff.add_scalar(q, c)
+        scale, zp = _add_scalar_qparams_traced(q, c, lo, hi)
+        assert torch.equal(scale, eager.scale) and torch.equal(zp, eager.zero_point), (q, c)
+    with pytest.raises(ValueError, match="'c' must be finite, got inf"):
+        ff.add_scalar(q, float("inf"))

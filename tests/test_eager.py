@@ -933,3 +933,16 @@ def test_calibrate_and_report_take_dict_batches_as_keyword_arguments():
     r1 = torchquant.report(model, q, batches[0])  # one mapping: one batch
     r2 = torchquant.report(model, q, [batches[0]["input_ids"]])
     assert r1["fc"].sqnr_db == r2["fc"].sqnr_db and math.isfinite(r1["fc"].sqnr_db)
+
+
+def test_calibrate_and_find_fusable_modules_name_bad_arguments():
+    m = nn.Sequential(nn.Linear(2, 2))
+    for nb in (1.5, "2", True):
+        with pytest.raises(TypeError, match="'num_batches' must be an int or None"):
+            torchquant.calibrate(m, [torch.randn(1, 2)], num_batches=nb)
+    with pytest.raises(TypeError, match="'model' must be an nn.Module, got str"):
+        torchquant.calibrate("abc", [torch.randn(1, 2)])
+    with pytest.raises(TypeError, match="'model' must be an nn.Module, got str"):
+        torchquant.find_fusable_modules("abc")
+    with pytest.raises(TypeError, match="linear_int8: argument 'x' must be a tensor, got list"):
+        torchquant.linear_int8([[1]], 0.1, 0, None, None, None)

@@ -440,3 +440,43 @@ def test_elementwise_max_min_of_a_qtensor_and_a_tensor_run_in_float():
     assert isinstance(torch.max(q), QTensor) and float(torch.max(q).dequantize()) == float(q.dequantize().max())
     values, indices = torch.max(q, 1)
     assert torch.equal(values.dequantize(), q.dequantize().max(1).values) and torch.equal(indices, q.data.max(1).indices)
+
+
+def test_cat_traced_equals_eager_for_equal_and_different_qparams():
+    q1 = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.05, 3, torch.quint8)
+    q2 = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.05, 3, torch.quint8)  # equal values, other tensors
+    q3 = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.07, 9, torch.quint8)
+
+    def f(a, b):
+        return torch.cat([a, b], 1)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    for a, b in ((q1, q2), (q1, q3)):
+        e, c = f(a, b), compiled(a, b)
+        assert torch.equal(e.data, c.data) and torch.equal(e.scale, c.scale) and torch.equal(e.zero_point, c.zero_point)
+
+
+def test_export_takes_a_qtensor_input():
+    class M(nn.Module):
+        def forward(self, q):
+            return F.relu(q).dequantize()
+
+    q = torchquant.quantize_per_tensor(torch.randn(4), 0.05, 3, torch.quint8)
+    ep = torch.export.export(M(), (q,))
+    assert torch.equal(ep.module()(q), M()(q))
+
+
+def test_quantize_functions_copy_the_qparams_they_are_given():
+    x, s, z = torch.tensor([1.0, -2.0]), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32)
+    q = torchquant.quantize_per_tensor(x, s, z, torch.qint8)
+    s.mul_(10)
+    z.add_(5)
+    assert torch.equal(q.dequantize(), torch.tensor([1.0, -2.0]))
+    scales, zps = torch.tensor([0.1, 0.2]), torch.zeros(2, dtype=torch.int32)
+    q = torchquant.quantize_per_channel(torch.randn(2, 3), scales, zps, 0, torch.qint8)
+    before = q.dequantize()
+    scales.mul_(2)
+    assert torch.equal(q.dequantize(), before)
+    with pytest.raises(ValueError, match=r"'scales' must be 1-D .* got shape \(1, 2\)"):
+        torchquant.quantize_per_channel(torch.randn(2, 3), scales.reshape(1, 2), zps, 0, torch.qint8)

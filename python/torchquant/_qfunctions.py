@@ -288,12 +288,23 @@ def cat(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
                             "not a tensor")
         _per_tensor(t, "cat")
     first = tensors[0]
-    same = all(t.data.dtype == first.data.dtype and t.qmin == first.qmin and t.qmax == first.qmax
-               and (t.scale is first.scale or torch.equal(t.scale.reshape(()), first.scale.reshape(())))
-               and (t.zero_point is first.zero_point or torch.equal(t.zero_point.reshape(()), first.zero_point.reshape(())))
-               for t in tensors[1:])
+    same_kind = all(t.data.dtype == first.data.dtype and t.qmin == first.qmin and t.qmax == first.qmax
+                    for t in tensors[1:])
+    shared = all(t.scale is first.scale and t.zero_point is first.zero_point for t in tensors[1:])
+    if same_kind and not shared and torch.compiler.is_compiling():
+        return _cat_traced(tensors, dim)
+    same = same_kind and all(
+        (t.scale is first.scale or torch.equal(t.scale.reshape(()), first.scale.reshape(())))
+        and (t.zero_point is first.zero_point or torch.equal(t.zero_point.reshape(()), first.zero_point.reshape(())))
+        for t in tensors[1:])
     if same:
         return first._same_qparams(torch.cat([t.data for t in tensors], dim))
+    return _cat_requantized(tensors, dim)
+
+
+def _cat_requantized(tensors: List[QTensor], dim: int) -> QTensor:
+    """cat onto qparams covering every input's range (each input requantized)."""
+    first = tensors[0]
     lo, hi = _QRANGE[first.data.dtype]
     mins = torch.stack([((t.qmin - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in tensors])
     maxs = torch.stack([((t.qmax - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in tensors])
@@ -302,6 +313,22 @@ def cat(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
     data = torch.ops.torchquant.cat([t.data for t in tensors], [t.scale for t in tensors],
                                     [t.zero_point for t in tensors], dim, scale, zero_point, first.data.dtype)
     return QTensor._make(data, scale, zero_point, None, lo, hi)
+
+
+def _cat_traced(tensors: List[QTensor], dim: int) -> QTensor:
+    """cat as torch.compile and torch.export trace it: whether the qparams are equal is a tensor
+    (eager reads it on the host), so both results are computed and one is selected, codes and
+    qparams: the eager results, element for element."""
+    first = tensors[0]
+    equal = torch.stack([(t.scale.reshape(()) == first.scale.reshape(())) & (t.zero_point.reshape(()) ==
+                                                                             first.zero_point.reshape(()))
+                         for t in tensors[1:]]).all()
+    copied = torch.cat([t.data for t in tensors], dim)
+    requantized = _cat_requantized(tensors, dim)
+    data = torch.where(equal, copied, requantized.data)
+    scale = torch.where(equal, first.scale.reshape(1).float(), requantized.scale)
+    zero_point = torch.where(equal, first.zero_point.reshape(1).to(torch.int32), requantized.zero_point)
+    return QTensor._make(data, scale, zero_point, None, first.qmin, first.qmax)
 
 
 def _torch_cat(tensors, dim=0, *, out=None):

@@ -65,6 +65,10 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
     >>> model.eval()
     >>> torchquant.calibrate(prepared, [torch.randn(8, 16) for _ in range(4)], progress=False)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"calibrate: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)):
+        raise TypeError(f"calibrate: argument 'num_batches' must be an int or None, got {num_batches!r}")
     if num_batches is not None and num_batches < 0:
         raise ValueError(f"argument 'num_batches' must be >= 0 or None, got {num_batches}")
     if isinstance(data, (torch.Tensor, str, bytes, Mapping)) or not hasattr(data, "__iter__"):

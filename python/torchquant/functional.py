@@ -94,12 +94,23 @@ def quantize_per_tensor(x: torch.Tensor, scale, zero_point, dtype: torch.dtype) 
     z = _as_tensor(zero_point, torch.int32, x.device, "zero_point")
     f = _fastcall.quantize if _fastcall.usable(x, s, z) else ops.quantize
     data = f(x, s, z, None, info.min, info.max, st)
-    return QTensor(data, s.reshape(1).float(), z.reshape(1).to(torch.int32), None, info.min, info.max)
+    # Copies of the qparams (as torch's quantized tensor keeps its own): a later in-place change
+    # of the caller's scale (a fake-quant's buffer) must not change this QTensor.
+    return QTensor(data, s.reshape(1).to(torch.float32, copy=True), z.reshape(1).to(torch.int32, copy=True), None,
+                   info.min, info.max)
 
 
 def quantize_per_channel(x: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, axis: int,
                          dtype: torch.dtype) -> QTensor:
     """``torch.quantize_per_channel`` returning a :class:`QTensor`."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"quantize_per_channel: argument 'x' must be a tensor, got {type(x).__name__}")
+    for name, t in (("scales", scales), ("zero_points", zero_points)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"quantize_per_channel: argument '{name}' must be a tensor, got {type(t).__name__}")
+        if t.dim() != 1:  # as torch's: "scale tensor must have dimension 1"
+            raise ValueError(f"quantize_per_channel: argument '{name}' must be 1-D (one value per channel), got "
+                             f"shape {tuple(t.shape)}")
     st = storage_dtype(dtype)
     info = torch.iinfo(st)
     try:
@@ -111,7 +122,8 @@ def quantize_per_channel(x: torch.Tensor, scales: torch.Tensor, zero_points: tor
     f = _fastcall.quantize if typed else ops.quantize
     data = f(x, scales, zero_points, axis, info.min, info.max, st)
     axis = axis + x.dim() if axis < 0 else axis
-    return QTensor(data, scales.float(), zero_points.to(torch.int32), axis, info.min, info.max)
+    return QTensor(data, scales.to(torch.float32, copy=True), zero_points.to(torch.int32, copy=True), axis,
+                   info.min, info.max)
 
 
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -97,6 +97,8 @@ def linear_int8(x: torch.Tensor, x_scale: Union[torch.Tensor, float],
     >>> torchquant.linear_int8(q, s, z, wp, cs, torch.full((4,), 0.01)).shape
     torch.Size([5, 4])
     """
+    if not isinstance(x, torch.Tensor):  # (its device is read below)
+        raise TypeError(f"linear_int8: argument 'x' must be a tensor, got {type(x).__name__}")
     x_scale, x_zero_point, out_scale, out_zero_point = _qparam_tensors(x, x_scale, x_zero_point, out_scale,
                                                                        out_zero_point)
     args = (x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale, out_zero_point)

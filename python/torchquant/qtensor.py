@@ -473,11 +473,19 @@ def _unflatten(children, context) -> QTensor:
 # constructor over tensors and integers).
 torch.serialization.add_safe_globals([QTensor])
 
+def _flatten_with_keys(q: QTensor):
+    # torch.export names a QTensor input's leaves by these keys (q.data, q.scale, q.zero_point).
+    children, context = _flatten(q)
+    keys = (pytree.GetAttrKey("data"), pytree.GetAttrKey("scale"), pytree.GetAttrKey("zero_point"))
+    return list(zip(keys, children)), context
+
+
 pytree.register_pytree_node(
     QTensor,
     _flatten,
     _unflatten,
     serialized_type_name="torchquant.QTensor",
+    flatten_with_keys_fn=_flatten_with_keys,
 )
 
 # torch functions that keep a QTensor int8 beyond the few above: pooling, averaging, upsampling,

@@ -1045,6 +1045,9 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
     """
     import torch.fx
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"find_fusable_modules: argument 'model' must be an nn.Module, got {type(model).__name__}")
+
     try:
         graph = torch.fx.Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 — data-dependent control flow and the like
@@ -1116,6 +1119,7 @@ _CNN_STATIC.update({
     _ibn.BNReLU2d: _nqo.BNReLU2d,
     _ibn.BNReLU3d: _nqo.BNReLU3d,
     nn.ReLU6: _nqo.ReLU6,
+    nn.Hardsigmoid: _nqo.Hardsigmoid,
     nn.Hardswish: _nqo.Hardswish,
     nn.ELU: _nqo.ELU,
     nn.LeakyReLU: _nqo.LeakyReLU,
@@ -1143,7 +1147,7 @@ except ImportError:  # a torch without torch.ao
     pass
 _STATIC.update(_CNN_STATIC)
 _OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC
-                              if t not in (nn.ReLU6, nnq.DeQuantize) and t not in _AO_STUBS and t not in _FLOAT_FUNCTIONALS)
+                              if t not in (nn.ReLU6, nn.Hardsigmoid, nnq.DeQuantize) and t not in _AO_STUBS and t not in _FLOAT_FUNCTIONALS)
 _PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,) + _AO_STUBS
 
 

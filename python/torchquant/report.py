@@ -130,7 +130,23 @@ def _batches(data) -> Iterable:
     # iterable holds batches.
     if isinstance(data, (torch.Tensor, Mapping, tuple)):
         return [data]
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError("report: argument 'data' must be a batch (a tensor, an (inputs, targets) tuple, a dict of "
+                        "keyword arguments) or an iterable of batches, got " + type(data).__name__)
     return data
+
+
+def _copied(batch):
+    """The batch with its tensors cloned (containers rebuilt as dict / list / tuple)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.clone()
+    if isinstance(batch, Mapping):
+        return {k: _copied(v) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [_copied(v) for v in batch]
+    if isinstance(batch, tuple):
+        return tuple(_copied(v) for v in batch)
+    return batch
 
 
 def _matched_layers(float_model: nn.Module, quantized_model: nn.Module):
@@ -192,11 +208,16 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     quantized_model.eval()
     try:
         with torch.no_grad():
+            seen = 0
             for batch in _batches(data):
+                seen += 1
                 captured["float"].clear()
                 captured["quant"].clear()
-                _call(float_model, batch)
-                _call(quantized_model, batch)
+                # Each model gets its own copy of the batch: one that changes its input in place
+                # (float preprocessing) would otherwise hand the other a changed batch, and change
+                # the caller's data.
+                _call(float_model, _copied(batch))
+                _call(quantized_model, _copied(batch))
                 for n, _ in pairs:
                     f, q = captured["float"].get(n), captured["quant"].get(n)
                     if f is None or q is None or f.shape != q.shape:
@@ -212,6 +233,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
             h.remove()
         float_model.train(modes[0])
         quantized_model.train(modes[1])
+    if seen == 0:
+        raise ValueError("report: argument 'data' holds no batches")
 
     layers = []
     for n, m in pairs:

@@ -7,6 +7,7 @@ quantize with the module's own output qparams (what their observers saw at calib
 ReLU6 and Hardtanh keep their input's qparams and clamp the int8 codes (exact).
 """
 import functools
+import math
 from typing import List, Optional
 
 import torch
@@ -20,7 +21,7 @@ from ..observer import _apply_keeping_float32
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
-    "ReLU6", "Hardswish", "ELU", "LeakyReLU", "Sigmoid", "LookupActivation", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+    "ReLU6", "Hardsigmoid", "Hardswish", "ELU", "LeakyReLU", "Sigmoid", "LookupActivation", "LayerNorm", "GroupNorm", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d",
 ]
 
@@ -217,9 +218,15 @@ class QFunctional(_QuantizedOutput):
         """x + c. Output qparams: x's scale with the zero point moved by round(c / scale) when it
         stays in range (then the codes are unchanged), else a range covering x's shifted by c."""
         x = self._as_qtensor(x)
+        if not math.isfinite(c):
+            raise ValueError(f"add_scalar: argument 'c' must be finite, got {c}")
+        lo, hi = _QRANGE[x.data.dtype]
+        if torch.compiler.is_compiling():
+            scale, zp = _add_scalar_qparams_traced(x, float(c), lo, hi)
+            data = ops.add_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
+            return QTensor._make(data, scale, zp, None, lo, hi)
         s = float(x.scale.reshape(()))
         z = int(x.zero_point.reshape(())) - round(c / s)
-        lo, hi = _QRANGE[x.data.dtype]
         if lo <= z <= hi:
             scale, zp = x.scale.reshape(1).float(), torch.tensor([z], dtype=torch.int32, device=x.data.device)
         else:
@@ -241,10 +248,11 @@ class QFunctional(_QuantizedOutput):
         if c == 0:
             scale, zp = torch.ones(1, device=dev), torch.zeros(1, dtype=torch.int32, device=dev)
         else:
-            m = (x.scale.reshape(1).float().cpu() * torch.tensor([abs(float(c))], dtype=torch.float32))
-            z = int(x.zero_point.reshape(()))
-            scale = m.to(dev)
-            zp = torch.tensor([z if c > 0 else lo + hi - z], dtype=torch.int32, device=dev)
+            # float32 scale * |c|; the zero point mirrored for c < 0: tensor arithmetic on the
+            # qparams' device (no host read, so torch.compile and torch.export trace it).
+            scale = x.scale.reshape(1).float() * torch.tensor([abs(float(c))], dtype=torch.float32, device=dev)
+            z = x.zero_point.reshape(1).to(torch.int32)
+            zp = z if c > 0 else (lo + hi) - z
         data = ops.mul_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
         return QTensor._make(data, scale, zp, None, lo, hi)
 
@@ -353,6 +361,22 @@ class _LookupInside(_FloatInside):
         return state
 
 
+def _add_scalar_qparams_traced(x: QTensor, c: float, lo: int, hi: int):
+    """QFunctional.add_scalar's output qparams as tensor arithmetic (what torch.compile and
+    torch.export trace; eager reads the qparams on the host): the same float64 steps, so the
+    same values. Both candidates are computed and one is selected."""
+    s = x.scale.reshape(1).float()
+    zx = x.zero_point.reshape(1).double()
+    z = zx - torch.round(c / s.double())  # Python's round(c / s): float64, half to even
+    inside = (z >= lo) & (z <= hi)
+    mn = ((lo - zx) * s.double() + c).float()
+    mx = ((hi - zx) * s.double() + c).float()
+    cs, cz = ops.choose_qparams(mn, mx, lo, hi)
+    scale = torch.where(inside, s, cs.reshape(1).float())
+    zp = torch.where(inside, z.clamp(lo, hi).to(torch.int32), cz.reshape(1).to(torch.int32))
+    return scale, zp
+
+
 def _from_float_with(cls, mod, name, build):
     scale, zero_point, dtype = _observed_qparams(mod, name or type(mod).__name__)
     q = build()
@@ -416,6 +440,22 @@ class BNReLU3d(BatchNorm3d):
     """Quantized BatchNorm3d + ReLU (torch.ao.nn.intrinsic.quantized.BNReLU3d)."""
 
     _relu = True
+
+
+class Hardsigmoid(nn.Hardsigmoid):
+    """nn.Hardsigmoid on a QTensor: ``F.hardsigmoid``'s int8 meaning (torch.ao's fixed output
+    qparams, scale 1/256), called as a Python function, so that torch.compile traces it (it
+    sends ``F.hardsigmoid`` to ``__torch_function__`` only for the functions on torch's list of
+    overridable ones, which ``F.hardsigmoid`` is not: the float module broke the graph there)."""
+
+    def forward(self, x):
+        if isinstance(x, QTensor):
+            return QTensor.__torch_function__(F.hardsigmoid, (QTensor,), (x, self.inplace), {})
+        return super().forward(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return cls(mod.inplace)
 
 
 class ReLU6(nn.ReLU6):
