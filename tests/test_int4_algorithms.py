@@ -322,3 +322,68 @@ def test_exclude_takes_one_name_as_a_string():
     assert isinstance(q[0], LinearWeightOnlyInt4) and type(q[1]) is nn.Linear
     with pytest.raises(ValueError, match=r"does not have: \['lm_head'\]"):
         torchquant.quantize_weight_only(m, group_size=8, exclude="lm_head", progress=False)
+
+
+def test_a_failed_inplace_call_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    x = torch.randn(256, 64) * torch.linspace(0.1, 5, 64)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    calls = {"n": 0}
+
+    def interrupt(mod, args):  # stands in for Ctrl-C in a long run, after AWQ folded into the LayerNorm
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    h = m[3].register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        torchquant.quantize_weight_only(m, group_size=32, method="awq", calib_data=[x], inplace=True, progress=False)
+    h.remove()
+    assert [type(c) for c in m] == [nn.LayerNorm, nn.Linear, nn.ReLU, nn.Linear]
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+
+def test_hf_conv1d_swap_is_undone_when_an_inplace_call_fails_and_a_dict_is_one_batch():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    g = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+
+    def fail(mod, args, kwargs):
+        raise RuntimeError("stop")
+
+    h = g.transformer.h[1].register_forward_pre_hook(fail, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="stop"):
+        torchquant.quantize_weight_only(g, method="gptq", group_size=32, calib_data=[ids], inplace=True,
+                                        progress=False)
+    h.remove()
+    assert type(g.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    assert all(torch.equal(v, g.state_dict()[k]) for k, v in before.items())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torchquant.quantize_weight_only(g, method="gptq", group_size=32, progress=False,
+                                            calib_data={"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert isinstance(q.transformer.h[0].attn.c_attn, LinearWeightOnlyInt4)
+    with pytest.raises(TypeError, match="'calib_data' must be a tensor, a dict"):
+        torchquant.quantize_weight_only(g, method="gptq", calib_data=5, progress=False)
+
+
+def test_checkpoints_reload_into_an_rtn_skeleton_and_group_size_is_checked():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 40))
+    x = torch.randn(128, 64) * torch.linspace(0.1, 5, 64)
+    for method in ("gptq", "awq"):
+        q = torchquant.quantize_weight_only(m, group_size=32, method=method, calib_data=[x], progress=False,
+                                            awq_fold=False)
+        skeleton = torchquant.quantize_weight_only(m, group_size=32, method="rtn", progress=False)
+        skeleton.load_state_dict(q.state_dict(), strict=True)
+        assert torch.equal(skeleton(x), q(x)), method
+    lin = nn.Linear(64, 16)
+    q = LinearWeightOnlyInt4.from_float(lin, group_size=32)
+    other = LinearWeightOnlyInt4(64, 16, bias=True, group_size=48)  # the same shapes (2 groups)
+    with pytest.raises(RuntimeError, match="quantized with group_size=32, this LinearWeightOnlyInt4 has group_size=48"):
+        other.load_state_dict(q.state_dict())

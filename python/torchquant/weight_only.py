@@ -13,6 +13,7 @@ it and memory holds one layer's Hessian (GPTQ) or input rows (AWQ) at a time.
 import copy
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -54,7 +55,14 @@ def _run(model: nn.Module, batch):
 def _calib_batches(calib_data, method: str) -> List[Any]:
     if calib_data is None:
         raise ValueError(f"method={method!r} needs calib_data: an iterable of input batches (or one tensor)")
-    batches = [calib_data] if isinstance(calib_data, torch.Tensor) else list(calib_data)
+    # One tensor, or one mapping (a tokenizer's output: model(**b)), is one batch.
+    if isinstance(calib_data, (torch.Tensor, Mapping)):
+        batches = [calib_data]
+    elif isinstance(calib_data, (str, bytes)) or not hasattr(calib_data, "__iter__"):
+        raise TypeError(f"argument 'calib_data' must be a tensor, a dict of keyword arguments or an iterable of "
+                        f"batches, got {type(calib_data).__name__}")
+    else:
+        batches = list(calib_data)
     if not batches:
         raise ValueError(f"argument 'calib_data' holds no batches (method={method!r} needs some)")
     return batches
@@ -167,9 +175,13 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     ``bits=8``: int8 per output channel (torchquant's dynamic ``DynamicLinear``), RTN or GPTQ.
 
     ``calib_data``: batches the model is called on (``model(*b)`` for a tuple, ``model(**b)`` for
-    a dict, else ``model(b)``); a few hundred to a few thousand rows (tokens) per layer input.
-    ``exclude``: module names left in float (an LM head, say). Returns the quantized model (a
-    copy unless ``inplace``); a tqdm bar shows progress over layers (``progress=False`` hides it).
+    a dict, else ``model(b)``); one tensor or one dict (a tokenizer's output) is one batch; a few
+    hundred to a few thousand rows (tokens) per layer input. ``exclude``: names of Linear / Conv1D
+    modules left in float (an LM head, say; a name is matched exactly, so naming a block does not
+    exclude its layers). A tied LM head (``lm_head.weight is wte.weight``) gets an int4 copy while
+    the float embedding stays: exclude it to keep the tie. Returns the quantized model (a copy
+    unless ``inplace``; an ``inplace`` call that fails or is interrupted leaves the model as it
+    was); a tqdm bar shows progress over layers (``progress=False`` hides it).
     """
     check_bits(bits)
     if method not in _METHODS:
@@ -193,12 +205,34 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
     if not inplace:
         model = copy.deepcopy(model)
-    model = _conv1d_to_linear(model, excluded)
+    swapped: List[Tuple[nn.Module, str, nn.Module]] = []
+    try:
+        return _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize,
+                                     act_order, awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped)
+    except BaseException:
+        if inplace:  # a failed or interrupted call leaves the caller's model as it was
+            for parent, child, old in reversed(swapped):
+                setattr(parent, child, old)
+        raise
+
+
+def _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize, act_order,
+                          awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped):
+    model = _conv1d_to_linear(model, excluded, swapped)
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
     training = model.training
     model.eval()
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
     gs = group_size if bits == 4 else None
+    # AWQ folds its scales into LayerNorms and Linears (weights and biases) as it goes; on an
+    # inplace call that fails, they are put back with everything else (the Linear weights GPTQ
+    # and AWQ stand in for are restored below in any case).
+    folded = []
+    if inplace and method == "awq":
+        with torch.no_grad():
+            folded = [(t, t.detach().clone()) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.Linear))
+                      for t in (m.weight, m.bias)
+                      if isinstance(t, torch.Tensor) and not (m in linears.values() and t is m.weight)]
 
     if method == "rtn":
         for name in _progress(list(linears), progress, "int4 rtn" if bits == 4 else "int8 rtn"):
@@ -214,6 +248,12 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
             else:
                 _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
                          awq_max_rows, progress)
+        except BaseException:
+            with torch.no_grad():
+                for t, before in folded:
+                    t.copy_(before)
+            model.train(training)
+            raise
         finally:
             with torch.no_grad():
                 for n, w in originals.items():
@@ -223,7 +263,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     return model
 
 
-def _conv1d_to_linear(model: nn.Module, excluded) -> nn.Module:
+def _conv1d_to_linear(model: nn.Module, excluded, swapped: Optional[List] = None) -> nn.Module:
     """Replaces each Hugging Face ``Conv1D`` (GPT-2's layers: ``y = x @ W + b`` with W stored
     [in, out]) by the equivalent ``nn.Linear`` (weight transposed once), under every name it is
     registered as, so that every method treats it as one; the quantized module that replaces it
@@ -249,6 +289,8 @@ def _conv1d_to_linear(model: nn.Module, excluded) -> nn.Module:
             return new[id(m)]
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        if swapped is not None:  # (parent, name, old module): what undoes the swap
+            swapped.append((parent, child, m))
         setattr(parent, child, new[id(m)])
     return model
 

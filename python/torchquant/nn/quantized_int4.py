@@ -23,6 +23,13 @@ __all__ = ["LinearWeightOnlyInt4"]
 _FLOAT_OUT = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _record_format(module, state_dict, prefix, local_metadata):
+    """state_dict hook: the group size and K in the module's metadata (kept by torch.save and
+    torch.load(weights_only=True)), checked on load."""
+    local_metadata["group_size"] = module.group_size
+    local_metadata["in_features"] = module.in_features
+
+
 class LinearWeightOnlyInt4(nn.Module):
     """nn.Linear with int4 weights in groups of ``group_size`` along K (asymmetric, one float32
     scale and one 4-bit zero point per group) and float activations (float32, bfloat16,
@@ -50,6 +57,7 @@ class LinearWeightOnlyInt4(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         for name in ("_w_packed", "_w_qp", "_w_scale"):
             self.register_buffer(name, None, persistent=False)
+        self.register_state_dict_post_hook(_record_format)
         self._repack()
 
     # ---- construction
@@ -126,12 +134,24 @@ class LinearWeightOnlyInt4(nn.Module):
         # The packed nibbles and the zero points are uint8: another dtype would be cast silently.
         errors = integer_load_errors(self, state_dict, prefix, ("qweight", "weight_zero_point"))
         errors += positive_load_errors(self, state_dict, prefix, ("weight_scale", "input_scale"))
+        # Group sizes that give the same number of groups give the same shapes (K = 64: 32 and
+        # 48): the state dict's metadata names the group size and K it was packed for (a state
+        # dict without them, built by hand, is taken by its shapes alone).
+        for key, mine in (("group_size", self.group_size), ("in_features", self.in_features)):
+            theirs = (local_metadata or {}).get(key)
+            if theirs is not None and theirs != mine:
+                errors.append(f"{prefix}qweight was quantized with {key}={theirs}, this {type(self).__name__} has "
+                              f"{key}={mine}")
         zp = state_dict.get(prefix + "weight_zero_point")
         if isinstance(zp, torch.Tensor) and zp.dtype == torch.uint8 and bool((zp > 15).any()):
             errors.append(f"{prefix}weight_zero_point: 4-bit zero points lie in [0, 15], got {int(zp.max())}")
         if errors:
             error_msgs.extend(errors)
             return
+        if isinstance(state_dict.get(prefix + "input_scale"), torch.Tensor) and self.input_scale is None:
+            # An AWQ layer whose scale could not be folded keeps an input scale: a skeleton built
+            # without one (quantize_weight_only(method="rtn"), no data) takes it from the checkpoint.
+            self.register_buffer("input_scale", torch.ones(self.in_features, device=self.qweight.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
