@@ -902,3 +902,80 @@ def test_add_scalar_qparams_traced_equal_the_eager_ones(dtype):
         assert torch.equal(scale, eager.scale) and torch.equal(zp, eager.zero_point), (q, c)
     with pytest.raises(ValueError, match="'c' must be finite, got inf"):
         ff.add_scalar(q, float("inf"))
+
+
+@pytest.mark.parametrize("op", ["add", "add_relu", "mul", "cat"])
+def test_qfunctional_with_a_float_operand_computes_in_float(op):
+    # A float operand (a part of the model that ran in float) used to be quantized with the
+    # output's qparams: add_relu zeroed its negative values before the add (about 1 dB).
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant, self.ff = tq.QuantStub(), tq.DeQuantStub(), nnq.FloatFunctional()
+
+        def forward(self, x, y):
+            a = self.quant(x)
+            return self.dequant(self.ff.cat([a, y], 0) if op == "cat" else getattr(self.ff, op)(a, y))
+
+    torch.manual_seed(0)
+    x = torch.randn(1000)
+    y = -0.5 * x
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    want = p(x, y)
+    got = tq.convert(p)(x, y)
+    sqnr = 10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum())
+    assert sqnr > 30, float(sqnr)
+    # and a scalar op on a float input gives the float result
+    ff = nnq.QFunctional()
+    assert torch.equal(ff.add_scalar(y, 0.5), y + 0.5) and torch.equal(ff.mul_scalar(y, -2.0), y * -2.0)
+
+
+def test_dequant_stub_dequantizes_a_container_of_outputs():
+    import collections
+
+    class Seg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.c(x)
+            return collections.OrderedDict(out=y, aux=[y, 1], pair=(y, "name"))
+
+    torch.manual_seed(0)
+    w = nn.Sequential(tq.QuantStub(), Seg(), tq.DeQuantStub()).eval()
+    w.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(w)
+    p(torch.randn(1, 3, 8, 8))
+    q = tq.convert(p)
+    out = q(torch.randn(1, 3, 8, 8))
+    assert type(out) is collections.OrderedDict and list(out) == ["out", "aux", "pair"]
+    assert all(type(t) is torch.Tensor for t in (out["out"], out["aux"][0], out["pair"][0]))
+    assert out["aux"][1] == 1 and out["pair"][1] == "name"
+
+
+def test_make_quantizable_traces_buffer_arithmetic_and_keeps_the_state_dict():
+    # torchvision's FrozenBatchNorm2d (detection backbones) computes its scale and shift from its
+    # buffers in forward: they stay graph nodes reading the buffers (not trace-time constants), and
+    # the residual add after it gets no float-operand clipping.
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    def net(seed):
+        torch.manual_seed(seed)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3), FrozenBatchNorm2d(8), nn.ReLU()).eval()
+        with torch.no_grad():
+            m[1].weight.uniform_(0.5, 2)
+            m[1].bias.normal_()
+            m[1].running_mean.normal_()
+            m[1].running_var.uniform_(0.5, 2)
+        return m
+
+    x = torch.randn(1, 3, 16, 16)
+    a, b = net(0), net(1)
+    mq = tq.make_quantizable(a, x)
+    assert set(mq.state_dict()) == set(a.state_dict())
+    mq.load_state_dict(b.state_dict(), strict=True)
+    assert torch.equal(mq(x), b(x))
+    assert not [n for n in mq.graph.nodes if n.op == "call_method" and n.target in ("mul", "add")]

@@ -28,6 +28,12 @@ class _Tracer(torch.fx.Tracer):
     modules) as leaves, as it keeps torch.nn's. FloatFunctional's methods record themselves as
     calls on the module (``_fx_leaf_method``). Module-level, so that a GraphModule pickles."""
 
+    # Buffers read in a forward are graph nodes (get_attr), as parameters are: arithmetic on them
+    # (a FrozenBatchNorm2d's scale and shift) stays in the graph, reading the model's buffers,
+    # instead of being computed once at trace time into `_tensor_constant` attributes that the
+    # model's state dict does not load.
+    proxy_buffer_attributes = True
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         mod = type(m).__module__
         if mod.startswith("torchquant.") or mod.startswith("torch.ao."):
@@ -42,12 +48,33 @@ def _tensor_meta(node):
 
 
 def _is_float_activation(arg) -> bool:
-    """A node computed by the model (not a parameter / buffer read) whose value was a float tensor."""
+    """A node computed from the model's inputs (not a parameter / buffer, nor arithmetic on them
+    alone, such as a FrozenBatchNorm2d's scale) whose value was a float tensor."""
     import torch.fx
-    if not isinstance(arg, torch.fx.Node) or arg.op == "get_attr":
+    if not isinstance(arg, torch.fx.Node) or arg.op == "get_attr" or not _from_inputs(arg):
         return False
     meta = _tensor_meta(arg)
     return meta is not None and meta.dtype.is_floating_point
+
+
+def _from_inputs(node) -> bool:
+    """Whether the node depends on a placeholder (the model's inputs); memoized in node.meta."""
+    import torch.fx
+    seen = node.meta.get("_tq_from_inputs")
+    if seen is not None:
+        return seen
+    stack, order = [node], []
+    while stack:  # iterative post-order over the not yet known inputs
+        n = stack.pop()
+        if "_tq_from_inputs" in n.meta:
+            continue
+        order.append(n)
+        stack.extend(a for a in n.all_input_nodes if "_tq_from_inputs" not in a.meta)
+    for n in reversed(order):
+        if "_tq_from_inputs" not in n.meta:
+            n.meta["_tq_from_inputs"] = n.op == "placeholder" or any(
+                a.meta.get("_tq_from_inputs", False) for a in n.all_input_nodes)
+    return node.meta["_tq_from_inputs"]
 
 
 def _is_number(arg) -> bool:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 
 from .. import _fastcall
@@ -78,10 +79,17 @@ class Quantize(nn.Module):
 
 
 class DeQuantize(nn.Module):
-    """QTensor -> float (what DeQuantStub becomes); float input passes through."""
+    """QTensor -> float (what DeQuantStub becomes); float input passes through. A container of
+    outputs (a segmentation model's ``{'out': ..., 'aux': ...}``, a tuple of feature maps) has
+    every QTensor in it dequantized, the container's type kept."""
 
     def forward(self, x):
-        return x.dequantize() if isinstance(x, QTensor) else x
+        if isinstance(x, QTensor):
+            return x.dequantize()
+        if isinstance(x, (dict, list, tuple)):
+            return pytree.tree_map_only(QTensor, lambda q: q.dequantize(), x,
+                                        is_leaf=lambda v: isinstance(v, QTensor))
+        return x
 
     @classmethod
     def from_float(cls, mod, name: str = "DeQuantStub"):

@@ -190,9 +190,25 @@ class QFunctional(_QuantizedOutput):
 
     def _binary(self, op, x, y, relu=False):
         self._check_calibrated()
+        if not (isinstance(x, QTensor) and isinstance(y, QTensor)):
+            # A float operand (from a part of the model that ran in float): the op in float, its
+            # result quantized with the calibrated output qparams. (Quantizing the operand with
+            # the output's qparams clipped it to the output's range: add_relu zeroed its negative
+            # values before the add.)
+            xf, yf = self._as_float(x), self._as_float(y)
+            r = torch.mul(xf, yf) if op is ops.mul.default else torch.add(xf, yf)
+            return self._quantize(F.relu(r) if relu else r)
         x, y = self._as_qtensor(x), self._as_qtensor(y)
         return self._out(op(x.data, x.scale, x.zero_point, y.data, y.scale, y.zero_point, self.scale,
                             self.zero_point, relu, self._storage))
+
+    def _as_float(self, x) -> torch.Tensor:
+        if isinstance(x, QTensor):
+            return x.dequantize()
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} takes QTensors (or float tensors), got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        return x
 
     @_fx_leaf_method
     def add(self, x, y) -> QTensor:
@@ -209,6 +225,8 @@ class QFunctional(_QuantizedOutput):
     @_fx_leaf_method
     def cat(self, x, dim: int = 0) -> QTensor:
         self._check_calibrated()
+        if not all(isinstance(t, QTensor) for t in x):  # a float input: as _binary's
+            return self._quantize(torch.cat([self._as_float(t) for t in x], dim))
         xs = [self._as_qtensor(t) for t in x]
         return self._out(ops.cat.default([t.data for t in xs], [t.scale for t in xs], [t.zero_point for t in xs],
                                          dim, self.scale, self.zero_point, self._storage))
@@ -216,8 +234,10 @@ class QFunctional(_QuantizedOutput):
     @_fx_leaf_method
     def add_scalar(self, x, c: float) -> QTensor:
         """x + c. Output qparams: x's scale with the zero point moved by round(c / scale) when it
-        stays in range (then the codes are unchanged), else a range covering x's shifted by c."""
-        x = self._as_qtensor(x)
+        stays in range (then the codes are unchanged), else a range covering x's shifted by c.
+        A float x gives the float x + c (the op is not observed: no qparams to quantize it with)."""
+        if not isinstance(x, QTensor):
+            return torch.add(self._as_float(x), c)
         if not math.isfinite(c):
             raise ValueError(f"add_scalar: argument 'c' must be finite, got {c}")
         lo, hi = _QRANGE[x.data.dtype]
@@ -241,7 +261,9 @@ class QFunctional(_QuantizedOutput):
     @_fx_leaf_method
     def mul_scalar(self, x, c: float) -> QTensor:
         """x * c. Output qparams: scale * |c| (the codes are mirrored for c < 0); for c == 0,
-        scale 1 and zero point 0 (all codes 0)."""
+        scale 1 and zero point 0 (all codes 0). A float x gives the float x * c."""
+        if not isinstance(x, QTensor):
+            return torch.mul(self._as_float(x), c)
         x = self._as_qtensor(x)
         lo, hi = _QRANGE[x.data.dtype]
         dev = x.data.device
