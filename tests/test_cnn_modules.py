@@ -979,3 +979,43 @@ def test_make_quantizable_traces_buffer_arithmetic_and_keeps_the_state_dict():
     mq.load_state_dict(b.state_dict(), strict=True)
     assert torch.equal(mq(x), b(x))
     assert not [n for n in mq.graph.nodes if n.op == "call_method" and n.target in ("mul", "add")]
+
+
+class _HelperConv3d(nn.Conv3d):
+    # as torchvision's video models' Conv3DSimple: nn.Conv3d plus a static helper
+    @staticmethod
+    def downsample_stride(stride):
+        return stride, stride, stride
+
+
+class _ScaledConv3d(nn.Conv3d):
+    def forward(self, x):  # a computation of its own: stays float
+        return super().forward(x) * 2
+
+
+@pytest.mark.parametrize("plain_path", [True, False])
+def test_convolution_subclasses_that_compute_as_their_base_are_quantized(plain_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(_HelperConv3d(3, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(),
+                      _ScaledConv3d(4, 4, 1)).eval()
+    x = torch.randn(1, 3, 4, 6, 6)
+    if not plain_path:
+        m = tq.make_quantizable(m, x)
+    assert tq.find_fusable_modules(m) == [["0", "1", "2"]]
+    fused = tq.fuse_modules(m, tq.find_fusable_modules(m))
+    assert type(m.get_submodule("0")) is _HelperConv3d  # the model given is not changed
+    w = nn.Sequential(tq.QuantStub(), fused, tq.DeQuantStub()).eval()
+    w.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = tq.prepare(w)
+        p(x)
+        q = tq.convert(p)
+        got = q(x)
+    assert type(q[1].get_submodule("0")) is nnq.ConvReLU3d
+    if plain_path:  # (make_quantizable traces the subclass with a forward of its own into F.conv3d)
+        assert type(q[1].get_submodule("3")) is _ScaledConv3d
+        assert any("stay in float: 1.3 (_ScaledConv3d)" in str(c.message) for c in caught)
+    with torch.no_grad():
+        want = m(x)
+    assert 10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum()) > 25

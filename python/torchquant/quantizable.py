@@ -38,6 +38,9 @@ class _Tracer(torch.fx.Tracer):
         mod = type(m).__module__
         if mod.startswith("torchquant.") or mod.startswith("torch.ao."):
             return True  # fused modules subclass nn.Sequential: kept whole too
+        from .quantize import _plain_conv_base
+        if _plain_conv_base(type(m)) is not None:
+            return True  # a convolution subclass that computes as its base (Conv3DSimple): kept a module
         return super().is_leaf_module(m, qualname)
 
 

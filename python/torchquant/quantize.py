@@ -223,6 +223,35 @@ def no_observer_set() -> Set[type]:
     return set()
 
 
+# Convolution subclasses that only add helpers (torchvision's video models' Conv3DSimple and
+# Conv3DNoTemporal: nn.Conv3d with a static method) compute what their base computes: the
+# static flow treats them as their base, where it matches module types exactly.
+_CONV_BASES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _plain_conv_base(cls):
+    """The torch.nn convolution class a subclass computes as (no forward, _conv_forward or
+    _output_padding of its own anywhere below the base), else None."""
+    if not isinstance(cls, type) or cls in _CONV_BASES or cls.__module__.startswith(("torchquant.", "torch.")):
+        return None
+    base = next((b for b in cls.__mro__ if b in _CONV_BASES), None)
+    if base is None:
+        return None
+    for klass in cls.__mro__[:cls.__mro__.index(base)]:
+        if any(name in vars(klass) for name in ("forward", "_conv_forward", "_output_padding", "__call__")):
+            return None
+    return base
+
+
+def _as_plain_convs(model: nn.Module) -> None:
+    """Gives each convolution subclass that computes as its torch.nn base (_plain_conv_base) the
+    base's class, so that fusion, prepare and convert match it (on the model they work on)."""
+    for m in model.modules():
+        base = _plain_conv_base(type(m))
+        if base is not None:
+            m.__class__ = base
+
+
 def _observer_types() -> tuple:
     """torchquant's observer and fake-quant bases, and torch.ao's (a torch.ao qconfig builds
     those): the modules prepare neither observes nor walks into."""
@@ -457,6 +486,7 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
                  prepare_custom_config_dict=prepare_custom_config_dict)
     if not inplace:
         model = copy.deepcopy(model)
+    _as_plain_convs(model)
     propagate_qconfig_(model)
     _refuse_float_qconfigs(model, "prepare")
     if not _has_any_qconfig(model):
@@ -674,6 +704,7 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         raise ValueError("prepare_qat needs a model in training mode; call model.train() first")
     if not inplace:
         model = copy.deepcopy(model)
+    _as_plain_convs(model)
     propagate_qconfig_(model)
     if not _has_any_qconfig(model):
         warnings.warn("prepare_qat: no qconfig is set on the model or any submodule, so nothing will be quantized; "
@@ -988,6 +1019,7 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
 def _fuse(model, modules_to_fuse, inplace, is_qat):
     if not inplace:
         model = copy.deepcopy(model)
+    _as_plain_convs(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
     for group in groups:
         try:
@@ -1049,7 +1081,8 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
         raise TypeError(f"find_fusable_modules: argument 'model' must be an nn.Module, got {type(model).__name__}")
 
     try:
-        graph = torch.fx.Tracer().trace(model)
+        from .quantizable import _Tracer  # torch.nn's leaves, and convolution subclasses kept as modules
+        graph = _Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 — data-dependent control flow and the like
         raise RuntimeError(
             f"find_fusable_modules: torch.fx could not trace the model ({type(exc).__name__}: {exc}); "
@@ -1085,7 +1118,8 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
             if len(part) < length:
                 continue
             names = [n.target for n in part]
-            if (tuple(type(modules[n]) for n in names) in patterns and all(calls[n] == 1 for n in names)
+            kinds = tuple(_plain_conv_base(type(modules[n])) or type(modules[n]) for n in names)
+            if (kinds in patterns and all(calls[n] == 1 for n in names)
                     and not taken.intersection(names) and not any(_batch_stats_bn(modules[n]) for n in names[1:])):
                 groups.append(names)
                 taken.update(names)
