@@ -1019,3 +1019,41 @@ def test_convolution_subclasses_that_compute_as_their_base_are_quantized(plain_p
     with torch.no_grad():
         want = m(x)
     assert 10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum()) > 25
+
+
+def test_attention_with_a_bool_mask_after_convert_and_an_encoder_calibrated_on_its_fast_path():
+    # MultiheadAttention / TransformerEncoder take QTensor inputs dequantized on entry (a QTensor's
+    # quint8 dtype would set the masks' dtype); observers take the nested tensors of the
+    # encoder's fast path (eval, no grad, padding mask) as their values.
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.dq = tq.QuantStub(), tq.DeQuantStub()
+            self.ln = nn.LayerNorm(32)
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 1)
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x, kpm):
+            h = self.ln(self.q(x))
+            a, _ = self.attn(h, h, h, key_padding_mask=kpm, need_weights=False)
+            return self.dq(self.fc(self.enc(a, src_key_padding_mask=kpm)))
+
+    torch.manual_seed(0)
+    m = Block().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    kpm = torch.zeros(2, 8, dtype=torch.bool)
+    kpm[0, 5:] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = tq.prepare(m)
+        with torch.no_grad():
+            for _ in range(4):
+                p(torch.randn(2, 8, 32), kpm)
+        q = tq.convert(p)
+        x = torch.randn(2, 8, 32)
+        with torch.no_grad():
+            want, got = m(x, kpm), q(x, kpm)
+    valid = ~kpm  # (the float fast path writes 0 at padded positions)
+    sqnr = 10 * torch.log10(want[valid].pow(2).sum() / (got[valid] - want[valid]).pow(2).sum())
+    assert sqnr > 20, float(sqnr)

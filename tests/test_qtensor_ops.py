@@ -368,7 +368,7 @@ def test_in_place_shape_changes_are_refused_and_leave_the_qtensor_as_it_was():
     q = _ties_input(torch.qint8)
     before = q.data.clone()
     for call in (lambda: q.unsqueeze_(0), lambda: q.transpose_(0, 1)):
-        with pytest.raises(RuntimeError, match="changes the shape of a QTensor in place"):
+        with pytest.raises(RuntimeError, match="changes the (shape|layout) of a QTensor in place"):
             call()
         assert torch.equal(q.data, before) and q.shape == before.shape
 
@@ -480,3 +480,65 @@ def test_quantize_functions_copy_the_qparams_they_are_given():
     assert torch.equal(q.dequantize(), before)
     with pytest.raises(ValueError, match=r"'scales' must be 1-D .* got shape \(1, 2\)"):
         torchquant.quantize_per_channel(torch.randn(2, 3), scales.reshape(1, 2), zps, 0, torch.qint8)
+
+
+def test_python_comparisons_truth_and_numbers_use_the_values():
+    a = torchquant.quantize_per_tensor(torch.tensor([1.0, 0.0]), 0.1, 0, torch.qint8)
+    b = torchquant.quantize_per_tensor(torch.tensor([1.0, 0.0]), 0.1, 0, torch.qint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(a == b, torch.tensor([True, True])) and torch.equal(a != b, torch.tensor([False, False]))
+        assert torch.equal(a > 0, torch.tensor([True, False])) and torch.equal(a <= 0, torch.tensor([False, True]))
+        assert 1.0 in a and (a == None) is False  # noqa: E711
+    one = torchquant.quantize_per_tensor(torch.tensor([0.0]), 0.1, 0, torch.qint8)
+    assert bool(one) is False and float(torchquant.quantize_per_tensor(torch.tensor(1.0), 0.1, 0, torch.qint8)) == 1.0
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        bool(a)
+    assert hash(a) != hash(b) and {a: 1}[a] == 1
+
+
+def test_cat_ignores_the_qparams_of_empty_inputs():
+    q1 = torchquant.quantize_per_tensor(torch.tensor([0.01, 0.02, 0.03, 0.04]), 0.01, 0, torch.qint8)
+    empty = torchquant.quantize_per_tensor(torch.empty(0), 1.0, 0, torch.qint8)
+    for parts in ([q1, empty], [empty, q1]):
+        r = torch.cat(parts)
+        assert torch.equal(r.data, q1.data) and r.q_scale() == q1.q_scale()
+
+
+def test_qtensor_layout_queries_describe_the_codes():
+    c = torchquant.quantize_per_tensor(torch.randn(1, 3, 4, 4), 0.1, 0, torch.quint8).contiguous(
+        memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no float fallback (and no warning) for these
+        assert c.is_contiguous(memory_format=torch.channels_last) and c.stride() == c.data.stride()
+        assert not c.is_floating_point() and c.element_size() == 1 and c.nbytes == 48
+        assert c[0, 1].storage_offset() == c.data[0, 1].storage_offset() and c.nelement() == 48
+        q = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.1, 0, torch.qint8)
+        assert q[:, :1].expand_as(q).shape == (2, 3) and q.view_as(torch.zeros(3, 2)).shape == (3, 2)
+        x = torchquant.quantize_per_tensor(torch.randn(5), 0.1, 0, torch.qint8)
+        assert F.elu_(x) is x and F.leaky_relu_(x, 0.1) is x
+    with pytest.raises(TypeError, match="QTensor.view takes a shape, got dtype torch.uint8"):
+        q.view(torch.uint8)
+    assert q.to(torch.zeros(1)).data.dtype == torch.int8  # the other tensor's device, not its dtype
+
+
+def test_qtensor_argument_handling_edge_cases():
+    q = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.1, 0, torch.qint8)
+    assert torch.equal(torch.relu(input=q).data, torch.relu(q).data)
+    assert torch.transpose(input=q, dim0=0, dim1=1).shape == (3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torch.clamp(torch.randn(4), min=torchquant.quantize_per_tensor(torch.zeros(4), 0.1, 0, torch.qint8))
+    assert out.dtype == torch.float32 and (out >= 0).all()
+    pc = QTensor(torch.full((2, 3), -5, dtype=torch.int8), torch.tensor([.1, .2, .3]), torch.zeros(3, dtype=torch.int32),
+                 axis=-1)
+    assert pc.axis == 1 and pc.q_per_channel_axis() == 1 and torch.equal(torch.relu(pc).data, torch.zeros(2, 3,
+                                                                                                         dtype=torch.int8))
+    square = torchquant.quantize_per_channel(torch.tensor([[0.5, 0.2], [100.0, 50.0]]), torch.tensor([0.01, 1.0]),
+                                             torch.tensor([0, 0], dtype=torch.int32), 0, torch.qint8)
+    with pytest.raises(RuntimeError, match="t_ changes the layout of a QTensor in place"):
+        square.t_()
+    assert square.clone().axis == 0 and torch.equal(square.clone().data, square.data)
+    q[0] = 0.3
+    q[1, 1:] = torch.tensor([1.0, -1.0])
+    assert q.dequantize()[0].tolist() == pytest.approx([0.3] * 3) and q.dequantize()[1, 1:].tolist() == [1.0, -1.0]

@@ -433,7 +433,7 @@ def test_qtensor_constructor_checks_its_arguments(kwargs, exc, match):
         QTensor(**args)
     ok = QTensor(torch.zeros(2, 3, dtype=torch.int8), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32),
                  -1, -8, 7)
-    assert (ok.axis, ok.qmin, ok.qmax) == (-1, -8, 7)
+    assert (ok.axis, ok.qmin, ok.qmax) == (1, -8, 7)  # the axis counted from the front, as torch's
 
 
 @pytest.mark.parametrize("fn", [

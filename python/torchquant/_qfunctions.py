@@ -265,12 +265,20 @@ def _fixed_output(fn, name):
 def _shape_fn(fn, name):
     def impl(q, *args, **kwargs):
         _per_tensor(q, name)
+        # a QTensor as a shape template (expand_as): its codes have its shape
+        args = tuple(a.data if isinstance(a, QTensor) else a for a in args)
         out = fn(q.data, *args, **kwargs)
         if isinstance(out, torch.Tensor):
             return q._same_qparams(out)
         return type(out)(q._same_qparams(t) for t in out)
 
     return impl
+
+
+def _clone(q: QTensor, memory_format=torch.preserve_format) -> QTensor:
+    """A copy of the codes and of the qparams (per channel too: the axis does not move)."""
+    return QTensor._make(q.data.clone(memory_format=memory_format), q.scale.clone(), q.zero_point.clone(), q.axis,
+                         q.qmin, q.qmax)
 
 
 # ---------------------------------------------------------------- cat
@@ -287,27 +295,29 @@ def cat(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
             raise TypeError(f"torch.cat of QTensors: element {i} of argument 'tensors' is a {type(t).__name__}, "
                             "not a tensor")
         _per_tensor(t, "cat")
-    first = tensors[0]
+    # An empty input adds no values: its qparams take no part (a cache that starts empty).
+    valued = [t for t in tensors if t.data.numel() > 0] or tensors[:1]
+    first = valued[0]
     same_kind = all(t.data.dtype == first.data.dtype and t.qmin == first.qmin and t.qmax == first.qmax
-                    for t in tensors[1:])
-    shared = all(t.scale is first.scale and t.zero_point is first.zero_point for t in tensors[1:])
+                    for t in tensors)
+    shared = all(t.scale is first.scale and t.zero_point is first.zero_point for t in valued[1:])
     if same_kind and not shared and torch.compiler.is_compiling():
-        return _cat_traced(tensors, dim)
+        return _cat_traced(tensors, dim, valued)
     same = same_kind and all(
         (t.scale is first.scale or torch.equal(t.scale.reshape(()), first.scale.reshape(())))
         and (t.zero_point is first.zero_point or torch.equal(t.zero_point.reshape(()), first.zero_point.reshape(())))
-        for t in tensors[1:])
+        for t in valued[1:])
     if same:
         return first._same_qparams(torch.cat([t.data for t in tensors], dim))
-    return _cat_requantized(tensors, dim)
+    return _cat_requantized(tensors, dim, valued)
 
 
-def _cat_requantized(tensors: List[QTensor], dim: int) -> QTensor:
-    """cat onto qparams covering every input's range (each input requantized)."""
+def _cat_requantized(tensors: List[QTensor], dim: int, valued: List[QTensor]) -> QTensor:
+    """cat onto qparams covering every non-empty input's range (each input requantized)."""
     first = tensors[0]
     lo, hi = _QRANGE[first.data.dtype]
-    mins = torch.stack([((t.qmin - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in tensors])
-    maxs = torch.stack([((t.qmax - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in tensors])
+    mins = torch.stack([((t.qmin - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in valued])
+    maxs = torch.stack([((t.qmax - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in valued])
     scale, zero_point = torch.ops.torchquant.choose_qparams(mins.min().reshape(1), maxs.max().reshape(1), lo, hi)
     scale, zero_point = scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32)
     data = torch.ops.torchquant.cat([t.data for t in tensors], [t.scale for t in tensors],
@@ -315,16 +325,16 @@ def _cat_requantized(tensors: List[QTensor], dim: int) -> QTensor:
     return QTensor._make(data, scale, zero_point, None, lo, hi)
 
 
-def _cat_traced(tensors: List[QTensor], dim: int) -> QTensor:
+def _cat_traced(tensors: List[QTensor], dim: int, valued: List[QTensor]) -> QTensor:
     """cat as torch.compile and torch.export trace it: whether the qparams are equal is a tensor
     (eager reads it on the host), so both results are computed and one is selected, codes and
     qparams: the eager results, element for element."""
-    first = tensors[0]
-    equal = torch.stack([(t.scale.reshape(()) == first.scale.reshape(())) & (t.zero_point.reshape(()) ==
-                                                                             first.zero_point.reshape(()))
-                         for t in tensors[1:]]).all()
+    first = valued[0]
+    equal = torch.stack([torch.ones((), dtype=torch.bool, device=first.data.device)] +
+                        [(t.scale.reshape(()) == first.scale.reshape(())) &
+                         (t.zero_point.reshape(()) == first.zero_point.reshape(())) for t in valued[1:]]).all()
     copied = torch.cat([t.data for t in tensors], dim)
-    requantized = _cat_requantized(tensors, dim)
+    requantized = _cat_requantized(tensors, dim, valued)
     data = torch.where(equal, copied, requantized.data)
     scale = torch.where(equal, first.scale.reshape(1).float(), requantized.scale)
     zero_point = torch.where(equal, first.zero_point.reshape(1).to(torch.int32), requantized.zero_point)
@@ -465,7 +475,7 @@ _FUNCTIONS = {
     torch.t: _shape_fn(torch.t, "t"),
     torch.tile: _shape_fn(torch.tile, "tile"),
     torch.unflatten: _shape_fn(torch.unflatten, "unflatten"),
-    torch.clone: _shape_fn(torch.clone, "clone"),
+    torch.clone: lambda q, *, memory_format=torch.preserve_format: _clone(q, memory_format),
     torch.swapaxes: _shape_fn(torch.swapaxes, "swapaxes"),
     torch.swapdims: _shape_fn(torch.swapdims, "swapdims"),
     F.pixel_shuffle: _shape_fn(F.pixel_shuffle, "pixel_shuffle"),
@@ -482,6 +492,9 @@ _FUNCTIONS = {
     torch.Tensor.clip_: _clamp,
     F.leaky_relu: _requantized(F.leaky_relu, "leaky_relu"),
     F.elu: _requantized(F.elu, "elu"),
+    # their in-place forms (the input's qparams kept: exact in place)
+    torch._C._nn.leaky_relu_: _requantized(F.leaky_relu, "leaky_relu_"),
+    torch._C._nn.elu_: _requantized(F.elu, "elu_"),
     torch.tanh: _tanh,
     F.tanh: _tanh,
     torch.max: _values_indices(torch.max, "max"),
@@ -505,7 +518,7 @@ def _method(fn, name):
 
 
 for _name in ("transpose", "permute", "chunk", "split", "squeeze", "unsqueeze", "narrow", "expand", "repeat",
-              "flip", "roll", "movedim", "unbind", "select", "t", "tile", "unflatten", "clone", "swapaxes",
+              "flip", "roll", "movedim", "unbind", "select", "t", "tile", "unflatten", "swapaxes",
               "swapdims", "unfold", "expand_as"):
     setattr(QTensor, _name, _method(getattr(torch.Tensor, _name), _name))
 
@@ -531,6 +544,7 @@ for _name, _impl, _doc in (
     setattr(QTensor, _name, _bound(_impl, _name, _doc))
 QTensor.mean = lambda self, dim=None, keepdim=False: _mean(self, dim, keepdim)
 QTensor.mean.__doc__ = "torch.mean with torch's quantized averaging: nearbyint(sum * float32(1/count)) + zp."
+QTensor.clone = lambda self, *, memory_format=torch.preserve_format: _clone(self, memory_format)
 QTensor.relu = lambda self: _relu(self)
 # In place, as torch's relu_ / clamp_: the codes change, the QTensor and its qparams stay.
 QTensor.relu_ = lambda self: QTensor.__torch_function__(torch.Tensor.relu_, (QTensor,), (self,))

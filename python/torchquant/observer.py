@@ -155,6 +155,16 @@ _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
 
 
+def _observed_values(x: torch.Tensor) -> torch.Tensor:
+    """x, or for a nested tensor (torch's transformer encoder fast path hands them between its
+    layers in eval mode without grad when given a padding mask) its values without the padding,
+    as one flat tensor."""
+    if not x.is_nested:
+        return x
+    parts = [t.reshape(-1) for t in x.unbind()]
+    return torch.cat(parts) if parts else x.new_zeros(0)
+
+
 def _apply_keeping_float32(module: nn.Module, apply, fn, *args, **kwargs):
     """``apply(fn, ...)`` (nn.Module._apply) with the module's own float32 buffers kept float32:
     they are statistics and qparams that torchquant's ops read and write as float32 only, so a
@@ -356,7 +366,7 @@ class UniformQuantizationObserverBase(ObserverBase):
 
     @staticmethod
     def _as_float(x: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
+        x = _observed_values(x.detach())
         return x if x.is_floating_point() else x.float()
 
     def reset_min_max_vals(self):

@@ -83,6 +83,8 @@ class QTensor:
             if not -data.dim() <= axis < max(data.dim(), 1):
                 raise ValueError(f"QTensor: argument 'axis' must lie in [{-data.dim()}, {data.dim() - 1}] for data of "
                                  f"shape {tuple(data.shape)}, got {axis}")
+            if axis < 0:  # as torch's q_per_channel_axis(): the axis counted from the front
+                axis += data.dim()
         self.data = data
         self.scale = scale
         self.zero_point = zero_point
@@ -178,8 +180,9 @@ class QTensor:
     def is_cuda(self) -> bool:
         return self.data.is_cuda
 
-    def to(self, device) -> "QTensor":
-        """The QTensor on ``device`` (its data and qparams moved together).
+    def to(self, device=None, non_blocking: bool = False, *, copy: bool = False) -> "QTensor":
+        """The QTensor on ``device`` (its data and qparams moved together); ``device`` may also be a
+        tensor or QTensor, whose device is taken (its dtype is not: a QTensor's codes keep theirs).
 
         >>> q.to("cuda")
         """
@@ -187,8 +190,13 @@ class QTensor:
             # Tensor.to(dtype) would turn the int8 data into other values with the qparams kept.
             raise TypeError(f"QTensor.to takes a device, got dtype {device} (argument 'device'); use "
                             f".dequantize({device}) for a floating-point tensor")
-        return QTensor._make(self.data.to(device), self.scale.to(device), self.zero_point.to(device),
-                             self.axis, self.qmin, self.qmax)
+        if isinstance(device, (torch.Tensor, QTensor)):
+            device = device.device
+        if device is None:
+            device = self.data.device
+        kw = dict(non_blocking=non_blocking, copy=copy)
+        return QTensor._make(self.data.to(device, **kw), self.scale.to(device, **kw),
+                             self.zero_point.to(device, **kw), self.axis, self.qmin, self.qmax)
 
     def cpu(self) -> "QTensor":
         return self.to("cpu")
@@ -211,7 +219,16 @@ class QTensor:
         return self._reshaping("reshape", torch.Tensor.reshape, *shape)
 
     def view(self, *shape) -> "QTensor":
+        if len(shape) == 1 and isinstance(shape[0], torch.dtype):
+            raise TypeError(f"QTensor.view takes a shape, got dtype {shape[0]} (reinterpreting the codes as "
+                            "another dtype would change their values); use .dequantize() or .int_repr()")
         return self._reshaping("view", torch.Tensor.view, *shape)
+
+    def view_as(self, other) -> "QTensor":
+        return self.view(other.shape)
+
+    def reshape_as(self, other) -> "QTensor":
+        return self.reshape(other.shape)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "QTensor":
         return self._reshaping("flatten", torch.flatten, start_dim, end_dim)
@@ -243,6 +260,95 @@ class QTensor:
     def __len__(self) -> int:
         return len(self.data)
 
+    # ---- values as Python sees them: comparisons elementwise (as torch's tensors, on the
+    # dequantized values, with the float fallback's warning), truth and numbers from the value.
+    # Without them Python compared identities: q1 == q2 was False for equal values.
+    __hash__ = object.__hash__  # by identity, as torch.Tensor's
+
+    # ---- layout and storage: the codes' (the float fallback answered for a dequantized copy:
+    # a channels-last QTensor said it was not channels-last contiguous, 4 bytes per element)
+    def stride(self, dim=None):
+        return self.data.stride() if dim is None else self.data.stride(dim)
+
+    def is_contiguous(self, memory_format=torch.contiguous_format) -> bool:
+        return self.data.is_contiguous(memory_format=memory_format)
+
+    def storage_offset(self) -> int:
+        return self.data.storage_offset()
+
+    def element_size(self) -> int:
+        return self.data.element_size()
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def data_ptr(self) -> int:
+        return self.data.data_ptr()
+
+    def get_device(self) -> int:
+        return self.data.get_device()
+
+    def nelement(self) -> int:
+        return self.data.nelement()
+
+    def ndimension(self) -> int:
+        return self.data.dim()
+
+    def dim_order(self, *args, **kwargs):
+        return self.data.dim_order(*args, **kwargs)
+
+    def is_floating_point(self) -> bool:
+        return False
+
+    def is_complex(self) -> bool:
+        return False
+
+    def _compare(self, fn, other):
+        if isinstance(other, (torch.Tensor, QTensor, int, float, bool)):
+            return fn(self, other)
+        return NotImplemented
+
+    def __eq__(self, other):
+        return self._compare(torch.eq, other)
+
+    def __ne__(self, other):
+        return self._compare(torch.ne, other)
+
+    def __lt__(self, other):
+        return self._compare(torch.lt, other)
+
+    def __le__(self, other):
+        return self._compare(torch.le, other)
+
+    def __gt__(self, other):
+        return self._compare(torch.gt, other)
+
+    def __ge__(self, other):
+        return self._compare(torch.ge, other)
+
+    def __bool__(self) -> bool:
+        return bool(self.dequantize())
+
+    def __float__(self) -> float:
+        return float(self.dequantize())
+
+    def __int__(self) -> int:
+        return int(self.dequantize())
+
+    def __setitem__(self, index, value) -> None:
+        """``q[index] = value``: value (a number, float tensor or QTensor) quantized with this
+        QTensor's qparams into the selected codes, as torch's quantized tensors do (per tensor)."""
+        if self.axis is not None:
+            raise NotImplementedError("item assignment into a per-channel QTensor is not supported; dequantize, "
+                                      "assign and quantize again")
+        if isinstance(value, QTensor):
+            value = value.dequantize()
+        v = torch.as_tensor(value, dtype=torch.float32, device=self.data.device)
+        codes = torch.ops.torchquant.quantize(v, self.scale, self.zero_point, None, self.qmin, self.qmax,
+                                              self.data.dtype)
+        self.data[index] = codes
+
     def __getitem__(self, index) -> "QTensor":
         """Indexing and slicing of a per-tensor QTensor: the selected int8 values with the same
         qparams (exact). A per-channel QTensor raises: an index can drop or move its axis.
@@ -266,7 +372,12 @@ class QTensor:
         relu, dropout in inference) keep it int8; any other dequantizes its QTensor arguments,
         runs in float and warns once per function."""
         kwargs = kwargs or {}
+        if not args and "input" in kwargs:  # torch.relu(input=q): the int8 functions take it first
+            kwargs = dict(kwargs)
+            args = (kwargs.pop("input"),)
         impl = _INT8_FUNCTIONS.get(func)
+        if impl is not None and args and not isinstance(args[0], (QTensor, list, tuple)):
+            impl = None  # torch.clamp(x_float, min=q): a float first argument, computed in float
         if args and isinstance(args[0], QTensor) and _in_place(func, args, kwargs):
             return _write_in_place(func, impl, args, kwargs)
         if impl is not None:
@@ -378,6 +489,10 @@ def _in_place_table():
 
 
 _MISSING = object()
+# In-place functions that move elements around (a square transpose keeps the shape: a per-channel
+# QTensor's scales would no longer line up with its channels).
+_IN_PLACE_LAYOUT = frozenset({"t_", "transpose_", "swapaxes_", "swapdims_", "squeeze_", "unsqueeze_", "as_strided_",
+                              "resize_", "resize_as_", "set_"})
 
 
 def _in_place(func, args, kwargs) -> bool:
@@ -399,6 +514,10 @@ def _write_in_place(func, impl, args, kwargs):
     the QTensor's own qparams (values outside their range saturate), with a warning once per
     function. A result of another shape (``unsqueeze_``, ``t_``) is an error."""
     q = args[0]
+    name = getattr(func, "__name__", "")
+    if name in _IN_PLACE_LAYOUT:
+        raise RuntimeError(f"{name} changes the layout of a QTensor in place; QTensors change shape out of place "
+                           f"(x = x.{name[:-1]}(...))")
     if impl is not None:
         out = impl(*args, **kwargs)
         if out is q:

@@ -314,7 +314,12 @@ def _input_range_hook(module, inputs):
     that becomes an int8 Linear / Conv: where a float function runs between modules, the int8
     module receives a float tensor and quantizes it with qparams from this range."""
     x = inputs[0] if inputs else None
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return None
+    if x.is_nested:  # (the transformer encoder's fast path) its values, the padding left out
+        from .observer import _observed_values
+        x = _observed_values(x)
+    if x.numel() == 0:
         return None
     lo, hi = torch.aminmax(x.detach())
     seen = module.__dict__.get("_tq_input_range")
@@ -593,6 +598,13 @@ def _fallback_output_quant(mod):
         return None
 
 
+# Containers that compute in float on their inputs themselves (attention: the input's dtype sets
+# the masks' dtype, which a QTensor's quint8 would break): their QTensor inputs are dequantized on
+# entry, as a leaf module's with no int8 version.
+_FLOAT_BLOCKS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+                 nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
+
+
 def _clean(model: nn.Module) -> None:
     """Removes observers, their hooks and qconfigs left on modules that were not swapped; float
     leaf modules under a qconfig get a hook that dequantizes QTensor inputs (with a warning)."""
@@ -613,8 +625,9 @@ def _clean(model: nn.Module) -> None:
                 mod.activation_post_process = nn.Identity()
             else:
                 del mod.activation_post_process
-        if getattr(mod, "qconfig", None) is not None and not any(True for _ in mod.children()) \
-                and not type(mod).__module__.startswith("torchquant.") and not isinstance(mod, _PASSTHROUGH):
+        if getattr(mod, "qconfig", None) is not None and (isinstance(mod, _FLOAT_BLOCKS) or (
+                not any(True for _ in mod.children()) and not type(mod).__module__.startswith("torchquant.")
+                and not isinstance(mod, _PASSTHROUGH))):
             mod.register_forward_pre_hook(_float_fallback_hook, with_kwargs=True)
             if out_quant is not None:
                 mod.add_module("output_quant", out_quant)
