@@ -885,21 +885,36 @@ def test_converted_se_block_compiles_fullgraph_and_exports():
 
 
 @pytest.mark.parametrize("dtype", [torch.quint8, torch.qint8])
-def test_add_scalar_qparams_traced_equal_the_eager_ones(dtype):
+def test_add_scalar_qparams_follow_the_rule_in_plain_python(dtype):
+    # The tensor arithmetic (no host read, traceable) against the rule on Python floats: the zero
+    # point moved by round(c / scale) when it stays in range, else choose_qparams over the range
+    # shifted by c; and the codes against dequantize -> + c -> quantize with those qparams.
     import random
-
-    from torchquant.nn.quantized_ops import _add_scalar_qparams_traced
 
     rng = random.Random(0)
     ff = nnq.QFunctional()
     lo, hi = (0, 255) if dtype == torch.quint8 else (-128, 127)
+    moved = shifted = 0
     for _ in range(200):
         q = tq.quantize_per_tensor(torch.randn(3, 5) * 3, rng.choice([0.05, 0.013, 1e-3, 0.7, 3.0]),
                                    rng.randint(lo, hi), dtype)
         c = rng.choice([0.5, -0.75, 2.0, 100.0, -1e3, 0.025, 0.0125, 1e-9, 7.5, 0.0])
-        eager = ff.add_scalar(q, c)
-        scale, zp = _add_scalar_qparams_traced(q, c, lo, hi)
-        assert torch.equal(scale, eager.scale) and torch.equal(zp, eager.zero_point), (q, c)
+        got = ff.add_scalar(q, c)
+        s, zx = float(q.scale), int(q.zero_point)
+        z = zx - round(c / s)
+        if lo <= z <= hi:
+            moved += 1
+            scale, zp = q.scale.reshape(1).float(), torch.tensor([z], dtype=torch.int32)
+        else:
+            shifted += 1
+            scale, zp = torch.ops.torchquant.choose_qparams(torch.tensor([(lo - zx) * s + c], dtype=torch.float32),
+                                                            torch.tensor([(hi - zx) * s + c], dtype=torch.float32),
+                                                            lo, hi)
+            scale, zp = scale.float(), zp.to(torch.int32)
+        assert torch.equal(got.scale, scale) and torch.equal(got.zero_point, zp), (q, c)
+        assert torch.equal(got.data, torch.ops.torchquant.add_scalar(q.data, q.scale, q.zero_point, c, scale, zp,
+                                                                      q.data.dtype))
+    assert moved and shifted  # both branches taken
     with pytest.raises(ValueError, match="'c' must be finite, got inf"):
         ff.add_scalar(q, float("inf"))
 

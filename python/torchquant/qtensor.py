@@ -33,6 +33,17 @@ def _int_arg(name: str, v) -> int:
         raise TypeError(f"QTensor: argument '{name}' must be an integer, got {v!r} ({type(v).__name__})") from None
 
 
+def _comparison(fn):
+    """A QTensor's Python comparison operator: ``fn`` (torch.eq, ...) elementwise, with numbers
+    and tensors; anything else is Python's (``q == None`` is False)."""
+    def compare(self, other):
+        if isinstance(other, (torch.Tensor, QTensor, int, float, bool)):
+            return fn(self, other)
+        return NotImplemented
+    compare.__name__ = f"__{fn.__name__}__"
+    return compare
+
+
 class QTensor:
     """Quantized tensor: ``x ≈ (data - zero_point) * scale``.
 
@@ -304,28 +315,9 @@ class QTensor:
     def is_complex(self) -> bool:
         return False
 
-    def _compare(self, fn, other):
-        if isinstance(other, (torch.Tensor, QTensor, int, float, bool)):
-            return fn(self, other)
-        return NotImplemented
-
-    def __eq__(self, other):
-        return self._compare(torch.eq, other)
-
-    def __ne__(self, other):
-        return self._compare(torch.ne, other)
-
-    def __lt__(self, other):
-        return self._compare(torch.lt, other)
-
-    def __le__(self, other):
-        return self._compare(torch.le, other)
-
-    def __gt__(self, other):
-        return self._compare(torch.gt, other)
-
-    def __ge__(self, other):
-        return self._compare(torch.ge, other)
+    __eq__, __ne__ = _comparison(torch.eq), _comparison(torch.ne)
+    __lt__, __le__ = _comparison(torch.lt), _comparison(torch.le)
+    __gt__, __ge__ = _comparison(torch.gt), _comparison(torch.ge)
 
     def __bool__(self) -> bool:
         return bool(self.dequantize())

@@ -61,23 +61,17 @@ def _is_float_activation(arg) -> bool:
 
 
 def _from_inputs(node) -> bool:
-    """Whether the node depends on a placeholder (the model's inputs); memoized in node.meta."""
-    import torch.fx
-    seen = node.meta.get("_tq_from_inputs")
-    if seen is not None:
-        return seen
-    stack, order = [node], []
-    while stack:  # iterative post-order over the not yet known inputs
-        n = stack.pop()
-        if "_tq_from_inputs" in n.meta:
-            continue
-        order.append(n)
-        stack.extend(a for a in n.all_input_nodes if "_tq_from_inputs" not in a.meta)
-    for n in reversed(order):
-        if "_tq_from_inputs" not in n.meta:
-            n.meta["_tq_from_inputs"] = n.op == "placeholder" or any(
-                a.meta.get("_tq_from_inputs", False) for a in n.all_input_nodes)
-    return node.meta["_tq_from_inputs"]
+    """Whether the node depends on the model's inputs (marked by _mark_from_inputs; a node the
+    rewrite adds carries the mark of the node it replaces, its meta being copied)."""
+    return node.meta.get("_tq_from_inputs", False)
+
+
+def _mark_from_inputs(graph) -> None:
+    """Marks each node that depends on a placeholder: one pass, the nodes being in topological
+    order."""
+    for n in graph.nodes:
+        n.meta["_tq_from_inputs"] = n.op == "placeholder" or any(a.meta["_tq_from_inputs"]
+                                                                 for a in n.all_input_nodes)
 
 
 def _is_number(arg) -> bool:
@@ -213,6 +207,7 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
             "torchquant.nn.quantized.FloatFunctional's methods in the model's forward by hand")
 
     modules = dict(gm.named_modules())
+    _mark_from_inputs(gm.graph)
     for node in list(gm.graph.nodes):
         act = _activation_module(node)
         if act is not None:

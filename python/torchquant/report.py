@@ -22,6 +22,7 @@ from typing import Iterable, List, Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from .calibrate import _call
 
@@ -137,16 +138,8 @@ def _batches(data) -> Iterable:
 
 
 def _copied(batch):
-    """The batch with its tensors cloned (containers rebuilt as dict / list / tuple)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.clone()
-    if isinstance(batch, Mapping):
-        return {k: _copied(v) for k, v in batch.items()}
-    if isinstance(batch, list):
-        return [_copied(v) for v in batch]
-    if isinstance(batch, tuple):
-        return tuple(_copied(v) for v in batch)
-    return batch
+    """The batch with its tensors cloned (a mapping, such as a tokenizer's output, as a dict)."""
+    return pytree.tree_map_only(torch.Tensor, torch.clone, dict(batch) if isinstance(batch, Mapping) else batch)
 
 
 def _matched_layers(float_model: nn.Module, quantized_model: nn.Module):

@@ -241,20 +241,7 @@ class QFunctional(_QuantizedOutput):
         if not math.isfinite(c):
             raise ValueError(f"add_scalar: argument 'c' must be finite, got {c}")
         lo, hi = _QRANGE[x.data.dtype]
-        if torch.compiler.is_compiling():
-            scale, zp = _add_scalar_qparams_traced(x, float(c), lo, hi)
-            data = ops.add_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
-            return QTensor._make(data, scale, zp, None, lo, hi)
-        s = float(x.scale.reshape(()))
-        z = int(x.zero_point.reshape(())) - round(c / s)
-        if lo <= z <= hi:
-            scale, zp = x.scale.reshape(1).float(), torch.tensor([z], dtype=torch.int32, device=x.data.device)
-        else:
-            zx = float(x.zero_point.reshape(()))
-            mn = torch.tensor([(lo - zx) * s + c], dtype=torch.float32)
-            mx = torch.tensor([(hi - zx) * s + c], dtype=torch.float32)
-            scale, zp = ops.choose_qparams(mn, mx, lo, hi)
-            scale, zp = scale.float().to(x.data.device), zp.to(torch.int32).to(x.data.device)
+        scale, zp = _add_scalar_qparams(x, float(c), lo, hi)
         data = ops.add_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
         return QTensor._make(data, scale, zp, None, lo, hi)
 
@@ -383,10 +370,12 @@ class _LookupInside(_FloatInside):
         return state
 
 
-def _add_scalar_qparams_traced(x: QTensor, c: float, lo: int, hi: int):
-    """QFunctional.add_scalar's output qparams as tensor arithmetic (what torch.compile and
-    torch.export trace; eager reads the qparams on the host): the same float64 steps, so the
-    same values. Both candidates are computed and one is selected."""
+def _add_scalar_qparams(x: QTensor, c: float, lo: int, hi: int):
+    """QFunctional.add_scalar's output qparams, as tensor arithmetic on the qparams' device (no
+    host read: torch.compile and torch.export trace it): x's scale with the zero point moved by
+    round(c / scale) (float64, half to even) when it stays in [lo, hi], else choose_qparams over
+    x's range shifted by c (float64 ends rounded to float32). Both candidates are computed and
+    one is selected."""
     s = x.scale.reshape(1).float()
     zx = x.zero_point.reshape(1).double()
     z = zx - torch.round(c / s.double())  # Python's round(c / s): float64, half to even
