@@ -2,6 +2,7 @@
 FloatFunctional), quantized BatchNorm / BN-ReLU / activations / norms, bn-relu fusion, and a
 module with no int8 version staying float inside a quantized model."""
 import copy
+import io
 import operator
 import warnings
 
@@ -282,6 +283,52 @@ def test_functional_arithmetic_between_int8_modules_runs():
     assert sqnr > 25, float(sqnr)
     # The same block before this support raised TypeError at `+`; torch.ao's converted model
     # cannot run it either (its quantized tensors have no add).
+
+
+def test_float_input_qparams_are_saved_and_loaded():
+    """The qparams a module quantizes float inputs with come from calibration: they are in the
+    state dict, so a model rebuilt from other calibration data and loaded gives the same outputs
+    (a skeleton calibrated on data of another range kept its own, 28x off, and loaded silently)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _calibrate_convert(_FunctionalResidual().eval(), [torch.randn(2, 3, 12, 12) for _ in range(3)])
+        torch.manual_seed(1)
+        skeleton = _calibrate_convert(_FunctionalResidual().eval(), [0.05 * torch.rand(2, 3, 12, 12)])
+        x = torch.randn(2, 3, 12, 12)
+        sd = q.state_dict()
+        assert {"conv2.float_input_scale", "conv2.float_input_zero_point", "head.float_input_scale"} <= set(sd)
+        assert not torch.equal(skeleton.head.float_input_scale, q.head.float_input_scale)
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        buf.seek(0)
+        skeleton.load_state_dict(torch.load(buf, weights_only=True))
+        assert torch.equal(skeleton(x), q(x))
+        # a checkpoint without them (a model whose inputs were all QTensors) does not load silently
+        del sd["head.float_input_scale"]
+        with pytest.raises(RuntimeError, match="head.float_input_scale"):
+            skeleton.load_state_dict(sd)
+        sd["head.float_input_scale"] = torch.tensor([0.0])
+        with pytest.raises(RuntimeError, match="float_input_scale.*> 0"):
+            skeleton.load_state_dict(sd)
+        # the buffers follow a dtype cast unchanged and a deep copy
+        assert torch.equal(copy.deepcopy(q).half()(x), q(x))
+
+
+def test_float_input_fallback_compiles_fullgraph():
+    """The one-time warning of a float input (and of a function run in float) is not traced:
+    torch.compile(fullgraph=True) works on the first call, and gives eager's result."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _calibrate_convert(_FunctionalResidual().eval(), [torch.randn(2, 3, 12, 12) for _ in range(3)])
+    x = torch.randn(2, 3, 12, 12)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = torch.compile(q, fullgraph=True, backend="eager")
+        y = compiled(x)
+        assert torch.equal(y, q(x))
 
 
 class _Block(nn.Module):

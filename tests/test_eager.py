@@ -253,12 +253,16 @@ def test_float_into_quantized_linear_is_quantized_with_its_calibration_input_ran
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one warning per module
         q(x)
-    # The recorded range is not part of the state dict; a module without one raises as before.
+    # The qparams are in the state dict: a module built by hand takes them at load.
     q2 = torchquant.nn.quantized.Linear(8, 4)
     q2.load_state_dict(q[0].state_dict())
-    with pytest.raises(TypeError, match="add a torchquant.QuantStub"):
-        q2(x)
+    assert torch.equal(q2(x).int_repr(), y.int_repr())
     assert set(q[0].state_dict()) == set(q2.state_dict())
+    # A module without them raises as before.
+    q3 = torchquant.nn.quantized.Linear(8, 4)
+    q3.load_state_dict({k: v for k, v in q[0].state_dict().items() if not k.startswith("float_input")})
+    with pytest.raises(TypeError, match="add a torchquant.QuantStub"):
+        q3(x)
 
 
 def test_qtensor_through_torch_functions():
@@ -628,7 +632,16 @@ def _quantized_linear_model():
     ("1.weight_zero_point", torch.tensor([0, 3, 0], dtype=torch.int32),
      r"1.weight_zero_point: the quantized Linear's int8 weights are symmetric \(zero point 0\), got non-zero "
      r"values at channel\(s\) 1"),
-    ("1.weight_zero_point", torch.zeros(3), r"1.weight_zero_point: must be an integer tensor, got dtype torch.float32"),
+    ("1.weight_zero_point", torch.zeros(3), r"1.weight_zero_point: the quantized Linear's weight_zero_point must be "
+                                            r"an integer tensor, got dtype torch.float32"),
+    # an integer scale (0.05 -> 0) or a float zero point (127.6 -> 127) was cast without a word
+    ("1.weight_scale", torch.ones(3, dtype=torch.int32), r"1.weight_scale: .* must be a floating-point tensor, got "
+                                                         r"dtype torch.int32"),
+    ("1.zero_point", torch.tensor([127.6]), r"1.zero_point: .* must be an integer tensor, got dtype torch.float32"),
+    ("0.scale", torch.tensor([1], dtype=torch.int64), r"0.scale: the quantized Quantize's scale must be a "
+                                                      r"floating-point tensor, got dtype torch.int64"),
+    ("0.scale", torch.tensor([0.0]), r"0.scale: the quantized Quantize's scale must be > 0 and finite, got 0.0"),
+    ("0.zero_point", torch.tensor([3.0]), r"0.zero_point: .* must be an integer tensor, got dtype torch.float32"),
     ("1.qweight", torch.full((3, 4), 0.7), r"1.qweight: the quantized Linear's weight must be torch.int8, got dtype "
                                             r"torch.float32"),
     ("1.qweight", torch.ones(3, 4, dtype=torch.uint8), r"1.qweight: .* got dtype torch.uint8"),

@@ -351,6 +351,9 @@ def test_quantize_weight_only_names_bad_tuning_arguments(kw, match):
                                    r"and finite, got -"),
     ("weight_scale", lambda s: s.clone().fill_(float("nan")), r"weight_scale: .* must be > 0 and finite, got nan"),
     ("weight_zero_point", lambda z: z + 16, r"weight_zero_point: 4-bit zero points lie in \[0, 15\], got"),
+    # an integer scale (0.01 -> 0) loaded, failed to pack, and left the buffers and the packed weight apart
+    ("weight_scale", lambda s: s.to(torch.int32), r"weight_scale: .* must be a floating-point tensor, got dtype "
+                                                  r"torch.int32"),
 ])
 def test_int4_load_state_dict_refuses_bad_qparams_and_loads_nothing(key, value, match):
     torch.manual_seed(0)
@@ -365,6 +368,21 @@ def test_int4_load_state_dict_refuses_bad_qparams_and_loads_nothing(key, value, 
     for k, v in q.state_dict().items():
         assert torch.equal(v, sd[k]), k
     assert torch.equal(q(x), y)
+
+
+def test_to_empty_then_load_state_dict():
+    """The large-model pattern: a skeleton moved to meta and back with to_empty (uninitialized
+    buffers, which cannot be packed) takes a state dict and gives the original's outputs."""
+    torch.manual_seed(0)
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(64, 8), group_size=32)
+    x = torch.randn(2, 64)
+    skeleton = nn.Sequential(LinearWeightOnlyInt4(64, 8, group_size=32)).to("meta").to_empty(device="cpu")
+    skeleton[0].weight_scale.fill_(-1.0)  # what uninitialized memory may hold
+    skeleton[0].float()  # another _apply on values that cannot be packed
+    with pytest.raises(RuntimeError, match="argument 'scale' must be > 0 and finite, got -1"):
+        skeleton(x)  # the packing, deferred, raises at the call
+    skeleton[0].load_state_dict(q.state_dict())
+    assert torch.equal(skeleton(x), q(x))
 
 
 def test_fake_kernels_match():

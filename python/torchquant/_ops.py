@@ -70,7 +70,9 @@ def _fake_quantize_backward_fake(grad, x, scale, zero_point, axis, qmin, qmax):
 
 def _fake_quantize_setup_context(ctx, inputs, output):
     x, scale, zero_point, axis, qmin, qmax = inputs
-    ctx.save_for_backward(x, scale, zero_point)
+    # Copies of the qparams: they are a FakeQuantize's buffers, which its next call (a module
+    # run twice in one forward) updates in place before this backward runs.
+    ctx.save_for_backward(x, scale.clone(), zero_point.clone())
     ctx.axis, ctx.qmin, ctx.qmax = axis, qmin, qmax
 
 
@@ -88,7 +90,9 @@ torch.library.register_autograd(
 
 def _learnable_setup_context(ctx, inputs, output):
     x, scale, zero_point, axis, qmin, qmax, grad_factor = inputs
-    ctx.save_for_backward(x, scale, zero_point)
+    # Copies, as above: the observer step of a second call writes the parameters through .data,
+    # which no version counter sees (the backward would use the new values without a word).
+    ctx.save_for_backward(x, scale.detach().clone(), zero_point.detach().clone())
     ctx.axis, ctx.qmin, ctx.qmax, ctx.grad_factor = axis, qmin, qmax, grad_factor
 
 

@@ -440,7 +440,7 @@ def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
     """func on args with every QTensor dequantized, warning once per function that it has no
     int8 implementation: the rule for whatever has no int8 meaning."""
     name = label or getattr(func, "__name__", repr(func))
-    if name not in _WARNED:
+    if name not in _WARNED and not torch.compiler.is_compiling():  # a warning cannot be traced
         _WARNED.add(name)
         warnings.warn(f"{name} has no int8 implementation in torchquant: its QTensor arguments are dequantized "
                       "and it runs in float", UserWarning, stacklevel=stacklevel + 1)
@@ -534,7 +534,7 @@ def _write_in_place(func, impl, args, kwargs):
         if y.shape != q.data.shape:
             raise RuntimeError(f"{name} changes the shape of a QTensor in place (from {tuple(q.data.shape)} to "
                                f"{tuple(y.shape)}); QTensors change shape out of place (x = x.{name[:-1]}(...))")
-        if name not in _WARNED_IN_PLACE:
+        if name not in _WARNED_IN_PLACE and not torch.compiler.is_compiling():
             _WARNED_IN_PLACE.add(name)
             warnings.warn(f"{name} works in place on a QTensor: it runs in float on the dequantized values and its "
                           "result is quantized into the QTensor with the QTensor's own scale and zero point (values "

@@ -330,7 +330,7 @@ def _input_range_hook(module, inputs):
 
 
 def _set_input_fallback(old: nn.Module, new: nn.Module) -> None:
-    """Gives an int8 Linear / Conv the Quantize its float inputs go through (see
+    """Gives an int8 Linear / Conv the qparams its float inputs are quantized with (see
     _input_range_hook), from the range its float module saw and its qconfig's activation
     observer's rule (dtype, range, scheme); none where the range is unknown or not finite."""
     seen = old.__dict__.get("_tq_input_range")
@@ -346,11 +346,9 @@ def _set_input_fallback(old: nn.Module, new: nn.Module) -> None:
         if not hasattr(obs, "_qparams") or obs.qscheme not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
             return
         scale, zero_point = obs._qparams(lo.reshape(()), hi.reshape(()))
-        quant = nnq.Quantize(scale, zero_point, obs.dtype)
+        new._set_float_input_qparams(scale, zero_point, obs.dtype)
     except (RuntimeError, ValueError, TypeError):
         return
-    dev = next((t.device for t in new.buffers()), None)
-    new.__dict__["_fallback_input_quant"] = quant.to(dev) if dev is not None else quant
 
 
 def _fallback_observer_hook(module, inputs, output):
@@ -564,7 +562,7 @@ def _float_fallback_hook(module, args, kwargs):
     if not quantized_input:
         return None
     key = id(module)
-    if key not in _warned_fallback:
+    if key not in _warned_fallback and not torch.compiler.is_compiling():  # a warning cannot be traced
         _warned_fallback.add(key)
         warnings.warn(f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and it "
                       "runs in float", UserWarning, stacklevel=2)

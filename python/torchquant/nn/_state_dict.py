@@ -16,19 +16,40 @@ def integer_load_errors(module: nn.Module, state_dict, prefix: str, keys) -> lis
     return errors
 
 
-def positive_load_errors(module: nn.Module, state_dict, prefix: str, keys) -> list:
-    """Errors for the scale buffers `keys` of module that state_dict would fill with a value that
-    is not finite and > 0 (the kernels refuse one at the next call, after the load had kept it)."""
+def qparam_load_errors(module: nn.Module, state_dict, prefix: str) -> list:
+    """Errors for the qparams buffers of module (names ending in ``scale`` / ``zero_point``) that
+    state_dict would fill with a bad value: a scale that is not floating point (an int32 0.05 is 0)
+    or not finite and > 0, a zero point that is not an integer (copy_ would truncate 127.6 to
+    127). The kernels would refuse some of these only at the next call, after the load kept them."""
     errors = []
-    for key in keys:
+    for key, have in module._buffers.items():
         given = state_dict.get(prefix + key)
-        if key not in module._buffers or not isinstance(given, torch.Tensor) or not given.is_floating_point():
+        if have is None or not isinstance(given, torch.Tensor):
             continue
-        bad = ~(torch.isfinite(given) & (given > 0))
-        if bool(bad.any()):
-            at = bad.reshape(-1).nonzero().flatten()
-            first = given.reshape(-1)[at[0]].item()
-            where = f" at flat position(s) {at[:10].tolist()}" if given.numel() > 1 else ""
-            errors.append(f"{prefix}{key}: the quantized {type(module).__name__}'s {key} must be > 0 and finite, "
-                          f"got {first}{where}")
+        what = f"{prefix}{key}: the quantized {type(module).__name__}'s {key}"
+        if key.endswith("scale"):
+            if not given.is_floating_point():
+                errors.append(f"{what} must be a floating-point tensor, got dtype {given.dtype}")
+                continue
+            bad = ~(torch.isfinite(given) & (given > 0))
+            if bool(bad.any()):
+                at = bad.reshape(-1).nonzero().flatten()
+                first = given.reshape(-1)[at[0]].item()
+                where = f" at flat position(s) {at[:10].tolist()}" if given.numel() > 1 else ""
+                errors.append(f"{what} must be > 0 and finite, got {first}{where}")
+        elif key.endswith("zero_point"):
+            if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+                errors.append(f"{what} must be an integer tensor, got dtype {given.dtype}")
     return errors
+
+
+def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, strict, missing_keys,
+                         unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook of the modules with output qparams and no loader of their own:
+    the checks of qparam_load_errors; a refused module keeps its values (load_state_dict raises)."""
+    errors = qparam_load_errors(module, state_dict, prefix)
+    if errors:
+        error_msgs.extend(errors)
+        for key, have in module._buffers.items():
+            if prefix + key in state_dict and have is not None:
+                state_dict[prefix + key] = have

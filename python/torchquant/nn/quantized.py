@@ -17,7 +17,7 @@ from .. import _fastcall
 from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor
-from ._state_dict import integer_load_errors, positive_load_errors
+from ._state_dict import integer_load_errors, qparam_load_errors, qparam_load_pre_hook
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
@@ -53,6 +53,7 @@ class Quantize(nn.Module):
         self.dtype = dtype
         info = torch.iinfo(_storage(dtype))
         self.qmin, self.qmax = info.min, info.max
+        self._register_load_state_dict_pre_hook(qparam_load_pre_hook, with_module=True)
 
     def _apply(self, fn, *args, **kwargs):
         # As Linear's: the scale stays float32 under a dtype cast of the model.
@@ -150,12 +151,10 @@ class _Int8WeightModule(nn.Module):
         # point the kernel never reads: refuse both, naming the key, and load nothing of this module.
         what = f"the quantized {type(self).__name__}"
         errors = integer_load_errors(self, state_dict, prefix, ("qweight",))
-        errors += positive_load_errors(self, state_dict, prefix, ("weight_scale", "scale"))
+        errors += qparam_load_errors(self, state_dict, prefix)
         zp = state_dict.get(prefix + "weight_zero_point")
-        if isinstance(zp, torch.Tensor):
-            if zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool:
-                errors.append(f"{prefix}weight_zero_point: must be an integer tensor, got dtype {zp.dtype}")
-            elif bool((zp != 0).any()):
+        if isinstance(zp, torch.Tensor) and not (zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool):
+            if bool((zp != 0).any()):
                 bad = (zp.reshape(-1) != 0).nonzero().flatten().tolist()
                 shown = ", ".join(str(c) for c in bad[:10]) + (", ..." if len(bad) > 10 else "")
                 errors.append(f"{prefix}weight_zero_point: {what}'s int8 weights are symmetric (zero "
@@ -163,17 +162,21 @@ class _Int8WeightModule(nn.Module):
         if errors:
             error_msgs.extend(errors)
             return
+        if isinstance(state_dict.get(prefix + "float_input_scale"), torch.Tensor) and "float_input_scale" not in self._buffers:
+            # A module built by hand takes the float-input qparams a converted one saved (their
+            # dtype: the module's own activation dtype, as the qconfigs give it).
+            self._set_float_input_qparams(1.0, 0, self.dtype)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
     def _check_input(self, x, what: str, hint: str = ""):
         """x must be a per-tensor QTensor; `what` names the operation in the error. Returns x, or,
         for a float tensor where convert recorded this module's calibration input range (a
-        function between modules ran in float), x quantized with qparams from that range."""
+        function between modules ran in float), x quantized with qparams from that range (the
+        ``float_input_scale`` / ``float_input_zero_point`` buffers, saved in the state dict)."""
         if not isinstance(x, QTensor):
-            fallback = self.__dict__.get("_fallback_input_quant")
-            if fallback is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
-                return self._quantize_float_input(fallback, x)
+            if "float_input_scale" in self._buffers and isinstance(x, torch.Tensor) and x.is_floating_point():
+                return self._quantize_float_input(x)
             raise TypeError(
                 f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
                 f"quantized {what} takes a QTensor: add a torchquant.QuantStub() before it{hint} (if a function "
@@ -184,17 +187,28 @@ class _Int8WeightModule(nn.Module):
                              f"quantized along axis {x.axis}")
         return x
 
-    def _quantize_float_input(self, fallback: "Quantize", x: torch.Tensor) -> QTensor:
-        if not self.__dict__.get("_warned_float_input", False):
+    def _set_float_input_qparams(self, scale, zero_point, dtype) -> None:
+        """Makes float inputs quantize with (scale, zero_point) of `dtype` (see _check_input):
+        buffers, so that they follow .to() and are saved and loaded with the state dict."""
+        dev = self.scale.device
+        self.register_buffer("float_input_scale", torch.as_tensor(scale, dtype=torch.float32).reshape(1).to(dev))
+        self.register_buffer("float_input_zero_point", torch.as_tensor(zero_point).to(torch.int32).reshape(1).to(dev))
+        info = torch.iinfo(_storage(dtype))
+        self.__dict__["_float_input_dtype"] = (_STORAGE[dtype], info.min, info.max)
+
+    def _quantize_float_input(self, x: torch.Tensor) -> QTensor:
+        if not self.__dict__.get("_warned_float_input", False) and not torch.compiler.is_compiling():
             self.__dict__["_warned_float_input"] = True
             warnings.warn(
                 f"{type(self).__module__}.{type(self).__name__} received a float tensor (no QuantStub before it, "
                 "or a function before it has no int8 implementation and ran in float): it is quantized with the "
                 "input range the module saw at calibration; a QuantStub or FloatFunctional there would keep the "
                 "model int8", UserWarning, stacklevel=4)
-        if fallback.scale.device != x.device:
-            fallback.to(x.device)
-        return fallback(x)
+        b = self._buffers
+        scale, zero_point = b["float_input_scale"], b["float_input_zero_point"]
+        storage, qmin, qmax = self.__dict__["_float_input_dtype"]
+        data = ops.quantize.default(x, scale, zero_point, None, qmin, qmax, storage)
+        return QTensor._make(data, scale, zero_point, None, qmin, qmax)
 
 
 class Linear(_Int8WeightModule):

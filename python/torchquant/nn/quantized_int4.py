@@ -14,7 +14,7 @@ from torch import nn
 
 from .._ops import ops
 from ..observer import _apply_keeping_float32
-from ._state_dict import integer_load_errors, positive_load_errors
+from ._state_dict import integer_load_errors, qparam_load_errors
 from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
                            quantize_groups, unpack_int4)
 
@@ -126,14 +126,19 @@ class LinearWeightOnlyInt4(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # Moves follow the device; dtype casts (.half()) leave the float32 qparams, bias and
         # input scale as they are (they are part of the int4 computation), then repack.
+        # Values that cannot be packed (the uninitialized memory of .to_empty(), filled by the
+        # load_state_dict that follows) defer the packing, and its error, to the next call.
         _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
-        self._repack()
+        try:
+            self._repack()
+        except RuntimeError:
+            self._w_packed = self._w_qp = self._w_scale = None
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # The packed nibbles and the zero points are uint8: another dtype would be cast silently.
         errors = integer_load_errors(self, state_dict, prefix, ("qweight", "weight_zero_point"))
-        errors += positive_load_errors(self, state_dict, prefix, ("weight_scale", "input_scale"))
+        errors += qparam_load_errors(self, state_dict, prefix)
         # Group sizes that give the same number of groups give the same shapes (K = 64: 32 and
         # 48): the state dict's metadata names the group size and K it was packed for (a state
         # dict without them, built by hand, is taken by its shapes alone).
@@ -166,6 +171,8 @@ class LinearWeightOnlyInt4(nn.Module):
             x = x.float()
         if b["input_scale"] is not None:
             x = x * b["input_scale"].to(x.dtype)
+        if b["_w_packed"] is None:
+            self._repack()
         y = ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"], self.in_features,
                             self.out_features, self.group_size)
         return y if y.dtype == odt else y.to(odt)

@@ -18,6 +18,7 @@ from torch import nn
 from .._ops import ops
 from ..qtensor import QTensor, _QRANGE
 from ..observer import _apply_keeping_float32
+from ._state_dict import qparam_load_pre_hook
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
@@ -125,6 +126,8 @@ def _qparams_buffers(mod: nn.Module, scale, zero_point, dtype):
     mod._storage = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8,
                     torch.int8: torch.int8}[dtype]
     mod.qmin, mod.qmax = _QRANGE[mod._storage]
+    if qparam_load_pre_hook not in [getattr(h, "hook", h) for h in mod._load_state_dict_pre_hooks.values()]:
+        mod._register_load_state_dict_pre_hook(qparam_load_pre_hook, with_module=True)
 
 
 def _observed_qparams(mod, what):
