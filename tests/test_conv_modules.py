@@ -299,7 +299,7 @@ def test_state_dict_weights_only_and_repr(tmp_path):
     sd = torch.load(buf, weights_only=True)
     assert set(k for k in sd if k.startswith("conv1.")) == {
         "conv1.qweight", "conv1.weight_scale", "conv1.weight_zero_point", "conv1.bias", "conv1.scale",
-        "conv1.zero_point"}
+        "conv1.zero_point", "conv1.float_input_scale", "conv1.float_input_zero_point"}
     p2 = tq.prepare(fused)
     p2(torch.randn(2, 3, 8, 8) * 3)  # other qparams, replaced by the load
     q2 = tq.convert(p2)
