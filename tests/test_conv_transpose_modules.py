@@ -192,7 +192,8 @@ def test_state_dict_weights_only_repr_and_to():
     buf.seek(0)
     sd = torch.load(buf, weights_only=True)
     assert {k for k in sd if k.startswith("1.")} == {
-        "1.qweight", "1.weight_scale", "1.weight_zero_point", "1.bias", "1.scale", "1.zero_point"}
+        "1.qweight", "1.weight_scale", "1.weight_zero_point", "1.bias", "1.scale", "1.zero_point", "1.float_input_scale",
+        "1.float_input_zero_point"}
     assert sd["1.qweight"].shape == (6, 2, 4, 4) and sd["1.qweight"].dtype == torch.int8
     _, q2 = _converted(copy.deepcopy(conv), (2, 6, 4, 4))
     q2.load_state_dict(sd)

@@ -240,6 +240,18 @@ def test_bad_arguments():
     assert ops.adaptive_avg_pool_int8(x, z, [0, 2]).shape == (1, 3, 0, 2)  # as torch
 
 
+def test_spatial_size_past_int32_is_refused():
+    # Each output position's window lives in int32 tables: a 1-d input of 2^31 + 1 bytes wrapped
+    # them (max pool read before the buffer; adaptive average divided by 0). Refused before any
+    # read (torch.empty commits no memory).
+    big = torch.empty(1, 1, 2 ** 31 + 1, dtype=torch.uint8)
+    z = _zp(torch.uint8)
+    for fn in (lambda: ops.max_pool_int8(big, [2], [2]), lambda: ops.avg_pool_int8(big, z, [2], [2]),
+               lambda: ops.adaptive_avg_pool_int8(big, z, [1])):
+        with pytest.raises(RuntimeError, match=r"argument 'x' must have spatial sizes below 2\^31, got \[1, 1, 2147483649\]"):
+            fn()
+
+
 def test_fake_kernels():
     from torch._subclasses.fake_tensor import FakeTensorMode
     gen = torch.Generator().manual_seed(8)

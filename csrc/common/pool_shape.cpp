@@ -61,7 +61,13 @@ PoolProblem pool_problem(const at::Tensor& x_in, PoolKind kind, at::IntArrayRef 
   PoolGeometry& g = p.g;
   g.N = x.size(0);
   g.C = x.size(1);
-  for (int64_t j = 0; j < rank; ++j) g.in[3 - rank + j] = x.size(2 + j);
+  for (int64_t j = 0; j < rank; ++j) {
+    // The windows' first index, tap count and divisor live in int32 tables: an input length
+    // past 2^31 wrapped them (out-of-bounds reads, a zero divisor).
+    TORCH_CHECK(x.size(2 + j) <= 2147483647, op, ": argument 'x' must have spatial sizes below 2^31, got ",
+                x.sizes());
+    g.in[3 - rank + j] = x.size(2 + j);
+  }
 
   int64_t k[3] = {1, 1, 1}, s[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dil[3] = {1, 1, 1}, osz[3] = {1, 1, 1};
   if (adaptive) {

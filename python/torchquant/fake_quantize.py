@@ -140,6 +140,10 @@ class FakeQuantize(FakeQuantizeBase):
             observer_kwargs["quant_max"] = quant_max
         self.activation_post_process = observer(**observer_kwargs)
         app = self.activation_post_process
+        if not all(hasattr(app, a) for a in ("quant_min", "quant_max", "dtype", "qscheme", "calculate_qparams")):
+            raise ValueError(f"argument 'observer' of {type(self).__name__} must make an observer (quant_min, quant_max, "
+                             f"dtype, qscheme, calculate_qparams), got {getattr(observer, '__name__', observer)!r}, which "
+                             f"made a {type(app).__name__}")
         self.quant_min, self.quant_max = app.quant_min, app.quant_max
         self.dtype, self.qscheme = app.dtype, app.qscheme
         self.is_dynamic = app.is_dynamic

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 import torch
 from torch import nn
 
-from .fake_quantize import FakeQuantizeBase
+from .fake_quantize import FakeQuantizeBase, default_fixed_qparams_range_0to1_fake_quant
 from .nn import intrinsic, qat
 from .nn import quantized as nnq
 from .nn import quantized_dynamic as nnqd
@@ -243,11 +243,28 @@ def _plain_conv_base(cls):
     return base
 
 
+def _ao_fused_as_ours() -> dict:
+    """torch.ao.nn.intrinsic's fused float modules -> torchquant's of the same name (the same
+    nn.Sequential of the same parts, so the same state dict)."""
+    try:
+        import torch.ao.nn.intrinsic as ao
+    except ImportError:  # a torch without torch.ao
+        return {}
+    names = list(intrinsic.__all__) + ["BNReLU2d", "BNReLU3d"]
+    return {getattr(ao, n): getattr(intrinsic, n) for n in names if isinstance(getattr(ao, n, None), type)}
+
+
+_AO_FUSED_AS_OURS = _ao_fused_as_ours()
+
+
 def _as_plain_convs(model: nn.Module) -> None:
     """Gives each convolution subclass that computes as its torch.nn base (_plain_conv_base) the
-    base's class, so that fusion, prepare and convert match it (on the model they work on)."""
+    base's class, so that fusion, prepare and convert match it (on the model they work on); and
+    each fused module of torch.ao's (torchvision's fuse_model() makes them) torchquant's class:
+    its forward leaves out the observer prepare adds as a child (nn.Sequential's ran it twice),
+    and prepare_qat maps it (torch.ao's LinearReLU stayed a Sequential observed before its ReLU)."""
     for m in model.modules():
-        base = _plain_conv_base(type(m))
+        base = _plain_conv_base(type(m)) or _AO_FUSED_AS_OURS.get(type(m))
         if base is not None:
             m.__class__ = base
 
@@ -403,6 +420,16 @@ def _add_observers(model: nn.Module) -> List[str]:
         float_only = _float_only(mod)
         if float_only and any(True for _ in mod.children()):
             continue
+        if type(mod) is nn.Hardsigmoid and mod.training and not hasattr(mod, "activation_post_process"):
+            # QAT (torch.ao's rule, a module in training mode): it trains on the fixed output
+            # qparams (scale 1/256) its int8 version computes with.
+            fq = default_fixed_qparams_range_0to1_fake_quant()
+            dev = _device_of(mod) or model_dev
+            if dev is not None:
+                fq.to(dev)
+            mod.add_module("activation_post_process", fq)
+            mod.register_forward_hook(_observer_hook)
+            continue
         if type(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
             obs = qc.activation()
             dev = _device_of(mod) or model_dev
@@ -481,9 +508,14 @@ def _refuse_float_qconfigs(model: nn.Module, fn: str) -> None:
 
 def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_non_leaf_module_list=None,
             prepare_custom_config_dict=None) -> nn.Module:
-    """Inserts observers into a float model (torch.ao.quantization.prepare): every Linear (or
-    fused LinearReLU) and QuantStub under a qconfig records its output range during the forward
-    passes that follow. Returns the prepared model (a copy unless ``inplace``).
+    """Inserts observers into a float model (torch.ao.quantization.prepare): every module under a
+    qconfig that has an int8 version (QuantStub, Linear, Conv / ConvTranspose 1d-3d and their
+    fused forms, BatchNorm, the norms and activations, FloatFunctional) records its output range
+    during the forward passes that follow; Linear / Conv / ConvTranspose also record the range
+    of a float input (the qparams convert gives them for float inputs). A leaf module with no
+    int8 version stays float, with a warning naming it, and is observed too (convert quantizes
+    its output). torch.ao's fused modules (torchvision's ``fuse_model()``) are taken as
+    torchquant's. Returns the prepared model (a copy unless ``inplace``).
     """
     _warn_unused("prepare", allow_list=allow_list, observer_non_leaf_module_list=observer_non_leaf_module_list,
                  prepare_custom_config_dict=prepare_custom_config_dict)
@@ -654,9 +686,12 @@ def _fold_relus(model: nn.Module) -> None:
 
 def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inplace: bool = False,
             remove_qconfig: bool = True, convert_custom_config_dict=None) -> nn.Module:
-    """Swaps observed float modules for int8 ones (torch.ao.quantization.convert): Linear and
-    LinearReLU run torchquant's int8 GEMM, QuantStub/DeQuantStub become Quantize/DeQuantize.
-    Inside an nn.Sequential, a Linear followed by a ReLU runs as one fused call (bit-identical).
+    """Swaps observed float modules for int8 ones (torch.ao.quantization.convert): Linear, Conv,
+    ConvTranspose and their fused ReLU / BatchNorm forms run torchquant's int8 kernels (BatchNorm
+    folded in), BatchNorm, norms, activations and FloatFunctional their int8 versions,
+    QuantStub/DeQuantStub become Quantize/DeQuantize, QAT modules convert from their fake-quant
+    qparams. Inside an nn.Sequential, a Linear or Conv followed by a ReLU runs as one fused call
+    (bit-identical).
     Raises, naming the module, if no observer has seen data; modules whose observers saw none
     while others did (never run during calibration, as an auxiliary head that runs only in
     training) stay float, with a warning naming them.
@@ -708,9 +743,12 @@ def _unrun_modules(model: nn.Module, mapping) -> Dict[int, nn.Module]:
 
 
 def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, inplace: bool = False) -> nn.Module:
-    """Prepares for quantization-aware training (torch.ao.quantization.prepare_qat): Linear
-    layers get fake-quantized weights and every observed output a FakeQuantize. The model must
-    be in training mode."""
+    """Prepares for quantization-aware training (torch.ao.quantization.prepare_qat): Linear, Conv
+    and the fused modules (ConvBn*, ConvBnReLU*, ConvReLU*, LinearReLU, LinearBn1d, torch.ao's
+    too) become torchquant.nn.qat modules with fake-quantized weights (BatchNorm folded as
+    torch.ao's, with freeze_bn_stats / update_bn_stats), every observed output gets a
+    FakeQuantize, and a Hardsigmoid the fixed qparams (scale 1/256) its int8 version uses. The
+    model must be in training mode."""
     if not model.training:
         raise ValueError("prepare_qat needs a model in training mode; call model.train() first")
     if not inplace:
@@ -1018,7 +1056,8 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
     """Fuses groups of modules given by name (torch.ao.quantization.fuse_modules): the first
     becomes the fused module, the others nn.Identity. Supported: [Linear, ReLU], [Linear,
     BatchNorm1d], for Conv1d/2d/3d [Conv, ReLU], [Conv, BatchNorm] and [Conv, BatchNorm,
-    ReLU], [BatchNorm2d/3d, ReLU], and [ConvTranspose1d/2d/3d, BatchNorm]; BatchNorm is folded into the weight and bias (torch's fuse_conv_bn_eval), which
+    ReLU] (the ReLU may be a ReLU6), [BatchNorm2d/3d, ReLU], and [ConvTranspose1d/2d/3d,
+    BatchNorm]; BatchNorm is folded into the weight and bias (torch's fuse_conv_bn_eval), which
     needs the modules in eval mode.
 
     >>> model = torchquant.fuse_modules(model, [["fc1", "relu1"], ["fc2", "relu2"]])
@@ -1078,8 +1117,9 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
     [Linear, BatchNorm1d], [Linear, ReLU], [BatchNorm, ReLU] or [ConvTranspose, BatchNorm] (not
     with ``qat=True``: the groups for :func:`fuse_modules_qat`) in which each module is called
     once, on the previous one's output and on nothing else, and that output has no other user.
-    A module called more than once (a ResNet block's one ``relu`` after both its second
-    BatchNorm and its residual add) is left out: fusing it would drop it from its other call.
+    A module called more than once (a ResNet block's one ``relu`` after both its first
+    BatchNorm and its residual add) is left out, and so is a BatchNorm with
+    ``track_running_stats=False`` (it stays float): fusing it would drop it from its other call.
     torch.ao's eager API has no such search (its FX API fuses while it traces); the model is
     not changed, and the groups can be read, edited and passed on.
 
@@ -1131,7 +1171,7 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
             names = [n.target for n in part]
             kinds = tuple(_plain_conv_base(type(modules[n])) or type(modules[n]) for n in names)
             if (kinds in patterns and all(calls[n] == 1 for n in names)
-                    and not taken.intersection(names) and not any(_batch_stats_bn(modules[n]) for n in names[1:])):
+                    and not taken.intersection(names) and not any(_batch_stats_bn(modules[n]) for n in names)):
                 groups.append(names)
                 taken.update(names)
                 break
@@ -1144,7 +1184,7 @@ from . import _conv_flow  # noqa: E402
 _STATIC.update(_conv_flow.static_mappings())
 _QAT.update(_conv_flow.qat_mappings())
 _OBSERVED = _OBSERVED + tuple(_conv_flow.static_mappings())
-_FUSED = (intrinsic.LinearReLU,) + _conv_flow.fused_types()
+_FUSED = (intrinsic.LinearReLU, intrinsic.BNReLU2d, intrinsic.BNReLU3d) + _conv_flow.fused_types()
 _FUSIONS.update(_conv_flow.fusions())
 _RELU_FOLDS = {nnq.Linear: nnq.LinearReLU, **_conv_flow.relu_folds()}
 

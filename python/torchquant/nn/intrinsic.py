@@ -2,10 +2,12 @@
 call (the ReLU becomes part of the GEMM epilogue)."""
 from torch import nn
 
+from ._fused import FusedSequential
+
 __all__ = ["LinearReLU", "LinearBn1d"]
 
 
-class LinearReLU(nn.Sequential):
+class LinearReLU(FusedSequential):
     """Linear followed by ReLU, fused (torch.ao.nn.intrinsic.LinearReLU)."""
 
     def __init__(self, linear: nn.Linear, relu: nn.ReLU):
@@ -14,7 +16,7 @@ class LinearReLU(nn.Sequential):
         super().__init__(linear, relu)
 
 
-class LinearBn1d(nn.Sequential):
+class LinearBn1d(FusedSequential):
     """Linear followed by BatchNorm1d, kept apart for QAT (torch.ao.nn.intrinsic.LinearBn1d):
     ``fuse_modules_qat`` makes it, ``prepare_qat`` turns it into ``torchquant.nn.qat.LinearBn1d``."""
 

@@ -2,10 +2,12 @@
 / BNReLU3d); ``convert`` turns them into ``torchquant.nn.quantized.BNReLU2d`` / ``BNReLU3d``."""
 from torch import nn
 
+from ._fused import FusedSequential
+
 __all__ = ["BNReLU2d", "BNReLU3d"]
 
 
-class _BNReLU(nn.Sequential):
+class _BNReLU(FusedSequential):
     _BN = nn.BatchNorm2d
 
     def __init__(self, bn, relu):

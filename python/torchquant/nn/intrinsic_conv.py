@@ -4,6 +4,8 @@
 epilogue); ``prepare_qat`` turns each into its torchquant.nn.qat version."""
 from torch import nn
 
+from ._fused import FusedSequential
+
 __all__ = ["ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "ConvBn1d", "ConvBn2d", "ConvBn3d",
            "ConvBnReLU1d", "ConvBnReLU2d", "ConvBnReLU3d"]
 
@@ -16,7 +18,7 @@ def _check(name, mods, kinds):
         raise TypeError(f"{name} fuses {[k.__name__ for k in kinds]}, got {[type(m).__name__ for m in mods]}")
 
 
-class _Fused(nn.Sequential):
+class _Fused(FusedSequential):
     _KINDS = ()
 
     def __init__(self, *mods):

@@ -55,6 +55,14 @@ class LinearReLU(Linear):
         return F.relu(F.linear(x, self.weight_fake_quant(self.weight), self.bias))
 
 
+def bn_affine(bn):
+    """A BatchNorm's (weight, bias), ones and zeros for affine=False (torch's fuse_linear_bn_weights
+    needs tensors)."""
+    rm = bn.running_mean
+    return (bn.weight if bn.weight is not None else torch.ones_like(rm),
+            bn.bias if bn.bias is not None else torch.zeros_like(rm))
+
+
 class LinearBn1d(_BnStats, nn.Linear):
     """Linear + BatchNorm1d for QAT (torch.ao.nn.intrinsic.qat.LinearBn1d): the BatchNorm's scale
     is folded into the weight before its fake-quant, the Linear's output unscaled and passed
@@ -82,7 +90,8 @@ class LinearBn1d(_BnStats, nn.Linear):
 
     def forward(self, x):
         running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
-        scale_factor = self.bn.weight / running_std
+        gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
+        scale_factor = gamma / running_std
         scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(-1, 1))
         out = F.linear(x, scaled_weight, torch.zeros_like(scale_factor, dtype=x.dtype)) / scale_factor
         if self.bias is not None:
@@ -110,7 +119,7 @@ class LinearBn1d(_BnStats, nn.Linear):
         from torch.nn.utils.fusion import fuse_linear_bn_weights
 
         return fuse_linear_bn_weights(self.weight, self.bias, self.bn.running_mean, self.bn.running_var,
-                                      self.bn.eps, self.bn.weight, self.bn.bias)
+                                      self.bn.eps, *bn_affine(self.bn))
 
     def to_float(self):
         w, b = self.folded_weight_bias()

@@ -170,7 +170,8 @@ class _ConvBn(_BnStats, _QATConv):
 
     def forward(self, x):
         running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
-        scale_factor = self.bn.weight / running_std
+        gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
+        scale_factor = gamma / running_std
         wshape = [-1] + [1] * (self.weight.dim() - 1)
         bshape = [1, -1] + [1] * (self.weight.dim() - 2)
         scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(wshape))

@@ -291,8 +291,9 @@ def _float_linear(mod) -> nn.Linear:
         from torch.nn.utils.fusion import fuse_linear_bn_weights
 
         lin, bn = mod[0], mod[1]
-        w, b = fuse_linear_bn_weights(lin.weight, lin.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
-                                      bn.bias)
+        from .qat import bn_affine
+
+        w, b = fuse_linear_bn_weights(lin.weight, lin.bias, bn.running_mean, bn.running_var, bn.eps, *bn_affine(bn))
         linear = nn.Linear(lin.in_features, lin.out_features, device=w.device, dtype=w.dtype)
         linear.weight, linear.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
         return linear
