@@ -725,7 +725,7 @@ def test_prepared_model_cast_to_float64_calibrates_and_converts():
     x = torch.randn(32, 4, dtype=torch.float64)
     prepared(x)
     q = tq.convert(prepared)
-    assert q(x).dtype == torch.float32
+    assert q(x).dtype == torch.float64  # the dtype its DeQuantStub saw at calibration
 
 
 def test_qat_model_cast_to_float64_trains():
@@ -959,3 +959,47 @@ def test_calibrate_and_find_fusable_modules_name_bad_arguments():
         torchquant.find_fusable_modules("abc")
     with pytest.raises(TypeError, match="linear_int8: argument 'x' must be a tensor, got list"):
         torchquant.linear_int8([[1]], 0.1, 0, None, None, None)
+
+
+class _HalfHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant, self.fc, self.mid = torchquant.QuantStub(), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.fc2, self.dequant, self.head = nn.Linear(16, 8), torchquant.DeQuantStub(), nn.Linear(8, 4)
+        self.ln = nn.LayerNorm(16)
+
+    def forward(self, x):
+        x = self.ln(self.mid(self.fc(self.quant(x))))
+        return self.head(self.dequant(self.fc2(x)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_with_float_modules_runs_converted_in_its_dtype(dtype):
+    # DeQuantize returned float32 and the QTensor reaching a float module was dequantized to
+    # float32: the float16 head (qconfig=None) then raised "mat1 and mat2 must have the same dtype".
+    torch.manual_seed(0)
+    model = _HalfHead().eval().to(dtype)
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    model.head.qconfig = model.mid.qconfig = None  # float modules after and inside the int8 part
+    p = torchquant.prepare(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            p(torch.randn(8, 16, dtype=dtype))
+        q = torchquant.convert(p)
+        x = torch.randn(8, 16, dtype=dtype)
+        y = q(x)
+    assert y.dtype == dtype and q.dequant.output_dtype == dtype
+    with torch.no_grad():
+        want = model(x).float()
+    assert (y.float() - want).abs().max() < 0.1 * want.abs().max()
+    # a float32 model keeps float32 out, as torch.ao's
+    m32 = _HalfHead().eval()
+    m32.qconfig = torchquant.get_default_qconfig("x86")
+    m32.head.qconfig = m32.mid.qconfig = None
+    p32 = torchquant.prepare(m32)
+    p32(torch.randn(8, 16))
+    q32 = torchquant.convert(p32)
+    assert q32.dequant.output_dtype is None and q32(torch.randn(2, 16)).dtype == torch.float32
+    with pytest.raises(ValueError, match="argument 'output_dtype' must be a floating-point torch.dtype"):
+        torchquant.nn.quantized.DeQuantize(torch.int8)

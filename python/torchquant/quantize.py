@@ -12,6 +12,7 @@ Differences from torch.ao are listed in docs/eager_api.md.
 import copy
 import enum
 import inspect
+import itertools
 import warnings
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
@@ -82,6 +83,7 @@ _OBSERVED = (nn.Linear, intrinsic.LinearReLU, qat.Linear, qat.LinearReLU, QuantS
 # tuple is only consulted for modules without children.
 _PASSTHROUGH = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity, DeQuantStub, nn.Sequential, nn.ModuleList,
                 nn.ModuleDict)
+_DEQUANT_STUBS = (DeQuantStub,)
 
 # ---- sequence models: weight-only quantized embeddings (float_qparams_weight_only_qconfig) ----
 # Weight-only: no activation observer; the weight observer runs at convert.
@@ -368,6 +370,24 @@ def _set_input_fallback(old: nn.Module, new: nn.Module) -> None:
         return
 
 
+def _float_dtype_hook(module, inputs):
+    """Records the float dtype a DeQuantStub sees at calibration when it is not float32 (a
+    float16 / bfloat16 / float64 model): its DeQuantize returns that dtype, for the float modules
+    after it."""
+    x = inputs[0] if inputs else None
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32:
+        module.__dict__["_tq_float_dtype"] = x.dtype
+    return None
+
+
+def _float_dtype_of(module: nn.Module):
+    """The dtype of a float module's floating-point parameters (and buffers) when not float32."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return None if t.dtype == torch.float32 else t.dtype
+    return None
+
+
 def _fallback_observer_hook(module, inputs, output):
     # A module with no int8 version may return anything: only a float tensor is observed.
     if isinstance(output, torch.Tensor) and output.is_floating_point():
@@ -417,6 +437,9 @@ def _add_observers(model: nn.Module) -> List[str]:
         qc = getattr(mod, "qconfig", None)
         if qc is None or _is_observer(mod) or id(mod) in inside_fused:
             continue
+        if isinstance(mod, _DEQUANT_STUBS) and not mod.__dict__.get("_tq_dtype_hooked"):
+            mod.__dict__["_tq_dtype_hooked"] = True
+            mod.register_forward_pre_hook(_float_dtype_hook)
         float_only = _float_only(mod)
         if float_only and any(True for _ in mod.children()):
             continue
@@ -598,7 +621,9 @@ def _float_fallback_hook(module, args, kwargs):
         _warned_fallback.add(key)
         warnings.warn(f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and it "
                       "runs in float", UserWarning, stacklevel=2)
-    unwrap = lambda v: v.dequantize() if isinstance(v, QTensor) else v  # noqa: E731
+    # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16).
+    dtype = _float_dtype_of(module)
+    unwrap = lambda v: (v.dequantize() if dtype is None else v.dequantize().to(dtype)) if isinstance(v, QTensor) else v  # noqa: E731,E501
     return tuple(unwrap(a) for a in args), {k: unwrap(v) for k, v in kwargs.items()}
 
 
@@ -1228,6 +1253,7 @@ try:
     _CNN_STATIC[_AoQuantStub] = nnq.Quantize
     _CNN_STATIC[_AoDeQuantStub] = nnq.DeQuantize
     _AO_STUBS = (_AoDeQuantStub,)
+    _DEQUANT_STUBS = _DEQUANT_STUBS + _AO_STUBS
 except ImportError:  # a torch without torch.ao
     pass
 _STATIC.update(_CNN_STATIC)

@@ -82,19 +82,35 @@ class Quantize(nn.Module):
 class DeQuantize(nn.Module):
     """QTensor -> float (what DeQuantStub becomes); float input passes through. A container of
     outputs (a segmentation model's ``{'out': ..., 'aux': ...}``, a tuple of feature maps) has
-    every QTensor in it dequantized, the container's type kept."""
+    every QTensor in it dequantized, the container's type kept.
+
+    ``output_dtype``: float32 (None), or the other float dtype (float16, bfloat16, float64) its
+    DeQuantStub saw at calibration in a model of that dtype, so that the float modules after it
+    get their dtype."""
+
+    def __init__(self, output_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        if output_dtype is not None and (not isinstance(output_dtype, torch.dtype) or not output_dtype.is_floating_point):
+            raise ValueError(f"argument 'output_dtype' must be a floating-point torch.dtype or None, got {output_dtype!r}")
+        self.output_dtype = None if output_dtype == torch.float32 else output_dtype
+
+    def _dequantize(self, q: QTensor) -> torch.Tensor:
+        y = q.dequantize()
+        return y if self.output_dtype is None else y.to(self.output_dtype)
 
     def forward(self, x):
         if isinstance(x, QTensor):
-            return x.dequantize()
+            return self._dequantize(x)
         if isinstance(x, (dict, list, tuple)):
-            return pytree.tree_map_only(QTensor, lambda q: q.dequantize(), x,
-                                        is_leaf=lambda v: isinstance(v, QTensor))
+            return pytree.tree_map_only(QTensor, self._dequantize, x, is_leaf=lambda v: isinstance(v, QTensor))
         return x
 
     @classmethod
     def from_float(cls, mod, name: str = "DeQuantStub"):
-        return cls()
+        return cls(mod.__dict__.get("_tq_float_dtype"))
+
+    def extra_repr(self):
+        return "" if self.output_dtype is None else f"output_dtype={self.output_dtype}"
 
 
 class _Int8WeightModule(nn.Module):
