@@ -471,8 +471,16 @@ def test_make_quantizable_names_what_it_cannot_trace_or_run():
         def forward(self, x):
             return x + 1 if x.sum() > 0 else x
 
-    with pytest.raises(RuntimeError, match="make_quantizable: torch.fx could not trace"):
+    with pytest.raises(RuntimeError, match="make_quantizable: torch.fx could not trace.*torchquant.quantize_dynamic"):
         tq.make_quantizable(Branchy(), torch.randn(2))
+
+    class WithKwargs(nn.Module):
+        def forward(self, x, **kwargs):
+            return x + 1
+
+    with pytest.raises(TypeError, match=r"'example_kwargs' needs a forward whose parameters are all named .*"
+                                        r"also takes \*args or \*\*kwargs"):
+        tq.make_quantizable(WithKwargs(), example_kwargs={"x": torch.randn(2)})
     with pytest.raises(RuntimeError, match="make_quantizable: running the traced model"):
         tq.make_quantizable(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 5))
     with pytest.raises(TypeError, match="argument 'model' must be an nn.Module"):

@@ -435,3 +435,25 @@ def test_from_qparams_refuses_values_and_shapes_it_would_pack_wrongly():
     # integral values in any dtype are taken
     m = LinearWeightOnlyInt4.from_qparams(torch.tensor([[15.0, 3, 2, 1, 0, 1, 2, 3]]), s1, zp1, None, group_size=8)
     assert m.qvalues().tolist() == [[15, 3, 2, 1, 0, 1, 2, 3]]
+
+
+def test_quantize_weight_only_says_when_nothing_was_quantized_and_refuses_meta_weights():
+    q = torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 8)), group_size=32, progress=False)
+    with pytest.warns(UserWarning, match="quantize_weight_only: nothing was quantized"):
+        again = torchquant.quantize_weight_only(q, group_size=32, progress=False)  # already int4
+    assert type(again[0]) is LinearWeightOnlyInt4
+    with pytest.warns(UserWarning, match="quantize_dynamic: nothing was quantized"):
+        torchquant.quantize_dynamic(q)
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(64, 8))
+    with pytest.raises(ValueError, match=r"the weights of \['0'\] are on the meta device"):
+        torchquant.quantize_weight_only(meta, group_size=32, progress=False)
+
+
+def test_calibration_error_names_the_batch():
+    model = nn.Sequential(nn.Embedding(10, 64), nn.Linear(64, 8))
+    with pytest.raises(IndexError) as info:
+        torchquant.quantize_weight_only(model, group_size=32, method="gptq", calib_data=[torch.tensor([[3, 12]])],
+                                        progress=False)
+    assert any("calib_data batch 0: Tensor(shape=(1, 2), dtype=torch.int64, values in [3, 12])" in n
+               for n in getattr(info.value, "__notes__", [])) or not hasattr(info.value, "add_note")

@@ -224,3 +224,10 @@ def test_bad_data_is_named():
                              ([], ValueError, "'data' holds no batches")):
         with pytest.raises(exc, match=match):
             report(net, net, data)
+
+
+def test_report_refuses_swapped_arguments():
+    model = nn.Sequential(nn.Linear(8, 8))
+    q = torchquant.quantize_dynamic(model)
+    with pytest.raises(ValueError, match=r"argument 'float_model' holds torchquant's quantized modules .* look swapped"):
+        torchquant.report(q, model, torch.randn(2, 8))

@@ -110,9 +110,9 @@ def _forward_args(model: nn.Module, args: Tuple, kwargs: Dict[str, Any]) -> Tupl
         return args
     sig = inspect.signature(model.forward)
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
-        raise TypeError(f"make_quantizable: argument 'example_kwargs' needs a forward with named parameters; "
-                        f"{type(model).__name__}.forward{sig} takes *args or **kwargs: pass its inputs in "
-                        "'example_inputs'")
+        raise TypeError(f"make_quantizable: argument 'example_kwargs' needs a forward whose parameters are all "
+                        f"named (torch.fx makes each one a placeholder); {type(model).__name__}.forward{sig} also "
+                        "takes *args or **kwargs: pass its inputs in 'example_inputs'")
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
@@ -162,7 +162,10 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     except Exception as exc:  # noqa: BLE001 — data-dependent control flow and the like
         raise RuntimeError(
             f"make_quantizable: torch.fx could not trace the model ({type(exc).__name__}: {exc}); "
-            "call torchquant.nn.quantized.FloatFunctional's methods in its forward by hand") from exc
+            "call torchquant.nn.quantized.FloatFunctional's methods in its forward by hand, or, for a model "
+            "whose forward fx cannot follow (Hugging Face transformers: data-dependent branches, Python "
+            "containers of tensors), quantize its Linear layers with torchquant.quantize_dynamic (int8) or "
+            "torchquant.quantize_weight_only (int4), which need no trace") from exc
     gm = torch.fx.GraphModule(root, graph, class_name=type(model).__name__)
     # GraphModule keeps only what the graph reads, under bare containers: put the model's own
     # children, parameters and buffers back (unused ones too: the same state dict, strict loads,

@@ -979,10 +979,15 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     propagate_qconfig_(model, qconfig_spec)
     _refuse_float_qconfigs(model, "quantize_dynamic")
     _keep_mha_out_proj_float(model, mapping or _DYNAMIC)
+    before = {id(m) for m in model.modules()}
     model = _swap_root(model, targets)
     for mod in model.modules():
         if hasattr(mod, "qconfig"):
             del mod.qconfig
+    if {id(m) for m in model.modules()} == before:
+        warnings.warn("quantize_dynamic: nothing was quantized: the model has no module of the types in "
+                      "'qconfig_spec' that has a dynamic int8 version (an already quantized model comes back as "
+                      "it was)", UserWarning, stacklevel=2)
     return model
 
 

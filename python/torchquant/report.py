@@ -177,6 +177,14 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     >>> r["fc1"].sqnr_db > 30
     True
     """
+    def quantized(model):
+        return [n for n, m in model.named_modules() if type(m).__module__.startswith("torchquant.nn.quantized")]
+
+    q_float, q_quant = quantized(float_model), quantized(quantized_model)
+    if q_float and not q_quant:
+        raise ValueError(f"argument 'float_model' holds torchquant's quantized modules ({q_float[:3]}) and "
+                         "'quantized_model' none: the two look swapped; the signature is "
+                         "report(float_model, quantized_model, data)")
     float_modules = dict(float_model.named_modules())
     pairs = _matched_layers(float_model, quantized_model)
     if not pairs:

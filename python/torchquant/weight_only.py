@@ -68,11 +68,41 @@ def _calib_batches(calib_data, method: str) -> List[Any]:
     return batches
 
 
+def _describe_batch(b) -> str:
+    def one(t):
+        if isinstance(t, torch.Tensor):
+            rng = ""
+            if t.numel() and not t.is_complex() and t.dtype != torch.bool and not t.is_meta:
+                lo, hi = torch.aminmax(t.detach().reshape(-1))
+                rng = f", values in [{lo.item()}, {hi.item()}]"
+            return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}{rng})"
+        return type(t).__name__
+    if isinstance(b, Mapping):
+        return "{" + ", ".join(f"{k!r}: {one(v)}" for k, v in b.items()) + "}"
+    if isinstance(b, (tuple, list)):
+        return type(b).__name__ + "(" + ", ".join(one(v) for v in b) + ")"
+    return one(b)
+
+
+def _run_batch(model: nn.Module, batch, i: int):
+    """_run, where an error (the model's own) also says which calib_data batch it was given: a
+    batch of the wrong kind (strings, ids past the vocabulary) fails deep inside the model."""
+    try:
+        return _run(model, batch)
+    except _Stop:
+        raise
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"quantize_weight_only: raised running the model on calib_data batch {i}: "
+                         f"{_describe_batch(batch)}")
+        raise
+
+
 def _forward_all(model, batches, stop_on: Optional[nn.Module] = None):
     with torch.no_grad():
-        for b in batches:
+        for i, b in enumerate(batches):
             try:
-                _run(model, b)
+                _run_batch(model, b, i)
             except _Stop:
                 pass
 
@@ -89,7 +119,7 @@ def _execution_order(model, linears: Dict[str, nn.Linear], batches) -> Tuple[Lis
         handles.append(m.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            _run(model, batches[0])
+            _run_batch(model, batches[0], 0)
     finally:
         for h in handles:
             h.remove()
@@ -220,6 +250,16 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                           awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped):
     model = _conv1d_to_linear(model, excluded, swapped)
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
+    if not linears:
+        warnings.warn("quantize_weight_only: nothing was quantized: the model has no nn.Linear (or Hugging Face "
+                      "Conv1D) outside 'exclude' (an already quantized model comes back as it was)", UserWarning,
+                      stacklevel=3)
+    meta = [n for n, m in linears.items() if m.weight.is_meta]
+    if meta:
+        raise ValueError(f"quantize_weight_only: the weights of {meta[:3]}{' ...' if len(meta) > 3 else ''} are on "
+                         "the meta device (no values to quantize): quantize the model with its weights loaded; "
+                         "for a model too large for that, quantize it once, then build the quantized skeleton with "
+                         ".to('meta').to_empty(device=...) and load_state_dict")
     training = model.training
     model.eval()
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
