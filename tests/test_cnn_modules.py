@@ -304,15 +304,30 @@ def test_float_input_qparams_are_saved_and_loaded():
         buf.seek(0)
         skeleton.load_state_dict(torch.load(buf, weights_only=True))
         assert torch.equal(skeleton(x), q(x))
-        # a checkpoint without them (a model whose inputs were all QTensors) does not load silently
-        del sd["head.float_input_scale"]
-        with pytest.raises(RuntimeError, match="head.float_input_scale"):
-            skeleton.load_state_dict(sd)
         sd["head.float_input_scale"] = torch.tensor([0.0])
         with pytest.raises(RuntimeError, match="float_input_scale.*> 0"):
             skeleton.load_state_dict(sd)
+        # half of the pair is an error; a module saved without them (it raised on a float input)
+        # loads as one without them
+        del sd["head.float_input_scale"]
+        with pytest.raises(RuntimeError, match="head.float_input_zero_point"):
+            copy.deepcopy(skeleton).load_state_dict(sd)
+        del sd["head.float_input_zero_point"]
+        skeleton.load_state_dict(sd)
+        assert "float_input_scale" not in skeleton.head._buffers
+        with pytest.raises(TypeError, match="add a torchquant.QuantStub"):
+            skeleton(x)
+        # a state dict from before the qparams were saved (version 1) keeps the skeleton's own
+        old = {k: v for k, v in q.state_dict().items() if "float_input" not in k}
+        old = type(sd)(old)
+        old._metadata = {k: dict(v, version=1) if k in ("conv2", "gate", "head") else v
+                         for k, v in q.state_dict()._metadata.items()}
+        fresh = _calibrate_convert(_FunctionalResidual().eval(), [0.05 * torch.rand(2, 3, 12, 12)])
+        own = fresh.head.float_input_scale.clone()
+        fresh.load_state_dict(old)
+        assert torch.equal(fresh.head.float_input_scale, own)
         # the buffers follow a dtype cast unchanged and a deep copy
-        assert torch.equal(copy.deepcopy(q).half()(x), q(x))
+        assert torch.equal(copy.deepcopy(q).half()(x), q(x).half())  # the output follows the cast
 
 
 def test_float_input_fallback_compiles_fullgraph():
@@ -899,8 +914,11 @@ def test_casting_a_converted_model_keeps_the_float32_buffers_of_every_int8_modul
     for cast in (lambda mod: mod.half(), lambda mod: mod.double(), lambda mod: mod.to(torch.bfloat16)):
         c = cast(copy.deepcopy(q))
         for name, b in c.named_buffers():
+            if name.endswith("_output_dtype"):  # DeQuantize's float output follows the cast
+                continue
             assert b.dtype in (torch.float32, torch.int32, torch.int8, torch.uint8, torch.int64), (name, b.dtype)
-        assert torch.equal(c(x), want)
+        y = c(x)
+        assert torch.equal(y, want.to(y.dtype)) and y.dtype != torch.float32
 
 
 class _SEGate(nn.Module):

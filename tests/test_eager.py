@@ -749,9 +749,10 @@ def test_converted_model_cast_keeps_its_qparams_and_output(dtype):
     before, before_d = q(x), d(x)
     q.to(dtype), d.to(dtype)
     for name, buf in list(q.named_buffers()) + list(d.named_buffers()):
-        assert buf is None or buf.dtype != dtype, name
-    # .half() used to round the scales and bias through float16: a different output.
-    assert torch.equal(q(x), before)
+        assert buf is None or buf.dtype != dtype or name.endswith("_output_dtype"), name
+    # .half() used to round the scales and bias through float16: a different output. The int8
+    # part is unchanged; its float output takes the model's new dtype (DeQuantize follows the cast).
+    assert torch.equal(q(x), before.to(dtype))
     assert torch.equal(d(x), before_d)
 
 
@@ -1003,3 +1004,77 @@ def test_half_precision_model_with_float_modules_runs_converted_in_its_dtype(dty
     assert q32.dequant.output_dtype is None and q32(torch.randn(2, 16)).dtype == torch.float32
     with pytest.raises(ValueError, match="argument 'output_dtype' must be a floating-point torch.dtype"):
         torchquant.nn.quantized.DeQuantize(torch.int8)
+
+
+def test_dequantize_dtype_comes_from_the_models_parameters_and_follows_casts():
+    torch.manual_seed(0)
+    # calibrated under autocast, the model is float32: its DeQuantize returns float32
+    model = _HalfHead().eval()
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    model.head.qconfig = model.mid.qconfig = None
+    p = torchquant.prepare(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p(torch.randn(8, 16))
+    q = torchquant.convert(p)
+    assert q.dequant.output_dtype is None and q(torch.randn(2, 16)).dtype == torch.float32
+    assert "dequant._output_dtype" not in q.state_dict()
+    # a float16 model converted, then cast to float32 (and back), runs in the new dtype
+    half = _HalfHead().eval().half()
+    half.qconfig = torchquant.get_default_qconfig("x86")
+    half.head.qconfig = None
+    ph = torchquant.prepare(half)
+    ph(torch.randn(8, 16, dtype=torch.float16))
+    qh = torchquant.convert(ph)
+    assert qh.dequant.output_dtype == torch.float16
+    assert qh.float()(torch.randn(2, 16)).dtype == torch.float32
+    assert qh.half()(torch.randn(2, 16, dtype=torch.float16)).dtype == torch.float16
+
+
+def test_module_pickled_before_the_float_input_buffers_keeps_its_fallback():
+    q = torchquant.nn.quantized.Linear(4, 3)
+    state = dict(q.__dict__)
+    state["_buffers"] = dict(q._buffers)
+    state["_fallback_input_quant"] = torchquant.nn.quantized.Quantize(torch.tensor([0.1]), torch.tensor([3]))
+    old = torchquant.nn.quantized.Linear.__new__(torchquant.nn.quantized.Linear)
+    old.__setstate__(state)
+    assert float(old.float_input_scale) == pytest.approx(0.1) and int(old.float_input_zero_point) == 3
+    assert "_fallback_input_quant" not in old.__dict__
+    assert isinstance(old(torch.randn(2, 4)), torchquant.QTensor)
+
+
+def test_load_checks_the_optional_qparams_a_module_has_no_buffer_for_yet():
+    q = torchquant.nn.quantized.Linear(4, 3)
+    sd = q.state_dict()
+    sd["float_input_scale"], sd["float_input_zero_point"] = torch.tensor([2], dtype=torch.int32), torch.tensor([0])
+    with pytest.raises(RuntimeError, match="float_input_scale: .* must be a floating-point tensor"):
+        q.load_state_dict(sd)
+    assert "float_input_scale" not in q._buffers
+    from torchquant.nn.quantized import LinearWeightOnlyInt4
+    w = LinearWeightOnlyInt4(64, 8, group_size=32)  # no input scale
+    sd = w.state_dict()
+    sd["input_scale"] = -torch.ones(64)
+    with pytest.raises(RuntimeError, match="input_scale: .* must be > 0 and finite, got -1.0"):
+        w.load_state_dict(sd)
+
+
+def test_qtensor_in_float_keeps_torchs_promotion_of_scalars():
+    q = torchquant.quantize_per_tensor(torch.randn(3, 4), 0.05, 128, torch.quint8)
+    mask = torch.rand(3, 4) > 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.where(mask, q, torch.tensor(0.5, dtype=torch.float64)).dtype == torch.float32
+        assert torch.atan2(q, torch.randn(3, 4, dtype=torch.float16)).dtype == torch.float16
+
+
+def test_torchscript_fused_float_models_script_and_converted_ones_say_what_to_use():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4),
+                          nn.ReLU()).eval()
+    fused = torchquant.fuse_modules(model, [["0", "1", "2"], ["4", "5"]])
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        assert torch.equal(torch.jit.script(fused)(x), fused(x))
+        with pytest.raises(RuntimeError, match=r"torch.jit.script: torchquant's quantized Quantize cannot be "
+                                               r"scripted .*use torch.jit.trace .*torch.export.export or torch.compile"):
+            torch.jit.script(_converted())

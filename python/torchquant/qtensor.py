@@ -444,12 +444,13 @@ def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
         _WARNED.add(name)
         warnings.warn(f"{name} has no int8 implementation in torchquant: its QTensor arguments are dequantized "
                       "and it runs in float", UserWarning, stacklevel=stacklevel + 1)
-    # A QTensor has no float dtype of its own: it takes that of the float tensors beside it (a
-    # float16 / bfloat16 module's weight), float32 otherwise.
+    # A QTensor has no float dtype of its own: float32, or float16 / bfloat16 where the float
+    # tensors beside it (a half-precision module's weight) all have that dtype. Tensors of no
+    # dimension are left out, as torch's type promotion leaves them out.
     is_q = lambda v: isinstance(v, QTensor)  # noqa: E731
     dtypes = {t.dtype for t in pytree.tree_leaves((args, kwargs), is_leaf=is_q)
-              if isinstance(t, torch.Tensor) and not is_q(t) and t.is_floating_point()}
-    target = next(iter(dtypes)) if len(dtypes) == 1 and torch.float32 not in dtypes else None
+              if isinstance(t, torch.Tensor) and not is_q(t) and t.is_floating_point() and t.dim() > 0}
+    target = next(iter(dtypes)) if len(dtypes) == 1 and dtypes <= {torch.float16, torch.bfloat16} else None
     deq = (lambda q: q.dequantize()) if target is None else (lambda q: q.dequantize().to(target))  # noqa: E731
     args, kwargs = pytree.tree_map_only(QTensor, deq, (args, kwargs), is_leaf=is_q)
     return func(*args, **kwargs)

@@ -12,7 +12,6 @@ Differences from torch.ao are listed in docs/eager_api.md.
 import copy
 import enum
 import inspect
-import itertools
 import warnings
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
@@ -83,7 +82,6 @@ _OBSERVED = (nn.Linear, intrinsic.LinearReLU, qat.Linear, qat.LinearReLU, QuantS
 # tuple is only consulted for modules without children.
 _PASSTHROUGH = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity, DeQuantStub, nn.Sequential, nn.ModuleList,
                 nn.ModuleDict)
-_DEQUANT_STUBS = (DeQuantStub,)
 
 # ---- sequence models: weight-only quantized embeddings (float_qparams_weight_only_qconfig) ----
 # Weight-only: no activation observer; the weight observer runs at convert.
@@ -370,21 +368,13 @@ def _set_input_fallback(old: nn.Module, new: nn.Module) -> None:
         return
 
 
-def _float_dtype_hook(module, inputs):
-    """Records the float dtype a DeQuantStub sees at calibration when it is not float32 (a
-    float16 / bfloat16 / float64 model): its DeQuantize returns that dtype, for the float modules
-    after it."""
-    x = inputs[0] if inputs else None
-    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32:
-        module.__dict__["_tq_float_dtype"] = x.dtype
-    return None
-
-
 def _float_dtype_of(module: nn.Module):
-    """The dtype of a float module's floating-point parameters (and buffers) when not float32."""
-    for t in itertools.chain(module.parameters(), module.buffers()):
-        if t.is_floating_point():
-            return None if t.dtype == torch.float32 else t.dtype
+    """float16 / bfloat16 / float64 when all of module's floating-point parameters have that
+    dtype (a model kept in that precision), else None (float32)."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1:
+        dt = next(iter(dtypes))
+        return None if dt == torch.float32 else dt
     return None
 
 
@@ -437,9 +427,6 @@ def _add_observers(model: nn.Module) -> List[str]:
         qc = getattr(mod, "qconfig", None)
         if qc is None or _is_observer(mod) or id(mod) in inside_fused:
             continue
-        if isinstance(mod, _DEQUANT_STUBS) and not mod.__dict__.get("_tq_dtype_hooked"):
-            mod.__dict__["_tq_dtype_hooked"] = True
-            mod.register_forward_pre_hook(_float_dtype_hook)
         float_only = _float_only(mod)
         if float_only and any(True for _ in mod.children()):
             continue
@@ -725,7 +712,12 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     if not inplace:
         module = copy.deepcopy(module)
     before = {id(m) for m in module.modules()}
+    model_dtype = _float_dtype_of(module)  # a float16 / bfloat16 / float64 model: its DeQuantize returns that
     _swap(module, mapping or _STATIC, "", memo=_unrun_modules(module, mapping or _STATIC))
+    if model_dtype is not None:
+        for m in module.modules():
+            if isinstance(m, nnq.DeQuantize) and id(m) not in before:
+                m._buffers["_output_dtype"] = torch.empty(0, dtype=model_dtype, device=m._buffers["_output_dtype"].device)
     if ({id(m) for m in module.modules()} == before and _has_any_qconfig(module)
             and not any(_is_observer(m) for m in module.modules())):
         # torch.ao returns the float model silently here; a forgotten prepare() is the usual cause.
@@ -1258,7 +1250,6 @@ try:
     _CNN_STATIC[_AoQuantStub] = nnq.Quantize
     _CNN_STATIC[_AoDeQuantStub] = nnq.DeQuantize
     _AO_STUBS = (_AoDeQuantStub,)
-    _DEQUANT_STUBS = _DEQUANT_STUBS + _AO_STUBS
 except ImportError:  # a torch without torch.ao
     pass
 _STATIC.update(_CNN_STATIC)

@@ -12,3 +12,27 @@ quantized.dynamic = _quantized_dynamic
 _sys.modules[__name__ + ".quantized.dynamic"] = _quantized_dynamic
 quantized.Embedding = _quantized_embedding.Embedding
 quantized.EmbeddingBag = _quantized_embedding.EmbeddingBag
+
+
+# ---- TorchScript: torch.jit.script asks each module for __prepare_scriptable__ before compiling ----
+def _refuse_script(self):
+    raise RuntimeError(
+        f"torch.jit.script: torchquant's quantized {type(self).__name__} cannot be scripted (torchquant's "
+        "modules pass QTensors, a Python class TorchScript does not know, and call their ops from Python); "
+        "use torch.jit.trace (then torch.jit.save / load), torch.export.export or torch.compile instead")
+
+
+def _quantized_module_classes():
+    import inspect
+
+    from torch import nn as _nn
+
+    for mod in list(_sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith(__name__ + ".quantized"):
+            for _, cls in inspect.getmembers(mod, inspect.isclass):
+                if issubclass(cls, _nn.Module) and cls.__module__.startswith(__name__ + ".quantized"):
+                    yield cls
+
+
+for _cls in set(_quantized_module_classes()):
+    _cls.__prepare_scriptable__ = _refuse_script

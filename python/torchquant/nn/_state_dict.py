@@ -16,15 +16,20 @@ def integer_load_errors(module: nn.Module, state_dict, prefix: str, keys) -> lis
     return errors
 
 
+_OPTIONAL = ("input_scale", "float_input_scale", "float_input_zero_point")
+
+
 def qparam_load_errors(module: nn.Module, state_dict, prefix: str) -> list:
     """Errors for the qparams buffers of module (names ending in ``scale`` / ``zero_point``) that
     state_dict would fill with a bad value: a scale that is not floating point (an int32 0.05 is 0)
     or not finite and > 0, a zero point that is not an integer (copy_ would truncate 127.6 to
     127). The kernels would refuse some of these only at the next call, after the load kept them."""
     errors = []
-    for key, have in module._buffers.items():
+    # The module's buffers, and the optional ones its loader registers when state_dict has them
+    # (an int4 layer's input_scale, an int8 one's float-input qparams).
+    for key in list(module._buffers) + [k for k in _OPTIONAL if k not in module._buffers]:
         given = state_dict.get(prefix + key)
-        if have is None or not isinstance(given, torch.Tensor):
+        if not isinstance(given, torch.Tensor):
             continue
         what = f"{prefix}{key}: the quantized {type(module).__name__}'s {key}"
         if key.endswith("scale"):

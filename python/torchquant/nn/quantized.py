@@ -84,19 +84,26 @@ class DeQuantize(nn.Module):
     outputs (a segmentation model's ``{'out': ..., 'aux': ...}``, a tuple of feature maps) has
     every QTensor in it dequantized, the container's type kept.
 
-    ``output_dtype``: float32 (None), or the other float dtype (float16, bfloat16, float64) its
-    DeQuantStub saw at calibration in a model of that dtype, so that the float modules after it
-    get their dtype."""
+    ``output_dtype``: float32 (None), or the float dtype of the model it belongs to (``convert``
+    gives it the dtype of a float16 / bfloat16 / float64 model's parameters), so that the float
+    modules after it get their dtype. It is held by an empty buffer, so that ``.half()`` /
+    ``.float()`` of the converted model move it with the model's float modules."""
 
     def __init__(self, output_dtype: Optional[torch.dtype] = None):
         super().__init__()
         if output_dtype is not None and (not isinstance(output_dtype, torch.dtype) or not output_dtype.is_floating_point):
             raise ValueError(f"argument 'output_dtype' must be a floating-point torch.dtype or None, got {output_dtype!r}")
-        self.output_dtype = None if output_dtype == torch.float32 else output_dtype
+        self.register_buffer("_output_dtype", torch.empty(0, dtype=output_dtype or torch.float32), persistent=False)
+
+    @property
+    def output_dtype(self) -> Optional[torch.dtype]:
+        dt = self._buffers["_output_dtype"].dtype
+        return None if dt == torch.float32 else dt
 
     def _dequantize(self, q: QTensor) -> torch.Tensor:
         y = q.dequantize()
-        return y if self.output_dtype is None else y.to(self.output_dtype)
+        dt = self._buffers["_output_dtype"].dtype
+        return y if dt == torch.float32 else y.to(dt)
 
     def forward(self, x):
         if isinstance(x, QTensor):
@@ -107,7 +114,7 @@ class DeQuantize(nn.Module):
 
     @classmethod
     def from_float(cls, mod, name: str = "DeQuantStub"):
-        return cls(mod.__dict__.get("_tq_float_dtype"))
+        return cls()
 
     def extra_repr(self):
         return "" if self.output_dtype is None else f"output_dtype={self.output_dtype}"
@@ -117,6 +124,17 @@ class _Int8WeightModule(nn.Module):
     """What the static int8 modules with a packed weight share (Linear, Conv, ConvTranspose): the
     plain-tensor buffers, the rebuild of the packed weight on ``.to()`` and on load, the checks
     of a loaded state dict, and of the input."""
+
+    # 2: the float-input qparams (float_input_scale / float_input_zero_point) are in the state
+    # dict; a version-1 state dict never has them.
+    _version = 2
+
+    def __setstate__(self, state):
+        # A module pickled before version 2 held its float-input Quantize in __dict__.
+        old = state.pop("_fallback_input_quant", None)
+        super().__setstate__(state)
+        if old is not None and "float_input_scale" not in self._buffers:
+            self._set_float_input_qparams(old.scale, old.zero_point, old.dtype)
 
     def _init_int8_buffers(self, qweight_shape, out_channels: int, bias: bool, dtype):
         self.register_buffer("qweight", torch.zeros(*qweight_shape, dtype=torch.int8))
@@ -182,6 +200,15 @@ class _Int8WeightModule(nn.Module):
             # A module built by hand takes the float-input qparams a converted one saved (their
             # dtype: the module's own activation dtype, as the qconfigs give it).
             self._set_float_input_qparams(1.0, 0, self.dtype)
+        elif prefix + "float_input_scale" not in state_dict and "float_input_scale" in self._buffers:
+            if (local_metadata or {}).get("version", 1) >= 2:
+                # The saved module had none (it raised on a float input): neither has this one.
+                for k in ("float_input_scale", "float_input_zero_point"):
+                    del self._buffers[k]
+            else:
+                # A state dict from before version 2: the module keeps its own, as loading did then.
+                for k in ("float_input_scale", "float_input_zero_point"):
+                    state_dict[prefix + k] = self._buffers[k]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
