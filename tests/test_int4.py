@@ -457,3 +457,17 @@ def test_calibration_error_names_the_batch():
                                         progress=False)
     assert any("calib_data batch 0: Tensor(shape=(1, 2), dtype=torch.int64, values in [3, 12])" in n
                for n in getattr(info.value, "__notes__", [])) or not hasattr(info.value, "add_note")
+
+
+def test_awq_says_when_its_scales_stay_input_scales():
+    torch.manual_seed(0)
+    calib = [torch.randn(16, 64)]
+    gelu = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32))
+    with pytest.warns(UserWarning, match=r"AWQ: the scales of 2 of 2 layers could not be folded .*no LayerNorm"):
+        torchquant.quantize_weight_only(gelu, group_size=32, method="awq", calib_data=calib, progress=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # folded into the LayerNorm: nothing to say
+        q = torchquant.quantize_weight_only(nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 32)), group_size=32,
+                                            method="awq", calib_data=calib, progress=False)
+    assert q[1].input_scale is None

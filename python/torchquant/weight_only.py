@@ -147,15 +147,15 @@ def _set_fake_weight(linear: nn.Linear, w: torch.Tensor):
         linear.weight.copy_(w.to(linear.weight.dtype))
 
 
-def _producers(model: nn.Module, names: Sequence[str]) -> Dict[str, Tuple[str, List[str]]]:
+def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tuple[str, List[str]]]]:
     """For AWQ folding: {linear: (producer, [linears sharing its output])} where a Linear's input
     is the output of a LayerNorm or Linear module whose every user is one of `names` (from a
-    torch.fx trace; an untraceable model folds nothing)."""
+    torch.fx trace; None for a model fx cannot trace, which folds nothing)."""
     try:
         import torch.fx as fx
         gm = fx.symbolic_trace(model)
     except Exception:
-        return {}
+        return None
     mods = dict(model.named_modules())
     calls: Dict[str, int] = {}
     for node in gm.graph.nodes:
@@ -408,6 +408,8 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
 
 def _run_awq(model, batches, linears, order, calls, results, group_size, grid, fold, max_rows, progress):
     producers = _producers(model, order) if fold else {}
+    traced = producers is not None
+    producers = producers or {}
     mods = dict(model.named_modules())
     done = set()
     groups = []
@@ -452,6 +454,14 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
                 _set_fake_weight(linears[m], fake)
         if prod is not None:
             _fold_into(mods[prod], prod, s, results)
+    kept = [n for n in order if n in results and results[n][3] is not None]
+    if fold and kept:
+        # Not an error (the result is the same), but a cost the user may want to know of.
+        why = ("no LayerNorm (with affine weights) or Linear produces their input for them alone" if traced else
+               "torch.fx could not trace the model")
+        warnings.warn(f"AWQ: the scales of {len(kept)} of {len(order)} layers could not be folded into the op "
+                      f"before them ({why}); they keep an input_scale, one elementwise multiply of the input per "
+                      f"call (first: {kept[:3]})", UserWarning, stacklevel=4)
 
 
 def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tuple]):
