@@ -1078,3 +1078,59 @@ def test_torchscript_fused_float_models_script_and_converted_ones_say_what_to_us
         with pytest.raises(RuntimeError, match=r"torch.jit.script: torchquant's quantized Quantize cannot be "
                                                r"scripted .*use torch.jit.trace .*torch.export.export or torch.compile"):
             torch.jit.script(_converted())
+
+
+def test_dequantize_dtype_ignores_fake_quant_parameters_and_old_pickles_load():
+    torch.manual_seed(0)
+    model = _HalfHead().half().train()
+    model.qconfig = torchquant.learnable_qat_qconfig  # float32 scale / zero-point parameters
+    model.head.qconfig = model.mid.qconfig = None
+    p = torchquant.prepare_qat(model)
+    p(torch.randn(8, 16, dtype=torch.float16))
+    q = torchquant.convert(p.eval())
+    assert q.dequant.output_dtype == torch.float16
+    assert q(torch.randn(2, 16, dtype=torch.float16)).dtype == torch.float16
+    # a DeQuantize pickled before its dtype was a buffer: no buffer, maybe an attribute
+    for old_attr in ({}, {"output_dtype": torch.float16}):
+        d = torchquant.nn.quantized.DeQuantize()
+        state = dict(d.__dict__, _buffers={}, **old_attr)
+        old = torchquant.nn.quantized.DeQuantize.__new__(torchquant.nn.quantized.DeQuantize)
+        old.__setstate__(state)
+        assert old.output_dtype == old_attr.get("output_dtype")
+        qt = torchquant.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8)
+        assert old(qt).dtype == old_attr.get("output_dtype", torch.float32)
+
+
+def test_partial_non_strict_load_leaves_the_modules_it_skips_alone():
+    torch.manual_seed(0)
+
+    def make():
+        m = nn.Sequential(torchquant.QuantStub(), nn.Linear(8, 8), nn.Linear(8, 4), torchquant.DeQuantStub()).eval()
+        m.qconfig = torchquant.get_default_qconfig("x86")
+        p = torchquant.prepare(m)
+        p(torch.randn(16, 8))
+        return torchquant.convert(p)
+
+    model, other = make(), make()
+    sd = other.state_dict()
+    for k in [k for k in sd if k.startswith("2.")]:
+        del sd[k]  # drop the head
+    result = model.load_state_dict(sd, strict=False)
+    assert "2.qweight" in result.missing_keys and "float_input_scale" in model[2]._buffers
+    model[2](torch.randn(2, 8))  # still quantizes a float input
+
+
+def test_float_model_with_float_functional_scripts():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.skip = nn.Linear(4, 4), torchquant.nn.quantized.FloatFunctional()
+
+        def forward(self, x):
+            return self.skip.add(self.fc(x), x)
+
+    m = Residual().eval()
+    x = torch.randn(2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(torch.jit.script(m)(x), m(x))

@@ -471,3 +471,11 @@ def test_awq_says_when_its_scales_stay_input_scales():
         q = torchquant.quantize_weight_only(nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 32)), group_size=32,
                                             method="awq", calib_data=calib, progress=False)
     assert q[1].input_scale is None
+
+
+def test_calibration_note_survives_a_batch_it_cannot_describe():
+    model = nn.Sequential(nn.Linear(16, 16))
+    batch = torch.randn(4, 16).to(torch.float8_e4m3fn)  # aminmax has no float8 kernel
+    with pytest.raises(RuntimeError, match="must have the same dtype") as info:
+        torchquant.quantize_weight_only(model, group_size=16, method="gptq", calib_data=[batch], progress=False)
+    assert not hasattr(info.value, "add_note") or any("calib_data batch 0" in n for n in info.value.__notes__)

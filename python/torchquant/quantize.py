@@ -370,8 +370,10 @@ def _set_input_fallback(old: nn.Module, new: nn.Module) -> None:
 
 def _float_dtype_of(module: nn.Module):
     """float16 / bfloat16 / float64 when all of module's floating-point parameters have that
-    dtype (a model kept in that precision), else None (float32)."""
-    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    dtype (a model kept in that precision), else None (float32). The parameters of observers and
+    fake-quants (a LearnableFakeQuantize's float32 scale) are left out."""
+    dtypes = {p.dtype for m in module.modules() if not _is_observer(m)
+              for p in m.parameters(recurse=False) if p.is_floating_point()}
     if len(dtypes) == 1:
         dt = next(iter(dtypes))
         return None if dt == torch.float32 else dt

@@ -93,8 +93,11 @@ def _run_batch(model: nn.Module, batch, i: int):
         raise
     except Exception as exc:
         if hasattr(exc, "add_note"):  # Python 3.11+
-            exc.add_note(f"quantize_weight_only: raised running the model on calib_data batch {i}: "
-                         f"{_describe_batch(batch)}")
+            try:
+                what = _describe_batch(batch)
+            except Exception:  # noqa: BLE001 — a batch even aminmax cannot read: the model's error stands
+                what = type(batch).__name__
+            exc.add_note(f"quantize_weight_only: raised running the model on calib_data batch {i}: {what}")
         raise
 
 

@@ -30,7 +30,10 @@ def _quantized_module_classes():
     for mod in list(_sys.modules.values()):
         if getattr(mod, "__name__", "").startswith(__name__ + ".quantized"):
             for _, cls in inspect.getmembers(mod, inspect.isclass):
-                if issubclass(cls, _nn.Module) and cls.__module__.startswith(__name__ + ".quantized"):
+                # The modules convert / quantize_dynamic / quantize_weight_only make (they have
+                # from_float); not FloatFunctional, which float models hold and which scripts.
+                if (issubclass(cls, _nn.Module) and cls.__module__.startswith(__name__ + ".quantized")
+                        and hasattr(cls, "from_float")):
                     yield cls
 
 

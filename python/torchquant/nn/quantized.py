@@ -95,6 +95,13 @@ class DeQuantize(nn.Module):
             raise ValueError(f"argument 'output_dtype' must be a floating-point torch.dtype or None, got {output_dtype!r}")
         self.register_buffer("_output_dtype", torch.empty(0, dtype=output_dtype or torch.float32), persistent=False)
 
+    def __setstate__(self, state):
+        # Pickled before the dtype was a buffer: no buffer (float32), or an output_dtype attribute.
+        old = state.pop("output_dtype", None)
+        super().__setstate__(state)
+        if "_output_dtype" not in self._buffers:
+            self.register_buffer("_output_dtype", torch.empty(0, dtype=old or torch.float32), persistent=False)
+
     @property
     def output_dtype(self) -> Optional[torch.dtype]:
         dt = self._buffers["_output_dtype"].dtype
@@ -125,8 +132,8 @@ class _Int8WeightModule(nn.Module):
     plain-tensor buffers, the rebuild of the packed weight on ``.to()`` and on load, the checks
     of a loaded state dict, and of the input."""
 
-    # 2: the float-input qparams (float_input_scale / float_input_zero_point) are in the state
-    # dict; a version-1 state dict never has them.
+    # 2: a state dict without the float-input qparams (float_input_scale / float_input_zero_point)
+    # comes from a module without them; in a version-1 one their absence says nothing.
     _version = 2
 
     def __setstate__(self, state):
@@ -200,7 +207,8 @@ class _Int8WeightModule(nn.Module):
             # A module built by hand takes the float-input qparams a converted one saved (their
             # dtype: the module's own activation dtype, as the qconfigs give it).
             self._set_float_input_qparams(1.0, 0, self.dtype)
-        elif prefix + "float_input_scale" not in state_dict and "float_input_scale" in self._buffers:
+        elif (prefix + "float_input_scale" not in state_dict and "float_input_scale" in self._buffers
+              and prefix + "qweight" in state_dict):  # (a strict=False load that leaves this module out: nothing)
             if (local_metadata or {}).get("version", 1) >= 2:
                 # The saved module had none (it raised on a float input): neither has this one.
                 for k in ("float_input_scale", "float_input_zero_point"):
