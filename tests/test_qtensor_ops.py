@@ -542,3 +542,51 @@ def test_qtensor_argument_handling_edge_cases():
     q[0] = 0.3
     q[1, 1:] = torch.tensor([1.0, -1.0])
     assert q.dequantize()[0].tolist() == pytest.approx([0.3] * 3) and q.dequantize()[1, 1:].tolist() == [1.0, -1.0]
+
+
+@pytest.mark.parametrize("op", ["pad", "pad_value", "hardtanh", "relu6", "clamp"])
+def test_functions_with_number_bounds_trace_under_compile_and_export(op):
+    # They quantized their number (the pad value, the bounds) on the host: torch.compile's
+    # fullgraph mode refused the constant pad ("data-dependent expression") and torch.export
+    # refused all of them.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = torchquant.QuantStub(), torchquant.DeQuantStub()
+            self.c1, self.c2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+            self.ht = nn.Hardtanh(-0.5, 0.5)
+
+        def forward(self, x):
+            y = self.c1(self.quant(x))
+            if op == "pad":
+                y = F.pad(y, [1, 1, 1, 1])
+            elif op == "pad_value":
+                y = F.pad(y, [1, 2, 0, 1], value=0.3)
+            elif op == "hardtanh":
+                y = self.ht(y)
+            elif op == "relu6":
+                y = F.relu6(y)
+            else:
+                y = torch.clamp(y, -0.2, 0.4)
+            return self.dequant(self.c2(y))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    m.qconfig = torchquant.get_default_qconfig("x86")
+    p = torchquant.prepare(m)
+    p(torch.randn(2, 3, 12, 12))
+    q = torchquant.convert(p)
+    x = torch.randn(2, 3, 12, 12)
+    want = q(x)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(q, fullgraph=True, backend="eager")(x), want)
+    assert torch.equal(torch.export.export(q, (x,)).module()(x), want)
+
+
+def test_constant_pad_codes_match_the_quantized_float_pad():
+    q = torchquant.quantize_per_tensor(torch.randn(1, 2, 3, 3), 0.05, 128, torch.quint8)
+    for value in (None, 0.3, -0.07, 100.0, -100.0):
+        got = F.pad(q, [1, 1, 2, 0], value=value)
+        want = torchquant.quantize_per_tensor(F.pad(q.dequantize(), [1, 1, 2, 0], value=value or 0.0), 0.05, 128,
+                                      torch.quint8)
+        assert torch.equal(got.int_repr(), want.int_repr()), value

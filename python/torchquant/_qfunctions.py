@@ -186,11 +186,13 @@ def _interpolate(q, size=None, scale_factor=None, mode="nearest", align_corners=
 
 
 # ---------------------------------------------------------------- activations
-def _quantize_value(q: QTensor, v: float) -> int:
+def _quantize_value(q: QTensor, v: float) -> torch.Tensor:
+    """The code of the number v in q's qparams, a 0-dim tensor of q's code dtype on q's device
+    (tensor arithmetic, no host read: torch.compile and torch.export trace it)."""
     lo, hi = _QRANGE[q.data.dtype]
-    inv = torch.reciprocal(q.scale.reshape(()).float().cpu())
-    t = float(torch.round(torch.tensor(v, dtype=torch.float32) * inv)) + _zp(q)
-    return int(min(max(t, lo), hi))
+    inv = torch.reciprocal(q.scale.reshape(()).float())
+    t = torch.round(torch.tensor(float(v), dtype=torch.float32, device=inv.device) * inv)
+    return (t + q.zero_point.reshape(()).float()).clamp(lo, hi).to(q.data.dtype)
 
 
 def _hardtanh(q, min_val=-1.0, max_val=1.0, inplace=False):
@@ -373,7 +375,9 @@ def _pad(q, pad, mode="constant", value=None):
     point), reflect / replicate / circular copy codes (exact)."""
     _per_tensor(q, "pad")
     if mode == "constant":
-        return q._same_qparams(F.pad(q.data, pad, mode, _quantize_value(q, 0.0 if value is None else value)))
+        # F.pad takes its value as a number: pad the codes' offset from the value's code with 0.
+        c = _quantize_value(q, 0.0 if value is None else value).to(torch.int16)
+        return q._same_qparams((F.pad(q.data.to(torch.int16) - c, pad, mode, 0) + c).to(q.data.dtype))
     return _back(q, F.pad(_as_float_codes(q), pad, mode))
 
 

@@ -162,7 +162,7 @@ class _ConvNd(_ConvLikeNd):
             return
         scale, zero_point = self._buffers["scale"], self._buffers["zero_point"]
         codes = torch.zeros((), dtype=_STORAGE[self.dtype])
-        self._relu6_hi = _quantize_value(QTensor._make(codes, scale, zero_point, None, self.qmin, self.qmax), 6.0)
+        self._relu6_hi = int(_quantize_value(QTensor._make(codes, scale, zero_point, None, self.qmin, self.qmax), 6.0))
 
     def forward(self, x):
         x = self._check_input(x, "convolution")
