@@ -436,14 +436,22 @@ class QTensor:
             raise RuntimeError(f"QTensor.{name}() needs a per-channel QTensor; this one is per tensor")
 
 
+def _warn_once(seen, key, message, stacklevel: int = 1) -> None:
+    """warnings.warn(message()) the first time `key` is added to the set `seen`. Never while
+    torch.compile traces: a warning cannot be traced (fullgraph refused the call), and the
+    eager call that follows warns. `message` is a callable: built only when it is shown."""
+    if key in seen or torch.compiler.is_compiling():
+        return
+    seen.add(key)
+    warnings.warn(message(), UserWarning, stacklevel=stacklevel + 2)
+
+
 def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
     """func on args with every QTensor dequantized, warning once per function that it has no
     int8 implementation: the rule for whatever has no int8 meaning."""
     name = label or getattr(func, "__name__", repr(func))
-    if name not in _WARNED and not torch.compiler.is_compiling():  # a warning cannot be traced
-        _WARNED.add(name)
-        warnings.warn(f"{name} has no int8 implementation in torchquant: its QTensor arguments are dequantized "
-                      "and it runs in float", UserWarning, stacklevel=stacklevel + 1)
+    _warn_once(_WARNED, name, lambda: f"{name} has no int8 implementation in torchquant: its QTensor arguments "
+               "are dequantized and it runs in float", stacklevel)
     # A QTensor has no float dtype of its own: float32, or float16 / bfloat16 where the float
     # tensors beside it (a half-precision module's weight) all have that dtype. Tensors of no
     # dimension are left out, as torch's type promotion leaves them out.
@@ -541,11 +549,9 @@ def _write_in_place(func, impl, args, kwargs):
         if y.shape != q.data.shape:
             raise RuntimeError(f"{name} changes the shape of a QTensor in place (from {tuple(q.data.shape)} to "
                                f"{tuple(y.shape)}); QTensors change shape out of place (x = x.{name[:-1]}(...))")
-        if name not in _WARNED_IN_PLACE and not torch.compiler.is_compiling():
-            _WARNED_IN_PLACE.add(name)
-            warnings.warn(f"{name} works in place on a QTensor: it runs in float on the dequantized values and its "
-                          "result is quantized into the QTensor with the QTensor's own scale and zero point (values "
-                          "outside their range saturate)", UserWarning, stacklevel=4)
+        _warn_once(_WARNED_IN_PLACE, name, lambda: f"{name} works in place on a QTensor: it runs in float on the "
+                   "dequantized values and its result is quantized into the QTensor with the QTensor's own scale and "
+                   "zero point (values outside their range saturate)", 3)
         codes = torch.ops.torchquant.quantize(y.float(), q.scale, q.zero_point, q.axis, q.qmin, q.qmax, q.data.dtype)
     if codes.shape != q.data.shape:
         raise RuntimeError(f"{getattr(func, '__name__', repr(func))} changes the shape of a QTensor in place (from "

@@ -26,7 +26,7 @@ from .nn import quantized_dynamic as nnqd
 from .nn import quantized_embedding as nnqe
 from .observer import ObserverBase
 from .qconfig import QConfig, default_dynamic_qconfig
-from .qtensor import QTensor
+from .qtensor import QTensor, _warn_once
 from .stubs import DeQuantStub, QuantStub, QuantWrapper
 
 __all__ = [
@@ -605,11 +605,8 @@ def _float_fallback_hook(module, args, kwargs):
     module._tq_quantized_input = quantized_input
     if not quantized_input:
         return None
-    key = id(module)
-    if key not in _warned_fallback and not torch.compiler.is_compiling():  # a warning cannot be traced
-        _warned_fallback.add(key)
-        warnings.warn(f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and it "
-                      "runs in float", UserWarning, stacklevel=2)
+    _warn_once(_warned_fallback, id(module), lambda: f"{module._get_name()} has no int8 implementation: its QTensor "
+               "input is dequantized and it runs in float", 1)
     # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16).
     dtype = _float_dtype_of(module)
     unwrap = lambda v: (v.dequantize() if dtype is None else v.dequantize().to(dtype)) if isinstance(v, QTensor) else v  # noqa: E731,E501

@@ -5,7 +5,6 @@ They hold plain tensors only (int8 weight, float32 scales, int32 zero points, fl
 non-persistent buffer, rebuilt for the device whenever the module moves (``.to()``) or loads a
 state dict.
 """
-import warnings
 from typing import Optional
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 from .. import _fastcall
 from .._ops import ops
 from ..observer import _apply_keeping_float32
-from ..qtensor import QTensor
+from ..qtensor import QTensor, _warn_once
 from ._state_dict import integer_load_errors, qparam_load_errors, qparam_load_pre_hook
 from . import intrinsic, qat
 
@@ -248,13 +247,11 @@ class _Int8WeightModule(nn.Module):
         self.__dict__["_float_input_dtype"] = (_STORAGE[dtype], info.min, info.max)
 
     def _quantize_float_input(self, x: torch.Tensor) -> QTensor:
-        if not self.__dict__.get("_warned_float_input", False) and not torch.compiler.is_compiling():
-            self.__dict__["_warned_float_input"] = True
-            warnings.warn(
-                f"{type(self).__module__}.{type(self).__name__} received a float tensor (no QuantStub before it, "
-                "or a function before it has no int8 implementation and ran in float): it is quantized with the "
-                "input range the module saw at calibration; a QuantStub or FloatFunctional there would keep the "
-                "model int8", UserWarning, stacklevel=4)
+        _warn_once(self.__dict__.setdefault("_tq_warned", set()), "float input", lambda: (
+            f"{type(self).__module__}.{type(self).__name__} received a float tensor (no QuantStub before it, "
+            "or a function before it has no int8 implementation and ran in float): it is quantized with the "
+            "input range the module saw at calibration; a QuantStub or FloatFunctional there would keep the "
+            "model int8"), 3)
         b = self._buffers
         scale, zero_point = b["float_input_scale"], b["float_input_zero_point"]
         storage, qmin, qmax = self.__dict__["_float_input_dtype"]
