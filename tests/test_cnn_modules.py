@@ -89,7 +89,7 @@ def test_qfunctional_quantizes_float_operands():
     (nn.BatchNorm2d(6), nnq.BatchNorm2d), (nn.Hardswish(), nnq.Hardswish), (nn.ELU(0.7), nnq.ELU),
     (nn.LeakyReLU(0.2), nnq.LeakyReLU), (nn.Sigmoid(), nnq.Sigmoid), (nn.LayerNorm([6, 5, 5]), nnq.LayerNorm),
     (nn.GroupNorm(3, 6), nnq.GroupNorm), (nn.InstanceNorm2d(6, affine=True), nnq.InstanceNorm2d),
-    (nn.ReLU6(), nnq.ReLU6), (nn.Dropout(0.3), nnq.Dropout),
+    (nn.ReLU6(), nnq.ReLU6), (nn.Dropout(0.3), nnq.Dropout), (nn.PReLU(6, 0.3), nnq.PReLU), (nn.PReLU(), nnq.PReLU),
 ])
 def test_float_computing_modules(float_mod, qcls):
     torch.manual_seed(1)
@@ -144,7 +144,7 @@ class WithFloatModule(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.pre = nn.PReLU()
+        self.pre = nn.Softmin(-1)
         self.quant = tq.QuantStub()
         self.fc1 = nn.Linear(8, 8)
         self.soft = nn.Softmax(-1)
@@ -159,7 +159,7 @@ def test_module_without_int8_version_stays_float_and_the_model_runs():
     torch.manual_seed(3)
     m = WithFloatModule().eval()
     m.qconfig = tq.get_default_qconfig("x86")
-    with pytest.warns(UserWarning, match=r"stay in float: pre \(PReLU\), soft \(Softmax\)") as rec:
+    with pytest.warns(UserWarning, match=r"stay in float: pre \(Softmin\), soft \(Softmax\)") as rec:
         p = tq.prepare(m)
     assert len([w for w in rec if "stay in float" in str(w.message)]) == 1
     for _ in range(3):
@@ -170,7 +170,7 @@ def test_module_without_int8_version_stays_float_and_the_model_runs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         y = q(x)
-        # before the QuantStub the PReLU gets float and returns float; inside, Softmax's output is quantized
+        # before the QuantStub the Softmin gets float and returns float; inside, Softmax's output is quantized
         assert isinstance(q.pre(x), torch.Tensor)
         mid = q.soft(q.fc1(q.quant(x)))
     assert isinstance(mid, QTensor)
@@ -504,7 +504,7 @@ def test_make_quantizable_names_what_it_cannot_trace_or_run():
 
 @pytest.mark.parametrize("act", [nn.SiLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.Mish(), nn.Tanh(),
                                  nn.Softplus(beta=2.0), nn.CELU(0.5), nn.Hardswish(), nn.ELU(0.7),
-                                 nn.LeakyReLU(0.2), nn.Sigmoid()], ids=lambda m: repr(m))
+                                 nn.LeakyReLU(0.2), nn.Sigmoid(), nn.PReLU(init=0.3)], ids=lambda m: repr(m))
 @pytest.mark.parametrize("act_dtype", [torch.quint8, torch.qint8])
 def test_elementwise_activations_are_one_table_lookup(act, act_dtype):
     # An elementwise activation converts to a module that looks each code up in a 256-entry
@@ -522,7 +522,7 @@ def test_elementwise_activations_are_one_table_lookup(act, act_dtype):
         x = torch.randn(2, 3, 12, 12) * 2
         y = q(x)
     lookup = q[2]
-    assert isinstance(lookup, (nnq.LookupActivation, nnq.Hardswish, nnq.ELU, nnq.LeakyReLU, nnq.Sigmoid))
+    assert isinstance(lookup, (nnq.LookupActivation, nnq.Hardswish, nnq.ELU, nnq.LeakyReLU, nnq.Sigmoid, nnq.PReLU))
     qx = q[1](q[0](x))
     got = lookup(qx)
     lo, hi = (0, 255) if act_dtype == torch.quint8 else (-128, 127)
@@ -1145,3 +1145,76 @@ def test_attention_with_a_bool_mask_after_convert_and_an_encoder_calibrated_on_i
     valid = ~kpm  # (the float fast path writes 0 at padded positions)
     sqnr = 10 * torch.log10(want[valid].pow(2).sum() / (got[valid] - want[valid]).pow(2).sum())
     assert sqnr > 20, float(sqnr)
+
+
+@pytest.mark.parametrize("num_parameters", [1, 6])
+@pytest.mark.parametrize("act_dtype", [torch.quint8, torch.qint8])
+def test_prelu_is_the_float_function_of_the_codes(num_parameters, act_dtype):
+    # nn.PReLU converts (torch.ao maps it too): prelu of the dequantized input with the float
+    # slopes, requantized; one slope is a table lookup, per-channel slopes (some negative) are
+    # computed elementwise. Bit for bit the dequantize -> F.prelu -> quantize path.
+    torch.manual_seed(3)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 6, 3), nn.PReLU(num_parameters), tq.DeQuantStub()).eval()
+    with torch.no_grad():
+        m[2].weight.uniform_(-0.5, 0.8)
+    observer = tq.MinMaxObserver.with_args(dtype=act_dtype, qscheme=torch.per_tensor_affine)
+    m.qconfig = tq.QConfig(activation=observer, weight=tq.default_per_channel_weight_observer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # mapped: no "stays in float" warning
+        p = tq.prepare(m)
+        for _ in range(3):
+            p(torch.randn(2, 3, 10, 10))
+        q = tq.convert(p)
+    assert type(q[2]) is nnq.PReLU and q[2].num_parameters == num_parameters
+    assert set(q[2].state_dict()) == {"scale", "zero_point", "weight"}
+    x = torch.randn(2, 3, 10, 10)
+    qx = q[1](q[0](x))
+    lo, hi = (0, 255) if act_dtype == torch.quint8 else (-128, 127)
+
+    def want(mod, qx):
+        return torch.ops.torchquant.quantize(F.prelu(qx.dequantize(), mod.weight), mod.scale, mod.zero_point,
+                                             None, lo, hi, qx.data.dtype)
+
+    assert torch.equal(q[2](qx).data, want(q[2], qx))
+    ref = m(x)
+    assert float(10 * torch.log10(ref.pow(2).mean() / (ref - q(x)).pow(2).mean())) > 25
+    # the slopes can change in place (the table follows), or through set_weight
+    with torch.no_grad():
+        q[2].weight.mul_(-1)
+    assert torch.equal(q[2](qx).data, want(q[2], qx))
+    q[2].set_weight(torch.full((num_parameters,), 0.1))
+    assert torch.equal(q[2](qx).data, want(q[2], qx))
+    # state dict round trip into a module built directly, and torch.export
+    fresh = nnq.PReLU(num_parameters=num_parameters, dtype=act_dtype)
+    fresh.load_state_dict(q[2].state_dict())
+    assert torch.equal(fresh(qx).data, q[2](qx).data)
+    y = q(x)
+    assert torch.equal(torch.export.export(q, (x,)).module()(x), y)
+    # a wrong channel count is torch's error; a wrong set_weight is named
+    with pytest.raises(RuntimeError):
+        nnq.PReLU(0.1, 0, num_parameters=4)(tq.quantize_per_tensor(torch.randn(2, 6, 3, 3), 0.1, 0, torch.quint8))
+    with pytest.raises(ValueError, match="argument 'w' must be a float tensor of 6"):
+        nnq.PReLU(0.1, 0, num_parameters=6).set_weight(torch.ones(3))
+    with pytest.raises(ValueError, match="argument 'num_parameters' must be >= 1, got 0"):
+        nnq.PReLU(0.1, 0, num_parameters=0)
+
+
+def test_prelu_qat_converts_to_what_it_trained():
+    torch.manual_seed(4)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 6, 3), nn.PReLU(6), tq.DeQuantStub()).train()
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m)
+    opt = torch.optim.SGD(p.parameters(), 0.01)
+    for _ in range(3):
+        loss = p(torch.randn(2, 3, 8, 8)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p.eval()
+    q = tq.convert(p)
+    assert type(q[2]) is nnq.PReLU and torch.equal(q[2].weight, p[2].weight.detach())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert float((q(x) - p(x)).abs().max()) <= 2 * (q[1].scale.item() + q[2].scale.item())
+    # torch.ao's own quantized PReLU accepts only one weight scale; torchquant's slopes stay float
+    assert q[2].weight.dtype == torch.float32

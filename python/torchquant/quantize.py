@@ -1229,6 +1229,7 @@ _CNN_STATIC.update({
     nn.Hardswish: _nqo.Hardswish,
     nn.ELU: _nqo.ELU,
     nn.LeakyReLU: _nqo.LeakyReLU,
+    nn.PReLU: _nqo.PReLU,
     nn.Sigmoid: _nqo.Sigmoid,
     nn.LayerNorm: _nqo.LayerNorm,
     nn.GroupNorm: _nqo.GroupNorm,

@@ -22,7 +22,7 @@ from ._state_dict import qparam_load_pre_hook
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
-    "ReLU6", "Hardsigmoid", "Hardswish", "ELU", "LeakyReLU", "Sigmoid", "LookupActivation", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+    "ReLU6", "Hardsigmoid", "Hardswish", "ELU", "LeakyReLU", "PReLU", "Sigmoid", "LookupActivation", "LayerNorm", "GroupNorm", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d",
 ]
 
@@ -523,6 +523,70 @@ class LeakyReLU(_LookupInside):
     @classmethod
     def from_float(cls, mod, name=None):
         return _from_float_with(cls, mod, name, lambda: cls(mod.negative_slope))
+
+
+class PReLU(_LookupInside):
+    """Quantized PReLU (torch.ao.nn.quantized.PReLU): ``prelu`` of the dequantized input with the
+    float module's slopes (``weight``, float32, one or one per channel), requantized to the
+    calibrated output qparams. One slope: one table lookup per element, as the other
+    activations; one per channel (``num_parameters`` = channels, dimension 1 of the input, or 0
+    of a 1-d one): computed in float, element for element the same function. Beyond torch.ao,
+    whose int8 PReLU rounds the slopes to a quint8 per-tensor tensor (negative slopes to 0 under
+    a symmetric weight observer) and takes per-tensor weight qparams only.
+
+    >>> q = PReLU(0.02, 64, num_parameters=16)   # convert makes these from nn.PReLU
+    >>> q.set_weight(torch.full((16,), 0.25))
+    """
+
+    def __init__(self, output_scale=1.0, output_zero_point=0, num_parameters: int = 1, dtype=torch.quint8):
+        super().__init__()
+        if int(num_parameters) < 1:
+            raise ValueError(f"PReLU: argument 'num_parameters' must be >= 1, got {num_parameters}")
+        self.num_parameters = int(num_parameters)
+        _qparams_buffers(self, output_scale, output_zero_point, dtype)
+        self.register_buffer("weight", torch.full((self.num_parameters,), 0.25))
+
+    def set_weight(self, w: torch.Tensor) -> None:
+        """The slopes: a float tensor of ``num_parameters`` values (a torch quantized tensor, as
+        torch.ao's ``set_weight`` takes, is dequantized)."""
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"PReLU.set_weight: argument 'w' must be a tensor, got {type(w).__name__}")
+        if w.is_quantized:
+            w = w.dequantize()
+        if not w.is_floating_point() or w.numel() != self.num_parameters:
+            raise ValueError(f"PReLU.set_weight: argument 'w' must be a float tensor of {self.num_parameters} "
+                             f"value(s) (num_parameters), got dtype {w.dtype} with {w.numel()} values")
+        self.weight = w.detach().reshape(self.num_parameters).to(device=self.scale.device, dtype=torch.float32).clone()
+        self._table_cache = None
+
+    def _float_op(self, x):
+        w = self.weight.to(x.dtype)
+        if self.num_parameters == 1 or x.dim() < 2 or x.shape[1] != self.num_parameters:
+            return F.prelu(x, w)  # (torch's error for a wrong channel count)
+        # F.prelu's function, elementwise: the output keeps the input's layout (channels-last
+        # between convolutions), where F.prelu's per-channel form returns it contiguous.
+        return torch.where(x > 0, x, x * w.reshape([1, -1] + [1] * (x.dim() - 2)))
+
+    def _fn_key(self) -> tuple:
+        w = self.weight
+        return _settings(self) + (w._version, w.data_ptr())
+
+    def forward(self, x):
+        if self.num_parameters == 1:
+            return super().forward(x)
+        return _FloatInside.forward(self, x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        def build():
+            q = cls(num_parameters=mod.num_parameters)
+            q.weight = mod.weight.detach().float().reshape(mod.num_parameters).clone()
+            return q
+
+        return _from_float_with(cls, mod, name, build)
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}, " + super().extra_repr()
 
 
 class Sigmoid(_LookupInside):
