@@ -1175,7 +1175,11 @@ def test_prelu_is_the_float_function_of_the_codes(num_parameters, act_dtype):
         return torch.ops.torchquant.quantize(F.prelu(qx.dequantize(), mod.weight), mod.scale, mod.zero_point,
                                              None, lo, hi, qx.data.dtype)
 
-    assert torch.equal(q[2](qx).data, want(q[2], qx))
+    got = q[2](qx)
+    assert torch.equal(got.data, want(q[2], qx))
+    assert got.data.is_contiguous(memory_format=torch.channels_last)  # the conv's layout, kept
+    contiguous = QTensor._make(qx.data.contiguous(), qx.scale, qx.zero_point, None, qx.qmin, qx.qmax)
+    assert torch.equal(q[2](contiguous).data, want(q[2], qx)) and q[2](contiguous).data.is_contiguous()
     ref = m(x)
     assert float(10 * torch.log10(ref.pow(2).mean() / (ref - q(x)).pow(2).mean())) > 25
     # the slopes can change in place (the table follows), or through set_weight

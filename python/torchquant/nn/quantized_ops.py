@@ -574,6 +574,17 @@ class PReLU(_LookupInside):
     def forward(self, x):
         if self.num_parameters == 1:
             return super().forward(x)
+        if isinstance(x, QTensor) and x.axis is None and x.data.dim() >= 3 and x.data.shape[1] == self.num_parameters:
+            # Channels-last codes (between convolutions) are computed as the contiguous
+            # [N, *spatial, C] they are in memory: dequantize and quantize keep them so, without
+            # a transposing copy each way.
+            last = x.data.movedim(1, -1)
+            if last.is_contiguous():
+                xf = ops.dequantize.default(last, x.scale, x.zero_point, None)
+                y = torch.where(xf > 0, xf, xf * self.weight)
+                codes = ops.quantize.default(y, self.scale, self.zero_point, None, self.qmin, self.qmax,
+                                             self._storage)
+                return self._out(codes.movedim(-1, 1))
         return _FloatInside.forward(self, x)
 
     @classmethod
