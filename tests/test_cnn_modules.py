@@ -1222,3 +1222,26 @@ def test_prelu_qat_converts_to_what_it_trained():
         assert float((q(x) - p(x)).abs().max()) <= 2 * (q[1].scale.item() + q[2].scale.item())
     # torch.ao's own quantized PReLU accepts only one weight scale; torchquant's slopes stay float
     assert q[2].weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("mod", [nn.BatchNorm2d(16), nn.GroupNorm(4, 16), nn.InstanceNorm2d(16, affine=True),
+                                 nn.LayerNorm([16, 6, 6]), nn.PReLU(16)], ids=lambda m: type(m).__name__)
+def test_float_inside_modules_keep_channels_last_codes(mod):
+    # Between two convolutions the codes are channels-last: the modules that compute in float
+    # dequantize and requantize them in that layout (no transposing copies), with the codes of
+    # the contiguous computation.
+    torch.manual_seed(5)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 16, 3, padding=1), mod, nn.Conv2d(16, 4, 1),
+                      tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(2, 3, 6, 6))
+    q = tq.convert(p)
+    qx = q[1](q[0](torch.randn(2, 3, 6, 6)))
+    assert qx.data.is_contiguous(memory_format=torch.channels_last) and not qx.data.is_contiguous()
+    got = q[2](qx)
+    flat = QTensor._make(qx.data.contiguous(), qx.scale, qx.zero_point, None, qx.qmin, qx.qmax)
+    want = q[2](flat)
+    assert torch.equal(got.data, want.data)
+    if not isinstance(mod, (nn.InstanceNorm2d, nn.LayerNorm)):  # their float ops return contiguous
+        assert got.data.is_contiguous(memory_format=torch.channels_last)

@@ -144,6 +144,26 @@ def _device(mod):
     return None
 
 
+def _channels_last_view(t: torch.Tensor):
+    """t as the [N, *spatial, C] tensor it is in memory, when that view is contiguous and t is
+    not (channels-last codes between convolutions); else None. quantize and dequantize write
+    contiguous outputs: on this view they keep the channels-last layout, with no transposing
+    copy of the input or the output."""
+    if t.dim() >= 3 and not t.is_contiguous():
+        v = t.movedim(1, -1)
+        if v.is_contiguous():
+            return v
+    return None
+
+
+def _dequantize_in_layout(x: QTensor) -> torch.Tensor:
+    """x.dequantize(), in x's memory layout when it is channels-last (per tensor)."""
+    v = _channels_last_view(x.data) if x.axis is None else None
+    if v is None:
+        return x.dequantize()
+    return ops.dequantize.default(v, x.scale, x.zero_point, None).movedim(-1, 1)
+
+
 class _QuantizedOutput(nn.Module):
     """Common part of the modules below: output qparams as buffers, float input quantized."""
 
@@ -157,6 +177,11 @@ class _QuantizedOutput(nn.Module):
         return QTensor._make(data, self.scale, self.zero_point, None, self.qmin, self.qmax)
 
     def _quantize(self, y: torch.Tensor) -> QTensor:
+        v = _channels_last_view(y)
+        if v is not None:
+            codes = ops.quantize.default(v.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
+                                         self._storage)
+            return self._out(codes.movedim(-1, 1))
         return self._out(ops.quantize.default(y.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
                                               self._storage))
 
@@ -303,7 +328,7 @@ class _FloatInside(_QuantizedOutput):
         raise NotImplementedError
 
     def forward(self, x):
-        xf = x.dequantize() if isinstance(x, QTensor) else x
+        xf = _dequantize_in_layout(x) if isinstance(x, QTensor) else x
         return self._quantize(self._float_op(xf))
 
 
@@ -574,17 +599,6 @@ class PReLU(_LookupInside):
     def forward(self, x):
         if self.num_parameters == 1:
             return super().forward(x)
-        if isinstance(x, QTensor) and x.axis is None and x.data.dim() >= 3 and x.data.shape[1] == self.num_parameters:
-            # Channels-last codes (between convolutions) are computed as the contiguous
-            # [N, *spatial, C] they are in memory: dequantize and quantize keep them so, without
-            # a transposing copy each way.
-            last = x.data.movedim(1, -1)
-            if last.is_contiguous():
-                xf = ops.dequantize.default(last, x.scale, x.zero_point, None)
-                y = torch.where(xf > 0, xf, xf * self.weight)
-                codes = ops.quantize.default(y, self.scale, self.zero_point, None, self.qmin, self.qmax,
-                                             self._storage)
-                return self._out(codes.movedim(-1, 1))
         return _FloatInside.forward(self, x)
 
     @classmethod
