@@ -132,6 +132,8 @@ def get_default_qconfig(backend: str = "x86", version: int = 0) -> QConfig:
     >>> model.qconfig = torchquant.get_default_qconfig("fbgemm")
     """
     _check_backend(backend)
+    if version != 0:
+        raise ValueError(f"get_default_qconfig: argument 'version' must be 0 (as torch.ao's), got {version!r}")
     return per_tensor_qconfig if backend == "qnnpack" else per_channel_qconfig
 
 
@@ -142,6 +144,8 @@ def get_default_qat_qconfig(backend: str = "x86", version: int = 1) -> QConfig:
     >>> model.qconfig = torchquant.get_default_qat_qconfig("x86")
     """
     _check_backend(backend)
+    if version not in (0, 1):
+        raise ValueError(f"get_default_qat_qconfig: argument 'version' must be 0 or 1 (as torch.ao's), got {version!r}")
     return QConfig(activation=_qat_activation, weight=_qat_weight_per_tensor if backend == "qnnpack" else _qat_weight_per_channel)
 
 # ---- sequence models: weight-only embedding tables (torch.ao's qconfigs of the same names) ----

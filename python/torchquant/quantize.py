@@ -443,7 +443,7 @@ def _add_observers(model: nn.Module) -> List[str]:
             mod.register_forward_hook(_observer_hook)
             continue
         if type(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
-            obs = qc.activation()
+            obs = _activation_observer(qc, name, mod)
             dev = _device_of(mod) or model_dev
             if dev is not None:
                 obs.to(dev)
@@ -455,7 +455,7 @@ def _add_observers(model: nn.Module) -> List[str]:
         elif isinstance(mod, _FLOAT_FUNCTIONALS):
             # Its methods call activation_post_process on their results (torch.ao's rule).
             if isinstance(getattr(mod, "activation_post_process", None), nn.Identity):
-                obs = qc.activation()
+                obs = _activation_observer(qc, name, mod)
                 dev = _device_of(mod) or model_dev
                 if dev is not None:
                     obs.to(dev)
@@ -468,13 +468,28 @@ def _add_observers(model: nn.Module) -> List[str]:
                                   else ")"))
             # Observed too: where it runs inside the quantized part of the model, convert
             # quantizes its float output with these qparams (docs/eager_api.md).
-            obs = qc.activation()
+            obs = _activation_observer(qc, name, mod)
             dev = _device_of(mod) or model_dev
             if dev is not None:
                 obs.to(dev)
             mod.add_module("activation_post_process", obs)
             mod.register_forward_hook(_fallback_observer_hook)
     return unsupported
+
+
+_PER_CHANNEL_SCHEMES = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
+
+
+def _activation_observer(qc, name: str, mod: nn.Module):
+    """qc.activation(), refused by name when it is per channel: torchquant's int8 activations
+    (QTensors between modules) are per tensor, and convert could not use its qparams."""
+    obs = qc.activation()
+    if getattr(obs, "qscheme", None) in _PER_CHANNEL_SCHEMES:
+        raise ValueError(f"prepare: module '{name or type(mod).__name__}' ({type(mod).__name__}): its qconfig's "
+                         f"activation {type(obs).__name__} is per channel (qscheme={obs.qscheme}); int8 activations "
+                         "are per tensor: use a per-tensor observer (torch.per_tensor_affine or "
+                         "torch.per_tensor_symmetric)")
+    return obs
 
 
 def _has_any_qconfig(model) -> bool:
@@ -568,7 +583,7 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
             continue
         if target is not None and (getattr(child, "qconfig", None) is not None or not require_qconfig):
             try:
-                new = target.from_float(child, name=full)
+                new = _from_float(target, child, full)
             except RuntimeError as e:
                 raise RuntimeError(f"convert: module '{full}' ({type(child).__name__}) could not be quantized: {e}") from e
             if hasattr(child, "training"):
@@ -712,7 +727,9 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
         module = copy.deepcopy(module)
     before = {id(m) for m in module.modules()}
     model_dtype = _float_dtype_of(module)  # a float16 / bfloat16 / float64 model: its DeQuantize returns that
-    _swap(module, mapping or _STATIC, "", memo=_unrun_modules(module, mapping or _STATIC))
+    if mapping is None:  # an empty mapping swaps nothing, as torch.ao's
+        mapping = _STATIC
+    _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
     if model_dtype is not None:
         for m in module.modules():
             if isinstance(m, nnq.DeQuantize) and id(m) not in before:
@@ -775,7 +792,7 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         warnings.warn("prepare_qat: no qconfig is set on the model or any submodule, so nothing will be quantized; "
                       "set model.qconfig = torchquant.get_default_qat_qconfig('x86')", UserWarning, stacklevel=2)
         return model
-    _swap(model, mapping or _QAT, "")
+    _swap(model, _QAT if mapping is None else mapping, "")
     return prepare(model, inplace=True)
 
 
@@ -799,6 +816,19 @@ def add_quant_dequant(module: nn.Module) -> nn.Module:
 def _has_no_children(module: nn.Module) -> bool:
     # A parametrized module holds its parametrizations as a child; they do not make it a parent.
     return all(name == "parametrizations" for name in module._modules)
+
+
+def _from_float(target, mod, name: str):
+    """target.from_float(mod), with the module's name where from_float takes one (torchquant's
+    classes name the module in their errors); a class written for torch.ao's mappings
+    (``from_float(cls, mod, use_precomputed_fake_quant=False)``) is called as torch.ao calls it."""
+    try:
+        params = inspect.signature(target.from_float).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "name" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return target.from_float(mod, name=name)
+    return target.from_float(mod)
 
 
 def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_mapping: Optional[dict] = None,
@@ -950,7 +980,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                 raise ValueError(f"quantize_dynamic: dtype={dtype} quantizes the rows of nn.Embedding / "
                                  f"nn.EmbeddingBag tables; {wrong} in argument 'qconfig_spec' need dtype=torch.qint8")
         qconfig_spec = {k: default for k in qconfig_spec}
-    targets = mapping or _DYNAMIC
+    targets = _DYNAMIC if mapping is None else mapping
     qconfig_spec, targets = _extend_dynamic(model, qconfig_spec, targets)
     missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets
                      and not _dynamic_by_kind(k, targets))
@@ -969,7 +999,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
         model = copy.deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
     _refuse_float_qconfigs(model, "quantize_dynamic")
-    _keep_mha_out_proj_float(model, mapping or _DYNAMIC)
+    _keep_mha_out_proj_float(model, _DYNAMIC if mapping is None else mapping)
     before = {id(m) for m in model.modules()}
     model = _swap_root(model, targets)
     for mod in model.modules():
@@ -993,7 +1023,7 @@ def _swap_root(model: nn.Module, mapping: Dict[type, type]) -> nn.Module:
         return model
     name = type(model).__name__
     try:
-        new = target.from_float(model, name=name)
+        new = _from_float(target, model, name)
     except RuntimeError as e:
         raise RuntimeError(f"convert: module '{name}' (the model itself) could not be quantized: {e}") from e
     new.train(model.training)

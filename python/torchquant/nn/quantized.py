@@ -368,7 +368,9 @@ def _weight_qparams(mod, linear, name):
             raise RuntimeError(f"{name} has no qconfig: was the model passed through prepare()?")
         wobs = qconfig.weight()
         wobs.to(linear.weight.device)
+        _check_weight_axis(wobs, linear.weight.dim(), name, "Linear")
         wobs(linear.weight.detach())
+    _check_weight_axis(wobs, linear.weight.dim(), name, "Linear")
     w_scale, w_zp = wobs.calculate_qparams()
     w_scale = w_scale.float().reshape(-1).to(linear.weight.device)
     w_zp = w_zp.to(torch.int32).reshape(-1).to(linear.weight.device)
@@ -381,6 +383,20 @@ def _weight_qparams(mod, linear, name):
     if w_scale.numel() == 1:
         w_scale, w_zp = w_scale.expand(n).contiguous(), w_zp.expand(n).contiguous()
     return w_scale, w_zp, _weight_range(wobs, name)
+
+
+def _check_weight_axis(wobs, ndim: int, name: str, what: str) -> None:
+    """A per-channel weight observer must split the weight along its output channels (axis 0):
+    the int8 kernels scale each output channel. Another axis (per input column) would have its
+    scales applied to the wrong channels: silently wrong where the weight is square, a shape
+    error elsewhere."""
+    if getattr(wobs, "qscheme", None) not in (torch.per_channel_symmetric, torch.per_channel_affine,
+                                              torch.per_channel_affine_float_qparams):
+        return
+    axis = int(getattr(wobs, "ch_axis", 0))
+    if axis not in (0, -ndim):
+        raise ValueError(f"{name}: the per-channel weight observer {type(wobs).__name__} has ch_axis={axis}, but "
+                         f"a quantized {what} scales its weight per output channel: ch_axis must be 0")
 
 
 def _weight_range(wobs, name):

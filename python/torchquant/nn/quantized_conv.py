@@ -16,7 +16,7 @@ from torch.nn.modules.utils import _ntuple
 
 from ..qtensor import QTensor
 from . import qat_conv
-from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams, _weight_range
+from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams, _check_weight_axis, _weight_range
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
 
@@ -236,12 +236,14 @@ def _conv_weight_qparams(mod, weight, name):
         if qconfig is None:
             raise RuntimeError(f"{name} has no qconfig: was the model passed through prepare()?")
         wobs = qconfig.weight()
+        _check_weight_axis(wobs, weight.dim(), name, "convolution")
         wobs.to(dev)
         wobs(weight.detach())
     elif isinstance(mod, qat_conv._ConvBn):
         # As torch.ao's convert: the weight observer sees the folded weight once more.
         with torch.no_grad():
             wobs(weight.detach())
+    _check_weight_axis(wobs, weight.dim(), name, "convolution")
     w_scale, w_zp = wobs.calculate_qparams()
     w_scale = w_scale.float().reshape(-1).to(dev)
     w_zp = w_zp.to(torch.int32).reshape(-1).to(dev)
