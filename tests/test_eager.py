@@ -702,9 +702,47 @@ def test_convert_keeps_user_hooks_on_swapped_modules():
     q = _converted(model)
     calls.clear()
     q(torch.randn(2, 4))
-    # torch.ao's convert keeps them too (its swap_module copies them onto the new module).
-    assert calls == [("pre", "LinearReLU"), ("post", "LinearReLU"), ("kw", "Linear")]
+    # torch.ao's convert keeps them too (its swap_module copies them onto the new module). The
+    # hooked Linear is not folded with the ReLU after it: its forward hook sees its own output.
+    assert calls == [("pre", "Linear"), ("post", "Linear"), ("kw", "Linear")]
+    assert type(q[2]) is nnq.ReLU
     assert all(h is not _observer_hook for h in q[1]._forward_hooks.values())
+
+
+def test_relu_fold_leaves_shared_and_hooked_modules():
+    # convert folds an int8 Linear and the ReLU after it in an nn.Sequential into one call, but
+    # not a Linear also used elsewhere (its other calls would get the ReLU too), nor where the
+    # user hooked the ReLU (its hooks would stop firing).
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.lin, self.dq = tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()
+            self.seq = nn.Sequential(self.lin, nn.ReLU())
+
+        def forward(self, x):
+            x = self.q(x)
+            return self.dq(self.lin(x)), self.dq(self.seq(x))
+
+    torch.manual_seed(0)
+    m = Shared().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(32, 8))
+    q = tq.convert(p)
+    assert type(q.lin) is nnq.Linear and q.seq[0] is q.lin and type(q.seq[1]) is nnq.ReLU
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        plain, _ = q(x)
+    assert float(plain.min()) < 0  # the plain path has no ReLU
+    calls = []
+    model = _static_model()
+    model[2].register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
+    q = _converted(model)
+    calls.clear()
+    q(torch.randn(2, 4))
+    assert calls == ["ReLU"] and type(q[1]) is nnq.Linear
+    q = _converted()  # unhooked, unshared: folded
+    assert type(q[1]) is nnq.LinearReLU and type(q[2]) is nn.Identity
 
 
 def test_quantize_dynamic_keeps_user_hooks():

@@ -231,3 +231,44 @@ def test_report_refuses_swapped_arguments():
     q = torchquant.quantize_dynamic(model)
     with pytest.raises(ValueError, match=r"argument 'float_model' holds torchquant's quantized modules .* look swapped"):
         torchquant.report(q, model, torch.randn(2, 8))
+
+
+def test_report_compares_a_folded_relu_after_the_relu_and_every_call():
+    import torch.nn as nn
+    import torchquant as tq
+
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(64, 8))
+    q = tq.convert(p)
+    assert type(q[1]) is tq.nn.quantized.LinearReLU  # folded by convert
+    x = torch.randn(32, 8)
+    r = tq.report(m, q, x)
+    row = r["1"]
+    assert row.float_type == "Linear+ReLU"
+    with torch.no_grad():
+        f = torch.relu(m[1](x))
+        y = q[1](q[0](x)).dequantize()
+    want = 10 * torch.log10(f.double().pow(2).sum() / (f.double() - y.double()).pow(2).sum())
+    assert abs(row.sqnr_db - float(want)) < 1e-6 and row.sqnr_db > 25
+
+    class Repeated(nn.Module):  # one block applied three times: every call counts
+        def __init__(self):
+            super().__init__()
+            self.q, self.blk, self.dq = tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()
+
+        def forward(self, x):
+            x = self.q(x)
+            for _ in range(3):
+                x = self.blk(x)
+            return self.dq(x)
+
+    m = Repeated().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(64, 8))
+    q = tq.convert(p)
+    r = tq.report(m, q, x)
+    assert r["blk"].numel == 3 * x.numel()

@@ -696,14 +696,22 @@ def _fold_relus(model: nn.Module) -> None:
     """In an nn.Sequential, an int8 Linear directly followed by an int8 ReLU becomes one
     LinearReLU call. The result is bit-identical: requantization is monotonic and maps 0 to the
     zero point, so requant(max(y, 0)) == max(requant(y), zero_point) with the same qparams. It
-    saves one op (and its dispatch) per pair, which is most of the cost at small batch sizes."""
+    saves one op (and its dispatch) per pair, which is most of the cost at small batch sizes.
+    Not where the Linear is also reachable elsewhere in the model (a shared module: the fold
+    changes its class, so every other call of it would get the ReLU too), nor where the user
+    hooked either module (the ReLU's hooks would no longer fire, the Linear's forward hooks
+    would see its output after the ReLU)."""
+    uses: Dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
     for mod in model.modules():
         if not isinstance(mod, nn.Sequential):
             continue
         names = list(mod._modules.keys())
         for a, b in zip(names[:-1], names[1:]):
             lin, relu = mod._modules[a], mod._modules[b]
-            if type(lin) in _RELU_FOLDS and type(relu) is nnq.ReLU:
+            if (type(lin) in _RELU_FOLDS and type(relu) is nnq.ReLU and uses.get(id(lin)) == 1
+                    and not lin._forward_hooks and not relu._forward_hooks and not relu._forward_pre_hooks):
                 lin.__class__ = _RELU_FOLDS[type(lin)]
                 ident = nn.Identity()
                 ident.train(relu.training)
@@ -740,7 +748,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
         warnings.warn("convert: the model has a qconfig but no observers, so nothing was quantized and it stays "
                       "in float; call torchquant.prepare(model) and calibrate it before convert", UserWarning,
                       stacklevel=2)
-    if mapping is None:
+    if mapping is _STATIC:  # the default mapping (a user's mapping may map ReLU elsewhere)
         _fold_relus(module)
     if remove_qconfig:
         _clean(module)

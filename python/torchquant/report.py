@@ -163,7 +163,12 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
 
     Layers are matched by name: the innermost modules that both models have under the same name
     (an ``nn.Identity`` left by fusion is skipped: its row would repeat the fused layer's). Compare a fused model with a float model fused the same way, so that
-    ``fc1`` means Linear+ReLU on both sides.
+    ``fc1`` means Linear+ReLU on both sides. A float Linear / Conv followed by a ReLU in an
+    ``nn.Sequential``, which ``convert`` folds into one int8 LinearReLU / ConvReLU, is compared
+    after that ReLU (its row's float type reads ``Linear+ReLU``). A module called several times
+    per forward is compared on every call. A prepared (observed) model given as ``float_model``
+    keeps observing: its observers see ``data``. A weight shared by several modules (a tied
+    embedding and LM head) is counted in each of their byte sizes.
 
     ``data``: a batch of inputs, or an iterable of batches (a list, a DataLoader). A tuple is
     one ``(inputs, targets)`` batch, whether given as ``data`` or as one of its batches, and
@@ -196,9 +201,21 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     captured = {"float": {}, "quant": {}}
     handles = []
 
+    # An unfused float Linear / Conv followed by a ReLU whose int8 module convert folded the
+    # ReLU into (LinearReLU, ConvReLU in an nn.Sequential): compared after the ReLU on both sides.
+    from .quantize import _RELU_FOLDS
+
+    folds = set(_RELU_FOLDS.values())
+    plain = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    relu_after = {n for n, m in pairs if type(m) in folds and type(float_modules[n]) in plain}
+
     def hook(side, name):
         def fn(module, args, out):
-            captured[side][name] = _as_float(out)
+            out = _as_float(out)
+            if out is not None and side == "float" and name in relu_after:
+                out = torch.relu(out)
+            # every call of the module (a block applied several times, a shared layer)
+            captured[side].setdefault(name, []).append(out)
         return fn
 
     for n, m in pairs:
@@ -220,15 +237,15 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                 _call(float_model, _copied(batch))
                 _call(quantized_model, _copied(batch))
                 for n, _ in pairs:
-                    f, q = captured["float"].get(n), captured["quant"].get(n)
-                    if f is None or q is None or f.shape != q.shape:
-                        continue
-                    f64, q64 = f.double(), q.double().to(f.device)
-                    s = stats[n]
-                    s[0] += float((f64 * f64).sum())
-                    s[1] += float(((f64 - q64) ** 2).sum())
-                    s[2] = max(s[2], float((f64 - q64).abs().max())) if f.numel() else s[2]
-                    s[3] += f.numel()
+                    for f, q in zip(captured["float"].get(n, ()), captured["quant"].get(n, ())):
+                        if f is None or q is None or f.shape != q.shape:
+                            continue
+                        f64, q64 = f.double(), q.double().to(f.device)
+                        s = stats[n]
+                        s[0] += float((f64 * f64).sum())
+                        s[1] += float(((f64 - q64) ** 2).sum())
+                        s[2] = max(s[2], float((f64 - q64).abs().max())) if f.numel() else s[2]
+                        s[3] += f.numel()
     finally:
         for h in handles:
             h.remove()
@@ -248,7 +265,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
             sqnr = -math.inf
         else:
             sqnr = 10.0 * math.log10(signal / noise)
-        layers.append(LayerError(n, type(float_modules[n]).__name__, type(m).__name__, sqnr, max_err, numel,
+        ftype = type(float_modules[n]).__name__ + ("+ReLU" if n in relu_after else "")
+        layers.append(LayerError(n, ftype, type(m).__name__, sqnr, max_err, numel,
                                  _state_bytes(float_modules[n]), _state_bytes(m)))
     result = QuantReport(layers, show_size)
     if plot:
