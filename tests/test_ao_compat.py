@@ -539,6 +539,10 @@ def test_observer_state_dict_round_trips_and_reads_torch_aos():
     extra = {**sd, "1.activation_post_process.bogus": torch.zeros(1)}
     with pytest.raises(RuntimeError, match=r"unexpected keys.*1\.activation_post_process\.bogus"):
         tq.load_observer_state_dict(tq.prepare(_unprepared()), extra)
+    # a dict from a model with more observers (another layer): its entries are named, not dropped
+    more = {**sd, "5.activation_post_process.min_val": torch.zeros(())}
+    with pytest.raises(RuntimeError, match=r"observers the model does not have: \['5\.activation_post_process\.min_val'\]"):
+        tq.load_observer_state_dict(tq.prepare(_unprepared()), more)
 
 
 def _unprepared():

@@ -897,7 +897,8 @@ def get_observer_state_dict(mod: nn.Module) -> "OrderedDict[str, torch.Tensor]":
 def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) -> None:
     """Loads :func:`get_observer_state_dict`'s statistics (torchquant's or torch.ao's) into the
     observers and fake-quants of a prepared model. Raises naming the keys if an observer's
-    entry is missing, or an entry under an observer is not one of its buffers.
+    entry is missing, an entry under an observer is not one of its buffers, or an entry belongs
+    to no observer of the model.
 
     >>> torchquant.load_observer_state_dict(prepared, torch.load("observers.pt"))
 
@@ -912,15 +913,20 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) 
     missing: List[str] = []
     unexpected: List[str] = []
     errors: List[str] = []
+    observers = set()
     for name, module in mod.named_modules():
         if not _is_observer(module):
             continue
+        observers.add(name)
         local = metadata.get(name, {"version": getattr(module, "_version", None)})
         module._load_from_state_dict(state, name + "." if name else "", local, True, missing, unexpected, errors)
+    # Entries of observers the model does not have (a dict from a model with more layers).
+    orphans = [k for k in obs_dict if k.rpartition(".")[0] not in observers]
     missing = [k for k in missing if "activation_post_process" in k]
-    if missing or unexpected or errors:
+    if missing or unexpected or orphans or errors:
         parts = ([f"missing keys for observers: {missing}"] if missing else []) + \
-                ([f"unexpected keys under observers: {unexpected}"] if unexpected else []) + errors
+                ([f"unexpected keys under observers: {unexpected}"] if unexpected else []) + \
+                ([f"keys of observers the model does not have: {orphans}"] if orphans else []) + errors
         raise RuntimeError("load_observer_state_dict: " + "; ".join(parts))
 
 
