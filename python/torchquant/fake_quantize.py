@@ -195,8 +195,10 @@ class FakeQuantize(FakeQuantizeBase):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self):
+        # The current qparams too, as torch.ao's (what print(qat_model) is read for).
         return (f"fake_quant_enabled={int(self.fake_quant_enabled[0])}, observer_enabled={int(self.observer_enabled[0])}, "
-                f"quant_min={self.quant_min}, quant_max={self.quant_max}, dtype={self.dtype}, qscheme={self.qscheme}")
+                f"quant_min={self.quant_min}, quant_max={self.quant_max}, dtype={self.dtype}, qscheme={self.qscheme}, "
+                f"ch_axis={getattr(self, 'ch_axis', -1)}, scale={self.scale.detach()}, zero_point={self.zero_point.detach()}")
 
 
 class LearnableFakeQuantize(FakeQuantize):
