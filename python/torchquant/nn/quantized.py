@@ -16,6 +16,7 @@ from .. import _fastcall
 from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ..qtensor import QTensor, _warn_once
+from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import integer_load_errors, qparam_load_errors, qparam_load_pre_hook
 from . import intrinsic, qat
 
@@ -432,9 +433,18 @@ class DynamicLinear(Linear):
         # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
         b = self._buffers
         w = b["_packed_weight"]
+        if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
+            y = InputGrad.apply(x, lambda t: ops.linear_dynamic.default(t, w, b["_col_sums"], b["weight_scale"],
+                                                                         b["bias"], self._relu),
+                                self._float_weight, self._relu)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
         f = _fastcall.linear_dynamic if _fastcall.usable(x, w, w) else ops.linear_dynamic.default
         y = f(x, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def _float_weight(self) -> torch.Tensor:
+        """The int8 weight times its per-channel scales, float32 [N, K]."""
+        return self.qweight.float() * self.weight_scale.reshape(-1, 1)
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None):

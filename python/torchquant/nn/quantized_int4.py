@@ -14,6 +14,7 @@ from torch import nn
 
 from .._ops import ops
 from ..observer import _apply_keeping_float32
+from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import integer_load_errors, qparam_load_errors
 from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
                            quantize_groups, unpack_int4)
@@ -173,8 +174,13 @@ class LinearWeightOnlyInt4(nn.Module):
             x = x * b["input_scale"].to(x.dtype)
         if b["_w_packed"] is None:
             self._repack()
-        y = ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"], self.in_features,
-                            self.out_features, self.group_size)
+        if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
+            y = InputGrad.apply(x, lambda t: ops.linear_int4(t, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"],
+                                                             self.in_features, self.out_features, self.group_size),
+                                self.dequantized_weight, False)
+        else:
+            y = ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"], self.in_features,
+                                self.out_features, self.group_size)
         return y if y.dtype == odt else y.to(odt)
 
     def weight_bytes(self) -> int:

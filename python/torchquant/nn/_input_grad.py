@@ -1,0 +1,39 @@
+"""The gradient of a weight-quantized Linear with respect to its input.
+
+The int8 dynamic and int4 weight-only ops have no autograd formula of their own: a float input
+that requires grad (an adapter or an earlier float layer being trained through a frozen
+quantized layer, QLoRA-style) would get an output that does not, or no gradient at all. Where
+the input requires grad, the modules run the op inside :class:`InputGrad`, whose backward is
+``dL/dx = dL/dy @ W`` with ``W`` the layer's effective float weight [N, K], made from its
+portable buffers in backward only (the straight-through estimator for the dynamic input
+quantization). The quantized weights themselves are integer buffers: they get no gradient.
+Inference (no grad, or an input that does not require it) runs the op as before.
+"""
+from typing import Callable
+
+import torch
+
+
+class InputGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, run: Callable, weight: Callable, relu: bool):
+        y = run(x)
+        ctx.weight = weight
+        ctx.relu = relu
+        ctx.x_dtype = x.dtype
+        if relu:  # a fused ReLU passes the gradient where its output is positive
+            ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        if ctx.relu:
+            (y,) = ctx.saved_tensors
+            gy = gy * (y > 0)
+        w = ctx.weight().to(gy.device)
+        gx = gy.to(w.dtype) @ w
+        return gx.to(ctx.x_dtype), None, None, None
+
+
+def needs_input_grad(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
