@@ -272,3 +272,28 @@ def test_report_compares_a_folded_relu_after_the_relu_and_every_call():
     q = tq.convert(p)
     r = tq.report(m, q, x)
     assert r["blk"].numel == 3 * x.numel()
+
+
+def test_report_leaves_a_prepared_float_model_calibrated_as_it_was():
+    import torch.nn as nn
+    import torchquant as tq
+
+    torch.manual_seed(2)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(64, 8))
+    before = {k: v.clone() for k, v in tq.get_observer_state_dict(p).items()}
+    q = tq.convert(p, inplace=False)
+    tq.report(p, q, torch.randn(16, 8) * 5)  # data of another range: the observers would move
+    after = tq.get_observer_state_dict(p)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # a QAT model (fake-quants, a learnable one's parameters) likewise
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()).train()
+    m.qconfig = tq.learnable_qat_qconfig
+    p = tq.prepare_qat(m)
+    p(torch.randn(64, 8))
+    scale = p[0].activation_post_process.scale.detach().clone()
+    q = tq.convert(p.eval(), inplace=False)
+    tq.report(p, q, torch.randn(16, 8) * 5)
+    assert torch.equal(p[0].activation_post_process.scale.detach(), scale)

@@ -166,8 +166,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     ``fc1`` means Linear+ReLU on both sides. A float Linear / Conv followed by a ReLU in an
     ``nn.Sequential``, which ``convert`` folds into one int8 LinearReLU / ConvReLU, is compared
     after that ReLU (its row's float type reads ``Linear+ReLU``). A module called several times
-    per forward is compared on every call. A prepared (observed) model given as ``float_model``
-    keeps observing: its observers see ``data``. A weight shared by several modules (a tied
+    per forward is compared on every call. A prepared (observed) or QAT model given as
+    ``float_model`` is left as it was: its observers' statistics are restored afterwards. A weight shared by several modules (a tied
     embedding and LM head) is counted in each of their byte sizes.
 
     ``data``: a batch of inputs, or an iterable of batches (a list, a DataLoader). A tuple is
@@ -222,6 +222,14 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
         handles.append(float_modules[n].register_forward_hook(hook("float", n)))
         handles.append(m.register_forward_hook(hook("quant", n)))
     modes = (float_model.training, quantized_model.training)
+    # A prepared or QAT model given as float_model: its observers' statistics (and a learnable
+    # fake-quant's qparams) as they were before, restored afterwards, so that report does not
+    # change the calibration a later convert uses.
+    from .quantize import _is_observer
+
+    kept = [(m, {k: None if v is None else v.detach().clone() for k, v in m._buffers.items()},
+             {k: v.detach().clone() for k, v in m._parameters.items() if v is not None})
+            for m in float_model.modules() if _is_observer(m)]
     float_model.eval()
     quantized_model.eval()
     try:
@@ -249,6 +257,11 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for m, bufs, params in kept:
+                m._buffers.update(bufs)
+                for k, v in params.items():
+                    m._parameters[k].copy_(v)
         float_model.train(modes[0])
         quantized_model.train(modes[1])
     if seen == 0:
