@@ -33,6 +33,7 @@ max_pool_int8 = _C.max_pool_int8
 avg_pool_int8 = _C.avg_pool_int8
 adaptive_avg_pool_int8 = _C.adaptive_avg_pool_int8
 embedding_bag_rowwise = _C.embedding_bag_rowwise
+conv_int8 = _C.conv_int8
 
 enabled = os.environ.get("TORCHQUANT_FASTCALL", "1").strip().lower() not in ("0", "off", "false", "no")
 

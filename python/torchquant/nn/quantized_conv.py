@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _ntuple
 
+from .. import _fastcall
 from ..qtensor import QTensor
 from . import qat_conv
 from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams, _check_weight_axis, _weight_range
@@ -181,8 +182,10 @@ class _ConvNd(_ConvLikeNd):
             else:
                 padded = F.pad(data.float(), self._pad, self.padding_mode)
             data = padded.to(data.dtype).contiguous(memory_format=fmt)
-        y = ops.conv_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"], b["weight_scale"],
-                          b["bias"], k, s, p, d, self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
+        xs, xz = x.scale, x.zero_point
+        f = _fastcall.conv_int8 if _fastcall.usable(data, xs, xz) else ops.conv_int8
+        y = f(data, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], k, s, p, d,
+              self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
         if self._relu6 and self._relu6_hi is not None and self._relu6_hi < self.qmax:
             y.clamp_(max=self._relu6_hi)
         if unbatched:
