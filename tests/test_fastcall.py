@@ -98,6 +98,34 @@ def _error(f, *args):
     return info.value
 
 
+@pytest.mark.parametrize("case", ["2d_relu_u8out", "1d_s8_floatout_groups", "3d_nobias_s8out"])
+def test_conv_int8_typed_equals_torch_ops(isa, device, case):
+    g = torch.Generator().manual_seed(len(case))
+    nsp = int(case[0])
+    groups = 2 if "groups" in case else 1
+    xdtype = torch.int8 if "s8" in case else torch.uint8
+    c_in, c_out = 6, 8
+    x = torch.randint(-128 if xdtype == torch.int8 else 0, 128 if xdtype == torch.int8 else 256,
+                      (2, c_in) + (5,) * nsp, generator=g, dtype=torch.int32).to(xdtype)
+    w = torch.randint(-128, 128, (c_out, c_in // groups) + (3,) * nsp, generator=g, dtype=torch.int32).to(torch.int8)
+    w_packed, col_sums = ops.pack_conv_weight(w.to(device), groups)
+    s, z = torch.tensor([0.05], device=device), torch.tensor([3], dtype=torch.int32, device=device)
+    ws = (torch.rand(c_out, generator=g) * 0.01 + 1e-4).to(device)
+    b = None if "nobias" in case else torch.randn(c_out, generator=g).to(device)
+    out_dtype = torch.uint8 if "u8out" in case else torch.int8 if "s8out" in case else None
+    os_, oz = (None, None) if out_dtype is None else (torch.tensor([0.2], device=device),
+                                                      torch.tensor([7], dtype=torch.int32, device=device))
+    args = (x.to(device), s, z, w_packed, col_sums, ws, b, [3] * nsp, [1] * nsp, [1] * nsp, [1] * nsp, groups, os_, oz,
+            "relu" in case, out_dtype)
+    want = ops.conv_int8.default(*args)
+    got = _fastcall.conv_int8(*args)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.stride() == want.stride()
+    assert torch.equal(got, want)
+    bad = list(args)
+    bad[11] = 4  # groups that do not divide the channels: the same error
+    assert str(_error(_fastcall.conv_int8, *bad)) == str(_error(ops.conv_int8.default, *bad))
+
+
 def test_typed_errors_equal_torch_ops():
     x = torch.randn(4, 8)
     s, z = torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32)
