@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 import torchquant as tq
 
@@ -135,3 +136,69 @@ def test_make_quantizable_plain_model_runs_its_residuals_int8(name):
     assert not [msg for msg in messages if "received a float tensor" in msg]
     assert sum(isinstance(mod, tq.nn.quantized.QFunctional) for mod in q.modules()) >= 8
     assert sqnr_rewritten > results[False][0] - 1.0, results
+
+
+def test_frozen_batchnorm_folds_into_the_conv_before_it():
+    # torchvision's detection backbones use FrozenBatchNorm2d (constant statistics and affine):
+    # find_fusable_modules finds [conv, frozen_bn, relu], fuse_modules folds it (for QAT too:
+    # nothing of it trains), and one not after a conv converts to the int8 BatchNorm2d.
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+            self.bn = FrozenBatchNorm2d(16)
+            self.relu = nn.ReLU()
+            self.bn2 = FrozenBatchNorm2d(16)
+            self.conv2 = nn.Conv2d(16, 8, 1)
+            for bn in (self.bn, self.bn2):
+                bn.weight.uniform_(0.5, 2)
+                bn.bias.uniform_(-1, 1)
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+
+        def forward(self, x):
+            return self.conv2(self.bn2(self.relu(self.bn(self.conv(x)))))
+
+    m = M().eval()
+    assert tq.find_fusable_modules(m) == [["conv", "bn", "relu"]]
+    assert tq.find_fusable_modules(m, qat=True) == [["conv", "bn", "relu"]]
+    fused = tq.fuse_modules(m, [["conv", "bn", "relu"]])
+    assert type(fused.conv) is tq.nn.intrinsic.ConvReLU2d and type(fused.bn) is nn.Identity
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), m(x), atol=1e-5)
+    qat_fused = tq.fuse_modules_qat(copy.deepcopy(m).train(), [["conv", "bn", "relu"]])
+    assert type(qat_fused.conv) is tq.nn.intrinsic.ConvReLU2d
+    w = nn.Sequential(tq.QuantStub(), fused, tq.DeQuantStub()).eval()
+    w.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing stays in float
+        p = tq.prepare(w)
+        for _ in range(3):
+            p(torch.randn(2, 3, 12, 12))
+        q = tq.convert(p)
+    assert type(q[1].bn2) is tq.nn.quantized.BatchNorm2d
+    y, ref = q(x), m(x)
+    assert float(10 * torch.log10(ref.pow(2).mean() / (ref - y).pow(2).mean())) > 25
+
+
+def test_fuse_modules_reads_numbered_names_as_names():
+    # A slice of an nn.Sequential keeps its children's names ('2', '3', ...): the names
+    # find_fusable_modules gives are fused, not the modules at those positions.
+    torch.manual_seed(1)
+    full = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+    for mod in full:
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+    m = nn.Sequential(full[0], full[1], full[2:]).eval()  # keys '2', '3', '4', '5' inside m[2]
+    groups = tq.find_fusable_modules(m)
+    assert ["2.2", "2.3"] in groups and ["2.4", "2.5"] in groups
+    fused = tq.fuse_modules(m, groups)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), m(x), atol=1e-5)

@@ -7,7 +7,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights, fuse_linear_bn_eval
 
 from .nn import intrinsic, qat
 from .nn import quantized as nnq
@@ -148,6 +148,34 @@ def _fold_bn_into_convtranspose(convt, bn):
     return fused
 
 
+def frozen_bn_types():
+    """torchvision's FrozenBatchNorm2d (its detection backbones' BatchNorm: running statistics and
+    affine map held as constant buffers), when torchvision is installed."""
+    try:
+        from torchvision.ops.misc import FrozenBatchNorm2d
+    except ImportError:  # torchvision is optional
+        return ()
+    return (FrozenBatchNorm2d,)
+
+
+def _fold_frozen_bn(conv, bn):
+    """conv with a FrozenBatchNorm2d folded into its weight and bias: for inference and for QAT
+    alike (nothing of a frozen BatchNorm trains, so folding it changes no computation), in any
+    mode. Its arithmetic is fuse_conv_bn_eval's."""
+    fused = copy.deepcopy(conv)
+    fused.weight, fused.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                                    bn.weight, bn.bias)
+    return fused
+
+
+def _conv_frozen_bn(conv, bn, is_qat=False):
+    return _fold_frozen_bn(conv, bn)
+
+
+def _conv_frozen_bn_relu(conv, bn, relu, is_qat=False):
+    return intrinsic.ConvReLU2d(_fold_frozen_bn(conv, bn), relu)
+
+
 def fusions():
     """(module types) -> fuser(*modules, is_qat)."""
     f = {(nn.Linear, nn.BatchNorm1d): _linear_bn}
@@ -160,6 +188,10 @@ def fusions():
         f[(conv, nn.ReLU6)] = _conv_relu
     for pattern in qat_unfusable():
         f[pattern] = _convtranspose_bn
+    for frozen in frozen_bn_types():
+        f[(nn.Conv2d, frozen)] = _conv_frozen_bn
+        f[(nn.Conv2d, frozen, nn.ReLU)] = _conv_frozen_bn_relu
+        f[(nn.Conv2d, frozen, nn.ReLU6)] = _conv_frozen_bn_relu
     return f
 
 

@@ -1104,9 +1104,12 @@ _FUSIONS = {(nn.Linear, nn.ReLU): _fuse_linear_relu}
 
 
 def _get(model, path):
+    """The submodule named path, by name as named_modules() gives it (get_submodule's rule):
+    a slice of an nn.Sequential keeps its children's keys ('2', '3', ...), so a number is a
+    name, not a position."""
     mod = model
     for part in path.split("."):
-        mod = getattr(mod, part) if not part.isdigit() or not isinstance(mod, (nn.Sequential, nn.ModuleList)) else mod[int(part)]
+        mod = getattr(mod, part)
     return mod
 
 
@@ -1282,6 +1285,8 @@ _CNN_STATIC.update({
     nn.InstanceNorm3d: _nqo.InstanceNorm3d,
 })
 _CNN_STATIC.update({t: _nqo.LookupActivation for t in _nqo.LOOKUP_ACTIVATIONS})
+# torchvision's FrozenBatchNorm2d not after a convolution: the int8 BatchNorm2d of its constants.
+_CNN_STATIC.update({t: _nqo.BatchNorm2d for t in _conv_flow.frozen_bn_types()})
 _AO_STUBS = ()
 try:
     import torch.ao.nn.intrinsic as _ao_intrinsic

@@ -449,7 +449,8 @@ class BatchNorm2d(_FloatInside):
         bn = mod[0] if isinstance(mod, nn.Sequential) else mod
 
         def build():
-            q = cls(bn.num_features, bn.eps, bn.momentum)
+            # (torchvision's FrozenBatchNorm2d has neither num_features nor momentum)
+            q = cls(getattr(bn, "num_features", bn.running_mean.numel()), bn.eps, getattr(bn, "momentum", 0.1))
             for n in ("weight", "bias"):
                 t = getattr(bn, n)
                 if t is not None:
