@@ -174,12 +174,16 @@ def test_conv_task_grid(isa, case, threads):
 @pytest.mark.parametrize("case", [((13, 11), 3, 17, (7, 7), (2, 2), (3, 3), (1, 1), 1),   # 7x7/2 stem
                                   ((10, 9), 3, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1),    # 3x3/2 stem
                                   ((8, 7), 8, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # 3x3, 8 channels
-                                  ((3, 6, 7), 4, 8, (1, 3, 3), (2, 1, 2), (0, 1, 1), (1, 2, 1), 1)],  # conv3d
-                         ids=["stem7", "stem3", "c8", "3d"])
+                                  ((3, 6, 7), 4, 8, (1, 3, 3), (2, 1, 2), (0, 1, 1), (1, 2, 1), 1),  # conv3d
+                                  ((3001,), 8, 16, (5,), (2,), (4,), (3,), 1),             # long 1-d signal
+                                  ((2, 701), 8, 20, (3, 3), (1, 1), (1, 1), (1, 2), 1)],   # wide rows
+                         ids=["stem7", "stem3", "c8", "3d", "1d_long", "wide"])
 def test_conv_padded_copy_layouts(isa, case):
     """The implicit GEMM's padded copy of the input reads it through its strides: contiguous
     NC(D)HW (3 channels and others), channels-last, every dimension strided, H and W swapped in
-    memory, a view at an offset; batch 2, on two threads; the input is not modified."""
+    memory, a view at an offset; batch 2, on two threads; the input is not modified. Tiles
+    inside one output row copy only the columns their fields cover (a long 1-d signal, wide
+    rows): the window's edges, padding and strides are checked here too."""
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

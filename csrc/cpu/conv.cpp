@@ -201,22 +201,28 @@ void gather_row(const uint8_t* xr, const InStrides& st, int64_t W, int64_t C, ui
 
 // Rows [r0, r1) of the input with its spatial padding made real (zero-point bytes), in the
 // implicit GEMM's padded view [planes, H + 2 * pad_h, W + 2 * pad_w, C] (row r: plane r / Hp,
-// padded row r % Hp), into dst (row r0 first), read from the input in any layout.
+// padded row r % Hp), columns [c0, c1) of it, into dst (row r0 first, c1 - c0 columns per
+// row), read from the input in any layout. A tile inside one output row takes only the columns
+// its receptive fields cover: a long 1-d signal (H = 1) is one row, and copying all of it for
+// each tile made the convolution's cost grow with the square of its length.
 void fill_padded_rows(const ConvSetup& s, const uint8_t* x, const InStrides& st, uint8_t zp,
-                      int64_t Hp, int64_t Wp, int64_t r0, int64_t r1, uint8_t* dst) {
+                      int64_t Hp, int64_t r0, int64_t r1, int64_t c0, int64_t c1, uint8_t* dst) {
   const ConvGeometry& G = s.g;
   const int64_t C = G.C, D = G.in[0], H = G.in[1], W = G.in[2], ph = G.pad[1], pw = G.pad[2];
-  const int64_t rowb = Wp * C;
+  const int64_t rowb = (c1 - c0) * C;
+  // The window's columns inside the input: padded columns [a, b), input columns [a - pw, b - pw).
+  const int64_t a = std::max(c0, pw), b = std::max(a, std::min(c1, pw + W));
   for (int64_t r = r0; r < r1; ++r) {
     uint8_t* d = dst + (r - r0) * rowb;
     const int64_t plane = r / Hp, ih = r % Hp - ph;
-    if (ih < 0 || ih >= H) {
+    if (ih < 0 || ih >= H || a == b) {
       std::memset(d, zp, static_cast<size_t>(rowb));
       continue;
     }
-    std::memset(d, zp, static_cast<size_t>(pw * C));
-    gather_row(x + (plane / D) * st.n + (plane % D) * st.d + ih * st.h, st, W, C, d + pw * C);
-    std::memset(d + (pw + W) * C, zp, static_cast<size_t>((Wp - W - pw) * C));
+    std::memset(d, zp, static_cast<size_t>((a - c0) * C));
+    gather_row(x + (plane / D) * st.n + (plane % D) * st.d + ih * st.h + (a - pw) * st.w, st, b - a, C,
+               d + (a - c0) * C);
+    std::memset(d + (b - c0) * C, zp, static_cast<size_t>((c1 - b) * C));
   }
 }
 
@@ -461,6 +467,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
     thread_local std::vector<int32_t> srp, srp_raster, permp, cuts, clsp;
     thread_local std::vector<const uint8_t*> rp_raster;
     int64_t have_g = -1, have_tile = -1;
+    int64_t seg_stride = G.dil[1] * Wp * C;  // bytes between kernel rows in the tile's view
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t % nblocks, tile = (t / nblocks) % tiles, g = t / (nblocks * tiles);
       const int64_t m0 = tile * M / tiles, m1 = (tile + 1) * M / tiles;
@@ -496,7 +503,8 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           int64_t ow = m0 % G.out[2], q = m0 / G.out[2], oh = q % G.out[1];
           q /= G.out[1];
           int64_t od = q % G.out[0], n = q / G.out[0];
-          const int64_t step = G.stride[2] * C, rowb = Wp * C;
+          const int64_t step = G.stride[2] * C;
+          int64_t c0 = 0, rowb = Wp * C;  // the view's first column and bytes per row
           // The view's rows [lo, hi) that the tile's receptive fields cover (from the first
           // pixel's top row to the last pixel's bottom one): padded into pbuf (64 bytes of
           // zero-point slack after them, which the last padded kernel row may read), or read
@@ -509,8 +517,14 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
             lo = (n * G.in[0] + od * G.stride[0]) * Hp + oh * G.stride[1];
             const int64_t hi = (n1 * G.in[0] + od1 * G.stride[0]) * Hp + oh1 * G.stride[1] +
                                (G.k[1] - 1) * G.dil[1] + 1;
+            int64_t c1 = Wp;
+            if (q1 == m0 / G.out[2]) {  // one output row: the columns its fields cover
+              c0 = ow * G.stride[2];
+              c1 = ((m1 - 1) % G.out[2]) * G.stride[2] + (G.k[2] - 1) * G.dil[2] + 1;
+              rowb = (c1 - c0) * C;
+            }
             uint8_t* pb = cpu::scratch(pbuf, static_cast<size_t>((hi - lo) * rowb + 64));
-            fill_padded_rows(s, src, st, zp, Hp, Wp, lo, hi, pb);
+            fill_padded_rows(s, src, st, zp, Hp, lo, hi, c0, c1, pb);
             std::memset(pb + (hi - lo) * rowb, zp, 64);
             view = pb;
           }
@@ -532,7 +546,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
                 kh[1] = pc.rows[row_of[oh]].second;
               }
             }
-            r[m - m0] = rowp + ow * step;
+            r[m - m0] = rowp + (ow * step - c0 * C);
             if (by_class) {
               std::memcpy(sr + 4 * (m - m0), ranges[rbase + ow].data(), 4 * sizeof(int32_t));
               cls[m - m0] = cls_of[rbase + ow];
@@ -557,6 +571,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
                           cpu::scratch(permp, static_cast<size_t>(p.M)), cuts);
           }
           have_tile = tile;
+          seg_stride = G.dil[1] * rowb;
         }
         if (by_class) {
           // One call per column class: its register tiles never mix pixels that skip different
@@ -565,7 +580,7 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           for (size_t c = 0; c + 1 < cuts.size(); ++c) {
             const int64_t a = cuts[c], b = cuts[c + 1];
             const cpu::SegSkip sk{srp.data() + 4 * a, permp.data() + a};
-            k.segs(p, rs + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, &sk);
+            k.segs(p, rs + a, G.k[1], seg_stride, a, b, p0, p1, &sk);
           }
         } else if (skip_pad) {
           // Register tiles start afresh at each image (plane of output pixels): its first and
@@ -575,11 +590,11 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
           for (int64_t a = 0; a < p.M;) {
             const int64_t b = std::min<int64_t>(p.M, ((m0 + a) / plane + 1) * plane - m0);
             const cpu::SegSkip sk{sr + 2 * a, nullptr};
-            k.segs(p, r + a, G.k[1], G.dil[1] * Wp * C, a, b, p0, p1, &sk);
+            k.segs(p, r + a, G.k[1], seg_stride, a, b, p0, p1, &sk);
             a = b;
           }
         } else {
-          k.segs(p, r, G.k[1], G.dil[1] * Wp * C, 0, p.M, p0, p1, nullptr);
+          k.segs(p, r, G.k[1], seg_stride, 0, p.M, p0, p1, nullptr);
         }
         continue;
       }
