@@ -1172,3 +1172,31 @@ def test_float_model_with_float_functional_scripts():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert torch.equal(torch.jit.script(m)(x), m(x))
+
+
+def test_prepare_keeps_the_qconfig_of_a_graph_module():
+    # make_quantizable returns a torch.fx GraphModule, whose own deepcopy drops the root's
+    # plain attributes: prepare(inplace=False) kept no qconfig and quantized nothing.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+            self.c1, self.c2 = nn.Conv1d(8, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            x = self.quant(x)
+            return self.dequant(self.c2(self.c1(x)) + x)
+
+    x = torch.randn(2, 8, 20)
+    for before in (False, True):
+        m = Net().eval()
+        if before:
+            m.qconfig = tq.get_default_qconfig("x86")
+        gm = tq.make_quantizable(m, x)
+        if not before:
+            gm.qconfig = tq.get_default_qconfig("x86")
+        p = tq.prepare(gm)
+        p(x)
+        q = tq.convert(p)
+        assert [type(c).__name__ for c in q.children()] == ["Quantize", "Conv1d", "Conv1d", "DeQuantize", "QFunctional"]
+        assert type(gm.c1) is nn.Conv1d  # the given model is not changed

@@ -284,6 +284,18 @@ def _observer_types() -> tuple:
 _OBSERVER_TYPES = _observer_types()
 
 
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy(model), keeping the plain attributes of a torch.fx GraphModule's root (a
+    ``qconfig`` set on make_quantizable's result): GraphModule's own __deepcopy__ rebuilds the
+    root from its graph and drops them, so prepare(inplace=False) saw no qconfig."""
+    new = copy.deepcopy(model)
+    if isinstance(model, torch.fx.GraphModule):
+        for k, v in model.__dict__.items():
+            if k not in new.__dict__ and not isinstance(v, (nn.Module, torch.Tensor)):
+                new.__dict__[k] = v
+    return new
+
+
 def _is_observer(m) -> bool:
     return isinstance(m, _OBSERVER_TYPES)
 
@@ -547,7 +559,7 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     _warn_unused("prepare", allow_list=allow_list, observer_non_leaf_module_list=observer_non_leaf_module_list,
                  prepare_custom_config_dict=prepare_custom_config_dict)
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     _as_plain_convs(model)
     propagate_qconfig_(model)
     _refuse_float_qconfigs(model, "prepare")
@@ -732,7 +744,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     """
     _warn_unused("convert", convert_custom_config_dict=convert_custom_config_dict)
     if not inplace:
-        module = copy.deepcopy(module)
+        module = _deepcopy(module)
     before = {id(m) for m in module.modules()}
     model_dtype = _float_dtype_of(module)  # a float16 / bfloat16 / float64 model: its DeQuantize returns that
     if mapping is None:  # an empty mapping swaps nothing, as torch.ao's
@@ -793,7 +805,7 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
     if not model.training:
         raise ValueError("prepare_qat needs a model in training mode; call model.train() first")
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     _as_plain_convs(model)
     propagate_qconfig_(model)
     if not _has_any_qconfig(model):
@@ -933,7 +945,7 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) 
 def quantize(model: nn.Module, run_fn, run_args, mapping=None, inplace: bool = False) -> nn.Module:
     """prepare, ``run_fn(model, *run_args)`` to calibrate, convert (torch.ao.quantization.quantize)."""
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     model.eval()
     prepare(model, inplace=True)
     run_fn(model, *run_args)
@@ -943,7 +955,7 @@ def quantize(model: nn.Module, run_fn, run_args, mapping=None, inplace: bool = F
 def quantize_qat(model: nn.Module, run_fn, run_args, inplace: bool = False) -> nn.Module:
     """prepare_qat, ``run_fn(model, *run_args)`` to train, convert (torch.ao.quantization.quantize_qat)."""
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     model.train()
     prepare_qat(model, inplace=True)
     run_fn(model, *run_args)
@@ -1010,7 +1022,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                       f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
                       stacklevel=2)
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
     _refuse_float_qconfigs(model, "quantize_dynamic")
     _keep_mha_out_proj_float(model, _DYNAMIC if mapping is None else mapping)
@@ -1136,7 +1148,7 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
 
 def _fuse(model, modules_to_fuse, inplace, is_qat):
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     _as_plain_convs(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
     for group in groups:
