@@ -590,3 +590,19 @@ def test_constant_pad_codes_match_the_quantized_float_pad():
         want = torchquant.quantize_per_tensor(F.pad(q.dequantize(), [1, 1, 2, 0], value=value or 0.0), 0.05, 128,
                                       torch.quint8)
         assert torch.equal(got.int_repr(), want.int_repr()), value
+
+
+def test_bicubic_interpolate_returns_float_not_saturated_codes():
+    # Bicubic overshoots the input's range: requantized with the input's qparams it would
+    # saturate silently. It runs in float and returns float (one warning), bilinear stays int8.
+    q = torchquant.quantize_per_tensor(torch.rand(1, 2, 8, 8) * 2 - 1, 0.05, 128, torch.quint8)
+    from torchquant.qtensor import _WARNED
+
+    _WARNED.discard("interpolate(mode='bicubic')")  # warned once per process
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        y = F.interpolate(q, scale_factor=2, mode="bicubic")
+    assert type(y) is torch.Tensor
+    assert torch.equal(y, F.interpolate(q.dequantize(), scale_factor=2, mode="bicubic"))
+    assert any("interpolate(mode='bicubic') has no int8 implementation" in str(w.message) for w in rec)
+    assert isinstance(F.interpolate(q, scale_factor=2, mode="bilinear"), QTensor)

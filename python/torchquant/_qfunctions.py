@@ -173,9 +173,18 @@ def _mean(q, dim=None, keepdim=False, *, dtype=None):
 def _interpolate(q, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
                  antialias=False):
     _per_tensor(q, "interpolate")
+    if mode == "bicubic":
+        # Its cubic weights overshoot the input's range (up to about 1.25x), where the input's
+        # qparams would saturate silently (torch.ao has no quantized bicubic): computed in float,
+        # a float result, with the float fallback's warning; the next int8 module quantizes it.
+        return _run_in_float(F.interpolate, (q,), dict(size=size, scale_factor=scale_factor, mode=mode,
+                                                       align_corners=align_corners,
+                                                       recompute_scale_factor=recompute_scale_factor,
+                                                       antialias=antialias),
+                             label="interpolate(mode='bicubic')", stacklevel=3)
     if mode not in ("nearest", "nearest-exact"):
         # Interpolating modes: in float, requantized with the input's qparams (torch.ao's quantized
-        # bilinear upsampling keeps them too; a bicubic overshoot saturates).
+        # bilinear upsampling keeps them too: linear and area weights stay inside the input's range).
         y = F.interpolate(q.dequantize(), size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
                           recompute_scale_factor=recompute_scale_factor, antialias=antialias)
         return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
