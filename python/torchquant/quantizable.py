@@ -41,6 +41,9 @@ class _Tracer(torch.fx.Tracer):
         from .quantize import _plain_conv_base
         if _plain_conv_base(type(m)) is not None:
             return True  # a convolution subclass that computes as its base (Conv3DSimple): kept a module
+        from torch.nn.utils import parametrize
+        if parametrize.is_parametrized(m) and type(m).__bases__[0].__module__.startswith("torch.nn."):
+            return True  # a torch.nn layer with a re-parametrized weight (weight norm): a module
         from ._conv_flow import frozen_bn_types
         if isinstance(m, frozen_bn_types()):
             return True  # torchvision's FrozenBatchNorm2d: a module, folded into the conv before it

@@ -269,6 +269,42 @@ def _as_plain_convs(model: nn.Module) -> None:
             m.__class__ = base
 
 
+def _bake_reparametrizations(model: nn.Module, where: str, select=lambda m: getattr(m, "qconfig", None) is not None) -> None:
+    """Linear / Conv / ConvTranspose layers whose weight is re-parametrized (torch.nn.utils's
+    ``parametrizations.weight_norm`` / ``spectral_norm`` / ``register_parametrization``, or the
+    older hook-based ``weight_norm`` / ``spectral_norm``) get their effective weight as a plain
+    parameter, on the model the flow works on: their int8 versions quantize that weight.
+    Otherwise a parametrized layer (a class of its own) stayed float, and a hooked one's hook,
+    carried to the int8 module, failed at its first call. For QAT the weight then trains as a
+    plain weight: a warning names the layers."""
+    from torch.nn.utils import parametrize
+
+    types = (nn.Linear,) + tuple(_CONV_BASES)
+    baked = []
+    for name, m in model.named_modules():
+        if not isinstance(m, types) or not select(m):
+            continue
+        if parametrize.is_parametrized(m):
+            # The class torch made for this module's parametrizations is shared with the model
+            # this one was deep-copied from, and removing one deletes its property from the
+            # class: this module gets a class of its own first.
+            cls = type(m)
+            m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+            for tensor_name in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, tensor_name, leave_parametrized=True)
+            baked.append(name)
+        for hook in list(_norm_hooks(m)):
+            if type(hook).__name__ == "WeightNorm":
+                torch.nn.utils.remove_weight_norm(m, hook.name)
+            else:
+                torch.nn.utils.remove_spectral_norm(m, hook.name)
+            baked.append(name)
+    if baked and where in ("prepare_qat", "fuse_modules_qat"):
+        warnings.warn(f"{where}: the weight re-parametrizations (weight norm, spectral norm, ...) of "
+                      f"{sorted(set(baked))} are replaced by their current effective weights, which QAT trains "
+                      "(the int8 layers hold one weight)", UserWarning, stacklevel=3)
+
+
 def _observer_types() -> tuple:
     """torchquant's observer and fake-quant bases, and torch.ao's (a torch.ao qconfig builds
     those): the modules prepare neither observes nor walks into."""
@@ -284,10 +320,31 @@ def _observer_types() -> tuple:
 _OBSERVER_TYPES = _observer_types()
 
 
+def _norm_hooks(m: nn.Module):
+    """The hook-based weight norm / spectral norm hooks (torch.nn.utils.weight_norm /
+    spectral_norm, the older API) of a module."""
+    for hook in list(m._forward_pre_hooks.values()):
+        kind = (type(hook).__module__, type(hook).__name__)
+        if kind in (("torch.nn.utils.weight_norm", "WeightNorm"), ("torch.nn.utils.spectral_norm", "SpectralNorm")):
+            yield hook
+
+
+def _detach_norm_hook_weights(model: nn.Module) -> None:
+    """A hook-based weight / spectral norm keeps the weight its last forward computed as a
+    non-leaf tensor, which copy.deepcopy refuses ("Only Tensors created explicitly by the user");
+    the hook computes it afresh at every forward, so the cached one is detached (same values)."""
+    for m in model.modules():
+        for hook in _norm_hooks(m):
+            t = getattr(m, hook.name, None)
+            if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and not t.is_leaf:
+                setattr(m, hook.name, t.detach())
+
+
 def _deepcopy(model: nn.Module) -> nn.Module:
     """copy.deepcopy(model), keeping the plain attributes of a torch.fx GraphModule's root (a
     ``qconfig`` set on make_quantizable's result): GraphModule's own __deepcopy__ rebuilds the
     root from its graph and drops them, so prepare(inplace=False) saw no qconfig."""
+    _detach_norm_hook_weights(model)
     new = copy.deepcopy(model)
     if isinstance(model, torch.fx.GraphModule):
         for k, v in model.__dict__.items():
@@ -562,6 +619,7 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
         model = _deepcopy(model)
     _as_plain_convs(model)
     propagate_qconfig_(model)
+    _bake_reparametrizations(model, "prepare")
     _refuse_float_qconfigs(model, "prepare")
     if not _has_any_qconfig(model):
         warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
@@ -808,6 +866,8 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         model = _deepcopy(model)
     _as_plain_convs(model)
     propagate_qconfig_(model)
+    if _has_any_qconfig(model):
+        _bake_reparametrizations(model, "prepare_qat")
     if not _has_any_qconfig(model):
         warnings.warn("prepare_qat: no qconfig is set on the model or any submodule, so nothing will be quantized; "
                       "set model.qconfig = torchquant.get_default_qat_qconfig('x86')", UserWarning, stacklevel=2)
@@ -1024,6 +1084,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if not inplace:
         model = _deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
+    _bake_reparametrizations(model, "quantize_dynamic")
     _refuse_float_qconfigs(model, "quantize_dynamic")
     _keep_mha_out_proj_float(model, _DYNAMIC if mapping is None else mapping)
     before = {id(m) for m in model.modules()}
@@ -1151,6 +1212,12 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
         model = _deepcopy(model)
     _as_plain_convs(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
+    try:
+        firsts = {id(_get(model, g[0])) for g in groups if g}
+    except AttributeError:
+        firsts = set()  # the loop below names the missing module
+    _bake_reparametrizations(model, "fuse_modules_qat" if is_qat else "fuse_modules", lambda m: id(m) in firsts)
+    groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
     for group in groups:
         try:
             mods = [_get(model, n) for n in group]
@@ -1189,6 +1256,16 @@ def fuse_modules_qat(model: nn.Module, modules_to_fuse: Union[Sequence[str], Seq
     """
     _warn_unused("fuse_modules_qat", fuser_func=fuser_func, fuse_custom_config_dict=fuse_custom_config_dict)
     return _fuse(model, modules_to_fuse, inplace, is_qat=True)
+
+
+def _fusion_kind(m: nn.Module) -> type:
+    """The class a module fuses as: its torch.nn base for a plain convolution subclass and for a
+    layer with a re-parametrized weight (fuse_modules bakes its effective weight first)."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(m):
+        return type(m).__bases__[0]
+    return _plain_conv_base(type(m)) or type(m)
 
 
 def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]:
@@ -1249,7 +1326,7 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
             if len(part) < length:
                 continue
             names = [n.target for n in part]
-            kinds = tuple(_plain_conv_base(type(modules[n])) or type(modules[n]) for n in names)
+            kinds = tuple(_fusion_kind(modules[n]) for n in names)
             if (kinds in patterns and all(calls[n] == 1 for n in names)
                     and not taken.intersection(names) and not any(_batch_stats_bn(modules[n]) for n in names)):
                 groups.append(names)

@@ -207,7 +207,7 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
 
     folds = set(_RELU_FOLDS.values())
     plain = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    relu_after = {n for n, m in pairs if type(m) in folds and type(float_modules[n]) in plain}
+    relu_after = {n for n, m in pairs if type(m) in folds and isinstance(float_modules[n], plain)}
 
     def hook(side, name):
         def fn(module, args, out):
