@@ -71,9 +71,16 @@ def test_gptq_too_little_data_warns_with_condition():
     W = torch.randn(8, 64, generator=gen)
     acc = gptq.HessianAccumulator(64)
     acc.add(torch.randn(10, 64, generator=gen))
-    with pytest.warns(RuntimeWarning, match="10 calibration rows for K = 64.*condition number"):
+    with pytest.warns(RuntimeWarning, match="10 calibration rows for K = 64.*condition number") as rec:
         q, s, z = gptq.gptq_quantize(W, acc.H, 32, rows=acc.rows)
     assert torch.isfinite(_dq(q, s, z, 32)).all()
+    # the condition number given (from power iterations, no SVD) is the dampened Hessian's
+    import re
+
+    H = acc.H.double()
+    exact = float(torch.linalg.cond(H + 0.01 * float(torch.diag(H).mean()) * torch.eye(64, dtype=torch.float64)))
+    shown = float(re.search(r"condition number about ([0-9.e+]+)", str(rec[0].message)).group(1))
+    assert abs(shown - exact) / exact < 0.01
 
 
 @pytest.mark.parametrize("kind", ["indefinite", "zero", "nan_free_tiny"])

@@ -82,10 +82,18 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     if rows is not None and rows < K:
-        mean_diag = float(torch.diag(H).mean())
-        cond = float(torch.linalg.cond(H + percdamp * mean_diag * torch.eye(K, dtype=H.dtype, device=H.device)))
+        # H has rank <= rows < K: its smallest eigenvalue is 0, so the dampened one's condition
+        # number is (lambda_max + d) / d, lambda_max from a few power iterations (matrix-vector
+        # products, where torch.linalg.cond's SVD cost more than the whole GPTQ solve).
+        d = percdamp * float(torch.diag(H).mean())
+        v = torch.full((K,), K ** -0.5, dtype=H.dtype, device=H.device)
+        for _ in range(30):
+            v = H @ v
+            v = v / v.norm().clamp_min(1e-300)
+        lam = float(v @ (H @ v))
+        cond = (lam + d) / d if d > 0 else float("inf")
         warnings.warn(f"GPTQ: {name} saw {rows} calibration rows for K = {K} inputs: its Hessian has rank "
-                      f"<= {rows} and condition number {cond:.3g} after dampening {percdamp:g}; pass more "
+                      f"<= {rows} and condition number about {cond:.3g} after dampening {percdamp:g}; pass more "
                       "calibration data", RuntimeWarning, stacklevel=2)
     G = num_groups(K, group_size)
     if act_order:
