@@ -394,3 +394,41 @@ def test_checkpoints_reload_into_an_rtn_skeleton_and_group_size_is_checked():
     other = LinearWeightOnlyInt4(64, 16, bias=True, group_size=48)  # the same shapes (2 groups)
     with pytest.raises(RuntimeError, match="quantized with group_size=32, this LinearWeightOnlyInt4 has group_size=48"):
         other.load_state_dict(q.state_dict())
+
+
+def test_gptq_shares_one_calibration_pass_among_linears_of_one_input(monkeypatch):
+    # q, k and v read the same tensor: one capture and one Hessian for the three, the same
+    # result as one pass each, with fewer forwards of the model.
+    from torchquant import weight_only
+
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(64, 64) for _ in range(3))
+            self.o = torch.nn.Linear(64, 64)
+
+        def forward(self, x):
+            a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) / 8, -1)
+            return self.o(a @ self.v(x))
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(Attn(), Attn())
+    calib = [torch.randn(2, 16, 64) for _ in range(3)]
+
+    def run():
+        forwards = []
+        h = model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+        try:
+            q = torchquant.quantize_weight_only(model, bits=4, group_size=32, method="gptq", calib_data=calib,
+                                                progress=False)
+        finally:
+            h.remove()
+        return q, len(forwards)
+
+    shared, n_shared = run()
+    orig = weight_only._execution_order
+    monkeypatch.setattr(weight_only, "_execution_order", lambda m, lin, b, shared=None: orig(m, lin, b, None))
+    alone, n_alone = run()
+    sd_a, sd_b = shared.state_dict(), alone.state_dict()
+    assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    assert n_shared == 1 + 4 * len(calib) and n_alone == 1 + 8 * len(calib)

@@ -110,16 +110,24 @@ def _forward_all(model, batches, stop_on: Optional[nn.Module] = None):
                 pass
 
 
-def _execution_order(model, linears: Dict[str, nn.Linear], batches) -> Tuple[List[str], Dict[str, int]]:
-    """Names of the Linears in the order the first batch calls them, and how often each is called."""
+def _execution_order(model, linears: Dict[str, nn.Linear], batches,
+                     shared: Optional[set] = None) -> Tuple[List[str], Dict[str, int]]:
+    """Names of the Linears in the order the first batch calls them, and how often each is called.
+    ``shared`` (a set) receives the Linears called, right after the Linear before them, on the
+    very same input tensor (an attention block's k and v after q, an MLP's up after gate)."""
     order, calls = [], {}
     handles = []
+    last = [None]  # the previous Linear call's input (only that one is kept alive)
     for name, m in linears.items():
-        def hook(mod, args, name=name):
+        def hook(mod, args, kwargs, name=name):
             calls[name] = calls.get(name, 0) + 1
+            x = args[0] if args else kwargs.get("input")
             if name not in order:
+                if shared is not None and order and x is not None and x is last[0]:
+                    shared.add(name)
                 order.append(name)
-        handles.append(m.register_forward_pre_hook(hook))
+            last[0] = x
+        handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
             _run_batch(model, batches[0], 0)
@@ -282,12 +290,17 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
             q, s, z = _rtn(linears[name].weight.detach().float(), bits, group_size)
             results[name] = (q, s, z, None)
     else:
-        order, calls = _execution_order(model, linears, batches)
-        originals = {n: linears[n].weight.detach().clone() for n in order}
+        shared: set = set()
+        order, calls = _execution_order(model, linears, batches, shared)
+        # GPTQ and AWQ give each Linear its quantized weight as they go (the layers after it see
+        # its output as the int model gives it). On the caller's model (inplace) the float
+        # weights are put back afterwards, or on failure; on the copy nothing needs them: the
+        # copy is swapped or dropped, and keeping them cost one more float copy of every layer.
+        originals = {n: linears[n].weight.detach().clone() for n in order} if inplace else {}
         try:
             if method == "gptq":
                 _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize,
-                          act_order, progress)
+                          act_order, progress, shared)
             else:
                 _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
                          awq_max_rows, progress)
@@ -359,11 +372,19 @@ def _fake(q, s, z, bits, group_size):
 
 
 def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize, act_order,
-              progress):
+              progress, shared=frozenset()):
+    # Linears that read the very same input as the one before them, each called once per
+    # forward (q, k, v), share its Hessian: one calibration pass for the group instead of one
+    # each. Exact: quantizing q changes nothing upstream of k's input.
+    acc, owner = None, None
     for name in _progress(order, progress, f"int{bits} gptq"):
         lin = linears[name]
-        acc = _gptq.HessianAccumulator(lin.in_features, device=lin.weight.device)
-        _capture_inputs(model, batches, lin, acc.add, stop=calls.get(name, 0) == 1)
+        joins = (name in shared and acc is not None and calls.get(name, 0) == 1 and calls.get(owner, 0) == 1
+                 and lin.in_features == acc.H.shape[0] and lin.weight.device == acc.H.device)
+        if not joins:
+            acc = _gptq.HessianAccumulator(lin.in_features, device=lin.weight.device)
+            owner = name
+            _capture_inputs(model, batches, lin, acc.add, stop=calls.get(name, 0) == 1)
         W = lin.weight.detach().float()
         if acc.rows == 0:
             warnings.warn(f"GPTQ: {name} was not called on the calibration data; rounded to nearest", RuntimeWarning)
@@ -378,7 +399,6 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
             raise FloatingPointError(f"GPTQ produced non-finite weights for {name}")
         _set_fake_weight(lin, fake)
         results[name] = (q, s, z, None)
-        del acc
 
 
 def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
