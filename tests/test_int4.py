@@ -479,3 +479,29 @@ def test_calibration_note_survives_a_batch_it_cannot_describe():
     with pytest.raises(RuntimeError, match="must have the same dtype") as info:
         torchquant.quantize_weight_only(model, group_size=16, method="gptq", calib_data=[batch], progress=False)
     assert not hasattr(info.value, "add_note") or any("calib_data batch 0" in n for n in info.value.__notes__)
+
+
+def test_a_head_tied_to_the_embedding_stays_float_with_a_warning():
+    # A quantized copy of a tied weight would sit beside the float embedding that shares it:
+    # the model would grow. It is left in float, named in a warning; untied, it is quantized.
+    import torch.nn as nn
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(100, 64)
+            self.fc = nn.Linear(64, 64)
+            self.head = nn.Linear(64, 100, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.fc(self.emb(ids))))
+
+    m = LM()
+    with pytest.warns(UserWarning, match=r"head shares its weight with emb: left in float"):
+        q = torchquant.quantize_weight_only(m, bits=4, group_size=32, progress=False)
+    assert type(q.head) is nn.Linear and q.head.weight is q.emb.weight
+    assert type(q.fc) is torchquant.nn.quantized.LinearWeightOnlyInt4
+    m.head.weight = nn.Parameter(m.emb.weight.detach().clone())  # untied
+    q = torchquant.quantize_weight_only(m, bits=4, group_size=32, progress=False)
+    assert type(q.head) is torchquant.nn.quantized.LinearWeightOnlyInt4

@@ -261,6 +261,13 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                           awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped):
     model = _conv1d_to_linear(model, excluded, swapped)
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
+    tied = _tied_elsewhere(model, linears)
+    if tied:
+        warnings.warn("quantize_weight_only: " + "; ".join(f"{n} shares its weight with {', '.join(o)}" for n, o in tied.items())
+                      + ": left in float (tied weights, as a language model's head and its embedding: a quantized "
+                      "copy beside the float one it shares would make the model larger); untie them first "
+                      "(a copy of the weight) to quantize it", UserWarning, stacklevel=3)
+        linears = {n: m for n, m in linears.items() if n not in tied}
     if not linears:
         warnings.warn("quantize_weight_only: nothing was quantized: the model has no nn.Linear (or Hugging Face "
                       "Conv1D) outside 'exclude' (an already quantized model comes back as it was)", UserWarning,
@@ -317,6 +324,23 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
     model = _swap(model, linears, results, bits, gs)
     model.train(training)
     return model
+
+
+def _tied_elsewhere(model: nn.Module, linears: Dict[str, nn.Linear]) -> Dict[str, List[str]]:
+    """{Linear name: the other modules holding its weight Parameter} for the Linears whose weight
+    is tied to another module's (a language model's head to its input embedding)."""
+    holders: Dict[int, List[str]] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for p in m._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append(mname)
+    named = dict(model.named_modules(remove_duplicate=False))  # a layer under two names is one layer
+    out = {}
+    for n, lin in linears.items():
+        others = [h for h in sorted({h for h in holders.get(id(lin.weight), []) if h != n}) if named.get(h) is not lin]
+        if others:
+            out[n] = others
+    return out
 
 
 def _conv1d_to_linear(model: nn.Module, excluded, swapped: Optional[List] = None) -> nn.Module:
