@@ -505,3 +505,13 @@ def test_a_head_tied_to_the_embedding_stays_float_with_a_warning():
     m.head.weight = nn.Parameter(m.emb.weight.detach().clone())  # untied
     q = torchquant.quantize_weight_only(m, bits=4, group_size=32, progress=False)
     assert type(q.head) is torchquant.nn.quantized.LinearWeightOnlyInt4
+
+
+def test_non_finite_weights_are_named():
+    import torch.nn as nn
+
+    m = nn.Sequential(nn.Linear(64, 8), nn.Linear(8, 8))
+    with torch.no_grad():
+        m[0].weight[0, 3] = float("inf")
+    with pytest.warns(UserWarning, match=r"the weights of \['0'\] hold NaN or inf"):
+        torchquant.quantize_weight_only(m, bits=4, group_size=32, progress=False)

@@ -278,6 +278,13 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                          "the meta device (no values to quantize): quantize the model with its weights loaded; "
                          "for a model too large for that, quantize it once, then build the quantized skeleton with "
                          ".to('meta').to_empty(device=...) and load_state_dict")
+    bad = [n for n, m in linears.items() if not bool(torch.isfinite(m.weight).all())]
+    if bad:
+        # RTN would give a NaN the group's lowest code and let an inf's scale zero its group
+        warnings.warn(f"quantize_weight_only: the weights of {bad[:5]}{' ...' if len(bad) > 5 else ''} hold NaN or "
+                      "inf values, which have no quantized value: their groups' other weights are lost (an inf "
+                      "sets its group's scale) and the model's outputs no longer show the fault", UserWarning,
+                      stacklevel=3)
     training = model.training
     model.eval()
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
