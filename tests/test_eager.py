@@ -730,6 +730,10 @@ def test_relu_fold_leaves_shared_and_hooked_modules():
     p(torch.randn(32, 8))
     q = tq.convert(p)
     assert type(q.lin) is nnq.Linear and q.seq[0] is q.lin and type(q.seq[1]) is nnq.ReLU
+    # the shared module's observer state round-trips (it is in the dict under both names)
+    again = tq.prepare(m)
+    tq.load_observer_state_dict(again, tq.get_observer_state_dict(p))
+    assert torch.equal(again.lin.activation_post_process.min_val, p.lin.activation_post_process.min_val)
     x = torch.randn(32, 8)
     with torch.no_grad():
         plain, _ = q(x)

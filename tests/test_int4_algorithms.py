@@ -432,3 +432,31 @@ def test_gptq_shares_one_calibration_pass_among_linears_of_one_input(monkeypatch
     sd_a, sd_b = shared.state_dict(), alone.state_dict()
     assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
     assert n_shared == 1 + 4 * len(calib) and n_alone == 1 + 8 * len(calib)
+
+
+def test_gptq_does_not_share_a_hessian_across_a_repeated_call(monkeypatch):
+    # C reads the input of A's second call, which follows B's pass: it must get its own pass,
+    # not B's Hessian (built from another input).
+    from torchquant import weight_only
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.A, self.B, self.C = (torch.nn.Linear(32, 32) for _ in range(3))
+
+        def forward(self, x):
+            h = self.A(x)
+            y = self.B(h) * 10 + 3
+            return self.A(y) + self.C(y)
+
+    torch.manual_seed(6)
+    model = M()
+    calib = [torch.randn(64, 32) for _ in range(2)]
+    grouped = torchquant.quantize_weight_only(model, bits=4, group_size=32, method="gptq", calib_data=calib,
+                                              progress=False)
+    orig = weight_only._execution_order
+    monkeypatch.setattr(weight_only, "_execution_order", lambda m, lin, b, shared=None: orig(m, lin, b, None))
+    alone = torchquant.quantize_weight_only(model, bits=4, group_size=32, method="gptq", calib_data=calib,
+                                            progress=False)
+    sd_a, sd_b = grouped.state_dict(), alone.state_dict()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)

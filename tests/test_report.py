@@ -272,6 +272,14 @@ def test_report_compares_a_folded_relu_after_the_relu_and_every_call():
     q = tq.convert(p)
     r = tq.report(m, q, x)
     assert r["blk"].numel == 3 * x.numel()
+    # a QAT-fused LinearReLU (an nn.Linear subclass) already has its ReLU: no second one, no label
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 16), nn.ReLU(), tq.DeQuantStub()).train()
+    m = tq.fuse_modules_qat(m, [["1", "2"]])
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m)
+    p(torch.randn(32, 8))
+    q = tq.convert(p.eval(), inplace=False)
+    assert tq.report(p, q, x)["1"].float_type == "LinearReLU"
 
 
 def test_report_leaves_a_prepared_float_model_calibrated_as_it_was():

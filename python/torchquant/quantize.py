@@ -985,11 +985,11 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) 
     missing: List[str] = []
     unexpected: List[str] = []
     errors: List[str] = []
-    observers = set()
+    # A shared observer is in the dict under each of its names (state_dict lists them all).
+    observers = {name for name, m in mod.named_modules(remove_duplicate=False) if _is_observer(m)}
     for name, module in mod.named_modules():
         if not _is_observer(module):
             continue
-        observers.add(name)
         local = metadata.get(name, {"version": getattr(module, "_version", None)})
         module._load_from_state_dict(state, name + "." if name else "", local, True, missing, unexpected, errors)
     # Entries of observers the model does not have (a dict from a model with more layers).

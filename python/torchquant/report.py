@@ -203,11 +203,18 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
 
     # An unfused float Linear / Conv followed by a ReLU whose int8 module convert folded the
     # ReLU into (LinearReLU, ConvReLU in an nn.Sequential): compared after the ReLU on both sides.
+    from .nn import qat
     from .quantize import _RELU_FOLDS
 
     folds = set(_RELU_FOLDS.values())
     plain = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    relu_after = {n for n, m in pairs if type(m) in folds and isinstance(float_modules[n], plain)}
+    # (QAT's fused LinearReLU / ConvReLU / ConvBnReLU subclass nn.Linear / nn.Conv*d: their
+    # output already has the ReLU)
+    with_relu = tuple(t for t in (getattr(qat, n, None) for n in ("LinearReLU", "ConvReLU1d", "ConvReLU2d",
+                                                                   "ConvReLU3d", "ConvBnReLU1d", "ConvBnReLU2d",
+                                                                   "ConvBnReLU3d")) if isinstance(t, type))
+    relu_after = {n for n, m in pairs if type(m) in folds and isinstance(float_modules[n], plain)
+                  and not isinstance(float_modules[n], with_relu)}
 
     def hook(side, name):
         def fn(module, args, out):

@@ -111,22 +111,23 @@ def _forward_all(model, batches, stop_on: Optional[nn.Module] = None):
 
 
 def _execution_order(model, linears: Dict[str, nn.Linear], batches,
-                     shared: Optional[set] = None) -> Tuple[List[str], Dict[str, int]]:
+                     shared: Optional[dict] = None) -> Tuple[List[str], Dict[str, int]]:
     """Names of the Linears in the order the first batch calls them, and how often each is called.
-    ``shared`` (a set) receives the Linears called, right after the Linear before them, on the
-    very same input tensor (an attention block's k and v after q, an MLP's up after gate)."""
+    ``shared`` (a dict) receives, for each Linear called right after another Linear's call on the
+    very same input tensor (an attention block's k and v after q, an MLP's up after gate), that
+    other Linear's name."""
     order, calls = [], {}
     handles = []
-    last = [None]  # the previous Linear call's input (only that one is kept alive)
+    last = [None, None]  # the previous Linear call's input (only that one is kept alive) and its Linear
     for name, m in linears.items():
         def hook(mod, args, kwargs, name=name):
             calls[name] = calls.get(name, 0) + 1
             x = args[0] if args else kwargs.get("input")
             if name not in order:
                 if shared is not None and order and x is not None and x is last[0]:
-                    shared.add(name)
+                    shared[name] = last[1]
                 order.append(name)
-            last[0] = x
+            last[0], last[1] = x, name
         handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -219,8 +220,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     a dict, else ``model(b)``); one tensor or one dict (a tokenizer's output) is one batch; a few
     hundred to a few thousand rows (tokens) per layer input. ``exclude``: names of Linear / Conv1D
     modules left in float (an LM head, say; a name is matched exactly, so naming a block does not
-    exclude its layers). A tied LM head (``lm_head.weight is wte.weight``) gets an int4 copy while
-    the float embedding stays: exclude it to keep the tie. Returns the quantized model (a copy
+    exclude its layers). A Linear whose weight is tied to another module's (an LM head with
+    ``lm_head.weight is wte.weight``) stays float, named in a warning: untie it to quantize it. Returns the quantized model (a copy
     unless ``inplace``; an ``inplace`` call that fails or is interrupted leaves the model as it
     was); a tqdm bar shows progress over layers (``progress=False`` hides it).
     """
@@ -304,7 +305,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
             q, s, z = _rtn(linears[name].weight.detach().float(), bits, group_size)
             results[name] = (q, s, z, None)
     else:
-        shared: set = set()
+        shared: Dict[str, str] = {}
         order, calls = _execution_order(model, linears, batches, shared)
         # GPTQ and AWQ give each Linear its quantized weight as they go (the layers after it see
         # its output as the int model gives it). On the caller's model (inplace) the float
@@ -403,19 +404,24 @@ def _fake(q, s, z, bits, group_size):
 
 
 def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize, act_order,
-              progress, shared=frozenset()):
+              progress, shared=None):
     # Linears that read the very same input as the one before them, each called once per
     # forward (q, k, v), share its Hessian: one calibration pass for the group instead of one
     # each. Exact: quantizing q changes nothing upstream of k's input.
-    acc, owner = None, None
+    shared = shared or {}
+    acc, owner, group = None, None, set()
     for name in _progress(order, progress, f"int{bits} gptq"):
         lin = linears[name]
-        joins = (name in shared and acc is not None and calls.get(name, 0) == 1 and calls.get(owner, 0) == 1
-                 and lin.in_features == acc.H.shape[0] and lin.weight.device == acc.H.device)
+        # joins the current group only when the Linear whose input it read is in that group
+        # (a repeated call of an earlier Linear reads another input)
+        joins = (acc is not None and shared.get(name) in group and calls.get(name, 0) == 1
+                 and calls.get(owner, 0) == 1 and lin.in_features == acc.H.shape[0]
+                 and lin.weight.device == acc.H.device)
         if not joins:
             acc = _gptq.HessianAccumulator(lin.in_features, device=lin.weight.device)
-            owner = name
+            owner, group = name, set()
             _capture_inputs(model, batches, lin, acc.add, stop=calls.get(name, 0) == 1)
+        group.add(name)
         W = lin.weight.detach().float()
         if acc.rows == 0:
             warnings.warn(f"GPTQ: {name} was not called on the calibration data; rounded to nearest", RuntimeWarning)
