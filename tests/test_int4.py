@@ -515,3 +515,10 @@ def test_non_finite_weights_are_named():
         m[0].weight[0, 3] = float("inf")
     with pytest.warns(UserWarning, match=r"the weights of \['0'\] hold NaN or inf"):
         torchquant.quantize_weight_only(m, bits=4, group_size=32, progress=False)
+
+
+def test_int8_weight_only_past_the_exact_k_names_the_module():
+    import torch.nn as nn
+
+    with pytest.raises(RuntimeError, match=r"module '0' \(Linear 70000 -> 2\) cannot be quantized to int8"):
+        torchquant.quantize_weight_only(nn.Sequential(nn.Linear(70000, 2)), bits=8, progress=False)

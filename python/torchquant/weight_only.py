@@ -553,14 +553,18 @@ def _swap(model, linears, results, bits, group_size):
         if bits == 4:
             new = LinearWeightOnlyInt4.from_qparams(q, s, z, lin.bias, group_size, inp)
         else:
-            new = DynamicLinear(lin.in_features, lin.out_features, lin.bias is not None)
-            with torch.no_grad():
-                new.qweight.copy_(q.cpu())
-                new.weight_scale.copy_(s.reshape(-1).float().cpu())
-                new.weight_zero_point.zero_()
-                if lin.bias is not None:
-                    new.bias.copy_(lin.bias.detach().float().cpu())
-            new._repack()
+            try:
+                new = DynamicLinear(lin.in_features, lin.out_features, lin.bias is not None)
+                with torch.no_grad():
+                    new.qweight.copy_(q.cpu())
+                    new.weight_scale.copy_(s.reshape(-1).float().cpu())
+                    new.weight_zero_point.zero_()
+                    if lin.bias is not None:
+                        new.bias.copy_(lin.bias.detach().float().cpu())
+                new._repack()
+            except RuntimeError as e:  # K past the int32-exact bound: say which layer
+                raise RuntimeError(f"quantize_weight_only: module '{name or type(lin).__name__}' (Linear "
+                                   f"{lin.in_features} -> {lin.out_features}) cannot be quantized to int8: {e}") from e
             new = new.to(lin.weight.device)
         if not name:  # the model is the one layer
             return new
