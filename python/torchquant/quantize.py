@@ -24,7 +24,7 @@ from .nn import intrinsic, qat
 from .nn import quantized as nnq
 from .nn import quantized_dynamic as nnqd
 from .nn import quantized_embedding as nnqe
-from .observer import ObserverBase
+from .observer import _PER_CHANNEL, ObserverBase
 from .qconfig import QConfig, default_dynamic_qconfig
 from .qtensor import QTensor, _warn_once
 from .stubs import DeQuantStub, QuantStub, QuantWrapper
@@ -546,14 +546,11 @@ def _add_observers(model: nn.Module) -> List[str]:
     return unsupported
 
 
-_PER_CHANNEL_SCHEMES = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
-
-
 def _activation_observer(qc, name: str, mod: nn.Module):
     """qc.activation(), refused by name when it is per channel: torchquant's int8 activations
     (QTensors between modules) are per tensor, and convert could not use its qparams."""
     obs = qc.activation()
-    if getattr(obs, "qscheme", None) in _PER_CHANNEL_SCHEMES:
+    if getattr(obs, "qscheme", None) in _PER_CHANNEL:
         raise ValueError(f"prepare: module '{name or type(mod).__name__}' ({type(mod).__name__}): its qconfig's "
                          f"activation {type(obs).__name__} is per channel (qscheme={obs.qscheme}); int8 activations "
                          "are per tensor: use a per-tensor observer (torch.per_tensor_affine or "
@@ -866,12 +863,11 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         model = _deepcopy(model)
     _as_plain_convs(model)
     propagate_qconfig_(model)
-    if _has_any_qconfig(model):
-        _bake_reparametrizations(model, "prepare_qat")
     if not _has_any_qconfig(model):
         warnings.warn("prepare_qat: no qconfig is set on the model or any submodule, so nothing will be quantized; "
                       "set model.qconfig = torchquant.get_default_qat_qconfig('x86')", UserWarning, stacklevel=2)
         return model
+    _bake_reparametrizations(model, "prepare_qat")
     _swap(model, _QAT if mapping is None else mapping, "")
     return prepare(model, inplace=True)
 
@@ -1217,7 +1213,6 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
     except AttributeError:
         firsts = set()  # the loop below names the missing module
     _bake_reparametrizations(model, "fuse_modules_qat" if is_qat else "fuse_modules", lambda m: id(m) in firsts)
-    groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
     for group in groups:
         try:
             mods = [_get(model, n) for n in group]

@@ -210,9 +210,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     plain = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
     # (QAT's fused LinearReLU / ConvReLU / ConvBnReLU subclass nn.Linear / nn.Conv*d: their
     # output already has the ReLU)
-    with_relu = tuple(t for t in (getattr(qat, n, None) for n in ("LinearReLU", "ConvReLU1d", "ConvReLU2d",
-                                                                   "ConvReLU3d", "ConvBnReLU1d", "ConvBnReLU2d",
-                                                                   "ConvBnReLU3d")) if isinstance(t, type))
+    with_relu = (qat.LinearReLU, qat.ConvReLU1d, qat.ConvReLU2d, qat.ConvReLU3d, qat.ConvBnReLU1d, qat.ConvBnReLU2d,
+                 qat.ConvBnReLU3d)
     relu_after = {n for n, m in pairs if type(m) in folds and isinstance(float_modules[n], plain)
                   and not isinstance(float_modules[n], with_relu)}
 

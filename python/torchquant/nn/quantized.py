@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import _fastcall
 from .._ops import ops
-from ..observer import _apply_keeping_float32
+from ..observer import _PER_CHANNEL, _apply_keeping_float32
 from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import integer_load_errors, qparam_load_errors, qparam_load_pre_hook
@@ -369,7 +369,6 @@ def _weight_qparams(mod, linear, name):
             raise RuntimeError(f"{name} has no qconfig: was the model passed through prepare()?")
         wobs = qconfig.weight()
         wobs.to(linear.weight.device)
-        _check_weight_axis(wobs, linear.weight.dim(), name, "Linear")
         wobs(linear.weight.detach())
     _check_weight_axis(wobs, linear.weight.dim(), name, "Linear")
     w_scale, w_zp = wobs.calculate_qparams()
@@ -391,8 +390,7 @@ def _check_weight_axis(wobs, ndim: int, name: str, what: str) -> None:
     the int8 kernels scale each output channel. Another axis (per input column) would have its
     scales applied to the wrong channels: silently wrong where the weight is square, a shape
     error elsewhere."""
-    if getattr(wobs, "qscheme", None) not in (torch.per_channel_symmetric, torch.per_channel_affine,
-                                              torch.per_channel_affine_float_qparams):
+    if getattr(wobs, "qscheme", None) not in _PER_CHANNEL:
         return
     axis = int(getattr(wobs, "ch_axis", 0))
     if axis not in (0, -ndim):

@@ -239,7 +239,6 @@ def _conv_weight_qparams(mod, weight, name):
         if qconfig is None:
             raise RuntimeError(f"{name} has no qconfig: was the model passed through prepare()?")
         wobs = qconfig.weight()
-        _check_weight_axis(wobs, weight.dim(), name, "convolution")
         wobs.to(dev)
         wobs(weight.detach())
     elif isinstance(mod, qat_conv._ConvBn):

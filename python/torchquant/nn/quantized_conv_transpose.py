@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
+from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
 from .quantized import _STORAGE, _activation_qparams
 from .quantized_conv import _ConvLikeNd, _conv_weight_qparams
@@ -38,7 +39,6 @@ def _from_conv_layout(w: torch.Tensor, groups: int) -> torch.Tensor:
     return w.reshape(groups, cout // groups, cg, *k).transpose(1, 2).reshape(groups * cg, cout // groups, *k)
 
 
-_PER_CHANNEL = (torch.per_channel_symmetric, torch.per_channel_affine, torch.per_channel_affine_float_qparams)
 
 
 def _per_channel_axis(mod) -> Optional[int]:

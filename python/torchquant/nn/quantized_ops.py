@@ -178,12 +178,9 @@ class _QuantizedOutput(nn.Module):
 
     def _quantize(self, y: torch.Tensor) -> QTensor:
         v = _channels_last_view(y)
-        if v is not None:
-            codes = ops.quantize.default(v.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
-                                         self._storage)
-            return self._out(codes.movedim(-1, 1))
-        return self._out(ops.quantize.default(y.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
-                                              self._storage))
+        codes = ops.quantize.default((y if v is None else v).float(), self.scale, self.zero_point, None, self.qmin,
+                                     self.qmax, self._storage)
+        return self._out(codes if v is None else codes.movedim(-1, 1))
 
     def _as_qtensor(self, x) -> QTensor:
         """A float operand (from a module that stayed float) is quantized with this module's
