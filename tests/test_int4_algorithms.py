@@ -418,9 +418,9 @@ def test_gptq_shares_one_calibration_pass_among_linears_of_one_input(monkeypatch
     def run():
         forwards = []
         h = model.register_forward_pre_hook(lambda m, a: forwards.append(1))
-        try:
+        try:  # whole forwards, counted (without the per-block cache tested below)
             q = torchquant.quantize_weight_only(model, bits=4, group_size=32, method="gptq", calib_data=calib,
-                                                progress=False)
+                                                cache_block_inputs=False, progress=False)
         finally:
             h.remove()
         return q, len(forwards)
@@ -460,3 +460,159 @@ def test_gptq_does_not_share_a_hessian_across_a_repeated_call(monkeypatch):
                                             progress=False)
     sd_a, sd_b = grouped.state_dict(), alone.state_dict()
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+# ---------------------------------------------------------------- calibration by block
+class _Layer(nn.Module):
+    """A transformer-like block: the hidden state positionally, a mask and a tuple by keyword."""
+
+    def __init__(self, d=64, inplace=False, stateful=False):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.inplace, self.stateful, self.calls = inplace, stateful, 0
+
+    def forward(self, h, mask=None, rot=None):
+        x = self.ln(h) * rot[0] + rot[1]
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) / 8 + mask, -1) @ self.v(x)
+        if self.inplace:
+            h += self.o(a)
+        else:
+            h = h + self.o(a)
+        if self.stateful:
+            self.calls += 1
+            h = h + self.calls
+        return h + self.down(torch.relu(self.up(h))), a.sum()
+
+
+class _Stack(nn.Module):
+    def __init__(self, n=4, d=64, chain=True, **kw):
+        super().__init__()
+        self.inp = nn.Linear(16, d)
+        self.layers = nn.ModuleList(_Layer(d, **kw) for _ in range(n))
+        self.head = nn.Linear(d, 8)
+        self.chain = chain
+        self.register_buffer("rot", torch.linspace(0.5, 1.5, d))
+
+    def forward(self, x):
+        h = self.inp(x)
+        mask = torch.triu(torch.full((x.shape[-2], x.shape[-2]), -1e4), 1)
+        rot = (self.rot, self.rot - 1)
+        prev = h
+        for layer in self.layers:
+            out = layer(h if self.chain else prev, mask=mask, rot=rot)[0]
+            prev, h = h, out
+        return self.head(h)
+
+
+def _layer_calls(model):
+    calls = [0]
+    layers = model.layers if hasattr(model, "layers") else model
+    hooks = [m.register_forward_pre_hook(lambda m, a: calls.__setitem__(0, calls[0] + 1)) for m in layers]
+    return calls, hooks
+
+
+def _quantize_both_ways(model, calib, method, monkeypatch=None):
+    from torchquant import weight_only
+    plans = []
+    if monkeypatch is not None:
+        orig = weight_only._block_plan
+        monkeypatch.setattr(weight_only, "_block_plan", lambda *a: plans.append(orig(*a)) or plans[-1])
+    out = []
+    for cache in (True, False):
+        calls, hooks = _layer_calls(model)
+        try:
+            q = torchquant.quantize_weight_only(model, bits=4, group_size=32, method=method, calib_data=calib,
+                                                cache_block_inputs=cache, progress=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        out.append((q.state_dict(), calls[0]))
+    (sa, ca), (sb, cb) = out
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), method
+    return ca, cb, plans
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_cached_block_inputs_give_the_same_model_with_passes_linear_in_depth(method, monkeypatch):
+    torch.manual_seed(11)
+    calib = [torch.randn(4, 12, 16) for _ in range(3)]
+    calls = {}
+    for n in (2, 4, 8):
+        model = _Stack(n).eval()
+        cached, whole, plans = _quantize_both_ways(model, calib, method, monkeypatch)
+        # every Linear inside the layers is calibrated from cached inputs; inp and head are not
+        assert len(plans[0]) == 6 * n and not {"inp", "head"} & set(plans[0])
+        calls[n] = cached, whole
+    # whole forwards: each Linear's pass runs every layer before it; cached: each layer a few times
+    (c2, w2), (c4, w4), (c8, w8) = calls[2], calls[4], calls[8]
+    assert c8 - c4 == 2 * (c4 - c2), calls  # linear in the depth
+    assert w8 - w4 > 3 * (w4 - w2) * 0.9 and c8 < w8 / 2, calls
+
+
+@pytest.mark.parametrize("kw, why", [({"inplace": True}, "changes its input in place"),
+                                     ({"stateful": True}, "keeps state between calls"),
+                                     ({"chain": False}, "not a chain")])
+def test_blocks_that_cannot_be_rerun_alone_get_whole_forwards(kw, why, monkeypatch):
+    torch.manual_seed(12)
+    calib = [torch.randn(6, 12, 16) for _ in range(2)]
+    model = _Stack(3, **kw).eval()
+    if kw.get("stateful"):
+        # the block's own counter advances with every call: compare from the same start
+        from torchquant import weight_only
+        plans = []
+        orig = weight_only._block_plan
+        monkeypatch.setattr(weight_only, "_block_plan", lambda *a: plans.append(orig(*a)) or plans[-1])
+        torchquant.quantize_weight_only(model, bits=4, group_size=32, method="gptq", calib_data=calib,
+                                        progress=False)
+        assert plans == [{}], why
+        return
+    _, _, plans = _quantize_both_ways(model, calib, "gptq", monkeypatch)
+    assert plans == [{}], why
+
+
+def test_a_linear_shared_across_blocks_is_calibrated_by_whole_forwards(monkeypatch):
+    torch.manual_seed(13)
+    model = _Stack(3).eval()
+    model.layers[2].up = model.layers[0].up  # one module called in two blocks
+    calib = [torch.randn(6, 12, 16) for _ in range(2)]
+    _, _, plans = _quantize_both_ways(model, calib, "gptq", monkeypatch)
+    assert plans == [{}]
+
+
+def test_awq_folding_into_another_block_keeps_whole_forwards(monkeypatch):
+    # block i's last LayerNorm feeds block i+1's first Linear alone: folding AWQ's scale there would
+    # change inputs already cached, so the model runs whole forwards (and folds as before)
+    torch.manual_seed(14)
+    d = 32
+    blocks = [nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.LayerNorm(d)) for _ in range(3)]
+    model = nn.Sequential(*blocks).eval()
+    calib = [torch.randn(64, d) for _ in range(2)]
+    from torchquant import weight_only
+    fed = []
+    orig = weight_only._Feeder.__init__
+    monkeypatch.setattr(weight_only._Feeder, "__init__", lambda self, m, b, plan: fed.append(plan) or orig(self, m, b, plan))
+    _, _, plans = _quantize_both_ways(model, calib, "awq", monkeypatch)
+    assert len(plans[0]) == 6 and fed[0] == {}  # a chain, whose inputs AWQ's folding cannot cache
+    q = torchquant.quantize_weight_only(model, bits=4, group_size=32, method="awq", calib_data=calib, progress=False)
+    assert q[1][0].input_scale is None  # folded into block 0's LayerNorm
+    # GPTQ folds nothing: the same model is calibrated block by block there
+    fed.clear()
+    _quantize_both_ways(model, calib, "gptq", monkeypatch)
+    assert len(fed[0]) == 6
+
+
+def test_hf_llama_calibrates_by_block_and_keeps_its_config(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(15)
+    model = transformers.LlamaModel(cfg).eval()
+    calib = [torch.randint(0, 100, (4, 16)) for _ in range(2)]
+    for method in ("gptq", "awq"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, _, plans = _quantize_both_ways(model, calib, method, monkeypatch)
+        assert len(plans[0]) == 7 * 3, method  # q, k, v, o, gate, up, down of each layer
+        assert model.config.use_cache is True

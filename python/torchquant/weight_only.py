@@ -154,6 +154,218 @@ def _capture_inputs(model, batches, module: nn.Module, fn, stop: bool):
         h.remove()
 
 
+# ---------------------------------------------------------------- calibration by block
+# GPTQ and AWQ need each Linear's inputs with the layers before it quantized. Running the whole
+# model up to each layer costs a number of forwards that grows with the square of the depth. A
+# model made of a chain of blocks (an nn.ModuleList or nn.Sequential whose i-th child's hidden
+# input is the (i-1)-th child's output, every other argument the same object for each block, as
+# the layers of Hugging Face's and most other transformers) is calibrated as AutoGPTQ does: the
+# first block's inputs are captured once per batch, each Linear's inputs come from running its
+# block alone on the cached inputs, and a finished block's outputs become the next block's
+# inputs. Each step computes what the full forward would, on the same values, so the result is
+# the same bit for bit (tested); a model that does not verify as such a chain on the first batch
+# runs whole forwards as before.
+
+
+def _plain(v) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
+        return True
+    if isinstance(v, (tuple, list)):
+        return all(_plain(x) for x in v)
+    return False
+
+
+def _tensors(v):
+    if isinstance(v, torch.Tensor):
+        yield v
+    elif isinstance(v, (tuple, list)):
+        for x in v:
+            yield from _tensors(x)
+
+
+def _hidden_of(args, kwargs):
+    """('arg', 0) or ('kw', 'hidden_states'): where a block's hidden input is, or None."""
+    if args:
+        return ("arg", 0) if isinstance(args[0], torch.Tensor) else None
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return ("kw", "hidden_states")
+    return None
+
+
+def _get_hidden(slot, args, kwargs):
+    return args[0] if slot[0] == "arg" else kwargs[slot[1]]
+
+
+def _with_hidden(slot, args, kwargs, h):
+    if slot[0] == "arg":
+        return (h,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs[slot[1]] = h
+    return args, kwargs
+
+
+def _block_output(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None
+
+
+class _Chain:
+    """A verified chain of blocks: `container`'s children in order, the hidden input at `slot`."""
+
+    def __init__(self, name: str, blocks: List[nn.Module], slot):
+        self.name, self.blocks, self.slot = name, blocks, slot
+
+
+def _verify_chain(model, cname, container, linears, order, batch0) -> Optional[_Chain]:
+    blocks = list(container.children())
+    owner: Dict[str, int] = {}
+    for i, b in enumerate(blocks):
+        for n, m in linears.items():
+            if n in order and any(m is x for x in b.modules()):
+                owner.setdefault(n, i)
+    if len(blocks) < 2 or not owner:
+        return None
+    calls: List[Tuple] = []  # (index, args, kwargs, versions before, output, versions after)
+    active = [None]
+    ok = [True]
+    handles = []
+
+    def versions(args, kwargs):
+        return [(t, t._version) for v in (args, tuple(kwargs.values())) for t in _tensors(v)]
+
+    for i, b in enumerate(blocks):
+        def pre(mod, args, kwargs, i=i):
+            if active[0] is not None:
+                ok[0] = False  # a block called inside another
+            active[0] = i
+            calls.append([i, args, kwargs, versions(args, kwargs), None])
+        def post(mod, args, kwargs, out, i=i):
+            active[0] = None
+            calls[-1][4] = out
+            if any(t._version != v for t, v in calls[-1][3]):
+                ok[0] = False  # changed an input in place: cached inputs could not be reused
+        handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(b.register_forward_hook(post, with_kwargs=True))
+    for n, i in owner.items():
+        def lin_pre(mod, args, i=i):
+            if active[0] != i:
+                ok[0] = False  # a block's Linear called outside its block
+        handles.append(linears[n].register_forward_pre_hook(lin_pre))
+    try:
+        with torch.no_grad():
+            _run_batch(model, batch0, 0)
+    finally:
+        for h in handles:
+            h.remove()
+    if not ok[0] or [c[0] for c in calls] != list(range(len(blocks))):
+        return None
+    _, args0, kwargs0, _, out0 = calls[0]
+    slot = _hidden_of(args0, kwargs0)
+    if slot is None:
+        return None
+    rest0 = ([a for j, a in enumerate(args0) if not (slot[0] == "arg" and j == 0)],
+             {k: v for k, v in kwargs0.items() if not (slot[0] == "kw" and k == slot[1])})
+    if not _plain(rest0[0]) or not _plain(list(rest0[1].values())):
+        return None  # a cache object or another stateful argument: not safe to call again
+    for prev, cur in zip(calls, calls[1:]):
+        _, args, kwargs, _, _ = cur
+        if _hidden_of(args, kwargs) != slot or _get_hidden(slot, args, kwargs) is not _block_output(prev[4]):
+            return None
+        rest = ([a for j, a in enumerate(args) if not (slot[0] == "arg" and j == 0)],
+                {k: v for k, v in kwargs.items() if not (slot[0] == "kw" and k == slot[1])})
+        if (len(rest[0]) != len(rest0[0]) or any(a is not b for a, b in zip(rest[0], rest0[0]))
+                or rest[1].keys() != rest0[1].keys() or any(rest[1][k] is not rest0[1][k] for k in rest0[1])):
+            return None
+    # A block that keeps state between calls (a cache of its own) would not give the same output
+    # when called again on the same inputs: such a model runs whole forwards.
+    with torch.no_grad():
+        again = _block_output(blocks[0](*args0, **kwargs0))
+    first = _block_output(out0)
+    if (first is None or again is None or again.shape != first.shape or again.dtype != first.dtype
+            or not torch.equal(again, first)):
+        return None
+    return _Chain(cname, blocks, slot)
+
+
+def _block_plan(model, linears, order, batch0) -> Dict[str, Tuple[_Chain, int]]:
+    """{Linear name: (chain, block index)} for the Linears inside a verified chain of blocks (the
+    outermost chains that verify on the first batch); {} for a model with none."""
+    plan: Dict[str, Tuple[_Chain, int]] = {}
+    taken: List[str] = []
+    for cname, c in model.named_modules():
+        if not isinstance(c, (nn.ModuleList, nn.Sequential)):
+            continue
+        if any(cname == t or cname.startswith(t + ".") if t else True for t in taken):
+            continue  # inside a chain already taken
+        chain = _verify_chain(model, cname, c, linears, order, batch0)
+        if chain is None:
+            continue
+        taken.append(cname)
+        for i, b in enumerate(chain.blocks):
+            for n, m in linears.items():
+                if n in order and n not in plan and any(m is x for x in b.modules()):
+                    plan[n] = (chain, i)
+    return plan
+
+
+class _Feeder:
+    """Hands a Linear's calibration inputs to fn: from its block run alone on cached inputs when
+    the plan places it in a chain, else from forwards of the whole model."""
+
+    def __init__(self, model, batches, plan):
+        self.model, self.batches, self.plan = model, batches, plan
+        self.chain, self.index, self.cache = None, 0, None
+
+    def capture(self, name, module, fn, stop: bool):
+        where = self.plan.get(name)
+        if where is None:
+            _capture_inputs(self.model, self.batches, module, fn, stop)
+            return
+        chain, j = where
+        if self.chain is not chain or self.index > j:
+            self._enter(chain)
+        while self.index < j:
+            self._advance()
+        def hook(mod, args, kwargs):
+            fn(args[0] if args else kwargs["input"])
+            if stop:
+                raise _Stop
+        h = module.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for args, kwargs in self.cache:
+                    try:
+                        chain.blocks[j](*args, **kwargs)
+                    except _Stop:
+                        pass
+        finally:
+            h.remove()
+
+    def _enter(self, chain):
+        self.chain, self.index, self.cache = None, 0, None
+        cache = []
+        def hook(mod, args, kwargs):
+            cache.append((args, kwargs))
+            raise _Stop
+        h = chain.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            _forward_all(self.model, self.batches)
+        finally:
+            h.remove()
+        self.chain, self.cache = chain, cache
+
+    def _advance(self):
+        block, slot = self.chain.blocks[self.index], self.chain.slot
+        with torch.no_grad():
+            for i, (args, kwargs) in enumerate(self.cache):
+                out = _block_output(block(*args, **kwargs))
+                self.cache[i] = _with_hidden(slot, args, kwargs, out)
+        self.index += 1
+
+
 def _set_fake_weight(linear: nn.Linear, w: torch.Tensor):
     with torch.no_grad():
         linear.weight.copy_(w.to(linear.weight.dtype))
@@ -195,7 +407,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
                          calib_data: Optional[Iterable] = None, *, inplace: bool = False,
                          exclude: Sequence[str] = (), percdamp: float = 0.01, blocksize: int = 128,
                          act_order: bool = False, awq_grid: int = 20, awq_fold: bool = True,
-                         awq_max_rows: int = 4096, progress: bool = True) -> nn.Module:
+                         awq_max_rows: int = 4096, cache_block_inputs: bool = True,
+                         progress: bool = True) -> nn.Module:
     """Weight-only quantization of every ``nn.Linear`` of ``model`` (and of every Hugging Face
     ``transformers.pytorch_utils.Conv1D``, GPT-2's Linear with its weight stored transposed):
     float activations in and out.
@@ -220,7 +433,12 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     a dict, else ``model(b)``); one tensor or one dict (a tokenizer's output) is one batch; a few
     hundred to a few thousand rows (tokens) per layer input. ``exclude``: names of Linear / Conv1D
     modules left in float (an LM head, say; a name is matched exactly, so naming a block does not
-    exclude its layers). A Linear whose weight is tied to another module's (an LM head with
+    exclude its layers). ``cache_block_inputs``: for GPTQ and AWQ on a model made of a chain of
+    blocks (an ``nn.ModuleList`` or ``nn.Sequential`` whose blocks each take the previous one's
+    output, as a transformer's layers), capture the first block's inputs once and run each block
+    alone on them (passes that grow with the depth, as AutoGPTQ's) instead of the model up to each
+    layer (passes that grow with its square); the result is the same, and memory holds one
+    block's inputs for every calibration batch (``False``: whole forwards, no such memory). A Linear whose weight is tied to another module's (an LM head with
     ``lm_head.weight is wte.weight``) stays float, named in a warning: untie it to quantize it. Returns the quantized model (a copy
     unless ``inplace``; an ``inplace`` call that fails or is interrupted leaves the model as it
     was); a tqdm bar shows progress over layers (``progress=False`` hides it).
@@ -250,7 +468,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     swapped: List[Tuple[nn.Module, str, nn.Module]] = []
     try:
         return _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize,
-                                     act_order, awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped)
+                                     act_order, awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped,
+                                     cache_block_inputs)
     except BaseException:
         if inplace:  # a failed or interrupted call leaves the caller's model as it was
             for parent, child, old in reversed(swapped):
@@ -259,7 +478,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
 
 
 def _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize, act_order,
-                          awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped):
+                          awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped, cache_block_inputs=True):
     model = _conv1d_to_linear(model, excluded, swapped)
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
     tied = _tied_elsewhere(model, linears)
@@ -306,7 +525,21 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
             results[name] = (q, s, z, None)
     else:
         shared: Dict[str, str] = {}
-        order, calls = _execution_order(model, linears, batches, shared)
+        # A Hugging Face model called with its config's use_cache makes a key/value cache object
+        # that each layer call appends to; calibration needs none (the Linears' inputs are the
+        # same), and without it the layers can be run again on cached inputs.
+        config = getattr(model, "config", None)
+        use_cache = getattr(config, "use_cache", None) if config is not None else None
+        if use_cache is True:
+            config.use_cache = False
+        try:
+            order, calls = _execution_order(model, linears, batches, shared)
+            plan = _block_plan(model, linears, order, batches[0]) if cache_block_inputs else {}
+        except BaseException:
+            if use_cache is True:
+                config.use_cache = True
+            model.train(training)
+            raise
         # GPTQ and AWQ give each Linear its quantized weight as they go (the layers after it see
         # its output as the int model gives it). On the caller's model (inplace) the float
         # weights are put back afterwards, or on failure; on the copy nothing needs them: the
@@ -315,10 +548,10 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         try:
             if method == "gptq":
                 _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize,
-                          act_order, progress, shared)
+                          act_order, progress, shared, plan)
             else:
                 _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
-                         awq_max_rows, progress)
+                         awq_max_rows, progress, plan)
         except BaseException:
             with torch.no_grad():
                 for t, before in folded:
@@ -326,6 +559,8 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
             model.train(training)
             raise
         finally:
+            if use_cache is True:
+                config.use_cache = True
             with torch.no_grad():
                 for n, w in originals.items():
                     linears[n].weight.copy_(w)
@@ -404,11 +639,12 @@ def _fake(q, s, z, bits, group_size):
 
 
 def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize, act_order,
-              progress, shared=None):
+              progress, shared=None, plan=None):
     # Linears that read the very same input as the one before them, each called once per
     # forward (q, k, v), share its Hessian: one calibration pass for the group instead of one
     # each. Exact: quantizing q changes nothing upstream of k's input.
     shared = shared or {}
+    feeder = _Feeder(model, batches, plan or {})
     acc, owner, group = None, None, set()
     for name in _progress(order, progress, f"int{bits} gptq"):
         lin = linears[name]
@@ -420,7 +656,7 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
         if not joins:
             acc = _gptq.HessianAccumulator(lin.in_features, device=lin.weight.device)
             owner, group = name, set()
-            _capture_inputs(model, batches, lin, acc.add, stop=calls.get(name, 0) == 1)
+            feeder.capture(name, lin, acc.add, stop=calls.get(name, 0) == 1)
         group.add(name)
         W = lin.weight.detach().float()
         if acc.rows == 0:
@@ -466,7 +702,8 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     return Q, s8, torch.zeros_like(s8, dtype=torch.int64)
 
 
-def _run_awq(model, batches, linears, order, calls, results, group_size, grid, fold, max_rows, progress):
+def _run_awq(model, batches, linears, order, calls, results, group_size, grid, fold, max_rows, progress,
+             plan=None):
     producers = _producers(model, order) if fold else {}
     traced = producers is not None
     producers = producers or {}
@@ -483,12 +720,25 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
             prod, members = None, [name]
         done.update(members)
         groups.append((prod, members))
+    plan = plan or {}
+    if plan:
+        # A scale folded into an op of another block than its layers' would change inputs
+        # already cached: such a model runs whole forwards.
+        chains = {id(c): c for c, _ in plan.values()}.values()
+        def block_of(m):
+            return next(((id(c), i) for c in chains for i, b in enumerate(c.blocks)
+                         if any(m is x for x in b.modules())), None)
+        def where(n):
+            return (id(plan[n][0]), plan[n][1]) if n in plan else block_of(linears[n])
+        if any(prod is not None and block_of(mods[prod]) != where(members[0]) for prod, members in groups):
+            plan = {}
+    feeder = _Feeder(model, batches, plan)
     gen = torch.Generator().manual_seed(0)
     for prod, members in _progress(groups, progress, "int4 awq"):
         first = linears[members[0]]
         rows: List[torch.Tensor] = []
-        _capture_inputs(model, batches, first, lambda x: rows.append(x.detach().reshape(-1, x.shape[-1]).float()),
-                        stop=all(calls.get(m, 0) == 1 for m in members))
+        feeder.capture(members[0], first, lambda x: rows.append(x.detach().reshape(-1, x.shape[-1]).float()),
+                       stop=all(calls.get(m, 0) == 1 for m in members))
         if not rows:
             warnings.warn(f"AWQ: {members} not called on the calibration data; rounded to nearest", RuntimeWarning)
             for m in members:
