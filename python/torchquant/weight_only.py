@@ -219,95 +219,111 @@ class _Chain:
         self.name, self.blocks, self.slot = name, blocks, slot
 
 
-def _verify_chain(model, cname, container, linears, order, batch0) -> Optional[_Chain]:
-    blocks = list(container.children())
-    owner: Dict[str, int] = {}
-    for i, b in enumerate(blocks):
-        for n, m in linears.items():
-            if n in order and any(m is x for x in b.modules()):
-                owner.setdefault(n, i)
-    if len(blocks) < 2 or not owner:
-        return None
-    calls: List[Tuple] = []  # (index, args, kwargs, versions before, output, versions after)
-    active = [None]
-    ok = [True]
-    handles = []
+class _Watch:
+    """Hooks that record one container's block calls during a forward, to check it is a chain."""
 
-    def versions(args, kwargs):
-        return [(t, t._version) for v in (args, tuple(kwargs.values())) for t in _tensors(v)]
+    def __init__(self, name, container, linears, order):
+        self.name, self.blocks = name, list(container.children())
+        self.owner: Dict[str, int] = {}
+        named = set(order)
+        for i, b in enumerate(self.blocks):
+            inside = {id(x) for x in b.modules()}
+            for n, m in linears.items():
+                if n in named and id(m) in inside:
+                    self.owner.setdefault(n, i)
+        self.calls: List[list] = []  # [index, args, kwargs, (tensor, version) before, output]
+        self.active = None
+        self.ok = True
 
-    for i, b in enumerate(blocks):
-        def pre(mod, args, kwargs, i=i):
-            if active[0] is not None:
-                ok[0] = False  # a block called inside another
-            active[0] = i
-            calls.append([i, args, kwargs, versions(args, kwargs), None])
-        def post(mod, args, kwargs, out, i=i):
-            active[0] = None
-            calls[-1][4] = out
-            if any(t._version != v for t, v in calls[-1][3]):
-                ok[0] = False  # changed an input in place: cached inputs could not be reused
-        handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(b.register_forward_hook(post, with_kwargs=True))
-    for n, i in owner.items():
-        def lin_pre(mod, args, i=i):
-            if active[0] != i:
-                ok[0] = False  # a block's Linear called outside its block
-        handles.append(linears[n].register_forward_pre_hook(lin_pre))
+    def hooks(self, linears):
+        def versions(args, kwargs):
+            return [(t, t._version) for v in (args, tuple(kwargs.values())) for t in _tensors(v)]
+
+        handles = []
+        for i, b in enumerate(self.blocks):
+            def pre(mod, args, kwargs, i=i):
+                if self.active is not None:
+                    self.ok = False  # a block called inside another
+                self.active = i
+                self.calls.append([i, args, kwargs, versions(args, kwargs), None])
+
+            def post(mod, args, kwargs, out):
+                self.active = None
+                self.calls[-1][4] = out
+                if any(t._version != v for t, v in self.calls[-1][3]):
+                    self.ok = False  # changed an input in place: cached inputs could not be reused
+            handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(b.register_forward_hook(post, with_kwargs=True))
+        for n, i in self.owner.items():
+            def lin_pre(mod, args, i=i):
+                if self.active != i:
+                    self.ok = False  # a block's Linear called outside its block
+            handles.append(linears[n].register_forward_pre_hook(lin_pre))
+        return handles
+
+    def chain(self) -> Optional[_Chain]:
+        calls = self.calls
+        if not self.ok or [c[0] for c in calls] != list(range(len(self.blocks))):
+            return None
+        _, args0, kwargs0, _, out0 = calls[0]
+        slot = _hidden_of(args0, kwargs0)
+        if slot is None:
+            return None
+
+        def rest(args, kwargs):
+            return ([a for j, a in enumerate(args) if not (slot[0] == "arg" and j == 0)],
+                    {k: v for k, v in kwargs.items() if not (slot[0] == "kw" and k == slot[1])})
+        rest0 = rest(args0, kwargs0)
+        if not _plain(rest0[0]) or not _plain(list(rest0[1].values())):
+            return None  # a cache object or another stateful argument: not safe to call again
+        for prev, cur in zip(calls, calls[1:]):
+            _, args, kwargs, _, _ = cur
+            if _hidden_of(args, kwargs) != slot or _get_hidden(slot, args, kwargs) is not _block_output(prev[4]):
+                return None
+            r = rest(args, kwargs)
+            if (len(r[0]) != len(rest0[0]) or any(a is not b for a, b in zip(r[0], rest0[0]))
+                    or r[1].keys() != rest0[1].keys() or any(r[1][k] is not rest0[1][k] for k in rest0[1])):
+                return None
+        # A block that keeps state between calls (a cache of its own) would not give the same
+        # output when called again on the same inputs: such a model runs whole forwards.
+        with torch.no_grad():
+            again = _block_output(self.blocks[0](*args0, **kwargs0))
+        first = _block_output(out0)
+        if (first is None or again is None or again.shape != first.shape or again.dtype != first.dtype
+                or not torch.equal(again, first)):
+            return None
+        return _Chain(self.name, self.blocks, slot)
+
+
+def _block_plan(model, linears, order, batch0) -> Dict[str, Tuple[_Chain, int]]:
+    """{Linear name: (chain, block index)} for the Linears inside a verified chain of blocks (the
+    outermost containers that verify on one forward of the first batch); {} for a model with none."""
+    watches = []
+    for cname, c in model.named_modules():
+        if isinstance(c, (nn.ModuleList, nn.Sequential)) and len(c) >= 2:
+            w = _Watch(cname, c, linears, order)
+            if w.owner:
+                watches.append(w)
+    if not watches:
+        return {}
+    handles = [h for w in watches for h in w.hooks(linears)]
     try:
         with torch.no_grad():
             _run_batch(model, batch0, 0)
     finally:
         for h in handles:
             h.remove()
-    if not ok[0] or [c[0] for c in calls] != list(range(len(blocks))):
-        return None
-    _, args0, kwargs0, _, out0 = calls[0]
-    slot = _hidden_of(args0, kwargs0)
-    if slot is None:
-        return None
-    rest0 = ([a for j, a in enumerate(args0) if not (slot[0] == "arg" and j == 0)],
-             {k: v for k, v in kwargs0.items() if not (slot[0] == "kw" and k == slot[1])})
-    if not _plain(rest0[0]) or not _plain(list(rest0[1].values())):
-        return None  # a cache object or another stateful argument: not safe to call again
-    for prev, cur in zip(calls, calls[1:]):
-        _, args, kwargs, _, _ = cur
-        if _hidden_of(args, kwargs) != slot or _get_hidden(slot, args, kwargs) is not _block_output(prev[4]):
-            return None
-        rest = ([a for j, a in enumerate(args) if not (slot[0] == "arg" and j == 0)],
-                {k: v for k, v in kwargs.items() if not (slot[0] == "kw" and k == slot[1])})
-        if (len(rest[0]) != len(rest0[0]) or any(a is not b for a, b in zip(rest[0], rest0[0]))
-                or rest[1].keys() != rest0[1].keys() or any(rest[1][k] is not rest0[1][k] for k in rest0[1])):
-            return None
-    # A block that keeps state between calls (a cache of its own) would not give the same output
-    # when called again on the same inputs: such a model runs whole forwards.
-    with torch.no_grad():
-        again = _block_output(blocks[0](*args0, **kwargs0))
-    first = _block_output(out0)
-    if (first is None or again is None or again.shape != first.shape or again.dtype != first.dtype
-            or not torch.equal(again, first)):
-        return None
-    return _Chain(cname, blocks, slot)
-
-
-def _block_plan(model, linears, order, batch0) -> Dict[str, Tuple[_Chain, int]]:
-    """{Linear name: (chain, block index)} for the Linears inside a verified chain of blocks (the
-    outermost chains that verify on the first batch); {} for a model with none."""
     plan: Dict[str, Tuple[_Chain, int]] = {}
     taken: List[str] = []
-    for cname, c in model.named_modules():
-        if not isinstance(c, (nn.ModuleList, nn.Sequential)):
+    for w in watches:  # named_modules' order: a container before those inside it
+        if any(t == "" or w.name == t or w.name.startswith(t + ".") for t in taken):
             continue
-        if any(cname == t or cname.startswith(t + ".") if t else True for t in taken):
-            continue  # inside a chain already taken
-        chain = _verify_chain(model, cname, c, linears, order, batch0)
+        chain = w.chain()
         if chain is None:
             continue
-        taken.append(cname)
-        for i, b in enumerate(chain.blocks):
-            for n, m in linears.items():
-                if n in order and n not in plan and any(m is x for x in b.modules()):
-                    plan[n] = (chain, i)
+        taken.append(w.name)
+        for n, i in w.owner.items():
+            plan.setdefault(n, (chain, i))
     return plan
 
 
