@@ -616,3 +616,50 @@ def test_hf_llama_calibrates_by_block_and_keeps_its_config(monkeypatch):
             _, _, plans = _quantize_both_ways(model, calib, method, monkeypatch)
         assert len(plans[0]) == 7 * 3, method  # q, k, v, o, gate, up, down of each layer
         assert model.config.use_cache is True
+
+
+def test_rtn_swaps_as_it_goes_shares_only_replaced_weights_and_undoes_an_interrupted_inplace_call(monkeypatch):
+    from torchquant import weight_only
+    torch.manual_seed(16)
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 32)
+            self.a, self.b, self.keep = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+            self.b2 = self.b  # one layer under two names
+            self.head = nn.Linear(32, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, i):
+            return self.head(self.keep(self.b(self.a(self.emb(i)))))
+
+    m = Tied()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.warns(UserWarning, match="head shares its weight"):
+        q = torchquant.quantize_weight_only(m, group_size=32, exclude=["keep"], progress=False)
+    assert isinstance(q.a, LinearWeightOnlyInt4) and q.b is q.b2 and isinstance(q.b, LinearWeightOnlyInt4)
+    # the layers left in float are the copy's own (a copy's weight changed in place leaves m alone)
+    assert q.keep.weight is not m.keep.weight and q.head.weight is q.emb.weight is not m.emb.weight
+    with torch.no_grad():
+        q.keep.weight.zero_()
+        q.emb.weight.zero_()
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+    # inplace: the second layer's rounding is interrupted; the first layer's swap is undone
+    n = {"calls": 0}
+    orig = weight_only._rtn
+
+    def interrupted(*a):
+        n["calls"] += 1
+        if n["calls"] == 2:
+            raise KeyboardInterrupt
+        return orig(*a)
+
+    monkeypatch.setattr(weight_only, "_rtn", interrupted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            torchquant.quantize_weight_only(m, group_size=32, inplace=True, progress=False)
+    assert type(m.a) is nn.Linear and type(m.b) is nn.Linear and m.b2 is m.b
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())

@@ -480,7 +480,15 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
     if not inplace:
-        model = copy.deepcopy(model)
+        memo: Dict[int, Any] = {}
+        if method == "rtn":
+            # RTN only reads the weights it replaces, and each is swapped out of the copy before
+            # it is returned: the copy shares them instead of holding a second float copy of
+            # every layer (the layers left in float, excluded or tied, are copied as before)
+            lin = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
+            tied = _tied_elsewhere(model, lin)
+            memo = {id(m.weight): m.weight for n, m in lin.items() if n not in tied}
+        model = copy.deepcopy(model, memo)
     swapped: List[Tuple[nn.Module, str, nn.Module]] = []
     try:
         return _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize,
@@ -536,9 +544,16 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                       if isinstance(t, torch.Tensor) and not (m in linears.values() and t is m.weight)]
 
     if method == "rtn":
+        # each layer is swapped as soon as it is quantized: its unpacked values are not kept
+        # for every layer until the end, and (on the copy) its float weight is let go
+        aliases = _aliases(model)
         for name in _progress(list(linears), progress, "int4 rtn" if bits == 4 else "int8 rtn"):
             q, s, z = _rtn(linears[name].weight.detach().float(), bits, group_size)
-            results[name] = (q, s, z, None)
+            if not name:  # the model is the one layer
+                results[name] = (q, s, z, None)
+                continue
+            _swap_one(model, name, linears[name], (q, s, z, None), bits, gs, aliases, swapped)
+            del q, s, z
     else:
         shared: Dict[str, str] = {}
         # A Hugging Face model called with its config's use_cache makes a key/value cache object
@@ -808,34 +823,49 @@ def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tup
             results[name] = (q, sc / s.reshape(-1, 1).to(sc.dtype), zp, inp)
 
 
-def _swap(model, linears, results, bits, group_size):
-    from .nn.quantized import DynamicLinear
+def _aliases(model) -> Dict[int, List[str]]:
     aliases: Dict[int, List[str]] = {}  # a layer registered under several names is replaced under each
     for n, m in model.named_modules(remove_duplicate=False):
         aliases.setdefault(id(m), []).append(n)
-    for name, (q, s, z, inp) in results.items():
-        lin = linears[name]
-        # the bias is the module's current one (AWQ may have folded a scale into it)
-        if bits == 4:
-            new = LinearWeightOnlyInt4.from_qparams(q, s, z, lin.bias, group_size, inp)
-        else:
-            try:
-                new = DynamicLinear(lin.in_features, lin.out_features, lin.bias is not None)
-                with torch.no_grad():
-                    new.qweight.copy_(q.cpu())
-                    new.weight_scale.copy_(s.reshape(-1).float().cpu())
-                    new.weight_zero_point.zero_()
-                    if lin.bias is not None:
-                        new.bias.copy_(lin.bias.detach().float().cpu())
-                new._repack()
-            except RuntimeError as e:  # K past the int32-exact bound: say which layer
-                raise RuntimeError(f"quantize_weight_only: module '{name or type(lin).__name__}' (Linear "
-                                   f"{lin.in_features} -> {lin.out_features}) cannot be quantized to int8: {e}") from e
-            new = new.to(lin.weight.device)
+    return aliases
+
+
+def _swap(model, linears, results, bits, group_size):
+    aliases = _aliases(model)
+    for name, res in results.items():
+        new = _swap_one(model, name, linears[name], res, bits, group_size, aliases)
         if not name:  # the model is the one layer
             return new
+    return model
+
+
+def _swap_one(model, name, lin, res, bits, group_size, aliases, swapped=None):
+    """Puts the quantized module for `lin` in its place under each of its names (recording the
+    swaps in `swapped`, to undo them) and returns it."""
+    from .nn.quantized import DynamicLinear
+    q, s, z, inp = res
+    # the bias is the module's current one (AWQ may have folded a scale into it)
+    if bits == 4:
+        new = LinearWeightOnlyInt4.from_qparams(q, s, z, lin.bias, group_size, inp)
+    else:
+        try:
+            new = DynamicLinear(lin.in_features, lin.out_features, lin.bias is not None)
+            with torch.no_grad():
+                new.qweight.copy_(q.cpu())
+                new.weight_scale.copy_(s.reshape(-1).float().cpu())
+                new.weight_zero_point.zero_()
+                if lin.bias is not None:
+                    new.bias.copy_(lin.bias.detach().float().cpu())
+            new._repack()
+        except RuntimeError as e:  # K past the int32-exact bound: say which layer
+            raise RuntimeError(f"quantize_weight_only: module '{name or type(lin).__name__}' (Linear "
+                               f"{lin.in_features} -> {lin.out_features}) cannot be quantized to int8: {e}") from e
+        new = new.to(lin.weight.device)
+    if name:
         for alias in aliases.get(id(lin), [name]):
             parent_name, _, child = alias.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
+            if swapped is not None:
+                swapped.append((parent, child, getattr(parent, child)))
             setattr(parent, child, new)
-    return model
+    return new
