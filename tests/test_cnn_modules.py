@@ -570,9 +570,9 @@ def test_lookup_table_follows_the_function_settings_and_any_layout():
     assert torch.equal(q(qx).data, want(q))
     q.fn.alpha = 0.3  # the function's setting changes: the table follows
     assert torch.equal(q(qx).data, want(q))
-    lrelu = nnq.LeakyReLU(0.1)
+    lrelu = nnq.LeakyReLU(negative_slope=0.1)
     lrelu.negative_slope = 0.5
-    assert lrelu._fn_key() == (("negative_slope", 0.5),)
+    assert ("negative_slope", 0.5) in lrelu._fn_key()
     # any input layout: output strides as empty_like's (what the fake kernel gives), same codes
     table = torch.randint(0, 256, (256,), dtype=torch.uint8)
     a = torch.randint(0, 256, (4, 6, 5, 3), dtype=torch.uint8)
@@ -1245,3 +1245,76 @@ def test_float_inside_modules_keep_channels_last_codes(mod):
     assert torch.equal(got.data, want.data)
     if not isinstance(mod, (nn.InstanceNorm2d, nn.LayerNorm)):  # their float ops return contiguous
         assert got.data.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_hand_built_modules_take_torch_ao_arguments_and_load_a_converted_state_dict(tmp_path):
+    # torch.ao's constructors (scale / zero_point / weight / bias / device / dtype) build a module
+    # that loads a converted one's state dict and then computes the same
+    torch.manual_seed(3)
+    float_mods = {
+        "bn": nn.BatchNorm2d(4), "hs": nn.Hardswish(), "sig": nn.Sigmoid(), "lrelu": nn.LeakyReLU(0.2),
+        "elu": nn.ELU(0.7), "ln": nn.LayerNorm([4, 5, 5]), "gn": nn.GroupNorm(2, 4),
+        "inorm": nn.InstanceNorm2d(4, affine=True),
+    }
+    built = {
+        "bn": nnq.BatchNorm2d(4, 1e-5, 0.1, device="cpu", dtype=torch.float32), "hs": nnq.Hardswish(0.1, 3),
+        "sig": nnq.Sigmoid(0.1, 3), "lrelu": nnq.LeakyReLU(0.1, 3, negative_slope=0.2, inplace=False),
+        "elu": nnq.ELU(0.1, 3, alpha=0.7), "ln": nnq.LayerNorm([4, 5, 5], torch.ones(4, 5, 5), torch.zeros(4, 5, 5), 0.1, 3),
+        "gn": nnq.GroupNorm(2, 4, torch.ones(4), torch.zeros(4), 0.1, 3),
+        "inorm": nnq.InstanceNorm2d(4, torch.ones(4), torch.zeros(4), 0.1, 3, affine=True),
+    }
+    x = torch.randn(3, 4, 5, 5)
+    qx = tq.quantize_per_tensor(x, 0.03, 120, torch.quint8)
+    for name, fm in float_mods.items():
+        with torch.no_grad():
+            for p in fm.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+        if isinstance(fm, nn.BatchNorm2d):
+            fm.running_mean.uniform_(-0.5, 0.5)
+            fm.running_var.uniform_(0.5, 2)
+        m = nn.Sequential(tq.QuantStub(), fm, tq.DeQuantStub()).eval()
+        m.qconfig = tq.get_default_qconfig("x86")
+        p = tq.prepare(m)
+        p(x)
+        conv = tq.convert(p)[1]
+        h = built[name]
+        assert h(qx).data.shape == qx.data.shape  # runs as built (its own qparams)
+        path = tmp_path / f"{name}.pt"
+        torch.save(conv.state_dict(), path)
+        h.load_state_dict(torch.load(path, weights_only=True))
+        assert torch.equal(h(qx).data, conv(qx).data), name
+        assert torch.equal(h.scale, conv.scale) and torch.equal(h.zero_point, conv.zero_point)
+    with pytest.raises(ValueError, match="argument 'dtype'.*torch.qint8"):
+        nnq.Hardswish(0.1, 3, dtype=torch.qint8)
+    with pytest.raises(ValueError, match="argument 'weight' must be a tensor of shape \\(4,\\)"):
+        nnq.GroupNorm(2, 4, torch.ones(3), None, 0.1, 3)
+
+
+def test_a_checkpoint_with_other_activation_dtype_is_refused(tmp_path):
+    def model(qc, seed):
+        torch.manual_seed(seed)
+        m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.Hardswish(), tq.DeQuantStub()).eval()
+        m.qconfig = qc
+        p = tq.prepare(m)
+        p(torch.randn(2, 3, 8, 8))
+        return tq.convert(p)
+
+    qc8 = tq.QConfig(activation=tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+                     weight=tq.default_per_channel_weight_observer)
+    saved = model(qc8, 0)
+    skeleton = model(tq.get_default_qconfig("x86"), 1)
+    torch.save(saved.state_dict(), tmp_path / "s.pt")
+    sd = torch.load(tmp_path / "s.pt", weights_only=True)
+    before = {k: v.clone() for k, v in skeleton.state_dict().items()}
+    with pytest.raises(RuntimeError) as e:
+        skeleton.load_state_dict(sd)
+    for where, cls in (("0", "Quantize"), ("1", "Conv2d"), ("2", "Hardswish")):
+        assert f"{where}: the checkpoint's activations are qint8, this quantized {cls}'s are quint8" in str(e.value)
+    assert all(torch.equal(v, skeleton.state_dict()[k]) for k, v in before.items())
+    # the same dtype loads (and a state dict without the record, as torch.ao's, loads by shape)
+    same = model(qc8, 2)
+    same.load_state_dict(sd)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(same(x), saved(x))
+    plain = {k: v for k, v in sd.items()}  # a plain dict: no _metadata
+    model(qc8, 3).load_state_dict(plain)

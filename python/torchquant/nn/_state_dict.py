@@ -48,11 +48,43 @@ def qparam_load_errors(module: nn.Module, state_dict, prefix: str) -> list:
     return errors
 
 
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def record_activation_dtype(module: nn.Module, state_dict, prefix, local_metadata) -> None:
+    """state_dict post-hook of the modules with int8 activations: their dtype (quint8 / qint8) in
+    the module's metadata (kept by torch.save and torch.load(weights_only=True)), checked on load:
+    no tensor of the state dict tells a quint8 checkpoint from a qint8 one, and one loaded into
+    the other would clip or wrap every activation without a word."""
+    if isinstance(getattr(module, "dtype", None), torch.dtype):
+        local_metadata["activation_dtype"] = _dtype_name(module.dtype)
+
+
+def register_activation_dtype_hook(module: nn.Module) -> None:
+    if record_activation_dtype not in [getattr(h, "hook", h) for h in module._state_dict_hooks.values()]:
+        module.register_state_dict_post_hook(record_activation_dtype)
+
+
+def activation_dtype_errors(module: nn.Module, local_metadata, prefix: str) -> list:
+    """The error for a checkpoint whose recorded activation dtype is not the module's (none when
+    the state dict has no record: torch.ao's, or one saved before the record existed)."""
+    saved = (local_metadata or {}).get("activation_dtype")
+    have = getattr(module, "dtype", None)
+    if saved is None or not isinstance(have, torch.dtype) or saved == _dtype_name(have):
+        return []
+    where = prefix[:-1] if prefix else type(module).__name__
+    return [f"{where}: the checkpoint's activations are {saved}, this quantized {type(module).__name__}'s are "
+            f"{_dtype_name(have)} (codes of one read as the other would be clipped or wrapped): build the model "
+            f"to load into with the same qconfig (its activation observer's dtype)"]
+
+
 def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, strict, missing_keys,
                          unexpected_keys, error_msgs) -> None:
     """load_state_dict pre-hook of the modules with output qparams and no loader of their own:
-    the checks of qparam_load_errors; a refused module keeps its values (load_state_dict raises)."""
-    errors = qparam_load_errors(module, state_dict, prefix)
+    the checks of qparam_load_errors and of the recorded activation dtype; a refused module keeps
+    its values (load_state_dict raises)."""
+    errors = activation_dtype_errors(module, local_metadata, prefix) + qparam_load_errors(module, state_dict, prefix)
     if errors:
         error_msgs.extend(errors)
         for key, have in module._buffers.items():

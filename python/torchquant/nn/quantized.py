@@ -17,7 +17,8 @@ from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32
 from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import integer_load_errors, qparam_load_errors, qparam_load_pre_hook
+from ._state_dict import (activation_dtype_errors, integer_load_errors, qparam_load_errors, qparam_load_pre_hook,
+                          register_activation_dtype_hook)
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
@@ -54,6 +55,7 @@ class Quantize(nn.Module):
         info = torch.iinfo(_storage(dtype))
         self.qmin, self.qmax = info.min, info.max
         self._register_load_state_dict_pre_hook(qparam_load_pre_hook, with_module=True)
+        register_activation_dtype_hook(self)
 
     def _apply(self, fn, *args, **kwargs):
         # As Linear's: the scale stays float32 under a dtype cast of the model.
@@ -155,6 +157,7 @@ class _Int8WeightModule(nn.Module):
         self.dtype = dtype
         info = torch.iinfo(_storage(dtype))
         self.qmin, self.qmax = info.min, info.max
+        register_activation_dtype_hook(self)
 
     def _repack(self):
         raise NotImplementedError
@@ -192,6 +195,7 @@ class _Int8WeightModule(nn.Module):
         # point the kernel never reads: refuse both, naming the key, and load nothing of this module.
         what = f"the quantized {type(self).__name__}"
         errors = integer_load_errors(self, state_dict, prefix, ("qweight",))
+        errors += activation_dtype_errors(self, local_metadata, prefix)
         errors += qparam_load_errors(self, state_dict, prefix)
         zp = state_dict.get(prefix + "weight_zero_point")
         if isinstance(zp, torch.Tensor) and not (zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool):

@@ -18,7 +18,7 @@ from torch import nn
 from .._ops import ops
 from ..qtensor import QTensor, _QRANGE
 from ..observer import _apply_keeping_float32
-from ._state_dict import qparam_load_pre_hook
+from ._state_dict import qparam_load_pre_hook, register_activation_dtype_hook
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
@@ -128,6 +128,7 @@ def _qparams_buffers(mod: nn.Module, scale, zero_point, dtype):
     mod.qmin, mod.qmax = _QRANGE[mod._storage]
     if qparam_load_pre_hook not in [getattr(h, "hook", h) for h in mod._load_state_dict_pre_hooks.values()]:
         mod._register_load_state_dict_pre_hook(qparam_load_pre_hook, with_module=True)
+    register_activation_dtype_hook(mod)
 
 
 def _observed_qparams(mod, what):
@@ -413,6 +414,14 @@ def _add_scalar_qparams(x: QTensor, c: float, lo: int, hi: int):
     return scale, zp
 
 
+def _check_factory_dtype(cls, dtype):
+    # torch.ao's modules take device / dtype factory arguments; the buffers here are float32
+    if dtype is not None and dtype != torch.float32:
+        raise ValueError(f"{cls.__name__}: argument 'dtype' (the float buffers' dtype) must be None or torch.float32, "
+                         f"got {dtype}; the activations' int8 dtype comes with convert (or set it with "
+                         f"load_state_dict of a converted model)")
+
+
 def _from_float_with(cls, mod, name, build):
     scale, zero_point, dtype = _observed_qparams(mod, name or type(mod).__name__)
     q = build()
@@ -428,12 +437,19 @@ class BatchNorm2d(_FloatInside):
     _dims = 4
     _relu = False
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, device=None, dtype=None):
         super().__init__()
+        _check_factory_dtype(type(self), dtype)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        for n, v in (("weight", torch.ones(num_features)), ("bias", torch.zeros(num_features)),
-                     ("running_mean", torch.zeros(num_features)), ("running_var", torch.ones(num_features))):
+        for n, v in (("weight", torch.ones(num_features, device=device)),
+                     ("bias", torch.zeros(num_features, device=device)),
+                     ("running_mean", torch.zeros(num_features, device=device)),
+                     ("running_var", torch.ones(num_features, device=device))):
             self.register_buffer(n, v)
+        # output qparams (torch.ao's default 1.0 / 0 before a load_state_dict or convert)
+        _qparams_buffers(self, 1.0, 0, torch.quint8)
+        if device is not None:
+            self.to(device)
 
     def _float_op(self, x):
         if x.dim() != self._dims:
@@ -510,6 +526,13 @@ class ReLU6(nn.ReLU6):
 class Hardswish(_LookupInside):
     """Quantized Hardswish (torch.ao.nn.quantized.Hardswish)."""
 
+    def __init__(self, scale=1.0, zero_point=0, device=None, dtype=None):
+        super().__init__()
+        _check_factory_dtype(type(self), dtype)
+        _qparams_buffers(self, scale, zero_point, torch.quint8)
+        if device is not None:
+            self.to(device)
+
     def _float_op(self, x):
         return F.hardswish(x)
 
@@ -521,31 +544,37 @@ class Hardswish(_LookupInside):
 class ELU(_LookupInside):
     """Quantized ELU (torch.ao.nn.quantized.ELU)."""
 
-    def __init__(self, alpha=1.0):
+    def __init__(self, scale=1.0, zero_point=0, alpha=1.0):
         super().__init__()
         self.alpha = alpha
+        _qparams_buffers(self, scale, zero_point, torch.quint8)
 
     def _float_op(self, x):
         return F.elu(x, self.alpha)
 
     @classmethod
     def from_float(cls, mod, name=None):
-        return _from_float_with(cls, mod, name, lambda: cls(mod.alpha))
+        return _from_float_with(cls, mod, name, lambda: cls(alpha=mod.alpha))
 
 
 class LeakyReLU(_LookupInside):
     """Quantized LeakyReLU (torch.ao.nn.quantized.LeakyReLU)."""
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, scale=1.0, zero_point=0, negative_slope=0.01, inplace=False, device=None, dtype=None):
         super().__init__()
+        _check_factory_dtype(type(self), dtype)
         self.negative_slope = negative_slope
+        self.inplace = inplace  # (torch.ao's argument; the output is a new QTensor in any case)
+        _qparams_buffers(self, scale, zero_point, torch.quint8)
+        if device is not None:
+            self.to(device)
 
     def _float_op(self, x):
         return F.leaky_relu(x, self.negative_slope)
 
     @classmethod
     def from_float(cls, mod, name=None):
-        return _from_float_with(cls, mod, name, lambda: cls(mod.negative_slope))
+        return _from_float_with(cls, mod, name, lambda: cls(negative_slope=mod.negative_slope))
 
 
 class PReLU(_LookupInside):
@@ -615,6 +644,10 @@ class PReLU(_LookupInside):
 class Sigmoid(_LookupInside):
     """Quantized Sigmoid (torch.ao.nn.quantized.Sigmoid), with calibrated output qparams."""
 
+    def __init__(self, output_scale=1.0, output_zero_point=0):
+        super().__init__()
+        _qparams_buffers(self, output_scale, output_zero_point, torch.quint8)
+
     def _float_op(self, x):
         return torch.sigmoid(x)
 
@@ -678,6 +711,23 @@ LOOKUP_ACTIVATIONS = (nn.SiLU, nn.GELU, nn.Mish, nn.Softplus, nn.Tanh, nn.CELU, 
 
 
 class _AffineNorm(_FloatInside):
+    def _init_affine(self, shape, affine, weight, bias, scale, zero_point, device, dtype):
+        """torch.ao's constructor arguments: the given weight / bias (or ones / zeros when
+        affine and none is given; none when not affine) and the output qparams."""
+        _check_factory_dtype(type(self), dtype)
+        for n, given, fill in (("weight", weight, torch.ones), ("bias", bias, torch.zeros)):
+            if given is not None:
+                if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(shape):
+                    got = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+                    raise ValueError(f"{type(self).__name__}: argument '{n}' must be a tensor of shape {tuple(shape)}, "
+                                     f"got {got}")
+                self.register_buffer(n, given.detach().float().clone())
+            else:
+                self.register_buffer(n, fill(shape) if affine else None)
+        _qparams_buffers(self, scale, zero_point, torch.quint8)
+        if device is not None:
+            self.to(device)
+
     def _copy_affine(self, mod):
         for n in ("weight", "bias"):
             t = getattr(mod, n, None)
@@ -691,42 +741,51 @@ class _AffineNorm(_FloatInside):
 class LayerNorm(_AffineNorm):
     """Quantized LayerNorm (torch.ao.nn.quantized.LayerNorm)."""
 
-    def __init__(self, normalized_shape, eps=1e-5):
+    def __init__(self, normalized_shape, weight=None, bias=None, scale=1.0, zero_point=0, eps=1e-5,
+                 elementwise_affine=True, device=None, dtype=None):
         super().__init__()
+        if isinstance(normalized_shape, int):
+            normalized_shape = (normalized_shape,)
         self.normalized_shape, self.eps = tuple(normalized_shape), eps
+        self._init_affine(self.normalized_shape, elementwise_affine, weight, bias, scale, zero_point, device, dtype)
 
     def _float_op(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     @classmethod
     def from_float(cls, mod, name=None):
-        return _from_float_with(cls, mod, name, lambda: cls(mod.normalized_shape, mod.eps)._copy_affine(mod))
+        return _from_float_with(cls, mod, name, lambda: cls(mod.normalized_shape, eps=mod.eps)._copy_affine(mod))
 
 
 class GroupNorm(_AffineNorm):
     """Quantized GroupNorm (torch.ao.nn.quantized.GroupNorm)."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5):
+    def __init__(self, num_groups, num_channels, weight=None, bias=None, scale=1.0, zero_point=0, eps=1e-5,
+                 affine=True, device=None, dtype=None):
         super().__init__()
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self._init_affine((num_channels,), affine, weight, bias, scale, zero_point, device, dtype)
 
     def _float_op(self, x):
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     @classmethod
     def from_float(cls, mod, name=None):
-        return _from_float_with(cls, mod, name, lambda: cls(mod.num_groups, mod.num_channels, mod.eps)._copy_affine(mod))
+        return _from_float_with(cls, mod, name, lambda: cls(mod.num_groups, mod.num_channels, eps=mod.eps)._copy_affine(mod))
 
 
 class InstanceNorm1d(_AffineNorm):
     """Quantized InstanceNorm1d (torch.ao.nn.quantized.InstanceNorm1d); uses the input's own
     statistics (running statistics, if the float module tracked them, as the float module in eval)."""
 
-    def __init__(self, num_features, eps=1e-5):
+    def __init__(self, num_features, weight=None, bias=None, scale=1.0, zero_point=0, eps=1e-5, momentum=0.1,
+                 affine=False, track_running_stats=False, device=None, dtype=None):
         super().__init__()
         self.num_features, self.eps = num_features, eps
-        self.register_buffer("running_mean", None)
-        self.register_buffer("running_var", None)
+        self.register_buffer("running_mean", torch.zeros(num_features) if track_running_stats else None)
+        self.register_buffer("running_var", torch.ones(num_features) if track_running_stats else None)
+        self._init_affine((num_features,), affine or weight is not None, weight, bias, scale, zero_point, device,
+                          dtype)
 
     def _float_op(self, x):
         use_input_stats = self.running_mean is None
@@ -736,7 +795,7 @@ class InstanceNorm1d(_AffineNorm):
     @classmethod
     def from_float(cls, mod, name=None):
         def build():
-            q = cls(mod.num_features, mod.eps)._copy_affine(mod)
+            q = cls(mod.num_features, eps=mod.eps)._copy_affine(mod)
             if mod.track_running_stats and mod.running_mean is not None:
                 q.running_mean = mod.running_mean.detach().float().clone()
                 q.running_var = mod.running_var.detach().float().clone()
