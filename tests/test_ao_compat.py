@@ -956,3 +956,58 @@ def test_hardsigmoid_trains_on_the_fixed_qparams_it_converts_with():
 def test_fake_quantize_refuses_an_observer_that_is_not_one():
     with pytest.raises(ValueError, match=r"argument 'observer' of FakeQuantize must make an observer .*got 'ReLU'"):
         tq.FakeQuantize(observer=nn.ReLU)
+
+
+def test_convert_after_a_qat_step_observes_the_final_weights_as_torch_ao():
+    # converting right after an optimizer step (observers on): each QAT Conv / ConvReLU / Linear
+    # takes its weight scales from the weights as they are now, as torch.ao's convert does
+    import copy
+
+    import torch.ao.quantization as aq
+
+    ao_qc = aq.QConfig(activation=aq.FakeQuantize.with_args(observer=aq.MovingAverageMinMaxObserver, quant_min=0,
+                                                            quant_max=255, dtype=torch.quint8,
+                                                            qscheme=torch.per_tensor_affine, reduce_range=False),
+                       weight=aq.default_per_channel_weight_fake_quant)
+
+    def build(lib, qc):
+        torch.manual_seed(0)
+        m = nn.Sequential(lib.QuantStub(), nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
+                          nn.Linear(8 * 16, 6), lib.DeQuantStub()).train()
+        m.qconfig = qc
+        return lib.prepare_qat(lib.fuse_modules_qat(m, [["1", "2"]]))
+
+    ma, mt = build(aq, ao_qc), build(tq, tq.get_default_qat_qconfig("x86"))
+    oa, ot = (torch.optim.SGD(m.parameters(), lr=0.5) for m in (ma, mt))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 6, (8,), generator=g)
+        for m, o in ((ma, oa), (mt, ot)):
+            loss = nn.functional.cross_entropy(m(x), y)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+    ma.eval()
+    mt.eval()
+    ca, ct = aq.convert(copy.deepcopy(ma)), tq.convert(copy.deepcopy(mt))
+    for i in (1, 3, 5):
+        assert torch.equal(ct[i].weight.scale.float().reshape(-1), ca[i].weight().q_per_channel_scales().float()), i
+    x = torch.randn(8, 3, 8, 8, generator=g)
+    assert torch.equal(ct(x), ca(x))
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool1d(2), nn.AdaptiveAvgPool1d(3)])
+def test_1d_average_pools_run_on_qtensors_unobserved(pool):
+    # as their 2d / 3d forms: no observer, no warning, int8 through (the pooled codes keep the qparams)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv1d(2, 4, 3), pool, tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = tq.prepare(m)
+        assert not hasattr(p[2], "activation_post_process")
+        x = torch.randn(3, 2, 12)
+        p(x)
+        q = tq.convert(p)
+        y = q[2](q[1](q[0](x)))
+    assert isinstance(y, tq.QTensor)
+    assert torch.equal(y.scale, q[1].scale)

@@ -374,6 +374,11 @@ def _weight_qparams(mod, linear, name):
         wobs = qconfig.weight()
         wobs.to(linear.weight.device)
         wobs(linear.weight.detach())
+    elif not hasattr(mod, "folded_weight_bias"):  # (a LinearBn1d's saw its folded weight in _float_linear)
+        # As torch.ao's convert: the QAT module's weight observer sees the final weight once
+        # more, so the scales follow the last optimizer step.
+        with torch.no_grad():
+            wobs(linear.weight.detach())
     _check_weight_axis(wobs, linear.weight.dim(), name, "Linear")
     w_scale, w_zp = wobs.calculate_qparams()
     w_scale = w_scale.float().reshape(-1).to(linear.weight.device)

@@ -241,8 +241,9 @@ def _conv_weight_qparams(mod, weight, name):
         wobs = qconfig.weight()
         wobs.to(dev)
         wobs(weight.detach())
-    elif isinstance(mod, qat_conv._ConvBn):
-        # As torch.ao's convert: the weight observer sees the folded weight once more.
+    else:
+        # As torch.ao's convert: the QAT module's weight observer sees the final weight once more
+        # (a ConvBn's folded weight), so the scales follow the last optimizer step.
         with torch.no_grad():
             wobs(weight.detach())
     _check_weight_axis(wobs, weight.dim(), name, "convolution")

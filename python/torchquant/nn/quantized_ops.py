@@ -815,6 +815,6 @@ class InstanceNorm3d(InstanceNorm1d):
 # Float modules that run on QTensors as they are: their forward calls torch functions that
 # QTensor answers in int8 with the input's qparams (python/torchquant/_qfunctions.py), so
 # prepare gives them no observer and convert leaves them in place.
-QTENSOR_NATIVE = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool2d,
-                  nn.AdaptiveAvgPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.Hardsigmoid, nn.Hardtanh,
+QTENSOR_NATIVE = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                  nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.Hardsigmoid, nn.Hardtanh,
                   nn.Identity)
