@@ -1011,3 +1011,21 @@ def test_1d_average_pools_run_on_qtensors_unobserved(pool):
         y = q[2](q[1](q[0](x)))
     assert isinstance(y, tq.QTensor)
     assert torch.equal(y.scale, q[1].scale)
+
+
+def test_learnable_fake_quant_clamps_a_negative_scale_to_eps_as_torch_ao():
+    from torch.ao.quantization import _learnable_fake_quantize as alfq
+
+    x = torch.linspace(-1.3, 1.3, 64)
+    mods = [tq.LearnableFakeQuantize(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255),
+            alfq._LearnableFakeQuantize(observer=torch.ao.quantization.MovingAverageMinMaxObserver, quant_min=0,
+                                        quant_max=255)]
+    outs = []
+    for fq in mods:
+        fq(x)  # observes: scale from the range
+        fq.disable_observer() if hasattr(fq, "disable_observer") else fq.toggle_observer_update(False)
+        with torch.no_grad():
+            fq.scale.fill_(-0.01)  # an optimizer step past zero
+        outs.append(fq(x))
+        assert float(fq.scale) == torch.finfo(torch.float32).eps
+    assert torch.equal(outs[0], outs[1])

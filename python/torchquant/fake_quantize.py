@@ -227,7 +227,7 @@ class LearnableFakeQuantize(FakeQuantize):
         return fixed() if fixed is not None else 0
 
     def calculate_qparams(self):
-        scale = self.scale.detach().abs().clamp(min=torch.finfo(torch.float32).eps)
+        scale = self.scale.detach().clamp(min=torch.finfo(torch.float32).eps)
         fixed = self._symmetric_zero_point()
         zp = self.zero_point.detach() if fixed is None else torch.full_like(self.zero_point.detach(), fixed)
         zp = zp.round().clamp(self.quant_min, self.quant_max).to(torch.int32)
@@ -251,7 +251,8 @@ class LearnableFakeQuantize(FakeQuantize):
             # Q_P is quant_max (torch.ao's), or -quant_min when the range has no positive level.
             qp = self.quant_max if self.quant_max > 0 else -self.quant_min
             grad_factor = 1.0 / (x.numel() * qp) ** 0.5 if self.use_grad_scaling else 1.0
-            self.scale.data.abs_().clamp_(min=torch.finfo(torch.float32).eps)
+            # a step that took the scale to or below 0 leaves it at eps, as torch.ao's does
+            self.scale.data.clamp_(min=torch.finfo(torch.float32).eps)
             zero_point = self.zero_point
             fixed = self._symmetric_zero_point()
             if fixed is not None:  # held, and not trained (no gradient reaches it)
