@@ -1029,3 +1029,30 @@ def test_learnable_fake_quant_clamps_a_negative_scale_to_eps_as_torch_ao():
         outs.append(fq(x))
         assert float(fq.scale) == torch.finfo(torch.float32).eps
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("kind", ["conv-bn", "linear-bn"])
+def test_compiled_qat_training_through_a_folded_batchnorm_matches_eager(kind):
+    # the fake-quant splits the compiled graph between the BatchNorm's running_std and its
+    # in-place update of running_var: backward must not find a saved running_var changed
+    import copy
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layers = ([nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)] if kind == "conv-bn"
+              else [nn.Flatten(), nn.Linear(48, 8), nn.BatchNorm1d(8)])
+    m = nn.Sequential(tq.QuantStub(), *layers, tq.DeQuantStub()).train()
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    m = tq.prepare_qat(tq.fuse_modules_qat(m, [["1", "2"]] if kind == "conv-bn" else [["2", "3"]]))
+    eager = copy.deepcopy(m)
+    compiled = torch.compile(m, backend="aot_eager")
+    for i in range(2):
+        x = torch.randn(4, 3, 4, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled(x).square().mean().backward()
+        eager(x).square().mean().backward()
+    for (n, a), (_, b) in zip(m.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
+    for (n, a), (_, b) in zip(m.named_buffers(), eager.named_buffers()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6, msg=n)

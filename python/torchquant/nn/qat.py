@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import intrinsic
-from .qat_conv import _BnStats
+from .qat_conv import _BnStats, running_std_of
 
 __all__ = ["Linear", "LinearReLU", "LinearBn1d", "Embedding", "EmbeddingBag"]
 
@@ -89,7 +89,7 @@ class LinearBn1d(_BnStats, nn.Linear):
             self.freeze_bn_stats()
 
     def forward(self, x):
-        running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
+        running_std = running_std_of(self.bn)
         gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
         scale_factor = gamma / running_std
         scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(-1, 1))

@@ -56,6 +56,17 @@ def has_relu6(mod) -> bool:
     return bool(getattr(mod, "_relu6", False))
 
 
+
+@torch.compiler.disable
+def running_std_of(bn: nn.Module) -> torch.Tensor:
+    """sqrt(running_var + eps) of a BatchNorm, as a new tensor computed outside torch.compile's
+    graph. The fake-quant between this and the BatchNorm's in-place update of running_var breaks
+    a compiled graph in two; inside the first graph, autograd could save running_var itself for
+    the backward (recomputing the square root there) and find it changed by the update: "one of
+    the variables needed for gradient computation has been modified by an inplace operation"."""
+    return torch.sqrt(bn.running_var + bn.eps)
+
+
 class _QATConv:
     """Mixin of the QAT convolutions: the weight passes through ``weight_fake_quant``."""
 
@@ -169,7 +180,7 @@ class _ConvBn(_BnStats, _QATConv):
             self.freeze_bn_stats()
 
     def forward(self, x):
-        running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
+        running_std = running_std_of(self.bn)
         gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
         scale_factor = gamma / running_std
         wshape = [-1] + [1] * (self.weight.dim() - 1)
