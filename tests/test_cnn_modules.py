@@ -1318,3 +1318,26 @@ def test_a_checkpoint_with_other_activation_dtype_is_refused(tmp_path):
     assert torch.equal(same(x), saved(x))
     plain = {k: v for k, v in sd.items()}  # a plain dict: no _metadata
     model(qc8, 3).load_state_dict(plain)
+
+
+def test_a_module_that_saw_only_nan_is_an_error_not_a_module_that_never_ran():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.fc1, self.fc2, self.dequant = tq.QuantStub(), nn.Linear(4, 4), nn.Linear(4, 4), tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.fc2(self.fc1(self.quant(x))))
+
+    torch.manual_seed(0)
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    x = torch.randn(3, 4)
+    x[:, 0] = float("nan")  # every row holds a NaN: fc1's and fc2's outputs are all NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p(x)
+        with pytest.raises(RuntimeError, match=r"module 'fc1' \(Linear\) could not be quantized: .*no finite data "
+                                                r"\(it skipped 12 NaN"):
+            tq.convert(p)

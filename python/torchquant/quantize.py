@@ -831,6 +831,12 @@ def _saw_data(obs) -> Optional[bool]:
     return mn.numel() > 0 and bool(torch.isfinite(mn).all())
 
 
+def _saw_nonfinite(obs) -> bool:
+    stats = getattr(obs, "activation_post_process", obs)
+    counts = getattr(stats, "nonfinite_count", None)
+    return isinstance(counts, torch.Tensor) and bool((counts != 0).any())
+
+
 def _unrun_modules(model: nn.Module, mapping) -> Dict[int, nn.Module]:
     """convert's memo entries for the observed modules that calibration never ran while others
     ran: they are left as they are (float), with one warning naming them. When no module ran,
@@ -841,7 +847,9 @@ def _unrun_modules(model: nn.Module, mapping) -> Dict[int, nn.Module]:
         if type(mod) not in mapping or obs is None or not _is_observer(obs) or isinstance(mod, _FLOAT_FUNCTIONALS):
             continue  # an unrun FloatFunctional becomes a QFunctional that raises if called
         observed += 1
-        if _saw_data(obs) is False:
+        if _saw_data(obs) is False and not _saw_nonfinite(obs):
+            # (one that ran on NaN / inf alone is not skipped: its swap raises, naming it and
+            # the values it left out, as when every module saw only those)
             unrun.append((name, mod))
     if not unrun or len(unrun) == observed:
         return {}
