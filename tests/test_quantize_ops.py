@@ -184,6 +184,23 @@ def test_fake_quantize_autograd_straight_through():
     assert torch.equal(x.grad, xt.grad)
 
 
+@pytest.mark.parametrize("axis", [None, 1])
+def test_fake_quantize_float64_gradient_passes_unrounded(axis):
+    x = torch.tensor([[-100.0, -1.0, 0.5, 100.0]] * 3, dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([[0.1, 1e-50, 1e300, 1.0000000001]] * 3, dtype=torch.float64).t().contiguous().t()  # non-contiguous
+    if axis is None:
+        y = torchquant.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+        yt = torch.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+    else:
+        s, z = torch.full((4,), 0.1), torch.zeros(4, dtype=torch.int32)
+        y = torchquant.fake_quantize_per_channel_affine(x, s, z, axis, -128, 127)
+        yt = torch.fake_quantize_per_channel_affine(x, s, z, axis, -128, 127)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gt,) = torch.autograd.grad(yt, x, g)
+    assert gx.dtype == torch.float64 and torch.equal(gx, gt)
+    assert gx[0].tolist() == [0.0, 1e-50, 1e300, 0.0]
+
+
 @pytest.mark.parametrize("axis", [None, 0, 1])
 def test_learnable_gradients_match_reference(axis):
     gen = torch.Generator().manual_seed(7)

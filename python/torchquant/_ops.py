@@ -79,6 +79,13 @@ def _fake_quantize_setup_context(ctx, inputs, output):
 def _fake_quantize_backward(ctx, grad):
     # Straight-through estimator: pass grad where the rounded value lies in [qmin, qmax].
     x, scale, zero_point = ctx.saved_tensors
+    if grad.dtype == torch.float64:
+        # The kernel passes float32 gradients (exact for float16 / bfloat16 ones); a float64
+        # gradient goes through as it is where the mask lets it (1e300 stayed 1e300, not inf).
+        mask = ops.fake_quantize_backward(torch.ones_like(grad, dtype=torch.float32), x, scale, zero_point, ctx.axis,
+                                          ctx.qmin, ctx.qmax)
+        gx = torch.where(mask != 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        return gx.contiguous(), None, None, None, None, None
     gx = ops.fake_quantize_backward(grad, x, scale, zero_point, ctx.axis, ctx.qmin, ctx.qmax)
     return gx, None, None, None, None, None
 
