@@ -117,3 +117,13 @@ def test_qconfig_getters_refuse_unknown_versions():
         tq.get_default_qconfig("x86", 1)
     with pytest.raises(ValueError, match="argument 'version' must be 0 or 1 .*got 7"):
         tq.get_default_qat_qconfig("x86", 7)
+
+
+def test_ranges_the_fake_quant_cannot_use_are_refused_at_construction():
+    import torchquant as tq
+    with pytest.raises(ValueError, match=r"FakeQuantize: the range \[-2147483648, 2147483647\] \(dtype torch.qint32\)"):
+        tq.FakeQuantize(observer=tq.MovingAverageMinMaxObserver, dtype=torch.qint32)
+    tq.FakeQuantize(observer=tq.MovingAverageMinMaxObserver, dtype=torch.qint32, quant_min=-(1 << 23),
+                    quant_max=1 << 23)  # within float32's exact integers
+    with pytest.raises(ValueError, match=r"reduce_range=True halves \[quant_min, quant_max\] = \[0, 1\] to \[0, 0\]"):
+        tq.MinMaxObserver(quant_min=0, quant_max=1, reduce_range=True)

@@ -740,3 +740,11 @@ def test_random_shapes_layouts_match_reference(isa, seed):
     assert _same(ops.fake_quantize_backward(g, x, scale, zp, axis, qmin, qmax),
                  reference.fake_quantize_backward(g, x, scale, zp, ax, qmin, qmax))
     assert _same(x, before)
+
+
+def test_reference_quantize_saturates_at_int32_bounds():
+    x = torch.tensor([3e9, float("inf"), 2147483647.0, -3e9, float("-inf")])
+    s, z = torch.tensor([1.0]), torch.tensor([0], dtype=torch.int32)
+    got = reference.quantize(x, s, z, None, -2**31, 2**31 - 1, torch.int32)
+    want = torch.quantize_per_tensor(x, 1.0, 0, torch.qint32).int_repr()
+    assert got.tolist() == [2**31 - 1, 2**31 - 1, 2**31 - 1, -2**31, -2**31] and torch.equal(got, want)

@@ -146,6 +146,13 @@ class FakeQuantize(FakeQuantizeBase):
                              f"made a {type(app).__name__}")
         self.quant_min, self.quant_max = app.quant_min, app.quant_max
         self.dtype, self.qscheme = app.dtype, app.qscheme
+        if isinstance(self.quant_min, int) and isinstance(self.quant_max, int) and (
+                self.quant_min < -(1 << 23) or self.quant_max > 1 << 23):
+            # the fake-quant kernels compute in float32, where integers past 2^23 are not all exact
+            raise ValueError(f"{type(self).__name__}: the range [{self.quant_min}, {self.quant_max}] (dtype "
+                             f"{self.dtype}) is wider than the [-2^23, 2^23] torchquant's fake-quant computes "
+                             f"exactly in float32; pass quant_min / quant_max within it (an int32 bias is not "
+                             f"fake-quantized in torchquant's flows)")
         self.is_dynamic = app.is_dynamic
         self.ch_axis = getattr(app, "ch_axis", -1)
         # Float qparams (per-row float scale and zero point: embedding tables, as torch.ao's

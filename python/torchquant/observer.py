@@ -298,6 +298,10 @@ class UniformQuantizationObserverBase(ObserverBase):
                              f"([{lo_hi[0]}, {lo_hi[1]}])")
         self.quant_min, self.quant_max = _calculate_qmin_qmax(
             quant_min, quant_max, self.has_customized_qrange, dtype, reduce_range)
+        if self.quant_min >= self.quant_max:
+            raise ValueError(f"reduce_range=True halves [quant_min, quant_max] = [{quant_min}, {quant_max}] to "
+                             f"[{self.quant_min}, {self.quant_max}]: a single level; widen the range or pass "
+                             f"reduce_range=False")
         if qscheme in _SYMMETRIC and reduce_range and dtype in (torch.quint8, torch.uint8):
             # torch.ao refuses this too: the symmetric zero point 128 would lie outside [0, 127].
             raise NotImplementedError("Cannot reduce range for symmetric quantization for quint8")

@@ -55,7 +55,8 @@ def _quantized_float(x, scale, zero_point, axis, qmin, qmax):
 
 def quantize(x, scale, zero_point, axis, qmin, qmax, dtype) -> torch.Tensor:
     t, *_ = _quantized_float(x, scale, zero_point, axis, qmin, qmax)
-    return t.to(torch.int64).to(dtype)
+    # clamped again in float64: a float32 bound past 2^24 rounds (2^31 - 1 to 2^31, which int32 wraps)
+    return t.double().clamp(qmin, qmax).to(torch.int64).to(dtype)
 
 
 def dequantize(q, scale, zero_point, axis, out_dtype=None) -> torch.Tensor:
