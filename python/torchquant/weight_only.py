@@ -710,7 +710,7 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     from the original weight); act_order does not apply to a per-channel grid and is ignored."""
     N, K = W.shape
     q8, s8, _ = _int8_rtn(W)
-    Wd = W.double().clone()
+    Wd = W.to(torch.float64, copy=True)
     H = acc.H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -729,7 +729,7 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
             err = (w - q * s) / U[i1 + i, i1 + i]
             W1[:, i:] -= err.unsqueeze(1) * U[i1 + i, i1 + i:i2].unsqueeze(0)
             E[:, i] = err
-        Wd[:, i2:] -= E @ U[i1:i2, i2:]
+        Wd[:, i2:].addmm_(E, U[i1:i2, i2:], alpha=-1)  # in place: no [N, K - i2] product
     return Q, s8, torch.zeros_like(s8, dtype=torch.int64)
 
 

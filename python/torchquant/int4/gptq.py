@@ -75,9 +75,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     column is reached, as in the reference implementation. ``rows``: how many calibration rows
     built H; fewer than K (a rank-deficient Hessian) warns with H's condition number.
     """
-    W = W.detach().to(torch.float64).clone()
+    W = W.detach().to(torch.float64, copy=True)  # (one copy: .to() then .clone() made two)
     N, K = W.shape
-    H = H.detach().to(torch.float64).clone()
+    H = H.detach().to(torch.float64, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -106,7 +106,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
         scale_all = torch.empty(N, G, dtype=torch.float32, device=W.device)
         zero_all = torch.empty(N, G, dtype=torch.int64, device=W.device)
     Hinv, _ = _inverse_cholesky(H, percdamp, name)
-    Q = torch.empty(N, K, dtype=torch.float64, device=W.device)
+    Q = torch.empty(N, K, dtype=torch.uint8, device=W.device)  # the codes 0..15, exact
     for i1 in range(0, K, blocksize):
         i2 = min(i1 + blocksize, K)
         W1 = W[:, i1:i2].clone()
@@ -116,8 +116,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
             col = int(perm[i1 + i])
             g = col // group_size
             if not act_order and col % group_size == 0:
-                # qparams from the error-updated weights of this group (columns col.. are in W1 / W).
-                upd = torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :min(group_size, K - col)]
+                # qparams from the error-updated weights of this group (columns col.. are in W1 / W);
+                # only the group's own columns are gathered
+                need = min(group_size, K - col)
+                upd = W1[:, i:i + need]
+                if upd.shape[1] < need:
+                    upd = torch.cat([upd, W[:, i2:i2 + need - upd.shape[1]]], 1)
                 s, z = choose_group_qparams(upd.float(), group_size)
                 scale_all[:, g], zero_all[:, g] = s[:, 0], z[:, 0]
             s = scale_all[:, g].double()
@@ -125,14 +129,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
             w = W1[:, i]
             q = torch.clamp(torch.round(w.float() * (1.0 / scale_all[:, g])).double() + z, 0, QMAX)
             dq = (q - z) * s
-            Q[:, i1 + i] = q
+            Q[:, i1 + i] = q.to(torch.uint8)
             err = (w - dq) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # in place: no [N, K - i2] product
     q = torch.empty_like(Q)
     q[:, perm] = Q
-    return q.to(torch.uint8), scale_all, zero_all
+    return q, scale_all, zero_all
 
 
 def gptq_reference(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: float = 0.01):
