@@ -522,3 +522,40 @@ def test_int8_weight_only_past_the_exact_k_names_the_module():
 
     with pytest.raises(RuntimeError, match=r"module '0' \(Linear 70000 -> 2\) cannot be quantized to int8"):
         torchquant.quantize_weight_only(nn.Sequential(nn.Linear(70000, 2)), bits=8, progress=False)
+
+
+def test_weight_view_answers_like_a_linear_weight_and_t5_runs():
+    import copy
+    import pickle
+
+    import torch.nn.functional as F
+
+    from torchquant.nn.quantized import LinearWeightOnlyInt4
+    torch.manual_seed(0)
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(40, 24), group_size=16)
+    q.register_buffer("input_scale", torch.rand(40) + 0.5)  # as an AWQ layer keeps one
+    w = q.weight
+    assert not isinstance(w, torch.Tensor)
+    assert w.shape == (24, 40) and w.size(1) == 40 and w.dim() == w.ndim == 2 and w.dtype == torch.float32
+    want = q.dequantized_weight() * q.input_scale
+    x = torch.randn(5, 40)
+    assert torch.equal(w.dequantize(), want) and torch.equal(w.t(), want.t()) and torch.equal(w.float(), want)
+    torch.testing.assert_close(F.linear(x, w, q.bias), q(x), rtol=0.05, atol=0.05)  # (q(x) rounds x to int8)
+    assert torch.equal(w @ x.t(), want @ x.t()) and torch.equal(x @ w.t(), x @ want.t())
+    assert (w @ x.t().bfloat16()).dtype == torch.bfloat16
+    assert torch.equal(torch.matmul(x, w.T), x @ want.t())
+    # copies of the module and of the view keep working
+    assert torch.equal(copy.deepcopy(q).weight.dequantize(), want)
+    assert torch.equal(pickle.loads(pickle.dumps(q)).weight.dequantize(), want)
+
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                decoder_start_token_id=0)
+    t5 = transformers.T5ForConditionalGeneration(cfg).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    # T5's feed-forward reads self.wo.weight (its dtype) every call
+    q5 = torchquant.quantize_weight_only(t5, group_size=32, exclude=["lm_head"], progress=False)
+    with torch.no_grad():
+        a = t5(input_ids=ids, decoder_input_ids=ids).logits
+        b = q5(input_ids=ids, decoder_input_ids=ids).logits
+    assert float((a - b).norm() / a.norm()) < 0.3

@@ -19,7 +19,7 @@ from ._state_dict import integer_load_errors, qparam_load_errors
 from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
                            quantize_groups, unpack_int4)
 
-__all__ = ["LinearWeightOnlyInt4"]
+__all__ = ["LinearWeightOnlyInt4", "Int4WeightView"]
 
 _FLOAT_OUT = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -29,6 +29,80 @@ def _record_format(module, state_dict, prefix, local_metadata):
     torch.load(weights_only=True)), checked on load."""
     local_metadata["group_size"] = module.group_size
     local_metadata["in_features"] = module.in_features
+
+
+def _materialize(v):
+    if isinstance(v, Int4WeightView):
+        return v.dequantize()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_materialize(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _materialize(x) for k, x in v.items()}
+    return v
+
+
+class Int4WeightView:
+    """What ``LinearWeightOnlyInt4.weight`` returns: the layer's effective weight ``W`` (``y = x
+    @ W.T + bias``) without materializing it. Model code that reads a Linear's ``.weight``
+    keeps working on the int4 layer: ``.shape`` / ``.dtype`` (float32) / ``.device`` answer from
+    the module, and a torch function or operator given the view (``w @ x``, ``F.linear(x, w)``,
+    ``w.t()``, ``w.to(dtype)``) gets the dequantized float32 ``[out_features, in_features]``
+    tensor (``s * (q - z)``, times the AWQ input scale where the layer has one), built at that
+    call: code that reads it per forward pays a dequantization per forward. Being no
+    ``torch.Tensor``, ``isinstance(w, torch.Tensor)`` checks (Hugging Face T5's "cast to the
+    weight's dtype") skip it, as they skip the int8 Linear's QTensor weight."""
+
+    __slots__ = ("_module",)
+
+    def __init__(self, module: "LinearWeightOnlyInt4"):
+        self._module = module
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self._module.out_features, self._module.in_features))
+
+    def size(self, dim: Optional[int] = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return 2
+
+    ndim = property(dim)
+    dtype = property(lambda self: torch.float32)
+    device = property(lambda self: self._module.qweight.device)
+    requires_grad = property(lambda self: False)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def dequantize(self) -> torch.Tensor:
+        m = self._module
+        w = m.dequantized_weight()
+        return w if m.input_scale is None else w * m.input_scale.reshape(1, -1)
+
+    def _as(self, other) -> torch.Tensor:
+        w = self.dequantize()
+        return w.to(other.dtype) if isinstance(other, torch.Tensor) and other.is_floating_point() else w
+
+    def __matmul__(self, other):
+        return self._as(other) @ other
+
+    def __rmatmul__(self, other):
+        return other @ self._as(other)
+
+    def __getattr__(self, name):  # tensor methods (t, T, to, float, contiguous, ...) on the float weight
+        if name.startswith("_"):  # (copy / pickle probing an unset slot: no dequantization)
+            raise AttributeError(name)
+        return getattr(self.dequantize(), name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return func(*_materialize(args), **_materialize(kwargs or {}))
+
+    def __repr__(self):
+        m = self._module
+        return (f"Int4WeightView(shape=({m.out_features}, {m.in_features}), group_size={m.group_size}, "
+                f"device={m.qweight.device})")
 
 
 class LinearWeightOnlyInt4(nn.Module):
@@ -112,6 +186,12 @@ class LinearWeightOnlyInt4(nn.Module):
         return cls.from_qparams(q, scale, zp, mod.bias, group_size)
 
     # ---- the weight
+    @property
+    def weight(self) -> Int4WeightView:
+        """The effective weight as an :class:`Int4WeightView` (shape, dtype, device; dequantized
+        when a torch function reads it), so that model code reading ``layer.weight`` runs."""
+        return Int4WeightView(self)
+
     def qvalues(self) -> torch.Tensor:
         """The uint4 values as uint8 [N, K]."""
         return unpack_int4(self.qweight, self.in_features)
