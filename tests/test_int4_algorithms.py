@@ -663,3 +663,20 @@ def test_rtn_swaps_as_it_goes_shares_only_replaced_weights_and_undoes_an_interru
             torchquant.quantize_weight_only(m, group_size=32, inplace=True, progress=False)
     assert type(m.a) is nn.Linear and type(m.b) is nn.Linear and m.b2 is m.b
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+
+def test_linear_subclasses_keeping_its_forward_are_quantized_and_others_named():
+    class Plain(nn.Linear):  # keeps nn.Linear's forward (as NonDynamicallyQuantizableLinear)
+        pass
+
+    class Own(nn.Linear):  # a forward of its own (as Falcon's FalconLinear)
+        def forward(self, x):
+            return x @ self.weight.T + self.bias
+
+    m = nn.Sequential(Plain(32, 32), Own(32, 32), nn.MultiheadAttention(32, 4), nn.Linear(32, 8))
+    with pytest.warns(UserWarning, match=r"\['Own'\] subclass nn.Linear but have a forward\(\) of their own"):
+        q = torchquant.quantize_weight_only(m, group_size=32, progress=False)
+    assert isinstance(q[0], LinearWeightOnlyInt4) and type(q[1]) is Own and isinstance(q[3], LinearWeightOnlyInt4)
+    assert type(q[2].out_proj) is type(m[2].out_proj)  # MultiheadAttention reads it directly
+    with pytest.warns(UserWarning, match="nothing was quantized"):
+        torchquant.quantize_weight_only(nn.Sequential(Own(32, 32)), group_size=32, progress=False)

@@ -1,6 +1,6 @@
 """Whole-model int4 weight-only quantization: :func:`quantize_weight_only`.
 
-Every ``nn.Linear`` (exactly that type, as torch.ao's ``quantize_dynamic`` by default; not, say,
+Every ``nn.Linear`` and subclass keeping its forward (as torchquant's ``quantize_dynamic``; not
 ``nn.MultiheadAttention``'s ``out_proj``, which its owner reads directly) and every Hugging Face
 ``Conv1D`` (GPT-2's layers, turned into the equivalent Linear first) is replaced by
 :class:`torchquant.nn.quantized.LinearWeightOnlyInt4` (bits=4) or by torchquant's int8
@@ -485,7 +485,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
             # RTN only reads the weights it replaces, and each is swapped out of the copy before
             # it is returned: the copy shares them instead of holding a second float copy of
             # every layer (the layers left in float, excluded or tied, are copied as before)
-            lin = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
+            lin = _selected_linears(model, excluded)
             tied = _tied_elsewhere(model, lin)
             memo = {id(m.weight): m.weight for n, m in lin.items() if n not in tied}
         model = copy.deepcopy(model, memo)
@@ -504,7 +504,13 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
 def _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize, act_order,
                           awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped, cache_block_inputs=True):
     model = _conv1d_to_linear(model, excluded, swapped)
-    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in excluded}
+    linears = _selected_linears(model, excluded)
+    own = sorted({type(m).__name__ for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                  and n not in excluded and n not in linears and _own_forward(type(m))})
+    if own:
+        warnings.warn(f"quantize_weight_only: {own} subclass nn.Linear but have a forward() of their own, which the "
+                      "quantized layer would not run: they stay in float (give the model plain nn.Linear layers to "
+                      "quantize them)", UserWarning, stacklevel=3)
     tied = _tied_elsewhere(model, linears)
     if tied:
         warnings.warn("quantize_weight_only: " + "; ".join(f"{n} shares its weight with {', '.join(o)}" for n, o in tied.items())
@@ -513,9 +519,9 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                       "(a copy of the weight) to quantize it", UserWarning, stacklevel=3)
         linears = {n: m for n, m in linears.items() if n not in tied}
     if not linears:
-        warnings.warn("quantize_weight_only: nothing was quantized: the model has no nn.Linear (or Hugging Face "
-                      "Conv1D) outside 'exclude' (an already quantized model comes back as it was)", UserWarning,
-                      stacklevel=3)
+        warnings.warn("quantize_weight_only: nothing was quantized: the model has no nn.Linear (or subclass keeping "
+                      "its forward, or Hugging Face Conv1D) to quantize outside 'exclude' and the layers named above "
+                      "(an already quantized model comes back as it was)", UserWarning, stacklevel=3)
     meta = [n for n, m in linears.items() if m.weight.is_meta]
     if meta:
         raise ValueError(f"quantize_weight_only: the weights of {meta[:3]}{' ...' if len(meta) > 3 else ''} are on "
@@ -598,6 +604,20 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
     model = _swap(model, linears, results, bits, gs)
     model.train(training)
     return model
+
+
+def _own_forward(cls) -> bool:
+    return cls.forward is not nn.Linear.forward and not cls.__module__.startswith("torchquant.")
+
+
+def _selected_linears(model: nn.Module, excluded) -> Dict[str, nn.Linear]:
+    """The Linears quantize_weight_only replaces: nn.Linear and its subclasses that keep its
+    forward (as quantize_dynamic takes them; torchquant's own modules excepted), but not a
+    MultiheadAttention's out_proj, which its owner reads directly."""
+    mha_out = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n not in excluded and id(m) not in mha_out
+            and (type(m) is nn.Linear or not (_own_forward(type(m)) or type(m).__module__.startswith("torchquant.")))}
 
 
 def _tied_elsewhere(model: nn.Module, linears: Dict[str, nn.Linear]) -> Dict[str, List[str]]:
