@@ -558,16 +558,8 @@ def test_blocks_that_cannot_be_rerun_alone_get_whole_forwards(kw, why, monkeypat
     torch.manual_seed(12)
     calib = [torch.randn(6, 12, 16) for _ in range(2)]
     model = _Stack(3, **kw).eval()
-    if kw.get("stateful"):
-        # the block's own counter advances with every call: compare from the same start
-        from torchquant import weight_only
-        plans = []
-        orig = weight_only._block_plan
-        monkeypatch.setattr(weight_only, "_block_plan", lambda *a: plans.append(orig(*a)) or plans[-1])
-        torchquant.quantize_weight_only(model, bits=4, group_size=32, method="gptq", calib_data=calib,
-                                        progress=False)
-        assert plans == [{}], why
-        return
+    # (a stateful block's counter, advanced by the check's forwards, is put back: the whole
+    # forwards that follow give what they give without the check)
     _, _, plans = _quantize_both_ways(model, calib, "gptq", monkeypatch)
     assert plans == [{}], why
 
@@ -680,3 +672,107 @@ def test_linear_subclasses_keeping_its_forward_are_quantized_and_others_named():
     assert type(q[2].out_proj) is type(m[2].out_proj)  # MultiheadAttention reads it directly
     with pytest.warns(UserWarning, match="nothing was quantized"):
         torchquant.quantize_weight_only(nn.Sequential(Own(32, 32)), group_size=32, progress=False)
+
+
+class _Res(nn.Module):
+    """A residual block (the residual inside: the parent hands each block's output to the next)."""
+
+    def __init__(self, d=32, parent=None):
+        super().__init__()
+        self.ln, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.parent = [parent]  # (not a submodule)
+
+    def forward(self, h, stack=None):
+        y = self.fc2(torch.nn.functional.gelu(self.fc1(self.ln(h))))
+        if self.parent[0] is not None:
+            y = y * self.parent[0].ctx["scale"]  # state the parent's forward sets per batch
+        if stack is not None:  # an argument (a list) whose contents change between blocks
+            y = y + stack[-1]
+            stack.append(y)
+        return h + y
+
+
+class _Ctx(nn.Module):
+    """A chain of blocks whose forward breaks the reuse of cached inputs in the ways models do."""
+
+    def __init__(self, case, d=32, n=3):
+        super().__init__()
+        self.case, self.ctx = case, {}
+        self.inp, self.head = nn.Linear(d, d), nn.Linear(d, d)
+        reads = case in ("parent_state", "reads_context")
+        self.blocks = nn.ModuleList(_Res(d, self if reads else None) for _ in range(n))
+
+    def forward(self, x):
+        self.ctx["scale"] = x.shape[1] / 8
+        h = self.inp(x)
+        stack = [h] if self.case == "list_arg" else None
+        for i, b in enumerate(self.blocks):
+            if self.case == "early_exit" and x.shape[0] == 1 and i == 1:
+                break  # a later batch takes another path
+            h = b(h, stack) if stack is not None else b(h)
+            if self.case == "inplace_between" and i == 1:
+                h.mul_(0.5)  # the parent changes a block's output before the next block
+        if self.case == "reads_context":
+            self.ctx.clear()  # the blocks run only inside the model's forward
+        return self.head(h)
+
+
+@pytest.mark.parametrize("case", ["plain", "early_exit", "parent_state", "inplace_between", "reads_context",
+                                  "list_arg"])
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_cached_block_inputs_equal_whole_forwards_when_batches_or_blocks_misbehave(case, method, monkeypatch):
+    from torchquant import weight_only
+    plans = []
+    orig = weight_only._block_plan
+    monkeypatch.setattr(weight_only, "_block_plan", lambda *a: plans.append(orig(*a)) or plans[-1])
+    torch.manual_seed(17)
+    g = torch.Generator().manual_seed(17)
+    calib = [torch.randn(3, 8, 32, generator=g), torch.randn(1, 12, 32, generator=g),
+             torch.randn(2, 6, 32, generator=g)]
+    model = _Ctx(case)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = []
+    for cache in (True, False):
+        q = torchquant.quantize_weight_only(model, bits=4, group_size=32, method=method, calib_data=calib,
+                                            cache_block_inputs=cache, progress=False)
+        out.append(q.state_dict())
+    assert out[0].keys() == out[1].keys() and all(torch.equal(out[0][k], out[1][k]) for k in out[0]), case
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert (len(plans[0]) == 6) == (case == "plain")  # every other case runs whole forwards
+
+
+def test_awq_fx_trace_leaves_no_proxy_in_a_model_whose_forward_sets_attributes():
+    class Mem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.fc = nn.LayerNorm(32), nn.Linear(32, 32)
+
+        def forward(self, x):
+            y = self.fc(self.ln(x))
+            self.last = y.detach().mean()  # tracing would store an fx Proxy here
+            return y
+
+    torch.manual_seed(19)
+    m = nn.Sequential(Mem(), Mem())
+    x = torch.randn(64, 32)
+    m(x)
+    torchquant.quantize_weight_only(m, group_size=32, method="awq", calib_data=[x], inplace=True, progress=False)
+    assert all(not isinstance(v, torch.fx.Proxy) for mod in m.modules() for v in mod.__dict__.values())
+    m(x)  # still runs
+
+
+def test_hf_llama_with_a_cache_requested_by_a_later_batch_runs_whole_forwards():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(18)
+    model = transformers.LlamaModel(cfg).eval()
+    mask = torch.ones(4, 16, dtype=torch.long)
+    mask[0, 9:] = 0  # (a padded batch: the layers then take a mask tensor)
+    calib = [{"input_ids": torch.randint(0, 100, (4, 16)), "attention_mask": mask, "use_cache": c}
+             for c in (False, True, True)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = (torchquant.quantize_weight_only(model, group_size=32, method="gptq", calib_data=calib,
+                                                cache_block_inputs=c, progress=False).state_dict() for c in (True, False))
+    assert all(torch.equal(a[k], b[k]) for k in a)

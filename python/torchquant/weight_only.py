@@ -156,21 +156,24 @@ def _capture_inputs(model, batches, module: nn.Module, fn, stop: bool):
 
 # ---------------------------------------------------------------- calibration by block
 # GPTQ and AWQ need each Linear's inputs with the layers before it quantized. Running the whole
-# model up to each layer costs a number of forwards that grows with the square of the depth. A
+# model up to each Linear costs a number of forwards that grows with the square of the depth. A
 # model made of a chain of blocks (an nn.ModuleList or nn.Sequential whose i-th child's hidden
 # input is the (i-1)-th child's output, every other argument the same object for each block, as
 # the layers of Hugging Face's and most other transformers) is calibrated as AutoGPTQ does: the
 # first block's inputs are captured once per batch, each Linear's inputs come from running its
 # block alone on the cached inputs, and a finished block's outputs become the next block's
 # inputs. Each step computes what the full forward would, on the same values, so the result is
-# the same bit for bit (tested); a model that does not verify as such a chain on the first batch
-# runs whole forwards as before.
+# the same bit for bit (tested). The chain is verified on a forward of every calibration batch;
+# a model that does not verify runs whole forwards as before.
 
 
 def _plain(v) -> bool:
+    """An argument a block can be called with again: tensors, numbers, strings, None and tuples
+    of them (not a list or dict, whose contents the model could change between blocks, nor a
+    cache object)."""
     if v is None or isinstance(v, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
         return True
-    if isinstance(v, (tuple, list)):
+    if isinstance(v, tuple):
         return all(_plain(x) for x in v)
     return False
 
@@ -212,6 +215,62 @@ def _block_output(out):
     return None
 
 
+# nn.Module's own bookkeeping (hooks, registries) and torchquant's per-module caches: not state
+# a forward leaves behind
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {"_tq_setting_names", "_table_cache"}
+
+
+def _same_value(a, b) -> bool:
+    if a is b:
+        return True
+    return type(a) is type(b) and isinstance(a, (bool, int, float, str)) and a == b
+
+
+class _StateSnapshot:
+    """What running a model could leave behind in its modules: their buffers (the tensor, its
+    version and a copy of its values), their parameters (the tensor and its version) and their
+    other attributes. `changed()` tells whether a forward changed any; `restore()` puts them back."""
+
+    def __init__(self, model: nn.Module):
+        self.mods = []
+        for m in model.modules():
+            attrs = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
+            bufs = {k: (t, t._version, t.detach().clone()) if isinstance(t, torch.Tensor) else (t, None, None)
+                    for k, t in m._buffers.items()}
+            params = {k: (p, p._version if p is not None else None) for k, p in m._parameters.items()}
+            self.mods.append((m, attrs, bufs, params))
+
+    def changed(self) -> bool:
+        for m, attrs, bufs, params in self.mods:
+            now = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
+            if now.keys() != attrs.keys() or any(not _same_value(now[k], v) for k, v in attrs.items()):
+                return True
+            if m._buffers.keys() != bufs.keys() or m._parameters.keys() != params.keys():
+                return True
+            for k, (t, ver, _) in bufs.items():
+                if m._buffers[k] is not t or (ver is not None and t._version != ver):
+                    return True
+            for k, (p, ver) in params.items():
+                if m._parameters[k] is not p or (ver is not None and p._version != ver):
+                    return True
+        return False
+
+    def restore(self) -> None:
+        for m, attrs, bufs, params in self.mods:
+            for k in [k for k in m.__dict__ if k not in _MODULE_INTERNALS and k not in attrs]:
+                del m.__dict__[k]
+            m.__dict__.update(attrs)
+            for k in [k for k in m._buffers if k not in bufs]:
+                del m._buffers[k]
+            for k, (t, ver, values) in bufs.items():
+                if ver is not None and t._version != ver:
+                    with torch.no_grad():
+                        t.copy_(values)
+                m._buffers[k] = t
+            for k, (p, _) in params.items():
+                m._parameters[k] = p
+
+
 class _Chain:
     """A verified chain of blocks: `container`'s children in order, the hidden input at `slot`."""
 
@@ -220,7 +279,8 @@ class _Chain:
 
 
 class _Watch:
-    """Hooks that record one container's block calls during a forward, to check it is a chain."""
+    """Hooks that record one container's block calls during the forward of each calibration
+    batch, to check that it is a chain in every one of them."""
 
     def __init__(self, name, container, linears, order):
         self.name, self.blocks = name, list(container.children())
@@ -231,7 +291,11 @@ class _Watch:
             for n, m in linears.items():
                 if n in named and id(m) in inside:
                     self.owner.setdefault(n, i)
-        self.calls: List[list] = []  # [index, args, kwargs, (tensor, version) before, output]
+        # this batch's calls: [index, args, kwargs, (tensor, version) of the inputs, output,
+        # version of the hidden input at the call, version of the output at the return]
+        self.calls: List[list] = []
+        self.first = None  # the first batch's (args, kwargs, output) of each block
+        self.slot = None
         self.active = None
         self.ok = True
 
@@ -242,15 +306,24 @@ class _Watch:
         handles = []
         for i, b in enumerate(self.blocks):
             def pre(mod, args, kwargs, i=i):
+                if not self.ok:
+                    return
                 if self.active is not None:
                     self.ok = False  # a block called inside another
                 self.active = i
-                self.calls.append([i, args, kwargs, versions(args, kwargs), None])
+                slot = _hidden_of(args, kwargs)
+                hv = _get_hidden(slot, args, kwargs)._version if slot is not None else None
+                self.calls.append([i, args, kwargs, versions(args, kwargs), None, hv, None])
 
             def post(mod, args, kwargs, out):
+                if not self.ok:
+                    return
                 self.active = None
-                self.calls[-1][4] = out
-                if any(t._version != v for t, v in self.calls[-1][3]):
+                call = self.calls[-1]
+                call[4] = out
+                h = _block_output(out)
+                call[6] = h._version if h is not None else None
+                if any(t._version != v for t, v in call[3]):
                     self.ok = False  # changed an input in place: cached inputs could not be reused
             handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(b.register_forward_hook(post, with_kwargs=True))
@@ -261,43 +334,66 @@ class _Watch:
             handles.append(linears[n].register_forward_pre_hook(lin_pre))
         return handles
 
-    def chain(self) -> Optional[_Chain]:
-        calls = self.calls
-        if not self.ok or [c[0] for c in calls] != list(range(len(self.blocks))):
-            return None
-        _, args0, kwargs0, _, out0 = calls[0]
+    def end_batch(self):
+        if self.ok:
+            self.ok = self._check(self.calls)
+        self.calls = []
+        self.active = None
+
+    def _check(self, calls) -> bool:
+        if [c[0] for c in calls] != list(range(len(self.blocks))):
+            return False  # a block skipped, repeated or called out of order
+        _, args0, kwargs0, _, _, _, _ = calls[0]
         slot = _hidden_of(args0, kwargs0)
-        if slot is None:
-            return None
+        if slot is None or (self.slot is not None and slot != self.slot):
+            return False
 
         def rest(args, kwargs):
             return ([a for j, a in enumerate(args) if not (slot[0] == "arg" and j == 0)],
                     {k: v for k, v in kwargs.items() if not (slot[0] == "kw" and k == slot[1])})
         rest0 = rest(args0, kwargs0)
-        if not _plain(rest0[0]) or not _plain(list(rest0[1].values())):
-            return None  # a cache object or another stateful argument: not safe to call again
+        if not _plain(tuple(rest0[0])) or not _plain(tuple(rest0[1].values())):
+            return False  # a cache object or another stateful argument: not safe to call again
         for prev, cur in zip(calls, calls[1:]):
-            _, args, kwargs, _, _ = cur
+            _, args, kwargs, _, _, hv, _ = cur
             if _hidden_of(args, kwargs) != slot or _get_hidden(slot, args, kwargs) is not _block_output(prev[4]):
-                return None
+                return False
+            if hv != prev[6]:
+                return False  # the previous block's output was changed in place before this block
             r = rest(args, kwargs)
             if (len(r[0]) != len(rest0[0]) or any(a is not b for a, b in zip(r[0], rest0[0]))
                     or r[1].keys() != rest0[1].keys() or any(r[1][k] is not rest0[1][k] for k in rest0[1])):
-                return None
-        # A block that keeps state between calls (a cache of its own) would not give the same
-        # output when called again on the same inputs: such a model runs whole forwards.
-        with torch.no_grad():
-            again = _block_output(self.blocks[0](*args0, **kwargs0))
-        first = _block_output(out0)
-        if (first is None or again is None or again.shape != first.shape or again.dtype != first.dtype
-                or not torch.equal(again, first)):
+                return False
+        if _block_output(calls[-1][4]) is None:
+            return False
+        if self.first is None:
+            self.slot = slot
+            self.first = [(c[1], c[2], c[4]) for c in calls]
+        return True
+
+    def chain(self) -> Optional[_Chain]:
+        """The chain, if every batch verified and every block, called again alone on the first
+        batch's inputs after the forwards of all batches, gives the output it gave then (a block
+        that keeps state of its own, or reads state its parent sets per batch, would not)."""
+        if not self.ok or self.first is None:
             return None
-        return _Chain(self.name, self.blocks, slot)
+        try:
+            with torch.no_grad():
+                for block, (args, kwargs, out) in zip(self.blocks, self.first):
+                    again, first = _block_output(block(*args, **kwargs)), _block_output(out)
+                    if (again is None or again.shape != first.shape or again.dtype != first.dtype
+                            or not torch.equal(again, first)):
+                        return None
+        except Exception:  # noqa: BLE001 — a block that runs only inside its model's forward
+            return None
+        return _Chain(self.name, self.blocks, self.slot)
 
 
-def _block_plan(model, linears, order, batch0) -> Dict[str, Tuple[_Chain, int]]:
+def _block_plan(model, linears, order, batches) -> Dict[str, Tuple[_Chain, int]]:
     """{Linear name: (chain, block index)} for the Linears inside a verified chain of blocks (the
-    outermost containers that verify on one forward of the first batch); {} for a model with none."""
+    outermost containers that verify on a forward of every calibration batch); {} for a model
+    with none, or whose forwards change its own state (buffers, attributes: put back as they
+    were, so that the whole forwards that follow see the model as they would have)."""
     watches = []
     for cname, c in model.named_modules():
         if isinstance(c, (nn.ModuleList, nn.Sequential)) and len(c) >= 2:
@@ -306,19 +402,27 @@ def _block_plan(model, linears, order, batch0) -> Dict[str, Tuple[_Chain, int]]:
                 watches.append(w)
     if not watches:
         return {}
+    snapshot = _StateSnapshot(model)
     handles = [h for w in watches for h in w.hooks(linears)]
     try:
         with torch.no_grad():
-            _run_batch(model, batch0, 0)
+            for i, b in enumerate(batches):
+                _run_batch(model, b, i)
+                for w in watches:
+                    w.end_batch()
     finally:
         for h in handles:
             h.remove()
+    chains = {w.name: w.chain() for w in watches if w.ok}
+    if snapshot.changed():
+        snapshot.restore()
+        return {}
     plan: Dict[str, Tuple[_Chain, int]] = {}
     taken: List[str] = []
     for w in watches:  # named_modules' order: a container before those inside it
         if any(t == "" or w.name == t or w.name.startswith(t + ".") for t in taken):
             continue
-        chain = w.chain()
+        chain = chains.get(w.name)
         if chain is None:
             continue
         taken.append(w.name)
@@ -391,11 +495,15 @@ def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tup
     """For AWQ folding: {linear: (producer, [linears sharing its output])} where a Linear's input
     is the output of a LayerNorm or Linear module whose every user is one of `names` (from a
     torch.fx trace; None for a model fx cannot trace, which folds nothing)."""
+    import torch.fx as fx
+    snapshot = _StateSnapshot(model)  # a forward that sets attributes would leave fx's Proxies in the model
     try:
-        import torch.fx as fx
         gm = fx.symbolic_trace(model)
     except Exception:
         return None
+    finally:
+        if snapshot.changed():
+            snapshot.restore()
     mods = dict(model.named_modules())
     calls: Dict[str, int] = {}
     for node in gm.graph.nodes:
@@ -571,7 +679,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
             config.use_cache = False
         try:
             order, calls = _execution_order(model, linears, batches, shared)
-            plan = _block_plan(model, linears, order, batches[0]) if cache_block_inputs else {}
+            plan = _block_plan(model, linears, order, batches) if cache_block_inputs else {}
         except BaseException:
             if use_cache is True:
                 config.use_cache = True
