@@ -74,3 +74,25 @@ def test_an_adapter_and_the_layer_before_train_through_an_int4_layer():
         loss_of(q).backward()
         opt.step()
     assert float(loss_of(q)) < 0.9 * first
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "dynamic_relu", "int4"])
+def test_torch_func_transforms_give_autograds_input_gradient(kind):
+    torch.manual_seed(1)
+    q, w, relu = _quantized(kind, nn.Linear(64, 48))
+    x = torch.randn(4, 64)
+
+    def loss(x):
+        return q(x).square().sum()
+
+    xr = x.clone().requires_grad_()
+    loss(xr).backward()
+    assert torch.equal(torch.func.grad(loss)(x), xr.grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the ops' per-sample vmap fallback)
+        per_row = torch.vmap(torch.func.grad(loss))(x.unsqueeze(1))
+        jac = torch.func.jacrev(lambda x: q(x))(x[:1])
+    assert torch.allclose(per_row.squeeze(1), xr.grad, rtol=1e-5, atol=1e-6)
+    y = q(x[:1])
+    want = (w * (y[0] > 0).float().unsqueeze(1)) if relu else w
+    assert torch.allclose(jac[0, :, 0], want, rtol=1e-5, atol=1e-6)

@@ -15,15 +15,22 @@ import torch
 
 
 class InputGrad(torch.autograd.Function):
+    # forward / setup_context apart and a generated vmap rule: torch.func's transforms (grad,
+    # vmap of grad, jacrev) run through it as plain autograd does
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, run: Callable, weight: Callable, relu: bool):
-        y = run(x)
+    def forward(x: torch.Tensor, run: Callable, weight: Callable, relu: bool):
+        return run(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, weight, relu = inputs
         ctx.weight = weight
         ctx.relu = relu
         ctx.x_dtype = x.dtype
         if relu:  # a fused ReLU passes the gradient where its output is positive
-            ctx.save_for_backward(y)
-        return y
+            ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):

@@ -90,3 +90,30 @@ def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, 
         for key, have in module._buffers.items():
             if prefix + key in state_dict and have is not None:
                 state_dict[prefix + key] = have
+
+
+# ---------------------------------------------------------------- packed weights
+# A quantized module's kernel layout (non-persistent buffers) is built from its state (qweight,
+# and for some its qparams) at construction, load_state_dict and .to(). Something that puts
+# other tensors in place of that state without going through them (torch.func.functional_call
+# with another model's state dict, an assignment `module.qweight = t`) would leave the layout of
+# the old weights in use: the forwards call repack_if_stale first.
+def note_packed(module: nn.Module, sources, packed: str) -> None:
+    """Records which tensors the packed buffer `packed` was built from (buffer names `sources`)."""
+    b = module._buffers
+    module.__dict__["_tq_packed_from"] = (b[packed], tuple(b[k] for k in sources), tuple(sources), packed)
+
+
+def repack_if_stale(module: nn.Module) -> None:
+    """Rebuilds the packed buffers when one of their source buffers is no longer the tensor they
+    were built from, while the packed buffer still is the one built (a caller that puts its own
+    packed buffers in place, as torch.func.stack_module_state's ensembles do, is left alone)."""
+    rec = module.__dict__.get("_tq_packed_from")
+    if rec is None:
+        return
+    b = module._buffers
+    if b.get(rec[3]) is rec[0]:
+        for name, t in zip(rec[2], rec[1]):
+            if b.get(name) is not t:
+                module._repack()
+                return

@@ -17,8 +17,8 @@ from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32
 from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import (activation_dtype_errors, integer_load_errors, qparam_load_errors, qparam_load_pre_hook,
-                          register_activation_dtype_hook)
+from ._state_dict import (activation_dtype_errors, integer_load_errors, note_packed, qparam_load_errors,
+                          qparam_load_pre_hook, register_activation_dtype_hook, repack_if_stale)
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
@@ -294,9 +294,11 @@ class Linear(_Int8WeightModule):
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
+        note_packed(self, ("qweight",), "_packed_weight")
 
     def forward(self, x):
         x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
+        repack_if_stale(self)
         # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
         # part of a small-batch call.
         b = self._buffers
@@ -438,6 +440,7 @@ class DynamicLinear(Linear):
         if isinstance(x, QTensor):
             x = x.dequantize()
         # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
+        repack_if_stale(self)
         b = self._buffers
         w = b["_packed_weight"]
         if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)

@@ -18,6 +18,7 @@ from .. import _fastcall
 from ..qtensor import QTensor
 from . import qat_conv
 from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams, _check_weight_axis, _weight_range
+from ._state_dict import note_packed, repack_if_stale
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
 
@@ -153,6 +154,7 @@ class _ConvNd(_ConvLikeNd):
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)
         self._update_relu6_bound()
+        note_packed(self, ("qweight", "scale", "zero_point"), "_packed_weight")  # (the ReLU6 bound: the qparams)
 
     def _update_relu6_bound(self):
         """quantize(6) with the output qparams, as the quantized ReLU6 clamps the codes."""
@@ -167,6 +169,7 @@ class _ConvNd(_ConvLikeNd):
 
     def forward(self, x):
         x = self._check_input(x, "convolution")
+        repack_if_stale(self)
         data = x.data
         unbatched = self._unbatched(data, "conv")
         if unbatched:

@@ -20,6 +20,7 @@ from torch.nn.modules.utils import _ntuple
 from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
 from .quantized import _STORAGE, _activation_qparams
+from ._state_dict import note_packed, repack_if_stale
 from .quantized_conv import _ConvLikeNd, _conv_weight_qparams
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
@@ -92,6 +93,7 @@ class _ConvTransposeNd(_ConvLikeNd):
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_transpose_weight(self.qweight, self.groups)
+        note_packed(self, ("qweight",), "_packed_weight")
 
     def _output_padding(self, data, output_size: Optional[List[int]]):
         if output_size is None:
@@ -102,6 +104,7 @@ class _ConvTransposeNd(_ConvLikeNd):
 
     def forward(self, x, output_size: Optional[List[int]] = None):
         x = self._check_input(x, "transposed convolution")
+        repack_if_stale(self)
         data = x.data
         unbatched = self._unbatched(data, "conv_transpose")
         op = self._output_padding(data, output_size)

@@ -26,6 +26,7 @@ from .. import _fastcall
 from .._ops import ops
 from ..qconfig import default_dynamic_qconfig
 from .quantized import DynamicLinear
+from ._state_dict import repack_if_stale
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -43,6 +44,7 @@ def _quantized_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], qconfi
 
 
 def _linear_args(q: DynamicLinear):
+    repack_if_stale(q)
     b = q._buffers
     return b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
 

@@ -15,7 +15,7 @@ from torch import nn
 from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import integer_load_errors, qparam_load_errors
+from ._state_dict import integer_load_errors, note_packed, qparam_load_errors, repack_if_stale
 from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
                            quantize_groups, unpack_int4)
 
@@ -203,6 +203,7 @@ class LinearWeightOnlyInt4(nn.Module):
     def _repack(self):
         self._w_packed, self._w_qp, self._w_scale = ops.int4_pack_weight(
             self.qweight, self.weight_scale, self.weight_zero_point, self.in_features, self.group_size)
+        note_packed(self, ("qweight", "weight_scale", "weight_zero_point"), "_w_packed")
 
     def _apply(self, fn, *args, **kwargs):
         # Moves follow the device; dtype casts (.half()) leave the float32 qparams, bias and
@@ -246,6 +247,7 @@ class LinearWeightOnlyInt4(nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{type(self).__name__} takes a floating-point tensor, got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        repack_if_stale(self)
         b = self._buffers
         odt = x.dtype
         if odt not in _FLOAT_OUT:
