@@ -150,3 +150,28 @@ def test_torch_compile_of_quantized_gpt2_runs():
         eager = q(input_ids=ids).last_hidden_state
         compiled = torch.compile(q, backend="eager", fullgraph=False)(input_ids=ids).last_hidden_state
     torch.testing.assert_close(compiled, eager)
+
+
+def test_stacked_expert_weights_left_in_float_are_named():
+    import warnings as _w
+
+    import torchquant as tq
+
+    class Experts(torch.nn.Module):  # transformers 5's fused experts: [experts, out, in] Parameters
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.randn(8, 64, 32))
+            self.down_proj = torch.nn.Parameter(torch.randn(8, 32, 32))
+
+        def forward(self, x):
+            return torch.einsum("bi,eoi->bo", x, self.gate_up_proj[:, :32])
+
+    m = torch.nn.Sequential(torch.nn.Linear(32, 32), Experts(), torch.nn.Conv1d(4, 4, 3))
+    with pytest.warns(UserWarning, match=r"quantize_dynamic: 2 3-D weights outside nn.Linear layers .*1\.gate_up_proj "
+                                         r"\[8, 64, 32\].* stay in float"):
+        tq.quantize_dynamic(m, {torch.nn.Linear})
+    with pytest.warns(UserWarning, match=r"quantize_weight_only: 2 3-D weights"):
+        tq.quantize_weight_only(m, group_size=32, progress=False)
+    with _w.catch_warnings():  # a convolution's 3-D weight is no expert
+        _w.simplefilter("error")
+        tq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Conv1d(64, 64, 3)), {torch.nn.Linear})

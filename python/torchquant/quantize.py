@@ -1096,11 +1096,34 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     for mod in model.modules():
         if hasattr(mod, "qconfig"):
             del mod.qconfig
+    if nn.Linear in qconfig_spec:
+        warn_fused_experts(model, "quantize_dynamic")
     if {id(m) for m in model.modules()} == before:
         warnings.warn("quantize_dynamic: nothing was quantized: the model has no module of the types in "
                       "'qconfig_spec' that has a dynamic int8 version (an already quantized model comes back as "
                       "it was)", UserWarning, stacklevel=2)
     return model
+
+
+def warn_fused_experts(model: nn.Module, who: str) -> None:
+    """Warns when 3-D float weights outside convolutions (a mixture of experts' stacked expert
+    matrices, as Mixtral's and Qwen-MoE's in transformers 5: [experts, out, in] Parameters, not
+    nn.Linear modules) hold a large share of the model's parameters: they stay in float."""
+    from torch.nn.modules.conv import _ConvNd
+    total, fused = 0, []
+    for mname, m in model.named_modules():
+        for pname, p in m._parameters.items():
+            if p is None:
+                continue
+            total += p.numel()
+            if p.dim() == 3 and not isinstance(m, _ConvNd):
+                fused.append((f"{mname}.{pname}" if mname else pname, tuple(p.shape), p.numel()))
+    share = sum(n for _, _, n in fused) / total if total else 0.0
+    if fused and share >= 0.1:
+        shown = ", ".join(f"{n} {list(s)}" for n, s, _ in fused[:3]) + (", ..." if len(fused) > 3 else "")
+        warnings.warn(f"{who}: {len(fused)} 3-D weights outside nn.Linear layers (stacked experts of a mixture of "
+                      f"experts: {shown}) hold {share:.0%} of the parameters and stay in float: torchquant "
+                      "quantizes nn.Linear (and Conv1D) layers", UserWarning, stacklevel=3)
 
 
 def _swap_root(model: nn.Module, mapping: Dict[type, type]) -> nn.Module:

@@ -619,6 +619,8 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         warnings.warn(f"quantize_weight_only: {own} subclass nn.Linear but have a forward() of their own, which the "
                       "quantized layer would not run: they stay in float (give the model plain nn.Linear layers to "
                       "quantize them)", UserWarning, stacklevel=3)
+    from .quantize import warn_fused_experts
+    warn_fused_experts(model, "quantize_weight_only")
     tied = _tied_elsewhere(model, linears)
     if tied:
         warnings.warn("quantize_weight_only: " + "; ".join(f"{n} shares its weight with {', '.join(o)}" for n, o in tied.items())
