@@ -102,6 +102,8 @@ def note_packed(module: nn.Module, sources, packed: str) -> None:
     """Records which tensors the packed buffer `packed` was built from (buffer names `sources`)."""
     b = module._buffers
     module.__dict__["_tq_packed_from"] = (b[packed], tuple(b[k] for k in sources), tuple(sources), packed)
+    # the first source, for the forwards' inline check (one identity test per call)
+    module.__dict__["_tq_src0"] = b[sources[0]]
 
 
 def repack_if_stale(module: nn.Module) -> None:

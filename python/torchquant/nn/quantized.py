@@ -145,6 +145,8 @@ class _Int8WeightModule(nn.Module):
         if old is not None and "float_input_scale" not in self._buffers:
             self._set_float_input_qparams(old.scale, old.zero_point, old.dtype)
 
+    _tq_src0 = None  # the tensor the kernel layout was packed from (nn/_state_dict.py: note_packed)
+
     def _init_int8_buffers(self, qweight_shape, out_channels: int, bias: bool, dtype):
         self.register_buffer("qweight", torch.zeros(*qweight_shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32))
@@ -298,7 +300,8 @@ class Linear(_Int8WeightModule):
 
     def forward(self, x):
         x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
-        repack_if_stale(self)
+        if self._buffers["qweight"] is not self._tq_src0:  # (torch.func.functional_call, an assignment)
+            repack_if_stale(self)
         # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
         # part of a small-batch call.
         b = self._buffers
@@ -440,7 +443,8 @@ class DynamicLinear(Linear):
         if isinstance(x, QTensor):
             x = x.dequantize()
         # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
-        repack_if_stale(self)
+        if self._buffers["qweight"] is not self._tq_src0:  # (torch.func.functional_call, an assignment)
+            repack_if_stale(self)
         b = self._buffers
         w = b["_packed_weight"]
         if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)

@@ -104,7 +104,8 @@ class _ConvTransposeNd(_ConvLikeNd):
 
     def forward(self, x, output_size: Optional[List[int]] = None):
         x = self._check_input(x, "transposed convolution")
-        repack_if_stale(self)
+        if self._buffers["qweight"] is not self._tq_src0:
+            repack_if_stale(self)
         data = x.data
         unbatched = self._unbatched(data, "conv_transpose")
         op = self._output_padding(data, output_size)

@@ -44,7 +44,8 @@ def _quantized_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], qconfi
 
 
 def _linear_args(q: DynamicLinear):
-    repack_if_stale(q)
+    if q._buffers["qweight"] is not q._tq_src0:
+        repack_if_stale(q)
     b = q._buffers
     return b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
 
