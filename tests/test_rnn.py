@@ -456,3 +456,22 @@ def test_quantize_dynamic_swaps_a_bare_module(cls):
     assert _rel(out_q, out_f) < 0.02
     wrapped = tq.quantize_dynamic(nn.Sequential(f), {cls})[0]
     torch.testing.assert_close(_flat(wrapped(x)), out_q, rtol=0, atol=0)
+
+
+def test_layer_ops_and_cat_refuse_a_meta_tensor_among_cpu_ones():
+    # a meta argument sends the call to the fake kernel, which must not hand back uninitialized
+    # CPU memory (the C++ device check never runs)
+    ops = torch.ops.torchquant
+    T, B, H = 4, 2, 6
+    h0 = torch.randn(B, H, device="meta")
+    wp, cs = ops.pack_weight(torch.randint(-127, 128, (3 * H, H), dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="argument 'h0' is on meta but 'igates' is on cpu"):
+        ops.gru_layer_dynamic(torch.randn(T, B, 3 * H), h0, wp, cs, torch.rand(3 * H) + 0.01, None)
+    wp4, cs4 = ops.pack_weight(torch.randint(-127, 128, (4 * H, H), dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="argument 'c0' is on meta but 'igates' is on cpu"):
+        ops.lstm_layer_dynamic(torch.randn(T, B, 4 * H), torch.randn(B, H), torch.randn(B, H, device="meta"), wp4,
+                               cs4, torch.rand(4 * H) + 0.01, None, None, None, None)
+    a = torch.randint(0, 255, (2, 3), dtype=torch.uint8)
+    s, z = torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"argument 'scales\[1\]' is on meta but 'tensors\[0\]' is on cpu"):
+        ops.cat([a, a], [s, s.to("meta")], [z, z], 0, s, z)

@@ -377,6 +377,11 @@ def _cat_fake(tensors, scales, zero_points, dim, out_scale, out_zero_point, out_
     torch._check(len(tensors) > 0, lambda: "argument 'tensors' must hold at least one tensor, got none")
     torch._check(len(scales) == len(tensors) and len(zero_points) == len(tensors),
                  lambda: "arguments 'scales' and 'zero_points' must hold one tensor per input")
+    ref = tensors[0]
+    _check_devices("tensors[0]", ref, out_scale=out_scale, out_zero_point=out_zero_point,
+                   **{f"tensors[{i}]": t for i, t in enumerate(tensors)},
+                   **{f"scales[{i}]": t for i, t in enumerate(scales)},
+                   **{f"zero_points[{i}]": t for i, t in enumerate(zero_points)})
     for i, t in enumerate(tensors):
         _check_q8(f"tensors[{i}]", t)
     odt = _ew_out_dtype(out_dtype, tensors[0].dtype)
@@ -418,6 +423,8 @@ def _check_layer(igates, h0, gates, op):
 @torch.library.register_fake("torchquant::lstm_layer_dynamic")
 def _lstm_layer_dynamic_fake(igates, h0, c0, hh_w, hh_col_sums, hh_scale, hh_bias, hr_w, hr_col_sums, hr_scale,
                              reverse=False):
+    _check_devices("igates", igates, h0=h0, c0=c0, hh_w=hh_w, hh_col_sums=hh_col_sums, hh_scale=hh_scale,
+                   hh_bias=hh_bias, hr_w=hr_w, hr_col_sums=hr_col_sums, hr_scale=hr_scale)
     _check_layer(igates, h0, 4, "lstm_layer_dynamic")
     t, b = igates.shape[0], igates.shape[1]
     out_h = h0.shape[1]
@@ -426,6 +433,7 @@ def _lstm_layer_dynamic_fake(igates, h0, c0, hh_w, hh_col_sums, hh_scale, hh_bia
 
 @torch.library.register_fake("torchquant::gru_layer_dynamic")
 def _gru_layer_dynamic_fake(igates, h0, hh_w, hh_col_sums, hh_scale, hh_bias, reverse=False):
+    _check_devices("igates", igates, h0=h0, hh_w=hh_w, hh_col_sums=hh_col_sums, hh_scale=hh_scale, hh_bias=hh_bias)
     _check_layer(igates, h0, 3, "gru_layer_dynamic")
     t, b = igates.shape[0], igates.shape[1]
     return h0.new_empty((t, b, h0.shape[1])), h0.new_empty((b, h0.shape[1]))
