@@ -324,7 +324,7 @@ def test_unbatched_input_and_bad_input():
     # A float tensor: quantized with the input range the conv saw at calibration (with one
     # warning); a conv that saw none (built directly) names the QuantStub it needs.
     xf = torch.randn(1, 4, 10)
-    with pytest.warns(UserWarning, match="Conv1d received a float tensor"):
+    with pytest.warns(UserWarning, match="Conv1d '1' received a float tensor"):
         y = q[1](xf)
     ref = q[1](q[0](xf)).dequantize()
     assert (y.dequantize() - ref).abs().max() <= 0.1 * ref.abs().max() + 0.1

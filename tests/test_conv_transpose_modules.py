@@ -239,7 +239,7 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match=r"Expected 2D \(unbatched\) or 3D \(batched\) input to conv_transpose1d"):
         q(torch.randn(1, 4, 10, 3))
     xf = torch.randn(1, 4, 10)
-    with pytest.warns(UserWarning, match="ConvTranspose1d received a float tensor"):
+    with pytest.warns(UserWarning, match="ConvTranspose1d '1' received a float tensor"):
         y = q[1](xf)
     ref = q[1](q[0](xf)).dequantize()
     assert (y.dequantize() - ref).abs().max() <= 0.1 * ref.abs().max() + 0.1

@@ -241,7 +241,7 @@ def test_float_into_quantized_linear_is_quantized_with_its_calibration_input_ran
     p(calib)
     q = torchquant.convert(p)
     x = torch.randn(2, 8)
-    with pytest.warns(UserWarning, match="Linear received a float tensor .*no QuantStub before it"):
+    with pytest.warns(UserWarning, match="Linear '0' received a float tensor .*no QuantStub before it"):
         y = q(x)
     # Exactly what a QuantStub with a MinMaxObserver (the qconfig's dtype and range) would give.
     stub = nn.Sequential(torchquant.QuantStub(), copy.deepcopy(m[0]), torchquant.DeQuantStub()).eval()

@@ -9,7 +9,7 @@ DeQuantStub at its ends). It is trained one epoch in fp32 with a fixed seed, the
 - static int8, per-channel weights: fuse Linear+ReLU, ``prepare``, calibrate on 512 training
   images, ``convert``;
 - static int8, per-tensor weights: the same with one scale per weight tensor;
-- dynamic int8: ``quantize_dynamic`` (weights int8, activations quantized per batch at run time);
+- dynamic int8: ``quantize_dynamic`` (weights int8 per output channel, activations quantized per row at run time);
 - QAT: the per-tensor model fine-tuned a few hundred steps with fake quantization
   (``prepare_qat``), then converted.
 
@@ -256,7 +256,7 @@ def quantize_static(model: nn.Module, x_calib: torch.Tensor, scheme: str = "per_
 
 
 def quantize_dynamic_model(model: nn.Module) -> nn.Module:
-    """Dynamic int8 of every ``nn.Linear`` (weights int8 per tensor, activations per batch)."""
+    """Dynamic int8 of every ``nn.Linear`` (weights int8 per output channel, activations per row)."""
     return tq.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
 
 

@@ -655,6 +655,8 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
                 raise RuntimeError(f"convert: module '{full}' ({type(child).__name__}) could not be quantized: {e}") from e
             if hasattr(child, "training"):
                 new.train(child.training)
+            if isinstance(new, nn.Module) and new is not child:
+                new.__dict__["_tq_name"] = full  # (named in its run-time warnings)
             _set_input_fallback(child, new)
             _copy_hooks(child, new)
             memo[id(child)] = new
@@ -1031,8 +1033,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     """Swaps Linear layers for dynamic int8 ones (float in, float out; activations quantized per
     row inside the kernel, weights int8 per channel), as torch.ao.quantization.quantize_dynamic.
     LSTM, GRU, LSTMCell, GRUCell and RNNCell become ``torchquant.nn.quantized.dynamic``'s
-    modules; ``dtype=torch.quint8`` / ``torch.quint4x2`` quantize the rows of Embedding /
-    EmbeddingBag tables instead, as torch.ao's. Beyond torch.ao, an entry for nn.Linear also
+    modules; ``dtype=torch.quint8`` quantizes the rows of Embedding and EmbeddingBag tables
+    instead, ``torch.quint4x2`` those of EmbeddingBag tables, as torch.ao's. Beyond torch.ao, an entry for nn.Linear also
     covers its subclasses that keep nn.Linear's forward (such as MultiheadAttention's
     NonDynamicallyQuantizableLinear; one with its own forward stays float, with a warning) and Hugging Face's
     ``transformers.pytorch_utils.Conv1D`` (its weight is transposed once, at convert); Conv1D

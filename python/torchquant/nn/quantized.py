@@ -254,8 +254,10 @@ class _Int8WeightModule(nn.Module):
         self.__dict__["_float_input_dtype"] = (_STORAGE[dtype], info.min, info.max)
 
     def _quantize_float_input(self, x: torch.Tensor) -> QTensor:
+        name = self.__dict__.get("_tq_name")
         _warn_once(self.__dict__.setdefault("_tq_warned", set()), "float input", lambda: (
-            f"{type(self).__module__}.{type(self).__name__} received a float tensor (no QuantStub before it, "
+            f"{type(self).__module__}.{type(self).__name__}{f' {name!r}' if name else ''} received a float tensor "
+            "(no QuantStub before it, "
             "or a function before it has no int8 implementation and ran in float): it is quantized with the "
             "input range the module saw at calibration; a QuantStub or FloatFunctional there would keep the "
             "model int8"), 3)
@@ -271,7 +273,9 @@ class Linear(_Int8WeightModule):
     optional ReLU and requantization fused).
 
     Weights are int8, symmetric (zero point 0), per output channel; activations uint8 or int8 per
-    tensor. A float input means a QuantStub is missing, and raises.
+    tensor. A float input (no QuantStub before it) is quantized with the input range the module
+    saw at calibration, with one warning naming the module; a module without those qparams (built
+    by hand) raises a TypeError asking for a QuantStub.
     """
 
     _relu = False
