@@ -544,6 +544,11 @@ def test_weight_view_answers_like_a_linear_weight_and_t5_runs():
     assert torch.equal(w @ x.t(), want @ x.t()) and torch.equal(x @ w.t(), x @ want.t())
     assert (w @ x.t().bfloat16()).dtype == torch.bfloat16
     assert torch.equal(torch.matmul(x, w.T), x @ want.t())
+    for got, exp in ((w * 2.0, want * 2.0), (2.0 * w, 2.0 * want), (w + 1, want + 1), (1 - w, 1 - want),
+                     (w / 2, want / 2), (-w, -want), (abs(w), want.abs()), (w[0], want[0]), (w[:, :8], want[:, :8]),
+                     (w.norm(), want.norm())):
+        assert torch.equal(got, exp)
+    assert len(w) == 24
     # copies of the module and of the view keep working
     assert torch.equal(copy.deepcopy(q).weight.dequantize(), want)
     assert torch.equal(pickle.loads(pickle.dumps(q)).weight.dequantize(), want)

@@ -776,3 +776,47 @@ def test_hf_llama_with_a_cache_requested_by_a_later_batch_runs_whole_forwards():
         a, b = (torchquant.quantize_weight_only(model, group_size=32, method="gptq", calib_data=calib,
                                                 cache_block_inputs=c, progress=False).state_dict() for c in (True, False))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reparametrized_linears_calibrate_as_their_effective_weight():
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(20)
+
+    def build(norm):
+        m = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 8))
+        with torch.no_grad():
+            m[0].weight.mul_(torch.logspace(-1, 1, 32).reshape(-1, 1))
+        if norm:
+            weight_norm(m[0])
+            torch.nn.utils.weight_norm(m[2])  # (the hook-based form)
+        return m.eval()
+
+    torch.manual_seed(20)
+    normed = build(True)
+    torch.manual_seed(20)
+    plain = build(False)  # the same biases; the normed layers' effective weights, plain
+    with torch.no_grad():
+        plain[0].weight.copy_(normed[0].weight)
+        plain[2].weight.copy_(normed[2].weight)
+    calib = [torch.randn(128, 32) for _ in range(2)]
+    for method in ("gptq", "awq"):
+        a = torchquant.quantize_weight_only(normed, group_size=32, method=method, calib_data=calib, progress=False)
+        b = torchquant.quantize_weight_only(plain, group_size=32, method=method, calib_data=calib, progress=False)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float(), rtol=1e-5, atol=1e-6)
+                                              for k in sa), method
+    assert parametrize.is_parametrized(normed[0])  # the given model keeps its parametrizations
+    # an excluded re-parametrized Linear feeding a quantized one takes no AWQ scale (it would drop
+    # it from its computed weight and keep it in its bias: a wrong model, silently)
+    pair = nn.Sequential(weight_norm(nn.Linear(32, 32)), nn.Linear(32, 32)).eval()
+    x = torch.randn(256, 32)
+    with pytest.warns(UserWarning, match="could not be folded"):
+        q = torchquant.quantize_weight_only(pair, group_size=32, method="awq", calib_data=[x], exclude=["0"],
+                                            progress=False)
+    nofold = torchquant.quantize_weight_only(pair, group_size=32, method="awq", calib_data=[x], exclude=["0"],
+                                             awq_fold=False, progress=False)
+    assert q[1].input_scale is not None
+    with torch.no_grad():
+        assert torch.equal(q(x), nofold(x))

@@ -340,12 +340,12 @@ def _detach_norm_hook_weights(model: nn.Module) -> None:
                 setattr(m, hook.name, t.detach())
 
 
-def _deepcopy(model: nn.Module) -> nn.Module:
+def _deepcopy(model: nn.Module, memo: Optional[dict] = None) -> nn.Module:
     """copy.deepcopy(model), keeping the plain attributes of a torch.fx GraphModule's root (a
     ``qconfig`` set on make_quantizable's result): GraphModule's own __deepcopy__ rebuilds the
     root from its graph and drops them, so prepare(inplace=False) saw no qconfig."""
     _detach_norm_hook_weights(model)
-    new = copy.deepcopy(model)
+    new = copy.deepcopy(model, memo)
     if isinstance(model, torch.fx.GraphModule):
         for k, v in model.__dict__.items():
             if k not in new.__dict__ and not isinstance(v, (nn.Module, torch.Tensor)):

@@ -521,6 +521,8 @@ def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tup
         pm = mods.get(src.target)
         if not isinstance(pm, (nn.LayerNorm, nn.Linear)) or (isinstance(pm, nn.LayerNorm) and not pm.elementwise_affine):
             continue
+        if _reparametrized(pm):  # (a scale divided into its computed weight would be dropped)
+            continue
         users = list(src.users)
         if all(u.op == "call_module" and u.target in wanted and calls.get(u.target) == 1 and len(u.args) == 1
                and u.args[0] is src and not u.kwargs for u in users):
@@ -597,7 +599,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
             lin = _selected_linears(model, excluded)
             tied = _tied_elsewhere(model, lin)
             memo = {id(m.weight): m.weight for n, m in lin.items() if n not in tied}
-        model = copy.deepcopy(model, memo)
+        from .quantize import _deepcopy  # (a hook-based weight norm's cached weight would make deepcopy fail)
+        model = _deepcopy(model, memo)
     swapped: List[Tuple[nn.Module, str, nn.Module]] = []
     try:
         return _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize,
@@ -613,6 +616,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
 def _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize, act_order,
                           awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped, cache_block_inputs=True):
     model = _conv1d_to_linear(model, excluded, swapped)
+    model = _plain_reparametrized(model, excluded, swapped)
     linears = _selected_linears(model, excluded)
     own = sorted({type(m).__name__ for n, m in model.named_modules() if isinstance(m, nn.Linear)
                   and n not in excluded and n not in linears and _own_forward(type(m))})
@@ -729,6 +733,54 @@ def _selected_linears(model: nn.Module, excluded) -> Dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and n not in excluded and id(m) not in mha_out
             and (type(m) is nn.Linear or not (_own_forward(type(m)) or type(m).__module__.startswith("torchquant.")))}
+
+
+def _reparametrized(m: nn.Module) -> bool:
+    """A layer whose weight is computed from other tensors at each use (torch.nn.utils's
+    parametrizations, or the hook-based weight_norm / spectral_norm): writing to ``.weight``
+    changes a throwaway tensor."""
+    from torch.nn.utils import parametrize
+
+    from .quantize import _norm_hooks
+    return parametrize.is_parametrized(m) or any(True for _ in _norm_hooks(m))
+
+
+def _effective_weight(m: nn.Module) -> torch.Tensor:
+    from .quantize import _norm_hooks
+    for hook in _norm_hooks(m):  # (the attribute holds the weight of the last forward)
+        if type(hook).__name__ == "WeightNorm":
+            return hook.compute_weight(m)
+        return hook.compute_weight(m, do_power_iteration=False)
+    return m.weight
+
+
+def _plain_reparametrized(model: nn.Module, excluded, swapped: Optional[List] = None) -> nn.Module:
+    """Puts a plain nn.Linear holding the current effective weight (and bias) in place of each
+    re-parametrized Linear that will be quantized (under each of its names; the swaps recorded
+    in `swapped`, to undo them), the given module left as it is: GPTQ and AWQ write their
+    stand-in weights into it, which a parametrized layer would drop."""
+    new: Dict[int, nn.Linear] = {}
+    for name, m in list(model.named_modules(remove_duplicate=False)):
+        if name in excluded or not isinstance(m, nn.Linear) or not _reparametrized(m):
+            continue
+        if id(m) not in new:
+            with torch.no_grad():
+                w = _effective_weight(m).detach().clone()
+                b = m.bias.detach().clone() if m.bias is not None else None
+            lin = nn.Linear(m.in_features, m.out_features, bias=b is not None, device="meta", dtype=w.dtype)
+            lin.weight = nn.Parameter(w, requires_grad=False)
+            if b is not None:
+                lin.bias = nn.Parameter(b, requires_grad=False)
+            lin.train(m.training)
+            new[id(m)] = lin
+        if not name:
+            return new[id(m)]
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if swapped is not None:
+            swapped.append((parent, child, m))
+        setattr(parent, child, new[id(m)])
+    return model
 
 
 def _tied_elsewhere(model: nn.Module, linears: Dict[str, nn.Linear]) -> Dict[str, List[str]]:

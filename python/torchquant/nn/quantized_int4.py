@@ -45,10 +45,10 @@ class Int4WeightView:
     """What ``LinearWeightOnlyInt4.weight`` returns: the layer's effective weight ``W`` (``y = x
     @ W.T + bias``) without materializing it. Model code that reads a Linear's ``.weight``
     keeps working on the int4 layer: ``.shape`` / ``.dtype`` (float32) / ``.device`` answer from
-    the module, and a torch function or operator given the view (``w @ x``, ``F.linear(x, w)``,
-    ``w.t()``, ``w.to(dtype)``) gets the dequantized float32 ``[out_features, in_features]``
-    tensor (``s * (q - z)``, times the AWQ input scale where the layer has one), built at that
-    call: code that reads it per forward pays a dequantization per forward. Being no
+    the module, and a torch function, tensor method, index or arithmetic operator given the view
+    (``w @ x``, ``F.linear(x, w)``, ``w.t()``, ``w.to(dtype)``, ``w[0]``, ``2 * w``) gets the
+    dequantized float32 ``[out_features, in_features]`` tensor (``s * (q - z)``, times the AWQ
+    input scale where the layer has one), built at that call: code that reads it per forward pays a dequantization per forward. Being no
     ``torch.Tensor``, ``isinstance(w, torch.Tensor)`` checks (Hugging Face T5's "cast to the
     weight's dtype") skip it, as they skip the int8 Linear's QTensor weight."""
 
@@ -89,6 +89,27 @@ class Int4WeightView:
 
     def __rmatmul__(self, other):
         return other @ self._as(other)
+
+    def __len__(self) -> int:
+        return self._module.out_features
+
+    def __getitem__(self, index):
+        return self.dequantize()[index]
+
+    def __neg__(self):
+        return -self.dequantize()
+
+    def __abs__(self):
+        return self.dequantize().abs()
+
+    __add__ = lambda self, o: self.dequantize() + o  # noqa: E731
+    __radd__ = lambda self, o: o + self.dequantize()  # noqa: E731
+    __sub__ = lambda self, o: self.dequantize() - o  # noqa: E731
+    __rsub__ = lambda self, o: o - self.dequantize()  # noqa: E731
+    __mul__ = lambda self, o: self.dequantize() * o  # noqa: E731
+    __rmul__ = lambda self, o: o * self.dequantize()  # noqa: E731
+    __truediv__ = lambda self, o: self.dequantize() / o  # noqa: E731
+    __rtruediv__ = lambda self, o: o / self.dequantize()  # noqa: E731
 
     def __getattr__(self, name):  # tensor methods (t, T, to, float, contiguous, ...) on the float weight
         if name.startswith("_"):  # (copy / pickle probing an unset slot: no dequantization)
