@@ -780,3 +780,32 @@ def test_state_dict_of_another_width_or_bits_with_the_same_row_stride_is_refused
     same.load_state_dict(dict(src.state_dict()))  # no metadata (built by hand): taken by its shape
     emb = nnq.Embedding(10, dim_from, dtype=dtypes[bits_from])
     emb.load_state_dict(src.state_dict())
+
+
+def test_nan_and_inf_in_a_float_table_and_huge_embedding_dim():
+    import torchquant as tq
+    ops = torch.ops.torchquant
+    for dtype, bits in ((torch.quint8, 8), (torch.quint4x2, 4)):
+        m = torch.nn.EmbeddingBag(3, 4, mode="sum")
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor([[-1.0, 0.5, float("nan"), 1.0], [-1.0, 0.5, float("inf"), 1.0],
+                                         [0.1, 0.2, 0.3, 0.4]]))
+        with pytest.warns(RuntimeWarning):
+            q = tq.quantize_dynamic(torch.nn.Sequential(m), {torch.nn.EmbeddingBag}, dtype=dtype)[0]
+        w = q.dequantized_weight()
+        step = 2.0 / ((1 << bits) - 1)
+        assert abs(float(w[0, 2])) <= step / 2 + 1e-6  # NaN: the code of 0.0 (it was the row's minimum)
+        assert torch.allclose(w[1, 2], w[1].max())  # +inf saturates at the row's maximum
+    packed = torch.zeros(4, 16, dtype=torch.uint8)
+    for fake in (False, True):
+        args = (packed, 8, 2 ** 61, torch.tensor([0, 1]), torch.tensor([0]))
+        with pytest.raises(RuntimeError, match=r"'embedding_dim' must lie in \[0, 2\^40\], got 2305843009213693952"):
+            if fake:
+                with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+                    ops.embedding_bag_rowwise(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+            else:
+                ops.embedding_bag_rowwise(*args)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:  # the fake kernel's checks are the kernel's
+        with pytest.raises(RuntimeError, match="rows of 16 bytes, but 8-bit rows of embedding_dim=9 take 20"):
+            ops.embedding_bag_rowwise(mode.from_tensor(packed), 8, 9, mode.from_tensor(torch.tensor([0])),
+                                      mode.from_tensor(torch.tensor([0])))

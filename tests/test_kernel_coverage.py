@@ -865,7 +865,7 @@ _S, _Z = torch.tensor([0.1]), torch.tensor([0])
     (lambda: ops.embedding_bag_rowwise(_table_4x8(), 8, 8, torch.tensor([1, 2]), torch.tensor([0]), 0, None, False, 4),
      r"argument 'padding_idx' must lie in \[0, 4\)"),
     (lambda: ops.embedding_bag_rowwise(_table_4x8(), 8, -1, torch.tensor([1]), torch.tensor([0]), 0),
-     r"argument 'embedding_dim' must be >= 0, got -1"),
+     r"argument 'embedding_dim' must lie in \[0, 2\^40\], got -1"),
     (lambda: ops.gru_cell_update(torch.zeros(2, 12), torch.zeros(2, 12), torch.zeros(2, 5)),
      r"argument 'igates' must have shape \[2, 15\]"),
     (lambda: ops.gru_cell_update(torch.zeros(2, 12), torch.zeros(2, 12, dtype=torch.float64), torch.zeros(2, 4)),

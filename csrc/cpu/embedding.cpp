@@ -28,7 +28,9 @@ EmbeddingBagArgs check_embedding_bag_args(const Tensor& packed, int64_t bits, in
                                           std::optional<int64_t> padding_idx) {
   const char* op = "embedding_bag_rowwise";
   TORCH_CHECK(bits == 8 || bits == 4, op, ": argument 'bits' must be 8 or 4, got ", bits);
-  TORCH_CHECK(dim >= 0, op, ": argument 'embedding_dim' must be >= 0, got ", dim);
+  // (bounded before dim * bits, which would overflow int64 past 2^60)
+  TORCH_CHECK(dim >= 0 && dim <= (int64_t{1} << 40), op, ": argument 'embedding_dim' must lie in [0, 2^40], got ",
+              dim);
   TORCH_CHECK(mode >= 0 && mode <= 2, op, ": argument 'mode' must be 0 (sum), 1 (mean) or 2 (max), got ",
               mode);
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2, op,

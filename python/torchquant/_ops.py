@@ -444,14 +444,37 @@ def _gru_layer_dynamic_fake(igates, h0, hh_w, hh_col_sums, hh_scale, hh_bias, re
 def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=None, mode=0, per_sample_weights=None,
                                 include_last_offset=False, padding_idx=None):
     _check_devices("packed", packed, indices=indices, offsets=offsets, per_sample_weights=per_sample_weights)
+    # As the kernels' check_embedding_bag_args (csrc/cpu/embedding.cpp): the same errors when traced.
     torch._check(bits in (8, 4), lambda: f"argument 'bits' must be 8 or 4, got {bits}")
+    torch._check(0 <= embedding_dim <= 1 << 40,
+                 lambda: f"argument 'embedding_dim' must lie in [0, 2^40], got {embedding_dim}")
+    torch._check(mode in (0, 1, 2), lambda: f"argument 'mode' must be 0 (sum), 1 (mean) or 2 (max), got {mode}")
     torch._check(packed.dtype == torch.uint8 and packed.dim() == 2,
                  lambda: f"argument 'packed' must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    data = (embedding_dim * bits + 7) // 8
+    stride = (data + 3) // 4 * 4 + 8
+    torch._check(packed.shape[1] == stride,
+                 lambda: f"argument 'packed' has rows of {packed.shape[1]} bytes, but {bits}-bit rows of "
+                         f"embedding_dim={embedding_dim} take {stride} (values, then float32 scale and zero point)")
+    torch._check(indices.dtype in (torch.int64, torch.int32),
+                 lambda: f"argument 'indices' must be an int64 or int32 tensor, got {indices.dtype}")
     if offsets is not None:
+        torch._check(indices.dim() == 1,
+                     lambda: f"argument 'indices' must be 1-D when offsets are given, got shape {tuple(indices.shape)}")
+        torch._check(offsets.dtype in (torch.int64, torch.int32) and offsets.dim() == 1,
+                     lambda: f"argument 'offsets' must be a 1-D int64 or int32 tensor, got {offsets.dtype} "
+                             f"{tuple(offsets.shape)}")
+        torch._check(not include_last_offset or offsets.shape[0] >= 1,
+                     lambda: "argument 'offsets' must hold at least one element with include_last_offset=True")
         bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
     else:
         torch._check(indices.dim() == 2, lambda: "argument 'indices' must be 2-D [bags, entries] without offsets")
         bags = indices.shape[0]
+    if per_sample_weights is not None:
+        torch._check(mode == 0, lambda: "per_sample_weights is only supported for mode='sum'")
+        torch._check(per_sample_weights.dtype == torch.float32 and per_sample_weights.shape == indices.shape,
+                     lambda: f"argument 'per_sample_weights' must be a float32 tensor of the shape of indices "
+                             f"{tuple(indices.shape)}, got {per_sample_weights.dtype} {tuple(per_sample_weights.shape)}")
     return packed.new_empty((bags, embedding_dim), dtype=torch.float32)
 
 

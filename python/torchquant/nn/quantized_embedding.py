@@ -88,7 +88,11 @@ def _quantize_table(weight: torch.Tensor, obs, name: str):
     # torch's quantize_val_float_qparams (what torch.ao's quantize_per_channel runs for these
     # qparams), without its deprecated quantized tensors: q = clamp(rint(x * (1 / scale) + zp)).
     inv = torch.where(scale == 0, torch.ones_like(scale), 1.0 / scale)
-    v = torch.round(w * inv[:, None] + zp[:, None]).clamp(0, (1 << bits) - 1).to(torch.uint8)
+    t = torch.round(w * inv[:, None] + zp[:, None])
+    # NaN has no code: it takes the code of 0.0 (round(zp)), as the quantize ops define it (a NaN
+    # cast to uint8 is undefined: it came out as the row's minimum); +-inf saturate
+    t = torch.nan_to_num(torch.where(torch.isnan(t), torch.round(zp)[:, None].expand_as(t), t), nan=0.0)
+    v = t.clamp(0, (1 << bits) - 1).to(torch.uint8)
     if bits == 8:
         q = v
     else:
