@@ -820,3 +820,70 @@ def test_reparametrized_linears_calibrate_as_their_effective_weight():
     assert q[1].input_scale is not None
     with torch.no_grad():
         assert torch.equal(q(x), nofold(x))
+
+
+def test_inplace_failures_training_flags_hooks_aliases_and_tied_producers(monkeypatch):
+    from torchquant.nn import quantized_int4
+    torch.manual_seed(21)
+
+    def build():
+        m = nn.Sequential(nn.LayerNorm(32), nn.Linear(32, 32), nn.BatchNorm1d(32), nn.Linear(32, 32)).train()
+        m[2].eval()  # a module's own flag
+        return m
+
+    calib = [torch.randn(64, 32) for _ in range(2)]
+    # an interrupt during the final swap of an inplace GPTQ / AWQ call: nothing of it stays
+    for method in ("gptq", "awq"):
+        m = build()
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        orig = quantized_int4.LinearWeightOnlyInt4.from_qparams.__func__
+        n = {"calls": 0}
+
+        def interrupted(cls, *a, **k):
+            n["calls"] += 1
+            if n["calls"] == 2:
+                raise KeyboardInterrupt
+            return orig(cls, *a, **k)
+
+        monkeypatch.setattr(quantized_int4.LinearWeightOnlyInt4, "from_qparams", classmethod(interrupted))
+        with pytest.raises(KeyboardInterrupt):
+            torchquant.quantize_weight_only(m, group_size=32, method=method, calib_data=calib, inplace=True,
+                                            progress=False)
+        monkeypatch.undo()
+        assert [type(c) for c in m] == [nn.LayerNorm, nn.Linear, nn.BatchNorm1d, nn.Linear], method
+        assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items()), method
+        assert [c.training for c in m] == [True, True, False, True] and m.training
+    # each module keeps its own training flag; a quantized layer takes the replaced one's
+    m = build()
+    m[3].eval()
+    fired = []
+    m[3].register_forward_pre_hook(lambda mod, a: fired.append("pre"))
+    m[3].register_forward_hook(lambda mod, a, out: fired.append("fwd"))
+    q = torchquant.quantize_weight_only(m, group_size=32, progress=False)
+    assert [c.training for c in q] == [True, True, False, False]
+    q.eval()(calib[0])
+    assert fired == ["pre", "fwd"]  # the user's hooks, carried to the int4 layer
+    # a layer under two names is excluded by either
+    two = nn.Sequential(nn.Linear(32, 32))
+    two.add_module("again", two[0])
+    q = torchquant.quantize_weight_only(two, group_size=32, exclude=["again"], progress=False)
+    assert type(q[0]) is nn.Linear and q.again is q[0]
+    # AWQ folds no scale into a LayerNorm whose weight another LayerNorm shares
+    tied = nn.Sequential(nn.LayerNorm(32), nn.Linear(32, 32), nn.LayerNorm(32), nn.Linear(32, 32)).eval()
+    tied[2].weight = tied[0].weight
+    with torch.no_grad():
+        tied[0].weight.uniform_(0.5, 2.0)
+    x = torch.randn(256, 32) * torch.linspace(0.1, 4, 32)
+    a = torchquant.quantize_weight_only(tied, group_size=32, method="awq", calib_data=[x], progress=False)
+    assert torch.equal(a[0].weight, tied[0].weight) and a[1].input_scale is not None
+
+
+def test_a_spectral_norm_in_training_mode_is_read_without_its_power_iteration():
+    from torch.nn.utils.parametrizations import spectral_norm
+    torch.manual_seed(22)
+    m = nn.Sequential(spectral_norm(nn.Linear(32, 32)), nn.Linear(32, 8)).train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for method in ("rtn", "gptq"):
+        torchquant.quantize_weight_only(m, group_size=32, method=method, calib_data=[torch.randn(64, 32)],
+                                        progress=False)
+        assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items()), method  # u, v untouched

@@ -506,6 +506,11 @@ def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tup
         if snapshot.changed():
             snapshot.restore()
     mods = dict(model.named_modules())
+    holders: Dict[int, set] = {}  # parameter -> the modules holding it
+    for m in model.modules():
+        for t in m._parameters.values():
+            if t is not None:
+                holders.setdefault(id(t), set()).add(id(m))
     calls: Dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -523,6 +528,8 @@ def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tup
             continue
         if _reparametrized(pm):  # (a scale divided into its computed weight would be dropped)
             continue
+        if any(len(holders.get(id(t), ())) > 1 for t in (pm.weight, getattr(pm, "bias", None)) if t is not None):
+            continue  # a weight tied to another module: the scale would change that module too
         users = list(src.users)
         if all(u.op == "call_module" and u.target in wanted and calls.get(u.target) == 1 and len(u.args) == 1
                and u.args[0] is src and not u.kwargs for u in users):
@@ -587,7 +594,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
             raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")
     batches = None if method == "rtn" else _calib_batches(calib_data, method)
     excluded = {exclude} if isinstance(exclude, str) else set(exclude)  # one name, or several
-    unknown = excluded - {n for n, _ in model.named_modules()}
+    unknown = excluded - {n for n, _ in model.named_modules(remove_duplicate=False)}
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
     if not inplace:
@@ -598,19 +605,35 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
             # every layer (the layers left in float, excluded or tied, are copied as before)
             lin = _selected_linears(model, excluded)
             tied = _tied_elsewhere(model, lin)
-            memo = {id(m.weight): m.weight for n, m in lin.items() if n not in tied}
+            memo = {id(m.weight): m.weight for n, m in lin.items() if n not in tied and not _reparametrized(m)}
         from .quantize import _deepcopy  # (a hook-based weight norm's cached weight would make deepcopy fail)
         model = _deepcopy(model, memo)
     swapped: List[Tuple[nn.Module, str, nn.Module]] = []
+    # every module's own training flag (calibration runs in eval mode), put back at the end; on
+    # an inplace call, the state the calibration forwards may leave in buffers and attributes
+    flags = {id(m): (m, m.training) for m in model.modules()}
+    snapshot = _StateSnapshot(model) if inplace and method != "rtn" else None
     try:
-        return _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize,
-                                     act_order, awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped,
-                                     cache_block_inputs)
+        out = _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize,
+                                    act_order, awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped,
+                                    cache_block_inputs)
     except BaseException:
         if inplace:  # a failed or interrupted call leaves the caller's model as it was
             for parent, child, old in reversed(swapped):
                 setattr(parent, child, old)
+            if snapshot is not None and snapshot.changed():
+                snapshot.restore()
+        for m, f in flags.values():
+            m.training = f
         raise
+    for m, f in flags.values():
+        m.training = f
+    for parent, child, old in reversed(swapped):  # a quantized layer takes the flag of the one it replaced
+        if id(old) in flags:
+            getattr(parent, child).training = flags[id(old)][1]
+    if out is not model:  # the model was the one layer
+        out.training = flags[id(model)][1]
+    return out
 
 
 def _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize, act_order,
@@ -650,8 +673,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                       "inf values, which have no quantized value: their groups' other weights are lost (an inf "
                       "sets its group's scale) and the model's outputs no longer show the fault", UserWarning,
                       stacklevel=3)
-    training = model.training
-    model.eval()
+    model.eval()  # (every module's own training flag is put back by quantize_weight_only)
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
     gs = group_size if bits == 4 else None
     # AWQ folds its scales into LayerNorms and Linears (weights and biases) as it goes; on an
@@ -690,7 +712,6 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         except BaseException:
             if use_cache is True:
                 config.use_cache = True
-            model.train(training)
             raise
         # GPTQ and AWQ give each Linear its quantized weight as they go (the layers after it see
         # its output as the int model gives it). On the caller's model (inplace) the float
@@ -698,27 +719,27 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         # copy is swapped or dropped, and keeping them cost one more float copy of every layer.
         originals = {n: linears[n].weight.detach().clone() for n in order} if inplace else {}
         try:
-            if method == "gptq":
-                _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize,
-                          act_order, progress, shared, plan)
-            else:
-                _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
-                         awq_max_rows, progress, plan)
+            try:
+                if method == "gptq":
+                    _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp,
+                              blocksize, act_order, progress, shared, plan)
+                else:
+                    _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
+                             awq_max_rows, progress, plan)
+            finally:
+                if use_cache is True:
+                    config.use_cache = True
+                with torch.no_grad():
+                    for n, w in originals.items():
+                        linears[n].weight.copy_(w)
+            # (the swaps recorded, to be undone with the rest if one of them fails)
+            return _swap(model, linears, results, bits, gs, swapped)
         except BaseException:
             with torch.no_grad():
                 for t, before in folded:
                     t.copy_(before)
-            model.train(training)
             raise
-        finally:
-            if use_cache is True:
-                config.use_cache = True
-            with torch.no_grad():
-                for n, w in originals.items():
-                    linears[n].weight.copy_(w)
-    model = _swap(model, linears, results, bits, gs)
-    model.train(training)
-    return model
+    return _swap(model, linears, results, bits, gs, swapped)
 
 
 def _own_forward(cls) -> bool:
@@ -730,8 +751,10 @@ def _selected_linears(model: nn.Module, excluded) -> Dict[str, nn.Linear]:
     forward (as quantize_dynamic takes them; torchquant's own modules excepted), but not a
     MultiheadAttention's out_proj, which its owner reads directly."""
     mha_out = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    # a layer registered under several names is excluded by any of them
+    named_out = {id(m) for n, m in model.named_modules(remove_duplicate=False) if n in excluded}
     return {n: m for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and n not in excluded and id(m) not in mha_out
+            if isinstance(m, nn.Linear) and n not in excluded and id(m) not in mha_out and id(m) not in named_out
             and (type(m) is nn.Linear or not (_own_forward(type(m)) or type(m).__module__.startswith("torchquant.")))}
 
 
@@ -751,7 +774,15 @@ def _effective_weight(m: nn.Module) -> torch.Tensor:
         if type(hook).__name__ == "WeightNorm":
             return hook.compute_weight(m)
         return hook.compute_weight(m, do_power_iteration=False)
-    return m.weight
+    # read in eval mode: in training mode a parametrized spectral norm's read runs a power
+    # iteration, which would change the given module's u / v buffers
+    flags = [(x, x.training) for x in m.modules()]
+    m.eval()
+    try:
+        return m.weight
+    finally:
+        for x, f in flags:
+            x.training = f
 
 
 def _plain_reparametrized(model: nn.Module, excluded, swapped: Optional[List] = None) -> nn.Module:
@@ -772,6 +803,7 @@ def _plain_reparametrized(model: nn.Module, excluded, swapped: Optional[List] = 
             if b is not None:
                 lin.bias = nn.Parameter(b, requires_grad=False)
             lin.train(m.training)
+            _carry_hooks(m, lin)
             new[id(m)] = lin
         if not name:
             return new[id(m)]
@@ -794,6 +826,8 @@ def _tied_elsewhere(model: nn.Module, linears: Dict[str, nn.Linear]) -> Dict[str
     named = dict(model.named_modules(remove_duplicate=False))  # a layer under two names is one layer
     out = {}
     for n, lin in linears.items():
+        if _reparametrized(lin):  # (its weight is computed: no Parameter to share; reading it in training
+            continue              # mode would run a spectral norm's power iteration on the caller's model)
         others = [h for h in sorted({h for h in holders.get(id(lin.weight), []) if h != n}) if named.get(h) is not lin]
         if others:
             out[n] = others
@@ -821,6 +855,7 @@ def _conv1d_to_linear(model: nn.Module, excluded, swapped: Optional[List] = None
             if m.bias is not None:
                 lin.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=m.bias.requires_grad)
             lin.train(m.training)
+            _carry_hooks(m, lin)
             new[id(m)] = lin
         if not name:
             return new[id(m)]
@@ -1013,10 +1048,10 @@ def _aliases(model) -> Dict[int, List[str]]:
     return aliases
 
 
-def _swap(model, linears, results, bits, group_size):
+def _swap(model, linears, results, bits, group_size, swapped=None):
     aliases = _aliases(model)
     for name, res in results.items():
-        new = _swap_one(model, name, linears[name], res, bits, group_size, aliases)
+        new = _swap_one(model, name, linears[name], res, bits, group_size, aliases, swapped)
         if not name:  # the model is the one layer
             return new
     return model
@@ -1051,4 +1086,20 @@ def _swap_one(model, name, lin, res, bits, group_size, aliases, swapped=None):
             if swapped is not None:
                 swapped.append((parent, child, getattr(parent, child)))
             setattr(parent, child, new)
+    if not new._forward_hooks and not new._forward_pre_hooks:
+        _carry_hooks(lin, new)
     return new
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    """The user's forward (pre-)hooks of a replaced layer, on its replacement (as convert and
+    quantize_dynamic carry them); a hook-based weight / spectral norm's own hook stays behind
+    (the replacement holds the weight it computes)."""
+    from .quantize import _norm_hooks
+    norms = {id(h) for h in _norm_hooks(old)}
+    for hid, hook in old._forward_pre_hooks.items():
+        if id(hook) not in norms:
+            new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
+    for hid, hook in old._forward_hooks.items():
+        new.register_forward_hook(hook, with_kwargs=hid in old._forward_hooks_with_kwargs,
+                                  always_call=hid in old._forward_hooks_always_called)
