@@ -669,9 +669,11 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
 def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
     """Gives ``new`` the user's forward pre-hooks and forward hooks of the module it replaces
     (as torch.ao's swap_module does), with their kwargs / always_call flags; prepare's observer
-    hook is left behind, the int8 module computing its output qparams itself."""
+    hook is left behind, the int8 module computing its output qparams itself, and so is a
+    hook-based weight / spectral norm's hook (the replacement holds the weight it computes)."""
+    norms = {id(h) for h in _norm_hooks(old)}
     for hid, hook in old._forward_pre_hooks.items():
-        if hook is _input_range_hook:
+        if hook is _input_range_hook or id(hook) in norms:
             continue
         new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
     for hid, hook in old._forward_hooks.items():

@@ -787,32 +787,52 @@ def _effective_weight(m: nn.Module) -> torch.Tensor:
 
 def _plain_reparametrized(model: nn.Module, excluded, swapped: Optional[List] = None) -> nn.Module:
     """Puts a plain nn.Linear holding the current effective weight (and bias) in place of each
-    re-parametrized Linear that will be quantized (under each of its names; the swaps recorded
-    in `swapped`, to undo them), the given module left as it is: GPTQ and AWQ write their
-    stand-in weights into it, which a parametrized layer would drop."""
-    new: Dict[int, nn.Linear] = {}
+    re-parametrized Linear that will be quantized (the given module left as it is): GPTQ and AWQ
+    write their stand-in weights into it, which a parametrized layer would drop."""
+    def make(name, m):
+        with torch.no_grad():
+            w = _effective_weight(m).detach().clone()
+            b = m.bias.detach().clone() if m.bias is not None else None
+        return _linear_of(w, b, m, requires_grad=False)
+
+    return _replace_layers(model, excluded, lambda m: isinstance(m, nn.Linear) and _reparametrized(m), make, swapped)
+
+
+def _linear_of(w: torch.Tensor, b: Optional[torch.Tensor], old: nn.Module, requires_grad: bool) -> nn.Linear:
+    """An nn.Linear holding w [out, in] and b (built on the meta device: no table allocated only
+    to be overwritten), with old's training flag and forward hooks."""
+    from .quantize import _copy_hooks
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta", dtype=w.dtype)
+    lin.weight = nn.Parameter(w, requires_grad=requires_grad)
+    if b is not None:
+        lin.bias = nn.Parameter(b, requires_grad=requires_grad)
+    lin.train(old.training)
+    _copy_hooks(old, lin)
+    return lin
+
+
+def _replace_layers(model: nn.Module, excluded, pick, make, swapped: Optional[List] = None) -> nn.Module:
+    """Puts make(name, m) in place of each module m with pick(m) not in `excluded`, under every
+    name it is registered as (one replacement per module), recording each swap in `swapped` (to
+    undo them). Returns the model (the replacement where the model itself is picked)."""
+    new: Dict[int, nn.Module] = {}
     for name, m in list(model.named_modules(remove_duplicate=False)):
-        if name in excluded or not isinstance(m, nn.Linear) or not _reparametrized(m):
+        if name in excluded or not pick(m):
             continue
         if id(m) not in new:
-            with torch.no_grad():
-                w = _effective_weight(m).detach().clone()
-                b = m.bias.detach().clone() if m.bias is not None else None
-            lin = nn.Linear(m.in_features, m.out_features, bias=b is not None, device="meta", dtype=w.dtype)
-            lin.weight = nn.Parameter(w, requires_grad=False)
-            if b is not None:
-                lin.bias = nn.Parameter(b, requires_grad=False)
-            lin.train(m.training)
-            _carry_hooks(m, lin)
-            new[id(m)] = lin
+            new[id(m)] = make(name, m)
         if not name:
             return new[id(m)]
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if swapped is not None:
-            swapped.append((parent, child, m))
-        setattr(parent, child, new[id(m)])
+        _set_under(model, name, new[id(m)], swapped)
     return model
+
+
+def _set_under(model: nn.Module, name: str, new: nn.Module, swapped: Optional[List]) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if swapped is not None:  # (parent, name, old module): what undoes the swap
+        swapped.append((parent, child, getattr(parent, child)))
+    setattr(parent, child, new)
 
 
 def _tied_elsewhere(model: nn.Module, linears: Dict[str, nn.Linear]) -> Dict[str, List[str]]:
@@ -840,31 +860,15 @@ def _conv1d_to_linear(model: nn.Module, excluded, swapped: Optional[List] = None
     registered as, so that every method treats it as one; the quantized module that replaces it
     computes the same function. Returns the model (the new Linear where the model is a Conv1D)."""
     from .nn.quantized_dynamic import is_hf_conv1d
-    new: Dict[int, nn.Linear] = {}
-    for name, m in list(model.named_modules(remove_duplicate=False)):
-        if name in excluded or not is_hf_conv1d(type(m)):
-            continue
-        if id(m) not in new:
-            w = m.weight
-            if w.dim() != 2:
-                raise ValueError(f"{name}: expected a Conv1D weight [in, out] of 2 dimensions, got shape "
-                                 f"{tuple(w.shape)}")
-            # built on the meta device: no table allocated only to be overwritten
-            lin = nn.Linear(w.shape[0], w.shape[1], bias=m.bias is not None, device="meta", dtype=w.dtype)
-            lin.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=w.requires_grad)
-            if m.bias is not None:
-                lin.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=m.bias.requires_grad)
-            lin.train(m.training)
-            _carry_hooks(m, lin)
-            new[id(m)] = lin
-        if not name:
-            return new[id(m)]
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if swapped is not None:  # (parent, name, old module): what undoes the swap
-            swapped.append((parent, child, m))
-        setattr(parent, child, new[id(m)])
-    return model
+
+    def make(name, m):
+        w = m.weight
+        if w.dim() != 2:
+            raise ValueError(f"{name}: expected a Conv1D weight [in, out] of 2 dimensions, got shape {tuple(w.shape)}")
+        b = m.bias.detach().clone() if m.bias is not None else None
+        return _linear_of(w.detach().t().contiguous(), b, m, requires_grad=w.requires_grad)
+
+    return _replace_layers(model, excluded, lambda m: is_hf_conv1d(type(m)), make, swapped)
 
 
 def _rtn(w, bits, group_size):
@@ -1081,25 +1085,9 @@ def _swap_one(model, name, lin, res, bits, group_size, aliases, swapped=None):
         new = new.to(lin.weight.device)
     if name:
         for alias in aliases.get(id(lin), [name]):
-            parent_name, _, child = alias.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if swapped is not None:
-                swapped.append((parent, child, getattr(parent, child)))
-            setattr(parent, child, new)
+            _set_under(model, alias, new, swapped)
     if not new._forward_hooks and not new._forward_pre_hooks:
-        _carry_hooks(lin, new)
+        from .quantize import _copy_hooks
+        _copy_hooks(lin, new)  # the user's hooks, as convert and quantize_dynamic carry them
     return new
 
-
-def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
-    """The user's forward (pre-)hooks of a replaced layer, on its replacement (as convert and
-    quantize_dynamic carry them); a hook-based weight / spectral norm's own hook stays behind
-    (the replacement holds the weight it computes)."""
-    from .quantize import _norm_hooks
-    norms = {id(h) for h in _norm_hooks(old)}
-    for hid, hook in old._forward_pre_hooks.items():
-        if id(hook) not in norms:
-            new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
-    for hid, hook in old._forward_hooks.items():
-        new.register_forward_hook(hook, with_kwargs=hid in old._forward_hooks_with_kwargs,
-                                  always_call=hid in old._forward_hooks_always_called)
