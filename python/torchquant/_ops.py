@@ -440,6 +440,13 @@ def _gru_layer_dynamic_fake(igates, h0, hh_w, hh_col_sums, hh_scale, hh_bias, re
 
 
 # ---------------------------------------------------------------- embedding
+def embedding_row_stride(dim: int, bits: int) -> int:
+    """Bytes per packed row (csrc's embedding_row_stride): the values, padded to 4 bytes, then
+    the float32 scale and zero point."""
+    data = (dim * bits + 7) // 8
+    return (data + 3) // 4 * 4 + 8
+
+
 @torch.library.register_fake("torchquant::embedding_bag_rowwise")
 def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=None, mode=0, per_sample_weights=None,
                                 include_last_offset=False, padding_idx=None):
@@ -451,8 +458,7 @@ def _embedding_bag_rowwise_fake(packed, bits, embedding_dim, indices, offsets=No
     torch._check(mode in (0, 1, 2), lambda: f"argument 'mode' must be 0 (sum), 1 (mean) or 2 (max), got {mode}")
     torch._check(packed.dtype == torch.uint8 and packed.dim() == 2,
                  lambda: f"argument 'packed' must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
-    data = (embedding_dim * bits + 7) // 8
-    stride = (data + 3) // 4 * 4 + 8
+    stride = embedding_row_stride(embedding_dim, bits)
     torch._check(packed.shape[1] == stride,
                  lambda: f"argument 'packed' has rows of {packed.shape[1]} bytes, but {bits}-bit rows of "
                          f"embedding_dim={embedding_dim} take {stride} (values, then float32 scale and zero point)")

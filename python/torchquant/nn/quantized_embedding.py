@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import _fastcall
+from .._ops import embedding_row_stride as _row_stride
 from .._ops import ops
 from ._state_dict import integer_load_errors
 
@@ -23,11 +24,6 @@ __all__ = ["Embedding", "EmbeddingBag", "pack_rowwise", "unpack_rowwise"]
 
 _BITS = {torch.quint8: 8, torch.quint4x2: 4}
 _MODES = {"sum": 0, "mean": 1, "max": 2}
-
-
-def _row_stride(dim: int, bits: int) -> int:
-    data = (dim * bits + 7) // 8
-    return (data + 3) // 4 * 4 + 8
 
 
 def pack_rowwise(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
