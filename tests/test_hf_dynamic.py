@@ -175,3 +175,25 @@ def test_stacked_expert_weights_left_in_float_are_named():
     with _w.catch_warnings():  # a convolution's 3-D weight is no expert
         _w.simplefilter("error")
         tq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Conv1d(64, 64, 3)), {torch.nn.Linear})
+
+
+def test_dynamic_weight_dtype_reads_as_the_float_dtype_for_model_code():
+    # Model code casts a layer's input to its weight's dtype (Mamba's lm_head(h.to(lm_head.weight.dtype)));
+    # the int8 weight reads as the float dtype it was quantized from, torch.ao's weight() as qint8.
+    cfg = transformers.MambaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8, expand=2)
+    torch.manual_seed(0)
+    m = transformers.MambaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 100, (2, 10))
+    with torch.no_grad():
+        ref = m(ids).logits
+        q = tq.quantize_dynamic(m, {nn.Linear})
+        assert _rel(q(ids).logits, ref) < 0.02
+    w = q.lm_head.weight
+    assert w.dtype == torch.float32 and w().dtype == torch.qint8 and type(w()) is tq.QTensor
+    assert torch.equal(w.int_repr(), q.lm_head.qweight) and torch.equal(w.dequantize(), w().dequantize())
+    assert "qint8" in repr(w)
+    half = tq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)).to(torch.bfloat16), {nn.Linear})
+    assert half[0].weight.dtype == torch.bfloat16 and half[0].weight().dtype == torch.qint8
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    assert half[0](x.to(half[0].weight.dtype)).dtype == torch.bfloat16
+    assert nnq.dynamic.Linear(8, 4).weight.dtype == torch.float32  # built by hand

@@ -435,13 +435,46 @@ def _load_weight(q, linear, w_scale, w_zp, w_range=(-128, 127)):
     q._set_int8(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8), w_scale, w_zp, linear.bias)
 
 
+class FloatDtypeWeight(QTensor):
+    """What a float-in, float-out int8 layer's ``.weight`` returns: its int8 weight as a QTensor
+    whose ``dtype`` is the float dtype of the weight it was quantized from (as torchao's quantized
+    weights report theirs), since model code reads a layer's ``weight.dtype`` to cast the layer's
+    input (Mamba's ``lm_head(h.to(lm_head.weight.dtype))``). Everything else is the QTensor's;
+    torch.ao's method form ``weight()`` returns the plain QTensor, whose ``dtype`` is
+    ``torch.qint8``."""
+
+    __slots__ = ("_float_dtype",)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._float_dtype
+
+    def __call__(self) -> QTensor:
+        return QTensor._make(self.data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
+
+    def __repr__(self) -> str:
+        return repr(self())
+
+
 class DynamicLinear(Linear):
     """Dynamic int8 Linear: float in, float out. Each input row is quantized on the fly (its own
     scale and zero point, inside the kernel); weights are int8 per output channel. Any floating
     dtype is accepted (the output has the input's dtype); an integer tensor is an error.
 
+    ``.weight`` is the int8 weight (a QTensor) whose ``dtype`` reads as the float dtype it was
+    quantized from (float32 for a module built by hand), for model code that casts the layer's
+    input to it; ``.weight()`` is torch.ao's form, a QTensor of dtype ``torch.qint8``.
+
     >>> m = torchquant.quantize_dynamic(nn.Sequential(nn.Linear(16, 8)), {nn.Linear})
     """
+
+    _float_dtype = torch.float32
+
+    @property
+    def weight(self) -> FloatDtypeWeight:
+        w = FloatDtypeWeight._make(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+        w._float_dtype = self._float_dtype
+        return w
 
     def forward(self, x):
         if isinstance(x, QTensor):
@@ -471,6 +504,8 @@ class DynamicLinear(Linear):
         w_scale, w_zp, w_range = _weight_qparams(mod, linear, name)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=torch.quint8)
         q._relu = isinstance(mod, intrinsic.LinearReLU)
+        if linear.weight.dtype.is_floating_point:
+            q._float_dtype = linear.weight.dtype
         _load_weight(q, linear, w_scale, w_zp, w_range)
         return q.to(linear.weight.device)
 
