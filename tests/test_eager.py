@@ -1205,3 +1205,34 @@ def test_prepare_keeps_the_qconfig_of_a_graph_module():
         q = tq.convert(p)
         assert [type(c).__name__ for c in q.children()] == ["Quantize", "Conv1d", "Conv1d", "DeQuantize", "QFunctional"]
         assert type(gm.c1) is nn.Conv1d  # the given model is not changed
+
+
+def test_aot_inductor_package_runs_in_a_process_that_only_imports_torchquant(tmp_path):
+    # Deployment without the model's Python code: torch.export -> AOTInductor package -> a fresh
+    # process that loads it (the ops come from `import torchquant`), static, dynamic and int4 layers.
+    import subprocess
+    import sys
+
+    torch.manual_seed(10)
+    static = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16),
+                           tq.DeQuantStub()).eval()
+    static.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(static)
+    prepared(torch.randn(16, 3, 8, 8))
+    model = nn.Sequential(tq.convert(prepared),
+                          tq.quantize_dynamic(nn.Sequential(nn.Linear(16, 32)), {nn.Linear}),
+                          tq.quantize_weight_only(nn.Sequential(nn.Linear(32, 8)), group_size=32, progress=False))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        eager = model(x)
+    package = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)),
+                                                       package_path=str(tmp_path / "model.pt2"))
+    torch.save({"x": x, "eager": eager}, tmp_path / "io.pt")
+    code = ("import sys, torch, torchquant\n"
+            "io = torch.load(sys.argv[2])\n"
+            "out = torch._inductor.aoti_load_package(sys.argv[1])(io['x'])\n"
+            "sys.exit(0 if torch.equal(out, io['eager']) else 3)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(tq.__file__).parents[1])}
+    r = subprocess.run([sys.executable, "-c", code, package, str(tmp_path / "io.pt")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
