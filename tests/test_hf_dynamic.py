@@ -197,3 +197,30 @@ def test_dynamic_weight_dtype_reads_as_the_float_dtype_for_model_code():
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     assert half[0](x.to(half[0].weight.dtype)).dtype == torch.bfloat16
     assert nnq.dynamic.Linear(8, 4).weight.dtype == torch.float32  # built by hand
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "int4"])
+def test_save_pretrained_checkpoint_reloads_into_a_quantized_skeleton(kind, tmp_path):
+    # save_pretrained writes the quantized state dict to model.safetensors; from_pretrained cannot
+    # rebuild torchquant's modules, so the documented reload is: the model from its config, quantized
+    # the same way (no calibration: RTN for int4), then load_state_dict of the file, strict.
+    from safetensors.torch import load_file
+
+    def quantized(model):
+        if kind == "dynamic":
+            return tq.quantize_dynamic(model, {nn.Linear})
+        return tq.quantize_weight_only(model, group_size=32, progress=False)
+
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    q = quantized(transformers.LlamaForCausalLM(cfg).eval())
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        ref = q(ids).logits
+    q.save_pretrained(tmp_path)
+    torch.manual_seed(1)  # other random weights: everything must come from the file
+    skeleton = quantized(transformers.LlamaForCausalLM(cfg).eval())
+    skeleton.load_state_dict(load_file(tmp_path / "model.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(skeleton(ids).logits, ref)
