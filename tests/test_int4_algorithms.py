@@ -887,3 +887,30 @@ def test_a_spectral_norm_in_training_mode_is_read_without_its_power_iteration():
         torchquant.quantize_weight_only(m, group_size=32, method=method, calib_data=[torch.randn(64, 32)],
                                         progress=False)
         assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items()), method  # u, v untouched
+
+
+@pytest.mark.parametrize("method,bits", [("awq", 4), ("gptq", 4), ("gptq", 8)])
+def test_non_finite_huge_or_empty_calibration_data(method, bits):
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 8)).eval()
+
+    x = torch.randn(8, 64)
+    x[0, 0] = float("nan")
+    m = model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=r"inputs of 0 on the calibration data hold NaN or inf.*'calib_data'"):
+        torchquant.quantize_weight_only(m, bits=bits, group_size=32, method=method, calib_data=[x], progress=False,
+                                inplace=True)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items()) and isinstance(m[0], nn.Linear)
+    # Finite rows whose squared error overflows float32, and empty batches, still quantize.
+    for data in ([torch.randn(8, 64) * 1e30], [torch.randn(0, 64)]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = torchquant.quantize_weight_only(model(), bits=bits, group_size=32, method=method, calib_data=data,
+                                        progress=False)
+        for p in q.state_dict().values():
+            assert not p.is_floating_point() or bool(torch.isfinite(p).all())
+    X = torch.randn(16, 64) * 1e38  # the product itself overflows: no finite loss, alpha 0 (RTN)
+    s, alpha, _ = awq.awq_search(X, [torch.randn(8, 64)], 32, grid=4)
+    assert alpha == 0.0 and bool(torch.isfinite(s).all())

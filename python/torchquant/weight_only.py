@@ -992,14 +992,19 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
         rows: List[torch.Tensor] = []
         feeder.capture(members[0], first, lambda x: rows.append(x.detach().reshape(-1, x.shape[-1]).float()),
                        stop=all(calls.get(m, 0) == 1 for m in members))
+        rows = [r for r in rows if r.shape[0]]
         if not rows:
-            warnings.warn(f"AWQ: {members} not called on the calibration data; rounded to nearest", RuntimeWarning)
+            warnings.warn(f"AWQ: {members} not called on the calibration data (or only on empty batches); rounded "
+                          "to nearest", RuntimeWarning)
             for m in members:
                 W = linears[m].weight.detach().float()
                 s_, z_ = choose_group_qparams(W, group_size)
                 results[m] = (quantize_groups(W, s_, z_, group_size), s_, z_, None)
             continue
         X = torch.cat(rows, 0)
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError(f"AWQ: the inputs of {members[0]} on the calibration data hold NaN or inf: check "
+                             "'calib_data' and the layers before it")
         if X.shape[0] > max_rows:
             X = X[torch.randperm(X.shape[0], generator=gen)[:max_rows].to(X.device)]
         weights = [linears[m].weight.detach().float() for m in members]

@@ -44,8 +44,11 @@ def awq_search(x: torch.Tensor, weights: Sequence[torch.Tensor], group_size: int
         alpha = i / grid
         s = awq_candidate_scales(x_abs_mean, alpha)
         wq = torch.cat([rtn_fake(wi.detach().float() * s, group_size) for wi in weights], 0) / s
-        loss = float(((x @ wq.t() - y_ref) ** 2).mean())
+        # squared in float64: calibration rows of 1e20 overflow a float32 square
+        loss = float(((x @ wq.t() - y_ref).double() ** 2).mean())
         losses.append(loss)
         if loss < best[0]:
             best = (loss, s, alpha)
+    if best[1] is None:  # no finite loss (rows of 1e38 overflow the product itself): alpha = 0, plain RTN
+        best = (best[0], awq_candidate_scales(x_abs_mean, 0.0), 0.0)
     return best[1], best[2], losses

@@ -42,6 +42,9 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> Tuple[torc
     tenfold until the factorization succeeds (a Hessian that is not positive definite after
     dampening: rank-deficient with rounding below zero, or indefinite)."""
     K = H.shape[0]
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError(f"GPTQ: the inputs of {name} on the calibration data hold NaN or inf (its Hessian is not "
+                         "finite): check 'calib_data' and the layers before it")
     mean_diag = float(torch.diag(H).mean()) if K else 1.0
     if not math.isfinite(mean_diag) or mean_diag <= 0:
         mean_diag = 1.0
