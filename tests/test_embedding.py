@@ -809,3 +809,34 @@ def test_nan_and_inf_in_a_float_table_and_huge_embedding_dim():
         with pytest.raises(RuntimeError, match="rows of 16 bytes, but 8-bit rows of embedding_dim=9 take 20"):
             ops.embedding_bag_rowwise(mode.from_tensor(packed), 8, 9, mode.from_tensor(torch.tensor([0])),
                                       mode.from_tensor(torch.tensor([0])))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_constructor_weight_and_padding_idx_are_taken_or_refused(bits):
+    from torchquant.nn import quantized as nnq_
+    dtype = torch.quint8 if bits == 8 else torch.quint4x2
+    qc = tq.float_qparams_weight_only_qconfig if bits == 8 else tq.float_qparams_weight_only_qconfig_4bit
+    torch.manual_seed(0)
+    w = torch.randn(10, 8)
+    idx = torch.tensor([1, 7, 3])
+    for cls, float_cls in ((nnq_.Embedding, nn.Embedding), (nnq_.EmbeddingBag, nn.EmbeddingBag)):
+        float_mod = float_cls(10, 8, _weight=w.clone())
+        float_mod.qconfig = qc
+        q = cls(10, 8, _weight=w, dtype=dtype)  # quantized per row, as from_float quantizes the float module
+        assert torch.equal(q.packed_weight, cls.from_float(float_mod).packed_weight)
+        args = (idx,) if cls is nnq_.Embedding else (idx, torch.tensor([0]))
+        assert q(*args).abs().sum() > 0
+        torch_q = torch.quantize_per_channel(w, torch.ones(10), torch.zeros(10), 0, torch.quint8)
+        assert torch.equal(cls(10, 8, _weight=torch_q, dtype=dtype).packed_weight,
+                           cls(10, 8, _weight=torch_q.dequantize(), dtype=dtype).packed_weight)
+        with pytest.raises(ValueError, match=r"'_weight': shape \[5, 3\] does not match .* \[10, 8\]"):
+            cls(10, 8, _weight=torch.randn(5, 3), dtype=dtype)
+        with pytest.raises(TypeError, match="'_weight' must be a floating-point"):
+            cls(10, 8, _weight=torch.zeros(10, 8, dtype=torch.long), dtype=dtype)
+        for bad in (10, -11):
+            with pytest.raises(ValueError, match=f"padding_idx must be within num_embeddings .*got {bad}"):
+                cls(10, 8, padding_idx=bad, dtype=dtype)
+        with pytest.raises(TypeError, match="'padding_idx' must be an int"):
+            cls(10, 8, padding_idx=2.0, dtype=dtype)
+        assert cls(10, 8, padding_idx=-1, dtype=dtype).padding_idx == 9
+        assert cls(10, 8, padding_idx=__import__("numpy").int64(3), dtype=dtype).padding_idx == 3

@@ -10,6 +10,7 @@ qparams from one place). It is a plain tensor: ``torch.load(weights_only=True)``
     >>> emb.qconfig = torchquant.float_qparams_weight_only_qconfig
     >>> qemb = torchquant.convert(torchquant.prepare(emb))
 """
+import operator
 from typing import Optional
 
 import torch
@@ -170,6 +171,41 @@ class _EmbeddingBase(nn.Module):
             raise ValueError(f"{name}: qconfig gives {bits}-bit rows, module built for {self.bits}")
         self.packed_weight = ops.streamed_copy.default(packed)
 
+    def _init_weight(self, weight):
+        """The constructor's ``_weight``: a float table [num_embeddings, embedding_dim] (or a torch
+        quantized one, as torch.ao takes, dequantized first), quantized per row as ``from_float``
+        quantizes it."""
+        if weight is None:
+            return
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"argument '_weight' must be a Tensor or None, got {type(weight).__name__}")
+        if list(weight.shape) != [self.num_embeddings, self.embedding_dim]:
+            raise ValueError(f"argument '_weight': shape {list(weight.shape)} does not match [num_embeddings, "
+                             f"embedding_dim] = [{self.num_embeddings}, {self.embedding_dim}]")
+        if weight.is_quantized:
+            weight = weight.dequantize()
+        if not weight.is_floating_point():
+            raise TypeError(f"argument '_weight' must be a floating-point (or torch quantized) tensor, got {weight.dtype}")
+        from .. import qconfig as _qc
+        qc = _qc.float_qparams_weight_only_qconfig if self.bits == 8 else _qc.float_qparams_weight_only_qconfig_4bit
+        self.packed_weight = ops.streamed_copy.default(_quantize_table(weight, qc.weight(), "_weight")[0])
+
+
+def _padding_idx(padding_idx: Optional[int], num_embeddings: int) -> Optional[int]:
+    """padding_idx as nn.Embedding keeps it: None, or in [0, num_embeddings) (a negative one counted
+    from the end)."""
+    if padding_idx is None:
+        return None
+    try:
+        if isinstance(padding_idx, bool):
+            raise TypeError
+        padding_idx = operator.index(padding_idx)
+    except TypeError:
+        raise TypeError(f"argument 'padding_idx' must be an int or None, got {type(padding_idx).__name__}") from None
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(f"padding_idx must be within num_embeddings ({num_embeddings}), got {padding_idx}")
+    return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
+
 
 class Embedding(_EmbeddingBase):
     """Weight-only quantized ``nn.Embedding`` (8-bit or 4-bit rows): ``forward(indices)`` returns
@@ -186,7 +222,8 @@ class Embedding(_EmbeddingBase):
         super().__init__(num_embeddings, embedding_dim, dtype)
         if max_norm is not None:
             raise NotImplementedError("torchquant's quantized Embedding has no max_norm (the table is read-only)")
-        self.padding_idx = padding_idx
+        self.padding_idx = _padding_idx(padding_idx, num_embeddings)
+        self._init_weight(_weight)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         if not isinstance(indices, torch.Tensor):
@@ -234,12 +271,9 @@ class EmbeddingBag(_EmbeddingBase):
             raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
         if max_norm is not None:
             raise NotImplementedError("torchquant's quantized EmbeddingBag has no max_norm (the table is read-only)")
-        if padding_idx is not None:
-            if padding_idx < 0:
-                padding_idx += num_embeddings
-            if not 0 <= padding_idx < num_embeddings:
-                raise ValueError(f"padding_idx must be within num_embeddings, got {padding_idx}")
-        self.mode, self.include_last_offset, self.padding_idx = mode, include_last_offset, padding_idx
+        self.mode, self.include_last_offset = mode, include_last_offset
+        self.padding_idx = _padding_idx(padding_idx, num_embeddings)
+        self._init_weight(_weight)
 
     def forward(self, indices: torch.Tensor, offsets: Optional[torch.Tensor] = None,
                 per_sample_weights: Optional[torch.Tensor] = None,
