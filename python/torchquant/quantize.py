@@ -832,6 +832,8 @@ def _saw_data(obs) -> Optional[bool]:
     mn = getattr(stats, "min_val", None)
     if not isinstance(mn, torch.Tensor):
         return None
+    if mn.numel() and bool(torch.isnan(mn).any()):
+        return None  # a NaN statistic (a corrupt observer state dict) is no sign of a module that never ran
     return mn.numel() > 0 and bool(torch.isfinite(mn).all())
 
 

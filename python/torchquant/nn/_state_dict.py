@@ -45,7 +45,37 @@ def qparam_load_errors(module: nn.Module, state_dict, prefix: str) -> list:
         elif key.endswith("zero_point"):
             if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
                 errors.append(f"{what} must be an integer tensor, got dtype {given.dtype}")
+                continue
+            lo, hi = _zero_point_range(module, key)
+            if lo is None or given.numel() == 0:
+                continue
+            bad = (given < lo) | (given > hi)
+            if bool(bad.any()):
+                at = bad.reshape(-1).nonzero().flatten()
+                first = given.reshape(-1)[at[0]].item()
+                where = f" at flat position(s) {at[:10].tolist()}" if given.numel() > 1 else ""
+                errors.append(f"{what} must lie in [{lo}, {hi}], got {first}{where}")
     return errors
+
+
+_ZERO_POINT_RANGES = {torch.quint8: (0, 255), torch.qint8: (-128, 127)}
+
+
+def _zero_point_range(module: nn.Module, key: str):
+    """The range an activation zero point must lie in (the codes of the module's activation
+    dtype; a value past it would be refused by the kernels at the next call only, or wrapped by
+    the int32 buffer's copy_), or (None, None) where the module does not say (weight zero points
+    are checked by their modules)."""
+    if key == "float_input_zero_point":
+        fmt = module.__dict__.get("_float_input_dtype")
+        if fmt is not None:
+            return fmt[1], fmt[2]
+    elif key != "zero_point":
+        return None, None
+    lo, hi = getattr(module, "qmin", None), getattr(module, "qmax", None)
+    if isinstance(lo, int) and isinstance(hi, int):
+        return lo, hi
+    return _ZERO_POINT_RANGES.get(getattr(module, "dtype", None), (None, None))
 
 
 def _dtype_name(dtype) -> str:

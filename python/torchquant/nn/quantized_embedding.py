@@ -150,6 +150,17 @@ class _EmbeddingBase(nn.Module):
             if theirs is not None and theirs != mine:
                 errors.append(f"size mismatch for {prefix}packed_weight: its rows hold {key}={theirs}, this "
                               f"{type(self).__name__} has {key}={mine}")
+        given = state_dict.get(prefix + "packed_weight")
+        if (not errors and isinstance(given, torch.Tensor) and given.dim() == 2
+                and given.shape[1] == self.packed_weight.shape[1] and given.shape[0]):
+            # Each row ends in its float32 scale and zero point: a NaN / inf there would make the
+            # row's every lookup NaN / inf without a word.
+            qp = given[:, -8:].contiguous().view(torch.float32)
+            bad = ~torch.isfinite(qp).all(1)
+            if bool(bad.any()):
+                rows = bad.nonzero().flatten()
+                errors.append(f"{prefix}packed_weight: the scale / zero point of row(s) {rows[:10].tolist()} "
+                              f"(bytes [-8:] of each row, float32) are not finite")
         if errors:
             error_msgs.extend(errors)
             return
