@@ -649,6 +649,14 @@ def _quantized_linear_model():
     ("1.weight_scale", torch.tensor([0.1, -0.2, 0.1]), r"1.weight_scale: the quantized Linear's weight_scale must be "
                                                        r"> 0 and finite, got -0.2"),
     ("1.scale", torch.tensor([float("inf")]), r"1.scale: the quantized Linear's scale must be > 0 and finite, got inf"),
+    # a zero point past the activation's codes loaded and failed only at the next call, without the key
+    ("1.zero_point", torch.tensor([300], dtype=torch.int32), r"1.zero_point: .* must lie in \[0, 255\], got 300"),
+    ("0.zero_point", torch.tensor([-1], dtype=torch.int32), r"0.zero_point: the quantized Quantize's zero_point must "
+                                                            r"lie in \[0, 255\], got -1"),
+    # an int64 one past int32 wrapped into the buffer (2^32 + 5 became 5) without a word
+    ("0.zero_point", torch.tensor([2 ** 32 + 5]), r"0.zero_point: .* must lie in \[0, 255\], got 4294967301"),
+    ("1.float_input_zero_point", torch.tensor([256], dtype=torch.int32),
+     r"1.float_input_zero_point: .* must lie in \[0, 255\], got 256"),
 ])
 def test_quantized_linear_load_state_dict_refuses_what_it_would_ignore_or_cast(key, value, match):
     # A non-zero weight_zero_point was loaded and then ignored; a float qweight cast to int8
@@ -1236,3 +1244,21 @@ def test_aot_inductor_package_runs_in_a_process_that_only_imports_torchquant(tmp
     r = subprocess.run([sys.executable, "-c", code, package, str(tmp_path / "io.pt")], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_convert_raises_on_an_observer_state_with_a_nan_statistic():
+    # A NaN min_val (a corrupt observer state dict) was taken as "never ran": the layer stayed
+    # float with a warning saying so.
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(64, 16))
+    sd = tq.get_observer_state_dict(p)
+    sd["1.activation_post_process.min_val"] = torch.tensor(float("nan"))
+    tq.load_observer_state_dict(p, sd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match=r"convert: module '1' \(Linear\) could not be quantized: .*observed no "
+                                               r"finite data"):
+            tq.convert(p)

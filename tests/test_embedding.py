@@ -840,3 +840,15 @@ def test_constructor_weight_and_padding_idx_are_taken_or_refused(bits):
             cls(10, 8, padding_idx=2.0, dtype=dtype)
         assert cls(10, 8, padding_idx=-1, dtype=dtype).padding_idx == 9
         assert cls(10, 8, padding_idx=__import__("numpy").int64(3), dtype=dtype).padding_idx == 3
+
+
+def test_load_refuses_rows_whose_scale_or_zero_point_is_not_finite():
+    e = tq.quantize_dynamic(nn.Sequential(nn.EmbeddingBag(10, 8)), dtype=torch.quint8)
+    before = e.state_dict()["0.packed_weight"].clone()
+    sd = e.state_dict()
+    bad = sd["0.packed_weight"].clone()
+    bad[3, -8:] = 255  # NaN scale and zero point bytes: every lookup of row 3 was NaN
+    bad[7, -4:] = torch.tensor([float("inf")]).view(torch.uint8)
+    with pytest.raises(RuntimeError, match=r"0.packed_weight: the scale / zero point of row\(s\) \[3, 7\] .* not finite"):
+        e.load_state_dict({"0.packed_weight": bad})
+    assert torch.equal(e[0].packed_weight, before)
