@@ -5,7 +5,8 @@
 #
 # -fno-wrapv: Python's compile flags carry -fwrapv, which defines signed overflow and so turns
 # UBSan's check for it off; the flag that comes last wins. -fno-sanitize-recover: the first
-# report aborts the run, so it cannot scroll by unnoticed. Reports go to the log (pytest runs
+# report aborts the run, so it cannot scroll by unnoticed. -g1: line numbers in the reports
+# (setup.py builds without debug information otherwise). Reports go to the log (pytest runs
 # with --capture=sys: it does not swallow the sanitizers' stderr) and are searched for too.
 #   PYTHON     interpreter (default python3)
 #   MAX_JOBS   parallel compile jobs (default: the number of CPUs, at most 8)
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=build/sanitize
 mkdir -p "$OUT"
-FLAGS="-fsanitize=address,undefined -fno-wrapv -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1"
+FLAGS="-fsanitize=address,undefined -fno-wrapv -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g1"
 # The op-level tests: kernels, their argument checks and the observers that drive them.
 TESTS=(tests/test_quantize_ops.py tests/test_observer.py tests/test_gemm.py tests/test_conv.py tests/test_conv_transpose.py
        tests/test_elementwise.py
