@@ -305,3 +305,33 @@ def test_report_leaves_a_prepared_float_model_calibrated_as_it_was():
     q = tq.convert(p.eval(), inplace=False)
     tq.report(p, q, torch.randn(16, 8) * 5)
     assert torch.equal(p[0].activation_post_process.scale.detach(), scale)
+
+
+def test_report_restores_each_modules_own_training_flag_and_buffers_in_place():
+    # report set every module to the root's flag afterwards: a BatchNorm frozen (eval) inside a
+    # model being fine-tuned came back in training mode, and the next step moved its statistics.
+    import torch.nn as nn
+    import torchquant as tq
+
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(288, 10), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(4, 3, 8, 8))
+    q = tq.convert(p, inplace=False)
+    del m.qconfig
+    m.train()
+    m[2].eval()
+    flags = {n: s.training for n, s in m.named_modules()}
+    tq.report(m, q, torch.randn(4, 3, 8, 8))
+    assert {n: s.training for n, s in m.named_modules()} == flags
+    # a prepared model whose observers train while the rest is in eval: flags and buffer objects kept
+    p.eval()
+    obs = p[1].activation_post_process
+    obs.train()
+    flags = {n: s.training for n, s in p.named_modules()}
+    ids = {k: id(v) for k, v in obs._buffers.items()}
+    tq.report(p, q, torch.randn(4, 3, 8, 8) * 5)
+    assert {n: s.training for n, s in p.named_modules()} == flags
+    assert {k: id(v) for k, v in obs._buffers.items()} == ids

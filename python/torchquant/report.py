@@ -227,7 +227,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     for n, m in pairs:
         handles.append(float_modules[n].register_forward_hook(hook("float", n)))
         handles.append(m.register_forward_hook(hook("quant", n)))
-    modes = (float_model.training, quantized_model.training)
+    # every module's own flag (a model fine-tuned with frozen BatchNorms, observers in training mode)
+    modes = [(m, m.training) for model in (float_model, quantized_model) for m in model.modules()]
     # A prepared or QAT model given as float_model: its observers' statistics (and a learnable
     # fake-quant's qparams) as they were before, restored afterwards, so that report does not
     # change the calibration a later convert uses.
@@ -265,11 +266,16 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
             h.remove()
         with torch.no_grad():
             for m, bufs, params in kept:
-                m._buffers.update(bufs)
+                for k, v in bufs.items():
+                    now = m._buffers.get(k)
+                    if isinstance(now, torch.Tensor) and v is not None and now.shape == v.shape and now.dtype == v.dtype:
+                        now.copy_(v)  # in place: the caller's references to the buffer stay valid
+                    else:  # resized by the forward (a per-channel observer's first statistics)
+                        m._buffers[k] = v
                 for k, v in params.items():
                     m._parameters[k].copy_(v)
-        float_model.train(modes[0])
-        quantized_model.train(modes[1])
+        for m, training in modes:
+            m.training = training
     if seen == 0:
         raise ValueError("report: argument 'data' holds no batches")
 
