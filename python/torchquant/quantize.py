@@ -683,16 +683,16 @@ def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
                                   always_call=hid in old._forward_hooks_always_called)
 
 
-_warned_fallback = set()
-
-
 def _float_fallback_hook(module, args, kwargs):
     quantized_input = any(isinstance(a, QTensor) for a in list(args) + list(kwargs.values()))
     module._tq_quantized_input = quantized_input
     if not quantized_input:
         return None
-    _warn_once(_warned_fallback, id(module), lambda: f"{module._get_name()} has no int8 implementation: its QTensor "
-               "input is dequantized and it runs in float", 1)
+    # once per module, kept on the module (a global set of ids kept growing, and a dead module's
+    # reused id silenced another model's warning)
+    _warn_once(module.__dict__.setdefault("_tq_warned", set()), "float fallback",
+               lambda: f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and it "
+                       "runs in float", 1)
     # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16).
     dtype = _float_dtype_of(module)
     unwrap = lambda v: (v.dequantize() if dtype is None else v.dequantize().to(dtype)) if isinstance(v, QTensor) else v  # noqa: E731,E501
