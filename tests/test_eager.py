@@ -1278,3 +1278,36 @@ def test_convert_raises_on_an_observer_state_with_a_nan_statistic():
         with pytest.raises(RuntimeError, match=r"convert: module '1' \(Linear\) could not be quantized: .*observed no "
                                                r"finite data"):
             tq.convert(p)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    # accepted at construction before, refused only at the first call (or never)
+    (lambda: nnq.Conv2d(4, 4, 3, stride=0), ValueError, r"Conv2d: argument 'stride' must hold values >= 1, got \(0, 0\)"),
+    (lambda: nnq.Conv2d(4, 4, 3, stride=None), ValueError, r"argument 'stride' must be an int or a tuple of 2 ints"),
+    (lambda: nnq.Conv2d(4, 4, 3, padding=-1), ValueError, r"argument 'padding' must hold values >= 0"),
+    (lambda: nnq.Conv2d(4, 4, (3, 3, 3)), ValueError, r"argument 'kernel_size' must be an int or a tuple of 2 ints, "
+                                                      r"got \(3, 3, 3\)"),
+    (lambda: nnq.Conv1d(4, 4, 3, dilation=0), ValueError, r"Conv1d: argument 'dilation' must hold values >= 1"),
+    (lambda: nnq.ConvTranspose2d(4, 4, 3, output_padding=-1), ValueError,
+     r"ConvTranspose2d: argument 'output_padding' must hold values >= 0"),
+    (lambda: nnq.Quantize(-0.1, 3), ValueError, r"Quantize: argument 'scale' must be > 0 and finite, got -0.1"),
+    (lambda: nnq.Quantize(0.1, 300), ValueError, r"Quantize: argument 'zero_point' must lie in \[0, 255\], got 300"),
+    (lambda: nnq.Quantize(0.1, 3.5), ValueError, r"argument 'zero_point' must be one integer, got 3.5"),
+    (lambda: nnq.Quantize(0.1, 200, torch.qint8), ValueError, r"must lie in \[-128, 127\], got 200"),
+    (lambda: nnq.QFunctional(float("nan"), 0), ValueError, r"QFunctional: argument 'scale' must be > 0 and finite"),
+    (lambda: nnq.LookupActivation(None), TypeError, r"LookupActivation: argument 'fn' must be the float activation"),
+    (lambda: nnq.dynamic.LSTMCell(8, 8, nonlinearity="relu"), ValueError, r"LSTMCell has no nonlinearity to choose"),
+    (lambda: torchquant.HistogramObserver(bins=2.5), TypeError, r"argument 'bins' must be an int, got 2.5"),
+])
+def test_module_constructors_refuse_bad_arguments_by_name(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_module_constructors_take_good_arguments():
+    assert nnq.Conv2d(4, 4, (3, 1), stride=(2, 1), padding=(1, 0), dilation=2).stride == (2, 1)
+    assert nnq.Conv2d(4, 4, 3, padding="same").padding == (1, 1)
+    assert int(nnq.Quantize(torch.tensor([0.5]), torch.tensor([3.0])).zero_point) == 3
+    assert int(nnq.Quantize(0.5, -128, torch.qint8).zero_point) == -128
+    assert nnq.dynamic.RNNCell(8, 8, nonlinearity="relu").nonlinearity == "relu"
+    assert torchquant.HistogramObserver(bins=torch.tensor(64)).bins == 64

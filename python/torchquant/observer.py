@@ -26,6 +26,7 @@ Differences from torch.ao, on purpose:
 """
 import functools
 import math
+import operator
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -593,6 +594,12 @@ class HistogramObserver(UniformQuantizationObserverBase):
                                       f"got {qscheme}")
         if is_dynamic:
             raise NotImplementedError(f"{type(self).__name__} doesn't support dynamic quantization")
+        try:  # (int(2.5) would make it 2 without a word)
+            if isinstance(bins, bool):
+                raise TypeError
+            bins = operator.index(bins)
+        except TypeError:
+            raise TypeError(f"argument 'bins' must be an int, got {bins!r}") from None
         if int(bins) < 1:
             raise ValueError(f"argument 'bins' must be >= 1, got {bins}")
         super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,

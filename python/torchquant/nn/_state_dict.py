@@ -78,6 +78,22 @@ def _zero_point_range(module: nn.Module, key: str):
     return _ZERO_POINT_RANGES.get(getattr(module, "dtype", None), (None, None))
 
 
+def activation_qparams(owner: str, scale, zero_point, lo: int, hi: int):
+    """A constructor's per-tensor ``scale`` and ``zero_point`` as the float32 / int32 [1] buffers
+    they become, checked first: a scale > 0 and finite, a zero point an integer in [lo, hi] (a
+    zero point of 300 wrapped or failed at the first call only, a NaN scale gave NaN codes)."""
+    s = torch.as_tensor(scale, dtype=torch.float32).reshape(1).clone()
+    z = torch.as_tensor(zero_point)
+    if s.device.type != "meta" and not bool((torch.isfinite(s) & (s > 0)).all()):
+        raise ValueError(f"{owner}: argument 'scale' must be > 0 and finite, got {s.item()}")
+    if z.numel() != 1 or z.is_complex() or z.dtype == torch.bool or (
+            z.device.type != "meta" and z.is_floating_point() and not bool((z == z.round()).all())):
+        raise ValueError(f"{owner}: argument 'zero_point' must be one integer, got {zero_point!r}")
+    if z.device.type != "meta" and not lo <= z.item() <= hi:
+        raise ValueError(f"{owner}: argument 'zero_point' must lie in [{lo}, {hi}], got {z.item():g}")
+    return s, z.to(torch.int32).reshape(1).clone()
+
+
 def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 

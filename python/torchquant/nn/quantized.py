@@ -17,8 +17,8 @@ from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32
 from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import (activation_dtype_errors, integer_load_errors, note_packed, qparam_load_errors,
-                          qparam_load_pre_hook, register_activation_dtype_hook, repack_if_stale)
+from ._state_dict import (activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
+                          qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook, repack_if_stale)
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
@@ -49,10 +49,11 @@ class Quantize(nn.Module):
 
     def __init__(self, scale, zero_point, dtype=torch.quint8):
         super().__init__()
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(1).clone())
-        self.register_buffer("zero_point", torch.as_tensor(zero_point).to(torch.int32).reshape(1).clone())
-        self.dtype = dtype
         info = torch.iinfo(_storage(dtype))
+        scale, zero_point = activation_qparams(type(self).__name__, scale, zero_point, info.min, info.max)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+        self.dtype = dtype
         self.qmin, self.qmax = info.min, info.max
         self._register_load_state_dict_pre_hook(qparam_load_pre_hook, with_module=True)
         register_activation_dtype_hook(self)

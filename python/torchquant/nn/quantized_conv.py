@@ -25,6 +25,20 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d
 ops = torch.ops.torchquant
 
 
+def _check_geometry(cls_name: str, nsp: int, **args) -> None:
+    """The constructor's kernel_size / stride / padding / dilation (/ output_padding), as tuples:
+    nsp integers each, kernel_size, stride and dilation >= 1, padding >= 0 (the kernels would
+    refuse them only at the first call)."""
+    for name, values in args.items():
+        ok = (isinstance(values, tuple) and len(values) == nsp
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in values))
+        if not ok:
+            raise ValueError(f"{cls_name}: argument '{name}' must be an int or a tuple of {nsp} ints, got {values!r}")
+        low = 0 if name in ("padding", "output_padding") else 1
+        if any(v < low for v in values):
+            raise ValueError(f"{cls_name}: argument '{name}' must hold values >= {low}, got {values!r}")
+
+
 def _same_padding(kernel_size, dilation):
     """padding='same' as torch computes it: ``dilation * (kernel - 1)`` in all per dimension,
     half on the left and the rest (one more for an odd total) on the right. Returns (left pads,
@@ -113,6 +127,8 @@ class _ConvNd(_ConvLikeNd):
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, but got padding_mode='{padding_mode}'")
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
+        _check_geometry(type(self).__name__, self._NSP, kernel_size=self.kernel_size, stride=self.stride,
+                        dilation=self.dilation)
         asym_pad = None
         if isinstance(padding, str):
             if padding == "valid":
@@ -126,6 +142,8 @@ class _ConvNd(_ConvLikeNd):
             else:
                 raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
         self.padding = tup(padding) if asym_pad is None else "same"
+        if asym_pad is None:
+            _check_geometry(type(self).__name__, self._NSP, padding=self.padding)
         self.padding_mode = padding_mode
         # reflect / replicate / circular, and padding='same' with more on the right (an even
         # kernel): the codes are padded (exact copies of codes, or the zero point, which is the

@@ -21,7 +21,7 @@ from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
 from .quantized import _STORAGE, _activation_qparams
 from ._state_dict import note_packed, repack_if_stale
-from .quantized_conv import _ConvLikeNd, _conv_weight_qparams
+from .quantized_conv import _check_geometry, _ConvLikeNd, _conv_weight_qparams
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
@@ -68,6 +68,8 @@ class _ConvTransposeNd(_ConvLikeNd):
                              f"padding_mode={padding_mode!r}")
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
         self.padding, self.output_padding = tup(padding), tup(output_padding)
+        _check_geometry(type(self).__name__, self._NSP, kernel_size=self.kernel_size, stride=self.stride,
+                        dilation=self.dilation, padding=self.padding, output_padding=self.output_padding)
         for o, s, d in zip(self.output_padding, self.stride, self.dilation):
             if not (o < s or o < d):
                 raise ValueError(f"output_padding must be smaller than either stride or dilation, got "

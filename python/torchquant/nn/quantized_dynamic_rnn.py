@@ -371,6 +371,9 @@ class _CellBase(nn.Module):
             raise ValueError(f"{self._mode}: torchquant's dynamic recurrent cells support dtype=torch.qint8, got {dtype}")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        if nonlinearity != "tanh" and self._mode != "RNNCell":  # LSTM / GRU gates have fixed functions
+            raise ValueError(f"{self._mode} has no nonlinearity to choose (argument 'nonlinearity' is RNNCell's), "
+                             f"got {nonlinearity!r}")
         self.input_size, self.hidden_size, self.bias, self.nonlinearity = input_size, hidden_size, bias, nonlinearity
         self.dtype = dtype
         g = self._gates * hidden_size

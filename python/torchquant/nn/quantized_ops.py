@@ -18,7 +18,7 @@ from torch import nn
 from .._ops import ops
 from ..qtensor import QTensor, _QRANGE
 from ..observer import _apply_keeping_float32
-from ._state_dict import qparam_load_pre_hook, register_activation_dtype_hook
+from ._state_dict import activation_qparams, qparam_load_pre_hook, register_activation_dtype_hook
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
@@ -120,12 +120,15 @@ FLOAT_FUNCTIONAL_TYPES = _float_functional_types()
 
 
 def _qparams_buffers(mod: nn.Module, scale, zero_point, dtype):
-    mod.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(1).clone())
-    mod.register_buffer("zero_point", torch.as_tensor(zero_point).to(torch.int32).reshape(1).clone())
+    storage = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8,
+               torch.int8: torch.int8}[dtype]
+    qmin, qmax = _QRANGE[storage]
+    scale, zero_point = activation_qparams(type(mod).__name__, scale, zero_point, qmin, qmax)
+    mod.register_buffer("scale", scale)
+    mod.register_buffer("zero_point", zero_point)
     mod.dtype = dtype
-    mod._storage = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8,
-                    torch.int8: torch.int8}[dtype]
-    mod.qmin, mod.qmax = _QRANGE[mod._storage]
+    mod._storage = storage
+    mod.qmin, mod.qmax = qmin, qmax
     if qparam_load_pre_hook not in [getattr(h, "hook", h) for h in mod._load_state_dict_pre_hooks.values()]:
         mod._register_load_state_dict_pre_hook(qparam_load_pre_hook, with_module=True)
     register_activation_dtype_hook(mod)
@@ -668,6 +671,9 @@ class LookupActivation(_LookupInside):
 
     def __init__(self, fn: nn.Module, scale=1.0, zero_point=0, dtype=torch.quint8):
         super().__init__()
+        if not isinstance(fn, nn.Module):
+            raise TypeError(f"LookupActivation: argument 'fn' must be the float activation module (nn.Module), got "
+                            f"{type(fn).__name__}")
         self.fn = fn
         _qparams_buffers(self, scale, zero_point, dtype)
 
