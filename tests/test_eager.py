@@ -1298,6 +1298,24 @@ def test_convert_raises_on_an_observer_state_with_a_nan_statistic():
     (lambda: nnq.LookupActivation(None), TypeError, r"LookupActivation: argument 'fn' must be the float activation"),
     (lambda: nnq.dynamic.LSTMCell(8, 8, nonlinearity="relu"), ValueError, r"LSTMCell has no nonlinearity to choose"),
     (lambda: torchquant.HistogramObserver(bins=2.5), TypeError, r"argument 'bins' must be an int, got 2.5"),
+    (lambda: nnq.Linear(4, 2.5), TypeError, r"Linear: argument 'out_features' must be an int, got 2.5"),
+    (lambda: nnq.Linear(-1, 2), ValueError, r"Linear: argument 'in_features' must be >= 0, got -1"),
+    (lambda: nnq.Conv2d("4", 4, 3), TypeError, r"Conv2d: argument 'in_channels' must be an int, got '4'"),
+    # a model / mapping / qconfig dict of the wrong type failed deep inside with an AttributeError
+    (lambda: torchquant.prepare(None), TypeError, r"prepare: argument 'model' must be an nn.Module, got NoneType"),
+    (lambda: torchquant.convert(None), TypeError, r"convert: argument 'module' must be an nn.Module"),
+    (lambda: torchquant.prepare_qat(None), TypeError, r"prepare_qat: argument 'model' must be an nn.Module"),
+    (lambda: torchquant.quantize_dynamic(None), TypeError, r"quantize_dynamic: argument 'model' must be an nn.Module"),
+    (lambda: torchquant.fuse_modules(None, [["0", "1"]]), TypeError, r"fuse_modules: argument 'model' must be"),
+    (lambda: torchquant.fuse_modules(nn.Sequential(nn.Linear(2, 2)), 5), TypeError,
+     r"fuse_modules: argument 'modules_to_fuse' must be a list"),
+    (lambda: torchquant.report(None, nn.Linear(2, 2), torch.randn(1, 2)), TypeError,
+     r"report: argument 'float_model' must be an nn.Module"),
+    (lambda: torchquant.convert(nn.Linear(2, 2), mapping="x"), TypeError,
+     r"convert: argument 'mapping' must be a dict or None, got str"),
+    (lambda: torchquant.quantize_dynamic(nn.Linear(2, 2), mapping="x"), TypeError, r"argument 'mapping' must be a dict"),
+    (lambda: torchquant.propagate_qconfig_(nn.Linear(2, 2), 5), TypeError,
+     r"propagate_qconfig_: argument 'qconfig_dict' must be a dict or None, got int"),
 ])
 def test_module_constructors_refuse_bad_arguments_by_name(make, error, match):
     with pytest.raises(error, match=match):
@@ -1311,3 +1329,9 @@ def test_module_constructors_take_good_arguments():
     assert int(nnq.Quantize(0.5, -128, torch.qint8).zero_point) == -128
     assert nnq.dynamic.RNNCell(8, 8, nonlinearity="relu").nonlinearity == "relu"
     assert torchquant.HistogramObserver(bins=torch.tensor(64)).bins == 64
+    np = pytest.importorskip("numpy")
+    assert nnq.Linear(np.int64(4), np.int64(2)).out_features == 2 and nnq.Conv2d(np.int64(4), 4, 3).in_channels == 4
+    x = torch.randn(3)
+    assert torchquant.dequantize(x) is x and torchquant.dequantize(x, torch.float64).dtype == torch.float64
+    assert torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 8)), group_size=32, exclude=None,
+                                           progress=False)[0].__class__.__name__ == "LinearWeightOnlyInt4"

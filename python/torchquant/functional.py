@@ -127,8 +127,16 @@ def quantize_per_channel(x: torch.Tensor, scales: torch.Tensor, zero_points: tor
 
 
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """float from a :class:`QTensor` (``torch.dequantize`` for torchquant's QTensor)."""
-    return q.dequantize(dtype)
+    """float from a :class:`QTensor` (``torch.dequantize`` for torchquant's QTensor); a torch
+    quantized tensor is dequantized by torch, and a floating-point tensor is returned as it is (in
+    ``dtype``), as ``torch.dequantize`` returns one."""
+    if isinstance(q, QTensor):
+        return q.dequantize(dtype)
+    if isinstance(q, torch.Tensor) and (q.is_quantized or q.is_floating_point()):
+        t = q.dequantize() if q.is_quantized else q
+        return t if t.dtype == dtype else t.to(dtype)
+    raise TypeError(f"dequantize: argument 'q' must be a QTensor (or a torch quantized / floating-point tensor), got "
+                    f"{q.dtype if isinstance(q, torch.Tensor) else type(q).__name__}")
 
 
 def fake_quantize_per_tensor_affine(x: torch.Tensor, scale, zero_point, quant_min: int, quant_max: int) -> torch.Tensor:

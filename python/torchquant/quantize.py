@@ -369,10 +369,21 @@ def _check_qconfig(qc, where: str) -> None:
                     f"{type(qc).__name__} {qc!r}{hint}")
 
 
+def _check_args(fn: str, model, arg: str = "model", mapping=None, qconfig_dict=None) -> None:
+    """A TypeError naming the argument for a model that is no nn.Module, and for a mapping /
+    qconfig dict that is no dict (they failed deep inside with an AttributeError)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: argument '{arg}' must be an nn.Module, got {type(model).__name__}")
+    for name, value in (("mapping", mapping), ("qconfig_dict", qconfig_dict)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{fn}: argument '{name}' must be a dict or None, got {type(value).__name__}")
+
+
 def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None) -> None:
     """Gives every submodule a ``qconfig``: its own if set (``None`` switches quantization off
     for it and its children), else the one for its type or name in ``qconfig_dict``, else its
     parent's."""
+    _check_args("propagate_qconfig_", module, "module", qconfig_dict=qconfig_dict)
     qconfig_dict = qconfig_dict or {}
     checked = set()
 
@@ -610,6 +621,7 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     its output). torch.ao's fused modules (torchvision's ``fuse_model()``) are taken as
     torchquant's. Returns the prepared model (a copy unless ``inplace``).
     """
+    _check_args("prepare", model)
     _warn_unused("prepare", allow_list=allow_list, observer_non_leaf_module_list=observer_non_leaf_module_list,
                  prepare_custom_config_dict=prepare_custom_config_dict)
     if not inplace:
@@ -801,6 +813,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     while others did (never run during calibration, as an auxiliary head that runs only in
     training) stay float, with a warning naming them.
     """
+    _check_args("convert", module, "module", mapping=mapping)
     _warn_unused("convert", convert_custom_config_dict=convert_custom_config_dict)
     if not inplace:
         module = _deepcopy(module)
@@ -871,6 +884,7 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
     torch.ao's, with freeze_bn_stats / update_bn_stats), every observed output gets a
     FakeQuantize, and a Hardsigmoid the fixed qparams (scale 1/256) its int8 version uses. The
     model must be in training mode."""
+    _check_args("prepare_qat", model, mapping=mapping)
     if not model.training:
         raise ValueError("prepare_qat needs a model in training mode; call model.train() first")
     if not inplace:
@@ -1048,6 +1062,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
 
     >>> qmodel = torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     """
+    _check_args("quantize_dynamic", model, mapping=mapping)
     from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit
     by_dtype = {torch.qint8: default_dynamic_qconfig, torch.quint8: float_qparams_weight_only_qconfig,
                 torch.quint4x2: float_qparams_weight_only_qconfig_4bit}
@@ -1241,6 +1256,11 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
 
 
 def _fuse(model, modules_to_fuse, inplace, is_qat):
+    fn = "fuse_modules_qat" if is_qat else "fuse_modules"
+    _check_args(fn, model)
+    if isinstance(modules_to_fuse, str) or not isinstance(modules_to_fuse, (list, tuple)):
+        raise TypeError(f"{fn}: argument 'modules_to_fuse' must be a list of names or a list of lists of names, "
+                        f"got {modules_to_fuse!r}")
     if not inplace:
         model = _deepcopy(model)
     _as_plain_convs(model)

@@ -182,6 +182,10 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     >>> r["fc1"].sqnr_db > 30
     True
     """
+    for arg, model in (("float_model", float_model), ("quantized_model", quantized_model)):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"report: argument '{arg}' must be an nn.Module, got {type(model).__name__}")
+
     def quantized(model):
         return [n for n, m in model.named_modules() if type(m).__module__.startswith("torchquant.nn.quantized")]
 

@@ -593,7 +593,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")
     batches = None if method == "rtn" else _calib_batches(calib_data, method)
-    excluded = {exclude} if isinstance(exclude, str) else set(exclude)  # one name, or several
+    excluded = {exclude} if isinstance(exclude, str) else set(exclude or ())  # one name, several, or None
     unknown = excluded - {n for n, _ in model.named_modules(remove_duplicate=False)}
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")

@@ -5,6 +5,7 @@ They hold plain tensors only (int8 weight, float32 scales, int32 zero points, fl
 non-persistent buffer, rebuilt for the device whenever the module moves (``.to()``) or loads a
 state dict.
 """
+import operator
 from typing import Optional
 
 import torch
@@ -269,6 +270,20 @@ class _Int8WeightModule(nn.Module):
         return QTensor._make(data, scale, zero_point, None, qmin, qmax)
 
 
+def _size_arg(module: nn.Module, name: str, v) -> int:
+    """A constructor's size argument as an int (numpy integers too), >= 0; else an error naming it
+    (a float failed inside torch.zeros)."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{type(module).__name__}: argument '{name}' must be an int, got {v!r}") from None
+    if v < 0:
+        raise ValueError(f"{type(module).__name__}: argument '{name}' must be >= 0, got {v}")
+    return v
+
+
 class Linear(_Int8WeightModule):
     """Static int8 Linear: QTensor in, QTensor out, one kernel call (int32 accumulation, bias,
     optional ReLU and requantization fused).
@@ -283,6 +298,8 @@ class Linear(_Int8WeightModule):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.quint8):
         super().__init__()
+        in_features = _size_arg(self, "in_features", in_features)
+        out_features = _size_arg(self, "out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         self._init_int8_buffers((out_features, in_features), out_features, bias, dtype)
         self._repack()

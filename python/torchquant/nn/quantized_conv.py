@@ -17,7 +17,8 @@ from torch.nn.modules.utils import _ntuple
 from .. import _fastcall
 from ..qtensor import QTensor
 from . import qat_conv
-from .quantized import _STORAGE, _Int8WeightModule, _activation_qparams, _check_weight_axis, _weight_range
+from .quantized import (_STORAGE, _activation_qparams, _check_weight_axis, _Int8WeightModule, _size_arg,
+                        _weight_range)
 from ._state_dict import note_packed, repack_if_stale
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
@@ -58,6 +59,9 @@ class _ConvLikeNd(_Int8WeightModule):
     _NSP = 2
 
     def _init_channels(self, in_channels: int, out_channels: int, groups: int):
+        in_channels = _size_arg(self, "in_channels", in_channels)
+        out_channels = _size_arg(self, "out_channels", out_channels)
+        groups = _size_arg(self, "groups", groups)
         if groups <= 0:
             raise ValueError("groups must be a positive integer")
         if in_channels % groups != 0:
