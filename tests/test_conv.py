@@ -298,11 +298,46 @@ def test_packed_weight_shape(w_shape, groups):
     taps = 1
     for k in w_shape[2:]:
         taps *= k
-    if wp.dim() == 4:
+    if wp.dim() == 1:  # panels [groups, ceil(Ng / 16), K', 16], then the 32-byte record of the weight
         row, rows = w_shape[-1] * w_shape[1], taps // w_shape[-1]
         padded = row % 4 != 0 and row < 64 and rows > 1
-        assert wp.shape[2] == rows * ((row + 3) // 4 * 4 if padded else row)
-        assert int(wp.ne(0).sum()) == int(w.ne(0).sum())
+        panels = (w_shape[0] // groups + 15) // 16
+        assert wp.numel() == groups * panels * rows * ((row + 3) // 4 * 4 if padded else row) * 16 + 32
+        assert int(wp[:-32].ne(0).sum()) == int(w.ne(0).sum())
+        k = [1] * (5 - len(w_shape)) + list(w_shape[2:])
+        assert wp[-32:].view(torch.int32).tolist() == [0x57435154, w_shape[1], *k, groups, w_shape[0], 0]
+
+
+@pytest.mark.parametrize("w_shape,x_channels,kernel_size", [
+    ((4, 4, 3, 3), 3, (3, 3)),   # rows of 3 x 3 channels are padded to 12 bytes, as 3 x 4 channels are
+    ((4, 3, 3, 3), 4, (3, 3)),
+    ((4, 1, 3, 1), 3, (3, 1)),   # 1, 2, 3 channels of a 1-wide kernel all pad to 4 bytes
+    ((4, 8, 3, 1), 8, (1, 3)),   # a 3 x 1 and a 1 x 3 kernel: the same K
+    ((4, 8, 1, 3), 8, (3, 1)),
+    ((4, 8, 7), 8, (7,)),
+])
+def test_conv_refuses_a_weight_packed_for_another_shape_of_the_same_size(w_shape, x_channels, kernel_size):
+    # Before, these ran on the other weight's packing without a word (max error 78 on outputs of ~100).
+    w = torch.randint(-127, 128, w_shape, dtype=torch.int8)
+    wp, cs = ops.pack_conv_weight(w)
+    x = torch.randint(0, 256, (1, x_channels) + (6,) * len(kernel_size), dtype=torch.uint8)
+    if w_shape[2:] == tuple(kernel_size) and x_channels == w_shape[1]:  # the matching call runs
+        ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), wp, cs, torch.full((4,), 0.01), None,
+                      list(kernel_size), [1], [1], [1], 1, None, None, False, None)
+        bad = wp.clone()
+        bad[-32:] = 0
+        with pytest.raises(RuntimeError, match=r"argument 'w_packed' is not a weight from pack_conv_weight"):
+            ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), bad, cs, torch.full((4,), 0.01), None,
+                          list(kernel_size), [1], [1], [1], 1, None, None, False, None)
+        return
+    with pytest.raises(RuntimeError, match=r"argument 'w_packed' (was packed from a weight|must be 1-D)"):
+        ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), wp, cs, torch.full((4,), 0.01), None,
+                      list(kernel_size), [1], [1], [1], 1, None, None, False, None)
+    bad = wp.clone()
+    bad[-32:] = 0
+    with pytest.raises(RuntimeError, match=r"argument 'w_packed' (is not a weight from pack_conv_weight|must be 1-D)"):
+        ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), bad, cs, torch.full((4,), 0.01), None,
+                      list(kernel_size), [1], [1], [1], 1, None, None, False, None)
 
 
 def _args(x=None, w=None, groups=1, k=(3, 3), **kw):

@@ -86,6 +86,20 @@ int64_t row_bytes(const ConvSetup& s) {
 // GEMM depth per group as packed: kernel rows x row_bytes.
 int64_t packed_depth(const ConvSetup& s) { return s.g.k[0] * s.g.k[1] * row_bytes(s); }
 
+// The packed weight (1-D: the panels of every group, then this trailer) records the weight it
+// was packed from, as int32: a tag, Cin / groups, the kernel's KD, KH, KW, groups and Cout. Its
+// size alone cannot tell some weights apart: 3 and 4 input channels of a 3-wide kernel pack to
+// the same depth (rows padded to 12 bytes), a 3 x 1 and a 1 x 3 kernel to the same K; an input
+// with the other channel count or kernel_size would have been computed on it without a word.
+constexpr int64_t kTrailerInts = 8;
+constexpr int64_t kTrailerBytes = kTrailerInts * 4;
+constexpr int32_t kTrailerTag = 0x57435154;  // "TQCW"
+
+std::array<int32_t, kTrailerInts> packed_trailer(const ConvSetup& s) {
+  return {kTrailerTag, static_cast<int32_t>(s.Cg), static_cast<int32_t>(s.g.k[0]), static_cast<int32_t>(s.g.k[1]),
+          static_cast<int32_t>(s.g.k[2]), static_cast<int32_t>(s.groups), static_cast<int32_t>(s.Cout), 0};
+}
+
 // Copies the receptive fields of output pixels [m0, m1) of group g into a (row i at
 // a + i * Kp, taps in (kd, kh, kw) order, Cg channels each, each kernel row of taps rb bytes
 // long); padded taps hold the zero point. x_end: one past the input's last byte.
@@ -654,7 +668,8 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cpu(const at::Tensor& w, int
     wk = at::constant_pad_nd(wk.reshape({groups, s.Ng, Kp / rb, rlen}), {0, rb - rlen}, 0).contiguous();
   }
   const int64_t panels = cpu::gemm_panels(s.Ng);
-  at::Tensor packed = at::empty({groups, panels, Kp, cpu::kPanel}, w.options());
+  const int64_t body = groups * panels * Kp * cpu::kPanel;
+  at::Tensor packed = at::empty({body + kTrailerBytes}, w.options());
   at::Tensor col_sums = at::empty({s.Cout}, w.options().dtype(at::kInt));
   const int8_t* pw = wk.const_data_ptr<int8_t>();
   int8_t* pp = packed.data_ptr<int8_t>();
@@ -663,6 +678,8 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cpu(const at::Tensor& w, int
     cpu::gemm_pack_weight(pw + g * s.Ng * Kp, Kp, 1, s.Ng, Kp, pp + g * panels * Kp * cpu::kPanel,
                           pc + g * s.Ng);
   }
+  const auto trailer = packed_trailer(s);
+  std::memcpy(pp + body, trailer.data(), kTrailerBytes);
   return {packed, col_sums};
 }
 
@@ -688,11 +705,19 @@ at::Tensor conv_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
                 groups, "), got shape ", w_packed.sizes());
   } else {
     const int64_t panels = cpu::gemm_panels(s.Ng);
-    TORCH_CHECK(w_packed.dim() == 4 && w_packed.size(0) == groups && w_packed.size(1) == panels &&
-                    w_packed.size(2) == packed_depth(s) && w_packed.size(3) == cpu::kPanel,
-                "argument 'w_packed' must be [groups, ceil(Cout/groups/16), K, 16] = [",
-                groups, ", ", panels, ", ", packed_depth(s), ", 16] for this input, kernel_size and groups "
-                "(pack_conv_weight on the CPU), got shape ", w_packed.sizes());
+    const int64_t want = groups * panels * packed_depth(s) * cpu::kPanel + kTrailerBytes;
+    TORCH_CHECK(w_packed.dim() == 1 && w_packed.size(0) == want,
+                "argument 'w_packed' must be 1-D, of groups * ceil(Cout/groups/16) * K * 16 + ", kTrailerBytes,
+                " = ", want, " bytes for this input, kernel_size and groups (pack_conv_weight on the CPU), got shape ",
+                w_packed.sizes());
+    std::array<int32_t, kTrailerInts> got;
+    std::memcpy(got.data(), w_packed.const_data_ptr<int8_t>() + want - kTrailerBytes, kTrailerBytes);
+    const auto mine = packed_trailer(s);
+    TORCH_CHECK(got[0] == kTrailerTag, "argument 'w_packed' is not a weight from pack_conv_weight on the CPU");
+    TORCH_CHECK(got == mine, "argument 'w_packed' was packed from a weight [", got[6], ", ", got[1], ", ", got[2],
+                ", ", got[3], ", ", got[4], "] (Cout, Cin/groups, kD, kH, kW; groups=", got[5], "), but x, kernel_size "
+                "and groups call for [", mine[6], ", ", mine[1], ", ", mine[2], ", ", mine[3], ", ", mine[4],
+                "] (groups=", mine[5], ")");
   }
   const bool u = x.scalar_type() == at::kByte;
   GemmProblem p;

@@ -250,11 +250,13 @@ def _histogram_rebin_fake(hist, min_val, max_val, new_min, new_max, upsample_rat
 def conv_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
     """Shape of the packed weight that ``pack_conv_weight`` returns for an int8 conv weight of
     shape ``w_shape`` [Cout, Cin / groups, *kernel_size] on ``device``: depthwise (Cin / groups
-    = 1, Cout = groups) [taps, Cout] everywhere; otherwise on the CPU [groups,
-    ceil(Cout / groups / 16), K', 16] and on CUDA [groups, K, Cout / groups], with K = taps * Cin /
-    groups. On the CPU, K' = K, except that a kernel row of KW * Cin / groups bytes that is not
-    a multiple of 4 and under 64 is padded with zero weights to the next multiple of 4 when the
-    kernel has more than one row (the 3-channel stems: 7 x 7 x 3 is packed as 7 rows of 24)."""
+    = 1, Cout = groups) [taps, Cout] everywhere; otherwise on the CPU 1-D, the panels
+    [groups, ceil(Cout / groups / 16), K', 16] followed by a 32-byte record of the weight's shape
+    and groups (which the op checks: some shapes pack to the same size), and on CUDA [groups, K,
+    Cout / groups], with K = taps * Cin / groups. On the CPU, K' = K, except that a kernel row of
+    KW * Cin / groups bytes that is not a multiple of 4 and under 64 is padded with zero weights
+    to the next multiple of 4 when the kernel has more than one row (the 3-channel stems: 7 x 7
+    x 3 is packed as 7 rows of 24)."""
     cout, cg = w_shape[0], w_shape[1]
     taps = 1
     for k in w_shape[2:]:
@@ -268,7 +270,10 @@ def conv_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
     rows = taps // w_shape[-1]
     if row % 4 != 0 and row < 64 and rows > 1:
         row = (row + 3) // 4 * 4
-    return (groups, (ng + PANEL - 1) // PANEL, rows * row, PANEL)
+    return (groups * ((ng + PANEL - 1) // PANEL) * rows * row * PANEL + CONV_PACKED_TRAILER,)
+
+
+CONV_PACKED_TRAILER = 32  # bytes after the CPU conv weight's panels: csrc/cpu/conv.cpp's packed_trailer
 
 
 @torch.library.register_fake("torchquant::pack_conv_weight")
