@@ -202,3 +202,34 @@ def test_fuse_modules_reads_numbered_names_as_names():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(fused(x), m(x), atol=1e-5)
+
+
+def test_stochastic_depth_and_permute_keep_the_qtensor():
+    # ConvNeXt / EfficientNet / Swin hold them between int8 layers: they were observed, warned
+    # about ("has no int8 implementation") and run in float with a dequantize / requantize each.
+    from torchvision.ops import StochasticDepth
+    from torchvision.ops.misc import Permute
+
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), StochasticDepth(0.2, "row"), Permute([0, 2, 3, 1]),
+                      nn.Linear(8, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = tq.prepare(m)
+        assert not hasattr(p[2], "activation_post_process") and not hasattr(p[3], "activation_post_process")
+        p(torch.randn(8, 3, 10, 10))
+        q = tq.convert(p)
+        seen = []
+        q[3].register_forward_pre_hook(lambda mod, args: seen.append(type(args[0])))
+        x = torch.randn(2, 3, 10, 10)
+        y = q(x)
+    assert type(q[2]).__name__ == "StochasticDepth" and type(q[2]).__module__.startswith("torchquant")
+    assert seen == [tq.QTensor] and y.shape == (2, 8, 8, 4)
+    # the same int8 computation as without the two modules (identity in inference, a permute)
+    ref = q[4](q[1](q[0](x)).permute(0, 2, 3, 1)).dequantize()
+    assert torch.equal(y, ref)
+    # float inputs (a model run outside its quantized part) get torchvision's function
+    q[2].train()
+    f = torch.ones(64, 3)
+    assert not torch.equal(q[2](f), f) and torch.equal(q[2].eval()(f), f)

@@ -158,6 +158,18 @@ def frozen_bn_types():
     return (FrozenBatchNorm2d,)
 
 
+def torchvision_passthrough_types():
+    """(StochasticDepth, Permute) of torchvision when it is installed: the identity in inference,
+    and a layout change that a per-tensor QTensor takes natively (ConvNeXt, EfficientNet, Swin,
+    MaxViT hold them between int8 layers)."""
+    try:
+        from torchvision.ops import StochasticDepth
+        from torchvision.ops.misc import Permute
+    except ImportError:  # torchvision is optional
+        return None, None
+    return StochasticDepth, Permute
+
+
 def _fold_frozen_bn(conv, bn):
     """conv with a FrozenBatchNorm2d folded into its weight and bias: for inference and for QAT
     alike (nothing of a frozen BatchNorm trains, so folding it changes no computation), in any

@@ -1446,6 +1446,13 @@ _STATIC.update(_CNN_STATIC)
 _OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC
                               if t not in (nn.ReLU6, nn.Hardsigmoid, nnq.DeQuantize) and t not in _AO_STUBS and t not in _FLOAT_FUNCTIONALS)
 _PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,) + _AO_STUBS
+# torchvision's StochasticDepth (identity in inference: as nn.Dropout, no observer, swapped for one
+# that passes a QTensor through) and Permute (a QTensor permutes natively): they were observed,
+# warned about and run in float, a dequantize / requantize around each.
+_TV_STOCHASTIC_DEPTH, _TV_PERMUTE = _conv_flow.torchvision_passthrough_types()
+if _TV_STOCHASTIC_DEPTH is not None:
+    _STATIC[_TV_STOCHASTIC_DEPTH] = nnq.StochasticDepth
+    _PASSTHROUGH = _PASSTHROUGH + (_TV_STOCHASTIC_DEPTH, _TV_PERMUTE)
 
 
 def _fuse_bn_relu(bn, relu, is_qat=False):

@@ -22,7 +22,7 @@ from ._state_dict import (activation_dtype_errors, activation_qparams, integer_l
                           qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook, repack_if_stale)
 from . import intrinsic, qat
 
-__all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "Flatten"]
+__all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth", "Flatten"]
 
 _STORAGE = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8, torch.int8: torch.int8}
 
@@ -560,6 +560,29 @@ class Dropout(nn.Dropout):
     @classmethod
     def from_float(cls, mod, name=None):
         return cls(mod.p, mod.inplace)
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's ``StochasticDepth`` (the residual branch dropped per sample or per batch in
+    training; the identity in inference) after convert: a QTensor passes through unchanged, as
+    through :class:`Dropout`; a float tensor gets torchvision's ``stochastic_depth``."""
+
+    def __init__(self, p: float, mode: str):
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x):
+        if isinstance(x, QTensor):
+            return x
+        from torchvision.ops import stochastic_depth
+        return stochastic_depth(x, self.p, self.mode, self.training)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return cls(mod.p, mod.mode)
+
+    def extra_repr(self):
+        return f"p={self.p}, mode={self.mode}"
 
 
 class Flatten(nn.Flatten):
