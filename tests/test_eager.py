@@ -1335,3 +1335,27 @@ def test_module_constructors_take_good_arguments():
     assert torchquant.dequantize(x) is x and torchquant.dequantize(x, torch.float64).dtype == torch.float64
     assert torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 8)), group_size=32, exclude=None,
                                            progress=False)[0].__class__.__name__ == "LinearWeightOnlyInt4"
+
+
+def test_a_qconfig_whose_activation_is_no_module_is_named_at_prepare():
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(2, 2))
+    m.qconfig = tq.QConfig(activation=int, weight=tq.default_weight_observer)
+    with pytest.raises(TypeError, match=r"prepare: module '0' \(QuantStub\): its qconfig's activation\(\) made a int, "
+                                        r"not an observer"):
+        tq.prepare(m)
+    # torch.ao's weight-only QAT qconfig (an nn.Identity activation) still trains
+    import torch.ao.quantization as aoq
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(2, 2), tq.DeQuantStub()).train()
+    m.qconfig = aoq.default_weight_only_qconfig
+    p = tq.prepare_qat(m)
+    p(torch.randn(4, 2)).sum().backward()
+    # ... but converts to nothing int8: named, not an AttributeError on nn.Identity
+    with pytest.raises(RuntimeError, match=r"its qconfig's activation is Identity, which observes nothing"):
+        tq.convert(p.eval())
+    for conv in (False, True):
+        m = nn.Sequential(tq.QuantStub(), nn.Conv2d(2, 2, 1) if conv else nn.Linear(2, 2), tq.DeQuantStub()).train()
+        m.qconfig = aoq.default_activation_only_qconfig
+        p = tq.prepare_qat(m)
+        p(torch.randn(4, 2, 3, 3) if conv else torch.randn(4, 2))
+        with pytest.raises(RuntimeError, match=r"module '1' .*its qconfig's weight is Identity, which observes nothing"):
+            tq.convert(p.eval())

@@ -561,6 +561,10 @@ def _activation_observer(qc, name: str, mod: nn.Module):
     """qc.activation(), refused by name when it is per channel: torchquant's int8 activations
     (QTensors between modules) are per tensor, and convert could not use its qparams."""
     obs = qc.activation()
+    if not isinstance(obs, nn.Module):  # (nn.Identity, torch.ao's weight-only QAT qconfig, is one)
+        raise TypeError(f"prepare: module '{name or type(mod).__name__}' ({type(mod).__name__}): its qconfig's "
+                        f"activation() made a {type(obs).__name__}, not an observer or fake-quant module: pass an "
+                        "observer class or its with_args(...)")
     if getattr(obs, "qscheme", None) in _PER_CHANNEL:
         raise ValueError(f"prepare: module '{name or type(mod).__name__}' ({type(mod).__name__}): its qconfig's "
                          f"activation {type(obs).__name__} is per channel (qscheme={obs.qscheme}); int8 activations "

@@ -38,8 +38,19 @@ def _activation_qparams(mod, what: str):
     obs = getattr(mod, "activation_post_process", None)
     if obs is None:
         raise RuntimeError(f"{what} has no activation observer: was the model passed through prepare()?")
+    _check_observes(obs, what, "activation")
     scale, zero_point = obs.calculate_qparams()
     return scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), obs
+
+
+def _check_observes(obs, what: str, role: str) -> None:
+    """An observer with no qparams to give (nn.Identity: torch.ao's weight-only / activation-only
+    QAT qconfigs) is named: the model trains with them, but int8 needs both qparams."""
+    if not callable(getattr(obs, "calculate_qparams", None)):
+        raise RuntimeError(f"{what}: its qconfig's {role} is {type(obs).__name__}, which observes nothing (torch.ao's "
+                           f"weight-only / activation-only QAT qconfigs): such a model trains with fake-quantized "
+                           f"values but cannot be converted to int8; give the qconfig an {role} observer, or use "
+                           f"quantize_dynamic / quantize_weight_only for weight-only int8")
 
 
 class Quantize(nn.Module):
@@ -406,6 +417,7 @@ def _weight_qparams(mod, linear, name):
         # more, so the scales follow the last optimizer step.
         with torch.no_grad():
             wobs(linear.weight.detach())
+    _check_observes(wobs, name, "weight")
     _check_weight_axis(wobs, linear.weight.dim(), name, "Linear")
     w_scale, w_zp = wobs.calculate_qparams()
     w_scale = w_scale.float().reshape(-1).to(linear.weight.device)

@@ -17,8 +17,8 @@ from torch.nn.modules.utils import _ntuple
 from .. import _fastcall
 from ..qtensor import QTensor
 from . import qat_conv
-from .quantized import (_STORAGE, _activation_qparams, _check_weight_axis, _Int8WeightModule, _size_arg,
-                        _weight_range)
+from .quantized import (_STORAGE, _activation_qparams, _check_observes, _check_weight_axis, _Int8WeightModule,
+                        _size_arg, _weight_range)
 from ._state_dict import note_packed, repack_if_stale
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
@@ -271,6 +271,7 @@ def _conv_weight_qparams(mod, weight, name):
         # (a ConvBn's folded weight), so the scales follow the last optimizer step.
         with torch.no_grad():
             wobs(weight.detach())
+    _check_observes(wobs, name, "weight")
     _check_weight_axis(wobs, weight.dim(), name, "convolution")
     w_scale, w_zp = wobs.calculate_qparams()
     w_scale = w_scale.float().reshape(-1).to(dev)
