@@ -645,3 +645,25 @@ def test_qat_conv_to_float_keeps_the_fused_activation(relu6):
         assert type(back) is tqi.ConvReLU2d and type(back[1]) is type(act)
         y = back(x)
         assert (float(y.max()) <= 6.0) if relu6 else (float(y.max()) > 6.0)
+
+
+def test_a_module_pickled_with_the_earlier_4d_conv_packing_repacks_on_load():
+    # torch.save(model) carries the kernel layout; the CPU conv packing was 4-D (panels only)
+    # before it recorded the weight's shape, and such a pickle failed at its first call.
+    import io
+
+    from torchquant.nn._state_dict import note_packed
+
+    torch.manual_seed(0)
+    m = tq.nn.quantized.Conv2d(8, 16, 3)
+    m.qweight.copy_(torch.randint(-127, 128, m.qweight.shape, dtype=torch.int8))
+    m._repack()
+    x = tq.quantize_per_tensor(torch.randn(1, 8, 6, 6), 0.05, 128, torch.quint8)
+    want = m(x)
+    m._buffers["_packed_weight"] = m._packed_weight[:-32].view(1, 1, -1, 16).clone()  # the earlier layout
+    note_packed(m, ("qweight", "scale", "zero_point"), "_packed_weight")
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    assert again._packed_weight.dim() == 1 and torch.equal(again(x).data, want.data)

@@ -1359,3 +1359,19 @@ def test_a_qconfig_whose_activation_is_no_module_is_named_at_prepare():
         p(torch.randn(4, 2, 3, 3) if conv else torch.randn(4, 2))
         with pytest.raises(RuntimeError, match=r"module '1' .*its qconfig's weight is Identity, which observes nothing"):
             tq.convert(p.eval())
+
+
+def test_meta_state_dicts_load_with_assign():
+    # load_state_dict(meta_sd, assign=True) (building a model on the meta device, then
+    # to_empty): the value checks at load read no meta tensor ("Tensor.item() cannot be called
+    # on meta tensors" from the embedding rows' and the weight zero point's checks).
+    e = tq.quantize_dynamic(nn.Sequential(nn.EmbeddingBag(10, 8)), dtype=torch.quint8)
+    e.load_state_dict({k: torch.empty_like(v, device="meta") for k, v in e.state_dict().items()}, assign=True)
+    assert e[0].packed_weight.device.type == "meta"
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(4, 8))
+    q = tq.convert(p)
+    q.load_state_dict({k: torch.empty_like(v, device="meta") for k, v in q.state_dict().items()}, assign=True)
+    assert q[1].qweight.device.type == "meta"

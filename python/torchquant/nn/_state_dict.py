@@ -32,12 +32,13 @@ def qparam_load_errors(module: nn.Module, state_dict, prefix: str) -> list:
         if not isinstance(given, torch.Tensor):
             continue
         what = f"{prefix}{key}: the quantized {type(module).__name__}'s {key}"
+        meta = given.device.type == "meta"  # (a meta state dict, load_state_dict(assign=True): no values to check)
         if key.endswith("scale"):
             if not given.is_floating_point():
                 errors.append(f"{what} must be a floating-point tensor, got dtype {given.dtype}")
                 continue
-            bad = ~(torch.isfinite(given) & (given > 0))
-            if bool(bad.any()):
+            bad = None if meta else ~(torch.isfinite(given) & (given > 0))
+            if bad is not None and bool(bad.any()):
                 at = bad.reshape(-1).nonzero().flatten()
                 first = given.reshape(-1)[at[0]].item()
                 where = f" at flat position(s) {at[:10].tolist()}" if given.numel() > 1 else ""
@@ -47,7 +48,7 @@ def qparam_load_errors(module: nn.Module, state_dict, prefix: str) -> list:
                 errors.append(f"{what} must be an integer tensor, got dtype {given.dtype}")
                 continue
             lo, hi = _zero_point_range(module, key)
-            if lo is None or given.numel() == 0:
+            if lo is None or given.numel() == 0 or meta:
                 continue
             bad = (given < lo) | (given > hi)
             if bool(bad.any()):

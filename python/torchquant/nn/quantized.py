@@ -157,6 +157,13 @@ class _Int8WeightModule(nn.Module):
         super().__setstate__(state)
         if old is not None and "float_input_scale" not in self._buffers:
             self._set_float_input_qparams(old.scale, old.zero_point, old.dtype)
+        # A whole module pickled (torch.save(model)) carries its kernel layout: one of an older
+        # layout (the CPU conv weight was 4-D before it recorded its shape) is rebuilt.
+        if self._packed_layout_stale():
+            self._repack()
+
+    def _packed_layout_stale(self) -> bool:
+        return False
 
     _tq_src0 = None  # the tensor the kernel layout was packed from (nn/_state_dict.py: note_packed)
 
@@ -213,7 +220,8 @@ class _Int8WeightModule(nn.Module):
         errors += activation_dtype_errors(self, local_metadata, prefix)
         errors += qparam_load_errors(self, state_dict, prefix)
         zp = state_dict.get(prefix + "weight_zero_point")
-        if isinstance(zp, torch.Tensor) and not (zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool):
+        if (isinstance(zp, torch.Tensor) and zp.device.type != "meta"
+                and not (zp.is_floating_point() or zp.is_complex() or zp.dtype == torch.bool)):
             if bool((zp != 0).any()):
                 bad = (zp.reshape(-1) != 0).nonzero().flatten().tolist()
                 shown = ", ".join(str(c) for c in bad[:10]) + (", ..." if len(bad) > 10 else "")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _ntuple
 
 from .. import _fastcall
+from .._ops import conv_packed_weight_shape
 from ..qtensor import QTensor
 from . import qat_conv
 from .quantized import (_STORAGE, _activation_qparams, _check_observes, _check_weight_axis, _Int8WeightModule,
@@ -172,6 +173,12 @@ class _ConvNd(_ConvLikeNd):
     def weight(self) -> QTensor:
         """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``)."""
         return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+
+    def _packed_layout_stale(self) -> bool:
+        w, packed = self._buffers.get("qweight"), self._buffers.get("_packed_weight")
+        if not isinstance(w, torch.Tensor) or not isinstance(packed, torch.Tensor) or w.device.type == "meta":
+            return False
+        return tuple(packed.shape) != conv_packed_weight_shape(tuple(w.shape), self.groups, w.device)
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)

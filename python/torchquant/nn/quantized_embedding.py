@@ -151,7 +151,7 @@ class _EmbeddingBase(nn.Module):
                 errors.append(f"size mismatch for {prefix}packed_weight: its rows hold {key}={theirs}, this "
                               f"{type(self).__name__} has {key}={mine}")
         given = state_dict.get(prefix + "packed_weight")
-        if (not errors and isinstance(given, torch.Tensor) and given.dim() == 2
+        if (not errors and isinstance(given, torch.Tensor) and given.dim() == 2 and given.device.type != "meta"
                 and given.shape[1] == self.packed_weight.shape[1] and given.shape[0]):
             # Each row ends in its float32 scale and zero point: a NaN / inf there would make the
             # row's every lookup NaN / inf without a word.
