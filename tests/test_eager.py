@@ -668,7 +668,8 @@ def _quantized_linear_model():
     # a zero point past the activation's codes loaded and failed only at the next call, without the key
     ("1.zero_point", torch.tensor([300], dtype=torch.int32), r"1.zero_point: .* must lie in \[0, 255\], got 300"),
     ("0.zero_point", torch.tensor([-1], dtype=torch.int32), r"0.zero_point: the quantized Quantize's zero_point must "
-                                                            r"lie in \[0, 255\], got -1"),
+                                                            r"lie in \[0, 255\], got -1 \(it lies in the other 8-bit "
+                                                            r"activation dtype's codes"),
     # an int64 one past int32 wrapped into the buffer (2^32 + 5 became 5) without a word
     ("0.zero_point", torch.tensor([2 ** 32 + 5]), r"0.zero_point: .* must lie in \[0, 255\], got 4294967301"),
     ("1.float_input_zero_point", torch.tensor([256], dtype=torch.int32),
@@ -1333,6 +1334,7 @@ def test_module_constructors_take_good_arguments():
     assert nnq.Linear(np.int64(4), np.int64(2)).out_features == 2 and nnq.Conv2d(np.int64(4), 4, 3).in_channels == 4
     x = torch.randn(3)
     assert torchquant.dequantize(x) is x and torchquant.dequantize(x, torch.float64).dtype == torch.float64
+    assert torchquant.dequantize(x.half()).dtype == torch.float16  # as torch.dequantize returns a float tensor
     assert torchquant.quantize_weight_only(nn.Sequential(nn.Linear(64, 8)), group_size=32, exclude=None,
                                            progress=False)[0].__class__.__name__ == "LinearWeightOnlyInt4"
 

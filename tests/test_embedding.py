@@ -826,9 +826,13 @@ def test_constructor_weight_and_padding_idx_are_taken_or_refused(bits):
         assert torch.equal(q.packed_weight, cls.from_float(float_mod).packed_weight)
         args = (idx,) if cls is nnq_.Embedding else (idx, torch.tensor([0]))
         assert q(*args).abs().sum() > 0
-        torch_q = torch.quantize_per_channel(w, torch.ones(10), torch.zeros(10), 0, torch.quint8)
-        assert torch.equal(cls(10, 8, _weight=torch_q, dtype=dtype).packed_weight,
-                           cls(10, 8, _weight=torch_q.dequantize(), dtype=dtype).packed_weight)
+        # torch.ao's form: a torch quantized table (its rows' own qparams), requantized per row
+        lo, hi = w.min(1).values.clamp(max=0), w.max(1).values.clamp(min=0)
+        scale = (hi - lo) / 255
+        torch_q = torch.quantize_per_channel(w, scale, (-lo / scale).round().long(), 0, torch.quint8)
+        rows = cls(10, 8, _weight=torch_q, dtype=dtype).dequantized_weight()
+        step = (torch_q.dequantize().amax(1) - torch_q.dequantize().amin(1)) / ((1 << bits) - 1)
+        assert bool(((rows - torch_q.dequantize()).abs() <= step[:, None] / 2 + 1e-6).all())
         with pytest.raises(ValueError, match=r"'_weight': shape \[5, 3\] does not match .* \[10, 8\]"):
             cls(10, 8, _weight=torch.randn(5, 3), dtype=dtype)
         with pytest.raises(TypeError, match="'_weight' must be a floating-point"):

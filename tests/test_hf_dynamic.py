@@ -197,6 +197,13 @@ def test_dynamic_weight_dtype_reads_as_the_float_dtype_for_model_code():
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     assert half[0](x.to(half[0].weight.dtype)).dtype == torch.bfloat16
     assert nnq.dynamic.Linear(8, 4).weight.dtype == torch.float32  # built by hand
+    # ... and as the model is cast later, or quantized weight-only to int8
+    d = tq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)), {nn.Linear})
+    assert d.to(torch.bfloat16)[0].weight.dtype == torch.bfloat16 and d.half()[0].weight.dtype == torch.float16
+    assert d.float()[0].weight.dtype == torch.float32 and d.to("cpu")[0].weight.dtype == torch.float32
+    assert d[0].weight_scale.dtype == torch.float32  # the int8 computation's own scales are kept
+    w8 = tq.quantize_weight_only(nn.Sequential(nn.Linear(64, 8)).to(torch.bfloat16), bits=8, progress=False)
+    assert type(w8[0]).__name__ == "DynamicLinear" and w8[0].weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "int4"])

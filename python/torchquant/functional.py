@@ -13,7 +13,7 @@ Example::
 """
 import math
 import operator
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -126,15 +126,16 @@ def quantize_per_channel(x: torch.Tensor, scales: torch.Tensor, zero_points: tor
                    info.min, info.max)
 
 
-def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """float from a :class:`QTensor` (``torch.dequantize`` for torchquant's QTensor); a torch
-    quantized tensor is dequantized by torch, and a floating-point tensor is returned as it is (in
-    ``dtype``), as ``torch.dequantize`` returns one."""
+def dequantize(q: QTensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """float from a :class:`QTensor` (``torch.dequantize`` for torchquant's QTensor), float32
+    unless ``dtype`` says otherwise; a torch quantized tensor is dequantized by torch, and a
+    floating-point tensor is returned as it is, as ``torch.dequantize`` returns one (in ``dtype``
+    when given)."""
     if isinstance(q, QTensor):
-        return q.dequantize(dtype)
+        return q.dequantize(torch.float32 if dtype is None else dtype)
     if isinstance(q, torch.Tensor) and (q.is_quantized or q.is_floating_point()):
         t = q.dequantize() if q.is_quantized else q
-        return t if t.dtype == dtype else t.to(dtype)
+        return t if dtype is None or t.dtype == dtype else t.to(dtype)
     raise TypeError(f"dequantize: argument 'q' must be a QTensor (or a torch quantized / floating-point tensor), got "
                     f"{q.dtype if isinstance(q, torch.Tensor) else type(q).__name__}")
 

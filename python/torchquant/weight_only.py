@@ -1077,6 +1077,8 @@ def _swap_one(model, name, lin, res, bits, group_size, aliases, swapped=None):
     else:
         try:
             new = DynamicLinear(lin.in_features, lin.out_features, lin.bias is not None)
+            if lin.weight.dtype.is_floating_point:
+                new._float_dtype = lin.weight.dtype  # what its .weight reads as (DynamicLinear.from_float's)
             with torch.no_grad():
                 new.qweight.copy_(q.cpu())
                 new.weight_scale.copy_(s.reshape(-1).float().cpu())

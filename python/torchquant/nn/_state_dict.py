@@ -55,11 +55,12 @@ def qparam_load_errors(module: nn.Module, state_dict, prefix: str) -> list:
                 at = bad.reshape(-1).nonzero().flatten()
                 first = given.reshape(-1)[at[0]].item()
                 where = f" at flat position(s) {at[:10].tolist()}" if given.numel() > 1 else ""
-                errors.append(f"{what} must lie in [{lo}, {hi}], got {first}{where}")
+                other = (-128, 127) if lo == 0 else (0, 255)
+                hint = (" (it lies in the other 8-bit activation dtype's codes: a checkpoint of a model quantized with "
+                        "another qconfig? build the model to load into with that qconfig)"
+                        if other[0] <= first <= other[1] and (lo, hi) in ((0, 255), (-128, 127)) else "")
+                errors.append(f"{what} must lie in [{lo}, {hi}], got {first}{where}{hint}")
     return errors
-
-
-_ZERO_POINT_RANGES = {torch.quint8: (0, 255), torch.qint8: (-128, 127)}
 
 
 def _zero_point_range(module: nn.Module, key: str):
@@ -76,7 +77,10 @@ def _zero_point_range(module: nn.Module, key: str):
     lo, hi = getattr(module, "qmin", None), getattr(module, "qmax", None)
     if isinstance(lo, int) and isinstance(hi, int):
         return lo, hi
-    return _ZERO_POINT_RANGES.get(getattr(module, "dtype", None), (None, None))
+    from ..qtensor import _QDTYPES, _QRANGE
+
+    storage = {q: st for st, q in _QDTYPES.items()}.get(getattr(module, "dtype", None))
+    return _QRANGE[storage] if storage is not None else (None, None)
 
 
 def activation_qparams(owner: str, scale, zero_point, lo: int, hi: int):

@@ -479,7 +479,7 @@ class FloatDtypeWeight(QTensor):
     weights report theirs), since model code reads a layer's ``weight.dtype`` to cast the layer's
     input (Mamba's ``lm_head(h.to(lm_head.weight.dtype))``). Everything else is the QTensor's;
     torch.ao's method form ``weight()`` returns the plain QTensor, whose ``dtype`` is
-    ``torch.qint8``."""
+    ``torch.qint8``, as does a copy or a pickle of it."""
 
     __slots__ = ("_float_dtype",)
 
@@ -507,6 +507,21 @@ class DynamicLinear(Linear):
     """
 
     _float_dtype = torch.float32
+
+    def _apply(self, fn, *args, **kwargs):
+        # A cast of the model (.to(torch.bfloat16), .half(), .float()) is the float dtype its
+        # weight now reads as (the int8 state and float32 scales stay as they are).
+        cast = None
+        if fn is not None:
+            p32, p16 = fn(torch.empty(0)), fn(torch.empty(0, dtype=torch.float16))
+            if isinstance(p32, torch.Tensor) and p32.is_floating_point() and p32.dtype != torch.float32:
+                cast = p32.dtype
+            elif isinstance(p16, torch.Tensor) and p16.dtype == torch.float32:
+                cast = torch.float32
+        super()._apply(fn, *args, **kwargs)
+        if cast is not None:
+            self._float_dtype = cast
+        return self
 
     @property
     def weight(self) -> FloatDtypeWeight:

@@ -8,6 +8,7 @@ reads in place. Plain-tensor state dict (``qweight`` int8 [Cout, Cin / groups, *
 ``weight_scale``, ``weight_zero_point``, ``bias``, ``scale``, ``zero_point``), loadable with
 ``torch.load(..., weights_only=True)``; the packed weight is rebuilt on ``.to()`` and on load.
 """
+import operator
 from typing import Optional
 
 import torch
@@ -27,18 +28,24 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d
 ops = torch.ops.torchquant
 
 
-def _check_geometry(cls_name: str, nsp: int, **args) -> None:
-    """The constructor's kernel_size / stride / padding / dilation (/ output_padding), as tuples:
-    nsp integers each, kernel_size, stride and dilation >= 1, padding >= 0 (the kernels would
-    refuse them only at the first call)."""
+def _check_geometry(cls_name: str, nsp: int, **args):
+    """The constructor's kernel_size / stride / padding / dilation (/ output_padding), as tuples
+    of nsp ints (numpy integers taken), checked: kernel_size, stride and dilation >= 1, padding
+    >= 0 (the kernels would refuse them only at the first call). Returns them in the order given."""
+    out = []
     for name, values in args.items():
-        ok = (isinstance(values, tuple) and len(values) == nsp
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in values))
-        if not ok:
-            raise ValueError(f"{cls_name}: argument '{name}' must be an int or a tuple of {nsp} ints, got {values!r}")
+        try:
+            if not isinstance(values, (tuple, list)) or len(values) != nsp or any(isinstance(v, bool) for v in values):
+                raise TypeError
+            values = tuple(operator.index(v) for v in values)
+        except TypeError:
+            raise ValueError(f"{cls_name}: argument '{name}' must be an int or a tuple of {nsp} ints, got "
+                             f"{values!r}") from None
         low = 0 if name in ("padding", "output_padding") else 1
         if any(v < low for v in values):
             raise ValueError(f"{cls_name}: argument '{name}' must hold values >= {low}, got {values!r}")
+        out.append(values)
+    return out[0] if len(out) == 1 else out
 
 
 def _same_padding(kernel_size, dilation):
@@ -132,8 +139,8 @@ class _ConvNd(_ConvLikeNd):
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, but got padding_mode='{padding_mode}'")
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
-        _check_geometry(type(self).__name__, self._NSP, kernel_size=self.kernel_size, stride=self.stride,
-                        dilation=self.dilation)
+        self.kernel_size, self.stride, self.dilation = _check_geometry(
+            type(self).__name__, self._NSP, kernel_size=self.kernel_size, stride=self.stride, dilation=self.dilation)
         asym_pad = None
         if isinstance(padding, str):
             if padding == "valid":
@@ -148,7 +155,7 @@ class _ConvNd(_ConvLikeNd):
                 raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
         self.padding = tup(padding) if asym_pad is None else "same"
         if asym_pad is None:
-            _check_geometry(type(self).__name__, self._NSP, padding=self.padding)
+            self.padding = _check_geometry(type(self).__name__, self._NSP, padding=self.padding)
         self.padding_mode = padding_mode
         # reflect / replicate / circular, and padding='same' with more on the right (an even
         # kernel): the codes are padded (exact copies of codes, or the zero point, which is the

@@ -68,8 +68,9 @@ class _ConvTransposeNd(_ConvLikeNd):
                              f"padding_mode={padding_mode!r}")
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
         self.padding, self.output_padding = tup(padding), tup(output_padding)
-        _check_geometry(type(self).__name__, self._NSP, kernel_size=self.kernel_size, stride=self.stride,
-                        dilation=self.dilation, padding=self.padding, output_padding=self.output_padding)
+        (self.kernel_size, self.stride, self.dilation, self.padding, self.output_padding) = _check_geometry(
+            type(self).__name__, self._NSP, kernel_size=self.kernel_size, stride=self.stride, dilation=self.dilation,
+            padding=self.padding, output_padding=self.output_padding)
         for o, s, d in zip(self.output_padding, self.stride, self.dilation):
             if not (o < s or o < d):
                 raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
