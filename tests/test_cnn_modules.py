@@ -1340,3 +1340,41 @@ def test_a_module_that_saw_only_nan_is_an_error_not_a_module_that_never_ran():
         with pytest.raises(RuntimeError, match=r"module 'fc1' \(Linear\) could not be quantized: .*no finite data "
                                                 r"\(it skipped 12 NaN"):
             tq.convert(p)
+
+
+@pytest.mark.parametrize("make,qat_cls", [
+    # each of these ran, with a part lost or gained, or as another operation
+    (lambda: tq.nn.intrinsic.ConvBn2d(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)), "Conv2d"),
+    (lambda: tq.nn.intrinsic.LinearReLU(nn.Linear(4, 4), nn.ReLU()), "Linear"),
+    (lambda: nn.Linear(4, 4), "LinearReLU"),
+    (lambda: tq.nn.intrinsic.ConvBnReLU2d(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.ReLU()), "ConvBn2d"),
+    (lambda: tq.nn.intrinsic.ConvBn2d(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)), "ConvBnReLU2d"),
+    (lambda: nn.ConvTranspose2d(2, 2, 3), "Conv2d"),
+    (lambda: nn.Conv3d(2, 2, 1), "Conv2d"),
+    (lambda: type("Scaled", (nn.Linear,), {"forward": lambda self, x: 0.5 * nn.Linear.forward(self, x)})(4, 4),
+     "Linear"),
+])
+def test_qat_from_float_refuses_a_module_of_another_kind(make, qat_cls):
+    mod = make()
+    mod.qconfig = tq.get_default_qat_qconfig("x86")
+    with pytest.raises(TypeError, match=rf"qat.{qat_cls}.from_float takes a .* got "):
+        getattr(tq.nn.qat, qat_cls).from_float(mod)
+
+
+def test_qat_from_float_takes_subclasses_and_torch_ao_fused_modules_and_refuses_bn_without_statistics():
+    import torch.ao.nn.intrinsic as aoi
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+    qc = tq.get_default_qat_qconfig("x86")
+    for cls, mod in ((tq.nn.qat.Linear, NonDynamicallyQuantizableLinear(4, 4)),
+                     (tq.nn.qat.LinearReLU, aoi.LinearReLU(nn.Linear(4, 4), nn.ReLU())),
+                     (tq.nn.qat.ConvBnReLU2d, aoi.ConvBnReLU2d(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.ReLU())),
+                     (tq.nn.qat.Conv3d, type("Conv3DSimple", (nn.Conv3d,), {})(2, 2, 1))):
+        mod.qconfig = qc
+        assert type(cls.from_float(mod)) is cls
+    for fused in (tq.nn.intrinsic.ConvBn2d(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2, track_running_stats=False)),
+                  tq.nn.intrinsic.LinearBn1d(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False))):
+        fused.qconfig = qc
+        qat_cls = tq.nn.qat.ConvBn2d if isinstance(fused[0], nn.Conv2d) else tq.nn.qat.LinearBn1d
+        with pytest.raises(ValueError, match=r"its BatchNorm has no running statistics \(track_running_stats=False\)"):
+            qat_cls.from_float(fused)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import intrinsic
-from .qat_conv import _BnStats, running_std_of
+from .qat_conv import _BnStats, check_bn_statistics, check_float_source, running_std_of
 
 __all__ = ["Linear", "LinearReLU", "LinearBn1d", "Embedding", "EmbeddingBag"]
 
@@ -29,7 +29,8 @@ class Linear(nn.Linear):
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
-        linear = mod[0] if isinstance(mod, intrinsic.LinearReLU) else mod
+        check_float_source(cls, mod, name)
+        linear = mod[0] if isinstance(mod, nn.Sequential) else mod
         qconfig = getattr(mod, "qconfig", None)
         if qconfig is None:
             raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
@@ -101,10 +102,12 @@ class LinearBn1d(_BnStats, nn.Linear):
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
         """The QAT module for a fused LinearBn1d (torchquant's or torch.ao's)."""
+        check_float_source(cls, mod, name)
         qconfig = getattr(mod, "qconfig", None)
         if qconfig is None:
             raise ValueError(f"{type(mod).__name__} has no qconfig; prepare_qat assigns one")
         linear, bn = mod[0], mod[1]
+        check_bn_statistics(bn, name or type(mod).__name__)
         qat = cls(linear.in_features, linear.out_features, linear.bias is not None, bn.eps, bn.momentum,
                   qconfig=qconfig, device=linear.weight.device, dtype=linear.weight.dtype)
         qat.weight, qat.bias = linear.weight, linear.bias

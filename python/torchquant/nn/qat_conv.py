@@ -25,6 +25,33 @@ def _need_qconfig(qconfig, name):
     return qconfig
 
 
+def check_float_source(cls, mod, name=None) -> None:
+    """A TypeError unless ``mod`` is what ``cls.from_float`` is for: its float module class (a
+    fused one of torch.ao's too), or a subclass that computes as it (no forward of its own:
+    NonDynamicallyQuantizableLinear, torchvision's Conv3DSimple). Another class would lose or
+    gain parts without a word (a ConvBn2d given to qat.Conv2d dropped its BatchNorm, a Linear
+    given to qat.LinearReLU gained a ReLU, a ConvTranspose2d ran as a convolution)."""
+    from ..quantize import _AO_FUSED_AS_OURS
+
+    want, t = cls._FLOAT_MODULE, type(mod)
+    if t is want or _AO_FUSED_AS_OURS.get(t) is want:
+        return
+    if isinstance(mod, want) and not any(
+            k for k in t.__mro__[:t.__mro__.index(want)]
+            if any(n in vars(k) for n in ("forward", "_conv_forward", "_output_padding", "__call__"))):
+        return
+    raise TypeError(f"{name or 'qat.' + cls.__name__}: qat.{cls.__name__}.from_float takes a "
+                    f"{want.__module__}.{want.__name__} (or a subclass without a forward of its own), got "
+                    f"{t.__module__}.{t.__name__}")
+
+
+def check_bn_statistics(bn, name) -> None:
+    """A BatchNorm folded into a QAT module needs its running statistics (convert folds them)."""
+    if bn is None or bn.running_var is None or bn.running_mean is None:
+        raise ValueError(f"{name}: its BatchNorm has no running statistics (track_running_stats=False): it cannot "
+                         "be folded into the weight; keep it out of the fused group")
+
+
 def _prepared_qconfig(mod):
     """The qconfig prepare_qat gave the float module mod (an error if it has none)."""
     qconfig = getattr(mod, "qconfig", None)
@@ -88,6 +115,7 @@ class _QATConv:
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
         """The QAT module for a float Conv (or fused ConvReLU) that carries a qconfig."""
+        check_float_source(cls, mod, name)
         qconfig = _prepared_qconfig(mod)
         conv, _, _ = _float_parts(mod)
         qat = cls(**_conv_args(conv), qconfig=qconfig, device=conv.weight.device, dtype=conv.weight.dtype)
@@ -199,8 +227,10 @@ class _ConvBn(_BnStats, _QATConv):
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, name=None):
         """The QAT module for a fused float ConvBn / ConvBnReLU (torchquant's or torch.ao's)."""
+        check_float_source(cls, mod, name)
         qconfig = _prepared_qconfig(mod)
         conv, bn, _ = _float_parts(mod)
+        check_bn_statistics(bn, name or type(mod).__name__)
         qat = cls(**_conv_args(conv), eps=bn.eps, momentum=bn.momentum, freeze_bn=False, qconfig=qconfig,
                   device=conv.weight.device, dtype=conv.weight.dtype)
         qat.weight = conv.weight
