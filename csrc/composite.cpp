@@ -113,16 +113,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward(
   // The same rounding as the forward: nearbyint(x * inv_scale) + zero_point.
   const at::Tensor t = at::round(xf * inv) + zp;
   const at::Tensor below = t < qmin, above = t > qmax;
-  const at::Tensor inside = at::logical_not(at::logical_or(below, above));
+  // A NaN element (NaN x) is neither: it gets no gradient, as in fake_quantize_backward, and
+  // adds nothing to the qparams' (it made both NaN).
+  const at::Tensor nan = at::isnan(t);
+  const at::Tensor inside = at::logical_not(at::logical_or(at::logical_or(below, above), nan));
   // where, not g * inside: a negative grad outside the range gives +0, as fake_quantize_backward.
-  const at::Tensor gx = at::where(inside, g, at::zeros_like(g));
+  const at::Tensor zeros = at::zeros_like(xf);
+  const at::Tensor gx = at::where(inside, g, zeros);
   const at::Tensor xfq = (t.clamp(qmin, qmax) - zp) * s;
   const float gf = static_cast<float>(grad_factor);
   // d(fake)/d(scale): (xfq - x) / scale inside the range, (q_limit - zp) outside (LSQ).
-  const at::Tensor ds_el =
-      at::where(inside, (xfq - xf) * inv, at::where(below, qmin - zp, qmax - zp)) * g * gf;
+  const at::Tensor ds_el = at::where(
+      nan, zeros, at::where(inside, (xfq - xf) * inv, at::where(below, qmin - zp, qmax - zp)) * g * gf);
   // d(fake)/d(zero_point): 0 inside, -scale outside.
-  const at::Tensor dz_el = at::where(inside, at::zeros_like(xf), -s * at::ones_like(xf)) * g * gf;
+  const at::Tensor dz_el = at::where(nan, zeros, at::where(inside, zeros, -s * at::ones_like(xf)) * g * gf);
   // Reduced over everything but the channel axis in a fixed order (float64), then rounded once
   // to the qparams' dtype: the same gradient for any number of threads.
   auto rows = [&](const at::Tensor& el) {

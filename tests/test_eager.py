@@ -1377,3 +1377,28 @@ def test_meta_state_dicts_load_with_assign():
     q = tq.convert(p)
     q.load_state_dict({k: torch.empty_like(v, device="meta") for k, v in q.state_dict().items()}, assign=True)
     assert q[1].qweight.device.type == "meta"
+
+
+def test_learnable_fake_quantize_gives_nan_elements_no_gradient_and_refuses_float_qparams():
+    # A NaN element got gradient 1 (FakeQuantize's is 0) and made scale.grad NaN.
+    for axis in (None, 0):
+        fq = tq.LearnableFakeQuantize(
+            observer=tq.MovingAveragePerChannelMinMaxObserver if axis == 0 else tq.MovingAverageMinMaxObserver,
+            quant_min=0, quant_max=255, **({"ch_axis": 0, "qscheme": torch.per_channel_affine} if axis == 0 else {}))
+        x = torch.tensor([[-1.0, float("nan"), 2.0], [0.5, 1.0, -0.25]], requires_grad=True)
+        fq(x.detach().nan_to_num())  # qparams from finite data
+        fq.disable_observer()
+        fq(x).sum().backward()
+        assert x.grad[0, 1] == 0 and bool(torch.isfinite(fq.scale.grad).all())
+        assert bool(torch.isfinite(fq.zero_point.grad).all())
+        g, gs, gz = reference.fake_quantize_learnable_backward(torch.ones_like(x), x.detach(), fq.scale.detach(),
+                                                              fq.zero_point.detach(), axis, 0, 255,
+                                                              1.0 / (x.numel() * 255) ** 0.5)
+        assert torch.equal(x.grad, g)  # (the float32 elements against float64 ones: a cancellation near 0)
+        torch.testing.assert_close(fq.scale.grad, gs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fq.zero_point.grad, gz, rtol=1e-5, atol=1e-6)
+    # an embedding table's float zero points were rounded and clamped to [0, 255] (up to 4.8 off per row)
+    with pytest.raises(ValueError, match=r"LearnableFakeQuantize: qscheme torch.per_channel_affine_float_qparams .* "
+                                         r"not supported"):
+        tq.LearnableFakeQuantize(observer=tq.PerChannelMinMaxObserver, quant_min=0, quant_max=255,
+                                 qscheme=torch.per_channel_affine_float_qparams, ch_axis=0)

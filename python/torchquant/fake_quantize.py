@@ -218,6 +218,10 @@ class LearnableFakeQuantize(FakeQuantize):
     def __init__(self, observer=_obs.MovingAverageMinMaxObserver, quant_min=None, quant_max=None,
                  use_grad_scaling: bool = True, **observer_kwargs):
         super().__init__(observer, quant_min, quant_max, **observer_kwargs)
+        if self.qscheme == torch.per_channel_affine_float_qparams:
+            raise ValueError("LearnableFakeQuantize: qscheme torch.per_channel_affine_float_qparams (an embedding "
+                             "table's float zero points) is not supported: its trained zero point is an integer "
+                             "in [quant_min, quant_max]; use FakeQuantize (default_embedding_fake_quant)")
         del self.scale, self.zero_point
         self.scale = nn.Parameter(torch.tensor([1.0]))
         self.zero_point = nn.Parameter(torch.tensor([0.0]))

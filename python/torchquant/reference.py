@@ -91,13 +91,14 @@ def fake_quantize_learnable_backward(grad, x, scale, zero_point, axis, qmin, qma
     zp = _bcast(zero_point.float().round().clamp(qmin, qmax), x, axis)
     inv = torch.reciprocal(s)
     t = (torch.round(x.float() * inv) + zp).double()
-    below, above = t < qmin, t > qmax
-    inside = ~(below | above)
+    below, above, nan = t < qmin, t > qmax, torch.isnan(t)  # a NaN element: no gradient anywhere
+    inside = ~(below | above | nan)
     g = grad.double()
     gx = torch.where(inside, g, torch.zeros_like(g))
     xfq = (t.clamp(qmin, qmax) - zp.double()) * s.double()
     ds = torch.where(inside, (xfq - xf) * inv.double(), torch.where(below, qmin - zp.double(), qmax - zp.double())) * g * grad_factor
     dz = torch.where(inside, torch.zeros_like(g), -s.double().expand_as(g)) * g * grad_factor
+    ds, dz = torch.where(nan, 0.0, ds), torch.where(nan, 0.0, dz)
     if axis is None:
         ds, dz = ds.sum(), dz.sum()
     else:
