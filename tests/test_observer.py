@@ -941,3 +941,37 @@ def test_histogram_rebin_run_addition_exactness_bound():
     want = reference.histogram_rebin(*args)
     assert want[0].item() == 2.0**49
     assert torch.equal(torch.ops.torchquant.histogram_rebin(*args), want)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    # an eps <= 0 gave scale 0 and a NaN / infinite zero point (all-NaN rows after fake-quant)
+    (lambda: torchquant.MinMaxObserver(eps=-1.0), ValueError, r"argument 'eps' must be > 0 and finite, got -1.0"),
+    (lambda: torchquant.PerChannelMinMaxObserver(eps=0.0, qscheme=torch.per_channel_affine_float_qparams),
+     ValueError, r"argument 'eps' must be > 0 and finite, got 0.0"),
+    (lambda: torchquant.MinMaxObserver(eps=float("nan")), ValueError, r"argument 'eps' must be > 0 and finite"),
+    # failed later with the op schema's own argument names, or were truncated / taken as another value
+    (lambda: torchquant.HistogramObserver(upsample_rate=2.5), TypeError, r"argument 'upsample_rate' must be an int"),
+    (lambda: torchquant.PerChannelMinMaxObserver(ch_axis="0"), TypeError, r"argument 'ch_axis' must be an int"),
+    (lambda: torchquant.PerChannelMinMaxObserver(ch_axis=True), TypeError, r"argument 'ch_axis' must be an int"),
+    (lambda: torchquant.MinMaxObserver(quant_min=0.5, quant_max=255), TypeError, r"argument 'quant_min' must be an int"),
+])
+def test_observer_constructors_refuse_bad_arguments_by_name(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_observers_take_torch_ao_argument_forms_and_refuse_complex_inputs():
+    # torch.ao takes integral floats for the range and a float64 factory dtype
+    obs = torchquant.MinMaxObserver(quant_min=0.0, quant_max=255.0, factory_kwargs={"dtype": torch.float64})
+    assert (obs.quant_min, obs.quant_max) == (0, 255) and obs.eps.dtype == torch.float32
+    obs(torch.randn(10))
+    ref = torchquant.MinMaxObserver()
+    ref(obs.min_val.reshape(1).clone())
+    ref(obs.max_val.reshape(1).clone())
+    assert [torch.equal(a, b) for a, b in zip(obs.calculate_qparams(), ref.calculate_qparams())] == [True, True]
+    fq = torchquant.FakeQuantize(quant_min=0.0, quant_max=255.0)
+    fq(torch.randn(10))
+    assert fq.quant_min == 0 and fq.quant_max == 255
+    for o in (torchquant.HistogramObserver(), torchquant.MinMaxObserver(), torchquant.PerChannelMinMaxObserver()):
+        with pytest.raises(TypeError, match=r"argument 'x' of an observer must be a real tensor, got torch.complex64"):
+            o(torch.tensor([[1 + 50j, -2 - 70j]]))

@@ -120,6 +120,28 @@ def _with_callable_args(cls_or_self, **kwargs):
     return _PartialWrapper(partial(cls_or_self)).with_callable_args(**kwargs)
 
 
+def _float32_factory(factory_kwargs) -> dict:
+    """torch.nn.factory_kwargs without a dtype: the observers' statistics and eps are float32, as
+    torchquant's ops read and write them (a float64 there failed at the first forward; torch.ao,
+    computing in Python, keeps any dtype)."""
+    kw = torch.nn.factory_kwargs(factory_kwargs)
+    kw.pop("dtype", None)
+    return kw
+
+
+def _int_arg(name: str, v) -> int:
+    """An integer argument (an integral float such as torch.ao's quant_max=255.0 too); else a
+    TypeError naming it."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"argument '{name}' must be an int, got {v!r}") from None
+
+
 def _calculate_qmin_qmax(quant_min, quant_max, has_customized_qrange, dtype, reduce_range):
     """torch.ao.quantization.utils.calculate_qmin_qmax, quirks included: a customized range is
     halved by reduce_range too."""
@@ -277,7 +299,7 @@ class UniformQuantizationObserverBase(ObserverBase):
 
     def __init__(self, dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False,
                  quant_min=None, quant_max=None, factory_kwargs=None, eps=_EPS, is_dynamic=False, **kwargs):
-        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        factory_kwargs = _float32_factory(factory_kwargs)
         super().__init__(dtype=dtype, is_dynamic=is_dynamic, **kwargs)
         if qscheme not in _PER_TENSOR + _PER_CHANNEL:
             raise ValueError(f"argument 'qscheme' must be one of {_PER_TENSOR + _PER_CHANNEL}, got {qscheme}")
@@ -285,7 +307,17 @@ class UniformQuantizationObserverBase(ObserverBase):
             raise ValueError(f"argument 'dtype' must be one of {_ALLOWED_DTYPES}, got {dtype}")
         self.qscheme = qscheme
         self.reduce_range = reduce_range
-        self.register_buffer("eps", torch.tensor([eps], **factory_kwargs))
+        try:
+            ok = math.isfinite(float(eps)) and float(eps) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:  # (a zero / negative eps gave scale 0 and a NaN or infinite zero point)
+            raise ValueError(f"argument 'eps' must be > 0 and finite, got {eps!r}")
+        self.register_buffer("eps", torch.tensor([float(eps)], **factory_kwargs))
+        if quant_min is not None:
+            quant_min = _int_arg("quant_min", quant_min)
+        if quant_max is not None:
+            quant_max = _int_arg("quant_max", quant_max)
         self.has_customized_qrange = quant_min is not None and quant_max is not None
         # Order first: for [10, 5] the fault is min > max, not that 0 lies outside.
         if self.has_customized_qrange and quant_min >= quant_max:
@@ -372,6 +404,8 @@ class UniformQuantizationObserverBase(ObserverBase):
     @staticmethod
     def _as_float(x: torch.Tensor) -> torch.Tensor:
         x = _observed_values(x.detach())
+        if x.is_complex():  # (.float() would keep the real parts with one warning per process)
+            raise TypeError(f"argument 'x' of an observer must be a real tensor, got {x.dtype}")
         return x if x.is_floating_point() else x.float()
 
     def reset_min_max_vals(self):
@@ -397,7 +431,7 @@ class MinMaxObserver(UniformQuantizationObserverBase):
                                       f"got {qscheme}")
         super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
                          quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, is_dynamic=is_dynamic, **kwargs)
-        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        factory_kwargs = _float32_factory(factory_kwargs)
         self.register_buffer("min_val", torch.tensor(_INF, **factory_kwargs))
         self.register_buffer("max_val", torch.tensor(-_INF, **factory_kwargs))
 
@@ -476,8 +510,8 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
             raise NotImplementedError(f"{type(self).__name__} doesn't support dynamic quantization")
         super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
                          quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, is_dynamic=is_dynamic, **kwargs)
-        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
-        self.ch_axis = ch_axis
+        factory_kwargs = _float32_factory(factory_kwargs)
+        self.ch_axis = _int_arg("ch_axis", ch_axis)
         self.register_buffer("min_val", torch.tensor([], **factory_kwargs))
         self.register_buffer("max_val", torch.tensor([], **factory_kwargs))
 
@@ -604,13 +638,15 @@ class HistogramObserver(UniformQuantizationObserverBase):
             raise ValueError(f"argument 'bins' must be >= 1, got {bins}")
         super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
                          quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, is_dynamic=is_dynamic, **kwargs)
-        factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        factory_kwargs = _float32_factory(factory_kwargs)
         self.bins = int(bins)
         self.register_buffer("histogram", torch.zeros(self.bins, **factory_kwargs))
         self.register_buffer("min_val", torch.tensor(_INF, **factory_kwargs))
         self.register_buffer("max_val", torch.tensor(-_INF, **factory_kwargs))
         self.dst_nbins = 2 ** torch.iinfo(self.dtype).bits
-        self.upsample_rate = upsample_rate
+        self.upsample_rate = _int_arg("upsample_rate", upsample_rate)
+        if self.upsample_rate < 1:
+            raise ValueError(f"argument 'upsample_rate' must be >= 1, got {upsample_rate}")
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
         """Adds ``x_orig``'s finite values to the histogram; returns ``x_orig``."""
@@ -774,7 +810,7 @@ class MSEObserver(HistogramObserver):
     def __init__(self, num_candidates: int = 100, bins: int = 2048, dtype=torch.quint8,
                  qscheme=torch.per_tensor_affine, reduce_range=False, quant_min=None, quant_max=None,
                  factory_kwargs=None, eps=_EPS, **kwargs):
-        if int(num_candidates) < 1:
+        if _int_arg("num_candidates", num_candidates) < 1:
             raise ValueError(f"argument 'num_candidates' must be >= 1, got {num_candidates}")
         super().__init__(bins=bins, dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,
                          quant_max=quant_max, factory_kwargs=factory_kwargs, eps=eps, **kwargs)
