@@ -1402,3 +1402,18 @@ def test_learnable_fake_quantize_gives_nan_elements_no_gradient_and_refuses_floa
                                          r"not supported"):
         tq.LearnableFakeQuantize(observer=tq.PerChannelMinMaxObserver, quant_min=0, quant_max=255,
                                  qscheme=torch.per_channel_affine_float_qparams, ch_axis=0)
+
+
+def test_prepare_qat_with_a_post_training_qconfig_warns_that_nothing_rounds():
+    # observers where fake-quants belong: training saw unrounded weights, without a word
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(4, 4), tq.DeQuantStub()).train()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with pytest.warns(UserWarning, match=r"prepare_qat: 3 observer\(s\) where fake-quants belong \(0 \(output\), "
+                                         r"1 \(weight\), 1 \(output\)\)"):
+        tq.prepare_qat(m)
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tq.prepare_qat(m)
+        m.qconfig = tq.learnable_qat_qconfig if hasattr(tq, "learnable_qat_qconfig") else m.qconfig
+        tq.prepare_qat(m)

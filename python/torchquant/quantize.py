@@ -901,7 +901,17 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         return model
     _bake_reparametrizations(model, "prepare_qat")
     _swap(model, _QAT if mapping is None else mapping, "")
-    return prepare(model, inplace=True)
+    model = prepare(model, inplace=True)
+    # A post-training qconfig (observers where fake-quants belong) trains without any rounding.
+    plain = [f"{n} ({'weight' if k == 'weight_fake_quant' else 'output'})" for n, m in model.named_modules()
+             if not isinstance(m, (FakeQuantizeBase, ObserverBase))  # (a fake-quant's own observer is one)
+             for k in ("weight_fake_quant", "activation_post_process")
+             if isinstance(getattr(m, k, None), ObserverBase)]
+    if plain:
+        warnings.warn(f"prepare_qat: {len(plain)} observer(s) where fake-quants belong ({', '.join(plain[:5])}"
+                      f"{', ...' if len(plain) > 5 else ''}): training sees no int8 rounding there; use a QAT qconfig "
+                      "(torchquant.get_default_qat_qconfig('x86'))", UserWarning, stacklevel=2)
+    return model
 
 
 def add_quant_dequant(module: nn.Module) -> nn.Module:
