@@ -975,3 +975,16 @@ def test_observers_take_torch_ao_argument_forms_and_refuse_complex_inputs():
     for o in (torchquant.HistogramObserver(), torchquant.MinMaxObserver(), torchquant.PerChannelMinMaxObserver()):
         with pytest.raises(TypeError, match=r"argument 'x' of an observer must be a real tensor, got torch.complex64"):
             o(torch.tensor([[1 + 50j, -2 - 70j]]))
+
+
+def test_a_state_dict_without_metadata_keeps_its_eps():
+    # dict(sd) (or a safetensors file) drops the metadata: its eps was replaced by the default
+    obs = torchquant.MinMaxObserver(eps=2 ** -12)
+    obs(torch.zeros(4))
+    again = torchquant.MinMaxObserver()
+    again.load_state_dict(dict(obs.state_dict()))
+    assert float(again.eps) == 2 ** -12
+    assert [torch.equal(a, b) for a, b in zip(again.calculate_qparams(), obs.calculate_qparams())] == [True, True]
+    old = {k: v for k, v in obs.state_dict().items() if k != "eps"}  # torch.ao's version-1 form: the default
+    again.load_state_dict(old, strict=False)
+    assert float(again.eps) == torch.finfo(torch.float32).eps

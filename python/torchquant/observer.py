@@ -392,7 +392,9 @@ class UniformQuantizationObserverBase(ObserverBase):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         version = local_metadata.get("version", None)
-        if version is None or version == 1:
+        if (version is None or version == 1) and prefix + "eps" not in state_dict:
+            # (eps became a buffer in version 2; a dict without metadata that has one keeps it:
+            # a plain dict(...) or a safetensors file of a version-3 state dict)
             state_dict[prefix + "eps"] = torch.tensor([_EPS])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
