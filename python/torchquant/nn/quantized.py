@@ -22,7 +22,8 @@ from ._state_dict import (activation_dtype_errors, activation_qparams, integer_l
                           qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook, repack_if_stale)
 from . import intrinsic, qat
 
-__all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth", "Flatten"]
+__all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth",
+           "Flatten"]
 
 _STORAGE = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8, torch.int8: torch.int8}
 

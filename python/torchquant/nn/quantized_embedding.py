@@ -196,7 +196,8 @@ class _EmbeddingBase(nn.Module):
         if weight.is_quantized:
             weight = weight.dequantize()
         if not weight.is_floating_point():
-            raise TypeError(f"argument '_weight' must be a floating-point (or torch quantized) tensor, got {weight.dtype}")
+            raise TypeError(f"argument '_weight' must be a floating-point (or torch quantized) tensor, got "
+                            f"{weight.dtype}")
         from .. import qconfig as _qc
         qc = _qc.float_qparams_weight_only_qconfig if self.bits == 8 else _qc.float_qparams_weight_only_qconfig_4bit
         self.packed_weight = ops.streamed_copy.default(_quantize_table(weight, qc.weight(), "_weight")[0])
