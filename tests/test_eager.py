@@ -1411,9 +1411,19 @@ def test_prepare_qat_with_a_post_training_qconfig_warns_that_nothing_rounds():
     with pytest.warns(UserWarning, match=r"prepare_qat: 3 observer\(s\) where fake-quants belong \(0 \(output\), "
                                          r"1 \(weight\), 1 \(output\)\)"):
         tq.prepare_qat(m)
+    import torch.ao.quantization as aoq
+    m.qconfig = aoq.get_default_qconfig("x86")  # torch.ao's post-training qconfig likewise
+    with pytest.warns(UserWarning, match=r"prepare_qat: 3 observer\(s\) where fake-quants belong"):
+        tq.prepare_qat(m)
     m.qconfig = tq.get_default_qat_qconfig("x86")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tq.prepare_qat(m)
         m.qconfig = tq.learnable_qat_qconfig if hasattr(tq, "learnable_qat_qconfig") else m.qconfig
+        tq.prepare_qat(m)
+        # a torch.ao fake-quant around torchquant's observer fake-quantizes: no warning
+        m.qconfig = tq.QConfig(activation=aoq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver),
+                               weight=aoq.FakeQuantize.with_args(observer=tq.MovingAveragePerChannelMinMaxObserver,
+                                                                 quant_min=-128, quant_max=127, dtype=torch.qint8,
+                                                                 qscheme=torch.per_channel_symmetric))
         tq.prepare_qat(m)

@@ -903,10 +903,17 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
     _swap(model, _QAT if mapping is None else mapping, "")
     model = prepare(model, inplace=True)
     # A post-training qconfig (observers where fake-quants belong) trains without any rounding.
+    fake_quants, observers = (FakeQuantizeBase,), (ObserverBase,)
+    try:  # torch.ao's too: its qconfigs are used here as often as torchquant's
+        from torch.ao.quantization.fake_quantize import FakeQuantizeBase as _AoFQ
+        from torch.ao.quantization.observer import ObserverBase as _AoObs
+        fake_quants, observers = fake_quants + (_AoFQ,), observers + (_AoObs,)
+    except ImportError:
+        pass
     plain = [f"{n} ({'weight' if k == 'weight_fake_quant' else 'output'})" for n, m in model.named_modules()
-             if not isinstance(m, (FakeQuantizeBase, ObserverBase))  # (a fake-quant's own observer is one)
+             if not isinstance(m, fake_quants + observers)  # (a fake-quant's own observer is one)
              for k in ("weight_fake_quant", "activation_post_process")
-             if isinstance(getattr(m, k, None), ObserverBase)]
+             if isinstance(getattr(m, k, None), observers)]
     if plain:
         warnings.warn(f"prepare_qat: {len(plain)} observer(s) where fake-quants belong ({', '.join(plain[:5])}"
                       f"{', ...' if len(plain) > 5 else ''}): training sees no int8 rounding there; use a QAT qconfig "
