@@ -321,23 +321,22 @@ def test_conv_refuses_a_weight_packed_for_another_shape_of_the_same_size(w_shape
     w = torch.randint(-127, 128, w_shape, dtype=torch.int8)
     wp, cs = ops.pack_conv_weight(w)
     x = torch.randint(0, 256, (1, x_channels) + (6,) * len(kernel_size), dtype=torch.uint8)
+
+    def conv(packed):
+        return ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), packed, cs, torch.full((4,), 0.01), None,
+                             list(kernel_size), [1], [1], [1], 1, None, None, False, None)
+
+    untagged = wp.clone()
+    untagged[-32:] = 0
     if w_shape[2:] == tuple(kernel_size) and x_channels == w_shape[1]:  # the matching call runs
-        ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), wp, cs, torch.full((4,), 0.01), None,
-                      list(kernel_size), [1], [1], [1], 1, None, None, False, None)
-        bad = wp.clone()
-        bad[-32:] = 0
+        conv(wp)
         with pytest.raises(RuntimeError, match=r"argument 'w_packed' is not a weight from pack_conv_weight"):
-            ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), bad, cs, torch.full((4,), 0.01), None,
-                          list(kernel_size), [1], [1], [1], 1, None, None, False, None)
+            conv(untagged)
         return
     with pytest.raises(RuntimeError, match=r"argument 'w_packed' (was packed from a weight|must be 1-D)"):
-        ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), wp, cs, torch.full((4,), 0.01), None,
-                      list(kernel_size), [1], [1], [1], 1, None, None, False, None)
-    bad = wp.clone()
-    bad[-32:] = 0
+        conv(wp)
     with pytest.raises(RuntimeError, match=r"argument 'w_packed' (is not a weight from pack_conv_weight|must be 1-D)"):
-        ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), bad, cs, torch.full((4,), 0.01), None,
-                      list(kernel_size), [1], [1], [1], 1, None, None, False, None)
+        conv(untagged)
 
 
 def _args(x=None, w=None, groups=1, k=(3, 3), **kw):

@@ -129,17 +129,18 @@ def _float32_factory(factory_kwargs) -> dict:
     return kw
 
 
-def _int_arg(name: str, v) -> int:
-    """An integer argument (an integral float such as torch.ao's quant_max=255.0 too); else a
-    TypeError naming it."""
-    if isinstance(v, float) and v.is_integer():
+def _int_arg(name: str, v, owner: str = "", integral_float: bool = False) -> int:
+    """An integer argument (numpy integers too; with ``integral_float`` an integral float, such
+    as torch.ao's quant_max=255.0); else a TypeError naming it (and ``owner``). A bool is no int
+    here (True would be 1 without a word)."""
+    if integral_float and isinstance(v, float) and v.is_integer():
         return int(v)
     try:
         if isinstance(v, bool):
             raise TypeError
         return operator.index(v)
     except TypeError:
-        raise TypeError(f"argument '{name}' must be an int, got {v!r}") from None
+        raise TypeError(f"{owner + ': ' if owner else ''}argument '{name}' must be an int, got {v!r}") from None
 
 
 def _calculate_qmin_qmax(quant_min, quant_max, has_customized_qrange, dtype, reduce_range):
@@ -315,9 +316,9 @@ class UniformQuantizationObserverBase(ObserverBase):
             raise ValueError(f"argument 'eps' must be > 0 and finite, got {eps!r}")
         self.register_buffer("eps", torch.tensor([float(eps)], **factory_kwargs))
         if quant_min is not None:
-            quant_min = _int_arg("quant_min", quant_min)
+            quant_min = _int_arg("quant_min", quant_min, integral_float=True)
         if quant_max is not None:
-            quant_max = _int_arg("quant_max", quant_max)
+            quant_max = _int_arg("quant_max", quant_max, integral_float=True)
         self.has_customized_qrange = quant_min is not None and quant_max is not None
         # Order first: for [10, 5] the fault is min > max, not that 0 lies outside.
         if self.has_customized_qrange and quant_min >= quant_max:
@@ -630,12 +631,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
                                       f"got {qscheme}")
         if is_dynamic:
             raise NotImplementedError(f"{type(self).__name__} doesn't support dynamic quantization")
-        try:  # (int(2.5) would make it 2 without a word)
-            if isinstance(bins, bool):
-                raise TypeError
-            bins = operator.index(bins)
-        except TypeError:
-            raise TypeError(f"argument 'bins' must be an int, got {bins!r}") from None
+        bins = _int_arg("bins", bins)  # (int(2.5) would make it 2 without a word)
         if int(bins) < 1:
             raise ValueError(f"argument 'bins' must be >= 1, got {bins}")
         super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range, quant_min=quant_min,

@@ -1358,8 +1358,7 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
     """
     import torch.fx
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"find_fusable_modules: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    _check_args("find_fusable_modules", model)
 
     try:
         from .quantizable import _Tracer  # torch.nn's leaves, and convolution subclasses kept as modules

@@ -5,7 +5,6 @@ They hold plain tensors only (int8 weight, float32 scales, int32 zero points, fl
 non-persistent buffer, rebuilt for the device whenever the module moves (``.to()``) or loads a
 state dict.
 """
-import operator
 from typing import Optional
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 
 from .. import _fastcall
 from .._ops import ops
-from ..observer import _PER_CHANNEL, _apply_keeping_float32
+from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
 from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
@@ -293,12 +292,7 @@ class _Int8WeightModule(nn.Module):
 def _size_arg(module: nn.Module, name: str, v) -> int:
     """A constructor's size argument as an int (numpy integers too), >= 0; else an error naming it
     (a float failed inside torch.zeros)."""
-    try:
-        if isinstance(v, bool):
-            raise TypeError
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{type(module).__name__}: argument '{name}' must be an int, got {v!r}") from None
+    v = _int_arg(name, v, type(module).__name__)
     if v < 0:
         raise ValueError(f"{type(module).__name__}: argument '{name}' must be >= 0, got {v}")
     return v

@@ -10,7 +10,6 @@ qparams from one place). It is a plain tensor: ``torch.load(weights_only=True)``
     >>> emb.qconfig = torchquant.float_qparams_weight_only_qconfig
     >>> qemb = torchquant.convert(torchquant.prepare(emb))
 """
-import operator
 from typing import Optional
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from .. import _fastcall
 from .._ops import embedding_row_stride as _row_stride
 from .._ops import ops
+from ..observer import _int_arg
 from ._state_dict import integer_load_errors
 
 __all__ = ["Embedding", "EmbeddingBag", "pack_rowwise", "unpack_rowwise"]
@@ -208,12 +208,7 @@ def _padding_idx(padding_idx: Optional[int], num_embeddings: int) -> Optional[in
     from the end)."""
     if padding_idx is None:
         return None
-    try:
-        if isinstance(padding_idx, bool):
-            raise TypeError
-        padding_idx = operator.index(padding_idx)
-    except TypeError:
-        raise TypeError(f"argument 'padding_idx' must be an int or None, got {type(padding_idx).__name__}") from None
+    padding_idx = _int_arg("padding_idx", padding_idx)
     if not -num_embeddings <= padding_idx < num_embeddings:
         raise ValueError(f"padding_idx must be within num_embeddings ({num_embeddings}), got {padding_idx}")
     return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
