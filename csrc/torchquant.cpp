@@ -113,8 +113,9 @@ TORCH_LIBRARY(torchquant, m) {
   // w: [Cout, Cin / groups, *kernel_size] int8 (1, 2 or 3 spatial dimensions), symmetric per
   // output channel -> (packed, col_sums int32 [Cout]); col_sums[n] = sum of w[n]. The packed
   // layout is the kernels' for w's device: depthwise weights (Cin / groups = 1 and
-  // Cout = groups) [taps, Cout]; others on the CPU [groups, ceil(Cout/groups/16), K, 16] (K =
-  // taps * Cin / groups, taps-major), on CUDA [groups, K, Cout / groups].
+  // Cout = groups) [*kernel_size, Cout]; others on the CPU 1-D, the panels [groups,
+  // ceil(Cout/groups/16), K, 16] (K = taps * Cin / groups, taps-major) and a 32-byte record of the
+  // weight's shape (cpu/packed_record.h), on CUDA [groups, *kernel_size, Cin / groups, Cout / groups].
   m.def("pack_conv_weight(Tensor w, int groups=1) -> (Tensor, Tensor)");
   // Static int8 convolution (zero padding: padded positions hold x_zero_point). x: int8/uint8
   // [N, Cin, *spatial] in any layout (channels-last is read in place), per-tensor qparams;
@@ -205,7 +206,8 @@ TORCH_LIBRARY(torchquant, m) {
   // docs/quantization.md, "Transposed convolution"). w: [Cin, Cout / groups, *kernel_size] int8
   // (nn.ConvTranspose*d's layout), symmetric per output channel -> (packed, col_sums int32
   // [groups * taps * Cout / groups]). The packed layout is the kernels' for w's device: on the
-  // CPU [groups, kD, ceil(kH * kW * Cout/groups / 16), Cin/groups, 16], on CUDA [groups, taps,
+  // CPU 1-D, the panels [groups, kD, ceil(kH * kW * Cout/groups / 16), Cin/groups, 16] and a
+  // 32-byte record of the weight's shape (cpu/packed_record.h), on CUDA [groups, *kernel_size,
   // Cin/groups, Cout/groups].
   m.def("pack_conv_transpose_weight(Tensor w, int groups=1) -> (Tensor, Tensor)");
   // x: int8/uint8 [N, Cin, *spatial], any layout, per-tensor qparams; w_scale [Cout]; bias

@@ -3,6 +3,7 @@ variant (isa fixture) and on CUDA (device fixture), for 1-d / 2-d / 3-d, groups,
 stride / padding / dilation, odd sizes, batch 0 and 1, int8 / uint8 in and out, float out,
 ReLU, non-contiguous input, saturation and ties; and the errors bad input gets."""
 import random
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -337,6 +338,52 @@ def test_conv_refuses_a_weight_packed_for_another_shape_of_the_same_size(w_shape
         conv(wp)
     with pytest.raises(RuntimeError, match=r"argument 'w_packed' (is not a weight from pack_conv_weight|must be 1-D)"):
         conv(untagged)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("w_shape,groups", [((8, 3, 3, 1), 1), ((6, 2, 1, 3), 3), ((4, 5, 3), 1), ((9, 1, 3, 1), 9),
+                                            ((4, 3, 2, 3, 1), 1), ((6, 1, 2, 3), 6)])
+def test_cuda_packed_weight_shape_holds_the_kernel(w_shape, groups):
+    w = torch.randint(-128, 128, w_shape, dtype=torch.int8)
+    wp, cs = ops.pack_conv_weight(w.cuda(), groups)
+    assert tuple(wp.shape) == torchquant.conv.conv_packed_weight_shape(w_shape, groups, "cuda")
+    k = list(w_shape[2:])
+    x = torch.randint(0, 256, (1, w_shape[1] * groups) + (8,) * len(k), dtype=torch.uint8, device="cuda")
+    ws = torch.full((w_shape[0],), 0.01, device="cuda")
+
+    def conv(kernel_size):
+        return ops.conv_int8(x, torch.tensor([0.1], device="cuda"), torch.tensor([3], device="cuda"), wp, cs.cuda(),
+                             ws, None, kernel_size, [1], [0], [1], groups, None, None, False, None)
+
+    want = reference.conv_int8(x.cpu(), torch.tensor([0.1]), torch.tensor([3]), w, ws.cpu(), None, [1], [0], [1],
+                               groups, None, None, False, None)
+    assert torch.equal(conv(k).cpu(), want)
+    if len(k) >= 2 and k[-1] != k[-2]:  # as many taps, the other shape
+        with pytest.raises(RuntimeError, match=r"argument 'w_packed' must be"):
+            conv(k[:-2] + [k[-1], k[-2]])
+
+
+@pytest.mark.parametrize("w_kernel,kernel_size", [((3, 3), (3, 3)), ((3, 3), (1, 9)), ((3, 3), (9, 1)),
+                                                   ((3, 1), (1, 3)), ((4,), (2, 2))])
+def test_depthwise_conv_refuses_a_weight_packed_for_another_kernel_of_as_many_taps(w_kernel, kernel_size):
+    # The depthwise packing was [taps, C]: a 3 x 3 weight ran as a 1 x 9 one without a word.
+    w = torch.randint(-127, 128, (6, 1, *w_kernel), dtype=torch.int8)
+    wp, cs = ops.pack_conv_weight(w, 6)
+    assert tuple(wp.shape) == (*w_kernel, 6)
+    x = torch.randint(0, 256, (1, 6) + (9,) * len(kernel_size), dtype=torch.uint8)
+
+    def conv():
+        return ops.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), wp, cs, torch.full((6,), 0.01), None,
+                             list(kernel_size), [1], [1], [1], 6, None, None, False, None)
+
+    if tuple(w_kernel) == tuple(kernel_size):
+        want = reference.conv_int8(x, torch.tensor([0.1]), torch.tensor([3]), w, torch.full((6,), 0.01), None,
+                                   [1], [1], [1], 6, None, None, False, None)
+        assert torch.equal(conv(), want)
+        return
+    with pytest.raises(RuntimeError, match=r"argument 'w_packed' must be the depthwise packing \[\*kernel_size, C\] = "
+                                           + re.escape(str(list(kernel_size) + [6]))):
+        conv()
 
 
 def _args(x=None, w=None, groups=1, k=(3, 3), **kw):

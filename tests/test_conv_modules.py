@@ -647,23 +647,28 @@ def test_qat_conv_to_float_keeps_the_fused_activation(relu6):
         assert (float(y.max()) <= 6.0) if relu6 else (float(y.max()) > 6.0)
 
 
-def test_a_module_pickled_with_the_earlier_4d_conv_packing_repacks_on_load():
-    # torch.save(model) carries the kernel layout; the CPU conv packing was 4-D (panels only)
-    # before it recorded the weight's shape, and such a pickle failed at its first call.
+@pytest.mark.parametrize("make,earlier", [
+    (lambda: tq.nn.quantized.Conv2d(8, 16, 3), lambda p: p[:-32].view(1, 1, -1, 16)),          # 4-D panels
+    (lambda: tq.nn.quantized.Conv2d(8, 8, 3, groups=8), lambda p: p.reshape(9, 8)),            # [taps, C]
+    (lambda: tq.nn.quantized.ConvTranspose2d(8, 16, 3), lambda p: p[:-32].view(1, 1, -1, 8, 16)),  # 5-D panels
+], ids=["conv", "depthwise", "transposed"])
+def test_a_module_pickled_with_an_earlier_conv_packing_repacks_on_load(make, earlier):
+    # torch.save(model) carries the kernel layout; the conv packings had other shapes before
+    # they recorded the weight's kernel, and such a pickle failed at its first call.
     import io
 
     from torchquant.nn._state_dict import note_packed
 
     torch.manual_seed(0)
-    m = tq.nn.quantized.Conv2d(8, 16, 3)
+    m = make()
     m.qweight.copy_(torch.randint(-127, 128, m.qweight.shape, dtype=torch.int8))
     m._repack()
     x = tq.quantize_per_tensor(torch.randn(1, 8, 6, 6), 0.05, 128, torch.quint8)
-    want = m(x)
-    m._buffers["_packed_weight"] = m._packed_weight[:-32].view(1, 1, -1, 16).clone()  # the earlier layout
-    note_packed(m, ("qweight", "scale", "zero_point"), "_packed_weight")
+    want, now = m(x), m._packed_weight.shape
+    m._buffers["_packed_weight"] = earlier(m._packed_weight).clone()
+    note_packed(m, ("qweight",), "_packed_weight")
     buf = io.BytesIO()
     torch.save(m, buf)
     buf.seek(0)
     again = torch.load(buf, weights_only=False)
-    assert again._packed_weight.dim() == 1 and torch.equal(again(x).data, want.data)
+    assert again._packed_weight.shape == now and torch.equal(again(x).data, want.data)

@@ -183,6 +183,51 @@ def test_fake_kernels_match():
         assert fake.shape == real.shape and fake.dtype == real.dtype and fake.stride() == real.stride()
 
 
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_packing_records_the_weight(case):
+    sp, cin, cout, k, s, p, op, d, g = case
+    w = torch.randint(-128, 128, (cin, cout // g, *k), dtype=torch.int8)
+    wp, cs = ops.pack_conv_transpose_weight(w, g)
+    assert tuple(wp.shape) == torchquant.conv_transpose.conv_transpose_packed_weight_shape(tuple(w.shape), g)
+    kk = [1] * (3 - len(k)) + list(k)
+    assert wp[-32:].view(torch.int32).tolist() == [0x54435154, cin // g, *kk, g, cout, 0]
+    assert int(wp[:-32].ne(0).sum()) == int(w.ne(0).sum())
+
+
+@pytest.mark.parametrize("w_kernel,kernel_size", [((3, 1), (1, 3)), ((1, 3), (3, 1)), ((2, 3), (3, 2))])
+def test_conv_transpose_refuses_a_weight_packed_for_another_kernel_of_as_many_taps(w_kernel, kernel_size):
+    # The CPU packing's size depends on the taps only: a 3 x 1 weight ran as a 1 x 3 one without a word.
+    w = torch.randint(-127, 128, (4, 8, *w_kernel), dtype=torch.int8)
+    wp, cs = ops.pack_conv_transpose_weight(w, 1)
+    a = _args(w=w, k=kernel_size, stride=[1], padding=[0])
+    a["w_packed"] = wp
+    with pytest.raises(RuntimeError, match=r"argument 'w_packed' was packed from a weight with Cin/groups=4, kernel "
+                                           r"\(kD, kH, kW\)=\(1, %d, %d\)" % w_kernel):
+        _call(a)
+    untagged = wp.clone()
+    untagged[-32:] = 0
+    a = _args(w=w, k=w_kernel, stride=[1], padding=[0])
+    _call(a)
+    a["w_packed"] = untagged
+    with pytest.raises(RuntimeError, match="argument 'w_packed' is not a weight from pack_conv_transpose_weight"):
+        _call(a)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_cuda_packed_weight_shape_holds_the_kernel(case):
+    sp, cin, cout, k, s, p, op, d, g = case
+    w = torch.randint(-128, 128, (cin, cout // g, *k), dtype=torch.int8)
+    wp, cs = ops.pack_conv_transpose_weight(w.cuda(), g)
+    assert tuple(wp.shape) == torchquant.conv_transpose.conv_transpose_packed_weight_shape(tuple(w.shape), g, "cuda")
+    if len(k) >= 2 and k[-1] != k[-2]:  # as many taps, the other shape
+        x, xs, xz, _, ws, bias = _make(case, 1, torch.uint8, seed=2, device="cuda")
+        swapped = list(k[:-2]) + [k[-1], k[-2]]
+        with pytest.raises(RuntimeError, match=r"argument 'w_packed' must be"):
+            ops.conv_transpose_int8(x, xs, xz, wp, cs, ws, bias, swapped, list(s), [0] * len(k), [0] * len(k),
+                                    [1] * len(k), g, None, None, False, None)
+
+
 def test_torch_compile():
     case = CASES[2]
     x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=1)

@@ -161,6 +161,14 @@ ConvSetup conv_setup(const at::Tensor& x, const at::Tensor& w_col_sums,
   return s;
 }
 
+std::vector<int64_t> kernel_shaped(int nsp, const ConvGeometry& g, std::initializer_list<int64_t> lead,
+                                   std::initializer_list<int64_t> tail) {
+  std::vector<int64_t> sizes(lead);
+  for (int d = 0; d < nsp; ++d) sizes.push_back(g.k[3 - nsp + d]);
+  sizes.insert(sizes.end(), tail);
+  return sizes;
+}
+
 at::Tensor conv_channels_last_input(const at::Tensor& x) {
   return x.movedim(1, -1).contiguous();
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
 #include <vector>
 
 #include "common/conv_shape.h"
@@ -29,6 +30,13 @@ ConvSetup conv_setup(const at::Tensor& x, const at::Tensor& w_col_sums,
 // The weight [Cout, Cin / groups, *kernel] of pack_conv_weight: int8, 3-5 dimensions, groups
 // dividing Cout, K within the int32 bound. Returns the setup with N = 0 and no input sizes.
 ConvSetup conv_weight_setup(const at::Tensor& w, int64_t groups);
+
+// The sizes {lead..., *kernel_size, tail...} of a packed weight whose shape carries the kernel's
+// own sizes (depthwise [*kernel_size, C]; CUDA's [groups, *kernel_size, Cin / groups, Cout /
+// groups]): a 3x1 and a 1x3 kernel, or a 3x3 and a 9, are then different shapes, which the ops
+// compare with their kernel_size argument.
+std::vector<int64_t> kernel_shaped(int nsp, const ConvGeometry& g, std::initializer_list<int64_t> lead,
+                                   std::initializer_list<int64_t> tail);
 
 // x as a contiguous [N, *spatial, C] tensor (a view when x is channels-last already).
 at::Tensor conv_channels_last_input(const at::Tensor& x);

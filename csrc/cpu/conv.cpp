@@ -26,6 +26,7 @@
 #include "cpu/conv_kernels.h"
 #include "cpu/gemm_args.h"
 #include "cpu/isa.h"
+#include "cpu/packed_record.h"
 #include "ops.h"
 
 namespace torchquant {
@@ -86,18 +87,9 @@ int64_t row_bytes(const ConvSetup& s) {
 // GEMM depth per group as packed: kernel rows x row_bytes.
 int64_t packed_depth(const ConvSetup& s) { return s.g.k[0] * s.g.k[1] * row_bytes(s); }
 
-// The packed weight (1-D: the panels of every group, then this trailer) records the weight it
-// was packed from, as int32: a tag, Cin / groups, the kernel's KD, KH, KW, groups and Cout. Its
-// size alone cannot tell some weights apart: 3 and 4 input channels of a 3-wide kernel pack to
-// the same depth (rows padded to 12 bytes), a 3 x 1 and a 1 x 3 kernel to the same K; an input
-// with the other channel count or kernel_size would have been computed on it without a word.
-constexpr int64_t kTrailerInts = 8;
-constexpr int64_t kTrailerBytes = kTrailerInts * 4;
-constexpr int32_t kTrailerTag = 0x57435154;  // "TQCW"
-
-std::array<int32_t, kTrailerInts> packed_trailer(const ConvSetup& s) {
-  return {kTrailerTag, static_cast<int32_t>(s.Cg), static_cast<int32_t>(s.g.k[0]), static_cast<int32_t>(s.g.k[1]),
-          static_cast<int32_t>(s.g.k[2]), static_cast<int32_t>(s.groups), static_cast<int32_t>(s.Cout), 0};
+// The packed weight (1-D: the panels of every group, then the record of packed_record.h).
+cpu::PackedRecord conv_record(const ConvSetup& s) {
+  return cpu::packed_record(cpu::kConvRecordTag, s.Cg, s.g.k, s.groups, s.Cout);
 }
 
 // Copies the receptive fields of output pixels [m0, m1) of group g into a (row i at
@@ -654,8 +646,8 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cpu(const at::Tensor& w, int
   const ConvSetup s = conv_weight_setup(w, groups);
   const int64_t taps = s.g.taps();
   if (s.depthwise) {
-    // [taps, C]: the channels of one tap contiguous, as the depthwise kernels read them.
-    at::Tensor packed = w.reshape({s.Cout, taps}).t().contiguous();
+    // [*kernel_size, C]: the channels of one tap contiguous, as the depthwise kernels read them.
+    at::Tensor packed = w.reshape({s.Cout, taps}).t().contiguous().view(kernel_shaped(s.nsp, s.g, {}, {s.Cout}));
     at::Tensor col_sums = w.reshape({s.Cout, taps}).sum(1, /*keepdim=*/false, at::kInt);
     return {packed, col_sums};
   }
@@ -669,7 +661,7 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cpu(const at::Tensor& w, int
   }
   const int64_t panels = cpu::gemm_panels(s.Ng);
   const int64_t body = groups * panels * Kp * cpu::kPanel;
-  at::Tensor packed = at::empty({body + kTrailerBytes}, w.options());
+  at::Tensor packed = at::empty({body + cpu::kRecordBytes}, w.options());
   at::Tensor col_sums = at::empty({s.Cout}, w.options().dtype(at::kInt));
   const int8_t* pw = wk.const_data_ptr<int8_t>();
   int8_t* pp = packed.data_ptr<int8_t>();
@@ -678,8 +670,7 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cpu(const at::Tensor& w, int
     cpu::gemm_pack_weight(pw + g * s.Ng * Kp, Kp, 1, s.Ng, Kp, pp + g * panels * Kp * cpu::kPanel,
                           pc + g * s.Ng);
   }
-  const auto trailer = packed_trailer(s);
-  std::memcpy(pp + body, trailer.data(), kTrailerBytes);
+  cpu::write_packed_record(packed, body, conv_record(s));
   return {packed, col_sums};
 }
 
@@ -699,25 +690,14 @@ at::Tensor conv_int8_cpu(const at::Tensor& x, const at::Tensor& x_scale,
               "argument 'w_packed' must be a contiguous int8 tensor from pack_conv_weight, got dtype ",
               w_packed.scalar_type());
   if (s.depthwise) {
-    TORCH_CHECK(w_packed.dim() == 2 && w_packed.size(0) == s.g.taps() && w_packed.size(1) == s.Cout,
-                "argument 'w_packed' must be the depthwise packing [taps, C] = [", s.g.taps(), ", ",
-                s.Cout, "] (pack_conv_weight of a [", s.Cout, ", 1, *kernel_size] weight with groups=",
-                groups, "), got shape ", w_packed.sizes());
+    const std::vector<int64_t> want = kernel_shaped(s.nsp, s.g, {}, {s.Cout});
+    TORCH_CHECK(w_packed.sizes() == at::IntArrayRef(want),
+                "argument 'w_packed' must be the depthwise packing [*kernel_size, C] = ", at::IntArrayRef(want),
+                " (pack_conv_weight of a [", s.Cout, ", 1, *kernel_size] weight with groups=", groups,
+                "), got shape ", w_packed.sizes());
   } else {
-    const int64_t panels = cpu::gemm_panels(s.Ng);
-    const int64_t want = groups * panels * packed_depth(s) * cpu::kPanel + kTrailerBytes;
-    TORCH_CHECK(w_packed.dim() == 1 && w_packed.size(0) == want,
-                "argument 'w_packed' must be 1-D, of groups * ceil(Cout/groups/16) * K * 16 + ", kTrailerBytes,
-                " = ", want, " bytes for this input, kernel_size and groups (pack_conv_weight on the CPU), got shape ",
-                w_packed.sizes());
-    std::array<int32_t, kTrailerInts> got;
-    std::memcpy(got.data(), w_packed.const_data_ptr<int8_t>() + want - kTrailerBytes, kTrailerBytes);
-    const auto mine = packed_trailer(s);
-    TORCH_CHECK(got[0] == kTrailerTag, "argument 'w_packed' is not a weight from pack_conv_weight on the CPU");
-    TORCH_CHECK(got == mine, "argument 'w_packed' was packed from a weight [", got[6], ", ", got[1], ", ", got[2],
-                ", ", got[3], ", ", got[4], "] (Cout, Cin/groups, kD, kH, kW; groups=", got[5], "), but x, kernel_size "
-                "and groups call for [", mine[6], ", ", mine[1], ", ", mine[2], ", ", mine[3], ", ", mine[4],
-                "] (groups=", mine[5], ")");
+    cpu::check_packed_record(w_packed, groups * cpu::gemm_panels(s.Ng) * packed_depth(s) * cpu::kPanel,
+                             conv_record(s), "pack_conv_weight", "groups * ceil(Cout/groups/16) * K * 16");
   }
   const bool u = x.scalar_type() == at::kByte;
   GemmProblem p;

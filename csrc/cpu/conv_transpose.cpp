@@ -28,6 +28,7 @@
 #include "cpu/conv_transpose_kernels.h"
 #include "cpu/gemm_args.h"
 #include "cpu/isa.h"
+#include "cpu/packed_record.h"
 #include "ops.h"
 
 namespace torchquant {
@@ -319,6 +320,10 @@ void run_conv_transpose(const ConvTransposeSetup& s, const GemmProblem& base, co
   }
 }
 
+cpu::PackedRecord conv_transpose_record(const ConvTransposeSetup& s) {
+  return cpu::packed_record(cpu::kConvTransposeRecordTag, s.Cg, s.g.k, s.groups, s.Cout);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pack_conv_transpose_weight_cpu(const at::Tensor& w,
@@ -332,7 +337,9 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_transpose_weight_cpu(const at::Tens
   const at::Tensor wk = w.reshape({groups, Cg, s.Ng / cb, cb, KD, s.khw})
                             .permute({0, 4, 2, 5, 3, 1})
                             .contiguous();
-  at::Tensor packed = at::empty({groups, KD, panels, Cg, cpu::kPanel}, w.options());
+  // 1-D: the panels [groups, KD, panels, Cg, 16], then the record of packed_record.h.
+  const int64_t body = groups * KD * panels * Cg * cpu::kPanel;
+  at::Tensor packed = at::empty({body + cpu::kRecordBytes}, w.options());
   at::Tensor col_sums = at::empty({groups * KD * cols}, w.options().dtype(at::kInt));
   const int8_t* pw = wk.const_data_ptr<int8_t>();
   int8_t* pp = packed.data_ptr<int8_t>();
@@ -341,6 +348,7 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_transpose_weight_cpu(const at::Tens
     cpu::gemm_pack_weight(pw + i * cols * Cg, Cg, 1, cols, Cg, pp + i * panels * Cg * cpu::kPanel,
                           pc + i * cols);
   }
+  cpu::write_packed_record(packed, body, conv_transpose_record(s));
   return {packed, col_sums};
 }
 
@@ -358,14 +366,9 @@ at::Tensor conv_transpose_int8_cpu(const at::Tensor& x, const at::Tensor& x_scal
                                                     output_padding, dilation, groups);
   cpu::check_cpu(x, "x");
   check_w_packed(x, w_packed, "pack_conv_transpose_weight");
-  const int64_t panels = cpu::gemm_panels(s.cols());
-  TORCH_CHECK(w_packed.dim() == 5 && w_packed.size(0) == groups && w_packed.size(1) == s.g.k[0] &&
-                  w_packed.size(2) == panels && w_packed.size(3) == s.Cg &&
-                  w_packed.size(4) == cpu::kPanel,
-              "argument 'w_packed' must be [groups, kD, ceil(kH * kW * Cout/groups / 16), "
-              "Cin/groups, 16] = [", groups, ", ", s.g.k[0], ", ", panels, ", ", s.Cg,
-              ", 16] for this input, kernel_size and groups (pack_conv_transpose_weight on the "
-              "CPU), got shape ", w_packed.sizes());
+  cpu::check_packed_record(w_packed, groups * s.g.k[0] * cpu::gemm_panels(s.cols()) * s.Cg * cpu::kPanel,
+                           conv_transpose_record(s), "pack_conv_transpose_weight",
+                           "groups * kD * ceil(kH * kW * Cout/groups / 16) * Cin/groups * 16");
   const bool u = x.scalar_type() == at::kByte;
   GemmProblem p;
   p.a_unsigned = u;

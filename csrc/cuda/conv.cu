@@ -1,10 +1,11 @@
 // CUDA int8 convolution: direct kernels, one thread per output element, that read the
 // channels-last activations in place (padded taps read the zero point) and end in the GEMM's
 // epilogue_store (gemm.cuh), the same device function as linear_int8's, so the results equal the
-// CPU's bit for bit. General convolutions use the packed weight [groups, K, Cout / groups]
-// (K = taps * Cin / groups, taps-major): consecutive threads take consecutive output channels
+// CPU's bit for bit. General convolutions use the packed weight [groups, *kernel_size, Cin /
+// groups, Cout / groups] (a [groups, K, Cout / groups] matrix, K = taps * Cin / groups, taps-major,
+// whose shape keeps the kernel's sizes for the op's check): consecutive threads take consecutive output channels
 // of one pixel, so their weight reads are contiguous and their activation reads one broadcast.
-// Depthwise convolutions use [taps, C], with consecutive threads on consecutive channels.
+// Depthwise convolutions use [*kernel_size, C], with consecutive threads on consecutive channels.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -101,10 +102,12 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_weight_cuda(const at::Tensor& w, in
   c10::cuda::CUDAGuard guard(w.device());
   const int64_t taps = s.g.taps();
   const at::Tensor col_sums = w.reshape({s.Cout, s.Kg}).sum(1, /*keepdim=*/false, at::kInt);
-  if (s.depthwise) return {w.reshape({s.Cout, taps}).t().contiguous(), col_sums};
-  // [groups, taps * Cg, Ng]: k = tap * Cg + c, output channel innermost.
+  if (s.depthwise) {
+    return {w.reshape({s.Cout, taps}).t().contiguous().view(kernel_shaped(s.nsp, s.g, {}, {s.Cout})), col_sums};
+  }
+  // [groups, *kernel_size, Cg, Ng]: k = tap * Cg + c, output channel innermost.
   at::Tensor packed = w.reshape({groups, s.Ng, s.Cg, taps}).permute({0, 3, 2, 1}).contiguous();
-  return {packed.reshape({groups, s.Kg, s.Ng}), col_sums};
+  return {packed.view(kernel_shaped(s.nsp, s.g, {groups}, {s.Cg, s.Ng})), col_sums};
 }
 
 at::Tensor conv_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
@@ -118,15 +121,16 @@ at::Tensor conv_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   const ConvSetup s = conv_setup(x, w_col_sums, kernel_size, stride, padding, dilation, groups);
   check_w_packed(x, w_packed, "pack_conv_weight");
   if (s.depthwise) {
-    TORCH_CHECK(w_packed.dim() == 2 && w_packed.size(0) == s.g.taps() && w_packed.size(1) == s.Cout,
-                "argument 'w_packed' must be the depthwise packing [taps, C] = [", s.g.taps(), ", ",
-                s.Cout, "], got shape ", w_packed.sizes());
+    const std::vector<int64_t> want = kernel_shaped(s.nsp, s.g, {}, {s.Cout});
+    TORCH_CHECK(w_packed.sizes() == at::IntArrayRef(want),
+                "argument 'w_packed' must be the depthwise packing [*kernel_size, C] = ", at::IntArrayRef(want),
+                ", got shape ", w_packed.sizes());
   } else {
-    TORCH_CHECK(w_packed.dim() == 3 && w_packed.size(0) == groups && w_packed.size(1) == s.Kg &&
-                    w_packed.size(2) == s.Ng,
-                "argument 'w_packed' must be [groups, taps * Cin/groups, Cout/groups] = [", groups,
-                ", ", s.Kg, ", ", s.Ng, "] for this input, kernel_size and groups (pack_conv_weight "
-                "on CUDA), got shape ", w_packed.sizes());
+    const std::vector<int64_t> want = kernel_shaped(s.nsp, s.g, {groups}, {s.Cg, s.Ng});
+    TORCH_CHECK(w_packed.sizes() == at::IntArrayRef(want),
+                "argument 'w_packed' must be [groups, *kernel_size, Cin/groups, Cout/groups] = ",
+                at::IntArrayRef(want), " for this input, kernel_size and groups (pack_conv_weight on CUDA), "
+                "got shape ", w_packed.sizes());
   }
   const ChannelQParams q = channel_qparams(x, x_scale, x_zero_point, w_scale, bias, s.Cout, out_scale,
                                            out_zero_point, out_dtype);

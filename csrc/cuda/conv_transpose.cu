@@ -3,7 +3,7 @@
 // reads the channels-last activations in place, sums (x - zp) * w exactly in int32 and ends in
 // the GEMM's epilogue_store (gemm.cuh), the same device function as conv_int8's and
 // linear_int8's, so the results equal the CPU's bit for bit. The packed weight is [groups,
-// taps, Cin / groups, Cout / groups]: consecutive threads take consecutive output channels of
+// *kernel_size, Cin / groups, Cout / groups]: consecutive threads take consecutive output channels of
 // one pixel, so their weight reads are contiguous and their activation reads one broadcast.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -92,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor> pack_conv_transpose_weight_cuda(const at::Ten
                                   .permute({0, 3, 1, 4, 2})
                                   .reshape({-1})
                                   .contiguous();
-  return {wr.permute({0, 3, 1, 2}).contiguous(), col_sums};
+  return {wr.permute({0, 3, 1, 2}).contiguous().view(kernel_shaped(s.nsp, s.g, {groups}, {s.Cg, s.Ng})), col_sums};
 }
 
 at::Tensor conv_transpose_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
@@ -108,12 +108,11 @@ at::Tensor conv_transpose_int8_cuda(const at::Tensor& x, const at::Tensor& x_sca
   const ConvTransposeSetup s = conv_transpose_setup(x, w_col_sums, kernel_size, stride, padding,
                                                     output_padding, dilation, groups);
   check_w_packed(x, w_packed, "pack_conv_transpose_weight");
-  const int64_t taps = s.g.taps();
-  TORCH_CHECK(w_packed.dim() == 4 && w_packed.size(0) == groups && w_packed.size(1) == taps &&
-                  w_packed.size(2) == s.Cg && w_packed.size(3) == s.Ng,
-              "argument 'w_packed' must be [groups, taps, Cin/groups, Cout/groups] = [", groups, ", ",
-              taps, ", ", s.Cg, ", ", s.Ng, "] for this input, kernel_size and groups "
-              "(pack_conv_transpose_weight on CUDA), got shape ", w_packed.sizes());
+  const std::vector<int64_t> want = kernel_shaped(s.nsp, s.g, {groups}, {s.Cg, s.Ng});
+  TORCH_CHECK(w_packed.sizes() == at::IntArrayRef(want),
+              "argument 'w_packed' must be [groups, *kernel_size, Cin/groups, Cout/groups] = ", at::IntArrayRef(want),
+              " for this input, kernel_size and groups (pack_conv_transpose_weight on CUDA), got shape ",
+              w_packed.sizes());
   const ChannelQParams q = channel_qparams(x, x_scale, x_zero_point, w_scale, bias, s.Cout, out_scale,
                                            out_zero_point, out_dtype);
   c10::cuda::CUDAGuard guard(x.device());

@@ -250,10 +250,10 @@ def _histogram_rebin_fake(hist, min_val, max_val, new_min, new_max, upsample_rat
 def conv_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
     """Shape of the packed weight that ``pack_conv_weight`` returns for an int8 conv weight of
     shape ``w_shape`` [Cout, Cin / groups, *kernel_size] on ``device``: depthwise (Cin / groups
-    = 1, Cout = groups) [taps, Cout] everywhere; otherwise on the CPU 1-D, the panels
+    = 1, Cout = groups) [*kernel_size, Cout] everywhere; otherwise on the CPU 1-D, the panels
     [groups, ceil(Cout / groups / 16), K', 16] followed by a 32-byte record of the weight's shape
-    and groups (which the op checks: some shapes pack to the same size), and on CUDA [groups, K,
-    Cout / groups], with K = taps * Cin / groups. On the CPU, K' = K, except that a kernel row of
+    and groups (which the op checks: some shapes pack to the same size), and on CUDA [groups,
+    *kernel_size, Cin / groups, Cout / groups], with K = taps * Cin / groups. On the CPU, K' = K, except that a kernel row of
     KW * Cin / groups bytes that is not a multiple of 4 and under 64 is padded with zero weights
     to the next multiple of 4 when the kernel has more than one row (the 3-channel stems: 7 x 7
     x 3 is packed as 7 rows of 24)."""
@@ -263,9 +263,9 @@ def conv_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
         taps = taps * k
     ng = cout // groups
     if cg == 1 and ng == 1:
-        return (taps, cout)
+        return (*w_shape[2:], cout)
     if torch.device(device).type == "cuda":
-        return (groups, taps * cg, ng)
+        return (groups, *w_shape[2:], cg, ng)
     row = w_shape[-1] * cg
     rows = taps // w_shape[-1]
     if row % 4 != 0 and row < 64 and rows > 1:
@@ -273,7 +273,7 @@ def conv_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
     return (groups * ((ng + PANEL - 1) // PANEL) * rows * row * PANEL + CONV_PACKED_TRAILER,)
 
 
-CONV_PACKED_TRAILER = 32  # bytes after the CPU conv weight's panels: csrc/cpu/conv.cpp's packed_trailer
+CONV_PACKED_TRAILER = 32  # bytes after the CPU (transposed) conv weight's panels: csrc/cpu/packed_record.h
 
 
 @torch.library.register_fake("torchquant::pack_conv_weight")
@@ -531,8 +531,9 @@ def _linear_int4_fake(x, w_packed, w_qp, w_scale, bias, in_features, out_feature
 def conv_transpose_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
     """Shape of the packed weight that ``pack_conv_transpose_weight`` returns for an int8
     transposed-conv weight of shape ``w_shape`` [Cin, Cout / groups, *kernel_size] on
-    ``device``: on the CPU [groups, kD, ceil(kH * kW * Cout / groups / 16), Cin / groups, 16]
-    (kD = kH = 1 where the kernel has fewer dimensions), on CUDA [groups, taps, Cin / groups,
+    ``device``: on the CPU 1-D, the panels [groups, kD, ceil(kH * kW * Cout / groups / 16), Cin /
+    groups, 16] (kD = kH = 1 where the kernel has fewer dimensions) followed by a 32-byte record of
+    the weight's shape and groups, which the op checks; on CUDA [groups, *kernel_size, Cin / groups,
     Cout / groups]."""
     cin, ng, ks = w_shape[0], w_shape[1], list(w_shape[2:])
     cg = cin // groups
@@ -540,10 +541,10 @@ def conv_transpose_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
     for k in ks:
         taps = taps * k
     if torch.device(device).type == "cuda":
-        return (groups, taps, cg, ng)
+        return (groups, *ks, cg, ng)
     kd = ks[0] if len(ks) == 3 else 1
     khw = taps // kd
-    return (groups, kd, (khw * ng + PANEL - 1) // PANEL, cg, PANEL)
+    return (groups * kd * ((khw * ng + PANEL - 1) // PANEL) * cg * PANEL + CONV_PACKED_TRAILER,)
 
 
 def conv_transpose_output_size(in_sizes, kernel_size, stride, padding, output_padding, dilation):

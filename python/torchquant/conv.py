@@ -48,8 +48,8 @@ def pack_conv_weight(w: torch.Tensor, groups: int = 1) -> Tuple[torch.Tensor, to
     when a model is converted.
 
     >>> packed, col_sums = torchquant.pack_conv_weight(torch.ones(32, 1, 3, 3, dtype=torch.int8), groups=32)
-    >>> packed.shape, col_sums[:2]                     # depthwise: [taps, C]
-    (torch.Size([9, 32]), tensor([9, 9], dtype=torch.int32))
+    >>> packed.shape, col_sums[:2]                     # depthwise: [*kernel_size, C]
+    (torch.Size([3, 3, 32]), tensor([9, 9], dtype=torch.int32))
     """
     return ops.pack_conv_weight(w, groups)
 

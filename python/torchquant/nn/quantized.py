@@ -158,7 +158,8 @@ class _Int8WeightModule(nn.Module):
         if old is not None and "float_input_scale" not in self._buffers:
             self._set_float_input_qparams(old.scale, old.zero_point, old.dtype)
         # A whole module pickled (torch.save(model)) carries its kernel layout: one of an older
-        # layout (the CPU conv weight was 4-D before it recorded its shape) is rebuilt.
+        # layout (before the packed conv weights recorded their shapes: the CPU conv weight 4-D,
+        # the transposed one 5-D, the depthwise one [taps, C]) is rebuilt.
         if self._packed_layout_stale():
             self._repack()
 

@@ -65,6 +65,13 @@ class _ConvLikeNd(_Int8WeightModule):
     input's optional batch dimension and the repr."""
 
     _NSP = 2
+    _packed_shape = staticmethod(conv_packed_weight_shape)  # the packing op's shape for (w_shape, groups, device)
+
+    def _packed_layout_stale(self) -> bool:
+        w, packed = self._buffers.get("qweight"), self._buffers.get("_packed_weight")
+        if not isinstance(w, torch.Tensor) or not isinstance(packed, torch.Tensor) or w.device.type == "meta":
+            return False
+        return tuple(packed.shape) != self._packed_shape(tuple(w.shape), self.groups, w.device)
 
     def _init_channels(self, in_channels: int, out_channels: int, groups: int):
         in_channels = _size_arg(self, "in_channels", in_channels)
@@ -180,12 +187,6 @@ class _ConvNd(_ConvLikeNd):
     def weight(self) -> QTensor:
         """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``)."""
         return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
-
-    def _packed_layout_stale(self) -> bool:
-        w, packed = self._buffers.get("qweight"), self._buffers.get("_packed_weight")
-        if not isinstance(w, torch.Tensor) or not isinstance(packed, torch.Tensor) or w.device.type == "meta":
-            return False
-        return tuple(packed.shape) != conv_packed_weight_shape(tuple(w.shape), self.groups, w.device)
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)

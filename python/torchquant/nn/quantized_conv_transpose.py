@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
+from .._ops import conv_transpose_packed_weight_shape
 from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
 from .quantized import _STORAGE, _activation_qparams
@@ -56,6 +57,7 @@ def _per_channel_axis(mod) -> Optional[int]:
 class _ConvTransposeNd(_ConvLikeNd):
     _NSP = 2
     _FLOAT_MODULE = nn.ConvTranspose2d
+    _packed_shape = staticmethod(conv_transpose_packed_weight_shape)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
                  groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None,
