@@ -1419,3 +1419,24 @@ def test_prepare_qat_with_a_post_training_qconfig_warns_that_nothing_rounds():
                                                                  quant_min=-128, quant_max=127, dtype=torch.qint8,
                                                                  qscheme=torch.per_channel_symmetric))
         tq.prepare_qat(m)
+
+
+def test_outputs_computed_before_a_load_keep_their_qparams():
+    # The QTensors a converted module returns hold its qparam buffers; load_state_dict copied the
+    # new values into those buffers, and the earlier outputs changed value (by up to 3.4 here).
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5),
+                      tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig()
+    p = tq.prepare(m)
+    p(torch.randn(2, 3, 8, 8))
+    qm = tq.convert(p)
+    x = torch.randn(2, 3, 8, 8)
+    outs = [qm[0](x)]
+    for i in (1, 2, 3, 4):
+        outs.append(qm[i](outs[-1]))
+    before = [o.dequantize().clone() for o in outs]
+    qm.load_state_dict({k: v * 2 if k.endswith("scale") else v for k, v in qm.state_dict().items()})
+    for o, b in zip(outs, before):
+        assert torch.equal(o.dequantize(), b)
+    assert torch.equal(qm[0].scale, outs[0].scale * 2)  # the model took the new values

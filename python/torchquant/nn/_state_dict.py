@@ -130,6 +130,21 @@ def activation_dtype_errors(module: nn.Module, local_metadata, prefix: str) -> l
             f"to load into with the same qconfig (its activation observer's dtype)"]
 
 
+_OUTPUT_QPARAMS = ("scale", "zero_point", "float_input_scale", "float_input_zero_point")
+
+
+def own_loaded_qparams(module: nn.Module, state_dict, prefix: str) -> None:
+    """Gives the module fresh qparam buffers for the ones the state dict is about to load: the
+    QTensors it returned earlier hold its buffers as their scale and zero point (no copy per
+    call), and load_state_dict's copy_ into them would change the values of those outputs after
+    the fact (a quantized tensor owns its qparams)."""
+    b = module._buffers
+    for k in _OUTPUT_QPARAMS:
+        t = b.get(k)
+        if isinstance(t, torch.Tensor) and prefix + k in state_dict:
+            b[k] = t.clone()
+
+
 def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, strict, missing_keys,
                          unexpected_keys, error_msgs) -> None:
     """load_state_dict pre-hook of the modules with output qparams and no loader of their own:
@@ -141,6 +156,8 @@ def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, 
         for key, have in module._buffers.items():
             if prefix + key in state_dict and have is not None:
                 state_dict[prefix + key] = have
+    else:
+        own_loaded_qparams(module, state_dict, prefix)
 
 
 # ---------------------------------------------------------------- packed weights

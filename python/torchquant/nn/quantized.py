@@ -18,7 +18,8 @@ from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
 from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
-                          qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook, repack_if_stale)
+                          own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
+                          repack_if_stale)
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth",
@@ -245,6 +246,7 @@ class _Int8WeightModule(nn.Module):
                 # A state dict from before version 2: the module keeps its own, as loading did then.
                 for k in ("float_input_scale", "float_input_zero_point"):
                     state_dict[prefix + k] = self._buffers[k]
+        own_loaded_qparams(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
 
