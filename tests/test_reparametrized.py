@@ -105,3 +105,42 @@ def test_qat_names_the_layers_whose_parametrization_it_replaces():
     assert type(p[1]) is tq.nn.qat.Linear
     p(torch.randn(4, 8)).sum().backward()
     assert parametrize.is_parametrized(m[1])
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm", "custom"])
+def test_dynamic_flow_quantizes_parametrized_recurrent_and_embedding_layers(kind):
+    # A parametrized class (ParametrizedLSTM, ...) matched no qconfig type and stayed in float
+    # without a word, where the same parametrization on a Linear was quantized.
+    torch.manual_seed(2)
+
+    def reparametrize(mod, name):
+        if kind == "custom":
+            parametrize.register_parametrization(mod, name, _Scale())
+            return mod
+        return getattr(parametrizations, kind)(mod, name=name)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = reparametrize(nn.LSTM(8, 12), "weight_hh_l0")
+            self.cell = reparametrize(nn.GRUCell(8, 12), "weight_ih")
+            self.emb = reparametrize(nn.EmbeddingBag(10, 12, mode="sum"), "weight")
+            self.fc = reparametrize(nn.Linear(12, 4), "weight")
+
+        def forward(self, x, i):
+            return self.fc(self.rnn(x)[0] + self.cell(x[0]) + self.emb(i))
+
+    m = M().eval()
+    x, i = torch.randn(5, 3, 8), torch.randint(0, 10, (3, 4))
+    spec = {nn.LSTM: tq.default_dynamic_qconfig, nn.GRUCell: tq.default_dynamic_qconfig,
+            nn.Linear: tq.default_dynamic_qconfig, nn.EmbeddingBag: tq.float_qparams_weight_only_qconfig}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = tq.quantize_dynamic(m, spec)
+    assert {n: type(c).__module__ + "." + type(c).__name__ for n, c in q.named_children()} == {
+        "rnn": "torchquant.nn.quantized_dynamic_rnn.LSTM", "cell": "torchquant.nn.quantized_dynamic_rnn.GRUCell",
+        "emb": "torchquant.nn.quantized_embedding.EmbeddingBag", "fc": "torchquant.nn.quantized.DynamicLinear"}
+    with torch.no_grad():
+        ref = m(x, i)
+        assert _sqnr(ref, q(x, i)) > 25
+        assert torch.equal(m(x, i), ref) and parametrize.is_parametrized(m.rnn)

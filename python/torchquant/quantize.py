@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from .fake_quantize import FakeQuantizeBase, default_fixed_qparams_range_0to1_fake_quant
 from .nn import intrinsic, qat
@@ -270,7 +271,7 @@ def _as_plain_convs(model: nn.Module) -> None:
 
 
 def _bake_reparametrizations(model: nn.Module, where: str, select=lambda m: getattr(m, "qconfig", None) is not None) -> None:
-    """Linear / Conv / ConvTranspose layers whose weight is re-parametrized (torch.nn.utils's
+    """Linear / Conv / ConvTranspose / recurrent / embedding layers whose weight is re-parametrized (torch.nn.utils's
     ``parametrizations.weight_norm`` / ``spectral_norm`` / ``register_parametrization``, or the
     older hook-based ``weight_norm`` / ``spectral_norm``) get their effective weight as a plain
     parameter, on the model the flow works on: their int8 versions quantize that weight.
@@ -279,7 +280,7 @@ def _bake_reparametrizations(model: nn.Module, where: str, select=lambda m: geta
     plain weight: a warning names the layers."""
     from torch.nn.utils import parametrize
 
-    types = (nn.Linear,) + tuple(_CONV_BASES)
+    types = (nn.Linear, nn.RNNBase, nn.RNNCellBase, nn.Embedding, nn.EmbeddingBag) + tuple(_CONV_BASES)
     baked = []
     for name, m in model.named_modules():
         if not isinstance(m, types) or not select(m):
@@ -388,7 +389,8 @@ def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None) -
     checked = set()
 
     def visit(mod, parent_qconfig, prefix):
-        qc = qconfig_dict.get(type(mod), parent_qconfig)
+        # (a parametrized layer's class is one torch made for it: its type is the one before)
+        qc = qconfig_dict.get(type_before_parametrizations(mod), parent_qconfig)
         qc = qconfig_dict.get(prefix, qc)
         qc = getattr(mod, "qconfig", qc)
         if id(qc) not in checked:
