@@ -856,3 +856,19 @@ def test_load_refuses_rows_whose_scale_or_zero_point_is_not_finite():
     with pytest.raises(RuntimeError, match=r"0.packed_weight: the scale / zero point of row\(s\) \[3, 7\] .* not finite"):
         e.load_state_dict({"0.packed_weight": bad})
     assert torch.equal(e[0].packed_weight, before)
+
+
+@pytest.mark.parametrize("row,match", [
+    ([-3e38, 0.0, 1.0, 3e38], r"row\(s\) 0 of the embedding weight \(1 of 3\) span a range float32 cannot hold"),
+    ([float("nan"), float("inf"), float("-inf"), float("nan")],
+     r"row\(s\) 0 of the embedding weight \(1 of 3\) have no finite value"),
+])
+def test_convert_refuses_rows_without_finite_qparams(row, match):
+    # The finite row that overflows converted to a scale of inf (NaN lookups, and a state dict its
+    # own load refused); the non-finite one was refused with advice to run calibration data.
+    e = nn.Embedding(3, 4)
+    with torch.no_grad():
+        e.weight[0] = torch.tensor(row)
+    e.qconfig = tq.float_qparams_weight_only_qconfig
+    with pytest.raises(ValueError, match=match):
+        tq.convert(tq.prepare(nn.Sequential(e)))

@@ -3,6 +3,7 @@
 weights, every option of the float modules, state dicts and bad input."""
 import io
 import itertools
+import re
 import warnings
 
 import pytest
@@ -475,3 +476,33 @@ def test_layer_ops_and_cat_refuse_a_meta_tensor_among_cpu_ones():
     s, z = torch.tensor([0.1]), torch.tensor([3], dtype=torch.int32)
     with pytest.raises(RuntimeError, match=r"argument 'scales\[1\]' is on meta but 'tensors\[0\]' is on cpu"):
         ops.cat([a, a], [s, s.to("meta")], [z, z], 0, s, z)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("batched,h_dim,c_dim", [(True, 3, 2), (True, 2, 3), (False, 2, 3), (False, 3, 2)])
+def test_hidden_state_rank_errors_are_torchs(mode, batched, h_dim, c_dim):
+    # The message named h_0's rank only, also where c_0 was the wrong one.
+    torch.manual_seed(0)
+    f = getattr(nn, mode)(4, 6)
+    q = tq.quantize_dynamic(f, {getattr(nn, mode)})
+    x = torch.randn(3, 2, 4) if batched else torch.randn(3, 4)
+    h = torch.zeros((1, 2, 6) if h_dim == 3 else (1, 6))
+    hx = (h, torch.zeros((1, 2, 6) if c_dim == 3 else (1, 6))) if mode == "LSTM" else h
+    if mode == "GRU" and h_dim == (3 if batched else 2):
+        return
+    with pytest.raises(RuntimeError) as want:
+        f(x, hx)
+    with pytest.raises(RuntimeError, match=re.escape(str(want.value))):
+        q(x, hx)
+
+
+def test_recurrent_weight_errors_name_the_module():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec, self.cell = nn.LSTM(8, 12), nn.LSTM(12, 12), nn.GRUCell(8, 12)
+
+    for spec, where in [({"dec": tq.float_qparams_weight_only_qconfig}, "dec.weight_ih_l0"),
+                        ({"cell": tq.float_qparams_weight_only_qconfig}, "cell.weight_ih")]:
+        with pytest.raises(ValueError, match=f"^{re.escape(where)}: torchquant's int8 Linear needs symmetric weights"):
+            tq.quantize_dynamic(M(), spec)

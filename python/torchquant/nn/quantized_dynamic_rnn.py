@@ -140,16 +140,19 @@ class _RNNBase(nn.Module):
             kwargs["proj_size"] = mod.proj_size
         q = cls(mod.input_size, mod.hidden_size, **kwargs)
         qc = _qconfig_of(mod)
+        at = f"{name}." if name else ""  # errors name the weight as the float model's state dict does
         for layer in range(mod.num_layers):
             for sfx in q._suffixes():
                 p = lambda n: getattr(mod, f"{n}_l{layer}{sfx}")  # noqa: E731
                 b_ih = p("bias_ih") if mod.bias else None
                 b_hh = p("bias_hh") if mod.bias else None
-                setattr(q, f"ih_l{layer}{sfx}", _quantized_linear(p("weight_ih"), b_ih, qc, f"weight_ih_l{layer}{sfx}"))
-                setattr(q, f"hh_l{layer}{sfx}", _quantized_linear(p("weight_hh"), b_hh, qc, f"weight_hh_l{layer}{sfx}"))
+                setattr(q, f"ih_l{layer}{sfx}",
+                        _quantized_linear(p("weight_ih"), b_ih, qc, f"{at}weight_ih_l{layer}{sfx}"))
+                setattr(q, f"hh_l{layer}{sfx}",
+                        _quantized_linear(p("weight_hh"), b_hh, qc, f"{at}weight_hh_l{layer}{sfx}"))
                 if getattr(mod, "proj_size", 0):
                     setattr(q, f"hr_l{layer}{sfx}",
-                            _quantized_linear(p("weight_hr"), None, qc, f"weight_hr_l{layer}{sfx}"))
+                            _quantized_linear(p("weight_hr"), None, qc, f"{at}weight_hr_l{layer}{sfx}"))
         q.train(mod.training)
         dev = next(iter(mod.parameters())).device
         return q.to(dev)
@@ -251,13 +254,17 @@ class _RNNBase(nn.Module):
             if not isinstance(hx, torch.Tensor):
                 raise TypeError(f"{self._get_name()}: argument 'hx' must be a Tensor, got {type(hx).__name__}")
             h0, c0 = hx, None
+        want = 3 if batched else 2
+        if h0.dim() != want or (c0 is not None and c0.dim() != want):
+            # torch's messages (LSTM names both states)
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            if c0 is None:
+                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {h0.dim()}-D tensor")
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got ({h0.dim()}-D, "
+                               f"{c0.dim()}-D) tensors")
         if not batched:
-            if h0.dim() != 2 or (c0 is not None and c0.dim() != 2):
-                raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {h0.dim()}-D tensor")
             h0 = h0.unsqueeze(1)
             c0 = c0.unsqueeze(1) if c0 is not None else None
-        elif h0.dim() != 3 or (c0 is not None and c0.dim() != 3):
-            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {h0.dim()}-D tensor")
         if sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
             c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
@@ -401,8 +408,9 @@ class _CellBase(nn.Module):
         kwargs = {"nonlinearity": mod.nonlinearity} if cls._mode == "RNNCell" else {}
         q = cls(mod.input_size, mod.hidden_size, mod.bias, **kwargs)
         qc = _qconfig_of(mod)
-        q.ih = _quantized_linear(mod.weight_ih, mod.bias_ih if mod.bias else None, qc, "weight_ih")
-        q.hh = _quantized_linear(mod.weight_hh, mod.bias_hh if mod.bias else None, qc, "weight_hh")
+        at = f"{name}." if name else ""
+        q.ih = _quantized_linear(mod.weight_ih, mod.bias_ih if mod.bias else None, qc, f"{at}weight_ih")
+        q.hh = _quantized_linear(mod.weight_hh, mod.bias_hh if mod.bias else None, qc, f"{at}weight_hh")
         q.train(mod.training)
         return q.to(mod.weight_ih.device)
 

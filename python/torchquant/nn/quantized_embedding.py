@@ -71,17 +71,30 @@ def _weight_observer(mod, name: str):
     return obs
 
 
+def _check_rows(name: str, what: str, bad: torch.Tensor) -> None:
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(f"{name}: row(s) {shown} of the embedding weight ({len(rows)} of {bad.numel()}) {what}")
+
+
 def _quantize_table(weight: torch.Tensor, obs, name: str):
     """(packed table, bits) of a float weight [N, D] under a float_qparams weight observer,
     quantized as torch.ao's quantize_per_channel quantizes it."""
     dtype = obs.dtype
     w = weight.detach().float().cpu()
+    _check_rows(name, "have no finite value (a row's qparams come from its finite values)",
+                ~torch.isfinite(w).any(1) if w.shape[1] else torch.zeros(w.shape[0], dtype=torch.bool))
     # observed where the observer's state lives (a QAT module's fake-quant moves with the model)
     dev = next((b.device for b in obs.buffers()), torch.device("cpu")) if isinstance(obs, nn.Module) else w.device
     obs(w.to(dev))
     scale, zp = obs.calculate_qparams()
     bits = _BITS[dtype]
     scale, zp = scale.float().cpu(), zp.float().cpu()
+    # A finite row whose max - min overflows float32 ([-3e38, 3e38]) would get an infinite scale:
+    # NaN lookups, and a state dict that its own load refuses.
+    _check_rows(name, "span a range float32 cannot hold (max - min overflows), which gives them a scale of inf",
+                ~(torch.isfinite(scale) & torch.isfinite(zp)))
     # torch's quantize_val_float_qparams (what torch.ao's quantize_per_channel runs for these
     # qparams), without its deprecated quantized tensors: q = clamp(rint(x * (1 / scale) + zp)).
     inv = torch.where(scale == 0, torch.ones_like(scale), 1.0 / scale)
