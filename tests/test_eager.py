@@ -1440,3 +1440,13 @@ def test_outputs_computed_before_a_load_keep_their_qparams():
     for o, b in zip(outs, before):
         assert torch.equal(o.dequantize(), b)
     assert torch.equal(qm[0].scale, outs[0].scale * 2)  # the model took the new values
+
+
+def test_convert_of_a_bare_layer_says_it_stays_float():
+    lin = nn.Linear(4, 4)
+    lin.qconfig = tq.get_default_qconfig()
+    p = tq.prepare(lin)
+    p(torch.randn(3, 4))
+    with pytest.warns(UserWarning, match=r"the model itself is a Linear with a qconfig; .* wrap it"):
+        q = tq.convert(p)
+    assert type(q) is nn.Linear

@@ -6,6 +6,7 @@ import ctypes.util
 import io
 import math
 import random
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -872,3 +873,17 @@ def test_convert_refuses_rows_without_finite_qparams(row, match):
     e.qconfig = tq.float_qparams_weight_only_qconfig
     with pytest.raises(ValueError, match=match):
         tq.convert(tq.prepare(nn.Sequential(e)))
+
+
+@pytest.mark.parametrize("cls", [nn.Embedding, nn.EmbeddingBag])
+def test_a_table_converted_alone_is_quantized(cls):
+    # convert swapped only children (torch.ao's rule): a bare table came back in float.
+    torch.manual_seed(0)
+    e = cls(20, 8)
+    e.qconfig = tq.float_qparams_weight_only_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = tq.convert(tq.prepare(e))
+    inside = tq.convert(tq.prepare(nn.Sequential(e)))[0]
+    assert type(q) is type(inside) and torch.equal(q.packed_weight, inside.packed_weight)
+    assert type(e) is cls  # the given table is left as it was

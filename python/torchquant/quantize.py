@@ -94,6 +94,7 @@ _PASSTHROUGH = _PASSTHROUGH + tuple(_EMBEDDING)
 # prepare_qat(model, mapping=get_embedding_qat_module_mappings()) swaps them in.
 _EMBEDDING_QAT = {nn.Embedding: qat.Embedding, nn.EmbeddingBag: qat.EmbeddingBag}
 _STATIC.update({qat.Embedding: nnqe.Embedding, qat.EmbeddingBag: nnqe.EmbeddingBag})
+_WEIGHT_ONLY_TARGETS = (nnqe.Embedding, nnqe.EmbeddingBag)  # quantized modules that take what their float ones take
 
 
 def get_default_static_quant_module_mappings() -> Dict[type, type]:
@@ -827,7 +828,18 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     model_dtype = _float_dtype_of(module)  # a float16 / bfloat16 / float64 model: its DeQuantize returns that
     if mapping is None:  # an empty mapping swaps nothing, as torch.ao's
         mapping = _STATIC
-    _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
+    root_target = mapping.get(type(module)) if getattr(module, "qconfig", None) is not None else None
+    if root_target in _WEIGHT_ONLY_TARGETS:
+        # A table converted alone (torch.ao converts only children, and returned it in float with
+        # nothing said): its quantized form takes the same indices, so the model itself is swapped.
+        module = _swap_root(module, mapping)
+    else:
+        _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
+        if root_target is not None and any(_is_observer(m) for m in module.modules()):
+            warnings.warn(f"convert: the model itself is a {type(module).__name__} with a qconfig; convert swaps the "
+                          f"modules inside a model, not the model (as torch.ao's), so it stays in float: wrap it, as "
+                          f"nn.Sequential(torchquant.QuantStub(), model, torchquant.DeQuantStub())", UserWarning,
+                          stacklevel=2)
     if model_dtype is not None:
         for m in module.modules():
             if isinstance(m, nnq.DeQuantize) and id(m) not in before:

@@ -6,7 +6,7 @@ needs the room). Nothing here is fast; everything here is obvious.
 
 Example::
 
-    >>> x = torch.tensor([0.004, 0.006, -1.0])
+    >>> x = torch.tensor([0.004, 0.007, -1.0])
     >>> reference.quantize(x, torch.tensor([0.004]), torch.tensor([0]), None, -128, 127, torch.int8)
     tensor([   1,    2, -128], dtype=torch.int8)
 """
