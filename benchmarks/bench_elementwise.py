@@ -21,7 +21,7 @@ SHAPES = [(1, 64, 56, 56), (1, 256, 14, 14), (8, 64, 56, 56), (8, 24, 56, 56)]
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ def cases(batch):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 8])
     ap.add_argument("--rounds", type=int, default=7)

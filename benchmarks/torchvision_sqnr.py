@@ -151,7 +151,7 @@ def main_plain(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="*")
     ap.add_argument("--plain", action="store_true",
                     help="torchvision's other classifiers, wrapped in stubs as they are (no fuse_model, no "
