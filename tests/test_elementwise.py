@@ -284,3 +284,14 @@ def test_lookup_table_bad_arguments():
         ops.lookup_table(a, table.to("meta"))
     out = torch.compile(lambda x, t: ops.lookup_table(x, t), fullgraph=True)(a, table)
     assert torch.equal(out, reference.lookup_table(a, table))
+
+
+def test_qfunctional_scalar_ops_refuse_a_per_channel_qtensor():
+    from torchquant.nn.quantized import QFunctional
+
+    pc = torchquant.quantize_per_channel(torch.randn(2, 3), torch.tensor([0.1, 0.2]), torch.zeros(2, dtype=torch.int32),
+                                         0, torch.qint8)
+    f = QFunctional(0.05, 0, torch.qint8)
+    for op in (f.add_scalar, f.mul_scalar):
+        with pytest.raises(ValueError, match="needs per-tensor quantized input, got a QTensor quantized along axis 0"):
+            op(pc, 2.0)

@@ -1,8 +1,10 @@
 """torch functions on QTensors that stay int8 (pooling, averaging, upsampling, activations,
 shape functions, cat): equal to torch.ao's quantized kernels on the same int data."""
+import re
 import warnings
 import zlib
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -606,3 +608,133 @@ def test_bicubic_interpolate_returns_float_not_saturated_codes():
     assert torch.equal(y, F.interpolate(q.dequantize(), scale_factor=2, mode="bicubic"))
     assert any("interpolate(mode='bicubic') has no int8 implementation" in str(w.message) for w in rec)
     assert isinstance(F.interpolate(q, scale_factor=2, mode="bilinear"), QTensor)
+
+
+def test_out_of_range_dims_raise_torchs_index_error():
+    # stack wrapped a negative dim past -(n + 1) onto another dim; mean's global-pool path
+    # wrapped dims modulo the rank onto the spatial ones
+    q = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.02, 0, torch.qint8)
+    for dim in (-4, -5, 3):
+        with pytest.raises(IndexError, match=re.escape(f"range of [-3, 2], but got {dim})")):
+            torch.stack([q, q], dim)
+    assert torch.stack([q, q], -3).shape == (2, 2, 3)
+    q3 = torchquant.quantize_per_tensor(torch.randn(2, 3, 4), 0.02, 0, torch.qint8)
+    q4 = torchquant.quantize_per_tensor(torch.randn(2, 3, 4, 5), 0.02, 0, torch.qint8)
+    for t, dims, bad in ((q4, (2, 7), 7), (q4, (6, 7), 6), (q4, (-5, 2), -5), (q3, 5, 5)):
+        with pytest.raises(IndexError, match=re.escape(f"range of [{-t.dim()}, {t.dim() - 1}], but got {bad})")):
+            t.mean(dims)
+    with pytest.raises(RuntimeError, match="dim 2 appears multiple times"):
+        q4.mean((2, -2))
+    assert q4.mean((-2, -1)).shape == (2, 3)
+
+
+def test_out_argument_holding_a_qtensor_is_refused():
+    q = torchquant.quantize_per_tensor(torch.zeros(2, 3), 0.02, 0, torch.qint8)
+    before = q.data.clone()
+    with pytest.raises(TypeError, match="add: argument 'out' is .* a QTensor"):
+        torch.add(torch.randn(2, 3), 0.5, out=q)
+    with pytest.raises(TypeError, match="argument 'out' is .* a QTensor"):
+        torch.mul(q, 2.0, out=q)
+    with pytest.raises(TypeError, match="argument 'out' is .* a QTensor"):
+        torch.max(q, 1, out=(q, torch.empty(2, dtype=torch.long)))
+    assert torch.equal(q.data, before)
+
+
+def _covering_qparams(q, fn):
+    x = (torch.tensor([q.qmin, 0, q.qmax], dtype=torch.float32) - q.zero_point.float()) * q.scale
+    x[1] = 0.0
+    y = fn(x)
+    return torchquant.choose_qparams(y.min().reshape(1), y.max().reshape(1), q.qmin, q.qmax)
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("elu_alpha_2", lambda t: F.elu(t, alpha=2.0)),
+    ("leaky_relu_negative_slope", lambda t: F.leaky_relu(t, -10.0)),
+    ("leaky_relu_steep_slope", lambda t: F.leaky_relu(t, 3.0)),
+    ("clamp_above_the_range", lambda t: torch.clamp(t, min=5.0)),
+    ("clamp_below_the_range", lambda t: t.clamp(max=-3.0)),
+    ("hardtanh_above_the_range", lambda t: F.hardtanh(t, 6.0, 7.0)),
+])
+def test_functions_mapping_values_outside_the_input_range_get_qparams_covering_them(name, fn):
+    # They kept the input's qparams and saturated silently (elu's -0.78 came back as -0.49)
+    x = torch.tensor([-0.5, -0.25, 0.0, 1.0, 4.0])
+    q = torchquant.quantize_per_tensor(x, *torchquant.choose_qparams(x.min().reshape(1), x.max().reshape(1), -128,
+                                                                     127), torch.qint8)
+    got = fn(q)
+    scale, zero_point = _covering_qparams(q, fn)
+    assert torch.equal(got.scale, scale) and torch.equal(got.zero_point, zero_point) and got.dtype == torch.qint8
+    torch.testing.assert_close(got.dequantize(), fn(q.dequantize()), atol=got.q_scale() / 2 + 1e-6, rtol=0)
+
+
+def test_functions_inside_the_input_range_keep_its_qparams():
+    q = torchquant.quantize_per_tensor(torch.tensor([-1.0, -0.3, 0.0, 4.0]), 0.02, -78, torch.qint8)
+    for fn in (F.elu, lambda t: F.leaky_relu(t, 0.1), F.relu6, lambda t: F.hardtanh(t, -0.5, 0.5),
+               lambda t: t.clamp(-0.2, 3.0)):
+        assert fn(q).scale is q.scale
+    # a slope of -0.5 maps [-1.0, 4.0] into itself: the same qparams, the same codes
+    got = F.leaky_relu(q, -0.5)
+    assert torch.equal(got.scale, q.scale) and torch.equal(got.zero_point, q.zero_point)
+    assert torch.equal(got.data, torchquant.quantize_per_tensor(F.leaky_relu(q.dequantize(), -0.5), 0.02, -78,
+                                                                torch.qint8).data)
+    with pytest.raises(ValueError, match="min_val cannot be greater than max_val"):
+        F.hardtanh(q, 1.0, 0.0)
+
+
+def test_lookup_tables_follow_qparams_written_through_data():
+    # A write through .data bumps no version counter: the tables of sigmoid and of the lookup
+    # modules were reused for the old qparams
+    from torchquant.nn.quantized_ops import Hardswish
+
+    q = torchquant.quantize_per_tensor(torch.linspace(-2, 2, 9), 0.02, 0, torch.qint8)
+    hs = Hardswish(scale=0.02, zero_point=20)
+    torch.sigmoid(q), hs(q)
+    q.scale.data.fill_(0.01)
+    want = torchquant.quantize_per_tensor(torch.sigmoid(q.dequantize()), 1 / 256, -128, torch.qint8)
+    assert torch.equal(torch.sigmoid(q).data, want.data)
+    for _ in range(2):
+        want = torchquant.quantize_per_tensor(F.hardswish(q.dequantize()), hs.scale, hs.zero_point, torch.quint8)
+        assert torch.equal(hs(q).data, want.data)
+        hs.scale.data.fill_(0.04)
+
+
+def test_qtensor_iterates_as_a_tensor():
+    q = torchquant.quantize_per_tensor(torch.randn(3, 2), 0.02, 0, torch.qint8)
+    rows = list(q)
+    assert len(rows) == 3 and all(isinstance(r, QTensor) and torch.equal(r.data, q.data[i]) for i, r in enumerate(rows))
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        list(q.max())
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        (v,) = q[0, 0]
+
+
+def test_qtensor_to_takes_torchs_forms_of_arguments():
+    q = torchquant.quantize_per_tensor(torch.randn(1, 3, 4, 4), 0.02, 0, torch.qint8)
+    for args, kwargs in ((("cpu", torch.float16), {}), ((torch.device("cpu"), torch.float32), {}),
+                         ((), {"dtype": torch.float32}), ((torch.float32,), {"copy": True})):
+        with pytest.raises(TypeError, match=r"argument 'dtype'.*dequantize\(torch.float"):
+            q.to(*args, **kwargs)
+    with pytest.raises(TypeError, match=r"QTensor.to\(\) received an invalid combination"):
+        q.to("cpu", memory_format=torch.channels_last, bad=1)
+    assert q.to(q.device, q.dtype).dtype == torch.qint8 and q.to(torch.qint8).data is q.data
+    assert q.to("cpu", copy=True).data is not q.data and q.to(q, copy=True).data is not q.data
+    cl = q.to(memory_format=torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl.data, q.data)
+
+
+def test_qtensor_python_protocols_see_the_values():
+    q = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.02, 3, torch.qint8)
+    d = q.dequantize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the float fallback's warning, once per function
+        cases = [(abs(q), abs(d)), (q ** 2, d ** 2), (2 ** q, 2 ** d), (q // 0.5, d // 0.5), (q % 0.5, d % 0.5),
+                 (3 // (q + 5), 3 // (d + 5)), (3 % (q + 5), 3 % (d + 5)), (+q, +d)]
+    for got, want in cases:
+        assert type(got) is torch.Tensor and torch.equal(got, want)
+    assert f"{q.max():.3f}" == f"{d.max():.3f}" and f"{q[0, 1]}" == f"{d[0, 1]}"
+    with pytest.raises(TypeError, match="unsupported format string"):
+        f"{q:.3f}"
+    assert (np.asarray(q) == d.numpy()).all() and np.asarray(q, dtype=np.float64).dtype == np.float64
+    for fn in (torch.tensor, torch.as_tensor):
+        assert torch.equal(fn(q), d)
+    assert torch.equal(torch.cat([q, q], axis=1).data, torch.cat([q.data, q.data], 1))
+    assert torch.equal(torch.stack([q, q], axis=-1).data, torch.stack([q.data, q.data], -1))

@@ -31,6 +31,13 @@ def _per_tensor(q: QTensor, name: str) -> QTensor:
     return q
 
 
+def _wrap_dim(dim: int, n: int) -> int:
+    """dim counted from the front for n dimensions; outside [-n, n - 1] torch's IndexError."""
+    if not -n <= dim < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
+    return dim + n if dim < 0 else dim
+
+
 def _zp(q: QTensor) -> int:
     return int(q.zero_point.reshape(()))
 
@@ -159,7 +166,9 @@ def _mean(q, dim=None, keepdim=False, *, dtype=None):
     n = q.data.dim()
     if dim is not None and 3 <= n <= 5:
         dims = [dim] if isinstance(dim, int) else list(dim)
-        if sorted(d % n for d in dims) == list(range(2, n)) and len(dims) == n - 2:
+        # dims counted from the front; one out of range (or repeated) takes the float path, which
+        # raises torch's error
+        if sorted(d + n if d < 0 else d for d in dims) == list(range(2, n)) and len(dims) == n - 2:
             out = _adaptive_avg_pool(q, [1] * (n - 2), n - 2, "mean")
             return out if keepdim else out._same_qparams(out.data.reshape(out.data.shape[:2]))
     x = q.dequantize()
@@ -204,9 +213,39 @@ def _quantize_value(q: QTensor, v: float) -> torch.Tensor:
     return (t + q.zero_point.reshape(()).float()).clamp(lo, hi).to(q.data.dtype)
 
 
+def _onto_output_range(q: QTensor, fn, y: torch.Tensor) -> QTensor:
+    """y, the elementwise fn of q's values, as a QTensor: with q's qparams where fn's range over q's
+    range [x_min, x_max] lies inside it, else with qparams covering fn's range (choose_qparams, as
+    torch.ao's observers, over q's quantization range), so that no value saturates. fn is monotone
+    on each side of 0: its range is spanned by fn(x_min), fn(0) and fn(x_max). Tensor arithmetic
+    on the qparams' device (no host read: torch.compile and torch.export trace it)."""
+    s = q.scale.reshape(1).float()
+    z = q.zero_point.reshape(1).to(torch.int32)
+    ends = (torch.tensor([q.qmin, q.qmax], dtype=torch.float32, device=s.device) - z) * s
+    f = fn(torch.cat([ends, ends.new_zeros(1)]))
+    lo, hi = f.min().reshape(1), f.max().reshape(1)
+    inside = (lo >= ends[0]) & (hi <= ends[1])
+    cs, cz = torch.ops.torchquant.choose_qparams(lo, hi, q.qmin, q.qmax)
+    scale = torch.where(inside, s, cs.reshape(1).float())
+    zero_point = torch.where(inside, z, cz.reshape(1).to(torch.int32))
+    data = torch.ops.torchquant.quantize(y.float(), scale, zero_point, None, q.qmin, q.qmax, q.data.dtype)
+    return QTensor._make(data, scale, zero_point, None, q.qmin, q.qmax)
+
+
+def _clamped(q: QTensor, lo, hi) -> QTensor:
+    """clamp with a bound on the far side of 0 (a range that may lie outside q's): in float, onto
+    qparams covering the result (q's own where it lies inside q's range)."""
+    return _onto_output_range(q, lambda x: x.clamp(lo, hi), q.dequantize().clamp(lo, hi))
+
+
 def _hardtanh(q, min_val=-1.0, max_val=1.0, inplace=False):
-    """clamp of the codes to the quantized bounds; qparams kept (torch.ao's quantized hardtanh)."""
+    """clamp of the codes to the quantized bounds; qparams kept (torch.ao's quantized hardtanh).
+    Bounds that do not hold 0 between them: :func:`_clamped`."""
     _per_tensor(q, "hardtanh")
+    if min_val > max_val:
+        raise ValueError("min_val cannot be greater than max_val")
+    if not min_val <= 0.0 <= max_val:
+        return _clamped(q, min_val, max_val)
     return q._same_qparams(q.data.clamp(_quantize_value(q, min_val), _quantize_value(q, max_val)))
 
 
@@ -251,6 +290,10 @@ def _fixed_output(fn, name):
             versions = (s._version, s.data_ptr(), z._version, z.data_ptr(), q.data.dtype)
         except RuntimeError:  # inference tensors: no version counter to tell a change by
             return in_float(q)
+        if s.is_cpu:
+            # A write through .data (buffer.data.copy_(...)) bumps no version: on the CPU the values
+            # are part of the key too (a read of a scalar; on a GPU it would wait for the device).
+            versions += (s.item(), z.item())
         global _FIXED_TABLES
         if _FIXED_TABLES is None:
             from torch.utils.weak import WeakIdKeyDictionary
@@ -352,10 +395,10 @@ def _cat_traced(tensors: List[QTensor], dim: int, valued: List[QTensor]) -> QTen
     return QTensor._make(data, scale, zero_point, None, first.qmin, first.qmax)
 
 
-def _torch_cat(tensors, dim=0, *, out=None):
+def _torch_cat(tensors, dim=None, *, axis=None, out=None):
     if out is not None:
         raise TypeError("torch.cat of QTensors takes no 'out' argument")
-    return cat(tensors, dim)
+    return cat(tensors, _dim_or_axis("cat", dim, axis))
 
 
 def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
@@ -369,14 +412,23 @@ def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
                             "not a tensor")
     if not tensors:
         raise RuntimeError("stack expects a non-empty TensorList")
-    d = dim if dim >= 0 else dim + tensors[0].dim() + 1
+    d = _wrap_dim(dim, tensors[0].dim() + 1)
     return cat([t.unsqueeze(d) for t in tensors], d)
 
 
-def _torch_stack(tensors, dim=0, *, out=None):
+def _dim_or_axis(fn_name, dim, axis):
+    """torch.cat's / stack's dim, also taken as numpy's name ``axis`` (as torch takes it)."""
+    if axis is None:
+        return 0 if dim is None else dim
+    if dim is not None:
+        raise TypeError(f"{fn_name}() got both argument 'dim' and its alias 'axis'")
+    return axis
+
+
+def _torch_stack(tensors, dim=None, *, axis=None, out=None):
     if out is not None:
         raise TypeError("torch.stack of QTensors takes no 'out' argument")
-    return stack(tensors, dim)
+    return stack(tensors, _dim_or_axis("stack", dim, axis))
 
 
 def _pad(q, pad, mode="constant", value=None):
@@ -395,22 +447,43 @@ def _clamp(q, min=None, max=None):
     _per_tensor(q, "clamp")
     if isinstance(min, torch.Tensor) or isinstance(max, torch.Tensor):
         raise NotImplementedError("clamp of a QTensor takes number bounds; call .dequantize() for tensor bounds")
+    if (min is not None and min > 0.0) or (max is not None and max < 0.0):
+        # the result may lie outside q's range (clamp(q, min=5) of values in [-1, 1] is all 5)
+        return _clamped(q, min, max)
     lo = _quantize_value(q, min) if min is not None else None
     hi = _quantize_value(q, max) if max is not None else None
     return q._same_qparams(q.data.clamp(lo, hi))
 
 
-def _requantized(fn, name):
+def _requantized(fn, name, keeps_range):
     """Functions computed in float on the dequantized values and quantized back with the
-    input's qparams (torch.ao's quantized leaky_relu and elu keep them too)."""
+    input's qparams (torch.ao's quantized leaky_relu and elu keep them too) where their settings
+    keep every value inside the input's range (``keeps_range(*args, **kwargs)``: leaky_relu's
+    slope in [0, 1], elu's alpha in [0, 1]); other settings (elu with alpha 2, leaky_relu with
+    slope -0.5) may map values outside it: :func:`_onto_output_range`."""
     def impl(q, *args, **kwargs):
         _per_tensor(q, name)
         kwargs.pop("inplace", None)
         y = fn(q.dequantize(), *args, **kwargs)
-        return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
-                                                             q.data.dtype))
+        if keeps_range(*args, **kwargs):
+            return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
+                                                                 q.data.dtype))
+        return _onto_output_range(q, lambda x: fn(x, *args, **kwargs), y)
 
     return impl
+
+
+def _leaky_relu_keeps_range(negative_slope=0.01, inplace=False):
+    return 0.0 <= negative_slope <= 1.0
+
+
+def _elu_keeps_range(alpha=1.0, inplace=False):
+    return 0.0 <= alpha <= 1.0
+
+
+def _elu_in_place_keeps_range(alpha=1.0, scale=1.0, input_scale=1.0):
+    # torch._C._nn.elu_'s settings: scale * (x > 0 ? x : alpha * (exp(input_scale * x) - 1))
+    return scale == 1.0 and 0.0 <= alpha <= 1.0 and 0.0 <= input_scale <= 1.0
 
 
 def _tanh(q):
@@ -503,11 +576,12 @@ _FUNCTIONS = {
     torch.clip_: _clamp,
     torch.Tensor.clamp_: _clamp,
     torch.Tensor.clip_: _clamp,
-    F.leaky_relu: _requantized(F.leaky_relu, "leaky_relu"),
-    F.elu: _requantized(F.elu, "elu"),
-    # their in-place forms (the input's qparams kept: exact in place)
-    torch._C._nn.leaky_relu_: _requantized(F.leaky_relu, "leaky_relu_"),
-    torch._C._nn.elu_: _requantized(F.elu, "elu_"),
+    F.leaky_relu: _requantized(F.leaky_relu, "leaky_relu", _leaky_relu_keeps_range),
+    F.elu: _requantized(F.elu, "elu", _elu_keeps_range),
+    # their in-place forms (the input's qparams kept: exact in place; settings that map values
+    # outside the input's range take the in-place float path, which warns that they saturate)
+    torch._C._nn.leaky_relu_: _requantized(F.leaky_relu, "leaky_relu_", _leaky_relu_keeps_range),
+    torch._C._nn.elu_: _requantized(torch._C._nn.elu, "elu_", _elu_in_place_keeps_range),
     torch.tanh: _tanh,
     F.tanh: _tanh,
     torch.max: _values_indices(torch.max, "max"),

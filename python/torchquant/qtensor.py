@@ -44,6 +44,37 @@ def _comparison(fn):
     return compare
 
 
+def _to_device_form(device=None, dtype=None, non_blocking=False, copy=False, *, memory_format=None):
+    return device, dtype, non_blocking, copy, memory_format
+
+
+def _to_dtype_form(dtype, non_blocking=False, copy=False, *, memory_format=None):
+    return None, dtype, non_blocking, copy, memory_format
+
+
+def _to_other_form(other, non_blocking=False, copy=False, *, memory_format=None):
+    return other.device, None, non_blocking, copy, memory_format
+
+
+def _parse_to(args, kwargs):
+    """(device, dtype, non_blocking, copy, memory_format) from torch.Tensor.to's arguments, in
+    its three forms, told apart as torch does by the first argument: a dtype, a tensor (or
+    QTensor), else a device."""
+    first = args[0] if args else kwargs.get("other")
+    form = _to_dtype_form if isinstance(first, torch.dtype) else \
+        _to_other_form if isinstance(first, (torch.Tensor, QTensor)) else _to_device_form
+    try:
+        device, dtype, non_blocking, copy, memory_format = form(*args, **kwargs)
+    except TypeError:
+        raise TypeError(f"QTensor.to() received an invalid combination of arguments: {args}, {kwargs}; it takes "
+                        "torch.Tensor.to's: (device=None, dtype=None, non_blocking=False, copy=False, *, "
+                        "memory_format=None), (dtype, non_blocking=False, copy=False, *, memory_format=None) or "
+                        "(other, non_blocking=False, copy=False, *, memory_format=None)") from None
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"QTensor.to: argument 'dtype' must be a torch.dtype, got {dtype!r}")
+    return device, dtype, non_blocking, copy, memory_format
+
+
 class QTensor:
     """Quantized tensor: ``x ≈ (data - zero_point) * scale``.
 
@@ -191,23 +222,27 @@ class QTensor:
     def is_cuda(self) -> bool:
         return self.data.is_cuda
 
-    def to(self, device=None, non_blocking: bool = False, *, copy: bool = False) -> "QTensor":
-        """The QTensor on ``device`` (its data and qparams moved together); ``device`` may also be a
-        tensor or QTensor, whose device is taken (its dtype is not: a QTensor's codes keep theirs).
+    def to(self, *args, **kwargs) -> "QTensor":
+        """The QTensor on another device (its data and qparams moved together), with torch.Tensor.to's
+        arguments: ``to(device, dtype=None, non_blocking=False, copy=False, *, memory_format=...)``,
+        ``to(dtype, ...)`` and ``to(other, ...)`` (a tensor or QTensor, whose device is taken; its dtype
+        is not: a QTensor's codes keep theirs). A dtype other than the QTensor's own (torch.qint8 /
+        torch.quint8) is a TypeError: casting the codes would change their values.
 
         >>> q.to("cuda")
         """
-        if isinstance(device, torch.dtype):
+        device, dtype, non_blocking, copy, memory_format = _parse_to(args, kwargs)
+        if dtype is not None and dtype != self.dtype:
             # Tensor.to(dtype) would turn the int8 data into other values with the qparams kept.
-            raise TypeError(f"QTensor.to takes a device, got dtype {device} (argument 'device'); use "
-                            f".dequantize({device}) for a floating-point tensor")
-        if isinstance(device, (torch.Tensor, QTensor)):
-            device = device.device
+            raise TypeError(f"QTensor.to moves a QTensor to a device (argument 'device') and keeps its dtype, got "
+                            f"dtype {dtype} (argument 'dtype'); use .dequantize({dtype}) for a floating-point tensor")
         if device is None:
             device = self.data.device
         kw = dict(non_blocking=non_blocking, copy=copy)
-        return QTensor._make(self.data.to(device, **kw), self.scale.to(device, **kw),
-                             self.zero_point.to(device, **kw), self.axis, self.qmin, self.qmax)
+        data = self.data.to(device, **kw) if memory_format is None else \
+            self.data.to(device, memory_format=memory_format, **kw)
+        return QTensor._make(data, self.scale.to(device, **kw), self.zero_point.to(device, **kw), self.axis,
+                             self.qmin, self.qmax)
 
     def cpu(self) -> "QTensor":
         return self.to("cpu")
@@ -270,6 +305,32 @@ class QTensor:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __iter__(self):
+        """The QTensors along dimension 0, as iterating a tensor gives its unbind(0)."""
+        if self.data.dim() == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return iter(self.unbind(0))
+
+    def __format__(self, format_spec: str) -> str:
+        """As a tensor's: a 0-d QTensor formats as its value (f"{q.max():.3f}")."""
+        if self.data.dim() == 0:
+            return float(self).__format__(format_spec)
+        return object.__format__(self, format_spec)
+
+    # ---- NumPy and DLPack see the values: np.asarray(q), torch.tensor(q) and torch.as_tensor(q)
+    # give the dequantized float tensor's (not a QTensor of each element, nor an error).
+    def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("a QTensor's values are computed from its codes: an array of them is a new array "
+                             "(argument 'copy' is False)")
+        return self.dequantize().__array__(dtype)
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.dequantize().__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
 
     # ---- values as Python sees them: comparisons elementwise (as torch's tensors, on the
     # dequantized values, with the float fallback's warning), truth and numbers from the value.
@@ -364,6 +425,8 @@ class QTensor:
         relu, dropout in inference) keep it int8; any other dequantizes its QTensor arguments,
         runs in float and warns once per function."""
         kwargs = kwargs or {}
+        if "out" in kwargs:
+            _refuse_qtensor_out(func, kwargs["out"])
         if not args and "input" in kwargs:  # torch.relu(input=q): the int8 functions take it first
             kwargs = dict(kwargs)
             args = (kwargs.pop("input"),)
@@ -427,6 +490,30 @@ class QTensor:
     def __neg__(self):
         return torch.neg(self)
 
+    def __pos__(self):
+        return torch.positive(self)
+
+    def __abs__(self):
+        return torch.abs(self)
+
+    def __pow__(self, other):
+        return torch.pow(self, other)
+
+    def __rpow__(self, other):
+        return torch.pow(other, self)
+
+    def __floordiv__(self, other):
+        return torch.floor_divide(self, other)
+
+    def __rfloordiv__(self, other):
+        return torch.floor_divide(other, self)
+
+    def __mod__(self, other):
+        return torch.remainder(self, other)
+
+    def __rmod__(self, other):
+        return torch.remainder(other, self)
+
     def _require_per_tensor(self, name):
         if self.axis is not None:
             raise RuntimeError(f"QTensor.{name}() needs a per-tensor QTensor; this one is per channel (axis {self.axis})")
@@ -444,6 +531,15 @@ def _warn_once(seen, key, message, stacklevel: int = 1) -> None:
         return
     seen.add(key)
     warnings.warn(message(), UserWarning, stacklevel=stacklevel + 2)
+
+
+def _refuse_qtensor_out(func, out) -> None:
+    """A QTensor given as ``out=`` (or inside it: ``out=(values, indices)``) is an error: the functions
+    return new tensors (QTensors or, computed in float, float tensors) and would leave it unwritten."""
+    if isinstance(out, QTensor) or (isinstance(out, (tuple, list)) and any(isinstance(t, QTensor) for t in out)):
+        name = getattr(func, "__name__", repr(func))
+        raise TypeError(f"{name}: argument 'out' is (or holds) a QTensor, which torchquant's functions do not write "
+                        "into; use the returned value (q[...] = value and the in-place functions write into a QTensor)")
 
 
 def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
