@@ -887,3 +887,35 @@ def test_a_table_converted_alone_is_quantized(cls):
     inside = tq.convert(tq.prepare(nn.Sequential(e)))[0]
     assert type(q) is type(inside) and torch.equal(q.packed_weight, inside.packed_weight)
     assert type(e) is cls  # the given table is left as it was
+
+
+@pytest.mark.parametrize("bits,dim", [(8, 5), (4, 6), (4, 5)])
+@pytest.mark.parametrize("cls", ["Embedding", "EmbeddingBag"])
+def test_weight_and_set_weight_as_torch_ao(cls, bits, dim):
+    import torch.ao.nn.quantized as aonnq
+    import torch.ao.quantization as aoq
+
+    torch.manual_seed(0)
+    qc, aqc = ((tq.float_qparams_weight_only_qconfig, aoq.float_qparams_weight_only_qconfig) if bits == 8 else
+               (tq.float_qparams_weight_only_qconfig_4bit, aoq.float_qparams_weight_only_qconfig_4bit))
+    e = getattr(nn, cls)(7, dim)
+    e.qconfig = qc
+    q = tq.convert(tq.prepare(e))
+    e.qconfig = aqc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation of its quantized tensors
+        ao = getattr(aonnq, cls).from_float(e)  # (kept alive: its 4-bit weight() reads the module's memory)
+        aw, w = ao.weight(), q.weight()
+    assert w.dtype == aw.dtype and w.qscheme() == torch.per_channel_affine_float_qparams and list(w.shape) == [7, dim]
+    assert torch.allclose(w.dequantize(), q.dequantized_weight(), rtol=1e-6, atol=1e-6)
+    if dim % 2 == 0 or bits == 8:  # torch.ao pads odd 4-bit rows with a column of its own
+        assert torch.equal(w.dequantize(), aw.dequantize())
+    other = getattr(nn, cls)(7, dim)
+    other.qconfig = qc
+    other = tq.convert(tq.prepare(other))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other.set_weight(aw)
+    assert torch.allclose(other.dequantized_weight(), aw.dequantize()[:, :dim], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"argument 'w' must be a torch.quint"):
+        other.set_weight(torch.randn(7, dim))

@@ -103,13 +103,17 @@ def _quantize_table(weight: torch.Tensor, obs, name: str):
     # cast to uint8 is undefined: it came out as the row's minimum); +-inf saturate
     t = torch.nan_to_num(torch.where(torch.isnan(t), torch.round(zp)[:, None].expand_as(t), t), nan=0.0)
     v = t.clamp(0, (1 << bits) - 1).to(torch.uint8)
+    return pack_rowwise(_row_bytes(v, bits), scale, zp, bits, weight.shape[1]).to(weight.device), bits
+
+
+def _row_bytes(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """The data bytes of rows of codes v (uint8 [N, D]): as they are for 8 bits; for 4 bits two
+    per byte, low nibble first."""
     if bits == 8:
-        q = v
-    else:
-        if v.shape[1] % 2:
-            v = torch.cat([v, v.new_zeros((v.shape[0], 1))], 1)
-        q = v[:, 0::2] | (v[:, 1::2] << 4)
-    return pack_rowwise(q.to(torch.uint8).contiguous(), scale, zp, bits, weight.shape[1]).to(weight.device), bits
+        return v.contiguous()
+    if v.shape[1] % 2:
+        v = torch.cat([v, v.new_zeros((v.shape[0], 1))], 1)
+    return (v[:, 0::2] | (v[:, 1::2] << 4)).contiguous()
 
 
 def _record_row_format(module, state_dict, prefix, local_metadata):
@@ -151,6 +155,40 @@ class _EmbeddingBase(nn.Module):
         rows = torch.arange(self.num_embeddings, device=self.packed_weight.device).reshape(-1, 1)
         return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, rows, None, 2,
                                                  None, False, None)
+
+    def weight(self) -> torch.Tensor:
+        """torch.ao's accessor: the table as a torch quantized tensor (quint8 / quint4x2,
+        ``torch.per_channel_affine_float_qparams`` along rows, float32 scales and zero points), a
+        copy on the CPU."""
+        q, scale, zp = unpack_rowwise(self.packed_weight.cpu(), self.bits, self.embedding_dim)
+        if self.bits == 8:
+            return torch._make_per_channel_quantized_tensor(q.to(torch.uint8), scale.double(), zp, 0)
+        # (quint4x2 has no constructor from codes: its rows are quantized back from (q - zp) *
+        # scale, which rounds to q exactly)
+        return torch.quantize_per_channel((q - zp[:, None]) * scale[:, None], scale, zp, 0, torch.quint4x2)
+
+    def set_weight(self, w: torch.Tensor) -> None:
+        """torch.ao's setter: takes a table as :meth:`weight` returns it (its codes and row qparams
+        as they are; torch.ao's 4-bit tables of an odd width carry one more column, which is dropped)."""
+        want = [self.num_embeddings, self.embedding_dim]
+        padded = [want[0], want[1] + 1] if self.bits == 4 and want[1] % 2 else want
+        if not (isinstance(w, torch.Tensor) and w.is_quantized and w.qscheme() == torch.per_channel_affine_float_qparams
+                and w.q_per_channel_axis() == 0 and w.dtype == self.dtype and list(w.shape) in (want, padded)):
+            got = (f"{w.dtype} {w.qscheme() if w.is_quantized else 'not quantized'} {list(w.shape)}"
+                   if isinstance(w, torch.Tensor) else type(w).__name__)
+            raise ValueError(f"argument 'w' must be a {self.dtype} tensor quantized per row "
+                             f"(torch.per_channel_affine_float_qparams, axis 0) of shape {want}, got {got}")
+        w = w.cpu()
+        scale, zp = w.q_per_channel_scales().float(), w.q_per_channel_zero_points().float()
+        _check_rows("set_weight", "have a scale or zero point that is not finite",
+                    ~(torch.isfinite(scale) & torch.isfinite(zp)))
+        if self.bits == 8:
+            v = w.int_repr()
+        else:
+            v = torch.round(w.dequantize()[:, :want[1]] * (1.0 / scale)[:, None] + zp[:, None]).clamp(0, 15)
+            v = v.to(torch.uint8)
+        packed = pack_rowwise(_row_bytes(v, self.bits), scale, zp, self.bits, self.embedding_dim)
+        self.packed_weight = ops.streamed_copy.default(packed.to(self.packed_weight.device))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # The packed rows are uint8 (values and qparam bytes): another dtype would be cast silently.
