@@ -232,7 +232,7 @@ def test_module_state_dict_weights_only(tmp_path):
     lin = nn.Linear(256, 64)
     q = LinearWeightOnlyInt4.from_float(lin, group_size=64)
     sd = q.state_dict()
-    assert set(sd) == {"qweight", "weight_scale", "weight_zero_point", "bias"}
+    assert set(sd) == {"qweight", "weight_scale", "weight_zero_point", "bias", "weight_format"}
     buf = io.BytesIO()
     torch.save(sd, buf)
     buf.seek(0)
@@ -248,8 +248,8 @@ def test_module_state_dict_weights_only(tmp_path):
                                                rf"torch.uint8, got dtype torch.float32"):
             q2.load_state_dict(bad)
     assert torch.equal(q2(x), q(x))
-    # size: 4 bits per weight plus 5 bytes per group of 64
-    assert sum(t.numel() * t.element_size() for t in sd.values()) == 64 * 128 + 64 * 4 * 5 + 64 * 4
+    # size: 4 bits per weight plus 5 bytes per group of 64, and the 8 bytes of (group_size, K)
+    assert sum(t.numel() * t.element_size() for t in sd.values()) == 64 * 128 + 64 * 4 * 5 + 64 * 4 + 8
     # dtype casts keep the float32 qparams (part of the int4 computation)
     q3 = q2.half()
     assert q3.weight_scale.dtype == torch.float32
@@ -346,6 +346,19 @@ def test_quantize_weight_only_names_bad_tuning_arguments(kw, match):
         torchquant.quantize_weight_only(model, group_size=32, calib_data=[torch.randn(8, 64)], **kw)
 
 
+@pytest.mark.parametrize("kw,error,match", [
+    (dict(method="gptq", act_order="no"), TypeError, r"argument 'act_order' must be True or False, got 'no'"),
+    (dict(method="awq", awq_fold="no"), TypeError, r"argument 'awq_fold' must be True or False, got 'no'"),
+    (dict(inplace=1), TypeError, r"argument 'inplace' must be True or False, got 1"),
+    (dict(cache_block_inputs=None), TypeError, r"argument 'cache_block_inputs' must be True or False, got None"),
+    (dict(bits=8, method="gptq", act_order=True), ValueError, r"act_order=True is implemented for bits=4 only"),
+])
+def test_quantize_weight_only_takes_only_bools_for_its_options_and_act_order_with_int4(kw, error, match):
+    model = nn.Sequential(nn.Linear(64, 16))
+    with pytest.raises(error, match=match):
+        torchquant.quantize_weight_only(model, group_size=32, calib_data=[torch.randn(8, 64)], progress=False, **kw)
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("weight_scale", lambda s: -s, r"weight_scale: the quantized LinearWeightOnlyInt4's weight_scale must be > 0 "
                                    r"and finite, got -"),
@@ -435,6 +448,22 @@ def test_from_qparams_refuses_values_and_shapes_it_would_pack_wrongly():
     # integral values in any dtype are taken
     m = LinearWeightOnlyInt4.from_qparams(torch.tensor([[15.0, 3, 2, 1, 0, 1, 2, 3]]), s1, zp1, None, group_size=8)
     assert m.qvalues().tolist() == [[15, 3, 2, 1, 0, 1, 2, 3]]
+
+
+def test_from_qparams_checks_zero_points_as_given_before_casting_them():
+    q, s = torch.full((2, 8), 8, dtype=torch.uint8), torch.ones(2, 1)
+    # 256 wrapped to 0 and -1 to 255 in the uint8 cast; 3.9 was truncated to 3
+    for zp, got in ((256, "256"), (-1, "-1"), (3.9, r"3.9 \(not an integer\)"), (float("nan"), "nan")):
+        z = torch.tensor([[7], [zp]])
+        with pytest.raises(ValueError, match=rf"argument 'zero_point' must hold 4-bit zero points, integers in "
+                                             rf"\[0, 15\], got {got} at channel 1, group 0$"):
+            LinearWeightOnlyInt4.from_qparams(q, s, z, None, group_size=8)
+    with pytest.raises(TypeError, match=r"argument 'zero_point' must hold integers in \[0, 15\], got dtype torch.bool"):
+        LinearWeightOnlyInt4.from_qparams(q, s, torch.ones(2, 1, dtype=torch.bool), None, group_size=8)
+    # integral values in any dtype are taken, as for qvalues
+    for z in (torch.tensor([[3.0], [15.0]]), torch.tensor([[3], [15]], dtype=torch.int64)):
+        m = LinearWeightOnlyInt4.from_qparams(q, s, z, None, group_size=8)
+        assert m.weight_zero_point.tolist() == [[3], [15]]
 
 
 def test_quantize_weight_only_says_when_nothing_was_quantized_and_refuses_meta_weights():

@@ -132,6 +132,38 @@ def test_awq_search_matches_brute_force():
     assert min(losses) < 0.9 * losses[0]  # with outlier channels the scales pay
 
 
+def test_input_channels_dead_on_the_calibration_rows_keep_awq_weights_and_are_named():
+    # AWQ gave a channel that is 0 on every calibration row the smallest scale: its weights
+    # rounded to 0 and its input scale amplified it (0.365 relative error where it is not 0)
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    calib = torch.randn(512, 64)
+    calib[:, :8] = 0
+    test = torch.randn(200, 64)
+    with torch.no_grad():
+        y_ref = lin(test)
+        rtn = torchquant.quantize_weight_only(lin, group_size=32, progress=False)
+        rtn_err = (rtn(test) - y_ref).norm() / y_ref.norm()
+    with pytest.warns(RuntimeWarning, match=r"AWQ: 8 input channels of 1 layer were 0 on every calibration row "
+                                            r"\(the model: 8 of 64\); AWQ left their weights unscaled"):
+        q = torchquant.quantize_weight_only(lin, group_size=32, method="awq", calib_data=[calib], progress=False)
+    assert torch.equal(q.input_scale[:8], torch.ones(8))
+    with torch.no_grad():
+        assert (q(test) - y_ref).norm() / y_ref.norm() < 1.2 * rtn_err
+    s = awq.awq_candidate_scales(torch.tensor([0.0, 0.5, 2.0]), 0.5)
+    assert s.tolist() == pytest.approx([1, 0.5 ** 0.5, 2 ** 0.5])
+    # GPTQ sets their weights to 0 (documented): said once for the model, naming each layer
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    with torch.no_grad():
+        m[0].bias[:5] = -100.0  # five hidden neurons that never fire
+    with pytest.warns(RuntimeWarning) as record:
+        q = torchquant.quantize_weight_only(m, group_size=32, method="gptq", calib_data=[calib], progress=False)
+    said = [str(w.message) for w in record if "every calibration row" in str(w.message)]
+    assert said == [said[0]] and said[0].startswith("GPTQ: 13 input channels of 2 layers were 0 on every calibration "
+                                                    "row (0: 8 of 64, 2: 5 of 64); GPTQ set their weights to 0")
+    assert q[2].weight[:, :5].abs().max() == 0
+
+
 # ---------------------------------------------------------------- whole models
 class Block(nn.Module):
     def __init__(self, d=64):
@@ -189,6 +221,39 @@ def test_awq_folds_into_layernorm_and_keeps_input_scale_elsewhere():
     unfolded = torchquant.quantize_weight_only(model, group_size=32, method="awq", calib_data=calib,
                                                awq_fold=False, progress=False)
     assert unfolded.fc1.input_scale is not None and torch.equal(unfolded.ln.weight, model.ln.weight)
+
+
+class _ReadsWeights(nn.Module):
+    """ln feeds fc; the forward also reads fc's weight (fc_weight) or ln's (ln_weight) directly."""
+
+    def __init__(self, read):
+        super().__init__()
+        self.ln, self.fc, self.read = nn.LayerNorm(64), nn.Linear(64, 64), read
+
+    def forward(self, x):
+        a = self.fc(self.ln(x))
+        if self.read == "fc_weight":
+            return a, nn.functional.linear(x, self.fc.weight)
+        return a, nn.functional.layer_norm(x, (64,), self.ln.weight, self.ln.bias)
+
+
+@pytest.mark.parametrize("read", ["fc_weight", "ln_weight"])
+def test_awq_does_not_fold_into_weights_the_model_also_reads_directly(read):
+    # fc would hold Q(W * s) with 1 / s in ln: a direct read of fc.weight got W * s, of ln.weight w / s
+    torch.manual_seed(0)
+    m = _ReadsWeights(read).eval()
+    with torch.no_grad():
+        m.ln.weight.copy_(torch.rand(64) + 0.5)
+    scales = torch.logspace(-1, 1, 64)
+    calib = [torch.randn(256, 64) * scales for _ in range(2)]
+    x = torch.randn(32, 64) * scales
+    with pytest.warns(UserWarning, match="could not be folded .* also reads its weights or theirs directly"):
+        q = torchquant.quantize_weight_only(m, group_size=32, method="awq", calib_data=calib, progress=False)
+    assert q.fc.input_scale is not None and torch.equal(q.ln.weight, m.ln.weight)
+    with torch.no_grad():
+        (a, b), (a_ref, b_ref) = q(x), m(x)
+    assert (a - a_ref).norm() / a_ref.norm() < 0.1
+    assert (b - b_ref).norm() / b_ref.norm() < 0.1  # (0.32 with the scale folded into fc)
 
 
 def test_quantize_weight_only_gptq_layer_by_layer_sees_quantized_inputs():
@@ -331,6 +396,17 @@ def test_exclude_takes_one_name_as_a_string():
         torchquant.quantize_weight_only(m, group_size=8, exclude="lm_head", progress=False)
 
 
+def test_exclude_takes_module_names_not_types():
+    m = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8))
+    for exclude in ([nn.Linear], [nn.Linear, nn.ReLU], nn.Linear):  # (two types failed in sorted())
+        with pytest.raises(TypeError, match=r"argument 'exclude' takes module names \(qualified names as "
+                                            r"model.named_modules\(\) gives them.*got the type "
+                                            r"torch.nn.modules.linear.Linear; to leave every layer of a type"):
+            torchquant.quantize_weight_only(m, group_size=8, exclude=exclude, progress=False)
+    with pytest.raises(TypeError, match=r"'exclude' takes module names .*got int 2$"):
+        torchquant.quantize_weight_only(m, group_size=8, exclude=["0", 2], progress=False)
+
+
 def test_a_failed_inplace_call_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     m = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
@@ -394,6 +470,36 @@ def test_checkpoints_reload_into_an_rtn_skeleton_and_group_size_is_checked():
     other = LinearWeightOnlyInt4(64, 16, bias=True, group_size=48)  # the same shapes (2 groups)
     with pytest.raises(RuntimeError, match="quantized with group_size=32, this LinearWeightOnlyInt4 has group_size=48"):
         other.load_state_dict(q.state_dict())
+
+
+def test_group_size_and_k_are_checked_on_a_state_dict_without_metadata(tmp_path):
+    # safetensors (Hugging Face's save_pretrained) keeps no metadata: K = 64 has the same shapes at
+    # group sizes 32 and 48, and K = 63 the same as K = 64
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(0)
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(64, 16), group_size=32)
+    save_file(q.state_dict(), tmp_path / "q.safetensors")
+    sd = load_file(tmp_path / "q.safetensors")
+    with pytest.raises(RuntimeError, match="quantized with group_size=32, this LinearWeightOnlyInt4 has group_size=48"):
+        LinearWeightOnlyInt4(64, 16, group_size=48).load_state_dict(sd)
+    k64 = LinearWeightOnlyInt4.from_float(nn.Linear(64, 16), group_size=64)
+    save_file(k64.state_dict(), tmp_path / "k.safetensors")
+    with pytest.raises(RuntimeError, match="quantized with in_features=64, this LinearWeightOnlyInt4 has "
+                                           "in_features=63"):
+        LinearWeightOnlyInt4(63, 16, group_size=64).load_state_dict(load_file(tmp_path / "k.safetensors"))
+    x = torch.randn(4, 64)
+    same = LinearWeightOnlyInt4(64, 16, group_size=32)
+    same.load_state_dict(sd)
+    assert torch.equal(same(x), q(x))
+    # a checkpoint saved before weight_format existed loads, strict, checked by its metadata
+    old = q.state_dict()
+    del old["weight_format"]
+    fresh = nn.Sequential(LinearWeightOnlyInt4(64, 16, group_size=32)).to("meta").to_empty(device="cpu")
+    fresh[0].load_state_dict(old)
+    assert torch.equal(fresh[0](x), q(x)) and fresh[0].weight_format.tolist() == [32, 64]
+    assert fresh[0].state_dict()["weight_format"].tolist() == [32, 64]
+    with pytest.raises(RuntimeError, match="quantized with group_size=32"):
+        LinearWeightOnlyInt4(64, 16, group_size=48).load_state_dict(old)
 
 
 def test_gptq_shares_one_calibration_pass_among_linears_of_one_input(monkeypatch):

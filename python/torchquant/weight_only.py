@@ -512,9 +512,19 @@ def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tup
             if t is not None:
                 holders.setdefault(id(t), set()).add(id(m))
     calls: Dict[str, int] = {}
+    # the tensors the forward reads as attributes rather than through their module's call
+    # (`F.linear(x, self.fc.weight)`): a scale folded into them would reach that read too (fc's
+    # weight holds W * s once its 1 / s is in the LayerNorm before it)
+    read = set()
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+        elif node.op == "get_attr":
+            t = gm
+            for part in node.target.split("."):
+                t = getattr(t, part, None)
+            if isinstance(t, torch.Tensor):  # (the model's own tensor: the trace shares them)
+                read.add(id(t))
     wanted = set(names)
     out = {}
     for node in gm.graph.nodes:
@@ -528,13 +538,34 @@ def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tup
             continue
         if _reparametrized(pm):  # (a scale divided into its computed weight would be dropped)
             continue
-        if any(len(holders.get(id(t), ())) > 1 for t in (pm.weight, getattr(pm, "bias", None)) if t is not None):
-            continue  # a weight tied to another module: the scale would change that module too
+        if any(len(holders.get(id(t), ())) > 1 or id(t) in read for t in (pm.weight, getattr(pm, "bias", None))
+               if t is not None):
+            continue  # a weight tied to another module, or read directly: the scale would change that use too
         users = list(src.users)
         if all(u.op == "call_module" and u.target in wanted and calls.get(u.target) == 1 and len(u.args) == 1
-               and u.args[0] is src and not u.kwargs for u in users):
+               and u.args[0] is src and not u.kwargs and id(mods[u.target].weight) not in read for u in users):
             out[node.target] = (src.target, [u.target for u in users])
     return out
+
+
+def _excluded_names(exclude) -> set:
+    """`exclude` as a set of names: one name, several, or None."""
+    if exclude is None or isinstance(exclude, str):
+        names = [] if exclude is None else [exclude]
+    elif hasattr(exclude, "__iter__") and not isinstance(exclude, (nn.Module, type, bytes, torch.Tensor)):
+        names = list(exclude)
+    else:
+        names = [exclude]
+    wrong = [n for n in names if not isinstance(n, str)]
+    if wrong:
+        w = wrong[0]
+        what = (f"the type {w.__module__}.{w.__qualname__}" if isinstance(w, type) else
+                f"a {type(w).__name__} module" if isinstance(w, nn.Module) else f"{type(w).__name__} {w!r}")
+        raise TypeError(f"argument 'exclude' takes module names (qualified names as model.named_modules() gives "
+                        f"them, e.g. 'lm_head' or 'model.layers.0.mlp.down_proj'), got {what}"
+                        + ("; to leave every layer of a type in float, name them: [n for n, m in "
+                           "model.named_modules() if isinstance(m, T)]" if isinstance(w, type) else ""))
+    return set(names)
 
 
 def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128, method: str = "rtn",
@@ -555,20 +586,28 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
       as a fraction of the mean diagonal, raised tenfold while the Hessian is not positive
       definite; ``blocksize``: columns per lazy-batch update; ``act_order``: visit columns by
       decreasing Hessian diagonal). Fewer calibration rows than a layer's K warns with the
-      Hessian's condition number.
+      Hessian's condition number. An input channel that is 0 on every calibration row gets
+      weight 0 (as in GPTQ's reference implementation).
     - ``"awq"``: AWQ's activation-aware per-input-channel scales (``awq_grid`` points); the scale
       is folded into the LayerNorm or Linear that produces the input when every user of that
-      output is quantized here (``awq_fold``, found by a torch.fx trace), else the module keeps
-      it as an ``input_scale``.
+      output is quantized here and the forward reads none of their weights directly
+      (``awq_fold``, found by a torch.fx trace), else the module keeps it as an ``input_scale``.
+      An input channel that is 0 on every calibration row keeps ``s = 1``.
+
+    Both calibrated methods warn once when some input channels were 0 on every calibration row,
+    naming the layers.
 
     ``bits=8``: int8 per output channel (torchquant's dynamic ``DynamicLinear``), RTN or GPTQ.
 
     ``calib_data``: batches the model is called on (``model(*b)`` for a tuple, ``model(**b)`` for
     a dict, else ``model(b)``); one tensor or one dict (a tokenizer's output) is one batch; a few
     hundred to a few thousand rows (tokens) per layer input. ``exclude``: names of Linear / Conv1D
-    modules left in float (an LM head, say; a name is matched exactly, so naming a block does not
-    exclude its layers). ``cache_block_inputs``: for GPTQ and AWQ on a model made of a chain of
-    blocks (an ``nn.ModuleList`` or ``nn.Sequential`` whose blocks each take the previous one's
+    modules left in float (an LM head, say; qualified names as ``named_modules()`` gives them, not
+    module types; a name is matched exactly, so naming a block does not exclude its layers).
+    ``inplace``, ``act_order``, ``awq_fold``, ``cache_block_inputs`` and ``progress`` take
+    ``True`` or ``False`` only; ``act_order=True`` needs ``bits=4``. ``cache_block_inputs``: for
+    GPTQ and AWQ on a model made of a chain of blocks (an ``nn.ModuleList`` or ``nn.Sequential``
+    whose blocks each take the previous one's
     output, as a transformer's layers), capture the first block's inputs once and run each block
     alone on them (passes that grow with the depth, as AutoGPTQ's) instead of the model up to each
     layer (passes that grow with its square); the result is the same, and memory holds one
@@ -592,8 +631,15 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     for arg, value in (("blocksize", blocksize), ("awq_grid", awq_grid), ("awq_max_rows", awq_max_rows)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")
+    for arg, value in (("inplace", inplace), ("act_order", act_order), ("awq_fold", awq_fold),
+                       ("cache_block_inputs", cache_block_inputs), ("progress", progress)):
+        if not isinstance(value, bool):  # (a string "no" is true)
+            raise TypeError(f"argument '{arg}' must be True or False, got {value!r}")
+    if act_order and bits == 8:
+        raise ValueError("act_order=True is implemented for bits=4 only (GPTQ's int8 path, per output channel, "
+                         "visits the columns in their order)")
     batches = None if method == "rtn" else _calib_batches(calib_data, method)
-    excluded = {exclude} if isinstance(exclude, str) else set(exclude or ())  # one name, several, or None
+    excluded = _excluded_names(exclude)
     unknown = excluded - {n for n, _ in model.named_modules(remove_duplicate=False)}
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
@@ -899,6 +945,7 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
     shared = shared or {}
     feeder = _Feeder(model, batches, plan or {})
     acc, owner, group = None, None, set()
+    dead: Dict[str, Tuple[int, int]] = {}
     for name in _progress(order, progress, f"int{bits} gptq"):
         lin = linears[name]
         # joins the current group only when the Linear whose input it read is in that group
@@ -912,6 +959,10 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
             feeder.capture(name, lin, acc.add, stop=calls.get(name, 0) == 1)
         group.add(name)
         W = lin.weight.detach().float()
+        if acc.rows:
+            n_dead = int((torch.diag(acc.H) == 0).sum())
+            if n_dead:
+                dead[name] = (n_dead, lin.in_features)
         if acc.rows == 0:
             warnings.warn(f"GPTQ: {name} was not called on the calibration data; rounded to nearest", RuntimeWarning)
             q, s, z = _rtn(W, bits, group_size)
@@ -925,11 +976,27 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
             raise FloatingPointError(f"GPTQ produced non-finite weights for {name}")
         _set_fake_weight(lin, fake)
         results[name] = (q, s, z, None)
+    _warn_dead_inputs("GPTQ", dead, "GPTQ set their weights to 0, as its reference implementation does (they do not "
+                      "change the output on the calibration rows)")
+
+
+def _warn_dead_inputs(method: str, dead: Dict[str, Tuple[int, int]], what: str) -> None:
+    """One warning for the layers with input channels that were 0 on every calibration row
+    ({name: (how many, K)}): what the method did with their weights matters on other data."""
+    if not dead:
+        return
+    listed = ", ".join(f"{n or 'the model'}: {c} of {k}" for n, (c, k) in list(dead.items())[:5])
+    total, layers = sum(c for c, _ in dead.values()), len(dead)
+    warnings.warn(f"{method}: {total} input channel{'s' * (total > 1)} of {layers} layer{'s' * (layers > 1)} "
+                  f"{'were' if total > 1 else 'was'} 0 on every calibration row ({listed}{' ...' * (layers > 5)}); "
+                  f"{what}. Inputs that are non-zero on other data (a ReLU "
+                  "neuron the calibration rows never fire) need calibration data that reaches them",
+                  RuntimeWarning, stacklevel=5)
 
 
 def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     """GPTQ's column loop on the int8 grid of DynamicLinear (symmetric, per output channel, scales
-    from the original weight); act_order does not apply to a per-channel grid and is ignored."""
+    from the original weight); act_order is not implemented here (quantize_weight_only refuses it)."""
     N, K = W.shape
     q8, s8, _ = _int8_rtn(W)
     Wd = W.to(torch.float64, copy=True)
@@ -987,6 +1054,7 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
             plan = {}
     feeder = _Feeder(model, batches, plan)
     gen = torch.Generator().manual_seed(0)
+    dead: Dict[str, Tuple[int, int]] = {}
     for prod, members in _progress(groups, progress, "int4 awq"):
         first = linears[members[0]]
         rows: List[torch.Tensor] = []
@@ -1005,6 +1073,9 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
         if not bool(torch.isfinite(X).all()):
             raise ValueError(f"AWQ: the inputs of {members[0]} on the calibration data hold NaN or inf: check "
                              "'calib_data' and the layers before it")
+        n_dead = int((X == 0).all(0).sum())
+        if n_dead:
+            dead.update((m, (n_dead, X.shape[1])) for m in members)
         if X.shape[0] > max_rows:
             X = X[torch.randperm(X.shape[0], generator=gen)[:max_rows].to(X.device)]
         weights = [linears[m].weight.detach().float() for m in members]
@@ -1022,10 +1093,12 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
                 _set_fake_weight(linears[m], fake)
         if prod is not None:
             _fold_into(mods[prod], prod, s, results)
+    _warn_dead_inputs("AWQ", dead, "AWQ left their weights unscaled (s = 1) and their inputs unamplified")
     kept = [n for n in order if n in results and results[n][3] is not None]
     if fold and kept:
         # Not an error (the result is the same), but a cost the user may want to know of.
-        why = ("no LayerNorm (with affine weights) or Linear produces their input for them alone" if traced else
+        why = ("no LayerNorm (with affine weights) or Linear produces their input for them alone, or the model "
+               "also reads its weights or theirs directly" if traced else
                "torch.fx could not trace the model")
         warnings.warn(f"AWQ: the scales of {len(kept)} of {len(order)} layers could not be folded into the op "
                       f"before them ({why}); they keep an input_scale, one elementwise multiply of the input per "

@@ -6,7 +6,8 @@ whose activations are large, and whose weights therefore matter most, lose less 
 ``grid`` points in [0, 1) to minimize the output error ``||X W^T - (X / s) Q(W * s)^T||^2`` on
 the calibration rows, for all the Linears that read the same input together (they must share
 one ``s`` when it is folded into the op that produces that input). alpha = 0 is plain
-round-to-nearest, so the chosen scale never does worse than RTN on the calibration rows.
+round-to-nearest, so the chosen scale never does worse than RTN on the calibration rows. An
+input channel that is 0 on every calibration row keeps s = 1 (:func:`awq_candidate_scales`).
 """
 from typing import List, Sequence, Tuple
 
@@ -24,9 +25,20 @@ def rtn_fake(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def awq_candidate_scales(x_abs_mean: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The per-input-channel scale of one grid point."""
-    s = x_abs_mean.float().clamp(min=1e-4).pow(alpha)
-    s = s / (s.max() * s.min()).sqrt()
+    """The per-input-channel scale of one grid point. A channel that is 0 on every calibration
+    row gets s = 1, the middle of the others' range (they are normalized by sqrt(max * min)),
+    and takes no part in that normalization."""
+    # The reference implementations (llm-awq, AutoAWQ) clamp mean|x| at 1e-4, which gives such a
+    # channel the smallest scale of all: its weights, divided by the group scale of much larger
+    # ones, round to 0, and its input scale 1 / s multiplies it by up to 1e4 ** alpha. The loss
+    # cannot see the channel (it is 0 in every row), so nothing supports shrinking it; at s = 1
+    # it is rounded as a typical channel, and inputs it gets on other data pass unamplified.
+    m = x_abs_mean.float()
+    live = m > 0
+    s = torch.ones_like(m)
+    if bool(live.any()):
+        sl = m[live].clamp(min=1e-4).pow(alpha)
+        s[live] = sl / (sl.max() * sl.min()).sqrt()
     return s
 
 

@@ -14,7 +14,8 @@ values of ``q`` differently but store them the same way).
 
 Storage (the state dict, portable across devices): ``qweight`` uint8 ``[N, ceil(K / 2)]`` with
 ``k`` even in the low nibble and ``k + 1`` in the high nibble (0 past K), ``weight_scale``
-float32 ``[N, G]``, ``weight_zero_point`` uint8 ``[N, G]``.
+float32 ``[N, G]``, ``weight_zero_point`` uint8 ``[N, G]``; the module adds ``weight_format`` int32
+``[2]``, its ``(group_size, K)``, which the shapes alone do not determine.
 """
 from typing import Tuple
 

@@ -3,7 +3,10 @@
 The state dict holds the portable format of :mod:`torchquant.int4.format` (plain tensors:
 ``qweight`` uint8 [N, ceil(K/2)], ``weight_scale`` float32 [N, G], ``weight_zero_point`` uint8
 [N, G], ``bias``, and for AWQ without a foldable previous op an ``input_scale`` float32 [K]), so
-it loads with ``torch.load(weights_only=True)``. The kernel layout (``int4_pack_weight``) is a
+it loads with ``torch.load(weights_only=True)``; ``weight_format`` int32 [2] holds ``(group_size,
+in_features)``, checked on load (shapes alone do not tell group size 32 from 48 at K = 64), also
+where the state dict's metadata is lost (safetensors files: Hugging Face's ``save_pretrained``;
+a checkpoint saved without it loads as before). The kernel layout (``int4_pack_weight``) is a
 set of non-persistent buffers rebuilt for the module's device on ``.to()`` and after
 ``load_state_dict``.
 """
@@ -16,8 +19,8 @@ from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import integer_load_errors, note_packed, qparam_load_errors, repack_if_stale
-from ..int4.format import (check_group_size, choose_group_qparams, dequantize_groups, num_groups, pack_int4,
-                           quantize_groups, unpack_int4)
+from ..int4.format import (QMAX, check_group_size, choose_group_qparams, dequantize_groups, num_groups,
+                           pack_int4, quantize_groups, unpack_int4)
 
 __all__ = ["LinearWeightOnlyInt4", "Int4WeightView"]
 
@@ -29,6 +32,26 @@ def _record_format(module, state_dict, prefix, local_metadata):
     torch.load(weights_only=True)), checked on load."""
     local_metadata["group_size"] = module.group_size
     local_metadata["in_features"] = module.in_features
+
+
+def _check_zero_point(zero_point: torch.Tensor, groups: int) -> None:
+    """from_qparams' zero points, checked on the values as given, before the uint8 cast (which
+    wraps 256 to 0 and -1 to 255, and truncates 3.9 to 3): integers in [0, 15], in any real
+    dtype (as qvalues)."""
+    if zero_point.dtype == torch.bool or zero_point.is_complex():
+        raise TypeError(f"argument 'zero_point' must hold integers in [0, {QMAX}], got dtype {zero_point.dtype}")
+    if not zero_point.numel() or zero_point.is_meta:
+        return
+    z = zero_point.detach()
+    bad = (z < 0) | (z > QMAX)
+    if z.is_floating_point():
+        bad |= z != torch.round(z)  # (NaN too)
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0])
+        v = z.reshape(-1)[i].item()
+        got = f"{v:g}" + (" (not an integer)" if 0 <= v <= QMAX else "") if isinstance(v, float) else str(v)
+        raise ValueError(f"argument 'zero_point' must hold 4-bit zero points, integers in [0, {QMAX}], got {got} "
+                         f"at channel {i // groups}, group {i % groups}")
 
 
 def _materialize(v):
@@ -151,6 +174,9 @@ class LinearWeightOnlyInt4(nn.Module):
         self.register_buffer("weight_zero_point", torch.zeros(out_features, G, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
+        # (group_size, in_features) in the state dict itself: a file without the metadata below
+        # (safetensors, Hugging Face's save_pretrained) is checked too
+        self.register_buffer("weight_format", torch.tensor([group_size, in_features], dtype=torch.int32))
         for name in ("_w_packed", "_w_qp", "_w_scale"):
             self.register_buffer(name, None, persistent=False)
         self.register_state_dict_post_hook(_record_format)
@@ -161,7 +187,9 @@ class LinearWeightOnlyInt4(nn.Module):
     def from_qparams(cls, qvalues: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                      bias: Optional[torch.Tensor], group_size: int, input_scale: Optional[torch.Tensor] = None):
         """From uint4 values [N, K] (uint8 0..15) and group qparams [N, G]: ``w = s * (q - z)``,
-        applied to ``x * input_scale`` when input_scale is given."""
+        applied to ``x * input_scale`` when input_scale is given. Values and zero points are
+        integers in [0, 15], in any real dtype (checked as given: 3.9, -1 or 256 is a ValueError
+        naming the channel and group, not a truncated or wrapped uint8)."""
         if not isinstance(qvalues, torch.Tensor) or qvalues.dim() != 2:
             raise ValueError(f"argument 'qvalues' must be a 2-D tensor [out_features, in_features], got "
                              f"{tuple(qvalues.shape) if isinstance(qvalues, torch.Tensor) else type(qvalues).__name__}")
@@ -184,6 +212,7 @@ class LinearWeightOnlyInt4(nn.Module):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"argument '{name}' must have shape {tuple(shape)} for qvalues of shape {(N, K)} "
                                  f"and group_size={group_size}, got {got}")
+        _check_zero_point(zero_point, m.weight_zero_point.shape[1])
         m.qweight.copy_(pack_int4(qvalues.cpu()))
         m.weight_scale.copy_(scale.detach().float().cpu())
         m.weight_zero_point.copy_(zero_point.cpu().to(torch.uint8))
@@ -226,12 +255,19 @@ class LinearWeightOnlyInt4(nn.Module):
             self.qweight, self.weight_scale, self.weight_zero_point, self.in_features, self.group_size)
         note_packed(self, ("qweight", "weight_scale", "weight_zero_point"), "_w_packed")
 
+    def _set_format(self):
+        f = self._buffers.get("weight_format")
+        if isinstance(f, torch.Tensor) and not f.is_meta:
+            with torch.no_grad():
+                f.copy_(torch.tensor([self.group_size, self.in_features], dtype=f.dtype))
+
     def _apply(self, fn, *args, **kwargs):
         # Moves follow the device; dtype casts (.half()) leave the float32 qparams, bias and
         # input scale as they are (they are part of the int4 computation), then repack.
         # Values that cannot be packed (the uninitialized memory of .to_empty(), filled by the
         # load_state_dict that follows) defer the packing, and its error, to the next call.
         _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
+        self._set_format()  # (to_empty leaves it uninitialized)
         try:
             self._repack()
         except RuntimeError:
@@ -243,13 +279,24 @@ class LinearWeightOnlyInt4(nn.Module):
         errors = integer_load_errors(self, state_dict, prefix, ("qweight", "weight_zero_point"))
         errors += qparam_load_errors(self, state_dict, prefix)
         # Group sizes that give the same number of groups give the same shapes (K = 64: 32 and
-        # 48): the state dict's metadata names the group size and K it was packed for (a state
-        # dict without them, built by hand, is taken by its shapes alone).
+        # 48), as do K = 63 and 64: the state dict's weight_format and its metadata name the group
+        # size and K it was packed for (a state dict with neither, saved before weight_format
+        # existed or built by hand, is taken by its shapes alone).
+        recorded = {}
+        fmt_key = prefix + "weight_format"
+        fmt = state_dict.get(fmt_key)
+        if isinstance(fmt, torch.Tensor):
+            if fmt.is_floating_point() or fmt.is_complex() or fmt.dtype == torch.bool or tuple(fmt.shape) != (2,):
+                errors.append(f"{fmt_key}: the quantized {type(self).__name__}'s weight_format must be 2 integers "
+                              f"(group_size, in_features), got dtype {fmt.dtype} and shape {tuple(fmt.shape)}")
+            elif not fmt.is_meta:
+                recorded = dict(zip(("group_size", "in_features"), fmt.tolist()))
         for key, mine in (("group_size", self.group_size), ("in_features", self.in_features)):
-            theirs = (local_metadata or {}).get(key)
-            if theirs is not None and theirs != mine:
-                errors.append(f"{prefix}qweight was quantized with {key}={theirs}, this {type(self).__name__} has "
-                              f"{key}={mine}")
+            for theirs in ((local_metadata or {}).get(key), recorded.get(key)):
+                if theirs is not None and theirs != mine:
+                    errors.append(f"{prefix}qweight was quantized with {key}={theirs}, this {type(self).__name__} "
+                                  f"has {key}={mine}")
+                    break
         zp = state_dict.get(prefix + "weight_zero_point")
         if isinstance(zp, torch.Tensor) and zp.dtype == torch.uint8 and bool((zp > 15).any()):
             errors.append(f"{prefix}weight_zero_point: 4-bit zero points lie in [0, 15], got {int(zp.max())}")
@@ -261,6 +308,9 @@ class LinearWeightOnlyInt4(nn.Module):
             # without one (quantize_weight_only(method="rtn"), no data) takes it from the checkpoint.
             self.register_buffer("input_scale", torch.ones(self.in_features, device=self.qweight.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if fmt_key in missing_keys and fmt_key not in state_dict:
+            missing_keys.remove(fmt_key)  # a checkpoint saved before weight_format existed
+        self._set_format()  # (the values checked above, in this buffer's dtype)
         self._repack()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's name: fc(input=x) works too
@@ -287,7 +337,7 @@ class LinearWeightOnlyInt4(nn.Module):
         return y if y.dtype == odt else y.to(odt)
 
     def weight_bytes(self) -> int:
-        """Bytes of the persistent state (qweight, qparams, bias, input scale)."""
+        """Bytes of the persistent state (qweight, qparams, bias, input scale, weight_format)."""
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def extra_repr(self):
