@@ -1450,3 +1450,37 @@ def test_convert_of_a_bare_layer_says_it_stays_float():
     with pytest.warns(UserWarning, match=r"the model itself is a Linear with a qconfig; .* wrap it"):
         q = tq.convert(p)
     assert type(q) is nn.Linear
+
+
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "conv", "depthwise", "conv_transpose", "lstm"])
+def test_in_place_changes_of_the_weights_reach_the_next_call(kind):
+    # The kernels run a packed copy of the weights: an in-place change of qweight (or through a
+    # dynamic Linear's .weight view) left the copy of the old weights in use, without a word.
+    torch.manual_seed(0)
+    if kind in ("linear", "conv", "depthwise", "conv_transpose"):
+        layer = {"linear": nn.Linear(8, 6), "conv": nn.Conv2d(4, 6, 3), "depthwise": nn.Conv2d(4, 4, 3, groups=4),
+                 "conv_transpose": nn.ConvTranspose2d(4, 6, 3)}[kind]
+        m = nn.Sequential(tq.QuantStub(), layer, tq.DeQuantStub()).eval()
+        m.qconfig = tq.get_default_qconfig()
+        x = torch.randn(2, 8) if kind == "linear" else torch.randn(2, 4, 6, 6)
+        p = tq.prepare(m)
+        p(x)
+        q = tq.convert(p)
+        w = q[1].qweight
+    else:
+        f = nn.Sequential(nn.Linear(8, 6) if kind == "dynamic" else nn.LSTM(8, 6))
+        q = tq.quantize_dynamic(f, {type(f[0])})
+        x = torch.randn(3, 2, 8)
+        w = q[0].weight if kind == "dynamic" else q[0].ih_l0.qweight
+
+    def run(model):
+        y = model(x)
+        return y[0] if isinstance(y, tuple) else y
+
+    before = run(q)
+    with torch.no_grad():
+        w.mul_(0) if kind == "dynamic" else w.copy_(torch.flip(w, [0]))
+    fresh = copy.deepcopy(q)
+    fresh.load_state_dict(q.state_dict())  # (a load repacks)
+    after = run(q)
+    assert not torch.equal(after, before) and torch.equal(after, run(fresh))

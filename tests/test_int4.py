@@ -593,3 +593,20 @@ def test_weight_view_answers_like_a_linear_weight_and_t5_runs():
         a = t5(input_ids=ids, decoder_input_ids=ids).logits
         b = q5(input_ids=ids, decoder_input_ids=ids).logits
     assert float((a - b).norm() / a.norm()) < 0.3
+
+
+def test_in_place_changes_reach_the_next_call_and_the_weight_view_is_read_only():
+    # The kernel runs a packed copy: weight_scale.mul_(2) was not seen, and torch.nn.init.zeros_
+    # on the .weight view zeroed a dequantized copy, both without a word.
+    torch.manual_seed(0)
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(64, 8), group_size=32)
+    x = torch.randn(3, 64)
+    before = q(x)
+    with torch.no_grad():
+        q.weight_scale.mul_(2)
+    assert torch.allclose(q(x) - q.bias, 2 * (before - q.bias), rtol=1e-4, atol=1e-4)
+    for change in (lambda w: torch.nn.init.zeros_(w), lambda w: w.mul_(0), lambda w: w.copy_(torch.zeros(8, 64))):
+        with pytest.raises(TypeError, match=r"Int4WeightView\.\w+_: the int4 layer's weight view is read-only"):
+            with torch.no_grad():
+                change(q.weight)
+    q.weight.requires_grad_(False)  # (freezing code calls it; harmless)

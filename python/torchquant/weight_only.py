@@ -218,7 +218,7 @@ def _block_output(out):
 # nn.Module's own bookkeeping (hooks, registries) and torchquant's per-module caches: not state
 # a forward leaves behind
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {"_tq_setting_names", "_table_cache", "_tq_packed_from", "_tq_src0",
-                                                   "_tq_warned"}
+                                                   "_tq_v0", "_tq_warned"}
 
 
 def _same_value(a, b) -> bool:

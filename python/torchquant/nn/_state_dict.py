@@ -164,26 +164,44 @@ def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, 
 # A quantized module's kernel layout (non-persistent buffers) is built from its state (qweight,
 # and for some its qparams) at construction, load_state_dict and .to(). Something that puts
 # other tensors in place of that state without going through them (torch.func.functional_call
-# with another model's state dict, an assignment `module.qweight = t`) would leave the layout of
-# the old weights in use: the forwards call repack_if_stale first.
+# with another model's state dict, an assignment `module.qweight = t`), or changes it in place
+# (`module.qweight.mul_(2)`, an in-place op on a dynamic Linear's `.weight` view), would leave
+# the layout of the old weights in use: the forwards call repack_if_stale first.
+def _version_of(t):
+    """t's version counter (bumped by every in-place change), or None for an inference tensor,
+    which has none (nor can it be changed in place outside inference mode)."""
+    try:
+        return t._version
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def note_packed(module: nn.Module, sources, packed: str) -> None:
-    """Records which tensors the packed buffer `packed` was built from (buffer names `sources`)."""
+    """Records which tensors (and versions of them) the packed buffer `packed` was built from
+    (buffer names `sources`)."""
     b = module._buffers
-    module.__dict__["_tq_packed_from"] = (b[packed], tuple(b[k] for k in sources), tuple(sources), packed)
-    # the first source, for the forwards' inline check (one identity test per call)
-    module.__dict__["_tq_src0"] = b[sources[0]]
+    srcs = tuple(b[k] for k in sources)
+    module.__dict__["_tq_packed_from"] = (b[packed], srcs, tuple(sources), packed, tuple(map(_version_of, srcs)))
+    # the first source and its version, for the forwards' inline check (an identity test and a
+    # version comparison per call)
+    module.__dict__["_tq_src0"] = srcs[0]
+    module.__dict__["_tq_v0"] = _version_of(srcs[0])
 
 
 def repack_if_stale(module: nn.Module) -> None:
     """Rebuilds the packed buffers when one of their source buffers is no longer the tensor they
-    were built from, while the packed buffer still is the one built (a caller that puts its own
-    packed buffers in place, as torch.func.stack_module_state's ensembles do, is left alone)."""
+    were built from, or was changed in place since, while the packed buffer still is the one
+    built (a caller that puts its own packed buffers in place, as torch.func.stack_module_state's
+    ensembles do, is left alone)."""
     rec = module.__dict__.get("_tq_packed_from")
     if rec is None:
         return
     b = module._buffers
     if b.get(rec[3]) is rec[0]:
-        for name, t in zip(rec[2], rec[1]):
-            if b.get(name) is not t:
+        # (a trace sees no in-place change between calls, and a version is a value it cannot guard on)
+        traced = torch.compiler.is_compiling()
+        for name, t, v in zip(rec[2], rec[1], rec[4]):
+            now = b.get(name)
+            if now is not t or (v is not None and not traced and now._version != v):
                 module._repack()
                 return

@@ -8,6 +8,7 @@ state dict.
 from typing import Optional
 
 import torch
+from torch.compiler import is_compiling as _is_compiling
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import nn
@@ -168,6 +169,7 @@ class _Int8WeightModule(nn.Module):
         return False
 
     _tq_src0 = None  # the tensor the kernel layout was packed from (nn/_state_dict.py: note_packed)
+    _tq_v0 = None  # and its version then
 
     def _init_int8_buffers(self, qweight_shape, out_channels: int, bias: bool, dtype):
         self.register_buffer("qweight", torch.zeros(*qweight_shape, dtype=torch.int8))
@@ -339,7 +341,8 @@ class Linear(_Int8WeightModule):
 
     def forward(self, x):
         x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
-        if self._buffers["qweight"] is not self._tq_src0:  # (torch.func.functional_call, an assignment)
+        w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
+        if w0 is not self._tq_src0 or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0):
             repack_if_stale(self)
         # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
         # part of a small-batch call.
@@ -531,7 +534,8 @@ class DynamicLinear(Linear):
         if isinstance(x, QTensor):
             x = x.dequantize()
         # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
-        if self._buffers["qweight"] is not self._tq_src0:  # (torch.func.functional_call, an assignment)
+        w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
+        if w0 is not self._tq_src0 or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0):
             repack_if_stale(self)
         b = self._buffers
         w = b["_packed_weight"]

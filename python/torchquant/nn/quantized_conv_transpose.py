@@ -14,6 +14,7 @@ packed weight is rebuilt on ``.to()`` and on load. The output's int8 data is cha
 from typing import List, Optional
 
 import torch
+from torch.compiler import is_compiling as _is_compiling
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
@@ -109,7 +110,8 @@ class _ConvTransposeNd(_ConvLikeNd):
 
     def forward(self, x, output_size: Optional[List[int]] = None):
         x = self._check_input(x, "transposed convolution")
-        if self._buffers["qweight"] is not self._tq_src0:
+        w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
+        if w0 is not self._tq_src0 or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0):
             repack_if_stale(self)
         data = x.data
         unbatched = self._unbatched(data, "conv_transpose")

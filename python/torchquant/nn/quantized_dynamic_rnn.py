@@ -18,6 +18,7 @@ tensors (int8 weights, float32 scales, int32 zero points, float32 biases).
 from typing import List, Optional, Tuple
 
 import torch
+from torch.compiler import is_compiling as _is_compiling
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -44,7 +45,8 @@ def _quantized_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], qconfi
 
 
 def _linear_args(q: DynamicLinear):
-    if q._buffers["qweight"] is not q._tq_src0:
+    w0 = q._buffers["qweight"]
+    if w0 is not q._tq_src0 or (q._tq_v0 is not None and not _is_compiling() and w0._version != q._tq_v0):
         repack_if_stale(q)
     b = q._buffers
     return b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]

@@ -64,6 +64,15 @@ def _materialize(v):
     return v
 
 
+def _refuse_in_place(name: str) -> None:
+    """An in-place tensor method or function (mul_, zero_, copy_; torch.nn.init's) on the view
+    would change a dequantized copy and leave the layer as it was, without a word."""
+    if name.endswith("_") and not name.endswith("__") and name != "requires_grad_":
+        raise TypeError(f"Int4WeightView.{name}: the int4 layer's weight view is read-only (an in-place change "
+                        "would change a dequantized copy, not the layer); give the layer new weights with "
+                        "LinearWeightOnlyInt4.from_float / from_qparams or load_state_dict")
+
+
 class Int4WeightView:
     """What ``LinearWeightOnlyInt4.weight`` returns: the layer's effective weight ``W`` (``y = x
     @ W.T + bias``) without materializing it. Model code that reads a Linear's ``.weight``
@@ -137,10 +146,12 @@ class Int4WeightView:
     def __getattr__(self, name):  # tensor methods (t, T, to, float, contiguous, ...) on the float weight
         if name.startswith("_"):  # (copy / pickle probing an unset slot: no dequantization)
             raise AttributeError(name)
+        _refuse_in_place(name)
         return getattr(self.dequantize(), name)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        _refuse_in_place(getattr(func, "__name__", ""))
         return func(*_materialize(args), **_materialize(kwargs or {}))
 
     def __repr__(self):
