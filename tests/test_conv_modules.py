@@ -187,7 +187,7 @@ def test_issue_example_runs():
     for _ in range(4):
         prepared(torch.randn(8, 3, 8, 8))
     q = tq.convert(prepared)
-    assert type(q[1]) is tqq.ConvReLU2d  # the ReLU folded into the conv's epilogue
+    assert type(q) is tqq.FusedReLUSequential and type(q[1]) is tqq.Conv2d  # the ReLU in the conv's epilogue
     x = torch.randn(4, 3, 8, 8)
     assert _sqnr(model(x), q(x)) > 25
 

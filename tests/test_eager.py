@@ -369,7 +369,9 @@ def test_nested_sequential_and_modulelist():
     with torch.no_grad():
         p(torch.randn(64, 16))
     q = torchquant.convert(p)
-    assert type(q[1].layers[0][0]) is nnq.LinearReLU and type(q[3]) is nnq.Linear  # Linear+ReLU folded
+    # Linear+ReLU run as one call by their Sequential
+    assert type(q[1].layers[0]) is nnq.FusedReLUSequential and type(q[1].layers[0][0]) is nnq.Linear
+    assert type(q[3]) is nnq.Linear
     x = torch.randn(8, 16)
     torch.testing.assert_close(q(x), m(x), atol=0.05, rtol=0)
 
@@ -576,12 +578,19 @@ def test_linear_relu_in_sequential_is_folded_bit_identically():
     p = torchquant.prepare(m)
     p(torch.randn(128, 32))
     q = torchquant.convert(p)
-    assert type(q[1]) is nnq.LinearReLU and type(q[2]) is nn.Identity
-    # The unfolded computation: the same int8 Linear, then the int8 ReLU.
-    unfolded = nnq.Linear.from_float(p[1])
+    assert type(q) is nnq.FusedReLUSequential and [type(c) for c in q] == [
+        nnq.Quantize, nnq.Linear, nnq.ReLU, nnq.Linear, nnq.DeQuantize]
+    relu_calls = []
+    q[2].forward = lambda x: relu_calls.append(1) or nnq.ReLU.forward(q[2], x)
     x = torch.randn(16, 32)
-    qx = q[0](x)
-    assert torch.equal(q[1](qx).int_repr(), nnq.ReLU()(unfolded(qx)).int_repr())
+    fused = q(x)
+    assert relu_calls == []  # the ReLU ran in the Linear's epilogue
+    # The unfolded computation: each child called alone (the Linear's own output, then the ReLU).
+    y = q[0](x)
+    for c in list(q)[1:]:
+        y = c(y)
+    assert len(relu_calls) == 1 and torch.equal(fused, y)
+    assert float(q[1](q[0](x)).dequantize().min()) < 0  # the Linear alone: no ReLU
 
 
 @pytest.mark.parametrize("qconfig,match", [
@@ -728,9 +737,9 @@ def test_convert_keeps_user_hooks_on_swapped_modules():
 
 
 def test_relu_fold_leaves_shared_and_hooked_modules():
-    # convert folds an int8 Linear and the ReLU after it in an nn.Sequential into one call, but
-    # not a Linear also used elsewhere (its other calls would get the ReLU too), nor where the
-    # user hooked the ReLU (its hooks would stop firing).
+    # A Sequential runs an int8 Linear and the ReLU after it as one call; the Linear called
+    # elsewhere gives its own output (before, the fold changed its class and every other call got
+    # the ReLU too), and where the user hooked the ReLU the pair runs as two calls (its hooks fire).
     class Shared(nn.Module):
         def __init__(self):
             super().__init__()
@@ -748,6 +757,7 @@ def test_relu_fold_leaves_shared_and_hooked_modules():
     p(torch.randn(32, 8))
     q = tq.convert(p)
     assert type(q.lin) is nnq.Linear and q.seq[0] is q.lin and type(q.seq[1]) is nnq.ReLU
+    assert type(q.seq) is nnq.FusedReLUSequential
     # the shared module's observer state round-trips (it is in the dict under both names)
     again = tq.prepare(m)
     tq.load_observer_state_dict(again, tq.get_observer_state_dict(p))
@@ -763,8 +773,44 @@ def test_relu_fold_leaves_shared_and_hooked_modules():
     calls.clear()
     q(torch.randn(2, 4))
     assert calls == ["ReLU"] and type(q[1]) is nnq.Linear
-    q = _converted()  # unhooked, unshared: folded
-    assert type(q[1]) is nnq.LinearReLU and type(q[2]) is nn.Identity
+    q = _converted()  # unhooked: one call
+    assert type(q) is nnq.FusedReLUSequential and type(q[1]) is nnq.Linear and type(q[2]) is nnq.ReLU
+
+
+class _Taps(nn.Module):
+    """Code that iterates its Sequential and keeps an intermediate output (feature extractors,
+    perceptual losses), and calls another Sequential's children by index."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.dq = tq.QuantStub(), tq.DeQuantStub()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+        self.mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        x = self.q(x)
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == 0:
+                pre = x
+        x = x.mean((2, 3))
+        return self.dq(pre), self.dq(self.mlp[2](self.mlp[0](x)))
+
+
+def test_children_of_a_folded_sequential_called_alone_give_their_own_outputs():
+    # convert made the Conv a ConvReLU2d and the ReLU an Identity: the pre-activation tap came
+    # out after the ReLU (3.4 dB), the Linear that skips the ReLU gained one (6.9 dB).
+    torch.manual_seed(0)
+    m = _Taps().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    for _ in range(4):
+        p(torch.randn(8, 3, 10, 10))
+    q = tq.convert(p)
+    x = torch.randn(4, 3, 10, 10)
+    with torch.no_grad():
+        for want, got in zip(m(x), q(x)):
+            assert float(10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum())) > 25
 
 
 def test_quantize_dynamic_keeps_user_hooks():

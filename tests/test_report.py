@@ -243,8 +243,18 @@ def test_report_compares_a_folded_relu_after_the_relu_and_every_call():
     p = tq.prepare(m)
     p(torch.randn(64, 8))
     q = tq.convert(p)
-    assert type(q[1]) is tq.nn.quantized.LinearReLU  # folded by convert
     x = torch.randn(32, 8)
+    # convert's Sequential runs the Linear and the ReLU as one call; report compares each
+    # module's own output (the Linear's before the ReLU)
+    r = tq.report(m, q, x)
+    assert r["1"].float_type == "Linear" and r["2"].float_type == "ReLU"
+    with torch.no_grad():
+        f, y = m[1](x), q[1](q[0](x)).dequantize()
+    want = 10 * torch.log10(f.double().pow(2).sum() / (f.double() - y.double()).pow(2).sum())
+    assert abs(r["1"].sqnr_db - float(want)) < 1e-6 and r["1"].sqnr_db > 25
+    # a model converted by an earlier version (pickled): the Linear a LinearReLU, the ReLU an
+    # Identity; compared after the ReLU on both sides
+    q[1].__class__, q._modules["2"] = tq.nn.quantized.LinearReLU, nn.Identity()
     r = tq.report(m, q, x)
     row = r["1"]
     assert row.float_type == "Linear+ReLU"

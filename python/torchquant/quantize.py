@@ -783,29 +783,25 @@ def _clean(model: nn.Module) -> None:
 
 
 def _fold_relus(model: nn.Module) -> None:
-    """In an nn.Sequential, an int8 Linear directly followed by an int8 ReLU becomes one
-    LinearReLU call. The result is bit-identical: requantization is monotonic and maps 0 to the
-    zero point, so requant(max(y, 0)) == max(requant(y), zero_point) with the same qparams. It
-    saves one op (and its dispatch) per pair, which is most of the cost at small batch sizes.
-    Not where the Linear is also reachable elsewhere in the model (a shared module: the fold
-    changes its class, so every other call of it would get the ReLU too), nor where the user
-    hooked either module (the ReLU's hooks would no longer fire, the Linear's forward hooks
-    would see its output after the ReLU)."""
-    uses: Dict[int, int] = {}
-    for _, m in model.named_modules(remove_duplicate=False):
-        uses[id(m)] = uses.get(id(m), 0) + 1
+    """Every plain nn.Sequential holding an int8 Linear or Conv directly followed by an int8 ReLU
+    becomes a FusedReLUSequential, whose forward runs each such pair as one call (bit-identical;
+    see its docstring). Its children stay as they are: a child called alone, or by code that
+    iterates the Sequential and keeps an intermediate output, gives what it gave before (the
+    earlier fold changed the Linear's class and put an Identity for the ReLU, and such code got
+    the Linear's output after the ReLU). A subclass of nn.Sequential (its own forward) is left
+    alone."""
+    folds_of = {}
     for mod in model.modules():
-        if not isinstance(mod, nn.Sequential):
+        if type(mod) is not nn.Sequential:
             continue
         names = list(mod._modules.keys())
-        for a, b in zip(names[:-1], names[1:]):
-            lin, relu = mod._modules[a], mod._modules[b]
-            if (type(lin) in _RELU_FOLDS and type(relu) is nnq.ReLU and uses.get(id(lin)) == 1
-                    and not lin._forward_hooks and not relu._forward_hooks and not relu._forward_pre_hooks):
-                lin.__class__ = _RELU_FOLDS[type(lin)]
-                ident = nn.Identity()
-                ident.train(relu.training)
-                mod._modules[b] = ident
+        folds = {a: b for a, b in zip(names[:-1], names[1:])
+                 if type(mod._modules[a]) in _RELU_FOLDS and type(mod._modules[b]) is nnq.ReLU}
+        if folds:
+            folds_of[id(mod)] = (mod, folds)
+    for mod, folds in folds_of.values():
+        mod.__class__ = nnq.FusedReLUSequential
+        mod.__dict__["_tq_relu_folds"] = folds
 
 
 def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inplace: bool = False,
@@ -814,8 +810,8 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     ConvTranspose and their fused ReLU / BatchNorm forms run torchquant's int8 kernels (BatchNorm
     folded in), BatchNorm, norms, activations and FloatFunctional their int8 versions,
     QuantStub/DeQuantStub become Quantize/DeQuantize, QAT modules convert from their fake-quant
-    qparams. Inside an nn.Sequential, a Linear or Conv followed by a ReLU runs as one fused call
-    (bit-identical).
+    qparams. Inside a plain nn.Sequential, a Linear or Conv followed by a ReLU runs as one fused
+    call (bit-identical: the Sequential becomes a FusedReLUSequential; its children stay as they are).
     Raises, naming the module, if no observer has seen data; modules whose observers saw none
     while others did (never run during calibration, as an auxiliary head that runs only in
     training) stay float, with a warning naming them.

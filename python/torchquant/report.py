@@ -205,8 +205,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     captured = {"float": {}, "quant": {}}
     handles = []
 
-    # An unfused float Linear / Conv followed by a ReLU whose int8 module convert folded the
-    # ReLU into (LinearReLU, ConvReLU in an nn.Sequential): compared after the ReLU on both sides.
+    # An unfused float Linear / Conv followed by a ReLU whose int8 module an earlier version's
+    # convert folded the ReLU into (LinearReLU, ConvReLU in an nn.Sequential, the ReLU an
+    # Identity: a model pickled then): compared after the ReLU on both sides.
     from .nn import qat
     from .quantize import _RELU_FOLDS
 

@@ -12,6 +12,7 @@ from torch.compiler import is_compiling as _is_compiling
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from .. import _fastcall
 from .._ops import ops
@@ -24,7 +25,7 @@ from ._state_dict import (activation_dtype_errors, activation_qparams, integer_l
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth",
-           "Flatten"]
+           "Flatten", "FusedReLUSequential"]
 
 _STORAGE = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.uint8: torch.uint8, torch.int8: torch.int8}
 
@@ -339,7 +340,8 @@ class Linear(_Int8WeightModule):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
         note_packed(self, ("qweight",), "_packed_weight")
 
-    def forward(self, x):
+    def forward(self, x, *, _tq_relu: bool = False):
+        # (_tq_relu: the ReLU after it in its nn.Sequential, run in the epilogue: FusedReLUSequential)
         x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
         w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
         if w0 is not self._tq_src0 or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0):
@@ -351,7 +353,7 @@ class Linear(_Int8WeightModule):
         xd, xs, xz = x.data, x.scale, x.zero_point
         f = _fastcall.linear_int8 if _fastcall.usable(xd, xs, xz) else ops.linear_int8.default
         y = f(xd, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], scale, zero_point,
-              self._relu, _STORAGE[self.dtype])
+              self._relu or _tq_relu, _STORAGE[self.dtype])
         return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
@@ -566,6 +568,36 @@ class DynamicLinear(Linear):
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, relu={self._relu}"
+
+
+class FusedReLUSequential(nn.Sequential):
+    """An ``nn.Sequential`` in which convert found an int8 Linear or Conv directly followed by an
+    int8 ReLU: its forward runs each such pair as one call, the ReLU in the kernel's epilogue
+    (bit-identical: requantization is monotonic and maps 0 to the zero point, so requant(max(y,
+    0)) == max(requant(y), zero_point) with the same qparams), which saves one op and its dispatch
+    per pair, most of the cost at small batch sizes. The children are the modules they were:
+    called alone, or by code that iterates the Sequential and keeps an intermediate output, the
+    Linear gives its own output, before the ReLU. A pair whose modules have hooks (now, or global
+    ones) runs as two calls, so that every hook sees what it would."""
+
+    def forward(self, input):
+        folds = self.__dict__.get("_tq_relu_folds") or {}
+        hooked = bool(_global_forward_hooks or _global_forward_pre_hooks)
+        mods = self._modules
+        skip = None
+        for name, m in mods.items():
+            if name == skip:
+                skip = None
+                continue
+            relu = folds.get(name)
+            r = mods.get(relu) if relu is not None else None
+            if (r is not None and type(r) is ReLU and not hooked and not m._forward_hooks
+                    and not m._forward_pre_hooks and not r._forward_hooks and not r._forward_pre_hooks):
+                input = m(input, _tq_relu=True)
+                skip = relu
+            else:
+                input = m(input)
+        return input
 
 
 class ReLU(nn.ReLU):

@@ -204,7 +204,8 @@ class _ConvNd(_ConvLikeNd):
         codes = torch.zeros((), dtype=_STORAGE[self.dtype])
         self._relu6_hi = int(_quantize_value(QTensor._make(codes, scale, zero_point, None, self.qmin, self.qmax), 6.0))
 
-    def forward(self, x):
+    def forward(self, x, *, _tq_relu: bool = False):
+        # (_tq_relu: the ReLU after it in its nn.Sequential, run in the epilogue: FusedReLUSequential)
         x = self._check_input(x, "convolution")
         repack_if_stale(self)
         data = x.data
@@ -225,7 +226,7 @@ class _ConvNd(_ConvLikeNd):
         xs, xz = x.scale, x.zero_point
         f = _fastcall.conv_int8 if _fastcall.usable(data, xs, xz) else ops.conv_int8
         y = f(data, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], k, s, p, d,
-              self.groups, scale, zero_point, self._relu, _STORAGE[self.dtype])
+              self.groups, scale, zero_point, self._relu or _tq_relu, _STORAGE[self.dtype])
         if self._relu6 and self._relu6_hi is not None and self._relu6_hi < self.qmax:
             y.clamp_(max=self._relu6_hi)
         if unbatched:
