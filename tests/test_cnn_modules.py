@@ -4,6 +4,7 @@ module with no int8 version staying float inside a quantized model."""
 import copy
 import io
 import operator
+import re
 import warnings
 
 import pytest
@@ -1378,3 +1379,23 @@ def test_qat_from_float_takes_subclasses_and_torch_ao_fused_modules_and_refuses_
         qat_cls = tq.nn.qat.ConvBn2d if isinstance(fused[0], nn.Conv2d) else tq.nn.qat.LinearBn1d
         with pytest.raises(ValueError, match=r"its BatchNorm has no running statistics \(track_running_stats=False\)"):
             qat_cls.from_float(fused)
+
+
+@pytest.mark.parametrize("d,shape", [(1, (3, 10)), (2, (3, 4, 4)), (2, (3, 8, 8)), (3, (3, 4, 5, 6))])
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_takes_unbatched_input_as_the_float_module(d, shape, affine):
+    # instance_norm read an unbatched [C, *spatial] input's channels as its batch: 2.6 dB where
+    # C == H, errors about weights of 32 elements otherwise.
+    torch.manual_seed(0)
+    conv, norm = getattr(nn, f"Conv{d}d")(2, 3, 1), getattr(nn, f"InstanceNorm{d}d")(3, affine=affine)
+    m = nn.Sequential(tq.QuantStub(), conv, norm, tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(4, 2, *shape[1:]))
+    q = tq.convert(p)
+    x = torch.randn(2, *shape[1:])
+    assert torch.equal(q(x), q(x.unsqueeze(0)).squeeze(0))
+    with pytest.raises(ValueError) as want:
+        norm(torch.randn(3, *shape[1:], 2, 2))
+    with pytest.raises(ValueError, match=re.escape(str(want.value))):
+        q[2](q[1](q[0](torch.randn(1, 2, *shape[1:]))).reshape(1, 3, *shape[1:], 1))

@@ -798,7 +798,14 @@ class InstanceNorm1d(_AffineNorm):
         self._init_affine((num_features,), affine or weight is not None, weight, bias, scale, zero_point, device,
                           dtype)
 
+    _NO_BATCH_DIM = 2  # an unbatched input's dimensions: [C, L]
+
     def _float_op(self, x):
+        nb = self._NO_BATCH_DIM
+        if x.dim() not in (nb, nb + 1):  # the float module's check and message
+            raise ValueError(f"expected {nb}D or {nb + 1}D input (got {x.dim()}D input)")
+        if x.dim() == nb:  # unbatched, as the float module takes it (instance_norm reads dim 0 as the batch)
+            return self._float_op(x.unsqueeze(0)).squeeze(0)
         use_input_stats = self.running_mean is None
         return F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
                                0.0, self.eps)
@@ -818,9 +825,13 @@ class InstanceNorm1d(_AffineNorm):
 class InstanceNorm2d(InstanceNorm1d):
     """Quantized InstanceNorm2d (torch.ao.nn.quantized.InstanceNorm2d)."""
 
+    _NO_BATCH_DIM = 3
+
 
 class InstanceNorm3d(InstanceNorm1d):
     """Quantized InstanceNorm3d (torch.ao.nn.quantized.InstanceNorm3d)."""
+
+    _NO_BATCH_DIM = 4
 
 
 # Float modules that run on QTensors as they are: their forward calls torch functions that
