@@ -1530,3 +1530,41 @@ def test_in_place_changes_of_the_weights_reach_the_next_call(kind):
     fresh.load_state_dict(q.state_dict())  # (a load repacks)
     after = run(q)
     assert not torch.equal(after, before) and torch.equal(after, run(fresh))
+
+
+def test_a_load_under_inference_mode_leaves_normal_qparam_buffers():
+    # The fresh qparam buffers of a load were inference tensors under inference_mode: no version
+    # counter (the lookup tables were rebuilt on every call) and no in-place change afterwards.
+    q = _converted()
+    sd = q.state_dict()
+    with torch.inference_mode():
+        q.load_state_dict(sd)
+    assert not any(b.is_inference() for b in q.state_dict().values())
+    with torch.no_grad():
+        q[0].scale.mul_(1)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copied_module_records_its_own_versions(how):
+    # The versions recorded were the original's; a copy's counters start again, so in-place
+    # changes could bring one back to the recorded number and run the old packed weights.
+    torch.manual_seed(0)
+    dq = tq.quantize_dynamic(nn.Sequential(nn.Linear(16, 8)), {nn.Linear})
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            dq[0].qweight.mul_(1)
+    dq(x)
+    if how == "pickle":
+        buf = io.BytesIO()
+        torch.save(dq, buf)
+        buf.seek(0)
+        c = torch.load(buf, weights_only=False)
+    else:
+        c = copy.deepcopy(dq)
+    lin = c[0]
+    assert lin._tq_v0 == lin.qweight._version and lin._tq_packed_from[4] == (lin.qweight._version,)
+    with torch.no_grad():
+        dq[0].qweight.zero_()  # edited, not run since: a copy carries the weights as they are
+    c = copy.deepcopy(dq)
+    assert torch.equal(c(x), c[0].bias.expand(4, 8))

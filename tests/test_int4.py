@@ -610,3 +610,15 @@ def test_in_place_changes_reach_the_next_call_and_the_weight_view_is_read_only()
             with torch.no_grad():
                 change(q.weight)
     q.weight.requires_grad_(False)  # (freezing code calls it; harmless)
+
+
+def test_a_module_pickled_before_weight_format_loads_a_new_checkpoint():
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(64, 8), group_size=32)
+    sd = q.state_dict()
+    del q._buffers["weight_format"]  # as pickled before the buffer existed
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    old = torch.load(buf, weights_only=False)
+    old.load_state_dict(sd)
+    assert old.weight_format.tolist() == [32, 64]

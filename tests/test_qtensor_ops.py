@@ -680,23 +680,6 @@ def test_functions_inside_the_input_range_keep_its_qparams():
         F.hardtanh(q, 1.0, 0.0)
 
 
-def test_lookup_tables_follow_qparams_written_through_data():
-    # A write through .data bumps no version counter: the tables of sigmoid and of the lookup
-    # modules were reused for the old qparams
-    from torchquant.nn.quantized_ops import Hardswish
-
-    q = torchquant.quantize_per_tensor(torch.linspace(-2, 2, 9), 0.02, 0, torch.qint8)
-    hs = Hardswish(scale=0.02, zero_point=20)
-    torch.sigmoid(q), hs(q)
-    q.scale.data.fill_(0.01)
-    want = torchquant.quantize_per_tensor(torch.sigmoid(q.dequantize()), 1 / 256, -128, torch.qint8)
-    assert torch.equal(torch.sigmoid(q).data, want.data)
-    for _ in range(2):
-        want = torchquant.quantize_per_tensor(F.hardswish(q.dequantize()), hs.scale, hs.zero_point, torch.quint8)
-        assert torch.equal(hs(q).data, want.data)
-        hs.scale.data.fill_(0.04)
-
-
 def test_qtensor_iterates_as_a_tensor():
     q = torchquant.quantize_per_tensor(torch.randn(3, 2), 0.02, 0, torch.qint8)
     rows = list(q)
@@ -738,3 +721,15 @@ def test_qtensor_python_protocols_see_the_values():
         assert torch.equal(fn(q), d)
     assert torch.equal(torch.cat([q, q], axis=1).data, torch.cat([q.data, q.data], 1))
     assert torch.equal(torch.stack([q, q], axis=-1).data, torch.stack([q.data, q.data], -1))
+
+
+def test_in_place_clamp_keeps_the_qparams_without_the_float_path():
+    q = torchquant.quantize_per_tensor(torch.linspace(-1, 1, 16), 0.01, 0, torch.qint8)
+    want = torch.clamp(q.dequantize(), min=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = q.clamp_(min=0.1)
+        assert r is q and torch.allclose(q.dequantize(), want, atol=0.005)
+        p = torchquant.quantize_per_tensor(torch.linspace(-1, 1, 16), 0.01, 0, torch.qint8)
+        F.hardtanh(p, 0.1, 0.5, inplace=True)
+        assert torch.allclose(p.dequantize(), want.clamp(max=0.5), atol=0.005)

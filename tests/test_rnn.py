@@ -506,3 +506,9 @@ def test_recurrent_weight_errors_name_the_module():
                         ({"cell": tq.float_qparams_weight_only_qconfig}, "cell.weight_ih")]:
         with pytest.raises(ValueError, match=f"^{re.escape(where)}: torchquant's int8 Linear needs symmetric weights"):
             tq.quantize_dynamic(M(), spec)
+
+
+def test_a_bare_recurrent_layers_weight_errors_name_its_state_dict_keys():
+    for mod, key in ((nn.LSTM(8, 12), "weight_ih_l0"), (nn.GRUCell(8, 12), "weight_ih")):
+        with pytest.raises(ValueError, match=f"^{key}: torchquant's int8 Linear needs symmetric weights"):
+            tq.quantize_dynamic(mod, {type(mod): tq.float_qparams_weight_only_qconfig})

@@ -238,15 +238,20 @@ def _clamped(q: QTensor, lo, hi) -> QTensor:
     return _onto_output_range(q, lambda x: x.clamp(lo, hi), q.dequantize().clamp(lo, hi))
 
 
-def _hardtanh(q, min_val=-1.0, max_val=1.0, inplace=False):
+def _hardtanh(q, min_val=-1.0, max_val=1.0, inplace=False, _in_place=False):
     """clamp of the codes to the quantized bounds; qparams kept (torch.ao's quantized hardtanh).
-    Bounds that do not hold 0 between them: :func:`_clamped`."""
+    Bounds that do not hold 0 between them: :func:`_clamped` (not in place, where the qparams
+    stay the QTensor's: the codes clamped, exact while the bounds lie inside its range)."""
     _per_tensor(q, "hardtanh")
     if min_val > max_val:
         raise ValueError("min_val cannot be greater than max_val")
-    if not min_val <= 0.0 <= max_val:
+    if not min_val <= 0.0 <= max_val and not (_in_place or inplace):
         return _clamped(q, min_val, max_val)
     return q._same_qparams(q.data.clamp(_quantize_value(q, min_val), _quantize_value(q, max_val)))
+
+
+def _hardtanh_(q, min_val=-1.0, max_val=1.0):
+    return _hardtanh(q, min_val, max_val, _in_place=True)
 
 
 def _relu6(q, inplace=False):
@@ -290,10 +295,6 @@ def _fixed_output(fn, name):
             versions = (s._version, s.data_ptr(), z._version, z.data_ptr(), q.data.dtype)
         except RuntimeError:  # inference tensors: no version counter to tell a change by
             return in_float(q)
-        if s.is_cpu:
-            # A write through .data (buffer.data.copy_(...)) bumps no version: on the CPU the values
-            # are part of the key too (a read of a scalar; on a GPU it would wait for the device).
-            versions += (s.item(), z.item())
         global _FIXED_TABLES
         if _FIXED_TABLES is None:
             from torch.utils.weak import WeakIdKeyDictionary
@@ -442,17 +443,23 @@ def _pad(q, pad, mode="constant", value=None):
     return _back(q, F.pad(_as_float_codes(q), pad, mode))
 
 
-def _clamp(q, min=None, max=None):
+def _clamp(q, min=None, max=None, _in_place=False):
     """clamp of the codes to the quantized bounds; qparams kept (torch.ao's quantized clamp)."""
     _per_tensor(q, "clamp")
     if isinstance(min, torch.Tensor) or isinstance(max, torch.Tensor):
         raise NotImplementedError("clamp of a QTensor takes number bounds; call .dequantize() for tensor bounds")
-    if (min is not None and min > 0.0) or (max is not None and max < 0.0):
+    if ((min is not None and min > 0.0) or (max is not None and max < 0.0)) and not _in_place:
         # the result may lie outside q's range (clamp(q, min=5) of values in [-1, 1] is all 5)
         return _clamped(q, min, max)
     lo = _quantize_value(q, min) if min is not None else None
     hi = _quantize_value(q, max) if max is not None else None
     return q._same_qparams(q.data.clamp(lo, hi))
+
+
+def _clamp_(q, min=None, max=None):
+    """clamp in place: the codes clamped, the QTensor's qparams kept (a bound past its range
+    saturates, as every in-place function's result does)."""
+    return _clamp(q, min, max, _in_place=True)
 
 
 def _requantized(fn, name, keeps_range):
@@ -538,7 +545,7 @@ _FUNCTIONS = {
     torch.relu_: _relu,
     torch.Tensor.relu_: _relu,
     F.relu: _relu,
-    torch._C._nn.hardtanh_: _hardtanh,
+    torch._C._nn.hardtanh_: _hardtanh_,
     F.hardsigmoid: _fixed_output(F.hardsigmoid, "hardsigmoid"),
     torch.sigmoid: _fixed_output(torch.sigmoid, "sigmoid"),
     F.sigmoid: _fixed_output(torch.sigmoid, "sigmoid"),
@@ -572,10 +579,10 @@ _FUNCTIONS = {
     F.pad: _pad,
     torch.clamp: _clamp,
     torch.clip: _clamp,
-    torch.clamp_: _clamp,
-    torch.clip_: _clamp,
-    torch.Tensor.clamp_: _clamp,
-    torch.Tensor.clip_: _clamp,
+    torch.clamp_: _clamp_,
+    torch.clip_: _clamp_,
+    torch.Tensor.clamp_: _clamp_,
+    torch.Tensor.clip_: _clamp_,
     F.leaky_relu: _requantized(F.leaky_relu, "leaky_relu", _leaky_relu_keeps_range),
     F.elu: _requantized(F.elu, "elu", _elu_keeps_range),
     # their in-place forms (the input's qparams kept: exact in place; settings that map values

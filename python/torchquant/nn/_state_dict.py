@@ -142,7 +142,8 @@ def own_loaded_qparams(module: nn.Module, state_dict, prefix: str) -> None:
     for k in _OUTPUT_QPARAMS:
         t = b.get(k)
         if isinstance(t, torch.Tensor) and prefix + k in state_dict:
-            b[k] = t.clone()
+            with torch.inference_mode(False):  # (a load under inference mode: still a normal tensor)
+                b[k] = t.clone()
 
 
 def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -186,6 +187,15 @@ def note_packed(module: nn.Module, sources, packed: str) -> None:
     # version comparison per call)
     module.__dict__["_tq_src0"] = srcs[0]
     module.__dict__["_tq_v0"] = _version_of(srcs[0])
+
+
+def renote_packed(module: nn.Module) -> None:
+    """After unpickling or deep-copying: the versions recorded are the old tensors' (a copy's
+    counter starts again), so they are recorded anew; the pickled layout was current when
+    pickled (the modules' __getstate__ repacks first)."""
+    rec = module.__dict__.get("_tq_packed_from")
+    if rec is not None and module._buffers.get(rec[3]) is rec[0]:
+        note_packed(module, rec[2], rec[3])
 
 
 def repack_if_stale(module: nn.Module) -> None:

@@ -21,7 +21,7 @@ from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
-                          repack_if_stale)
+                          renote_packed, repack_if_stale)
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth",
@@ -165,6 +165,11 @@ class _Int8WeightModule(nn.Module):
         # the transposed one 5-D, the depthwise one [taps, C]) is rebuilt.
         if self._packed_layout_stale():
             self._repack()
+        renote_packed(self)
+
+    def __getstate__(self):
+        repack_if_stale(self)  # (a layout older than an in-place change is not carried into the copy)
+        return super().__getstate__()
 
     def _packed_layout_stale(self) -> bool:
         return False
@@ -208,8 +213,8 @@ class _Int8WeightModule(nn.Module):
         # part of the int8 computation (torch.ao keeps them in its packed params, which no cast
         # reaches), and rounding them through float16 would change every output.
         # The packed buffers are derived and rebuilt below: kept out of fn, which may not take
-        # their shape (.to(memory_format=torch.channels_last) on a 5-D packed ConvTranspose2d
-        # weight, channels_last_3d on a Conv3d's 4-D one).
+        # their shape (.to(memory_format=torch.channels_last) on a 4-D packed depthwise Conv3d
+        # weight [kD, kH, kW, C], or a CUDA conv weight of 4 or 5 dimensions).
         for k in ("_packed_weight", "_col_sums"):
             if k in self._buffers:
                 self._buffers[k] = None

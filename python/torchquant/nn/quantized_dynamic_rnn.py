@@ -142,7 +142,7 @@ class _RNNBase(nn.Module):
             kwargs["proj_size"] = mod.proj_size
         q = cls(mod.input_size, mod.hidden_size, **kwargs)
         qc = _qconfig_of(mod)
-        at = f"{name}." if name else ""  # errors name the weight as the float model's state dict does
+        at = f"{name}." if name and name != type(mod).__name__ else ""  # (a bare root is named by its type)  # errors name the weight as the float model's state dict does
         for layer in range(mod.num_layers):
             for sfx in q._suffixes():
                 p = lambda n: getattr(mod, f"{n}_l{layer}{sfx}")  # noqa: E731
@@ -410,7 +410,7 @@ class _CellBase(nn.Module):
         kwargs = {"nonlinearity": mod.nonlinearity} if cls._mode == "RNNCell" else {}
         q = cls(mod.input_size, mod.hidden_size, mod.bias, **kwargs)
         qc = _qconfig_of(mod)
-        at = f"{name}." if name else ""
+        at = f"{name}." if name and name != type(mod).__name__ else ""  # (a bare root is named by its type)
         q.ih = _quantized_linear(mod.weight_ih, mod.bias_ih if mod.bias else None, qc, f"{at}weight_ih")
         q.hh = _quantized_linear(mod.weight_hh, mod.bias_hh if mod.bias else None, qc, f"{at}weight_hh")
         q.train(mod.training)

@@ -18,7 +18,7 @@ from torch import nn
 from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import integer_load_errors, note_packed, qparam_load_errors, repack_if_stale
+from ._state_dict import integer_load_errors, note_packed, qparam_load_errors, renote_packed, repack_if_stale
 from ..int4.format import (QMAX, check_group_size, choose_group_qparams, dequantize_groups, num_groups,
                            pack_int4, quantize_groups, unpack_int4)
 
@@ -199,8 +199,8 @@ class LinearWeightOnlyInt4(nn.Module):
                      bias: Optional[torch.Tensor], group_size: int, input_scale: Optional[torch.Tensor] = None):
         """From uint4 values [N, K] (uint8 0..15) and group qparams [N, G]: ``w = s * (q - z)``,
         applied to ``x * input_scale`` when input_scale is given. Values and zero points are
-        integers in [0, 15], in any real dtype (checked as given: 3.9, -1 or 256 is a ValueError
-        naming the channel and group, not a truncated or wrapped uint8)."""
+        integers in [0, 15], in any real dtype (checked as given, not truncated or wrapped into
+        a uint8: a zero point of 3.9, -1 or 256 is a ValueError naming its channel and group)."""
         if not isinstance(qvalues, torch.Tensor) or qvalues.dim() != 2:
             raise ValueError(f"argument 'qvalues' must be a 2-D tensor [out_features, in_features], got "
                              f"{tuple(qvalues.shape) if isinstance(qvalues, torch.Tensor) else type(qvalues).__name__}")
@@ -271,6 +271,17 @@ class LinearWeightOnlyInt4(nn.Module):
         if isinstance(f, torch.Tensor) and not f.is_meta:
             with torch.no_grad():
                 f.copy_(torch.tensor([self.group_size, self.in_features], dtype=f.dtype))
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "weight_format" not in self._buffers:  # pickled before the buffer existed
+            self.register_buffer("weight_format", torch.zeros(2, dtype=torch.int32, device=self.qweight.device))
+            self._set_format()
+        renote_packed(self)
+
+    def __getstate__(self):
+        repack_if_stale(self)  # (a layout older than an in-place change is not carried into the copy)
+        return super().__getstate__()
 
     def _apply(self, fn, *args, **kwargs):
         # Moves follow the device; dtype casts (.half()) leave the float32 qparams, bias and

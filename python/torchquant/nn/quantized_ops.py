@@ -377,17 +377,15 @@ class _LookupInside(_FloatInside):
         if torch.compiler.is_compiling():  # traced: the table is part of the graph
             return self._build_table(x)
         xs, xz, s, z = x.scale, x.zero_point, self.scale, self.zero_point
-        # The qparams are tensors: a table is reused while the same tensors hold the same data,
-        # unchanged in place. A write through .data (buffer.data.copy_(...)) bumps no version:
-        # on the CPU their values are part of the key too (reading them on a GPU would wait for
-        # the device; there, reset the table with ``_table_cache = None`` after such a write).
+        # The qparams are tensors (reading their values would synchronize a GPU, and slow the
+        # small calls this table is for): a table is reused while the same tensors hold the same
+        # data, unchanged in place. A write through .data bumps no version and is not seen: reset
+        # the table with ``_table_cache = None`` after one.
         try:
             key = (xs._version, xs.data_ptr(), xz._version, xz.data_ptr(), s._version, s.data_ptr(), z._version,
                    z.data_ptr(), x.data.dtype, self._fn_key())
         except RuntimeError:  # inference tensors have no version counter to tell a change by
             return self._build_table(x)
-        if xs.is_cpu and s.is_cpu:
-            key += (xs.item(), xz.item(), s.item(), z.item())
         cache = self._table_cache
         if cache is not None:
             ts, old, table = cache
@@ -628,8 +626,8 @@ class PReLU(_LookupInside):
         return torch.where(x > 0, x, x * w.reshape([1, -1] + [1] * (x.dim() - 2)))
 
     def _fn_key(self) -> tuple:
-        w = self.weight  # one slope here (the table path); its value on the CPU, as the qparams'
-        return _settings(self) + (w._version, w.data_ptr()) + ((w.item(),) if w.is_cpu else ())
+        w = self.weight  # one slope here (the table path)
+        return _settings(self) + (w._version, w.data_ptr())
 
     def forward(self, x):
         if self.num_parameters == 1:
