@@ -919,3 +919,29 @@ def test_weight_and_set_weight_as_torch_ao(cls, bits, dim):
     assert torch.allclose(other.dequantized_weight(), aw.dequantize()[:, :dim], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"argument 'w' must be a torch.quint"):
         other.set_weight(torch.randn(7, dim))
+
+
+class _PositionTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos, self.fc = nn.Embedding(16, 32), nn.Linear(32, 32)
+
+    def forward(self, x):
+        return self.fc(x + self.pos(torch.arange(x.shape[1])))
+
+
+def test_a_table_under_a_static_qconfig_stays_float_from_prepare():
+    # A model-wide static qconfig reached the position table: prepare and calibration passed,
+    # convert raised that embedding quantization needs float_qparams_weight_only_qconfig.
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), _PositionTable(), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with pytest.warns(UserWarning, match=r"these embedding tables stay in float: .* 1\.pos \(Embedding\)"):
+        p = tq.prepare(m)
+    for _ in range(4):
+        p(torch.randn(2, 10, 32))
+    q = tq.convert(p)
+    assert type(q[1].pos) is nn.Embedding and type(q[1].fc) is nnq.Linear
+    x = torch.randn(2, 10, 32)
+    want = m(x)
+    assert float(10 * torch.log10(want.pow(2).sum() / (want - q(x)).pow(2).sum())) > 25

@@ -641,11 +641,35 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
         warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
                       "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=2)
         return model
+    _keep_tables_float(model)
     unsupported = _add_observers(model)
     if unsupported:
         warnings.warn("prepare: these modules have no int8 implementation and stay in float: " + ", ".join(unsupported),
                       UserWarning, stacklevel=2)
     return model
+
+
+def _keep_tables_float(model: nn.Module) -> None:
+    """Embedding tables under a qconfig whose weight observer is not per row with float qparams
+    (a model-wide static qconfig reaching a position table: Whisper's, CLIP's) stay float, named
+    in one warning: convert could only refuse them, after calibration."""
+    kept = []
+    for name, mod in model.named_modules():
+        qc = getattr(mod, "qconfig", None)
+        if type(mod) not in _EMBEDDING or qc is None:
+            continue
+        try:
+            obs = qc.weight()
+        except Exception:  # (an observer that cannot be built alone: convert names it)
+            continue
+        if getattr(obs, "qscheme", None) != torch.per_channel_affine_float_qparams:
+            kept.append(f"{name or 'the model'} ({type(mod).__name__})")
+            mod.qconfig = None
+    if kept:
+        warnings.warn("prepare: these embedding tables stay in float: their qconfig's weight observer is not per row "
+                      "with float qparams (a static int8 qconfig quantizes activations, not tables): "
+                      + ", ".join(kept) + "; set torchquant.float_qparams_weight_only_qconfig (or its _4bit form) on "
+                      "them to quantize them", UserWarning, stacklevel=3)
 
 
 def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qconfig: bool = True,
