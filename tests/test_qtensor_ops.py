@@ -733,3 +733,32 @@ def test_in_place_clamp_keeps_the_qparams_without_the_float_path():
         p = torchquant.quantize_per_tensor(torch.linspace(-1, 1, 16), 0.01, 0, torch.qint8)
         F.hardtanh(p, 0.1, 0.5, inplace=True)
         assert torch.allclose(p.dequantize(), want.clamp(max=0.5), atol=0.005)
+
+
+def test_to_the_other_8bit_dtype_keeps_the_values():
+    # Hugging Face's ViT and CLIP cast their input to the patch conv's weight dtype (qint8 after
+    # convert): QTensor.to(torch.qint8) of a quint8 QTensor raised.
+    torch.manual_seed(0)
+
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 4, stride=4)
+
+        def forward(self, x):
+            return self.conv(x.to(self.conv.weight.dtype))
+
+    m = nn.Sequential(torchquant.QuantStub(), Patches(), torchquant.DeQuantStub()).eval()
+    m.qconfig = torchquant.get_default_qconfig("x86")
+    p = torchquant.prepare(m)
+    p(torch.randn(2, 3, 16, 16))
+    q = torchquant.convert(p)
+    x = torch.randn(2, 3, 16, 16)
+    qx = q[0](x)
+    s = qx.to(torch.qint8)
+    assert s.dtype == torch.qint8 and torch.equal(s.dequantize(), qx.dequantize())
+    assert torch.equal(s.to(torch.quint8).data, qx.data) and torch.equal(qx.to(torch.quint8).data, qx.data)
+    assert torch.equal(q[1].conv(s).data, q[1].conv(qx).data)
+    assert torch.equal(q(x), q[2](q[1].conv(qx)))
+    with pytest.raises(TypeError, match=r"argument 'dtype'"):
+        qx.to(torch.float16)

@@ -23,6 +23,7 @@ _QDTYPES = {torch.int8: torch.qint8, torch.uint8: torch.quint8}
 # (min, max) of each storage dtype: a dict lookup, where torch.iinfo would build an object on
 # every QTensor a quantized module returns.
 _QRANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+_STORAGE_OF = {q: s for s, q in _QDTYPES.items()}
 
 
 def _int_arg(name: str, v) -> int:
@@ -232,17 +233,30 @@ class QTensor:
         >>> q.to("cuda")
         """
         device, dtype, non_blocking, copy, memory_format = _parse_to(args, kwargs)
+        src = self
         if dtype is not None and dtype != self.dtype:
-            # Tensor.to(dtype) would turn the int8 data into other values with the qparams kept.
-            raise TypeError(f"QTensor.to moves a QTensor to a device (argument 'device') and keeps its dtype, got "
-                            f"dtype {dtype} (argument 'dtype'); use .dequantize({dtype}) for a floating-point tensor")
+            if dtype not in _STORAGE_OF:
+                # Tensor.to(dtype) would turn the int8 data into other values with the qparams kept.
+                raise TypeError(f"QTensor.to moves a QTensor to a device (argument 'device') and to the other 8-bit "
+                                f"quantized dtype, got dtype {dtype} (argument 'dtype'); use .dequantize({dtype}) for "
+                                "a floating-point tensor")
+            src = self._other_8bit()
         if device is None:
-            device = self.data.device
+            device = src.data.device
         kw = dict(non_blocking=non_blocking, copy=copy)
-        data = self.data.to(device, **kw) if memory_format is None else \
-            self.data.to(device, memory_format=memory_format, **kw)
-        return QTensor._make(data, self.scale.to(device, **kw), self.zero_point.to(device, **kw), self.axis,
-                             self.qmin, self.qmax)
+        data = src.data.to(device, **kw) if memory_format is None else \
+            src.data.to(device, memory_format=memory_format, **kw)
+        return QTensor._make(data, src.scale.to(device, **kw), src.zero_point.to(device, **kw), src.axis,
+                             src.qmin, src.qmax)
+
+    def _other_8bit(self) -> "QTensor":
+        """The same values in the other 8-bit dtype (quint8 <-> qint8): codes, zero point and
+        quantization range moved by 128 together, which is exact (model code that casts its
+        input to a layer's weight dtype, as Hugging Face's ViT and CLIP do, gets qint8 here)."""
+        shift = -128 if self.data.dtype == torch.uint8 else 128
+        storage = torch.int8 if shift < 0 else torch.uint8
+        data = (self.data.to(torch.int16) + shift).to(storage)
+        return QTensor._make(data, self.scale, self.zero_point + shift, self.axis, self.qmin + shift, self.qmax + shift)
 
     def cpu(self) -> "QTensor":
         return self.to("cpu")
