@@ -1568,3 +1568,49 @@ def test_a_copied_module_records_its_own_versions(how):
         dq[0].qweight.zero_()  # edited, not run since: a copy carries the weights as they are
     c = copy.deepcopy(dq)
     assert torch.equal(c(x), c[0].bias.expand(4, 8))
+
+
+@pytest.mark.parametrize("edit", ["identity", "wrapped", "instance_forward", "reordered", "relu_forward"])
+def test_a_folded_sequential_edited_after_convert_runs_as_its_children(edit):
+    # The pairs recorded at convert were trusted by name: a replaced Linear got _tq_relu (a
+    # TypeError, or swallowed by a **kwargs wrapper: the ReLU skipped), a moved ReLU still ran
+    # right after the Linear.
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    m = nn.Sequential(OrderedDict(q=tq.QuantStub(), fc=nn.Linear(8, 8), act=nn.ReLU(), fc2=nn.Linear(8, 8),
+                                  dq=tq.DeQuantStub())).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(16, 8))
+    q = tq.convert(p)
+    assert type(q) is nnq.FusedReLUSequential
+
+    class Wrap(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, **kwargs):
+            return self.inner(x)
+
+    if edit == "identity":
+        q.fc = nn.Identity()
+    elif edit == "wrapped":
+        q.fc = Wrap(q.fc)
+    elif edit == "instance_forward":
+        q.fc.forward = lambda x: nnq.Linear.forward(q.fc, x)
+    elif edit == "relu_forward":
+        q.act.forward = lambda x: nnq.ReLU.forward(q.act, x).dequantize()
+    else:  # the ReLU moved to after fc2
+        act = q.act
+        del q.act
+        q.dq = None
+        del q.dq
+        q.add_module("act", act)
+        q.add_module("dq", nnq.DeQuantize())
+    x = torch.randn(4, 8)
+    y = x
+    for c in q:
+        y = c(y)
+    assert torch.equal(q(x), y)

@@ -622,3 +622,15 @@ def test_a_module_pickled_before_weight_format_loads_a_new_checkpoint():
     old = torch.load(buf, weights_only=False)
     old.load_state_dict(sd)
     assert old.weight_format.tolist() == [32, 64]
+
+
+def test_a_module_with_a_weight_on_the_meta_device_pickles():
+    # The copy's layout is brought up to date first; one that cannot be built now is left to the
+    # copy's first call (pickling raised that scale is on cpu but qweight on meta).
+    import copy
+    import pickle
+
+    q = LinearWeightOnlyInt4.from_float(nn.Linear(64, 8), group_size=32)
+    q.qweight = torch.empty_like(q.qweight, device="meta")
+    pickle.loads(pickle.dumps(q))
+    copy.deepcopy(q)

@@ -227,8 +227,9 @@ class QTensor:
         """The QTensor on another device (its data and qparams moved together), with torch.Tensor.to's
         arguments: ``to(device, dtype=None, non_blocking=False, copy=False, *, memory_format=...)``,
         ``to(dtype, ...)`` and ``to(other, ...)`` (a tensor or QTensor, whose device is taken; its dtype
-        is not: a QTensor's codes keep theirs). A dtype other than the QTensor's own (torch.qint8 /
-        torch.quint8) is a TypeError: casting the codes would change their values.
+        is not: a QTensor's codes keep theirs). A dtype is the QTensor's own or the other 8-bit
+        quantized one (torch.qint8 <-> torch.quint8: the same values, exactly); any other is a
+        TypeError: casting the codes would change their values.
 
         >>> q.to("cuda")
         """
@@ -256,7 +257,8 @@ class QTensor:
         shift = -128 if self.data.dtype == torch.uint8 else 128
         storage = torch.int8 if shift < 0 else torch.uint8
         data = (self.data.to(torch.int16) + shift).to(storage)
-        return QTensor._make(data, self.scale, self.zero_point + shift, self.axis, self.qmin + shift, self.qmax + shift)
+        return QTensor._make(data, self.scale, self.zero_point.to(torch.int32) + shift, self.axis, self.qmin + shift,
+                             self.qmax + shift)
 
     def cpu(self) -> "QTensor":
         return self.to("cpu")

@@ -163,9 +163,11 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
 
     Layers are matched by name: the innermost modules that both models have under the same name
     (an ``nn.Identity`` left by fusion is skipped: its row would repeat the fused layer's). Compare a fused model with a float model fused the same way, so that
-    ``fc1`` means Linear+ReLU on both sides. A float Linear / Conv followed by a ReLU in an
-    ``nn.Sequential``, which ``convert`` folds into one int8 LinearReLU / ConvReLU, is compared
-    after that ReLU (its row's float type reads ``Linear+ReLU``). A module called several times
+    ``fc1`` means Linear+ReLU on both sides. Each module's own output is compared (convert's
+    FusedReLUSequential runs a Linear / Conv and the ReLU after it as one call, but each is its
+    own row); in a model converted by an earlier version, whose Linear / Conv became a
+    LinearReLU / ConvReLU with an Identity after it, that row is compared after the float
+    model's ReLU (its float type reads ``Linear+ReLU``). A module called several times
     per forward is compared on every call. A prepared (observed) or QAT model given as
     ``float_model`` is left as it was: its observers' statistics are restored afterwards. A weight shared by several modules (a tied
     embedding and LM head) is counted in each of their byte sizes.

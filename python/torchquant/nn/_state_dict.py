@@ -194,8 +194,21 @@ def renote_packed(module: nn.Module) -> None:
     counter starts again), so they are recorded anew; the pickled layout was current when
     pickled (the modules' __getstate__ repacks first)."""
     rec = module.__dict__.get("_tq_packed_from")
-    if rec is not None and module._buffers.get(rec[3]) is rec[0]:
+    b = module._buffers
+    # (a source replaced since, whose repack failed when pickled, keeps the old record: the next
+    # call's identity check repacks)
+    if rec is not None and b.get(rec[3]) is rec[0] and all(b.get(k) is t for k, t in zip(rec[2], rec[1])):
         note_packed(module, rec[2], rec[3])
+
+
+def repack_for_copy(module: nn.Module) -> None:
+    """Before a module is pickled or deep-copied: its layout brought up to date, so that the copy
+    (whose version counters start again) carries the weights as they are. A layout that cannot
+    be built now (a weight on the meta device) is left to the copy's first call."""
+    try:
+        repack_if_stale(module)
+    except (RuntimeError, NotImplementedError):
+        pass
 
 
 def repack_if_stale(module: nn.Module) -> None:

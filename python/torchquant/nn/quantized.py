@@ -21,7 +21,7 @@ from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
-                          renote_packed, repack_if_stale)
+                          renote_packed, repack_for_copy, repack_if_stale)
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth",
@@ -168,7 +168,7 @@ class _Int8WeightModule(nn.Module):
         renote_packed(self)
 
     def __getstate__(self):
-        repack_if_stale(self)  # (a layout older than an in-place change is not carried into the copy)
+        repack_for_copy(self)
         return super().__getstate__()
 
     def _packed_layout_stale(self) -> bool:
@@ -585,24 +585,32 @@ class FusedReLUSequential(nn.Sequential):
     Linear gives its own output, before the ReLU. A pair whose modules have hooks (now, or global
     ones) runs as two calls, so that every hook sees what it would."""
 
+    _foldable = frozenset()  # the int8 Linear / Conv types (set below, after the conv modules)
+
     def forward(self, input):
         folds = self.__dict__.get("_tq_relu_folds") or {}
         hooked = bool(_global_forward_hooks or _global_forward_pre_hooks)
-        mods = self._modules
-        skip = None
-        for name, m in mods.items():
-            if name == skip:
-                skip = None
-                continue
+        items = list(self._modules.items())
+        i, n = 0, len(items)
+        while i < n:
+            name, m = items[i]
             relu = folds.get(name)
-            r = mods.get(relu) if relu is not None else None
-            if (r is not None and type(r) is ReLU and not hooked and not m._forward_hooks
-                    and not m._forward_pre_hooks and not r._forward_hooks and not r._forward_pre_hooks):
+            # the pair convert recorded, as it still is: the ReLU next, both of their types, no
+            # hooks and no forward of their own set on them since
+            if (relu is not None and i + 1 < n and items[i + 1][0] == relu and type(m) in self._foldable
+                    and type(items[i + 1][1]) is ReLU and not hooked and not _own_call(m)
+                    and not _own_call(items[i + 1][1])):
                 input = m(input, _tq_relu=True)
-                skip = relu
+                i += 2
             else:
                 input = m(input)
+                i += 1
         return input
+
+
+def _own_call(m: nn.Module) -> bool:
+    """Hooks or an instance forward on m: its call is not just its class's forward."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
 
 
 class ReLU(nn.ReLU):
@@ -674,6 +682,7 @@ class Flatten(nn.Flatten):
 
 from .quantized_conv import *  # noqa: E402,F401,F403  (int8 convolutions)
 from .quantized_conv import __all__ as _conv_all  # noqa: E402
+FusedReLUSequential._foldable = frozenset({Linear, Conv1d, Conv2d, Conv3d})  # noqa: F405
 
 __all__ = __all__ + _conv_all
 from .quantized_conv_transpose import *  # noqa: E402,F401,F403  (int8 transposed convolutions)

@@ -18,7 +18,8 @@ from torch import nn
 from .._ops import ops
 from ..observer import _apply_keeping_float32
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import integer_load_errors, note_packed, qparam_load_errors, renote_packed, repack_if_stale
+from ._state_dict import (integer_load_errors, note_packed, qparam_load_errors, renote_packed, repack_for_copy,
+                          repack_if_stale)
 from ..int4.format import (QMAX, check_group_size, choose_group_qparams, dequantize_groups, num_groups,
                            pack_int4, quantize_groups, unpack_int4)
 
@@ -280,7 +281,7 @@ class LinearWeightOnlyInt4(nn.Module):
         renote_packed(self)
 
     def __getstate__(self):
-        repack_if_stale(self)  # (a layout older than an in-place change is not carried into the copy)
+        repack_for_copy(self)
         return super().__getstate__()
 
     def _apply(self, fn, *args, **kwargs):
