@@ -463,3 +463,40 @@ def test_quantized_modules_route_subclass_qparams_through_torch_ops(monkeypatch)
                                 None, 0, 255)
     assert torch.equal(dq(tagged).as_subclass(torch.Tensor), want)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("grad_mode", ["enabled", "no_grad", "inference_mode"])
+def test_typed_path_keeps_autograd_and_modes_in_every_grad_mode(grad_mode):
+    """With grad mode off the typed calls go below the autograd keys (as inference mode does):
+    the outputs, their requires_grad / grad_fn, and what a dispatch mode sees are those of
+    torch.ops in each mode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    ctx = {"enabled": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[grad_mode]
+    x = torch.randn(4, 8, requires_grad=True)
+    s, z = torch.tensor([0.05]), torch.tensor([3], dtype=torch.int32)
+    results = []
+    for quantize, dequantize in ((ops.quantize.default, ops.dequantize.default),
+                                 (_fastcall.quantize, _fastcall.dequantize)):
+        with ctx(), Log() as mode:
+            q = quantize(x, s, z, None, -128, 127, torch.int8)
+            y = dequantize(q, s, z, None, None)
+            w = dequantize(q, torch.tensor([0.05], requires_grad=True), z, None, None)
+        results.append((q, y, w, [o for o in mode.ops if o.startswith("torchquant.")]))
+    (q0, y0, w0, seen0), (q1, y1, w1, seen1) = results
+    assert torch.equal(q0, q1) and torch.equal(y0, y1) and torch.equal(w0, w1)
+    for a, b in ((q0, q1), (y0, y1), (w0, w1)):
+        assert a.requires_grad == b.requires_grad
+        assert (a.grad_fn is None) == (b.grad_fn is None)
+        assert a.is_inference() == b.is_inference()
+    assert seen0 == seen1 == ["torchquant.quantize.default", "torchquant.dequantize.default",
+                              "torchquant.dequantize.default"]

@@ -85,7 +85,7 @@ void check_scale_values(const at::Tensor& given, const float* v, int64_t n, cons
 
 QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
                         const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin,
-                        int64_t qmax) {
+                        int64_t qmax, bool with_inv) {
   TORCH_CHECK(scale.defined(), "argument 'scale' must be a tensor, got None");
   TORCH_CHECK(zero_point.defined(), "argument 'zero_point' must be a tensor, got None");
   TORCH_CHECK(at::isFloatingType(scale.scalar_type()),
@@ -127,11 +127,15 @@ QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tenso
                   qmax, "], got ", zc, channels > 1 ? " at channel " + std::to_string(c) : std::string());
     }
     // 1.0f / scale, correctly rounded in float32: what at::reciprocal computes, without its
-    // dispatch.
-    p.inv_scale = at::empty({channels}, p.scale.options());
-    float* inv = p.inv_scale.data_ptr<float>();
-    for (int64_t c = 0; c < channels; ++c) inv[c] = 1.0f / s[c];
-  } else {
+    // dispatch; per tensor in QParams itself, without an allocation.
+    if (with_inv && channels == 1) {
+      p.inv_scale1 = 1.0f / s[0];
+    } else if (with_inv) {
+      p.inv_scale = at::empty({channels}, p.scale.options());
+      float* inv = p.inv_scale.data_ptr<float>();
+      for (int64_t c = 0; c < channels; ++c) inv[c] = 1.0f / s[c];
+    }
+  } else if (with_inv) {
     p.inv_scale = at::reciprocal(p.scale);  // 1.0f / scale, correctly rounded in float32
   }
   return p;

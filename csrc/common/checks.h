@@ -39,17 +39,26 @@ void check_scale_values(const at::Tensor& given, const float* v, int64_t n, cons
 // contiguous, on x's device, one entry per channel (one for per tensor).
 struct QParams {
   at::Tensor scale;      // float32
-  at::Tensor inv_scale;  // float32, 1.0f / scale computed in float32
+  at::Tensor inv_scale;  // float32, 1.0f / scale computed in float32 (see inv())
   at::Tensor zero_point; // int32
   int64_t axis;          // -1 for per tensor
+  float inv_scale1 = 0;  // 1.0f / scale of per-tensor qparams on the CPU, where inv_scale is left empty
+  // 1.0f / scale per channel: host memory for CPU qparams, device memory otherwise. Undefined
+  // (nullptr) when prepare_qparams was told no kernel reads it.
+  const float* inv() const {
+    if (inv_scale.defined()) return inv_scale.data_ptr<float>();
+    return scale.is_cpu() ? &inv_scale1 : nullptr;
+  }
 };
 
 // Validates scale / zero_point against x, axis and [qmin, qmax] and converts them. Values are
 // checked (scale > 0 and finite, zero_point inside [qmin, qmax]) when they live on the CPU;
 // on an accelerator that check would cost a device sync, so kernels there clamp instead.
+// `with_inv`: whether the kernel reads 1 / scale (quantize does, dequantize does not: an
+// allocation, or a kernel launch on a GPU, saved per call).
 QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tensor& scale,
                         const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t qmin,
-                        int64_t qmax);
+                        int64_t qmax, bool with_inv = true);
 
 // The largest inner dimension K for which an int32 accumulator of K products of a uint8/int8
 // activation (|a - zp| <= 255) and an int8 weight (|w| <= 128) cannot overflow:

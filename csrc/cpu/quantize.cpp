@@ -67,7 +67,7 @@ void for_each_block(int64_t numel, int64_t C, int64_t inner, const QParams& p, P
   std::vector<float> s(row), inv(row);
   std::vector<int32_t> zp(row);
   const float* ps = p.scale.data_ptr<float>();
-  const float* pinv = p.inv_scale.data_ptr<float>();
+  const float* pinv = p.inv();
   const int32_t* pz = p.zero_point.data_ptr<int32_t>();
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t i = 0; i < inner; ++i) {
@@ -116,7 +116,7 @@ at::Tensor quantize_cpu(const at::Tensor& x, const at::Tensor& scale, const at::
   auto* pq = static_cast<uint8_t*>(out.data_ptr());
   const bool u = dtype == at::kByte;
   const Kernels& k = kernels();
-  const float* inv = p.inv_scale.data_ptr<float>();
+  const float* inv = p.inv();
   const int32_t* zp = p.zero_point.data_ptr<int32_t>();
   for_each_block(
       x.numel(), l.C, l.inner, p,
@@ -137,7 +137,8 @@ at::Tensor dequantize_cpu(const at::Tensor& q, const at::Tensor& scale,
   TORCH_CHECK(at::isFloatingType(odt), "argument 'out_dtype' must be a floating-point dtype, got ",
               odt);
   const bool u = q.scalar_type() == at::kByte;
-  const QParams p = prepare_qparams(q, "q", scale, zero_point, axis, u ? 0 : -128, u ? 255 : 127);
+  const QParams p = prepare_qparams(q, "q", scale, zero_point, axis, u ? 0 : -128, u ? 255 : 127,
+                                    /*with_inv=*/false);
   const at::Tensor qc = q.contiguous();
   at::Tensor out = cpu::empty_output(q.sizes(), q.options().dtype(at::kFloat));
   const Layout l = layout(q, p.axis);
@@ -168,7 +169,7 @@ at::Tensor fake_quantize_cpu(const at::Tensor& x, const at::Tensor& scale,
   float* py = out.data_ptr<float>();
   const Kernels& k = kernels();
   const float* s = p.scale.data_ptr<float>();
-  const float* inv = p.inv_scale.data_ptr<float>();
+  const float* inv = p.inv();
   const int32_t* zp = p.zero_point.data_ptr<int32_t>();
   for_each_block(
       x.numel(), l.C, l.inner, p,
@@ -195,7 +196,7 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   const float* pg = gc.data_ptr<float>();
   float* py = out.data_ptr<float>();
   const Kernels& k = kernels();
-  const float* inv = p.inv_scale.data_ptr<float>();
+  const float* inv = p.inv();
   const int32_t* zp = p.zero_point.data_ptr<int32_t>();
   for_each_block(
       x.numel(), l.C, l.inner, p,

@@ -229,7 +229,8 @@ at::Tensor dequantize_cuda(const at::Tensor& q, const at::Tensor& scale,
               odt);
   c10::cuda::CUDAGuard guard(q.device());
   const bool u = q.scalar_type() == at::kByte;
-  const QParams p = prepare_qparams(q, "q", scale, zero_point, axis, u ? 0 : -128, u ? 255 : 127);
+  const QParams p = prepare_qparams(q, "q", scale, zero_point, axis, u ? 0 : -128, u ? 255 : 127,
+                                    /*with_inv=*/false);
   const at::Tensor qc = q.contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
   const Layout l = layout(q, p.axis);

@@ -19,6 +19,8 @@
 // Built into the same library as the ops by setup.py; the CMake build (for C++ programs, no
 // Python) leaves this directory out.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/extension.h>
 
@@ -64,6 +66,19 @@ using EmbeddingBagSig = Tensor(const Tensor&, int64_t, int64_t, const Tensor&, c
 // torch.ops, which installs no Python warning handler (HANDLE_TH_ERRORS would install one, and
 // turn the warning into a Python warning on this path only). The GIL is released around the
 // op, as torch.ops releases it.
+// With grad mode off (torch.no_grad, inference mode), a call skips the autograd and
+// ADInplaceOrView keys, as under inference mode: none of these ops has an autograd kernel, and
+// the fallback that stands in for one boxes the arguments to look for inputs that require grad,
+// only to redispatch below itself when grad mode is off (0.1-0.2 us per call at batch 1). The
+// kernels below autograd (the device's, the Python dispatch modes', the fake ones) are reached
+// as before; with grad mode on, everything goes through autograd as from torch.ops.
+struct BelowAutogradWithoutGrad {
+  std::optional<c10::impl::ExcludeDispatchKeyGuard> guard;
+  BelowAutogradWithoutGrad() {
+    if (!at::GradMode::is_enabled()) guard.emplace(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
+  }
+};
+
 #define TQ_TRY try {
 #define TQ_CATCH                                                    \
   }                                                                 \
@@ -82,6 +97,7 @@ Tensor quantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
   TQ_TRY
   static const auto op = typed_op<QuantizeSig>("torchquant::quantize");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(x, scale, zero_point, axis, qmin, qmax, dtype);
   TQ_CATCH
 }
@@ -91,6 +107,7 @@ Tensor dequantize(const Tensor& q, const Tensor& scale, const Tensor& zero_point
   TQ_TRY
   static const auto op = typed_op<DequantizeSig>("torchquant::dequantize");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(q, scale, zero_point, axis, out_dtype);
   TQ_CATCH
 }
@@ -99,6 +116,7 @@ Tensor int8_mm(const Tensor& a, const Tensor& b) {
   TQ_TRY
   static const auto op = typed_op<Int8MmSig>("torchquant::int8_mm");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(a, b);
   TQ_CATCH
 }
@@ -111,6 +129,7 @@ Tensor linear_int8(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_
   TQ_TRY
   static const auto op = typed_op<LinearInt8Sig>("torchquant::linear_int8");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale,
                  out_zero_point, relu, out_dtype);
   TQ_CATCH
@@ -121,6 +140,7 @@ Tensor linear_dynamic(const Tensor& x, const Tensor& w_packed, const Tensor& w_c
   TQ_TRY
   static const auto op = typed_op<LinearDynamicSig>("torchquant::linear_dynamic");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(x, w_packed, w_col_sums, w_scale, bias, relu);
   TQ_CATCH
 }
@@ -136,6 +156,7 @@ Tensor conv_int8(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_po
   TQ_TRY
   static const auto op = typed_op<ConvInt8Sig>("torchquant::conv_int8");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, kernel_size, stride,
                  padding, dilation, groups, out_scale, out_zero_point, relu, out_dtype);
   TQ_CATCH
@@ -148,6 +169,7 @@ Tensor embedding_bag_rowwise(const Tensor& packed, int64_t bits, int64_t embeddi
   TQ_TRY
   static const auto op = typed_op<EmbeddingBagSig>("torchquant::embedding_bag_rowwise");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(packed, bits, embedding_dim, indices, offsets, mode, per_sample_weights, include_last_offset,
                  padding_idx);
   TQ_CATCH
@@ -159,6 +181,7 @@ Tensor max_pool_int8(const Tensor& x, at::IntArrayRef kernel_size, at::IntArrayR
   TQ_TRY
   static const auto op = typed_op<MaxPoolSig>("torchquant::max_pool_int8");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(x, kernel_size, stride, padding, dilation, ceil_mode);
   TQ_CATCH
 }
@@ -169,6 +192,7 @@ Tensor avg_pool_int8(const Tensor& x, const Tensor& zero_point, at::IntArrayRef 
   TQ_TRY
   static const auto op = typed_op<AvgPoolSig>("torchquant::avg_pool_int8");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(x, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad,
                  divisor_override);
   TQ_CATCH
@@ -178,6 +202,7 @@ Tensor adaptive_avg_pool_int8(const Tensor& x, const Tensor& zero_point, at::Int
   TQ_TRY
   static const auto op = typed_op<AdaptiveAvgPoolSig>("torchquant::adaptive_avg_pool_int8");
   pybind11::gil_scoped_release no_gil;
+  const BelowAutogradWithoutGrad below;
   return op.call(x, zero_point, output_size);
   TQ_CATCH
 }
