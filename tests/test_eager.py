@@ -1,5 +1,6 @@
 """The eager-mode API: torch.ao's names and flow on torchquant's int8 kernels."""
 import copy
+import threading
 import io
 import math
 import warnings
@@ -1531,6 +1532,96 @@ def test_in_place_changes_of_the_weights_reach_the_next_call(kind):
     fresh.load_state_dict(q.state_dict())  # (a load repacks)
     after = run(q)
     assert not torch.equal(after, before) and torch.equal(after, run(fresh))
+
+
+def _static_mlp():
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig()
+    p = tq.prepare(m)
+    p(torch.randn(16, 8))
+    return tq.convert(p), torch.randn(3, 8)
+
+
+def test_a_thread_finding_the_layout_being_rebuilt_waits_for_it():
+    # Threads that made the first call after an in-place change at once each rebuilt the layout;
+    # one could read it half replaced (the new packed weight with the old column sums: an output
+    # of neither weights), and a stale record could win, after which no later change was seen.
+    q, x = _static_mlp()
+    lin = q[1]  # (its input's zero point is not 0: the column sums count)
+    assert q[0].zero_point.item() != 0
+    fresh = copy.deepcopy(q)  # (before the change: a deep copy brings the layout up to date)
+    with torch.no_grad():
+        lin.qweight.copy_(torch.flip(lin.qweight, [0]))
+    fresh.load_state_dict(q.state_dict())
+    want = fresh(x)
+    original, got, halfway = type(lin)._repack, [], threading.Event()
+
+    def slow_repack(self):
+        # the first rebuild stops between its two assignments until the other call is done
+        # (or 1 s has passed: the other call waits for the lock, as it should)
+        self._packed_weight, cols = tq.pack_weight(self.qweight)
+        if threading.current_thread() is not threading.main_thread():
+            halfway.set()
+            other.join(timeout=1.0)
+        self._col_sums = cols
+        tq.nn._state_dict.note_packed(self, ("qweight",), "_packed_weight")
+
+    type(lin)._repack = slow_repack
+    try:
+        first = threading.Thread(target=lambda: got.append(q(x)))
+        other = threading.Thread(target=lambda: (halfway.wait(5.0), got.append(q(x))))
+        other.start()
+        first.start()
+        first.join()
+        other.join()
+    finally:
+        type(lin)._repack = original
+    assert len(got) == 2 and all(torch.equal(y, want) for y in got)
+    with torch.no_grad():  # and the record is current: a later change is seen
+        lin.qweight.mul_(-1)
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(q(x), fresh(x))
+
+
+def test_in_place_changes_under_inference_mode_reach_the_next_call():
+    # A model converted (or loaded) under inference_mode held inference tensors, which have no
+    # version counter: an in-place change made there was never seen.
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 6), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig()
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        p = tq.prepare(m)
+        p(torch.randn(16, 8))
+        q = tq.convert(p)
+        before = q(x)
+        q[1].qweight.mul_(-1)
+        after = q(x)
+        fresh = copy.deepcopy(q)
+        fresh.load_state_dict(q.state_dict())
+        assert not torch.equal(after, before) and torch.equal(after, fresh(x))
+
+
+def test_repack_rebuilds_after_a_write_through_data_and_before_a_trace():
+    # A write through .data bumps no version counter, and a trace checks none: repack() is the
+    # way to bring the layout up to date in both cases.
+    q, x = _static_mlp()
+    lin = q[1]
+    lin.qweight.data.mul_(-1)
+    fresh = copy.deepcopy(q)
+    fresh.load_state_dict(q.state_dict())
+    want = fresh(x)
+    assert not torch.equal(q(x), want)  # (documented: not seen)
+    assert tq.repack(q) is q and torch.equal(q(x), want)
+    with torch.no_grad():
+        lin.qweight.mul_(-1)
+    fresh.load_state_dict(q.state_dict())
+    tq.repack(q)
+    traced = torch.jit.trace(q, x, check_trace=False)
+    assert torch.equal(traced(x), fresh(x))
+    with pytest.raises(TypeError, match="argument 'model' must be an nn.Module, got int"):
+        tq.repack(3)
 
 
 def test_a_load_under_inference_mode_leaves_normal_qparam_buffers():

@@ -135,6 +135,7 @@ from .quantize import (  # noqa: E402
     quantize,
     quantize_dynamic,
     quantize_qat,
+    repack,
     swap_module,
 )
 from .stubs import DeQuantStub, QuantStub, QuantWrapper  # noqa: E402

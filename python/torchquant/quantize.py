@@ -35,6 +35,7 @@ __all__ = [
     "prepare",
     "prepare_qat",
     "convert",
+    "repack",
     "quantize",
     "quantize_qat",
     "quantize_dynamic",
@@ -1079,6 +1080,31 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) 
                 ([f"unexpected keys under observers: {unexpected}"] if unexpected else []) + \
                 ([f"keys of observers the model does not have: {orphans}"] if orphans else []) + errors
         raise RuntimeError("load_observer_state_dict: " + "; ".join(parts))
+
+
+def repack(model: nn.Module) -> nn.Module:
+    """Rebuilds the kernel layouts of every quantized module in ``model`` (the packed weights
+    that convert, a state-dict load and ``.to()`` build from the int8 buffers) from the buffers as
+    they are now, and drops the lookup tables the table activations cached. Returns ``model``.
+
+    A forward sees most changes without it: a buffer assigned a new tensor, or changed in place
+    (``qweight.mul_(2)``, ``copy_``, ``load_state_dict``), is noticed by its identity or its
+    version counter and the layout rebuilt at the next call. Call it after a write through
+    ``.data`` (``m.qweight.data.mul_(2)``), which bumps no version counter, and before
+    ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` of a model whose weights changed
+    in place since its last eager call: a trace takes the layout it finds and checks no version.
+    Not while another thread runs the model (as for any change of its weights)."""
+    from .nn._state_dict import _REPACK_LOCK
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
+    with torch.no_grad(), _REPACK_LOCK:
+        for m in model.modules():
+            if "_tq_packed_from" in m.__dict__:
+                m._repack()
+            if "_table_cache" in m.__dict__:
+                m._table_cache = None
+    return model
 
 
 def quantize(model: nn.Module, run_fn, run_args, mapping=None, inplace: bool = False) -> nn.Module:

@@ -1,4 +1,6 @@
 """State-dict loading checks shared by the quantized modules."""
+import threading
+
 import torch
 from torch import nn
 
@@ -170,21 +172,37 @@ def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, 
 # the layout of the old weights in use: the forwards call repack_if_stale first.
 def _version_of(t):
     """t's version counter (bumped by every in-place change), or None for an inference tensor,
-    which has none (nor can it be changed in place outside inference mode)."""
+    which has none."""
     try:
         return t._version
     except (AttributeError, RuntimeError):
         return None
 
 
+def _normal_sources(module: nn.Module, sources) -> None:
+    """Replaces each source buffer that is an inference tensor (a module converted or loaded
+    under torch.inference_mode) by a normal copy: an inference tensor has no version counter,
+    and an in-place change to it inside inference mode would go unseen; a normal tensor's
+    counter is bumped there too. Not while tracing (a trace holds no module state)."""
+    b = module._buffers
+    for k in sources:
+        t = b[k]
+        if isinstance(t, torch.Tensor) and t.is_inference() and not torch.compiler.is_compiling():
+            with torch.inference_mode(False):
+                b[k] = t.clone()
+
+
 def note_packed(module: nn.Module, sources, packed: str) -> None:
     """Records which tensors (and versions of them) the packed buffer `packed` was built from
-    (buffer names `sources`)."""
+    (buffer names `sources`). Called last by the modules' ``_repack``, after every packed buffer
+    is in place: a forward that finds the record current reads a complete layout."""
+    _normal_sources(module, sources)
     b = module._buffers
     srcs = tuple(b[k] for k in sources)
     module.__dict__["_tq_packed_from"] = (b[packed], srcs, tuple(sources), packed, tuple(map(_version_of, srcs)))
     # the first source and its version, for the forwards' inline check (an identity test and a
-    # version comparison per call)
+    # version comparison per call); the version written last, so that a thread reading both sees
+    # them current only once the whole record is
     module.__dict__["_tq_src0"] = srcs[0]
     module.__dict__["_tq_v0"] = _version_of(srcs[0])
 
@@ -211,20 +229,42 @@ def repack_for_copy(module: nn.Module) -> None:
         pass
 
 
+# One lock for every module's repack: repacks are rare (after a weight changed), and threads
+# that run one model and find its layout stale at once must not each rebuild it while the others
+# read it half replaced (the packed weight of the new weights with the old column sums).
+_REPACK_LOCK = threading.RLock()
+
+
+def _sources_changed(module: nn.Module, rec, traced: bool) -> bool:
+    b = module._buffers
+    for name, t, v in zip(rec[2], rec[1], rec[4]):
+        now = b.get(name)
+        # (a trace sees no in-place change between calls, and a version is a value it cannot guard on)
+        if now is not t or (v is not None and not traced and now._version != v):
+            return True
+    return False
+
+
 def repack_if_stale(module: nn.Module) -> None:
     """Rebuilds the packed buffers when one of their source buffers is no longer the tensor they
     were built from, or was changed in place since, while the packed buffer still is the one
     built (a caller that puts its own packed buffers in place, as torch.func.stack_module_state's
-    ensembles do, is left alone)."""
+    ensembles do, is left alone). Thread-safe: a layout found stale is rebuilt once, under a
+    lock, and a thread that finds it being rebuilt waits for it."""
     rec = module.__dict__.get("_tq_packed_from")
     if rec is None:
         return
     b = module._buffers
-    if b.get(rec[3]) is rec[0]:
-        # (a trace sees no in-place change between calls, and a version is a value it cannot guard on)
-        traced = torch.compiler.is_compiling()
-        for name, t, v in zip(rec[2], rec[1], rec[4]):
-            now = b.get(name)
-            if now is not t or (v is not None and not traced and now._version != v):
-                module._repack()
-                return
+    if torch.compiler.is_compiling():  # (no lock in a graph, and no other thread in a trace)
+        if b.get(rec[3]) is rec[0] and _sources_changed(module, rec, True):
+            module._repack()
+        return
+    if b.get(rec[3]) is rec[0] and not _sources_changed(module, rec, False):
+        return  # current: the usual case, without the lock
+    with _REPACK_LOCK:
+        # Decided again under the lock: another thread may have rebuilt it meanwhile, or be
+        # between its assignments of the packed buffers (a packed buffer that is not the
+        # recorded one is the caller's own only when no rebuild is under way).
+        rec = module.__dict__.get("_tq_packed_from")
+        if b.get(rec[3]) is rec[0] and _sources_changed(module, rec, False):
+            module._repack()
