@@ -1,6 +1,7 @@
 """Held-out perplexity of a small GPT-style byte-level language model trained here on the
 Python standard library's own source files (text no one in this project wrote), in fp32, int8
-dynamic (torchquant.quantize_dynamic) and int4 weight-only by round-to-nearest, GPTQ and AWQ.
+dynamic (torchquant.quantize_dynamic) and int4 weight-only by round-to-nearest, GPTQ and AWQ
+(asymmetric), and GPTQ symmetric ("gptq sym": zero point 8, only the scales chosen).
 
     python benchmarks/int4_perplexity.py                 # the recorded run (a few minutes)
     python benchmarks/int4_perplexity.py --quick         # a smaller run (what the test does)
@@ -143,8 +144,10 @@ def perplexity(model, xy, batch=32):
     return math.exp(total / count)
 
 
-def run(c: Config, log=print, methods=("rtn", "gptq", "awq"), exclude=("head",), load=None, save=None):
-    """Trains (or loads), quantizes, evaluates: {name: perplexity}, the fp32 model."""
+def run(c: Config, log=print, methods=("rtn", "gptq", "gptq sym", "awq"), exclude=("head",), load=None,
+        save=None):
+    """Trains (or loads), quantizes, evaluates: {name: perplexity}, the fp32 model. A method
+    ending in " sym" runs with symmetric=True."""
     tr, te = load_corpus(c.max_train_bytes)
     log(f"corpus: {len(tr):,} training bytes, {len(te):,} held-out bytes; model d={c.d} layers={c.layers} "
         f"ctx={c.ctx}, {c.steps} steps")
@@ -165,8 +168,9 @@ def run(c: Config, log=print, methods=("rtn", "gptq", "awq"), exclude=("head",),
     for gs in c.group_sizes:
         for m in methods:
             t0 = time.time()
-            q = torchquant.quantize_weight_only(model, bits=4, group_size=gs, method=m, calib_data=calib,
-                                                exclude=list(exclude), progress=False)
+            method, _, mode = m.partition(" ")
+            q = torchquant.quantize_weight_only(model, bits=4, group_size=gs, method=method, calib_data=calib,
+                                                symmetric=mode == "sym", exclude=list(exclude), progress=False)
             key = f"int4 {m} g{gs}"
             res[key] = perplexity(q, evalxy)
             log(f"  {key}: quantized in {time.time() - t0:.1f} s, perplexity {res[key]:.4f}")

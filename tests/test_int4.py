@@ -210,6 +210,61 @@ def test_rtn_matches_loop_reference():
             assert (dq - seg).abs().max() <= s[n, g] / 2 + 1e-6
 
 
+def test_symmetric_qparams_match_loop_reference():
+    gen = torch.Generator().manual_seed(17)
+    N, K, gs = 6, 77, 32  # the last group is shorter
+    w = torch.randn(N, K, generator=gen)
+    w[0, :32] = 0.0  # an all-zero group
+    w[1, 32:64] = torch.rand(32, generator=gen) + 0.1  # one-sided
+    s, z = fmt.choose_group_qparams(w, gs, symmetric=True)
+    assert s.dtype == torch.float32 and z.dtype == torch.int64 and s.shape == z.shape == (N, 3)
+    assert bool((z == 8).all())
+    q = fmt.quantize_groups(w, s, z, gs)
+    eps = torch.finfo(torch.float32).eps
+    for n in range(N):
+        for g in range(fmt.num_groups(K, gs)):
+            seg = w[n, g * gs:(g + 1) * gs]
+            amax = seg.abs().max()
+            sc = torch.clamp(2 * amax / 15, min=eps)
+            assert float(s[n, g]) == float(sc)  # (one float32 rounding of 2 * amax / 15)
+            qq = torch.clamp(torch.round(seg * (1.0 / s[n, g])) + 8, 0, 15)
+            assert torch.equal(q[n, g * gs:(g + 1) * gs].float(), qq)
+            # the grid s * [-8, 7]: every weight within half a step (+max|w| at 7.5 s clips to 7 s)
+            dq = (qq - 8) * s[n, g]
+            assert (dq - seg).abs().max() <= s[n, g] / 2 + 1e-6
+    assert float(s[0, 0]) == eps and bool((q[0, :32] == 8).all())  # zeros stay exact
+    # the one-sided group keeps the scale of its largest weight (GPTQ's reference would halve it)
+    assert float(s[1, 1]) == pytest.approx(float(w[1, 32:64].max()) * 2 / 15, rel=1e-6)
+    assert int(q[1, 32:64].min()) >= 8
+    # asymmetric is unchanged by the argument's default
+    s0, z0 = fmt.choose_group_qparams(w, gs)
+    s1, z1 = fmt.choose_group_qparams(w, gs, symmetric=False)
+    assert torch.equal(s0, s1) and torch.equal(z0, z1) and not bool((z0 == 8).all())
+
+
+def test_symmetric_loses_no_more_than_asymmetric_on_a_weight_symmetric_around_0():
+    gen = torch.Generator().manual_seed(18)
+    N, K, gs = 16, 256, 32
+    half = torch.randn(N, K // 2, generator=gen)
+    # each group holds v and -v: min = -max, the case where the asymmetric range is the symmetric one
+    w = torch.cat([half.reshape(N, -1, gs // 2), -half.reshape(N, -1, gs // 2)], 2).reshape(N, K)
+    w = w.reshape(N, -1, gs)[:, :, torch.randperm(gs, generator=gen)].reshape(N, K)  # shuffled within groups
+    errs = {}
+    for sym in (False, True):
+        s, z = fmt.choose_group_qparams(w, gs, symmetric=sym)
+        dq = fmt.dequantize_groups(fmt.quantize_groups(w, s, z, gs), s, z, gs)
+        assert bool(((dq - w).abs() <= s.repeat_interleave(gs, 1) / 2 + 1e-6).all()), sym
+        errs[sym] = float(((dq - w) ** 2).sum())
+    assert errs[True] <= errs[False] * (1 + 1e-6), errs
+    # on a one-sided weight the symmetric grid spends half its codes on values no weight takes
+    pos = torch.rand(N, K, generator=gen) + 0.1
+    e = {}
+    for sym in (False, True):
+        s, z = fmt.choose_group_qparams(pos, gs, symmetric=sym)
+        e[sym] = float(((fmt.dequantize_groups(fmt.quantize_groups(pos, s, z, gs), s, z, gs) - pos) ** 2).sum())
+    assert e[True] > 2 * e[False], e
+
+
 # ---------------------------------------------------------------- the module
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_module_from_float(dtype):
@@ -254,6 +309,30 @@ def test_module_state_dict_weights_only(tmp_path):
     q3 = q2.half()
     assert q3.weight_scale.dtype == torch.float32
     assert torch.equal(q3(x.half()), q(x.half().float()).half())
+
+
+def test_symmetric_module_round_trips_through_weights_only_load():
+    torch.manual_seed(19)
+    lin = nn.Linear(200, 24)
+    q = LinearWeightOnlyInt4.from_float(lin, group_size=64, symmetric=True)
+    assert bool((q.weight_zero_point == 8).all()) and q.weight_zero_point.dtype == torch.uint8
+    s, z = fmt.choose_group_qparams(lin.weight, 64, symmetric=True)
+    assert torch.equal(q.weight_scale, s) and torch.equal(q.qvalues(), fmt.quantize_groups(lin.weight, s, z, 64))
+    x = torch.randn(5, 200)
+    # the kernels run it unchanged: bit for bit the oracle
+    want = ref.linear_int4(x, q.qweight, q.weight_scale, q.weight_zero_point, lin.bias, 200, 64)
+    assert torch.equal(q(x), want)
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    buf.seek(0)
+    fresh = LinearWeightOnlyInt4(200, 24, True, group_size=64)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(fresh(x), q(x)) and bool((fresh.weight_zero_point == 8).all())
+    for bad in ("yes", 1, None):
+        with pytest.raises(TypeError, match=rf"argument 'symmetric' must be True or False, got {bad!r}"):
+            LinearWeightOnlyInt4.from_float(lin, group_size=64, symmetric=bad)
+        with pytest.raises(TypeError, match=rf"argument 'symmetric' must be True or False, got {bad!r}"):
+            fmt.choose_group_qparams(lin.weight, 64, bad)
 
 
 def test_module_input_scale():
@@ -351,6 +430,10 @@ def test_quantize_weight_only_names_bad_tuning_arguments(kw, match):
     (dict(method="awq", awq_fold="no"), TypeError, r"argument 'awq_fold' must be True or False, got 'no'"),
     (dict(inplace=1), TypeError, r"argument 'inplace' must be True or False, got 1"),
     (dict(cache_block_inputs=None), TypeError, r"argument 'cache_block_inputs' must be True or False, got None"),
+    (dict(symmetric="yes"), TypeError, r"argument 'symmetric' must be True or False, got 'yes'"),
+    (dict(method="gptq", symmetric=1), TypeError, r"argument 'symmetric' must be True or False, got 1"),
+    (dict(method="awq", symmetric=1), TypeError, r"argument 'symmetric' must be True or False, got 1"),
+    (dict(bits=8, symmetric="yes"), TypeError, r"argument 'symmetric' must be True or False, got 'yes'"),
     (dict(bits=8, method="gptq", act_order=True), ValueError, r"act_order=True is implemented for bits=4 only"),
 ])
 def test_quantize_weight_only_takes_only_bools_for_its_options_and_act_order_with_int4(kw, error, match):

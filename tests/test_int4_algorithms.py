@@ -66,6 +66,41 @@ def test_gptq_beats_rtn_on_the_layer_output():
         assert _h_err(W, g, acc.H) < 0.7 * _h_err(W, rtn, acc.H), act_order
 
 
+@pytest.mark.parametrize("blocksize", [32, 128])
+def test_symmetric_gptq_matches_unblocked_reference_and_chooses_only_scales(blocksize):
+    gen = torch.Generator().manual_seed(20)
+    N, K, gs = 12, 96, 32
+    W = torch.randn(N, K, generator=gen)
+    W[0, :32] = torch.rand(32, generator=gen) + 0.1  # a one-sided group
+    X = _correlated_x(400, K, gen)
+    acc = gptq.HessianAccumulator(K)
+    acc.add(X)
+    q, s, z = gptq.gptq_quantize(W, acc.H, gs, blocksize=blocksize, symmetric=True)
+    q_ref, s_ref, z_ref = gptq.gptq_reference(W, acc.H, gs, symmetric=True)
+    assert bool((z == 8).all()) and bool((z_ref == 8).all())
+    # Same algorithm, different float association: all but (rare) near-ties agree.
+    assert (q == q_ref).float().mean() > 0.995
+    assert torch.allclose(s, s_ref, rtol=1e-4)
+    # the first group's scale is the symmetric RTN one of the weights as given
+    s0, _ = fmt.choose_group_qparams(W[:, :gs], gs, symmetric=True)
+    assert torch.equal(s[:, 0], s0[:, 0])
+    # not the asymmetric run relabelled
+    qa, sa, za = gptq.gptq_quantize(W, acc.H, gs, blocksize=blocksize)
+    assert not torch.equal(za, z) and not torch.equal(qa, q)
+    # and it beats symmetric round-to-nearest on the layer output, with or without act_order
+    ss, zs = fmt.choose_group_qparams(W, gs, symmetric=True)
+    rtn = _dq(fmt.quantize_groups(W, ss, zs, gs), ss, zs, gs)
+    for act_order in (False, True):
+        q2, s2, z2 = gptq.gptq_quantize(W, acc.H, gs, blocksize=blocksize, act_order=act_order, symmetric=True)
+        assert bool((z2 == 8).all()) and q2.max() <= 15
+        assert _h_err(W, _dq(q2, s2, z2, gs), acc.H) < 0.7 * _h_err(W, rtn, acc.H), act_order
+    for bad in ("yes", 1):
+        with pytest.raises(TypeError, match=rf"argument 'symmetric' must be True or False, got {bad!r}"):
+            gptq.gptq_quantize(W, acc.H, gs, symmetric=bad)
+        with pytest.raises(TypeError, match=rf"argument 'symmetric' must be True or False, got {bad!r}"):
+            gptq.gptq_reference(W, acc.H, gs, symmetric=bad)
+
+
 def test_gptq_too_little_data_warns_with_condition():
     gen = torch.Generator().manual_seed(2)
     W = torch.randn(8, 64, generator=gen)
@@ -130,6 +165,31 @@ def test_awq_search_matches_brute_force():
     assert alpha == pytest.approx(brute.index(min(brute)) / 10)
     assert losses[0] >= min(losses)  # alpha = 0 is RTN: never better than the choice
     assert min(losses) < 0.9 * losses[0]  # with outlier channels the scales pay
+
+
+def test_symmetric_awq_search_rounds_symmetrically_and_never_loses_to_symmetric_rtn():
+    gen = torch.Generator().manual_seed(21)
+    K, gs = 64, 32
+    X = _correlated_x(256, K, gen)
+    Ws = [torch.randn(16, K, generator=gen), torch.randn(8, K, generator=gen)]
+    s, alpha, losses = awq.awq_search(X, Ws, gs, grid=10, symmetric=True)
+    y = X @ torch.cat(Ws).t()
+    # alpha = 0 is symmetric round-to-nearest, written out
+    rtn = []
+    for W in Ws:
+        sc, zp = fmt.choose_group_qparams(W, gs, symmetric=True)
+        assert bool((zp == 8).all())
+        rtn.append(_dq(fmt.quantize_groups(W, sc, zp, gs), sc, zp, gs))
+    rtn_loss = float(((X @ torch.cat(rtn).t() - y).double() ** 2).mean())
+    assert losses[0] == pytest.approx(rtn_loss, rel=1e-6)
+    assert torch.equal(awq.rtn_fake(Ws[0], gs, symmetric=True), rtn[0])
+    _, _, asym = awq.awq_search(X, Ws, gs, grid=10)
+    assert losses[0] != pytest.approx(asym[0], rel=1e-3)  # the symmetric grid, not the asymmetric one
+    assert min(losses) <= losses[0] and losses[losses.index(min(losses))] == min(losses)
+    assert alpha == pytest.approx(losses.index(min(losses)) / 10)
+    assert min(losses) < 0.9 * losses[0]  # with outlier channels the scales pay
+    with pytest.raises(TypeError, match=r"argument 'symmetric' must be True or False, got 'yes'"):
+        awq.awq_search(X, Ws, gs, grid=2, symmetric="yes")
 
 
 def test_input_channels_dead_on_the_calibration_rows_keep_awq_weights_and_are_named():
@@ -201,6 +261,53 @@ def test_quantize_weight_only_methods():
     assert errs["gptq"] < errs["rtn"] and errs["awq"] < errs["rtn"], errs
     # the original is untouched
     assert isinstance(model.fc1, nn.Linear)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_quantize_weight_only_symmetric_round_trips_into_a_fresh_model(method, tmp_path):
+    torch.manual_seed(22)
+    gen = torch.Generator().manual_seed(22)
+    model = Block().eval()
+    calib, test = _data(gen, 4), _data(gen, 2)
+    q = torchquant.quantize_weight_only(model, group_size=32, method=method, calib_data=calib, symmetric=True,
+                                        progress=False)
+    layers = {n: getattr(q, n) for n in ("fc1", "fc2", "head")}
+    assert all(isinstance(m, LinearWeightOnlyInt4) for m in layers.values())
+    for n, m in layers.items():
+        assert bool((m.weight_zero_point == 8).all()), n
+    if method == "rtn":  # the module's own RTN, layer by layer
+        for n, m in layers.items():
+            want = LinearWeightOnlyInt4.from_float(getattr(model, n), group_size=32, symmetric=True)
+            assert torch.equal(m.qweight, want.qweight) and torch.equal(m.weight_scale, want.weight_scale), n
+    # close to the float model: within twice asymmetric RTN's error, and the calibrated methods
+    # below symmetric RTN's
+    rtn = torchquant.quantize_weight_only(model, group_size=32, progress=False)
+    err = _mse(q, model, test)
+    assert err < 2 * _mse(rtn, model, test)
+    if method != "rtn":
+        sym_rtn = torchquant.quantize_weight_only(model, group_size=32, symmetric=True, progress=False)
+        assert err < _mse(sym_rtn, model, test)
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    skeleton = torchquant.quantize_weight_only(Block().eval(), group_size=32, method="rtn", progress=False)
+    skeleton.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True), strict=True)
+    with torch.no_grad():
+        for x in test:
+            assert torch.equal(skeleton(x), q(x)), method
+    assert bool((skeleton.fc1.weight_zero_point == 8).all())
+
+
+def test_quantize_weight_only_bits8_is_symmetric_either_way():
+    torch.manual_seed(23)
+    gen = torch.Generator().manual_seed(23)
+    model = Block().eval()
+    calib = _data(gen, 2)
+    for method in ("rtn", "gptq"):
+        a = torchquant.quantize_weight_only(model, bits=8, method=method, calib_data=calib, progress=False)
+        b = torchquant.quantize_weight_only(model, bits=8, method=method, calib_data=calib, symmetric=True,
+                                            progress=False)
+        assert isinstance(b.fc1, DynamicLinear)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), method
 
 
 def test_awq_folds_into_layernorm_and_keeps_input_scale_elsewhere():

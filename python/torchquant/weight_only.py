@@ -21,8 +21,8 @@ from torch import nn
 
 from .int4 import awq as _awq
 from .int4 import gptq as _gptq
-from .int4.format import (check_bits, check_group_size, choose_group_qparams, dequantize_groups,
-                          quantize_groups)
+from .int4.format import (check_bits, check_group_size, check_symmetric, choose_group_qparams,
+                          dequantize_groups, quantize_groups)
 from .nn.quantized_int4 import LinearWeightOnlyInt4
 
 __all__ = ["quantize_weight_only"]
@@ -569,17 +569,19 @@ def _excluded_names(exclude) -> set:
 
 
 def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128, method: str = "rtn",
-                         calib_data: Optional[Iterable] = None, *, inplace: bool = False,
-                         exclude: Sequence[str] = (), percdamp: float = 0.01, blocksize: int = 128,
-                         act_order: bool = False, awq_grid: int = 20, awq_fold: bool = True,
-                         awq_max_rows: int = 4096, cache_block_inputs: bool = True,
+                         calib_data: Optional[Iterable] = None, *, symmetric: bool = False,
+                         inplace: bool = False, exclude: Sequence[str] = (), percdamp: float = 0.01,
+                         blocksize: int = 128, act_order: bool = False, awq_grid: int = 20,
+                         awq_fold: bool = True, awq_max_rows: int = 4096, cache_block_inputs: bool = True,
                          progress: bool = True) -> nn.Module:
     """Weight-only quantization of every ``nn.Linear`` of ``model`` (and of every Hugging Face
     ``transformers.pytorch_utils.Conv1D``, GPT-2's Linear with its weight stored transposed):
     float activations in and out.
 
-    ``bits=4``: int4 in groups of ``group_size`` input channels (asymmetric, float32 scale and
-    4-bit zero point per group; ``docs/quantization.md``), by ``method``:
+    ``bits=4``: int4 in groups of ``group_size`` input channels (float32 scale and 4-bit zero
+    point per group; ``docs/quantization.md``): asymmetric, or with ``symmetric=True`` zero point
+    8 and scale ``2 * max|w_g| / 15`` (GPTQ's ``sym=True``; GPTQ chooses only the scales then),
+    in the same format and modules, by ``method``:
 
     - ``"rtn"``: round to nearest; needs no data.
     - ``"gptq"``: GPTQ with the Hessian of each layer's calibration inputs (``percdamp``: damping
@@ -597,15 +599,17 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     Both calibrated methods warn once when some input channels were 0 on every calibration row,
     naming the layers.
 
-    ``bits=8``: int8 per output channel (torchquant's dynamic ``DynamicLinear``), RTN or GPTQ.
+    ``bits=8``: int8 per output channel (torchquant's dynamic ``DynamicLinear``), RTN or GPTQ;
+    always symmetric (zero point 0), so ``symmetric`` changes nothing there (True and False are
+    both accepted).
 
     ``calib_data``: batches the model is called on (``model(*b)`` for a tuple, ``model(**b)`` for
     a dict, else ``model(b)``); one tensor or one dict (a tokenizer's output) is one batch; a few
     hundred to a few thousand rows (tokens) per layer input. ``exclude``: names of Linear / Conv1D
     modules left in float (an LM head, say; qualified names as ``named_modules()`` gives them, not
     module types; a name is matched exactly, so naming a block does not exclude its layers).
-    ``inplace``, ``act_order``, ``awq_fold``, ``cache_block_inputs`` and ``progress`` take
-    ``True`` or ``False`` only; ``act_order=True`` needs ``bits=4``. ``cache_block_inputs``: for
+    ``symmetric``, ``inplace``, ``act_order``, ``awq_fold``, ``cache_block_inputs`` and ``progress``
+    take ``True`` or ``False`` only; ``act_order=True`` needs ``bits=4``. ``cache_block_inputs``: for
     GPTQ and AWQ on a model made of a chain of blocks (an ``nn.ModuleList`` or ``nn.Sequential``
     whose blocks each take the previous one's
     output, as a transformer's layers), capture the first block's inputs once and run each block
@@ -631,6 +635,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     for arg, value in (("blocksize", blocksize), ("awq_grid", awq_grid), ("awq_max_rows", awq_max_rows)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")
+    check_symmetric(symmetric)
     for arg, value in (("inplace", inplace), ("act_order", act_order), ("awq_fold", awq_fold),
                        ("cache_block_inputs", cache_block_inputs), ("progress", progress)):
         if not isinstance(value, bool):  # (a string "no" is true)
@@ -662,7 +667,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     try:
         out = _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize,
                                     act_order, awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped,
-                                    cache_block_inputs)
+                                    cache_block_inputs, symmetric)
     except BaseException:
         if inplace:  # a failed or interrupted call leaves the caller's model as it was
             for parent, child, old in reversed(swapped):
@@ -683,7 +688,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
 
 
 def _quantize_weight_only(model, bits, group_size, method, batches, excluded, percdamp, blocksize, act_order,
-                          awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped, cache_block_inputs=True):
+                          awq_grid, awq_fold, awq_max_rows, progress, inplace, swapped, cache_block_inputs=True,
+                          symmetric=False):
     model = _conv1d_to_linear(model, excluded, swapped)
     model = _plain_reparametrized(model, excluded, swapped)
     linears = _selected_linears(model, excluded)
@@ -737,7 +743,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         # for every layer until the end, and (on the copy) its float weight is let go
         aliases = _aliases(model)
         for name in _progress(list(linears), progress, "int4 rtn" if bits == 4 else "int8 rtn"):
-            q, s, z = _rtn(linears[name].weight.detach().float(), bits, group_size)
+            q, s, z = _rtn(linears[name].weight.detach().float(), bits, group_size, symmetric)
             if not name:  # the model is the one layer
                 results[name] = (q, s, z, None)
                 continue
@@ -768,10 +774,10 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
             try:
                 if method == "gptq":
                     _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp,
-                              blocksize, act_order, progress, shared, plan)
+                              blocksize, act_order, progress, shared, plan, symmetric)
                 else:
                     _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
-                             awq_max_rows, progress, plan)
+                             awq_max_rows, progress, plan, symmetric)
             finally:
                 if use_cache is True:
                     config.use_cache = True
@@ -917,10 +923,10 @@ def _conv1d_to_linear(model: nn.Module, excluded, swapped: Optional[List] = None
     return _replace_layers(model, excluded, lambda m: is_hf_conv1d(type(m)), make, swapped)
 
 
-def _rtn(w, bits, group_size):
-    if bits == 8:
+def _rtn(w, bits, group_size, symmetric=False):
+    if bits == 8:  # (symmetric already: zero point 0)
         return _int8_rtn(w)
-    s, z = choose_group_qparams(w, group_size)
+    s, z = choose_group_qparams(w, group_size, symmetric)
     return quantize_groups(w, s, z, group_size), s, z
 
 
@@ -938,7 +944,7 @@ def _fake(q, s, z, bits, group_size):
 
 
 def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize, act_order,
-              progress, shared=None, plan=None):
+              progress, shared=None, plan=None, symmetric=False):
     # Linears that read the very same input as the one before them, each called once per
     # forward (q, k, v), share its Hessian: one calibration pass for the group instead of one
     # each. Exact: quantizing q changes nothing upstream of k's input.
@@ -965,12 +971,12 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
                 dead[name] = (n_dead, lin.in_features)
         if acc.rows == 0:
             warnings.warn(f"GPTQ: {name} was not called on the calibration data; rounded to nearest", RuntimeWarning)
-            q, s, z = _rtn(W, bits, group_size)
+            q, s, z = _rtn(W, bits, group_size, symmetric)
         elif bits == 8:
             q, s, z = _gptq_int8(W, acc, percdamp, blocksize, act_order, name)
         else:
             q, s, z = _gptq.gptq_quantize(W, acc.H, group_size, percdamp, blocksize, act_order, rows=acc.rows,
-                                          name=name)
+                                          name=name, symmetric=symmetric)
         fake = _fake(q, s, z, bits, group_size)
         if not torch.isfinite(fake).all():  # cannot happen with finite weights; never hand out NaN
             raise FloatingPointError(f"GPTQ produced non-finite weights for {name}")
@@ -1023,7 +1029,7 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
 
 
 def _run_awq(model, batches, linears, order, calls, results, group_size, grid, fold, max_rows, progress,
-             plan=None):
+             plan=None, symmetric=False):
     producers = _producers(model, order) if fold else {}
     traced = producers is not None
     producers = producers or {}
@@ -1066,7 +1072,7 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
                           "to nearest", RuntimeWarning)
             for m in members:
                 W = linears[m].weight.detach().float()
-                s_, z_ = choose_group_qparams(W, group_size)
+                s_, z_ = choose_group_qparams(W, group_size, symmetric)
                 results[m] = (quantize_groups(W, s_, z_, group_size), s_, z_, None)
             continue
         X = torch.cat(rows, 0)
@@ -1079,10 +1085,10 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
         if X.shape[0] > max_rows:
             X = X[torch.randperm(X.shape[0], generator=gen)[:max_rows].to(X.device)]
         weights = [linears[m].weight.detach().float() for m in members]
-        s, alpha, _ = _awq.awq_search(X, weights, group_size, grid)
+        s, alpha, _ = _awq.awq_search(X, weights, group_size, grid, symmetric)
         for m, W in zip(members, weights):
             Ws = W * s
-            sc, zp = choose_group_qparams(Ws, group_size)
+            sc, zp = choose_group_qparams(Ws, group_size, symmetric)
             q = quantize_groups(Ws, sc, zp, group_size)
             fake = dequantize_groups(q, sc, zp, group_size)
             if prod is None:

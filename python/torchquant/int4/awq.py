@@ -8,19 +8,20 @@ the calibration rows, for all the Linears that read the same input together (the
 one ``s`` when it is folded into the op that produces that input). alpha = 0 is plain
 round-to-nearest, so the chosen scale never does worse than RTN on the calibration rows. An
 input channel that is 0 on every calibration row keeps s = 1 (:func:`awq_candidate_scales`).
+``symmetric`` rounds with the symmetric group qparams (zero point 8) throughout.
 """
 from typing import List, Sequence, Tuple
 
 import torch
 
-from .format import choose_group_qparams, dequantize_groups, quantize_groups
+from .format import check_symmetric, choose_group_qparams, dequantize_groups, quantize_groups
 
 __all__ = ["awq_candidate_scales", "awq_search", "rtn_fake"]
 
 
-def rtn_fake(w: torch.Tensor, group_size: int) -> torch.Tensor:
+def rtn_fake(w: torch.Tensor, group_size: int, symmetric: bool = False) -> torch.Tensor:
     """Round-to-nearest int4 of w [N, K], dequantized (float32)."""
-    s, z = choose_group_qparams(w, group_size)
+    s, z = choose_group_qparams(w, group_size, symmetric)
     return dequantize_groups(quantize_groups(w, s, z, group_size), s, z, group_size)
 
 
@@ -42,10 +43,12 @@ def awq_candidate_scales(x_abs_mean: torch.Tensor, alpha: float) -> torch.Tensor
     return s
 
 
-def awq_search(x: torch.Tensor, weights: Sequence[torch.Tensor], group_size: int, grid: int = 20
-               ) -> Tuple[torch.Tensor, float, List[float]]:
+def awq_search(x: torch.Tensor, weights: Sequence[torch.Tensor], group_size: int, grid: int = 20,
+               symmetric: bool = False) -> Tuple[torch.Tensor, float, List[float]]:
     """Best per-input-channel scale s [K] for the Linears ``weights`` (each [N_i, K]) reading
-    the rows x [n, K]. Returns (s, alpha, loss per grid point)."""
+    the rows x [n, K], rounded with the asymmetric or (``symmetric``) symmetric group qparams.
+    Returns (s, alpha, loss per grid point)."""
+    check_symmetric(symmetric)
     x = x.detach().float().reshape(-1, x.shape[-1])
     w = torch.cat([wi.detach().float() for wi in weights], 0)
     x_abs_mean = x.abs().mean(0)
@@ -55,7 +58,7 @@ def awq_search(x: torch.Tensor, weights: Sequence[torch.Tensor], group_size: int
     for i in range(grid):
         alpha = i / grid
         s = awq_candidate_scales(x_abs_mean, alpha)
-        wq = torch.cat([rtn_fake(wi.detach().float() * s, group_size) for wi in weights], 0) / s
+        wq = torch.cat([rtn_fake(wi.detach().float() * s, group_size, symmetric) for wi in weights], 0) / s
         # squared in float64: calibration rows of 1e20 overflow a float32 square
         loss = float(((x @ wq.t() - y_ref).double() ** 2).mean())
         losses.append(loss)

@@ -1,4 +1,4 @@
-"""The int4 weight format: asymmetric 4-bit values in groups along K.
+"""The int4 weight format: 4-bit values in groups along K, asymmetric or symmetric.
 
 A weight ``w [N, K]`` is cut into ``G = ceil(K / group_size)`` groups of ``group_size``
 consecutive input channels per output channel; the last group is shorter when ``group_size``
@@ -10,7 +10,9 @@ does not divide K (no padding is stored, nothing is rejected). Each group has a 
 
 with ``s = max((max(w_g, 0) - min(w_g, 0)) / 15, eps)`` and ``z = clamp(-nearbyint(min(w_g, 0) / s), 0, 15)``
 for round-to-nearest (torch.ao's affine ``choose_qparams`` on each group; GPTQ and AWQ choose the
-values of ``q`` differently but store them the same way).
+values of ``q`` differently but store them the same way). ``symmetric=True`` (GPTQ's ``sym=True``)
+fixes ``z = 8`` and takes ``s = max(2 * max|w_g| / 15, eps)``: the grid ``s * [-8, 7]``, whose top
+code clips ``+max|w_g|`` by half a step; the stored format is the same.
 
 Storage (the state dict, portable across devices): ``qweight`` uint8 ``[N, ceil(K / 2)]`` with
 ``k`` even in the low nibble and ``k + 1`` in the high nibble (0 past K), ``weight_scale``
@@ -22,9 +24,11 @@ from typing import Tuple
 import torch
 
 __all__ = ["num_groups", "choose_group_qparams", "quantize_groups", "dequantize_groups", "pack_int4",
-           "unpack_int4", "check_group_size", "check_bits", "QMAX"]
+           "unpack_int4", "check_group_size", "check_bits", "check_symmetric", "QMAX", "SYMMETRIC_ZERO_POINT"]
 
 QMAX = 15
+# the zero point of the symmetric mode: the middle of [0, 15], as GPTQ's (maxq + 1) / 2
+SYMMETRIC_ZERO_POINT = 8
 _EPS = torch.finfo(torch.float32).eps
 
 
@@ -32,6 +36,12 @@ def check_bits(bits) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (4, 8):
         raise ValueError(f"argument 'bits' must be 4 or 8, got {bits!r}")
     return bits
+
+
+def check_symmetric(symmetric) -> bool:
+    if not isinstance(symmetric, bool):  # (a string "no" would be true)
+        raise TypeError(f"argument 'symmetric' must be True or False, got {symmetric!r}")
+    return symmetric
 
 
 def check_group_size(group_size) -> int:
@@ -56,10 +66,23 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.reshape(N, G, group_size)
 
 
-def choose_group_qparams(w: torch.Tensor, group_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def choose_group_qparams(w: torch.Tensor, group_size: int, symmetric: bool = False
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest qparams of each group of w [N, K]: (scale float32 [N, G], zero_point
-    int64 [N, G]); the range is widened to contain 0, as torch.ao's (and GPTQ's) affine one."""
+    int64 [N, G]); the range is widened to contain 0, as torch.ao's (and GPTQ's) affine one.
+    ``symmetric``: zero point 8 and ``s = max(2 * max|w_g| / 15, eps)`` (GPTQ's ``sym=True``)."""
+    check_symmetric(symmetric)
     wg = _grouped(w.detach().float(), group_size)
+    if symmetric:
+        amax = torch.nan_to_num(wg.abs(), nan=0.0).amax(-1)
+        # GPTQ's reference halves the scale of a group with no negative weight (its range stays
+        # [0, max], while z = 8 still spends half the codes below 0), clipping the group's upper
+        # half; here every group takes the scale of its largest magnitude. 2 * amax / 15 is
+        # rounded once as amax / 7.5 (7.5 is exact): no overflow for amax past half the float32
+        # range (an inf weight's, made finite above), where 2 * amax would give an inf scale
+        scale = amax / torch.full_like(amax, QMAX / 2)
+        scale = torch.where(scale > _EPS, scale, torch.full_like(scale, _EPS))
+        return scale, torch.full(scale.shape, SYMMETRIC_ZERO_POINT, dtype=torch.int64, device=scale.device)
     zero = torch.zeros((), dtype=torch.float32, device=w.device)
     mn = torch.minimum(torch.nan_to_num(wg, nan=float("inf")).amin(-1), zero)
     mx = torch.maximum(torch.nan_to_num(wg, nan=float("-inf")).amax(-1), zero)

@@ -6,7 +6,8 @@ weighted by the inverse Hessian ``H = 2/n * X^T X`` of the layer's calibration i
 Cholesky factor, and the weight); :class:`HessianAccumulator` builds the Hessian from the rows
 a forward hook sees. Blocked ("lazy batch") updates: columns are processed in blocks of
 ``blocksize``; inside a block the error updates the block only, and the block's accumulated
-error updates the rest of the weight in one matrix product.
+error updates the rest of the weight in one matrix product. ``symmetric`` fixes every zero point
+at 8 (GPTQ's ``sym=True``): only the groups' scales are chosen, from the same weights.
 """
 import math
 import warnings
@@ -14,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .format import QMAX, choose_group_qparams, num_groups
+from .format import QMAX, check_symmetric, choose_group_qparams, num_groups
 
 __all__ = ["HessianAccumulator", "gptq_quantize", "gptq_reference"]
 
@@ -68,9 +69,11 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> Tuple[torc
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: float = 0.01,
                   blocksize: int = 128, act_order: bool = False, rows: Optional[int] = None,
-                  name: str = "the layer") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  name: str = "the layer", symmetric: bool = False
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ of W [N, K] with Hessian H [K, K]: returns (q uint8 [N, K] in 0..15, scale float32
-    [N, G], zero_point int64 [N, G]) of the int4 group format.
+    [N, G], zero_point int64 [N, G]) of the int4 group format (``symmetric``: zero points 8,
+    scales from :func:`.format.choose_group_qparams`'s symmetric mode).
 
     ``act_order`` visits columns by decreasing Hessian diagonal; the groups stay contiguous in
     the original K order (their qparams are then chosen up front from W: "static groups").
@@ -78,6 +81,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     column is reached, as in the reference implementation. ``rows``: how many calibration rows
     built H; fewer than K (a rank-deficient Hessian) warns with H's condition number.
     """
+    check_symmetric(symmetric)
     W = W.detach().to(torch.float64, copy=True)  # (one copy: .to() then .clone() made two)
     N, K = W.shape
     H = H.detach().to(torch.float64, copy=True)
@@ -101,7 +105,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     G = num_groups(K, group_size)
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
-        scale_all, zero_all = choose_group_qparams(W.float(), group_size)
+        scale_all, zero_all = choose_group_qparams(W.float(), group_size, symmetric)
         W = W[:, perm]
         H = H[perm][:, perm]
     else:
@@ -125,7 +129,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
                 upd = W1[:, i:i + need]
                 if upd.shape[1] < need:
                     upd = torch.cat([upd, W[:, i2:i2 + need - upd.shape[1]]], 1)
-                s, z = choose_group_qparams(upd.float(), group_size)
+                s, z = choose_group_qparams(upd.float(), group_size, symmetric)
                 scale_all[:, g], zero_all[:, g] = s[:, 0], z[:, 0]
             s = scale_all[:, g].double()
             z = zero_all[:, g].double()
@@ -142,10 +146,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     return q, scale_all, zero_all
 
 
-def gptq_reference(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: float = 0.01):
+def gptq_reference(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: float = 0.01,
+                   symmetric: bool = False):
     """Unblocked GPTQ in the textbook form (no lazy batches, no act-order): after quantizing
     column i, ``W[:, j] -= (w_i - dq_i) / [H^-1]_ii * [H^-1]_ij`` for j > i, then H^-1 loses row
     and column i (the Schur complement). The test compares :func:`gptq_quantize` with it."""
+    check_symmetric(symmetric)
     W = W.detach().double().clone()
     N, K = W.shape
     H = H.detach().double().clone()
@@ -161,7 +167,7 @@ def gptq_reference(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: 
     for i in range(K):
         g = i // group_size
         if i % group_size == 0:
-            s, z = choose_group_qparams(W[:, i:i + group_size].float(), group_size)
+            s, z = choose_group_qparams(W[:, i:i + group_size].float(), group_size, symmetric)
             scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
         qi = torch.clamp(torch.round(W[:, i].float() * (1.0 / scale[:, g])).double() + zero[:, g], 0, QMAX)
         q[:, i] = qi.to(torch.uint8)

@@ -20,8 +20,8 @@ from ..observer import _apply_keeping_float32
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (integer_load_errors, note_packed, qparam_load_errors, renote_packed, repack_for_copy,
                           repack_if_stale)
-from ..int4.format import (QMAX, check_group_size, choose_group_qparams, dequantize_groups, num_groups,
-                           pack_int4, quantize_groups, unpack_int4)
+from ..int4.format import (QMAX, check_group_size, check_symmetric, choose_group_qparams,
+                           dequantize_groups, num_groups, pack_int4, quantize_groups, unpack_int4)
 
 __all__ = ["LinearWeightOnlyInt4", "Int4WeightView"]
 
@@ -162,9 +162,9 @@ class Int4WeightView:
 
 
 class LinearWeightOnlyInt4(nn.Module):
-    """nn.Linear with int4 weights in groups of ``group_size`` along K (asymmetric, one float32
-    scale and one 4-bit zero point per group) and float activations (float32, bfloat16,
-    float16; the output has the input's dtype).
+    """nn.Linear with int4 weights in groups of ``group_size`` along K (one float32 scale and one
+    4-bit zero point per group: asymmetric, or symmetric with every zero point 8, in the same
+    buffers) and float activations (float32, bfloat16, float16; the output has the input's dtype).
 
     On the CPU each input row is quantized to int8 on the fly (the dynamic path's per-row
     affine qparams) and multiplied exactly against the 4-bit weights (AVX-512 VNNI / AVX2 /
@@ -236,14 +236,15 @@ class LinearWeightOnlyInt4(nn.Module):
         return m.to(qvalues.device)
 
     @classmethod
-    def from_float(cls, mod: nn.Linear, group_size: int = 128):
+    def from_float(cls, mod: nn.Linear, group_size: int = 128, symmetric: bool = False):
         """Round-to-nearest int4 of an nn.Linear's weight (``torchquant.quantize_weight_only``
-        runs GPTQ or AWQ instead)."""
+        runs GPTQ or AWQ instead); ``symmetric``: zero points 8 and scales ``2 * max|w_g| / 15``."""
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"argument 'mod' must be an nn.Linear, got {type(mod).__name__}")
         check_group_size(group_size)
+        check_symmetric(symmetric)
         w = mod.weight.detach().float()
-        scale, zp = choose_group_qparams(w, group_size)
+        scale, zp = choose_group_qparams(w, group_size, symmetric)
         q = quantize_groups(w, scale, zp, group_size)
         return cls.from_qparams(q, scale, zp, mod.bias, group_size)
 
