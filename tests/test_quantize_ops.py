@@ -748,3 +748,78 @@ def test_reference_quantize_saturates_at_int32_bounds():
     got = reference.quantize(x, s, z, None, -2**31, 2**31 - 1, torch.int32)
     want = torch.quantize_per_tensor(x, 1.0, 0, torch.qint32).int_repr()
     assert got.tolist() == [2**31 - 1, 2**31 - 1, 2**31 - 1, -2**31, -2**31] and torch.equal(got, want)
+
+
+def _layouts():
+    base = torch.randn(2, 6, 5, 7)
+    return {
+        "channels_last": base.to(memory_format=torch.channels_last),
+        "channels_last_3d": torch.randn(2, 3, 4, 5, 6).to(memory_format=torch.channels_last_3d),
+        "transposed": torch.randn(9, 13).t(),
+        "permuted, offset": torch.randn(3, 2, 6, 5, 7).permute(0, 1, 3, 4, 2)[1],
+        "step slice": base[:, :, ::2],
+        "expanded": torch.randn(1, 7).expand(4, 7),
+        "contiguous": base,
+        "empty channels_last": torch.randn(0, 3, 4, 4).to(memory_format=torch.channels_last),
+    }
+
+
+@pytest.mark.parametrize("layout", list(_layouts()))
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_per_tensor_ops_keep_a_dense_layout(isa, layout, device):
+    """A per-tensor quantize / dequantize / fake_quantize (and its backward) of a dense tensor
+    that is not contiguous (channels-last activations) returns its strides, as torch's
+    elementwise ops do; other layouts give contiguous outputs. Values are those of the
+    contiguous input's, and the fake kernels give the same strides as the kernels."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = _layouts()[layout].to(device) * 3
+    dense = x.numel() > 0 and not x.is_contiguous() and layout not in ("step slice", "expanded")
+    s, z = torch.tensor([0.05], device=device), torch.tensor([-3], dtype=torch.int32, device=device)
+    x16 = x.half()
+    q = ops.quantize(x, s, z, None, -128, 127, torch.int8)
+    g = torch.randn_like(x)  # (randn_like keeps a dense layout)
+    outs = {
+        "quantize": (q, ops.quantize(x.contiguous(), s, z, None, -128, 127, torch.int8)),
+        "quantize half": (ops.quantize(x16, s, z, None, -128, 127, torch.int8),
+                          ops.quantize(x16.contiguous(), s, z, None, -128, 127, torch.int8)),
+        "dequantize": (ops.dequantize(q, s, z, None), ops.dequantize(q.contiguous(), s, z, None)),
+        "dequantize half": (ops.dequantize(q, s, z, None, torch.float16),
+                            ops.dequantize(q.contiguous(), s, z, None, torch.float16)),
+        "fake_quantize": (ops.fake_quantize(x, s, z, None, -128, 127),
+                          ops.fake_quantize(x.contiguous(), s, z, None, -128, 127)),
+        "fake_quantize_backward": (ops.fake_quantize_backward(g, x, s, z, None, -128, 127),
+                                   ops.fake_quantize_backward(g.contiguous(), x.contiguous(), s, z, None, -128, 127)),
+    }
+    for name, (got, want) in outs.items():
+        assert torch.equal(got, want), name
+        assert got.stride() == (x.stride() if dense else want.stride()), name
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fx, fq, fg = mode.from_tensor(x), mode.from_tensor(q), mode.from_tensor(g)
+        fakes = {
+            "quantize": ops.quantize(fx, s, z, None, -128, 127, torch.int8),
+            "dequantize": ops.dequantize(fq, s, z, None),
+            "fake_quantize": ops.fake_quantize(fx, s, z, None, -128, 127),
+            "fake_quantize_backward": ops.fake_quantize_backward(fg, fx, s, z, None, -128, 127),
+        }
+    for name, f in fakes.items():
+        assert f.stride() == outs[name][0].stride() and f.dtype == outs[name][0].dtype, name
+    # per channel: contiguous, as before
+    pc = ops.quantize(x, s.expand(x.shape[-1]).contiguous(), z.expand(x.shape[-1]).contiguous(), x.dim() - 1,
+                      -128, 127, torch.int8) if x.dim() else None
+    assert pc is None or pc.is_contiguous()
+
+
+def test_a_channels_last_qtensor_stays_channels_last_through_a_float_op():
+    # dequantize -> float op -> quantize (leaky_relu with a slope past 1 takes that path) gave a
+    # contiguous QTensor, which the next convolution copied back to channels-last.
+    import torch.nn.functional as F
+
+    x = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
+    q = tq.quantize_per_tensor(x, 0.05, 3, torch.quint8)
+    assert q.data.is_contiguous(memory_format=torch.channels_last)
+    y = F.leaky_relu(q, 2.0)
+    assert y.data.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.dequantize().contiguous(), F.leaky_relu(tq.quantize_per_tensor(x.contiguous(), 0.05, 3,
+                                                                                      torch.quint8), 2.0).dequantize())
+    assert q.dequantize().is_contiguous(memory_format=torch.channels_last)

@@ -25,10 +25,7 @@ bool hugepages_enabled() {
   return on;
 }
 
-}  // namespace
-
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(sizes, options);
+void advise_huge(const at::Tensor& out) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const size_t bytes = out.nbytes();
   if (bytes >= kMinBytes && out.device().is_cpu() && hugepages_enabled()) {
@@ -38,7 +35,22 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
     // Advice only: a failure (e.g. EINVAL where THP is compiled out) leaves ordinary pages.
     if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
   }
+#else
+  (void)out;
 #endif
+}
+
+}  // namespace
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  advise_huge(out);
+  return out;
+}
+
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options) {
+  at::Tensor out = at::empty_strided(sizes, strides, options);
+  advise_huge(out);
   return out;
 }
 

@@ -14,6 +14,8 @@ namespace cpu {
 // the outputs torchquant writes. TORCHQUANT_HUGEPAGES=0 turns it off; on systems where
 // transparent huge pages are "never", or off Linux, it does nothing.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+// The same with the given strides (a dense layout: an elementwise op's output in its input's).
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options);
 
 // A CPU tensor for long-lived data a kernel streams from memory (packed weights): a fresh
 // anonymous mapping at a 2 MiB-aligned address, advised MADV_HUGEPAGE before its first touch, so

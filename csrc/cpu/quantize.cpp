@@ -101,6 +101,30 @@ at::Tensor as_float_contiguous(const at::Tensor& x) {
   return x.to(at::kFloat).contiguous();
 }
 
+// A per-tensor op on a dense tensor that is not contiguous (channels-last activations, a
+// transposed matrix) runs over its memory as it lies, and its output takes the input's strides,
+// as torch's elementwise ops keep such a layout: the op is elementwise and one qparam pair
+// covers every element, so the order does not matter. A channels-last QTensor stays channels-last
+// through dequantize, a float op and quantize (before, each returned a contiguous copy, which the
+// next convolution transposed back). Per channel, non-dense (a slice with a step) or empty:
+// contiguous, as before. python/torchquant/_ops.py's fake kernels follow the same rule.
+bool keeps_strides(const at::Tensor& x, int64_t axis) {
+  return axis < 0 && x.numel() > 0 && !x.is_contiguous() && x.is_non_overlapping_and_dense();
+}
+
+// x as float32, in its own strides when keeps_strides (to() keeps a dense layout), else contiguous.
+at::Tensor as_float(const at::Tensor& x, bool strided) {
+  if (!strided || x.scalar_type() == at::kFloat) return strided ? x : as_float_contiguous(x);
+  at::Tensor f = x.to(at::kFloat);  // (preserve_format: a dense tensor's strides exactly)
+  TORCH_INTERNAL_ASSERT(f.strides() == x.strides());
+  return f;
+}
+
+at::Tensor new_output(const at::Tensor& like, bool strided, const at::TensorOptions& options) {
+  return strided ? cpu::empty_output(like.sizes(), like.strides(), options) : cpu::empty_output(like.sizes(), options);
+}
+
+
 }  // namespace
 
 at::Tensor quantize_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
@@ -109,8 +133,9 @@ at::Tensor quantize_cpu(const at::Tensor& x, const at::Tensor& scale, const at::
   check_float_input(x, "x");
   check_qrange(qmin, qmax, dtype);
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
-  const at::Tensor xc = as_float_contiguous(x);
-  at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(dtype));
+  const bool strided = keeps_strides(x, p.axis);
+  const at::Tensor xc = as_float(x, strided);
+  at::Tensor out = new_output(x, strided, x.options().dtype(dtype));
   const Layout l = layout(x, p.axis);
   const float* px = xc.data_ptr<float>();
   auto* pq = static_cast<uint8_t*>(out.data_ptr());
@@ -139,8 +164,9 @@ at::Tensor dequantize_cpu(const at::Tensor& q, const at::Tensor& scale,
   const bool u = q.scalar_type() == at::kByte;
   const QParams p = prepare_qparams(q, "q", scale, zero_point, axis, u ? 0 : -128, u ? 255 : 127,
                                     /*with_inv=*/false);
-  const at::Tensor qc = q.contiguous();
-  at::Tensor out = cpu::empty_output(q.sizes(), q.options().dtype(at::kFloat));
+  const bool strided = keeps_strides(q, p.axis);
+  const at::Tensor qc = strided ? q : q.contiguous();
+  at::Tensor out = new_output(q, strided, q.options().dtype(at::kFloat));
   const Layout l = layout(q, p.axis);
   const auto* pq = static_cast<const uint8_t*>(qc.data_ptr());
   float* py = out.data_ptr<float>();
@@ -162,8 +188,9 @@ at::Tensor fake_quantize_cpu(const at::Tensor& x, const at::Tensor& scale,
   check_float_input(x, "x");
   check_fake_qrange(qmin, qmax);
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
-  const at::Tensor xc = as_float_contiguous(x);
-  at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(at::kFloat));
+  const bool strided = keeps_strides(x, p.axis);
+  const at::Tensor xc = as_float(x, strided);
+  at::Tensor out = new_output(x, strided, x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);
   const float* px = xc.data_ptr<float>();
   float* py = out.data_ptr<float>();
@@ -189,8 +216,10 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   check_grad_like(grad, x);
   check_fake_qrange(qmin, qmax);
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
-  const at::Tensor xc = as_float_contiguous(x), gc = as_float_contiguous(grad);
-  at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(at::kFloat));
+  // (in x's strides when grad has them too)
+  const bool strided = keeps_strides(x, p.axis) && grad.strides() == x.strides();
+  const at::Tensor xc = as_float(x, strided), gc = as_float(grad, strided);
+  at::Tensor out = new_output(x, strided, x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);
   const float* px = xc.data_ptr<float>();
   const float* pg = gc.data_ptr<float>();

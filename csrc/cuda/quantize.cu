@@ -201,6 +201,23 @@ Layout layout(const at::Tensor& x, int64_t axis) {
 
 at::Tensor as_float_contiguous(const at::Tensor& x) { return x.to(at::kFloat).contiguous(); }
 
+// As the CPU adapters (csrc/cpu/quantize.cpp): a per-tensor op on a dense, non-contiguous tensor
+// (channels-last) runs over its memory as it lies, and its output takes its strides.
+bool keeps_strides(const at::Tensor& x, int64_t axis) {
+  return axis < 0 && x.numel() > 0 && !x.is_contiguous() && x.is_non_overlapping_and_dense();
+}
+
+at::Tensor as_float(const at::Tensor& x, bool strided) {
+  if (!strided) return as_float_contiguous(x);
+  at::Tensor f = x.to(at::kFloat);  // (preserve_format: a dense tensor's strides exactly)
+  TORCH_INTERNAL_ASSERT(f.strides() == x.strides());
+  return f;
+}
+
+at::Tensor new_output(const at::Tensor& like, bool strided, const at::TensorOptions& options) {
+  return strided ? at::empty_strided(like.sizes(), like.strides(), options) : at::empty(like.sizes(), options);
+}
+
 }  // namespace
 
 at::Tensor quantize_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
@@ -210,8 +227,9 @@ at::Tensor quantize_cuda(const at::Tensor& x, const at::Tensor& scale, const at:
   check_qrange(qmin, qmax, dtype);
   c10::cuda::CUDAGuard guard(x.device());
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
-  const at::Tensor xc = as_float_contiguous(x);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  const bool strided = keeps_strides(x, p.axis);
+  const at::Tensor xc = as_float(x, strided);
+  at::Tensor out = new_output(x, strided, x.options().dtype(dtype));
   const Layout l = layout(x, p.axis);
   QuantizeOp op{xc.data_ptr<float>(), static_cast<uint8_t*>(out.data_ptr()),
                 p.inv_scale.data_ptr<float>(), p.zero_point.data_ptr<int32_t>(),
@@ -231,8 +249,9 @@ at::Tensor dequantize_cuda(const at::Tensor& q, const at::Tensor& scale,
   const bool u = q.scalar_type() == at::kByte;
   const QParams p = prepare_qparams(q, "q", scale, zero_point, axis, u ? 0 : -128, u ? 255 : 127,
                                     /*with_inv=*/false);
-  const at::Tensor qc = q.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
+  const bool strided = keeps_strides(q, p.axis);
+  const at::Tensor qc = strided ? q : q.contiguous();
+  at::Tensor out = new_output(q, strided, q.options().dtype(at::kFloat));
   const Layout l = layout(q, p.axis);
   DequantizeOp op{static_cast<const uint8_t*>(qc.data_ptr()), out.data_ptr<float>(),
                   p.scale.data_ptr<float>(), p.zero_point.data_ptr<int32_t>(), u};
@@ -247,8 +266,9 @@ at::Tensor fake_quantize_cuda(const at::Tensor& x, const at::Tensor& scale,
   check_fake_qrange(qmin, qmax);
   c10::cuda::CUDAGuard guard(x.device());
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
-  const at::Tensor xc = as_float_contiguous(x);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  const bool strided = keeps_strides(x, p.axis);
+  const at::Tensor xc = as_float(x, strided);
+  at::Tensor out = new_output(x, strided, x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);
   FakeQuantizeOp op{xc.data_ptr<float>(),          out.data_ptr<float>(),
                     p.scale.data_ptr<float>(),     p.inv_scale.data_ptr<float>(),
@@ -266,8 +286,9 @@ at::Tensor fake_quantize_backward_cuda(const at::Tensor& grad, const at::Tensor&
   check_fake_qrange(qmin, qmax);
   c10::cuda::CUDAGuard guard(x.device());
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
-  const at::Tensor xc = as_float_contiguous(x), gc = as_float_contiguous(grad);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  const bool strided = keeps_strides(x, p.axis) && grad.strides() == x.strides();
+  const at::Tensor xc = as_float(x, strided), gc = as_float(grad, strided);
+  at::Tensor out = new_output(x, strided, x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);
   FakeQuantizeGradOp op{gc.data_ptr<float>(),          xc.data_ptr<float>(),
                         out.data_ptr<float>(),         p.inv_scale.data_ptr<float>(),

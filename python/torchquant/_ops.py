@@ -29,6 +29,28 @@ def _check_devices(ref_name, ref, **tensors):
 
 
 # ---------------------------------------------------------------- quantize / dequantize
+def _keeps_strides(x, axis) -> bool:
+    """Whether the quantize / dequantize / fake-quantize kernels give x's strides to their output
+    (csrc/cpu/quantize.cpp keeps_strides): per tensor, x not empty, not contiguous, and dense (its
+    memory a permutation of a contiguous layout: channels-last). Else the output is contiguous."""
+    if axis is not None or x.numel() == 0 or x.is_contiguous():
+        return False
+    # c10's compute_non_overlapping_and_dense: dims of size >= 2 by stride, each stride the
+    # product of the sizes below it
+    need = 1
+    for d in sorted((d for d in range(x.dim()) if x.size(d) >= 2), key=x.stride):
+        if x.stride(d) != need:
+            return False
+        need *= x.size(d)
+    return True
+
+
+def _elementwise_out(x, axis, dtype):
+    if _keeps_strides(x, axis):
+        return x.new_empty_strided(x.shape, x.stride(), dtype=dtype)
+    return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("torchquant::quantize")
 def _quantize_fake(x, scale, zero_point, axis, qmin, qmax, dtype):
     _check_devices("x", x, scale=scale, zero_point=zero_point)
@@ -40,7 +62,7 @@ def _quantize_fake(x, scale, zero_point, axis, qmin, qmax, dtype):
     for name, v in (("qmin", qmin), ("qmax", qmax)):
         torch._check(lo <= v <= hi, lambda: f"argument '{name}' must lie in [{lo}, {hi}] for {dtype}, got {v}")
     _check_qrange(qmin, qmax)
-    return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
+    return _elementwise_out(x, axis, dtype)
 
 
 @torch.library.register_fake("torchquant::dequantize")
@@ -49,7 +71,7 @@ def _dequantize_fake(q, scale, zero_point, axis, out_dtype=None):
     torch._check(q.dtype in (torch.int8, torch.uint8), lambda: f"argument 'q' must be int8 or uint8, got {q.dtype}")
     torch._check(out_dtype is None or out_dtype.is_floating_point,
                  lambda: f"argument 'out_dtype' must be a floating-point dtype, got {out_dtype}")
-    return torch.empty_like(q, dtype=out_dtype or torch.float32, memory_format=torch.contiguous_format)
+    return _elementwise_out(q, axis, out_dtype or torch.float32)
 
 
 # ---------------------------------------------------------------- fake quantize
@@ -58,13 +80,15 @@ def _fake_quantize_fake(x, scale, zero_point, axis, qmin, qmax):
     _check_devices("x", x, scale=scale, zero_point=zero_point)
     torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
     _check_qrange(qmin, qmax)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _elementwise_out(x, axis, x.dtype)
 
 
 @torch.library.register_fake("torchquant::fake_quantize_backward")
 def _fake_quantize_backward_fake(grad, x, scale, zero_point, axis, qmin, qmax):
     _check_devices("x", x, grad=grad, scale=scale, zero_point=zero_point)
     torch._check(grad.shape == x.shape, lambda: f"argument 'grad' must have the shape of x {tuple(x.shape)}")
+    if tuple(grad.stride()) == tuple(x.stride()):
+        return _elementwise_out(x, axis, grad.dtype)
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
