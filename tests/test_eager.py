@@ -1114,6 +1114,52 @@ def test_half_precision_model_with_float_modules_runs_converted_in_its_dtype(dty
         torchquant.nn.quantized.DeQuantize(torch.int8)
 
 
+class _ScaleLeaf(nn.Module):
+    """A leaf module with no int8 version."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return x * self.w
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("kind", ["linear", "conv", "layernorm", "no_int8"])
+def test_qtensor_reaching_a_float_module_is_dequantized_to_its_parameter_dtype(kind, dtype):
+    # A float64 model's QTensor reaching a float Linear / Conv / LayerNorm (qconfig=None) was
+    # dequantized to float32: "mat1 and mat2 must have the same dtype, but got Float and Double".
+    torch.manual_seed(0)
+    if kind == "conv":
+        model, shape = nn.Sequential(torchquant.QuantStub(), nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3),
+                                     torchquant.DeQuantStub()), (2, 3, 8, 8)
+    else:
+        second = {"linear": nn.Linear(16, 8), "layernorm": nn.LayerNorm(16), "no_int8": _ScaleLeaf()}[kind]
+        model, shape = nn.Sequential(torchquant.QuantStub(), nn.Linear(16, 16), second,
+                                     torchquant.DeQuantStub()), (4, 16)
+    model = model.eval().to(dtype)
+    model.qconfig = torchquant.get_default_qconfig("x86")
+    if kind != "no_int8":
+        model[2].qconfig = None
+    p = torchquant.prepare(model)
+    x = torch.randn(*shape, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for batch in [torch.randn(*shape, dtype=dtype) for _ in range(3)] + [x]:
+            p(batch)
+        q = torchquant.convert(p)
+        y = q(x)
+        inner = q[1](q[0](x))
+    assert y.dtype == dtype and q[3].output_dtype == dtype
+    if kind != "no_int8":
+        # the float module ran on the dequantized QTensor in its own dtype
+        assert torch.equal(y, q[2](inner.dequantize().to(dtype)))
+    with torch.no_grad():
+        want = model(x).double()
+    assert (y.double() - want).abs().max() < 0.1 * want.abs().max()
+
+
 def test_dequantize_dtype_comes_from_the_models_parameters_and_follows_casts():
     torch.manual_seed(0)
     # calibrated under autocast, the model is float32: its DeQuantize returns float32
@@ -1706,3 +1752,22 @@ def test_a_folded_sequential_edited_after_convert_runs_as_its_children(edit):
     for c in q:
         y = c(y)
     assert torch.equal(q(x), y)
+
+
+def test_an_int8_norm_after_a_float64_float_part_takes_its_float_input():
+    # A float64 float part (qconfig=None) before an int8 LayerNorm handed it a float64 tensor,
+    # which F.layer_norm refused with the module's float32 weight ("mixed dtype").
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), nn.Linear(8, 8), nn.LayerNorm(8), tq.DeQuantStub())
+    m = m.eval().double()
+    m.qconfig = tq.get_default_qconfig()
+    m[2].qconfig = None
+    p = tq.prepare(m)
+    p(torch.randn(16, 8, dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = tq.convert(p)
+        x = torch.randn(4, 8, dtype=torch.float64)
+        y = q(x)
+    assert isinstance(q[3], nnq.LayerNorm) and y.dtype == torch.float64
+    assert (y - m(x)).abs().max() < 0.2

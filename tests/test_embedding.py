@@ -1,10 +1,12 @@
 """Row-wise quantized Embedding / EmbeddingBag: the embedding_bag_rowwise kernel (every CPU
 variant) bit-exact against a plain-torch reference, against torch.ao's quantized embedding-bag
 ops, the static prepare/convert flow with torch.ao's qconfigs, bounds checks, state dicts."""
+import copy
 import ctypes
 import ctypes.util
 import io
 import math
+import pickle
 import random
 import warnings
 
@@ -945,3 +947,88 @@ def test_a_table_under_a_static_qconfig_stays_float_from_prepare():
     x = torch.randn(2, 10, 32)
     want = m(x)
     assert float(10 * torch.log10(want.pow(2).sum() / (want - q(x)).pow(2).sum())) > 25
+
+
+# ---- output dtype: the quantized tables return the float table's dtype ----
+class _TableHead(nn.Module):
+    def __init__(self, bag):
+        super().__init__()
+        self.table = nn.EmbeddingBag(100, 16, mode="sum") if bag else nn.Embedding(100, 16)
+        self.head = nn.Linear(16, 8)
+
+    def forward(self, ids):
+        return self.head(self.table(ids))
+
+
+def _static_table(m):
+    m = copy.deepcopy(m)
+    m.table.qconfig = tq.float_qparams_weight_only_qconfig
+    return tq.convert(tq.prepare(m))
+
+
+def _dynamic_table(m):
+    return tq.quantize_dynamic(copy.deepcopy(m), {nn.Embedding: tq.float_qparams_weight_only_qconfig,
+                                                  nn.EmbeddingBag: tq.float_qparams_weight_only_qconfig,
+                                                  nn.Linear: tq.default_dynamic_qconfig})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bag", [False, True])
+def test_quantized_tables_return_the_float_tables_dtype(bag, dtype):
+    # They returned float32: the float16 head after a static table raised "mat1 and mat2 must have
+    # the same dtype, but got Float and Half", and quantize_dynamic's model returned float32.
+    torch.manual_seed(0)
+    model = _TableHead(bag).eval().to(dtype)
+    model32 = copy.deepcopy(model).float()  # the same values in float32
+    ids = torch.randint(0, 100, (4, 5))
+    for flow in (_static_table, _dynamic_table):
+        q, q32 = flow(model), flow(model32)
+        assert q.table.output_dtype == dtype and q32.table.output_dtype is None
+        assert torch.equal(q.table.packed_weight, q32.table.packed_weight)
+        rows = q.table(ids)
+        # the float32 flow's rows, cast once
+        assert rows.dtype == dtype and torch.equal(rows, q32.table(ids).to(dtype))
+        y = q(ids)
+        assert y.dtype == dtype
+        # the head (float in the model's dtype, or dynamic int8) on those rows
+        assert torch.equal(y, (model.head if flow is _static_table else q32.head)(rows))
+        want = q32(ids).double()
+        assert (y.double() - want).abs().max() <= 0.05 * want.abs().max()
+        if bag:  # per_sample_weights in the model's dtype: taken as float32
+            psw = torch.rand(4, 5).to(dtype)
+            out = q.table(ids, per_sample_weights=psw)
+            assert out.dtype == dtype and torch.equal(out, q32.table(ids, per_sample_weights=psw.float()).to(dtype))
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_quantized_table_dtype_follows_casts_and_is_kept_by_copies(bag):
+    torch.manual_seed(0)
+    q = _static_table(_TableHead(bag).eval())
+    ids = torch.randint(0, 100, (4, 5))
+    want = q.table(ids)
+    assert want.dtype == torch.float32 and q.table.output_dtype is None
+    packed, sd = q.table.packed_weight.clone(), q.state_dict()
+    assert list(sd) == ["table.packed_weight", "head.weight", "head.bias"]
+    for cast, dtype in ((lambda m: m.half(), torch.float16), (lambda m: m.to(torch.bfloat16), torch.bfloat16),
+                        (lambda m: m.double(), torch.float64), (lambda m: m.float(), torch.float32)):
+        cast(q)
+        # the table (its rows' float32 scales and zero points in it) is not cast, nor the state dict
+        assert torch.equal(q.table.packed_weight, packed) and list(q.state_dict()) == list(sd)
+        assert torch.equal(q.table(ids), want.to(dtype)) and q(ids).dtype == dtype
+    q.half()
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    for c in (copy.deepcopy(q), pickle.loads(pickle.dumps(q)), torch.load(buf, weights_only=False)):
+        assert c.table.output_dtype == torch.float16 and torch.equal(c(ids), q(ids)) and c(ids).dtype == torch.float16
+    # the float32 model's state dict loads strictly into the float16 one, and with weights_only
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    q.load_state_dict(torch.load(buf, weights_only=True), strict=True)
+    assert torch.equal(q.table(ids), want.half())
+    # a module pickled before the dtype was a buffer returns float32, as it did
+    old = copy.deepcopy(q.table)
+    del old._buffers["_output_dtype"]
+    back = pickle.loads(pickle.dumps(old))
+    assert back.output_dtype is None and torch.equal(back(ids), want)

@@ -558,19 +558,22 @@ def _refuse_qtensor_out(func, out) -> None:
                         "into; use the returned value (q[...] = value and the in-place functions write into a QTensor)")
 
 
+_OTHER_FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float64})
+
+
 def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
     """func on args with every QTensor dequantized, warning once per function that it has no
     int8 implementation: the rule for whatever has no int8 meaning."""
     name = label or getattr(func, "__name__", repr(func))
     _warn_once(_WARNED, name, lambda: f"{name} has no int8 implementation in torchquant: its QTensor arguments "
                "are dequantized and it runs in float", stacklevel)
-    # A QTensor has no float dtype of its own: float32, or float16 / bfloat16 where the float
-    # tensors beside it (a half-precision module's weight) all have that dtype. Tensors of no
-    # dimension are left out, as torch's type promotion leaves them out.
+    # A QTensor has no float dtype of its own: float32, or float16 / bfloat16 / float64 where the
+    # float tensors beside it (the weight of a module kept in that precision) all have that dtype.
+    # Tensors of no dimension are left out, as torch's type promotion leaves them out.
     is_q = lambda v: isinstance(v, QTensor)  # noqa: E731
     dtypes = {t.dtype for t in pytree.tree_leaves((args, kwargs), is_leaf=is_q)
               if isinstance(t, torch.Tensor) and not is_q(t) and t.is_floating_point() and t.dim() > 0}
-    target = next(iter(dtypes)) if len(dtypes) == 1 and dtypes <= {torch.float16, torch.bfloat16} else None
+    target = next(iter(dtypes)) if len(dtypes) == 1 and dtypes <= _OTHER_FLOAT_DTYPES else None
     deq = (lambda q: q.dequantize()) if target is None else (lambda q: q.dequantize().to(target))  # noqa: E731
     args, kwargs = pytree.tree_map_only(QTensor, deq, (args, kwargs), is_leaf=is_q)
     return func(*args, **kwargs)

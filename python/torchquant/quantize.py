@@ -737,7 +737,8 @@ def _float_fallback_hook(module, args, kwargs):
     _warn_once(module.__dict__.setdefault("_tq_warned", set()), "float fallback",
                lambda: f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and it "
                        "runs in float", 1)
-    # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16).
+    # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16 /
+    # float64).
     dtype = _float_dtype_of(module)
     unwrap = lambda v: (v.dequantize() if dtype is None else v.dequantize().to(dtype)) if isinstance(v, QTensor) else v  # noqa: E731,E501
     return tuple(unwrap(a) for a in args), {k: unwrap(v) for k, v in kwargs.items()}

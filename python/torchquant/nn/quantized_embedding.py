@@ -7,6 +7,12 @@ The table is one uint8 buffer ``packed_weight`` [num_embeddings, row_stride]: ea
 values, padded to 4 bytes, then its float32 scale and zero point (the kernel reads a row and its
 qparams from one place). It is a plain tensor: ``torch.load(weights_only=True)`` reads it.
 
+The lookups return the dtype of the float table they were converted from (``output_dtype``:
+float32, or float16 / bfloat16 / float64 for a model kept in that precision), so that the float
+layers after them get their own dtype; the kernel computes in float32 and the result is cast
+once. The dtype is held by an empty non-persistent buffer, so that ``.half()`` / ``.float()`` of
+the converted model move it with the model's float modules (the packed table, uint8, is not cast).
+
     >>> emb.qconfig = torchquant.float_qparams_weight_only_qconfig
     >>> qemb = torchquant.convert(torchquant.prepare(emb))
 """
@@ -132,7 +138,31 @@ class _EmbeddingBase(nn.Module):
         self.bits = _BITS[dtype]
         self.register_buffer("packed_weight",
                              torch.zeros(num_embeddings, _row_stride(embedding_dim, self.bits), dtype=torch.uint8))
+        # the output dtype (an empty buffer: casts of the model move it; not in the state dict)
+        self.register_buffer("_output_dtype", torch.empty(0, dtype=torch.float32), persistent=False)
         self.register_state_dict_post_hook(_record_row_format)
+
+    def __setstate__(self, state):
+        # Pickled before the output dtype was a buffer: float32, as such a module returned.
+        super().__setstate__(state)
+        if "_output_dtype" not in self._buffers:
+            self.register_buffer("_output_dtype", torch.empty(0, dtype=torch.float32), persistent=False)
+
+    @property
+    def output_dtype(self) -> Optional[torch.dtype]:
+        """The dtype the lookups return: None for float32, else the float16 / bfloat16 / float64
+        of the float table it was converted from (or of a later cast of the model)."""
+        dt = self._buffers["_output_dtype"].dtype
+        return None if dt == torch.float32 else dt
+
+    def _set_output_dtype(self, dtype: torch.dtype) -> None:
+        if dtype.is_floating_point:
+            self._buffers["_output_dtype"] = torch.empty(0, dtype=dtype, device=self.packed_weight.device)
+
+    def _cast(self, out: torch.Tensor) -> torch.Tensor:
+        # the kernel's float32 result, cast once to the model's dtype (nothing for a float32 one)
+        dt = self._buffers["_output_dtype"].dtype
+        return out if dt == torch.float32 else out.to(dt)
 
     @property
     def qweight(self) -> torch.Tensor:
@@ -149,9 +179,10 @@ class _EmbeddingBase(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float table the kernel looks up, float32 [num_embeddings, embedding_dim]: each
-        row's values as ``Embedding`` returns them (8-bit rows: fma(q, scale, -(zero_point *
-        scale)), rounded once, within an ulp or so of (q - zero_point) * scale; 4-bit rows:
-        (q - zero_point) * scale). Computed by the kernel itself (a max over each row alone)."""
+        row's values as ``Embedding`` returns them before its cast to ``output_dtype`` (8-bit
+        rows: fma(q, scale, -(zero_point * scale)), rounded once, within an ulp or so of
+        (q - zero_point) * scale; 4-bit rows: (q - zero_point) * scale). Computed by the kernel
+        itself (a max over each row alone)."""
         rows = torch.arange(self.num_embeddings, device=self.packed_weight.device).reshape(-1, 1)
         return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, rows, None, 2,
                                                  None, False, None)
@@ -232,6 +263,7 @@ class _EmbeddingBase(nn.Module):
         if bits != self.bits:
             raise ValueError(f"{name}: qconfig gives {bits}-bit rows, module built for {self.bits}")
         self.packed_weight = ops.streamed_copy.default(packed)
+        self._set_output_dtype(mod.weight.dtype)  # the float table's dtype: what the model's next layers take
 
     def _init_weight(self, weight):
         """The constructor's ``_weight``: a float table [num_embeddings, embedding_dim] (or a torch
@@ -267,7 +299,8 @@ def _padding_idx(padding_idx: Optional[int], num_embeddings: int) -> Optional[in
 
 class Embedding(_EmbeddingBase):
     """Weight-only quantized ``nn.Embedding`` (8-bit or 4-bit rows): ``forward(indices)`` returns
-    float32 [*indices.shape, embedding_dim], the rows of ``dequantized_weight()``.
+    [*indices.shape, embedding_dim], the rows of ``dequantized_weight()``, in ``output_dtype``
+    (float32, or the dtype of the float table it was converted from).
 
     >>> emb = nn.Embedding(1000, 64); emb.qconfig = torchquant.float_qparams_weight_only_qconfig
     >>> q = Embedding.from_float(emb); q(torch.tensor([[1, 2], [3, 4]])).shape
@@ -290,7 +323,7 @@ class Embedding(_EmbeddingBase):
         # rows (a sum of one would round q * s and then add b).
         flat = indices.reshape(-1, 1)
         out = self._lookup(flat, None, 2, None, False, None)
-        return out.reshape(*indices.shape, self.embedding_dim)
+        return self._cast(out.reshape(*indices.shape, self.embedding_dim))
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
@@ -306,7 +339,8 @@ class Embedding(_EmbeddingBase):
         return q
 
     def extra_repr(self):
-        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, dtype={self.dtype}"
+        return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, dtype={self.dtype}"
+                + ("" if self.output_dtype is None else f", output_dtype={self.output_dtype}"))
 
     def _get_name(self):
         return "QuantizedEmbedding"
@@ -314,7 +348,9 @@ class Embedding(_EmbeddingBase):
 
 class EmbeddingBag(_EmbeddingBase):
     """Weight-only quantized ``nn.EmbeddingBag`` (8-bit or 4-bit rows): sum / mean / max bags,
-    offsets or 2-D indices, include_last_offset, per_sample_weights (sum), padding_idx.
+    offsets or 2-D indices, include_last_offset, per_sample_weights (sum; of any float dtype,
+    taken as float32), padding_idx. Returns ``output_dtype`` (float32, or the dtype of the float
+    table it was converted from).
 
     >>> bag = nn.EmbeddingBag(1000, 64, mode="sum"); bag.qconfig = torchquant.float_qparams_weight_only_qconfig_4bit
     >>> q = EmbeddingBag.from_float(bag); q(torch.tensor([1, 2, 3]), torch.tensor([0, 2])).shape
@@ -350,8 +386,8 @@ class EmbeddingBag(_EmbeddingBase):
         if per_sample_weights is not None and per_sample_weights.dtype != torch.float32 \
                 and per_sample_weights.is_floating_point():
             per_sample_weights = per_sample_weights.float()
-        return self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights, self.include_last_offset,
-                            self.padding_idx)
+        return self._cast(self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights,
+                                       self.include_last_offset, self.padding_idx))
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
@@ -369,7 +405,8 @@ class EmbeddingBag(_EmbeddingBase):
 
     def extra_repr(self):
         return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, mode={self.mode!r}, "
-                f"include_last_offset={self.include_last_offset}, dtype={self.dtype}")
+                f"include_last_offset={self.include_last_offset}, dtype={self.dtype}"
+                + ("" if self.output_dtype is None else f", output_dtype={self.output_dtype}"))
 
     def _get_name(self):
         return "QuantizedEmbeddingBag"

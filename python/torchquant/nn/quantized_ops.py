@@ -331,6 +331,10 @@ class _FloatInside(_QuantizedOutput):
 
     def forward(self, x):
         xf = _dequantize_in_layout(x) if isinstance(x, QTensor) else x
+        if xf.dtype == torch.float64:
+            # a float input from a float64 part of the model: the module's float32 parameters
+            # (LayerNorm's weight) take float32; its output is quantized either way
+            xf = xf.float()
         return self._quantize(self._float_op(xf))
 
 
