@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import intrinsic
-from .qat_conv import _BnStats, check_bn_statistics, check_float_source, running_std_of
+from .qat_conv import _BnStats, check_bn_statistics, check_float_source, fake_quant_folded_weight, running_std_of
 
 __all__ = ["Linear", "LinearReLU", "LinearBn1d", "Embedding", "EmbeddingBag"]
 
@@ -93,7 +93,7 @@ class LinearBn1d(_BnStats, nn.Linear):
         running_std = running_std_of(self.bn)
         gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
         scale_factor = gamma / running_std
-        scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(-1, 1))
+        scaled_weight = fake_quant_folded_weight(self.weight_fake_quant, self.weight * scale_factor.reshape(-1, 1))
         out = F.linear(x, scaled_weight, torch.zeros_like(scale_factor, dtype=x.dtype)) / scale_factor
         if self.bias is not None:
             out = out + self.bias

@@ -94,6 +94,17 @@ def running_std_of(bn: nn.Module) -> torch.Tensor:
     return torch.sqrt(bn.running_var + bn.eps)
 
 
+@torch.compiler.disable
+def fake_quant_folded_weight(fake_quant: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``fake_quant(weight)`` for a weight with a BatchNorm folded in, run outside torch.compile's
+    graph (as torch.ao's FakeQuantize, which Dynamo skips). Traced, the FakeQuantize's graph
+    breaks leave a resume function shared by every FakeQuantize of the model; seen with the
+    activations' and the weight's shapes it is recompiled with dynamic sizes, and its output
+    would carry them into the convolution and training-mode BatchNorm that follow, a graph
+    inductor fails to compile ("Cannot convert expression to float"). Eager: fake_quant(weight)."""
+    return fake_quant(weight)
+
+
 class _QATConv:
     """Mixin of the QAT convolutions: the weight passes through ``weight_fake_quant``."""
 
@@ -213,7 +224,7 @@ class _ConvBn(_BnStats, _QATConv):
         scale_factor = gamma / running_std
         wshape = [-1] + [1] * (self.weight.dim() - 1)
         bshape = [1, -1] + [1] * (self.weight.dim() - 2)
-        scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(wshape))
+        scaled_weight = fake_quant_folded_weight(self.weight_fake_quant, self.weight * scale_factor.reshape(wshape))
         zero_bias = torch.zeros(self.out_channels, device=scaled_weight.device, dtype=x.dtype)
         conv = self._conv_forward(x, scaled_weight, zero_bias)
         conv_orig = conv / scale_factor.reshape(bshape)
