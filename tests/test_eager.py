@@ -1799,3 +1799,29 @@ def test_a_folded_sequential_calls_its_int8_childrens_forward_directly_without_h
     calls.clear()
     q[3].register_forward_pre_hook(lambda m, i: None)
     assert torch.equal(q(x), want) and calls.count("Linear") == 1
+
+
+def test_repack_drops_the_cached_tables_of_sigmoid_on_qtensors():
+    # torch.sigmoid / F.hardsigmoid on a QTensor cache one table per input qparams; a write
+    # through .data to those qparams is seen after repack
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(torch.sigmoid(self.quant(x)))
+
+    torch.manual_seed(0)
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig()
+    p = tq.prepare(m)
+    p(torch.randn(64, 8))
+    q = tq.convert(p)
+    x = torch.randn(4, 8)
+    q(x)
+    q.quant.scale.data.mul_(2)
+    fresh = copy.deepcopy(q)
+    fresh.load_state_dict(q.state_dict())
+    tq.repack(q)
+    assert torch.equal(q(x), fresh(x))

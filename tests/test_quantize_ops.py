@@ -823,3 +823,48 @@ def test_a_channels_last_qtensor_stays_channels_last_through_a_float_op():
     assert torch.equal(y.dequantize().contiguous(), F.leaky_relu(tq.quantize_per_tensor(x.contiguous(), 0.05, 3,
                                                                                       torch.quint8), 2.0).dequantize())
     assert q.dequantize().is_contiguous(memory_format=torch.channels_last)
+
+
+def test_per_channel_dequantize_of_many_channels_reads_no_reciprocal():
+    # dequantize computes no 1 / scale; its per-channel path with short rows (inner < 64) read C
+    # of them from one float: 4M channels ran off the stack (SIGSEGV).
+    C = 4_000_000
+    q = torch.randint(-128, 128, (2, C), dtype=torch.int8)
+    s, z = torch.rand(C) + 0.5, torch.randint(-3, 4, (C,), dtype=torch.int32)
+    assert torch.equal(ops.dequantize(q, s, z, 1), reference.dequantize(q, s, z, 1))
+
+
+def test_fake_kernels_take_sizes_known_only_at_run_time():
+    # t[t > 0] has a size the trace cannot guard on: the fake kernels' layout rule must not ask.
+    import torch._dynamo
+
+    s, z = torch.tensor([0.05]), torch.tensor([0], dtype=torch.int32)
+
+    def f(t):
+        x = t[t[:, 0] > 0]
+        q = ops.quantize(x, s, z, None, -128, 127, torch.int8)
+        return ops.dequantize(q, s, z, None), ops.fake_quantize(x, s, z, None, -128, 127)
+
+    t = torch.randn(20, 3)
+    old = torch._dynamo.config.capture_dynamic_output_shape_ops
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    try:
+        torch._dynamo.reset()
+        got = torch.compile(f, backend="eager", fullgraph=True)(t)
+    finally:
+        torch._dynamo.config.capture_dynamic_output_shape_ops = old
+        torch._dynamo.reset()
+    for a, b in zip(got, f(t)):
+        assert torch.equal(a, b)
+
+
+def test_fake_quantize_backward_keeps_the_layout_whatever_a_size_one_stride():
+    # a size-1 dimension's stride says nothing about the layout: the kernel and the fake kernel
+    # keep x's strides for any grad that lies alike
+    x = torch.randn(2, 1, 5, 4).permute(0, 3, 1, 2)  # dense, not contiguous; a size-1 dim
+    g = torch.randn(2, 4, 1, 5)
+    g = torch.as_strided(g.permute(0, 2, 3, 1).contiguous(), x.shape, (20, 1, 999, 4))
+    s, z = torch.tensor([0.05]), torch.tensor([0], dtype=torch.int32)
+    out = ops.fake_quantize_backward(g, x, s, z, None, -128, 127)
+    assert out.stride() == x.stride()
+    assert torch.equal(out, ops.fake_quantize_backward(g.contiguous(), x.contiguous(), s, z, None, -128, 127))

@@ -47,7 +47,7 @@ struct QParams {
   // (nullptr) when prepare_qparams was told no kernel reads it.
   const float* inv() const {
     if (inv_scale.defined()) return inv_scale.data_ptr<float>();
-    return scale.is_cpu() ? &inv_scale1 : nullptr;
+    return scale.is_cpu() && scale.numel() == 1 ? &inv_scale1 : nullptr;
   }
 };
 

@@ -67,12 +67,12 @@ void for_each_block(int64_t numel, int64_t C, int64_t inner, const QParams& p, P
   std::vector<float> s(row), inv(row);
   std::vector<int32_t> zp(row);
   const float* ps = p.scale.data_ptr<float>();
-  const float* pinv = p.inv();
+  const float* pinv = p.inv();  // (nullptr for dequantize, which reads no 1 / scale)
   const int32_t* pz = p.zero_point.data_ptr<int32_t>();
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t i = 0; i < inner; ++i) {
       s[c * inner + i] = ps[c];
-      inv[c * inner + i] = pinv[c];
+      inv[c * inner + i] = pinv != nullptr ? pinv[c] : 0.0f;
       zp[c * inner + i] = pz[c];
     }
   }
@@ -110,6 +110,16 @@ at::Tensor as_float_contiguous(const at::Tensor& x) {
 // contiguous, as before. python/torchquant/_ops.py's fake kernels follow the same rule.
 bool keeps_strides(const at::Tensor& x, int64_t axis) {
   return axis < 0 && x.numel() > 0 && !x.is_contiguous() && x.is_non_overlapping_and_dense();
+}
+
+// Whether two tensors of x's sizes lie alike in memory: equal strides on every dimension of size
+// > 1 (a size-1 dimension's stride says nothing about the layout, and factories differ on it).
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
 }
 
 // x as float32, in its own strides when keeps_strides (to() keeps a dense layout), else contiguous.
@@ -217,7 +227,7 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   check_fake_qrange(qmin, qmax);
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
   // (in x's strides when grad has them too)
-  const bool strided = keeps_strides(x, p.axis) && grad.strides() == x.strides();
+  const bool strided = keeps_strides(x, p.axis) && same_layout(grad, x);
   const at::Tensor xc = as_float(x, strided), gc = as_float(grad, strided);
   at::Tensor out = new_output(x, strided, x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);

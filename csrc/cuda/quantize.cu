@@ -207,6 +207,15 @@ bool keeps_strides(const at::Tensor& x, int64_t axis) {
   return axis < 0 && x.numel() > 0 && !x.is_contiguous() && x.is_non_overlapping_and_dense();
 }
 
+// Equal strides on every dimension of size > 1 (as the CPU adapters' same_layout).
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
 at::Tensor as_float(const at::Tensor& x, bool strided) {
   if (!strided) return as_float_contiguous(x);
   at::Tensor f = x.to(at::kFloat);  // (preserve_format: a dense tensor's strides exactly)
@@ -286,7 +295,7 @@ at::Tensor fake_quantize_backward_cuda(const at::Tensor& grad, const at::Tensor&
   check_fake_qrange(qmin, qmax);
   c10::cuda::CUDAGuard guard(x.device());
   const QParams p = prepare_qparams(x, "x", scale, zero_point, axis, qmin, qmax);
-  const bool strided = keeps_strides(x, p.axis) && grad.strides() == x.strides();
+  const bool strided = keeps_strides(x, p.axis) && same_layout(grad, x);
   const at::Tensor xc = as_float(x, strided), gc = as_float(grad, strided);
   at::Tensor out = new_output(x, strided, x.options().dtype(at::kFloat));
   const Layout l = layout(x, p.axis);

@@ -29,11 +29,20 @@ def _check_devices(ref_name, ref, **tensors):
 
 
 # ---------------------------------------------------------------- quantize / dequantize
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols  # noqa: E402
+
+
 def _keeps_strides(x, axis) -> bool:
     """Whether the quantize / dequantize / fake-quantize kernels give x's strides to their output
     (csrc/cpu/quantize.cpp keeps_strides): per tensor, x not empty, not contiguous, and dense (its
     memory a permutation of a contiguous layout: channels-last). Else the output is contiguous."""
-    if axis is not None or x.numel() == 0 or x.is_contiguous():
+    if axis is not None:
+        return False
+    if free_unbacked_symbols(x):
+        # a size known only at run time (after a data-dependent op: t[t > 0]) cannot be decided
+        # on without a guard: such tensors come contiguous from the ops that make them
+        return False
+    if x.numel() == 0 or x.is_contiguous():
         return False
     # c10's compute_non_overlapping_and_dense: dims of size >= 2 by stride, each stride the
     # product of the sizes below it
@@ -87,7 +96,8 @@ def _fake_quantize_fake(x, scale, zero_point, axis, qmin, qmax):
 def _fake_quantize_backward_fake(grad, x, scale, zero_point, axis, qmin, qmax):
     _check_devices("x", x, grad=grad, scale=scale, zero_point=zero_point)
     torch._check(grad.shape == x.shape, lambda: f"argument 'grad' must have the shape of x {tuple(x.shape)}")
-    if tuple(grad.stride()) == tuple(x.stride()):
+    if not free_unbacked_symbols(grad) and all(x.size(d) <= 1 or grad.stride(d) == x.stride(d)
+                                               for d in range(x.dim())):  # (csrc/cpu/quantize.cpp same_layout)
         return _elementwise_out(x, axis, grad.dtype)
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 

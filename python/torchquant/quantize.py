@@ -1086,7 +1086,8 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) 
 def repack(model: nn.Module) -> nn.Module:
     """Rebuilds the kernel layouts of every quantized module in ``model`` (the packed weights
     that convert, a state-dict load and ``.to()`` build from the int8 buffers) from the buffers as
-    they are now, and drops the lookup tables the table activations cached. Returns ``model``.
+    they are now, and drops the lookup tables the table activations and ``torch.sigmoid`` /
+    ``F.hardsigmoid`` on QTensors cached. Returns ``model``.
 
     A forward sees most changes without it: a buffer assigned a new tensor, or changed in place
     (``qweight.mul_(2)``, ``copy_``, ``load_state_dict``), is noticed by its identity or its
@@ -1099,7 +1100,10 @@ def repack(model: nn.Module) -> nn.Module:
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
+    from . import _qfunctions
+
     with torch.no_grad(), _REPACK_LOCK:
+        _qfunctions._FIXED_TABLES = None  # (sigmoid / hardsigmoid tables, per input qparams, of every model)
         for m in model.modules():
             if "_tq_packed_from" in m.__dict__:
                 m._repack()

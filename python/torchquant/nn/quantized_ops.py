@@ -148,26 +148,6 @@ def _device(mod):
     return None
 
 
-def _channels_last_view(t: torch.Tensor):
-    """t as the [N, *spatial, C] tensor it is in memory, when that view is contiguous and t is
-    not (channels-last codes between convolutions); else None. quantize and dequantize write
-    contiguous outputs: on this view they keep the channels-last layout, with no transposing
-    copy of the input or the output."""
-    if t.dim() >= 3 and not t.is_contiguous():
-        v = t.movedim(1, -1)
-        if v.is_contiguous():
-            return v
-    return None
-
-
-def _dequantize_in_layout(x: QTensor) -> torch.Tensor:
-    """x.dequantize(), in x's memory layout when it is channels-last (per tensor)."""
-    v = _channels_last_view(x.data) if x.axis is None else None
-    if v is None:
-        return x.dequantize()
-    return ops.dequantize.default(v, x.scale, x.zero_point, None).movedim(-1, 1)
-
-
 class _QuantizedOutput(nn.Module):
     """Common part of the modules below: output qparams as buffers, float input quantized."""
 
@@ -181,10 +161,9 @@ class _QuantizedOutput(nn.Module):
         return QTensor._make(data, self.scale, self.zero_point, None, self.qmin, self.qmax)
 
     def _quantize(self, y: torch.Tensor) -> QTensor:
-        v = _channels_last_view(y)
-        codes = ops.quantize.default((y if v is None else v).float(), self.scale, self.zero_point, None, self.qmin,
-                                     self.qmax, self._storage)
-        return self._out(codes if v is None else codes.movedim(-1, 1))
+        # (a channels-last y gives channels-last codes: the op keeps a dense layout)
+        return self._out(ops.quantize.default(y.float(), self.scale, self.zero_point, None, self.qmin, self.qmax,
+                                              self._storage))
 
     def _as_qtensor(self, x) -> QTensor:
         """A float operand (from a module that stayed float) is quantized with this module's
@@ -330,7 +309,7 @@ class _FloatInside(_QuantizedOutput):
         raise NotImplementedError
 
     def forward(self, x):
-        xf = _dequantize_in_layout(x) if isinstance(x, QTensor) else x
+        xf = x.dequantize() if isinstance(x, QTensor) else x  # (channels-last stays channels-last)
         if xf.dtype == torch.float64:
             # a float input from a float64 part of the model: the module's float32 parameters
             # (LayerNorm's weight) take float32; its output is quantized either way
