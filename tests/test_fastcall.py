@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchquant
 from torchquant import _fastcall
@@ -23,6 +24,18 @@ class Record(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _DispatchLog(TorchDispatchMode):
+    """Records the name of every op that reaches __torch_dispatch__ (behind the dispatcher)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
 
 
@@ -265,22 +278,11 @@ def test_dispatch_modes_see_the_typed_calls(counted):
     """A __torch_dispatch__ mode (a profiler, a logging mode) sits behind the dispatcher, which
     the typed path goes through: it sees every torchquant op, with the GIL released around the
     call and taken back for the mode's Python code."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     static, dynamic = _model()
     x = torch.randn(3, 16)
     ys, yd = static(x), dynamic(x)
     counted.clear()
-    with Log() as mode:
+    with _DispatchLog() as mode:
         assert torch.equal(static(x), ys) and torch.equal(dynamic(x), yd)
     assert counted == ["quantize", "linear_int8", "linear_int8", "dequantize", "linear_dynamic", "linear_dynamic"]
     seen = [o for o in mode.ops if o.startswith("torchquant.")]
@@ -470,24 +472,13 @@ def test_typed_path_keeps_autograd_and_modes_in_every_grad_mode(grad_mode):
     """With grad mode off the typed calls go below the autograd keys (as inference mode does):
     the outputs, their requires_grad / grad_fn, and what a dispatch mode sees are those of
     torch.ops in each mode."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     ctx = {"enabled": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[grad_mode]
     x = torch.randn(4, 8, requires_grad=True)
     s, z = torch.tensor([0.05]), torch.tensor([3], dtype=torch.int32)
     results = []
     for quantize, dequantize in ((ops.quantize.default, ops.dequantize.default),
                                  (_fastcall.quantize, _fastcall.dequantize)):
-        with ctx(), Log() as mode:
+        with ctx(), _DispatchLog() as mode:
             q = quantize(x, s, z, None, -128, 127, torch.int8)
             y = dequantize(q, s, z, None, None)
             w = dequantize(q, torch.tensor([0.05], requires_grad=True), z, None, None)

@@ -37,6 +37,18 @@ void check_fake_qrange(int64_t qmin, int64_t qmax) {
               "arguments 'qmin'/'qmax' must lie in [-2^23, 2^23], got [", qmin, ", ", qmax, "]");
 }
 
+bool keeps_strides(const at::Tensor& x, int64_t axis) {
+  return axis < 0 && x.numel() > 0 && !x.is_contiguous() && x.is_non_overlapping_and_dense();
+}
+
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
 void check_grad_like(const at::Tensor& grad, const at::Tensor& x) {
   check_float_input(grad, "grad");
   TORCH_CHECK(grad.sizes() == x.sizes(), "argument 'grad' must have the shape of x ", x.sizes(),

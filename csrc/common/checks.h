@@ -35,6 +35,18 @@ int64_t normalize_axis(std::optional<int64_t> axis, const at::Tensor& x, const c
 void check_scale_values(const at::Tensor& given, const float* v, int64_t n, const char* name,
                         const char* where);
 
+// The elementwise quantize / dequantize / fake-quantize ops run a per-tensor op (axis < 0) on a
+// dense tensor that is not contiguous (channels-last activations, a transposed matrix) over its
+// memory as it lies, and give the output its strides, as torch's elementwise ops keep such a
+// layout: the op is elementwise and one qparam pair covers every element, so the order does not
+// matter. Per channel, non-dense (a slice with a step) or empty: contiguous.
+// python/torchquant/_ops.py's fake kernels follow the same rule.
+bool keeps_strides(const at::Tensor& x, int64_t axis);
+
+// Whether two tensors lie alike in memory: equal sizes, and equal strides on every dimension of
+// size > 1 (a size-1 dimension's stride says nothing about the layout, and factories differ on it).
+bool same_layout(const at::Tensor& a, const at::Tensor& b);
+
 // Quantization parameters ready for a kernel: float32 scale and 1/scale, int32 zero point,
 // contiguous, on x's device, one entry per channel (one for per tensor).
 struct QParams {

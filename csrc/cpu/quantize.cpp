@@ -101,28 +101,8 @@ at::Tensor as_float_contiguous(const at::Tensor& x) {
   return x.to(at::kFloat).contiguous();
 }
 
-// A per-tensor op on a dense tensor that is not contiguous (channels-last activations, a
-// transposed matrix) runs over its memory as it lies, and its output takes the input's strides,
-// as torch's elementwise ops keep such a layout: the op is elementwise and one qparam pair
-// covers every element, so the order does not matter. A channels-last QTensor stays channels-last
-// through dequantize, a float op and quantize (before, each returned a contiguous copy, which the
-// next convolution transposed back). Per channel, non-dense (a slice with a step) or empty:
-// contiguous, as before. python/torchquant/_ops.py's fake kernels follow the same rule.
-bool keeps_strides(const at::Tensor& x, int64_t axis) {
-  return axis < 0 && x.numel() > 0 && !x.is_contiguous() && x.is_non_overlapping_and_dense();
-}
-
-// Whether two tensors of x's sizes lie alike in memory: equal strides on every dimension of size
-// > 1 (a size-1 dimension's stride says nothing about the layout, and factories differ on it).
-bool same_layout(const at::Tensor& a, const at::Tensor& b) {
-  if (a.sizes() != b.sizes()) return false;
-  for (int64_t d = 0; d < a.dim(); ++d) {
-    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
-  }
-  return true;
-}
-
-// x as float32, in its own strides when keeps_strides (to() keeps a dense layout), else contiguous.
+// x as float32, in its own strides when keeps_strides (common/checks.h; to() keeps a dense
+// layout), else contiguous.
 at::Tensor as_float(const at::Tensor& x, bool strided) {
   if (!strided || x.scalar_type() == at::kFloat) return strided ? x : as_float_contiguous(x);
   at::Tensor f = x.to(at::kFloat);  // (preserve_format: a dense tensor's strides exactly)
@@ -133,7 +113,6 @@ at::Tensor as_float(const at::Tensor& x, bool strided) {
 at::Tensor new_output(const at::Tensor& like, bool strided, const at::TensorOptions& options) {
   return strided ? cpu::empty_output(like.sizes(), like.strides(), options) : cpu::empty_output(like.sizes(), options);
 }
-
 
 }  // namespace
 

@@ -201,21 +201,7 @@ Layout layout(const at::Tensor& x, int64_t axis) {
 
 at::Tensor as_float_contiguous(const at::Tensor& x) { return x.to(at::kFloat).contiguous(); }
 
-// As the CPU adapters (csrc/cpu/quantize.cpp): a per-tensor op on a dense, non-contiguous tensor
-// (channels-last) runs over its memory as it lies, and its output takes its strides.
-bool keeps_strides(const at::Tensor& x, int64_t axis) {
-  return axis < 0 && x.numel() > 0 && !x.is_contiguous() && x.is_non_overlapping_and_dense();
-}
-
-// Equal strides on every dimension of size > 1 (as the CPU adapters' same_layout).
-bool same_layout(const at::Tensor& a, const at::Tensor& b) {
-  if (a.sizes() != b.sizes()) return false;
-  for (int64_t d = 0; d < a.dim(); ++d) {
-    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
-  }
-  return true;
-}
-
+// x as float32, in its own strides when keeps_strides (common/checks.h), else contiguous.
 at::Tensor as_float(const at::Tensor& x, bool strided) {
   if (!strided) return as_float_contiguous(x);
   at::Tensor f = x.to(at::kFloat);  // (preserve_format: a dense tensor's strides exactly)

@@ -3,6 +3,10 @@ plus torchquant's fake_quantize op (straight-through gradient), and a learnable-
 (LSQ). State (scale, zero_point, enable flags) lives in buffers, so it survives state_dict()
 and moves with .to().
 """
+import itertools
+import weakref
+from typing import Tuple
+
 import torch
 from torch import nn
 
@@ -85,6 +89,70 @@ def _check_quant_range(observer, quant_min, quant_max, observer_kwargs):
                          f"([{info.min}, {info.max}])")
 
 
+# ---- torch.compile: a FakeQuantize as one opaque op of the graph.
+# Its forward branches on its enable flags and on what its observer has seen (data-dependent
+# control flow, host reads, buffers resized at the first batch): traced by Dynamo, every
+# FakeQuantize broke the graph several times, and the resume functions, shared by all the
+# model's fake-quants, were recompiled for each one's shapes until the recompile limit. Under
+# torch.compile, FakeQuantize.forward is instead the op below, which runs the eager forward (the
+# same code, bit for bit) on the real tensors each time the compiled model runs, and returns the
+# output with its straight-through mask (the backward is ``where(mask, grad, 0)``). The op finds
+# its module by a key, an int fixed per instance (a copy or an unpickled module gets its own).
+_MODULES: "weakref.WeakValueDictionary[int, FakeQuantizeBase]" = weakref.WeakValueDictionary()
+_NEXT_KEY = itertools.count()
+
+
+def _register(module) -> None:
+    key = next(_NEXT_KEY)
+    module.__dict__["_tq_key"] = key
+    _MODULES[key] = module
+
+
+def _graph_key(module):
+    """The key through which torch.compile runs ``module`` as one op, or None where it traces
+    the Python forward instead (torch.export, whose programs outlive the module)."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return None
+    return getattr(module, "_tq_key", None)
+
+
+@torch.library.custom_op("torchquant::_fake_quantize_module", mutates_args=())
+def _fake_quantize_module(x: torch.Tensor, key: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    module = _MODULES.get(key)
+    if module is None:
+        raise RuntimeError("torchquant: the FakeQuantize a compiled graph was built for no longer exists")
+    y, mask = module._forward_with_mask(x)
+    return _dense_like(x, y), _dense_like(x, mask)
+
+
+def _dense_like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """t with the layout ``torch.empty_like(x)`` has, which the op's fake kernel promises."""
+    if x.is_contiguous() and t.is_contiguous():
+        return t
+    out = torch.empty_like(x, dtype=t.dtype)
+    if out.stride() != t.stride():
+        return out.copy_(t)
+    return t
+
+
+@_fake_quantize_module.register_fake
+def _(x, key):
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+
+
+def _fake_quantize_module_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _fake_quantize_module_backward(ctx, grad, _grad_mask):
+    (mask,) = ctx.saved_tensors
+    return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
+_fake_quantize_module.register_autograd(_fake_quantize_module_backward,
+                                        setup_context=_fake_quantize_module_setup_context)
+
+
 class FakeQuantizeBase(_obs._LockedState, nn.Module):
     """Base of the fake-quant modules: enable flags; float32 buffers (scale) stay float32 when
     the model is cast to another dtype, as its observer's do."""
@@ -96,6 +164,16 @@ class FakeQuantizeBase(_obs._LockedState, nn.Module):
         super().__init__()
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
         self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.uint8))
+        _register(self)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_tq_key", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        _register(self)  # a copy (copy.deepcopy) or an unpickled module: its own key
 
     @classmethod
     def with_args(cls, **kwargs):
@@ -171,6 +249,12 @@ class FakeQuantize(FakeQuantizeBase):
         if x.numel() == 0:
             # Nothing to observe or round; the qparams (and their shape) wait for real data.
             return x.clone()
+        key = _graph_key(self)
+        if key is not None:  # torch.compile: one opaque op, see _fake_quantize_module
+            return _fake_quantize_module(x, key)[0]
+        return self._forward_eager(x)
+
+    def _forward_eager(self, x):
         if self.observer_enabled[0] == 1:
             self.activation_post_process(x.detach())
             scale, zero_point = self.calculate_qparams()
@@ -187,6 +271,22 @@ class FakeQuantize(FakeQuantizeBase):
             axis = self.ch_axis if self.is_per_channel else None
             x = ops.fake_quantize(x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max)
         return x
+
+    def _forward_with_mask(self, x):
+        """The eager forward of ``x`` (no autograd) and its straight-through mask: where the
+        gradient passes (all of x while fake-quant is off). Run by torch.compile's graphs."""
+        with _obs._update_lock(self):
+            y = self._forward_eager(x)
+            if y is x:  # fake-quant off: the gradient passes everywhere
+                return x.clone(), torch.ones_like(x, dtype=torch.bool)
+            if self.is_float_qparams:
+                mask = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
+                    x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max)[1]
+            else:
+                axis = self.ch_axis if self.is_per_channel else None
+                mask = ops.fake_quantize_backward(torch.ones_like(x, dtype=torch.float32), x, self.scale,
+                                                  self.zero_point, axis, self.quant_min, self.quant_max) != 0
+            return y, mask
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # scale/zero_point change shape once a per-channel observer has seen data.
