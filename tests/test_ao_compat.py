@@ -1060,3 +1060,55 @@ def test_compiled_qat_training_through_a_folded_batchnorm_matches_eager(kind, ba
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
     for (n, a), (_, b) in zip(m.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_compiled_qat_training_runs_its_fake_quants_inside_one_graph():
+    # A FakeQuantize's forward branches on its enable flags and on what its observer has seen;
+    # traced by Dynamo, every fake-quant broke the graph several times, and the resume functions
+    # all of them share were recompiled for each one's shapes until the recompile limit (27
+    # graphs and 42 recompiles for this model). Under torch.compile a torchquant fake-quant is
+    # one op, run eagerly by the graph: the whole model is one graph (N = 1: no graph break is
+    # left), compiled once, and switching the observers or the fake-quant off needs no
+    # recompile (the op reads the flags when it runs).
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3),
+                      tq.DeQuantStub()).train()
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    m = tq.prepare_qat(tq.fuse_modules_qat(m, [["1", "2", "3"]]))
+    eager = copy.deepcopy(m)
+    graphs = []
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    compiled = torch.compile(m, backend=counting)
+    for step in range(3):
+        if step == 1:
+            for model in (m, eager):
+                model.apply(tq.disable_observer)
+        if step == 2:
+            for model in (m, eager):
+                model.apply(tq.enable_observer)
+                model.apply(tq.disable_fake_quant)
+        x = torch.randn(2, 3, 8, 8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y = compiled(x)
+        y_eager = eager(x)
+        torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-6)
+        y.square().mean().backward()
+        y_eager.square().mean().backward()
+    assert len(graphs) == 1, f"{len(graphs)} graphs"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    for (n, a), (_, b) in zip(m.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
+    for (n, a), (_, b) in zip(m.named_buffers(), eager.named_buffers()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6, msg=n)

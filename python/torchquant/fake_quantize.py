@@ -117,12 +117,12 @@ def _graph_key(module):
 
 
 @torch.library.custom_op("torchquant::_fake_quantize_module", mutates_args=())
-def _fake_quantize_module(x: torch.Tensor, key: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _fake_quantize_module(x: torch.Tensor, key: int, need_mask: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     module = _MODULES.get(key)
     if module is None:
         raise RuntimeError("torchquant: the FakeQuantize a compiled graph was built for no longer exists")
-    y, mask = module._forward_with_mask(x)
-    return _dense_like(x, y), _dense_like(x, mask)
+    y, mask = module._forward_with_mask(x, need_mask)
+    return _dense_like(x, y), (_dense_like(x, mask) if need_mask else mask)
 
 
 def _dense_like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -136,8 +136,9 @@ def _dense_like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @_fake_quantize_module.register_fake
-def _(x, key):
-    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+def _(x, key, need_mask):
+    mask = torch.empty_like(x, dtype=torch.bool) if need_mask else x.new_empty(0, dtype=torch.bool)
+    return torch.empty_like(x), mask
 
 
 def _fake_quantize_module_setup_context(ctx, inputs, output):
@@ -146,7 +147,7 @@ def _fake_quantize_module_setup_context(ctx, inputs, output):
 
 def _fake_quantize_module_backward(ctx, grad, _grad_mask):
     (mask,) = ctx.saved_tensors
-    return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+    return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
 
 
 _fake_quantize_module.register_autograd(_fake_quantize_module_backward,
@@ -208,6 +209,8 @@ class FakeQuantize(FakeQuantizeBase):
     >>> scale, zero_point = fq.calculate_qparams()
     """
 
+    _GRAPH_OP = True  # torch.compile runs forward as one op (see _fake_quantize_module)
+
     def __init__(self, observer=_obs.MovingAverageMinMaxObserver, quant_min=None, quant_max=None, **observer_kwargs):
         super().__init__()
         if quant_min is not None and quant_max is not None:
@@ -251,7 +254,8 @@ class FakeQuantize(FakeQuantizeBase):
             return x.clone()
         key = _graph_key(self)
         if key is not None:  # torch.compile: one opaque op, see _fake_quantize_module
-            return _fake_quantize_module(x, key)[0]
+            need_mask = x.requires_grad and torch.is_grad_enabled()  # (no backward: no mask)
+            return _fake_quantize_module(x, key, need_mask)[0]
         return self._forward_eager(x)
 
     def _forward_eager(self, x):
@@ -272,11 +276,14 @@ class FakeQuantize(FakeQuantizeBase):
             x = ops.fake_quantize(x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max)
         return x
 
-    def _forward_with_mask(self, x):
+    def _forward_with_mask(self, x, need_mask: bool = True):
         """The eager forward of ``x`` (no autograd) and its straight-through mask: where the
-        gradient passes (all of x while fake-quant is off). Run by torch.compile's graphs."""
+        gradient passes (all of x while fake-quant is off; an empty tensor without
+        ``need_mask``). Run by torch.compile's graphs."""
         with _obs._update_lock(self):
             y = self._forward_eager(x)
+            if not need_mask:
+                return (x.clone() if y is x else y), x.new_empty(0, dtype=torch.bool)
             if y is x:  # fake-quant off: the gradient passes everywhere
                 return x.clone(), torch.ones_like(x, dtype=torch.bool)
             if self.is_float_qparams:
@@ -327,6 +334,12 @@ class LearnableFakeQuantize(FakeQuantize):
         self.zero_point = nn.Parameter(torch.tensor([0.0]))
         self.use_grad_scaling = use_grad_scaling
 
+    # Its scale and zero point are trained, so torch.compile cannot run it as one opaque op as
+    # FakeQuantize's: under torch.compile its forward runs outside the graph (as torch.ao's
+    # fake-quants, which Dynamo skips), one graph break per instance, and no frame of its own
+    # recompiled for every instance's shapes.
+    _GRAPH_OP = False
+
     def _symmetric_zero_point(self):
         """For a symmetric qscheme, the zero point its observer gives (0 for signed dtypes), held
         fixed: training moves the scale only, as torch.ao's _LearnableFakeQuantize, which resets
@@ -345,6 +358,16 @@ class LearnableFakeQuantize(FakeQuantize):
         return scale, zp
 
     def forward(self, x):
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return self._forward_outside_graph(x)
+        return self._forward_learnable(x)
+
+    @torch.compiler.disable
+    def _forward_outside_graph(self, x):
+        with _obs._update_lock(self):
+            return self._forward_learnable(x)
+
+    def _forward_learnable(self, x):
         if x.numel() == 0:
             return x.clone()  # as FakeQuantize: nothing to observe or round
         if self.observer_enabled[0] == 1:

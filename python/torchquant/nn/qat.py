@@ -90,7 +90,7 @@ class LinearBn1d(_BnStats, nn.Linear):
             self.freeze_bn_stats()
 
     def forward(self, x):
-        running_std = running_std_of(self.bn)
+        running_std = running_std_of(self.bn, self.weight_fake_quant)
         gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
         scale_factor = gamma / running_std
         scaled_weight = fake_quant_folded_weight(self.weight_fake_quant, self.weight * scale_factor.reshape(-1, 1))

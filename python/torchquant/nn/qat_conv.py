@@ -84,24 +84,58 @@ def has_relu6(mod) -> bool:
 
 
 
+def _fake_quant_in_graph(fake_quant) -> bool:
+    """Whether torch.compile runs this fake-quant as one op of the graph (torchquant's
+    FakeQuantize and its subclasses but LearnableFakeQuantize; see fake_quantize.py): no graph
+    break, so the BatchNorm folding around it may be traced too."""
+    return getattr(fake_quant, "_GRAPH_OP", False) and getattr(fake_quant, "_tq_key", None) is not None
+
+
+def running_std_of(bn: nn.Module, fake_quant: nn.Module = None) -> torch.Tensor:
+    """sqrt(running_var + eps) of a BatchNorm; computed outside torch.compile's graph unless
+    ``fake_quant`` (the folded weight's) runs inside it. A fake-quant that breaks the graph
+    between this and the BatchNorm's in-place update of running_var splits the compiled graph
+    in two; inside the first graph, autograd could save running_var itself for the backward
+    (recomputing the square root there) and find it changed by the update: "one of the
+    variables needed for gradient computation has been modified by an inplace operation"."""
+    if fake_quant is not None and _fake_quant_in_graph(fake_quant) and torch.compiler.is_compiling():
+        # One graph: an opaque op, so that inductor's partitioner saves its result for the
+        # backward instead of recomputing it there from running_var, which the BatchNorm has
+        # updated in place by then (silently wrong weight gradients).
+        return _running_std_op(bn.running_var, float(bn.eps))
+    return _running_std_outside_graph(bn)
+
+
+@torch.library.custom_op("torchquant::_running_std", mutates_args=())
+def _running_std_op(running_var: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sqrt(running_var + eps)
+
+
+@_running_std_op.register_fake
+def _(running_var, eps):
+    return torch.empty_like(running_var)
+
+
 @torch.compiler.disable
-def running_std_of(bn: nn.Module) -> torch.Tensor:
-    """sqrt(running_var + eps) of a BatchNorm, as a new tensor computed outside torch.compile's
-    graph. The fake-quant between this and the BatchNorm's in-place update of running_var breaks
-    a compiled graph in two; inside the first graph, autograd could save running_var itself for
-    the backward (recomputing the square root there) and find it changed by the update: "one of
-    the variables needed for gradient computation has been modified by an inplace operation"."""
+def _running_std_outside_graph(bn: nn.Module) -> torch.Tensor:
     return torch.sqrt(bn.running_var + bn.eps)
 
 
-@torch.compiler.disable
 def fake_quant_folded_weight(fake_quant: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    """``fake_quant(weight)`` for a weight with a BatchNorm folded in, run outside torch.compile's
-    graph (as torch.ao's FakeQuantize, which Dynamo skips). Traced, the FakeQuantize's graph
-    breaks leave a resume function shared by every FakeQuantize of the model; seen with the
-    activations' and the weight's shapes it is recompiled with dynamic sizes, and its output
-    would carry them into the convolution and training-mode BatchNorm that follow, a graph
-    inductor fails to compile ("Cannot convert expression to float"). Eager: fake_quant(weight)."""
+    """``fake_quant(weight)`` for a weight with a BatchNorm folded in. A fake-quant that
+    torch.compile cannot run as one op of the graph (LearnableFakeQuantize, torch.ao's) is run
+    outside it: traced, its graph breaks leave resume functions shared by every fake-quant of
+    the model; seen with the activations' and the weight's shapes they are recompiled with
+    dynamic sizes, and their output would carry them into the convolution and training-mode
+    BatchNorm that follow, a graph inductor fails to compile ("Cannot convert expression to
+    float"). Eager: fake_quant(weight)."""
+    if _fake_quant_in_graph(fake_quant):
+        return fake_quant(weight)
+    return _fake_quant_outside_graph(fake_quant, weight)
+
+
+@torch.compiler.disable
+def _fake_quant_outside_graph(fake_quant: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     return fake_quant(weight)
 
 
@@ -219,7 +253,7 @@ class _ConvBn(_BnStats, _QATConv):
             self.freeze_bn_stats()
 
     def forward(self, x):
-        running_std = running_std_of(self.bn)
+        running_std = running_std_of(self.bn, self.weight_fake_quant)
         gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
         scale_factor = gamma / running_std
         wshape = [-1] + [1] * (self.weight.dim() - 1)
