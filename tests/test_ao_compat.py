@@ -1112,3 +1112,36 @@ def test_compiled_qat_training_runs_its_fake_quants_inside_one_graph():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
     for (n, a), (_, b) in zip(m.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_compiled_fake_quants_run_every_call_as_eager_does():
+    # The fake-quant op changes its module's state, which its schema cannot say: a graph merged
+    # two calls on one tensor (the observer saw one batch where eager saw two) and dropped a call
+    # whose output was unused (that observer saw nothing).
+    import copy
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.fq, self.side = tq.default_fake_quant(), tq.default_fake_quant()
+
+        def forward(self, x):
+            h = self.lin(x)
+            self.side(x * 2)  # (output unused)
+            return self.fq(h) + self.fq(h)
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = M()
+    eager = copy.deepcopy(m)
+    compiled = torch.compile(m, backend="aot_eager")
+    for step in range(3):
+        x = torch.randn(3, 4) * (step + 1)
+        y, ye = compiled(x), eager(x)
+        y.sum().backward()
+        ye.sum().backward()
+        assert torch.equal(y, ye), step
+    for (n, a), (_, b) in zip(m.named_buffers(), eager.named_buffers()):
+        assert torch.equal(a, b), n
+    torch.testing.assert_close(m.lin.weight.grad, eager.lin.weight.grad)

@@ -9,6 +9,7 @@ from typing import Tuple
 
 import torch
 from torch import nn
+from torch.fx.node import has_side_effect as _has_side_effect
 
 from . import observer as _obs
 from ._ops import ops
@@ -152,6 +153,10 @@ def _fake_quantize_module_backward(ctx, grad, _grad_mask):
 
 _fake_quantize_module.register_autograd(_fake_quantize_module_backward,
                                         setup_context=_fake_quantize_module_setup_context)
+# It changes its module's state (observer statistics, scale, zero point), which the schema cannot
+# say: marked as having side effects, so that a graph neither drops a call whose output is unused
+# nor merges two calls on the same tensor (the observer would see one batch where eager sees two).
+_has_side_effect(torch.ops.torchquant._fake_quantize_module.default)
 
 
 class FakeQuantizeBase(_obs._LockedState, nn.Module):
