@@ -1145,3 +1145,54 @@ def test_compiled_fake_quants_run_every_call_as_eager_does():
     for (n, a), (_, b) in zip(m.named_buffers(), eager.named_buffers()):
         assert torch.equal(a, b), n
     torch.testing.assert_close(m.lin.weight.grad, eager.lin.weight.grad)
+
+
+def test_compiled_calibration_keeps_the_running_float_input_range():
+    # The range of a float input that prepare records for an int8 Linear (its qparams for float
+    # inputs) was traced once and then stored each batch's range alone when compiled.
+    import copy
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.a, self.b, self.dq = tq.QuantStub(), nn.Linear(4, 4), nn.Linear(4, 4), tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dq(self.b(torch.sin(self.a(self.q(x))) * 3))  # (sin runs in float)
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = tq.prepare(m)
+        eager = copy.deepcopy(p)
+        compiled = torch.compile(p, backend="aot_eager")
+        with torch.no_grad():
+            for i in range(3):
+                x = torch.randn(8, 4) * (3 - i)  # the widest batch first
+                compiled(x)
+                eager(x)
+        qc, qe = tq.convert(p), tq.convert(eager)
+    assert torch.equal(qc.b.float_input_scale, qe.b.float_input_scale)
+    assert torch.equal(qc.b.float_input_zero_point, qe.b.float_input_zero_point)
+
+
+def test_float_input_range_in_and_out_of_inference_mode():
+    # the range is widened in place, in inference mode or out of it (prepare's tensors are
+    # normal ones even when prepare runs under inference_mode)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)).eval()
+    m.qconfig = tq.get_default_qconfig()
+    with torch.inference_mode():
+        p = tq.prepare(m)
+        p(torch.full((2, 4), 5.0))
+    assert not p[0].__dict__["_tq_input_range"][0].is_inference()
+    p = tq.prepare(m)
+    with torch.inference_mode():
+        p(torch.full((2, 4), 5.0))
+    with torch.no_grad():
+        p(torch.full((2, 4), -7.0))
+    lo, hi = p[0].__dict__["_tq_input_range"]
+    assert float(lo) == -7.0 and float(hi) == 5.0

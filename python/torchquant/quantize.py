@@ -423,11 +423,24 @@ def _input_range_hook(module, inputs):
     if x.numel() == 0:
         return None
     lo, hi = torch.aminmax(x.detach())
+    lo, hi = lo.float(), hi.float()
     seen = module.__dict__.get("_tq_input_range")
     if seen is not None and seen[0].device == lo.device:
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or not seen[0].is_inference():
+            # in place on the tensors prepare made: a compiled calibration, which traced this
+            # hook once, keeps the running range (it stored each batch's range alone)
+            torch.minimum(seen[0], lo, out=seen[0])
+            torch.maximum(seen[1], hi, out=seen[1])
+            return None
         lo, hi = torch.minimum(seen[0], lo), torch.maximum(seen[1], hi)
     module.__dict__["_tq_input_range"] = (lo, hi)
     return None
+
+
+def _empty_input_range(device) -> tuple:
+    """(+inf, -inf) on device: the range _input_range_hook widens in place."""
+    with torch.inference_mode(False):  # (in place later, in or out of inference mode)
+        return (torch.full((), float("inf"), device=device), torch.full((), float("-inf"), device=device))
 
 
 def _set_input_fallback(old: nn.Module, new: nn.Module) -> None:
@@ -536,6 +549,7 @@ def _add_observers(model: nn.Module) -> List[str]:
             target = _STATIC.get(type(mod))
             if isinstance(target, type) and issubclass(target, nnq._Int8WeightModule):
                 mod.register_forward_pre_hook(_input_range_hook)
+                mod.__dict__["_tq_input_range"] = _empty_input_range(dev or "cpu")
         elif isinstance(mod, _FLOAT_FUNCTIONALS):
             # Its methods call activation_post_process on their results (torch.ao's rule).
             if isinstance(getattr(mod, "activation_post_process", None), nn.Identity):
