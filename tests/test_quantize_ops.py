@@ -794,6 +794,11 @@ def test_per_tensor_ops_keep_a_dense_layout(isa, layout, device):
     for name, (got, want) in outs.items():
         assert torch.equal(got, want), name
         assert got.stride() == (x.stride() if dense else want.stride()), name
+    # and the plain-torch oracle, on the input as it lies
+    assert torch.equal(q, reference.quantize(x, s, z, None, -128, 127, torch.int8))
+    assert torch.equal(outs["dequantize"][0], reference.dequantize(q, s, z, None))
+    assert torch.equal(outs["fake_quantize"][0], reference.fake_quantize(x, s, z, None, -128, 127))
+    assert torch.equal(outs["fake_quantize_backward"][0], reference.fake_quantize_backward(g, x, s, z, None, -128, 127))
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fx, fq, fg = mode.from_tensor(x), mode.from_tensor(q), mode.from_tensor(g)
         fakes = {
@@ -825,7 +830,7 @@ def test_a_channels_last_qtensor_stays_channels_last_through_a_float_op():
     assert q.dequantize().is_contiguous(memory_format=torch.channels_last)
 
 
-def test_per_channel_dequantize_of_many_channels_reads_no_reciprocal():
+def test_per_channel_dequantize_of_many_channels_reads_no_reciprocal(isa):
     # dequantize computes no 1 / scale; its per-channel path with short rows (inner < 64) read C
     # of them from one float: 4M channels ran off the stack (SIGSEGV).
     C = 4_000_000

@@ -104,7 +104,8 @@ at::Tensor as_float_contiguous(const at::Tensor& x) {
 // x as float32, in its own strides when keeps_strides (common/checks.h; to() keeps a dense
 // layout), else contiguous.
 at::Tensor as_float(const at::Tensor& x, bool strided) {
-  if (!strided || x.scalar_type() == at::kFloat) return strided ? x : as_float_contiguous(x);
+  if (!strided) return as_float_contiguous(x);
+  if (x.scalar_type() == at::kFloat) return x;
   at::Tensor f = x.to(at::kFloat);  // (preserve_format: a dense tensor's strides exactly)
   TORCH_INTERNAL_ASSERT(f.strides() == x.strides());
   return f;

@@ -34,7 +34,7 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols  # noqa:
 
 def _keeps_strides(x, axis) -> bool:
     """Whether the quantize / dequantize / fake-quantize kernels give x's strides to their output
-    (csrc/cpu/quantize.cpp keeps_strides): per tensor, x not empty, not contiguous, and dense (its
+    (csrc/common/checks.h keeps_strides): per tensor, x not empty, not contiguous, and dense (its
     memory a permutation of a contiguous layout: channels-last). Else the output is contiguous."""
     if axis is not None:
         return False
@@ -52,6 +52,14 @@ def _keeps_strides(x, axis) -> bool:
             return False
         need *= x.size(d)
     return True
+
+
+def _same_layout(a, b) -> bool:
+    """csrc/common/checks.h same_layout: equal strides on every dimension of size > 1 (a and b of
+    one shape); False where a size is known only at run time."""
+    if free_unbacked_symbols(a) or free_unbacked_symbols(b):
+        return False
+    return all(b.size(d) <= 1 or a.stride(d) == b.stride(d) for d in range(b.dim()))
 
 
 def _elementwise_out(x, axis, dtype):
@@ -96,8 +104,7 @@ def _fake_quantize_fake(x, scale, zero_point, axis, qmin, qmax):
 def _fake_quantize_backward_fake(grad, x, scale, zero_point, axis, qmin, qmax):
     _check_devices("x", x, grad=grad, scale=scale, zero_point=zero_point)
     torch._check(grad.shape == x.shape, lambda: f"argument 'grad' must have the shape of x {tuple(x.shape)}")
-    if not free_unbacked_symbols(grad) and all(x.size(d) <= 1 or grad.stride(d) == x.stride(d)
-                                               for d in range(x.dim())):  # (csrc/cpu/quantize.cpp same_layout)
+    if _same_layout(grad, x):
         return _elementwise_out(x, axis, grad.dtype)
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 

@@ -1,5 +1,6 @@
 """State-dict loading checks shared by the quantized modules."""
 import threading
+from typing import Optional
 
 import torch
 from torch import nn
@@ -268,3 +269,32 @@ def repack_if_stale(module: nn.Module) -> None:
         rec = module.__dict__.get("_tq_packed_from")
         if b.get(rec[3]) is rec[0] and _sources_changed(module, rec, False):
             module._repack()
+
+
+class OutputDtype:
+    """Mixin of the modules whose float output takes the float dtype of the model they belong
+    to (DeQuantize, the quantized embeddings): float32, or float16 / bfloat16 / float64. The dtype
+    is held by an empty non-persistent buffer, so that ``.half()`` / ``.float()`` of the converted
+    model move it with the model's float modules and the state dict does not hold it."""
+
+    def _init_output_dtype(self, dtype: Optional[torch.dtype] = None, device=None) -> None:
+        self.register_buffer("_output_dtype", torch.empty(0, dtype=dtype or torch.float32, device=device),
+                             persistent=False)
+
+    def _restore_output_dtype(self, dtype: Optional[torch.dtype] = None) -> None:
+        """In __setstate__: a module pickled before the dtype was a buffer returned ``dtype``
+        (float32 when None)."""
+        if "_output_dtype" not in self._buffers:
+            self._init_output_dtype(dtype)
+
+    @property
+    def output_dtype(self) -> Optional[torch.dtype]:
+        """The dtype of the float output: None for float32."""
+        dt = self._buffers["_output_dtype"].dtype
+        return None if dt == torch.float32 else dt
+
+    def _to_output_dtype(self, y: torch.Tensor) -> torch.Tensor:
+        # y in float32 (as the kernels give it), cast once to the model's dtype (nothing for float32)
+        dt = self._buffers["_output_dtype"].dtype
+        return y if dt == torch.float32 else y.to(dt)
+

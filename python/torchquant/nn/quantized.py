@@ -20,7 +20,7 @@ from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
 from ..qtensor import QTensor, _warn_once
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import (activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
+from ._state_dict import (OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
                           renote_packed, repack_for_copy, repack_if_stale)
 from . import intrinsic, qat
@@ -98,38 +98,29 @@ class Quantize(nn.Module):
         return f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}, dtype={self.dtype}"
 
 
-class DeQuantize(nn.Module):
+class DeQuantize(OutputDtype, nn.Module):
     """QTensor -> float (what DeQuantStub becomes); float input passes through. A container of
     outputs (a segmentation model's ``{'out': ..., 'aux': ...}``, a tuple of feature maps) has
     every QTensor in it dequantized, the container's type kept.
 
     ``output_dtype``: float32 (None), or the float dtype of the model it belongs to (``convert``
     gives it the dtype of a float16 / bfloat16 / float64 model's parameters), so that the float
-    modules after it get their dtype. It is held by an empty buffer, so that ``.half()`` /
-    ``.float()`` of the converted model move it with the model's float modules."""
+    modules after it get their dtype (:class:`OutputDtype`)."""
 
     def __init__(self, output_dtype: Optional[torch.dtype] = None):
         super().__init__()
         if output_dtype is not None and (not isinstance(output_dtype, torch.dtype) or not output_dtype.is_floating_point):
             raise ValueError(f"argument 'output_dtype' must be a floating-point torch.dtype or None, got {output_dtype!r}")
-        self.register_buffer("_output_dtype", torch.empty(0, dtype=output_dtype or torch.float32), persistent=False)
+        self._init_output_dtype(output_dtype)
 
     def __setstate__(self, state):
         # Pickled before the dtype was a buffer: no buffer (float32), or an output_dtype attribute.
         old = state.pop("output_dtype", None)
         super().__setstate__(state)
-        if "_output_dtype" not in self._buffers:
-            self.register_buffer("_output_dtype", torch.empty(0, dtype=old or torch.float32), persistent=False)
-
-    @property
-    def output_dtype(self) -> Optional[torch.dtype]:
-        dt = self._buffers["_output_dtype"].dtype
-        return None if dt == torch.float32 else dt
+        self._restore_output_dtype(old)
 
     def _dequantize(self, q: QTensor) -> torch.Tensor:
-        y = q.dequantize()
-        dt = self._buffers["_output_dtype"].dtype
-        return y if dt == torch.float32 else y.to(dt)
+        return self._to_output_dtype(q.dequantize())
 
     def forward(self, x):
         if isinstance(x, QTensor):

@@ -25,7 +25,7 @@ from .. import _fastcall
 from .._ops import embedding_row_stride as _row_stride
 from .._ops import ops
 from ..observer import _int_arg
-from ._state_dict import integer_load_errors
+from ._state_dict import OutputDtype, integer_load_errors
 
 __all__ = ["Embedding", "EmbeddingBag", "pack_rowwise", "unpack_rowwise"]
 
@@ -129,7 +129,7 @@ def _record_row_format(module, state_dict, prefix, local_metadata):
     local_metadata["bits"] = module.bits
 
 
-class _EmbeddingBase(nn.Module):
+class _EmbeddingBase(OutputDtype, nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype=torch.quint8):
         super().__init__()
         if dtype not in _BITS:
@@ -138,31 +138,13 @@ class _EmbeddingBase(nn.Module):
         self.bits = _BITS[dtype]
         self.register_buffer("packed_weight",
                              torch.zeros(num_embeddings, _row_stride(embedding_dim, self.bits), dtype=torch.uint8))
-        # the output dtype (an empty buffer: casts of the model move it; not in the state dict)
-        self.register_buffer("_output_dtype", torch.empty(0, dtype=torch.float32), persistent=False)
+        self._init_output_dtype()  # (from_float sets the float table's)
         self.register_state_dict_post_hook(_record_row_format)
 
     def __setstate__(self, state):
         # Pickled before the output dtype was a buffer: float32, as such a module returned.
         super().__setstate__(state)
-        if "_output_dtype" not in self._buffers:
-            self.register_buffer("_output_dtype", torch.empty(0, dtype=torch.float32), persistent=False)
-
-    @property
-    def output_dtype(self) -> Optional[torch.dtype]:
-        """The dtype the lookups return: None for float32, else the float16 / bfloat16 / float64
-        of the float table it was converted from (or of a later cast of the model)."""
-        dt = self._buffers["_output_dtype"].dtype
-        return None if dt == torch.float32 else dt
-
-    def _set_output_dtype(self, dtype: torch.dtype) -> None:
-        if dtype.is_floating_point:
-            self._buffers["_output_dtype"] = torch.empty(0, dtype=dtype, device=self.packed_weight.device)
-
-    def _cast(self, out: torch.Tensor) -> torch.Tensor:
-        # the kernel's float32 result, cast once to the model's dtype (nothing for a float32 one)
-        dt = self._buffers["_output_dtype"].dtype
-        return out if dt == torch.float32 else out.to(dt)
+        self._restore_output_dtype()
 
     @property
     def qweight(self) -> torch.Tensor:
@@ -263,7 +245,8 @@ class _EmbeddingBase(nn.Module):
         if bits != self.bits:
             raise ValueError(f"{name}: qconfig gives {bits}-bit rows, module built for {self.bits}")
         self.packed_weight = ops.streamed_copy.default(packed)
-        self._set_output_dtype(mod.weight.dtype)  # the float table's dtype: what the model's next layers take
+        if mod.weight.dtype.is_floating_point:  # the float table's dtype: what the model's next layers take
+            self._init_output_dtype(mod.weight.dtype, self.packed_weight.device)
 
     def _init_weight(self, weight):
         """The constructor's ``_weight``: a float table [num_embeddings, embedding_dim] (or a torch
@@ -323,7 +306,7 @@ class Embedding(_EmbeddingBase):
         # rows (a sum of one would round q * s and then add b).
         flat = indices.reshape(-1, 1)
         out = self._lookup(flat, None, 2, None, False, None)
-        return self._cast(out.reshape(*indices.shape, self.embedding_dim))
+        return self._to_output_dtype(out.reshape(*indices.shape, self.embedding_dim))
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
@@ -386,7 +369,7 @@ class EmbeddingBag(_EmbeddingBase):
         if per_sample_weights is not None and per_sample_weights.dtype != torch.float32 \
                 and per_sample_weights.is_floating_point():
             per_sample_weights = per_sample_weights.float()
-        return self._cast(self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights,
+        return self._to_output_dtype(self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights,
                                        self.include_last_offset, self.padding_idx))
 
     @classmethod
