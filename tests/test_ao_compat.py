@@ -1114,6 +1114,30 @@ def test_compiled_qat_training_runs_its_fake_quants_inside_one_graph():
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6, msg=n)
 
 
+def test_fake_quants_tell_torch_compile_from_torch_export():
+    # Under torch.compile a FakeQuantize is one opaque op; under torch.export it traces its
+    # forward. The Dynamo of torch 2.11 folds torch.compiler.is_exporting() to True in every
+    # graph: read that way, every compiled fake-quant traced its forward (graph breaks, recompiles
+    # and other weight gradients than eager's). Checked on the torch installed.
+    from torchquant import fake_quantize as tqfq
+
+    seen = {}
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen[torch.compiler.is_compiling()] = tqfq._exporting()
+            return x + 1
+
+    probe = Probe()
+    torch._dynamo.reset()
+    torch.compile(probe, backend="eager")(torch.ones(2))
+    assert seen == {True: False}, "torch.compile taken for an export"
+    seen.clear()
+    torch.export.export(probe, (torch.ones(2),))
+    assert seen == {True: True}, "torch.export not seen"
+    assert not tqfq._exporting()
+
+
 def test_compiled_fake_quants_run_every_call_as_eager_does():
     # The fake-quant op changes its module's state, which its schema cannot say: a graph merged
     # two calls on one tensor (the observer saw one batch where eager saw two) and dropped a call

@@ -109,10 +109,19 @@ def _register(module) -> None:
     _MODULES[key] = module
 
 
+def _exporting() -> bool:
+    """torch.compiler.is_exporting(), read so that it holds inside torch.compile on every torch
+    torchquant supports: the Dynamo of some releases (2.11 among them) folds the call itself to
+    True in every graph, an export or not (every compiled FakeQuantize then traced its Python
+    forward), while it reads the module's flag as it is."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
 def _graph_key(module):
     """The key through which torch.compile runs ``module`` as one op, or None where it traces
     the Python forward instead (torch.export, whose programs outlive the module)."""
-    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if not torch.compiler.is_compiling() or _exporting():
         return None
     return getattr(module, "_tq_key", None)
 
@@ -363,7 +372,7 @@ class LearnableFakeQuantize(FakeQuantize):
         return scale, zp
 
     def forward(self, x):
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if torch.compiler.is_compiling() and not _exporting():
             return self._forward_outside_graph(x)
         return self._forward_learnable(x)
 
