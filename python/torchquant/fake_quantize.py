@@ -127,7 +127,7 @@ def _graph_key(module):
 
 
 @torch.library.custom_op("torchquant::_fake_quantize_module", mutates_args=())
-def _fake_quantize_module(x: torch.Tensor, key: int, need_mask: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _fake_quantize_module(x: torch.Tensor, key: int, need_mask: bool, call: int) -> Tuple[torch.Tensor, torch.Tensor]:
     module = _MODULES.get(key)
     if module is None:
         raise RuntimeError("torchquant: the FakeQuantize a compiled graph was built for no longer exists")
@@ -146,7 +146,7 @@ def _dense_like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @_fake_quantize_module.register_fake
-def _(x, key, need_mask):
+def _(x, key, need_mask, call):
     mask = torch.empty_like(x, dtype=torch.bool) if need_mask else x.new_empty(0, dtype=torch.bool)
     return torch.empty_like(x), mask
 
@@ -157,7 +157,7 @@ def _fake_quantize_module_setup_context(ctx, inputs, output):
 
 def _fake_quantize_module_backward(ctx, grad, _grad_mask):
     (mask,) = ctx.saved_tensors
-    return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
+    return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None, None
 
 
 _fake_quantize_module.register_autograd(_fake_quantize_module_backward,
@@ -166,6 +166,16 @@ _fake_quantize_module.register_autograd(_fake_quantize_module_backward,
 # say: marked as having side effects, so that a graph neither drops a call whose output is unused
 # nor merges two calls on the same tensor (the observer would see one batch where eager sees two).
 _has_side_effect(torch.ops.torchquant._fake_quantize_module.default)
+_CALLS = itertools.count()
+
+
+@torch.compiler.assume_constant_result
+def _call_index() -> int:
+    """A new int for each call a graph traces, passed to the op as ``call``: two calls on one
+    tensor then differ in their arguments, and no graph pass merges them, whether or not it
+    honours the side-effect mark (the common-subexpression pass of torch 2.11's AOTAutograd
+    does not: an observer saw one batch where eager saw two)."""
+    return next(_CALLS)
 
 
 class FakeQuantizeBase(_obs._LockedState, nn.Module):
@@ -269,7 +279,7 @@ class FakeQuantize(FakeQuantizeBase):
         key = _graph_key(self)
         if key is not None:  # torch.compile: one opaque op, see _fake_quantize_module
             need_mask = x.requires_grad and torch.is_grad_enabled()  # (no backward: no mask)
-            return _fake_quantize_module(x, key, need_mask)[0]
+            return _fake_quantize_module(x, key, need_mask, _call_index())[0]
         return self._forward_eager(x)
 
     def _forward_eager(self, x):
