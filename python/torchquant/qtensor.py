@@ -549,6 +549,15 @@ def _warn_once(seen, key, message, stacklevel: int = 1) -> None:
     warnings.warn(message(), UserWarning, stacklevel=stacklevel + 2)
 
 
+def _warn_once_on(module, key, message, stacklevel: int = 1) -> None:
+    """_warn_once with the set of warnings shown kept on `module` (made at its first warning, and
+    not looked up while torch.compile traces: the Dynamo of torch 2.11 cannot trace a
+    ``module.__dict__.setdefault``, which broke fullgraph compiles)."""
+    if torch.compiler.is_compiling():
+        return
+    _warn_once(module.__dict__.setdefault("_tq_warned", set()), key, message, stacklevel + 1)
+
+
 def _refuse_qtensor_out(func, out) -> None:
     """A QTensor given as ``out=`` (or inside it: ``out=(values, indices)``) is an error: the functions
     return new tensors (QTensors or, computed in float, float tensors) and would leave it unwritten."""

@@ -27,7 +27,7 @@ from .nn import quantized_dynamic as nnqd
 from .nn import quantized_embedding as nnqe
 from .observer import _PER_CHANNEL, ObserverBase
 from .qconfig import QConfig, default_dynamic_qconfig
-from .qtensor import QTensor, _warn_once
+from .qtensor import QTensor, _warn_once_on
 from .stubs import DeQuantStub, QuantStub, QuantWrapper
 
 __all__ = [
@@ -748,9 +748,9 @@ def _float_fallback_hook(module, args, kwargs):
         return None
     # once per module, kept on the module (a global set of ids kept growing, and a dead module's
     # reused id silenced another model's warning)
-    _warn_once(module.__dict__.setdefault("_tq_warned", set()), "float fallback",
-               lambda: f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and it "
-                       "runs in float", 1)
+    _warn_once_on(module, "float fallback",
+                  lambda: f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and "
+                          "it runs in float", 1)
     # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16 /
     # float64).
     dtype = _float_dtype_of(module)

@@ -18,7 +18,7 @@ from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pr
 from .. import _fastcall
 from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
-from ..qtensor import QTensor, _warn_once
+from ..qtensor import QTensor, _warn_once_on
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
@@ -279,7 +279,7 @@ class _Int8WeightModule(nn.Module):
 
     def _quantize_float_input(self, x: torch.Tensor) -> QTensor:
         name = self.__dict__.get("_tq_name")
-        _warn_once(self.__dict__.setdefault("_tq_warned", set()), "float input", lambda: (
+        _warn_once_on(self, "float input", lambda: (
             f"{type(self).__module__}.{type(self).__name__}{f' {name!r}' if name else ''} received a float tensor "
             "(no QuantStub before it, "
             "or a function before it has no int8 implementation and ran in float): it is quantized with the "
