@@ -717,3 +717,21 @@ def test_a_module_with_a_weight_on_the_meta_device_pickles():
     q.qweight = torch.empty_like(q.qweight, device="meta")
     pickle.loads(pickle.dumps(q))
     copy.deepcopy(q)
+
+
+def test_int4_layer_made_under_inference_mode_moves_and_casts_outside_it():
+    # .share_memory() / .cpu() / .half() rewrote the weight_format buffer in place: an inference
+    # tensor, which refuses an in-place write outside inference mode ("Inplace update to
+    # inference tensor outside InferenceMode is not allowed"); the int8 layers had no such write.
+    torch.manual_seed(0)
+    x = torch.randn(4, 256)
+    with torch.inference_mode():
+        q = torchquant.quantize_weight_only(nn.Sequential(nn.Linear(256, 64)), bits=4, group_size=128,
+                                           progress=False)
+    want = q(x)
+    for op in ("share_memory", "cpu", "float"):
+        getattr(q, op)()
+        assert torch.equal(q(x), want), op
+    assert q[0].weight_format.tolist() == [128, 256]
+    q.half()
+    assert q(x.half()).dtype == torch.float16

@@ -271,8 +271,16 @@ class LinearWeightOnlyInt4(nn.Module):
     def _set_format(self):
         f = self._buffers.get("weight_format")
         if isinstance(f, torch.Tensor) and not f.is_meta:
-            with torch.no_grad():
-                f.copy_(torch.tensor([self.group_size, self.in_features], dtype=f.dtype))
+            want = torch.tensor([self.group_size, self.in_features], dtype=f.dtype)
+            if f.shape == want.shape and torch.equal(f.cpu(), want):
+                return  # (as it is: no write)
+            if f.is_inference() and not torch.is_inference_mode_enabled():
+                # (a module made under inference_mode, moved or cast outside it: an inference
+                # tensor takes no in-place write there)
+                self._buffers["weight_format"] = want.to(f.device)
+            else:
+                with torch.no_grad():
+                    f.copy_(want)
 
     def __setstate__(self, state):
         super().__setstate__(state)
