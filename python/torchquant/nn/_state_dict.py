@@ -144,7 +144,9 @@ def own_loaded_qparams(module: nn.Module, state_dict, prefix: str) -> None:
     b = module._buffers
     for k in _OUTPUT_QPARAMS:
         t = b.get(k)
-        if isinstance(t, torch.Tensor) and prefix + k in state_dict:
+        # (not one in shared memory, share_memory(): the processes running the model read the
+        # new values from it, as they read the new weights)
+        if isinstance(t, torch.Tensor) and prefix + k in state_dict and not (t.device.type == "cpu" and t.is_shared()):
             with torch.inference_mode(False):  # (a load under inference mode: still a normal tensor)
                 b[k] = t.clone()
 
@@ -193,12 +195,38 @@ def _normal_sources(module: nn.Module, sources) -> None:
                 b[k] = t.clone()
 
 
+def _refill_shared(module: nn.Module) -> None:
+    """Puts each rebuilt kernel buffer back into the CPU storage of the one it replaces where
+    that one is in shared memory (``share_memory()``: processes running the model read the
+    layout from there) and has the same shape. Otherwise a ``load_state_dict`` in one process
+    changed the shared weights and scales in place for all of them, and its new layout for
+    itself only: the others ran the old layout with the new scales, the outputs of neither
+    model. Like every in-place update of a shared model (as torch's own parameters), a call
+    running in another process meanwhile may read a mix."""
+    old = module.__dict__.get("_tq_packed_bufs")
+    if not old:
+        return
+    b = module._buffers
+    for k, t in old.items():
+        new = b.get(k)
+        if (new is not None and new is not t and t.device.type == "cpu" and new.device == t.device
+                and t.is_shared() and new.dtype == t.dtype and new.shape == t.shape and new.stride() == t.stride()
+                and not t.is_inference()):
+            with torch.no_grad():
+                t.copy_(new)
+            b[k] = t
+
+
 def note_packed(module: nn.Module, sources, packed: str) -> None:
     """Records which tensors (and versions of them) the packed buffer `packed` was built from
     (buffer names `sources`). Called last by the modules' ``_repack``, after every packed buffer
     is in place: a forward that finds the record current reads a complete layout."""
     _normal_sources(module, sources)
     b = module._buffers
+    _refill_shared(module)
+    # the kernel buffers now in place, for the next rebuild's _refill_shared
+    module.__dict__["_tq_packed_bufs"] = {k: b[k] for k in module._non_persistent_buffers_set
+                                          if isinstance(b.get(k), torch.Tensor)}
     srcs = tuple(b[k] for k in sources)
     module.__dict__["_tq_packed_from"] = (b[packed], srcs, tuple(sources), packed, tuple(map(_version_of, srcs)))
     # the first source and its version, for the forwards' inline check (an identity test and a
