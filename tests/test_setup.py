@@ -67,3 +67,26 @@ def test_source_distribution_holds_every_tracked_source(tmp_path):
     missing = sorted(set(needed) - names)
     assert not missing, missing[:20]
     assert not [n for n in names if n.endswith((".so", ".o", ".pyc")) or n.endswith("_build_config.py")]
+
+
+def test_torchquant_imports_beside_a_torchvision_that_fails_to_import(tmp_path):
+    # torchvision is optional; one built for another torch raises RuntimeError at import
+    # ("operator torchvision::nms does not exist"), which made `import torchquant` fail too.
+    import subprocess
+    from pathlib import Path
+
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    package = Path(__file__).resolve().parents[1] / "python"
+    code = ("import warnings, torch, torchquant as tq\n"
+            "from torch import nn\n"
+            "m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), tq.DeQuantStub()).eval()\n"
+            "m.qconfig = tq.get_default_qconfig('x86')\n"
+            "p = tq.prepare(m); p(torch.randn(2, 3, 8, 8))\n"
+            "print(tuple(tq.convert(p)(torch.randn(2, 3, 8, 8)).shape))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(package)])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "(2, 4, 6, 6)"
+    assert "torchvision is installed but failed to import (RuntimeError: operator torchvision::nms" in r.stderr

@@ -4,6 +4,8 @@ convert, and the fusion patterns conv-bn, conv-bn-relu, conv-relu, linear-bn and
 ``torch.ao.quantization.fuse_modules`` makes, e.g. through torchvision's ``fuse_model()``) map
 to the same torchquant modules as torchquant's."""
 import copy
+import functools
+import warnings
 
 import torch
 from torch import nn
@@ -148,26 +150,38 @@ def _fold_bn_into_convtranspose(convt, bn):
     return fused
 
 
+@functools.lru_cache(maxsize=None)
+def _torchvision_ops():
+    """torchvision.ops (and its misc module) when torchvision is installed and imports, else None.
+    torchvision is optional: one that is installed but fails to import (a build for another torch:
+    "operator torchvision::nms does not exist") must not make torchquant fail to import; it is
+    said once, and its module types are then not handled."""
+    try:
+        import torchvision.ops
+        import torchvision.ops.misc
+    except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001 (whatever a broken install raises)
+        warnings.warn(f"torchquant: torchvision is installed but failed to import ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); its FrozenBatchNorm2d, StochasticDepth and Permute modules are not "
+                      f"handled (install the torchvision release built for this torch)", RuntimeWarning, stacklevel=2)
+        return None
+    return torchvision.ops
+
+
 def frozen_bn_types():
     """torchvision's FrozenBatchNorm2d (its detection backbones' BatchNorm: running statistics and
     affine map held as constant buffers), when torchvision is installed."""
-    try:
-        from torchvision.ops.misc import FrozenBatchNorm2d
-    except ImportError:  # torchvision is optional
-        return ()
-    return (FrozenBatchNorm2d,)
+    ops = _torchvision_ops()
+    return () if ops is None else (ops.misc.FrozenBatchNorm2d,)
 
 
 def torchvision_passthrough_types():
     """(StochasticDepth, Permute) of torchvision when it is installed: the identity in inference,
     and a layout change that a per-tensor QTensor takes natively (ConvNeXt, EfficientNet, Swin,
     MaxViT hold them between int8 layers)."""
-    try:
-        from torchvision.ops import StochasticDepth
-        from torchvision.ops.misc import Permute
-    except ImportError:  # torchvision is optional
-        return None, None
-    return StochasticDepth, Permute
+    ops = _torchvision_ops()
+    return (None, None) if ops is None else (ops.StochasticDepth, ops.misc.Permute)
 
 
 def _fold_frozen_bn(conv, bn):
