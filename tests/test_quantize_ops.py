@@ -4,6 +4,8 @@ import math
 import random
 import warnings
 
+import sys
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -163,6 +165,40 @@ print("ok")
     env = dict(os.environ, TORCHQUANT_HUGEPAGES=hugepages)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+@pytest.mark.parametrize("value, advised", [(None, True), ("1", True), ("0", False), (" Off ", False),
+                                            ("false", False), ("no", False)])
+def test_hugepages_setting(value, advised):
+    # TORCHQUANT_HUGEPAGES turned the advice off for "0" only ("off" / "false" left it on, unlike
+    # TORCHQUANT_FASTCALL's spellings); read once per process, so each value runs in a fresh one.
+    code = """
+import torch, torchquant
+q = torch.ops.torchquant.quantize(torch.randn(8 << 20), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32),
+                                  None, -128, 127, torch.int8)
+addr, flags = q.data_ptr() + (4 << 20), None
+for line in open("/proc/self/smaps"):
+    p = line.split()
+    if p and "-" in p[0] and all(c in "0123456789abcdef-" for c in p[0]):
+        lo, hi = (int(v, 16) for v in p[0].split("-"))
+        inside = lo <= addr < hi
+    elif line.startswith("VmFlags") and inside:
+        flags = line.split()
+print("hg" in flags)
+"""
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "TORCHQUANT_HUGEPAGES"}
+    if value is not None:
+        env["TORCHQUANT_HUGEPAGES"] = value
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() if os.path.exists(
+        "/sys/kernel/mm/transparent_hugepage/enabled") else ""
+    if advised and "[never]" in thp:
+        pytest.skip("transparent huge pages are off on this machine")
+    assert r.stdout.strip() == str(advised)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])

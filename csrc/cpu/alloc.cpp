@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cctype>
 #include <cstring>
+#include <string>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -19,8 +21,14 @@ constexpr size_t kMinBytes = size_t{4} << 20;
 
 bool hugepages_enabled() {
   static const bool on = [] {
+    // Off for 0 / off / false / no (any case, spaces around), as TORCHQUANT_FASTCALL.
     const char* v = std::getenv("TORCHQUANT_HUGEPAGES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
+    if (v == nullptr) return true;
+    std::string s(v);
+    const auto first = s.find_first_not_of(" \t"), last = s.find_last_not_of(" \t");
+    s = first == std::string::npos ? std::string() : s.substr(first, last - first + 1);
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return !(s == "0" || s == "off" || s == "false" || s == "no");
   }();
   return on;
 }
