@@ -16,6 +16,12 @@ $PY -m pip install -q transformers "torch==$($PY -c 'import torch; print(torch._
 TV=$($PY -c 'import torch; v = torch.__version__.split("+")[0].split("."); print("0.%d.*" % (int(v[1]) + 15))')
 # torch pinned to the installed version, so that pip never swaps it for the torchvision release.
 $PY -m pip install -q "torchvision==$TV" "torch==$($PY -c 'import torch; print(torch.__version__.split("+")[0])')"
+# A torchvision built for another variant of that torch (PyPI's CUDA build beside a CPU-only torch)
+# fails to import; its tests then skip instead of failing.
+if ! $PY -c 'import torchvision' > /dev/null 2>&1; then
+  echo "setup: torchvision $TV does not import beside this torch; removed (its tests will skip)" >&2
+  $PY -m pip uninstall -q -y torchvision
+fi
 # A toolkit whose nvcc is a wrapper script leaves torch guessing CUDA_HOME; point it at the toolkit.
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda/include ]; then export CUDA_HOME=/usr/local/cuda; fi
 $PY -m pip install -q --no-build-isolation -e .

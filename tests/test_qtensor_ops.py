@@ -13,6 +13,8 @@ from torch import nn
 import torchquant
 from torchquant import QTensor
 
+from conftest import TORCH_AO_ROUNDS_IN_FLOAT32
+
 CL = torch.channels_last
 
 
@@ -89,6 +91,8 @@ def test_matches_torch_ao(name, dtype, memory_format):
     if memory_format is torch.contiguous_format and name.startswith(("avg_pool", "adaptive")):
         pytest.skip("torch.ao's NCHW averaging kernel rounds differently from its channels-last one; "
                     "torchquant follows the channels-last one (the layout of its convolutions)")
+    if not TORCH_AO_ROUNDS_IN_FLOAT32 and name.startswith(("avg_pool", "adaptive")):
+        pytest.skip("this torch build's quantized CPU kernels round ties otherwise (the 2.13.0 CPU wheel)")
     if name == "channel_shuffle_fn" and dtype == torch.int8:
         pytest.skip("torch.ao's quantized channel_shuffle takes quint8 only (torchquant's takes both)")
     gen = torch.Generator().manual_seed(zlib.crc32(name.encode()) % 1000)  # str hash() varies per process

@@ -2,9 +2,8 @@
 torchquant.reference and with torch's own functions."""
 import math
 import random
-import warnings
-
 import sys
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +13,8 @@ import torch
 import torchquant
 import torchquant as tq
 from torchquant import reference
+
+from conftest import TORCH_AO_ROUNDS_IN_FLOAT32
 
 ops = torch.ops.torchquant
 QRANGES = [(-128, 127, torch.int8), (0, 255, torch.uint8), (-8, 7, torch.int8), (0, 3, torch.uint8), (-127, 127, torch.int8)]
@@ -98,6 +99,9 @@ def test_matches_torch_functions(isa):
         ours = torchquant.quantize_per_channel(x, s, z, axis, torch.qint8)
         assert torch.equal(ours.int_repr(), tq.int_repr())
         assert torch.equal(ours.dequantize(), tq.dequantize())
+    if not TORCH_AO_ROUNDS_IN_FLOAT32:
+        pytest.skip("this torch build's quantize_per_tensor rounds ties otherwise (the 2.13.0 CPU wheel); the "
+                    "comparisons above ran")
     for dtype, zp in ((torch.quint8, 200), (torch.qint8, -3)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
