@@ -1048,7 +1048,7 @@ def test_make_quantizable_traces_buffer_arithmetic_and_keeps_the_state_dict():
     # torchvision's FrozenBatchNorm2d (detection backbones) computes its scale and shift from its
     # buffers in forward: they stay graph nodes reading the buffers (not trace-time constants), and
     # the residual add after it gets no float-operand clipping.
-    from torchvision.ops.misc import FrozenBatchNorm2d
+    FrozenBatchNorm2d = pytest.importorskip("torchvision.ops.misc").FrozenBatchNorm2d
 
     def net(seed):
         torch.manual_seed(seed)
