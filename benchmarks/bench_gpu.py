@@ -357,7 +357,7 @@ def main():
     bench_small_m([1, 4, 8, 16, 32, 64] if not args.quick else [1, 32])
     bench_gemm(shapes)
     bench_int4([1, 8, 32, 128, 2048] if not args.quick else [1, 128])
-    bench_int4([1, 16], K=8192, N=8192)  # issue 16's CUDA targets
+    bench_int4([1, 16], K=8192, N=8192)  # the int4 CUDA targets' shapes
     bench_elementwise(1 << 26 if not args.quick else 1 << 24)
     bench_observers(1 << 24)
     bench_conv()  # last: its whole-model rows take the longest

@@ -1,4 +1,4 @@
-"""Model-level CUDA figures of issues 15 and 16, each against its anchor in the same process:
+"""Model-level CUDA figures (sequence models, int4 decoding), each against its anchor in the same process:
 
 - the word-language-model LSTM (2 layers of 512, sequence 35, batch 64) after `quantize_dynamic`
   against the fp32 and bf16 cuDNN `nn.LSTM`;

@@ -30,3 +30,12 @@ def test_bench_plain_models_smoke():
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "resnet18" in r.stdout.splitlines()[-1], r.stdout
+
+
+def test_bench_decode_smoke():
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_decode.py"), "--smoke"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for what in ("fp32", "bf16", "torch.ao int8 dynamic", "torchquant int8 dynamic", "torchquant int4 g128 rtn"):
+        assert any(line.startswith(what + " ") for line in r.stdout.splitlines()), r.stdout
