@@ -1129,6 +1129,16 @@ def test_fake_quants_tell_torch_compile_from_torch_export():
             return x + 1
 
     probe = Probe()
+    # As that Dynamo sees it: is_exporting() True inside every compiled graph.
+    real = torch.compiler.is_exporting
+    torch.compiler.is_exporting = lambda: torch.compiler._is_exporting_flag or torch.compiler.is_compiling()
+    try:
+        torch._dynamo.reset()
+        torch.compile(probe, backend="eager")(torch.ones(2))
+    finally:
+        torch.compiler.is_exporting = real
+    assert seen == {True: False}, "torch.compile taken for an export where Dynamo folds is_exporting()"
+    seen.clear()
     torch._dynamo.reset()
     torch.compile(probe, backend="eager")(torch.ones(2))
     assert seen == {True: False}, "torch.compile taken for an export"
@@ -1136,6 +1146,23 @@ def test_fake_quants_tell_torch_compile_from_torch_export():
     torch.export.export(probe, (torch.ones(2),))
     assert seen == {True: True}, "torch.export not seen"
     assert not tqfq._exporting()
+
+
+def test_compiled_fake_quant_calls_differ_in_their_arguments():
+    # Two fake-quant calls on one tensor must stay two graph nodes: marked as having side effects,
+    # and, for the graph passes that ignore the mark (torch 2.11's AOTAutograd CSE merged them),
+    # each with its own call index.
+    fq = tq.default_fake_quant()
+    calls = []
+
+    def backend(gm, example_inputs):
+        calls.extend(n.args for n in gm.graph.nodes if n.target is torch.ops.torchquant._fake_quantize_module.default)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(lambda h: fq(h) + fq(h) + fq(h * 2), backend=backend)(torch.randn(3, 4))
+    assert len(calls) == 3
+    assert len({args[3] for args in calls}) == 3, calls
 
 
 def test_compiled_fake_quants_run_every_call_as_eager_does():

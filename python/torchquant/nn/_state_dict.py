@@ -140,7 +140,9 @@ def own_loaded_qparams(module: nn.Module, state_dict, prefix: str) -> None:
     """Gives the module fresh qparam buffers for the ones the state dict is about to load: the
     QTensors it returned earlier hold its buffers as their scale and zero point (no copy per
     call), and load_state_dict's copy_ into them would change the values of those outputs after
-    the fact (a quantized tensor owns its qparams)."""
+    the fact (a quantized tensor owns its qparams). Not for buffers in shared memory
+    (``share_memory()``): there the other processes must read the new values, so the load
+    writes them in place, and QTensors this module returned before see them."""
     b = module._buffers
     for k in _OUTPUT_QPARAMS:
         t = b.get(k)
@@ -195,18 +197,23 @@ def _normal_sources(module: nn.Module, sources) -> None:
                 b[k] = t.clone()
 
 
-def _refill_shared(module: nn.Module) -> None:
+def _refill_shared(module: nn.Module, sources) -> None:
     """Puts each rebuilt kernel buffer back into the CPU storage of the one it replaces where
     that one is in shared memory (``share_memory()``: processes running the model read the
-    layout from there) and has the same shape. Otherwise a ``load_state_dict`` in one process
-    changed the shared weights and scales in place for all of them, and its new layout for
-    itself only: the others ran the old layout with the new scales, the outputs of neither
-    model. Like every in-place update of a shared model (as torch's own parameters), a call
+    layout from there) and has the same shape, when the layout was rebuilt from the same source
+    tensors, changed in place (``load_state_dict``'s copies into the shared weights and scales:
+    without the refill the other processes ran the old layout with the new scales, the outputs
+    of neither model). Sources put in place of the shared ones (``load_state_dict(assign=True)``,
+    ``torch.func.functional_call``) are this process's own: the shared layout stays the shared
+    sources'. Like every in-place update of a shared model (as torch's own parameters), a call
     running in another process meanwhile may read a mix."""
     old = module.__dict__.get("_tq_packed_bufs")
-    if not old:
+    rec = module.__dict__.get("_tq_packed_from")
+    if not old or rec is None:
         return
     b = module._buffers
+    if tuple(rec[2]) != tuple(sources) or any(b.get(k) is not t for k, t in zip(rec[2], rec[1])):
+        return
     for k, t in old.items():
         new = b.get(k)
         if (new is not None and new is not t and t.device.type == "cpu" and new.device == t.device
@@ -223,7 +230,16 @@ def note_packed(module: nn.Module, sources, packed: str) -> None:
     is in place: a forward that finds the record current reads a complete layout."""
     _normal_sources(module, sources)
     b = module._buffers
-    _refill_shared(module)
+    _refill_shared(module, sources)
+    src = b[sources[0]]
+    if isinstance(src, torch.Tensor) and src.device.type == "cpu" and src.is_shared():
+        # A layout built from shared sources is shared too (share_memory() and _apply rebuild it
+        # after moving the sources): processes that fork from here read it, and a later refill
+        # reaches them.
+        for k in module._non_persistent_buffers_set:
+            t = b.get(k)
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.is_shared() and not t.is_inference():
+                t.share_memory_()
     # the kernel buffers now in place, for the next rebuild's _refill_shared
     module.__dict__["_tq_packed_bufs"] = {k: b[k] for k in module._non_persistent_buffers_set
                                           if isinstance(b.get(k), torch.Tensor)}
