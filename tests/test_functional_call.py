@@ -71,3 +71,19 @@ def test_an_ensemble_passing_its_own_packed_buffers_keeps_them():
         warnings.simplefilter("ignore")
         y = torch.vmap(call, in_dims=(0, 0, None))(params, buffers, x)
     assert torch.equal(y[0], m1(x)) and torch.equal(y[1], m2(x))
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "int4"])
+def test_fullgraph_compile_right_after_a_weight_is_assigned(kind):
+    # The trace rebuilds the layout (the assigned weight is not the one packed); its check for
+    # an inference tensor raised there ("Encountered tensor.is_inference() during tracing").
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(64, 32))
+    m = (tq.quantize_dynamic(f, {nn.Linear}) if kind == "dynamic"
+         else tq.quantize_weight_only(f, group_size=32, progress=False))
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        want = m(x)
+        m[0].qweight = m[0].qweight.clone()
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(m, backend="eager", fullgraph=True)(x), want)

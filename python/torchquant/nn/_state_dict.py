@@ -192,7 +192,7 @@ def _normal_sources(module: nn.Module, sources) -> None:
     b = module._buffers
     for k in sources:
         t = b[k]
-        if isinstance(t, torch.Tensor) and t.is_inference() and not torch.compiler.is_compiling():
+        if isinstance(t, torch.Tensor) and not torch.compiler.is_compiling() and t.is_inference():
             with torch.inference_mode(False):
                 b[k] = t.clone()
 
@@ -230,9 +230,12 @@ def note_packed(module: nn.Module, sources, packed: str) -> None:
     is in place: a forward that finds the record current reads a complete layout."""
     _normal_sources(module, sources)
     b = module._buffers
-    _refill_shared(module, sources)
+    # (shared memory is for eager processes: a trace holds no module state)
+    traced = torch.compiler.is_compiling()
+    if not traced:
+        _refill_shared(module, sources)
     src = b[sources[0]]
-    if isinstance(src, torch.Tensor) and src.device.type == "cpu" and src.is_shared():
+    if not traced and isinstance(src, torch.Tensor) and src.device.type == "cpu" and src.is_shared():
         # A layout built from shared sources is shared too (share_memory() and _apply rebuild it
         # after moving the sources): processes that fork from here read it, and a later refill
         # reaches them.
