@@ -1828,3 +1828,25 @@ def test_repack_drops_the_cached_tables_of_sigmoid_on_qtensors():
     fresh.load_state_dict(q.state_dict())
     tq.repack(q)
     assert torch.equal(q(x), fresh(x))
+
+
+def test_flow_warnings_point_at_the_callers_line():
+    # A fixed stacklevel pointed inside torchquant when a flow was reached through another
+    # (prepare's "stays in float" under prepare_qat named prepare_qat's line in quantize.py).
+    import torchquant.weight_only  # noqa: F401
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x
+
+    for run in (lambda m: tq.prepare_qat(m), lambda m: tq.prepare(m.eval()), lambda m: tq.quantize_dynamic(m, {nn.Linear, Odd})):
+        m = nn.Sequential(tq.QuantStub(), nn.Linear(4, 4), Odd(), nn.Softmin(dim=1), tq.DeQuantStub())
+        m.qconfig = tq.get_default_qat_qconfig("x86")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run(m)
+        mine = [w for w in caught if "torchquant" in str(w.message) or "stay" in str(w.message)
+                or "quantiz" in str(w.message)]
+        assert mine, [str(w.message) for w in caught]
+        for w in mine:
+            assert w.filename == __file__, (w.filename, str(w.message)[:120])

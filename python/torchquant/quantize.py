@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
+from ._stack import user_stacklevel
 from .fake_quantize import FakeQuantizeBase, default_fixed_qparams_range_0to1_fake_quant
 from .nn import intrinsic, qat
 from .nn import quantized as nnq
@@ -305,7 +306,7 @@ def _bake_reparametrizations(model: nn.Module, where: str, select=lambda m: geta
     if baked and where in ("prepare_qat", "fuse_modules_qat"):
         warnings.warn(f"{where}: the weight re-parametrizations (weight norm, spectral norm, ...) of "
                       f"{sorted(set(baked))} are replaced by their current effective weights, which QAT trains "
-                      "(the int8 layers hold one weight)", UserWarning, stacklevel=3)
+                      "(the int8 layers hold one weight)", UserWarning, stacklevel=user_stacklevel())
 
 
 def _observer_types() -> tuple:
@@ -601,7 +602,7 @@ def _warn_unused(fn: str, **kwargs) -> None:
     given = sorted(k for k, v in kwargs.items() if v is not None and not (hasattr(v, "__len__") and len(v) == 0))
     if given:
         warnings.warn(f"{fn}: argument(s) {', '.join(repr(k) for k in given)} are accepted for torch.ao "
-                      "compatibility but not used by torchquant", UserWarning, stacklevel=3)
+                      "compatibility but not used by torchquant", UserWarning, stacklevel=user_stacklevel())
 
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16)
@@ -654,13 +655,13 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     _refuse_float_qconfigs(model, "prepare")
     if not _has_any_qconfig(model):
         warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
-                      "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=2)
+                      "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=user_stacklevel())
         return model
     _keep_tables_float(model)
     unsupported = _add_observers(model)
     if unsupported:
         warnings.warn("prepare: these modules have no int8 implementation and stay in float: " + ", ".join(unsupported),
-                      UserWarning, stacklevel=2)
+                      UserWarning, stacklevel=user_stacklevel())
     return model
 
 
@@ -684,7 +685,7 @@ def _keep_tables_float(model: nn.Module) -> None:
         warnings.warn("prepare: these embedding tables stay in float: their qconfig's weight observer is not per row "
                       "with float qparams (a static int8 qconfig quantizes activations, not tables): "
                       + ", ".join(kept) + "; set torchquant.float_qparams_weight_only_qconfig (or its _4bit form) on "
-                      "them to quantize them", UserWarning, stacklevel=3)
+                      "them to quantize them", UserWarning, stacklevel=user_stacklevel())
 
 
 def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qconfig: bool = True,
@@ -875,7 +876,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
             warnings.warn(f"convert: the model itself is a {type(module).__name__} with a qconfig; convert swaps the "
                           f"modules inside a model, not the model (as torch.ao's), so it stays in float: wrap it, as "
                           f"nn.Sequential(torchquant.QuantStub(), model, torchquant.DeQuantStub())", UserWarning,
-                          stacklevel=2)
+                          stacklevel=user_stacklevel())
     if model_dtype is not None:
         for m in module.modules():
             if isinstance(m, nnq.DeQuantize) and id(m) not in before:
@@ -885,7 +886,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
         # torch.ao returns the float model silently here; a forgotten prepare() is the usual cause.
         warnings.warn("convert: the model has a qconfig but no observers, so nothing was quantized and it stays "
                       "in float; call torchquant.prepare(model) and calibrate it before convert", UserWarning,
-                      stacklevel=2)
+                      stacklevel=user_stacklevel())
     if mapping is _STATIC:  # the default mapping (a user's mapping may map ReLU elsewhere)
         _fold_relus(module)
     if remove_qconfig:
@@ -927,7 +928,7 @@ def _unrun_modules(model: nn.Module, mapping) -> Dict[int, nn.Module]:
     if not unrun or len(unrun) == observed:
         return {}
     warnings.warn("convert: these modules never ran during calibration and stay in float: "
-                  + ", ".join(f"{n} ({type(m).__name__})" for n, m in unrun), UserWarning, stacklevel=3)
+                  + ", ".join(f"{n} ({type(m).__name__})" for n, m in unrun), UserWarning, stacklevel=user_stacklevel())
     return {id(m): m for _, m in unrun}
 
 
@@ -947,7 +948,7 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
     propagate_qconfig_(model)
     if not _has_any_qconfig(model):
         warnings.warn("prepare_qat: no qconfig is set on the model or any submodule, so nothing will be quantized; "
-                      "set model.qconfig = torchquant.get_default_qat_qconfig('x86')", UserWarning, stacklevel=2)
+                      "set model.qconfig = torchquant.get_default_qat_qconfig('x86')", UserWarning, stacklevel=user_stacklevel())
         return model
     _bake_reparametrizations(model, "prepare_qat")
     _swap(model, _QAT if mapping is None else mapping, "")
@@ -967,7 +968,7 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
     if plain:
         warnings.warn(f"prepare_qat: {len(plain)} observer(s) where fake-quants belong ({', '.join(plain[:5])}"
                       f"{', ...' if len(plain) > 5 else ''}): training sees no int8 rounding there; use a QAT qconfig "
-                      "(torchquant.get_default_qat_qconfig('x86'))", UserWarning, stacklevel=2)
+                      "(torchquant.get_default_qat_qconfig('x86'))", UserWarning, stacklevel=user_stacklevel())
     return model
 
 
@@ -1201,11 +1202,11 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if own_forward:
         warnings.warn(f"quantize_dynamic: {own_forward} subclass nn.Linear but have a forward() of their own, which "
                       "a dynamic int8 Linear would not run; they stay in float (name the class in arguments "
-                      "'qconfig_spec' and 'mapping' to swap it anyway)", UserWarning, stacklevel=2)
+                      "'qconfig_spec' and 'mapping' to swap it anyway)", UserWarning, stacklevel=user_stacklevel())
     if missing:
         warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and stay "
                       f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
-                      stacklevel=2)
+                      stacklevel=user_stacklevel())
     if not inplace:
         model = _deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
@@ -1222,7 +1223,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if {id(m) for m in model.modules()} == before:
         warnings.warn("quantize_dynamic: nothing was quantized: the model has no module of the types in "
                       "'qconfig_spec' that has a dynamic int8 version (an already quantized model comes back as "
-                      "it was)", UserWarning, stacklevel=2)
+                      "it was)", UserWarning, stacklevel=user_stacklevel())
     return model
 
 
@@ -1244,7 +1245,7 @@ def warn_fused_experts(model: nn.Module, who: str) -> None:
         shown = ", ".join(f"{n} {list(s)}" for n, s, _ in fused[:3]) + (", ..." if len(fused) > 3 else "")
         warnings.warn(f"{who}: {len(fused)} 3-D weights outside nn.Linear layers (stacked experts of a mixture of "
                       f"experts: {shown}) hold {share:.0%} of the parameters and stay in float: torchquant "
-                      "quantizes nn.Linear (and Conv1D) layers", UserWarning, stacklevel=3)
+                      "quantizes nn.Linear (and Conv1D) layers", UserWarning, stacklevel=user_stacklevel())
 
 
 def _swap_root(model: nn.Module, mapping: Dict[type, type]) -> nn.Module:

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ._stack import user_stacklevel
 from .int4 import awq as _awq
 from .int4 import gptq as _gptq
 from .int4.format import (check_bits, check_group_size, check_symmetric, choose_group_qparams,
@@ -698,7 +699,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
     if own:
         warnings.warn(f"quantize_weight_only: {own} subclass nn.Linear but have a forward() of their own, which the "
                       "quantized layer would not run: they stay in float (give the model plain nn.Linear layers to "
-                      "quantize them)", UserWarning, stacklevel=3)
+                      "quantize them)", UserWarning, stacklevel=user_stacklevel())
     from .quantize import warn_fused_experts
     warn_fused_experts(model, "quantize_weight_only")
     tied = _tied_elsewhere(model, linears)
@@ -706,12 +707,12 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         warnings.warn("quantize_weight_only: " + "; ".join(f"{n} shares its weight with {', '.join(o)}" for n, o in tied.items())
                       + ": left in float (tied weights, as a language model's head and its embedding: a quantized "
                       "copy beside the float one it shares would make the model larger); untie them first "
-                      "(a copy of the weight) to quantize it", UserWarning, stacklevel=3)
+                      "(a copy of the weight) to quantize it", UserWarning, stacklevel=user_stacklevel())
         linears = {n: m for n, m in linears.items() if n not in tied}
     if not linears:
         warnings.warn("quantize_weight_only: nothing was quantized: the model has no nn.Linear (or subclass keeping "
                       "its forward, or Hugging Face Conv1D) to quantize outside 'exclude' and the layers named above "
-                      "(an already quantized model comes back as it was)", UserWarning, stacklevel=3)
+                      "(an already quantized model comes back as it was)", UserWarning, stacklevel=user_stacklevel())
     meta = [n for n, m in linears.items() if m.weight.is_meta]
     if meta:
         raise ValueError(f"quantize_weight_only: the weights of {meta[:3]}{' ...' if len(meta) > 3 else ''} are on "
@@ -724,7 +725,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         warnings.warn(f"quantize_weight_only: the weights of {bad[:5]}{' ...' if len(bad) > 5 else ''} hold NaN or "
                       "inf values, which have no quantized value: their groups' other weights are lost (an inf "
                       "sets its group's scale) and the model's outputs no longer show the fault", UserWarning,
-                      stacklevel=3)
+                      stacklevel=user_stacklevel())
     model.eval()  # (every module's own training flag is put back by quantize_weight_only)
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
     gs = group_size if bits == 4 else None
@@ -997,7 +998,7 @@ def _warn_dead_inputs(method: str, dead: Dict[str, Tuple[int, int]], what: str) 
                   f"{'were' if total > 1 else 'was'} 0 on every calibration row ({listed}{' ...' * (layers > 5)}); "
                   f"{what}. Inputs that are non-zero on other data (a ReLU "
                   "neuron the calibration rows never fire) need calibration data that reaches them",
-                  RuntimeWarning, stacklevel=5)
+                  RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
@@ -1108,7 +1109,7 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
                "torch.fx could not trace the model")
         warnings.warn(f"AWQ: the scales of {len(kept)} of {len(order)} layers could not be folded into the op "
                       f"before them ({why}); they keep an input_scale, one elementwise multiply of the input per "
-                      f"call (first: {kept[:3]})", UserWarning, stacklevel=4)
+                      f"call (first: {kept[:3]})", UserWarning, stacklevel=user_stacklevel())
 
 
 def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tuple]):
