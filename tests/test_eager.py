@@ -1850,3 +1850,16 @@ def test_flow_warnings_point_at_the_callers_line():
         assert mine, [str(w.message) for w in caught]
         for w in mine:
             assert w.filename == __file__, (w.filename, str(w.message)[:120])
+
+
+def test_quantize_dynamic_refuses_a_model_on_the_meta_device_by_name():
+    # It failed inside convert ("Cannot copy out of meta tensor; no data!"); quantize_weight_only
+    # already said what to do instead.
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.LSTM(8, 8))
+    with pytest.raises(ValueError, match=r"quantize_dynamic: the weights of \['0', '2'\] are on the meta device"):
+        tq.quantize_dynamic(m, {nn.Linear, nn.LSTM})
+    with pytest.raises(ValueError, match=r"the weights of \['0'\]"):
+        tq.quantize_dynamic(m, {"0"})
+    skeleton = tq.quantize_dynamic(nn.Sequential(nn.Linear(8, 8))).to("meta").to_empty(device="cpu")
+    assert type(skeleton[0]).__module__.startswith("torchquant.")

@@ -1207,6 +1207,14 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
         warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and stay "
                       f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
                       stacklevel=user_stacklevel())
+    kinds, names = {k for k in qconfig_spec if isinstance(k, type)}, {k for k in qconfig_spec if isinstance(k, str)}
+    meta = [n for n, m in model.named_modules() if type(m) in targets and (type(m) in kinds or n in names)
+            and any(t.is_meta for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])]
+    if meta:
+        raise ValueError(f"quantize_dynamic: the weights of {meta[:3]}{' ...' if len(meta) > 3 else ''} are on the "
+                         "meta device (no values to quantize): quantize the model with its weights loaded; for a "
+                         "model too large for that, quantize it once, then build the quantized skeleton with "
+                         ".to('meta').to_empty(device=...) and load_state_dict")
     if not inplace:
         model = _deepcopy(model)
     propagate_qconfig_(model, qconfig_spec)
