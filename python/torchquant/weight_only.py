@@ -619,7 +619,11 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     block's inputs for every calibration batch (``False``: whole forwards, no such memory). A Linear whose weight is tied to another module's (an LM head with
     ``lm_head.weight is wte.weight``) stays float, named in a warning: untie it to quantize it. Returns the quantized model (a copy
     unless ``inplace``; an ``inplace`` call that fails or is interrupted leaves the model as it
-    was); a tqdm bar shows progress over layers (``progress=False`` hides it).
+    was); a tqdm bar shows progress over layers (``progress=False`` hides it). Memory: ``inplace``
+    saves the model's copy for RTN (and int8), not for GPTQ / AWQ, which calibrate later layers
+    on the dequantized weights of earlier ones written into the float layers and so keep a copy
+    of every quantized Linear's weight to restore a failed call: about twice the Linear weights
+    (a 1 GB model peaked 1.6 GB above itself with GPTQ, 2.1 GB with AWQ, inplace or not).
     """
     check_bits(bits)
     if method not in _METHODS:
