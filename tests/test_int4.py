@@ -735,3 +735,22 @@ def test_int4_layer_made_under_inference_mode_moves_and_casts_outside_it():
     assert q[0].weight_format.tolist() == [128, 256]
     q.half()
     assert q(x.half()).dtype == torch.float16
+
+
+@pytest.mark.parametrize("N, K, group_size", [(0, 64, 32), (1, 7, 32), (600, 4096, 128), (513, 1000, 64),
+                                              (5, 4097, 128), (300, 5000, 32)])
+def test_quantize_groups_in_row_blocks_equals_the_whole_formula(N, K, group_size):
+    # quantize_groups works in blocks of rows (its float32 temporaries took about three times
+    # a layer's weight at once); the codes must be those of the one-shot formula, NaN / inf and
+    # non-contiguous weights included.
+    g = torch.Generator().manual_seed(N + K)
+    w = torch.randn(N, K, generator=g) * 3
+    if N:
+        w[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    for symmetric in (False, True):
+        s, z = fmt.choose_group_qparams(w, group_size, symmetric)
+        inv = fmt._expand(torch.ones_like(s) / s, K, group_size)
+        want = torch.clamp(torch.nan_to_num(torch.round(w * inv) + fmt._expand(z.float(), K, group_size), nan=0.0),
+                           0, 15).to(torch.uint8)
+        assert torch.equal(fmt.quantize_groups(w, s, z, group_size), want)
+        assert torch.equal(fmt.quantize_groups(w.t().contiguous().t(), s, z, group_size), want)
