@@ -211,9 +211,10 @@ def _refill_shared(module: nn.Module, sources) -> None:
     rec = module.__dict__.get("_tq_packed_from")
     if not old or rec is None:
         return
-    b = module._buffers
-    if tuple(rec[2]) != tuple(sources) or any(b.get(k) is not t for k, t in zip(rec[2], rec[1])):
+    # the same source tensors (identity only: the load's copies bumped their versions)
+    if tuple(rec[2]) != tuple(sources) or _sources_changed(module, rec, traced=True):
         return
+    b = module._buffers
     for k, t in old.items():
         new = b.get(k)
         if (new is not None and new is not t and t.device.type == "cpu" and new.device == t.device

@@ -370,7 +370,7 @@ class EmbeddingBag(_EmbeddingBase):
                 and per_sample_weights.is_floating_point():
             per_sample_weights = per_sample_weights.float()
         return self._to_output_dtype(self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights,
-                                       self.include_last_offset, self.padding_idx))
+                                                  self.include_last_offset, self.padding_idx))
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
