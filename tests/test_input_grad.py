@@ -96,3 +96,16 @@ def test_torch_func_transforms_give_autograds_input_gradient(kind):
     y = q(x[:1])
     want = (w * (y[0] > 0).float().unsqueeze(1)) if relu else w
     assert torch.allclose(jac[0, :, 0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "dynamic_relu", "int4"])
+def test_jit_trace_in_grad_mode_behind_a_float_layer_that_requires_grad(kind):
+    # (as a traced BERT: its embeddings require grad; the trace failed with "unordered_map::at")
+    torch.manual_seed(1)
+    q, _, _ = _quantized(kind, nn.Linear(32, 24))
+    model = nn.Sequential(nn.Linear(16, 32), q).eval()
+    x = torch.randn(4, 16)
+    traced = torch.jit.trace(model, x)
+    with torch.no_grad():
+        for xx in (x, torch.randn(7, 16)):
+            assert torch.equal(traced(xx), model(xx))

@@ -7,7 +7,8 @@ the input requires grad, the modules run the op inside :class:`InputGrad`, whose
 ``dL/dx = dL/dy @ W`` with ``W`` the layer's effective float weight [N, K], made from its
 portable buffers in backward only (the straight-through estimator for the dynamic input
 quantization). The quantized weights themselves are integer buffers: they get no gradient.
-Inference (no grad, or an input that does not require it) runs the op as before.
+Inference (no grad, or an input that does not require it) runs the op as before, and so does
+a ``torch.jit.trace`` (its graph is for inference: no gradient reaches the input through it).
 """
 from typing import Callable
 
@@ -43,4 +44,7 @@ class InputGrad(torch.autograd.Function):
 
 
 def needs_input_grad(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
+    # Not under torch.jit.trace, which cannot record a Function given Python callables (it failed
+    # with "unordered_map::at" on a model whose float layers require grad, traced outside no_grad):
+    # the traced graph runs the op for inference, as torch.ao's traced dynamic modules do.
+    return torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing()
