@@ -1247,3 +1247,98 @@ def test_float_input_range_in_and_out_of_inference_mode():
         p(torch.full((2, 4), -7.0))
     lo, hi = p[0].__dict__["_tq_input_range"]
     assert float(lo) == -7.0 and float(hi) == 5.0
+
+
+def _calibrated(prepare, qconfig, model):
+    torch.manual_seed(0)
+    p = prepare(model, inplace=False)
+    for _ in range(3):
+        p(torch.randn(4, 16))
+    return p
+
+
+def test_a_model_prepared_by_torch_ao_converts_and_runs_without_its_observer_hooks():
+    torch.manual_seed(1)
+    m = nn.Sequential(taq.QuantStub(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4), taq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = tq.convert(_calibrated(taq.prepare, m.qconfig, m))
+        x = torch.randn(5, 16)
+        y = q(x)  # (torch.ao's observer hooks were carried over and called observers convert removed)
+    hooks = [h for mod in q.modules() for h in list(mod._forward_hooks.values()) + list(mod._forward_pre_hooks.values())]
+    assert not [h for h in hooks if h.__module__.startswith("torch.ao")], hooks
+    assert not any(hasattr(mod, "activation_post_process") for mod in q.modules() if not isinstance(mod, taq.FakeQuantizeBase))
+    assert isinstance(q[1], nnq.Linear) and isinstance(q[3], nnq.Linear)
+    assert (y - m(x)).abs().max() < 0.05
+
+
+def test_a_user_class_given_to_convert_by_mapping_gets_no_observer_hook():
+    # torch.ao's way to add a module: allow_list at prepare, {float: quantized} at convert
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.full((16,), 0.5))
+
+        def forward(self, x):
+            return x * self.w
+
+    class QuantScale(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        @classmethod
+        def from_float(cls, mod):
+            return cls(mod.w.detach())
+
+        def forward(self, x):
+            return x.dequantize() * self.w if isinstance(x, tq.QTensor) else x * self.w
+
+    torch.manual_seed(2)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 16), tq.DeQuantStub(), Scale()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = tq.prepare(m, allow_list=tq.get_default_qconfig_propagation_list() | {Scale})
+        p(torch.randn(4, 16))
+        q = tq.convert(p, mapping={**tq.get_default_static_quant_module_mappings(), Scale: QuantScale})
+    assert type(q[3]) is QuantScale and not q[3]._forward_hooks and not q[3]._forward_pre_hooks
+    x = torch.randn(3, 16)
+    assert torch.equal(q(x), q[2](q[1](q[0](x))) * q[3].w)
+
+
+def test_convert_keeping_qconfigs_runs_as_convert_removing_them():
+    torch.manual_seed(3)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 16), nn.Softmax(-1), nn.Linear(16, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = _calibrated(tq.prepare, m.qconfig, m)
+        a, b = tq.convert(p), tq.convert(p, remove_qconfig=False)
+        x = torch.randn(6, 16)
+        ya, yb = a(x), b(x)
+        yb2 = b(3 * x)  # an observer left running would change the next call's
+        assert torch.equal(ya, yb) and torch.equal(a(3 * x), yb2)
+    assert not any(hasattr(mod, "activation_post_process") for mod in b.modules())
+    assert not any(hasattr(mod, "qconfig") for mod in a.modules())
+    assert b[2].qconfig is not None and not hasattr(b[2], "activation_post_process")
+
+
+def test_convert_and_propagate_qconfig_take_torch_aos_arguments():
+    torch.manual_seed(4)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = _calibrated(tq.prepare, m.qconfig, m)
+    # torch.ao's positional order: mapping, inplace, remove_qconfig, is_reference, convert_custom_config_dict
+    q = tq.convert(p, None, False, True, False, None, use_precomputed_fake_quant=False)
+    assert isinstance(q[1], nnq.Linear)
+    for kw in ({"is_reference": True}, {"use_precomputed_fake_quant": True}):
+        with pytest.raises(NotImplementedError, match=next(iter(kw))):
+            tq.convert(p, **kw)
+    f = nn.Sequential(nn.Linear(4, 4))
+    f.qconfig = tq.get_default_qconfig("x86")
+    with pytest.warns(UserWarning, match="prepare_custom_config_dict"):
+        tq.propagate_qconfig_(f, None, {"float_to_observed_custom_module_class": {}})
+    tq.propagate_qconfig_(f, None, None)
+    assert f[0].qconfig is f.qconfig

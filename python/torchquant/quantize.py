@@ -383,11 +383,13 @@ def _check_args(fn: str, model, arg: str = "model", mapping=None, qconfig_dict=N
             raise TypeError(f"{fn}: argument '{name}' must be a dict or None, got {type(value).__name__}")
 
 
-def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None) -> None:
+def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None,
+                       prepare_custom_config_dict=None) -> None:
     """Gives every submodule a ``qconfig``: its own if set (``None`` switches quantization off
     for it and its children), else the one for its type or name in ``qconfig_dict``, else its
-    parent's."""
+    parent's. (``prepare_custom_config_dict``: torch.ao's, accepted and not used.)"""
     _check_args("propagate_qconfig_", module, "module", qconfig_dict=qconfig_dict)
+    _warn_unused("propagate_qconfig_", prepare_custom_config_dict=prepare_custom_config_dict)
     qconfig_dict = qconfig_dict or {}
     checked = set()
 
@@ -725,18 +727,31 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
             _swap(child, mapping, full, require_qconfig, memo)
 
 
+def _ao_observer_hooks() -> tuple:
+    """torch.ao's prepare's observer hooks (a model prepared by it converts with torchquant's
+    convert: its observers are read as torchquant's; the hooks call them, so they go with them)."""
+    import importlib
+    try:  # (the module: the package's attribute of that name is its quantize function)
+        _aoq = importlib.import_module("torch.ao.quantization.quantize")
+    except ImportError:  # pragma: no cover
+        return ()
+    return tuple(h for h in (getattr(_aoq, "_observer_forward_hook", None),
+                             getattr(_aoq, "_observer_forward_pre_hook", None)) if h is not None)
+
+
 def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
     """Gives ``new`` the user's forward pre-hooks and forward hooks of the module it replaces
     (as torch.ao's swap_module does), with their kwargs / always_call flags; prepare's observer
     hook is left behind, the int8 module computing its output qparams itself, and so is a
     hook-based weight / spectral norm's hook (the replacement holds the weight it computes)."""
     norms = {id(h) for h in _norm_hooks(old)}
+    observers = _ao_observer_hooks()
     for hid, hook in old._forward_pre_hooks.items():
-        if hook is _input_range_hook or id(hook) in norms:
+        if hook is _input_range_hook or id(hook) in norms or hook in observers:
             continue
         new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
     for hid, hook in old._forward_hooks.items():
-        if hook is _observer_hook:
+        if hook is _observer_hook or hook is _fallback_observer_hook or hook in observers:
             continue
         new.register_forward_hook(hook, with_kwargs=hid in old._forward_hooks_with_kwargs,
                                   always_call=hid in old._forward_hooks_always_called)
@@ -792,9 +807,10 @@ _FLOAT_BLOCKS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Transform
                  nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
 
 
-def _clean(model: nn.Module) -> None:
-    """Removes observers, their hooks and qconfigs left on modules that were not swapped; float
-    leaf modules under a qconfig get a hook that dequantizes QTensor inputs (with a warning)."""
+def _clean(model: nn.Module, remove_qconfig: bool = True) -> None:
+    """Removes observers, their hooks and (``remove_qconfig``) qconfigs left on modules that were
+    not swapped; float leaf modules under a qconfig get a hook that dequantizes QTensor inputs
+    (with a warning)."""
     for mod in list(model.modules()):
         out_quant = None
         for k, hook in list(mod._forward_pre_hooks.items()):
@@ -802,8 +818,12 @@ def _clean(model: nn.Module) -> None:
                 del mod._forward_pre_hooks[k]
         mod.__dict__.pop("_tq_input_range", None)
         if hasattr(mod, "activation_post_process") and not isinstance(mod, (nnq.Linear, nnq.Quantize)):
+            observers = _ao_observer_hooks()
+            for k, hook in list(mod._forward_pre_hooks.items()):
+                if hook in observers:
+                    del mod._forward_pre_hooks[k]
             for k, hook in list(mod._forward_hooks.items()):
-                if hook is _observer_hook or hook is _fallback_observer_hook:
+                if hook is _observer_hook or hook is _fallback_observer_hook or hook in observers:
                     if hook is _fallback_observer_hook:
                         out_quant = _fallback_output_quant(mod)
                     del mod._forward_hooks[k]
@@ -819,7 +839,7 @@ def _clean(model: nn.Module) -> None:
             if out_quant is not None:
                 mod.add_module("output_quant", out_quant)
                 mod.register_forward_hook(_float_fallback_output_hook)
-        if hasattr(mod, "qconfig"):
+        if remove_qconfig and hasattr(mod, "qconfig"):
             del mod.qconfig
 
 
@@ -846,7 +866,8 @@ def _fold_relus(model: nn.Module) -> None:
 
 
 def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inplace: bool = False,
-            remove_qconfig: bool = True, convert_custom_config_dict=None) -> nn.Module:
+            remove_qconfig: bool = True, is_reference: bool = False, convert_custom_config_dict=None,
+            use_precomputed_fake_quant: bool = False) -> nn.Module:
     """Swaps observed float modules for int8 ones (torch.ao.quantization.convert): Linear, Conv,
     ConvTranspose and their fused ReLU / BatchNorm forms run torchquant's int8 kernels (BatchNorm
     folded in), BatchNorm, norms, activations and FloatFunctional their int8 versions,
@@ -855,10 +876,18 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     call (bit-identical: the Sequential becomes a FusedReLUSequential; its children stay as they are).
     Raises, naming the module, if no observer has seen data; modules whose observers saw none
     while others did (never run during calibration, as an auxiliary head that runs only in
-    training) stay float, with a warning naming them.
+    training) stay float, with a warning naming them. ``remove_qconfig=False`` keeps the modules'
+    ``qconfig`` attributes (observers and their hooks go either way, as torch.ao's).
+    ``is_reference`` and ``use_precomputed_fake_quant`` (torch.ao's) take only False: torchquant
+    has no reference modules, and reads every weight's qparams at convert.
     """
     _check_args("convert", module, "module", mapping=mapping)
     _warn_unused("convert", convert_custom_config_dict=convert_custom_config_dict)
+    for arg, value in (("is_reference", is_reference), ("use_precomputed_fake_quant", use_precomputed_fake_quant)):
+        if value is not False:
+            raise NotImplementedError(f"convert: argument '{arg}' takes only False in torchquant, got {value!r} "
+                                      "(torchquant has no reference quantized modules; its int8 modules run the "
+                                      "real kernels, with the weights' qparams read at convert)")
     if not inplace:
         module = _deepcopy(module)
     before = {id(m) for m in module.modules()}
@@ -889,8 +918,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
                       stacklevel=user_stacklevel())
     if mapping is _STATIC:  # the default mapping (a user's mapping may map ReLU elsewhere)
         _fold_relus(module)
-    if remove_qconfig:
-        _clean(module)
+    _clean(module, remove_qconfig)
     return module
 
 
