@@ -1342,3 +1342,22 @@ def test_convert_and_propagate_qconfig_take_torch_aos_arguments():
         tq.propagate_qconfig_(f, None, {"float_to_observed_custom_module_class": {}})
     tq.propagate_qconfig_(f, None, None)
     assert f[0].qconfig is f.qconfig
+
+
+def test_prepare_qat_with_torch_aos_qat_mapping_trains_and_converts_as_with_its_own():
+    def run(mapping):
+        torch.manual_seed(5)
+        m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4), tq.DeQuantStub()).train()
+        m.qconfig = tq.get_default_qat_qconfig("x86")
+        p = tq.prepare_qat(m, mapping=mapping)
+        opt = torch.optim.SGD(p.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            p(torch.randn(8, 16)).pow(2).sum().backward()
+            opt.step()
+        q = tq.convert(p.eval())
+        return p, q(torch.randn(5, 16))
+
+    (pa, ya), (pt, yt) = run(taq.get_default_qat_module_mappings()), run(None)
+    assert type(pa[1]) is type(pt[1]) is qat.Linear and hasattr(pa[1], "activation_post_process")
+    assert torch.equal(ya, yt)

@@ -979,6 +979,12 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
                       "set model.qconfig = torchquant.get_default_qat_qconfig('x86')", UserWarning, stacklevel=user_stacklevel())
         return model
     _bake_reparametrizations(model, "prepare_qat")
+    if mapping is not None:
+        # torch.ao's own QAT classes in a mapping (its get_default_qat_module_mappings()) stand for
+        # torchquant's of the same float class: prepare observes those, and convert swaps them (a
+        # torch.ao QAT Linear got no output fake-quant here and failed after convert)
+        mapping = {k: (_QAT[k] if k in _QAT and getattr(v, "__module__", "").startswith("torch.ao.nn") else v)
+                   for k, v in mapping.items()}
     _swap(model, _QAT if mapping is None else mapping, "")
     model = prepare(model, inplace=True)
     # A post-training qconfig (observers where fake-quants belong) trains without any rounding.
