@@ -797,7 +797,7 @@ def test_awq_folding_into_another_block_keeps_whole_forwards(monkeypatch):
     from torchquant import weight_only
     fed = []
     orig = weight_only._Feeder.__init__
-    monkeypatch.setattr(weight_only._Feeder, "__init__", lambda self, m, b, plan: fed.append(plan) or orig(self, m, b, plan))
+    monkeypatch.setattr(weight_only._Feeder, "__init__", lambda self, m, b, plan, *a: fed.append(plan) or orig(self, m, b, plan, *a))
     _, _, plans = _quantize_both_ways(model, calib, "awq", monkeypatch)
     assert len(plans[0]) == 6 and fed[0] == {}  # a chain, whose inputs AWQ's folding cannot cache
     q = torchquant.quantize_weight_only(model, bits=4, group_size=32, method="awq", calib_data=calib, progress=False)
@@ -1127,3 +1127,157 @@ def test_non_finite_huge_or_empty_calibration_data(method, bits):
     X = torch.randn(16, 64) * 1e38  # the product itself overflows: no finite loss, alpha 0 (RTN)
     s, alpha, _ = awq.awq_search(X, [torch.randn(8, 64)], 32, grid=4)
     assert alpha == 0.0 and bool(torch.isfinite(s).all())
+
+
+def _live_tensor_bytes(exclude=()):
+    """Bytes of the storages of every tensor Python holds, less those of `exclude`."""
+    import gc
+    gc.collect()
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (isinstance on some deprecated objects of torch warns)
+        # (plain tensors only: fake or functional ones other tests left to the collector have no data)
+        objects = [o for o in gc.get_objects() if type(o) in (torch.Tensor, nn.Parameter)]
+    for o in objects:
+        if not o.is_meta and o.device.type == "cpu":
+            try:
+                st = o.untyped_storage()
+                ptr = st.data_ptr()
+            except RuntimeError:
+                continue
+            if ptr and ptr not in skip:
+                seen[ptr] = st.nbytes()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_calibrating_methods_hold_no_second_float_copy_and_leave_the_given_weights_alone(method, inplace):
+    # GPTQ / AWQ compute with each quantized layer's dequantized weight put in the float weight's
+    # place (not written into it): neither a copy of the model nor the originals kept to restore
+    # an inplace call; a finished block's stand-ins are let go. Measured at each call of the last
+    # layer: live tensors beyond the model's own, against its Linear weights.
+    torch.manual_seed(21)
+    model = _Stack(8, d=256).eval()
+    calib = [torch.randn(2, 12, 16) for _ in range(2)]
+    lins = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    given = {n: (m.weight, m.weight._version, m.weight.detach().clone()) for n, m in lins.items()}
+    own = [t for t in model.state_dict().values()]
+    linear_bytes = sum(m.weight.numel() * 4 for m in lins.values())
+    ref = {n: v for n, (_, _, v) in given.items()}
+    extra = []
+    base = _live_tensor_bytes(own + list(ref.values()))
+    hook = model.layers[7].down.register_forward_pre_hook(
+        lambda m, a: extra.append(_live_tensor_bytes(own + list(ref.values())) - base))
+    try:
+        out = torchquant.quantize_weight_only(model, bits=4, group_size=32, method=method, calib_data=calib,
+                                              inplace=inplace, progress=False)
+    finally:
+        hook.remove()
+    assert isinstance(out.layers[7].down, LinearWeightOnlyInt4)
+    # (what stays: the int4 codes and qparams of the layers done, one block's stand-ins, a Hessian;
+    # a second float copy made it 1.4x-1.5x)
+    assert extra and max(extra) < 0.75 * linear_bytes, (extra, linear_bytes)
+    for n, m in lins.items():  # the given Linears (swapped out of an inplace model) as they were
+        p, version, values = given[n]
+        assert m.weight is p and p._version == version and torch.equal(p, values), n
+        assert "forward" not in m.__dict__, n
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_a_linears_own_forward_wrapper_runs_through_calibration_and_stays(method):
+    # a wrapper set on the instance (as accelerate's hooks set one) runs at every call of the layer,
+    # before and after the layer is quantized, and the swapped-out layer keeps it
+    torch.manual_seed(22)
+    model = _Stack(3).eval()
+    lin = model.layers[0].up
+    inner, counts = lin.forward, {"wrapper": 0, "calls": 0}
+
+    def wrapper(x):
+        counts["wrapper"] += 1
+        return inner(x) * 0.5
+
+    lin.forward = wrapper
+    # (calls that ran: a pre-hook also counts the calibration's capture of the layer's own inputs,
+    # which stops the forward there)
+    lin.register_forward_hook(lambda m, a, y: counts.__setitem__("calls", counts["calls"] + 1))
+    calib = [torch.randn(2, 12, 16) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torchquant.quantize_weight_only(model, bits=4, group_size=32, method=method, calib_data=calib,
+                                        inplace=True, progress=False)
+    assert counts["calls"] > 4 and counts["wrapper"] == counts["calls"], counts
+    assert lin.__dict__.get("forward") is wrapper
+
+
+def test_awq_inplace_leaves_the_swapped_out_producer_linears_as_given():
+    # AWQ folds the scale of b into a (a Linear feeding b alone): the int4 modules hold the divided
+    # qparams and bias, the float modules swapped out of the model keep their weights and biases
+    torch.manual_seed(23)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    before = {n: (m, m.weight, m.weight.detach().clone(), m.bias.detach().clone())
+              for n, m in model.named_children() if isinstance(m, nn.Linear)}
+    calib = [torch.randn(64, 64) * torch.linspace(0.1, 4, 64) for _ in range(2)]
+    with torch.no_grad():
+        ref = model(calib[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torchquant.quantize_weight_only(model, bits=4, group_size=32, method="awq", calib_data=calib,
+                                              inplace=True, progress=False)
+    assert out is model and all(isinstance(model[i], LinearWeightOnlyInt4) for i in (0, 1, 3))
+    assert model[1].input_scale is None  # folded into model[0]
+    for n, (m, p, w, b) in before.items():
+        assert m.weight is p and torch.equal(p, w) and torch.equal(m.bias, b), n
+    with torch.no_grad():
+        assert (model(calib[0]) - ref).norm() < 0.1 * ref.norm()
+
+
+class _ReadsInBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):  # fc called, and its weight also read directly, inside the block
+        return x + self.fc2(torch.relu(self.fc(x))) + 0.1 * nn.functional.linear(x, self.fc.weight)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_a_finished_blocks_direct_weight_reads_see_the_quantized_weight_in_later_whole_forwards(method, monkeypatch):
+    # the head after the chain is calibrated by whole forwards, which run every finished block again
+    torch.manual_seed(24)
+    model = nn.Sequential(nn.ModuleList(_ReadsInBlock(64) for _ in range(3)), nn.Linear(64, 8))
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers, self.head = model[0], model[1]
+
+        def forward(self, x):
+            for b in self.layers:
+                x = b(x)
+            return self.head(x)
+
+    calib = [torch.randn(4, 10, 64) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, _, plans = _quantize_both_ways(M().eval(), calib, method, monkeypatch)
+    assert len(plans[0]) == 6 and "head" not in plans[0]
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_a_linear_whose_weight_is_a_buffer_calibrates(method):
+    torch.manual_seed(25)
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    w = m[0].weight.detach().clone()
+    del m[0].weight
+    m[0].register_buffer("weight", w)
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        ref = m(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torchquant.quantize_weight_only(m, bits=4, group_size=32, method=method, calib_data=[x], progress=False)
+    assert isinstance(q[0], LinearWeightOnlyInt4) and m[0].weight is w and "weight" not in m[0]._parameters
+    with torch.no_grad():
+        assert (q(x) - ref).norm() < 0.1 * ref.norm()

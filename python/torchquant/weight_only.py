@@ -23,7 +23,7 @@ from ._stack import user_stacklevel
 from .int4 import awq as _awq
 from .int4 import gptq as _gptq
 from .int4.format import (check_bits, check_group_size, check_symmetric, choose_group_qparams,
-                          dequantize_groups, quantize_groups)
+                          dequantize_groups, pack_int4, quantize_groups, unpack_int4)
 from .nn.quantized_int4 import LinearWeightOnlyInt4
 
 __all__ = ["quantize_weight_only"]
@@ -437,9 +437,10 @@ class _Feeder:
     """Hands a Linear's calibration inputs to fn: from its block run alone on cached inputs when
     the plan places it in a chain, else from forwards of the whole model."""
 
-    def __init__(self, model, batches, plan):
+    def __init__(self, model, batches, plan, done=None):
         self.model, self.batches, self.plan = model, batches, plan
         self.chain, self.index, self.cache = None, 0, None
+        self.done = done  # done(block, names of its Linears) once the block's outputs are cached
 
     def capture(self, name, module, fn, stop: bool):
         where = self.plan.get(name)
@@ -485,12 +486,116 @@ class _Feeder:
             for i, (args, kwargs) in enumerate(self.cache):
                 out = _block_output(block(*args, **kwargs))
                 self.cache[i] = _with_hidden(slot, args, kwargs, out)
+        if self.done is not None:
+            self.done(block, [n for n, (c, j) in self.plan.items() if c is self.chain and j == self.index])
         self.index += 1
 
 
-def _set_fake_weight(linear: nn.Linear, w: torch.Tensor):
-    with torch.no_grad():
-        linear.weight.copy_(w.to(linear.weight.dtype))
+class _Codes:
+    """int4 codes [N, K] two per byte while calibration holds them for the swap at the end (one
+    per byte, they took a quarter of a float32 model's Linear weights, half of a bfloat16 one's)."""
+    __slots__ = ("packed", "K")
+
+    def __init__(self, q: torch.Tensor):
+        self.packed, self.K = pack_int4(q), q.shape[1]
+
+
+def _codes(q):
+    """The codes [N, K] one per byte (of a _Codes or as they are)."""
+    return unpack_int4(q.packed, q.K) if isinstance(q, _Codes) else q
+
+
+class _StandIns:
+    """While GPTQ / AWQ calibrate, each Linear already quantized computes with its dequantized
+    weight (the values the int model will have: the layers after it calibrate on its output as
+    the int model gives it), without a write into its float weight: the stand-in is a new tensor
+    in the weight's place, the given one is put back by ``restore()`` (so that neither an
+    ``inplace`` call nor the copy, which shares the given weights, needs a float copy of them).
+    ``drop_block(block, names)`` lets a finished block's stand-ins go (calibration by block runs
+    it no more): the given weights are back in place between calls, and hooks put the
+    dequantized ones, made again, in their place for each call of the block (or of one of those
+    Linears alone) that whole forwards may still make: the same values, seen by the block's code
+    as before (a read of ``fc.weight`` inside the block's forward included)."""
+
+    def __init__(self, linears: Dict[str, nn.Module], results: Dict[str, Tuple], bits: int, group_size):
+        self.linears, self.results, self.bits, self.gs = linears, results, bits, group_size
+        self.given: Dict[str, Any] = {}  # name -> the Linear's weight (parameter or buffer) as it was given
+        self.div: Dict[str, torch.Tensor] = {}  # name -> AWQ's input scale s, where the layer keeps 1 / s
+        self.dropped: set = set()
+        self.hooks: List = []
+
+    def fake(self, name: str, w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The dequantized weight of results[name] (`w`: its group dequantization, when the caller has it)."""
+        if w is None:
+            q, s, z, _ = self.results[name]
+            w = _fake(_codes(q), s, z, self.bits, self.gs)
+        if name in self.div:
+            w = w / self.div[name]
+        return w.to(self.given[name].dtype)
+
+    @staticmethod
+    def _slot(lin: nn.Module) -> Dict[str, Any]:
+        # (a weight registered as a buffer is replaced there)
+        return lin._parameters if "weight" in lin._parameters else lin._buffers
+
+    def _put(self, name: str, w: torch.Tensor) -> None:
+        slot = self._slot(self.linears[name])
+        given = self.given.setdefault(name, slot["weight"])
+        slot["weight"] = nn.Parameter(w, requires_grad=given.requires_grad) if isinstance(given, nn.Parameter) else w
+
+    def set(self, name: str, div: Optional[torch.Tensor] = None, fake: Optional[torch.Tensor] = None) -> None:
+        """The Linear `name` computes with results[name] from now on (`fake`: its group
+        dequantization, when the caller has it)."""
+        self.given.setdefault(name, self._slot(self.linears[name])["weight"])
+        if div is not None:
+            self.div[name] = div
+        self.dropped.discard(name)
+        self._put(name, self.fake(name, fake))
+
+    def replace_weight(self, name: str, w: torch.Tensor) -> None:
+        """A float weight changed before `name` is quantized (AWQ's fold), without writing into the given one."""
+        self._put(name, w)
+
+    def _given_back(self, name: str) -> None:
+        self._slot(self.linears[name])["weight"] = self.given[name]
+
+    def drop_block(self, block: nn.Module, names: Sequence[str]) -> None:
+        names = [n for n in names if n in self.results and n in self.given and n not in self.dropped]
+        if not names:
+            return
+        for n in names:
+            self._given_back(n)
+        self.dropped.update(names)
+
+        def enter(names):  # the stand-ins of those still dropped and not in place (a call inside the block's)
+            put = [n for n in names if n in self.dropped and self._slot(self.linears[n])["weight"] is self.given[n]]
+            for n in put:
+                self._put(n, self.fake(n))
+            return put
+
+        def leave(put):
+            for n in put:
+                if n in self.dropped:
+                    self._given_back(n)
+
+        def hooks(mod, names):
+            stack = []
+            pre = mod.register_forward_pre_hook(lambda m, a: stack.append(enter(names)), prepend=True)
+            post = mod.register_forward_hook(lambda m, a, y: leave(stack.pop()) if stack else None, always_call=True)
+            self.hooks += [pre, post]
+
+        hooks(block, names)
+        for n in names:  # (a Linear called outside its block's forward)
+            hooks(self.linears[n], [n])
+
+    def restore(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+        for name in self.given:
+            self._given_back(name)
+        self.given.clear()
+        self.dropped.clear()
 
 
 def _producers(model: nn.Module, names: Sequence[str]) -> Optional[Dict[str, Tuple[str, List[str]]]]:
@@ -619,11 +724,13 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     block's inputs for every calibration batch (``False``: whole forwards, no such memory). A Linear whose weight is tied to another module's (an LM head with
     ``lm_head.weight is wte.weight``) stays float, named in a warning: untie it to quantize it. Returns the quantized model (a copy
     unless ``inplace``; an ``inplace`` call that fails or is interrupted leaves the model as it
-    was); a tqdm bar shows progress over layers (``progress=False`` hides it). Memory: ``inplace``
-    saves the model's copy for RTN (and int8), not for GPTQ / AWQ, which calibrate later layers
-    on the dequantized weights of earlier ones written into the float layers and so keep a copy
-    of every quantized Linear's weight to restore a failed call: about twice the Linear weights
-    (a 1 GB model peaked 1.6 GB above itself with GPTQ, 2.1 GB with AWQ, inplace or not).
+    was); a tqdm bar shows progress over layers (``progress=False`` hides it). Memory: the copy
+    shares with ``model`` the float weights of the Linears it quantizes (each is swapped out of
+    it), so ``inplace`` saves the copy of the rest only. GPTQ / AWQ put each quantized layer's
+    dequantized weight in its float weight's place while they calibrate (the float weights are
+    not written) and hold above the model the int4 codes of the layers done, the dequantized
+    weights (of one block at a time when they calibrate by block; of every layer done with whole
+    forwards) and one layer's working set (``docs/quantization.md``).
     """
     check_bits(bits)
     if method not in _METHODS:
@@ -654,14 +761,14 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     if unknown:
         raise ValueError(f"argument 'exclude' names modules the model does not have: {sorted(unknown)}")
     if not inplace:
-        memo: Dict[int, Any] = {}
-        if method == "rtn":
-            # RTN only reads the weights it replaces, and each is swapped out of the copy before
-            # it is returned: the copy shares them instead of holding a second float copy of
-            # every layer (the layers left in float, excluded or tied, are copied as before)
-            lin = _selected_linears(model, excluded)
-            tied = _tied_elsewhere(model, lin)
-            memo = {id(m.weight): m.weight for n, m in lin.items() if n not in tied and not _reparametrized(m)}
+        # Every method only reads the weights it replaces (GPTQ and AWQ put stand-ins in their
+        # place while they calibrate), and each is swapped out of the copy before it is
+        # returned: the copy shares them instead of holding a second float copy of every layer
+        # (the layers left in float, excluded or tied, are copied as before)
+        lin = _selected_linears(model, excluded)
+        tied = _tied_elsewhere(model, lin)
+        memo: Dict[int, Any] = {id(m.weight): m.weight for n, m in lin.items()
+                                if n not in tied and not _reparametrized(m)}
         from .quantize import _deepcopy  # (a hook-based weight norm's cached weight would make deepcopy fail)
         model = _deepcopy(model, memo)
     swapped: List[Tuple[nn.Module, str, nn.Module]] = []
@@ -771,26 +878,32 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                 config.use_cache = True
             raise
         # GPTQ and AWQ give each Linear its quantized weight as they go (the layers after it see
-        # its output as the int model gives it). On the caller's model (inplace) the float
-        # weights are put back afterwards, or on failure; on the copy nothing needs them: the
-        # copy is swapped or dropped, and keeping them cost one more float copy of every layer.
-        originals = {n: linears[n].weight.detach().clone() for n in order} if inplace else {}
+        # its output as the int model gives it) as a stand-in for the float weight, put back
+        # afterwards or on failure (the copy shares the float weights with the given model).
+        stand_ins = _StandIns(linears, results, bits, gs)
         try:
             try:
                 if method == "gptq":
-                    _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp,
-                              blocksize, act_order, progress, shared, plan, symmetric)
+                    _run_gptq(model, batches, linears, order, calls, results, stand_ins, bits, group_size,
+                              percdamp, blocksize, act_order, progress, shared, plan, symmetric)
                 else:
-                    _run_awq(model, batches, linears, order, calls, results, group_size, awq_grid, awq_fold,
-                             awq_max_rows, progress, plan, symmetric)
+                    _run_awq(model, batches, linears, order, calls, results, stand_ins, group_size, awq_grid,
+                             awq_fold, awq_max_rows, progress, plan, symmetric)
             finally:
                 if use_cache is True:
                     config.use_cache = True
-                with torch.no_grad():
-                    for n, w in originals.items():
-                        linears[n].weight.copy_(w)
+                stand_ins.restore()
             # (the swaps recorded, to be undone with the rest if one of them fails)
-            return _swap(model, linears, results, bits, gs, swapped)
+            quantized = [linears[n] for n in results]
+            out = _swap(model, linears, results, bits, gs, swapped)
+            # The float Linears swapped out of an inplace model get back the biases AWQ divided
+            # by the scale it folded into them (their int4 modules hold the divided copies).
+            own = {id(m.bias) for m in quantized if m.bias is not None}
+            with torch.no_grad():
+                for t, before in folded:
+                    if id(t) in own:
+                        t.copy_(before)
+            return out
         except BaseException:
             with torch.no_grad():
                 for t, before in folded:
@@ -948,13 +1061,13 @@ def _fake(q, s, z, bits, group_size):
     return dequantize_groups(q, s, z, group_size)
 
 
-def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, percdamp, blocksize, act_order,
-              progress, shared=None, plan=None, symmetric=False):
+def _run_gptq(model, batches, linears, order, calls, results, stand_ins, bits, group_size, percdamp, blocksize,
+              act_order, progress, shared=None, plan=None, symmetric=False):
     # Linears that read the very same input as the one before them, each called once per
     # forward (q, k, v), share its Hessian: one calibration pass for the group instead of one
     # each. Exact: quantizing q changes nothing upstream of k's input.
     shared = shared or {}
-    feeder = _Feeder(model, batches, plan or {})
+    feeder = _Feeder(model, batches, plan or {}, stand_ins.drop_block)
     acc, owner, group = None, None, set()
     dead: Dict[str, Tuple[int, int]] = {}
     for name in _progress(order, progress, f"int{bits} gptq"):
@@ -985,8 +1098,9 @@ def _run_gptq(model, batches, linears, order, calls, results, bits, group_size, 
         fake = _fake(q, s, z, bits, group_size)
         if not torch.isfinite(fake).all():  # cannot happen with finite weights; never hand out NaN
             raise FloatingPointError(f"GPTQ produced non-finite weights for {name}")
-        _set_fake_weight(lin, fake)
-        results[name] = (q, s, z, None)
+        results[name] = (q if bits == 8 else _Codes(q), s, z, None)
+        stand_ins.set(name, fake=fake)
+        del fake
     _warn_dead_inputs("GPTQ", dead, "GPTQ set their weights to 0, as its reference implementation does (they do not "
                       "change the output on the calibration rows)")
 
@@ -1017,7 +1131,7 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     Wd[:, dead] = 0
     U, _ = _gptq._inverse_cholesky(H, percdamp, name)
     s = s8.double().reshape(-1)
-    Q = torch.empty(N, K, dtype=torch.int8)
+    Q = torch.empty(N, K, dtype=torch.int8, device=W.device)
     for i1 in range(0, K, blocksize):
         i2 = min(i1 + blocksize, K)
         W1 = Wd[:, i1:i2].clone()
@@ -1033,8 +1147,8 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     return Q, s8, torch.zeros_like(s8, dtype=torch.int64)
 
 
-def _run_awq(model, batches, linears, order, calls, results, group_size, grid, fold, max_rows, progress,
-             plan=None, symmetric=False):
+def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_size, grid, fold, max_rows,
+             progress, plan=None, symmetric=False):
     producers = _producers(model, order) if fold else {}
     traced = producers is not None
     producers = producers or {}
@@ -1063,7 +1177,7 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
             return (id(plan[n][0]), plan[n][1]) if n in plan else block_of(linears[n])
         if any(prod is not None and block_of(mods[prod]) != where(members[0]) for prod, members in groups):
             plan = {}
-    feeder = _Feeder(model, batches, plan)
+    feeder = _Feeder(model, batches, plan, stand_ins.drop_block)
     gen = torch.Generator().manual_seed(0)
     dead: Dict[str, Tuple[int, int]] = {}
     for prod, members in _progress(groups, progress, "int4 awq"):
@@ -1078,7 +1192,7 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
             for m in members:
                 W = linears[m].weight.detach().float()
                 s_, z_ = choose_group_qparams(W, group_size, symmetric)
-                results[m] = (quantize_groups(W, s_, z_, group_size), s_, z_, None)
+                results[m] = (_Codes(quantize_groups(W, s_, z_, group_size)), s_, z_, None)
             continue
         X = torch.cat(rows, 0)
         if not bool(torch.isfinite(X).all()):
@@ -1097,13 +1211,14 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
             q = quantize_groups(Ws, sc, zp, group_size)
             fake = dequantize_groups(q, sc, zp, group_size)
             if prod is None:
-                results[m] = (q, sc, zp, 1.0 / s)
-                _set_fake_weight(linears[m], fake / s)
+                results[m] = (_Codes(q), sc, zp, 1.0 / s)
+                stand_ins.set(m, div=s, fake=fake)
             else:
-                results[m] = (q, sc, zp, None)
-                _set_fake_weight(linears[m], fake)
+                results[m] = (_Codes(q), sc, zp, None)
+                stand_ins.set(m, fake=fake)
+            del fake
         if prod is not None:
-            _fold_into(mods[prod], prod, s, results)
+            _fold_into(mods[prod], prod, s, results, stand_ins)
     _warn_dead_inputs("AWQ", dead, "AWQ left their weights unscaled (s = 1) and their inputs unamplified")
     kept = [n for n in order if n in results and results[n][3] is not None]
     if fold and kept:
@@ -1116,7 +1231,7 @@ def _run_awq(model, batches, linears, order, calls, results, group_size, grid, f
                       f"call (first: {kept[:3]})", UserWarning, stacklevel=user_stacklevel())
 
 
-def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tuple]):
+def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tuple], stand_ins: "_StandIns"):
     """Divides the output channels of the producer by s (its consumers' weights were multiplied)."""
     with torch.no_grad():
         if isinstance(pm, nn.LayerNorm):
@@ -1124,14 +1239,18 @@ def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tup
             if pm.bias is not None:
                 pm.bias.div_(s.to(pm.bias.dtype))
             return
-        # A Linear: its float weight (the stand-in while later layers calibrate) and bias; when it
-        # is itself quantized here, its group scales (exact: row n of s_g * (q - z) divides by s[n]).
-        pm.weight.div_(s.to(pm.weight.dtype).reshape(-1, 1))
+        # A Linear: its bias, and when it is quantized here, its group scales (exact: row n of
+        # s_g * (q - z) divides by s[n]) and so its stand-in; a Linear left in float, its weight.
         if pm.bias is not None:
             pm.bias.div_(s.to(pm.bias.dtype))
         if name in results:
             q, sc, zp, inp = results[name]
             results[name] = (q, sc / s.reshape(-1, 1).to(sc.dtype), zp, inp)
+            stand_ins.set(name)
+        elif name in stand_ins.linears:  # (quantized later: the given weight, shared with the caller's model, stays)
+            stand_ins.replace_weight(name, pm.weight / s.to(pm.weight.dtype).reshape(-1, 1))
+        else:
+            pm.weight.div_(s.to(pm.weight.dtype).reshape(-1, 1))
 
 
 def _aliases(model) -> Dict[int, List[str]]:
@@ -1143,8 +1262,9 @@ def _aliases(model) -> Dict[int, List[str]]:
 
 def _swap(model, linears, results, bits, group_size, swapped=None):
     aliases = _aliases(model)
-    for name, res in results.items():
-        new = _swap_one(model, name, linears[name], res, bits, group_size, aliases, swapped)
+    for name in list(results):
+        # (each layer's codes let go once its module holds them)
+        new = _swap_one(model, name, linears[name], results.pop(name), bits, group_size, aliases, swapped)
         if not name:  # the model is the one layer
             return new
     return model
@@ -1155,6 +1275,7 @@ def _swap_one(model, name, lin, res, bits, group_size, aliases, swapped=None):
     swaps in `swapped`, to undo them) and returns it."""
     from .nn.quantized import DynamicLinear
     q, s, z, inp = res
+    q = _codes(q)
     # the bias is the module's current one (AWQ may have folded a scale into it)
     if bits == 4:
         new = LinearWeightOnlyInt4.from_qparams(q, s, z, lin.bias, group_size, inp)

@@ -50,17 +50,26 @@ def awq_search(x: torch.Tensor, weights: Sequence[torch.Tensor], group_size: int
     Returns (s, alpha, loss per grid point)."""
     check_symmetric(symmetric)
     x = x.detach().float().reshape(-1, x.shape[-1])
-    w = torch.cat([wi.detach().float() for wi in weights], 0)
+    n, K = x.shape
     x_abs_mean = x.abs().mean(0)
-    y_ref = x @ w.t()
+    # The loss in blocks of output rows (each row's group qparams are its own): the rounded
+    # weights and the outputs of one block at a time, where the whole layer's took several
+    # copies of X W^T (a 32000-row LM head on 4096 calibration rows: about 3 GB) and of W.
+    rows = max(1, min((1 << 22) // max(n, 1), (1 << 20) // max(K, 1)))
+    blocks = [wi.detach()[r:r + rows] for wi in weights for r in range(0, wi.shape[0], rows)]
+    y_ref = [x @ b.float().t() for b in blocks]
+    total = n * sum(b.shape[0] for b in blocks)
     losses = []
     best = (float("inf"), None, 0.0)
     for i in range(grid):
         alpha = i / grid
         s = awq_candidate_scales(x_abs_mean, alpha)
-        wq = torch.cat([rtn_fake(wi.detach().float() * s, group_size, symmetric) for wi in weights], 0) / s
-        # squared in float64: calibration rows of 1e20 overflow a float32 square
-        loss = float(((x @ wq.t() - y_ref).double() ** 2).mean())
+        acc = torch.zeros((), dtype=torch.float64, device=x.device)
+        for b, y in zip(blocks, y_ref):
+            wq = rtn_fake(b.float() * s, group_size, symmetric) / s
+            # squared in float64: calibration rows of 1e20 overflow a float32 square
+            acc += ((x @ wq.t() - y).double() ** 2).sum()
+        loss = float(acc / total) if total else float("nan")
         losses.append(loss)
         if loss < best[0]:
             best = (loss, s, alpha)

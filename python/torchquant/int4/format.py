@@ -116,7 +116,17 @@ def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
 def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int) -> torch.Tensor:
     """float32 ``s * (q - z)`` of uint4 values q [N, K]."""
     K = q.shape[-1]
-    return (q.float() - _expand(zero_point.float(), K, group_size)) * _expand(scale.float(), K, group_size)
+    if q.dim() != 2 or scale.shape[0] != q.shape[0] or zero_point.shape[0] != q.shape[0]:
+        # (qparams broadcast over other shapes: at once)
+        return (q.float() - _expand(zero_point.float(), K, group_size)) * _expand(scale.float(), K, group_size)
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    q2, s2, z2, o2 = (t.reshape(-1, t.shape[-1]) for t in (q, scale, zero_point, out))
+    # in blocks of rows, as quantize_groups (whole, its temporaries took three times the output)
+    rows = max(1, (1 << 20) // max(K, 1))
+    for i in range(0, q2.shape[0], rows):
+        o2[i:i + rows] = ((q2[i:i + rows].float() - _expand(z2[i:i + rows].float(), K, group_size))
+                          * _expand(s2[i:i + rows].float(), K, group_size))
+    return out
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:

@@ -41,27 +41,37 @@ class HessianAccumulator:
 def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> Tuple[torch.Tensor, float]:
     """Upper Cholesky factor of (H + damp I)^-1; damp starts at percdamp * mean(diag H) and grows
     tenfold until the factorization succeeds (a Hessian that is not positive definite after
-    dampening: rank-deficient with rounding below zero, or indefinite)."""
+    dampening: rank-deficient with rounding below zero, or indefinite). H (the caller's own copy)
+    is dampened in place and holds H + damp I after the call: with it, at most three K x K
+    matrices are alive at once (H, the factor, the inverse), where an identity matrix and the
+    dampened sum beside them made five."""
     K = H.shape[0]
     if not bool(torch.isfinite(H).all()):
         raise ValueError(f"GPTQ: the inputs of {name} on the calibration data hold NaN or inf (its Hessian is not "
                          "finite): check 'calib_data' and the layers before it")
-    mean_diag = float(torch.diag(H).mean()) if K else 1.0
+    diag = H.diagonal()
+    mean_diag = float(diag.mean()) if K else 1.0
     if not math.isfinite(mean_diag) or mean_diag <= 0:
         mean_diag = 1.0
     damp = percdamp * mean_diag
-    eye = torch.eye(K, dtype=H.dtype, device=H.device)
+    d0 = diag.clone()
     for attempt in range(12):
-        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        torch.add(d0, damp, out=diag)
+        L, info = torch.linalg.cholesky_ex(H)
         if int(info) == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if int(info) == 0 and bool(torch.isfinite(U).all()):
                 if attempt:
                     warnings.warn(f"GPTQ: the Hessian of {name} is not positive definite with dampening "
                                   f"{percdamp:g} * mean(diag); used {damp / mean_diag:.3g} * mean(diag)",
                                   RuntimeWarning, stacklevel=3)
                 return U, damp
+            del U
+        else:
+            del L
         damp *= 10.0
     raise torch.linalg.LinAlgError(f"GPTQ: the Hessian of {name} could not be factorized even with dampening "
                                    f"{damp / mean_diag:.3g} * mean(diag)")
@@ -113,6 +123,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
         scale_all = torch.empty(N, G, dtype=torch.float32, device=W.device)
         zero_all = torch.empty(N, G, dtype=torch.int64, device=W.device)
     Hinv, _ = _inverse_cholesky(H, percdamp, name)
+    del H  # (dampened in place; only its inverse's factor is read from here)
     Q = torch.empty(N, K, dtype=torch.uint8, device=W.device)  # the codes 0..15, exact
     for i1 in range(0, K, blocksize):
         i2 = min(i1 + blocksize, K)

@@ -210,7 +210,10 @@ class LinearWeightOnlyInt4(nn.Module):
         if qvalues.dtype == torch.bool or qvalues.is_complex():
             raise TypeError(f"argument 'qvalues' must hold integers in [0, 15], got dtype {qvalues.dtype}")
         if qvalues.numel():
-            lo, hi = (float(v) for v in torch.aminmax(qvalues.detach().to(torch.float64)))
+            src = qvalues.detach()
+            if src.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+                src = src.to(torch.float64)  # (an integer dtype's range is read as it is: no copy of 8 bytes a value)
+            lo, hi = (float(v) for v in torch.aminmax(src))
             if lo < 0 or hi > 15:
                 hint = " (signed int4 values q in [-8, 7] are q + 8, with zero points + 8)" if lo < 0 else ""
                 raise ValueError(f"argument 'qvalues' must hold unsigned 4-bit values in [0, 15], got values in "
