@@ -39,3 +39,13 @@ def test_bench_decode_smoke():
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for what in ("fp32", "bf16", "torch.ao int8 dynamic", "torchquant int8 dynamic", "torchquant int4 g128 rtn"):
         assert any(line.startswith(what + " ") for line in r.stdout.splitlines()), r.stdout
+
+
+def test_bench_weight_only_memory_smoke():
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_weight_only_memory.py"), "--layers", "1",
+                        "--hidden", "64", "--vocab", "128", "--methods", "gptq"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("gptq ")]
+    assert [row[1] for row in rows] == ["copy", "in"] and all(int(row[-2]) >= 0 for row in rows), r.stdout
