@@ -90,11 +90,12 @@ def test_mapping_classes_written_for_torch_ao():
     d = tq.quantize_dynamic(nn.Sequential(nn.Linear(4, 4), _Scale()), {nn.Linear, _Scale},
                             mapping={**tq.get_default_dynamic_quant_module_mappings(), _Scale: _QScale})
     assert type(d[1]) is _QScale
-    # torch.ao's own QAT mapping (its classes' from_float take no name either)
-    m = nn.Sequential(tq.QuantStub(), nn.Linear(4, 4), tq.DeQuantStub()).train()
+    # torch.ao's own QAT mapping: its classes stand for torchquant's (a torch.ao QAT Linear got no
+    # output fake-quant from prepare and failed after convert); a user's QAT class is called as given
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(4, 4), _Scale(), tq.DeQuantStub()).train()
     m.qconfig = tq.default_qat_qconfig
-    p = tq.prepare_qat(m, mapping=torch.ao.quantization.get_default_qat_module_mappings())
-    assert type(p[1]) is torch.ao.nn.qat.Linear
+    p = tq.prepare_qat(m, mapping={**torch.ao.quantization.get_default_qat_module_mappings(), _Scale: _QScale})
+    assert type(p[1]) is tq.nn.qat.Linear and type(p[2]) is _QScale
 
 
 def test_empty_mapping_swaps_nothing():
