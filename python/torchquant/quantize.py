@@ -11,6 +11,7 @@ Differences from torch.ao are listed in docs/eager_api.md.
 """
 import copy
 import enum
+import functools
 import inspect
 import warnings
 from collections import OrderedDict
@@ -727,6 +728,7 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
             _swap(child, mapping, full, require_qconfig, memo)
 
 
+@functools.lru_cache(maxsize=None)
 def _ao_observer_hooks() -> tuple:
     """torch.ao's prepare's observer hooks (a model prepared by it converts with torchquant's
     convert: its observers are read as torchquant's; the hooks call them, so they go with them)."""
@@ -811,6 +813,7 @@ def _clean(model: nn.Module, remove_qconfig: bool = True) -> None:
     """Removes observers, their hooks and (``remove_qconfig``) qconfigs left on modules that were
     not swapped; float leaf modules under a qconfig get a hook that dequantizes QTensor inputs
     (with a warning)."""
+    observers = _ao_observer_hooks()
     for mod in list(model.modules()):
         out_quant = None
         for k, hook in list(mod._forward_pre_hooks.items()):
@@ -818,7 +821,6 @@ def _clean(model: nn.Module, remove_qconfig: bool = True) -> None:
                 del mod._forward_pre_hooks[k]
         mod.__dict__.pop("_tq_input_range", None)
         if hasattr(mod, "activation_post_process") and not isinstance(mod, (nnq.Linear, nnq.Quantize)):
-            observers = _ao_observer_hooks()
             for k, hook in list(mod._forward_pre_hooks.items()):
                 if hook in observers:
                     del mod._forward_pre_hooks[k]

@@ -96,20 +96,25 @@ def _expand(t: torch.Tensor, K: int, group_size: int) -> torch.Tensor:
     return t.repeat_interleave(group_size, dim=-1)[..., :K]
 
 
+def _row_blocks(n: int, K: int):
+    """Slices of about 4 MB of float32 rows [K] covering n rows: quantize_groups and
+    dequantize_groups work a block at a time (whole, their float32 temporaries took about three
+    times the layer's float weight at once: a 125 MB LM head peaked 391 MB above it)."""
+    rows = max(1, (1 << 20) // max(K, 1))
+    return [slice(i, i + rows) for i in range(0, n, rows)]
+
+
 def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int) -> torch.Tensor:
     """uint4 values (as uint8 [N, K]) of w with the given group qparams:
     ``clamp(nearbyint(w * (1 / s)) + z, 0, 15)`` in float32."""
     K = w.shape[-1]
     out = torch.empty(w.shape, dtype=torch.uint8, device=w.device)
     w2, s2, z2, o2 = (t.reshape(-1, t.shape[-1]) for t in (w, scale, zero_point, out))
-    # In blocks of rows, about 4 MB of float32 each: whole, its float32 temporaries took about
-    # three times the layer's float weight at once (a 125 MB LM head peaked 391 MB above it).
-    rows = max(1, (1 << 20) // max(K, 1))
-    for i in range(0, w2.shape[0], rows):
-        inv = torch.ones_like(s2[i:i + rows]) / s2[i:i + rows]
-        q = torch.round(w2[i:i + rows].float() * _expand(inv, K, group_size))
-        q += _expand(z2[i:i + rows].float(), K, group_size)
-        o2[i:i + rows] = torch.clamp(torch.nan_to_num(q, nan=0.0), 0, QMAX)
+    for r in _row_blocks(w2.shape[0], K):
+        inv = torch.ones_like(s2[r]) / s2[r]
+        q = torch.round(w2[r].float() * _expand(inv, K, group_size))
+        q += _expand(z2[r].float(), K, group_size)
+        o2[r] = torch.clamp(torch.nan_to_num(q, nan=0.0), 0, QMAX)
     return out
 
 
@@ -121,11 +126,8 @@ def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
         return (q.float() - _expand(zero_point.float(), K, group_size)) * _expand(scale.float(), K, group_size)
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     q2, s2, z2, o2 = (t.reshape(-1, t.shape[-1]) for t in (q, scale, zero_point, out))
-    # in blocks of rows, as quantize_groups (whole, its temporaries took three times the output)
-    rows = max(1, (1 << 20) // max(K, 1))
-    for i in range(0, q2.shape[0], rows):
-        o2[i:i + rows] = ((q2[i:i + rows].float() - _expand(z2[i:i + rows].float(), K, group_size))
-                          * _expand(s2[i:i + rows].float(), K, group_size))
+    for r in _row_blocks(q2.shape[0], K):
+        o2[r] = (q2[r].float() - _expand(z2[r].float(), K, group_size)) * _expand(s2[r].float(), K, group_size)
     return out
 
 
