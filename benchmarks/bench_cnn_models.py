@@ -9,6 +9,11 @@ at batch 1.
     python benchmarks/bench_cnn_models.py
     python benchmarks/bench_cnn_models.py --cases resnet18:1 --rounds 3
     python benchmarks/bench_cnn_models.py --cases mobilenet_v2:8 --per-layer
+    python benchmarks/bench_cnn_models.py --reduce-range
+
+--reduce-range adds a column: torchquant with 7-bit activations (HistogramObserver with
+reduce_range=True, as torch.ao's x86 default has), the same activation range as the torch.ao
+column. On CPUs without AVX-512 VNNI its convolutions take the vpmaddubsw loop (gemm_avx2.cpp).
 
 --per-layer times every leaf module of both converted models on the activations it receives in
 the model (captured by forward hooks): the same layer of torch.ao and torchquant, interleaved,
@@ -96,14 +101,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=3)
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="also time torchquant with 7-bit activations (torch.ao's x86 activation range)")
     ap.add_argument("--per-layer", action="store_true",
                     help="also time each leaf module of both int8 models on its in-model inputs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()}, torch {torch.__version__}, torchquant cpu_isa={torchquant.cpu_isa()}, "
           f"{args.threads} threads, input 3x{args.size}x{args.size}; ms per batch (best of {args.rounds} rounds)")
+    rr = args.reduce_range
     print(f"{'model':<14} {'batch':>5} {'fp32':>9} {'torch.ao':>9} {'torchquant':>10} "
-          f"{'tq/ao':>7} {'tq/fp32':>8}")
+          f"{'tq/ao':>7} {'tq/fp32':>8}" + (f" {'tq 7-bit':>9} {'tq7/ao':>7} {'tq7/fp32':>8}" if rr else ""))
     for case in args.cases:
         name, batch = case.split(":")
         batch = int(batch)
@@ -114,10 +122,17 @@ def main():
             warnings.simplefilter("ignore")
             tq_model = quantize_with("torchquant", model, calib)
             ao_model = quantize_with("ao", model, calib)
+            models = [model, ao_model, tq_model]
+            if rr:
+                models.append(quantize_with("torchquant", model, calib, reduce_range=True))
         x = torch.rand(batch, 3, args.size, args.size, generator=gen)
-        t_fp, t_ao, t_tq = best_times([model, ao_model, tq_model], x, args.rounds, args.per_round)
-        print(f"{name:<14} {batch:>5} {t_fp * 1e3:>9.2f} {t_ao * 1e3:>9.2f} {t_tq * 1e3:>10.2f} "
-              f"{t_ao / t_tq:>6.2f}x {t_fp / t_tq:>7.2f}x", flush=True)
+        t = best_times(models, x, args.rounds, args.per_round)
+        t_fp, t_ao, t_tq = t[:3]
+        line = (f"{name:<14} {batch:>5} {t_fp * 1e3:>9.2f} {t_ao * 1e3:>9.2f} {t_tq * 1e3:>10.2f} "
+                f"{t_ao / t_tq:>6.2f}x {t_fp / t_tq:>7.2f}x")
+        if rr:
+            line += f" {t[3] * 1e3:>9.2f} {t_ao / t[3]:>6.2f}x {t_fp / t[3]:>7.2f}x"
+        print(line, flush=True)
         if args.per_layer:
             per_layer(ao_model, tq_model, x, rounds=3)
 

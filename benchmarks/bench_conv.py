@@ -15,6 +15,10 @@ Rows marked "relu zp0 bN" are layers as they run inside a converted model: the i
 ReLU (activation zero point 0, values >= 0), the conv has its ReLU fused (torch.ao's ConvReLU2d,
 output zero point 0) and the batch is N whatever --batch says. torch.ao's depthwise kernel takes
 a faster path for a zero activation zero point, so the zp-128 rows alone misjudge the model.
+
+--reduce-range gives both libraries 7-bit activations (codes 0..127, zero point 64, or 0 after a
+ReLU), the range of torch.ao's x86 default qconfig: on CPUs without AVX-512 VNNI, torchquant's
+GEMM then takes its vpmaddubsw loop (gemm_avx2.cpp).
 """
 import os
 import sys
@@ -66,7 +70,7 @@ SHAPES = [
 ]
 
 
-def bench_shape(label, cin, cout, hw, k, s, p, g, opts, batch, rounds, target_ms):
+def bench_shape(label, cin, cout, hw, k, s, p, g, opts, batch, rounds, target_ms, reduce_range=False):
     relu = opts.get("relu", False)
     batch = opts.get("batch", batch)
     torch.manual_seed(0)
@@ -80,10 +84,13 @@ def bench_shape(label, cin, cout, hw, k, s, p, g, opts, batch, rounds, target_ms
         x = x.clamp(min=0)
         x_scale, x_zp = 0.015, 0
         out_scale, out_zp = 0.02, 0
+    qmax = 255
+    if reduce_range:  # 7-bit codes: twice the step over the same range
+        qmax, x_scale, x_zp = 127, x_scale * 2, x_zp // 2
     # torchquant
     qw = torch.round(w / w_scale.reshape(-1, 1, 1, 1)).clamp(-128, 127).to(torch.int8)
     wp, cs = ops.pack_conv_weight(qw, g)
-    qx = torch.clamp(torch.round(x / x_scale) + x_zp, 0, 255).to(torch.uint8).contiguous(
+    qx = torch.clamp(torch.round(x / x_scale) + x_zp, 0, qmax).to(torch.uint8).contiguous(
         memory_format=torch.channels_last)
     xs, xz = torch.tensor([x_scale]), torch.tensor([x_zp], dtype=torch.int32)
     os_, oz = torch.tensor([out_scale]), torch.tensor([out_zp], dtype=torch.int32)
@@ -99,7 +106,9 @@ def bench_shape(label, cin, cout, hw, k, s, p, g, opts, batch, rounds, target_ms
     aoq.set_weight_bias(torch.quantize_per_channel(w, w_scale.double(), torch.zeros(cout, dtype=torch.long), 0,
                                                    torch.qint8), bias)
     aoq.scale, aoq.zero_point = out_scale, out_zp
-    ax = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8).contiguous(memory_format=torch.channels_last)
+    ax = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8) if qmax == 255 else \
+        torch._make_per_tensor_quantized_tensor(qx.contiguous(), x_scale, x_zp)  # (the same 7-bit codes)
+    ax = ax.contiguous(memory_format=torch.channels_last)
 
     def ao():
         return aoq(ax)
@@ -117,7 +126,8 @@ def bench_shape(label, cin, cout, hw, k, s, p, g, opts, batch, rounds, target_ms
 
 def main():
     run_layers("int8 conv per layer, batch {batch}, uint8 in / uint8 out", SHAPES,
-               lambda shape, *run: bench_shape(*shape[:8], shape[8] if len(shape) > 8 else {}, *run), 28)
+               lambda shape, *run, **kw: bench_shape(*shape[:8], shape[8] if len(shape) > 8 else {}, *run, **kw), 28,
+               flags=[("reduce-range", "7-bit activations for both libraries (torch.ao's x86 activation range)")])
 
 
 if __name__ == "__main__":

@@ -80,12 +80,15 @@ def interleaved_us(fns, rounds, target_ms):
     return {n: sorted(ts)[len(ts) // 10] * 1e6 for n, ts in times.items()}
 
 
-def run_layers(title, shapes, bench, label_width):
+def run_layers(title, shapes, bench, label_width, flags=()):
     """The main of a per-layer benchmark (bench_conv.py, bench_conv_transpose.py). Options
-    --threads, --rounds, --target-ms, --batch, --only (a substring of the shape labels). Prints
+    --threads, --rounds, --target-ms, --batch, --only (a substring of the shape labels), and the
+    on/off options `flags` ((name, help) pairs, passed to bench as keyword arguments). Prints
     the header (title.format(batch=...)) and one row per shape: bench(shape, batch, rounds,
     target_ms) gives {"tq", "ao", "fp32"} in microseconds; shape[0] is its label."""
     ap = argparse.ArgumentParser()
+    for name, text in flags:
+        ap.add_argument(f"--{name}", action="store_true", help=text)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--target-ms", type=float, default=40)
@@ -99,6 +102,7 @@ def run_layers(title, shapes, bench, label_width):
     for shape in shapes:
         if a.only and a.only not in shape[0]:
             continue
-        t = bench(shape, a.batch, a.rounds, a.target_ms)
+        t = bench(shape, a.batch, a.rounds, a.target_ms,
+                  **{name.replace("-", "_"): getattr(a, name.replace("-", "_")) for name, _ in flags})
         print(f"{shape[0]:<{label_width}} {t['tq']:13.1f} {t['ao']:11.1f} {t['fp32']:9.1f} {t['ao'] / t['tq']:6.2f}x "
               f"{t['fp32'] / t['tq']:7.2f}x", flush=True)

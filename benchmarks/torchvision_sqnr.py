@@ -57,11 +57,15 @@ def build(name: str, size: int, seed: int = 0) -> torch.nn.Module:
     return set_bn_statistics(getattr(tvq, name)(weights=None, quantize=False, **kwargs), size)
 
 
-def quantize_with(flow: str, model: torch.nn.Module, calib) -> torch.nn.Module:
-    """What a user writes for a torchvision quantizable model, with torchquant or torch.ao."""
+def quantize_with(flow: str, model: torch.nn.Module, calib, reduce_range: bool = False) -> torch.nn.Module:
+    """What a user writes for a torchvision quantizable model, with torchquant or torch.ao
+    (reduce_range: torchquant with 7-bit activations, torch.ao's x86 activation range)."""
     m = copy.deepcopy(model).eval()
     if flow == "torchquant":
         m.qconfig = tq.get_default_qconfig("x86")
+        if reduce_range:
+            m.qconfig = tq.QConfig(activation=tq.HistogramObserver.with_args(reduce_range=True),
+                                   weight=m.qconfig.weight)
         m.fuse_model()
         tq.prepare(m, inplace=True)
         with torch.no_grad():

@@ -58,6 +58,28 @@ def check_matches_reference(make, run, case, xdtype, out_dtype, relu, case_index
         assert_same(got, want)
 
 
+def check_7bit_activations(make, run, case, out_dtype, relu, case_index):
+    """uint8 activations in [0, 127] (reduce_range=True: the CPUs without VNNI multiply such
+    tiles with vpmaddubsw), with both ends present, against the oracle; then the same with the
+    last position of every channel at 255 against weights of -128 for the first output channel:
+    a tile holding them must take the 8-bit loop (a pair of 255 x -128 products saturates
+    vpmaddubsw's int16 sum) while the others stay on the 7-bit one."""
+    for batch in (1, 2):
+        x, xs, xz, w, ws, bias = make(case, batch, torch.uint8, seed=3 + batch + 7 * case_index)
+        x = x // 2
+        flat = x.view(-1)
+        if flat.numel() >= 2:
+            flat[0], flat[1] = 0, 127
+        xz = xz // 2
+        w[0] = -128
+        mixed = x.clone()
+        mixed[(slice(None), slice(None)) + (-1,) * (x.dim() - 2)] = 255
+        os_, oz = out_qparams(out_dtype, "cpu")
+        for x_case in (x, mixed):
+            got, want = run(case, x_case, xs, xz, w, ws, bias, out_dtype, relu, os_, oz)
+            assert_same(got, want)
+
+
 def check_device_matches_reference(make, run, case, device):
     """Every input dtype and a float / uint8 / int8 output on device, against the oracle."""
     for xdtype in (torch.uint8, torch.int8):

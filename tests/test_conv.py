@@ -15,9 +15,9 @@ import torchquant
 from torchquant import reference
 
 from conftest import num_threads
-from _conv_helpers import (assert_same, check_device_matches_reference, check_low_float_out, check_matches_reference,
-                           check_noncontiguous_and_layouts, check_saturation_and_ties, check_shared_bad_input, make_data,
-                           out_qparams)
+from _conv_helpers import (assert_same, check_7bit_activations, check_device_matches_reference, check_low_float_out,
+                           check_matches_reference, check_noncontiguous_and_layouts, check_saturation_and_ties,
+                           check_shared_bad_input, make_data, out_qparams)
 
 ops = torch.ops.torchquant
 
@@ -79,6 +79,12 @@ def _run(case, x, xs, xz, w, ws, bias, out_dtype, relu, out_scale=None, out_zp=N
                                             (torch.int8, True)])
 def test_conv_matches_reference(isa, case, xdtype, out_dtype, relu):
     check_matches_reference(_make, _run, case, xdtype, out_dtype, relu, CASES.index(case))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("out_dtype,relu", [(torch.float32, False), (torch.uint8, True)])
+def test_conv_7bit_activations(isa, case, out_dtype, relu):
+    check_7bit_activations(_make, _run, case, out_dtype, relu, CASES.index(case))
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)

@@ -292,6 +292,43 @@ def test_linear_int8_every_isa_matches_reference(M, K, N, xdtype):
                     assert torch.equal(got, want), (isa, zp, out_dtype, relu, b is None)
 
 
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (3, 2, 7), (4, 3, 16), (5, 5, 17), (9, 31, 40), (2, 33, 33),
+                                   (7, 67, 5), (33, 300, 20), (6, 4099, 18)])
+def test_linear_int8_7bit_activations(isa, M, K, N):
+    """uint8 activations in [0, 127] (reduce_range=True; without VNNI such 4-row tiles take the
+    vpmaddubsw loop), every K % 4, partial tiles and panels, per-tensor and per-row qparams,
+    each output kind, against the oracle; tiles holding bytes past 127 (in the body and in the
+    K % 4 tail) take the 8-bit loop beside 7-bit ones."""
+    gen = torch.Generator().manual_seed(M + 3 * K + 5 * N)
+    x, xs, xz, w, ws, bias = _linear_case(gen, M, K, N, torch.uint8, 0)
+    x = x // 2
+    x.view(-1)[: min(2, x.numel())] = torch.tensor([0, 127][: min(2, x.numel())], dtype=torch.uint8)
+    # A tile with bytes past 127 must take the 8-bit loop: a pair of 255s against a pair of
+    # -128s would saturate vpmaddubsw's int16 sum (at the start of the body, and in the K % 4 tail).
+    mixed = x.clone()
+    if M > 4 and K >= 2:
+        mixed[4, 0:2] = 255
+        w[: N // 2 + 1, 0:2] = -128
+        t = K // 4 * 4 if K % 4 >= 2 else K - 2
+        mixed[M - 1, t:t + 2] = 255
+        w[: N // 2 + 1, t:t + 2] = -128
+    wp, cs = ops.pack_weight(w)
+    row_s, row_z = torch.rand(M, generator=gen) + 0.1, torch.randint(0, 128, (M,), generator=gen, dtype=torch.int32)
+    for a in (x, mixed):
+        for s_, z_ in ((xs, torch.tensor([0], dtype=torch.int32)), (xs, torch.tensor([127], dtype=torch.int32)),
+                       (xs, torch.tensor([255], dtype=torch.int32)), (row_s, row_z)):
+            for out_dtype, os_t, oz_t, relu in ((None, None, None, False),
+                                                (torch.uint8, torch.tensor([1.0]), torch.tensor([128], dtype=torch.int32), True),
+                                                (torch.int8, torch.tensor([3.0]), torch.tensor([-5], dtype=torch.int32), False)):
+                want = reference.linear_int8(a, s_, z_, w, ws, bias, os_t, oz_t, relu, out_dtype)
+                got = ops.linear_int8(a, s_, z_, wp, cs, ws, bias, os_t, oz_t, relu, out_dtype)
+                assert torch.equal(got, want), (a is mixed, s_.numel(), int(z_[0]), out_dtype)
+    if M * K * N < 2 ** 16:  # int32 accumulators, unscaled: the sums themselves
+        got = ops.linear_int8(x, torch.tensor([1.0]), torch.tensor([0], dtype=torch.int32), wp, cs, torch.ones(N), None,
+                              None, None)
+        assert torch.equal(got, _exact_mm(x, w.t()).float())
+
+
 def test_linear_int8_every_partial_column_chunk(isa):
     """N = 1 .. 33: every width of the last (masked) 16- or 8-column chunk, every output kind."""
     gen = torch.Generator().manual_seed(5)

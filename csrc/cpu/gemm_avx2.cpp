@@ -11,6 +11,16 @@
 // channels = 8 accumulators + 2 weight vectors + broadcasts of the 16 ymm registers (with 6
 // rows GCC hoists the broadcasts and spills accumulators, which costs more than it gains).
 //
+// Unsigned activations that all lie in [0, 127] (a tile of rows quantized with reduce_range=True,
+// torch.ao's x86 default: 7-bit activations) take a second inner loop: vpmaddubsw multiplies the
+// bytes as they are, uint8 activation x int8 weight, and adds adjacent products into an int16
+// lane. With x <= 127 a pair sum is at most 2 * 127 * 128 = 32512 in magnitude: no saturation,
+// and the sums are exact. vpmaddwd with ones then adds the two pairs of each 4-k group into the
+// channel's int32 lane. That is 32 products per vpmaddubsw where vpmaddwd gives 16, and the
+// activations need no widening: the tile is read in place, a 4-byte broadcast per row and group,
+// against all 16 channels of a panel. A tile holding any byte above 127 takes the vpmaddwd loop:
+// the check (an OR over the tile's bytes) decides per tile, so the results never depend on it.
+//
 // The epilogue repeats gemm_dequant / quantize_val with the same float32 operations in the same
 // order (no FMA), so outputs are bit-identical to the scalar oracle; the last N % 8 columns
 // go through the oracle itself.
@@ -125,6 +135,69 @@ TQ_TARGET_AVX2 void tail_group(int rows, const int16_t* tile, int64_t g, const i
   }
 }
 
+// 7-bit activations (see the top of the file): c[R][16] = the accumulators of a whole panel's 16
+// channels for R rows of unsigned activations in [0, 127], row i at a + i * lda (read in place).
+#define TQ_AVX2_ROW7(i)                                                                        \
+  if constexpr (R > i) {                                                                       \
+    int32_t xi;                                                                                \
+    std::memcpy(&xi, a + i * lda + 4 * g, 4);                                                  \
+    const __m256i x = _mm256_set1_epi32(xi);                                                   \
+    acc##i##0 = _mm256_add_epi32(acc##i##0, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones)); \
+    acc##i##1 = _mm256_add_epi32(acc##i##1, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones)); \
+  }
+#define TQ_AVX2_STORE7(i)                                                                      \
+  if constexpr (R > i) {                                                                       \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i * 16), acc##i##0);                    \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i * 16 + 8), acc##i##1);                \
+  }
+
+template <int R>
+TQ_TARGET_AVX2 void micro7(const uint8_t* a, int64_t lda, const int8_t* b, int64_t groups,
+                           int32_t* c) {
+  const __m256i z = _mm256_setzero_si256(), ones = _mm256_set1_epi16(1);
+  __m256i acc00 = z, acc01 = z, acc10 = z, acc11 = z, acc20 = z, acc21 = z, acc30 = z, acc31 = z;
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kGroup));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kGroup + 32));
+    TQ_AVX2_ROW7(0)
+    TQ_AVX2_ROW7(1)
+    TQ_AVX2_ROW7(2)
+    TQ_AVX2_ROW7(3)
+  }
+  TQ_AVX2_STORE7(0)
+  TQ_AVX2_STORE7(1)
+  TQ_AVX2_STORE7(2)
+  TQ_AVX2_STORE7(3)
+}
+
+#undef TQ_AVX2_ROW7
+#undef TQ_AVX2_STORE7
+
+using Micro7Fn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int32_t*);
+
+Micro7Fn pick_micro7(int rows) {
+  switch (rows) {
+    case 1: return &micro7<1>;
+    case 2: return &micro7<2>;
+    case 3: return &micro7<3>;
+    default: return &micro7<4>;
+  }
+}
+
+// True when every one of `rows` rows of K bytes (row i at a + i * lda) is at most 127.
+TQ_TARGET_AVX2 bool rows_are_7bit(const uint8_t* a, int64_t lda, int rows, int64_t K) {
+  __m256i acc = _mm256_setzero_si256();
+  uint8_t tail = 0;
+  for (int i = 0; i < rows; ++i) {
+    const uint8_t* row = a + i * lda;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32)
+      acc = _mm256_or_si256(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k)));
+    for (; k < K; ++k) tail = static_cast<uint8_t>(tail | row[k]);
+  }
+  return _mm256_movemask_epi8(acc) == 0 && tail < 128;
+}
+
 MicroFn pick_micro(int rows) {
   switch (rows) {
     case 1: return &micro<1>;
@@ -151,6 +224,40 @@ TQ_TARGET_AVX2 void epilogue_row(const GemmProblem& p, const int32_t* acc, int64
   }
   for (; j < ncols; ++j) {
     gemm_epilogue_one(p, m, n0 + j, gemm_correct(acc[j], zp, p.col_sums[n0 + j]), a_scale);
+  }
+}
+
+// Output rows [m, m + rows) for panels [p0, p1) from 7-bit unsigned activations (rows_are_7bit).
+TQ_TARGET_AVX2 void compute_tile7(const GemmProblem& p, const uint8_t* a, int64_t lda, int rows,
+                                  int64_t m, int64_t p0, int64_t p1) {
+  const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
+  alignas(32) int32_t c[kMR * 16];
+  alignas(32) int8_t tw[kGroup];
+  // The K % 4 tail of each row, zero-padded to a 4-byte group ([row][4]).
+  alignas(32) uint8_t ta[kMR * 4] = {};
+  for (int i = 0; i < rows && r != 0; ++i)
+    for (int64_t j = 0; j < r; ++j) ta[i * 4 + j] = a[i * lda + 4 * groups + j];
+  const Micro7Fn fn = pick_micro7(rows);
+  for (int64_t pp = p0; pp < p1; ++pp) {
+    const int8_t* b = p.w + pp * pstride;
+    fn(a, lda, b, groups, c);
+    if (r != 0) {  // the packed tail is [16][r]: spread it over a zero-padded 4-k group
+      std::memset(tw, 0, sizeof(tw));
+      const int8_t* src = b + groups * kGroup;
+      for (int64_t ch = 0; ch < kPanel; ++ch)
+        for (int64_t j = 0; j < r; ++j) tw[ch * 4 + j] = src[ch * r + j];
+      alignas(32) int32_t ct[kMR * 16];
+      pick_micro7(rows)(ta, 4, tw, 1, ct);
+      for (int i = 0; i < rows * 16; ++i)
+        c[i] = static_cast<int32_t>(static_cast<uint32_t>(c[i]) + static_cast<uint32_t>(ct[i]));
+    }
+    const int64_t n0 = pp * kPanel;
+    const int64_t ncols = p.N - n0 < kPanel ? p.N - n0 : kPanel;
+    for (int i = 0; i < rows; ++i) {
+      const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
+      const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
+      epilogue_row(p, c + i * 16, m + i, n0, ncols, zp, s);
+    }
   }
 }
 
@@ -183,6 +290,10 @@ TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int6
   const auto* a8 = static_cast<const uint8_t*>(a);
   for (int64_t m = m0; m < m1; m += kMR) {
     const int rows = static_cast<int>(m1 - m < kMR ? m1 - m : kMR);
+    if (p.a_unsigned && rows_are_7bit(a8 + m * lda, lda, rows, K)) {
+      compute_tile7(p, a8 + m * lda, lda, rows, m, p0, p1);
+      continue;
+    }
     pack_tile(a8 + m * lda, lda, p.a_unsigned, rows, K, tile);
     const MicroFn fn = pick_micro(rows);
     for (int64_t pp = p0; pp < p1; ++pp) {
