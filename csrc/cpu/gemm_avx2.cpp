@@ -198,6 +198,47 @@ TQ_TARGET_AVX2 bool rows_are_7bit(const uint8_t* a, int64_t lda, int rows, int64
   return _mm256_movemask_epi8(acc) == 0 && tail < 128;
 }
 
+// c[0 .. 15] from the pair sums of channels 0-3, 4-7, 8-11, 12-15 (two int32 lanes each): hadd
+// gives [c0 c1 c4 c5 | c2 c3 c6 c7] (64-bit pairs q0 q1 | q2 q3); 0xD8 orders q0 q2 q1 q3.
+TQ_TARGET_AVX2 inline void store16(int32_t* c, __m256i q0, __m256i q1, __m256i q2, __m256i q3) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), _mm256_permute4x64_epi64(_mm256_hadd_epi32(q0, q1), 0xD8));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + 8), _mm256_permute4x64_epi64(_mm256_hadd_epi32(q2, q3), 0xD8));
+}
+
+// One or two rows (decode-style calls, recurrent steps): c[R][16] = the accumulators of a whole
+// panel in one pass over its weights, each 64-byte group read once, in order, with the next
+// groups prefetched. The half-panel loop above reads every line of the panel twice, 32 bytes at
+// a time, which at one row left the weights' stream at a third of the memory's rate.
+template <int R>
+TQ_TARGET_AVX2 void micro16(const int16_t* tile, const int8_t* b, int64_t groups, int32_t* c) {
+  static_assert(R == 1 || R == 2, "one or two rows");
+  const __m256i z = _mm256_setzero_si256();
+  __m256i a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+  constexpr int64_t kAhead = 8;  // groups (512 bytes) ahead
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8_t* bg = b + g * kGroup;
+    if (g + kAhead < groups) _mm_prefetch(reinterpret_cast<const char*>(bg + kAhead * kGroup), _MM_HINT_T0);
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bg)));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bg + 16)));
+    const __m256i w2 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bg + 32)));
+    const __m256i w3 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bg + 48)));
+    const __m256i x0 = _mm256_set1_epi64x(load8(tile + (g * kMR) * 4));
+    a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(w0, x0));
+    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w1, x0));
+    a02 = _mm256_add_epi32(a02, _mm256_madd_epi16(w2, x0));
+    a03 = _mm256_add_epi32(a03, _mm256_madd_epi16(w3, x0));
+    if constexpr (R > 1) {
+      const __m256i x1 = _mm256_set1_epi64x(load8(tile + (g * kMR + 1) * 4));
+      a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(w0, x1));
+      a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(w1, x1));
+      a12 = _mm256_add_epi32(a12, _mm256_madd_epi16(w2, x1));
+      a13 = _mm256_add_epi32(a13, _mm256_madd_epi16(w3, x1));
+    }
+  }
+  store16(c, a00, a01, a02, a03);
+  if constexpr (R > 1) store16(c + 16, a10, a11, a12, a13);
+}
+
 MicroFn pick_micro(int rows) {
   switch (rows) {
     case 1: return &micro<1>;
@@ -224,6 +265,38 @@ TQ_TARGET_AVX2 void epilogue_row(const GemmProblem& p, const int32_t* acc, int64
   }
   for (; j < ncols; ++j) {
     gemm_epilogue_one(p, m, n0 + j, gemm_correct(acc[j], zp, p.col_sums[n0 + j]), a_scale);
+  }
+}
+
+// Output rows [m, m + rows <= 2) for panels [p0, p1) from a widened tile (micro16).
+TQ_TARGET_AVX2 void compute_tile16(const GemmProblem& p, const int16_t* tile, int rows, int64_t m,
+                                   int64_t p0, int64_t p1) {
+  const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
+  alignas(32) int32_t c[2 * 16];
+  alignas(32) int8_t tw[kGroup];
+  for (int64_t pp = p0; pp < p1; ++pp) {
+    const int8_t* b = p.w + pp * pstride;
+    if (rows == 1) micro16<1>(tile, b, groups, c);
+    else micro16<2>(tile, b, groups, c);
+    if (r != 0) {  // the packed tail is [16][r]: spread it over a zero-padded 4-k group
+      std::memset(tw, 0, sizeof(tw));
+      const int8_t* src = b + groups * kGroup;
+      for (int64_t ch = 0; ch < kPanel; ++ch)
+        for (int64_t j = 0; j < r; ++j) tw[ch * 4 + j] = src[ch * r + j];
+      alignas(32) int32_t ct[2 * 16];
+      // (the tile's tail group g = groups, as the row's only group)
+      if (rows == 1) micro16<1>(tile + groups * kMR * 4, tw, 1, ct);
+      else micro16<2>(tile + groups * kMR * 4, tw, 1, ct);
+      for (int i = 0; i < rows * 16; ++i)
+        c[i] = static_cast<int32_t>(static_cast<uint32_t>(c[i]) + static_cast<uint32_t>(ct[i]));
+    }
+    const int64_t n0 = pp * kPanel;
+    const int64_t ncols = p.N - n0 < kPanel ? p.N - n0 : kPanel;
+    for (int i = 0; i < rows; ++i) {
+      const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
+      const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
+      epilogue_row(p, c + i * 16, m + i, n0, ncols, zp, s);
+    }
   }
 }
 
@@ -295,6 +368,10 @@ TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int6
       continue;
     }
     pack_tile(a8 + m * lda, lda, p.a_unsigned, rows, K, tile);
+    if (rows <= 2) {
+      compute_tile16(p, tile, rows, m, p0, p1);
+      continue;
+    }
     const MicroFn fn = pick_micro(rows);
     for (int64_t pp = p0; pp < p1; ++pp) {
       const int8_t* b = p.w + pp * pstride;
