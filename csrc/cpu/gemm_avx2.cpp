@@ -274,7 +274,7 @@ TQ_TARGET_AVX2 void compute_tile16(const GemmProblem& p, const int16_t* tile, in
   const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
   alignas(32) int32_t c[2 * 16];
   alignas(32) int8_t tw[kGroup];
-  for (int64_t pp = p0; pp < p1; ++pp) {
+  for (int64_t pp = p0; pp < p1 && pp * kPanel < p.N; ++pp) {
     const int8_t* b = p.w + pp * pstride;
     if (rows == 1) micro16<1>(tile, b, groups, c);
     else micro16<2>(tile, b, groups, c);
@@ -311,7 +311,7 @@ TQ_TARGET_AVX2 void compute_tile7(const GemmProblem& p, const uint8_t* a, int64_
   for (int i = 0; i < rows && r != 0; ++i)
     for (int64_t j = 0; j < r; ++j) ta[i * 4 + j] = a[i * lda + 4 * groups + j];
   const Micro7Fn fn = pick_micro7(rows);
-  for (int64_t pp = p0; pp < p1; ++pp) {
+  for (int64_t pp = p0; pp < p1 && pp * kPanel < p.N; ++pp) {
     const int8_t* b = p.w + pp * pstride;
     fn(a, lda, b, groups, c);
     if (r != 0) {  // the packed tail is [16][r]: spread it over a zero-padded 4-k group
