@@ -13,6 +13,9 @@ process.
         the bandwidth of the bytes each reads (rows, their qparams, indices); torchquant's table
         is on transparent huge pages, and torch.ao is also timed with its table copied onto them
 
+--reduce-range adds torchquant with 7-bit activation rows to the bert rows
+(reduce_range_dynamic_qconfig: torch.ao's x86 dynamic range, which its column always uses).
+
 Times are the 10th percentile of single calls, implementations interleaved in rounds (see
 bench_linear.py). Ratios are anchor_time / torchquant_time (> 1: torchquant is faster).
 """
@@ -63,10 +66,13 @@ def bench_bert(args):
     enc = transformers.BertModel(cfg).encoder.eval()
     q = tq.quantize_dynamic(enc, {nn.Linear})
     ao = _ao_dynamic(enc, {nn.Linear})
+    q7 = tq.quantize_dynamic(enc, {nn.Linear: tq.reduce_range_dynamic_qconfig}) if args.reduce_range else None
     for batch in (1, 8):
         x = torch.randn(batch, 128, 768)
         with torch.no_grad():
             fns = {"fp32": lambda: enc(x), "torch.ao": lambda: ao(x), "torchquant": lambda: q(x)}
+            if q7 is not None:
+                fns["torchquant 7-bit"] = lambda: q7(x)
             us = interleaved_us(fns, args.rounds, args.target_ms)
         rows.append((f"BERT-base 2 layers seq128 b{batch}", us))
     return rows
@@ -112,6 +118,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--target-ms", type=float, default=200)
     ap.add_argument("--only", default="lstm,bert,bag")
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="also time torchquant with 7-bit activation rows on the bert rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(header("sequence models: torchquant vs torch.ao dynamic vs fp32"))
@@ -129,6 +137,10 @@ def main():
             if len(row) > 2:
                 bw = row[2]
                 line += f"   GB/s read: torchquant {bw['torchquant']:.1f}, torch.ao {bw['torch.ao']:.1f}"
+            if "torchquant 7-bit" in us:
+                t7 = us["torchquant 7-bit"]
+                line += (f"   torchquant 7-bit {t7 / 1e3:.3f} ms: {us['torch.ao'] / t7:.2f}x torch.ao, "
+                         f"{(fp / t7) if fp else float('nan'):.2f}x fp32")
             if "torch.ao huge pages" in us:
                 line += (f"   torch.ao on huge pages {us['torch.ao huge pages'] / 1e3:.3f} ms: "
                          f"{us['torch.ao huge pages'] / us['torchquant']:.2f}x")

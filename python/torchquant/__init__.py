@@ -109,6 +109,7 @@ from .qconfig import (  # noqa: E402
     per_channel_qconfig,
     per_tensor_qconfig,
     qconfig_equals,
+    reduce_range_dynamic_qconfig,
 )
 from .quantize import (  # noqa: E402
     ObserverOrFakeQuantize,

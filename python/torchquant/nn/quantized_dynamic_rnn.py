@@ -15,6 +15,7 @@ tensors (int8 weights, float32 scales, int32 zero points, float32 biases).
     >>> qlstm = torchquant.quantize_dynamic(nn.LSTM(16, 32, 2), {nn.LSTM})
     >>> out, (h, c) = qlstm(torch.randn(5, 3, 16))
 """
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -26,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import _fastcall
 from .._ops import ops
 from ..qconfig import default_dynamic_qconfig
-from .quantized import DynamicLinear
+from .quantized import DynamicLinear, _seven_bit_rows
 from ._state_dict import repack_if_stale
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"]
@@ -41,7 +42,9 @@ def _quantized_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], qconfi
     if bias is not None:
         lin.bias = nn.Parameter(bias.detach().float(), requires_grad=False)
     lin.qconfig = qconfig
-    return DynamicLinear.from_float(lin, name=name)
+    q = DynamicLinear.from_float(lin, name=name)
+    q.reduce_range = False  # (the recurrent kernels quantize their rows to 8 bits: _qconfig_of)
+    return q
 
 
 def _linear_args(q: DynamicLinear):
@@ -61,6 +64,10 @@ def _linear(x: torch.Tensor, args) -> torch.Tensor:
 
 def _qconfig_of(mod):
     qc = getattr(mod, "qconfig", None)
+    if _seven_bit_rows(mod):
+        warnings.warn(f"{type(mod).__name__}: 7-bit dynamic activations (a qconfig with quant_max=127, such as "
+                      "reduce_range_dynamic_qconfig) apply to Linear layers; the recurrent modules quantize their "
+                      "rows to 8 bits", UserWarning, stacklevel=4)
     return qc if qc is not None else default_dynamic_qconfig
 
 

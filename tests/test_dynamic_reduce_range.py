@@ -1,0 +1,116 @@
+"""Dynamic Linear layers with 7-bit activation rows (reduce_range_dynamic_qconfig): bit-identical
+with the oracle (per-row uint8 codes in [0, 127], then linear_int8) on every CPU kernel variant,
+set by quantize_dynamic from the qconfig, and kept through copies and state dicts."""
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchquant as tq
+from torchquant import reference
+from torchquant.nn import quantized as nnq
+
+from conftest import SUPPORTED_ISAS
+
+
+def _oracle(layer: nnq.DynamicLinear, x: torch.Tensor) -> torch.Tensor:
+    q, scale, zp = reference.quantize_rowwise(x.float(), 0, 127)
+    y = reference.linear_int8(q.view(torch.uint8), scale, zp, layer.qweight, layer.weight_scale, layer.bias,
+                              relu=layer._relu)
+    return y.to(x.dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 67), (2, 67), (5, 67), (9, 4, 67), (0, 67), (3, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_7bit_rows_match_the_oracle_on_every_isa(shape, relu):
+    torch.manual_seed(sum(shape) + relu)
+    K = shape[-1]
+    float_mod = nn.Sequential(nn.Linear(K, 37), nn.ReLU()) if relu else nn.Linear(K, 37)
+    mod = tq.fuse_modules(float_mod, [["0", "1"]]) if relu else float_mod
+    model = tq.quantize_dynamic(nn.Sequential(mod), {nn.Linear: tq.reduce_range_dynamic_qconfig,
+                                                     tq.nn.intrinsic.LinearReLU: tq.reduce_range_dynamic_qconfig})
+    layer = model[0][0] if relu else model[0]  # (the fused pair: DynamicLinear with its ReLU, then Identity)
+    assert isinstance(layer, nnq.DynamicLinear) and layer.reduce_range and layer._relu == relu
+    x = torch.randn(shape) * 3
+    if x.numel():
+        x.view(-1)[0] = 0.0
+    want = _oracle(layer, x)
+    for isa in SUPPORTED_ISAS:
+        with tq.force_cpu_isa(isa):
+            got = layer(x)
+        assert got.dtype == x.dtype and got.shape == (*shape[:-1], 37)
+        assert torch.equal(got, want), isa
+
+
+def test_7bit_rows_differ_from_8bit_ones_and_stay_close_to_float():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 32))
+    q7 = tq.quantize_dynamic(m, {nn.Linear: tq.reduce_range_dynamic_qconfig})
+    q8 = tq.quantize_dynamic(m, {nn.Linear})
+    assert not q8[0].reduce_range and q7[0].reduce_range and q7[2].reduce_range
+    x = torch.randn(64, 256)
+    with torch.no_grad():
+        y, y7, y8 = m(x), q7(x), q8(x)
+    e7, e8 = ((y7 - y).norm() / y.norm()).item(), ((y8 - y).norm() / y.norm()).item()
+    assert not torch.equal(y7, y8)
+    assert e8 < e7 < 0.03, (e7, e8)  # one bit less precision in the activations
+    assert "reduce_range=True" in repr(q7[0]) and "reduce_range" not in repr(q8[0])
+
+
+def test_7bit_rows_in_other_float_dtypes_and_with_input_grad():
+    torch.manual_seed(1)
+    layer = tq.quantize_dynamic(nn.Sequential(nn.Linear(40, 24)), {nn.Linear: tq.reduce_range_dynamic_qconfig})[0]
+    for dt in (torch.bfloat16, torch.float16):
+        x = torch.randn(6, 40).to(dt)
+        assert torch.equal(layer(x), _oracle(layer, x))
+    x = torch.randn(6, 40, requires_grad=True)
+    y = layer(x)
+    assert torch.equal(y.detach(), _oracle(layer, x.detach()))
+    y.sum().backward()
+    w = layer.qweight.float() * layer.weight_scale.reshape(-1, 1)
+    assert torch.allclose(x.grad, w.sum(0).expand(6, -1), atol=1e-5)
+
+
+def test_torch_ao_placeholder_with_quant_max_127_asks_for_7bit_rows():
+    import torch.ao.quantization as aq
+
+    qc = aq.QConfig(activation=aq.PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=127,
+                                                                is_dynamic=True),
+                    weight=aq.default_per_channel_weight_observer)
+    assert tq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)), {nn.Linear: qc})[0].reduce_range
+    # torch.ao's own default_dynamic_qconfig names the full range: 8-bit rows
+    assert not tq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)), {nn.Linear: aq.default_dynamic_qconfig})[0].reduce_range
+
+
+def test_7bit_rows_survive_copies_and_either_state_dict_loads():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Linear(32, 16))
+    q7 = tq.quantize_dynamic(m, {nn.Linear: tq.reduce_range_dynamic_qconfig})
+    x = torch.randn(3, 32)
+    y7 = q7(x)
+    assert torch.equal(copy.deepcopy(q7)(x), y7)
+    buf = io.BytesIO()
+    torch.save(q7, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), y7)
+    # the mode belongs to the module built, not to the checkpoint: an 8-bit skeleton loads it
+    q8 = tq.quantize_dynamic(copy.deepcopy(m), {nn.Linear})
+    q8.load_state_dict(q7.state_dict())
+    assert not q8[0].reduce_range and torch.equal(q8[0].qweight, q7[0].qweight)
+    assert set(q7.state_dict()) == set(q8.state_dict())
+
+
+def test_recurrent_modules_keep_8bit_rows_and_say_so():
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.LSTM(8, 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q7 = tq.quantize_dynamic(m, {nn.LSTM: tq.reduce_range_dynamic_qconfig})
+    assert any("apply to Linear layers" in str(w.message) for w in caught)
+    q8 = tq.quantize_dynamic(m, {nn.LSTM})
+    x = torch.randn(5, 2, 8)
+    assert torch.equal(q7(x)[0], q8(x)[0])
+    assert not q7[0].ih_l0.reduce_range
