@@ -133,8 +133,8 @@ def main():
         if rr:
             line += f" {t[3] * 1e3:>9.2f} {t_ao / t[3]:>6.2f}x {t_fp / t[3]:>7.2f}x"
         print(line, flush=True)
-        if args.per_layer:
-            per_layer(ao_model, tq_model, x, rounds=3)
+        if args.per_layer:  # (with --reduce-range: torchquant's 7-bit model, torch.ao's activation range)
+            per_layer(ao_model, models[3] if rr else tq_model, x, rounds=3)
 
 
 if __name__ == "__main__":

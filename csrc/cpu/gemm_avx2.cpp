@@ -201,8 +201,10 @@ TQ_TARGET_AVX2 bool rows_are_7bit(const uint8_t* a, int64_t lda, int rows, int64
 // c[0 .. 15] from the pair sums of channels 0-3, 4-7, 8-11, 12-15 (two int32 lanes each): hadd
 // gives [c0 c1 c4 c5 | c2 c3 c6 c7] (64-bit pairs q0 q1 | q2 q3); 0xD8 orders q0 q2 q1 q3.
 TQ_TARGET_AVX2 inline void store16(int32_t* c, __m256i q0, __m256i q1, __m256i q2, __m256i q3) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), _mm256_permute4x64_epi64(_mm256_hadd_epi32(q0, q1), 0xD8));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + 8), _mm256_permute4x64_epi64(_mm256_hadd_epi32(q2, q3), 0xD8));
+  const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(q0, q1), 0xD8);
+  const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(q2, q3), 0xD8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), lo);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + 8), hi);
 }
 
 // One or two rows (decode-style calls, recurrent steps): c[R][16] = the accumulators of a whole
@@ -268,6 +270,123 @@ TQ_TARGET_AVX2 void epilogue_row(const GemmProblem& p, const int32_t* acc, int64
   }
 }
 
+// One chunk of 8 int8 / uint8 outputs as int32 lanes: epilogue_chunk8's float32 operations.
+template <bool RELU, bool BIAS, bool NANFREE>
+TQ_TARGET_AVX2 inline __m256i q8_chunk(__m256i acc, __m256i zc, __m256 sc, const float* bias, __m256 zero,
+                                       __m256 inv, __m256 ozp, __m256 lo, __m256 hi) {
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, zc)), sc);
+  if constexpr (BIAS) y = _mm256_add_ps(y, _mm256_loadu_ps(bias));
+  if constexpr (RELU) y = _mm256_max_ps(zero, y);  // 0 > y ? 0 : y: NaN and -0 pass through
+  __m256 t = _mm256_add_ps(
+      _mm256_round_ps(_mm256_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), ozp);
+  if constexpr (NANFREE) {
+    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+  } else {  // NaN lanes take the bound in the clamp, then the zero point
+    const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+    t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, lo), hi), ozp, nan);
+  }
+  return _mm256_cvtps_epi32(t);
+}
+
+// epilogue_rows for int8 / uint8 output with per-tensor activation qparams and ncols a multiple
+// of 8: epilogue_chunk8's operations in its order (NaN -> zero point only where a NaN can arise),
+// two chunks of a row packed and stored together.
+template <bool U8, bool RELU, bool BIAS, bool NANFREE>
+TQ_TARGET_AVX2 void epilogue_rows_q8(const GemmProblem& p, const int32_t* c, int64_t ldc, int rows,
+                                     int64_t m, int64_t n0, int64_t ncols) {
+  const __m256 zero = _mm256_setzero_ps(), inv = _mm256_set1_ps(p.out_inv_scale),
+               ozp = _mm256_set1_ps(static_cast<float>(p.out_zp)),
+               lo = _mm256_set1_ps(U8 ? 0.0f : -128.0f), hi = _mm256_set1_ps(U8 ? 255.0f : 127.0f);
+  const __m256i vzp = _mm256_set1_epi32(p.a_zp);
+  const __m256 vas = _mm256_set1_ps(p.a_scale);
+  uint8_t* out = static_cast<uint8_t*>(p.out);
+  const int64_t ldo = p.ldo;
+  const int32_t* cs = p.col_sums;
+  const float* ws = p.w_scale;
+  const float* bs = p.bias;
+  for (int64_t j = 0; j + 16 <= ncols; j += 16) {
+    const int64_t n = n0 + j;
+    const __m256i* csv = reinterpret_cast<const __m256i*>(cs + n);
+    const __m256i zc0 = _mm256_mullo_epi32(vzp, _mm256_loadu_si256(csv));
+    const __m256i zc1 = _mm256_mullo_epi32(vzp, _mm256_loadu_si256(csv + 1));
+    const __m256 sc0 = _mm256_mul_ps(vas, _mm256_loadu_ps(ws + n));
+    const __m256 sc1 = _mm256_mul_ps(vas, _mm256_loadu_ps(ws + n + 8));
+    for (int i = 0; i < rows; ++i) {
+      const int32_t* ci = c + i * ldc + j;
+      const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ci));
+      const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ci + 8));
+      const __m256i q0 = q8_chunk<RELU, BIAS, NANFREE>(a0, zc0, sc0, bs + n, zero, inv, ozp, lo, hi);
+      const __m256i q1 = q8_chunk<RELU, BIAS, NANFREE>(a1, zc1, sc1, bs + n + 8, zero, inv, ozp, lo, hi);
+      // Integers inside the 8-bit type: both packs are exact. packs gives [q0 0-3, q1 0-3 | q0 4-7,
+      // q1 4-7]; 0xD8 orders the 64-bit pairs into columns 0-15; the byte pack repeats each lane,
+      // and 0x08 brings lanes 0 and 2 (columns 0-7, 8-15) together.
+      const __m256i h = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+      const __m256i bytes = U8 ? _mm256_packus_epi16(h, h) : _mm256_packs_epi16(h, h);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (m + i) * ldo + n),
+                       _mm256_castsi256_si128(_mm256_permute4x64_epi64(bytes, 0x08)));
+    }
+  }
+  if (ncols % 16 != 0) {  // a last chunk of 8 columns
+    const int64_t j = ncols - 8, n = n0 + j;
+    const __m256i zc = _mm256_mullo_epi32(vzp, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cs + n)));
+    const __m256 sc = _mm256_mul_ps(vas, _mm256_loadu_ps(ws + n));
+    for (int i = 0; i < rows; ++i) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i * ldc + j));
+      const __m256i q = q8_chunk<RELU, BIAS, NANFREE>(a, zc, sc, bs + n, zero, inv, ozp, lo, hi);
+      const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + (m + i) * ldo + n),
+                       U8 ? _mm_packus_epi16(h, h) : _mm_packs_epi16(h, h));
+    }
+  }
+}
+
+// Output rows [m, m + rows) x columns [n0, n0 + ncols) (ncols <= 16) from c (row i at c + i * ldc).
+// With per-tensor activation qparams the zero-point correction zp * col_sums and the scale
+// products a_scale * w_scale are the same for every row: made once per call here, not once per
+// row and chunk (at small K, a 1x1 convolution's 24 input channels, the epilogue was four times
+// the multiply-adds). The same float32 operations on the same values: the same bits.
+TQ_TARGET_AVX2 void epilogue_rows(const GemmProblem& p, const int32_t* c, int64_t ldc, int rows,
+                                  int64_t m, int64_t n0, int64_t ncols) {
+  if (p.a_zp_row != nullptr || p.a_scale_row != nullptr || p.out_kind == GemmOut::Int32 ||
+      ncols % 8 != 0) {
+    for (int i = 0; i < rows; ++i) {
+      const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
+      const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
+      epilogue_row(p, c + i * ldc, m + i, n0, ncols, zp, s);
+    }
+    return;
+  }
+  if (p.out_kind == GemmOut::QUInt8 || p.out_kind == GemmOut::QInt8) {
+    const bool u8 = p.out_kind == GemmOut::QUInt8, b = p.bias != nullptr;
+    // (the output kind, ReLU, bias and NaN-freedom as template arguments: no branch, and no
+    // reload of p's fields after each store through the byte pointer, which may alias them)
+#define TQ_Q8(U8, RELU, BIAS, NF)                                              \
+  if (u8 == U8 && p.relu == RELU && b == BIAS && p.nan_free == NF)             \
+    return epilogue_rows_q8<U8, RELU, BIAS, NF>(p, c, ldc, rows, m, n0, ncols);
+    TQ_Q8(true, true, true, true) TQ_Q8(true, true, true, false) TQ_Q8(true, true, false, true)
+    TQ_Q8(true, true, false, false) TQ_Q8(true, false, true, true) TQ_Q8(true, false, true, false)
+    TQ_Q8(true, false, false, true) TQ_Q8(true, false, false, false) TQ_Q8(false, true, true, true)
+    TQ_Q8(false, true, true, false) TQ_Q8(false, true, false, true) TQ_Q8(false, true, false, false)
+    TQ_Q8(false, false, true, true) TQ_Q8(false, false, true, false) TQ_Q8(false, false, false, true)
+    TQ_Q8(false, false, false, false)
+#undef TQ_Q8
+  }
+  const EpiConsts256 e = epi_consts256(p);
+  const __m256i vzp = _mm256_set1_epi32(p.a_zp);
+  const __m256 vas = _mm256_set1_ps(p.a_scale);
+  for (int64_t j = 0; j < ncols; j += 8) {
+    const int64_t n = n0 + j;
+    const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.col_sums + n));
+    const __m256i zc = _mm256_mullo_epi32(vzp, cs);
+    const __m256 sc = _mm256_mul_ps(vas, _mm256_loadu_ps(p.w_scale + n));
+    const float* bias = p.bias != nullptr ? p.bias + n : nullptr;
+    for (int i = 0; i < rows; ++i) {
+      const __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i * ldc + j));
+      epilogue_chunk8(p, e, _mm256_sub_epi32(acc, zc), sc, bias, (m + i) * p.ldo + n);
+    }
+  }
+}
+
 // Output rows [m, m + rows <= 2) for panels [p0, p1) from a widened tile (micro16).
 TQ_TARGET_AVX2 void compute_tile16(const GemmProblem& p, const int16_t* tile, int rows, int64_t m,
                                    int64_t p0, int64_t p1) {
@@ -291,12 +410,7 @@ TQ_TARGET_AVX2 void compute_tile16(const GemmProblem& p, const int16_t* tile, in
         c[i] = static_cast<int32_t>(static_cast<uint32_t>(c[i]) + static_cast<uint32_t>(ct[i]));
     }
     const int64_t n0 = pp * kPanel;
-    const int64_t ncols = p.N - n0 < kPanel ? p.N - n0 : kPanel;
-    for (int i = 0; i < rows; ++i) {
-      const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
-      const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
-      epilogue_row(p, c + i * 16, m + i, n0, ncols, zp, s);
-    }
+    epilogue_rows(p, c, 16, rows, m, n0, p.N - n0 < kPanel ? p.N - n0 : kPanel);
   }
 }
 
@@ -325,12 +439,7 @@ TQ_TARGET_AVX2 void compute_tile7(const GemmProblem& p, const uint8_t* a, int64_
         c[i] = static_cast<int32_t>(static_cast<uint32_t>(c[i]) + static_cast<uint32_t>(ct[i]));
     }
     const int64_t n0 = pp * kPanel;
-    const int64_t ncols = p.N - n0 < kPanel ? p.N - n0 : kPanel;
-    for (int i = 0; i < rows; ++i) {
-      const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
-      const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
-      epilogue_row(p, c + i * 16, m + i, n0, ncols, zp, s);
-    }
+    epilogue_rows(p, c, 16, rows, m, n0, p.N - n0 < kPanel ? p.N - n0 : kPanel);
   }
 }
 
@@ -387,11 +496,7 @@ TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int6
         const int64_t ncols = p.N - n0 < 8 ? p.N - n0 : 8;
         fn(tile, b + half * 32, groups, c);
         if (r != 0) tail_group(rows, tile, groups, tw + half * 32, c);
-        for (int i = 0; i < rows; ++i) {
-          const int32_t zp = p.a_zp_row ? p.a_zp_row[m + i] : p.a_zp;
-          const float s = p.a_scale_row ? p.a_scale_row[m + i] : p.a_scale;
-          epilogue_row(p, c + i * 8, m + i, n0, ncols, zp, s);
-        }
+        epilogue_rows(p, c, 8, rows, m, n0, ncols);
       }
     }
   }
