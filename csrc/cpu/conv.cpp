@@ -629,6 +629,30 @@ void run_conv_dw(const ConvSetup& s, const GemmProblem& base, const void* x, voi
   p.w = w;
   p.e = base;
   p.out_base = out;
+  // AVX2: rows of up to 16 pixels are mostly border (a 7 x 7 layer's 3 x 3 taps reach the
+  // padding from 24 of its 49 pixels), and the kernel's border pixels take one tap at a time
+  // with bounds checks. A zero-point-filled copy with the padding in place puts every pixel
+  // inside the input; the sums are the same (a padded tap reads the zero point either way).
+  at::Tensor padded;
+  const ConvGeometry& G = s.g;
+  if (cpu_isa() == CpuIsa::Avx2 && G.out[2] <= 16 && (G.pad[0] | G.pad[1] | G.pad[2]) != 0) {
+    const int64_t Dp = G.in[0] + 2 * G.pad[0], Hp = G.in[1] + 2 * G.pad[1], Wp = G.in[2] + 2 * G.pad[2];
+    padded = at::empty({G.N * Dp * Hp * Wp * G.C}, at::TensorOptions().dtype(at::kByte));
+    uint8_t* dst = padded.data_ptr<uint8_t>();
+    std::memset(dst, static_cast<uint8_t>(base.a_zp), static_cast<size_t>(padded.numel()));
+    const auto* src = static_cast<const uint8_t*>(x);
+    const int64_t row = G.in[2] * G.C;
+    for (int64_t n = 0; n < G.N; ++n)
+      for (int64_t d = 0; d < G.in[0]; ++d)
+        for (int64_t h = 0; h < G.in[1]; ++h)
+          std::memcpy(dst + (((n * Dp + d + G.pad[0]) * Hp + h + G.pad[1]) * Wp + G.pad[2]) * G.C,
+                      src + ((n * G.in[0] + d) * G.in[1] + h) * row, static_cast<size_t>(row));
+    p.x = dst;
+    p.g.in[0] = Dp;
+    p.g.in[1] = Hp;
+    p.g.in[2] = Wp;
+    p.g.pad[0] = p.g.pad[1] = p.g.pad[2] = 0;
+  }
   const auto fn = conv_kernels().dw;
   const int64_t rows = s.g.N * s.g.out[0] * s.g.out[1];
   const int64_t per_row = std::max<int64_t>(1, s.g.out[2] * s.g.C * s.g.taps());
