@@ -99,6 +99,21 @@ def test_conv_saturation_and_ties(isa, device, case):
         x, xs, xz, w, ws, None, list(s), list(p), list(d), g), case, device)
 
 
+@pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[9]], ids=_ids)
+def test_conv_scale_product_past_float32_gives_the_zero_point(isa, case):
+    """x_scale * w_scale overflowing float32 times a zero correction is NaN: the output zero point,
+    as the oracle gives, in the GEMM path and the depthwise kernels alike."""
+    x, xs, xz, w, ws, bias = _make(case, 2, torch.uint8, seed=11)
+    x = torch.full_like(x, int(xz))
+    xs, ws = torch.tensor([1e30]), torch.full_like(ws, 1e10)
+    for out_dtype in (torch.uint8, torch.int8):
+        os_, oz = out_qparams(out_dtype, "cpu")
+        for b, relu in ((bias, True), (None, False)):
+            got, want = _run(case, x, xs, xz, w, ws, b, out_dtype, relu, os_, oz)
+            assert (want == oz).all()
+            assert_same(got, want)
+
+
 def test_conv_batch0_and_empty(isa, device):
     case = CASES[6]
     x, xs, xz, w, ws, bias = _make(case, 0, torch.uint8, seed=1, device=device)

@@ -114,3 +114,27 @@ def test_recurrent_modules_keep_8bit_rows_and_say_so():
     x = torch.randn(5, 2, 8)
     assert torch.equal(q7(x)[0], q8(x)[0])
     assert not q7[0].ih_l0.reduce_range
+
+
+def test_7bit_rows_holding_inf_give_nan_rows_as_8bit_ones():
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Linear(16, 8))
+    q7 = tq.quantize_dynamic(m, {nn.Linear: tq.reduce_range_dynamic_qconfig})
+    q8 = tq.quantize_dynamic(m, {nn.Linear})
+    x = torch.randn(2, 3, 16)
+    x[0, 1, 1] = float("inf")
+    x[1, 2, 0], x[1, 2, 1] = 3e38, -3e38  # finite, but a range past float32's: an infinite scale
+    y7, y8 = q7(x), q8(x)
+    bad = torch.zeros(2, 3, dtype=torch.bool)
+    bad[0, 1] = bad[1, 2] = True
+    assert torch.isnan(y8[bad]).all() and torch.isnan(y7[bad]).all()
+    assert torch.equal(y7[~bad], _oracle(q7[0], x[~bad]))
+
+
+def test_7bit_rows_trace():
+    torch.manual_seed(5)
+    q7 = tq.quantize_dynamic(nn.Sequential(nn.Linear(16, 8)), {nn.Linear: tq.reduce_range_dynamic_qconfig})
+    x = torch.randn(3, 16)
+    traced = torch.jit.trace(q7, x)
+    assert torch.equal(traced(x), q7(x))
+    assert torch.equal(traced(x * 2), q7(x * 2))

@@ -329,6 +329,24 @@ def test_linear_int8_7bit_activations(isa, M, K, N):
         assert torch.equal(got, _exact_mm(x, w.t()).float())
 
 
+def test_linear_int8_scale_product_past_float32_gives_the_zero_point(isa):
+    """a_scale * w_scale overflowing float32 (each finite) times a zero correction is NaN, which
+    requantizes to the output zero point: kernels that skip the NaN step when no NaN can arise
+    must not skip it here."""
+    x = torch.full((5, 20), 9, dtype=torch.uint8)
+    x[1] = 200
+    w = _rand_w(37, 20, torch.Generator().manual_seed(1))
+    wp, cs = ops.pack_weight(w)
+    xs, xz, ws = torch.tensor([1e30]), torch.tensor([9], dtype=torch.int32), torch.full((37,), 1e10)
+    for out_dtype, zp in ((torch.uint8, 7), (torch.int8, -3)):
+        for bias, relu in ((None, False), (torch.randn(37), True), (torch.randn(37), False)):
+            os_, oz = torch.tensor([0.5]), torch.tensor([zp], dtype=torch.int32)
+            want = reference.linear_int8(x, xs, xz, w, ws, bias, os_, oz, relu, out_dtype)
+            got = ops.linear_int8(x, xs, xz, wp, cs, ws, bias, os_, oz, relu, out_dtype)
+            assert (want[0] == zp).all()
+            assert torch.equal(got, want), (out_dtype, bias is None, relu)
+
+
 def test_linear_int8_every_partial_column_chunk(isa):
     """N = 1 .. 33: every width of the last (masked) 16- or 8-column chunk, every output kind."""
     gen = torch.Generator().manual_seed(5)

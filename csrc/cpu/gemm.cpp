@@ -95,6 +95,18 @@ at::ScalarType read_gemm_output(GemmProblem& p, const std::optional<at::Tensor>&
 
 void set_nan_free(GemmProblem& p, int64_t n) {
   p.nan_free = p.out_kind != GemmOut::Float && std::isfinite(p.out_inv_scale);
+  // A zero correction times a scale product a_scale * w_scale that overflows float32 (each
+  // factor finite: 1e30 * 1e10) is NaN. The products grow with both factors: the largest
+  // activation scale times the largest weight scale bounds them all.
+  if (p.nan_free && p.w_scale != nullptr) {
+    float wmax = 0.0f, amax = p.a_scale;
+    for (int64_t i = 0; i < n; ++i) wmax = p.w_scale[i] > wmax ? p.w_scale[i] : wmax;
+    if (p.a_scale_row != nullptr) {
+      amax = 0.0f;
+      for (int64_t m = 0; m < p.M; ++m) amax = p.a_scale_row[m] > amax ? p.a_scale_row[m] : amax;
+    }
+    p.nan_free = std::isfinite(amax * wmax);
+  }
   if (p.nan_free && p.bias != nullptr) {
     for (int64_t i = 0; i < n && p.nan_free; ++i) p.nan_free = std::isfinite(p.bias[i]);
   }

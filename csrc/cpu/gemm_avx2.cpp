@@ -121,6 +121,14 @@ TQ_TARGET_AVX2 void micro(const int16_t* tile, const int8_t* b, int64_t groups, 
 
 using MicroFn = void (*)(const int16_t*, const int8_t*, int64_t, int32_t*);
 
+// A panel's packed K % 4 tail (src: [16][r], channel c's r values at c * r) spread over a
+// zero-padded 4-k group tw[64] (channel c's values at 4c .. 4c + r - 1), the layout of a full group.
+inline void spread_tail(const int8_t* src, int64_t r, int8_t* tw) {
+  std::memset(tw, 0, kGroup);
+  for (int64_t ch = 0; ch < kPanel; ++ch)
+    for (int64_t j = 0; j < r; ++j) tw[ch * 4 + j] = src[ch * r + j];
+}
+
 // Adds the tail group (K % 4 != 0, tile group `g`, zero-padded weights tw) to c[rows][8].
 TQ_TARGET_AVX2 void tail_group(int rows, const int16_t* tile, int64_t g, const int8_t* tw,
                                int32_t* c) {
@@ -397,11 +405,8 @@ TQ_TARGET_AVX2 void compute_tile16(const GemmProblem& p, const int16_t* tile, in
     const int8_t* b = p.w + pp * pstride;
     if (rows == 1) micro16<1>(tile, b, groups, c);
     else micro16<2>(tile, b, groups, c);
-    if (r != 0) {  // the packed tail is [16][r]: spread it over a zero-padded 4-k group
-      std::memset(tw, 0, sizeof(tw));
-      const int8_t* src = b + groups * kGroup;
-      for (int64_t ch = 0; ch < kPanel; ++ch)
-        for (int64_t j = 0; j < r; ++j) tw[ch * 4 + j] = src[ch * r + j];
+    if (r != 0) {
+      spread_tail(b + groups * kGroup, r, tw);
       alignas(32) int32_t ct[2 * 16];
       // (the tile's tail group g = groups, as the row's only group)
       if (rows == 1) micro16<1>(tile + groups * kMR * 4, tw, 1, ct);
@@ -428,11 +433,8 @@ TQ_TARGET_AVX2 void compute_tile7(const GemmProblem& p, const uint8_t* a, int64_
   for (int64_t pp = p0; pp < p1 && pp * kPanel < p.N; ++pp) {
     const int8_t* b = p.w + pp * pstride;
     fn(a, lda, b, groups, c);
-    if (r != 0) {  // the packed tail is [16][r]: spread it over a zero-padded 4-k group
-      std::memset(tw, 0, sizeof(tw));
-      const int8_t* src = b + groups * kGroup;
-      for (int64_t ch = 0; ch < kPanel; ++ch)
-        for (int64_t j = 0; j < r; ++j) tw[ch * 4 + j] = src[ch * r + j];
+    if (r != 0) {
+      spread_tail(b + groups * kGroup, r, tw);
       alignas(32) int32_t ct[kMR * 16];
       pick_micro7(rows)(ta, 4, tw, 1, ct);
       for (int i = 0; i < rows * 16; ++i)
@@ -484,12 +486,7 @@ TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int6
     const MicroFn fn = pick_micro(rows);
     for (int64_t pp = p0; pp < p1; ++pp) {
       const int8_t* b = p.w + pp * pstride;
-      if (r != 0) {  // the packed tail is [16][r]: spread it over a zero-padded 4-k group
-        std::memset(tw, 0, sizeof(tw));
-        const int8_t* src = b + groups * kGroup;
-        for (int64_t ch = 0; ch < kPanel; ++ch)
-          for (int64_t j = 0; j < r; ++j) tw[ch * 4 + j] = src[ch * r + j];
-      }
+      if (r != 0) spread_tail(b + groups * kGroup, r, tw);
       for (int64_t half = 0; half < 2; ++half) {
         const int64_t n0 = pp * kPanel + half * 8;
         if (n0 >= p.N) break;

@@ -47,9 +47,10 @@ struct GemmProblem {
   GemmOut out_kind = GemmOut::Float;
   float out_inv_scale = 1.0f;       // 1.0f / out_scale
   int32_t out_zp = 0;
-  // No NaN can reach the requantize: out_inv_scale and every bias are finite (and the scales
-  // are finite and > 0, as checked), so y is finite or +-inf and y * out_inv_scale never NaN.
-  // A kernel may then skip the NaN -> zero point step; the results are the same either way.
+  // No NaN can reach the requantize: out_inv_scale, every bias and every product a_scale *
+  // w_scale are finite (set_nan_free; the scales themselves are finite and > 0, as checked), so
+  // y is finite or +-inf and y * out_inv_scale never NaN. A kernel may then skip the NaN -> zero
+  // point step; the results are the same either way.
   bool nan_free = false;
   void* out = nullptr;              // [M, ldo] of int32 / float / int8 / uint8
   int64_t ldo = 0;

@@ -560,10 +560,16 @@ class DynamicLinear(Linear):
     @staticmethod
     def _linear_7bit(x, w, col_sums, w_scale, bias, relu):
         """linear_dynamic with 7-bit rows: per-row affine uint8 codes in [0, 127] (quantize_rowwise's
-        int8 result holds them as they are), then linear_int8 with those per-row qparams."""
+        int8 result holds them as they are), then linear_int8 with those per-row qparams. A row
+        holding +-inf (or a range past float32's) has an infinite scale, which linear_int8 refuses:
+        its outputs are NaN, as linear_dynamic gives for such a row."""
         q, scale, zp = ops.quantize_rowwise.default(x, 0, 127)
-        return ops.linear_int8.default(q.view(torch.uint8), scale, zp, w, col_sums, w_scale, bias, None, None, relu,
-                                       None)
+        # (the same bytes; torch.jit.trace records no dtype view, and a copy of the codes traces)
+        q = q.to(torch.uint8) if torch.jit.is_tracing() else q.view(torch.uint8)
+        finite = torch.isfinite(scale)
+        y = ops.linear_int8.default(q, torch.where(finite, scale, torch.ones_like(scale)), zp, w, col_sums, w_scale,
+                                    bias, None, None, relu, None)
+        return torch.where(finite.reshape(*y.shape[:-1], 1), y, torch.full_like(y, float("nan")))
 
     def _float_weight(self) -> torch.Tensor:
         """The int8 weight times its per-channel scales, float32 [N, K]."""
