@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/conv_kernels.h"
+#include "cpu/epilogue_avx2.h"
 #include "cpu/isa.h"
 #include "cpu/scratch.h"
 
@@ -21,17 +22,8 @@ namespace cpu {
 #if TQ_X86
 namespace {
 
-// The epilogue's constants: per output (inv, ozp, lo, hi) and, per 8 channels, zp_cs / s / bias.
-struct OutConsts {
-  __m256 inv, ozp, lo, hi;
-};
-
-TQ_TARGET_AVX2 inline OutConsts out_consts(const GemmProblem& e) {
-  const bool u8 = e.out_kind == GemmOut::QUInt8;
-  return {_mm256_set1_ps(e.out_inv_scale), _mm256_set1_ps(static_cast<float>(e.out_zp)),
-          _mm256_set1_ps(u8 ? 0.0f : -128.0f), _mm256_set1_ps(u8 ? 255.0f : 127.0f)};
-}
-
+// The epilogue's constants: per output (EpiConsts256, epilogue_avx2.h) and, per 8 channels,
+// zp_cs / s / bias.
 struct Consts8 {
   __m256i zp_cs;  // a_zp * col_sums[c] (int32, wrapping as the scalar gemm_correct)
   __m256 s;       // a_scale * w_scale[c]
@@ -47,29 +39,13 @@ TQ_TARGET_AVX2 inline Consts8 consts8(const GemmProblem& e, int64_t c) {
   return k;
 }
 
-// y of 8 channels: (float)corr * s, + bias, ReLU (0 > y ? 0 : y: NaN and -0 pass).
+// y of 8 channels: (float)corr * s, + bias, ReLU.
 TQ_TARGET_AVX2 inline __m256 dequant8(const GemmProblem& e, const Consts8& k, __m256i acc) {
-  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, k.zp_cs)), k.s);
-  if (e.bias != nullptr) y = _mm256_add_ps(y, k.bias);
-  if (e.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);
-  return y;
-}
-
-// quantize_val of 8 values as int32: round half to even, clamp, NaN -> zero point.
-TQ_TARGET_AVX2 inline __m256i quant8(const GemmProblem& e, const OutConsts& o, __m256 y) {
-  __m256 t = _mm256_add_ps(
-      _mm256_round_ps(_mm256_mul_ps(y, o.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), o.ozp);
-  if (e.nan_free) {
-    t = _mm256_min_ps(_mm256_max_ps(t, o.lo), o.hi);
-  } else {  // a NaN lane takes the bound in the clamp, then the zero point
-    const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
-    t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, o.lo), o.hi), o.ozp, nan);
-  }
-  return _mm256_cvtps_epi32(t);
+  return dequant_lanes(_mm256_sub_epi32(acc, k.zp_cs), k.s, e.bias != nullptr, k.bias, e.relu);
 }
 
 // 16 output channels [c, c + 16) of one pixel from their int32 accumulators.
-TQ_TARGET_AVX2 inline void epilogue16(const GemmProblem& e, const OutConsts& o, const Consts8& k0,
+TQ_TARGET_AVX2 inline void epilogue16(const GemmProblem& e, const EpiConsts256& o, const Consts8& k0,
                                       const Consts8& k1, __m256i a0, __m256i a1, int64_t c, void* out) {
   const __m256 y0 = dequant8(e, k0, a0), y1 = dequant8(e, k1, a1);
   if (e.out_kind == GemmOut::Float) {
@@ -79,7 +55,8 @@ TQ_TARGET_AVX2 inline void epilogue16(const GemmProblem& e, const OutConsts& o, 
   }
   // Integers inside the 8-bit type: the packs are exact. packs_epi32 interleaves 128-bit
   // halves, so the 16-bit lanes come out as q0[0:4] q1[0:4] q0[4:8] q1[4:8].
-  const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(quant8(e, o, y0), quant8(e, o, y1)), 0xD8);
+  const __m256i w = _mm256_permute4x64_epi64(
+      _mm256_packs_epi32(quant_lanes(y0, o, e.nan_free), quant_lanes(y1, o, e.nan_free)), 0xD8);
   const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
   const __m128i bytes = e.out_kind == GemmOut::QUInt8 ? _mm_packus_epi16(lo, hi) : _mm_packs_epi16(lo, hi);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + c), bytes);
@@ -99,7 +76,7 @@ enum Mode : int { kGeneric = 0, kS8 = 1, kS8Relu = 2, kU8 = 3, kU8Relu = 4 };
 // y >= 0 leaves t + zp >= zp unchanged. A missing bias adds +0.0, which changes at most the sign
 // of a zero y, and no output. Bit-identical to gemm_epilogue_one.
 template <bool U8, bool Relu>
-TQ_TARGET_AVX2 inline void epilogue16_q(const OutConsts& o, const Consts8& k0, const Consts8& k1,
+TQ_TARGET_AVX2 inline void epilogue16_q(const EpiConsts256& o, const Consts8& k0, const Consts8& k1,
                                         __m256i a0, __m256i a1, __m256i zp16, uint8_t* out) {
   const __m256 big = _mm256_set1_ps(1073741824.0f);
   __m256 y0 = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a0, k0.zp_cs)), k0.s), k0.bias);
@@ -131,7 +108,7 @@ constexpr int kPix = 4;
 // first pixel's input at tap offset 0; pixel i reads xb + i * step + tap_off[t].
 template <bool U, int NP, bool U8, bool RELU>
 TQ_TARGET_AVX2 inline void dw_pixels(const uint8_t* xb, int64_t step, const int64_t* tap_off,
-                                     const int16_t* wb, int64_t pairs, const OutConsts& oc,
+                                     const int16_t* wb, int64_t pairs, const EpiConsts256& oc,
                                      const Consts8& k0, const Consts8& k1, __m256i zp16, uint8_t* o,
                                      int64_t C) {
   __m256i lo[NP], hi[NP];
@@ -204,7 +181,7 @@ TQ_TARGET_AVX2 void dw_rows(const DwProblem& p, int64_t r0, int64_t r1) {
   scratch(tap_kw, static_cast<size_t>(pairs * 2));
   scratch(tap_in, static_cast<size_t>(pairs * 2));
   const __m256i vzp = _mm256_set1_epi16(static_cast<int16_t>(p.e.a_zp));
-  const OutConsts oc = out_consts(p.e);
+  const EpiConsts256 oc = epi_consts256(p.e);
   const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(p.e.out_zp));
   const uint8_t* x = static_cast<const uint8_t*>(p.x);
   for (int64_t r = r0; r < r1; ++r) {

@@ -278,22 +278,11 @@ TQ_TARGET_AVX2 void epilogue_row(const GemmProblem& p, const int32_t* acc, int64
   }
 }
 
-// One chunk of 8 int8 / uint8 outputs as int32 lanes: epilogue_chunk8's float32 operations.
+// One chunk of 8 int8 / uint8 outputs as int32 lanes: epilogue_chunk8's operations.
 template <bool RELU, bool BIAS, bool NANFREE>
-TQ_TARGET_AVX2 inline __m256i q8_chunk(__m256i acc, __m256i zc, __m256 sc, const float* bias, __m256 zero,
-                                       __m256 inv, __m256 ozp, __m256 lo, __m256 hi) {
-  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, zc)), sc);
-  if constexpr (BIAS) y = _mm256_add_ps(y, _mm256_loadu_ps(bias));
-  if constexpr (RELU) y = _mm256_max_ps(zero, y);  // 0 > y ? 0 : y: NaN and -0 pass through
-  __m256 t = _mm256_add_ps(
-      _mm256_round_ps(_mm256_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), ozp);
-  if constexpr (NANFREE) {
-    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-  } else {  // NaN lanes take the bound in the clamp, then the zero point
-    const __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
-    t = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(t, lo), hi), ozp, nan);
-  }
-  return _mm256_cvtps_epi32(t);
+TQ_TARGET_AVX2 inline __m256i q8_chunk(__m256i acc, __m256i zc, __m256 sc, const float* bias, const EpiConsts256& e) {
+  const __m256 y = dequant_lanes(_mm256_sub_epi32(acc, zc), sc, BIAS, BIAS ? _mm256_loadu_ps(bias) : e.zero, RELU);
+  return quant_lanes(y, e, NANFREE);
 }
 
 // epilogue_rows for int8 / uint8 output with per-tensor activation qparams and ncols a multiple
@@ -302,9 +291,7 @@ TQ_TARGET_AVX2 inline __m256i q8_chunk(__m256i acc, __m256i zc, __m256 sc, const
 template <bool U8, bool RELU, bool BIAS, bool NANFREE>
 TQ_TARGET_AVX2 void epilogue_rows_q8(const GemmProblem& p, const int32_t* c, int64_t ldc, int rows,
                                      int64_t m, int64_t n0, int64_t ncols) {
-  const __m256 zero = _mm256_setzero_ps(), inv = _mm256_set1_ps(p.out_inv_scale),
-               ozp = _mm256_set1_ps(static_cast<float>(p.out_zp)),
-               lo = _mm256_set1_ps(U8 ? 0.0f : -128.0f), hi = _mm256_set1_ps(U8 ? 255.0f : 127.0f);
+  const EpiConsts256 e = epi_consts256(p);
   const __m256i vzp = _mm256_set1_epi32(p.a_zp);
   const __m256 vas = _mm256_set1_ps(p.a_scale);
   uint8_t* out = static_cast<uint8_t*>(p.out);
@@ -323,8 +310,8 @@ TQ_TARGET_AVX2 void epilogue_rows_q8(const GemmProblem& p, const int32_t* c, int
       const int32_t* ci = c + i * ldc + j;
       const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ci));
       const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ci + 8));
-      const __m256i q0 = q8_chunk<RELU, BIAS, NANFREE>(a0, zc0, sc0, bs + n, zero, inv, ozp, lo, hi);
-      const __m256i q1 = q8_chunk<RELU, BIAS, NANFREE>(a1, zc1, sc1, bs + n + 8, zero, inv, ozp, lo, hi);
+      const __m256i q0 = q8_chunk<RELU, BIAS, NANFREE>(a0, zc0, sc0, bs + n, e);
+      const __m256i q1 = q8_chunk<RELU, BIAS, NANFREE>(a1, zc1, sc1, bs + n + 8, e);
       // Integers inside the 8-bit type: both packs are exact. packs gives [q0 0-3, q1 0-3 | q0 4-7,
       // q1 4-7]; 0xD8 orders the 64-bit pairs into columns 0-15; the byte pack repeats each lane,
       // and 0x08 brings lanes 0 and 2 (columns 0-7, 8-15) together.
@@ -340,7 +327,7 @@ TQ_TARGET_AVX2 void epilogue_rows_q8(const GemmProblem& p, const int32_t* c, int
     const __m256 sc = _mm256_mul_ps(vas, _mm256_loadu_ps(ws + n));
     for (int i = 0; i < rows; ++i) {
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i * ldc + j));
-      const __m256i q = q8_chunk<RELU, BIAS, NANFREE>(a, zc, sc, bs + n, zero, inv, ozp, lo, hi);
+      const __m256i q = q8_chunk<RELU, BIAS, NANFREE>(a, zc, sc, bs + n, e);
       const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
       _mm_storel_epi64(reinterpret_cast<__m128i*>(out + (m + i) * ldo + n),
                        U8 ? _mm_packus_epi16(h, h) : _mm_packs_epi16(h, h));
