@@ -5,7 +5,9 @@
 // divided by 16 (an exact arithmetic shift: |sum| <= 4 * 240 * 128 * 256 < 2^31 over a group of
 // at most 2048) once per group. Per block and row: 1 load, 2 logic ops, 2 vpdpbusd. Even and odd
 // blocks use separate accumulators, so the vpdpbusd chains overlap at M = 1, and the unpacked
-// block is reused across up to kMR rows. The per-group epilogue and the output are the float32
+// block is reused across up to kMR rows. From kWideMR rows on, tile_wide takes kWideMR rows of
+// two panels at once, so that each activation broadcast serves two panels (M = 32, K = N = 4096:
+// 987 -> 700 us on two Zen 5 cores; M = 512: 19.6 -> 11.4 ms). The per-group epilogue and the output are the float32
 // operations of int4_kernels.h in the same order (no FMA), so results are bit-identical to the
 // scalar oracle.
 #include <immintrin.h>
@@ -22,6 +24,8 @@ namespace cpu {
 namespace {
 
 constexpr int kMR = 4;
+constexpr int kWideNP = 2;  // panels of tile_wide
+constexpr int kWideMR = 6;  // rows of tile_wide
 
 TQ_TARGET_AVX512VNNI inline __m512i bcast4(const int8_t* p) {
   int32_t v;
@@ -91,20 +95,93 @@ TQ_TARGET_AVX512VNNI void tile(const Int4Problem& p, int64_t m, int64_t pi) {
   }
 }
 
+// Rows m .. m + MR of panels pi .. pi + NP, for M >= kMR: each block's nibbles are unpacked to
+// plain 4-bit values (an AND for the low ones, a shift and an AND for the high ones) once for
+// the NP panels' and MR rows' 2 * MR * NP vpdpbusd, into one accumulator per row and panel. The
+// MR activation broadcasts of a block serve NP panels: per block 2 * MR + NP loads for
+// 2 * MR * NP multiplies (tile<MR>: 2 * MR + 1 for 2 * MR), where the one-panel tile waits
+// on its loads. The integer sums equal tile's (lo + (hi >> 4)), and the float32 steps are the
+// same: bit-identical.
+template <int MR, int NP>
+TQ_TARGET_AVX512VNNI void tile_wide(const Int4Problem& p, int64_t m, int64_t pi) {
+  const int64_t bpg = p.group_size / kInt4Block;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const int8_t* x[MR];
+  for (int r = 0; r < MR; ++r) x[r] = p.xq + (m + r) * p.Kp;
+  __m512 y[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NP; ++j) y[r][j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < p.G; ++g) {
+    Int4Record rec[NP];
+    for (int j = 0; j < NP; ++j) rec[j] = int4_record(p, pi + j, g);
+    __m512i acc[MR][NP];
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NP; ++j) acc[r][j] = _mm512_setzero_si512();
+    const int64_t k0 = g * p.group_size;
+    for (int64_t b = 0; b < bpg; ++b) {
+      __m512i lo[NP], hi[NP];
+      for (int j = 0; j < NP; ++j) {
+        const __m512i w = _mm512_loadu_si512(rec[j].w + b * 64);
+        lo[j] = _mm512_and_si512(w, low);
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const int8_t* xb = x[r] + k0 + b * kInt4Block;
+        const __m512i xl = bcast4(xb), xh = bcast4(xb + 4);
+        for (int j = 0; j < NP; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], lo[j], xl);
+        for (int j = 0; j < NP; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], hi[j], xh);
+      }
+    }
+    for (int j = 0; j < NP; ++j) {
+      const __m512i z = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec[j].z)));
+      const __m512i wz = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec[j].wz)));
+      const __m512 s = _mm512_loadu_ps(rec[j].s);
+      for (int r = 0; r < MR; ++r) {
+        __m512i corr = _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(z, _mm512_set1_epi32(p.xsum[(m + r) * p.G + g])));
+        corr = _mm512_sub_epi32(corr, _mm512_mullo_epi32(_mm512_set1_epi32(p.x_zp[m + r]), wz));
+        y[r][j] = _mm512_add_ps(y[r][j], _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s));
+      }
+    }
+  }
+  for (int j = 0; j < NP; ++j) {
+    const int64_t n0 = (pi + j) * kInt4Panel;
+    const int64_t nv = p.N - n0 < kInt4Panel ? p.N - n0 : kInt4Panel;
+    const __mmask16 mask = static_cast<__mmask16>((1u << nv) - 1u);
+    const __m512 bias = p.bias != nullptr ? _mm512_maskz_loadu_ps(mask, p.bias + n0) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      __m512 v = _mm512_mul_ps(y[r][j], _mm512_set1_ps(p.x_scale[m + r]));
+      if (p.bias != nullptr) v = _mm512_add_ps(v, bias);
+      _mm512_mask_storeu_ps(p.out + (m + r) * p.N + n0, mask, v);
+    }
+  }
+}
+
+// Rows [m0, m1) of one panel.
+TQ_TARGET_AVX512VNNI void panel_rows(const Int4Problem& p, int64_t m0, int64_t m1, int64_t pi) {
+  int64_t m = m0;
+  for (; m + kMR <= m1; m += kMR) tile<kMR>(p, m, pi);
+  switch (m1 - m) {
+    case 3: tile<3>(p, m, pi); break;
+    case 2: tile<2>(p, m, pi); break;
+    case 1: tile<1>(p, m, pi); break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 TQ_TARGET_AVX512VNNI void int4_compute__avx512vnni(const Int4Problem& p, int64_t m0, int64_t m1,
                                                    int64_t p0, int64_t p1) {
-  for (int64_t pi = p0; pi < p1; ++pi) {
-    int64_t m = m0;
-    for (; m + kMR <= m1; m += kMR) tile<kMR>(p, m, pi);
-    switch (m1 - m) {
-      case 3: tile<3>(p, m, pi); break;
-      case 2: tile<2>(p, m, pi); break;
-      case 1: tile<1>(p, m, pi); break;
-      default: break;
+  int64_t pi = p0;
+  // Whole row tiles of kWideNP panels at a time, the rows left over one panel at a time.
+  const int64_t mw = m0 + (m1 - m0) / kWideMR * kWideMR;
+  if (mw > m0) {
+    for (; pi + kWideNP <= p1; pi += kWideNP) {
+      for (int64_t m = m0; m < mw; m += kWideMR) tile_wide<kWideMR, kWideNP>(p, m, pi);
+      for (int64_t j = 0; j < kWideNP; ++j) panel_rows(p, mw, m1, pi + j);
     }
   }
+  for (; pi < p1; ++pi) panel_rows(p, m0, m1, pi);
 }
 
 #else
