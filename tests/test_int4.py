@@ -41,9 +41,11 @@ SHAPES = [  # M, K, N, group_size
     (7, 257, 50, 64), (0, 64, 16, 32), (4, 64, 0, 32), (9, 200, 31, 16), (33, 96, 48, 32), (2, 8, 5, 8),
     # odd numbers of 8-k blocks per group (the AVX-512 kernel pairs blocks): 3 and 5
     (1, 100, 20, 24), (6, 130, 33, 40),
-    # tiles of several rows and two panels (AVX-512: 6 rows x 32 channels) with rows and a
+    # tiles of several rows and two panels (AVX-512: 3 to 6 rows x 32 channels) with rows and a
     # panel left over, and a partial last panel inside a pair
     (14, 300, 80, 32), (6, 128, 32, 128), (13, 72, 40, 8), (20, 520, 100, 128),
+    # rows cut into even tiles (4 + 4; one of 4)
+    (8, 64, 64, 64), (4, 200, 40, 40),
 ]
 
 

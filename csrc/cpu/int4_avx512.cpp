@@ -5,9 +5,10 @@
 // divided by 16 (an exact arithmetic shift: |sum| <= 4 * 240 * 128 * 256 < 2^31 over a group of
 // at most 2048) once per group. Per block and row: 1 load, 2 logic ops, 2 vpdpbusd. Even and odd
 // blocks use separate accumulators, so the vpdpbusd chains overlap at M = 1, and the unpacked
-// block is reused across up to kMR rows. From kWideMR rows on, tile_wide takes kWideMR rows of
-// two panels at once, so that each activation broadcast serves two panels (M = 32, K = N = 4096:
-// 987 -> 700 us on two Zen 5 cores; M = 512: 19.6 -> 11.4 ms). The per-group epilogue and the output are the float32
+// block is reused across up to kMR rows. From 4 rows on, tile_wide takes 3 to kWideMR rows of
+// two panels at once, so that each activation broadcast serves two panels (K = N = 4096 on two
+// Zen 5 cores, weights in cache: M = 5 157 -> 114 us, M = 32 898 -> 667 us, M = 512 19.6 ->
+// 11.4 ms). The per-group epilogue and the output are the float32
 // operations of int4_kernels.h in the same order (no FMA), so results are bit-identical to the
 // scalar oracle.
 #include <immintrin.h>
@@ -25,7 +26,8 @@ namespace {
 
 constexpr int kMR = 4;
 constexpr int kWideNP = 2;  // panels of tile_wide
-constexpr int kWideMR = 6;  // rows of tile_wide
+constexpr int kWideMR = 6;  // rows of tile_wide (at most)
+constexpr int kWideMinRows = 4;  // (3 rows alone: no faster than tile<3>)
 
 TQ_TARGET_AVX512VNNI inline __m512i bcast4(const int8_t* p) {
   int32_t v;
@@ -173,12 +175,23 @@ TQ_TARGET_AVX512VNNI void panel_rows(const Int4Problem& p, int64_t m0, int64_t m
 TQ_TARGET_AVX512VNNI void int4_compute__avx512vnni(const Int4Problem& p, int64_t m0, int64_t m1,
                                                    int64_t p0, int64_t p1) {
   int64_t pi = p0;
-  // Whole row tiles of kWideNP panels at a time, the rows left over one panel at a time.
-  const int64_t mw = m0 + (m1 - m0) / kWideMR * kWideMR;
-  if (mw > m0) {
+  const int64_t rows = m1 - m0;
+  if (rows >= kWideMinRows) {
+    // The rows cut into ceil(rows / kWideMR) tiles as even as can be (3 to kWideMR rows each:
+    // M = 8 is two tiles of 4, not 6 + 2 with the 2 on the one-panel path).
+    const int64_t tiles = (rows + kWideMR - 1) / kWideMR;
     for (; pi + kWideNP <= p1; pi += kWideNP) {
-      for (int64_t m = m0; m < mw; m += kWideMR) tile_wide<kWideMR, kWideNP>(p, m, pi);
-      for (int64_t j = 0; j < kWideNP; ++j) panel_rows(p, mw, m1, pi + j);
+      int64_t m = m0;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t mr = (m1 - m) / (tiles - t);  // (the later tiles get the extra rows)
+        switch (mr) {
+          case 3: tile_wide<3, kWideNP>(p, m, pi); break;
+          case 4: tile_wide<4, kWideNP>(p, m, pi); break;
+          case 5: tile_wide<5, kWideNP>(p, m, pi); break;
+          default: tile_wide<kWideMR, kWideNP>(p, m, pi); break;
+        }
+        m += mr;
+      }
     }
   }
   for (; pi < p1; ++pi) panel_rows(p, m0, m1, pi);
