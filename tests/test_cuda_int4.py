@@ -104,6 +104,24 @@ def test_linear_int4_cuda_path_env_checked(monkeypatch):
         ops.linear_int4(torch.randn(2, 32, device="cuda"), *packed, None, 32, 8, 32)
 
 
+def test_linear_int4_cuda_refuses_what_the_cpu_refuses():
+    gen = torch.Generator().manual_seed(11)
+    N, K, gs = 16, 64, 32
+    qw, scale, zp = _rand_weight(N, K, gs, gen)
+    packed = ops.int4_pack_weight(qw.cuda(), scale.cuda(), zp.cuda(), K, gs)
+    x = torch.randn(2, K, device="cuda")
+    for dev in ("cpu", "cuda"):  # an integer bias
+        p = packed if dev == "cuda" else ops.int4_pack_weight(qw, scale, zp, K, gs)
+        with pytest.raises(RuntimeError, match="'bias' must be a floating-point tensor"):
+            ops.linear_int4(x.to(dev), *p, torch.arange(N, device=dev), K, N, gs)
+    # an int64 zero point past int32 is refused, not wrapped into [0, 15] (2^32 + 3 -> 3)
+    big = zp.to(torch.int64)
+    big[0, 0] = 2 ** 32 + 3
+    for dev in ("cpu", "cuda"):
+        with pytest.raises(RuntimeError, match="'zero_point' must lie in"):
+            ops.int4_pack_weight(qw.to(dev), scale.to(dev), big.to(dev), K, gs)
+
+
 def test_module_moves_between_devices():
     torch.manual_seed(0)
     lin = nn.Linear(300, 40)

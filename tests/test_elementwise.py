@@ -140,6 +140,23 @@ def test_binary_on_device(device, op):
     assert torch.equal(getattr(ops, op)(*dev_args).cpu(), want)
 
 
+def test_int64_zero_point_past_int32_saturates_on_device_and_is_refused_on_the_cpu(device):
+    # The CPU refuses a zero point outside the dtype's codes; the GPU kernels clamp it into
+    # them, after saturating it into int32 (2^32 + 3 wrapped to 3 before, a wrong result).
+    gen = torch.Generator().manual_seed(7)
+    a = _q((2, 3, 4), torch.uint8, gen).to(device)
+    s, z = _qp(0.0731, 9, device)
+    so = torch.tensor([0.05], device=device)
+    big = torch.tensor([2 ** 32 + 3], dtype=torch.int64, device=device)
+    if device == "cpu":
+        with pytest.raises(RuntimeError, match="must lie in"):
+            ops.add_scalar(a, s, z, 0.5, so, big, torch.uint8)
+        return
+    got = ops.add_scalar(a, s, z, 0.5, so, big, torch.uint8)
+    want = ops.add_scalar(a, s, z, 0.5, so, torch.tensor([255], dtype=torch.int32, device=device), torch.uint8)
+    assert torch.equal(got, want)
+
+
 def test_unary_and_cat_on_device(device):
     gen = torch.Generator().manual_seed(5)
     a = _q((4, 6, 7), torch.int8, gen).to(device)

@@ -56,6 +56,13 @@ void check_grad_like(const at::Tensor& grad, const at::Tensor& x) {
   check_same_device(x, "x", grad, "grad");
 }
 
+at::Tensor zero_point_int32(const at::Tensor& zero_point) {
+  if (zero_point.scalar_type() == at::kInt) return zero_point;
+  return zero_point.to(at::kLong)
+      .clamp(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())
+      .to(at::kInt);
+}
+
 void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                        const char* name) {
   TORCH_CHECK(t.device() == ref.device(), "argument '", name, "' is on ", t.device(),
@@ -123,7 +130,7 @@ QParams prepare_qparams(const at::Tensor& x, const char* x_name, const at::Tenso
   const bool z_ready = zero_point.scalar_type() == at::kInt && zero_point.dim() == 1 &&
                        zero_point.is_contiguous();
   p.scale = s_ready ? scale : scale.reshape({channels}).to(at::kFloat).contiguous();
-  p.zero_point = z_ready ? zero_point : zero_point.reshape({channels}).to(at::kInt).contiguous();
+  p.zero_point = z_ready ? zero_point : zero_point_int32(zero_point.reshape({channels})).contiguous();
   if (scale.device().is_cpu()) {
     const float* s = p.scale.data_ptr<float>();
     // Range-check the caller's values before any narrowing to int32 could wrap them (int32

@@ -21,6 +21,9 @@ void check_qrange(int64_t qmin, int64_t qmax, at::ScalarType dtype);
 void check_fake_qrange(int64_t qmin, int64_t qmax);
 // The incoming gradient of a fake-quantize: floating point, with x's shape and device.
 void check_grad_like(const at::Tensor& grad, const at::Tensor& x);
+// An integer zero-point tensor as int32 for a kernel that clamps it into its dtype's range (the
+// GPU's): values past int32 saturate first instead of wrapping (an int64 2^32 + 3 is not 3).
+at::Tensor zero_point_int32(const at::Tensor& zero_point);
 // Every tensor lies on the device of `ref`.
 void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                        const char* name);

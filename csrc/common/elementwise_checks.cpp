@@ -42,7 +42,7 @@ EwQParams ew_qparams(const at::Tensor& ref, const char* ref_name, const at::Tens
   }
   p.scale_t = scale.reshape({1}).to(at::kFloat).contiguous();
   if (!ref.device().is_cpu()) {
-    p.zero_point_t = zero_point.reshape({1}).to(at::kInt).contiguous();
+    p.zero_point_t = zero_point_int32(zero_point.reshape({1})).contiguous();
     return p;
   }
   p.scale = p.scale_t.data_ptr<float>()[0];

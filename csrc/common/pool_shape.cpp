@@ -216,7 +216,7 @@ int32_t pool_zero_point(const at::Tensor& x, const at::Tensor& zero_point, at::T
               "quantization), got ", zero_point.numel());
   check_same_device(x, "x", zero_point, "zero_point");
   if (!x.device().is_cpu()) {
-    *device_zp = zero_point.reshape({1}).to(at::kInt).contiguous();
+    *device_zp = zero_point_int32(zero_point.reshape({1})).contiguous();
     return 0;
   }
   const int64_t z = zero_point.scalar_type() == at::kInt ? int64_t{*zero_point.const_data_ptr<int32_t>()}

@@ -111,8 +111,9 @@ void check_embedding_bag_offsets(const int64_t* off, int64_t n_off, int64_t n) {
 
 void check_embedding_bag_values(const int64_t* idx, int64_t n, const int64_t* off, int64_t n_off,
                                 int64_t N) {
-  check_embedding_bag_indices(idx, n, N);
+  // (the offsets first, as the CPU op checks them: the same error where both are bad)
   check_embedding_bag_offsets(off, n_off, n);
+  check_embedding_bag_indices(idx, n, N);
 }
 
 namespace {

@@ -155,7 +155,9 @@ at::Tensor conv_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   const unsigned grid = grid_for(total);
   const void* px = xc.data_ptr();
   const int8_t* pw = w_packed.data_ptr<int8_t>();
-  if (!s.depthwise && conv_path() == ConvPath::Mma) {
+  // (the path is read, and a bad TORCHQUANT_CUDA_CONV refused, for depthwise layers too)
+  const ConvPath path = conv_path();
+  if (!s.depthwise && path == ConvPath::Mma) {
     ConvMmaArgs a;
     a.g = s.g;
     a.groups = groups;
