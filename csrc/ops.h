@@ -51,7 +51,8 @@ Tensor linear_int8_cpu(const Tensor& x, const Tensor& x_scale, const Tensor& x_z
 std::tuple<Tensor, Tensor, Tensor> quantize_rowwise_cpu(const Tensor& x, int64_t qmin,
                                                         int64_t qmax);
 Tensor linear_dynamic_cpu(const Tensor& x, const Tensor& w_packed, const Tensor& w_col_sums,
-                          const Tensor& w_scale, const std::optional<Tensor>& bias, bool relu);
+                          const Tensor& w_scale, const std::optional<Tensor>& bias, bool relu,
+                          bool reduce_range);
 
 // ---- observers (cpu/observe.cpp; the *_generic versions serve every other device) ----
 std::tuple<Tensor, Tensor> aminmax_cpu(const Tensor& x, std::optional<int64_t> axis);
@@ -104,11 +105,12 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
     const Tensor& igates, const Tensor& h0, const Tensor& c0, const Tensor& hh_w,
     const Tensor& hh_col_sums, const Tensor& hh_scale, const std::optional<Tensor>& hh_bias,
     const std::optional<Tensor>& hr_w, const std::optional<Tensor>& hr_col_sums,
-    const std::optional<Tensor>& hr_scale, bool reverse);
+    const std::optional<Tensor>& hr_scale, bool reverse, bool reduce_range);
 std::tuple<Tensor, Tensor> gru_layer_dynamic(const Tensor& igates, const Tensor& h0,
                                              const Tensor& hh_w, const Tensor& hh_col_sums,
                                              const Tensor& hh_scale,
-                                             const std::optional<Tensor>& hh_bias, bool reverse);
+                                             const std::optional<Tensor>& hh_bias, bool reverse,
+                                             bool reduce_range);
 // The argument checks both devices share; returns (B, H).
 std::pair<int64_t, int64_t> check_cell_update_args(const Tensor& igates, const Tensor& hgates,
                                                    const Tensor& state, int64_t gates,

@@ -18,7 +18,7 @@ namespace torchquant {
 namespace {
 
 using LinearDynamicFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                               const std::optional<Tensor>&, bool);
+                               const std::optional<Tensor>&, bool, bool);
 
 const c10::TypedOperatorHandle<LinearDynamicFn>& linear_dynamic_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -82,7 +82,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
     const Tensor& igates, const Tensor& h0, const Tensor& c0, const Tensor& hh_w,
     const Tensor& hh_col_sums, const Tensor& hh_scale, const std::optional<Tensor>& hh_bias,
     const std::optional<Tensor>& hr_w, const std::optional<Tensor>& hr_col_sums,
-    const std::optional<Tensor>& hr_scale, bool reverse) {
+    const std::optional<Tensor>& hr_scale, bool reverse, bool reduce_range) {
   const bool proj = hr_w.has_value();
   TORCH_CHECK(proj == hr_col_sums.has_value() && proj == hr_scale.has_value(),
               "lstm_layer_dynamic: arguments 'hr_w', 'hr_col_sums' and 'hr_scale' must be given "
@@ -96,9 +96,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
   Tensor h = h0, c = c0;
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    const Tensor hg = linear.call(h, hh_w, hh_col_sums, hh_scale, hh_bias, false);
+    const Tensor hg = linear.call(h, hh_w, hh_col_sums, hh_scale, hh_bias, false, reduce_range);
     std::tie(h, c) = cell.call(igates.select(0, t), hg, c);
-    if (proj) h = linear.call(h, *hr_w, *hr_col_sums, *hr_scale, no_bias, false);
+    if (proj) h = linear.call(h, *hr_w, *hr_col_sums, *hr_scale, no_bias, false, reduce_range);
     out.select(0, t).copy_(h);
   }
   // An op's outputs may not alias its inputs (T = 0 would return h0 and c0 themselves).
@@ -109,7 +109,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
 std::tuple<Tensor, Tensor> gru_layer_dynamic(const Tensor& igates, const Tensor& h0,
                                              const Tensor& hh_w, const Tensor& hh_col_sums,
                                              const Tensor& hh_scale,
-                                             const std::optional<Tensor>& hh_bias, bool reverse) {
+                                             const std::optional<Tensor>& hh_bias, bool reverse,
+                                             bool reduce_range) {
   check_layer_args(igates, h0, nullptr, 3, hh_col_sums, hh_scale, std::nullopt, "gru_layer_dynamic");
   const auto& linear = linear_dynamic_op();
   static const auto cell = find_op<GruCellFn>("torchquant::gru_cell_update");
@@ -118,7 +119,7 @@ std::tuple<Tensor, Tensor> gru_layer_dynamic(const Tensor& igates, const Tensor&
   Tensor h = h0;
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    const Tensor hg = linear.call(h, hh_w, hh_col_sums, hh_scale, hh_bias, false);
+    const Tensor hg = linear.call(h, hh_w, hh_col_sums, hh_scale, hh_bias, false, reduce_range);
     h = cell.call(igates.select(0, t), hg, h);
     out.select(0, t).copy_(h);
   }

@@ -80,9 +80,11 @@ TORCH_LIBRARY(torchquant, m) {
   // Per-row affine quantization of x [..., K]: returns (q int8, scale float32 [rows],
   // zero_point int32 [rows]).
   m.def("quantize_rowwise(Tensor x, int qmin=-128, int qmax=127) -> (Tensor, Tensor, Tensor)");
-  // Dynamic int8 Linear: float x, per-row quantization fused in, float32 out.
+  // Dynamic int8 Linear: float x, per-row quantization fused in, float32 out. The rows are
+  // affine int8 codes in [-128, 127], or with reduce_range 7-bit codes in [0, 127] (torch.ao's
+  // x86 dynamic range: the multiply without VNNI does not saturate on them).
   m.def("linear_dynamic(Tensor x, Tensor w_packed, Tensor w_col_sums, Tensor w_scale, "
-        "Tensor? bias, bool relu=False) -> Tensor");
+        "Tensor? bias, bool relu=False, bool reduce_range=False) -> Tensor");
 
   // ---- observers (cpu/observe.cpp, cuda/observe.cu) ----
   // NaN-skipping (min, max) of x: per tensor (axis=None, 0-dim results) or per channel of
@@ -165,14 +167,14 @@ TORCH_LIBRARY(torchquant, m) {
   // A whole layer, one direction, padded input (rnn_layer.cpp, every device): igates [T, B, 4H]
   // (the input projection of the sequence, biases included), h0 / c0 [B, H]; per step t
   // (T-1 down to 0 if reverse): hgates = linear_dynamic(h, hh_*), (h, c) = lstm_cell_update,
-  // then h = linear_dynamic(h, hr_*) if the projection is given. Returns (out [T, B, H'], h, c),
-  // bit-identical to those calls made one by one.
+  // then h = linear_dynamic(h, hr_*) if the projection is given (each with reduce_range).
+  // Returns (out [T, B, H'], h, c), bit-identical to those calls made one by one.
   m.def("lstm_layer_dynamic(Tensor igates, Tensor h0, Tensor c0, Tensor hh_w, Tensor hh_col_sums, "
         "Tensor hh_scale, Tensor? hh_bias, Tensor? hr_w, Tensor? hr_col_sums, Tensor? hr_scale, "
-        "bool reverse=False) -> (Tensor, Tensor, Tensor)");
+        "bool reverse=False, bool reduce_range=False) -> (Tensor, Tensor, Tensor)");
   // The same for a GRU layer: igates [T, B, 3H], h0 [B, H]. Returns (out [T, B, H], h).
   m.def("gru_layer_dynamic(Tensor igates, Tensor h0, Tensor hh_w, Tensor hh_col_sums, Tensor hh_scale, "
-        "Tensor? hh_bias, bool reverse=False) -> (Tensor, Tensor)");
+        "Tensor? hh_bias, bool reverse=False, bool reduce_range=False) -> (Tensor, Tensor)");
 
   // ---- embedding ----
   // Row-wise quantized embedding bag (cpu/embedding.cpp, cuda/embedding.cu). packed: uint8

@@ -1,9 +1,9 @@
-"""Dynamic Linear layers with 7-bit activation rows (reduce_range_dynamic_qconfig): bit-identical
-with the oracle (per-row uint8 codes in [0, 127], then linear_int8) on every CPU kernel variant,
-set by quantize_dynamic from the qconfig, and kept through copies and state dicts."""
+"""Dynamic Linear and recurrent layers with 7-bit activation rows (reduce_range_dynamic_qconfig):
+bit-identical with the oracle (per-row uint8 codes in [0, 127], then linear_int8) on every CPU
+kernel variant, set by quantize_dynamic from the qconfig, and kept through copies and state
+dicts."""
 import copy
 import io
-import warnings
 
 import pytest
 import torch
@@ -14,6 +14,8 @@ from torchquant import reference
 from torchquant.nn import quantized as nnq
 
 from conftest import SUPPORTED_ISAS
+
+ops = torch.ops.torchquant
 
 
 def _oracle(layer: nnq.DynamicLinear, x: torch.Tensor) -> torch.Tensor:
@@ -103,17 +105,73 @@ def test_7bit_rows_survive_copies_and_either_state_dict_loads():
     assert set(q7.state_dict()) == set(q8.state_dict())
 
 
-def test_recurrent_modules_keep_8bit_rows_and_say_so():
-    torch.manual_seed(3)
-    m = nn.Sequential(nn.LSTM(8, 8))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        q7 = tq.quantize_dynamic(m, {nn.LSTM: tq.reduce_range_dynamic_qconfig})
-    assert any("apply to Linear layers" in str(w.message) for w in caught)
-    q8 = tq.quantize_dynamic(m, {nn.LSTM})
-    x = torch.randn(5, 2, 8)
-    assert torch.equal(q7(x)[0], q8(x)[0])
-    assert not q7[0].ih_l0.reduce_range
+def _ref_linear(layer: nnq.DynamicLinear, x: torch.Tensor) -> torch.Tensor:
+    return reference.linear_dynamic(x, layer.qweight, layer.weight_scale, layer.bias, False, True)
+
+
+def _lstm_oracle(q, x, proj: bool):
+    """One-layer unidirectional quantized LSTM, step by step: the int8 projections from the
+    plain-torch oracle with 7-bit rows, the gate update from the op (its transcendentals are the
+    ISA's: tests/test_rnn.py bounds them against the reference); x [T, B, I], zero initial
+    state."""
+    T, B = x.shape[:2]
+    H, P = q.hidden_size, q.proj_size or q.hidden_size
+    h, c = torch.zeros(B, P), torch.zeros(B, H)
+    ig = _ref_linear(q.ih_l0, x)
+    outs = []
+    for t in range(T):
+        h, c = ops.lstm_cell_update(ig[t], _ref_linear(q.hh_l0, h), c)
+        if proj:
+            h = _ref_linear(q.hr_l0, h)
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+@pytest.mark.parametrize("proj", [False, True])
+def test_lstm_7bit_rows_match_the_oracle_on_every_isa(proj):
+    torch.manual_seed(3 + proj)
+    m = nn.LSTM(19, 24, proj_size=8 if proj else 0)
+    q7 = tq.quantize_dynamic(nn.Sequential(m), {nn.LSTM: tq.reduce_range_dynamic_qconfig})[0]
+    q8 = tq.quantize_dynamic(nn.Sequential(m), {nn.LSTM})[0]
+    assert q7.reduce_range and not q8.reduce_range and "reduce_range=True" in repr(q7)
+    x = torch.randn(6, 3, 19) * 2
+    for isa in SUPPORTED_ISAS:
+        with tq.force_cpu_isa(isa):
+            out, (h, c) = q7(x)
+            want, wh, wc = _lstm_oracle(q7, x, proj)
+        assert torch.equal(out, want) and torch.equal(h[0], wh) and torch.equal(c[0], wc), isa
+    # one bit less than the 8-bit rows, and still close to float
+    with torch.no_grad():
+        y, y8 = m(x)[0], q8(x)[0]
+    assert not torch.equal(out, y8)
+    e7, e8 = ((out - y).norm() / y.norm()).item(), ((y8 - y).norm() / y.norm()).item()
+    assert e7 < 0.05 and e8 < 0.05, (e7, e8)
+
+
+def test_gru_and_cells_take_7bit_rows():
+    torch.manual_seed(4)
+    qc = tq.reduce_range_dynamic_qconfig
+    x = torch.randn(5, 2, 12)
+    gru = nn.GRU(12, 16, num_layers=2, bidirectional=True)
+    g7 = tq.quantize_dynamic(nn.Sequential(gru), {nn.GRU: qc})[0]
+    g8 = tq.quantize_dynamic(nn.Sequential(gru), {nn.GRU})[0]
+    assert g7.reduce_range and not torch.equal(g7(x)[0], g8(x)[0])
+    # the padded one-op loop and a PackedSequence (steps in Python) agree with 7-bit rows too
+    packed = nn.utils.rnn.pack_padded_sequence(x, [5, 5])
+    assert torch.equal(g7(packed)[0].data, g7(x)[0].reshape(-1, 32))
+    # the cells: one step from the oracle
+    xc, hc = torch.randn(3, 12), torch.randn(3, 16)
+    for cls in (nn.LSTMCell, nn.GRUCell, nn.RNNCell):
+        cell = tq.quantize_dynamic(nn.Sequential(cls(12, 16)), {cls: qc})[0]
+        assert cell.reduce_range
+        ig, hg = _ref_linear(cell.ih, xc), _ref_linear(cell.hh, hc)
+        if cls is nn.LSTMCell:
+            cc = torch.randn(3, 16)
+            assert all(torch.equal(a, b) for a, b in zip(cell(xc, (hc, cc)), ops.lstm_cell_update(ig, hg, cc)))
+        elif cls is nn.GRUCell:
+            assert torch.equal(cell(xc, hc), ops.gru_cell_update(ig, hg, hc))
+        else:
+            assert torch.equal(cell(xc, hc), torch.tanh(ig + hg))
 
 
 def test_7bit_rows_holding_inf_give_nan_rows_as_8bit_ones():

@@ -683,12 +683,18 @@ def test_linear_dynamic_every_isa_matches_reference(M, K, N):
     ws = torch.rand(N, generator=gen) * 0.01 + 1e-4
     bias = torch.randn(N, generator=gen)
     wp, cs = ops.pack_weight(w)
-    for b, relu in ((None, False), (bias, True)):
-        want = reference.linear_dynamic(x, w, ws, b, relu)
+    for b, relu, rr in ((None, False, False), (bias, True, False), (None, False, True), (bias, True, True)):
+        want = reference.linear_dynamic(x, w, ws, b, relu, rr)
         for isa in SUPPORTED_ISAS:
             with torchquant.force_cpu_isa(isa):
-                got = ops.linear_dynamic(x, wp, cs, ws, b, relu)
-            assert torch.equal(got, want), isa
+                got = ops.linear_dynamic(x, wp, cs, ws, b, relu, rr)
+            assert torch.equal(got, want), (isa, rr)
+    # 7-bit rows (reduce_range) are linear_int8 on quantize_rowwise(x, 0, 127)'s codes as uint8
+    q7, s7, z7 = reference.quantize_rowwise(x, 0, 127)
+    if M:
+        assert int(q7.min()) >= 0 and int(z7.min()) >= 0
+    assert torch.equal(ops.linear_dynamic(x, wp, cs, ws, bias, True, True),
+                       reference.linear_int8(q7.view(torch.uint8), s7, z7, w, ws, bias, relu=True))
     # the float model of the dequantized activations, up to float32 summation order
     q, s, z = reference.quantize_rowwise(x)
     xq = (q.double() - z[:, None]) * s[:, None].double()
@@ -851,6 +857,7 @@ def test_opcheck():
     torch.library.opcheck(ops.linear_int8, (x, rs, rz, wp, cs, ws, b, None, None, True, None))
     torch.library.opcheck(ops.quantize_rowwise, (torch.randn(4, 9, generator=gen), -128, 127))
     torch.library.opcheck(ops.linear_dynamic, (torch.randn(2, 3, 9, generator=gen), wp, cs, ws, b, False))
+    torch.library.opcheck(ops.linear_dynamic, (torch.randn(2, 3, 9, generator=gen), wp, cs, ws, b, False, True))
 
 
 def test_public_wrappers_and_compile():

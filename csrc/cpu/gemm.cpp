@@ -546,7 +546,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Te
 
 at::Tensor linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& w_packed,
                               const at::Tensor& w_col_sums, const at::Tensor& w_scale,
-                              const std::optional<at::Tensor>& bias, bool relu) {
+                              const std::optional<at::Tensor>& bias, bool relu, bool reduce_range) {
   check_float_input(x, "x");
   TORCH_CHECK(x.dim() >= 1, "argument 'x' must have at least 1 dimension [..., K], got a scalar");
   const int64_t K = x.size(-1);
@@ -573,10 +573,14 @@ at::Tensor linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& w_packed,
   float* ps = scale.data();
   int32_t* pz = zp.data();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K, 1));
+  // 7-bit rows: codes in [0, 127], the same bytes as int8 or uint8, read as uint8 (the AVX2
+  // kernel's exact vpmaddubsw loop takes tiles of them; VNNI needs no flip of the top bit).
+  const int32_t qmin = reduce_range ? 0 : -128;
   at::parallel_for(0, M, grain, [&](int64_t b0, int64_t e0) {
-    k.quantize_rows(px + b0 * K, K, e0 - b0, K, -128, 127, pq + b0 * K, K, ps + b0, pz + b0);
+    k.quantize_rows(px + b0 * K, K, e0 - b0, K, qmin, 127, pq + b0 * K, K, ps + b0, pz + b0);
   });
   GemmProblem p;
+  p.a_unsigned = reduce_range;
   p.M = M;
   p.N = N;
   p.K = K;

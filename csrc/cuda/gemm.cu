@@ -547,10 +547,10 @@ at::Tensor linear_int8_cuda(const at::Tensor& x, const at::Tensor& x_scale,
   c10::cuda::CUDAGuard guard(x.device());
   if (quant_out) {
     os = out_scale->reshape({1}).to(at::kFloat).contiguous();
-    ozp = out_zero_point->reshape({1}).to(at::kInt).contiguous();
+    ozp = zero_point_int32(out_zero_point->reshape({1})).contiguous();
   }
   const at::Tensor xs = x_scale.reshape({-1}).to(at::kFloat).contiguous();
-  const at::Tensor xz = x_zero_point.reshape({-1}).to(at::kInt).contiguous();
+  const at::Tensor xz = zero_point_int32(x_zero_point.reshape({-1})).contiguous();
   const at::Tensor ws = w_scale.reshape({N}).to(at::kFloat).contiguous();
   const at::Tensor cs = w_col_sums.reshape({N}).contiguous();
   const at::Tensor b = bias_float(bias, N, x);
@@ -628,7 +628,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::T
 
 at::Tensor linear_dynamic_cuda(const at::Tensor& x, const at::Tensor& w_packed,
                                const at::Tensor& w_col_sums, const at::Tensor& w_scale,
-                               const std::optional<at::Tensor>& bias, bool relu) {
+                               const std::optional<at::Tensor>& bias, bool relu, bool reduce_range) {
   check_float_input(x, "x");
   TORCH_CHECK(x.dim() >= 1, "argument 'x' must have at least one dimension, got a scalar");
   const int64_t K = x.size(-1);
@@ -646,7 +646,9 @@ at::Tensor linear_dynamic_cuda(const at::Tensor& x, const at::Tensor& w_packed,
   at::Tensor q = at::empty({M, Kp}, x.options().dtype(at::kChar));
   at::Tensor xs = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor xz = at::empty({M}, x.options().dtype(at::kInt));
-  launch_rowwise(xf, M, K, q, Kp, xs, xz, -128, 127);
+  // 7-bit rows (reduce_range): codes and zero points in [0, 127], read as the int8 values they
+  // also are; the same integer arithmetic as the CPU's uint8 reading of them.
+  launch_rowwise(xf, M, K, q, Kp, xs, xz, reduce_range ? 0 : -128, 127);
   GemmProblem p;
   p.x = q.data_ptr<int8_t>();
   p.ldx = Kp;

@@ -47,7 +47,7 @@ using LinearInt8Sig = Tensor(const Tensor&, const Tensor&, const Tensor&, const 
                              const OptTensor&, bool, std::optional<at::ScalarType>);
 using Int8MmSig = Tensor(const Tensor&, const Tensor&);
 using LinearDynamicSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const OptTensor&, bool);
+                                const OptTensor&, bool, bool);
 using MaxPoolSig = Tensor(const Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
                           at::IntArrayRef, bool);
 using AvgPoolSig = Tensor(const Tensor&, const Tensor&, at::IntArrayRef, at::IntArrayRef,
@@ -136,12 +136,12 @@ Tensor linear_int8(const Tensor& x, const Tensor& x_scale, const Tensor& x_zero_
 }
 
 Tensor linear_dynamic(const Tensor& x, const Tensor& w_packed, const Tensor& w_col_sums,
-                      const Tensor& w_scale, const OptTensor& bias, bool relu) {
+                      const Tensor& w_scale, const OptTensor& bias, bool relu, bool reduce_range) {
   TQ_TRY
   static const auto op = typed_op<LinearDynamicSig>("torchquant::linear_dynamic");
   pybind11::gil_scoped_release no_gil;
   const BelowAutogradWithoutGrad below;
-  return op.call(x, w_packed, w_col_sums, w_scale, bias, relu);
+  return op.call(x, w_packed, w_col_sums, w_scale, bias, relu, reduce_range);
   TQ_CATCH
 }
 
@@ -225,7 +225,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out_scale").none(true), py::arg("out_zero_point").none(true), py::arg("relu"),
         py::arg("out_dtype").none(true));
   m.def("linear_dynamic", &linear_dynamic, py::arg("x"), py::arg("w_packed"),
-        py::arg("w_col_sums"), py::arg("w_scale"), py::arg("bias").none(true), py::arg("relu"));
+        py::arg("w_col_sums"), py::arg("w_scale"), py::arg("bias").none(true), py::arg("relu"),
+        py::arg("reduce_range") = false);
   m.def("max_pool_int8", &max_pool_int8, py::arg("x"), py::arg("kernel_size"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("ceil_mode"));
   m.def("avg_pool_int8", &avg_pool_int8, py::arg("x"), py::arg("zero_point"), py::arg("kernel_size"),

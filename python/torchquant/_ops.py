@@ -235,7 +235,7 @@ def _quantize_rowwise_fake(x, qmin=-128, qmax=127):
 
 
 @torch.library.register_fake("torchquant::linear_dynamic")
-def _linear_dynamic_fake(x, w_packed, w_col_sums, w_scale, bias=None, relu=False):
+def _linear_dynamic_fake(x, w_packed, w_col_sums, w_scale, bias=None, relu=False, reduce_range=False):
     torch._check(x.is_floating_point(), lambda: f"argument 'x' must be a floating-point tensor, got {x.dtype}")
     n = _check_packed(x, w_packed, w_col_sums)
     _check_devices("x", x, w_scale=w_scale, bias=bias)
@@ -468,7 +468,7 @@ def _check_layer(igates, h0, gates, op):
 
 @torch.library.register_fake("torchquant::lstm_layer_dynamic")
 def _lstm_layer_dynamic_fake(igates, h0, c0, hh_w, hh_col_sums, hh_scale, hh_bias, hr_w, hr_col_sums, hr_scale,
-                             reverse=False):
+                             reverse=False, reduce_range=False):
     _check_devices("igates", igates, h0=h0, c0=c0, hh_w=hh_w, hh_col_sums=hh_col_sums, hh_scale=hh_scale,
                    hh_bias=hh_bias, hr_w=hr_w, hr_col_sums=hr_col_sums, hr_scale=hr_scale)
     _check_layer(igates, h0, 4, "lstm_layer_dynamic")
@@ -478,7 +478,7 @@ def _lstm_layer_dynamic_fake(igates, h0, c0, hh_w, hh_col_sums, hh_scale, hh_bia
 
 
 @torch.library.register_fake("torchquant::gru_layer_dynamic")
-def _gru_layer_dynamic_fake(igates, h0, hh_w, hh_col_sums, hh_scale, hh_bias, reverse=False):
+def _gru_layer_dynamic_fake(igates, h0, hh_w, hh_col_sums, hh_scale, hh_bias, reverse=False, reduce_range=False):
     _check_devices("igates", igates, h0=h0, hh_w=hh_w, hh_col_sums=hh_col_sums, hh_scale=hh_scale, hh_bias=hh_bias)
     _check_layer(igates, h0, 3, "gru_layer_dynamic")
     t, b = igates.shape[0], igates.shape[1]

@@ -125,10 +125,12 @@ def quantize_rowwise(x: torch.Tensor, qmin: int = -128,
 
 def linear_dynamic(x: torch.Tensor, w_packed: torch.Tensor, w_col_sums: torch.Tensor,
                    w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                   relu: bool = False) -> torch.Tensor:
+                   relu: bool = False, reduce_range: bool = False) -> torch.Tensor:
     """Dynamic int8 Linear: float ``x`` [..., K] is quantized per row on the fly (as
     ``quantize_rowwise``), multiplied with the packed int8 weight in int32, and dequantized
-    to float32 [..., N] with bias and optional ReLU fused.
+    to float32 [..., N] with bias and optional ReLU fused. ``reduce_range``: the rows are
+    quantized to 7-bit codes, [0, 127] (``quantize_rowwise(x, 0, 127)``; torch.ao's x86 dynamic
+    range, faster on CPUs without VNNI and less exact).
 
     >>> w = torch.randint(-128, 128, (4, 8), dtype=torch.int8)
     >>> wp, cs = torchquant.pack_weight(w)
@@ -136,6 +138,7 @@ def linear_dynamic(x: torch.Tensor, w_packed: torch.Tensor, w_col_sums: torch.Te
     torch.Size([5, 4])
     """
     args = (x, w_packed, w_col_sums, w_scale, bias)
-    typed = type(relu) is bool and _fastcall.usable_all(args[:4], args[4:])  # as in linear_int8
+    typed = (type(relu) is bool and type(reduce_range) is bool
+             and _fastcall.usable_all(args[:4], args[4:]))  # as in linear_int8
     f = _fastcall.linear_dynamic if typed else ops.linear_dynamic
-    return f(*args, relu)
+    return f(*args, relu, reduce_range)

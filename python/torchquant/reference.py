@@ -204,11 +204,11 @@ def quantize_rowwise(x, qmin=-128, qmax=127) -> Tuple[torch.Tensor, torch.Tensor
     return t.to(torch.int64).to(torch.int8).reshape(x.shape), scale, zp
 
 
-def linear_dynamic(x, w, w_scale, bias=None, relu=False) -> torch.Tensor:
-    """Dynamic int8 Linear from the unpacked int8 weight w [N, K]: per-row quantization of x,
-    exact int8 GEMM, float32 out."""
+def linear_dynamic(x, w, w_scale, bias=None, relu=False, reduce_range=False) -> torch.Tensor:
+    """Dynamic int8 Linear from the unpacked int8 weight w [N, K]: per-row quantization of x
+    (to [-128, 127], or [0, 127] with reduce_range), exact int8 GEMM, float32 out."""
     K, N = x.shape[-1], w.shape[0]
-    q, scale, zp = quantize_rowwise(x, -128, 127)
+    q, scale, zp = quantize_rowwise(x, 0 if reduce_range else -128, 127)
     acc = (_rows(q).to(torch.float64) @ w.to(torch.float64).t()).to(torch.int64)
     corr = (acc - zp.to(torch.int64).reshape(-1, 1) * w.to(torch.int64).sum(1)).to(torch.int32)
     out = _requantize(corr, scale.reshape(-1, 1), w_scale, bias, relu, None, None, None)

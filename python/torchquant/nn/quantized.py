@@ -546,30 +546,14 @@ class DynamicLinear(Linear):
             repack_if_stale(self)
         b = self._buffers
         w = b["_packed_weight"]
-        if self.reduce_range:
-            f = self._linear_7bit
-        else:
-            f = _fastcall.linear_dynamic if _fastcall.usable(x, w, w) else ops.linear_dynamic.default
+        f = _fastcall.linear_dynamic if _fastcall.usable(x, w, w) else ops.linear_dynamic.default
+        rr = self.reduce_range
         if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
-            y = InputGrad.apply(x, lambda t: f(t, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu),
+            y = InputGrad.apply(x, lambda t: f(t, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr),
                                 self._float_weight, self._relu)
             return y if x.dtype == torch.float32 else y.to(x.dtype)
-        y = f(x, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu)
+        y = f(x, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
-
-    @staticmethod
-    def _linear_7bit(x, w, col_sums, w_scale, bias, relu):
-        """linear_dynamic with 7-bit rows: per-row affine uint8 codes in [0, 127] (quantize_rowwise's
-        int8 result holds them as they are), then linear_int8 with those per-row qparams. A row
-        holding +-inf (or a range past float32's) has an infinite scale, which linear_int8 refuses:
-        its outputs are NaN, as linear_dynamic gives for such a row."""
-        q, scale, zp = ops.quantize_rowwise.default(x, 0, 127)
-        # (the same bytes; torch.jit.trace records no dtype view, and a copy of the codes traces)
-        q = q.to(torch.uint8) if torch.jit.is_tracing() else q.view(torch.uint8)
-        finite = torch.isfinite(scale)
-        y = ops.linear_int8.default(q, torch.where(finite, scale, torch.ones_like(scale)), zp, w, col_sums, w_scale,
-                                    bias, None, None, relu, None)
-        return torch.where(finite.reshape(*y.shape[:-1], 1), y, torch.full_like(y, float("nan")))
 
     def _float_weight(self) -> torch.Tensor:
         """The int8 weight times its per-channel scales, float32 [N, K]."""

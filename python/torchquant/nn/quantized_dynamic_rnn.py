@@ -7,7 +7,11 @@ output channel and packed once. A forward pass makes, per layer and direction, o
 ``linear_dynamic`` call for the input projection of the whole sequence, then per time step one
 ``linear_dynamic`` for the recurrent projection (plus one for LSTM's ``proj_size``) and one
 fused ``lstm_cell_update`` / ``gru_cell_update`` for the gate nonlinearities and state update.
-Activations (the input and each step's hidden state) are quantized per row inside the GEMM.
+Activations (the input and each step's hidden state) are quantized per row inside the GEMM:
+to 8-bit codes, or to 7-bit ones where the module's ``reduce_range`` is set (by
+``quantize_dynamic`` from a qconfig whose activation observer has ``quant_max=127``, such as
+``torchquant.reduce_range_dynamic_qconfig``; torch.ao's x86 dynamic range, faster on CPUs without
+AVX-512 VNNI).
 
 The modules compute in float32 and return the input's floating dtype. State dicts hold plain
 tensors (int8 weights, float32 scales, int32 zero points, float32 biases).
@@ -15,7 +19,6 @@ tensors (int8 weights, float32 scales, int32 zero points, float32 biases).
     >>> qlstm = torchquant.quantize_dynamic(nn.LSTM(16, 32, 2), {nn.LSTM})
     >>> out, (h, c) = qlstm(torch.randn(5, 3, 16))
 """
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -42,9 +45,7 @@ def _quantized_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], qconfi
     if bias is not None:
         lin.bias = nn.Parameter(bias.detach().float(), requires_grad=False)
     lin.qconfig = qconfig
-    q = DynamicLinear.from_float(lin, name=name)
-    q.reduce_range = False  # (the recurrent kernels quantize their rows to 8 bits: _qconfig_of)
-    return q
+    return DynamicLinear.from_float(lin, name=name)
 
 
 def _linear_args(q: DynamicLinear):
@@ -55,23 +56,30 @@ def _linear_args(q: DynamicLinear):
     return b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
 
 
-def _linear(x: torch.Tensor, args) -> torch.Tensor:
+def _linear(x: torch.Tensor, args, reduce_range: bool) -> torch.Tensor:
     w, cs, s, bias = args
     if _fastcall.usable(x, w, w):
-        return _fastcall.linear_dynamic(x, w, cs, s, bias, False)
-    return ops.linear_dynamic.default(x, w, cs, s, bias, False)
+        return _fastcall.linear_dynamic(x, w, cs, s, bias, False, reduce_range)
+    return ops.linear_dynamic.default(x, w, cs, s, bias, False, reduce_range)
 
 
 def _qconfig_of(mod):
     qc = getattr(mod, "qconfig", None)
-    if _seven_bit_rows(mod):
-        warnings.warn(f"{type(mod).__name__}: 7-bit dynamic activations (a qconfig with quant_max=127, such as "
-                      "reduce_range_dynamic_qconfig) apply to Linear layers; the recurrent modules quantize their "
-                      "rows to 8 bits", UserWarning, stacklevel=4)
     return qc if qc is not None else default_dynamic_qconfig
 
 
-class _RNNBase(nn.Module):
+class _ReduceRange:
+    """``reduce_range``: the rows (input and hidden state) are quantized to 7-bit codes, [0, 127]
+    (as ``DynamicLinear.reduce_range``): set by ``from_float`` from the qconfig, a runtime choice
+    that is not part of the state dict."""
+
+    reduce_range = False
+
+    def _reduce_range_repr(self) -> str:
+        return ", reduce_range=True" if self.reduce_range else ""
+
+
+class _RNNBase(_ReduceRange, nn.Module):
     _mode = ""
     _gates = 1
 
@@ -131,7 +139,7 @@ class _RNNBase(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return s + ", dtype=torch.qint8"
+        return s + ", dtype=torch.qint8" + self._reduce_range_repr()
 
     def _get_name(self):
         return "DynamicQuantized" + self._mode
@@ -149,6 +157,7 @@ class _RNNBase(nn.Module):
             kwargs["proj_size"] = mod.proj_size
         q = cls(mod.input_size, mod.hidden_size, **kwargs)
         qc = _qconfig_of(mod)
+        q.reduce_range = _seven_bit_rows(mod)
         at = f"{name}." if name and name != type(mod).__name__ else ""  # (a bare root is named by its type)  # errors name the weight as the float model's state dict does
         for layer in range(mod.num_layers):
             for sfx in q._suffixes():
@@ -217,7 +226,7 @@ class _RNNBase(nn.Module):
                 ih = _linear_args(self._modules[f"ih_l{layer}{sfx}"])
                 hh = _linear_args(self._modules[f"hh_l{layer}{sfx}"])
                 hr = _linear_args(self._modules[f"hr_l{layer}{sfx}"]) if self.proj_size else None
-                igates = _linear(layer_in, ih)  # the whole sequence in one call
+                igates = _linear(layer_in, ih, self.reduce_range)  # the whole sequence in one call
                 c_k = c0[k] if c0 is not None else None
                 if is_packed:
                     out, hk, ck = self._run_packed(igates, batch_sizes_l, h0[k], c_k, hh, hr, reverse=d == 1)
@@ -283,11 +292,11 @@ class _RNNBase(nn.Module):
         return h0.float().contiguous(), (c0.float().contiguous() if c0 is not None else None)
 
     def _cell(self, ig, h, c, hh, hr):
-        hg = _linear(h, hh)
+        hg = _linear(h, hh, self.reduce_range)
         if self._mode == "LSTM":
             h, c = ops.lstm_cell_update.default(ig, hg, c)
             if hr is not None:
-                h = _linear(h, hr)
+                h = _linear(h, hr, self.reduce_range)
             return h, c
         return ops.gru_cell_update.default(ig, hg, h), None
 
@@ -295,9 +304,9 @@ class _RNNBase(nn.Module):
         # The time loop in one op (csrc/rnn_layer.cpp): the same calls as _cell's, bit for bit.
         if self._mode == "LSTM":
             return ops.lstm_layer_dynamic.default(igates, h, c, *hh, *(hr[:3] if hr is not None else (None,) * 3),
-                                                  reverse)
+                                                  reverse, self.reduce_range)
         if self._mode == "GRU":
-            out, h = ops.gru_layer_dynamic.default(igates, h, *hh, reverse)
+            out, h = ops.gru_layer_dynamic.default(igates, h, *hh, reverse, self.reduce_range)
             return out, h, None
         return self._run_padded_steps(igates, h, c, hh, hr, reverse)
 
@@ -376,7 +385,7 @@ class GRU(_RNNBase):
     _gates = 3
 
 
-class _CellBase(nn.Module):
+class _CellBase(_ReduceRange, nn.Module):
     _mode = ""
     _gates = 1
 
@@ -406,7 +415,7 @@ class _CellBase(nn.Module):
             s += ", bias=False"
         if self._mode == "RNNCell" and self.nonlinearity != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
-        return s + ", dtype=torch.qint8"
+        return s + ", dtype=torch.qint8" + self._reduce_range_repr()
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
@@ -417,6 +426,7 @@ class _CellBase(nn.Module):
         kwargs = {"nonlinearity": mod.nonlinearity} if cls._mode == "RNNCell" else {}
         q = cls(mod.input_size, mod.hidden_size, mod.bias, **kwargs)
         qc = _qconfig_of(mod)
+        q.reduce_range = _seven_bit_rows(mod)
         at = f"{name}." if name and name != type(mod).__name__ else ""  # (a bare root is named by its type)
         q.ih = _quantized_linear(mod.weight_ih, mod.bias_ih if mod.bias else None, qc, f"{at}weight_ih")
         q.hh = _quantized_linear(mod.weight_hh, mod.bias_hh if mod.bias else None, qc, f"{at}weight_hh")
@@ -471,8 +481,8 @@ class LSTMCell(_CellBase):
 
     def forward(self, input, hx=None):
         x, (h, c), batched, dt = self._prepare(input, hx)
-        ig = _linear(x, _linear_args(self.ih))
-        hg = _linear(h, _linear_args(self.hh))
+        ig = _linear(x, _linear_args(self.ih), self.reduce_range)
+        hg = _linear(h, _linear_args(self.hh), self.reduce_range)
         h, c = ops.lstm_cell_update.default(ig, hg, c)
         h, c = h.to(dt), c.to(dt)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
@@ -489,8 +499,8 @@ class GRUCell(_CellBase):
 
     def forward(self, input, hx=None):
         x, (h,), batched, dt = self._prepare(input, hx)
-        ig = _linear(x, _linear_args(self.ih))
-        hg = _linear(h, _linear_args(self.hh))
+        ig = _linear(x, _linear_args(self.ih), self.reduce_range)
+        hg = _linear(h, _linear_args(self.hh), self.reduce_range)
         h = ops.gru_cell_update.default(ig, hg, h).to(dt)
         return h if batched else h.squeeze(0)
 
@@ -506,6 +516,7 @@ class RNNCell(_CellBase):
 
     def forward(self, input, hx=None):
         x, (h,), batched, dt = self._prepare(input, hx)
-        pre = _linear(x, _linear_args(self.ih)) + _linear(h, _linear_args(self.hh))
+        rr = self.reduce_range
+        pre = _linear(x, _linear_args(self.ih), rr) + _linear(h, _linear_args(self.hh), rr)
         h = (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)).to(dt)
         return h if batched else h.squeeze(0)
