@@ -13,7 +13,7 @@ process.
         the bandwidth of the bytes each reads (rows, their qparams, indices); torchquant's table
         is on transparent huge pages, and torch.ao is also timed with its table copied onto them
 
---reduce-range adds torchquant with 7-bit activation rows to the bert rows
+--reduce-range adds torchquant with 7-bit activation rows to the lstm and bert rows
 (reduce_range_dynamic_qconfig: torch.ao's x86 dynamic range, which its column always uses).
 
 Times are the 10th percentile of single calls, implementations interleaved in rounds (see
@@ -44,6 +44,7 @@ def bench_lstm(args):
     torch.manual_seed(0)
     lstm = nn.LSTM(512, 512, num_layers=2, dropout=0.5).eval()
     q = tq.quantize_dynamic(lstm, {nn.LSTM})
+    q7 = tq.quantize_dynamic(lstm, {nn.LSTM: tq.reduce_range_dynamic_qconfig}) if args.reduce_range else None
     # torch.ao swaps only submodules: a bare LSTM would come back in float.
     ao = _ao_dynamic(nn.ModuleDict({"lstm": lstm}), {nn.LSTM})["lstm"]
     assert type(q).__module__.startswith("torchquant.") and "quantized" in type(ao).__module__, (type(q), type(ao))
@@ -51,6 +52,8 @@ def bench_lstm(args):
         x = torch.randn(35, batch, 512)
         with torch.no_grad():
             fns = {"fp32": lambda: lstm(x), "torch.ao": lambda: ao(x), "torchquant": lambda: q(x)}
+            if q7 is not None:
+                fns["torchquant 7-bit"] = lambda: q7(x)
             us = interleaved_us(fns, args.rounds, args.target_ms)
         rows.append((f"LSTM 2x512 seq35 b{batch}", us))
     return rows
@@ -119,7 +122,7 @@ def main():
     ap.add_argument("--target-ms", type=float, default=200)
     ap.add_argument("--only", default="lstm,bert,bag")
     ap.add_argument("--reduce-range", action="store_true",
-                    help="also time torchquant with 7-bit activation rows on the bert rows")
+                    help="also time torchquant with 7-bit activation rows on the lstm and bert rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(header("sequence models: torchquant vs torch.ao dynamic vs fp32"))
