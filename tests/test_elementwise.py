@@ -183,6 +183,10 @@ def test_output_layout_on_device_is_the_cpu_kernels_and_the_fake_kernels(device)
         "sliced": (base[:, ::2], other[:, 1::2]),
         "broadcast": (base.transpose(2, 3), other[:1, :, :1, :1]),
         "permuted both": (base.permute(3, 1, 0, 2), other.permute(3, 1, 0, 2)),
+        # a broadcast / expanded first operand against a full one (TensorIterator's own layout
+        # followed the first operand's strides there, unlike the fake kernel)
+        "broadcast first": (base[:1].transpose(2, 3), other.transpose(2, 3).contiguous()),
+        "expanded first": (base[:1, :, :, :1].expand(1, 8, 5, 6), other.transpose(2, 3).contiguous().transpose(2, 3)),
     }
     qa, qb, qo = _qp(0.0731, 9), _qp(0.5, -3), _qp(0.0517, 5)
     for name, (a, b) in layouts.items():
@@ -202,9 +206,18 @@ def test_output_layout_on_device_is_the_cpu_kernels_and_the_fake_kernels(device)
             "add_scalar": ops.add_scalar(da, *dqa, 0.25, *dqo, torch.uint8),
             "mul_scalar": ops.mul_scalar(db, *dqb, -0.5, *dqo, torch.int8),
         }
+        # the fake kernels (meta tensors of the same strides)
+        m = lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="meta")  # noqa: E731
+        mqa, mqb, mqo = (tuple(m(t) for t in q) for q in (qa, qb, qo))
+        fake = {
+            "add": ops.add(m(a), *mqa, m(b), *mqb, *mqo, False, None),
+            "mul": ops.mul(m(a), *mqa, m(b), *mqb, *mqo, True, torch.int8),
+        }
         for op, want in cpu.items():
             assert torch.equal(got[op].cpu(), want), (name, op)
             assert got[op].stride() == want.stride(), (name, op, got[op].stride(), want.stride())
+            if op in fake:
+                assert fake[op].stride() == want.stride(), (name, op, fake[op].stride(), want.stride())
 
 
 def test_bad_arguments():
