@@ -9,7 +9,9 @@ one process: fp32, the model in bf16 (torch's own kernels), torch.ao's `quantize
 (int4, group 128, round to nearest), each with every Linear quantized (lm_head too); beside,
 the relative error of each variant's logits over the prompt against fp32's (the greedy tokens
 themselves say little here: random weights give near-uniform logits, where any rounding flips
-the argmax and the sequences part).
+the argmax and the sequences part). Also the prefill of a longer prompt (--prefill tokens, one
+forward without a cache, best of three): there every Linear is a GEMM of that many rows, bound
+by arithmetic, not by the bytes of the weights.
 
     python benchmarks/bench_decode.py --threads 2
     python benchmarks/bench_decode.py --smoke       # tiny sizes: checks the script runs
@@ -17,6 +19,7 @@ the argmax and the sequences part).
 import argparse
 import copy
 import sys
+import time
 import warnings
 
 import torch
@@ -47,6 +50,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", choices=["small", "1b"], default="small")
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--prefill", type=int, default=128, help="tokens of the prompt whose prefill is timed")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,17 +69,28 @@ def main():
         variants.append(("torchquant int4 g128 rtn", tq.quantize_weight_only(
             model, bits=4, group_size=32 if args.smoke else 128, method="rtn", progress=False)))
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3))
-    results, logits = {}, {}
+    n_pre = 8 if args.smoke else args.prefill
+    long_prompt = torch.randint(0, model.config.vocab_size, (1, n_pre), generator=torch.Generator().manual_seed(4))
+    results, logits, prefill = {}, {}, {}
     for name, m in variants:
         with torch.no_grad():
             logits[name] = m(prompt).logits.float()
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                m(long_prompt, use_cache=False)
+                times.append(time.perf_counter() - t0)
+            prefill[name] = min(times) * 1e3
         results[name] = decode_ms_per_token(m, prompt, steps, "cpu", False)[0]
     ref_ms, ao_ms = results["fp32"], results["torch.ao int8 dynamic"]
-    print(f"{'':26} {'ms/token':>9} {'tokens/s':>9} {'vs fp32':>8} {'vs torch.ao':>11}  prompt logits vs fp32")
+    ref_pre, ao_pre = prefill["fp32"], prefill["torch.ao int8 dynamic"]
+    print(f"{'':26} {'ms/token':>9} {'tokens/s':>9} {'vs fp32':>8} {'vs torch.ao':>11}  "
+          f"{'prefill ' + str(n_pre) + ' ms':>16} {'vs fp32':>8} {'vs torch.ao':>11}  prompt logits vs fp32")
     for name, ms in results.items():
         err = float((logits[name] - logits["fp32"]).norm() / logits["fp32"].norm())
-        print(f"{name:26} {ms:9.2f} {1e3 / ms:9.1f} {ref_ms / ms:7.2f}x {ao_ms / ms:10.2f}x  rel. error {err:.2e}",
-              flush=True)
+        pre = prefill[name]
+        print(f"{name:26} {ms:9.2f} {1e3 / ms:9.1f} {ref_ms / ms:7.2f}x {ao_ms / ms:10.2f}x  "
+              f"{pre:16.1f} {ref_pre / pre:7.2f}x {ao_pre / pre:10.2f}x  rel. error {err:.2e}", flush=True)
     return 0
 
 

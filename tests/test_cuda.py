@@ -346,6 +346,9 @@ def test_linear_dynamic(gemm_path, M, K, N):
     if _has_cpu_kernel("linear_dynamic") and _has_cpu_kernel("pack_weight"):
         cp, cs = ops.pack_weight(w)
         assert torch.equal(got.cpu(), ops.linear_dynamic(x, cp, cs, w_scale, bias, True))
+    # 7-bit rows (reduce_range): codes in [0, 127], the same results as the oracle's
+    got7 = ops.linear_dynamic(x.cuda(), packed, sums, w_scale.cuda(), bias.cuda(), True, True)
+    assert torch.equal(got7.cpu(), reference.linear_dynamic(x, w, w_scale, bias, True, True))
 
 
 def test_gemm_errors(monkeypatch):

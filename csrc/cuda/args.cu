@@ -33,7 +33,8 @@ at::Tensor one_element(const at::Tensor& t, const char* name, bool floating, con
   TORCH_CHECK(t.numel() == 1, "argument '", name, "' must have one element (per tensor), got ",
               t.numel());
   check_same_device(x, "x", t, name);
-  return t.reshape({1}).to(floating ? at::kFloat : at::kInt).contiguous();
+  // (an integer zero point saturated into int32, not wrapped: the kernels clamp it to their codes)
+  return floating ? t.reshape({1}).to(at::kFloat).contiguous() : zero_point_int32(t.reshape({1})).contiguous();
 }
 
 at::Tensor per_channel(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& x) {

@@ -354,13 +354,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cuda(const at::T
   // scale (an int32 zero_point likewise), so w_scale / w_qp would share the caller's storage.
   const at::Tensor s = scale.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
   // Packing happens once per load: a host sync for the value checks is affordable here. The
-  // zero points are checked before their int32 copy (an int64 2^32 + 3 would wrap to 3), as the
-  // CPU's packing checks them in int64.
+  // scales first, then the zero points, as the CPU's packing checks them; the zero points before
+  // their int32 copy (an int64 2^32 + 3 would wrap to 3), as the CPU checks them in int64.
+  TORCH_CHECK(!(s.le(0) | s.isinf() | s.isnan()).any().item<bool>(),
+              "argument 'scale' must hold values > 0 and finite");
   TORCH_CHECK(!(zero_point.lt(0) | zero_point.gt(15)).any().item<bool>(),
               "argument 'zero_point' must lie in [0, 15]");
   const at::Tensor z = zero_point.to(at::kInt, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
-  TORCH_CHECK(!(s.le(0) | s.isinf() | s.isnan()).any().item<bool>(),
-              "argument 'scale' must hold values > 0 and finite");
   const at::Tensor qw = qweight.contiguous();
   // Explicit sizes: reshape({N, -1}) of an empty weight (N = 0) is ambiguous and raises.
   at::Tensor q = at::stack({qw.bitwise_and(0x0F), qw.bitwise_right_shift(4)}, -1).reshape({N, 2 * qw.size(1)});
