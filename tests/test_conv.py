@@ -362,6 +362,27 @@ def test_conv_refuses_a_weight_packed_for_another_shape_of_the_same_size(w_shape
 
 
 @pytest.mark.cuda
+def test_cuda_conv_int64_zero_point_past_int32_saturates():
+    # The CPU refuses a zero point outside the activation's codes; the GPU kernels clamp it into
+    # them after saturating it into int32 (2^32 + 3 wrapped to 3 before: a wrong result).
+    w = torch.randint(-128, 128, (4, 3, 3, 3), dtype=torch.int8)
+    wp, cs = ops.pack_conv_weight(w.cuda(), 1)
+    x = torch.randint(0, 256, (1, 3, 6, 6), dtype=torch.uint8, device="cuda")
+    ws = torch.full((4,), 0.01, device="cuda")
+    xs = torch.tensor([0.1], device="cuda")
+
+    def conv(zp):
+        return ops.conv_int8(x, xs, zp, wp, cs.cuda(), ws, None, [3, 3], [1, 1], [1, 1], [1, 1], 1, None, None,
+                             False, None)
+
+    big = torch.tensor([2 ** 32 + 3], dtype=torch.int64, device="cuda")
+    assert torch.equal(conv(big), conv(torch.tensor([255], dtype=torch.int32, device="cuda")))
+    with pytest.raises(RuntimeError, match="x_zero_point"):
+        ops.conv_int8(x.cpu(), xs.cpu(), big.cpu(), *ops.pack_conv_weight(w, 1), ws.cpu(), None, [3, 3], [1, 1],
+                      [1, 1], [1, 1], 1, None, None, False, None)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("w_shape,groups", [((8, 3, 3, 1), 1), ((6, 2, 1, 3), 3), ((4, 5, 3), 1), ((9, 1, 3, 1), 9),
                                             ((4, 3, 2, 3, 1), 1), ((6, 1, 2, 3), 6)])
 def test_cuda_packed_weight_shape_holds_the_kernel(w_shape, groups):
