@@ -187,6 +187,8 @@ def test_output_layout_on_device_is_the_cpu_kernels_and_the_fake_kernels(device)
         # followed the first operand's strides there, unlike the fake kernel)
         "broadcast first": (base[:1].transpose(2, 3), other.transpose(2, 3).contiguous()),
         "expanded first": (base[:1, :, :, :1].expand(1, 8, 5, 6), other.transpose(2, 3).contiguous().transpose(2, 3)),
+        # the first operand has the output's shape through stride-0 dimensions (a dense output)
+        "expanded full": (base[:1].expand(3, 8, 5, 6), other.transpose(2, 3).contiguous().transpose(2, 3)),
     }
     qa, qb, qo = _qp(0.0731, 9), _qp(0.5, -3), _qp(0.0517, 5)
     for name, (a, b) in layouts.items():
