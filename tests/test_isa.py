@@ -42,7 +42,7 @@ def test_bad_environment_value_warns_once_at_import_and_falls_back(value):
     count, message, after_import, forced, detected = _run(value)
     assert count == "1"
     assert f"TORCHQUANT_CPU_ISA={value!r}" in message
-    assert "auto, scalar, avx2, avx512vnni" in message
+    assert "auto, scalar, avx2, avxvnni, avx512vnni" in message
     assert after_import == detected
     assert forced == "scalar"
 

@@ -52,10 +52,13 @@ const ConvKernels& conv_kernels() {
   static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2,
                                 nullptr};
   // Depthwise: vpdpbusd on 256-bit registers over columns of kernel rows (conv_dw_avx512.cpp).
+  static const ConvKernels avxvnni{cpu::gemm_mr__avx2, cpu::gemm_compute__avxvnni, cpu::conv_dw__avx2,
+                                   nullptr};
   static const ConvKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
                                 cpu::conv_dw__avx512vnni, cpu::gemm_compute_segs__avx512vnni};
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return vnni;
+    case CpuIsa::AvxVnni: return avxvnni;
     case CpuIsa::Avx2: return avx2;
     default: return scalar;
   }
@@ -635,7 +638,7 @@ void run_conv_dw(const ConvSetup& s, const GemmProblem& base, const void* x, voi
   // inside the input; the sums are the same (a padded tap reads the zero point either way).
   at::Tensor padded;
   const ConvGeometry& G = s.g;
-  if (cpu_isa() == CpuIsa::Avx2 && G.out[2] <= 16 && (G.pad[0] | G.pad[1] | G.pad[2]) != 0) {
+  if (is_avx2_class(cpu_isa()) && G.out[2] <= 16 && (G.pad[0] | G.pad[1] | G.pad[2]) != 0) {
     const int64_t Dp = G.in[0] + 2 * G.pad[0], Hp = G.in[1] + 2 * G.pad[1], Wp = G.in[2] + 2 * G.pad[2];
     padded = at::empty({G.N * Dp * Hp * Wp * G.C}, at::TensorOptions().dtype(at::kByte));
     uint8_t* dst = padded.data_ptr<uint8_t>();

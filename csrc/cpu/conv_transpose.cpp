@@ -67,10 +67,13 @@ const CtKernels& ct_kernels() {
                                 cpu::conv_transpose_epilogue__scalar};
   static const CtKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2,
                               cpu::conv_transpose_epilogue__avx2};
+  static const CtKernels avxvnni{cpu::gemm_mr__avx2, cpu::gemm_compute__avxvnni,
+                                 cpu::conv_transpose_epilogue__avx2};
   static const CtKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
                               cpu::conv_transpose_epilogue__avx512vnni};
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return vnni;
+    case CpuIsa::AvxVnni: return avxvnni;
     case CpuIsa::Avx2: return avx2;
     default: return scalar;
   }

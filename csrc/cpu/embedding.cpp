@@ -175,7 +175,7 @@ Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t emb
   b.out = out.data_ptr<float>();
   const CpuIsa isa = cpu_isa();
   const auto kernel = isa == CpuIsa::Scalar ? cpu::embedding_bags__scalar
-                      : isa == CpuIsa::Avx2 ? cpu::embedding_bags__avx2
+                      : is_avx2_class(isa) ? cpu::embedding_bags__avx2
                                             : cpu::embedding_bags__avx512;
   // Threads get equal numbers of indices (not of bags, which may differ in size), and a small
   // problem runs on the calling thread without a parallel region.

@@ -136,10 +136,13 @@ const GemmKernels& gemm_kernels() {
                                   cpu::gemm_compute__scalar, cpu::quantize_rows__scalar};
   static const GemmKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_task_panels__avx2,
                                 cpu::gemm_compute__avx2, cpu::quantize_rows__avx2};
+  static const GemmKernels avxvnni{cpu::gemm_mr__avx2, cpu::gemm_task_panels__avx2,
+                                   cpu::gemm_compute__avxvnni, cpu::quantize_rows__avx2};
   static const GemmKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_task_panels__avx512vnni,
                                 cpu::gemm_compute__avx512vnni, cpu::quantize_rows__avx512vnni};
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return vnni;
+    case CpuIsa::AvxVnni: return avxvnni;
     case CpuIsa::Avx2: return avx2;
     default: return scalar;
   }
@@ -228,7 +231,8 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
 decltype(&cpu::gemm_pack_weight_nk__avx2) nk_packer() {
   switch (cpu_isa()) {
     case CpuIsa::Avx512Vnni: return cpu::gemm_pack_weight_nk__avx512vnni;
-    case CpuIsa::Avx2: return cpu::gemm_pack_weight_nk__avx2;
+    case CpuIsa::Avx2:
+    case CpuIsa::AvxVnni: return cpu::gemm_pack_weight_nk__avx2;
     default: return nullptr;
   }
 }

@@ -21,6 +21,15 @@
 // against all 16 channels of a panel. A tile holding any byte above 127 takes the vpmaddwd loop:
 // the check (an OR over the tile's bytes) decides per tile, so the results never depend on it.
 //
+// AVX-VNNI (gemm_compute__avxvnni, CPUs with AVX-VNNI and no AVX-512): every tile takes the
+// 7-bit loop's form, 6 rows x 16 channels, with vpdpbusd in place of vpmaddubsw + vpmaddwd +
+// vpaddd (K = N = 4096 on two Zen 5 cores: 340-395 G multiply-adds/s against the 8-bit AVX2
+// loop's 115-160; resnet18 b1 7.2 ms with 4-row tiles, 5.6 ms with 6): uint8 activations
+// x int8 weights, four products added into the int32 lane without an int16 step, so exact for
+// full 8-bit activations, 32 products per instruction. Signed (int8) activations are made
+// unsigned by flipping their top bit in the broadcast (x + 128), and 128 * col_sums[n] is taken
+// off each accumulator before the epilogue (wrapping as gemm_correct).
+//
 // The epilogue repeats gemm_dequant / quantize_val with the same float32 operations in the same
 // order (no FMA), so outputs are bit-identical to the scalar oracle; the last N % 8 columns
 // go through the oracle itself.
@@ -432,6 +441,101 @@ TQ_TARGET_AVX2 void compute_tile7(const GemmProblem& p, const uint8_t* a, int64_
   }
 }
 
+// AVX-VNNI: c[R][16] = a whole panel's accumulators for R rows (row i at a + i * lda, read in
+// place), the bytes xor flip (0x80 per byte for int8 activations, 0 for uint8) as unsigned.
+#define TQ_AVXVNNI_ROW(i)                                                                      \
+  if constexpr (R > i) {                                                                       \
+    int32_t xi;                                                                                \
+    std::memcpy(&xi, a + i * lda + 4 * g, 4);                                                  \
+    const __m256i x = FLIP ? _mm256_xor_si256(_mm256_set1_epi32(xi), flip) : _mm256_set1_epi32(xi); \
+    acc##i##0 = _mm256_dpbusd_avx_epi32(acc##i##0, x, w0);                                     \
+    acc##i##1 = _mm256_dpbusd_avx_epi32(acc##i##1, x, w1);                                     \
+  }
+#define TQ_AVXVNNI_STORE(i)                                                                    \
+  if constexpr (R > i) {                                                                       \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i * 16), acc##i##0);                    \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i * 16 + 8), acc##i##1);                \
+  }
+
+// Up to kMRV = 6 rows: 12 accumulators, 2 weight vectors and a broadcast fill the 16 ymm
+// registers (FLIP, for int8 activations, needs one more for the flip constant).
+constexpr int kMRV = 6;
+
+template <int R, bool FLIP>
+TQ_TARGET_AVXVNNI void micro_vnni(const uint8_t* a, int64_t lda, const int8_t* b, int64_t groups,
+                                  int32_t* c) {
+  const __m256i z = _mm256_setzero_si256(), flip = _mm256_set1_epi32(static_cast<int32_t>(0x80808080u));
+  __m256i acc00 = z, acc01 = z, acc10 = z, acc11 = z, acc20 = z, acc21 = z, acc30 = z, acc31 = z;
+  __m256i acc40 = z, acc41 = z, acc50 = z, acc51 = z;
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kGroup));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kGroup + 32));
+    TQ_AVXVNNI_ROW(0)
+    TQ_AVXVNNI_ROW(1)
+    TQ_AVXVNNI_ROW(2)
+    TQ_AVXVNNI_ROW(3)
+    TQ_AVXVNNI_ROW(4)
+    TQ_AVXVNNI_ROW(5)
+  }
+  TQ_AVXVNNI_STORE(0)
+  TQ_AVXVNNI_STORE(1)
+  TQ_AVXVNNI_STORE(2)
+  TQ_AVXVNNI_STORE(3)
+  TQ_AVXVNNI_STORE(4)
+  TQ_AVXVNNI_STORE(5)
+}
+
+#undef TQ_AVXVNNI_ROW
+#undef TQ_AVXVNNI_STORE
+
+using MicroVnniFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int32_t*);
+
+template <bool FLIP>
+MicroVnniFn pick_micro_vnni(int rows) {
+  switch (rows) {
+    case 1: return &micro_vnni<1, FLIP>;
+    case 2: return &micro_vnni<2, FLIP>;
+    case 3: return &micro_vnni<3, FLIP>;
+    case 4: return &micro_vnni<4, FLIP>;
+    case 5: return &micro_vnni<5, FLIP>;
+    default: return &micro_vnni<6, FLIP>;
+  }
+}
+
+// Output rows [m, m + rows) for panels [p0, p1) with vpdpbusd (any 8-bit activations).
+TQ_TARGET_AVX2 void compute_tile_vnni(const GemmProblem& p, const uint8_t* a, int64_t lda, int rows,
+                                      int64_t m, int64_t p0, int64_t p1) {
+  const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
+  alignas(32) int32_t c[kMRV * 16];
+  alignas(32) int8_t tw[kGroup];
+  // The K % 4 tail of each row, zero-padded to a 4-byte group ([row][4]); the padding's
+  // weights are 0, so its flipped bytes add nothing.
+  alignas(32) uint8_t ta[kMRV * 4] = {};
+  for (int i = 0; i < rows && r != 0; ++i)
+    for (int64_t j = 0; j < r; ++j) ta[i * 4 + j] = a[i * lda + 4 * groups + j];
+  const MicroVnniFn fn = p.a_unsigned ? pick_micro_vnni<false>(rows) : pick_micro_vnni<true>(rows);
+  for (int64_t pp = p0; pp < p1 && pp * kPanel < p.N; ++pp) {
+    const int8_t* b = p.w + pp * pstride;
+    fn(a, lda, b, groups, c);
+    if (r != 0) {
+      spread_tail(b + groups * kGroup, r, tw);
+      alignas(32) int32_t ct[kMRV * 16];
+      fn(ta, 4, tw, 1, ct);
+      for (int i = 0; i < rows * 16; ++i)
+        c[i] = static_cast<int32_t>(static_cast<uint32_t>(c[i]) + static_cast<uint32_t>(ct[i]));
+    }
+    const int64_t n0 = pp * kPanel;
+    const int64_t ncols = p.N - n0 < kPanel ? p.N - n0 : kPanel;
+    if (!p.a_unsigned) {  // sum (x + 128) w - 128 sum w
+      for (int i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < ncols; ++j)
+          c[i * 16 + j] = static_cast<int32_t>(static_cast<uint32_t>(c[i * 16 + j]) -
+                                               128u * static_cast<uint32_t>(p.col_sums[n0 + j]));
+    }
+    epilogue_rows(p, c, 16, rows, m, n0, ncols);
+  }
+}
+
 TQ_TARGET_AVX2 inline __m256 quantize8(__m256 x, __m256 inv, __m256 zp, __m256 lo, __m256 hi) {
   __m256 t = _mm256_add_ps(
       _mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
@@ -483,6 +587,15 @@ TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int6
         epilogue_rows(p, c, 8, rows, m, n0, ncols);
       }
     }
+  }
+}
+
+TQ_TARGET_AVX2 void gemm_compute__avxvnni(const GemmProblem& p, const void* a, int64_t lda,
+                                          int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  const auto* a8 = static_cast<const uint8_t*>(a);
+  for (int64_t m = m0; m < m1; m += kMRV) {
+    const int rows = static_cast<int>(m1 - m < kMRV ? m1 - m : kMRV);
+    compute_tile_vnni(p, a8 + m * lda, lda, rows, m, p0, p1);
   }
 }
 
@@ -679,6 +792,10 @@ TQ_TARGET_AVX2 void gemm_pack_weight_nk__avx2(const int8_t* w, int64_t ldw, int6
 
 #else  // not x86: never selected; keep the symbols for one signature set.
 
+void gemm_compute__avxvnni(const GemmProblem& p, const void* a, int64_t lda, int64_t m0, int64_t m1,
+                           int64_t p0, int64_t p1) {
+  gemm_compute__scalar(p, a, lda, m0, m1, p0, p1);
+}
 int gemm_mr__avx2() { return gemm_mr__scalar(); }
 int64_t gemm_task_panels__avx2() { return gemm_task_panels__scalar(); }
 void gemm_compute__avx2(const GemmProblem& p, const void* a, int64_t lda, int64_t m0, int64_t m1,

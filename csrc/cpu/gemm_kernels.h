@@ -180,6 +180,11 @@ TQ_DECLARE_GEMM_KERNELS(avx512vnni)
 
 #undef TQ_DECLARE_GEMM_KERNELS
 
+// AVX-VNNI (gemm_avx2.cpp): the AVX2 variant's layout, tiles and epilogue, with vpdpbusd on
+// 256-bit registers for every tile; the other kernels of that variant are AVX2's.
+void gemm_compute__avxvnni(const GemmProblem& p, const void* a, int64_t lda, int64_t m0, int64_t m1,
+                           int64_t p0, int64_t p1);
+
 // The per-row qparams of the dynamic path (scalar oracle, shared by every variant):
 // scale = max((mx - mn) / (qmax - qmin), FLT_EPSILON), zp = clamp(qmin - nearbyint(mn / scale)),
 // with mn = min(min(x), 0), mx = max(max(x), 0) found by the caller (NaN elements ignored).

@@ -29,6 +29,7 @@ void int4_kernels(Int4Fn* compute, RowsFn* rows) {
       *rows = cpu::quantize_rows__avx512vnni;
       return;
     case CpuIsa::Avx2:
+    case CpuIsa::AvxVnni:
       *compute = cpu::int4_compute__avx2;
       *rows = cpu::quantize_rows__avx2;
       return;

@@ -15,6 +15,9 @@ bool cpu_has(CpuIsa isa) {
       return true;
     case CpuIsa::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case CpuIsa::AvxVnni:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("avxvnni");
     case CpuIsa::Avx512Vnni:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -30,9 +33,10 @@ bool cpu_has(CpuIsa isa) {
 CpuIsa parse(const std::string& name) {
   if (name == "scalar") return CpuIsa::Scalar;
   if (name == "avx2") return CpuIsa::Avx2;
+  if (name == "avxvnni") return CpuIsa::AvxVnni;
   if (name == "avx512vnni") return CpuIsa::Avx512Vnni;
   TORCH_CHECK(false, "unknown CPU ISA '", name,
-              "' (argument 'isa'); expected one of auto, scalar, avx2, avx512vnni");
+              "' (argument 'isa'); expected one of auto, scalar, avx2, avxvnni, avx512vnni");
 }
 
 CpuIsa checked(CpuIsa isa, const std::string& name, const char* source) {
@@ -50,7 +54,7 @@ CpuIsa initial() {
   const char* env = std::getenv("TORCHQUANT_CPU_ISA");
   if (env == nullptr) return cpu_isa_detected();
   const std::string name(env);
-  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::AvxVnni, CpuIsa::Avx512Vnni}) {
     if (name == cpu_isa_name(isa) && cpu_has(isa)) return isa;
   }
   return cpu_isa_detected();
@@ -65,6 +69,7 @@ std::atomic<int>& current() {
 
 CpuIsa cpu_isa_detected() {
   static const CpuIsa best = cpu_has(CpuIsa::Avx512Vnni) ? CpuIsa::Avx512Vnni
+                             : cpu_has(CpuIsa::AvxVnni)  ? CpuIsa::AvxVnni
                              : cpu_has(CpuIsa::Avx2)     ? CpuIsa::Avx2
                                                          : CpuIsa::Scalar;
   return best;
@@ -83,6 +88,8 @@ const char* cpu_isa_name(CpuIsa isa) {
       return "scalar";
     case CpuIsa::Avx2:
       return "avx2";
+    case CpuIsa::AvxVnni:
+      return "avxvnni";
     case CpuIsa::Avx512Vnni:
       return "avx512vnni";
   }

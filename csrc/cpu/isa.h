@@ -4,7 +4,9 @@
 // SIMD code is compiled with per-function target attributes (see TQ_TARGET_* below), so the
 // whole library builds with the compiler's baseline flags and still runs on a CPU without
 // AVX2: a variant is only called after CPUID says the CPU has it.
-// TORCHQUANT_CPU_ISA=scalar|avx2|avx512vnni forces a variant (tests and benchmarks).
+// TORCHQUANT_CPU_ISA=scalar|avx2|avxvnni|avx512vnni forces a variant (tests and benchmarks).
+// avxvnni is AVX2 with AVX-VNNI (vpdpbusd on 256-bit registers: Intel since Alder Lake, AMD
+// since Zen 5, most without AVX-512): the AVX2 kernels, except the int8 GEMM's multiply.
 #pragma once
 
 #include <string>
@@ -12,17 +14,22 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #define TQ_X86 1
 #define TQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define TQ_TARGET_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
 #define TQ_TARGET_AVX512VNNI \
   __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #else
 #define TQ_X86 0
 #define TQ_TARGET_AVX2
+#define TQ_TARGET_AVXVNNI
 #define TQ_TARGET_AVX512VNNI
 #endif
 
 namespace torchquant {
 
-enum class CpuIsa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2 };
+enum class CpuIsa : int { Scalar = 0, Avx2 = 1, AvxVnni = 2, Avx512Vnni = 3 };
+
+// Whether the variant runs the AVX2 kernels (AVX2 itself, and AVX-VNNI everywhere but the GEMM).
+inline bool is_avx2_class(CpuIsa isa) { return isa == CpuIsa::Avx2 || isa == CpuIsa::AvxVnni; }
 
 // The best variant this CPU supports.
 CpuIsa cpu_isa_detected();

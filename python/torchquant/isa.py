@@ -15,11 +15,12 @@ from . import _load  # noqa: F401
 
 __all__ = ["cpu_isa", "set_cpu_isa", "force_cpu_isa", "build_info", "ISAS"]
 
-ISAS = ("scalar", "avx2", "avx512vnni")
+ISAS = ("scalar", "avx2", "avxvnni", "avx512vnni")
 
 
 def cpu_isa() -> str:
-    """The CPU kernel variant in use: 'scalar', 'avx2' or 'avx512vnni'."""
+    """The CPU kernel variant in use: 'scalar', 'avx2', 'avxvnni' (AVX2 with AVX-VNNI: the AVX2
+    kernels, but the int8 GEMMs multiply with 256-bit vpdpbusd) or 'avx512vnni'."""
     return torch.ops.torchquant.cpu_isa()
 
 
