@@ -415,32 +415,6 @@ TQ_TARGET_AVX2 void compute_tile16(const GemmProblem& p, const int16_t* tile, in
   }
 }
 
-// Output rows [m, m + rows) for panels [p0, p1) from 7-bit unsigned activations (rows_are_7bit).
-TQ_TARGET_AVX2 void compute_tile7(const GemmProblem& p, const uint8_t* a, int64_t lda, int rows,
-                                  int64_t m, int64_t p0, int64_t p1) {
-  const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
-  alignas(32) int32_t c[kMR * 16];
-  alignas(32) int8_t tw[kGroup];
-  // The K % 4 tail of each row, zero-padded to a 4-byte group ([row][4]).
-  alignas(32) uint8_t ta[kMR * 4] = {};
-  for (int i = 0; i < rows && r != 0; ++i)
-    for (int64_t j = 0; j < r; ++j) ta[i * 4 + j] = a[i * lda + 4 * groups + j];
-  const Micro7Fn fn = pick_micro7(rows);
-  for (int64_t pp = p0; pp < p1 && pp * kPanel < p.N; ++pp) {
-    const int8_t* b = p.w + pp * pstride;
-    fn(a, lda, b, groups, c);
-    if (r != 0) {
-      spread_tail(b + groups * kGroup, r, tw);
-      alignas(32) int32_t ct[kMR * 16];
-      pick_micro7(rows)(ta, 4, tw, 1, ct);
-      for (int i = 0; i < rows * 16; ++i)
-        c[i] = static_cast<int32_t>(static_cast<uint32_t>(c[i]) + static_cast<uint32_t>(ct[i]));
-    }
-    const int64_t n0 = pp * kPanel;
-    epilogue_rows(p, c, 16, rows, m, n0, p.N - n0 < kPanel ? p.N - n0 : kPanel);
-  }
-}
-
 // AVX-VNNI: c[R][16] = a whole panel's accumulators for R rows (row i at a + i * lda, read in
 // place), the bytes xor flip (0x80 per byte for int8 activations, 0 for uint8) as unsigned.
 #define TQ_AVXVNNI_ROW(i)                                                                      \
@@ -488,10 +462,8 @@ TQ_TARGET_AVXVNNI void micro_vnni(const uint8_t* a, int64_t lda, const int8_t* b
 #undef TQ_AVXVNNI_ROW
 #undef TQ_AVXVNNI_STORE
 
-using MicroVnniFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int32_t*);
-
 template <bool FLIP>
-MicroVnniFn pick_micro_vnni(int rows) {
+Micro7Fn pick_micro_vnni(int rows) {
   switch (rows) {
     case 1: return &micro_vnni<1, FLIP>;
     case 2: return &micro_vnni<2, FLIP>;
@@ -502,18 +474,20 @@ MicroVnniFn pick_micro_vnni(int rows) {
   }
 }
 
-// Output rows [m, m + rows) for panels [p0, p1) with vpdpbusd (any 8-bit activations).
-TQ_TARGET_AVX2 void compute_tile_vnni(const GemmProblem& p, const uint8_t* a, int64_t lda, int rows,
-                                      int64_t m, int64_t p0, int64_t p1) {
+// Output rows [m, m + rows) (rows <= kMRV) for panels [p0, p1), the activations read in place
+// by `fn`, a whole panel's 16 channels per call (and the K % 4 tail through fn(ta, 4, tw, 1)):
+// micro7 for 7-bit unsigned tiles (rows_are_7bit), micro_vnni for any. `flipped`: fn read int8
+// activations as x + 128, so 128 * col_sums[n] comes off (sum (x + 128) w - 128 sum w).
+TQ_TARGET_AVX2 void compute_tile_inplace(const GemmProblem& p, const uint8_t* a, int64_t lda, int rows,
+                                         int64_t m, int64_t p0, int64_t p1, Micro7Fn fn, bool flipped) {
   const int64_t K = p.K, groups = K / 4, r = K % 4, pstride = K * kPanel;
   alignas(32) int32_t c[kMRV * 16];
   alignas(32) int8_t tw[kGroup];
   // The K % 4 tail of each row, zero-padded to a 4-byte group ([row][4]); the padding's
-  // weights are 0, so its flipped bytes add nothing.
+  // weights are 0, so its (flipped) bytes add nothing.
   alignas(32) uint8_t ta[kMRV * 4] = {};
   for (int i = 0; i < rows && r != 0; ++i)
     for (int64_t j = 0; j < r; ++j) ta[i * 4 + j] = a[i * lda + 4 * groups + j];
-  const MicroVnniFn fn = p.a_unsigned ? pick_micro_vnni<false>(rows) : pick_micro_vnni<true>(rows);
   for (int64_t pp = p0; pp < p1 && pp * kPanel < p.N; ++pp) {
     const int8_t* b = p.w + pp * pstride;
     fn(a, lda, b, groups, c);
@@ -526,7 +500,7 @@ TQ_TARGET_AVX2 void compute_tile_vnni(const GemmProblem& p, const uint8_t* a, in
     }
     const int64_t n0 = pp * kPanel;
     const int64_t ncols = p.N - n0 < kPanel ? p.N - n0 : kPanel;
-    if (!p.a_unsigned) {  // sum (x + 128) w - 128 sum w
+    if (flipped) {
       for (int i = 0; i < rows; ++i)
         for (int64_t j = 0; j < ncols; ++j)
           c[i * 16 + j] = static_cast<int32_t>(static_cast<uint32_t>(c[i * 16 + j]) -
@@ -566,7 +540,7 @@ TQ_TARGET_AVX2 void gemm_compute__avx2(const GemmProblem& p, const void* a, int6
   for (int64_t m = m0; m < m1; m += kMR) {
     const int rows = static_cast<int>(m1 - m < kMR ? m1 - m : kMR);
     if (p.a_unsigned && rows_are_7bit(a8 + m * lda, lda, rows, K)) {
-      compute_tile7(p, a8 + m * lda, lda, rows, m, p0, p1);
+      compute_tile_inplace(p, a8 + m * lda, lda, rows, m, p0, p1, pick_micro7(rows), false);
       continue;
     }
     pack_tile(a8 + m * lda, lda, p.a_unsigned, rows, K, tile);
@@ -595,7 +569,9 @@ TQ_TARGET_AVX2 void gemm_compute__avxvnni(const GemmProblem& p, const void* a, i
   const auto* a8 = static_cast<const uint8_t*>(a);
   for (int64_t m = m0; m < m1; m += kMRV) {
     const int rows = static_cast<int>(m1 - m < kMRV ? m1 - m : kMRV);
-    compute_tile_vnni(p, a8 + m * lda, lda, rows, m, p0, p1);
+    compute_tile_inplace(p, a8 + m * lda, lda, rows, m, p0, p1,
+                         p.a_unsigned ? pick_micro_vnni<false>(rows) : pick_micro_vnni<true>(rows),
+                         !p.a_unsigned);
   }
 }
 
