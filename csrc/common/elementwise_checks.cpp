@@ -62,6 +62,13 @@ at::ScalarType ew_out_dtype(std::optional<at::ScalarType> out_dtype, at::ScalarT
   return odt;
 }
 
+at::Tensor ew_binary_output(const at::Tensor& a, const at::Tensor& b, at::ScalarType odt) {
+  const std::vector<int64_t> shape = at::infer_size(a.sizes(), b.sizes());
+  const at::IntArrayRef sh(shape);
+  const at::Tensor* like = a.sizes() == sh ? &a : (b.sizes() == sh ? &b : nullptr);
+  return like != nullptr ? at::empty_like(*like, a.options().dtype(odt)) : at::empty(shape, a.options().dtype(odt));
+}
+
 EwBinaryArgs ew_binary_args(const at::Tensor& a, const at::Tensor& a_scale,
                             const at::Tensor& a_zero_point, const at::Tensor& b,
                             const at::Tensor& b_scale, const at::Tensor& b_zero_point,

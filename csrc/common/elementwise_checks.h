@@ -42,6 +42,11 @@ EwBinaryArgs ew_binary_args(const at::Tensor& a, const at::Tensor& a_scale,
                             const at::Tensor& out_scale, const at::Tensor& out_zero_point,
                             std::optional<at::ScalarType> out_dtype);
 
+// The output of add / mul on every device, laid out as the fake kernel's (_ew_binary_fake, which
+// torch.compile trusts): empty_like of the operand that has the broadcast shape (a first), else
+// contiguous.
+at::Tensor ew_binary_output(const at::Tensor& a, const at::Tensor& b, at::ScalarType odt);
+
 // The checked arguments of add_scalar / mul_scalar: a an int8 / uint8 tensor, the qparams of a
 // and the output, out_dtype (a's dtype by default).
 struct EwScalarArgs {

@@ -62,16 +62,10 @@ at::Tensor binary(cpu::EwOp op, const at::Tensor& a, const at::Tensor& a_scale,
   p.b_zp = qb.zero_point;
   p.a_unsigned = a.scalar_type() == at::kByte;
   p.b_unsigned = b.scalar_type() == at::kByte;
-  // The output's layout is the fake kernel's and the GPU's (_ew_binary_fake: empty_like of the
-  // input that has the output's shape, else contiguous). TensorIterator's own choice followed a
-  // broadcast first input's strides where the fake kernel, which torch.compile trusts, said
-  // otherwise (a = x.transpose(1, 2) of shape [1, 5, 6] plus b [4, 5, 6]: (30, 1, 5) against
-  // (30, 6, 1)).
-  const std::vector<int64_t> shape = at::infer_size(a.sizes(), b.sizes());
-  const at::IntArrayRef sh(shape);
-  const at::Tensor* like = a.sizes() == sh ? &a : (b.sizes() == sh ? &b : nullptr);
-  at::Tensor out = like != nullptr ? at::empty_like(*like, a.options().dtype(odt))
-                                   : at::empty(shape, a.options().dtype(odt));
+  // The output's layout is the fake kernel's and the GPU's (ew_binary_output). TensorIterator's
+  // own choice followed a broadcast first input's strides where the fake kernel said otherwise
+  // (a = x.transpose(1, 2) of shape [1, 5, 6] plus b [4, 5, 6]: (30, 1, 5) against (30, 6, 1)).
+  at::Tensor out = ew_binary_output(a, b, odt);
   at::TensorIterator iter = at::TensorIteratorConfig()
                                 .add_output(out)
                                 .add_const_input(a)

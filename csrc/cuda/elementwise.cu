@@ -112,15 +112,12 @@ at::Tensor binary(int op, const at::Tensor& a, const at::Tensor& a_scale, const 
   const EwQParams &qa = args.a, &qb = args.b, &qo = args.out;
   const std::vector<int64_t> shape = at::infer_size(a.sizes(), b.sizes());
   const at::IntArrayRef sh(shape);
-  // The output's layout is the fake kernel's (_ew_binary_fake: empty_like of the input that has
-  // the output's shape, else contiguous), as on the CPU. (It was empty(shape, suggested memory
-  // format): a dense permuted input, e.g. x.transpose(2, 3), gave a contiguous CUDA output where
-  // the fake and the CPU give x's strides.) Each operand is read in the output's element order:
-  // in place when it has the output's sizes and strides, else expanded into a copy laid out as
-  // the output (empty_like of the dense output keeps its strides).
-  const at::Tensor* like = a.sizes() == sh ? &a : (b.sizes() == sh ? &b : nullptr);
-  at::Tensor out = like != nullptr ? at::empty_like(*like, a.options().dtype(odt))
-                                   : at::empty(shape, a.options().dtype(odt));
+  // The output's layout is the fake kernel's, as on the CPU (ew_binary_output). (It was
+  // empty(shape, suggested memory format): a dense permuted input, e.g. x.transpose(2, 3), gave a
+  // contiguous CUDA output where the fake and the CPU give x's strides.) Each operand is read in
+  // the output's element order: in place when it has the output's sizes and strides, else
+  // expanded into a copy laid out as the output (empty_like of the dense output keeps its strides).
+  at::Tensor out = ew_binary_output(a, b, odt);
   auto in_out_order = [&](const at::Tensor& t) {
     return t.sizes() == sh && t.strides() == out.strides()
                ? t
