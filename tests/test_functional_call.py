@@ -49,11 +49,13 @@ def test_functional_call_with_another_models_state_runs_that_model(kind):
     got = _out(torch.func.functional_call(m1, m2.state_dict(), (x,)))
     assert torch.equal(got, want)
     assert torch.equal(_out(m1(x)), own)  # its own weights again after the call
-    # a weight assigned in place of the buffer is used too
+    # a weight assigned in place of the buffer is used too (the other model's state as its state
+    # dict gives it: a converted module's qweight buffer holds a placeholder, nn/_compact.py)
     for a, b in zip(m1.modules(), m2.modules()):
+        sd = b.state_dict()
         for k, t in b._buffers.items():
-            if isinstance(t, torch.Tensor) and k in b.state_dict(keep_vars=True):  # (the persistent state)
-                a._buffers[k] = t.clone()
+            if isinstance(t, torch.Tensor) and k in sd:  # (the persistent state)
+                a._buffers[k] = sd[k].clone()
     assert torch.equal(_out(m1(x)), want)
 
 

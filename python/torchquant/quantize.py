@@ -25,6 +25,7 @@ from ._stack import user_stacklevel
 from .fake_quantize import FakeQuantizeBase, default_fixed_qparams_range_0to1_fake_quant
 from .nn import intrinsic, qat
 from .nn import quantized as nnq
+from .nn._compact import compact_modules
 from .nn import quantized_dynamic as nnqd
 from .nn import quantized_embedding as nnqe
 from .observer import _PER_CHANNEL, ObserverBase
@@ -1039,8 +1040,10 @@ def _from_float(target, mod, name: str):
     except (TypeError, ValueError):
         params = {}
     if "name" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return target.from_float(mod, name=name)
-    return target.from_float(mod)
+        new = target.from_float(mod, name=name)
+    else:
+        new = target.from_float(mod)
+    return compact_modules(new) if isinstance(new, nn.Module) else new  # (one copy of its weights in memory)
 
 
 def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_mapping: Optional[dict] = None,
@@ -1072,7 +1075,7 @@ def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_m
     _copy_hooks(mod, new)
     if devices:
         new.to(devices.pop())
-    return new
+    return compact_modules(new) if isinstance(new, nn.Module) else new
 
 
 def default_eval_fn(model: nn.Module, calib_data) -> None:

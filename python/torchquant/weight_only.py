@@ -25,6 +25,7 @@ from .int4 import gptq as _gptq
 from .int4.format import (check_bits, check_group_size, check_symmetric, choose_group_qparams,
                           dequantize_groups, pack_int4, quantize_groups, unpack_int4)
 from .nn.quantized_int4 import LinearWeightOnlyInt4
+from .nn._compact import compact
 
 __all__ = ["quantize_weight_only"]
 
@@ -1295,6 +1296,7 @@ def _swap_one(model, name, lin, res, bits, group_size, aliases, swapped=None):
             raise RuntimeError(f"quantize_weight_only: module '{name or type(lin).__name__}' (Linear "
                                f"{lin.in_features} -> {lin.out_features}) cannot be quantized to int8: {e}") from e
         new = new.to(lin.weight.device)
+    compact(new)  # (one copy of its weights in memory)
     if name:
         for alias in aliases.get(id(lin), [name]):
             _set_under(model, alias, new, swapped)

@@ -20,6 +20,7 @@ from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
 from ..qtensor import QTensor, _warn_once_on
 from ._input_grad import InputGrad, needs_input_grad
+from ._compact import CompactWeight, compact, expand, unpack_linear_cpu
 from ._state_dict import (OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
                           renote_packed, repack_for_copy, repack_if_stale)
@@ -137,7 +138,7 @@ class DeQuantize(OutputDtype, nn.Module):
         return "" if self.output_dtype is None else f"output_dtype={self.output_dtype}"
 
 
-class _Int8WeightModule(nn.Module):
+class _Int8WeightModule(CompactWeight, nn.Module):
     """What the static int8 modules with a packed weight share (Linear, Conv, ConvTranspose): the
     plain-tensor buffers, the rebuild of the packed weight on ``.to()`` and on load, the checks
     of a loaded state dict, and of the input."""
@@ -158,10 +159,11 @@ class _Int8WeightModule(nn.Module):
         if self._packed_layout_stale():
             self._repack()
         renote_packed(self)
+        self._compact_again()
 
     def __getstate__(self):
         repack_for_copy(self)
-        return super().__getstate__()
+        return self._portable_state(super().__getstate__())
 
     def _packed_layout_stale(self) -> bool:
         return False
@@ -207,11 +209,15 @@ class _Int8WeightModule(nn.Module):
         # The packed buffers are derived and rebuilt below: kept out of fn, which may not take
         # their shape (.to(memory_format=torch.channels_last) on a 4-D packed depthwise Conv3d
         # weight [kD, kH, kW, C], or a CUDA conv weight of 4 or 5 dimensions).
+        # A compact module's weight is rebuilt first (from the layout about to be dropped).
+        was_compact = expand(self)
         for k in ("_packed_weight", "_col_sums"):
             if k in self._buffers:
                 self._buffers[k] = None
         _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
         self._repack()
+        if was_compact:
+            compact(self)
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
@@ -247,8 +253,11 @@ class _Int8WeightModule(nn.Module):
                 for k in ("float_input_scale", "float_input_zero_point"):
                     state_dict[prefix + k] = self._buffers[k]
         own_loaded_qparams(self, state_dict, prefix)
+        was_compact = expand(self)  # (the load writes into the weight; a strict=False load may leave it)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._repack()
+        if was_compact:
+            compact(self)
 
     def _check_input(self, x, what: str, hint: str = ""):
         """x must be a per-tensor QTensor; `what` names the operation in the error. Returns x, or,
@@ -336,6 +345,14 @@ class Linear(_Int8WeightModule):
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
         note_packed(self, ("qweight",), "_packed_weight")
+
+    def _unpack_qweight(self, bufs, shape):
+        p = bufs["_packed_weight"]
+        if p.device.type == "cpu":
+            return unpack_linear_cpu(p, shape[0], shape[1])
+        if p.device.type == "cuda":  # [N, K rounded up to 16], zeros past K
+            return p[:, :shape[1]].clone()
+        raise NotImplementedError
 
     def forward(self, x, *, _tq_relu: bool = False):
         # (_tq_relu: the ReLU after it in its nn.Sequential, run in the epilogue: FusedReLUSequential)

@@ -23,6 +23,7 @@ from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
 from .quantized import _STORAGE, _activation_qparams
 from ._state_dict import note_packed, repack_if_stale
+from ._compact import unpack_by_probes
 from .quantized_conv import _check_geometry, _ConvLikeNd, _conv_weight_qparams
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
@@ -100,6 +101,10 @@ class _ConvTransposeNd(_ConvLikeNd):
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_transpose_weight(self.qweight, self.groups)
         note_packed(self, ("qweight",), "_packed_weight")
+
+    def _unpack_qweight(self, bufs, shape):
+        return unpack_by_probes(lambda w: ops.pack_conv_transpose_weight(w, self.groups)[0], bufs["_packed_weight"],
+                                shape)
 
     def _output_padding(self, data, output_size: Optional[List[int]]):
         if output_size is None:

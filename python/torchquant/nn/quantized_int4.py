@@ -17,6 +17,7 @@ from torch import nn
 
 from .._ops import ops
 from ..observer import _apply_keeping_float32
+from ._compact import CompactWeight, compact, expand, portable_qweight, unpack_int4_cpu
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (integer_load_errors, note_packed, qparam_load_errors, renote_packed, repack_for_copy,
                           repack_if_stale)
@@ -102,7 +103,7 @@ class Int4WeightView:
 
     ndim = property(dim)
     dtype = property(lambda self: torch.float32)
-    device = property(lambda self: self._module.qweight.device)
+    device = property(lambda self: self._module._buffers["weight_scale"].device)  # (qweight: meta when compact)
     requires_grad = property(lambda self: False)
 
     def numel(self) -> int:
@@ -158,10 +159,10 @@ class Int4WeightView:
     def __repr__(self):
         m = self._module
         return (f"Int4WeightView(shape=({m.out_features}, {m.in_features}), group_size={m.group_size}, "
-                f"device={m.qweight.device})")
+                f"device={m._buffers['weight_scale'].device})")
 
 
-class LinearWeightOnlyInt4(nn.Module):
+class LinearWeightOnlyInt4(CompactWeight, nn.Module):
     """nn.Linear with int4 weights in groups of ``group_size`` along K (one float32 scale and one
     4-bit zero point per group: asymmetric, or symmetric with every zero point 8, in the same
     buffers) and float activations (float32, bfloat16, float16; the output has the input's dtype).
@@ -260,7 +261,8 @@ class LinearWeightOnlyInt4(nn.Module):
 
     def qvalues(self) -> torch.Tensor:
         """The uint4 values as uint8 [N, K]."""
-        return unpack_int4(self.qweight, self.in_features)
+        w = portable_qweight(self)  # (a compact layer's, rebuilt: it stays compact)
+        return unpack_int4(self.qweight if w is None else w, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
         """``s * (q - z)`` as float32 [N, K] (the effective weight on ``x * input_scale``)."""
@@ -270,6 +272,12 @@ class LinearWeightOnlyInt4(nn.Module):
         self._w_packed, self._w_qp, self._w_scale = ops.int4_pack_weight(
             self.qweight, self.weight_scale, self.weight_zero_point, self.in_features, self.group_size)
         note_packed(self, ("qweight", "weight_scale", "weight_zero_point"), "_w_packed")
+
+    def _unpack_qweight(self, bufs, shape):
+        p = bufs.get("_w_packed")
+        if p is None or p.device.type != "cpu":
+            raise NotImplementedError
+        return pack_int4(unpack_int4_cpu(p, self.out_features, self.in_features, self.group_size))
 
     def _set_format(self):
         f = self._buffers.get("weight_format")
@@ -288,25 +296,29 @@ class LinearWeightOnlyInt4(nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         if "weight_format" not in self._buffers:  # pickled before the buffer existed
-            self.register_buffer("weight_format", torch.zeros(2, dtype=torch.int32, device=self.qweight.device))
+            self.register_buffer("weight_format", torch.zeros(2, dtype=torch.int32, device=self._buffers["weight_scale"].device))
             self._set_format()
         renote_packed(self)
+        self._compact_again()
 
     def __getstate__(self):
         repack_for_copy(self)
-        return super().__getstate__()
+        return self._portable_state(super().__getstate__())
 
     def _apply(self, fn, *args, **kwargs):
         # Moves follow the device; dtype casts (.half()) leave the float32 qparams, bias and
         # input scale as they are (they are part of the int4 computation), then repack.
         # Values that cannot be packed (the uninitialized memory of .to_empty(), filled by the
         # load_state_dict that follows) defer the packing, and its error, to the next call.
+        was_compact = expand(self)  # (rebuilt from the layout about to be replaced)
         _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
         self._set_format()  # (to_empty leaves it uninitialized)
         try:
             self._repack()
         except RuntimeError:
             self._w_packed = self._w_qp = self._w_scale = None
+        if was_compact:
+            compact(self)
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
@@ -341,12 +353,15 @@ class LinearWeightOnlyInt4(nn.Module):
         if isinstance(state_dict.get(prefix + "input_scale"), torch.Tensor) and self.input_scale is None:
             # An AWQ layer whose scale could not be folded keeps an input scale: a skeleton built
             # without one (quantize_weight_only(method="rtn"), no data) takes it from the checkpoint.
-            self.register_buffer("input_scale", torch.ones(self.in_features, device=self.qweight.device))
+            self.register_buffer("input_scale", torch.ones(self.in_features, device=self._buffers["weight_scale"].device))
+        was_compact = expand(self)  # (the load writes into the weight; a strict=False load may leave it)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if fmt_key in missing_keys and fmt_key not in state_dict:
             missing_keys.remove(fmt_key)  # a checkpoint saved before weight_format existed
         self._set_format()  # (the values checked above, in this buffer's dtype)
         self._repack()
+        if was_compact:
+            compact(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's name: fc(input=x) works too
         x = input

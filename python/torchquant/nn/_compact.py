@@ -1,0 +1,251 @@
+"""One copy of a converted layer's weights in memory.
+
+A quantized module's kernels read a packed layout (non-persistent buffers, per device), built from
+its portable weight ``qweight`` (the state dict's). Keeping both doubled the memory of every
+converted layer. A *compact* module keeps the packed layout alone: its ``qweight`` buffer holds a
+placeholder (a tensor of the weight's shape and dtype on the meta device: no memory, and no
+values to read by mistake), and the portable weight is rebuilt from the packed one where
+something needs it:
+
+- ``state_dict()`` saves the rebuilt weight (the same bytes as before);
+- reading ``module.qweight`` (or ``.weight``) puts the rebuilt weight back in the buffer: the
+  module is then an ordinary one again, whose weight can be changed in place as before;
+- ``.to()`` / ``.cuda()`` / ``.half()``, ``load_state_dict`` and a rebuild of the layout (a
+  changed qparam, ``torchquant.repack``) rebuild the portable weight first, do what they did, and
+  compact again;
+- pickling (``torch.save(model)``, ``copy.deepcopy``) stores the portable weight (a layout is
+  per machine) and the copy compacts itself again when loaded.
+
+A weight is compacted only where the rebuilt weight equals the one in the buffer (checked when
+compacting), so the placeholder never stands for anything but the exact weight. Tensors put in
+place of the placeholder (``torch.func.functional_call`` with another state, an assignment) are
+used as before; the module's own layout is kept aside until the placeholder is back.
+"""
+import functools
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ._state_dict import _REPACK_LOCK, note_packed, repack_if_stale
+
+
+def _placeholder(w: torch.Tensor) -> torch.Tensor:
+    # On the meta device: the weight's shape and dtype and no data, so that code reading the
+    # buffer directly (``_buffers``, ``named_buffers()``) fails loudly on it rather than reading
+    # values that are not the weight's.
+    with torch.inference_mode(False):
+        return torch.empty(w.shape, dtype=w.dtype, device="meta")
+
+
+def is_compact(module: nn.Module) -> bool:
+    """Whether module's ``qweight`` buffer is its placeholder (its weight lives in the packed layout
+    only)."""
+    rec = module.__dict__.get("_tq_compact")
+    return rec is not None and module._buffers.get("qweight") is rec[0]
+
+
+def _kernel_buffers(module: nn.Module) -> Dict[str, torch.Tensor]:
+    b = module._buffers
+    return {k: b[k] for k in module._non_persistent_buffers_set if isinstance(b.get(k), torch.Tensor)}
+
+
+def compact(module: nn.Module) -> bool:
+    """Replaces module's portable weight by its placeholder when the packed layout in place is
+    current and gives that weight back exactly. Returns whether the module is compact now."""
+    if is_compact(module):
+        return True
+    unpack = getattr(module, "_unpack_qweight", None)
+    b = module._buffers
+    w = b.get("qweight")
+    if (unpack is None or not isinstance(w, torch.Tensor) or w.numel() == 0 or w.device.type == "meta"
+            or torch.compiler.is_compiling()):
+        return False
+    # (shared memory, share_memory(): other processes read the weight and its layout from there,
+    # and a load writes into both; that model keeps both)
+    if w.device.type == "cpu" and w.is_shared():
+        return False
+    with _REPACK_LOCK:
+        repack_if_stale(module)
+        rec = module.__dict__.get("_tq_packed_from")
+        if rec is None or b.get(rec[3]) is not rec[0] or rec[1][0] is not w:
+            return False  # (a layout the caller put in place, or none)
+        bufs = _kernel_buffers(module)
+        try:
+            back = unpack(bufs, w.shape)
+        except (RuntimeError, NotImplementedError, ValueError):
+            return False
+        if back is None or back.shape != w.shape or back.dtype != w.dtype or not torch.equal(back, w):
+            return False
+        ph = _placeholder(w)
+        b["qweight"] = ph
+        module.__dict__["_tq_compact"] = (ph, bufs, ph._version)
+        note_packed(module, rec[2], rec[3])  # (the placeholder as the layout's source)
+    return True
+
+
+def portable_qweight(module: nn.Module) -> Optional[torch.Tensor]:
+    """The portable weight of a compact module, rebuilt from its own layout (None when module is
+    not compact)."""
+    rec = module.__dict__.get("_tq_compact")
+    if rec is None or module._buffers.get("qweight") is not rec[0]:
+        return None
+    return module._unpack_qweight(rec[1], rec[0].shape)
+
+
+def _check_placeholder_unwritten(module: nn.Module) -> None:
+    rec = module.__dict__["_tq_compact"]
+    if rec[0]._version != rec[2]:
+        raise RuntimeError(
+            f"{type(module).__name__}: something wrote in place into its qweight buffer, which holds a placeholder "
+            "(the weight lives in the packed layout only, torchquant.nn._compact): read module.qweight, which "
+            "puts the weight back in the buffer, and write into that")
+
+
+def expand(module: nn.Module) -> bool:
+    """Puts the portable weight, rebuilt from the module's own layout, back in its ``qweight``
+    buffer. Returns whether the module was compact. Where that layout is the one in place and
+    current, it is recorded as built from the weight now in place (no rebuild at the next call:
+    torch.jit.trace reads every buffer by name before it traces)."""
+    with _REPACK_LOCK:
+        w = portable_qweight(module)
+        if w is None:
+            return False
+        _check_placeholder_unwritten(module)
+        ph, bufs = module.__dict__["_tq_compact"][:2]
+        b = module._buffers
+        b["qweight"] = w
+        del module.__dict__["_tq_compact"]
+        rec = module.__dict__.get("_tq_packed_from")
+        if (rec is not None and rec[1][0] is ph and b.get(rec[3]) is rec[0] and rec[0] is bufs.get(rec[3])
+                and all(b.get(k) is t and (v is None or t._version == v)
+                        for k, t, v in zip(rec[2][1:], rec[1][1:], rec[4][1:]))):
+            note_packed(module, rec[2], rec[3])
+    return True
+
+
+def compact_safe_repack(repack: Callable) -> Callable:
+    """Wraps a module's ``_repack`` (which packs from ``qweight``): a compact module's weight is
+    rebuilt before, and the module compacted again after."""
+    @functools.wraps(repack)
+    def wrapped(self, *args, **kwargs):
+        if not is_compact(self):
+            return repack(self, *args, **kwargs)
+        _check_placeholder_unwritten(self)
+        with _REPACK_LOCK:
+            expand(self)
+            out = repack(self, *args, **kwargs)
+            compact(self)
+        return out
+
+    wrapped._tq_compact_safe = True
+    return wrapped
+
+
+class CompactWeight:
+    """Mixin of the modules with a ``qweight`` buffer and a packed layout built from it (they define
+    ``_unpack_qweight(kernel_buffers, shape) -> qweight``): the hooks that keep a compact module's
+    behaviour that of one holding both."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        f = cls.__dict__.get("_repack")
+        if f is not None and not getattr(f, "_tq_compact_safe", False):
+            cls._repack = compact_safe_repack(f)
+
+    def __getattr__(self, name):
+        # (only names that are not plain attributes get here: buffers, parameters, submodules)
+        if name == "qweight" and "_tq_compact" in self.__dict__:
+            expand(self)
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # (keep_vars=True asks for the module's own tensors, as torch.jit.trace does to find the
+        # module's state in a graph: the placeholder, which holds no values to read by mistake)
+        w = None if keep_vars else portable_qweight(self)
+        if w is not None and prefix + "qweight" in destination:
+            destination[prefix + "qweight"] = w
+
+    def _portable_state(self, state: dict) -> dict:
+        """For __getstate__: the pickled state with the portable weight (a packed layout is per
+        machine) and a note to compact again when loaded."""
+        w = portable_qweight(self)
+        if w is None:
+            return state
+        state = dict(state)
+        bufs = state["_buffers"]
+        bufs = type(bufs)(bufs)
+        bufs["qweight"] = w
+        state["_buffers"] = bufs
+        del state["_tq_compact"]
+        state["_tq_compact_again"] = True
+        return state
+
+    def _compact_again(self) -> None:
+        """For __setstate__."""
+        if self.__dict__.pop("_tq_compact_again", False):
+            compact(self)
+
+
+# ---------------------------------------------------------------- the layouts' inverses
+def unpack_linear_cpu(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """pack_weight's CPU layout -> the int8 [N, K] weight: panels of 16 channels, each K groups of
+    4 (16 channels x 4 bytes), then the K % 4 tail (16 channels x r bytes); channels past N zero."""
+    P = packed.shape[0]
+    flat = packed.reshape(P, -1)
+    full = K // 4 * 4
+    r = K - full
+    main = flat[:, :full * 16].reshape(P, full // 4, 16, 4).permute(0, 2, 1, 3).reshape(P * 16, full)
+    if r:
+        tail = flat[:, full * 16:full * 16 + 16 * r].reshape(P * 16, r)
+        main = torch.cat([main, tail], 1)
+    return main[:N].clone()  # (its own storage: no padding rows, nothing shared with packed)
+
+
+def unpack_by_probes(pack: Callable[[torch.Tensor], torch.Tensor], packed: torch.Tensor, shape) -> torch.Tensor:
+    """The int8 weight of `shape` that pack (weight -> the layout's packed tensor) turned into
+    `packed`, for a layout that moves each weight byte somewhere (and pads or records the shape
+    around them): the slots holding weights are where packing ones and zeros differ, and packing
+    each byte of every weight's index tells which weight each slot holds."""
+    n = math.prod(shape)
+    dev = packed.device
+
+    def packed_bytes(w):
+        return pack(w).reshape(-1).view(torch.uint8)
+
+    kw = dict(dtype=torch.int8, device=dev)
+    slots = (packed_bytes(torch.ones(shape, **kw)) != packed_bytes(torch.zeros(shape, **kw))).nonzero().flatten()
+    if slots.numel() != n:
+        raise ValueError("the packed layout does not hold each weight once")
+    ar = torch.arange(n, device=dev)
+    idx = torch.zeros(n, dtype=torch.int64, device=dev)
+    for d in range(max(1, math.ceil(math.log2(max(n, 2)) / 8))):
+        digit = ((ar >> (8 * d)) & 255).to(torch.uint8).view(torch.int8).reshape(shape)
+        idx |= packed_bytes(digit)[slots].to(torch.int64) << (8 * d)
+    if not bool((torch.bincount(idx, minlength=n) == 1).all()):
+        raise ValueError("the packed layout does not hold each weight once")
+    out = torch.empty(n, **kw)
+    out[idx] = packed.reshape(-1).view(torch.uint8)[slots].view(torch.int8)
+    return out.reshape(shape)
+
+
+def unpack_int4_cpu(packed: torch.Tensor, N: int, K: int, group_size: int) -> torch.Tensor:
+    """int4_pack_weight's CPU layout [panels, groups, record] -> the uint4 values uint8 [N, K]:
+    a record's first group_size / 8 blocks of 64 bytes hold 16 channels x 8 values, value j of
+    channel c in byte 4 c + (j % 4) of block j // 8, low nibble for j % 8 < 4."""
+    P, G, _ = packed.shape
+    bpg = group_size // 8
+    vals = packed[:, :, :bpg * 64].reshape(P, G, bpg, 16, 4)
+    v = torch.cat([vals & 0x0F, vals >> 4], -1)  # [P, G, bpg, 16, 8]
+    return v.permute(0, 3, 1, 2, 4).reshape(P * 16, G * group_size)[:N, :K]
+
+
+def compact_modules(model: nn.Module) -> nn.Module:
+    """Compacts every quantized module in model that can be (see the module's docstring); returns
+    model."""
+    for m in model.modules():
+        if isinstance(m, CompactWeight):
+            compact(m)
+    return model

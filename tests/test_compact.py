@@ -1,0 +1,300 @@
+"""Converted layers hold one copy of their weights: the packed layout, with the portable weight
+(the state dict's) rebuilt from it where needed (python/torchquant/nn/_compact.py)."""
+import copy
+import io
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchquant as tq
+from torchquant.nn._compact import (compact, expand, is_compact, portable_qweight, unpack_by_probes, unpack_int4_cpu,
+                                    unpack_linear_cpu)
+from torchquant.int4.format import pack_int4, unpack_int4
+
+ops = torch.ops.torchquant
+
+
+def _static(model, x, qconfig="x86"):
+    model.eval()
+    model.qconfig = tq.get_default_qconfig(qconfig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = tq.prepare(model)
+        p(x)
+        return tq.convert(p)
+
+
+def _weighted(model):
+    return [m for m in model.modules() if hasattr(m, "_unpack_qweight")]
+
+
+def _resident_bytes(model):
+    """Bytes of storage the model's buffers hold (each storage once; none on the meta device)."""
+    seen, total = set(), 0
+    for b in model.buffers():
+        if b.device.type == "meta":
+            continue
+        s = b.untyped_storage()
+        if s.data_ptr() not in seen:
+            seen.add(s.data_ptr())
+            total += s.nbytes()
+    return total
+
+
+def _models(seed=0):
+    torch.manual_seed(seed)
+    x2, x3, x4, x5 = torch.randn(5, 67), torch.randn(2, 6, 23), torch.randn(2, 3, 11, 9), torch.randn(1, 4, 5, 6, 7)
+    return {
+        "dynamic": (lambda: tq.quantize_dynamic(nn.Sequential(nn.Linear(67, 45), nn.ReLU(), nn.Linear(45, 33)),
+                                                {nn.Linear}), x2),
+        "static linear": (lambda: _static(nn.Sequential(tq.QuantStub(), nn.Linear(67, 17), nn.ReLU(),
+                                                        nn.Linear(17, 130), tq.DeQuantStub()), x2), x2),
+        "conv1d": (lambda: _static(nn.Sequential(tq.QuantStub(), nn.Conv1d(6, 10, 3, padding=1), nn.ReLU(),
+                                                 nn.Conv1d(10, 10, 5, groups=10), tq.DeQuantStub()), x3), x3),
+        "conv2d": (lambda: _static(nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 20, 3), nn.ReLU6(),
+                                                 nn.Conv2d(20, 20, 3, groups=20, padding=1),
+                                                 nn.Conv2d(20, 12, (1, 3), groups=4, stride=2), tq.DeQuantStub()),
+                                   x4), x4),
+        "conv3d": (lambda: _static(nn.Sequential(tq.QuantStub(), nn.Conv3d(4, 7, 3, padding=1), tq.DeQuantStub()),
+                                   x5), x5),
+        "conv transpose": (lambda: _static(nn.Sequential(tq.QuantStub(), nn.ConvTranspose2d(3, 6, 3, stride=2),
+                                                         nn.ConvTranspose2d(6, 4, 2, groups=2), tq.DeQuantStub()),
+                                           x4), x4),
+        "lstm": (lambda: tq.quantize_dynamic(nn.LSTM(23, 19, 2, bidirectional=True), {nn.LSTM}),
+                 torch.randn(4, 2, 23)),
+        "int4": (lambda: tq.quantize_weight_only(nn.Sequential(nn.Linear(200, 37), nn.Linear(37, 19)), group_size=32,
+                                                 progress=False), torch.randn(5, 200)),
+        "int8 weight-only": (lambda: tq.quantize_weight_only(nn.Sequential(nn.Linear(70, 21)), bits=8,
+                                                             progress=False), torch.randn(3, 70)),
+    }
+
+
+KINDS = list(_models())
+
+
+def _out(y):
+    y = y[0] if isinstance(y, tuple) else y
+    return y.dequantize() if isinstance(y, tq.QTensor) else y
+
+
+def _expanded_twin(model):
+    twin = copy.deepcopy(model)
+    for m in _weighted(twin):
+        expand(m)
+        m._repack()
+    return twin
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flows_keep_one_copy_of_the_weights_and_change_no_result(kind):
+    build, x = _models()[kind]
+    model = build()
+    mods = _weighted(model)
+    assert mods and all(is_compact(m) for m in mods)
+    twin = _expanded_twin(model)
+    assert not any(is_compact(m) for m in _weighted(twin))
+    assert torch.equal(_out(model(x)), _out(twin(x)))
+    sd, want = model.state_dict(), twin.state_dict()
+    assert list(sd) == list(want)
+    for k in want:
+        assert sd[k].dtype == want[k].dtype and torch.equal(sd[k], want[k]), k
+    # in memory: the packed layout once, not beside the portable weight as well
+    portable = sum(m._buffers["qweight"].numel() * m._buffers["qweight"].element_size() for m in _weighted(twin))
+    assert _resident_bytes(twin) - _resident_bytes(model) == portable
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_moves_casts_copies_and_loads_keep_results_and_compactness(kind):
+    build, x = _models()[kind]
+    model = build()
+    want = _out(model(x))
+    sd = model.state_dict()
+
+    def check(m, where):
+        assert all(is_compact(w) for w in _weighted(m)), where
+        assert torch.equal(_out(m(x)), want), where
+
+    check(copy.deepcopy(model), "deepcopy")
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    check(loaded, "torch.save of the module")
+    check(pickle.loads(pickle.dumps(model)), "pickle")
+    # the pickle holds the portable weight (a packed layout is per machine)
+    state = model.__getstate__() if hasattr(model, "_unpack_qweight") else _weighted(model)[0].__getstate__()
+    assert "_tq_compact" not in state
+    model.to("cpu")
+    check(model, ".to('cpu')")
+    if kind not in ("dynamic", "lstm", "int4", "int8 weight-only"):
+        return
+    model.double()  # (float layers in float64; the int8 / int4 ones as they are)
+    assert all(is_compact(w) for w in _weighted(model))
+    model.float()
+    check(model, ".double().float()")
+    other = _models(1)[kind][0]()
+    other.load_state_dict(sd)
+    check(other, "load_state_dict")
+    other = _models(1)[kind][0]()
+    other.load_state_dict(sd, assign=True)
+    check(other, "load_state_dict(assign=True)")
+    torch.save(sd, buf := io.BytesIO())
+    buf.seek(0)
+    other = _models(1)[kind][0]()
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    check(other, "torch.load(weights_only=True)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_functional_call_with_another_state_and_back(kind):
+    build, x = _models()[kind]
+    m1, m2 = build(), _models(1)[kind][0]()
+    own, theirs = _out(m1(x)), _out(m2(x))
+    assert not torch.equal(own, theirs)
+    assert torch.equal(_out(torch.func.functional_call(m1, m2.state_dict(), (x,))), theirs)
+    assert torch.equal(_out(m1(x)), own)  # its own weights again
+    assert all(is_compact(m) for m in _weighted(m1))
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d", "int4"])
+def test_reading_qweight_gives_the_weight_and_in_place_changes_take_effect(kind):
+    build, x = _models()[kind]
+    model = build()
+    twin = _expanded_twin(model)
+    m, t = _weighted(model)[0], _weighted(twin)[0]
+    w = m.qweight
+    assert not is_compact(m)
+    assert torch.equal(w, t.qweight)
+    # the module is an ordinary one again: a change in place reaches the kernels
+    with torch.no_grad():
+        w.copy_(w.flip(0))
+        t.qweight.copy_(t.qweight.flip(0))
+    assert torch.equal(_out(model(x)), _out(twin(x)))
+    assert compact(m)
+    assert torch.equal(_out(model(x)), _out(twin(x)))
+    assert torch.equal(model.state_dict()[_name_of(model, m) + "qweight"], t.qweight)
+
+
+def _name_of(model, module):
+    return next(n for n, m in model.named_modules() if m is module) + "."
+
+
+def test_placeholder_holds_no_values_and_a_write_into_it_is_an_error():
+    build, x = _models()["dynamic"]
+    model = build()
+    ph = model[0]._buffers["qweight"]
+    assert ph.device.type == "meta" and ph.dtype == torch.int8 and tuple(ph.shape) == (45, 67)
+    with pytest.raises((RuntimeError, NotImplementedError)):  # (no values to copy out)
+        torch.zeros(45, 67, dtype=torch.int8).copy_(ph)
+    ph.add_(1)  # (a write on the meta device does nothing but bump its version)
+    with pytest.raises(RuntimeError, match="wrote in place into its qweight buffer"):
+        model(x)
+
+
+def test_conv_qparams_changed_in_place_repack_from_the_right_weight():
+    # the conv layout's sources include its output qparams (the ReLU6 bound): a change to them in
+    # place rebuilds the layout, which a compact module rebuilds from its own weight
+    build, x = _models()["conv2d"]
+    model = build()
+    twin = _expanded_twin(model)
+    for q in (model, twin):
+        with torch.no_grad():
+            q[1].scale.mul_(1.5)
+    assert torch.equal(_out(model(x)), _out(twin(x)))
+    assert is_compact(model[1])
+    tq.repack(model)
+    assert is_compact(model[1]) and torch.equal(_out(model(x)), _out(twin(x)))
+
+
+def test_shared_memory_modules_keep_both():
+    model = _models()["dynamic"][0]()
+    model.share_memory()
+    assert not any(is_compact(m) for m in _weighted(model))
+    x = torch.randn(3, 67)
+    assert torch.equal(model(x), _expanded_twin(model)(x))
+
+
+def test_compile_of_a_compact_model():
+    build, x = _models()["dynamic"]
+    model = build()
+    want = model(x)
+    got = torch.compile(model, backend="eager", fullgraph=True)(x)
+    assert torch.equal(got, want)
+    assert all(is_compact(m) for m in _weighted(model))
+
+
+def test_int4_weight_view_reads_leave_it_compact():
+    build, x = _models()["int4"]
+    model = build()
+    m = model[0]
+    assert m.weight.device.type == "cpu" and tuple(m.weight.shape) == (37, 200)
+    deq = m.dequantized_weight()
+    assert is_compact(m)
+    assert torch.equal(deq, _expanded_twin(model)[0].dequantized_weight())
+
+
+# ---------------------------------------------------------------- the inverses, on every ISA's packing
+@pytest.mark.parametrize("shape", [(1, 1), (16, 4), (17, 5), (45, 67), (130, 17), (3, 130), (64, 1030)])
+def test_linear_cpu_unpack_inverts_pack_weight(isa, shape):
+    torch.manual_seed(shape[0] * 1000 + shape[1])
+    w = torch.randint(-128, 128, shape, dtype=torch.int8)
+    w[0, 0], w[-1, -1] = -128, 127
+    packed, _ = ops.pack_weight(w)
+    assert torch.equal(unpack_linear_cpu(packed, *shape), w)
+    # a non-contiguous weight packs to the same layout
+    wt = w.t().contiguous().t()
+    assert torch.equal(unpack_linear_cpu(ops.pack_weight(wt)[0], *shape), w)
+
+
+@pytest.mark.parametrize("shape,groups", [((8, 3, 3, 3), 1), ((20, 1, 3, 3), 20), ((12, 5, 1, 3), 4),
+                                          ((10, 1, 5), 10), ((7, 4, 3, 3, 3), 1), ((16, 2, 1, 1), 8),
+                                          ((33, 11, 3), 1)])
+def test_conv_unpack_inverts_pack_conv_weight(isa, shape, groups):
+    torch.manual_seed(len(shape) * 100 + groups)
+    w = torch.randint(-128, 128, shape, dtype=torch.int8)
+    w.reshape(-1)[0] = -128
+    packed = ops.pack_conv_weight(w, groups)[0]
+    assert torch.equal(unpack_by_probes(lambda t: ops.pack_conv_weight(t, groups)[0], packed, shape), w)
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 6, 3, 3), 1), ((6, 2, 2, 2), 2), ((4, 5, 3), 1), ((2, 3, 2, 2, 2), 1)])
+def test_conv_transpose_unpack_inverts_its_packing(isa, shape, groups):
+    torch.manual_seed(7)
+    w = torch.randint(-128, 128, shape, dtype=torch.int8)
+    packed = ops.pack_conv_transpose_weight(w, groups)[0]
+    assert torch.equal(unpack_by_probes(lambda t: ops.pack_conv_transpose_weight(t, groups)[0], packed, shape), w)
+
+
+def test_unpack_by_probes_refuses_a_layout_that_loses_weights():
+    w = torch.randint(-128, 128, (4, 6), dtype=torch.int8)
+    with pytest.raises(ValueError, match="each weight once"):
+        unpack_by_probes(lambda t: t[:, :5].reshape(-1), w[:, :5].reshape(-1), (4, 6))
+    with pytest.raises(ValueError, match="each weight once"):  # two slots for one weight
+        unpack_by_probes(lambda t: torch.cat([t.reshape(-1), t[0]]), torch.cat([w.reshape(-1), w[0]]), (4, 6))
+
+
+@pytest.mark.parametrize("N,K,group_size", [(1, 8, 8), (37, 200, 32), (16, 128, 128), (19, 37, 32), (40, 300, 64)])
+def test_int4_cpu_unpack_inverts_int4_pack_weight(N, K, group_size):
+    torch.manual_seed(N + K)
+    q = torch.randint(0, 16, (N, K), dtype=torch.uint8)
+    G = -(-K // group_size)
+    scale = torch.rand(N, G) + 0.1
+    zp = torch.randint(0, 16, (N, G), dtype=torch.uint8)
+    packed = ops.int4_pack_weight(pack_int4(q), scale, zp, K, group_size)[0]
+    assert torch.equal(unpack_int4_cpu(packed, N, K, group_size), q)
+    assert torch.equal(unpack_int4(pack_int4(unpack_int4_cpu(packed, N, K, group_size)), K), q)
+
+
+def test_a_weight_the_layout_cannot_give_back_is_kept():
+    # an int4 byte whose unused high nibble (odd K) is set is not what the layout gives back:
+    # the module keeps its portable weight rather than a placeholder for another one
+    m = tq.quantize_weight_only(nn.Sequential(nn.Linear(37, 8)), group_size=32, progress=False)[0]
+    expand(m)
+    with torch.no_grad():
+        m.qweight[:, -1] |= 0xF0
+    m._repack()
+    assert not compact(m)
+    assert portable_qweight(m) is None and m._buffers["qweight"][:, -1].ge(0xF0).all()
