@@ -516,7 +516,11 @@ def test_observer_state_dict_round_trips_and_reads_torch_aos():
 
     sd = tq.get_observer_state_dict(ours)
     ao_sd = taq.get_observer_state_dict(theirs)
-    assert set(sd) == set(ao_sd) | {k.replace("min_val", "nonfinite_count") for k in ao_sd if k.endswith("min_val")}
+    # (beside torch.ao's entries: the float-input range each future int8 layer saw)
+    ranges = {f"{n}.input_range.{k}" for n, m in ours.named_modules() if "_tq_input_range" in m.__dict__
+              for k in ("min_val", "max_val")}
+    assert ranges and set(sd) == set(ao_sd) | ranges | {k.replace("min_val", "nonfinite_count") for k in ao_sd
+                                                         if k.endswith("min_val")}
     assert all(torch.equal(sd[k], ao_sd[k]) for k in ao_sd)
 
     kept = {k: v.clone() for k, v in sd.items()}

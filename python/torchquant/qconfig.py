@@ -65,11 +65,20 @@ QConfigDynamic = QConfig  # torch.ao keeps this alias for dynamic quantization c
 QConfigAny = Optional[QConfig]
 
 
+def _ao_partial_wrapper():
+    """torch.ao's with_args wrapper class (the same fields as torchquant's), or () without torch.ao."""
+    try:
+        from torch.ao.quantization.observer import _PartialWrapper
+    except ImportError:
+        return ()
+    return _PartialWrapper
+
+
 def _ctr_key(ctr):
     """What a ``with_args`` constructor builds, as a comparable value: the class, its bound
     positional and keyword arguments, nested wrappers (an ``observer=`` argument, a with_args of
     a with_args) unwrapped the same way. Anything else compares as itself."""
-    if isinstance(ctr, _obs._PartialWrapper):
+    if isinstance(ctr, _obs._PartialWrapper) or isinstance(ctr, _ao_partial_wrapper()):
         return ("with_args", _ctr_key(ctr.p.func), ctr.p.args,
                 {k: _ctr_key(v) for k, v in ctr.p.keywords.items()}, dict(ctr.callable_args))
     if isinstance(ctr, _PartialWithRepr):

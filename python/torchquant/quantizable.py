@@ -150,7 +150,6 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     >>> model = torchquant.fuse_modules(model, torchquant.find_fusable_modules(model))
     >>> wrapped = nn.Sequential(torchquant.QuantStub(), model, torchquant.DeQuantStub())
     """
-    import copy
 
     from torch.fx.passes.shape_prop import ShapeProp
 
@@ -161,7 +160,9 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
         raise TypeError(f"make_quantizable: argument 'example_kwargs' must be a dict of forward's keyword "
                         f"arguments, got {type(example_kwargs).__name__}")
     args = _forward_args(model, args, example_kwargs or {})
-    root = copy.deepcopy(model)
+    from .quantize import _deepcopy  # (a hook-based weight norm's cached weight is detached first)
+
+    root = _deepcopy(model)
     _own_float_functionals(root)
     try:
         graph = _Tracer().trace(root)

@@ -244,8 +244,13 @@ def _plain_conv_base(cls):
     if base is None:
         return None
     for klass in cls.__mro__[:cls.__mro__.index(base)]:
-        if any(name in vars(klass) for name in ("forward", "_conv_forward", "_output_padding", "__call__")):
-            return None
+        # Only a constructor, static / class methods and plain class attributes: a method of its
+        # own (a helper the model's forward calls on it) would be lost with the class.
+        for name, v in vars(klass).items():
+            if name in ("forward", "_conv_forward", "_output_padding", "__call__"):
+                return None
+            if name != "__init__" and (inspect.isfunction(v) or isinstance(v, property)):
+                return None
     return base
 
 
@@ -542,7 +547,7 @@ def _add_observers(model: nn.Module) -> List[str]:
             if dev is not None:
                 fq.to(dev)
             mod.add_module("activation_post_process", fq)
-            mod.register_forward_hook(_observer_hook)
+            mod.register_forward_hook(_observer_hook, prepend=True)
             continue
         if type(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
             obs = _activation_observer(qc, name, mod)
@@ -550,7 +555,9 @@ def _add_observers(model: nn.Module) -> List[str]:
             if dev is not None:
                 obs.to(dev)
             mod.add_module("activation_post_process", obs)
-            mod.register_forward_hook(_observer_hook)
+            # Before the user's forward hooks (torch.ao's order): the int8 module computes its
+            # own output, and the hooks, carried over by convert, run on that.
+            mod.register_forward_hook(_observer_hook, prepend=True)
             target = _STATIC.get(type(mod))
             if isinstance(target, type) and issubclass(target, nnq._Int8WeightModule):
                 mod.register_forward_pre_hook(_input_range_hook)
@@ -986,7 +993,11 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         # torch.ao's own QAT classes in a mapping (its get_default_qat_module_mappings()) stand for
         # torchquant's of the same float class: prepare observes those, and convert swaps them (a
         # torch.ao QAT Linear got no output fake-quant here and failed after convert)
-        mapping = {k: (_QAT[k] if k in _QAT and getattr(v, "__module__", "").startswith("torch.ao.nn") else v)
+        # Its keys for torch.ao's fused modules stand for torchquant's of the same name, which the
+        # model's torch.ao fused modules became (_as_plain_convs above).
+        ours = {**_QAT, **_EMBEDDING_QAT}
+        mapping = {_AO_FUSED_AS_OURS.get(k, k): v for k, v in mapping.items()}
+        mapping = {k: (ours[k] if k in ours and getattr(v, "__module__", "").startswith("torch.ao.nn") else v)
                    for k, v in mapping.items()}
     _swap(model, _QAT if mapping is None else mapping, "")
     model = prepare(model, inplace=True)
@@ -1097,8 +1108,19 @@ def get_observer_state_dict(mod: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     """
     state = mod.state_dict()
     observers = OrderedDict((k, v) for k, v in state.items() if "activation_post_process" in k)
+    # The float-input range each future int8 Linear / Conv saw (_input_range_hook), which its
+    # convert needs where a float function runs before it.
+    for name, m in mod.named_modules():
+        seen = m.__dict__.get("_tq_input_range")
+        if seen is not None:
+            pre = name + "." if name else ""
+            observers[pre + _INPUT_RANGE_KEYS[0]] = seen[0].detach().clone()
+            observers[pre + _INPUT_RANGE_KEYS[1]] = seen[1].detach().clone()
     observers._metadata = getattr(state, "_metadata", None)
     return observers
+
+
+_INPUT_RANGE_KEYS = ("input_range.min_val", "input_range.max_val")
 
 
 def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) -> None:
@@ -1127,8 +1149,26 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: Dict[str, torch.Tensor]) 
             continue
         local = metadata.get(name, {"version": getattr(module, "_version", None)})
         module._load_from_state_dict(state, name + "." if name else "", local, True, missing, unexpected, errors)
+    # The float-input ranges (get_observer_state_dict's), for the modules that record one; a dict
+    # without them (torch.ao's, or an earlier one) leaves those as they are.
+    ranges = set()
+    for name, module in mod.named_modules():
+        if "_tq_input_range" not in module.__dict__:
+            continue
+        pre = name + "." if name else ""
+        lo, hi = (obs_dict.get(pre + k) for k in _INPUT_RANGE_KEYS)
+        if isinstance(lo, torch.Tensor) and isinstance(hi, torch.Tensor):
+            if lo.numel() != 1 or hi.numel() != 1 or not lo.is_floating_point() or not hi.is_floating_point():
+                errors.append(f"{pre}{_INPUT_RANGE_KEYS[0]} / {_INPUT_RANGE_KEYS[1]} must be one floating-point "
+                              f"value each, got shapes {tuple(lo.shape)} and {tuple(hi.shape)}")
+                continue
+            dev = module.__dict__["_tq_input_range"][0].device
+            with torch.inference_mode(False):
+                module.__dict__["_tq_input_range"] = (lo.detach().reshape(()).float().to(dev, copy=True),
+                                                      hi.detach().reshape(()).float().to(dev, copy=True))
+            ranges.update(pre + k for k in _INPUT_RANGE_KEYS)
     # Entries of observers the model does not have (a dict from a model with more layers).
-    orphans = [k for k in obs_dict if k.rpartition(".")[0] not in observers]
+    orphans = [k for k in obs_dict if k.rpartition(".")[0] not in observers and k not in ranges]
     missing = [k for k in missing if "activation_post_process" in k]
     if missing or unexpected or orphans or errors:
         parts = ([f"missing keys for observers: {missing}"] if missing else []) + \
@@ -1427,12 +1467,31 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
         if fuse is None:
             raise ValueError(f"fuse_modules: cannot fuse {[type(m).__name__ for m in mods]} (group {list(group)}); "
                              f"supported patterns: {[[t.__name__ for t in k] for k in _FUSIONS]}")
+        if (any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)
+                and len({m.training for m in mods}) > 1):
+            modes = ", ".join(f"'{n}' {'train' if m.training else 'eval'}" for n, m in zip(group, mods))
+            raise ValueError(f"{fn}: the modules of group {list(group)} must all be in the same mode (train or eval) "
+                             f"to fuse a BatchNorm, got {modes} (torch.ao refuses this too)")
         for n, m in zip(group[1:], mods[1:]):
             if _batch_stats_bn(m):
                 raise ValueError(f"fuse_modules: cannot fuse group {list(group)}: '{n}' ({type(m).__name__}) has "
                                  "track_running_stats=False, so it normalizes with each batch's statistics and has no "
                                  "fixed scale and shift to fold into the layer before it; leave it out of the group")
+        first, last = mods[0], mods[-1]
+        pre = [(h, hid in first._forward_pre_hooks_with_kwargs) for hid, h in first._forward_pre_hooks.items()]
+        post = [(h, hid in last._forward_hooks_with_kwargs, hid in last._forward_hooks_always_called)
+                for hid, h in last._forward_hooks.items()]
         fused = fuse(*mods, is_qat=is_qat)
+        # The user's hooks move to the fused module (torch.ao's rule): the first module's
+        # pre-hooks and the last one's forward hooks; those of modules in between are lost.
+        if fused is not first:
+            first._forward_pre_hooks.clear()
+            for h, kw in pre:
+                fused.register_forward_pre_hook(h, with_kwargs=kw)
+        if fused is not last:
+            last._forward_hooks.clear()
+            for h, kw, always in post:
+                fused.register_forward_hook(h, with_kwargs=kw, always_call=always)
         fused.train(mods[0].training)
         if hasattr(mods[0], "qconfig"):
             fused.qconfig = mods[0].qconfig

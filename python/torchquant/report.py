@@ -244,6 +244,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     kept = [(m, {k: None if v is None else v.detach().clone() for k, v in m._buffers.items()},
              {k: v.detach().clone() for k, v in m._parameters.items() if v is not None})
             for m in float_model.modules() if _is_observer(m)]
+    # (and the float-input ranges prepare records for the future int8 Linear / Conv layers)
+    ranges = [(m, tuple(t.detach().clone() for t in m.__dict__["_tq_input_range"]))
+              for m in float_model.modules() if isinstance(m.__dict__.get("_tq_input_range"), tuple)]
     float_model.eval()
     quantized_model.eval()
     try:
@@ -281,6 +284,14 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                         m._buffers[k] = v
                 for k, v in params.items():
                     m._parameters[k].copy_(v)
+            for m, (lo, hi) in ranges:
+                now = m.__dict__.get("_tq_input_range")
+                if (isinstance(now, tuple) and now[0].shape == lo.shape and now[0].device == lo.device
+                        and not now[0].is_inference()):
+                    now[0].copy_(lo)  # in place: a compiled calibration keeps its references
+                    now[1].copy_(hi)
+                else:
+                    m.__dict__["_tq_input_range"] = (lo, hi)
         for m, training in modes:
             m.training = training
     if seen == 0:

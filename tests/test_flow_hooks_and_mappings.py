@@ -1,0 +1,193 @@
+"""The eager flow where it meets the user's hooks, torch.ao's mappings and qconfigs, saved
+calibration, convolution subclasses and fusion modes (torch.ao's behaviour in each case)."""
+import warnings
+
+import pytest
+import torch
+import torch.ao.quantization as aoq
+from torch import nn
+
+import torchquant as tq
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def test_output_observer_runs_before_the_users_forward_hooks():
+    # The int8 module computes its own output and convert carries the user's hook over to run on
+    # it: the observer must see the module's output, not the hook's (torch.ao prepends it).
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 16), tq.DeQuantStub()).eval()
+    m[1].register_forward_hook(lambda mod, inp, out: out * 0.01)
+    x = torch.randn(64, 16)
+    ref = m(x)
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(x)
+    assert float(p[1].activation_post_process.max_val) > 1.0  # (the Linear's own output range)
+    err = (tq.convert(p)(x) - ref).abs().max()
+    assert err < 0.02 * ref.abs().max(), float(err)
+
+
+def _fusable():
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(144, 8), nn.ReLU(), tq.DeQuantStub())
+    return m.train()
+
+
+@pytest.mark.parametrize("fused_by", ["torchquant", "torch.ao"])
+def test_prepare_qat_with_torch_ao_mapping_swaps_fused_modules(fused_by):
+    fuse = tq.fuse_modules_qat if fused_by == "torchquant" else aoq.fuse_modules_qat
+    m = fuse(_fusable(), [["1", "2", "3"], ["5", "6"]])
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m, mapping=aoq.get_default_qat_module_mappings())
+    assert type(p[1]) is tq.nn.qat.ConvBnReLU2d and type(p[5]) is tq.nn.qat.LinearReLU
+    assert hasattr(p[1], "weight_fake_quant") and hasattr(p[5], "weight_fake_quant")
+    p(torch.randn(4, 3, 8, 8))
+    c = tq.convert(p.eval())
+    assert isinstance(c(torch.randn(2, 3, 8, 8)), torch.Tensor)
+
+
+def test_prepare_qat_with_torch_ao_embedding_mapping():
+    from torch.ao.quantization.quantization_mappings import get_embedding_qat_module_mappings
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.EmbeddingBag(10, 8)
+
+        def forward(self, idx):
+            return self.emb(idx)
+
+    m = M().train()
+    m.emb.qconfig = tq.default_embedding_qat_qconfig
+    p = tq.prepare_qat(m, mapping=get_embedding_qat_module_mappings())
+    assert type(p.emb) is tq.nn.qat.EmbeddingBag
+    p(torch.randint(0, 10, (4, 3)))
+    c = tq.convert(p.eval())
+    assert type(c.emb).__module__.startswith("torchquant.nn.quantized")
+
+
+class _FloatBetween(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.fc1, self.fc2, self.dq = tq.QuantStub(), nn.Linear(8, 8), nn.Linear(8, 4), tq.DeQuantStub()
+
+    def forward(self, x):
+        return self.dq(self.fc2(self.fc1(self.q(x)) * 2.0))  # fc2 gets a float tensor
+
+
+def test_observer_state_dict_carries_the_float_input_ranges():
+    torch.manual_seed(0)
+    m = _FloatBetween().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    x = torch.randn(32, 8)
+    p1 = tq.prepare(m)
+    p1(x)
+    sd = tq.get_observer_state_dict(p1)
+    assert "fc2.input_range.min_val" in sd and "fc2.input_range.max_val" in sd
+    p2 = tq.prepare(m)
+    tq.load_observer_state_dict(p2, sd)
+    assert torch.equal(tq.convert(p2)(x), tq.convert(p1)(x))
+    # an entry for a module that records no range is one the model does not have
+    bad = dict(sd)
+    bad["dq.input_range.min_val"] = bad.pop("fc2.input_range.min_val")
+    with pytest.raises(RuntimeError, match=r"does not have: \['fc2.input_range.max_val', 'dq.input_range.min_val'\]"):
+        tq.load_observer_state_dict(tq.prepare(m), bad)
+
+
+def test_conv_subclass_with_a_method_of_its_own_keeps_its_class():
+    class ScaledConv(nn.Conv2d):
+        def out_scale(self):
+            return 0.5
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.conv, self.dq = tq.QuantStub(), ScaledConv(3, 4, 3), tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dq(self.conv(self.q(x))) * self.conv.out_scale()
+
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    assert type(p.conv) is ScaledConv
+    x = torch.randn(1, 3, 8, 8)
+    p(x)
+    tq.convert(p)(x)
+
+
+def test_conv_subclass_with_only_static_helpers_is_still_quantized():
+    class Conv3DSimple(nn.Conv3d):  # (torchvision's video models' form)
+        @staticmethod
+        def get_downsample_stride(stride):
+            return stride, stride, stride
+
+    m = nn.Sequential(tq.QuantStub(), Conv3DSimple(2, 4, 3), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    x = torch.randn(1, 2, 5, 5, 5)
+    p(x)
+    assert type(tq.convert(p)[1]).__module__.startswith("torchquant.nn.quantized")
+
+
+def test_fuse_modules_moves_the_users_hooks_to_the_fused_module():
+    x = torch.randn(1, 3, 8, 8)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    calls = []
+    m[1].register_forward_hook(lambda mod, i, o: calls.append("bn"))
+    tq.fuse_modules(m, [["0", "1"]])(x)
+    assert calls == ["bn"]
+    for where in ("pre", "post"):
+        m = nn.Sequential(tq.QuantStub(), nn.Linear(4, 4), nn.ReLU(), tq.DeQuantStub()).eval()
+        calls = []
+        if where == "pre":
+            m[1].register_forward_pre_hook(lambda mod, i: calls.append("pre"))
+        else:
+            m[2].register_forward_hook(lambda mod, i, o: calls.append("post"))
+        f = tq.fuse_modules(m, [["1", "2"]])
+        f.qconfig = tq.get_default_qconfig("x86")
+        p = tq.prepare(f)
+        xl = torch.randn(8, 4)
+        p(xl)
+        c = tq.convert(p)
+        calls.clear()
+        c(xl)
+        assert calls == [where]
+
+
+def test_make_quantizable_with_a_hook_based_weight_norm():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.utils.weight_norm(nn.Conv1d(4, 4, 3, padding=1))
+            self.b = nn.Conv1d(4, 4, 1)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    m = M().eval()
+    x = torch.randn(2, 4, 16)
+    m(x)  # (its cached weight is now a non-leaf tensor)
+    q = tq.make_quantizable(m, x)
+    assert torch.allclose(q(x), m(x), atol=1e-5)
+
+
+def test_fusing_a_batchnorm_in_another_mode_is_refused():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    m[1].eval()
+    with pytest.raises(ValueError, match=r"same mode.*'1' eval"):
+        tq.fuse_modules_qat(m, [["0", "1", "2"]])
+    with pytest.raises(ValueError, match="same mode"):
+        tq.fuse_modules(m, [["0", "1"]])
+
+
+def test_qconfig_equals_sees_through_torch_ao_with_args():
+    assert tq.qconfig_equals(aoq.get_default_qconfig("x86"), aoq.get_default_qconfig("x86"))
+    assert tq.qconfig_equals(aoq.get_default_qat_qconfig("x86"), aoq.get_default_qat_qconfig("x86"))
+    assert not tq.qconfig_equals(aoq.get_default_qconfig("x86"), aoq.get_default_qconfig("qnnpack"))
