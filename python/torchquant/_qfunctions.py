@@ -10,6 +10,7 @@ results on the same int data (tests/test_qtensor_ops.py); the averaging rounds a
 channels-last kernels do: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``
 (sums exact in integers).
 """
+import operator
 import weakref
 from typing import List, Sequence
 
@@ -55,11 +56,28 @@ def _back(q: QTensor, codes: torch.Tensor) -> QTensor:
 # ---------------------------------------------------------------- pooling
 # The int8 pooling ops (csrc/cpu/pool*.cpp, csrc/cuda/pool.cu) on the codes; their plain-torch
 # oracles are reference.max_pool_int8 / avg_pool_int8 / adaptive_avg_pool_int8.
+def _int_element(e, i: int, name: str, fn_name: str) -> int:
+    """e as an int; a float (which int() would truncate) or anything else is torch's TypeError."""
+    try:
+        return operator.index(e)
+    except TypeError:
+        raise TypeError(f"{fn_name}(): argument '{name}' must be an int or a tuple of ints, but found element of "
+                        f"type {type(e).__name__} at pos {i}: {e!r}") from None
+
+
+def _elements(v) -> list:
+    """The elements of a sequence argument; a single value (2.5) as a list of itself."""
+    try:
+        return list(v)
+    except TypeError:
+        return [v]
+
+
 def _ints(v, n: int, name: str, fn_name: str) -> List[int]:
     """An int or a sequence of 1 or n ints as a list of n ints (torch's pooling arguments)."""
     if isinstance(v, int):
         return [v] * n
-    v = [int(e) for e in v]
+    v = [_int_element(e, i, name, fn_name) for i, e in enumerate(_elements(v))]
     if len(v) == 1:
         return v * n
     if len(v) != n:
@@ -122,14 +140,14 @@ def _adaptive_avg_pool(q, output_size, nsp: int, name: str):
     if isinstance(output_size, int):
         size = [output_size] * nsp
     else:
-        size = list(output_size)
+        size = _elements(output_size)
         if len(size) == 1:
             size = size * nsp
         if len(size) != nsp:
             raise RuntimeError(f"{name}: argument 'output_size' must be a single int or a tuple of {nsp} ints, "
                                f"got {size}")
         spatial = d.shape[-nsp:]
-        size = [spatial[i] if o is None else int(o) for i, o in enumerate(size)]
+        size = [spatial[i] if o is None else _int_element(o, i, "output_size", name) for i, o in enumerate(size)]
     f = _fastcall.adaptive_avg_pool_int8 if _fastcall.usable_all((d, z), ()) else _ops.adaptive_avg_pool_int8.default
     return q._same_qparams(f(d, z, size))
 
@@ -198,6 +216,14 @@ def _interpolate(q, size=None, scale_factor=None, mode="nearest", align_corners=
                           recompute_scale_factor=recompute_scale_factor, antialias=antialias)
         return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
                                                              q.data.dtype))
+    # (torch refuses the interpolating modes' options for nearest, with a ValueError)
+    if align_corners is not None:
+        raise ValueError(f"interpolate: argument 'align_corners' can only be set with the interpolating modes "
+                         f"(linear, bilinear, bicubic, trilinear), got align_corners={align_corners} with mode "
+                         f"'{mode}'")
+    if antialias:
+        raise ValueError(f"interpolate: argument 'antialias' is restricted to the bilinear and bicubic modes, got "
+                         f"antialias={antialias} with mode '{mode}'")
     out = F.interpolate(_as_float_codes(q), size=size, scale_factor=scale_factor, mode=mode,
                         recompute_scale_factor=recompute_scale_factor)
     return _back(q, out)

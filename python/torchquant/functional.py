@@ -12,6 +12,7 @@ Example::
     torch.int8
 """
 import math
+import numbers
 import operator
 from typing import Optional, Tuple, Union
 
@@ -62,15 +63,18 @@ def _as_tensor(v, dtype, device, name) -> torch.Tensor:
 
 
 def _number_tensor(v, dtype, device, name) -> torch.Tensor:
-    """A Python number as a one-element tensor of dtype. An integer dtype takes only an int (a
-    float would be truncated: zero_point 0.5 would become 0) inside the int32 range."""
+    """A number (Python's or NumPy's scalars, as torch takes them; not a bool) as a one-element
+    tensor of dtype. An integer dtype takes only an integer (a float would be truncated:
+    zero_point 0.5 would become 0) inside the int32 range."""
     if dtype.is_floating_point:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"argument '{name}' must be a number or a tensor, got {type(v).__name__}")
+        v = float(v)
     else:
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             got = f"float {v}" if isinstance(v, float) else type(v).__name__
             raise TypeError(f"argument '{name}' must be an integer or a tensor, got {got}")
+        v = int(v)
         if not -2 ** 31 <= v < 2 ** 31:
             raise ValueError(f"argument '{name}' must lie in the int32 range, got {v}")
     if dtype == torch.float32 and v != 0 and not 1e-38 < abs(v) < 3e38 and math.isfinite(v):

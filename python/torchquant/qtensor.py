@@ -156,7 +156,9 @@ class QTensor:
 
     # ---- torch quantized-tensor accessors ----
     def int_repr(self) -> torch.Tensor:
-        return self.data
+        """A copy of the codes, as torch's int_repr returns a new tensor (a change to it leaves the
+        QTensor as it is; ``.data`` is the QTensor's own)."""
+        return self.data.clone()
 
     def __call__(self) -> "QTensor":
         """The QTensor itself: a quantized module's ``.weight`` also reads as torch.ao's method
@@ -368,8 +370,33 @@ class QTensor:
         return self.data.element_size()
 
     @property
+    def itemsize(self) -> int:
+        return self.data.itemsize
+
+    @property
     def nbytes(self) -> int:
         return self.data.nbytes
+
+    def untyped_storage(self):
+        return self.data.untyped_storage()
+
+    def share_memory_(self) -> "QTensor":
+        """Moves the codes and the qparams to shared memory, in place (torch.Tensor.share_memory_);
+        returns the QTensor."""
+        for t in (self.data, self.scale, self.zero_point):
+            t.share_memory_()
+        return self
+
+    def is_shared(self) -> bool:
+        return self.data.is_shared()
+
+    def pin_memory(self, *args, **kwargs) -> "QTensor":
+        """A copy in pinned memory, codes and qparams (torch.Tensor.pin_memory)."""
+        return QTensor._make(self.data.pin_memory(*args, **kwargs), self.scale.pin_memory(*args, **kwargs),
+                             self.zero_point.pin_memory(*args, **kwargs), self.axis, self.qmin, self.qmax)
+
+    def is_pinned(self, *args, **kwargs) -> bool:
+        return self.data.is_pinned(*args, **kwargs)
 
     def data_ptr(self) -> int:
         return self.data.data_ptr()
@@ -588,6 +615,11 @@ def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
     return func(*args, **kwargs)
 
 
+# Methods named as in-place ones that change where the data lives, not its values: QTensor's
+# own methods (on the codes), not a float computation written back.
+_STORAGE_IN_PLACE = frozenset({"share_memory_"})
+
+
 def _in_place_table():
     """{function: None (works in place by torch's naming rule: ``relu_``, ``add_``, ``clamp_``;
     not dunders) or the position of its ``inplace`` argument (F.silu(x, True),
@@ -607,7 +639,8 @@ def _in_place_table():
             except TypeError:
                 continue
             if name.endswith("_"):
-                table[fn] = None
+                if name not in _STORAGE_IN_PLACE:
+                    table[fn] = None
                 continue
             try:
                 params = list(inspect.signature(fn).parameters.values())
@@ -705,6 +738,10 @@ _INT8_FUNCTIONS = {
     torch.relu: _relu,
     torch.nn.functional.relu: _relu,
     torch.nn.functional.dropout: _dropout,
+    # A QTensor's type and storage are its codes' (not a dequantized copy's).
+    torch.is_floating_point: lambda q: False,
+    torch.is_complex: lambda q: False,
+    torch.Tensor.share_memory_: lambda q: q.share_memory_(),
 }
 
 

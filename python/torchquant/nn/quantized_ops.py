@@ -186,7 +186,8 @@ class QFunctional(_QuantizedOutput):
     (torch.ao.nn.quantized.QFunctional): what ``convert`` makes of a FloatFunctional.
 
     add / add_relu / mul / cat run torchquant's kernels (``docs/quantization.md``, "Elementwise
-    ops"); add_scalar and mul_scalar derive their output qparams from the input's, as torch.ao's do.
+    ops"); add_scalar and mul_scalar derive their output qparams from the input's, as torch.ao's do;
+    matmul multiplies the dequantized operands in float32 (torch.ao's quantized matmul).
     """
 
     def __init__(self, scale=1.0, zero_point=0, dtype=torch.quint8):
@@ -256,23 +257,45 @@ class QFunctional(_QuantizedOutput):
 
     @_fx_leaf_method
     def mul_scalar(self, x, c: float) -> QTensor:
-        """x * c. Output qparams: scale * |c| (the codes are mirrored for c < 0); for c == 0,
-        scale 1 and zero point 0 (all codes 0). A float x gives the float x * c."""
+        """x * c, as torch.ao's: output scale scale * |c| (float64, rounded to float32) with the
+        codes unchanged for c > 0, or mirrored with the zero point (lo + hi - code) for c < 0; for
+        c == 0, scale 1 and zero point 0 (all codes 0). The codes are exact, whatever the scale
+        (a tiny c gives a tiny scale, not saturated codes); a c whose output scale is 0 or inf in
+        float32 is a ValueError. A float x gives the float x * c."""
         if not isinstance(x, QTensor):
             return torch.mul(self._as_float(x), c)
         x = self._as_qtensor(x)
+        if not math.isfinite(c):
+            raise ValueError(f"mul_scalar: argument 'c' must be finite, got {c}")
+        c = float(c)
         lo, hi = _QRANGE[x.data.dtype]
         dev = x.data.device
         if c == 0:
             scale, zp = torch.ones(1, device=dev), torch.zeros(1, dtype=torch.int32, device=dev)
-        else:
-            # float32 scale * |c|; the zero point mirrored for c < 0: tensor arithmetic on the
-            # qparams' device (no host read, so torch.compile and torch.export trace it).
-            scale = x.scale.reshape(1).float() * torch.tensor([abs(float(c))], dtype=torch.float32, device=dev)
-            z = x.zero_point.reshape(1).to(torch.int32)
-            zp = z if c > 0 else (lo + hi) - z
-        data = ops.mul_scalar.default(x.data, x.scale, x.zero_point, float(c), scale, zp, x.data.dtype)
+            return QTensor._make(torch.zeros_like(x.data), scale, zp, None, lo, hi)
+        # Tensor arithmetic on the qparams' device (no host read, so torch.compile and torch.export
+        # trace it).
+        scale = (x.scale.reshape(1).double() * abs(c)).float()
+        z = x.zero_point.reshape(1).to(torch.int32)
+        zp, data = (z, x.data.clone()) if c > 0 else ((lo + hi) - z, (lo + hi) - x.data)
+        # The output scale leaves float32's range (0 or inf) only for a c far from 1 (or a scale
+        # near float32's limits): checked on the host on the CPU, and on a device for such a c.
+        if not torch.compiler.is_compiling() and (dev.type == "cpu" or not 2.0 ** -32 <= abs(c) <= 2.0 ** 32):
+            if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+                raise ValueError(f"mul_scalar: argument 'c' = {c} gives the output scale "
+                                 f"{float(x.scale.reshape(-1)[0])} * |c| = {float(scale[0])} in float32, which is "
+                                 "not a valid scale (it must be > 0 and finite)")
         return QTensor._make(data, scale, zp, None, lo, hi)
+
+    @_fx_leaf_method
+    def matmul(self, x, y) -> QTensor:
+        """torch.matmul as torch.ao's quantized matmul: the operands dequantized, multiplied in
+        float32, the result quantized with the calibrated output qparams. A float operand (from a
+        part of the model that ran in float) takes part as it is."""
+        self._check_calibrated()
+        xf, yf = (self._as_qtensor(t).dequantize() if isinstance(t, QTensor) else self._as_float(t).float()
+                  for t in (x, y))
+        return self._quantize(torch.matmul(xf, yf))
 
     _uncalibrated: Optional[str] = None
 
