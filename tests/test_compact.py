@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import torchquant as tq
-from torchquant.nn._compact import (compact, expand, is_compact, portable_qweight, unpack_by_probes, unpack_int4_cpu,
-                                    unpack_linear_cpu)
+from torchquant.nn._compact import (compact, expand, is_compact, portable_qweight, unpack_by_probes, unpack_conv_cpu,
+                                    unpack_int4_cpu, unpack_linear_cpu)
 from torchquant.int4.format import pack_int4, unpack_int4
 
 ops = torch.ops.torchquant
@@ -251,13 +251,15 @@ def test_linear_cpu_unpack_inverts_pack_weight(isa, shape):
 
 @pytest.mark.parametrize("shape,groups", [((8, 3, 3, 3), 1), ((20, 1, 3, 3), 20), ((12, 5, 1, 3), 4),
                                           ((10, 1, 5), 10), ((7, 4, 3, 3, 3), 1), ((16, 2, 1, 1), 8),
-                                          ((33, 11, 3), 1)])
+                                          ((33, 11, 3), 1), ((8, 3, 7, 7), 1), ((6, 3, 3, 1), 1), ((4, 1, 1, 3), 1),
+                                          ((64, 16, 1, 3, 3), 2), ((5, 2, 2), 1)])
 def test_conv_unpack_inverts_pack_conv_weight(isa, shape, groups):
     torch.manual_seed(len(shape) * 100 + groups)
     w = torch.randint(-128, 128, shape, dtype=torch.int8)
     w.reshape(-1)[0] = -128
     packed = ops.pack_conv_weight(w, groups)[0]
     assert torch.equal(unpack_by_probes(lambda t: ops.pack_conv_weight(t, groups)[0], packed, shape), w)
+    assert torch.equal(unpack_conv_cpu(packed, shape, groups), w)
 
 
 @pytest.mark.parametrize("shape,groups", [((3, 6, 3, 3), 1), ((6, 2, 2, 2), 2), ((4, 5, 3), 1), ((2, 3, 2, 2, 2), 1)])

@@ -201,7 +201,26 @@ def unpack_linear_cpu(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
     if r:
         tail = flat[:, full * 16:full * 16 + 16 * r].reshape(P * 16, r)
         main = torch.cat([main, tail], 1)
-    return main[:N].clone()  # (its own storage: no padding rows, nothing shared with packed)
+    return main[:N].clone(memory_format=torch.contiguous_format)  # (its own storage, no padding rows)
+
+
+def unpack_conv_cpu(packed: torch.Tensor, shape, groups: int) -> torch.Tensor:
+    """pack_conv_weight's CPU layouts -> the int8 [Cout, Cin / groups, *kernel] weight. Depthwise:
+    [*kernel, C], the channels of a tap contiguous. Otherwise 1-D: per group the [Ng, taps x Cg]
+    GEMM operand (taps in (kd, kh, kw) order, channels inner; each kernel row of KW x Cg bytes
+    padded to a multiple of 4 when it is shorter than 64 bytes, not one, and there are several)
+    in the Linear's 16-channel panels, then a 32-byte record of the shape."""
+    Cout, Cg = shape[0], shape[1]
+    taps = math.prod(shape[2:])
+    if packed.dim() != 1:
+        return packed.reshape(taps, Cout).t().clone(memory_format=torch.contiguous_format).reshape(shape)
+    Ng, KW = Cout // groups, shape[-1]
+    rlen, nrows = KW * Cg, taps // KW
+    rb = (rlen + 3) // 4 * 4 if rlen % 4 and rlen < 64 and nrows > 1 else rlen
+    Kp, P = nrows * rb, (Ng + 15) // 16
+    body = packed[:groups * P * Kp * 16].reshape(groups * P, Kp * 16)
+    w = unpack_linear_cpu(body, groups * P * 16, Kp).reshape(groups, P * 16, nrows, rb)[:, :Ng, :, :rlen]
+    return w.reshape(Cout, taps, Cg).permute(0, 2, 1).clone(memory_format=torch.contiguous_format).reshape(shape)
 
 
 def unpack_by_probes(pack: Callable[[torch.Tensor], torch.Tensor], packed: torch.Tensor, shape) -> torch.Tensor:

@@ -22,7 +22,7 @@ from . import qat_conv
 from .quantized import (_STORAGE, _activation_qparams, _check_observes, _check_weight_axis, _Int8WeightModule,
                         _size_arg, _weight_range)
 from ._state_dict import note_packed, repack_if_stale
-from ._compact import unpack_by_probes
+from ._compact import unpack_by_probes, unpack_conv_cpu
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
 
@@ -195,7 +195,10 @@ class _ConvNd(_ConvLikeNd):
         note_packed(self, ("qweight", "scale", "zero_point"), "_packed_weight")  # (the ReLU6 bound: the qparams)
 
     def _unpack_qweight(self, bufs, shape):
-        return unpack_by_probes(lambda w: ops.pack_conv_weight(w, self.groups)[0], bufs["_packed_weight"], shape)
+        p = bufs["_packed_weight"]
+        if p.device.type == "cpu":
+            return unpack_conv_cpu(p, shape, self.groups)
+        return unpack_by_probes(lambda w: ops.pack_conv_weight(w, self.groups)[0], p, shape)
 
     def _update_relu6_bound(self):
         """quantize(6) with the output qparams, as the quantized ReLU6 clamps the codes."""
