@@ -833,11 +833,13 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                          ".to('meta').to_empty(device=...) and load_state_dict")
     bad = [n for n, m in linears.items() if not bool(torch.isfinite(m.weight).all())]
     if bad:
-        # RTN would give a NaN the group's lowest code and let an inf's scale zero its group
+        # RTN (and AWQ, which rounds W * s so) would give a NaN the group's lowest code and let an
+        # inf's scale zero its group; GPTQ quantizes them as 0 (their error would spread over the row)
+        lost = ("GPTQ quantizes them as 0" if method == "gptq" else
+                "their groups' other weights are lost (an inf sets its group's scale)")
         warnings.warn(f"quantize_weight_only: the weights of {bad[:5]}{' ...' if len(bad) > 5 else ''} hold NaN or "
-                      "inf values, which have no quantized value: their groups' other weights are lost (an inf "
-                      "sets its group's scale) and the model's outputs no longer show the fault", UserWarning,
-                      stacklevel=user_stacklevel())
+                      f"inf values, which have no quantized value: {lost} and the model's outputs no longer show "
+                      "the fault", UserWarning, stacklevel=user_stacklevel())
     model.eval()  # (every module's own training flag is put back by quantize_weight_only)
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
     gs = group_size if bits == 4 else None
@@ -1050,9 +1052,12 @@ def _rtn(w, bits, group_size, symmetric=False):
 
 
 def _int8_rtn(w):
-    amax = w.abs().amax(1).clamp(min=torch.finfo(torch.float32).eps)
+    # NaN / inf weights as int4's RTN takes them: a NaN sets no scale (and gets the zero point),
+    # an inf sets its channel's to the float32 maximum's (a NaN or inf scale was refused later,
+    # naming no layer)
+    amax = torch.nan_to_num(w.abs(), nan=0.0).amax(1).clamp(min=torch.finfo(torch.float32).eps)
     s = (amax / 127.5).reshape(-1, 1)
-    q = torch.clamp(torch.round(w * (1.0 / s)), -128, 127)
+    q = torch.clamp(torch.nan_to_num(torch.round(w * (1.0 / s)), nan=0.0), -128, 127)
     return q.to(torch.int8), s, torch.zeros_like(s, dtype=torch.int64)
 
 
@@ -1124,8 +1129,9 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     """GPTQ's column loop on the int8 grid of DynamicLinear (symmetric, per output channel, scales
     from the original weight); act_order is not implemented here (quantize_weight_only refuses it)."""
     N, K = W.shape
-    q8, s8, _ = _int8_rtn(W)
     Wd = W.to(torch.float64, copy=True)
+    Wd.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # (NaN / inf weights as 0, as gptq_quantize takes them)
+    q8, s8, _ = _int8_rtn(Wd.float())
     H = acc.H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -1146,6 +1152,54 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
             E[:, i] = err
         Wd[:, i2:].addmm_(E, U[i1:i2, i2:], alpha=-1)  # in place: no [N, K - i2] product
     return Q, s8, torch.zeros_like(s8, dtype=torch.int64)
+
+
+class _RowSample:
+    """The rows [K] of the inputs a Linear sees (float32 copies, taken as they come: a model
+    that changes its input in place after the call changes nothing here), at most ``limit`` of
+    them: all, in their order, while they fit; past that, a uniform sample without replacement
+    (the ``limit`` rows with the smallest of random keys drawn from ``gen``, kept as they come),
+    so that memory holds ``limit`` rows, not every row of every batch. Over all rows: whether
+    all were finite (``finite``) and which input channels were non-zero in some row (``live``)."""
+
+    def __init__(self, limit: int, gen: torch.Generator):
+        self.limit, self.gen = limit, gen
+        self.seen = 0
+        self.finite = True
+        self.live: Optional[torch.Tensor] = None
+        self.parts: List[torch.Tensor] = []  # while the rows fit
+        self.X: Optional[torch.Tensor] = None  # past that: the sample [limit, K] and its keys
+        self.keys: Optional[torch.Tensor] = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1])
+        if not x.shape[0]:
+            return
+        self.finite = self.finite and bool(torch.isfinite(x).all())
+        nz = (x != 0).any(0)
+        self.live = nz if self.live is None else self.live | nz
+        held = self.seen if self.X is None else self.limit
+        self.seen += x.shape[0]
+        take = min(x.shape[0], self.limit - held)
+        if take:
+            self.parts.append(x[:take].to(torch.float32, copy=True))
+        x = x[take:]
+        if not x.shape[0]:
+            return
+        if self.X is None:  # the rows no longer fit: the sample starts from those kept
+            self.X = torch.cat(self.parts, 0)
+            self.parts = []
+            self.keys = torch.rand(self.limit, generator=self.gen, dtype=torch.float64)
+        keys = torch.rand(x.shape[0], generator=self.gen, dtype=torch.float64)
+        keep = torch.zeros(self.limit + x.shape[0], dtype=torch.bool)
+        keep[torch.cat([self.keys, keys]).topk(self.limit, largest=False).indices] = True
+        out = (~keep[:self.limit]).nonzero().flatten()  # the slots of the rows that leave the sample
+        new = keep[self.limit:].nonzero().flatten()  # the rows of x that take them
+        self.keys[out] = keys[new]
+        self.X[out.to(self.X.device)] = x[new.to(x.device)].float()
+
+    def rows(self) -> torch.Tensor:
+        return self.X if self.X is not None else torch.cat(self.parts, 0)
 
 
 def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_size, grid, fold, max_rows,
@@ -1183,11 +1237,9 @@ def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_si
     dead: Dict[str, Tuple[int, int]] = {}
     for prod, members in _progress(groups, progress, "int4 awq"):
         first = linears[members[0]]
-        rows: List[torch.Tensor] = []
-        feeder.capture(members[0], first, lambda x: rows.append(x.detach().reshape(-1, x.shape[-1]).float()),
-                       stop=all(calls.get(m, 0) == 1 for m in members))
-        rows = [r for r in rows if r.shape[0]]
-        if not rows:
+        sample = _RowSample(max_rows, gen)
+        feeder.capture(members[0], first, sample.add, stop=all(calls.get(m, 0) == 1 for m in members))
+        if not sample.seen:
             warnings.warn(f"AWQ: {members} not called on the calibration data (or only on empty batches); rounded "
                           "to nearest", RuntimeWarning)
             for m in members:
@@ -1195,15 +1247,13 @@ def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_si
                 s_, z_ = choose_group_qparams(W, group_size, symmetric)
                 results[m] = (_Codes(quantize_groups(W, s_, z_, group_size)), s_, z_, None)
             continue
-        X = torch.cat(rows, 0)
-        if not bool(torch.isfinite(X).all()):
+        if not sample.finite:
             raise ValueError(f"AWQ: the inputs of {members[0]} on the calibration data hold NaN or inf: check "
                              "'calib_data' and the layers before it")
-        n_dead = int((X == 0).all(0).sum())
+        X = sample.rows()
+        n_dead = int((~sample.live).sum())
         if n_dead:
             dead.update((m, (n_dead, X.shape[1])) for m in members)
-        if X.shape[0] > max_rows:
-            X = X[torch.randperm(X.shape[0], generator=gen)[:max_rows].to(X.device)]
         weights = [linears[m].weight.detach().float() for m in members]
         s, alpha, _ = _awq.awq_search(X, weights, group_size, grid, symmetric)
         for m, W in zip(members, weights):

@@ -57,6 +57,11 @@ def awq_search(x: torch.Tensor, weights: Sequence[torch.Tensor], group_size: int
     # copies of X W^T (a 32000-row LM head on 4096 calibration rows: about 3 GB) and of W.
     rows = max(1, min((1 << 22) // max(n, 1), (1 << 20) // max(K, 1)))
     blocks = [wi.detach()[r:r + rows] for wi in weights for r in range(0, wi.shape[0], rows)]
+    # A NaN / inf weight (no quantized value: rounded as RTN rounds it in the end) counts as 0
+    # here: else every loss is NaN and the search falls back to alpha = 0 for all the Linears
+    # reading this input. Only the blocks holding one are copied.
+    blocks = [b if bool(torch.isfinite(b).all()) else torch.nan_to_num(b.float(), nan=0.0, posinf=0.0, neginf=0.0)
+              for b in blocks]
     y_ref = [x @ b.float().t() for b in blocks]
     total = n * sum(b.shape[0] for b in blocks)
     losses = []

@@ -86,7 +86,10 @@ def choose_group_qparams(w: torch.Tensor, group_size: int, symmetric: bool = Fal
     zero = torch.zeros((), dtype=torch.float32, device=w.device)
     mn = torch.minimum(torch.nan_to_num(wg, nan=float("inf")).amin(-1), zero)
     mx = torch.maximum(torch.nan_to_num(wg, nan=float("-inf")).amax(-1), zero)
-    scale = (mx - mn) / torch.full_like(mx, float(QMAX))
+    # (mx - mn) / 15 as (mx / 2 - mn / 2) / 7.5: the same rounding (halving is exact, 7.5 too;
+    # inexact only on subnormals, whose scale is eps below), without the overflow of mx - mn
+    # past the float32 range (weights of both signs beyond 1.7e38, or an inf of each sign)
+    scale = (mx / 2 - mn / 2) / torch.full_like(mx, QMAX / 2)
     scale = torch.where(scale > _EPS, scale, torch.full_like(scale, _EPS))
     z = torch.clamp(-torch.round(mn / scale), 0, QMAX)
     return scale, z.to(torch.int64)

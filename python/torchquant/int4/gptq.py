@@ -89,11 +89,15 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     the original K order (their qparams are then chosen up front from W: "static groups").
     Without it, a group's qparams are chosen from the error-updated weights when its first
     column is reached, as in the reference implementation. ``rows``: how many calibration rows
-    built H; fewer than K (a rank-deficient Hessian) warns with H's condition number.
+    built H; fewer than K (a rank-deficient Hessian) warns with H's condition number. A NaN or
+    inf weight is quantized as 0 (the rest of its row and group as usual).
     """
     check_symmetric(symmetric)
     W = W.detach().to(torch.float64, copy=True)  # (one copy: .to() then .clone() made two)
     N, K = W.shape
+    # a NaN / inf weight has no quantized value; taken as 0, its error (NaN or inf) does not
+    # spread over the rest of its row, which is quantized as usual
+    W.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     H = H.detach().to(torch.float64, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -139,7 +143,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
                 need = min(group_size, K - col)
                 upd = W1[:, i:i + need]
                 if upd.shape[1] < need:
-                    upd = torch.cat([upd, W[:, i2:i2 + need - upd.shape[1]]], 1)
+                    # a group past the block's end: its columns in W lack this block's error so far
+                    # (W gets it at the block's end; Err1's columns from i on are still 0)
+                    j2 = i2 + need - upd.shape[1]
+                    upd = torch.cat([upd, torch.addmm(W[:, i2:j2], Err1, Hinv[i1:i2, i2:j2], alpha=-1)], 1)
                 s, z = choose_group_qparams(upd.float(), group_size, symmetric)
                 scale_all[:, g], zero_all[:, g] = s[:, 0], z[:, 0]
             s = scale_all[:, g].double()

@@ -56,6 +56,20 @@ def _check_zero_point(zero_point: torch.Tensor, groups: int) -> None:
                          f"at channel {i // groups}, group {i % groups}")
 
 
+def _check_input_scale(input_scale: torch.Tensor) -> None:
+    """from_qparams' input scale, held to load_state_dict's rule (qparam_load_errors): > 0 and
+    finite, as float32 (the module's buffer), so that a module built here reloads from its own
+    state dict. (The weight scales are checked by the packing, naming 'scale'.)"""
+    if not input_scale.numel() or input_scale.is_meta:
+        return
+    v = input_scale.detach().float()
+    bad = ~(torch.isfinite(v) & (v > 0))
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0])
+        raise ValueError(f"argument 'input_scale' must be > 0 and finite, got {v.reshape(-1)[i].item()} at input "
+                         f"channel {i}")
+
+
 def _materialize(v):
     if isinstance(v, Int4WeightView):
         return v.dequantize()
@@ -229,6 +243,8 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
                 raise ValueError(f"argument '{name}' must have shape {tuple(shape)} for qvalues of shape {(N, K)} "
                                  f"and group_size={group_size}, got {got}")
         _check_zero_point(zero_point, m.weight_zero_point.shape[1])
+        if input_scale is not None:
+            _check_input_scale(input_scale)
         m.qweight.copy_(pack_int4(qvalues.cpu()))
         m.weight_scale.copy_(scale.detach().float().cpu())
         m.weight_zero_point.copy_(zero_point.cpu().to(torch.uint8))
