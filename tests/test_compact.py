@@ -300,3 +300,22 @@ def test_a_weight_the_layout_cannot_give_back_is_kept():
     m._repack()
     assert not compact(m)
     assert portable_qweight(m) is None and m._buffers["qweight"][:, -1].ge(0xF0).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d", "conv transpose", "lstm", "int4"])
+def test_cuda_models_are_compact_and_run_as_the_expanded_twin(kind):
+    # .cuda() rebuilds the portable weight, moves it, repacks on the GPU and compacts with the
+    # GPU layout's inverse (the CUDA Linear's and int4's by formula, the convolutions' by probes)
+    build, x = _models()[kind]
+    model = build().cuda()
+    x = x.cuda()
+    assert all(is_compact(m) for m in _weighted(model)), kind
+    twin = _expanded_twin(model)
+    assert torch.equal(_out(model(x)), _out(twin(x)))
+    sd, want = model.state_dict(), twin.state_dict()
+    for k in want:
+        assert torch.equal(sd[k], want[k]), k
+    back, twin = model.cpu(), twin.cpu()
+    assert all(is_compact(m) for m in _weighted(back))
+    assert torch.equal(_out(back(x.cpu())), _out(twin(x.cpu())))

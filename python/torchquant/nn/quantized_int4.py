@@ -291,9 +291,18 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
 
     def _unpack_qweight(self, bufs, shape):
         p = bufs.get("_w_packed")
-        if p is None or p.device.type != "cpu":
+        if p is None:
             raise NotImplementedError
-        return pack_int4(unpack_int4_cpu(p, self.out_features, self.in_features, self.group_size))
+        if p.device.type == "cpu":
+            return pack_int4(unpack_int4_cpu(p, self.out_features, self.in_features, self.group_size))
+        if p.device.type == "cuda":
+            # [N, K padded to the group / 2]: the portable bytes, then the zero points' nibbles
+            # (one in the high half of the last byte for an odd K, where the portable byte has 0)
+            q = p[:, :shape[1]].clone(memory_format=torch.contiguous_format)
+            if self.in_features % 2:
+                q[:, -1] &= 0x0F
+            return q
+        raise NotImplementedError
 
     def _set_format(self):
         f = self._buffers.get("weight_format")
