@@ -52,7 +52,7 @@ const ConvKernels& conv_kernels() {
   static const ConvKernels avx2{cpu::gemm_mr__avx2, cpu::gemm_compute__avx2, cpu::conv_dw__avx2,
                                 nullptr};
   // Depthwise: vpdpbusd on 256-bit registers over columns of kernel rows (conv_dw_avx512.cpp).
-  static const ConvKernels avxvnni{cpu::gemm_mr__avx2, cpu::gemm_compute__avxvnni, cpu::conv_dw__avx2,
+  static const ConvKernels avxvnni{cpu::gemm_mr__avx2, cpu::gemm_compute__avxvnni, cpu::conv_dw__avxvnni,
                                    nullptr};
   static const ConvKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
                                 cpu::conv_dw__avx512vnni, cpu::gemm_compute_segs__avx512vnni};

@@ -38,7 +38,8 @@ struct DwProblem {
 
 TQ_DECLARE_DW_KERNELS(scalar)
 TQ_DECLARE_DW_KERNELS(avx2)
-TQ_DECLARE_DW_KERNELS(avx512vnni)  // 256-bit registers (conv_dw_avx512.cpp says why)
+TQ_DECLARE_DW_KERNELS(avxvnni)     // conv_dw_vnni_impl.h, VEX vpdpbusd
+TQ_DECLARE_DW_KERNELS(avx512vnni)  // conv_dw_vnni_impl.h on 256-bit registers (it says why)
 
 #undef TQ_DECLARE_DW_KERNELS
 
