@@ -191,3 +191,17 @@ def test_qconfig_equals_sees_through_torch_ao_with_args():
     assert tq.qconfig_equals(aoq.get_default_qconfig("x86"), aoq.get_default_qconfig("x86"))
     assert tq.qconfig_equals(aoq.get_default_qat_qconfig("x86"), aoq.get_default_qat_qconfig("x86"))
     assert not tq.qconfig_equals(aoq.get_default_qconfig("x86"), aoq.get_default_qconfig("qnnpack"))
+
+
+def test_quantize_dynamic_puts_the_model_in_eval_mode():
+    # a model built and quantized at once is in training mode: its LSTM dropped out between
+    # layers on every call (torch.ao's quantize_dynamic calls model.eval())
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.LSTM(8, 16, num_layers=2, dropout=0.5))
+    q = tq.quantize_dynamic(m, {nn.LSTM})
+    assert not any(mod.training for mod in q.modules())
+    x = torch.randn(5, 3, 8)
+    assert torch.equal(q(x)[0], q(x)[0])
+    assert m.training  # (the given model, copied, keeps its mode)
+    ref = m.eval()(x)[0]
+    assert (q(x)[0] - ref).norm() < 0.05 * ref.norm()

@@ -1238,7 +1238,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     ``transformers.pytorch_utils.Conv1D`` (its weight is transposed once, at convert); Conv1D
     can also be named on its own. Also beyond torch.ao (which swaps only submodules), a model
     whose own type is mapped is swapped: ``quantize_dynamic(nn.LSTM(...), {nn.LSTM})`` returns
-    the int8 LSTM; use the returned module, with ``inplace=True`` as well.
+    the int8 LSTM; use the returned module, with ``inplace=True`` as well. The model is put in
+    eval mode first, as torch.ao's.
 
     >>> qmodel = torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     """
@@ -1296,6 +1297,9 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                          ".to('meta').to_empty(device=...) and load_state_dict")
     if not inplace:
         model = _deepcopy(model)
+    # In eval mode, as torch.ao's: a model built and quantized at once is in training mode, and
+    # its dynamic LSTM / GRU then dropped out between layers on every call.
+    model.eval()
     propagate_qconfig_(model, qconfig_spec)
     _bake_reparametrizations(model, "quantize_dynamic")
     _refuse_float_qconfigs(model, "quantize_dynamic")
