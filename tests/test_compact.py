@@ -319,3 +319,84 @@ def test_cuda_models_are_compact_and_run_as_the_expanded_twin(kind):
     back, twin = model.cpu(), twin.cpu()
     assert all(is_compact(m) for m in _weighted(back))
     assert torch.equal(_out(back(x.cpu())), _out(twin(x.cpu())))
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "int4"])
+def test_another_models_placeholder_reads_back_its_weight(kind):
+    # functional_call with another model's named_buffers() puts that model's placeholder in this
+    # one; a copy made during the call runs and saves that model's weights, not a meta tensor
+    build, x = _models()[kind]
+    m1, m2 = build(), _models(1)[kind][0]()
+    want_sd = _expanded_twin(m2).state_dict()
+    copies = []
+    h = m1.register_forward_pre_hook(lambda mod, a: copies.append(copy.deepcopy(mod)))
+    st = {**dict(m2.named_parameters()), **dict(m2.named_buffers())}
+    got = _out(torch.func.functional_call(m1, st, (x,)))
+    h.remove()
+    assert torch.equal(got, _out(m2(x)))
+    c = copies[0]
+    assert torch.equal(_out(c(x)), _out(m2(x)))
+    sd = c.state_dict()
+    for k in want_sd:
+        assert sd[k].device.type != "meta" and torch.equal(sd[k], want_sd[k]), k
+
+
+def test_state_dict_never_saves_a_placeholder_while_another_thread_reads_the_weight():
+    import threading
+
+    build, _ = _models()["dynamic"]
+    for _ in range(200):
+        model = build()
+        seen = []
+        t = threading.Thread(target=lambda: model[0].qweight)
+        t.start()
+        seen.append(model.state_dict()["0.qweight"].device.type)
+        t.join()
+        assert seen == ["cpu"]
+
+
+def test_a_module_under_two_names_saves_one_tensor():
+    build, _ = _models()["dynamic"]
+    model = build()
+    shared = nn.Sequential(model[0], nn.ReLU(), model[0])
+    sd = shared.state_dict()
+    assert sd["0.qweight"].device.type == "cpu"
+    assert sd["0.qweight"].untyped_storage().data_ptr() == sd["2.qweight"].untyped_storage().data_ptr()
+
+
+def test_backward_through_a_compact_layer_leaves_it_compact():
+    for kind in ("dynamic", "int4", "int8 weight-only"):
+        build, x = _models()[kind]
+        model = build()
+        twin = _expanded_twin(model)
+        xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+        model(xs[0]).sum().backward()
+        twin(xs[1]).sum().backward()
+        assert torch.equal(xs[0].grad, xs[1].grad), kind
+        assert all(is_compact(m) for m in _weighted(model)), kind
+
+
+def test_fullgraph_compile_reading_the_weights_dtype_and_after_another_state():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 16)
+
+        def forward(self, x):
+            return self.fc(x.to(self.fc.weight.dtype))
+
+    torch.manual_seed(0)
+    q = tq.quantize_dynamic(M(), {nn.Linear})
+    x = torch.randn(3, 32)
+    want = _expanded_twin(q)(x)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert torch.equal(torch.compile(q, backend="eager", fullgraph=True)(x), want)
+    assert is_compact(q.fc)
+    # a repack inside the trace (after another model's state ran): the weights given, then its own
+    m1, m2 = _models(0)["int4"][0](), _models(1)["int4"][0]()
+    xi = torch.randn(4, 200)
+    theirs, own = m2(xi), m1(xi)
+    assert torch.equal(torch.func.functional_call(m1, m2.state_dict(), (xi,)), theirs)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(m1, backend="eager", fullgraph=True)(xi), own)

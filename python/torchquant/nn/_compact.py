@@ -23,6 +23,8 @@ used as before; the module's own layout is kept aside until the placeholder is b
 """
 import functools
 import math
+import types
+import weakref
 from typing import Callable, Dict, Optional
 
 import torch
@@ -31,12 +33,51 @@ from torch import nn
 from ._state_dict import _REPACK_LOCK, note_packed, repack_if_stale
 
 
-def _placeholder(w: torch.Tensor) -> torch.Tensor:
+class _Rebuild:
+    """What a placeholder stands for: the packed layout it was compacted from and how to read the
+    weight back from it (no reference to the module: a placeholder passed to another module,
+    as torch.func.functional_call does with named_buffers(), still reads back). The last weight
+    read back is kept weakly and given again while unchanged, so that a module saved under
+    two names saves one tensor."""
+
+    __slots__ = ("bufs", "shape", "unpack", "last", "last_version")
+
+    def __init__(self, bufs, shape, unpack):
+        self.bufs, self.shape, self.unpack = bufs, shape, unpack
+        self.last, self.last_version = None, None
+
+    def __getstate__(self):  # (pickled and deep-copied without the weak reference)
+        return self.bufs, self.shape, self.unpack
+
+    def __setstate__(self, state):
+        self.bufs, self.shape, self.unpack = state
+        self.last, self.last_version = None, None
+
+    def __call__(self) -> torch.Tensor:
+        w = self.last() if self.last is not None else None
+        if w is not None and w._version == self.last_version:
+            return w
+        w = self.unpack(self.bufs, self.shape)
+        self.last, self.last_version = weakref.ref(w), w._version
+        return w
+
+
+def _placeholder(w: torch.Tensor, rebuild: _Rebuild) -> torch.Tensor:
     # On the meta device: the weight's shape and dtype and no data, so that code reading the
     # buffer directly (``_buffers``, ``named_buffers()``) fails loudly on it rather than reading
     # values that are not the weight's.
     with torch.inference_mode(False):
-        return torch.empty(w.shape, dtype=w.dtype, device="meta")
+        ph = torch.empty(w.shape, dtype=w.dtype, device="meta")
+    ph._tq_rebuild = rebuild
+    return ph
+
+
+def _rebuild_of(t) -> Optional[_Rebuild]:
+    """The read-back of placeholder t (any module's), or None for any other value."""
+    if isinstance(t, torch.Tensor) and t.device.type == "meta":
+        r = getattr(t, "_tq_rebuild", None)
+        return r if isinstance(r, _Rebuild) else None
+    return None
 
 
 def is_compact(module: nn.Module) -> bool:
@@ -51,16 +92,21 @@ def _kernel_buffers(module: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: b[k] for k in module._non_persistent_buffers_set if isinstance(b.get(k), torch.Tensor)}
 
 
+def _unpacker(module: nn.Module) -> Callable:
+    """module's _unpack_qweight bound to a copy of the attributes it reads, not to the module."""
+    attrs = types.SimpleNamespace(**{k: getattr(module, k) for k in getattr(module, "_unpack_attrs", ())})
+    return functools.partial(type(module)._unpack_qweight, attrs)
+
+
 def compact(module: nn.Module) -> bool:
     """Replaces module's portable weight by its placeholder when the packed layout in place is
     current and gives that weight back exactly. Returns whether the module is compact now."""
     if is_compact(module):
         return True
-    unpack = getattr(module, "_unpack_qweight", None)
     b = module._buffers
     w = b.get("qweight")
-    if (unpack is None or not isinstance(w, torch.Tensor) or w.numel() == 0 or w.device.type == "meta"
-            or torch.compiler.is_compiling()):
+    if (getattr(module, "_unpack_qweight", None) is None or not isinstance(w, torch.Tensor) or w.numel() == 0
+            or w.device.type == "meta" or torch.compiler.is_compiling()):
         return False
     # (shared memory, share_memory(): other processes read the weight and its layout from there,
     # and a load writes into both; that model keeps both)
@@ -71,36 +117,53 @@ def compact(module: nn.Module) -> bool:
         rec = module.__dict__.get("_tq_packed_from")
         if rec is None or b.get(rec[3]) is not rec[0] or rec[1][0] is not w:
             return False  # (a layout the caller put in place, or none)
-        bufs = _kernel_buffers(module)
+        rebuild = _Rebuild(_kernel_buffers(module), w.shape, _unpacker(module))
         try:
-            back = unpack(bufs, w.shape)
+            back = rebuild()
         except (RuntimeError, NotImplementedError, ValueError):
             return False
         if back is None or back.shape != w.shape or back.dtype != w.dtype or not torch.equal(back, w):
             return False
-        ph = _placeholder(w)
+        ph = _placeholder(w, rebuild)
         b["qweight"] = ph
-        module.__dict__["_tq_compact"] = (ph, bufs, ph._version)
+        module.__dict__["_tq_compact"] = (ph, rebuild.bufs, ph._version)
         note_packed(module, rec[2], rec[3])  # (the placeholder as the layout's source)
     return True
 
 
 def portable_qweight(module: nn.Module) -> Optional[torch.Tensor]:
-    """The portable weight of a compact module, rebuilt from its own layout (None when module is
-    not compact)."""
-    rec = module.__dict__.get("_tq_compact")
-    if rec is None or module._buffers.get("qweight") is not rec[0]:
-        return None
-    return module._unpack_qweight(rec[1], rec[0].shape)
+    """The weight a placeholder in module's ``qweight`` buffer stands for (its own, or another
+    module's put there), read back from its layout; None when the buffer holds no placeholder."""
+    ph = module._buffers.get("qweight")
+    r = _rebuild_of(ph)
+    return None if r is None else r()
 
 
 def _check_placeholder_unwritten(module: nn.Module) -> None:
     rec = module.__dict__["_tq_compact"]
-    if rec[0]._version != rec[2]:
+    # (a trace cannot read a version: it runs the weights as they are)
+    if not torch.compiler.is_compiling() and rec[0]._version != rec[2]:
         raise RuntimeError(
             f"{type(module).__name__}: something wrote in place into its qweight buffer, which holds a placeholder "
             "(the weight lives in the packed layout only, torchquant.nn._compact): read module.qweight, which "
             "puts the weight back in the buffer, and write into that")
+
+
+def _expand(module: nn.Module) -> bool:
+    if not is_compact(module):
+        return False
+    _check_placeholder_unwritten(module)
+    ph, bufs = module.__dict__["_tq_compact"][:2]
+    w = ph._tq_rebuild()
+    b = module._buffers
+    b["qweight"] = w
+    del module.__dict__["_tq_compact"]
+    rec = module.__dict__.get("_tq_packed_from")
+    if (rec is not None and rec[1][0] is ph and b.get(rec[3]) is rec[0] and rec[0] is bufs.get(rec[3])
+            and all(b.get(k) is t and (v is None or t._version == v)
+                    for k, t, v in zip(rec[2][1:], rec[1][1:], rec[4][1:]))):
+        note_packed(module, rec[2], rec[3])
+    return True
 
 
 def expand(module: nn.Module) -> bool:
@@ -108,31 +171,24 @@ def expand(module: nn.Module) -> bool:
     buffer. Returns whether the module was compact. Where that layout is the one in place and
     current, it is recorded as built from the weight now in place (no rebuild at the next call:
     torch.jit.trace reads every buffer by name before it traces)."""
+    if torch.compiler.is_compiling():  # (no lock in a graph, and no other thread in a trace)
+        return _expand(module)
     with _REPACK_LOCK:
-        w = portable_qweight(module)
-        if w is None:
-            return False
-        _check_placeholder_unwritten(module)
-        ph, bufs = module.__dict__["_tq_compact"][:2]
-        b = module._buffers
-        b["qweight"] = w
-        del module.__dict__["_tq_compact"]
-        rec = module.__dict__.get("_tq_packed_from")
-        if (rec is not None and rec[1][0] is ph and b.get(rec[3]) is rec[0] and rec[0] is bufs.get(rec[3])
-                and all(b.get(k) is t and (v is None or t._version == v)
-                        for k, t, v in zip(rec[2][1:], rec[1][1:], rec[4][1:]))):
-            note_packed(module, rec[2], rec[3])
-    return True
+        return _expand(module)
 
 
 def compact_safe_repack(repack: Callable) -> Callable:
     """Wraps a module's ``_repack`` (which packs from ``qweight``): a compact module's weight is
-    rebuilt before, and the module compacted again after."""
+    rebuilt before, and the module compacted again after (not inside a trace, which keeps the
+    module as it leaves it)."""
     @functools.wraps(repack)
     def wrapped(self, *args, **kwargs):
         if not is_compact(self):
             return repack(self, *args, **kwargs)
         _check_placeholder_unwritten(self)
+        if torch.compiler.is_compiling():
+            expand(self)
+            return repack(self, *args, **kwargs)
         with _REPACK_LOCK:
             expand(self)
             out = repack(self, *args, **kwargs)
@@ -145,8 +201,10 @@ def compact_safe_repack(repack: Callable) -> Callable:
 
 class CompactWeight:
     """Mixin of the modules with a ``qweight`` buffer and a packed layout built from it (they define
-    ``_unpack_qweight(kernel_buffers, shape) -> qweight``): the hooks that keep a compact module's
-    behaviour that of one holding both."""
+    ``_unpack_qweight(kernel_buffers, shape) -> qweight``, reading only the attributes named in
+    ``_unpack_attrs``): the hooks that keep a compact module's behaviour that of one holding both."""
+
+    _unpack_attrs = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -157,30 +215,35 @@ class CompactWeight:
     def __getattr__(self, name):
         # (only names that are not plain attributes get here: buffers, parameters, submodules)
         if name == "qweight" and "_tq_compact" in self.__dict__:
+            if torch.compiler.is_compiling():
+                # a trace reading the weight's shape / dtype (model code doing x.to(layer.weight.dtype))
+                # gets the placeholder: the module is not changed inside a graph
+                return self._buffers["qweight"]
             expand(self)
         return super().__getattr__(name)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
+        ph = self._buffers.get("qweight")  # (before: another thread may expand the module meanwhile)
         super()._save_to_state_dict(destination, prefix, keep_vars)
         # (keep_vars=True asks for the module's own tensors, as torch.jit.trace does to find the
         # module's state in a graph: the placeholder, which holds no values to read by mistake)
-        w = None if keep_vars else portable_qweight(self)
-        if w is not None and prefix + "qweight" in destination:
-            destination[prefix + "qweight"] = w
+        r = None if keep_vars else _rebuild_of(ph)
+        if r is not None and prefix + "qweight" in destination:
+            destination[prefix + "qweight"] = r()
 
     def _portable_state(self, state: dict) -> dict:
         """For __getstate__: the pickled state with the portable weight (a packed layout is per
         machine) and a note to compact again when loaded."""
-        w = portable_qweight(self)
-        if w is None:
+        bufs = state.get("_buffers", {})
+        r = _rebuild_of(bufs.get("qweight"))
+        if r is None:
             return state
         state = dict(state)
-        bufs = state["_buffers"]
         bufs = type(bufs)(bufs)
-        bufs["qweight"] = w
+        bufs["qweight"] = r()
         state["_buffers"] = bufs
-        del state["_tq_compact"]
-        state["_tq_compact_again"] = True
+        if state.pop("_tq_compact", None) is not None:
+            state["_tq_compact_again"] = True
         return state
 
     def _compact_again(self) -> None:

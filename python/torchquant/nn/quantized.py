@@ -20,7 +20,7 @@ from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
 from ..qtensor import QTensor, _warn_once_on
 from ._input_grad import InputGrad, needs_input_grad
-from ._compact import CompactWeight, compact, expand, unpack_linear_cpu
+from ._compact import CompactWeight, compact, expand, portable_qweight, unpack_linear_cpu
 from ._state_dict import (OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
                           renote_packed, repack_for_copy, repack_if_stale)
@@ -573,8 +573,10 @@ class DynamicLinear(Linear):
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def _float_weight(self) -> torch.Tensor:
-        """The int8 weight times its per-channel scales, float32 [N, K]."""
-        return self.qweight.float() * self.weight_scale.reshape(-1, 1)
+        """The int8 weight times its per-channel scales, float32 [N, K] (a compact layer's read
+        back from its layout: it stays compact)."""
+        w = portable_qweight(self)
+        return (self.qweight if w is None else w).float() * self.weight_scale.reshape(-1, 1)
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None):

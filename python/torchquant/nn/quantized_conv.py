@@ -194,6 +194,8 @@ class _ConvNd(_ConvLikeNd):
         self._update_relu6_bound()
         note_packed(self, ("qweight", "scale", "zero_point"), "_packed_weight")  # (the ReLU6 bound: the qparams)
 
+    _unpack_attrs = ("groups",)
+
     def _unpack_qweight(self, bufs, shape):
         p = bufs["_packed_weight"]
         if p.device.type == "cpu":

@@ -102,6 +102,8 @@ class _ConvTransposeNd(_ConvLikeNd):
         self._packed_weight, self._col_sums = ops.pack_conv_transpose_weight(self.qweight, self.groups)
         note_packed(self, ("qweight",), "_packed_weight")
 
+    _unpack_attrs = ("groups",)
+
     def _unpack_qweight(self, bufs, shape):
         return unpack_by_probes(lambda w: ops.pack_conv_transpose_weight(w, self.groups)[0], bufs["_packed_weight"],
                                 shape)

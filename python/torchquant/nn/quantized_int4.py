@@ -289,6 +289,8 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
             self.qweight, self.weight_scale, self.weight_zero_point, self.in_features, self.group_size)
         note_packed(self, ("qweight", "weight_scale", "weight_zero_point"), "_w_packed")
 
+    _unpack_attrs = ("out_features", "in_features", "group_size")
+
     def _unpack_qweight(self, bufs, shape):
         p = bufs.get("_w_packed")
         if p is None:
