@@ -205,3 +205,15 @@ def test_quantize_dynamic_puts_the_model_in_eval_mode():
     assert m.training  # (the given model, copied, keeps its mode)
     ref = m.eval()(x)[0]
     assert (q(x)[0] - ref).norm() < 0.05 * ref.norm()
+
+
+def test_fuse_linear_with_a_batchnorm_without_affine_parameters():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6, bias=False), nn.BatchNorm1d(6, affine=False)).eval()
+    m[1].running_mean.uniform_(-1, 1)
+    m[1].running_var.uniform_(0.5, 2)
+    f = tq.fuse_modules(m, [["0", "1"]])
+    assert isinstance(f[0], nn.Linear) and isinstance(f[1], nn.Identity)
+    x = torch.randn(3, 4)
+    assert torch.allclose(f(x), m(x), atol=1e-5)
+    assert m[0].bias is None  # (the given model's Linear, copied, is as it was)

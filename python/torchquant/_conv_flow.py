@@ -9,7 +9,7 @@ import warnings
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights, fuse_linear_bn_eval, fuse_linear_bn_weights
 
 from .nn import intrinsic, qat
 from .nn import quantized as nnq
@@ -106,6 +106,13 @@ def _linear_bn(linear, bn, is_qat=False):
     if is_qat:
         return intrinsic.LinearBn1d(linear, bn)
     _check_eval((linear, bn), is_qat, "[Linear, BatchNorm1d]")
+    if bn.weight is None or bn.bias is None:
+        # affine=False: torch's fuse_linear_bn_eval multiplies by the missing weight; fold the
+        # statistics with a gamma of ones and a beta of zeros, as the convolutions do
+        fused = copy.deepcopy(linear)
+        fused.weight, fused.bias = fuse_linear_bn_weights(linear.weight, linear.bias, bn.running_mean,
+                                                          bn.running_var, bn.eps, *qat.bn_affine(bn))
+        return fused
     return fuse_linear_bn_eval(linear, bn)
 
 
