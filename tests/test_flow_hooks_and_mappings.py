@@ -217,3 +217,21 @@ def test_fuse_linear_with_a_batchnorm_without_affine_parameters():
     x = torch.randn(3, 4)
     assert torch.allclose(f(x), m(x), atol=1e-5)
     assert m[0].bias is None  # (the given model's Linear, copied, is as it was)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_float_qparams_fake_quant_with_a_negative_channel_axis(compiled):
+    # the observer and the integer per-channel path take ch_axis=-1; the float-qparams one (the
+    # embedding QAT fake-quant's scheme) passed it to torch's kernel, which takes no negative axis
+    x = torch.randn(5, 4)
+    out = {}
+    for axis in (-1, 1):
+        fq = tq.FakeQuantize(observer=tq.MovingAveragePerChannelMinMaxObserver, quant_min=0, quant_max=255,
+                             qscheme=torch.per_channel_affine_float_qparams, ch_axis=axis, averaging_constant=1)
+        f = torch.compile(fq, backend="eager", fullgraph=True) if compiled else fq
+        xr = x.clone().requires_grad_()
+        y = f(xr)
+        y.sum().backward()
+        out[axis] = (y.detach(), xr.grad, fq.scale.clone())
+    for a, b in zip(out[-1], out[1]):
+        assert torch.equal(a, b)

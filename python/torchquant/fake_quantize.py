@@ -294,8 +294,10 @@ class FakeQuantize(FakeQuantizeBase):
             self.zero_point.copy_(zero_point)
         if self.fake_quant_enabled[0] == 1:
             if self.is_float_qparams:  # torch's kernel: torchquant's ops take integer zero points
-                return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.ch_axis,
-                                                              self.quant_min, self.quant_max)
+                # (torch's takes no negative axis; the observer and torchquant's ops do)
+                return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point,
+                                                              self.ch_axis % max(x.dim(), 1), self.quant_min,
+                                                              self.quant_max)
             axis = self.ch_axis if self.is_per_channel else None
             x = ops.fake_quantize(x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max)
         return x
@@ -312,7 +314,8 @@ class FakeQuantize(FakeQuantizeBase):
                 return x.clone(), torch.ones_like(x, dtype=torch.bool)
             if self.is_float_qparams:
                 mask = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
-                    x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max)[1]
+                    x, self.scale, self.zero_point, self.ch_axis % max(x.dim(), 1), self.quant_min,
+                    self.quant_max)[1]
             else:
                 axis = self.ch_axis if self.is_per_channel else None
                 mask = ops.fake_quantize_backward(torch.ones_like(x, dtype=torch.float32), x, self.scale,
