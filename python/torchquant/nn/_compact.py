@@ -21,6 +21,7 @@ compacting), so the placeholder never stands for anything but the exact weight. 
 place of the placeholder (``torch.func.functional_call`` with another state, an assignment) are
 used as before; the module's own layout is kept aside until the placeholder is back.
 """
+import contextlib
 import functools
 import math
 import types
@@ -30,7 +31,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from ._state_dict import _REPACK_LOCK, note_packed, repack_if_stale
+from ._state_dict import _REPACK_LOCK, _sources_changed, note_packed, repack_if_stale
 
 
 class _Rebuild:
@@ -126,7 +127,7 @@ def compact(module: nn.Module) -> bool:
             return False
         ph = _placeholder(w, rebuild)
         b["qweight"] = ph
-        module.__dict__["_tq_compact"] = (ph, rebuild.bufs, ph._version)
+        module.__dict__["_tq_compact"] = (ph, ph._version)  # (its layout: ph._tq_rebuild.bufs)
         note_packed(module, rec[2], rec[3])  # (the placeholder as the layout's source)
     return True
 
@@ -142,7 +143,7 @@ def portable_qweight(module: nn.Module) -> Optional[torch.Tensor]:
 def _check_placeholder_unwritten(module: nn.Module) -> None:
     rec = module.__dict__["_tq_compact"]
     # (a trace cannot read a version: it runs the weights as they are)
-    if not torch.compiler.is_compiling() and rec[0]._version != rec[2]:
+    if not torch.compiler.is_compiling() and rec[0]._version != rec[1]:
         raise RuntimeError(
             f"{type(module).__name__}: something wrote in place into its qweight buffer, which holds a placeholder "
             "(the weight lives in the packed layout only, torchquant.nn._compact): read module.qweight, which "
@@ -153,17 +154,30 @@ def _expand(module: nn.Module) -> bool:
     if not is_compact(module):
         return False
     _check_placeholder_unwritten(module)
-    ph, bufs = module.__dict__["_tq_compact"][:2]
-    w = ph._tq_rebuild()
+    ph = module.__dict__["_tq_compact"][0]
     b = module._buffers
-    b["qweight"] = w
-    del module.__dict__["_tq_compact"]
+    # the layout in place is the placeholder's and current (the record's sources, the placeholder
+    # first, unchanged): recorded anew as built from the weight put back
     rec = module.__dict__.get("_tq_packed_from")
-    if (rec is not None and rec[1][0] is ph and b.get(rec[3]) is rec[0] and rec[0] is bufs.get(rec[3])
-            and all(b.get(k) is t and (v is None or t._version == v)
-                    for k, t, v in zip(rec[2][1:], rec[1][1:], rec[4][1:]))):
+    current = (rec is not None and rec[1][0] is ph and b.get(rec[3]) is rec[0]
+               and rec[0] is ph._tq_rebuild.bufs.get(rec[3])
+               and not _sources_changed(module, rec, torch.compiler.is_compiling()))
+    b["qweight"] = ph._tq_rebuild()
+    del module.__dict__["_tq_compact"]
+    if current:
         note_packed(module, rec[2], rec[3])
     return True
+
+
+@contextlib.contextmanager
+def expanded(module: nn.Module):
+    """The body (a move, a load, a repack: work that reads or writes ``qweight``) runs on the
+    portable weight; a module that was compact is compacted again after it (not inside a trace,
+    which keeps the module as it leaves it)."""
+    was = expand(module)
+    yield
+    if was and not torch.compiler.is_compiling():
+        compact(module)
 
 
 def expand(module: nn.Module) -> bool:
@@ -186,14 +200,11 @@ def compact_safe_repack(repack: Callable) -> Callable:
         if not is_compact(self):
             return repack(self, *args, **kwargs)
         _check_placeholder_unwritten(self)
-        if torch.compiler.is_compiling():
-            expand(self)
+        if torch.compiler.is_compiling():  # (no lock in a graph)
+            with expanded(self):
+                return repack(self, *args, **kwargs)
+        with _REPACK_LOCK, expanded(self):
             return repack(self, *args, **kwargs)
-        with _REPACK_LOCK:
-            expand(self)
-            out = repack(self, *args, **kwargs)
-            compact(self)
-        return out
 
     wrapped._tq_compact_safe = True
     return wrapped

@@ -20,7 +20,7 @@ from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
 from ..qtensor import QTensor, _warn_once_on
 from ._input_grad import InputGrad, needs_input_grad
-from ._compact import CompactWeight, compact, expand, portable_qweight, unpack_linear_cpu
+from ._compact import CompactWeight, expanded, portable_qweight, unpack_linear_cpu
 from ._state_dict import (OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
                           renote_packed, repack_for_copy, repack_if_stale)
@@ -210,14 +210,12 @@ class _Int8WeightModule(CompactWeight, nn.Module):
         # their shape (.to(memory_format=torch.channels_last) on a 4-D packed depthwise Conv3d
         # weight [kD, kH, kW, C], or a CUDA conv weight of 4 or 5 dimensions).
         # A compact module's weight is rebuilt first (from the layout about to be dropped).
-        was_compact = expand(self)
-        for k in ("_packed_weight", "_col_sums"):
-            if k in self._buffers:
-                self._buffers[k] = None
-        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
-        self._repack()
-        if was_compact:
-            compact(self)
+        with expanded(self):
+            for k in ("_packed_weight", "_col_sums"):
+                if k in self._buffers:
+                    self._buffers[k] = None
+            _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
+            self._repack()
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
@@ -253,11 +251,10 @@ class _Int8WeightModule(CompactWeight, nn.Module):
                 for k in ("float_input_scale", "float_input_zero_point"):
                     state_dict[prefix + k] = self._buffers[k]
         own_loaded_qparams(self, state_dict, prefix)
-        was_compact = expand(self)  # (the load writes into the weight; a strict=False load may leave it)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        self._repack()
-        if was_compact:
-            compact(self)
+        with expanded(self):  # (the load writes into the weight; a strict=False load may leave it)
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+            self._repack()
 
     def _check_input(self, x, what: str, hint: str = ""):
         """x must be a per-tensor QTensor; `what` names the operation in the error. Returns x, or,

@@ -17,7 +17,7 @@ from torch import nn
 
 from .._ops import ops
 from ..observer import _apply_keeping_float32
-from ._compact import CompactWeight, compact, expand, portable_qweight, unpack_int4_cpu
+from ._compact import CompactWeight, expanded, portable_qweight, unpack_int4_cpu
 from ._input_grad import InputGrad, needs_input_grad
 from ._state_dict import (integer_load_errors, note_packed, qparam_load_errors, renote_packed, repack_for_copy,
                           repack_if_stale)
@@ -337,15 +337,13 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
         # input scale as they are (they are part of the int4 computation), then repack.
         # Values that cannot be packed (the uninitialized memory of .to_empty(), filled by the
         # load_state_dict that follows) defer the packing, and its error, to the next call.
-        was_compact = expand(self)  # (rebuilt from the layout about to be replaced)
-        _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
-        self._set_format()  # (to_empty leaves it uninitialized)
-        try:
-            self._repack()
-        except RuntimeError:
-            self._w_packed = self._w_qp = self._w_scale = None
-        if was_compact:
-            compact(self)
+        with expanded(self):  # (rebuilt from the layout about to be replaced)
+            _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
+            self._set_format()  # (to_empty leaves it uninitialized)
+            try:
+                self._repack()
+            except RuntimeError:
+                self._w_packed = self._w_qp = self._w_scale = None
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
@@ -381,14 +379,13 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
             # An AWQ layer whose scale could not be folded keeps an input scale: a skeleton built
             # without one (quantize_weight_only(method="rtn"), no data) takes it from the checkpoint.
             self.register_buffer("input_scale", torch.ones(self.in_features, device=self._buffers["weight_scale"].device))
-        was_compact = expand(self)  # (the load writes into the weight; a strict=False load may leave it)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if fmt_key in missing_keys and fmt_key not in state_dict:
-            missing_keys.remove(fmt_key)  # a checkpoint saved before weight_format existed
-        self._set_format()  # (the values checked above, in this buffer's dtype)
-        self._repack()
-        if was_compact:
-            compact(self)
+        with expanded(self):  # (the load writes into the weight; a strict=False load may leave it)
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+            if fmt_key in missing_keys and fmt_key not in state_dict:
+                missing_keys.remove(fmt_key)  # a checkpoint saved before weight_format existed
+            self._set_format()  # (the values checked above, in this buffer's dtype)
+            self._repack()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's name: fc(input=x) works too
         x = input
