@@ -25,14 +25,6 @@ CASES = ["fp32", "torch.ao int8 dynamic", "torchquant int8 dynamic", "torchquant
          "torchquant int4 g128", "torchquant int4 g128, both forms"]
 
 
-def _rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _settle():
     import gc
 
@@ -47,21 +39,19 @@ def one(args):
     """The case in this process: prints one JSON line."""
     import torch
     from torch import nn
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     import torchquant
+    from common import llama_config, proc_status_mb
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
-    cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4, num_hidden_layers=args.layers,
-                      num_attention_heads=max(1, args.hidden // 64), num_key_value_heads=max(1, args.hidden // 256),
-                      vocab_size=args.vocab, tie_word_embeddings=False)
+    cfg = llama_config(args.layers, args.hidden, args.vocab)
     tokens = torch.randint(0, args.vocab, (1, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # (the libraries' first-call allocations, before the baseline)
-        LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                     num_attention_heads=1, num_key_value_heads=1, vocab_size=64)).eval()(tokens % 64)
+        LlamaForCausalLM(llama_config(1, 64, 64)).eval()(tokens % 64)
     _settle()
-    base = _rss_mb()
+    base = proc_status_mb("VmRSS")
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     case = args.case
@@ -83,7 +73,8 @@ def one(args):
     saved = len(buf.getvalue()) / 2**20
     del buf
     _settle()
-    print(json.dumps({"case": case, "rss_MB": round(_rss_mb() - base, 1), "state_dict_MB": round(saved, 1)}))
+    rss = proc_status_mb("VmRSS") - base
+    print(json.dumps({"case": case, "rss_MB": round(rss, 1), "state_dict_MB": round(saved, 1)}))
 
 
 def main():

@@ -19,33 +19,24 @@ import time
 import warnings
 
 
-def _status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def one(args):
     """The case in this process: prints one JSON line."""
     import torch
     from torch import nn
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     import torchquant
+    from common import llama_config, proc_status_mb
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
-    cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4, num_hidden_layers=args.layers,
-                      num_attention_heads=max(1, args.hidden // 64), num_key_value_heads=max(1, args.hidden // 256),
-                      vocab_size=args.vocab, tie_word_embeddings=False)
+    cfg = llama_config(args.layers, args.hidden, args.vocab)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     linear_mb = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear)) / 2**20
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randint(0, args.vocab, (1, 128), generator=gen) for _ in range(8)]
-    base = _status("VmRSS")
+    base = proc_status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM
     t0 = time.perf_counter()
@@ -57,7 +48,7 @@ def one(args):
                                         inplace=args.inplace, progress=False)
     secs = time.perf_counter() - t0
     print(json.dumps({"case": args.case, "inplace": args.inplace, "linear_MB": round(linear_mb),
-                      "peak_over_model_MB": round(_status("VmHWM") - base), "secs": round(secs, 1)}))
+                      "peak_over_model_MB": round(proc_status_mb("VmHWM") - base), "secs": round(secs, 1)}))
 
 
 def main():

@@ -106,3 +106,22 @@ def run_layers(title, shapes, bench, label_width, flags=()):
                   **{name.replace("-", "_"): getattr(a, name.replace("-", "_")) for name, _ in flags})
         print(f"{shape[0]:<{label_width}} {t['tq']:13.1f} {t['ao']:11.1f} {t['fp32']:9.1f} {t['ao'] / t['tq']:6.2f}x "
               f"{t['fp32'] / t['tq']:7.2f}x", flush=True)
+
+
+def proc_status_mb(key):
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MB; NaN where there is none."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def llama_config(layers, hidden, vocab):
+    """The Llama-style configuration of the memory benchmarks: FFN 11/4 x hidden, heads of 64,
+    4 query heads per key/value head, untied LM head."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
+                       num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 256),
+                       vocab_size=vocab, tie_word_embeddings=False)
