@@ -236,6 +236,57 @@ def test_int4_weight_view_reads_leave_it_compact():
     assert torch.equal(deq, _expanded_twin(model)[0].dequantized_weight())
 
 
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d"])
+def test_int8_weight_reads_of_shape_and_device_leave_it_compact_and_its_codes_are_the_weight(kind):
+    build, x = _models()[kind]
+    model = build()
+    twin = _expanded_twin(model)
+    m, t = _weighted(model)[0], _weighted(twin)[0]
+    w = m.weight
+    want = t.qweight
+    assert isinstance(w, tq.QTensor) and not isinstance(w, torch.Tensor)
+    assert torch.overrides.has_torch_function((w,))  # (fused paths that read .weight stay off the layer)
+    assert w.shape == want.shape and w.size() == want.size() and w.size(1) == want.size(1)
+    assert w.dim() == w.ndim == want.dim() and w.numel() == want.numel() and len(w) == len(want)
+    assert w.device == want.device and not w.is_cuda and w.get_device() == -1
+    assert w.dtype == (torch.float32 if kind == "dynamic" else torch.qint8)
+    assert is_compact(m)
+    # the codes, when used, are the weight's (and the module is an ordinary one again)
+    assert torch.equal(w.int_repr(), want)
+    assert torch.equal(w.dequantize(), t.weight.dequantize())
+    assert w().dtype == torch.qint8 and torch.equal(w().data, want)
+    assert not is_compact(m)
+    assert compact(m)
+    # a change in place through .weight's codes reaches the kernels
+    with torch.no_grad():
+        m.weight.data.copy_(want.flip(0))
+        t.qweight.copy_(want.flip(0))
+    assert torch.equal(_out(model(x)), _out(twin(x)))
+
+
+def test_transformer_layers_and_t5_that_read_weights_in_forward_stay_compact():
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                enable_nested_tensor=True).eval()
+    x = torch.randn(2, 7, 32)
+    q = tq.quantize_dynamic(enc, {nn.Linear})
+    twin = _expanded_twin(q)
+    mask = torch.tensor([[False] * 7, [False] * 5 + [True] * 2])
+    with torch.no_grad():  # (the fused path's checks read every layer's .weight)
+        for kw in ({}, {"src_key_padding_mask": mask}):
+            assert torch.equal(q(x, **kw), twin(x, **kw))
+    assert all(is_compact(m) for m in _weighted(q))
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
+    t5 = tq.quantize_dynamic(transformers.T5Model(cfg).eval(), {nn.Linear})
+    ids = torch.randint(0, 50, (1, 6))
+    with torch.no_grad():  # (its feed-forward reads wo.weight on every call)
+        got = t5(input_ids=ids, decoder_input_ids=ids).last_hidden_state
+    assert all(is_compact(m) for m in _weighted(t5))
+    with torch.no_grad():
+        assert torch.equal(got, _expanded_twin(t5)(input_ids=ids, decoder_input_ids=ids).last_hidden_state)
+
+
 # ---------------------------------------------------------------- the inverses, on every ISA's packing
 @pytest.mark.parametrize("shape", [(1, 1), (16, 4), (17, 5), (45, 67), (130, 17), (3, 130), (64, 1030)])
 def test_linear_cpu_unpack_inverts_pack_weight(isa, shape):

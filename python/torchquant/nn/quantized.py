@@ -336,8 +336,9 @@ class Linear(_Int8WeightModule):
     def weight(self) -> QTensor:
         """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``).
         Being no plain tensor also keeps fused fast paths that read ``.weight`` directly (such as
-        TransformerEncoderLayer's) off this module."""
-        return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+        TransformerEncoderLayer's) off this module. The codes are read from the module when used
+        (a compact module's shape and device answer without that)."""
+        return lazy_weight(self)
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
@@ -487,6 +488,74 @@ def _load_weight(q, linear, w_scale, w_zp, w_range=(-128, 127)):
     q._set_int8(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8), w_scale, w_zp, linear.bias)
 
 
+class _LazyCodes:
+    """Mixin of the QTensors a converted layer's ``.weight`` returns: the codes are the module's
+    ``qweight``, read when something uses them (a torch function, ``.data``, ``dequantize()``,
+    pickling), which puts a compact module's weight back in its buffer; shape, size and device
+    answer from the module without that. Model code that reads a layer's ``.weight`` only to look
+    at it (Hugging Face T5's ``isinstance(wo.weight, torch.Tensor)``, the ``has_torch_function``
+    test of TransformerEncoderLayer's fused path, ``weight.dtype`` casts) leaves the layer
+    holding its weight once."""
+
+    __slots__ = ()
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self._module.qweight
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._module._buffers["qweight"].shape  # (a placeholder has the weight's shape)
+
+    def size(self, dim: Optional[int] = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    ndimension = dim
+    ndim = property(dim)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    nelement = numel
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self._module._buffers["weight_scale"].device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def get_device(self) -> int:
+        d = self.device
+        return -1 if d.type == "cpu" else d.index
+
+
+class _LazyQWeight(_LazyCodes, QTensor):
+    """An int8 layer's ``.weight`` (:class:`_LazyCodes`)."""
+
+    __slots__ = ("_module",)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.qint8
+
+
+def lazy_weight(module: nn.Module) -> QTensor:
+    """``module.weight`` of an int8 Linear / Conv: its per-channel int8 weight, the codes read
+    from the module when used (:class:`_LazyCodes`)."""
+    w = object.__new__(_LazyQWeight)
+    w._module = module
+    w.scale, w.zero_point, w.axis, w.qmin, w.qmax = module.weight_scale, module.weight_zero_point, 0, -128, 127
+    return w
+
+
 class FloatDtypeWeight(QTensor):
     """What a float-in, float-out int8 layer's ``.weight`` returns: its int8 weight as a QTensor
     whose ``dtype`` is the float dtype of the weight it was quantized from (as torchao's quantized
@@ -506,6 +575,16 @@ class FloatDtypeWeight(QTensor):
 
     def __repr__(self) -> str:
         return repr(self())
+
+
+class _LazyFloatDtypeWeight(_LazyCodes, FloatDtypeWeight):
+    """A dynamic int8 layer's ``.weight``: :class:`FloatDtypeWeight`, the codes read from the
+    module when used (:class:`_LazyCodes`)."""
+
+    __slots__ = ("_module",)
+
+    def __call__(self) -> QTensor:
+        return QTensor._make(self.data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
 
 
 class DynamicLinear(Linear):
@@ -547,7 +626,9 @@ class DynamicLinear(Linear):
 
     @property
     def weight(self) -> FloatDtypeWeight:
-        w = FloatDtypeWeight._make(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+        w = object.__new__(_LazyFloatDtypeWeight)
+        w._module = self
+        w.scale, w.zero_point, w.axis, w.qmin, w.qmax = self.weight_scale, self.weight_zero_point, 0, -128, 127
         w._float_dtype = self._float_dtype
         return w
 

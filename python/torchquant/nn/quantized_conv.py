@@ -19,7 +19,7 @@ from .. import _fastcall
 from .._ops import conv_packed_weight_shape
 from ..qtensor import QTensor
 from . import qat_conv
-from .quantized import (_STORAGE, _activation_qparams, _check_observes, _check_weight_axis, _Int8WeightModule,
+from .quantized import (lazy_weight, _STORAGE, _activation_qparams, _check_observes, _check_weight_axis, _Int8WeightModule,
                         _size_arg, _weight_range)
 from ._state_dict import note_packed, repack_if_stale
 from ._compact import unpack_by_probes, unpack_conv_cpu
@@ -186,8 +186,9 @@ class _ConvNd(_ConvLikeNd):
 
     @property
     def weight(self) -> QTensor:
-        """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``)."""
-        return QTensor(self.qweight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
+        """The int8 weight with its per-channel scales, as a QTensor (torch.ao's ``weight()``); the
+        codes are read from the module when used."""
+        return lazy_weight(self)
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_weight(self.qweight, self.groups)
