@@ -1,13 +1,17 @@
 """Sequence models on the CPU: torchquant against torch.ao's dynamic quantization and fp32, in one
 process.
 
-    python benchmarks/bench_sequence.py [--threads 2] [--rounds 5] [--target-ms 200] [--only lstm,bert,bag]
+    python benchmarks/bench_sequence.py [--threads 2] [--rounds 5] [--target-ms 200] [--only lstm,bert,transformer,bag]
 
   lstm  the word-language-model of PyTorch's dynamic quantization tutorial: embedding 512,
         2 LSTM layers of 512, sequence 35, batch 20 and batch 1 (the LSTM part timed)
   bert  two BERT-base-sized encoder layers (Hugging Face BertModel's encoder: hidden 768, 12 heads,
         FFN 3072, random init; every Linear quantized dynamically), sequence 128, batch 1 and 8
         (torch.ao's quantize_dynamic breaks nn.TransformerEncoderLayer: it swaps MHA's out_proj)
+  transformer  two nn.TransformerEncoderLayer of BERT-base size (768, 12 heads, FFN 3072,
+        batch_first), sequence 128, batch 1 and 8: fp32 (torch's fused encoder path), torch.ao
+        dynamic (its Linear layers; it runs only with the fused path off), torchquant's default set
+        (Linear and MultiheadAttention int8) and torchquant with {nn.Linear} (attention in float)
   bag   EmbeddingBag, 1M rows x 64, 512 bags of 80 random lookups, sum: 8-bit and 4-bit rows vs
         torch.ao's embedding_bag_byte_rowwise_offsets / embedding_bag_4bit_rowwise_offsets, with
         the bandwidth of the bytes each reads (rows, their qparams, indices); torchquant's table
@@ -81,6 +85,35 @@ def bench_bert(args):
     return rows
 
 
+def bench_transformer(args):
+    rows = []
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True)
+    enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    q_attn = tq.quantize_dynamic(enc)  # (the default set: Linear and MultiheadAttention)
+    q_lin = tq.quantize_dynamic(enc, {nn.Linear})
+    ao = _ao_dynamic(enc, {nn.Linear})
+    assert isinstance(q_attn.layers[0].self_attn, tq.nn.quantized.dynamic.MultiheadAttention)
+
+    def ao_call(x):
+        # torch.ao's dynamic Linear has a weight() method where the fused path reads .weight:
+        # its model runs only with that path off
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return ao(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+
+    for batch in (1, 8):
+        x = torch.randn(batch, 128, 768)
+        with torch.no_grad():
+            fns = {"fp32": lambda: enc(x), "torch.ao": lambda: ao_call(x), "torchquant": lambda: q_attn(x),
+                   "torchquant, attention in float": lambda: q_lin(x)}
+            us = interleaved_us(fns, args.rounds, args.target_ms)
+        rows.append((f"nn.TransformerEncoder 2x768 seq128 b{batch}", us))
+    return rows
+
+
 def bench_bag(args):
     rows = []
     torch.manual_seed(0)
@@ -120,7 +153,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--target-ms", type=float, default=200)
-    ap.add_argument("--only", default="lstm,bert,bag")
+    ap.add_argument("--only", default="lstm,bert,transformer,bag")
     ap.add_argument("--reduce-range", action="store_true",
                     help="also time torchquant with 7-bit activation rows on the lstm and bert rows")
     args = ap.parse_args()
@@ -128,7 +161,7 @@ def main():
     print(header("sequence models: torchquant vs torch.ao dynamic vs fp32"))
     parts = args.only.split(",")
     print(f"{'case':38} {'fp32 ms':>9} {'torch.ao ms':>12} {'torchquant ms':>14} {'vs ao':>7} {'vs fp32':>8}")
-    for part, fn in (("lstm", bench_lstm), ("bert", bench_bert), ("bag", bench_bag)):
+    for part, fn in (("lstm", bench_lstm), ("bert", bench_bert), ("transformer", bench_transformer), ("bag", bench_bag)):
         if part not in parts:
             continue
         for row in fn(args):
@@ -144,6 +177,10 @@ def main():
                 t7 = us["torchquant 7-bit"]
                 line += (f"   torchquant 7-bit {t7 / 1e3:.3f} ms: {us['torch.ao'] / t7:.2f}x torch.ao, "
                          f"{(fp / t7) if fp else float('nan'):.2f}x fp32")
+            if "torchquant, attention in float" in us:
+                tl = us["torchquant, attention in float"]
+                line += (f"   torchquant with attention in float {tl / 1e3:.3f} ms: {us['torch.ao'] / tl:.2f}x torch.ao, "
+                         f"{fp / tl:.2f}x fp32")
             if "torch.ao huge pages" in us:
                 line += (f"   torch.ao on huge pages {us['torch.ao huge pages'] / 1e3:.3f} ms: "
                          f"{us['torch.ao huge pages'] / us['torchquant']:.2f}x")

@@ -80,6 +80,8 @@ _DYNAMIC = {nn.Linear: nnq.DynamicLinear, intrinsic.LinearReLU: nnq.DynamicLinea
 _DYNAMIC_RNN = {nn.LSTM: nnqd.LSTM, nn.GRU: nnqd.GRU, nn.LSTMCell: nnqd.LSTMCell, nn.GRUCell: nnqd.GRUCell,
                 nn.RNNCell: nnqd.RNNCell}
 _DYNAMIC.update(_DYNAMIC_RNN)
+# Beyond torch.ao (which has none): MultiheadAttention with its four projections int8.
+_DYNAMIC[nn.MultiheadAttention] = nnqd.MultiheadAttention
 # Modules whose output is observed: their int8 version needs output qparams.
 _OBSERVED = (nn.Linear, intrinsic.LinearReLU, qat.Linear, qat.LinearReLU, QuantStub)
 # Modules that need no observer: int8 in, int8 out with the same qparams (or no tensors at all).
@@ -1257,6 +1259,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
         if dtype == torch.qint8:
             qconfig_spec = {nn.Linear: default, intrinsic.LinearReLU: default}
             qconfig_spec.update({k: default for k in _DYNAMIC_RNN})
+            qconfig_spec[nn.MultiheadAttention] = default
         else:  # torch.ao's defaults for these dtypes: the embedding tables (4-bit: EmbeddingBag only)
             qconfig_spec = {nn.EmbeddingBag: default}
             if dtype == torch.quint8:
@@ -1384,7 +1387,8 @@ def _keep_mha_out_proj_float(model, explicit):
     F.multi_head_attention_forward): an int8 out_proj would run in float on a dequantized weight
     there. Its out_proj stays float unless its exact type is in the mapping given."""
     for mod in model.modules():
-        if isinstance(mod, nn.MultiheadAttention) and type(mod.out_proj) not in explicit:
+        swapped = type(mod) in explicit and getattr(mod, "qconfig", None) is not None  # (as a whole)
+        if isinstance(mod, nn.MultiheadAttention) and not swapped and type(mod.out_proj) not in explicit:
             mod.out_proj.qconfig = None
 
 

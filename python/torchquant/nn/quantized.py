@@ -495,17 +495,24 @@ class _LazyCodes:
     answer from the module without that. Model code that reads a layer's ``.weight`` only to look
     at it (Hugging Face T5's ``isinstance(wo.weight, torch.Tensor)``, the ``has_torch_function``
     test of TransformerEncoderLayer's fused path, ``weight.dtype`` casts) leaves the layer
-    holding its weight once."""
+    holding its weight once. ``_module`` is the layer, or a tuple of layers whose weights the
+    QTensor stacks along dimension 0 (MultiheadAttention's ``in_proj_weight``)."""
 
     __slots__ = ()
 
+    def _layers(self):
+        m = self._module
+        return m if isinstance(m, tuple) else (m,)
+
     @property
     def data(self) -> torch.Tensor:
-        return self._module.qweight
+        ms = self._layers()
+        return ms[0].qweight if len(ms) == 1 else torch.cat([m.qweight for m in ms])
 
     @property
     def shape(self) -> torch.Size:
-        return self._module._buffers["qweight"].shape  # (a placeholder has the weight's shape)
+        shapes = [m._buffers["qweight"].shape for m in self._layers()]  # (a placeholder has the weight's shape)
+        return shapes[0] if len(shapes) == 1 else torch.Size((sum(s[0] for s in shapes), *shapes[0][1:]))
 
     def size(self, dim: Optional[int] = None):
         return self.shape if dim is None else self.shape[dim]
@@ -526,7 +533,7 @@ class _LazyCodes:
 
     @property
     def device(self) -> torch.device:
-        return self._module._buffers["weight_scale"].device
+        return self._layers()[0]._buffers["weight_scale"].device
 
     @property
     def is_cuda(self) -> bool:

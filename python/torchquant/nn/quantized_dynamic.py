@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from .quantized import DynamicLinear as Linear
+from .quantized_dynamic_mha import MultiheadAttention
 from .quantized_dynamic_rnn import GRU, LSTM, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell", "Conv1DAsLinear", "is_hf_conv1d"]
+__all__ = ["Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell", "MultiheadAttention", "Conv1DAsLinear",
+           "is_hf_conv1d"]
 
 
 def is_hf_conv1d(cls) -> bool:
