@@ -287,6 +287,112 @@ def test_transformer_layers_and_t5_that_read_weights_in_forward_stay_compact():
         assert torch.equal(got, _expanded_twin(t5)(input_ids=ids, decoder_input_ids=ids).last_hidden_state)
 
 
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d", "int4"])
+def test_everything_works_under_inference_mode(kind):
+    build, x = _models()[kind]
+    with torch.inference_mode():
+        model = build()  # (converted under inference mode: compact all the same)
+    assert all(is_compact(m) for m in _weighted(model))
+    want = _out(_expanded_twin(model)(x))
+    with torch.inference_mode():
+        assert torch.equal(_out(model(x)), want)
+        sd = model.state_dict()
+        twin = copy.deepcopy(model)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        moved = copy.deepcopy(model).to(torch.float64)
+        twin.load_state_dict(sd)
+        w = _weighted(twin)[0].weight
+        w.dequantize() if kind != "int4" else _weighted(twin)[0].dequantized_weight()
+    buf.seek(0)
+    for other in (twin, torch.load(buf, weights_only=False)):
+        assert torch.equal(_out(other(x)), want)
+    assert moved is not None
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d", "int4"])
+def test_writes_into_state_dict_values_reach_the_module(kind):
+    # torch's state_dict() holds references to the module's tensors: copying one model's weights
+    # into another's through its values (EMA, target networks) changes that model
+    build, x = _models()[kind]
+    torch.manual_seed(0)
+    dst = build()
+    src = _models(seed=1)[kind][0]()
+    assert not torch.equal(_out(dst(x)), _out(src(x)))
+    with torch.no_grad():
+        for d, v in zip(dst.state_dict().values(), src.state_dict().values()):
+            d.copy_(v)  # (the state dict is dropped right after)
+    assert torch.equal(_out(dst(x)), _out(src(x)))
+    # a state dict kept, written after a call, and read again
+    dst = build()
+    sd = dst.state_dict()
+    dst(x)
+    twin = _expanded_twin(dst)
+    assert "_tq_handed" not in _weighted(twin)[0].__dict__  # (a copy holds no record of dst's state dicts)
+    name = _name_of(dst, _weighted(dst)[0]) + "qweight"
+    with torch.no_grad():
+        sd[name].copy_(src.state_dict()[name])
+    assert torch.equal(dst.state_dict()[name], src.state_dict()[name])
+    with torch.no_grad():
+        _weighted(twin)[0].qweight.copy_(src.state_dict()[name])
+    assert torch.equal(_out(dst(x)), _out(twin(x)))
+    # an unwritten state dict, dropped: the module stays compact and lets it go
+    dst = build()
+    ref = _out(dst(x))
+    dst.state_dict()
+    assert torch.equal(_out(dst(x)), ref)
+    assert all(is_compact(m) and "_tq_handed" not in m.__dict__ for m in _weighted(dst))
+
+
+def test_another_models_placeholder_put_in_place_is_read_back():
+    build, x = _models()["dynamic"]
+    torch.manual_seed(0)
+    dst, src = build(), _models(seed=1)["dynamic"][0]()
+    want = src(x)
+    got = torch.func.functional_call(build(), src.state_dict(keep_vars=True), (x,))
+    assert torch.equal(got, want)
+    dst.load_state_dict(src.state_dict(keep_vars=True), assign=True)
+    assert torch.equal(dst(x), want)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d", "int4"])
+def test_a_meta_skeleton_loaded_is_compact_again(kind):
+    build, x = _models()[kind]
+    model = build()
+    sd, want = model.state_dict(), _out(model(x))
+    sk = copy.deepcopy(model).to("meta").to_empty(device="cpu")
+    sk.load_state_dict(sd)
+    assert all(is_compact(m) for m in _weighted(sk))
+    assert torch.equal(_out(sk(x)), want)
+    sk = copy.deepcopy(model).to("meta")
+    sk.load_state_dict(sd, assign=True)
+    assert torch.equal(_out(sk(x)), want)
+    assert all(is_compact(m) for m in _weighted(sk))
+
+
+def test_a_layer_under_two_names_loads_strict_when_the_checkpoint_saved_it_once():
+    # safetensors' save_model keeps one name of shared tensors and its load_model expects the
+    # other names reported missing by a strict=False load
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.b = self.a
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    torch.manual_seed(0)
+    q = tq.quantize_weight_only(Twice(), bits=4, group_size=16, progress=False)
+    torch.manual_seed(1)
+    other = tq.quantize_weight_only(Twice(), bits=4, group_size=16, progress=False)
+    sd = {k: v for k, v in q.state_dict().items() if k.startswith("a.")}
+    missing, unexpected = other.load_state_dict(sd, strict=False)
+    assert sorted(missing) == sorted("b." + k[2:] for k in sd) and not unexpected
+    x = torch.randn(2, 16)
+    assert torch.equal(other(x), q(x))
+
+
 # ---------------------------------------------------------------- the inverses, on every ISA's packing
 @pytest.mark.parametrize("shape", [(1, 1), (16, 4), (17, 5), (45, 67), (130, 17), (3, 130), (64, 1030)])
 def test_linear_cpu_unpack_inverts_pack_weight(isa, shape):

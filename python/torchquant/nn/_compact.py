@@ -31,7 +31,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from ._state_dict import _REPACK_LOCK, _sources_changed, note_packed, repack_if_stale
+from ._state_dict import _REPACK_LOCK, _sources_changed, adopt_handed, note_handed, note_packed, repack_if_stale
 
 
 class _Rebuild:
@@ -58,6 +58,12 @@ class _Rebuild:
         w = self.last() if self.last is not None else None
         if w is not None and w._version == self.last_version:
             return w
+        # (a normal tensor under torch.inference_mode too: the version counter is what tells a
+        # weight changed, and the state dict's tensors outlive the mode)
+        with torch.inference_mode(False):
+            return self._read()
+
+    def _read(self) -> torch.Tensor:
         w = self.unpack(self.bufs, self.shape)
         self.last, self.last_version = weakref.ref(w), w._version
         return w
@@ -127,6 +133,7 @@ def compact(module: nn.Module) -> bool:
             return False
         ph = _placeholder(w, rebuild)
         b["qweight"] = ph
+        module.__dict__["_tq_compactable"] = True
         module.__dict__["_tq_compact"] = (ph, ph._version)  # (its layout: ph._tq_rebuild.bufs)
         note_packed(module, rec[2], rec[3])  # (the placeholder as the layout's source)
     return True
@@ -135,6 +142,7 @@ def compact(module: nn.Module) -> bool:
 def portable_qweight(module: nn.Module) -> Optional[torch.Tensor]:
     """The weight a placeholder in module's ``qweight`` buffer stands for (its own, or another
     module's put there), read back from its layout; None when the buffer holds no placeholder."""
+    adopt_handed(module)
     ph = module._buffers.get("qweight")
     r = _rebuild_of(ph)
     return None if r is None else r()
@@ -176,8 +184,18 @@ def expanded(module: nn.Module):
     which keeps the module as it leaves it)."""
     was = expand(module)
     yield
-    if was and not torch.compiler.is_compiling():
-        compact(module)
+    if torch.compiler.is_compiling():
+        return
+    # A module that was compact once and whose weight the body put on the meta device (a
+    # skeleton made by .to("meta"), for .to_empty() and load_state_dict) is compacted again
+    # once a later body gives it a weight that packs.
+    d = module.__dict__
+    w = module._buffers.get("qweight")
+    if (d.get("_tq_compactable", False) and isinstance(w, torch.Tensor) and w.device.type == "meta"
+            and _rebuild_of(w) is None):
+        d["_tq_skeleton"] = True
+    elif (was or d.get("_tq_skeleton", False)) and compact(module):
+        d.pop("_tq_skeleton", None)
 
 
 def expand(module: nn.Module) -> bool:
@@ -187,6 +205,7 @@ def expand(module: nn.Module) -> bool:
     torch.jit.trace reads every buffer by name before it traces)."""
     if torch.compiler.is_compiling():  # (no lock in a graph, and no other thread in a trace)
         return _expand(module)
+    adopt_handed(module)
     with _REPACK_LOCK:
         return _expand(module)
 
@@ -198,6 +217,11 @@ def compact_safe_repack(repack: Callable) -> Callable:
     @functools.wraps(repack)
     def wrapped(self, *args, **kwargs):
         if not is_compact(self):
+            # another module's placeholder put in place (load_state_dict(..., assign=True) or
+            # functional_call with a state_dict(keep_vars=True)): the weight it stands for
+            r = _rebuild_of(self._buffers.get("qweight"))
+            if r is not None:
+                self._buffers["qweight"] = r()
             return repack(self, *args, **kwargs)
         _check_placeholder_unwritten(self)
         if torch.compiler.is_compiling():  # (no lock in a graph)
@@ -234,17 +258,24 @@ class CompactWeight:
         return super().__getattr__(name)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if not keep_vars:
+            adopt_handed(self)  # (a write into the weight an earlier state dict handed out)
         ph = self._buffers.get("qweight")  # (before: another thread may expand the module meanwhile)
         super()._save_to_state_dict(destination, prefix, keep_vars)
         # (keep_vars=True asks for the module's own tensors, as torch.jit.trace does to find the
         # module's state in a graph: the placeholder, which holds no values to read by mistake)
         r = None if keep_vars else _rebuild_of(ph)
         if r is not None and prefix + "qweight" in destination:
-            destination[prefix + "qweight"] = r()
+            w = destination[prefix + "qweight"] = r()
+            if ph is self.__dict__.get("_tq_compact", (None,))[0] and not torch.compiler.is_compiling():
+                note_handed(self, w)  # (a write into it reaches the module, as into its own tensor)
 
     def _portable_state(self, state: dict) -> dict:
         """For __getstate__: the pickled state with the portable weight (a packed layout is per
         machine) and a note to compact again when loaded."""
+        if "_tq_handed" in state:  # (this module's state dicts are not the copy's)
+            state = dict(state)
+            del state["_tq_handed"]
         bufs = state.get("_buffers", {})
         r = _rebuild_of(bufs.get("qweight"))
         if r is None:

@@ -1,4 +1,5 @@
 """State-dict loading checks shared by the quantized modules."""
+import sys
 import threading
 from typing import Optional
 
@@ -252,8 +253,56 @@ def note_packed(module: nn.Module, sources, packed: str) -> None:
     # the first source and its version, for the forwards' inline check (an identity test and a
     # version comparison per call); the version written last, so that a thread reading both sees
     # them current only once the whole record is
-    module.__dict__["_tq_src0"] = srcs[0]
+    module.__dict__["_tq_src0"] = srcs[0] if "_tq_handed" not in module.__dict__ else None
     module.__dict__["_tq_v0"] = _version_of(srcs[0])
+
+
+# A compact module's state_dict() holds its weight rebuilt from the layout (nn/_compact.py). A
+# module's state dict holds references to its tensors, and code writes into them (copying one
+# model's weights into another's through the values of state_dict(), as EMA and target networks
+# do): the module must see such a write. The rebuilt weight handed out is recorded, and held
+# until the module next looks at it (its next call, state_dict(), weight read): a state dict
+# written and dropped at once must still reach the module. Until then, and while the caller
+# keeps it, the forwards' inline check is off (_tq_src0 None) and each call looks at its
+# version. Written, it becomes the module's weight (the module is then an ordinary one, its
+# weight that tensor, as an uncompacted module's would be); unwritten and held by nothing else,
+# it is dropped.
+def note_handed(module: nn.Module, w: torch.Tensor) -> None:
+    """state_dict() handed out ``w``, the compact module's weight rebuilt."""
+    module.__dict__["_tq_handed"] = (w, w._version)
+    module.__dict__["_tq_src0"] = None
+
+
+def _held_elsewhere(rec) -> bool:
+    # references: the record, getrefcount's argument; any other is the caller's
+    return sys.getrefcount(rec[0]) > 2
+
+
+def adopt_handed(module: nn.Module) -> None:
+    """The handed-out weight made the module's own if it was written since, dropped if nothing
+    else holds it (or if the module holds its weight again: reading it back gives that same
+    tensor)."""
+    rec = module.__dict__.get("_tq_handed")
+    if rec is None:
+        return
+    compact = module.__dict__.get("_tq_compact")
+    b = module._buffers
+    if compact is not None and b.get("qweight") is compact[0]:
+        if rec[0]._version == rec[1]:
+            if _held_elsewhere(rec):
+                return  # (unwritten, still held: the next call looks again)
+        else:
+            with _REPACK_LOCK:
+                if module.__dict__.get("_tq_handed") is rec and b.get("qweight") is compact[0]:
+                    if compact[0]._version == compact[1]:  # (a write into the placeholder: the call reports it)
+                        b["qweight"] = rec[0]
+                        del module.__dict__["_tq_compact"]
+    with _REPACK_LOCK:
+        if module.__dict__.get("_tq_handed") is rec:
+            del module.__dict__["_tq_handed"]
+            packed = module.__dict__.get("_tq_packed_from")
+            if packed is not None:
+                module.__dict__["_tq_src0"] = packed[1][0]
 
 
 def renote_packed(module: nn.Module) -> None:
@@ -300,6 +349,8 @@ def repack_if_stale(module: nn.Module) -> None:
     built (a caller that puts its own packed buffers in place, as torch.func.stack_module_state's
     ensembles do, is left alone). Thread-safe: a layout found stale is rebuilt once, under a
     lock, and a thread that finds it being rebuilt waits for it."""
+    if "_tq_handed" in module.__dict__ and not torch.compiler.is_compiling():
+        adopt_handed(module)
     rec = module.__dict__.get("_tq_packed_from")
     if rec is None:
         return

@@ -382,7 +382,7 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
         with expanded(self):  # (the load writes into the weight; a strict=False load may leave it)
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                           error_msgs)
-            if fmt_key in missing_keys and fmt_key not in state_dict:
+            if fmt_key in missing_keys and fmt_key not in state_dict and prefix + "qweight" in state_dict:
                 missing_keys.remove(fmt_key)  # a checkpoint saved before weight_format existed
             self._set_format()  # (the values checked above, in this buffer's dtype)
             self._repack()
