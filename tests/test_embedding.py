@@ -195,7 +195,7 @@ def test_bounds_checked():
         q(torch.tensor([1, 2, 3]), torch.tensor([0, 9]))
     with pytest.raises(RuntimeError, match="argument 'indices' must be an int64 or int32"):
         q(torch.tensor([1.0, 2.0]), torch.tensor([0]))
-    with pytest.raises(RuntimeError, match="per_sample_weights is only supported for mode='sum'"):
+    with pytest.raises(NotImplementedError, match="per_sample_weights is only supported for mode='sum'"):
         q.mode = "mean"
         q(torch.tensor([1, 2]), torch.tensor([0]), per_sample_weights=torch.ones(2))
     with pytest.raises(RuntimeError, match="argument 'packed' has rows of"):
@@ -1032,3 +1032,76 @@ def test_quantized_table_dtype_follows_casts_and_is_kept_by_copies(bag):
     del old._buffers["_output_dtype"]
     back = pickle.loads(pickle.dumps(old))
     assert back.output_dtype is None and torch.equal(back(ids), want)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("n,d", [(0, 6), (5, 0), (0, 0), (0, 5)])
+@pytest.mark.parametrize("cls,kw", [(nn.Embedding, {}), (nn.EmbeddingBag, {"mode": "sum"}),
+                                    (nn.EmbeddingBag, {"mode": "mean"}), (nn.EmbeddingBag, {"mode": "max"})])
+def test_empty_tables_convert_and_run_as_the_float_ones(bits, n, d, cls, kw):
+    # A table of 0 rows or of rows of 0 values was refused by from_float / convert /
+    # quantize_dynamic ("observed no finite data"); the float module and the constructor take it.
+    qc = tq.float_qparams_weight_only_qconfig if bits == 8 else tq.float_qparams_weight_only_qconfig_4bit
+    f = cls(n, d, **kw)
+    f.qconfig = qc
+    if cls is nn.Embedding:
+        args = (torch.tensor([], dtype=torch.long) if n == 0 else torch.tensor([[1, 2], [4, 0]]),)
+    else:
+        args = (torch.tensor([], dtype=torch.long), torch.tensor([0, 0])) if n == 0 else \
+            (torch.tensor([1, 2, 0]), torch.tensor([0, 1]))
+    qcls = getattr(nnq, cls.__name__)
+    made = [qcls.from_float(f), tq.convert(tq.prepare(nn.Sequential(f)))[0],
+            tq.quantize_dynamic(nn.Sequential(f), {cls: qc})[0]]
+    built = qcls(n, d, dtype=made[0].dtype, **kw)
+    try:
+        want = f(*args)
+    except RuntimeError:  # (torch's sum / mean bags of rows of 0 values fail: "Expected i < index_size")
+        want = built(*args)
+        assert (cls, kw.get("mode"), d) in ((nn.EmbeddingBag, "sum", 0), (nn.EmbeddingBag, "mean", 0))
+    for q in made:
+        assert type(q) is qcls and q.bits == bits
+        assert q.packed_weight.shape == built.packed_weight.shape
+        out = q(*args)
+        assert out.shape == want.shape and out.dtype == want.dtype and torch.equal(out, want)
+        assert q.dequantized_weight().shape == (n, d) and list(q.weight().shape) == [n, d]
+        assert q.qweight.shape == (n, d) and q.weight_scale.shape == (n,)
+        built.load_state_dict(q.state_dict())  # (its own load takes it)
+        assert torch.equal(built(*args), out)
+
+
+@pytest.mark.parametrize("cls", [nnq.Embedding, nnq.EmbeddingBag])
+def test_negative_sizes_are_refused_at_construction(cls):
+    # A negative embedding_dim was accepted (the error came at the first lookup); nn.Embedding
+    # refuses it at construction with a RuntimeError.
+    with pytest.raises(RuntimeError, match="argument 'embedding_dim' must be non-negative, got -4"):
+        cls(3, -4)
+    with pytest.raises(RuntimeError, match="argument 'num_embeddings' must be non-negative, got -3"):
+        cls(-3, 4)
+    for bad in ((3, -4), (-3, 4)):
+        with pytest.raises(RuntimeError):
+            getattr(nn, cls.__name__)(*bad)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bag_argument_errors_have_torchs_exception_types(bits):
+    # They were RuntimeErrors from the kernel; nn.EmbeddingBag raises these types.
+    cases = [
+        ("max", (torch.tensor([1, 2]), torch.tensor([0, 1]), torch.rand(2)), NotImplementedError,
+         "per_sample_weights is only supported for mode='sum'"),
+        ("mean", (torch.tensor([[1, 2]]), None, torch.rand(1, 2)), NotImplementedError,
+         "per_sample_weights is only supported for mode='sum'"),
+        ("sum", (torch.tensor([1, 2]), torch.tensor([[0, 1]])), ValueError, "offsets has to be a 1D Tensor"),
+        ("sum", (torch.tensor([1, 2]), torch.tensor([0, 1]), torch.rand(3)), ValueError,
+         r"per_sample_weights \(torch.Size\(\[3\]\)\) is not None, then it must have the same shape"),
+        ("sum", (torch.tensor([[1, 2]]), None, torch.rand(2)), ValueError,
+         "per_sample_weights .* must have the same shape as the input"),
+    ]
+    for mode, args, exc, match in cases:
+        f = nn.EmbeddingBag(10, 4, mode=mode)
+        f.qconfig = tq.float_qparams_weight_only_qconfig if bits == 8 else tq.float_qparams_weight_only_qconfig_4bit
+        q = nnq.EmbeddingBag.from_float(f)
+        with pytest.raises(exc) as theirs:
+            f(*args)
+        with pytest.raises(exc, match=match) as ours:
+            q(*args)
+        assert type(ours.value) is type(theirs.value), (mode, ours.value, theirs.value)

@@ -512,3 +512,197 @@ def test_a_bare_recurrent_layers_weight_errors_name_its_state_dict_keys():
     for mod, key in ((nn.LSTM(8, 12), "weight_ih_l0"), (nn.GRUCell(8, 12), "weight_ih")):
         with pytest.raises(ValueError, match=f"^{key}: torchquant's int8 Linear needs symmetric weights"):
             tq.quantize_dynamic(mod, {type(mod): tq.float_qparams_weight_only_qconfig})
+
+
+# ---------------------------------------------------------------- gradients (training through the layer)
+def _dequantized_twin(q, float_cls, **kw):
+    """The float module (same options) on q's dequantized weights: int8 codes times their
+    per-channel scales, from the state dict, and the float biases."""
+    sd = q.state_dict()
+    f = float_cls(q.input_size, q.hidden_size, **kw)
+    with torch.no_grad():
+        for name, p in f.named_parameters():
+            kind, child = name.split("_", 1)  # weight_ih_l0_reverse: the child ih_l0_reverse's weight
+            if kind == "weight":
+                p.copy_(sd[f"{child}.qweight"].float() * sd[f"{child}.weight_scale"][:, None])
+            else:
+                p.copy_(sd[f"{child}.bias"])
+    return f.train(q.training)
+
+
+def _outputs(out):
+    """The returned tensors: output (a PackedSequence's data), then the state(s)."""
+    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
+        return [out.data]
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in _outputs(o)]
+
+
+def _grads_as_float(q, f, make_inputs):
+    """(values with grad, values under no_grad, input grads of q, input grads of f) for the same
+    upstream gradient on every returned tensor."""
+    with torch.no_grad():
+        want = _outputs(q(*make_inputs(False)[1]))
+    leaves, args = make_inputs(True)
+    got = _outputs(q(*args))
+    upstream = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i)).to(t.dtype)
+                for i, t in enumerate(got)]
+    sum((t * u).sum() for t, u in zip(got, upstream)).backward()
+    f_leaves, f_args = make_inputs(True)
+    sum((t * u).sum() for t, u in zip(_outputs(f(*f_args)), upstream)).backward()
+    return got, want, [t.grad for t in leaves], [t.grad for t in f_leaves]
+
+
+RNN_GRAD_CASES = [
+    ("LSTM", dict(), False, False),
+    ("LSTM", dict(num_layers=2, bidirectional=True, batch_first=True), True, False),
+    ("LSTM", dict(num_layers=2, proj_size=3, bias=False), True, False),
+    ("LSTM", dict(bidirectional=True, proj_size=4), True, True),
+    ("LSTM", dict(num_layers=2, batch_first=True), False, True),
+    ("GRU", dict(), True, False),
+    ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True, bias=False), True, True),
+    ("GRU", dict(num_layers=3), False, True),
+]
+
+
+@pytest.mark.parametrize("mode,kw,with_hx,packed", RNN_GRAD_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rnn_input_and_state_gradients_are_the_float_modules_on_dequantized_weights(mode, kw, with_hx, packed,
+                                                                                      dtype):
+    # The input gradient was dropped (x.grad None): the values stay the int8 path's, bit for bit,
+    # and the gradients are those of nn.LSTM / nn.GRU on the dequantized weights.
+    torch.manual_seed(RNN_GRAD_CASES.index((mode, kw, with_hx, packed)))
+    cls = getattr(nn, mode)
+    q = _q(cls(6, 8, **kw), cls)
+    f = _dequantized_twin(q, cls, **kw)
+    B, T, L, D = 3, 5, kw.get("num_layers", 1), 2 if kw.get("bidirectional") else 1
+    bf = kw.get("batch_first", False)
+    x0 = torch.randn(B, T, 6) if bf else torch.randn(T, B, 6)
+    h0, c0 = torch.randn(L * D, B, kw.get("proj_size") or 8), torch.randn(L * D, B, 8)
+
+    def make_inputs(grad):
+        leaves = [t.clone().to(dtype).requires_grad_(grad) for t in (x0, h0, c0)]
+        x, h, c = leaves
+        inp = pack_padded_sequence(x, torch.tensor([5, 2, 4]), batch_first=bf, enforce_sorted=False) if packed else x
+        if not with_hx:
+            return leaves[:1], (inp,)
+        return (leaves, (inp, (h, c))) if mode == "LSTM" else (leaves[:2], (inp, h))
+
+    got, want, grads, f_grads = _grads_as_float(q, f.to(dtype), make_inputs)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == dtype and torch.equal(g, w)
+    assert len(grads) == (1 if not with_hx else 3 if mode == "LSTM" else 2)
+    for g, fg in zip(grads, f_grads):
+        assert g is not None and g.abs().sum() > 0
+        torch.testing.assert_close(g, fg, rtol=1e-5, atol=1e-6)
+
+
+def test_rnn_unbatched_input_and_state_gradient_of_the_state_alone():
+    torch.manual_seed(3)
+    q = _q(nn.GRU(6, 8, num_layers=2), nn.GRU)
+    f = _dequantized_twin(q, nn.GRU, num_layers=2)
+    x0, h0 = torch.randn(4, 6), torch.randn(2, 8)
+
+    def make_inputs(grad):
+        h = h0.clone().requires_grad_(grad)  # the input itself does not require grad
+        return [h], (x0, h)
+
+    got, want, (gh,), (fh,) = _grads_as_float(q, f, make_inputs)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    torch.testing.assert_close(gh, fh, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls,kw", [(nn.LSTMCell, {}), (nn.GRUCell, {}), (nn.RNNCell, {}),
+                                    (nn.RNNCell, {"nonlinearity": "relu"}), (nn.LSTMCell, {"bias": False}),
+                                    (nn.GRUCell, {"bias": False})])
+@pytest.mark.parametrize("batched", [True, False])
+def test_cell_input_and_state_gradients_are_the_float_cells_on_dequantized_weights(cls, kw, batched):
+    torch.manual_seed(5)
+    q = _q(cls(6, 8, **kw), cls)
+    sd = q.state_dict()
+    f = cls(6, 8, **kw)
+    with torch.no_grad():
+        for k in ("ih", "hh"):
+            getattr(f, f"weight_{k}").copy_(sd[f"{k}.qweight"].float() * sd[f"{k}.weight_scale"][:, None])
+            if f.bias:
+                getattr(f, f"bias_{k}").copy_(sd[f"{k}.bias"])
+    shape = (3,) if batched else ()
+    x0, h0, c0 = torch.randn(*shape, 6), torch.randn(*shape, 8), torch.randn(*shape, 8)
+
+    def make_inputs(grad):
+        x, h, c = (t.clone().requires_grad_(grad) for t in (x0, h0, c0))
+        return ([x, h, c], (x, (h, c))) if cls is nn.LSTMCell else ([x, h], (x, h))
+
+    got, want, grads, f_grads = _grads_as_float(q, f, make_inputs)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    for g, fg in zip(grads, f_grads):
+        assert g is not None
+        torch.testing.assert_close(g, fg, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_rnn_gradient_in_training_draws_the_int8_paths_dropout_masks(mode):
+    # Between layers the float module draws its masks from the RNG state the int8 path drew
+    # from: the gradient is the float module's with the same masks, and the RNG state after the
+    # call is the one a call without gradient leaves.
+    cls = getattr(nn, mode)
+    q = _q(cls(6, 8, num_layers=3, dropout=0.5), cls).train()
+    f = _dequantized_twin(q, cls, num_layers=3, dropout=0.5)
+    x0 = torch.randn(5, 3, 6)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        want = q(x0)[0]
+    rng_after = torch.get_rng_state()
+    torch.manual_seed(1)
+    x = x0.clone().requires_grad_()
+    out = q(x)[0]
+    assert torch.equal(out, want) and torch.equal(torch.get_rng_state(), rng_after)
+    out.sum().backward()
+    torch.manual_seed(1)
+    fx = x0.clone().requires_grad_()
+    f(fx)[0].sum().backward()
+    torch.testing.assert_close(x.grad, fx.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+def test_no_float_pass_without_a_gradient_to_give(cls, monkeypatch):
+    # Inference (no_grad, inputs that do not require grad, parameters that do elsewhere) runs the
+    # int8 path alone: the float module is never built.
+    from torchquant.nn import quantized_dynamic_rnn as rnn
+
+    def refuse(*a, **k):
+        raise AssertionError("float path ran")
+
+    monkeypatch.setattr(rnn._RNNBase, "_float_forward", refuse)
+    monkeypatch.setattr(rnn._CellBase, "_float_args", refuse)
+    q = _q(cls(6, 8), cls)
+    x = torch.randn(4, 3, 6) if cls in (nn.LSTM, nn.GRU) else torch.randn(3, 6)
+    assert not any(t.requires_grad for t in _outputs(q(x)))  # grad mode on, an input without requires_grad
+    with torch.no_grad():
+        assert not any(t.requires_grad for t in _outputs(q(x.clone().requires_grad_())))
+    with torch.inference_mode():
+        q(x)
+    with pytest.raises(AssertionError, match="float path ran"):  # (and it does run where one is needed)
+        q(x.clone().requires_grad_())
+
+
+def test_gradient_outputs_can_be_changed_in_place():
+    q = _q(nn.LSTM(6, 8), nn.LSTM)
+    x = torch.randn(4, 3, 6, requires_grad=True)
+    out, (h, c) = q(x)
+    out.mul_(2)
+    h.add_(1)
+    (out.sum() + h.sum()).backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRUCell])
+def test_torch_compile_fullgraph_of_the_inference_path(cls):
+    # The check for a gradient to give is traced in one graph with the int8 path.
+    torch.manual_seed(11)
+    q = _q(cls(8, 16), cls)
+    x = torch.randn(4, 2, 8) if cls is nn.LSTM else torch.randn(2, 8)
+    eager = _outputs(q(x))
+    compiled = _outputs(torch.compile(q, backend="eager", fullgraph=True)(x))
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager))

@@ -16,9 +16,15 @@ AVX-512 VNNI).
 The modules compute in float32 and return the input's floating dtype. State dicts hold plain
 tensors (int8 weights, float32 scales, int32 zero points, float32 biases).
 
+Where autograd needs a gradient of the input or the given initial state, the values returned
+are the int8 path's, bit for bit, and the gradients those of the float module (nn.LSTM etc.,
+the same options) on the dequantized weights and the float biases (the straight-through
+estimator, as DynamicLinear's, nn/_input_grad.py); without one, the int8 path runs alone.
+
     >>> qlstm = torchquant.quantize_dynamic(nn.LSTM(16, 32, 2), {nn.LSTM})
     >>> out, (h, c) = qlstm(torch.randn(5, 3, 16))
 """
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -61,6 +67,49 @@ def _linear(x: torch.Tensor, args, reduce_range: bool) -> torch.Tensor:
     if _fastcall.usable(x, w, w):
         return _fastcall.linear_dynamic(x, w, cs, s, bias, False, reduce_range)
     return ops.linear_dynamic.default(x, w, cs, s, bias, False, reduce_range)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``value`` (the int8 result, as it is) in forward; in backward, the gradient goes to
+    ``reference`` (the float module's result on the dequantized weights) as if it had been
+    returned. Unlike ``reference + (value - reference).detach()``, the value is kept bit for bit.
+    (A copy, not a view of ``value``: the caller may change the result in place, as the float
+    module's.)"""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(reference: torch.Tensor, value: torch.Tensor):
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _wants_grad(*tensors) -> bool:
+    """Whether autograd needs a gradient of the input or the given initial state (a Tensor, a
+    PackedSequence, a tuple of them, or None); as ``needs_input_grad`` (nn/_input_grad.py), not
+    under torch.jit.trace."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if isinstance(t, PackedSequence):
+            t = t.data
+        if isinstance(t, (tuple, list)):
+            if any(isinstance(u, torch.Tensor) and u.requires_grad for u in t):
+                return not torch.jit.is_tracing()
+        elif isinstance(t, torch.Tensor) and t.requires_grad:
+            return not torch.jit.is_tracing()
+    return False
+
+
+def _bias_of(q: DynamicLinear) -> Optional[torch.Tensor]:
+    return q._buffers["bias"]
 
 
 def _qconfig_of(mod):
@@ -184,6 +233,70 @@ class _RNNBase(_ReduceRange, nn.Module):
         raise NotImplementedError
 
     def forward(self, input, hx=None):
+        if _wants_grad(input, hx):
+            return self._forward_with_grad(input, hx)
+        return self._forward_int8(input, hx)
+
+    def _forward_with_grad(self, input, hx):
+        """Training through the layer (the input or the initial state requires grad): the int8
+        result, bit for bit, with the gradient of the float module (nn.LSTM / nn.GRU, the same
+        options) on the dequantized weights and the float biases (the straight-through estimator
+        for the dynamic quantization of the rows)."""
+        if not isinstance(input, (torch.Tensor, PackedSequence)):
+            return self._forward_int8(input, hx)  # (its error)
+        dropout = self.dropout and self.training and self.num_layers > 1
+        dev = input.data.device if isinstance(input, PackedSequence) else input.device
+        if dropout:  # the float module draws its dropout masks from the RNG state the int8 path drew from
+            rng = torch.get_rng_state() if dev.type == "cpu" else torch.get_device_module(dev.type).get_rng_state(dev)
+        with torch.no_grad():
+            q_out, q_hx = self._forward_int8(input, hx)
+        if dropout:
+            fork = [] if dev.type == "cpu" else [dev]
+            with torch.random.fork_rng(devices=fork, device_type=dev.type):
+                if dev.type == "cpu":
+                    torch.set_rng_state(rng)
+                else:
+                    torch.get_device_module(dev.type).set_rng_state(rng, dev)
+                f_out, f_hx = self._float_forward(input, hx)
+        else:
+            f_out, f_hx = self._float_forward(input, hx)
+        if isinstance(q_out, PackedSequence):
+            out = PackedSequence(_StraightThrough.apply(f_out.data.to(q_out.data.dtype), q_out.data),
+                                 q_out.batch_sizes, q_out.sorted_indices, q_out.unsorted_indices)
+        else:
+            out = _StraightThrough.apply(f_out.to(q_out.dtype), q_out)
+        if self._mode == "LSTM":
+            states = tuple(_StraightThrough.apply(f.to(q.dtype), q) for f, q in zip(f_hx, q_hx))
+            return out, states
+        return out, _StraightThrough.apply(f_hx.to(q_hx.dtype), q_hx)
+
+    def _float_forward(self, input, hx):
+        """The float module (float32) on the dequantized weights: its output and state."""
+        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
+                  bidirectional=self.bidirectional, device="meta")
+        if self._mode == "LSTM":
+            kw["proj_size"] = self.proj_size
+        with warnings.catch_warnings():  # (nn.LSTM's warning for dropout with one layer: ours said nothing)
+            warnings.simplefilter("ignore")
+            m = getattr(nn, self._mode)(self.input_size, self.hidden_size, **kw)
+        m.train(self.training)
+        params = {}
+        for layer in range(self.num_layers):
+            for sfx in self._suffixes():
+                for kind in ("ih", "hh") + (("hr",) if self.proj_size else ()):
+                    q = self._modules[f"{kind}_l{layer}{sfx}"]
+                    params[f"weight_{kind}_l{layer}{sfx}"] = q._float_weight()
+                    if kind != "hr" and self.bias:
+                        params[f"bias_{kind}_l{layer}{sfx}"] = _bias_of(q)
+        if isinstance(input, PackedSequence):
+            x = PackedSequence(input.data.float(), input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+        else:
+            x = input.float()
+        if hx is not None:
+            hx = tuple(t.float() for t in hx) if self._mode == "LSTM" else hx.float()
+        return torch.func.functional_call(m, params, (x, hx) if hx is not None else (x,))
+
+    def _forward_int8(self, input, hx=None):
         is_packed = isinstance(input, PackedSequence)
         if is_packed:
             x, batch_sizes, sorted_indices, unsorted_indices = input
@@ -433,6 +546,11 @@ class _CellBase(_ReduceRange, nn.Module):
         q.train(mod.training)
         return q.to(mod.weight_ih.device)
 
+    def _float_args(self):
+        """(w_ih, w_hh, b_ih, b_hh) of the float cell: the dequantized weights (int8 codes times
+        their per-channel scales), the float biases (None without)."""
+        return self.ih._float_weight(), self.hh._float_weight(), _bias_of(self.ih), _bias_of(self.hh)
+
     def _prepare(self, input, hx):
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"{self._get_name()}: argument 'input' must be a Tensor, got {type(input).__name__}")
@@ -481,11 +599,20 @@ class LSTMCell(_CellBase):
 
     def forward(self, input, hx=None):
         x, (h, c), batched, dt = self._prepare(input, hx)
-        ig = _linear(x, _linear_args(self.ih), self.reduce_range)
-        hg = _linear(h, _linear_args(self.hh), self.reduce_range)
-        h, c = ops.lstm_cell_update.default(ig, hg, c)
+        if _wants_grad(x, h, c):  # the int8 values, the float cell's gradient (_CellBase._float_args)
+            with torch.no_grad():
+                hq, cq = self._int8(x, h, c)
+            hf, cf = torch.lstm_cell(x, (h, c), *self._float_args())
+            h, c = _StraightThrough.apply(hf, hq), _StraightThrough.apply(cf, cq)
+        else:
+            h, c = self._int8(x, h, c)
         h, c = h.to(dt), c.to(dt)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+    def _int8(self, x, h, c):
+        ig = _linear(x, _linear_args(self.ih), self.reduce_range)
+        hg = _linear(h, _linear_args(self.hh), self.reduce_range)
+        return ops.lstm_cell_update.default(ig, hg, c)
 
 
 class GRUCell(_CellBase):
@@ -499,10 +626,19 @@ class GRUCell(_CellBase):
 
     def forward(self, input, hx=None):
         x, (h,), batched, dt = self._prepare(input, hx)
+        if _wants_grad(x, h):
+            with torch.no_grad():
+                hq = self._int8(x, h)
+            h = _StraightThrough.apply(torch.gru_cell(x, h, *self._float_args()), hq)
+        else:
+            h = self._int8(x, h)
+        h = h.to(dt)
+        return h if batched else h.squeeze(0)
+
+    def _int8(self, x, h):
         ig = _linear(x, _linear_args(self.ih), self.reduce_range)
         hg = _linear(h, _linear_args(self.hh), self.reduce_range)
-        h = ops.gru_cell_update.default(ig, hg, h).to(dt)
-        return h if batched else h.squeeze(0)
+        return ops.gru_cell_update.default(ig, hg, h)
 
 
 class RNNCell(_CellBase):
@@ -516,7 +652,17 @@ class RNNCell(_CellBase):
 
     def forward(self, input, hx=None):
         x, (h,), batched, dt = self._prepare(input, hx)
+        if _wants_grad(x, h):
+            with torch.no_grad():
+                hq = self._int8(x, h)
+            cell = torch.rnn_tanh_cell if self.nonlinearity == "tanh" else torch.rnn_relu_cell
+            h = _StraightThrough.apply(cell(x, h, *self._float_args()), hq)
+        else:
+            h = self._int8(x, h)
+        h = h.to(dt)
+        return h if batched else h.squeeze(0)
+
+    def _int8(self, x, h):
         rr = self.reduce_range
         pre = _linear(x, _linear_args(self.ih), rr) + _linear(h, _linear_args(self.hh), rr)
-        h = (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)).to(dt)
-        return h if batched else h.squeeze(0)
+        return torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)

@@ -55,7 +55,7 @@ def unpack_rowwise(packed: torch.Tensor, bits: int, dim: int):
     qp = packed[:, -8:].contiguous().view(torch.float32)
     raw = packed[:, :data].to(torch.int64)
     if bits == 4:
-        raw = torch.stack([raw & 15, raw >> 4], 2).reshape(n, -1)[:, :dim]
+        raw = torch.stack([raw & 15, raw >> 4], 2).reshape(n, 2 * data)[:, :dim]  # (n may be 0)
     return raw, qp[:, 0].contiguous(), qp[:, 1].contiguous()
 
 
@@ -88,14 +88,21 @@ def _quantize_table(weight: torch.Tensor, obs, name: str):
     """(packed table, bits) of a float weight [N, D] under a float_qparams weight observer,
     quantized as torch.ao's quantize_per_channel quantizes it."""
     dtype = obs.dtype
+    bits = _BITS[dtype]
     w = weight.detach().float().cpu()
+    if w.numel() == 0:
+        # No rows, or rows of no values (as nn.Embedding takes them): nothing to observe. Each
+        # row (if any) gets the qparams of a constant row, scale 1 and zero point 0.
+        n = w.shape[0]
+        packed = pack_rowwise(_row_bytes(torch.zeros(w.shape, dtype=torch.uint8), bits), torch.ones(n),
+                              torch.zeros(n), bits, weight.shape[1])
+        return packed.to(weight.device), bits
     _check_rows(name, "have no finite value (a row's qparams come from its finite values)",
                 ~torch.isfinite(w).any(1) if w.shape[1] else torch.zeros(w.shape[0], dtype=torch.bool))
     # observed where the observer's state lives (a QAT module's fake-quant moves with the model)
     dev = next((b.device for b in obs.buffers()), torch.device("cpu")) if isinstance(obs, nn.Module) else w.device
     obs(w.to(dev))
     scale, zp = obs.calculate_qparams()
-    bits = _BITS[dtype]
     scale, zp = scale.float().cpu(), zp.float().cpu()
     # A finite row whose max - min overflows float32 ([-3e38, 3e38]) would get an infinite scale:
     # NaN lookups, and a state dict that its own load refuses.
@@ -134,6 +141,9 @@ class _EmbeddingBase(OutputDtype, nn.Module):
         super().__init__()
         if dtype not in _BITS:
             raise ValueError(f"argument 'dtype' must be torch.quint8 or torch.quint4x2, got {dtype}")
+        for arg, v in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if v < 0:  # (nn.Embedding's RuntimeError, at construction, naming the argument)
+                raise RuntimeError(f"{type(self).__name__}: argument '{arg}' must be non-negative, got {v}")
         self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
         self.bits = _BITS[dtype]
         self.register_buffer("packed_weight",
@@ -359,13 +369,22 @@ class EmbeddingBag(_EmbeddingBase):
             raise NotImplementedError("compressed_indices_mapping (pruned tables) is not supported")
         if not isinstance(indices, torch.Tensor):
             raise TypeError(f"argument 'indices' must be a Tensor, got {type(indices).__name__}")
+        # nn.EmbeddingBag's checks, in its order and with its exception types
+        if isinstance(per_sample_weights, torch.Tensor) and per_sample_weights.shape != indices.shape:
+            raise ValueError(f"embedding_bag: If per_sample_weights ({per_sample_weights.shape}) is not None, then "
+                             f"it must have the same shape as the input ({indices.shape})")
         if indices.dim() == 2 and offsets is not None:
             raise ValueError("if input is 2D, then offsets has to be None, as input is treated is a mini-batch of "
                              "fixed length sequences.")
         if indices.dim() == 1 and offsets is None:
             raise ValueError("offsets has to be a 1D Tensor but got None")
+        if indices.dim() == 1 and isinstance(offsets, torch.Tensor) and offsets.dim() != 1:
+            raise ValueError(f"offsets has to be a 1D Tensor, got argument 'offsets' of dimension {offsets.dim()}")
         if indices.dim() not in (1, 2):
             raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {indices.dim()}")
+        if per_sample_weights is not None and self.mode != "sum":
+            raise NotImplementedError("embedding_bag: per_sample_weights was not None. per_sample_weights is only "
+                                      f"supported for mode='sum' (got mode={self.mode!r})")
         if per_sample_weights is not None and per_sample_weights.dtype != torch.float32 \
                 and per_sample_weights.is_floating_point():
             per_sample_weights = per_sample_weights.float()
