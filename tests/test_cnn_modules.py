@@ -1399,3 +1399,96 @@ def test_instance_norm_takes_unbatched_input_as_the_float_module(d, shape, affin
         norm(torch.randn(3, *shape[1:], 2, 2))
     with pytest.raises(ValueError, match=re.escape(str(want.value))):
         q[2](q[1](q[0](torch.randn(1, 2, *shape[1:]))).reshape(1, 3, *shape[1:], 1))
+
+
+_PAD_AND_SHUFFLE = [
+    (lambda: nn.ZeroPad1d((1, 2)), lambda q: F.pad(q, (1, 2)), 1),
+    (lambda: nn.ZeroPad2d((1, 2, 0, 1)), lambda q: F.pad(q, (1, 2, 0, 1)), 2),
+    (lambda: nn.ZeroPad3d(1), lambda q: F.pad(q, (1,) * 6), 3),
+    (lambda: nn.ConstantPad1d(2, 0.37), lambda q: F.pad(q, (2, 2), value=0.37), 1),
+    (lambda: nn.ConstantPad2d((1, 0, 2, 1), -0.61), lambda q: F.pad(q, (1, 0, 2, 1), value=-0.61), 2),
+    # a value outside the input's range: saturates to the end code, as F.pad on the QTensor
+    (lambda: nn.ConstantPad2d(1, 50.0), lambda q: F.pad(q, (1, 1, 1, 1), value=50.0), 2),
+    (lambda: nn.ConstantPad3d(1, 0.25), lambda q: F.pad(q, (1,) * 6, value=0.25), 3),
+    (lambda: nn.ReflectionPad1d(2), lambda q: F.pad(q, (2, 2), mode="reflect"), 1),
+    (lambda: nn.ReflectionPad2d((2, 1, 1, 2)), lambda q: F.pad(q, (2, 1, 1, 2), mode="reflect"), 2),
+    (lambda: nn.ReflectionPad3d(1), lambda q: F.pad(q, (1,) * 6, mode="reflect"), 3),
+    (lambda: nn.ReplicationPad1d(2), lambda q: F.pad(q, (2, 2), mode="replicate"), 1),
+    (lambda: nn.ReplicationPad2d(2), lambda q: F.pad(q, (2,) * 4, mode="replicate"), 2),
+    (lambda: nn.ReplicationPad3d(1), lambda q: F.pad(q, (1,) * 6, mode="replicate"), 3),
+    (lambda: nn.CircularPad1d(2), lambda q: F.pad(q, (2, 2), mode="circular"), 1),
+    (lambda: nn.CircularPad2d((1, 2, 2, 1)), lambda q: F.pad(q, (1, 2, 2, 1), mode="circular"), 2),
+    (lambda: nn.CircularPad3d(1), lambda q: F.pad(q, (1,) * 6, mode="circular"), 3),
+    (lambda: nn.PixelShuffle(2), lambda q: F.pixel_shuffle(q, 2), 2),
+    (lambda: nn.PixelUnshuffle(2), lambda q: F.pixel_unshuffle(q, 2), 2),
+    (lambda: nn.ChannelShuffle(2), lambda q: F.channel_shuffle(q, 2), 2),
+    (lambda: nn.Unflatten(1, (2, 4)), lambda q: q.unflatten(1, (2, 4)), 2),
+]
+
+
+@pytest.mark.parametrize("make, functional, nd", _PAD_AND_SHUFFLE)
+def test_padding_and_shuffle_modules_pass_qtensors_through_as_their_functional_forms(make, functional, nd):
+    # they were observed, warned about ("no int8 implementation") and run in float between a
+    # dequantize and a requantize with qparams of their own: now they stay as they are, with no
+    # observer and no warning, and give the codes of their functional form on the QTensor
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
+    torch.manual_seed(0)
+    mod = make()
+    m = nn.Sequential(tq.QuantStub(), conv(3, 8, 1), nn.ReLU(), mod, tq.DeQuantStub()).eval()
+    shape = (2, 3) + (6,) * nd
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.qconfig = tq.get_default_qconfig("x86")
+        p = tq.prepare(m)
+        assert not hasattr(p[3], "activation_post_process")
+        for _ in range(2):
+            p(torch.randn(shape))
+        q = tq.convert(p)
+        assert type(q[3]) is type(mod) and not q[3]._forward_hooks and not q[3]._forward_pre_hooks
+        x = torch.randn(shape)
+        h = q[2](q[1](q[0](x)))
+        got = q[3](h)
+        y = q(x)
+    want = functional(h)
+    assert isinstance(got, QTensor) and isinstance(want, QTensor)
+    assert torch.equal(got.data, want.data) and got.scale is h.scale and got.zero_point is h.zero_point
+    assert torch.equal(y, want.dequantize())
+    with torch.no_grad():
+        ref = m(x)
+    assert y.shape == ref.shape
+
+
+_DROPOUTS = [(nn.Dropout1d, (2, 3, 6), 1), (nn.Dropout2d, (2, 3, 6, 6), 2), (nn.Dropout3d, (2, 3, 4, 4, 4), 3),
+             (nn.AlphaDropout, (2, 3, 6, 6), 2), (nn.FeatureAlphaDropout, (2, 3, 6, 6), 2)]
+
+
+@pytest.mark.parametrize("drop_cls, shape, nd", _DROPOUTS)
+def test_channel_and_alpha_dropout_pass_qtensors_through_as_dropout(drop_cls, shape, nd):
+    # as nn.Dropout: no observer, no warning, a QTensor passes through unchanged (it was
+    # dequantized, run in float and requantized with a second observer's qparams)
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), conv(3, 8, 1), nn.ReLU(), drop_cls(0.3), conv(8, 4, 1), tq.DeQuantStub()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.qconfig = tq.get_default_qconfig("x86")
+        p = tq.prepare(m)
+        assert not hasattr(p[3], "activation_post_process")
+        p(torch.randn(shape))
+        q = tq.convert(p)
+        assert type(q[3]).__name__ == drop_cls.__name__ and isinstance(q[3], drop_cls)
+        assert type(q[3]) is getattr(nnq, drop_cls.__name__) and q[3].p == 0.3 and not q[3].training
+        x = torch.randn(shape)
+        h = q[2](q[1](q[0](x)))
+        assert q[3](h) is h
+        assert torch.equal(q(x), q[5](q[4](h)))
+        q.train()
+        assert q[3](h) is h  # (nnq.Dropout passes a QTensor through in training mode too)
+    # a float input gets the float module's dropout (its own channel-wise / alpha kind)
+    f = torch.ones(shape)
+    torch.manual_seed(5)
+    got = q[3](f)
+    torch.manual_seed(5)
+    assert torch.equal(got, drop_cls(0.3).train()(f))
+    q.eval()
+    assert torch.equal(q[3](f), f)

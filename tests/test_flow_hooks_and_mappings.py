@@ -235,3 +235,87 @@ def test_float_qparams_fake_quant_with_a_negative_channel_axis(compiled):
         out[axis] = (y.detach(), xr.grad, fq.scale.clone())
     for a, b in zip(out[-1], out[1]):
         assert torch.equal(a, b)
+
+
+try:  # torchvision's FrozenBatchNorm2d (folded into the conv before it, in either mode)
+    from torchvision.ops.misc import FrozenBatchNorm2d as _FROZEN_BN
+except Exception:  # noqa: BLE001 (torchvision is optional)
+    _FROZEN_BN = None
+
+
+def _fusion_case(group):
+    m = nn.Module()
+    m.c1, m.bn1, m.c2, m.bn2, m.c3, m.bn3 = (nn.Conv1d(3, 4, 3), nn.BatchNorm1d(4), nn.Conv2d(3, 4, 3),
+                                              nn.BatchNorm2d(4), nn.Conv3d(3, 4, 3), nn.BatchNorm3d(4))
+    m.ct, m.bnt = nn.ConvTranspose2d(3, 4, 3), nn.BatchNorm2d(4)
+    m.l, m.bnl, m.r = nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU()
+    m.bnr = nn.BatchNorm2d(3)
+    if _FROZEN_BN is not None:
+        m.fbn = _FROZEN_BN(4)
+    first = group[0]
+    x = {"c1": torch.randn(2, 3, 6), "c2": torch.randn(2, 3, 6, 6), "c3": torch.randn(2, 3, 5, 5, 5),
+         "ct": torch.randn(2, 3, 6, 6), "l": torch.randn(4, 3), "bnr": torch.randn(2, 3, 6, 6)}[first]
+    return m, x
+
+
+_FUSION_GROUPS = [["c1", "bn1"], ["c2", "bn2"], ["c3", "bn3"], ["c2", "bn2", "r"], ["c3", "bn3", "r"], ["c2", "r"],
+                  ["l", "bnl"], ["l", "r"], ["bnr", "r"]]
+_FUSION_CASES = ([(g, qat) for g in _FUSION_GROUPS for qat in (False, True)]
+                 + [(["ct", "bnt"], False)]  # (no QAT ConvTranspose-BatchNorm module, as in torch.ao)
+                 + ([(g, qat) for g in (["c2", "fbn"], ["c2", "fbn", "r"]) for qat in (False, True)]
+                    if _FROZEN_BN is not None else []))
+
+
+@pytest.mark.parametrize("group, qat", _FUSION_CASES)
+def test_fuse_modules_runs_each_user_hook_once(group, qat):
+    # torch's fuse_conv_bn_eval / fuse_linear_bn_eval return a deep copy of the conv / linear,
+    # hooks included, and the pre-hooks were registered on it again: each ran twice (a scaling
+    # pre-hook scaled the input twice)
+    torch.manual_seed(0)
+    m, x = _fusion_case(group)
+    m.train(qat)
+    if not qat:
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) or type(mod) is _FROZEN_BN:
+                mod.running_mean.uniform_(-1, 1)
+                mod.running_var.uniform_(0.5, 2)
+    calls = []
+    first, last = getattr(m, group[0]), getattr(m, group[-1])
+    first.register_forward_pre_hook(lambda mod, args: calls.append("pre") or (args[0] * 2,))
+    first.register_forward_pre_hook(lambda mod, args, kwargs: calls.append("pre_kw"), with_kwargs=True)
+    last.register_forward_hook(lambda mod, args, out: calls.append("post"))
+    unfused = nn.Sequential(*[getattr(m, n) for n in group])
+    with torch.no_grad():
+        ref = unfused(x)
+    assert calls == ["pre", "pre_kw", "post"]
+    calls.clear()
+    f = (tq.fuse_modules_qat if qat else tq.fuse_modules)(m, [group])
+    fused = getattr(f, group[0])
+    n_pre = sum(len(mod._forward_pre_hooks) for mod in fused.modules())
+    assert n_pre == 2, n_pre
+    with torch.no_grad():
+        y = fused(x)
+    assert calls == ["pre", "pre_kw", "post"]
+    # (in training mode a BatchNorm normalizes with the batch's statistics: the same ones here)
+    assert torch.allclose(y, ref, atol=1e-5)
+    # the model given stays as it was (fuse_modules works on a copy)
+    assert len(first._forward_pre_hooks) == 2 and len(last._forward_hooks) == 1
+    calls.clear()
+    with torch.no_grad():
+        unfused(x)
+    assert calls == ["pre", "pre_kw", "post"]
+
+
+def test_fuse_modules_in_place_moves_the_pre_hooks_once_and_a_refused_group_keeps_them():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    hook = lambda mod, args: (args[0] * 2,)  # noqa: E731
+    m[0].register_forward_pre_hook(hook)
+    conv = m[0]
+    tq.fuse_modules(m, [["0", "1"]], inplace=True)
+    assert list(m[0]._forward_pre_hooks.values()) == [hook] and not conv._forward_pre_hooks
+    # a group the fuser refuses (a ConvTranspose-BatchNorm pair for QAT) leaves the hooks in place
+    t = nn.Sequential(nn.ConvTranspose2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    t[0].register_forward_pre_hook(hook, with_kwargs=False)
+    with pytest.raises(ValueError):
+        tq.fuse_modules_qat(t, [["0", "1"]], inplace=True)
+    assert list(t[0]._forward_pre_hooks.values()) == [hook]

@@ -766,3 +766,26 @@ def test_to_the_other_8bit_dtype_keeps_the_values():
     assert torch.equal(q(x), q[2](q[1].conv(qx)))
     with pytest.raises(TypeError, match=r"argument 'dtype'"):
         qx.to(torch.float16)
+
+
+@pytest.mark.parametrize("fn, shape", [(F.dropout, (2, 3, 4, 4)), (F.dropout1d, (2, 3, 4)), (F.dropout2d, (2, 3, 4, 4)),
+                                       (F.dropout3d, (2, 3, 2, 4, 4)), (F.alpha_dropout, (2, 3, 4, 4)),
+                                       (F.feature_alpha_dropout, (2, 3, 4, 4))])
+def test_dropout_functions_in_inference_return_the_qtensor(fn, shape):
+    # F.dropout2d & co. with training=False returned the dequantized float tensor (with the float
+    # fallback's warning); like F.dropout they are the identity on a QTensor in inference
+    q = torchquant.quantize_per_tensor(torch.randn(shape), 0.05, 128, torch.quint8)
+    codes = q.data.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fn(q, 0.5, False) is q
+        assert fn(q, p=0.2, training=False) is q
+        assert fn(q, 0.5, False, True) is q  # in place: nothing to change
+    assert torch.equal(q.data, codes)
+    # training mode stays what F.dropout on a QTensor does: refused
+    with pytest.raises(RuntimeError, match="training mode"):
+        fn(q, 0.5, True)
+    if fn is F.dropout1d:  # the float function's check of the input's dimensions, whatever the mode
+        q4 = torchquant.quantize_per_tensor(torch.randn(2, 3, 4, 4), 0.05, 128, torch.quint8)
+        with pytest.raises(RuntimeError, match="Expected 2D or 3D input"):
+            fn(q4, 0.5, False)

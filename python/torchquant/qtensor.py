@@ -729,6 +729,15 @@ def _dropout(q, p=0.5, training=False, inplace=False):
     return q
 
 
+def _dropout1d(q, p=0.5, training=False, inplace=False):
+    # torch's check of the float function (made whatever the mode), then as _dropout
+    if q.dim() not in (2, 3):
+        raise RuntimeError(f"dropout1d: Expected 2D or 3D input, but received a {q.dim()}D input. Note that dropout1d "
+                           "exists to provide channel-wise dropout on inputs with 1 spatial dimension, a channel "
+                           "dimension, and an optional batch dimension (i.e. 2D or 3D inputs).")
+    return _dropout(q, p, training, inplace)
+
+
 _WARNED = set()
 _WARNED_IN_PLACE = set()
 _IN_PLACE = _in_place_table()
@@ -738,6 +747,12 @@ _INT8_FUNCTIONS = {
     torch.relu: _relu,
     torch.nn.functional.relu: _relu,
     torch.nn.functional.dropout: _dropout,
+    # the channel-wise and alpha forms: the identity in inference too (nn.Dropout2d's forward, ...)
+    torch.nn.functional.dropout1d: _dropout1d,
+    torch.nn.functional.dropout2d: _dropout,
+    torch.nn.functional.dropout3d: _dropout,
+    torch.nn.functional.alpha_dropout: _dropout,
+    torch.nn.functional.feature_alpha_dropout: _dropout,
     # A QTensor's type and storage are its codes' (not a dequantized copy's).
     torch.is_floating_point: lambda q: False,
     torch.is_complex: lambda q: False,

@@ -1489,11 +1489,23 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
         pre = [(h, hid in first._forward_pre_hooks_with_kwargs) for hid, h in first._forward_pre_hooks.items()]
         post = [(h, hid in last._forward_hooks_with_kwargs, hid in last._forward_hooks_always_called)
                 for hid, h in last._forward_hooks.items()]
-        fused = fuse(*mods, is_qat=is_qat)
+        # The first module's pre-hooks are taken off it while the fuser runs: the folding fusers
+        # (torch's fuse_conv_bn_eval / fuse_linear_bn_eval, ConvTranspose and FrozenBatchNorm
+        # folding) return a deep copy of it, hooks included, and the fused module would run
+        # them twice (the copy's and the ones registered on it below).
+        saved_pre = (OrderedDict(first._forward_pre_hooks), dict(first._forward_pre_hooks_with_kwargs))
+        first._forward_pre_hooks.clear()
+        first._forward_pre_hooks_with_kwargs.clear()
+        try:
+            fused = fuse(*mods, is_qat=is_qat)
+        finally:
+            first._forward_pre_hooks.update(saved_pre[0])
+            first._forward_pre_hooks_with_kwargs.update(saved_pre[1])
         # The user's hooks move to the fused module (torch.ao's rule): the first module's
         # pre-hooks and the last one's forward hooks; those of modules in between are lost.
         if fused is not first:
             first._forward_pre_hooks.clear()
+            first._forward_pre_hooks_with_kwargs.clear()
             for h, kw in pre:
                 fused.register_forward_pre_hook(h, with_kwargs=kw)
         if fused is not last:
@@ -1660,6 +1672,10 @@ _STATIC.update(_CNN_STATIC)
 _OBSERVED = _OBSERVED + tuple(t for t in _CNN_STATIC
                               if t not in (nn.ReLU6, nn.Hardsigmoid, nnq.DeQuantize) and t not in _AO_STUBS and t not in _FLOAT_FUNCTIONALS)
 _PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,) + _AO_STUBS
+# nn.Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout: as nn.Dropout (the identity in inference),
+# no observer, swapped for modules that pass a QTensor through (a float tensor gets their dropout).
+_STATIC.update(_nqo.DROPOUTS)
+_PASSTHROUGH = _PASSTHROUGH + tuple(_nqo.DROPOUTS)
 # torchvision's StochasticDepth (identity in inference: as nn.Dropout, no observer, swapped for one
 # that passes a QTensor through) and Permute (a QTensor permutes natively): they were observed,
 # warned about and run in float, a dequantize / requantize around each.

@@ -23,7 +23,7 @@ from ._state_dict import activation_qparams, qparam_load_pre_hook, register_acti
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
     "ReLU6", "Hardsigmoid", "Hardswish", "ELU", "LeakyReLU", "PReLU", "Sigmoid", "LookupActivation", "LayerNorm", "GroupNorm", "InstanceNorm1d",
-    "InstanceNorm2d", "InstanceNorm3d",
+    "InstanceNorm2d", "InstanceNorm3d", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
 ]
 
 
@@ -838,9 +838,51 @@ class InstanceNorm3d(InstanceNorm1d):
     _NO_BATCH_DIM = 4
 
 
+class _QTensorPassthroughDropout:
+    """A dropout module after convert: a QTensor passes through unchanged (converted models run
+    inference), as through :class:`torchquant.nn.quantized.Dropout`; a float tensor gets the float
+    module's dropout."""
+
+    def forward(self, x):
+        return x if isinstance(x, QTensor) else super().forward(x)
+
+    @classmethod
+    def from_float(cls, mod, name=None):
+        return cls(mod.p, mod.inplace)
+
+
+class Dropout1d(_QTensorPassthroughDropout, nn.Dropout1d):
+    """nn.Dropout1d after convert: a QTensor passes through unchanged."""
+
+
+class Dropout2d(_QTensorPassthroughDropout, nn.Dropout2d):
+    """nn.Dropout2d after convert: a QTensor passes through unchanged."""
+
+
+class Dropout3d(_QTensorPassthroughDropout, nn.Dropout3d):
+    """nn.Dropout3d after convert: a QTensor passes through unchanged."""
+
+
+class AlphaDropout(_QTensorPassthroughDropout, nn.AlphaDropout):
+    """nn.AlphaDropout after convert: a QTensor passes through unchanged."""
+
+
+class FeatureAlphaDropout(_QTensorPassthroughDropout, nn.FeatureAlphaDropout):
+    """nn.FeatureAlphaDropout after convert: a QTensor passes through unchanged."""
+
+
+# float dropout type -> its converted module (no observer: the identity in inference)
+DROPOUTS = {nn.Dropout1d: Dropout1d, nn.Dropout2d: Dropout2d, nn.Dropout3d: Dropout3d, nn.AlphaDropout: AlphaDropout,
+            nn.FeatureAlphaDropout: FeatureAlphaDropout}
+
 # Float modules that run on QTensors as they are: their forward calls torch functions that
 # QTensor answers in int8 with the input's qparams (python/torchquant/_qfunctions.py), so
-# prepare gives them no observer and convert leaves them in place.
+# prepare gives them no observer and convert leaves them in place. The padding modules call
+# F.pad (a constant pad is the code of its value in the input's qparams: 0 is the zero point;
+# reflect / replicate / circular copy codes), PixelShuffle / PixelUnshuffle / ChannelShuffle
+# their functional forms and Unflatten ``unflatten``: all exact on the codes.
+_PADS = tuple(getattr(nn, f"{kind}Pad{d}d") for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
+              for d in (1, 2, 3) if hasattr(nn, f"{kind}Pad{d}d"))
 QTENSOR_NATIVE = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.Hardsigmoid, nn.Hardtanh,
-                  nn.Identity)
+                  nn.Identity) + _PADS + (nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.Unflatten)
