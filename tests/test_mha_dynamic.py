@@ -253,3 +253,27 @@ def test_bad_inputs_get_errors_naming_them():
         QMHA(10, 3)
     with pytest.raises(TypeError, match="nn.MultiheadAttention"):
         QMHA.from_float(nn.Linear(4, 4))
+
+
+def test_static_flow_converts_the_attention_with_its_projections_int8():
+    torch.manual_seed(0)
+    model = nn.Sequential(tq.QuantStub(), nn.Linear(32, 32), nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+                          nn.Linear(32, 10), tq.DeQuantStub()).eval()
+    model.qconfig = tq.get_default_qconfig("x86")
+    x = torch.randn(4, 6, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = tq.prepare(model)
+    assert not [w for w in caught if "stay in float" in str(w.message)]  # (out_proj was named there)
+    assert not hasattr(prepared[2].self_attn.out_proj, "activation_post_process")
+    prepared(x)
+    q = _quiet(tq.convert, prepared)
+    attn = q[2].self_attn
+    assert isinstance(attn, QMHA) and all(isinstance(getattr(attn, n), tq.nn.quantized.DynamicLinear)
+                                          for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
+    with torch.no_grad():
+        want = model(x)
+        got = _quiet(q, x)
+    assert (got - want).norm() / want.norm() < 0.05
+    # per-channel weights, from the qconfig's weight observer
+    assert attn.q_proj.weight_scale.numel() == 32 and not torch.all(attn.q_proj.weight_scale == attn.q_proj.weight_scale[0])

@@ -534,6 +534,9 @@ def _add_observers(model: nn.Module) -> List[str]:
     # module: its BatchNorm is observed and stays float as a leaf, its ReLU is int8.
     inside_fused = {id(c) for m in model.modules() if isinstance(m, _FUSED) and not _float_only(m)
                     for c in m.modules() if c is not m}
+    # a MultiheadAttention convert swaps as a whole (its out_proj is no Linear of its own)
+    inside_fused |= {id(c) for m in model.modules() if type(m) in _STATIC and isinstance(m, nn.MultiheadAttention)
+                     and getattr(m, "qconfig", None) is not None for c in m.modules() if c is not m}
     for name, mod in model.named_modules():
         qc = getattr(mod, "qconfig", None)
         if qc is None or _is_observer(mod) or id(mod) in inside_fused:
@@ -1675,6 +1678,11 @@ _PASSTHROUGH = _PASSTHROUGH + _nqo.QTENSOR_NATIVE + (nn.ReLU6,) + _AO_STUBS
 # nn.Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout: as nn.Dropout (the identity in inference),
 # no observer, swapped for modules that pass a QTensor through (a float tensor gets their dropout).
 _STATIC.update(_nqo.DROPOUTS)
+# MultiheadAttention under a static qconfig: its four projections int8 (the qconfig's weight
+# observer; each input row quantized on the fly, as its input is float: the attention computes in
+# float between them), where it stayed float before; torch.ao's static flow needs its custom
+# module configuration for that.
+_STATIC[nn.MultiheadAttention] = nnqd.MultiheadAttention
 _PASSTHROUGH = _PASSTHROUGH + tuple(_nqo.DROPOUTS)
 # torchvision's StochasticDepth (identity in inference: as nn.Dropout, no observer, swapped for one
 # that passes a QTensor through) and Permute (a QTensor permutes natively): they were observed,
