@@ -393,6 +393,72 @@ def test_a_layer_under_two_names_loads_strict_when_the_checkpoint_saved_it_once(
     assert torch.equal(other(x), q(x))
 
 
+def test_a_write_landing_while_the_layout_is_built_is_not_taken_as_packed(monkeypatch):
+    # another thread's write into the weight that completes after the repack read it: the next
+    # call must rebuild the layout (the versions recorded are those before the repack read)
+    import torchquant.nn.quantized as Q
+    model = _models()["dynamic"][0]()
+    x = torch.randn(3, 67)
+    w = model[0].qweight
+    pack = Q.ops.pack_weight
+
+    def racy(qw):
+        out = pack(qw)
+        w.zero_()  # (the other thread's write lands here)
+        return out
+
+    with torch.no_grad():
+        w.fill_(1)
+    monkeypatch.setattr(Q.ops, "pack_weight", racy)
+    model(x)
+    monkeypatch.setattr(Q.ops, "pack_weight", pack)
+    twin = _expanded_twin(model)
+    assert torch.equal(model(x), twin(x))
+
+
+@pytest.mark.parametrize("between", ["repack", "load", "cast"])
+def test_state_dicts_before_and_after_a_compaction_share_the_weight(between):
+    model = _models()["dynamic"][0]()
+    x = torch.randn(3, 67)
+    sd1 = model.state_dict()
+    if between == "repack":
+        tq.repack(model)
+    elif between == "load":
+        model.load_state_dict(model.state_dict())
+    else:
+        model.to(torch.float64).to(torch.float32)
+    sd2 = model.state_dict()
+    with torch.no_grad():
+        sd2["0.qweight"].fill_(3)
+        sd1["0.qweight"].fill_(1)  # (the last write wins, as in an uncompacted module's one buffer)
+    model(x)
+    assert torch.equal(model.state_dict()["0.qweight"], torch.ones(45, 67, dtype=torch.int8))
+
+
+def test_a_held_state_dict_survives_a_functional_call_with_other_weights():
+    model, other = _models()["dynamic"][0](), _models(seed=1)["dynamic"][0]()
+    x = torch.randn(3, 67)
+    sd = model.state_dict()
+    torch.func.functional_call(model, other.state_dict(), (x,))
+    with torch.no_grad():
+        sd["0.qweight"].zero_()
+    assert torch.equal(model.state_dict()["0.qweight"], torch.zeros(45, 67, dtype=torch.int8))
+    twin = _expanded_twin(model)
+    assert torch.equal(model(x), twin(x))
+
+
+def test_a_held_weight_reads_the_module_as_it_is_now():
+    model, other = _models()["dynamic"][0](), _models(seed=1)["dynamic"][0]()
+    for assign in (False, True):
+        w = model[0].weight
+        model.load_state_dict(other.state_dict(), assign=assign)
+        assert torch.equal(w.int_repr(), other[0].weight.int_repr())
+        assert torch.equal(w.dequantize(), other[0].weight.dequantize())  # (codes and scales of one moment)
+    w = model[0].weight
+    model.to(torch.bfloat16)
+    assert w.dtype == torch.bfloat16
+
+
 # ---------------------------------------------------------------- the inverses, on every ISA's packing
 @pytest.mark.parametrize("shape", [(1, 1), (16, 4), (17, 5), (45, 67), (130, 17), (3, 130), (64, 1030)])
 def test_linear_cpu_unpack_inverts_pack_weight(isa, shape):

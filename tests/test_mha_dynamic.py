@@ -237,17 +237,17 @@ def _with_qconfig(m):
 def test_bad_inputs_get_errors_naming_them():
     q = tq.quantize_dynamic(nn.MultiheadAttention(16, 2, kdim=6, vdim=6).eval(), {nn.MultiheadAttention})
     x, k = torch.randn(4, 2, 16), torch.randn(5, 2, 6)
-    with pytest.raises(RuntimeError, match="query"):
+    with pytest.raises(AssertionError, match="query"):  # (torch's function raises AssertionError there)
         q(torch.randn(4, 2, 15), k, k)
     with pytest.raises(RuntimeError, match="kdim=6"):
         q(x, torch.randn(5, 2, 7), k)
-    with pytest.raises(RuntimeError, match="do not match"):
+    with pytest.raises(AssertionError, match="do not match"):
         q(x, k, torch.randn(6, 2, 6))
     with pytest.raises(RuntimeError, match="2D attn_mask"):
         q(x, k, k, attn_mask=torch.zeros(4, 4))
     with pytest.raises(RuntimeError, match="is_causal"):
         q(x, k, k, is_causal=True)
-    with pytest.raises((RuntimeError, AssertionError)):
+    with pytest.raises(AssertionError, match="key_padding_mask"):
         q(x, k, k, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="divisible"):
         QMHA(10, 3)
@@ -277,3 +277,27 @@ def test_static_flow_converts_the_attention_with_its_projections_int8():
     assert (got - want).norm() / want.norm() < 0.05
     # per-channel weights, from the qconfig's weight observer
     assert attn.q_proj.weight_scale.numel() == 32 and not torch.all(attn.q_proj.weight_scale == attn.q_proj.weight_scale[0])
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_empty_batch_and_empty_query(need_weights):
+    m = nn.MultiheadAttention(16, 2).eval()
+    q = tq.quantize_dynamic(m, {nn.MultiheadAttention})
+    for shape in ((5, 0, 16), (0, 3, 16)):
+        e = torch.randn(shape)
+        with torch.no_grad():
+            got, w = q(e, e, e, need_weights=need_weights)
+            want, ww = m(e, e, e, need_weights=need_weights)
+        assert got.shape == want.shape and (w is None) == (ww is None)
+        if w is not None:
+            assert w.shape == ww.shape
+
+
+def test_casts_give_the_float_modules_bias_dtype():
+    q = tq.quantize_dynamic(nn.MultiheadAttention(16, 2).eval(), {nn.MultiheadAttention})
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        q.to(dtype)
+        assert q.in_proj_bias.dtype == dtype and q.in_proj_weight.dtype == dtype
+        x = torch.randn(3, 2, 16, dtype=dtype)
+        with torch.no_grad():
+            assert q(x, x, x)[0].dtype == dtype

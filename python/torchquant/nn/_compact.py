@@ -31,7 +31,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from ._state_dict import _REPACK_LOCK, _sources_changed, adopt_handed, note_handed, note_packed, repack_if_stale
+from ._state_dict import (_REPACK_LOCK, _sources_changed, adopt_handed, note_handed, note_packed, repack_if_stale,
+                          repack_versions)
 
 
 class _Rebuild:
@@ -131,6 +132,13 @@ def compact(module: nn.Module) -> bool:
             return False
         if back is None or back.shape != w.shape or back.dtype != w.dtype or not torch.equal(back, w):
             return False
+        # A weight an earlier state_dict() handed out, unwritten and equal: the read-back gives
+        # that tensor again, so that state dicts taken before and after this compaction share it
+        # (as an uncompacted module's share its buffer).
+        h = module.__dict__.get("_tq_handed")
+        if h is not None and h[0]._version == h[1] and (h[0] is w or (
+                h[0].shape == w.shape and h[0].dtype == w.dtype and h[0].device == w.device and torch.equal(h[0], w))):
+            rebuild.last, rebuild.last_version = weakref.ref(h[0]), h[0]._version
         ph = _placeholder(w, rebuild)
         b["qweight"] = ph
         module.__dict__["_tq_compactable"] = True
@@ -210,6 +218,14 @@ def expand(module: nn.Module) -> bool:
         return _expand(module)
 
 
+def _versioned_repack(repack: Callable, module: nn.Module, *args, **kwargs):
+    repack_versions(module)  # (the versions the layout is built from: note_packed records them)
+    try:
+        return repack(module, *args, **kwargs)
+    finally:
+        module.__dict__.pop("_tq_versions_before", None)
+
+
 def compact_safe_repack(repack: Callable) -> Callable:
     """Wraps a module's ``_repack`` (which packs from ``qweight``): a compact module's weight is
     rebuilt before, and the module compacted again after (not inside a trace, which keeps the
@@ -222,13 +238,15 @@ def compact_safe_repack(repack: Callable) -> Callable:
             r = _rebuild_of(self._buffers.get("qweight"))
             if r is not None:
                 self._buffers["qweight"] = r()
-            return repack(self, *args, **kwargs)
+            if torch.compiler.is_compiling():
+                return repack(self, *args, **kwargs)
+            return _versioned_repack(repack, self, *args, **kwargs)
         _check_placeholder_unwritten(self)
         if torch.compiler.is_compiling():  # (no lock in a graph)
             with expanded(self):
                 return repack(self, *args, **kwargs)
         with _REPACK_LOCK, expanded(self):
-            return repack(self, *args, **kwargs)
+            return _versioned_repack(repack, self, *args, **kwargs)
 
     wrapped._tq_compact_safe = True
     return wrapped

@@ -249,12 +249,24 @@ def note_packed(module: nn.Module, sources, packed: str) -> None:
     module.__dict__["_tq_packed_bufs"] = {k: b[k] for k in module._non_persistent_buffers_set
                                           if isinstance(b.get(k), torch.Tensor)}
     srcs = tuple(b[k] for k in sources)
-    module.__dict__["_tq_packed_from"] = (b[packed], srcs, tuple(sources), packed, tuple(map(_version_of, srcs)))
+    # The versions the sources had before the repack read them (repack_versions, taken by the
+    # wrapper of every _repack): a write landing while the layout was built (another thread's)
+    # then leaves it stale, and the next call rebuilds it; versions read now would mark that
+    # write as packed.
+    before = module.__dict__.pop("_tq_versions_before", None) or {}
+    versions = tuple(before[id(t)][1] if id(t) in before and before[id(t)][0] is t else _version_of(t) for t in srcs)
+    module.__dict__["_tq_packed_from"] = (b[packed], srcs, tuple(sources), packed, versions)
     # the first source and its version, for the forwards' inline check (an identity test and a
     # version comparison per call); the version written last, so that a thread reading both sees
     # them current only once the whole record is
     module.__dict__["_tq_src0"] = srcs[0] if "_tq_handed" not in module.__dict__ else None
-    module.__dict__["_tq_v0"] = _version_of(srcs[0])
+    module.__dict__["_tq_v0"] = versions[0]
+
+
+def repack_versions(module: nn.Module) -> None:
+    """Called before a module's _repack reads its buffers: their versions now, for note_packed."""
+    module.__dict__["_tq_versions_before"] = {id(t): (t, _version_of(t)) for t in module._buffers.values()
+                                              if isinstance(t, torch.Tensor)}
 
 
 # A compact module's state_dict() holds its weight rebuilt from the layout (nn/_compact.py). A
@@ -287,7 +299,11 @@ def adopt_handed(module: nn.Module) -> None:
         return
     compact = module.__dict__.get("_tq_compact")
     b = module._buffers
-    if compact is not None and b.get("qweight") is compact[0]:
+    if compact is not None and b.get("qweight") is not compact[0]:
+        return  # (another tensor in its place for now, as torch.func.functional_call puts: kept)
+    if compact is None and b.get("qweight") is rec[0]:
+        return  # (the module holds that tensor, expanded: kept for when it is compacted again)
+    if compact is not None:
         if rec[0]._version == rec[1]:
             if _held_elsewhere(rec):
                 return  # (unwritten, still held: the next call looks again)

@@ -509,6 +509,18 @@ class _LazyCodes:
         ms = self._layers()
         return ms[0].qweight if len(ms) == 1 else torch.cat([m.qweight for m in ms])
 
+    # the qparams read when used too, so that codes and scales are always the module's of the
+    # same moment (a QTensor held across a load or a move)
+    @property
+    def scale(self) -> torch.Tensor:
+        ms = self._layers()
+        return ms[0].weight_scale if len(ms) == 1 else torch.cat([m.weight_scale for m in ms])
+
+    @property
+    def zero_point(self) -> torch.Tensor:
+        ms = self._layers()
+        return ms[0].weight_zero_point if len(ms) == 1 else torch.cat([m.weight_zero_point for m in ms])
+
     @property
     def shape(self) -> torch.Size:
         shapes = [m._buffers["qweight"].shape for m in self._layers()]  # (a placeholder has the weight's shape)
@@ -559,7 +571,7 @@ def lazy_weight(module: nn.Module) -> QTensor:
     from the module when used (:class:`_LazyCodes`)."""
     w = object.__new__(_LazyQWeight)
     w._module = module
-    w.scale, w.zero_point, w.axis, w.qmin, w.qmax = module.weight_scale, module.weight_zero_point, 0, -128, 127
+    w.axis, w.qmin, w.qmax = 0, -128, 127
     return w
 
 
@@ -589,6 +601,10 @@ class _LazyFloatDtypeWeight(_LazyCodes, FloatDtypeWeight):
     module when used (:class:`_LazyCodes`)."""
 
     __slots__ = ("_module",)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._layers()[0]._float_dtype  # (the module's now: .to(torch.bfloat16) after the read)
 
     def __call__(self) -> QTensor:
         return QTensor._make(self.data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
@@ -635,8 +651,7 @@ class DynamicLinear(Linear):
     def weight(self) -> FloatDtypeWeight:
         w = object.__new__(_LazyFloatDtypeWeight)
         w._module = self
-        w.scale, w.zero_point, w.axis, w.qmin, w.qmax = self.weight_scale, self.weight_zero_point, 0, -128, 127
-        w._float_dtype = self._float_dtype
+        w.axis, w.qmin, w.qmax = 0, -128, 127
         return w
 
     def forward(self, x):

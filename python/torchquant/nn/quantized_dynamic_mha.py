@@ -45,7 +45,9 @@ class MultiheadAttention(nn.Module):
     ``in_proj_weight`` (when ``kdim == vdim == embed_dim``), ``q_proj_weight`` / ``k_proj_weight``
     / ``v_proj_weight`` (otherwise) and ``in_proj_bias`` read as the float module's do: the int8
     weights as QTensors whose ``dtype`` is the float dtype (their codes are read when used), the
-    bias as a float tensor."""
+    bias as a float tensor. ``in_proj_weight`` and ``in_proj_bias`` stack the three projections'
+    tensors into new ones: a write into them does not reach the module (write into
+    ``q_proj.qweight`` / ``q_proj.bias`` and the others, or load a state dict)."""
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: Optional[int] = None,
@@ -83,15 +85,13 @@ class MultiheadAttention(nn.Module):
             return None
         w = object.__new__(_LazyFloatDtypeWeight)
         w._module = (self.q_proj, self.k_proj, self.v_proj)
-        w.scale = torch.cat([m.weight_scale for m in w._module])
-        w.zero_point = torch.cat([m.weight_zero_point for m in w._module])
-        w.axis, w.qmin, w.qmax, w._float_dtype = 0, -128, 127, self.q_proj._float_dtype
+        w.axis, w.qmin, w.qmax = 0, -128, 127
         return w
 
     @property
     def in_proj_bias(self) -> Optional[torch.Tensor]:
         bs = [self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]
-        return None if bs[0] is None else torch.cat(bs)
+        return None if bs[0] is None else torch.cat(bs).to(self.q_proj._float_dtype)
 
     q_proj_weight = property(lambda self: None if self._qkv_same_embed_dim else self.q_proj.weight)
     k_proj_weight = property(lambda self: None if self._qkv_same_embed_dim else self.k_proj.weight)
@@ -163,8 +163,9 @@ class MultiheadAttention(nn.Module):
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         tgt_len, bsz, embed_dim = query.shape
+        # (AssertionError where torch's function raises one)
         if embed_dim != self.embed_dim:
-            raise RuntimeError(f"MultiheadAttention: expected the query's last dimension to be embed_dim="
+            raise AssertionError(f"MultiheadAttention: expected the query's last dimension to be embed_dim="
                                f"{self.embed_dim}, got {embed_dim} (argument 'query', shape {tuple(query.shape)})")
         for arg, t, d in (("key", key, self.kdim), ("value", value, self.vdim)):
             if t.shape[-1] != d:
@@ -172,7 +173,7 @@ class MultiheadAttention(nn.Module):
                                    f"{'kdim' if arg == 'key' else 'vdim'}={d}, got {t.shape[-1]} (argument "
                                    f"'{arg}', shape {tuple(t.shape)})")
         if key.shape[:2] != value.shape[:2]:
-            raise RuntimeError(f"MultiheadAttention: key's sequence and batch dims {tuple(key.shape[:2])} do not "
+            raise AssertionError(f"MultiheadAttention: key's sequence and batch dims {tuple(key.shape[:2])} do not "
                                f"match value's {tuple(value.shape[:2])}")
         key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
                                              other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
@@ -225,7 +226,7 @@ class MultiheadAttention(nn.Module):
         src_len = k.size(1)
         if key_padding_mask is not None:
             if key_padding_mask.shape != (bsz, src_len):
-                raise RuntimeError(f"expecting key_padding_mask shape of {(bsz, src_len)}, but got "
+                raise AssertionError(f"expecting key_padding_mask shape of {(bsz, src_len)}, but got "
                                    f"{key_padding_mask.shape}")
             key_padding_mask = key_padding_mask.view(bsz, 1, 1, src_len).expand(-1, H, -1, -1) \
                 .reshape(bsz * H, 1, src_len)
@@ -244,7 +245,7 @@ class MultiheadAttention(nn.Module):
             if dropout_p > 0.0:
                 weights = F.dropout(weights, p=dropout_p)
             out = torch.bmm(weights, v).transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
-            out = self.out_proj(out).view(tgt_len, bsz, -1)
+            out = self.out_proj(out).view(tgt_len, bsz, embed_dim)
             weights = weights.view(bsz, H, tgt_len, src_len)
             if average_attn_weights:
                 weights = weights.mean(dim=1)
@@ -259,7 +260,7 @@ class MultiheadAttention(nn.Module):
         q, k, v = q.view(bsz, H, tgt_len, hd), k.view(bsz, H, src_len, hd), v.view(bsz, H, src_len, hd)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
         out = out.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
-        out = self.out_proj(out).view(tgt_len, bsz, -1)
+        out = self.out_proj(out).view(tgt_len, bsz, embed_dim)
         return (out if is_batched else out.squeeze(1)), None
 
     def extra_repr(self) -> str:
