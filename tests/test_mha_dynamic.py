@@ -301,3 +301,26 @@ def test_casts_give_the_float_modules_bias_dtype():
         x = torch.randn(3, 2, 16, dtype=dtype)
         with torch.no_grad():
             assert q(x, x, x)[0].dtype == dtype
+
+
+@pytest.mark.cuda
+def test_cuda_attention_matches_the_cpu_module():
+    torch.manual_seed(0)
+    m = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    q = tq.quantize_dynamic(m, {nn.MultiheadAttention})
+    qc = copy.deepcopy(q).cuda()
+    x = torch.randn(3, 9, 64)
+    pad = torch.zeros(3, 9, dtype=torch.bool)
+    pad[0, -2:] = True
+    with torch.no_grad():
+        for kw in ({}, {"need_weights": False, "key_padding_mask": pad}):
+            want = q(x, x, x, **kw)[0]
+            got = qc(x.cuda(), x.cuda(), x.cuda(), **{k: v.cuda() if torch.is_tensor(v) else v for k, v in kw.items()})[0]
+            # the int8 projections are bit-identical on both devices; the float attention between them is not
+            assert torch.equal(qc.q_proj(x.cuda()).cpu(), q.q_proj(x))
+            assert (got.cpu() - want).abs().max() < 1e-4
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), 2).eval()
+    qe = tq.quantize_dynamic(enc).cuda()
+    with torch.no_grad():
+        y = qe(x.cuda(), src_key_padding_mask=pad.cuda())
+    assert torch.isfinite(y[~pad.cuda()]).all()
