@@ -759,3 +759,15 @@ def test_quantize_groups_in_row_blocks_equals_the_whole_formula(N, K, group_size
                            0, 15).to(torch.uint8)
         assert torch.equal(fmt.quantize_groups(w, s, z, group_size), want)
         assert torch.equal(fmt.quantize_groups(w.t().contiguous().t(), s, z, group_size), want)
+
+
+def test_pack_takes_every_integer_zero_point_dtype_and_refuses_absurd_in_features():
+    torch.manual_seed(0)
+    qw = torch.randint(0, 256, (4, 16), dtype=torch.uint8)
+    s, z = torch.rand(4, 1) + 0.1, torch.randint(0, 16, (4, 1))
+    want = ops.int4_pack_weight(qw, s, z.to(torch.uint8), 32, 32)
+    for dt in (torch.int8, torch.int16, torch.int32, torch.int64):
+        got = ops.int4_pack_weight(qw, s, z.to(dt), 32, 32)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), dt
+    with pytest.raises(RuntimeError, match=r"in_features' must lie in \[0, 2\^40\]"):
+        ops.int4_pack_weight(qw, s, z, 2**63 - 1, 32)

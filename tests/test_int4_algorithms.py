@@ -1281,3 +1281,29 @@ def test_a_linear_whose_weight_is_a_buffer_calibrates(method):
     assert isinstance(q[0], LinearWeightOnlyInt4) and m[0].weight is w and "weight" not in m[0]._parameters
     with torch.no_grad():
         assert (q(x) - ref).norm() < 0.1 * ref.norm()
+
+
+def test_gptq_does_not_share_a_hessian_across_an_in_place_change_of_the_input():
+    # a = fc1(h); h.relu_(); b = fc2(h): one tensor object, two inputs
+    from torchquant.int4 import gptq as G
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre, self.fc1, self.fc2 = nn.Linear(32, 32), nn.Linear(32, 16), nn.Linear(32, 16)
+
+        def forward(self, x):
+            h = self.pre(x)
+            a = self.fc1(h)
+            h.relu_()
+            return a + self.fc2(h)
+
+    torch.manual_seed(0)
+    m, x = M(), torch.randn(256, 32)
+    q = torchquant.quantize_weight_only(m, bits=4, group_size=16, method="gptq", calib_data=[x], progress=False,
+                                exclude=["pre"])
+    acc = G.HessianAccumulator(32)
+    with torch.no_grad():
+        acc.add(torch.relu(m.pre(x)))
+    want, _, _ = G.gptq_quantize(m.fc2.weight.detach().float(), acc.H, 16, rows=acc.rows)
+    assert torch.equal(q.fc2.qvalues(), want)

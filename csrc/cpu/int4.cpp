@@ -1,6 +1,6 @@
 // CPU adapters of the int4 weight-only ops: argument checks, packing into the kernel layout of
 // int4_kernels.h, per-row activation quantization, the task grid over threads and the choice
-// of kernel variant (int4_scalar.cpp, int4_avx2.cpp, int4_avx512.cpp).
+// of kernel variant (int4_scalar.cpp, int4_avx2.cpp (AVX2 and AVX-VNNI), int4_avx512.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -28,8 +28,11 @@ void int4_kernels(Int4Fn* compute, RowsFn* rows) {
       *compute = cpu::int4_compute__avx512vnni;
       *rows = cpu::quantize_rows__avx512vnni;
       return;
-    case CpuIsa::Avx2:
     case CpuIsa::AvxVnni:
+      *compute = cpu::int4_compute__avxvnni;
+      *rows = cpu::quantize_rows__avx2;
+      return;
+    case CpuIsa::Avx2:
       *compute = cpu::int4_compute__avx2;
       *rows = cpu::quantize_rows__avx2;
       return;
@@ -56,7 +59,8 @@ int64_t check_int4_format(const at::Tensor& qweight, const at::Tensor& scale,
                   group_size % cpu::kInt4Block == 0,
               "argument 'group_size' must be a multiple of 8 in [8, 2048] (32, 64 and 128 are "
               "the usual ones), got ", group_size);
-  TORCH_CHECK(in_features >= 0, "argument 'in_features' must be >= 0, got ", in_features);
+  TORCH_CHECK(in_features >= 0 && in_features <= (int64_t{1} << 40),
+              "argument 'in_features' must lie in [0, 2^40], got ", in_features);
   TORCH_CHECK(qweight.defined() && scale.defined() && zero_point.defined(),
               "arguments 'qweight', 'scale' and 'zero_point' must be tensors, got None");
   TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.dim() == 2,
@@ -73,7 +77,8 @@ int64_t check_int4_format(const at::Tensor& qweight, const at::Tensor& scale,
               "] (one per output channel and group of ", group_size, "), got dtype ",
               scale.scalar_type(), " and shape ", scale.sizes());
   TORCH_CHECK((zero_point.scalar_type() == at::kByte || zero_point.scalar_type() == at::kInt ||
-               zero_point.scalar_type() == at::kLong || zero_point.scalar_type() == at::kChar) &&
+               zero_point.scalar_type() == at::kLong || zero_point.scalar_type() == at::kChar ||
+               zero_point.scalar_type() == at::kShort) &&
                   zero_point.dim() == 2 && zero_point.size(0) == N && zero_point.size(1) == G,
               "argument 'zero_point' must be an integer tensor of shape [", N, ", ", G,
               "], got dtype ", zero_point.scalar_type(), " and shape ", zero_point.sizes());

@@ -222,7 +222,8 @@ def _per_channel_rows(x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
     x = x.float()
     if axis is None:
         return x.reshape(1, -1)
-    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    c = x.shape[axis]
+    return x.movedim(axis, 0).reshape(c, x.numel() // c if c else 0)
 
 
 def _masked_minmax(rows: torch.Tensor, skip: torch.Tensor):

@@ -112,6 +112,13 @@ def _forward_all(model, batches, stop_on: Optional[nn.Module] = None):
                 pass
 
 
+def _version_or_none(x):
+    try:
+        return x._version if isinstance(x, torch.Tensor) else None
+    except RuntimeError:  # (an inference tensor has no version counter: not taken as shared)
+        return None
+
+
 def _execution_order(model, linears: Dict[str, nn.Linear], batches,
                      shared: Optional[dict] = None) -> Tuple[List[str], Dict[str, int]]:
     """Names of the Linears in the order the first batch calls them, and how often each is called.
@@ -120,16 +127,21 @@ def _execution_order(model, linears: Dict[str, nn.Linear], batches,
     other Linear's name."""
     order, calls = [], {}
     handles = []
-    last = [None, None]  # the previous Linear call's input (only that one is kept alive) and its Linear
+    # the previous Linear call's input (only that one is kept alive), its version then (an input
+    # changed in place between the calls, `a = fc1(h); h.relu_(); b = fc2(h)`, is another input)
+    # and its Linear
+    last = [None, None, None]
     for name, m in linears.items():
         def hook(mod, args, kwargs, name=name):
             calls[name] = calls.get(name, 0) + 1
             x = args[0] if args else kwargs.get("input")
+            v = _version_or_none(x)
             if name not in order:
-                if shared is not None and order and x is not None and x is last[0]:
+                if (shared is not None and order and x is not None and x is last[0] and v is not None
+                        and v == last[2]):
                     shared[name] = last[1]
                 order.append(name)
-            last[0], last[1] = x, name
+            last[0], last[1], last[2] = x, name, v
         handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
