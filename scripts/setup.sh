@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 if ! $PY -c 'import sys, torch; v = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 11))' 2>/dev/null; then
   $PY -m pip install -q "${TORCHQUANT_TORCH:-torch==2.14.1}"
 fi
-$PY -m pip install -q setuptools wheel ninja numpy tqdm matplotlib pytest hypothesis nbclient nbformat ipykernel
+$PY -m pip install -q setuptools wheel ninja cmake numpy tqdm matplotlib pytest hypothesis nbclient nbformat ipykernel
 # Test dependency: Hugging Face models built from small configs (tests/test_hf_dynamic.py).
 $PY -m pip install -q transformers "torch==$($PY -c 'import torch; print(torch.__version__.split("+")[0])')"
 # torchvision (test dependency: its quantizable models), the release matched to the installed torch.

@@ -64,3 +64,26 @@ def test_set_cpu_isa_rejects_unknown_names_and_keeps_the_current_one():
         except RuntimeError as e:
             assert "does not support it" in str(e)
         assert torchquant.cpu_isa() == before
+
+
+def test_force_cpu_isa_in_overlapping_threads_restores_the_variant():
+    import threading
+    import time
+    start = torchquant.cpu_isa()
+    seen, errors = [], []
+
+    def worker(isa, delay):
+        try:
+            with torchquant.force_cpu_isa(isa):
+                time.sleep(delay)
+                seen.append((isa, torchquant.cpu_isa()))
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=("scalar", 0.05)), threading.Thread(target=worker, args=(start, 0.01))]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert not errors and all(a == b for a, b in seen) and torchquant.cpu_isa() == start

@@ -345,3 +345,49 @@ def test_report_restores_each_modules_own_training_flag_and_buffers_in_place():
     tq.report(p, q, torch.randn(4, 3, 8, 8) * 5)
     assert {n: s.training for n, s in p.named_modules()} == flags
     assert {k: id(v) for k, v in obs._buffers.items()} == ids
+
+
+def test_report_leaves_a_qat_model_given_as_quantized_model_as_it_was():
+    import copy
+    torch.manual_seed(0)
+    f = nn.Sequential(torchquant.QuantStub(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4), torchquant.DeQuantStub())
+    f.qconfig = torchquant.get_default_qat_qconfig("x86")
+    qat = torchquant.prepare_qat(copy.deepcopy(f).train())
+    qat(torch.randn(64, 16))
+    before = copy.deepcopy(qat.state_dict())
+    report(f.eval(), qat, 10 * torch.randn(64, 16))
+    assert all(torch.equal(v, before[k]) for k, v in qat.state_dict().items())
+    assert qat.training
+
+
+def test_report_has_a_row_for_multihead_attention_and_for_a_converted_root():
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.fc = nn.MultiheadAttention(16, 2), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x)[0])
+
+    f = Block().eval()
+    q = torchquant.quantize_dynamic(f)
+    r = report(f, q, torch.randn(5, 2, 16))
+    assert [row.name for row in r.layers] == ["attn", "fc"] and 30 < r.layers[0].sqnr_db < 80
+    lin = nn.Linear(16, 8)
+    r = report(lin, torchquant.quantize_dynamic(lin, {nn.Linear}), torch.randn(32, 16))
+    assert len(r.layers) == 1 and 30 < r.layers[0].sqnr_db < 80
+
+
+def test_calibrate_refuses_a_tuple_of_tensors():
+    p = torchquant.prepare(_stubbed(nn.Linear(4, 4)))
+    with pytest.raises(TypeError, match=r"\[\(x, y\)\]"):
+        torchquant.calibrate(p, (torch.randn(2, 4), torch.randn(2, 4)), progress=False)
+    torchquant.calibrate(p, [(torch.randn(2, 4), torch.randn(2, 4))], progress=False)  # (one batch: fine)
+
+
+def _stubbed(layer):
+    m = nn.Sequential(torchquant.QuantStub(), layer, torchquant.DeQuantStub()).eval()
+    m.qconfig = torchquant.get_default_qconfig("x86")
+    return m

@@ -76,6 +76,12 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
         raise TypeError("calibrate: argument 'data' must be an iterable of batches (a DataLoader, or a list of "
                         f"tensors, (input, target) tuples or dicts of keyword arguments), got {type(data).__name__}"
                         + (" (wrap a single batch in a list: [x])" if isinstance(data, (torch.Tensor, Mapping)) else ""))
+    if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
+        # (x, y): one (input, target) batch (as report reads it) or two batches? Running y as a
+        # batch would calibrate on the targets.
+        raise TypeError(f"calibrate: argument 'data' is a tuple of {len(data)} tensors, which reads both as one "
+                        "(input, target) batch and as a sequence of batches: pass a list, [(x, y)] for one batch "
+                        "or [x1, x2, ...] for several")
     _name_observers(model)
     device = _model_device(model)
     batches = data if num_batches is None else itertools.islice(data, num_batches)

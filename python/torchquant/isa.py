@@ -7,6 +7,7 @@
 """
 import contextlib
 import os
+import threading
 import warnings
 
 import torch
@@ -32,13 +33,19 @@ def set_cpu_isa(isa: str) -> None:
 
 @contextlib.contextmanager
 def force_cpu_isa(isa: str):
-    """Runs the block with the given CPU kernel variant, then restores the previous one."""
-    previous = cpu_isa()
-    set_cpu_isa(isa)
-    try:
-        yield
-    finally:
-        set_cpu_isa(previous)
+    """Runs the block with the given CPU kernel variant, then restores the previous one. The
+    variant is one for the whole process: a block in another thread waits until this one ends
+    (blocks nest within a thread)."""
+    with _FORCE_LOCK:
+        previous = cpu_isa()
+        set_cpu_isa(isa)
+        try:
+            yield
+        finally:
+            set_cpu_isa(previous)
+
+
+_FORCE_LOCK = threading.RLock()
 
 
 def _check_environment() -> None:

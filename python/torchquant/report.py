@@ -146,8 +146,15 @@ def _matched_layers(float_model: nn.Module, quantized_model: nn.Module):
     """The innermost modules present under the same name in both models: ``fc1`` is compared
     even when the quantized one has an internal child (packed weights) and the fused float one
     has children ``fc1.0``/``fc1.1``; a block whose layers are matched is not repeated."""
-    float_names = {n for n, _ in float_model.named_modules() if n}
+    # (a MultiheadAttention's children are its parameters' holders, never called as modules: the
+    # attention is compared as a whole)
+    inside_attention = {f"{n}.{c}" if n else c for n, m in float_model.named_modules()
+                        if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_modules() if c}
+    float_names = {n for n, _ in float_model.named_modules() if n and n not in inside_attention}
     common = [(n, m) for n, m in quantized_model.named_modules() if n in float_names]
+    if not common and type(quantized_model) is not type(float_model) and not any(True for _ in float_model.children()):
+        # the model itself converted (quantize_dynamic(nn.Linear(...), {nn.Linear})): compared as one layer
+        return [("", quantized_model)]
     names = {n for n, _ in common}
     return [(n, m) for n, m in common
             if not any(c.startswith(n + ".") for c in names) and not isinstance(m, nn.Identity)]
@@ -169,7 +176,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     LinearReLU / ConvReLU with an Identity after it, that row is compared after the float
     model's ReLU (its float type reads ``Linear+ReLU``). A module called several times
     per forward is compared on every call. A prepared (observed) or QAT model given as
-    ``float_model`` is left as it was: its observers' statistics are restored afterwards. A weight shared by several modules (a tied
+    ``float_model`` or ``quantized_model`` is left as it was: its observers' statistics are
+    restored afterwards. A MultiheadAttention is one row (its projections are not called as
+    modules); a model that is itself one converted layer is compared as one row. A weight shared by several modules (a tied
     embedding and LM head) is counted in each of their byte sizes.
 
     ``data``: a batch of inputs, or an iterable of batches (a list, a DataLoader). A tuple is
@@ -241,12 +250,14 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     # change the calibration a later convert uses.
     from .quantize import _is_observer
 
+    # (either model: a prepared or QAT model given as quantized_model is left as it was too)
+    every = list({id(m): m for model in (float_model, quantized_model) for m in model.modules()}.values())
     kept = [(m, {k: None if v is None else v.detach().clone() for k, v in m._buffers.items()},
              {k: v.detach().clone() for k, v in m._parameters.items() if v is not None})
-            for m in float_model.modules() if _is_observer(m)]
+            for m in every if _is_observer(m)]
     # (and the float-input ranges prepare records for the future int8 Linear / Conv layers)
     ranges = [(m, tuple(t.detach().clone() for t in m.__dict__["_tq_input_range"]))
-              for m in float_model.modules() if isinstance(m.__dict__.get("_tq_input_range"), tuple)]
+              for m in every if isinstance(m.__dict__.get("_tq_input_range"), tuple)]
     float_model.eval()
     quantized_model.eval()
     try:
