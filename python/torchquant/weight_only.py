@@ -26,6 +26,7 @@ from .int4.format import (check_bits, check_group_size, check_symmetric, choose_
                           dequantize_groups, pack_int4, quantize_groups, unpack_int4)
 from .nn.quantized_int4 import LinearWeightOnlyInt4
 from .nn._compact import compact
+from .nn._state_dict import _version_of
 
 __all__ = ["quantize_weight_only"]
 
@@ -112,13 +113,6 @@ def _forward_all(model, batches, stop_on: Optional[nn.Module] = None):
                 pass
 
 
-def _version_or_none(x):
-    try:
-        return x._version if isinstance(x, torch.Tensor) else None
-    except RuntimeError:  # (an inference tensor has no version counter: not taken as shared)
-        return None
-
-
 def _execution_order(model, linears: Dict[str, nn.Linear], batches,
                      shared: Optional[dict] = None) -> Tuple[List[str], Dict[str, int]]:
     """Names of the Linears in the order the first batch calls them, and how often each is called.
@@ -135,7 +129,7 @@ def _execution_order(model, linears: Dict[str, nn.Linear], batches,
         def hook(mod, args, kwargs, name=name):
             calls[name] = calls.get(name, 0) + 1
             x = args[0] if args else kwargs.get("input")
-            v = _version_or_none(x)
+            v = _version_of(x)  # (None for an inference tensor: not taken as shared)
             if name not in order:
                 if (shared is not None and order and x is not None and x is last[0] and v is not None
                         and v == last[2]):

@@ -566,13 +566,19 @@ class _LazyQWeight(_LazyCodes, QTensor):
         return torch.qint8
 
 
-def lazy_weight(module: nn.Module) -> QTensor:
-    """``module.weight`` of an int8 Linear / Conv: its per-channel int8 weight, the codes read
-    from the module when used (:class:`_LazyCodes`)."""
-    w = object.__new__(_LazyQWeight)
+def _lazy(cls, module) -> QTensor:
+    """A ``cls`` (a :class:`_LazyCodes` QTensor) over ``module`` (a layer, or a tuple of layers):
+    per-channel int8 codes along dimension 0."""
+    w = object.__new__(cls)
     w._module = module
     w.axis, w.qmin, w.qmax = 0, -128, 127
     return w
+
+
+def lazy_weight(module: nn.Module) -> QTensor:
+    """``module.weight`` of an int8 Linear / Conv: its per-channel int8 weight, the codes read
+    from the module when used (:class:`_LazyCodes`)."""
+    return _lazy(_LazyQWeight, module)
 
 
 class FloatDtypeWeight(QTensor):
@@ -605,9 +611,6 @@ class _LazyFloatDtypeWeight(_LazyCodes, FloatDtypeWeight):
     @property
     def dtype(self) -> torch.dtype:
         return self._layers()[0]._float_dtype  # (the module's now: .to(torch.bfloat16) after the read)
-
-    def __call__(self) -> QTensor:
-        return QTensor._make(self.data, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
 
 
 class DynamicLinear(Linear):
@@ -649,10 +652,7 @@ class DynamicLinear(Linear):
 
     @property
     def weight(self) -> FloatDtypeWeight:
-        w = object.__new__(_LazyFloatDtypeWeight)
-        w._module = self
-        w.axis, w.qmin, w.qmax = 0, -128, 127
-        return w
+        return _lazy(_LazyFloatDtypeWeight, self)
 
     def forward(self, x):
         if isinstance(x, QTensor):

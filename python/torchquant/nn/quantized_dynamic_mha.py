@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..qtensor import QTensor
-from .quantized import DynamicLinear, _LazyFloatDtypeWeight
+from .quantized import DynamicLinear, _lazy, _LazyFloatDtypeWeight
 
 __all__ = ["MultiheadAttention"]
 
@@ -83,10 +83,7 @@ class MultiheadAttention(nn.Module):
     def in_proj_weight(self):
         if not self._qkv_same_embed_dim:
             return None
-        w = object.__new__(_LazyFloatDtypeWeight)
-        w._module = (self.q_proj, self.k_proj, self.v_proj)
-        w.axis, w.qmin, w.qmax = 0, -128, 127
-        return w
+        return _lazy(_LazyFloatDtypeWeight, (self.q_proj, self.k_proj, self.v_proj))
 
     @property
     def in_proj_bias(self) -> Optional[torch.Tensor]:
@@ -134,20 +131,10 @@ class MultiheadAttention(nn.Module):
     def forward(self, query, key, value, key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        same_kv, same_qk = key is value, query is key
+        # (each projection is its own layer: nothing depends on query, key and value being one tensor)
         query, key, value = _float(query), _float(key), _float(value)
-        if same_kv:
-            value = key
-            if same_qk:
-                key = value = query
         if query.dim() == 3 and self.batch_first:
-            if same_kv and same_qk:
-                query = key = value = query.transpose(1, 0)
-            elif same_kv:
-                query, key = query.transpose(1, 0), key.transpose(1, 0)
-                value = key
-            else:
-                query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+            query, key, value = (x.transpose(1, 0) for x in (query, key, value))
             out, weights = self._attend(query, key, value, key_padding_mask, need_weights, attn_mask,
                                         average_attn_weights, is_causal)
             return out.transpose(1, 0), weights
