@@ -324,3 +324,27 @@ def test_cuda_attention_matches_the_cpu_module():
     with torch.no_grad():
         y = qe(x.cuda(), src_key_padding_mask=pad.cuda())
     assert torch.isfinite(y[~pad.cuda()]).all()
+
+
+def test_small_3d_parameters_are_no_stacked_experts():
+    # A class token and a position embedding ([1, n, E]) or attention's bias_k / bias_v ([1, 1, E])
+    # are 3-D parameters, but no mixture of experts: no warning, however small the model's float
+    # share after the swap (the int8 weights are buffers, not parameters).
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls = nn.Parameter(torch.randn(1, 1, 32))
+            self.pos = nn.Parameter(torch.randn(1, 6, 32))
+            self.attn = nn.MultiheadAttention(32, 4, add_bias_kv=True, batch_first=True)
+
+        def forward(self, x):
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    m = Tokens().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = tq.quantize_dynamic(m)
+        q(torch.randn(2, 5, 32))
+        tq.quantize_dynamic(nn.Sequential(nn.MultiheadAttention(16, 2, add_bias_kv=True)))
+    assert isinstance(q.attn, QMHA)

@@ -1310,13 +1310,13 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     _bake_reparametrizations(model, "quantize_dynamic")
     _refuse_float_qconfigs(model, "quantize_dynamic")
     _keep_mha_out_proj_float(model, _DYNAMIC if mapping is None else mapping)
+    if nn.Linear in qconfig_spec:  # on the float model: the int8 weights are no parameters after the swap
+        warn_fused_experts(model, "quantize_dynamic")
     before = {id(m) for m in model.modules()}
     model = _swap_root(model, targets)
     for mod in model.modules():
         if hasattr(mod, "qconfig"):
             del mod.qconfig
-    if nn.Linear in qconfig_spec:
-        warn_fused_experts(model, "quantize_dynamic")
     if {id(m) for m in model.modules()} == before:
         warnings.warn("quantize_dynamic: nothing was quantized: the model has no module of the types in "
                       "'qconfig_spec' that has a dynamic int8 version (an already quantized model comes back as "
@@ -1327,7 +1327,10 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
 def warn_fused_experts(model: nn.Module, who: str) -> None:
     """Warns when 3-D float weights outside convolutions (a mixture of experts' stacked expert
     matrices, as Mixtral's and Qwen-MoE's in transformers 5: [experts, out, in] Parameters, not
-    nn.Linear modules) hold a large share of the model's parameters: they stay in float."""
+    nn.Linear modules) hold a large share of the model's parameters: they stay in float. Called on
+    the float model (quantized weights are buffers, not parameters). A 3-D parameter with one
+    leading entry (a class token, a position embedding, attention's bias_k / bias_v) is no stack of
+    experts."""
     from torch.nn.modules.conv import _ConvNd
     total, fused = 0, []
     for mname, m in model.named_modules():
@@ -1335,7 +1338,7 @@ def warn_fused_experts(model: nn.Module, who: str) -> None:
             if p is None:
                 continue
             total += p.numel()
-            if p.dim() == 3 and not isinstance(m, _ConvNd):
+            if p.dim() == 3 and p.shape[0] > 1 and not isinstance(m, _ConvNd):
                 fused.append((f"{mname}.{pname}" if mname else pname, tuple(p.shape), p.numel()))
     share = sum(n for _, _, n in fused) / total if total else 0.0
     if fused and share >= 0.1:
