@@ -706,3 +706,40 @@ def test_torch_compile_fullgraph_of_the_inference_path(cls):
     eager = _outputs(q(x))
     compiled = _outputs(torch.compile(q, backend="eager", fullgraph=True)(x))
     assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+def test_initial_state_of_another_dtype_or_device_is_refused_naming_hx(cls):
+    # An integer / complex state was cast to float32 silently; one on another device was
+    # reported by a kernel under an internal argument name ('igates', or 'x' for the cells).
+    q = tq.quantize_dynamic(cls(4, 3), {cls})
+    cell = cls in (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+    x = torch.randn(2, 4) if cell else torch.randn(5, 2, 4)
+    shape = (2, 3) if cell else (1, 2, 3)
+    lstm = cls in (nn.LSTM, nn.LSTMCell)
+
+    def state(**kw):
+        h = torch.zeros(shape, **kw)
+        return (h, torch.zeros(shape)) if lstm else h
+
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match=r"argument 'hx' must be a floating-point tensor, got torch\."):
+            q(x, state(dtype=dtype))
+    with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device, found input tensor "
+                                           "at cpu and hidden tensor at meta"):
+        q(x, state(device="meta"))
+    q(x, state(dtype=torch.float64))  # a float state of another dtype is taken, as before
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.LSTMCell])
+def test_from_float_refuses_a_float16_qconfig_naming_it(cls):
+    from torch.ao.quantization import float16_dynamic_qconfig
+    m = cls(5, 8)
+    m.qconfig = float16_dynamic_qconfig
+    qcls = getattr(nnqd, cls.__name__)
+    with pytest.raises(ValueError, match=r"weight dtype is torch.float16 \(such as float16_dynamic_qconfig\)"):
+        qcls.from_float(m)
+    lin = nn.Linear(4, 3)
+    lin.qconfig = float16_dynamic_qconfig
+    with pytest.raises(ValueError, match=r"weight dtype is torch.float16"):
+        tq.nn.quantized.DynamicLinear.from_float(lin)

@@ -441,6 +441,11 @@ def _weight_qparams(mod, linear, name):
         with torch.no_grad():
             wobs(linear.weight.detach())
     _check_observes(wobs, name, "weight")
+    if getattr(wobs, "dtype", None) in (torch.float16, torch.bfloat16, torch.float32):
+        # torch.ao's float16_dynamic_qconfig through from_float (quantize_dynamic refuses it first)
+        raise ValueError(f"{name}: its qconfig's weight dtype is {wobs.dtype} (such as float16_dynamic_qconfig): "
+                         "torchquant quantizes to int8 (or int4 weight-only), and has no float16 modules; use an "
+                         "int8 qconfig")
     _check_weight_axis(wobs, linear.weight.dim(), name, "Linear")
     w_scale, w_zp = wobs.calculate_qparams()
     w_scale = w_scale.float().reshape(-1).to(linear.weight.device)

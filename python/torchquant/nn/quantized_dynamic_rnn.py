@@ -128,6 +128,19 @@ class _ReduceRange:
         return ", reduce_range=True" if self.reduce_range else ""
 
 
+def _check_state(module, state, x):
+    """An initial state must be a floating-point tensor on the input's device (the float modules
+    refuse the rest too; a .float() would take an integer or complex state silently, and a state
+    on another device would be reported by a kernel under an argument name the user never gave)."""
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{module._get_name()}: argument 'hx' must hold Tensors, got {type(state).__name__}")
+    if not state.is_floating_point():
+        raise TypeError(f"{module._get_name()}: argument 'hx' must be a floating-point tensor, got {state.dtype}")
+    if state.device != x.device:
+        raise RuntimeError(f"Input and hidden tensors are not at the same device, found input tensor at {x.device} "
+                           f"and hidden tensor at {state.device}")
+
+
 class _RNNBase(_ReduceRange, nn.Module):
     _mode = ""
     _gates = 1
@@ -385,6 +398,9 @@ class _RNNBase(_ReduceRange, nn.Module):
             if not isinstance(hx, torch.Tensor):
                 raise TypeError(f"{self._get_name()}: argument 'hx' must be a Tensor, got {type(hx).__name__}")
             h0, c0 = hx, None
+        for st in (h0, c0):
+            if st is not None:
+                _check_state(self, st, x)
         want = 3 if batched else 2
         if h0.dim() != want or (c0 is not None and c0.dim() != want):
             # torch's messages (LSTM names both states)
@@ -570,6 +586,7 @@ class _CellBase(_ReduceRange, nn.Module):
             if s is None:
                 s = torch.zeros(x.shape[0], self.hidden_size, device=x.device)
             else:
+                _check_state(self, s, x)
                 s = s if batched else s.unsqueeze(0)
                 if s.dim() == 2 and s.shape[0] != x.shape[0]:  # torch's messages, then ours for the rank
                     raise RuntimeError(f"Input batch size {x.shape[0]} doesn't match hidden{i} batch size {s.shape[0]}")
