@@ -1105,3 +1105,53 @@ def test_bag_argument_errors_have_torchs_exception_types(bits):
         with pytest.raises(exc, match=match) as ours:
             q(*args)
         assert type(ours.value) is type(theirs.value), (mode, ours.value, theirs.value)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("case", ["offsets", "empty_bags", "last_offset", "2d", "padding", "int32", "bf16", "empty"])
+def test_per_sample_weights_get_the_float_bags_gradient(bits, case):
+    # The quantized table is a read-only buffer, but per_sample_weights (attention-weighted
+    # pooling learnt upstream) get nn.EmbeddingBag's gradient on the dequantized table; they got
+    # none before (torch.ao's quantized EmbeddingBag gives none either).
+    torch.manual_seed(0)
+    padding_idx = 3 if case == "padding" else None
+    fb = nn.EmbeddingBag(20, 6, mode="sum", include_last_offset=case == "last_offset", padding_idx=padding_idx)
+    fb.qconfig = tq.float_qparams_weight_only_qconfig if bits == 8 else tq.float_qparams_weight_only_qconfig_4bit
+    q = nnq.EmbeddingBag.from_float(fb)
+    ref = nn.EmbeddingBag.from_pretrained(q.dequantized_weight(), mode="sum", freeze=True, padding_idx=padding_idx,
+                                          include_last_offset=case == "last_offset")
+    idx = torch.tensor([1, 3, 5, 3, 7, 19, 0, 3, 2])
+    off = {"empty_bags": torch.tensor([0, 0, 4, 4, 9]), "last_offset": torch.tensor([0, 2, 5, 9])}.get(
+        case, torch.tensor([0, 2, 5]))
+    if case == "2d":
+        idx, off = idx.reshape(3, 3), None
+    if case == "int32":
+        idx, off = idx.int(), off.int()
+    if case == "empty":
+        idx, off = idx[:0], torch.tensor([0, 0])
+    dtype = torch.bfloat16 if case == "bf16" else torch.float32
+    w0 = torch.randn(idx.shape, dtype=dtype)
+    gy = torch.randn(8, 6)
+    grads = []
+    for m in (q, ref):
+        w = w0.clone().requires_grad_()
+        out = m(idx, off, w) if m is q else m(idx.long(), None if off is None else off.long(), w.float())
+        (out.float() * gy[: out.shape[0]]).sum().backward()
+        grads.append(w.grad)
+    assert grads[0].dtype == dtype and grads[0].shape == w0.shape
+    torch.testing.assert_close(grads[0].float(), grads[1].float(), rtol=1e-5, atol=1e-5)
+    if case == "padding":
+        assert (grads[0][idx == 3] == 0).all()
+    before = w0.clone()
+    with torch.no_grad():  # no gradient asked: the plain lookup, same values
+        torch.testing.assert_close(q(idx, off, w0), q(idx, off, w0.clone().requires_grad_()).detach())
+    assert torch.equal(w0, before)
+
+
+def test_per_sample_weights_past_the_last_offset_get_no_gradient():
+    fb = nn.EmbeddingBag(10, 4, mode="sum", include_last_offset=True)
+    fb.qconfig = tq.float_qparams_weight_only_qconfig
+    q = nnq.EmbeddingBag.from_float(fb)
+    w = torch.ones(5, requires_grad=True)
+    q(torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 1, 3]), w).sum().backward()  # 4, 5 lie past offset 3
+    assert (w.grad[3:] == 0).all() and (w.grad[:3] != 0).all()

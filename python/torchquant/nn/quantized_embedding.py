@@ -339,6 +339,43 @@ class Embedding(_EmbeddingBase):
         return "QuantizedEmbedding"
 
 
+def _bag_of_entries(indices, offsets, include_last_offset):
+    """The bag each index falls in, int64 [indices.numel()]; -1 for the indices past the last
+    offset with include_last_offset (the lookup leaves them out)."""
+    n = indices.numel()
+    if indices.dim() == 2:
+        return torch.arange(indices.shape[0], device=indices.device).repeat_interleave(indices.shape[1])
+    off = offsets.to(torch.int64)
+    bags = torch.searchsorted(off, torch.arange(n, device=indices.device), right=True) - 1
+    if include_last_offset:
+        bags = torch.where(bags >= off.numel() - 1, -1, bags)
+    return bags
+
+
+class _PerSampleWeightsGrad(torch.autograd.Function):
+    """The gradient of a sum bag with respect to per_sample_weights (the table is a read-only int8
+    buffer: it gets none): dL/dw[i] = row(indices[i]) . dL/dout[bag of i], with the quantized rows
+    the forward summed, 0 for padding_idx entries and entries in no bag, as nn.EmbeddingBag's."""
+
+    @staticmethod
+    def forward(w, run, entry_rows, bags):
+        return run(w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        w, _, ctx.entry_rows, ctx.bags = inputs
+        ctx.w_shape = w.shape
+
+    @staticmethod
+    def backward(ctx, gy):
+        rows, bags = ctx.entry_rows(), ctx.bags()
+        if rows.numel() == 0 or gy.numel() == 0:
+            return torch.zeros(ctx.w_shape, device=gy.device), None, None, None
+        g = gy.float()[bags.clamp(min=0)]
+        gw = (rows * g).sum(-1) * (bags >= 0)
+        return gw.reshape(ctx.w_shape), None, None, None
+
+
 class EmbeddingBag(_EmbeddingBase):
     """Weight-only quantized ``nn.EmbeddingBag`` (8-bit or 4-bit rows): sum / mean / max bags,
     offsets or 2-D indices, include_last_offset, per_sample_weights (sum; of any float dtype,
@@ -388,8 +425,23 @@ class EmbeddingBag(_EmbeddingBase):
         if per_sample_weights is not None and per_sample_weights.dtype != torch.float32 \
                 and per_sample_weights.is_floating_point():
             per_sample_weights = per_sample_weights.float()
+        if (per_sample_weights is not None and per_sample_weights.requires_grad and torch.is_grad_enabled()
+                and not torch.jit.is_tracing()):
+            out = _PerSampleWeightsGrad.apply(
+                per_sample_weights, lambda w: self._lookup(indices, offsets, 0, w, self.include_last_offset,
+                                                           self.padding_idx),
+                lambda: self._entry_rows(indices), lambda: _bag_of_entries(indices, offsets, self.include_last_offset))
+            return self._to_output_dtype(out)
         return self._to_output_dtype(self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights,
                                                   self.include_last_offset, self.padding_idx))
+
+    def _entry_rows(self, indices):
+        """The quantized row of every index, [indices.numel(), embedding_dim] float32 (zeros at
+        padding_idx, which the bags leave out): each index a bag of its own."""
+        flat = indices.reshape(-1)
+        own = torch.arange(flat.numel(), dtype=flat.dtype if flat.dtype == torch.int32 else torch.int64,
+                           device=flat.device)
+        return self._lookup(flat, own, 0, None, False, self.padding_idx)
 
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
