@@ -789,3 +789,91 @@ def test_dropout_functions_in_inference_return_the_qtensor(fn, shape):
         q4 = torchquant.quantize_per_tensor(torch.randn(2, 3, 4, 4), 0.05, 128, torch.quint8)
         with pytest.raises(RuntimeError, match="Expected 2D or 3D input"):
             fn(q4, 0.5, False)
+
+
+def test_requires_grad_on_a_qtensor_is_refused_as_on_torchs_quantized_tensors():
+    # q.requires_grad_() went through the in-place write-back path: it did nothing (requires_grad
+    # stayed False) and warned that it had requantized values; int8 codes cannot require
+    # gradients, and torch's quantized tensors refuse it
+    q = torchquant.quantize_per_tensor(torch.randn(2, 3), 0.03, 3, torch.qint8)
+    codes = q.data.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: nothing runs in float
+        for call in (lambda: q.requires_grad_(), lambda: q.requires_grad_(True),
+                     lambda: setattr(q, "requires_grad", True)):
+            with pytest.raises(RuntimeError, match="only Tensors of floating point .*can require gradients"):
+                call()
+        assert q.requires_grad_(False) is q and q.requires_grad_(requires_grad=False) is q
+        q.requires_grad = False
+        assert q.detach_() is q and q.share_memory_() is q
+        # the function forms, as __torch_function__ sees them
+        assert QTensor.__torch_function__(torch.Tensor.requires_grad_, (QTensor,), (q, False)) is q
+        assert QTensor.__torch_function__(torch.Tensor.detach_, (QTensor,), (q,)) is q
+        with pytest.raises(RuntimeError, match="can require gradients"):
+            QTensor.__torch_function__(torch.Tensor.requires_grad_, (QTensor,), (q,))
+    assert q.requires_grad is False and torch.equal(q.data, codes)
+    assert q.dequantize().requires_grad_().requires_grad  # what the message points to
+
+
+def test_mean_reshape_and_view_take_torchs_keyword_forms():
+    # torch.mean(q, axis=1), q.mean(axis=1) and q.reshape(shape=...) were TypeErrors naming
+    # internal functions (_mean(), <lambda>()); torch takes them
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(11))
+    q = torchquant.quantize_per_tensor(x, 0.03, 3, torch.quint8)
+    want = q.mean(1)
+    for got in (torch.mean(q, axis=1), q.mean(axis=1), q.mean(dim=1), torch.mean(input=q, axis=1)):
+        assert isinstance(got, QTensor) and torch.equal(got.data, want.data)
+    assert torch.equal(q.mean(axis=(0, 2), keepdim=True).data, q.mean((0, 2), True).data)
+    q4 = torchquant.quantize_per_tensor(torch.randn(2, 3, 4, 5), 0.03, 3, torch.quint8)
+    assert torch.equal(torch.mean(q4, axis=(2, 3)).data, q4.mean((2, 3)).data)  # the global-pool path
+    assert torch.equal(q.mean().data, torch.mean(q).data)
+    for call in (lambda: q.mean(1, dtype=torch.float32), lambda: torch.mean(q, 1, dtype=torch.float32)):
+        with pytest.raises(TypeError, match=r"mean of a QTensor takes no dtype .*dequantize\(\)"):
+            call()
+    with pytest.raises(TypeError, match="got both argument 'dim' and its alias 'axis'"):
+        q.mean(1, axis=1)
+    assert torch.equal(q.reshape(shape=(6, 4)).data, q.data.reshape(6, 4))
+    assert torch.equal(q.view(size=(4, 6)).data, q.data.view(4, 6))
+    assert q.reshape((6, -1)).shape == q.view(-1, 4).shape == (6, 4)
+    with pytest.raises(TypeError, match="QTensor.view takes a shape, got dtype torch.uint8"):
+        q.view(dtype=torch.uint8)
+
+
+def test_to_an_integer_dtype_points_to_int_repr():
+    # the message said "use .dequantize(torch.int8) for a floating-point tensor", which raises
+    q = torchquant.quantize_per_tensor(torch.randn(4), 0.03, 3, torch.qint8)
+    for dtype in (torch.int8, torch.uint8, torch.int32):
+        with pytest.raises(TypeError, match=r"argument 'dtype'.*\.int_repr\(\) for the integer codes") as e:
+            q.to(dtype)
+        assert f".dequantize({dtype})" not in str(e.value)
+    with pytest.raises(TypeError, match=re.escape(".dequantize(torch.float16) for a floating-point tensor")):
+        q.to(torch.float16)
+
+
+def test_type_reports_torchs_quantized_tensor_type():
+    # q.type() ran in float on the dequantized tensor: 'torch.FloatTensor', with a warning
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(12))
+    names = {torch.qint8: "torch.quantized.QInt8Tensor", torch.quint8: "torch.quantized.QUInt8Tensor"}
+    for dtype, zp in ((torch.qint8, 3), (torch.quint8, 128)):
+        scales, zps = torch.tensor([0.02, 0.03, 0.04]), torch.tensor([zp] * 3)
+        q = torchquant.quantize_per_tensor(x, 0.03, zp, dtype)
+        qc = torchquant.quantize_per_channel(x, scales, zps, 1, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's quantized tensors are deprecated
+            t = torch.quantize_per_tensor(x, 0.03, zp, dtype)
+            tc = torch.quantize_per_channel(x, scales, zps, 1, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no float fallback
+            assert q.type() == t.type() == names[dtype] and qc.type() == tc.type() == names[dtype]
+            # with a dtype: as .to(dtype)
+            assert q.type(dtype) is q and q.type(names[dtype]) is q
+            other = torch.quint8 if dtype == torch.qint8 else torch.qint8
+            assert q.type(other).dtype == other and torch.equal(q.type(other).dequantize(), q.dequantize())
+        for arg in (torch.int8, torch.uint8, "torch.CharTensor"):
+            with pytest.raises(TypeError, match=r"\.int_repr\(\) for the integer codes"):
+                q.type(arg)
+        for arg in (torch.float32, "torch.FloatTensor", torch.FloatTensor):
+            with pytest.raises(TypeError, match=re.escape(".dequantize(torch.float32) for a floating-point tensor")):
+                q.type(arg)
+        with pytest.raises(ValueError, match="invalid type: 'torch.NotATensor'"):
+            q.type("torch.NotATensor")

@@ -172,7 +172,7 @@ def _adaptive_avg_pool3d(q, output_size):
     return _adaptive_avg_pool(q, output_size, 3, "adaptive_avg_pool3d")
 
 
-def _mean(q, dim=None, keepdim=False, *, dtype=None):
+def _mean(q, dim=None, keepdim=False, *, dtype=None, axis=None, out=None):
     """mean over dims, qparams kept. Over all the spatial dimensions of a 3-d to 5-d tensor
     (``x.mean((2, 3))``, a classifier head) it is the int8 global average pool, rounded as
     torch's quantized average pooling: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``.
@@ -181,6 +181,10 @@ def _mean(q, dim=None, keepdim=False, *, dtype=None):
     _per_tensor(q, "mean")
     if dtype is not None:
         raise TypeError("mean of a QTensor takes no dtype (argument 'dtype'); call .dequantize() first")
+    if out is not None:
+        raise TypeError("mean of a QTensor takes no 'out' argument")
+    if axis is not None:  # numpy's name for dim, as torch.mean takes it (dim=None is every dim)
+        dim = _dim_or_axis("mean", dim, axis)
     n = q.data.dim()
     if dim is not None and 3 <= n <= 5:
         dims = [dim] if isinstance(dim, int) else list(dim)
@@ -444,7 +448,7 @@ def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
 
 
 def _dim_or_axis(fn_name, dim, axis):
-    """torch.cat's / stack's dim, also taken as numpy's name ``axis`` (as torch takes it)."""
+    """torch.cat's / stack's / mean's dim, also taken as numpy's name ``axis`` (as torch takes it)."""
     if axis is None:
         return 0 if dim is None else dim
     if dim is not None:
@@ -660,10 +664,10 @@ for _name, _impl, _doc in (
         ("min", _FUNCTIONS[torch.min], "torch.min: values keep the qparams; indices as they are."),
         ("topk", _FUNCTIONS[torch.topk], "torch.topk: values keep the qparams; indices as they are."),
         ("sort", _FUNCTIONS[torch.sort], "torch.sort: values keep the qparams; indices as they are."),
+        # a method, not a lambda of (dim, keepdim): axis= and dtype= reach _mean, which takes or refuses them
+        ("mean", _mean, "torch.mean with torch's quantized averaging: nearbyint(sum * float32(1/count)) + zp."),
 ):
     setattr(QTensor, _name, _bound(_impl, _name, _doc))
-QTensor.mean = lambda self, dim=None, keepdim=False: _mean(self, dim, keepdim)
-QTensor.mean.__doc__ = "torch.mean with torch's quantized averaging: nearbyint(sum * float32(1/count)) + zp."
 QTensor.clone = lambda self, *, memory_format=torch.preserve_format: _clone(self, memory_format)
 QTensor.relu = lambda self: _relu(self)
 # In place, as torch's relu_ / clamp_: the codes change, the QTensor and its qparams stay.

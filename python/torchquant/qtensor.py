@@ -76,6 +76,32 @@ def _parse_to(args, kwargs):
     return device, dtype, non_blocking, copy, memory_format
 
 
+def _dtype_hint(dtype: torch.dtype) -> str:
+    """What to call instead of casting a QTensor's codes to `dtype` (QTensor.to and .type refuse it)."""
+    if dtype.is_floating_point:
+        return f"use .dequantize({dtype}) for a floating-point tensor"
+    # dequantize gives floating point only: the integers a QTensor holds are its codes
+    return "use .int_repr() for the integer codes or .dequantize() for the values"
+
+
+def _tensor_type_dtype(t):
+    """The dtype of torch.Tensor.type's argument that is no dtype: a tensor type ('torch.FloatTensor',
+    torch.cuda.HalfTensor) by name or class; None for anything else."""
+    if isinstance(t, str):
+        head, _, rest = t.partition(".")
+        t = torch if head == "torch" and rest else None
+        for part in rest.split("."):
+            t = getattr(t, part, None)
+    dtype = getattr(t, "dtype", None) if isinstance(t, type) else None
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+# torch's quantized tensors' type() (their backend, "torch.quantized", and their dtype's class name).
+_TYPE_NAMES = {torch.int8: "QInt8Tensor", torch.uint8: "QUInt8Tensor"}
+_REQUIRES_GRAD_MESSAGE = ("only Tensors of floating point dtype can require gradients (a QTensor's int8 codes carry "
+                          "none; .dequantize() gives a float tensor that can)")
+
+
 class QTensor:
     """Quantized tensor: ``x ≈ (data - zero_point) * scale``.
 
@@ -241,8 +267,7 @@ class QTensor:
             if dtype not in _STORAGE_OF:
                 # Tensor.to(dtype) would turn the int8 data into other values with the qparams kept.
                 raise TypeError(f"QTensor.to moves a QTensor to a device (argument 'device') and to the other 8-bit "
-                                f"quantized dtype, got dtype {dtype} (argument 'dtype'); use .dequantize({dtype}) for "
-                                "a floating-point tensor")
+                                f"quantized dtype, got dtype {dtype} (argument 'dtype'); {_dtype_hint(dtype)}")
             src = self._other_8bit()
         if device is None:
             device = src.data.device
@@ -251,6 +276,28 @@ class QTensor:
             src.data.to(device, memory_format=memory_format, **kw)
         return QTensor._make(data, src.scale.to(device, **kw), src.zero_point.to(device, **kw), src.axis,
                              src.qmin, src.qmax)
+
+    def type(self, dtype=None, non_blocking: bool = False):
+        """torch's type string of a quantized tensor of this dtype ('torch.quantized.QInt8Tensor' or
+        'torch.quantized.QUInt8Tensor'; off the CPU with the device, as torch names its other backends:
+        'torch.cuda.quantized.QInt8Tensor'). With a dtype (or a tensor type, by name or class), as
+        :meth:`to`: the QTensor itself for its own dtype, the same values in the other 8-bit quantized
+        dtype, and a TypeError for any other (casting the codes would change their values)."""
+        if dtype is None:
+            device = self.data.device.type
+            backend = "torch.quantized" if device == "cpu" else f"torch.{device}.quantized"
+            return f"{backend}.{_TYPE_NAMES[self.data.dtype]}"
+        if isinstance(dtype, str) and dtype == self.type():
+            return self
+        target = dtype if isinstance(dtype, torch.dtype) else _tensor_type_dtype(dtype)
+        if target is None:
+            raise ValueError(f"invalid type: {dtype!r}")
+        if target == self.dtype:
+            return self
+        if target not in _STORAGE_OF:
+            raise TypeError(f"QTensor.type converts a QTensor to the other 8-bit quantized dtype only, got dtype "
+                            f"{target} (argument 'dtype'); {_dtype_hint(target)}")
+        return self.to(target, non_blocking=non_blocking)
 
     def _other_8bit(self) -> "QTensor":
         """The same values in the other 8-bit dtype (quint8 <-> qint8): codes, zero point and
@@ -279,14 +326,17 @@ class QTensor:
             )
         return self._same_qparams(fn(self.data, *args, **kwargs))
 
-    def reshape(self, *shape) -> "QTensor":
-        return self._reshaping("reshape", torch.Tensor.reshape, *shape)
+    def reshape(self, *shape, **kwargs) -> "QTensor":
+        # kwargs: torch's keyword form, q.reshape(shape=(6, 4))
+        return self._reshaping("reshape", torch.Tensor.reshape, *shape, **kwargs)
 
-    def view(self, *shape) -> "QTensor":
-        if len(shape) == 1 and isinstance(shape[0], torch.dtype):
-            raise TypeError(f"QTensor.view takes a shape, got dtype {shape[0]} (reinterpreting the codes as "
+    def view(self, *shape, **kwargs) -> "QTensor":
+        # kwargs: torch's keyword forms, q.view(size=(6, 4)) and q.view(dtype=...)
+        dtype = shape[0] if len(shape) == 1 else kwargs.get("dtype")
+        if isinstance(dtype, torch.dtype):
+            raise TypeError(f"QTensor.view takes a shape, got dtype {dtype} (reinterpreting the codes as "
                             "another dtype would change their values); use .dequantize() or .int_repr()")
-        return self._reshaping("view", torch.Tensor.view, *shape)
+        return self._reshaping("view", torch.Tensor.view, *shape, **kwargs)
 
     def view_as(self, other) -> "QTensor":
         return self.view(other.shape)
@@ -303,6 +353,27 @@ class QTensor:
     def detach(self) -> "QTensor":
         """The QTensor itself with detached codes (int8 codes carry no gradient)."""
         return self._same_qparams(self.data.detach())
+
+    def detach_(self) -> "QTensor":
+        """The QTensor, as it is: its int8 codes carry no gradient, there is nothing to detach (as
+        requires_grad_, not a value change written back into the codes)."""
+        return self
+
+    # ---- autograd: int8 codes carry no gradient. requires_grad_() read as an in-place function
+    # whose float result was written back: it did nothing, with a warning that it had.
+    @property
+    def requires_grad(self) -> bool:
+        return False
+
+    @requires_grad.setter
+    def requires_grad(self, requires_grad) -> None:
+        self.requires_grad_(requires_grad)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "QTensor":
+        """As on torch's quantized tensors: False is a no-op returning the QTensor, True a RuntimeError."""
+        if requires_grad:
+            raise RuntimeError(_REQUIRES_GRAD_MESSAGE)
+        return self
 
     @property
     def ndim(self) -> int:
@@ -485,8 +556,8 @@ class QTensor:
     def __getattr__(self, name):
         """torch.Tensor's other methods (``new_zeros``, ``masked_fill``, ``softmax``, ...) as on
         the dequantized tensor, through the float fallback of ``__torch_function__`` (one
-        warning per method); its other public attributes (``requires_grad``, ``layout``, ...) read
-        off the dequantized tensor."""
+        warning per method); its other public attributes (``layout``, ``grad``, ...) read off the
+        dequantized tensor."""
         if name.startswith("_"):
             raise AttributeError(f"'QTensor' object has no attribute '{name}'")
         attr = getattr(torch.Tensor, name, None)
@@ -615,9 +686,10 @@ def _run_in_float(func, args, kwargs, label=None, stacklevel=2):
     return func(*args, **kwargs)
 
 
-# Methods named as in-place ones that change where the data lives, not its values: QTensor's
-# own methods (on the codes), not a float computation written back.
-_STORAGE_IN_PLACE = frozenset({"share_memory_"})
+# Methods named as in-place ones that change where the data lives or its autograd state, not its
+# values: QTensor's own methods (_INT8_FUNCTIONS), not a float computation written back
+# (requires_grad_ written back did nothing, with a warning that it had requantized the values).
+_METADATA_IN_PLACE = frozenset({"share_memory_", "requires_grad_", "detach_"})
 
 
 def _in_place_table():
@@ -639,7 +711,7 @@ def _in_place_table():
             except TypeError:
                 continue
             if name.endswith("_"):
-                if name not in _STORAGE_IN_PLACE:
+                if name not in _METADATA_IN_PLACE:
                     table[fn] = None
                 continue
             try:
@@ -757,6 +829,8 @@ _INT8_FUNCTIONS = {
     torch.is_floating_point: lambda q: False,
     torch.is_complex: lambda q: False,
     torch.Tensor.share_memory_: lambda q: q.share_memory_(),
+    torch.Tensor.requires_grad_: lambda q, requires_grad=True: q.requires_grad_(requires_grad),
+    torch.Tensor.detach_: lambda q: q.detach_(),
 }
 
 
