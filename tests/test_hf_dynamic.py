@@ -231,3 +231,22 @@ def test_save_pretrained_checkpoint_reloads_into_a_quantized_skeleton(kind, tmp_
     skeleton.load_state_dict(load_file(tmp_path / "model.safetensors"))
     with torch.no_grad():
         assert torch.equal(skeleton(ids).logits, ref)
+
+
+def test_weight_only_calibrates_on_a_tokenizers_batch_encoding():
+    # A tokenizer's output (BatchEncoding) and an image processor's (BatchFeature) are UserDicts:
+    # Mappings, not dicts. They went in as the first positional argument (input_ids).
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 128, (4, 16))
+    plain = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    kw = dict(bits=4, group_size=32, progress=False)
+    for method in ("gptq", "awq"):
+        a = tq.quantize_weight_only(m, method=method, calib_data=plain, **kw)
+        b = tq.quantize_weight_only(m, method=method, calib_data=transformers.BatchEncoding(plain), **kw)
+        c = tq.quantize_weight_only(m, method=method, calib_data=[transformers.BatchFeature(plain)], **kw)
+        for other in (b, c):
+            for k, v in a.state_dict().items():
+                assert torch.equal(v, other.state_dict()[k]), k

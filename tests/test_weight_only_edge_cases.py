@@ -295,3 +295,150 @@ def test_asymmetric_qparams_of_ordinary_weights_are_unchanged():
         s0 = torch.where(s0 > eps, s0, torch.full_like(s0, eps))
         assert torch.equal(s, s0)
         assert torch.equal(z, torch.clamp(-torch.round(mn / s0), 0, 15).to(torch.int64))
+
+
+# ---------------------------------------------------------------- report() of an AWQ fold
+class _LnChain(nn.Module):  # ln -> fc1 -> fc2: both of AWQ's scales fold (into ln, into fc1)
+    def __init__(self):
+        super().__init__()
+        self.ln, self.fc1, self.fc2 = nn.LayerNorm(64), nn.Linear(64, 64), nn.Linear(64, 16)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(self.ln(x)))
+
+
+def test_report_undoes_an_exact_awq_fold():
+    torch.manual_seed(0)
+    m = _LnChain().eval()
+    X = torch.randn(256, 64) * torch.linspace(0.1, 8, 64)
+    q = torchquant.quantize_weight_only(m, method="awq", calib_data=X, group_size=32, progress=False)
+    assert q.fc1.input_scale is None and q.fc2.input_scale is None  # (both folded)
+    rtn = torchquant.quantize_weight_only(m, method="rtn", group_size=32, progress=False)
+    assert q.state_dict().keys() == rtn.state_dict().keys()  # the record is no state
+    r = torchquant.report(m, q, X)
+    # the LayerNorm is the float one with its output divided by s: no error of its own
+    assert r["ln"].sqnr_db > 100 and r["ln"].max_abs_error < 1e-4
+    assert not hasattr(m.ln, weight_only._FOLD_ATTR)  # (the given model is untouched)
+    # fc1's row is its own rounding error, not fc2's 1 / s: as RTN's row, within a few dB
+    assert abs(r["fc1"].sqnr_db - torchquant.report(m, rtn, X)["fc1"].sqnr_db) < 6
+    with torch.no_grad():
+        s2 = getattr(q.fc1, weight_only._FOLD_ATTR)
+        want = 10 * torch.log10((m.fc1(m.ln(X)) ** 2).sum() / ((m.fc1(m.ln(X)) - q.fc1(q.ln(X)) * s2) ** 2).sum())
+    assert r["fc1"].sqnr_db == pytest.approx(float(want), abs=0.05)
+    # the record travels with deepcopy and pickle
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    for copy in (__import__("copy").deepcopy(q), torch.load(buf, weights_only=False)):
+        assert torchquant.report(m, copy, X)["ln"].sqnr_db > 100
+
+
+# ---------------------------------------------------------------- a tuple as calib_data
+def test_calib_data_refuses_a_tuple_of_tensors():
+    torch.manual_seed(0)
+    seen = []
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(100, 64), nn.Linear(64, 64)
+
+        def forward(self, input_ids, attention_mask=None):
+            seen.append(attention_mask is not None)
+            return self.fc(self.emb(input_ids)) * attention_mask[..., None]
+
+    ids, mask = torch.randint(2, 100, (4, 16)), torch.ones(4, 16, dtype=torch.long)
+    for method in ("gptq", "awq"):
+        with pytest.raises(TypeError, match=r"'calib_data' is a tuple of 2 tensors.*\[\(ids, mask\)\] for one batch "
+                                            r"or \[x1, x2, \.\.\.\] for several"):
+            torchquant.quantize_weight_only(LM(), method=method, calib_data=(ids, mask), group_size=32,
+                                            progress=False)
+    assert not seen  # refused before any forward
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torchquant.quantize_weight_only(LM(), method="gptq", calib_data=[(ids, mask)], group_size=32, progress=False)
+    assert seen and all(seen)
+
+
+# ---------------------------------------------------------------- a Linear with in_features = 0
+def test_group_format_and_int8_rtn_of_an_empty_k():
+    w = torch.zeros(4, 0)
+    s, z = fmt.choose_group_qparams(w, 8)
+    q = fmt.quantize_groups(w, s, z, 8)
+    assert q.shape == (4, 0) and s.shape == z.shape == (4, 0)
+    assert fmt.dequantize_groups(q, s, z, 8).shape == (4, 0)
+    q8, s8, _ = weight_only._int8_rtn(w)
+    assert q8.shape == (4, 0) and bool((s8 > 0).all())
+
+
+@pytest.mark.parametrize("bits, method", [(4, "rtn"), (4, "gptq"), (4, "awq"), (8, "rtn"), (8, "gptq")])
+def test_a_linear_with_no_inputs_quantizes_to_its_bias(bits, method):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(0, 4), nn.ReLU(), nn.Linear(4, 4))
+    x = torch.randn(8, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torchquant.quantize_weight_only(m, bits=bits, method=method, calib_data=x, group_size=8, progress=False)
+    assert type(q[0]) is type(q[2]) is not nn.Linear
+    assert torch.equal(q[0](x), m[0](x).detach())
+    lone = LinearWeightOnlyInt4.from_float(nn.Linear(0, 4), group_size=8)
+    assert torch.equal(lone(x), lone.bias.expand(8, 4))
+
+
+def test_awq_of_a_layer_with_no_inputs_after_its_producer():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 0), nn.Linear(0, 4))  # (a producer with no output channels)
+    x = torch.randn(8, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torchquant.quantize_weight_only(m, method="awq", calib_data=x, group_size=8, progress=False)
+    assert torch.equal(q(x), m(x).detach())
+
+
+# ---------------------------------------------------------------- messages of a model that is one Linear
+def test_messages_name_the_model_when_it_is_the_one_linear():
+    lin = nn.Linear(64, 16)
+    with pytest.warns(RuntimeWarning, match=r"GPTQ: the model saw 8 calibration rows"):
+        torchquant.quantize_weight_only(lin, method="gptq", calib_data=torch.randn(8, 64), group_size=32,
+                                        progress=False)
+    for method in ("gptq", "awq"):
+        with pytest.warns(RuntimeWarning) as rec:
+            torchquant.quantize_weight_only(lin, method=method, calib_data=[torch.zeros(0, 64)], group_size=32,
+                                            progress=False)
+        msgs = [str(w.message) for w in rec]
+        # called, on empty batches only: not "not called"
+        assert any(f"{method.upper()}: the model saw no calibration rows" in s for s in msgs), msgs
+        assert not any("not called" in s or "['']" in s for s in msgs), msgs
+        with pytest.raises(ValueError, match=r"the inputs of the model on the calibration data hold NaN"):
+            torchquant.quantize_weight_only(lin, method=method, calib_data=torch.full((100, 64), float("nan")),
+                                            group_size=32, progress=False)
+
+
+def test_a_layer_never_called_is_still_named_as_not_called():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 8)
+
+        def forward(self, x):
+            return self.a(x)
+
+    for method in ("gptq", "awq"):
+        with pytest.warns(RuntimeWarning, match=rf"{method.upper()}: b was not called on the calibration data"):
+            torchquant.quantize_weight_only(Skip(), method=method, calib_data=torch.randn(256, 64), group_size=32,
+                                            progress=False)
+
+
+def test_a_fold_into_a_float_linear_stays_recorded_when_it_is_quantized_later():
+    torch.manual_seed(0)
+    m = _LnChain().eval()
+    X = torch.randn(256, 64) * torch.linspace(0.1, 8, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torchquant.quantize_weight_only(m, method="awq", calib_data=X, group_size=32, progress=False,
+                                            exclude=["fc1"])
+    assert type(q.fc1) is nn.Linear and torchquant.report(m, q, X)["fc1"].sqnr_db > 100  # (float, divided by s)
+    q2 = torchquant.quantize_weight_only(q, method="rtn", group_size=32, progress=False)
+    assert torch.equal(getattr(q2.fc1, weight_only._FOLD_ATTR), getattr(q.fc1, weight_only._FOLD_ATTR))
+    rtn = torchquant.quantize_weight_only(m, method="rtn", group_size=32, progress=False)
+    assert abs(torchquant.report(m, q2, X)["fc1"].sqnr_db - torchquant.report(m, rtn, X)["fc1"].sqnr_db) < 6

@@ -40,7 +40,7 @@ def _to(x, device):
         return x.to(device)
     if isinstance(x, (list, tuple)):
         return type(x)(_to(v, device) for v in x)
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):  # a dict, or a tokenizer's BatchEncoding (a UserDict)
         return {k: _to(v, device) for k, v in x.items()}
     return x
 

@@ -178,7 +178,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     per forward is compared on every call. A prepared (observed) or QAT model given as
     ``float_model`` or ``quantized_model`` is left as it was: its observers' statistics are
     restored afterwards. A MultiheadAttention is one row (its projections are not called as
-    modules); a model that is itself one converted layer is compared as one row. A weight shared by several modules (a tied
+    modules); a model that is itself one converted layer is compared as one row. The output of a
+    LayerNorm or Linear that AWQ (``quantize_weight_only``) folded its consumers' scales into
+    (divided by them) is compared multiplied back: the exact fold shows no error. A weight shared by several modules (a tied
     embedding and LM head) is counted in each of their byte sizes.
 
     ``data``: a batch of inputs, or an iterable of batches (a list, a DataLoader). A tuple is
@@ -231,9 +233,17 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     relu_after = {n for n, m in pairs if type(m) in folds and isinstance(float_modules[n], plain)
                   and not isinstance(float_modules[n], with_relu)}
 
+    # A LayerNorm or Linear that AWQ folded its consumers' scales s into outputs its float
+    # values / s (exact: the consumers' weights hold W * s): its output times s is compared, so
+    # that its row (and a consumer's that is itself such a producer) shows its own error only.
+    from .weight_only import _FOLD_ATTR
+
     def hook(side, name):
         def fn(module, args, out):
             out = _as_float(out)
+            fold = module.__dict__.get(_FOLD_ATTR)
+            if out is not None and isinstance(fold, torch.Tensor) and out.shape[-1:] == fold.shape:
+                out = out.double() * fold.to(out.device, torch.float64)
             if out is not None and side == "float" and name in relu_after:
                 out = torch.relu(out)
             # every call of the module (a block applied several times, a shared layer)

@@ -50,7 +50,7 @@ def _progress(items, enabled: bool, desc: str):
 def _run(model: nn.Module, batch):
     if isinstance(batch, (tuple, list)):
         return model(*batch)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # also a tokenizer's BatchEncoding / an image processor's BatchFeature (UserDicts)
         return model(**batch)
     return model(batch)
 
@@ -64,6 +64,13 @@ def _calib_batches(calib_data, method: str) -> List[Any]:
     elif isinstance(calib_data, (str, bytes)) or not hasattr(calib_data, "__iter__"):
         raise TypeError(f"argument 'calib_data' must be a tensor, a dict of keyword arguments or an iterable of "
                         f"batches, got {type(calib_data).__name__}")
+    elif isinstance(calib_data, tuple) and calib_data and all(isinstance(t, torch.Tensor) for t in calib_data):
+        # (ids, mask): one batch of two arguments (model(*b), as report reads it) or two
+        # batches? Running the mask as token ids would calibrate on it (torchquant.calibrate
+        # refuses the same tuple).
+        raise TypeError(f"quantize_weight_only: argument 'calib_data' is a tuple of {len(calib_data)} tensors, "
+                        "which reads both as one batch of arguments (model(*b)) and as a sequence of batches: pass "
+                        "a list, [(ids, mask)] for one batch or [x1, x2, ...] for several")
     else:
         batches = list(calib_data)
     if not batches:
@@ -706,7 +713,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     - ``"awq"``: AWQ's activation-aware per-input-channel scales (``awq_grid`` points); the scale
       is folded into the LayerNorm or Linear that produces the input when every user of that
       output is quantized here and the forward reads none of their weights directly
-      (``awq_fold``, found by a torch.fx trace), else the module keeps it as an ``input_scale``.
+      (``awq_fold``, found by a torch.fx trace; that module records it, outside its state dict,
+      for :func:`torchquant.report`), else the module keeps it as an ``input_scale``.
       An input channel that is 0 on every calibration row keeps ``s = 1``.
 
     Both calibrated methods warn once when some input channels were 0 on every calibration row,
@@ -717,7 +725,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
     both accepted).
 
     ``calib_data``: batches the model is called on (``model(*b)`` for a tuple, ``model(**b)`` for
-    a dict, else ``model(b)``); one tensor or one dict (a tokenizer's output) is one batch; a few
+    a dict, else ``model(b)``); one tensor or one dict (a tokenizer's output) is one batch (a tuple
+    of tensors given as ``calib_data`` itself is a TypeError: ``[(ids, mask)]`` is one batch); a few
     hundred to a few thousand rows (tokens) per layer input. ``exclude``: names of Linear / Conv1D
     modules left in float (an LM head, say; qualified names as ``named_modules()`` gives them, not
     module types; a name is matched exactly, so naming a block does not exclude its layers).
@@ -833,8 +842,8 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                       "(an already quantized model comes back as it was)", UserWarning, stacklevel=user_stacklevel())
     meta = [n for n, m in linears.items() if m.weight.is_meta]
     if meta:
-        raise ValueError(f"quantize_weight_only: the weights of {meta[:3]}{' ...' if len(meta) > 3 else ''} are on "
-                         "the meta device (no values to quantize): quantize the model with its weights loaded; "
+        raise ValueError(f"quantize_weight_only: the weights of {_shown(meta[:3])}{' ...' if len(meta) > 3 else ''} "
+                         "are on the meta device (no values to quantize): quantize the model with its weights loaded; "
                          "for a model too large for that, quantize it once, then build the quantized skeleton with "
                          ".to('meta').to_empty(device=...) and load_state_dict")
     bad = [n for n, m in linears.items() if not bool(torch.isfinite(m.weight).all())]
@@ -843,9 +852,9 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         # inf's scale zero its group; GPTQ quantizes them as 0 (their error would spread over the row)
         lost = ("GPTQ quantizes them as 0" if method == "gptq" else
                 "their groups' other weights are lost (an inf sets its group's scale)")
-        warnings.warn(f"quantize_weight_only: the weights of {bad[:5]}{' ...' if len(bad) > 5 else ''} hold NaN or "
-                      f"inf values, which have no quantized value: {lost} and the model's outputs no longer show "
-                      "the fault", UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(f"quantize_weight_only: the weights of {_shown(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                      f"hold NaN or inf values, which have no quantized value: {lost} and the model's outputs no "
+                      "longer show the fault", UserWarning, stacklevel=user_stacklevel())
     model.eval()  # (every module's own training flag is put back by quantize_weight_only)
     results: Dict[str, Tuple] = {}  # name -> (q, scale, zero, input_scale)
     gs = group_size if bits == 4 else None
@@ -890,6 +899,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
         # its output as the int model gives it) as a stand-in for the float weight, put back
         # afterwards or on failure (the copy shares the float weights with the given model).
         stand_ins = _StandIns(linears, results, bits, gs)
+        folds: Dict[str, torch.Tensor] = {}  # AWQ: producer name -> the scale its outputs are divided by
         try:
             try:
                 if method == "gptq":
@@ -897,7 +907,7 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
                               percdamp, blocksize, act_order, progress, shared, plan, symmetric)
                 else:
                     _run_awq(model, batches, linears, order, calls, results, stand_ins, group_size, awq_grid,
-                             awq_fold, awq_max_rows, progress, plan, symmetric)
+                             awq_fold, awq_max_rows, progress, plan, symmetric, folds)
             finally:
                 if use_cache is True:
                     config.use_cache = True
@@ -905,6 +915,8 @@ def _quantize_weight_only(model, bits, group_size, method, batches, excluded, pe
             # (the swaps recorded, to be undone with the rest if one of them fails)
             quantized = [linears[n] for n in results]
             out = _swap(model, linears, results, bits, gs, swapped)
+            for n, s in folds.items():  # (on the module now under that name: a Linear's int4 one)
+                _record_fold(out.get_submodule(n), s)
             # The float Linears swapped out of an inplace model get back the biases AWQ divided
             # by the scale it folded into them (their int4 modules hold the divided copies).
             own = {id(m.bias) for m in quantized if m.bias is not None}
@@ -1043,7 +1055,8 @@ def _conv1d_to_linear(model: nn.Module, excluded, swapped: Optional[List] = None
     def make(name, m):
         w = m.weight
         if w.dim() != 2:
-            raise ValueError(f"{name}: expected a Conv1D weight [in, out] of 2 dimensions, got shape {tuple(w.shape)}")
+            raise ValueError(f"{name or 'the model'}: expected a Conv1D weight [in, out] of 2 dimensions, got shape "
+                             f"{tuple(w.shape)}")
         b = m.bias.detach().clone() if m.bias is not None else None
         return _linear_of(w.detach().t().contiguous(), b, m, requires_grad=w.requires_grad)
 
@@ -1061,7 +1074,9 @@ def _int8_rtn(w):
     # NaN / inf weights as int4's RTN takes them: a NaN sets no scale (and gets the zero point),
     # an inf sets its channel's to the float32 maximum's (a NaN or inf scale was refused later,
     # naming no layer)
-    amax = torch.nan_to_num(w.abs(), nan=0.0).amax(1).clamp(min=torch.finfo(torch.float32).eps)
+    a = torch.nan_to_num(w.abs(), nan=0.0)
+    # (K = 0: no weights, the smallest scale; amax over an empty dimension raises)
+    amax = (a.amax(1) if a.shape[1] else a.new_zeros(a.shape[0])).clamp(min=torch.finfo(torch.float32).eps)
     s = (amax / 127.5).reshape(-1, 1)
     q = torch.clamp(torch.nan_to_num(torch.round(w * (1.0 / s)), nan=0.0), -128, 127)
     return q.to(torch.int8), s, torch.zeros_like(s, dtype=torch.int64)
@@ -1084,6 +1099,11 @@ def _run_gptq(model, batches, linears, order, calls, results, stand_ins, bits, g
     dead: Dict[str, Tuple[int, int]] = {}
     for name in _progress(order, progress, f"int{bits} gptq"):
         lin = linears[name]
+        what = name or "the model"  # (for messages: the model may be the one Linear)
+        if not lin.in_features:  # no inputs: nothing to calibrate (its output is its bias)
+            q, s, z = _rtn(lin.weight.detach().float(), bits, group_size, symmetric)
+            results[name] = (q if bits == 8 else _Codes(q), s, z, None)
+            continue
         # joins the current group only when the Linear whose input it read is in that group
         # (a repeated call of an earlier Linear reads another input)
         joins = (acc is not None and shared.get(name) in group and calls.get(name, 0) == 1
@@ -1100,21 +1120,33 @@ def _run_gptq(model, batches, linears, order, calls, results, stand_ins, bits, g
             if n_dead:
                 dead[name] = (n_dead, lin.in_features)
         if acc.rows == 0:
-            warnings.warn(f"GPTQ: {name} was not called on the calibration data; rounded to nearest", RuntimeWarning)
+            warnings.warn(f"GPTQ: {what} {_not_seen(acc.calls)}; rounded to nearest", RuntimeWarning)
             q, s, z = _rtn(W, bits, group_size, symmetric)
         elif bits == 8:
-            q, s, z = _gptq_int8(W, acc, percdamp, blocksize, act_order, name)
+            q, s, z = _gptq_int8(W, acc, percdamp, blocksize, act_order, what)
         else:
             q, s, z = _gptq.gptq_quantize(W, acc.H, group_size, percdamp, blocksize, act_order, rows=acc.rows,
-                                          name=name, symmetric=symmetric)
+                                          name=what, symmetric=symmetric)
         fake = _fake(q, s, z, bits, group_size)
         if not torch.isfinite(fake).all():  # cannot happen with finite weights; never hand out NaN
-            raise FloatingPointError(f"GPTQ produced non-finite weights for {name}")
+            raise FloatingPointError(f"GPTQ produced non-finite weights for {what}")
         results[name] = (q if bits == 8 else _Codes(q), s, z, None)
         stand_ins.set(name, fake=fake)
         del fake
     _warn_dead_inputs("GPTQ", dead, "GPTQ set their weights to 0, as its reference implementation does (they do not "
                       "change the output on the calibration rows)")
+
+
+def _shown(names: Sequence[str]) -> List[str]:
+    """Layer names for a message: the model that is itself the one Linear is named "" there."""
+    return [n or "the model" for n in names]
+
+
+def _not_seen(calls: int, plural: bool = False) -> str:
+    """Why a layer got no calibration rows: never called, or called on empty inputs only."""
+    if not calls:
+        return f"{'were' if plural else 'was'} not called on the calibration data"
+    return "saw no calibration rows (called on empty inputs only)"
 
 
 def _warn_dead_inputs(method: str, dead: Dict[str, Tuple[int, int]], what: str) -> None:
@@ -1171,6 +1203,7 @@ class _RowSample:
     def __init__(self, limit: int, gen: torch.Generator):
         self.limit, self.gen = limit, gen
         self.seen = 0
+        self.calls = 0  # (calls on empty inputs too: "saw no rows" is not "not called")
         self.finite = True
         self.live: Optional[torch.Tensor] = None
         self.parts: List[torch.Tensor] = []  # while the rows fit
@@ -1178,7 +1211,9 @@ class _RowSample:
         self.keys: Optional[torch.Tensor] = None
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1])
+        self.calls += 1
+        # (the rows counted, not -1: reshape(-1, 0) of an input with K = 0 is ambiguous)
+        x = x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1])
         if not x.shape[0]:
             return
         self.finite = self.finite and bool(torch.isfinite(x).all())
@@ -1209,7 +1244,9 @@ class _RowSample:
 
 
 def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_size, grid, fold, max_rows,
-             progress, plan=None, symmetric=False):
+             progress, plan=None, symmetric=False, folds: Optional[Dict[str, torch.Tensor]] = None):
+    """AWQ of the Linears; `folds` receives {producer name: s} for each scale folded into the
+    output channels of a LayerNorm or Linear (which outputs its float values / s from then on)."""
     producers = _producers(model, order) if fold else {}
     traced = producers is not None
     producers = producers or {}
@@ -1241,21 +1278,30 @@ def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_si
     feeder = _Feeder(model, batches, plan, stand_ins.drop_block)
     gen = torch.Generator().manual_seed(0)
     dead: Dict[str, Tuple[int, int]] = {}
+
+    def nearest(members):
+        for m in members:
+            W = linears[m].weight.detach().float()
+            s_, z_ = choose_group_qparams(W, group_size, symmetric)
+            results[m] = (_Codes(quantize_groups(W, s_, z_, group_size)), s_, z_, None)
+
     for prod, members in _progress(groups, progress, "int4 awq"):
         first = linears[members[0]]
+        if not first.in_features:  # no inputs: nothing to calibrate or fold (their outputs are their biases)
+            nearest(members)
+            continue
         sample = _RowSample(max_rows, gen)
         feeder.capture(members[0], first, sample.add, stop=all(calls.get(m, 0) == 1 for m in members))
+        # (the model may be the one Linear: its name is "")
+        what = ", ".join(_shown(members))
         if not sample.seen:
-            warnings.warn(f"AWQ: {members} not called on the calibration data (or only on empty batches); rounded "
-                          "to nearest", RuntimeWarning)
-            for m in members:
-                W = linears[m].weight.detach().float()
-                s_, z_ = choose_group_qparams(W, group_size, symmetric)
-                results[m] = (_Codes(quantize_groups(W, s_, z_, group_size)), s_, z_, None)
+            warnings.warn(f"AWQ: {what} {_not_seen(sample.calls, len(members) > 1)}; rounded to nearest",
+                          RuntimeWarning)
+            nearest(members)
             continue
         if not sample.finite:
-            raise ValueError(f"AWQ: the inputs of {members[0]} on the calibration data hold NaN or inf: check "
-                             "'calib_data' and the layers before it")
+            raise ValueError(f"AWQ: the inputs of {members[0] or 'the model'} on the calibration data hold NaN or "
+                             "inf: check 'calib_data' and the layers before it")
         X = sample.rows()
         n_dead = int((~sample.live).sum())
         if n_dead:
@@ -1276,6 +1322,8 @@ def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_si
             del fake
         if prod is not None:
             _fold_into(mods[prod], prod, s, results, stand_ins)
+            if folds is not None:
+                folds[prod] = s
     _warn_dead_inputs("AWQ", dead, "AWQ left their weights unscaled (s = 1) and their inputs unamplified")
     kept = [n for n in order if n in results and results[n][3] is not None]
     if fold and kept:
@@ -1285,7 +1333,20 @@ def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_si
                "torch.fx could not trace the model")
         warnings.warn(f"AWQ: the scales of {len(kept)} of {len(order)} layers could not be folded into the op "
                       f"before them ({why}); they keep an input_scale, one elementwise multiply of the input per "
-                      f"call (first: {kept[:3]})", UserWarning, stacklevel=user_stacklevel())
+                      f"call (first: {_shown(kept[:3])})", UserWarning, stacklevel=user_stacklevel())
+
+
+# The attribute of a module whose output channels AWQ divided by its consumers' scales s (float32
+# [C]): a plain attribute, not a buffer, so that the state dict keeps its keys (deepcopy and
+# pickle keep it). report() multiplies the module's output by it: its row then shows the error of
+# the module's own quantization, not the exact fold.
+_FOLD_ATTR = "_tq_awq_output_scale"
+
+
+def _record_fold(m: nn.Module, s: torch.Tensor) -> None:
+    prev = m.__dict__.get(_FOLD_ATTR)  # (a module folded into by an earlier call: its output is y / (prev * s))
+    s = s.detach().float()
+    setattr(m, _FOLD_ATTR, s if prev is None else prev.to(s.device) * s)
 
 
 def _fold_into(pm: nn.Module, name: str, s: torch.Tensor, results: Dict[str, Tuple], stand_ins: "_StandIns"):
@@ -1353,6 +1414,8 @@ def _swap_one(model, name, lin, res, bits, group_size, aliases, swapped=None):
                                f"{lin.in_features} -> {lin.out_features}) cannot be quantized to int8: {e}") from e
         new = new.to(lin.weight.device)
     compact(new)  # (one copy of its weights in memory)
+    if _FOLD_ATTR in lin.__dict__:  # (a float layer an earlier AWQ call folded into: the int one outputs y / s too)
+        setattr(new, _FOLD_ATTR, lin.__dict__[_FOLD_ATTR])
     if name:
         for alias in aliases.get(id(lin), [name]):
             _set_under(model, alias, new, swapped)

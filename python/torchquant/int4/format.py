@@ -112,6 +112,8 @@ def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     ``clamp(nearbyint(w * (1 / s)) + z, 0, 15)`` in float32."""
     K = w.shape[-1]
     out = torch.empty(w.shape, dtype=torch.uint8, device=w.device)
+    if not out.numel():  # (K = 0: no groups, and reshape(-1, 0) is ambiguous)
+        return out
     w2, s2, z2, o2 = (t.reshape(-1, t.shape[-1]) for t in (w, scale, zero_point, out))
     for r in _row_blocks(w2.shape[0], K):
         inv = torch.ones_like(s2[r]) / s2[r]
@@ -128,6 +130,8 @@ def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
         # (qparams broadcast over other shapes: at once)
         return (q.float() - _expand(zero_point.float(), K, group_size)) * _expand(scale.float(), K, group_size)
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    if not out.numel():  # (K = 0: no groups, and reshape(-1, 0) is ambiguous)
+        return out
     q2, s2, z2, o2 = (t.reshape(-1, t.shape[-1]) for t in (q, scale, zero_point, out))
     for r in _row_blocks(q2.shape[0], K):
         o2[r] = (q2[r].float() - _expand(z2[r].float(), K, group_size)) * _expand(s2[r].float(), K, group_size)

@@ -26,9 +26,12 @@ class HessianAccumulator:
     def __init__(self, in_features: int, device=None):
         self.H = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.rows = 0
+        self.calls = 0  # (calls on empty inputs too: "saw no rows" is not "not called")
 
     def add(self, x: torch.Tensor):
-        x = x.detach().reshape(-1, x.shape[-1]).to(self.H.device, torch.float64)
+        self.calls += 1
+        # (the rows counted, not -1: reshape(-1, 0) of an input with K = 0 is ambiguous)
+        x = x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]).to(self.H.device, torch.float64)
         n = x.shape[0]
         if n == 0:
             return
