@@ -672,3 +672,226 @@ def test_a_module_pickled_with_an_earlier_conv_packing_repacks_on_load(make, ear
     buf.seek(0)
     again = torch.load(buf, weights_only=False)
     assert again._packed_weight.shape == now and torch.equal(again(x).data, want.data)
+
+
+_CONV_KINDS = [  # (quantized class, float conv, input shape)
+    (tqq.Conv1d, lambda: nn.Conv1d(4, 6, 3, padding=1), (2, 4, 9)),
+    (tqq.Conv2d, lambda: nn.Conv2d(4, 8, 3, groups=2), (2, 4, 7, 7)),
+    (tqq.ConvReLU2d, lambda: nn.Conv2d(4, 6, 3), (2, 4, 7, 7)),
+    (tqq.Conv2d, lambda: nn.Conv2d(4, 4, 3, groups=4, bias=False), (2, 4, 7, 7)),  # depthwise
+    (tqq.Conv3d, lambda: nn.Conv3d(4, 6, 3), (1, 4, 4, 5, 5)),
+    (tqq.ConvReLU3d, lambda: nn.Conv3d(4, 6, 2), (1, 4, 4, 5, 5)),
+]
+_CONV_IDS = ["1d", "2d-grouped", "relu2d", "depthwise-nobias", "3d", "relu3d"]
+
+
+def _converted_kind(cls, make, shape, seed=0):
+    torch.manual_seed(seed)
+    f = make().eval()
+    if cls._relu:
+        f = tqi.ConvReLU1d(f, nn.ReLU()) if isinstance(f, nn.Conv1d) else (
+            tqi.ConvReLU2d(f, nn.ReLU()) if isinstance(f, nn.Conv2d) else tqi.ConvReLU3d(f, nn.ReLU()))
+    q = _converted(f, torch.randn(shape))
+    assert type(q[1]) is cls
+    return q
+
+
+def _geometry(m):
+    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=m.kernel_size, stride=m.stride,
+                padding=m.padding, dilation=m.dilation, groups=m.groups, bias=m.bias is not None)
+
+
+@pytest.mark.parametrize("cls,make,shape", _CONV_KINDS, ids=_CONV_IDS)
+def test_constructor_honours_device_and_takes_torch_aos_dtype_none(cls, make, shape):
+    # device= was ignored (the buffers were always the CPU's: a 'meta' skeleton held CPU memory,
+    # device='cuda' gave a CPU module), and torch.ao's default dtype=None was refused.
+    q = _converted_kind(cls, make, shape)
+    geo = _geometry(q[1])
+    skeleton = cls(**geo, device="meta", dtype=None)
+    assert skeleton.dtype == torch.quint8
+    assert {b.device.type for b in skeleton.buffers()} == {"meta"}
+    assert skeleton._packed_weight is not None  # (the layout's shape for the device, for to_empty)
+    # the skeleton flow: materialized, loaded, and the same as the converted module
+    m = skeleton.to_empty(device="cpu")
+    m.load_state_dict(q[1].state_dict())
+    x = q[0](torch.randn(shape))
+    assert torch.equal(m(x).data, q[1](x).data)
+    m = cls(**geo, device=torch.device("cpu"), dtype=torch.qint8)
+    assert m.dtype == torch.qint8 and {b.device.type for b in m.buffers()} == {"cpu"}
+    with pytest.raises(ValueError, match="torch.quint8 and torch.qint8 activations, got torch.float32"):
+        cls(**geo, dtype=torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls,make,shape", _CONV_KINDS, ids=_CONV_IDS)
+def test_constructor_on_cuda_gives_a_cuda_module(cls, make, shape):
+    q = _converted_kind(cls, make, shape)
+    m = cls(**_geometry(q[1]), device="cuda")
+    assert {b.device.type for b in m.buffers()} == {"cuda"}
+    m.load_state_dict(q[1].state_dict())
+    want = copy.deepcopy(q[1]).to("cuda")
+    assert m._packed_weight.shape == want._packed_weight.shape
+    x = q[0](torch.randn(shape)).to("cuda")
+    assert torch.equal(m(x).data, want(x).data)
+
+
+def _torch_qweight(m, per_tensor=False):
+    """m's weight as a torch.ao quantized tensor (what torch.ao's set_weight_bias takes)."""
+    if per_tensor:
+        return torch._make_per_tensor_quantized_tensor(m.qweight, float(m.weight_scale[0]), 0)
+    return torch._make_per_channel_quantized_tensor(m.qweight, m.weight_scale.double(),
+                                                     torch.zeros(m.out_channels, dtype=torch.long), 0)
+
+
+def _with_output_qparams_of(m, src):
+    m.load_state_dict({"scale": src.scale, "zero_point": src.zero_point}, strict=False)
+    return m
+
+
+@pytest.mark.parametrize("cls,make,shape", _CONV_KINDS, ids=_CONV_IDS)
+def test_set_weight_bias_takes_torch_aos_and_its_own_weights(cls, make, shape):
+    # torch.ao's quantized convs have set_weight_bias beside weight() / bias() / _weight_bias().
+    from torchquant.nn._compact import is_compact
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's quantized tensors are deprecated)
+        a, b = _converted_kind(cls, make, shape, 0), _converted_kind(cls, make, shape, 1)
+        x = a[0](torch.randn(shape))
+        want = a[1](x)
+        m = _with_output_qparams_of(copy.deepcopy(b[1]), a[1])  # b's weights, a's output qparams
+        assert is_compact(m) and not torch.equal(m(x).data, want.data)
+        # a torch quantized tensor, per channel: the next call uses the new weights
+        m.set_weight_bias(_torch_qweight(a[1]), a[1].bias)
+        assert torch.equal(m(x).data, want.data) and is_compact(m)
+        sd = m.state_dict()
+        for k in ("qweight", "weight_scale", "weight_zero_point", "bias"):
+            assert (sd.get(k) is None) == (k not in a[1].state_dict()), k  # (no bias: none)
+            assert k not in sd or torch.equal(sd[k], a[1].state_dict()[k]), k
+        # another module's weight() (a QTensor), and a module's own back, which changes nothing
+        m.set_weight_bias(*b[1]._weight_bias())
+        assert torch.equal(m.qweight, b[1].qweight)
+        m.set_weight_bias(*a[1]._weight_bias())
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        m.set_weight_bias(*m._weight_bias())
+        assert torch.equal(m(x).data, want.data)
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+        # per-tensor weights (a QTensor or torch's), against a module built from_float with them
+        f = make().eval()
+        torch.manual_seed(2)
+        fm = nn.Sequential(tq.QuantStub(), tqi.ConvReLU2d(f, nn.ReLU()) if cls is tqq.ConvReLU2d else (
+            tqi.ConvReLU3d(f, nn.ReLU()) if cls is tqq.ConvReLU3d else f), tq.DeQuantStub()).eval()
+        fm.qconfig = tq.QConfig(activation=tq.MinMaxObserver, weight=tq.default_weight_observer)  # per tensor
+        p = tq.prepare(fm)
+        p(torch.randn(shape))
+        ref = tq.convert(p)[1]
+        x = tq.quantize_per_tensor(torch.randn(shape), 0.03, 120, torch.quint8)
+        for w in (_torch_qweight(ref, per_tensor=True),
+                  tq.QTensor(ref.qweight.clone(), ref.weight_scale[:1].clone(), torch.zeros(1, dtype=torch.int32))):
+            m = _with_output_qparams_of(copy.deepcopy(b[1]), ref)
+            m.set_weight_bias(w, ref.bias)
+            assert torch.equal(m(x).data, ref(x).data)
+            assert torch.equal(m.weight_scale, ref.weight_scale)
+
+
+def test_set_weight_bias_bias_none_and_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _converted_kind(tqq.Conv2d, lambda: nn.Conv2d(4, 6, 3), (2, 4, 7, 7))
+        m, x = q[1], q[0](torch.randn(2, 4, 7, 7))
+        w, b = m._weight_bias()
+        # no bias: as a zero bias (and the module reads as one without)
+        m0 = copy.deepcopy(m)
+        m0.set_weight_bias(w, None)
+        assert m0.bias is None and "bias=False" in repr(m0)
+        mz = copy.deepcopy(m)
+        mz.set_weight_bias(w, torch.zeros(6))
+        assert torch.equal(m0(x).data, mz(x).data)
+        # a module built without one takes a bias
+        nob = tqq.Conv2d(4, 6, 3, bias=False)
+        nob.load_state_dict({k: v for k, v in m.state_dict().items() if k != "bias"}, strict=False)
+        nob.set_weight_bias(w, b)
+        assert torch.equal(nob(x).data, m(x).data)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        wf = w.dequantize()
+        bad = [
+            (wf, TypeError, r"argument 'w' must be a torchquant QTensor or a torch quantized tensor.*float"),
+            (torch.quantize_per_tensor(wf, 0.01, 0, torch.quint8), ValueError, r"argument 'w' must be qint8.*quint8"),
+            (tq.quantize_per_tensor(wf, 0.01, 3, torch.qint8), ValueError, r"argument 'w'.*zero point 0.*\b3\b"),
+            (tq.quantize_per_tensor(wf[:, :3], 0.01, 0, torch.qint8), ValueError,
+             r"argument 'w' must have shape \[6, 4, 3, 3\].*\[6, 3, 3, 3\]"),
+            (tq.quantize_per_channel(wf, torch.full((4,), 0.01), torch.zeros(4, dtype=torch.int32), 1, torch.qint8),
+             ValueError, r"argument 'w'.*axis 0.*axis 1"),
+            (torch.quantize_per_channel(wf, torch.full((6,), 0.01, dtype=torch.double), torch.ones(6, dtype=torch.long),
+                                        0, torch.qint8), ValueError, r"argument 'w'.*zero point 0"),
+            (tq.QTensor(w.data.clone(), torch.zeros(6), torch.zeros(6, dtype=torch.int32), 0), ValueError,
+             r"argument 'w'.*scales must be > 0 and finite"),
+        ]
+        for wbad, err, match in bad:
+            with pytest.raises(err, match=match):
+                m.set_weight_bias(wbad, b)
+        for bbad, err, match in [(torch.zeros(5), ValueError, r"argument 'b' must have shape \[6\].*got \[5\]"),
+                                 (torch.zeros(6, dtype=torch.int64), TypeError, r"argument 'b'.*float"),
+                                 ([0.0] * 6, TypeError, r"argument 'b'")]:
+            with pytest.raises(err, match=match):
+                m.set_weight_bias(w, bbad)
+        # a refused call changes nothing
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+
+def test_set_weight_bias_writes_into_the_modules_tensors():
+    # Written as load_state_dict writes (into the module's tensors): a state dict taken before
+    # holds the module's tensors, as torch's; the bias given is copied, not kept.
+    q = _converted_kind(tqq.Conv2d, lambda: nn.Conv2d(4, 6, 3), (2, 4, 7, 7))
+    m = copy.deepcopy(q[1])
+    bias = torch.randn(6, requires_grad=True)
+    w = tq.quantize_per_channel(torch.randn(6, 4, 3, 3), torch.full((6,), 0.02), torch.zeros(6, dtype=torch.int32), 0,
+                                torch.qint8)
+    m.set_weight_bias(w, bias)
+    assert m.bias is not bias and not m.bias.requires_grad and torch.equal(m.bias, bias.detach())
+    assert torch.equal(m.qweight, w.data) and torch.equal(m.weight.dequantize(), w.dequantize())
+    x = q[0](torch.randn(2, 4, 7, 7))
+    ref = reference.conv_int8(x.data, x.scale, x.zero_point, w.data, m.weight_scale, m.bias, 1, 0, 1, 1, m.scale,
+                              m.zero_point, False, torch.uint8)
+    assert torch.equal(m(x).data, ref)
+    # a state dict taken before holds the module's tensors, which the call wrote into (as a load)
+    sd = m.state_dict()
+    m.set_weight_bias(*q[1]._weight_bias())
+    assert torch.equal(sd["qweight"], q[1].qweight) and torch.equal(sd["bias"], q[1].bias)
+
+
+def test_quantized_or_integer_tensor_input_is_named_as_what_it_is():
+    # A torch quantized tensor or raw codes were reported as "a float Tensor".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _converted_kind(tqq.Conv2d, lambda: nn.Conv2d(4, 6, 3), (2, 4, 8, 8))
+        xt = torch.quantize_per_tensor(torch.randn(2, 4, 8, 8), 0.05, 128, torch.quint8)
+    with pytest.raises(TypeError, match=r"Conv2d received a torch quantized tensor \(dtype torch.quint8\).*"
+                                        r"torchquant.quantize_per_tensor.*add a torchquant.QuantStub\(\)") as e:
+        q[1](xt)
+    assert "float" not in str(e.value).split("takes")[0]
+    with pytest.raises(TypeError, match=r"Conv2d received an integer tensor \(dtype torch.uint8\).*QTensor.*"
+                                        r"add a torchquant.QuantStub\(\)"):
+        q[1](torch.randint(0, 255, (2, 4, 8, 8), dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"Conv2d received an integer tensor \(dtype torch.int8\)"):
+        tqq.Conv2d(4, 6, 3)(torch.zeros(2, 4, 8, 8, dtype=torch.int8))
+    with pytest.raises(TypeError, match=r"Conv2d received a float Tensor, but a static quantized convolution takes a "
+                                        r"QTensor: add a torchquant.QuantStub\(\) before it"):
+        tqq.Conv2d(4, 6, 3)(torch.randn(2, 4, 8, 8))
+    with pytest.raises(TypeError, match=r"Conv2d received a list, but"):
+        tqq.Conv2d(4, 6, 3)([1.0])
+
+
+def test_repr_of_a_meta_skeleton():
+    # A skeleton on the meta device (to_empty / load_state_dict route) has no qparam values to
+    # print: its repr raised "Tensor.item() cannot be called on meta tensors".
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Hardswish(), nn.Flatten(),
+                      nn.Linear(4 * 36, 5), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(2, 3, 8, 8))
+    q = tq.convert(p)
+    assert "scale=" in repr(q)
+    meta = repr(q.to("meta"))
+    assert meta.count("scale=(meta), zero_point=(meta)") == 5, meta
+    assert "meta" in repr(tq.nn.quantized.Conv2d(3, 4, 3, device="meta"))

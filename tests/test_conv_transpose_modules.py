@@ -319,3 +319,83 @@ def test_fuse_convtranspose_bn_dtypes_as_torchs():
     assert fused.weight.dtype == fused.bias.dtype == torch.bfloat16
     assert torch.equal(t.weight, fused.weight) and torch.equal(t.bias, fused.bias)
     fused(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16))
+
+
+_KINDS = [  # (quantized class, float module, input shape)
+    (tqq.ConvTranspose1d, lambda: nn.ConvTranspose1d(4, 6, 3, stride=2), (2, 4, 7)),
+    (tqq.ConvTranspose2d, lambda: nn.ConvTranspose2d(6, 4, 4, stride=2, padding=1, groups=2), (2, 6, 4, 4)),
+    (tqq.ConvTranspose2d, lambda: nn.ConvTranspose2d(4, 6, 2, stride=2, bias=False), (2, 4, 4, 4)),
+    (tqq.ConvTranspose3d, lambda: nn.ConvTranspose3d(4, 6, 2, stride=2), (1, 4, 3, 3, 3)),
+]
+_IDS = ["1d", "2d-groups", "2d-nobias", "3d"]
+
+
+def _geometry(m):
+    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=m.kernel_size, stride=m.stride,
+                padding=m.padding, output_padding=m.output_padding, groups=m.groups, bias=m.bias is not None,
+                dilation=m.dilation)
+
+
+@pytest.mark.parametrize("cls,make,shape", _KINDS, ids=_IDS)
+def test_constructor_honours_device_and_takes_torch_aos_dtype_none(cls, make, shape):
+    # device= was ignored (CPU buffers whatever was asked) and torch.ao's default dtype=None refused.
+    torch.manual_seed(0)
+    _, q = _converted(make(), shape)
+    skeleton = cls(**_geometry(q[1]), device="meta", dtype=None)
+    assert skeleton.dtype == torch.quint8
+    assert {b.device.type for b in skeleton.buffers()} == {"meta"} and skeleton._packed_weight is not None
+    m = skeleton.to_empty(device="cpu")
+    m.load_state_dict(q[1].state_dict())
+    x = q[0](torch.randn(shape))
+    assert torch.equal(m(x).data, q[1](x).data)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls,make,shape", _KINDS, ids=_IDS)
+def test_constructor_on_cuda_gives_a_cuda_module(cls, make, shape):
+    torch.manual_seed(0)
+    _, q = _converted(make(), shape)
+    m = cls(**_geometry(q[1]), device="cuda")
+    assert {b.device.type for b in m.buffers()} == {"cuda"}
+    m.load_state_dict(q[1].state_dict())
+    want = copy.deepcopy(q[1]).to("cuda")
+    x = q[0](torch.randn(shape)).to("cuda")
+    assert torch.equal(m(x).data, want(x).data)
+
+
+@pytest.mark.parametrize("cls,make,shape", _KINDS, ids=_IDS)
+def test_set_weight_bias_takes_weight_s_layout_back(cls, make, shape):
+    # torch.ao's set_weight_bias; here w is in the layout weight() gives (Conv's, per output channel).
+    import warnings
+
+    from torchquant.nn._compact import is_compact
+
+    torch.manual_seed(0)
+    _, a = _converted(make(), shape)
+    _, b = _converted(make(), shape)
+    x = a[0](torch.randn(shape))
+    want = a[1](x)
+    m = copy.deepcopy(b[1])  # b's weights, a's output qparams
+    m.load_state_dict({"scale": a[1].scale, "zero_point": a[1].zero_point}, strict=False)
+    assert is_compact(m) and not torch.equal(m(x).data, want.data)
+    wa, ba = copy.deepcopy(a[1])._weight_bias()
+    m.set_weight_bias(wa, ba)
+    assert torch.equal(m(x).data, want.data) and is_compact(m)
+    assert torch.equal(m.qweight, a[1].qweight) and torch.equal(m.weight_scale, a[1].weight_scale)
+    # a torch quantized tensor of the same values
+    m.set_weight_bias(*b[1]._weight_bias())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's quantized tensors are deprecated)
+        wt = torch._make_per_channel_quantized_tensor(wa.data, wa.scale.double(),
+                                                       torch.zeros(wa.shape[0], dtype=torch.long), 0)
+    m.set_weight_bias(wt, ba)
+    assert torch.equal(m(x).data, want.data)
+    # its own back: nothing changes
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.set_weight_bias(*m._weight_bias())
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert torch.equal(m(x).data, want.data)
+    if m.in_channels != m.out_channels:  # nn.ConvTranspose's layout: named in the error
+        with pytest.raises(ValueError, match=r"argument 'w' must have shape .*Conv's layout.*not nn.ConvTranspose's"):
+            m.set_weight_bias(tq.QTensor(m.qweight.clone(), torch.full((1,), 0.1), torch.zeros(1, dtype=torch.int32)),
+                              ba)

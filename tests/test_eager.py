@@ -936,8 +936,12 @@ def test_unused_torch_ao_arguments_are_named_in_a_warning():
         m.qconfig = tq.get_default_qconfig("x86")
         return m
 
-    with pytest.warns(UserWarning, match=r"prepare: argument\(s\) 'allow_list', 'prepare_custom_config_dict' are accepted"):
-        p = tq.prepare(model(), allow_list={nn.Linear}, prepare_custom_config_dict={"a": 1})
+    with pytest.warns(UserWarning, match=r"prepare: argument\(s\) 'prepare_custom_config_dict' are accepted"):
+        p = tq.prepare(model(), prepare_custom_config_dict={"a": 1})
+    # allow_list is used (its own types are observed); what it leaves out is named, as torchquant
+    # observes its types whether listed or not
+    with pytest.warns(UserWarning, match=r"prepare: argument 'allow_list' leaves out \['QuantStub'\]"):
+        tq.prepare(model(), allow_list={nn.Linear})
     p(torch.randn(8, 4))
     with pytest.warns(UserWarning, match=r"convert: argument\(s\) 'convert_custom_config_dict'"):
         tq.convert(p, convert_custom_config_dict={"a": 1})
@@ -1863,3 +1867,71 @@ def test_quantize_dynamic_refuses_a_model_on_the_meta_device_by_name():
         tq.quantize_dynamic(m, {"0"})
     skeleton = tq.quantize_dynamic(nn.Sequential(nn.Linear(8, 8))).to("meta").to_empty(device="cpu")
     assert type(skeleton[0]).__module__.startswith("torchquant.")
+
+
+def _converted_linear(seed, bias=True, relu=False):
+    torch.manual_seed(seed)
+    layers = [tq.QuantStub(), nn.Linear(6, 5, bias=bias)] + ([nn.ReLU()] if relu else []) + [tq.DeQuantStub()]
+    m = nn.Sequential(*layers).eval()
+    if relu:
+        m = tq.fuse_modules(m, [["1", "2"]])
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(8, 6))
+    return tq.convert(p)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_linear_set_weight_bias_as_torch_aos(relu):
+    # torch.ao's quantized Linear has set_weight_bias beside weight() / bias() / _weight_bias().
+    from torchquant.nn._compact import is_compact
+
+    a, b = _converted_linear(0, relu=relu), _converted_linear(1, relu=relu)
+    x = a[0](torch.randn(4, 6))
+    want = a[1](x)
+    m = copy.deepcopy(b[1])
+    m.load_state_dict({"scale": a[1].scale, "zero_point": a[1].zero_point}, strict=False)
+    assert not torch.equal(m(x).data, want.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's quantized tensors are deprecated)
+        wt = torch._make_per_channel_quantized_tensor(a[1].qweight, a[1].weight_scale.double(),
+                                                       torch.zeros(5, dtype=torch.long), 0)
+    m.set_weight_bias(wt, a[1].bias)
+    assert torch.equal(m(x).data, want.data) and is_compact(m)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.set_weight_bias(*m._weight_bias())
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items()) and torch.equal(m(x).data, want.data)
+    m.set_weight_bias(m.weight, None)
+    assert m.bias is None and "bias=False" in repr(m)
+    with pytest.raises(ValueError, match=r"Linear(ReLU)?\.set_weight_bias: argument 'w' must have shape \[5, 6\]"):
+        m.set_weight_bias(tq.quantize_per_tensor(torch.randn(6, 5), 0.1, 0, torch.qint8), None)
+    with pytest.raises(TypeError, match=r"argument 'w' must be a torchquant QTensor or a torch quantized tensor"):
+        m.set_weight_bias(torch.randn(5, 6), None)
+
+
+def test_dynamic_linear_set_weight_bias():
+    torch.manual_seed(0)
+    fa, fb = nn.Sequential(nn.Linear(6, 5)), nn.Sequential(nn.Linear(6, 5))
+    a, b = tq.quantize_dynamic(fa, {nn.Linear}), tq.quantize_dynamic(fb, {nn.Linear})
+    x = torch.randn(3, 6)
+    m = copy.deepcopy(b[0])
+    w, bias = a[0]._weight_bias()  # (its .weight reads as float32: a QTensor of int8 codes all the same)
+    m.set_weight_bias(w, bias)
+    assert torch.equal(m(x), a[0](x))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.set_weight_bias(*m._weight_bias())
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_linear_takes_torch_aos_dtype_none_and_names_a_torch_quantized_input():
+    assert nnq.Linear(4, 3, dtype=None).dtype == torch.quint8
+    q = _converted_linear(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xt = torch.quantize_per_tensor(torch.randn(2, 6), 0.05, 128, torch.quint8)
+    with pytest.raises(TypeError, match=r"Linear received a torch quantized tensor \(dtype torch.quint8\), but a "
+                                        r"static quantized Linear takes a QTensor: convert it with "
+                                        r"torchquant.quantize_per_tensor.*add a torchquant.QuantStub\(\) before it"):
+        q[1](xt)
+    with pytest.raises(TypeError, match=r"Linear received an integer tensor \(dtype torch.uint8\)"):
+        q[1](torch.zeros(2, 6, dtype=torch.uint8))

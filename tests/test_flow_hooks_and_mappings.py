@@ -319,3 +319,219 @@ def test_fuse_modules_in_place_moves_the_pre_hooks_once_and_a_refused_group_keep
     with pytest.raises(ValueError):
         tq.fuse_modules_qat(t, [["0", "1"]], inplace=True)
     assert list(t[0]._forward_pre_hooks.values()) == [hook]
+
+
+# ------------------------------------------- the given model, bare fused modules, qconfigs, allow_list
+def _norm_model(norm):
+    torch.manual_seed(0)
+    lin = norm(nn.Linear(8, 8))
+    m = nn.Sequential(tq.QuantStub(), lin, nn.ReLU(), tq.DeQuantStub())
+    m(torch.randn(4, 8))  # (spectral_norm computes its weight at a forward)
+    return m, lin
+
+
+_FLOWS_ON_A_COPY = {
+    "prepare": lambda m: tq.prepare(m.eval()),
+    "prepare_qat": lambda m: tq.prepare_qat(m.train()),
+    "convert": lambda m: tq.convert(m.eval()),
+    "fuse_modules": lambda m: tq.fuse_modules(m.eval(), [["1", "2"]]),
+    "fuse_modules_qat": lambda m: tq.fuse_modules_qat(m.train(), [["1", "2"]]),
+    "quantize_dynamic": lambda m: tq.quantize_dynamic(m, {nn.Linear}),
+}
+
+
+@pytest.mark.parametrize("flow", list(_FLOWS_ON_A_COPY))
+@pytest.mark.parametrize("norm", [torch.nn.utils.weight_norm, torch.nn.utils.spectral_norm])
+def test_flows_on_a_copy_leave_a_hook_based_norms_weight_of_the_given_model_as_it_was(norm, flow):
+    # The cached weight (a non-leaf tensor tied to weight_g / weight_v, or weight_orig) was
+    # detached on the given model before the copy: a loss on it no longer reached the parameters.
+    m, lin = _norm_model(norm)
+    m.qconfig = tq.get_default_qat_qconfig("x86") if flow == "prepare_qat" else tq.get_default_qconfig("x86")
+    before = lin.weight
+    assert before.grad_fn is not None
+    out = _FLOWS_ON_A_COPY[flow](m)
+    assert out is not m and lin.weight is before and lin.weight.grad_fn is not None
+    lin.weight.pow(2).sum().backward()
+    source = lin.weight_v if norm is torch.nn.utils.weight_norm else lin.weight_orig
+    assert source.grad is not None and bool(source.grad.abs().sum() > 0)
+
+
+def _bare_fused(kind):
+    if kind == "LinearReLU":
+        return tq.fuse_modules(nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), [["0", "1"]])[0], torch.randn(4, 8)
+    if kind == "torch.ao LinearReLU":
+        return aoq.fuse_modules(nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), [["0", "1"]])[0], torch.randn(4, 8)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    return tq.fuse_modules(conv, [["0", "1"]])[0], torch.randn(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("kind", ["LinearReLU", "torch.ao LinearReLU", "ConvReLU2d"])
+def test_convert_of_a_bare_fused_module_warns_as_for_a_bare_linear(kind):
+    # It raised "module '0' (Linear) could not be quantized: 0 has no activation observer: was
+    # the model passed through prepare()?": convert swapped the fused module's children.
+    torch.manual_seed(0)
+    fused, x = _bare_fused(kind)
+    fused.qconfig = tq.get_default_qconfig("x86")
+    ref = fused(x)
+    p = tq.prepare(fused)
+    p(x)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c = tq.convert(p)
+    assert any("the model itself is a" in str(i.message) and "wrap it" in str(i.message) for i in w), \
+        [str(i.message) for i in w]
+    assert type(c) is type(p) and type(c[0]) in (nn.Linear, nn.Conv2d)
+    assert not any(hasattr(mod, "activation_post_process") for mod in c.modules())
+    assert torch.equal(c(x), ref)
+
+
+@pytest.mark.parametrize("kind", ["Linear", "LinearReLU", "torch.ao LinearReLU"])
+def test_prepare_qat_leaves_a_bare_fused_module_as_a_bare_linear(kind):
+    # It swapped the fused module's Linear for a qat.Linear inside the float LinearReLU (a bare
+    # nn.Linear stays an nn.Linear): convert then left both in float all the same.
+    torch.manual_seed(0)
+    if kind == "Linear":
+        m, x = nn.Linear(8, 8), torch.randn(4, 8)
+    else:
+        m, x = _bare_fused(kind)
+    m.train().qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m)
+    linear = p if kind == "Linear" else p[0]
+    assert type(linear) is nn.Linear and not hasattr(linear, "weight_fake_quant")
+    assert hasattr(p, "activation_post_process")
+    p(x)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c = tq.convert(p.eval())
+    assert any("the model itself is a" in str(i.message) for i in w), [str(i.message) for i in w]
+    assert type(c) is type(p) and not any(hasattr(mod, "activation_post_process") for mod in c.modules())
+
+
+_DYNAMIC_QCONFIGS = {"torchquant": tq.default_dynamic_qconfig,
+                     "torchquant reduce_range": tq.reduce_range_dynamic_qconfig,
+                     "torch.ao": aoq.default_dynamic_qconfig, "torch.ao per channel": aoq.per_channel_dynamic_qconfig}
+
+
+@pytest.mark.parametrize("which", list(_DYNAMIC_QCONFIGS))
+@pytest.mark.parametrize("flow", ["prepare", "prepare_qat"])
+def test_prepare_refuses_a_dynamic_qconfig_naming_the_module(which, flow):
+    # It was accepted, calibration ran, and convert failed: "calculate_qparams should not be
+    # called for PlaceholderObserver" (torch.ao's: a bare Exception naming no module).
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub())
+    m.qconfig = tq.get_default_qconfig("x86")
+    m[1].qconfig = _DYNAMIC_QCONFIGS[which]
+    with pytest.raises(ValueError, match=r"prepare: module '1' \(Linear\) has a dynamic qconfig .*quantize_dynamic"):
+        tq.prepare(m.eval()) if flow == "prepare" else tq.prepare_qat(m.train())
+
+
+class _Twice(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def test_a_weight_only_table_qconfig_still_prepares_with_a_float_placeholder():
+    # float_qparams_weight_only_qconfig's activation is a PlaceholderObserver too (float32): the
+    # tables, and the leaf modules that get an activation observer under it, are no dynamic
+    # qconfig's.
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(20, 8), _Twice()).eval()
+    m.qconfig = tq.float_qparams_weight_only_qconfig
+    p = tq.prepare(m)
+    ids = torch.randint(0, 20, (3, 5))
+    p(ids)
+    c = tq.convert(p)
+    assert type(c[0]) is tq.nn.quantized.Embedding
+    assert (c(ids) - m(ids)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("error", [Exception, ValueError, AssertionError, KeyError])
+def test_convert_names_the_module_for_any_error_of_from_float(error):
+    # Only a RuntimeError was given the module's name: torch.ao's classes raise bare Exceptions
+    # and AssertionErrors. The error keeps its type (a bare Exception, or one whose type cannot
+    # take the message, becomes a RuntimeError) and the original is its cause.
+    class Failing(nn.Module):
+        @classmethod
+        def from_float(cls, mod):
+            raise error("no way")
+
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(4, 8))
+    mapping = {**tq.get_default_static_quant_module_mappings(), nn.Linear: Failing}
+    kind = RuntimeError if error in (Exception, KeyError) else error
+    with pytest.raises(kind, match=r"convert: module '1' \(Linear\) could not be quantized: .*no way") as info:
+        tq.convert(p, mapping=mapping)
+    assert type(info.value) is kind and type(info.value.__cause__) is error
+
+
+def test_convert_keeps_torchquants_own_errors_which_name_the_module_as_they_are():
+    # torchquant's from_float gets the module's name and starts its ValueErrors with it
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    m[1].qconfig = tq.QConfig(activation=m.qconfig.activation, weight=tq.float_qparams_weight_only_qconfig.weight)
+    p = tq.prepare(m)
+    p(torch.randn(4, 8))
+    with pytest.raises(ValueError, match=r"^1: torchquant's int8 Linear needs symmetric weights"):
+        tq.convert(p)
+
+
+class _MyLinear(nn.Linear):
+    def forward(self, x):  # (a forward of its own: not one of torchquant's types)
+        return super().forward(x)
+
+
+class _MyConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x)
+
+
+def _custom_model():
+    torch.manual_seed(0)
+    return nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), tq.DeQuantStub(), _MyConv(4, 4, 3), nn.Flatten(),
+                         tq.QuantStub(), nn.Linear(64, 8), tq.DeQuantStub(), _MyLinear(8, 4)).eval()
+
+
+@pytest.mark.parametrize("defaults", ["torchquant", "torch.ao"])
+def test_allow_list_types_are_observed_and_convert_with_a_mapping(defaults):
+    # torch.ao's recipe for a module type of one's own: prepare warned that it "has no int8
+    # implementation and stays in float", and its int8 module got no qparams for a float input.
+    m = _custom_model()
+    m.qconfig = tq.get_default_qconfig("x86")
+    base = (tq if defaults == "torchquant" else aoq).get_default_qconfig_propagation_list()
+    x = torch.randn(8, 3, 8, 8)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        p = tq.prepare(m, allow_list=base | {_MyLinear, _MyConv})
+    assert not [str(i.message) for i in w if "deprecated" not in str(i.message)]
+    assert hasattr(p[3], "activation_post_process") and hasattr(p[8], "activation_post_process")
+    p(x)
+    mapping = {**tq.get_default_static_quant_module_mappings(), _MyLinear: tq.nn.quantized.Linear,
+               _MyConv: tq.nn.quantized.Conv2d}
+    c = tq.convert(p, mapping=mapping)
+    assert type(c[3]) is tq.nn.quantized.Conv2d and type(c[8]) is tq.nn.quantized.Linear
+    assert hasattr(c[3], "float_input_scale") and hasattr(c[8], "float_input_scale")
+    ref = m(x)
+    y = c(x)  # (their inputs are float: after a DeQuantStub)
+    assert (y.dequantize() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_allow_list_names_the_types_it_leaves_out_that_torchquant_observes_anyway():
+    m = _custom_model()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        tq.prepare(m, allow_list={_MyLinear, _MyConv, nn.Linear})
+    msgs = [str(i.message) for i in w]
+    assert not any("not used" in s or "stay in float" in s for s in msgs), msgs
+    assert any("'allow_list' leaves out ['Conv2d', 'QuantStub']" in s for s in msgs), msgs
+
+
+def test_fuse_modules_qat_errors_name_fuse_modules_qat():
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sigmoid()).train()
+    with pytest.raises(ValueError, match=r"^fuse_modules_qat: cannot find module"):
+        tq.fuse_modules_qat(m, [["0", "5"]])
+    with pytest.raises(ValueError, match=r"^fuse_modules_qat: cannot fuse \['ReLU', 'Sigmoid'\]"):
+        tq.fuse_modules_qat(m, [["1", "2"]])
+    with pytest.raises(ValueError, match=r"^fuse_modules: cannot fuse"):
+        tq.fuse_modules(m.eval(), [["1", "2"]])

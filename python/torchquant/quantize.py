@@ -13,6 +13,7 @@ import copy
 import enum
 import functools
 import inspect
+import os
 import warnings
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
@@ -342,22 +343,25 @@ def _norm_hooks(m: nn.Module):
             yield hook
 
 
-def _detach_norm_hook_weights(model: nn.Module) -> None:
+def _seed_norm_hook_weights(model: nn.Module, memo: dict) -> None:
     """A hook-based weight / spectral norm keeps the weight its last forward computed as a
     non-leaf tensor, which copy.deepcopy refuses ("Only Tensors created explicitly by the user");
-    the hook computes it afresh at every forward, so the cached one is detached (same values)."""
+    the hook computes it afresh at every forward, so the copy gets a detached clone (same values)
+    through the deepcopy memo. The model keeps its own: detaching it there cut the caller's
+    weight off weight_g / weight_v (prepare(inplace=False) changed the caller's model)."""
     for m in model.modules():
         for hook in _norm_hooks(m):
             t = getattr(m, hook.name, None)
             if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and not t.is_leaf:
-                setattr(m, hook.name, t.detach())
+                memo[id(t)] = t.detach().clone()
 
 
 def _deepcopy(model: nn.Module, memo: Optional[dict] = None) -> nn.Module:
     """copy.deepcopy(model), keeping the plain attributes of a torch.fx GraphModule's root (a
     ``qconfig`` set on make_quantizable's result): GraphModule's own __deepcopy__ rebuilds the
     root from its graph and drops them, so prepare(inplace=False) saw no qconfig."""
-    _detach_norm_hook_weights(model)
+    memo = {} if memo is None else memo
+    _seed_norm_hook_weights(model, memo)
     new = copy.deepcopy(model, memo)
     if isinstance(model, torch.fx.GraphModule):
         for k, v in model.__dict__.items():
@@ -525,9 +529,11 @@ def _float_only(mod: nn.Module) -> bool:
     return _batch_stats_bn(mod)
 
 
-def _add_observers(model: nn.Module) -> List[str]:
+def _add_observers(model: nn.Module, custom: frozenset = frozenset()) -> List[str]:
     """Adds ``activation_post_process`` and its forward hook to every observed module under a
-    qconfig; returns the names of leaf modules under a qconfig that stay float."""
+    qconfig; returns the names of leaf modules under a qconfig that stay float. ``custom``: the
+    user's module types named in prepare's ``allow_list`` (:func:`_custom_allowed`), observed as
+    modules with an int8 version."""
     unsupported = []
     model_dev = _model_device(model)
     # A fused module that stays float (a [BatchNorm, ReLU] with batch statistics) is not one
@@ -575,6 +581,22 @@ def _add_observers(model: nn.Module) -> List[str]:
                 if dev is not None:
                     obs.to(dev)
                 mod.activation_post_process = obs
+        elif (type_before_parametrizations(mod) in custom and not float_only and _has_no_children(mod)
+              and not hasattr(mod, "activation_post_process")):
+            # torch.ao's way to add a module type: allow_list at prepare, a mapping for it at
+            # convert; it was warned about as staying float, and its int8 Linear / Conv got no
+            # float-input qparams. Observed before the user's hooks, as the types above; with the
+            # fallback hook (its forward may return anything but a float tensor), which also
+            # requantizes its output if convert's mapping leaves it float.
+            obs = _activation_observer(qc, name, mod)
+            dev = _device_of(mod) or model_dev
+            if dev is not None:
+                obs.to(dev)
+            mod.add_module("activation_post_process", obs)
+            mod.register_forward_hook(_fallback_observer_hook, prepend=True)
+            if isinstance(mod, (nn.Linear,) + _CONV_BASES):
+                mod.register_forward_pre_hook(_input_range_hook)
+                mod.__dict__["_tq_input_range"] = _empty_input_range(dev or "cpu")
         elif ((float_only or (not any(True for _ in mod.children()) and not isinstance(mod, _PASSTHROUGH)
                               and type(mod) not in _OBSERVED))
               and mod is not model and not hasattr(mod, "activation_post_process")):
@@ -605,7 +627,39 @@ def _activation_observer(qc, name: str, mod: nn.Module):
                          f"activation {type(obs).__name__} is per channel (qscheme={obs.qscheme}); int8 activations "
                          "are per tensor: use a per-tensor observer (torch.per_tensor_affine or "
                          "torch.per_tensor_symmetric)")
+    if _is_dynamic_placeholder(obs):
+        # It records nothing: convert failed after calibration ("calculate_qparams should not be
+        # called for PlaceholderObserver"; torch.ao's, a bare Exception naming no module).
+        raise ValueError(f"prepare: module '{name or type(mod).__name__}' ({type(mod).__name__}) has a dynamic "
+                         f"qconfig (its activation is a {type(obs).__name__} with dtype={obs.dtype}, such as "
+                         "default_dynamic_qconfig's), which is for quantize_dynamic: it records no activation range "
+                         "for the static flow (prepare, calibrate, convert); use torchquant.quantize_dynamic(model), "
+                         "or a static qconfig such as torchquant.get_default_qconfig('x86')")
     return obs
+
+
+def _placeholder_types() -> tuple:
+    """torchquant's PlaceholderObserver, and torch.ao's (its qconfigs build those)."""
+    from .observer import PlaceholderObserver
+    try:
+        from torch.ao.quantization.observer import PlaceholderObserver as _AoPlaceholderObserver
+    except ImportError:  # pragma: no cover
+        return (PlaceholderObserver,)
+    return (PlaceholderObserver, _AoPlaceholderObserver)
+
+
+_PLACEHOLDER_TYPES = _placeholder_types()
+
+
+def _is_dynamic_placeholder(obs) -> bool:
+    """A dynamic qconfig's activation (torchquant's or torch.ao's default_dynamic_qconfig: a
+    PlaceholderObserver with an int8 dtype or is_dynamic=True). A float one (the weight-only
+    qconfigs of embedding tables, float_qparams_weight_only_qconfig) is not: the modules that
+    get an activation observer under it stay float, as before."""
+    if not isinstance(obs, _PLACEHOLDER_TYPES):
+        return False
+    dtype = getattr(obs, "dtype", None)
+    return bool(getattr(obs, "is_dynamic", False)) or (isinstance(dtype, torch.dtype) and not dtype.is_floating_point)
 
 
 def _has_any_qconfig(model) -> bool:
@@ -658,11 +712,15 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     of a float input (the qparams convert gives them for float inputs). A leaf module with no
     int8 version stays float, with a warning naming it, and is observed too (convert quantizes
     its output). torch.ao's fused modules (torchvision's ``fuse_model()``) are taken as
-    torchquant's. Returns the prepared model (a copy unless ``inplace``).
+    torchquant's. ``allow_list`` (torch.ao's way to add a module type, with a mapping for it at
+    convert): its types of the user's own are observed as such modules too; torchquant's own
+    types are observed whether listed or not (a warning names those it leaves out). Returns the
+    prepared model (a copy unless ``inplace``).
     """
     _check_args("prepare", model)
-    _warn_unused("prepare", allow_list=allow_list, observer_non_leaf_module_list=observer_non_leaf_module_list,
+    _warn_unused("prepare", observer_non_leaf_module_list=observer_non_leaf_module_list,
                  prepare_custom_config_dict=prepare_custom_config_dict)
+    custom = _custom_allowed(allow_list)
     if not inplace:
         model = _deepcopy(model)
     _as_plain_convs(model)
@@ -674,11 +732,62 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
                       "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=user_stacklevel())
         return model
     _keep_tables_float(model)
-    unsupported = _add_observers(model)
+    unsupported = _add_observers(model, custom)
     if unsupported:
         warnings.warn("prepare: these modules have no int8 implementation and stay in float: " + ", ".join(unsupported),
                       UserWarning, stacklevel=user_stacklevel())
+    left_out = _left_out_of_allow_list(model, allow_list)
+    if left_out:
+        warnings.warn(f"prepare: argument 'allow_list' leaves out {left_out}, which torch.ao's prepare would then not "
+                      "observe; torchquant observes the module types it has int8 versions of whether listed or not "
+                      "(allow_list adds types to them), so these are quantized: set their qconfig to None to keep "
+                      "them in float", UserWarning, stacklevel=user_stacklevel())
     return model
+
+
+def _ao_propagation_list() -> Set[type]:
+    """torch.ao's default allow_list, its fused types read as torchquant's (empty without torch.ao)."""
+    try:
+        from torch.ao.quantization.quantization_mappings import get_default_qconfig_propagation_list as _ao_list
+    except ImportError:  # pragma: no cover
+        return set()
+    return {_AO_FUSED_AS_OURS.get(t, t) for t in _ao_list()}
+
+
+def _custom_allowed(allow_list) -> frozenset:
+    """The types of prepare's ``allow_list`` that neither torchquant nor torch.ao knows (the
+    user's own, for which convert gets a mapping): prepare observes them as modules with an int8
+    version. The types torchquant knows keep their own handling (an LSTM under a static qconfig
+    stays float; a Dropout needs no observer), whether listed or not."""
+    if not allow_list:
+        return frozenset()
+    known = get_default_qconfig_propagation_list() | _ao_propagation_list()
+    return frozenset(t for t in allow_list if isinstance(t, type) and issubclass(t, nn.Module)
+                     and _AO_FUSED_AS_OURS.get(t, t) not in known and t not in _PASSTHROUGH
+                     and not t.__module__.startswith(("torchquant.", "torch.ao."))
+                     and not issubclass(t, _OBSERVER_TYPES))
+
+
+def _left_out_of_allow_list(model: nn.Module, allow_list) -> List[str]:
+    """The types of the modules prepare observed that ``allow_list`` (when given) leaves out
+    although torch.ao's default list has them: torch.ao's prepare observes only the listed types
+    (and its convert then leaves the others float, or fails on its QuantStub), torchquant's its
+    own whether listed or not. A type counts as listed when a listed type has the same int8
+    version (torch.ao's QuantStub for torchquant's)."""
+    if not allow_list:
+        return []
+    listed = {_AO_FUSED_AS_OURS.get(t, t) for t in allow_list}
+    listed_targets = {_STATIC.get(t) for t in listed} - {None}
+    ao_default = _ao_propagation_list()
+    ao_targets = {_STATIC.get(t) for t in ao_default} - {None}
+    out = set()
+    for mod in model.modules():
+        t = type(mod)
+        if (t in _OBSERVED and _is_observer(getattr(mod, "activation_post_process", None))
+                and t not in listed and _STATIC.get(t) not in listed_targets
+                and (t in ao_default or _STATIC.get(t) in ao_targets)):
+            out.add(t.__name__)
+    return sorted(out)
 
 
 def _keep_tables_float(model: nn.Module) -> None:
@@ -726,8 +835,11 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
         if target is not None and (getattr(child, "qconfig", None) is not None or not require_qconfig):
             try:
                 new = _from_float(target, child, full)
-            except RuntimeError as e:
-                raise RuntimeError(f"convert: module '{full}' ({type(child).__name__}) could not be quantized: {e}") from e
+            except Exception as e:  # (torch.ao's classes and observers raise bare Exceptions, AssertionErrors, ...)
+                if _names_the_module(e):
+                    raise
+                raise _naming_module(e, f"convert: module '{full}' ({type(child).__name__}) could not be "
+                                        f"quantized: {e}") from e
             if hasattr(child, "training"):
                 new.train(child.training)
             if isinstance(new, nn.Module) and new is not child:
@@ -739,6 +851,37 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
         else:
             memo[id(child)] = child
             _swap(child, mapping, full, require_qconfig, memo)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # (torchquant/, its subpackages under it)
+
+
+def _names_the_module(e: Exception) -> bool:
+    """An error torchquant's own code raised other than a RuntimeError (a ValueError, TypeError,
+    ...): its from_float names the module (or its weights' state-dict keys) in its own words, at
+    the start of the message. Any other error (torch.ao's classes or observers, a user's
+    mapping class) is raised again naming the module; a RuntimeError too, as always."""
+    if isinstance(e, RuntimeError):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) if tb is not None else ""
+    return where == _PACKAGE_DIR or where.startswith(_PACKAGE_DIR + os.sep)
+
+
+def _naming_module(e: Exception, message: str) -> Exception:
+    """An exception of e's type (a ValueError stays a ValueError, for code that catches it) with
+    the message naming the module that failed; a RuntimeError where e's type is a bare Exception
+    or cannot be built from one message."""
+    if type(e) is not Exception:
+        try:
+            new = type(e)(message)
+            if str(new) == message:
+                return new
+        except Exception:  # (a constructor taking other arguments)
+            pass
+    return RuntimeError(message)
 
 
 @functools.lru_cache(maxsize=None)
@@ -915,7 +1058,12 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
         # nothing said): its quantized form takes the same indices, so the model itself is swapped.
         module = _swap_root(module, mapping)
     else:
-        _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
+        if root_target is None:
+            _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
+        # else the model itself is of a mapped type (a bare Linear, a fused LinearReLU): it is
+        # swapped as a whole or not at all, as it would be as a child; its own children (the fused
+        # module's Linear, observed through the fused module) are not swapped one by one (they
+        # raised "has no activation observer: was the model passed through prepare()?").
         if root_target is not None and any(_is_observer(m) for m in module.modules()):
             warnings.warn(f"convert: the model itself is a {type(module).__name__} with a qconfig; convert swaps the "
                           f"modules inside a model, not the model (as torch.ao's), so it stays in float: wrap it, as "
@@ -1004,7 +1152,12 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         mapping = {_AO_FUSED_AS_OURS.get(k, k): v for k, v in mapping.items()}
         mapping = {k: (ours[k] if k in ours and getattr(v, "__module__", "").startswith("torch.ao.nn") else v)
                    for k, v in mapping.items()}
-    _swap(model, _QAT if mapping is None else mapping, "")
+    qat_mapping = _QAT if mapping is None else mapping
+    if type(model) not in qat_mapping or getattr(model, "qconfig", None) is None:
+        _swap(model, qat_mapping, "")
+    # else the model itself is of a mapped type: left as it is, as a bare nn.Linear is (_swap
+    # swaps children), where a fused root's Linear became a qat.Linear inside a float
+    # LinearReLU, which convert then leaves in float (with its warning) all the same.
     model = prepare(model, inplace=True)
     # A post-training qconfig (observers where fake-quants belong) trains without any rounding.
     fake_quants, observers = (FakeQuantizeBase,), (ObserverBase,)
@@ -1360,8 +1513,10 @@ def _swap_root(model: nn.Module, mapping: Dict[type, type]) -> nn.Module:
     name = type(model).__name__
     try:
         new = _from_float(target, model, name)
-    except RuntimeError as e:
-        raise RuntimeError(f"convert: module '{name}' (the model itself) could not be quantized: {e}") from e
+    except Exception as e:
+        if _names_the_module(e):
+            raise
+        raise _naming_module(e, f"convert: module '{name}' (the model itself) could not be quantized: {e}") from e
     new.train(model.training)
     _copy_hooks(model, new)
     return new
@@ -1471,15 +1626,15 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
         firsts = {id(_get(model, g[0])) for g in groups if g}
     except AttributeError:
         firsts = set()  # the loop below names the missing module
-    _bake_reparametrizations(model, "fuse_modules_qat" if is_qat else "fuse_modules", lambda m: id(m) in firsts)
+    _bake_reparametrizations(model, fn, lambda m: id(m) in firsts)
     for group in groups:
         try:
             mods = [_get(model, n) for n in group]
         except (AttributeError, IndexError) as e:
-            raise ValueError(f"fuse_modules: cannot find module ({e}) in group {list(group)}") from None
+            raise ValueError(f"{fn}: cannot find module ({e}) in group {list(group)}") from None
         fuse = _FUSIONS.get(tuple(type(m) for m in mods))
         if fuse is None:
-            raise ValueError(f"fuse_modules: cannot fuse {[type(m).__name__ for m in mods]} (group {list(group)}); "
+            raise ValueError(f"{fn}: cannot fuse {[type(m).__name__ for m in mods]} (group {list(group)}); "
                              f"supported patterns: {[[t.__name__ for t in k] for k in _FUSIONS]}")
         if (any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)
                 and len({m.training for m in mods}) > 1):
@@ -1488,7 +1643,7 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
                              f"to fuse a BatchNorm, got {modes} (torch.ao refuses this too)")
         for n, m in zip(group[1:], mods[1:]):
             if _batch_stats_bn(m):
-                raise ValueError(f"fuse_modules: cannot fuse group {list(group)}: '{n}' ({type(m).__name__}) has "
+                raise ValueError(f"{fn}: cannot fuse group {list(group)}: '{n}' ({type(m).__name__}) has "
                                  "track_running_stats=False, so it normalizes with each batch's statistics and has no "
                                  "fixed scale and shift to fold into the layer before it; leave it out of the group")
         first, last = mods[0], mods[-1]

@@ -103,6 +103,14 @@ def activation_qparams(owner: str, scale, zero_point, lo: int, hi: int):
     return s, z.to(torch.int32).reshape(1).clone()
 
 
+def qparams_repr(scale: torch.Tensor, zero_point: torch.Tensor) -> str:
+    """'scale=..., zero_point=...' for a module's repr; a skeleton on the meta device has no values
+    to show (its repr raised on .item())."""
+    if scale.is_meta or zero_point.is_meta:
+        return "scale=(meta), zero_point=(meta)"
+    return f"scale={scale.item():.6g}, zero_point={int(zero_point.item())}"
+
+
 def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 

@@ -18,10 +18,10 @@ from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pr
 from .. import _fastcall
 from .._ops import ops
 from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
-from ..qtensor import QTensor, _warn_once_on
+from ..qtensor import _QDTYPES as _QDTYPE_OF, QTensor, _warn_once_on
 from ._input_grad import InputGrad, needs_input_grad
-from ._compact import CompactWeight, expanded, portable_qweight, unpack_linear_cpu
-from ._state_dict import (OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
+from ._compact import CompactWeight, _rebuild_of, expanded, portable_qweight, unpack_linear_cpu
+from ._state_dict import (qparams_repr, OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
                           own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
                           renote_packed, repack_for_copy, repack_if_stale)
 from . import intrinsic, qat
@@ -96,7 +96,7 @@ class Quantize(nn.Module):
         return cls(scale, zero_point, obs.dtype)
 
     def extra_repr(self):
-        return f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}, dtype={self.dtype}"
+        return f"{qparams_repr(self.scale, self.zero_point)}, dtype={self.dtype}"
 
 
 class DeQuantize(OutputDtype, nn.Module):
@@ -171,17 +171,22 @@ class _Int8WeightModule(CompactWeight, nn.Module):
     _tq_src0 = None  # the tensor the kernel layout was packed from (nn/_state_dict.py: note_packed)
     _tq_v0 = None  # and its version then
 
-    def _init_int8_buffers(self, qweight_shape, out_channels: int, bias: bool, dtype):
-        self.register_buffer("qweight", torch.zeros(*qweight_shape, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32))
-        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
-        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
-        self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
-        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+    def _init_int8_buffers(self, qweight_shape, out_channels: int, bias: bool, dtype, device=None):
+        """The buffers, on `device` (the caller's _repack then packs the layout for it, as .to()
+        does: a 'meta' skeleton holds no memory). dtype None (torch.ao's default, its float factory
+        dtype) is the default activation dtype, torch.quint8."""
+        dtype = torch.quint8 if dtype is None else dtype
+        info = torch.iinfo(_storage(dtype))
+        kw = dict(device=device)
+        self.register_buffer("qweight", torch.zeros(*qweight_shape, dtype=torch.int8, **kw))
+        self.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32, **kw))
+        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32, **kw))
+        self.register_buffer("bias", torch.zeros(out_channels, dtype=torch.float32, **kw) if bias else None)
+        self.register_buffer("scale", torch.ones(1, dtype=torch.float32, **kw))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32, **kw))
         self.register_buffer("_packed_weight", None, persistent=False)
         self.register_buffer("_col_sums", None, persistent=False)
         self.dtype = dtype
-        info = torch.iinfo(_storage(dtype))
         self.qmin, self.qmax = info.min, info.max
         register_activation_dtype_hook(self)
 
@@ -200,6 +205,53 @@ class _Int8WeightModule(CompactWeight, nn.Module):
             self.scale.copy_(scale)
             self.zero_point.copy_(zero_point)
         self._repack()
+
+    def _api_weight_shape(self) -> tuple:
+        """The shape of ``weight()`` (what set_weight_bias takes): qweight's (a placeholder has it)."""
+        return tuple(self._buffers["qweight"].shape)
+
+    def _qweight_from_api(self, codes: torch.Tensor) -> torch.Tensor:
+        """int8 codes in ``weight()``'s layout -> the ``qweight`` buffer's (the same here)."""
+        return codes
+
+    _api_weight_layout = ""  # (said in set_weight_bias's shape error where weight()'s layout is not qweight's)
+
+    def set_weight_bias(self, w, b) -> None:
+        """torch.ao's setter of the weight and bias (the counterpart of ``weight()`` / ``bias()`` /
+        ``_weight_bias()``). ``w``: a torchquant QTensor or a torch quantized tensor of dtype
+        qint8, symmetric (zero point 0), per tensor or per output channel (axis 0), of the shape
+        (and layout) ``weight()`` has; ``b``: a float tensor [out_channels], or None for no bias.
+        The values are written into the module's tensors, as load_state_dict writes them (a
+        state dict or ``weight()`` / ``bias()`` taken before reads the new values; a model in
+        shared memory changes for every process), and the kernel layout is rebuilt, so the next
+        call uses them. The output qparams stay. ``m.set_weight_bias(*m._weight_bias())``
+        changes nothing."""
+        owner = f"{type(self).__name__}.set_weight_bias"
+        shape = self._api_weight_shape()
+        # Everything checked before anything is written: a refused call changes nothing.
+        codes, w_scale = _int8_weight_arg(owner, w, shape, self._api_weight_layout)
+        bias = _float_bias_arg(owner, b, shape[0])
+        bufs = self._buffers
+        if bufs["weight_scale"].device.type == "meta":
+            raise RuntimeError(f"{owner}: the module is on the meta device (a skeleton, no memory to write into): "
+                               "materialize it first (module.to_empty(device=...))")
+        with torch.no_grad(), expanded(self):  # (a compact module's weight written, then compacted again)
+            dev, q = bufs["weight_scale"].device, bufs["qweight"]
+            codes = self._qweight_from_api(codes)
+            if _rebuild_of(q) is not None:
+                # another module's placeholder put in its place (load_state_dict(assign=True)): a tensor of its own
+                bufs["qweight"] = torch.empty(q.shape, dtype=torch.int8, device=dev).copy_(codes)
+            else:
+                q.copy_(codes)
+            bufs["weight_scale"].copy_(w_scale)
+            bufs["weight_zero_point"].zero_()
+            if bias is None:
+                bufs["bias"] = None
+            elif bufs["bias"] is None:  # (a module built with bias=False takes one, as torch.ao's)
+                bufs["bias"] = torch.empty(bias.shape, dtype=torch.float32, device=dev).copy_(bias)
+            else:
+                bufs["bias"].copy_(bias)
+            self._repack()
 
     def _apply(self, fn, *args, **kwargs):
         # The packed layout is per device: rebuild it after .to() / .cuda() / .cpu(). A dtype
@@ -264,11 +316,11 @@ class _Int8WeightModule(CompactWeight, nn.Module):
         if not isinstance(x, QTensor):
             if "float_input_scale" in self._buffers and isinstance(x, torch.Tensor) and x.is_floating_point():
                 return self._quantize_float_input(x)
+            got, fix = _received(x)
             raise TypeError(
-                f"{type(self).__module__}.{type(self).__name__} received a float {type(x).__name__}, but a static "
-                f"quantized {what} takes a QTensor: add a torchquant.QuantStub() before it{hint} (if a function "
-                "before it warned that it has no int8 implementation and runs in float, the QuantStub goes after "
-                "that function)")
+                f"{type(self).__module__}.{type(self).__name__} received {got}, but a static quantized {what} takes "
+                f"a QTensor: {fix}add a torchquant.QuantStub() before it{hint} (if a function before it warned that "
+                "it has no int8 implementation and runs in float, the QuantStub goes after that function)")
         if x.axis is not None:
             raise ValueError(f"quantized {type(self).__name__} needs per-tensor quantized input, got a QTensor "
                              f"quantized along axis {x.axis}")
@@ -296,6 +348,95 @@ class _Int8WeightModule(CompactWeight, nn.Module):
         storage, qmin, qmax = self.__dict__["_float_input_dtype"]
         data = ops.quantize.default(x, scale, zero_point, None, qmin, qmax, storage)
         return QTensor._make(data, scale, zero_point, None, qmin, qmax)
+
+
+def _received(x):
+    """(what x is, the fix for it before the QuantStub hint) for _check_input's error: a torch
+    quantized tensor or integer codes are neither a float tensor nor fixed by a QuantStub alone."""
+    if isinstance(x, torch.Tensor):
+        if x.is_quantized:
+            return (f"a torch quantized tensor (dtype {x.dtype})",
+                    "convert it with torchquant.quantize_per_tensor(x.dequantize(), scale, zero_point, dtype), or "
+                    "dequantize it and ")
+        if x.is_floating_point():
+            return f"a float {type(x).__name__}", ""
+        if not (x.is_complex() or x.dtype == torch.bool):
+            return (f"an integer tensor (dtype {x.dtype})",
+                    "wrap integer codes in a QTensor with their qparams (torchquant.QTensor(codes, scale, "
+                    "zero_point)), or for float values ")
+        return f"a tensor of dtype {x.dtype}", ""
+    return f"a {type(x).__name__}", ""
+
+
+def _weight_codes(w: QTensor) -> torch.Tensor:
+    """The int8 codes of w; a layer's own ``.weight`` (:class:`_LazyCodes`) read without putting a
+    compact layer's weight back in its buffer (it stays compact)."""
+    if not isinstance(w, _LazyCodes):
+        return w.data
+    parts = []
+    for m in w._layers():
+        p = portable_qweight(m)
+        parts.append(m._buffers["qweight"] if p is None else p)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _int8_weight_arg(owner: str, w, shape, layout: str = ""):
+    """set_weight_bias's ``w`` (a QTensor or a torch quantized tensor: qint8, symmetric, per tensor
+    or per channel along axis 0, of `shape`) as (int8 codes, float32 scales [shape[0]]); errors
+    name the argument and what it got."""
+    what = f"{owner}: argument 'w'"
+    n = shape[0]
+    if isinstance(w, QTensor):
+        codes = _weight_codes(w)
+        if codes.dtype != torch.int8:
+            raise ValueError(f"{what} must be qint8 (int8 weights), got dtype {_QDTYPE_OF[codes.dtype]}")
+        axis, scale, zp = w.axis, w.scale, w.zero_point
+    elif isinstance(w, torch.Tensor) and w.is_quantized:
+        if w.dtype != torch.qint8:
+            raise ValueError(f"{what} must be qint8 (int8 weights), got dtype {w.dtype}")
+        qs = w.qscheme()
+        if qs in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            axis, scale, zp = None, torch.tensor([w.q_scale()]), torch.tensor([w.q_zero_point()])
+        elif qs in (torch.per_channel_affine, torch.per_channel_symmetric):
+            axis, scale, zp = w.q_per_channel_axis(), w.q_per_channel_scales(), w.q_per_channel_zero_points()
+        else:
+            raise ValueError(f"{what} must be quantized per tensor or per channel (symmetric), got qscheme {qs}")
+        codes = w.int_repr()
+    else:
+        got = f"a tensor of dtype {w.dtype}" if isinstance(w, torch.Tensor) else type(w).__name__
+        if isinstance(w, torch.Tensor) and w.is_floating_point():
+            got = (f"a float tensor (dtype {w.dtype}): quantize it first (torchquant.quantize_per_channel(w, scales, "
+                   "torch.zeros_like(scales, dtype=torch.int32), 0, torch.qint8))")
+        raise TypeError(f"{what} must be a torchquant QTensor or a torch quantized tensor (qint8), got {got}")
+    if tuple(codes.shape) != tuple(shape):
+        raise ValueError(f"{what} must have shape {list(shape)} (as weight() has it{layout}), got {list(codes.shape)}")
+    if axis is not None and axis not in (0, -len(shape)):
+        raise ValueError(f"{what} must be quantized per tensor or per output channel (axis 0), got one quantized "
+                         f"along axis {axis}")
+    scale = scale.detach().reshape(-1).to(torch.float32)
+    zp = zp.detach().reshape(-1)
+    want = 1 if axis is None else n
+    if scale.numel() != want or zp.numel() != want:
+        raise ValueError(f"{what} must have {want} scale(s) and zero point(s), got {scale.numel()} and {zp.numel()}")
+    bad = None if scale.device.type == "meta" else ~(torch.isfinite(scale) & (scale > 0))
+    if bad is not None and bool(bad.any()):
+        raise ValueError(f"{what}: its scales must be > 0 and finite, got {scale[bad][0].item()}")
+    if zp.device.type != "meta" and bool((zp != 0).any()):
+        raise ValueError(f"{what} must be symmetric (zero point 0): torchquant's int8 weights are, got zero point "
+                         f"{int(zp[zp != 0][0])}")
+    return codes, (scale.expand(n) if axis is None else scale)
+
+
+def _float_bias_arg(owner: str, b, n: int) -> Optional[torch.Tensor]:
+    """set_weight_bias's ``b``: None, or a float tensor [n] (detached)."""
+    if b is None:
+        return None
+    if not isinstance(b, torch.Tensor) or b.is_quantized or not b.is_floating_point():
+        got = f"a tensor of dtype {b.dtype}" if isinstance(b, torch.Tensor) else type(b).__name__
+        raise TypeError(f"{owner}: argument 'b' must be a float tensor or None, got {got}")
+    if tuple(b.shape) != (n,):
+        raise ValueError(f"{owner}: argument 'b' must have shape [{n}] (one per output channel), got {list(b.shape)}")
+    return b.detach()
 
 
 def _size_arg(module: nn.Module, name: str, v) -> int:
@@ -383,7 +524,7 @@ class Linear(_Int8WeightModule):
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}, dtype={self.dtype}")
+                f"{qparams_repr(self.scale, self.zero_point)}, dtype={self.dtype}")
 
 
 class LinearReLU(Linear):

@@ -21,7 +21,7 @@ from ..qtensor import QTensor
 from . import qat_conv
 from .quantized import (lazy_weight, _STORAGE, _activation_qparams, _check_observes, _check_weight_axis, _Int8WeightModule,
                         _size_arg, _weight_range)
-from ._state_dict import note_packed, repack_if_stale
+from ._state_dict import qparams_repr, note_packed, repack_if_stale
 from ._compact import unpack_by_probes, unpack_conv_cpu
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
@@ -109,7 +109,7 @@ class _ConvLikeNd(_Int8WeightModule):
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}")
+             f"{qparams_repr(self.scale, self.zero_point)}")
         if self.padding != (0,) * self._NSP:
             s += f", padding={self.padding}"
         if self.output_padding != (0,) * self._NSP:
@@ -173,7 +173,10 @@ class _ConvNd(_ConvLikeNd):
         else:
             self._pad = [p for q in reversed(self.padding) for p in (q, q)] if padding_mode != "zeros" else None
         self.transposed, self.output_padding = False, tup(0)
-        self._init_int8_buffers((out_channels, in_channels // groups, *self.kernel_size), out_channels, bias, dtype)
+        # (on `device`, the layout packed for it below: torch.ao's factory argument; dtype None, its
+        # default, is the default activation dtype)
+        self._init_int8_buffers((out_channels, in_channels // groups, *self.kernel_size), out_channels, bias, dtype,
+                                device)
         # The op's list arguments, built once.
         kernel_pad = [0] * self._NSP if self._pad is not None else list(self.padding)
         self._geometry = (list(self.kernel_size), list(self.stride), kernel_pad, list(self.dilation))

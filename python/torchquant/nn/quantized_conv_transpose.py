@@ -82,7 +82,10 @@ class _ConvTransposeNd(_ConvLikeNd):
                                  f"dilation={self.dilation}")
         self.padding_mode = padding_mode
         self.transposed = True
-        self._init_int8_buffers((in_channels, out_channels // groups, *self.kernel_size), out_channels, bias, dtype)
+        # (on `device`, the layout packed for it below: torch.ao's factory argument; dtype None, its
+        # default, is the default activation dtype)
+        self._init_int8_buffers((in_channels, out_channels // groups, *self.kernel_size), out_channels, bias, dtype,
+                                device)
         self._geometry = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
         self._repack()
 
@@ -97,6 +100,16 @@ class _ConvTransposeNd(_ConvLikeNd):
         QTensor in Conv's layout [Cout, Cin / groups, *kernel] (quantized along axis 0)."""
         return QTensor(_to_conv_layout(self.qweight, self.groups), self.weight_scale, self.weight_zero_point, 0,
                        -128, 127)
+
+    def _api_weight_shape(self) -> tuple:
+        # weight()'s: Conv's layout [Cout, Cin / groups, *kernel]
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def _qweight_from_api(self, codes: torch.Tensor) -> torch.Tensor:
+        return _from_conv_layout(codes, self.groups)
+
+    _api_weight_layout = (": Conv's layout [Cout, Cin / groups, *kernel], quantized along axis 0, not "
+                          "nn.ConvTranspose's [Cin, Cout / groups, *kernel]")
 
     def _repack(self):
         self._packed_weight, self._col_sums = ops.pack_conv_transpose_weight(self.qweight, self.groups)

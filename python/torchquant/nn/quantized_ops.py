@@ -18,7 +18,7 @@ from torch import nn
 from .._ops import ops
 from ..qtensor import QTensor, _QRANGE
 from ..observer import _apply_keeping_float32
-from ._state_dict import activation_qparams, qparam_load_pre_hook, register_activation_dtype_hook
+from ._state_dict import qparams_repr, activation_qparams, qparam_load_pre_hook, register_activation_dtype_hook
 
 __all__ = [
     "FloatFunctional", "QFunctional", "BNReLU2d", "BNReLU3d", "BatchNorm2d", "BatchNorm3d",
@@ -178,7 +178,7 @@ class _QuantizedOutput(nn.Module):
         return self._quantize(x)
 
     def extra_repr(self):
-        return f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point.item())}, dtype={self.dtype}"
+        return f"{qparams_repr(self.scale, self.zero_point)}, dtype={self.dtype}"
 
 
 class QFunctional(_QuantizedOutput):
