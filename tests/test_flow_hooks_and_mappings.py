@@ -535,3 +535,39 @@ def test_fuse_modules_qat_errors_name_fuse_modules_qat():
         tq.fuse_modules_qat(m, [["1", "2"]])
     with pytest.raises(ValueError, match=r"^fuse_modules: cannot fuse"):
         tq.fuse_modules(m.eval(), [["1", "2"]])
+
+
+def test_convert_refuses_torch_aos_qat_modules_and_their_state_dict_loads_instead():
+    # torch.ao's prepare_qat output: its QAT modules were left in place by convert, which removed
+    # the observer inside their weight fake-quant (the model failed at its first call), or a fused
+    # one raised naming its BatchNorm. Now a TypeError says what to do, and what it says works.
+    import warnings as _w
+
+    import torch.ao.quantization as aq
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(aq.QuantStub(), nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(6 * 36, 4), aq.DeQuantStub()).train()
+
+    x = torch.randn(8, 3, 8, 8)
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        ao = aq.fuse_modules_qat(build(), [["1", "2", "3"]])
+        ao.qconfig = aq.get_default_qat_qconfig("x86")
+        ao = aq.prepare_qat(ao)
+        ao(x)
+        with pytest.raises(TypeError, match=r"'1' \(torch\.ao\.nn\.intrinsic\.qat.*ConvBnReLU2d\).* come from torch\.ao's "
+                                            r"prepare_qat.*torchquant\.prepare_qat"):
+            tq.convert(ao.eval())
+        ours = tq.fuse_modules_qat(build(), [["1", "2", "3"]])
+        ours.qconfig = aq.get_default_qat_qconfig("x86")  # the same fake-quant ranges (7-bit activations)
+        ours = tq.prepare_qat(ours)
+        ours.load_state_dict(ao.state_dict())
+        ours.eval()
+        ref = ao(x)
+        torch.testing.assert_close(ours(x), ref)
+        q = tq.convert(ours)
+    assert isinstance(q[1], tq.nn.quantized.ConvReLU2d)
+    err = (q(x) - ref).abs().max() / ref.abs().max()
+    assert err < 0.05, err

@@ -1023,6 +1023,22 @@ def _fold_relus(model: nn.Module) -> None:
         mod.__dict__["_tq_relu_folds"] = folds
 
 
+def _refuse_ao_qat_modules(module: nn.Module, mapping) -> None:
+    """A model prepared by torch.ao's prepare_qat holds torch.ao's QAT modules, which convert does
+    not map (it left them in place and removed the observer inside their weight fake-quant, so the
+    model failed at its first call, or raised naming a fused module's BatchNorm): a TypeError
+    naming them and the way to convert such a model (unless ``mapping`` maps their types)."""
+    found = [(n, type(m)) for n, m in module.named_modules()
+             if type(m).__module__.startswith(("torch.ao.nn.qat", "torch.ao.nn.intrinsic.qat"))
+             and (mapping is None or type(m) not in mapping)]
+    if found:
+        shown = ", ".join(f"'{n or 'the model'}' ({t.__module__}.{t.__name__})" for n, t in found[:3])
+        raise TypeError(f"convert: {shown}{' ...' if len(found) > 3 else ''} come from torch.ao's prepare_qat, "
+                        "whose QAT modules torchquant's convert does not take; prepare the float model with "
+                        "torchquant.prepare_qat (same qconfig and fusion) and train it, or load this model's state "
+                        "dict into such a model (torch.ao's QAT state dicts load) and convert that")
+
+
 def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inplace: bool = False,
             remove_qconfig: bool = True, is_reference: bool = False, convert_custom_config_dict=None,
             use_precomputed_fake_quant: bool = False) -> nn.Module:
@@ -1046,6 +1062,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
             raise NotImplementedError(f"convert: argument '{arg}' takes only False in torchquant, got {value!r} "
                                       "(torchquant has no reference quantized modules; its int8 modules run the "
                                       "real kernels, with the weights' qparams read at convert)")
+    _refuse_ao_qat_modules(module, mapping)
     if not inplace:
         module = _deepcopy(module)
     before = {id(m) for m in module.modules()}
