@@ -926,3 +926,26 @@ def test_learnable_fake_quant_gradients_are_the_same_for_any_thread_count(axis):
             results.append(ops.fake_quantize_learnable_backward(grad, x, scale, zp, axis, -128, 127, 1.0))
     for r in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(r, results[0]))
+
+
+def test_a_torch_quantized_tensor_is_named_by_every_op():
+    # torch.ao code holds torch quantized tensors; given to an op with CPU / CUDA kernels only,
+    # they reached torch's dispatcher error, which names no argument.
+    ops = torch.ops.torchquant
+    qx = torch.quantize_per_tensor(torch.randn(2, 3, 4, 4), 0.1, 128, torch.quint8)
+    s, z = torch.tensor([0.1]), torch.tensor([128], dtype=torch.int32)
+    cases = {
+        "q": lambda: ops.dequantize(qx, s, z, None, None),
+        "x": lambda: ops.max_pool_int8(qx, [2, 2], [], [0], [1], False),
+        "b": lambda: ops.add(qx.int_repr(), s, z, qx, s, z, s, z, False, None),
+        "scale": lambda: ops.quantize(torch.randn(3), torch.quantize_per_tensor(torch.tensor([0.1]), 0.1, 0,
+                                                                               torch.quint8), z, None, 0, 255,
+                                      torch.uint8),
+    }
+    for name, call in cases.items():
+        with pytest.raises(TypeError, match=rf"argument '{name}' is a torch quantized tensor \(torch.quint8\).*"
+                                            rf"{name}\.int_repr\(\)"):
+            call()
+    # ops with a composite kernel see such a tensor themselves: streamed_copy keeps it as it is
+    out = ops.streamed_copy(qx)
+    assert out.is_quantized and torch.equal(out.int_repr(), qx.int_repr())

@@ -717,3 +717,51 @@ def _adaptive_avg_pool_int8_fake(x, zero_point, output_size):
                  lambda: f"argument 'output_size' must hold 1, 2 or 3 values, got {output_size}")
     _check_devices("x", x, zero_point=zero_point)
     return _pool_like(x, list(output_size))
+
+
+# ---------------------------------------------------------------- torch's quantized tensors
+# A torch quantized tensor (torch.quantize_per_tensor's output, what torch.ao code holds) given
+# to an op with CPU / CUDA kernels only reached torch's dispatcher error ("Could not run
+# 'torchquant::dequantize' with arguments from the 'QuantizedCPU' backend"), which names no
+# argument. Ops with a composite kernel (the observers, streamed_copy, which keeps a quantized
+# tensor's qparams) already see such a tensor and are left as they are.
+def _quantized_refusal(op_name, schema):
+    names = [a.name for a in schema.arguments]
+
+    def kernel(*args, **kwargs):
+        given = list(zip(names, args)) + list(kwargs.items())
+        for name, value in given:
+            values = value if isinstance(value, (list, tuple)) else (value,)
+            for v in values:
+                if isinstance(v, torch.Tensor) and v.is_quantized:
+                    raise TypeError(f"torchquant::{op_name}: argument '{name}' is a torch quantized tensor ({v.dtype}); "
+                                    f"torchquant's ops take the integer codes and their qparams: pass "
+                                    f"{name}.int_repr() with {name}.q_scale() / {name}.q_zero_point(), or "
+                                    f"torchquant.quantize_per_tensor({name}.dequantize(), scale, zero_point, dtype) "
+                                    f"for a QTensor")
+        raise TypeError(f"torchquant::{op_name} was given a torch quantized tensor; it takes integer codes")
+
+    return kernel
+
+
+_QUANTIZED_LIB = torch.library.Library("torchquant", "IMPL")
+
+
+def _register_quantized_refusals():
+    # (dir(torch.ops.torchquant) lists only the ops looked up so far)
+    names = {n.split("::", 1)[1].split(".", 1)[0] for n in torch._C._dispatch_get_all_op_names()
+             if n.startswith("torchquant::")}
+    for op_name in sorted(names):
+        packet = getattr(ops, op_name)
+        for overload in packet.overloads():
+            opo = getattr(packet, overload)
+            qualname = opo._schema.name + ("" if overload == "default" else f".{overload}")
+            if any(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, k)
+                   for k in ("CompositeExplicitAutograd", "CompositeImplicitAutograd", "QuantizedCPU")):
+                continue
+            kernel = _quantized_refusal(op_name, opo._schema)
+            for key in ("QuantizedCPU", "QuantizedCUDA"):
+                _QUANTIZED_LIB.impl(qualname, kernel, key)
+
+
+_register_quantized_refusals()
