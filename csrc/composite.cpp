@@ -36,6 +36,11 @@ void check_learnable_args(const at::Tensor& x, const at::Tensor& scale,
   check_float_input(x, "x");
   check_float_input(scale, "scale");
   TORCH_CHECK(zero_point.defined(), "argument 'zero_point' must be a tensor, got None");
+  // (a complex zero point lost its imaginary part with a C++ warning only; a bool or torch
+  // quantized one was read as a number)
+  const at::ScalarType zt = zero_point.scalar_type();
+  TORCH_CHECK(at::isFloatingType(zt) || (at::isIntegralType(zt, /*includeBool=*/false)),
+              "argument 'zero_point' must be a floating-point or integer tensor, got ", zt);
   check_same_device(x, "x", scale, "scale");
   check_same_device(x, "x", zero_point, "zero_point");
   check_fake_qrange(qmin, qmax);

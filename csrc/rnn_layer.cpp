@@ -76,6 +76,23 @@ void check_layer_args(const Tensor& igates, const Tensor& h0, const Tensor* c0, 
               " gates of ", H, " units), got ", hh_col_sums.numel(), " and ", hh_scale.numel());
 }
 
+// A layer's weights for one linear_dynamic (the recurrent 'hh_*' or the projection 'hr_*'),
+// checked before the loop by linear_dynamic itself on an empty batch of K inputs (which returns
+// after its checks): a sequence of length 0 checks them too, and a fault names the layer's
+// arguments, with linear_dynamic's own message after them.
+void check_step_weights(const Tensor& like, int64_t K, const Tensor& w, const Tensor& col_sums,
+                        const Tensor& scale, const std::optional<Tensor>& bias, bool reduce_range,
+                        const char* op, const char* names, const char* of) {
+  try {
+    linear_dynamic_op().call(at::empty({0, K}, like.options()), w, col_sums, scale, bias, false,
+                             reduce_range);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, op, ": arguments ", names, " (linear_dynamic's 'w_packed', 'w_col_sums', 'w_scale'",
+                bias.has_value() ? ", 'bias'" : "", ", applied to the ", K, " units of ", of,
+                ") were refused: ", e.what_without_backtrace());
+  }
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
@@ -88,6 +105,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_layer_dynamic(
               "lstm_layer_dynamic: arguments 'hr_w', 'hr_col_sums' and 'hr_scale' must be given "
               "together or not at all");
   check_layer_args(igates, h0, &c0, 4, hh_col_sums, hh_scale, hr_col_sums, "lstm_layer_dynamic");
+  check_step_weights(h0, h0.size(1), hh_w, hh_col_sums, hh_scale, hh_bias, reduce_range, "lstm_layer_dynamic",
+                     "'hh_w', 'hh_col_sums', 'hh_scale', 'hh_bias'", "'h0'");
+  if (proj)
+    check_step_weights(h0, c0.size(1), *hr_w, *hr_col_sums, *hr_scale, std::nullopt, reduce_range,
+                       "lstm_layer_dynamic", "'hr_w', 'hr_col_sums', 'hr_scale'", "'c0'");
   const auto& linear = linear_dynamic_op();
   static const auto cell = find_op<LstmCellFn>("torchquant::lstm_cell_update");
   const std::optional<Tensor> no_bias;
@@ -112,6 +134,8 @@ std::tuple<Tensor, Tensor> gru_layer_dynamic(const Tensor& igates, const Tensor&
                                              const std::optional<Tensor>& hh_bias, bool reverse,
                                              bool reduce_range) {
   check_layer_args(igates, h0, nullptr, 3, hh_col_sums, hh_scale, std::nullopt, "gru_layer_dynamic");
+  check_step_weights(h0, h0.size(1), hh_w, hh_col_sums, hh_scale, hh_bias, reduce_range, "gru_layer_dynamic",
+                     "'hh_w', 'hh_col_sums', 'hh_scale', 'hh_bias'", "'h0'");
   const auto& linear = linear_dynamic_op();
   static const auto cell = find_op<GruCellFn>("torchquant::gru_cell_update");
   const int64_t T = igates.size(0);

@@ -949,3 +949,17 @@ def test_a_torch_quantized_tensor_is_named_by_every_op():
     # ops with a composite kernel see such a tensor themselves: streamed_copy keeps it as it is
     out = ops.streamed_copy(qx)
     assert out.is_quantized and torch.equal(out.int_repr(), qx.int_repr())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
+def test_fake_quantize_learnable_refuses_a_zero_point_that_is_no_number(dtype):
+    # A complex zero point lost its imaginary part (with a C++ warning only) and its backward gave
+    # a complex "gradient"; a bool one was read as 0 / 1.
+    ops = torch.ops.torchquant
+    x, s = torch.randn(5), torch.tensor([0.1])
+    zp = torch.tensor([3 + 100j]) if dtype == torch.complex64 else torch.tensor([True])
+    for call in (lambda: ops.fake_quantize_learnable(x, s, zp, None, 0, 255, 1.0),
+                 lambda: ops.fake_quantize_learnable_backward(torch.ones(5), x, s, zp, None, 0, 255, 1.0)):
+        with pytest.raises(RuntimeError, match=rf"argument 'zero_point' must be a floating-point or integer tensor, "
+                                               rf"got {'ComplexFloat' if dtype == torch.complex64 else 'Bool'}"):
+            call()

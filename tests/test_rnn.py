@@ -441,6 +441,23 @@ def test_layer_op_bad_arguments():
         ops.gru_layer_dynamic(torch.randn(2, 24), torch.randn(2, 8), *hh, False)
     with pytest.raises(RuntimeError, match="argument 'igates' has batch 3 but 'h0' has batch 2"):
         ops.gru_layer_dynamic(torch.randn(4, 3, 24), torch.randn(2, 8), *hh, False)
+    # The recurrent weights are checked before the loop, under the layer's names, also for a
+    # sequence of length 0 (they were checked by the first step's linear_dynamic, under its names)
+    w, cs, sc, b = hh
+    for T in (0, 3):
+        ig = torch.randn(T, 2, 24)
+        for bad, msg in [((w.double(), cs, sc, b), "argument 'w_packed' must be a contiguous int8"),
+                         ((w, cs, torch.zeros_like(sc), b), "argument 'w_scale' must be > 0"),
+                         ((w, cs, sc, b.long()), "argument 'bias' must be a floating-point tensor")]:
+            with pytest.raises(RuntimeError, match=r"gru_layer_dynamic: arguments 'hh_w', 'hh_col_sums', 'hh_scale', "
+                                                   r"'hh_bias' .* were refused: " + msg):
+                ops.gru_layer_dynamic(ig, torch.randn(2, 8), *bad, False)
+    lstm = _q(nn.LSTM(6, 8, proj_size=3), nn.LSTM)
+    hh, hr = _linear_args(lstm.hh_l0), _linear_args(lstm.hr_l0)
+    with pytest.raises(RuntimeError, match=r"arguments 'hr_w', 'hr_col_sums', 'hr_scale' .* the 8 units of 'c0'\) were "
+                                           r"refused: argument 'w_scale' must be > 0"):
+        ops.lstm_layer_dynamic(torch.randn(0, 2, 32), torch.randn(2, 3), torch.randn(2, 8), *hh, hr[0], hr[1],
+                               torch.zeros_like(hr[2]), False)
 
 
 # ---------------------------------------------------------------- the model itself swapped
