@@ -50,6 +50,15 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+def _assert_is_none(value, msg: str) -> None:
+    """torch.fx's check that a parameter concrete_args fixed to None is None (see make_quantizable)."""
+    if value is not None:
+        raise AssertionError(msg)
+
+
+torch.fx.wrap("_assert_is_none")
+
+
 def _tensor_meta(node):
     from torch.fx.passes.shape_prop import TensorMetadata
     meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
@@ -109,27 +118,73 @@ def _is_relu(node, modules: Dict[str, nn.Module]) -> bool:
     return False
 
 
-def _forward_args(model: nn.Module, args: Tuple, kwargs: Dict[str, Any]) -> Tuple:
-    """args and kwargs of ``model.forward`` as the positional arguments of its trace (one per
-    parameter of forward, defaults filled in: torch.fx makes each a placeholder)."""
-    if not kwargs:
-        return args
+def _forward_args(model: nn.Module, args: Tuple, kwargs: Dict[str, Any],
+                  concrete_args: Dict[str, Any]) -> Tuple[Tuple, Tuple[str, ...]]:
+    """The inputs of the example runs: the values of ``model.forward``'s parameters in its order
+    (one per placeholder of the trace: torch.fx makes each parameter one, keyword-only ones too,
+    defaults filled in; a parameter in concrete_args takes its value from there), and the names of
+    the last ones, keyword-only parameters, which the eager run passes by keyword."""
+    if not kwargs and not concrete_args:
+        return args, ()
     sig = inspect.signature(model.forward)
+    given = "'concrete_args'" if concrete_args and not kwargs else "'example_kwargs'"
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
-        raise TypeError(f"make_quantizable: argument 'example_kwargs' needs a forward whose parameters are all "
+        raise TypeError(f"make_quantizable: argument {given} needs a forward whose parameters are all "
                         f"named (torch.fx makes each one a placeholder); {type(model).__name__}.forward{sig} also "
                         "takes *args or **kwargs: pass its inputs in 'example_inputs'")
+    unknown = [name for name in concrete_args if name not in sig.parameters]
+    if unknown:
+        raise TypeError(f"make_quantizable: argument 'concrete_args' names {unknown}, which are no parameters of "
+                        f"{type(model).__name__}.forward{sig}")
     try:
-        bound = sig.bind(*args, **kwargs)
+        bound = sig.bind_partial(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"make_quantizable: 'example_inputs' and 'example_kwargs' do not match "
+                        f"{type(model).__name__}.forward{sig}: {exc}") from None
+    twice = [name for name in concrete_args if name in bound.arguments]
+    if twice:
+        raise TypeError(f"make_quantizable: {twice} given both in 'concrete_args' and in 'example_inputs' / "
+                        "'example_kwargs': a parameter in concrete_args takes its value from there, in the trace "
+                        "and in the example runs alike")
+    try:
+        bound = sig.bind(*args, **kwargs, **concrete_args)
     except TypeError as exc:
         raise TypeError(f"make_quantizable: 'example_inputs' and 'example_kwargs' do not match "
                         f"{type(model).__name__}.forward{sig}: {exc}") from None
     bound.apply_defaults()
-    return tuple(bound.arguments[name] for name in sig.parameters)
+    values = tuple(bound.arguments[name] for name in sig.parameters)
+    return values, tuple(name for name, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY)
+
+
+def _traced_as_tensors(model: nn.Module, args: Tuple, kwargs: Dict[str, Any], concrete_args: Dict[str, Any]) -> str:
+    """A hint for a trace that failed or computes something else: forward's parameters whose
+    default is no tensor (mask=None, a flag) and whose example value is none either, which the
+    trace took as tensors anyway (torch.fx makes every parameter a Proxy, so `if mask is not None:`
+    takes its branch); "" when there are none."""
+    try:
+        sig = inspect.signature(model.forward)
+        bound = sig.bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return ""
+    names = {}
+    for name, p in sig.parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in concrete_args or p.default is p.empty:
+            continue
+        value = bound.get(name, p.default)
+        if not isinstance(p.default, torch.Tensor) and not isinstance(value, torch.Tensor):
+            names[name] = value
+    if not names:
+        return ""
+    listed = ", ".join(f"'{n}'" for n in names)
+    suggested = ", ".join(f'"{n}": {v!r}' for n, v in names.items())
+    return (f"; forward's parameter(s) {listed}, whose default is no tensor, were traced as tensors (torch.fx "
+            f"makes every parameter a Proxy: `if mask is not None:` takes its branch, `if flag:` cannot be "
+            f"followed): fix their values for the trace with concrete_args={{{suggested}}}, as torch.fx's "
+            "symbolic_trace takes them")
 
 
 def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence[Any]] = (), *,
-                     example_kwargs: Optional[Dict[str, Any]] = None):
+                     example_kwargs: Optional[Dict[str, Any]] = None, concrete_args: Optional[Dict[str, Any]] = None):
     """A copy of ``model`` (a ``torch.fx.GraphModule`` holding the same submodules under the same
     names, so the same state dict) in which the arithmetic between modules calls
     ``torchquant.nn.quantized.FloatFunctional`` modules: ``a + b`` -> ``add``, ``a + b`` followed by
@@ -142,6 +197,14 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     without gradients, through the model and through its trace: to tell tensors from numbers,
     and to check that the two agree (torch.fx traces ``a += b`` as ``a + b``, which differs where
     a view of ``a`` or the caller's input sees the write: then a RuntimeError says so).
+    Keyword-only parameters are passed by keyword; the result takes them as the model does.
+
+    The trace follows the eval-mode forward, whatever the model's mode: a training-only branch,
+    torchvision's ``stochastic_depth`` and ``F.dropout(training=self.training)`` are fixed to their
+    eval behaviour (modules, ``nn.Dropout`` and BatchNorm, keep following ``.train()``); every
+    module's training flag is restored. ``concrete_args`` (``{"mask": None}``, as
+    ``torch.fx.symbolic_trace``'s) fixes parameters that torch.fx would otherwise trace as tensors
+    (``if mask is not None:`` takes its branch on a Proxy); the result then asserts that value.
 
     After it, ``prepare`` observes each new module's output and ``convert`` makes it a
     ``QFunctional``, so a residual add runs on int8 codes instead of falling back to float.
@@ -159,25 +222,58 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     if example_kwargs is not None and not isinstance(example_kwargs, dict):
         raise TypeError(f"make_quantizable: argument 'example_kwargs' must be a dict of forward's keyword "
                         f"arguments, got {type(example_kwargs).__name__}")
-    args = _forward_args(model, args, example_kwargs or {})
+    if concrete_args is not None and not isinstance(concrete_args, dict):
+        raise TypeError(f"make_quantizable: argument 'concrete_args' must be a dict of forward's parameter names "
+                        f"and the values the trace fixes them to, got {type(concrete_args).__name__}")
+    kwargs, concrete = example_kwargs or {}, concrete_args or {}
+    values, kw_names = _forward_args(model, args, kwargs, concrete)
+    n_pos = len(values) - len(kw_names)
     from .quantize import _deepcopy  # (a hook-based weight norm's cached weight is detached first)
 
     root = _deepcopy(model)
     _own_float_functionals(root)
+    # The trace follows the eval-mode forward: what reads self.training in Python (a training-only
+    # branch, torchvision's stochastic_depth, F.dropout(training=self.training)) is fixed in the
+    # graph as it is traced, and a trace in training mode would drop residual branches at random at
+    # inference. Every module's own flag comes back afterwards (nn.Dropout, BatchNorm: modules,
+    # which keep following .train()).
+    modes = [(m, m.training) for m in root.modules()]
     try:
-        graph = _Tracer().trace(root)
+        root.eval()
+        graph = _Tracer().trace(root, concrete_args=concrete or None)
     except Exception as exc:  # noqa: BLE001 — data-dependent control flow and the like
         raise RuntimeError(
             f"make_quantizable: torch.fx could not trace the model ({type(exc).__name__}: {exc}); "
             "call torchquant.nn.quantized.FloatFunctional's methods in its forward by hand, or, for a model "
             "whose forward fx cannot follow (Hugging Face transformers: data-dependent branches, Python "
             "containers of tensors), quantize its Linear layers with torchquant.quantize_dynamic (int8) or "
-            "torchquant.quantize_weight_only (int4), which need no trace") from exc
+            "torchquant.quantize_weight_only (int4), which need no trace"
+            + _traced_as_tensors(model, args, kwargs, concrete)) from exc
+    finally:
+        for m, training in modes:
+            m.training = training
+    # torch.fx names a fixed parameter's placeholder `mask_1`: named back, so that the result takes
+    # it as the model does (gm(x, mask=None)).
+    placeholders = {n.target for n in graph.nodes if n.op == "placeholder"}
+    for node in graph.nodes:
+        if node.op == "placeholder" and isinstance(node.target, str) and node.target.endswith("_1"):
+            name = node.target[:-2]
+            if name in concrete and name not in placeholders and f"{name}_2" not in placeholders:
+                node.target = name
+        elif node.op == "call_function" and getattr(node.target, "__name__", None) == "_assert_is_none" \
+                and getattr(node.target, "__module__", None) == "torch.fx._symbolic_trace":
+            # torch.fx's check of a None fixed by concrete_args, as ours: a GraphModule unpickled
+            # with torch.fx's registers it for later traces under its dotted name, and every
+            # torch.fx trace in the process then fails (KeyError). Marked as a wrapped function,
+            # the code declares ours with torch.fx.wrap, so that an unpickling's trace records it.
+            node.target = _assert_is_none
+            node.meta["is_wrapped"] = True
     gm = torch.fx.GraphModule(root, graph, class_name=type(model).__name__)
     # GraphModule keeps only what the graph reads, under bare containers: put the model's own
     # children, parameters and buffers back (unused ones too: the same state dict, strict loads,
-    # a qconfig set on a container), the graph's targets resolving through them as before.
-    for name, child in root.named_children():
+    # a qconfig set on a container), the graph's targets resolving through them as before. Every
+    # name of a child registered twice (self.dec = self.enc): named_children() gives only its first.
+    for name, child in root._modules.items():
         gm._modules[name] = child
     for name, p in root._parameters.items():
         gm._parameters[name] = p
@@ -186,35 +282,39 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     gm._non_persistent_buffers_set = set(root._non_persistent_buffers_set)
     if hasattr(root, "qconfig"):
         gm.qconfig = root.qconfig
-    modes = {name: m.training for name, m in root.named_modules()}
+    traced_run = False
     try:
-        root.eval()
+        root.eval()  # (gm runs root's modules: both in eval mode)
         with torch.no_grad():
             # torch.fx records `a += b` as `a + b` (a Proxy has no in-place operators), which
             # differs where a, or a view of it, is read elsewhere (or is an input): the model and
             # its trace run on copies of the inputs and must agree, outputs and inputs alike.
             rng = torch.get_rng_state()
             cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-            eager_in = _clone_tree(args)
-            eager_out = root(*eager_in)
+            eager_in = _clone_tree(values)
+            # (keyword-only parameters by keyword; the trace takes every parameter positionally)
+            eager_out = root(*eager_in[:n_pos], **dict(zip(kw_names, eager_in[n_pos:])))
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
-            traced_in = _clone_tree(args)
+            traced_in = _clone_tree(values)
+            traced_run = True
             traced_out = ShapeProp(gm).propagate(*traced_in)
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(f"make_quantizable: running the traced model on 'example_inputs' failed "
-                           f"({type(exc).__name__}: {exc})") from exc
+                           f"({type(exc).__name__}: {exc})"
+                           + (_traced_as_tensors(model, args, kwargs, concrete) if traced_run else "")) from exc
     finally:
         gm.training = model.training
-        for name, m in root.named_modules():
-            m.training = modes[name]
+        for m, training in modes:
+            m.training = training
     if not _same_tree((eager_out, eager_in), (traced_out, traced_in)):
         raise RuntimeError(
             "make_quantizable: torch.fx's trace of the model computes something else than the model on "
             "'example_inputs'; an in-place op (a += b, x *= c) on a tensor that is read elsewhere (a view of "
             "it, an input) is traced as out of place: write it out of place, or call "
-            "torchquant.nn.quantized.FloatFunctional's methods in the model's forward by hand")
+            "torchquant.nn.quantized.FloatFunctional's methods in the model's forward by hand"
+            + _traced_as_tensors(model, args, kwargs, concrete))
 
     modules = dict(gm.named_modules())
     _mark_from_inputs(gm.graph)

@@ -1725,7 +1725,7 @@ def _fusion_kind(m: nn.Module) -> type:
     return _plain_conv_base(type(m)) or type(m)
 
 
-def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]:
+def find_fusable_modules(model: nn.Module, qat: bool = False, example_inputs=None) -> List[List[str]]:
     """The groups of module names that :func:`fuse_modules` takes, found by tracing ``model``
     with ``torch.fx``: each chain [Conv, BatchNorm, ReLU], [Conv, BatchNorm], [Conv, ReLU],
     [Linear, BatchNorm1d], [Linear, ReLU], [BatchNorm, ReLU] or [ConvTranspose, BatchNorm] (not
@@ -1737,12 +1737,22 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
     torch.ao's eager API has no such search (its FX API fuses while it traces); the model is
     not changed, and the groups can be read, edited and passed on.
 
+    [Linear, BatchNorm1d] folds the BatchNorm's statistics into the Linear's output features,
+    which is right for a 2-D ``[N, C]`` output only (on ``[N, L, C]`` a BatchNorm1d(L) normalizes
+    dim 1): the pair is proposed when ``bn.num_features == linear.out_features`` and, given
+    ``example_inputs`` (a tensor or a tuple of ``forward``'s arguments; the model runs once on
+    them, in eval mode without gradients, its modes restored), when the Linear's output was 2-D on
+    every call. Without example inputs a 3-D output with L == C cannot be told apart: pass them.
+
     >>> groups = torchquant.find_fusable_modules(model)   # [['conv1', 'bn1', 'relu'], ...]
     >>> model = torchquant.fuse_modules(model.eval(), groups)
     """
     import torch.fx
 
     _check_args("find_fusable_modules", model)
+    if isinstance(qat, (torch.Tensor, tuple, list, dict)):
+        raise TypeError(f"find_fusable_modules: argument 'qat' must be a bool, got {type(qat).__name__}; "
+                        "example inputs go in 'example_inputs='")
 
     try:
         from .quantizable import _Tracer  # torch.nn's leaves, and convolution subclasses kept as modules
@@ -1767,6 +1777,26 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
             return None
         return u
 
+    # [Linear, BatchNorm1d]: the BatchNorm must normalize the Linear's output features, its dim 1
+    # (a 2-D output); on [N, L, C] it normalizes L, and folding it into the C outputs is wrong
+    # (fuse_modules raises for L != C, and folds silently for L == C).
+    ranks = None
+    if example_inputs is not None:
+        def before_bn(node):
+            user = next(iter(node.users)) if len(node.users) == 1 else None
+            return (user is not None and user.op == "call_module"
+                    and _fusion_kind(modules[user.target]) is nn.BatchNorm1d)
+
+        linears = [n.target for n in graph.nodes
+                   if n.op == "call_module" and _fusion_kind(modules[n.target]) is nn.Linear and before_bn(n)]
+        ranks = _linear_output_ranks("find_fusable_modules", model, linears, example_inputs)
+
+    def linear_bn_folds(linear_name, bn_name):
+        linear, bn = modules[linear_name], modules[bn_name]
+        if bn.num_features != linear.out_features:
+            return False
+        return ranks is None or not ranks.get(linear_name) or ranks[linear_name] == {2}
+
     groups, taken = [], set()
     for node in graph.nodes:
         if node.op != "call_module" or node.target in taken:
@@ -1784,11 +1814,43 @@ def find_fusable_modules(model: nn.Module, qat: bool = False) -> List[List[str]]
             names = [n.target for n in part]
             kinds = tuple(_fusion_kind(modules[n]) for n in names)
             if (kinds in patterns and all(calls[n] == 1 for n in names)
-                    and not taken.intersection(names) and not any(_batch_stats_bn(modules[n]) for n in names)):
+                    and not taken.intersection(names) and not any(_batch_stats_bn(modules[n]) for n in names)
+                    and (kinds != (nn.Linear, nn.BatchNorm1d) or linear_bn_folds(*names))):
                 groups.append(names)
                 taken.update(names)
                 break
     return groups
+
+
+def _linear_output_ranks(fn: str, model: nn.Module, names: List[str], example_inputs) -> Dict[str, set]:
+    """{name: the ranks of the named modules' outputs} over one run of model on example_inputs
+    (eval mode, no gradients: no BatchNorm statistics change; every module's mode restored)."""
+    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"{fn}: argument 'example_inputs' must be a tensor or a tuple of forward's arguments, "
+                        f"got {type(example_inputs).__name__}")
+    ranks: Dict[str, set] = {n: set() for n in names}
+
+    def hook(name):
+        def fn_(module, inputs, out):
+            if isinstance(out, torch.Tensor):
+                ranks[name].add(out.dim())
+        return fn_
+
+    handles = [_get(model, n).register_forward_hook(hook(n)) for n in names]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*args)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"{fn}: running the model on 'example_inputs' failed ({type(exc).__name__}: {exc})") from exc
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return ranks
 
 
 # ---------------------------------------------------------------- convolutions

@@ -14,6 +14,7 @@ Example::
     ...
     >>> fig = r.plot("sqnr.png")   # bar chart, saved and returned
 """
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -66,14 +67,17 @@ class QuantReport:
 
     def table(self) -> str:
         head = ("layer", "float module", "quantized module", "SQNR (dB)", "max |err|")
+        # (-inf: a float output of zeros against a quantized one that is not, the worst there is)
         rows = [(l.name, l.float_type, l.quantized_type,
-                 "inf" if math.isinf(l.sqnr_db) else f"{l.sqnr_db:.1f}", f"{l.max_abs_error:.4g}")
+                 f"{l.sqnr_db:.1f}" if math.isfinite(l.sqnr_db) else str(l.sqnr_db), f"{l.max_abs_error:.4g}")
                 for l in self.layers]
         align = ["<", "<", "<", ">", ">"]
         if self.show_size:
             head += ("float KiB", "quant KiB", "smaller")
             rows = [r + (f"{l.float_bytes / 1024:.1f}", f"{l.quantized_bytes / 1024:.1f}",
-                         f"{l.float_bytes / l.quantized_bytes:.2f}x" if l.quantized_bytes else "-")
+                         # (no ratio where one side holds no state: a FloatFunctional's row)
+                         f"{l.float_bytes / l.quantized_bytes:.2f}x" if l.quantized_bytes and l.float_bytes
+                         else "-")
                     for r, l in zip(rows, self.layers)]
             align += [">", ">", ">"]
         widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
@@ -91,16 +95,24 @@ class QuantReport:
         import matplotlib.pyplot as plt
 
         names = [l.name for l in self.layers]
-        # An exact layer (infinite SQNR) is drawn at the top of the others so the chart stays readable.
+        # An exact layer (SQNR +inf) is drawn at the top of the others so the chart stays readable;
+        # one with SQNR -inf (a float output of zeros, a quantized one that is not) or NaN (non-finite
+        # outputs) at the bottom, below 0 dB, in red, labelled with its max |err| as the finite ones.
         finite = [l.sqnr_db for l in self.layers if math.isfinite(l.sqnr_db)]
         cap = (max(finite) if finite else 0.0) + 10.0
-        values = [l.sqnr_db if math.isfinite(l.sqnr_db) else cap for l in self.layers]
+        floor = min(finite + [0.0]) - 10.0
+        values = [l.sqnr_db if math.isfinite(l.sqnr_db) else cap if l.sqnr_db == math.inf else floor
+                  for l in self.layers]
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.5))
-        bars = ax.bar(names, values, color="tab:blue")
+        colors = ["tab:blue" if l.sqnr_db > -math.inf else "tab:red" for l in self.layers]  # (NaN > x: False)
+        bars = ax.bar(names, values, color=colors)
         for bar, l in zip(bars, self.layers):
-            label = f"{l.max_abs_error:.2g}" if math.isfinite(l.sqnr_db) else "exact"
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+            label = "exact" if l.sqnr_db == math.inf else f"{l.max_abs_error:.2g}"
+            if not math.isfinite(l.sqnr_db) and l.sqnr_db != math.inf:
+                label += f" ({l.sqnr_db} dB)"  # -inf / nan: the bar's height is no value
+            y = bar.get_y() + bar.get_height()
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, y),
+                        ha="center", va="bottom" if y >= 0 else "top", fontsize=8)
         ax.set_ylabel("SQNR (dB), higher is better")
         ax.set_title(f"{title} (labels: max |err|)")
         ax.tick_params(axis="x", labelrotation=30)
@@ -160,6 +172,25 @@ def _matched_layers(float_model: nn.Module, quantized_model: nn.Module):
             if not any(c.startswith(n + ".") for c in names) and not isinstance(m, nn.Identity)]
 
 
+# FloatFunctional's and QFunctional's methods (torchquant's and torch.ao's)
+_FUNCTIONAL_METHODS = ("add", "add_scalar", "mul", "mul_scalar", "cat", "add_relu", "matmul")
+_MISSING = object()
+
+
+def _functional_types() -> tuple:
+    """The modules whose computation is in methods, not in forward: torchquant's FloatFunctional
+    and QFunctional, and torch.ao's (torchvision's quantizable models hold them)."""
+    from .nn.quantized_ops import FLOAT_FUNCTIONAL_TYPES, QFunctional
+
+    types = list(FLOAT_FUNCTIONAL_TYPES) + [QFunctional]
+    try:
+        from torch.ao.nn.quantized import FXFloatFunctional, QFunctional as AoQFunctional
+        types += [FXFloatFunctional, AoQFunctional]
+    except ImportError:  # a torch without torch.ao
+        pass
+    return tuple(types)
+
+
 def _state_bytes(m: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in m.state_dict().values() if isinstance(t, torch.Tensor))
 
@@ -175,10 +206,12 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     own row); in a model converted by an earlier version, whose Linear / Conv became a
     LinearReLU / ConvReLU with an Identity after it, that row is compared after the float
     model's ReLU (its float type reads ``Linear+ReLU``). A module called several times
-    per forward is compared on every call. A prepared (observed) or QAT model given as
-    ``float_model`` or ``quantized_model`` is left as it was: its observers' statistics are
-    restored afterwards. A MultiheadAttention is one row (its projections are not called as
-    modules); a model that is itself one converted layer is compared as one row. The output of a
+    per forward is compared on every call. A ``FloatFunctional`` (whose ``add`` / ``cat`` / ``mul``
+    ... are methods, which no forward hook sees) is compared with its ``QFunctional`` on every
+    method call: its methods are wrapped on the instance while report runs. A prepared
+    (observed) or QAT model given as ``float_model`` or ``quantized_model`` is left as it was:
+    its observers' statistics are restored afterwards. A MultiheadAttention is one row (its
+    projections are not called as modules); a model that is itself one converted layer is compared as one row. The output of a
     LayerNorm or Linear that AWQ (``quantize_weight_only``) folded its consumers' scales into
     (divided by them) is compared multiplied back: the exact fold shows no error. A weight shared by several modules (a tied
     embedding and LM head) is counted in each of their byte sizes.
@@ -250,9 +283,33 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
             captured[side].setdefault(name, []).append(out)
         return fn
 
+    # A FloatFunctional / QFunctional computes in its methods (add, cat, mul, ...), which are no
+    # forward calls: no forward hook fires. Each method is wrapped on the instance instead (an
+    # attribute that shadows the class's, for the duration of report), its output recorded as a
+    # hook's; the instance's attributes are restored afterwards.
+    wrapped = []
+    functionals = _functional_types()
+
+    def record_methods(module, fn):
+        for meth in _FUNCTIONAL_METHODS:
+            if not callable(getattr(type(module), meth, None)):
+                continue
+            bound = getattr(module, meth)
+
+            def call(*args, _bound=bound, **kwargs):
+                out = _bound(*args, **kwargs)
+                fn(module, args, out)
+                return out
+
+            wrapped.append((module, meth, module.__dict__.get(meth, _MISSING)))
+            module.__dict__[meth] = functools.wraps(bound)(call)
+
     for n, m in pairs:
-        handles.append(float_modules[n].register_forward_hook(hook("float", n)))
-        handles.append(m.register_forward_hook(hook("quant", n)))
+        for side, mod in (("float", float_modules[n]), ("quant", m)):
+            if isinstance(mod, functionals):
+                record_methods(mod, hook(side, n))
+            else:
+                handles.append(mod.register_forward_hook(hook(side, n)))
     # every module's own flag (a model fine-tuned with frozen BatchNorms, observers in training mode)
     modes = [(m, m.training) for model in (float_model, quantized_model) for m in model.modules()]
     # A prepared or QAT model given as float_model: its observers' statistics (and a learnable
@@ -295,6 +352,11 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     finally:
         for h in handles:
             h.remove()
+        for m, meth, before in reversed(wrapped):
+            if before is _MISSING:
+                m.__dict__.pop(meth, None)
+            else:
+                m.__dict__[meth] = before
         with torch.no_grad():
             for m, bufs, params in kept:
                 for k, v in bufs.items():
