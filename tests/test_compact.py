@@ -623,3 +623,96 @@ def test_fullgraph_compile_reading_the_weights_dtype_and_after_another_state():
     assert torch.equal(torch.func.functional_call(m1, m2.state_dict(), (xi,)), theirs)
     torch._dynamo.reset()
     assert torch.equal(torch.compile(m1, backend="eager", fullgraph=True)(xi), own)
+
+
+def _run_in_spawned_child(models, inputs, path, go):
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        torch.save({k: _out(m(inputs[k])) for k, m in models.items()}, path + ".1")
+        go.wait(120)
+        torch.save({k: _out(m(inputs[k])) for k, m in models.items()}, path + ".2")
+
+
+def test_a_compact_model_passed_to_a_spawned_process_arrives_whole(tmp_path):
+    # ctx.Process(args=(model,)), torch.multiprocessing.spawn(fn, args=(model,)), a DataLoader
+    # worker's dataset: torch's pickler moves each tensor to shared memory and passes the child its
+    # file descriptor, which the start method hands over once the whole process object is pickled.
+    # The weights compact layers rebuilt for the pickle were freed before that: the start failed
+    # ("bad value(s) in fds_to_keep") or the child did ("unable to resize file").
+    import torch.multiprocessing as mp
+
+    kinds = ["static linear", "conv2d", "dynamic", "int4"]
+    models, inputs, new = {}, {}, {}
+    for k in kinds:
+        build, inputs[k] = _models()[k]
+        models[k], new[k] = build(), _models(1)[k][0]()
+    want = {k: _out(m(inputs[k])) for k, m in models.items()}
+    want_new = {k: _out(m(inputs[k])) for k, m in new.items()}
+    ctx = mp.get_context("spawn")
+    go, path = ctx.Event(), str(tmp_path / "out")
+    p = ctx.Process(target=_run_in_spawned_child, args=(models, inputs, path, go))
+    p.start()
+    try:
+        for _ in range(1800):
+            if not p.is_alive() or (tmp_path / "out.1").exists():
+                break
+            p.join(0.1)
+        # this process's layers stay compact and run as before
+        for k, m in models.items():
+            assert all(is_compact(w) for w in _weighted(m)), k
+            assert torch.equal(_out(m(inputs[k])), want[k]), k
+        # the child shares the tensors, as a float model's: a load here reaches it whole (its
+        # layout is the one shared, which the load refills, not the old one with the new scales)
+        for k, m in models.items():
+            m.load_state_dict(new[k].state_dict())
+    finally:
+        go.set()
+        p.join(180)
+    assert p.exitcode == 0
+    before, after = torch.load(path + ".1"), torch.load(path + ".2")
+    for k in kinds:
+        assert not torch.equal(want[k], want_new[k]), k
+        assert torch.equal(before[k], want[k]), k
+        assert torch.equal(after[k], want_new[k]), k
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d", "int4"])
+def test_copies_made_under_inference_mode_are_compact(kind):
+    # (the copy's weight, an inference tensor, is replaced by a normal one when its layout is
+    # recorded: compact compared the layout's source with the weight read before that)
+    build, x = _models()[kind]
+    model = build()
+    want = _out(model(x))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    with torch.inference_mode():
+        copies = {"deepcopy": copy.deepcopy(model), "pickle": pickle.loads(pickle.dumps(model)),
+                  "torch.load": torch.load(buf, weights_only=False)}
+    for how, c in copies.items():
+        assert all(is_compact(m) for m in _weighted(c)), how
+        assert _resident_bytes(c) == _resident_bytes(model), how
+        assert torch.equal(_out(c(x)), want), how
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static linear", "conv2d", "int4"])
+def test_loading_a_models_own_state_dict_keeps_it_compact(kind):
+    # the load copies into the weight state_dict() handed out (the one the load puts back in the
+    # buffer): its own write, not a user's, which the next call took for one (keeping both copies)
+    build, x = _models()[kind]
+    model = build()
+    want = _out(model(x))
+    size = _resident_bytes(model)
+    sd = model.state_dict()
+    model.load_state_dict(sd)
+    assert torch.equal(_out(model(x)), want)
+    assert all(is_compact(m) for m in _weighted(model)) and _resident_bytes(model) == size
+    # a write of the user's into that state dict's weight afterwards still reaches the module
+    src = _models(seed=1)[kind][0]()
+    name = _name_of(model, _weighted(model)[0]) + "qweight"
+    twin = _expanded_twin(model)
+    with torch.no_grad():
+        sd[name].copy_(src.state_dict()[name])
+        _weighted(twin)[0].qweight.copy_(src.state_dict()[name])
+    assert torch.equal(model.state_dict()[name], src.state_dict()[name])
+    assert torch.equal(_out(model(x)), _out(twin(x)))

@@ -14,7 +14,11 @@ something needs it:
   changed qparam, ``torchquant.repack``) rebuild the portable weight first, do what they did, and
   compact again;
 - pickling (``torch.save(model)``, ``copy.deepcopy``) stores the portable weight (a layout is
-  per machine) and the copy compacts itself again when loaded.
+  per machine) and the copy compacts itself again when loaded. A process started with the model
+  as an argument (spawn / forkserver: ``ctx.Process(args=...)``, ``torch.multiprocessing.spawn``,
+  a DataLoader worker's dataset) shares its tensors, as it shares a float model's: the weight
+  rebuilt for it is shared too (kept alive with the Process), and the child keeps it beside the
+  layout, as a model after ``share_memory()`` does.
 
 A weight is compacted only where the rebuilt weight equals the one in the buffer (checked when
 compacting), so the placeholder never stands for anything but the exact weight. Tensors put in
@@ -122,6 +126,9 @@ def compact(module: nn.Module) -> bool:
         return False
     with _REPACK_LOCK:
         repack_if_stale(module)
+        # (read after the repack: its note_packed puts a normal copy in place of an inference
+        # tensor, as a copy or load made under torch.inference_mode holds)
+        w = b.get("qweight")
         rec = module.__dict__.get("_tq_packed_from")
         if rec is None or b.get(rec[3]) is not rec[0] or rec[1][0] is not w:
             return False  # (a layout the caller put in place, or none)
@@ -132,10 +139,17 @@ def compact(module: nn.Module) -> bool:
             return False
         if back is None or back.shape != w.shape or back.dtype != w.dtype or not torch.equal(back, w):
             return False
+        h = module.__dict__.get("_tq_handed")
+        if h is not None and h[0] is w and rec[4][0] is not None and h[1] != rec[4][0]:
+            # The handed-out weight is the one being compacted, written since it was handed out
+            # while it was the module's own (load_state_dict(model.state_dict()) copies into it,
+            # set_weight_bias too): the layout holds what it held when packed (its version then,
+            # so that a write landing since is still seen), not a write for the next call to take
+            # as the user's (the module would keep both copies).
+            h = module.__dict__["_tq_handed"] = (w, rec[4][0])
         # A weight an earlier state_dict() handed out, unwritten and equal: the read-back gives
         # that tensor again, so that state dicts taken before and after this compaction share it
         # (as an uncompacted module's share its buffer).
-        h = module.__dict__.get("_tq_handed")
         if h is not None and h[0]._version == h[1] and (h[0] is w or (
                 h[0].shape == w.shape and h[0].dtype == w.dtype and h[0].device == w.device and torch.equal(h[0], w))):
             rebuild.last, rebuild.last_version = weakref.ref(h[0]), h[0]._version
@@ -252,6 +266,34 @@ def compact_safe_repack(repack: Callable) -> Callable:
     return wrapped
 
 
+# Weights rebuilt for the pickle of a process being started (spawn / forkserver: the arguments
+# of ctx.Process and torch.multiprocessing.spawn, a DataLoader's dataset), per Popen of that
+# process. torch's ForkingPickler reduction moves a CPU tensor to shared memory and passes the
+# child its file descriptor by number, which the start method hands over only after the whole
+# process object is pickled: a weight rebuilt for the pickle alone was freed before that (its
+# descriptor closed, or its number reused by the next layer's rebuilt weight, another buffer).
+# Kept with the Popen rather than by expanding the module: the parent stays compact (a weight
+# moved to shared memory would not compact again). While kept, the read-back gives that weight
+# again (the next child shares it too), and the child maps the same pages (a shared weight: it
+# keeps it, as after share_memory()), so this costs no memory then; released with the Process.
+_SPAWNING = weakref.WeakKeyDictionary()
+
+
+def _keep_while_spawning(w: torch.Tensor) -> bool:
+    """Keeps w alive with the process being started, if one is (w is pickled for it). Returns
+    whether one is."""
+    from multiprocessing import context
+
+    popen = context.get_spawning_popen()
+    if popen is None:
+        return False
+    try:
+        _SPAWNING.setdefault(popen, []).append(w)
+    except TypeError:  # (a Popen of another kind, without weak references: not kept, as before)
+        pass
+    return True
+
+
 class CompactWeight:
     """Mixin of the modules with a ``qweight`` buffer and a packed layout built from it (they define
     ``_unpack_qweight(kernel_buffers, shape) -> qweight``, reading only the attributes named in
@@ -300,8 +342,18 @@ class CompactWeight:
             return state
         state = dict(state)
         bufs = type(bufs)(bufs)
-        bufs["qweight"] = r()
+        ph, w = bufs["qweight"], r()
+        bufs["qweight"] = w
         state["_buffers"] = bufs
+        spawning = _keep_while_spawning(w)
+        rec = state.get("_tq_packed_from")
+        if (spawning and rec is not None and bufs.get(rec[3]) is rec[0] and any(t is ph for t in rec[1])
+                and not _sources_changed(self, rec, False)):
+            # The child shares this process's tensors (torch moves them to shared memory): its
+            # layout recorded as built from the weight it gets, so that it runs the layout shared
+            # with this process, which a load here refills, as it refills the scales it shares (a
+            # layout of the child's own would run with the new scales and the old weight).
+            state["_tq_packed_from"] = (rec[0], tuple(w if t is ph else t for t in rec[1])) + tuple(rec[2:])
         if state.pop("_tq_compact", None) is not None:
             state["_tq_compact_again"] = True
         return state
