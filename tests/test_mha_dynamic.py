@@ -348,3 +348,30 @@ def test_small_3d_parameters_are_no_stacked_experts():
         q(torch.randn(2, 5, 32))
         tq.quantize_dynamic(nn.Sequential(nn.MultiheadAttention(16, 2, add_bias_kv=True)))
     assert isinstance(q.attn, QMHA)
+
+
+def test_nested_inputs_are_refused_naming_the_argument():
+    q = tq.quantize_dynamic(nn.Sequential(nn.MultiheadAttention(16, 2, batch_first=True)))[0]
+    nt = torch.nested.nested_tensor([torch.randn(3, 16), torch.randn(5, 16)])
+    with torch.no_grad(), pytest.raises(NotImplementedError, match=r"argument 'query' is a NestedTensor.*"
+                                                                   r"to_padded_tensor"):
+        q(nt, nt, nt, need_weights=False)
+
+
+def test_report_of_a_bare_attention_and_of_an_encoder_called_with_a_padding_mask():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 2).eval()
+    q = tq.quantize_dynamic(mha)
+    x = torch.randn(5, 3, 16)
+    r = tq.report(mha, q, [{"query": x, "key": x, "value": x}])  # one row: the model (out_proj is part of it)
+    assert len(r) == 1 and r.layers[0].sqnr_db > 25
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    qenc = tq.quantize_dynamic(enc)
+    src = torch.randn(2, 6, 16)
+    mask = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+    fast = torch.backends.mha.get_fastpath_enabled()
+    # under no_grad the float encoder nests its input; report compared nested outputs and raised
+    r = tq.report(enc, qenc, [{"src": src, "src_key_padding_mask": mask}])
+    assert torch.backends.mha.get_fastpath_enabled() == fast
+    assert any(row.name.endswith("self_attn") for row in r) and all(row.numel > 0 for row in r)

@@ -164,8 +164,10 @@ def _matched_layers(float_model: nn.Module, quantized_model: nn.Module):
                         if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_modules() if c}
     float_names = {n for n, _ in float_model.named_modules() if n and n not in inside_attention}
     common = [(n, m) for n, m in quantized_model.named_modules() if n in float_names]
-    if not common and type(quantized_model) is not type(float_model) and not any(True for _ in float_model.children()):
-        # the model itself converted (quantize_dynamic(nn.Linear(...), {nn.Linear})): compared as one layer
+    if not common and type(quantized_model) is not type(float_model) and not any(
+            n not in inside_attention for n, _ in float_model.named_children()):
+        # the model itself converted (quantize_dynamic(nn.Linear(...), {nn.Linear}), a bare
+        # MultiheadAttention, whose out_proj child is part of it): compared as one layer
         return [("", quantized_model)]
     names = {n for n, _ in common}
     return [(n, m) for n, m in common
@@ -327,6 +329,12 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
               for m in every if isinstance(m.__dict__.get("_tq_input_range"), tuple)]
     float_model.eval()
     quantized_model.eval()
+    # torch's attention fast path off while the models run: under no_grad an nn.TransformerEncoder
+    # given a padding mask turns its input into a NestedTensor before looking at hooks, and its
+    # layers (declining the fast path for the hooks) then hand them nested outputs, which have no
+    # shape to compare (the int8 model, whose layers decline it too, ran padded)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad():
             seen = 0
@@ -350,6 +358,7 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                         s[2] = max(s[2], float((f64 - q64).abs().max())) if f.numel() else s[2]
                         s[3] += f.numel()
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
         for m, meth, before in reversed(wrapped):

@@ -131,6 +131,14 @@ class MultiheadAttention(nn.Module):
     def forward(self, query, key, value, key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if isinstance(t, torch.Tensor) and t.is_nested:
+                # (torch's float module takes them in its fused fast path only; its slow path
+                # refuses them too)
+                raise NotImplementedError(
+                    f"{self._get_name()}: argument '{name}' is a NestedTensor, which the int8 attention does not "
+                    f"take: pass the padded tensor ({name}.to_padded_tensor(0.0)) with a key_padding_mask that is "
+                    "True at the padded positions")
         # (each projection is its own layer: nothing depends on query, key and value being one tensor)
         query, key, value = _float(query), _float(key), _float(value)
         if query.dim() == 3 and self.batch_first:
