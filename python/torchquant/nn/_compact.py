@@ -9,7 +9,9 @@ something needs it:
 
 - ``state_dict()`` saves the rebuilt weight (the same bytes as before);
 - reading ``module.qweight`` (or ``.weight``) puts the rebuilt weight back in the buffer: the
-  module is then an ordinary one again, whose weight can be changed in place as before;
+  module is then an ordinary one again, whose weight can be changed in place as before; inside
+  torch.compile / torch.export the read is computed in the graph from the packed layout instead,
+  and the module stays as it is (a read of the shape or dtype alone leaves dead code);
 - ``.to()`` / ``.cuda()`` / ``.half()``, ``load_state_dict`` and a rebuild of the layout (a
   changed qparam, ``torchquant.repack``) rebuild the portable weight first, do what they did, and
   compact again;
@@ -60,6 +62,11 @@ class _Rebuild:
         self.last, self.last_version = None, None
 
     def __call__(self) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # A trace: read in the graph, and nothing recorded (torch.compile refuses a write to a
+            # Python object inside an autograd.Function's backward, InputGrad's weight read, and
+            # a traced tensor is no weight to give again)
+            return self.unpack(self.bufs, self.shape)
         w = self.last() if self.last is not None else None
         if w is not None and w._version == self.last_version:
             return w
@@ -156,18 +163,63 @@ def compact(module: nn.Module) -> bool:
         ph = _placeholder(w, rebuild)
         b["qweight"] = ph
         module.__dict__["_tq_compactable"] = True
-        module.__dict__["_tq_compact"] = (ph, ph._version)  # (its layout: ph._tq_rebuild.bufs)
+        # (its layout: rebuild.bufs; the read-back kept here too, for a trace that sees the buffer
+        # as a tensor of its own: non-strict torch.export's fake tensors, _traced_read)
+        module.__dict__["_tq_compact"] = (ph, ph._version, rebuild)
         note_packed(module, rec[2], rec[3])  # (the placeholder as the layout's source)
     return True
 
 
 def portable_qweight(module: nn.Module) -> Optional[torch.Tensor]:
     """The weight a placeholder in module's ``qweight`` buffer stands for (its own, or another
-    module's put there), read back from its layout; None when the buffer holds no placeholder."""
+    module's put there), read back from its layout; None when the buffer holds no placeholder.
+    Under torch.compile / torch.export: computed in the graph (:func:`_traced_read`)."""
+    if torch.compiler.is_compiling():
+        return _traced_read(module, values=True)
     adopt_handed(module)
     ph = module._buffers.get("qweight")
     r = _rebuild_of(ph)
     return None if r is None else r()
+
+
+class _ProbedLayout(Exception):
+    """unpack_by_probes called inside a trace (_traced_read turns it into its error)."""
+
+
+def _traced_read(module: nn.Module, values: bool) -> Optional[torch.Tensor]:
+    """Under torch.compile / torch.export: the weight the placeholder in module's ``qweight``
+    buffer stands for, computed in the graph by the layout's unpack from the kernel buffers (plain
+    reshapes / permutes / cats of them), or None where the buffer holds no placeholder. The module
+    and its _Rebuild are left as they are (a trace does not change the module), and a read whose
+    result goes unused (model code reading its shape or dtype) is dead code that the graph drops.
+    The module's own layout is read from its buffers as the trace sees them: non-strict
+    torch.export puts fake tensors there, without the placeholder's record (the module's
+    _tq_compact holds it). A layout read back by probing the packing op (unpack_by_probes: not
+    traceable) gives the placeholder for a read that may look only at its shape (``values``
+    False: module.qweight), and an error naming the workaround for one that needs the values."""
+    b = module._buffers
+    ph = b.get("qweight")
+    if not isinstance(ph, torch.Tensor) or ph.device.type != "meta":
+        return None
+    rec = module.__dict__.get("_tq_compact")
+    own = rec[2] if rec is not None else None
+    r = _rebuild_of(ph)
+    if r is None or r is own:
+        if own is None or ph.shape != own.shape:
+            return None  # (a tensor on the meta device that stands for nothing: a skeleton's)
+        r, bufs = own, {k: b[k] if isinstance(b.get(k), torch.Tensor) else t for k, t in own.bufs.items()}
+    else:
+        bufs = r.bufs  # (another module's placeholder put in place: its layout)
+    try:
+        return r.unpack(bufs, r.shape)
+    except _ProbedLayout:
+        if not values:
+            return ph
+        raise RuntimeError(
+            f"{type(module).__name__}: its weight cannot be read inside torch.compile / torch.export: the layer is "
+            "compact (its weight lives in the kernel layout only, torchquant.nn._compact), and this layout is read "
+            "back by probing the packing op, which does not trace. Read module.qweight once before compiling or "
+            "exporting: that puts the weight back in the buffer (the layer then holds both)") from None
 
 
 def _check_placeholder_unwritten(module: nn.Module) -> None:
@@ -311,9 +363,11 @@ class CompactWeight:
         # (only names that are not plain attributes get here: buffers, parameters, submodules)
         if name == "qweight" and "_tq_compact" in self.__dict__:
             if torch.compiler.is_compiling():
-                # a trace reading the weight's shape / dtype (model code doing x.to(layer.weight.dtype))
-                # gets the placeholder: the module is not changed inside a graph
-                return self._buffers["qweight"]
+                # The module is not changed inside a trace: the weight computed in the graph from the
+                # layout, dead code where only its shape / dtype is read (x.to(layer.qweight.dtype)),
+                # which AOT autograd, inductor and ExportedProgram.run_decompositions drop
+                w = _traced_read(self, values=False)
+                return self._buffers["qweight"] if w is None else w
             expand(self)
         return super().__getattr__(name)
 
@@ -403,6 +457,8 @@ def unpack_by_probes(pack: Callable[[torch.Tensor], torch.Tensor], packed: torch
     `packed`, for a layout that moves each weight byte somewhere (and pads or records the shape
     around them): the slots holding weights are where packing ones and zeros differ, and packing
     each byte of every weight's index tells which weight each slot holds."""
+    if torch.compiler.is_compiling():  # (nonzero and a packing op per probe: no graph)
+        raise _ProbedLayout()
     n = math.prod(shape)
     dev = packed.device
 

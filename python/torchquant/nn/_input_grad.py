@@ -38,6 +38,9 @@ class InputGrad(torch.autograd.Function):
         if ctx.relu:
             (y,) = ctx.saved_tensors
             gy = gy * (y > 0)
+        # (under torch.compile this runs inside the traced backward, where a write to any Python
+        # object is refused: the weight callables read a compact layer's weight without recording
+        # it, nn/_compact.py _traced_read)
         w = ctx.weight().to(gy.device)
         gx = gy.to(w.dtype) @ w
         return gx.to(ctx.x_dtype), None, None, None

@@ -634,6 +634,18 @@ def _load_weight(q, linear, w_scale, w_zp, w_range=(-128, 127)):
     q._set_int8(ops.quantize(w, w_scale, w_zp, 0, w_range[0], w_range[1], torch.int8), w_scale, w_zp, linear.bias)
 
 
+def _codes_of(m: nn.Module) -> torch.Tensor:
+    """m's int8 codes for a value read of its ``.weight``: ``m.qweight`` (which puts a compact
+    layer's weight back in its buffer); under torch.compile / torch.export, a compact layer's
+    computed in the graph from its layout (the module is not changed inside a trace), or an error
+    naming the workaround where that layout cannot be read in a graph."""
+    if _is_compiling():
+        w = portable_qweight(m)
+        if w is not None:
+            return w
+    return m.qweight
+
+
 class _LazyCodes:
     """Mixin of the QTensors a converted layer's ``.weight`` returns: the codes are the module's
     ``qweight``, read when something uses them (a torch function, ``.data``, ``dequantize()``,
@@ -653,7 +665,7 @@ class _LazyCodes:
     @property
     def data(self) -> torch.Tensor:
         ms = self._layers()
-        return ms[0].qweight if len(ms) == 1 else torch.cat([m.qweight for m in ms])
+        return _codes_of(ms[0]) if len(ms) == 1 else torch.cat([_codes_of(m) for m in ms])
 
     # the qparams read when used too, so that codes and scales are always the module's of the
     # same moment (a QTensor held across a load or a move)

@@ -296,7 +296,13 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
         if p is None:
             raise NotImplementedError
         if p.device.type == "cpu":
-            return pack_int4(unpack_int4_cpu(p, self.out_features, self.in_features, self.group_size))
+            # pack_int4 without its cast to uint8 (the values are uint8): torch.export records the
+            # cast as a dtype assertion that dead-code elimination keeps, and with it the whole
+            # read-back of a trace that only looked at the weight's shape
+            v = unpack_int4_cpu(p, self.out_features, self.in_features, self.group_size)
+            if v.shape[1] % 2:
+                v = torch.cat([v, v.new_zeros(v.shape[0], 1)], 1)
+            return v[:, 0::2] | (v[:, 1::2] << 4)
         if p.device.type == "cuda":
             # [N, K padded to the group / 2]: the portable bytes, then the zero points' nibbles
             # (one in the high half of the last byte for an odd K, where the portable byte has 0)
