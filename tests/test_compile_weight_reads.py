@@ -234,3 +234,27 @@ def test_training_through_frozen_layers_compiles_fullgraph(kind):
     assert torch.equal(y.detach(), eager(x))
     assert torch.equal(got.grad, want.grad)
     assert all(_unchanged(m, b) for m, b in zip((q[0], q[2]), before))
+
+
+def test_a_transposed_convolutions_weight_read_in_a_trace_names_the_workaround():
+    # Its .weight read qweight directly: inside a trace the meta placeholder, and a device
+    # mismatch error where the codes were used.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = nn.Sequential(tq.QuantStub(), nn.ConvTranspose2d(4, 4, 3), tq.DeQuantStub()).eval()
+        m.qconfig = tq.get_default_qconfig("x86")
+        p = tq.prepare(m)
+        p(torch.randn(2, 4, 5, 5))
+        q = tq.convert(p)
+    x = torch.randn(2, 4, 5, 5)
+
+    def f(t):
+        return q(t) + q[1].weight.dequantize().sum()
+
+    with torch.no_grad():
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match="(?i)read module.qweight once before compiling or exporting"):
+            torch.compile(f, backend="eager", fullgraph=True)(x)
+        q[1].qweight  # the workaround
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(f, backend="eager", fullgraph=True)(x), f(x))

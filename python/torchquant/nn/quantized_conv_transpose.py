@@ -21,7 +21,7 @@ from torch.nn.modules.utils import _ntuple
 from .._ops import conv_transpose_packed_weight_shape
 from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
-from .quantized import _STORAGE, _activation_qparams
+from .quantized import _STORAGE, _activation_qparams, _codes_of
 from ._state_dict import note_packed, repack_if_stale
 from ._compact import unpack_by_probes
 from .quantized_conv import _check_geometry, _ConvLikeNd, _conv_weight_qparams
@@ -98,7 +98,8 @@ class _ConvTransposeNd(_ConvLikeNd):
     def weight(self) -> QTensor:
         """The int8 weight [Cin, Cout / groups, *kernel] with its per-output-channel scales, as a
         QTensor in Conv's layout [Cout, Cin / groups, *kernel] (quantized along axis 0)."""
-        return QTensor(_to_conv_layout(self.qweight, self.groups), self.weight_scale, self.weight_zero_point, 0,
+        # (_codes_of: inside a graph, the clear error for a layout that cannot be read there)
+        return QTensor(_to_conv_layout(_codes_of(self), self.groups), self.weight_scale, self.weight_zero_point, 0,
                        -128, 127)
 
     def _api_weight_shape(self) -> tuple:
