@@ -13,6 +13,7 @@ import copy
 import enum
 import functools
 import inspect
+import itertools
 import os
 import warnings
 from collections import OrderedDict
@@ -422,14 +423,36 @@ def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None,
     visit(module, None, "")
 
 
+def _foreign_convert_error(module) -> TypeError:
+    """The error of prepare's hooks found on a module prepare did not observe: torch.ao's convert
+    (its swap_module) copies every forward hook onto the quantized module it builds, so the model
+    it converted from a torchquant-prepared one failed at its first call with "'Quantize' object
+    has no attribute 'activation_post_process'". That model cannot be trusted anyway: torch.ao's
+    convert leaves torchquant's own modules (QuantStub, fused and QAT modules, FloatFunctional)
+    in float and runs its kernels with qparams from torchquant's qconfigs (full 8-bit activations,
+    which fbgemm's AVX2 kernels saturate)."""
+    cls = type(module)
+    return TypeError(f"{cls.__module__}.{cls.__name__} carries torchquant.prepare's observer hooks but no observer of "
+                     "its own: it replaced a prepared module after prepare, as torch.ao.quantization.convert (or its "
+                     "swap_module) does on a model prepared by torchquant.prepare, which it cannot convert (nor fuse "
+                     "modules after prepare); convert a torchquant-prepared model with torchquant.convert, and fuse "
+                     "before prepare: do not mix torch.ao's and torchquant's flows")
+
+
 def _observer_hook(module, inputs, output):
-    return module.activation_post_process(output)
+    obs = module._modules.get("activation_post_process")
+    if obs is None:
+        raise _foreign_convert_error(module)
+    return obs(output)
 
 
 def _input_range_hook(module, inputs):
     """Records the range of a float input (min and max, on its device, no host sync) of a module
     that becomes an int8 Linear / Conv: where a float function runs between modules, the int8
     module receives a float tensor and quantizes it with qparams from this range."""
+    if "_tq_input_range" not in module.__dict__:
+        # (before its forward: torch.ao's quantized Linear / Conv fails on a float input)
+        raise _foreign_convert_error(module)
     x = inputs[0] if inputs else None
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         return None
@@ -495,22 +518,40 @@ def _float_dtype_of(module: nn.Module):
 
 def _fallback_observer_hook(module, inputs, output):
     # A module with no int8 version may return anything: only a float tensor is observed.
+    obs = module._modules.get("activation_post_process")
+    if obs is None:
+        raise _foreign_convert_error(module)
     if isinstance(output, torch.Tensor) and output.is_floating_point():
-        return module.activation_post_process(output)
+        return obs(output)
     return None
 
 
 def _device_of(mod: nn.Module):
-    for t in list(mod.parameters()) + list(mod.buffers()):
-        return t.device
+    # A converted layer's qweight is a placeholder on the meta device (its weight is in the
+    # kernel layout): it says nothing of where the module runs.
+    for t in itertools.chain(mod.parameters(), mod.buffers()):
+        if not t.is_meta:
+            return t.device
     return None
 
 
 def _model_device(model: nn.Module):
-    """The one device of the model's parameters and buffers (None if none or several): where
-    observers of modules that hold no tensors themselves (QuantStub) go, as in torch.ao."""
-    devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
+    """The one device of the model's parameters and buffers (None if none or several; meta
+    placeholders left out, as in _device_of): where observers of modules that hold no tensors
+    themselves (QuantStub) go, as in torch.ao."""
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers()) if not t.is_meta}
     return devices.pop() if len(devices) == 1 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _quantized_types() -> tuple:
+    """torchquant's quantized module classes: those convert, quantize_dynamic and
+    quantize_weight_only put in a model (the targets of the default mappings, int4 Linear)."""
+    from .nn.quantized_int4 import LinearWeightOnlyInt4
+
+    targets = {*_STATIC.values(), *_DYNAMIC.values(), LinearWeightOnlyInt4, nnq.FusedReLUSequential}
+    return tuple(t for t in targets if isinstance(t, type) and issubclass(t, nn.Module)
+                 and t.__module__.startswith("torchquant."))
 
 
 def _batch_stats_bn(mod: nn.Module) -> bool:
@@ -529,13 +570,24 @@ def _float_only(mod: nn.Module) -> bool:
     return _batch_stats_bn(mod)
 
 
-def _add_observers(model: nn.Module, custom: frozenset = frozenset()) -> List[str]:
+def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: Optional[List[str]] = None) -> List[str]:
     """Adds ``activation_post_process`` and its forward hook to every observed module under a
     qconfig; returns the names of leaf modules under a qconfig that stay float. ``custom``: the
     user's module types named in prepare's ``allow_list`` (:func:`_custom_allowed`), observed as
-    modules with an int8 version."""
+    modules with an int8 version. ``already`` gets the names of the quantized modules under a
+    qconfig (a model, or part of one, converted before), which get no observer."""
     unsupported = []
     model_dev = _model_device(model)
+    # torchquant's quantized modules (convert's, quantize_dynamic's, quantize_weight_only's) are
+    # int8 already: observed as "no int8 implementation", their observers went to the meta device
+    # of their qweight placeholder, and calibration failed on them. Their insides are skipped too.
+    quantized = [(n, m) for n, m in model.named_modules() if isinstance(m, _quantized_types())]
+    inside_quantized = {id(c) for _, m in quantized for c in m.modules()}
+    if already is not None:
+        inner = {id(c) for _, m in quantized for c in m.modules() if c is not m}
+        already.extend(f"{n or 'the model'} ({type(m).__name__})" for n, m in quantized
+                       if id(m) not in inner and getattr(m, "qconfig", None) is not None
+                       and not isinstance(m, _PASSTHROUGH))
     # A fused module that stays float (a [BatchNorm, ReLU] with batch statistics) is not one
     # module: its BatchNorm is observed and stays float as a leaf, its ReLU is int8.
     inside_fused = {id(c) for m in model.modules() if isinstance(m, _FUSED) and not _float_only(m)
@@ -545,7 +597,7 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset()) -> List[st
                      and getattr(m, "qconfig", None) is not None for c in m.modules() if c is not m}
     for name, mod in model.named_modules():
         qc = getattr(mod, "qconfig", None)
-        if qc is None or _is_observer(mod) or id(mod) in inside_fused:
+        if qc is None or _is_observer(mod) or id(mod) in inside_fused or id(mod) in inside_quantized:
             continue
         float_only = _float_only(mod)
         if float_only and any(True for _ in mod.children()):
@@ -714,8 +766,9 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     its output). torch.ao's fused modules (torchvision's ``fuse_model()``) are taken as
     torchquant's. ``allow_list`` (torch.ao's way to add a module type, with a mapping for it at
     convert): its types of the user's own are observed as such modules too; torchquant's own
-    types are observed whether listed or not (a warning names those it leaves out). Returns the
-    prepared model (a copy unless ``inplace``).
+    types are observed whether listed or not (a warning names those it leaves out). Modules
+    quantized already (by convert, quantize_dynamic or quantize_weight_only) get no observer, with
+    a warning naming them. Returns the prepared model (a copy unless ``inplace``).
     """
     _check_args("prepare", model)
     _warn_unused("prepare", observer_non_leaf_module_list=observer_non_leaf_module_list,
@@ -732,7 +785,13 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
                       "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=user_stacklevel())
         return model
     _keep_tables_float(model)
-    unsupported = _add_observers(model, custom)
+    already: List[str] = []
+    unsupported = _add_observers(model, custom, already)
+    if already:
+        warnings.warn("prepare: these modules are already quantized (by convert, quantize_dynamic or "
+                      "quantize_weight_only) and get no observer: " + ", ".join(already[:10])
+                      + (f", ... ({len(already)} in all)" if len(already) > 10 else ""),
+                      UserWarning, stacklevel=user_stacklevel())
     if unsupported:
         warnings.warn("prepare: these modules have no int8 implementation and stay in float: " + ", ".join(unsupported),
                       UserWarning, stacklevel=user_stacklevel())
@@ -1039,6 +1098,31 @@ def _refuse_ao_qat_modules(module: nn.Module, mapping) -> None:
                         "dict into such a model (torch.ao's QAT state dicts load) and convert that")
 
 
+def _refuse_ao_prepared_stubs(module: nn.Module, mapping) -> None:
+    """A model prepared by torch.ao's prepare holds torch.ao's observers, but torchquant's
+    QuantStubs (and FloatFunctionals) unobserved: torch.ao's prepare does not know them. Their
+    swap raised "has no activation observer: was the model passed through prepare()?", which it
+    was (torch.ao's): a TypeError naming them and torchquant.prepare."""
+    # torch.ao's prepare calls its observers from hooks of its own (torchquant's prepare, given a
+    # torch.ao qconfig, holds torch.ao's observers too, but calls them from its hooks)
+    ao_hooks = _ao_observer_hooks()
+    if not any(h in ao_hooks for m in module.modules()
+               for h in itertools.chain(m._forward_hooks.values(), m._forward_pre_hooks.values())):
+        return
+    mapped = _STATIC if mapping is None else mapping
+    unobserved = [f"'{n or 'the model'}' ({type(m).__name__})" for n, m in module.named_modules()
+                  if isinstance(m, (QuantStub, _nqo.FloatFunctional)) and type(m) in mapped
+                  and getattr(m, "qconfig", None) is not None
+                  and not _is_observer(getattr(m, "activation_post_process", None))]
+    if unobserved:
+        raise TypeError(f"convert: {', '.join(unobserved[:3])}{' ...' if len(unobserved) > 3 else ''} "
+                        f"{'has' if len(unobserved) == 1 else 'have'} no observer: "
+                        "the model was prepared by torch.ao.quantization.prepare, which does not observe torchquant's "
+                        "QuantStub and FloatFunctional (it observes its own modules only); prepare the float model "
+                        "with torchquant.prepare (it takes torch.ao's stubs, FloatFunctionals and qconfigs too), "
+                        "calibrate it and convert it with torchquant.convert: do not mix the two libraries' flows")
+
+
 def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inplace: bool = False,
             remove_qconfig: bool = True, is_reference: bool = False, convert_custom_config_dict=None,
             use_precomputed_fake_quant: bool = False) -> nn.Module:
@@ -1063,6 +1147,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
                                       "(torchquant has no reference quantized modules; its int8 modules run the "
                                       "real kernels, with the weights' qparams read at convert)")
     _refuse_ao_qat_modules(module, mapping)
+    _refuse_ao_prepared_stubs(module, mapping)
     if not inplace:
         module = _deepcopy(module)
     before = {id(m) for m in module.modules()}
@@ -1076,7 +1161,12 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
         module = _swap_root(module, mapping)
     else:
         if root_target is None:
-            _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
+            try:
+                _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
+            except RuntimeError as e:
+                if "observed no finite data" not in str(e) or _any_observer_ran(module):
+                    raise
+                raise type(e)(f"{e}; {_SKELETON_HINT}") from (e.__cause__ or e)
         # else the model itself is of a mapped type (a bare Linear, a fused LinearReLU): it is
         # swapped as a whole or not at all, as it would be as a child; its own children (the fused
         # module's Linear, observed through the fused module) are not swapped one by one (they
@@ -1091,7 +1181,8 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
             if isinstance(m, nnq.DeQuantize) and id(m) not in before:
                 m._buffers["_output_dtype"] = torch.empty(0, dtype=model_dtype, device=m._buffers["_output_dtype"].device)
     if ({id(m) for m in module.modules()} == before and _has_any_qconfig(module)
-            and not any(_is_observer(m) for m in module.modules())):
+            and not any(_is_observer(m) for m in module.modules())
+            and not any(isinstance(m, _quantized_types()) for m in module.modules())):  # (converted before)
         # torch.ao returns the float model silently here; a forgotten prepare() is the usual cause.
         warnings.warn("convert: the model has a qconfig but no observers, so nothing was quantized and it stays "
                       "in float; call torchquant.prepare(model) and calibrate it before convert", UserWarning,
@@ -1100,6 +1191,23 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
         _fold_relus(module)
     _clean(module, remove_qconfig)
     return module
+
+
+# No observer saw data: torch.ao's recipe for reloading a quantized model (prepare + convert
+# with no calibration, then load_state_dict) is the usual way here.
+_SKELETON_HINT = ("to rebuild a converted model for load_state_dict (torch.ao's prepare + convert skeleton), calibrate "
+                  "the prepared model on one batch of any data of the input's shape first, e.g. "
+                  "torchquant.calibrate(prepared, [torch.zeros(1, ...)]): load_state_dict then sets every weight and "
+                  "qparam (docs/eager_api.md, \"Saving and loading a quantized model\")")
+
+
+def _any_observer_ran(model: nn.Module) -> bool:
+    """Whether some observer of the model recorded anything (finite or not)."""
+    for m in model.modules():
+        obs = getattr(m, "activation_post_process", None)
+        if obs is not None and _is_observer(obs) and (_saw_data(obs) is not False or _saw_nonfinite(obs)):
+            return True
+    return False
 
 
 def _saw_data(obs) -> Optional[bool]:
@@ -1428,6 +1536,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                          f"tables), got {dtype}" + ("; torchquant has no float16 modules" if dtype == torch.float16
                                                     else ""))
     default = by_dtype[dtype]
+    spec_given = qconfig_spec is not None
     if qconfig_spec is None:
         if dtype == torch.qint8:
             qconfig_spec = {nn.Linear: default, intrinsic.LinearReLU: default}
@@ -1464,6 +1573,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                       f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
                       stacklevel=user_stacklevel())
     kinds, names = {k for k in qconfig_spec if isinstance(k, type)}, {k for k in qconfig_spec if isinstance(k, str)}
+    module_names = {n for n, _ in model.named_modules()}
+    names_unmatched = sorted(names - module_names)  # (a misspelt name quantized nothing, without a word)
     meta = [n for n, m in model.named_modules() if type(m) in targets and (type(m) in kinds or n in names)
             and any(t.is_meta for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])]
     if meta:
@@ -1488,10 +1599,35 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
         if hasattr(mod, "qconfig"):
             del mod.qconfig
     if {id(m) for m in model.modules()} == before:
-        warnings.warn("quantize_dynamic: nothing was quantized: the model has no module of the types in "
-                      "'qconfig_spec' that has a dynamic int8 version (an already quantized model comes back as "
-                      "it was)", UserWarning, stacklevel=user_stacklevel())
+        why = _nothing_quantized_why(model, qconfig_spec, names_unmatched, dtype, spec_given, targets)
+        warnings.warn("quantize_dynamic: nothing was quantized: " + why, UserWarning, stacklevel=user_stacklevel())
+    elif names_unmatched:
+        warnings.warn(f"quantize_dynamic: argument 'qconfig_spec' names {names_unmatched}, which name no module of the "
+                      "model (names as model.named_modules() gives them); they are left out", UserWarning,
+                      stacklevel=user_stacklevel())
     return model
+
+
+def _nothing_quantized_why(model, qconfig_spec, names_unmatched, dtype, spec_given, targets) -> str:
+    """The end of quantize_dynamic's "nothing was quantized" warning: what the spec asked for
+    and why the model had none of it (a misspelt name, the tables a dtype covers)."""
+    if not spec_given and dtype != torch.qint8:
+        tables = "nn.EmbeddingBag" if dtype == torch.quint4x2 else "nn.Embedding / nn.EmbeddingBag"
+        return (f"dtype={dtype} quantizes the rows of {tables} tables only, and the model has none; for nn.Linear and "
+                "recurrent layers use dtype=torch.qint8 (the default)")
+    layers = [n for n, m in model.named_modules() if n and (type(m) in targets or _dynamic_by_kind(type(m), targets))]
+    hint = (f"; its layers with a dynamic int8 version: {layers[:5]}{' ...' if len(layers) > 5 else ''}"
+            if layers else "")
+    if names_unmatched:
+        return (f"argument 'qconfig_spec' names {names_unmatched}, which name no module of the model (names as "
+                f"model.named_modules() gives them){hint}")
+    modules = dict(model.named_modules())
+    named = [f"'{k}' ({type(modules[k]).__name__})" for k in sorted(k for k in qconfig_spec if isinstance(k, str))]
+    if named and not any(isinstance(k, type) for k in qconfig_spec):
+        return (f"the modules named in argument 'qconfig_spec', {', '.join(named)}, hold no layer that has a dynamic "
+                f"int8 version (an already quantized model comes back as it was){hint}")
+    return ("the model has no module of the types in 'qconfig_spec' that has a dynamic int8 version (an already "
+            "quantized model comes back as it was)")
 
 
 def warn_fused_experts(model: nn.Module, who: str) -> None:
@@ -1639,6 +1775,13 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
         model = _deepcopy(model)
     _as_plain_convs(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
+    for group in groups:
+        # (a number, an nn.Sequential's child by position, failed with "'int' object has no attribute 'split'")
+        for n in (group if isinstance(group, (list, tuple)) else [group]):
+            if not isinstance(n, str):
+                hint = f" (an nn.Sequential's children are named '{n}', '{n + 1}', ...)" if isinstance(n, int) else ""
+                raise TypeError(f"{fn}: module names must be strings, as model.named_modules() gives them, got {n!r} "
+                                f"({type(n).__name__}) in argument 'modules_to_fuse' {modules_to_fuse!r}{hint}")
     try:
         firsts = {id(_get(model, g[0])) for g in groups if g}
     except AttributeError:
