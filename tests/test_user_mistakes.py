@@ -254,3 +254,20 @@ def test_fuse_modules_refuses_names_that_are_not_strings(groups):
     with pytest.raises(TypeError, match=r"fuse_modules: module names must be strings.*got [01] \(int\) in argument "
                                         r"'modules_to_fuse'.*children are named '[01]'"):
         tq.fuse_modules(m, groups)
+
+
+def test_report_explains_how_a_batch_is_read_when_it_does_not_fit_forward():
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, a, b):
+            return self.fc(a) + b
+
+    m = Two().eval()
+    q = tq.quantize_dynamic(m)
+    a, b = torch.randn(2, 4), torch.randn(2, 4)
+    with pytest.raises(TypeError, match=r"report: a batch does not fit Two.forward.*\[\{'a': a, 'b': b\}"):
+        tq.report(m, q, [(a, b)])
+    assert len(tq.report(m, q, [{"a": a, "b": b}])) == 1

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .calibrate import _call
+from .calibrate import _batch_error, _call
 
 __all__ = ["report", "QuantReport", "LayerError"]
 
@@ -345,8 +345,14 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                 # Each model gets its own copy of the batch: one that changes its input in place
                 # (float preprocessing) would otherwise hand the other a changed batch, and change
                 # the caller's data.
-                _call(float_model, _copied(batch))
-                _call(quantized_model, _copied(batch))
+                for model in (float_model, quantized_model):
+                    try:
+                        _call(model, _copied(batch))
+                    except TypeError as e:  # (a batch that does not fit forward: how batches are read)
+                        err = _batch_error("report", model, batch, e)
+                        if err is None:
+                            raise
+                        raise err from e
                 for n, _ in pairs:
                     for f, q in zip(captured["float"].get(n, ()), captured["quant"].get(n, ())):
                         if f is None or q is None or f.shape != q.shape:
