@@ -447,8 +447,8 @@ def test_a_weight_only_table_qconfig_still_prepares_with_a_float_placeholder():
 @pytest.mark.parametrize("error", [Exception, ValueError, AssertionError, KeyError])
 def test_convert_names_the_module_for_any_error_of_from_float(error):
     # Only a RuntimeError was given the module's name: torch.ao's classes raise bare Exceptions
-    # and AssertionErrors. The error keeps its type (a bare Exception, or one whose type cannot
-    # take the message, becomes a RuntimeError) and the original is its cause.
+    # and AssertionErrors. The error keeps its type (a KeyError too; a bare Exception, or one
+    # whose type cannot take the message, becomes a RuntimeError) and the original is its cause.
     class Failing(nn.Module):
         @classmethod
         def from_float(cls, mod):
@@ -459,7 +459,7 @@ def test_convert_names_the_module_for_any_error_of_from_float(error):
     p = tq.prepare(m)
     p(torch.randn(4, 8))
     mapping = {**tq.get_default_static_quant_module_mappings(), nn.Linear: Failing}
-    kind = RuntimeError if error in (Exception, KeyError) else error
+    kind = RuntimeError if error is Exception else error
     with pytest.raises(kind, match=r"convert: module '1' \(Linear\) could not be quantized: .*no way") as info:
         tq.convert(p, mapping=mapping)
     assert type(info.value) is kind and type(info.value.__cause__) is error

@@ -271,3 +271,73 @@ def test_report_explains_how_a_batch_is_read_when_it_does_not_fit_forward():
     with pytest.raises(TypeError, match=r"report: a batch does not fit Two.forward.*\[\{'a': a, 'b': b\}"):
         tq.report(m, q, [(a, b)])
     assert len(tq.report(m, q, [{"a": a, "b": b}])) == 1
+
+
+def test_a_module_left_float_for_a_later_quantize_dynamic_prepares():
+    # torch.ao's hybrid recipe: a static model whose LSTM carries a dynamic qconfig stays float
+    # through prepare / convert, and quantize_dynamic takes it afterwards. The dynamic-qconfig
+    # refusal is for modules that convert would make static int8.
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.fc, self.dq = tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()
+            self.lstm = nn.LSTM(8, 8)
+
+        def forward(self, x):
+            return self.lstm(self.dq(self.fc(self.q(x))))[0]
+
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    m.lstm.qconfig = tq.default_dynamic_qconfig
+    x = torch.randn(5, 3, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = tq.prepare(m)
+        tq.calibrate(p, [x], progress=False)
+        c = tq.quantize_dynamic(tq.convert(p), {"lstm"})
+    assert isinstance(c.fc, nnq.Linear) and type(c.lstm).__module__.startswith("torchquant")
+    assert (c(x) - m(x)).abs().max() < 0.1
+
+
+def test_errors_of_a_mapping_class_keep_their_type_and_a_batch_mapping_its_class():
+    import collections
+
+    class Boom(nn.Module):
+        @classmethod
+        def from_float(cls, mod, **kwargs):
+            raise KeyError("boom")
+
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(4, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    p = tq.prepare(m)
+    p(torch.randn(2, 4))
+    with pytest.raises(KeyError, match="module '1' .*could not be quantized"):
+        tq.convert(p, mapping={**tq.get_default_static_quant_module_mappings(), nn.Linear: Boom})
+
+    class Enc(collections.UserDict):  # a BatchEncoding-like batch: attribute access to its items
+        def __getattr__(self, k):
+            try:
+                return self.data[k]
+            except KeyError:
+                raise AttributeError(k)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, enc):
+            return self.fc(enc.x)
+
+    pm = Model().eval()
+    pm.qconfig = tq.get_default_qconfig("x86")
+    tq.calibrate(tq.prepare(pm), [(Enc(x=torch.randn(2, 4)), None)], progress=False)
+
+
+def test_weight_only_calib_data_from_split_is_named_in_the_refusal():
+    m = nn.Sequential(nn.Linear(32, 8))
+    x = torch.randn(8, 32)
+    with pytest.raises(TypeError, match=r"list\(x.split\(n\)\)"):
+        tq.quantize_weight_only(m, method="gptq", group_size=32, calib_data=x.split(4), progress=False)
+    tq.quantize_weight_only(m, method="gptq", group_size=32, calib_data=list(x.split(4)), progress=False)
+    tq.quantize_weight_only(m, method="gptq", group_size=32, calib_data=(x,), progress=False)  # one batch either way

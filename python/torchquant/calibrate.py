@@ -46,8 +46,14 @@ def _to(x, device):
         return x.to(device)
     if isinstance(x, (list, tuple)):
         return type(x)(_to(v, device) for v in x)
-    if isinstance(x, Mapping):  # a dict, or a tokenizer's BatchEncoding (a UserDict)
+    if isinstance(x, dict):
         return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, Mapping):  # a tokenizer's BatchEncoding (a UserDict): its own type where it can be rebuilt
+        moved = {k: _to(v, device) for k, v in x.items()}
+        try:
+            return type(x)(moved)
+        except Exception:
+            return moved
     return x
 
 

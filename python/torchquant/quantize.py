@@ -656,8 +656,12 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
                                + (": track_running_stats=False, it normalizes with batch statistics)" if float_only
                                   else ")"))
             # Observed too: where it runs inside the quantized part of the model, convert
-            # quantizes its float output with these qparams (docs/eager_api.md).
-            obs = _activation_observer(qc, name, mod)
+            # quantizes its float output with these qparams (docs/eager_api.md). Not under a
+            # dynamic qconfig (an LSTM left for a later quantize_dynamic, as torch.ao's flow
+            # leaves it): that one records no range, and its output stays float.
+            obs = _activation_observer(qc, name, mod, refuse_dynamic=False)
+            if obs is None:
+                continue
             dev = _device_of(mod) or model_dev
             if dev is not None:
                 obs.to(dev)
@@ -666,9 +670,11 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
     return unsupported
 
 
-def _activation_observer(qc, name: str, mod: nn.Module):
+def _activation_observer(qc, name: str, mod: nn.Module, refuse_dynamic: bool = True):
     """qc.activation(), refused by name when it is per channel: torchquant's int8 activations
-    (QTensors between modules) are per tensor, and convert could not use its qparams."""
+    (QTensors between modules) are per tensor, and convert could not use its qparams. A dynamic
+    qconfig's placeholder is refused too, or (``refuse_dynamic=False``: a module that stays
+    float) None."""
     obs = qc.activation()
     if not isinstance(obs, nn.Module):  # (nn.Identity, torch.ao's weight-only QAT qconfig, is one)
         raise TypeError(f"prepare: module '{name or type(mod).__name__}' ({type(mod).__name__}): its qconfig's "
@@ -680,6 +686,8 @@ def _activation_observer(qc, name: str, mod: nn.Module):
                          "are per tensor: use a per-tensor observer (torch.per_tensor_affine or "
                          "torch.per_tensor_symmetric)")
     if _is_dynamic_placeholder(obs):
+        if not refuse_dynamic:
+            return None
         # It records nothing: convert failed after calibration ("calculate_qparams should not be
         # called for PlaceholderObserver"; torch.ao's, a bare Exception naming no module).
         raise ValueError(f"prepare: module '{name or type(mod).__name__}' ({type(mod).__name__}) has a dynamic "
@@ -936,7 +944,7 @@ def _naming_module(e: Exception, message: str) -> Exception:
     if type(e) is not Exception:
         try:
             new = type(e)(message)
-            if str(new) == message:
+            if new.args == (message,):  # (str() of a KeyError is its message's repr)
                 return new
         except Exception:  # (a constructor taking other arguments)
             pass

@@ -64,13 +64,14 @@ def _calib_batches(calib_data, method: str) -> List[Any]:
     elif isinstance(calib_data, (str, bytes)) or not hasattr(calib_data, "__iter__"):
         raise TypeError(f"argument 'calib_data' must be a tensor, a dict of keyword arguments or an iterable of "
                         f"batches, got {type(calib_data).__name__}")
-    elif isinstance(calib_data, tuple) and calib_data and all(isinstance(t, torch.Tensor) for t in calib_data):
+    elif isinstance(calib_data, tuple) and len(calib_data) > 1 and all(isinstance(t, torch.Tensor) for t in calib_data):
         # (ids, mask): one batch of two arguments (model(*b), as report reads it) or two
         # batches? Running the mask as token ids would calibrate on it (torchquant.calibrate
         # refuses the same tuple).
         raise TypeError(f"quantize_weight_only: argument 'calib_data' is a tuple of {len(calib_data)} tensors, "
                         "which reads both as one batch of arguments (model(*b)) and as a sequence of batches: pass "
-                        "a list, [(ids, mask)] for one batch or [x1, x2, ...] for several")
+                        "a list, [(ids, mask)] for one batch or [x1, x2, ...] for several (x.split(n) and x.chunk(n) "
+                        "give tuples: list(x.split(n)))")
     else:
         batches = list(calib_data)
     if not batches:
