@@ -253,6 +253,11 @@ def test_a_transposed_convolutions_weight_read_in_a_trace_names_the_workaround()
 
     with torch.no_grad():
         torch._dynamo.reset()
+        # its shape answers inside a graph (Conv's layout), without the codes
+        g = torch.compile(lambda t: q(t) * q[1].weight.shape[0] + q[1].weight.dim(), backend="eager", fullgraph=True)
+        assert torch.equal(g(x), q(x) * 4 + 4) and is_compact(q[1])
+        assert tuple(q[1].weight.shape) == (4, 4, 3, 3)
+        torch._dynamo.reset()
         with pytest.raises(Exception, match="(?i)read module.qweight once before compiling or exporting"):
             torch.compile(f, backend="eager", fullgraph=True)(x)
         q[1].qweight  # the workaround

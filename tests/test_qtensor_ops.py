@@ -877,3 +877,10 @@ def test_type_reports_torchs_quantized_tensor_type():
                 q.type(arg)
         with pytest.raises(ValueError, match="invalid type: 'torch.NotATensor'"):
             q.type("torch.NotATensor")
+
+
+def test_type_takes_the_quantized_type_names_it_gives():
+    q = torchquant.quantize_per_tensor(torch.randn(4), 0.1, 128, torch.quint8)
+    assert q.type(q.type()) is q
+    r = q.type("torch.quantized.QInt8Tensor")
+    assert r.dtype == torch.qint8 and torch.equal(r.dequantize(), q.dequantize())

@@ -341,3 +341,25 @@ def test_weight_only_calib_data_from_split_is_named_in_the_refusal():
         tq.quantize_weight_only(m, method="gptq", group_size=32, calib_data=x.split(4), progress=False)
     tq.quantize_weight_only(m, method="gptq", group_size=32, calib_data=list(x.split(4)), progress=False)
     tq.quantize_weight_only(m, method="gptq", group_size=32, calib_data=(x,), progress=False)  # one batch either way
+
+
+def test_set_weight_bias_on_a_model_converted_under_inference_mode():
+    # Its buffers are inference tensors: the codes were written, then the scales' write failed
+    # ("Inplace update to inference tensor outside InferenceMode"), leaving new codes with old scales.
+    def prepared(seed):
+        torch.manual_seed(seed)
+        m = nn.Sequential(tq.QuantStub(), nn.Linear(16, 8), tq.DeQuantStub()).eval()
+        m.qconfig = tq.get_default_qconfig("x86")
+        p = tq.prepare(m)
+        p(torch.randn(4, 16))
+        return p
+
+    with torch.inference_mode():
+        c = tq.convert(prepared(0))
+    ref = tq.convert(prepared(0))
+    w, b = tq.convert(prepared(1))[1]._weight_bias()
+    c[1].set_weight_bias(w, b)
+    ref[1].set_weight_bias(w, b)
+    x = torch.randn(4, 16)
+    assert torch.equal(c(x), ref(x))
+    assert torch.equal(c[1].weight_scale, ref[1].weight_scale) and torch.equal(c[1].bias, ref[1].bias)

@@ -88,6 +88,9 @@ def _tensor_type_dtype(t):
     """The dtype of torch.Tensor.type's argument that is no dtype: a tensor type ('torch.FloatTensor',
     torch.cuda.HalfTensor) by name or class; None for anything else."""
     if isinstance(t, str):
+        for dtype, name in _TYPE_NAMES.items():  # (torch.quantized has no tensor-type classes to look up)
+            if t.endswith(f"quantized.{name}"):
+                return torch.qint8 if dtype == torch.int8 else torch.quint8
         head, _, rest = t.partition(".")
         t = torch if head == "torch" and rest else None
         for part in rest.split("."):

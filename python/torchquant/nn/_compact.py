@@ -339,6 +339,10 @@ def _keep_while_spawning(w: torch.Tensor) -> bool:
     popen = context.get_spawning_popen()
     if popen is None:
         return False
+    if w.device.type != "cpu":
+        # (CUDA IPC keeps a sent block alive until the child releases it: a copy kept here
+        # would hold the weight twice on the GPU for the child's whole run)
+        return True
     try:
         _SPAWNING.setdefault(popen, []).append(w)
     except TypeError:  # (a Popen of another kind, without weak references: not kept, as before)

@@ -236,6 +236,14 @@ class _Int8WeightModule(CompactWeight, nn.Module):
             raise RuntimeError(f"{owner}: the module is on the meta device (a skeleton, no memory to write into): "
                                "materialize it first (module.to_empty(device=...))")
         with torch.no_grad(), expanded(self):  # (a compact module's weight written, then compacted again)
+            if not torch.is_inference_mode_enabled():
+                # A module converted under torch.inference_mode holds inference tensors, which
+                # cannot be written outside it: normal copies first (as a load made there is
+                # given), so that no write fails halfway (new codes with the old scales)
+                for k in ("qweight", "weight_scale", "weight_zero_point", "bias"):
+                    t = bufs.get(k)
+                    if isinstance(t, torch.Tensor) and t.is_inference() and t.device.type != "meta":
+                        bufs[k] = t.clone()
             dev, q = bufs["weight_scale"].device, bufs["qweight"]
             codes = self._qweight_from_api(codes)
             if _rebuild_of(q) is not None:
@@ -373,11 +381,7 @@ def _weight_codes(w: QTensor) -> torch.Tensor:
     compact layer's weight back in its buffer (it stays compact)."""
     if not isinstance(w, _LazyCodes):
         return w.data
-    parts = []
-    for m in w._layers():
-        p = portable_qweight(m)
-        parts.append(m._buffers["qweight"] if p is None else p)
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    return w._portable_codes()
 
 
 def _int8_weight_arg(owner: str, w, shape, layout: str = ""):
@@ -666,6 +670,14 @@ class _LazyCodes:
     def data(self) -> torch.Tensor:
         ms = self._layers()
         return _codes_of(ms[0]) if len(ms) == 1 else torch.cat([_codes_of(m) for m in ms])
+
+    def _portable_codes(self) -> torch.Tensor:
+        """The codes read without putting a compact layer's weight back in its buffer."""
+        parts = []
+        for m in self._layers():
+            p = portable_qweight(m)
+            parts.append(m._buffers["qweight"] if p is None else p)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # the qparams read when used too, so that codes and scales are always the module's of the
     # same moment (a QTensor held across a load or a move)

@@ -21,7 +21,7 @@ from torch.nn.modules.utils import _ntuple
 from .._ops import conv_transpose_packed_weight_shape
 from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
-from .quantized import _STORAGE, _activation_qparams, _codes_of
+from .quantized import _STORAGE, _LazyQWeight, _activation_qparams, _codes_of, _lazy
 from ._state_dict import note_packed, repack_if_stale
 from ._compact import unpack_by_probes
 from .quantized_conv import _check_geometry, _ConvLikeNd, _conv_weight_qparams
@@ -54,6 +54,24 @@ def _per_channel_axis(mod) -> Optional[int]:
     if getattr(wobs, "qscheme", None) not in _PER_CHANNEL:
         return None
     return int(getattr(wobs, "ch_axis", 0))
+
+
+class _LazyTransposedQWeight(_LazyQWeight):
+    """A transposed convolution's ``.weight``: the codes in Conv's layout [Cout, Cin / groups,
+    *kernel] (the module holds [Cin, Cout / groups, *kernel]), read when used."""
+
+    __slots__ = ()
+
+    @property
+    def data(self) -> torch.Tensor:
+        return _to_conv_layout(_codes_of(self._module), self._module.groups)
+
+    def _portable_codes(self) -> torch.Tensor:
+        return _to_conv_layout(super()._portable_codes(), self._module.groups)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self._module._api_weight_shape())
 
 
 class _ConvTransposeNd(_ConvLikeNd):
@@ -98,9 +116,9 @@ class _ConvTransposeNd(_ConvLikeNd):
     def weight(self) -> QTensor:
         """The int8 weight [Cin, Cout / groups, *kernel] with its per-output-channel scales, as a
         QTensor in Conv's layout [Cout, Cin / groups, *kernel] (quantized along axis 0)."""
-        # (_codes_of: inside a graph, the clear error for a layout that cannot be read there)
-        return QTensor(_to_conv_layout(_codes_of(self), self.groups), self.weight_scale, self.weight_zero_point, 0,
-                       -128, 127)
+        # lazy, as Conv's: its shape answers without the codes (inside a graph too, where this
+        # layout cannot be read back: a value read there names the workaround)
+        return _lazy(_LazyTransposedQWeight, self)
 
     def _api_weight_shape(self) -> tuple:
         # weight()'s: Conv's layout [Cout, Cin / groups, *kernel]
