@@ -363,3 +363,32 @@ def test_set_weight_bias_on_a_model_converted_under_inference_mode():
     x = torch.randn(4, 16)
     assert torch.equal(c(x), ref(x))
     assert torch.equal(c[1].weight_scale, ref[1].weight_scale) and torch.equal(c[1].bias, ref[1].bias)
+
+
+def test_a_model_prepared_on_the_meta_device_calibrates_there():
+    # a dry run: observers on meta as the model (they went to the CPU once meta placeholders of
+    # converted layers were left out of the device a module runs on)
+    m = nn.Sequential(tq.QuantStub(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = tq.prepare(m.to("meta"))
+        assert {b.device.type for n, b in p.named_buffers() if "activation_post_process" in n} == {"meta"}
+        tq.calibrate(p, [torch.randn(2, 8, device="meta")], progress=False)
+
+
+def test_per_sample_weights_gradient_reads_the_indices_of_the_forward():
+    fb = nn.EmbeddingBag(10, 4, mode="sum")
+    fb.qconfig = tq.float_qparams_weight_only_qconfig
+    q = nnq.EmbeddingBag.from_float(fb)
+    idx, off = torch.tensor([1, 2, 3]), torch.tensor([0, 2])
+    grads = []
+    for change in (False, True):
+        i = idx.clone()
+        w = torch.ones(3, requires_grad=True)
+        out = q(i, off, w)
+        if change:
+            i.fill_(0)  # changed in place before backward
+        out.sum().backward()
+        grads.append(w.grad)
+    assert torch.equal(grads[0], grads[1])

@@ -33,10 +33,12 @@ def _name_observers(model: nn.Module):
 def _model_device(model: nn.Module) -> Optional[torch.device]:
     # A quantized layer's qweight is a placeholder on the meta device (its weight is in the
     # kernel layout): inputs moved there failed in the first int8 layer.
+    meta = None  # (a model on the meta device as a whole, a dry run, stays there)
     for t in itertools.chain(model.parameters(), model.buffers()):
         if not t.is_meta:
             return t.device
-    return None
+        meta = t.device
+    return meta
 
 
 def _to(x, device):

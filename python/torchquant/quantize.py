@@ -529,17 +529,20 @@ def _fallback_observer_hook(module, inputs, output):
 def _device_of(mod: nn.Module):
     # A converted layer's qweight is a placeholder on the meta device (its weight is in the
     # kernel layout): it says nothing of where the module runs.
+    meta = None  # (a model on the meta device as a whole, a dry run, stays there)
     for t in itertools.chain(mod.parameters(), mod.buffers()):
         if not t.is_meta:
             return t.device
-    return None
+        meta = t.device
+    return meta
 
 
 def _model_device(model: nn.Module):
     """The one device of the model's parameters and buffers (None if none or several; meta
     placeholders left out, as in _device_of): where observers of modules that hold no tensors
     themselves (QuantStub) go, as in torch.ao."""
-    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers()) if not t.is_meta}
+    every = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
+    devices = {d for d in every if d.type != "meta"} or every  # (a model wholly on meta: a dry run)
     return devices.pop() if len(devices) == 1 else None
 
 

@@ -427,10 +427,13 @@ class EmbeddingBag(_EmbeddingBase):
             per_sample_weights = per_sample_weights.float()
         if (per_sample_weights is not None and per_sample_weights.requires_grad and torch.is_grad_enabled()
                 and not torch.jit.is_tracing()):
+            # (the backward reads its own copies: indices or offsets changed in place before it
+            # would give other bags' gradients)
+            idx_b, off_b = indices.clone(), None if offsets is None else offsets.clone()
             out = _PerSampleWeightsGrad.apply(
                 per_sample_weights, lambda w: self._lookup(indices, offsets, 0, w, self.include_last_offset,
                                                            self.padding_idx),
-                lambda: self._entry_rows(indices), lambda: _bag_of_entries(indices, offsets, self.include_last_offset))
+                lambda: self._entry_rows(idx_b), lambda: _bag_of_entries(idx_b, off_b, self.include_last_offset))
             return self._to_output_dtype(out)
         return self._to_output_dtype(self._lookup(indices, offsets, _MODES[self.mode], per_sample_weights,
                                                   self.include_last_offset, self.padding_idx))
