@@ -31,9 +31,11 @@ def _name_observers(model: nn.Module):
 
 
 def _model_device(model: nn.Module) -> Optional[torch.device]:
-    # A quantized layer's qweight is a placeholder on the meta device (its weight is in the
-    # kernel layout): inputs moved there failed in the first int8 layer.
-    meta = None  # (a model on the meta device as a whole, a dry run, stays there)
+    """Where ``model`` (a model, or one module) runs: its first tensor's device. A quantized
+    layer's qweight is a placeholder on the meta device (its weight is in the kernel layout),
+    which says nothing of that (inputs moved there failed in the first int8 layer); a model
+    wholly on meta (a dry run) stays there."""
+    meta = None
     for t in itertools.chain(model.parameters(), model.buffers()):
         if not t.is_meta:
             return t.device

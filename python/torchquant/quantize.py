@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
+from .calibrate import _model_device as _device_of
 from ._stack import user_stacklevel
 from .fake_quantize import FakeQuantizeBase, default_fixed_qparams_range_0to1_fake_quant
 from .nn import intrinsic, qat
@@ -526,15 +527,21 @@ def _fallback_observer_hook(module, inputs, output):
     return None
 
 
-def _device_of(mod: nn.Module):
-    # A converted layer's qweight is a placeholder on the meta device (its weight is in the
-    # kernel layout): it says nothing of where the module runs.
-    meta = None  # (a model on the meta device as a whole, a dry run, stays there)
-    for t in itertools.chain(mod.parameters(), mod.buffers()):
-        if not t.is_meta:
-            return t.device
-        meta = t.device
-    return meta
+
+
+def _attach_observer(mod: nn.Module, obs: nn.Module, model_dev, hook, prepend: bool = True,
+                     input_range: bool = False) -> None:
+    """obs as mod's activation_post_process, on mod's device (the model's for a module holding no
+    tensors), run by ``hook`` after mod's forward; ``input_range``: the float-input range of a
+    future int8 Linear / Conv recorded too."""
+    dev = _device_of(mod) or model_dev
+    if dev is not None:
+        obs.to(dev)
+    mod.add_module("activation_post_process", obs)
+    mod.register_forward_hook(hook, prepend=prepend)
+    if input_range:
+        mod.register_forward_pre_hook(_input_range_hook)
+        mod.__dict__["_tq_input_range"] = _empty_input_range(dev or "cpu")
 
 
 def _model_device(model: nn.Module):
@@ -608,26 +615,14 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
         if type(mod) is nn.Hardsigmoid and mod.training and not hasattr(mod, "activation_post_process"):
             # QAT (torch.ao's rule, a module in training mode): it trains on the fixed output
             # qparams (scale 1/256) its int8 version computes with.
-            fq = default_fixed_qparams_range_0to1_fake_quant()
-            dev = _device_of(mod) or model_dev
-            if dev is not None:
-                fq.to(dev)
-            mod.add_module("activation_post_process", fq)
-            mod.register_forward_hook(_observer_hook, prepend=True)
+            _attach_observer(mod, default_fixed_qparams_range_0to1_fake_quant(), model_dev, _observer_hook)
             continue
         if type(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
-            obs = _activation_observer(qc, name, mod)
-            dev = _device_of(mod) or model_dev
-            if dev is not None:
-                obs.to(dev)
-            mod.add_module("activation_post_process", obs)
             # Before the user's forward hooks (torch.ao's order): the int8 module computes its
             # own output, and the hooks, carried over by convert, run on that.
-            mod.register_forward_hook(_observer_hook, prepend=True)
             target = _STATIC.get(type(mod))
-            if isinstance(target, type) and issubclass(target, nnq._Int8WeightModule):
-                mod.register_forward_pre_hook(_input_range_hook)
-                mod.__dict__["_tq_input_range"] = _empty_input_range(dev or "cpu")
+            _attach_observer(mod, _activation_observer(qc, name, mod), model_dev, _observer_hook,
+                             input_range=isinstance(target, type) and issubclass(target, nnq._Int8WeightModule))
         elif isinstance(mod, _FLOAT_FUNCTIONALS):
             # Its methods call activation_post_process on their results (torch.ao's rule).
             if isinstance(getattr(mod, "activation_post_process", None), nn.Identity):
@@ -643,15 +638,8 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
             # float-input qparams. Observed before the user's hooks, as the types above; with the
             # fallback hook (its forward may return anything but a float tensor), which also
             # requantizes its output if convert's mapping leaves it float.
-            obs = _activation_observer(qc, name, mod)
-            dev = _device_of(mod) or model_dev
-            if dev is not None:
-                obs.to(dev)
-            mod.add_module("activation_post_process", obs)
-            mod.register_forward_hook(_fallback_observer_hook, prepend=True)
-            if isinstance(mod, (nn.Linear,) + _CONV_BASES):
-                mod.register_forward_pre_hook(_input_range_hook)
-                mod.__dict__["_tq_input_range"] = _empty_input_range(dev or "cpu")
+            _attach_observer(mod, _activation_observer(qc, name, mod), model_dev, _fallback_observer_hook,
+                             input_range=isinstance(mod, (nn.Linear,) + _CONV_BASES))
         elif ((float_only or (not any(True for _ in mod.children()) and not isinstance(mod, _PASSTHROUGH)
                               and type(mod) not in _OBSERVED))
               and mod is not model and not hasattr(mod, "activation_post_process")):
@@ -663,13 +651,8 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
             # dynamic qconfig (an LSTM left for a later quantize_dynamic, as torch.ao's flow
             # leaves it): that one records no range, and its output stays float.
             obs = _activation_observer(qc, name, mod, refuse_dynamic=False)
-            if obs is None:
-                continue
-            dev = _device_of(mod) or model_dev
-            if dev is not None:
-                obs.to(dev)
-            mod.add_module("activation_post_process", obs)
-            mod.register_forward_hook(_fallback_observer_hook)
+            if obs is not None:
+                _attach_observer(mod, obs, model_dev, _fallback_observer_hook, prepend=False)
     return unsupported
 
 
