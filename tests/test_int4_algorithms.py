@@ -118,6 +118,33 @@ def test_gptq_too_little_data_warns_with_condition():
     assert abs(shown - exact) / exact < 0.01
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_reads_a_fixed_number_of_values_on_the_host(act_order):
+    # every scalar read (int(t), t.item()) is a device sync on a GPU: GPTQ's column loop must not
+    # read one per column (K syncs per layer)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountReads(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                CountReads.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(5)
+    counts = []
+    for K in (64, 256):
+        acc = gptq.HessianAccumulator(K)
+        acc.add(torch.randn(4 * K, K, generator=gen))
+        W = torch.randn(8, K, generator=gen)
+        CountReads.reads = 0
+        with CountReads():
+            gptq.gptq_quantize(W, acc.H, 32, act_order=act_order)
+        counts.append(CountReads.reads)
+    assert counts[0] == counts[1] and counts[0] < 16, counts
+
+
 @pytest.mark.parametrize("kind", ["indefinite", "zero", "nan_free_tiny"])
 def test_gptq_non_positive_definite_hessian(kind):
     gen = torch.Generator().manual_seed(3)

@@ -132,13 +132,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     Hinv, _ = _inverse_cholesky(H, percdamp, name)
     del H  # (dampened in place; only its inverse's factor is read from here)
     Q = torch.empty(N, K, dtype=torch.uint8, device=W.device)  # the codes 0..15, exact
+    perm_list = perm.tolist()  # one host read, not one per column (a sync each on a GPU)
     for i1 in range(0, K, blocksize):
         i2 = min(i1 + blocksize, K)
         W1 = W[:, i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = int(perm[i1 + i])
+            col = perm_list[i1 + i]
             g = col // group_size
             if not act_order and col % group_size == 0:
                 # qparams from the error-updated weights of this group (columns col.. are in W1 / W);
