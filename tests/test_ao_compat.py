@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import torchquant as tq
 from torchquant.nn import intrinsic, qat
@@ -955,6 +956,26 @@ def test_hardsigmoid_trains_on_the_fixed_qparams_it_converts_with():
     # static prepare of an eval-mode model: nothing to observe, as before
     q = tq.prepare(copy.deepcopy(model).eval())
     assert not hasattr(q[2], "activation_post_process")
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_hardsigmoid_converts_with_the_fixed_qparams_whatever_inplace(inplace):
+    # nn.Hardsigmoid(inplace=True): the int8 module still returns the fixed scale 1/256 (written
+    # into its input, the result kept the input's qparams: about 10 codes over [0, 1])
+    torch.manual_seed(0)
+    model = nn.Sequential(tq.QuantStub(), nn.Hardsigmoid(inplace=inplace), tq.DeQuantStub()).eval()
+    model.qconfig = tq.get_default_qconfig("x86")
+    x = 4 * torch.randn(2, 3, 5, 6)
+    p = tq.prepare(model)
+    p(x)
+    c = tq.convert(p)
+    q = c[0](x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = c[1](q)
+    assert float(out.scale) == 1 / 256 and int(out.zero_point) == 0
+    assert torch.equal(out.dequantize(), torch.fake_quantize_per_tensor_affine(F.hardsigmoid(q.dequantize()), 1 / 256, 0, 0, 255))
+    assert out is not q
 
 
 def test_fake_quantize_refuses_an_observer_that_is_not_one():

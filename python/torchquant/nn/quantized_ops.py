@@ -511,11 +511,13 @@ class Hardsigmoid(nn.Hardsigmoid):
     """nn.Hardsigmoid on a QTensor: ``F.hardsigmoid``'s int8 meaning (torch.ao's fixed output
     qparams, scale 1/256), called as a Python function, so that torch.compile traces it (it
     sends ``F.hardsigmoid`` to ``__torch_function__`` only for the functions on torch's list of
-    overridable ones, which ``F.hardsigmoid`` is not: the float module broke the graph there)."""
+    overridable ones, which ``F.hardsigmoid`` is not: the float module broke the graph there).
+    The result is a new QTensor whatever ``inplace`` is, as torch.ao's: written into the input,
+    it would keep the input's qparams instead of the fixed ones QAT trained for."""
 
     def forward(self, x):
         if isinstance(x, QTensor):
-            return QTensor.__torch_function__(F.hardsigmoid, (QTensor,), (x, self.inplace), {})
+            return QTensor.__torch_function__(F.hardsigmoid, (QTensor,), (x, False), {})
         return super().forward(x)
 
     @classmethod
