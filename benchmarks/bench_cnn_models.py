@@ -1,5 +1,6 @@
 """Whole torchvision CNNs on the CPU: fp32, torch.ao x86 int8 and torchquant int8, timed in the
-same process, interleaved round by round (best round of each), with ratios.
+same process, interleaved round by round (best round of each), with ratios: "vs ao" is torch.ao's
+time / torchquant's, "vs fp32" fp32's / torchquant's (> 1: torchquant is faster).
 
 Each model is built as in torchvision_sqnr.py (random init, BatchNorm statistics of random data),
 then fused, prepared, calibrated on two random batches and converted by each library with its x86
@@ -77,7 +78,7 @@ def per_layer(ao_model, tq_model, x, rounds: int):
     those under 3 us in both: identities), and the sums."""
     ao_in, tq_in = leaf_inputs(ao_model, x), leaf_inputs(tq_model, x)
     total_ao = total_tq = 0.0
-    print(f"  {'module':<30} {'torchquant type':<20} {'torch.ao us':>11} {'torchquant us':>13} {'tq/ao':>7}")
+    print(f"  {'module':<30} {'torchquant type':<20} {'torch.ao us':>11} {'torchquant us':>13} {'vs ao':>7}")
     for name, (tq_mod, tq_args) in tq_in.items():
         if name not in ao_in:
             print(f"  {name:<30} {type(tq_mod).__name__:<20} (no torch.ao module of this name)")
@@ -111,7 +112,7 @@ def main():
           f"{args.threads} threads, input 3x{args.size}x{args.size}; ms per batch (best of {args.rounds} rounds)")
     rr = args.reduce_range
     print(f"{'model':<14} {'batch':>5} {'fp32':>9} {'torch.ao':>9} {'torchquant':>10} "
-          f"{'tq/ao':>7} {'tq/fp32':>8}" + (f" {'tq 7-bit':>9} {'tq7/ao':>7} {'tq7/fp32':>8}" if rr else ""))
+          f"{'vs ao':>7} {'vs fp32':>8}" + (f" {'tq 7-bit':>9} {'tq7 vs ao':>11} {'tq7 vs fp32':>13}" if rr else ""))
     for case in args.cases:
         name, batch = case.split(":")
         batch = int(batch)
@@ -131,7 +132,7 @@ def main():
         line = (f"{name:<14} {batch:>5} {t_fp * 1e3:>9.2f} {t_ao * 1e3:>9.2f} {t_tq * 1e3:>10.2f} "
                 f"{t_ao / t_tq:>6.2f}x {t_fp / t_tq:>7.2f}x")
         if rr:
-            line += f" {t[3] * 1e3:>9.2f} {t_ao / t[3]:>6.2f}x {t_fp / t[3]:>7.2f}x"
+            line += f" {t[3] * 1e3:>9.2f} {t_ao / t[3]:>10.2f}x {t_fp / t[3]:>12.2f}x"
         print(line, flush=True)
         if args.per_layer:  # (with --reduce-range: torchquant's 7-bit model, torch.ao's activation range)
             per_layer(ao_model, models[3] if rr else tq_model, x, rounds=3)

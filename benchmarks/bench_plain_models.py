@@ -1,6 +1,7 @@
 """torchvision classifiers written without quantization in mind, on the CPU: fp32 against
 torchquant int8 two ways, timed in the same process, interleaved round by round (best round of
-each), with ratios and the int8 logits' SQNR against fp32.
+each), with ratios and the int8 logits' SQNR against fp32. A ratio "X vs Y" is Y's time / X's
+(> 1: X is faster).
 
 - "as is": ``find_fusable_modules`` + ``fuse_modules``, wrapped in
   ``nn.Sequential(QuantStub(), model, DeQuantStub())``; the model's ``+``, ``*`` and ``torch.cat``
@@ -77,8 +78,8 @@ def main():
     print(f"# plain torchvision models: fp32 vs torchquant int8 as is vs after make_quantizable, ms per batch")
     print(f"# {cpu_name()}, threads={torch.get_num_threads()}, torch {torch.__version__}, "
           f"batch {args.batch}, {args.size}x{args.size}, {time.strftime('%Y-%m-%d')}")
-    print(f"{'model':<20} {'fp32':>8} {'as is':>8} {'m_q':>8} {'as is/fp32':>10} {'m_q/fp32':>9} "
-          f"{'as is/m_q':>9} {'SQNR as is':>11} {'SQNR m_q':>9}")
+    print(f"{'model':<20} {'fp32':>8} {'as is':>8} {'m_q':>8} {'as is vs fp32':>15} {'m_q vs fp32':>13} "
+          f"{'m_q vs as is':>14} {'SQNR as is':>11} {'SQNR m_q':>9}")
     gen = torch.Generator().manual_seed(1)
     for name in args.models or MODELS:
         model = build_plain(name, args.size).eval()
@@ -91,8 +92,8 @@ def main():
             s_plain, s_rw = sqnr(ref, plain(test)), sqnr(ref, rewritten(test))
             x = torch.rand(args.batch, 3, args.size, args.size, generator=gen)
             t_fp, t_plain, t_rw = best_ms([model, plain, rewritten], x, args.rounds, args.per_round)
-        print(f"{name:<20} {t_fp:>8.2f} {t_plain:>8.2f} {t_rw:>8.2f} {t_fp / t_plain:>9.2f}x {t_fp / t_rw:>8.2f}x "
-              f"{t_plain / t_rw:>8.2f}x {s_plain:>11.2f} {s_rw:>9.2f}", flush=True)
+        print(f"{name:<20} {t_fp:>8.2f} {t_plain:>8.2f} {t_rw:>8.2f} {t_fp / t_plain:>14.2f}x {t_fp / t_rw:>12.2f}x "
+              f"{t_plain / t_rw:>13.2f}x {s_plain:>11.2f} {s_rw:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ uint8, in one process, interleaved (10th percentile of single calls).
 
 Cases: resnet18's stem max pool (3x3, stride 2, padding 1 on [B, 64, 112, 112]), its global
 average pool ([B, 512, 7, 7]) and mobilenet_v2's ([B, 1280, 7, 7], F.adaptive_avg_pool2d),
-batch 1 and 8; an NCHW max pool for reference.
+batch 1 and 8; an NCHW max pool for reference. "vs ao" is torch.ao's time / torchquant's module
+time (> 1: torchquant is faster).
 
     python benchmarks/bench_pool.py --threads 2
 """
@@ -48,7 +49,7 @@ def main():
     print(header("int8 pooling, uint8"))
     print(f"# load average {os.getloadavg()[0]:.2f}")
     print(f"{'case':<20} {'shape':<20} {'layout':<6} {'torch.ao us':>12} {'tq module us':>13} {'tq op us':>9} "
-          f"{'tq/ao':>7}")
+          f"{'vs ao':>7}")
     for batch in args.batches:
         for name, shape, fn, mf in cases(batch):
             f = torch.randn(shape).contiguous(memory_format=mf)

@@ -7,7 +7,8 @@ process.
         2 LSTM layers of 512, sequence 35, batch 20 and batch 1 (the LSTM part timed)
   bert  two BERT-base-sized encoder layers (Hugging Face BertModel's encoder: hidden 768, 12 heads,
         FFN 3072, random init; every Linear quantized dynamically), sequence 128, batch 1 and 8
-        (torch.ao's quantize_dynamic breaks nn.TransformerEncoderLayer: it swaps MHA's out_proj)
+        (torch.ao's dynamic nn.TransformerEncoderLayer fails in the fused path, whose checks read
+        linear1.weight, a method on torch.ao's dynamic Linear; it runs with that path off)
   transformer  two nn.TransformerEncoderLayer of BERT-base size (768, 12 heads, FFN 3072,
         batch_first), sequence 128, batch 1 and 8: fp32 (torch's fused encoder path), torch.ao
         dynamic (its Linear layers; it runs only with the fused path off), torchquant's default set
