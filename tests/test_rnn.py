@@ -80,6 +80,39 @@ def test_cell_update_propagates_nan(isa):
     assert torch.isnan(h[0, 0]) and torch.isnan(c[0, 0]) and not torch.isnan(h[0, 1:]).any()
 
 
+def _close_or_both_nan(got, want):
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    keep = ~torch.isnan(want)
+    assert torch.equal(got[keep].isinf(), want[keep].isinf())
+    fin = keep & torch.isfinite(want)
+    _close_to_ref(got[fin], want[fin])
+
+
+def test_cell_update_extreme_gates_and_states(isa):
+    # gates past log(FLT_MAX) = 88.72 (sigmoid exactly 0 or 1 as with expf), infinite gates, and
+    # huge or infinite states: a closed forget / update gate times an infinite state is NaN (a
+    # diverged state stays diverged), times a huge finite one 0, as in the reference and torch
+    gates = torch.tensor([-float("inf"), -1e4, -200.0, -100.0, -88.8, -88.7, -88.5, -88.4, -88.3, -87.0,
+                          0.0, 87.0, 88.5, 88.8, 200.0, float("inf")])
+    states = torch.tensor([-float("inf"), -3e38, -1e35, -1.0, 0.0, 1.0, 1e35, 3e38, float("inf")])
+    G, S = gates.numel(), states.numel()
+    H = G * S
+    f = gates.repeat_interleave(S).reshape(1, H)
+    st = states.repeat(G).reshape(1, H)
+    closed = torch.full((1, H), -1e4)  # input gate shut: c' = sigmoid(f) * c exactly
+    ig = torch.cat([closed, f, torch.zeros(1, H), torch.zeros(1, H)], 1)
+    h2, c2 = ops.lstm_cell_update(ig, torch.zeros_like(ig), st)
+    rh, rc = reference.lstm_cell_update(ig, torch.zeros_like(ig), st)
+    _close_or_both_nan(c2, rc)
+    _close_or_both_nan(h2, rh)
+    assert torch.isnan(c2[0, 0 * S + S - 1])  # sigmoid(-inf) * inf
+    assert torch.isnan(c2[0, 2 * S + S - 1])  # sigmoid(-200) * inf
+    # GRU: h' = (h - n) * z + n with z closed
+    igr = torch.cat([torch.zeros(1, H), f, torch.zeros(1, H)], 1)
+    got = ops.gru_cell_update(igr, torch.zeros_like(igr), st)
+    _close_or_both_nan(got, reference.gru_cell_update(igr, torch.zeros_like(igr), st))
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(ig=torch.zeros(2, 12)), "argument 'igates' must have shape \\[2, 16\\]"),
     (dict(hg=torch.zeros(2, 12)), "argument 'hgates' must have the shape of igates"),

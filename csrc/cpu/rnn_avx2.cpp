@@ -21,8 +21,12 @@ namespace {
 
 TQ_TARGET_AVX2 inline __m256 exp8(__m256 x) {
   // Clamp first: min/max return their second operand when one is NaN, so NaN passes through.
-  x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
-  x = _mm256_max_ps(_mm256_set1_ps(-88.3762626647949f), x);
+  // The bound 88.8 lies past log(FLT_MAX) = 88.7228 and keeps fx within [-128, 128]: above
+  // log(FLT_MAX) the result overflows to inf as expf's does, so sigmoid(x) is exactly 0 for
+  // x < -88.73 (0 * inf = NaN for a diverged state, as in the scalar kernels and torch), where a
+  // clamp below log(FLT_MAX) gave about 4e-39 (and inf * 4e-39 = inf).
+  x = _mm256_min_ps(_mm256_set1_ps(88.8f), x);
+  x = _mm256_max_ps(_mm256_set1_ps(-88.8f), x);
   __m256 fx = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
   fx = _mm256_round_ps(fx, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(0.693359375f)));
