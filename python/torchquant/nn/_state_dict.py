@@ -177,6 +177,29 @@ def qparam_load_pre_hook(module: nn.Module, state_dict, prefix, local_metadata, 
         own_loaded_qparams(module, state_dict, prefix)
 
 
+def refuse_parametrized(module: nn.Module, err: Optional[KeyError] = None) -> None:
+    """A TypeError naming the module's parametrized buffers (``torch.nn.utils.parametrize.
+    register_parametrization`` moves a buffer into ``module.parametrizations``) when it has any:
+    its kernels read the buffers, and a layout packed from them, as they are (torch.ao's int8
+    modules refuse a parametrization at registration). ``err``: the KeyError of a read of
+    ``module._buffers[name]``; for a name that is not parametrized this returns, and the caller
+    re-raises it."""
+    params = module.__dict__.get("_modules", {}).get("parametrizations")
+    names = list(params.keys()) if isinstance(params, nn.ModuleDict) else []
+    if not names or (err is not None and (not err.args or err.args[0] not in names)):
+        return
+    cls = type(module)
+    if cls.__name__.startswith("Parametrized") and len(cls.__bases__) == 1:
+        cls = cls.__bases__[0]  # (the class register_parametrization made for the module: named as its base)
+    shown = ("buffer " if len(names) == 1 else "buffers ") + ", ".join(repr(n) for n in names)
+    raise TypeError(
+        f"{cls.__name__}: its {shown} {'is' if len(names) == 1 else 'are'} parametrized (torch.nn.utils.parametrize."
+        "register_parametrization), which torchquant's int8 / int4 modules do not support: their kernels read the "
+        "buffers, and a layout packed from them, as they are. Remove the parametrization (torch.nn.utils.parametrize."
+        f"remove_parametrizations(module, {names[0]!r})); to change the values, write them into the buffers or load "
+        "a state dict") from None
+
+
 # ---------------------------------------------------------------- packed weights
 # A quantized module's kernel layout (non-persistent buffers) is built from its state (qweight,
 # and for some its qparams) at construction, load_state_dict and .to(). Something that puts

@@ -3,7 +3,13 @@
 They hold plain tensors only (int8 weight, float32 scales, int32 zero points, float bias), so
 ``state_dict()`` loads with ``torch.load(..., weights_only=True)``. The kernel's packed weight is a
 non-persistent buffer, rebuilt for the device whenever the module moves (``.to()``) or loads a
-state dict.
+state dict; a module pickled whole (``torch.save(model)``) and loaded onto another device
+(``torch.load(..., map_location=...)``) rebuilds it for that device when unpickled.
+
+Their buffers cannot be parametrized (``torch.nn.utils.parametrize.register_parametrization``):
+the kernels read them, and the layout packed from them, as they are. A call (or a move) of a
+module with a parametrized buffer is a TypeError naming it (torch.ao's int8 modules refuse one at
+registration).
 """
 from typing import Optional
 
@@ -16,14 +22,14 @@ from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pr
                                      _global_forward_pre_hooks)
 
 from .. import _fastcall
-from .._ops import ops
+from .._ops import ops, packed_weight_shape
 from ..observer import _PER_CHANNEL, _apply_keeping_float32, _int_arg
 from ..qtensor import _QDTYPES as _QDTYPE_OF, QTensor, _warn_once_on
 from ._input_grad import InputGrad, needs_input_grad
 from ._compact import CompactWeight, _rebuild_of, expanded, portable_qweight, unpack_linear_cpu
 from ._state_dict import (qparams_repr, OutputDtype, activation_dtype_errors, activation_qparams, integer_load_errors, note_packed,
-                          own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, register_activation_dtype_hook,
-                          renote_packed, repack_for_copy, repack_if_stale)
+                          own_loaded_qparams, qparam_load_errors, qparam_load_pre_hook, refuse_parametrized,
+                          register_activation_dtype_hook, renote_packed, repack_for_copy, repack_if_stale)
 from . import intrinsic, qat
 
 __all__ = ["Quantize", "DeQuantize", "Linear", "LinearReLU", "DynamicLinear", "ReLU", "Dropout", "StochasticDepth",
@@ -83,7 +89,11 @@ class Quantize(nn.Module):
         if isinstance(x, QTensor):
             return x
         b = self._buffers
-        scale, zero_point = b["scale"], b["zero_point"]
+        try:
+            scale, zero_point = b["scale"], b["zero_point"]
+        except KeyError as e:  # (a parametrized buffer)
+            refuse_parametrized(self, e)
+            raise
         if _fastcall.usable(x, scale, zero_point):
             data = _fastcall.quantize(x, scale, zero_point, None, self.qmin, self.qmax, _STORAGE[self.dtype])
         else:
@@ -153,9 +163,10 @@ class _Int8WeightModule(CompactWeight, nn.Module):
         super().__setstate__(state)
         if old is not None and "float_input_scale" not in self._buffers:
             self._set_float_input_qparams(old.scale, old.zero_point, old.dtype)
-        # A whole module pickled (torch.save(model)) carries its kernel layout: one of an older
-        # layout (before the packed conv weights recorded their shapes: the CPU conv weight 4-D,
-        # the transposed one 5-D, the depthwise one [taps, C]) is rebuilt.
+        # A whole module pickled (torch.save(model)) carries its kernel layout: one for another
+        # device (torch.load(map_location=...) moved the CPU layout to CUDA, or the CUDA one to
+        # the CPU) or of an older layout (before the packed conv weights recorded their shapes:
+        # the CPU conv weight 4-D, the transposed one 5-D, the depthwise one [taps, C]) is rebuilt.
         if self._packed_layout_stale():
             self._repack()
         renote_packed(self)
@@ -166,7 +177,24 @@ class _Int8WeightModule(CompactWeight, nn.Module):
         return self._portable_state(super().__getstate__())
 
     def _packed_layout_stale(self) -> bool:
-        return False
+        """Whether the kernel layout in place is not the one the packing op builds for the weight
+        where it lives now: on another device, or of another shape (another device's layout, an
+        older one), or missing."""
+        b = self._buffers
+        w, packed, sums = b.get("qweight"), b.get("_packed_weight"), b.get("_col_sums")
+        if not isinstance(w, torch.Tensor) or w.device.type == "meta":
+            return False  # (no weight to pack: a skeleton, or another module's placeholder)
+        if not isinstance(packed, torch.Tensor) or not isinstance(sums, torch.Tensor):
+            return True
+        if packed.device != w.device or sums.device != w.device:
+            return True
+        want = self._packed_shape_of(w)
+        return want is not None and tuple(packed.shape) != tuple(want)
+
+    def _packed_shape_of(self, w: torch.Tensor) -> Optional[tuple]:
+        """The shape of the packed weight the packing op gives for weight ``w`` (on its device);
+        None where unknown."""
+        return None
 
     _tq_src0 = None  # the tensor the kernel layout was packed from (nn/_state_dict.py: note_packed)
     _tq_v0 = None  # and its version then
@@ -270,6 +298,8 @@ class _Int8WeightModule(CompactWeight, nn.Module):
         # their shape (.to(memory_format=torch.channels_last) on a 4-D packed depthwise Conv3d
         # weight [kD, kH, kW, C], or a CUDA conv weight of 4 or 5 dimensions).
         # A compact module's weight is rebuilt first (from the layout about to be dropped).
+        # A parametrized buffer is refused before anything moves.
+        refuse_parametrized(self)
         with expanded(self):
             for k in ("_packed_weight", "_col_sums"):
                 if k in self._buffers:
@@ -489,6 +519,9 @@ class Linear(_Int8WeightModule):
         self._packed_weight, self._col_sums = ops.pack_weight(self.qweight)
         note_packed(self, ("qweight",), "_packed_weight")
 
+    def _packed_shape_of(self, w: torch.Tensor) -> tuple:
+        return packed_weight_shape(w.shape[0], w.shape[1], w.device)
+
     def _unpack_qweight(self, bufs, shape):
         p = bufs["_packed_weight"]
         if p.device.type == "cpu":
@@ -499,18 +532,24 @@ class Linear(_Int8WeightModule):
 
     def forward(self, x, *, _tq_relu: bool = False):
         # (_tq_relu: the ReLU after it in its nn.Sequential, run in the epilogue: FusedReLUSequential)
-        x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
-        w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
-        if w0 is not self._tq_src0 or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0):
-            repack_if_stale(self)
-        # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
-        # part of a small-batch call.
-        b = self._buffers
-        scale, zero_point = b["scale"], b["zero_point"]
-        xd, xs, xz = x.data, x.scale, x.zero_point
-        f = _fastcall.linear_int8 if _fastcall.usable(xd, xs, xz) else ops.linear_int8.default
-        y = f(xd, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], scale, zero_point,
-              self._relu or _tq_relu, _STORAGE[self.dtype])
+        # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
+        try:
+            x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
+            w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
+            if (w0 is not self._tq_src0
+                    or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0)):
+                repack_if_stale(self)
+            # Buffers read straight from _buffers: nn.Module.__getattr__ per tensor is a measurable
+            # part of a small-batch call.
+            b = self._buffers
+            scale, zero_point = b["scale"], b["zero_point"]
+            xd, xs, xz = x.data, x.scale, x.zero_point
+            f = _fastcall.linear_int8 if _fastcall.usable(xd, xs, xz) else ops.linear_int8.default
+            y = f(xd, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], scale, zero_point,
+                  self._relu or _tq_relu, _STORAGE[self.dtype])
+        except KeyError as e:
+            refuse_parametrized(self, e)
+            raise
         return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)
 
     @classmethod
@@ -828,18 +867,24 @@ class DynamicLinear(Linear):
         if isinstance(x, QTensor):
             x = x.dequantize()
         # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
-        w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
-        if w0 is not self._tq_src0 or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0):
-            repack_if_stale(self)
-        b = self._buffers
-        w = b["_packed_weight"]
-        f = _fastcall.linear_dynamic if _fastcall.usable(x, w, w) else ops.linear_dynamic.default
-        rr = self.reduce_range
-        if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
-            y = InputGrad.apply(x, lambda t: f(t, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr),
-                                self._float_weight, self._relu)
-            return y if x.dtype == torch.float32 else y.to(x.dtype)
-        y = f(x, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr)
+        # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
+        try:
+            w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
+            if (w0 is not self._tq_src0
+                    or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0)):
+                repack_if_stale(self)
+            b = self._buffers
+            w = b["_packed_weight"]
+            f = _fastcall.linear_dynamic if _fastcall.usable(x, w, w) else ops.linear_dynamic.default
+            rr = self.reduce_range
+            if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
+                y = InputGrad.apply(x, lambda t: f(t, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr),
+                                    self._float_weight, self._relu)
+            else:
+                y = f(x, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr)
+        except KeyError as e:
+            refuse_parametrized(self, e)
+            raise
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def _float_weight(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ from ..qtensor import QTensor
 from . import qat_conv
 from .quantized import (lazy_weight, _STORAGE, _activation_qparams, _check_observes, _check_weight_axis, _Int8WeightModule,
                         _size_arg, _weight_range)
-from ._state_dict import qparams_repr, note_packed, repack_if_stale
+from ._state_dict import qparams_repr, note_packed, refuse_parametrized, repack_if_stale
 from ._compact import unpack_by_probes, unpack_conv_cpu
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
@@ -68,11 +68,8 @@ class _ConvLikeNd(_Int8WeightModule):
     _NSP = 2
     _packed_shape = staticmethod(conv_packed_weight_shape)  # the packing op's shape for (w_shape, groups, device)
 
-    def _packed_layout_stale(self) -> bool:
-        w, packed = self._buffers.get("qweight"), self._buffers.get("_packed_weight")
-        if not isinstance(w, torch.Tensor) or not isinstance(packed, torch.Tensor) or w.device.type == "meta":
-            return False
-        return tuple(packed.shape) != self._packed_shape(tuple(w.shape), self.groups, w.device)
+    def _packed_shape_of(self, w: torch.Tensor) -> tuple:
+        return self._packed_shape(tuple(w.shape), self.groups, w.device)
 
     def _init_channels(self, in_channels: int, out_channels: int, groups: int):
         in_channels = _size_arg(self, "in_channels", in_channels)
@@ -219,27 +216,32 @@ class _ConvNd(_ConvLikeNd):
 
     def forward(self, x, *, _tq_relu: bool = False):
         # (_tq_relu: the ReLU after it in its nn.Sequential, run in the epilogue: FusedReLUSequential)
-        x = self._check_input(x, "convolution")
-        repack_if_stale(self)
-        data = x.data
-        unbatched = self._unbatched(data, "conv")
-        if unbatched:
-            data = data.unsqueeze(0)
-        b = self._buffers
-        scale, zero_point = b["scale"], b["zero_point"]
-        k, s, p, d = self._geometry
-        if self._pad is not None:
-            fmt = _CHANNELS_LAST.get(data.dim(), torch.contiguous_format)
-            if self.padding_mode == "zeros":
-                zp = x.zero_point.float()  # codes minus the zero point are exact in float32
-                padded = F.pad(data.float() - zp, self._pad) + zp
-            else:
-                padded = F.pad(data.float(), self._pad, self.padding_mode)
-            data = padded.to(data.dtype).contiguous(memory_format=fmt)
-        xs, xz = x.scale, x.zero_point
-        f = _fastcall.conv_int8 if _fastcall.usable(data, xs, xz) else ops.conv_int8
-        y = f(data, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], k, s, p, d,
-              self.groups, scale, zero_point, self._relu or _tq_relu, _STORAGE[self.dtype])
+        # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
+        try:
+            x = self._check_input(x, "convolution")
+            repack_if_stale(self)
+            data = x.data
+            unbatched = self._unbatched(data, "conv")
+            if unbatched:
+                data = data.unsqueeze(0)
+            b = self._buffers
+            scale, zero_point = b["scale"], b["zero_point"]
+            k, s, p, d = self._geometry
+            if self._pad is not None:
+                fmt = _CHANNELS_LAST.get(data.dim(), torch.contiguous_format)
+                if self.padding_mode == "zeros":
+                    zp = x.zero_point.float()  # codes minus the zero point are exact in float32
+                    padded = F.pad(data.float() - zp, self._pad) + zp
+                else:
+                    padded = F.pad(data.float(), self._pad, self.padding_mode)
+                data = padded.to(data.dtype).contiguous(memory_format=fmt)
+            xs, xz = x.scale, x.zero_point
+            f = _fastcall.conv_int8 if _fastcall.usable(data, xs, xz) else ops.conv_int8
+            y = f(data, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], k, s, p, d,
+                  self.groups, scale, zero_point, self._relu or _tq_relu, _STORAGE[self.dtype])
+        except KeyError as e:
+            refuse_parametrized(self, e)
+            raise
         if self._relu6 and self._relu6_hi is not None and self._relu6_hi < self.qmax:
             y.clamp_(max=self._relu6_hi)
         if unbatched:

@@ -22,7 +22,7 @@ from .._ops import conv_transpose_packed_weight_shape
 from ..observer import _PER_CHANNEL
 from ..qtensor import QTensor
 from .quantized import _STORAGE, _LazyQWeight, _activation_qparams, _codes_of, _lazy
-from ._state_dict import note_packed, repack_if_stale
+from ._state_dict import note_packed, refuse_parametrized, repack_if_stale
 from ._compact import unpack_by_probes
 from .quantized_conv import _check_geometry, _ConvLikeNd, _conv_weight_qparams
 
@@ -148,21 +148,27 @@ class _ConvTransposeNd(_ConvLikeNd):
         return nn.modules.conv._ConvTransposeNd._output_padding(self, data, list(output_size), s, p, k, self._NSP, d)
 
     def forward(self, x, output_size: Optional[List[int]] = None):
-        x = self._check_input(x, "transposed convolution")
-        w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
-        if w0 is not self._tq_src0 or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0):
-            repack_if_stale(self)
-        data = x.data
-        unbatched = self._unbatched(data, "conv_transpose")
-        op = self._output_padding(data, output_size)
-        if unbatched:
-            data = data.unsqueeze(0)
-        b = self._buffers
-        scale, zero_point = b["scale"], b["zero_point"]
-        k, s, p, d = self._geometry
-        y = ops.conv_transpose_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"],
-                                    b["weight_scale"], b["bias"], k, s, p, op, d, self.groups, scale, zero_point,
-                                    False, _STORAGE[self.dtype])
+        # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
+        try:
+            x = self._check_input(x, "transposed convolution")
+            w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
+            if (w0 is not self._tq_src0
+                    or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0)):
+                repack_if_stale(self)
+            data = x.data
+            unbatched = self._unbatched(data, "conv_transpose")
+            op = self._output_padding(data, output_size)
+            if unbatched:
+                data = data.unsqueeze(0)
+            b = self._buffers
+            scale, zero_point = b["scale"], b["zero_point"]
+            k, s, p, d = self._geometry
+            y = ops.conv_transpose_int8(data, x.scale, x.zero_point, b["_packed_weight"], b["_col_sums"],
+                                        b["weight_scale"], b["bias"], k, s, p, op, d, self.groups, scale, zero_point,
+                                        False, _STORAGE[self.dtype])
+        except KeyError as e:
+            refuse_parametrized(self, e)
+            raise
         if unbatched:
             y = y.squeeze(0)
         return QTensor._make(y, scale, zero_point, None, self.qmin, self.qmax)

@@ -37,7 +37,7 @@ from .. import _fastcall
 from .._ops import ops
 from ..qconfig import default_dynamic_qconfig
 from .quantized import DynamicLinear, _seven_bit_rows
-from ._state_dict import repack_if_stale
+from ._state_dict import refuse_parametrized, repack_if_stale
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -55,11 +55,16 @@ def _quantized_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], qconfi
 
 
 def _linear_args(q: DynamicLinear):
-    w0 = q._buffers["qweight"]
-    if w0 is not q._tq_src0 or (q._tq_v0 is not None and not _is_compiling() and w0._version != q._tq_v0):
-        repack_if_stale(q)
-    b = q._buffers
-    return b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
+    # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
+    try:
+        w0 = q._buffers["qweight"]
+        if w0 is not q._tq_src0 or (q._tq_v0 is not None and not _is_compiling() and w0._version != q._tq_v0):
+            repack_if_stale(q)
+        b = q._buffers
+        return b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
+    except KeyError as e:
+        refuse_parametrized(q, e)
+        raise
 
 
 def _linear(x: torch.Tensor, args, reduce_range: bool) -> torch.Tensor:
@@ -109,7 +114,11 @@ def _wants_grad(*tensors) -> bool:
 
 
 def _bias_of(q: DynamicLinear) -> Optional[torch.Tensor]:
-    return q._buffers["bias"]
+    try:
+        return q._buffers["bias"]
+    except KeyError as e:  # (a parametrized buffer)
+        refuse_parametrized(q, e)
+        raise
 
 
 def _qconfig_of(mod):

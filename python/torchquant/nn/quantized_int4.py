@@ -7,20 +7,23 @@ it loads with ``torch.load(weights_only=True)``; ``weight_format`` int32 [2] hol
 in_features)``, checked on load (shapes alone do not tell group size 32 from 48 at K = 64), also
 where the state dict's metadata is lost (safetensors files: Hugging Face's ``save_pretrained``;
 a checkpoint saved without it loads as before). The kernel layout (``int4_pack_weight``) is a
-set of non-persistent buffers rebuilt for the module's device on ``.to()`` and after
-``load_state_dict``.
+set of non-persistent buffers rebuilt for the module's device on ``.to()``, after
+``load_state_dict``, and when a module pickled whole (``torch.save(model)``) is loaded onto
+another device (``torch.load(..., map_location=...)``). Its buffers cannot be parametrized
+(``torch.nn.utils.parametrize.register_parametrization``): a call or a move of a module with a
+parametrized buffer is a TypeError naming it.
 """
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .._ops import ops
+from .._ops import _int4_dims, ops
 from ..observer import _apply_keeping_float32
 from ._compact import CompactWeight, expanded, portable_qweight, unpack_int4_cpu
 from ._input_grad import InputGrad, needs_input_grad
-from ._state_dict import (integer_load_errors, note_packed, qparam_load_errors, renote_packed, repack_for_copy,
-                          repack_if_stale)
+from ._state_dict import (integer_load_errors, note_packed, qparam_load_errors, refuse_parametrized, renote_packed,
+                          repack_for_copy, repack_if_stale)
 from ..int4.format import (QMAX, check_group_size, check_symmetric, choose_group_qparams,
                            dequantize_groups, num_groups, pack_int4, quantize_groups, unpack_int4)
 
@@ -331,8 +334,29 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
         if "weight_format" not in self._buffers:  # pickled before the buffer existed
             self.register_buffer("weight_format", torch.zeros(2, dtype=torch.int32, device=self._buffers["weight_scale"].device))
             self._set_format()
+        # A whole module pickled (torch.save(model)) carries its kernel layout: one for another
+        # device (torch.load(map_location=...)) is rebuilt.
+        if self._packed_layout_stale():
+            self._repack()
         renote_packed(self)
         self._compact_again()
+
+    def _packed_layout_stale(self) -> bool:
+        """Whether the kernel layout in place is not the one ``int4_pack_weight`` builds for the
+        weight where it lives now: on another device, or of another shape (another device's). No
+        layout (a move that could not pack: .to_empty()'s memory) is left to the next call."""
+        b = self._buffers
+        w, packed = b.get("qweight"), b.get("_w_packed")
+        if not isinstance(w, torch.Tensor) or w.device.type == "meta" or not isinstance(packed, torch.Tensor):
+            return False
+        if any(isinstance(b.get(k), torch.Tensor) and b[k].device != w.device
+               for k in ("_w_packed", "_w_qp", "_w_scale")):
+            return True
+        G, Kp, P = _int4_dims(self.in_features, self.out_features, self.group_size)
+        # (int4_pack_weight's shapes: on CUDA the portable bytes padded to whole groups, on the
+        # CPU one record of weights and qparams per (panel, group))
+        want = (self.out_features, Kp // 2) if w.device.type == "cuda" else (P, G, 8 * self.group_size + 128)
+        return tuple(packed.shape) != want
 
     def __getstate__(self):
         repack_for_copy(self)
@@ -343,6 +367,8 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
         # input scale as they are (they are part of the int4 computation), then repack.
         # Values that cannot be packed (the uninitialized memory of .to_empty(), filled by the
         # load_state_dict that follows) defer the packing, and its error, to the next call.
+        # A parametrized buffer is refused before anything moves.
+        refuse_parametrized(self)
         with expanded(self):  # (rebuilt from the layout about to be replaced)
             _apply_keeping_float32(self, super()._apply, fn, *args, **kwargs)
             self._set_format()  # (to_empty leaves it uninitialized)
@@ -398,22 +424,28 @@ class LinearWeightOnlyInt4(CompactWeight, nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{type(self).__name__} takes a floating-point tensor, got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
-        repack_if_stale(self)
-        b = self._buffers
-        odt = x.dtype
-        if odt not in _FLOAT_OUT:
-            x = x.float()
-        if b["input_scale"] is not None:
-            x = x * b["input_scale"].to(x.dtype)
-        if b["_w_packed"] is None:
-            self._repack()
-        if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
-            y = InputGrad.apply(x, lambda t: ops.linear_int4(t, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"],
-                                                             self.in_features, self.out_features, self.group_size),
-                                self.dequantized_weight, False)
-        else:
-            y = ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"], self.in_features,
-                                self.out_features, self.group_size)
+        # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
+        try:
+            repack_if_stale(self)
+            b = self._buffers
+            odt = x.dtype
+            if odt not in _FLOAT_OUT:
+                x = x.float()
+            if b["input_scale"] is not None:
+                x = x * b["input_scale"].to(x.dtype)
+            if b["_w_packed"] is None:
+                self._repack()
+            if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
+                y = InputGrad.apply(x, lambda t: ops.linear_int4(t, b["_w_packed"], b["_w_qp"], b["_w_scale"],
+                                                                 b["bias"], self.in_features, self.out_features,
+                                                                 self.group_size),
+                                    self.dequantized_weight, False)
+            else:
+                y = ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"], self.in_features,
+                                    self.out_features, self.group_size)
+        except KeyError as e:
+            refuse_parametrized(self, e)
+            raise
         return y if y.dtype == odt else y.to(odt)
 
     def weight_bytes(self) -> int:
