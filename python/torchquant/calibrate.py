@@ -10,7 +10,7 @@ import inspect
 import itertools
 import warnings
 from collections.abc import Mapping
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -101,23 +101,32 @@ def _batch_error(fn: str, model: nn.Module, batch, error: TypeError) -> Optional
         f"model with several inputs, give each batch as a dict of forward's arguments: [{example}, ...]")
 
 
-def _fake_quant_types() -> tuple:
-    """torchquant's fake-quant base, and torch.ao's (a model prepared for QAT holds them)."""
-    from .fake_quantize import FakeQuantizeBase
+def _fake_quant_types() -> Tuple[tuple, tuple]:
+    """(fake-quant bases, fixed-qparams fake-quants): torchquant's and torch.ao's."""
+    from .fake_quantize import FakeQuantizeBase, FixedQParamsFakeQuantize
     try:
         from torch.ao.quantization.fake_quantize import FakeQuantizeBase as _AoFakeQuantizeBase
+        from torch.ao.quantization.fake_quantize import FixedQParamsFakeQuantize as _AoFixedQParamsFakeQuantize
     except ImportError:  # pragma: no cover
-        return (FakeQuantizeBase,)
-    return (FakeQuantizeBase, _AoFakeQuantizeBase)
+        return (FakeQuantizeBase,), (FixedQParamsFakeQuantize,)
+    return (FakeQuantizeBase, _AoFakeQuantizeBase), (FixedQParamsFakeQuantize, _AoFixedQParamsFakeQuantize)
+
+
+def _prepared_for_qat(model: nn.Module) -> bool:
+    """Whether ``model`` holds fake-quants other than fixed-qparams ones (QAT modules' weight
+    fake-quants, activation fake-quants). A static ``prepare`` of a model in training mode gives
+    each nn.Hardsigmoid a FixedQParamsFakeQuantize too (torch.ao's rule): that alone is no QAT."""
+    fake, fixed = _fake_quant_types()
+    return any(isinstance(m, fake) and not isinstance(m, fixed) for m in model.modules())
 
 
 def _warn_training_mode(model: nn.Module) -> None:
     """One warning when ``model`` is in training mode and holds BatchNorm layers (with running
     statistics) or Dropout layers in training mode: calibration would update the statistics and
     drop activations, and the int8 model be far from the float one (34 dB SQNR against 15 on a
-    small CNN), with nothing said. A model prepared for QAT (fake-quants) trains in that mode on
-    purpose: no warning."""
-    if not model.training or any(isinstance(m, _fake_quant_types()) for m in model.modules()):
+    small CNN), with nothing said. A model prepared for QAT (:func:`_prepared_for_qat`) trains in
+    that mode on purpose: no warning."""
+    if not model.training or _prepared_for_qat(model):
         return
     bn = [(n, m) for n, m in model.named_modules()
           if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]

@@ -106,6 +106,81 @@ def _kind(node) -> Optional[str]:
     return None
 
 
+# Methods and functions that return their input or a view of it: a write into their result is a
+# write into it. (Those that return the input itself when nothing changes too: x.float(), x.to().)
+_ALIASING = frozenset({
+    "getitem", "getattr", "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze",
+    "unsqueeze", "transpose", "permute", "t", "expand", "expand_as", "narrow", "select", "split", "chunk",
+    "unbind", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit", "movedim", "moveaxis", "swapaxes",
+    "swapdims", "diagonal", "as_strided", "unfold", "detach", "alias", "contiguous", "view_as_real",
+    "view_as_complex", "real", "imag", "to", "type", "type_as", "float", "double", "half", "bfloat16", "cpu",
+    "cuda", "atleast_1d", "atleast_2d", "atleast_3d", "broadcast_to",
+})
+# In-place methods that change no values.
+_NOT_WRITES = frozenset({"requires_grad_", "share_memory_"})
+_INPLACE_OPERATORS = frozenset({
+    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+    operator.irshift,
+})
+_INPLACE_DUNDERS = frozenset(f"__{op.__name__}__" for op in _INPLACE_OPERATORS)  # (x.__iadd__(y), ...)
+
+
+def _name_of(node) -> Optional[str]:
+    if node.op == "call_method":
+        return node.target if isinstance(node.target, str) else None
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", None)
+    return None
+
+
+def _writes_into(user, alias) -> bool:
+    """Whether the call ``user`` writes into the tensor ``alias``: an in-place method or function
+    on it (``x.add_(y)``, ``torch.relu_(x)``, ``x[i] = v``, ``F.relu(x, inplace=True)``), or
+    ``out=x``."""
+    out = user.kwargs.get("out")
+    if out is alias or (isinstance(out, (tuple, list)) and any(o is alias for o in out)):
+        return True
+    if not user.args or user.args[0] is not alias:
+        return False
+    if user.op == "call_function" and user.target in _INPLACE_OPERATORS:
+        return True
+    name = _name_of(user)
+    if name is None:
+        return False
+    if name.endswith("_") and not name.startswith("__") and name not in _NOT_WRITES:
+        return True
+    if name in _INPLACE_DUNDERS:
+        return True
+    if user.op == "call_function" and user.kwargs.get("inplace", False) is not False:
+        return True
+    if user.op == "call_function" and callable(user.target):
+        try:  # an inplace flag passed by position (F.relu(x, True))
+            bound = inspect.signature(user.target).bind(*user.args, **user.kwargs)
+        except (TypeError, ValueError):
+            return False
+        return bound.arguments.get("inplace", False) is not False
+    return False
+
+
+def _changed_in_place(node) -> bool:
+    """Whether the value of ``node``, or a view of it, is written into later in the graph. An
+    observer on it would record the range before the write, and at inference the write would
+    saturate into those int8 qparams: such a node is not rewritten."""
+    seen, todo = set(), [node]
+    while todo:
+        alias = todo.pop()
+        if alias in seen:
+            continue
+        seen.add(alias)
+        for user in alias.users:
+            if _writes_into(user, alias):
+                return True
+            if user.args and user.args[0] is alias and _name_of(user) in _ALIASING:
+                todo.append(user)  # (getitem: an element of split / chunk's tuple too)
+    return False
+
+
 def _is_relu(node, modules: Dict[str, nn.Module]) -> bool:
     if len(node.args) < 1:
         return False
@@ -321,6 +396,8 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     for node in list(gm.graph.nodes):
         act = _activation_module(node)
         if act is not None:
+            if _changed_in_place(node):
+                continue  # (as an add's result below)
             owner = _owner_path(node, modules)
             qualname = _add_module(modules, owner, f"activation_{type(act).__name__.lower()}", act)
             with gm.graph.inserting_before(node):
@@ -357,6 +434,11 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
             user = next(iter(node.users))
             if _is_relu(user, modules) and user.args[0] is node:
                 relu, method = user, "add_relu"
+        last = relu if relu is not None else node
+        if _changed_in_place(last):
+            # its observer would record the range before the write, which int8 codes then
+            # saturate into (x = torch.cat(...); x.add_(pos)): it stays float
+            continue
         # The new module lives in the module whose forward did the arithmetic (a ResNet block's
         # add is layer1.0.functional_add_relu), as torchvision's quantizable models name theirs.
         qualname = _add_module(modules, _owner_path(node, modules), f"functional_{method}", FloatFunctional())
@@ -364,7 +446,6 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
             mod_node = gm.graph.get_attr(qualname)
             new = gm.graph.call_method(method, (mod_node,) + tuple(call_args))
         new.meta = dict(node.meta)
-        last = relu if relu is not None else node
         last.replace_all_uses_with(new)
         if relu is not None:
             gm.graph.erase_node(relu)

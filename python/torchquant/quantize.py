@@ -968,6 +968,15 @@ def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
                                   always_call=hid in old._forward_hooks_always_called)
 
 
+def _float_fallback_message(module) -> str:
+    unrun = module.__dict__.get("_tq_uncalibrated")
+    if unrun is not None:  # (a type with an int8 version, left float by convert: see _unrun_modules)
+        return (f"module '{unrun}' ({module._get_name()}) stayed float because it never ran during calibration: its "
+                "QTensor input is dequantized and it runs in float (calibrate on data, and in the mode, that runs "
+                "it to quantize it)")
+    return f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and it runs in float"
+
+
 def _float_fallback_hook(module, args, kwargs):
     quantized_input = any(isinstance(a, QTensor) for a in list(args) + list(kwargs.values()))
     module._tq_quantized_input = quantized_input
@@ -975,9 +984,7 @@ def _float_fallback_hook(module, args, kwargs):
         return None
     # once per module, kept on the module (a global set of ids kept growing, and a dead module's
     # reused id silenced another model's warning)
-    _warn_once_on(module, "float fallback",
-                  lambda: f"{module._get_name()} has no int8 implementation: its QTensor input is dequantized and "
-                          "it runs in float", 1)
+    _warn_once_on(module, "float fallback", lambda: _float_fallback_message(module), 1)
     # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16 /
     # float64).
     dtype = _float_dtype_of(module)
@@ -1227,6 +1234,7 @@ def _unrun_modules(model: nn.Module, mapping) -> Dict[int, nn.Module]:
     none is skipped, and the first swap raises naming its module."""
     observed, unrun = 0, []
     for name, mod in model.named_modules():
+        mod.__dict__.pop("_tq_uncalibrated", None)  # (from an earlier convert of this model)
         obs = getattr(mod, "activation_post_process", None)
         if type(mod) not in mapping or obs is None or not _is_observer(obs) or isinstance(mod, _FLOAT_FUNCTIONALS):
             continue  # an unrun FloatFunctional becomes a QFunctional that raises if called
@@ -1239,6 +1247,9 @@ def _unrun_modules(model: nn.Module, mapping) -> Dict[int, nn.Module]:
         return {}
     warnings.warn("convert: these modules never ran during calibration and stay in float: "
                   + ", ".join(f"{n} ({type(m).__name__})" for n, m in unrun), UserWarning, stacklevel=user_stacklevel())
+    for n, m in unrun:  # (named in the run-time warning of their float fallback; a fused one's layers too)
+        for sub_name, sub in m.named_modules():
+            sub.__dict__["_tq_uncalibrated"] = f"{n}.{sub_name}" if sub_name else n
     return {id(m): m for _, m in unrun}
 
 
