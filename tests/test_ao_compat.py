@@ -958,6 +958,36 @@ def test_hardsigmoid_trains_on_the_fixed_qparams_it_converts_with():
     assert not hasattr(q[2], "activation_post_process")
 
 
+def test_torch_ao_fused_namespaces_port_by_a_name_swap():
+    # torch.ao.nn.intrinsic.qat / .quantized / .quantized.dynamic: the same modules as
+    # torchquant.nn.qat / .quantized / .quantized.dynamic, importable under torch.ao's paths
+    import importlib
+
+    import torch.ao.nn.intrinsic.qat as ao_iqat
+    import torch.ao.nn.intrinsic.quantized as ao_iq
+
+    iqat = importlib.import_module("torchquant.nn.intrinsic.qat")
+    iq = importlib.import_module("torchquant.nn.intrinsic.quantized")
+    iqd = importlib.import_module("torchquant.nn.intrinsic.quantized.dynamic")
+    assert iqat is tq.nn.qat and tq.nn.intrinsic.qat is tq.nn.qat
+    assert iq is tq.nn.quantized and tq.nn.intrinsic.quantized is tq.nn.quantized
+    assert iqd is tq.nn.quantized.dynamic
+    assert [n for n in dir(ao_iqat) if n[0].isupper() or n.endswith("_stats") if not hasattr(iqat, n)] == []
+    missing = {n for n in ao_iq.__all__ if not hasattr(iq, n)}
+    assert missing == {"LinearLeakyReLU", "LinearTanh", "ConvAdd2d", "ConvAddReLU2d"}
+    # the static tutorial's QAT loop, with the paths swapped
+    model = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), tq.DeQuantStub())
+    tq.fuse_modules_qat(model.train(), [["1", "2", "3"]], inplace=True)
+    model.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(model)
+    p(torch.randn(2, 3, 8, 8))
+    p.apply(iqat.freeze_bn_stats)
+    mean = p[1].bn.running_mean.clone()
+    p(torch.randn(2, 3, 8, 8))
+    assert torch.equal(p[1].bn.running_mean, mean)
+    assert type(tq.convert(p.eval())[1]) is iq.ConvReLU2d
+
+
 @pytest.mark.parametrize("inplace", [False, True])
 def test_hardsigmoid_converts_with_the_fixed_qparams_whatever_inplace(inplace):
     # nn.Hardsigmoid(inplace=True): the int8 module still returns the fixed scale 1/256 (written

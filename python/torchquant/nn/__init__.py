@@ -13,6 +13,16 @@ _sys.modules[__name__ + ".quantized.dynamic"] = _quantized_dynamic
 quantized.Embedding = _quantized_embedding.Embedding
 quantized.EmbeddingBag = _quantized_embedding.EmbeddingBag
 
+# ---- torch.ao's fused namespaces: torch.ao.nn.intrinsic.qat / .quantized / .quantized.dynamic ----
+# torchquant keeps the fused QAT and int8 classes beside the plain ones (nn.qat, nn.quantized);
+# the torch.ao paths name the same modules, so that code written against torch.ao's paths
+# (``model.apply(torch.nn.intrinsic.qat.freeze_bn_stats)``) ports by a name swap.
+intrinsic.qat = qat
+intrinsic.quantized = quantized
+_sys.modules[__name__ + ".intrinsic.qat"] = qat
+_sys.modules[__name__ + ".intrinsic.quantized"] = quantized
+_sys.modules[__name__ + ".intrinsic.quantized.dynamic"] = _quantized_dynamic
+
 
 # ---- TorchScript: torch.jit.script asks each module for __prepare_scriptable__ before compiling ----
 def _refuse_script(self):
