@@ -4,6 +4,7 @@ plus torchquant's fake_quantize op (straight-through gradient), and a learnable-
 and moves with .to().
 """
 import itertools
+import types
 import weakref
 from typing import Tuple
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 from torch.fx.node import has_side_effect as _has_side_effect
 
+from . import _ops
 from . import observer as _obs
 from ._ops import ops
 
@@ -272,6 +274,19 @@ class FakeQuantize(FakeQuantizeBase):
     def calculate_qparams(self):
         return self.activation_post_process.calculate_qparams()
 
+    def _observed_qparams(self):
+        """The observer's qparams for the training step that just fed it: its
+        ``calculate_qparams()`` without the checks that would read a GPU's statistics on the
+        host every step (see ``UniformQuantizationObserverBase._step_qparams``)."""
+        app = self.activation_post_process
+        step = getattr(app, "_step_qparams", None)
+        return app.calculate_qparams() if step is None else step()
+
+    def _step_qparams(self):
+        if type(self).calculate_qparams is FakeQuantize.calculate_qparams:
+            return self._observed_qparams()
+        return self.calculate_qparams()  # a subclass's own
+
     def forward(self, x):
         if x.numel() == 0:
             # Nothing to observe or round; the qparams (and their shape) wait for real data.
@@ -283,9 +298,11 @@ class FakeQuantize(FakeQuantizeBase):
         return self._forward_eager(x)
 
     def _forward_eager(self, x):
+        # The two enable flags are read on the host (as torch.ao's FakeQuantize does), nothing
+        # else: a GPU's statistics are not (see _observed_qparams).
         if self.observer_enabled[0] == 1:
             self.activation_post_process(x.detach())
-            scale, zero_point = self.calculate_qparams()
+            scale, zero_point = self._step_qparams()
             scale, zero_point = scale.to(self.scale.device), zero_point.to(self.zero_point.device)
             if self.scale.shape != scale.shape:
                 self.scale.resize_(scale.shape)
@@ -293,14 +310,25 @@ class FakeQuantize(FakeQuantizeBase):
             self.scale.copy_(scale)
             self.zero_point.copy_(zero_point)
         if self.fake_quant_enabled[0] == 1:
-            if self.is_float_qparams:  # torch's kernel: torchquant's ops take integer zero points
-                # (torch's takes no negative axis; the observer and torchquant's ops do)
-                return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point,
-                                                              self.ch_axis % max(x.dim(), 1), self.quant_min,
-                                                              self.quant_max)
-            axis = self.ch_axis if self.is_per_channel else None
-            x = ops.fake_quantize(x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max)
+            return self._fake_quantize(x, self.scale, self.zero_point)
         return x
+
+    def _fake_quantize(self, x, scale, zero_point):
+        if self.is_float_qparams:  # torch's kernel: torchquant's ops take integer zero points
+            # (torch's takes no negative axis; the observer and torchquant's ops do)
+            return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.ch_axis % max(x.dim(), 1),
+                                                          self.quant_min, self.quant_max)
+        axis = self.ch_axis if self.is_per_channel else None
+        return ops.fake_quantize(x, scale, zero_point, axis, self.quant_min, self.quant_max)
+
+    def _pass_mask(self, x, scale, zero_point):
+        """Where the straight-through gradient of ``_fake_quantize(x, scale, zero_point)`` passes."""
+        if self.is_float_qparams:
+            return torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
+                x, scale, zero_point, self.ch_axis % max(x.dim(), 1), self.quant_min, self.quant_max)[1]
+        axis = self.ch_axis if self.is_per_channel else None
+        return ops.fake_quantize_backward(torch.ones_like(x, dtype=torch.float32), x, scale, zero_point, axis,
+                                          self.quant_min, self.quant_max) != 0
 
     def _forward_with_mask(self, x, need_mask: bool = True):
         """The eager forward of ``x`` (no autograd) and its straight-through mask: where the
@@ -312,15 +340,7 @@ class FakeQuantize(FakeQuantizeBase):
                 return (x.clone() if y is x else y), x.new_empty(0, dtype=torch.bool)
             if y is x:  # fake-quant off: the gradient passes everywhere
                 return x.clone(), torch.ones_like(x, dtype=torch.bool)
-            if self.is_float_qparams:
-                mask = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
-                    x, self.scale, self.zero_point, self.ch_axis % max(x.dim(), 1), self.quant_min,
-                    self.quant_max)[1]
-            else:
-                axis = self.ch_axis if self.is_per_channel else None
-                mask = ops.fake_quantize_backward(torch.ones_like(x, dtype=torch.float32), x, self.scale,
-                                                  self.zero_point, axis, self.quant_min, self.quant_max) != 0
-            return y, mask
+            return y, self._pass_mask(x, self.scale, self.zero_point)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # scale/zero_point change shape once a per-channel observer has seen data.
@@ -399,7 +419,7 @@ class LearnableFakeQuantize(FakeQuantize):
             return x.clone()  # as FakeQuantize: nothing to observe or round
         if self.observer_enabled[0] == 1:
             self.activation_post_process(x.detach())
-            scale, zero_point = self.activation_post_process.calculate_qparams()
+            scale, zero_point = self._observed_qparams()
             with torch.no_grad():
                 if self.scale.shape != scale.shape:
                     self.scale.data = torch.empty_like(scale, dtype=torch.float32)
@@ -449,6 +469,39 @@ class FixedQParamsFakeQuantize(FakeQuantize):
         return self.scale, self.zero_point
 
 
+class _FakeQuantizeIf(torch.autograd.Function):
+    """``module._fake_quantize(x, scale, zero_point)`` where the bool tensor ``on`` (one element,
+    on x's device) is True, else x, chosen on the device: no host read. The gradient is the
+    fake-quant's straight-through one where ``on``, else the incoming one as it is: chosen, not
+    summed (autograd's sum of two branches' gradients would turn a -0.0 into +0.0)."""
+
+    @staticmethod
+    def forward(ctx, x, on, scale, zero_point, module):
+        # Copies of the qparams: they are the module's buffers, which its next call (a module run
+        # twice in one forward) updates in place before this backward runs.
+        scale, zero_point = scale.clone(), zero_point.clone()
+        ctx.axis = module.ch_axis if module.is_per_channel else None
+        ctx.qmin, ctx.qmax = module.quant_min, module.quant_max
+        if module.is_float_qparams:  # torch's kernel, as torch.fake_quantize_per_channel_affine runs it
+            y, mask = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
+                x, scale, zero_point, module.ch_axis % max(x.dim(), 1), module.quant_min, module.quant_max)
+            ctx.save_for_backward(on, mask)
+        else:
+            y = ops.fake_quantize(x, scale, zero_point, ctx.axis, ctx.qmin, ctx.qmax)
+            ctx.save_for_backward(on, x, scale, zero_point)
+        return torch.where(on, y, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        on, *saved = ctx.saved_tensors
+        if len(saved) == 1:  # torch's kernel's gradient
+            gx = torch.ops.aten.fake_quantize_per_channel_affine_cachemask_backward(grad, saved[0])
+        else:  # torchquant's fake_quantize's, as its autograd formula computes it
+            ste = types.SimpleNamespace(saved_tensors=tuple(saved), axis=ctx.axis, qmin=ctx.qmin, qmax=ctx.qmax)
+            gx = _ops._fake_quantize_backward(ste, grad)[0]
+        return torch.where(on, gx, grad), None, None, None, None
+
+
 class FusedMovingAvgObsFakeQuantize(FakeQuantize):
     """torch.ao's default QAT fake-quant class: a FakeQuantize whose observer is a
     MovingAverageMinMaxObserver or MovingAveragePerChannelMinMaxObserver, with quant_min=0,
@@ -477,6 +530,46 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.long))
         self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.long))
         self.is_symmetric_quant = self.qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+
+    def _flags_read_on_host(self) -> bool:
+        """Whether a step reads the enable flags on the host, as FakeQuantize's does: on the CPU,
+        where that is free, while traced (torch.export), and for subclasses or observer
+        subclasses, whose steps may do more than the statistics and qparams kept below."""
+        return (self._buffers["observer_enabled"].is_cpu or torch.compiler.is_compiling()
+                or type(self.activation_post_process) not in (_obs.MovingAverageMinMaxObserver,
+                                                              _obs.MovingAveragePerChannelMinMaxObserver)
+                or type(self).calculate_qparams is not FakeQuantize.calculate_qparams
+                or type(self)._fake_quantize is not FakeQuantize._fake_quantize)
+
+    def _forward_eager(self, x):
+        if self._flags_read_on_host():
+            return super()._forward_eager(x)
+        # Off the CPU the flags are read on the device, as torch.ao's fused kernel does: the step
+        # observes and fake-quantizes, and keeps the old statistics and qparams where the observer
+        # is off, x where fake-quant is off (torch.where), so that it needs no host sync. The same
+        # numbers as FakeQuantize's step, bit for bit; it costs an observation while the observer
+        # is off, and a fake-quant and one more pass over x while fake-quant is off.
+        b = self._buffers
+        observe = b["observer_enabled"][0] == 1
+        self.activation_post_process._forward_where(x.detach(), observe)
+        scale, zero_point = self._observed_qparams()
+        scale, zero_point = scale.to(b["scale"].device), zero_point.to(b["zero_point"].device)
+        if b["scale"].shape != scale.shape:  # (a per-channel observer's first batch)
+            b["scale"].resize_(scale.shape).fill_(1.0)  # kept while the observer is off: the initial qparams
+            b["zero_point"].resize_(zero_point.shape).zero_()
+        b["scale"].copy_(torch.where(observe, scale, b["scale"]))
+        b["zero_point"].copy_(torch.where(observe, zero_point, b["zero_point"]))
+        return _FakeQuantizeIf.apply(x, b["fake_quant_enabled"][0] == 1, b["scale"], b["zero_point"], self)
+
+    def _forward_with_mask(self, x, need_mask: bool = True):
+        if self._flags_read_on_host():
+            return super()._forward_with_mask(x, need_mask)
+        with _obs._update_lock(self):
+            y = self._forward_eager(x)
+            if not need_mask:
+                return y, x.new_empty(0, dtype=torch.bool)
+            off = self._buffers["fake_quant_enabled"][0] != 1
+            return y, self._pass_mask(x, self.scale, self.zero_point) | off
 
     def extra_repr(self):
         return super().extra_repr() + f", reduce_range={self.activation_post_process.reduce_range}"

@@ -189,17 +189,37 @@ def _observed_values(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts) if parts else x.new_zeros(0)
 
 
+def _keeps_dtype(t: torch.Tensor) -> bool:
+    return t.dtype == torch.float32 or not (t.is_floating_point() or t.is_complex())
+
+
 def _apply_keeping_float32(module: nn.Module, apply, fn, *args, **kwargs):
-    """``apply(fn, ...)`` (nn.Module._apply) with the module's own float32 buffers kept float32:
-    they are statistics and qparams that torchquant's ops read and write as float32 only, so a
-    cast of the whole model (``.double()``, ``.half()``, ``.to(torch.bfloat16)``) moves them to
-    the new device but leaves their dtype, and their values, as they were (torch.ao's
-    observers, computing in Python, run in any dtype)."""
-    kept = {k: b for k, b in module._buffers.items() if b is not None and b.dtype == torch.float32}
+    """``apply(fn, ...)`` (nn.Module._apply) with the module's own float32 and integer buffers
+    kept in their dtype: the float32 ones are statistics and qparams that torchquant's ops read
+    and write as float32 only, so a cast of the whole model (``.double()``, ``.half()``,
+    ``.to(torch.bfloat16)``) moves them to the new device but leaves their dtype, and their
+    values, as they were (torch.ao's observers, computing in Python, run in any dtype). The
+    integer ones (int8 / uint8 weight codes, int32 zero points, counters, flags) are cast by
+    ``.type(torch.float32)`` / ``.type(torch.FloatTensor)`` alone, which casts every tensor:
+    a float model's no-op, which would break every int8 kernel here."""
+    return _apply_keeping(module, _keeps_dtype, apply, fn, *args, **kwargs)
+
+
+def _apply_keeping_integers(module: nn.Module, apply, fn, *args, **kwargs):
+    """``apply(fn, ...)`` with the module's own integer buffers kept in their dtype, for a
+    module whose float buffers follow the model's dtype (a quantized embedding's output
+    dtype)."""
+    return _apply_keeping(module, lambda t: not (t.is_floating_point() or t.is_complex()), apply, fn, *args,
+                          **kwargs)
+
+
+def _apply_keeping(module: nn.Module, keep, apply, fn, *args, **kwargs):
+    kept = {k: b for k, b in module._buffers.items() if b is not None and keep(b)}
     apply(fn, *args, **kwargs)
     for k, before in kept.items():
         after = module._buffers.get(k)
-        if after is not None and after.dtype != torch.float32:
+        if after is not None and after.dtype != before.dtype:
+            # (the values as they were: int32 -> float32 -> int32 would round past 2**24)
             module._buffers[k] = before.to(after.device)
     return module
 
@@ -250,6 +270,7 @@ class _LockedState:
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         state.pop("_tq_update_lock", None)
+        state.pop("_tq_eps", None)
         return state
 
 
@@ -358,10 +379,55 @@ class UniformQuantizationObserverBase(ObserverBase):
             scale = torch.where(scale > self.eps, scale, torch.ones_like(scale))
             return scale, -1 * min_val / scale
         scale, zp = ops.choose_qparams(min_val, max_val, self.quant_min, self.quant_max,
-                                       self.qscheme in _SYMMETRIC, float(self.eps), self._symmetric_zero_point())
+                                       self.qscheme in _SYMMETRIC, self._eps_value(), self._symmetric_zero_point())
         if scale.dim() == 0:
             scale, zp = scale.reshape(1), zp.reshape(1)
         return scale, zp
+
+    def _eps_value(self) -> float:
+        """``float(self.eps)``, read once per tensor off the CPU (a host sync there, which a
+        fake-quant would pay at every training step): kept with the buffer it was read from and
+        that buffer's version, so an assignment, ``load_state_dict`` or in-place change of
+        ``eps`` is read again."""
+        eps = self._buffers["eps"]
+        if eps.is_cpu or torch.compiler.is_compiling():
+            return float(eps)
+        seen = self.__dict__.get("_tq_eps")
+        if seen is not None and seen[0] is eps and seen[1] == eps._version:
+            return seen[2]
+        value = float(eps)
+        self.__dict__["_tq_eps"] = (eps, eps._version, value)
+        return value
+
+    def _step_qparams(self):
+        """The qparams a fake-quant's training step takes, just after this observer saw the
+        step's batch: ``calculate_qparams()`` on the CPU (and for a subclass that defines its
+        own), where its checks read the statistics for free. Elsewhere the same numbers without
+        the checks, each of which would be a host sync per step: the non-finite warning, and
+        the error for no finite data (a batch of NaN / Inf only, or a channel with no finite
+        value, so far), come from the next ``calculate_qparams()`` (convert's, or the user's);
+        until then such a range [+inf, -inf] gives scale ``eps`` and zero point 0
+        (``choose_qparams`` reads it as [0, 0])."""
+        return self.calculate_qparams()
+
+    def _prepare_stats(self, x: torch.Tensor) -> None:
+        """What ``forward(x)`` does to the statistics before it reads ``x``: checks, sizing."""
+
+    @_synchronized
+    def _forward_where(self, x_orig: torch.Tensor, enabled: torch.Tensor) -> torch.Tensor:
+        """``forward(x_orig)`` where the bool tensor ``enabled`` (one element, on the statistics'
+        device) is True; else the statistics stay as they were, bit for bit. Chosen on the
+        device, with no host read: the observer of a fake-quant whose enable flag lives on a
+        GPU."""
+        if x_orig.numel() == 0:
+            return x_orig
+        self._prepare_stats(x_orig)
+        b = self._buffers
+        before = {k: t.clone() for k, t in b.items() if t is not None and k != "eps"}
+        self.forward(x_orig)
+        for k, old in before.items():
+            b[k].copy_(torch.where(enabled, b[k], old))
+        return x_orig
 
     def _check_nonfinite(self):
         if self._warned_nonfinite:
@@ -461,6 +527,13 @@ class MinMaxObserver(UniformQuantizationObserverBase):
             raise self._no_data_error()
         return self._qparams(self.min_val, self.max_val)
 
+    @_synchronized
+    def _step_qparams(self):
+        b = self._buffers
+        if b["min_val"].is_cpu or type(self).calculate_qparams is not MinMaxObserver.calculate_qparams:
+            return self.calculate_qparams()
+        return self._qparams(b["min_val"], b["max_val"])
+
     def extra_repr(self):
         return f"min_val={self.min_val}, max_val={self.max_val}"
 
@@ -529,14 +602,17 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
             raise ValueError(f"{self._describe()} has statistics for {self.min_val.numel()} channels but its "
                              f"input has {channels} along ch_axis={self.ch_axis}")
 
-    def forward(self, x_orig):
-        """Records per-channel running min/max of ``x_orig``'s finite values; returns ``x_orig``."""
-        if x_orig.numel() == 0:
-            return x_orig
+    def _prepare_stats(self, x_orig):
         if x_orig.dim() == 0 or not -x_orig.dim() <= self.ch_axis < x_orig.dim():
             raise ValueError(f"{self._describe()}: ch_axis={self.ch_axis} is out of range for an input with "
                              f"{x_orig.dim()} dimensions")
         self._ensure_channels(x_orig.shape[self.ch_axis])
+
+    def forward(self, x_orig):
+        """Records per-channel running min/max of ``x_orig``'s finite values; returns ``x_orig``."""
+        if x_orig.numel() == 0:
+            return x_orig
+        self._prepare_stats(x_orig)
         b = self._buffers
         _observe_minmax_(b["min_val"], b["max_val"], b["nonfinite_count"], self._as_float(x_orig), self.ch_axis,
                          self._averaging_constant())
@@ -556,6 +632,14 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
             shown = ", ".join(str(c) for c in empty[:10]) + (", ..." if len(empty) > 10 else "")
             raise self._no_data_error(f" in channel(s) {shown} of {self.min_val.numel()}")
         return self._qparams(self.min_val, self.max_val)
+
+    @_synchronized
+    def _step_qparams(self):
+        b = self._buffers
+        if (b["min_val"].is_cpu or b["min_val"].numel() == 0
+                or type(self).calculate_qparams is not PerChannelMinMaxObserver.calculate_qparams):
+            return self.calculate_qparams()
+        return self._qparams(b["min_val"], b["max_val"])
 
     def extra_repr(self):
         return f"min_val={self.min_val}, max_val={self.max_val}"

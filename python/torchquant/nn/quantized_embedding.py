@@ -24,7 +24,7 @@ from torch import nn
 from .. import _fastcall
 from .._ops import embedding_row_stride as _row_stride
 from .._ops import ops
-from ..observer import _int_arg
+from ..observer import _apply_keeping_integers, _int_arg
 from ._state_dict import OutputDtype, integer_load_errors
 
 __all__ = ["Embedding", "EmbeddingBag", "pack_rowwise", "unpack_rowwise"]
@@ -155,6 +155,11 @@ class _EmbeddingBase(OutputDtype, nn.Module):
         # Pickled before the output dtype was a buffer: float32, as such a module returned.
         super().__setstate__(state)
         self._restore_output_dtype()
+
+    def _apply(self, fn, *args, **kwargs):
+        # The packed uint8 rows keep their dtype under .type(torch.float32), which casts every
+        # tensor (the output dtype follows casts as a float table would).
+        return _apply_keeping_integers(self, super()._apply, fn, *args, **kwargs)
 
     @property
     def qweight(self) -> torch.Tensor:
