@@ -296,10 +296,12 @@ def test_histogram_range_too_narrow_for_float32(isa, bins):
     assert torch.isfinite(scale).all() and (scale > 0).all()
 
 
-@pytest.mark.parametrize("lo,hi", [(NAN, 1.0), (0.0, NAN), (-INF, 1.0), (0.0, INF), (5.0, -5.0)])
+@pytest.mark.parametrize("lo,hi", [(NAN, 1.0), (0.0, NAN), (-INF, 1.0), (0.0, INF), (5.0, -5.0),
+                                   (INF, 1.0), (-1.0, -INF), (INF, NAN), (NAN, -INF), (INF, INF), (-INF, -INF)])
 def test_histogram_corrupt_range_is_an_error(lo, hi):
     # Anything but (+inf, -inf) or a finite lo <= hi cannot be a histogram's range: a NaN or an
-    # infinite end would reach the rebin's float-to-int conversions.
+    # infinite end would reach the rebin's float-to-int conversions; half of the empty range
+    # ((+inf, 1.0)) is not empty (it was taken as empty, dropping the counts).
     hist = torch.ones(8)
     for call in (ops.histogram_, lambda *a: ops.histogram_.default.redispatch(_GENERIC, *a)):
         state = (hist.clone(), torch.tensor(lo), torch.tensor(hi), torch.zeros(2, dtype=torch.int64))

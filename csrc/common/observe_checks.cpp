@@ -65,7 +65,7 @@ void check_upsample_rate(int64_t upsample_rate, int64_t bins) {
 
 void check_histogram_range(float lo, float hi) {
   const float inf = std::numeric_limits<float>::infinity();
-  TORCH_CHECK(lo == inf || hi == -inf || (std::isfinite(lo) && std::isfinite(hi) && lo <= hi),
+  TORCH_CHECK((lo == inf && hi == -inf) || (std::isfinite(lo) && std::isfinite(hi) && lo <= hi),
               "arguments 'min_val'/'max_val' must hold a finite range with min_val <= max_val, or "
               "(+inf, -inf) for an empty histogram, got [", lo, ", ", hi, "]");
 }
