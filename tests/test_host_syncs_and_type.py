@@ -349,3 +349,54 @@ def test_fake_quant_on_device_under_compile_op_gives_the_mask():
     y, mask = fq._forward_with_mask(x * 4)
     _assert_same_bits(_plain(y), ry)
     assert torch.equal(_plain(mask), rmask) and not bool(rmask.all())
+
+
+@pytest.mark.parametrize("fake_quant_on", [True, False])
+def test_fused_per_channel_fake_quant_with_its_observer_off_before_any_data_as_on_the_cpu(fake_quant_on):
+    # statistics not sized for x's channels yet: whether they are sized, or the fake-quant
+    # raises, depends on the flags, read on the host then, as on the CPU
+    x = torch.randn(4, 3)
+    results = []
+    for to_device in (False, True):
+        fq = fqm.default_fused_per_channel_wt_fake_quant().train()
+        fq.observer_enabled.fill_(0)
+        fq.fake_quant_enabled.fill_(int(fake_quant_on))
+        if to_device:
+            _on_device(fq)
+        try:
+            y = _plain(fq(OnDevice(x) if to_device else x))
+            results.append(("ok", y))
+        except RuntimeError as e:
+            results.append(("error", str(e)))
+        results[-1] += ({k: tuple(v.shape) for k, v in fq.state_dict().items()},)
+    (kind, value, shapes), (dkind, dvalue, dshapes) = results
+    assert kind == dkind and shapes == dshapes
+    if kind == "ok":
+        assert not fake_quant_on and torch.equal(value, x) and torch.equal(dvalue, x)
+    else:
+        assert fake_quant_on and value == dvalue and "argument 'scale' must have 4 elements" in value
+
+
+def test_fake_quant_on_device_reads_an_inference_mode_eps():
+    # an observer made under torch.inference_mode holds an inference tensor eps, which has no
+    # version counter to cache its value by
+    xs = _batches(3)
+    with torch.inference_mode():
+        fq = fqm.default_fused_act_fake_quant().train()
+        fq(xs[0])
+        ref = copy.deepcopy(fq)
+        _on_device(fq)
+        got = _plain(fq(OnDevice(xs[1])))
+        want = ref(xs[1])
+        assert torch.equal(got, want)
+    # outside inference mode too (the flags and statistics are inference tensors still)
+    assert torch.equal(_plain(fq._observed_qparams()[0]), ref.activation_post_process.calculate_qparams()[0])
+
+
+def test_fused_fake_quant_off_on_device_keeps_the_input_layout():
+    x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    fq = _warmed_up(_FAKE_QUANTS["fused_weight_per_channel"], torch.randn(2, 3, 4, 5))
+    fq.fake_quant_enabled.fill_(0)
+    _on_device(fq)
+    y = fq(OnDevice(x))
+    assert y.stride() == x.stride() and torch.equal(_plain(y), x)

@@ -489,7 +489,8 @@ class _FakeQuantizeIf(torch.autograd.Function):
         else:
             y = ops.fake_quantize(x, scale, zero_point, ctx.axis, ctx.qmin, ctx.qmax)
             ctx.save_for_backward(on, x, scale, zero_point)
-        return torch.where(on, y, x)
+        # laid out as x (x itself is what a step with fake-quant off returns on the CPU)
+        return torch.where(on, y, x, out=torch.empty_like(x))
 
     @staticmethod
     def backward(ctx, grad):
@@ -531,18 +532,30 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.long))
         self.is_symmetric_quant = self.qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric)
 
-    def _flags_read_on_host(self) -> bool:
+    def _flags_read_on_host(self, x) -> bool:
         """Whether a step reads the enable flags on the host, as FakeQuantize's does: on the CPU,
-        where that is free, while traced (torch.export), and for subclasses or observer
-        subclasses, whose steps may do more than the statistics and qparams kept below."""
-        return (self._buffers["observer_enabled"].is_cpu or torch.compiler.is_compiling()
-                or type(self.activation_post_process) not in (_obs.MovingAverageMinMaxObserver,
-                                                              _obs.MovingAveragePerChannelMinMaxObserver)
+        where that is free, while traced (torch.export), for subclasses or observer subclasses,
+        whose steps may do more than the statistics and qparams kept below, and for a
+        per-channel observer whose statistics do not have x's channels yet (its first batch, or
+        a mismatch): whether it sizes them, or raises, depends on the flag, as on the CPU."""
+        app = self.activation_post_process
+        if (self._buffers["observer_enabled"].is_cpu or torch.compiler.is_compiling()
+                or type(app) not in (_obs.MovingAverageMinMaxObserver, _obs.MovingAveragePerChannelMinMaxObserver)
                 or type(self).calculate_qparams is not FakeQuantize.calculate_qparams
-                or type(self)._fake_quantize is not FakeQuantize._fake_quantize)
+                or type(self)._fake_quantize is not FakeQuantize._fake_quantize):
+            return True
+        if type(app) is _obs.MovingAveragePerChannelMinMaxObserver:
+            axis = app.ch_axis
+            if x.dim() == 0 or not -x.dim() <= axis < x.dim():
+                return True
+            channels = x.shape[axis]
+            if (app.min_val.numel() != channels or self.scale.numel() != channels
+                    or self.zero_point.numel() != channels):
+                return True
+        return False
 
     def _forward_eager(self, x):
-        if self._flags_read_on_host():
+        if self._flags_read_on_host(x):
             return super()._forward_eager(x)
         # Off the CPU the flags are read on the device, as torch.ao's fused kernel does: the step
         # observes and fake-quantizes, and keeps the old statistics and qparams where the observer
@@ -562,7 +575,7 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         return _FakeQuantizeIf.apply(x, b["fake_quant_enabled"][0] == 1, b["scale"], b["zero_point"], self)
 
     def _forward_with_mask(self, x, need_mask: bool = True):
-        if self._flags_read_on_host():
+        if self._flags_read_on_host(x):
             return super()._forward_with_mask(x, need_mask)
         with _obs._update_lock(self):
             y = self._forward_eager(x)

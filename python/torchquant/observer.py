@@ -388,15 +388,20 @@ class UniformQuantizationObserverBase(ObserverBase):
         """``float(self.eps)``, read once per tensor off the CPU (a host sync there, which a
         fake-quant would pay at every training step): kept with the buffer it was read from and
         that buffer's version, so an assignment, ``load_state_dict`` or in-place change of
-        ``eps`` is read again."""
+        ``eps`` is read again (a write through ``eps.data``, which bumps no version, is not; nor
+        is an inference tensor's, which has no version: it is read each time)."""
         eps = self._buffers["eps"]
         if eps.is_cpu or torch.compiler.is_compiling():
             return float(eps)
+        try:
+            version = eps._version
+        except RuntimeError:  # an inference tensor (the observer made under torch.inference_mode)
+            return float(eps)
         seen = self.__dict__.get("_tq_eps")
-        if seen is not None and seen[0] is eps and seen[1] == eps._version:
+        if seen is not None and seen[0] is eps and seen[1] == version:
             return seen[2]
         value = float(eps)
-        self.__dict__["_tq_eps"] = (eps, eps._version, value)
+        self.__dict__["_tq_eps"] = (eps, version, value)
         return value
 
     def _step_qparams(self):
