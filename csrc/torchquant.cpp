@@ -1,6 +1,7 @@
 // The one registry of torchquant ops: every schema is here, in one TORCH_LIBRARY block.
 // Backends add kernels with TORCH_LIBRARY_IMPL in their own files (cpu/, cuda/,
 // composite.cpp); fake (meta) kernels and autograd live in python/torchquant/_ops.py.
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include "cpu/isa.h"
@@ -240,6 +241,62 @@ TORCH_LIBRARY(torchquant, m) {
   // Adaptive average pooling (torch's windows: floor(i * in / out) to ceil((i + 1) * in / out)),
   // rounded as avg_pool_int8. output_size [1, 1] is the global average of a classifier's head.
   m.def("adaptive_avg_pool_int8(Tensor x, Tensor zero_point, int[] output_size) -> Tensor");
+}
+
+// The ops that write into their arguments (and return nothing) do it as torch's in-place ops
+// do: the written tensors' version counters go up (autograd then refuses a backward through a
+// value saved before the write), and a written tensor that requires grad is refused.
+namespace {
+
+// ADInplaceOrView kernel of an op returning nothing: the op below it, then the version counter
+// of every argument its schema marks as written (torch's generic fallback bumps the ones it
+// returns only).
+void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  std::vector<at::Tensor> written;
+  const auto first = stack->size() - args.size();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto* alias = args[i].alias_info();
+    const auto& v = (*stack)[first + i];
+    if (alias != nullptr && alias->isWrite() && v.isTensor()) written.push_back(v.toTensor());
+  }
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+  }
+  for (const auto& t : written) torch::autograd::impl::bump_version(t);
+}
+
+// Autograd kernel of such an op: no gradient flows through it, so an argument it writes may
+// not require grad (torch's message for a leaf); then the keys below, ADInplaceOrView's
+// version bump included.
+void refuse_written_requiring_grad(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
+                                   torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  const auto first = stack->size() - args.size();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto* alias = args[i].alias_info();
+    const auto& v = (*stack)[first + i];
+    if (alias != nullptr && alias->isWrite() && v.isTensor()) {
+      TORCH_CHECK(!v.toTensor().requires_grad(), op.schema().name(), ": argument '", args[i].name(),
+                  "' requires grad; it is written in place, through which no gradient flows (a leaf "
+                  "Variable that requires grad is being used in an in-place operation)");
+    }
+  }
+  at::AutoDispatchBelowAutograd guard;
+  op.redispatchBoxed(ks & c10::after_autograd_keyset, stack);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchquant, ADInplaceOrView, m) {
+  m.impl("observe_minmax_", torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
+  m.impl("histogram_", torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
+}
+
+TORCH_LIBRARY_IMPL(torchquant, Autograd, m) {
+  m.impl("observe_minmax_", torch::CppFunction::makeFromBoxedFunction<&refuse_written_requiring_grad>());
+  m.impl("histogram_", torch::CppFunction::makeFromBoxedFunction<&refuse_written_requiring_grad>());
 }
 
 }  // namespace torchquant

@@ -991,3 +991,36 @@ def test_a_state_dict_without_metadata_keeps_its_eps():
     old = {k: v for k, v in obs.state_dict().items() if k != "eps"}  # torch.ao's version-1 form: the default
     again.load_state_dict(old, strict=False)
     assert float(again.eps) == torch.finfo(torch.float32).eps
+
+
+@pytest.mark.parametrize("which", ["observe_minmax_", "histogram_"])
+def test_in_place_observer_ops_bump_versions_and_refuse_grad(which):
+    # as torch's in-place ops: the written tensors' version counters go up, so a value saved for
+    # backward and then updated is caught by autograd (it gave the new value's gradient); a
+    # written tensor that requires grad is refused
+    def call(lo, hi, x):
+        cnt = torch.zeros(2, dtype=torch.int64)
+        if which == "observe_minmax_":
+            ops.observe_minmax_(lo, hi, cnt, x, None, None)
+        else:
+            ops.histogram_(torch.zeros(8), lo, hi, cnt, x, 16)
+
+    lo, hi = torch.tensor([INF]), torch.tensor([-INF])
+    call(lo, hi, torch.tensor([-10.0, 4.0]))
+    assert lo._version == 1 and hi._version == 1
+    w = torch.tensor([3.0], requires_grad=True)
+    state = torch.tensor([2.0])
+    y = w * state
+    call(state, torch.tensor([5.0]), torch.tensor([-10.0]))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    leaf = torch.tensor([INF], requires_grad=True)
+    with pytest.raises(RuntimeError, match=rf"{which}: argument '(running_min|min_val)' requires grad"):
+        call(leaf, torch.tensor([-INF]), torch.randn(3))
+    assert float(leaf) == INF
+    # x may require grad (it is only read); inside inference mode the versions go up too
+    call(torch.tensor([INF]), torch.tensor([-INF]), torch.randn(3, requires_grad=True))
+    lo2, hi2 = torch.tensor([INF]), torch.tensor([-INF])
+    with torch.inference_mode():
+        call(lo2, hi2, torch.randn(3))
+    assert lo2._version == 1
