@@ -153,3 +153,44 @@ def test_int8_mm_public_function_on_cuda_any_shape():
         a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
         b = torch.randint(-128, 128, (k, n), generator=gen, dtype=torch.int8)
         assert torch.equal(torchquant.int8_mm(a.cuda(), b.cuda()).cpu(), torchquant.int8_mm(a, b))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torchquant.fake_quantize.default_fused_act_fake_quant(),
+    lambda: torchquant.fake_quantize.default_fused_per_channel_wt_fake_quant(),
+    lambda: torchquant.fake_quantize.default_fake_quant(),
+    lambda: torchquant.fake_quantize.default_per_channel_weight_fake_quant(),
+], ids=["fused_act", "fused_weight", "act", "weight"])
+def test_fake_quant_training_steps_on_cuda_equal_the_cpu_bit_for_bit(make):
+    # flags toggled between steps: the fused fake-quant applies them on the device, the others
+    # read them on the host; outputs, input gradients and state equal the CPU's
+    g = torch.Generator().manual_seed(9)
+    xs = [torch.randn(6, 5, generator=g) * (i + 1) for i in range(6)]
+    flags = [(1, 1), (0, 1), (1, 0), (0, 0), (1, 1), (0, 1)]
+    cpu = make().train()
+    cpu(xs[0])
+    gpu = copy.deepcopy(cpu).cuda()
+    for x, (obs_on, fq_on) in zip(xs, flags):
+        outs = []
+        for fq, dev in ((cpu, "cpu"), (gpu, "cuda")):
+            fq.observer_enabled.fill_(obs_on)
+            fq.fake_quant_enabled.fill_(fq_on)
+            xi = x.to(dev).requires_grad_()
+            y = fq(xi)
+            y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(dev))
+            outs.append((y.detach().cpu(), xi.grad.cpu()))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    for k, v in cpu.state_dict().items():
+        assert torch.equal(gpu.state_dict()[k].cpu(), v), k
+
+
+def test_fused_fake_quant_training_step_on_cuda_does_not_synchronize():
+    fq = torchquant.fake_quantize.default_fused_act_fake_quant().train().cuda()
+    x = torch.randn(64, 32, device="cuda")
+    fq(x)  # (eps read once)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = fq(x.requires_grad_())
+        y.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
