@@ -4,6 +4,7 @@ formula, whose backward calls other torchquant ops so that it stays traceable.
 
 The schemas are in csrc/torchquant.cpp; the ops are reached as ``torch.ops.torchquant.<name>``.
 """
+import math
 from typing import Optional
 
 import torch
@@ -111,6 +112,16 @@ def _fake_quantize_backward_fake(grad, x, scale, zero_point, axis, qmin, qmax):
 
 def _fake_quantize_setup_context(ctx, inputs, output):
     x, scale, zero_point, axis, qmin, qmax = inputs
+    # The backward passes no gradient to the qparams: one that requires grad would get none,
+    # and never train, without a word. torch's fake_quantize_per_*_affine refuse it too. (The
+    # kernel takes integer zero points only, which cannot require grad: checked all the same.)
+    for name, t in (("scale", scale), ("zero_point", zero_point)):
+        if t.requires_grad:
+            learnable = "per_tensor" if axis is None else "per_channel"
+            raise RuntimeError(
+                f"torchquant::fake_quantize is not differentiable with respect to argument '{name}'. "
+                f"This input cannot have requires_grad True; for a trainable scale and zero point use "
+                f"torchquant.fake_quantize_learnable_{learnable}_affine (LSQ), or detach '{name}'")
     # Copies of the qparams: they are a FakeQuantize's buffers, which its next call (a module
     # run twice in one forward) updates in place before this backward runs.
     ctx.save_for_backward(x, scale.clone(), zero_point.clone())
@@ -155,6 +166,76 @@ def _learnable_backward(ctx, grad):
 torch.library.register_autograd(
     "torchquant::fake_quantize_learnable", _learnable_backward, setup_context=_learnable_setup_context
 )
+
+
+# The learnable ops have one CompositeExplicitAutograd kernel (csrc/composite.cpp), which reads
+# sizes as plain integers (x.size(axis), scale.numel()): with symbolic sizes (torch.compile's
+# dynamic shapes) it fails. These fake kernels (registered for Meta, which takes precedence over
+# the composite kernel there) do its checks on shapes only, with SymInt-safe comparisons; the
+# value checks (a zero or NaN scale, a NaN zero point) stay with the real kernel.
+_INTEGER_DTYPES = tuple(getattr(torch, n) for n in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32",
+                                                    "uint64") if hasattr(torch, n))
+
+
+def _check_learnable_args(x, scale, zero_point, axis, qmin, qmax, grad_factor):
+    _check_float(x, "x")
+    _check_float(scale, "scale")
+    zt = zero_point.dtype
+    torch._check(zt.is_floating_point or zt in _INTEGER_DTYPES,
+                 lambda: f"argument 'zero_point' must be a floating-point or integer tensor, got {zt}")
+    _check_devices("x", x, scale=scale, zero_point=zero_point)
+    _check_qrange(qmin, qmax)
+    torch._check(qmin >= -(1 << 23) and qmax <= (1 << 23),
+                 lambda: f"arguments 'qmin'/'qmax' must lie in [-2^23, 2^23], got [{qmin}, {qmax}]")
+    torch._check(math.isfinite(grad_factor), lambda: f"argument 'grad_factor' must be finite, got {grad_factor}")
+    if axis is None:
+        channels = 1
+    else:
+        d = x.dim()
+        torch._check(d > 0 and -d <= axis < d,
+                     lambda: f"argument 'axis' must lie in [{-d}, {d - 1}] for 'x' with {d} dimensions, got {axis}")
+        channels = x.shape[axis]
+    for name, t in (("scale", scale), ("zero_point", zero_point)):
+        torch._check(t.numel() == channels,
+                     lambda: f"argument '{name}' must have {channels} element(s), got {t.numel()}")
+
+
+@torch.library.register_fake("torchquant::fake_quantize_learnable")
+def _fake_quantize_learnable_fake(x, scale, zero_point, axis, qmin, qmax, grad_factor=1.0):
+    _check_learnable_args(x, scale, zero_point, axis, qmin, qmax, grad_factor)
+    return _elementwise_out(x, axis, x.dtype)  # the kernel returns fake_quantize(x, ...)
+
+
+def _learnable_broadcastable(t, x, axis):
+    # csrc/composite.cpp broadcastable
+    if axis is None:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = x.shape[axis]
+    return t.reshape(shape)
+
+
+@torch.library.register_fake("torchquant::fake_quantize_learnable_backward")
+def _fake_quantize_learnable_backward_fake(grad, x, scale, zero_point, axis, qmin, qmax, grad_factor=1.0):
+    _check_learnable_args(x, scale, zero_point, axis, qmin, qmax, grad_factor)
+    _check_float(grad, "grad")
+    torch._check(grad.shape == x.shape,
+                 lambda: f"argument 'grad' must have the shape of x {tuple(x.shape)}, got {tuple(grad.shape)}")
+    _check_devices("x", x, grad=grad)
+    a = None if axis is None else axis % x.dim()
+    # grad_x: the kernel's elementwise steps that decide its layout, replayed on the fake tensors
+    # (where(inside, grad, zeros) takes its strides from all three), so the strides are the kernel's.
+    xf, g = x.to(torch.float32), grad.to(torch.float32)
+    s = _learnable_broadcastable(scale.to(torch.float32), xf, a)
+    zp = _learnable_broadcastable(zero_point.to(torch.float32).round().clamp(qmin, qmax), xf, a)
+    t = torch.round(xf * torch.reciprocal(s)) + zp
+    inside = torch.logical_not(torch.logical_or(torch.logical_or(t < qmin, t > qmax), torch.isnan(t)))
+    gx = torch.where(inside, g, torch.zeros_like(xf)).to(x.dtype)
+    # grad_scale / grad_zero_point: float64 row sums [channels], reshaped and cast like the qparams.
+    channels = 1 if a is None else x.shape[a]
+    gs = x.new_empty((channels,), dtype=torch.float64).reshape(scale.shape).to(scale.dtype)
+    gz = x.new_empty((channels,), dtype=torch.float64).reshape(zero_point.shape).to(zero_point.dtype)
+    return gx, gs, gz
 
 # ---------------------------------------------------------------- int8 GEMM
 PANEL = 16  # output channels per packed panel (kPanel in csrc/cpu/gemm_kernels.h)

@@ -146,7 +146,8 @@ def dequantize(q: QTensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
 
 def fake_quantize_per_tensor_affine(x: torch.Tensor, scale, zero_point, quant_min: int, quant_max: int) -> torch.Tensor:
     """Same signature and results as ``torch.fake_quantize_per_tensor_affine``; differentiable
-    (straight-through inside [quant_min, quant_max])."""
+    with respect to x (straight-through inside [quant_min, quant_max]). A scale that requires
+    grad raises, as torch's: ``fake_quantize_learnable_per_tensor_affine`` trains the qparams."""
     s = _as_tensor(scale, torch.float32, x.device, "scale")
     z = _as_tensor(zero_point, torch.int32, x.device, "zero_point")
     return ops.fake_quantize(x, s, z, None, quant_min, quant_max)
@@ -154,7 +155,8 @@ def fake_quantize_per_tensor_affine(x: torch.Tensor, scale, zero_point, quant_mi
 
 def fake_quantize_per_channel_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
                                      quant_min: int, quant_max: int) -> torch.Tensor:
-    """Same signature and results as ``torch.fake_quantize_per_channel_affine``."""
+    """Same signature and results as ``torch.fake_quantize_per_channel_affine``; a scale that
+    requires grad raises, as torch's: ``fake_quantize_learnable_per_channel_affine`` trains the qparams."""
     return ops.fake_quantize(x, scale, zero_point, axis, quant_min, quant_max)
 
 
