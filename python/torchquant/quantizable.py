@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nn.quantized_ops import FloatFunctional
+from .qtensor import QTensor
 
 __all__ = ["make_quantizable"]
 
@@ -106,6 +107,13 @@ def _kind(node) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------- in-place writes
+# After convert, a value the model writes into in place may be a QTensor (an int8 module's or a
+# FloatFunctional's output): a write that may leave the range its qparams were observed for
+# saturates into them (x = torch.cat(...); x.add_(pos)). Such a value is dequantized by
+# _float_for_in_place right after it is computed, and the write happens in float; writes that int8
+# codes run exactly (relu_, clamp_(min=0), F.relu(x, inplace=True), ...) stay on the codes.
+
 # Methods and functions that return their input or a view of it: a write into their result is a
 # write into it. (Those that return the input itself when nothing changes too: x.float(), x.to().)
 _ALIASING = frozenset({
@@ -124,6 +132,27 @@ _INPLACE_OPERATORS = frozenset({
     operator.irshift,
 })
 _INPLACE_DUNDERS = frozenset(f"__{op.__name__}__" for op in _INPLACE_OPERATORS)  # (x.__iadd__(y), ...)
+# Leaf modules that return their input or a view of it (nn.Dropout in inference).
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
+# torch.nn's activations whose int8 version (or float fallback) returns a new tensor whatever their
+# `inplace`: with it set, the float module writes into its input, the converted one does not.
+_NEW_TENSOR_ACTIVATIONS = (nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU, nn.RReLU, nn.SiLU, nn.Mish, nn.Hardswish,
+                           nn.Hardsigmoid, nn.Threshold)
+
+
+def _float_for_in_place(t, dtype=None, memory_format=None):
+    """The value that the model then writes into in place, as a float tensor: a QTensor
+    dequantized (in the float model's ``dtype`` and ``memory_format``, when given), any other
+    value itself (a float tensor stays the same tensor, so that its views see the write)."""
+    if isinstance(t, QTensor):
+        t = t.dequantize()
+        if dtype is not None:
+            t = t.to(dtype)
+        return t if memory_format is None else t.contiguous(memory_format=memory_format)
+    return t
+
+
+torch.fx.wrap("_float_for_in_place")
 
 
 def _name_of(node) -> Optional[str]:
@@ -134,39 +163,210 @@ def _name_of(node) -> Optional[str]:
     return None
 
 
-def _writes_into(user, alias) -> bool:
-    """Whether the call ``user`` writes into the tensor ``alias``: an in-place method or function
-    on it (``x.add_(y)``, ``torch.relu_(x)``, ``x[i] = v``, ``F.relu(x, inplace=True)``), or
-    ``out=x``."""
-    out = user.kwargs.get("out")
-    if out is alias or (isinstance(out, (tuple, list)) and any(o is alias for o in out)):
+def _settings(node, names: Tuple[str, ...], defaults: Tuple) -> Optional[Dict[str, Any]]:
+    """The call's arguments after its input, by name (positional ones in the order of names),
+    defaults filled in; None for an argument that is not one of names."""
+    if len(node.args) - 1 > len(names) or any(k not in names for k in node.kwargs):
+        return None
+    values = dict(zip(names, defaults))
+    values.update(zip(names, node.args[1:]))
+    values.update(node.kwargs)
+    return values
+
+
+def _around_zero(lo, hi) -> bool:
+    """Whether bounds lo <= 0 <= hi are numbers (None: unbounded): a clamp to them keeps every value
+    inside an observed range, which always holds 0."""
+    return all(v is None or _is_number(v) for v in (lo, hi)) and (lo is None or lo <= 0) and (hi is None or hi >= 0)
+
+
+def _in_unit(v) -> bool:
+    return _is_number(v) and 0 <= v <= 1
+
+
+# In-place functions and methods that QTensor runs on its codes keeping its qparams
+# (qtensor._write_in_place with an int8 function): {function or method name: (the arguments after
+# the input, their defaults, whether the settings keep every value inside the input's range)}.
+_EXACT_IN_PLACE = {
+    torch.relu_: ((), (), lambda s: True),
+    "relu_": ((), (), lambda s: True),
+    torch.clamp_: (("min", "max"), (None, None), lambda s: _around_zero(s["min"], s["max"])),
+    torch.clip_: (("min", "max"), (None, None), lambda s: _around_zero(s["min"], s["max"])),
+    "clamp_": (("min", "max"), (None, None), lambda s: _around_zero(s["min"], s["max"])),
+    "clip_": (("min", "max"), (None, None), lambda s: _around_zero(s["min"], s["max"])),
+    torch._C._nn.hardtanh_: (("min_val", "max_val"), (-1.0, 1.0),
+                             lambda s: _around_zero(s["min_val"], s["max_val"])),
+    torch._C._nn.leaky_relu_: (("negative_slope",), (0.01,), lambda s: _in_unit(s["negative_slope"])),
+    torch._C._nn.elu_: (("alpha", "scale", "input_scale"), (1.0, 1.0, 1.0),
+                        lambda s: _in_unit(s["alpha"]) and s["scale"] == 1 and _in_unit(s["input_scale"])),
+}
+_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+# The same for functions called with inplace=True: {function: whether its settings keep the range}.
+_EXACT_INPLACE_FLAG = {
+    F.relu: lambda s: True,
+    F.relu6: lambda s: True,
+    F.hardtanh: lambda s: _around_zero(s["min_val"], s["max_val"]),
+    F.leaky_relu: lambda s: _in_unit(s["negative_slope"]),
+    F.elu: lambda s: _in_unit(s["alpha"]),
+    **{fn: (lambda s: s["training"] is False) for fn in _DROPOUT_FUNCTIONS},  # (the identity in inference)
+}
+
+
+def _bound_arguments(node) -> Optional[Dict[str, Any]]:
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _inplace_flag(node) -> bool:
+    """Whether a function call passes a true inplace (F.relu(x, inplace=True), F.relu(x, True))."""
+    if node.kwargs.get("inplace", False) is not False:
         return True
-    if not user.args or user.args[0] is not alias:
+    if not callable(node.target):
         return False
-    if user.op == "call_function" and user.target in _INPLACE_OPERATORS:
-        return True
-    name = _name_of(user)
-    if name is None:
-        return False
-    if name.endswith("_") and not name.startswith("__") and name not in _NOT_WRITES:
-        return True
-    if name in _INPLACE_DUNDERS:
-        return True
-    if user.op == "call_function" and user.kwargs.get("inplace", False) is not False:
-        return True
-    if user.op == "call_function" and callable(user.target):
-        try:  # an inplace flag passed by position (F.relu(x, True))
-            bound = inspect.signature(user.target).bind(*user.args, **user.kwargs)
-        except (TypeError, ValueError):
-            return False
-        return bound.arguments.get("inplace", False) is not False
+    bound = _bound_arguments(node)
+    return bound is not None and bound.get("inplace", False) is not False
+
+
+def _keeps_range(node) -> bool:
+    """Whether the in-place call node is one that a QTensor runs exactly on its codes, its values
+    staying inside the range of its qparams."""
+    key = node.target if node.op == "call_function" else _name_of(node)
+    entry = _EXACT_IN_PLACE.get(key) if _hashable(key) else None
+    if entry is not None:
+        names, defaults, keeps = entry
+        settings = _settings(node, names, defaults)
+        return settings is not None and keeps(settings)
+    check = _EXACT_INPLACE_FLAG.get(node.target) if node.op == "call_function" and _hashable(node.target) else None
+    if check is not None:
+        bound = _bound_arguments(node)
+        return bound is not None and check(bound)
     return False
 
 
-def _changed_in_place(node) -> bool:
-    """Whether the value of ``node``, or a view of it, is written into later in the graph. An
-    observer on it would record the range before the write, and at inference the write would
-    saturate into those int8 qparams: such a node is not rewritten."""
+def _hashable(v) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
+def _op_effect(user, alias) -> Optional[str]:
+    """_effect for a torch.ops target (an OpOverload or an OpOverloadPacket's overloads), from its
+    schema: an argument marked written (Tensor(a!)) is written into, one marked aliased (a view's
+    Tensor(a)) is returned or viewed."""
+    target = user.target
+    if isinstance(target, torch._ops.OpOverload):
+        schemas = [target._schema]
+    else:
+        schemas = [getattr(target, name)._schema for name in target.overloads()]
+    kind = None
+    for schema in schemas:
+        for i, arg in enumerate(schema.arguments):
+            value = user.args[i] if i < len(user.args) and not arg.kwarg_only else user.kwargs.get(arg.name)
+            if not (value is alias or (isinstance(value, (tuple, list)) and any(v is alias for v in value))):
+                continue
+            if arg.alias_info is not None:
+                if arg.alias_info.is_write:
+                    return "writes"  # (torch.ops calls run in float on a QTensor: always in float)
+                kind = "aliases"
+    return kind
+
+
+def _effect(user, alias, modules: Optional[Dict[str, nn.Module]]) -> Optional[str]:
+    """What the call ``user`` does to the tensor ``alias``, one of its inputs: "keeps", writes into
+    it in place, as int8 codes run exactly with their range kept (``x.relu_()``,
+    ``F.relu(x, inplace=True)``, ``x.clamp_(min=0)``), and returns it; "writes", any other write
+    (``x.add_(y)``, ``x[i] = v``, ``out=x``, a torch.ops op writing it, an in-place module other than
+    those); "aliases", returns it or a view of it (``x.view(...)``, ``nn.Identity``, ``nn.Dropout``
+    in inference); "module", a torch.nn activation with ``inplace`` set whose int8 version returns
+    a new tensor (its float module writes into its input); None, reads it or does not use it."""
+    if user.op == "call_module":
+        module = modules.get(user.target) if modules is not None else None
+        if module is None or not user.args or user.args[0] is not alias:
+            return None
+        if getattr(module, "inplace", False) is True:
+            if isinstance(module, (nn.ReLU, nn.modules.dropout._DropoutNd)):
+                return "keeps"
+            if isinstance(module, nn.Hardtanh):  # (nn.ReLU6 too)
+                return "keeps" if _around_zero(module.min_val, module.max_val) else "writes"
+            if isinstance(module, _NEW_TENSOR_ACTIVATIONS):
+                return "module"
+            return "writes"
+        return "aliases" if isinstance(module, _VIEW_MODULES) else None
+    if user.op not in ("call_function", "call_method"):
+        return None
+    if isinstance(user.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return _op_effect(user, alias)
+    out = user.kwargs.get("out")
+    if out is alias or (isinstance(out, (tuple, list)) and any(o is alias for o in out)):
+        return "writes"
+    if not user.args or user.args[0] is not alias:
+        return None
+    if user.op == "call_function" and user.target in _INPLACE_OPERATORS:
+        return "writes"
+    name = _name_of(user)
+    if name is None:
+        return None
+    if name in _INPLACE_DUNDERS:
+        return "writes"
+    if name.endswith("_") and not name.startswith("__"):
+        if name in _NOT_WRITES:
+            return None
+        return "keeps" if _keeps_range(user) else "writes"
+    if user.op == "call_function" and _inplace_flag(user):
+        return "keeps" if _keeps_range(user) else "writes"
+    return "aliases" if name in _ALIASING else None
+
+
+def _alias_parent(node, modules):
+    """The node whose tensor node's value is, or views, in the float model (a view's input, an
+    in-place call's written input), or None."""
+    for inp in node.all_input_nodes:
+        if _effect(node, inp, modules) is not None:
+            return inp
+    return None
+
+
+def _reads_after(act, modules, order) -> Tuple[list, bool]:
+    """For a call ``act`` that writes into its input in place: the nodes after it that read that
+    input itself, and whether a node after it reads the written tensor through another of its
+    aliases (a view made before, the tensor it views)."""
+    inp = act.args[0]
+    root = inp
+    while True:
+        parent = _alias_parent(root, modules)
+        if parent is None:
+            break
+        root = parent
+    direct, other = [], False
+    seen, todo = set(), [root]
+    while todo:
+        alias = todo.pop()
+        if alias in seen:
+            continue
+        seen.add(alias)
+        for user in alias.users:
+            if user is act:
+                continue
+            if order[user] > order[act]:
+                if alias is inp:
+                    direct.append(user)
+                else:
+                    other = True
+            elif _effect(user, alias, modules) is not None:
+                todo.append(user)
+    return direct, other
+
+
+def _changed_in_place(node, modules: Optional[Dict[str, nn.Module]] = None, order=None) -> bool:
+    """Whether the value of ``node``, or an alias of it, is written into later by a write that may
+    leave the range observed for it (``_effect``'s "writes"; an in-place activation module whose
+    input is read afterwards counts: its int8 version does not write)."""
     seen, todo = set(), [node]
     while todo:
         alias = todo.pop()
@@ -174,11 +374,87 @@ def _changed_in_place(node) -> bool:
             continue
         seen.add(alias)
         for user in alias.users:
-            if _writes_into(user, alias):
+            kind = _effect(user, alias, modules)
+            if kind == "module":
+                if order is None:
+                    order = {n: i for i, n in enumerate(node.graph.nodes)}
+                direct, other = _reads_after(user, modules, order)
+                kind = "writes" if direct or other else None
+            if kind == "writes":
                 return True
-            if user.args and user.args[0] is alias and _name_of(user) in _ALIASING:
-                todo.append(user)  # (getitem: an element of split / chunk's tuple too)
+            if kind in ("keeps", "aliases"):
+                todo.append(user)
     return False
+
+
+def _in_place_activation(node, modules) -> bool:
+    """Whether node is an activation that writes into its input and that runs, once converted, as
+    a module returning a new tensor: a torch.nn activation module with ``inplace`` set, or a
+    function that make_quantizable makes such a module (``F.silu(x, inplace=True)``)."""
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    if node.op == "call_module":
+        return _effect(node, node.args[0], modules) == "module"
+    act = _activation_module(node)
+    return act is not None and getattr(act, "inplace", False) is True
+
+
+def _read_through_result(graph, modules) -> None:
+    """An in-place activation returns its input: the nodes after it that read that input read its
+    result instead (the same tensor in the float model), so that its int8 version, which returns
+    a new tensor, reaches them (``F.leaky_relu(y, 0.1, inplace=True); return conv(y)``). Left as it
+    is where the written tensor is also read after it through another alias."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op in ("call_function", "call_module") and _in_place_activation(node, modules):
+            direct, other = _reads_after(node, modules, order)
+            if other:
+                continue
+            for user in direct:
+                user.replace_input_with(node.args[0], node)
+
+
+def _dequantize_before_writes(graph, modules) -> None:
+    """Each value that is written into later by a write that may leave its observed range
+    (``_changed_in_place``) goes through ``_float_for_in_place`` right after it is computed: its
+    users read the result, so that the write happens in float. The value itself is computed as
+    before (an int8 FloatFunctional cat, observed before the write)."""
+    nodes = list(graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    last_placeholder = None
+    for n in nodes:
+        if n.op == "placeholder":
+            last_placeholder = n
+    covered = set()
+    for node in nodes:
+        if node in covered or node.op not in ("placeholder", "call_function", "call_method", "call_module"):
+            continue
+        if node.op == "call_function" and node.target is _float_for_in_place:
+            continue  # (a GraphModule made quantizable again: its values already written in float)
+        meta = _tensor_meta(node)
+        if meta is None or not meta.dtype.is_floating_point or not _from_inputs(node):
+            continue  # (a tuple's elements are their own values: getitem nodes)
+        group, todo = set(), [node]
+        while todo:  # (its aliases, an in-place call's result included: covered by its dequantization)
+            alias = todo.pop()
+            if alias not in group:
+                group.add(alias)
+                todo.extend(u for u in alias.users if _effect(u, alias, modules) in ("keeps", "aliases", "writes"))
+        covered |= group
+        if not _changed_in_place(node, modules, order):
+            continue
+        anchor = last_placeholder if node.op == "placeholder" else node
+        # (dequantized in the float model's dtype and layout: a QTensor may be channels-last where
+        # the float tensor, which the model views, is contiguous)
+        kwargs = {"dtype": meta.dtype} if meta.dtype != torch.float32 else {}
+        if meta.memory_format is not None:
+            kwargs["memory_format"] = meta.memory_format
+        with graph.inserting_after(anchor):
+            new = graph.call_function(_float_for_in_place, (node,), kwargs)
+        new.meta = dict(node.meta)
+        new.meta["is_wrapped"] = True  # (the code declares it with torch.fx.wrap: a retrace records it)
+        order[new] = order[anchor] + 0.5
+        node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
 
 
 def _is_relu(node, modules: Dict[str, nn.Module]) -> bool:
@@ -282,7 +558,12 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     (``if mask is not None:`` takes its branch on a Proxy); the result then asserts that value.
 
     After it, ``prepare`` observes each new module's output and ``convert`` makes it a
-    ``QFunctional``, so a residual add runs on int8 codes instead of falling back to float.
+    ``QFunctional``, so a residual add runs on int8 codes instead of falling back to float. A
+    value the model then writes into in place by a write that may leave its observed range
+    (``x = torch.cat(...); x.add_(pos)``) is dequantized before its first use
+    (``_float_for_in_place``: the identity on a float tensor), so the write happens in float;
+    nodes that read the input of an in-place activation after it read its result (the int8
+    module returns a new tensor).
 
     >>> model = torchquant.make_quantizable(resnet.eval(), torch.randn(1, 3, 224, 224))
     >>> model = torchquant.fuse_modules(model, torchquant.find_fusable_modules(model))
@@ -393,11 +674,16 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
 
     modules = dict(gm.named_modules())
     _mark_from_inputs(gm.graph)
+    _read_through_result(gm.graph, modules)
+    # An in-place activation function whose input is still read after it (through a view made
+    # before it) stays a function: the module's int8 version would return a new tensor, unseen
+    # there, where the function writes into it (exactly, or in float: _dequantize_before_writes).
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    stay = {n for n in gm.graph.nodes if _in_place_activation(n, modules) and n.op == "call_function"
+            and any(_reads_after(n, modules, order))}
     for node in list(gm.graph.nodes):
         act = _activation_module(node)
-        if act is not None:
-            if _changed_in_place(node):
-                continue  # (as an add's result below)
+        if act is not None and node not in stay:
             owner = _owner_path(node, modules)
             qualname = _add_module(modules, owner, f"activation_{type(act).__name__.lower()}", act)
             with gm.graph.inserting_before(node):
@@ -435,10 +721,6 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
             if _is_relu(user, modules) and user.args[0] is node:
                 relu, method = user, "add_relu"
         last = relu if relu is not None else node
-        if _changed_in_place(last):
-            # its observer would record the range before the write, which int8 codes then
-            # saturate into (x = torch.cat(...); x.add_(pos)): it stays float
-            continue
         # The new module lives in the module whose forward did the arithmetic (a ResNet block's
         # add is layer1.0.functional_add_relu), as torchvision's quantizable models name theirs.
         qualname = _add_module(modules, _owner_path(node, modules), f"functional_{method}", FloatFunctional())
@@ -450,6 +732,7 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
         if relu is not None:
             gm.graph.erase_node(relu)
         gm.graph.erase_node(node)
+    _dequantize_before_writes(gm.graph, modules)
     gm.graph.lint()
     gm.recompile()
     return gm
