@@ -264,7 +264,10 @@ void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet ks
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
   }
-  for (const auto& t : written) torch::autograd::impl::bump_version(t);
+  // (an inference tensor has no version counter: written outside inference mode, as before)
+  for (const auto& t : written) {
+    if (!t.is_inference()) torch::autograd::impl::bump_version(t);
+  }
 }
 
 // Autograd kernel of such an op: no gradient flows through it, so an argument it writes may

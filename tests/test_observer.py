@@ -1024,3 +1024,21 @@ def test_in_place_observer_ops_bump_versions_and_refuse_grad(which):
     with torch.inference_mode():
         call(lo2, hi2, torch.randn(3))
     assert lo2._version == 1
+
+
+def test_observers_made_under_inference_mode_observe_outside_it():
+    # an observer's buffers made under torch.inference_mode are inference tensors, which have no
+    # version counter: the ops write them outside inference mode too (as before they bumped
+    # versions), and the model calibrates and converts
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(tq.QuantStub(), torch.nn.Linear(8, 4), tq.DeQuantStub()).eval()
+    model.qconfig = tq.QConfig(activation=tqo.MinMaxObserver.with_args(dtype=torch.quint8),
+                               weight=tqo.default_per_channel_weight_observer)
+    with torch.inference_mode():
+        p = tq.prepare(model)
+    x = torch.randn(16, 8)
+    p(x)
+    q = tq.convert(p)
+    assert (q(x) - model(x)).abs().max() < 0.05
+    lo, hi = p[1].activation_post_process.min_val, p[1].activation_post_process.max_val
+    assert lo.is_inference() and float(lo) < 0 < float(hi)

@@ -554,7 +554,7 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const float plo = *min_val, phi = *max_val;
-  const bool seen = !(plo == kInf || phi == -kInf);
+  const bool seen = !(plo == kInf && phi == -kInf);  // (a half-empty range is corrupt, not empty)
   // std::min(plo, mn) and std::max(phi, mx), NaN behaviour included.
   const float lo = seen ? (a.mn < plo ? a.mn : plo) : a.mn;
   const float hi = seen ? (phi < a.mx ? a.mx : phi) : a.mx;
@@ -653,7 +653,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < bins;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float r;
-    if (lo == kInf || hi == -kInf) {
+    if (lo == kInf && hi == -kInf) {  // empty; a half-empty range is corrupt: NaN below
       r = 0.0f;
     } else if (!(fabsf(nlo) < kInf && fabsf(nhi) < kInf && nlo <= lo && nhi >= hi && lo <= hi)) {
       r = __int_as_float(0x7fc00000);
