@@ -482,6 +482,134 @@ def test_make_quantizable_leaves_an_in_place_activation_read_through_a_view_a_fu
     assert _float_writes(gm) == (0 if act == "leaky_relu" else 1)
 
 
+class _ShapeThenAct(nn.Module):
+    """The batch size read from the activation's input before an in-place activation."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.c1, self.fc = nn.Conv2d(4, 8, 3, padding=1), nn.Linear(8 * 8 * 8, 10)
+        self.act = nn.ELU(inplace=True)
+
+    def forward(self, x):
+        y = self.c1(x)
+        n = y.shape[0] if self.how.startswith("shape") else y.size(0)
+        if self.how.endswith("module"):
+            self.act(y)  # (its result dropped)
+        else:
+            y = F.leaky_relu(y, 0.1, inplace=True)
+        return self.fc(y.reshape(n, -1))
+
+
+@pytest.mark.parametrize("how", ["shape, module", "size, module", "shape, function", "size, function"])
+def test_make_quantizable_takes_a_shape_read_for_no_alias(how):
+    torch.manual_seed(0)
+    model = _ShapeThenAct(how).eval()
+    xs = [torch.randn(4, 4, 8, 8) for _ in range(5)]
+    gm = tq.make_quantizable(model, xs[0])
+    with torch.no_grad():
+        torch.testing.assert_close(gm(xs[4].clone()), model(xs[4].clone()))
+    sqnr, _ = _int8(model, xs, gm)
+    assert sqnr > 25, sqnr  # y.shape counted as a view read after the write: the ELU's result was lost, 11.7 dB
+    assert _float_writes(gm) == 0
+    assert _activations(gm) == ([] if how.endswith("module") else ["activation_leakyrelu"])
+
+
+class _ActOnView(nn.Module):
+    """An in-place activation module applied to a view; the model reads the tensor it views."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.act = act
+
+    def forward(self, x):
+        y = self.c1(x)
+        self.act(y[:, :4])
+        return self.c2(y)
+
+
+@pytest.mark.parametrize("act", ["elu", "leaky_relu", "celu", "hardswish", "silu"])
+def test_make_quantizable_runs_an_in_place_activation_module_on_a_view_in_place(act):
+    module = {"elu": nn.ELU(inplace=True), "leaky_relu": nn.LeakyReLU(0.1, inplace=True),
+              "celu": nn.CELU(2.0, inplace=True), "hardswish": nn.Hardswish(inplace=True),
+              "silu": nn.SiLU(inplace=True)}[act]
+    torch.manual_seed(0)
+    model = _ActOnView(module).eval()
+    xs = [torch.randn(4, 8, 6, 6) for _ in range(4)]
+    gm = tq.make_quantizable(model, xs[0])
+    with torch.no_grad():
+        torch.testing.assert_close(gm(xs[3].clone()), model(xs[3].clone()))
+    sqnr, _ = _int8(model, xs, gm)
+    assert sqnr > 30, sqnr  # the int8 module returned a new tensor, y was read unactivated: 16.6 dB (ELU)
+    # the module became its in-place function, as F.elu(v, inplace=True) stays one
+    assert not any(n.op == "call_module" and n.target == "act" for n in gm.graph.nodes)
+    assert _activations(gm) == []
+
+
+class _DropoutThenWrite(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        z = torch.sigmoid(self.c1(x))
+        self.fn(z, 0.1, self.training).mul_(5.0)
+        return self.c2(z)
+
+
+@pytest.mark.parametrize("fn", [F.dropout, F.dropout2d, F.alpha_dropout, F.feature_alpha_dropout])
+def test_make_quantizable_follows_dropout_functions_in_inference(fn):
+    torch.manual_seed(0)
+    model = _DropoutThenWrite(fn).eval()
+    xs = [torch.randn(4, 8, 6, 6) for _ in range(4)]
+    gm = tq.make_quantizable(model, xs[0])
+    with torch.no_grad():
+        torch.testing.assert_close(gm(xs[3].clone()), model(xs[3].clone()))
+    sqnr, _ = _int8(model, xs, gm)
+    assert sqnr > 30, sqnr  # the write went into a dequantized copy of the dropout's result: 1.3 dB
+    assert _activations(gm) == ["activation_sigmoid"] and _float_writes(gm) == 1
+
+
+class _ReadBeforeWrite(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.c1, self.c2, self.c3 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        v = y[:, :2]  # a view made before the read of y
+        a = self.c2(y)  # reads y before the write
+        if self.how == "base":
+            y.add_(3.0)
+            return a + self.c3(y)
+        if self.how == "view written":
+            v.add_(3.0)
+            return a + self.c3(y)
+        v.sum()  # (a read of the view before the write)
+        y.add_(3.0)
+        return a + self.c3(y) + v.mean()  # the view read after the write
+
+
+@pytest.mark.parametrize("how", ["base", "view written", "view read after"])
+def test_make_quantizable_dequantizes_a_value_from_the_way_to_its_write(how):
+    torch.manual_seed(0)
+    model = _ReadBeforeWrite(how).eval()
+    xs = [torch.randn(2, 4, 8, 8) for _ in range(3)]
+    gm = tq.make_quantizable(model, xs[0])
+    with torch.no_grad():
+        torch.testing.assert_close(gm(xs[2].clone()), model(xs[2].clone()))
+    sqnr, rec = _int8(model, xs, gm)
+    assert sqnr > 30, sqnr
+    assert _float_writes(gm) == 1
+    # c2, before the write, reads the int8 value (it read the dequantized copy, and warned)
+    assert not any("'1.c2' received a float tensor" in m for m in rec), rec
+    (c2,) = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == "c2"]
+    assert c2.args[0].op == "call_module" and c2.args[0].target == "c1"
+
+
 def test_make_quantizable_result_written_in_place_retraces_pickles_and_compiles():
     import io
 

@@ -117,13 +117,21 @@ def _kind(node) -> Optional[str]:
 # Methods and functions that return their input or a view of it: a write into their result is a
 # write into it. (Those that return the input itself when nothing changes too: x.float(), x.to().)
 _ALIASING = frozenset({
-    "getitem", "getattr", "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze",
+    "getitem", "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze",
     "unsqueeze", "transpose", "permute", "t", "expand", "expand_as", "narrow", "select", "split", "chunk",
     "unbind", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit", "movedim", "moveaxis", "swapaxes",
     "swapdims", "diagonal", "as_strided", "unfold", "detach", "alias", "contiguous", "view_as_real",
     "view_as_complex", "real", "imag", "to", "type", "type_as", "float", "double", "half", "bfloat16", "cpu",
     "cuda", "atleast_1d", "atleast_2d", "atleast_3d", "broadcast_to",
 })
+# Attributes that are the tensor or a view of it (x.T, x.real); others (x.shape, x.dtype) are no tensor.
+_TENSOR_ATTRIBUTES = frozenset({"T", "mT", "H", "mH", "real", "imag", "data"})
+# Methods and functions that read a tensor's metadata, not its values.
+_METADATA_METHODS = frozenset({
+    "size", "dim", "ndimension", "numel", "nelement", "stride", "storage_offset", "element_size", "is_contiguous",
+    "is_floating_point", "is_complex", "get_device",
+})
+_METADATA_FUNCTIONS = (len, torch.numel, torch.is_floating_point, torch.is_complex)
 # In-place methods that change no values.
 _NOT_WRITES = frozenset({"requires_grad_", "share_memory_"})
 _INPLACE_OPERATORS = frozenset({
@@ -138,6 +146,16 @@ _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._Drop
 # `inplace`: with it set, the float module writes into its input, the converted one does not.
 _NEW_TENSOR_ACTIVATIONS = (nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU, nn.RReLU, nn.SiLU, nn.Mish, nn.Hardswish,
                            nn.Hardsigmoid, nn.Threshold)
+# Those of them whose forward is this function of their attributes, called with inplace=True:
+# {module class: (function, the attributes passed by keyword)}. (nn.RReLU's forward depends on the
+# module's training mode, which a function fixed at trace time would not follow; it has no int8
+# version, and writes in float into its dequantized input.)
+_IN_PLACE_FUNCTION_OF = {
+    nn.ELU: (F.elu, ("alpha",)), nn.CELU: (F.celu, ("alpha",)), nn.SELU: (F.selu, ()),
+    nn.LeakyReLU: (F.leaky_relu, ("negative_slope",)), nn.SiLU: (F.silu, ()), nn.Mish: (F.mish, ()),
+    nn.Hardswish: (F.hardswish, ()), nn.Hardsigmoid: (F.hardsigmoid, ()),
+    nn.Threshold: (F.threshold, ("threshold", "value")),
+}
 
 
 def _float_for_in_place(t, dtype=None, memory_format=None):
@@ -320,7 +338,27 @@ def _effect(user, alias, modules: Optional[Dict[str, nn.Module]]) -> Optional[st
         return "keeps" if _keeps_range(user) else "writes"
     if user.op == "call_function" and _inplace_flag(user):
         return "keeps" if _keeps_range(user) else "writes"
+    if user.op == "call_function" and user.target in _DROPOUT_FUNCTIONS:
+        bound = _bound_arguments(user)  # (the input itself in inference)
+        return "aliases" if bound is not None and bound.get("training") is False else None
+    if user.op == "call_function" and user.target is getattr:
+        return "aliases" if _is_tensor_attribute(user) else None
     return "aliases" if name in _ALIASING else None
+
+
+def _is_tensor_attribute(node) -> bool:
+    """Whether getattr node reads an attribute that is the tensor or a view of it (``x.T``), not
+    metadata (``x.shape``)."""
+    return (len(node.args) > 1 and node.args[1] in _TENSOR_ATTRIBUTES) or _tensor_meta(node) is not None
+
+
+def _reads_data(node) -> bool:
+    """Whether node reads its inputs' values, not only their metadata (``x.shape``, ``x.size(0)``)."""
+    if node.op == "call_function" and node.target is getattr:
+        return _is_tensor_attribute(node)
+    if node.op == "call_method":
+        return node.target not in _METADATA_METHODS
+    return not (node.op == "call_function" and node.target in _METADATA_FUNCTIONS)
 
 
 def _alias_parent(node, modules):
@@ -351,7 +389,7 @@ def _reads_after(act, modules, order) -> Tuple[list, bool]:
             continue
         seen.add(alias)
         for user in alias.users:
-            if user is act:
+            if user is act or not _reads_data(user):
                 continue
             if order[user] > order[act]:
                 if alias is inp:
@@ -403,28 +441,74 @@ def _read_through_result(graph, modules) -> None:
     """An in-place activation returns its input: the nodes after it that read that input read its
     result instead (the same tensor in the float model), so that its int8 version, which returns
     a new tensor, reaches them (``F.leaky_relu(y, 0.1, inplace=True); return conv(y)``). Left as it
-    is where the written tensor is also read after it through another alias."""
+    is where the written tensor is also read after it through another alias; there an activation
+    module becomes its in-place function (_IN_PLACE_FUNCTION_OF), which writes into its input
+    once converted too, as an activation function left a function does."""
     order = {n: i for i, n in enumerate(graph.nodes)}
     for node in list(graph.nodes):
         if node.op in ("call_function", "call_module") and _in_place_activation(node, modules):
             direct, other = _reads_after(node, modules, order)
             if other:
+                entry = _IN_PLACE_FUNCTION_OF.get(type(modules[node.target])) if node.op == "call_module" else None
+                if entry is not None and len(node.args) == 1 and not node.kwargs:
+                    fn, names = entry
+                    module = modules[node.target]
+                    with graph.inserting_before(node):
+                        new = graph.call_function(fn, node.args, {**{k: getattr(module, k) for k in names},
+                                                                  "inplace": True})
+                    new.meta = dict(node.meta)
+                    order[new] = order[node]
+                    node.replace_all_uses_with(new)
+                    graph.erase_node(node)
                 continue
             for user in direct:
                 user.replace_input_with(node.args[0], node)
 
 
+def _float_from(node, modules, order) -> list:
+    """The users of ``node`` that must read the float tensor written into: those on a path to a
+    write (the write, or the alias it writes through), those making an alias read after the first
+    write (in place, exactly or not), and those after that write. The others see no write."""
+    tree, writes, children = [], [], {}
+    seen, todo = set(), [node]
+    while todo:
+        alias = todo.pop()
+        if alias in seen:
+            continue
+        seen.add(alias)
+        tree.append(alias)
+        children[alias] = []
+        for user in alias.users:
+            kind = _effect(user, alias, modules)
+            if kind == "module":
+                direct, other = _reads_after(user, modules, order)
+                if direct or other:
+                    writes.append(user)
+            elif kind in ("keeps", "writes", "aliases"):
+                if kind != "aliases":
+                    writes.append(user)
+                children[alias].append(user)
+                todo.append(user)
+    last = {}
+
+    def last_use(alias):  # the last node reading alias or an alias made from it
+        if alias not in last:
+            last[alias] = max([order[alias]] + [order[u] for u in alias.users]
+                              + [last_use(c) for c in children[alias]])
+        return last[alias]
+
+    first = min(order[w] for w in writes)
+    return [u for u in node.users if order[u] >= first or (u in children and last_use(u) >= first)]
+
+
 def _dequantize_before_writes(graph, modules) -> None:
     """Each value that is written into later by a write that may leave its observed range
-    (``_changed_in_place``) goes through ``_float_for_in_place`` right after it is computed: its
-    users read the result, so that the write happens in float. The value itself is computed as
-    before (an int8 FloatFunctional cat, observed before the write)."""
+    (``_changed_in_place``) goes through ``_float_for_in_place`` before the first node on the way
+    to the write: those users read the result (``_float_from``), so that the write happens in
+    float; the others, which see no write, read the value itself. The value is computed as before
+    (an int8 FloatFunctional cat, observed before the write)."""
     nodes = list(graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
-    last_placeholder = None
-    for n in nodes:
-        if n.op == "placeholder":
-            last_placeholder = n
     covered = set()
     for node in nodes:
         if node in covered or node.op not in ("placeholder", "call_function", "call_method", "call_module"):
@@ -443,18 +527,19 @@ def _dequantize_before_writes(graph, modules) -> None:
         covered |= group
         if not _changed_in_place(node, modules, order):
             continue
-        anchor = last_placeholder if node.op == "placeholder" else node
+        users = _float_from(node, modules, order)
+        start = min(users, key=order.__getitem__)
         # (dequantized in the float model's dtype and layout: a QTensor may be channels-last where
         # the float tensor, which the model views, is contiguous)
         kwargs = {"dtype": meta.dtype} if meta.dtype != torch.float32 else {}
         if meta.memory_format is not None:
             kwargs["memory_format"] = meta.memory_format
-        with graph.inserting_after(anchor):
+        with graph.inserting_before(start):
             new = graph.call_function(_float_for_in_place, (node,), kwargs)
         new.meta = dict(node.meta)
         new.meta["is_wrapped"] = True  # (the code declares it with torch.fx.wrap: a retrace records it)
-        order[new] = order[anchor] + 0.5
-        node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+        order[new] = order[start] - 0.5
+        node.replace_all_uses_with(new, delete_user_cb=lambda user: user in users)
 
 
 def _is_relu(node, modules: Dict[str, nn.Module]) -> bool:
@@ -560,8 +645,8 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     After it, ``prepare`` observes each new module's output and ``convert`` makes it a
     ``QFunctional``, so a residual add runs on int8 codes instead of falling back to float. A
     value the model then writes into in place by a write that may leave its observed range
-    (``x = torch.cat(...); x.add_(pos)``) is dequantized before its first use
-    (``_float_for_in_place``: the identity on a float tensor), so the write happens in float;
+    (``x = torch.cat(...); x.add_(pos)``) is dequantized before the first node on the way to the
+    write (``_float_for_in_place``: the identity on a float tensor), so the write happens in float;
     nodes that read the input of an in-place activation after it read its result (the int8
     module returns a new tensor).
 
