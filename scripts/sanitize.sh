@@ -54,6 +54,12 @@ isas=()
 for isa in avx512vnni avxvnni avx2 scalar; do
   if PYTHONPATH=python $PY -c "import torchquant; torchquant.set_cpu_isa('$isa')" 2>/dev/null; then isas+=("$isa"); fi
 done
+# (the ISAs are probed with the normal build in python/torchquant: without it none is found, and
+# a run over no ISA would test nothing)
+if [ ${#isas[@]} -eq 0 ]; then
+  echo "sanitize: no CPU ISA could be set with the build in python/torchquant (build it first: scripts/setup.sh)"
+  exit 1
+fi
 
 rc=0
 first=1
