@@ -404,6 +404,7 @@ class UniformQuantizationObserverBase(ObserverBase):
         self.__dict__["_tq_eps"] = (eps, version, value)
         return value
 
+    @_synchronized
     def _step_qparams(self):
         """The qparams a fake-quant's training step takes, just after this observer saw the
         step's batch: ``calculate_qparams()`` on the CPU (and for a subclass that defines its
@@ -412,8 +413,18 @@ class UniformQuantizationObserverBase(ObserverBase):
         the error for no finite data (a batch of NaN / Inf only, or a channel with no finite
         value, so far), come from the next ``calculate_qparams()`` (convert's, or the user's);
         until then such a range [+inf, -inf] gives scale ``eps`` and zero point 0
-        (``choose_qparams`` reads it as [0, 0])."""
-        return self.calculate_qparams()
+        (``choose_qparams`` reads it as [0, 0]). Only for a class that names its
+        ``calculate_qparams`` as ``_step_checks_of`` (min/max observers: their qparams are
+        ``_qparams(min_val, max_val)`` once the checks pass)."""
+        b, cls = self._buffers, type(self)
+        lo = b.get("min_val")
+        if (lo is None or lo.is_cpu or lo.numel() == 0 or cls._step_checks_of is None
+                or cls.calculate_qparams is not cls._step_checks_of):
+            return self.calculate_qparams()
+        return self._qparams(lo, b["max_val"])
+
+    # The calculate_qparams whose host-side checks _step_qparams leaves out off the CPU
+    _step_checks_of = None
 
     def _prepare_stats(self, x: torch.Tensor) -> None:
         """What ``forward(x)`` does to the statistics before it reads ``x``: checks, sizing."""
@@ -532,13 +543,6 @@ class MinMaxObserver(UniformQuantizationObserverBase):
             raise self._no_data_error()
         return self._qparams(self.min_val, self.max_val)
 
-    @_synchronized
-    def _step_qparams(self):
-        b = self._buffers
-        if b["min_val"].is_cpu or type(self).calculate_qparams is not MinMaxObserver.calculate_qparams:
-            return self.calculate_qparams()
-        return self._qparams(b["min_val"], b["max_val"])
-
     def extra_repr(self):
         return f"min_val={self.min_val}, max_val={self.max_val}"
 
@@ -546,6 +550,9 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         self.min_val.fill_(_INF)
         self.max_val.fill_(-_INF)
         self.nonfinite_count.zero_()
+
+
+MinMaxObserver._step_checks_of = MinMaxObserver.calculate_qparams
 
 
 class MovingAverageMinMaxObserver(MinMaxObserver):
@@ -638,14 +645,6 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
             raise self._no_data_error(f" in channel(s) {shown} of {self.min_val.numel()}")
         return self._qparams(self.min_val, self.max_val)
 
-    @_synchronized
-    def _step_qparams(self):
-        b = self._buffers
-        if (b["min_val"].is_cpu or b["min_val"].numel() == 0
-                or type(self).calculate_qparams is not PerChannelMinMaxObserver.calculate_qparams):
-            return self.calculate_qparams()
-        return self._qparams(b["min_val"], b["max_val"])
-
     def extra_repr(self):
         return f"min_val={self.min_val}, max_val={self.max_val}"
 
@@ -678,6 +677,9 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
                 getattr(self, name).resize_(state_dict[prefix + name].shape)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+
+PerChannelMinMaxObserver._step_checks_of = PerChannelMinMaxObserver.calculate_qparams
 
 
 class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
