@@ -405,6 +405,20 @@ def _changed_in_place(node, modules: Optional[Dict[str, nn.Module]] = None, orde
     """Whether the value of ``node``, or an alias of it, is written into later by a write that may
     leave the range observed for it (``_effect``'s "writes"; an in-place activation module whose
     input is read afterwards counts: its int8 version does not write)."""
+    for _, user, kind in _alias_uses(node, modules, ("keeps", "aliases")):
+        if kind == "module":
+            if order is None:
+                order = {n: i for i, n in enumerate(node.graph.nodes)}
+            direct, other = _reads_after(user, modules, order)
+            kind = "writes" if direct or other else None
+        if kind == "writes":
+            return True
+    return False
+
+
+def _alias_uses(node, modules, follow: Tuple[str, ...]):
+    """(alias, user, _effect(user, alias)) for every user of ``node`` and of the aliases of it
+    reached through users whose effect is in ``follow``, each alias once."""
     seen, todo = set(), [node]
     while todo:
         alias = todo.pop()
@@ -413,16 +427,9 @@ def _changed_in_place(node, modules: Optional[Dict[str, nn.Module]] = None, orde
         seen.add(alias)
         for user in alias.users:
             kind = _effect(user, alias, modules)
-            if kind == "module":
-                if order is None:
-                    order = {n: i for i, n in enumerate(node.graph.nodes)}
-                direct, other = _reads_after(user, modules, order)
-                kind = "writes" if direct or other else None
-            if kind == "writes":
-                return True
-            if kind in ("keeps", "aliases"):
+            yield alias, user, kind
+            if kind in follow:
                 todo.append(user)
-    return False
 
 
 def _in_place_activation(node, modules) -> bool:
@@ -469,26 +476,17 @@ def _float_from(node, modules, order) -> list:
     """The users of ``node`` that must read the float tensor written into: those on a path to a
     write (the write, or the alias it writes through), those making an alias read after the first
     write (in place, exactly or not), and those after that write. The others see no write."""
-    tree, writes, children = [], [], {}
-    seen, todo = set(), [node]
-    while todo:
-        alias = todo.pop()
-        if alias in seen:
-            continue
-        seen.add(alias)
-        tree.append(alias)
-        children[alias] = []
-        for user in alias.users:
-            kind = _effect(user, alias, modules)
-            if kind == "module":
-                direct, other = _reads_after(user, modules, order)
-                if direct or other:
-                    writes.append(user)
-            elif kind in ("keeps", "writes", "aliases"):
-                if kind != "aliases":
-                    writes.append(user)
-                children[alias].append(user)
-                todo.append(user)
+    writes, children = [], {node: []}  # (children: each alias reached, and the aliases made from it)
+    for alias, user, kind in _alias_uses(node, modules, ("keeps", "writes", "aliases")):
+        if kind == "module":
+            direct, other = _reads_after(user, modules, order)
+            if direct or other:
+                writes.append(user)
+        elif kind in ("keeps", "writes", "aliases"):
+            if kind != "aliases":
+                writes.append(user)
+            children[alias].append(user)
+            children.setdefault(user, [])
     last = {}
 
     def last_use(alias):  # the last node reading alias or an alias made from it
@@ -518,13 +516,10 @@ def _dequantize_before_writes(graph, modules) -> None:
         meta = _tensor_meta(node)
         if meta is None or not meta.dtype.is_floating_point or not _from_inputs(node):
             continue  # (a tuple's elements are their own values: getitem nodes)
-        group, todo = set(), [node]
-        while todo:  # (its aliases, an in-place call's result included: covered by its dequantization)
-            alias = todo.pop()
-            if alias not in group:
-                group.add(alias)
-                todo.extend(u for u in alias.users if _effect(u, alias, modules) in ("keeps", "aliases", "writes"))
-        covered |= group
+        # (its aliases, an in-place call's result included: covered by its dequantization)
+        covered.add(node)
+        covered.update(user for _, user, kind in _alias_uses(node, modules, ("keeps", "aliases", "writes"))
+                       if kind in ("keeps", "aliases", "writes"))
         if not _changed_in_place(node, modules, order):
             continue
         users = _float_from(node, modules, order)
