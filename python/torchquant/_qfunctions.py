@@ -5,10 +5,16 @@ Each function works on the int8/uint8 data of a per-tensor QTensor and returns a
 Pooling runs torchquant's int8 pooling ops (max, average, adaptive average; 1-d to 3-d), whose
 results keep the input's memory format. Pooling, shape functions, nearest upsampling, relu and hardtanh keep the qparams (torch.ao's
 semantics); cat requantizes when its inputs' qparams differ. Where torch.ao has a quantized
-kernel (max/avg/adaptive pooling, upsample, hardtanh, hardsigmoid, cat) the results equal its
-results on the same int data (tests/test_qtensor_ops.py); the averaging rounds as torch's
+kernel, tests/test_qtensor_ops.py compares with it on the same int data: max/avg/adaptive
+pooling, hardtanh, hardsigmoid, nearest upsampling to a size or by an integer scale factor, and
+cat of inputs with equal qparams give its results; the averaging rounds as torch's
 channels-last kernels do: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``
-(sums exact in integers).
+(sums exact in integers). Nearest upsampling is float ``F.interpolate`` on the codes, exactly:
+with a non-integer scale factor torch.ao's kernel picks other source pixels, and torchquant's
+results are float ``F.interpolate``'s. Bilinear (and the other interpolating modes) runs in
+float and requantizes with the input's qparams: within one code of torch.ao's. cat of inputs
+with different qparams requantizes them onto qparams covering them all (torch.ao requantizes
+onto the first input's).
 """
 import operator
 import weakref
@@ -235,12 +241,16 @@ def _interpolate(q, size=None, scale_factor=None, mode="nearest", align_corners=
 
 # ---------------------------------------------------------------- activations
 def _quantize_value(q: QTensor, v: float) -> torch.Tensor:
-    """The code of the number v in q's qparams, a 0-dim tensor of q's code dtype on q's device
-    (tensor arithmetic, no host read: torch.compile and torch.export trace it)."""
-    lo, hi = _QRANGE[q.data.dtype]
+    """The code of the number v in q's qparams, a 0-dim tensor of q's code dtype on q's device, as
+    the quantize formula gives it: clamped into q's quantization range [qmin, qmax], NaN to the
+    zero point (tensor arithmetic, no host read: torch.compile and torch.export trace it)."""
+    v = float(v)
+    zp = q.zero_point.reshape(()).float()
+    if v != v:  # NaN
+        return zp.clamp(q.qmin, q.qmax).to(q.data.dtype)
     inv = torch.reciprocal(q.scale.reshape(()).float())
-    t = torch.round(torch.tensor(float(v), dtype=torch.float32, device=inv.device) * inv)
-    return (t + q.zero_point.reshape(()).float()).clamp(lo, hi).to(q.data.dtype)
+    t = torch.round(torch.tensor(v, dtype=torch.float32, device=inv.device) * inv)
+    return (t + zp).clamp(q.qmin, q.qmax).to(q.data.dtype)
 
 
 def _onto_output_range(q: QTensor, fn, y: torch.Tensor) -> QTensor:
@@ -369,8 +379,10 @@ def _clone(q: QTensor, memory_format=torch.preserve_format) -> QTensor:
 # ---------------------------------------------------------------- cat
 def cat(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
     """torch.cat of per-tensor QTensors: with equal qparams and dtype, the codes concatenated;
-    otherwise each is requantized onto qparams covering all their ranges (torch.ao requires
-    equal qparams and raises instead)."""
+    otherwise each is requantized onto qparams covering all their ranges (torch.ao requantizes
+    every input onto the first one's qparams instead), in the inputs' quantization range where
+    they share one (7-bit inputs give 7-bit codes), else in the first one's dtype's full range.
+    Eager and traced (torch.compile, torch.export) give the same codes, qparams and range."""
     tensors = list(tensors)
     if any(isinstance(t, torch.Tensor) for t in tensors):
         # QTensors with float tensors (a class token before patch embeddings): all in float.
@@ -394,19 +406,26 @@ def cat(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
         for t in valued[1:])
     if same:
         return first._same_qparams(torch.cat([t.data for t in tensors], dim))
-    return _cat_requantized(tensors, dim, valued)
+    return _cat_requantized(tensors, dim, valued, same_kind)
 
 
-def _cat_requantized(tensors: List[QTensor], dim: int, valued: List[QTensor]) -> QTensor:
-    """cat onto qparams covering every non-empty input's range (each input requantized)."""
+def _cat_requantized(tensors: List[QTensor], dim: int, valued: List[QTensor], same_kind: bool) -> QTensor:
+    """cat onto qparams covering every non-empty input's range (each input requantized), in the
+    inputs' quantization range [qmin, qmax] when they all have the same (``same_kind``), else in
+    the full range of the first one's dtype."""
     first = tensors[0]
-    lo, hi = _QRANGE[first.data.dtype]
+    storage_lo, storage_hi = _QRANGE[first.data.dtype]
+    lo, hi = (first.qmin, first.qmax) if same_kind else (storage_lo, storage_hi)
     mins = torch.stack([((t.qmin - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in valued])
     maxs = torch.stack([((t.qmax - t.zero_point.reshape(()).float()) * t.scale.reshape(()).float()) for t in valued])
     scale, zero_point = torch.ops.torchquant.choose_qparams(mins.min().reshape(1), maxs.max().reshape(1), lo, hi)
     scale, zero_point = scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32)
     data = torch.ops.torchquant.cat([t.data for t in tensors], [t.scale for t in tensors],
                                     [t.zero_point for t in tensors], dim, scale, zero_point, first.data.dtype)
+    if (lo, hi) != (storage_lo, storage_hi):
+        # the op clamps into the dtype's range; its codes clamped into [lo, hi], which lies inside
+        # it, are the quantize formula's clamp into [lo, hi]
+        data = data.clamp(lo, hi)
     return QTensor._make(data, scale, zero_point, None, lo, hi)
 
 
@@ -419,7 +438,8 @@ def _cat_traced(tensors: List[QTensor], dim: int, valued: List[QTensor]) -> QTen
                         [(t.scale.reshape(()) == first.scale.reshape(())) &
                          (t.zero_point.reshape(()) == first.zero_point.reshape(())) for t in valued[1:]]).all()
     copied = torch.cat([t.data for t in tensors], dim)
-    requantized = _cat_requantized(tensors, dim, valued)
+    # the inputs share one quantization range (the caller's condition): so do both results
+    requantized = _cat_requantized(tensors, dim, valued, True)
     data = torch.where(equal, copied, requantized.data)
     scale = torch.where(equal, first.scale.reshape(1).float(), requantized.scale)
     zero_point = torch.where(equal, first.zero_point.reshape(1).to(torch.int32), requantized.zero_point)
@@ -444,6 +464,10 @@ def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
     if not tensors:
         raise RuntimeError("stack expects a non-empty TensorList")
     d = _wrap_dim(dim, tensors[0].dim() + 1)
+    for i, t in enumerate(tensors[1:], 1):
+        if t.shape != tensors[0].shape:  # torch's check (cat's message would name another dimension)
+            raise RuntimeError(f"stack expects each tensor to be equal size, but got {list(tensors[0].shape)} at "
+                               f"entry 0 and {list(t.shape)} at entry {i}")
     return cat([t.unsqueeze(d) for t in tensors], d)
 
 
@@ -600,6 +624,8 @@ _FUNCTIONS = {
     torch.unflatten: _shape_fn(torch.unflatten, "unflatten"),
     torch.clone: lambda q, *, memory_format=torch.preserve_format: _clone(q, memory_format),
     torch.swapaxes: _shape_fn(torch.swapaxes, "swapaxes"),
+    # the conjugate transpose of real values: the transpose
+    torch.adjoint: _shape_fn(torch.adjoint, "adjoint"),
     torch.swapdims: _shape_fn(torch.swapdims, "swapdims"),
     F.pixel_shuffle: _shape_fn(F.pixel_shuffle, "pixel_shuffle"),
     F.pixel_unshuffle: _shape_fn(F.pixel_unshuffle, "pixel_unshuffle"),
@@ -643,7 +669,7 @@ def _method(fn, name):
 
 for _name in ("transpose", "permute", "chunk", "split", "squeeze", "unsqueeze", "narrow", "expand", "repeat",
               "flip", "roll", "movedim", "unbind", "select", "t", "tile", "unflatten", "swapaxes",
-              "swapdims", "unfold", "expand_as"):
+              "swapdims", "unfold", "expand_as", "adjoint"):
     setattr(QTensor, _name, _method(getattr(torch.Tensor, _name), _name))
 
 

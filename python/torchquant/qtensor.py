@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import operator
 import warnings
+from numbers import Number
 from typing import Optional
 
 import torch
@@ -395,6 +396,21 @@ class QTensor:
     def T(self) -> "QTensor":
         return self._reshaping("T", lambda t: t.permute(*range(t.dim() - 1, -1, -1)))
 
+    # The conjugate transposes of real values are the transposes (torch's checks of the
+    # dimensions kept: H takes a matrix, mH at least one), and the real part is the QTensor.
+    @property
+    def H(self) -> "QTensor":
+        return self._reshaping("H", lambda t: t.H)
+
+    @property
+    def mH(self) -> "QTensor":
+        return self._reshaping("mH", lambda t: t.mH)
+
+    @property
+    def real(self) -> "QTensor":
+        """The QTensor itself, as torch's ``real`` of a real tensor is the tensor."""
+        return self
+
     def __len__(self) -> int:
         return len(self.data)
 
@@ -505,6 +521,15 @@ class QTensor:
 
     def __int__(self) -> int:
         return int(self.dequantize())
+
+    def __contains__(self, element) -> bool:
+        """``element in q``, as torch.Tensor's: whether any value equals element (a number, a tensor
+        or a QTensor, compared by values), read on the host."""
+        if isinstance(element, QTensor):
+            element = element.dequantize()
+        if isinstance(element, (torch.Tensor, Number, torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return bool((element == self.dequantize()).any().item())
+        raise RuntimeError(f"Tensor.__contains__ only supports Tensor or scalar, but you passed in a {type(element)}.")
 
     def __setitem__(self, index, value) -> None:
         """``q[index] = value``: value (a number, float tensor or QTensor) quantized with this
@@ -835,6 +860,26 @@ _INT8_FUNCTIONS = {
     torch.Tensor.requires_grad_: lambda q, requires_grad=True: q.requires_grad_(requires_grad),
     torch.Tensor.detach_: lambda q: q.detach_(),
 }
+
+
+def _refuse_integer_cast(name: str, dtype: torch.dtype):
+    def refuse(q, *args, **kwargs):
+        # Tensor.int() & co. would truncate the dequantized values: neither the codes nor the values.
+        raise TypeError(f"QTensor.{name}() would cast a QTensor to {dtype}; {_dtype_hint(dtype)}")
+    return refuse
+
+
+def _dequantize(q, *args, **kwargs):
+    """torch.dequantize / torch.Tensor.dequantize: a QTensor's values (a list of tensors: each one's)."""
+    if isinstance(q, (list, tuple)):
+        return [t.dequantize() if isinstance(t, QTensor) else torch.dequantize(t) for t in q]
+    return q.dequantize(*args, **kwargs)
+
+
+_INT8_FUNCTIONS.update({getattr(torch.Tensor, name): _refuse_integer_cast(name, dtype) for name, dtype in (
+    ("byte", torch.uint8), ("char", torch.int8), ("short", torch.int16), ("int", torch.int32),
+    ("long", torch.int64))})
+_INT8_FUNCTIONS.update({torch.dequantize: _dequantize, torch.Tensor.dequantize: _dequantize})
 
 
 def _flatten(q: QTensor):
