@@ -793,3 +793,108 @@ def test_from_float_refuses_a_float16_qconfig_naming_it(cls):
     lin.qconfig = float16_dynamic_qconfig
     with pytest.raises(ValueError, match=r"weight dtype is torch.float16"):
         tq.nn.quantized.DynamicLinear.from_float(lin)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTMCell, nn.LSTM])
+def test_lstm_state_with_a_missing_entry_is_refused_naming_it(cls):
+    # (h, None) ran with c = zeros (the cell) or failed in a kernel naming 'c0' (the layer).
+    q = tq.quantize_dynamic(cls(4, 6), {cls})
+    x, shape = (torch.randn(3, 4), (3, 6)) if cls is nn.LSTMCell else (torch.randn(5, 3, 4), (1, 3, 6))
+    h = torch.randn(shape)
+    with pytest.raises(TypeError, match=r"argument 'hx\[1\]' must be a Tensor, got NoneType"):
+        q(x, (h, None))
+    with pytest.raises(TypeError, match=r"argument 'hx\[0\]' must be a Tensor, got NoneType"):
+        q(x, (None, h))
+    q(x, (h, h))
+
+
+@pytest.mark.parametrize("cls", [nn.GRUCell, nn.RNNCell])
+def test_single_state_cells_refuse_a_tuple_state(cls):
+    # (h,) was unwrapped and run; torch takes a Tensor alone.
+    q = tq.quantize_dynamic(cls(4, 6), {cls})
+    x, h = torch.randn(3, 4), torch.randn(3, 6)
+    for hx in [(h,), [h], (h, h)]:
+        with pytest.raises(TypeError, match=f"^DynamicQuantized{cls.__name__}: argument 'hx' must be a Tensor, got "
+                                            f"{type(hx).__name__}$"):
+            q(x, hx)
+    q(x, h)
+
+
+@pytest.mark.parametrize("cls,which", [(nn.LSTMCell, 0), (nn.LSTMCell, 1), (nn.GRUCell, 0), (nn.RNNCell, 0)])
+@pytest.mark.parametrize("batched", [True, False])
+def test_cells_state_rank_errors_are_torchs(cls, which, batched):
+    # A 3-D state gave 'hidden0 has inconsistent hidden_size or batch' (a RuntimeError).
+    f = cls(4, 6)
+    q = tq.quantize_dynamic(cls(4, 6), {cls})
+    x = torch.randn(3, 4) if batched else torch.randn(4)
+    good, bad = torch.randn(3, 6) if batched else torch.randn(6), torch.randn(1, 3, 6)
+    hx = ((bad, good) if which == 0 else (good, bad)) if cls is nn.LSTMCell else bad
+    with pytest.raises(ValueError) as want:
+        f(x, hx)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(want.value))}$"):
+        q(x, hx)
+    with pytest.raises(ValueError, match=r"Expected (hx\[0\]|hidden) to be 1D or 2D, got 3D instead"):
+        q(torch.randn(3, 5), (bad, bad) if cls is nn.LSTMCell else bad)  # (before the input's size, as torch)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+def test_input_on_another_device_than_the_weights_gives_torchs_error(cls):
+    # The kernel reported it under its own argument names ('w_packed', 'x').
+    q = tq.quantize_dynamic(cls(4, 6), {cls})
+    x = torch.randn(3, 4) if cls in (nn.LSTMCell, nn.GRUCell, nn.RNNCell) else torch.randn(5, 3, 4)
+    msg = ("Input and parameter tensors are not at the same device, found input tensor at meta and parameter "
+           "tensor at cpu")
+    if cls in (nn.LSTM, nn.GRU):
+        with pytest.raises(RuntimeError) as want:
+            cls(4, 6)(x.to("meta"))
+        assert str(want.value) == msg
+        with pytest.raises(RuntimeError, match=f"^{msg}$"):
+            q(pack_padded_sequence(x.to("meta"), torch.tensor([5, 4, 2])))
+    with pytest.raises(RuntimeError, match=f"^{msg}$"):
+        q(x.to("meta"))
+    with pytest.raises(RuntimeError, match=f"^{msg}$"):
+        q(x.to("meta").requires_grad_())
+
+
+def test_lstm_state_of_the_wrong_length_names_the_length():
+    # 'must be a tuple (h_0, c_0), got tuple' said nothing of what was wrong with it.
+    q = tq.quantize_dynamic(nn.LSTM(4, 6), {nn.LSTM})
+    qc = tq.quantize_dynamic(nn.LSTMCell(4, 6), {nn.LSTMCell})
+    h = torch.randn(1, 3, 6)
+    for m, x, hs in [(q, torch.randn(5, 3, 4), h), (qc, torch.randn(3, 4), h[0])]:
+        with pytest.raises(TypeError, match=r"argument 'hx' must be a tuple \(h_0, c_0\), got a tuple of 3 tensors$"):
+            m(x, (hs, hs, hs))
+        with pytest.raises(TypeError, match=r"argument 'hx' must be a tuple \(h_0, c_0\), got a list of 1 tensor$"):
+            m(x, [hs])
+        with pytest.raises(TypeError, match=r"argument 'hx' must be a tuple \(h_0, c_0\), got Tensor$"):
+            m(x, hs)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("args,kw", [
+    ((4, 8.0), {}), ((4.0, 8), {}), ((-1, 8), {}), ((0, 8), {}), ((4, 0), {}), ((4, 8, 0), {}),
+    ((4, 8), {"proj_size": 8}), ((4, 8), {"proj_size": -1}), ((4, 8), {"bias": 1}), ((4, 8), {"batch_first": None}),
+    ((4, 8), {"dropout": 2.0}), ((0, 8), {"proj_size": 2}), ((4.0, 8), {"dropout": -1}),
+])
+def test_constructor_checks_are_nn_rnnbases(mode, args, kw):
+    # A float size failed in zeros(), a negative one in zeros(), input_size=0 was taken, and GRU's
+    # proj_size was refused as 'has to be smaller than hidden_size'.
+    with pytest.raises((TypeError, ValueError)) as want:
+        getattr(nn, mode)(*args, **kw)
+    with pytest.raises(want.type, match=f"^{re.escape(str(want.value))}$"):
+        getattr(nnqd, mode)(*args, **kw)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_constructor_checks_name_the_size(name):
+    # (a float or negative size failed in zeros(); an empty one is taken, as nn.RNNCellBase's)
+    qcls = getattr(nnqd, name)
+    with pytest.raises(TypeError, match="^hidden_size should be of type int, got: float$"):
+        qcls(4, 8.0)
+    with pytest.raises(TypeError, match="^input_size should be of type int, got: float$"):
+        qcls(4.0, 8)
+    with pytest.raises(ValueError, match="^input_size must be non-negative, got -1$"):
+        qcls(-1, 8)
+    with pytest.raises(ValueError, match="^hidden_size must be non-negative, got -2$"):
+        qcls(4, -2)
+    assert qcls(0, 8)(torch.randn(2, 0)) is not None and qcls(4, 0)(torch.randn(2, 4)) is not None

@@ -150,6 +150,41 @@ def _check_state(module, state, x):
                            f"and hidden tensor at {state.device}")
 
 
+def _check_input_device(x: torch.Tensor, q: DynamicLinear) -> None:
+    """The input must be on the weights' device (torch's message: a kernel would name its own
+    arguments, 'x' and 'w_packed')."""
+    w = q._buffers.get("_packed_weight")
+    if w is not None and w.device != x.device:
+        raise RuntimeError(f"Input and parameter tensors are not at the same device, found input tensor at {x.device} "
+                           f"and parameter tensor at {w.device}")
+
+
+def _state_pair(module, hx):
+    """An LSTM / LSTMCell state: (h_0, c_0), a tuple or list of two Tensors; its entries."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        if isinstance(hx, (tuple, list)):
+            what = "tensor" if all(isinstance(t, torch.Tensor) for t in hx) else "element"
+            got = f"a {type(hx).__name__} of {len(hx)} {what}{'' if len(hx) == 1 else 's'}"
+        else:
+            got = type(hx).__name__
+        raise TypeError(f"{module._get_name()}: argument 'hx' must be a tuple (h_0, c_0), got {got}")
+    for i, t in enumerate(hx):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{module._get_name()}: argument 'hx[{i}]' must be a Tensor, got {type(t).__name__}")
+    return hx[0], hx[1]
+
+
+def _check_size(name: str, value, allow_zero: bool = False) -> None:
+    """A size argument of a constructor: an int, positive (nn.RNNBase's messages), or >= 0 for a
+    cell's (nn.RNNCellBase takes an empty one)."""
+    if not isinstance(value, int):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if allow_zero and value < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    if not allow_zero and value <= 0:
+        raise ValueError(f"{name} must be greater than zero")
+
+
 class _RNNBase(_ReduceRange, nn.Module):
     _mode = ""
     _gates = 1
@@ -160,18 +195,25 @@ class _RNNBase(_ReduceRange, nn.Module):
         super().__init__()
         if dtype != torch.qint8:
             raise ValueError(f"{self._mode}: torchquant's dynamic recurrent modules support dtype=torch.qint8, got {dtype}")
+        # nn.RNNBase's checks, in its order and with its messages (num_layers' and proj_size's types: ours)
+        if proj_size and self._mode != "LSTM":
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
             raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
                              "element being zeroed")
-        if hidden_size <= 0 or num_layers <= 0:
-            raise ValueError(f"hidden_size and num_layers must be positive, got hidden_size={hidden_size}, "
-                             f"num_layers={num_layers}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+        _check_size("input_size", input_size)
+        _check_size("hidden_size", hidden_size)
+        _check_size("num_layers", num_layers)
+        if not isinstance(proj_size, int):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
         if proj_size < 0:
             raise ValueError("proj_size should be a positive integer or zero to disable projections")
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
-        if proj_size and self._mode != "LSTM":
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.dtype = bidirectional, proj_size, dtype
@@ -346,6 +388,7 @@ class _RNNBase(_ReduceRange, nn.Module):
                                f"got {x.shape[-1]}")
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        _check_input_device(x, self._modules["ih_l0"])
         out_dtype = x.dtype
         x = x.float()
         h0, c0 = self._initial_state(hx, max_batch, batched, x, sorted_indices)
@@ -400,9 +443,7 @@ class _RNNBase(_ReduceRange, nn.Module):
             c0 = torch.zeros(c_shape, device=x.device) if self._mode == "LSTM" else None
             return h0, c0
         if self._mode == "LSTM":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{self._get_name()}: argument 'hx' must be a tuple (h_0, c_0), got {type(hx).__name__}")
-            h0, c0 = hx
+            h0, c0 = _state_pair(self, hx)
         else:
             if not isinstance(hx, torch.Tensor):
                 raise TypeError(f"{self._get_name()}: argument 'hx' must be a Tensor, got {type(hx).__name__}")
@@ -532,6 +573,8 @@ class _CellBase(_ReduceRange, nn.Module):
         super().__init__()
         if dtype != torch.qint8:
             raise ValueError(f"{self._mode}: torchquant's dynamic recurrent cells support dtype=torch.qint8, got {dtype}")
+        _check_size("input_size", input_size, allow_zero=True)
+        _check_size("hidden_size", hidden_size, allow_zero=True)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         if nonlinearity != "tanh" and self._mode != "RNNCell":  # LSTM / GRU gates have fixed functions
@@ -581,16 +624,28 @@ class _CellBase(_ReduceRange, nn.Module):
             raise TypeError(f"{self._get_name()}: argument 'input' must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{self._mode}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        # the state's structure and rank (torch's checks and messages, before the input's others)
+        if hx is None:
+            hxs = (None,) * self._n_states
+        elif self._n_states == 2:
+            hxs = _state_pair(self, hx)
+            for i, s in enumerate(hxs):
+                if s.dim() not in (1, 2):
+                    raise ValueError(f"{self._mode}: Expected hx[{i}] to be 1D or 2D, got {s.dim()}D instead")
+        else:
+            if not isinstance(hx, torch.Tensor):
+                raise TypeError(f"{self._get_name()}: argument 'hx' must be a Tensor, got {type(hx).__name__}")
+            if hx.dim() not in (1, 2):
+                raise ValueError(f"{self._mode}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+            hxs = (hx,)
         if not input.is_floating_point():
             raise TypeError(f"{self._get_name()}: argument 'input' must be a floating-point tensor, got {input.dtype}")
         if input.shape[-1] != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
+        _check_input_device(input, self.ih)
         batched = input.dim() == 2
         x = (input if batched else input.unsqueeze(0)).float()
         states = []
-        hxs = (hx if isinstance(hx, (tuple, list)) else (hx,)) if hx is not None else (None,) * self._n_states
-        if len(hxs) != self._n_states:
-            raise TypeError(f"{self._get_name()}: argument 'hx' must hold {self._n_states} tensor(s), got {len(hxs)}")
         for i, s in enumerate(hxs):
             if s is None:
                 s = torch.zeros(x.shape[0], self.hidden_size, device=x.device)
