@@ -1155,3 +1155,148 @@ def test_per_sample_weights_past_the_last_offset_get_no_gradient():
     w = torch.ones(5, requires_grad=True)
     q(torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 1, 3]), w).sum().backward()  # 4, 5 lie past offset 3
     assert (w.grad[3:] == 0).all() and (w.grad[:3] != 0).all()
+
+
+@pytest.mark.parametrize("flow", ["convert", "quantize_dynamic"])
+def test_a_table_with_max_norm_stays_float_and_the_others_convert(flow):
+    # A max_norm table made the whole convert / quantize_dynamic fail (torch.ao converts it,
+    # ignoring max_norm): it stays float, named in a warning, and the other tables convert.
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"normed": nn.Embedding(10, 4, max_norm=1.0), "bag": nn.EmbeddingBag(10, 4, mode="sum"),
+                           "normed_bag": nn.EmbeddingBag(10, 4, max_norm=2.0, mode="max")})
+    calls = []
+    model["normed"].register_forward_hook(lambda mod, args, out: calls.append(out.shape))
+    float_model = copy.deepcopy(model)
+    if flow == "convert":
+        for m in model.values():
+            m.qconfig = tq.float_qparams_weight_only_qconfig
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = (tq.convert(tq.prepare(model)) if flow == "convert" else tq.quantize_dynamic(model, dtype=torch.quint8))
+    said = [str(w.message) for w in caught if "max_norm" in str(w.message)]
+    assert len(said) == 2, said
+    assert said[0].startswith("normed (Embedding) stays in float: it has max_norm=1.0")
+    assert said[1].startswith("normed_bag (EmbeddingBag) stays in float: it has max_norm=2.0")
+    assert type(q["normed"]) is nn.Embedding and type(q["normed_bag"]) is nn.EmbeddingBag
+    assert type(q["bag"]) is nnq.EmbeddingBag
+    idx, off = torch.tensor([1, 2, 3]), torch.tensor([0, 2])
+    assert torch.equal(q["normed"](idx), float_model["normed"](idx))
+    assert len(calls) == 2  # the user's hook kept once (it ran once for each of the two calls)
+    assert torch.equal(q["normed_bag"](idx, off), float_model["normed_bag"](idx, off))
+    assert q["bag"](idx, off).shape == (2, 4)
+    # from_float itself: the float table (a copy, the same weight), with the warning
+    alone = nn.Embedding(10, 4, max_norm=1.0)
+    alone.qconfig = tq.float_qparams_weight_only_qconfig
+    with pytest.warns(UserWarning, match=r"^emb \(Embedding\) stays in float: it has max_norm=1.0"):
+        kept = nnq.Embedding.from_float(alone, name="emb")
+    assert type(kept) is nn.Embedding and kept is not alone and kept.weight is alone.weight
+
+
+@pytest.mark.parametrize("cls", [nn.Embedding, nn.EmbeddingBag])
+def test_a_weight_observer_per_column_is_refused(cls):
+    # ch_axis=1 gave one scale and zero point per column, applied to the rows without a word
+    # (a square table converted; another shape failed on a broadcast).
+    from torchquant.observer import PerChannelMinMaxObserver
+    e = cls(8, 8)
+    e.qconfig = tq.QConfig(activation=tq.float_qparams_weight_only_qconfig.activation,
+                           weight=PerChannelMinMaxObserver.with_args(
+                               dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=1))
+    target = nnq.Embedding if cls is nn.Embedding else nnq.EmbeddingBag
+    with pytest.raises(ValueError, match=r"^table: embedding quantization needs a weight observer with ch_axis=0 "
+                                         r".*got ch_axis=1"):
+        target.from_float(e, name="table")
+    with pytest.raises(ValueError, match=r"table.*got ch_axis=1"):
+        tq.convert(tq.prepare(nn.ModuleDict({"table": e})))
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_repr_shows_padding_idx(bag):
+    # padding_idx was left out of the repr (the float modules show it).
+    cls, float_cls = (nnq.EmbeddingBag, nn.EmbeddingBag) if bag else (nnq.Embedding, nn.Embedding)
+    assert "padding_idx=3" in repr(float_cls(10, 4, padding_idx=3))
+    assert ", padding_idx=3," in repr(cls(10, 4, padding_idx=3))
+    assert "padding_idx" not in repr(cls(10, 4))
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_constructor_weight_keeps_its_dtype(bag):
+    # A float16 _weight gave float32 lookups, where from_float of a float16 table gives float16 ones.
+    cls, float_cls = (nnq.EmbeddingBag, nn.EmbeddingBag) if bag else (nnq.Embedding, nn.Embedding)
+    w = torch.randn(10, 4, generator=torch.Generator().manual_seed(0)).half()
+    q = cls(10, 4, _weight=w)
+    f = float_cls(10, 4, _weight=w.clone(), **({"mode": "sum"} if bag else {}))
+    f.qconfig = tq.float_qparams_weight_only_qconfig
+    converted = cls.from_float(f)
+    assert q.output_dtype == converted.output_dtype == torch.float16
+    args = (torch.tensor([1, 2]),) if not bag else (torch.tensor([1, 2]), torch.tensor([0]))
+    assert q(*args).dtype == torch.float16 and torch.equal(q(*args), converted(*args))
+    assert cls(10, 4, _weight=w.float()).output_dtype is None
+
+
+@pytest.mark.parametrize("case", ["negative index", "index past the table", "offsets[0] != 0",
+                                  "decreasing offsets", "offset past the indices", "2-D index past the table"])
+def test_reference_refuses_what_the_op_refuses(case):
+    # The oracle returned numbers for input the op refuses (a negative index wrapped around), or
+    # failed with a bare IndexError: it raises the op's error, with the op's message.
+    f = nn.EmbeddingBag(10, 4)
+    f.qconfig = tq.float_qparams_weight_only_qconfig
+    packed = nnq.EmbeddingBag.from_float(f).packed_weight
+    idx, off = {"negative index": (torch.tensor([1, -1]), torch.tensor([0])),
+                "index past the table": (torch.tensor([1, 2, 10]), torch.tensor([0, 1])),
+                "offsets[0] != 0": (torch.tensor([1, 2, 3]), torch.tensor([1])),
+                "decreasing offsets": (torch.tensor([1, 2, 3]), torch.tensor([0, 2, 1])),
+                "offset past the indices": (torch.tensor([1, 2, 3]), torch.tensor([0, 5])),
+                "2-D index past the table": (torch.tensor([[1, 2], [3, 12]]), None)}[case]
+    with pytest.raises(RuntimeError) as theirs:
+        ops.embedding_bag_rowwise(packed, 8, 4, idx, off, 0)
+    with pytest.raises(RuntimeError) as ours:
+        reference.embedding_bag_rowwise(packed, 8, 4, idx, off, 0)
+    assert type(ours.value) is RuntimeError
+    assert str(ours.value) == str(theirs.value).splitlines()[0]
+
+
+def test_8bit_row_values_are_within_the_bound_of_the_exact_value_not_of_the_rounded_one():
+    # The documented bound, half an ulp of |z s| plus half an ulp of the value, holds against the
+    # exact real value (q - z) * s; against that value rounded to float32 it does not always
+    # (a value near a halfway point, moved across it by the rounded bias): half an ulp more.
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(500, 64, generator=g) * 10.0 ** torch.randint(-3, 4, (500, 1), generator=g).float()
+         + torch.randn(500, 1, generator=g) * 5)
+    e = nn.Embedding(500, 64)
+    e.weight.data.copy_(w)
+    e.qconfig = tq.float_qparams_weight_only_qconfig
+    got = nnq.Embedding.from_float(e).dequantized_weight().double()
+    q, s, z = unpack_rowwise(nnq.Embedding.from_float(e).packed_weight, 8, 64)
+    exact = (q.double() - z.double()[:, None]) * s.double()[:, None]
+    ulp = lambda t: torch.ldexp(torch.ones_like(t), torch.frexp(t.float()).exponent.double() - 24)  # noqa: E731
+    half_zs = 0.5 * ulp((z.double() * s.double()).abs())[:, None]
+    assert bool(((got - exact).abs() <= half_zs + 0.5 * ulp(got.abs())).all())
+    rounded = exact.float().double()
+    assert bool(((got - rounded).abs() > half_zs + 0.5 * ulp(rounded.abs())).any())
+    assert bool(((got - rounded).abs() <= half_zs + ulp(rounded.abs())).all())
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bags_follow_the_float_bag_where_torch_ao_departs_from_it(bits):
+    # docs/sequence.md's list: mode honoured, 2-D indices with include_last_offset give B bags,
+    # 4-bit include_last_offset runs, offsets[0] != 0 refused, non-contiguous indices taken.
+    torch.manual_seed(0)
+    qc = tq.float_qparams_weight_only_qconfig if bits == 8 else tq.float_qparams_weight_only_qconfig_4bit
+    idx = torch.randint(0, 20, (12,))
+    for mode in ("sum", "mean", "max"):
+        for ilo in (False, True):
+            f = nn.EmbeddingBag(20, 8, mode=mode, include_last_offset=ilo)
+            f.qconfig = qc
+            q = nnq.EmbeddingBag.from_float(f)
+            deq = nn.EmbeddingBag(20, 8, mode=mode, include_last_offset=ilo,
+                                  _weight=q.dequantized_weight())  # the float bag on the quantized rows
+            # (offsets ending at the number of indices: nn.EmbeddingBag's mean and max put the
+            # indices past the last offset with include_last_offset in its last bag, its sum not)
+            for args in ((idx, torch.tensor([0, 3, 3, 7, 12])), (idx.reshape(3, 4),),
+                         (torch.randint(0, 20, (24,))[::2], torch.tensor([0, 5, 12]))):
+                want = deq(*args)
+                got = q(*args)
+                assert got.shape == want.shape, (mode, ilo, got.shape, want.shape)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            with pytest.raises(RuntimeError, match="offsets\\[0\\] has to be 0"):
+                q(idx, torch.tensor([1, 4]))

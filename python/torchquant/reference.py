@@ -591,6 +591,38 @@ def embedding_row_values(packed, bits: int, embedding_dim: int) -> torch.Tensor:
     return (q - z[:, None]) * s[:, None]
 
 
+def _embedding_bag_checks(n_rows: int, idx: torch.Tensor, off: Optional[torch.Tensor], include_last_offset: bool,
+                          padding_idx: Optional[int]) -> None:
+    """The op's checks of its values, in its order and with its errors (RuntimeError, the same
+    messages): include_last_offset's one offset, padding_idx in [0, n_rows), the offsets (start
+    at 0, never decrease, stay within the indices), then every index in [0, n_rows)."""
+    op = "embedding_bag_rowwise"
+    if off is not None and include_last_offset and off.numel() < 1:
+        raise RuntimeError(f"{op}: argument 'offsets' must hold at least one element with include_last_offset=True")
+    if padding_idx is not None and not 0 <= padding_idx < n_rows:
+        raise RuntimeError(f"{op}: argument 'padding_idx' must lie in [0, {n_rows}) (the table's rows), got "
+                           f"{padding_idx}")
+    n = idx.numel()
+    if off is not None:
+        o = off.tolist()
+        if o and o[0] != 0:
+            raise RuntimeError(f"{op}: offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to "
+                               f"start from position 0. However, got {o[0]}")
+        for b in range(1, len(o)):
+            if o[b] < o[b - 1]:
+                raise RuntimeError(f"{op}: argument 'offsets' must be non-decreasing, got offsets[{b - 1}]={o[b - 1]}"
+                                   f" > offsets[{b}]={o[b]}")
+        if o and o[-1] > n:
+            raise RuntimeError(f"{op}: argument 'offsets' holds {o[-1]} at position {len(o) - 1}, past the {n} "
+                               "indices")
+    flat = idx.reshape(-1)
+    bad = ((flat < 0) | (flat >= n_rows)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise RuntimeError(f"{op}: argument 'indices' holds {int(flat[i])} at position {i}, outside [0, {n_rows}) "
+                           "(the table's rows)")
+
+
 def embedding_bag_rowwise(packed, bits: int, embedding_dim: int, indices, offsets=None, mode: int = 0,
                           per_sample_weights=None, include_last_offset: bool = False,
                           padding_idx: Optional[int] = None) -> torch.Tensor:
@@ -600,10 +632,14 @@ def embedding_bag_rowwise(packed, bits: int, embedding_dim: int, indices, offset
 
     8-bit sum / mean: acc = fma(q, s', acc) and, apart, B = B + b' (s' = s * w, b' = -(z * s) * w
     with a per-sample weight w), the bag's sum acc + B; max: max of fma(q, s, -(z * s)).
-    4-bit: v = (q - z) * s, acc + v (or acc + v * w), max of v. Mean: the sum / the count."""
+    4-bit: v = (q - z) * s, acc + v (or acc + v * w), max of v. Mean: the sum / the count.
+    Offsets and indices the op refuses (a negative index, offsets[0] != 0, decreasing offsets,
+    an offset past the indices) are refused with its RuntimeError and message."""
     q, s, z, bias_row = _embedding_unpack(packed, bits, embedding_dim)
     values = embedding_row_values(packed, bits, embedding_dim)
     idx = indices.cpu().long()
+    _embedding_bag_checks(packed.shape[0], idx, None if offsets is None else offsets.cpu().long(),
+                          include_last_offset, padding_idx)
     psw = per_sample_weights.cpu().float() if per_sample_weights is not None else None
     if offsets is None:
         nb, per = idx.shape

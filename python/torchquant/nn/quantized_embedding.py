@@ -16,6 +16,8 @@ the converted model move it with the model's float modules (the packed table, ui
     >>> emb.qconfig = torchquant.float_qparams_weight_only_qconfig
     >>> qemb = torchquant.convert(torchquant.prepare(emb))
 """
+import copy
+import warnings
 from typing import Optional
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 from .. import _fastcall
 from .._ops import embedding_row_stride as _row_stride
 from .._ops import ops
+from .._stack import user_stacklevel
 from ..observer import _apply_keeping_integers, _int_arg
 from ._state_dict import OutputDtype, integer_load_errors
 
@@ -74,7 +77,30 @@ def _weight_observer(mod, name: str):
                          "qscheme=torch.per_channel_affine_float_qparams and dtype torch.quint8 or torch.quint4x2 "
                          "(torchquant.float_qparams_weight_only_qconfig or float_qparams_weight_only_qconfig_4bit), "
                          f"got {getattr(obs, 'qscheme', None)} / {dtype}")
+    ch_axis = getattr(obs, "ch_axis", 0)
+    if ch_axis != 0:  # (its qparams would be per column, and the rows quantized with them)
+        raise ValueError(f"{name}: embedding quantization needs a weight observer with ch_axis=0 (one scale and "
+                         f"zero point per row of the table), got ch_axis={ch_axis}")
     return obs
+
+
+def _kept_float(mod, name: str):
+    """from_float's answer for a table with ``max_norm`` (rows renormalized in place on lookup,
+    which a quantized table cannot do): the float module, warned about by name, so that convert
+    and quantize_dynamic quantize the model's other tables and leave this one float. A shallow
+    copy (the same weight) without forward hooks, which the caller copies over as for any
+    replacement."""
+    warnings.warn(f"{name} ({type(mod).__name__}) stays in float: it has max_norm={mod.max_norm}, which renormalizes "
+                  "rows of the table on lookup, and a quantized table cannot (torch.ao's quantized tables ignore "
+                  "max_norm)", UserWarning, stacklevel=user_stacklevel())
+    keep = copy.copy(mod)
+    for key, value in vars(mod).items():  # (containers of its own: the copy's changes stay its own)
+        if isinstance(value, (dict, set)):
+            keep.__dict__[key] = copy.copy(value)
+    for hooks in (keep._forward_pre_hooks, keep._forward_pre_hooks_with_kwargs, keep._forward_hooks,
+                  keep._forward_hooks_with_kwargs, keep._forward_hooks_always_called):
+        hooks.clear()
+    return keep
 
 
 def _check_rows(name: str, what: str, bad: torch.Tensor) -> None:
@@ -259,9 +285,14 @@ class _EmbeddingBase(OutputDtype, nn.Module):
         packed, bits = _quantize_table(mod.weight, _weight_observer(mod, name), name)
         if bits != self.bits:
             raise ValueError(f"{name}: qconfig gives {bits}-bit rows, module built for {self.bits}")
+        self._take_table(packed, mod.weight.dtype)
+
+    def _take_table(self, packed, float_dtype):
+        """The packed rows of a float table of ``float_dtype``, whose dtype the lookups return
+        (what the model's next layers take)."""
         self.packed_weight = ops.streamed_copy.default(packed)
-        if mod.weight.dtype.is_floating_point:  # the float table's dtype: what the model's next layers take
-            self._init_output_dtype(mod.weight.dtype, self.packed_weight.device)
+        if float_dtype.is_floating_point:
+            self._init_output_dtype(float_dtype, self.packed_weight.device)
 
     def _init_weight(self, weight):
         """The constructor's ``_weight``: a float table [num_embeddings, embedding_dim] (or a torch
@@ -281,7 +312,7 @@ class _EmbeddingBase(OutputDtype, nn.Module):
                             f"{weight.dtype}")
         from .. import qconfig as _qc
         qc = _qc.float_qparams_weight_only_qconfig if self.bits == 8 else _qc.float_qparams_weight_only_qconfig_4bit
-        self.packed_weight = ops.streamed_copy.default(_quantize_table(weight, qc.weight(), "_weight")[0])
+        self._take_table(_quantize_table(weight, qc.weight(), "_weight")[0], weight.dtype)
 
 
 def _padding_idx(padding_idx: Optional[int], num_embeddings: int) -> Optional[int]:
@@ -326,18 +357,19 @@ class Embedding(_EmbeddingBase):
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
         """Quantizes an ``nn.Embedding`` with its qconfig (float_qparams_weight_only_qconfig or
-        float_qparams_weight_only_qconfig_4bit)."""
+        float_qparams_weight_only_qconfig_4bit). One with ``max_norm`` stays float, with a warning
+        naming it (the float module, without its forward hooks, which convert copies over)."""
         name = name or type(mod).__name__
         if mod.max_norm is not None:
-            raise NotImplementedError(f"{name}: an Embedding with max_norm renormalizes rows on lookup; a quantized "
-                                      "table cannot")
+            return _kept_float(mod, name)
         dtype = _weight_observer(mod, name).dtype
         q = cls(mod.num_embeddings, mod.embedding_dim, padding_idx=mod.padding_idx, dtype=dtype)
         q._load(mod, name)
         return q
 
     def extra_repr(self):
-        return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, dtype={self.dtype}"
+        return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
+                + ("" if self.padding_idx is None else f", padding_idx={self.padding_idx}") + f", dtype={self.dtype}"
                 + ("" if self.output_dtype is None else f", output_dtype={self.output_dtype}"))
 
     def _get_name(self):
@@ -454,11 +486,11 @@ class EmbeddingBag(_EmbeddingBase):
     @classmethod
     def from_float(cls, mod, name: Optional[str] = None, use_precomputed_fake_quant: bool = False):
         """Quantizes an ``nn.EmbeddingBag`` with its qconfig (float_qparams_weight_only_qconfig or
-        float_qparams_weight_only_qconfig_4bit)."""
+        float_qparams_weight_only_qconfig_4bit). One with ``max_norm`` stays float, with a warning
+        naming it (the float module, without its forward hooks, which convert copies over)."""
         name = name or type(mod).__name__
         if mod.max_norm is not None:
-            raise NotImplementedError(f"{name}: an EmbeddingBag with max_norm renormalizes rows on lookup; a "
-                                      "quantized table cannot")
+            return _kept_float(mod, name)
         dtype = _weight_observer(mod, name).dtype
         q = cls(mod.num_embeddings, mod.embedding_dim, mode=mod.mode, include_last_offset=mod.include_last_offset,
                 dtype=dtype, padding_idx=mod.padding_idx)
@@ -467,7 +499,8 @@ class EmbeddingBag(_EmbeddingBase):
 
     def extra_repr(self):
         return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, mode={self.mode!r}, "
-                f"include_last_offset={self.include_last_offset}, dtype={self.dtype}"
+                f"include_last_offset={self.include_last_offset}"
+                + ("" if self.padding_idx is None else f", padding_idx={self.padding_idx}") + f", dtype={self.dtype}"
                 + ("" if self.output_dtype is None else f", output_dtype={self.output_dtype}"))
 
     def _get_name(self):
