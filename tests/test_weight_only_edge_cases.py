@@ -1,9 +1,11 @@
 """quantize_weight_only and its int4 algorithms on the cases at their edges: NaN / inf weights
 under GPTQ, AWQ and int8 RTN, AWQ's captured rows (copies, at most awq_max_rows of them),
-from_qparams' input scale, GPTQ groups that straddle a block, and asymmetric RTN of weights
-near the float32 maximum."""
+from_qparams' input scale, GPTQ groups that straddle a block, asymmetric RTN of weights near
+the float32 maximum, and the int4 layer under torch.compile (a short last group, torch functions
+on its weight view) and the int4 ops' checks of a bias and of a scale."""
 import gc
 import io
+import re
 import warnings
 
 import pytest
@@ -442,3 +444,70 @@ def test_a_fold_into_a_float_linear_stays_recorded_when_it_is_quantized_later():
     assert torch.equal(getattr(q2.fc1, weight_only._FOLD_ATTR), getattr(q.fc1, weight_only._FOLD_ATTR))
     rtn = torchquant.quantize_weight_only(m, method="rtn", group_size=32, progress=False)
     assert abs(torchquant.report(m, q2, X)["fc1"].sqnr_db - torchquant.report(m, rtn, X)["fc1"].sqnr_db) < 6
+
+
+# ---------------------------------------------------------------- int4 under torch.compile, argument checks
+def _int4_layer(K, N=8, group_size=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(K, N)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(N, K, generator=gen))
+        lin.bias.copy_(torch.randn(N, generator=gen))
+    return LinearWeightOnlyInt4.from_float(lin, group_size=group_size)
+
+
+def test_inductor_dequantizes_a_short_last_group_as_eager():
+    # K = 70 in groups of 32: inductor left the channels of the last, short group uninitialized
+    # (the expansion of the group qparams to [N, K]), in the weight and in the input gradient
+    torch._dynamo.reset()
+    q = _int4_layer(70)
+    x = torch.randn(2, 70, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    q(x).sum().backward()
+    want, x.grad = x.grad.clone(), None
+    torch.compile(q, fullgraph=True)(x).sum().backward()
+    assert torch.equal(x.grad, want)
+    assert torch.equal(torch.compile(q.dequantized_weight, fullgraph=True)(), q.dequantized_weight())
+    torch._dynamo.reset()
+
+
+def test_torch_functions_on_the_int4_weight_view_trace_with_fullgraph():
+    torch._dynamo.reset()
+    q = _int4_layer(64)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1))
+    for f in (lambda x: torch.nn.functional.linear(x, q.weight), lambda x: torch.mm(q.weight, x.t()),
+              lambda x: x @ torch.t(q.weight)):
+        assert torch.equal(torch.compile(f, backend="eager", fullgraph=True)(x), f(x))
+    torch._dynamo.reset()
+    with pytest.raises(TypeError, match=r"Int4WeightView\.zero_: the int4 layer's weight view is read-only"):
+        torch.nn.init.zeros_(q.weight)
+
+
+def test_linear_int4_refuses_a_bias_that_is_not_1d_of_out_features():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    ops = torch.ops.torchquant
+    q = _int4_layer(64, N=8)
+    b = q._buffers
+    x = torch.randn(2, 64)
+    for bias in (torch.zeros(1, 8), torch.zeros(8, 1), torch.zeros(2, 4)):  # 8 elements, not [8]
+        msg = (r"argument 'bias' must be a floating-point tensor of shape \[8\], got dtype [\w.]+ and shape "
+               + re.escape(str(list(bias.shape))))
+        with pytest.raises(RuntimeError, match=msg):
+            ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], bias, 64, 8, 32)
+        with FakeTensorMode() as mode:  # the fake kernel (torch.compile, torch.export): the same check
+            args = [mode.from_tensor(t) for t in (x, b["_w_packed"], b["_w_qp"], b["_w_scale"], bias)]
+            with pytest.raises(RuntimeError, match=msg):
+                ops.linear_int4(*args, 64, 8, 32)
+    assert torch.equal(ops.linear_int4(x, b["_w_packed"], b["_w_qp"], b["_w_scale"], b["bias"], 64, 8, 32), q(x))
+
+
+def test_a_bad_int4_scale_is_named_by_channel_and_group():
+    N, K, gs = 6, 70, 32
+    qv, z = torch.zeros(N, K, dtype=torch.uint8), torch.full((N, 3), 8)
+    s = torch.ones(N, 3)
+    s[4, 2] = float("nan")
+    with pytest.raises(RuntimeError, match=r"argument 'scale' must be > 0 and finite, got nan at channel 4, group 2$"):
+        LinearWeightOnlyInt4.from_qparams(qv, s, z, None, gs)
+    s = torch.ones(N, 3, dtype=torch.float64)
+    s[3, 1] = 1e-200  # (0 in float32)
+    with pytest.raises(RuntimeError, match=r"got 1e-200 \(0 in float32\) at channel 3, group 1$"):
+        torch.ops.torchquant.int4_pack_weight(fmt.pack_int4(qv), s, z, K, gs)

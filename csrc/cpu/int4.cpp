@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "common/checks.h"
@@ -48,6 +50,17 @@ void check_cpu_arg(const at::Tensor& t, const char* name) {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The scales v (float32 [N, G], as packed) of `scale` (as given, on the CPU) are > 0 and finite;
+// the error names the channel and group, as the zero points' does (cuda/int4.cu: the same).
+void check_int4_scale_values(const at::Tensor& scale, const float* v, int64_t G) {
+  for (int64_t i = 0; i < scale.numel(); ++i) {
+    if (std::isfinite(v[i]) && v[i] > 0.0f) continue;
+    const int64_t n = i / G;
+    const std::string where = "channel " + std::to_string(n) + ", group";
+    check_scale_values(scale.select(0, n), v + n * G, G, "scale", where.c_str());
+  }
+}
 
 }  // namespace
 
@@ -95,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cpu(
   const int64_t N = qweight.size(0), K = in_features;
   const int64_t P = ceil_div(N, cpu::kInt4Panel);
   const at::Tensor s = scale.to(at::kFloat).contiguous();
-  check_scale_values(scale, s.const_data_ptr<float>(), s.numel(), "scale", nullptr);
+  check_int4_scale_values(scale, s.const_data_ptr<float>(), G);
   const at::Tensor z = zero_point.to(at::kLong).contiguous();
   const int64_t* pz = z.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < z.numel(); ++i)
@@ -191,9 +204,9 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
   at::Tensor b;
   if (bias.has_value() && bias->defined()) {
     check_cpu_arg(*bias, "bias");
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->numel() == N,
-                "argument 'bias' must be a floating-point tensor with ", N, " elements, got dtype ",
-                bias->scalar_type(), " and ", bias->numel(), " elements");
+    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == N,
+                "argument 'bias' must be a floating-point tensor of shape [", N, "], got dtype ",
+                bias->scalar_type(), " and shape ", bias->sizes());
     b = bias->to(at::kFloat).contiguous();
   }
   const at::ScalarType odt = x.scalar_type();

@@ -23,6 +23,10 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+#include <string>
+
 #include "common/checks.h"
 #include "cuda/common.cuh"
 #include "cuda/gemm.cuh"
@@ -340,6 +344,17 @@ Int4Path int4_path_for(int64_t M, at::ScalarType dtype, int64_t group_size) {
   return M <= kMaxGemvRows ? Int4Path::Gemv : Int4Path::Tiled;
 }
 
+// As cpu/int4.cpp's: the scales v (float32 [N, G], on the host) of `scale` (as given, on the
+// host) are > 0 and finite; the error names the channel and group.
+void check_int4_scale_values(const at::Tensor& scale, const float* v, int64_t G) {
+  for (int64_t i = 0; i < scale.numel(); ++i) {
+    if (std::isfinite(v[i]) && v[i] > 0.0f) continue;
+    const int64_t n = i / G;
+    const std::string where = "channel " + std::to_string(n) + ", group";
+    check_scale_values(scale.select(0, n), v + n * G, G, "scale", where.c_str());
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cuda(const at::Tensor& qweight,
@@ -356,10 +371,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack_weight_cuda(const at::T
   // Packing happens once per load: a host sync for the value checks is affordable here. The
   // scales first, then the zero points, as the CPU's packing checks them; the zero points before
   // their int32 copy (an int64 2^32 + 3 would wrap to 3), as the CPU checks them in int64.
-  TORCH_CHECK(!(s.le(0) | s.isinf() | s.isnan()).any().item<bool>(),
-              "argument 'scale' must hold values > 0 and finite");
-  TORCH_CHECK(!(zero_point.lt(0) | zero_point.gt(15)).any().item<bool>(),
-              "argument 'zero_point' must lie in [0, 15]");
+  // A value out of range is named on the host, by channel and group, in the CPU's words.
+  if ((s.le(0) | s.isinf() | s.isnan()).any().item<bool>()) {
+    const at::Tensor sh = s.cpu();
+    check_int4_scale_values(scale.cpu(), sh.const_data_ptr<float>(), G);
+  }
+  if ((zero_point.lt(0) | zero_point.gt(15)).any().item<bool>()) {
+    const at::Tensor zh = zero_point.cpu().to(at::kLong).contiguous();
+    const int64_t* pz = zh.const_data_ptr<int64_t>();
+    for (int64_t i = 0; i < zh.numel(); ++i)
+      TORCH_CHECK(pz[i] >= 0 && pz[i] <= 15, "argument 'zero_point' must lie in [0, 15], got ", pz[i],
+                  " at channel ", i / std::max<int64_t>(G, 1), ", group ", i % std::max<int64_t>(G, 1));
+  }
   const at::Tensor z = zero_point.to(at::kInt, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
   const at::Tensor qw = qweight.contiguous();
   // Explicit sizes: reshape({N, -1}) of an empty weight (N = 0) is ambiguous and raises.
@@ -401,9 +424,9 @@ at::Tensor linear_int4_cuda(const at::Tensor& x, const at::Tensor& w_packed, con
   at::Tensor b;
   if (bias.has_value() && bias->defined()) {
     check_same_device(x, "x", *bias, "bias");
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->numel() == N,
-                "argument 'bias' must be a floating-point tensor with ", N, " elements, got dtype ",
-                bias->scalar_type(), " and ", bias->numel(), " elements");
+    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == N,
+                "argument 'bias' must be a floating-point tensor of shape [", N, "], got dtype ",
+                bias->scalar_type(), " and shape ", bias->sizes());
     b = bias->to(at::kFloat).contiguous();
   }
   const c10::cuda::CUDAGuard guard(x.device());

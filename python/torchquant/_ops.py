@@ -646,6 +646,10 @@ def _linear_int4_fake(x, w_packed, w_qp, w_scale, bias, in_features, out_feature
     torch._check(x.dim() >= 1 and x.shape[-1] == in_features,
                  lambda: f"argument 'x' must have K = {in_features} in its last dimension, got shape {tuple(x.shape)}")
     _int4_dims(in_features, out_features, group_size)
+    if bias is not None:
+        torch._check(bias.is_floating_point() and bias.dim() == 1 and bias.shape[0] == out_features,
+                     lambda: f"argument 'bias' must be a floating-point tensor of shape [{out_features}], got "
+                             f"dtype {bias.dtype} and shape {list(bias.shape)}")
     return x.new_empty((*x.shape[:-1], out_features))
 
 

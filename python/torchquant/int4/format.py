@@ -96,7 +96,11 @@ def choose_group_qparams(w: torch.Tensor, group_size: int, symmetric: bool = Fal
 
 
 def _expand(t: torch.Tensor, K: int, group_size: int) -> torch.Tensor:
-    return t.repeat_interleave(group_size, dim=-1)[..., :K]
+    """Group values t [..., G] per input channel, [..., K]. A gather by each channel's group:
+    torch.compile's inductor drops the channels past the last whole group of the equivalent
+    ``t.repeat_interleave(group_size, -1)[..., :K]`` (and of a grouped [..., G, group_size] result
+    reshaped and cut to K) when group_size does not divide K, leaving them uninitialized."""
+    return t.index_select(-1, torch.arange(K, device=t.device) // group_size)
 
 
 def _row_blocks(n: int, K: int):

@@ -85,8 +85,9 @@ def _materialize(v):
 
 def _refuse_in_place(name: str) -> None:
     """An in-place tensor method or function (mul_, zero_, copy_; torch.nn.init's) on the view
-    would change a dequantized copy and leave the layer as it was, without a word."""
-    if name.endswith("_") and not name.endswith("__") and name != "requires_grad_":
+    would change a dequantized copy and leave the layer as it was, without a word. (Slices, not
+    str.endswith, which torch.compile cannot trace: F.linear(x, layer.weight) under fullgraph=True.)"""
+    if name[-1:] == "_" and name[-2:] != "__" and name != "requires_grad_":
         raise TypeError(f"Int4WeightView.{name}: the int4 layer's weight view is read-only (an in-place change "
                         "would change a dequantized copy, not the layer); give the layer new weights with "
                         "LinearWeightOnlyInt4.from_float / from_qparams or load_state_dict")
