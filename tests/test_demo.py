@@ -182,3 +182,86 @@ def test_cnn_shape_and_fusion():
     assert type(fused.conv1).__name__ == "ConvReLU2d" and isinstance(fused.bn1, nn.Identity)
     x = torch.randn(5, 784)
     torch.testing.assert_close(fused(x), m.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag, value, why", [
+    ("--batch-size", "0", "must be > 0, got 0"), ("--calib-size", "0", "must be > 0, got 0"),
+    ("--calib-size", "-5", "must be > 0, got -5"), ("--epochs", "0", "> 0, got 0"), ("--epochs", "-1", "> 0, got -1"),
+    ("--epochs", "nan", "> 0, got nan"), ("--cnn-epochs", "0", "> 0, got 0"), ("--lr", "-1e-3", "> 0, got -1e-3"),
+    ("--bench-batch", "0", "must be > 0, got 0"), ("--bench-batch", "-1", "must be > 0, got -1"),
+    ("--qat-steps", "-3", "must be >= 0, got -3"), ("--train-subset", "0", "must be > 0, got 0"),
+    ("--batch-size", "x", "must be an integer, got 'x'"), ("--device", "foo", "cpu, cuda, cuda:N or auto, got 'foo'"),
+    ("--device", "meta", "got 'meta'"),
+])
+def test_bad_option_values_are_usage_errors_naming_the_option(tmp_path, capsys, flag, value, why):
+    # (an empty --data-root: a value let through would end in "MNIST not found", return code 2 but no usage error)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--data-root", str(tmp_path), "--no-progress", f"{flag}={value}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and why in err, err
+
+
+def test_good_edge_values_parse():
+    args = demo.build_parser().parse_args(["--qat-steps", "0", "--epochs", "0.5", "--train-subset", "1",
+                                           "--device", "cuda:0", "--bench-batch", "1"])
+    assert (args.qat_steps, args.epochs, args.train_subset, args.device, args.bench_batch) == (0, 0.5, 1, "cuda:0", 1)
+    assert demo.build_parser().parse_args(["--device", "auto"]).device == "auto"
+
+
+def test_api_rejects_sizes_that_train_or_calibrate_nothing():
+    x, y = torch.randn(16, 784), torch.randint(0, 10, (16,))
+    with pytest.raises(ValueError, match="argument 'batch_size' must be > 0, got 0"):
+        demo.train(demo.MLP(), x, y, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="argument 'epochs' must be >= 0, got -1"):
+        demo.train(demo.MLP(), x, y, epochs=-1, progress=False)
+    with pytest.raises(ValueError, match="argument 'steps' must be >= 0, got -3"):
+        demo.train(demo.MLP(), x, y, steps=-3, progress=False)
+    for size in (0, -5):
+        with pytest.raises(ValueError, match=f"argument 'calib_size' must be > 0, got {size}"):
+            demo.quantize_static(demo.MLP(), x, "per_channel", calib_size=size, progress=False)
+
+
+def _write_idx(path, magic, shape, payload: bytes):
+    import struct
+
+    with open(path, "wb") as f:
+        f.write(struct.pack(f">I{len(shape)}I", magic, *shape) + payload)
+
+
+def _tiny_mnist(d, n=10):
+    for prefix in ("train", "t10k"):
+        _write_idx(d / f"{prefix}-images-idx3-ubyte", 0x803, (n, 28, 28), bytes(n * 784))
+        _write_idx(d / f"{prefix}-labels-idx1-ubyte", 0x801, (n,), bytes(range(n)))
+
+
+def test_damaged_mnist_is_an_error_without_traceback(tmp_path, capsys):
+    _tiny_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x09\x03 not an IDX file")
+    assert demo.main(["--data-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST file ") and "train-images-idx3-ubyte" in err and "magic number" in err
+    assert "Traceback" not in err
+
+
+def test_epochs_that_round_to_no_step_are_an_error(tmp_path, capsys):
+    _tiny_mnist(tmp_path)  # 10 images at batch size 64: one step per epoch
+    assert demo.main(["--data-root", str(tmp_path), "--no-progress", "--epochs", "0.2"]) == 2
+    assert "error: --epochs 0.2 rounds to 0 training steps on 10 images at --batch-size 64" in capsys.readouterr().err
+    assert demo.main(["--data-root", str(tmp_path), "--no-progress", "--cnn-epochs", "0.4"]) == 2
+    assert "error: --cnn-epochs 0.4 rounds to 0 training steps" in capsys.readouterr().err
+
+
+def test_device_this_machine_lacks_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert demo.main(["--data-root", str(tmp_path), "--no-progress", "--device", "cuda"]) == 2
+    assert "error: --device cuda: CUDA is not available on this machine" in capsys.readouterr().err
+
+
+def test_missing_data_hint_names_the_demo_option_and_the_variable(tmp_path, capsys):
+    assert demo.main(["--data-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    # the Python argument, the demo's option and the environment variable, each as it is spelled
+    assert "root= (the demo: --data-root DIR) or set $TORCHQUANT_DATA" in err
+    with pytest.raises(datasets.MNISTNotFoundError, match=r"--data-root DIR\) or set \$TORCHQUANT_DATA"):
+        datasets.mnist("train", root=tmp_path)

@@ -391,3 +391,18 @@ def _stubbed(layer):
     m = nn.Sequential(torchquant.QuantStub(), layer, torchquant.DeQuantStub()).eval()
     m.qconfig = torchquant.get_default_qconfig("x86")
     return m
+
+
+def test_a_batch_of_no_samples_is_an_error_not_an_empty_report():
+    torch.manual_seed(0)
+    net = Net().eval()
+    q = _quantized_twin(net, 0.05, 0.05)
+    for data in (torch.randn(0, 8), (torch.randn(0, 8), torch.zeros(0)), [torch.randn(0, 8), torch.randn(0, 8)]):
+        with pytest.raises(ValueError, match=r"argument 'data' held no samples .*\(0, 8\)"):
+            report(net, q, data)
+    # an empty batch among others adds nothing
+    x = torch.randn(16, 8)
+    alone, mixed = report(net, q, x), report(net, q, [torch.randn(0, 8), x])
+    assert [l.name for l in mixed] == ["fc1", "fc2"]
+    for a, b in zip(alone, mixed):
+        assert a.sqnr_db == b.sqnr_db and a.numel == b.numel

@@ -29,9 +29,10 @@ _IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 _LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 _FETCH_HINT = (
     "Fetch it once with `python scripts/get_mnist.py` from the torchquant source tree "
-    "(it writes to $TORCHQUANT_DATA or ~/.cache/torchquant/mnist), or pass root= a dir that "
+    "(it writes to $TORCHQUANT_DATA or ~/.cache/torchquant/mnist), or point to a dir that "
     "holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-    "t10k-labels-idx1-ubyte (optionally .gz; torchvision's <root>/MNIST/raw works too)."
+    "t10k-labels-idx1-ubyte (optionally .gz; torchvision's <root>/MNIST/raw works too): "
+    "pass it as root= (the demo: --data-root DIR) or set $TORCHQUANT_DATA to it."
 )
 
 

@@ -35,6 +35,7 @@ The functions (``train``, ``evaluate``, ``quantize_static``, ``state_dict_size``
 import argparse
 import copy
 import io
+import math
 import os
 import sys
 import time
@@ -180,6 +181,12 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float = 1.
 
     >>> model = train(MLP(), data.x_train, data.y_train, epochs=1, progress=False)
     """
+    if batch_size <= 0:
+        raise ValueError(f"argument 'batch_size' must be > 0, got {batch_size}")
+    if steps is None and not epochs >= 0:
+        raise ValueError(f"argument 'epochs' must be >= 0, got {epochs}")
+    if steps is not None and steps < 0:
+        raise ValueError(f"argument 'steps' must be >= 0, got {steps}")
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -248,6 +255,8 @@ def quantize_static(model: nn.Module, x_calib: torch.Tensor, scheme: str = "per_
     """
     if scheme not in QCONFIG_BACKEND:
         raise ValueError(f"argument 'scheme' must be one of {sorted(QCONFIG_BACKEND)}, got {scheme!r}")
+    if calib_size <= 0:
+        raise ValueError(f"argument 'calib_size' must be > 0, got {calib_size}")
     m = fuse(model)
     m.qconfig = tq.get_default_qconfig(QCONFIG_BACKEND[scheme])
     tq.prepare(m, inplace=True)
@@ -368,12 +377,26 @@ def format_table(results: Sequence[Result], with_cuda: bool = False) -> str:
     return "\n".join(lines)
 
 
+class _InputError(ValueError):
+    """Bad input data (a damaged MNIST file), an option that does not fit it, or a device this
+    machine lacks: :func:`main` prints it as an error, with no traceback."""
+
+
 def _resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+        raise _InputError(f"--device {name}: CUDA is not available on this machine")
+    index = torch.device(name).index
+    if name.startswith("cuda") and index is not None and index >= torch.cuda.device_count():
+        raise _InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return name
+
+
+def _check_trains(flag: str, epochs: float, n: int, batch_size: int) -> None:
+    # (a fraction of an epoch that rounds to no optimizer step would leave the model untrained)
+    if int(round(epochs * ((n + batch_size - 1) // batch_size))) < 1:
+        raise _InputError(f"{flag} {epochs:g} rounds to 0 training steps on {n} images at --batch-size {batch_size}")
 
 
 def _time_results(results: List[Result], bench_x: torch.Tensor, with_cuda: bool, progress: bool,
@@ -418,7 +441,13 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> Di
     device = _resolve_device(args.device)
     torch.manual_seed(args.seed)
 
-    data = load_data(args.data_root, args.train_subset)
+    try:
+        data = load_data(args.data_root, args.train_subset)
+    except ValueError as e:  # a damaged or wrong MNIST file (read_idx and mnist name it), a bad subset size
+        raise _InputError(str(e)) from e
+    _check_trains("--epochs", args.epochs, data.x_train.shape[0], args.batch_size)
+    if not args.no_cnn:
+        _check_trains("--cnn-epochs", args.cnn_epochs, data.x_train.shape[0], args.batch_size)
     print_fn(f"MNIST: {data.x_train.shape[0]} training, {data.x_test.shape[0]} test images; "
              f"training on {device}, {torch.get_num_threads()} CPU threads")
 
@@ -507,6 +536,45 @@ def _plot_summary(results: Sequence[Result], path: str) -> None:
     plt.close(fig)
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {'> 0' if low == 1 else f'>= {low}'}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}")
+    return text
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m torchquant.demo",
@@ -514,9 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "static per-tensor, dynamic, QAT) and compare test accuracy, state-dict size and inference "
                     "time. Needs MNIST on disk: run `python scripts/get_mnist.py` once.",
     )
-    p.add_argument("--epochs", type=float, default=1.0, help="fp32 training epochs (default 1)")
+    p.add_argument("--epochs", type=_positive_float, default=1.0,
+                   help="fp32 training epochs, > 0, fractions allowed (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of weight init and shuffling (default 0)")
-    p.add_argument("--device", default="cpu",
+    p.add_argument("--device", type=_device, default="cpu",
                    help="where to train: cpu, cuda or auto (default cpu; int8 accuracy is measured on CPU, "
                         "and CUDA inference is timed whenever a GPU is present)")
     p.add_argument("--data-root", default=None,
@@ -524,18 +593,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-dir", default=None,
                    help="write plots (per-layer SQNR, accuracy and size) as PNG files into this dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    p.add_argument("--lr", type=float, default=3e-3,
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="training batch size (default 64)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3,
                    help="initial Adam learning rate of fp32 training, decayed linearly to 0 (default 3e-3)")
-    p.add_argument("--calib-size", type=int, default=512,
+    p.add_argument("--calib-size", type=_positive_int, default=512,
                    help="training images used to calibrate the static models (default 512)")
-    p.add_argument("--qat-steps", type=int, default=300, help="QAT fine-tuning steps; 0 skips QAT (default 300)")
-    p.add_argument("--train-subset", type=int, default=None,
+    p.add_argument("--qat-steps", type=_non_negative_int, default=300,
+                   help="QAT fine-tuning steps; 0 skips QAT (default 300)")
+    p.add_argument("--train-subset", type=_positive_int, default=None,
                    help="train on the first N training images only (quick runs)")
-    p.add_argument("--bench-batch", type=int, default=1024, help="batch size for timing and the report (default 1024)")
+    p.add_argument("--bench-batch", type=_positive_int, default=1024,
+                   help="batch size for timing and the report (default 1024)")
     p.add_argument("--no-cuda-timing", action="store_true", help="do not time on CUDA even when a GPU is present")
     p.add_argument("--no-cnn", action="store_true", help="skip the CNN part (MLP only)")
-    p.add_argument("--cnn-epochs", type=float, default=1.0, help="fp32 training epochs of the CNN (default 1)")
+    p.add_argument("--cnn-epochs", type=_positive_float, default=1.0,
+                   help="fp32 training epochs of the CNN, > 0 (default 1)")
     return p
 
 
@@ -544,7 +616,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except datasets.MNISTNotFoundError as e:
+    except (datasets.MNISTNotFoundError, _InputError) as e:  # no MNIST, a damaged one, no such device
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

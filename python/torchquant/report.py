@@ -338,8 +338,13 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     try:
         with torch.no_grad():
             seen = 0
+            compared = 0  # layer outputs compared (of any size)
+            shapes = None  # the first batch's tensor shapes, to name an empty one
             for batch in _batches(data):
                 seen += 1
+                if shapes is None:
+                    shapes = [tuple(t.shape) for t in pytree.tree_leaves(dict(batch) if isinstance(batch, Mapping)
+                                                                         else batch) if isinstance(t, torch.Tensor)]
                 captured["float"].clear()
                 captured["quant"].clear()
                 # Each model gets its own copy of the batch: one that changes its input in place
@@ -357,6 +362,7 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                     for f, q in zip(captured["float"].get(n, ()), captured["quant"].get(n, ())):
                         if f is None or q is None or f.shape != q.shape:
                             continue
+                        compared += 1
                         f64, q64 = f.double(), q.double().to(f.device)
                         s = stats[n]
                         s[0] += float((f64 * f64).sum())
@@ -394,6 +400,10 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
             m.training = training
     if seen == 0:
         raise ValueError("report: argument 'data' holds no batches")
+    if compared and not any(stats[n][3] for n, _ in pairs):
+        # (every output compared was empty: a batch of 0 rows would give a report of no rows)
+        raise ValueError(f"report: argument 'data' held no samples (its first batch's tensors have shapes "
+                         f"{shapes}): every layer's output was empty")
 
     layers = []
     for n, m in pairs:
