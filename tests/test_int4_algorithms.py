@@ -1334,3 +1334,150 @@ def test_gptq_does_not_share_a_hessian_across_an_in_place_change_of_the_input():
         acc.add(torch.relu(m.pre(x)))
     want, _, _ = G.gptq_quantize(m.fc2.weight.detach().float(), acc.H, 16, rows=acc.rows)
     assert torch.equal(q.fc2.qvalues(), want)
+
+
+# ---------------------------------------------------------------- inference tensors
+def _quantized_state(model, method, calib, inplace, cache, in_inference_mode):
+    import copy
+    model = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.inference_mode(in_inference_mode):
+            q = torchquant.quantize_weight_only(model, bits=4, group_size=32, method=method, calib_data=calib,
+                                                inplace=inplace, cache_block_inputs=cache, awq_grid=4, progress=False)
+    return {k: v.clone() for k, v in q.state_dict().items()}
+
+
+@pytest.mark.parametrize("inplace, cache", [(False, True), (True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_calibration_data_or_a_call_under_inference_mode_gives_the_same_model(method, inplace, cache):
+    # inference tensors have no version counter: a chain of blocks (here the Sequential itself)
+    # holding them is not verified (whole forwards), and the result is the one normal tensors give
+    torch.manual_seed(30)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 12, 32)
+    with torch.inference_mode():
+        x_inf = x.clone()
+    assert x_inf.is_inference()
+    want = _quantized_state(model, method, [x], False, True, False)
+    for calib, mode in (([x_inf], False), ([x], True)):  # data made under inference mode; a call inside it
+        got = _quantized_state(model, method, calib, inplace, cache, mode)
+        assert got.keys() == want.keys(), mode
+        assert all(torch.equal(got[k], want[k]) for k in want), mode
+
+
+def test_state_snapshot_compares_the_values_of_inference_buffers():
+    from torchquant.weight_only import _StateSnapshot
+    with torch.inference_mode():
+        m = nn.Linear(4, 4)
+        m.register_buffer("count", torch.zeros(3))
+    snap = _StateSnapshot(m)
+    assert not snap.changed()
+    with torch.inference_mode():
+        m.count.add_(1)
+    assert snap.changed()
+    snap.restore()
+    assert torch.equal(m.count, torch.zeros(3)) and not snap.changed()
+
+
+class _Aliased(nn.Module):
+    """One layer registered under two names (a and b), called twice."""
+
+    def __init__(self, layer, head):
+        super().__init__()
+        self.a, self.c = layer, head
+        self.b = self.a
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "weight_norm"])
+def test_a_converted_layer_excluded_under_one_of_its_names_stays_under_all(kind):
+    # Conv1D and re-parametrized Linears are replaced by plain Linears before quantization: an
+    # excluded name keeps the one module in float under every name, shared as it was
+    torch.manual_seed(31)
+    if kind == "conv1d":
+        pytest.importorskip("transformers")
+        from transformers.pytorch_utils import Conv1D
+        layer, head = Conv1D(32, 32), Conv1D(8, 32)
+        def as_given(m):
+            return type(m) is Conv1D
+    else:
+        from torch.nn.utils import parametrize
+        from torch.nn.utils.parametrizations import weight_norm
+        layer, head = weight_norm(nn.Linear(32, 32)), nn.Linear(32, 8)
+        def as_given(m):
+            return parametrize.is_parametrized(m, "weight")
+    model = _Aliased(layer, head).eval()
+    x = torch.randn(64, 32)
+    for method in ("rtn", "gptq"):
+        for exclude in (["b"], ["a"]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                q = torchquant.quantize_weight_only(model, group_size=32, method=method, calib_data=[x],
+                                                    exclude=exclude, progress=False)
+            assert q.a is q.b and as_given(q.a), (method, exclude, type(q.a), type(q.b))
+            assert isinstance(q.c, LinearWeightOnlyInt4)
+
+
+def test_gptq_bits8_warns_on_fewer_calibration_rows_than_inputs():
+    torch.manual_seed(32)
+    model = nn.Sequential(nn.Linear(64, 8))
+    for bits in (4, 8):
+        with pytest.warns(RuntimeWarning, match="saw 8 calibration rows for K = 64 inputs.*condition number"):
+            torchquant.quantize_weight_only(model, bits=bits, group_size=32, method="gptq",
+                                            calib_data=[torch.randn(8, 64)], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough rows: no warning
+        torchquant.quantize_weight_only(model, bits=8, method="gptq", calib_data=[torch.randn(64, 64)],
+                                        progress=False)
+
+
+@pytest.mark.parametrize("percdamp", [True, False])
+def test_percdamp_takes_no_bool(percdamp):
+    model = nn.Sequential(nn.Linear(32, 8))
+    with pytest.raises(ValueError, match=f"argument 'percdamp' .*got {percdamp}"):
+        torchquant.quantize_weight_only(model, group_size=32, method="gptq", calib_data=[torch.randn(64, 32)],
+                                        percdamp=percdamp, progress=False)
+
+
+class _Unused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.spare = nn.Linear(64, 8), nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_calibration_warnings_point_at_the_callers_line(monkeypatch):
+    torch.manual_seed(33)
+    x = torch.randn(8, 64)  # fewer rows than K
+    cholesky_ex, failed = torch.linalg.cholesky_ex, []
+
+    def fails_once(*args, **kwargs):  # the first factorization fails: dampening is raised, with a warning
+        L, info = cholesky_ex(*args, **kwargs)
+        if not failed:
+            failed.append(True)
+            info = torch.ones_like(info)
+        return L, info
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", fails_once)
+    seen = {}
+    for method, bits in (("gptq", 4), ("gptq", 8), ("awq", 4)):
+        failed.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torchquant.quantize_weight_only(_Unused().eval(), bits=bits, group_size=32, method=method,
+                                            calib_data=[x], progress=False)
+        for w in caught:
+            for key in ("not called on the calibration data", "calibration rows for K", "not positive definite"):
+                if key in str(w.message):
+                    seen[method, bits, key] = w.filename
+    assert all(f == __file__ for f in seen.values()), seen
+    assert len(seen) == 7, sorted(seen)  # each of GPTQ's three, for bits 4 and 8, and AWQ's first
+    failed.clear()
+    with pytest.warns(RuntimeWarning, match="not positive definite") as caught:  # a direct call
+        gptq.gptq_quantize(torch.randn(8, 64), 2 * x.double().t() @ x.double() / 8, 32)
+    assert all(w.filename == __file__ for w in caught)

@@ -10,6 +10,7 @@ gather one layer's statistics at a time (forward hooks on the calibration batche
 layers before it already quantized, so that each layer corrects for the error of those before
 it and memory holds one layer's Hessian (GPTQ) or input rows (AWQ) at a time.
 """
+import contextlib
 import copy
 import math
 import warnings
@@ -243,19 +244,39 @@ def _same_value(a, b) -> bool:
     return type(a) is type(b) and isinstance(a, (bool, int, float, str)) and a == b
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a holds b's values (NaN where b has NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.is_floating_point or a.dtype.is_complex:
+        return bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return torch.equal(a, b)
+
+
 class _StateSnapshot:
     """What running a model could leave behind in its modules: their buffers (the tensor, its
     version and a copy of its values), their parameters (the tensor and its version) and their
-    other attributes. `changed()` tells whether a forward changed any; `restore()` puts them back."""
+    other attributes. `changed()` tells whether a forward changed any; `restore()` puts them back.
+    A buffer that is an inference tensor (made under torch.inference_mode: it has no version) is
+    compared by its values; a parameter that is one, by its identity only (it can be changed in
+    place only inside inference mode, where no chain of blocks verifies)."""
 
     def __init__(self, model: nn.Module):
         self.mods = []
         for m in model.modules():
             attrs = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
-            bufs = {k: (t, t._version, t.detach().clone()) if isinstance(t, torch.Tensor) else (t, None, None)
+            bufs = {k: (t, _version_of(t), t.detach().clone()) if isinstance(t, torch.Tensor) else (t, None, None)
                     for k, t in m._buffers.items()}
-            params = {k: (p, p._version if p is not None else None) for k, p in m._parameters.items()}
+            params = {k: (p, _version_of(p) if p is not None else None) for k, p in m._parameters.items()}
             self.mods.append((m, attrs, bufs, params))
+
+    @staticmethod
+    def _buffer_changed(t, ver, values) -> bool:
+        if values is None:  # (not a tensor)
+            return False
+        if ver is not None:
+            return _version_of(t) != ver
+        return not _same_values(t, values)
 
     def changed(self) -> bool:
         for m, attrs, bufs, params in self.mods:
@@ -264,11 +285,11 @@ class _StateSnapshot:
                 return True
             if m._buffers.keys() != bufs.keys() or m._parameters.keys() != params.keys():
                 return True
-            for k, (t, ver, _) in bufs.items():
-                if m._buffers[k] is not t or (ver is not None and t._version != ver):
+            for k, (t, ver, values) in bufs.items():
+                if m._buffers[k] is not t or self._buffer_changed(t, ver, values):
                     return True
             for k, (p, ver) in params.items():
-                if m._parameters[k] is not p or (ver is not None and p._version != ver):
+                if m._parameters[k] is not p or (ver is not None and _version_of(p) != ver):
                     return True
         return False
 
@@ -280,8 +301,9 @@ class _StateSnapshot:
             for k in [k for k in m._buffers if k not in bufs]:
                 del m._buffers[k]
             for k, (t, ver, values) in bufs.items():
-                if ver is not None and t._version != ver:
-                    with torch.no_grad():
+                if self._buffer_changed(t, ver, values):
+                    # (an inference tensor is written only inside inference mode)
+                    with torch.no_grad(), (torch.inference_mode() if t.is_inference() else contextlib.nullcontext()):
                         t.copy_(values)
                 m._buffers[k] = t
             for k, (p, _) in params.items():
@@ -317,8 +339,11 @@ class _Watch:
         self.ok = True
 
     def hooks(self, linears):
+        # An inference tensor (calibration data made under torch.inference_mode, or a call made
+        # inside it) has no version: an in-place change to a block's input or output could not be
+        # seen, so such a container is no verified chain (whole forwards calibrate it).
         def versions(args, kwargs):
-            return [(t, t._version) for v in (args, tuple(kwargs.values())) for t in _tensors(v)]
+            return [(t, _version_of(t)) for v in (args, tuple(kwargs.values())) for t in _tensors(v)]
 
         handles = []
         for i, b in enumerate(self.blocks):
@@ -329,8 +354,11 @@ class _Watch:
                     self.ok = False  # a block called inside another
                 self.active = i
                 slot = _hidden_of(args, kwargs)
-                hv = _get_hidden(slot, args, kwargs)._version if slot is not None else None
-                self.calls.append([i, args, kwargs, versions(args, kwargs), None, hv, None])
+                hv = _version_of(_get_hidden(slot, args, kwargs)) if slot is not None else None
+                inputs = versions(args, kwargs)
+                if (slot is not None and hv is None) or any(v is None for _, v in inputs):
+                    self.ok = False  # an inference tensor: not verifiable
+                self.calls.append([i, args, kwargs, inputs, None, hv, None])
 
             def post(mod, args, kwargs, out):
                 if not self.ok:
@@ -339,8 +367,10 @@ class _Watch:
                 call = self.calls[-1]
                 call[4] = out
                 h = _block_output(out)
-                call[6] = h._version if h is not None else None
-                if any(t._version != v for t, v in call[3]):
+                call[6] = _version_of(h) if h is not None else None
+                if h is not None and call[6] is None:
+                    self.ok = False  # an inference tensor: not verifiable
+                if any(_version_of(t) != v for t, v in call[3]):
                     self.ok = False  # changed an input in place: cached inputs could not be reused
             handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(b.register_forward_hook(post, with_kwargs=True))
@@ -758,7 +788,8 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
         raise ValueError("method='awq' is implemented for bits=4 only (int8 per channel rarely needs it)")
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
-    if not (isinstance(percdamp, (int, float)) and math.isfinite(percdamp) and percdamp > 0):
+    if (isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not math.isfinite(percdamp)
+            or percdamp <= 0):
         raise ValueError(f"argument 'percdamp' must be a finite number > 0 (a fraction of the Hessian's mean "
                          f"diagonal, e.g. 0.01), got {percdamp!r}")
     for arg, value in (("blocksize", blocksize), ("awq_grid", awq_grid), ("awq_max_rows", awq_max_rows)):
@@ -1006,10 +1037,13 @@ def _linear_of(w: torch.Tensor, b: Optional[torch.Tensor], old: nn.Module, requi
 def _replace_layers(model: nn.Module, excluded, pick, make, swapped: Optional[List] = None) -> nn.Module:
     """Puts make(name, m) in place of each module m with pick(m) not in `excluded`, under every
     name it is registered as (one replacement per module), recording each swap in `swapped` (to
-    undo them). Returns the model (the replacement where the model itself is picked)."""
+    undo them). Returns the model (the replacement where the model itself is picked). A module
+    registered under several names is excluded by any of them (and kept under all)."""
+    modules = list(model.named_modules(remove_duplicate=False))
+    named_out = {id(m) for n, m in modules if n in excluded}
     new: Dict[int, nn.Module] = {}
-    for name, m in list(model.named_modules(remove_duplicate=False)):
-        if name in excluded or not pick(m):
+    for name, m in modules:
+        if id(m) in named_out or not pick(m):
             continue
         if id(m) not in new:
             new[id(m)] = make(name, m)
@@ -1121,7 +1155,8 @@ def _run_gptq(model, batches, linears, order, calls, results, stand_ins, bits, g
             if n_dead:
                 dead[name] = (n_dead, lin.in_features)
         if acc.rows == 0:
-            warnings.warn(f"GPTQ: {what} {_not_seen(acc.calls)}; rounded to nearest", RuntimeWarning)
+            warnings.warn(f"GPTQ: {what} {_not_seen(acc.calls)}; rounded to nearest", RuntimeWarning,
+                          stacklevel=user_stacklevel())
             q, s, z = _rtn(W, bits, group_size, symmetric)
         elif bits == 8:
             q, s, z = _gptq_int8(W, acc, percdamp, blocksize, act_order, what)
@@ -1166,7 +1201,8 @@ def _warn_dead_inputs(method: str, dead: Dict[str, Tuple[int, int]], what: str) 
 
 def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     """GPTQ's column loop on the int8 grid of DynamicLinear (symmetric, per output channel, scales
-    from the original weight); act_order is not implemented here (quantize_weight_only refuses it)."""
+    from the original weight); act_order is not implemented here (quantize_weight_only refuses it).
+    Fewer calibration rows than K warn as gptq_quantize's."""
     N, K = W.shape
     Wd = W.to(torch.float64, copy=True)
     Wd.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # (NaN / inf weights as 0, as gptq_quantize takes them)
@@ -1175,6 +1211,7 @@ def _gptq_int8(W, acc, percdamp, blocksize, act_order, name):
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     Wd[:, dead] = 0
+    _gptq._warn_few_rows(H, acc.rows, percdamp, name)
     U, _ = _gptq._inverse_cholesky(H, percdamp, name)
     s = s8.double().reshape(-1)
     Q = torch.empty(N, K, dtype=torch.int8, device=W.device)
@@ -1297,7 +1334,7 @@ def _run_awq(model, batches, linears, order, calls, results, stand_ins, group_si
         what = ", ".join(_shown(members))
         if not sample.seen:
             warnings.warn(f"AWQ: {what} {_not_seen(sample.calls, len(members) > 1)}; rounded to nearest",
-                          RuntimeWarning)
+                          RuntimeWarning, stacklevel=user_stacklevel())
             nearest(members)
             continue
         if not sample.finite:

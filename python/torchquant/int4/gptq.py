@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._stack import user_stacklevel
 from .format import QMAX, check_symmetric, choose_group_qparams, num_groups
 
 __all__ = ["HessianAccumulator", "gptq_quantize", "gptq_reference"]
@@ -39,6 +40,27 @@ class HessianAccumulator:
         self.H.mul_(self.rows / total)
         self.H.addmm_(x.t(), x, alpha=2.0 / total)
         self.rows = total
+
+
+def _warn_few_rows(H: torch.Tensor, rows: int, percdamp: float, name: str) -> None:
+    """Warns when H [K, K] was built from fewer calibration rows than K (a rank-deficient
+    Hessian), with the condition number of its dampened form."""
+    K = H.shape[0]
+    if rows >= K:
+        return
+    # H has rank <= rows < K: its smallest eigenvalue is 0, so the dampened one's condition
+    # number is (lambda_max + d) / d, lambda_max from a few power iterations (matrix-vector
+    # products, where torch.linalg.cond's SVD cost more than the whole GPTQ solve).
+    d = percdamp * float(torch.diag(H).mean())
+    v = torch.full((K,), K ** -0.5, dtype=H.dtype, device=H.device)
+    for _ in range(30):
+        v = H @ v
+        v = v / v.norm().clamp_min(1e-300)
+    lam = float(v @ (H @ v))
+    cond = (lam + d) / d if d > 0 else float("inf")
+    warnings.warn(f"GPTQ: {name} saw {rows} calibration rows for K = {K} inputs: its Hessian has rank "
+                  f"<= {rows} and condition number about {cond:.3g} after dampening {percdamp:g}; pass more "
+                  "calibration data", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> Tuple[torch.Tensor, float]:
@@ -70,7 +92,7 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> Tuple[torc
                 if attempt:
                     warnings.warn(f"GPTQ: the Hessian of {name} is not positive definite with dampening "
                                   f"{percdamp:g} * mean(diag); used {damp / mean_diag:.3g} * mean(diag)",
-                                  RuntimeWarning, stacklevel=3)
+                                  RuntimeWarning, stacklevel=user_stacklevel())
                 return U, damp
             del U
         else:
@@ -105,20 +127,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    if rows is not None and rows < K:
-        # H has rank <= rows < K: its smallest eigenvalue is 0, so the dampened one's condition
-        # number is (lambda_max + d) / d, lambda_max from a few power iterations (matrix-vector
-        # products, where torch.linalg.cond's SVD cost more than the whole GPTQ solve).
-        d = percdamp * float(torch.diag(H).mean())
-        v = torch.full((K,), K ** -0.5, dtype=H.dtype, device=H.device)
-        for _ in range(30):
-            v = H @ v
-            v = v / v.norm().clamp_min(1e-300)
-        lam = float(v @ (H @ v))
-        cond = (lam + d) / d if d > 0 else float("inf")
-        warnings.warn(f"GPTQ: {name} saw {rows} calibration rows for K = {K} inputs: its Hessian has rank "
-                      f"<= {rows} and condition number about {cond:.3g} after dampening {percdamp:g}; pass more "
-                      "calibration data", RuntimeWarning, stacklevel=2)
+    if rows is not None:
+        _warn_few_rows(H, rows, percdamp, name)
     G = num_groups(K, group_size)
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
