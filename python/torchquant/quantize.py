@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 from .calibrate import _model_device as _device_of
@@ -273,16 +274,20 @@ def _ao_fused_as_ours() -> dict:
 _AO_FUSED_AS_OURS = _ao_fused_as_ours()
 
 
-def _as_plain_convs(model: nn.Module) -> None:
+def _as_plain_convs(model: nn.Module, keep=()) -> None:
     """Gives each convolution subclass that computes as its torch.nn base (_plain_conv_base) the
     base's class, so that fusion, prepare and convert match it (on the model they work on); and
     each fused module of torch.ao's (torchvision's fuse_model() makes them) torchquant's class:
     its forward leaves out the observer prepare adds as a child (nn.Sequential's ran it twice),
-    and prepare_qat maps it (torch.ao's LinearReLU stayed a Sequential observed before its ReLU)."""
+    and prepare_qat maps it (torch.ao's LinearReLU stayed a Sequential observed before its ReLU).
+    The classes in ``keep`` (prepare's custom modules) stay as they are."""
     for m in model.modules():
         base = _plain_conv_base(type(m)) or _AO_FUSED_AS_OURS.get(type(m))
-        if base is not None:
+        if base is not None and type(m) not in keep:
             m.__class__ = base
+
+
+_BAKED_TYPES = (nn.Linear, nn.RNNBase, nn.RNNCellBase, nn.Embedding, nn.EmbeddingBag) + tuple(_CONV_BASES)
 
 
 def _bake_reparametrizations(model: nn.Module, where: str, select=lambda m: getattr(m, "qconfig", None) is not None) -> None:
@@ -295,10 +300,9 @@ def _bake_reparametrizations(model: nn.Module, where: str, select=lambda m: geta
     plain weight: a warning names the layers."""
     from torch.nn.utils import parametrize
 
-    types = (nn.Linear, nn.RNNBase, nn.RNNCellBase, nn.Embedding, nn.EmbeddingBag) + tuple(_CONV_BASES)
     baked = []
     for name, m in model.named_modules():
-        if not isinstance(m, types) or not select(m):
+        if not isinstance(m, _BAKED_TYPES) or not select(m):
             continue
         if parametrize.is_parametrized(m):
             # The class torch made for this module's parametrizations is shared with the model
@@ -396,6 +400,25 @@ def _check_args(fn: str, model, arg: str = "model", mapping=None, qconfig_dict=N
     for name, value in (("mapping", mapping), ("qconfig_dict", qconfig_dict)):
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"{fn}: argument '{name}' must be a dict or None, got {type(value).__name__}")
+    _check_class_mapping(fn, "mapping", mapping, "from_float")
+
+
+def _check_class_mapping(fn: str, arg: str, mapping, method: str) -> None:
+    """Each value of a {module class: class} mapping has the classmethod that builds the new
+    module (``from_float``, or ``from_observed`` for custom modules); None maps to nothing. A
+    float class or a name given by mistake failed at the swap with a bare AttributeError."""
+    if mapping is None:
+        return
+    if not isinstance(mapping, dict):
+        raise TypeError(f"{fn}: argument '{arg}' must be a dict or None, got {type(mapping).__name__}")
+    for key, value in mapping.items():
+        if value is not None and not callable(getattr(value, method, None)):
+            what = getattr(key, "__name__", repr(key))
+            if method == "__call__":
+                raise TypeError(f"{fn}: argument '{arg}' maps {what} to {value!r}, which is not callable: give a "
+                                "fuser method, fuser_method(is_qat, *modules) -> fused module")
+            raise TypeError(f"{fn}: argument '{arg}' maps {what} to {value!r}, which has no {method}() classmethod: "
+                            f"give the class to swap {what} for (such as torchquant.nn.quantized.Linear for nn.Linear)")
 
 
 def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None,
@@ -405,8 +428,15 @@ def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None,
     parent's. (``prepare_custom_config_dict``: torch.ao's, accepted and not used.)"""
     _check_args("propagate_qconfig_", module, "module", qconfig_dict=qconfig_dict)
     _warn_unused("propagate_qconfig_", prepare_custom_config_dict=prepare_custom_config_dict)
+    for mod, qc in _propagated_qconfigs(module, qconfig_dict):
+        mod.qconfig = qc
+
+
+def _propagated_qconfigs(module: nn.Module, qconfig_dict: Optional[dict] = None) -> list:
+    """[(submodule, the qconfig propagate_qconfig_ gives it)], each qconfig checked, the model
+    not changed: a refused qconfig leaves no module with a qconfig it did not have."""
     qconfig_dict = qconfig_dict or {}
-    checked = set()
+    checked, out = set(), []
 
     def visit(mod, parent_qconfig, prefix):
         # (a parametrized layer's class is one torch made for it: its type is the one before)
@@ -416,12 +446,31 @@ def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict] = None,
         if id(qc) not in checked:
             _check_qconfig(qc, prefix)
             checked.add(id(qc))
-        mod.qconfig = qc
+        out.append((mod, qc))
         for name, child in mod.named_children():
             if not _is_observer(child):
                 visit(child, qc, f"{prefix}.{name}" if prefix else name)
 
     visit(module, None, "")
+    return out
+
+
+_NO_QCONFIG = object()
+
+
+def _classes_and_qconfigs(model: nn.Module) -> list:
+    """Each module's class and own ``qconfig``: what the flows change before their checks, put back
+    by :func:`_restore` when a check refuses the model (``inplace=True``)."""
+    return [(m, m.__class__, m.__dict__.get("qconfig", _NO_QCONFIG)) for m in model.modules()]
+
+
+def _restore(saved: Optional[list]) -> None:
+    for m, cls, qc in saved or ():
+        m.__class__ = cls
+        if qc is _NO_QCONFIG:
+            m.__dict__.pop("qconfig", None)
+        else:
+            m.__dict__["qconfig"] = qc
 
 
 def _foreign_convert_error(module) -> TypeError:
@@ -447,14 +496,16 @@ def _observer_hook(module, inputs, output):
     return obs(output)
 
 
-def _input_range_hook(module, inputs):
+def _input_range_hook(module, inputs, kwargs=None):
     """Records the range of a float input (min and max, on its device, no host sync) of a module
     that becomes an int8 Linear / Conv: where a float function runs between modules, the int8
-    module receives a float tensor and quantizes it with qparams from this range."""
+    module receives a float tensor and quantizes it with qparams from this range. Registered
+    with ``with_kwargs=True``: the input may come as torch.nn's keyword ``input=``. (torch.ao's
+    swap_module registers it again without kwargs: ``kwargs`` is then None.)"""
     if "_tq_input_range" not in module.__dict__:
         # (before its forward: torch.ao's quantized Linear / Conv fails on a float input)
         raise _foreign_convert_error(module)
-    x = inputs[0] if inputs else None
+    x = inputs[0] if inputs else (kwargs or {}).get("input")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         return None
     if x.is_nested:  # (the transformer encoder's fast path) its values, the padding left out
@@ -540,7 +591,7 @@ def _attach_observer(mod: nn.Module, obs: nn.Module, model_dev, hook, prepend: b
     mod.add_module("activation_post_process", obs)
     mod.register_forward_hook(hook, prepend=prepend)
     if input_range:
-        mod.register_forward_pre_hook(_input_range_hook)
+        mod.register_forward_pre_hook(_input_range_hook, with_kwargs=True)
         mod.__dict__["_tq_input_range"] = _empty_input_range(dev or "cpu")
 
 
@@ -580,14 +631,32 @@ def _float_only(mod: nn.Module) -> bool:
     return _batch_stats_bn(mod)
 
 
-def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: Optional[List[str]] = None) -> List[str]:
+def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: Optional[List[str]] = None,
+                   dry: bool = False, custom_roots: Optional[Dict[int, type]] = None) -> List[str]:
     """Adds ``activation_post_process`` and its forward hook to every observed module under a
     qconfig; returns the names of leaf modules under a qconfig that stay float. ``custom``: the
     user's module types named in prepare's ``allow_list`` (:func:`_custom_allowed`), observed as
     modules with an int8 version. ``already`` gets the names of the quantized modules under a
-    qconfig (a model, or part of one, converted before), which get no observer."""
+    qconfig (a model, or part of one, converted before), which get no observer. ``custom_roots``:
+    {id: observed class} of prepare's custom modules (:func:`_swap_float_to_observed`), observed
+    as a whole. ``dry``: every observer is built (and so checked) but none attached, on the model
+    before its re-parametrized weights are baked, read as after."""
     unsupported = []
     model_dev = _model_device(model)
+    custom_roots = custom_roots or {}
+
+    def baked_later(m):  # (dry: a layer _bake_reparametrizations turns into its plain class)
+        return dry and isinstance(m, _BAKED_TYPES) and parametrize.is_parametrized(m)
+
+    def kind(m):
+        return type_before_parametrizations(m) if baked_later(m) else type(m)
+
+    def has_children(m):
+        return not _has_no_children(m) if baked_later(m) else any(True for _ in m.children())
+
+    def attach(*args, **kwargs):
+        if not dry:
+            _attach_observer(*args, **kwargs)
     # torchquant's quantized modules (convert's, quantize_dynamic's, quantize_weight_only's) are
     # int8 already: observed as "no int8 implementation", their observers went to the meta device
     # of their qweight placeholder, and calibration failed on them. Their insides are skipped too.
@@ -605,24 +674,31 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
     # a MultiheadAttention convert swaps as a whole (its out_proj is no Linear of its own)
     inside_fused |= {id(c) for m in model.modules() if type(m) in _STATIC and isinstance(m, nn.MultiheadAttention)
                      and getattr(m, "qconfig", None) is not None for c in m.modules() if c is not m}
+    # prepare's custom modules: observed as a whole, as torch.ao's (their insides are their own)
+    inside_fused |= {id(c) for m in model.modules() if id(m) in custom_roots for c in m.modules() if c is not m}
     for name, mod in model.named_modules():
         qc = getattr(mod, "qconfig", None)
         if qc is None or _is_observer(mod) or id(mod) in inside_fused or id(mod) in inside_quantized:
             continue
-        float_only = _float_only(mod)
-        if float_only and any(True for _ in mod.children()):
+        if id(mod) in custom_roots:
+            if (not issubclass(custom_roots[id(mod)], _ao_no_observer_types())
+                    and not hasattr(mod, "activation_post_process")):
+                attach(mod, _activation_observer(qc, name, mod), model_dev, _fallback_observer_hook)
             continue
-        if type(mod) is nn.Hardsigmoid and mod.training and not hasattr(mod, "activation_post_process"):
+        float_only = _float_only(mod)
+        if float_only and has_children(mod):
+            continue
+        if kind(mod) is nn.Hardsigmoid and mod.training and not hasattr(mod, "activation_post_process"):
             # QAT (torch.ao's rule, a module in training mode): it trains on the fixed output
             # qparams (scale 1/256) its int8 version computes with.
-            _attach_observer(mod, default_fixed_qparams_range_0to1_fake_quant(), model_dev, _observer_hook)
+            attach(mod, default_fixed_qparams_range_0to1_fake_quant(), model_dev, _observer_hook)
             continue
-        if type(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
+        if kind(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
             # Before the user's forward hooks (torch.ao's order): the int8 module computes its
             # own output, and the hooks, carried over by convert, run on that.
-            target = _STATIC.get(type(mod))
-            _attach_observer(mod, _activation_observer(qc, name, mod), model_dev, _observer_hook,
-                             input_range=isinstance(target, type) and issubclass(target, nnq._Int8WeightModule))
+            target = _STATIC.get(kind(mod))
+            attach(mod, _activation_observer(qc, name, mod), model_dev, _observer_hook,
+                   input_range=isinstance(target, type) and issubclass(target, nnq._Int8WeightModule))
         elif isinstance(mod, _FLOAT_FUNCTIONALS):
             # Its methods call activation_post_process on their results (torch.ao's rule).
             if isinstance(getattr(mod, "activation_post_process", None), nn.Identity):
@@ -630,7 +706,8 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
                 dev = _device_of(mod) or model_dev
                 if dev is not None:
                     obs.to(dev)
-                mod.activation_post_process = obs
+                if not dry:
+                    mod.activation_post_process = obs
         elif (type_before_parametrizations(mod) in custom and not float_only and _has_no_children(mod)
               and not hasattr(mod, "activation_post_process")):
             # torch.ao's way to add a module type: allow_list at prepare, a mapping for it at
@@ -638,10 +715,10 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
             # float-input qparams. Observed before the user's hooks, as the types above; with the
             # fallback hook (its forward may return anything but a float tensor), which also
             # requantizes its output if convert's mapping leaves it float.
-            _attach_observer(mod, _activation_observer(qc, name, mod), model_dev, _fallback_observer_hook,
-                             input_range=isinstance(mod, (nn.Linear,) + _CONV_BASES))
-        elif ((float_only or (not any(True for _ in mod.children()) and not isinstance(mod, _PASSTHROUGH)
-                              and type(mod) not in _OBSERVED))
+            attach(mod, _activation_observer(qc, name, mod), model_dev, _fallback_observer_hook,
+                   input_range=isinstance(mod, (nn.Linear,) + _CONV_BASES))
+        elif ((float_only or (not has_children(mod) and not isinstance(mod, _PASSTHROUGH)
+                              and kind(mod) not in _OBSERVED))
               and mod is not model and not hasattr(mod, "activation_post_process")):
             unsupported.append(f"{name} ({type(mod).__name__}"
                                + (": track_running_stats=False, it normalizes with batch statistics)" if float_only
@@ -652,8 +729,70 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
             # leaves it): that one records no range, and its output stays float.
             obs = _activation_observer(qc, name, mod, refuse_dynamic=False)
             if obs is not None:
-                _attach_observer(mod, obs, model_dev, _fallback_observer_hook, prepend=False)
+                attach(mod, obs, model_dev, _fallback_observer_hook, prepend=False)
     return unsupported
+
+
+@functools.lru_cache(maxsize=None)
+def _ao_no_observer_types() -> tuple:
+    """torch.ao's custom modules that observe themselves (its quantizable LSTM and
+    MultiheadAttention): as torch.ao's prepare, no output observer for them."""
+    try:
+        from torch.ao.quantization.quantization_mappings import no_observer_set as _ao_no_observer_set
+    except ImportError:  # pragma: no cover
+        return ()
+    return tuple(_ao_no_observer_set())
+
+
+def _swap_float_to_observed(model: nn.Module, mapping: Dict[type, type], dry: bool = False) -> Dict[int, type]:
+    """prepare's custom modules (torch.ao's ``prepare_custom_config_dict`` entry
+    ``"float_to_observed_custom_module_class"``): each module under a qconfig whose class is
+    mapped becomes ``observed_class.from_float(module)`` (given the module's qconfig if it has
+    none), keeping the user's hooks; prepare then observes its output. Returns {id: observed
+    class} of the new modules (``dry``: of the modules it would replace; the model not changed)."""
+    roots: Dict[int, type] = {}
+    memo: Dict[int, nn.Module] = {}
+
+    def visit(parent):
+        for name, child in list(parent._modules.items()):
+            if child is None or _is_observer(child):
+                continue
+            cls = mapping.get(type_before_parametrizations(child))
+            if cls is None or getattr(child, "qconfig", None) is None:
+                visit(child)
+                continue
+            if not dry:
+                if id(child) not in memo:
+                    new = cls.from_float(child)
+                    if not hasattr(new, "qconfig"):
+                        new.qconfig = child.qconfig
+                    _copy_hooks(child, new)
+                    memo[id(child)] = new
+                child = parent._modules[name] = memo[id(child)]
+            roots[id(child)] = cls
+
+    if mapping:
+        visit(model)
+    return roots
+
+
+def _custom_config(fn: str, arg: str, config, key: str, method: str) -> Dict[type, type]:
+    """The {class: class} mapping under ``key`` in torch.ao's custom config dict ``config``,
+    checked (each class has ``method``); its other entries (FX graph mode's) are named in a
+    warning as not used."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise TypeError(f"{fn}: argument '{arg}' must be a dict or None, got {type(config).__name__}")
+    mapping = config.get(key) or {}
+    _check_class_mapping(fn, f"{arg}[{key!r}]", mapping, method)
+    others = sorted(repr(k) for k, v in config.items() if k != key and v is not None
+                    and not (hasattr(v, "__len__") and len(v) == 0))
+    if others:
+        warnings.warn(f"{fn}: argument(s) '{arg}' are accepted for torch.ao compatibility, and only its entry {key!r} "
+                      f"is used by torchquant: its entries {', '.join(others)} are not", UserWarning,
+                      stacklevel=user_stacklevel())
+    return mapping
 
 
 def _activation_observer(qc, name: str, mod: nn.Module, refuse_dynamic: bool = True):
@@ -762,25 +901,41 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     convert): its types of the user's own are observed as such modules too; torchquant's own
     types are observed whether listed or not (a warning names those it leaves out). Modules
     quantized already (by convert, quantize_dynamic or quantize_weight_only) get no observer, with
-    a warning naming them. Returns the prepared model (a copy unless ``inplace``).
+    a warning naming them. ``prepare_custom_config_dict["float_to_observed_custom_module_class"]``
+    swaps custom modules as torch.ao's (:func:`_swap_float_to_observed`). Every qconfig is checked
+    before the model changes: a model refused with ``inplace=True`` is left as it was. Returns the
+    prepared model (a copy unless ``inplace``).
     """
     _check_args("prepare", model)
-    _warn_unused("prepare", observer_non_leaf_module_list=observer_non_leaf_module_list,
-                 prepare_custom_config_dict=prepare_custom_config_dict)
+    float_to_observed = _custom_config("prepare", "prepare_custom_config_dict", prepare_custom_config_dict,
+                                       "float_to_observed_custom_module_class", "from_float")
+    _warn_unused("prepare", observer_non_leaf_module_list=observer_non_leaf_module_list)
+    allow_list = _check_allow_list(allow_list)
     custom = _custom_allowed(allow_list)
     if not inplace:
         model = _deepcopy(model)
-    _as_plain_convs(model)
-    propagate_qconfig_(model)
+    # Every check on the propagated qconfigs (float16, per-channel or dynamic activations, the
+    # observers they build) comes before the model changes: a refused model given with
+    # inplace=True is left as it was (its classes and qconfigs put back; nothing baked).
+    saved = _classes_and_qconfigs(model) if inplace else None
+    try:
+        _as_plain_convs(model, keep=float_to_observed)
+        propagate_qconfig_(model)
+        _refuse_float_qconfigs(model, "prepare")
+        roots = _swap_float_to_observed(model, float_to_observed, dry=True)
+        _add_observers(model, custom, dry=True, custom_roots=roots)
+    except Exception:
+        _restore(saved)
+        raise
     _bake_reparametrizations(model, "prepare")
-    _refuse_float_qconfigs(model, "prepare")
     if not _has_any_qconfig(model):
         warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
                       "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=user_stacklevel())
         return model
     _keep_tables_float(model)
+    observed = _swap_float_to_observed(model, float_to_observed)
     already: List[str] = []
-    unsupported = _add_observers(model, custom, already)
+    unsupported = _add_observers(model, custom, already, custom_roots=observed)
     if already:
         warnings.warn("prepare: these modules are already quantized (by convert, quantize_dynamic or "
                       "quantize_weight_only) and get no observer: " + ", ".join(already[:10])
@@ -807,12 +962,28 @@ def _ao_propagation_list() -> Set[type]:
     return {_AO_FUSED_AS_OURS.get(t, t) for t in _ao_list()}
 
 
+def _check_allow_list(allow_list) -> Optional[list]:
+    """prepare's ``allow_list`` as a list of module classes (None: no list); a TypeError naming it
+    for anything else (a single class failed with "'type' object is not iterable")."""
+    if allow_list is None:
+        return None
+    if isinstance(allow_list, (str, type, nn.Module)) or not isinstance(allow_list, Iterable):
+        raise TypeError(f"prepare: argument 'allow_list' must be a set (or list) of module classes or None, got "
+                        f"{allow_list!r}; e.g. {{nn.Linear}}")
+    allow_list = list(allow_list)
+    wrong = [t for t in allow_list if not isinstance(t, type)]
+    if wrong:
+        raise TypeError(f"prepare: argument 'allow_list' must hold module classes, got {wrong[0]!r} "
+                        f"({type(wrong[0]).__name__})")
+    return allow_list
+
+
 def _custom_allowed(allow_list) -> frozenset:
     """The types of prepare's ``allow_list`` that neither torchquant nor torch.ao knows (the
     user's own, for which convert gets a mapping): prepare observes them as modules with an int8
     version. The types torchquant knows keep their own handling (an LSTM under a static qconfig
     stays float; a Dropout needs no observer), whether listed or not."""
-    if not allow_list:
+    if allow_list is None:
         return frozenset()
     known = get_default_qconfig_propagation_list() | _ao_propagation_list()
     return frozenset(t for t in allow_list if isinstance(t, type) and issubclass(t, nn.Module)
@@ -826,8 +997,8 @@ def _left_out_of_allow_list(model: nn.Module, allow_list) -> List[str]:
     although torch.ao's default list has them: torch.ao's prepare observes only the listed types
     (and its convert then leaves the others float, or fails on its QuantStub), torchquant's its
     own whether listed or not. A type counts as listed when a listed type has the same int8
-    version (torch.ao's QuantStub for torchquant's)."""
-    if not allow_list:
+    version (torch.ao's QuantStub for torchquant's). An empty list leaves out every type."""
+    if allow_list is None:
         return []
     listed = {_AO_FUSED_AS_OURS.get(t, t) for t in allow_list}
     listed_targets = {_STATIC.get(t) for t in listed} - {None}
@@ -867,7 +1038,7 @@ def _keep_tables_float(model: nn.Module) -> None:
 
 
 def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qconfig: bool = True,
-          memo: Optional[Dict[int, nn.Module]] = None) -> None:
+          memo: Optional[Dict[int, nn.Module]] = None, custom: Optional[Dict[type, type]] = None) -> None:
     # Children are walked through _modules, not named_children(), which lists a module held
     # under two names once: the second name would keep the float module. `memo` maps each float
     # module to its replacement, so a module shared by several names or parents stays one
@@ -881,13 +1052,16 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
             setattr(model, name, memo[id(child)])
             continue
         target = mapping.get(type(child))
-        if target is not None and _float_only(child):
+        observed = custom is not None and type_before_parametrizations(child) in custom
+        if observed:  # convert's custom modules: swapped as a whole by from_observed, as torch.ao's
+            target = custom[type_before_parametrizations(child)]
+        elif target is not None and _float_only(child):
             target = None  # stays float (prepare said so); its children are left as they are
             memo[id(child)] = child
             continue
         if target is not None and (getattr(child, "qconfig", None) is not None or not require_qconfig):
             try:
-                new = _from_float(target, child, full)
+                new = compact_modules(target.from_observed(child)) if observed else _from_float(target, child, full)
             except Exception as e:  # (torch.ao's classes and observers raise bare Exceptions, AssertionErrors, ...)
                 if _names_the_module(e):
                     raise
@@ -903,7 +1077,7 @@ def _swap(model: nn.Module, mapping: Dict[type, type], prefix: str, require_qcon
             setattr(model, name, new)
         else:
             memo[id(child)] = child
-            _swap(child, mapping, full, require_qconfig, memo)
+            _swap(child, mapping, full, require_qconfig, memo, custom)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # (torchquant/, its subpackages under it)
@@ -985,11 +1159,30 @@ def _float_fallback_hook(module, args, kwargs):
     # once per module, kept on the module (a global set of ids kept growing, and a dead module's
     # reused id silenced another model's warning)
     _warn_once_on(module, "float fallback", lambda: _float_fallback_message(module), 1)
-    # Dequantized to the module's own float dtype (float32 unless the model is float16 / bfloat16 /
-    # float64).
+    return _dequantized_inputs(module, args, kwargs)
+
+
+def _dequantized_inputs(module, args, kwargs):
+    """(args, kwargs) with every QTensor dequantized to the module's own float dtype (float32
+    unless the model is float16 / bfloat16 / float64)."""
     dtype = _float_dtype_of(module)
     unwrap = lambda v: (v.dequantize() if dtype is None else v.dequantize().to(dtype)) if isinstance(v, QTensor) else v  # noqa: E731,E501
     return tuple(unwrap(a) for a in args), {k: unwrap(v) for k, v in kwargs.items()}
+
+
+# Float modules whose forward makes tensors of its input's dtype (torch's recurrent layers build
+# their initial hidden state with dtype=input.dtype): a QTensor's quint8 there fails inside torch.
+_DTYPE_FROM_INPUT = (nn.RNNBase, nn.RNNCellBase)
+
+
+def _float_module_input_hook(module, args, kwargs):
+    """The pre-hook of a float module of _DTYPE_FROM_INPUT with qconfig None: its QTensor inputs
+    are dequantized, as a float module's are where it computes with torch functions."""
+    if not any(isinstance(a, QTensor) for a in list(args) + list(kwargs.values())):
+        return None
+    _warn_once_on(module, "float module input", lambda: f"{module._get_name()} has qconfig None and runs in float: "
+                  "its QTensor input is dequantized", 1)
+    return _dequantized_inputs(module, args, kwargs)
 
 
 def _float_fallback_output_hook(module, args, output):
@@ -1025,16 +1218,18 @@ _FLOAT_BLOCKS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Transform
                  nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
 
 
-def _clean(model: nn.Module, remove_qconfig: bool = True) -> None:
+def _clean(model: nn.Module, remove_qconfig: bool = True, custom: tuple = ()) -> None:
     """Removes observers, their hooks and (``remove_qconfig``) qconfigs left on modules that were
     not swapped; float leaf modules under a qconfig get a hook that dequantizes QTensor inputs
-    (with a warning)."""
+    (with a warning), except in the quantized custom modules of the classes in ``custom``."""
     observers = _ao_observer_hooks()
+    own = {id(c) for m in model.modules() if isinstance(m, custom) for c in m.modules()}
     for mod in list(model.modules()):
         out_quant = None
         for k, hook in list(mod._forward_pre_hooks.items()):
             if hook is _input_range_hook:
                 del mod._forward_pre_hooks[k]
+                mod._forward_pre_hooks_with_kwargs.pop(k, None)
         mod.__dict__.pop("_tq_input_range", None)
         if hasattr(mod, "activation_post_process") and not isinstance(mod, (nnq.Linear, nnq.Quantize)):
             for k, hook in list(mod._forward_pre_hooks.items()):
@@ -1050,13 +1245,20 @@ def _clean(model: nn.Module, remove_qconfig: bool = True) -> None:
                 mod.activation_post_process = nn.Identity()
             else:
                 del mod.activation_post_process
-        if getattr(mod, "qconfig", None) is not None and (isinstance(mod, _FLOAT_BLOCKS) or (
+        if id(mod) in own:
+            pass
+        elif getattr(mod, "qconfig", None) is not None and (isinstance(mod, _FLOAT_BLOCKS) or (
                 not any(True for _ in mod.children()) and not type(mod).__module__.startswith("torchquant.")
                 and not isinstance(mod, _PASSTHROUGH))):
             mod.register_forward_pre_hook(_float_fallback_hook, with_kwargs=True)
             if out_quant is not None:
                 mod.add_module("output_quant", out_quant)
                 mod.register_forward_hook(_float_fallback_output_hook)
+        elif (getattr(mod, "qconfig", None) is None and isinstance(mod, _DTYPE_FROM_INPUT)
+              and not type(mod).__module__.startswith("torchquant.")
+              and _float_module_input_hook not in mod._forward_pre_hooks.values()):
+            # kept float by the user (qconfig None), with a QTensor reaching it from int8 modules
+            mod.register_forward_pre_hook(_float_module_input_hook, with_kwargs=True)
         if remove_qconfig and hasattr(mod, "qconfig"):
             del mod.qconfig
 
@@ -1139,14 +1341,15 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     ``qconfig`` attributes (observers and their hooks go either way, as torch.ao's).
     ``is_reference`` and ``use_precomputed_fake_quant`` (torch.ao's) take only False: torchquant
     has no reference modules, and reads every weight's qparams at convert.
+    ``convert_custom_config_dict["observed_to_quantized_custom_module_class"]`` swaps each observed
+    custom module of a class it maps for that class's ``from_observed(module)``, as torch.ao's.
     """
     _check_args("convert", module, "module", mapping=mapping)
-    _warn_unused("convert", convert_custom_config_dict=convert_custom_config_dict)
+    custom = _custom_config("convert", "convert_custom_config_dict", convert_custom_config_dict,
+                            "observed_to_quantized_custom_module_class", "from_observed")
     for arg, value in (("is_reference", is_reference), ("use_precomputed_fake_quant", use_precomputed_fake_quant)):
         if value is not False:
-            raise NotImplementedError(f"convert: argument '{arg}' takes only False in torchquant, got {value!r} "
-                                      "(torchquant has no reference quantized modules; its int8 modules run the "
-                                      "real kernels, with the weights' qparams read at convert)")
+            raise _only_false("convert", arg, value)
     _refuse_ao_qat_modules(module, mapping)
     _refuse_ao_prepared_stubs(module, mapping)
     if not inplace:
@@ -1163,7 +1366,7 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
     else:
         if root_target is None:
             try:
-                _swap(module, mapping, "", memo=_unrun_modules(module, mapping))
+                _swap(module, mapping, "", memo=_unrun_modules(module, mapping), custom=custom)
             except RuntimeError as e:
                 if "observed no finite data" not in str(e) or _any_observer_ran(module):
                     raise
@@ -1190,8 +1393,14 @@ def convert(module: nn.Module, mapping: Optional[Dict[type, type]] = None, inpla
                       stacklevel=user_stacklevel())
     if mapping is _STATIC:  # the default mapping (a user's mapping may map ReLU elsewhere)
         _fold_relus(module)
-    _clean(module, remove_qconfig)
+    _clean(module, remove_qconfig, tuple(c for c in custom.values() if isinstance(c, type)))
     return module
+
+
+def _only_false(fn: str, arg: str, value) -> NotImplementedError:
+    return NotImplementedError(f"{fn}: argument '{arg}' takes only False in torchquant, got {value!r} "
+                               "(torchquant has no reference quantized modules; its int8 modules run the "
+                               "real kernels, with the weights' qparams read at convert)")
 
 
 # No observer saw data: torch.ao's recipe for reloading a quantized model (prepare + convert
@@ -1318,6 +1527,7 @@ def add_quant_dequant(module: nn.Module) -> nn.Module:
     >>> torchquant.propagate_qconfig_(model)
     >>> model = torchquant.add_quant_dequant(model)
     """
+    _check_args("add_quant_dequant", module, "module")
     if _has_no_children(module) and getattr(module, "qconfig", None):
         return QuantWrapper(module)
     for name, child in list(module.named_children()):
@@ -1353,7 +1563,17 @@ def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_m
     new module keeps ``mod``'s forward pre-hooks and forward hooks, except the observer's.
 
     >>> qlinear = swap_module(prepared.fc1, get_default_static_quant_module_mappings(), {})
+
+    ``use_precomputed_fake_quant=True`` is passed on to a class of the user's whose ``from_float``
+    takes it; for torchquant's classes (which read every weight's qparams at swap time) and any
+    other it is a NotImplementedError, as in ``convert``.
     """
+    _check_args("swap_module", mod, "mod")
+    if mapping is None or not isinstance(mapping, dict):
+        raise TypeError(f"swap_module: argument 'mapping' must be a dict of module classes to their quantized "
+                        f"classes, got {mapping!r}; e.g. torchquant.get_default_static_quant_module_mappings()")
+    _check_class_mapping("swap_module", "mapping", mapping, "from_float")
+    _check_class_mapping("swap_module", "custom_module_class_mapping", custom_module_class_mapping, "from_observed")
     if getattr(mod, "qconfig", None) is None:
         return mod
     custom = custom_module_class_mapping or {}
@@ -1367,7 +1587,10 @@ def swap_module(mod: nn.Module, mapping: Dict[type, type], custom_module_class_m
         new = custom[type(mod)].from_observed(mod)
     else:
         target = mapping[type(mod)]
-        if "use_precomputed_fake_quant" in inspect.signature(target.from_float).parameters:
+        takes = "use_precomputed_fake_quant" in inspect.signature(target.from_float).parameters
+        if use_precomputed_fake_quant is not False and (not takes or target.__module__.startswith("torchquant.")):
+            raise _only_false("swap_module", "use_precomputed_fake_quant", use_precomputed_fake_quant)
+        if takes:
             new = target.from_float(mod, use_precomputed_fake_quant=use_precomputed_fake_quant)
         else:
             new = target.from_float(mod)
@@ -1589,12 +1812,17 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                          ".to('meta').to_empty(device=...) and load_state_dict")
     if not inplace:
         model = _deepcopy(model)
+    saved = _classes_and_qconfigs(model) if inplace else None
+    try:  # (checked before the model changes: a refused one given with inplace=True is left as it was)
+        propagate_qconfig_(model, qconfig_spec)
+        _refuse_float_qconfigs(model, "quantize_dynamic")
+    except Exception:
+        _restore(saved)
+        raise
     # In eval mode, as torch.ao's: a model built and quantized at once is in training mode, and
     # its dynamic LSTM / GRU then dropped out between layers on every call.
     model.eval()
-    propagate_qconfig_(model, qconfig_spec)
     _bake_reparametrizations(model, "quantize_dynamic")
-    _refuse_float_qconfigs(model, "quantize_dynamic")
     _keep_mha_out_proj_float(model, _DYNAMIC if mapping is None else mapping)
     if nn.Linear in qconfig_spec:  # on the float model: the int8 weights are no parameters after the swap
         warn_fused_experts(model, "quantize_dynamic")
@@ -1762,17 +1990,26 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
     BatchNorm1d], for Conv1d/2d/3d [Conv, ReLU], [Conv, BatchNorm] and [Conv, BatchNorm,
     ReLU] (the ReLU may be a ReLU6), [BatchNorm2d/3d, ReLU], and [ConvTranspose1d/2d/3d,
     BatchNorm]; BatchNorm is folded into the weight and bias (torch's fuse_conv_bn_eval), which
-    needs the modules in eval mode.
+    needs the modules in eval mode. As torch.ao's: ``fuser_func(modules, is_qat,
+    additional_fuser_method_mapping)`` replaces the built-in fusion when given (it returns the
+    group's new modules, one per name), and ``fuse_custom_config_dict["additional_fuser_method_mapping"]``
+    (``{(Linear, BatchNorm1d): fuser_method(is_qat, linear, bn)}``) adds patterns.
 
     >>> model = torchquant.fuse_modules(model, [["fc1", "relu1"], ["fc2", "relu2"]])
     """
-    _warn_unused("fuse_modules", fuser_func=fuser_func, fuse_custom_config_dict=fuse_custom_config_dict)
-    return _fuse(model, modules_to_fuse, inplace, is_qat=False)
+    return _fuse(model, modules_to_fuse, inplace, False, fuser_func, fuse_custom_config_dict)
 
 
-def _fuse(model, modules_to_fuse, inplace, is_qat):
+def _fuse(model, modules_to_fuse, inplace, is_qat, fuser_func=None, fuse_custom_config_dict=None):
     fn = "fuse_modules_qat" if is_qat else "fuse_modules"
     _check_args(fn, model)
+    extra = _custom_config(fn, "fuse_custom_config_dict", fuse_custom_config_dict, "additional_fuser_method_mapping",
+                           "__call__")
+    if fuser_func is not None and not callable(fuser_func):
+        raise TypeError(f"{fn}: argument 'fuser_func' must be a function or None, got {fuser_func!r}")
+    if fuser_func is not None and getattr(fuser_func, "__module__", "") + "." + getattr(fuser_func, "__name__", "") \
+            == "torch.ao.quantization.fuse_modules.fuse_known_modules":
+        fuser_func = None  # torch.ao's default: the built-in fusion, which does what it does
     if isinstance(modules_to_fuse, str) or not isinstance(modules_to_fuse, (list, tuple)):
         raise TypeError(f"{fn}: argument 'modules_to_fuse' must be a list of names or a list of lists of names, "
                         f"got {modules_to_fuse!r}")
@@ -1791,13 +2028,24 @@ def _fuse(model, modules_to_fuse, inplace, is_qat):
         firsts = {id(_get(model, g[0])) for g in groups if g}
     except AttributeError:
         firsts = set()  # the loop below names the missing module
-    _bake_reparametrizations(model, fn, lambda m: id(m) in firsts)
+    if fuser_func is None:
+        _bake_reparametrizations(model, fn, lambda m: id(m) in firsts)
     for group in groups:
         try:
             mods = [_get(model, n) for n in group]
         except (AttributeError, IndexError) as e:
             raise ValueError(f"{fn}: cannot find module ({e}) in group {list(group)}") from None
-        fuse = _FUSIONS.get(tuple(type(m) for m in mods))
+        if fuser_func is not None:  # the user's fuser, as torch.ao calls it
+            new = fuser_func(mods, is_qat, extra)
+            if not isinstance(new, (list, tuple)) or len(new) != len(mods):
+                raise TypeError(f"{fn}: argument 'fuser_func' must return a list of {len(mods)} modules for group "
+                                f"{list(group)}, got {new!r}")
+            for n, m in zip(group, new):
+                _set(model, n, m)
+            continue
+        method = extra.get(tuple(type(m) for m in mods))
+        fuse = (lambda *ms, is_qat: method(is_qat, *ms)) if method is not None else \
+            _FUSIONS.get(tuple(type(m) for m in mods))
         if fuse is None:
             raise ValueError(f"{fn}: cannot fuse {[type(m).__name__ for m in mods]} (group {list(group)}); "
                              f"supported patterns: {[[t.__name__ for t in k] for k in _FUSIONS]}")
@@ -1859,8 +2107,7 @@ def fuse_modules_qat(model: nn.Module, modules_to_fuse: Union[Sequence[str], Seq
 
     >>> model = torchquant.fuse_modules_qat(model.train(), [["conv1", "bn1", "relu1"]])
     """
-    _warn_unused("fuse_modules_qat", fuser_func=fuser_func, fuse_custom_config_dict=fuse_custom_config_dict)
-    return _fuse(model, modules_to_fuse, inplace, is_qat=True)
+    return _fuse(model, modules_to_fuse, inplace, True, fuser_func, fuse_custom_config_dict)
 
 
 def _fusion_kind(m: nn.Module) -> type:

@@ -530,11 +530,12 @@ class Linear(_Int8WeightModule):
             return p[:, :shape[1]].clone()
         raise NotImplementedError
 
-    def forward(self, x, *, _tq_relu: bool = False):
-        # (_tq_relu: the ReLU after it in its nn.Sequential, run in the epilogue: FusedReLUSequential)
+    def forward(self, input, *, _tq_relu: bool = False):
+        # (`input`: torch.nn's name, for calls with input=; _tq_relu: the ReLU after it in its
+        # nn.Sequential, run in the epilogue: FusedReLUSequential)
         # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
         try:
-            x = self._check_input(x, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
+            x = self._check_input(input, "Linear", " (or use torchquant.quantize_dynamic for float in, float out)")
             w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
             if (w0 is not self._tq_src0
                     or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0)):
@@ -863,9 +864,8 @@ class DynamicLinear(Linear):
     def weight(self) -> FloatDtypeWeight:
         return _lazy(_LazyFloatDtypeWeight, self)
 
-    def forward(self, x):
-        if isinstance(x, QTensor):
-            x = x.dequantize()
+    def forward(self, input):
+        x = input.dequantize() if isinstance(input, QTensor) else input
         # The kernel reads any floating-point x as float32 itself (a float32 x costs no call).
         # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
         try:
@@ -977,7 +977,8 @@ def _own_call(m: nn.Module) -> bool:
 class ReLU(nn.ReLU):
     """ReLU on a QTensor stays int8: max(q, zero_point) keeps the qparams and is exact."""
 
-    def forward(self, x):
+    def forward(self, input):
+        x = input
         if isinstance(x, QTensor):
             if x.axis is not None:
                 zp = x.zero_point.reshape([-1 if d == x.axis else 1 for d in range(x.dim())])
@@ -997,8 +998,8 @@ class ReLU(nn.ReLU):
 class Dropout(nn.Dropout):
     """Dropout passes a QTensor through unchanged (converted models run inference)."""
 
-    def forward(self, x):
-        return x if isinstance(x, QTensor) else super().forward(x)
+    def forward(self, input):
+        return input if isinstance(input, QTensor) else super().forward(input)
 
     @classmethod
     def from_float(cls, mod, name=None):
@@ -1014,11 +1015,11 @@ class StochasticDepth(nn.Module):
         super().__init__()
         self.p, self.mode = p, mode
 
-    def forward(self, x):
-        if isinstance(x, QTensor):
-            return x
+    def forward(self, input):
+        if isinstance(input, QTensor):
+            return input
         from torchvision.ops import stochastic_depth
-        return stochastic_depth(x, self.p, self.mode, self.training)
+        return stochastic_depth(input, self.p, self.mode, self.training)
 
     @classmethod
     def from_float(cls, mod, name=None):
@@ -1031,8 +1032,8 @@ class StochasticDepth(nn.Module):
 class Flatten(nn.Flatten):
     """Flatten keeps a per-tensor QTensor int8 (only the shape changes)."""
 
-    def forward(self, x):
-        return x.flatten(self.start_dim, self.end_dim) if isinstance(x, QTensor) else super().forward(x)
+    def forward(self, input):
+        return input.flatten(self.start_dim, self.end_dim) if isinstance(input, QTensor) else super().forward(input)
 
     @classmethod
     def from_float(cls, mod, name=None):

@@ -214,11 +214,12 @@ class _ConvNd(_ConvLikeNd):
         codes = torch.zeros((), dtype=_STORAGE[self.dtype])
         self._relu6_hi = int(_quantize_value(QTensor._make(codes, scale, zero_point, None, self.qmin, self.qmax), 6.0))
 
-    def forward(self, x, *, _tq_relu: bool = False):
-        # (_tq_relu: the ReLU after it in its nn.Sequential, run in the epilogue: FusedReLUSequential)
+    def forward(self, input, *, _tq_relu: bool = False):
+        # (`input`: torch.nn's name, for calls with input=; _tq_relu: the ReLU after it in its
+        # nn.Sequential, run in the epilogue: FusedReLUSequential)
         # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
         try:
-            x = self._check_input(x, "convolution")
+            x = self._check_input(input, "convolution")
             repack_if_stale(self)
             data = x.data
             unbatched = self._unbatched(data, "conv")
