@@ -147,10 +147,11 @@ class _ConvTransposeNd(_ConvLikeNd):
         # nn.ConvTranspose*d's rule (and its errors) for the output_size argument.
         return nn.modules.conv._ConvTransposeNd._output_padding(self, data, list(output_size), s, p, k, self._NSP, d)
 
-    def forward(self, x, output_size: Optional[List[int]] = None):
+    def forward(self, input, output_size: Optional[List[int]] = None):
+        # (`input`: torch.nn's name, for calls with input=)
         # (a KeyError of a buffer read: one that register_parametrization moved, refused by name)
         try:
-            x = self._check_input(x, "transposed convolution")
+            x = self._check_input(input, "transposed convolution")
             w0 = self._buffers["qweight"]  # (torch.func.functional_call, an assignment, an in-place change)
             if (w0 is not self._tq_src0
                     or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0)):

@@ -327,8 +327,8 @@ def _padding_idx(padding_idx: Optional[int], num_embeddings: int) -> Optional[in
 
 
 class Embedding(_EmbeddingBase):
-    """Weight-only quantized ``nn.Embedding`` (8-bit or 4-bit rows): ``forward(indices)`` returns
-    [*indices.shape, embedding_dim], the rows of ``dequantized_weight()``, in ``output_dtype``
+    """Weight-only quantized ``nn.Embedding`` (8-bit or 4-bit rows): ``forward(input)`` returns
+    [*input.shape, embedding_dim], the rows of ``dequantized_weight()``, in ``output_dtype``
     (float32, or the dtype of the float table it was converted from).
 
     >>> emb = nn.Embedding(1000, 64); emb.qconfig = torchquant.float_qparams_weight_only_qconfig
@@ -345,9 +345,10 @@ class Embedding(_EmbeddingBase):
         self.padding_idx = _padding_idx(padding_idx, num_embeddings)
         self._init_weight(_weight)
 
-    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (torch.nn's name, for calls with input=)
+        indices = input
         if not isinstance(indices, torch.Tensor):
-            raise TypeError(f"argument 'indices' must be a Tensor, got {type(indices).__name__}")
+            raise TypeError(f"argument 'input' must be a Tensor, got {type(indices).__name__}")
         # A bag of one in max mode is the row's value itself, fma(q, s, b) rounded once for 8-bit
         # rows (a sum of one would round q * s and then add b).
         flat = indices.reshape(-1, 1)
@@ -436,13 +437,16 @@ class EmbeddingBag(_EmbeddingBase):
         self.padding_idx = _padding_idx(padding_idx, num_embeddings)
         self._init_weight(_weight)
 
-    def forward(self, indices: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+    def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
                 per_sample_weights: Optional[torch.Tensor] = None,
                 compressed_indices_mapping: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # (`input`, offsets, per_sample_weights: torch.nn's names, for calls by keyword;
+        # compressed_indices_mapping: torch.ao's, after them)
+        indices = input
         if compressed_indices_mapping is not None:
             raise NotImplementedError("compressed_indices_mapping (pruned tables) is not supported")
         if not isinstance(indices, torch.Tensor):
-            raise TypeError(f"argument 'indices' must be a Tensor, got {type(indices).__name__}")
+            raise TypeError(f"argument 'input' must be a Tensor, got {type(indices).__name__}")
         # nn.EmbeddingBag's checks, in its order and with its exception types
         if isinstance(per_sample_weights, torch.Tensor) and per_sample_weights.shape != indices.shape:
             raise ValueError(f"embedding_bag: If per_sample_weights ({per_sample_weights.shape}) is not None, then "

@@ -331,7 +331,8 @@ class _FloatInside(_QuantizedOutput):
     def _float_op(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x):
+    def forward(self, input):  # (torch.nn's name, for calls with input=)
+        x = input
         xf = x.dequantize() if isinstance(x, QTensor) else x  # (channels-last stays channels-last)
         if xf.dtype == torch.float64:
             # a float input from a float64 part of the model: the module's float32 parameters
@@ -362,7 +363,8 @@ class _LookupInside(_FloatInside):
 
     _table_cache = None  # (qparam tensors, key, table): one attribute, replaced whole (threads see one or the other)
 
-    def forward(self, x):
+    def forward(self, input):
+        x = input
         if isinstance(x, QTensor) and x.axis is None:
             return self._out(ops.lookup_table.default(x.data, self._table_for(x)))
         return super().forward(x)
@@ -515,7 +517,8 @@ class Hardsigmoid(nn.Hardsigmoid):
     The result is a new QTensor whatever ``inplace`` is, as torch.ao's: written into the input,
     it would keep the input's qparams instead of the fixed ones QAT trained for."""
 
-    def forward(self, x):
+    def forward(self, input):
+        x = input
         if isinstance(x, QTensor):
             return QTensor.__torch_function__(F.hardsigmoid, (QTensor,), (x, False), {})
         return super().forward(x)
@@ -529,7 +532,8 @@ class ReLU6(nn.ReLU6):
     """ReLU6 on a QTensor: the codes clamped to [zero_point, quantize(6)], qparams kept (exact;
     torch.ao.nn.quantized.ReLU6)."""
 
-    def forward(self, x):
+    def forward(self, input):
+        x = input
         return F.relu6(x, inplace=self.inplace) if isinstance(x, QTensor) else super().forward(x)
 
     @classmethod
@@ -637,10 +641,10 @@ class PReLU(_LookupInside):
         w = self.weight  # one slope here (the table path)
         return _settings(self) + (w._version, w.data_ptr())
 
-    def forward(self, x):
+    def forward(self, input):
         if self.num_parameters == 1:
-            return super().forward(x)
-        return _FloatInside.forward(self, x)
+            return super().forward(input)
+        return _FloatInside.forward(self, input)
 
     @classmethod
     def from_float(cls, mod, name=None):
@@ -697,13 +701,13 @@ class LookupActivation(_LookupInside):
         # child module is not followed: rebuild the table with ``_table_cache = None``.
         return (id(self.fn),) + _settings(self.fn)
 
-    def forward(self, x):
+    def forward(self, input):
         # A float input (the module sits in a float part of the model: before the QuantStub, or
         # after a module that ran in float) gives the float function's float output, as the float
         # fallback it replaces did.
-        if not isinstance(x, QTensor):
-            return self.fn(x)
-        return super().forward(x)
+        if not isinstance(input, QTensor):
+            return self.fn(input)
+        return super().forward(input)
 
     @classmethod
     def from_float(cls, mod, name=None):
@@ -845,8 +849,8 @@ class _QTensorPassthroughDropout:
     inference), as through :class:`torchquant.nn.quantized.Dropout`; a float tensor gets the float
     module's dropout."""
 
-    def forward(self, x):
-        return x if isinstance(x, QTensor) else super().forward(x)
+    def forward(self, input):
+        return input if isinstance(input, QTensor) else super().forward(input)
 
     @classmethod
     def from_float(cls, mod, name=None):
