@@ -200,3 +200,27 @@ def test_weight_only_int4_takes_input_keyword():
     x = torch.randn(2, 128)
     with torch.no_grad():
         _same(q[0](x), q[0](input=x))
+
+
+def test_qat_modules_take_torch_nns_input_keyword():
+    """prepare_qat's modules (Linear, LinearReLU, LinearBn1d, Conv*, ConvBn*, ConvBnReLU*) derive
+    from the torch.nn class they train for, and take its calls."""
+    from torchquant.nn import qat, qat_conv
+
+    classes = [c for mod in (qat, qat_conv) for c in vars(mod).values()
+               if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == mod.__name__
+               and "forward" in vars(c) and _torch_nn_base(c) is not None]
+    assert len(classes) >= 5
+    for c in classes:
+        _check_signature(c, _torch_nn_base(c))
+
+    torch.manual_seed(0)
+    m = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(144, 5), nn.ReLU(), tq.DeQuantStub()).train()
+    m = tq.fuse_modules_qat(m, [["1", "2", "3"], ["5", "6"]])
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = tq.prepare_qat(m).eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(p[1](input=x), p[1](x))
+    y = torch.randn(2, 144)
+    assert torch.equal(p[5](input=y), p[5](y))

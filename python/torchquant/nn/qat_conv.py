@@ -151,7 +151,8 @@ class _QATConv:
         if device is not None:
             self.weight_fake_quant.to(device)
 
-    def forward(self, x):
+    def forward(self, input):  # (torch.nn's name: input= calls work)
+        x = input
         y = self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
         if not self._RELU:
             return y
@@ -252,7 +253,8 @@ class _ConvBn(_BnStats, _QATConv):
         else:
             self.freeze_bn_stats()
 
-    def forward(self, x):
+    def forward(self, input):  # (torch.nn's name: input= calls work)
+        x = input
         running_std = running_std_of(self.bn, self.weight_fake_quant)
         gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
         scale_factor = gamma / running_std
