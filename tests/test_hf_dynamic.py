@@ -250,3 +250,181 @@ def test_weight_only_calibrates_on_a_tokenizers_batch_encoding():
         for other in (b, c):
             for k, v in a.state_dict().items():
                 assert torch.equal(v, other.state_dict()[k]), k
+
+
+class _GatedLinear(nn.Linear):  # keeps nn.Linear's forward; the model calls a helper of its own on it
+    def __init__(self, i, o, temperature=2.0):
+        super().__init__(i, o)
+        self.temperature = temperature
+
+    def gate(self, y):
+        return torch.sigmoid(y / self.temperature)
+
+
+class _TempLinear(nn.Linear):  # a plain attribute only, read by the model
+    def __init__(self, i, o, temperature=2.0):
+        super().__init__(i, o)
+        self.temperature = temperature
+
+
+class _ScaleLinear(nn.Linear):  # a Parameter of its own, read by the model
+    def __init__(self, i, o):
+        super().__init__(i, o)
+        self.scale = nn.Parameter(torch.full((o,), 0.5))
+
+
+def test_linear_subclass_with_methods_or_state_of_its_own_stays_float_and_runs():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g, self.t, self.s = _GatedLinear(8, 8), _TempLinear(8, 8), _ScaleLinear(8, 8)
+
+        def forward(self, x):
+            return self.s(self.t(self.g.gate(self.g(x))) / self.t.temperature) * self.s.scale
+
+    torch.manual_seed(6)
+    model = Net().eval()
+    x = torch.randn(3, 8)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        q = tq.quantize_dynamic(model, {nn.Linear})
+    msgs = [str(i.message) for i in w]
+    assert any("_GatedLinear" in m and "methods or properties of their own" in m and "'g'" in m for m in msgs), msgs
+    assert any("_ScaleLinear" in m and "parameters, buffers or submodules" in m and "'s'" in m for m in msgs), msgs
+    assert type(q.g) is _GatedLinear and type(q.s) is _ScaleLinear
+    # A plain attribute goes with the layer to its int8 version.
+    assert type(q.t) is nnq.DynamicLinear and q.t.temperature == 2.0
+    assert _rel(q(x), model(x)) < 0.02
+
+
+def test_torch_ao_mapping_without_spec_leaves_multihead_attention_float_and_runnable():
+    ao = pytest.importorskip("torch.ao.quantization")
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att, self.fc = nn.MultiheadAttention(16, 2), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc(self.att(x, x, x)[0])
+
+    torch.manual_seed(7)
+    model = Wrap().eval()
+    x = torch.randn(5, 2, 16)
+    for spec in (None, {nn.Linear, nn.MultiheadAttention}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = tq.quantize_dynamic(model, spec, mapping=ao.get_default_dynamic_quant_module_mappings())
+        # torch.ao's mapping has no MultiheadAttention: it stays float, and its out_proj with it
+        assert type(q.att) is nn.MultiheadAttention
+        assert type(q.att.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+        assert type(q.fc).__module__.startswith("torch.ao.")
+        assert _rel(q(x), model(x)) < 0.02
+
+
+class _Doubled(nn.Module):  # a re-parametrization of one tensor: baking it writes the tensor
+    def forward(self, w):
+        return 2 * w
+
+
+def test_refused_inplace_quantize_dynamic_leaves_the_model_as_it_was():
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(10, 4), nn.Linear(4, 4))
+    parametrize.register_parametrization(model[2], "weight", _Doubled())
+    children = list(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model[2].weight.detach().clone()
+    # The embedding's from_float refuses the int8 qconfig, after the Linear before it was swapped.
+    with pytest.raises(ValueError, match="embedding quantization needs"):
+        tq.quantize_dynamic(model, {nn.Linear, nn.Embedding}, inplace=True)
+    assert list(model) == children and model.training
+    assert not any(hasattr(m, "qconfig") for m in model.modules())
+    assert torch.nn.utils.parametrize.is_parametrized(model[2], "weight")
+    assert torch.equal(model[2].weight, weight)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # ... so a corrected call works
+    q = tq.quantize_dynamic(model, {nn.Linear}, inplace=True)
+    assert type(q[0]) is nnq.DynamicLinear and type(q[2]) is nnq.DynamicLinear
+
+
+def test_refused_inplace_prepare_qat_leaves_the_float_modules():
+    # prepare_qat swaps in its QAT modules before prepare's checks (here: a dynamic qconfig refused)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)).train()
+    children = list(model)
+    model[0].qconfig = tq.default_dynamic_qconfig
+    model[2].qconfig = tq.get_default_qat_qconfig("x86")
+    with pytest.raises(ValueError, match="dynamic qconfig"):
+        tq.prepare_qat(model, inplace=True)
+    assert list(model) == children and all(type(m) is nn.Linear for m in (model[0], model[2]))
+    assert model[0].qconfig is tq.default_dynamic_qconfig and not hasattr(model[1], "qconfig")
+
+
+def test_lazy_linear_before_its_first_forward_stays_float_with_a_warning():
+    model = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match=r"quantize_dynamic: \['0'\] have uninitialized \(lazy\) parameters"):
+        q = tq.quantize_dynamic(model, {nn.Linear})
+    assert type(q[0]) is nn.LazyLinear and type(q[2]) is nnq.DynamicLinear
+    assert q(torch.randn(3, 5)).shape == (3, 2)
+
+
+def test_mapping_without_spec_warns_of_nothing():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = tq.quantize_dynamic(model, mapping={nn.Linear: nnq.dynamic.Linear})
+    assert type(q[0]) is nnq.DynamicLinear and type(q[2]) is nnq.DynamicLinear
+
+
+def test_meta_weights_reached_through_a_name_are_refused_by_name():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(ValueError, match=r"quantize_dynamic: the weights of \['0\.0'\] are on the meta device"):
+        tq.quantize_dynamic(model, {"0"})
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=0,
+                                 eos_token_id=0)
+    with torch.device("meta"):
+        gpt2 = transformers.GPT2LMHeadModel(cfg)
+    with pytest.raises(ValueError, match=r"the weights of \['transformer\.h\.0\.attn\.c_attn'.* meta device"):
+        tq.quantize_dynamic(gpt2, {"transformer.h"})
+
+
+def test_tied_head_is_quantized_with_a_warning_naming_both_or_kept_float_by_name():
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=0,
+                                 eos_token_id=0)
+    torch.manual_seed(9)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.warns(UserWarning, match=r"tied weights \(lm_head\.weight is transformer\.wte\.weight\)"):
+        q = tq.quantize_dynamic(model, {nn.Linear, Conv1D})
+    assert type(q.lm_head) is nnq.DynamicLinear and type(q.transformer.wte) is nn.Embedding
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = tq.quantize_dynamic(model, {nn.Linear: tq.default_dynamic_qconfig, Conv1D: tq.default_dynamic_qconfig,
+                                        "lm_head": None})
+    assert q.lm_head.weight is q.transformer.wte.weight
+    # the other way round: the embedding quantized, the head it is tied to left float
+    with pytest.warns(UserWarning, match=r"tied weights \(transformer\.wte\.weight is lm_head\.weight\)"):
+        tq.quantize_dynamic(model, {nn.Embedding}, dtype=torch.quint8)
+
+
+def test_conv1d_follows_another_linear_class_of_the_mapping():
+    ao_dynamic = pytest.importorskip("torch.ao.nn.quantized.dynamic")
+    torch.manual_seed(10)
+    conv = Conv1D(24, 40)
+    nn.init.normal_(conv.bias)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Linear(24, 8))
+    q = tq.quantize_dynamic(model, {nn.Linear}, mapping={nn.Linear: ao_dynamic.Linear})
+    assert type(q[0]) is ao_dynamic.Linear and type(q[2]) is ao_dynamic.Linear
+    assert (q[0].in_features, q[0].out_features) == (40, 24)
+    x = torch.randn(3, 40)
+    assert _rel(q(x), model(x)) < 0.02
+    assert conv.weight.shape == (40, 24)
+
+
+def test_quantize_dynamic_inplace_takes_a_bool_only():
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(TypeError, match=r"quantize_dynamic: argument 'inplace' must be True or False, got 'no'"):
+        tq.quantize_dynamic(model, {nn.Linear}, inplace="no")
+    assert type(model[0]) is nn.Linear

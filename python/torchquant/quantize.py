@@ -1474,6 +1474,17 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
         raise ValueError("prepare_qat needs a model in training mode; call model.train() first")
     if not inplace:
         model = _deepcopy(model)
+    # The QAT modules are swapped in before prepare's checks: a model refused there (or failing
+    # anywhere below) with inplace=True gets its float modules, classes and qconfigs back.
+    saved = _module_snapshot(model) if inplace else None
+    try:
+        return _prepare_qat(model, mapping)
+    except BaseException:
+        _restore_snapshot(saved)
+        raise
+
+
+def _prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]]) -> nn.Module:
     _as_plain_convs(model)
     propagate_qconfig_(model)
     if not _has_any_qconfig(model):
@@ -1744,17 +1755,26 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     LSTM, GRU, LSTMCell, GRUCell and RNNCell become ``torchquant.nn.quantized.dynamic``'s
     modules; ``dtype=torch.quint8`` quantizes the rows of Embedding and EmbeddingBag tables
     instead, ``torch.quint4x2`` those of EmbeddingBag tables, as torch.ao's. Beyond torch.ao, an entry for nn.Linear also
-    covers its subclasses that keep nn.Linear's forward (such as MultiheadAttention's
-    NonDynamicallyQuantizableLinear; one with its own forward stays float, with a warning) and Hugging Face's
-    ``transformers.pytorch_utils.Conv1D`` (its weight is transposed once, at convert); Conv1D
-    can also be named on its own. Also beyond torch.ao (which swaps only submodules), a model
-    whose own type is mapped is swapped: ``quantize_dynamic(nn.LSTM(...), {nn.LSTM})`` returns
-    the int8 LSTM; use the returned module, with ``inplace=True`` as well. The model is put in
-    eval mode first, as torch.ao's.
+    covers its subclasses that compute as nn.Linear and add no method or property (such as
+    MultiheadAttention's NonDynamicallyQuantizableLinear; their plain instance attributes go to
+    the int8 module; one with a forward, methods or properties, or parameters, buffers or
+    submodules of its own stays float, with a warning naming it) and Hugging Face's
+    ``transformers.pytorch_utils.Conv1D`` (its weight is transposed once, at convert, for the
+    class ``mapping`` gives nn.Linear); Conv1D can also be named on its own. A lazy module
+    before its first forward stays float, with a warning. A layer whose weight is tied to
+    another module's (an LM head and its embedding) is quantized as a copy, untied, with a
+    warning naming both (give its name with None in ``qconfig_spec`` to keep it float and
+    tied). Without ``qconfig_spec``, the default set is cut to the types ``mapping`` has. Also
+    beyond torch.ao (which swaps only submodules), a model whose own type is mapped is swapped:
+    ``quantize_dynamic(nn.LSTM(...), {nn.LSTM})`` returns the int8 LSTM; use the returned
+    module, with ``inplace=True`` as well (``True`` or ``False`` only; a call that fails leaves
+    the model as it was). The model is put in eval mode first, as torch.ao's.
 
     >>> qmodel = torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     """
     _check_args("quantize_dynamic", model, mapping=mapping)
+    if not isinstance(inplace, bool):  # (a string "no" is true)
+        raise TypeError(f"quantize_dynamic: argument 'inplace' must be True or False, got {inplace!r}")
     from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit
     by_dtype = {torch.qint8: default_dynamic_qconfig, torch.quint8: float_qparams_weight_only_qconfig,
                 torch.quint4x2: float_qparams_weight_only_qconfig_4bit}
@@ -1765,6 +1785,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                                                     else ""))
     default = by_dtype[dtype]
     spec_given = qconfig_spec is not None
+    base_targets = _DYNAMIC if mapping is None else mapping
     if qconfig_spec is None:
         if dtype == torch.qint8:
             qconfig_spec = {nn.Linear: default, intrinsic.LinearReLU: default}
@@ -1774,6 +1795,9 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
             qconfig_spec = {nn.EmbeddingBag: default}
             if dtype == torch.quint8:
                 qconfig_spec[nn.Embedding] = default
+        # Only the types the mapping has: a default type it lacks (MultiheadAttention in torch.ao's
+        # mapping) would stay float with its qconfig, and its children be swapped under it.
+        qconfig_spec = {k: qc for k, qc in qconfig_spec.items() if k in base_targets}
     elif not isinstance(qconfig_spec, dict):
         if isinstance(qconfig_spec, (str, type)) or not isinstance(qconfig_spec, Iterable):
             raise TypeError("quantize_dynamic: argument 'qconfig_spec' must be a set (or list) of module types or "
@@ -1785,52 +1809,62 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                 raise ValueError(f"quantize_dynamic: dtype={dtype} quantizes the rows of nn.Embedding / "
                                  f"nn.EmbeddingBag tables; {wrong} in argument 'qconfig_spec' need dtype=torch.qint8")
         qconfig_spec = {k: default for k in qconfig_spec}
-    targets = _DYNAMIC if mapping is None else mapping
-    qconfig_spec, targets = _extend_dynamic(model, qconfig_spec, targets)
-    missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets
-                     and not _dynamic_by_kind(k, targets))
-    own_forward = sorted({type(m).__name__ for m in model.modules()
-                          if type(m) not in targets and isinstance(m, nn.Linear) and _overrides_forward(type(m))
-                          and nn.Linear in qconfig_spec and not type(m).__module__.startswith("torchquant.")})
-    if own_forward:
-        warnings.warn(f"quantize_dynamic: {own_forward} subclass nn.Linear but have a forward() of their own, which "
-                      "a dynamic int8 Linear would not run; they stay in float (name the class in arguments "
-                      "'qconfig_spec' and 'mapping' to swap it anyway)", UserWarning, stacklevel=user_stacklevel())
-    if missing:
-        warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and stay "
-                      f"in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
-                      stacklevel=user_stacklevel())
-    kinds, names = {k for k in qconfig_spec if isinstance(k, type)}, {k for k in qconfig_spec if isinstance(k, str)}
+    # (a MultiheadAttention's out_proj is swapped only when its own type is named and mapped)
+    explicit = {k for k in qconfig_spec if isinstance(k, type) and k in base_targets}
+    qconfig_spec, targets = _extend_dynamic(model, qconfig_spec, base_targets)
+    if spec_given:
+        missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets
+                         and not _dynamic_by_kind(k, targets)
+                         # (an nn.Linear subclass left float is named by _keep_unswappable_float)
+                         and not (issubclass(k, nn.Linear) and nn.Linear in targets))
+        if missing:
+            warnings.warn(f"quantize_dynamic: {missing} in argument 'qconfig_spec' have no dynamic int8 module and "
+                          f"stay in float; torchquant has them for {sorted(t.__name__ for t in targets)}", UserWarning,
+                          stacklevel=user_stacklevel())
+    names = {k for k in qconfig_spec if isinstance(k, str)}
     module_names = {n for n, _ in model.named_modules()}
     names_unmatched = sorted(names - module_names)  # (a misspelt name quantized nothing, without a word)
-    meta = [n for n, m in model.named_modules() if type(m) in targets and (type(m) in kinds or n in names)
-            and any(t.is_meta for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])]
-    if meta:
-        raise ValueError(f"quantize_dynamic: the weights of {meta[:3]}{' ...' if len(meta) > 3 else ''} are on the "
-                         "meta device (no values to quantize): quantize the model with its weights loaded; for a "
-                         "model too large for that, quantize it once, then build the quantized skeleton with "
-                         ".to('meta').to_empty(device=...) and load_state_dict")
     if not inplace:
         model = _deepcopy(model)
-    saved = _classes_and_qconfigs(model) if inplace else None
-    try:  # (checked before the model changes: a refused one given with inplace=True is left as it was)
+    # Everything from here on changes the model: a call with inplace=True that is refused (a
+    # check below, or a from_float of the swap) or interrupted leaves it as it was.
+    saved = _module_snapshot(model) if inplace else None
+    try:
         propagate_qconfig_(model, qconfig_spec)
         _refuse_float_qconfigs(model, "quantize_dynamic")
-    except Exception:
-        _restore(saved)
+        _keep_mha_out_proj_float(model, targets, explicit)
+        carry = _keep_unswappable_float(model, targets, base_targets)
+        meta = [n for n, m in _swapped_modules(model, targets)
+                if any(t.is_meta for t in [*m.parameters(), *m.buffers()])]
+        if meta:
+            raise ValueError(f"quantize_dynamic: the weights of {meta[:3]}{' ...' if len(meta) > 3 else ''} are on "
+                             "the meta device (no values to quantize): quantize the model with its weights loaded; for "
+                             "a model too large for that, quantize it once, then build the quantized skeleton with "
+                             ".to('meta').to_empty(device=...) and load_state_dict")
+        _warn_tied(model, targets)
+        # In eval mode, as torch.ao's: a model built and quantized at once is in training mode, and
+        # its dynamic LSTM / GRU then dropped out between layers on every call.
+        model.eval()
+        _bake_reparametrizations(model, "quantize_dynamic")
+        if nn.Linear in qconfig_spec:  # on the float model: the int8 weights are no parameters after the swap
+            warn_fused_experts(model, "quantize_dynamic")
+        before = {id(m) for m in model.modules()}
+        memo: Dict[int, nn.Module] = {}
+        root = model
+        model = _swap_root(model, targets, memo)
+        if model is not root:
+            memo[id(root)] = model
+        for key, attrs in carry.items():  # (a Linear subclass's plain attributes, as the model reads them)
+            new = memo.get(key)
+            if new is not None:
+                for k, v in attrs.items():
+                    new.__dict__.setdefault(k, v)
+        for mod in model.modules():
+            if hasattr(mod, "qconfig"):
+                del mod.qconfig
+    except BaseException:
+        _restore_snapshot(saved)
         raise
-    # In eval mode, as torch.ao's: a model built and quantized at once is in training mode, and
-    # its dynamic LSTM / GRU then dropped out between layers on every call.
-    model.eval()
-    _bake_reparametrizations(model, "quantize_dynamic")
-    _keep_mha_out_proj_float(model, _DYNAMIC if mapping is None else mapping)
-    if nn.Linear in qconfig_spec:  # on the float model: the int8 weights are no parameters after the swap
-        warn_fused_experts(model, "quantize_dynamic")
-    before = {id(m) for m in model.modules()}
-    model = _swap_root(model, targets)
-    for mod in model.modules():
-        if hasattr(mod, "qconfig"):
-            del mod.qconfig
     if {id(m) for m in model.modules()} == before:
         why = _nothing_quantized_why(model, qconfig_spec, names_unmatched, dtype, spec_given, targets)
         warnings.warn("quantize_dynamic: nothing was quantized: " + why, UserWarning, stacklevel=user_stacklevel())
@@ -1874,7 +1908,7 @@ def warn_fused_experts(model: nn.Module, who: str) -> None:
     total, fused = 0, []
     for mname, m in model.named_modules():
         for pname, p in m._parameters.items():
-            if p is None:
+            if p is None or nn.parameter.is_lazy(p):  # (a lazy module's: no shape before its first forward)
                 continue
             total += p.numel()
             if p.dim() == 3 and p.shape[0] > 1 and not isinstance(m, _ConvNd):
@@ -1887,14 +1921,15 @@ def warn_fused_experts(model: nn.Module, who: str) -> None:
                       "quantizes nn.Linear (and Conv1D) layers", UserWarning, stacklevel=user_stacklevel())
 
 
-def _swap_root(model: nn.Module, mapping: Dict[type, type]) -> nn.Module:
+def _swap_root(model: nn.Module, mapping: Dict[type, type], memo: Optional[Dict[int, nn.Module]] = None) -> nn.Module:
     """:func:`_swap` that also swaps ``model`` itself when its own type is mapped: torch.ao's
     quantize_dynamic only swaps children, so ``quantize_dynamic(nn.LSTM(...), {nn.LSTM})`` there
     returns the float LSTM unchanged, silently. The quantized root is returned (with
-    ``inplace=True`` too: an object cannot change its class in place)."""
+    ``inplace=True`` too: an object cannot change its class in place). ``memo`` gets
+    {id(float child): its replacement}, as :func:`_swap` fills it."""
     target = mapping.get(type(model))
     if target is None or getattr(model, "qconfig", None) is None:
-        _swap(model, mapping, "")
+        _swap(model, mapping, "", memo=memo)
         return model
     name = type(model).__name__
     try:
@@ -1911,14 +1946,15 @@ def _swap_root(model: nn.Module, mapping: Dict[type, type]) -> nn.Module:
 # ---------------------------------------------------------------- dynamic: Linear subclasses, HF Conv1D
 def _dynamic_by_kind(cls, targets):
     """The dynamic target of a module type not in ``targets`` by its exact type: Hugging Face's
-    Conv1D (a Linear with its weight stored [in, out]) and subclasses of a mapped nn.Linear (as
+    Conv1D (a Linear with its weight stored [in, out]) and the subclasses of a mapped nn.Linear
+    that compute as it and add no method (:func:`_plain_linear_subclass`, as
     MultiheadAttention's NonDynamicallyQuantizableLinear) map like an nn.Linear. torchquant's
     own modules are never matched."""
     if not isinstance(cls, type) or cls.__module__.startswith("torchquant."):
         return None
     if nnqd.is_hf_conv1d(cls):
-        return nnqd.Conv1DAsLinear if nn.Linear in targets else None
-    if issubclass(cls, nn.Linear) and nn.Linear in targets and not _overrides_forward(cls):
+        return _conv1d_target(targets.get(nn.Linear))
+    if issubclass(cls, nn.Linear) and nn.Linear in targets and _plain_linear_subclass(cls):
         return targets[nn.Linear]
     return None
 
@@ -1929,12 +1965,182 @@ def _overrides_forward(cls) -> bool:
     return cls.forward is not nn.Linear.forward
 
 
-def _keep_mha_out_proj_float(model, explicit):
+def _plain_linear_subclass(cls) -> bool:
+    """Whether an nn.Linear subclass computes as nn.Linear and has nothing its int8 version
+    would lose with the class (the rule of :func:`_plain_conv_base`): only a constructor, static /
+    class methods and plain class attributes below nn.Linear. A forward, a helper method the
+    model calls on the layer (``self.fc.gate(self.fc(x))``) or a property of its own keeps it
+    float. (The class torch makes for a parametrized layer is looked through.)"""
+    mro = cls.__mro__
+    for klass in mro[:mro.index(nn.Linear)]:
+        if klass.__module__ == parametrize.__name__:
+            continue
+        for name, v in vars(klass).items():
+            if name in ("forward", "__call__"):
+                return False
+            if name != "__init__" and (inspect.isfunction(v) or isinstance(v, property)):
+                return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_instance_keys() -> frozenset:
+    """The instance attributes every nn.Linear has (its hook and state dicts, in / out
+    features, training), and those the flows or loaders set on any module."""
+    return frozenset(vars(nn.Linear(1, 1, device="meta"))) | {"qconfig", "weight", "bias"}
+
+
+def _linear_subclass_state(m: nn.Module, target) -> Optional[dict]:
+    """The plain attributes an nn.Linear subclass instance has beyond nn.Linear's (a temperature,
+    a flag the model reads, Hugging Face's ``_is_hf_initialized``): its int8 module gets them
+    too. None when it holds what cannot be carried: parameters, buffers or submodules of its
+    own (a weight re-parametrization's are no such state: it is baked into the weight), or an
+    attribute its int8 class has under the same name."""
+    hooked = bool(list(_norm_hooks(m)))
+    own = set(m._parameters) - {"weight", "bias"} or m._buffers
+    if (own and not hooked) or set(m._modules) - {"parametrizations"}:
+        return None
+    extra = {k: v for k, v in vars(m).items() if k not in _linear_instance_keys() and not k.startswith("_tq")
+             and not (callable(v) and not isinstance(v, (torch.Tensor, nn.Module)))}  # (a per-instance forward, hooks)
+    if any(hasattr(target, k) for k in extra):
+        return None
+    return extra
+
+
+def _reached_modules(model: nn.Module, targets) -> list:
+    """[(name, module)] of the modules the swap reaches (each once): those not inside a module
+    that is swapped as a whole (its type mapped, with a qconfig)."""
+    out, seen = [], set()
+
+    def visit(mod, prefix):
+        if id(mod) in seen:
+            return
+        seen.add(id(mod))
+        out.append((prefix, mod))
+        if type(mod) in targets and getattr(mod, "qconfig", None) is not None:
+            return
+        for name, child in mod._modules.items():
+            if child is not None and not _is_observer(child):
+                visit(child, f"{prefix}.{name}" if prefix else name)
+
+    visit(model, "")
+    return out
+
+
+def _swapped_modules(model: nn.Module, targets) -> list:
+    """[(name, module)] of the modules quantize_dynamic's swap replaces."""
+    return [(n, m) for n, m in _reached_modules(model, targets)
+            if type(m) in targets and getattr(m, "qconfig", None) is not None]
+
+
+def _keep_unswappable_float(model: nn.Module, targets, base_targets) -> Dict[int, dict]:
+    """Leaves in float (qconfig None), with a warning naming them, the modules under a qconfig that
+    the swap reaches and no dynamic int8 module can stand for: a module whose parameters are
+    uninitialized (a lazy module before its first forward: no values, no shape), and an
+    nn.Linear subclass with a forward, methods or properties of its own, or with parameters,
+    buffers or submodules beyond nn.Linear's (as torch.ao, which swaps exact types only, leaves
+    it). Returns {id(module): {attribute: value}}: the plain attributes of the Linear subclasses
+    that are swapped (:func:`_linear_subclass_state`), which their int8 modules get too."""
+    kinds = tuple(k for k in targets if isinstance(k, type))
+    lazy: List[str] = []
+    kept: Dict[str, Dict[str, List[str]]] = {"forward": {}, "methods": {}, "state": {}}
+    carry: Dict[int, dict] = {}
+    for name, m in _reached_modules(model, targets):
+        if getattr(m, "qconfig", None) is None:
+            continue
+        if isinstance(m, kinds) and any(p is not None and nn.parameter.is_lazy(p) for p in m._parameters.values()):
+            lazy.append(name or "<model>")
+            m.qconfig = None
+            continue
+        cls = type_before_parametrizations(m)
+        if (not isinstance(m, nn.Linear) or nn.Linear not in targets or cls in base_targets
+                or cls.__module__.startswith("torchquant.")):
+            continue
+        if type(m) not in targets:
+            why = "forward" if _overrides_forward(cls) else "methods"
+        else:
+            state = _linear_subclass_state(m, targets[type(m)])
+            if state is not None:
+                if state:
+                    carry[id(m)] = state
+                continue
+            why = "state"
+        kept[why].setdefault(cls.__name__, []).append(name or "<model>")
+        m.qconfig = None
+    if lazy:
+        warnings.warn(f"quantize_dynamic: {lazy[:5]}{' ...' if len(lazy) > 5 else ''} have uninitialized (lazy) "
+                      "parameters and stay in float: run a forward pass on the model first, which gives them their "
+                      "shapes and values, then quantize it", UserWarning, stacklevel=user_stacklevel())
+    if kept["forward"]:
+        warnings.warn(f"quantize_dynamic: {sorted(kept['forward'])} subclass nn.Linear but have a forward() of their "
+                      "own, which a dynamic int8 Linear would not run; they stay in float (name the class in "
+                      "arguments 'qconfig_spec' and 'mapping' to swap it anyway)", UserWarning,
+                      stacklevel=user_stacklevel())
+    for why, what in (("methods", "methods or properties of their own (which the model may call on them)"),
+                      ("state", "parameters, buffers or submodules of their own")):
+        if kept[why]:
+            layers = [n for names in kept[why].values() for n in names]
+            warnings.warn(f"quantize_dynamic: {sorted(kept[why])} ({layers[:5]}{' ...' if len(layers) > 5 else ''}) "
+                          f"subclass nn.Linear but have {what}, which a dynamic int8 Linear would not have; they stay "
+                          "in float (name the class in arguments 'qconfig_spec' and 'mapping' to swap it anyway)",
+                          UserWarning, stacklevel=user_stacklevel())
+    return carry
+
+
+def _warn_tied(model: nn.Module, targets) -> None:
+    """Warns about the modules to be swapped whose parameters are shared with a module that is
+    not (a language model's head tied to its input embedding): the swap gives the one an int8
+    copy and leaves the other the float weight, which are then no longer tied."""
+    holders: Dict[int, list] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((mod, f"{mname}.{pname}" if mname else pname))
+    tied = []
+    for name, m in _swapped_modules(model, targets):
+        inside = {id(x) for x in m.modules()}
+        for pname, p in m.named_parameters():
+            others = sorted({full for mod, full in holders.get(id(p), []) if id(mod) not in inside})
+            if others:
+                tied.append(f"{name}.{pname} is {', '.join(others)}")
+    if tied:
+        warnings.warn(f"quantize_dynamic: tied weights ({'; '.join(tied[:3])}{'; ...' if len(tied) > 3 else ''}): "
+                      "the quantized module gets an int8 copy and the other keeps the float weight, so they are no "
+                      "longer tied (the state dict holds both; a change to one does not reach the other); to keep "
+                      "them tied, keep the quantized module float by its name, with None in argument 'qconfig_spec' "
+                      "(e.g. {nn.Linear: torchquant.default_dynamic_qconfig, 'lm_head': None})", UserWarning,
+                      stacklevel=user_stacklevel())
+
+
+_CONV1D_TARGETS: Dict[type, type] = {}
+
+
+def _conv1d_target(target):
+    """The mapping target of Hugging Face's Conv1D for a mapping whose nn.Linear maps to
+    ``target``: torchquant's DynamicLinear takes it through nnqd.Conv1DAsLinear; another class
+    (torch.ao's dynamic Linear, a user's) gets the nn.Linear the Conv1D computes as (its weight
+    transposed once) in its from_float."""
+    if target is None or target is nnqd.Linear:
+        return None if target is None else nnqd.Conv1DAsLinear
+    if target not in _CONV1D_TARGETS:
+        def from_float(cls, mod, name=None):
+            return _from_float(target, nnqd.Conv1DAsLinear.as_linear(mod, name), name or "Conv1D")
+
+        _CONV1D_TARGETS[target] = type(f"Conv1DAs{target.__name__}", (), {
+            "__module__": __name__, "from_float": classmethod(from_float),
+            "__doc__": f"Hugging Face's Conv1D quantized by {target.__name__}.from_float on the nn.Linear it "
+                       "computes as."})
+    return _CONV1D_TARGETS[target]
+
+
+def _keep_mha_out_proj_float(model, targets, explicit):
     """MultiheadAttention reads ``out_proj.weight`` and ``.bias`` directly (its fused kernel and
     F.multi_head_attention_forward): an int8 out_proj would run in float on a dequantized weight
-    there. Its out_proj stays float unless its exact type is in the mapping given."""
+    there (with torch.ao's dynamic Linear, whose ``weight`` is a method, it failed). Its out_proj
+    stays float unless its own type is in ``explicit`` (the types of ``qconfig_spec`` that the
+    mapping has); a MultiheadAttention swapped as a whole is left as it is."""
     for mod in model.modules():
-        swapped = type(mod) in explicit and getattr(mod, "qconfig", None) is not None  # (as a whole)
+        swapped = type(mod) in targets and getattr(mod, "qconfig", None) is not None  # (as a whole)
         if isinstance(mod, nn.MultiheadAttention) and not swapped and type(mod.out_proj) not in explicit:
             mod.out_proj.qconfig = None
 
@@ -1942,21 +2148,52 @@ def _keep_mha_out_proj_float(model, explicit):
 def _extend_dynamic(model, qconfig_spec, targets):
     """``qconfig_spec`` and ``targets`` completed for the module types of ``model`` matched by
     :func:`_dynamic_by_kind`: such a type gets the qconfig of the first spec entry it is a
-    subclass of (a Conv1D the entry for nn.Linear, unless it has its own)."""
+    subclass of (a Conv1D the entry for nn.Linear, unless it has its own). An nn.Linear subclass
+    that is not matched gets that qconfig too, and no target: :func:`_keep_unswappable_float`
+    then names it (it stays float)."""
     spec, targets = dict(qconfig_spec), dict(targets)
     for cls in {type(m) for m in model.modules()}:
         if cls in targets:
             continue
         target = _dynamic_by_kind(cls, targets)
-        if target is None:
+        if target is None and not (isinstance(cls, type) and issubclass(cls, nn.Linear) and nn.Linear in targets
+                                   and not cls.__module__.startswith("torchquant.")):
             continue
-        targets[cls] = target
+        if target is not None:
+            targets[cls] = target
         if cls not in spec:
             for key, qc in qconfig_spec.items():
                 if isinstance(key, type) and (issubclass(cls, key) or (nnqd.is_hf_conv1d(cls) and key is nn.Linear)):
                     spec[cls] = qc
                     break
     return spec, targets
+
+
+def _module_snapshot(model: nn.Module) -> list:
+    """What an ``inplace=True`` flow changes on the modules of ``model``, for
+    :func:`_restore_snapshot` when it fails: each module's class and attributes (its parameter,
+    buffer, child and hook dicts by content), and the data of parametrized weights (baking a
+    parametrization writes it)."""
+    saved = []
+    for m in model.modules():
+        state = dict(m.__dict__)
+        inner = [(v, copy.copy(v)) for v in state.values() if type(v) in (dict, OrderedDict, set)]
+        data = ([(p, p.data) for p in m.parametrizations.parameters()]
+                if parametrize.is_parametrized(m) else [])
+        saved.append((m, m.__class__, state, inner, data))
+    return saved
+
+
+def _restore_snapshot(saved: Optional[list]) -> None:
+    for m, cls, state, inner, data in saved or ():
+        m.__class__ = cls
+        m.__dict__.clear()
+        m.__dict__.update(state)
+        for obj, content in inner:
+            obj.clear()
+            obj.update(content)
+        for p, d in data:
+            p.data = d
 
 
 # ---------------------------------------------------------------- fusion

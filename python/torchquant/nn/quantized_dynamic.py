@@ -30,8 +30,11 @@ class Conv1DAsLinear:
     :class:`Linear` with the Conv1D's weight transposed once, at convert, to the Linear layout
     [out, in] (``y = x @ W + b`` is ``F.linear(x, W.t(), b)``)."""
 
-    @classmethod
-    def from_float(cls, mod: nn.Module, name: Optional[str] = None) -> Linear:
+    @staticmethod
+    def as_linear(mod: nn.Module, name: Optional[str] = None) -> nn.Linear:
+        """The float ``nn.Linear`` a Conv1D computes as (its weight transposed to [out, in], no
+        gradient; the Conv1D is left as it was), carrying its qconfig: the module another
+        mapping's Linear class quantizes in the Conv1D's place."""
         w = mod.weight
         if w.dim() != 2:
             raise ValueError(f"{name or 'Conv1D'}: expected a 2-D weight [in, out], got shape {tuple(w.shape)}")
@@ -43,4 +46,8 @@ class Conv1DAsLinear:
         if mod.bias is not None:
             lin.bias = nn.Parameter(mod.bias.detach(), requires_grad=False)
         lin.qconfig = getattr(mod, "qconfig", None)
-        return Linear.from_float(lin, name=name)
+        return lin
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, name: Optional[str] = None) -> Linear:
+        return Linear.from_float(cls.as_linear(mod, name), name=name)
