@@ -642,7 +642,7 @@ class _CellBase(_ReduceRange, nn.Module):
             raise TypeError(f"{self._get_name()}: argument 'input' must be a floating-point tensor, got {input.dtype}")
         if input.shape[-1] != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
-        _check_input_device(input, self.ih)
+        _check_input_device(input, self._modules["ih"])  # (no nn.Module.__getattr__ per step)
         batched = input.dim() == 2
         x = (input if batched else input.unsqueeze(0)).float()
         states = []
