@@ -1481,3 +1481,50 @@ def test_calibration_warnings_point_at_the_callers_line(monkeypatch):
     with pytest.warns(RuntimeWarning, match="not positive definite") as caught:  # a direct call
         gptq.gptq_quantize(torch.randn(8, 64), 2 * x.double().t() @ x.double() / 8, 32)
     assert all(w.filename == __file__ for w in caught)
+
+
+def test_calibration_data_made_under_inference_mode_keeps_the_block_cache():
+    # outside inference mode an inference tensor cannot be written in place: a chain of blocks
+    # fed one is still verified, and calibrated from cached block inputs (a forward per batch
+    # and block, not one per Linear)
+    class Blk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+
+        def forward(self, x):
+            return x + self.b(torch.relu(self.a(x)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Blk() for _ in range(4))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    torch.manual_seed(31)
+    net = Net().eval()
+    x = torch.randn(64, 32)
+    with torch.inference_mode():
+        x_inf = x.clone()
+    calls, states = [], []
+    for data in (x, x_inf):
+        n = [0]
+        h = net.blocks[0].register_forward_pre_hook(lambda *a: n.__setitem__(0, n[0] + 1))
+        q = torchquant.quantize_weight_only(net, bits=4, group_size=32, method="gptq", calib_data=[data],
+                                            progress=False)
+        h.remove()
+        calls.append(n[0])
+        states.append(q.state_dict())
+    assert calls[1] == calls[0], calls
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("percdamp", [True, 0, -0.01, float("nan"), "0.01"])
+def test_gptq_quantize_refuses_a_percdamp_that_is_not_a_positive_number(percdamp):
+    W, H = torch.randn(4, 32), torch.eye(32)
+    with pytest.raises(ValueError, match="argument 'percdamp'"):
+        gptq.gptq_quantize(W, H, 32, percdamp=percdamp)

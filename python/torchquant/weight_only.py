@@ -317,6 +317,9 @@ class _Chain:
         self.name, self.blocks, self.slot = name, blocks, slot
 
 
+_IMMUTABLE = "immutable"  # the version of an inference tensor outside inference mode (_Watch.hooks)
+
+
 class _Watch:
     """Hooks that record one container's block calls during the forward of each calibration
     batch, to check that it is a chain in every one of them."""
@@ -339,11 +342,17 @@ class _Watch:
         self.ok = True
 
     def hooks(self, linears):
-        # An inference tensor (calibration data made under torch.inference_mode, or a call made
-        # inside it) has no version: an in-place change to a block's input or output could not be
-        # seen, so such a container is no verified chain (whole forwards calibrate it).
+        # An inference tensor has no version. Outside inference mode (calibration data made under
+        # torch.inference_mode, then used outside it) it cannot be written in place at all (torch
+        # refuses), so it keeps a fixed one; inside inference mode (a call made inside it) an
+        # in-place change to a block's input or output could not be seen, so such a container is
+        # no verified chain (whole forwards calibrate it).
+        def version(t):
+            v = _version_of(t)
+            return _IMMUTABLE if v is None and not torch.is_inference_mode_enabled() else v
+
         def versions(args, kwargs):
-            return [(t, _version_of(t)) for v in (args, tuple(kwargs.values())) for t in _tensors(v)]
+            return [(t, version(t)) for v in (args, tuple(kwargs.values())) for t in _tensors(v)]
 
         handles = []
         for i, b in enumerate(self.blocks):
@@ -354,7 +363,7 @@ class _Watch:
                     self.ok = False  # a block called inside another
                 self.active = i
                 slot = _hidden_of(args, kwargs)
-                hv = _version_of(_get_hidden(slot, args, kwargs)) if slot is not None else None
+                hv = version(_get_hidden(slot, args, kwargs)) if slot is not None else None
                 inputs = versions(args, kwargs)
                 if (slot is not None and hv is None) or any(v is None for _, v in inputs):
                     self.ok = False  # an inference tensor: not verifiable
@@ -367,10 +376,10 @@ class _Watch:
                 call = self.calls[-1]
                 call[4] = out
                 h = _block_output(out)
-                call[6] = _version_of(h) if h is not None else None
+                call[6] = version(h) if h is not None else None
                 if h is not None and call[6] is None:
                     self.ok = False  # an inference tensor: not verifiable
-                if any(_version_of(t) != v for t, v in call[3]):
+                if any(version(t) != v for t, v in call[3]):
                     self.ok = False  # changed an input in place: cached inputs could not be reused
             handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(b.register_forward_hook(post, with_kwargs=True))
@@ -788,10 +797,7 @@ def quantize_weight_only(model: nn.Module, bits: int = 4, group_size: int = 128,
         raise ValueError("method='awq' is implemented for bits=4 only (int8 per channel rarely needs it)")
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
-    if (isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not math.isfinite(percdamp)
-            or percdamp <= 0):
-        raise ValueError(f"argument 'percdamp' must be a finite number > 0 (a fraction of the Hessian's mean "
-                         f"diagonal, e.g. 0.01), got {percdamp!r}")
+    _gptq.check_percdamp(percdamp)
     for arg, value in (("blocksize", blocksize), ("awq_grid", awq_grid), ("awq_max_rows", awq_max_rows)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"argument '{arg}' must be an int >= 1, got {value!r}")

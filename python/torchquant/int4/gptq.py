@@ -102,6 +102,14 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> Tuple[torc
                                    f"{damp / mean_diag:.3g} * mean(diag)")
 
 
+def check_percdamp(percdamp) -> None:
+    """GPTQ's dampening fraction: a finite number > 0 (True was taken as 1.0, 0 ran undamped)."""
+    if (isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not math.isfinite(percdamp)
+            or percdamp <= 0):
+        raise ValueError(f"argument 'percdamp' must be a finite number > 0 (a fraction of the Hessian's mean "
+                         f"diagonal, e.g. 0.01), got {percdamp!r}")
+
+
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: float = 0.01,
                   blocksize: int = 128, act_order: bool = False, rows: Optional[int] = None,
                   name: str = "the layer", symmetric: bool = False
@@ -118,6 +126,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int, percdamp: f
     inf weight is quantized as 0 (the rest of its row and group as usual).
     """
     check_symmetric(symmetric)
+    check_percdamp(percdamp)
     W = W.detach().to(torch.float64, copy=True)  # (one copy: .to() then .clone() made two)
     N, K = W.shape
     # a NaN / inf weight has no quantized value; taken as 0, its error (NaN or inf) does not
