@@ -186,6 +186,7 @@ def test_cnn_shape_and_fusion():
 
 @pytest.mark.parametrize("flag, value, why", [
     ("--batch-size", "0", "must be > 0, got 0"), ("--calib-size", "0", "must be > 0, got 0"),
+    ("--seed", "-1", "must be >= 0, got -1"), ("--seed", str(1 << 64), "must be below 2**64"),
     ("--calib-size", "-5", "must be > 0, got -5"), ("--epochs", "0", "> 0, got 0"), ("--epochs", "-1", "> 0, got -1"),
     ("--epochs", "nan", "> 0, got nan"), ("--cnn-epochs", "0", "> 0, got 0"), ("--lr", "-1e-3", "> 0, got -1e-3"),
     ("--bench-batch", "0", "must be > 0, got 0"), ("--bench-batch", "-1", "must be > 0, got -1"),

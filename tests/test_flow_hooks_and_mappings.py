@@ -777,3 +777,60 @@ def test_fuse_modules_calls_the_users_fuser_func_and_additional_fuser_methods():
     assert type(f[2]) is nn.Sequential and type(f[3]) is nn.Identity
     x = torch.randn(2, 4)
     torch.testing.assert_close(f(x), m(x))
+
+
+def test_torch_aos_default_custom_config_dict_leaves_its_own_classes_out():
+    # torch.ao's quantizable / quantized LSTM run on torch.ao's quantized tensors: its standard
+    # recipe keeps running, with torchquant's handling of nn.LSTM, and a warning says so
+    from torch.ao.quantization.quantize import get_default_custom_config_dict
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.fc, self.lstm, self.dq = tq.QuantStub(), nn.Linear(8, 8), nn.LSTM(8, 8), tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dq(self.lstm(self.fc(self.q(x)))[0])
+
+    torch.manual_seed(0)
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    cfg = get_default_custom_config_dict()
+    with pytest.warns(UserWarning, match="torch.ao's own modules"):
+        p = tq.prepare(m, prepare_custom_config_dict=cfg)
+    p(torch.randn(4, 2, 8))
+    with pytest.warns(UserWarning, match="torch.ao's own modules"):
+        c = tq.convert(p, convert_custom_config_dict=cfg)
+    assert type(c.lstm) is nn.LSTM
+    assert c(torch.randn(4, 2, 8)).shape == (4, 2, 8)
+
+
+def test_a_prepare_in_place_failing_in_a_custom_from_float_leaves_the_model_as_it_was():
+    class Blk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    calls = [0]
+
+    class Obs(Blk):
+        @classmethod
+        def from_float(cls, mod):
+            calls[0] += 1
+            if calls[0] == 2:
+                raise RuntimeError("boom")
+            new = cls()
+            new.fc = mod.fc
+            return new
+
+    m = nn.Sequential(tq.QuantStub(), Blk(), Blk(), tq.DeQuantStub()).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    before = [type(x) for x in m.modules()]
+    with pytest.raises(RuntimeError, match="boom"):
+        tq.prepare(m, inplace=True, prepare_custom_config_dict={"float_to_observed_custom_module_class": {Blk: Obs}})
+    assert [type(x) for x in m.modules()] == before
+    assert [k for k, x in m.named_modules() if "qconfig" in x.__dict__] == [""]
+    assert not any(x._forward_hooks or x._forward_pre_hooks for x in m.modules())

@@ -3,6 +3,7 @@ nothing downloaded) and on nn.Linear subclasses."""
 import io
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -428,3 +429,24 @@ def test_quantize_dynamic_inplace_takes_a_bool_only():
     with pytest.raises(TypeError, match=r"quantize_dynamic: argument 'inplace' must be True or False, got 'no'"):
         tq.quantize_dynamic(model, {nn.Linear}, inplace="no")
     assert type(model[0]) is nn.Linear
+
+
+def test_linear_subclass_overriding_only_nn_linears_methods_is_quantized():
+    class ZeroInit(nn.Linear):
+        def reset_parameters(self):
+            nn.init.zeros_(self.weight)
+
+        def extra_repr(self):
+            return "zero-init " + super().extra_repr()
+
+    torch.manual_seed(0)
+    m = nn.Sequential(ZeroInit(8, 8), nn.ReLU())
+    q = tq.quantize_dynamic(m, {nn.Linear})
+    assert isinstance(q[0], tq.nn.quantized.dynamic.Linear)
+
+
+@pytest.mark.parametrize("flag", [1, 0, np.True_, np.False_])
+def test_quantize_dynamic_takes_int_and_numpy_bools_as_inplace(flag):
+    m = nn.Sequential(nn.Linear(4, 4))
+    q = tq.quantize_dynamic(m, {nn.Linear}, inplace=flag)
+    assert (q is m) == bool(flag)

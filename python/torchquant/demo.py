@@ -549,6 +549,14 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _seed(text: str) -> int:
+    """A seed torch.manual_seed takes: an integer in [0, 2**64) (a larger one overflowed there)."""
+    value = _int_at_least(0)(text)
+    if value >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"must be below 2**64, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -584,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=_positive_float, default=1.0,
                    help="fp32 training epochs, > 0, fractions allowed (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weight init and shuffling (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of weight init and shuffling (default 0)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="where to train: cpu, cuda or auto (default cpu; int8 accuracy is measured on CPU, "
                         "and CUDA inference is timed whenever a GPU is present)")

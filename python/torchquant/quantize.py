@@ -455,24 +455,6 @@ def _propagated_qconfigs(module: nn.Module, qconfig_dict: Optional[dict] = None)
     return out
 
 
-_NO_QCONFIG = object()
-
-
-def _classes_and_qconfigs(model: nn.Module) -> list:
-    """Each module's class and own ``qconfig``: what the flows change before their checks, put back
-    by :func:`_restore` when a check refuses the model (``inplace=True``)."""
-    return [(m, m.__class__, m.__dict__.get("qconfig", _NO_QCONFIG)) for m in model.modules()]
-
-
-def _restore(saved: Optional[list]) -> None:
-    for m, cls, qc in saved or ():
-        m.__class__ = cls
-        if qc is _NO_QCONFIG:
-            m.__dict__.pop("qconfig", None)
-        else:
-            m.__dict__["qconfig"] = qc
-
-
 def _foreign_convert_error(module) -> TypeError:
     """The error of prepare's hooks found on a module prepare did not observe: torch.ao's convert
     (its swap_module) copies every forward hook onto the quantized module it builds, so the model
@@ -786,6 +768,18 @@ def _custom_config(fn: str, arg: str, config, key: str, method: str) -> Dict[typ
         raise TypeError(f"{fn}: argument '{arg}' must be a dict or None, got {type(config).__name__}")
     mapping = config.get(key) or {}
     _check_class_mapping(fn, f"{arg}[{key!r}]", mapping, method)
+    # torch.ao's own custom modules (get_default_custom_config_dict's quantizable / quantized LSTM
+    # and MultiheadAttention) compute on torch.ao's quantized tensors, not on torchquant's QTensors:
+    # those entries are left out, and torchquant's own handling of those types applies.
+    foreign = sorted(getattr(k, "__name__", repr(k)) for k, v in mapping.items()
+                     if v is not None and getattr(v, "__module__", "").startswith("torch.ao."))
+    if foreign:
+        mapping = {k: v for k, v in mapping.items()
+                   if not (v is not None and getattr(v, "__module__", "").startswith("torch.ao."))}
+        warnings.warn(f"{fn}: argument '{arg}' maps {', '.join(foreign)} to torch.ao's own modules, which run on "
+                      "torch.ao's quantized tensors: those entries are not used, torchquant's own modules for those "
+                      "types apply (its dynamic LSTM, its int8 MultiheadAttention)", UserWarning,
+                      stacklevel=user_stacklevel())
     others = sorted(repr(k) for k, v in config.items() if k != key and v is not None
                     and not (hasattr(v, "__len__") and len(v) == 0))
     if others:
@@ -917,25 +911,27 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     # Every check on the propagated qconfigs (float16, per-channel or dynamic activations, the
     # observers they build) comes before the model changes: a refused model given with
     # inplace=True is left as it was (its classes and qconfigs put back; nothing baked).
-    saved = _classes_and_qconfigs(model) if inplace else None
+    # (and a failure after them, in a custom module's from_float, is undone the same way)
+    saved = _module_snapshot(model) if inplace else None
     try:
         _as_plain_convs(model, keep=float_to_observed)
         propagate_qconfig_(model)
         _refuse_float_qconfigs(model, "prepare")
         roots = _swap_float_to_observed(model, float_to_observed, dry=True)
         _add_observers(model, custom, dry=True, custom_roots=roots)
-    except Exception:
-        _restore(saved)
+        _bake_reparametrizations(model, "prepare")
+        if not _has_any_qconfig(model):
+            warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
+                          "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning,
+                          stacklevel=user_stacklevel())
+            return model
+        _keep_tables_float(model)
+        observed = _swap_float_to_observed(model, float_to_observed)
+        already: List[str] = []
+        unsupported = _add_observers(model, custom, already, custom_roots=observed)
+    except BaseException:
+        _restore_snapshot(saved)
         raise
-    _bake_reparametrizations(model, "prepare")
-    if not _has_any_qconfig(model):
-        warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
-                      "set model.qconfig = torchquant.get_default_qconfig('x86')", UserWarning, stacklevel=user_stacklevel())
-        return model
-    _keep_tables_float(model)
-    observed = _swap_float_to_observed(model, float_to_observed)
-    already: List[str] = []
-    unsupported = _add_observers(model, custom, already, custom_roots=observed)
     if already:
         warnings.warn("prepare: these modules are already quantized (by convert, quantize_dynamic or "
                       "quantize_weight_only) and get no observer: " + ", ".join(already[:10])
@@ -1773,7 +1769,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     >>> qmodel = torchquant.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     """
     _check_args("quantize_dynamic", model, mapping=mapping)
-    if not isinstance(inplace, bool):  # (a string "no" is true)
+    if isinstance(inplace, (str, bytes)) or not isinstance(inplace, (int, bool)) and not hasattr(type(inplace), "__bool__"):
+        # (a string "no" is true; a bool, an int, numpy's bool_ are taken)
         raise TypeError(f"quantize_dynamic: argument 'inplace' must be True or False, got {inplace!r}")
     from .qconfig import float_qparams_weight_only_qconfig, float_qparams_weight_only_qconfig_4bit
     by_dtype = {torch.qint8: default_dynamic_qconfig, torch.quint8: float_qparams_weight_only_qconfig,
@@ -1978,7 +1975,10 @@ def _plain_linear_subclass(cls) -> bool:
         for name, v in vars(klass).items():
             if name in ("forward", "__call__"):
                 return False
-            if name != "__init__" and (inspect.isfunction(v) or isinstance(v, property)):
+            # (an override of what nn.Linear has, reset_parameters or extra_repr, is no method
+            # the model could call on the int8 layer and miss)
+            if (name != "__init__" and (inspect.isfunction(v) or isinstance(v, property))
+                    and not hasattr(nn.Linear, name)):
                 return False
     return True
 
