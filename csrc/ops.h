@@ -143,6 +143,7 @@ Tensor embedding_bag_rowwise_cpu(const Tensor& packed, int64_t bits, int64_t emb
 // ---- int4 (cpu/int4.cpp, cuda/int4.cu) ----
 int64_t check_int4_format(const Tensor& qweight, const Tensor& scale, const Tensor& zero_point,
                           int64_t in_features, int64_t group_size);
+void check_int4_scale_values(const Tensor& scale, const float* v, int64_t G);
 std::tuple<Tensor, Tensor, Tensor> int4_pack_weight_cpu(const Tensor& qweight, const Tensor& scale,
                                                         const Tensor& zero_point,
                                                         int64_t in_features, int64_t group_size);

@@ -51,8 +51,11 @@ void check_cpu_arg(const at::Tensor& t, const char* name) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The scales v (float32 [N, G], as packed) of `scale` (as given, on the CPU) are > 0 and finite;
-// the error names the channel and group, as the zero points' does (cuda/int4.cu: the same).
+}  // namespace
+
+// Shared by the CPU and CUDA packing: the scales v (float32 [N, G], on the host) of `scale` (as
+// given, on the host) are > 0 and finite; the error names the channel and group, as the zero
+// points' does.
 void check_int4_scale_values(const at::Tensor& scale, const float* v, int64_t G) {
   for (int64_t i = 0; i < scale.numel(); ++i) {
     if (std::isfinite(v[i]) && v[i] > 0.0f) continue;
@@ -61,8 +64,6 @@ void check_int4_scale_values(const at::Tensor& scale, const float* v, int64_t G)
     check_scale_values(scale.select(0, n), v + n * G, G, "scale", where.c_str());
   }
 }
-
-}  // namespace
 
 // Shared by the CPU and CUDA adapters: group_size and in_features, and the portable weight's
 // shapes; returns G = ceil(K / group_size).

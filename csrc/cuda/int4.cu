@@ -24,8 +24,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <string>
 
 #include "common/checks.h"
 #include "cuda/common.cuh"
@@ -342,17 +340,6 @@ Int4Path int4_path_for(int64_t M, at::ScalarType dtype, int64_t group_size) {
     return ok ? Int4Path::Mma : Int4Path::Tiled;
   }
   return M <= kMaxGemvRows ? Int4Path::Gemv : Int4Path::Tiled;
-}
-
-// As cpu/int4.cpp's: the scales v (float32 [N, G], on the host) of `scale` (as given, on the
-// host) are > 0 and finite; the error names the channel and group.
-void check_int4_scale_values(const at::Tensor& scale, const float* v, int64_t G) {
-  for (int64_t i = 0; i < scale.numel(); ++i) {
-    if (std::isfinite(v[i]) && v[i] > 0.0f) continue;
-    const int64_t n = i / G;
-    const std::string where = "channel " + std::to_string(n) + ", group";
-    check_scale_values(scale.select(0, n), v + n * G, G, "scale", where.c_str());
-  }
 }
 
 }  // namespace
