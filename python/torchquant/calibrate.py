@@ -48,6 +48,10 @@ def _to(x, device):
         return x
     if isinstance(x, torch.Tensor):
         return x.to(device)
+    if isinstance(x, nn.utils.rnn.PackedSequence):  # (its batch_sizes stay on the CPU, as torch needs)
+        return x.to(device)
+    if isinstance(x, tuple) and hasattr(type(x), "_fields"):  # a namedtuple: built from its fields
+        return type(x)(*(_to(v, device) for v in x))
     if isinstance(x, (list, tuple)):
         return type(x)(_to(v, device) for v in x)
     if isinstance(x, dict):
@@ -68,6 +72,13 @@ def _batch_args(batch):
     if isinstance(batch, Mapping):
         return (), dict(batch)
     return (batch[0] if isinstance(batch, (tuple, list)) else batch,), {}
+
+
+def _check_batch(fn: str, index: int, batch) -> None:
+    """A ValueError for a batch that is an empty tuple or list: it has no input to read."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 0:
+        raise ValueError(f"{fn}: batch {index} of argument 'data' is an empty {type(batch).__name__}: a tuple or list "
+                         "batch is read as (input, target, ...), and its first element is the model's input")
 
 
 def _call(model: nn.Module, batch, device=None):
@@ -161,7 +172,7 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
     if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)):
         raise TypeError(f"calibrate: argument 'num_batches' must be an int or None, got {num_batches!r}")
     if num_batches is not None and num_batches < 0:
-        raise ValueError(f"argument 'num_batches' must be >= 0 or None, got {num_batches}")
+        raise ValueError(f"calibrate: argument 'num_batches' must be >= 0 or None, got {num_batches}")
     if isinstance(data, (torch.Tensor, str, bytes, Mapping)) or not hasattr(data, "__iter__"):
         # A tensor would be iterated row by row, each row run as a batch: refuse it too.
         raise TypeError("calibrate: argument 'data' must be an iterable of batches (a DataLoader, or a list of "
@@ -177,18 +188,23 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
     _name_observers(model)
     device = _model_device(model)
     batches = data if num_batches is None else itertools.islice(data, num_batches)
-    total = num_batches
-    if total is None and hasattr(data, "__len__"):
-        total = len(data)
     if progress:
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
             tqdm = None
         if tqdm is not None:
+            # The bar's length: data's where it has one (a DataLoader over an IterableDataset
+            # has __len__ but raises TypeError), num_batches where that is fewer.
+            try:
+                length = len(data)
+            except TypeError:
+                length = None
+            total = num_batches if length is None else length if num_batches is None else min(num_batches, length)
             batches = tqdm(batches, total=total, desc="calibrate", unit="batch")
     with torch.no_grad():
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            _check_batch("calibrate", i, batch)
             try:
                 _call(model, batch, device)
             except TypeError as e:

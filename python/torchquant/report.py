@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .calibrate import _batch_error, _call
+from .calibrate import _batch_error, _call, _check_batch
 
 __all__ = ["report", "QuantReport", "LayerError"]
 
@@ -194,7 +194,21 @@ def _functional_types() -> tuple:
 
 
 def _state_bytes(m: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in m.state_dict().values() if isinstance(t, torch.Tensor))
+    # Every tensor in the state dict's values: torch.ao's quantized Linear keeps its weight and
+    # bias as a tuple (``_packed_params._packed_params``); a quantized tensor's element is a byte.
+    return sum(t.numel() * t.element_size() for t in pytree.tree_leaves(list(m.state_dict().values()))
+               if isinstance(t, torch.Tensor))
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    """``10·log10(signal / noise)`` in dB: +inf for no noise, -inf for no signal or infinite
+    noise (an inf in the quantized output), NaN where either is NaN."""
+    if math.isnan(signal) or math.isnan(noise):
+        return math.nan
+    if noise == 0.0:
+        return math.inf
+    ratio = signal / noise
+    return 10.0 * math.log10(ratio) if ratio > 0.0 else -math.inf
 
 
 def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union[bool, str, os.PathLike] = False,
@@ -216,7 +230,12 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     projections are not called as modules); a model that is itself one converted layer is compared as one row. The output of a
     LayerNorm or Linear that AWQ (``quantize_weight_only``) folded its consumers' scales into
     (divided by them) is compared multiplied back: the exact fold shows no error. A weight shared by several modules (a tied
-    embedding and LM head) is counted in each of their byte sizes.
+    embedding and LM head) is counted in each of their byte sizes, and torch.ao's packed weights
+    (``_packed_params``) are counted as the int8 tensors they hold. The two models are two
+    objects (a model converted in place is no longer the float one: a ``ValueError``); a
+    submodule object held by both is compared on each model's own output. A NaN in an output
+    makes its row's SQNR and max |err| NaN; an inf in the quantized output where the float one is
+    finite gives ``-inf`` dB.
 
     ``data``: a batch of inputs, or an iterable of batches (a list, a DataLoader). A tuple is
     one ``(inputs, targets)`` batch, whether given as ``data`` or as one of its batches, and
@@ -233,6 +252,14 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     for arg, model in (("float_model", float_model), ("quantized_model", quantized_model)):
         if not isinstance(model, nn.Module):
             raise TypeError(f"report: argument '{arg}' must be an nn.Module, got {type(model).__name__}")
+    batches = _batches(data)
+    if isinstance(batches, list) and not batches:
+        raise ValueError("report: argument 'data' holds no batches")
+    if float_model is quantized_model:
+        # (each layer compared with itself: every row would read exact)
+        raise ValueError(f"report: arguments 'float_model' and 'quantized_model' are the same "
+                         f"{type(float_model).__name__} object: a model converted in place (inplace=True) is no "
+                         "longer the float model; convert a copy (copy.deepcopy) and compare the two")
 
     def quantized(model):
         return [n for n, m in model.named_modules() if type(m).__module__.startswith("torchquant.nn.quantized")]
@@ -251,6 +278,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
         )
     stats = {n: [0.0, 0.0, 0.0, 0] for n, _ in pairs}  # signal energy, noise energy, max |err|, numel
     captured = {"float": {}, "quant": {}}
+    # The model running now ("float" / "quant"): a module object in both models (a submodule
+    # shared between them) carries both sides' hooks, and only the running side's records.
+    running = {"side": None}
     handles = []
 
     # An unfused float Linear / Conv followed by a ReLU whose int8 module an earlier version's
@@ -275,6 +305,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
 
     def hook(side, name):
         def fn(module, args, out):
+            if running["side"] != side:
+                return
             out = _as_float(out)
             fold = module.__dict__.get(_FOLD_ATTR)
             if out is not None and isinstance(fold, torch.Tensor) and out.shape[-1:] == fold.shape:
@@ -324,6 +356,9 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
     kept = [(m, {k: None if v is None else v.detach().clone() for k, v in m._buffers.items()},
              {k: v.detach().clone() for k, v in m._parameters.items() if v is not None})
             for m in every if _is_observer(m)]
+    # (a RecordingObserver's recorded tensors: a list attribute, no buffer)
+    recorded = [(m, list(m.__dict__["tensor_val"])) for m in every
+                if _is_observer(m) and isinstance(m.__dict__.get("tensor_val"), list)]
     # (and the float-input ranges prepare records for the future int8 Linear / Conv layers)
     ranges = [(m, tuple(t.detach().clone() for t in m.__dict__["_tq_input_range"]))
               for m in every if isinstance(m.__dict__.get("_tq_input_range"), tuple)]
@@ -340,7 +375,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
             seen = 0
             compared = 0  # layer outputs compared (of any size)
             shapes = None  # the first batch's tensor shapes, to name an empty one
-            for batch in _batches(data):
+            for batch in batches:
+                _check_batch("report", seen, batch)
                 seen += 1
                 if shapes is None:
                     shapes = [tuple(t.shape) for t in pytree.tree_leaves(dict(batch) if isinstance(batch, Mapping)
@@ -350,7 +386,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                 # Each model gets its own copy of the batch: one that changes its input in place
                 # (float preprocessing) would otherwise hand the other a changed batch, and change
                 # the caller's data.
-                for model in (float_model, quantized_model):
+                for side, model in (("float", float_model), ("quant", quantized_model)):
+                    running["side"] = side
                     try:
                         _call(model, _copied(batch))
                     except TypeError as e:  # (a batch that does not fit forward: how batches are read)
@@ -358,6 +395,8 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                         if err is None:
                             raise
                         raise err from e
+                    finally:
+                        running["side"] = None
                 for n, _ in pairs:
                     for f, q in zip(captured["float"].get(n, ()), captured["quant"].get(n, ())):
                         if f is None or q is None or f.shape != q.shape:
@@ -367,7 +406,10 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                         s = stats[n]
                         s[0] += float((f64 * f64).sum())
                         s[1] += float(((f64 - q64) ** 2).sum())
-                        s[2] = max(s[2], float((f64 - q64).abs().max())) if f.numel() else s[2]
+                        if f.numel():
+                            peak = float((f64 - q64).abs().max())
+                            # (a NaN stays: Python's max(x, nan) is x)
+                            s[2] = peak if math.isnan(peak) or peak > s[2] else s[2]
                         s[3] += f.numel()
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -388,6 +430,12 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
                         m._buffers[k] = v
                 for k, v in params.items():
                     m._parameters[k].copy_(v)
+            for m, values in recorded:
+                now = m.__dict__.get("tensor_val")
+                if isinstance(now, list):
+                    now[:] = values  # in place: the caller's reference to the list stays valid
+                else:
+                    m.__dict__["tensor_val"] = values
             for m, (lo, hi) in ranges:
                 now = m.__dict__.get("_tq_input_range")
                 if (isinstance(now, tuple) and now[0].shape == lo.shape and now[0].device == lo.device
@@ -410,12 +458,7 @@ def report(float_model: nn.Module, quantized_model: nn.Module, data, plot: Union
         signal, noise, max_err, numel = stats[n]
         if numel == 0:
             continue  # the layer never ran or its outputs were not comparable tensors
-        if noise == 0.0:
-            sqnr = math.inf
-        elif signal == 0.0:
-            sqnr = -math.inf
-        else:
-            sqnr = 10.0 * math.log10(signal / noise)
+        sqnr = _sqnr(signal, noise)
         ftype = type(float_modules[n]).__name__ + ("+ReLU" if n in relu_after else "")
         layers.append(LayerError(n, ftype, type(m).__name__, sqnr, max_err, numel,
                                  _state_bytes(float_modules[n]), _state_bytes(m)))
