@@ -16,6 +16,7 @@ float and requantizes with the input's qparams: within one code of torch.ao's. c
 with different qparams requantizes them onto qparams covering them all (torch.ao requantizes
 onto the first input's).
 """
+import math
 import operator
 import weakref
 from typing import List, Sequence
@@ -91,6 +92,14 @@ def _ints(v, n: int, name: str, fn_name: str) -> List[int]:
     return v
 
 
+def _stride(v, nsp: int, fn_name: str) -> List[int]:
+    """The pooling ops' stride: [] (the kernel size) for None or an empty sequence, as torch's
+    pooling functions take them; else :func:`_ints`."""
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        return []
+    return _ints(v, nsp, "stride", fn_name)
+
+
 def _max_pool(fn, nsp: int, name: str):
     def impl(q, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
         """torch's max pooling on the int8 codes (exact), qparams and memory format kept.
@@ -102,7 +111,7 @@ def _max_pool(fn, nsp: int, name: str):
             return _back(q, out), idx
         d = q.data
         args = (d, _ints(kernel_size, nsp, "kernel_size", name),
-                [] if stride is None else _ints(stride, nsp, "stride", name),
+                _stride(stride, nsp, name),
                 _ints(padding, nsp, "padding", name), _ints(dilation, nsp, "dilation", name), bool(ceil_mode))
         f = _fastcall.max_pool_int8 if _fastcall.usable_all((d,), ()) else _ops.max_pool_int8.default
         return q._same_qparams(f(*args))
@@ -129,7 +138,7 @@ def _avg_pool(nsp: int, name: str):
         _per_tensor(q, name)
         d, z = q.data, q.zero_point
         args = (d, z, _ints(kernel_size, nsp, "kernel_size", name),
-                [] if stride is None else _ints(stride, nsp, "stride", name),
+                _stride(stride, nsp, name),
                 _ints(padding, nsp, "padding", name), bool(ceil_mode), bool(count_include_pad),
                 None if divisor_override is None else int(divisor_override))
         f = _fastcall.avg_pool_int8 if _fastcall.usable_all((d, z), ()) else _ops.avg_pool_int8.default
@@ -182,8 +191,8 @@ def _mean(q, dim=None, keepdim=False, *, dtype=None, axis=None, out=None):
     """mean over dims, qparams kept. Over all the spatial dimensions of a 3-d to 5-d tensor
     (``x.mean((2, 3))``, a classifier head) it is the int8 global average pool, rounded as
     torch's quantized average pooling: ``nearbyint(float(sum(q - zp)) * float32(1 / count)) + zp``.
-    Other dims: dequantize, float mean, quantize (torch.ao's quantized mean does that; its float
-    summation order may differ, by one code at a rounding tie)."""
+    Other dims, and a QTensor with no values: dequantize, float mean, quantize (torch.ao's
+    quantized mean does that; its float summation order may differ, by one code at a rounding tie)."""
     _per_tensor(q, "mean")
     if dtype is not None:
         raise TypeError("mean of a QTensor takes no dtype (argument 'dtype'); call .dequantize() first")
@@ -192,7 +201,9 @@ def _mean(q, dim=None, keepdim=False, *, dtype=None, axis=None, out=None):
     if axis is not None:  # numpy's name for dim, as torch.mean takes it (dim=None is every dim)
         dim = _dim_or_axis("mean", dim, axis)
     n = q.data.dim()
-    if dim is not None and 3 <= n <= 5:
+    # (an empty QTensor, no channels or an empty spatial dimension, takes the float path: the int8
+    # pooling needs values, and float gives the empty result, or NaN, the zero point's code)
+    if dim is not None and 3 <= n <= 5 and q.data.numel() > 0:
         dims = [dim] if isinstance(dim, int) else list(dim)
         # dims counted from the front; one out of range (or repeated) takes the float path, which
         # raises torch's error
@@ -272,9 +283,22 @@ def _onto_output_range(q: QTensor, fn, y: torch.Tensor) -> QTensor:
     return QTensor._make(data, scale, zero_point, None, q.qmin, q.qmax)
 
 
-def _clamped(q: QTensor, lo, hi) -> QTensor:
+def _clamped(q: QTensor, lo, hi, fn_name: str, lo_name: str, hi_name: str) -> QTensor:
     """clamp with a bound on the far side of 0 (a range that may lie outside q's): in float, onto
-    qparams covering the result (q's own where it lies inside q's range)."""
+    qparams covering the result (q's own where it lies inside q's range). Bounds that make the
+    float result NaN or infinite everywhere (a NaN bound, an upper one of -inf, a lower one of
+    +inf with no finite upper one), which no qparams hold, are a ValueError naming the bound (an
+    infinite bound on its own side, -inf below or +inf above, bounds nothing and is taken)."""
+    for arg, v in ((lo_name, lo), (hi_name, hi)):
+        if v is not None and v != v:
+            raise ValueError(f"{fn_name}: argument '{arg}' must not be NaN on a QTensor (the result would be NaN "
+                             f"everywhere, which a QTensor cannot hold), got {v}")
+    if hi is not None and hi == -math.inf:
+        raise ValueError(f"{fn_name}: argument '{hi_name}' must not be -inf on a QTensor (the result would be -inf "
+                         f"everywhere, which a QTensor cannot hold), got {hi}")
+    if lo is not None and lo == math.inf and (hi is None or hi == math.inf):
+        raise ValueError(f"{fn_name}: argument '{lo_name}' must not be inf on a QTensor (the result would be inf "
+                         f"everywhere, which a QTensor cannot hold), got {lo}")
     return _onto_output_range(q, lambda x: x.clamp(lo, hi), q.dequantize().clamp(lo, hi))
 
 
@@ -286,7 +310,7 @@ def _hardtanh(q, min_val=-1.0, max_val=1.0, inplace=False, _in_place=False):
     if min_val > max_val:
         raise ValueError("min_val cannot be greater than max_val")
     if not min_val <= 0.0 <= max_val and not (_in_place or inplace):
-        return _clamped(q, min_val, max_val)
+        return _clamped(q, min_val, max_val, "hardtanh", "min_val", "max_val")
     return q._same_qparams(q.data.clamp(_quantize_value(q, min_val), _quantize_value(q, max_val)))
 
 
@@ -310,10 +334,12 @@ def _relu(q, inplace=False):
 _FIXED_TABLES = None
 
 
-def _fixed_output(fn, name):
+def _fixed_output(fn, name, takes_inplace=False):
     """Functions with a fixed output range (sigmoid, hardsigmoid: [0, 1]): torch.ao's fixed qparams,
     scale 1/256 with zero point 0 (quint8) or -128 (qint8); the float function quantized, as one
-    lookup per element in a table of the 256 codes' results (built once per input qparams)."""
+    lookup per element in a table of the 256 codes' results (built once per input qparams).
+    ``takes_inplace``: fn's one other argument is ``inplace`` (F.hardsigmoid(x, False)), dropped
+    whether given by keyword or by position (in place, the caller writes the result into x)."""
     def fixed_qparams(dtype, device):
         zp = 0 if dtype == torch.uint8 else -128
         scale = torch.full((1,), 1.0 / 256.0, dtype=torch.float32, device=device)
@@ -328,6 +354,8 @@ def _fixed_output(fn, name):
 
     def impl(q, *args, **kwargs):
         kwargs.pop("inplace", None)
+        if takes_inplace and len(args) == 1:
+            args = ()
         if args or kwargs or q.axis is not None or torch.compiler.is_compiling():
             return in_float(q, *args, **kwargs)
         s, z = q.scale, q.zero_point
@@ -392,21 +420,33 @@ def cat(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
             raise TypeError(f"torch.cat of QTensors: element {i} of argument 'tensors' is a {type(t).__name__}, "
                             "not a tensor")
         _per_tensor(t, "cat")
-    # An empty input adds no values: its qparams take no part (a cache that starts empty).
+    valued, same_kind, shared = _kinds(tensors)
+    if same_kind and not shared and torch.compiler.is_compiling():
+        return _cat_traced(tensors, dim, valued)
+    if same_kind and _equal_qparams(valued):
+        return valued[0]._same_qparams(torch.cat([t.data for t in tensors], dim))
+    return _cat_requantized(tensors, dim, valued, same_kind)
+
+
+def _kinds(tensors: List[QTensor]):
+    """(the inputs with values, whether all the inputs share one code dtype and quantization range,
+    whether those with values share the first one's qparams tensors). An empty input adds no
+    values: its qparams take no part (a cache that starts empty)."""
     valued = [t for t in tensors if t.data.numel() > 0] or tensors[:1]
     first = valued[0]
     same_kind = all(t.data.dtype == first.data.dtype and t.qmin == first.qmin and t.qmax == first.qmax
                     for t in tensors)
     shared = all(t.scale is first.scale and t.zero_point is first.zero_point for t in valued[1:])
-    if same_kind and not shared and torch.compiler.is_compiling():
-        return _cat_traced(tensors, dim, valued)
-    same = same_kind and all(
+    return valued, same_kind, shared
+
+
+def _equal_qparams(valued: List[QTensor]) -> bool:
+    """Whether the inputs' qparams equal the first one's (read on the host)."""
+    first = valued[0]
+    return all(
         (t.scale is first.scale or torch.equal(t.scale.reshape(()), first.scale.reshape(())))
         and (t.zero_point is first.zero_point or torch.equal(t.zero_point.reshape(()), first.zero_point.reshape(())))
         for t in valued[1:])
-    if same:
-        return first._same_qparams(torch.cat([t.data for t in tensors], dim))
-    return _cat_requantized(tensors, dim, valued, same_kind)
 
 
 def _cat_requantized(tensors: List[QTensor], dim: int, valued: List[QTensor], same_kind: bool) -> QTensor:
@@ -453,7 +493,10 @@ def _torch_cat(tensors, dim=None, *, axis=None, out=None):
 
 
 def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
-    """torch.stack of per-tensor QTensors: :func:`cat` of them each unsqueezed at ``dim``."""
+    """torch.stack of per-tensor QTensors: with equal qparams and dtype, torch.stack of the codes;
+    otherwise :func:`cat` of them each unsqueezed at ``dim`` (requantized onto qparams covering
+    them all). Either way the codes have the strides of float's torch.stack of the same inputs
+    (channels-last inputs give a channels-last result)."""
     tensors = list(tensors)
     if any(isinstance(t, torch.Tensor) for t in tensors):
         return _run_in_float(torch.stack, (tensors, dim), {}, label="stack of QTensors and float tensors")
@@ -468,7 +511,20 @@ def stack(tensors: Sequence[QTensor], dim: int = 0) -> QTensor:
         if t.shape != tensors[0].shape:  # torch's check (cat's message would name another dimension)
             raise RuntimeError(f"stack expects each tensor to be equal size, but got {list(tensors[0].shape)} at "
                                f"entry 0 and {list(t.shape)} at entry {i}")
-    return cat([t.unsqueeze(d) for t in tensors], d)
+    for t in tensors:
+        _per_tensor(t, "stack")
+    valued, same_kind, shared = _kinds(tensors)
+    if same_kind and (shared or (not torch.compiler.is_compiling() and _equal_qparams(valued))):
+        return valued[0]._same_qparams(torch.stack([t.data for t in tensors], d))
+    out = cat([t.unsqueeze(d) for t in tensors], d)
+    # cat's codes are contiguous where torch.stack keeps the inputs' memory format: the strides
+    # torch.stack gives these inputs, found on the meta device (no data)
+    strides = torch.stack([torch.empty_strided(t.data.shape, t.data.stride(), dtype=t.data.dtype, device="meta")
+                           for t in tensors], d).stride()
+    if out.data.stride() == strides:
+        return out
+    data = torch.empty_strided(out.data.shape, strides, dtype=out.data.dtype, device=out.data.device)
+    return out._same_qparams(data.copy_(out.data))
 
 
 def _dim_or_axis(fn_name, dim, axis):
@@ -504,7 +560,7 @@ def _clamp(q, min=None, max=None, _in_place=False):
         raise NotImplementedError("clamp of a QTensor takes number bounds; call .dequantize() for tensor bounds")
     if ((min is not None and min > 0.0) or (max is not None and max < 0.0)) and not _in_place:
         # the result may lie outside q's range (clamp(q, min=5) of values in [-1, 1] is all 5)
-        return _clamped(q, min, max)
+        return _clamped(q, min, max, "clamp", "min", "max")
     lo = _quantize_value(q, min) if min is not None else None
     hi = _quantize_value(q, max) if max is not None else None
     return q._same_qparams(q.data.clamp(lo, hi))
@@ -519,14 +575,16 @@ def _clamp_(q, min=None, max=None):
 def _requantized(fn, name, keeps_range):
     """Functions computed in float on the dequantized values and quantized back with the
     input's qparams (torch.ao's quantized leaky_relu and elu keep them too) where their settings
-    keep every value inside the input's range (``keeps_range(*args, **kwargs)``: leaky_relu's
-    slope in [0, 1], elu's alpha in [0, 1]); other settings (elu with alpha 2, leaky_relu with
-    slope -0.5) may map values outside it: :func:`_onto_output_range`."""
+    keep every value inside the input's range (``keeps_range(name, *args, **kwargs)``:
+    leaky_relu's slope in [0, 1], elu's alpha in [0, 1]; a setting that is not finite is a
+    ValueError); other settings (elu with alpha 2, leaky_relu with slope -0.5) may map values
+    outside it: :func:`_onto_output_range`."""
     def impl(q, *args, **kwargs):
         _per_tensor(q, name)
         kwargs.pop("inplace", None)
+        keeps = keeps_range(name, *args, **kwargs)  # (first: it refuses settings that are not finite)
         y = fn(q.dequantize(), *args, **kwargs)
-        if keeps_range(*args, **kwargs):
+        if keeps:
             return q._same_qparams(torch.ops.torchquant.quantize(y, q.scale, q.zero_point, None, q.qmin, q.qmax,
                                                                  q.data.dtype))
         return _onto_output_range(q, lambda x: fn(x, *args, **kwargs), y)
@@ -534,16 +592,27 @@ def _requantized(fn, name, keeps_range):
     return impl
 
 
-def _leaky_relu_keeps_range(negative_slope=0.01, inplace=False):
+def _finite(fn_name: str, **settings) -> None:
+    """A ValueError naming the first setting that is not a finite number: an infinite or NaN slope
+    or alpha makes values infinite or NaN, which no qparams hold (as QFunctional.add_scalar)."""
+    for arg, v in settings.items():
+        if not math.isfinite(v):
+            raise ValueError(f"{fn_name}: argument '{arg}' must be finite on a QTensor, got {v}")
+
+
+def _leaky_relu_keeps_range(fn_name, negative_slope=0.01, inplace=False):
+    _finite(fn_name, negative_slope=negative_slope)
     return 0.0 <= negative_slope <= 1.0
 
 
-def _elu_keeps_range(alpha=1.0, inplace=False):
+def _elu_keeps_range(fn_name, alpha=1.0, inplace=False):
+    _finite(fn_name, alpha=alpha)
     return 0.0 <= alpha <= 1.0
 
 
-def _elu_in_place_keeps_range(alpha=1.0, scale=1.0, input_scale=1.0):
+def _elu_in_place_keeps_range(fn_name, alpha=1.0, scale=1.0, input_scale=1.0):
     # torch._C._nn.elu_'s settings: scale * (x > 0 ? x : alpha * (exp(input_scale * x) - 1))
+    _finite(fn_name, alpha=alpha, scale=scale, input_scale=input_scale)
     return scale == 1.0 and 0.0 <= alpha <= 1.0 and 0.0 <= input_scale <= 1.0
 
 
@@ -600,7 +669,7 @@ _FUNCTIONS = {
     torch.Tensor.relu_: _relu,
     F.relu: _relu,
     torch._C._nn.hardtanh_: _hardtanh_,
-    F.hardsigmoid: _fixed_output(F.hardsigmoid, "hardsigmoid"),
+    F.hardsigmoid: _fixed_output(F.hardsigmoid, "hardsigmoid", takes_inplace=True),
     torch.sigmoid: _fixed_output(torch.sigmoid, "sigmoid"),
     F.sigmoid: _fixed_output(torch.sigmoid, "sigmoid"),
     torch.cat: _torch_cat,

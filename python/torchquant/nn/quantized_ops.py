@@ -520,7 +520,7 @@ class Hardsigmoid(nn.Hardsigmoid):
     def forward(self, input):
         x = input
         if isinstance(x, QTensor):
-            return QTensor.__torch_function__(F.hardsigmoid, (QTensor,), (x, False), {})
+            return QTensor.__torch_function__(F.hardsigmoid, (QTensor,), (x,), {})
         return super().forward(x)
 
     @classmethod
