@@ -51,7 +51,7 @@ for lib in $PRELOAD; do
 done
 
 isas=()
-for isa in avx512vnni avxvnni avx2 scalar; do
+for isa in amx avx512vnni avxvnni avx2 scalar; do
   if PYTHONPATH=python $PY -c "import torchquant; torchquant.set_cpu_isa('$isa')" 2>/dev/null; then isas+=("$isa"); fi
 done
 # (the ISAs are probed with the normal build in python/torchquant: without it none is found, and
@@ -68,7 +68,7 @@ for isa in "${isas[@]}"; do
   if [ $first -eq 0 ]; then
     # Tests with the `isa` fixture already ran every ISA in the first pass: here only the
     # others, which run on the ISA that TORCHQUANT_CPU_ISA sets.
-    sel=(-k "not scalar and not avx2 and not avxvnni and not avx512vnni")
+    sel=(-k "not scalar and not avx2 and not avxvnni and not avx512vnni and not amx")
   fi
   first=0
   log="$OUT/test_$isa.log"

@@ -72,6 +72,7 @@ const CtKernels& ct_kernels() {
   static const CtKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_compute__avx512vnni,
                               cpu::conv_transpose_epilogue__avx512vnni};
   switch (cpu_isa()) {
+    case CpuIsa::Amx:  // its per-tap GEMMs are small (a tile of rows x Cin): AVX-512 VNNI's
     case CpuIsa::Avx512Vnni: return vnni;
     case CpuIsa::AvxVnni: return avxvnni;
     case CpuIsa::Avx2: return avx2;

@@ -243,7 +243,7 @@ at::Tensor lookup_table_cpu(const at::Tensor& a, const at::Tensor& table) {
   static const bool vbmi = cpu::cpu_has_avx512vbmi();
   const CpuIsa isa = cpu_isa();
   auto* kernel = isa == CpuIsa::Scalar                   ? cpu::lookup_table__scalar
-                 : isa == CpuIsa::Avx512Vnni && vbmi ? cpu::lookup_table__avx512vbmi
+                 : is_avx512_class(isa) && vbmi ? cpu::lookup_table__avx512vbmi
                                                          : cpu::lookup_table__avx2;
   at::parallel_for(0, ac.numel(), int64_t{1} << 16, [&](int64_t begin, int64_t end) {
     kernel(src + begin, lut, dst + begin, end - begin, flip);

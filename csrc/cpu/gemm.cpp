@@ -140,7 +140,10 @@ const GemmKernels& gemm_kernels() {
                                    cpu::gemm_compute__avxvnni, cpu::quantize_rows__avx2};
   static const GemmKernels vnni{cpu::gemm_mr__avx512vnni, cpu::gemm_task_panels__avx512vnni,
                                 cpu::gemm_compute__avx512vnni, cpu::quantize_rows__avx512vnni};
+  static const GemmKernels amx{cpu::gemm_mr__amx, cpu::gemm_task_panels__amx,
+                               cpu::gemm_compute__amx, cpu::quantize_rows__avx512vnni};
   switch (cpu_isa()) {
+    case CpuIsa::Amx: return amx;
     case CpuIsa::Avx512Vnni: return vnni;
     case CpuIsa::AvxVnni: return avxvnni;
     case CpuIsa::Avx2: return avx2;
@@ -230,6 +233,7 @@ void mm_direct(const int8_t* a, int64_t lda, int64_t M, const int8_t* b, int64_t
 // generic packer reads such rows contiguously anyway.
 decltype(&cpu::gemm_pack_weight_nk__avx2) nk_packer() {
   switch (cpu_isa()) {
+    case CpuIsa::Amx:
     case CpuIsa::Avx512Vnni: return cpu::gemm_pack_weight_nk__avx512vnni;
     case CpuIsa::Avx2:
     case CpuIsa::AvxVnni: return cpu::gemm_pack_weight_nk__avx2;
@@ -391,14 +395,14 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
   if (K == 0) return out.zero_();
   int64_t lda = 0;
   const at::Tensor ac = as_rows(a, K, &lda);
-  if (b.stride(1) == 1 && cpu_isa() == CpuIsa::Avx512Vnni) {
+  if (b.stride(1) == 1 && is_avx512_class(cpu_isa())) {
     mm_direct(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(0), N, K,
               out.data_ptr<int32_t>());
     return out;
   }
   // b = w.t() of a row-major w [N, K] (unit stride along K; torch._int_mm's usual call): read
   // as w's rows, by dot products for few rows of a, else through the same buffered path.
-  if (b.stride(0) == 1 && cpu_isa() == CpuIsa::Avx512Vnni) {
+  if (b.stride(0) == 1 && is_avx512_class(cpu_isa())) {
     if (M <= kDotMaxM) {
       mm_nk(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(1), N, K,
             out.data_ptr<int32_t>());

@@ -180,6 +180,15 @@ TQ_DECLARE_GEMM_KERNELS(avx512vnni)
 
 #undef TQ_DECLARE_GEMM_KERNELS
 
+// AMX-INT8 (gemm_amx.cpp): the packed layout's 4-k groups of 16 channels are the weight tiles of
+// tdpbusd / tdpbssd as they lie; a block of 32 rows x 2 panels accumulates in four int32 tiles and
+// goes through the AVX-512 epilogue. Small problems (few rows, short K, K % 4 != 0) run the AVX-512
+// VNNI kernel instead. Bit-identical to it (int32 sums are exact either way).
+int gemm_mr__amx();
+int64_t gemm_task_panels__amx();
+void gemm_compute__amx(const GemmProblem& p, const void* a, int64_t lda, int64_t m0, int64_t m1,
+                       int64_t p0, int64_t p1);
+
 // AVX-VNNI (gemm_avx2.cpp): the AVX2 variant's layout, tiles and epilogue, with vpdpbusd on
 // 256-bit registers for every tile; the other kernels of that variant are AVX2's.
 void gemm_compute__avxvnni(const GemmProblem& p, const void* a, int64_t lda, int64_t m0, int64_t m1,

@@ -26,6 +26,7 @@ using RowsFn = decltype(&cpu::quantize_rows__scalar);
 
 void int4_kernels(Int4Fn* compute, RowsFn* rows) {
   switch (cpu_isa()) {
+    case CpuIsa::Amx:  // int4 has no tile kernel: AVX-512 VNNI's
     case CpuIsa::Avx512Vnni:
       *compute = cpu::int4_compute__avx512vnni;
       *rows = cpu::quantize_rows__avx512vnni;

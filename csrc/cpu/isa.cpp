@@ -3,10 +3,31 @@
 #include <atomic>
 #include <cstdlib>
 
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include <c10/util/Exception.h>
 
 namespace torchquant {
 namespace {
+
+// AMX tiles need the kernel's permission to use their state (Linux 5.16 and later:
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)); once granted it holds for every thread
+// of the process. Asked once.
+bool amx_granted() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+  static const bool granted = [] {
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8")) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return granted;
+#else
+  return false;
+#endif
+}
 
 bool cpu_has(CpuIsa isa) {
 #if TQ_X86
@@ -23,6 +44,8 @@ bool cpu_has(CpuIsa isa) {
              __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
+    case CpuIsa::Amx:
+      return cpu_has(CpuIsa::Avx512Vnni) && amx_granted();
   }
   return false;
 #else
@@ -35,8 +58,9 @@ CpuIsa parse(const std::string& name) {
   if (name == "avx2") return CpuIsa::Avx2;
   if (name == "avxvnni") return CpuIsa::AvxVnni;
   if (name == "avx512vnni") return CpuIsa::Avx512Vnni;
+  if (name == "amx") return CpuIsa::Amx;
   TORCH_CHECK(false, "unknown CPU ISA '", name,
-              "' (argument 'isa'); expected one of auto, scalar, avx2, avxvnni, avx512vnni");
+              "' (argument 'isa'); expected one of auto, scalar, avx2, avxvnni, avx512vnni, amx");
 }
 
 CpuIsa checked(CpuIsa isa, const std::string& name, const char* source) {
@@ -54,7 +78,8 @@ CpuIsa initial() {
   const char* env = std::getenv("TORCHQUANT_CPU_ISA");
   if (env == nullptr) return cpu_isa_detected();
   const std::string name(env);
-  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::AvxVnni, CpuIsa::Avx512Vnni}) {
+  for (CpuIsa isa :
+       {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::AvxVnni, CpuIsa::Avx512Vnni, CpuIsa::Amx}) {
     if (name == cpu_isa_name(isa) && cpu_has(isa)) return isa;
   }
   return cpu_isa_detected();
@@ -68,7 +93,8 @@ std::atomic<int>& current() {
 }  // namespace
 
 CpuIsa cpu_isa_detected() {
-  static const CpuIsa best = cpu_has(CpuIsa::Avx512Vnni) ? CpuIsa::Avx512Vnni
+  static const CpuIsa best = cpu_has(CpuIsa::Amx)          ? CpuIsa::Amx
+                             : cpu_has(CpuIsa::Avx512Vnni) ? CpuIsa::Avx512Vnni
                              : cpu_has(CpuIsa::AvxVnni)  ? CpuIsa::AvxVnni
                              : cpu_has(CpuIsa::Avx2)     ? CpuIsa::Avx2
                                                          : CpuIsa::Scalar;
@@ -92,6 +118,8 @@ const char* cpu_isa_name(CpuIsa isa) {
       return "avxvnni";
     case CpuIsa::Avx512Vnni:
       return "avx512vnni";
+    case CpuIsa::Amx:
+      return "amx";
   }
   return "unknown";
 }

@@ -16,12 +16,15 @@ from . import _load  # noqa: F401
 
 __all__ = ["cpu_isa", "set_cpu_isa", "force_cpu_isa", "build_info", "ISAS"]
 
-ISAS = ("scalar", "avx2", "avxvnni", "avx512vnni")
+ISAS = ("scalar", "avx2", "avxvnni", "avx512vnni", "amx")
 
 
 def cpu_isa() -> str:
     """The CPU kernel variant in use: 'scalar', 'avx2', 'avxvnni' (AVX2 with AVX-VNNI: the AVX2
-    kernels, but the int8 GEMMs multiply with 256-bit vpdpbusd) or 'avx512vnni'."""
+    kernels, but the int8 GEMMs multiply with 256-bit vpdpbusd), 'avx512vnni' or 'amx'
+    (AVX-512 VNNI with AMX-INT8 tiles, Intel since Sapphire Rapids, on Linux: the AVX-512 VNNI
+    kernels, but the int8 GEMM of convolutions and of Linear layers with 16 rows or more
+    multiplies on tiles)."""
     return torch.ops.torchquant.cpu_isa()
 
 
