@@ -409,16 +409,83 @@ def _pack_conv_weight_fake(w, groups=1):
 
 
 def _expand(v, n, name):
-    v = list(v)
+    v = [v] if isinstance(v, (int, torch.SymInt)) else list(v)
     torch._check(len(v) in (1, n), lambda: f"argument '{name}' must have 1 or {n} elements, got {v}")
     return v * n if len(v) == 1 else v
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _value_check(cond, message):
+    """torch._check's contract for the public shape helpers: a ValueError, not a RuntimeError."""
+    if not cond:
+        raise ValueError(message())
+
+
+def _past_int64(v):
+    return isinstance(v, int) and v > _INT64_MAX  # a symbolic size is not bounded here
+
+
+def _as_list(v):
+    return [v] if isinstance(v, (int, torch.SymInt)) else list(v)
+
+
+def _conv_list(v, n, name, low, op, check):
+    """A geometry argument of n values, as csrc's conv_list_arg: one value means n of it, each
+    must be >= low; the same messages."""
+    v = _as_list(v)
+    check(len(v) in (1, n), lambda: f"argument '{name}' must have 1 or {n} elements for a {n}-d {op}, got {v}")
+    out = v * n if len(v) == 1 else v
+    check(all(e >= low for e in out), lambda: f"argument '{name}' must hold values >= {low}, got {v}")
+    return out
+
+
+def _conv_lists(kernel_size, stride, padding, dilation, n, op, check):
+    return (_conv_list(kernel_size, n, "kernel_size", 1, op, check), _conv_list(stride, n, "stride", 1, op, check),
+            _conv_list(padding, n, "padding", 0, op, check), _conv_list(dilation, n, "dilation", 1, op, check))
+
+
+def _conv_sizes(in_sizes, kernel_size, stride, padding, dilation, check, x_name):
+    """The output sizes of a convolution, with csrc's checks (common/conv_checks.cpp) of the
+    geometry and the same messages; check is torch._check or _value_check."""
+    n = len(in_sizes)
+    ks, st, pd, dl = _conv_lists(kernel_size, stride, padding, dilation, n, "convolution", check)
+    kernel_size, padding, dilation = _as_list(kernel_size), _as_list(padding), _as_list(dilation)
+    out = []
+    for d, (i, k, s, p, r) in enumerate(zip(in_sizes, ks, st, pd, dl)):
+        span, padded = r * (k - 1) + 1, i + 2 * p
+        check(not _past_int64(span),
+              lambda: f"argument 'dilation' is too large: the dilated kernel (dilation {r}, kernel size {k}) overflows "
+                      f"int64 in spatial dimension {d}, got dilation={dilation} and kernel_size={kernel_size}")
+        check(not _past_int64(padded), lambda: f"argument 'padding' is too large: the padded input overflows int64 in "
+                                               f"spatial dimension {d}, got padding={padding}")
+        check(padded >= span, lambda: f"the padded input of '{x_name}' (size {padded} in spatial dimension {d}) is "
+                                      f"smaller than the dilated kernel (size {span})")
+        out.append((padded - span) // s + 1)
+    return out
+
+
+def _in_sizes(in_sizes, kernel_size):
+    """The public helpers' in_sizes and kernel_size as lists (an int kernel_size: that size
+    along each input dimension)."""
+    in_sizes = [in_sizes] if isinstance(in_sizes, int) else list(in_sizes)
+    n = len(in_sizes)
+    _value_check(1 <= n <= 3, lambda: f"argument 'in_sizes' must hold 1, 2 or 3 spatial sizes, got {in_sizes}")
+    if not isinstance(kernel_size, int):
+        kernel_size = list(kernel_size)
+        _value_check(len(kernel_size) == n, lambda: f"argument 'kernel_size' must have one value per input size "
+                                                    f"({n}), got {kernel_size}")
+    return in_sizes, kernel_size
+
+
 def conv_output_size(in_sizes, kernel_size, stride, padding, dilation):
-    """The spatial output sizes of a convolution (torch's formula)."""
-    n = len(kernel_size)
-    st, pd, dl = _expand(stride, n, "stride"), _expand(padding, n, "padding"), _expand(dilation, n, "dilation")
-    return [(i + 2 * p - d * (k - 1) - 1) // s + 1 for i, k, s, p, d in zip(in_sizes, kernel_size, st, pd, dl)]
+    """The spatial output sizes of a convolution (torch's formula), each argument an int or one
+    value per spatial dimension. Raises ValueError for a geometry that conv_int8 refuses (a
+    stride or dilation below 1, a negative padding, a padded input smaller than the dilated
+    kernel)."""
+    in_sizes, kernel_size = _in_sizes(in_sizes, kernel_size)
+    return _conv_sizes(in_sizes, kernel_size, stride, padding, dilation, _value_check, "in_sizes")
 
 
 @torch.library.register_fake("torchquant::conv_int8")
@@ -426,9 +493,14 @@ def _conv_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bia
                     dilation, groups, out_scale=None, out_zero_point=None, relu=False, out_dtype=None):
     torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
     nsp = len(kernel_size)
-    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must have 1, 2 or 3 elements, got {kernel_size}")
+    # csrc/common/conv_checks.cpp's checks and messages: torch.compile and export refuse what the kernels refuse.
+    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must have 1, 2 or 3 elements (conv1d, conv2d, "
+                                        f"conv3d), got {list(kernel_size)}")
     torch._check(x.dim() == nsp + 2,
-                 lambda: f"Expected {nsp + 2}D (batched) input to conv{nsp}d, but got input of size: {list(x.shape)}")
+                 lambda: f"Expected {nsp + 2}D (batched) input to conv{nsp}d (argument 'x' [N, C, *spatial]), but got "
+                         f"input of size: {list(x.shape)}")
+    _conv_lists(kernel_size, stride, padding, dilation, nsp, "convolution", torch._check)
+    torch._check(groups >= 1, lambda: f"argument 'groups' must be >= 1, got {groups}")
     _check_devices("x", x, x_scale=x_scale, x_zero_point=x_zero_point, w_packed=w_packed, w_col_sums=w_col_sums,
                    w_scale=w_scale, bias=bias, out_scale=out_scale, out_zero_point=out_zero_point)
     torch._check(groups >= 1 and x.shape[1] % groups == 0,
@@ -444,7 +516,7 @@ def _conv_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bia
     odt = out_dtype or torch.float32
     torch._check(odt in (torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.uint8),
                  lambda: f"argument 'out_dtype' must be float32, bfloat16, float16, int8 or uint8, got {odt}")
-    out_sp = conv_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
+    out_sp = _conv_sizes(x.shape[2:], kernel_size, stride, padding, dilation, torch._check, "x")
     # Channels-last memory: [N, *out, Cout] contiguous, seen as [N, Cout, *out].
     y = x.new_empty((x.shape[0], *out_sp, cout), dtype=odt)
     return y.movedim(-1, 1)
@@ -673,13 +745,42 @@ def conv_transpose_packed_weight_shape(w_shape, groups: int = 1, device="cpu"):
     return (groups * kd * ((khw * ng + PANEL - 1) // PANEL) * cg * PANEL + CONV_PACKED_TRAILER,)
 
 
+def _conv_transpose_sizes(in_sizes, kernel_size, stride, padding, output_padding, dilation, check, x_name, x_sizes):
+    """The output sizes of a transposed convolution, with csrc's checks
+    (common/conv_transpose_checks.cpp) of the geometry and the same messages; check is
+    torch._check or _value_check."""
+    n = len(in_sizes)
+    ks, st, pd, dl = _conv_lists(kernel_size, stride, padding, dilation, n, "transposed convolution", check)
+    op = _conv_list(output_padding, n, "output_padding", 0, "transposed convolution", check)
+    out = []
+    for d, (i, k, s, p, o, r) in enumerate(zip(in_sizes, ks, st, pd, op, dl)):
+        # torch's rule (conv_transpose*d): output_padding below stride or below dilation.
+        check(o < s or o < r, lambda: f"argument 'output_padding' must be smaller than either stride or dilation, got "
+                                      f"output_padding={_as_list(output_padding)}, stride={_as_list(stride)}, "
+                                      f"dilation={_as_list(dilation)}")
+        check(i >= 1, lambda: f"argument '{x_name}' must have non-zero spatial sizes (as torch's conv_transpose{n}d), "
+                              f"got input of size: {list(x_sizes)}")
+        size = (i - 1) * s - 2 * p + r * (k - 1) + o + 1
+        where = (f"in spatial dimension {d} (input size {i}, kernel_size {k}, stride {s}, padding {p}, "
+                 f"output_padding {o}, dilation {r})")
+        check(not _past_int64(size + 2 * p) and not _past_int64(2 * p),
+              lambda: f"the output of conv_transpose{n}d would have a size past int64 {where}: argument 'stride', "
+                      "'padding' or 'dilation' is too large")
+        check(size >= 1, lambda: f"the output of conv_transpose{n}d would have size {size} {where}: padding is too "
+                                 "large")
+        out.append(size)
+    return out
+
+
 def conv_transpose_output_size(in_sizes, kernel_size, stride, padding, output_padding, dilation):
-    """The spatial output sizes of a transposed convolution (torch's formula)."""
-    n = len(kernel_size)
-    st, pd = _expand(stride, n, "stride"), _expand(padding, n, "padding")
-    op, dl = _expand(output_padding, n, "output_padding"), _expand(dilation, n, "dilation")
-    return [(i - 1) * s - 2 * p + d * (k - 1) + o + 1
-            for i, k, s, p, o, d in zip(in_sizes, kernel_size, st, pd, op, dl)]
+    """The spatial output sizes of a transposed convolution (torch's formula), each argument an
+    int or one value per spatial dimension. Raises ValueError for a geometry that
+    conv_transpose_int8 refuses (a stride or dilation below 1, a negative padding or
+    output_padding, an output_padding not below stride or dilation, an input size of 0, an
+    output size below 1)."""
+    in_sizes, kernel_size = _in_sizes(in_sizes, kernel_size)
+    return _conv_transpose_sizes(in_sizes, kernel_size, stride, padding, output_padding, dilation, _value_check,
+                                 "in_sizes", in_sizes)
 
 
 @torch.library.register_fake("torchquant::pack_conv_transpose_weight")
@@ -703,10 +804,15 @@ def _conv_transpose_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_
                               relu=False, out_dtype=None):
     torch._check(x.dtype in (torch.int8, torch.uint8), lambda: f"argument 'x' must be int8 or uint8, got {x.dtype}")
     nsp = len(kernel_size)
-    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must have 1, 2 or 3 elements, got {kernel_size}")
+    # csrc/common/conv_transpose_checks.cpp's checks and messages: torch.compile and export refuse what the
+    # kernels refuse.
+    torch._check(1 <= nsp <= 3, lambda: f"argument 'kernel_size' must have 1, 2 or 3 elements (conv_transpose1d, 2d, "
+                                        f"3d), got {list(kernel_size)}")
     torch._check(x.dim() == nsp + 2,
-                 lambda: f"Expected {nsp + 2}D (batched) input to conv_transpose{nsp}d, but got input of size: "
-                         f"{list(x.shape)}")
+                 lambda: f"Expected {nsp + 2}D (batched) input to conv_transpose{nsp}d (argument 'x' [N, C, "
+                         f"*spatial]), but got input of size: {list(x.shape)}")
+    _conv_lists(kernel_size, stride, padding, dilation, nsp, "transposed convolution", torch._check)
+    torch._check(groups >= 1, lambda: f"argument 'groups' must be >= 1, got {groups}")
     _check_devices("x", x, x_scale=x_scale, x_zero_point=x_zero_point, w_packed=w_packed, w_col_sums=w_col_sums,
                    w_scale=w_scale, bias=bias, out_scale=out_scale, out_zero_point=out_zero_point)
     torch._check(groups >= 1 and x.shape[1] % groups == 0,
@@ -727,13 +833,8 @@ def _conv_transpose_int8_fake(x, x_scale, x_zero_point, w_packed, w_col_sums, w_
     odt = out_dtype or torch.float32
     torch._check(odt in (torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.uint8),
                  lambda: f"argument 'out_dtype' must be float32, bfloat16, float16, int8 or uint8, got {odt}")
-    st, op, dl = _expand(stride, nsp, "stride"), _expand(output_padding, nsp, "output_padding"), \
-        _expand(dilation, nsp, "dilation")
-    for o, s, d in zip(op, st, dl):
-        torch._check(o < s or o < d, lambda: f"argument 'output_padding' must be smaller than either stride or "
-                                             f"dilation, got output_padding={list(output_padding)}, "
-                                             f"stride={list(stride)}, dilation={list(dilation)}")
-    out_sp = conv_transpose_output_size(x.shape[2:], kernel_size, stride, padding, output_padding, dilation)
+    out_sp = _conv_transpose_sizes(x.shape[2:], kernel_size, stride, padding, output_padding, dilation, torch._check,
+                                   "x", x.shape)
     # Channels-last memory: [N, *out, Cout] contiguous, seen as [N, Cout, *out].
     y = x.new_empty((x.shape[0], *out_sp, cout), dtype=odt)
     return y.movedim(-1, 1)

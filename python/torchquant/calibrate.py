@@ -68,10 +68,13 @@ def _to(x, device):
 def _batch_args(batch):
     """(args, kwargs) of ``model`` for one batch: a mapping (a Hugging Face tokenizer's output)
     as keyword arguments, an ``(input, target)`` tuple or list by its input, anything else as
-    the input."""
+    the input. A PackedSequence (a tuple of data and batch sizes) is one input, a recurrent
+    model's: read as a pair, its data alone would run as one unbatched sequence."""
     if isinstance(batch, Mapping):
         return (), dict(batch)
-    return (batch[0] if isinstance(batch, (tuple, list)) else batch,), {}
+    if isinstance(batch, (tuple, list)) and not isinstance(batch, nn.utils.rnn.PackedSequence):
+        return (batch[0],), {}
+    return (batch,), {}
 
 
 def _check_batch(fn: str, index: int, batch) -> None:
@@ -156,11 +159,12 @@ def _warn_training_mode(model: nn.Module) -> None:
 def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = None, progress: bool = True) -> nn.Module:
     """Runs ``data`` through ``model`` under ``torch.no_grad()`` so that its observers record
     statistics; returns the model. ``data`` yields tensors, ``(input, target)`` tuples (the
-    target is ignored), or mappings passed as keyword arguments (a Hugging Face tokenizer's
-    output: ``model(**batch)``); inputs move to the model's device. ``num_batches`` stops early;
-    ``progress`` shows a tqdm bar. The model's train/eval mode is left as it is (calibrate in
-    eval mode, so that dropout and batch norm behave as at inference: a model in training mode
-    with BatchNorm or Dropout layers in training mode gets a warning, unless prepared for QAT).
+    target is ignored; a PackedSequence is one input), or mappings passed as keyword arguments
+    (a Hugging Face tokenizer's output: ``model(**batch)``); inputs move to the model's device.
+    ``num_batches`` stops early; ``progress`` shows a tqdm bar. The model's train/eval mode is
+    left as it is (calibrate in eval mode, so that dropout and batch norm behave as at inference:
+    a model in training mode with BatchNorm or Dropout layers in training mode gets a warning,
+    unless prepared for QAT).
     For a model with several inputs, each batch is a dict of its ``forward``'s arguments; a batch
     that does not fit the ``forward`` raises a TypeError saying how batches are read.
 
@@ -173,11 +177,13 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
         raise TypeError(f"calibrate: argument 'num_batches' must be an int or None, got {num_batches!r}")
     if num_batches is not None and num_batches < 0:
         raise ValueError(f"calibrate: argument 'num_batches' must be >= 0 or None, got {num_batches}")
-    if isinstance(data, (torch.Tensor, str, bytes, Mapping)) or not hasattr(data, "__iter__"):
-        # A tensor would be iterated row by row, each row run as a batch: refuse it too.
+    one_batch = (torch.Tensor, Mapping, nn.utils.rnn.PackedSequence)
+    if isinstance(data, (str, bytes) + one_batch) or not hasattr(data, "__iter__"):
+        # A tensor would be iterated row by row, each row run as a batch (a PackedSequence field
+        # by field): refuse it too.
         raise TypeError("calibrate: argument 'data' must be an iterable of batches (a DataLoader, or a list of "
                         f"tensors, (input, target) tuples or dicts of keyword arguments), got {type(data).__name__}"
-                        + (" (wrap a single batch in a list: [x])" if isinstance(data, (torch.Tensor, Mapping)) else ""))
+                        + (" (wrap a single batch in a list: [x])" if isinstance(data, one_batch) else ""))
     if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
         # (x, y): one (input, target) batch (as report reads it) or two batches? Running y as a
         # batch would calibrate on the targets.

@@ -139,8 +139,8 @@ def _as_float(out) -> Optional[torch.Tensor]:
 
 
 def _batches(data) -> Iterable:
-    # A tuple is one (inputs, targets) batch, as calibrate's batches are; a list or any other
-    # iterable holds batches.
+    # A tuple is one (inputs, targets) batch, as calibrate's batches are (a PackedSequence one
+    # batch of one input); a list or any other iterable holds batches.
     if isinstance(data, (torch.Tensor, Mapping, tuple)):
         return [data]
     if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
