@@ -8,9 +8,9 @@ Each implementation is timed as the 10th percentile of single-call times, interl
 rounds (bench_linear.interleaved_us). All take and give their natural activation format:
   torchquant    ops.conv_transpose_int8, uint8 channels-last in, uint8 channels-last out
                 (requantized), per-output-channel weights
-  torch.ao      torch.ao.nn.quantized.ConvTranspose2d on a quint8 tensor (fbgemm engine: the
-                x86 and onednn engines give wrong ConvTranspose results in this torch), quint8
-                out, per-tensor weights (it has no per-channel ConvTranspose)
+  torch.ao      torch.ao.nn.quantized.ConvTranspose2d on a channels-last quint8 tensor (fbgemm
+                engine: the x86 and onednn engines give wrong ConvTranspose results in this
+                torch), quint8 out, per-tensor weights (it has no per-channel ConvTranspose)
   fp32          F.conv_transpose2d, float32 (oneDNN)
 Ratios are anchor_time / torchquant_time (> 1: torchquant is faster).
 """
@@ -67,7 +67,9 @@ def bench_shape(label, cin, cout, hw, k, s, p, batch, rounds, target_ms):
     aoq = torch.ao.nn.quantized.ConvTranspose2d(cin, cout, k, s, p)
     aoq.set_weight_bias(torch.quantize_per_tensor(w, float(w.abs().max()) / 127, 0, torch.qint8), bias)
     aoq.scale, aoq.zero_point = out_scale, out_zp
-    ax = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8)
+    # channels-last, as torch.ao's quantized convolutions compute: an NCHW input would add a
+    # layout conversion to each call
+    ax = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8).contiguous(memory_format=torch.channels_last)
 
     def ao():
         return aoq(ax)

@@ -66,8 +66,9 @@ def main():
         variants.append(("torch.ao int8 dynamic", torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)))
         variants.append(("torchquant int8 dynamic", tq.quantize_dynamic(copy.deepcopy(model), {nn.Linear})))
-        variants.append(("torchquant int4 g128 rtn", tq.quantize_weight_only(
-            model, bits=4, group_size=32 if args.smoke else 128, method="rtn", progress=False)))
+        group_size = 32 if args.smoke else 128
+        variants.append((f"torchquant int4 g{group_size} rtn", tq.quantize_weight_only(
+            model, bits=4, group_size=group_size, method="rtn", progress=False)))
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3))
     n_pre = 8 if args.smoke else args.prefill
     long_prompt = torch.randint(0, model.config.vocab_size, (1, n_pre), generator=torch.Generator().manual_seed(4))

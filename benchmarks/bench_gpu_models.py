@@ -185,8 +185,9 @@ def bench_llama_decode(device, smoke):
     linear_bytes = sum(m.weight.numel() * 2 for m in model.modules() if type(m) is nn.Linear)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = tq.quantize_weight_only(model, bits=4, group_size=128 if not smoke else 32, method="rtn",
-                                    exclude=["lm_head"], progress=False)
+        group_size = 32 if smoke else 128
+        q = tq.quantize_weight_only(model, bits=4, group_size=group_size, method="rtn", exclude=["lm_head"],
+                                    progress=False)
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), device=device,
                            generator=torch.Generator(device=device).manual_seed(3))
     new = 8 if smoke else 64
@@ -201,7 +202,7 @@ def bench_llama_decode(device, smoke):
             print(f"  decode, {how}: not measured: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             continue
         agree = float((ref_tok == q_tok).float().mean())
-        line(f"  decode, {how}, int4 g128 rtn", q_ms, ref_ms, "bf16",
+        line(f"  decode, {how}, int4 g{group_size} rtn", q_ms, ref_ms, "bf16",
              f"({q_tok.shape[1]} tokens; greedy tokens equal to bf16's: {agree:.0%})")
         line(f"  (anchor bf16, {how}, per token)", ref_ms)
 

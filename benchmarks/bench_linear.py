@@ -7,7 +7,10 @@ rounds * target_ms of calls: in each of `rounds` rounds every implementation of 
 target_ms of back-to-back calls, so that a drift of a shared machine's speed falls on all alike. Ratios are
 anchor_time / torchquant_time (> 1: torchquant is faster). Anchors:
   static   torch.ao.nn.quantized.Linear (quint8 in, quint8 out) on the x86 and fbgemm engines;
-           torch._int_mm + zero-point correction + requantize in torch ops; fp32 F.linear
+           `_int_mm+rq`: torch._int_mm + bias and requantize in torch ops (int_mm_requant) on
+           int8 activations shifted by their zero point 128 before timing (x_u8 - 128), so the
+           int32 product needs no zero-point correction (torchquant takes the uint8 codes and
+           applies its correction within the timed call); fp32 F.linear
   int8_mm  torch._int_mm, with b in both layouts: contiguous [K, N], and b = w.t() of a row-major
            [N, K] weight (unit stride along K), the way torch._int_mm is usually called
   dynamic  torchao Int8DynamicActivationInt8WeightConfig, torch.ao.quantization.quantize_dynamic
@@ -44,6 +47,15 @@ def ao_static_linear(engine, K, N, w_f, b_f, w_scale):
     lin.set_weight_bias(qw, b_f)
     lin.scale, lin.zero_point = 0.05, 64
     return lin
+
+
+def int_mm_requant(x_s8, w_t, x_scale, w_scale, bias, out_scale, out_zp):
+    """The `_int_mm+rq` anchor: torch._int_mm of int8 activations already shifted by their zero
+    point (x_s8 = x_u8 - 128 for zero point 128) and the [K, N] int8 weight, then bias and the
+    requantize to uint8 in torch ops."""
+    acc = torch._int_mm(x_s8, w_t)
+    y = acc.float() * (x_scale * w_scale) + bias
+    return torch.clamp(torch.round(y * (1.0 / out_scale)) + out_zp, 0, 255).to(torch.uint8)
 
 
 def torchao_dynamic(K, N, w_f, b_f):
@@ -105,24 +117,18 @@ def main():
             lin = ao_static_linear(engine, K, N, w_f, b_f, w_scale)
             fns[f"ao_{engine}"] = lambda lin=lin: lin(qx)
         torch.backends.quantized.engine = "x86"
-        # torch._int_mm path: int8 activations (x - 128), int32 product, correction + requantize in torch ops.
+        # torch._int_mm path: the activations shifted to int8 here, untimed (x - 128, the zero point:
+        # the int32 product needs no correction), int32 product + requantize in torch ops.
         x_s8 = (x_u8.to(torch.int16) - 128).to(torch.int8)
         w_t = w_q.t().contiguous()
-        cs64 = w_q.to(torch.int32).sum(1)
-
-        def int_mm_requant():
-            acc = torch._int_mm(x_s8, w_t)
-            y = acc.float() * (0.02 * w_scale) + b_f
-            return torch.clamp(torch.round(y * 20.0) + 64, 0, 255).to(torch.uint8)
         w_tv = w_q.t()  # the transposed view: stride (1, K)
         try:
-            int_mm_requant()
-            fns["int_mm_rq"] = int_mm_requant
+            int_mm_requant(x_s8, w_t, 0.02, w_scale, b_f, 0.05, 64)
+            fns["int_mm_rq"] = lambda: int_mm_requant(x_s8, w_t, 0.02, w_scale, b_f, 0.05, 64)
             fns["int_mm"] = lambda: torch._int_mm(x_s8, w_t)
             fns["int_mm_t"] = lambda: torch._int_mm(x_s8, w_tv)
         except RuntimeError:
             r["int_mm_rq"] = r["int_mm"] = r["int_mm_t"] = float("nan")
-        del cs64
         fns["ours_mm"] = lambda: ops.int8_mm(x_s8, w_t)
         fns["ours_mm_t"] = lambda: ops.int8_mm(x_s8, w_tv)
 

@@ -8,7 +8,8 @@ dynamic (torchquant.quantize_dynamic) and int4 weight-only by round-to-nearest, 
 
 The model's Linears have K = 128 (attention, MLP in) and 512 (MLP out): g128 (the usual group
 size of large models) is one group per output channel for most layers here, so g32 is reported
-too. The LM head stays in float (as GPTQ and AWQ checkpoints usually keep it).
+too. The int4 runs keep the LM head in float (as GPTQ and AWQ checkpoints usually keep it); int8
+dynamic quantizes it too.
 
 Data: every ``*.py`` directly in ``os.path.dirname(os.__file__)``, sorted by name; every tenth
 file is held out for evaluation, the rest is training text (bytes, vocabulary 256).
