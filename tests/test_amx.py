@@ -177,3 +177,48 @@ def test_conv2d_amx_matches_reference_and_vnni(case, xdtype):
                         vnni = ops.conv_int8(*args)
                     assert torch.equal(got, want), (zp, layout, out_dtype, relu)
                     assert torch.equal(got, vnni)
+
+
+IMPLICIT_CASES = [
+    # (N, C, spatial, Cout, kernel, padding, dilation): stride-1 layers the AMX implicit GEMM takes
+    # (one group, kernel depth 1, KW * C a multiple of 64, GEMM depth >= 256, few dropped
+    # columns): 2-d with and without padding, dilation along H, a single output row, rows left
+    # over after blocks of 32 and 16, 1-d and 3-d.
+    (2, 64, (9, 20), 40, (3, 3), (1, 1), (1, 1)),
+    (1, 128, (6, 40), 33, (3, 3), (0, 0), (1, 1)),
+    (1, 64, (3, 30), 16, (3, 3), (0, 0), (1, 1)),
+    (3, 64, (7, 21), 17, (3, 3), (0, 1), (2, 1)),
+    (1, 64, (4, 22), 130, (3, 3), (2, 0), (1, 1)),
+    (2, 32, (5, 26), 20, (5, 2), (1, 0), (1, 1)),
+    (2, 64, (60,), 24, (5,), (2,), (1,)),
+    (1, 64, (3, 4, 21), 18, (1, 3, 3), (0, 1, 1), (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", IMPLICIT_CASES)
+@pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
+def test_conv_amx_implicit_matches_reference_and_vnni(case, xdtype):
+    n, c, sp, co, k, p, d = case
+    gen = torch.Generator().manual_seed(n + c + sum(sp) + co)
+    lo, hi = (0, 255) if xdtype == torch.uint8 else (-128, 127)
+    x = _x(gen, (n, c, *sp), xdtype)
+    w, ws = _w(gen, (co, c, *k)), _scales(gen, co)
+    bias = torch.randn(co, generator=gen) * 20
+    wp, cs = ops.pack_conv_weight(w, 1)
+    ones = [1] * len(sp)
+    layouts = [torch.contiguous_format] + ([torch.channels_last] if len(sp) == 2 else [])
+    for zp in (lo, hi, 0 if xdtype == torch.uint8 else 3):
+        xs, xz = torch.tensor([0.1]), torch.tensor([zp], dtype=torch.int32)
+        for layout in layouts:
+            xl = x.contiguous(memory_format=layout)
+            for out_dtype, os_, oz in OUT_KINDS[:4]:
+                os_t, oz_t = _qp(os_, torch.float32), _qp(oz, torch.int32)
+                want = reference.conv_int8(x, xs, xz, w, ws, bias, 1, list(p), list(d), 1, os_t, oz_t, True, out_dtype)
+                args = (xl, xs, xz, wp, cs, ws, bias, list(k), ones, list(p), list(d), 1, os_t, oz_t, True, out_dtype)
+                for threads in (1, 2, 3):
+                    with num_threads(threads), torchquant.force_cpu_isa("amx"):
+                        got = ops.conv_int8(*args)
+                    assert torch.equal(got, want), (zp, layout, out_dtype, threads)
+                with torchquant.force_cpu_isa("avx512vnni"):
+                    assert torch.equal(ops.conv_int8(*args), want)
+            assert torch.equal(x, xl)

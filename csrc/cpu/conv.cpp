@@ -416,11 +416,107 @@ void padding_order(int64_t M, const uint8_t* const* r, const int32_t* sr, const 
 // copy of the receptive fields then costs more than the tiles save.
 bool amx_im2col(int64_t Kg) { return Kg >= 256; }
 
+// The AMX variant's implicit GEMM of a stride-1 convolution (one group, kernel depth 1, no
+// dilation along W, kernel rows of whole 64-byte chunks: KW * C % 64 == 0, C a multiple of 64 for
+// 3x3): tile loads want rows at one stride, and the output pixels of a block of output rows are
+// at one stride C in the padded input view if the view's padding columns are computed too. So a
+// task pads the input rows its block of output rows reads (as the AVX-512 implicit GEMM does)
+// and multiplies "virtual" pixels v = row * Wp + column over the padded width Wp, of which the
+// columns past OW are computed and dropped (2 of 58 at 56x56, 2 of 9 at 7x7): row v's K bytes
+// are KH kernel rows of KW * C bytes, kernel row kh at v * C + kh * dil_h * Wp * C. No im2col
+// copy: for 64-channel 3x3 layers that copy cost a third of the time.
+bool amx_implicit_ok(const ConvSetup& s, int64_t rb) {
+  const ConvGeometry& G = s.g;
+  // The dropped columns must be few: at 14x14 (2 of 16) im2col tiles were 10 % faster, at 28x28
+  // (2 of 30) the implicit GEMM 20 %, at 56x56 25 % (one core, 3x3 layers of ResNet-18).
+  const int64_t Wp = G.in[2] + 2 * G.pad[2];
+  const bool one_by_one = G.k[1] == 1 && G.k[2] == 1 && G.pad[1] == 0 && G.pad[2] == 0;  // read in place
+  return !one_by_one && s.groups == 1 && G.k[0] == 1 && G.pad[0] == 0 && G.stride[1] == 1 && G.stride[2] == 1 &&
+         G.dil[2] == 1 && rb == G.k[2] * G.C && rb % 64 == 0 && amx_im2col(packed_depth(s)) &&
+         10 * G.out[2] >= 9 * Wp;
+}
+
+void run_conv_amx_implicit(const ConvSetup& s, const GemmProblem& base, const at::Tensor& xt,
+                           char* out, const int8_t* packed) {
+  const ConvGeometry& G = s.g;
+  const int64_t C = G.C, KH = G.k[1], dh = G.dil[1], OH = G.out[1], OW = G.out[2];
+  const int64_t Hp = G.in[1] + 2 * G.pad[1], Wp = G.in[2] + 2 * G.pad[2];
+  const int64_t planes = G.N * G.out[0], Kg = packed_depth(s), panels = cpu::gemm_panels(s.Ng);
+  const int64_t rowb = Wp * C, reach = (KH - 1) * dh;  // bytes per padded row; extra rows read
+  const int nt = at::get_num_threads();
+  const bool serial = nt <= 1 || G.out_pixels() * s.Cout * Kg < kSerialWork;
+  // Output rows per task: the padded window in L2 (about 384 KiB), and at least 32 virtual pixels
+  // (one block of two row tiles) where the image has them.
+  int64_t per = std::max<int64_t>(1, 4 * kTileBytes / rowb - reach);
+  const int64_t min_rows = std::min<int64_t>(OH, (32 - OW + Wp - 1) / Wp + 1);
+  per = std::min(OH, std::max(per, min_rows));
+  int64_t tpp = (OH + per - 1) / per;  // tasks per output plane
+  int64_t nblocks = 1;
+  if (!serial) {
+    // Equal tasks, their number a multiple of the threads (see conv_grid); too few row blocks:
+    // split the panels (pairs) instead.
+    while ((planes * tpp) % nt != 0 && OH / (tpp + 1) >= min_rows) ++tpp;
+    if (planes * tpp < nt) nblocks = std::min<int64_t>(nt, std::max<int64_t>(1, panels / 2));
+  }
+  const int64_t tasks = planes * tpp * nblocks;
+  const uint8_t zp = static_cast<uint8_t>(base.a_zp);
+  const uint8_t* src = static_cast<const uint8_t*>(xt.const_data_ptr());
+  const InStrides st = in_strides(xt, s.nsp);
+  auto run = [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<uint8_t> pbuf;
+    thread_local std::vector<int32_t> rows_out;
+    int64_t have = -1;
+    uint8_t* pb = nullptr;
+    int64_t mv = 0;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t nb = t % nblocks, tile = t / nblocks;
+      const int64_t plane = tile / tpp, ti = tile % tpp;
+      const int64_t oh0 = ti * OH / tpp, oh1 = (ti + 1) * OH / tpp;
+      const int64_t p0 = nb * panels / nblocks, p1 = (nb + 1) * panels / nblocks;
+      if (oh0 >= oh1 || p0 >= p1) continue;
+      if (tile != have) {
+        // Input plane of output plane (n, od): n * D + od * stride_d (kernel depth 1).
+        const int64_t n = plane / G.out[0], od = plane % G.out[0];
+        const int64_t in_plane = n * G.in[0] + od * G.stride[0];
+        const int64_t lo = in_plane * Hp + oh0, hi = in_plane * Hp + oh1 + reach;
+        pb = cpu::scratch(pbuf, static_cast<size_t>((hi - lo) * rowb));
+        fill_padded_rows(s, src, st, zp, Hp, lo, hi, 0, Wp, pb);
+        // The last row's virtual pixels stop at OW - 1, whose kernel window ends at the
+        // window's last byte.
+        mv = (oh1 - oh0 - 1) * Wp + OW;
+        int32_t* ro = cpu::scratch(rows_out, static_cast<size_t>(mv));
+        const int64_t first = (plane * OH + oh0) * OW;
+        for (int64_t v = 0; v < mv; ++v) {
+          const int64_t col = v % Wp;
+          ro[v] = col < OW ? static_cast<int32_t>(first + (v / Wp) * OW + col) : -1;
+        }
+        have = tile;
+      }
+      GemmProblem p = base;
+      p.N = s.Ng;
+      p.K = Kg;
+      p.w = packed;
+      p.out = out;
+      p.ldo = s.Cout;
+      cpu::gemm_compute_runs__amx(p, pb, C, mv, G.k[2] * C, dh * rowb, rows_out.data(), p0, p1);
+    }
+  };
+  if (serial) {
+    run(0, tasks);
+  } else {
+    at::parallel_for(0, tasks, 1, run);
+  }
+}
+
 void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor& xt, char* out,
                    const int8_t* packed) {
   const ConvKernels& k = conv_kernels();
   const ConvGeometry& G = s.g;
   const int64_t M = G.out_pixels(), C = G.C, Kg = packed_depth(s), rb = row_bytes(s);
+  if (k.amx && amx_implicit_ok(s, rb)) {
+    run_conv_amx_implicit(s, base, xt, out, packed);
+    return;
+  }
   const int64_t ob = cpu::gemm_out_bytes(base.out_kind);
   const int64_t panels = cpu::gemm_panels(s.Ng);
   const bool direct = G.taps() == 1 && G.stride[0] == 1 && G.stride[1] == 1 && G.stride[2] == 1 &&

@@ -74,10 +74,12 @@ TQ_TARGET_AMX void load_config(int64_t rows0, int64_t rows1) {
 // c[i * 32 + j]). a: the block's first row (stride lda), its K chunks [0, full) read in place,
 // then (tail) the last chunk from at (stride ldat, same rows, zero-padded to 64 bytes). b: the
 // first panel (panels pstride apart), its last chunk from bt (panels 1024 bytes apart).
+// Runs (implicit GEMM): K is K / run runs of `run` bytes (a multiple of 64), run j of a row at
+// + j * sstride; run = sstride = K for rows of K contiguous bytes.
 template <int MT, int NT, bool kSigned>
 TQ_TARGET_AMX void block_sums(const uint8_t* a, int64_t lda, const uint8_t* at, int64_t ldat,
                               int64_t full, bool tail, const int8_t* b, int64_t pstride,
-                              const int8_t* bt, int32_t* c) {
+                              const int8_t* bt, int32_t* c, int64_t run, int64_t sstride) {
   _tile_zero(0);
   if constexpr (NT == 2) _tile_zero(1);
   if constexpr (MT == 2) _tile_zero(2);
@@ -95,17 +97,24 @@ TQ_TARGET_AMX void block_sums(const uint8_t* a, int64_t lda, const uint8_t* at, 
       if constexpr (MT == 2 && NT == 2) _tile_dpbusd(3, 5, 7);
     }
   };
-  for (int64_t k = 0; k < full; k += kTileK) {
-    // The activation rows' chunk kPrefetch bytes ahead, past the end of K the next block's
-    // first chunks (rows follow each other at lda in every caller; a prefetch never faults).
-    // Tile loads of rows lda apart get no help from the hardware prefetchers: without this the
-    // loop waited on L2 and ran at half the speed.
+  // ak: chunk k's offset in a row (k within its run, plus the run's offset).
+  for (int64_t k = 0, ak = 0, in_run = 0; k < full; k += kTileK, ak += kTileK, in_run += kTileK) {
+    if (in_run == run) {
+      in_run = 0;
+      ak += sstride - run;
+    }
+    // The activation rows' chunk kPrefetch bytes ahead (in the same run), past the end of K the
+    // next block's first chunks (rows follow each other at lda in every caller; a prefetch
+    // never faults). Tile loads of rows lda apart get no help from the hardware prefetchers:
+    // without this the loop waited on L2 and ran at half the speed.
     const int64_t ahead = k + kPrefetch;
-    const uint8_t* pf = ahead < full ? a + ahead : a + MT * kTileRows * lda + (ahead - full);
+    const uint8_t* pf = ahead >= full ? a + MT * kTileRows * lda + (ahead - full)
+                        : in_run + kPrefetch < run ? a + ak + kPrefetch
+                                                   : a + ak + (sstride - run) + kPrefetch;
     for (int i = 0; i < MT * kTileRows; ++i)
       _mm_prefetch(reinterpret_cast<const char*>(pf + i * lda), _MM_HINT_T0);
-    _tile_loadd(4, a + k, lda);
-    if constexpr (MT == 2) _tile_loadd(5, a + kTileRows * lda + k, lda);
+    _tile_loadd(4, a + ak, lda);
+    if constexpr (MT == 2) _tile_loadd(5, a + kTileRows * lda + ak, lda);
     _tile_loadd(6, b + k * 16, kGroupBytes);  // k / 4 groups of 64 bytes
     if constexpr (NT == 2) _tile_loadd(7, b + pstride + k * 16, kGroupBytes);
     step();
@@ -127,17 +136,18 @@ TQ_TARGET_AMX void block_sums(const uint8_t* a, int64_t lda, const uint8_t* at, 
 template <bool kSigned>
 TQ_TARGET_AMX void block_dispatch(int mt, int nt, const uint8_t* a, int64_t lda, const uint8_t* at,
                                   int64_t ldat, int64_t full, bool tail, const int8_t* b,
-                                  int64_t pstride, const int8_t* bt, int32_t* c) {
+                                  int64_t pstride, const int8_t* bt, int32_t* c, int64_t run,
+                                  int64_t sstride) {
   if (mt == 2) {
     if (nt == 2) {
-      block_sums<2, 2, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c);
+      block_sums<2, 2, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c, run, sstride);
     } else {
-      block_sums<2, 1, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c);
+      block_sums<2, 1, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c, run, sstride);
     }
   } else if (nt == 2) {
-    block_sums<1, 2, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c);
+    block_sums<1, 2, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c, run, sstride);
   } else {
-    block_sums<1, 1, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c);
+    block_sums<1, 1, kSigned>(a, lda, at, ldat, full, tail, b, pstride, bt, c, run, sstride);
   }
 }
 
@@ -202,7 +212,7 @@ TQ_TARGET_AMX inline void q_rows2(const QConsts& q, const int32_t* c, const int3
   }
   const __m512i bytes = _mm512_permutexvar_epi32(
       q.perm, q.u8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23));
-  _mm256_mask_storeu_epi8(d0, keep, _mm512_castsi512_si256(bytes));
+  if (d0 != nullptr) _mm256_mask_storeu_epi8(d0, keep, _mm512_castsi512_si256(bytes));
   if (d1 != nullptr) _mm256_mask_storeu_epi8(d1, keep, _mm512_extracti64x4_epi64(bytes, 1));
 }
 
@@ -212,14 +222,15 @@ int gemm_mr__amx() { return kTileRows; }
 
 int64_t gemm_task_panels__amx() { return 4; }
 
-TQ_TARGET_AMX void gemm_compute__amx(const GemmProblem& p, const void* a, int64_t lda, int64_t m0,
-                                     int64_t m1, int64_t p0, int64_t p1) {
+namespace {
+
+// Rows [m0, m1) of a (row m at a + m * lda; its K bytes in runs, see block_sums) x panels
+// [p0, p1). out_row, or null: row m's output row is out_row[m - m0] (none when negative), else m.
+TQ_TARGET_AMX void compute_tiles(const GemmProblem& p, const uint8_t* a, int64_t lda, int64_t m0,
+                                 int64_t m1, int64_t p0, int64_t p1, int64_t run, int64_t sstride,
+                                 const int32_t* out_row) {
   const int64_t K = p.K, rows = m1 - m0;
-  if (K % 4 != 0 || K < kMinK || rows < kMinRows || p0 >= p1) {
-    gemm_compute__avx512vnni(p, a, lda, m0, m1, p0, p1);
-    return;
-  }
-  const uint8_t* a0 = static_cast<const uint8_t*>(a) + m0 * lda;
+  const uint8_t* a0 = a + m0 * lda;
   const int64_t pstride = K * kPanel;
   const int64_t full = K / kTileK * kTileK, rest = K - full;  // rest: a multiple of 4
   const bool tail = rest != 0;
@@ -267,22 +278,32 @@ TQ_TARGET_AMX void gemm_compute__amx(const GemmProblem& p, const void* a, int64_
     const int mt = nr > kTileRows ? 2 : 1;
     const uint8_t* atb = tail ? at + r * kTileK : nullptr;
     if (p.a_unsigned) {
-      block_dispatch<false>(mt, nt, a0 + r * lda, lda, atb, kTileK, full, tail, b, pstride, bt, c);
+      block_dispatch<false>(mt, nt, a0 + r * lda, lda, atb, kTileK, full, tail, b, pstride, bt, c,
+                            run, sstride);
     } else {
-      block_dispatch<true>(mt, nt, a0 + r * lda, lda, atb, kTileK, full, tail, b, pstride, bt, c);
+      block_dispatch<true>(mt, nt, a0 + r * lda, lda, atb, kTileK, full, tail, b, pstride, bt, c,
+                           run, sstride);
     }
+    // Row i's output row, or -1.
+    auto dest = [&](int64_t i) -> int64_t {
+      return out_row != nullptr ? out_row[r + i] : m0 + r + i;
+    };
     if (fuse) {
       const __mmask32 keep = ncols >= 32 ? ~__mmask32{0} : (__mmask32{1} << ncols) - 1;
-      uint8_t* out = static_cast<uint8_t*>(p.out) + (m0 + r) * p.ldo + n0;
+      uint8_t* out = static_cast<uint8_t*>(p.out) + n0;
       for (int64_t i = 0; i < nr; i += 2) {
-        q_rows2(q, c + i * 32, zc, sc, bc, out + i * p.ldo,
-                i + 1 < nr ? out + (i + 1) * p.ldo : nullptr, keep);
+        const int64_t d0 = dest(i), d1 = i + 1 < nr ? dest(i + 1) : -1;
+        q_rows2(q, c + i * 32, zc, sc, bc, d0 >= 0 ? out + d0 * p.ldo : nullptr,
+                d1 >= 0 ? out + d1 * p.ldo : nullptr, keep);
       }
       return;
     }
     for (int64_t i = 0; i < nr; ++i) {
-      epilogue_row(p, e, c + i * 32, m0 + r + i, n0, ncols, per_tensor ? zc : nullptr,
-                   per_tensor ? sc : nullptr);
+      const int64_t d = dest(i);
+      if (d >= 0) {
+        epilogue_row(p, e, c + i * 32, d, n0, ncols, per_tensor ? zc : nullptr,
+                     per_tensor ? sc : nullptr);
+      }
     }
   };
   // The per-tensor corrections, scales and biases of panels [pp, pp + nt) (lanes past N: zero).
@@ -328,6 +349,24 @@ TQ_TARGET_AMX void gemm_compute__amx(const GemmProblem& p, const void* a, int64_
   _tile_release();
 }
 
+}  // namespace
+
+TQ_TARGET_AMX void gemm_compute__amx(const GemmProblem& p, const void* a, int64_t lda, int64_t m0,
+                                     int64_t m1, int64_t p0, int64_t p1) {
+  if (p.K % 4 != 0 || p.K < kMinK || m1 - m0 < kMinRows || p0 >= p1) {
+    gemm_compute__avx512vnni(p, a, lda, m0, m1, p0, p1);
+    return;
+  }
+  compute_tiles(p, static_cast<const uint8_t*>(a), lda, m0, m1, p0, p1, p.K, p.K, nullptr);
+}
+
+TQ_TARGET_AMX void gemm_compute_runs__amx(const GemmProblem& p, const uint8_t* a, int64_t lda,
+                                          int64_t rows, int64_t run, int64_t sstride,
+                                          const int32_t* out_row, int64_t p0, int64_t p1) {
+  if (rows <= 0 || p0 >= p1) return;
+  compute_tiles(p, a, lda, 0, rows, p0, p1, run, sstride, out_row);
+}
+
 #else  // not x86: never selected; keep the symbols for one signature set.
 
 int gemm_mr__amx() { return gemm_mr__scalar(); }
@@ -336,6 +375,8 @@ void gemm_compute__amx(const GemmProblem& p, const void* a, int64_t lda, int64_t
                        int64_t p0, int64_t p1) {
   gemm_compute__scalar(p, a, lda, m0, m1, p0, p1);
 }
+void gemm_compute_runs__amx(const GemmProblem&, const uint8_t*, int64_t, int64_t, int64_t, int64_t,
+                            const int32_t*, int64_t, int64_t) {}
 #endif
 
 }  // namespace cpu

@@ -188,6 +188,14 @@ int gemm_mr__amx();
 int64_t gemm_task_panels__amx();
 void gemm_compute__amx(const GemmProblem& p, const void* a, int64_t lda, int64_t m0, int64_t m1,
                        int64_t p0, int64_t p1);
+// Implicit GEMM on AMX tiles (stride-1 convolutions, conv.cpp): rows [0, rows), row m at
+// a + m * lda, its K bytes in K / run runs of `run` bytes (a multiple of 64), run j at
+// + j * sstride; row m's output goes to output row out_row[m] (none when negative). Per-tensor
+// or per-row activation qparams as gemm_compute; no fallback: rows >= 1, K % 64 == 0. Every
+// byte a row reads must lie inside the caller's buffer.
+void gemm_compute_runs__amx(const GemmProblem& p, const uint8_t* a, int64_t lda, int64_t rows,
+                            int64_t run, int64_t sstride, const int32_t* out_row, int64_t p0,
+                            int64_t p1);
 
 // AVX-VNNI (gemm_avx2.cpp): the AVX2 variant's layout, tiles and epilogue, with vpdpbusd on
 // 256-bit registers for every tile; the other kernels of that variant are AVX2's.
