@@ -29,7 +29,7 @@ std::string build_info() {
 
 TORCH_LIBRARY(torchquant, m) {
   // ---- utilities (plain functions, no tensors) ----
-  // The CPU kernel variant in use: "scalar", "avx2" or "avx512vnni".
+  // The CPU kernel variant in use: "scalar", "avx2", "avxvnni", "avx512vnni" or "amx".
   m.def("cpu_isa() -> str", &cpu_isa_op);
   // Forces a CPU kernel variant ("auto" returns to CPUID detection).
   m.def("set_cpu_isa(str isa) -> ()", &set_cpu_isa_op);

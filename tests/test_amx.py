@@ -139,14 +139,16 @@ def test_linear_int8_amx_k_at_bound_is_exact(xdtype, xval, zp, wval):
 
 
 CONV_CASES = [
-    # (N, C, H, W, Cout, k, stride, pad, dilation, groups): im2col tiles (K = 9C), 1x1 read in
-    # place, grouped 1x1 (rows C bytes apart, K = C / groups), K % 64 != 0, odd sizes.
-    (2, 16, 9, 11, 24, 3, 1, 1, 1, 1),
+    # (N, C, H, W, Cout, k, stride, pad, dilation, groups): im2col tiles (GEMM depth 9C >= 256),
+    # 1x1 read in place, grouped 1x1 (rows C bytes apart, K = C / groups), K % 64 != 0, a strided
+    # 1x1 (im2col, K = 256), odd sizes. Each reaches the tiles (below depth 256, or with fewer
+    # than 64 output pixels, a convolution takes AVX-512 VNNI's implicit GEMM).
+    (2, 32, 9, 11, 24, 3, 1, 1, 1, 1),
     (1, 64, 8, 8, 64, 3, 1, 1, 1, 1),
-    (3, 36, 7, 5, 40, 3, 2, 1, 1, 1),
+    (6, 36, 7, 5, 40, 3, 2, 1, 1, 1),
     (2, 64, 6, 6, 100, 1, 1, 0, 1, 1),
     (2, 256, 5, 7, 34, 1, 1, 0, 1, 2),
-    (1, 128, 9, 9, 130, 1, 2, 0, 1, 1),
+    (3, 256, 9, 9, 130, 1, 2, 0, 1, 1),
     (2, 96, 6, 7, 66, 3, 1, 2, 2, 3),
     (4, 20, 6, 6, 16, 5, 1, 2, 1, 1),
 ]
@@ -166,7 +168,7 @@ def test_conv2d_amx_matches_reference_and_vnni(case, xdtype):
         xs, xz = torch.tensor([0.1]), torch.tensor([zp], dtype=torch.int32)
         for layout in (torch.contiguous_format, torch.channels_last):
             xl = x.contiguous(memory_format=layout)
-            for out_dtype, os_, oz in OUT_KINDS[:4]:
+            for out_dtype, os_, oz in OUT_KINDS:
                 os_t, oz_t = _qp(os_, torch.float32), _qp(oz, torch.int32)
                 for b, relu in ((None, False), (bias, True)):
                     want = reference.conv_int8(x, xs, xz, w, ws, b, s, p, d, g, os_t, oz_t, relu, out_dtype)

@@ -103,7 +103,7 @@ zp = torch.randint(0, 16, (N, G), generator=g, dtype=torch.uint8)
 qw = fmt.pack_int4(q)
 packed = ops.int4_pack_weight(qw, scale, zp, K, gs)
 assert packed[0].numel() > 2 * 2 ** 20 and packed[0].numel() % (2 * 2 ** 20)
-for isa in ("scalar", "avx2", "avxvnni", "avx512vnni"):
+for isa in torchquant.isa.ISAS:
     try:
         torchquant.set_cpu_isa(isa)
     except RuntimeError:

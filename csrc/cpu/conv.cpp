@@ -526,13 +526,16 @@ void run_conv_gemm(const ConvSetup& s, const GemmProblem& base, const at::Tensor
   // the micro-kernel reads it in place, row by row, through per-pixel pointers. Needs 2-d
   // kernels (a kernel of depth 1 and no depth padding: 3-d inputs are then planes) and kernel
   // rows of whole 4-byte groups.
+  // AMX: im2col tiles on the tile kernel, where the layer is deep enough and its tiles will have
+  // rows enough (fewer than 16 rows would copy their receptive fields for AVX-512 VNNI anyway).
+  const bool amx_tiles = k.amx && amx_im2col(Kg) && M >= 64;
   const bool implicit = !direct && k.segs != nullptr && s.groups == 1 && G.k[0] == 1 &&
-                        G.pad[0] == 0 && G.dil[2] == 1 && rb % 4 == 0 && !(k.amx && amx_im2col(Kg));
+                        G.pad[0] == 0 && G.dil[2] == 1 && rb % 4 == 0 && !amx_tiles;
   const int64_t mr = k.mr();
   const int nt = at::get_num_threads();
   const bool serial = nt <= 1 || M * s.Cout * std::max<int64_t>(Kg, 16) < kSerialWork;
   const ConvGrid grid = conv_grid(s, M, Kg, panels, mr, nt, serial, direct, implicit, k.segs != nullptr,
-                                  k.amx && Kg >= 256);
+                                  amx_tiles);
   const int64_t tiles = grid.tiles, nblocks = grid.blocks;
   const int64_t rows = (M + tiles - 1) / tiles;  // the largest tile's (scratch)
   const int64_t tasks = s.groups * tiles * nblocks;

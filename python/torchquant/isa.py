@@ -23,8 +23,9 @@ def cpu_isa() -> str:
     """The CPU kernel variant in use: 'scalar', 'avx2', 'avxvnni' (AVX2 with AVX-VNNI: the AVX2
     kernels, but the int8 GEMMs multiply with 256-bit vpdpbusd), 'avx512vnni' or 'amx'
     (AVX-512 VNNI with AMX-INT8 tiles, Intel since Sapphire Rapids, on Linux: the AVX-512 VNNI
-    kernels, but the int8 GEMM of convolutions and of Linear layers with 16 rows or more
-    multiplies on tiles)."""
+    kernels, but the int8 GEMM of Linear layers with 16 rows or more and K >= 64, and of
+    convolutions of GEMM depth 256 or more (64 or more for a 1x1 read in place), multiplies on
+    tiles)."""
     return torch.ops.torchquant.cpu_isa()
 
 
