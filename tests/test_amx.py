@@ -225,3 +225,21 @@ def test_conv_amx_implicit_matches_reference_and_vnni(case, xdtype):
                 with torchquant.force_cpu_isa("avx512vnni"):
                     assert torch.equal(ops.conv_int8(*args), want)
             assert torch.equal(x, xl)
+
+
+@pytest.mark.parametrize("M,K,N", [(32, 64, 32), (33, 132, 47), (100, 512, 300), (64, 1028, 33)])
+def test_int8_mm_amx_matches_exact_product(M, K, N):
+    # int8_mm packs b per task and multiplies on tiles from 32 rows and 32 columns on: b row-major,
+    # b = w.t(), and b strided both ways.
+    gen = torch.Generator().manual_seed(M + K + N)
+    a = _w(gen, (M, K))
+    w = _w(gen, (N, K))
+    want = (a.to(torch.int64) @ w.to(torch.int64).t()).to(torch.int32)
+    for b in (w.t().contiguous(), w.t(), w.t().contiguous()[:, :].as_strided((K, N), (N, 1))):
+        for threads in (1, 2):
+            with num_threads(threads), torchquant.force_cpu_isa("amx"):
+                assert torch.equal(ops.int8_mm(a, b), want)
+    big = torch.zeros((2 * K, 2 * N), dtype=torch.int8)
+    big[::2, ::2] = w.t()
+    with torchquant.force_cpu_isa("amx"):
+        assert torch.equal(ops.int8_mm(a, big[::2, ::2]), want)
