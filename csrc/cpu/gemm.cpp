@@ -397,7 +397,7 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor ac = as_rows(a, K, &lda);
   // AMX: with 32 rows of a or more (and 32 columns of b or more), b is packed per task (as
   // below) and multiplied on tiles: at M = 256, K = N = 4096 that took 3.1-4.1 ms against the
-  // direct VNNI paths' 7.2-7.5 ms (2 threads, Sapphire Rapids).
+  // direct VNNI paths' 7.2-7.5 ms (2 threads, an AMX Xeon).
   const bool amx_pack = cpu_isa() == CpuIsa::Amx && M >= 32 && N >= 32 && K >= 64 && K % 4 == 0;
   if (b.stride(1) == 1 && is_avx512_class(cpu_isa()) && !amx_pack) {
     mm_direct(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(0), N, K,
