@@ -227,19 +227,34 @@ def test_conv_amx_implicit_matches_reference_and_vnni(case, xdtype):
             assert torch.equal(x, xl)
 
 
-@pytest.mark.parametrize("M,K,N", [(32, 64, 32), (33, 132, 47), (100, 512, 300), (64, 1028, 33)])
+@pytest.mark.parametrize("M,K,N", [(32, 256, 130), (33, 260, 300), (100, 512, 300), (64, 1028, 257), (40, 64, 33)])
 def test_int8_mm_amx_matches_exact_product(M, K, N):
-    # int8_mm packs b per task and multiplies on tiles from 32 rows and 32 columns on: b row-major,
-    # b = w.t(), and b strided both ways.
+    # int8_mm packs b per task and multiplies on tiles from 32 rows, K = 256 and a block of 128
+    # columns per thread on (else the direct VNNI paths): b row-major, b = w.t(), and b strided
+    # both ways.
     gen = torch.Generator().manual_seed(M + K + N)
     a = _w(gen, (M, K))
     w = _w(gen, (N, K))
     want = (a.to(torch.int64) @ w.to(torch.int64).t()).to(torch.int32)
-    for b in (w.t().contiguous(), w.t(), w.t().contiguous()[:, :].as_strided((K, N), (N, 1))):
+    big = torch.zeros((2 * K, 2 * N), dtype=torch.int8)
+    big[::2, ::2] = w.t()
+    for b in (w.t().contiguous(), w.t(), big[::2, ::2]):
         for threads in (1, 2):
             with num_threads(threads), torchquant.force_cpu_isa("amx"):
                 assert torch.equal(ops.int8_mm(a, b), want)
-    big = torch.zeros((2 * K, 2 * N), dtype=torch.int8)
-    big[::2, ::2] = w.t()
-    with torchquant.force_cpu_isa("amx"):
-        assert torch.equal(ops.int8_mm(a, big[::2, ::2]), want)
+
+
+def test_conv1d_amx_long_signal():
+    # A 1-d signal whose padded row is past 1 MiB takes the im2col tiles instead of the implicit
+    # GEMM's whole-row window; both against the reference.
+    gen = torch.Generator().manual_seed(3)
+    for L, c in ((17000, 64), (900, 64)):
+        x = _x(gen, (1, c, L), torch.uint8)
+        w, ws = _w(gen, (20, c, 3)), _scales(gen, 20)
+        wp, cs = ops.pack_conv_weight(w, 1)
+        xs, xz = torch.tensor([0.1]), torch.tensor([9], dtype=torch.int32)
+        os_t, oz_t = torch.tensor([0.5]), torch.tensor([4], dtype=torch.int32)
+        want = reference.conv_int8(x, xs, xz, w, ws, None, 1, [1], [1], 1, os_t, oz_t, False, torch.uint8)
+        with torchquant.force_cpu_isa("amx"):
+            got = ops.conv_int8(x, xs, xz, wp, cs, ws, None, [3], [1], [1], [1], 1, os_t, oz_t, False, torch.uint8)
+        assert torch.equal(got, want), L

@@ -87,3 +87,31 @@ def test_force_cpu_isa_in_overlapping_threads_restores_the_variant():
     for t in threads:
         t.join()
     assert not errors and all(a == b for a, b in seen) and torchquant.cpu_isa() == start
+
+
+def test_set_cpu_isa_inside_a_compiled_function_runs_at_each_call():
+    # torch.compile traced the op once, at compile time, and dropped it from the graph as dead
+    # code: later calls of the compiled function never set the variant. It runs at call time now,
+    # and fullgraph=True refuses it.
+    import torch
+
+    start = torchquant.cpu_isa()
+
+    def g(x):
+        torchquant.set_cpu_isa("scalar")
+        return x + 1
+
+    try:
+        torch._dynamo.reset()
+        c = torch.compile(g, backend="aot_eager")
+        c(torch.ones(3))
+        torchquant.set_cpu_isa(start)
+        c(torch.ones(3))
+        assert torchquant.cpu_isa() == "scalar"
+        torchquant.set_cpu_isa(start)
+        torch._dynamo.reset()
+        with pytest.raises(Exception):
+            torch.compile(g, backend="aot_eager", fullgraph=True)(torch.ones(3))
+    finally:
+        torchquant.set_cpu_isa(start)
+        torch._dynamo.reset()

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -430,6 +431,11 @@ bool amx_implicit_ok(const ConvSetup& s, int64_t rb) {
   // The dropped columns must be few: at 14x14 (2 of 16) im2col tiles were 10 % faster, at 28x28
   // (2 of 30) the implicit GEMM 20 %, at 56x56 25 % (one core, 3x3 layers of ResNet-18).
   const int64_t Wp = G.in[2] + 2 * G.pad[2];
+  // Output rows are int32 in the row map; a task's window (whole padded rows, at least the
+  // kernel's height of them) stays within 1 MiB: a long 1-d signal (one row of a million
+  // pixels) takes the im2col tiles, which cut rows into tiles.
+  const int64_t window = (1 + (G.k[1] - 1) * G.dil[1]) * Wp * G.C;
+  if (G.out_pixels() > INT32_MAX || window > (int64_t{1} << 20)) return false;
   const bool one_by_one = G.k[1] == 1 && G.k[2] == 1 && G.pad[1] == 0 && G.pad[2] == 0;  // read in place
   return !one_by_one && s.groups == 1 && G.k[0] == 1 && G.pad[0] == 0 && G.stride[1] == 1 && G.stride[2] == 1 &&
          G.dil[2] == 1 && rb == G.k[2] * G.C && rb % 64 == 0 && amx_im2col(packed_depth(s)) &&

@@ -395,10 +395,12 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
   if (K == 0) return out.zero_();
   int64_t lda = 0;
   const at::Tensor ac = as_rows(a, K, &lda);
-  // AMX: with 32 rows of a or more (and 32 columns of b or more), b is packed per task (as
-  // below) and multiplied on tiles: at M = 256, K = N = 4096 that took 3.1-4.1 ms against the
-  // direct VNNI paths' 7.2-7.5 ms (2 threads, an AMX Xeon).
-  const bool amx_pack = cpu_isa() == CpuIsa::Amx && M >= 32 && N >= 32 && K >= 64 && K % 4 == 0;
+  // AMX: with 32 rows of a or more, K of 256 or more and a block of 128 columns of b for each
+  // thread, b is packed per task (as below) and multiplied on tiles: at M = 256, K = N = 4096
+  // that took 3.1-4.1 ms against the direct VNNI paths' 7.2-7.5 ms (2 threads, an AMX Xeon).
+  // Shallower K lost to the packing (K = 64: 1.6-1.8x slower), and the tasks split only columns.
+  const bool amx_pack = cpu_isa() == CpuIsa::Amx && M >= 32 && K >= 256 && K % 4 == 0 &&
+                        (cpu::gemm_panels(N) + 7) / 8 >= at::get_num_threads();
   if (b.stride(1) == 1 && is_avx512_class(cpu_isa()) && !amx_pack) {
     mm_direct(ac.const_data_ptr<int8_t>(), lda, M, b.const_data_ptr<int8_t>(), b.stride(0), N, K,
               out.data_ptr<int32_t>());

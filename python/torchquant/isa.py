@@ -11,6 +11,7 @@ import threading
 import warnings
 
 import torch
+from torch.fx.node import has_side_effect
 
 from . import _load  # noqa: F401
 
@@ -19,16 +20,21 @@ __all__ = ["cpu_isa", "set_cpu_isa", "force_cpu_isa", "build_info", "ISAS"]
 ISAS = ("scalar", "avx2", "avxvnni", "avx512vnni", "amx")
 
 
+@torch.compiler.disable
 def cpu_isa() -> str:
     """The CPU kernel variant in use: 'scalar', 'avx2', 'avxvnni' (AVX2 with AVX-VNNI: the AVX2
     kernels, but the int8 GEMMs multiply with 256-bit vpdpbusd), 'avx512vnni' or 'amx'
     (AVX-512 VNNI with AMX-INT8 tiles, Intel since Sapphire Rapids, on Linux: the AVX-512 VNNI
     kernels, but the int8 GEMM of Linear layers with 16 rows or more and K >= 64, and of
-    convolutions of GEMM depth 256 or more (64 or more for a 1x1 read in place), multiplies on
-    tiles)."""
+    convolutions of GEMM depth 256 or more with 64 output pixels or more (16 or more with 256
+    output channels; 64 or more GEMM depth for a 1x1 read in place), multiplies on tiles).
+
+    Not traced by torch.compile: a compiled function calls it (and set_cpu_isa) at run time, where
+    the graph breaks; fullgraph=True refuses it."""
     return torch.ops.torchquant.cpu_isa()
 
 
+@torch.compiler.disable
 def set_cpu_isa(isa: str) -> None:
     """Forces a variant for the whole process ('auto' returns to detection). Raises if the CPU
     lacks it. The environment variable TORCHQUANT_CPU_ISA sets the initial choice."""
@@ -50,6 +56,9 @@ def force_cpu_isa(isa: str):
 
 
 _FORCE_LOCK = threading.RLock()
+
+# The op changes process state and returns nothing: a traced graph must not drop it as dead code.
+has_side_effect(torch.ops.torchquant.set_cpu_isa.default)
 
 
 def _check_environment() -> None:
