@@ -340,7 +340,11 @@ class QTensor:
         if isinstance(dtype, torch.dtype):
             raise TypeError(f"QTensor.view takes a shape, got dtype {dtype} (reinterpreting the codes as "
                             "another dtype would change their values); use .dequantize() or .int_repr()")
-        return self._reshaping("view", torch.Tensor.view, *shape, **kwargs)
+        if not shape and set(kwargs) == {"size"}:
+            shape = (kwargs.pop("size"),)
+        # codes an int8 conv or a functional op left channels last are not viewable as (N, -1): a copy in
+        # the logical order then, as reshape does (a view whenever the layout allows one)
+        return self._reshaping("view", torch.Tensor.reshape, *shape, **kwargs)
 
     def view_as(self, other) -> "QTensor":
         return self.view(other.shape)

@@ -258,6 +258,9 @@ class _ConvBn(_BnStats, _QATConv):
         running_std = running_std_of(self.bn, self.weight_fake_quant)
         gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(running_std)  # affine=False
         scale_factor = gamma / running_std
+        # a channel whose gamma is exactly 0 folds with a factor of 1 instead (weight * 0 then conv / 0
+        # would be NaN); its BatchNorm multiplies by gamma = 0 itself, so its output is beta as in float
+        scale_factor = torch.where(scale_factor == 0, torch.ones_like(scale_factor), scale_factor)
         wshape = [-1] + [1] * (self.weight.dim() - 1)
         bshape = [1, -1] + [1] * (self.weight.dim() - 2)
         scaled_weight = fake_quant_folded_weight(self.weight_fake_quant, self.weight * scale_factor.reshape(wshape))
