@@ -6,13 +6,16 @@ quantization in mind."""
 import functools
 import inspect
 import operator
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
+import torch.fx.passes.shape_prop
 import torch.nn.functional as F
 from torch import nn
 
+from ._stack import user_stacklevel
 from .nn.quantized_ops import FloatFunctional
 from .qtensor import QTensor
 
@@ -88,6 +91,34 @@ def _mark_from_inputs(graph) -> None:
     for n in graph.nodes:
         n.meta["_tq_from_inputs"] = n.op == "placeholder" or any(a.meta["_tq_from_inputs"]
                                                                  for a in n.all_input_nodes)
+
+
+# An add of two float activations whose largest magnitudes, on the example inputs, differ by more
+# than this factor stays in float: its int8 output has one per-tensor scale, set by the larger
+# operand, whose step then rounds the smaller one away (a BERT-style additive attention mask,
+# scores + (1 - mask) * -10000: a step of ~40 turns every score into 0).
+_MAX_ADD_MAGNITUDE_RATIO = 128.0
+
+
+class _RangeProp(torch.fx.passes.shape_prop.ShapeProp):
+    """ShapeProp that also records, on each node whose value is a float tensor, the largest
+    magnitude of that value (node.meta["_tq_absmax"]), for _mismatched_add."""
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if type(result) is torch.Tensor and result.is_floating_point() and result.numel() > 0:
+            n.meta["_tq_absmax"] = float(result.detach().abs().amax())
+        return result
+
+
+def _mismatched_add(a, b) -> Optional[Tuple[float, float]]:
+    """The largest magnitudes of a and b on the example inputs when they differ by more than
+    _MAX_ADD_MAGNITUDE_RATIO, else None (also where one is unknown, or zero: the add is exact)."""
+    x, y = a.meta.get("_tq_absmax"), b.meta.get("_tq_absmax")
+    if x is None or y is None:
+        return None
+    small, big = min(x, y), max(x, y)
+    return (x, y) if 0 < small and big > _MAX_ADD_MAGNITUDE_RATIO * small else None
 
 
 def _is_number(arg) -> bool:
@@ -622,7 +653,10 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     a ReLU -> ``add_relu`` (the ReLU call is dropped), ``a * b`` -> ``mul``, ``a + c`` / ``a * c``
     with a Python number -> ``add_scalar`` / ``mul_scalar``, ``torch.cat`` -> ``cat``. Only float
     tensors that the model computes are rewritten: shape arithmetic, integer tensors and operands
-    read from parameters or buffers (a positional embedding) are left as they are.
+    read from parameters or buffers (a positional embedding) are left as they are, and so is an
+    ``a + b`` whose operands' largest magnitudes on ``example_inputs`` differ by more than 128x (an
+    additive attention mask of -10000: the int8 output's one scale would round the scores away),
+    with a warning naming it.
     ``example_inputs`` (a tensor or a tuple of ``forward``'s arguments; keyword arguments in
     ``example_kwargs``, as torch.export's ``args`` / ``kwargs``) runs, in eval mode
     without gradients, through the model and through its trace: to tell tensors from numbers,
@@ -649,8 +683,6 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     >>> model = torchquant.fuse_modules(model, torchquant.find_fusable_modules(model))
     >>> wrapped = nn.Sequential(torchquant.QuantStub(), model, torchquant.DeQuantStub())
     """
-
-    from torch.fx.passes.shape_prop import ShapeProp
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model' must be an nn.Module, got {type(model).__name__}")
@@ -735,7 +767,7 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
                 torch.cuda.set_rng_state_all(cuda_rng)
             traced_in = _clone_tree(values)
             traced_run = True
-            traced_out = ShapeProp(gm).propagate(*traced_in)
+            traced_out = _RangeProp(gm).propagate(*traced_in)
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(f"make_quantizable: running the traced model on 'example_inputs' failed "
                            f"({type(exc).__name__}: {exc})"
@@ -761,6 +793,7 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     stay = {n for n in gm.graph.nodes if _in_place_activation(n, modules) and n.op == "call_function"
             and any(_reads_after(n, modules, order))}
+    kept_float = []  # adds of operands of too different magnitudes, left in float
     for node in list(gm.graph.nodes):
         act = _activation_module(node)
         if act is not None and node not in stay:
@@ -788,6 +821,12 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
                 continue
             a, b = node.args
             if _is_float_activation(a) and _is_float_activation(b):
+                mismatch = _mismatched_add(a, b) if kind == "add" else None
+                if mismatch is not None:
+                    owner = _owner_path(node, modules)
+                    kept_float.append(f"{owner + ': ' if owner else ''}{node.name} "
+                                      f"(max |a| {mismatch[0]:.3g}, max |b| {mismatch[1]:.3g})")
+                    continue
                 method, call_args = kind, (a, b)
             elif _is_float_activation(a) and _is_number(b):
                 method, call_args = f"{kind}_scalar", (a, b)
@@ -812,6 +851,13 @@ def make_quantizable(model: nn.Module, example_inputs: Union[torch.Tensor, Seque
         if relu is not None:
             gm.graph.erase_node(relu)
         gm.graph.erase_node(node)
+    if kept_float:
+        warnings.warn(f"make_quantizable: {len(kept_float)} add(s) of two activations whose magnitudes on "
+                      f"'example_inputs' differ by more than {_MAX_ADD_MAGNITUDE_RATIO:g}x stay in float: "
+                      f"{', '.join(kept_float[:5])}{', ...' if len(kept_float) > 5 else ''}; an int8 add has "
+                      "one scale for its output, set by the larger operand, whose step would round the "
+                      "smaller one away (an additive attention mask of -10000 erases the scores)",
+                      UserWarning, stacklevel=user_stacklevel())
     _dequantize_before_writes(gm.graph, modules)
     gm.graph.lint()
     gm.recompile()
