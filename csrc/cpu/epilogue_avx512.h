@@ -64,6 +64,36 @@ TQ_TARGET_AVX512VNNI inline void epilogue_chunk16(const GemmProblem& p, const Ep
   }
 }
 
+// One output row of ncols columns starting at n0, from its raw accumulators (the AVX-512 VNNI
+// and AMX GEMMs' int32 tiles). zc[j] is the zero-point correction zp * col_sums[n0 + j] and sc[j] the scale a_scale * w_scale[n0 + j] of
+// column n0 + j (the same int32 and float32 operations as the oracle's, made once per panel
+// group for per-tensor activations, or here per row when they are per row). A last chunk of
+// fewer than 16 columns runs the same vector sequence under a lane mask (masked loads read
+// nothing past N, masked stores write nothing past it): with N = 10 the whole output is such
+// a chunk, and going element by element through the oracle cost more than the multiply.
+template <bool kPre>
+TQ_TARGET_AVX512VNNI inline void epilogue_row512(const GemmProblem& p, const EpiConsts512& e,
+                                                 const int32_t* acc, int64_t m, int64_t n0,
+                                                 int64_t ncols, int32_t zp, float a_scale,
+                                                 const int32_t* zc, const float* sc) {
+  const __m512i vzp = _mm512_set1_epi32(zp);
+  const __m512 vas = _mm512_set1_ps(a_scale);
+  for (int64_t j = 0; j < ncols; j += 16) {
+    const __mmask16 k = ncols - j >= 16 ? __mmask16(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (ncols - j)) - 1u);
+    const int64_t n = n0 + j;
+    // acc (and zc, sc) hold 16 lanes per chunk (the register tile's width): read whole.
+    const __m512i corr = _mm512_sub_epi32(
+        _mm512_loadu_si512(acc + j),
+        kPre ? _mm512_loadu_si512(zc + j)
+             : _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n)));
+    const __m512 s = p.out_kind == GemmOut::Int32 ? e.zero
+                     : kPre ? _mm512_loadu_ps(sc + j)
+                            : _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n));
+    epilogue_chunk16(p, e, corr, s, p.bias != nullptr ? p.bias + n : nullptr, k, m * p.ldo + n);
+  }
+}
+
 #endif  // TQ_X86
 
 }  // namespace cpu

@@ -151,31 +151,6 @@ TQ_TARGET_AMX void block_dispatch(int mt, int nt, const uint8_t* a, int64_t lda,
   }
 }
 
-// Output row m's ncols columns from n0 on, from its sums acc: the AVX-512 epilogue, with the
-// per-tensor corrections zc and scales sc of the block's columns when given, else the row's own.
-TQ_TARGET_AMX void epilogue_row(const GemmProblem& p, const EpiConsts512& e, const int32_t* acc,
-                                int64_t m, int64_t n0, int64_t ncols, const int32_t* zc,
-                                const float* sc) {
-  const bool pre = zc != nullptr;
-  const int32_t zp = pre ? 0 : (p.a_zp_row != nullptr ? p.a_zp_row[m] : p.a_zp);
-  const float as = pre ? 0.0f : (p.a_scale_row != nullptr ? p.a_scale_row[m] : p.a_scale);
-  const __m512i vzp = _mm512_set1_epi32(zp);
-  const __m512 vas = _mm512_set1_ps(as);
-  for (int64_t j = 0; j < ncols; j += 16) {
-    const __mmask16 k = ncols - j >= 16 ? __mmask16(0xFFFF)
-                                        : static_cast<__mmask16>((1u << (ncols - j)) - 1u);
-    const int64_t n = n0 + j;
-    const __m512i corr = _mm512_sub_epi32(
-        _mm512_loadu_si512(acc + j),
-        pre ? _mm512_loadu_si512(zc + j)
-            : _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n)));
-    const __m512 s = p.out_kind == GemmOut::Int32 ? e.zero
-                     : pre ? _mm512_loadu_ps(sc + j)
-                           : _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n));
-    epilogue_chunk16(p, e, corr, s, p.bias != nullptr ? p.bias + n : nullptr, k, m * p.ldo + n);
-  }
-}
-
 // The fused requantize (int8 / uint8 out, nan_free, per-tensor activation qparams) of rows i and
 // i + 1 of a block's sums (32 columns each): the float32 sequence of the AVX-512 VNNI kernel's
 // fused epilogue (gemm_avx512.cpp, q16 and q_pack: t = round(((acc - zc) * sc + bc) * inv), then
@@ -301,8 +276,14 @@ TQ_TARGET_AMX void compute_tiles(const GemmProblem& p, const uint8_t* a, int64_t
     for (int64_t i = 0; i < nr; ++i) {
       const int64_t d = dest(i);
       if (d >= 0) {
-        epilogue_row(p, e, c + i * 32, d, n0, ncols, per_tensor ? zc : nullptr,
-                     per_tensor ? sc : nullptr);
+        if (per_tensor) {
+          epilogue_row512<true>(p, e, c + i * 32, d, n0, ncols, 0, 0.0f, zc, sc);
+        } else {
+          epilogue_row512<false>(p, e, c + i * 32, d, n0, ncols,
+                                 p.a_zp_row != nullptr ? p.a_zp_row[d] : p.a_zp,
+                                 p.a_scale_row != nullptr ? p.a_scale_row[d] : p.a_scale, nullptr,
+                                 nullptr);
+        }
       }
     }
   };

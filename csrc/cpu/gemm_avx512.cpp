@@ -16,7 +16,7 @@
 // oracle, and a last partial chunk of columns runs the same sequence under a lane mask. A
 // requantized output (int8 / uint8, per-tensor activation qparams) is computed inside the
 // micro-kernel from the accumulators in registers (QTile); the other outputs go through an
-// int32 tile and epilogue_row (epilogue_avx512.h).
+// int32 tile and epilogue_row512 (epilogue_avx512.h).
 #include <immintrin.h>
 
 #include <cstring>
@@ -286,36 +286,6 @@ MicroFn pick_micro(int rows, int nv, bool flip, bool q) {
   return flip ? pick_micro_fq<true, false>(rows, nv) : pick_micro_fq<false, false>(rows, nv);
 }
 
-// One output row of ncols columns starting at n0, from its raw accumulators. zc[j] is the
-// zero-point correction zp * col_sums[n0 + j] and sc[j] the scale a_scale * w_scale[n0 + j] of
-// column n0 + j (the same int32 and float32 operations as the oracle's, made once per panel
-// group for per-tensor activations, or here per row when they are per row). A last chunk of
-// fewer than 16 columns runs the same vector sequence under a lane mask (masked loads read
-// nothing past N, masked stores write nothing past it): with N = 10 the whole output is such
-// a chunk, and going element by element through the oracle cost more than the multiply.
-template <bool kPre>
-TQ_TARGET_AVX512VNNI void epilogue_row(const GemmProblem& p, const EpiConsts512& e,
-                                       const int32_t* acc, int64_t m, int64_t n0, int64_t ncols,
-                                       int32_t zp, float a_scale, const int32_t* zc,
-                                       const float* sc) {
-  const __m512i vzp = _mm512_set1_epi32(zp);
-  const __m512 vas = _mm512_set1_ps(a_scale);
-  for (int64_t j = 0; j < ncols; j += 16) {
-    const __mmask16 k = ncols - j >= 16 ? __mmask16(0xFFFF)
-                                        : static_cast<__mmask16>((1u << (ncols - j)) - 1u);
-    const int64_t n = n0 + j;
-    // acc (and zc, sc) hold 16 lanes per chunk (the register tile's width): read whole.
-    const __m512i corr = _mm512_sub_epi32(
-        _mm512_loadu_si512(acc + j),
-        kPre ? _mm512_loadu_si512(zc + j)
-             : _mm512_mullo_epi32(vzp, _mm512_maskz_loadu_epi32(k, p.col_sums + n)));
-    const __m512 s = p.out_kind == GemmOut::Int32 ? e.zero
-                     : kPre ? _mm512_loadu_ps(sc + j)
-                            : _mm512_mul_ps(vas, _mm512_maskz_loadu_ps(k, p.w_scale + n));
-    epilogue_chunk16(p, e, corr, s, p.bias != nullptr ? p.bias + n : nullptr, k, m * p.ldo + n);
-  }
-}
-
 // The group's zero-point corrections and scales of columns [n0, n0 + ncols) (lanes past N: zero),
 // once for all its row tiles: per-tensor activation qparams only.
 TQ_TARGET_AVX512VNNI void panel_consts(const GemmProblem& p, int64_t n0, int64_t ncols,
@@ -449,11 +419,11 @@ TQ_TARGET_AVX512VNNI void compute_rows(const GemmProblem& p, MicroArgs s, int64_
       for (int i = 0; i < nr; ++i) {
         const int64_t mi = kPerm ? perm[m - m0 + i] : m + i;  // its output row
         if (per_tensor) {
-          epilogue_row<true>(p, e, c + i * kNV * 16, mi, n0, ncols, 0, 0.0f, zc, sc);
+          epilogue_row512<true>(p, e, c + i * kNV * 16, mi, n0, ncols, 0, 0.0f, zc, sc);
         } else {
           const int32_t zp = (p.a_zp_row ? p.a_zp_row[mi] : p.a_zp) + zp_shift;
           const float as = p.a_scale_row ? p.a_scale_row[mi] : p.a_scale;
-          epilogue_row<false>(p, e, c + i * kNV * 16, mi, n0, ncols, zp, as, nullptr, nullptr);
+          epilogue_row512<false>(p, e, c + i * kNV * 16, mi, n0, ncols, zp, as, nullptr, nullptr);
         }
       }
     }
