@@ -94,6 +94,46 @@ TQ_TARGET_AVX512VNNI inline void epilogue_row512(const GemmProblem& p, const Epi
   }
 }
 
+// The fused requantize of int8 / uint8 outputs (nan_free, per-tensor activation qparams), in
+// two steps that the AVX-512 VNNI micro-kernel (in registers) and the AMX block epilogue (from
+// its int32 tile) share. Always inlined: a call would spill the micro-kernel's accumulators.
+//
+// requant16: 16 lanes of t = round(y * inv) with y = (acc - zc) * sc + bc (zc, sc, bc: 64-byte
+// aligned), the float32 operations of gemm_dequant / quantize_val in the same order;
+// integer-valued (the clamp at 2^30 keeps the conversion in range, and -inf or anything below
+// -2^31 converts to INT32_MIN). One conversion with embedded round-to-nearest-even (MXCSR not
+// consulted): the same integer as roundscale then an exact conversion.
+TQ_TARGET_AVX512VNNI inline __attribute__((always_inline)) __m512i requant16(
+    __m512i acc, const int32_t* zc, const float* sc, const float* bc, float inv) {
+  const __m512 y = _mm512_add_ps(
+      _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_load_si512(zc))),
+                    _mm512_load_ps(sc)),
+      _mm512_load_ps(bc));
+  const __m512 u = _mm512_min_ps(_mm512_mul_ps(y, _mm512_set1_ps(inv)), _mm512_set1_ps(1073741824.0f));
+  return _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// requant_pack: four chunks of t into 64 bytes, chunk i in bytes [16i, 16i + 16): int16
+// saturation, a saturating + zero point and the byte pack's saturation give
+// clamp(t + zp, lo, hi) as quantize_val does (whatever saturates at int16 lies far outside
+// [lo, hi] either way). ReLU folds into the clamp: y < 0 gives t <= 0, so max(t + zp, zp) = zp,
+// the output of y = 0; y >= 0 leaves t + zp >= zp unchanged. A bias of +0.0 for none changes at
+// most the sign of a zero y and no output. The packs interleave the chunks by 128-bit lane; one
+// dword permutation puts them back in order. Bit-identical to gemm_epilogue_one.
+TQ_TARGET_AVX512VNNI inline __attribute__((always_inline)) __m512i requant_pack(
+    __m512i t0, __m512i t1, __m512i t2, __m512i t3, int16_t zp, bool relu, bool u8) {
+  const __m512i zp16 = _mm512_set1_epi16(zp);
+  __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), zp16);
+  __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(t2, t3), zp16);
+  if (relu) {
+    w01 = _mm512_max_epi16(w01, zp16);
+    w23 = _mm512_max_epi16(w23, zp16);
+  }
+  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_epi32(perm, u8 ? _mm512_packus_epi16(w01, w23)
+                                           : _mm512_packs_epi16(w01, w23));
+}
+
 #endif  // TQ_X86
 
 }  // namespace cpu

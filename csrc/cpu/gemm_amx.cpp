@@ -151,42 +151,19 @@ TQ_TARGET_AMX void block_dispatch(int mt, int nt, const uint8_t* a, int64_t lda,
   }
 }
 
-// The fused requantize (int8 / uint8 out, nan_free, per-tensor activation qparams) of rows i and
-// i + 1 of a block's sums (32 columns each): the float32 sequence of the AVX-512 VNNI kernel's
-// fused epilogue (gemm_avx512.cpp, q16 and q_pack: t = round(((acc - zc) * sc + bc) * inv), then
-// int16 saturation, + zero point, ReLU as max with the zero point and the byte pack's
-// saturation), bit-identical to gemm_epilogue_one. Two rows of 32 columns are one 64-byte pack.
-struct QConsts {
-  __m512 inv, cap;
-  __m512i zp16, perm;
-  bool u8, relu;
-};
-
-TQ_TARGET_AMX inline __m512i q16(const QConsts& q, __m512i acc, const int32_t* zc, const float* sc,
-                                 const float* bc) {
-  const __m512 y = _mm512_add_ps(
-      _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_load_si512(zc))),
-                    _mm512_load_ps(sc)),
-      _mm512_load_ps(bc));
-  const __m512 u = _mm512_min_ps(_mm512_mul_ps(y, q.inv), q.cap);
-  return _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
-TQ_TARGET_AMX inline void q_rows2(const QConsts& q, const int32_t* c, const int32_t* zc,
+// The fused requantize (int8 / uint8 out, nan_free, per-tensor activation qparams) of two rows
+// of a block's sums (32 columns each, d1 null for none): the AVX-512 VNNI kernel's requant16 /
+// requant_pack (epilogue_avx512.h); two rows of 32 columns are one 64-byte pack.
+TQ_TARGET_AMX inline void q_rows2(const GemmProblem& p, const int32_t* c, const int32_t* zc,
                                   const float* sc, const float* bc, uint8_t* d0, uint8_t* d1,
                                   __mmask32 keep) {
-  const __m512i t0 = q16(q, _mm512_load_si512(c), zc, sc, bc);
-  const __m512i t1 = q16(q, _mm512_load_si512(c + 16), zc + 16, sc + 16, bc + 16);
-  const __m512i t2 = q16(q, _mm512_load_si512(c + 32), zc, sc, bc);
-  const __m512i t3 = q16(q, _mm512_load_si512(c + 48), zc + 16, sc + 16, bc + 16);
-  __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), q.zp16);
-  __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(t2, t3), q.zp16);
-  if (q.relu) {
-    w01 = _mm512_max_epi16(w01, q.zp16);
-    w23 = _mm512_max_epi16(w23, q.zp16);
-  }
-  const __m512i bytes = _mm512_permutexvar_epi32(
-      q.perm, q.u8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23));
+  const float inv = p.out_inv_scale;
+  const __m512i bytes = requant_pack(
+      requant16(_mm512_load_si512(c), zc, sc, bc, inv),
+      requant16(_mm512_load_si512(c + 16), zc + 16, sc + 16, bc + 16, inv),
+      requant16(_mm512_load_si512(c + 32), zc, sc, bc, inv),
+      requant16(_mm512_load_si512(c + 48), zc + 16, sc + 16, bc + 16, inv),
+      static_cast<int16_t>(p.out_zp), p.relu, p.out_kind == GemmOut::QUInt8);
   if (d0 != nullptr) _mm256_mask_storeu_epi8(d0, keep, _mm512_castsi512_si256(bytes));
   if (d1 != nullptr) _mm256_mask_storeu_epi8(d1, keep, _mm512_extracti64x4_epi64(bytes, 1));
 }
@@ -232,13 +209,6 @@ TQ_TARGET_AMX void compute_tiles(const GemmProblem& p, const uint8_t* a, int64_t
   const bool fuse = per_tensor && p.nan_free &&
                     (p.out_kind == GemmOut::QInt8 || p.out_kind == GemmOut::QUInt8);
   const EpiConsts512 e = epi_consts512(p);
-  QConsts q;
-  q.inv = _mm512_set1_ps(p.out_inv_scale);
-  q.cap = _mm512_set1_ps(1073741824.0f);
-  q.zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.out_zp));
-  q.perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  q.u8 = p.out_kind == GemmOut::QUInt8;
-  q.relu = p.relu;
   alignas(64) int32_t c[kBlockRows * 32];
   alignas(64) int32_t zc[32];
   alignas(64) float sc[32];
@@ -268,7 +238,7 @@ TQ_TARGET_AMX void compute_tiles(const GemmProblem& p, const uint8_t* a, int64_t
       uint8_t* out = static_cast<uint8_t*>(p.out) + n0;
       for (int64_t i = 0; i < nr; i += 2) {
         const int64_t d0 = dest(i), d1 = i + 1 < nr ? dest(i + 1) : -1;
-        q_rows2(q, c + i * 32, zc, sc, bc, d0 >= 0 ? out + d0 * p.ldo : nullptr,
+        q_rows2(p, c + i * 32, zc, sc, bc, d0 >= 0 ? out + d0 * p.ldo : nullptr,
                 d1 >= 0 ? out + d1 * p.ldo : nullptr, keep);
       }
       return;

@@ -71,39 +71,15 @@ struct QTile {
   bool u8, relu;
 };
 
-// Chunk j (16 columns) of a row: t = round(y * inv) with y = (acc - zc) * sc + bc, the float32
-// operations of gemm_dequant / quantize_val in the same order; integer-valued (the clamp at 2^30
-// keeps the conversion in range, and -inf or anything below -2^31 converts to INT32_MIN). One
-// conversion with embedded round-to-nearest-even (MXCSR not consulted): the same integer as
-// roundscale then an exact conversion, one instruction less per 16 outputs.
+// Chunk j (16 columns) of a row's requantized t, and four chunks into 64 bytes: requant16 and
+// requant_pack (epilogue_avx512.h) with the tile's constants.
 TQ_TARGET_AVX512VNNI TQ_INLINE __m512i q16(const QTile& e, __m512i acc, int j) {
-  const __m512 y = _mm512_add_ps(
-      _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_load_si512(e.zc + j))),
-                    _mm512_load_ps(e.sc + j)),
-      _mm512_load_ps(e.bc + j));
-  const __m512 u = _mm512_min_ps(_mm512_mul_ps(y, _mm512_set1_ps(e.inv)), _mm512_set1_ps(1073741824.0f));
-  return _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return requant16(acc, e.zc + j, e.sc + j, e.bc + j, e.inv);
 }
 
-// Four chunks of t into 64 bytes, chunk i in bytes [16i, 16i + 16): int16 saturation, a
-// saturating + zero point and the byte pack's saturation give clamp(t + zp, lo, hi) as
-// quantize_val does (whatever saturates at int16 lies far outside [lo, hi] either way). ReLU
-// folds into the clamp: y < 0 gives t <= 0, so max(t + zp, zp) = zp, the output of y = 0;
-// y >= 0 leaves t + zp >= zp unchanged. A bias of +0.0 for none changes at most the sign of a
-// zero y and no output. The packs interleave the chunks by 128-bit lane; one dword permutation
-// puts them back in order. Bit-identical to gemm_epilogue_one.
 TQ_TARGET_AVX512VNNI TQ_INLINE __m512i q_pack(const QTile& e, __m512i t0, __m512i t1, __m512i t2,
                                            __m512i t3) {
-  const __m512i zp16 = _mm512_set1_epi16(e.zp);
-  __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), zp16);
-  __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(t2, t3), zp16);
-  if (e.relu) {
-    w01 = _mm512_max_epi16(w01, zp16);
-    w23 = _mm512_max_epi16(w23, zp16);
-  }
-  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_epi32(perm, e.u8 ? _mm512_packus_epi16(w01, w23)
-                                             : _mm512_packs_epi16(w01, w23));
+  return requant_pack(t0, t1, t2, t3, e.zp, e.relu, e.u8);
 }
 
 // Row i of a tile of NV >= 2 panels (up to 64 columns).
