@@ -49,6 +49,24 @@ def test_linear_int4_cuda_within_bound(M, K, N, gs, dtype, int4_path):
     assert ((got.cpu().double() - exact).abs() <= bound + 1e-6).all()
 
 
+@pytest.mark.parametrize("M,K", [(16, 4096), (9, 16384), (1, 16384)])
+def test_linear_int4_cuda_same_sign_products_within_bound(M, K, int4_path):
+    """Non-negative activations (after a ReLU) and zero points 0: no product cancels another, so
+    the float32 chain's rounding grows with K; it stays within the bound's K + 2 roundings."""
+    gen = torch.Generator().manual_seed(K + M)
+    N, gs = 64, 128
+    qw = fmt.pack_int4(torch.randint(0, 16, (N, K), generator=gen, dtype=torch.uint8))
+    G = fmt.num_groups(K, gs)
+    scale = torch.rand(N, G, generator=gen) * 0.02 + 1e-3
+    zp = torch.zeros(N, G, dtype=torch.uint8)
+    x = torch.rand(M, K, generator=gen)
+    packed = ops.int4_pack_weight(qw.cuda(), scale.cuda(), zp.cuda(), K, gs)
+    got = ops.linear_int4(x.cuda(), *packed, None, K, N, gs)
+    exact = ref.linear_int4_dequant(x, qw, scale, zp, None, K, gs)
+    bound = ref.error_bound(x, qw, scale, zp, K, gs, cpu=False)
+    assert ((got.cpu().double() - exact).abs() <= bound).all()
+
+
 def test_linear_int4_cuda_unaligned_input(int4_path):
     """The tensor-core kernel's 16-byte activation loads apply only to aligned rows: an input
     whose data starts off a 16-byte boundary takes the element-wise loads, within the same bound."""

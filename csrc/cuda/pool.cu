@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "common/pool_shape.h"
 #include "cuda/common.cuh"
 #include "ops.h"
@@ -155,6 +156,8 @@ at::Tensor max_pool_int8_cuda(const at::Tensor& x, at::IntArrayRef kernel_size, 
 at::Tensor avg_pool_int8_cuda(const at::Tensor& x, const at::Tensor& zero_point, at::IntArrayRef kernel_size,
                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
                               bool count_include_pad, std::optional<int64_t> divisor_override) {
+  // A CPU x beside a CUDA zero_point dispatches here: the devices are compared before the guard.
+  if (x.defined() && zero_point.defined()) check_same_device(x, "x", zero_point, "zero_point");
   const c10::cuda::OptionalCUDAGuard guard(x.defined() ? std::optional<c10::Device>(x.device()) : std::nullopt);
   const PoolProblem p = pool_problem(x, PoolKind::Avg, kernel_size, stride, padding, {}, ceil_mode,
                                      count_include_pad, divisor_override, {});
@@ -165,6 +168,7 @@ at::Tensor avg_pool_int8_cuda(const at::Tensor& x, const at::Tensor& zero_point,
 
 at::Tensor adaptive_avg_pool_int8_cuda(const at::Tensor& x, const at::Tensor& zero_point,
                                        at::IntArrayRef output_size) {
+  if (x.defined() && zero_point.defined()) check_same_device(x, "x", zero_point, "zero_point");
   const c10::cuda::OptionalCUDAGuard guard(x.defined() ? std::optional<c10::Device>(x.device()) : std::nullopt);
   const PoolProblem p = pool_problem(x, PoolKind::Adaptive, {}, {}, {}, {}, false, false, std::nullopt,
                                      output_size);

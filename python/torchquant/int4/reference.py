@@ -56,16 +56,22 @@ def linear_int4_dequant(x, qweight, scale, zero_point, bias: Optional[torch.Tens
 def error_bound(x, qweight, scale, zero_point, in_features: int, group_size: int, cpu: bool = True) -> torch.Tensor:
     """Per-output bound on |kernel - linear_int4_dequant| (float64, shaped [..., N]).
 
-    CPU: the per-row int8 activation rounding, ``x_scale / 2 * sum_k |w_k|``, plus float32
-    rounding ``2^-20 * sum_k |x_k w_k|`` (G + 2 float32 roundings of partial sums, generous).
-    CUDA (float activations): the float rounding term only, ``2^-20 * sum_k |x_k w_k|`` for
-    float32 and ``2^-7`` relative for bfloat16/float16 outputs. Add the output's own rounding for
+    The float32 rounding term is ``r * 2^-24 * sum_k |x_k w_k|`` with r the number of float32
+    roundings an output's sum goes through, at least 16 (each rounding of a partial sum errs by
+    at most 2^-24 of a magnitude that never exceeds ``sum_k |x_k w_k|``).
+    CPU: exact integer sums per group, then a product and a sum per group: r = 2 G + 4; plus the
+    per-row int8 activation rounding, ``x_scale / 2 * sum_k |w_k|``.
+    CUDA (float activations): the float rounding term only, r = K + 2 (the tiled kernel's single
+    chain of fused multiply-adds over K, and the dequantized weight's own rounding), and
+    ``2^-7`` relative for bfloat16/float16 outputs. Add the output's own rounding for
     bfloat16/float16 (one unit in the last place of the result).
     """
     w = dequantize_groups(unpack_int4(qweight, in_features), scale, zero_point, group_size).double().abs()
     xr = _rows(x).double()
     mag = xr.abs() @ w.t()
-    bound = mag * 2.0 ** -20
+    groups = -(-in_features // group_size)
+    roundings = 2 * groups + 4 if cpu else in_features + 2
+    bound = mag * (max(16, roundings) * 2.0 ** -24)
     if cpu:
         _, xs, _ = _ref.quantize_rowwise(x, -128, 127)
         bound = bound + xs.double().reshape(-1, 1) / 2 * w.sum(1)
