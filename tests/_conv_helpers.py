@@ -155,6 +155,13 @@ def check_shared_bad_input(pack, call, args, fn):
         pack(torch.zeros(4, 2, dtype=torch.int8), 1)
     with pytest.raises(RuntimeError, match="argument 'w' must be an int8"):
         pack(torch.zeros(4, 2, 3, 3), 1)
+    for shape in ((8, 2, 3, 0), (8, 2, 0), (8, 1, 0, 3, 3)):
+        w = torch.zeros(shape, dtype=torch.int8)
+        with pytest.raises(RuntimeError, match="argument 'w' must have kernel sizes >= 1"):
+            pack(w, 2)
+        # The fake kernel (torch.compile, export) words it alike.
+        with pytest.raises(RuntimeError, match="argument 'w' must have kernel sizes >= 1"):
+            pack(w.to("meta"), 2)
     with pytest.raises(RuntimeError, match=f"Expected 3D \\(batched\\) input to {fn}1d"):
         call(args(k=(3,)))  # a 4-D x with a 1-d kernel
     with pytest.raises(RuntimeError, match="argument 'groups' \\(3\\) must divide the input channels of 'x' \\(4\\)"):

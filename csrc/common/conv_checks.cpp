@@ -68,7 +68,10 @@ int conv_like_weight_checks(const at::Tensor& w, int64_t groups, const ConvLikeN
               ", got shape ", w.sizes());
   TORCH_CHECK(groups >= 1, "argument 'groups' must be >= 1, got ", groups);
   const int nsp = static_cast<int>(w.dim() - 2);
-  for (int d = 0; d < nsp; ++d) g.k[3 - nsp + d] = w.size(2 + d);
+  for (int d = 0; d < nsp; ++d) {
+    TORCH_CHECK(w.size(2 + d) >= 1, "argument 'w' must have kernel sizes >= 1, got shape ", w.sizes());
+    g.k[3 - nsp + d] = w.size(2 + d);
+  }
   return nsp;
 }
 

@@ -402,6 +402,8 @@ CONV_PACKED_TRAILER = 32  # bytes after the CPU (transposed) conv weight's panel
 def _pack_conv_weight_fake(w, groups=1):
     torch._check(w.dtype == torch.int8 and 3 <= w.dim() <= 5,
                  lambda: f"argument 'w' must be a 3-D, 4-D or 5-D int8 conv weight, got {w.dtype} {tuple(w.shape)}")
+    for k in w.shape[2:]:
+        torch._check(k >= 1, lambda: f"argument 'w' must have kernel sizes >= 1, got shape {tuple(w.shape)}")
     torch._check(groups >= 1 and w.shape[0] % groups == 0,
                  lambda: f"argument 'groups' ({groups}) must divide the output channels of 'w' ({w.shape[0]})")
     return (w.new_empty(conv_packed_weight_shape(tuple(w.shape), groups, w.device)),
@@ -788,6 +790,8 @@ def _pack_conv_transpose_weight_fake(w, groups=1):
     torch._check(w.dtype == torch.int8 and 3 <= w.dim() <= 5,
                  lambda: f"argument 'w' must be a 3-D, 4-D or 5-D int8 transposed conv weight, got {w.dtype} "
                          f"{tuple(w.shape)}")
+    for k in w.shape[2:]:
+        torch._check(k >= 1, lambda: f"argument 'w' must have kernel sizes >= 1, got shape {tuple(w.shape)}")
     torch._check(groups >= 1 and w.shape[0] % groups == 0,
                  lambda: f"argument 'groups' ({groups}) must divide the input channels of 'w' ({w.shape[0]}, its "
                          "first dimension)")
