@@ -1011,6 +1011,23 @@ def test_hardsigmoid_converts_with_the_fixed_qparams_whatever_inplace(inplace):
 def test_fake_quantize_refuses_an_observer_that_is_not_one():
     with pytest.raises(ValueError, match=r"argument 'observer' of FakeQuantize must make an observer .*got 'ReLU'"):
         tq.FakeQuantize(observer=nn.ReLU)
+    # A class that cannot be built from the observer's arguments, and an instance, name it too.
+    with pytest.raises(ValueError, match=r"argument 'observer' of FakeQuantize must make an observer, got 'Linear'"):
+        tq.FakeQuantize(observer=nn.Linear)
+    with pytest.raises(ValueError, match=r"argument 'observer' .* not an instance, got MinMaxObserver\(\)"):
+        tq.FakeQuantize(observer=tq.MinMaxObserver())
+    # An observer given an argument it does not take keeps Python's error, as torch.ao's.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        tq.FakeQuantize(observer=tq.MinMaxObserver.with_args(foo=1))
+
+
+def test_star_import_brings_the_public_names_and_no_submodule():
+    import types
+    public = {n for n, v in vars(tq).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    assert set(tq.__all__) == public
+    ns = {"nn": nn}
+    exec("from torchquant import *", ns)
+    assert ns["nn"] is nn and ns["prepare"] is tq.prepare and ns["QuantStub"] is tq.QuantStub
 
 
 def test_convert_after_a_qat_step_observes_the_final_weights_as_torch_ao():

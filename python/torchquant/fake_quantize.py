@@ -16,6 +16,9 @@ from . import _ops
 from . import observer as _obs
 from ._ops import ops
 
+# Observer classes of torchquant and torch.ao: a TypeError while building one is about its arguments.
+_OBSERVER_BASES = (_obs.ObserverBase, torch.ao.quantization.observer.ObserverBase)
+
 __all__ = [
     "FakeQuantizeBase",
     "FakeQuantize",
@@ -245,7 +248,20 @@ class FakeQuantize(FakeQuantizeBase):
             observer_kwargs["quant_min"] = quant_min
         if quant_max is not None:
             observer_kwargs["quant_max"] = quant_max
-        self.activation_post_process = observer(**observer_kwargs)
+        if isinstance(observer, torch.nn.Module):
+            raise ValueError(f"argument 'observer' of {type(self).__name__} must be an observer class or its "
+                             f"with_args(...), not an instance, got {type(observer).__name__}()")
+        made_by = observer
+        while not isinstance(made_by, type) and (hasattr(made_by, "p") or hasattr(made_by, "func")):
+            made_by = made_by.p if hasattr(made_by, "p") else made_by.func  # with_args / functools.partial
+        try:
+            self.activation_post_process = observer(**observer_kwargs)
+        except TypeError as e:
+            if isinstance(made_by, type) and issubclass(made_by, _OBSERVER_BASES):
+                raise  # an observer given arguments it does not take: Python's own error names them
+            raise ValueError(f"argument 'observer' of {type(self).__name__} must make an observer, got "
+                             f"{getattr(made_by, '__name__', made_by)!r}, which could not be built from "
+                             f"{sorted(observer_kwargs)}: {e}") from e
         app = self.activation_post_process
         if not all(hasattr(app, a) for a in ("quant_min", "quant_max", "dtype", "qscheme", "calculate_qparams")):
             raise ValueError(f"argument 'observer' of {type(self).__name__} must make an observer (quant_min, quant_max, "

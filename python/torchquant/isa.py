@@ -81,4 +81,6 @@ _check_environment()
 
 
 def build_info() -> str:
+    """One line describing the build: version, whether CUDA kernels are compiled in, and the CPU
+    variant detected on this machine (``"torchquant 0.1.0 cuda=no cpu_isa_detected=avx512vnni"``)."""
     return torch.ops.torchquant.build_info()
