@@ -1288,6 +1288,10 @@ def test_hand_built_modules_take_torch_ao_arguments_and_load_a_converted_state_d
         nnq.Hardswish(0.1, 3, dtype=torch.qint8)
     with pytest.raises(ValueError, match="argument 'weight' must be a tensor of shape \\(4,\\)"):
         nnq.GroupNorm(2, 4, torch.ones(3), None, 0.1, 3)
+    for groups in (4, 0, -2, 2.5):  # as nn.GroupNorm, at construction
+        with pytest.raises(ValueError, match=f"argument 'num_groups' .* divisor of num_channels \\(6\\), got {groups}"):
+            nnq.GroupNorm(groups, 6)
+    assert "3, 6, eps=1e-05" in repr(nnq.GroupNorm(3, 6))
 
 
 def test_a_checkpoint_with_other_activation_dtype_is_refused(tmp_path):

@@ -784,11 +784,21 @@ class GroupNorm(_AffineNorm):
     def __init__(self, num_groups, num_channels, weight=None, bias=None, scale=1.0, zero_point=0, eps=1e-5,
                  affine=True, device=None, dtype=None):
         super().__init__()
+        try:
+            bad = num_groups <= 0 or num_channels % num_groups != 0
+        except TypeError:
+            bad = True
+        if bad:
+            raise ValueError(f"argument 'num_groups' of GroupNorm must be a positive divisor of num_channels "
+                             f"({num_channels}), got {num_groups!r}")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
         self._init_affine((num_channels,), affine, weight, bias, scale, zero_point, device, dtype)
 
     def _float_op(self, x):
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, " + super().extra_repr()
 
     @classmethod
     def from_float(cls, mod, name=None):
