@@ -614,15 +614,18 @@ def _float_only(mod: nn.Module) -> bool:
 
 
 def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: Optional[List[str]] = None,
-                   dry: bool = False, custom_roots: Optional[Dict[int, type]] = None) -> List[str]:
+                   dry: bool = False, custom_roots: Optional[Dict[int, type]] = None,
+                   non_leaf: frozenset = frozenset()) -> List[str]:
     """Adds ``activation_post_process`` and its forward hook to every observed module under a
     qconfig; returns the names of leaf modules under a qconfig that stay float. ``custom``: the
     user's module types named in prepare's ``allow_list`` (:func:`_custom_allowed`), observed as
     modules with an int8 version. ``already`` gets the names of the quantized modules under a
     qconfig (a model, or part of one, converted before), which get no observer. ``custom_roots``:
     {id: observed class} of prepare's custom modules (:func:`_swap_float_to_observed`), observed
-    as a whole. ``dry``: every observer is built (and so checked) but none attached, on the model
-    before its re-parametrized weights are baked, read as after."""
+    as a whole. ``non_leaf``: module types observed as a whole too (prepare_qat's the user's QAT
+    classes its ``mapping`` swaps in, as torch.ao's ``observer_non_leaf_module_list``). ``dry``:
+    every observer is built (and so checked) but none attached, on the model before its
+    re-parametrized weights are baked, read as after."""
     unsupported = []
     model_dev = _model_device(model)
     custom_roots = custom_roots or {}
@@ -658,6 +661,8 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
                      and getattr(m, "qconfig", None) is not None for c in m.modules() if c is not m}
     # prepare's custom modules: observed as a whole, as torch.ao's (their insides are their own)
     inside_fused |= {id(c) for m in model.modules() if id(m) in custom_roots for c in m.modules() if c is not m}
+    inside_fused |= {id(c) for m in model.modules() if type(m) in non_leaf and getattr(m, "qconfig", None) is not None
+                     for c in m.modules() if c is not m}
     for name, mod in model.named_modules():
         qc = getattr(mod, "qconfig", None)
         if qc is None or _is_observer(mod) or id(mod) in inside_fused or id(mod) in inside_quantized:
@@ -666,6 +671,14 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
             if (not issubclass(custom_roots[id(mod)], _ao_no_observer_types())
                     and not hasattr(mod, "activation_post_process")):
                 attach(mod, _activation_observer(qc, name, mod), model_dev, _fallback_observer_hook)
+            continue
+        if type(mod) in non_leaf:
+            if not hasattr(mod, "activation_post_process"):
+                # (a weight-only qconfig's placeholder records nothing: no observer, as for a table)
+                obs = _activation_observer(qc, name, mod, refuse_dynamic=False)
+                if obs is not None and not isinstance(obs, _PLACEHOLDER_TYPES):
+                    attach(mod, obs, model_dev, _fallback_observer_hook,
+                           input_range=isinstance(mod, (nn.Linear,) + _CONV_BASES))
             continue
         float_only = _float_only(mod)
         if float_only and has_children(mod):
@@ -904,6 +917,13 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
     float_to_observed = _custom_config("prepare", "prepare_custom_config_dict", prepare_custom_config_dict,
                                        "float_to_observed_custom_module_class", "from_float")
     _warn_unused("prepare", observer_non_leaf_module_list=observer_non_leaf_module_list)
+    return _prepare(model, inplace, allow_list, float_to_observed)
+
+
+def _prepare(model: nn.Module, inplace: bool, allow_list, float_to_observed: Dict[type, type],
+             non_leaf: frozenset = frozenset()) -> nn.Module:
+    """prepare's work, its arguments checked; ``non_leaf``: module types observed as a whole
+    (see :func:`_add_observers`)."""
     allow_list = _check_allow_list(allow_list)
     custom = _custom_allowed(allow_list)
     if not inplace:
@@ -918,7 +938,7 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
         propagate_qconfig_(model)
         _refuse_float_qconfigs(model, "prepare")
         roots = _swap_float_to_observed(model, float_to_observed, dry=True)
-        _add_observers(model, custom, dry=True, custom_roots=roots)
+        _add_observers(model, custom, dry=True, custom_roots=roots, non_leaf=non_leaf)
         _bake_reparametrizations(model, "prepare")
         if not _has_any_qconfig(model):
             warnings.warn("prepare: no qconfig is set on the model or any submodule, so nothing will be quantized; "
@@ -928,7 +948,7 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list=None, observer_n
         _keep_tables_float(model)
         observed = _swap_float_to_observed(model, float_to_observed)
         already: List[str] = []
-        unsupported = _add_observers(model, custom, already, custom_roots=observed)
+        unsupported = _add_observers(model, custom, already, custom_roots=observed, non_leaf=non_leaf)
     except BaseException:
         _restore_snapshot(saved)
         raise
@@ -1124,7 +1144,11 @@ def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
     """Gives ``new`` the user's forward pre-hooks and forward hooks of the module it replaces
     (as torch.ao's swap_module does), with their kwargs / always_call flags; prepare's observer
     hook is left behind, the int8 module computing its output qparams itself, and so is a
-    hook-based weight / spectral norm's hook (the replacement holds the weight it computes)."""
+    hook-based weight / spectral norm's hook (the replacement holds the weight it computes).
+    The hooks convert gives a module left float inside the quantized part of the model (its
+    QTensor input dequantized, its output quantized again by its ``output_quant``) go along with
+    that ``output_quant``: a dynamic module swapped in later (``quantize_dynamic`` on a converted
+    model) takes float input and feeds the int8 module after it as the float module did."""
     norms = {id(h) for h in _norm_hooks(old)}
     observers = _ao_observer_hooks()
     for hid, hook in old._forward_pre_hooks.items():
@@ -1134,11 +1158,40 @@ def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
     for hid, hook in old._forward_hooks.items():
         if hook is _observer_hook or hook is _fallback_observer_hook or hook in observers:
             continue
+        if hook is _float_fallback_output_hook:
+            out_quant = old._modules.get("output_quant")
+            if out_quant is not None and getattr(new, "output_quant", None) is None:
+                new.add_module("output_quant", out_quant)
+            if out_quant is None or new._modules.get("output_quant") is not out_quant:
+                continue
         new.register_forward_hook(hook, with_kwargs=hid in old._forward_hooks_with_kwargs,
                                   always_call=hid in old._forward_hooks_always_called)
 
 
+@functools.lru_cache(maxsize=None)
+def _float_input_types() -> tuple:
+    """torchquant's quantized modules that compute on float inputs: the dynamic ones (int8
+    weights, activations quantized inside each call) and int4 weight-only Linear."""
+    from .nn.quantized_int4 import LinearWeightOnlyInt4
+
+    return tuple(t for t in {*_DYNAMIC.values(), LinearWeightOnlyInt4}
+                 if isinstance(t, type) and issubclass(t, nn.Module) and t.__module__.startswith("torchquant.")
+                 and t not in _WEIGHT_ONLY_TARGETS)
+
+
+def _float_input_message(module) -> Optional[str]:
+    """The run-time warning of a hook dequantizing a QTensor input for one of torchquant's
+    modules that take float input (:func:`_float_input_types`), else None."""
+    if not isinstance(module, _float_input_types()):
+        return None
+    return (f"{module._get_name()} is a dynamic (or weight-only) quantized module and takes float input: its QTensor "
+            "input is dequantized")
+
+
 def _float_fallback_message(module) -> str:
+    float_input = _float_input_message(module)
+    if float_input is not None:
+        return float_input
     unrun = module.__dict__.get("_tq_uncalibrated")
     if unrun is not None:  # (a type with an int8 version, left float by convert: see _unrun_modules)
         return (f"module '{unrun}' ({module._get_name()}) stayed float because it never ran during calibration: its "
@@ -1176,8 +1229,8 @@ def _float_module_input_hook(module, args, kwargs):
     are dequantized, as a float module's are where it computes with torch functions."""
     if not any(isinstance(a, QTensor) for a in list(args) + list(kwargs.values())):
         return None
-    _warn_once_on(module, "float module input", lambda: f"{module._get_name()} has qconfig None and runs in float: "
-                  "its QTensor input is dequantized", 1)
+    _warn_once_on(module, "float module input", lambda: _float_input_message(module) or (
+        f"{module._get_name()} has qconfig None and runs in float: its QTensor input is dequantized"), 1)
     return _dequantized_inputs(module, args, kwargs)
 
 
@@ -1217,9 +1270,13 @@ _FLOAT_BLOCKS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Transform
 def _clean(model: nn.Module, remove_qconfig: bool = True, custom: tuple = ()) -> None:
     """Removes observers, their hooks and (``remove_qconfig``) qconfigs left on modules that were
     not swapped; float leaf modules under a qconfig get a hook that dequantizes QTensor inputs
-    (with a warning), except in the quantized custom modules of the classes in ``custom``."""
+    (with a warning), except in the quantized custom modules of the classes in ``custom`` and
+    inside torchquant's quantized modules (a LookupActivation's float ``fn``, which it calls on
+    float values itself)."""
     observers = _ao_observer_hooks()
     own = {id(c) for m in model.modules() if isinstance(m, custom) for c in m.modules()}
+    own |= {id(c) for m in model.modules() if isinstance(m, _quantized_types())
+            and not isinstance(m, nnq.FusedReLUSequential) for c in m.modules() if c is not m}
     for mod in list(model.modules()):
         out_quant = None
         for k, hook in list(mod._forward_pre_hooks.items()):
@@ -1246,7 +1303,8 @@ def _clean(model: nn.Module, remove_qconfig: bool = True, custom: tuple = ()) ->
         elif getattr(mod, "qconfig", None) is not None and (isinstance(mod, _FLOAT_BLOCKS) or (
                 not any(True for _ in mod.children()) and not type(mod).__module__.startswith("torchquant.")
                 and not isinstance(mod, _PASSTHROUGH))):
-            mod.register_forward_pre_hook(_float_fallback_hook, with_kwargs=True)
+            if _float_fallback_hook not in mod._forward_pre_hooks.values():  # (once: a model converted again)
+                mod.register_forward_pre_hook(_float_fallback_hook, with_kwargs=True)
             if out_quant is not None:
                 mod.add_module("output_quant", out_quant)
                 mod.register_forward_hook(_float_fallback_output_hook)
@@ -1499,12 +1557,18 @@ def _prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]]) -> nn.Mo
         mapping = {k: (ours[k] if k in ours and getattr(v, "__module__", "").startswith("torch.ao.nn") else v)
                    for k, v in mapping.items()}
     qat_mapping = _QAT if mapping is None else mapping
+    # The user's own QAT classes in the mapping (torchquant's have their own rules): their
+    # outputs get a fake-quant, as torch.ao's prepare_qat observes every class its mapping swaps
+    # in (observer_non_leaf_module_list=set(mapping.values())); convert reads it from them.
+    non_leaf = frozenset(v for v in qat_mapping.values() if isinstance(v, type) and issubclass(v, nn.Module)
+                         and v not in _OBSERVED and not v.__module__.startswith("torchquant.")
+                         and not issubclass(v, _ao_no_observer_types()))
     if type(model) not in qat_mapping or getattr(model, "qconfig", None) is None:
         _swap(model, qat_mapping, "")
     # else the model itself is of a mapped type: left as it is, as a bare nn.Linear is (_swap
     # swaps children), where a fused root's Linear became a qat.Linear inside a float
     # LinearReLU, which convert then leaves in float (with its warning) all the same.
-    model = prepare(model, inplace=True)
+    model = _prepare(model, True, None, {}, non_leaf=non_leaf)
     # A post-training qconfig (observers where fake-quants belong) trains without any rounding.
     fake_quants, observers = (FakeQuantizeBase,), (ObserverBase,)
     try:  # torch.ao's too: its qconfigs are used here as often as torchquant's
@@ -1805,6 +1869,15 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
             if wrong:
                 raise ValueError(f"quantize_dynamic: dtype={dtype} quantizes the rows of nn.Embedding / "
                                  f"nn.EmbeddingBag tables; {wrong} in argument 'qconfig_spec' need dtype=torch.qint8")
+            # names too: the layers a named module is, or holds, get the tables' qconfig
+            modules = dict(model.named_modules())
+            layers = [layer for k in qconfig_spec if isinstance(k, str) and k in modules
+                      for layer in _non_table_layers(modules[k], k, base_targets)]
+            if layers:
+                shown = ", ".join(dict.fromkeys(layers))
+                raise ValueError(f"quantize_dynamic: dtype={dtype} quantizes the rows of nn.Embedding / "
+                                 f"nn.EmbeddingBag tables; {shown} named in argument 'qconfig_spec' (or held by a "
+                                 "module it names) need dtype=torch.qint8")
         qconfig_spec = {k: default for k in qconfig_spec}
     # (a MultiheadAttention's out_proj is swapped only when its own type is named and mapped)
     explicit = {k for k in qconfig_spec if isinstance(k, type) and k in base_targets}
@@ -1812,6 +1885,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
     if spec_given:
         missing = sorted(k.__name__ for k in qconfig_spec if isinstance(k, type) and k not in targets
                          and not _dynamic_by_kind(k, targets)
+                         # (a container's qconfig goes to the layers it holds)
+                         and not _container_type(k, model)
                          # (an nn.Linear subclass left float is named by _keep_unswappable_float)
                          and not (issubclass(k, nn.Linear) and nn.Linear in targets))
         if missing:
@@ -1870,6 +1945,40 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
                       "model (names as model.named_modules() gives them); they are left out", UserWarning,
                       stacklevel=user_stacklevel())
     return model
+
+
+def _non_table_layers(mod: nn.Module, name: str, targets) -> List[str]:
+    """"'name' (Type)" of mod, or the modules under it, that have a dynamic int8 version other
+    than an embedding table's (the qconfig a name in quantize_dynamic's spec gives goes to them);
+    a module with qconfig None, and what it holds, left out."""
+    found: List[str] = []
+
+    def visit(m, path):
+        if ("qconfig" in m.__dict__ and m.qconfig is None) or isinstance(m, _quantized_types()) or _is_observer(m):
+            return
+        cls = type_before_parametrizations(m)
+        if cls not in _EMBEDDING and (cls in targets or _dynamic_by_kind(cls, targets) is not None):
+            found.append(f"'{path or 'the model'}' ({cls.__name__})")
+            return
+        for child_name, child in m.named_children():
+            visit(child, f"{path}.{child_name}" if path else child_name)
+
+    visit(mod, name)
+    return found
+
+
+def _container_type(cls, model: nn.Module) -> bool:
+    """nn.Sequential, nn.ModuleList, nn.ModuleDict (and their subclasses), or a type whose
+    instances in ``model`` all hold modules and no parameters or buffers of their own: its
+    qconfig in quantize_dynamic's spec goes to the layers it holds."""
+    if not isinstance(cls, type):
+        return False
+    if issubclass(cls, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return True
+    found = [m for m in model.modules() if type(m) is cls]
+    return bool(found) and all(any(True for _ in m.children())
+                               and all(p is None for p in m._parameters.values())
+                               and all(b is None for b in m._buffers.values()) for m in found)
 
 
 def _nothing_quantized_why(model, qconfig_spec, names_unmatched, dtype, spec_given, targets) -> str:
