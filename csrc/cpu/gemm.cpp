@@ -574,18 +574,19 @@ at::Tensor linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& w_packed,
   const int64_t M = leading_rows(x);
   if (M == 0 || N == 0) return out;
   const at::Tensor xf = x.to(at::kFloat).contiguous();
-  // Row qparams and quantized rows live in scratch owned by this thread and reused across calls.
+  // Row qparams and quantized rows live in scratch owned by this thread and reused across calls
+  // (a huge batch's rows in a buffer of the call's own).
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> scale;
   thread_local std::vector<int32_t> zp;
-  cpu::scratch(q, static_cast<size_t>(M * K));
-  cpu::scratch(scale, static_cast<size_t>(M));
-  cpu::scratch(zp, static_cast<size_t>(M));
+  const cpu::CallScratch<int8_t> q_call(q, static_cast<size_t>(M * K));
+  const cpu::CallScratch<float> scale_call(scale, static_cast<size_t>(M));
+  const cpu::CallScratch<int32_t> zp_call(zp, static_cast<size_t>(M));
   const GemmKernels& k = gemm_kernels();
   const float* px = xf.const_data_ptr<float>();
-  int8_t* pq = q.data();
-  float* ps = scale.data();
-  int32_t* pz = zp.data();
+  int8_t* pq = q_call.data();
+  float* ps = scale_call.data();
+  int32_t* pz = zp_call.data();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K, 1));
   // 7-bit rows: codes in [0, 127], the same bytes as int8 or uint8, read as uint8 (the AVX2
   // kernel's exact vpmaddubsw loop takes tiles of them; VNNI needs no flip of the top bit).

@@ -229,15 +229,15 @@ at::Tensor linear_int4_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> xs;
   thread_local std::vector<int32_t> xz, xsum;
-  cpu::scratch(xq, static_cast<size_t>(M * Kp));
-  cpu::scratch(xs, static_cast<size_t>(M));
-  cpu::scratch(xz, static_cast<size_t>(M));
-  cpu::scratch(xsum, static_cast<size_t>(M * G));
+  const cpu::CallScratch<int8_t> xq_call(xq, static_cast<size_t>(M * Kp));
+  const cpu::CallScratch<float> xs_call(xs, static_cast<size_t>(M));
+  const cpu::CallScratch<int32_t> xz_call(xz, static_cast<size_t>(M));
+  const cpu::CallScratch<int32_t> xsum_call(xsum, static_cast<size_t>(M * G));
   const float* px = xf.const_data_ptr<float>();
-  int8_t* pxq = xq.data();
-  float* pxs = xs.data();
-  int32_t* pxz = xz.data();
-  int32_t* pxsum = xsum.data();
+  int8_t* pxq = xq_call.data();
+  float* pxs = xs_call.data();
+  int32_t* pxz = xz_call.data();
+  int32_t* pxsum = xsum_call.data();
   const int64_t grain = std::max<int64_t>(1, 32768 / Kp);
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
     rows_fn(px + r0 * K, K, r1 - r0, K, -128, 127, pxq + r0 * Kp, Kp, pxs + r0, pxz + r0);
