@@ -26,7 +26,8 @@ from torch.nn.utils.parametrize import type_before_parametrizations
 
 from .calibrate import _model_device as _device_of
 from ._stack import user_stacklevel
-from .fake_quantize import FakeQuantizeBase, default_fixed_qparams_range_0to1_fake_quant
+from .fake_quantize import (FakeQuantizeBase, default_fixed_qparams_range_0to1_fake_quant,
+                            default_fixed_qparams_range_neg1to1_fake_quant)
 from .nn import intrinsic, qat
 from .nn import quantized as nnq
 from .nn._compact import compact_modules
@@ -108,14 +109,17 @@ _WEIGHT_ONLY_TARGETS = (nnqe.Embedding, nnqe.EmbeddingBag)  # quantized modules 
 
 
 def get_default_static_quant_module_mappings() -> Dict[type, type]:
+    """Get module mapping for post training static quantization (a copy: {float class: int8 class})."""
     return dict(_STATIC)
 
 
 def get_default_qat_module_mappings() -> Dict[type, type]:
+    """Get default module mapping for quantization aware training (a copy: {float class: QAT class})."""
     return dict(_QAT)
 
 
 def get_default_dynamic_quant_module_mappings() -> Dict[type, type]:
+    """Get module mapping for post training dynamic quantization (a copy: {float class: dynamic int8 class})."""
     return dict(_DYNAMIC)
 
 
@@ -613,6 +617,16 @@ def _float_only(mod: nn.Module) -> bool:
     return _batch_stats_bn(mod)
 
 
+# The output fake-quants torch.ao's prepare_qat gives these modules (its
+# DEFAULT_MODULE_TO_ACT_POST_PROCESS): their outputs' fixed ranges, whatever the qconfig.
+_FIXED_QPARAMS_FAKE_QUANTS = {
+    nn.Hardsigmoid: default_fixed_qparams_range_0to1_fake_quant,
+    nn.Sigmoid: default_fixed_qparams_range_0to1_fake_quant,
+    nn.Softmax: default_fixed_qparams_range_0to1_fake_quant,
+    nn.Tanh: default_fixed_qparams_range_neg1to1_fake_quant,
+}
+
+
 def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: Optional[List[str]] = None,
                    dry: bool = False, custom_roots: Optional[Dict[int, type]] = None,
                    non_leaf: frozenset = frozenset()) -> List[str]:
@@ -683,10 +697,17 @@ def _add_observers(model: nn.Module, custom: frozenset = frozenset(), already: O
         float_only = _float_only(mod)
         if float_only and has_children(mod):
             continue
-        if kind(mod) is nn.Hardsigmoid and mod.training and not hasattr(mod, "activation_post_process"):
-            # QAT (torch.ao's rule, a module in training mode): it trains on the fixed output
-            # qparams (scale 1/256) its int8 version computes with.
-            attach(mod, default_fixed_qparams_range_0to1_fake_quant(), model_dev, _observer_hook)
+        fixed = _FIXED_QPARAMS_FAKE_QUANTS.get(kind(mod))
+        if fixed is not None and mod.training and not hasattr(mod, "activation_post_process"):
+            # QAT (torch.ao's rule, a module of these exact types in training mode, whatever the
+            # qconfig's activation): it trains on the fixed output qparams its int8 version
+            # computes with (scale 1/256 over [0, 1), 2/256 over [-1, 1)). A Softmax, which stays
+            # float, has its output quantized with them after convert.
+            stays_float = kind(mod) not in _STATIC
+            if stays_float and mod is not model:
+                unsupported.append(f"{name} ({type(mod).__name__})")
+            attach(mod, fixed(), model_dev, _fallback_observer_hook if stays_float else _observer_hook,
+                   prepend=not stays_float)
             continue
         if kind(mod) in _OBSERVED and not float_only and not hasattr(mod, "activation_post_process"):
             # Before the user's forward hooks (torch.ao's order): the int8 module computes its
@@ -1284,7 +1305,10 @@ def _clean(model: nn.Module, remove_qconfig: bool = True, custom: tuple = ()) ->
                 del mod._forward_pre_hooks[k]
                 mod._forward_pre_hooks_with_kwargs.pop(k, None)
         mod.__dict__.pop("_tq_input_range", None)
-        if hasattr(mod, "activation_post_process") and not isinstance(mod, (nnq.Linear, nnq.Quantize)):
+        # (a fake-quant's own observer stays: the weight fake-quant of a QAT module left float, one
+        # calibration never ran, runs with it)
+        if (hasattr(mod, "activation_post_process") and not _is_observer(mod)
+                and not isinstance(mod, (nnq.Linear, nnq.Quantize))):
             for k, hook in list(mod._forward_pre_hooks.items()):
                 if hook in observers:
                     del mod._forward_pre_hooks[k]
@@ -1521,8 +1545,10 @@ def prepare_qat(model: nn.Module, mapping: Optional[Dict[type, type]] = None, in
     and the fused modules (ConvBn*, ConvBnReLU*, ConvReLU*, LinearReLU, LinearBn1d, torch.ao's
     too) become torchquant.nn.qat modules with fake-quantized weights (BatchNorm folded as
     torch.ao's, with freeze_bn_stats / update_bn_stats), every observed output gets a
-    FakeQuantize, and a Hardsigmoid the fixed qparams (scale 1/256) its int8 version uses. The
-    model must be in training mode."""
+    FakeQuantize, and, as in torch.ao, an nn.Hardsigmoid, nn.Sigmoid or nn.Softmax in training
+    mode a FixedQParamsFakeQuantize of scale 1/256, zero point 0 ([0, 1)), an nn.Tanh one of
+    scale 2/256, zero point 128 ([-1, 1)), whatever the qconfig: the qparams convert gives them.
+    The model must be in training mode."""
     _check_args("prepare_qat", model, mapping=mapping)
     if not model.training:
         raise ValueError("prepare_qat needs a model in training mode; call model.train() first")
