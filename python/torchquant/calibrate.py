@@ -129,7 +129,8 @@ def _fake_quant_types() -> Tuple[tuple, tuple]:
 def _prepared_for_qat(model: nn.Module) -> bool:
     """Whether ``model`` holds fake-quants other than fixed-qparams ones (QAT modules' weight
     fake-quants, activation fake-quants). A static ``prepare`` of a model in training mode gives
-    each nn.Hardsigmoid a FixedQParamsFakeQuantize too (torch.ao's rule): that alone is no QAT."""
+    each nn.Hardsigmoid, nn.Sigmoid, nn.Softmax and nn.Tanh a FixedQParamsFakeQuantize too (torch.ao's
+    rule): that alone is no QAT."""
     fake, fixed = _fake_quant_types()
     return any(isinstance(m, fake) and not isinstance(m, fixed) for m in model.modules())
 
