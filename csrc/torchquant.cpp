@@ -1,6 +1,7 @@
 // The one registry of torchquant ops: every schema is here, in one TORCH_LIBRARY block.
 // Backends add kernels with TORCH_LIBRARY_IMPL in their own files (cpu/, cuda/,
 // composite.cpp); fake (meta) kernels and autograd live in python/torchquant/_ops.py.
+#include <ATen/core/LegacyTypeDispatch.h>  // at::AutoDispatchBelow*: not reached through the others under C++17
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 

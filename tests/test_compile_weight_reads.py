@@ -126,6 +126,9 @@ def test_dynamic_multihead_attentions_stacked_weight_read_under_compile():
         assert torch.equal(torch.compile(functools.partial(f, mha), backend="eager", fullgraph=True)(x), want)
 
 
+@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 12),
+                    reason="torch 2.11's Dynamo cannot trace id() of a tensor made in the graph: the layer's "
+                           "repack from another model's placeholder breaks the graph there")
 def test_another_modules_placeholder_read_under_compile():
     # functional_call with another model's state_dict(keep_vars=True): its placeholder stands for
     # its own layout, which the trace reads (before the layer's call, which repacks from it)

@@ -289,7 +289,8 @@ def _versioned_repack(repack: Callable, module: nn.Module, *args, **kwargs):
     try:
         return repack(module, *args, **kwargs)
     finally:
-        module.__dict__.pop("_tq_versions_before", None)
+        if "_tq_versions_before" in module.__dict__:  # (not dict.pop: see note_packed)
+            del module.__dict__["_tq_versions_before"]
 
 
 def compact_safe_repack(repack: Callable) -> Callable:

@@ -284,7 +284,11 @@ def note_packed(module: nn.Module, sources, packed: str) -> None:
     # wrapper of every _repack): a write landing while the layout was built (another thread's)
     # then leaves it stale, and the next call rebuilds it; versions read now would mark that
     # write as packed.
-    before = module.__dict__.pop("_tq_versions_before", None) or {}
+    # (get and del rather than dict.pop: torch 2.11's Dynamo cannot trace a pop on __dict__, and a
+    # repack can run inside a compiled forward)
+    before = module.__dict__.get("_tq_versions_before") or {}
+    if "_tq_versions_before" in module.__dict__:
+        del module.__dict__["_tq_versions_before"]
     versions = tuple(before[id(t)][1] if id(t) in before and before[id(t)][0] is t else _version_of(t) for t in srcs)
     module.__dict__["_tq_packed_from"] = (b[packed], srcs, tuple(sources), packed, versions)
     # the first source and its version, for the forwards' inline check (an identity test and a
