@@ -11,8 +11,11 @@ only where that handling has nothing to do:
 
 * not while torch.compile or torch.export traces (they must see ``torch.ops`` calls);
 * no torch function mode active;
-* the tensors the caller hands in are plain ``torch.Tensor`` (a quantized Linear checks its
-  input's, not its own weight, scale and bias buffers).
+* every tensor argument is a plain ``torch.Tensor`` (or None where the schema takes an optional
+  one): the input's and the module's own buffers alike, since torch.func.functional_call or an
+  assignment can put a subclass with its own ``__torch_function__`` in a weight, scale or bias;
+* every other argument already has the type the binding takes (a module attribute such as an
+  EmbeddingBag's padding_idx of another type goes to torch.ops, whose error names it).
 
 Everywhere else the modules call ``torch.ops``. ``TORCHQUANT_FASTCALL=0`` (read at import) or
 ``torchquant._fastcall.enabled = False`` sends every call through ``torch.ops``.
@@ -47,6 +50,30 @@ def usable(a, b, c) -> bool:
     # is_compiling() first: under tracing it is a constant and nothing after it is traced.
     return (not _is_compiling() and enabled and type(a) is _Tensor and type(b) is _Tensor
             and type(c) is _Tensor and not _function_mode_enabled())
+
+
+def usable_int8_layer(x, x_scale, x_zero_point, w_packed, w_col_sums, w_scale, bias, out_scale,
+                      out_zero_point) -> bool:
+    """usable() for linear_int8 and conv_int8, whose tensor arguments are these (bias,
+    out_scale and out_zero_point optional)."""
+    return (not _is_compiling() and enabled and type(x) is _Tensor and type(x_scale) is _Tensor
+            and type(x_zero_point) is _Tensor and type(w_packed) is _Tensor and type(w_col_sums) is _Tensor
+            and type(w_scale) is _Tensor and (type(bias) is _Tensor or bias is None)
+            and (type(out_scale) is _Tensor or out_scale is None)
+            and (type(out_zero_point) is _Tensor or out_zero_point is None) and not _function_mode_enabled())
+
+
+def usable_dynamic(x, w_packed, w_col_sums, w_scale, bias) -> bool:
+    """usable() for linear_dynamic, whose tensor arguments are these (bias optional)."""
+    return (not _is_compiling() and enabled and type(x) is _Tensor and type(w_packed) is _Tensor
+            and type(w_col_sums) is _Tensor and type(w_scale) is _Tensor and (type(bias) is _Tensor or bias is None)
+            and not _function_mode_enabled())
+
+
+def is_int64(v) -> bool:
+    """Whether v is an int within int64, which the bindings take as it is; anything else goes to
+    torch.ops, which converts or refuses it as the op's schema says."""
+    return type(v) is int and -0x8000000000000000 <= v <= 0x7FFFFFFFFFFFFFFF
 
 
 def usable_all(required, optional) -> bool:

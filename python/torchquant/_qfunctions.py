@@ -63,13 +63,29 @@ def _back(q: QTensor, codes: torch.Tensor) -> QTensor:
 # ---------------------------------------------------------------- pooling
 # The int8 pooling ops (csrc/cpu/pool*.cpp, csrc/cuda/pool.cu) on the codes; their plain-torch
 # oracles are reference.max_pool_int8 / avg_pool_int8 / adaptive_avg_pool_int8.
-def _int_element(e, i: int, name: str, fn_name: str) -> int:
-    """e as an int; a float (which int() would truncate) or anything else is torch's TypeError."""
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int_element(e, i: int, name: str, fn_name: str, bool_ok: bool = True) -> int:
+    """e as an int; a float (which int() would truncate) or anything else is torch's TypeError
+    (a bool too where not bool_ok: torch's adaptive pooling refuses one). Outside int64 (what
+    the ops take) a RuntimeError, alike whichever way the op is called."""
     try:
-        return operator.index(e)
+        if not bool_ok and type(e) is bool:
+            raise TypeError
+        v = operator.index(e)
     except TypeError:
         raise TypeError(f"{fn_name}(): argument '{name}' must be an int or a tuple of ints, but found element of "
                         f"type {type(e).__name__} at pos {i}: {e!r}") from None
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise RuntimeError(f"{fn_name}(): argument '{name}' must hold int64 values, got {v} at pos {i}")
+    return v
+
+
+def _not_bool(v, name: str, fn_name: str) -> None:
+    """torch's pooling functions refuse a bool where they take an int or a tuple of ints."""
+    if type(v) is bool:
+        raise TypeError(f"{fn_name}(): argument '{name}' must be an int or a tuple of ints, not bool: {v!r}")
 
 
 def _elements(v) -> list:
@@ -82,8 +98,9 @@ def _elements(v) -> list:
 
 def _ints(v, n: int, name: str, fn_name: str) -> List[int]:
     """An int or a sequence of 1 or n ints as a list of n ints (torch's pooling arguments)."""
-    if isinstance(v, int):
+    if type(v) is int and _INT64_MIN <= v <= _INT64_MAX:
         return [v] * n
+    _not_bool(v, name, fn_name)
     v = [_int_element(e, i, name, fn_name) for i, e in enumerate(_elements(v))]
     if len(v) == 1:
         return v * n
@@ -131,6 +148,20 @@ def _with_indices(fn, name: str):
     return impl
 
 
+def _divisor(v, fn_name: str) -> int:
+    """divisor_override as an int in int64, as torch takes it (int() would truncate 2.5)."""
+    if type(v) is not bool:
+        try:
+            v = operator.index(v)
+        except TypeError:
+            pass
+    if type(v) is not int:
+        raise TypeError(f"{fn_name}(): argument 'divisor_override' must be int, not {type(v).__name__}")
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise RuntimeError(f"{fn_name}(): argument 'divisor_override' must be an int64, got {v}")
+    return v
+
+
 def _avg_pool(nsp: int, name: str):
     def impl(q, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
         """torch's average pooling on the int8 codes, qparams and memory format kept, rounded as
@@ -140,7 +171,7 @@ def _avg_pool(nsp: int, name: str):
         args = (d, z, _ints(kernel_size, nsp, "kernel_size", name),
                 _stride(stride, nsp, name),
                 _ints(padding, nsp, "padding", name), bool(ceil_mode), bool(count_include_pad),
-                None if divisor_override is None else int(divisor_override))
+                None if divisor_override is None else _divisor(divisor_override, name))
         f = _fastcall.avg_pool_int8 if _fastcall.usable_all((d, z), ()) else _ops.avg_pool_int8.default
         return q._same_qparams(f(*args))
 
@@ -152,8 +183,9 @@ def _adaptive_avg_pool(q, output_size, nsp: int, name: str):
     """torch's adaptive average pooling on the int8 codes, rounded as :func:`_avg_pool`."""
     _per_tensor(q, name)
     d, z = q.data, q.zero_point
+    _not_bool(output_size, "output_size", name)
     if isinstance(output_size, int):
-        size = [output_size] * nsp
+        size = [_int_element(output_size, 0, "output_size", name)] * nsp
     else:
         size = _elements(output_size)
         if len(size) == 1:
@@ -162,7 +194,8 @@ def _adaptive_avg_pool(q, output_size, nsp: int, name: str):
             raise RuntimeError(f"{name}: argument 'output_size' must be a single int or a tuple of {nsp} ints, "
                                f"got {size}")
         spatial = d.shape[-nsp:]
-        size = [spatial[i] if o is None else _int_element(o, i, "output_size", name) for i, o in enumerate(size)]
+        size = [spatial[i] if o is None else _int_element(o, i, "output_size", name, False)
+                for i, o in enumerate(size)]
     f = _fastcall.adaptive_avg_pool_int8 if _fastcall.usable_all((d, z), ()) else _ops.adaptive_avg_pool_int8.default
     return q._same_qparams(f(d, z, size))
 
@@ -171,14 +204,21 @@ def _adaptive_avg_pool1d(q, output_size):
     return _adaptive_avg_pool(q, output_size, 1, "adaptive_avg_pool1d")
 
 
-_GLOBAL_2D = (1, (1, 1), [1, 1])
+def _is_global_2d(output_size) -> bool:
+    """output_size is 1, or a tuple or list of two 1s, as ints (not 1.0 or True, which torch
+    refuses, nor an array, whose == is elementwise)."""
+    t = type(output_size)
+    if t is int:
+        return output_size == 1
+    return ((t is tuple or t is list) and len(output_size) == 2 and type(output_size[0]) is int
+            and type(output_size[1]) is int and output_size[0] == 1 and output_size[1] == 1)
 
 
 def _adaptive_avg_pool2d(q, output_size):
     # The global average of a classifier's head (nn.AdaptiveAvgPool2d(1) / (1, 1) at batch 1)
     # costs little more than the Python around it: the common case takes the shortest path.
     d, z = q.data, q.zero_point
-    if q.axis is None and output_size in _GLOBAL_2D and _fastcall.usable(d, z, z):
+    if q.axis is None and _is_global_2d(output_size) and _fastcall.usable(d, z, z):
         return QTensor._make(_fastcall.adaptive_avg_pool_int8(d, z, [1, 1]), q.scale, z, None, q.qmin, q.qmax)
     return _adaptive_avg_pool(q, output_size, 2, "adaptive_avg_pool2d")
 

@@ -545,9 +545,10 @@ class Linear(_Int8WeightModule):
             b = self._buffers
             scale, zero_point = b["scale"], b["zero_point"]
             xd, xs, xz = x.data, x.scale, x.zero_point
-            f = _fastcall.linear_int8 if _fastcall.usable(xd, xs, xz) else ops.linear_int8.default
-            y = f(xd, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], scale, zero_point,
-                  self._relu or _tq_relu, _STORAGE[self.dtype])
+            wp, cs, ws, bias = b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
+            f = (_fastcall.linear_int8 if _fastcall.usable_int8_layer(xd, xs, xz, wp, cs, ws, bias, scale, zero_point)
+                 else ops.linear_int8.default)
+            y = f(xd, xs, xz, wp, cs, ws, bias, scale, zero_point, self._relu or _tq_relu, _STORAGE[self.dtype])
         except KeyError as e:
             refuse_parametrized(self, e)
             raise
@@ -874,14 +875,14 @@ class DynamicLinear(Linear):
                     or (self._tq_v0 is not None and not _is_compiling() and w0._version != self._tq_v0)):
                 repack_if_stale(self)
             b = self._buffers
-            w = b["_packed_weight"]
-            f = _fastcall.linear_dynamic if _fastcall.usable(x, w, w) else ops.linear_dynamic.default
-            rr = self.reduce_range
+            w, cs, ws, bias = b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
+            rr = self.reduce_range  # (of another type than bool: torch.ops converts it or names it)
+            f = (_fastcall.linear_dynamic if _fastcall.usable_dynamic(x, w, cs, ws, bias) and type(rr) is bool
+                 else ops.linear_dynamic.default)
             if needs_input_grad(x):  # training through the layer: dL/dx = dL/dy @ W (nn/_input_grad.py)
-                y = InputGrad.apply(x, lambda t: f(t, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr),
-                                    self._float_weight, self._relu)
+                y = InputGrad.apply(x, lambda t: f(t, w, cs, ws, bias, self._relu, rr), self._float_weight, self._relu)
             else:
-                y = f(x, w, b["_col_sums"], b["weight_scale"], b["bias"], self._relu, rr)
+                y = f(x, w, cs, ws, bias, self._relu, rr)
         except KeyError as e:
             refuse_parametrized(self, e)
             raise

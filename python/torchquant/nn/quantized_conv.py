@@ -237,9 +237,12 @@ class _ConvNd(_ConvLikeNd):
                     padded = F.pad(data.float(), self._pad, self.padding_mode)
                 data = padded.to(data.dtype).contiguous(memory_format=fmt)
             xs, xz = x.scale, x.zero_point
-            f = _fastcall.conv_int8 if _fastcall.usable(data, xs, xz) else ops.conv_int8
-            y = f(data, xs, xz, b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"], k, s, p, d,
-                  self.groups, scale, zero_point, self._relu or _tq_relu, _STORAGE[self.dtype])
+            wp, cs, ws, bias = b["_packed_weight"], b["_col_sums"], b["weight_scale"], b["bias"]
+            groups = self.groups  # (of another type than int: torch.ops converts it or names it)
+            f = (_fastcall.conv_int8 if _fastcall.usable_int8_layer(data, xs, xz, wp, cs, ws, bias, scale, zero_point)
+                 and _fastcall.is_int64(groups) else ops.conv_int8)
+            y = f(data, xs, xz, wp, cs, ws, bias, k, s, p, d, groups, scale, zero_point, self._relu or _tq_relu,
+                  _STORAGE[self.dtype])
         except KeyError as e:
             refuse_parametrized(self, e)
             raise

@@ -69,7 +69,7 @@ def _linear_args(q: DynamicLinear):
 
 def _linear(x: torch.Tensor, args, reduce_range: bool) -> torch.Tensor:
     w, cs, s, bias = args
-    if _fastcall.usable(x, w, w):
+    if _fastcall.usable_dynamic(x, w, cs, s, bias) and type(reduce_range) is bool:
         return _fastcall.linear_dynamic(x, w, cs, s, bias, False, reduce_range)
     return ops.linear_dynamic.default(x, w, cs, s, bias, False, reduce_range)
 

@@ -274,12 +274,16 @@ class _EmbeddingBase(OutputDtype, nn.Module):
             self.packed_weight = ops.streamed_copy.default(self.packed_weight)
 
     def _lookup(self, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
-        if _fastcall.usable_all((indices,), (offsets, per_sample_weights)):
-            return _fastcall.embedding_bag_rowwise(self.packed_weight, self.bits, self.embedding_dim, indices,
-                                                   offsets, mode, per_sample_weights, include_last_offset,
-                                                   padding_idx)
-        return ops.embedding_bag_rowwise.default(self.packed_weight, self.bits, self.embedding_dim, indices, offsets,
-                                                 mode, per_sample_weights, include_last_offset, padding_idx)
+        packed, bits, dim = self.packed_weight, self.bits, self.embedding_dim
+        # (attributes of another type, include_last_offset = 1 or padding_idx = 2.0, go to
+        # torch.ops: its conversions and its errors, which name the argument)
+        if (_fastcall.usable_all((packed, indices), (offsets, per_sample_weights))
+                and type(include_last_offset) is bool and (padding_idx is None or _fastcall.is_int64(padding_idx))
+                and _fastcall.is_int64(bits) and _fastcall.is_int64(dim)):
+            return _fastcall.embedding_bag_rowwise(packed, bits, dim, indices, offsets, mode, per_sample_weights,
+                                                   include_last_offset, padding_idx)
+        return ops.embedding_bag_rowwise.default(packed, bits, dim, indices, offsets, mode, per_sample_weights,
+                                                 include_last_offset, padding_idx)
 
     def _load(self, mod, name):
         packed, bits = _quantize_table(mod.weight, _weight_observer(mod, name), name)
