@@ -314,3 +314,77 @@ def test_quantize_dynamic_names_with_a_table_dtype_are_checked_as_types(dtype):
     by_type = tq.quantize_dynamic(model, {nn.Embedding}, dtype=dtype)
     assert type(by_name.emb) is type(by_type.emb)
     assert torch.equal(by_name(idx), by_type(idx))
+
+
+def test_a_named_modules_own_qconfig_wins_over_the_table_dtype_check():
+    # propagate_qconfig_ lets a module's own qconfig win over the spec (as torch.ao's), so a layer
+    # given its own dynamic qconfig under a name is quantized, not refused
+    torch.manual_seed(0)
+    m = _Tables().eval()
+    m.enc[0].qconfig = tq.default_dynamic_qconfig
+    q = tq.quantize_dynamic(m, ["enc", "emb"], dtype=torch.quint8)
+    assert type(q.enc[0]).__name__ == "DynamicLinear"
+    assert type(q.emb) is not nn.Embedding
+
+
+
+class _Experts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.ParameterList([nn.Parameter(torch.randn(4, 4)) for _ in range(2)])
+
+    def forward(self, x):
+        return sum(x @ w for w in self.w)
+
+
+class _Double(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+class _Proj(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+@pytest.mark.parametrize("kind", ["parameter_list", "parametrized"])
+def test_quantize_dynamic_warns_for_a_type_whose_weights_are_in_a_parameter_list_or_parametrized(kind):
+    from torch.nn.utils import parametrize
+    if kind == "parameter_list":
+        first = _Experts()
+    else:
+        first = _Proj()
+        parametrize.register_parametrization(first, "weight", _Double())
+    model = nn.Sequential(first, nn.Linear(4, 4)).eval()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        tq.quantize_dynamic(model, {type(first), nn.Linear})
+    assert any(type(first).__name__ in msg and "stay in float" in msg for msg in _messages(w)), _messages(w)
+
+
+class _OutputQuantNone(nn.Module):
+    output_quant = None
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    @classmethod
+    def from_float(cls, mod):
+        return cls(mod)
+
+    def forward(self, x):
+        return self.cell(x)
+
+
+def test_swap_onto_a_module_whose_output_quant_is_none_keeps_it_and_runs():
+    _, c, x = _converted_cell_model(remove_qconfig=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c.cell = tq.swap_module(c.cell, {nn.GRUCell: _OutputQuantNone})
+        c(x)
+    assert type(c.cell) is _OutputQuantNone and c.cell.output_quant is None

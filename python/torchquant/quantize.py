@@ -1181,7 +1181,7 @@ def _copy_hooks(old: nn.Module, new: nn.Module) -> None:
             continue
         if hook is _float_fallback_output_hook:
             out_quant = old._modules.get("output_quant")
-            if out_quant is not None and getattr(new, "output_quant", None) is None:
+            if out_quant is not None and not hasattr(new, "output_quant"):
                 new.add_module("output_quant", out_quant)
             if out_quant is None or new._modules.get("output_quant") is not out_quant:
                 continue
@@ -1976,11 +1976,12 @@ def quantize_dynamic(model: nn.Module, qconfig_spec: Union[None, set, dict, Iter
 def _non_table_layers(mod: nn.Module, name: str, targets) -> List[str]:
     """"'name' (Type)" of mod, or the modules under it, that have a dynamic int8 version other
     than an embedding table's (the qconfig a name in quantize_dynamic's spec gives goes to them);
-    a module with qconfig None, and what it holds, left out."""
+    a module with a qconfig of its own (None or not), and what it holds, left out."""
     found: List[str] = []
 
     def visit(m, path):
-        if ("qconfig" in m.__dict__ and m.qconfig is None) or isinstance(m, _quantized_types()) or _is_observer(m):
+        # (a module's own qconfig wins over the spec's, as in propagate_qconfig_)
+        if "qconfig" in m.__dict__ or isinstance(m, _quantized_types()) or _is_observer(m):
             return
         cls = type_before_parametrizations(m)
         if cls not in _EMBEDDING and (cls in targets or _dynamic_by_kind(cls, targets) is not None):
@@ -2002,9 +2003,12 @@ def _container_type(cls, model: nn.Module) -> bool:
     if issubclass(cls, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
         return True
     found = [m for m in model.modules() if type(m) is cls]
+    # (weights in a ParameterList / ParameterDict, or moved by a parametrization, are its own)
     return bool(found) and all(any(True for _ in m.children())
                                and all(p is None for p in m._parameters.values())
-                               and all(b is None for b in m._buffers.values()) for m in found)
+                               and all(b is None for b in m._buffers.values())
+                               and not any(isinstance(c, (nn.ParameterList, nn.ParameterDict)) or
+                                           parametrize.is_parametrized(c) for c in m.modules()) for m in found)
 
 
 def _nothing_quantized_why(model, qconfig_spec, names_unmatched, dtype, spec_given, targets) -> str:
