@@ -325,6 +325,12 @@ def test_a_named_modules_own_qconfig_wins_over_the_table_dtype_check():
     q = tq.quantize_dynamic(m, ["enc", "emb"], dtype=torch.quint8)
     assert type(q.enc[0]).__name__ == "DynamicLinear"
     assert type(q.emb) is not nn.Embedding
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = aoq.quantize_dynamic(m, {"enc", "emb"}, dtype=torch.quint8)
+    assert isinstance(ref.enc[0], torch.ao.nn.quantized.dynamic.Linear)
+    idx = torch.randint(0, 10, (3, 5))
+    assert (q(idx) - ref(idx)).abs().max() < 0.02
 
 
 
@@ -388,3 +394,74 @@ def test_swap_onto_a_module_whose_output_quant_is_none_keeps_it_and_runs():
         c.cell = tq.swap_module(c.cell, {nn.GRUCell: _OutputQuantNone})
         c(x)
     assert type(c.cell) is _OutputQuantNone and c.cell.output_quant is None
+
+
+class _Block(nn.Module):
+    """A user type that only holds layers (its qconfig in the spec goes to them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x)))
+
+
+@pytest.mark.parametrize("parametrized_layer", [False, True])
+def test_quantize_dynamic_does_not_warn_for_a_user_type_that_only_holds_layers(parametrized_layer):
+    from torch.nn.utils import parametrize
+    torch.manual_seed(0)
+    model = nn.Sequential(_Block(), nn.Linear(4, 4)).eval()
+    if parametrized_layer:  # (a layer of its own, quantized as its type before the parametrization)
+        parametrize.register_parametrization(model[0].a, "weight", _Double())
+    x = torch.randn(3, 4)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        q = tq.quantize_dynamic(model, {_Block})
+    assert not any("no dynamic int8 module" in s for s in _messages(w)), _messages(w)
+    plain = copy.deepcopy(model)
+    if parametrized_layer:  # (torch.ao swaps no parametrized layer: its weight as a plain one)
+        parametrize.remove_parametrizations(plain[0].a, "weight", leave_parametrized=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = aoq.quantize_dynamic(plain, {_Block})
+    assert [type(mm).__name__ for mm in (q[0].a, q[0].b, q[1])] == ["DynamicLinear", "DynamicLinear", "Linear"]
+    assert [isinstance(mm, torch.ao.nn.quantized.dynamic.Linear) for mm in (ref[0].a, ref[0].b, ref[1])] == \
+        [True, True, False]
+    assert (q(x) - ref(x)).abs().max() < 0.02
+
+
+def test_quantize_dynamic_warns_for_a_user_type_with_its_weights_in_a_parameter_dict():
+    class _Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.ParameterDict({"a": nn.Parameter(torch.randn(4, 4))})
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x @ self.w["a"])
+
+    model = nn.Sequential(_Heads()).eval()
+    with pytest.warns(UserWarning, match=r"\['_Heads'\] in argument 'qconfig_spec' have no dynamic int8 module"):
+        q = tq.quantize_dynamic(model, {_Heads})
+    assert type(q[0].fc).__name__ == "DynamicLinear"
+
+
+class _OutputQuantNoneInInit(_OutputQuantNone):
+    def __init__(self, cell):
+        super().__init__(cell)
+        self.output_quant = None
+
+
+@pytest.mark.parametrize("cls", [_OutputQuantNone, _OutputQuantNoneInInit])
+def test_swap_onto_a_module_with_output_quant_none_computes_as_before(cls):
+    _, c, x = _converted_cell_model(remove_qconfig=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = c(x)
+        c.cell = tq.swap_module(c.cell, {nn.GRUCell: cls})
+        after = c(x)
+    assert type(c.cell) is cls and c.cell.output_quant is None and "output_quant" not in c.cell._modules
+    assert torch.equal(after, before)

@@ -2003,12 +2003,14 @@ def _container_type(cls, model: nn.Module) -> bool:
     if issubclass(cls, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
         return True
     found = [m for m in model.modules() if type(m) is cls]
-    # (weights in a ParameterList / ParameterDict, or moved by a parametrization, are its own)
+    # (weights in a ParameterList / ParameterDict child, or moved by a parametrization into its
+    # 'parametrizations' child, are its own; a parametrized layer it holds is a layer of its own)
     return bool(found) and all(any(True for _ in m.children())
                                and all(p is None for p in m._parameters.values())
                                and all(b is None for b in m._buffers.values())
-                               and not any(isinstance(c, (nn.ParameterList, nn.ParameterDict)) or
-                                           parametrize.is_parametrized(c) for c in m.modules()) for m in found)
+                               and not parametrize.is_parametrized(m)
+                               and not any(isinstance(c, (nn.ParameterList, nn.ParameterDict))
+                                           for c in m.children()) for m in found)
 
 
 def _nothing_quantized_why(model, qconfig_spec, names_unmatched, dtype, spec_given, targets) -> str:
